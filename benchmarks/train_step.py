@@ -1,0 +1,113 @@
+r"""Train-step speed of any experiment config: compile time, steps/s,
+examples/s, peak memory, XLA-counted FLOPs and model FLOP utilization.
+
+  python benchmarks/train_step.py --config=configs/quickstart.py \
+      --config.train.batch_size=16 --steps=20 --json=/tmp/train_step.json
+
+Prints a table and writes JSON. MFU = FLOPs per step (XLA cost analysis of the
+compiled step, all devices) / step time / (devices x peak FLOP/s), with the
+peak taken from PEAK_FLOPS for the device kind and compute dtype; unknown
+devices (CPUs) get no MFU.
+"""
+
+import json
+import resource
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+from ml_collections import config_flags
+import numpy as np
+
+from vqlab.train import loop
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config.')
+_STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps (after 2 warm-up).')
+_JSON = flags.DEFINE_string('json', None, 'Write the results here as JSON.')
+_WORKDIR = flags.DEFINE_string('workdir', '/tmp/vqlab_benchmark',
+                               'Scratch workdir (nothing is checkpointed).')
+
+# Dense peak FLOP/s per device by (device kind substring, dtype).
+PEAK_FLOPS = {
+    ('H100', 'bfloat16'): 989e12, ('H100', 'float32'): 67e12,
+    ('H200', 'bfloat16'): 989e12, ('H200', 'float32'): 67e12,
+    ('A100', 'bfloat16'): 312e12, ('A100', 'float32'): 19.5e12,
+    ('TPU v4', 'bfloat16'): 275e12, ('TPU v5 lite', 'bfloat16'): 197e12,
+    ('TPU v5p', 'bfloat16'): 459e12, ('TPU v6 lite', 'bfloat16'): 918e12,
+}
+
+
+def peak_flops(device: jax.Device, dtype: str) -> float | None:
+  for (kind, peak_dtype), peak in PEAK_FLOPS.items():
+    if kind in device.device_kind and peak_dtype == dtype:
+      return peak
+  return None
+
+
+def peak_memory_bytes() -> int:
+  """Peak device memory where the backend reports it, else host peak RSS."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    return int(stats['peak_bytes_in_use'])
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_benchmark(config, workdir: str, steps: int) -> dict:
+  """Times `steps` train steps of `config`; returns the figures."""
+  config.train.checkpoint_every = 0
+  exp = loop.Experiment(config, workdir)
+  state, _ = exp.initial_state()
+  batches = exp.train_data.batches(0)
+  batch = exp.global_batch(next(batches))
+  with jax.set_mesh(exp.mesh):
+    t0 = time.perf_counter()
+    compiled = exp.train_step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops = float(cost.get('flops', 0.0)) if cost else 0.0
+    for _ in range(2):  # Warm-up.
+      state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    host_batches = [exp.global_batch(next(batches)) for _ in range(4)]
+    t0 = time.perf_counter()
+    for i in range(steps):
+      state, metrics = compiled(state, host_batches[i % len(host_batches)])
+    jax.block_until_ready((state, metrics))
+    step_s = (time.perf_counter() - t0) / steps
+  device = jax.devices()[0]
+  peak = peak_flops(device, config.compute_dtype)
+  num_devices = jax.device_count()
+  result = {
+      'device': device.device_kind, 'num_devices': num_devices,
+      'compute_dtype': config.compute_dtype,
+      'global_batch': config.train.batch_size,
+      'image_size': config.data.image_size,
+      'compile_s': compile_s, 'step_s': step_s, 'steps_per_s': 1.0 / step_s,
+      'examples_per_s': config.train.batch_size / step_s,
+      'peak_memory_bytes': peak_memory_bytes(),
+      'flops_per_step': flops,
+      'achieved_tflops': flops / step_s / 1e12,
+      'mfu': flops / step_s / (peak * num_devices) if peak else None,
+  }
+  return result
+
+
+def main(argv):
+  del argv
+  result = run_benchmark(_CONFIG.value, _WORKDIR.value, _STEPS.value)
+  width = max(len(k) for k in result)
+  for key, value in result.items():
+    shown = f'{value:.4g}' if isinstance(value, float) else str(value)
+    print(f'{key:<{width}}  {shown}')
+  if _JSON.value:
+    with open(_JSON.value, 'w') as f:
+      json.dump(result, f, indent=2)
+  sys.stdout.flush()
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
+  app.run(main)

@@ -1,0 +1,72 @@
+r"""vqlab entry point.
+
+  python main.py --config=configs/quickstart.py --workdir=/tmp/vqlab_quickstart
+  python main.py --config=configs/quickstart.py --config.train.num_steps=200 \
+      --workdir=/tmp/run --mode=eval
+
+Multi-host (Cloud TPU pods: every worker runs the same command):
+  python main.py --config=... --workdir=gs://... --distributed
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config file (a python file with get_config()).',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None,
+                               'Directory for checkpoints, logs and images.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
+                          'train: train (resuming if possible), then evaluate; '
+                          'eval: evaluate the latest checkpoint.')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Call jax.distributed.initialize() (multi-host).')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0 (multi-process runs '
+    'outside TPU pods, which find it themselves).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
+                                      'Number of processes (multi-process).')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None,
+                                   'This process index (multi-process).')
+_CPU_COLLECTIVES = flags.DEFINE_enum(
+    'cpu_collectives', None, ['gloo', 'mpi'],
+    'Collectives implementation for multi-process runs on CPU.')
+
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _initialize_distributed() -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  if _CPU_COLLECTIVES.value:
+    jax.config.update('jax_cpu_collectives_implementation',
+                      _CPU_COLLECTIVES.value)
+  if _DISTRIBUTED.value or _COORDINATOR.value:
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
+
+
+def main(argv):
+  del argv
+  from vqlab.errors import CheckpointError, ConfigError  # pylint: disable=g-import-not-at-top
+  _initialize_distributed()
+  from vqlab.train import loop  # pylint: disable=g-import-not-at-top
+  try:
+    if _MODE.value == 'train':
+      result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    else:
+      result = loop.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+  except ConfigError as e:
+    sys.exit(f'config error: {e}')
+  except CheckpointError as e:
+    sys.exit(f'checkpoint error: {e}')
+  print('vqlab: ' + ', '.join(
+      f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
+      for k, v in result.items()), flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,35 @@
+"""vqlab: visual tokenizers and token generators in JAX/Flax."""
+
+import setuptools
+
+setuptools.setup(
+    name='vqlab',
+    version='0.1.0',
+    description=('Visual tokenizers (VQGAN, MAGVIT-v2, TiTok) and token '
+                 'generators (MaskGIT, GPT, VQ-Diffusion) in JAX/Flax.'),
+    packages=setuptools.find_packages(include=['vqlab', 'vqlab.*']),
+    python_requires='>=3.10',
+    install_requires=[
+        'absl-py>=2.1',
+        'chex>=0.1.90',
+        'flax>=0.12',
+        'jax>=0.10',
+        'ml-collections>=1.0',
+        'numpy>=1.26',
+        'optax>=0.2.5',
+        'orbax-checkpoint>=0.11',
+        'pillow>=10.0',
+        # Built-in data: real photos bundled in these wheels (no network).
+        'scikit-image>=0.24',
+        'scikit-learn>=1.4',
+        'tensorboardX>=2.6',
+        'tensorflow-datasets>=4.9.6',
+        # tf.data and TensorBoard summaries only; the CPU build is enough.
+        'tensorflow-cpu>=2.16; sys_platform == "linux"',
+        'tensorflow>=2.16; sys_platform != "linux"',
+    ],
+    extras_require={
+        'test': ['pytest>=8.0', 'pytest-xdist>=3.5'],
+    },
+    license='Apache 2.0',
+)

@@ -1,0 +1,73 @@
+"""VQGAN tokenizer: shapes, encode/decode consistency, input errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vqlab import tokenizers
+from vqlab.errors import ConfigError
+
+
+def _tiny():
+  config = tokenizers.default_config('vqgan')
+  config.channels, config.channel_multipliers = 8, (1, 2, 2)
+  config.z_channels, config.num_groups = 8, 4
+  config.attention_levels = (2,)
+  config.quantizer.codebook_size, config.quantizer.embedding_dim = 16, 4
+  model = tokenizers.build(config)
+  x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3), minval=-1, maxval=1)
+  return model, model.init(jax.random.key(1), x), x
+
+
+def test_shapes_and_decode_indices_matches_forward():
+  model, variables, x = _tiny()
+  assert model.downsample_factor == 4
+  x_rec, out = model.apply(variables, x)
+  assert x_rec.shape == x.shape and x_rec.dtype == jnp.float32
+  indices, _ = model.apply(variables, x, method=model.encode)
+  assert indices.shape == (2, 4, 4) and indices.dtype == jnp.int32
+  np.testing.assert_array_equal(indices, out.indices)
+  decoded = model.apply(variables, indices, method=model.decode_indices)
+  np.testing.assert_allclose(decoded, x_rec, atol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  config = tokenizers.default_config('vqgan')
+  config.channels, config.z_channels, config.num_groups = 8, 8, 4
+  model = tokenizers.build(config, dtype=jnp.bfloat16)
+  x = jnp.zeros((1, 8, 8, 3))
+  variables = model.init(jax.random.key(0), x)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
+  x_rec, _ = model.apply(variables, x)
+  assert x_rec.dtype == jnp.float32
+
+
+def test_rejects_bad_inputs():
+  model, variables, x = _tiny()
+  with pytest.raises(ValueError, match=r'\[B, H, W, 3\]'):
+    model.apply(variables, x[..., :1])
+  with pytest.raises(ValueError, match='divisible by the downsampling factor 4'):
+    model.apply(variables, x[:, :14, :14])
+  with pytest.raises(TypeError, match='floating point'):
+    model.apply(variables, (x * 127).astype(jnp.uint8))
+  with pytest.raises(ValueError, match='out of range'):
+    model.apply(variables, jnp.full((1, 4, 4), 16), method=model.decode_indices)
+  with pytest.raises(ValueError, match='3 dims'):
+    model.apply(variables, jnp.zeros((4, 4), jnp.int32),
+                method=model.decode_indices)
+
+
+def test_config_errors_name_the_key():
+  config = tokenizers.default_config('vqgan')
+  config.attention_levels = (5,)
+  with pytest.raises(ConfigError, match=r'^model\.attention_levels'):
+    tokenizers.build(config)
+  config = tokenizers.default_config('vqgan')
+  config.quantizer.name = 'nope'
+  with pytest.raises(ConfigError, match=r"^model\.quantizer\.name: unknown quantizer 'nope'"):
+    tokenizers.build(config)
+  config = tokenizers.default_config('vqgan')
+  config.quantizer.codebook_sise = 3
+  with pytest.raises(ConfigError, match=r'^model\.quantizer\.codebook_sise: unknown key'):
+    tokenizers.build(config)

@@ -1,0 +1,155 @@
+"""Per-example tf.data image preprocessing shared by the `tfds` and `image_folder` datasets.
+
+Every function maps one example `{'image': encoded bytes (JPEG/PNG/GIF/BMP), 'label'?: int}` to
+`{'image': float32 [S, S, C] in [-1, 1], 'label'?: int32}`. Randomness is stateless: train ops take
+a `[2]` int64 seed that the pipeline derives from the example's position in the host's stream, so
+augmentations replay exactly.
+
+Train modes (`data.train_augment`):
+  'resize_random_crop': resize the shorter side to S, take a random S x S crop (taming VQGAN).
+  'random_resized_crop': Inception crop: a random window with area fraction in
+    `crop_area_range` and aspect ratio in `crop_aspect_range`, resized to S x S. JPEGs decode only
+    the window.
+Both then flip horizontally with probability 1/2 when `random_flip`. Eval: resize the shorter side
+to S, centre crop S x S.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import ml_collections
+import tensorflow as tf
+
+from vqlab.data import base
+
+TRAIN_AUGMENTS = ('resize_random_crop', 'random_resized_crop')
+
+
+def augment_defaults() -> dict[str, Any]:
+  """The preprocessing keys of the tf.data datasets' configs, with their defaults."""
+  return {
+      'channels': 3,  # Decoded channels: 3 = RGB (gray is replicated, alpha dropped), 1 = gray.
+      # Train crop: 'resize_random_crop' (shorter side to image_size, random square crop) or
+      # 'random_resized_crop' (Inception-style window, see crop_*_range).
+      'train_augment': 'resize_random_crop',
+      'crop_area_range': (0.08, 1.0),  # random_resized_crop: window area / image area (lo, hi).
+      'crop_aspect_range': (3 / 4, 4 / 3),  # random_resized_crop: window width / height (lo, hi).
+      'random_flip': True,  # Flip train images horizontally with probability 1/2.
+      'shuffle_buffer': 10_000,  # Train shuffle buffer (examples per host), reseeded each epoch.
+  }
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+  """Validated preprocessing settings (see `augment_defaults`)."""
+  image_size: int
+  channels: int
+  train_augment: str
+  crop_area_range: tuple[float, float]
+  crop_aspect_range: tuple[float, float]
+  random_flip: bool
+  shuffle_buffer: int
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> Augment:
+    """Reads and checks the keys of `augment_defaults` and `image_size` from `config`."""
+    channels = base.positive_int(config, 'channels')
+    if channels not in (1, 3):
+      raise ValueError(f'data.channels: must be 1 or 3, got {channels}.')
+    mode = base.get(config, 'train_augment')
+    if mode not in TRAIN_AUGMENTS:
+      raise ValueError(f'data.train_augment: must be one of {list(TRAIN_AUGMENTS)}, got {mode!r}.')
+    return cls(image_size=base.positive_int(config, 'image_size'), channels=channels,
+               train_augment=mode,
+               crop_area_range=base.fraction_range(config, 'crop_area_range'),
+               crop_aspect_range=base.fraction_range(config, 'crop_aspect_range', upper=100.0),
+               random_flip=bool(base.get(config, 'random_flip')),
+               shuffle_buffer=base.positive_int(config, 'shuffle_buffer'))
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return (self.image_size, self.image_size, self.channels)
+
+
+def _decode(encoded, channels: int):
+  image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+  image.set_shape([None, None, channels])
+  return image
+
+
+def _resize_shorter_side(image, size: int):
+  """uint8 [h, w, C] -> float32 [h', w', C] with min(h', w') = size (antialiased bilinear)."""
+  hw = tf.cast(tf.shape(image)[:2], tf.float32)
+  new_hw = tf.cast(tf.round(hw * (size / tf.reduce_min(hw))), tf.int32)
+  new_hw = tf.maximum(new_hw, size)
+  return tf.image.resize(image, new_hw, method='bilinear', antialias=True)
+
+
+def _inception_crop(encoded, seed, aug: Augment):
+  """Decodes the random window only (JPEG) or decodes then slices (other formats)."""
+
+  def window(shape):
+    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape, tf.zeros([0, 0, 4], tf.float32), seed=seed, min_object_covered=0.0,
+        area_range=aug.crop_area_range, aspect_ratio_range=aug.crop_aspect_range,
+        max_attempts=10, use_image_if_no_bounding_boxes=True)
+    return begin, crop_size
+
+  def jpeg():
+    begin, crop_size = window(tf.io.extract_jpeg_shape(encoded))
+    crop_window = tf.stack([begin[0], begin[1], crop_size[0], crop_size[1]])
+    return tf.io.decode_and_crop_jpeg(encoded, crop_window, channels=aug.channels)
+
+  def other():
+    image = _decode(encoded, aug.channels)
+    begin, crop_size = window(tf.shape(image))
+    return tf.slice(image, begin, crop_size)
+
+  image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+  image.set_shape([None, None, aug.channels])
+  size = [aug.image_size, aug.image_size]
+  return tf.image.resize(image, size, method='bilinear', antialias=True)
+
+
+def _to_unit_range(image):
+  return tf.clip_by_value(tf.cast(image, tf.float32) * (2 / 255) - 1, -1.0, 1.0)
+
+
+def _output(example, image):
+  out = {'image': image}
+  if 'label' in example:
+    out['label'] = tf.cast(example['label'], tf.int32)
+  return out
+
+
+def train_fn(aug: Augment) -> Callable[[Any, Any], Any]:
+  """Returns f(example, seed [2] int64) -> preprocessed train example."""
+  def fn(example, seed):
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    if aug.train_augment == 'random_resized_crop':
+      image = _inception_crop(example['image'], crop_seed, aug)
+    else:
+      image = _resize_shorter_side(_decode(example['image'], aug.channels),
+                                   aug.image_size)
+      image = tf.image.stateless_random_crop(image, aug.image_shape, seed=crop_seed)
+    if aug.random_flip:
+      image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+    image = tf.ensure_shape(_to_unit_range(image), aug.image_shape)
+    return _output(example, image)
+
+  return fn
+
+
+def eval_fn(aug: Augment) -> Callable[[Any], Any]:
+  """Returns f(example) -> preprocessed eval example (shorter side to S, centre crop)."""
+  def fn(example):
+    image = _resize_shorter_side(_decode(example['image'], aug.channels), aug.image_size)
+    hw = tf.shape(image)[:2]
+    top, left = (hw[0] - aug.image_size) // 2, (hw[1] - aug.image_size) // 2
+    image = image[top:top + aug.image_size, left:left + aug.image_size]
+    image = tf.ensure_shape(_to_unit_range(image), aug.image_shape)
+    return _output(example, image)
+
+  return fn

@@ -1,0 +1,135 @@
+"""`tfds`: any TensorFlow Datasets image dataset (imagenet2012, cifar10, fashion_mnist, ...).
+
+Nothing is downloaded unless `data.download=True`: prepare the data beforehand with
+`tfds build NAME --data_dir=DIR` (ImageNet: put the tars in `--manual_dir`). Each host reads its
+own even slice of the split (`tfds.even_splits`); see `pipeline.py` for order and resume, and
+`preprocess.py` for the image transforms.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+from ml_collections import config_dict
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from vqlab.data import base
+from vqlab.data import pipeline
+from vqlab.data import preprocess
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Defaults of the `tfds` dataset; `tfds_name` must be set."""
+  return ml_collections.ConfigDict({
+      'name': 'tfds',
+      'image_size': 256,  # Side of the square output images.
+      'seed': 0,  # Seeds the train order and augmentations.
+      'tfds_name': '',  # Required: a tfds image dataset, e.g. 'imagenet2012' or 'cifar10'.
+      'data_dir': config_dict.placeholder(str),  # tfds data dir; None = tfds' default.
+      'manual_dir': config_dict.placeholder(str),  # Manual downloads (imagenet2012 tars).
+      'download': False,  # Download and prepare when missing (never at run time by default).
+      'train_split': 'train',  # tfds split string of the train set, e.g. 'train[:90%]'.
+      'eval_split': 'validation',  # tfds split string of the eval set (cifar10: 'test').
+      'image_key': 'image',  # Feature holding the image.
+      'label_key': 'label',  # Feature holding the class label; '' = no labels.
+      **preprocess.augment_defaults(),
+  })
+
+
+def _builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  name = base.get(config, 'tfds_name')
+  if not name:
+    raise ValueError("data.tfds_name: required for data.name='tfds' (e.g. 'imagenet2012', "
+                     "'cifar10', 'fashion_mnist').")
+  data_dir = base.get(config, 'data_dir')
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(f'data.tfds_name: tfds has no dataset {name!r} ({e}).') from e
+  if base.get(config, 'download'):
+    manual_dir = base.get(config, 'manual_dir')
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  return builder
+
+
+def _split_size(builder: tfds.core.DatasetBuilder, split, key: str) -> int | None:
+  """Examples in `split` from the prepared metadata; None when tfds has no split info."""
+  if not builder.info.splits:
+    return None
+  try:
+    return builder.info.splits[split].num_examples
+  except (KeyError, ValueError) as e:
+    raise ValueError(f'data.{key}: bad split {split!r} for {builder.name}: {e}') from e
+
+
+def _records(builder, split, image_key: str, label_key: str) -> tf.data.Dataset:
+  """{'image': encoded bytes, 'label'?} of `split` in file order."""
+  name = builder.name
+  try:
+    ds = builder.as_dataset(split=split, shuffle_files=False,
+                            decoders={image_key: tfds.decode.SkipDecoding()})
+  except AssertionError as e:  # tfds' way of saying the data is not prepared.
+    data_dir = os.path.dirname(os.path.dirname(builder.data_dir))  # Drop name/version.
+    raise FileNotFoundError(
+        f'data.tfds_name={name!r}: no prepared data under {data_dir}. Prepare it once with '
+        f'`tfds build {name} --data_dir={data_dir}` (imagenet2012 needs --manual_dir with the '
+        'tars), or set data.download=True.') from e
+
+  def select(example):
+    out = {'image': example[image_key]}
+    if label_key:
+      out['label'] = example[label_key]
+    return out
+
+  return ds.map(select)
+
+
+def build(config: ml_collections.ConfigDict, *, split: str, global_batch_size: int,
+          process_index: int, process_count: int) -> base.DataSource:
+  """Builds the source: 'image' float32 [b, S, S, channels] in [-1, 1], 'label' int32 [b]."""
+  base.check_split(split)
+  b = base.host_batch_size(global_batch_size, process_index, process_count)
+  aug = preprocess.Augment.from_config(config)
+  pipeline.hide_accelerators_from_tf()
+  builder = _builder(config)
+  features = builder.info.features
+  image_key, label_key = base.get(config, 'image_key'), base.get(config, 'label_key')
+  if image_key not in features:
+    raise ValueError(f'data.image_key: {builder.name} has no feature {image_key!r}; '
+                     f'features: {list(features)}.')
+  if label_key and label_key not in features:
+    raise ValueError(f'data.label_key: {builder.name} has no feature {label_key!r}; '
+                     f"features: {list(features)}; set data.label_key='' for no labels.")
+  num_classes = getattr(features[label_key], 'num_classes', None) if label_key else None
+
+  split_key = 'train_split' if split == 'train' else 'eval_split'
+  tfds_split = base.get(config, split_key)
+  host_split = tfds.even_splits(tfds_split, n=process_count)[process_index]
+  num_examples = _split_size(builder, tfds_split, split_key)
+
+  def records():
+    return _records(builder, host_split, image_key, label_key)
+
+  if split == 'train':
+    seed = int(base.get(config, 'seed'))
+    make = lambda start: pipeline.train_dataset(
+        records(), preprocess=preprocess.train_fn(aug), seed=seed, process_index=process_index,
+        per_host_batch_size=b, shuffle_buffer=aug.shuffle_buffer, start_step=start)
+  else:
+    if num_examples is None:  # No split metadata (e.g. under tfds.testing.mock_data): count.
+      num_examples = pipeline.cardinality(
+          _records(builder, tfds_split, image_key, label_key))
+    if not num_examples:
+      raise ValueError(f'data.eval_split: {tfds_split!r} of {builder.name} is empty or its size '
+                       'is unknown.')
+    num_batches = pipeline.host_eval_batches(num_examples, global_batch_size, process_count)
+    make = lambda start: pipeline.eval_dataset(
+        records(), preprocess=preprocess.eval_fn(aug), per_host_batch_size=b,
+        num_batches=num_batches, image_shape=aug.image_shape, has_label=bool(label_key),
+        start_step=start)
+  records()  # Fail now, not at the first batch, when the data is missing.
+  return pipeline.TfDataSource(make, per_host_batch_size=b, num_examples=num_examples,
+                               image_shape=aug.image_shape, num_classes=num_classes)

@@ -1,0 +1,18 @@
+"""Exceptions that carry a one-line, user-facing explanation."""
+
+
+class ConfigError(ValueError):
+  """A configuration key is unknown, mistyped or holds an impossible value.
+
+  The message always starts with the dotted key path, e.g.
+  `model.quantizer.name: unknown quantizer 'foo'; known: fsq, vq`.
+  """
+
+  def __init__(self, key: str, problem: str):
+    self.key = key
+    self.problem = problem
+    super().__init__(f'{key}: {problem}')
+
+
+class CheckpointError(RuntimeError):
+  """No usable checkpoint could be restored (all candidates corrupt)."""

@@ -1,0 +1,66 @@
+"""Name -> component registries: the only place ConfigDicts become modules.
+
+Each of `vqlab.quantizers`, `vqlab.tokenizers`, `vqlab.generators` owns one
+`Registry` and re-exports its `names`, `default_config` and `build`.
+"""
+
+from typing import Any, Callable
+
+import ml_collections
+
+from vqlab import config_schema
+from vqlab.errors import ConfigError
+
+
+class Registry:
+  """Maps a component name to its default config and builder."""
+
+  def __init__(self, kind: str, key_prefix: str):
+    """Args: kind: e.g. 'quantizer'; key_prefix: config path used in errors."""
+    self.kind = kind
+    self.key_prefix = key_prefix
+    self._entries: dict[str, tuple[Callable[[], Any], Callable[..., Any]]] = {}
+
+  def register(self, name: str, *, default_config: Callable[[], Any],
+               builder: Callable[..., Any]) -> None:
+    if name in self._entries:
+      raise ValueError(f'{self.kind} {name!r} is registered twice')
+    self._entries[name] = (default_config, builder)
+
+  def names(self) -> list[str]:
+    return sorted(self._entries)
+
+  def _entry(self, name: Any, key: str):
+    if name not in self._entries:
+      raise ConfigError(
+          key, f'unknown {self.kind} {name!r}; known: {", ".join(self.names())}')
+    return self._entries[name]
+
+  def default_config(self, name: str) -> ml_collections.ConfigDict:
+    """A complete, valid config for `name`; every key is documented there."""
+    config = self._entry(name, f'{self.key_prefix}.name')[0]()
+    config.name = name
+    return config
+
+  def validate(self, config: ml_collections.ConfigDict,
+               prefix: str | None = None) -> ml_collections.ConfigDict:
+    """Checks keys and types against the default; returns the filled config."""
+    prefix = self.key_prefix if prefix is None else prefix
+    if 'name' not in config:
+      raise ConfigError(f'{prefix}.name', f'missing: which {self.kind} to build')
+    self._entry(config.name, f'{prefix}.name')
+    reference = self.default_config(config.name)
+    config_schema.check_against(config, reference, prefix=f'{prefix}.')
+    return config_schema.filled(config, reference)
+
+  def build(self, config: ml_collections.ConfigDict, *,
+            prefix: str | None = None, **kwargs) -> Any:
+    """Validates `config` and builds the component it names.
+
+    Args:
+      config: the component's config; `config.name` selects the component.
+      prefix: dotted path of `config` in the experiment config (for errors).
+      **kwargs: passed to the builder (e.g. `dtype`).
+    """
+    config = self.validate(config, prefix)
+    return self._entries[config.name][1](config, **kwargs)

@@ -1,0 +1,1 @@
+"""The train loop and what it owns: mesh, checkpoints, writers, progress."""

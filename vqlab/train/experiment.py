@@ -1,0 +1,108 @@
+"""The experiment config: common sections, and validation of a whole config.
+
+An experiment config has the common sections below plus its task's sections
+(`vqlab.train.tasks`), its model (a registered tokenizer or generator) and its
+data (a registered dataset). `validate` checks all of it before anything is
+built or compiled and returns the config with every default filled in.
+"""
+
+import ml_collections
+
+from vqlab import config_schema
+from vqlab import data as data_lib
+from vqlab import generators
+from vqlab import quantizers
+from vqlab import tokenizers
+from vqlab.errors import ConfigError
+from vqlab.train import partitioning
+from vqlab.train import tasks
+
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Sections every experiment has, with their defaults."""
+  config = ml_collections.ConfigDict()
+  config.task = 'tokenizer'        # A name in vqlab.train.tasks.TASKS.
+  config.seed = 0                  # Seeds init and the per-step rng stream.
+  config.compute_dtype = 'float32'  # 'float32' or 'bfloat16'; params stay f32.
+
+  config.train = train = ml_collections.ConfigDict()
+  train.num_steps = 1000           # Total optimizer steps.
+  train.batch_size = 16            # Global batch (all hosts and devices).
+  train.log_every = 50             # Steps between scalar summaries.
+  train.eval_every = 500           # Steps between evals (0: only at the end).
+  train.checkpoint_every = 500     # Steps between async checkpoint saves.
+  train.max_to_keep = 3            # Checkpoints kept on disk.
+
+  config.eval = ev = ml_collections.ConfigDict()
+  ev.batch_size = 16               # Global eval batch.
+  ev.max_batches = -1              # Eval batches per eval; -1: the whole split.
+  ev.num_images = 8                # Examples shown in the PNG/TensorBoard grid.
+
+  config.mesh = partitioning.default_config()
+  config.data = data_lib.default_config('photos')
+  return config
+
+
+def _model_registry(task_name: str):
+  return tokenizers if task_name == 'tokenizer' else generators
+
+
+def reference_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The complete default config for the components `config` names.
+
+  Raises:
+    ConfigError: when the task, model, quantizer or dataset name is unknown.
+  """
+  task_name = config.get('task', 'tokenizer')
+  reference = base_config()
+  reference.update(tasks.get(task_name).default_config())
+  if 'model' in config and 'name' in config.model:
+    reference.model = _model_registry(task_name).default_config(
+        config.model.name)
+    quantizer = config.model.get('quantizer')
+    if 'quantizer' in reference.model and quantizer and 'name' in quantizer:
+      reference.model.quantizer = quantizers.REGISTRY.default_config(
+          quantizer.name) if quantizer.name in quantizers.names() else _unknown(
+              'model.quantizer.name', 'quantizer', quantizer.name,
+              quantizers.names())
+  if 'data' in config and 'name' in config.data:
+    if config.data.name not in data_lib.names():
+      _unknown('data.name', 'dataset', config.data.name, data_lib.names())
+    reference.data = data_lib.default_config(config.data.name)
+  return reference
+
+
+def _unknown(key: str, kind: str, name: str, known: list[str]):
+  raise ConfigError(key, f'unknown {kind} {name!r}; known: {", ".join(known)}')
+
+
+def validate(config: ml_collections.ConfigDict,
+             num_devices: int) -> ml_collections.ConfigDict:
+  """Checks keys, types and values; returns the filled-in config.
+
+  Raises:
+    ConfigError: naming the first offending key.
+  """
+  task = tasks.get(config.get('task', 'tokenizer'))
+  reference = reference_config(config)
+  config_schema.check_against(config, reference)
+  config = config_schema.filled(config, reference)
+
+  require = config_schema.require
+  require(config.compute_dtype in COMPUTE_DTYPES, 'compute_dtype',
+          f'must be one of {COMPUTE_DTYPES}, got {config.compute_dtype!r}')
+  train = config.train
+  for key in ('num_steps', 'batch_size', 'log_every', 'max_to_keep'):
+    require(train[key] > 0, f'train.{key}', f'must be > 0, got {train[key]}')
+  for key in ('eval_every', 'checkpoint_every'):
+    require(train[key] >= 0, f'train.{key}', f'must be >= 0, got {train[key]}')
+  for section in ('train', 'eval'):
+    batch = config[section].batch_size
+    require(batch > 0 and batch % num_devices == 0, f'{section}.batch_size',
+            f'{batch} is not divisible by the {num_devices} devices')
+  require(config.data.image_size > 0, 'data.image_size',
+          f'must be > 0, got {config.data.image_size}')
+  task.validate(config)
+  return config

@@ -1,0 +1,97 @@
+"""The device mesh and how arrays are laid out on it.
+
+The batch is sharded over every device (mesh axes `data` x `fsdp`); parameters
+and optimizer state are replicated unless a rule in `config.mesh.rules` shards
+a leaf over `fsdp` (FSDP: the leaf's largest axis divisible by the fsdp size).
+"""
+
+import re
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from vqlab.errors import ConfigError
+
+BATCH_AXES = ('data', 'fsdp')
+
+
+def default_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.data = -1   # Data-parallel axis size; -1 takes the remaining devices.
+  config.fsdp = 1    # Parameter-sharding axis size (the batch is sharded on it too).
+  # (regex on the '/'-joined parameter path, 'fsdp' or 'replicate'); first match
+  # wins, unmatched leaves are replicated.
+  config.rules = (('.*', 'fsdp'),)
+  return config
+
+
+def make_mesh(config: ml_collections.ConfigDict,
+              devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+  """A ('data', 'fsdp') mesh over `devices` (default: all devices)."""
+  devices = list(jax.devices() if devices is None else devices)
+  fsdp = config.fsdp
+  if fsdp < 1 or len(devices) % fsdp:
+    raise ConfigError('mesh.fsdp', f'{fsdp} does not divide the {len(devices)} '
+                      'devices')
+  data = len(devices) // fsdp if config.data == -1 else config.data
+  if data * fsdp != len(devices):
+    raise ConfigError('mesh.data', f'data={data} x fsdp={fsdp} != '
+                      f'{len(devices)} devices')
+  return jax.make_mesh((data, fsdp), BATCH_AXES, devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  """Leading (batch) axis over all devices, other axes whole."""
+  return jax.sharding.NamedSharding(mesh, jax.P(BATCH_AXES))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  return jax.sharding.NamedSharding(mesh, jax.P())
+
+
+def _path_string(path) -> str:
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))))
+                  for k in path)
+
+
+def _fsdp_spec(shape: tuple[int, ...], size: int) -> jax.P:
+  if size == 1:
+    return jax.P()
+  for axis in np.argsort(shape)[::-1]:
+    if shape[axis] % size == 0 and shape[axis] >= size:
+      spec = [None] * len(shape)
+      spec[axis] = 'fsdp'
+      return jax.P(*spec)
+  return jax.P()
+
+
+def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh,
+                    rules: Sequence[tuple[str, str]]) -> Any:
+  """NamedShardings for every leaf of `abstract_state` (shapes only)."""
+  compiled = [(re.compile(pattern), action) for pattern, action in rules]
+  fsdp_size = mesh.shape['fsdp']
+
+  def leaf_sharding(path, leaf):
+    name = _path_string(path)
+    spec = jax.P()
+    for pattern, action in compiled:
+      if pattern.fullmatch(name):
+        if action == 'fsdp':
+          spec = _fsdp_spec(tuple(leaf.shape), fsdp_size)
+        elif action != 'replicate':
+          raise ConfigError('mesh.rules', f'unknown action {action!r} '
+                            "(use 'fsdp' or 'replicate')")
+        break
+    return jax.sharding.NamedSharding(mesh, spec)
+
+  return jax.tree_util.tree_map_with_path(leaf_sharding, abstract_state)
+
+
+def global_batch(local_batch: dict[str, np.ndarray],
+                 sharding: jax.sharding.NamedSharding) -> dict[str, jax.Array]:
+  """Assembles per-host batches into global arrays sharded on the batch axis."""
+  return {k: jax.make_array_from_process_local_data(sharding, v)
+          for k, v in local_batch.items()}

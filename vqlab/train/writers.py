@@ -1,0 +1,85 @@
+"""Where a run's numbers and pictures go: TensorBoard, metrics.jsonl, PNGs.
+
+Only process 0 writes; other processes get a writer that does nothing, so the
+loop never branches on the process index.
+"""
+
+import json
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from PIL import Image
+import tensorboardX
+
+
+class MetricWriter:
+  """TensorBoard event files + `metrics.jsonl` + PNG image grids."""
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    self._enabled = jax.process_index() == 0
+    if self._enabled:
+      os.makedirs(os.path.join(workdir, 'images'), exist_ok=True)
+      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    """Writes float scalars at `step` to TensorBoard and metrics.jsonl."""
+    if not self._enabled:
+      return
+    scalars = {k: float(v) for k, v in scalars.items()}
+    self._jsonl.write(json.dumps({'step': int(step), **scalars}) + '\n')
+    self._jsonl.flush()
+    for name, value in scalars.items():
+      self._tb.add_scalar(name, value, global_step=step)
+
+  def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+    """Writes uint8 [H, W, C] images as PNG files and TensorBoard images."""
+    if not self._enabled:
+      return
+    for name, image in images.items():
+      save_png(os.path.join(self.workdir, 'images', f'{name}_{step:08d}.png'),
+               image)
+      self._tb.add_image(name, image, global_step=step, dataformats='HWC')
+
+  def flush(self) -> None:
+    if self._enabled:
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._enabled:
+      self._jsonl.close()
+      self._tb.close()
+
+
+def save_png(path: str, image: np.ndarray) -> None:
+  """Saves uint8 [H, W, C] (C = 1 or 3) atomically."""
+  image = np.asarray(image)
+  if image.shape[-1] == 1:
+    image = image[..., 0]
+  tmp = path + '.tmp.png'
+  Image.fromarray(image).save(tmp)
+  os.replace(tmp, path)
+
+
+def image_grid(rows: list[np.ndarray], padding: int = 2) -> np.ndarray:
+  """Tiles rows of images into one uint8 picture.
+
+  Args:
+    rows: each float [N, H, W, C] in [-1, 1]; all the same shape.
+    padding: pixels between images.
+
+  Returns:
+    uint8 [len(rows) * (H + p) + p, N * (W + p) + p, C].
+  """
+  n, h, w, c = rows[0].shape
+  grid = np.full((len(rows) * (h + padding) + padding,
+                  n * (w + padding) + padding, c), 255, np.uint8)
+  for r, row in enumerate(rows):
+    pixels = np.clip((np.asarray(row, np.float32) + 1.0) * 127.5 + 0.5, 0, 255)
+    for i in range(n):
+      y, x = padding + r * (h + padding), padding + i * (w + padding)
+      grid[y:y + h, x:x + w] = pixels[i].astype(np.uint8)
+  return grid
