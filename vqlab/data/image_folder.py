@@ -12,7 +12,7 @@ import os
 
 import ml_collections
 import numpy as np
-import tensorflow as tf
+from vqlab.data.lazy import tf
 
 from vqlab.data import base
 from vqlab.data import pipeline

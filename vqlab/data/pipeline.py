@@ -19,8 +19,8 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
+from vqlab.data.lazy import tf
+from vqlab.data.lazy import tfds
 
 from vqlab.data import base
 

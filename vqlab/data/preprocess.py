@@ -20,7 +20,7 @@ import dataclasses
 from typing import Any, Callable
 
 import ml_collections
-import tensorflow as tf
+from vqlab.data.lazy import tf
 
 from vqlab.data import base
 

@@ -12,8 +12,8 @@ import os
 
 import ml_collections
 from ml_collections import config_dict
-import tensorflow as tf
-import tensorflow_datasets as tfds
+from vqlab.data.lazy import tf
+from vqlab.data.lazy import tfds
 
 from vqlab.data import base
 from vqlab.data import pipeline

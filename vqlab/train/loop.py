@@ -167,6 +167,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     print(f'vqlab: resuming from the checkpoint at step {start_step}',
           flush=True)
   is_chief = jax.process_index() == 0
+  if is_chief:
+    print(f'vqlab: {jax.process_count()} processes, {jax.device_count()} '
+          f'devices, mesh {dict(exp.mesh.shape)}', flush=True)
   progress = progress_lib.Progress(start_step, train_cfg.num_steps,
                                    train_cfg.batch_size, enabled=is_chief)
   batches = exp.train_data.batches(start_step)

@@ -43,4 +43,4 @@ def build(config: ml_collections.ConfigDict,
 
 def global_norm(tree: Any) -> jax.Array:
   """sqrt of the sum of squares of every leaf (float32 scalar)."""
-  return optax.global_norm(tree)
+  return optax.tree.norm(tree)

@@ -1,0 +1,77 @@
+"""Config errors stop a run before anything compiles, naming the key."""
+
+import os
+import re
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from vqlab.errors import ConfigError
+from vqlab.train import experiment
+from tests import tiny
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _error(config, num_devices=8) -> str:
+  with pytest.raises(ConfigError) as info:
+    experiment.validate(config, num_devices)
+  return str(info.value)
+
+
+def test_valid_config_is_filled_in():
+  config = tiny.tokenizer_config()
+  del config.loss.adaptive_max  # Omitted keys take their defaults.
+  filled = experiment.validate(config, num_devices=8)
+  assert filled.loss.adaptive_max == 1e4
+  assert filled.model.quantizer.name == 'vq'
+
+
+@pytest.mark.parametrize('mutate, message', [
+    (lambda c: setattr(c.train, 'batchsize', 8),
+     r'^train\.batchsize: unknown key'),
+    (lambda c: c.model.quantizer.update({'codebook_sise': 8}),
+     r'^model\.quantizer\.codebook_sise: unknown key'),
+    (lambda c: setattr(c, 'train', ml_collections.ConfigDict(
+        {**c.train.to_dict(), 'num_steps': 'ten'})),
+     r"^train\.num_steps: expected int, got str \('ten'\)"),
+    (lambda c: c.train.update({'batch_size': 12}),
+     r'^train\.batch_size: 12 is not divisible by the 8 devices'),
+    (lambda c: c.data.update({'image_size': 17}),
+     r'^data\.image_size: 17 is not divisible by the model.s downsampling '
+     r'factor 2'),
+    (lambda c: c.model.quantizer.update({'name': 'nope'}),
+     r"^model\.quantizer\.name: unknown quantizer 'nope'"),
+    (lambda c: c.model.update({'name': 'nope'}),
+     r"^model\.name: unknown tokenizer 'nope'; known: vqgan"),
+    (lambda c: c.data.update({'name': 'nope'}),
+     r"^data\.name: unknown dataset 'nope'"),
+    (lambda c: c.update({'task': 'nope'}), r"^task: unknown task 'nope'"),
+    (lambda c: c.update({'compute_dtype': 'float16'}), r'^compute_dtype: must be'),
+    (lambda c: c.loss.update({'gan_loss': 'wgan'}),
+     r"^loss\.gan_loss: unknown GAN loss 'wgan'"),
+    (lambda c: c.train.update({'num_steps': 0}), r'^train\.num_steps: must be > 0'),
+])
+def test_bad_configs_name_the_key(mutate, message):
+  config = tiny.tokenizer_config()
+  config.unlock()
+  mutate(config)
+  assert re.search(message, _error(config)), _error(config)
+
+
+def test_main_reports_one_line_before_compiling(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'main.py'),
+       '--config=' + os.path.join(ROOT, 'configs', 'quickstart.py'),
+       f'--workdir={tmp_path}', '--config.train.batch_size=12'],
+      capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+  assert proc.returncode != 0
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last == ('config error: train.batch_size: 12 is not divisible by the '
+                  '8 devices'), proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr
+  assert not os.path.exists(tmp_path / 'checkpoints')

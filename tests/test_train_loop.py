@@ -1,0 +1,109 @@
+"""The train loop end to end on tiny configs: outputs, preemption, resume,
+corrupt checkpoints."""
+
+import glob
+import json
+import os
+import signal
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from vqlab.errors import CheckpointError
+from vqlab.train import loop
+from tests import tiny
+
+STEPS = 5
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    rows = [json.loads(line) for line in f]
+  return {row['step']: (row['loss'], row['d_loss']) for row in rows
+          if 'loss' in row}
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('uninterrupted'))
+  result = loop.train_and_evaluate(tiny.tokenizer_config(steps=STEPS), workdir)
+  return workdir, result
+
+
+def test_run_writes_checkpoints_metrics_images_and_summaries(uninterrupted):
+  workdir, result = uninterrupted
+  assert result['step'] == STEPS and not result['preempted']
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == \
+      ['2', '4', '5']
+  assert set(_losses(workdir)) == set(range(1, STEPS + 1))
+  with open(os.path.join(workdir, 'final_metrics.json')) as f:
+    final = json.load(f)
+  assert 0 < final['psnr'] < 60 and 0 < final['codebook_usage'] <= 1
+  assert final['num_examples'] == 8
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['train']['num_steps'] == STEPS
+  assert glob.glob(os.path.join(workdir, 'images', 'eval_reconstructions_*.png'))
+  assert glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.*'))
+
+
+def test_sigterm_saves_and_restart_continues_the_same_trajectory(
+    uninterrupted, tmp_path):
+  workdir = str(tmp_path)
+  config = tiny.tokenizer_config(steps=STEPS)
+
+  def preempt_at_3(step, metrics):
+    del metrics
+    if step == 3:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  first = loop.train_and_evaluate(config, workdir, step_callback=preempt_at_3)
+  assert first == {'step': 3, 'preempted': True}
+  assert '3' in os.listdir(os.path.join(workdir, 'checkpoints'))
+  second = loop.train_and_evaluate(config, workdir)
+  assert second['step'] == STEPS
+  expected, got = _losses(uninterrupted[0]), _losses(workdir)
+  for step in range(1, STEPS + 1):
+    np.testing.assert_allclose(got[step], expected[step], rtol=1e-6,
+                               err_msg=f'step {step}')
+  assert second['psnr'] == pytest.approx(uninterrupted[1]['psnr'], rel=1e-6)
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(
+    uninterrupted, tmp_path, capsys):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(uninterrupted[0], workdir)
+  latest = os.path.join(workdir, 'checkpoints', '5')
+  for path in glob.glob(os.path.join(latest, '**', '*'), recursive=True):
+    if os.path.isfile(path) and 'ocdbt' in path or path.endswith('.data'):
+      with open(path, 'wb') as f:
+        f.write(b'garbage')
+  shutil.rmtree(os.path.join(latest, 'default', 'd'), ignore_errors=True)
+  exp = loop.Experiment(tiny.tokenizer_config(steps=STEPS), workdir)
+  state, step = exp.initial_state()
+  assert step == 4 and int(state.step) == 4
+  assert 'checkpoints/5 is missing or corrupt' in capsys.readouterr().out
+  # The earlier checkpoints are untouched and still listed.
+  assert exp.checkpointer.all_steps() == [2, 4, 5]
+
+
+def test_all_checkpoints_unreadable_is_a_clear_error(uninterrupted, tmp_path):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(uninterrupted[0], workdir)
+  for step in ('2', '4', '5'):
+    shutil.rmtree(os.path.join(workdir, 'checkpoints', step, 'default'))
+  exp = loop.Experiment(tiny.tokenizer_config(steps=STEPS), workdir)
+  with pytest.raises(CheckpointError, match='no readable checkpoint'):
+    exp.initial_state()
+
+
+def test_eval_mode_restores_the_latest_checkpoint(uninterrupted, tmp_path):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(uninterrupted[0], workdir)
+  result = loop.evaluate_checkpoint(tiny.tokenizer_config(steps=STEPS), workdir)
+  assert result['step'] == STEPS
+  assert result['psnr'] == pytest.approx(uninterrupted[1]['psnr'], rel=1e-6)
+  assert os.path.exists(os.path.join(workdir, f'eval_{STEPS}.json'))
+  with pytest.raises(CheckpointError, match='no checkpoint'):
+    loop.evaluate_checkpoint(tiny.tokenizer_config(), str(tmp_path / 'empty'))
