@@ -17,18 +17,24 @@ def _tiny():
   config.quantizer.codebook_size, config.quantizer.embedding_dim = 16, 4
   model = tokenizers.build(config)
   x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3), minval=-1, maxval=1)
-  return model, model.init(jax.random.key(1), x), x
+  return model, jax.jit(model.init)(jax.random.key(1), x), x
+
+
+def _jit(model, method=None):
+  """model.apply(variables, *args, method=method), compiled once."""
+  return jax.jit(lambda variables, *args: model.apply(variables, *args,
+                                                      method=method))
 
 
 def test_shapes_and_decode_indices_matches_forward():
   model, variables, x = _tiny()
   assert model.downsample_factor == 4
-  x_rec, out = model.apply(variables, x)
+  x_rec, out = _jit(model)(variables, x)
   assert x_rec.shape == x.shape and x_rec.dtype == jnp.float32
-  indices, _ = model.apply(variables, x, method=model.encode)
+  indices, _ = _jit(model, model.encode)(variables, x)
   assert indices.shape == (2, 4, 4) and indices.dtype == jnp.int32
   np.testing.assert_array_equal(indices, out.indices)
-  decoded = model.apply(variables, indices, method=model.decode_indices)
+  decoded = _jit(model, model.decode_indices)(variables, indices)
   np.testing.assert_allclose(decoded, x_rec, atol=1e-5)
 
 
@@ -37,9 +43,9 @@ def test_bfloat16_compute_keeps_float32_params():
   config.channels, config.z_channels, config.num_groups = 8, 8, 4
   model = tokenizers.build(config, dtype=jnp.bfloat16)
   x = jnp.zeros((1, 8, 8, 3))
-  variables = model.init(jax.random.key(0), x)
+  variables = jax.jit(model.init)(jax.random.key(0), x)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
-  x_rec, _ = model.apply(variables, x)
+  x_rec, _ = _jit(model)(variables, x)
   assert x_rec.dtype == jnp.float32
 
 

@@ -7,6 +7,7 @@ def tokenizer_config(image_size: int = 16, steps: int = 4):
   """A VQGAN experiment that compiles and steps in seconds on CPU."""
   config = quickstart.get_config()
   config.data.image_size = image_size
+  config.data.train_image_size = 0
   config.model.channels = 8
   config.model.channel_multipliers = (1, 2)
   config.model.z_channels = 8

@@ -29,7 +29,10 @@ def default_config() -> ml_collections.ConfigDict:
   """Defaults of the `photos` dataset (the quickstart's data)."""
   return ml_collections.ConfigDict({
       'name': 'photos',
-      'image_size': 64,  # Side of the square output images.
+      'image_size': 64,  # Side of the square output images (eval tiles; train too unless below).
+      # >0: train on crops of this side instead, cut at the pixel scale of an image_size crop
+      # (a smaller window, same detail), so a fully convolutional model trains faster.
+      'train_image_size': 0,
       'seed': 0,  # Seeds the train crops (photo, size, position, flip) of every (step, row).
       # Photos cropped for training; names from vqlab.data.photo_files.PHOTOS.
       'train_photos': _TRAIN_PHOTOS,
@@ -136,7 +139,13 @@ def build(config: ml_collections.ConfigDict, *, split: str, global_batch_size: i
     if not 0 < lo <= 1:
       raise ValueError(f'data.crop_min_fraction: must be in (0, 1], got {lo}.')
     flip = bool(base.get(config, 'random_flip'))
-    pyramids = [_Pyramid(photo_files.load_photo(n), size) for n in train_names]
+    train_size = int(base.get(config, 'train_image_size')) or size
+    if not 0 < train_size <= size:
+      raise ValueError(f'data.train_image_size: must be in [0, image_size={size}], got '
+                       f'{train_size}.')
+    window = train_size / size  # Crop window relative to an image_size crop.
+    shape = (train_size, train_size, 3)
+    pyramids = [_Pyramid(photo_files.load_photo(n), train_size) for n in train_names]
 
     def make_batch(step: int, rows: np.ndarray) -> base.Batch:
       images = np.empty((len(rows),) + shape, np.uint8)
@@ -144,8 +153,8 @@ def build(config: ml_collections.ConfigDict, *, split: str, global_batch_size: i
         rng = np.random.default_rng((seed, step, int(row)))
         pyr = pyramids[rng.integers(len(pyramids))]
         u = rng.random(4)
-        side = (lo + (1 - lo) * u[0]) * min(pyr.height, pyr.width)
-        crop = pyr.crop(u[1] * (pyr.height - side), u[2] * (pyr.width - side), side, size)
+        side = window * (lo + (1 - lo) * u[0]) * min(pyr.height, pyr.width)
+        crop = pyr.crop(u[1] * (pyr.height - side), u[2] * (pyr.width - side), side, train_size)
         images[i] = crop[:, ::-1] if flip and u[3] < 0.5 else crop
       return {'image': base.to_unit_range(images)}
 

@@ -77,10 +77,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
                         f'{config.discriminator.name!r}; known: patchgan')
   factor = 2**(len(config.model.channel_multipliers) - 1) \
       if 'channel_multipliers' in config.model else 1
-  config_schema.require(
-      config.data.image_size % factor == 0, 'data.image_size',
-      f'{config.data.image_size} is not divisible by the model\'s '
-      f'downsampling factor {factor}')
+  for key in ('image_size', 'train_image_size'):
+    size = config.data.get(key, 0)
+    config_schema.require(
+        size % factor == 0, f'data.{key}',
+        f'{size} is not divisible by the model\'s downsampling factor {factor}')
 
 
 class TokenizerTask:

@@ -1,0 +1,33 @@
+"""The benchmark's FLOP counter against hand-computed counts."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from benchmarks.flops import count_flops
+
+
+def test_conv_dot_and_backward_flops():
+  x = jnp.zeros((2, 8, 8, 3))
+  conv = nn.Conv(5, (3, 3))
+  variables = conv.init(jax.random.key(0), x)
+  forward = 2 * (2 * 8 * 8 * 5) * (3 * 3 * 3)
+  assert count_flops(conv.apply, variables, x) == forward
+  # Gradient w.r.t. the kernel only: forward + one kernel-gradient conv.
+  grad = jax.jit(jax.grad(lambda v, x: conv.apply(v, x).sum()))
+  assert count_flops(grad, variables, x) == 2 * forward
+  # Gradient w.r.t. input and kernel: forward + two convolutions.
+  both = jax.grad(lambda v, x: conv.apply(v, x).sum(), argnums=(0, 1))
+  assert count_flops(both, variables, x) == 3 * forward
+  assert count_flops(jnp.dot, jnp.zeros((4, 6)), jnp.zeros((6, 7))) == 2 * 4 * 6 * 7
+  batched = lambda a, b: jnp.einsum('bij,bjk->bik', a, b)
+  assert count_flops(batched, jnp.zeros((3, 4, 6)), jnp.zeros((3, 6, 7))) == \
+      2 * 3 * 4 * 6 * 7
+
+
+def test_scan_bodies_count_per_iteration():
+  w = jnp.zeros((6, 6))
+  def body(h, _):
+    return h @ w, None
+  fn = lambda h: jax.lax.scan(body, h, None, length=5)[0]
+  assert count_flops(fn, jnp.zeros((4, 6))) == 5 * 2 * 4 * 6 * 6
