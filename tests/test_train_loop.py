@@ -1,11 +1,20 @@
 """The train loop end to end on tiny configs: outputs, preemption, resume,
-corrupt checkpoints."""
+corrupt checkpoints, and a real 2-process run (jax.distributed with gloo CPU
+collectives on localhost) that matches 1 process on the same 2 devices.
+
+The runs use 2 of the 8 test devices, so the batch really is sharded while
+compiles and checkpoint writes stay cheap; tests/test_sharding.py checks the
+numerics on 1 vs 8 devices.
+"""
 
 import glob
 import json
 import os
 import signal
 import shutil
+import socket
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -16,6 +25,11 @@ from vqlab.train import loop
 from tests import tiny
 
 STEPS = 5
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _devices():
+  return jax.devices()[:2]
 
 
 def _losses(workdir):
@@ -25,11 +39,15 @@ def _losses(workdir):
           if 'loss' in row}
 
 
+def _train(workdir, **kwargs):
+  return loop.train_and_evaluate(tiny.tokenizer_config(steps=STEPS), workdir,
+                                 devices=_devices(), **kwargs)
+
+
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('uninterrupted'))
-  result = loop.train_and_evaluate(tiny.tokenizer_config(steps=STEPS), workdir)
-  return workdir, result
+  return workdir, _train(workdir)
 
 
 def test_run_writes_checkpoints_metrics_images_and_summaries(uninterrupted):
@@ -51,17 +69,16 @@ def test_run_writes_checkpoints_metrics_images_and_summaries(uninterrupted):
 def test_sigterm_saves_and_restart_continues_the_same_trajectory(
     uninterrupted, tmp_path):
   workdir = str(tmp_path)
-  config = tiny.tokenizer_config(steps=STEPS)
 
   def preempt_at_3(step, metrics):
     del metrics
     if step == 3:
       os.kill(os.getpid(), signal.SIGTERM)
 
-  first = loop.train_and_evaluate(config, workdir, step_callback=preempt_at_3)
+  first = _train(workdir, step_callback=preempt_at_3)
   assert first == {'step': 3, 'preempted': True}
   assert '3' in os.listdir(os.path.join(workdir, 'checkpoints'))
-  second = loop.train_and_evaluate(config, workdir)
+  second = _train(workdir)
   assert second['step'] == STEPS
   expected, got = _losses(uninterrupted[0]), _losses(workdir)
   for step in range(1, STEPS + 1):
@@ -80,7 +97,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(
       with open(path, 'wb') as f:
         f.write(b'garbage')
   shutil.rmtree(os.path.join(latest, 'default', 'd'), ignore_errors=True)
-  exp = loop.Experiment(tiny.tokenizer_config(steps=STEPS), workdir)
+  exp = loop.Experiment(tiny.tokenizer_config(steps=STEPS), workdir, _devices())
   state, step = exp.initial_state()
   assert step == 4 and int(state.step) == 4
   assert 'checkpoints/5 is missing or corrupt' in capsys.readouterr().out
@@ -93,7 +110,7 @@ def test_all_checkpoints_unreadable_is_a_clear_error(uninterrupted, tmp_path):
   shutil.copytree(uninterrupted[0], workdir)
   for step in ('2', '4', '5'):
     shutil.rmtree(os.path.join(workdir, 'checkpoints', step, 'default'))
-  exp = loop.Experiment(tiny.tokenizer_config(steps=STEPS), workdir)
+  exp = loop.Experiment(tiny.tokenizer_config(steps=STEPS), workdir, _devices())
   with pytest.raises(CheckpointError, match='no readable checkpoint'):
     exp.initial_state()
 
@@ -101,9 +118,43 @@ def test_all_checkpoints_unreadable_is_a_clear_error(uninterrupted, tmp_path):
 def test_eval_mode_restores_the_latest_checkpoint(uninterrupted, tmp_path):
   workdir = str(tmp_path / 'run')
   shutil.copytree(uninterrupted[0], workdir)
-  result = loop.evaluate_checkpoint(tiny.tokenizer_config(steps=STEPS), workdir)
+  result = loop.evaluate_checkpoint(tiny.tokenizer_config(steps=STEPS), workdir,
+                                    devices=_devices())
   assert result['step'] == STEPS
   assert result['psnr'] == pytest.approx(uninterrupted[1]['psnr'], rel=1e-6)
   assert os.path.exists(os.path.join(workdir, f'eval_{STEPS}.json'))
   with pytest.raises(CheckpointError, match='no checkpoint'):
-    loop.evaluate_checkpoint(tiny.tokenizer_config(), str(tmp_path / 'empty'))
+    loop.evaluate_checkpoint(tiny.tokenizer_config(), str(tmp_path / 'empty'),
+                             devices=_devices())
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process_on_two_devices(uninterrupted,
+                                                        tmp_path):
+  workdir, port = str(tmp_path), _free_port()
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
+             XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  command = [sys.executable, os.path.join(ROOT, 'main.py'),
+             '--config=' + os.path.join(ROOT, 'tests', 'tiny_tokenizer_config.py'),
+             f'--workdir={workdir}', f'--coordinator_address=localhost:{port}',
+             '--num_processes=2', '--cpu_collectives=gloo']
+  workers = [subprocess.Popen(command + [f'--process_id={i}'], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, cwd=ROOT) for i in range(2)]
+  outputs = [w.communicate(timeout=500) for w in workers]
+  for worker, (_, err) in zip(workers, outputs):
+    assert worker.returncode == 0, err[-3000:]
+  assert 'vqlab: 2 processes, 2 devices' in outputs[0][0]
+  expected, got = _losses(uninterrupted[0]), _losses(workdir)
+  assert sorted(got) == list(range(1, STEPS + 1))
+  for step in expected:
+    np.testing.assert_allclose(got[step], expected[step], rtol=1e-5,
+                               err_msg=f'step {step}')
+  with open(os.path.join(workdir, 'final_metrics.json')) as f:
+    assert json.load(f)['psnr'] == pytest.approx(uninterrupted[1]['psnr'],
+                                                 rel=1e-5)

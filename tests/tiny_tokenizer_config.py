@@ -4,4 +4,4 @@ from tests import tiny
 
 
 def get_config():
-  return tiny.tokenizer_config(steps=3)
+  return tiny.tokenizer_config(steps=5)

@@ -225,10 +225,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   return result
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
+                        devices: list[jax.Device] | None = None
                         ) -> dict[str, Any]:
   """`--mode=eval`: restores the latest checkpoint and evaluates it."""
-  exp = Experiment(config, workdir)
+  exp = Experiment(config, workdir, devices)
   restored = exp.checkpointer.restore(exp.abstract_state)
   if restored is None:
     raise CheckpointError(
