@@ -51,7 +51,7 @@ def _initialize_distributed() -> None:
 
 def main(argv):
   del argv
-  from vqlab.errors import CheckpointError, ConfigError  # pylint: disable=g-import-not-at-top
+  from vqlab.errors import CheckpointError, ConfigError, DataError  # pylint: disable=g-import-not-at-top
   _initialize_distributed()
   from vqlab.train import loop  # pylint: disable=g-import-not-at-top
   try:
@@ -61,6 +61,8 @@ def main(argv):
       result = loop.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
   except ConfigError as e:
     sys.exit(f'config error: {e}')
+  except DataError as e:
+    sys.exit(f'data error: {e}')
   except CheckpointError as e:
     sys.exit(f'checkpoint error: {e}')
   print('vqlab: ' + ', '.join(

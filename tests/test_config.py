@@ -75,3 +75,17 @@ def test_main_reports_one_line_before_compiling(tmp_path):
                   '8 devices'), proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr
   assert not os.path.exists(tmp_path / 'checkpoints')
+
+
+def test_main_reports_bad_data_values_in_one_line(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'main.py'),
+       '--config=' + os.path.join(ROOT, 'configs', 'quickstart.py'),
+       f'--workdir={tmp_path}', '--config.data.crop_min_fraction=1.5'],
+      capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+  assert proc.returncode != 0
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith('data error: data.crop_min_fraction: must be in'), \
+      proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr

@@ -16,3 +16,7 @@ class ConfigError(ValueError):
 
 class CheckpointError(RuntimeError):
   """No usable checkpoint could be restored (all candidates corrupt)."""
+
+
+class DataError(ValueError):
+  """A dataset cannot be built: a bad data.* value or missing files."""

@@ -42,6 +42,9 @@ class PatchGAN(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: [B, H, W, C] -> logits [B, H', W', 1] (float32)."""
+    if x.ndim != 4 or not jnp.issubdtype(x.dtype, jnp.floating):
+      raise ValueError('PatchGAN: images must be floating [B, H, W, C], got '
+                       f'{x.dtype} {tuple(x.shape)}')
     conv = lambda f, s, h: nn.Conv(f, (4, 4), strides=(s, s),
                                    padding=((1, 1), (1, 1)), dtype=self.dtype)(h)
     h = nn.leaky_relu(conv(self.base_features, 2, x.astype(self.dtype)), 0.2)

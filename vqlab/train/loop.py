@@ -18,6 +18,7 @@ import numpy as np
 
 from vqlab import data as data_lib
 from vqlab.errors import CheckpointError
+from vqlab.errors import DataError
 from vqlab.train import checkpoint as checkpoint_lib
 from vqlab.train import experiment
 from vqlab.train import partitioning
@@ -42,6 +43,18 @@ def _with_shardings(abstract_tree: Any, shardings: Any) -> Any:
       abstract_tree, shardings)
 
 
+def _build_data(config: ml_collections.ConfigDict, split: str,
+                global_batch_size: int) -> data_lib.DataSource:
+  """This host's data source; bad values or missing files -> DataError."""
+  try:
+    return data_lib.build(config, split=split,
+                          global_batch_size=global_batch_size,
+                          process_index=jax.process_index(),
+                          process_count=jax.process_count())
+  except (ValueError, FileNotFoundError) as e:
+    raise DataError(str(e)) from e
+
+
 class Experiment:
   """Everything the loop and `--mode=eval` share: config, task, mesh, data,
   compiled steps and the checkpointer."""
@@ -55,14 +68,9 @@ class Experiment:
     self.task = tasks.get(config.task).build(config)
     self.mesh = partitioning.make_mesh(config.mesh, devices)
     self.batch_sharding = partitioning.batch_sharding(self.mesh)
-    host = dict(process_index=jax.process_index(),
-                process_count=jax.process_count())
-    self.train_data = data_lib.build(config.data, split='train',
-                                     global_batch_size=config.train.batch_size,
-                                     **host)
-    self.eval_data = data_lib.build(config.data, split='eval',
-                                    global_batch_size=config.eval.batch_size,
-                                    **host)
+    self.train_data = _build_data(config.data, 'train',
+                                  config.train.batch_size)
+    self.eval_data = _build_data(config.data, 'eval', config.eval.batch_size)
     init_rng, self._step_rng = jax.random.split(jax.random.key(config.seed))
     self._init_rng = init_rng
 
