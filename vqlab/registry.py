@@ -15,10 +15,16 @@ from vqlab.errors import ConfigError
 class Registry:
   """Maps a component name to its default config and builder."""
 
-  def __init__(self, kind: str, key_prefix: str):
-    """Args: kind: e.g. 'quantizer'; key_prefix: config path used in errors."""
+  def __init__(self, kind: str, key_prefix: str,
+               subcomponents: dict[str, 'Registry'] | None = None):
+    """Args: kind: e.g. 'quantizer'; key_prefix: config path used in errors;
+    subcomponents: config key -> registry of the component named under it
+    (a tokenizer's 'quantizer'); that key is checked against the defaults of
+    the component its `name` selects instead of the default component's.
+    """
     self.kind = kind
     self.key_prefix = key_prefix
+    self.subcomponents = dict(subcomponents or {})
     self._entries: dict[str, tuple[Callable[[], Any], Callable[..., Any]]] = {}
 
   def register(self, name: str, *, default_config: Callable[[], Any],
@@ -50,6 +56,12 @@ class Registry:
       raise ConfigError(f'{prefix}.name', f'missing: which {self.kind} to build')
     self._entry(config.name, f'{prefix}.name')
     reference = self.default_config(config.name)
+    for key, registry in self.subcomponents.items():
+      sub = config.get(key)
+      if (key in reference and isinstance(sub, ml_collections.ConfigDict)
+          and 'name' in sub):
+        registry._entry(sub.name, f'{prefix}.{key}.name')  # Unknown: error.
+        reference[key] = registry.default_config(sub.name)
     config_schema.check_against(config, reference, prefix=f'{prefix}.')
     return config_schema.filled(config, reference)
 

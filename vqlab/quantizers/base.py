@@ -6,14 +6,18 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from vqlab.errors import ConfigError
+
 
 @flax.struct.dataclass
 class QuantizerOutput:
   """What a quantizer returns for latents `z: [..., d]`.
 
   Attributes:
-    quantized: [..., d], straight-through: forward value is the code, gradient
-      w.r.t. z is the identity.
+    quantized: [..., d], forward value is the code. Gradient w.r.t. z: the
+      identity (straight-through) for vq and lfq, times the bound's
+      derivative for fsq; through the softmax relaxation for gumbel and
+      regularized (their papers' estimators).
     indices: int32 [...] (or [..., n_factors] for factorized codes).
     loss: scalar, the quantizer's own loss terms weighted by its config.
     metrics: dict of scalars; at least `usage` (fraction of codes used in the
@@ -75,3 +79,133 @@ def check_indices(indices: Any, codebook_size: int, who: str) -> None:
   if lo < 0 or hi >= codebook_size:
     raise ValueError(f'{who}: token id out of range [0, {codebook_size}): '
                      f'min {lo}, max {hi}')
+
+
+# ----------------------------------------------------- shared by quantizers ---
+# Non-param collections. The train task carries every collection the model
+# creates in `TrainState.model_state` and applies the model with all of them
+# mutable, so a quantizer's state advances once per train step.
+STATS = 'quantizer_stats'  # EMA codebook statistics (vq with ema=True).
+STATE = 'quantizer_state'  # Step counter for schedules (gumbel, lfq annealing).
+
+
+def step_counter(module):
+  """The `quantizer_state/step` int32 variable of `module` (0 at init).
+
+  Create it in `setup` (or inside an `nn.compact` method); read it with
+  `advance_step_counter`.
+  """
+  return module.variable(STATE, 'step', lambda: jnp.zeros((), jnp.int32))
+
+
+def advance_step_counter(module, counter, train: bool) -> jax.Array:
+  """Int32 scalar: how many train calls `module` has seen before this one.
+
+  Increments `counter` (from `step_counter`) when `train` is true and the
+  `quantizer_state` collection is mutable, as in the train task's
+  `model.apply`. Schedules read this instead of a `step` argument, so callers
+  need not pass the step and a restored checkpoint resumes the schedule.
+  """
+  step = counter.value
+  if train and module.is_mutable_collection(STATE):
+    counter.value = step + 1
+  return step
+
+
+def anneal(step: jax.Array, start: float, end: float, num_steps: int,
+           kind: str) -> jax.Array:
+  """A scalar going from `start` (step 0) to `end` (step >= num_steps).
+
+  Args:
+    step: int scalar.
+    start, end: values at the two ends.
+    num_steps: length of the ramp; <= 0 means the constant `start`.
+    kind: 'linear' or 'exponential' (geometric: start * (end/start)^t; both
+      must then be > 0).
+
+  Returns:
+    float32 scalar.
+  """
+  if num_steps <= 0:
+    return jnp.asarray(start, jnp.float32)
+  t = jnp.clip(jnp.asarray(step, jnp.float32) / num_steps, 0.0, 1.0)
+  if kind == 'linear':
+    return start + (end - start) * t
+  if kind == 'exponential':
+    return start * (end / start)**t
+  raise ValueError(f"anneal: kind must be 'linear' or 'exponential', got {kind!r}")
+
+
+def gumbel_noise(key: jax.Array, shape) -> jax.Array:
+  """Standard Gumbel(0, 1) samples, float32 `shape`: -log(-log U)."""
+  return jax.random.gumbel(key, shape, jnp.float32)
+
+
+def safe_log(x: jax.Array) -> jax.Array:
+  """log(x) with x clamped to >= 1e-30, so 0 * log(0) is 0 and grads finite."""
+  return jnp.log(jnp.maximum(x, 1e-30))
+
+
+def kl_to_uniform(probs: jax.Array) -> jax.Array:
+  """KL(p || uniform) = sum_n p_n log(N p_n) for p: [N] (a distribution)."""
+  n = probs.shape[-1]
+  return jnp.sum(probs * (safe_log(probs) + jnp.log(float(n))), axis=-1)
+
+
+def straight_through_lookup(indices: jax.Array, soft: jax.Array,
+                            codebook: jax.Array) -> jax.Array:
+  """Rows `codebook[indices]` forward, gradient of `soft @ codebook`.
+
+  Args:
+    indices: int [M] chosen codes.
+    soft: [M, K] relaxed one-hot weights (e.g. a softmax) whose gradient is
+      used.
+    codebook: [K, d].
+
+  Returns:
+    [M, d]: `codebook[indices] + (soft - sg(soft)) @ codebook`. The second
+    term is exactly zero in value (x - x = 0, and 0 @ E = 0 at any matmul
+    precision), so the forward value is exactly the code rows; the gradient
+    is that of one_hot(indices) @ codebook w.r.t. the codebook and of
+    soft @ codebook w.r.t. soft.
+  """
+  delta = soft - jax.lax.stop_gradient(soft)
+  return jnp.take(codebook, indices, axis=0) + delta @ codebook
+
+
+def check_positive(value: float, name: str, who: str) -> None:
+  """Raises ValueError unless value > 0."""
+  if not value > 0:
+    raise ValueError(f'{who}: {name} must be > 0, got {value}')
+
+
+def check_in_unit_interval(value: float, name: str, who: str) -> None:
+  """Raises ValueError unless 0 <= value <= 1."""
+  if not 0.0 <= value <= 1.0:
+    raise ValueError(f'{who}: {name} must be in [0, 1], got {value}')
+
+
+def build_module(module_class, **fields):
+  """`module_class(**fields)`; an impossible value becomes a ConfigError.
+
+  The modules check their fields in `__post_init__` (ValueError naming the
+  field); builders go through here so that main.py reports a bad quantizer
+  config as one line. ConfigError is a ValueError.
+  """
+  try:
+    return module_class(**fields)
+  except ValueError as e:
+    raise ConfigError('quantizer', str(e)) from None
+
+
+def num_index_axes(quantizer) -> int:
+  """Trailing axes `indices` has beyond the token grid: 1 for factorized
+  codes ([..., n_factors]), else 0."""
+  return 1 if getattr(quantizer, 'factor_bits', ()) else 0
+
+
+def full_code_indices(quantizer, indices: jax.Array) -> jax.Array:
+  """Indices as the quantizer returns them -> one id in [0, K) per token."""
+  if num_index_axes(quantizer):
+    return quantizer.full_indices(indices)
+  return indices

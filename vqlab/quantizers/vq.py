@@ -6,9 +6,30 @@ loss = ||sg(z) - e_k*||^2 + beta ||z - sg(e_k*)||^2.
 beta weighs the commitment term (taming's `legacy=True` puts it on the codebook
 term instead; that is a known bug and not reproduced here).
 
-Options (ViT-VQGAN): `l2_normalize` looks up unit vectors (cosine similarity;
-losses on the normalized vectors), `projection_dim` projects z to a low
-dimension before the lookup and back after it. Both raise codebook usage.
+Options:
+  `l2_normalize` (ViT-VQGAN) looks up unit vectors (cosine similarity; losses
+    on the normalized vectors).
+  `projection_dim` (ViT-VQGAN) projects z to a low dimension before the lookup
+    and back after it. Both raise codebook usage.
+  `ema` (VQ-VAE appendix, sonnet's VectorQuantizerEMA) learns the codebook as
+    exponential moving averages instead of by gradient: per train step, with
+    n_k the batch count of code k and s_k the sum of the z assigned to it,
+        N_k <- decay N_k + (1 - decay) n_k,   S_k <- decay S_k + (1 - decay) s_k,
+        e_k  = S_k / N~_k,  N~_k = (N_k + eps) / (sum N + K eps) * sum N
+    (Laplace smoothing). N, S and the codebook live in the `quantizer_stats`
+    collection, not in the params, so the optimizer never touches them; the
+    loss is then beta * commitment only. The counts and sums are over the
+    global batch: under jit with a sharded batch the scatter-adds already
+    reduce over all devices, which is the cross-device average of the paper.
+    N starts at 1 and S at the initial codebook, so the first codebook is the
+    initial one (no zero-debiasing needed).
+  `restart_threshold` > 0 (needs ema) replaces dead codes, those with
+    N_k < restart_threshold after the update, by encoder outputs drawn
+    uniformly from the current batch (rng stream 'quantizer'), and resets
+    N_k = 1, S_k = e_k N~_k so that e_k = S_k / N~_k still holds.
+
+The EMA statistics change only when `train=True` and `quantizer_stats` is
+mutable (the train task applies the model with every collection mutable).
 """
 
 import flax.linen as nn
@@ -19,6 +40,7 @@ import ml_collections
 from vqlab.quantizers import base
 
 
+# ------------------------------------------------------------ pure functions ---
 def pairwise_sq_distances(z: jax.Array, codebook: jax.Array) -> jax.Array:
   """||z_i - e_k||^2 for z: [N, d], codebook: [K, d] -> [N, K].
 
@@ -40,14 +62,78 @@ def symmetric_uniform(limit: float):
   return init
 
 
+def laplace_smooth(cluster_size: jax.Array, eps: float) -> jax.Array:
+  """(N_k + eps) / (sum N + K eps) * sum N for cluster_size N: [K] -> [K]."""
+  total = jnp.sum(cluster_size)
+  return (cluster_size + eps) / (total + cluster_size.shape[0] * eps) * total
+
+
+def ema_update(cluster_size: jax.Array, embed_sum: jax.Array,
+               counts: jax.Array, sums: jax.Array, decay: float, eps: float):
+  """One EMA step of the codebook statistics.
+
+  Args:
+    cluster_size: N [K], EMA of the per-code counts.
+    embed_sum: S [K, d], EMA of the per-code sums of assigned vectors.
+    counts: n [K], this batch's counts.
+    sums: s [K, d], this batch's sums of the vectors assigned to each code.
+    decay: EMA decay in [0, 1).
+    eps: Laplace smoothing constant.
+
+  Returns:
+    (N', S', codebook [K, d] = S' / laplace_smooth(N', eps)).
+  """
+  cluster_size = decay * cluster_size + (1.0 - decay) * counts
+  embed_sum = decay * embed_sum + (1.0 - decay) * sums
+  codebook = embed_sum / laplace_smooth(cluster_size, eps)[:, None]
+  return cluster_size, embed_sum, codebook
+
+
+def restart_dead_codes(key: jax.Array, cluster_size: jax.Array,
+                       embed_sum: jax.Array, candidates: jax.Array,
+                       threshold: float, eps: float):
+  """Replaces codes with N_k < threshold by random rows of `candidates`.
+
+  Args:
+    key: PRNG key choosing the rows.
+    cluster_size: N [K]; embed_sum: S [K, d].
+    candidates: [M, d] recent encoder outputs (this batch's, in lookup space).
+    threshold: codes with N_k below it are dead.
+    eps: Laplace smoothing constant (keeps codebook = S / N~ exact).
+
+  Returns:
+    (N', S', codebook', dead [K] bool). Dead codes get N_k = 1, e_k = a
+    candidate, S_k = e_k * laplace_smooth(N')_k; live codes keep N_k and S_k,
+    and every e_k = S_k / laplace_smooth(N')_k.
+  """
+  dead = cluster_size < threshold
+  rows = jax.random.randint(key, (cluster_size.shape[0],), 0,
+                            candidates.shape[0])
+  fresh = jnp.take(candidates, rows, axis=0)
+  cluster_size = jnp.where(dead, 1.0, cluster_size)
+  smoothed = laplace_smooth(cluster_size, eps)[:, None]
+  embed_sum = jnp.where(dead[:, None], fresh * smoothed, embed_sum)
+  # Live codes are re-derived too: the reset counts change the smoothing.
+  codebook = jnp.where(dead[:, None], fresh, embed_sum / smoothed)
+  return cluster_size, embed_sum, codebook, dead
+
+
+# ------------------------------------------------------------------- module ---
 class VectorQuantizer(nn.Module):
   """Nearest-neighbour codebook lookup with straight-through gradients.
 
   Attributes:
     codebook_size: K, the number of codes.
-    embedding_dim: d, the dimension of z and of each code.
+    embedding_dim: d, the dimension of z (and of each code unless projected).
     beta: weight of the commitment term ||z - sg(e)||^2.
     loss_weight: weight of the whole quantizer loss.
+    l2_normalize: look up unit vectors (cosine similarity).
+    projection_dim: >0: look up in this many dims, project back after.
+    ema: learn the codebook by EMA (no codebook loss term).
+    decay: EMA decay.
+    epsilon: Laplace smoothing of the EMA cluster sizes.
+    restart_threshold: >0: restart codes whose EMA count falls below it
+      (requires ema).
   """
   codebook_size: int
   embedding_dim: int
@@ -55,31 +141,74 @@ class VectorQuantizer(nn.Module):
   loss_weight: float = 1.0
   l2_normalize: bool = False
   projection_dim: int = 0
+  ema: bool = False
+  decay: float = 0.99
+  epsilon: float = 1e-5
+  restart_threshold: float = 0.0
+
+  def __post_init__(self):
+    super().__post_init__()
+    who = 'VectorQuantizer'
+    base.check_positive(self.codebook_size, 'codebook_size', who)
+    base.check_positive(self.embedding_dim, 'embedding_dim', who)
+    if self.projection_dim < 0:
+      raise ValueError(f'{who}: projection_dim must be >= 0, got '
+                       f'{self.projection_dim}')
+    if not 0.0 <= self.decay < 1.0:
+      raise ValueError(f'{who}: decay must be in [0, 1), got {self.decay}')
+    base.check_positive(self.epsilon, 'epsilon', who)
+    if self.restart_threshold < 0:
+      raise ValueError(f'{who}: restart_threshold must be >= 0, got '
+                       f'{self.restart_threshold}')
+    if self.restart_threshold > 0 and not self.ema:
+      raise ValueError(
+          f'{who}: restart_threshold > 0 needs ema=True (a restart rewrites '
+          'the codebook, which must then live in the quantizer_stats '
+          'collection, not in the optimizer-owned params)')
 
   @property
   def code_dim(self) -> int:
+    """Channels of z and of `quantized` (embedding_dim)."""
     return self.embedding_dim
 
   @property
   def lookup_dim(self) -> int:
+    """Dimension of the codebook: projection_dim if set, else embedding_dim."""
     return self.projection_dim or self.embedding_dim
 
   def setup(self):
     init = nn.initializers.normal(1.0) if self.l2_normalize else \
         symmetric_uniform(1.0 / self.codebook_size)
-    self.codebook = self.param('codebook', init,
-                               (self.codebook_size, self.lookup_dim))
+    shape = (self.codebook_size, self.lookup_dim)
+    if self.ema:
+      self._codebook = self.variable(
+          base.STATS, 'codebook', lambda: init(self.make_rng('params'), shape))
+      self.cluster_size = self.variable(
+          base.STATS, 'cluster_size',
+          lambda: jnp.ones((self.codebook_size,), jnp.float32))
+      self.embed_sum = self.variable(base.STATS, 'embed_sum',
+                                     lambda: self._codebook.value)
+    else:
+      self.codebook = self.param('codebook', init, shape)
     if self.projection_dim:
       self.project_in = nn.Dense(self.projection_dim)
       self.project_out = nn.Dense(self.embedding_dim)
 
+  def _raw_codebook(self) -> jax.Array:
+    return self._codebook.value if self.ema else self.codebook
+
   def _normalized_codebook(self) -> jax.Array:
-    return l2_normalize(self.codebook) if self.l2_normalize else self.codebook
+    codebook = self._raw_codebook()
+    return l2_normalize(codebook) if self.l2_normalize else codebook
 
   def __call__(self, z: jax.Array, *, train: bool = False) -> base.QuantizerOutput:
-    """Quantizes z: [..., d] (d = embedding_dim); see QuantizerOutput."""
+    """Quantizes z: [..., d] (d = embedding_dim); see QuantizerOutput.
+
+    With ema and `train=True` (and `quantizer_stats` mutable) the EMA
+    statistics are updated after the lookup (which uses the codebook before
+    the update); restarts draw from the 'quantizer' rng stream.
+    """
     base.check_latents(z, self.embedding_dim, 'VectorQuantizer')
-    del train  # Same computation in training and inference.
     h = z.astype(jnp.float32)
     if self.projection_dim:
       h = self.project_in(h)
@@ -94,14 +223,39 @@ class VectorQuantizer(nn.Module):
     quantized = base.straight_through(h, codes)
     if self.projection_dim:
       quantized = self.project_out(quantized)
-    loss = self.loss_weight * (codebook_loss + self.beta * commitment)
     counts = base.code_histogram(indices, self.codebook_size)
     metrics = {'codebook_loss': codebook_loss, 'commitment_loss': commitment,
                **base.usage_and_perplexity(counts)}
+    if self.ema:
+      loss = self.loss_weight * self.beta * commitment
+      if train and self.is_mutable_collection(base.STATS):
+        metrics['restarted'] = self._update_ema(
+            jax.lax.stop_gradient(flat), indices, counts)
+    else:
+      loss = self.loss_weight * (codebook_loss + self.beta * commitment)
     return base.QuantizerOutput(
         quantized=quantized.astype(z.dtype),
         indices=indices.reshape(z.shape[:-1]).astype(jnp.int32),
         loss=loss, metrics=metrics)
+
+  def _update_ema(self, flat: jax.Array, indices: jax.Array,
+                  counts: jax.Array) -> jax.Array:
+    """EMA (and restart) step; returns the fraction of codes restarted."""
+    sums = jnp.zeros((self.codebook_size, self.lookup_dim),
+                     jnp.float32).at[indices].add(flat)
+    cluster_size, embed_sum, codebook = ema_update(
+        self.cluster_size.value, self.embed_sum.value, counts, sums,
+        self.decay, self.epsilon)
+    restarted = jnp.zeros((), jnp.float32)
+    if self.restart_threshold > 0:
+      cluster_size, embed_sum, codebook, dead = restart_dead_codes(
+          self.make_rng('quantizer'), cluster_size, embed_sum, flat,
+          self.restart_threshold, self.epsilon)
+      restarted = jnp.mean(dead.astype(jnp.float32))
+    self.cluster_size.value = cluster_size
+    self.embed_sum.value = embed_sum
+    self._codebook.value = codebook
+    return restarted
 
   def indices_to_codes(self, indices: jax.Array) -> jax.Array:
     """Codes for int indices [...] -> [..., d] (what `quantized` holds)."""
@@ -119,13 +273,19 @@ def default_config() -> ml_collections.ConfigDict:
   config.loss_weight = 1.0     # Weight of the whole quantizer loss.
   config.l2_normalize = False  # Cosine lookup on unit vectors (ViT-VQGAN).
   config.projection_dim = 0    # >0: look up in this many dims (8-32), project back.
+  config.ema = False           # EMA codebook (no codebook loss; quantizer_stats).
+  config.decay = 0.99          # EMA decay (ema only).
+  config.epsilon = 1e-5        # Laplace smoothing of EMA counts (ema only).
+  config.restart_threshold = 0.0  # >0 (ema): restart codes with EMA count below.
   return config
 
 
 def build(config: ml_collections.ConfigDict) -> VectorQuantizer:
   """Builds a VectorQuantizer from a validated config."""
-  return VectorQuantizer(codebook_size=config.codebook_size,
-                         embedding_dim=config.embedding_dim, beta=config.beta,
-                         loss_weight=config.loss_weight,
-                         l2_normalize=config.l2_normalize,
-                         projection_dim=config.projection_dim)
+  return base.build_module(
+      VectorQuantizer, codebook_size=config.codebook_size,
+      embedding_dim=config.embedding_dim, beta=config.beta,
+      loss_weight=config.loss_weight, l2_normalize=config.l2_normalize,
+      projection_dim=config.projection_dim, ema=config.ema,
+      decay=config.decay, epsilon=config.epsilon,
+      restart_threshold=config.restart_threshold)

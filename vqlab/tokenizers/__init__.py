@@ -5,10 +5,12 @@ A tokenizer module has `encode(x, train) -> (indices, QuantizerOutput)`,
 and, for GAN training, `forward_with_features`, `last_layer` and `LAST_LAYER`.
 """
 
+from vqlab import quantizers
 from vqlab.registry import Registry
 from vqlab.tokenizers import vqgan
 
-REGISTRY = Registry('tokenizer', key_prefix='model')
+REGISTRY = Registry('tokenizer', key_prefix='model',
+                    subcomponents={'quantizer': quantizers.REGISTRY})
 REGISTRY.register('vqgan', default_config=vqgan.default_config,
                   builder=vqgan.build)
 

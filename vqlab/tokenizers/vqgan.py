@@ -17,6 +17,7 @@ import ml_collections
 
 from vqlab import quantizers
 from vqlab.errors import ConfigError
+from vqlab.quantizers import base as quantizer_base
 from vqlab.nn.attention import SpatialSelfAttention
 from vqlab.nn.resnet import ResBlock2D, group_norm
 from vqlab.nn.sampling import Downsample2D, Upsample2D
@@ -153,8 +154,11 @@ class VQGAN(nn.Module):
     return self.last_layer(self.decoder_features(quantized, train=train))
 
   def decode_indices(self, indices: jax.Array) -> jax.Array:
-    """Tokens int [B, h, w] -> images [B, h*f, w*f, C] in about [-1, 1]."""
-    checks.check_token_grid(indices, 3, 'VQGAN.decode_indices')
+    """Tokens int [B, h, w] ([B, h, w, n_factors] for factorized codes) ->
+    images [B, h*f, w*f, C] in about [-1, 1]."""
+    checks.check_token_grid(
+        indices, 3 + quantizer_base.num_index_axes(self.quantizer),
+        'VQGAN.decode_indices')
     return self.decode(self.quantizer.indices_to_codes(indices))
 
   def forward_with_features(self, x: jax.Array, *, train: bool = False):

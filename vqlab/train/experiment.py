@@ -11,7 +11,6 @@ import ml_collections
 from vqlab import config_schema
 from vqlab import data as data_lib
 from vqlab import generators
-from vqlab import quantizers
 from vqlab import tokenizers
 from vqlab.errors import ConfigError
 from vqlab.train import partitioning
@@ -58,15 +57,9 @@ def reference_config(config: ml_collections.ConfigDict) -> ml_collections.Config
   task_name = config.get('task', 'tokenizer')
   reference = base_config()
   reference.update(tasks.get(task_name).default_config())
-  if 'model' in config and 'name' in config.model:
-    reference.model = _model_registry(task_name).default_config(
-        config.model.name)
-    quantizer = config.model.get('quantizer')
-    if 'quantizer' in reference.model and quantizer and 'name' in quantizer:
-      reference.model.quantizer = quantizers.REGISTRY.default_config(
-          quantizer.name) if quantizer.name in quantizers.names() else _unknown(
-              'model.quantizer.name', 'quantizer', quantizer.name,
-              quantizers.names())
+  if 'model' in config:
+    # The model's registry checks it, sub-components (its quantizer) included.
+    reference.model = _model_registry(task_name).validate(config.model, 'model')
   if 'data' in config and 'name' in config.data:
     if config.data.name not in data_lib.names():
       _unknown('data.name', 'dataset', config.data.name, data_lib.names())

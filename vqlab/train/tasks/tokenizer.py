@@ -228,11 +228,12 @@ class TokenizerTask:
     x_rec, q_out = self.model.apply(
         {'params': state.params[GENERATOR], **state.model_state}, x,
         train=False)
+    indices = quantizer_base.full_code_indices(self.model.quantizer,
+                                               q_out.indices)
     codes_mask = jnp.broadcast_to(
-        mask.reshape((-1,) + (1,) * (q_out.indices.ndim - 1)),
-        q_out.indices.shape)
+        mask.reshape((-1,) + (1,) * (indices.ndim - 1)), indices.shape)
     counts = jnp.zeros((self.model.quantizer.codebook_size,), jnp.float32).at[
-        q_out.indices.reshape(-1)].add(codes_mask.reshape(-1))
+        indices.reshape(-1)].add(codes_mask.reshape(-1))
     sums = {'psnr': jnp.sum(image_metrics.psnr(x, x_rec) * mask),
             'l1': jnp.sum(image_metrics.mean_abs_error(x, x_rec) * mask),
             'count': jnp.sum(mask), 'code_counts': counts}

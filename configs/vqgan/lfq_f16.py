@@ -1,0 +1,20 @@
+"""VQGAN f=16 with lookup-free quantization at K = 2^18 (MAGVIT-v2).
+
+18 bits factorized into two 2^9 sub-tokens (indices [B, 16, 16, 2]); the
+batch entropy uses 2 groups of 9 bits, so memory is O(batch * 2^9).
+Commitment 0.25, entropy penalty 0.1 at tau = 0.01.
+"""
+
+from configs.vqgan import _base
+
+
+def get_config():
+  config = _base.with_quantizer('lfq')
+  q = config.model.quantizer
+  q.codebook_size = 2**18
+  q.factor_bits = (9, 9)
+  q.entropy_groups = 2
+  q.commitment_weight = 0.25
+  q.entropy_weight = 0.1
+  q.entropy_temperature = 0.01
+  return config

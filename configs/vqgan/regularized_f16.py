@@ -1,0 +1,18 @@
+"""Regularized VQ, the paper's setting: VQGAN f=16 (16x16 tokens at 256^2),
+N = 1024 codes, stochastic mask ratio 0.4.
+
+The paper gives no temperature or loss weights; the quantizer's defaults and
+their reasons are in vqlab/quantizers/regularized.py. The probabilistic
+contrastive loss reads `QuantizerOutput.extras['pcl_weights']`.
+"""
+
+from configs.vqgan import _base
+
+
+def get_config():
+  config = _base.with_quantizer('regularized')
+  q = config.model.quantizer
+  q.codebook_size = 1024
+  q.embedding_dim = 256
+  q.mask_ratio = 0.4
+  return config

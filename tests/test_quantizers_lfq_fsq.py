@@ -1,0 +1,255 @@
+"""LFQ and FSQ against float64 numpy: indices, codes, losses, the exact and
+sub-group entropies, factorized indices, memory at 2^18, FSQ's bound."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vqlab.quantizers import base
+from vqlab.quantizers import fsq
+from vqlab.quantizers import lfq
+
+
+def _np_codes(num_bits):
+  k = np.arange(2**num_bits)
+  return np.where((k[:, None] >> np.arange(num_bits)) & 1, 1.0, -1.0)
+
+
+def _np_entropy(p, axis=-1):
+  p = np.float64(p)
+  return -(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0)).sum(axis)
+
+
+def _np_lfq(z, tau):
+  """Exact quantities over all 2^b codes, float64."""
+  z = np.float64(z).reshape(-1, z.shape[-1])
+  b = z.shape[-1]
+  logits = 2 * z @ _np_codes(b).T / tau
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  codes = np.where(z > 0, 1.0, -1.0)
+  return dict(codes=codes, indices=((z > 0) * 2**np.arange(b)).sum(-1),
+              commitment=((z - codes)**2).mean(),
+              sample_entropy=_np_entropy(p).mean(), mean_probs=p.mean(0))
+
+
+def _np_group_entropy(mean_probs, num_bits, groups):
+  """sum_g H(marginal of the mean code distribution over group g's bits)."""
+  joint = mean_probs.reshape((2,) * num_bits)  # Axis j: bit (b - 1 - j).
+  total, start = 0.0, 0
+  for size in lfq.group_sizes(num_bits, groups):
+    bits = range(start, start + size)
+    keep = [num_bits - 1 - i for i in bits]
+    other = tuple(a for a in range(num_bits) if a not in keep)
+    total += _np_entropy(joint.sum(other).reshape(-1))
+    start += size
+  return total
+
+
+def _apply(q, variables, z, train=False):
+  return jax.jit(lambda v, z: q.apply(v, z, train=train))(variables, z)
+
+
+# ---------------------------------------------------------------------- LFQ ---
+def test_lfq_matches_exact_numpy_reference():
+  z = np.asarray(jax.random.normal(jax.random.key(0), (4, 5, 6))) * 0.01
+  z[0, 0, :3] = 0.0  # sign(0) = -1: bit off.
+  q = lfq.LookupFreeQuantizer(codebook_size=64, commitment_weight=0.3,
+                              entropy_weight=0.2, entropy_temperature=0.01)
+  out = _apply(q, {}, jnp.asarray(z, jnp.float32))
+  ref = _np_lfq(z, 0.01)
+  np.testing.assert_array_equal(out.indices.reshape(-1), ref['indices'])
+  assert out.indices[0, 0] == int(((z[0, 0] > 0) * 2**np.arange(6)).sum())
+  np.testing.assert_array_equal(out.quantized.reshape(-1, 6), ref['codes'])
+  np.testing.assert_allclose(out.metrics['commitment_loss'], ref['commitment'],
+                             rtol=1e-5)
+  batch_entropy = _np_entropy(ref['mean_probs'])
+  assert 0.5 < ref['sample_entropy'] < 3 and batch_entropy > 2  # Informative.
+  np.testing.assert_allclose(out.metrics['per_sample_entropy'],
+                             ref['sample_entropy'], rtol=1e-4)
+  np.testing.assert_allclose(out.metrics['batch_entropy'], batch_entropy,
+                             rtol=1e-5)
+  entropy_loss = ref['sample_entropy'] - batch_entropy
+  np.testing.assert_allclose(out.metrics['entropy_loss'], entropy_loss,
+                             rtol=1e-4)
+  np.testing.assert_allclose(out.loss, 0.3 * ref['commitment'] +
+                             0.2 * entropy_loss, rtol=1e-4)
+  counts = np.bincount(ref['indices'], minlength=64)
+  p = counts[counts > 0] / counts.sum()
+  np.testing.assert_allclose(out.metrics['usage'], (counts > 0).mean())
+  np.testing.assert_allclose(out.metrics['perplexity'],
+                             np.exp(-(p * np.log(p)).sum()), rtol=1e-5)
+
+
+def test_lfq_subgroup_entropy():
+  """Sum of the groups' marginal entropies: exact for independent groups,
+  an upper bound otherwise."""
+  tau = 0.01
+  z = np.asarray(jax.random.normal(jax.random.key(1), (40, 6))) * 0.01
+  mean_probs = _np_lfq(z, tau)['mean_probs']
+  exact = _np_entropy(mean_probs)
+  entropies = jax.jit(lambda z: [lfq.batch_entropy(z, tau, g)
+                                 for g in (1, 2, 3, 4)])
+  for groups, got in zip((1, 2, 3, 4), entropies(jnp.asarray(z, jnp.float32))):
+    # groups = 4: uneven groups of 2, 2, 1, 1 bits.
+    got = float(got)
+    np.testing.assert_allclose(got, _np_group_entropy(mean_probs, 6, groups),
+                               rtol=1e-5, err_msg=str(groups))
+    assert got >= exact - 1e-5
+  assert got > exact + 0.1  # The approximation is not exact here...
+  # ...but it is when the batch is a product of independent group halves.
+  a = np.asarray(jax.random.normal(jax.random.key(2), (5, 3))) * 0.01
+  b = np.asarray(jax.random.normal(jax.random.key(3), (8, 3))) * 0.01
+  product = np.concatenate([np.repeat(a, 8, 0), np.tile(b, (5, 1))], -1)
+  exact = _np_entropy(_np_lfq(product, tau)['mean_probs'])
+  got = entropies(jnp.asarray(product, jnp.float32))[1]  # 2 groups.
+  np.testing.assert_allclose(got, exact, rtol=1e-5)
+
+
+def test_lfq_quantized_is_straight_through():
+  q = lfq.LookupFreeQuantizer(codebook_size=32)
+  z = jax.random.normal(jax.random.key(4), (3, 4, 5))
+  cot = jax.random.normal(jax.random.key(5), z.shape)
+  grad = jax.jit(lambda z, c: jax.vjp(lambda z: q.apply({}, z).quantized,
+                                      z)[1](c)[0])(z, cot)
+  np.testing.assert_allclose(grad, cot, atol=1e-6)
+
+
+def test_lfq_factorized_indices():
+  bits = (2, 4)  # Uneven: factor 0 = bits 0-1, factor 1 = bits 2-5.
+  full = jnp.arange(64)
+  factors = lfq.split_factors(full, bits)
+  np.testing.assert_array_equal(factors, np.stack([np.arange(64) % 4,
+                                                   np.arange(64) // 4], -1))
+  np.testing.assert_array_equal(lfq.combine_factors(factors, bits), full)
+  q = lfq.LookupFreeQuantizer(codebook_size=64, factor_bits=bits)
+  unfactored = lfq.LookupFreeQuantizer(codebook_size=64)
+  z = jax.random.normal(jax.random.key(6), (3, 7, 6))
+
+  @jax.jit
+  def run(z):
+    out, plain = q.apply({}, z), unfactored.apply({}, z)
+    codes = (q.apply({}, out.indices, method=q.indices_to_codes),
+             q.apply({}, plain.indices, factorized=False,
+                     method=q.indices_to_codes))
+    return out, plain, codes, q.full_indices(out.indices)
+
+  out, plain, both_codes, full = run(z)
+  assert out.indices.shape == (3, 7, 2)
+  np.testing.assert_array_equal(lfq.combine_factors(out.indices, bits),
+                                plain.indices)
+  np.testing.assert_array_equal(full, plain.indices)
+  for f in range(2):
+    used = np.unique(np.asarray(out.indices[..., f]))
+    np.testing.assert_allclose(out.metrics[f'usage/factor{f}'],
+                               len(used) / 2**bits[f])
+  np.testing.assert_allclose(out.metrics['usage'], plain.metrics['usage'])
+  for codes in both_codes:  # Both forms of the indices.
+    np.testing.assert_array_equal(codes, out.quantized)
+
+
+def test_lfq_2_to_18_runs_with_small_memory():
+  """K = 2^18, factors (9, 9), 2 entropy groups: temporaries stay far below
+  one [M, 2^18] float32 array (what the exact batch entropy needs)."""
+  z = jax.random.normal(jax.random.key(7), (2, 16, 16, 18)) * 0.01  # M = 512.
+
+  q = lfq.LookupFreeQuantizer(codebook_size=2**18, factor_bits=(9, 9),
+                              entropy_groups=2)
+
+  def fn(z):
+    loss_and_grad = jax.value_and_grad(lambda z: q.apply({}, z).loss)(z)
+    out = q.apply({}, z)
+    codes = q.apply({}, out.indices, method=q.indices_to_codes)
+    return loss_and_grad, out.indices, out.quantized, codes
+
+  compiled = jax.jit(fn).lower(z).compile()
+  temp_bytes = compiled.memory_analysis().temp_size_in_bytes
+  one_full_array = 512 * 2**18 * 4  # What the exact batch entropy needs.
+  assert temp_bytes < one_full_array / 32, temp_bytes
+  (loss, grad), indices, quantized, codes = compiled(z)
+  assert np.isfinite(loss) and grad.shape == z.shape
+  assert indices.shape == (2, 16, 16, 2) and int(indices.max()) < 512
+  np.testing.assert_array_equal(codes, quantized)
+  full = ((np.asarray(z) > 0) * 2**np.arange(18)).sum(-1)  # Bit 0 first.
+  np.testing.assert_array_equal(indices, np.stack([full % 512, full // 512],
+                                                  -1))
+
+
+def test_lfq_entropy_weight_anneals_linearly():
+  q = lfq.LookupFreeQuantizer(codebook_size=4, entropy_weight=0.5,
+                              entropy_weight_final=0.1, entropy_anneal_steps=4)
+  z = jnp.ones((2, 2))
+  variables = jax.jit(functools.partial(q.init, train=False))(
+      jax.random.key(0), z)
+  step = jax.jit(lambda v, z: q.apply(v, z, train=True, mutable=[base.STATE]))
+  seen = []
+  for _ in range(6):
+    out, state = step(variables, z)
+    seen.append(float(out.metrics['entropy_weight']))
+    variables = state
+  np.testing.assert_allclose(seen, [0.5, 0.4, 0.3, 0.2, 0.1, 0.1], rtol=1e-6)
+  # Without annealing there is no state at all.
+  assert not jax.eval_shape(lfq.LookupFreeQuantizer(codebook_size=4).init,
+                            jax.random.key(0), z)
+
+
+# ---------------------------------------------------------------------- FSQ ---
+LEVELS = (8, 5, 4, 3)
+
+
+def _np_fsq(z, levels):
+  lv = np.asarray(levels, np.float64)
+  half_l = (lv - 1) * (1 - 1e-3) / 2
+  offset = np.where(lv % 2 == 0, 0.5, 0.0)
+  shift = np.arctanh(offset / half_l)
+  bounded = np.tanh(np.float64(z) + shift) * half_l - offset
+  half_width = np.floor(lv / 2)
+  codes = np.round(bounded) / half_width
+  basis = np.concatenate([[1], np.cumprod(lv)[:-1]])
+  indices = ((codes * half_width + half_width) * basis).sum(-1).astype(int)
+  grad = (1 - np.tanh(np.float64(z) + shift)**2) * half_l / half_width
+  return codes, indices, grad
+
+
+def test_fsq_matches_numpy_reference_and_gradient():
+  q = fsq.FiniteScalarQuantizer(levels=LEVELS)
+  assert q.codebook_size == 480 and q.code_dim == 4
+  z = jax.random.normal(jax.random.key(8), (6, 7, 4)) * 2
+  out = _apply(q, {}, z)
+  codes, indices, grad = _np_fsq(z, LEVELS)
+  np.testing.assert_allclose(out.quantized, codes, atol=1e-6)
+  np.testing.assert_array_equal(out.indices, indices)
+  assert float(out.loss) == 0.0
+  cot = jax.random.normal(jax.random.key(9), z.shape)
+  g = jax.jit(lambda z, c: jax.vjp(lambda z: q.apply({}, z).quantized,
+                                   z)[1](c)[0])(z, cot)
+  np.testing.assert_allclose(g, grad * np.asarray(cot), rtol=1e-4, atol=1e-6)
+  counts = np.bincount(indices.ravel(), minlength=480)
+  np.testing.assert_allclose(out.metrics['usage'], (counts > 0).mean())
+
+
+def test_fsq_index_code_round_trip_covers_the_grid():
+  q = fsq.FiniteScalarQuantizer(levels=LEVELS)
+  ids = jnp.arange(q.codebook_size)
+  codes = q.apply({}, ids, method=q.indices_to_codes)
+  np.testing.assert_array_equal(fsq.codes_to_indices(codes, LEVELS), ids)
+  assert len({tuple(c) for c in np.asarray(codes)}) == 480
+  for i, levels in enumerate(LEVELS):  # Every level reachable from some z.
+    sweep = jnp.zeros((2001, 4)).at[:, i].set(jnp.linspace(-8, 8, 2001))
+    values = np.unique(np.asarray(fsq.quantize(sweep, LEVELS))[:, i])
+    half = levels // 2
+    np.testing.assert_allclose(values, (np.arange(levels) - half) / half)
+    assert set(values) == set(np.unique(np.asarray(codes)[:, i]))
+
+
+def test_fsq_bound_uses_atanh_so_zero_maps_to_the_zero_code():
+  """Pins atanh (not the notebook's tan): bound(0) = 0 for even L too."""
+  levels = (4, 6, 8, 5)
+  got = np.asarray(fsq.bound(jnp.zeros((1, 4)), levels))[0]
+  np.testing.assert_allclose(got, 0.0, atol=1e-6)
+  half_l = (4 - 1) * (1 - 1e-3) / 2  # With tan, L = 4 would be off:
+  assert abs(np.tanh(np.tan(0.5 / half_l)) * half_l - 0.5) > 1e-4
+  np.testing.assert_array_equal(
+      fsq.quantize(jnp.zeros((1, 4)), levels), np.zeros((1, 4)))

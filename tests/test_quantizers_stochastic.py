@@ -1,0 +1,252 @@
+"""Gumbel VQ and Regularized VQ against float64 numpy: values, gradients of
+the relaxations, sampling frequencies, the mask ratio and the schedules."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.stats
+
+from vqlab.quantizers import base
+from vqlab.quantizers import gumbel
+from vqlab.quantizers import regularized
+
+
+def _softmax(x, axis=-1):
+  x = np.float64(x)
+  e = np.exp(x - x.max(axis, keepdims=True))
+  return e / e.sum(axis, keepdims=True)
+
+
+def _kl_to_uniform(p):
+  return float(np.sum(p * np.log(len(p) * p)))
+
+
+def _perplexity(indices, k):
+  counts = np.bincount(np.ravel(indices), minlength=k)
+  p = counts[counts > 0] / counts.sum()
+  return (counts > 0).mean(), np.exp(-(p * np.log(p)).sum())
+
+
+def _assert_follows(samples, probs, who):
+  """Chi-square goodness of fit of integer samples to `probs` (p > 1e-4)."""
+  counts = np.bincount(np.ravel(samples), minlength=len(probs))
+  expected = probs * counts.sum()
+  stat = ((counts - expected)**2 / expected).sum()
+  limit = scipy.stats.chi2.ppf(1 - 1e-4, len(probs) - 1)
+  assert stat < limit, (who, stat, limit, counts, expected)
+
+
+def _np_softmax_vjp(soft, grad_soft):
+  """d/dx of sum(grad_soft * softmax(x)) at softmax(x) = soft."""
+  return soft * (grad_soft - (soft * grad_soft).sum(-1, keepdims=True))
+
+
+def _init(q, z):
+  return jax.jit(functools.partial(q.init, train=False))(
+      {'params': jax.random.key(0), 'quantizer': jax.random.key(1)}, z)
+
+
+def _apply(q, train, mutable=False):
+  def fn(variables, z, key):
+    return q.apply(variables, z, train=train, rngs={'quantizer': key},
+                   mutable=mutable)
+  return jax.jit(fn)
+
+
+# ------------------------------------------------------------------- Gumbel ---
+def test_gumbel_quantize_values_and_relaxation_gradient():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(20, 7)).astype(np.float32)
+  codebook = rng.normal(size=(7, 3)).astype(np.float32)
+  noise = rng.gumbel(size=(20, 7)).astype(np.float32)
+  cot = rng.normal(size=(20, 3)).astype(np.float32)
+  tau = 0.7
+  @jax.jit
+  def fn(logits, codebook):
+    (quantized, indices), pullback = jax.vjp(
+        lambda l, e: gumbel.gumbel_quantize(l, e, noise, tau), logits, codebook)
+    return quantized, indices, *pullback(
+        (cot, np.zeros(20, jax.dtypes.float0)))
+  quantized, indices, g_logits, g_codebook = fn(logits, codebook)
+  idx = np.argmax(np.float64(logits) + noise, -1)
+  np.testing.assert_array_equal(indices, idx)
+  np.testing.assert_array_equal(quantized, codebook[idx])  # Exact rows.
+  soft = _softmax((np.float64(logits) + noise) / tau)
+  grad_soft = np.float64(cot) @ np.float64(codebook).T
+  np.testing.assert_allclose(g_logits, _np_softmax_vjp(soft, grad_soft) / tau,
+                             atol=1e-5)
+  hard = np.eye(7)[idx]
+  np.testing.assert_allclose(g_codebook, hard.T @ cot, atol=1e-5)
+
+
+def test_gumbel_inference_matches_numpy():
+  q = gumbel.GumbelQuantizer(codebook_size=16, embedding_dim=4, kl_weight=0.3)
+  z = jax.random.normal(jax.random.key(2), (3, 5, 4))
+  variables = _init(q, z)
+  out = _apply(q, train=False)(variables, z, jax.random.key(3))
+  p = variables['params']
+  logits = np.float64(z).reshape(-1, 4) @ np.float64(
+      p['to_logits']['kernel']) + np.float64(p['to_logits']['bias'])
+  idx = logits.argmax(-1)
+  np.testing.assert_array_equal(out.indices.reshape(-1), idx)
+  np.testing.assert_allclose(out.quantized.reshape(-1, 4),
+                             np.asarray(p['codebook'])[idx], atol=1e-6)
+  kl = _kl_to_uniform(_softmax(logits).mean(0))
+  np.testing.assert_allclose(out.metrics['kl'], kl, rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(out.loss, 0.3 * kl, rtol=1e-4, atol=1e-7)
+  usage, perplexity = _perplexity(idx, 16)
+  np.testing.assert_allclose(out.metrics['usage'], usage)
+  np.testing.assert_allclose(out.metrics['perplexity'], perplexity, rtol=1e-5)
+
+
+def test_gumbel_samples_follow_the_softmax():
+  q = gumbel.GumbelQuantizer(codebook_size=6, embedding_dim=4)
+  z = jnp.broadcast_to(jnp.array([0.9, -0.4, 1.3, 0.2]), (20000, 4))
+  variables = _init(q, z[:1])
+  out, _ = _apply(q, train=True, mutable=[base.STATE])(
+      variables, z, jax.random.key(4))
+  p = variables['params']['to_logits']
+  probs = _softmax(np.float64(z[0]) @ np.float64(p['kernel']) +
+                   np.float64(p['bias']))
+  assert probs.max() < 0.9  # A real distribution, not a near-argmax.
+  _assert_follows(out.indices, probs, 'gumbel')
+
+
+def test_gumbel_temperature_anneals_geometrically_with_train_steps():
+  q = gumbel.GumbelQuantizer(codebook_size=4, embedding_dim=2, temperature=2.0,
+                             temperature_final=0.125,
+                             temperature_anneal_steps=4)
+  z = jnp.ones((2, 2))
+  variables = jax.tree.map(  # Values do not matter here: no compile needed.
+      lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(
+          functools.partial(q.init, train=False), jax.random.key(0), z))
+  step = _apply(q, train=True, mutable=[base.STATE])
+  seen = []
+  for i in range(6):
+    out, state = step(variables, z, jax.random.key(i))
+    seen.append(float(out.metrics['temperature']))
+    variables = {**variables, **state}
+  np.testing.assert_allclose(seen, [2.0 * (0.125 / 2.0)**(min(s, 4) / 4)
+                                    for s in range(6)], rtol=1e-6)
+  assert int(variables[base.STATE]['step']) == 6
+  # Inference neither advances the counter nor samples.
+  out, state = _apply(q, train=False, mutable=[base.STATE])(
+      variables, z, jax.random.key(0))
+  assert int(state[base.STATE]['step']) == 6
+  np.testing.assert_allclose(out.metrics['temperature'], 0.125, rtol=1e-6)
+
+
+# -------------------------------------------------------------- Regularized ---
+def _np_regularized(z, codebook, noise, mask, tau, tau_g, cot):
+  """Forward values and the relaxation's gradients w.r.t. z and codebook."""
+  z, e = np.float64(z), np.float64(codebook)
+  diff = z[:, None, :] - e[None]                      # [M, N, d]
+  logits = -(diff**2).sum(-1) / tau
+  argmax = logits.argmax(-1)
+  sample = (logits + noise).argmax(-1)
+  indices = np.where(mask, sample, argmax)
+  soft = np.where(mask[:, None], _softmax((logits + noise) / tau_g),
+                  _softmax(logits))
+  grad_soft = np.float64(cot) @ e.T
+  g_logits = _np_softmax_vjp(soft, grad_soft) / np.where(mask, tau_g, 1.0)[:, None]
+  g_z = (g_logits[..., None] * (-2 * diff / tau)).sum(1)
+  g_e = (g_logits[..., None] * (2 * diff / tau)).sum(0)
+  np.add.at(g_e, indices, np.float64(cot))
+  weights = ((e[sample] - e[argmax])**2).sum(-1)
+  return dict(indices=indices, argmax=argmax, sample=sample,
+              quantized=e[indices], probs=_softmax(logits),
+              pcl_weights=weights, g_z=g_z, g_e=g_e)
+
+
+def test_regularized_quantize_values_and_relaxation_gradients():
+  """Softmax gradient outside the mask, Gumbel-softmax inside it."""
+  rng = np.random.default_rng(1)
+  z = rng.normal(size=(24, 3)).astype(np.float32)
+  codebook = rng.normal(size=(5, 3)).astype(np.float32)
+  noise = rng.gumbel(size=(24, 5)).astype(np.float32)
+  mask = rng.random(24) < 0.5
+  cot = rng.normal(size=(24, 3)).astype(np.float32)
+  tau, tau_g = 1.5, 0.6
+  fn = lambda z, e: regularized.regularized_quantize(z, e, noise, mask, tau,
+                                                     tau_g)
+
+  @jax.jit
+  def forward_and_grads(z, e):
+    full, pullback = jax.vjp(fn, z, e)
+    cotangents = jax.tree.map(jnp.zeros_like, full)
+    cotangents = {k: (np.zeros(v.shape, jax.dtypes.float0)
+                      if v.dtype == jnp.int32 else v)
+                  for k, v in cotangents.items()}
+    return full, pullback({**cotangents, 'quantized': cot})
+  full, (g_z, g_e) = forward_and_grads(z, codebook)
+  out = full['quantized']
+  ref = _np_regularized(z, codebook, noise, mask, tau, tau_g, cot)
+  assert (ref['sample'] != ref['argmax'])[mask].any()  # Sampling matters here.
+  for key in ('indices', 'argmax', 'sample'):
+    np.testing.assert_array_equal(full[key], ref[key], err_msg=key)
+  np.testing.assert_array_equal(out, codebook[ref['indices']])
+  np.testing.assert_allclose(full['probs'], ref['probs'], atol=1e-6)
+  np.testing.assert_allclose(full['pcl_weights'], ref['pcl_weights'],
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(g_z, ref['g_z'], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(g_e, ref['g_e'], rtol=1e-4, atol=1e-5)
+
+
+def test_regularized_loss_terms_match_numpy():
+  q = regularized.RegularizedQuantizer(
+      codebook_size=8, embedding_dim=3, temperature=0.5, kl_weight=0.2,
+      codebook_weight=0.7, beta=0.3)
+  z = jax.random.normal(jax.random.key(5), (4, 6, 3)) * 0.5
+  variables = {'params': {'codebook': jax.random.normal(jax.random.key(6),
+                                                        (8, 3)) * 0.5}}
+  e = np.float64(variables['params']['codebook'])
+  flat = np.float64(z).reshape(-1, 3)
+  logits = -((flat[:, None] - e[None])**2).sum(-1) / 0.5
+  kl = _kl_to_uniform(_softmax(logits).mean(0))
+  mse = ((flat - e[logits.argmax(-1)])**2).mean()
+  outs = jax.jit(lambda v, z, key: {train: q.apply(
+      v, z, train=train, rngs={'quantizer': key}) for train in (False, True)})(
+          variables, z, jax.random.key(7))
+  for train in (False, True):  # No loss term depends on the random draws.
+    out = outs[train]
+    np.testing.assert_allclose(out.metrics['kl'], kl, rtol=1e-4)
+    np.testing.assert_allclose(out.metrics['codebook_loss'], mse, rtol=1e-5)
+    np.testing.assert_allclose(out.loss, 0.2 * kl + 0.7 * mse + 0.3 * mse,
+                               rtol=1e-4)
+    assert out.extras['pcl_weights'].shape == out.extras['mask'].shape == (4, 6)
+    usage, perplexity = _perplexity(out.indices, 8)
+    np.testing.assert_allclose(out.metrics['usage'], usage)
+    np.testing.assert_allclose(out.metrics['perplexity'], perplexity, rtol=1e-5)
+  # Inference: argmax everywhere, no mask, zero weights.
+  out = outs[False]
+  np.testing.assert_array_equal(out.indices.reshape(-1), logits.argmax(-1))
+  assert float(jnp.abs(out.extras['pcl_weights']).max()) == 0.0
+  assert float(out.extras['mask'].max()) == 0.0
+
+
+def test_regularized_mask_ratio_and_sampling_frequencies():
+  q = regularized.RegularizedQuantizer(codebook_size=6, embedding_dim=2,
+                                       mask_ratio=0.4)
+  m = 20000
+  z = jnp.broadcast_to(jnp.array([0.3, -0.2]), (m, 2))
+  codebook = jnp.array([[0.3, -0.1], [0.0, 0.0], [0.8, -0.6], [-0.5, 0.4],
+                        [0.5, 0.3], [1.2, 0.9]])
+  variables = {'params': {'codebook': codebook}}
+  out = _apply(q, train=True)(variables, z, jax.random.key(8))
+  mask = np.asarray(out.extras['mask']) > 0
+  # Each position is masked with probability 0.4: 6 sigma of Binomial(m, 0.4).
+  assert abs(mask.mean() - 0.4) < 6 * np.sqrt(0.24 / m), mask.mean()
+  np.testing.assert_allclose(out.metrics['mask_fraction'], mask.mean())
+  e = np.float64(codebook)
+  probs = _softmax(-((np.float64(z[0]) - e)**2).sum(-1))
+  best = probs.argmax()
+  assert probs.max() < 0.5  # Samples often differ from the argmax.
+  indices = np.asarray(out.indices)
+  assert (indices[~mask] == best).all()        # Argmax outside the mask,
+  _assert_follows(indices[mask], probs, 'regularized')  # samples inside.
+  # PCL weights: ||E[sample] - E[argmax]||^2 (the used code inside the mask).
+  np.testing.assert_allclose(out.extras['pcl_weights'][mask],
+                             ((e[indices[mask]] - e[best])**2).sum(-1),
+                             rtol=1e-5, atol=1e-7)

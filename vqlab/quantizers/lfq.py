@@ -1,0 +1,285 @@
+"""Lookup-free quantization (MAGVIT-v2).
+
+z: [..., b] with b = log2 K. Each channel is a bit:
+    q(z) = sign(z) in {-1, 1}^b  (0 maps to -1),
+    index = sum_i 2^i 1{z_i > 0}  (bit 0 first, as Open-MAGVIT2),
+straight-through gradients, and
+
+    loss = commitment_weight * mean ||z - sg(q(z))||^2
+         + entropy_weight * (E[H(p(z))] - H[E p(z)]),
+
+p(z) = softmax over the K codes c of 2 <z, c> / tau (tau = 0.01). Since
+<z, c> = sum_i z_i c_i, p(z) is a product over bits of
+p(z_i = +1) = sigmoid(4 z_i / tau), so the per-sample entropy is exactly a
+sum of binary entropies. The batch term H[E p] needs the mean distribution
+over all K codes; with `entropy_groups` = G > 1 the b bits are split into G
+groups of about b/G bits (the first groups get the extra bit when G does not
+divide b) and the groups' entropies are summed:
+    H[E p] ~= sum_g H[E p_g],   p_g = softmax(2 <z_g, c_g> / tau) over 2^|g|.
+This is exact when the groups are independent under E p (e.g. G = 1), an
+upper bound otherwise, and costs O(M * G * 2^(b/G)) memory for M positions
+instead of O(M * 2^b): K = 2^18 with G = 2 needs [M, 512] per group. The mean
+is over every position of the global batch (under jit with a sharded batch a
+jnp.mean is already global).
+
+Factorized codes (MAGVIT-v2's factorized heads): `factor_bits`, e.g. (9, 9)
+for 2^18 = 2^9 x 2^9 (or uneven, (6, 12)), splits the bits in order (factor 0
+holds bits 0..f0-1) and `indices` is then int32 [..., n_factors], factor f
+being sum_j 2^j 1{z_(o_f + j) > 0}. The full index is
+sum_f factor_f * 2^(o_f). `indices_to_codes` accepts either form.
+Metrics: `usage` and `perplexity` are over the full 2^b codes (an O(K)
+scatter-add histogram); with factors also `usage/factor{f}` per factor.
+
+Entropy-weight annealing (MAGVIT-v2 found it useful): with
+`entropy_anneal_steps` > 0 the weight goes linearly from `entropy_weight` to
+`entropy_weight_final` over that many train steps, counted in the
+`quantizer_state` collection (base.advance_step_counter).
+"""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vqlab.quantizers import base
+
+
+# ------------------------------------------------------------ pure functions ---
+def sign_codes(z: jax.Array) -> jax.Array:
+  """q(z) = sign(z) with 0 -> -1: [..., b] -> float32 [..., b] in {-1, 1}."""
+  return jnp.where(z > 0, 1.0, -1.0).astype(jnp.float32)
+
+
+def bits_to_indices(z: jax.Array) -> jax.Array:
+  """sum_i 2^i 1{z_i > 0}: [..., b] -> int32 [...] (b <= 30)."""
+  weights = jnp.left_shift(1, jnp.arange(z.shape[-1], dtype=jnp.int32))
+  return jnp.sum(jnp.where(z > 0, weights, 0), axis=-1).astype(jnp.int32)
+
+
+def indices_to_sign_codes(indices: jax.Array, num_bits: int) -> jax.Array:
+  """Inverse of bits_to_indices: int [...] -> float32 [..., num_bits] in {-1, 1}."""
+  bits = jnp.right_shift(indices[..., None].astype(jnp.int32),
+                         jnp.arange(num_bits, dtype=jnp.int32)) & 1
+  return jnp.where(bits == 1, 1.0, -1.0).astype(jnp.float32)
+
+
+def _offsets(factor_bits: Sequence[int]) -> np.ndarray:
+  return np.concatenate([[0], np.cumsum(factor_bits)[:-1]]).astype(np.int32)
+
+
+def split_factors(indices: jax.Array, factor_bits: Sequence[int]) -> jax.Array:
+  """Full index [...] -> factor indices int32 [..., len(factor_bits)]."""
+  offsets = jnp.asarray(_offsets(factor_bits))
+  masks = jnp.asarray([(1 << f) - 1 for f in factor_bits], jnp.int32)
+  return (jnp.right_shift(indices[..., None].astype(jnp.int32), offsets)
+          & masks).astype(jnp.int32)
+
+
+def combine_factors(factors: jax.Array, factor_bits: Sequence[int]) -> jax.Array:
+  """Factor indices [..., F] -> full index int32 [...]: sum_f x_f 2^(o_f)."""
+  offsets = jnp.asarray(_offsets(factor_bits))
+  return jnp.sum(jnp.left_shift(factors.astype(jnp.int32), offsets),
+                 axis=-1).astype(jnp.int32)
+
+
+def binary_entropy_from_logits(x: jax.Array) -> jax.Array:
+  """H(sigmoid(x)) in nats, elementwise, stable for large |x|."""
+  return (jax.nn.sigmoid(x) * jax.nn.softplus(-x) +
+          jax.nn.sigmoid(-x) * jax.nn.softplus(x))
+
+
+def per_sample_entropy(z: jax.Array, temperature: float) -> jax.Array:
+  """H(p(z)) for p = softmax_c(2 <z, c> / tau): [M, b] -> [M] (exact)."""
+  return jnp.sum(binary_entropy_from_logits(4.0 * z / temperature), axis=-1)
+
+
+def group_sizes(num_bits: int, groups: int) -> list[int]:
+  """Bits per entropy group: `groups` near-equal parts, larger ones first."""
+  return [len(part) for part in np.array_split(np.arange(num_bits), groups)]
+
+
+def code_table(num_bits: int) -> jax.Array:
+  """All 2^num_bits codes in index order: float32 [2^n, n] in {-1, 1}."""
+  return indices_to_sign_codes(jnp.arange(2**num_bits), num_bits)
+
+
+def batch_entropy(z: jax.Array, temperature: float, groups: int) -> jax.Array:
+  """sum_g H[mean_m p_g(z_m)] over `groups` bit groups; z: [M, b] -> scalar.
+
+  Exact H[E p] when groups == 1 (memory O(M 2^b)); otherwise the sub-group
+  approximation with memory O(M 2^(b / groups)) per group.
+  """
+  total = jnp.zeros((), jnp.float32)
+  start = 0
+  for size in group_sizes(z.shape[-1], groups):
+    logits = 2.0 * z[:, start:start + size] @ code_table(size).T / temperature
+    mean_probs = jnp.mean(jax.nn.softmax(logits, axis=-1), axis=0)
+    total += -jnp.sum(mean_probs * base.safe_log(mean_probs))
+    start += size
+  return total
+
+
+# ------------------------------------------------------------------- module ---
+class LookupFreeQuantizer(nn.Module):
+  """LFQ; see the module docstring.
+
+  Attributes:
+    codebook_size: K = 2^b; z has b channels.
+    factor_bits: () for plain indices, else bits per factor (sum b).
+    commitment_weight: weight of mean ||z - sg(q(z))||^2.
+    entropy_weight: weight of the entropy penalty (at step 0 if annealed).
+    entropy_weight_final: weight after annealing.
+    entropy_anneal_steps: linear annealing length; 0: constant weight.
+    entropy_temperature: tau in p(z) = softmax(2 <z, c> / tau).
+    entropy_groups: G, bit groups of the batch-entropy approximation.
+  """
+  codebook_size: int
+  factor_bits: Sequence[int] = ()
+  commitment_weight: float = 0.25
+  entropy_weight: float = 0.1
+  entropy_weight_final: float = 0.1
+  entropy_anneal_steps: int = 0
+  entropy_temperature: float = 0.01
+  entropy_groups: int = 1
+
+  def __post_init__(self):
+    super().__post_init__()
+    who = 'LookupFreeQuantizer'
+    k = self.codebook_size
+    if not (isinstance(k, int) and k >= 2 and k & (k - 1) == 0 and k <= 2**30):
+      raise ValueError(f'{who}: codebook_size must be a power of 2 in '
+                       f'[2, 2^30], got {k}')
+    b = self.num_bits
+    if self.factor_bits and (sum(self.factor_bits) != b or
+                             min(self.factor_bits) < 1):
+      raise ValueError(f'{who}: factor_bits {tuple(self.factor_bits)} must be '
+                       f'positive and sum to log2(codebook_size) = {b}')
+    if not 1 <= self.entropy_groups <= b:
+      raise ValueError(f'{who}: entropy_groups must be in [1, {b}], got '
+                       f'{self.entropy_groups}')
+    base.check_positive(self.entropy_temperature, 'entropy_temperature', who)
+    if self.entropy_anneal_steps < 0:
+      raise ValueError(f'{who}: entropy_anneal_steps must be >= 0, got '
+                       f'{self.entropy_anneal_steps}')
+
+  @property
+  def num_bits(self) -> int:
+    """b = log2(codebook_size)."""
+    return int(self.codebook_size).bit_length() - 1
+
+  @property
+  def code_dim(self) -> int:
+    """Channels of z: one per bit."""
+    return self.num_bits
+
+  @property
+  def num_factors(self) -> int:
+    """Length of the trailing factor axis of `indices` (0: no such axis)."""
+    return len(self.factor_bits)
+
+  def full_indices(self, indices: jax.Array) -> jax.Array:
+    """Indices as `__call__` returns them -> full indices int32 [...] in [0, K).
+
+    Identity without factors; combines [..., n_factors] factor indices
+    otherwise (for histograms over the whole code space).
+    """
+    if not self.factor_bits:
+      return indices
+    return combine_factors(indices, self.factor_bits)
+
+  def current_entropy_weight(self, step: jax.Array) -> jax.Array:
+    """The entropy weight at train step `step` (float32 scalar)."""
+    return base.anneal(step, self.entropy_weight, self.entropy_weight_final,
+                       self.entropy_anneal_steps, 'linear')
+
+  @nn.compact
+  def __call__(self, z: jax.Array, *, train: bool = False) -> base.QuantizerOutput:
+    """Quantizes z: [..., b]; see the module docstring."""
+    base.check_latents(z, self.num_bits, 'LookupFreeQuantizer')
+    if self.entropy_anneal_steps > 0:
+      step = base.advance_step_counter(self, base.step_counter(self), train)
+      weight = self.current_entropy_weight(step)
+    else:
+      weight = jnp.asarray(self.entropy_weight, jnp.float32)
+    h = z.astype(jnp.float32)
+    codes = sign_codes(h)
+    indices = bits_to_indices(h)
+    commitment = jnp.mean((h - jax.lax.stop_gradient(codes))**2)
+    flat = h.reshape(-1, self.num_bits)
+    sample_entropy = jnp.mean(per_sample_entropy(flat, self.entropy_temperature))
+    codebook_entropy = batch_entropy(flat, self.entropy_temperature,
+                                     self.entropy_groups)
+    entropy_loss = sample_entropy - codebook_entropy
+    metrics = {'commitment_loss': commitment, 'entropy_loss': entropy_loss,
+               'per_sample_entropy': sample_entropy,
+               'batch_entropy': codebook_entropy, 'entropy_weight': weight,
+               **base.usage_and_perplexity(
+                   base.code_histogram(indices, self.codebook_size))}
+    if self.factor_bits:
+      factors = split_factors(indices, self.factor_bits)
+      for f, bits in enumerate(self.factor_bits):
+        metrics[f'usage/factor{f}'] = base.usage_and_perplexity(
+            base.code_histogram(factors[..., f], 2**bits))['usage']
+      indices = factors
+    return base.QuantizerOutput(
+        quantized=base.straight_through(h, codes).astype(z.dtype),
+        indices=indices,
+        loss=self.commitment_weight * commitment + weight * entropy_loss,
+        metrics=metrics)
+
+  def indices_to_codes(self, indices: jax.Array,
+                       factorized: bool | None = None) -> jax.Array:
+    """Codes in {-1, 1}^b for indices -> float32 [..., b].
+
+    Args:
+      indices: int [...] full indices in [0, K), or [..., n_factors] factor
+        indices (factor f in [0, 2^factor_bits[f])).
+      factorized: which form `indices` has; default: the form `__call__`
+        returns (factorized iff factor_bits is set).
+    """
+    who = 'LookupFreeQuantizer'
+    factorized = bool(self.factor_bits) if factorized is None else factorized
+    if factorized:
+      if not self.factor_bits:
+        raise ValueError(f'{who}: factorized indices need factor_bits')
+      base.check_indices(indices, 2**max(self.factor_bits), who)
+      if indices.ndim < 1 or indices.shape[-1] != self.num_factors:
+        raise ValueError(f'{who}: factorized indices must have shape '
+                         f'[..., {self.num_factors}], got {tuple(indices.shape)}')
+      for f, bits in enumerate(self.factor_bits):
+        base.check_indices(indices[..., f], 2**bits, f'{who} (factor {f})')
+      indices = combine_factors(indices, self.factor_bits)
+    else:
+      base.check_indices(indices, self.codebook_size, who)
+    return indices_to_sign_codes(indices, self.num_bits)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """LFQ with MAGVIT-v2's weights, CPU-sized (configs/vqgan/ has 2^18)."""
+  config = ml_collections.ConfigDict()
+  config.codebook_size = 1024         # K = 2^b: a power of 2; z has b channels.
+  config.factor_bits = ()             # () or bits per factor, sum b: (9, 9).
+  config.commitment_weight = 0.25     # Weight of ||z - sg(q(z))||^2.
+  config.entropy_weight = 0.1         # Entropy penalty weight (step 0 if annealed).
+  config.entropy_weight_final = 0.1   # Entropy weight after annealing.
+  config.entropy_anneal_steps = 0     # Linear annealing length; 0: constant weight.
+  config.entropy_temperature = 0.01   # tau in p(z) = softmax(2 <z, c> / tau).
+  config.entropy_groups = 1           # G bit groups for H[E p] (1: exact; 2^18: 2).
+  return config
+
+
+def build(config: ml_collections.ConfigDict) -> LookupFreeQuantizer:
+  """Builds a LookupFreeQuantizer from a validated config."""
+  return base.build_module(
+      LookupFreeQuantizer,
+      codebook_size=config.codebook_size,
+      factor_bits=tuple(config.factor_bits),
+      commitment_weight=config.commitment_weight,
+      entropy_weight=config.entropy_weight,
+      entropy_weight_final=config.entropy_weight_final,
+      entropy_anneal_steps=config.entropy_anneal_steps,
+      entropy_temperature=config.entropy_temperature,
+      entropy_groups=config.entropy_groups)
