@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vqlab import quantizers
 from vqlab import tokenizers
 from vqlab.errors import ConfigError
 
@@ -77,3 +78,22 @@ def test_config_errors_name_the_key():
   config.quantizer.codebook_sise = 3
   with pytest.raises(ConfigError, match=r'^model\.quantizer\.codebook_sise: unknown key'):
     tokenizers.build(config)
+
+
+def test_factorized_lfq_tokens_decode_like_the_forward_pass():
+  config = tokenizers.default_config('vqgan')
+  config.channels, config.channel_multipliers = 8, (1, 2)
+  config.z_channels, config.num_groups = 8, 4
+  config.quantizer = quantizers.default_config('lfq')
+  config.quantizer.codebook_size = 2**4
+  config.quantizer.factor_bits = (1, 3)
+  model = tokenizers.build(config)
+  x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3), minval=-1, maxval=1)
+  variables = jax.jit(model.init)(jax.random.key(1), x)
+  x_rec, out = _jit(model)(variables, x)
+  assert out.indices.shape == (2, 4, 4, 2)
+  assert int(out.indices[..., 0].max()) <= 1 and int(out.indices[..., 1].max()) <= 7
+  decoded = _jit(model, model.decode_indices)(variables, out.indices)
+  np.testing.assert_allclose(decoded, x_rec, atol=1e-5)
+  with pytest.raises(ValueError, match='4 dims'):
+    model.apply(variables, out.indices[..., 0], method=model.decode_indices)
