@@ -61,31 +61,28 @@ def test_bad_configs_name_the_key(mutate, message):
   assert re.search(message, _error(config)), _error(config)
 
 
-def test_main_reports_one_line_before_compiling(tmp_path):
+def _main_error_line(workdir, override: str) -> str:
+  """Runs the quickstart with one override on 8 CPU devices; it must fail
+  cleanly. Returns the last stderr line."""
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS='--xla_force_host_platform_device_count=8')
   proc = subprocess.run(
       [sys.executable, os.path.join(ROOT, 'main.py'),
        '--config=' + os.path.join(ROOT, 'configs', 'quickstart.py'),
-       f'--workdir={tmp_path}', '--config.train.batch_size=12'],
+       f'--workdir={workdir}', override],
       capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
   assert proc.returncode != 0
-  last = proc.stderr.strip().splitlines()[-1]
+  assert 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+  return proc.stderr.strip().splitlines()[-1]
+
+
+def test_main_reports_one_line_before_compiling(tmp_path):
+  last = _main_error_line(tmp_path, '--config.train.batch_size=12')
   assert last == ('config error: train.batch_size: 12 is not divisible by the '
-                  '8 devices'), proc.stderr[-2000:]
-  assert 'Traceback' not in proc.stderr
+                  '8 devices')
   assert not os.path.exists(tmp_path / 'checkpoints')
 
 
 def test_main_reports_bad_data_values_in_one_line(tmp_path):
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'main.py'),
-       '--config=' + os.path.join(ROOT, 'configs', 'quickstart.py'),
-       f'--workdir={tmp_path}', '--config.data.crop_min_fraction=1.5'],
-      capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
-  assert proc.returncode != 0
-  last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith('data error: data.crop_min_fraction: must be in'), \
-      proc.stderr[-2000:]
-  assert 'Traceback' not in proc.stderr
+  last = _main_error_line(tmp_path, '--config.data.crop_min_fraction=1.5')
+  assert last.startswith('data error: data.crop_min_fraction: must be in'), last
