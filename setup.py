@@ -8,6 +8,8 @@ setuptools.setup(
     description=('Visual tokenizers (VQGAN, MAGVIT-v2, TiTok) and token '
                  'generators (MaskGIT, GPT, VQ-Diffusion) in JAX/Flax.'),
     packages=setuptools.find_packages(include=['vqlab', 'vqlab.*']),
+    # The LPIPS linear heads (7 KB, BSD-2) ship with the package.
+    package_data={'vqlab.convert': ['data/*.pth', 'data/*.txt']},
     python_requires='>=3.10',
     install_requires=[
         'absl-py>=2.1',

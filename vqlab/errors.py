@@ -20,3 +20,8 @@ class CheckpointError(RuntimeError):
 
 class DataError(ValueError):
   """A dataset cannot be built: a bad data.* value or missing files."""
+
+
+class WeightsError(FileNotFoundError):
+  """A pretrained weight file is missing, unreadable or does not match the
+  network it is loaded into; the message names the file and where to put it."""

@@ -21,3 +21,54 @@ def mean_abs_error(x: jax.Array, y: jax.Array) -> jax.Array:
   """Mean |x - y| per example, [B, ...] -> [B]."""
   return jnp.mean(jnp.abs(x.astype(jnp.float32) - y.astype(jnp.float32)),
                   axis=tuple(range(1, x.ndim)))
+
+
+def _gaussian_taps(sigma: float, radius: int) -> jax.Array:
+  offsets = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+  taps = jnp.exp(-0.5 * (offsets / sigma)**2)
+  return taps / jnp.sum(taps)
+
+
+def _filter_valid(x: jax.Array, taps: jax.Array) -> jax.Array:
+  """Separable depthwise filter over H and W, 'valid' region: [B, H, W, C] ->
+  [B, H - k + 1, W - k + 1, C]."""
+  channels = x.shape[-1]
+  k = taps.shape[0]
+  for shape in ((k, 1), (1, k)):
+    kernel = jnp.tile(taps.reshape(shape + (1, 1)), (1, 1, 1, channels))
+    x = jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+        feature_group_count=channels, precision=jax.lax.Precision.HIGHEST)
+  return x
+
+
+def ssim(x: jax.Array, y: jax.Array, *, sigma: float = 1.5,
+         k1: float = 0.01, k2: float = 0.03) -> jax.Array:
+  """SSIM (Wang et al., 2004) of [-1, 1] images [B, H, W, C] -> [B].
+
+  The standard Gaussian-window form, equal to scikit-image's
+  `structural_similarity(gaussian_weights=True, sigma=1.5,
+  use_sample_covariance=False, data_range=1, channel_axis=-1)` on the images
+  mapped to [0, 1]: an 11x11 window (radius round(3.5 sigma)), the SSIM map
+  averaged over the positions where the window fits inside the image and over
+  channels. `y` is clipped to [-1, 1] as saved images would be.
+  """
+  if x.shape != y.shape or x.ndim != 4:
+    raise ValueError(f'ssim: need two [B, H, W, C] arrays of one shape, got '
+                     f'{x.shape} and {y.shape}')
+  radius = int(3.5 * sigma + 0.5)
+  if min(x.shape[1:3]) < 2 * radius + 1:
+    raise ValueError(f'ssim: images {x.shape[1:3]} are smaller than the '
+                     f'{2 * radius + 1}x{2 * radius + 1} window')
+  x = (x.astype(jnp.float32) + 1.0) / 2.0
+  y = (jnp.clip(y.astype(jnp.float32), -1.0, 1.0) + 1.0) / 2.0
+  taps = _gaussian_taps(sigma, radius)
+  blur = lambda v: _filter_valid(v, taps)
+  mu_x, mu_y = blur(x), blur(y)
+  var_x = blur(x * x) - mu_x**2
+  var_y = blur(y * y) - mu_y**2
+  cov = blur(x * y) - mu_x * mu_y
+  c1, c2 = k1**2, k2**2
+  ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2) /
+              ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)))
+  return jnp.mean(ssim_map, axis=(1, 2, 3))

@@ -1,10 +1,27 @@
-"""Image discriminators."""
+"""Image discriminators, chosen by `discriminator.name`:
 
+  patchgan  pix2pix / taming NLayerDiscriminator: per-patch logits.
+  stylegan  StyleGAN2-style residual discriminator with blur pooling (the
+            MaskGIT-VQGAN / MAGVIT recipe): one logit per image.
+"""
+
+import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
+
+from vqlab import config_schema
+from vqlab.nn import blur
+from vqlab.registry import Registry
+
+
+def _check_images(name: str, x: jax.Array) -> None:
+  if x.ndim != 4 or not jnp.issubdtype(x.dtype, jnp.floating):
+    raise ValueError(f'{name}: images must be floating [B, H, W, C], got '
+                     f'{x.dtype} {tuple(x.shape)}')
 
 
 class BatchStatNorm(nn.Module):
@@ -42,9 +59,7 @@ class PatchGAN(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: [B, H, W, C] -> logits [B, H', W', 1] (float32)."""
-    if x.ndim != 4 or not jnp.issubdtype(x.dtype, jnp.floating):
-      raise ValueError('PatchGAN: images must be floating [B, H, W, C], got '
-                       f'{x.dtype} {tuple(x.shape)}')
+    _check_images('PatchGAN', x)
     conv = lambda f, s, h: nn.Conv(f, (4, 4), strides=(s, s),
                                    padding=((1, 1), (1, 1)), dtype=self.dtype)(h)
     h = nn.leaky_relu(conv(self.base_features, 2, x.astype(self.dtype)), 0.2)
@@ -55,3 +70,100 @@ class PatchGAN(nn.Module):
         h = BatchStatNorm()(h)
       h = nn.leaky_relu(h, 0.2)
     return conv(1, 1, h).astype(jnp.float32)
+
+
+class BlurResBlock(nn.Module):
+  """StyleGAN2 residual down block: conv3x3 -> lrelu -> blur-pool ->
+  conv3x3 -> lrelu, plus blur-pool -> 1x1 conv on the skip path, summed and
+  scaled by 1/sqrt(2). x: [B, H, W, C] -> [B, H/2, W/2, features]."""
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = nn.leaky_relu(nn.Conv(x.shape[-1], (3, 3), dtype=self.dtype,
+                              name='conv1')(x), 0.2)
+    h = blur.blur_pool(h, axes=(1, 2))
+    h = nn.leaky_relu(nn.Conv(self.features, (3, 3), dtype=self.dtype,
+                              name='conv2')(h), 0.2)
+    skip = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
+                   name='skip')(blur.blur_pool(x, axes=(1, 2)))
+    return (h + skip) / math.sqrt(2.0)
+
+
+class StyleGANDiscriminator(nn.Module):
+  """StyleGAN2-style residual discriminator with blur pooling.
+
+  Attributes:
+    base_features: channels of the first conv.
+    channel_multipliers: one down block per entry, with base_features * m
+      output channels (the image side must be divisible by 2^len).
+    dtype: compute dtype.
+  """
+  base_features: int = 64
+  channel_multipliers: tuple[int, ...] = (2, 4, 4, 4, 4)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: [B, H, W, C] -> logits [B, 1] (float32)."""
+    _check_images('StyleGANDiscriminator', x)
+    factor = 2**len(self.channel_multipliers)
+    if x.shape[1] % factor or x.shape[2] % factor:
+      raise ValueError(f'StyleGANDiscriminator: image size {x.shape[1:3]} is '
+                       f'not divisible by 2^{len(self.channel_multipliers)}')
+    h = nn.leaky_relu(nn.Conv(self.base_features, (3, 3), dtype=self.dtype,
+                              name='stem')(x.astype(self.dtype)), 0.2)
+    for level, mult in enumerate(self.channel_multipliers):
+      h = BlurResBlock(self.base_features * mult, dtype=self.dtype,
+                       name=f'down_{level}')(h)
+    h = nn.leaky_relu(nn.Conv(h.shape[-1], (3, 3), dtype=self.dtype,
+                              name='head_conv')(h), 0.2)
+    width = h.shape[-1]
+    h = h.reshape((h.shape[0], -1))
+    h = nn.leaky_relu(nn.Dense(width, dtype=self.dtype, name='head_dense')(h),
+                      0.2)
+    return nn.Dense(1, dtype=self.dtype, name='logit')(h).astype(jnp.float32)
+
+
+# ------------------------------------------------------------- registry ---
+def _patchgan_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.base_features = 64   # Channels of the first conv (ndf).
+  config.num_layers = 3       # Stride-2 convs (3: 70x70 receptive field).
+  config.use_norm = True      # Batch-statistics norm in inner layers.
+  return config
+
+
+def _stylegan_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.base_features = 64   # Channels of the stem conv.
+  # One blur-pooled residual down block per entry (256^2 -> 8^2 with five).
+  config.channel_multipliers = (2, 4, 4, 4, 4)
+  return config
+
+
+def _build_patchgan(config, dtype=jnp.float32) -> PatchGAN:
+  config_schema.require(config.num_layers >= 1, 'discriminator.num_layers',
+                        f'must be >= 1, got {config.num_layers}')
+  return PatchGAN(base_features=config.base_features,
+                  num_layers=config.num_layers, use_norm=config.use_norm,
+                  dtype=dtype)
+
+
+def _build_stylegan(config, dtype=jnp.float32) -> StyleGANDiscriminator:
+  config_schema.require(len(config.channel_multipliers) >= 1,
+                        'discriminator.channel_multipliers', 'must not be empty')
+  return StyleGANDiscriminator(
+      base_features=config.base_features,
+      channel_multipliers=tuple(config.channel_multipliers), dtype=dtype)
+
+
+REGISTRY = Registry('discriminator', key_prefix='discriminator')
+REGISTRY.register('patchgan', default_config=_patchgan_config,
+                  builder=_build_patchgan)
+REGISTRY.register('stylegan', default_config=_stylegan_config,
+                  builder=_build_stylegan)
+names = REGISTRY.names
+default_config = REGISTRY.default_config
+build = REGISTRY.build

@@ -49,3 +49,47 @@ def adaptive_weight(rec_grad: jax.Array, gan_grad: jax.Array, *,
   gan_norm = jnp.linalg.norm(gan_grad.astype(jnp.float32).reshape(-1))
   weight = jnp.clip(rec_norm / (gan_norm + delta), 0.0, max_weight)
   return jax.lax.stop_gradient(weight)
+
+
+def lecam_regularizer(logits_real: jax.Array, logits_fake: jax.Array,
+                      ema_real: jax.Array, ema_fake: jax.Array) -> jax.Array:
+  """LeCam regularization (Tseng et al., 2021), as its official code writes it:
+
+      E relu(D(x) - ema_fake)^2 + E relu(ema_real - D(G(z)))^2,
+
+  where ema_real / ema_fake are exponential moving averages of the mean
+  logits (see `lecam_ema_update`). Added to the discriminator's loss.
+
+  Args:
+    logits_real, logits_fake: D outputs of any (matching) shape.
+    ema_real, ema_fake: float32 scalars (no gradient flows into them).
+  """
+  ema_real = jax.lax.stop_gradient(ema_real)
+  ema_fake = jax.lax.stop_gradient(ema_fake)
+  return (jnp.mean(jax.nn.relu(logits_real - ema_fake)**2) +
+          jnp.mean(jax.nn.relu(ema_real - logits_fake)**2))
+
+
+def lecam_ema_update(ema: dict[str, jax.Array], logits_real: jax.Array,
+                     logits_fake: jax.Array, decay: float) -> dict[str, jax.Array]:
+  """{'real', 'fake'} EMAs of the mean D outputs, moved one step."""
+  mean = lambda v: jax.lax.stop_gradient(jnp.mean(v.astype(jnp.float32)))
+  return {'real': decay * ema['real'] + (1 - decay) * mean(logits_real),
+          'fake': decay * ema['fake'] + (1 - decay) * mean(logits_fake)}
+
+
+def r1_penalty(discriminator_fn, images: jax.Array) -> jax.Array:
+  """R1 gradient penalty (Mescheder et al., 2018): E_x ||grad_x D(x)||^2.
+
+  Args:
+    discriminator_fn: images [B, ...] -> logits [B, ...]; D(x) of one example
+      is the sum of its logits (per-patch discriminators give several).
+    images: real images [B, ...].
+
+  Returns:
+    Mean over the batch of the squared gradient norm (float32 scalar).
+    StyleGAN's `gamma / 2` factor is the caller's weight.
+  """
+  grads = jax.grad(lambda x: jnp.sum(discriminator_fn(x)))(images)
+  grads = grads.astype(jnp.float32).reshape(images.shape[0], -1)
+  return jnp.mean(jnp.sum(grads**2, axis=-1))

@@ -56,7 +56,13 @@ def reference_config(config: ml_collections.ConfigDict) -> ml_collections.Config
   """
   task_name = config.get('task', 'tokenizer')
   reference = base_config()
-  reference.update(tasks.get(task_name).default_config())
+  task = tasks.get(task_name)
+  reference.update(task.default_config())
+  # Sections whose keys depend on the component they name (the tokenizer
+  # task's discriminator) are checked against that component's defaults.
+  for key, registry in getattr(task, 'SUBCOMPONENTS', {}).items():
+    if key in config:
+      reference[key] = registry.validate(config[key], key)
   if 'model' in config:
     # The model's registry checks it, sub-components (its quantizer) included.
     reference.model = _model_registry(task_name).validate(config.model, 'model')

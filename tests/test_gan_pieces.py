@@ -1,0 +1,84 @@
+"""LeCam, R1, blur pooling and the StyleGAN discriminator against direct
+numpy computations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vqlab.errors import ConfigError
+from vqlab.losses import discriminators
+from vqlab.losses import gan
+from vqlab.nn import blur
+
+
+def test_lecam_matches_formula_and_ema():
+  rng = np.random.default_rng(0)
+  real, fake = rng.standard_normal((4, 3, 3, 1)), rng.standard_normal((4, 3, 3, 1))
+  ema = {'real': jnp.float32(0.3), 'fake': jnp.float32(-0.2)}
+  got = gan.lecam_regularizer(jnp.asarray(real), jnp.asarray(fake),
+                              ema['real'], ema['fake'])
+  relu = lambda v: np.maximum(v, 0)
+  want = np.mean(relu(real + 0.2)**2) + np.mean(relu(0.3 - fake)**2)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  new = gan.lecam_ema_update(ema, jnp.asarray(real), jnp.asarray(fake), 0.999)
+  np.testing.assert_allclose(new['real'], 0.999 * 0.3 + 0.001 * real.mean(),
+                             rtol=1e-6)
+  np.testing.assert_allclose(new['fake'], 0.999 * -0.2 + 0.001 * fake.mean(),
+                             rtol=1e-5)
+  # No gradient reaches the EMAs.
+  grads = jax.grad(lambda e: gan.lecam_regularizer(
+      jnp.asarray(real), jnp.asarray(fake), e['real'], e['fake']))(ema)
+  assert float(grads['real']) == 0.0 and float(grads['fake']) == 0.0
+
+
+def test_r1_penalty_equals_analytic_gradient():
+  rng = np.random.default_rng(1)
+  a = rng.standard_normal((1, 5, 5, 2)).astype(np.float32)
+  x = rng.standard_normal((3, 5, 5, 2)).astype(np.float32)
+  d = lambda v: jnp.sum(v**2 * a, axis=(1, 2, 3))  # grad_x = 2 a x.
+  want = np.mean(np.sum(((2 * a * x)**2).reshape(3, -1), axis=-1))
+  np.testing.assert_allclose(gan.r1_penalty(d, jnp.asarray(x)), want, rtol=1e-5)
+
+
+def _blur_reference(x, axis):
+  taps = np.array([1.0, 3.0, 3.0, 1.0]) / 8
+  a = np.pad(np.moveaxis(x, axis, 0), [(1, 1)] + [(0, 0)] * (x.ndim - 1))
+  out = np.stack([sum(taps[k] * a[2 * i + k] for k in range(4))
+                  for i in range(x.shape[axis] // 2)])
+  return np.moveaxis(out, 0, axis)
+
+
+@pytest.mark.parametrize('axes', [(1, 2), (1, 2, 3)])
+def test_blur_pool_matches_separable_numpy(axes):
+  shape = (2, 4, 6, 8, 3) if len(axes) == 3 else (2, 6, 8, 3)
+  x = np.random.default_rng(2).standard_normal(shape)
+  want = x
+  for axis in axes:
+    want = _blur_reference(want, axis)
+  got = blur.blur_pool(jnp.asarray(x, jnp.float32), axes)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  # A constant image stays constant away from the zero-padded border.
+  ones = blur.blur_pool(jnp.ones((1, 8, 8, 1)), (1, 2))
+  np.testing.assert_allclose(ones[0, 1:-1, 1:-1], 1.0, rtol=1e-6)
+
+
+def test_stylegan_discriminator_shapes_and_errors():
+  config = discriminators.default_config('stylegan')
+  config.base_features = 4
+  config.channel_multipliers = (1, 2)
+  disc = discriminators.build(config)
+  x = jnp.zeros((2, 16, 16, 3))
+  params = disc.init(jax.random.key(0), x)
+  logits = disc.apply(params, x)
+  assert logits.shape == (2, 1) and logits.dtype == jnp.float32
+  with pytest.raises(ValueError, match='not divisible'):
+    disc.apply(params, jnp.zeros((2, 18, 18, 3)))
+  config.channel_multipliers = ()
+  with pytest.raises(ConfigError, match='discriminator.channel_multipliers'):
+    discriminators.build(config)
+  bad = discriminators.default_config('patchgan')
+  bad.name = 'dcgan'
+  with pytest.raises(ConfigError, match="discriminator.name: unknown "
+                     "discriminator 'dcgan'"):
+    discriminators.build(bad)

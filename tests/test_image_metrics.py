@@ -1,0 +1,46 @@
+"""PSNR and SSIM against scikit-image."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from skimage import metrics as skmetrics
+
+from vqlab.evals import image_metrics
+
+
+def _pair(seed, shape):
+  rng = np.random.default_rng(seed)
+  x = rng.uniform(-1, 1, shape)
+  y = np.clip(x + 0.3 * rng.standard_normal(shape), -1, 1)
+  return x, y
+
+
+@pytest.mark.parametrize('shape', [(3, 24, 30, 3), (2, 11, 16, 1)])
+def test_ssim_matches_scikit_image(shape):
+  x, y = _pair(0, shape)
+  got = image_metrics.ssim(jnp.asarray(x, jnp.float32),
+                           jnp.asarray(y, jnp.float32))
+  want = [skmetrics.structural_similarity(
+      (a + 1) / 2, (b + 1) / 2, gaussian_weights=True, sigma=1.5,
+      use_sample_covariance=False, data_range=1.0, channel_axis=-1)
+          for a, b in zip(x, y)]
+  np.testing.assert_allclose(got, want, atol=2e-6)
+  np.testing.assert_allclose(image_metrics.ssim(jnp.asarray(x), jnp.asarray(x)),
+                             1.0, atol=1e-6)
+
+
+def test_psnr_matches_scikit_image():
+  x, y = _pair(1, (2, 16, 16, 3))
+  got = image_metrics.psnr(jnp.asarray(x, jnp.float32),
+                           jnp.asarray(y, jnp.float32))
+  want = [skmetrics.peak_signal_noise_ratio((a + 1) / 2, (b + 1) / 2,
+                                            data_range=1.0)
+          for a, b in zip(x, y)]
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_ssim_rejects_small_or_mismatched_images():
+  with pytest.raises(ValueError, match='smaller than the 11x11 window'):
+    image_metrics.ssim(jnp.zeros((1, 8, 8, 3)), jnp.zeros((1, 8, 8, 3)))
+  with pytest.raises(ValueError, match='one shape'):
+    image_metrics.ssim(jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 16, 16, 1)))

@@ -1,0 +1,1 @@
+"""Readers of published weight files and converters to vqlab param trees."""

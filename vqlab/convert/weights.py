@@ -1,0 +1,94 @@
+"""Where pretrained weight files live, and a clear error when one is missing.
+
+No file is downloaded at run time: users put the published files in the
+weights directory (`$VQLAB_WEIGHTS_DIR`, default `~/.cache/vqlab/weights`, or
+an explicit `directory`). Files that are small and freely licensed ship inside
+the package (`vqlab/convert/data`).
+"""
+
+import dataclasses
+import os
+import pathlib
+
+from vqlab.errors import WeightsError
+
+_PACKAGED = pathlib.Path(__file__).parent / 'data'
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightFile:
+  filename: str
+  url: str
+  purpose: str
+  packaged: bool = False
+
+
+KNOWN_FILES = {
+    'vgg16': WeightFile(
+        'vgg16-397923af.pth',
+        'https://download.pytorch.org/models/vgg16-397923af.pth',
+        'the torchvision VGG16 ImageNet weights (the LPIPS trunk)'),
+    'vgg19': WeightFile(
+        'vgg19-dcbb9e9d.pth',
+        'https://download.pytorch.org/models/vgg19-dcbb9e9d.pth',
+        'the torchvision VGG19 ImageNet weights (features of the '
+        'probabilistic contrastive loss)'),
+    'lpips_vgg_heads': WeightFile(
+        'lpips_vgg_v0.1.pth',
+        'https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/'
+        'weights/v0.1/vgg.pth',
+        'the LPIPS v0.1 linear heads for VGG16', packaged=True),
+    'inception_fid': WeightFile(
+        'pt_inception-2015-12-05-6726825d.pth',
+        'https://github.com/mseitzer/pytorch-fid/releases/download/'
+        'fid_weights/pt_inception-2015-12-05-6726825d.pth',
+        'the FID InceptionV3 weights of pytorch-fid (TF 2015-12-05 graph)'),
+}
+
+
+def weights_dir(directory: str | os.PathLike | None = None) -> pathlib.Path:
+  """The directory searched for weight files: `directory` if given (and not
+  empty), else $VQLAB_WEIGHTS_DIR, else ~/.cache/vqlab/weights."""
+  if directory:
+    return pathlib.Path(directory).expanduser()
+  env = os.environ.get('VQLAB_WEIGHTS_DIR')
+  if env:
+    return pathlib.Path(env).expanduser()
+  return pathlib.Path('~/.cache/vqlab/weights').expanduser()
+
+
+def _known(name: str) -> WeightFile:
+  if name not in KNOWN_FILES:
+    raise KeyError(f'unknown weight file {name!r}; known: '
+                   f'{", ".join(sorted(KNOWN_FILES))}')
+  return KNOWN_FILES[name]
+
+
+def locate(name: str, directory: str | os.PathLike | None = None
+           ) -> pathlib.Path | None:
+  """Path of weight file `name` (a KNOWN_FILES key), or None if absent.
+
+  The weights directory wins over a packaged copy, so users can override it.
+  """
+  spec = _known(name)
+  path = weights_dir(directory) / spec.filename
+  if path.is_file():
+    return path
+  if spec.packaged and (_PACKAGED / spec.filename).is_file():
+    return _PACKAGED / spec.filename
+  return None
+
+
+def require(name: str, directory: str | os.PathLike | None = None
+            ) -> pathlib.Path:
+  """Like `locate`, but a missing file raises WeightsError saying what to
+  download and where to put it."""
+  path = locate(name, directory)
+  if path is None:
+    spec = _known(name)
+    target = weights_dir(directory) / spec.filename
+    raise WeightsError(
+        f'missing {spec.purpose}: download {spec.url} and put it at {target} '
+        '(or point $VQLAB_WEIGHTS_DIR / the config\'s weights_dir at the '
+        'directory that holds it)')
+  return path
