@@ -1,0 +1,61 @@
+"""torchvision VGG16/19 `features.*` weights -> params of vqlab.nn.vgg.VGG."""
+
+from collections.abc import Mapping
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vqlab.convert import torch_files
+from vqlab.convert import weights
+from vqlab.errors import WeightsError
+from vqlab.nn import vgg
+
+
+def take(state: Mapping[str, np.ndarray], key: str,
+         shape: tuple[int, ...]) -> np.ndarray:
+  """state[key] as float32, or WeightsError naming the key if it is missing
+  or does not have `shape`."""
+  if key not in state:
+    raise WeightsError(f'state dict has no {key!r} (expected shape {shape})')
+  value = np.asarray(state[key], np.float32)
+  if value.shape != shape:
+    raise WeightsError(f'{key!r} has shape {value.shape}, expected {shape}')
+  return value
+
+
+def convert_vgg(state: Mapping[str, np.ndarray], depth: int,
+                prefix: str = 'features.') -> dict:
+  """torchvision state dict -> VGG params {'conv1_1': {'kernel', 'bias'}}.
+
+  Args:
+    state: {name: array}; conv weights [O, I, 3, 3] and biases [O] under
+      `{prefix}{index}.weight|bias` (other keys, e.g. the classifier's, are
+      ignored).
+    depth: 16 or 19.
+    prefix: what precedes the layer index in the names.
+
+  Returns:
+    Params with HWIO kernels [3, 3, I, O] (numpy float32).
+  """
+  params, in_channels = {}, 3
+  for name, index in vgg.torchvision_indices(depth).items():
+    out_channels = vgg.CHANNELS[int(name[4]) - 1]
+    key = f'{prefix}{index}'
+    kernel = take(state, f'{key}.weight', (out_channels, in_channels, 3, 3))
+    params[name] = {
+        'kernel': kernel.transpose(2, 3, 1, 0),
+        'bias': take(state, f'{key}.bias', (out_channels,)),
+    }
+    in_channels = out_channels
+  return params
+
+
+def load_vgg_params(depth: int,
+                    directory: str | os.PathLike | None = None) -> dict:
+  """Params of VGG(depth) from the published torchvision file in the weights
+  directory (see vqlab.convert.weights); WeightsError if it is missing."""
+  path = weights.require(f'vgg{depth}', directory)
+  state = torch_files.load_state_dict(path)
+  return jax.tree.map(jnp.asarray, convert_vgg(state, depth))

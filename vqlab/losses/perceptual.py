@@ -1,0 +1,81 @@
+"""LPIPS (VGG16, v0.1): the learned perceptual distance of Zhang et al. 2018,
+identical to `lpips.LPIPS(net='vgg', version='0.1')` at inference."""
+
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vqlab.convert import lpips as lpips_convert
+from vqlab.convert import torch_files
+from vqlab.convert import vgg as vgg_convert
+from vqlab.convert import weights
+from vqlab.nn import vgg
+
+# lpips' ScalingLayer: maps [-1, 1] images to ImageNet-normalized ones.
+SHIFT = (-.030, -.088, -.188)
+SCALE = (.458, .448, .450)
+
+
+def normalize_channels(x: jax.Array, eps: float = 1e-10) -> jax.Array:
+  """x / (||x||_2 over channels + eps), as lpips.normalize_tensor.
+
+  x: [..., C] -> [..., C] float32.
+  """
+  x = x.astype(jnp.float32)
+  sq = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
+  # sqrt has an infinite derivative at 0, and all-zero ReLU feature vectors
+  # are common: give those a zero gradient instead of NaN (same values).
+  positive = sq > 0
+  norm = jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+  return x / (norm + eps)
+
+
+class LPIPS(nn.Module):
+  """LPIPS distance between two batches of images.
+
+  Params: 'vgg' (the VGG16 trunk, see vqlab.nn.vgg.VGG) and 'lin0'..'lin4'
+  (Dense kernels [C_k, 1], no bias); load them with `load_lpips_params`.
+
+  Attributes:
+    dtype: compute dtype of the trunk (normalization and heads: float32).
+  """
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
+    """x, y: [B, H, W, 3] images in [-1, 1] -> [B] float32 distances."""
+    if x.shape != y.shape:
+      raise ValueError(f'LPIPS inputs differ in shape: {x.shape}, {y.shape}')
+    images = jnp.concatenate([x, y]).astype(jnp.float32)
+    images = (images - jnp.array(SHIFT)) / jnp.array(SCALE)
+    features = vgg.VGG(16, vgg.DEFAULT_OUTPUTS, self.dtype, name='vgg')(images)
+    total = jnp.zeros(x.shape[0], jnp.float32)
+    for k, name in enumerate(vgg.DEFAULT_OUTPUTS):
+      fx, fy = jnp.split(normalize_channels(features[name]), 2)
+      diff = jnp.square(fx - fy)
+      # The 1x1 head and the spatial mean commute: average first.
+      head = nn.Dense(1, use_bias=False, name=f'lin{k}')
+      total += head(jnp.mean(diff, axis=(1, 2)))[:, 0]
+    return total
+
+
+def load_lpips_params(directory: str | os.PathLike | None = None) -> dict:
+  """LPIPS params: the trunk from the torchvision VGG16 file in the weights
+  directory, the heads from the packaged LPIPS v0.1 file. WeightsError if a
+  file is missing or does not match."""
+  path = weights.require('lpips_vgg_heads', directory)
+  heads = lpips_convert.convert_lpips_heads(torch_files.load_state_dict(path))
+  heads = jax.tree.map(jnp.asarray, heads)
+  return {'vgg': vgg_convert.load_vgg_params(16, directory), **heads}
+
+
+def lpips_distance(params: dict, x: jax.Array, y: jax.Array, *,
+                   dtype: Any = jnp.float32) -> jax.Array:
+  """LPIPS(x, y) with `params` from `load_lpips_params`.
+
+  x, y: [B, H, W, 3] in [-1, 1] -> [B] float32.
+  """
+  return LPIPS(dtype).apply({'params': params}, x, y)
