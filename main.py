@@ -3,11 +3,14 @@ r"""vqlab entry point.
   python main.py --config=configs/quickstart.py --workdir=/tmp/vqlab_quickstart
   python main.py --config=configs/quickstart.py --config.train.num_steps=200 \
       --workdir=/tmp/run --mode=eval
+  python main.py --config=configs/quickstart.py --workdir=/tmp/stats \
+      --mode=fid_stats        # Inception statistics of the eval split
 
 Multi-host (Cloud TPU pods: every worker runs the same command):
   python main.py --config=... --workdir=gs://... --distributed
 """
 
+import os
 import sys
 
 from absl import app
@@ -19,9 +22,11 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None,
                                'Directory for checkpoints, logs and images.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
-                          'train: train (resuming if possible), then evaluate; '
-                          'eval: evaluate the latest checkpoint.')
+_MODE = flags.DEFINE_enum(
+    'mode', 'train', ['train', 'eval', 'fid_stats'],
+    'train: train (resuming if possible), then evaluate; eval: evaluate the '
+    'latest checkpoint; fid_stats: save the Inception statistics (mu, sigma) '
+    'of the eval split to WORKDIR/fid_stats.npz (for eval.fid_reference).')
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', False, 'Call jax.distributed.initialize() (multi-host).')
 _COORDINATOR = flags.DEFINE_string(
@@ -51,20 +56,27 @@ def _initialize_distributed() -> None:
 
 def main(argv):
   del argv
-  from vqlab.errors import CheckpointError, ConfigError, DataError  # pylint: disable=g-import-not-at-top
+  from vqlab.errors import CheckpointError, ConfigError, DataError, WeightsError  # pylint: disable=g-import-not-at-top
   _initialize_distributed()
   from vqlab.train import loop  # pylint: disable=g-import-not-at-top
   try:
     if _MODE.value == 'train':
       result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    else:
+    elif _MODE.value == 'eval':
       result = loop.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+    else:
+      from vqlab.train import reference_stats  # pylint: disable=g-import-not-at-top
+      path = os.path.join(_WORKDIR.value, 'fid_stats.npz')
+      stats = reference_stats.compute_reference_statistics(_CONFIG.value, path)
+      result = {'fid_stats': path, 'num_examples': stats.num_examples}
   except ConfigError as e:
     sys.exit(f'config error: {e}')
   except DataError as e:
     sys.exit(f'data error: {e}')
   except CheckpointError as e:
     sys.exit(f'checkpoint error: {e}')
+  except WeightsError as e:
+    sys.exit(f'weights error: {e}')
   print('vqlab: ' + ', '.join(
       f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
       for k, v in result.items()), flush=True)

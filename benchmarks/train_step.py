@@ -79,22 +79,23 @@ def run_benchmark(config, workdir: str, steps: int) -> dict:
   batch = exp.global_batch(next(batches))
   with jax.set_mesh(exp.mesh):
     t0 = time.perf_counter()
-    lowered = exp.train_step.lower(state, batch)
+    lowered = exp.jit_train_step.lower(state, batch, exp.frozen)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
     # Model FLOPs from the jaxpr (matmuls and convolutions): XLA's cost
     # analysis misses GPU convolutions, which become cuDNN custom calls.
-    flops = flops_lib.count_flops(exp.train_step, state, batch)
+    flops = flops_lib.count_flops(exp.jit_train_step, state, batch, exp.frozen)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     xla_flops = float(cost.get('flops', 0.0)) if cost else 0.0
     for _ in range(2):  # Warm-up.
-      state, metrics = compiled(state, batch)
+      state, metrics = compiled(state, batch, exp.frozen)
     jax.block_until_ready(metrics)
     host_batches = [exp.global_batch(next(batches)) for _ in range(4)]
     t0 = time.perf_counter()
     for i in range(steps):
-      state, metrics = compiled(state, host_batches[i % len(host_batches)])
+      state, metrics = compiled(state, host_batches[i % len(host_batches)],
+                                exp.frozen)
     jax.block_until_ready((state, metrics))
     step_s = (time.perf_counter() - t0) / steps
   device = jax.devices()[0]

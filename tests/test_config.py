@@ -61,15 +61,15 @@ def test_bad_configs_name_the_key(mutate, message):
   assert re.search(message, _error(config)), _error(config)
 
 
-def _main_error_line(workdir, override: str) -> str:
-  """Runs the quickstart with one override on 8 CPU devices; it must fail
+def _main_error_line(workdir, *overrides: str) -> str:
+  """Runs the quickstart with overrides on 8 CPU devices; it must fail
   cleanly. Returns the last stderr line."""
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS='--xla_force_host_platform_device_count=8')
   proc = subprocess.run(
       [sys.executable, os.path.join(ROOT, 'main.py'),
        '--config=' + os.path.join(ROOT, 'configs', 'quickstart.py'),
-       f'--workdir={workdir}', override],
+       f'--workdir={workdir}', *overrides],
       capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
   assert proc.returncode != 0
   assert 'Traceback' not in proc.stderr, proc.stderr[-2000:]
@@ -86,3 +86,35 @@ def test_main_reports_one_line_before_compiling(tmp_path):
 def test_main_reports_bad_data_values_in_one_line(tmp_path):
   last = _main_error_line(tmp_path, '--config.data.crop_min_fraction=1.5')
   assert last.startswith('data error: data.crop_min_fraction: must be in'), last
+
+
+def test_main_reports_missing_weight_file_in_one_line(tmp_path):
+  last = _main_error_line(tmp_path / 'run', '--config.eval.fid=on',
+                          f'--config.weights_dir={tmp_path}/weights')
+  assert last.startswith('weights error: missing the FID InceptionV3 weights'
+                         ), last
+  assert f'{tmp_path}/weights/pt_inception-2015-12-05-6726825d.pth' in last
+
+
+def _shipped_configs():
+  root = os.path.join(ROOT, 'configs')
+  for folder, _, files in os.walk(root):
+    for name in sorted(files):
+      if name.endswith('.py') and not name.startswith('_'):
+        yield os.path.relpath(os.path.join(folder, name), ROOT)
+
+
+@pytest.mark.parametrize('path', list(_shipped_configs()))
+def test_every_shipped_config_validates(path):
+  module = path[:-3].replace(os.sep, '.')
+  config = __import__(module, fromlist=['get_config']).get_config()
+  experiment.validate(config, num_devices=1)
+
+
+def test_discriminator_keys_follow_the_named_discriminator():
+  config = tiny.tokenizer_config()
+  config.discriminator.name = 'stylegan'  # Still has PatchGAN's keys.
+  assert re.search(r'^discriminator\.num_layers: unknown key', _error(config))
+  config.discriminator = ml_collections.ConfigDict({'name': 'stylegan'})
+  filled = experiment.validate(config, num_devices=8)
+  assert filled.discriminator.channel_multipliers == (2, 4, 4, 4, 4)

@@ -21,8 +21,8 @@ def _loss_and_grads_on(devices, fsdp, task, state, batch, config):
   batch = jax.device_put(batch, partitioning.batch_sharding(mesh))
   fn = jax.jit(task.loss_and_grads)
   with jax.set_mesh(mesh):
-    grads, _, metrics = fn(state.params, state.model_state, batch,
-                           jax.random.key(7), jnp.int32(1))
+    grads, _, _, metrics = fn(state.params, state.model_state, batch,
+                              jax.random.key(7), jnp.int32(1))
   if fsdp > 1:  # Some parameters really are split over devices.
     assert any(not leaf.sharding.is_fully_replicated
                for leaf in jax.tree.leaves(state.params))

@@ -1,7 +1,10 @@
 """VQGAN f=16 as in taming-transformers (ImageNet, 256x256, 1024 codes).
 
 Needs the prepared tfds `imagenet2012` (tfds build imagenet2012
---manual_dir=... --data_dir=...); point data.data_dir at it.
+--manual_dir=... --data_dir=...); point data.data_dir at it. The LPIPS loss
+needs the torchvision VGG16 file (vgg16-397923af.pth) in the weights directory
+(`weights_dir` or $VQLAB_WEIGHTS_DIR); rFID in eval uses the pytorch-fid
+Inception file when it is there.
 """
 
 from vqlab import data
@@ -27,6 +30,7 @@ def get_config():
   config.model.quantizer.codebook_size = 1024
   config.model.quantizer.embedding_dim = 256
 
+  config.loss.perceptual_weight = 1.0     # Taming: LPIPS weight 1.0.
   config.loss.disc_start = 250_001 // 10  # Taming starts D late; scaled.
   config.loss.adaptive_delta = 1e-6
   config.discriminator.base_features = 64

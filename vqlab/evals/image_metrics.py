@@ -23,6 +23,9 @@ def mean_abs_error(x: jax.Array, y: jax.Array) -> jax.Array:
                   axis=tuple(range(1, x.ndim)))
 
 
+SSIM_WINDOW = 11  # Side of SSIM's Gaussian window at sigma 1.5.
+
+
 def _gaussian_taps(sigma: float, radius: int) -> jax.Array:
   offsets = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
   taps = jnp.exp(-0.5 * (offsets / sigma)**2)

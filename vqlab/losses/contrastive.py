@@ -17,7 +17,8 @@ positions per layer and image batch (PatchNCE: 256), because all positions of
 relu1_2 at 256^2 would need a 65536^2 similarity matrix; `epsilon` is added to
 every w_i before normalizing, since w_i = 0 wherever the sample equals the
 argmax and log w'_i would be -inf there. The loss is averaged over the layers
-it is given (relu1_2 .. relu5_3 of VGG-19 in the paper).
+it is given (relu1_2 .. relu5_3 of VGG-19 in the paper), skipping layers with
+a single position (small images), which have no negatives.
 """
 
 import jax
@@ -106,9 +107,14 @@ def probabilistic_contrastive_loss(
                              sorted(real_features)):
     real, rec = real_features[name], rec_features[name]
     b, height, width, channels = real.shape
+    if height * width < 2:
+      continue
     weights = weights_on_grid(token_weights, height, width).reshape(b, -1)
     idx = sample_patch_indices(layer_rng, height * width, num_patches)
     losses.append(layer_pcl(
         real.reshape(b, -1, channels)[:, idx], rec.reshape(b, -1, channels)[:, idx],
         weights[:, idx], temperature=temperature, epsilon=epsilon))
+  if not losses:
+    raise ValueError('pcl: every feature layer has a single position; the '
+                     'images are too small for a contrastive loss')
   return jnp.mean(jnp.stack(losses))

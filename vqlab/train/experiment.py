@@ -17,6 +17,7 @@ from vqlab.train import partitioning
 from vqlab.train import tasks
 
 COMPUTE_DTYPES = ('float32', 'bfloat16')
+NETWORK_MODES = ('auto', 'on', 'off')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -25,6 +26,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.task = 'tokenizer'        # A name in vqlab.train.tasks.TASKS.
   config.seed = 0                  # Seeds init and the per-step rng stream.
   config.compute_dtype = 'float32'  # 'float32' or 'bfloat16'; params stay f32.
+  # Directory of pretrained metric-network files (VGG16/19, Inception); empty:
+  # $VQLAB_WEIGHTS_DIR or ~/.cache/vqlab/weights (see vqlab/convert/weights.py).
+  config.weights_dir = ''
 
   config.train = train = ml_collections.ConfigDict()
   train.num_steps = 1000           # Total optimizer steps.
@@ -38,6 +42,12 @@ def base_config() -> ml_collections.ConfigDict:
   ev.batch_size = 16               # Global eval batch.
   ev.max_batches = -1              # Eval batches per eval; -1: the whole split.
   ev.num_images = 8                # Examples shown in the PNG/TensorBoard grid.
+  # 'auto': computed when the network's weight file is present; 'on': a
+  # missing file is an error; 'off': skipped.
+  ev.lpips = 'auto'                # LPIPS-VGG16 (needs the VGG16 file).
+  ev.fid = 'auto'                  # rFID / FID (needs the Inception file).
+  ev.fid_reference = ''            # .npz of reference statistics (mu, sigma):
+                                   # also report FID against them.
 
   config.mesh = partitioning.default_config()
   config.data = data_lib.default_config('photos')
@@ -103,5 +113,8 @@ def validate(config: ml_collections.ConfigDict,
             f'{batch} is not divisible by the {num_devices} devices')
   require(config.data.image_size > 0, 'data.image_size',
           f'must be > 0, got {config.data.image_size}')
+  for key in ('lpips', 'fid'):
+    require(config.eval[key] in NETWORK_MODES, f'eval.{key}',
+            f'must be one of {NETWORK_MODES}, got {config.eval[key]!r}')
   task.validate(config)
   return config

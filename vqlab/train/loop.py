@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from vqlab import data as data_lib
+from vqlab.evals import accumulator
 from vqlab.errors import CheckpointError
 from vqlab.errors import DataError
 from vqlab.train import checkpoint as checkpoint_lib
@@ -88,22 +89,36 @@ class Experiment:
         workdir, max_to_keep=config.train.max_to_keep, config=config)
 
     # ------------------------------------------------------ compiled steps ---
+    # Frozen networks (LPIPS, VGG, Inception) are arguments, not jit
+    # constants: constants would be baked into every compiled program, and
+    # they never enter the train state, so checkpoints stay small.
+    replicated = partitioning.replicated(self.mesh)
+    self.frozen = jax.device_put(self.task.frozen, replicated)
+
     # The step's rng is derived from (seed, step) inside the step, so a resumed
     # run draws the same randomness as an uninterrupted one.
-    def train_step(state, batch):
+    def train_step(state, batch, frozen):
       rng = jax.random.fold_in(self._step_rng, state.step)
-      return self.task.train_step(state, batch, rng)
+      return self.task.train_step(state, batch, rng, frozen)
 
-    replicated = partitioning.replicated(self.mesh)
     # Donating the state lets XLA update parameters and optimizer state in
     # place instead of holding two copies.
-    self.train_step = jax.jit(
-        train_step, in_shardings=(self.state_shardings, self.batch_sharding),
+    self.jit_train_step = jax.jit(
+        train_step,
+        in_shardings=(self.state_shardings, self.batch_sharding, replicated),
         out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
-    self.eval_step = jax.jit(
+    self.jit_eval_step = jax.jit(
         self.task.eval_step,
-        in_shardings=(self.state_shardings, self.batch_sharding),
+        in_shardings=(self.state_shardings, self.batch_sharding, replicated),
         out_shardings=replicated)
+
+  def train_step(self, state, batch):
+    """One compiled train step -> (new state, metrics); donates `state`."""
+    return self.jit_train_step(state, batch, self.frozen)
+
+  def eval_step(self, state, batch):
+    """One compiled eval step -> (outputs, images)."""
+    return self.jit_eval_step(state, batch, self.frozen)
 
   def initial_state(self):
     """(state, step): the newest readable checkpoint, or a fresh init."""
@@ -122,21 +137,20 @@ class Experiment:
 
   def evaluate(self, state) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Runs the task's eval over the eval split -> (metrics, first images)."""
-    sums, images = None, None
+    acc = accumulator.EvalAccumulator()
+    images = None
     max_batches = self.config.eval.max_batches
     with jax.set_mesh(self.mesh):
       for i, local in enumerate(self.eval_data.batches()):
         if 0 <= max_batches <= i:
           break
-        batch_sums, batch_images = self.eval_step(state,
-                                                  self.global_batch(local))
-        sums = batch_sums if sums is None else jax.tree.map(
-            jnp.add, sums, batch_sums)
+        outputs, batch_images = self.eval_step(state, self.global_batch(local))
+        acc.add(outputs)
         if images is None:
           images = jax.device_get(batch_images)
-    if sums is None:
+    if not acc.num_batches:
       raise ValueError('eval: the eval split yielded no batches')
-    return self.task.summarize_eval(jax.device_get(sums)), images
+    return self.task.summarize_eval(acc), images
 
 
 def _write_eval(writer, exp: Experiment, step: int, metrics, images) -> None:

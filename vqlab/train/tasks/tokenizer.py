@@ -1,14 +1,20 @@
 """Tokenizer training: reconstruction + quantizer + adaptive-weight GAN losses.
 
-    L_G = w_rec |x - x_hat|_1 + w_p LPIPS + L_q + lambda * gan_on * L_G_adv
-    L_D = gan_on * L_D_adv
+    L_G = w_rec |x - x_hat|_1 + w_p LPIPS + w_pcl L_pcl + L_q
+          + lambda * gan_on * L_G_adv
+    L_D = gan_on * (L_D_adv + w_lecam R_LeCam + w_r1 R1)
 
 with lambda = disc_weight * ||grad_last L_rec|| / (||grad_last L_G_adv|| + delta)
 (taming's adaptive weight, the last layer being the decoder's pixel conv) and
 gan_on = 1 once `step >= disc_start`. One value_and_grad gives both networks'
 gradients: the generator's adversarial term sees stop_gradient(discriminator
 params) and the discriminator's term sees stop_gradient(x_hat), so each loss
-reaches only its own network.
+reaches only its own network. lambda's numerator is the gradient of the pixel
+and perceptual terms, as in taming (its `nll_loss`).
+
+Frozen networks (LPIPS, VGG19 for the PCL, Inception for rFID) arrive as the
+`frozen` argument of the steps. With `ema.decay > 0` the train state keeps an
+EMA of the generator's params and eval uses it.
 """
 
 from typing import Any
@@ -22,14 +28,22 @@ import numpy as np
 from vqlab import config_schema
 from vqlab import tokenizers
 from vqlab.errors import ConfigError
+from vqlab.evals import fid
 from vqlab.evals import image_metrics
+from vqlab.evals import inception
+from vqlab.losses import contrastive
 from vqlab.losses import discriminators
 from vqlab.losses import gan
+from vqlab.losses import perceptual
+from vqlab.losses import vgg_features
 from vqlab.quantizers import base as quantizer_base
+from vqlab.train import frozen as frozen_lib
 from vqlab.train import optimizers
 from vqlab.train.state import TrainState
 
 GENERATOR, DISCRIMINATOR = 'generator', 'discriminator'
+# Sections checked against the defaults of the component they name.
+SUBCOMPONENTS = {'discriminator': discriminators.REGISTRY}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -40,19 +54,28 @@ def default_config() -> ml_collections.ConfigDict:
   config.loss = loss = ml_collections.ConfigDict()
   loss.reconstruction = 'l1'        # 'l1' or 'l2' pixel loss.
   loss.reconstruction_weight = 1.0  # Weight of the pixel loss.
-  loss.perceptual_weight = 0.0      # LPIPS weight (needs the LPIPS network).
+  loss.perceptual_weight = 0.0      # LPIPS weight (needs the VGG16 file).
   loss.gan_loss = 'hinge'           # 'hinge' or 'non_saturating'.
   loss.disc_weight = 0.8            # Scales the adaptive weight (taming: 0.8).
   loss.disc_start = 0               # Step at which the GAN terms switch on.
   loss.adaptive_weight = True       # Taming's gradient-norm ratio; else 1.
   loss.adaptive_delta = 1e-6        # Paper: 1e-6; taming's code: 1e-4.
   loss.adaptive_max = 1e4           # Upper clip of the adaptive weight.
+  loss.lecam_weight = 0.0           # LeCam regularization of D (MAGVIT: 0.001).
+  loss.lecam_decay = 0.999          # EMA decay of LeCam's D-output averages.
+  loss.r1_weight = 0.0              # R1 penalty weight (gamma / 2) on real images.
+  # Probabilistic contrastive loss (Regularized VQ; needs the `regularized`
+  # quantizer and the VGG19 file). Temperature and patch count as PatchNCE.
+  loss.pcl_weight = 0.0
+  loss.pcl_temperature = 0.07
+  loss.pcl_num_patches = 256        # Random positions per layer; 0: all.
+  loss.pcl_epsilon = 1e-6           # Added to w_i (0 where sample == argmax).
 
-  config.discriminator = disc = ml_collections.ConfigDict()
-  disc.name = 'patchgan'            # PatchGAN (pix2pix / taming).
-  disc.base_features = 64           # Channels of the first conv.
-  disc.num_layers = 3               # Stride-2 convs.
-  disc.use_norm = True              # Batch-statistics norm in inner layers.
+  # 'patchgan' or 'stylegan' (keys: vqlab.losses.discriminators).
+  config.discriminator = discriminators.default_config('patchgan')
+
+  config.ema = ml_collections.ConfigDict()
+  config.ema.decay = 0.0            # EMA of generator params for eval; 0: off.
 
   config.optimizer = opt = ml_collections.ConfigDict()
   opt.generator = optimizers.default_config(1e-4, 0.5, 0.9)
@@ -69,12 +92,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
   config_schema.require(loss.gan_loss in gan.G_LOSSES, 'loss.gan_loss',
                         f'unknown GAN loss {loss.gan_loss!r}; known: '
                         f'{", ".join(sorted(gan.G_LOSSES))}')
-  config_schema.require(
-      loss.perceptual_weight == 0.0, 'loss.perceptual_weight',
-      'LPIPS is not part of vqlab yet; set it to 0.0')
-  config_schema.require(config.discriminator.name == 'patchgan',
-                        'discriminator.name', f'unknown discriminator '
-                        f'{config.discriminator.name!r}; known: patchgan')
+  for key in ('perceptual_weight', 'lecam_weight', 'r1_weight', 'pcl_weight'):
+    config_schema.require(loss[key] >= 0, f'loss.{key}',
+                          f'must be >= 0, got {loss[key]}')
+  config_schema.require(0.0 <= config.ema.decay < 1.0, 'ema.decay',
+                        f'must be in [0, 1), got {config.ema.decay}')
+  if loss.pcl_weight > 0:
+    quantizer = config.model.get('quantizer', {}).get('name')
+    config_schema.require(
+        quantizer == 'regularized', 'loss.pcl_weight',
+        'the probabilistic contrastive loss needs the per-token weights of '
+        f"the 'regularized' quantizer, but model.quantizer.name is "
+        f'{quantizer!r}')
   factor = 2**(len(config.model.channel_multipliers) - 1) \
       if 'channel_multipliers' in config.model else 1
   for key in ('image_size', 'train_image_size'):
@@ -91,14 +120,29 @@ class TokenizerTask:
     self.config = config
     self.model = tokenizers.build(config.model,
                                   dtype=jnp.dtype(config.compute_dtype))
-    d = config.discriminator
-    self.discriminator = discriminators.PatchGAN(
-        base_features=d.base_features, num_layers=d.num_layers,
-        use_norm=d.use_norm, dtype=jnp.dtype(config.compute_dtype))
+    self.discriminator = discriminators.build(
+        config.discriminator, dtype=jnp.dtype(config.compute_dtype))
     steps = config.train.num_steps
     self.tx = {GENERATOR: optimizers.build(config.optimizer.generator, steps),
                DISCRIMINATOR: optimizers.build(config.optimizer.discriminator,
                                                steps)}
+    directory = config.weights_dir or None
+    loss = config.loss
+    networks = {
+        'lpips': (loss.perceptual_weight > 0 or
+                  frozen_lib.wanted('lpips', config.eval.lpips, directory)),
+        'vgg19': loss.pcl_weight > 0,
+        'inception': frozen_lib.wanted('inception', config.eval.fid, directory),
+    }
+    # Host copies; the loop puts them on the mesh and passes them to the steps.
+    self.frozen = frozen_lib.load([k for k, v in networks.items() if v],
+                                  directory)
+    self.fid_reference = None
+    if config.eval.fid_reference:
+      try:
+        self.fid_reference = fid.load_statistics(config.eval.fid_reference)
+      except (OSError, ValueError) as e:
+        raise ConfigError('eval.fid_reference', str(e)) from e
 
   # ---------------------------------------------------------------- init ---
   def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
@@ -112,10 +156,15 @@ class TokenizerTask:
                                 images, train=False)
     params = {GENERATOR: variables.pop('params'),
               DISCRIMINATOR: self.discriminator.init(disc_rng, images)['params']}
+    ema = ({GENERATOR: params[GENERATOR]} if self.config.ema.decay > 0
+           else {})
+    loss_state = ({'lecam': {'real': jnp.zeros((), jnp.float32),
+                             'fake': jnp.zeros((), jnp.float32)}}
+                  if self.config.loss.lecam_weight > 0 else {})
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params,
         opt_state={k: self.tx[k].init(v) for k, v in params.items()},
-        model_state=dict(variables))
+        model_state=dict(variables), ema_params=ema, loss_state=loss_state)
 
   # -------------------------------------------------------------- losses ---
   def _reconstruction_loss(self, x: jax.Array, x_rec: jax.Array) -> jax.Array:
@@ -123,11 +172,22 @@ class TokenizerTask:
     pixel = jnp.abs(diff) if self.config.loss.reconstruction == 'l1' else diff**2
     return self.config.loss.reconstruction_weight * jnp.mean(pixel)
 
+  def _pixel_losses(self, x, x_rec, frozen) -> tuple[jax.Array, jax.Array]:
+    """(reconstruction, perceptual) terms, both already weighted."""
+    rec = self._reconstruction_loss(x, x_rec)
+    weight = self.config.loss.perceptual_weight
+    if weight == 0:
+      return rec, jnp.zeros((), jnp.float32)
+    lpips = perceptual.lpips_distance(frozen['lpips'], x, x_rec,
+                                      dtype=self.model.dtype)
+    return rec, weight * jnp.mean(lpips)
+
   def _disc_logits(self, disc_params, images):
     return self.discriminator.apply({'params': disc_params}, images)
 
-  def _adaptive_weight(self, gen_params, disc_params, x, x_rec, features):
-    """lambda from the gradients of L_rec and L_G_adv at the last layer.
+  def _adaptive_weight(self, gen_params, disc_params, x, x_rec, features,
+                       frozen=None):
+    """lambda from the gradients of L_rec + L_p and L_G_adv at the last layer.
 
     Both gradients w.r.t. the last layer's kernel are vector-Jacobian products
     of that layer (input `features`) with the losses' gradients w.r.t. x_hat;
@@ -137,7 +197,7 @@ class TokenizerTask:
     g_loss = gan.G_LOSSES[loss_cfg.gan_loss]
     x_rec = jax.lax.stop_gradient(x_rec)
     disc_params = jax.lax.stop_gradient(disc_params)
-    rec_cot = jax.grad(lambda y: self._reconstruction_loss(x, y))(x_rec)
+    rec_cot = jax.grad(lambda y: sum(self._pixel_losses(x, y, frozen)))(x_rec)
     gan_cot = jax.grad(lambda y: g_loss(self._disc_logits(disc_params, y)))(x_rec)
     name = self.model.LAST_LAYER
     last_layer = lambda p: self.model.apply(
@@ -149,7 +209,44 @@ class TokenizerTask:
     return gan.adaptive_weight(rec_grad, gan_grad, delta=loss_cfg.adaptive_delta,
                                max_weight=loss_cfg.adaptive_max)
 
-  def loss_and_grads(self, params, model_state, batch, rng, step):
+  def _pcl_loss(self, x, x_rec, q_out, frozen, rng) -> jax.Array:
+    loss_cfg = self.config.loss
+    if loss_cfg.pcl_weight == 0:
+      return jnp.zeros((), jnp.float32)
+    features = lambda images: vgg_features.VGG19Features(
+        dtype=self.model.dtype).apply({'params': frozen['vgg19']}, images)
+    pcl = contrastive.probabilistic_contrastive_loss(
+        jax.lax.stop_gradient(features(x)), features(x_rec),
+        q_out.extras['pcl_weights'], rng,
+        temperature=loss_cfg.pcl_temperature,
+        num_patches=loss_cfg.pcl_num_patches, epsilon=loss_cfg.pcl_epsilon)
+    return loss_cfg.pcl_weight * pcl
+
+  def _discriminator_loss(self, disc_params, x, x_rec, loss_state):
+    """(L_D_adv + LeCam + R1, new loss_state, metrics)."""
+    loss_cfg = self.config.loss
+    logits_real = self._disc_logits(disc_params, x)
+    logits_fake = self._disc_logits(disc_params, jax.lax.stop_gradient(x_rec))
+    d_loss = gan.D_LOSSES[loss_cfg.gan_loss](logits_real, logits_fake)
+    metrics = {'d_adv': d_loss, 'logits_real': jnp.mean(logits_real),
+               'logits_fake': jnp.mean(logits_fake)}
+    new_state = dict(loss_state)
+    if loss_cfg.lecam_weight > 0:
+      ema = loss_state['lecam']
+      lecam = gan.lecam_regularizer(logits_real, logits_fake, ema['real'],
+                                    ema['fake'])
+      d_loss += loss_cfg.lecam_weight * lecam
+      new_state['lecam'] = gan.lecam_ema_update(
+          ema, logits_real, logits_fake, loss_cfg.lecam_decay)
+      metrics['lecam'] = lecam
+    if loss_cfg.r1_weight > 0:
+      r1 = gan.r1_penalty(lambda v: self._disc_logits(disc_params, v), x)
+      d_loss += loss_cfg.r1_weight * r1
+      metrics['r1'] = r1
+    return d_loss, new_state, metrics
+
+  def loss_and_grads(self, params, model_state, batch, rng, step,
+                     frozen=None, loss_state=None):
     """Gradients of both networks' losses.
 
     Args:
@@ -158,16 +255,19 @@ class TokenizerTask:
       batch: {'image': [B, H, W, C]} global arrays.
       rng: PRNG key for this step.
       step: int32 scalar, the current step (switches the GAN terms on).
+      frozen: {network: params} of the frozen networks (default: the task's).
+      loss_state: the train state's loss_state (LeCam EMAs).
 
     Returns:
-      (grads like params, new model_state, metrics dict of scalars).
+      (grads like params, new model_state, new loss_state, metrics dict).
     """
+    frozen = self.frozen if frozen is None else frozen
+    loss_state = {} if loss_state is None else loss_state
     loss_cfg = self.config.loss
     x = batch['image']
     gan_on = (step >= loss_cfg.disc_start).astype(jnp.float32)
     g_loss_fn = gan.G_LOSSES[loss_cfg.gan_loss]
-    d_loss_fn = gan.D_LOSSES[loss_cfg.gan_loss]
-    dropout_rng, q_rng = jax.random.split(rng)
+    dropout_rng, q_rng, pcl_rng = jax.random.split(rng, 3)
 
     def loss_fn(params):
       gen_params, disc_params = params[GENERATOR], params[DISCRIMINATOR]
@@ -176,79 +276,118 @@ class TokenizerTask:
           method=self.model.forward_with_features,
           rngs={'dropout': dropout_rng, 'quantizer': q_rng},
           mutable=list(model_state.keys()))
-      rec_loss = self._reconstruction_loss(x, x_rec)
+      rec_loss, perceptual_loss = self._pixel_losses(x, x_rec, frozen)
+      pcl_loss = self._pcl_loss(x, x_rec, q_out, frozen, pcl_rng)
       g_adv = g_loss_fn(self._disc_logits(jax.lax.stop_gradient(disc_params),
                                           x_rec))
       if loss_cfg.adaptive_weight:
         weight = self._adaptive_weight(gen_params, disc_params, x, x_rec,
-                                       features)
+                                       features, frozen)
       else:
         weight = jnp.ones((), jnp.float32)
       weight = weight * loss_cfg.disc_weight * gan_on
-      gen_loss = rec_loss + q_out.loss + weight * g_adv
-      logits_real = self._disc_logits(disc_params, x)
-      logits_fake = self._disc_logits(disc_params, jax.lax.stop_gradient(x_rec))
-      d_loss = gan_on * d_loss_fn(logits_real, logits_fake)
+      gen_loss = (rec_loss + perceptual_loss + pcl_loss + q_out.loss +
+                  weight * g_adv)
+      d_loss, new_loss_state, d_metrics = self._discriminator_loss(
+          disc_params, x, x_rec, loss_state)
+      d_loss = gan_on * d_loss
       metrics = {'loss': gen_loss, 'rec_loss': rec_loss,
+                 'perceptual_loss': perceptual_loss, 'pcl_loss': pcl_loss,
                  'quantizer_loss': q_out.loss, 'g_adv': g_adv,
-                 'adaptive_weight': weight, 'd_loss': d_loss,
-                 'logits_real': jnp.mean(logits_real),
-                 'logits_fake': jnp.mean(logits_fake), **{
-                     f'quantizer/{k}': v for k, v in q_out.metrics.items()}}
-      return gen_loss + d_loss, (new_state, metrics)
+                 'adaptive_weight': weight, 'd_loss': d_loss, **d_metrics,
+                 **{f'quantizer/{k}': v for k, v in q_out.metrics.items()}}
+      return gen_loss + d_loss, (new_state, new_loss_state, metrics)
 
-    grads, (new_state, metrics) = jax.grad(loss_fn, has_aux=True)(params)
-    return grads, dict(new_state), metrics
+    grads, (new_state, new_loss_state, metrics) = jax.grad(
+        loss_fn, has_aux=True)(params)
+    return grads, dict(new_state), new_loss_state, metrics
 
   # ---------------------------------------------------------------- step ---
-  def train_step(self, state: TrainState, batch, rng):
+  def train_step(self, state: TrainState, batch, rng, frozen=None):
     """One optimizer step of both networks -> (new state, metrics)."""
-    grads, model_state, metrics = self.loss_and_grads(
-        state.params, state.model_state, batch, rng, state.step)
+    grads, model_state, loss_state, metrics = self.loss_and_grads(
+        state.params, state.model_state, batch, rng, state.step, frozen,
+        state.loss_state)
     params, opt_state = {}, {}
     for name, tx in self.tx.items():
       updates, opt_state[name] = tx.update(grads[name], state.opt_state[name],
                                            state.params[name])
       params[name] = jax.tree.map(jnp.add, state.params[name], updates)
       metrics[f'grad_norm/{name}'] = optimizers.global_norm(grads[name])
+    ema_params = state.ema_params
+    if self.config.ema.decay > 0:
+      decay = self.config.ema.decay
+      ema_params = {GENERATOR: jax.tree.map(
+          lambda e, p: decay * e + (1 - decay) * p, ema_params[GENERATOR],
+          params[GENERATOR])}
     return state.replace(step=state.step + 1, params=params,
-                         opt_state=opt_state, model_state=model_state), metrics
+                         opt_state=opt_state, model_state=model_state,
+                         ema_params=ema_params, loss_state=loss_state), metrics
 
   # ---------------------------------------------------------------- eval ---
-  def eval_step(self, state: TrainState, batch):
-    """Sums over the batch's real examples, and images to show.
+  def eval_params(self, state: TrainState):
+    """The generator params eval uses: the EMA copy when `ema.decay > 0`."""
+    if self.config.ema.decay > 0:
+      return state.ema_params[GENERATOR]
+    return state.params[GENERATOR]
+
+  def eval_step(self, state: TrainState, batch, frozen=None):
+    """Per-batch eval outputs (summed over real examples) and images.
 
     Returns:
-      sums: {'psnr', 'l1', 'count'} scalars and 'code_counts' [K], each summed
-        over examples with batch['mask'].
+      outputs: {'sums': {'psnr', 'l1', 'ssim' (images >= 11 pixels), 'lpips'
+        (when LPIPS is loaded), 'count'} scalars and
+        'code_counts' [K]; 'features': {'real', 'reconstructed'} Inception
+        pool features [B, 2048] when Inception is loaded; 'mask': [B]}.
       images: {'inputs', 'reconstructions'} [B, H, W, C] in [-1, 1].
     """
+    frozen = self.frozen if frozen is None else frozen
     x = batch['image']
     mask = batch['mask'].astype(jnp.float32)
     x_rec, q_out = self.model.apply(
-        {'params': state.params[GENERATOR], **state.model_state}, x,
+        {'params': self.eval_params(state), **state.model_state}, x,
         train=False)
+    x_rec = jnp.clip(x_rec.astype(jnp.float32), -1, 1)
     indices = quantizer_base.full_code_indices(self.model.quantizer,
                                                q_out.indices)
     codes_mask = jnp.broadcast_to(
         mask.reshape((-1,) + (1,) * (indices.ndim - 1)), indices.shape)
     counts = jnp.zeros((self.model.quantizer.codebook_size,), jnp.float32).at[
         indices.reshape(-1)].add(codes_mask.reshape(-1))
-    sums = {'psnr': jnp.sum(image_metrics.psnr(x, x_rec) * mask),
-            'l1': jnp.sum(image_metrics.mean_abs_error(x, x_rec) * mask),
-            'count': jnp.sum(mask), 'code_counts': counts}
-    return sums, {'inputs': x, 'reconstructions': jnp.clip(x_rec, -1, 1)}
+    per_example = {'psnr': image_metrics.psnr(x, x_rec),
+                   'l1': image_metrics.mean_abs_error(x, x_rec)}
+    if min(x.shape[1:3]) >= image_metrics.SSIM_WINDOW:
+      per_example['ssim'] = image_metrics.ssim(x, x_rec)
+    if 'lpips' in frozen:
+      per_example['lpips'] = perceptual.lpips_distance(frozen['lpips'], x, x_rec)
+    sums = {k: jnp.sum(v * mask) for k, v in per_example.items()}
+    sums.update(count=jnp.sum(mask), code_counts=counts)
+    outputs = {'sums': sums, 'mask': mask}
+    if 'inception' in frozen:
+      pool = lambda images: inception.InceptionV3().apply(
+          {'params': frozen['inception']}, images)['pool']
+      outputs['features'] = {'real': pool(x), 'reconstructed': pool(x_rec)}
+    return outputs, {'inputs': x, 'reconstructions': x_rec}
 
-  def summarize_eval(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
-    """Eval-set metrics from the summed `eval_step` outputs."""
+  def summarize_eval(self, acc) -> dict[str, float]:
+    """Eval-set metrics from an `EvalAccumulator` of `eval_step` outputs."""
+    sums = acc.sums
     count = max(float(sums['count']), 1.0)
     codebook = quantizer_base.usage_and_perplexity(
-        jnp.asarray(sums['code_counts']))
-    return {'psnr': float(sums['psnr']) / count,
-            'l1': float(sums['l1']) / count,
-            'codebook_usage': float(codebook['usage']),
-            'codebook_perplexity': float(codebook['perplexity']),
-            'num_examples': count}
+        jnp.asarray(sums['code_counts'], jnp.float32))
+    metrics = {k: float(sums[k]) / count
+               for k in ('psnr', 'ssim', 'l1', 'lpips') if k in sums}
+    metrics.update(codebook_usage=float(codebook['usage']),
+                   codebook_perplexity=float(codebook['perplexity']),
+                   num_examples=count)
+    if acc.features:
+      real, rec = acc.features['real'], acc.features['reconstructed']
+      metrics['rfid'] = fid.frechet_distance(real.mean(), real.covariance(),
+                                             rec.mean(), rec.covariance())
+      if self.fid_reference is not None:
+        metrics['fid_reference'] = fid.frechet_distance(
+            rec.mean(), rec.covariance(), *self.fid_reference)
+    return metrics
 
   @staticmethod
   def image_rows(images: dict[str, np.ndarray], n: int) -> list[np.ndarray]:

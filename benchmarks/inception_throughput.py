@@ -1,0 +1,116 @@
+r"""FID InceptionV3 throughput, images/s: vqlab's (jit, float32) and
+pytorch-fid's `InceptionV3([3])` (torch) on the same machine and batch.
+
+  /work/venv/bin/python benchmarks/inception_throughput.py
+  /work/venv-torch/bin/python benchmarks/inception_throughput.py --reference
+
+Both resize the input to 299x299 first (pytorch-fid's resize_input=True), so
+the input size mostly changes the resize cost. The two implementations need
+different environments (jax vs torch), so each run times one of them and
+merges its row into the `--output` JSON (keyed 'vqlab' / 'reference'), then
+prints the rows the file holds. Weights are random (no downloads). Timed
+after warm-up calls.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def _time_calls(call, steps: int) -> float:
+  """Mean seconds per call of `call()` (which blocks until done)."""
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    call()
+  return (time.perf_counter() - t0) / steps
+
+
+def run_vqlab(batch: int, image_size: int, steps: int) -> dict:
+  """Times vqlab.evals.inception.InceptionV3 under jit on jax's default
+  device."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from vqlab.evals import inception
+
+  model = inception.InceptionV3()
+  params = jax.jit(model.init)(jax.random.key(0), jax.numpy.zeros(
+      (1, 75, 75, 3)))
+  images = jax.random.uniform(jax.random.key(1),
+                              (batch, image_size, image_size, 3),
+                              minval=-1.0, maxval=1.0)
+  t0 = time.perf_counter()
+  compiled = jax.jit(model.apply).lower(params, images).compile()
+  compile_s = time.perf_counter() - t0
+  call = lambda: jax.block_until_ready(compiled(params, images))
+  for _ in range(2):  # Warm-up.
+    call()
+  call_s = _time_calls(call, steps)
+  return {'implementation': 'vqlab (jax jit)', 'jax': jax.__version__,
+          'device': jax.devices()[0].device_kind, 'compile_s': compile_s,
+          'call_s': call_s}
+
+
+def run_reference(batch: int, image_size: int, steps: int) -> dict:
+  """Times pytorch-fid's InceptionV3([3]) (seeded weights) under
+  torch.no_grad on [0, 1] NCHW images."""
+  # pylint: disable=g-import-not-at-top
+  from tests.goldens import make_inception_goldens
+  import torch
+
+  model, _ = make_inception_goldens.build_reference()
+  gen = torch.Generator().manual_seed(1)
+  images = torch.rand((batch, 3, image_size, image_size), generator=gen)
+
+  def call():
+    with torch.no_grad():
+      model(images)
+
+  for _ in range(2):  # Warm-up.
+    call()
+  call_s = _time_calls(call, steps)
+  return {'implementation': 'pytorch-fid 0.3.0 (torch)',
+          'torch': torch.__version__,
+          'device': f'cpu ({torch.get_num_threads()} threads)',
+          'call_s': call_s}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--reference', action='store_true',
+                      help='Time pytorch-fid (torch) instead of vqlab.')
+  parser.add_argument('--batch', type=int, default=8, help='Images per call.')
+  parser.add_argument('--image_size', type=int, default=256)
+  parser.add_argument('--steps', type=int, default=5, help='Timed calls.')
+  parser.add_argument('--output', default=os.path.join(
+      ROOT, 'benchmarks', 'results', 'inception_throughput.json'))
+  args = parser.parse_args()
+  run = run_reference if args.reference else run_vqlab
+  result = run(args.batch, args.image_size, args.steps)
+  result.update(batch=args.batch, image_size=args.image_size,
+                steps=args.steps, host=platform.processor() or platform.node(),
+                cpu_count=os.cpu_count(),
+                images_per_s=args.batch / result['call_s'])
+  rows = {}
+  if os.path.exists(args.output):
+    with open(args.output) as f:
+      rows = json.load(f)
+  rows['reference' if args.reference else 'vqlab'] = result
+  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+  with open(args.output, 'w') as f:
+    json.dump(rows, f, indent=2)
+  print(f'{"row":<10} {"implementation":<26} {"batch":>5} {"size":>5} '
+        f'{"s/call":>8} {"images/s":>9}')
+  for key, row in rows.items():
+    print(f'{key:<10} {row["implementation"]:<26} {row["batch"]:>5} '
+          f'{row["image_size"]:>5} {row["call_s"]:>8.3f} '
+          f'{row["images_per_s"]:>9.2f}')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,38 @@
+"""The stronger MaskGIT-VQGAN recipe (MaskGIT / MAGVIT-v2 tokenizer training)
+on the taming f=16 architecture:
+
+  non-saturating GAN at weight 0.1 (no adaptive weight), R1 penalty 10,
+  LPIPS 0.1, StyleGAN discriminator with blur pooling, Adam betas (0, 0.99),
+  lr 1e-4, LeCam 0.001, EMA of generator weights (0.999) for eval, and
+  lookup-free quantization with commitment 0.25 and entropy penalty 0.1
+  (tau 0.01) over 2^10 codes.
+
+Needs the torchvision VGG16 file for LPIPS (see configs/vqgan/taming_f16.py).
+"""
+
+from configs.vqgan import _base
+from vqlab.losses import discriminators
+
+
+def get_config():
+  config = _base.with_quantizer('lfq')
+  q = config.model.quantizer
+  q.codebook_size = 2**10
+  q.commitment_weight = 0.25
+  q.entropy_weight = 0.1
+  q.entropy_temperature = 0.01
+
+  loss = config.loss
+  loss.gan_loss = 'non_saturating'
+  loss.adaptive_weight = False
+  loss.disc_weight = 0.1
+  loss.perceptual_weight = 0.1
+  loss.r1_weight = 10.0
+  loss.lecam_weight = 0.001
+  config.discriminator = discriminators.default_config('stylegan')
+  config.ema.decay = 0.999
+
+  for opt in (config.optimizer.generator, config.optimizer.discriminator):
+    opt.learning_rate = 1e-4
+    opt.b1, opt.b2 = 0.0, 0.99
+  return config

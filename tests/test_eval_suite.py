@@ -1,0 +1,123 @@
+"""The tokenizer eval suite end to end: PSNR, SSIM, LPIPS, codebook usage and
+rFID over several eval batches equal a direct computation on the same images;
+`--mode=fid_stats`'s reference statistics; clear errors for missing weights."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests import random_weight_files
+from tests import tiny
+from vqlab.errors import WeightsError
+from vqlab.evals import fid
+from vqlab.evals import image_metrics
+from vqlab.evals import inception
+from vqlab.losses import perceptual
+from vqlab.quantizers import base as quantizer_base
+from vqlab.train import loop
+from vqlab.train import reference_stats
+
+FAST_COMPILE = {'exec_time_optimization_effort': -1.0,
+                'xla_backend_optimization_level': 0,
+                'xla_llvm_disable_expensive_passes': True}
+
+
+@pytest.fixture(scope='module')
+def weights_dir(tmp_path_factory):
+  return str(random_weight_files.write(tmp_path_factory.mktemp('weights'),
+                                       ('vgg16', 'inception_fid')))
+
+
+def _config(weights_dir, **eval_overrides):
+  config = tiny.tokenizer_config()
+  config.weights_dir = weights_dir
+  # 12 eval tiles of one held-out photo: two eval batches of 8, the second
+  # padded, so accumulation across batches and the mask are both exercised.
+  config.data.eval_photos = ('chelsea',)
+  config.eval.max_batches = -1
+  config.eval.lpips = config.eval.fid = 'on'
+  config.eval.update(eval_overrides)
+  return config
+
+
+def _direct_metrics(exp, state, num_batches):
+  """The suite's numbers computed image by image on the host, in float64."""
+  model = exp.task.model
+  variables = {'params': state.params['generator'], **state.model_state}
+  frozen = exp.task.frozen
+
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+  def per_image(x):
+    x_rec, q_out = model.apply(variables, x, train=False)
+    x_rec = jnp.clip(x_rec, -1, 1)
+    pool = lambda v: inception.InceptionV3().apply(
+        {'params': frozen['inception']}, v)['pool']
+    return {'psnr': image_metrics.psnr(x, x_rec),
+            'ssim': image_metrics.ssim(x, x_rec),
+            'lpips': perceptual.lpips_distance(frozen['lpips'], x, x_rec),
+            'real': pool(x), 'rec': pool(x_rec),
+            'codes': q_out.indices.reshape(-1)}
+
+  rows = {k: [] for k in ('psnr', 'ssim', 'lpips', 'real', 'rec', 'codes')}
+  for i, batch in enumerate(exp.eval_data.batches()):
+    if i == num_batches:
+      break
+    for key, value in per_image(
+        jnp.asarray(batch['image'][batch['mask']])).items():
+      rows[key].append(value)
+  rows = {k: np.concatenate([np.asarray(v, np.float64) for v in vs])
+          for k, vs in rows.items()}
+  stats = lambda f: (f.mean(0), np.cov(f, rowvar=False))
+  counts = np.bincount(rows['codes'].astype(int),
+                       minlength=model.quantizer.codebook_size)
+  usage = quantizer_base.usage_and_perplexity(jnp.asarray(counts, jnp.float32))
+  return {'psnr': rows['psnr'].mean(), 'ssim': rows['ssim'].mean(),
+          'lpips': rows['lpips'].mean(),
+          'rfid': fid.frechet_distance(*stats(rows['real']),
+                                       *stats(rows['rec'])),
+          'codebook_usage': float(usage['usage']),
+          'num_examples': len(rows['psnr']), 'real': rows['real']}
+
+
+def test_eval_suite_equals_direct_computation(weights_dir, tmp_path):
+  # `--mode=fid_stats` on the eval split, then an eval that also reports FID
+  # against those statistics.
+  path = str(tmp_path / 'stats' / 'fid_stats.npz')
+  stats = reference_stats.compute_reference_statistics(_config(weights_dir),
+                                                       path)
+  exp = loop.Experiment(_config(weights_dir, fid_reference=path),
+                        str(tmp_path / 'run'))
+  state, _ = exp.initial_state()
+  metrics, images = exp.evaluate(state)
+  want = _direct_metrics(exp, state, num_batches=-1)
+
+  assert metrics['num_examples'] == want['num_examples'] == 12
+  for key in ('psnr', 'ssim', 'lpips', 'codebook_usage'):
+    np.testing.assert_allclose(metrics[key], want[key], rtol=1e-5, err_msg=key)
+  assert want['rfid'] > 0
+  np.testing.assert_allclose(metrics['rfid'], want['rfid'], rtol=1e-3)
+  assert images['inputs'].shape == images['reconstructions'].shape
+
+  mu, sigma = fid.load_statistics(path)
+  assert stats.num_examples == 12
+  np.testing.assert_allclose(mu, want['real'].mean(0), atol=1e-4)
+  np.testing.assert_allclose(sigma, np.cov(want['real'], rowvar=False),
+                             atol=1e-4)
+  # The reference is the eval split's real images: FID against it is rFID.
+  np.testing.assert_allclose(metrics['fid_reference'], metrics['rfid'],
+                             rtol=1e-6)
+
+
+def test_missing_weight_files_are_named(tmp_path):
+  config = _config(str(tmp_path / 'empty'))
+  with pytest.raises(WeightsError, match='pt_inception-2015-12-05-6726825d.pth'):
+    loop.Experiment(config, str(tmp_path / 'run'))
+  config.eval.fid = 'off'
+  with pytest.raises(WeightsError, match=r'vgg16-397923af.pth .*empty'):
+    loop.Experiment(config, str(tmp_path / 'run'))
+  config.eval.lpips = 'auto'  # Absent files under 'auto': skipped.
+  exp = loop.Experiment(config, str(tmp_path / 'run'))
+  assert exp.task.frozen == {}

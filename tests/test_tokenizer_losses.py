@@ -1,0 +1,126 @@
+"""The tokenizer task's optional losses through its real train step: LPIPS,
+the probabilistic contrastive loss, LeCam, R1, the StyleGAN discriminator and
+the EMA of generator weights (frozen networks from published-format files with
+seeded random weights)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests import random_weight_files
+from tests import tiny
+from vqlab import quantizers
+from vqlab.errors import ConfigError
+from vqlab.losses import perceptual
+from vqlab.train import experiment
+from vqlab.train.tasks import tokenizer
+
+FAST_COMPILE = {'exec_time_optimization_effort': -1.0,
+                'xla_backend_optimization_level': 0,
+                'xla_llvm_disable_expensive_passes': True}
+
+
+@pytest.fixture(scope='module')
+def weights_dir(tmp_path_factory):
+  return str(random_weight_files.write(tmp_path_factory.mktemp('weights'),
+                                       ('vgg16', 'vgg19')))
+
+
+def _task(mutate):
+  config = tiny.tokenizer_config()
+  config.eval.lpips = config.eval.fid = 'off'
+  mutate(config)
+  return tokenizer.TokenizerTask(experiment.validate(config, num_devices=8))
+
+
+def _first_step(task):
+  x = jax.random.uniform(jax.random.key(0), (8, 16, 16, 3), minval=-1,
+                         maxval=1)
+  batch = {'image': x}
+  state = jax.jit(task.init, compiler_options=FAST_COMPILE)(
+      jax.random.key(1), batch)
+  step = jax.jit(task.train_step, compiler_options=FAST_COMPILE)
+  new_state, metrics = step(state, batch, jax.random.key(2), task.frozen)
+  return x, state, new_state, jax.device_get(metrics)
+
+
+def test_lpips_term_is_weighted_lpips_of_the_reconstruction(weights_dir):
+  def mutate(config):
+    config.weights_dir = weights_dir
+    config.loss.perceptual_weight = 0.5
+  task = _task(mutate)
+  assert set(task.frozen) == {'lpips'}
+  x, state, _, metrics = _first_step(task)
+  x_rec, _ = task.model.apply(
+      {'params': state.params['generator'], **state.model_state}, x,
+      train=False)
+  want = 0.5 * np.mean(perceptual.lpips_distance(task.frozen['lpips'], x,
+                                                 x_rec))
+  assert want > 0
+  np.testing.assert_allclose(metrics['perceptual_loss'], want, rtol=1e-4)
+  np.testing.assert_allclose(
+      metrics['loss'], metrics['rec_loss'] + metrics['perceptual_loss'] +
+      metrics['quantizer_loss'] + metrics['adaptive_weight'] * metrics['g_adv'],
+      rtol=1e-5)
+
+
+def test_pcl_needs_regularized_quantizer_and_trains(weights_dir):
+  def vq(config):
+    config.loss.pcl_weight = 1.0
+  with pytest.raises(ConfigError, match=r"loss.pcl_weight: .*'regularized'"):
+    _task(vq)
+
+  def regularized(config):
+    config.weights_dir = weights_dir
+    config.loss.pcl_weight = 1.0
+    config.loss.pcl_num_patches = 8
+    config.model.quantizer = quantizers.default_config('regularized')
+    config.model.quantizer.codebook_size = 32
+    config.model.quantizer.embedding_dim = 4
+  task = _task(regularized)
+  assert set(task.frozen) == {'vgg19'}
+  _, state, new_state, metrics = _first_step(task)
+  assert np.isfinite(metrics['pcl_loss']) and metrics['pcl_loss'] > 0
+  # The contrastive term reaches the generator.
+  moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
+                       state.params['generator'], new_state.params['generator'])
+  assert max(jax.tree.leaves(moved)) > 0
+
+
+def test_lecam_r1_stylegan_and_generator_ema():
+  def mutate(config):
+    config.discriminator = tokenizer.discriminators.default_config('stylegan')
+    config.discriminator.base_features = 4
+    config.discriminator.channel_multipliers = (1, 2)
+    config.loss.disc_start = 0
+    config.loss.lecam_weight = 0.1
+    config.loss.r1_weight = 2.0
+    config.ema.decay = 0.9
+  task = _task(mutate)
+  x, state, new_state, metrics = _first_step(task)
+  assert metrics['r1'] > 0 and metrics['lecam'] >= 0
+  np.testing.assert_allclose(
+      metrics['d_loss'],
+      metrics['d_adv'] + 0.1 * metrics['lecam'] + 2.0 * metrics['r1'],
+      rtol=1e-5)
+  # LeCam's EMAs start at 0 and move by (1 - 0.999) * the mean logits.
+  lecam = jax.device_get(new_state.loss_state['lecam'])
+  np.testing.assert_allclose(lecam['real'], 0.001 * metrics['logits_real'],
+                             rtol=1e-5)
+  np.testing.assert_allclose(lecam['fake'], 0.001 * metrics['logits_fake'],
+                             rtol=1e-5)
+  # EMA of the generator: 0.9 * old + 0.1 * new; eval uses it.
+  expected = jax.tree.map(lambda o, n: 0.9 * o + 0.1 * n,
+                          state.params['generator'],
+                          new_state.params['generator'])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+               new_state.ema_params['generator'], expected)
+  batch = {'image': x, 'mask': jnp.ones((8,), bool)}
+  _, images = jax.jit(task.eval_step, compiler_options=FAST_COMPILE)(
+      new_state, batch, task.frozen)
+  x_ema, _ = task.model.apply(
+      {'params': new_state.ema_params['generator'], **new_state.model_state},
+      x, train=False)
+  np.testing.assert_allclose(images['reconstructions'], jnp.clip(x_ema, -1, 1),
+                             atol=1e-5)

@@ -1,0 +1,40 @@
+"""Whole-eval-set accumulation of eval-step outputs on the host, in float64.
+
+An eval step returns {'sums': tree of arrays summed over the batch's real
+examples, 'features': {name: [B, D]} per-example features, 'mask': [B]}. Sums
+add up across batches in float64 (float32 sums over 50k images lose digits);
+features go into streamed mean/covariance statistics (FID), so no feature
+matrix of the whole set is ever held in memory.
+"""
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from vqlab.evals import fid
+
+
+class EvalAccumulator:
+  """Collects eval-step outputs; read `sums` and `features` at the end."""
+
+  def __init__(self):
+    self.sums: Any = None
+    self.features: dict[str, fid.FeatureStatistics] = {}
+    self.num_batches = 0
+
+  def add(self, outputs: dict[str, Any]) -> None:
+    """Adds one batch's eval-step outputs (device or host arrays)."""
+    outputs = jax.device_get(outputs)
+    sums = jax.tree.map(lambda a: np.asarray(a, np.float64), outputs['sums'])
+    self.sums = sums if self.sums is None else jax.tree.map(
+        np.add, self.sums, sums)
+    features = outputs.get('features') or {}
+    if features:
+      real = np.asarray(outputs['mask']) > 0
+      for name, values in features.items():
+        values = np.asarray(values, np.float64)[real]
+        if name not in self.features:
+          self.features[name] = fid.FeatureStatistics()
+        self.features[name].update(values)
+    self.num_batches += 1

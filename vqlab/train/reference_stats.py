@@ -1,0 +1,80 @@
+"""`main.py --mode=fid_stats`: Inception statistics of a dataset split.
+
+Streams the split of the config's `data` section through the FID
+InceptionV3 (sharded over the mesh like any eval) and saves the float64 mean
+and covariance of the 2048-d pool features as an .npz with keys `mu`, `sigma`
+and `num_examples` -- the format pytorch-fid's `--save-stats` writes and the
+ADM reference batches use, so either can serve as `eval.fid_reference`.
+
+The eval split is used: one ordered pass over every example, no
+augmentation. For the statistics of a training set point the eval split at it
+(`--config.data.eval_split=train` for tfds and image folders).
+
+Protocol notes: the features are exactly pytorch-fid's (images resized to
+299x299 with torch's bilinear, no antialiasing); the images are what the data
+pipeline yields for that split (for ImageNet rFID: the 50k validation images,
+resized and center-cropped to data.image_size = 256).
+"""
+
+import os
+
+import jax
+import ml_collections
+
+from vqlab import data as data_lib
+from vqlab.evals import fid
+from vqlab.evals import inception
+from vqlab.train import experiment
+from vqlab.train import frozen as frozen_lib
+from vqlab.train import partitioning
+from vqlab.train import progress as progress_lib
+
+
+def compute_reference_statistics(config: ml_collections.ConfigDict,
+                                 output_path: str, *,
+                                 devices: list[jax.Device] | None = None
+                                 ) -> fid.FeatureStatistics:
+  """Computes and saves the Inception statistics of the eval split.
+
+  Args:
+    config: an experiment config; its `data` section and `eval.batch_size`
+      are used, and `weights_dir` locates the Inception file.
+    output_path: the .npz to write.
+    devices: devices of the mesh (default: all).
+
+  Returns:
+    The accumulated statistics.
+
+  Raises:
+    WeightsError: the Inception weight file is missing.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  config = experiment.validate(config, len(devices))
+  params = frozen_lib.load(['inception'], config.weights_dir or None)
+  mesh = partitioning.make_mesh(config.mesh, devices)
+  batch_sharding = partitioning.batch_sharding(mesh)
+  replicated = partitioning.replicated(mesh)
+  params = jax.device_put(params['inception'], replicated)
+  source = data_lib.build(config.data, split='eval',
+                          global_batch_size=config.eval.batch_size,
+                          process_index=jax.process_index(),
+                          process_count=jax.process_count())
+  pool = jax.jit(
+      lambda p, images: inception.InceptionV3().apply({'params': p},
+                                                      images)['pool'],
+      in_shardings=(replicated, batch_sharding), out_shardings=replicated)
+  stats = fid.FeatureStatistics()
+  num_batches = -(-source.num_examples // config.eval.batch_size)
+  progress = progress_lib.Progress(0, num_batches, config.eval.batch_size,
+                                   enabled=jax.process_index() == 0)
+  with jax.set_mesh(mesh):
+    for step, local in enumerate(source.batches(), start=1):
+      batch = partitioning.global_batch(local, batch_sharding)
+      features = jax.device_get(pool(params, batch['image']))
+      stats.update(features[jax.device_get(batch['mask']) > 0])
+      progress.update(step, {})
+  progress.close()
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
+    stats.save(output_path)
+  return stats
