@@ -58,7 +58,8 @@ def check_train_contract(config, global_batch=8, steps=4):
   hosts = [take(data.build(config, split='train', global_batch_size=global_batch,
                            process_index=p, process_count=2), steps) for p in range(2)]
   assert_batches_equal(first, concat_hosts(hosts))
-  assert not np.array_equal(first[0]['image'], first[1]['image'])
+  key = 'image' if 'image' in first[0] else 'video'
+  assert not np.array_equal(first[0][key], first[1][key])
   return one, first
 
 
@@ -80,7 +81,8 @@ def check_eval_contract(config, global_batch, process_count=2):
 
 
 def test_registry_defaults():
-  assert data.names() == ['photos', 'fashion_mnist', 'shapes', 'tfds', 'image_folder']
+  assert data.names() == ['photos', 'fashion_mnist', 'shapes', 'tfds', 'image_folder',
+                          'moving_shapes', 'tfds_video', 'joint']
   for name in ('photos', 'fashion_mnist', 'shapes'):  # The tf.data ones are tested below.
     config = data.default_config(name)
     assert config.name == name and config.image_size > 0 and isinstance(config.seed, int)
@@ -250,7 +252,7 @@ def test_shapes():
 
 def test_shape_masks_are_distinct():
   u, v = np.meshgrid(np.linspace(-1.2, 1.2, 97), np.linspace(-1.2, 1.2, 97))
-  masks = {k: shapes._inside(k, u, v) for k in shapes.SHAPES}
+  masks = {k: shapes.inside(k, u, v) for k in shapes.SHAPES}
   areas = {k: m.mean() for k, m in masks.items()}
   assert abs(areas['circle'] / areas['square'] - np.pi / 4 / 0.64) < 0.05
   for a, b in itertools.combinations(shapes.SHAPES, 2):

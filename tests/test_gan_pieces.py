@@ -82,3 +82,19 @@ def test_stylegan_discriminator_shapes_and_errors():
   with pytest.raises(ConfigError, match="discriminator.name: unknown "
                      "discriminator 'dcgan'"):
     discriminators.build(bad)
+
+
+def test_stylegan_discriminator_is_3d_for_videos():
+  disc = discriminators.StyleGANDiscriminator(base_features=4,
+                                              channel_multipliers=(1, 2))
+  video = jax.random.normal(jax.random.key(0), (2, 5, 8, 8, 3))
+  params = disc.init(jax.random.key(1), video)
+  kernel = params['params']['stem']['kernel']
+  assert kernel.shape == (3, 3, 3, 3, 4)  # 3D convolutions.
+  logits = disc.apply(params, video)
+  assert logits.shape == (2, 1)
+  # Time matters: reversing the frames changes the logit.
+  flipped = disc.apply(params, video[:, ::-1])
+  assert float(jnp.max(jnp.abs(flipped - logits))) > 1e-6
+  # The same parameters score 1-frame videos (images in joint training).
+  assert disc.apply(params, video[:, :1]).shape == (2, 1)

@@ -1,16 +1,22 @@
-"""Datasets: a registry from `config.data.name` to image sources.
+"""Datasets: a registry from `config.data.name` to image and video sources.
 
   source = vqlab.data.build(config.data, split='train', global_batch_size=256,
                             process_index=jax.process_index(), process_count=jax.process_count())
   for batch in source.batches(start_step=step):  # {'image': f32 [b, H, W, C] in [-1, 1], ...}
 
-Datasets (see each module's docstring):
+Image datasets (batches carry 'image' float32 [b, H, W, C]; see each module's docstring):
   photos         real photos bundled in the scikit-image / scikit-learn wheels (the quickstart's).
   fashion_mnist  Fashion-MNIST IDX files (Debian's dataset-fashion-mnist), 10 classes.
   shapes         procedural shapes with exact labels.
   tfds           any prepared TensorFlow Datasets image dataset (imagenet2012, cifar10, ...).
   image_folder   your images in <path>/<split>/<class_name>/.
-Modules are imported on first use, so TensorFlow loads only for `tfds` and `image_folder`.
+Video datasets (batches carry 'video' float32 [b, T, H, W, C]; sources have `video_shape`):
+  moving_shapes  procedural clips of shapes bouncing around, with exact labels.
+  tfds_video     any prepared TensorFlow Datasets video dataset (ucf101, ...).
+Both:
+  joint          train batches of an image and a video dataset together ('image' and 'video');
+                 eval on the video dataset.
+Modules are imported on first use, so TensorFlow loads only for the tfds and folder datasets.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import ml_collections
 
 from vqlab.data import base
 from vqlab.data.base import DataSource
+from vqlab.errors import ConfigError
 
 _MODULES = {
     'photos': 'vqlab.data.photos',
@@ -28,9 +35,16 @@ _MODULES = {
     'shapes': 'vqlab.data.shapes',
     'tfds': 'vqlab.data.tfds_images',
     'image_folder': 'vqlab.data.image_folder',
+    'moving_shapes': 'vqlab.data.moving_shapes',
+    'tfds_video': 'vqlab.data.tfds_videos',
+    'joint': 'vqlab.data.joint',
 }
+VIDEO_DATASETS = ('moving_shapes', 'tfds_video')
+# Datasets whose config nests other datasets' configs: (section -> kind) in `module.NESTED`.
+_COMPOSITE = ('joint',)
 
-__all__ = ['DataSource', 'names', 'default_config', 'build']
+__all__ = ['DataSource', 'names', 'default_config', 'reference_config', 'build', 'kind',
+           'check_kind']
 
 
 def names() -> list[str]:
@@ -44,9 +58,59 @@ def _module(name: str):
   return importlib.import_module(_MODULES[name])
 
 
+def kind(name: str) -> str:
+  """'image', 'video' or 'joint': what the batches of dataset `name` carry."""
+  if name not in _MODULES:
+    raise ValueError(f'data.name: unknown dataset {name!r}; known: {names()}')
+  return 'joint' if name in _COMPOSITE else 'video' if name in VIDEO_DATASETS else 'image'
+
+
+def _kind_problem(name: str, expected: str) -> str | None:
+  """Why dataset `name` cannot be used where a dataset of kind `expected` is needed, or None."""
+  if name not in _MODULES:
+    return f'unknown dataset {name!r}; known: {names()}'
+  if kind(name) != expected:
+    known = ', '.join(n for n in names() if kind(n) == expected)
+    article = 'an' if expected == 'image' else 'a'
+    return f'must name {article} {expected} dataset ({known}), got {name!r}'
+  return None
+
+
+def check_kind(name: str, expected: str) -> None:
+  """Raises ValueError naming `data.name` unless dataset `name` is of kind `expected`."""
+  problem = _kind_problem(name, expected)
+  if problem:
+    raise ValueError(f'data.name: {problem}.')
+
+
 def default_config(name: str) -> ml_collections.ConfigDict:
-  """The documented default `config.data` of dataset `name` (always has name, image_size, seed)."""
+  """The documented default `config.data` of dataset `name` (always has name and image_size;
+  seed too, except `joint`, whose nested sections have theirs)."""
   return _module(name).default_config()
+
+
+def reference_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The complete default of the data config `config`, to check a user's `config.data` against.
+
+  `default_config(config.name)`, except that the nested dataset sections of `joint` ('image',
+  'video') are the defaults of the datasets they name (their own defaults when they name none).
+
+  Raises:
+    ConfigError: naming `data.name` or `data.<section>.name` when a name is unknown, or names a
+      dataset of the wrong kind.
+  """
+  name = config.get('name')
+  if name not in _MODULES:
+    raise ConfigError('data.name', f'unknown dataset {name!r}; known: {names()}')
+  reference = default_config(name)
+  for section, expected in getattr(_module(name), 'NESTED', {}).items():
+    nested = config.get(section)
+    if isinstance(nested, ml_collections.ConfigDict) and 'name' in nested:
+      problem = _kind_problem(nested.name, expected)
+      if problem:
+        raise ConfigError(f'data.{section}.name', problem)
+      reference[section] = default_config(nested.name)
+  return reference
 
 
 def build(config: ml_collections.ConfigDict, *, split: str, global_batch_size: int,
@@ -62,8 +126,9 @@ def build(config: ml_collections.ConfigDict, *, split: str, global_batch_size: i
 
   Returns:
     A DataSource whose `batches(start_step)` yields per-host batches of B / process_count rows:
-    'image' float32 [b, H, W, C] in [-1, 1], 'label' int32 [b] when the data has labels, and on
-    eval 'mask' bool [b] (False on padding rows).
+    'image' float32 [b, H, W, C] (image datasets) or 'video' float32 [b, T, H, W, C] (video
+    datasets) in [-1, 1], 'label' int32 [b] when the data has labels, and on eval 'mask' bool [b]
+    (False on padding rows). `joint` train batches hold 'image' and 'video' rows (see joint.py).
   """
   name = base.get(config, 'name')
   module = _module(name)

@@ -36,19 +36,24 @@ class DataSource(Protocol):
     per_host_batch_size: rows in each batch this host yields (`global_batch_size / process_count`).
     num_examples: eval: real examples in one pass over the whole eval set (all hosts together);
       train: size of the underlying finite set, or None for an unbounded one.
-    image_shape: `(H, W, C)` of `batch['image'][i]`.
+    image_shape: `(H, W, C)` of `batch['image'][i]`; for video sources, of one frame.
+    video_shape: `(T, H, W, C)` of `batch['video'][i]` for video sources, None for image
+      sources.
     num_classes: number of label values when batches carry 'label', else None.
   """
 
   per_host_batch_size: int
   num_examples: int | None
   image_shape: tuple[int, int, int]
+  video_shape: tuple[int, int, int, int] | None
   num_classes: int | None
 
   def batches(self, start_step: int = 0) -> Iterator[Batch]:
-    """Yields per-host batches: 'image' float32 [b, H, W, C] in [-1, 1], 'label' int32 [b]
-    where the data has labels, and on eval 'mask' bool [b]. Train is infinite and starts at
-    global step `start_step`; eval is one finite pass (skipping `start_step` batches)."""
+    """Yields per-host batches: 'image' float32 [b, H, W, C] (image sources) or 'video' float32
+    [b, T, H, W, C] (video sources) in [-1, 1], 'label' int32 [b] where the data has labels, and
+    on eval 'mask' bool [b]. Train is infinite and starts at global step `start_step`; eval is
+    one finite pass (skipping `start_step` batches). (`joint` train batches carry both 'image'
+    and 'video', see `joint.py`.)"""
     ...
 
 
@@ -171,12 +176,14 @@ class NumpyTrainSource:
 
   def __init__(self, make_batch: Callable[[int, np.ndarray], Batch], *, per_host_batch_size: int,
                process_index: int, num_examples: int | None,
-               image_shape: tuple[int, int, int], num_classes: int | None):
+               image_shape: tuple[int, int, int], num_classes: int | None,
+               video_shape: tuple[int, int, int, int] | None = None):
     self._make_batch = make_batch
     self._rows = host_rows(per_host_batch_size, process_index)
     self.per_host_batch_size = per_host_batch_size
     self.num_examples = num_examples
     self.image_shape = image_shape
+    self.video_shape = video_shape
     self.num_classes = num_classes
 
   def batches(self, start_step: int = 0) -> Iterator[Batch]:
@@ -194,7 +201,8 @@ class NumpyEvalSource:
 
   def __init__(self, get_examples: Callable[[np.ndarray], Batch], *, num_examples: int,
                global_batch_size: int, per_host_batch_size: int, process_index: int,
-               image_shape: tuple[int, int, int], num_classes: int | None):
+               image_shape: tuple[int, int, int], num_classes: int | None,
+               video_shape: tuple[int, int, int, int] | None = None):
     if num_examples < 1:
       raise ValueError('eval set is empty (num_examples=0).')
     self._get = get_examples
@@ -203,6 +211,7 @@ class NumpyEvalSource:
     self.per_host_batch_size = per_host_batch_size
     self.num_examples = num_examples
     self.image_shape = image_shape
+    self.video_shape = video_shape
     self.num_classes = num_classes
 
   def __len__(self) -> int:

@@ -1,10 +1,11 @@
 """tf.data pipelines from a host's shard of encoded records to padded numpy batches.
 
 `records` is this host's shard in a fixed order: a finite dataset of
-`{'image': encoded bytes, 'label'?: int}`. Train order: epoch `e` of the host is `records` shuffled
-through a `shuffle_buffer` reseeded from `(seed, process_index, e)`, epochs are concatenated, and
-each element gets its augmentation seed from `(seed, process_index, position)` where `position`
-counts elements from the start of training. Resuming at step k therefore starts at epoch
+`{'image': encoded bytes, 'label'?: int}` (videos: `{'video': encoded frames [L], ...}`).
+Train order: epoch `e` of the host is `records` shuffled through a `shuffle_buffer` reseeded from
+`(seed, process_index, e)`, epochs are concatenated, and each element gets its augmentation seed
+from `(seed, process_index, position)` where `position` counts elements from the start of
+training. Resuming at step k therefore starts at epoch
 `k * b // n` directly and replays at most one epoch of record reads (no decoding) to reach the
 position inside it.
 
@@ -63,7 +64,8 @@ def train_dataset(records: tf.data.Dataset, *, preprocess: Callable[[Any, Any], 
     start_step: first global step to yield.
 
   Returns:
-    Batches {'image': float32 [b, S, S, C], 'label'?: int32 [b]}.
+    Batches of the preprocessed examples, e.g. {'image': float32 [b, S, S, C], 'label'?: int32
+    [b]} (video: {'video': float32 [b, T, S, S, C], ...}).
   """
   key = tf.constant([seed, process_index], tf.int64)
   n = cardinality(records)
@@ -89,7 +91,7 @@ def train_dataset(records: tf.data.Dataset, *, preprocess: Callable[[Any, Any], 
 
 def eval_dataset(records: tf.data.Dataset, *, preprocess: Callable[[Any], Any],
                  per_host_batch_size: int, num_batches: int, image_shape: tuple[int, int, int],
-                 has_label: bool, start_step: int) -> tf.data.Dataset:
+                 has_label: bool, start_step: int, key: str = 'image') -> tf.data.Dataset:
   """`num_batches - start_step` padded eval batches of this host, in order, with 'mask'.
 
   Args:
@@ -97,12 +99,14 @@ def eval_dataset(records: tf.data.Dataset, *, preprocess: Callable[[Any], Any],
     preprocess: f(example) -> example (see preprocess.eval_fn).
     per_host_batch_size: b.
     num_batches: batches every host yields (the same on all hosts).
-    image_shape: (S, S, C) of the preprocessed images (for the padding rows).
+    image_shape: shape of `example[key]` after preprocessing, for the padding rows: (S, S, C)
+      for images, (T, S, S, C) for videos.
     has_label: whether examples carry 'label'.
     start_step: eval batches to skip.
+    key: the key of the preprocessed data: 'image' or 'video'.
 
   Returns:
-    Batches {'image': float32 [b, S, S, C], 'label'?: int32 [b], 'mask': bool [b]}.
+    Batches {key: float32 [b, *image_shape], 'label'?: int32 [b], 'mask': bool [b]}.
   """
   b = per_host_batch_size
   n = cardinality(records)
@@ -112,7 +116,7 @@ def eval_dataset(records: tf.data.Dataset, *, preprocess: Callable[[Any], Any],
   def with_mask(example):
     return dict(preprocess(example), mask=True)
 
-  padding = {'image': tf.zeros(image_shape, tf.float32), 'mask': False}
+  padding = {key: tf.zeros(image_shape, tf.float32), 'mask': False}
   if has_label:
     padding['label'] = tf.constant(0, tf.int32)
   ds = records.skip(start_step * b).map(with_mask, num_parallel_calls=tf.data.AUTOTUNE,
@@ -127,11 +131,12 @@ class TfDataSource:
 
   def __init__(self, make_dataset: Callable[[int], tf.data.Dataset], *, per_host_batch_size: int,
                num_examples: int | None, image_shape: tuple[int, int, int],
-               num_classes: int | None):
+               num_classes: int | None, video_shape: tuple[int, int, int, int] | None = None):
     self._make_dataset = make_dataset
     self.per_host_batch_size = per_host_batch_size
     self.num_examples = num_examples
     self.image_shape = image_shape
+    self.video_shape = video_shape
     self.num_classes = num_classes
 
   def batches(self, start_step: int = 0) -> Iterator[base.Batch]:

@@ -1,4 +1,5 @@
-"""Per-example tf.data image preprocessing shared by the `tfds` and `image_folder` datasets.
+"""Per-example tf.data image preprocessing shared by the `tfds` and `image_folder` datasets
+(`video_preprocess.py` reuses its decode / resize / crop helpers on clips).
 
 Every function maps one example `{'image': encoded bytes (JPEG/PNG/GIF/BMP), 'label'?: int}` to
 `{'image': float32 [S, S, C] in [-1, 1], 'label'?: int32}`. Randomness is stateless: train ops take
@@ -73,18 +74,27 @@ class Augment:
     return (self.image_size, self.image_size, self.channels)
 
 
-def _decode(encoded, channels: int):
+def decode_image(encoded, channels: int):
+  """Encoded bytes (JPEG/PNG/GIF/BMP) -> uint8 [h, w, channels]."""
   image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
   image.set_shape([None, None, channels])
   return image
 
 
-def _resize_shorter_side(image, size: int):
-  """uint8 [h, w, C] -> float32 [h', w', C] with min(h', w') = size (antialiased bilinear)."""
-  hw = tf.cast(tf.shape(image)[:2], tf.float32)
+def resize_shorter_side(image, size: int):
+  """uint8 [..., h, w, C] -> float32 [..., h', w', C] with min(h', w') = size (antialiased
+  bilinear); a leading frame axis is resized frame by frame to the same size."""
+  hw = tf.cast(tf.shape(image)[-3:-1], tf.float32)
   new_hw = tf.cast(tf.round(hw * (size / tf.reduce_min(hw))), tf.int32)
   new_hw = tf.maximum(new_hw, size)
   return tf.image.resize(image, new_hw, method='bilinear', antialias=True)
+
+
+def center_crop(image, size: int):
+  """[..., h, w, C] with h, w >= size -> the central [..., size, size, C]."""
+  hw = tf.shape(image)[-3:-1]
+  top, left = (hw[0] - size) // 2, (hw[1] - size) // 2
+  return image[..., top:top + size, left:left + size, :]
 
 
 def _inception_crop(encoded, seed, aug: Augment):
@@ -103,7 +113,7 @@ def _inception_crop(encoded, seed, aug: Augment):
     return tf.io.decode_and_crop_jpeg(encoded, crop_window, channels=aug.channels)
 
   def other():
-    image = _decode(encoded, aug.channels)
+    image = decode_image(encoded, aug.channels)
     begin, crop_size = window(tf.shape(image))
     return tf.slice(image, begin, crop_size)
 
@@ -113,7 +123,8 @@ def _inception_crop(encoded, seed, aug: Augment):
   return tf.image.resize(image, size, method='bilinear', antialias=True)
 
 
-def _to_unit_range(image):
+def to_unit_range(image):
+  """[0, 255] -> float32 [-1, 1]."""
   return tf.clip_by_value(tf.cast(image, tf.float32) * (2 / 255) - 1, -1.0, 1.0)
 
 
@@ -131,12 +142,12 @@ def train_fn(aug: Augment) -> Callable[[Any, Any], Any]:
     if aug.train_augment == 'random_resized_crop':
       image = _inception_crop(example['image'], crop_seed, aug)
     else:
-      image = _resize_shorter_side(_decode(example['image'], aug.channels),
-                                   aug.image_size)
+      image = resize_shorter_side(decode_image(example['image'], aug.channels),
+                                  aug.image_size)
       image = tf.image.stateless_random_crop(image, aug.image_shape, seed=crop_seed)
     if aug.random_flip:
       image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
-    image = tf.ensure_shape(_to_unit_range(image), aug.image_shape)
+    image = tf.ensure_shape(to_unit_range(image), aug.image_shape)
     return _output(example, image)
 
   return fn
@@ -145,11 +156,9 @@ def train_fn(aug: Augment) -> Callable[[Any, Any], Any]:
 def eval_fn(aug: Augment) -> Callable[[Any], Any]:
   """Returns f(example) -> preprocessed eval example (shorter side to S, centre crop)."""
   def fn(example):
-    image = _resize_shorter_side(_decode(example['image'], aug.channels), aug.image_size)
-    hw = tf.shape(image)[:2]
-    top, left = (hw[0] - aug.image_size) // 2, (hw[1] - aug.image_size) // 2
-    image = image[top:top + aug.image_size, left:left + aug.image_size]
-    image = tf.ensure_shape(_to_unit_range(image), aug.image_shape)
+    image = resize_shorter_side(decode_image(example['image'], aug.channels), aug.image_size)
+    image = center_crop(image, aug.image_size)
+    image = tf.ensure_shape(to_unit_range(image), aug.image_shape)
     return _output(example, image)
 
   return fn

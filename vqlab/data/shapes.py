@@ -16,7 +16,7 @@ import numpy as np
 from vqlab.data import base
 
 
-def _inside(kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+def inside(kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
   """Boolean mask of shape `kind` in coordinates scaled to the unit radius (v points down)."""
   au, av = np.abs(u), np.abs(v)
   if kind == 'circle':
@@ -36,6 +36,37 @@ def _inside(kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 SHAPES = ('circle', 'square', 'triangle', 'diamond', 'cross', 'ring')
+
+
+def contrasting_colour(rng: np.random.Generator, background: np.ndarray,
+                       min_contrast: float) -> np.ndarray:
+  """A random colour [C] at least `min_contrast` (max-abs) from `background` [C] in [0, 1].
+
+  Rejection sampling keeps the shape visible; after 100 misses, the complement of `background`.
+  """
+  foreground = rng.random(len(background))
+  for _ in range(100):
+    if np.abs(foreground - background).max() >= min_contrast:
+      return foreground
+    foreground = rng.random(len(background))
+  return 1.0 - background
+
+
+def shape_classes(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """`data.shapes`, checked: a non-empty tuple of names from SHAPES."""
+  classes = tuple(base.get(config, 'shapes'))
+  unknown = [s for s in classes if s not in SHAPES]
+  if not classes or unknown:
+    raise ValueError(f'data.shapes: need a non-empty tuple from {list(SHAPES)}, got {classes!r}.')
+  return classes
+
+
+def min_contrast(config: ml_collections.ConfigDict) -> float:
+  """`data.min_contrast`, checked to lie in [0, 1]."""
+  contrast = float(base.get(config, 'min_contrast'))
+  if not 0 <= contrast <= 1:
+    raise ValueError(f'data.min_contrast: must be in [0, 1], got {contrast}.')
+  return contrast
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -71,14 +102,8 @@ class ShapeRenderer:
     radius = rng.uniform(lo, hi) * self.size / 2
     cy, cx = rng.uniform(radius, self.size - radius, size=2)
     background = rng.random(self.channels)
-    foreground = rng.random(self.channels)
-    for _ in range(100):  # Rejection keeps the shape visible; the fallback is the complement.
-      if np.abs(foreground - background).max() >= self.min_contrast:
-        break
-      foreground = rng.random(self.channels)
-    else:
-      foreground = 1.0 - background
-    mask = _inside(self.shapes[label], (self._xs - cx) / radius, (self._ys - cy) / radius)
+    foreground = contrasting_colour(rng, background, self.min_contrast)
+    mask = inside(self.shapes[label], (self._xs - cx) / radius, (self._ys - cy) / radius)
     alpha = mask.reshape(self.size, 2, self.size, 2).mean(axis=(1, 3))[..., None]
     image = background * (1 - alpha) + foreground * alpha
     return (image * 2 - 1).astype(np.float32), label
@@ -93,18 +118,12 @@ class ShapeRenderer:
 
 
 def _renderer(config: ml_collections.ConfigDict) -> ShapeRenderer:
-  shapes = tuple(base.get(config, 'shapes'))
-  unknown = [s for s in shapes if s not in SHAPES]
-  if not shapes or unknown:
-    raise ValueError(f'data.shapes: need a non-empty tuple from {list(SHAPES)}, got {shapes!r}.')
-  contrast = float(base.get(config, 'min_contrast'))
-  if not 0 <= contrast <= 1:
-    raise ValueError(f'data.min_contrast: must be in [0, 1], got {contrast}.')
   return ShapeRenderer(seed=int(base.get(config, 'seed')),
                        image_size=base.positive_int(config, 'image_size'),
-                       channels=base.positive_int(config, 'channels'), shapes=shapes,
+                       channels=base.positive_int(config, 'channels'),
+                       shapes=shape_classes(config),
                        size_range=base.fraction_range(config, 'size_range'),
-                       min_contrast=contrast)
+                       min_contrast=min_contrast(config))
 
 
 def build(config: ml_collections.ConfigDict, *, split: str, global_batch_size: int,

@@ -3,12 +3,13 @@
 Nothing is downloaded unless `data.download=True`: prepare the data beforehand with
 `tfds build NAME --data_dir=DIR` (ImageNet: put the tars in `--manual_dir`). Each host reads its
 own even slice of the split (`tfds.even_splits`); see `pipeline.py` for order and resume, and
-`preprocess.py` for the image transforms.
+`preprocess.py` for the image transforms. `build_source` is shared with `tfds_video`.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any, Callable
 
 import ml_collections
 from ml_collections import config_dict
@@ -38,11 +39,12 @@ def default_config() -> ml_collections.ConfigDict:
   })
 
 
-def _builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+def load_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """The builder of `data.tfds_name` (downloaded and prepared first when `data.download`)."""
   name = base.get(config, 'tfds_name')
   if not name:
-    raise ValueError("data.tfds_name: required for data.name='tfds' (e.g. 'imagenet2012', "
-                     "'cifar10', 'fashion_mnist').")
+    raise ValueError(f'data.tfds_name: required for data.name={config.get("name")!r} (e.g. '
+                     "'imagenet2012', 'cifar10', 'fashion_mnist'; videos: 'ucf101').")
   data_dir = base.get(config, 'data_dir')
   try:
     builder = tfds.builder(name, data_dir=data_dir)
@@ -65,12 +67,12 @@ def _split_size(builder: tfds.core.DatasetBuilder, split, key: str) -> int | Non
     raise ValueError(f'data.{key}: bad split {split!r} for {builder.name}: {e}') from e
 
 
-def _records(builder, split, image_key: str, label_key: str) -> tf.data.Dataset:
-  """{'image': encoded bytes, 'label'?} of `split` in file order."""
+def _records(builder, split, feature_key: str, label_key: str, key: str) -> tf.data.Dataset:
+  """{key: encoded bytes (videos: encoded frames [L]), 'label'?} of `split` in file order."""
   name = builder.name
   try:
     ds = builder.as_dataset(split=split, shuffle_files=False,
-                            decoders={image_key: tfds.decode.SkipDecoding()})
+                            decoders={feature_key: tfds.decode.SkipDecoding()})
   except AssertionError as e:  # tfds' way of saying the data is not prepared.
     data_dir = os.path.dirname(os.path.dirname(builder.data_dir))  # Drop name/version.
     raise FileNotFoundError(
@@ -79,7 +81,7 @@ def _records(builder, split, image_key: str, label_key: str) -> tf.data.Dataset:
         'tars), or set data.download=True.') from e
 
   def select(example):
-    out = {'image': example[image_key]}
+    out = {key: example[feature_key]}
     if label_key:
       out['label'] = example[label_key]
     return out
@@ -87,18 +89,36 @@ def _records(builder, split, image_key: str, label_key: str) -> tf.data.Dataset:
   return ds.map(select)
 
 
-def build(config: ml_collections.ConfigDict, *, split: str, global_batch_size: int,
-          process_index: int, process_count: int) -> base.DataSource:
-  """Builds the source: 'image' float32 [b, S, S, channels] in [-1, 1], 'label' int32 [b]."""
-  base.check_split(split)
+def build_source(config: ml_collections.ConfigDict, *, split: str, global_batch_size: int,
+                 process_index: int, process_count: int, key: str,
+                 train_fn: Callable[[Any, Any], Any], eval_fn: Callable[[Any], Any],
+                 shuffle_buffer: int, example_shape: tuple[int, ...]) -> pipeline.TfDataSource:
+  """The tf.data source of a tfds dataset, shared by `tfds` (key='image') and `tfds_video`.
+
+  Args:
+    config: the data config (tfds_name, data_dir, download, manual_dir, train_split, eval_split,
+      `<key>_key`, label_key, seed).
+    split: 'train' or 'eval'.
+    global_batch_size: B.
+    process_index: this host.
+    process_count: number of hosts.
+    key: 'image' or 'video': the batch key, and `data.<key>_key` names the tfds feature.
+    train_fn: f({key: encoded, 'label'?}, seed [2] int64) -> preprocessed example.
+    eval_fn: f({key: encoded, 'label'?}) -> preprocessed example.
+    shuffle_buffer: train shuffle buffer (examples per host).
+    example_shape: shape of a preprocessed `example[key]`: (S, S, C), or (T, S, S, C) for videos.
+
+  Returns:
+    The source; its `image_shape` is `example_shape[-3:]` and its `video_shape` is
+    `example_shape` for key='video', else None.
+  """
   b = base.host_batch_size(global_batch_size, process_index, process_count)
-  aug = preprocess.Augment.from_config(config)
   pipeline.hide_accelerators_from_tf()
-  builder = _builder(config)
+  builder = load_builder(config)
   features = builder.info.features
-  image_key, label_key = base.get(config, 'image_key'), base.get(config, 'label_key')
-  if image_key not in features:
-    raise ValueError(f'data.image_key: {builder.name} has no feature {image_key!r}; '
+  feature_key, label_key = base.get(config, f'{key}_key'), base.get(config, 'label_key')
+  if feature_key not in features:
+    raise ValueError(f'data.{key}_key: {builder.name} has no feature {feature_key!r}; '
                      f'features: {list(features)}.')
   if label_key and label_key not in features:
     raise ValueError(f'data.label_key: {builder.name} has no feature {label_key!r}; '
@@ -111,25 +131,37 @@ def build(config: ml_collections.ConfigDict, *, split: str, global_batch_size: i
   num_examples = _split_size(builder, tfds_split, split_key)
 
   def records():
-    return _records(builder, host_split, image_key, label_key)
+    return _records(builder, host_split, feature_key, label_key, key)
 
   if split == 'train':
     seed = int(base.get(config, 'seed'))
     make = lambda start: pipeline.train_dataset(
-        records(), preprocess=preprocess.train_fn(aug), seed=seed, process_index=process_index,
-        per_host_batch_size=b, shuffle_buffer=aug.shuffle_buffer, start_step=start)
+        records(), preprocess=train_fn, seed=seed, process_index=process_index,
+        per_host_batch_size=b, shuffle_buffer=shuffle_buffer, start_step=start)
   else:
     if num_examples is None:  # No split metadata (e.g. under tfds.testing.mock_data): count.
       num_examples = pipeline.cardinality(
-          _records(builder, tfds_split, image_key, label_key))
+          _records(builder, tfds_split, feature_key, label_key, key))
     if not num_examples:
       raise ValueError(f'data.eval_split: {tfds_split!r} of {builder.name} is empty or its size '
                        'is unknown.')
     num_batches = pipeline.host_eval_batches(num_examples, global_batch_size, process_count)
     make = lambda start: pipeline.eval_dataset(
-        records(), preprocess=preprocess.eval_fn(aug), per_host_batch_size=b,
-        num_batches=num_batches, image_shape=aug.image_shape, has_label=bool(label_key),
-        start_step=start)
+        records(), preprocess=eval_fn, per_host_batch_size=b, num_batches=num_batches,
+        image_shape=example_shape, has_label=bool(label_key), start_step=start, key=key)
   records()  # Fail now, not at the first batch, when the data is missing.
-  return pipeline.TfDataSource(make, per_host_batch_size=b, num_examples=num_examples,
-                               image_shape=aug.image_shape, num_classes=num_classes)
+  return pipeline.TfDataSource(
+      make, per_host_batch_size=b, num_examples=num_examples, image_shape=example_shape[-3:],
+      num_classes=num_classes, video_shape=example_shape if key == 'video' else None)
+
+
+def build(config: ml_collections.ConfigDict, *, split: str, global_batch_size: int,
+          process_index: int, process_count: int) -> base.DataSource:
+  """Builds the source: 'image' float32 [b, S, S, channels] in [-1, 1], 'label' int32 [b]."""
+  base.check_split(split)
+  base.host_batch_size(global_batch_size, process_index, process_count)
+  aug = preprocess.Augment.from_config(config)
+  return build_source(config, split=split, global_batch_size=global_batch_size,
+                      process_index=process_index, process_count=process_count, key='image',
+                      train_fn=preprocess.train_fn(aug), eval_fn=preprocess.eval_fn(aug),
+                      shuffle_buffer=aug.shuffle_buffer, example_shape=aug.image_shape)

@@ -1,7 +1,8 @@
 """Whole-eval-set accumulation of eval-step outputs on the host, in float64.
 
 An eval step returns {'sums': tree of arrays summed over the batch's real
-examples, 'features': {name: [B, D]} per-example features, 'mask': [B]}. Sums
+examples, 'mask': [B], and optionally 'features': {name: [N, D]} feature rows
+with 'feature_mask' [N] (N = B, or B * T for the frames of videos)}. Sums
 add up across batches in float64 (float32 sums over 50k images lose digits);
 features go into streamed mean/covariance statistics (FID), so no feature
 matrix of the whole set is ever held in memory.
@@ -31,7 +32,7 @@ class EvalAccumulator:
         np.add, self.sums, sums)
     features = outputs.get('features') or {}
     if features:
-      real = np.asarray(outputs['mask']) > 0
+      real = np.asarray(outputs.get('feature_mask', outputs['mask'])) > 0
       for name, values in features.items():
         values = np.asarray(values, np.float64)[real]
         if name not in self.features:

@@ -2,7 +2,8 @@
 
   patchgan  pix2pix / taming NLayerDiscriminator: per-patch logits.
   stylegan  StyleGAN2-style residual discriminator with blur pooling (the
-            MaskGIT-VQGAN / MAGVIT recipe): one logit per image.
+            MaskGIT-VQGAN / MAGVIT recipe): one logit per image or video;
+            3D convolutions and 3D blur pooling for [B, T, H, W, C] input.
 """
 
 import math
@@ -72,27 +73,45 @@ class PatchGAN(nn.Module):
     return conv(1, 1, h).astype(jnp.float32)
 
 
+def _blur_down(x: jax.Array) -> jax.Array:
+  """Blur-pools every axis between batch and channels by 2. An odd frame
+  count (videos of 1 + 4k frames) is first made even by repeating the last
+  frame; a single frame is left alone (images through a video model)."""
+  axes = list(range(1, x.ndim - 1))
+  if x.ndim == 5:
+    frames = x.shape[1]
+    if frames == 1:
+      axes = axes[1:]
+    elif frames % 2:
+      x = jnp.concatenate([x, x[:, -1:]], axis=1)
+  return blur.blur_pool(x, axes=axes)
+
+
 class BlurResBlock(nn.Module):
-  """StyleGAN2 residual down block: conv3x3 -> lrelu -> blur-pool ->
-  conv3x3 -> lrelu, plus blur-pool -> 1x1 conv on the skip path, summed and
-  scaled by 1/sqrt(2). x: [B, H, W, C] -> [B, H/2, W/2, features]."""
+  """StyleGAN2 residual down block: conv3 -> lrelu -> blur-pool -> conv3 ->
+  lrelu, plus blur-pool -> 1x1 conv on the skip path, summed and scaled by
+  1/sqrt(2). Works on images [B, H, W, C] (2D convs) and videos
+  [B, T, H, W, C] (3D convs, time pooled too): sizes halve, features out."""
   features: int
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    h = nn.leaky_relu(nn.Conv(x.shape[-1], (3, 3), dtype=self.dtype,
+    window = (3,) * (x.ndim - 2)
+    point = (1,) * (x.ndim - 2)
+    h = nn.leaky_relu(nn.Conv(x.shape[-1], window, dtype=self.dtype,
                               name='conv1')(x), 0.2)
-    h = blur.blur_pool(h, axes=(1, 2))
-    h = nn.leaky_relu(nn.Conv(self.features, (3, 3), dtype=self.dtype,
+    h = _blur_down(h)
+    h = nn.leaky_relu(nn.Conv(self.features, window, dtype=self.dtype,
                               name='conv2')(h), 0.2)
-    skip = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype,
-                   name='skip')(blur.blur_pool(x, axes=(1, 2)))
+    skip = nn.Conv(self.features, point, use_bias=False, dtype=self.dtype,
+                   name='skip')(_blur_down(x))
     return (h + skip) / math.sqrt(2.0)
 
 
 class StyleGANDiscriminator(nn.Module):
-  """StyleGAN2-style residual discriminator with blur pooling.
+  """StyleGAN2-style residual discriminator with blur pooling, 2D for images
+  and 3D (MAGVIT) for videos: the rank of the input picks the convolutions.
 
   Attributes:
     base_features: channels of the first conv.
@@ -106,19 +125,27 @@ class StyleGANDiscriminator(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    """x: [B, H, W, C] -> logits [B, 1] (float32)."""
-    _check_images('StyleGANDiscriminator', x)
+    """x: [B, H, W, C] or [B, T, H, W, C] -> logits [B, 1] (float32)."""
+    if x.ndim not in (4, 5) or not jnp.issubdtype(x.dtype, jnp.floating):
+      raise ValueError('StyleGANDiscriminator: expected floating [B, H, W, C] '
+                       f'or [B, T, H, W, C], got {x.dtype} {tuple(x.shape)}')
     factor = 2**len(self.channel_multipliers)
-    if x.shape[1] % factor or x.shape[2] % factor:
-      raise ValueError(f'StyleGANDiscriminator: image size {x.shape[1:3]} is '
-                       f'not divisible by 2^{len(self.channel_multipliers)}')
-    h = nn.leaky_relu(nn.Conv(self.base_features, (3, 3), dtype=self.dtype,
+    height, width = x.shape[-3:-1]
+    if height % factor or width % factor:
+      raise ValueError(f'StyleGANDiscriminator: image size {(height, width)} '
+                       f'is not divisible by 2^{len(self.channel_multipliers)}')
+    window = (3,) * (x.ndim - 2)
+    h = nn.leaky_relu(nn.Conv(self.base_features, window, dtype=self.dtype,
                               name='stem')(x.astype(self.dtype)), 0.2)
     for level, mult in enumerate(self.channel_multipliers):
       h = BlurResBlock(self.base_features * mult, dtype=self.dtype,
                        name=f'down_{level}')(h)
-    h = nn.leaky_relu(nn.Conv(h.shape[-1], (3, 3), dtype=self.dtype,
+    h = nn.leaky_relu(nn.Conv(h.shape[-1], window, dtype=self.dtype,
                               name='head_conv')(h), 0.2)
+    if h.ndim == 5:
+      # Average over time, so one discriminator scores clips of any length
+      # (and images as 1-frame videos, for joint image-video training).
+      h = jnp.mean(h, axis=1)
     width = h.shape[-1]
     h = h.reshape((h.shape[0], -1))
     h = nn.leaky_relu(nn.Dense(width, dtype=self.dtype, name='head_dense')(h),

@@ -1,5 +1,9 @@
 """Tokenizers: `names()`, `default_config(name)`, `build(config, dtype=...)`.
 
+  vqgan    2D convolutional image tokenizer (taming transformers).
+  magvit2  Causal 3D CNN tokenizer of videos [B, 1 + s t, H, W, C] and
+           images [B, H, W, C] (1-frame videos) with one codebook.
+
 A tokenizer module has `encode(x, train) -> (indices, QuantizerOutput)`,
 `decode_indices(indices) -> x`, `__call__(x, train) -> (x_rec, QuantizerOutput)`
 and, for GAN training, `forward_with_features`, `last_layer` and `LAST_LAYER`.
@@ -7,12 +11,15 @@ and, for GAN training, `forward_with_features`, `last_layer` and `LAST_LAYER`.
 
 from vqlab import quantizers
 from vqlab.registry import Registry
+from vqlab.tokenizers import magvit2
 from vqlab.tokenizers import vqgan
 
 REGISTRY = Registry('tokenizer', key_prefix='model',
                     subcomponents={'quantizer': quantizers.REGISTRY})
 REGISTRY.register('vqgan', default_config=vqgan.default_config,
                   builder=vqgan.build)
+REGISTRY.register('magvit2', default_config=magvit2.default_config,
+                  builder=magvit2.build)
 
 names = REGISTRY.names
 default_config = REGISTRY.default_config

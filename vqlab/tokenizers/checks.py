@@ -17,10 +17,34 @@ def check_images(x: jax.Array, channels: int, factor: int, who: str) -> None:
                      f'downsampling factor {factor}, got {tuple(x.shape[1:3])}')
 
 
-def check_token_grid(indices: jax.Array, ndim: int, who: str) -> None:
-  """Rejects token arrays of the wrong rank or dtype (range: the quantizer)."""
+def check_videos(x: jax.Array, channels: int, factor: int,
+                 temporal_factor: int, who: str) -> None:
+  """Rejects anything but floating images [B, H, W, channels] or videos
+  [B, T, H, W, channels] with H, W % factor == 0 and T = 1 + temporal_factor k.
+  """
+  if x.ndim == 4:
+    check_images(x, channels, factor, who)
+    return
+  if x.ndim != 5 or x.shape[-1] != channels:
+    raise ValueError(f'{who}: videos must have shape [B, T, H, W, {channels}] '
+                     f'(images [B, H, W, {channels}]), got {tuple(x.shape)}')
+  check_images(x[:, 0], channels, factor, who)
+  frames, s = x.shape[1], temporal_factor
+  if (frames - 1) % s:
+    below = 1 + s * ((frames - 1) // s)
+    valid = ' or '.join(str(n) for n in (below, below + s) if n >= 1)
+    raise ValueError(f'{who}: {valid} frames ok; got {frames}: frames must be '
+                     f'1 + {s}k (temporal downsampling factor {s})')
+
+
+def check_token_grid(indices: jax.Array, ndim: int | tuple[int, ...],
+                     who: str) -> None:
+  """Rejects token arrays of the wrong rank (one of `ndim`) or dtype (range:
+  the quantizer)."""
   if not jnp.issubdtype(indices.dtype, jnp.integer):
     raise TypeError(f'{who}: token ids must be integers, got {indices.dtype}')
-  if indices.ndim != ndim:
-    raise ValueError(f'{who}: token ids must have {ndim} dims, got shape '
+  allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+  if indices.ndim not in allowed:
+    ranks = ' or '.join(str(n) for n in allowed)
+    raise ValueError(f'{who}: token ids must have {ranks} dims, got shape '
                      f'{tuple(indices.shape)}')

@@ -79,7 +79,7 @@ def reference_config(config: ml_collections.ConfigDict) -> ml_collections.Config
   if 'data' in config and 'name' in config.data:
     if config.data.name not in data_lib.names():
       _unknown('data.name', 'dataset', config.data.name, data_lib.names())
-    reference.data = data_lib.default_config(config.data.name)
+    reference.data = data_lib.reference_config(config.data)
   return reference
 
 

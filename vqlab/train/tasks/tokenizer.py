@@ -42,6 +42,7 @@ from vqlab.train import optimizers
 from vqlab.train.state import TrainState
 
 GENERATOR, DISCRIMINATOR = 'generator', 'discriminator'
+INPUT_KEYS = ('image', 'video')  # Batch keys the task trains on, in order.
 # Sections checked against the defaults of the component they name.
 SUBCOMPONENTS = {'discriminator': discriminators.REGISTRY}
 
@@ -147,7 +148,7 @@ class TokenizerTask:
   # ---------------------------------------------------------------- init ---
   def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
     """Fresh TrainState; `batch` gives shapes only."""
-    images = batch['image']
+    images = batch[_input_keys(batch)[-1]]  # The video when both are there.
     if images.shape[-1] != self.model.in_channels:
       raise ConfigError('model.in_channels', f'{self.model.in_channels}, but the '
                         f'data has {images.shape[-1]} channels')
@@ -155,7 +156,8 @@ class TokenizerTask:
     variables = self.model.init({'params': gen_rng, 'quantizer': q_rng},
                                 images, train=False)
     params = {GENERATOR: variables.pop('params'),
-              DISCRIMINATOR: self.discriminator.init(disc_rng, images)['params']}
+              DISCRIMINATOR: self.discriminator.init(
+                  disc_rng, self._disc_input(images))['params']}
     ema = ({GENERATOR: params[GENERATOR]} if self.config.ema.decay > 0
            else {})
     loss_state = ({'lecam': {'real': jnp.zeros((), jnp.float32),
@@ -178,12 +180,19 @@ class TokenizerTask:
     weight = self.config.loss.perceptual_weight
     if weight == 0:
       return rec, jnp.zeros((), jnp.float32)
-    lpips = perceptual.lpips_distance(frozen['lpips'], x, x_rec,
-                                      dtype=self.model.dtype)
+    lpips = perceptual.lpips_distance(frozen['lpips'], _frames(x),
+                                      _frames(x_rec), dtype=self.model.dtype)
     return rec, weight * jnp.mean(lpips)
 
+  def _disc_input(self, images):
+    if images.ndim == 5 and isinstance(self.discriminator,
+                                       discriminators.PatchGAN):
+      return _frames(images)  # A 2D discriminator scores frames.
+    return images
+
   def _disc_logits(self, disc_params, images):
-    return self.discriminator.apply({'params': disc_params}, images)
+    return self.discriminator.apply({'params': disc_params},
+                                    self._disc_input(images))
 
   def _adaptive_weight(self, gen_params, disc_params, x, x_rec, features,
                        frozen=None):
@@ -213,6 +222,9 @@ class TokenizerTask:
     loss_cfg = self.config.loss
     if loss_cfg.pcl_weight == 0:
       return jnp.zeros((), jnp.float32)
+    if x.ndim != 4:
+      raise ValueError('loss.pcl_weight: the contrastive loss is defined for '
+                       f'images [B, H, W, C], got {x.shape}')
     features = lambda images: vgg_features.VGG19Features(
         dtype=self.model.dtype).apply({'params': frozen['vgg19']}, images)
     pcl = contrastive.probabilistic_contrastive_loss(
@@ -245,6 +257,42 @@ class TokenizerTask:
       metrics['r1'] = r1
     return d_loss, new_state, metrics
 
+  def _losses(self, params, model_state, loss_state, x, rng, gan_on, frozen):
+    """All loss terms of one input array (images or videos).
+
+    Returns:
+      (L_G + L_D, new model_state, new loss_state, metrics).
+    """
+    loss_cfg = self.config.loss
+    gen_params, disc_params = params[GENERATOR], params[DISCRIMINATOR]
+    dropout_rng, q_rng, pcl_rng = jax.random.split(rng, 3)
+    (x_rec, q_out, features), new_state = self.model.apply(
+        {'params': gen_params, **model_state}, x, train=True,
+        method=self.model.forward_with_features,
+        rngs={'dropout': dropout_rng, 'quantizer': q_rng},
+        mutable=list(model_state.keys()))
+    rec_loss, perceptual_loss = self._pixel_losses(x, x_rec, frozen)
+    pcl_loss = self._pcl_loss(x, x_rec, q_out, frozen, pcl_rng)
+    g_adv = gan.G_LOSSES[loss_cfg.gan_loss](
+        self._disc_logits(jax.lax.stop_gradient(disc_params), x_rec))
+    if loss_cfg.adaptive_weight:
+      weight = self._adaptive_weight(gen_params, disc_params, x, x_rec,
+                                     features, frozen)
+    else:
+      weight = jnp.ones((), jnp.float32)
+    weight = weight * loss_cfg.disc_weight * gan_on
+    gen_loss = (rec_loss + perceptual_loss + pcl_loss + q_out.loss +
+                weight * g_adv)
+    d_loss, new_loss_state, d_metrics = self._discriminator_loss(
+        disc_params, x, x_rec, loss_state)
+    d_loss = gan_on * d_loss
+    metrics = {'loss': gen_loss, 'rec_loss': rec_loss,
+               'perceptual_loss': perceptual_loss, 'pcl_loss': pcl_loss,
+               'quantizer_loss': q_out.loss, 'g_adv': g_adv,
+               'adaptive_weight': weight, 'd_loss': d_loss, **d_metrics,
+               **{f'quantizer/{k}': v for k, v in q_out.metrics.items()}}
+    return gen_loss + d_loss, dict(new_state), new_loss_state, metrics
+
   def loss_and_grads(self, params, model_state, batch, rng, step,
                      frozen=None, loss_state=None):
     """Gradients of both networks' losses.
@@ -252,7 +300,9 @@ class TokenizerTask:
     Args:
       params: {'generator': ..., 'discriminator': ...}.
       model_state: the generator's non-param collections.
-      batch: {'image': [B, H, W, C]} global arrays.
+      batch: {'image': [B, H, W, C]} and/or {'video': [B, T, H, W, C]}
+        global arrays; with both (joint image-video batches) the losses of
+        the two are summed and metrics are reported per input as well.
       rng: PRNG key for this step.
       step: int32 scalar, the current step (switches the GAN terms on).
       frozen: {network: params} of the frozen networks (default: the task's).
@@ -263,44 +313,30 @@ class TokenizerTask:
     """
     frozen = self.frozen if frozen is None else frozen
     loss_state = {} if loss_state is None else loss_state
-    loss_cfg = self.config.loss
-    x = batch['image']
-    gan_on = (step >= loss_cfg.disc_start).astype(jnp.float32)
-    g_loss_fn = gan.G_LOSSES[loss_cfg.gan_loss]
-    dropout_rng, q_rng, pcl_rng = jax.random.split(rng, 3)
+    gan_on = (step >= self.config.loss.disc_start).astype(jnp.float32)
+    keys = _input_keys(batch)
 
     def loss_fn(params):
-      gen_params, disc_params = params[GENERATOR], params[DISCRIMINATOR]
-      (x_rec, q_out, features), new_state = self.model.apply(
-          {'params': gen_params, **model_state}, x, train=True,
-          method=self.model.forward_with_features,
-          rngs={'dropout': dropout_rng, 'quantizer': q_rng},
-          mutable=list(model_state.keys()))
-      rec_loss, perceptual_loss = self._pixel_losses(x, x_rec, frozen)
-      pcl_loss = self._pcl_loss(x, x_rec, q_out, frozen, pcl_rng)
-      g_adv = g_loss_fn(self._disc_logits(jax.lax.stop_gradient(disc_params),
-                                          x_rec))
-      if loss_cfg.adaptive_weight:
-        weight = self._adaptive_weight(gen_params, disc_params, x, x_rec,
-                                       features, frozen)
-      else:
-        weight = jnp.ones((), jnp.float32)
-      weight = weight * loss_cfg.disc_weight * gan_on
-      gen_loss = (rec_loss + perceptual_loss + pcl_loss + q_out.loss +
-                  weight * g_adv)
-      d_loss, new_loss_state, d_metrics = self._discriminator_loss(
-          disc_params, x, x_rec, loss_state)
-      d_loss = gan_on * d_loss
-      metrics = {'loss': gen_loss, 'rec_loss': rec_loss,
-                 'perceptual_loss': perceptual_loss, 'pcl_loss': pcl_loss,
-                 'quantizer_loss': q_out.loss, 'g_adv': g_adv,
-                 'adaptive_weight': weight, 'd_loss': d_loss, **d_metrics,
-                 **{f'quantizer/{k}': v for k, v in q_out.metrics.items()}}
-      return gen_loss + d_loss, (new_state, new_loss_state, metrics)
+      total, state, l_state, metrics = 0.0, model_state, loss_state, {}
+      for i, key in enumerate(keys):
+        x = batch[key]
+        if len(keys) > 1 and x.ndim == 4:
+          x = x[:, None]  # Joint batches: images as 1-frame videos (one D).
+        loss, state, l_state, key_metrics = self._losses(
+            params, state, l_state, x, jax.random.fold_in(rng, i), gan_on,
+            frozen)
+        total += loss
+        if len(keys) == 1:
+          metrics = key_metrics
+        else:
+          metrics.update({f'{key}/{k}': v for k, v in key_metrics.items()})
+          for k in ('loss', 'rec_loss', 'd_loss'):
+            metrics[k] = metrics.get(k, 0.0) + key_metrics[k]
+      return total, (state, l_state, metrics)
 
     grads, (new_state, new_loss_state, metrics) = jax.grad(
         loss_fn, has_aux=True)(params)
-    return grads, dict(new_state), new_loss_state, metrics
+    return grads, new_state, new_loss_state, metrics
 
   # ---------------------------------------------------------------- step ---
   def train_step(self, state: TrainState, batch, rng, frozen=None):
@@ -336,13 +372,16 @@ class TokenizerTask:
 
     Returns:
       outputs: {'sums': {'psnr', 'l1', 'ssim' (images >= 11 pixels), 'lpips'
-        (when LPIPS is loaded), 'count'} scalars and
-        'code_counts' [K]; 'features': {'real', 'reconstructed'} Inception
-        pool features [B, 2048] when Inception is loaded; 'mask': [B]}.
-      images: {'inputs', 'reconstructions'} [B, H, W, C] in [-1, 1].
+        (when LPIPS is loaded), 'count'} scalars and 'code_counts' [K];
+        'mask': [B]; when Inception is loaded 'features': {'real',
+        'reconstructed'} pool features [B * T, 2048] (frames of videos; T = 1
+        for images) and 'feature_mask' [B * T]}. Per-frame metrics of videos
+        are averaged over frames per example.
+      images: {'inputs', 'reconstructions'} [B, (T,) H, W, C] in [-1, 1].
     """
     frozen = self.frozen if frozen is None else frozen
-    x = batch['image']
+    x = batch[_input_keys(batch)[-1]]
+    batch_size = x.shape[0]
     mask = batch['mask'].astype(jnp.float32)
     x_rec, q_out = self.model.apply(
         {'params': self.eval_params(state), **state.model_state}, x,
@@ -354,19 +393,25 @@ class TokenizerTask:
         mask.reshape((-1,) + (1,) * (indices.ndim - 1)), indices.shape)
     counts = jnp.zeros((self.model.quantizer.codebook_size,), jnp.float32).at[
         indices.reshape(-1)].add(codes_mask.reshape(-1))
+    # Frame metrics (SSIM, LPIPS, Inception) see videos as B * T frames.
+    frames, frames_rec = _frames(x), _frames(x_rec)
     per_example = {'psnr': image_metrics.psnr(x, x_rec),
                    'l1': image_metrics.mean_abs_error(x, x_rec)}
-    if min(x.shape[1:3]) >= image_metrics.SSIM_WINDOW:
-      per_example['ssim'] = image_metrics.ssim(x, x_rec)
+    if min(frames.shape[1:3]) >= image_metrics.SSIM_WINDOW:
+      per_example['ssim'] = _per_example(
+          image_metrics.ssim(frames, frames_rec), batch_size)
     if 'lpips' in frozen:
-      per_example['lpips'] = perceptual.lpips_distance(frozen['lpips'], x, x_rec)
+      per_example['lpips'] = _per_example(perceptual.lpips_distance(
+          frozen['lpips'], frames, frames_rec), batch_size)
     sums = {k: jnp.sum(v * mask) for k, v in per_example.items()}
     sums.update(count=jnp.sum(mask), code_counts=counts)
     outputs = {'sums': sums, 'mask': mask}
     if 'inception' in frozen:
       pool = lambda images: inception.InceptionV3().apply(
           {'params': frozen['inception']}, images)['pool']
-      outputs['features'] = {'real': pool(x), 'reconstructed': pool(x_rec)}
+      outputs['features'] = {'real': pool(frames),
+                             'reconstructed': pool(frames_rec)}
+      outputs['feature_mask'] = jnp.repeat(mask, frames.shape[0] // batch_size)
     return outputs, {'inputs': x, 'reconstructions': x_rec}
 
   def summarize_eval(self, acc) -> dict[str, float]:
@@ -391,8 +436,33 @@ class TokenizerTask:
 
   @staticmethod
   def image_rows(images: dict[str, np.ndarray], n: int) -> list[np.ndarray]:
-    """Rows of the eval picture: inputs above their reconstructions."""
-    return [images['inputs'][:n], images['reconstructions'][:n]]
+    """Rows of the eval picture: inputs above their reconstructions (for
+    videos: the first n frames of the first clips, one row per clip)."""
+    inputs, recs = images['inputs'], images['reconstructions']
+    if inputs.ndim == 4:
+      return [inputs[:n], recs[:n]]
+    rows = []
+    for clip in range(min(2, inputs.shape[0])):
+      rows += [inputs[clip, :n], recs[clip, :n]]
+    return rows
+
+
+def _input_keys(batch) -> list[str]:
+  keys = [k for k in INPUT_KEYS if k in batch]
+  if not keys:
+    raise ValueError(f'tokenizer task: the batch has none of {INPUT_KEYS}; '
+                     f'keys: {sorted(batch)}')
+  return keys
+
+
+def _frames(x: jax.Array) -> jax.Array:
+  """Videos [B, T, H, W, C] -> frames [B * T, H, W, C]; images unchanged."""
+  return x.reshape((-1,) + x.shape[-3:]) if x.ndim == 5 else x
+
+
+def _per_example(values: jax.Array, batch_size: int) -> jax.Array:
+  """Per-frame values [B * T] -> per-example means [B]."""
+  return values.reshape(batch_size, -1).mean(axis=1)
 
 
 def build(config: ml_collections.ConfigDict) -> TokenizerTask:

@@ -1,0 +1,52 @@
+"""A MAGVIT-v2 tokenizer small enough for CPU: 5-frame 16x16 moving-shapes
+clips -> 3x8x8 tokens (temporal factor 2, spatial factor 2), LFQ 2^10 codes,
+the 3D StyleGAN discriminator with blur pooling, LeCam. The tests train it for
+a few steps; on 2 CPU cores a few hundred steps take minutes.
+"""
+
+from vqlab import data
+from vqlab import quantizers
+from vqlab import tokenizers
+from vqlab.losses import discriminators
+from vqlab.train import experiment
+from vqlab.train.tasks import tokenizer
+
+
+def get_config():
+  config = experiment.base_config()
+  config.update(tokenizer.default_config())
+
+  config.data = data.default_config('moving_shapes')
+  config.data.image_size = 16
+  config.data.num_frames = 5
+  config.data.num_eval_examples = 16
+
+  config.model = tokenizers.default_config('magvit2')
+  config.model.channels = 8
+  config.model.channel_multipliers = (1, 2)
+  config.model.num_res_blocks = 1
+  config.model.num_temporal_downsamples = 1
+  config.model.num_groups = 4
+  config.model.quantizer = quantizers.default_config('lfq')
+  config.model.quantizer.codebook_size = 2**10
+  config.model.quantizer.commitment_weight = 0.25
+  config.model.quantizer.entropy_weight = 0.1
+  config.model.quantizer.entropy_temperature = 0.01
+
+  config.discriminator = discriminators.default_config('stylegan')
+  config.discriminator.base_features = 8
+  config.discriminator.channel_multipliers = (1, 2)
+  config.loss.disc_start = 200
+  config.loss.disc_weight = 0.1
+  config.loss.lecam_weight = 0.001
+
+  config.optimizer.generator.learning_rate = 1e-3
+  config.optimizer.discriminator.learning_rate = 1e-3
+  config.train.num_steps = 400
+  config.train.batch_size = 8
+  config.train.log_every = 20
+  config.train.eval_every = 200
+  config.train.checkpoint_every = 200
+  config.eval.batch_size = 8
+  config.eval.num_images = 5
+  return config

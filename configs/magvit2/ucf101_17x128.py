@@ -1,0 +1,70 @@
+"""MAGVIT-v2 at the paper's video size: 17 frames of 128x128 -> 5x16x16
+tokens (temporal factor 4, spatial factor 8), LFQ with K = 2^18 (two 2^9
+factors, 2 entropy groups), commitment 0.25, entropy penalty 0.1 at tau 0.01;
+3D StyleGAN discriminator with blur pooling, LeCam 0.001, LPIPS 0.1 on frames,
+non-saturating GAN 0.1 with the adaptive weight, EMA generator for eval.
+
+Needs the prepared tfds `ucf101` (data.data_dir) and, for LPIPS, the VGG16
+file in the weights directory.
+"""
+
+from vqlab import data
+from vqlab import quantizers
+from vqlab import tokenizers
+from vqlab.losses import discriminators
+from vqlab.train import experiment
+from vqlab.train.tasks import tokenizer
+
+
+def model_config():
+  """The paper-sized tokenizer (shared with the image-only config)."""
+  model = tokenizers.default_config('magvit2')
+  model.channels = 128
+  model.channel_multipliers = (1, 2, 2, 4)   # Spatial factor 8.
+  model.num_res_blocks = 4
+  model.num_temporal_downsamples = 2         # Temporal factor 4: 17 -> 5.
+  model.num_groups = 32
+  model.quantizer = quantizers.default_config('lfq')
+  q = model.quantizer
+  q.codebook_size = 2**18
+  q.factor_bits = (9, 9)
+  q.entropy_groups = 2
+  q.commitment_weight = 0.25
+  q.entropy_weight = 0.1
+  q.entropy_temperature = 0.01
+  return model
+
+
+def get_config():
+  config = experiment.base_config()
+  config.update(tokenizer.default_config())
+  config.compute_dtype = 'bfloat16'
+
+  config.data = data.default_config('tfds_video')
+  config.data.tfds_name = 'ucf101'
+  config.data.image_size = 128
+  config.data.num_frames = 17
+
+  config.model = model_config()
+  config.discriminator = discriminators.default_config('stylegan')
+  config.discriminator.base_features = 64
+  config.discriminator.channel_multipliers = (2, 4, 4, 4)  # 128 -> 8.
+
+  loss = config.loss
+  loss.gan_loss = 'non_saturating'
+  loss.disc_weight = 0.1
+  loss.perceptual_weight = 0.1
+  loss.lecam_weight = 0.001
+  loss.disc_start = 20_000
+  config.ema.decay = 0.999
+  for opt in (config.optimizer.generator, config.optimizer.discriminator):
+    opt.learning_rate = 1e-4
+    opt.b1, opt.b2 = 0.0, 0.99
+
+  config.train.batch_size = 256
+  config.train.num_steps = 500_000
+  config.train.log_every = 100
+  config.train.eval_every = 10_000
+  config.train.checkpoint_every = 5_000
+  config.eval.batch_size = 256
+  return config
