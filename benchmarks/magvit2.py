@@ -31,10 +31,10 @@ _CONFIGS = flags.DEFINE_list('configs', ['tiny', 'paper'],
                              'Which configs: tiny, paper.')
 _BATCH = flags.DEFINE_integer('batch', 0, 'Global batch (0: 8 tiny, 1 '
                               'paper on CPU, the config\'s on accelerators).')
-_STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps / calls.')
-_JSON = flags.DEFINE_string('json', None, 'Write the results here as JSON.')
-_WORKDIR = flags.DEFINE_string('workdir', '/tmp/vqlab_magvit2_benchmark',
-                               'Scratch workdir.')
+# --steps, --json and --workdir are benchmarks/train_step.py's flags.
+_STEPS = train_step_benchmark._STEPS  # pylint: disable=protected-access
+_JSON = train_step_benchmark._JSON  # pylint: disable=protected-access
+_WORKDIR = train_step_benchmark._WORKDIR  # pylint: disable=protected-access
 
 CONFIGS = {'tiny': tiny_cpu.get_config, 'paper': ucf101_17x128.get_config}
 
