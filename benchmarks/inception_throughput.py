@@ -12,23 +12,14 @@ prints the rows the file holds. Weights are random (no downloads). Timed
 after warm-up calls.
 """
 
-import argparse
-import json
 import os
-import platform
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-
-def _time_calls(call, steps: int) -> float:
-  """Mean seconds per call of `call()` (which blocks until done)."""
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    call()
-  return (time.perf_counter() - t0) / steps
+from benchmarks import throughput_cli  # pylint: disable=g-import-not-at-top
 
 
 def run_vqlab(batch: int, image_size: int, steps: int) -> dict:
@@ -50,7 +41,7 @@ def run_vqlab(batch: int, image_size: int, steps: int) -> dict:
   call = lambda: jax.block_until_ready(compiled(params, images))
   for _ in range(2):  # Warm-up.
     call()
-  call_s = _time_calls(call, steps)
+  call_s = throughput_cli.time_calls(call, steps)
   return {'implementation': 'vqlab (jax jit)', 'jax': jax.__version__,
           'device': jax.devices()[0].device_kind, 'compile_s': compile_s,
           'call_s': call_s}
@@ -73,44 +64,15 @@ def run_reference(batch: int, image_size: int, steps: int) -> dict:
 
   for _ in range(2):  # Warm-up.
     call()
-  call_s = _time_calls(call, steps)
+  call_s = throughput_cli.time_calls(call, steps)
   return {'implementation': 'pytorch-fid 0.3.0 (torch)',
           'torch': torch.__version__,
           'device': f'cpu ({torch.get_num_threads()} threads)',
           'call_s': call_s}
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--reference', action='store_true',
-                      help='Time pytorch-fid (torch) instead of vqlab.')
-  parser.add_argument('--batch', type=int, default=8, help='Images per call.')
-  parser.add_argument('--image_size', type=int, default=256)
-  parser.add_argument('--steps', type=int, default=5, help='Timed calls.')
-  parser.add_argument('--output', default=os.path.join(
-      ROOT, 'benchmarks', 'results', 'inception_throughput.json'))
-  args = parser.parse_args()
-  run = run_reference if args.reference else run_vqlab
-  result = run(args.batch, args.image_size, args.steps)
-  result.update(batch=args.batch, image_size=args.image_size,
-                steps=args.steps, host=platform.processor() or platform.node(),
-                cpu_count=os.cpu_count(),
-                images_per_s=args.batch / result['call_s'])
-  rows = {}
-  if os.path.exists(args.output):
-    with open(args.output) as f:
-      rows = json.load(f)
-  rows['reference' if args.reference else 'vqlab'] = result
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  with open(args.output, 'w') as f:
-    json.dump(rows, f, indent=2)
-  print(f'{"row":<10} {"implementation":<26} {"batch":>5} {"size":>5} '
-        f'{"s/call":>8} {"images/s":>9}')
-  for key, row in rows.items():
-    print(f'{key:<10} {row["implementation"]:<26} {row["batch"]:>5} '
-          f'{row["image_size"]:>5} {row["call_s"]:>8.3f} '
-          f'{row["images_per_s"]:>9.2f}')
-
-
 if __name__ == '__main__':
-  main()
+  throughput_cli.main(__doc__.split('\n')[0], run_vqlab, run_reference,
+                     reference_name='pytorch-fid',
+                     output_name='inception_throughput.json',
+                     unit='Images')

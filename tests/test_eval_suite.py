@@ -19,10 +19,7 @@ from vqlab.losses import perceptual
 from vqlab.quantizers import base as quantizer_base
 from vqlab.train import loop
 from vqlab.train import reference_stats
-
-FAST_COMPILE = {'exec_time_optimization_effort': -1.0,
-                'xla_backend_optimization_level': 0,
-                'xla_llvm_disable_expensive_passes': True}
+from tests.compile_options import FAST_COMPILE
 
 
 @pytest.fixture(scope='module')

@@ -14,11 +14,9 @@ from tests.goldens import seeded_weights
 from vqlab.convert import inception as inception_convert
 from vqlab.errors import WeightsError
 from vqlab.evals import inception
+from tests.compile_options import FAST_COMPILE
 
 GOLDENS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'goldens')
-FAST_COMPILE = {'exec_time_optimization_effort': -1.0,
-                'xla_backend_optimization_level': 0,
-                'xla_llvm_disable_expensive_passes': True}
 
 
 @pytest.fixture(scope='module')

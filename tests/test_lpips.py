@@ -21,11 +21,9 @@ from vqlab.errors import WeightsError
 from vqlab.losses import perceptual
 from vqlab.losses import vgg_features
 from vqlab.nn import vgg
+from tests.compile_options import FAST_COMPILE
 
 GOLDENS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'goldens')
-FAST_COMPILE = {'exec_time_optimization_effort': -1.0,
-                'xla_backend_optimization_level': 0,
-                'xla_llvm_disable_expensive_passes': True}
 
 
 def _golden(name):

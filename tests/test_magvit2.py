@@ -13,10 +13,7 @@ from vqlab.errors import ConfigError
 from vqlab.nn.adaptive_norm import AdaptiveGroupNorm, latent_frame_index
 from vqlab.nn.causal_conv import CausalConv3D
 from vqlab.nn.depth_to_space import depth_to_space, space_to_depth
-
-FAST_COMPILE = {'exec_time_optimization_effort': -1.0,
-                'xla_backend_optimization_level': 0,
-                'xla_llvm_disable_expensive_passes': True}
+from tests.compile_options import FAST_COMPILE
 
 
 def _config(levels=3, temporal=2, quantizer=None):

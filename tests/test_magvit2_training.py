@@ -17,10 +17,7 @@ from vqlab.evals import image_metrics
 from vqlab.train import experiment
 from vqlab.train import loop
 from vqlab.train.tasks import tokenizer
-
-FAST_COMPILE = {'exec_time_optimization_effort': -1.0,
-                'xla_backend_optimization_level': 0,
-                'xla_llvm_disable_expensive_passes': True}
+from tests.compile_options import FAST_COMPILE
 
 
 def _tiny(num_steps=3):

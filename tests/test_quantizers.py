@@ -17,6 +17,7 @@ from vqlab.errors import ConfigError
 from vqlab.train import experiment
 from vqlab.train.tasks import tokenizer
 from tests import tiny
+from tests.compile_options import FAST_COMPILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -166,12 +167,6 @@ def test_a_vqgan_config_per_quantizer():
 
 
 # ------------------------------------------------- a few VQGAN train steps ---
-# XLA:CPU compiles these steps ~1.5x faster without its backend optimizations;
-# the steps themselves take milliseconds either way.
-FAST_COMPILE = {'exec_time_optimization_effort': -1.0,
-                'xla_backend_optimization_level': 0,
-                'xla_llvm_disable_expensive_passes': True}
-
 TRAIN_VARIANTS = {
     'vq_ema_restart': _config('vq', codebook_size=16, embedding_dim=4,
                               ema=True, restart_threshold=0.9),

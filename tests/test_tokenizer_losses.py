@@ -15,10 +15,7 @@ from vqlab.errors import ConfigError
 from vqlab.losses import perceptual
 from vqlab.train import experiment
 from vqlab.train.tasks import tokenizer
-
-FAST_COMPILE = {'exec_time_optimization_effort': -1.0,
-                'xla_backend_optimization_level': 0,
-                'xla_llvm_disable_expensive_passes': True}
+from tests.compile_options import FAST_COMPILE
 
 
 @pytest.fixture(scope='module')
