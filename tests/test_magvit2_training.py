@@ -1,7 +1,7 @@
 """MAGVIT-v2 through the tokenizer task: video training lowers the loss, joint
-image-video batches train one model and one 3D discriminator, and the loop
-runs end to end on the built-in moving-shapes videos (eval metrics per frame,
-PNG grids of frames)."""
+image-video batches train one model and one 3D discriminator, LPIPS scores
+video frames, and the loop runs end to end on the built-in moving-shapes
+videos (eval metrics per frame, PNG grids of frames)."""
 
 import glob
 import json
@@ -12,8 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs.magvit2 import tiny_cpu
+from tests import random_weight_files
 from vqlab import data as data_lib
 from vqlab.evals import image_metrics
+from vqlab.losses import perceptual
 from vqlab.train import experiment
 from vqlab.train import loop
 from vqlab.train.tasks import tokenizer
@@ -99,3 +101,25 @@ def test_loop_trains_and_evaluates_videos(tmp_path):
     assert json.load(f)['num_examples'] == 8
   assert glob.glob(os.path.join(tmp_path, 'images',
                                 'eval_reconstructions_*.png'))
+
+
+def test_lpips_on_video_frames(tmp_path):
+  config = _tiny()
+  config.weights_dir = str(random_weight_files.write(tmp_path, ('vgg16',)))
+  config.loss.perceptual_weight = 0.5
+  config = experiment.validate(config, num_devices=8)
+  task = tokenizer.TokenizerTask(config)
+  assert set(task.frozen) == {'lpips'}
+  batch = {'video': jnp.asarray(_video_batch(config)['video'])}
+  state = jax.jit(task.init, compiler_options=FAST_COMPILE)(
+      jax.random.key(0), batch)
+  _, metrics = jax.jit(task.train_step, compiler_options=FAST_COMPILE)(
+      state, batch, jax.random.key(1), task.frozen)
+  x = batch['video']
+  x_rec, _ = task.model.apply(
+      {'params': state.params['generator'], **state.model_state}, x,
+      train=False)
+  frames = lambda v: v.reshape((-1,) + v.shape[2:])  # [B * T, H, W, C]
+  want = 0.5 * np.mean(perceptual.lpips_distance(
+      task.frozen['lpips'], frames(x), frames(x_rec)))
+  np.testing.assert_allclose(metrics['perceptual_loss'], want, rtol=1e-4)
