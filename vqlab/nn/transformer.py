@@ -1,0 +1,89 @@
+"""Pre-LayerNorm transformer blocks shared by the generators (GPT, MaskGIT,
+VQ-Diffusion) and the ViT pieces of TiTok.
+
+Attention is flax's `MultiHeadDotProductAttention`; with `decode=True` it
+keeps a key/value cache in the 'cache' collection and attends one new
+position per call (autoregressive sampling), so the same parameters serve
+training and cached sampling.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class MlpBlock(nn.Module):
+  """Dense(mlp_dim) -> GELU -> dropout -> Dense(width): [..., D] -> [..., D]."""
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    h = nn.gelu(nn.Dense(self.mlp_dim, dtype=self.dtype, name='fc1')(x))
+    h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+    return nn.Dense(x.shape[-1], dtype=self.dtype, name='fc2')(h)
+
+
+class TransformerBlock(nn.Module):
+  """x + Attn(LN(x)), then x + MLP(LN(x)).
+
+  Attributes:
+    num_heads: attention heads (width must be divisible by it).
+    mlp_dim: hidden width of the MLP.
+    dropout_rate: dropout on attention weights and after each residual branch.
+    decode: cached one-position-per-call attention (see module docstring).
+    dtype: compute dtype (LayerNorm statistics in float32).
+  """
+  num_heads: int
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  decode: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
+               train: bool = False) -> jax.Array:
+    """x: [B, L, D]; mask: broadcastable to [B, heads, L, L_kv], True where
+    attention is allowed (None: all). Returns [B, L, D]."""
+    h = nn.LayerNorm(dtype=self.dtype, name='norm1')(x)
+    h = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads, dtype=self.dtype,
+        dropout_rate=self.dropout_rate, decode=self.decode,
+        deterministic=not train, name='attention')(h, h, mask=mask)
+    x = x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+    h = nn.LayerNorm(dtype=self.dtype, name='norm2')(x)
+    h = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, name='mlp')(
+        h, train=train)
+    return x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+
+
+class Transformer(nn.Module):
+  """A stack of TransformerBlocks and a final LayerNorm: [B, L, D] -> [B, L, D].
+
+  Attributes:
+    num_layers, num_heads, mlp_dim, dropout_rate, decode, dtype: as in
+      TransformerBlock.
+  """
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  decode: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
+               train: bool = False) -> jax.Array:
+    for layer in range(self.num_layers):
+      x = TransformerBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
+                           self.decode, self.dtype, name=f'block_{layer}')(
+                               x, mask, train=train)
+    return nn.LayerNorm(dtype=self.dtype, name='final_norm')(x)
+
+
+def causal_mask(length: int) -> jax.Array:
+  """[1, 1, L, L] bool, True where position i may attend to j <= i."""
+  return nn.make_causal_mask(jnp.zeros((1, length), jnp.int32))
