@@ -1,0 +1,200 @@
+"""MaskGIT: schedule, masked loss, decoding invariants, factorized heads."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from tests.compile_options import FAST_COMPILE
+from vqlab import generators
+from vqlab.generators import mask_schedule
+from vqlab.generators import maskgit
+from vqlab.quantizers import lfq
+
+
+def _model(**overrides):
+  config = generators.default_config('maskgit')
+  config.update(overrides)
+  return generators.build(config)
+
+
+def _init(model, batch=2):
+  factors = model.factor_vocab_sizes
+  factor_axes = (len(factors),) if factors else ()
+  tokens = jnp.zeros((batch, *model.token_shape, *factor_axes), jnp.int32)
+  labels = jnp.zeros((batch,), jnp.int32) if model.num_classes else None
+  init = jax.jit(model.init, compiler_options=FAST_COMPILE)
+  return init(jax.random.key(0), tokens, labels)['params']
+
+
+def _jit_sample(model, batch, **kwargs):
+  fn = functools.partial(maskgit.sample, model, batch_size=batch, **kwargs)
+  return jax.jit(fn, compiler_options=FAST_COMPILE)
+
+
+@pytest.mark.parametrize('method', ['cosine', 'arccos', 'linear'])
+def test_schedule_values(method):
+  at_half = {'cosine': np.cos(np.pi / 4),
+             'arccos': np.arccos(0.5) / (np.pi / 2), 'linear': 0.5}[method]
+  values = mask_schedule.schedule(jnp.array([0.0, 0.5, 1.0]), 1, method)
+  np.testing.assert_allclose(values, [1.0, at_half, 0.0], atol=1e-6)
+  np.testing.assert_allclose(mask_schedule.schedule(0.5, 16, method),
+                             16 * at_half, rtol=1e-6)
+  with pytest.raises(ValueError, match='unknown mask schedule'):
+    mask_schedule.schedule(0.5, 1, 'nope')
+
+
+def test_random_mask_counts():
+  mask = mask_schedule.random_mask(jax.random.key(3), 64, 10, 'cosine')
+  counts = np.asarray(mask.sum(-1))
+  assert counts.min() >= 1 and counts.max() <= 10 and len(set(counts)) > 3
+
+
+def test_decoding_keeps_revealed_tokens_and_follows_schedule():
+  model = _model()
+  params = _init(model)
+  steps, n = 5, model.num_tokens
+  final, history = _jit_sample(model, 3, num_steps=steps,
+                               return_history=True)(params, jax.random.key(1))
+  history = np.asarray(history).reshape(steps, 3, n)
+  masked = history == model.vocab_size
+  unknown = np.full(3, n)
+  previous = np.full((3, n), model.vocab_size)
+  for s in range(steps):
+    want = np.floor(np.cos(np.pi / 2 * (s + 1) / steps) * n + 1e-6)
+    want = np.maximum(1, np.minimum(unknown - 1, want))
+    want = want * 0 if s == steps - 1 else want
+    np.testing.assert_array_equal(masked[s].sum(-1), want)
+    revealed = previous != model.vocab_size
+    np.testing.assert_array_equal(history[s][revealed], previous[revealed])
+    previous, unknown = history[s], masked[s].sum(-1)
+  np.testing.assert_array_equal(np.asarray(final).reshape(3, n), history[-1])
+  assert history[-1].min() >= 0 and history[-1].max() < model.vocab_size
+
+
+def test_greedy_decoding_is_deterministic():
+  model = _model()
+  params = _init(model)
+  fn = _jit_sample(model, 2, num_steps=4, temperature=0.0,
+                   choice_temperature=0.0)
+  np.testing.assert_array_equal(fn(params, jax.random.key(1)),
+                                fn(params, jax.random.key(2)))
+
+
+def test_guidance_zero_equals_conditional_sampling():
+  model = _model(num_classes=3)
+  params = _init(model)
+  labels = jnp.array([0, 2])
+  # A traced w runs the unconditional pass too (a Python 0 would skip it).
+  fn = jax.jit(lambda p, rng, w: (
+      maskgit.sample(model, p, rng, 2, labels, num_steps=3),
+      maskgit.sample(model, p, rng, 2, labels, num_steps=3, guidance_scale=w,
+                     guidance_schedule='linear')),
+               compiler_options=FAST_COMPILE)
+  plain, guided = fn(params, jax.random.key(4), jnp.float32(0.0))
+  np.testing.assert_array_equal(plain, guided)
+  cond, uncond = jnp.array([2.0, 1.0]), jnp.array([1.0, 1.0])
+  np.testing.assert_allclose(maskgit.guided_logits(cond, uncond, 2.0),
+                             [4.0, 1.0])
+
+
+def test_masked_loss_counts_only_masked_positions():
+  model = _model(token_shape=(6,))
+  params = _init(model)
+  tokens = jax.random.randint(jax.random.key(5), (2, 6), 0, model.vocab_size)
+  mask = jnp.array([[1, 0, 0, 1, 0, 0], [0, 0, 0, 0, 0, 1]], bool)
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+  def run(params):
+    loss, metrics = maskgit.masked_loss(model, params, jax.random.key(6),
+                                        tokens, mask=mask, label_smoothing=0.1)
+    inputs = jnp.where(mask, model.vocab_size, tokens)
+    return loss, metrics, model.apply({'params': params}, inputs)
+  loss, metrics, logits = run(params)
+  logits = np.asarray(logits, np.float64)
+  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  target = 0.9 * np.eye(model.vocab_size)[np.asarray(tokens)] + 0.1 / 64
+  ce = -(target * log_p).sum(-1)
+  np.testing.assert_allclose(loss, ce[np.asarray(mask)].mean(), rtol=1e-5)
+  assert float(metrics['mask_ratio']) == pytest.approx(3 / 12)
+
+
+def test_factorized_heads_with_lfq_indices():
+  model = _model(vocab_size=2**18, factor_vocab_sizes=(512, 512),
+                 token_shape=(2, 2))
+  params = _init(model)
+  signs = jax.random.normal(jax.random.key(7), (2, 2, 2, 18))
+  indices = lfq.split_factors(lfq.bits_to_indices(signs), (9, 9))
+  assert indices.shape == (2, 2, 2, 2)
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+  def run(params):
+    logits = model.apply({'params': params}, indices)
+    loss, _ = maskgit.masked_loss(model, params, jax.random.key(8), indices)
+    return logits, loss, maskgit.sample(model, params, jax.random.key(9), 3,
+                                        num_steps=3)
+  logits, loss, tokens = run(params)
+  assert logits.shape == (2, 2, 2, 2, 512)
+  assert np.isfinite(float(loss))
+  assert tokens.shape == (3, 2, 2, 2)
+  assert tokens.min() >= 0 and tokens.max() < 512
+  full = lfq.combine_factors(tokens, (9, 9))
+  np.testing.assert_array_equal(lfq.split_factors(full, (9, 9)), tokens)
+  # Uneven factors: the smaller head's padded ids are never sampled.
+  uneven = _model(vocab_size=2**10, factor_vocab_sizes=(4, 256),
+                  token_shape=(3,))
+  tokens = _jit_sample(uneven, 4, num_steps=2)(_init(uneven), jax.random.key(1))
+  assert tokens[..., 0].max() < 4 and tokens[..., 1].max() < 256
+
+
+def test_out_of_range_tokens_raise():
+  model = _model()
+  params = _init(model)
+  bad = jnp.zeros((1, 4, 4), jnp.int32).at[0, 0, 0].set(65)
+  with pytest.raises(ValueError, match='vocab size is 64'):
+    model.apply({'params': params}, bad)
+  with pytest.raises(ValueError, match='vocab size is 64'):
+    model.apply({'params': params}, bad.at[0, 0, 0].set(-1))
+  with pytest.raises(ValueError, match='vocab size is 64'):
+    maskgit.masked_loss(model, params, jax.random.key(0),
+                        bad.at[0, 0, 0].set(64))
+  with pytest.raises(ValueError, match='expected'):
+    model.apply({'params': params}, jnp.zeros((1, 16), jnp.int32))
+
+
+def test_video_token_shape():
+  """3D tokens (1D: the loss test, 2D: the defaults, also run above)."""
+  shape = (2, 2, 2)
+  model = _model(token_shape=shape)
+  params = _init(model)
+  run = jax.jit(lambda p: (
+      model.apply({'params': p}, jnp.zeros((2, *shape), jnp.int32)),
+      model.sample(p, jax.random.key(0), 2, num_steps=2)),
+                compiler_options=FAST_COMPILE)
+  logits, tokens = run(params)
+  assert logits.shape == (2, *shape, 64)
+  assert tokens.shape == (2, *shape) and tokens.max() < 64
+
+
+def test_adam_lowers_loss_on_fixed_batch():
+  model = _model(num_classes=2)
+  params = _init(model)
+  tokens = jax.random.randint(jax.random.key(1), (4, 4, 4), 0, 64)
+  labels = jnp.array([0, 1, 0, 1])
+  optimizer = optax.adam(3e-3)
+
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+  def step(params, opt_state, rng):
+    (loss, _), grads = jax.value_and_grad(
+        lambda p: maskgit.masked_loss(model, p, rng, tokens, labels),
+        has_aux=True)(params)
+    updates, opt_state = optimizer.update(grads, opt_state)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  opt_state = optimizer.init(params)
+  losses = []
+  for i in range(30):
+    params, opt_state, loss = step(params, opt_state, jax.random.key(i % 3))
+    losses.append(float(loss))
+  assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.3

@@ -1,0 +1,417 @@
+"""GPT (taming transformers): an autoregressive transformer over image tokens.
+
+The model reads `[condition tokens] + image tokens` and predicts every image
+token from the condition and the image tokens before it (row-major order):
+
+- condition 'none': one learned start embedding is the prefix;
+- condition 'class': one class embedding; class id `num_classes` is the
+  learned null class (unconditional use, classifier-free guidance);
+- condition 'tokens': the `cond_length` indices of a second tokenizer on a
+  condition image (spatial conditioning), with their own embedding table.
+
+With prefix length P and N image tokens the transformer sees P + N - 1
+positions, `prefix + tokens[:, :-1]`, and logits[:, i] (position P - 1 + i)
+predicts tokens[:, i]. Sampling runs one position per step through the
+flax key/value cache (`use_cache=True`) or recomputes the whole prefix each
+step; `sample_sliding_window` samples grids larger than the training window.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from vqlab.errors import ConfigError
+from vqlab.nn.transformer import Transformer, causal_mask
+
+CONDITIONS = ('none', 'class', 'tokens')
+
+
+def _check_ids(ids: Any, upper: int, what: str) -> None:
+  """Raises ValueError if concrete `ids` fall outside [0, upper).
+
+  Values of traced arrays (inside jit, scan, ...) cannot be checked; there
+  out-of-range ids are silently clamped by the embedding lookup.
+  """
+  if isinstance(ids, jax.core.Tracer):
+    return
+  ids = np.asarray(ids)
+  if not np.issubdtype(ids.dtype, np.integer):
+    raise ValueError(f'{what} must be integers, got dtype {ids.dtype}')
+  if ids.size and (ids.min() < 0 or ids.max() >= upper):
+    raise ValueError(f'{what} must lie in [0, {upper}); got values in '
+                     f'[{ids.min()}, {ids.max()}]')
+
+
+class GPT(nn.Module):
+  """Decoder-only transformer over `[cond] + image tokens`.
+
+  Attributes:
+    vocab_size: codebook size of the modeled tokens.
+    length: number of image tokens N (h * w of the latent grid, row-major).
+    width, num_layers, num_heads, mlp_dim, dropout_rate: transformer sizes;
+      dropout also applies to the input embeddings (taming's embd_pdrop).
+    condition: 'none' | 'class' | 'tokens' (see module docstring).
+    num_classes: 'class': number of classes; id num_classes is the null class.
+    cond_vocab_size: 'tokens': codebook size of the condition tokenizer.
+    cond_length: 'tokens': number of condition tokens.
+    decode: one position per call with a key/value cache (`decode_step`).
+    dtype: compute dtype; logits are float32.
+  """
+  vocab_size: int
+  length: int
+  width: int = 64
+  num_layers: int = 2
+  num_heads: int = 2
+  mlp_dim: int = 256
+  dropout_rate: float = 0.0
+  condition: str = 'none'
+  num_classes: int = 10
+  cond_vocab_size: int = 64
+  cond_length: int = 16
+  decode: bool = False
+  dtype: Any = jnp.float32
+
+  @property
+  def prefix_length(self) -> int:
+    """P: condition positions before the image tokens."""
+    return self.cond_length if self.condition == 'tokens' else 1
+
+  @property
+  def null_class(self) -> int:
+    return self.num_classes
+
+  def setup(self):
+    if self.condition not in CONDITIONS:
+      raise ValueError(f'condition must be one of {CONDITIONS}, '
+                       f'got {self.condition!r}')
+    init = nn.initializers.normal(0.02)
+    self.token_embed = nn.Embed(self.vocab_size, self.width,
+                                embedding_init=init, dtype=self.dtype)
+    if self.condition == 'none':
+      self.start_embedding = self.param('start_embedding', init,
+                                        (self.width,))
+    elif self.condition == 'class':
+      self.class_embed = nn.Embed(self.num_classes + 1, self.width,
+                                  embedding_init=init, dtype=self.dtype)
+    else:
+      self.cond_embed = nn.Embed(self.cond_vocab_size, self.width,
+                                 embedding_init=init, dtype=self.dtype)
+    self.pos_embedding = self.param(
+        'pos_embedding', init, (self.prefix_length + self.length - 1,
+                                self.width))
+    self.embed_dropout = nn.Dropout(self.dropout_rate)
+    self.transformer = Transformer(self.num_layers, self.num_heads,
+                                   self.mlp_dim, self.dropout_rate,
+                                   self.decode, self.dtype)
+    self.head = nn.Dense(self.vocab_size, dtype=self.dtype, kernel_init=init)
+
+  def embed_prefix(self, cond: Any, batch_size: int) -> jax.Array:
+    """Condition embeddings [B, P, width] (no position embedding).
+
+    Args:
+      cond: 'none': None; 'class': int [B] class ids in [0, num_classes]
+        (num_classes = null class) or None for the null class; 'tokens':
+        int [B, cond_length] (or [B, h, w], flattened row-major).
+      batch_size: B.
+    """
+    if self.condition == 'none':
+      if cond is not None:
+        raise ValueError("condition 'none' takes cond=None")
+      return jnp.broadcast_to(self.start_embedding.astype(self.dtype),
+                              (batch_size, 1, self.width))
+    if self.condition == 'class':
+      if cond is None:
+        cond = jnp.full((batch_size,), self.null_class, jnp.int32)
+      if jnp.shape(cond) != (batch_size,):
+        raise ValueError(f'class cond must have shape [B]=({batch_size},), '
+                         f'got {jnp.shape(cond)}')
+      _check_ids(cond, self.num_classes + 1,
+                 f'class ids (num_classes={self.num_classes}, '
+                 f'null class {self.null_class})')
+      return self.class_embed(cond)[:, None]
+    if cond is None:
+      raise ValueError("condition 'tokens' needs cond [B, cond_length]")
+    cond = jnp.reshape(cond, (jnp.shape(cond)[0], -1)) if (
+        jnp.ndim(cond) == 3) else cond
+    if jnp.shape(cond) != (batch_size, self.cond_length):
+      raise ValueError(f'token cond must have shape [B, cond_length]='
+                       f'({batch_size}, {self.cond_length}), got '
+                       f'{jnp.shape(cond)}')
+    _check_ids(cond, self.cond_vocab_size,
+               f'condition token ids (cond_vocab_size={self.cond_vocab_size})')
+    return self.cond_embed(cond)
+
+  def embed_tokens(self, tokens: jax.Array) -> jax.Array:
+    """Image token ids [B, n] -> embeddings [B, n, width]."""
+    _check_ids(tokens, self.vocab_size,
+               f'token ids (vocab_size={self.vocab_size})')
+    return self.token_embed(tokens)
+
+  def _logits(self, h: jax.Array, mask: jax.Array | None,
+              train: bool) -> jax.Array:
+    h = self.embed_dropout(h, deterministic=not train)
+    h = self.transformer(h, mask, train=train)
+    return self.head(h).astype(jnp.float32)
+
+  def __call__(self, tokens: jax.Array, cond: Any = None, *,
+               train: bool = False) -> jax.Array:
+    """Next-token logits.
+
+    Args:
+      tokens: int [B, n], 1 <= n <= length, ids in [0, vocab_size).
+      cond: see `embed_prefix`.
+      train: enables dropout (needs a 'dropout' rng).
+
+    Returns:
+      float32 [B, n, vocab_size]; [:, i] predicts tokens[:, i] from cond and
+      tokens[:, :i]. Ids are checked on concrete inputs only (not under jit).
+    """
+    if jnp.ndim(tokens) != 2 or not 1 <= jnp.shape(tokens)[1] <= self.length:
+      raise ValueError(f'tokens must have shape [B, n] with 1 <= n <= '
+                       f'length={self.length}, got {jnp.shape(tokens)}')
+    _check_ids(tokens, self.vocab_size,
+               f'token ids (vocab_size={self.vocab_size})')
+    prefix = self.embed_prefix(cond, jnp.shape(tokens)[0])
+    h = jnp.concatenate([prefix, self.token_embed(tokens[:, :-1])], axis=1)
+    h = h + self.pos_embedding[:h.shape[1]].astype(h.dtype)
+    mask = None if self.decode else causal_mask(h.shape[1])
+    return self._logits(h, mask, train)[:, self.prefix_length - 1:]
+
+  def decode_step(self, x: jax.Array, position: jax.Array) -> jax.Array:
+    """One cached position (decode=True): x [B, 1, width] embedded input at
+    `position` (int scalar) -> float32 logits [B, vocab_size]."""
+    pos = jax.lax.dynamic_slice_in_dim(self.pos_embedding, position, 1)
+    return self._logits(x + pos[None].astype(x.dtype), None, False)[:, 0]
+
+  @nn.nowrap
+  def sample(self, params, rng, batch_size, cond=None, **kwargs):
+    """`sample(self, params, ...)`: see the module-level `sample`."""
+    return sample(self, params, rng, batch_size, cond, **kwargs)
+
+
+def next_token_loss(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+  """Mean cross-entropy: logits [B, N, V] (from `GPT`), tokens [B, N]."""
+  return optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), tokens).mean()
+
+
+def filter_logits(logits: jax.Array, top_k: int = 0,
+                  top_p: float = 1.0) -> jax.Array:
+  """Sets logits outside the top-k / top-p (nucleus) set to -inf.
+
+  top_k > 0 keeps exactly k entries (ties broken by lower index); top_p < 1
+  then keeps the smallest prefix of the probabilities (of the kept logits,
+  renormalized), sorted descending, whose sum reaches top_p. At least one
+  entry always survives. logits: [..., V] -> [..., V].
+  """
+  if top_k < 0 or not 0.0 < top_p <= 1.0:
+    raise ValueError(f'need top_k >= 0 and 0 < top_p <= 1, got top_k={top_k}, '
+                     f'top_p={top_p}')
+  order = jnp.argsort(-logits, axis=-1, stable=True)
+  ranks = jnp.argsort(order, axis=-1)
+  keep = jnp.ones(logits.shape, bool)
+  if top_k:
+    keep = ranks < top_k
+  if top_p < 1.0:
+    probs = jax.nn.softmax(jnp.where(keep, logits, -jnp.inf), axis=-1)
+    sorted_probs = jnp.take_along_axis(probs, order, axis=-1)
+    before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
+    keep &= jnp.take_along_axis(before < top_p, ranks, axis=-1)
+  return jnp.where(keep, logits, -jnp.inf)
+
+
+def _choose(rng, logits, temperature, top_k, top_p) -> jax.Array:
+  """logits [B, V] -> int32 [B]; temperature 0 is argmax."""
+  if temperature == 0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = filter_logits(logits / temperature, top_k, top_p)
+  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def _init_cache(decoder: GPT, params, batch_size: int, cond: Any):
+  shapes = jax.eval_shape(
+      lambda: decoder.apply(params, jnp.zeros((batch_size, decoder.length),
+                                              jnp.int32),
+                            cond, mutable=['cache'])[1]['cache'])
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def sample(model: GPT, params, rng: jax.Array, batch_size: int,
+           cond: Any = None, temperature: float = 1.0, top_k: int = 0,
+           top_p: float = 1.0, use_cache: bool = True,
+           return_logits: bool = False):
+  """Samples image tokens autoregressively.
+
+  Args:
+    model: a GPT (its `decode` attribute is ignored).
+    params: {'params': ...} variables of `model` (or the bare params).
+    rng: key; step i draws with the i-th split, so cached and uncached
+      sampling agree for the same rng.
+    batch_size: B.
+    cond: see `GPT.embed_prefix`.
+    temperature: divides the logits; 0 takes the argmax.
+    top_k, top_p: see `filter_logits` (0 / 1.0: off).
+    use_cache: one position per step through the key/value cache; otherwise
+      the full sequence is recomputed each step (O(N^2) positions).
+    return_logits: also return the per-step (unfiltered) logits.
+
+  Returns:
+    int32 [B, N] tokens (and float32 [B, N, V] logits with return_logits).
+    Jit-able with model, batch_size, temperature, top_k, top_p, use_cache
+    and return_logits static.
+  """
+  params = {'params': params.get('params', params)}
+  n = model.length
+  choose = lambda r, l: _choose(r, l, temperature, top_k, top_p)
+  if use_cache:
+    decoder = model.clone(decode=True)
+    step = lambda c, x, p: decoder.apply(
+        {**params, 'cache': c}, x, p, method=GPT.decode_step,
+        mutable=['cache'])[::-1]
+    embed = lambda t: decoder.apply(params, t, method=GPT.embed_tokens)
+    prefix = decoder.apply(params, cond, batch_size, method=GPT.embed_prefix)
+
+    def prefix_body(p, carry):
+      cache, _ = carry
+      cache, logits = step(cache, jax.lax.dynamic_slice_in_dim(prefix, p, 1,
+                                                               axis=1), p)
+      return cache['cache'], logits
+
+    cache = _init_cache(decoder, params, batch_size, cond)
+    logits = jnp.zeros((batch_size, model.vocab_size), jnp.float32)
+    cache, logits = jax.lax.fori_loop(0, model.prefix_length, prefix_body,
+                                      (cache, logits))
+
+    def body(carry, i):
+      cache, logits, rng = carry
+      rng, sub = jax.random.split(rng)
+      token = choose(sub, logits)
+      cache, next_logits = step(cache, embed(token[:, None]),
+                                model.prefix_length + i)
+      return (cache['cache'], next_logits, rng), (token, logits)
+
+    (_, logits, rng), (tokens, all_logits) = jax.lax.scan(
+        body, (cache, logits, rng), jnp.arange(n - 1))
+    last = choose(jax.random.split(rng)[1], logits)
+    tokens = jnp.concatenate([tokens, last[None]], axis=0).T
+    all_logits = jnp.concatenate([all_logits, logits[None]], axis=0)
+  else:
+    model = model.clone(decode=False)
+
+    def body(carry, i):
+      buffer, rng = carry
+      rng, sub = jax.random.split(rng)
+      logits = model.apply(params, buffer, cond)[:, i]
+      return (buffer.at[:, i].set(choose(sub, logits)), rng), logits
+
+    (tokens, _), all_logits = jax.lax.scan(
+        body, (jnp.zeros((batch_size, n), jnp.int32), rng), jnp.arange(n))
+  if return_logits:
+    return tokens, jnp.moveaxis(all_logits, 0, 1)
+  return tokens
+
+
+def sample_sliding_window(model: GPT, params, rng: jax.Array,
+                          batch_size: int, grid_shape: tuple[int, int],
+                          window: tuple[int, int], cond: Any = None,
+                          temperature: float = 1.0, top_k: int = 0,
+                          top_p: float = 1.0) -> jax.Array:
+  """Samples an H x W token grid with a model trained on h x w windows.
+
+  Taming's scheme: position (i, j) is predicted from the h x w crop of the
+  partly sampled grid starting at (clip(i - h // 2, 0, H - h),
+  clip(j - w // 2, 0, W - w)), i.e. centred on (i, j) and clamped inside
+  the grid; the logits are those at (i, j)'s row-major index inside the
+  crop. Crop positions before it (row-major) are all sampled already and the
+  causal model ignores the rest. The full crop is recomputed each step.
+
+  Args:
+    model, params, rng, batch_size, temperature, top_k, top_p: as `sample`;
+      step k (row-major) draws with the k-th split of rng, so with
+      window == grid_shape this equals `sample` for the same rng.
+    grid_shape: (H, W), the latent grid to sample.
+    window: (h, w) with h * w == model.length, h <= H, w <= W.
+    cond: 'none' / 'class': as `sample`; 'tokens': int [B, H, W] condition
+      grid, cropped with the same window (h * w == cond_length).
+
+  Returns:
+    int32 [B, H, W].
+  """
+  (big_h, big_w), (h, w) = grid_shape, window
+  if h * w != model.length or not (0 < h <= big_h and 0 < w <= big_w):
+    raise ValueError(f'window {window} must fit inside grid {grid_shape} and '
+                     f'hold length={model.length} tokens')
+  if model.condition == 'tokens' and (
+      jnp.shape(cond) != (batch_size, big_h, big_w)
+      or h * w != model.cond_length):
+    raise ValueError(f'token cond must be a [B, H, W]=({batch_size}, '
+                     f'{big_h}, {big_w}) grid and the window hold '
+                     f'cond_length={model.cond_length}; got '
+                     f'{jnp.shape(cond)}')
+  params = {'params': params.get('params', params)}
+  model = model.clone(decode=False)
+  crop = lambda g, si, sj: jax.lax.dynamic_slice(
+      g, (0, si, sj), (batch_size, h, w)).reshape(batch_size, h * w)
+  if model.condition == 'tokens':
+    _check_ids(cond, model.cond_vocab_size, 'condition token ids '
+               f'(cond_vocab_size={model.cond_vocab_size})')
+
+  def body(carry, k):
+    grid, rng = carry
+    i, j = k // big_w, k % big_w
+    si = jnp.clip(i - h // 2, 0, big_h - h)
+    sj = jnp.clip(j - w // 2, 0, big_w - w)
+    c = crop(cond, si, sj) if model.condition == 'tokens' else cond
+    logits = model.apply(params, crop(grid, si, sj), c)
+    logits = jnp.take(logits, (i - si) * w + (j - sj), axis=1)
+    rng, sub = jax.random.split(rng)
+    token = _choose(sub, logits, temperature, top_k, top_p)
+    return (grid.at[:, i, j].set(token), rng), None
+
+  grid = jnp.zeros((batch_size, big_h, big_w), jnp.int32)
+  (grid, _), _ = jax.lax.scan(body, (grid, rng), jnp.arange(big_h * big_w))
+  return grid
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """A tiny GPT that runs on CPU; configs/ hold the paper sizes."""
+  config = ml_collections.ConfigDict()
+  config.vocab_size = 64        # Codebook size of the modeled tokenizer.
+  config.length = 16            # Image tokens N = h * w of the latent grid.
+  config.width = 64             # Embedding / residual width.
+  config.num_layers = 2         # Transformer blocks.
+  config.num_heads = 2          # Attention heads (divide width).
+  config.mlp_dim = 256          # Hidden width of each block's MLP.
+  config.dropout_rate = 0.0     # Embedding, attention and residual dropout.
+  config.condition = 'none'     # 'none' | 'class' | 'tokens' (spatial).
+  config.num_classes = 10       # 'class': classes; id num_classes = null.
+  config.cond_vocab_size = 64   # 'tokens': condition tokenizer codebook size.
+  config.cond_length = 16       # 'tokens': condition tokens prepended.
+  return config
+
+
+def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
+          prefix: str = 'model') -> GPT:
+  """Builds a GPT from a validated config."""
+  if config.condition not in CONDITIONS:
+    raise ConfigError(f'{prefix}.condition',
+                      f'{config.condition!r} not in {CONDITIONS}')
+  for key in ('vocab_size', 'length', 'width', 'num_layers', 'num_heads',
+              'mlp_dim', 'num_classes', 'cond_vocab_size', 'cond_length'):
+    if config[key] < 1:
+      raise ConfigError(f'{prefix}.{key}', f'must be >= 1, got {config[key]}')
+  if config.width % config.num_heads:
+    raise ConfigError(f'{prefix}.num_heads', f'{config.num_heads} does not '
+                      f'divide width={config.width}')
+  return GPT(vocab_size=config.vocab_size, length=config.length,
+             width=config.width, num_layers=config.num_layers,
+             num_heads=config.num_heads, mlp_dim=config.mlp_dim,
+             dropout_rate=config.dropout_rate, condition=config.condition,
+             num_classes=config.num_classes,
+             cond_vocab_size=config.cond_vocab_size,
+             cond_length=config.cond_length, dtype=jnp.dtype(dtype))

@@ -1,0 +1,60 @@
+"""MaskGIT's mask schedule gamma and the random masks it trains on.
+
+gamma maps a ratio r in [0, 1] to the fraction of tokens that stay masked:
+gamma(0) = 1 (all masked), gamma(1) = 0 (none). Training masks
+ceil(gamma(r) N) tokens for r ~ U(0, 1); decoding step s of S keeps
+floor(gamma((s+1)/S) N) tokens masked (before clamping; see maskgit.py).
+"""
+
+import jax
+import jax.numpy as jnp
+
+METHODS = ('cosine', 'arccos', 'linear')
+
+
+def schedule(ratio, total_unknown=1, method: str = 'cosine') -> jax.Array:
+  """gamma(ratio) * total_unknown: how many tokens stay masked (a float).
+
+  Args:
+    ratio: float array, any shape, in [0, 1].
+    total_unknown: number of tokens N (scalar or broadcastable); 1 gives the
+      mask ratio itself. Decoding floors the result, training ceils it.
+    method: 'cosine' gamma = cos(pi r / 2) (MaskGIT), 'arccos'
+      gamma = arccos(r) / (pi / 2) (TiTok), 'linear' gamma = 1 - r.
+
+  Returns:
+    float32 array of ratio's shape (broadcast with total_unknown).
+  """
+  r = jnp.clip(jnp.asarray(ratio, jnp.float32), 0.0, 1.0)
+  if method == 'cosine':
+    gamma = jnp.cos(jnp.pi * r / 2)
+  elif method == 'arccos':
+    gamma = jnp.arccos(r) / (jnp.pi / 2)
+  elif method == 'linear':
+    gamma = 1.0 - r
+  else:
+    raise ValueError(f'unknown mask schedule {method!r}; known: {METHODS}')
+  # cos(pi / 2) is -4e-8 in float32: clip so that floor/ceil stay in [0, N].
+  return jnp.clip(gamma, 0.0, 1.0) * total_unknown
+
+
+def num_masked_for_training(ratio: jax.Array, num_tokens: int,
+                            method: str = 'cosine') -> jax.Array:
+  """ceil(gamma(ratio) N) clamped to [1, N]: int32 of ratio's shape."""
+  count = jnp.ceil(schedule(ratio, num_tokens, method)).astype(jnp.int32)
+  return jnp.clip(count, 1, num_tokens)
+
+
+def random_mask(rng: jax.Array, batch_size: int, num_tokens: int,
+                method: str = 'cosine') -> jax.Array:
+  """The training mask: bool [B, N], True where a token is masked.
+
+  Per example r ~ U(0, 1) and exactly ceil(gamma(r) N) (at least 1) positions,
+  chosen uniformly at random, are masked.
+  """
+  ratio_rng, order_rng = jax.random.split(rng)
+  ratio = jax.random.uniform(ratio_rng, (batch_size,))
+  count = num_masked_for_training(ratio, num_tokens, method)
+  noise = jax.random.uniform(order_rng, (batch_size, num_tokens))
+  ranks = jnp.argsort(jnp.argsort(noise, axis=-1), axis=-1)
+  return ranks < count[:, None]

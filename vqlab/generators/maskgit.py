@@ -1,0 +1,385 @@
+"""MaskGIT: a bidirectional transformer over token grids, trained to predict
+masked tokens and decoded in a few parallel, confidence-ordered steps.
+
+Tokens may have any shape: [n] (TiTok), [h, w] (images), [t, h, w] (video);
+they are flattened to N positions inside. The [MASK] id is `vocab_size`.
+Factorized codes (MAGVIT-v2, e.g. 2^18 LFQ codes as two 2^9 factors):
+`factor_vocab_sizes=(512, 512)`; tokens are then [B, *shape, F], factor f has
+its own [MASK] id `factor_vocab_sizes[f]`, the input embedding is the sum of
+the per-factor embeddings and each factor has its own output head. A position
+is masked or revealed in all factors together.
+
+Logits: [B, *shape, vocab_size] without factors; with factors
+[B, *shape, F, max(factor_vocab_sizes)], the entries of factor f at ids >=
+factor_vocab_sizes[f] are NEG_INF (never sampled, no probability mass).
+
+Class conditioning (num_classes > 0): a class token is prepended; id
+num_classes is the null class (label dropout in training, the unconditional
+branch of classifier-free guidance, and `labels=None`).
+"""
+
+import functools
+from typing import Any, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vqlab.errors import ConfigError
+from vqlab.generators import mask_schedule
+from vqlab.nn.transformer import Transformer
+
+NEG_INF = -1e9  # Logit of the padded ids of smaller factors.
+
+
+class MaskGIT(nn.Module):
+  """Masked token transformer (see module docstring).
+
+  Attributes:
+    vocab_size: codes per token (with factors: the product of the factors').
+    token_shape: shape of one example's tokens, e.g. (16, 16) or (4, 8, 8).
+    factor_vocab_sizes: () for plain tokens, else codes per factor.
+    num_classes: 0 for unconditional, else classes (+1 null class inside).
+    width, num_layers, num_heads, mlp_dim, dropout_rate: the transformer.
+    dtype: compute dtype; logits are float32.
+  """
+  vocab_size: int
+  token_shape: Sequence[int]
+  factor_vocab_sizes: Sequence[int] = ()
+  num_classes: int = 0
+  width: int = 256
+  num_layers: int = 4
+  num_heads: int = 4
+  mlp_dim: int = 1024
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  # -- Token layout helpers (no parameters; callable on an unbound module). --
+
+  @property
+  def vocab_sizes(self) -> tuple[int, ...]:
+    return tuple(self.factor_vocab_sizes) or (self.vocab_size,)
+
+  @property
+  def num_tokens(self) -> int:
+    return int(np.prod(self.token_shape))
+
+  @property
+  def mask_ids(self) -> jax.Array:
+    """[F] int32: the [MASK] id of each factor (its vocab size)."""
+    return jnp.asarray(self.vocab_sizes, jnp.int32)
+
+  @nn.nowrap
+  def flatten(self, tokens: jax.Array) -> jax.Array:
+    """[B, *shape] (or [B, *shape, F]) -> int32 [B, N, F]; checks shape."""
+    factor_axes = (len(self.vocab_sizes),) if self.factor_vocab_sizes else ()
+    expected = tuple(self.token_shape) + factor_axes
+    if tuple(tokens.shape[1:]) != expected:
+      raise ValueError(f'MaskGIT: tokens of shape {tokens.shape}, expected '
+                       f'[B, {", ".join(map(str, expected))}]')
+    return tokens.reshape(tokens.shape[0], self.num_tokens,
+                          len(self.vocab_sizes)).astype(jnp.int32)
+
+  @nn.nowrap
+  def unflatten(self, flat: jax.Array) -> jax.Array:
+    """[B, N, F, ...] -> [B, *shape, (F,) ...] (F dropped without factors)."""
+    rest = flat.shape[3:]
+    factor_axes = (flat.shape[2],) if self.factor_vocab_sizes else ()
+    return flat.reshape((flat.shape[0], *self.token_shape, *factor_axes, *rest))
+
+  @nn.nowrap
+  def check_tokens(self, tokens: jax.Array, allow_mask: bool) -> None:
+    """ValueError if a concrete token id is outside [0, V) ([0, V] with MASK).
+
+    tokens: int [B, N, F]. Traced values (under jit) are not checked.
+    """
+    if isinstance(tokens, jax.core.Tracer):
+      return
+    values = np.asarray(tokens)
+    for f, size in enumerate(self.vocab_sizes):
+      top = size if allow_mask else size - 1
+      v = values[..., f]
+      if v.size and (v.min() < 0 or v.max() > top):
+        what = f'factor {f} ' if self.factor_vocab_sizes else ''
+        extra = f' or the [MASK] id {size}' if allow_mask else ''
+        raise ValueError(
+            f'MaskGIT: {what}token ids in [{v.min()}, {v.max()}] but the '
+            f'vocab size is {size}: ids must be in [0, {size}){extra}')
+
+  # -- Network. --
+
+  def __call__(self, tokens: jax.Array, labels: jax.Array | None = None, *,
+               train: bool = False) -> jax.Array:
+    """Logits for every position.
+
+    Args:
+      tokens: int [B, *shape] ([B, *shape, F] with factors); [MASK] allowed.
+      labels: int [B] classes (conditional models; None: the null class).
+      train: enables dropout (needs the 'dropout' rng).
+
+    Returns:
+      float32 [B, *shape, V] or [B, *shape, F, max V] (module docstring).
+    """
+    flat = self.flatten(tokens)
+    self.check_tokens(flat, allow_mask=True)
+    return self.unflatten(self.flat_logits(flat, labels, train=train))
+
+  @nn.compact
+  def flat_logits(self, flat: jax.Array, labels: jax.Array | None = None, *,
+                  train: bool = False) -> jax.Array:
+    """int [B, N, F] -> float32 logits [B, N, F, max V] (for loss/decoding)."""
+    batch = flat.shape[0]
+    x = sum(nn.Embed(size + 1, self.width, name=f'embed_{f}')(flat[..., f])
+            for f, size in enumerate(self.vocab_sizes))
+    if self.num_classes:
+      if labels is None:
+        labels = jnp.full((batch,), self.num_classes, jnp.int32)
+      cls = nn.Embed(self.num_classes + 1, self.width, name='class_embed')(
+          labels.astype(jnp.int32))
+      x = jnp.concatenate([cls[:, None], x], axis=1)
+    pos = self.param('pos_embedding', nn.initializers.normal(0.02),
+                     (x.shape[1], self.width))
+    x = (x + pos).astype(self.dtype)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = Transformer(self.num_layers, self.num_heads, self.mlp_dim,
+                    self.dropout_rate, dtype=self.dtype, name='transformer')(
+                        x, None, train=train)
+    x = x[:, 1:] if self.num_classes else x
+    max_vocab = max(self.vocab_sizes)
+    heads = []
+    for f, size in enumerate(self.vocab_sizes):
+      logits = nn.Dense(size, dtype=self.dtype, name=f'head_{f}')(x)
+      heads.append(jnp.pad(logits.astype(jnp.float32),
+                           ((0, 0), (0, 0), (0, max_vocab - size)),
+                           constant_values=NEG_INF))
+    return jnp.stack(heads, axis=2)
+
+  @nn.nowrap
+  def sample(self, params, rng: jax.Array, batch_size: int, cond=None,
+             **kwargs) -> jax.Array:
+    """The generators API (DESIGN §2): `sample(self, ...)` with labels=cond."""
+    return sample(self, params, rng, batch_size, labels=cond, **kwargs)
+
+
+# ---------------------------------------------------------------- Training.
+
+
+def masked_loss(model: MaskGIT, params, rng: jax.Array, tokens: jax.Array,
+                labels: jax.Array | None = None, label_smoothing: float = 0.1,
+                label_drop: float = 0.1, schedule_method: str = 'cosine',
+                mask: jax.Array | None = None, train: bool = True):
+  """Masked-token cross-entropy on the masked positions only.
+
+  Args:
+    model: a MaskGIT. params: its parameters.
+    rng: for the mask, label dropout and dropout.
+    tokens: int [B, *shape] ([B, *shape, F]) targets, no [MASK] ids.
+    labels: int [B] or None.
+    label_smoothing: eps; target (1 - eps) one-hot + eps / V_f uniform.
+    label_drop: probability of replacing a label by the null class.
+    schedule_method: gamma for `mask_schedule.random_mask`.
+    mask: bool [B, N] (True = masked) to use instead of a random one.
+    train: dropout on.
+
+  Returns:
+    (loss, metrics): loss = mean over masked positions of the summed factor
+    cross-entropies (the code's NLL); metrics: loss, accuracy (all factors
+    right, masked positions), mask_ratio.
+  """
+  flat = model.flatten(tokens)
+  model.check_tokens(flat, allow_mask=False)
+  batch = flat.shape[0]
+  mask_rng, drop_rng, dropout_rng = jax.random.split(rng, 3)
+  if mask is None:
+    mask = mask_schedule.random_mask(mask_rng, batch, model.num_tokens,
+                                     schedule_method)
+  if labels is not None and model.num_classes and label_drop > 0:
+    drop = jax.random.bernoulli(drop_rng, label_drop, (batch,))
+    labels = jnp.where(drop, model.num_classes, labels)
+  inputs = jnp.where(mask[..., None], model.mask_ids, flat)
+  logits = model.apply({'params': params}, inputs, labels, train=train,
+                       method=MaskGIT.flat_logits,
+                       rngs={'dropout': dropout_rng})
+  per_position = smoothed_cross_entropy(logits, flat, model.vocab_sizes,
+                                        label_smoothing).sum(-1)
+  weight = mask.astype(jnp.float32)
+  count = jnp.maximum(weight.sum(), 1.0)
+  loss = (per_position * weight).sum() / count
+  correct = jnp.all(jnp.argmax(logits, -1) == flat, axis=-1)
+  metrics = {'loss': loss,
+             'accuracy': (correct * weight).sum() / count,
+             'mask_ratio': weight.mean()}
+  return loss, metrics
+
+
+def smoothed_cross_entropy(logits: jax.Array, targets: jax.Array,
+                           vocab_sizes: Sequence[int],
+                           label_smoothing: float) -> jax.Array:
+  """logits [..., F, Vmax], targets int [..., F] -> CE [..., F].
+
+  The smoothing mass eps is spread over factor f's own V_f ids only.
+  """
+  valid = jnp.arange(logits.shape[-1]) < jnp.asarray(vocab_sizes)[:, None]
+  log_p = jnp.where(valid, jax.nn.log_softmax(logits, axis=-1), 0.0)
+  one_hot = jax.nn.one_hot(targets, logits.shape[-1])
+  uniform = valid / jnp.asarray(vocab_sizes, jnp.float32)[:, None]
+  target = (1 - label_smoothing) * one_hot + label_smoothing * uniform
+  return -(target * log_p).sum(-1)
+
+
+# ---------------------------------------------------------------- Decoding.
+
+
+@flax.struct.dataclass
+class DecodeState:
+  """Carry of the decoding loop. tokens: int32 [B, N, F] with [MASK] ids."""
+  rng: jax.Array
+  step: jax.Array
+  tokens: jax.Array
+
+
+def init_state(model: MaskGIT, rng: jax.Array, batch_size: int) -> DecodeState:
+  """All positions masked."""
+  tokens = jnp.broadcast_to(model.mask_ids, (batch_size, model.num_tokens,
+                                             len(model.vocab_sizes)))
+  return DecodeState(rng=rng, step=jnp.zeros((), jnp.int32), tokens=tokens)
+
+
+def guided_logits(cond: jax.Array, uncond: jax.Array, scale) -> jax.Array:
+  """Classifier-free guidance: l_u + (1 + w)(l_c - l_u)."""
+  return uncond + (1.0 + scale) * (cond - uncond)
+
+
+def decode_step(model: MaskGIT, params, state: DecodeState,
+                labels: jax.Array | None = None, *, num_steps: int = 8,
+                temperature: float = 1.0, choice_temperature: float = 4.5,
+                guidance_scale=0.0, guidance_schedule: str = 'constant',
+                schedule_method: str = 'cosine') -> DecodeState:
+  """One MaskGIT step s = state.step of S = num_steps (DESIGN §4).
+
+  Predicts every masked token, samples it (temperature 0: argmax), scores it
+  by log p(sampled) (summed over factors, untempered model probabilities)
+  + choice_temperature (1 - (s+1)/S) Gumbel, known tokens +inf, and re-masks
+  the clamp(floor(gamma((s+1)/S) N), 1, #unknown - 1) least confident
+  (0 at the last step). Revealed tokens never change.
+  """
+  rng, sample_rng, gumbel_rng = jax.random.split(state.rng, 3)
+  tokens, step = state.tokens, state.step
+  batch, n = tokens.shape[:2]
+  unknown = tokens[..., 0] == model.mask_ids[0]                  # [B, N]
+  ratio = (step + 1).astype(jnp.float32) / num_steps
+  apply = functools.partial(model.apply, {'params': params},
+                            method=MaskGIT.flat_logits)
+  use_cfg = (labels is not None and model.num_classes and
+             (guidance_schedule != 'constant' or
+              not isinstance(guidance_scale, (int, float)) or guidance_scale))
+  if use_cfg:
+    null = jnp.full_like(labels, model.num_classes)
+    both = apply(jnp.concatenate([tokens, tokens]),
+                 jnp.concatenate([labels, null]))
+    scale = guidance_scale * (ratio if guidance_schedule == 'linear' else 1.0)
+    logits = guided_logits(both[:batch], both[batch:], scale)
+  else:
+    logits = apply(tokens, labels)                           # [B, N, F, V]
+  if isinstance(temperature, (int, float)) and temperature == 0:
+    sampled = jnp.argmax(logits, -1)
+  else:
+    sampled = jax.random.categorical(sample_rng, logits / temperature)
+  sampled = jnp.where(unknown[..., None], sampled.astype(jnp.int32), tokens)
+  log_p = jnp.take_along_axis(jax.nn.log_softmax(logits, -1),
+                              sampled[..., None], -1)[..., 0].sum(-1)
+  gumbel = jax.random.gumbel(gumbel_rng, (batch, n))
+  confidence = log_p + choice_temperature * (1.0 - ratio) * gumbel
+  confidence = jnp.where(unknown, confidence, jnp.inf)
+  num_unknown = unknown.sum(-1)
+  keep = jnp.floor(mask_schedule.schedule(ratio, n, schedule_method))
+  keep = jnp.maximum(1, jnp.minimum(num_unknown - 1, keep.astype(jnp.int32)))
+  keep = jnp.where(step + 1 >= num_steps, 0, keep)               # [B]
+  ranks = jnp.argsort(jnp.argsort(confidence, axis=-1), axis=-1)
+  remask = ranks < keep[:, None]
+  new_tokens = jnp.where(remask[..., None], model.mask_ids, sampled)
+  return DecodeState(rng=rng, step=step + 1, tokens=new_tokens)
+
+
+def sample(model: MaskGIT, params, rng: jax.Array, batch_size: int,
+           labels: jax.Array | None = None, num_steps: int = 8,
+           temperature: float = 1.0, choice_temperature: float = 4.5,
+           guidance_scale=0.0, guidance_schedule: str = 'constant',
+           schedule_method: str = 'cosine', return_history: bool = False):
+  """Generates tokens [B, *shape] ([B, *shape, F]) in `num_steps` steps.
+
+  Args:
+    model, params: a MaskGIT and its parameters.
+    rng: PRNG key. batch_size: B.
+    labels: int [B] classes, or None (null class / unconditional).
+    num_steps: S. temperature: token sampling (0: argmax).
+    choice_temperature: scale of the Gumbel noise on the confidence, annealed
+      linearly to 0 at the last step.
+    guidance_scale: CFG w (needs labels); a Python 0 skips the unconditional
+      pass, any array runs it. guidance_schedule: 'constant' w, or 'linear'
+      w (s+1)/S.
+    schedule_method: gamma ('cosine', 'arccos', 'linear').
+    return_history: also return int [S, B, *shape(, F)], the tokens after
+      each step ([MASK] id where still masked).
+
+  Returns:
+    tokens, or (tokens, history). Jit-able (static ints/strings/Python temps).
+  """
+  if guidance_schedule not in ('constant', 'linear'):
+    raise ValueError(f'unknown guidance_schedule {guidance_schedule!r}')
+  step_fn = functools.partial(
+      decode_step, model, params, labels=labels, num_steps=num_steps,
+      temperature=temperature, choice_temperature=choice_temperature,
+      guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,
+      schedule_method=schedule_method)
+  state = init_state(model, rng, batch_size)
+  if not return_history:
+    state = jax.lax.fori_loop(0, num_steps, lambda _, s: step_fn(s), state)
+    return model.unflatten(state.tokens)
+
+  def body(s, _):
+    s = step_fn(s)
+    return s, s.tokens
+  state, history = jax.lax.scan(body, state, None, length=num_steps)
+  history = jax.vmap(model.unflatten)(history)
+  return model.unflatten(state.tokens), history
+
+
+# ---------------------------------------------------------------- Config.
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """A tiny MaskGIT for CPU tests; configs/maskgit/ has the paper sizes."""
+  config = ml_collections.ConfigDict()
+  config.vocab_size = 64               # Codes per token (product of factors).
+  config.token_shape = (4, 4)          # Per example: (n,), (h, w) or (t, h, w).
+  config.factor_vocab_sizes = ()       # () or codes per factor: (512, 512).
+  config.num_classes = 0               # 0: unconditional; else + 1 null class.
+  config.width = 32                    # Transformer width (paper: 768).
+  config.num_layers = 2                # Transformer blocks (paper: 24).
+  config.num_heads = 2                 # Attention heads (paper: 16).
+  config.mlp_dim = 64                  # MLP hidden width (paper: 3072).
+  config.dropout_rate = 0.0            # Dropout (paper: 0.1).
+  return config
+
+
+def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
+          prefix: str = 'model') -> MaskGIT:
+  """Builds a MaskGIT from a validated config."""
+  factors = tuple(config.factor_vocab_sizes)
+  if factors and int(np.prod(factors)) != config.vocab_size:
+    raise ConfigError(f'{prefix}.factor_vocab_sizes',
+                      f'product of {factors} != vocab_size {config.vocab_size}')
+  if config.width % config.num_heads:
+    raise ConfigError(f'{prefix}.num_heads',
+                      f'{config.num_heads} does not divide width '
+                      f'{config.width}')
+  return MaskGIT(vocab_size=config.vocab_size,
+                 token_shape=tuple(config.token_shape),
+                 factor_vocab_sizes=factors, num_classes=config.num_classes,
+                 width=config.width, num_layers=config.num_layers,
+                 num_heads=config.num_heads, mlp_dim=config.mlp_dim,
+                 dropout_rate=config.dropout_rate, dtype=jnp.dtype(dtype))
