@@ -12,8 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs.magvit2 import tiny_cpu
+from configs.magvit2 import ucf101_17x128
 from tests import random_weight_files
 from vqlab import data as data_lib
+from vqlab import tokenizers
 from vqlab.evals import image_metrics
 from vqlab.losses import perceptual
 from vqlab.train import experiment
@@ -123,3 +125,14 @@ def test_lpips_on_video_frames(tmp_path):
   want = 0.5 * np.mean(perceptual.lpips_distance(
       task.frozen['lpips'], frames(x), frames(x_rec)))
   np.testing.assert_allclose(metrics['perceptual_loss'], want, rtol=1e-4)
+
+
+def test_paper_config_gives_5x16x16_tokens_for_17x128x128():
+  config = ucf101_17x128.get_config()
+  model = tokenizers.build(config.model)
+  clip = jax.ShapeDtypeStruct((1, 17, 128, 128, 3), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), clip)
+  tokens, _ = jax.eval_shape(
+      lambda v, x: model.apply(v, x, method=model.encode), variables, clip)
+  assert tokens.shape == (1, 5, 16, 16, 2)  # Two 2^9 factors: K = 2^18.
+  assert model.quantizer.codebook_size == 2**18
