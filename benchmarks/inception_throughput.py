@@ -57,18 +57,8 @@ def run_reference(batch: int, image_size: int, steps: int) -> dict:
   model, _ = make_inception_goldens.build_reference()
   gen = torch.Generator().manual_seed(1)
   images = torch.rand((batch, 3, image_size, image_size), generator=gen)
-
-  def call():
-    with torch.no_grad():
-      model(images)
-
-  for _ in range(2):  # Warm-up.
-    call()
-  call_s = throughput_cli.time_calls(call, steps)
-  return {'implementation': 'pytorch-fid 0.3.0 (torch)',
-          'torch': torch.__version__,
-          'device': f'cpu ({torch.get_num_threads()} threads)',
-          'call_s': call_s}
+  return throughput_cli.torch_row(lambda: model(images), steps,
+                                 'pytorch-fid 0.3.0 (torch)')
 
 
 if __name__ == '__main__':

@@ -58,18 +58,8 @@ def run_reference(batch: int, image_size: int, steps: int) -> dict:
   shape = (batch, 3, image_size, image_size)
   x = torch.rand(shape, generator=gen) * 2 - 1
   y = torch.rand(shape, generator=gen) * 2 - 1
-
-  def call():
-    with torch.no_grad():
-      model(x, y)
-
-  for _ in range(2):  # Warm-up.
-    call()
-  call_s = throughput_cli.time_calls(call, steps)
-  return {'implementation': 'lpips 0.1.4 (torch eager)',
-          'torch': torch.__version__,
-          'device': f'cpu ({torch.get_num_threads()} threads)',
-          'call_s': call_s}
+  return throughput_cli.torch_row(lambda: model(x, y), steps,
+                                 'lpips 0.1.4 (torch eager)')
 
 
 if __name__ == '__main__':

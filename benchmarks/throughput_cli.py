@@ -25,6 +25,23 @@ def time_calls(call: Callable[[], None], steps: int) -> float:
   return (time.perf_counter() - t0) / steps
 
 
+def torch_row(call: Callable[[], None], steps: int,
+              implementation: str) -> dict:
+  """Times a torch reference `call` (run under torch.no_grad, after two
+  warm-up calls) and describes it: a result row for `main`."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  def no_grad_call():
+    with torch.no_grad():
+      call()
+
+  for _ in range(2):  # Warm-up.
+    no_grad_call()
+  return {'implementation': implementation, 'torch': torch.__version__,
+          'device': f'cpu ({torch.get_num_threads()} threads)',
+          'call_s': time_calls(no_grad_call, steps)}
+
+
 def main(description: str, run_vqlab: Runner, run_reference: Runner, *,
          reference_name: str, output_name: str, unit: str) -> None:
   """Parses flags, runs one side as run(batch, image_size, steps) -> row
