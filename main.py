@@ -6,6 +6,13 @@ r"""vqlab entry point.
   python main.py --config=configs/quickstart.py --workdir=/tmp/stats \
       --mode=fid_stats        # Inception statistics of the eval split
 
+Generators (stage 2) on a trained tokenizer run:
+  python main.py --config=configs/maskgit/tiny_cpu.py --workdir=/tmp/mg \
+      --mode=tokenize         # token shards of the data, then
+  python main.py --config=configs/maskgit/tiny_cpu.py --workdir=/tmp/mg
+  python main.py --config=configs/maskgit/tiny_cpu.py --workdir=/tmp/mg \
+      --mode=sample           # PNG grids (GIFs for video), gFID / IS
+
 Multi-host (Cloud TPU pods: every worker runs the same command):
   python main.py --config=... --workdir=gs://... --distributed
 """
@@ -23,10 +30,13 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string('workdir', None,
                                'Directory for checkpoints, logs and images.')
 _MODE = flags.DEFINE_enum(
-    'mode', 'train', ['train', 'eval', 'fid_stats'],
+    'mode', 'train', ['train', 'eval', 'fid_stats', 'tokenize', 'sample'],
     'train: train (resuming if possible), then evaluate; eval: evaluate the '
     'latest checkpoint; fid_stats: save the Inception statistics (mu, sigma) '
-    'of the eval split to WORKDIR/fid_stats.npz (for eval.fid_reference).')
+    'of the eval split to WORKDIR/fid_stats.npz (for eval.fid_reference); '
+    'tokenize (generator configs): write the token shards of the data '
+    '(resumable); sample (generator configs): samples of the latest '
+    'checkpoint as images, with gFID / IS when Inception is available.')
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', False, 'Call jax.distributed.initialize() (multi-host).')
 _COORDINATOR = flags.DEFINE_string(
@@ -64,6 +74,12 @@ def main(argv):
       result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     elif _MODE.value == 'eval':
       result = loop.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+    elif _MODE.value == 'tokenize':
+      from vqlab.train import pretokenize  # pylint: disable=g-import-not-at-top
+      result = pretokenize.tokenize(_CONFIG.value, _WORKDIR.value)
+    elif _MODE.value == 'sample':
+      from vqlab.train import sampling  # pylint: disable=g-import-not-at-top
+      result = sampling.sample(_CONFIG.value, _WORKDIR.value)
     else:
       from vqlab.train import reference_stats  # pylint: disable=g-import-not-at-top
       path = os.path.join(_WORKDIR.value, 'fid_stats.npz')

@@ -45,7 +45,7 @@ def test_valid_config_is_filled_in():
     (lambda c: c.model.quantizer.update({'name': 'nope'}),
      r"^model\.quantizer\.name: unknown quantizer 'nope'"),
     (lambda c: c.model.update({'name': 'nope'}),
-     r"^model\.name: unknown tokenizer 'nope'; known: magvit2, vqgan"),
+     r"^model\.name: unknown tokenizer 'nope'; known: magvit2, titok, vqgan"),
     (lambda c: c.data.update({'name': 'nope'}),
      r"^data\.name: unknown dataset 'nope'"),
     (lambda c: c.update({'task': 'nope'}), r"^task: unknown task 'nope'"),

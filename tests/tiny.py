@@ -27,3 +27,51 @@ def tokenizer_config(image_size: int = 16, steps: int = 4):
   config.eval.max_batches = 1
   config.eval.num_images = 4
   return config
+
+
+def tokenizer_run(workdir: str, devices=None) -> str:
+  """A tokenizer run in `workdir` with an initial (untrained) checkpoint.
+
+  Stage-2 tests need a tokenizer run's files (config.json and a checkpoint),
+  not a good tokenizer, so nothing is trained.
+  """
+  from vqlab.train import loop  # pylint: disable=g-import-not-at-top
+  config = tokenizer_config()
+  config.eval.lpips = config.eval.fid = 'off'
+  exp = loop.Experiment(config, workdir, devices)
+  state, _ = exp.initial_state()
+  exp.checkpointer.save(1, state, force=True)
+  exp.checkpointer.wait()
+  exp.checkpointer.close()
+  return workdir
+
+
+def generator_config(tokenizer_workdir: str, model: str = 'maskgit',
+                     steps: int = 4):
+  """A generator on `tokenizer_run` tokens: 16x16 photos -> 8x8 of 32 codes."""
+  from configs.gpt import tiny_cpu as gpt_tiny  # pylint: disable=g-import-not-at-top
+  from configs.maskgit import tiny_cpu as maskgit_tiny  # pylint: disable=g-import-not-at-top
+  config = (maskgit_tiny if model == 'maskgit' else gpt_tiny).get_config()
+  config.tokenizer.workdir = tokenizer_workdir
+  config.data.image_size = 16
+  config.tokens.num_train_examples = 40
+  config.tokens.batch_size = 8
+  config.tokens.batches_per_shard = 2
+  config.model.vocab_size = 32
+  config.model.width = 32
+  config.model.num_layers = 2
+  config.model.num_heads = 2
+  config.model.mlp_dim = 64
+  config.eval.lpips = config.eval.fid = 'off'
+  config.optimizer.warmup_steps = 0
+  config.train.num_steps = steps
+  config.train.batch_size = 8
+  config.train.log_every = 1
+  config.train.eval_every = 0
+  config.train.checkpoint_every = 0
+  config.eval.batch_size = 8
+  config.eval.max_batches = 2
+  config.eval.num_images = 4
+  config.sample.num_samples = 6
+  config.sample.batch_size = 4
+  return config

@@ -170,7 +170,8 @@ class MaskGIT(nn.Module):
 def masked_loss(model: MaskGIT, params, rng: jax.Array, tokens: jax.Array,
                 labels: jax.Array | None = None, label_smoothing: float = 0.1,
                 label_drop: float = 0.1, schedule_method: str = 'cosine',
-                mask: jax.Array | None = None, train: bool = True):
+                mask: jax.Array | None = None, train: bool = True,
+                example_weights: jax.Array | None = None):
   """Masked-token cross-entropy on the masked positions only.
 
   Args:
@@ -183,6 +184,7 @@ def masked_loss(model: MaskGIT, params, rng: jax.Array, tokens: jax.Array,
     schedule_method: gamma for `mask_schedule.random_mask`.
     mask: bool [B, N] (True = masked) to use instead of a random one.
     train: dropout on.
+    example_weights: float [B] weights of the examples (0 for eval padding).
 
   Returns:
     (loss, metrics): loss = mean over masked positions of the summed factor
@@ -206,6 +208,8 @@ def masked_loss(model: MaskGIT, params, rng: jax.Array, tokens: jax.Array,
   per_position = smoothed_cross_entropy(logits, flat, model.vocab_sizes,
                                         label_smoothing).sum(-1)
   weight = mask.astype(jnp.float32)
+  if example_weights is not None:
+    weight = weight * example_weights[:, None]
   count = jnp.maximum(weight.sum(), 1.0)
   loss = (per_position * weight).sum() / count
   correct = jnp.all(jnp.argmax(logits, -1) == flat, axis=-1)

@@ -3,6 +3,8 @@
   vqgan    2D convolutional image tokenizer (taming transformers).
   magvit2  Causal 3D CNN tokenizer of videos [B, 1 + s t, H, W, C] and
            images [B, H, W, C] (1-frame videos) with one codebook.
+  titok    ViT tokenizer of images into K 1D tokens [B, K] (TiTok); decodes
+           to pixels or to a 2D proxy tokenizer's code logits.
 
 A tokenizer module has `encode(x, train) -> (indices, QuantizerOutput)`,
 `decode_indices(indices) -> x`, `__call__(x, train) -> (x_rec, QuantizerOutput)`
@@ -12,6 +14,7 @@ and, for GAN training, `forward_with_features`, `last_layer` and `LAST_LAYER`.
 from vqlab import quantizers
 from vqlab.registry import Registry
 from vqlab.tokenizers import magvit2
+from vqlab.tokenizers import titok
 from vqlab.tokenizers import vqgan
 
 REGISTRY = Registry('tokenizer', key_prefix='model',
@@ -20,6 +23,8 @@ REGISTRY.register('vqgan', default_config=vqgan.default_config,
                   builder=vqgan.build)
 REGISTRY.register('magvit2', default_config=magvit2.default_config,
                   builder=magvit2.build)
+REGISTRY.register('titok', default_config=titok.default_config,
+                  builder=titok.build)
 
 names = REGISTRY.names
 default_config = REGISTRY.default_config

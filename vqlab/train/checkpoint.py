@@ -85,9 +85,59 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.close()
 
+
 def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   path = os.path.join(workdir, 'config.json')
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     json.dump(json.loads(config.to_json_best_effort()), f, indent=2)
   os.replace(tmp, path)
+
+
+def restore_on_host(workdir: str, step: int | None = None) -> tuple[Any, int]:
+  """Reads a checkpoint of another run as a tree of arrays on one device.
+
+  For loading a trained network into a different experiment (a tokenizer
+  into a generator run), where the saving run's mesh and state layout are
+  unknown: the layout comes from the checkpoint's own metadata.
+
+  Args:
+    workdir: the other run's --workdir (holding `checkpoints/`).
+    step: the step to read; None: the newest.
+
+  Returns:
+    (tree of dicts like the saved TrainState, step).
+
+  Raises:
+    CheckpointError: no such directory, no checkpoint, or an unreadable one.
+  """
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  if not os.path.isdir(directory):
+    raise CheckpointError(f'no checkpoints in {workdir!r} ({directory} does '
+                          'not exist): train that run first')
+  manager = ocp.CheckpointManager(
+      directory, item_handlers=ocp.StandardCheckpointHandler(),
+      options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+  steps = sorted(manager.all_steps())
+  if not steps:
+    raise CheckpointError(f'no checkpoint in {directory}: train that run first')
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise CheckpointError(f'no checkpoint at step {step} in {directory}; '
+                          f'steps there: {steps}')
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  try:
+    metadata = manager.item_metadata(step)
+    abstract = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        metadata)
+    tree = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(
+        f'checkpoint {os.path.join(directory, str(step))} is missing or '
+        f'corrupt ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})'
+    ) from e
+  finally:
+    manager.close()
+  return tree, step

@@ -45,9 +45,15 @@ def _with_shardings(abstract_tree: Any, shardings: Any) -> Any:
 
 
 def _build_data(config: ml_collections.ConfigDict, split: str,
-                global_batch_size: int) -> data_lib.DataSource:
-  """This host's data source; bad values or missing files -> DataError."""
+                global_batch_size: int, task=None) -> data_lib.DataSource:
+  """This host's data source (the task's own when it has one, e.g. token
+  shards); bad values or missing files -> DataError."""
   try:
+    own = getattr(task, 'data_source', None)
+    source = own and own(split, global_batch_size, jax.process_index(),
+                         jax.process_count())
+    if source is not None:
+      return source
     return data_lib.build(config, split=split,
                           global_batch_size=global_batch_size,
                           process_index=jax.process_index(),
@@ -66,12 +72,13 @@ class Experiment:
     self.config = config = experiment.validate(config, len(devices))
     self.workdir = workdir
     os.makedirs(workdir, exist_ok=True)
-    self.task = tasks.get(config.task).build(config)
+    self.task = tasks.get(config.task).build(config, workdir)
     self.mesh = partitioning.make_mesh(config.mesh, devices)
     self.batch_sharding = partitioning.batch_sharding(self.mesh)
     self.train_data = _build_data(config.data, 'train',
-                                  config.train.batch_size)
-    self.eval_data = _build_data(config.data, 'eval', config.eval.batch_size)
+                                  config.train.batch_size, self.task)
+    self.eval_data = _build_data(config.data, 'eval', config.eval.batch_size,
+                                 self.task)
     init_rng, self._step_rng = jax.random.split(jax.random.key(config.seed))
     self._init_rng = init_rng
 
@@ -112,6 +119,18 @@ class Experiment:
         in_shardings=(self.state_shardings, self.batch_sharding, replicated),
         out_shardings=replicated)
 
+    if hasattr(self.task, 'sample_images'):
+      self.jit_sample_images = jax.jit(
+          self.task.sample_images, static_argnames=('batch_size',),
+          out_shardings=replicated)
+
+  def sample_images(self, state, rng, labels=None, batch_size=None):
+    """Decoded samples [B, (T,) H, W, C] of a generator task."""
+    if labels is not None:
+      labels = jax.device_put(labels, self.batch_sharding)
+    return self.jit_sample_images(state, rng, labels, self.frozen,
+                                  batch_size=batch_size)
+
   def train_step(self, state, batch):
     """One compiled train step -> (new state, metrics); donates `state`."""
     return self.jit_train_step(state, batch, self.frozen)
@@ -150,13 +169,23 @@ class Experiment:
           images = jax.device_get(batch_images)
     if not acc.num_batches:
       raise ValueError('eval: the eval split yielded no batches')
+    if hasattr(self.task, 'sample_images'):
+      n = self.config.eval.num_images
+      count = -(-2 * n // len(self.mesh.devices.flat)) * len(
+          self.mesh.devices.flat)
+      with jax.set_mesh(self.mesh):
+        samples = self.sample_images(
+            state, jax.random.fold_in(self._step_rng, 2**31 - 1),
+            self.task.sample_labels(0, count), batch_size=count)
+      images = {'samples': jax.device_get(samples)}
     return self.task.summarize_eval(acc), images
 
 
 def _write_eval(writer, exp: Experiment, step: int, metrics, images) -> None:
   writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items()})
   n = exp.config.eval.num_images
-  writer.write_images(step, {'eval_reconstructions': writers_lib.image_grid(
+  name = 'eval_samples' if 'samples' in images else 'eval_reconstructions'
+  writer.write_images(step, {name: writers_lib.image_grid(
       exp.task.image_rows(images, n))})
   if jax.process_index() == 0:
     path = os.path.join(exp.workdir, f'eval_{step}.json')

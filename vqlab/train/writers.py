@@ -83,3 +83,16 @@ def image_grid(rows: list[np.ndarray], padding: int = 2) -> np.ndarray:
       y, x = padding + r * (h + padding), padding + i * (w + padding)
       grid[y:y + h, x:x + w] = pixels[i].astype(np.uint8)
   return grid
+
+
+def save_gif(path: str, frames: np.ndarray, fps: int = 8) -> None:
+  """Saves float [T, H, W, C] frames in [-1, 1] as a looping GIF, atomically."""
+  pixels = np.clip((np.asarray(frames, np.float32) + 1.0) * 127.5 + 0.5, 0, 255)
+  pixels = pixels.astype(np.uint8)
+  if pixels.shape[-1] == 1:
+    pixels = pixels[..., 0]
+  images = [Image.fromarray(frame) for frame in pixels]
+  tmp = path + '.tmp.gif'
+  images[0].save(tmp, save_all=True, append_images=images[1:], loop=0,
+                 duration=int(1000 / fps))
+  os.replace(tmp, path)

@@ -1,11 +1,15 @@
 """Tasks: what a config's `task` names. The loop is generic; a task supplies
-`default_config()`, `validate(config)`, and an object with pure `init`,
-`train_step`, `eval_step` and `summarize_eval`."""
+`default_config()`, `validate(config)`, and `build(config, workdir)`
+returning an object with pure `init`, `train_step`, `eval_step`,
+`summarize_eval` and `image_rows`. Optional hooks: `data_source(split, ...)`
+(data other than the `data` section, e.g. token shards) and `sample_images`
+(eval pictures are generated samples)."""
 
 from vqlab.errors import ConfigError
+from vqlab.train.tasks import generator
 from vqlab.train.tasks import tokenizer
 
-TASKS = {'tokenizer': tokenizer}
+TASKS = {'tokenizer': tokenizer, 'generator': generator}
 
 
 def get(name: str):

@@ -465,5 +465,6 @@ def _per_example(values: jax.Array, batch_size: int) -> jax.Array:
   return values.reshape(batch_size, -1).mean(axis=1)
 
 
-def build(config: ml_collections.ConfigDict) -> TokenizerTask:
+def build(config: ml_collections.ConfigDict, workdir: str = '') -> TokenizerTask:
+  del workdir  # The tokenizer task reads nothing from its run directory.
   return TokenizerTask(config)

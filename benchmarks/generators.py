@@ -1,0 +1,467 @@
+r"""Token generator speed: train steps/s and sampling images/s of MaskGIT
+(8 decoding steps) and GPT (with and without the KV cache), for the tiny CPU
+configs and the paper-sized ImageNet 256 configs.
+
+  python benchmarks/generators.py --configs=tiny
+  python benchmarks/generators.py --configs=paper --max_seconds_per_case=120
+  python benchmarks/generators.py --configs=paper --dtype=bfloat16 --batch=64  # GPU
+
+Configs: configs/{maskgit,gpt}/tiny_cpu.py (unconditional, 8x8 tokens of 512
+codes) and configs/{maskgit,gpt}/imagenet256.py (class-conditional, 1000
+classes; MaskGIT 16x16 tokens of 1024 codes, 24 layers of width 768; GPT 256
+tokens of 1024 codes, 24 layers of width 1536), with random parameters.
+
+Cases, per model:
+  train: one jitted optimizer step as the generator task runs it
+    (`GeneratorTask.train_step`: loss, grads, the config's optax AdamW and
+    EMA) on random tokens (and labels), state donated.
+  sample: MaskGIT `maskgit.sample` with num_steps=8, guidance_scale=0;
+    GPT `gpt.sample` with use_cache=True ('sample_cache') and False
+    ('sample_no_cache'); the config's temperature / top-k / top-p, random
+    class labels for conditional models. Images/s counts generated token
+    sequences: decoding them to pixels is the tokenizer's cost and is not
+    included.
+  forward (probe): one eval forward pass at the batch's token shape; GPT
+    also one cached decode step. They time the probes the budget uses.
+
+Compile time is reported separately. Each case runs one warm-up call, then
+up to --steps timed calls (each waited on) that fit in --max_seconds_per_case;
+s/call is their median. A case whose warm call the probes predict to exceed
+--max_seconds_per_case is not run: it is reported as skipped with an
+estimate (MaskGIT sampling: 8 x one forward pass; GPT without cache: N x
+one forward pass at length N; GPT with cache: (prefix + N - 1) x one cached
+decode step; train: roughly 3 x one forward pass). Estimates are marked as
+such in the table and JSON ('skipped': true, 'estimated_call_s') and are not
+measurements. They leave out the work around the network calls (sampling,
+sorting, the optimizer), so they are low: cases that run record their
+estimate too ('predicted_call_s'; the table shows measured / estimate) -- on
+the tiny configs on CPU the measured calls took 1.3-2x the estimate. A case
+that runs may take about twice the budget (warm-up and one timed call) or
+more when its estimate is low, plus compilation.
+
+Results merge, per config, into benchmarks/results/generators_<device>.json
+(<device>: 'cpu' or the accelerator kind; '_bfloat16' appended for bf16).
+"""
+
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs.gpt import imagenet256 as gpt_imagenet256
+from configs.gpt import tiny_cpu as gpt_tiny_cpu
+from configs.maskgit import imagenet256 as maskgit_imagenet256
+from configs.maskgit import tiny_cpu as maskgit_tiny_cpu
+from vqlab import generators
+from vqlab.generators import gpt
+from vqlab.generators import maskgit
+from vqlab.train import optimizers
+from vqlab.train.state import TrainState
+from vqlab.train.tasks import generator as generator_task
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_CONFIGS = flags.DEFINE_list('configs', ['tiny', 'paper'],
+                             'Which configs: tiny, paper.')
+_MODELS = flags.DEFINE_list('models', ['maskgit', 'gpt'],
+                            'Which generators: maskgit, gpt.')
+_BATCH = flags.DEFINE_integer(
+    'batch', 0, 'Batch of the train step and of sampling (0: 32 tiny, 8 '
+    "paper on CPU; the config's train batch on accelerators).")
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
+                           'Compute dtype of the models (params stay f32).')
+_STEPS = flags.DEFINE_integer('steps', 5, 'Timed calls per case at most '
+                              '(after one warm-up call).')
+_MAX_SECONDS = flags.DEFINE_float(
+    'max_seconds_per_case', 120.0, 'Time budget of one case: a case whose '
+    'warm call is predicted to take longer is skipped (with an estimate); '
+    'the timed calls stop when the next would exceed it.')
+_SAMPLE_STEPS = flags.DEFINE_integer('maskgit_steps', 8,
+                                     'MaskGIT decoding steps.')
+_JSON = flags.DEFINE_string(
+    'json', None, 'Merge the results into this JSON file (default: '
+    "benchmarks/results/generators_<device>.json; '' writes none).")
+
+CONFIGS = {
+    'tiny': {'maskgit': maskgit_tiny_cpu.get_config,
+             'gpt': gpt_tiny_cpu.get_config},
+    'paper': {'maskgit': maskgit_imagenet256.get_config,
+              'gpt': gpt_imagenet256.get_config},
+}
+
+
+# ------------------------------------------------------------- helpers ---
+
+
+def _on_cpu() -> bool:
+  return jax.devices()[0].platform == 'cpu'
+
+
+def _device_name() -> str:
+  if _on_cpu():
+    return 'cpu'
+  return re.sub(r'[^a-z0-9]+', '_', jax.devices()[0].device_kind.lower()
+                ).strip('_')
+
+
+def _default_json() -> str:
+  suffix = '' if _DTYPE.value == 'float32' else f'_{_DTYPE.value}'
+  return os.path.join(ROOT, 'benchmarks', 'results',
+                      f'generators_{_device_name()}{suffix}.json')
+
+
+def _batch_size(name: str, config) -> int:
+  """--batch, or the default for the config size and the device."""
+  if _BATCH.value:
+    return _BATCH.value
+  if _on_cpu():
+    return 32 if name == 'tiny' else 8
+  return config.train.batch_size
+
+
+def _compile(fn: Callable[..., Any], *args, **jit_kwargs):
+  """(compiled fn, seconds to lower and compile)."""
+  t0 = time.perf_counter()
+  compiled = jax.jit(fn, **jit_kwargs).lower(*args).compile()
+  return compiled, time.perf_counter() - t0
+
+
+def _measure(call: Callable[[], None], steps: int, budget: float) -> dict:
+  """One warm-up `call()` (which blocks until done), then up to `steps`
+  timed calls, as many as fit in `budget` seconds (at least one)."""
+  t0 = time.perf_counter()
+  call()
+  warmup_s = time.perf_counter() - t0
+  fit = int((budget - warmup_s) // max(warmup_s, 1e-9))
+  times = []
+  for _ in range(max(1, min(steps, fit))):
+    t0 = time.perf_counter()
+    call()
+    times.append(time.perf_counter() - t0)
+  return {'warmup_s': warmup_s, 'timed_calls': len(times),
+          'call_s': statistics.median(times), 'call_s_min': min(times),
+          'call_s_max': max(times)}
+
+
+def _skipped(estimated_call_s: float, how: str) -> dict:
+  return {'skipped': True, 'estimated_call_s': estimated_call_s,
+          'estimate': how}
+
+
+def _random_tokens(model, rng: jax.Array, batch: int) -> jax.Array:
+  """Token ids [B, *token shape(, F)] (GPT: [B, length])."""
+  if isinstance(model, gpt.GPT):
+    return jax.random.randint(rng, (batch, model.length), 0, model.vocab_size)
+  shape = (batch, *model.token_shape)
+  if model.factor_vocab_sizes:
+    rngs = jax.random.split(rng, len(model.factor_vocab_sizes))
+    return jnp.stack([jax.random.randint(r, shape, 0, v) for r, v in
+                      zip(rngs, model.factor_vocab_sizes)], axis=-1)
+  return jax.random.randint(rng, shape, 0, model.vocab_size)
+
+
+def _bare_task(config, model) -> generator_task.GeneratorTask:
+  """The generator task's train step without a trained tokenizer: the
+  batch carries 'tokens', so the tokenizer is never used."""
+  task = object.__new__(generator_task.GeneratorTask)
+  task.config, task.workdir, task.model = config, '', model
+  task.tx = optimizers.build(config.optimizer, config.train.num_steps)
+  task.num_classes = task._num_classes()  # pylint: disable=protected-access
+  task.frozen = {}
+  return task
+
+
+# --------------------------------------------------------------- cases ---
+
+
+def forward_probe(model, params, tokens, labels, budget: float) -> dict:
+  """One eval forward pass over all positions (logits of every token)."""
+  fn, compile_s = _compile(
+      lambda p, t, l: model.apply({'params': p}, t, l), params, tokens, labels)
+  result = _measure(lambda: jax.block_until_ready(fn(params, tokens, labels)),
+                    _STEPS.value, budget)
+  return {'compile_s': compile_s, **result}
+
+
+def decode_step_probe(model: gpt.GPT, params, batch: int, labels,
+                      budget: float) -> dict:
+  """One cached GPT decode step (one position, cache of length N)."""
+  decoder = model.clone(decode=True)
+  variables = {'params': params}
+  cache = gpt._init_cache(decoder, variables, batch, labels)  # pylint: disable=protected-access
+  x = jnp.zeros((batch, 1, model.width), model.dtype)
+  position = jnp.asarray(model.prefix_length, jnp.int32)
+  fn, compile_s = _compile(
+      lambda p, c, x, i: decoder.apply({'params': p, 'cache': c}, x, i,
+                                       method=gpt.GPT.decode_step,
+                                       mutable=['cache']),
+      params, cache, x, position)
+  result = _measure(
+      lambda: jax.block_until_ready(fn(params, cache, x, position)),
+      _STEPS.value, budget)
+  return {'compile_s': compile_s, **result}
+
+
+def train_case(config, model, params, batch_size: int, rng: jax.Array,
+               budget: float) -> dict:
+  """steps/s of the generator task's jitted train step (state donated)."""
+  task = _bare_task(config, model)
+  batch = {'tokens': _random_tokens(model, rng, batch_size)}
+  if task.num_classes:
+    batch['label'] = jax.random.randint(jax.random.fold_in(rng, 1),
+                                        (batch_size,), 0, task.num_classes)
+  ema = {'model': params} if config.ema.decay > 0 else {}
+  state = jax.jit(lambda p: TrainState(
+      step=jnp.zeros((), jnp.int32), params={'model': p},
+      opt_state={'model': task.tx.init(p)}, model_state={},
+      ema_params=jax.tree.map(jnp.copy, ema)))(params)
+  step_rng = jax.random.key(config.seed)
+
+  def step(state, batch):
+    return task.train_step(state, batch,
+                           jax.random.fold_in(step_rng, state.step), {})
+
+  fn, compile_s = _compile(step, state, batch, donate_argnums=(0,))
+  holder = [state]
+
+  def call():
+    holder[0], metrics = fn(holder[0], batch)
+    jax.block_until_ready((holder[0], metrics))
+
+  result = _measure(call, _STEPS.value, budget)
+  del holder
+  return {'compile_s': compile_s, 'ema_decay': config.ema.decay, **result}
+
+
+def sample_case(sample_fn, params, rng, labels, budget: float) -> dict:
+  fn, compile_s = _compile(sample_fn, params, rng, labels)
+  result = _measure(lambda: jax.block_until_ready(fn(params, rng, labels)),
+                    _STEPS.value, budget)
+  return {'compile_s': compile_s, **result}
+
+
+def run_model(name: str, kind: str) -> dict:
+  """All cases of one generator at one config size."""
+  budget = _MAX_SECONDS.value
+  config = CONFIGS[name][kind]()
+  batch = _batch_size(name, config)
+  model = generators.build(config.model, dtype=jnp.dtype(_DTYPE.value))
+  rng = jax.random.key(0)
+  tokens = _random_tokens(model, jax.random.fold_in(rng, 1), batch)
+  conditional = (model.num_classes > 0 if kind == 'maskgit'
+                 else model.condition == 'class')
+  labels = (jax.random.randint(jax.random.fold_in(rng, 2), (batch,), 0,
+                               model.num_classes) if conditional else None)
+  init_tokens = tokens[:1]
+  t0 = time.perf_counter()
+  params = jax.jit(model.init)(
+      jax.random.fold_in(rng, 3), init_tokens,
+      None if labels is None else labels[:1])['params']
+  params = jax.block_until_ready(params)
+  init_s = time.perf_counter() - t0
+  num_tokens = tokens[0].size if kind == 'gpt' else model.num_tokens
+  entry = {
+      'batch': batch,
+      'params': int(sum(x.size for x in jax.tree.leaves(params))),
+      'tokens_per_example': int(num_tokens), 'vocab_size': model.vocab_size,
+      'num_classes': model.num_classes if conditional else 0,
+      'width': model.width, 'num_layers': model.num_layers,
+      'init_s': init_s,
+  }
+  _progress(name, kind, f'{entry["params"] / 1e6:.1f}M params, init '
+            f'{init_s:.1f} s')
+
+  # Probes: what the budget's predictions rest on.
+  entry['forward'] = forward_probe(model, params, tokens, labels, budget / 4)
+  forward_s = entry['forward']['call_s']
+  _progress(name, kind, f'forward {forward_s:.3g} s/call')
+  if kind == 'gpt':
+    entry['decode_step'] = decode_step_probe(model, params, batch, labels,
+                                             budget / 4)
+    _progress(name, kind,
+              f'cached decode step {entry["decode_step"]["call_s"]:.3g} s')
+
+  # Train.
+  predicted = 3 * forward_s
+  if predicted > budget:
+    entry['train'] = _skipped(predicted, 'rough: 3 x one forward pass')
+  else:
+    entry['train'] = train_case(config, model, params, batch,
+                                jax.random.fold_in(rng, 4), budget)
+    entry['train']['predicted_call_s'] = predicted
+  _progress(name, kind, _describe('train', entry['train']))
+
+  # Sampling.
+  s = config.sample
+  sample_rng = jax.random.fold_in(rng, 5)
+  if kind == 'maskgit':
+    steps = _SAMPLE_STEPS.value
+    cases = {'sample': (
+        lambda p, r, l: maskgit.sample(
+            model, p, r, batch, l, num_steps=steps,
+            temperature=s.temperature,
+            choice_temperature=s.choice_temperature, guidance_scale=0.0,
+            schedule_method=config.loss.mask_schedule),
+        steps * forward_s, f'{steps} x one forward pass')}
+    entry['sample_settings'] = {'num_steps': steps, 'guidance_scale': 0.0,
+                                'temperature': s.temperature,
+                                'choice_temperature': s.choice_temperature}
+  else:
+    n = model.prefix_length + model.length - 1
+    cases = {}
+    for use_cache in (True, False):
+      fn = (lambda c: lambda p, r, l: gpt.sample(
+          model, p, r, batch, l, temperature=s.temperature, top_k=s.top_k,
+          top_p=s.top_p, use_cache=c))(use_cache)
+      if use_cache:
+        cases['sample_cache'] = (
+            fn, n * entry['decode_step']['call_s'],
+            f'{n} x one cached decode step')
+      else:
+        cases['sample_no_cache'] = (
+            fn, model.length * forward_s,
+            f'{model.length} x one forward pass')
+    entry['sample_settings'] = {'temperature': s.temperature,
+                                'top_k': s.top_k, 'top_p': s.top_p}
+  for case, (fn, predicted, how) in cases.items():
+    if predicted > budget:
+      entry[case] = _skipped(predicted, how)
+    else:
+      entry[case] = sample_case(fn, params, sample_rng, labels, budget)
+      entry[case]['predicted_call_s'] = predicted
+    _progress(name, kind, _describe(case, entry[case]))
+  return entry
+
+
+# -------------------------------------------------------------- output ---
+
+
+def _progress(name: str, kind: str, text: str) -> None:
+  print(f'[{name} {kind}] {text}', flush=True)
+
+
+def _describe(case: str, row: dict) -> str:
+  if row.get('skipped'):
+    return (f'{case}: skipped, estimated {row["estimated_call_s"]:.3g} s/call '
+            f'({row["estimate"]})')
+  return (f'{case}: {row["call_s"]:.3g} s/call (median of '
+          f'{row["timed_calls"]}), compile {row["compile_s"]:.3g} s')
+
+
+def _add_rates(entry: dict) -> None:
+  """steps/s, images/s and tokens/s of every case (estimated_*: of an
+  estimate)."""
+  batch, tokens = entry['batch'], entry['tokens_per_example']
+  for case, row in entry.items():
+    if not isinstance(row, dict) or not (
+        'call_s' in row or 'estimated_call_s' in row):
+      continue
+    seconds = row.get('call_s', row.get('estimated_call_s'))
+    prefix = 'estimated_' if row.get('skipped') else ''
+    if case == 'train':
+      row[prefix + 'steps_per_s'] = 1.0 / seconds
+    elif case.startswith('sample'):
+      row[prefix + 'images_per_s'] = batch / seconds
+    positions = 1 if case == 'decode_step' else tokens
+    row[prefix + 'tokens_per_s'] = batch * positions / seconds
+
+
+def print_table(results: dict, names: list[str]) -> None:
+  print('\nimages/s = generated token sequences/s (decoding them to pixels '
+        "is the tokenizer's cost, not included); forward / decode_step are "
+        'probes. est. = NOT measured: estimated from the probes.')
+  header = (f'{"config":<6} {"model":<8} {"case":<16} {"batch":>5} '
+            f'{"compile s":>9} {"s/call":>9} {"steps|img/s":>11} '
+            f'{"tokens/s":>10}  note')
+  print(header)
+  print('-' * len(header))
+  for name in names:
+    for kind in ('maskgit', 'gpt'):
+      entry = results.get(name, {}).get(kind)
+      if not entry:
+        continue
+      batch = entry['batch']
+      for case in ('forward', 'decode_step', 'train', 'sample',
+                   'sample_cache', 'sample_no_cache'):
+        row = entry.get(case)
+        if row is None:
+          continue
+        rate = row.get('steps_per_s', row.get('images_per_s'))
+        if row.get('skipped'):
+          est = row['estimated_call_s']
+          est_rate = row.get('estimated_steps_per_s',
+                             row.get('estimated_images_per_s'))
+          print(f'{name:<6} {kind:<8} {case:<16} {batch:>5} {"-":>9} '
+                f'{"skipped":>9} {"-":>11} {"-":>10}  est. {est:.3g} s/call '
+                f'= {est_rate:.3g} /s ({row["estimate"]})')
+          continue
+        rate_text = f'{rate:>11.3g}' if rate is not None else f'{"":>11}'
+        tokens = row.get('tokens_per_s')
+        tokens_text = f'{tokens:>10.0f}' if tokens is not None else \
+            f'{"":>10}'
+        note = f'median of {row["timed_calls"]}'
+        if 'predicted_call_s' in row:
+          note += (f'; {row["call_s"] / row["predicted_call_s"]:.2g} x the '
+                   'estimate')
+        if case == 'train' and row.get('ema_decay'):
+          note += f', EMA {row["ema_decay"]}'
+        print(f'{name:<6} {kind:<8} {case:<16} {batch:>5} '
+              f'{row["compile_s"]:>9.3g} {row["call_s"]:>9.3g} {rate_text} '
+              f'{tokens_text}  {note}')
+  sys.stdout.flush()
+
+
+def main(argv):
+  del argv
+  device = jax.devices()[0]
+  path = _default_json() if _JSON.value is None else _JSON.value
+  results = {}
+  if path and os.path.exists(path):
+    with open(path) as f:
+      results = json.load(f)
+  results.update({
+      'device': {'platform': device.platform, 'kind': device.device_kind,
+                 'count': jax.device_count(),
+                 'host': platform.processor() or platform.machine(),
+                 'cpu_count': os.cpu_count()},
+      'jax': jax.__version__,
+  })
+  for name in _CONFIGS.value:
+    if name not in CONFIGS:
+      raise app.UsageError(f'unknown config {name!r}; known: {list(CONFIGS)}')
+    entry = results.get(name, {})
+    entry.update({'dtype': _DTYPE.value,
+                  'steps': _STEPS.value,
+                  'max_seconds_per_case': _MAX_SECONDS.value,
+                  'command': ' '.join(['python'] + sys.argv)})
+    for kind in _MODELS.value:
+      entry[kind] = run_model(name, kind)
+      _add_rates(entry[kind])
+      results[name] = entry
+      if path:  # Written after each model: a long run keeps what it has.
+        if _on_cpu():
+          results['device']['peak_host_rss_bytes'] = (
+              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, 'w') as f:
+          json.dump(results, f, indent=2)
+  print_table(results, _CONFIGS.value)
+  if path:
+    print(f'\nwrote {path}')
+
+
+if __name__ == '__main__':
+  app.run(main)

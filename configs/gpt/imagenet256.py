@@ -1,0 +1,63 @@
+"""Class-conditional GPT on ImageNet 256x256 (taming-transformers, Esser et
+al. 2021: 'cond_transformer' with a class token).
+
+Tokens: the taming VQGAN f=16 (configs/vqgan/taming_f16.py, 1024 codes,
+16x16) trained in workdirs/vqgan_taming_f16. Transformer: 24 layers, 16
+heads, width 1536 (taming's ImageNet class-conditional model); Adam (0.9,
+0.95), lr 4.5e-6 x batch. Sampling: temperature 1.0, top-k 600, KV cache.
+
+  python main.py --config=configs/gpt/imagenet256.py --workdir=... --mode=tokenize
+  python main.py --config=configs/gpt/imagenet256.py --workdir=...
+  python main.py --config=configs/gpt/imagenet256.py --workdir=... --mode=sample
+"""
+
+from vqlab import data
+from vqlab import generators
+from vqlab.train import experiment
+from vqlab.train.tasks import generator
+
+
+def model_config():
+  """The paper's transformer (also used by benchmarks/generators.py)."""
+  model = generators.default_config('gpt')
+  model.vocab_size = 1024
+  model.length = 256
+  model.width = 1536
+  model.num_layers = 24
+  model.num_heads = 16
+  model.mlp_dim = 4 * 1536
+  model.dropout_rate = 0.0
+  model.condition = 'class'
+  model.num_classes = 1000
+  return model
+
+
+def get_config():
+  config = experiment.base_config()
+  config.update(generator.default_config())
+  config.compute_dtype = 'bfloat16'
+  config.tokenizer.workdir = 'workdirs/vqgan_taming_f16'
+  config.data = data.default_config('tfds')
+  config.data.tfds_name = 'imagenet2012'
+  config.data.image_size = 256
+  config.tokens.batch_size = 256
+  config.tokens.batches_per_shard = 100
+
+  config.model = model_config()
+  config.loss.label_drop = 0.0            # Taming trains no null class.
+
+  config.train.batch_size = 64
+  config.optimizer.learning_rate = 4.5e-6 * 64
+  config.optimizer.b1 = 0.9
+  config.optimizer.b2 = 0.95
+  config.train.num_steps = 1_000_000
+  config.train.log_every = 100
+  config.train.eval_every = 20_000
+  config.train.checkpoint_every = 5_000
+  config.eval.batch_size = 64
+
+  config.sample.temperature = 1.0
+  config.sample.top_k = 600
+  config.sample.batch_size = 64
+  config.sample.num_samples = 50_000
+  return config

@@ -1,0 +1,66 @@
+"""Class-conditional MaskGIT on ImageNet 256x256 (Chang et al. 2022).
+
+Tokens: the MaskGIT VQGAN (configs/vqgan/maskgit_f16.py, 1024 codes, 16x16)
+trained in workdirs/vqgan_maskgit_f16. Transformer: 24 layers, 16 heads,
+width 768, MLP 3072, dropout 0.1; AdamW (0.9, 0.96), lr 1e-4, weight decay
+0.045, label smoothing 0.1, batch 256, 300 epochs. Decoding: 8 steps, cosine
+schedule, choice temperature 4.5. Label dropout 0.1 trains the null class
+for classifier-free guidance (`sample.guidance_scale`).
+
+  python main.py --config=configs/maskgit/imagenet256.py --workdir=... --mode=tokenize
+  python main.py --config=configs/maskgit/imagenet256.py --workdir=...
+  python main.py --config=configs/maskgit/imagenet256.py --workdir=... --mode=sample \
+      --config.sample.num_samples=50000 --config.eval.fid_reference=VIRTUAL_imagenet256_labeled.npz
+"""
+
+from vqlab import data
+from vqlab.train import experiment
+from vqlab.train.tasks import generator
+
+
+def model_config():
+  """The paper's transformer (also used by benchmarks/generators.py)."""
+  model = generator.default_config().model
+  model.vocab_size = 1024
+  model.token_shape = (16, 16)
+  model.num_classes = 1000
+  model.width = 768
+  model.num_layers = 24
+  model.num_heads = 16
+  model.mlp_dim = 3072
+  model.dropout_rate = 0.1
+  return model
+
+
+def get_config():
+  config = experiment.base_config()
+  config.update(generator.default_config())
+  config.compute_dtype = 'bfloat16'
+  config.tokenizer.workdir = 'workdirs/vqgan_maskgit_f16'
+  config.data = data.default_config('tfds')
+  config.data.tfds_name = 'imagenet2012'
+  config.data.image_size = 256
+  config.tokens.batch_size = 256
+  config.tokens.batches_per_shard = 100
+
+  config.model = model_config()
+  config.loss.label_smoothing = 0.1
+  config.loss.label_drop = 0.1
+
+  config.optimizer.learning_rate = 1e-4
+  config.optimizer.weight_decay = 0.045
+  config.optimizer.warmup_steps = 5000
+  config.optimizer.schedule = 'cosine'
+  config.train.batch_size = 256
+  config.train.num_steps = 1_500_000      # ~300 epochs of 1.28M images.
+  config.train.log_every = 100
+  config.train.eval_every = 20_000
+  config.train.checkpoint_every = 5_000
+  config.eval.batch_size = 256
+  config.ema.decay = 0.9999
+
+  config.sample.num_steps = 8
+  config.sample.choice_temperature = 4.5
+  config.sample.batch_size = 256
+  config.sample.num_samples = 50_000
+  return config

@@ -1,0 +1,200 @@
+"""Stage 2 end to end: tokenize a dataset with a tokenizer run, train MaskGIT
+and GPT on the shards (or on the fly), sample and decode to images.
+
+Runs on 2 of the 8 test devices (sharded batches, cheap compiles).
+"""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from vqlab import data as data_lib
+from vqlab.data import token_shards
+from vqlab.errors import CheckpointError
+from vqlab.errors import ConfigError
+from vqlab.train import loop
+from vqlab.train import pretokenize
+from vqlab.train import sampling
+from vqlab.train import trained_tokenizer
+from tests import tiny
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _devices():
+  return jax.devices()[:2]
+
+
+@pytest.fixture(scope='module')
+def tokenizer_dir(tmp_path_factory):
+  return tiny.tokenizer_run(str(tmp_path_factory.mktemp('tokenizer')),
+                            _devices())
+
+
+@pytest.fixture(scope='module')
+def shards(tokenizer_dir, tmp_path_factory):
+  """A generator workdir whose tokens/ was written by --mode=tokenize."""
+  workdir = str(tmp_path_factory.mktemp('generator'))
+  config = tiny.generator_config(tokenizer_dir)
+  summary = pretokenize.tokenize(config, workdir, devices=_devices())
+  return workdir, summary
+
+
+def _split_files(directory, split):
+  return sorted(glob.glob(os.path.join(directory, split, 'shard-*')))
+
+
+def test_tokenize_writes_the_tokenizers_indices_with_metadata(
+    tokenizer_dir, shards):
+  workdir, summary = shards
+  directory = summary['tokens_dir']
+  assert summary['train_examples'] == 40 and summary['shards_written'] == 6  # 3 + 3
+  arrays, metadata = token_shards.load_split(directory, 'eval')
+  assert metadata['tokenizer']['step'] == 1
+  assert metadata['tokenizer']['workdir'] == os.path.abspath(tokenizer_dir)
+  assert metadata['token_shape'] == [8, 8] and metadata['vocab_size'] == 32
+  assert metadata['splits']['eval']['complete']
+  # The eval tokens are exactly the tokenizer's indices of the eval images,
+  # in order, padding dropped.
+  config = tiny.generator_config(tokenizer_dir)
+  tok = trained_tokenizer.load(tokenizer_dir)
+  source = data_lib.build(config.data, split='eval', global_batch_size=8)
+  images = np.concatenate([b['image'][b['mask']] for b in source.batches()])
+  expected = np.asarray(tok.encode(tok.variables, images))
+  assert arrays['tokens'].dtype == np.int32
+  np.testing.assert_array_equal(arrays['tokens'], expected)
+  train, _ = token_shards.load_split(directory, 'train')
+  assert train['tokens'].shape == (40, 8, 8)
+  assert 0 <= train['tokens'].min() and train['tokens'].max() < 32
+  del workdir
+
+
+def test_tokenize_resumes_only_missing_shards_and_ignores_partial_files(
+    tokenizer_dir, shards, tmp_path):
+  _, summary = shards
+  directory = str(tmp_path / 'tokens')
+  shutil.copytree(summary['tokens_dir'], directory)
+  before = {p: open(p, 'rb').read() for p in _split_files(directory, 'train')}
+  # A crash while writing shard 1: its file is gone, a partial .tmp remains
+  # and the split is not marked complete.
+  victim = _split_files(directory, 'train')[1]
+  os.remove(victim)
+  with open(victim + '.tmp', 'wb') as f:
+    f.write(b'half a shard')
+  metadata = token_shards.read_metadata(directory)
+  metadata['splits']['train']['complete'] = False
+  token_shards.write_metadata(directory, metadata)
+  with pytest.raises(ValueError, match='incomplete: run main.py --mode=tokenize'):
+    token_shards.load_split(directory, 'train')
+
+  config = tiny.generator_config(tokenizer_dir)
+  config.tokens.dir = directory
+  again = pretokenize.tokenize(config, str(tmp_path), devices=_devices())
+  assert again['shards_written'] == 1
+  after = {p: open(p, 'rb').read() for p in _split_files(directory, 'train')}
+  assert after == before  # Regenerated bit-identically.
+  token_shards.load_split(directory, 'train')
+
+  config.tokens.batch_size = 4  # Another stream: the old shards don't fit.
+  with pytest.raises(ConfigError, match='tokens.dir.*batch_size'):
+    pretokenize.tokenize(config, str(tmp_path), devices=_devices())
+
+
+def _train(tokenizer_dir, shards, workdir, model, steps):
+  shutil.copytree(shards[1]['tokens_dir'], os.path.join(workdir, 'tokens'))
+  config = tiny.generator_config(tokenizer_dir, model, steps=steps)
+  config.optimizer.learning_rate = 3e-3
+  losses = []
+  result = loop.train_and_evaluate(
+      config, workdir, devices=_devices(),
+      step_callback=lambda step, m: losses.append(float(m['loss'])))
+  assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.1, losses
+  assert np.isfinite(result['loss']) and 0 <= result['accuracy'] <= 1
+  # The eval picture shows decoded samples: 2 rows of 4 16x16 images.
+  grid, = glob.glob(os.path.join(workdir, 'images', 'eval_samples_*.png'))
+  assert np.asarray(Image.open(grid)).shape == (38, 74, 3)
+  return config
+
+
+def test_maskgit_trains_on_shards_and_samples_decode_to_images(
+    tokenizer_dir, shards, tmp_path):
+  config = _train(tokenizer_dir, shards, str(tmp_path), 'maskgit', 25)
+  sampled = sampling.sample(config, str(tmp_path), devices=_devices())
+  assert sampled['step'] == 25 and sampled['num_samples'] == 6
+  grids = sorted(glob.glob(os.path.join(sampled['samples_dir'], '*.png')))
+  assert len(grids) == 2  # ceil(6 / 4) batches.
+  first = np.asarray(Image.open(grids[0]))
+  assert first.shape == (38, 38, 3) and first.std() > 0  # 2 x 2 samples.
+
+
+def test_gpt_trains_on_shards_and_samples_decode_to_images(
+    tokenizer_dir, shards, tmp_path):
+  _train(tokenizer_dir, shards, str(tmp_path), 'gpt', 25)
+
+
+def test_on_the_fly_tokens_give_the_same_eval_loss_as_shards(
+    tokenizer_dir, shards, tmp_path):
+  workdir, summary = shards
+  config = tiny.generator_config(tokenizer_dir)
+  config.tokens.source = 'on_the_fly'
+  exp = loop.Experiment(config, str(tmp_path), _devices())
+  assert 'image' in next(exp.train_data.batches())
+  state, _ = exp.initial_state()
+  on_the_fly, _ = exp.evaluate(state)
+  # The eval split's shards hold the same examples in the same order.
+  tokens, _ = token_shards.load_split(summary['tokens_dir'], 'eval')
+  batch = {'tokens': tokens['tokens'][:8], 'mask': np.ones(8, bool)}
+  outputs, _ = jax.jit(exp.task.eval_step)(state, batch)
+  images = exp.global_batch(next(exp.eval_data.batches()))
+  expected, _ = exp.eval_step(state, images)  # Compiled by evaluate().
+  np.testing.assert_allclose(outputs['sums']['loss'], expected['sums']['loss'],
+                             rtol=1e-6)
+  assert on_the_fly['num_examples'] == 16 and np.isfinite(on_the_fly['loss'])
+  new_state, metrics = exp.train_step(
+      state, exp.global_batch(next(exp.train_data.batches())))
+  assert np.isfinite(metrics['loss']) and int(new_state.step) == 1
+  del workdir
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('vocab_size', 64, 'model.vocab_size: 64, but the tokenizer .* has 32 codes'),
+    ('token_shape', (4, 4), r'model.token_shape: \(4, 4\), but .* \(8, 8\)'),
+])
+def test_a_model_that_does_not_fit_the_tokenizer_is_a_config_error(
+    tokenizer_dir, tmp_path, key, value, message):
+  config = tiny.generator_config(tokenizer_dir)
+  config.model[key] = value
+  with pytest.raises(ConfigError, match=message):
+    pretokenize.tokenize(config, str(tmp_path), devices=_devices())
+  config = tiny.generator_config(tokenizer_dir, 'gpt')
+  config.model.length = 32
+  with pytest.raises(ConfigError, match='model.length: 32, but .* 64 tokens'):
+    loop.Experiment(config, str(tmp_path), _devices())
+
+
+def test_missing_tokens_or_tokenizer_are_one_line_errors(tokenizer_dir,
+                                                         tmp_path):
+  config = tiny.generator_config(tokenizer_dir)
+  with pytest.raises(Exception, match='no token shards .* --mode=tokenize'):
+    loop.Experiment(config, str(tmp_path), _devices())
+  config.tokenizer.workdir = str(tmp_path / 'nowhere')
+  with pytest.raises(CheckpointError, match='config.json does not exist'):
+    loop.Experiment(config, str(tmp_path), _devices())
+  # The same through main.py: one line, no traceback.
+  run = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'main.py'),
+       '--config=' + os.path.join(ROOT, 'configs', 'maskgit', 'tiny_cpu.py'),
+       f'--config.tokenizer.workdir={tmp_path / "nowhere"}',
+       f'--workdir={tmp_path / "run"}', '--mode=tokenize'],
+      capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert run.returncode == 1
+  assert run.stderr.strip().splitlines()[-1].startswith(
+      'checkpoint error: ') and 'Traceback' not in run.stderr

@@ -1,0 +1,157 @@
+"""Pre-tokenized datasets: token shards written by `main.py --mode=tokenize`.
+
+Layout of a tokens directory:
+
+  metadata.json                      tokenizer (workdir, step, config), token
+                                     shape, vocab size, per-split progress
+  <split>/shard-<i:05d>-<p:03d>.npz  shard i of process p: 'tokens' [n, *shape
+                                     (, F)] (uint16 when the vocab fits, else
+                                     int32), plus the data's other per-example
+                                     arrays ('label' int32 [n], 'caption', ...)
+
+Shard i holds global batches [i k, (i + 1) k) of the split's stream (k =
+`batches_per_shard`). Files are written under a temporary name and renamed, so
+a shard file that exists is complete; a split is usable once metadata marks
+it complete. Readers load every shard of a split into memory (ImageNet at
+16x16 tokens: 0.7 GB as uint16).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from vqlab.data import base
+
+FORMAT_VERSION = 1
+METADATA = 'metadata.json'
+TOKENS = 'tokens'
+
+
+def shard_path(directory: str, split: str, shard: int, process: int) -> str:
+  return os.path.join(directory, split, f'shard-{shard:05d}-{process:03d}.npz')
+
+
+def write_atomically(path: str, write) -> None:
+  """Calls write(file object) on `path + '.tmp'`, then renames to `path`."""
+  tmp = f'{path}.tmp'
+  with open(tmp, 'wb') as f:
+    write(f)
+  os.replace(tmp, path)
+
+
+def write_metadata(directory: str, metadata: dict[str, Any]) -> None:
+  data = json.dumps(metadata, indent=2).encode()
+  write_atomically(os.path.join(directory, METADATA), lambda f: f.write(data))
+
+
+def read_metadata(directory: str) -> dict[str, Any] | None:
+  """The tokens directory's metadata, or None when there is none yet.
+
+  Raises:
+    ValueError: the file exists but is unreadable or of another format.
+  """
+  path = os.path.join(directory, METADATA)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      metadata = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f'{path} is corrupt ({e}); delete the tokens directory '
+                     'and run --mode=tokenize again') from e
+  if metadata.get('format') != FORMAT_VERSION:
+    raise ValueError(f'{path}: token format {metadata.get("format")}, this '
+                     f'vqlab reads format {FORMAT_VERSION}')
+  return metadata
+
+
+def write_shard(path: str, arrays: dict[str, np.ndarray],
+                vocab_size: int) -> None:
+  """Writes one shard atomically; tokens are stored as uint16 when they fit."""
+  arrays = dict(arrays)
+  if vocab_size <= np.iinfo(np.uint16).max + 1:
+    arrays[TOKENS] = arrays[TOKENS].astype(np.uint16)
+  write_atomically(path, lambda f: np.savez(f, **arrays))
+
+
+def load_split(directory: str, split: str) -> tuple[dict[str, np.ndarray],
+                                                    dict[str, Any]]:
+  """All examples of a complete split -> ({key: [N, ...]}, metadata).
+
+  Tokens come back as int32.
+
+  Raises:
+    ValueError: no tokens there, an unfinished split, or a corrupt shard.
+  """
+  base.check_split(split)
+  metadata = read_metadata(directory)
+  if metadata is None:
+    raise ValueError(f'no token shards in {directory!r}: run main.py '
+                     '--mode=tokenize with this config first')
+  info = metadata['splits'].get(split)
+  if not info or not info.get('complete'):
+    raise ValueError(f'the {split} tokens in {directory!r} are incomplete: '
+                     'run main.py --mode=tokenize again to finish them')
+  paths = sorted(glob.glob(os.path.join(directory, split, 'shard-*.npz')))
+  if len(paths) != info['num_files']:
+    raise ValueError(f'{directory}/{split}: {len(paths)} shard files, the '
+                     f'metadata lists {info["num_files"]}')
+  parts: dict[str, list[np.ndarray]] = {}
+  for path in paths:
+    try:
+      with np.load(path) as shard:
+        for key in shard.files:
+          parts.setdefault(key, []).append(shard[key])
+    except (OSError, ValueError) as e:
+      raise ValueError(f'token shard {path} is corrupt ({e}); delete it and '
+                       'run --mode=tokenize again') from e
+  arrays = {k: np.concatenate(v) for k, v in parts.items()}
+  arrays[TOKENS] = arrays[TOKENS].astype(np.int32)
+  if len(arrays[TOKENS]) != info['num_examples']:
+    raise ValueError(f'{directory}/{split}: {len(arrays[TOKENS])} examples in '
+                     f'the shards, the metadata lists {info["num_examples"]}')
+  return arrays, metadata
+
+
+class TokenSource:
+  """A DataSource over a split's tokens.
+
+  Train: infinite, a seeded permutation per epoch. Eval: one ordered pass,
+  padded, with 'mask'. Batches: 'tokens' int32 [b, *shape(, F)], 'label'
+  int32 [b] when the data had labels, and whatever else the shards hold.
+  """
+
+  def __init__(self, directory: str, split: str, *, global_batch_size: int,
+               process_index: int = 0, process_count: int = 1, seed: int = 0):
+    self.arrays, self.metadata = load_split(directory, split)
+    num = len(self.arrays[TOKENS])
+    b = base.host_batch_size(global_batch_size, process_index, process_count)
+    get = lambda idx: {k: v[idx] for k, v in self.arrays.items()}
+    shapes = dict(image_shape=tuple(self.metadata['input_shape'][-3:]),
+                  num_classes=self.metadata.get('num_classes'))
+    if split == 'train':
+      order = base.EpochPermutation(num, seed)
+      self._source = base.NumpyTrainSource(
+          lambda step, rows: get(order(step * global_batch_size + rows)),
+          per_host_batch_size=b, process_index=process_index,
+          num_examples=num, **shapes)
+    else:
+      self._source = base.NumpyEvalSource(
+          get, num_examples=num, global_batch_size=global_batch_size,
+          per_host_batch_size=b, process_index=process_index, **shapes)
+    self.per_host_batch_size = b
+    self.num_examples = num
+    self.image_shape = shapes['image_shape']
+    self.video_shape = None
+    self.num_classes = shapes['num_classes']
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def batches(self, start_step: int = 0):
+    return self._source.batches(start_step)

@@ -1,0 +1,347 @@
+"""TiTok (Yu et al. 2024, "An Image is Worth 32 Tokens"): a ViT tokenizer of
+images into a 1D sequence of K tokens, independent of the image size.
+
+Encoder: patches (f = patch_size) + grid position embeddings, then K learned
+latent tokens (+ their own position embeddings), LayerNorm, pre-LN ViT; the K
+latent outputs are projected to the quantizer's code_dim and quantized.
+Decoder: quantized tokens -> Dense to the decoder width (+ latent position
+embeddings), then (H/f)(W/f) copies of a learned mask token (+ grid position
+embeddings), LayerNorm, ViT; the mask positions are read back as
+[B, H/f, W/f, width] features and the output head makes
+  'pixels':      a Dense to f*f*C per position, unpatchified to [B, H, W, C]
+                 (`to_pixels`, the "last layer" of the adaptive GAN weight);
+  'proxy_codes': logits [B, H/f, W/f, proxy_codebook_size] over the codes of
+                 a 2D VQGAN (`to_proxy_logits`; stage 1 of the paper).
+
+Parameter tree: {'encoder', 'quantizer' (only for quantizers with params),
+'decoder', 'to_pixels' | 'to_proxy_logits'}; stage 2 of the paper freezes
+'encoder' and 'quantizer' and trains 'decoder' and a fresh 'to_pixels'.
+The paper's encoder also carries a CLIP-style class token; it is left out
+(the latent tokens already summarize the image).
+"""
+
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from vqlab import quantizers
+from vqlab.errors import ConfigError
+from vqlab.nn import vit
+from vqlab.nn.transformer import Transformer
+from vqlab.quantizers import base as quantizer_base
+from vqlab.tokenizers import checks
+
+DECODER_OUTPUTS = ('pixels', 'proxy_codes')
+MODEL_SIZES = ('tiny', 'S', 'B', 'L')
+
+
+class ViTSize(NamedTuple):
+  """Width, depth, heads and MLP width of one ViT."""
+  width: int
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+
+
+# The paper's encoder and decoder sizes (ViT-S/B/L); 'tiny' reads the config.
+PAPER_SIZES = {'S': ViTSize(512, 8, 8, 2048), 'B': ViTSize(768, 12, 12, 3072),
+               'L': ViTSize(1024, 24, 16, 4096)}
+
+
+def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+  return (int(size), int(size)) if isinstance(size, int) else (
+      int(size[0]), int(size[1]))
+
+
+def _vit(size: ViTSize, dropout_rate: float, dtype: Any) -> Transformer:
+  return Transformer(size.num_layers, size.num_heads, size.mlp_dim,
+                     dropout_rate, dtype=dtype, name='transformer')
+
+
+class TiTokEncoder(nn.Module):
+  """x: [B, H, W, C] -> latents [B, K, out_dim] (before quantization)."""
+  patch_size: int
+  size: ViTSize
+  num_latent_tokens: int
+  out_dim: int
+  init_grid: tuple[int, int]
+  dropout_rate: float
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    k, width = self.num_latent_tokens, self.size.width
+    grid = (x.shape[1] // self.patch_size, x.shape[2] // self.patch_size)
+    patches = vit.PatchEmbed(self.patch_size, width, self.dtype,
+                             name='patch_embed')(x)
+    patches = vit.GridPositionEmbedding(self.init_grid, name='grid_position')(
+        patches, grid)
+    latents = self.param('latent_tokens', vit.POSITION_INIT, (k, width))
+    latents = jnp.broadcast_to(latents.astype(self.dtype),
+                               (x.shape[0], k, width))
+    latents = vit.TokenPositionEmbedding(k, name='latent_position')(latents)
+    h = jnp.concatenate([patches, latents], axis=1)
+    h = nn.LayerNorm(dtype=self.dtype, name='norm_pre')(h)
+    h = _vit(self.size, self.dropout_rate, self.dtype)(h, train=train)
+    return nn.Dense(self.out_dim, dtype=self.dtype, name='to_code')(h[:, -k:])
+
+
+class TiTokDecoder(nn.Module):
+  """Quantized tokens [B, K, d], grid (h, w) -> features [B, h, w, width]."""
+  size: ViTSize
+  num_latent_tokens: int
+  init_grid: tuple[int, int]
+  dropout_rate: float
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, quantized: jax.Array, grid: tuple[int, int], *,
+               train: bool) -> jax.Array:
+    width, batch = self.size.width, quantized.shape[0]
+    z = nn.Dense(width, dtype=self.dtype, name='from_code')(quantized)
+    z = vit.TokenPositionEmbedding(self.num_latent_tokens,
+                                   name='latent_position')(z)
+    mask = self.param('mask_token', vit.POSITION_INIT, (width,))
+    mask = jnp.broadcast_to(mask.astype(self.dtype),
+                            (batch, grid[0] * grid[1], width))
+    mask = vit.GridPositionEmbedding(self.init_grid, name='grid_position')(
+        mask, grid)
+    h = jnp.concatenate([mask, z], axis=1)
+    h = nn.LayerNorm(dtype=self.dtype, name='norm_pre')(h)
+    h = _vit(self.size, self.dropout_rate, self.dtype)(h, train=train)
+    return h[:, :grid[0] * grid[1]].reshape(batch, *grid, width)
+
+
+class TiTok(nn.Module):
+  """1D image tokenizer: images [B, H, W, C] in [-1, 1] <-> tokens [B, K].
+
+  Any H, W divisible by patch_size f encode to K tokens; decoding needs the
+  output grid (H/f, W/f), by default image_size // f (`grid_size` argument).
+
+  Attributes:
+    quantizer: any module from `vqlab.quantizers.build`.
+    in_channels: image channels C.
+    image_size: training resolution (int or (H, W)): the grid the position
+      embeddings are made for and the default decoding grid.
+    patch_size: f.
+    num_latent_tokens: K.
+    encoder_size, decoder_size: the two ViTs.
+    decoder_output: 'pixels' or 'proxy_codes' (see the module docstring).
+    proxy_codebook_size: codes of the proxy tokenizer ('proxy_codes').
+    dropout_rate: dropout inside both transformers.
+    dtype: compute dtype (parameters stay float32).
+  """
+  quantizer: nn.Module
+  in_channels: int = 3
+  image_size: Any = 256
+  patch_size: int = 16
+  num_latent_tokens: int = 32
+  encoder_size: ViTSize = PAPER_SIZES['B']
+  decoder_size: ViTSize = PAPER_SIZES['B']
+  decoder_output: str = 'pixels'
+  proxy_codebook_size: int = 1024
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  LAST_LAYER = 'to_pixels'  # Params of the layer the adaptive GAN weight uses.
+
+  @property
+  def downsample_factor(self) -> int:
+    """The patch size f (H, W must be divisible by it)."""
+    return self.patch_size
+
+  @property
+  def grid_size(self) -> tuple[int, int]:
+    """Default decoding grid (H/f, W/f) of `image_size`."""
+    height, width = _pair(self.image_size)
+    return height // self.patch_size, width // self.patch_size
+
+  def setup(self):
+    if self.decoder_output not in DECODER_OUTPUTS:
+      raise ValueError(f'TiTok: decoder_output must be one of '
+                       f'{DECODER_OUTPUTS}, got {self.decoder_output!r}')
+    shared = dict(num_latent_tokens=self.num_latent_tokens,
+                  init_grid=self.grid_size, dropout_rate=self.dropout_rate,
+                  dtype=self.dtype)
+    self.encoder = TiTokEncoder(
+        patch_size=self.patch_size, size=ViTSize(*self.encoder_size),
+        out_dim=self.quantizer.code_dim, **shared)
+    self.decoder = TiTokDecoder(size=ViTSize(*self.decoder_size), **shared)
+    if self.decoder_output == 'pixels':
+      self.to_pixels = nn.Dense(self.patch_size**2 * self.in_channels,
+                                dtype=self.dtype)
+    else:
+      self.to_proxy_logits = nn.Dense(self.proxy_codebook_size,
+                                      dtype=self.dtype)
+
+  def _grid(self, grid_size) -> tuple[int, int]:
+    grid = self.grid_size if grid_size is None else _pair(grid_size)
+    if min(grid) < 1:
+      raise ValueError(f'TiTok: grid_size must be positive, got {grid}')
+    return grid
+
+  def encode(self, x: jax.Array, *, train: bool = False):
+    """x: [B, H, W, C] -> (indices int32 [B, K] (plus [..., n_factors] for
+    factorized codes), QuantizerOutput over [B, K])."""
+    checks.check_images(x, self.in_channels, self.patch_size,
+                        f'TiTok (patch_size {self.patch_size})')
+    if x.shape[1] == 0 or x.shape[2] == 0:
+      raise ValueError(f'TiTok: empty image {tuple(x.shape)}')
+    z = self.encoder(x.astype(self.dtype), train=train)
+    out = self.quantizer(z.astype(jnp.float32), train=train)
+    return out.indices, out
+
+  def decoder_features(self, quantized: jax.Array, *, grid_size=None,
+                       train: bool = False) -> jax.Array:
+    """Quantized tokens [B, K, d] -> features [B, h, w, decoder width] for the
+    grid (h, w) = grid_size (int or pair; default image_size // f)."""
+    k, d = self.num_latent_tokens, self.quantizer.code_dim
+    if quantized.ndim != 3 or quantized.shape[1:] != (k, d):
+      raise ValueError(f'TiTok: quantized tokens must have shape [B, {k}, {d}]'
+                       f', got {tuple(quantized.shape)}')
+    return self.decoder(quantized.astype(self.dtype), self._grid(grid_size),
+                        train=train)
+
+  def last_layer(self, features: jax.Array) -> jax.Array:
+    """'pixels' mode: features [B, h, w, width] -> images [B, h f, w f, C]
+    (float32)."""
+    if self.decoder_output != 'pixels':
+      raise ValueError("TiTok.last_layer: only decoder_output='pixels' has a "
+                       f'pixel layer, this model has {self.decoder_output!r}')
+    patches = self.to_pixels(features).astype(jnp.float32)
+    return vit.unpatchify(patches, self.patch_size, self.in_channels)
+
+  def output_head(self, features: jax.Array) -> jax.Array:
+    """Features [B, h, w, width] -> images [B, h f, w f, C] ('pixels') or
+    proxy-code logits [B, h, w, proxy_codebook_size] ('proxy_codes'), float32.
+    """
+    if self.decoder_output == 'pixels':
+      return self.last_layer(features)
+    return self.to_proxy_logits(features).astype(jnp.float32)
+
+  def decode(self, quantized: jax.Array, *, grid_size=None,
+             train: bool = False) -> jax.Array:
+    """Quantized tokens [B, K, d] -> images [B, h f, w f, C] ('pixels') or
+    logits [B, h, w, proxy_codebook_size] ('proxy_codes'); (h, w) as in
+    `decoder_features`."""
+    return self.output_head(self.decoder_features(
+        quantized, grid_size=grid_size, train=train))
+
+  def decode_logits(self, quantized: jax.Array, *, grid_size=None,
+                    train: bool = False) -> jax.Array:
+    """'proxy_codes' mode: quantized [B, K, d] -> logits [B, h, w, K_proxy]."""
+    if self.decoder_output != 'proxy_codes':
+      raise ValueError("TiTok.decode_logits: needs decoder_output="
+                       f"'proxy_codes', this model has {self.decoder_output!r}")
+    return self.decode(quantized, grid_size=grid_size, train=train)
+
+  def decode_indices(self, indices: jax.Array, *, grid_size=None) -> jax.Array:
+    """Tokens int [B, K] ([B, K, n_factors] for factorized codes) -> what
+    `decode` returns (images in about [-1, 1] for 'pixels')."""
+    checks.check_token_grid(
+        indices, 2 + quantizer_base.num_index_axes(self.quantizer),
+        'TiTok.decode_indices')
+    if indices.shape[1] != self.num_latent_tokens:
+      raise ValueError(f'TiTok.decode_indices: expected '
+                       f'{self.num_latent_tokens} tokens per image, got shape '
+                       f'{tuple(indices.shape)}')
+    return self.decode(self.quantizer.indices_to_codes(indices),
+                       grid_size=grid_size)
+
+  def forward_with_features(self, x: jax.Array, *, train: bool = False):
+    """Like __call__, also returning the decoder features [B, H/f, W/f,
+    width] (the last layer's input): (output, QuantizerOutput, features)."""
+    _, out = self.encode(x, train=train)
+    grid = (x.shape[1] // self.patch_size, x.shape[2] // self.patch_size)
+    features = self.decoder_features(out.quantized, grid_size=grid,
+                                     train=train)
+    return self.output_head(features), out, features
+
+  def __call__(self, x: jax.Array, *, train: bool = False):
+    """x: [B, H, W, C] -> (reconstruction [B, H, W, C] or proxy logits
+    [B, H/f, W/f, K_proxy], QuantizerOutput); decodes on x's own grid."""
+    output, out, _ = self.forward_with_features(x, train=train)
+    return output, out
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """A tiny TiTok that runs on CPU. The paper: image_size=256, patch_size=16,
+  num_latent_tokens=32 (L), 64 (B) or 128 (S) with model_size 'L', 'B', 'S',
+  a vq quantizer of 4096 l2-normalized 12-dim codes and, in stage 1,
+  decoder_output='proxy_codes' over a 1024-code MaskGIT VQGAN."""
+  config = ml_collections.ConfigDict()
+  config.in_channels = 3          # Image channels.
+  config.image_size = 32          # Training size: position-embedding grid and
+                                  # default decoding grid image_size / f.
+  config.patch_size = 8           # f; images need H, W divisible by it.
+  config.num_latent_tokens = 8    # K: tokens per image (paper: 32/64/128).
+  config.model_size = 'tiny'      # 'S', 'B', 'L': the paper's ViTs for both
+                                  # encoder and decoder (S: 512 wide, 8 layers,
+                                  # 8 heads; B: 768, 12, 12; L: 1024, 24, 16;
+                                  # mlp 4x); 'tiny': the two sections below.
+  config.encoder = ml_collections.ConfigDict()
+  config.encoder.width = 32       # Token width ('tiny' only).
+  config.encoder.num_layers = 2   # Transformer blocks ('tiny' only).
+  config.encoder.num_heads = 2    # Attention heads ('tiny' only).
+  config.encoder.mlp_dim = 64     # MLP hidden width ('tiny' only).
+  config.decoder = ml_collections.ConfigDict(config.encoder.to_dict())
+  config.dropout_rate = 0.0       # Dropout inside both transformers.
+  config.decoder_output = 'pixels'  # 'pixels' or 'proxy_codes' (stage 1).
+  config.proxy_codebook_size = 1024  # Codes of the proxy VQGAN (proxy_codes).
+  quantizer = quantizers.default_config('vq')  # Any registered quantizer.
+  quantizer.codebook_size = 256   # Paper: 4096.
+  quantizer.embedding_dim = 12    # Paper: 12.
+  quantizer.l2_normalize = True   # Paper: cosine lookup.
+  config.quantizer = quantizer
+  return config
+
+
+def _size(config: ml_collections.ConfigDict, which: str,
+          prefix: str) -> ViTSize:
+  if config.model_size != 'tiny':
+    return PAPER_SIZES[config.model_size]
+  section = config[which]
+  size = ViTSize(section.width, section.num_layers, section.num_heads,
+                 section.mlp_dim)
+  for key, value in size._asdict().items():
+    if value < 1:
+      raise ConfigError(f'{prefix}.{which}.{key}', f'must be >= 1, got {value}')
+  if size.width % size.num_heads:
+    raise ConfigError(f'{prefix}.{which}.num_heads',
+                      f'{size.num_heads} does not divide width {size.width}')
+  return size
+
+
+def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
+          prefix: str = 'model') -> TiTok:
+  """Builds a TiTok (and its quantizer) from a validated config."""
+  if config.model_size not in MODEL_SIZES:
+    raise ConfigError(f'{prefix}.model_size',
+                      f'must be one of {", ".join(MODEL_SIZES)}, got '
+                      f'{config.model_size!r}')
+  if config.decoder_output not in DECODER_OUTPUTS:
+    raise ConfigError(f'{prefix}.decoder_output',
+                      f'must be one of {", ".join(DECODER_OUTPUTS)}, got '
+                      f'{config.decoder_output!r}')
+  for key in ('patch_size', 'num_latent_tokens', 'proxy_codebook_size',
+              'in_channels'):
+    if config[key] < 1:
+      raise ConfigError(f'{prefix}.{key}', f'must be >= 1, got {config[key]}')
+  if config.image_size < config.patch_size or \
+      config.image_size % config.patch_size:
+    raise ConfigError(f'{prefix}.image_size',
+                      f'{config.image_size} is not a positive multiple of '
+                      f'patch_size {config.patch_size}')
+  encoder_size = _size(config, 'encoder', prefix)
+  decoder_size = _size(config, 'decoder', prefix)
+  quantizer = quantizers.build(config.quantizer, prefix=f'{prefix}.quantizer')
+  return TiTok(quantizer=quantizer, in_channels=config.in_channels,
+               image_size=config.image_size, patch_size=config.patch_size,
+               num_latent_tokens=config.num_latent_tokens,
+               encoder_size=encoder_size, decoder_size=decoder_size,
+               decoder_output=config.decoder_output,
+               proxy_codebook_size=config.proxy_codebook_size,
+               dropout_rate=config.dropout_rate, dtype=jnp.dtype(dtype))

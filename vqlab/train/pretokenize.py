@@ -1,0 +1,200 @@
+"""`main.py --mode=tokenize`: a trained tokenizer turns a dataset into shards.
+
+For a generator config, the tokenizer of `tokenizer.workdir` encodes the
+train and eval splits of `data` (the train split with its augmentation, one
+draw per example, `tokens.num_train_examples` of them; the eval split in
+order) into `tokens.dir` (format: `vqlab.data.token_shards`).
+
+The write is resumable: shard i holds global batches [i k, (i + 1) k) of the
+split's deterministic stream, so a rerun skips the shards on disk and
+regenerates only the missing ones, bit-identically. A shard appears under its
+final name only once complete; the split is marked complete in the metadata
+only after its last shard. Rerunning into a directory made with another
+tokenizer or data config is refused.
+"""
+
+import json
+import math
+import os
+from typing import Any
+
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+
+from vqlab import data as data_lib
+from vqlab.data import token_shards
+from vqlab.errors import ConfigError
+from vqlab.errors import DataError
+from vqlab.train import experiment
+from vqlab.train import partitioning
+from vqlab.train import progress as progress_lib
+from vqlab.train import trained_tokenizer
+from vqlab.train.tasks import generator
+
+IMAGE_KEYS = ('image', 'video', 'mask')
+
+
+def _num_examples(config, source, split: str) -> int:
+  if split == 'eval':
+    return source.num_examples
+  wanted = config.tokens.num_train_examples
+  if wanted > 0:
+    return wanted
+  if source.num_examples is None:
+    raise ConfigError('tokens.num_train_examples', f'the {config.data.name} '
+                      'train set is drawn on the fly (random crops) and has '
+                      'no size: set how many examples to tokenize')
+  return source.num_examples
+
+
+def _check_resume(old: dict[str, Any], new: dict[str, Any],
+                  directory: str) -> None:
+  """ConfigError unless the shards on disk were made like the new ones."""
+  def describe(metadata, key):
+    if key == 'tokenizer':
+      return f'{metadata[key]["workdir"]} at step {metadata[key]["step"]}'
+    return repr(metadata[key])
+  for key in ('tokenizer', 'data', 'token_shape', 'batch_size',
+              'batches_per_shard', 'process_count'):
+    before, now = describe(old, key), describe(new, key)
+    if before != now:
+      raise ConfigError('tokens.dir', f'{directory} holds tokens made with '
+                        f'{key} {before}, this config has {now}: delete it '
+                        'or choose another tokens.dir')
+
+
+def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
+             devices: list[jax.Device] | None = None) -> dict[str, Any]:
+  """Writes the token shards of both splits; returns a summary.
+
+  Args:
+    config: a generator experiment config.
+    workdir: the generator run's directory (default home of the shards).
+    devices: devices of the mesh (default: all).
+
+  Returns:
+    {'tokens_dir', 'train_examples', 'eval_examples', 'shards_written'}.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  config = experiment.validate(config, len(devices))
+  if config.task != 'generator':
+    raise ConfigError('task', f'--mode=tokenize needs a generator config '
+                      f'(task = generator), got {config.task!r}')
+  batch_size = config.tokens.batch_size
+  if batch_size % len(devices):
+    raise ConfigError('tokens.batch_size', f'{batch_size} is not divisible by '
+                      f'the {len(devices)} devices')
+  tok = trained_tokenizer.load(config.tokenizer.workdir, config.tokenizer.step)
+  directory = generator.tokens_dir(config, workdir)
+  mesh = partitioning.make_mesh(config.mesh, devices)
+  batch_sharding = partitioning.batch_sharding(mesh)
+  replicated = partitioning.replicated(mesh)
+  variables = jax.device_put(tok.variables, replicated)
+  encode = jax.jit(tok.encode, in_shardings=(replicated, batch_sharding),
+                   out_shardings=batch_sharding)
+  process, num_processes = jax.process_index(), jax.process_count()
+
+  sources = {}
+  for split in ('train', 'eval'):
+    try:
+      sources[split] = data_lib.build(
+          config.data, split=split, global_batch_size=batch_size,
+          process_index=process, process_count=num_processes)
+    except (ValueError, FileNotFoundError) as e:
+      raise DataError(str(e)) from e
+  first = next(iter(sources['eval'].batches()))
+  key = [k for k in ('image', 'video') if k in first][0]
+  input_shape = tuple(first[key].shape[1:])
+  generator.check_model_fits(config.model, tok, input_shape)
+  metadata = {
+      'format': token_shards.FORMAT_VERSION,
+      'tokenizer': tok.metadata(),
+      'data': json.loads(config.data.to_json_best_effort()),
+      'input_key': key, 'input_shape': list(input_shape),
+      'token_shape': list(tok.token_shape(input_shape)),
+      'vocab_size': tok.vocab_size,
+      'factor_vocab_sizes': list(tok.factor_vocab_sizes),
+      'num_classes': sources['eval'].num_classes,
+      'batch_size': batch_size,
+      'batches_per_shard': config.tokens.batches_per_shard,
+      'process_count': num_processes,
+      'splits': {},
+  }
+  old = token_shards.read_metadata(directory)
+  if old is not None:
+    _check_resume(old, metadata, directory)
+    metadata['splits'] = old['splits']
+  if process == 0:
+    for split in ('train', 'eval'):
+      os.makedirs(os.path.join(directory, split), exist_ok=True)
+  multihost_utils.sync_global_devices('vqlab_tokenize_dirs')
+
+  written = 0
+  summary = {'tokens_dir': directory}
+  for split, source in sources.items():
+    num_examples = _num_examples(config, source, split)
+    num_batches = math.ceil(num_examples / batch_size)
+    per_shard = config.tokens.batches_per_shard
+    num_shards = math.ceil(num_batches / per_shard)
+    info = {'num_examples': num_examples, 'num_batches': num_batches,
+            'num_files': num_shards * num_processes, 'complete': False}
+    done = metadata['splits'].get(split)
+    if done and done.get('complete') and done['num_examples'] == num_examples:
+      summary[f'{split}_examples'] = num_examples
+      continue
+    metadata['splits'][split] = info
+    if process == 0:
+      token_shards.write_metadata(directory, metadata)
+    progress = progress_lib.Progress(0, num_batches, batch_size,
+                                     enabled=process == 0)
+    with jax.set_mesh(mesh):
+      for shard in range(num_shards):
+        path = token_shards.shard_path(directory, split, shard, process)
+        exists = multihost_utils.process_allgather(
+            np.asarray(os.path.exists(path)))
+        if np.all(exists):
+          continue
+        start = shard * per_shard
+        stop = min(start + per_shard, num_batches)
+        parts: dict[str, list[np.ndarray]] = {}
+        batches = source.batches(start)
+        for step in range(start, stop):
+          local = next(batches)
+          keep = _rows_to_keep(local, split, step, batch_size, process,
+                               num_examples)
+          images = partitioning.global_batch({key: local[key]},
+                                             batch_sharding)[key]
+          tokens = multihost_utils.global_array_to_host_local_array(
+              encode(variables, images), mesh,
+              jax.P(partitioning.BATCH_AXES))
+          parts.setdefault(token_shards.TOKENS, []).append(
+              np.asarray(tokens)[keep])
+          for name, value in local.items():
+            if name not in IMAGE_KEYS:
+              parts.setdefault(name, []).append(np.asarray(value)[keep])
+          progress.update(step + 1, {})
+        token_shards.write_shard(path, {k: np.concatenate(v)
+                                        for k, v in parts.items()},
+                                 tok.vocab_size)
+        written += 1
+    progress.close()
+    multihost_utils.sync_global_devices(f'vqlab_tokenize_{split}')
+    info['complete'] = True
+    if process == 0:
+      token_shards.write_metadata(directory, metadata)
+    summary[f'{split}_examples'] = num_examples
+  summary['shards_written'] = written
+  return summary
+
+
+def _rows_to_keep(local, split: str, step: int, batch_size: int,
+                  process: int, num_examples: int) -> np.ndarray:
+  """bool [b]: rows that are real examples (eval padding and train positions
+  past num_examples dropped)."""
+  if split == 'eval':
+    return np.asarray(local['mask'], bool)
+  b = batch_size // jax.process_count()
+  positions = step * batch_size + process * b + np.arange(b)
+  return positions < num_examples

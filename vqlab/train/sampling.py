@@ -1,0 +1,134 @@
+"""`main.py --mode=sample`: generate, decode to pixels, save and evaluate.
+
+Restores the newest checkpoint of a generator run, draws
+`sample.num_samples` samples (class-conditional models cycle through the
+classes), decodes them with the frozen tokenizer and writes
+
+  samples/step_<step>/grid_<i>.png   one PNG grid per sampling batch
+  samples/step_<step>/sample_<n>.gif one GIF per video sample (and a frame
+                                      strip per clip in the grid)
+  samples_<step>.json                 the metrics below
+
+With the Inception file present (`eval.fid` 'auto' or 'on'): the Inception
+Score of the samples and gFID against `eval.fid_reference`, or, when none is
+given, against the statistics of the `data` section's eval split (computed
+once and cached as WORKDIR/fid_stats.npz). Protocols: vqlab/evals/PROTOCOLS.md
+(ImageNet gFID: 50k samples against the ADM reference batch).
+"""
+
+import json
+import math
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from vqlab.errors import CheckpointError
+from vqlab.errors import ConfigError
+from vqlab.evals import fid
+from vqlab.evals import inception
+from vqlab.train import loop
+from vqlab.train import progress as progress_lib
+from vqlab.train import reference_stats
+from vqlab.train import writers as writers_lib
+
+
+def _reference(config, workdir: str) -> tuple[np.ndarray, np.ndarray]:
+  if config.eval.fid_reference:
+    try:
+      return fid.load_statistics(config.eval.fid_reference)
+    except (OSError, ValueError) as e:
+      raise ConfigError('eval.fid_reference', str(e)) from e
+  path = os.path.join(workdir, 'fid_stats.npz')
+  if not os.path.exists(path):
+    reference_stats.compute_reference_statistics(config, path)
+  return fid.load_statistics(path)
+
+
+def sample(config: ml_collections.ConfigDict, workdir: str, *,
+           devices: list[jax.Device] | None = None) -> dict[str, Any]:
+  """Samples from the latest checkpoint of the generator run in `workdir`.
+
+  Returns:
+    {'step', 'num_samples', 'samples_dir', and 'inception_score',
+    'inception_score_std', 'gfid' when Inception is available}.
+  """
+  exp = loop.Experiment(config, workdir, devices)
+  config, task = exp.config, exp.task
+  if not hasattr(task, 'sample_images'):
+    raise ConfigError('task', f'--mode=sample needs a generator config, got '
+                      f'task {config.task!r}')
+  restored = exp.checkpointer.restore(exp.abstract_state)
+  if restored is None:
+    raise CheckpointError(f'no checkpoint in {exp.checkpointer.directory}: '
+                          'train the generator first (--mode=train)')
+  state, step = restored
+  s = config.sample
+  devices_count = exp.mesh.devices.size
+  if s.batch_size % devices_count:
+    raise ConfigError('sample.batch_size', f'{s.batch_size} is not divisible '
+                      f'by the {devices_count} devices')
+  out_dir = os.path.join(workdir, 'samples', f'step_{step}')
+  is_chief = jax.process_index() == 0
+  if is_chief:
+    os.makedirs(out_dir, exist_ok=True)
+  use_inception = 'inception' in exp.frozen
+  if use_inception:
+    pool_and_logits = jax.jit(lambda p, x: inception.InceptionV3().apply(
+        {'params': p}, x))
+  stats = fid.FeatureStatistics()
+  score = None
+  num_batches = math.ceil(s.num_samples / s.batch_size)
+  progress = progress_lib.Progress(0, num_batches, s.batch_size,
+                                   enabled=is_chief)
+  base_rng = jax.random.key(s.seed)
+  with jax.set_mesh(exp.mesh):
+    for i in range(num_batches):
+      labels = task.sample_labels(i * s.batch_size, s.batch_size)
+      images = exp.sample_images(state, jax.random.fold_in(base_rng, i),
+                                 labels, batch_size=s.batch_size)
+      keep = min(s.batch_size, s.num_samples - i * s.batch_size)
+      host = np.asarray(jax.device_get(images))[:keep]
+      if is_chief:
+        _save(out_dir, i, host, i * s.batch_size)
+      if use_inception:
+        frames = images.reshape((-1,) + images.shape[-3:])
+        out = jax.device_get(pool_and_logits(exp.frozen['inception'], frames))
+        per = frames.shape[0] // s.batch_size  # Frames per sample.
+        if score is None:
+          score = fid.InceptionScore(num_examples=s.num_samples * per)
+        stats.update(np.asarray(out['pool'], np.float64)[:keep * per])
+        score.update(np.asarray(out['logits_unbiased'])[:keep * per])
+      progress.update(i + 1, {})
+  progress.close()
+  result = {'step': step, 'num_samples': s.num_samples,
+            'samples_dir': out_dir}
+  if use_inception:
+    mu, sigma = _reference(config, workdir)
+    result['gfid'] = fid.frechet_distance(stats.mean(), stats.covariance(),
+                                          mu, sigma)
+    result['inception_score'], result['inception_score_std'] = score.result()
+  if is_chief:
+    with open(os.path.join(workdir, f'samples_{step}.json'), 'w') as f:
+      json.dump(result, f, indent=2)
+  return result
+
+
+def _save(out_dir: str, batch_index: int, images: np.ndarray,
+          first: int) -> None:
+  """Writes one batch of decoded samples (images or videos)."""
+  path = os.path.join(out_dir, f'grid_{batch_index:04d}.png')
+  if images.ndim == 4:
+    per_row = max(1, int(math.ceil(math.sqrt(len(images)))))
+    rows = [images[r:r + per_row] for r in range(0, len(images), per_row)]
+    if len(rows[-1]) < per_row:
+      pad = np.ones((per_row - len(rows[-1]),) + images.shape[1:], np.float32)
+      rows[-1] = np.concatenate([rows[-1], pad])
+    writers_lib.save_png(path, writers_lib.image_grid(rows))
+    return
+  writers_lib.save_png(path, writers_lib.image_grid(list(images)))
+  for j, clip in enumerate(images):
+    writers_lib.save_gif(os.path.join(out_dir, f'sample_{first + j:06d}.gif'),
+                         clip)

@@ -1,0 +1,381 @@
+"""Generator training (stage 2): a token model over a trained tokenizer's codes.
+
+The tokenizer is a trained run (`tokenizer.workdir`); its weights are frozen
+and reach the steps through `frozen['tokenizer']`. Tokens come either from
+shards written by `main.py --mode=tokenize` (`tokens.source = 'shards'`) or
+from encoding each image batch inside the train step ('on_the_fly').
+
+Losses (DESIGN §4): MaskGIT, cross-entropy on the masked positions with label
+smoothing; GPT, next-token cross-entropy. Class labels are replaced by the
+null class with probability `loss.label_drop` (classifier-free guidance).
+Eval reports the same loss on the eval split (fixed masks) and shows decoded
+samples; `main.py --mode=sample` writes samples and their gFID / IS.
+"""
+
+import math
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vqlab import config_schema
+from vqlab import generators
+from vqlab.data import token_shards
+from vqlab.errors import ConfigError
+from vqlab.generators import gpt
+from vqlab.generators import mask_schedule
+from vqlab.generators import maskgit
+from vqlab.train import frozen as frozen_lib
+from vqlab.train import optimizers
+from vqlab.train import trained_tokenizer
+from vqlab.train.state import TrainState
+
+TOKEN_SOURCES = ('shards', 'on_the_fly')
+INPUT_KEYS = ('image', 'video')
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The task's own sections; `model` is any registered generator."""
+  config = ml_collections.ConfigDict()
+  config.task = 'generator'
+  config.model = generators.default_config('maskgit')
+
+  config.tokenizer = tok = ml_collections.ConfigDict()
+  tok.workdir = ''                 # --workdir of a trained tokenizer run.
+  tok.step = -1                    # Its checkpoint to use; -1: the newest.
+
+  config.tokens = tokens = ml_collections.ConfigDict()
+  tokens.source = 'shards'         # 'shards' (--mode=tokenize) or 'on_the_fly'.
+  tokens.dir = ''                  # Shards; '': <workdir>/tokens.
+  tokens.batch_size = 32           # Global batch of --mode=tokenize.
+  tokens.batches_per_shard = 64    # Batches per shard file.
+  # Train examples to tokenize; -1: one pass over a finite train set. Sets
+  # drawn on the fly (random crops) need a number: each example is one draw
+  # with the data's train augmentation.
+  tokens.num_train_examples = -1
+
+  config.loss = loss = ml_collections.ConfigDict()
+  loss.label_smoothing = 0.1       # MaskGIT targets (paper: 0.1).
+  loss.label_drop = 0.1            # P(label -> null class), for CFG.
+  loss.mask_schedule = 'cosine'    # MaskGIT: 'cosine' | 'arccos' | 'linear'.
+
+  config.sample = sample = ml_collections.ConfigDict()
+  sample.num_samples = 64          # --mode=sample: samples (gFID: 50000).
+  sample.batch_size = 16           # Global sampling batch.
+  sample.seed = 0
+  sample.temperature = 1.0         # Token sampling temperature (0: argmax).
+  sample.num_steps = 8             # MaskGIT decoding steps.
+  sample.choice_temperature = 4.5  # MaskGIT confidence noise.
+  sample.guidance_scale = 0.0      # MaskGIT classifier-free guidance w.
+  sample.guidance_schedule = 'constant'  # 'constant' | 'linear'.
+  sample.top_k = 0                 # GPT: 0 is off.
+  sample.top_p = 1.0               # GPT: 1.0 is off.
+  sample.use_cache = True          # GPT: KV cache.
+
+  config.ema = ml_collections.ConfigDict()
+  config.ema.decay = 0.0           # EMA of the params for eval/sampling.
+  config.optimizer = optimizers.default_config(1e-4, 0.9, 0.96)
+  return config
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Value checks beyond keys and types; raises ConfigError naming the key."""
+  require = config_schema.require
+  tokens, loss, sample = config.tokens, config.loss, config.sample
+  require(tokens.source in TOKEN_SOURCES, 'tokens.source',
+          f'must be one of {TOKEN_SOURCES}, got {tokens.source!r}')
+  for key in ('batch_size', 'batches_per_shard'):
+    require(tokens[key] > 0, f'tokens.{key}', f'must be > 0, got {tokens[key]}')
+  require(0 <= loss.label_smoothing < 1, 'loss.label_smoothing',
+          f'must be in [0, 1), got {loss.label_smoothing}')
+  require(0 <= loss.label_drop <= 1, 'loss.label_drop',
+          f'must be in [0, 1], got {loss.label_drop}')
+  require(loss.mask_schedule in mask_schedule.METHODS, 'loss.mask_schedule',
+          f'must be one of {mask_schedule.METHODS}')
+  require(sample.num_samples > 0, 'sample.num_samples', 'must be > 0')
+  require(sample.num_steps > 0, 'sample.num_steps', 'must be > 0')
+  require(sample.temperature >= 0, 'sample.temperature', 'must be >= 0')
+  require(sample.guidance_schedule in ('constant', 'linear'),
+          'sample.guidance_schedule', "must be 'constant' or 'linear'")
+  require(0.0 <= config.ema.decay < 1.0, 'ema.decay',
+          f'must be in [0, 1), got {config.ema.decay}')
+  train_size = config.data.get('train_image_size', 0)
+  require(train_size in (0, config.data.image_size), 'data.train_image_size',
+          f'{train_size} != data.image_size {config.data.image_size}: a '
+          'generator needs train and eval tokens of one shape (set it to 0)')
+  require(config.model.name in ('maskgit', 'gpt'), 'model.name',
+          f'the generator task trains maskgit or gpt, got {config.model.name!r}')
+
+
+def tokens_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Where the run's token shards are (tokens.dir or <workdir>/tokens)."""
+  return config.tokens.dir or os.path.join(workdir, 'tokens')
+
+
+def check_model_fits(model: ml_collections.ConfigDict,
+                     tok: trained_tokenizer.TrainedTokenizer,
+                     input_shape: tuple[int, ...]) -> tuple[int, ...]:
+  """The token shape of inputs [*input_shape]; ConfigError naming the model
+  key when the generator does not fit the tokenizer's codes."""
+  shape = tok.token_shape(input_shape)
+  where = f'the tokenizer in {tok.workdir!r} (step {tok.step})'
+  if model.vocab_size != tok.vocab_size:
+    raise ConfigError('model.vocab_size', f'{model.vocab_size}, but {where} '
+                      f'has {tok.vocab_size} codes')
+  if model.name == 'maskgit':
+    if tuple(model.factor_vocab_sizes) != tok.factor_vocab_sizes:
+      raise ConfigError('model.factor_vocab_sizes',
+                        f'{tuple(model.factor_vocab_sizes)}, but {where} '
+                        f'gives factorized codes {tok.factor_vocab_sizes}')
+    if tuple(model.token_shape) != shape:
+      raise ConfigError('model.token_shape',
+                        f'{tuple(model.token_shape)}, but {where} turns '
+                        f'the data into tokens of shape {shape}')
+  else:
+    if tok.factor_vocab_sizes:
+      raise ConfigError('model.name', 'gpt models plain indices; '
+                        f'{where} gives factorized codes: use maskgit')
+    if model.length != math.prod(shape):
+      raise ConfigError('model.length', f'{model.length}, but {where} '
+                        f'turns the data into {math.prod(shape)} tokens '
+                        f'({shape})')
+  return shape
+
+
+def _input_key(batch) -> str:
+  keys = [k for k in INPUT_KEYS if k in batch]
+  if not keys:
+    raise ValueError(f'generator task: the batch has none of {INPUT_KEYS}; '
+                     f'keys: {sorted(batch)}')
+  return keys[0]
+
+
+class GeneratorTask:
+  """Pure functions for training a registered generator on tokens."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str = ''):
+    self.config = config
+    self.workdir = workdir
+    self.model = generators.build(config.model,
+                                  dtype=jnp.dtype(config.compute_dtype))
+    self.tx = optimizers.build(config.optimizer, config.train.num_steps)
+    self.tokenizer = trained_tokenizer.load(config.tokenizer.workdir,
+                                            config.tokenizer.step)
+    self.token_shape = self._check_against_tokenizer()
+    self.num_classes = self._num_classes()
+    networks = ['inception'] if frozen_lib.wanted(
+        'inception', config.eval.fid, config.weights_dir or None) else []
+    self.frozen = {'tokenizer': self.tokenizer.variables,
+                   **frozen_lib.load(networks, config.weights_dir or None)}
+
+  # ------------------------------------------------------------ checks ---
+  def _input_shape(self) -> tuple[int, ...]:
+    if self.config.tokens.source == 'shards':
+      metadata = token_shards.read_metadata(
+          tokens_dir(self.config, self.workdir)) if self.workdir else None
+      if metadata is not None:
+        return tuple(metadata['input_shape'])
+    data = self.config.data
+    size = data.image_size
+    channels = self.tokenizer.model.in_channels
+    if 'num_frames' in data:
+      return (data.num_frames, size, size, channels)
+    return (size, size, channels)
+
+  def _check_against_tokenizer(self) -> tuple[int, ...]:
+    return check_model_fits(self.config.model, self.tokenizer,
+                            self._input_shape())
+
+  def _num_classes(self) -> int:
+    """Classes the model is conditioned on (0: unconditional)."""
+    model = self.config.model
+    if model.name == 'gpt':
+      if model.condition == 'tokens':
+        raise ConfigError('model.condition', "the generator task trains "
+                          "'none' or 'class' GPTs; spatial ('tokens') "
+                          'conditioning is a model feature (vqlab.generators.'
+                          'gpt) without a data pipeline yet')
+      return model.num_classes if model.condition == 'class' else 0
+    return model.num_classes
+
+  # -------------------------------------------------------------- data ---
+  def data_source(self, split: str, global_batch_size: int,
+                  process_index: int, process_count: int):
+    """The token shards' source, or None to use the `data` section."""
+    if self.config.tokens.source != 'shards':
+      return None
+    directory = tokens_dir(self.config, self.workdir)
+    source = token_shards.TokenSource(
+        directory, split, global_batch_size=global_batch_size,
+        process_index=process_index, process_count=process_count,
+        seed=self.config.data.get('seed', 0))
+    recorded = source.metadata['tokenizer']
+    if (os.path.abspath(recorded['workdir']) !=
+        os.path.abspath(self.tokenizer.workdir) or
+        recorded['step'] != self.tokenizer.step):
+      raise ConfigError(
+          'tokens.dir', f'{directory} holds tokens of the tokenizer in '
+          f'{recorded["workdir"]} at step {recorded["step"]}, but '
+          f'tokenizer.workdir/step name {self.tokenizer.workdir} at step '
+          f'{self.tokenizer.step}: run --mode=tokenize again into another '
+          'tokens.dir')
+    return source
+
+  def tokens_of(self, batch, frozen) -> jax.Array:
+    """The batch's tokens: from the shards, or encoded by the tokenizer."""
+    if 'tokens' in batch:
+      return batch['tokens']
+    indices = self.tokenizer.encode(frozen['tokenizer'],
+                                    batch[_input_key(batch)])
+    return jax.lax.stop_gradient(indices)
+
+  def _labels(self, batch):
+    if not self.num_classes:
+      return None
+    if 'label' not in batch:
+      raise ConfigError('model.num_classes', f'{self.num_classes} classes, '
+                        'but the data has no labels')
+    return batch['label'].astype(jnp.int32)
+
+  # -------------------------------------------------------------- init ---
+  def init(self, rng: jax.Array, batch) -> TrainState:
+    """Fresh TrainState; only shapes of `batch` matter."""
+    del batch
+    tokens = jnp.zeros((1,) + self.token_shape + (
+        (len(self.tokenizer.factor_vocab_sizes),)
+        if self.tokenizer.factor_vocab_sizes else ()), jnp.int32)
+    labels = jnp.zeros((1,), jnp.int32) if self.num_classes else None
+    if isinstance(self.model, gpt.GPT):
+      params = self.model.init(rng, tokens.reshape(1, -1), labels)['params']
+    else:
+      params = self.model.init(rng, tokens, labels)['params']
+    ema = {'model': params} if self.config.ema.decay > 0 else {}
+    return TrainState(step=jnp.zeros((), jnp.int32), params={'model': params},
+                      opt_state={'model': self.tx.init(params)},
+                      model_state={}, ema_params=ema)
+
+  # -------------------------------------------------------------- loss ---
+  def loss(self, params, tokens, labels, rng, *, train: bool,
+           example_weights=None):
+    """(loss, metrics) of one batch of tokens [B, *shape(, F)]."""
+    cfg = self.config.loss
+    drop_rng, rng = jax.random.split(rng)
+    if labels is not None and train and cfg.label_drop > 0:
+      drop = jax.random.bernoulli(drop_rng, cfg.label_drop, labels.shape)
+      labels = jnp.where(drop, self.num_classes, labels)
+    if isinstance(self.model, maskgit.MaskGIT):
+      return maskgit.masked_loss(
+          self.model, params, rng, tokens, labels,
+          label_smoothing=cfg.label_smoothing if train else 0.0,
+          label_drop=0.0, schedule_method=cfg.mask_schedule, train=train,
+          example_weights=example_weights)
+    flat = tokens.reshape(tokens.shape[0], -1)
+    logits = self.model.apply({'params': params}, flat, labels, train=train,
+                              rngs={'dropout': rng})
+    per_token = -jnp.take_along_axis(jax.nn.log_softmax(logits), flat[..., None],
+                                     -1)[..., 0]
+    weights = (jnp.ones(flat.shape[:1]) if example_weights is None
+               else example_weights)[:, None] * jnp.ones_like(per_token)
+    count = jnp.maximum(weights.sum(), 1.0)
+    loss = (per_token * weights).sum() / count
+    correct = (jnp.argmax(logits, -1) == flat) * weights
+    return loss, {'loss': loss, 'accuracy': correct.sum() / count}
+
+  # -------------------------------------------------------------- step ---
+  def train_step(self, state: TrainState, batch, rng, frozen=None):
+    """One optimizer step -> (new state, metrics)."""
+    frozen = self.frozen if frozen is None else frozen
+    tokens = self.tokens_of(batch, frozen)
+    labels = self._labels(batch)
+    (_, metrics), grads = jax.value_and_grad(
+        lambda p: self.loss(p, tokens, labels, rng, train=True),
+        has_aux=True)(state.params['model'])
+    updates, opt_state = self.tx.update(grads, state.opt_state['model'],
+                                        state.params['model'])
+    params = jax.tree.map(jnp.add, state.params['model'], updates)
+    metrics['grad_norm'] = optimizers.global_norm(grads)
+    ema = state.ema_params
+    if self.config.ema.decay > 0:
+      d = self.config.ema.decay
+      ema = {'model': jax.tree.map(lambda e, p: d * e + (1 - d) * p,
+                                   ema['model'], params)}
+    return state.replace(step=state.step + 1, params={'model': params},
+                         opt_state={'model': opt_state},
+                         ema_params=ema), metrics
+
+  # -------------------------------------------------------------- eval ---
+  def eval_params(self, state: TrainState):
+    if self.config.ema.decay > 0:
+      return state.ema_params['model']
+    return state.params['model']
+
+  def eval_step(self, state: TrainState, batch, frozen=None):
+    """Eval loss of one batch (fixed masks), summed over real examples.
+
+    Returns:
+      ({'sums': {'loss', 'accuracy', 'count'}, 'mask': [B]}, {}).
+    """
+    frozen = self.frozen if frozen is None else frozen
+    mask = batch['mask'].astype(jnp.float32)
+    _, metrics = self.loss(self.eval_params(state), self.tokens_of(batch, frozen),
+                           self._labels(batch), jax.random.key(0), train=False,
+                           example_weights=mask)
+    count = jnp.sum(mask)
+    sums = {'loss': metrics['loss'] * count,
+            'accuracy': metrics['accuracy'] * count, 'count': count}
+    return {'sums': sums, 'mask': mask}, {}
+
+  def summarize_eval(self, acc) -> dict[str, float]:
+    count = max(float(acc.sums['count']), 1.0)
+    return {'loss': float(acc.sums['loss']) / count,
+            'accuracy': float(acc.sums['accuracy']) / count,
+            'num_examples': count}
+
+  # ---------------------------------------------------------- sampling ---
+  def sample_labels(self, start: int, batch_size: int):
+    """Class labels of samples start .. start + B - 1 (cycling), or None."""
+    if not self.num_classes:
+      return None
+    return np.arange(start, start + batch_size, dtype=np.int32) % \
+        self.num_classes
+
+  def sample_tokens(self, params, rng, batch_size: int, labels=None):
+    """Generated tokens [B, *shape(, F)] with the `sample` settings."""
+    s = self.config.sample
+    if isinstance(self.model, maskgit.MaskGIT):
+      return maskgit.sample(
+          self.model, params, rng, batch_size, labels,
+          num_steps=s.num_steps, temperature=s.temperature,
+          choice_temperature=s.choice_temperature,
+          guidance_scale=s.guidance_scale,
+          guidance_schedule=s.guidance_schedule,
+          schedule_method=self.config.loss.mask_schedule)
+    tokens = gpt.sample(self.model, params, rng, batch_size, labels,
+                        temperature=s.temperature, top_k=s.top_k,
+                        top_p=s.top_p, use_cache=s.use_cache)
+    return tokens.reshape((batch_size,) + self.token_shape)
+
+  def sample_images(self, state: TrainState, rng, labels, frozen=None,
+                    batch_size: int | None = None):
+    """Samples decoded by the tokenizer: [B, (T,) H, W, C] in [-1, 1]."""
+    frozen = self.frozen if frozen is None else frozen
+    batch_size = labels.shape[0] if labels is not None else batch_size
+    tokens = self.sample_tokens(self.eval_params(state), rng, batch_size,
+                                labels)
+    return self.tokenizer.decode(frozen['tokenizer'], tokens)
+
+  @staticmethod
+  def image_rows(images: dict[str, np.ndarray], n: int) -> list[np.ndarray]:
+    """Rows of the eval picture: samples (videos: one row of frames each)."""
+    samples = images['samples']
+    if samples.ndim == 4:
+      return [samples[i:i + n] for i in range(0, min(len(samples), 2 * n), n)]
+    return [clip[:n] for clip in samples[:4]]
+
+
+def build(config: ml_collections.ConfigDict, workdir: str = '') -> GeneratorTask:
+  return GeneratorTask(config, workdir)
+

@@ -1,0 +1,122 @@
+"""A trained tokenizer run, loaded to encode images into tokens and decode
+generated tokens back to pixels (stage 2: generators).
+
+A tokenizer run is addressed by its --workdir: `config.json` there is the
+run's full config and `checkpoints/` its Orbax checkpoints.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vqlab import tokenizers
+from vqlab.errors import CheckpointError
+from vqlab.errors import ConfigError
+from vqlab.quantizers import base as quantizer_base
+from vqlab.train import checkpoint as checkpoint_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedTokenizer:
+  """A tokenizer model with its trained variables.
+
+  Attributes:
+    model: the tokenizer module (built from the run's `model` config).
+    variables: {'params': ..., **model_state} on one device (the EMA params
+      when the run kept an EMA, as its eval did).
+    config: the run's full config (from its config.json).
+    workdir: the run's directory. step: the checkpoint step loaded.
+  """
+  model: nn.Module
+  variables: dict[str, Any]
+  config: ml_collections.ConfigDict
+  workdir: str
+  step: int
+
+  @property
+  def vocab_size(self) -> int:
+    """Codes per token (the product of the factors' for factorized codes)."""
+    return int(self.model.quantizer.codebook_size)
+
+  @property
+  def factor_vocab_sizes(self) -> tuple[int, ...]:
+    """Codes per factor for factorized indices ([..., F]), else ()."""
+    if not quantizer_base.num_index_axes(self.model.quantizer):
+      return ()
+    return tuple(2**int(b) for b in self.model.quantizer.factor_bits)
+
+  def token_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Shape of one example's tokens for one input of `input_shape`
+    ([H, W, C] or [T, H, W, C]), factor axis excluded."""
+    x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
+    indices = jax.eval_shape(lambda v, x: self.encode(v, x), self.variables, x)
+    shape = indices.shape[1:]
+    return shape[:-1] if self.factor_vocab_sizes else shape
+
+  def encode(self, variables, x: jax.Array) -> jax.Array:
+    """x [B, (T,) H, W, C] in [-1, 1] -> int32 indices [B, *token_shape(, F)]."""
+    indices, _ = self.model.apply(variables, x, method=self.model.encode)
+    return indices.astype(jnp.int32)
+
+  def decode(self, variables, indices: jax.Array) -> jax.Array:
+    """int indices [B, *token_shape(, F)] -> pixels [B, (T,) H, W, C] in [-1, 1]."""
+    x = self.model.apply(variables, indices, method=self.model.decode_indices)
+    return jnp.clip(x.astype(jnp.float32), -1.0, 1.0)
+
+  def metadata(self) -> dict[str, Any]:
+    """What a generator run records about the tokenizer it was built on."""
+    return {'workdir': os.path.abspath(self.workdir), 'step': self.step,
+            'name': self.config.model.name, 'vocab_size': self.vocab_size,
+            'factor_vocab_sizes': list(self.factor_vocab_sizes),
+            'model': json.loads(self.config.model.to_json_best_effort())}
+
+
+def read_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config.json of a training run.
+
+  Raises:
+    CheckpointError: the file is missing or unreadable.
+  """
+  path = os.path.join(workdir, 'config.json')
+  try:
+    with open(path) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except FileNotFoundError as e:
+    raise CheckpointError(
+        f'{path} does not exist: tokenizer.workdir must be the --workdir of '
+        'a trained tokenizer run') from e
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f'{path} is unreadable: {e}') from e
+
+
+def load(workdir: str, step: int = -1) -> TrainedTokenizer:
+  """Loads the tokenizer trained in `workdir` at `step` (-1: the newest).
+
+  Raises:
+    CheckpointError: no run, no checkpoint or a corrupt one.
+    ConfigError: the run is not a tokenizer run.
+  """
+  if not workdir:
+    raise ConfigError('tokenizer.workdir', 'empty: set it to the --workdir of '
+                      'a trained tokenizer run')
+  config = read_run_config(workdir)
+  if config.get('task') != 'tokenizer' or 'model' not in config:
+    raise ConfigError('tokenizer.workdir', f'{workdir!r} is a '
+                      f'{config.get("task")!r} run, not a tokenizer run')
+  config.model = tokenizers.validate(config.model, 'tokenizer.model')
+  model = tokenizers.build(config.model)
+  tree, step = checkpoint_lib.restore_on_host(
+      workdir, None if step < 0 else step)
+  use_ema = config.get('ema', {}).get('decay', 0.0) > 0 and tree['ema_params']
+  params = (tree['ema_params'] if use_ema else tree['params'])['generator']
+  variables = {'params': params, **(tree.get('model_state') or {})}
+  variables = jax.tree.map(np.asarray, variables)
+  return TrainedTokenizer(model=model, variables=variables, config=config,
+                          workdir=workdir, step=int(step))
