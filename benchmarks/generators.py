@@ -35,7 +35,7 @@ such in the table and JSON ('skipped': true, 'estimated_call_s') and are not
 measurements. They leave out the work around the network calls (sampling,
 sorting, the optimizer), so they are low: cases that run record their
 estimate too ('predicted_call_s'; the table shows measured / estimate) -- on
-the tiny configs on CPU the measured calls took 1.3-2x the estimate. A case
+the tiny configs on CPU the measured calls took 0.6-2x the estimate. A case
 that runs may take about twice the budget (warm-up and one timed call) or
 more when its estimate is low, plus compilation.
 

@@ -4,6 +4,7 @@ and GPT on the shards (or on the fly), sample and decode to images.
 Runs on 2 of the 8 test devices (sharded batches, cheap compiles).
 """
 
+import copy
 import glob
 import json
 import os
@@ -20,10 +21,13 @@ from vqlab import data as data_lib
 from vqlab.data import token_shards
 from vqlab.errors import CheckpointError
 from vqlab.errors import ConfigError
+from vqlab.evals import fid
+from vqlab.evals import inception
 from vqlab.train import loop
 from vqlab.train import pretokenize
 from vqlab.train import sampling
 from vqlab.train import trained_tokenizer
+from tests import random_weight_files
 from tests import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -124,15 +128,58 @@ def _train(tokenizer_dir, shards, workdir, model, steps):
   return config
 
 
+@pytest.fixture(scope='module')
+def trained_maskgit(tokenizer_dir, shards, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('maskgit'))
+  return workdir, _train(tokenizer_dir, shards, workdir, 'maskgit', 25)
+
+
 def test_maskgit_trains_on_shards_and_samples_decode_to_images(
-    tokenizer_dir, shards, tmp_path):
-  config = _train(tokenizer_dir, shards, str(tmp_path), 'maskgit', 25)
-  sampled = sampling.sample(config, str(tmp_path), devices=_devices())
+    trained_maskgit):
+  workdir, config = trained_maskgit
+  sampled = sampling.sample(config, workdir, devices=_devices())
   assert sampled['step'] == 25 and sampled['num_samples'] == 6
+  assert 'gfid' not in sampled  # eval.fid = 'off'.
   grids = sorted(glob.glob(os.path.join(sampled['samples_dir'], '*.png')))
   assert len(grids) == 2  # ceil(6 / 4) batches.
   first = np.asarray(Image.open(grids[0]))
   assert first.shape == (38, 38, 3) and first.std() > 0  # 2 x 2 samples.
+
+
+def test_sample_mode_reports_gfid_and_inception_score_of_the_samples(
+    trained_maskgit, tmp_path):
+  workdir, config = trained_maskgit
+  config = copy.deepcopy(config)
+  config.weights_dir = str(random_weight_files.write(tmp_path,
+                                                     ('inception_fid',)))
+  config.eval.fid = 'on'
+  rng = np.random.default_rng(0)
+  mu, a = rng.normal(size=2048), rng.normal(size=(2048, 16))
+  config.eval.fid_reference = str(tmp_path / 'reference.npz')
+  np.savez(config.eval.fid_reference, mu=mu, sigma=a @ a.T / 16)
+  config.sample.num_samples = 8
+  result = sampling.sample(config, workdir, devices=_devices())
+
+  # Directly: the same samples (same keys) through Inception.
+  exp = loop.Experiment(config, workdir, _devices())
+  state, _ = exp.checkpointer.restore(exp.abstract_state)
+  apply = jax.jit(lambda p, x: inception.InceptionV3().apply({'params': p}, x))
+  pool, logits = [], []
+  for i in range(2):
+    images = exp.sample_images(
+        state, jax.random.fold_in(jax.random.key(config.sample.seed), i),
+        batch_size=4)
+    out = apply(exp.frozen['inception'], images)
+    pool.append(np.asarray(out['pool'], np.float64))
+    logits.append(np.asarray(out['logits_unbiased'], np.float64))
+  pool = np.concatenate(pool)
+  gfid = fid.frechet_distance(pool.mean(0), np.cov(pool, rowvar=False), mu,
+                              a @ a.T / 16)
+  np.testing.assert_allclose(result['gfid'], gfid, rtol=1e-5)
+  score = fid.InceptionScore(num_splits=8, num_examples=8)
+  score.update(np.concatenate(logits))
+  np.testing.assert_allclose(result['inception_score'], score.result()[0],
+                             rtol=1e-5)
 
 
 def test_gpt_trains_on_shards_and_samples_decode_to_images(

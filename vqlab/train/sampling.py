@@ -98,7 +98,8 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
         out = jax.device_get(pool_and_logits(exp.frozen['inception'], frames))
         per = frames.shape[0] // s.batch_size  # Frames per sample.
         if score is None:
-          score = fid.InceptionScore(num_examples=s.num_samples * per)
+          n = s.num_samples * per  # The usual 10 splits (fewer below 10).
+          score = fid.InceptionScore(num_splits=min(10, n), num_examples=n)
         stats.update(np.asarray(out['pool'], np.float64)[:keep * per])
         score.update(np.asarray(out['logits_unbiased'])[:keep * per])
       progress.update(i + 1, {})
