@@ -39,7 +39,10 @@ the tiny configs on CPU the measured calls took 0.6-2x the estimate. A case
 that runs may take about twice the budget (warm-up and one timed call) or
 more when its estimate is low, plus compilation.
 
-Results merge, per config, into benchmarks/results/generators_<device>.json
+On CPU, a train step whose state (5-6 x the f32 params) exceeds the host's
+available memory is skipped too; --skip=config/model/case skips by hand.
+
+Results merge, per config and model, into benchmarks/results/generators_<device>.json
 (<device>: 'cpu' or the accelerator kind; '_bfloat16' appended for bf16).
 """
 
@@ -89,6 +92,9 @@ _MAX_SECONDS = flags.DEFINE_float(
     'max_seconds_per_case', 120.0, 'Time budget of one case: a case whose '
     'warm call is predicted to take longer is skipped (with an estimate); '
     'the timed calls stop when the next would exceed it.')
+_SKIP = flags.DEFINE_list(
+    'skip', [], 'Cases not to run, as config/model/case, e.g. '
+    'paper/gpt/train (reported as skipped, with the estimate).')
 _SAMPLE_STEPS = flags.DEFINE_integer('maskgit_steps', 8,
                                      'MaskGIT decoding steps.')
 _JSON = flags.DEFINE_string(
@@ -156,9 +162,31 @@ def _measure(call: Callable[[], None], steps: int, budget: float) -> dict:
           'call_s_max': max(times)}
 
 
-def _skipped(estimated_call_s: float, how: str) -> dict:
-  return {'skipped': True, 'estimated_call_s': estimated_call_s,
-          'estimate': how}
+def _skipped(estimated_call_s: float, how: str, reason: str) -> dict:
+  return {'skipped': True, 'reason': reason,
+          'estimated_call_s': estimated_call_s, 'estimate': how}
+
+
+def _skip_reason(name: str, kind: str, case: str,
+                 predicted_s: float) -> str | None:
+  """Why a case is not run (None: run it)."""
+  if f'{name}/{kind}/{case}' in _SKIP.value:
+    return '--skip'
+  if predicted_s > _MAX_SECONDS.value:
+    return f'over --max_seconds_per_case={_MAX_SECONDS.value:g}'
+  return None
+
+
+def _available_host_bytes() -> int | None:
+  """MemAvailable of /proc/meminfo (None where there is none)."""
+  try:
+    with open('/proc/meminfo') as f:
+      for line in f:
+        if line.startswith('MemAvailable:'):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
 
 
 def _random_tokens(model, rng: jax.Array, batch: int) -> jax.Array:
@@ -294,10 +322,21 @@ def run_model(name: str, kind: str) -> dict:
     _progress(name, kind,
               f'cached decode step {entry["decode_step"]["call_s"]:.3g} s')
 
-  # Train.
+  # Train. On CPU, a state that cannot fit in host memory is not tried:
+  # params, AdamW's two moments, grads and updates (5 x the f32 params, + 1
+  # with EMA), activations not counted.
   predicted = 3 * forward_s
-  if predicted > budget:
-    entry['train'] = _skipped(predicted, 'rough: 3 x one forward pass')
+  how = 'rough: 3 x one forward pass'
+  reason = _skip_reason(name, kind, 'train', predicted)
+  param_bytes = 4 * entry['params']
+  train_bytes = param_bytes * (5 + (config.ema.decay > 0))
+  available = _available_host_bytes() if _on_cpu() else None
+  if reason is None and available is not None and train_bytes > available:
+    reason = (f'host memory: the train state needs > '
+              f'{train_bytes / 2**30:.1f} GiB, {available / 2**30:.1f} GiB '
+              'available')
+  if reason:
+    entry['train'] = _skipped(predicted, how, reason)
   else:
     entry['train'] = train_case(config, model, params, batch,
                                 jax.random.fold_in(rng, 4), budget)
@@ -337,8 +376,9 @@ def run_model(name: str, kind: str) -> dict:
     entry['sample_settings'] = {'temperature': s.temperature,
                                 'top_k': s.top_k, 'top_p': s.top_p}
   for case, (fn, predicted, how) in cases.items():
-    if predicted > budget:
-      entry[case] = _skipped(predicted, how)
+    reason = _skip_reason(name, kind, case, predicted)
+    if reason:
+      entry[case] = _skipped(predicted, how, reason)
     else:
       entry[case] = sample_case(fn, params, sample_rng, labels, budget)
       entry[case]['predicted_call_s'] = predicted
@@ -355,8 +395,8 @@ def _progress(name: str, kind: str, text: str) -> None:
 
 def _describe(case: str, row: dict) -> str:
   if row.get('skipped'):
-    return (f'{case}: skipped, estimated {row["estimated_call_s"]:.3g} s/call '
-            f'({row["estimate"]})')
+    return (f'{case}: skipped ({row["reason"]}), estimated '
+            f'{row["estimated_call_s"]:.3g} s/call ({row["estimate"]})')
   return (f'{case}: {row["call_s"]:.3g} s/call (median of '
           f'{row["timed_calls"]}), compile {row["compile_s"]:.3g} s')
 
@@ -406,7 +446,8 @@ def print_table(results: dict, names: list[str]) -> None:
                              row.get('estimated_images_per_s'))
           print(f'{name:<6} {kind:<8} {case:<16} {batch:>5} {"-":>9} '
                 f'{"skipped":>9} {"-":>11} {"-":>10}  est. {est:.3g} s/call '
-                f'= {est_rate:.3g} /s ({row["estimate"]})')
+                f'= {est_rate:.3g} /s ({row["estimate"]}); skipped: '
+                f'{row["reason"]}')
           continue
         rate_text = f'{rate:>11.3g}' if rate is not None else f'{"":>11}'
         tokens = row.get('tokens_per_s')
@@ -443,12 +484,11 @@ def main(argv):
     if name not in CONFIGS:
       raise app.UsageError(f'unknown config {name!r}; known: {list(CONFIGS)}')
     entry = results.get(name, {})
-    entry.update({'dtype': _DTYPE.value,
-                  'steps': _STEPS.value,
-                  'max_seconds_per_case': _MAX_SECONDS.value,
-                  'command': ' '.join(['python'] + sys.argv)})
     for kind in _MODELS.value:
       entry[kind] = run_model(name, kind)
+      entry[kind].update({'dtype': _DTYPE.value, 'steps': _STEPS.value,
+                          'max_seconds_per_case': _MAX_SECONDS.value,
+                          'command': ' '.join(['python'] + sys.argv)})
       _add_rates(entry[kind])
       results[name] = entry
       if path:  # Written after each model: a long run keeps what it has.

@@ -104,10 +104,18 @@ def _shipped_configs():
         yield os.path.relpath(os.path.join(folder, name), ROOT)
 
 
-@pytest.mark.parametrize('path', list(_shipped_configs()))
-def test_every_shipped_config_validates(path):
+def _shipped_config_calls():
+  for path in _shipped_configs():
+    yield path, ()
+    if path.startswith(os.path.join('configs', 'titok', '')) and \
+        'tiny' not in path:
+      yield path, ('2',)  # TiTok's stage 2 (stage 1 is the default).
+
+
+@pytest.mark.parametrize('path, args', list(_shipped_config_calls()))
+def test_every_shipped_config_validates(path, args):
   module = path[:-3].replace(os.sep, '.')
-  config = __import__(module, fromlist=['get_config']).get_config()
+  config = __import__(module, fromlist=['get_config']).get_config(*args)
   experiment.validate(config, num_devices=1)
 
 

@@ -10,8 +10,6 @@ import ml_collections
 
 from vqlab import config_schema
 from vqlab import data as data_lib
-from vqlab import generators
-from vqlab import tokenizers
 from vqlab.errors import ConfigError
 from vqlab.train import partitioning
 from vqlab.train import tasks
@@ -54,10 +52,6 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
-def _model_registry(task_name: str):
-  return tokenizers if task_name == 'tokenizer' else generators
-
-
 def reference_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The complete default config for the components `config` names.
 
@@ -75,7 +69,7 @@ def reference_config(config: ml_collections.ConfigDict) -> ml_collections.Config
       reference[key] = registry.validate(config[key], key)
   if 'model' in config:
     # The model's registry checks it, sub-components (its quantizer) included.
-    reference.model = _model_registry(task_name).validate(config.model, 'model')
+    reference.model = task.MODEL_REGISTRY.validate(config.model, 'model')
   if 'data' in config and 'name' in config.data:
     if config.data.name not in data_lib.names():
       _unknown('data.name', 'dataset', config.data.name, data_lib.names())

@@ -149,7 +149,11 @@ class Experiment:
     init = jax.jit(lambda rng: self.task.init(rng, zeros),
                    out_shardings=self.state_shardings)
     with jax.set_mesh(self.mesh):
-      return init(self._init_rng), 0
+      state = init(self._init_rng)
+    if hasattr(self.task, 'warm_start'):  # Params copied from another run.
+      state = jax.device_put(self.task.warm_start(state),
+                             self.state_shardings)
+    return state, 0
 
   def global_batch(self, local_batch):
     return partitioning.global_batch(local_batch, self.batch_sharding)

@@ -34,6 +34,7 @@ from vqlab.train import trained_tokenizer
 from vqlab.train.state import TrainState
 
 TOKEN_SOURCES = ('shards', 'on_the_fly')
+MODEL_REGISTRY = generators  # Where `model.name` is looked up.
 INPUT_KEYS = ('image', 'video')
 
 

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from vqlab import config_schema
 from vqlab import tokenizers
@@ -37,11 +38,13 @@ from vqlab.losses import gan
 from vqlab.losses import perceptual
 from vqlab.losses import vgg_features
 from vqlab.quantizers import base as quantizer_base
+from vqlab.train import checkpoint as checkpoint_lib
 from vqlab.train import frozen as frozen_lib
 from vqlab.train import optimizers
 from vqlab.train.state import TrainState
 
 GENERATOR, DISCRIMINATOR = 'generator', 'discriminator'
+MODEL_REGISTRY = tokenizers  # Where `model.name` is looked up.
 INPUT_KEYS = ('image', 'video')  # Batch keys the task trains on, in order.
 # Sections checked against the defaults of the component they name.
 SUBCOMPONENTS = {'discriminator': discriminators.REGISTRY}
@@ -78,6 +81,15 @@ def default_config() -> ml_collections.ConfigDict:
   config.ema = ml_collections.ConfigDict()
   config.ema.decay = 0.0            # EMA of generator params for eval; 0: off.
 
+  # Fine-tuning (TiTok stage 2): top-level generator params copied from
+  # another run's checkpoint at the start, and params kept fixed.
+  config.warm_start = ml_collections.ConfigDict()
+  config.warm_start.workdir = ''    # The run to copy from; '': fresh init.
+  config.warm_start.step = -1       # Its checkpoint; -1: the newest.
+  config.warm_start.params = ()     # e.g. ('encoder', 'quantizer', 'decoder').
+  config.freeze = ()                # e.g. ('encoder', 'quantizer'): no updates
+                                    # (a frozen quantizer's EMA stats too).
+
   config.optimizer = opt = ml_collections.ConfigDict()
   opt.generator = optimizers.default_config(1e-4, 0.5, 0.9)
   opt.discriminator = optimizers.default_config(1e-4, 0.5, 0.9)
@@ -105,8 +117,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
         'the probabilistic contrastive loss needs the per-token weights of '
         f"the 'regularized' quantizer, but model.quantizer.name is "
         f'{quantizer!r}')
-  factor = 2**(len(config.model.channel_multipliers) - 1) \
-      if 'channel_multipliers' in config.model else 1
+  if config.model.get('decoder_output') == 'proxy_codes':
+    raise ConfigError('model.decoder_output', "'proxy_codes' is TiTok's "
+                      "stage 1: use task = 'titok_proxy' (configs/titok/)")
+  if config.warm_start.params and not config.warm_start.workdir:
+    raise ConfigError('warm_start.workdir', 'empty, but warm_start.params '
+                      f'names {tuple(config.warm_start.params)}')
+  if 'channel_multipliers' in config.model:
+    factor = 2**(len(config.model.channel_multipliers) - 1)
+  else:
+    factor = config.model.get('patch_size', 1)
   for key in ('image_size', 'train_image_size'):
     size = config.data.get(key, 0)
     config_schema.require(
@@ -127,15 +147,23 @@ class TokenizerTask:
     self.tx = {GENERATOR: optimizers.build(config.optimizer.generator, steps),
                DISCRIMINATOR: optimizers.build(config.optimizer.discriminator,
                                                steps)}
+    self._load_frozen_networks(lpips=config.loss.perceptual_weight > 0,
+                               vgg19=config.loss.pcl_weight > 0)
+    if config.freeze:
+      self.tx[GENERATOR] = _with_frozen(self.tx[GENERATOR], config.freeze)
+
+  def _load_frozen_networks(self, lpips: bool = False, vgg19: bool = False):
+    """Loads the frozen networks the losses need and eval wants into
+    `self.frozen` (host copies; the loop puts them on the mesh and passes
+    them to the steps), and the FID reference statistics."""
+    config = self.config
     directory = config.weights_dir or None
-    loss = config.loss
     networks = {
-        'lpips': (loss.perceptual_weight > 0 or
-                  frozen_lib.wanted('lpips', config.eval.lpips, directory)),
-        'vgg19': loss.pcl_weight > 0,
+        'lpips': lpips or frozen_lib.wanted('lpips', config.eval.lpips,
+                                            directory),
+        'vgg19': vgg19,
         'inception': frozen_lib.wanted('inception', config.eval.fid, directory),
     }
-    # Host copies; the loop puts them on the mesh and passes them to the steps.
     self.frozen = frozen_lib.load([k for k, v in networks.items() if v],
                                   directory)
     self.fid_reference = None
@@ -167,6 +195,35 @@ class TokenizerTask:
         step=jnp.zeros((), jnp.int32), params=params,
         opt_state={k: self.tx[k].init(v) for k, v in params.items()},
         model_state=dict(variables), ema_params=ema, loss_state=loss_state)
+
+  def warm_start(self, state: TrainState) -> TrainState:
+    """Copies `warm_start.params` from another run into a fresh state.
+
+    Raises:
+      ConfigError: a named param tree is missing or of another shape.
+      CheckpointError: the other run has no readable checkpoint.
+    """
+    start = self.config.warm_start
+    if not start.params:
+      return state
+    tree, step = checkpoint_lib.restore_on_host(
+        start.workdir, None if start.step < 0 else start.step)
+    source = (tree['ema_params'] or tree['params'])[GENERATOR]
+    params = dict(state.params[GENERATOR])
+    for name in start.params:
+      if name not in source or name not in params:
+        raise ConfigError('warm_start.params', f'{name!r} is not in both '
+                          f'models: {start.workdir} (step {step}) has '
+                          f'{sorted(source)}, this model {sorted(params)}')
+      shapes = lambda t: jax.tree.map(np.shape, t)
+      if shapes(source[name]) != shapes(params[name]):
+        raise ConfigError('warm_start.params', f'{name!r} has other shapes '
+                          f'in {start.workdir} (step {step}) than in this '
+                          'model')
+      params[name] = jax.tree.map(jnp.asarray, source[name])
+    all_params = {**state.params, GENERATOR: params}
+    ema = {GENERATOR: params} if state.ema_params else state.ema_params
+    return state.replace(params=all_params, ema_params=ema)
 
   # -------------------------------------------------------------- losses ---
   def _reconstruction_loss(self, x: jax.Array, x_rec: jax.Array) -> jax.Array:
@@ -350,6 +407,8 @@ class TokenizerTask:
                                            state.params[name])
       params[name] = jax.tree.map(jnp.add, state.params[name], updates)
       metrics[f'grad_norm/{name}'] = optimizers.global_norm(grads[name])
+    if 'quantizer' in self.config.freeze:
+      model_state = state.model_state  # E.g. EMA codebook statistics.
     ema_params = state.ema_params
     if self.config.ema.decay > 0:
       decay = self.config.ema.decay
@@ -367,6 +426,15 @@ class TokenizerTask:
       return state.ema_params[GENERATOR]
     return state.params[GENERATOR]
 
+  def reconstruct(self, state: TrainState, x, frozen):
+    """Eval reconstructions of x and the token ids (one per token, [0, K))."""
+    del frozen
+    x_rec, q_out = self.model.apply(
+        {'params': self.eval_params(state), **state.model_state}, x,
+        train=False)
+    return x_rec, quantizer_base.full_code_indices(self.model.quantizer,
+                                                   q_out.indices)
+
   def eval_step(self, state: TrainState, batch, frozen=None):
     """Per-batch eval outputs (summed over real examples) and images.
 
@@ -383,12 +451,8 @@ class TokenizerTask:
     x = batch[_input_keys(batch)[-1]]
     batch_size = x.shape[0]
     mask = batch['mask'].astype(jnp.float32)
-    x_rec, q_out = self.model.apply(
-        {'params': self.eval_params(state), **state.model_state}, x,
-        train=False)
+    x_rec, indices = self.reconstruct(state, x, frozen)
     x_rec = jnp.clip(x_rec.astype(jnp.float32), -1, 1)
-    indices = quantizer_base.full_code_indices(self.model.quantizer,
-                                               q_out.indices)
     codes_mask = jnp.broadcast_to(
         mask.reshape((-1,) + (1,) * (indices.ndim - 1)), indices.shape)
     counts = jnp.zeros((self.model.quantizer.codebook_size,), jnp.float32).at[
@@ -445,6 +509,21 @@ class TokenizerTask:
     for clip in range(min(2, inputs.shape[0])):
       rows += [inputs[clip, :n], recs[clip, :n]]
     return rows
+
+
+def _with_frozen(tx: optax.GradientTransformation,
+                 frozen: tuple[str, ...]) -> optax.GradientTransformation:
+  """`tx` for all top-level params but those named in `frozen`, which get
+  zero updates (no weight decay either)."""
+  def labels(params):
+    unknown = set(frozen) - set(params)
+    if unknown:
+      raise ConfigError('freeze', f'no params named {sorted(unknown)}; the '
+                        f'model has {sorted(params)}')
+    return {k: jax.tree.map(lambda _, k=k: 'frozen' if k in frozen else
+                            'train', v) for k, v in params.items()}
+  return optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()},
+                               labels)
 
 
 def _input_keys(batch) -> list[str]:

@@ -1,0 +1,52 @@
+"""The two TiTok training stages as configs of the one loop.
+
+Stage 1 (task 'titok_proxy'): TiTok's decoder predicts the codes of a frozen,
+trained 2D VQGAN (`proxy.workdir`); eval images are that VQGAN's decoding.
+Stage 2 (task 'tokenizer'): the stage-1 run's encoder, quantizer and decoder
+are copied in (`warm_start`), encoder and quantizer frozen (`freeze`), and the
+decoder with a fresh pixel head is trained with the VQGAN losses.
+"""
+
+from configs.vqgan import maskgit_f16
+from vqlab import tokenizers
+from vqlab.train import experiment
+from vqlab.train.tasks import proxy_codes
+
+COPIED = ('encoder', 'quantizer', 'decoder')
+FROZEN = ('encoder', 'quantizer')
+
+
+def titok_model(model_size: str, num_tokens: int, image_size: int,
+                patch_size: int, codebook_size: int, proxy_codebook_size: int):
+  model = tokenizers.default_config('titok')
+  model.model_size = model_size
+  model.num_latent_tokens = num_tokens
+  model.image_size = image_size
+  model.patch_size = patch_size
+  model.quantizer.codebook_size = codebook_size
+  model.proxy_codebook_size = proxy_codebook_size
+  return model
+
+
+def stage1(model, proxy_workdir: str):
+  """Stage 1 around `model` (a titok config), proxy codes from a VQGAN run."""
+  config = experiment.base_config()
+  config.update(proxy_codes.default_config())
+  config.model = model
+  config.model.decoder_output = 'proxy_codes'
+  config.proxy.workdir = proxy_workdir
+  config.data.image_size = model.image_size
+  return config
+
+
+def stage2(model, stage1_workdir: str):
+  """Stage 2: decoder fine-tuning in pixel space with the MaskGIT-VQGAN
+  recipe's losses (LPIPS, GAN, LeCam, EMA)."""
+  config = maskgit_f16.get_config()
+  config.model = model
+  config.model.decoder_output = 'pixels'
+  config.warm_start.workdir = stage1_workdir
+  config.warm_start.params = COPIED
+  config.freeze = FROZEN
+  config.data.image_size = model.image_size
+  return config

@@ -1,0 +1,140 @@
+"""TiTok's two training stages on the loop, and MaskGIT on its 1D tokens.
+
+Stage 1 predicts the codes of a (tiny, untrained) VQGAN run; stage 2 starts
+from the stage-1 checkpoint with encoder and quantizer frozen. Runs on 2 of
+the 8 test devices.
+"""
+
+import jax
+import numpy as np
+import pytest
+
+from configs.titok import tiny_stage1
+from configs.titok import tiny_stage2
+from tests import tiny
+from vqlab.errors import ConfigError
+from vqlab.train import checkpoint as checkpoint_lib
+from vqlab.train import experiment
+from vqlab.train import loop
+from vqlab.train.tasks import proxy_codes
+
+
+def _devices():
+  return jax.devices()[:2]
+
+
+def _shrink(config):
+  """16x16 photos, patch 2 (the tiny VQGAN's 8x8 grid of 32 codes), K = 8."""
+  model = config.model
+  model.image_size, model.patch_size, model.num_latent_tokens = 16, 2, 8
+  model.proxy_codebook_size = 32
+  model.quantizer.codebook_size = 32
+  for vit in (model.encoder, model.decoder):
+    vit.width, vit.num_layers, vit.num_heads, vit.mlp_dim = 32, 1, 2, 64
+  config.data.image_size = 16
+  config.eval.lpips = config.eval.fid = 'off'
+  config.train.batch_size = config.eval.batch_size = 8
+  config.train.log_every = 1
+  config.train.eval_every = 0
+  config.train.checkpoint_every = 0
+  config.eval.max_batches = 1
+  config.eval.num_images = 4
+  return config
+
+
+def _stage1_config(proxy_dir, steps):
+  config = _shrink(tiny_stage1.get_config())
+  config.proxy.workdir = proxy_dir
+  config.optimizer.learning_rate = 3e-3
+  config.optimizer.warmup_steps = 0
+  config.train.num_steps = steps
+  return config
+
+
+@pytest.fixture(scope='module')
+def proxy_dir(tmp_path_factory):
+  return tiny.tokenizer_run(str(tmp_path_factory.mktemp('vqgan')), _devices())
+
+
+@pytest.fixture(scope='module')
+def stage1(proxy_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('stage1'))
+  losses = []
+  result = loop.train_and_evaluate(
+      _stage1_config(proxy_dir, 25), workdir, devices=_devices(),
+      step_callback=lambda step, m: losses.append(float(m['proxy_ce'])))
+  return workdir, result, losses
+
+
+def test_stage1_proxy_code_cross_entropy_decreases(stage1):
+  _, result, losses = stage1
+  assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.2, losses
+  # Eval decodes TiTok's predicted codes with the VQGAN and scores them.
+  assert np.isfinite(result['psnr']) and 0 < result['codebook_usage'] <= 1
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('proxy_codebook_size', 64,
+     'model.proxy_codebook_size: 64, but the proxy tokenizer .* 32 codes'),
+    ('patch_size', 4, r'model.patch_size: 4 gives TiTok a \(4, 4\) grid .* '
+     r'\(8, 8\) grid of codes'),
+])
+def test_a_proxy_vqgan_that_does_not_fit_is_a_config_error(
+    proxy_dir, key, value, message):
+  config = _stage1_config(proxy_dir, 1)
+  config.model[key] = value
+  with pytest.raises(ConfigError, match=message):
+    proxy_codes.build(experiment.validate(config, num_devices=1))
+
+
+def _stage2_config(stage1_dir, steps):
+  config = _shrink(tiny_stage2.get_config())
+  config.warm_start.workdir = stage1_dir
+  config.discriminator.base_features = 8
+  config.loss.disc_start = 1
+  config.train.num_steps = steps
+  return config
+
+
+@pytest.fixture(scope='module')
+def stage2(stage1, tmp_path_factory):
+  stage1_dir, _, _ = stage1
+  config = _stage2_config(stage1_dir, 3)
+  workdir = str(tmp_path_factory.mktemp('stage2'))
+  exp = loop.Experiment(config, workdir, _devices())
+  start, _ = exp.initial_state()
+  loop.train_and_evaluate(config, workdir, devices=_devices())
+  return workdir, jax.device_get(start.params['generator'])
+
+
+def test_stage2_starts_from_stage1_and_keeps_encoder_and_quantizer_fixed(
+    stage1, stage2):
+  before, _ = checkpoint_lib.restore_on_host(stage1[0])
+  before = before['params']['generator']
+  workdir, start = stage2
+  for name in ('encoder', 'quantizer', 'decoder'):  # Copied in.
+    jax.tree.map(np.testing.assert_array_equal, start[name], before[name])
+  after, step = checkpoint_lib.restore_on_host(workdir)
+  after = after['params']['generator']
+  assert step == 3
+  for name in ('encoder', 'quantizer'):  # Bit for bit.
+    jax.tree.map(np.testing.assert_array_equal, after[name], before[name])
+  changed = jax.tree.map(lambda a, b: np.any(a != b), after['decoder'],
+                         before['decoder'])
+  assert all(jax.tree.leaves(changed))
+  assert 'to_pixels' in after and 'to_proxy_logits' not in after
+
+
+def test_maskgit_trains_on_titok_tokens_and_samples_decode_to_images(
+    stage2, tmp_path):
+  config = tiny.generator_config(stage2[0])
+  config.tokens.source = 'on_the_fly'
+  config.model.token_shape = (8,)   # K latent tokens: a 1D sequence.
+  exp = loop.Experiment(config, str(tmp_path), _devices())
+  state, _ = exp.initial_state()
+  batch = exp.global_batch(next(exp.train_data.batches()))
+  assert batch['image'].shape == (8, 16, 16, 3)
+  state, metrics = exp.train_step(state, batch)
+  assert np.isfinite(metrics['loss'])
+  images = exp.sample_images(state, jax.random.key(0), batch_size=4)
+  assert images.shape == (4, 16, 16, 3) and np.all(np.isfinite(images))
