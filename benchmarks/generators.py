@@ -1,6 +1,8 @@
 r"""Token generator speed: train steps/s and sampling images/s of MaskGIT
-(8 decoding steps) and GPT (with and without the KV cache), for the tiny CPU
-configs and the paper-sized ImageNet 256 configs.
+(8 decoding steps), GPT (with and without the KV cache) and VQ-Diffusion
+(100, 25 and 10 reverse steps), for the tiny CPU configs and the paper-sized
+ImageNet 256 configs (VQ-Diffusion: configs/vq_diffusion/tiny_class.py and
+imagenet256_class.py).
 
   python benchmarks/generators.py --configs=tiny
   python benchmarks/generators.py --configs=paper --max_seconds_per_case=120
@@ -48,10 +50,8 @@ Results merge, per config and model, into benchmarks/results/generators_<device>
 
 import json
 import os
-import platform
 import re
 import resource
-import statistics
 import sys
 import time
 from typing import Any, Callable
@@ -64,23 +64,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import budget as budget_lib
 from configs.gpt import imagenet256 as gpt_imagenet256
 from configs.gpt import tiny_cpu as gpt_tiny_cpu
 from configs.maskgit import imagenet256 as maskgit_imagenet256
 from configs.maskgit import tiny_cpu as maskgit_tiny_cpu
+from configs.vq_diffusion import imagenet256_class as vqd_imagenet256_class
+from configs.vq_diffusion import tiny_class as vqd_tiny_class
 from vqlab import generators
 from vqlab.generators import gpt
 from vqlab.generators import maskgit
+from vqlab.generators import vq_diffusion
 from vqlab.train import optimizers
 from vqlab.train.state import TrainState
 from vqlab.train.tasks import generator as generator_task
+from vqlab.train.tasks import generator_models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _CONFIGS = flags.DEFINE_list('configs', ['tiny', 'paper'],
                              'Which configs: tiny, paper.')
-_MODELS = flags.DEFINE_list('models', ['maskgit', 'gpt'],
-                            'Which generators: maskgit, gpt.')
+_MODELS = flags.DEFINE_list('models', ['maskgit', 'gpt', 'vq_diffusion'],
+                            'Which generators: maskgit, gpt, vq_diffusion.')
+_DIFFUSION_STEPS = flags.DEFINE_list(
+    'diffusion_steps', ['100', '25', '10'],
+    'VQ-Diffusion reverse steps to time (100: the full chain).')
 _BATCH = flags.DEFINE_integer(
     'batch', 0, 'Batch of the train step and of sampling (0: 32 tiny, 8 '
     "paper on CPU; the config's train batch on accelerators).")
@@ -103,37 +111,32 @@ _JSON = flags.DEFINE_string(
 
 CONFIGS = {
     'tiny': {'maskgit': maskgit_tiny_cpu.get_config,
-             'gpt': gpt_tiny_cpu.get_config},
+             'gpt': gpt_tiny_cpu.get_config,
+             'vq_diffusion': vqd_tiny_class.get_config},
     'paper': {'maskgit': maskgit_imagenet256.get_config,
-              'gpt': gpt_imagenet256.get_config},
+              'gpt': gpt_imagenet256.get_config,
+              'vq_diffusion': vqd_imagenet256_class.get_config},
 }
 
 
 # ------------------------------------------------------------- helpers ---
 
 
-def _on_cpu() -> bool:
-  return jax.devices()[0].platform == 'cpu'
 
 
-def _device_name() -> str:
-  if _on_cpu():
-    return 'cpu'
-  return re.sub(r'[^a-z0-9]+', '_', jax.devices()[0].device_kind.lower()
-                ).strip('_')
 
 
 def _default_json() -> str:
   suffix = '' if _DTYPE.value == 'float32' else f'_{_DTYPE.value}'
   return os.path.join(ROOT, 'benchmarks', 'results',
-                      f'generators_{_device_name()}{suffix}.json')
+                      f'generators_{budget_lib.device_name()}{suffix}.json')
 
 
 def _batch_size(name: str, config) -> int:
   """--batch, or the default for the config size and the device."""
   if _BATCH.value:
     return _BATCH.value
-  if _on_cpu():
+  if budget_lib.on_cpu():
     return 32 if name == 'tiny' else 8
   return config.train.batch_size
 
@@ -145,26 +148,8 @@ def _compile(fn: Callable[..., Any], *args, **jit_kwargs):
   return compiled, time.perf_counter() - t0
 
 
-def _measure(call: Callable[[], None], steps: int, budget: float) -> dict:
-  """One warm-up `call()` (which blocks until done), then up to `steps`
-  timed calls, as many as fit in `budget` seconds (at least one)."""
-  t0 = time.perf_counter()
-  call()
-  warmup_s = time.perf_counter() - t0
-  fit = int((budget - warmup_s) // max(warmup_s, 1e-9))
-  times = []
-  for _ in range(max(1, min(steps, fit))):
-    t0 = time.perf_counter()
-    call()
-    times.append(time.perf_counter() - t0)
-  return {'warmup_s': warmup_s, 'timed_calls': len(times),
-          'call_s': statistics.median(times), 'call_s_min': min(times),
-          'call_s_max': max(times)}
 
 
-def _skipped(estimated_call_s: float, how: str, reason: str) -> dict:
-  return {'skipped': True, 'reason': reason,
-          'estimated_call_s': estimated_call_s, 'estimate': how}
 
 
 def _skip_reason(name: str, kind: str, case: str,
@@ -177,16 +162,6 @@ def _skip_reason(name: str, kind: str, case: str,
   return None
 
 
-def _available_host_bytes() -> int | None:
-  """MemAvailable of /proc/meminfo (None where there is none)."""
-  try:
-    with open('/proc/meminfo') as f:
-      for line in f:
-        if line.startswith('MemAvailable:'):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  return None
 
 
 def _random_tokens(model, rng: jax.Array, batch: int) -> jax.Array:
@@ -194,7 +169,7 @@ def _random_tokens(model, rng: jax.Array, batch: int) -> jax.Array:
   if isinstance(model, gpt.GPT):
     return jax.random.randint(rng, (batch, model.length), 0, model.vocab_size)
   shape = (batch, *model.token_shape)
-  if model.factor_vocab_sizes:
+  if getattr(model, 'factor_vocab_sizes', ()):
     rngs = jax.random.split(rng, len(model.factor_vocab_sizes))
     return jnp.stack([jax.random.randint(r, shape, 0, v) for r, v in
                       zip(rngs, model.factor_vocab_sizes)], axis=-1)
@@ -207,7 +182,9 @@ def _bare_task(config, model) -> generator_task.GeneratorTask:
   task = object.__new__(generator_task.GeneratorTask)
   task.config, task.workdir, task.model = config, '', model
   task.tx = optimizers.build(config.optimizer, config.train.num_steps)
+  task.adapter = generator_models.adapter(model, config)
   task.num_classes = task._num_classes()  # pylint: disable=protected-access
+  task.text = None
   task.frozen = {}
   return task
 
@@ -217,9 +194,13 @@ def _bare_task(config, model) -> generator_task.GeneratorTask:
 
 def forward_probe(model, params, tokens, labels, budget: float) -> dict:
   """One eval forward pass over all positions (logits of every token)."""
-  fn, compile_s = _compile(
-      lambda p, t, l: model.apply({'params': p}, t, l), params, tokens, labels)
-  result = _measure(lambda: jax.block_until_ready(fn(params, tokens, labels)),
+  if isinstance(model, vq_diffusion.VQDiffusion):
+    times = jnp.full((tokens.shape[0],), model.num_timesteps // 2)
+    apply = lambda p, t, l: model.apply({'params': p}, t, times, l)
+  else:
+    apply = lambda p, t, l: model.apply({'params': p}, t, l)
+  fn, compile_s = _compile(apply, params, tokens, labels)
+  result = budget_lib.measure(lambda: jax.block_until_ready(fn(params, tokens, labels)),
                     _STEPS.value, budget)
   return {'compile_s': compile_s, **result}
 
@@ -237,7 +218,7 @@ def decode_step_probe(model: gpt.GPT, params, batch: int, labels,
                                        method=gpt.GPT.decode_step,
                                        mutable=['cache']),
       params, cache, x, position)
-  result = _measure(
+  result = budget_lib.measure(
       lambda: jax.block_until_ready(fn(params, cache, x, position)),
       _STEPS.value, budget)
   return {'compile_s': compile_s, **result}
@@ -252,10 +233,12 @@ def train_case(config, model, params, batch_size: int, rng: jax.Array,
     batch['label'] = jax.random.randint(jax.random.fold_in(rng, 1),
                                         (batch_size,), 0, task.num_classes)
   ema = {'model': params} if config.ema.decay > 0 else {}
+  loss_state = (task.adapter.init_loss_state()
+                if hasattr(task.adapter, 'init_loss_state') else {})
   state = jax.jit(lambda p: TrainState(
       step=jnp.zeros((), jnp.int32), params={'model': p},
       opt_state={'model': task.tx.init(p)}, model_state={},
-      ema_params=jax.tree.map(jnp.copy, ema)))(params)
+      ema_params=jax.tree.map(jnp.copy, ema), loss_state=loss_state))(params)
   step_rng = jax.random.key(config.seed)
 
   def step(state, batch):
@@ -269,14 +252,14 @@ def train_case(config, model, params, batch_size: int, rng: jax.Array,
     holder[0], metrics = fn(holder[0], batch)
     jax.block_until_ready((holder[0], metrics))
 
-  result = _measure(call, _STEPS.value, budget)
+  result = budget_lib.measure(call, _STEPS.value, budget)
   del holder
   return {'compile_s': compile_s, 'ema_decay': config.ema.decay, **result}
 
 
 def sample_case(sample_fn, params, rng, labels, budget: float) -> dict:
   fn, compile_s = _compile(sample_fn, params, rng, labels)
-  result = _measure(lambda: jax.block_until_ready(fn(params, rng, labels)),
+  result = budget_lib.measure(lambda: jax.block_until_ready(fn(params, rng, labels)),
                     _STEPS.value, budget)
   return {'compile_s': compile_s, **result}
 
@@ -291,13 +274,15 @@ def run_model(name: str, kind: str) -> dict:
   tokens = _random_tokens(model, jax.random.fold_in(rng, 1), batch)
   conditional = (model.num_classes > 0 if kind == 'maskgit'
                  else model.condition == 'class')
+  if kind == 'vq_diffusion' and model.condition == 'text':
+    raise app.UsageError('benchmark the class-conditional VQ-Diffusion')
   labels = (jax.random.randint(jax.random.fold_in(rng, 2), (batch,), 0,
                                model.num_classes) if conditional else None)
   init_tokens = tokens[:1]
   t0 = time.perf_counter()
-  params = jax.jit(model.init)(
+  params = jax.jit(generator_models.adapter(model, config).init)(
       jax.random.fold_in(rng, 3), init_tokens,
-      None if labels is None else labels[:1])['params']
+      None if labels is None else labels[:1])
   params = jax.block_until_ready(params)
   init_s = time.perf_counter() - t0
   num_tokens = tokens[0].size if kind == 'gpt' else model.num_tokens
@@ -330,13 +315,13 @@ def run_model(name: str, kind: str) -> dict:
   reason = _skip_reason(name, kind, 'train', predicted)
   param_bytes = 4 * entry['params']
   train_bytes = param_bytes * (5 + (config.ema.decay > 0))
-  available = _available_host_bytes() if _on_cpu() else None
+  available = budget_lib.available_host_bytes() if budget_lib.on_cpu() else None
   if reason is None and available is not None and train_bytes > available:
     reason = (f'host memory: the train state needs > '
               f'{train_bytes / 2**30:.1f} GiB, {available / 2**30:.1f} GiB '
               'available')
   if reason:
-    entry['train'] = _skipped(predicted, how, reason)
+    entry['train'] = budget_lib.skipped(predicted, how, reason)
   else:
     entry['train'] = train_case(config, model, params, batch,
                                 jax.random.fold_in(rng, 4), budget)
@@ -358,6 +343,17 @@ def run_model(name: str, kind: str) -> dict:
     entry['sample_settings'] = {'num_steps': steps, 'guidance_scale': 0.0,
                                 'temperature': s.temperature,
                                 'choice_temperature': s.choice_temperature}
+  elif kind == 'vq_diffusion':
+    cases = {}
+    for steps in _DIFFUSION_STEPS.value:
+      steps = min(int(steps), model.num_timesteps)
+      cases[f'sample_{steps}_steps'] = (
+          (lambda n: lambda p, r, l: vq_diffusion.sample(
+              model, p, r, batch, l, num_steps=n,
+              truncation=s.truncation))(steps),
+          steps * forward_s, f'{steps} x one forward pass')
+    entry['sample_settings'] = {'truncation': s.truncation,
+                                'guidance_scale': 'off (s = 1)'}
   else:
     n = model.prefix_length + model.length - 1
     cases = {}
@@ -378,7 +374,7 @@ def run_model(name: str, kind: str) -> dict:
   for case, (fn, predicted, how) in cases.items():
     reason = _skip_reason(name, kind, case, predicted)
     if reason:
-      entry[case] = _skipped(predicted, how, reason)
+      entry[case] = budget_lib.skipped(predicted, how, reason)
     else:
       entry[case] = sample_case(fn, params, sample_rng, labels, budget)
       entry[case]['predicted_call_s'] = predicted
@@ -423,19 +419,22 @@ def print_table(results: dict, names: list[str]) -> None:
   print('\nimages/s = generated token sequences/s (decoding them to pixels '
         "is the tokenizer's cost, not included); forward / decode_step are "
         'probes. est. = NOT measured: estimated from the probes.')
-  header = (f'{"config":<6} {"model":<8} {"case":<16} {"batch":>5} '
+  header = (f'{"config":<6} {"model":<12} {"case":<16} {"batch":>5} '
             f'{"compile s":>9} {"s/call":>9} {"steps|img/s":>11} '
             f'{"tokens/s":>10}  note')
   print(header)
   print('-' * len(header))
   for name in names:
-    for kind in ('maskgit', 'gpt'):
+    for kind in ('maskgit', 'gpt', 'vq_diffusion'):
       entry = results.get(name, {}).get(kind)
       if not entry:
         continue
       batch = entry['batch']
-      for case in ('forward', 'decode_step', 'train', 'sample',
-                   'sample_cache', 'sample_no_cache'):
+      cases = ['forward', 'decode_step', 'train', 'sample', 'sample_cache',
+               'sample_no_cache'] + sorted(
+                   (c for c in entry if re.fullmatch(r'sample_\d+_steps', c)),
+                   key=lambda c: -int(c.split('_')[1]))
+      for case in cases:
         row = entry.get(case)
         if row is None:
           continue
@@ -444,7 +443,7 @@ def print_table(results: dict, names: list[str]) -> None:
           est = row['estimated_call_s']
           est_rate = row.get('estimated_steps_per_s',
                              row.get('estimated_images_per_s'))
-          print(f'{name:<6} {kind:<8} {case:<16} {batch:>5} {"-":>9} '
+          print(f'{name:<6} {kind:<12} {case:<16} {batch:>5} {"-":>9} '
                 f'{"skipped":>9} {"-":>11} {"-":>10}  est. {est:.3g} s/call '
                 f'= {est_rate:.3g} /s ({row["estimate"]}); skipped: '
                 f'{row["reason"]}')
@@ -459,7 +458,7 @@ def print_table(results: dict, names: list[str]) -> None:
                    'estimate')
         if case == 'train' and row.get('ema_decay'):
           note += f', EMA {row["ema_decay"]}'
-        print(f'{name:<6} {kind:<8} {case:<16} {batch:>5} '
+        print(f'{name:<6} {kind:<12} {case:<16} {batch:>5} '
               f'{row["compile_s"]:>9.3g} {row["call_s"]:>9.3g} {rate_text} '
               f'{tokens_text}  {note}')
   sys.stdout.flush()
@@ -467,17 +466,13 @@ def print_table(results: dict, names: list[str]) -> None:
 
 def main(argv):
   del argv
-  device = jax.devices()[0]
   path = _default_json() if _JSON.value is None else _JSON.value
   results = {}
   if path and os.path.exists(path):
     with open(path) as f:
       results = json.load(f)
   results.update({
-      'device': {'platform': device.platform, 'kind': device.device_kind,
-                 'count': jax.device_count(),
-                 'host': platform.processor() or platform.machine(),
-                 'cpu_count': os.cpu_count()},
+      'device': budget_lib.device_info(),
       'jax': jax.__version__,
   })
   for name in _CONFIGS.value:
@@ -492,7 +487,7 @@ def main(argv):
       _add_rates(entry[kind])
       results[name] = entry
       if path:  # Written after each model: a long run keeps what it has.
-        if _on_cpu():
+        if budget_lib.on_cpu():
           results['device']['peak_host_rss_bytes'] = (
               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

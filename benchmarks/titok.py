@@ -38,7 +38,9 @@ they are low; skipped cases are marked 'skipped' with 'estimated_step_s' in
 the JSON and 'est.' in the table -- estimates, NOT measurements. Cases that
 run record their estimate too ('predicted_step_s'). On CPU a train state
 (6 x f32 params) that does not fit in the host's available memory is skipped.
---skip=size/model/case skips by hand.
+--skip=size/model/case skips by hand. 'params' of encode_decode counts the
+tokenizer's; of a train case, the whole trained state's (generator and
+discriminator).
 
 Timed steps run as many as fit (at most --steps). Results merge, per size and
 model, into benchmarks/results/titok_<device>.json ('cpu' or the accelerator
@@ -48,10 +50,7 @@ kind).
 import json
 import math
 import os
-import platform
-import re
 import resource
-import statistics
 import sys
 import time
 
@@ -62,6 +61,7 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 
+from benchmarks import budget as budget_lib
 from benchmarks import flops as flops_lib
 from benchmarks import train_step as train_step_benchmark
 from configs import quickstart
@@ -99,46 +99,12 @@ flags.FLAGS.set_default('steps', 5)
 
 
 
-# benchmarks/generators.py's conventions; it cannot be imported alongside
-# train_step.py (both define --steps and --json).
-def _on_cpu() -> bool:
-  return jax.devices()[0].platform == 'cpu'
 
 
-def _device_name() -> str:
-  if _on_cpu():
-    return 'cpu'
-  return re.sub(r'[^a-z0-9]+', '_', jax.devices()[0].device_kind.lower()
-                ).strip('_')
 
 
-def _measure(call, steps: int, budget: float) -> dict:
-  """One warm-up `call()` (which blocks until done), then up to `steps`
-  timed calls, as many as fit in `budget` seconds (at least one); median."""
-  t0 = time.perf_counter()
-  call()
-  warmup_s = time.perf_counter() - t0
-  fit = int((budget - warmup_s) // max(warmup_s, 1e-9))
-  times = []
-  for _ in range(max(1, min(steps, fit))):
-    t0 = time.perf_counter()
-    call()
-    times.append(time.perf_counter() - t0)
-  return {'warmup_s': warmup_s, 'timed_calls': len(times),
-          'call_s': statistics.median(times), 'call_s_min': min(times),
-          'call_s_max': max(times)}
 
 
-def _available_host_bytes() -> int | None:
-  """MemAvailable of /proc/meminfo (None where there is none)."""
-  try:
-    with open('/proc/meminfo') as f:
-      for line in f:
-        if line.startswith('MemAvailable:'):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  return None
 
 
 def _vqgan_tiny():
@@ -170,7 +136,7 @@ PROXY = {'tiny': quickstart.get_config, 'paper': _vqgan_paper}
 def _batch_size(name: str, config) -> int:
   if _BATCH.value:
     return _BATCH.value
-  if _on_cpu():
+  if budget_lib.on_cpu():
     return 8 if name == 'tiny' else 2
   return config.train.batch_size
 
@@ -185,7 +151,7 @@ def _prepare(config, batch: int):
     config.loss.perceptual_weight = 0.0
   if 'warm_start' in config:  # Random params time the same.
     config.warm_start.workdir, config.warm_start.params = '', ()
-  if _on_cpu():
+  if budget_lib.on_cpu():
     config.compute_dtype = 'float32'
   if config.data.name != 'photos':  # As train_step.run_benchmark swaps.
     image_size = config.data.image_size
@@ -227,7 +193,7 @@ def encode_decode(config, batch: int, budget: float) -> dict:
   def call():
     jax.block_until_ready(decode(variables, encode(variables, images)))
 
-  result = _measure(call, _STEPS.value, budget)
+  result = budget_lib.measure(call, _STEPS.value, budget)
   # Tokens: TiTok [B, K], VQGAN [B, h, w] (a trailing factor axis, if any,
   # is one token's several indices).
   spatial = 1 if config.model.name == 'titok' else 2
@@ -280,7 +246,7 @@ def train_case(name: str, kind: str, case: str, config, flop_rate: float,
     reason = '--skip'
   elif predicted > budget:
     reason = f'over --max_seconds_per_case={budget:g}'
-  available = _available_host_bytes() if _on_cpu() else None
+  available = budget_lib.available_host_bytes() if budget_lib.on_cpu() else None
   state_bytes = 4 * estimate['params'] * 6  # Params, 2 moments, grads, ...
   if reason is None and available is not None and state_bytes > available:
     reason = (f'host memory: the train state needs > '
@@ -291,6 +257,8 @@ def train_case(name: str, kind: str, case: str, config, flop_rate: float,
             'estimated_steps_per_s': 1.0 / predicted}
   # 2 warm-up steps + the timed ones within the budget.
   steps = max(1, min(_STEPS.value, int(budget // max(predicted, 1e-9)) - 2))
+  _progress(name, kind, f'{case}: est. {predicted:.3g} s/step; compiling, '
+            f'then 2 warm-up + {steps} timed steps')
   result = train_step_benchmark.run_benchmark(config, workdir, steps)
   result.update(timed_steps=steps, predicted_step_s=predicted,
                 params=estimate['params'])
@@ -308,7 +276,7 @@ def run_model(name: str, kind: str) -> dict:
            'compute_dtype': base.compute_dtype}
   entry['encode_decode'] = ed = encode_decode(base, batch, budget)
   flop_rate = ed['flops_per_call'] / ed['call_s']
-  _progress(name, kind, f'{ed["params"] / 1e6:.1f}M params, '
+  _progress(name, kind, f'{ed["params"] / 1e6:.3g}M params, '
             f'{ed["tokens_per_image"]} tokens/image; encode+decode '
             f'{ed["call_s"]:.3g} s/call = {ed["images_per_s"]:.3g} images/s '
             f'(compile {ed["compile_s"]:.3g} s)')
@@ -375,20 +343,16 @@ def print_table(results: dict, names: list[str]) -> None:
 
 def main(argv):
   del argv
-  device = jax.devices()[0]
   path = _JSON.value
   if path is None:
     path = os.path.join(ROOT, 'benchmarks', 'results',
-                        f'titok_{_device_name()}.json')
+                        f'titok_{budget_lib.device_name()}.json')
   results = {}
   if path and os.path.exists(path):
     with open(path) as f:
       results = json.load(f)
   results.update({
-      'device': {'platform': device.platform, 'kind': device.device_kind,
-                 'count': jax.device_count(),
-                 'host': platform.processor() or platform.machine(),
-                 'cpu_count': os.cpu_count()},
+      'device': budget_lib.device_info(),
       'jax': jax.__version__,
   })
   for name in _CONFIGS.value:
@@ -404,7 +368,7 @@ def main(argv):
                           'command': ' '.join(['python'] + sys.argv)})
       results[name] = entry
       if path:  # Written after each model: a long run keeps what it has.
-        if _on_cpu():
+        if budget_lib.on_cpu():
           results['device']['peak_host_rss_bytes'] = (
               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

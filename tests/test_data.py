@@ -81,8 +81,8 @@ def check_eval_contract(config, global_batch, process_count=2):
 
 
 def test_registry_defaults():
-  assert data.names() == ['photos', 'fashion_mnist', 'shapes', 'tfds', 'image_folder',
-                          'moving_shapes', 'tfds_video', 'joint']
+  assert data.names() == ['photos', 'fashion_mnist', 'shapes', 'captioned_shapes', 'tfds',
+                          'image_folder', 'moving_shapes', 'tfds_video', 'joint']
   for name in ('photos', 'fashion_mnist', 'shapes'):  # The tf.data ones are tested below.
     config = data.default_config(name)
     assert config.name == name and config.image_size > 0 and isinstance(config.seed, int)

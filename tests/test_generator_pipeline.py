@@ -245,3 +245,20 @@ def test_missing_tokens_or_tokenizer_are_one_line_errors(tokenizer_dir,
   assert run.returncode == 1
   assert run.stderr.strip().splitlines()[-1].startswith(
       'checkpoint error: ') and 'Traceback' not in run.stderr
+
+
+def test_vq_diffusion_trains_on_shards_and_samples_decode_to_images(
+    tokenizer_dir, shards, tmp_path):
+  workdir = str(tmp_path)
+  shutil.copytree(shards[1]['tokens_dir'], os.path.join(workdir, 'tokens'))
+  config = tiny.generator_config(tokenizer_dir, 'vq_diffusion', steps=3)
+  config.loss.time_sampling = 'importance'
+  config.sample.diffusion_steps = 4
+  result = loop.train_and_evaluate(config, workdir, devices=_devices())
+  assert np.isfinite(result['loss']) and 0 <= result['accuracy'] <= 1
+  grid, = glob.glob(os.path.join(workdir, 'images', 'eval_samples_*.png'))
+  assert np.asarray(Image.open(grid)).shape == (38, 74, 3)
+  exp = loop.Experiment(config, workdir, _devices())
+  state, _ = exp.checkpointer.restore(exp.abstract_state)
+  counts = np.asarray(state.loss_state['lt_count'])
+  assert counts.sum() > 0 and counts[0] == 0   # t in [1, T] was recorded.

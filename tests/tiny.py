@@ -51,7 +51,12 @@ def generator_config(tokenizer_workdir: str, model: str = 'maskgit',
   """A generator on `tokenizer_run` tokens: 16x16 photos -> 8x8 of 32 codes."""
   from configs.gpt import tiny_cpu as gpt_tiny  # pylint: disable=g-import-not-at-top
   from configs.maskgit import tiny_cpu as maskgit_tiny  # pylint: disable=g-import-not-at-top
-  config = (maskgit_tiny if model == 'maskgit' else gpt_tiny).get_config()
+  from vqlab import generators  # pylint: disable=g-import-not-at-top
+  config = (gpt_tiny if model == 'gpt' else maskgit_tiny).get_config()
+  if model == 'vq_diffusion':
+    config.model = generators.default_config('vq_diffusion')
+    config.model.token_shape = (8, 8)
+    config.model.num_timesteps = 20
   config.tokenizer.workdir = tokenizer_workdir
   config.data.image_size = 16
   config.tokens.num_train_examples = 40

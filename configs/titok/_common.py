@@ -50,3 +50,37 @@ def stage2(model, stage1_workdir: str):
   config.freeze = FROZEN
   config.data.image_size = model.image_size
   return config
+
+
+def paper_config(name: str, model_size: str, num_tokens: int,
+                 stage: str):
+  """TiTok-<size>-<K> at 256x256 on ImageNet (tfds imagenet2012), stage '1'
+  (proxy codes of workdirs/vqgan_maskgit_f16) or '2' (from
+  workdirs/titok_<name>_stage1). Paper: AdamW (0.9, 0.99), lr 1e-4, weight
+  decay 1e-4, cosine schedule with 10k warmup steps, batch 1024."""
+  from vqlab import data  # pylint: disable=g-import-not-at-top
+  model = titok_model(model_size, num_tokens=num_tokens, image_size=256,
+                      patch_size=16, codebook_size=4096,
+                      proxy_codebook_size=1024)
+  if stage == '1':
+    config = stage1(model, 'workdirs/vqgan_maskgit_f16')
+    config.optimizer.learning_rate = 1e-4
+    config.optimizer.weight_decay = 1e-4
+    config.optimizer.warmup_steps = 10_000
+    config.optimizer.schedule = 'cosine'
+    config.train.num_steps = 1_000_000
+  elif stage == '2':
+    config = stage2(model, f'workdirs/titok_{name}_stage1')
+    config.train.num_steps = 500_000
+  else:
+    raise ValueError(f"stage must be '1' or '2', got {stage!r}")
+  config.compute_dtype = 'bfloat16'
+  config.data = data.default_config('tfds')
+  config.data.tfds_name = 'imagenet2012'
+  config.data.image_size = 256
+  config.train.batch_size = 1024
+  config.train.log_every = 100
+  config.train.eval_every = 20_000
+  config.train.checkpoint_every = 5_000
+  config.eval.batch_size = 256
+  return config

@@ -8,7 +8,10 @@ Image datasets (batches carry 'image' float32 [b, H, W, C]; see each module's do
   photos         real photos bundled in the scikit-image / scikit-learn wheels (the quickstart's).
   fashion_mnist  Fashion-MNIST IDX files (Debian's dataset-fashion-mnist), 10 classes.
   shapes         procedural shapes with exact labels.
-  tfds           any prepared TensorFlow Datasets image dataset (imagenet2012, cifar10, ...).
+  captioned_shapes  procedural pairs of coloured shapes with an exact caption ('caption' unicode
+                 [b]), e.g. "a red circle above a blue square" (text-to-image).
+  tfds           any prepared TensorFlow Datasets image dataset (imagenet2012, cifar10, ...);
+                 with `caption_key` also caption datasets (coco_captions: 'caption' unicode [b]).
   image_folder   your images in <path>/<split>/<class_name>/.
 Video datasets (batches carry 'video' float32 [b, T, H, W, C]; sources have `video_shape`):
   moving_shapes  procedural clips of shapes bouncing around, with exact labels.
@@ -33,6 +36,7 @@ _MODULES = {
     'photos': 'vqlab.data.photos',
     'fashion_mnist': 'vqlab.data.fashion_mnist',
     'shapes': 'vqlab.data.shapes',
+    'captioned_shapes': 'vqlab.data.captioned_shapes',
     'tfds': 'vqlab.data.tfds_images',
     'image_folder': 'vqlab.data.image_folder',
     'moving_shapes': 'vqlab.data.moving_shapes',

@@ -91,7 +91,8 @@ def train_dataset(records: tf.data.Dataset, *, preprocess: Callable[[Any, Any], 
 
 def eval_dataset(records: tf.data.Dataset, *, preprocess: Callable[[Any], Any],
                  per_host_batch_size: int, num_batches: int, image_shape: tuple[int, int, int],
-                 has_label: bool, start_step: int, key: str = 'image') -> tf.data.Dataset:
+                 has_label: bool, start_step: int, key: str = 'image',
+                 extra_padding: dict[str, Any] | None = None) -> tf.data.Dataset:
   """`num_batches - start_step` padded eval batches of this host, in order, with 'mask'.
 
   Args:
@@ -104,6 +105,8 @@ def eval_dataset(records: tf.data.Dataset, *, preprocess: Callable[[Any], Any],
     has_label: whether examples carry 'label'.
     start_step: eval batches to skip.
     key: the key of the preprocessed data: 'image' or 'video'.
+    extra_padding: padding values of further keys of the preprocessed examples (e.g.
+      {'caption': ''}).
 
   Returns:
     Batches {key: float32 [b, *image_shape], 'label'?: int32 [b], 'mask': bool [b]}.
@@ -119,6 +122,7 @@ def eval_dataset(records: tf.data.Dataset, *, preprocess: Callable[[Any], Any],
   padding = {key: tf.zeros(image_shape, tf.float32), 'mask': False}
   if has_label:
     padding['label'] = tf.constant(0, tf.int32)
+  padding.update(extra_padding or {})
   ds = records.skip(start_step * b).map(with_mask, num_parallel_calls=tf.data.AUTOTUNE,
                                         deterministic=True)
   ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat())

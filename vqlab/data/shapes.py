@@ -38,6 +38,22 @@ def inside(kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 SHAPES = ('circle', 'square', 'triangle', 'diamond', 'cross', 'ring')
 
 
+def subpixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+  """(ys, xs) float [2S, 2S]: centres of the 2x2 subsamples of each pixel, in pixel units."""
+  sub = (np.arange(2 * size) + 0.5) / 2
+  ys, xs = np.meshgrid(sub, sub, indexing='ij')
+  return ys, xs
+
+
+def coverage(kind: str, ys: np.ndarray, xs: np.ndarray, cy: float, cx: float,
+             radius: float) -> np.ndarray:
+  """Antialiased alpha float [S, S, 1] of shape `kind` centred at (cy, cx) with `radius` (pixels),
+  from the `subpixel_grid(S)` (ys, xs): the fraction of each pixel's 2x2 subsamples inside."""
+  size = ys.shape[0] // 2
+  mask = inside(kind, (xs - cx) / radius, (ys - cy) / radius)
+  return mask.reshape(size, 2, size, 2).mean(axis=(1, 3))[..., None]
+
+
 def contrasting_colour(rng: np.random.Generator, background: np.ndarray,
                        min_contrast: float) -> np.ndarray:
   """A random colour [C] at least `min_contrast` (max-abs) from `background` [C] in [0, 1].
@@ -91,8 +107,7 @@ class ShapeRenderer:
                size_range: tuple[float, float], min_contrast: float):
     self.seed, self.size, self.channels = seed, image_size, channels
     self.shapes, self.size_range, self.min_contrast = shapes, size_range, min_contrast
-    sub = (np.arange(2 * image_size) + 0.5) / 2  # 2x2 subsamples per pixel, pixel units.
-    self._ys, self._xs = np.meshgrid(sub, sub, indexing='ij')
+    self._ys, self._xs = subpixel_grid(image_size)
 
   def example(self, index: int) -> tuple[np.ndarray, int]:
     """Example `index`: (float32 [S, S, C] in [-1, 1], label int)."""
@@ -103,8 +118,7 @@ class ShapeRenderer:
     cy, cx = rng.uniform(radius, self.size - radius, size=2)
     background = rng.random(self.channels)
     foreground = contrasting_colour(rng, background, self.min_contrast)
-    mask = inside(self.shapes[label], (self._xs - cx) / radius, (self._ys - cy) / radius)
-    alpha = mask.reshape(self.size, 2, self.size, 2).mean(axis=(1, 3))[..., None]
+    alpha = coverage(self.shapes[label], self._ys, self._xs, cy, cx, radius)
     image = background * (1 - alpha) + foreground * alpha
     return (image * 2 - 1).astype(np.float32), label
 

@@ -4,14 +4,23 @@ Nothing is downloaded unless `data.download=True`: prepare the data beforehand w
 `tfds build NAME --data_dir=DIR` (ImageNet: put the tars in `--manual_dir`). Each host reads its
 own even slice of the split (`tfds.even_splits`); see `pipeline.py` for order and resume, and
 `preprocess.py` for the image transforms. `build_source` is shared with `tfds_video`.
+
+Captions (text-to-image): `data.caption_key` names a text feature, as a '/'-separated path into
+nested features (coco_captions: 'captions/text'). Batches then also carry 'caption', a numpy
+unicode array [b] (dtype '<U..'; eval padding rows hold ''). A feature holding several captions
+per image (a sequence of strings, like coco_captions') gives one: the first on eval, and on train
+a random one drawn from the example's position in the stream (so a resumed run replays the same
+choice, and each epoch draws anew). An image without captions gets ''. With captions that say
+'left' or 'right', consider `data.random_flip=False`: flips do not rewrite the text.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import ml_collections
+import numpy as np
 from ml_collections import config_dict
 from vqlab.data.lazy import tf
 from vqlab.data.lazy import tfds
@@ -19,6 +28,8 @@ from vqlab.data.lazy import tfds
 from vqlab.data import base
 from vqlab.data import pipeline
 from vqlab.data import preprocess
+
+_CAPTION_STREAM = 0xCA7  # Seeds of the train caption choice: fold_in(example seed, this).
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -35,6 +46,9 @@ def default_config() -> ml_collections.ConfigDict:
       'eval_split': 'validation',  # tfds split string of the eval set (cifar10: 'test').
       'image_key': 'image',  # Feature holding the image.
       'label_key': 'label',  # Feature holding the class label; '' = no labels.
+      # Text feature of the caption(s), a '/'-separated path (coco_captions: 'captions/text');
+      # '' = no captions. Several per image: eval takes the first, train a random one.
+      'caption_key': '',
       **preprocess.augment_defaults(),
   })
 
@@ -67,8 +81,10 @@ def _split_size(builder: tfds.core.DatasetBuilder, split, key: str) -> int | Non
     raise ValueError(f'data.{key}: bad split {split!r} for {builder.name}: {e}') from e
 
 
-def _records(builder, split, feature_key: str, label_key: str, key: str) -> tf.data.Dataset:
-  """{key: encoded bytes (videos: encoded frames [L]), 'label'?} of `split` in file order."""
+def _records(builder, split, feature_key: str, label_key: str, key: str,
+             caption_key: str = '') -> tf.data.Dataset:
+  """{key: encoded bytes (videos: encoded frames [L]), 'label'?, 'caption'?: string [] or [n]}
+  of `split` in file order."""
   name = builder.name
   try:
     ds = builder.as_dataset(split=split, shuffle_files=False,
@@ -84,9 +100,75 @@ def _records(builder, split, feature_key: str, label_key: str, key: str) -> tf.d
     out = {key: example[feature_key]}
     if label_key:
       out['label'] = example[label_key]
+    if caption_key:
+      caption = example
+      for part in caption_key.split('/'):
+        caption = caption[part]
+      out['caption'] = caption
     return out
 
   return ds.map(select)
+
+
+def _check_caption_key(features, caption_key: str, name: str) -> None:
+  """Raises ValueError unless `caption_key` is a path to a string feature of rank 0 or 1."""
+  info = features.get_tensor_info()
+  for depth, part in enumerate(caption_key.split('/')):
+    if not isinstance(info, dict) or part not in info:
+      where = '/'.join(caption_key.split('/')[:depth]) or 'the top level'
+      known = list(info) if isinstance(info, dict) else []
+      raise ValueError(f'data.caption_key: {name} has no feature {part!r} under {where} '
+                       f'(features there: {known}); coco_captions: \'captions/text\'.')
+    info = info[part]
+  dtype = None if isinstance(info, dict) else (
+      info.tf_dtype if hasattr(info, 'tf_dtype') else info.dtype)
+  if dtype != tf.string or len(info.shape) > 1:
+    raise ValueError(f'data.caption_key: {caption_key!r} of {name} must be a text feature (a '
+                     f'string or a sequence of strings), got {info}.')
+
+
+def pick_caption(captions, seed=None):
+  """string [] or [n] -> one string: the first (seed None) or a random one; '' when n = 0."""
+  captions = tf.reshape(captions, [-1])
+  n = tf.size(captions)
+  if seed is None:
+    index = tf.constant(0, tf.int32)
+  else:
+    index = tf.random.stateless_uniform([], seed, minval=0, maxval=tf.maximum(n, 1),
+                                        dtype=tf.int32)
+  return tf.concat([captions, tf.constant([''])], 0)[index]
+
+
+def _caption_fns(train_fn, eval_fn):
+  """Wraps the preprocessing to also output the example's 'caption' (one string)."""
+
+  def train(example, seed):
+    out = dict(train_fn(example, seed))
+    out['caption'] = pick_caption(
+        example['caption'], tf.random.experimental.stateless_fold_in(seed, _CAPTION_STREAM))
+    return out
+
+  def eval_(example):
+    out = dict(eval_fn(example))
+    out['caption'] = pick_caption(example['caption'])
+    return out
+
+  return train, eval_
+
+
+def to_unicode(captions: np.ndarray) -> np.ndarray:
+  """UTF-8 bytes (object or 'S' array) [b] -> numpy unicode array [b] (dtype '<U..')."""
+  return np.array([c.decode('utf-8', errors='replace') if isinstance(c, bytes) else str(c)
+                   for c in np.asarray(captions).reshape(-1)], dtype=str)
+
+
+class CaptionSource(pipeline.TfDataSource):
+  """A TfDataSource whose batches' 'caption' (UTF-8 bytes from tf.data) becomes unicode."""
+
+  def batches(self, start_step: int = 0) -> Iterator[base.Batch]:
+    for batch in super().batches(start_step):
+      batch['caption'] = to_unicode(batch['caption'])
+      yield batch
 
 
 def build_source(config: ml_collections.ConfigDict, *, split: str, global_batch_size: int,
@@ -97,7 +179,7 @@ def build_source(config: ml_collections.ConfigDict, *, split: str, global_batch_
 
   Args:
     config: the data config (tfds_name, data_dir, download, manual_dir, train_split, eval_split,
-      `<key>_key`, label_key, seed).
+      `<key>_key`, label_key, seed; caption_key where the config has it).
     split: 'train' or 'eval'.
     global_batch_size: B.
     process_index: this host.
@@ -110,7 +192,8 @@ def build_source(config: ml_collections.ConfigDict, *, split: str, global_batch_
 
   Returns:
     The source; its `image_shape` is `example_shape[-3:]` and its `video_shape` is
-    `example_shape` for key='video', else None.
+    `example_shape` for key='video', else None. With `data.caption_key` set its batches also
+    carry 'caption' (unicode [b]).
   """
   b = base.host_batch_size(global_batch_size, process_index, process_count)
   pipeline.hide_accelerators_from_tf()
@@ -124,6 +207,12 @@ def build_source(config: ml_collections.ConfigDict, *, split: str, global_batch_
     raise ValueError(f'data.label_key: {builder.name} has no feature {label_key!r}; '
                      f"features: {list(features)}; set data.label_key='' for no labels.")
   num_classes = getattr(features[label_key], 'num_classes', None) if label_key else None
+  caption_key = config.get('caption_key') or ''
+  extra_padding = None
+  if caption_key:
+    _check_caption_key(features, caption_key, builder.name)
+    train_fn, eval_fn = _caption_fns(train_fn, eval_fn)
+    extra_padding = {'caption': ''}
 
   split_key = 'train_split' if split == 'train' else 'eval_split'
   tfds_split = base.get(config, split_key)
@@ -131,7 +220,7 @@ def build_source(config: ml_collections.ConfigDict, *, split: str, global_batch_
   num_examples = _split_size(builder, tfds_split, split_key)
 
   def records():
-    return _records(builder, host_split, feature_key, label_key, key)
+    return _records(builder, host_split, feature_key, label_key, key, caption_key)
 
   if split == 'train':
     seed = int(base.get(config, 'seed'))
@@ -148,18 +237,22 @@ def build_source(config: ml_collections.ConfigDict, *, split: str, global_batch_
     num_batches = pipeline.host_eval_batches(num_examples, global_batch_size, process_count)
     make = lambda start: pipeline.eval_dataset(
         records(), preprocess=eval_fn, per_host_batch_size=b, num_batches=num_batches,
-        image_shape=example_shape, has_label=bool(label_key), start_step=start, key=key)
+        image_shape=example_shape, has_label=bool(label_key), start_step=start, key=key,
+        extra_padding=extra_padding)
   records()  # Fail now, not at the first batch, when the data is missing.
-  return pipeline.TfDataSource(
+  source_cls = CaptionSource if caption_key else pipeline.TfDataSource
+  return source_cls(
       make, per_host_batch_size=b, num_examples=num_examples, image_shape=example_shape[-3:],
       num_classes=num_classes, video_shape=example_shape if key == 'video' else None)
 
 
 def build(config: ml_collections.ConfigDict, *, split: str, global_batch_size: int,
           process_index: int, process_count: int) -> base.DataSource:
-  """Builds the source: 'image' float32 [b, S, S, channels] in [-1, 1], 'label' int32 [b]."""
+  """Builds the source: 'image' float32 [b, S, S, channels] in [-1, 1], 'label' int32 [b] (when
+  data.label_key), 'caption' unicode [b] (when data.caption_key)."""
   base.check_split(split)
   base.host_batch_size(global_batch_size, process_index, process_count)
+  base.get(config, 'caption_key')
   aug = preprocess.Augment.from_config(config)
   return build_source(config, split=split, global_batch_size=global_batch_size,
                       process_index=process_index, process_count=process_count, key='image',

@@ -19,7 +19,9 @@ import numpy as np
 from vqlab import data as data_lib
 from vqlab.evals import accumulator
 from vqlab.errors import CheckpointError
+from vqlab.errors import ConfigError
 from vqlab.errors import DataError
+from vqlab.errors import WeightsError
 from vqlab.train import checkpoint as checkpoint_lib
 from vqlab.train import experiment
 from vqlab.train import partitioning
@@ -58,6 +60,8 @@ def _build_data(config: ml_collections.ConfigDict, split: str,
                           global_batch_size=global_batch_size,
                           process_index=jax.process_index(),
                           process_count=jax.process_count())
+  except (ConfigError, WeightsError):
+    raise
   except (ValueError, FileNotFoundError) as e:
     raise DataError(str(e)) from e
 
@@ -124,11 +128,12 @@ class Experiment:
           self.task.sample_images, static_argnames=('batch_size',),
           out_shardings=replicated)
 
-  def sample_images(self, state, rng, labels=None, batch_size=None):
-    """Decoded samples [B, (T,) H, W, C] of a generator task."""
-    if labels is not None:
-      labels = jax.device_put(labels, self.batch_sharding)
-    return self.jit_sample_images(state, rng, labels, self.frozen,
+  def sample_images(self, state, rng, cond=None, batch_size=None):
+    """Decoded samples [B, (T,) H, W, C] of a generator task; cond: host
+    arrays from `task.sample_conditions` (or None)."""
+    if cond is not None:
+      cond = jax.device_put(cond, self.batch_sharding)
+    return self.jit_sample_images(state, rng, cond, self.frozen,
                                   batch_size=batch_size)
 
   def train_step(self, state, batch):
@@ -180,7 +185,7 @@ class Experiment:
       with jax.set_mesh(self.mesh):
         samples = self.sample_images(
             state, jax.random.fold_in(self._step_rng, 2**31 - 1),
-            self.task.sample_labels(0, count), batch_size=count)
+            self.task.sample_conditions(0, count), batch_size=count)
       images = {'samples': jax.device_get(samples)}
     return self.task.summarize_eval(acc), images
 

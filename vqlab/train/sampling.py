@@ -86,9 +86,9 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
   base_rng = jax.random.key(s.seed)
   with jax.set_mesh(exp.mesh):
     for i in range(num_batches):
-      labels = task.sample_labels(i * s.batch_size, s.batch_size)
+      cond = task.sample_conditions(i * s.batch_size, s.batch_size)
       images = exp.sample_images(state, jax.random.fold_in(base_rng, i),
-                                 labels, batch_size=s.batch_size)
+                                 cond, batch_size=s.batch_size)
       keep = min(s.batch_size, s.num_samples - i * s.batch_size)
       host = np.asarray(jax.device_get(images))[:keep]
       if is_chief:

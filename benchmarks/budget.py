@@ -1,0 +1,69 @@
+"""Timing under a per-case budget, shared by the benchmarks that measure many
+cases of very different cost (generators.py, titok.py). No flags here, so any
+benchmark can import it.
+"""
+
+import os
+import platform
+import re
+import statistics
+import time
+from typing import Callable
+
+import jax
+
+
+def on_cpu() -> bool:
+  return jax.devices()[0].platform == 'cpu'
+
+
+def device_name() -> str:
+  """'cpu' or the accelerator kind as a file-name part (e.g. 'nvidia_h100')."""
+  if on_cpu():
+    return 'cpu'
+  return re.sub(r'[^a-z0-9]+', '_', jax.devices()[0].device_kind.lower()
+                ).strip('_')
+
+
+def device_info() -> dict:
+  """What the results JSON records about the machine."""
+  device = jax.devices()[0]
+  return {'platform': device.platform, 'kind': device.device_kind,
+          'count': jax.device_count(),
+          'host': platform.processor() or platform.machine(),
+          'cpu_count': os.cpu_count()}
+
+
+def measure(call: Callable[[], None], steps: int, budget: float) -> dict:
+  """One warm-up `call()` (which blocks until done), then up to `steps`
+  timed calls, as many as fit in `budget` seconds (at least one); median."""
+  t0 = time.perf_counter()
+  call()
+  warmup_s = time.perf_counter() - t0
+  fit = int((budget - warmup_s) // max(warmup_s, 1e-9))
+  times = []
+  for _ in range(max(1, min(steps, fit))):
+    t0 = time.perf_counter()
+    call()
+    times.append(time.perf_counter() - t0)
+  return {'warmup_s': warmup_s, 'timed_calls': len(times),
+          'call_s': statistics.median(times), 'call_s_min': min(times),
+          'call_s_max': max(times)}
+
+
+def skipped(estimated_call_s: float, how: str, reason: str) -> dict:
+  """The JSON row of a case not run: its estimate, never a measurement."""
+  return {'skipped': True, 'reason': reason,
+          'estimated_call_s': estimated_call_s, 'estimate': how}
+
+
+def available_host_bytes() -> int | None:
+  """MemAvailable of /proc/meminfo (None where there is none)."""
+  try:
+    with open('/proc/meminfo') as f:
+      for line in f:
+        if line.startswith('MemAvailable:'):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None

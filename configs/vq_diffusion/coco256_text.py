@@ -1,0 +1,29 @@
+"""Text-to-image VQ-Diffusion on MSCOCO 256x256 (Gu et al. 2022,
+VQ-Diffusion-B: 19 blocks of width 1024, 16 heads, T = 100, lambda = 5e-4).
+
+Departures from the paper, both for lack of weights here: the frozen text
+encoder is all-MiniLM-L6-v2 (384-wide states) instead of CLIP ViT-B/32, and
+the tokens are the taming VQGAN f=16's (configs/vqgan/taming_f16.py) instead of
+the paper's 32x32 VQVAE. Captions come from tfds coco_captions (one of the five
+per image, `data.caption_key`).
+"""
+
+from configs.vq_diffusion import imagenet256_class
+from vqlab import data
+
+
+def get_config():
+  config = imagenet256_class.get_config()
+  config.model.condition = 'text'
+  config.model.text_encoder = 'frozen'
+  config.model.cond_dim = 384
+  config.data = data.default_config('tfds')
+  config.data.tfds_name = 'coco_captions'
+  config.data.image_key = 'image'
+  config.data.caption_key = 'captions/text'
+  config.data.image_size = 256
+  config.loss.aux_weight = 5e-4
+  config.text.max_length = 77
+  config.sample.prompts = ('a teddy bear on a skateboard in times square',
+                           'a living room with a fireplace and a large window')
+  return config

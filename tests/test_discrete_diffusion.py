@@ -1,0 +1,237 @@
+"""VQ-Diffusion's mask-and-replace process against brute force: explicit
+(K+1) x (K+1) transition matrices in float64, Bayes' rule by enumeration."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from vqlab import generators
+from vqlab.generators import discrete_diffusion as dd
+from vqlab.generators import vq_diffusion
+
+K, T = 5, 12
+
+
+def _schedule():
+  # Ends far from 0 and 1 so every entry is a visible probability.
+  return dd.make_schedule(K, T, abar_1=0.97, abar_T=0.05, gbar_1=0.01,
+                          gbar_T=0.8)
+
+
+def _cumulative(t):
+  abar = 0.97 + (0.05 - 0.97) * np.arange(T) / (T - 1)
+  gbar = 0.01 + (0.8 - 0.01) * np.arange(T) / (T - 1)
+  abar, gbar = np.concatenate([[1.0], abar]), np.concatenate([[0.0], gbar])
+  return abar[t], gbar[t]
+
+
+def _one_step_matrix(t):
+  """Q_t[i, j] = q(x_t = j | x_{t-1} = i), from the per-step alpha, gamma."""
+  (a1, g1), (a0, g0) = _cumulative(t), _cumulative(t - 1)
+  alpha, gamma = a1 / a0, 1 - (1 - g1) / (1 - g0)
+  beta = (1 - alpha - gamma) / K
+  q = np.zeros((K + 1, K + 1))
+  q[:K, :K] = beta + alpha * np.eye(K)
+  q[:K, K] = gamma
+  q[K, K] = 1.0
+  return q
+
+
+def _product(s, t):
+  """Q_{s+1} ... Q_t: q(x_t | x_s) by matrix products."""
+  out = np.eye(K + 1)
+  for step in range(s + 1, t + 1):
+    out = out @ _one_step_matrix(step)
+  return out
+
+
+def _jax_rows(fn, states):
+  return np.exp(np.asarray(fn(dd.one_hot_log(jnp.asarray(states), K + 1)),
+                           np.float64))
+
+
+@pytest.mark.parametrize('t', [1, 2, 7, T])
+def test_closed_form_q_xt_given_x0_equals_matrix_products(t):
+  states = np.arange(K + 1)[:, None]                  # x_0 = every state.
+  rows = _jax_rows(lambda lp: dd.q_xt_given_x0(lp, _schedule(), jnp.asarray(t)),
+                   states)[:, 0]
+  np.testing.assert_allclose(rows, _product(0, t), atol=2e-6)
+  np.testing.assert_allclose(rows.sum(-1), 1.0, atol=2e-6)
+  assert rows[K, K] == pytest.approx(1.0) and np.all(rows[K, :K] < 1e-30)
+
+
+@pytest.mark.parametrize('s, t', [(0, 3), (2, 3), (4, 9), (1, T)])
+def test_multi_step_transition_and_the_mask_is_absorbing(s, t):
+  states = np.arange(K + 1)[:, None]
+  rows = _jax_rows(lambda lp: dd.apply_transition(lp, _schedule(),
+                                                  jnp.asarray(s),
+                                                  jnp.asarray(t)), states)[:, 0]
+  np.testing.assert_allclose(rows, _product(s, t), atol=2e-6)
+  np.testing.assert_array_equal(rows[K, :K], 0.0)      # MASK stays MASK.
+
+
+def _bayes_posterior(x_t, x0, t, u):
+  """q(x_u = j | x_t, x_0) by enumeration: q(x_t | j) q(j | x_0) / q(x_t | x_0)."""
+  forward, prior = _product(u, t), _product(0, u)
+  joint = forward[:, x_t] * prior[x0, :]
+  return joint / _product(0, t)[x0, x_t]
+
+
+@pytest.mark.parametrize('t, u', [(1, 0), (2, 1), (7, 6), (T, T - 1), (9, 3),
+                                  (T, 0)])
+def test_posterior_equals_bayes_rule_and_rows_sum_to_one(t, u):
+  schedule = _schedule()
+  x0 = np.repeat(np.arange(K), K + 1)                  # every (x_0, x_t) pair
+  x_t = np.tile(np.arange(K + 1), K)
+  log_post = dd.reverse_step_log_probs(
+      dd.one_hot_log(jnp.asarray(x0), K + 1)[None], jnp.asarray(x_t)[None],
+      schedule, jnp.asarray(t), jnp.asarray(u))[0]
+  post = np.exp(np.asarray(log_post, np.float64))
+  for i in range(len(x0)):
+    if _product(0, t)[x0[i], x_t[i]] == 0:
+      continue                                         # Impossible pair.
+    np.testing.assert_allclose(post[i], _bayes_posterior(x_t[i], x0[i], t, u),
+                               atol=2e-5)
+  np.testing.assert_allclose(post.sum(-1), 1.0, atol=1e-5)
+  # A code at time t never came from MASK.
+  assert np.all(post[x_t < K][:, K] < 1e-30)
+
+
+@pytest.mark.parametrize('t, u', [(1, 0), (5, 4), (T, 8)])
+def test_reverse_step_sums_the_posterior_over_predicted_x0(t, u):
+  rng = np.random.default_rng(0)
+  p0 = rng.dirichlet(np.ones(K), size=K + 1)           # one p(x_0) per x_t
+  x_t = np.arange(K + 1)
+  log_p0 = np.concatenate([np.log(p0), np.full((K + 1, 1), dd.LOG_ZERO)], -1)
+  got = np.exp(np.asarray(dd.reverse_step_log_probs(
+      jnp.asarray(log_p0, jnp.float32)[None], jnp.asarray(x_t)[None],
+      _schedule(), jnp.asarray(t), jnp.asarray(u))[0], np.float64))
+  for s in x_t:
+    expected = sum(p0[s, k] * _bayes_posterior(s, k, t, u) for k in range(K)
+                   if _product(0, t)[k, s] > 0)
+    np.testing.assert_allclose(got[s], expected / expected.sum(), atol=2e-5)
+
+
+def test_loss_terms_equal_brute_force_kl_and_decoder_nll():
+  rng = np.random.default_rng(1)
+  x0 = rng.integers(0, K, size=(3, 4))
+  x_t = rng.integers(0, K + 1, size=(3, 4))
+  t = np.array([1, 4, T])
+  p0 = rng.dirichlet(np.ones(K), size=(3, 4))
+  log_p0 = np.concatenate([np.log(p0), np.full((3, 4, 1), dd.LOG_ZERO)], -1)
+  terms = dd.loss_terms(jnp.asarray(log_p0, jnp.float32), jnp.asarray(x0),
+                        jnp.asarray(x_t), _schedule(), jnp.asarray(t))
+  for b in range(3):
+    expected = []
+    for n in range(4):
+      s, k = x_t[b, n], x0[b, n]    # Every pair is possible for t >= 1.
+      p = sum(p0[b, n, j] * _bayes_posterior(s, j, t[b], t[b] - 1)
+              for j in range(K))
+      p /= p.sum()
+      if t[b] == 1:
+        expected.append(-np.log(p[k]))
+      else:
+        q = _bayes_posterior(s, k, t[b], t[b] - 1)
+        expected.append(np.sum(np.where(q > 0, q * (np.log(np.maximum(q, 1e-300))
+                                                     - np.log(np.maximum(p, 1e-300))),
+                                        0.0)))
+    np.testing.assert_allclose(terms.vlb[b], np.mean(expected), rtol=1e-4,
+                               atol=1e-5)
+  np.testing.assert_allclose(
+      terms.x0_ce, -np.log(np.take_along_axis(p0, x0[..., None], -1))[..., 0]
+      .mean(-1), rtol=1e-5)
+
+
+def _model(**overrides):
+  config = generators.default_config('vq_diffusion')
+  config.update(vocab_size=K, token_shape=(2, 3), num_timesteps=T,
+                abar_1=0.97, abar_T=0.05, gbar_1=0.01, gbar_T=0.8, **overrides)
+  model = generators.build(config)
+  x = jnp.zeros((2, 2, 3), jnp.int32)
+  cond = jnp.zeros((2,), jnp.int32) if model.condition == 'class' else None
+  params = model.init(jax.random.key(0), x, jnp.ones((2,), jnp.int32),
+                      cond)['params']
+  return model, params
+
+
+def test_fast_sampler_with_skip_one_equals_the_brute_force_chain():
+  model, params = _model()
+  rng = jax.random.key(3)
+  fast = vq_diffusion.sample(model, params, rng, 4, num_steps=T)
+  # The chain written out with explicit matrices and Bayes' rule.
+  x = np.full((4, 6), K)
+  for i, t in enumerate(range(T, 0, -1)):
+    log_p0 = np.asarray(model.apply({'params': params},
+                                    jnp.asarray(x.reshape(4, 2, 3)),
+                                    jnp.full((4,), t)), np.float64)
+    p0 = np.exp(log_p0[..., :K])
+    probs = np.zeros((4, 6, K + 1))
+    for b in range(4):
+      for n in range(6):
+        s = x[b, n]
+        p = sum(p0[b, n, k] * _bayes_posterior(s, k, t, t - 1)
+                for k in range(K) if _product(0, t)[k, s] > 0)
+        probs[b, n] = p / p.sum()
+    log_probs = jnp.asarray(np.log(np.maximum(probs, 1e-300)).clip(
+        dd.LOG_ZERO), jnp.float32)
+    x = np.asarray(dd.sample_states(jax.random.fold_in(rng, i), log_probs))
+  np.testing.assert_array_equal(np.asarray(fast).reshape(4, 6), x)
+  assert np.all(x < K)                                 # No MASK left at t=0.
+
+
+def test_skip_sampler_time_points_and_outputs():
+  np.testing.assert_array_equal(vq_diffusion.time_points(100, 25)[:3],
+                                [100, 96, 92])
+  assert list(vq_diffusion.time_points(100, 10))[-2:] == [10, 0]
+  model, params = _model()
+  tokens = jax.jit(lambda r: vq_diffusion.sample(model, params, r, 3,
+                                                 num_steps=4))(
+                                                     jax.random.key(0))
+  assert tokens.shape == (3, 2, 3) and int(tokens.max()) < K
+
+
+def test_guidance_scale_one_is_conditional_sampling_and_truncation():
+  model, params = _model(condition='class', num_classes=3)
+  labels = jnp.array([0, 1, 2, 1])
+  sample = lambda s: vq_diffusion.sample(model, params, jax.random.key(1), 4,
+                                         labels, num_steps=4,
+                                         guidance_scale=s)
+  np.testing.assert_array_equal(sample(1.0), sample(1.0 + 1e-12))
+  log_p = jnp.log(jnp.array([0.5, 0.3, 0.15, 0.05]))
+  kept = np.exp(np.asarray(vq_diffusion.truncate(log_p, 0.86)))
+  np.testing.assert_allclose(kept, [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0.0],
+                             atol=1e-6)
+
+
+def test_out_of_range_tokens_are_a_clear_error():
+  model, params = _model()
+  with pytest.raises(ValueError, match=r'ids must be in \[0, 5\)'):
+    model.apply({'params': params}, jnp.full((1, 2, 3), K + 1),
+                jnp.ones((1,), jnp.int32))
+
+
+def test_training_lowers_the_loss():
+  model, params = _model(condition='class', num_classes=3)
+  rng = np.random.default_rng(0)
+  tokens = jnp.asarray(rng.integers(0, K, size=(16, 2, 3)))
+  labels = jnp.asarray(rng.integers(0, 3, size=16))
+  tx = optax.adam(3e-3)
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state, key):
+    (loss, _), grads = jax.value_and_grad(
+        lambda p: vq_diffusion.diffusion_loss(model, p, key, tokens, labels,
+                                              aux_weight=1e-3,
+                                              cond_drop=0.1)[:2],
+        has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  losses = []
+  for i in range(60):
+    params, opt_state, loss = step(params, opt_state, jax.random.key(i))
+    losses.append(float(loss))
+  assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), losses

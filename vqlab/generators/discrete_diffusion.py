@@ -1,0 +1,207 @@
+"""Mask-and-replace discrete diffusion (VQ-Diffusion, Gu et al. 2022), in log
+space and in O(K) per token: no (K+1) x (K+1) matrix is ever formed.
+
+States 0..K-1 are codes, state K is [MASK] (absorbing). One forward step from
+a code: stay with alpha_t + beta_t, become any other code with beta_t, become
+[MASK] with gamma_t (alpha + K beta + gamma = 1). From time s to t > s the
+chain has the same form with
+
+    alpha_{s->t} = abar_t / abar_s,  1 - gamma_{s->t} = (1 - gbar_t) / (1 - gbar_s),
+    beta_{s->t} = (1 - alpha_{s->t} - gamma_{s->t}) / K,
+
+abar_t = prod alpha, gbar_t = 1 - prod (1 - gamma) (s = 0: the cumulative
+q(x_t | x_0); s = t - 1: one step). Applying such a transition to any
+(unnormalized) vector p over the K + 1 states:
+
+    out[code j] = alpha p[j] + beta sum_codes(p)
+    out[MASK]   = gamma sum_codes(p) + p[MASK]
+
+The reverse step from x_t = s to time u < t sums the posterior over the
+predicted x_0 ~ p(x_0 | x_t):
+
+    p(x_u = j | x_t) = q(x_t | x_u = j) sum_k p(k) q(x_u = j | k) / q(x_t | k)
+                     = q(x_t | x_u = j) [Qbar_u (p / q(x_t | .))](j),
+
+which with p = one-hot(x_0) is exactly the posterior q(x_u | x_t, x_0).
+Arrays of log-probabilities over states have K + 1 entries on the last axis.
+"""
+
+import dataclasses
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+LOG_ZERO = -1e4  # log of a probability that is exactly zero (finite: no NaNs).
+
+
+@flax.struct.dataclass
+class Schedule:
+  """Cumulative schedules over t = 0..T (index t; abar_0 = 1, gbar_0 = 0).
+
+  Attributes:
+    log_abar, log_gbar, log_one_minus_gbar: float32 [T + 1].
+    num_codes: K (static).
+  """
+  log_abar: jax.Array
+  log_gbar: jax.Array
+  log_one_minus_gbar: jax.Array
+  num_codes: int = flax.struct.field(pytree_node=False)
+
+  @property
+  def num_timesteps(self) -> int:
+    return self.log_abar.shape[0] - 1
+
+
+def make_schedule(num_codes: int, num_timesteps: int = 100,
+                  abar_1: float = 0.99999, abar_T: float = 0.000009,
+                  gbar_1: float = 0.000009, gbar_T: float = 0.99999
+                  ) -> Schedule:
+  """The official VQ-Diffusion schedule: abar_t and gbar_t linear in t from
+  their t = 1 values to their t = T values (the paper's text uses gbar_T =
+  0.9); computed in float64."""
+  if num_timesteps < 1 or num_codes < 1:
+    raise ValueError(f'need num_timesteps >= 1 and num_codes >= 1, got '
+                     f'{num_timesteps}, {num_codes}')
+  frac = np.arange(num_timesteps, dtype=np.float64) / max(num_timesteps - 1, 1)
+  abar = np.concatenate([[1.0], abar_1 + frac * (abar_T - abar_1)])
+  gbar = np.concatenate([[0.0], gbar_1 + frac * (gbar_T - gbar_1)])
+  if np.any(np.diff(abar) > 0) or np.any(np.diff(gbar) < 0) or \
+      np.any(abar + gbar > 1 + 1e-12) or abar[-1] <= 0:
+    raise ValueError('schedule: need abar decreasing in (0, 1], gbar '
+                     'increasing in [0, 1) and abar + gbar <= 1')
+  log = lambda v: jnp.asarray(np.log(np.maximum(v, 1e-300)), jnp.float32)
+  return Schedule(log_abar=log(abar), log_gbar=log(gbar),
+                  log_one_minus_gbar=log(1.0 - gbar), num_codes=num_codes)
+
+
+def transition(schedule: Schedule, s, t):
+  """log (alpha, beta, gamma) of the chain from time s to time t >= s.
+
+  s, t: int arrays broadcastable to a batch shape; returns three float32
+  arrays of that shape (log 0 = LOG_ZERO where a term vanishes, e.g. s = t).
+  """
+  log_alpha = schedule.log_abar[t] - schedule.log_abar[s]
+  log_keep = schedule.log_one_minus_gbar[t] - schedule.log_one_minus_gbar[s]
+  gamma = -jnp.expm1(log_keep)
+  alpha = jnp.exp(log_alpha)
+  beta = jnp.maximum((1.0 - alpha - gamma) / schedule.num_codes, 0.0)
+  safe_log = lambda v: jnp.where(v > 0, jnp.log(jnp.maximum(v, 1e-38)),
+                                 LOG_ZERO)
+  return log_alpha, safe_log(beta), safe_log(gamma)
+
+
+def _expand(x, like):
+  return jnp.reshape(x, jnp.shape(x) + (1,) * (like.ndim - jnp.ndim(x)))
+
+
+def apply_transition(log_p: jax.Array, schedule: Schedule, s, t) -> jax.Array:
+  """log of Q_{s->t} applied to the (unnormalized) vectors exp(log_p).
+
+  log_p: [..., N, K + 1]; s, t: int, scalar or [...] (per example).
+  Returns [..., N, K + 1] (see the module docstring).
+  """
+  log_alpha, log_beta, log_gamma = transition(schedule, s, t)
+  log_alpha, log_beta, log_gamma = (_expand(v, log_p[..., 0])
+                                    for v in (log_alpha, log_beta, log_gamma))
+  codes, mask = log_p[..., :-1], log_p[..., -1]
+  log_total = jax.nn.logsumexp(codes, axis=-1)
+  out_codes = jnp.logaddexp(codes + log_alpha[..., None],
+                            (log_beta + log_total)[..., None])
+  out_mask = jnp.logaddexp(log_gamma + log_total, mask)
+  return jnp.concatenate([out_codes, out_mask[..., None]], axis=-1)
+
+
+def one_hot_log(x: jax.Array, num_states: int) -> jax.Array:
+  """int states [...] -> log one-hot [..., num_states] (LOG_ZERO elsewhere)."""
+  return jnp.where(jax.nn.one_hot(x, num_states, dtype=bool), 0.0, LOG_ZERO)
+
+
+def q_xt_given_x0(log_x0: jax.Array, schedule: Schedule, t) -> jax.Array:
+  """log q(x_t | x_0) for log-distributions over x_0 [..., N, K + 1]."""
+  return apply_transition(log_x0, schedule, jnp.zeros_like(t), t)
+
+
+def likelihood_of_observed(x_t: jax.Array, schedule: Schedule, s, t
+                           ) -> jax.Array:
+  """log q(x_t = observed | x_s = j) for every state j: [..., N, K + 1].
+
+  The code block of the transition is symmetric, so this is the transition
+  applied to one-hot(x_t) on codes; from [MASK] only [MASK] is reachable and
+  every code reaches [MASK] with gamma.
+  """
+  num_codes = schedule.num_codes
+  log_alpha, log_beta, log_gamma = transition(schedule, s, t)
+  log_alpha, log_beta, log_gamma = (_expand(v, x_t)
+                                    for v in (log_alpha, log_beta, log_gamma))
+  is_mask = (x_t == num_codes)[..., None]
+  same = jax.nn.one_hot(x_t, num_codes + 1, dtype=bool)
+  from_code = jnp.where(same, jnp.logaddexp(log_alpha, log_beta)[..., None],
+                        log_beta[..., None])
+  from_code = from_code.at[..., -1].set(LOG_ZERO)   # MASK never leaves.
+  to_mask = jnp.broadcast_to(log_gamma[..., None], from_code.shape)
+  to_mask = to_mask.at[..., -1].set(0.0)
+  return jnp.where(is_mask, to_mask, from_code)
+
+
+def reverse_step_log_probs(log_p_x0: jax.Array, x_t: jax.Array,
+                           schedule: Schedule, t, u) -> jax.Array:
+  """log p(x_u | x_t) = sum_x0 q(x_u | x_t, x_0) p(x_0 | x_t), for u < t.
+
+  Args:
+    log_p_x0: [..., N, K + 1] log p(x_0 | x_t) (the [MASK] entry LOG_ZERO;
+      one-hot(x_0) gives the exact posterior q(x_u | x_t, x_0)).
+    x_t: int [..., N] observed states at time t.
+    schedule: the cumulative schedules.
+    t, u: int times, scalars or [...], 0 <= u < t.
+
+  Returns:
+    [..., N, K + 1] normalized log-probabilities over x_u.
+  """
+  log_q_t_given_x0 = likelihood_of_observed(x_t, schedule, jnp.zeros_like(t),
+                                            t)
+  weights = log_p_x0 - log_q_t_given_x0          # p(x0) / q(x_t | x0).
+  weights = weights.at[..., -1].set(LOG_ZERO)    # x_0 is never [MASK].
+  at_u = apply_transition(weights, schedule, jnp.zeros_like(u), u)
+  log_probs = at_u + likelihood_of_observed(x_t, schedule, u, t)
+  return jax.nn.log_softmax(jnp.maximum(log_probs, LOG_ZERO), axis=-1)
+
+
+def sample_states(rng: jax.Array, log_probs: jax.Array) -> jax.Array:
+  """Draws int32 states [..., N] from log-probabilities [..., N, S]."""
+  return jax.random.categorical(rng, log_probs, axis=-1).astype(jnp.int32)
+
+
+def categorical_kl(log_q: jax.Array, log_p: jax.Array) -> jax.Array:
+  """KL(q || p) over the last axis, terms with q = 0 dropped: [...]."""
+  q = jnp.exp(log_q)
+  return jnp.sum(jnp.where(q > 0, q * (log_q - log_p), 0.0), axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossTerms:
+  """Per-example terms of the VQ-Diffusion loss (float32 [B] each)."""
+  vlb: jax.Array      # KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)), -log p(x_0|x_1) at t=1.
+  x0_ce: jax.Array    # -log p(x_0 | x_t), the auxiliary term.
+
+
+def loss_terms(log_p_x0: jax.Array, x0: jax.Array, x_t: jax.Array,
+               schedule: Schedule, t: jax.Array) -> LossTerms:
+  """The VLB term of time t and the x_0 cross-entropy, per example, in nats
+  averaged over the N tokens.
+
+  Args:
+    log_p_x0: [B, N, K + 1] the network's log p(x_0 | x_t).
+    x0: int [B, N] data tokens. x_t: int [B, N] their corruption at time t.
+    t: int [B] in [1, T].
+  """
+  num_states = schedule.num_codes + 1
+  log_x0 = one_hot_log(x0, num_states)
+  log_q = reverse_step_log_probs(log_x0, x_t, schedule, t, t - 1)
+  log_p = reverse_step_log_probs(log_p_x0, x_t, schedule, t, t - 1)
+  kl = categorical_kl(log_q, log_p)
+  nll = -jnp.take_along_axis(log_p, x0[..., None], axis=-1)[..., 0]
+  vlb = jnp.where((t == 1)[:, None], nll, kl).mean(-1)
+  ce = -jnp.take_along_axis(log_p_x0, x0[..., None], axis=-1)[..., 0].mean(-1)
+  return LossTerms(vlb=vlb, x0_ce=ce)

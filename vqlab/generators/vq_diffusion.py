@@ -1,0 +1,381 @@
+"""VQ-Diffusion: a transformer predicts p(x_0 | x_t, y) over a token grid
+corrupted by mask-and-replace diffusion (math: `discrete_diffusion`).
+
+Network: embeddings of the K + 1 states + positions, `ConditionedBlock`s
+(adaptive LayerNorm on the timestep, cross-attention to the condition), a head
+over the K codes. Conditions (`condition`):
+  'none'   no cross-attention;
+  'class'  labels [B] -> a learned embedding (id num_classes: the null class);
+  'text'   {'states': [B, L, cond_dim] from a frozen text encoder (MiniLM,
+           CLIP), 'mask': bool [B, L]} with text_encoder='frozen', or
+           {'ids': int [B, L] UTF-8 bytes, 'mask'} with text_encoder='bytes'
+           (a small trainable encoder, the fallback without weights).
+The null condition of classifier-free guidance is learned (the null class, or
+a learned context vector for text); training drops the condition per example
+with probability `cond_drop`.
+
+Loss (DESIGN §4): L_vlb(t) + lambda w(t) CE(x_0, p(x_0 | x_t)) with
+w(t) = 2 - t/T, t uniform or importance-sampled (p(t) ~ sqrt(E[L_t^2]) from a
+running history, each t seen 10 times first; L_t is reweighted by 1/(T p(t))).
+Sampling walks decreasing times T = t_0 > t_1 > ... > 0 (all of them: the full
+chain; every d-th: the fast sampler) from all-[MASK], with guidance
+log p_u + s (log p_c - log p_u), temperature and truncation (keep the most
+likely codes of p(x_0) up to cumulative probability r).
+"""
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vqlab.errors import ConfigError
+from vqlab.generators import discrete_diffusion as dd
+from vqlab.nn.conditioned_transformer import ConditionedBlock
+from vqlab.nn.conditioned_transformer import timestep_embedding
+from vqlab.nn.transformer import Transformer
+
+CONDITIONS = ('none', 'class', 'text')
+TEXT_ENCODERS = ('frozen', 'bytes')
+BYTE_VOCAB = 257  # UTF-8 bytes + padding id 256.
+
+
+class VQDiffusion(nn.Module):
+  """The denoiser (module docstring).
+
+  Attributes:
+    vocab_size: K codes. token_shape: one example's tokens, e.g. (16, 16).
+    num_timesteps: T. width, num_layers, num_heads, mlp_dim, dropout_rate.
+    condition: 'none' | 'class' | 'text'. num_classes: for 'class'.
+    text_encoder: 'frozen' | 'bytes'. cond_dim: width of frozen text states.
+    schedule: (abar_1, abar_T, gbar_1, gbar_T).
+    dtype: compute dtype; log-probabilities are float32.
+  """
+  vocab_size: int
+  token_shape: Sequence[int]
+  num_timesteps: int = 100
+  width: int = 64
+  num_layers: int = 2
+  num_heads: int = 2
+  mlp_dim: int = 128
+  dropout_rate: float = 0.0
+  condition: str = 'none'
+  num_classes: int = 10
+  text_encoder: str = 'frozen'
+  cond_dim: int = 384
+  schedule_values: Sequence[float] = (0.99999, 0.000009, 0.000009, 0.99999)
+  dtype: Any = jnp.float32
+
+  @property
+  def num_tokens(self) -> int:
+    return int(np.prod(self.token_shape))
+
+  @nn.nowrap
+  def schedule(self) -> dd.Schedule:
+    return dd.make_schedule(self.vocab_size, self.num_timesteps,
+                            *self.schedule_values)
+
+  @nn.nowrap
+  def check_states(self, x_t: jax.Array) -> None:
+    """ValueError for a wrong shape or (concrete) ids outside [0, K]."""
+    if tuple(x_t.shape[1:]) != tuple(self.token_shape):
+      raise ValueError(f'VQDiffusion: tokens of shape {tuple(x_t.shape)}, '
+                       f'expected [B, {", ".join(map(str, self.token_shape))}]')
+    if isinstance(x_t, jax.core.Tracer):
+      return
+    values = np.asarray(x_t)
+    if values.size and (values.min() < 0 or values.max() > self.vocab_size):
+      raise ValueError(f'VQDiffusion: token ids in [{values.min()}, '
+                       f'{values.max()}], but the vocab size is '
+                       f'{self.vocab_size}: ids must be in [0, '
+                       f'{self.vocab_size}) (or the [MASK] id '
+                       f'{self.vocab_size})')
+
+  def _context(self, cond, drop, batch: int):
+    """(context [B, L, width], mask [B, L]) or (None, None)."""
+    if self.condition == 'none':
+      return None, None
+    if self.condition == 'class':
+      labels = (jnp.full((batch,), self.num_classes, jnp.int32)
+                if cond is None else cond.astype(jnp.int32))
+      if drop is not None:
+        labels = jnp.where(drop, self.num_classes, labels)
+      emb = nn.Embed(self.num_classes + 1, self.width, name='class_embed')(
+          labels)
+      return emb[:, None].astype(self.dtype), jnp.ones((batch, 1), bool)
+    null = self.param('null_context', nn.initializers.normal(0.02),
+                      (self.width,))
+    if cond is None:
+      return (jnp.broadcast_to(null, (batch, 1, self.width)).astype(self.dtype),
+              jnp.ones((batch, 1), bool))
+    mask = cond['mask'].astype(bool)
+    if self.text_encoder == 'frozen':
+      states = nn.Dense(self.width, dtype=self.dtype, name='text_proj')(
+          cond['states'].astype(self.dtype))
+    else:
+      ids = cond['ids'].astype(jnp.int32)
+      states = nn.Embed(BYTE_VOCAB, self.width, name='byte_embed')(ids)
+      pos = self.param('byte_pos', nn.initializers.normal(0.02),
+                       (ids.shape[1], self.width))
+      attn_mask = mask[:, None, None, :]
+      states = Transformer(2, self.num_heads, 2 * self.width,
+                           dtype=self.dtype, name='text_encoder')(
+                               (states + pos).astype(self.dtype), attn_mask)
+    if drop is not None:
+      null_states = jnp.broadcast_to(null.astype(states.dtype), states.shape)
+      states = jnp.where(drop[:, None, None], null_states, states)
+      first = jnp.arange(mask.shape[1]) == 0
+      mask = jnp.where(drop[:, None], first[None], mask)
+    return states, mask
+
+  @nn.compact
+  def __call__(self, x_t: jax.Array, t: jax.Array, cond: Any = None,
+               drop: jax.Array | None = None, *,
+               train: bool = False) -> jax.Array:
+    """log p(x_0 | x_t, y).
+
+    Args:
+      x_t: int [B, *token_shape] states (K = [MASK]).
+      t: int [B] times in [1, T].
+      cond: see the module docstring (None: the null condition).
+      drop: bool [B], replace the condition by the null one (CFG training).
+      train: dropout on.
+
+    Returns:
+      float32 [B, N, K + 1], N = prod(token_shape); the [MASK] entry is
+      log 0 (dd.LOG_ZERO).
+    """
+    self.check_states(x_t)
+    batch = x_t.shape[0]
+    flat = x_t.reshape(batch, -1).astype(jnp.int32)
+    x = nn.Embed(self.vocab_size + 1, self.width, name='token_embed')(flat)
+    pos = self.param('pos_embedding', nn.initializers.normal(0.02),
+                     (self.num_tokens, self.width))
+    x = (x + pos).astype(self.dtype)
+    emb = timestep_embedding(t, self.width)
+    emb = nn.Dense(self.width, dtype=self.dtype, name='time_mlp_0')(emb)
+    emb = nn.Dense(self.width, dtype=self.dtype, name='time_mlp_1')(
+        nn.silu(emb))
+    context, context_mask = self._context(cond, drop, batch)
+    for i in range(self.num_layers):
+      x = ConditionedBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
+                           self.dtype, name=f'block_{i}')(
+                               x, emb, context, context_mask, train=train)
+    x = nn.LayerNorm(dtype=jnp.float32, name='final_norm')(x)
+    logits = nn.Dense(self.vocab_size, dtype=self.dtype, name='head')(x)
+    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.concatenate(
+        [log_p, jnp.full(log_p.shape[:-1] + (1,), dd.LOG_ZERO)], axis=-1)
+
+  @nn.nowrap
+  def sample(self, params, rng: jax.Array, batch_size: int, cond=None,
+             **kwargs) -> jax.Array:
+    """The generators API: see the module-level `sample`."""
+    return sample(self, params, rng, batch_size, cond, **kwargs)
+
+
+# ---------------------------------------------------------------- Training.
+
+
+def sample_times(rng: jax.Array, batch_size: int, num_timesteps: int,
+                 loss_state: dict[str, jax.Array] | None = None,
+                 method: str = 'uniform'):
+  """t [B] in [1, T] and its weight 1 / (T p(t)) [B].
+
+  'importance': p(t) ~ sqrt(E[L_t^2]) once every t has 10 recorded losses in
+  loss_state {'lt_sq', 'lt_count'} ([T + 1] each), uniform before.
+  """
+  uniform = jnp.full((num_timesteps,), 1.0 / num_timesteps)
+  if method == 'importance':
+    lt_sq, count = loss_state['lt_sq'][1:], loss_state['lt_count'][1:]
+    weights = jnp.sqrt(lt_sq + 1e-10)
+    probs = jnp.where(jnp.all(count >= 10), weights / weights.sum(), uniform)
+  else:
+    probs = uniform
+  index = jax.random.choice(rng, num_timesteps, (batch_size,), p=probs)
+  return index + 1, 1.0 / (num_timesteps * probs[index])
+
+
+def update_loss_history(loss_state, t: jax.Array, vlb: jax.Array):
+  """EMA (0.9) of L_t^2 and counts per t, for importance sampling."""
+  lt_sq, count = loss_state['lt_sq'], loss_state['lt_count']
+  # One update per distinct t (the last example's, as a scatter does).
+  new = 0.9 * lt_sq[t] + 0.1 * vlb**2
+  return {'lt_sq': lt_sq.at[t].set(new), 'lt_count': count.at[t].add(1)}
+
+
+def init_loss_state(num_timesteps: int) -> dict[str, jax.Array]:
+  return {'lt_sq': jnp.zeros((num_timesteps + 1,), jnp.float32),
+          'lt_count': jnp.zeros((num_timesteps + 1,), jnp.int32)}
+
+
+def diffusion_loss(model: VQDiffusion, params, rng: jax.Array,
+                   tokens: jax.Array, cond: Any = None, *,
+                   aux_weight: float = 5e-4, cond_drop: float = 0.0,
+                   time_sampling: str = 'uniform', loss_state=None,
+                   train: bool = True, example_weights=None):
+  """VLB + lambda w(t) CE(x_0) on tokens [B, *shape]; returns (loss, metrics,
+  new loss_state). Metrics: loss, vlb, x0_ce, x0_accuracy."""
+  schedule = model.schedule()
+  batch = tokens.shape[0]
+  x0 = tokens.reshape(batch, -1).astype(jnp.int32)
+  t_rng, q_rng, drop_rng, dropout_rng = jax.random.split(rng, 4)
+  t, weight = sample_times(t_rng, batch, model.num_timesteps, loss_state,
+                           time_sampling)
+  log_qt = dd.q_xt_given_x0(dd.one_hot_log(x0, model.vocab_size + 1),
+                            schedule, t)
+  x_t = dd.sample_states(q_rng, log_qt)
+  drop = (jax.random.bernoulli(drop_rng, cond_drop, (batch,))
+          if cond is not None and cond_drop > 0 else None)
+  log_p_x0 = model.apply({'params': params}, x_t.reshape(tokens.shape), t,
+                         cond, drop, train=train,
+                         rngs={'dropout': dropout_rng})
+  terms = dd.loss_terms(log_p_x0, x0, x_t, schedule, t)
+  w_t = 2.0 - t / model.num_timesteps
+  per_example = weight * terms.vlb + aux_weight * w_t * terms.x0_ce
+  ew = jnp.ones((batch,)) if example_weights is None else example_weights
+  count = jnp.maximum(ew.sum(), 1.0)
+  mean = lambda v: (v * ew).sum() / count
+  correct = (jnp.argmax(log_p_x0, -1) == x0).mean(-1)
+  metrics = {'loss': mean(per_example), 'vlb': mean(terms.vlb),
+             'x0_ce': mean(terms.x0_ce), 'x0_accuracy': mean(correct)}
+  new_state = loss_state
+  if loss_state is not None:
+    new_state = update_loss_history(loss_state, t, terms.vlb)
+  return metrics['loss'], metrics, new_state
+
+
+# ---------------------------------------------------------------- Sampling.
+
+
+def time_points(num_timesteps: int, num_steps: int | None = None
+                ) -> np.ndarray:
+  """Decreasing ints T = t_0 > ... > t_S = 0; S = num_steps (None: T, the
+  full chain; else evenly spaced skips)."""
+  steps = num_timesteps if num_steps is None else num_steps
+  if not 1 <= steps <= num_timesteps:
+    raise ValueError(f'num_steps must be in [1, {num_timesteps}], got {steps}')
+  points = np.round(np.linspace(num_timesteps, 0, steps + 1)).astype(np.int32)
+  return np.unique(points)[::-1]
+
+
+def truncate(log_p: jax.Array, rate: float) -> jax.Array:
+  """Keeps the most likely codes up to cumulative probability `rate` (at
+  least one), renormalized; log_p [..., V] (rate >= 1: unchanged)."""
+  if rate >= 1.0:
+    return log_p
+  order = jnp.argsort(-log_p, axis=-1, stable=True)
+  sorted_p = jnp.take_along_axis(jnp.exp(log_p), order, axis=-1)
+  before = jnp.cumsum(sorted_p, axis=-1) - sorted_p
+  keep_sorted = before < rate
+  keep = jnp.take_along_axis(keep_sorted, jnp.argsort(order, axis=-1), -1)
+  return jax.nn.log_softmax(jnp.where(keep, log_p, dd.LOG_ZERO), axis=-1)
+
+
+def predict_x0(model: VQDiffusion, params, x_t, t, cond,
+               guidance_scale: float = 1.0, temperature: float = 1.0,
+               truncation: float = 1.0) -> jax.Array:
+  """log p(x_0 | x_t) for sampling: guidance, temperature, truncation.
+
+  Guidance (needs a condition): log p_u + s (log p_c - log p_u) over the
+  codes, renormalized; s = 1 is plain conditional sampling.
+  """
+  batch = x_t.shape[0]
+  apply = functools.partial(model.apply, {'params': params})
+  times = jnp.full((batch,), t, jnp.int32)
+  if cond is not None and guidance_scale != 1.0:
+    both = jax.tree.map(lambda a: jnp.concatenate([a, a]), cond)
+    drop = jnp.concatenate([jnp.zeros(batch, bool), jnp.ones(batch, bool)])
+    log_p = apply(jnp.concatenate([x_t, x_t]), jnp.concatenate([times, times]),
+                  both, drop)
+    cond_p, uncond_p = log_p[:batch, ..., :-1], log_p[batch:, ..., :-1]
+    codes = uncond_p + guidance_scale * (cond_p - uncond_p)
+  else:
+    codes = apply(x_t, times, cond)[..., :-1]
+  codes = jax.nn.log_softmax(codes / max(temperature, 1e-6), axis=-1)
+  codes = truncate(codes, truncation)
+  return jnp.concatenate([codes, jnp.full(codes.shape[:-1] + (1,),
+                                          dd.LOG_ZERO)], axis=-1)
+
+
+def sample(model: VQDiffusion, params, rng: jax.Array, batch_size: int,
+           cond: Any = None, num_steps: int | None = None,
+           guidance_scale: float = 1.0, temperature: float = 1.0,
+           truncation: float = 1.0) -> jax.Array:
+  """Generates tokens [B, *token_shape] from all-[MASK] at t = T.
+
+  Step i (from t_i to t_{i+1}) draws with fold_in(rng, i), so the fast
+  sampler with num_steps = T is the full chain. Jit-able with num_steps,
+  guidance_scale, temperature and truncation static.
+  """
+  params = params.get('params', params)
+  schedule = model.schedule()
+  points = time_points(model.num_timesteps, num_steps)
+  x = jnp.full((batch_size, model.num_tokens), model.vocab_size, jnp.int32)
+  pairs = jnp.asarray(np.stack([points[:-1], points[1:]], axis=1))
+
+  def body(x, step):
+    i, (t, u) = step
+    log_p_x0 = predict_x0(model, params, x.reshape((batch_size,) +
+                                                   tuple(model.token_shape)),
+                          t, cond, guidance_scale, temperature, truncation)
+    log_probs = dd.reverse_step_log_probs(log_p_x0, x, schedule, t, u)
+    return dd.sample_states(jax.random.fold_in(rng, i), log_probs), None
+
+  x, _ = jax.lax.scan(body, x, (jnp.arange(len(pairs)), pairs))
+  return x.reshape((batch_size,) + tuple(model.token_shape))
+
+
+# ---------------------------------------------------------------- Config.
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """A tiny VQ-Diffusion for CPU tests; configs/vq_diffusion/ has the paper's."""
+  config = ml_collections.ConfigDict()
+  config.vocab_size = 64            # K codes of the tokenizer.
+  config.token_shape = (4, 4)       # Tokens per example (paper: (32, 32)).
+  config.num_timesteps = 100        # T (paper: 100).
+  config.abar_1 = 0.99999           # Cumulative stay probability at t = 1 ...
+  config.abar_T = 0.000009          # ... and at t = T (linear in between).
+  config.gbar_1 = 0.000009          # Cumulative mask probability at t = 1 ...
+  config.gbar_T = 0.99999           # ... and at t = T (paper text: 0.9).
+  config.width = 32                 # Transformer width (paper: 1024).
+  config.num_layers = 2             # Blocks (paper: 19).
+  config.num_heads = 2              # Heads (paper: 16).
+  config.mlp_dim = 64               # MLP width (paper: 4096).
+  config.dropout_rate = 0.0
+  config.condition = 'none'         # 'none' | 'class' | 'text'.
+  config.num_classes = 10           # 'class': classes (+1 null class).
+  config.text_encoder = 'frozen'    # 'frozen' (MiniLM states) | 'bytes'.
+  config.cond_dim = 384             # Width of the frozen text states.
+  return config
+
+
+def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
+          prefix: str = 'model') -> VQDiffusion:
+  """Builds a VQDiffusion from a validated config."""
+  if config.condition not in CONDITIONS:
+    raise ConfigError(f'{prefix}.condition',
+                      f'{config.condition!r} not in {CONDITIONS}')
+  if config.text_encoder not in TEXT_ENCODERS:
+    raise ConfigError(f'{prefix}.text_encoder',
+                      f'{config.text_encoder!r} not in {TEXT_ENCODERS}')
+  if config.width % config.num_heads:
+    raise ConfigError(f'{prefix}.num_heads', f'{config.num_heads} does not '
+                      f'divide width {config.width}')
+  values = (config.abar_1, config.abar_T, config.gbar_1, config.gbar_T)
+  try:
+    dd.make_schedule(config.vocab_size, config.num_timesteps, *values)
+  except ValueError as e:
+    raise ConfigError(f'{prefix}.abar_1', str(e)) from e
+  return VQDiffusion(
+      vocab_size=config.vocab_size, token_shape=tuple(config.token_shape),
+      num_timesteps=config.num_timesteps, width=config.width,
+      num_layers=config.num_layers, num_heads=config.num_heads,
+      mlp_dim=config.mlp_dim, dropout_rate=config.dropout_rate,
+      condition=config.condition, num_classes=config.num_classes,
+      text_encoder=config.text_encoder, cond_dim=config.cond_dim,
+      schedule_values=values, dtype=jnp.dtype(dtype))

@@ -1,0 +1,104 @@
+"""Captions as conditions of a generator: host-side tokenization and the
+in-step text encoder.
+
+Strings never reach the devices: `host_arrays` turns a batch's 'caption'
+strings into 'text_ids' int32 [b, L] and 'text_mask' bool [b, L] (L =
+`text.max_length`), and inside the jitted steps `condition` makes the model's
+text condition from them: with text_encoder='frozen', the frozen MiniLM
+(all-MiniLM-L6-v2, `vqlab.text.minilm`) gives token states [B, L, 384]; with
+'bytes' the ids are UTF-8 bytes for the model's own small trainable encoder.
+"""
+
+from typing import Any, Iterator
+
+import jax
+import ml_collections
+import numpy as np
+
+from vqlab.errors import ConfigError
+from vqlab.generators import vq_diffusion
+
+CAPTION = 'caption'
+
+
+def encode_bytes(texts, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+  """UTF-8 bytes of each text, truncated / padded (id 256) to max_length."""
+  pad = vq_diffusion.BYTE_VOCAB - 1
+  ids = np.full((len(texts), max_length), pad, np.int32)
+  for i, text in enumerate(texts):
+    data = np.frombuffer(str(text).encode('utf-8')[:max_length], np.uint8)
+    ids[i, :len(data)] = data
+  return ids, ids != pad
+
+
+class TextConditioner:
+  """Captions -> text conditions for a text-conditional generator."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.kind = config.model.text_encoder
+    self.max_length = config.text.max_length
+    self.encoder = None
+    if self.kind == 'frozen':
+      from vqlab.text import minilm  # pylint: disable=g-import-not-at-top
+      self.encoder = minilm.TextEncoder(config.text.encoder_dir or None,
+                                        pad_to=self.max_length)
+      if config.model.cond_dim != self.encoder.width:
+        raise ConfigError('model.cond_dim', f'{config.model.cond_dim}, but '
+                          f'the text encoder gives {self.encoder.width}-wide '
+                          'states')
+
+  @property
+  def frozen(self) -> dict[str, Any]:
+    """Frozen networks to pass to the steps."""
+    return {'text_encoder': self.encoder.params} if self.encoder else {}
+
+  def host_arrays(self, captions) -> dict[str, np.ndarray]:
+    """Strings [b] -> {'text_ids' int32 [b, L], 'text_mask' bool [b, L]}."""
+    captions = [str(c) for c in np.asarray(captions).reshape(-1)]
+    if self.encoder is not None:
+      ids, mask = self.encoder.tokenizer.encode(
+          captions, max_length=self.max_length, pad_to=self.max_length)
+    else:
+      ids, mask = encode_bytes(captions, self.max_length)
+    return {'text_ids': np.asarray(ids, np.int32),
+            'text_mask': np.asarray(mask, bool)}
+
+  def condition(self, batch, frozen) -> dict[str, jax.Array]:
+    """The model's condition from a batch's text arrays (inside a step)."""
+    ids, mask = batch['text_ids'], batch['text_mask']
+    if self.encoder is None:
+      return {'ids': ids, 'mask': mask}
+    states, _ = self.encoder.apply(frozen['text_encoder'], ids, mask)
+    return {'states': jax.lax.stop_gradient(states), 'mask': mask}
+
+  def placeholder(self, batch_size: int) -> dict[str, jax.Array]:
+    """A condition of the right shapes (for init)."""
+    arrays = self.host_arrays([''] * batch_size)
+    if self.encoder is None:
+      return {'ids': arrays['text_ids'], 'mask': arrays['text_mask']}
+    return {'states': np.zeros((batch_size, self.max_length,
+                                self.encoder.width), np.float32),
+            'mask': arrays['text_mask']}
+
+
+class CaptionsToIds:
+  """A DataSource whose batches carry text arrays instead of 'caption'."""
+
+  def __init__(self, source, conditioner: TextConditioner):
+    self._source, self._conditioner = source, conditioner
+    for name in ('per_host_batch_size', 'num_examples', 'image_shape',
+                 'video_shape', 'num_classes'):
+      setattr(self, name, getattr(source, name))
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    for batch in self._source.batches(start_step):
+      if CAPTION not in batch:
+        raise ValueError('the model is text-conditional, but the data has no '
+                         "'caption' (use a caption dataset, e.g. "
+                         "captioned_shapes or tfds with caption_key)")
+      batch = dict(batch)
+      batch.update(self._conditioner.host_arrays(batch.pop(CAPTION)))
+      yield batch
