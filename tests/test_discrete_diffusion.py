@@ -235,3 +235,21 @@ def test_training_lowers_the_loss():
     params, opt_state, loss = step(params, opt_state, jax.random.key(i))
     losses.append(float(loss))
   assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), losses
+
+
+def test_byte_level_text_condition_reaches_the_denoiser():
+  from vqlab.train.tasks import text_conditions  # pylint: disable=g-import-not-at-top
+  ids, mask = text_conditions.encode_bytes(['a red', 'caf\u00e9'], 8)
+  assert ids[1, :5].tolist() == [99, 97, 102, 0xC3, 0xA9] and mask[1].sum() == 5
+  assert ids[0, -1] == vq_diffusion.BYTE_VOCAB - 1 and not mask[0, -1]
+  model, params = _model(condition='text', text_encoder='bytes')
+  cond = {'ids': jnp.asarray(ids), 'mask': jnp.asarray(mask)}
+  params = model.init(jax.random.key(0), jnp.zeros((2, 2, 3), jnp.int32),
+                      jnp.ones((2,), jnp.int32), cond)['params']
+  assert 'text_encoder' in params
+  x_t = jnp.full((2, 2, 3), K)
+  log_p = model.apply({'params': params}, x_t, jnp.full((2,), T), cond)
+  assert float(jnp.abs(log_p[0] - log_p[1]).max()) > 1e-4
+  dropped = model.apply({'params': params}, x_t, jnp.full((2,), T), cond,
+                        jnp.array([True, True]))
+  np.testing.assert_allclose(dropped[0], dropped[1], atol=1e-6)  # Null cond.

@@ -52,8 +52,8 @@ def _stage1_config(proxy_dir, steps):
 
 
 @pytest.fixture(scope='module')
-def proxy_dir(tmp_path_factory):
-  return tiny.tokenizer_run(str(tmp_path_factory.mktemp('vqgan')), _devices())
+def proxy_dir(tokenizer_dir):
+  return tokenizer_dir  # The shared tiny VQGAN run (tests/conftest.py).
 
 
 @pytest.fixture(scope='module')
@@ -102,9 +102,15 @@ def stage2(stage1, tmp_path_factory):
   config = _stage2_config(stage1_dir, 3)
   workdir = str(tmp_path_factory.mktemp('stage2'))
   exp = loop.Experiment(config, workdir, _devices())
-  start, _ = exp.initial_state()
-  loop.train_and_evaluate(config, workdir, devices=_devices())
-  return workdir, jax.device_get(start.params['generator'])
+  state, _ = exp.initial_state()
+  start = jax.device_get(state.params['generator'])
+  with jax.set_mesh(exp.mesh):
+    for _ in range(3):
+      state, _ = exp.train_step(
+          state, exp.global_batch(next(exp.train_data.batches())))
+  exp.checkpointer.save(3, state, force=True)
+  exp.checkpointer.wait()
+  return workdir, start
 
 
 def test_stage2_starts_from_stage1_and_keeps_encoder_and_quantizer_fixed(

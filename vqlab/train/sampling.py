@@ -35,6 +35,13 @@ from vqlab.train import reference_stats
 from vqlab.train import writers as writers_lib
 
 
+@jax.jit
+def inception_outputs(params, images: jax.Array) -> dict[str, jax.Array]:
+  """images [N, H, W, 3] in [-1, 1] -> {'pool' [N, 2048], 'logits_unbiased'
+  [N, 1008]} of the FID InceptionV3 (compiled once per image shape)."""
+  return inception.InceptionV3().apply({'params': params}, images)
+
+
 def _reference(config, workdir: str) -> tuple[np.ndarray, np.ndarray]:
   if config.eval.fid_reference:
     try:
@@ -75,9 +82,6 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
   if is_chief:
     os.makedirs(out_dir, exist_ok=True)
   use_inception = 'inception' in exp.frozen
-  if use_inception:
-    pool_and_logits = jax.jit(lambda p, x: inception.InceptionV3().apply(
-        {'params': p}, x))
   stats = fid.FeatureStatistics()
   score = None
   num_batches = math.ceil(s.num_samples / s.batch_size)
@@ -95,7 +99,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
         _save(out_dir, i, host, i * s.batch_size)
       if use_inception:
         frames = images.reshape((-1,) + images.shape[-3:])
-        out = jax.device_get(pool_and_logits(exp.frozen['inception'], frames))
+        out = jax.device_get(inception_outputs(exp.frozen['inception'], frames))
         per = frames.shape[0] // s.batch_size  # Frames per sample.
         if score is None:
           n = s.num_samples * per  # The usual 10 splits (fewer below 10).
