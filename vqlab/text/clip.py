@@ -1,0 +1,365 @@
+"""CLIP's text transformer (HF `CLIPTextModel`, e.g. the text tower of
+openai/clip-vit-base-patch32 or -large-patch14), in flax, as a frozen text
+condition encoder (VQ-Diffusion conditions on CLIP ViT-B/32's token states).
+
+The model: token + learned position embeddings; pre-LN blocks (x += Attn(
+LN(x)); x += MLP(LN(x))) whose self-attention is causal (and ignores padded
+keys); a quick_gelu (or per config `hidden_act`) MLP; a final LayerNorm.
+`pooled` is the final state at the first <|endoftext|> of each row (HF:
+the first position of config.eos_token_id, or, for old configs whose
+eos_token_id is 2, the position of the largest id).
+
+No weights are downloaded. Point `load_clip_text` / `ClipTextEncoder` at a
+directory with the HF files of a CLIP (or CLIPTextModel) checkpoint:
+config.json, model.safetensors, vocab.json and merges.txt (optionally
+tokenizer_config.json / special_tokens_map.json), e.g. from
+`huggingface-cli download openai/clip-vit-base-patch32 config.json
+model.safetensors vocab.json merges.txt tokenizer_config.json
+special_tokens_map.json` on a machine with network access. A full
+CLIPModel's safetensors also works (only `text_model.*` is read).
+
+Usage:
+
+  encoder = ClipTextEncoder('/path/to/clip-vit-base-patch32', pad_to=77)
+  states, mask, pooled = encoder(['a red car', 'two dogs'])
+  # states [B, L, 512] float32, mask [B, L] bool, pooled [B, 512]
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vqlab.convert import safetensors
+from vqlab.errors import WeightsError
+from vqlab.text.clip_bpe import ClipTokenizer
+
+REQUIRED_FILES = ('config.json', 'model.safetensors', 'vocab.json',
+                  'merges.txt')
+ACTIVATIONS = ('quick_gelu', 'gelu', 'gelu_new', 'gelu_pytorch_tanh', 'relu')
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipTextConfig:
+  """The text transformer's hyperparameters (defaults: ViT-B/32's)."""
+  vocab_size: int = 49408
+  hidden_size: int = 512
+  intermediate_size: int = 2048
+  num_layers: int = 12
+  num_heads: int = 8
+  max_positions: int = 77
+  hidden_act: str = 'quick_gelu'
+  layer_norm_eps: float = 1e-5
+  eos_token_id: int = 49407
+
+  @classmethod
+  def from_hf(cls, config: Mapping[str, Any]) -> 'ClipTextConfig':
+    """From an HF CLIPTextConfig dict, or a CLIPConfig's `text_config`."""
+    if 'text_config' in config and 'hidden_size' not in config:
+      config = config['text_config'] or {}
+    defaults = cls()
+    act = config.get('hidden_act', defaults.hidden_act)
+    if act not in ACTIVATIONS:
+      raise WeightsError(f'unsupported CLIP text config: hidden_act={act!r} '
+                         f'(known: {", ".join(ACTIVATIONS)})')
+    eos = config.get('eos_token_id', defaults.eos_token_id)
+    if isinstance(eos, (list, tuple)):
+      eos = eos[0]
+    get = lambda key, name: config.get(key, getattr(defaults, name))
+    return cls(vocab_size=get('vocab_size', 'vocab_size'),
+               hidden_size=get('hidden_size', 'hidden_size'),
+               intermediate_size=get('intermediate_size',
+                                     'intermediate_size'),
+               num_layers=get('num_hidden_layers', 'num_layers'),
+               num_heads=get('num_attention_heads', 'num_heads'),
+               max_positions=get('max_position_embeddings', 'max_positions'),
+               hidden_act=act,
+               layer_norm_eps=float(get('layer_norm_eps', 'layer_norm_eps')),
+               eos_token_id=int(eos))
+
+
+def _activation(name: str, x: jax.Array) -> jax.Array:
+  if name == 'quick_gelu':
+    return x * jax.nn.sigmoid(1.702 * x)
+  if name == 'gelu':
+    return nn.gelu(x, approximate=False)
+  if name in ('gelu_new', 'gelu_pytorch_tanh'):
+    return nn.gelu(x, approximate=True)
+  if name == 'relu':
+    return nn.relu(x)
+  raise ValueError(f'unknown activation {name!r}')
+
+
+class ClipLayer(nn.Module):
+  """Pre-LN block: x += Attn(LN1(x)) (causal); x += MLP(LN2(x))."""
+  config: ClipTextConfig
+  dtype: Any = jnp.float32
+  precision: Any = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, allowed: jax.Array) -> jax.Array:
+    """x: [B, L, D]; allowed: [B, 1, L, L] bool (query may see key)."""
+    c = self.config
+    dense = functools.partial(nn.Dense, dtype=self.dtype,
+                              precision=self.precision)
+    layer_norm = functools.partial(nn.LayerNorm, epsilon=c.layer_norm_eps,
+                                   dtype=self.dtype)
+    batch, length, width = x.shape
+    head_dim = width // c.num_heads
+    h = layer_norm(name='layer_norm1')(x)
+
+    def heads(name):
+      return dense(width, name=name)(h).reshape(batch, length, c.num_heads,
+                                                head_dim)
+
+    q, k, v = heads('q_proj'), heads('k_proj'), heads('v_proj')
+    scores = jnp.einsum('bqhd,bkhd->bhqk', q, k, precision=self.precision)
+    scores = scores.astype(jnp.float32) * np.float32(head_dim ** -0.5)
+    scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+    h = jnp.einsum('bhqk,bkhd->bqhd', probs, v, precision=self.precision)
+    x = x + dense(width, name='out_proj')(h.reshape(batch, length, width))
+    h = layer_norm(name='layer_norm2')(x)
+    h = _activation(c.hidden_act, dense(c.intermediate_size, name='fc1')(h))
+    return x + dense(width, name='fc2')(h)
+
+
+class ClipText(nn.Module):
+  """CLIP text transformer: (ids [B, L], mask [B, L]) -> final-LN token
+  states [B, L, D].
+
+  Position i attends to the positions j <= i whose mask is True (HF's
+  causal mask combined with the attention mask). Padded positions get
+  states too; use the mask to ignore them.
+
+  Attributes:
+    config: the hyperparameters.
+    dtype: compute dtype (softmax in float32).
+    precision: matmul precision (None: the backend default; pass
+      jax.lax.Precision.HIGHEST for float32-exact results on TPU/GPU).
+  """
+  config: ClipTextConfig = ClipTextConfig()
+  dtype: Any = jnp.float32
+  precision: Any = None
+
+  @nn.compact
+  def __call__(self, ids: jax.Array, mask: jax.Array | None = None
+               ) -> jax.Array:
+    c = self.config
+    length = ids.shape[1]
+    if length > c.max_positions:
+      raise ValueError(f'{length} tokens exceed the {c.max_positions} '
+                       'position embeddings')
+    if mask is None:
+      mask = jnp.ones(ids.shape, jnp.bool_)
+    embed = functools.partial(nn.Embed, features=c.hidden_size,
+                              dtype=self.dtype)
+    x = embed(c.vocab_size, name='token_embedding')(ids)
+    x = x + embed(c.max_positions, name='position_embedding')(
+        jnp.arange(length))[None]
+    causal = jnp.tril(jnp.ones((length, length), jnp.bool_))
+    allowed = causal[None, None] & mask.astype(jnp.bool_)[:, None, None, :]
+    for i in range(c.num_layers):
+      x = ClipLayer(c, self.dtype, self.precision, name=f'layer_{i}')(
+          x, allowed)
+    return nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype,
+                        name='final_layer_norm')(x)
+
+
+def pool(states: jax.Array, ids: jax.Array, eos_token_id: int) -> jax.Array:
+  """HF CLIPTextModel's pooler_output: the state at the first
+  `eos_token_id` of each row, or, when eos_token_id == 2 (configs from
+  before transformers PR #24773), at the (first) largest id."""
+  if eos_token_id == 2:
+    index = jnp.argmax(ids, axis=-1)
+  else:
+    index = jnp.argmax((ids == eos_token_id).astype(jnp.int32), axis=-1)
+  return jnp.take_along_axis(states, index[:, None, None], axis=1)[:, 0]
+
+
+# ------------------------------------------------------------ converter ---
+
+def _take(state: Mapping[str, np.ndarray], name: str,
+          shape: tuple[int, ...]) -> np.ndarray:
+  if name not in state:
+    raise WeightsError(f'the CLIP text weights lack {name}')
+  value = np.asarray(state[name])
+  if value.shape != shape:
+    raise WeightsError(f'{name} has shape {value.shape}, expected {shape}')
+  return value.astype(np.float32)
+
+
+def convert_clip_text(state: Mapping[str, np.ndarray],
+                      config: ClipTextConfig = ClipTextConfig()) -> dict:
+  """HF CLIPTextModel (or CLIPModel) state dict -> ClipText params (numpy
+  float32).
+
+  Names are `text_model.embeddings.token_embedding.weight`,
+  `text_model.encoder.layers.{i}.self_attn.{q,k,v,out}_proj.*`,
+  `...layer_norm{1,2}.*`, `...mlp.fc{1,2}.*`,
+  `text_model.final_layer_norm.*` (the `text_model.` prefix may be absent).
+  torch Linear weights [out, in] become Dense kernels [in, out]. WeightsError
+  names a missing or wrong-shape tensor.
+  """
+  prefix = 'text_model.'
+  if not any(k.startswith(prefix) for k in state):
+    state = {prefix + k: v for k, v in state.items()}
+  c = config
+  d = c.hidden_size
+
+  def dense(name, n_in, n_out):
+    return {'kernel': _take(state, f'{name}.weight', (n_out, n_in)).T,
+            'bias': _take(state, f'{name}.bias', (n_out,))}
+
+  def norm(name):
+    return {'scale': _take(state, f'{name}.weight', (d,)),
+            'bias': _take(state, f'{name}.bias', (d,))}
+
+  e = f'{prefix}embeddings'
+  params = {
+      'token_embedding': {'embedding': _take(
+          state, f'{e}.token_embedding.weight', (c.vocab_size, d))},
+      'position_embedding': {'embedding': _take(
+          state, f'{e}.position_embedding.weight', (c.max_positions, d))},
+      'final_layer_norm': norm(f'{prefix}final_layer_norm'),
+  }
+  for i in range(c.num_layers):
+    p = f'{prefix}encoder.layers.{i}'
+    params[f'layer_{i}'] = {
+        'layer_norm1': norm(f'{p}.layer_norm1'),
+        'q_proj': dense(f'{p}.self_attn.q_proj', d, d),
+        'k_proj': dense(f'{p}.self_attn.k_proj', d, d),
+        'v_proj': dense(f'{p}.self_attn.v_proj', d, d),
+        'out_proj': dense(f'{p}.self_attn.out_proj', d, d),
+        'layer_norm2': norm(f'{p}.layer_norm2'),
+        'fc1': dense(f'{p}.mlp.fc1', d, c.intermediate_size),
+        'fc2': dense(f'{p}.mlp.fc2', c.intermediate_size, d),
+    }
+  return params
+
+
+# --------------------------------------------------------------- loading ---
+
+def find_model_dir(path: str | os.PathLike) -> pathlib.Path:
+  """`path`, checked to hold config.json, model.safetensors, vocab.json and
+  merges.txt.
+
+  Raises:
+    WeightsError: a file is missing; the message names it.
+  """
+  if path is None or not os.fspath(path):
+    raise WeightsError(
+        'the CLIP text encoder needs a directory with the HF files '
+        f'({", ".join(REQUIRED_FILES)}); none was given')
+  directory = pathlib.Path(path).expanduser()
+  missing = [f for f in REQUIRED_FILES if not (directory / f).is_file()]
+  if missing:
+    raise WeightsError(
+        f'missing the CLIP text encoder files: {directory} lacks '
+        f'{", ".join(missing)}; point it at a directory with an HF CLIP '
+        f'checkpoint\'s {", ".join(REQUIRED_FILES)} (e.g. '
+        'openai/clip-vit-base-patch32)')
+  return directory
+
+
+def _read_json(path: pathlib.Path) -> dict:
+  try:
+    return json.loads(path.read_text(encoding='utf-8'))
+  except (OSError, ValueError) as e:
+    raise WeightsError(f'{path}: unreadable JSON ({e})') from None
+
+
+def load_clip_text(path: str | os.PathLike, *, dtype: Any = jnp.float32,
+                   precision: Any = None
+                   ) -> tuple[ClipText, dict, ClipTokenizer]:
+  """(module, params, tokenizer) of an HF CLIP text transformer.
+
+  Args:
+    path: a directory with config.json, model.safetensors, vocab.json and
+      merges.txt (tokenizer_config.json / special_tokens_map.json optional).
+    dtype, precision: passed to the module.
+
+  Returns:
+    The flax module, its params ({'params': ...}, jax float32 arrays) and
+    the tokenizer.
+
+  Raises:
+    WeightsError: files missing (named), corrupt, or not matching the
+      architecture.
+  """
+  directory = find_model_dir(path)
+  hf_config = _read_json(directory / 'config.json')
+  config = ClipTextConfig.from_hf(hf_config)
+  state = safetensors.load_safetensors(directory / 'model.safetensors')
+  if any(k.startswith('text_model.') for k in state):  # CLIPModel: skip
+    state = {k: v for k, v in state.items()           # the vision tower.
+             if k.startswith('text_model.')}
+  params = jax.tree.map(jnp.asarray, convert_clip_text(state, config))
+  try:
+    tokenizer = ClipTokenizer.from_dir(directory)
+  except (OSError, ValueError) as e:
+    raise WeightsError(f'{directory}: unusable CLIP tokenizer files ({e})'
+                       ) from None
+  if len(tokenizer.vocab) > config.vocab_size:
+    raise WeightsError(f'{directory}/vocab.json has {len(tokenizer.vocab)} '
+                       f'tokens, the model {config.vocab_size}')
+  tokenizer.model_max_length = min(tokenizer.model_max_length,
+                                   config.max_positions)
+  text_config = hf_config.get('text_config') or hf_config
+  if 'eos_token_id' not in text_config:  # Pool at the tokenizer's end token.
+    config = dataclasses.replace(config, eos_token_id=tokenizer.eos_id)
+  module = ClipText(config, dtype=dtype, precision=precision)
+  return module, {'params': params}, tokenizer
+
+
+class ClipTextEncoder:
+  """A frozen CLIP text condition encoder: texts -> (token states, mask,
+  pooled); the interface of `vqlab.text.minilm.TextEncoder`.
+
+  Attributes:
+    module, params, tokenizer: as returned by `load_clip_text`.
+    pad_to: a fixed token width L (None: the batch's longest row, capped at
+      77); fixing it avoids one compile per distinct length.
+    width: the state width D.
+  """
+
+  def __init__(self, path: str | os.PathLike, *, pad_to: int | None = None,
+               dtype: Any = jnp.float32, precision: Any = None):
+    self.module, self.params, self.tokenizer = load_clip_text(
+        path, dtype=dtype, precision=precision)
+    self.pad_to = pad_to
+    self.width = self.module.config.hidden_size
+    self._apply = jax.jit(self.apply)
+
+  @property
+  def max_length(self) -> int:
+    return self.tokenizer.model_max_length
+
+  def tokenize(self, texts: str | Sequence[str]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(ids int32 [B, L], mask bool [B, L]) in numpy."""
+    return self.tokenizer.encode(texts, self.max_length, self.pad_to)
+
+  def apply(self, params: Any, ids: jax.Array, mask: jax.Array
+            ) -> tuple[jax.Array, jax.Array]:
+    """Pure (jit-able): (token states [B, L, D] float32, pooled [B, D]
+    float32, the state at each row's first <|endoftext|>)."""
+    params = jax.lax.stop_gradient(params)
+    states = self.module.apply(params, ids, mask).astype(jnp.float32)
+    return states, pool(states, ids, self.module.config.eos_token_id)
+
+  def __call__(self, texts: str | Sequence[str]
+               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """texts -> (token states [B, L, D] float32, mask [B, L] bool, pooled
+    [B, D] float32)."""
+    ids, mask = self.tokenize(texts)
+    states, pooled = self._apply(self.params, ids, mask)
+    return states, jnp.asarray(mask), pooled
