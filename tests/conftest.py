@@ -30,3 +30,18 @@ def tokenizer_dir(tmp_path_factory):
   from tests import tiny  # pylint: disable=g-import-not-at-top
   return tiny.tokenizer_run(str(tmp_path_factory.mktemp('tokenizer')),
                             jax.devices()[:2])
+
+
+@pytest.fixture
+def small_inception_input(monkeypatch):
+  """InceptionV3 at its smallest input, 75x75, instead of FID's 299x299, for
+  tests that compare two computations through the same network (where the
+  size does not matter and 299 costs 16x the FLOPs). The Inception parity
+  tests keep 299."""
+  from vqlab.evals import inception  # pylint: disable=g-import-not-at-top
+  from vqlab.train import sampling  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(inception, 'INPUT_SIZE', 75)
+  # A program traced at the other size must not be reused.
+  sampling.inception_outputs.clear_cache()
+  yield
+  sampling.inception_outputs.clear_cache()

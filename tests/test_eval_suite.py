@@ -79,6 +79,7 @@ def _direct_metrics(exp, state, num_batches):
           'num_examples': len(rows['psnr']), 'real': rows['real']}
 
 
+@pytest.mark.usefixtures('small_inception_input')
 def test_eval_suite_equals_direct_computation(weights_dir, tmp_path):
   # `--mode=fid_stats` on the eval split, then an eval that also reports FID
   # against those statistics.

@@ -139,6 +139,7 @@ def test_maskgit_trains_on_shards_and_samples_decode_to_images(
   assert first.shape == (38, 38, 3) and first.std() > 0  # 2 x 2 samples.
 
 
+@pytest.mark.usefixtures('small_inception_input')
 def test_sample_mode_reports_gfid_and_inception_score_of_the_samples(
     trained_maskgit, tmp_path):
   workdir, config = trained_maskgit

@@ -57,6 +57,37 @@ def test_reads_zip_file_written_by_torch(expected):
   assert loaded['base_t'][0, 0] != loaded['base'][0, 0]
 
 
+_EVIL_MARKER = pathlib.Path('/tmp/vqlab_lenient_ckpt_ran_code')
+
+
+def test_lenient_reads_a_lightning_checkpoint_without_running_its_code(
+    expected):
+  path = _GOLDENS / 'lightning_sample.ckpt'
+  _EVIL_MARKER.unlink(missing_ok=True)
+  # Strict mode names the first foreign global it meets.
+  with pytest.raises(WeightsError, match='refused to load'):
+    load_state_dict(path)
+  loaded = load_state_dict(path, lenient=True)
+  _check_against_golden(loaded, expected, 'ckpt')
+  # Optimizer states and callbacks are not returned, and the object whose
+  # unpickling calls os.system became an inert placeholder.
+  assert not _EVIL_MARKER.exists()
+
+
+@pytest.mark.parametrize('layout', ['zip', 'legacy'])
+def test_lenient_never_calls_pickled_globals(tmp_path, layout):
+  marker = tmp_path / 'executed'
+  evil = _evil_pickle(f'touch {marker}')
+  path = tmp_path / 'evil.ckpt'
+  if layout == 'zip':
+    _zip(path, {'evil/data.pkl': evil, 'evil/version': b'3\n'})
+  else:
+    path.write_bytes(_legacy_header() + evil)
+  with pytest.raises(WeightsError, match='not a dict of tensors'):
+    load_state_dict(path, lenient=True)
+  assert not marker.exists()
+
+
 def test_save_then_load_round_trips_every_dtype(tmp_path):
   rng = np.random.default_rng(0)
   arrays = {

@@ -136,20 +136,25 @@ def _free_port() -> int:
 
 def test_two_processes_match_one_process_on_two_devices(uninterrupted,
                                                         tmp_path):
-  workdir, port = str(tmp_path), _free_port()
+  # Through the launch script's localhost mode: the same main.py command
+  # lines (coordinator, process ids) that it sends to GPU hosts over ssh.
+  workdir, logs = str(tmp_path / 'run'), str(tmp_path / 'logs')
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
              XLA_FLAGS='--xla_force_host_platform_device_count=1')
-  command = [sys.executable, os.path.join(ROOT, 'main.py'),
+  command = [sys.executable, os.path.join(ROOT, 'launch', 'gpu_nodes.py'),
+             'run', '--hosts=localhost,localhost', f'--python={sys.executable}',
+             f'--coordinator_port={_free_port()}', '--cpu_collectives=gloo',
              '--config=' + os.path.join(ROOT, 'tests', 'tiny_tokenizer_config.py'),
-             f'--workdir={workdir}', f'--coordinator_address=localhost:{port}',
-             '--num_processes=2', '--cpu_collectives=gloo']
-  workers = [subprocess.Popen(command + [f'--process_id={i}'], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, cwd=ROOT) for i in range(2)]
-  outputs = [w.communicate(timeout=500) for w in workers]
-  for worker, (_, err) in zip(workers, outputs):
-    assert worker.returncode == 0, err[-3000:]
-  assert 'vqlab: 2 processes, 2 devices' in outputs[0][0]
+             f'--workdir={workdir}', f'--log_dir={logs}', '--timeout=500']
+  launcher = subprocess.run(command, env=env, capture_output=True, text=True,
+                            cwd=ROOT, check=False)
+  outputs = []
+  for i in range(2):
+    with open(os.path.join(logs, f'process_{i}.log')) as f:
+      outputs.append(f.read())
+  assert launcher.returncode == 0, launcher.stdout + ''.join(
+      o[-3000:] for o in outputs)
+  assert 'vqlab: 2 processes, 2 devices' in outputs[0]
   expected, got = _losses(uninterrupted[0]), _losses(workdir)
   assert sorted(got) == list(range(1, STEPS + 1))
   for step in expected:

@@ -14,6 +14,12 @@ Writes
     bfloat16 tensors are stored as float32 (exact) and every array's torch
     dtype name is in 'zip_dtypes' / 'lpips_dtypes', aligned with 'zip_names'
     / 'lpips_names'.
+  tests/goldens/lightning_sample.ckpt: a PyTorch-Lightning-style training
+    checkpoint: 'state_dict' (tensors), 'optimizer_states' (tensors too),
+    hyper-parameter objects (argparse.Namespace, pathlib.Path, a class of
+    this script) and an object whose unpickling calls
+    os.system(f'touch {EVIL_MARKER}'); its 'state_dict' as torch reads it is
+    in torch_files.npz ('ckpt/<name>').
 It also checks that torch.load(weights_only=True) reads a file written by
 vqlab's save_state_dict back to the same tensors.
 """
@@ -36,6 +42,45 @@ import torch
 from vqlab.convert import torch_files
 
 _GOLDENS = _ROOT / 'tests' / 'goldens'
+EVIL_MARKER = '/tmp/vqlab_lenient_ckpt_ran_code'
+
+
+class _Callback:
+  """Stands for a Lightning callback pickled into a checkpoint."""
+
+  def __init__(self):
+    self.best_score = torch.tensor(0.25)
+    self.monitor = 'val/rec_loss'
+
+
+class _RunsCode:
+  """Unpickling this (with plain pickle or torch.load) runs a shell command."""
+
+  def __reduce__(self):
+    import os  # pylint: disable=import-outside-toplevel
+    return os.system, (f'touch {EVIL_MARKER}',)
+
+
+def _lightning_checkpoint() -> dict:
+  """The object saved to lightning_sample.ckpt."""
+  import argparse  # pylint: disable=import-outside-toplevel
+  g = torch.Generator().manual_seed(1)
+  state_dict = collections.OrderedDict(
+      (name, torch.randn(*shape, generator=g)) for name, shape in (
+          ('encoder.conv_in.weight', (4, 3, 3, 3)),
+          ('encoder.conv_in.bias', (4,)),
+          ('quantize.embedding.weight', (8, 4))))
+  return {
+      'epoch': 2, 'global_step': 1000, 'pytorch-lightning_version': '1.0.8',
+      'state_dict': state_dict,
+      'optimizer_states': [{'state': {0: {'exp_avg': torch.ones(4, 3, 3, 3)}},
+                            'param_groups': [{'lr': 4.5e-6}]}],
+      'lr_schedulers': [],
+      'callbacks': {_Callback: _Callback()},
+      'hyper_parameters': {'args': argparse.Namespace(base='x.yaml'),
+                           'logdir': pathlib.PosixPath('/logs/run')},
+      'evil': _RunsCode(),
+  }
 _LPIPS = _ROOT / 'vqlab' / 'convert' / 'data' / 'lpips_vgg_v0.1.pth'
 
 
@@ -138,8 +183,12 @@ def main() -> None:
   lpips = torch.load(_LPIPS, weights_only=True, map_location='cpu')
   expected = _expected(_flatten(sample), 'zip')
   expected.update(_expected(_flatten(lpips), 'lpips'))
+  checkpoint = _lightning_checkpoint()
+  torch.save(checkpoint, _GOLDENS / 'lightning_sample.ckpt')
+  expected.update(_expected(checkpoint['state_dict'], 'ckpt'))
   np.savez(_GOLDENS / 'torch_files.npz', **expected)
-  for path in (sample_path, _GOLDENS / 'torch_files.npz'):
+  for path in (sample_path, _GOLDENS / 'lightning_sample.ckpt',
+               _GOLDENS / 'torch_files.npz'):
     print(f'wrote {path.relative_to(_ROOT)} ({path.stat().st_size} bytes)')
   _check_writer()
 

@@ -149,19 +149,50 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
 _ALLOWED = _allowed_globals()
 
 
+class _Opaque:
+  """What any other global unpickles to in lenient mode: a class whose
+  instances ignore every argument, state and item given to them, so nothing
+  the pickle names is ever looked up, let alone called."""
+
+  def __new__(cls, *unused_args, **unused_kwargs):
+    return object.__new__(cls)
+
+  def __init__(self, *unused_args, **unused_kwargs):
+    pass
+
+  def __setstate__(self, unused_state):
+    pass
+
+  def __setitem__(self, unused_key, unused_value):
+    pass
+
+  def append(self, unused_value):
+    pass
+
+  def extend(self, unused_values):
+    pass
+
+
+def _opaque_class(module: str, name: str) -> type[_Opaque]:
+  return type(f'Opaque[{module}.{name}]', (_Opaque,), {})
+
+
 class _SafeUnpickler(pickle.Unpickler):
   """Unpickles tensors to `_LazyTensor`s and refuses any other code.
 
   `roots` records, for each storage key met, its dtype and element count.
   """
 
-  def __init__(self, file: BinaryIO, path: str):
+  def __init__(self, file: BinaryIO, path: str, lenient: bool):
     super().__init__(file)
     self._path = path
+    self._lenient = lenient
     self.roots: dict[str, tuple[np.dtype, int]] = {}
 
   def find_class(self, module: str, name: str) -> Any:
     stand_in = _ALLOWED.get((module, name))
+    if stand_in is None and self._lenient:
+      return _opaque_class(module, name)
     if stand_in is None:
       raise WeightsError(
           f'{self._path}: refused to load `{module}.{name}`: a weight file '
@@ -250,13 +281,23 @@ def _tensors(obj: Any) -> dict[str, _LazyTensor]:
   return out
 
 
-def _unpickle(data: BinaryIO, path: str) -> tuple[Any, dict]:
+def _unpickle(data: BinaryIO, path: str,
+              lenient: bool = False) -> tuple[Any, dict]:
   """(object, storage roots) of the next pickle in `data`."""
-  unpickler = _SafeUnpickler(data, path)
+  unpickler = _SafeUnpickler(data, path, lenient)
   return unpickler.load(), unpickler.roots
 
 
-def _read_zip(file: BinaryIO, path: str) -> dict[str, np.ndarray]:
+def _state_dict_of(obj: Any, lenient: bool) -> Any:
+  """A training checkpoint's 'state_dict' entry in lenient mode, else obj."""
+  if lenient and isinstance(obj, dict) and isinstance(obj.get('state_dict'),
+                                                      dict):
+    return obj['state_dict']
+  return obj
+
+
+def _read_zip(file: BinaryIO, path: str,
+              lenient: bool) -> dict[str, np.ndarray]:
   """Reads the zip format (see the module docstring)."""
   try:
     archive = zipfile.ZipFile(file)
@@ -275,8 +316,9 @@ def _read_zip(file: BinaryIO, path: str) -> dict[str, np.ndarray]:
       byteorder = archive.read(prefix + 'byteorder').strip()
       if byteorder not in (b'little', b'big'):
         raise _FormatError(f'unknown byte order {byteorder!r}')
-    obj, roots = _unpickle(io.BytesIO(archive.read(pickles[0])), path)
-    tensors = _tensors(obj)
+    obj, roots = _unpickle(io.BytesIO(archive.read(pickles[0])), path,
+                           lenient)
+    tensors = _tensors(_state_dict_of(obj, lenient))
     storages = {}
     for key in {t.storage.key for t in tensors.values()}:
       name = f'{prefix}data/{key}'
@@ -288,7 +330,8 @@ def _read_zip(file: BinaryIO, path: str) -> dict[str, np.ndarray]:
   return {k: _materialize(t, storages) for k, t in tensors.items()}
 
 
-def _read_legacy(file: BinaryIO, path: str) -> dict[str, np.ndarray]:
+def _read_legacy(file: BinaryIO, path: str,
+                 lenient: bool) -> dict[str, np.ndarray]:
   """Reads the legacy format (see the module docstring)."""
   magic, _ = _unpickle(file, path)
   if magic != _LEGACY_MAGIC:
@@ -300,12 +343,13 @@ def _read_legacy(file: BinaryIO, path: str) -> dict[str, np.ndarray]:
   sys_info, _ = _unpickle(file, path)
   big_endian = (isinstance(sys_info, dict) and
                 sys_info.get('little_endian', True) is False)
-  obj, roots = _unpickle(file, path)
-  tensors = _tensors(obj)
+  obj, roots = _unpickle(file, path, lenient)
+  tensors = _tensors(_state_dict_of(obj, lenient))
   keys, _ = _unpickle(file, path)
   if not isinstance(keys, list) or not set(keys) <= set(roots):
     raise _FormatError('the storage key list names unknown storages')
   storages = {}
+  needed = {t.storage.key for t in tensors.values()}
   for key in keys:  # Storages follow the pickles, in the order of `keys`.
     dtype, _ = roots[key]
     header = file.read(8)
@@ -314,6 +358,9 @@ def _read_legacy(file: BinaryIO, path: str) -> dict[str, np.ndarray]:
     (numel,) = struct.unpack('>q' if big_endian else '<q', header)
     if numel < 0:
       raise _FormatError(f'storage {key!r} has negative size {numel}')
+    if key not in needed:  # E.g. optimizer state of a training checkpoint.
+      file.seek(numel * dtype.itemsize, io.SEEK_CUR)
+      continue
     storages[key] = _storage_array(
         file.read(numel * dtype.itemsize), dtype, numel, big_endian,
         f'storage {key!r}')
@@ -323,11 +370,18 @@ def _read_legacy(file: BinaryIO, path: str) -> dict[str, np.ndarray]:
   return {k: _materialize(t, storages) for k, t in tensors.items()}
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def load_state_dict(path: str | os.PathLike, *,
+                    lenient: bool = False) -> dict[str, np.ndarray]:
   """Reads a `torch.save`d (nested) dict of tensors without torch.
 
   Args:
     path: a `.pth`/`.pt`/`.ckpt` file in the zip or the legacy format.
+    lenient: for training checkpoints (PyTorch Lightning `.ckpt`), whose
+      pickle also holds optimizer states, hyper-parameter objects and
+      callbacks: every global outside the tensor/dict allow-list unpickles to
+      an inert placeholder that ignores its arguments (it is never resolved,
+      so no code of the file runs), and only the tensors under the top-level
+      'state_dict' entry (when there is one) are returned.
 
   Returns:
     {name: array} in file order, each a fresh C-contiguous numpy array of the
@@ -348,9 +402,9 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
       if not head:
         raise _FormatError('the file is empty')
       if head == b'PK\x03\x04':
-        return _read_zip(file, path)
+        return _read_zip(file, path, lenient)
       if head[:1] == b'\x80':  # A pickle's PROTO opcode.
-        return _read_legacy(file, path)
+        return _read_legacy(file, path, lenient)
       raise _FormatError('not a PyTorch weight file (neither a zip archive '
                          'nor the legacy pickle format)')
   except WeightsError:

@@ -18,13 +18,14 @@ it complete. Readers load every shard of a split into memory (ImageNet at
 
 from __future__ import annotations
 
-import glob
+import io
 import json
 import os
 from typing import Any
 
 import numpy as np
 
+from vqlab import fileio
 from vqlab.data import base
 
 FORMAT_VERSION = 1
@@ -37,11 +38,9 @@ def shard_path(directory: str, split: str, shard: int, process: int) -> str:
 
 
 def write_atomically(path: str, write) -> None:
-  """Calls write(file object) on `path + '.tmp'`, then renames to `path`."""
-  tmp = f'{path}.tmp'
-  with open(tmp, 'wb') as f:
-    write(f)
-  os.replace(tmp, path)
+  """Calls write(file object) on `path + '.tmp'`, then renames to `path`
+  (URLs: uploads the whole file at once; see vqlab.fileio)."""
+  fileio.write_atomically(path, write)
 
 
 def write_metadata(directory: str, metadata: dict[str, Any]) -> None:
@@ -56,10 +55,10 @@ def read_metadata(directory: str) -> dict[str, Any] | None:
     ValueError: the file exists but is unreadable or of another format.
   """
   path = os.path.join(directory, METADATA)
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     return None
   try:
-    with open(path) as f:
+    with fileio.open(path) as f:
       metadata = json.load(f)
   except (OSError, ValueError) as e:
     raise ValueError(f'{path} is corrupt ({e}); delete the tokens directory '
@@ -97,14 +96,15 @@ def load_split(directory: str, split: str) -> tuple[dict[str, np.ndarray],
   if not info or not info.get('complete'):
     raise ValueError(f'the {split} tokens in {directory!r} are incomplete: '
                      'run main.py --mode=tokenize again to finish them')
-  paths = sorted(glob.glob(os.path.join(directory, split, 'shard-*.npz')))
+  paths = sorted(fileio.glob(os.path.join(directory, split, 'shard-*.npz')))
   if len(paths) != info['num_files']:
     raise ValueError(f'{directory}/{split}: {len(paths)} shard files, the '
                      f'metadata lists {info["num_files"]}')
   parts: dict[str, list[np.ndarray]] = {}
   for path in paths:
     try:
-      with np.load(path) as shard:
+      with np.load(io.BytesIO(fileio.read_bytes(path))
+                   if fileio.is_url(path) else path) as shard:
         for key in shard.files:
           parts.setdefault(key, []).append(shard[key])
     except (OSError, ValueError) as e:

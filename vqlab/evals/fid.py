@@ -5,9 +5,12 @@ feature or prediction is kept: memory is O(D^2) for FID and O(splits x C)
 for the Inception Score, whatever the number of examples.
 """
 
+import io
 import os
 
 import numpy as np
+
+from vqlab import fileio
 
 
 class FeatureStatistics:
@@ -80,9 +83,16 @@ class FeatureStatistics:
     """Writes an .npz with `mu` [D], `sigma` [D, D] (the format of
     pytorch-fid's --save-stats and of the ADM reference batches) and
     `num_examples`."""
-    with open(path, 'wb') as f:
-      np.savez(f, mu=self.mean(), sigma=self.covariance(),
-               num_examples=np.int64(self.num_examples))
+    mu, sigma = self.mean(), self.covariance()
+    with fileio.open(path, 'wb') as f:  # Local or a URL (gs://...).
+      f.write(_npz_bytes(mu=mu, sigma=sigma,
+                         num_examples=np.int64(self.num_examples)))
+
+
+def _npz_bytes(**arrays) -> bytes:
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  return buffer.getvalue()
 
 
 def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -90,7 +100,8 @@ def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
   (FeatureStatistics.save, pytorch-fid --save-stats, ADM reference batches;
   other keys are ignored)."""
   try:
-    data = np.load(path, allow_pickle=False)
+    data = np.load(io.BytesIO(fileio.read_bytes(path)) if fileio.is_url(path)
+                   else path, allow_pickle=False)
   except FileNotFoundError:
     raise
   except (OSError, EOFError, ValueError) as e:

@@ -9,6 +9,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from vqlab import fileio
 from vqlab.errors import CheckpointError
 
 class Checkpointer:
@@ -22,7 +23,8 @@ class Checkpointer:
 
   def __init__(self, workdir: str, *, max_to_keep: int,
                config: ml_collections.ConfigDict | None = None):
-    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    # gs:// directories go to Orbax as they are (epath + TensorStore GCS).
+    self.directory = os.path.join(fileio.absolute(workdir), 'checkpoints')
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                            enable_async_checkpointing=True,
                                            create=True)
@@ -87,11 +89,9 @@ class Checkpointer:
 
 
 def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  path = os.path.join(workdir, 'config.json')
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(json.loads(config.to_json_best_effort()), f, indent=2)
-  os.replace(tmp, path)
+  data = json.dumps(json.loads(config.to_json_best_effort()), indent=2)
+  fileio.write_atomically(os.path.join(workdir, 'config.json'),
+                          lambda f: f.write(data.encode()))
 
 
 def restore_on_host(workdir: str, step: int | None = None) -> tuple[Any, int]:
@@ -111,8 +111,8 @@ def restore_on_host(workdir: str, step: int | None = None) -> tuple[Any, int]:
   Raises:
     CheckpointError: no such directory, no checkpoint, or an unreadable one.
   """
-  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  if not os.path.isdir(directory):
+  directory = os.path.join(fileio.absolute(workdir), 'checkpoints')
+  if not fileio.isdir(directory):
     raise CheckpointError(f'no checkpoints in {workdir!r} ({directory} does '
                           'not exist): train that run first')
   manager = ocp.CheckpointManager(

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from vqlab import data as data_lib
+from vqlab import fileio
 from vqlab.evals import accumulator
 from vqlab.errors import CheckpointError
 from vqlab.errors import ConfigError
@@ -75,7 +76,7 @@ class Experiment:
     devices = list(jax.devices() if devices is None else devices)
     self.config = config = experiment.validate(config, len(devices))
     self.workdir = workdir
-    os.makedirs(workdir, exist_ok=True)
+    fileio.makedirs(workdir)
     self.task = tasks.get(config.task).build(config, workdir)
     self.mesh = partitioning.make_mesh(config.mesh, devices)
     self.batch_sharding = partitioning.batch_sharding(self.mesh)
@@ -198,7 +199,7 @@ def _write_eval(writer, exp: Experiment, step: int, metrics, images) -> None:
       exp.task.image_rows(images, n))})
   if jax.process_index() == 0:
     path = os.path.join(exp.workdir, f'eval_{step}.json')
-    with open(path, 'w') as f:
+    with fileio.open(path, 'w') as f:
       json.dump({'step': step, **metrics}, f, indent=2)
 
 
@@ -280,7 +281,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   writer.close()
   result = {'step': final_step, 'preempted': False, **metrics}
   if is_chief:
-    with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
+    with fileio.open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
       json.dump(result, f, indent=2)
   return result
 

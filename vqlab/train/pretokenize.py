@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 
 from vqlab import data as data_lib
+from vqlab import fileio
 from vqlab.data import token_shards
 from vqlab.errors import ConfigError
 from vqlab.errors import DataError
@@ -128,7 +129,7 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
     metadata['splits'] = old['splits']
   if process == 0:
     for split in ('train', 'eval'):
-      os.makedirs(os.path.join(directory, split), exist_ok=True)
+      fileio.makedirs(os.path.join(directory, split))
   multihost_utils.sync_global_devices('vqlab_tokenize_dirs')
 
   written = 0
@@ -153,7 +154,7 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
       for shard in range(num_shards):
         path = token_shards.shard_path(directory, split, shard, process)
         exists = multihost_utils.process_allgather(
-            np.asarray(os.path.exists(path)))
+            np.asarray(fileio.exists(path)))
         if np.all(exists):
           continue
         start = shard * per_shard

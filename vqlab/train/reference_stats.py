@@ -22,6 +22,7 @@ import jax
 import ml_collections
 
 from vqlab import data as data_lib
+from vqlab import fileio
 from vqlab.evals import fid
 from vqlab.evals import inception
 from vqlab.train import experiment
@@ -75,6 +76,6 @@ def compute_reference_statistics(config: ml_collections.ConfigDict,
       progress.update(step, {})
   progress.close()
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
+    fileio.makedirs(os.path.dirname(fileio.absolute(output_path)))
     stats.save(output_path)
   return stats

@@ -25,6 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from vqlab import fileio
 from vqlab.errors import CheckpointError
 from vqlab.errors import ConfigError
 from vqlab.evals import fid
@@ -49,7 +50,7 @@ def _reference(config, workdir: str) -> tuple[np.ndarray, np.ndarray]:
     except (OSError, ValueError) as e:
       raise ConfigError('eval.fid_reference', str(e)) from e
   path = os.path.join(workdir, 'fid_stats.npz')
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     reference_stats.compute_reference_statistics(config, path)
   return fid.load_statistics(path)
 
@@ -80,7 +81,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
   out_dir = os.path.join(workdir, 'samples', f'step_{step}')
   is_chief = jax.process_index() == 0
   if is_chief:
-    os.makedirs(out_dir, exist_ok=True)
+    fileio.makedirs(out_dir)
   use_inception = 'inception' in exp.frozen
   stats = fid.FeatureStatistics()
   score = None
@@ -116,7 +117,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
                                           mu, sigma)
     result['inception_score'], result['inception_score_std'] = score.result()
   if is_chief:
-    with open(os.path.join(workdir, f'samples_{step}.json'), 'w') as f:
+    with fileio.open(os.path.join(workdir, f'samples_{step}.json'), 'w') as f:
       json.dump(result, f, indent=2)
   return result
 

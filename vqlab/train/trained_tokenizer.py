@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vqlab import fileio
 from vqlab import tokenizers
 from vqlab.errors import CheckpointError
 from vqlab.errors import ConfigError
@@ -72,7 +73,7 @@ class TrainedTokenizer:
 
   def metadata(self) -> dict[str, Any]:
     """What a generator run records about the tokenizer it was built on."""
-    return {'workdir': os.path.abspath(self.workdir), 'step': self.step,
+    return {'workdir': fileio.absolute(self.workdir), 'step': self.step,
             'name': self.config.model.name, 'vocab_size': self.vocab_size,
             'factor_vocab_sizes': list(self.factor_vocab_sizes),
             'model': json.loads(self.config.model.to_json_best_effort())}
@@ -86,7 +87,7 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict:
   """
   path = os.path.join(workdir, 'config.json')
   try:
-    with open(path) as f:
+    with fileio.open(path) as f:
       return ml_collections.ConfigDict(json.load(f))
   except FileNotFoundError as e:
     raise CheckpointError(

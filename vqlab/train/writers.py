@@ -1,7 +1,10 @@
 """Where a run's numbers and pictures go: TensorBoard, metrics.jsonl, PNGs.
 
 Only process 0 writes; other processes get a writer that does nothing, so the
-loop never branches on the process index.
+loop never branches on the process index. The workdir may be a URL
+(`gs://bucket/run`): files then go through tf.io.gfile (vqlab.fileio), and so
+do tensorboardX's event files (its own gs:// writer needs
+google-cloud-storage and re-uploads its whole buffer on every flush).
 """
 
 import json
@@ -12,6 +15,9 @@ import jax
 import numpy as np
 from PIL import Image
 import tensorboardX
+from tensorboardX import record_writer
+
+from vqlab import fileio
 
 
 class MetricWriter:
@@ -21,9 +27,12 @@ class MetricWriter:
     self.workdir = workdir
     self._enabled = jax.process_index() == 0
     if self._enabled:
-      os.makedirs(os.path.join(workdir, 'images'), exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
-      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      fileio.makedirs(os.path.join(workdir, 'images'))
+      self._jsonl = fileio.open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      if fileio.is_url(workdir):
+        _register_gfile_event_writer(fileio.scheme(workdir))
+      self._tb = tensorboardX.SummaryWriter(
+          os.path.join(workdir, 'tensorboard'))
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     """Writes float scalars at `step` to TensorBoard and metrics.jsonl."""
@@ -54,14 +63,28 @@ class MetricWriter:
       self._tb.close()
 
 
+class _GFileEventWriterFactory:
+  """tensorboardX event files on tf.io.gfile URLs (gs://, ram://)."""
+
+  def open(self, path: str):
+    return fileio.open(path, 'wb')
+
+  def directory_check(self, path: str) -> None:
+    fileio.makedirs(path)
+
+
+def _register_gfile_event_writer(url_scheme: str) -> None:
+  record_writer.register_writer_factory(url_scheme, _GFileEventWriterFactory())
+
+
 def save_png(path: str, image: np.ndarray) -> None:
   """Saves uint8 [H, W, C] (C = 1 or 3) atomically."""
   image = np.asarray(image)
   if image.shape[-1] == 1:
     image = image[..., 0]
-  tmp = path + '.tmp.png'
-  Image.fromarray(image).save(tmp)
-  os.replace(tmp, path)
+  fileio.write_atomically(
+      path, lambda f: Image.fromarray(image).save(f, format='PNG'),
+      tmp_suffix='.tmp.png')
 
 
 def image_grid(rows: list[np.ndarray], padding: int = 2) -> np.ndarray:
@@ -92,7 +115,8 @@ def save_gif(path: str, frames: np.ndarray, fps: int = 8) -> None:
   if pixels.shape[-1] == 1:
     pixels = pixels[..., 0]
   images = [Image.fromarray(frame) for frame in pixels]
-  tmp = path + '.tmp.gif'
-  images[0].save(tmp, save_all=True, append_images=images[1:], loop=0,
-                 duration=int(1000 / fps))
-  os.replace(tmp, path)
+  fileio.write_atomically(
+      path, lambda f: images[0].save(f, format='GIF', save_all=True,
+                                     append_images=images[1:], loop=0,
+                                     duration=int(1000 / fps)),
+      tmp_suffix='.tmp.gif')

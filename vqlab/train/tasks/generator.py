@@ -23,6 +23,7 @@ import numpy as np
 
 from vqlab import config_schema
 from vqlab import data as data_lib
+from vqlab import fileio
 from vqlab import generators
 from vqlab.data import token_shards
 from vqlab.errors import ConfigError
@@ -252,8 +253,8 @@ class GeneratorTask:
         process_index=process_index, process_count=process_count,
         seed=self.config.data.get('seed', 0))
     recorded = source.metadata['tokenizer']
-    if (os.path.abspath(recorded['workdir']) !=
-        os.path.abspath(self.tokenizer.workdir) or
+    if (fileio.absolute(recorded['workdir']) !=
+        fileio.absolute(self.tokenizer.workdir) or
         recorded['step'] != self.tokenizer.step):
       raise ConfigError(
           'tokens.dir', f'{directory} holds tokens of the tokenizer in '

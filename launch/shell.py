@@ -1,0 +1,54 @@
+"""Shell quoting and flag parsing shared by the launch scripts."""
+
+import argparse
+import re
+import shlex
+
+_SAFE = re.compile(r'^[\w@%+=:,./-]+$')
+
+
+def quote(word: str) -> str:
+  """Quotes `word` for a remote shell with double quotes, so that the whole
+  remote command prints in single quotes without escapes."""
+  if word and _SAFE.match(word):
+    return word
+  return '"' + re.sub(r'(["$`\\])', r'\\\1', word) + '"'
+
+
+def remote_path(path: str) -> str:
+  """quote() for a path, keeping a leading ~/ unquoted so that it still
+  expands to the home directory."""
+  if path == '~':
+    return path
+  if path.startswith('~/'):
+    return '~/' + quote(path[2:])
+  return quote(path)
+
+
+def format_command(command: list[str]) -> str:
+  """One shell line for an argv; a --flag=value argument prints as
+  --flag='value' when the value needs quotes. shlex.split() inverts it."""
+  words = []
+  for word in command:
+    flag, eq, value = word.partition('=')
+    if eq and flag.startswith('--') and _SAFE.match(flag):
+      words.append(flag + '=' + shlex.quote(value))
+    else:
+      words.append(shlex.quote(word))
+  return ' '.join(words)
+
+
+def env_words(items: list[str]) -> list[str]:
+  """--env NAME=VALUE items -> quoted words; ValueError names a bad one."""
+  for item in items:
+    name, eq, _ = item.partition('=')
+    if not eq or not re.match(r'^[A-Za-z_][A-Za-z0-9_]*$', name):
+      raise ValueError(f'--env={item}: expected NAME=VALUE')
+  return [quote(item) for item in items]
+
+
+class Parser(argparse.ArgumentParser):
+  """argparse with one-line errors (no usage block: --help shows it)."""
+
+  def error(self, message):
+    self.exit(2, f'{self.prog}: error: {message}\n')

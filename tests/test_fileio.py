@@ -1,0 +1,136 @@
+"""Workdirs on URLs (gs:// on Cloud TPU pods): every file a run writes goes
+through vqlab.fileio (tf.io.gfile for URLs). Tested on TF's in-memory
+filesystem, ram://, which needs no network; Orbax (which takes gs://
+natively, through epath and TensorStore's GCS driver) gets a local fake that
+records the directory it was given.
+"""
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from PIL import Image
+import pytest
+
+from vqlab import fileio
+from vqlab.data import token_shards
+from vqlab.errors import CheckpointError
+from vqlab.evals import fid
+from vqlab.train import checkpoint
+from vqlab.train import trained_tokenizer
+from vqlab.train import writers
+
+
+@pytest.fixture
+def url(request):
+  """A fresh ram:// directory (the in-memory filesystem is per process)."""
+  return f'ram://vqlab-test/{request.node.name}'
+
+
+def test_urls_are_left_alone_and_local_paths_resolved(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert fileio.absolute('gs://bucket/run') == 'gs://bucket/run'
+  assert fileio.absolute('run') == os.path.join(str(tmp_path), 'run')
+  assert [fileio.is_url(p) for p in ('gs://b/r', 'ram://x', '/a/b', 'a:b',
+                                     'C:/x')] == [True, True, False, False,
+                                                  False]
+  assert fileio.scheme('gs://b/r') == 'gs' and fileio.scheme('/x') == ''
+  # Local paths: the standard library, TensorFlow not needed.
+  fileio.makedirs('run/images')
+  fileio.write_atomically('run/a.txt', lambda f: f.write(b'x'))
+  assert sorted(os.listdir('run')) == ['a.txt', 'images']
+  with pytest.raises(FileNotFoundError):
+    fileio.open(f'{tmp_path}/missing.json')
+
+
+def test_metric_writer_on_a_url(url):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  writer = writers.MetricWriter(url)
+  writer.write_scalars(1, {'loss': 0.5})
+  image = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+  writer.write_images(1, {'eval_reconstructions': image})
+  writer.close()
+  events = fileio.glob(f'{url}/tensorboard/events.out.*')
+  assert len(events) == 1
+  scalars, images = {}, []
+  for event in tf.compat.v1.train.summary_iterator(events[0]):
+    for value in event.summary.value:
+      if value.HasField('simple_value'):
+        scalars[(value.tag, event.step)] = value.simple_value
+      if value.HasField('image'):
+        images.append((value.tag, event.step, value.image.width))
+  assert scalars == {('loss', 1): 0.5}
+  assert images == [('eval_reconstructions', 1, 6)]
+  resumed = writers.MetricWriter(url)  # A restart appends.
+  resumed.write_scalars(2, {'loss': 0.25})
+  resumed.close()
+  with fileio.open(f'{url}/metrics.jsonl') as f:
+    assert [json.loads(line) for line in f] == [{'step': 1, 'loss': 0.5},
+                                                 {'step': 2, 'loss': 0.25}]
+  png = fileio.open(f'{url}/images/eval_reconstructions_00000001.png', 'rb')
+  np.testing.assert_array_equal(np.asarray(Image.open(png)), image)
+  assert not any(name.endswith('.tmp.png')
+                 for name in fileio.listdir(f'{url}/images'))
+
+
+def test_checkpoints_and_run_config_on_a_url(url, tmp_path, monkeypatch):
+  """The URL reaches Orbax unchanged (an abspath made it '<cwd>/gs:/...');
+  config.json next to it goes through gfile."""
+  given = []
+  real_manager = checkpoint.ocp.CheckpointManager
+
+  def fake_manager(directory, *args, **kwargs):  # Orbax on a local folder.
+    given.append(directory)
+    fileio.makedirs(directory)
+    return real_manager(str(tmp_path) + directory.removeprefix('ram:/'),
+                        *args, **kwargs)
+
+  monkeypatch.setattr(checkpoint.ocp, 'CheckpointManager', fake_manager)
+  with pytest.raises(CheckpointError, match='does not exist'):
+    checkpoint.restore_on_host(url)
+  with pytest.raises(CheckpointError, match='does not exist'):
+    trained_tokenizer.read_run_config(url)
+  config = ml_collections.ConfigDict({'task': 'tokenizer', 'seed': 3})
+  ckpt = checkpoint.Checkpointer(url, max_to_keep=2, config=config)
+  state = {'w': np.arange(6, dtype=np.float32).reshape(2, 3)}
+  ckpt.save(4, state, force=True)
+  ckpt.wait()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = {'w': jax.ShapeDtypeStruct((2, 3), np.float32, sharding=device)}
+  restored, step = ckpt.restore(abstract)
+  ckpt.close()
+  assert step == 4
+  np.testing.assert_array_equal(restored['w'], state['w'])
+  assert ckpt.directory == f'{url}/checkpoints'
+  assert trained_tokenizer.read_run_config(url).to_dict() == config.to_dict()
+  tree, step = checkpoint.restore_on_host(url)
+  assert step == 4 and given == [f'{url}/checkpoints'] * 2
+  np.testing.assert_array_equal(tree['w'], state['w'])
+
+
+def test_token_shards_fid_statistics_and_gifs_on_a_url(url):
+  arrays = {'tokens': np.arange(12).reshape(4, 3), 'label': np.arange(4)}
+  fileio.makedirs(f'{url}/train')
+  token_shards.write_shard(token_shards.shard_path(url, 'train', 0, 0),
+                           arrays, vocab_size=16)
+  token_shards.write_metadata(url, {
+      'format': token_shards.FORMAT_VERSION, 'input_shape': [8, 8, 3],
+      'splits': {'train': {'complete': True, 'num_files': 1,
+                           'num_examples': 4}}})
+  loaded, metadata = token_shards.load_split(url, 'train')
+  assert metadata['input_shape'] == [8, 8, 3]
+  for key, value in arrays.items():
+    np.testing.assert_array_equal(loaded[key], value)
+
+  stats = fid.FeatureStatistics()
+  stats.update(np.random.default_rng(0).normal(size=(5, 3)))
+  stats.save(f'{url}/fid_stats.npz')
+  mu, sigma = fid.load_statistics(f'{url}/fid_stats.npz')
+  np.testing.assert_allclose(mu, stats.mean())
+  np.testing.assert_allclose(sigma, stats.covariance())
+
+  writers.save_gif(f"{url}/clip.gif",
+                   np.linspace(-1, 1, 3 * 16).reshape(3, 4, 4, 1))
+  assert Image.open(fileio.open(f'{url}/clip.gif', 'rb')).n_frames == 3

@@ -1,0 +1,224 @@
+"""What every converter of a published tokenizer checkpoint shares.
+
+A converter reads the released file into a flat {name: array} dict, takes its
+tensors through a `StateDict` (which records what was consumed), builds a
+vqlab `config.model` and param tree, and returns them as a `Converted`.
+`write_run` turns that into a run directory that `main.py --mode=eval`,
+`vqlab.train.trained_tokenizer.load` and generator configs accept.
+"""
+
+import dataclasses
+import os
+from typing import Any, Iterable, Mapping
+
+import jax
+import ml_collections
+import numpy as np
+
+from vqlab.errors import WeightsError
+
+
+class StateDict:
+  """A checkpoint's tensors by name; remembers which ones were taken.
+
+  Layout conversions follow PyTorch: Conv{1,2,3}d weights [O, I, *k] become
+  flax kernels [*k, I, O], Linear weights [O, I] become [I, O].
+  """
+
+  def __init__(self, tensors: Mapping[str, np.ndarray], source: str):
+    self._tensors = dict(tensors)
+    self._used: set[str] = set()
+    self.source = source
+
+  def __contains__(self, key: str) -> bool:
+    return key in self._tensors
+
+  def keys(self) -> list[str]:
+    return list(self._tensors)
+
+  def shape(self, key: str) -> tuple[int, ...]:
+    """The shape of `key` without consuming it."""
+    return tuple(self._get(key).shape)
+
+  def _get(self, key: str) -> np.ndarray:
+    if key not in self._tensors:
+      raise WeightsError(f'{self.source}: missing tensor {key!r}; is this the '
+                         'right kind of checkpoint?')
+    return self._tensors[key]
+
+  def take(self, key: str) -> np.ndarray:
+    """The tensor `key` as float32 (integers keep their dtype); marks it used."""
+    value = np.asarray(self._get(key))
+    self._used.add(key)
+    if np.issubdtype(value.dtype, np.floating):
+      value = value.astype(np.float32)
+    return value
+
+  def conv(self, prefix: str, bias: bool = True) -> dict[str, np.ndarray]:
+    """`prefix.weight` [O, I, *k] (+ `prefix.bias`) -> {'kernel': [*k, I, O], 'bias'}."""
+    weight = self.take(f'{prefix}.weight')
+    if weight.ndim < 3:
+      raise WeightsError(f'{self.source}: {prefix}.weight has shape '
+                         f'{weight.shape}, not that of a convolution')
+    perm = tuple(range(2, weight.ndim)) + (1, 0)
+    out = {'kernel': np.ascontiguousarray(weight.transpose(perm))}
+    if bias:
+      out['bias'] = self.take(f'{prefix}.bias')
+    return out
+
+  def linear(self, prefix: str, bias: bool = True) -> dict[str, np.ndarray]:
+    """`prefix.weight` [O, I] (+ `prefix.bias`) -> {'kernel': [I, O], 'bias'}."""
+    weight = self.take(f'{prefix}.weight')
+    if weight.ndim != 2:
+      raise WeightsError(f'{self.source}: {prefix}.weight has shape '
+                         f'{weight.shape}, not that of a linear layer')
+    out = {'kernel': np.ascontiguousarray(weight.T)}
+    if bias:
+      out['bias'] = self.take(f'{prefix}.bias')
+    return out
+
+  def norm(self, prefix: str) -> dict[str, np.ndarray]:
+    """GroupNorm/LayerNorm `prefix.weight`, `prefix.bias` -> {'scale', 'bias'}."""
+    return {'scale': self.take(f'{prefix}.weight'),
+            'bias': self.take(f'{prefix}.bias')}
+
+  def unused(self, ignore_prefixes: Iterable[str] = ()) -> list[str]:
+    """Keys not taken, except those starting with one of `ignore_prefixes`."""
+    ignore = tuple(ignore_prefixes)
+    return sorted(k for k in self._tensors
+                  if k not in self._used and not k.startswith(ignore))
+
+  def check_all_used(self, ignore_prefixes: Iterable[str] = ()) -> None:
+    """Raises WeightsError listing the tensors no converter rule consumed."""
+    unused = self.unused(ignore_prefixes)
+    if unused:
+      shown = ', '.join(unused[:8]) + (', ...' if len(unused) > 8 else '')
+      raise WeightsError(f'{self.source}: {len(unused)} tensors were not '
+                         f'converted ({shown}); the checkpoint has parts this '
+                         'converter does not know')
+
+
+def _flatten(tree: Any) -> dict[str, Any]:
+  flat = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    flat['/'.join(str(getattr(k, 'key', k)) for k in path)] = leaf
+  return flat
+
+
+def check_params_match(params: Any, expected: Any, what: str) -> None:
+  """Raises WeightsError unless `params` has exactly `expected`'s leaves.
+
+  Args:
+    params: the converted tree of arrays.
+    expected: the model's tree of arrays or ShapeDtypeStructs (e.g.
+      `jax.eval_shape(model.init, ...)['params']`).
+    what: the checkpoint, for the message.
+  """
+  got, want = _flatten(params), _flatten(expected)
+  missing = sorted(set(want) - set(got))
+  extra = sorted(set(got) - set(want))
+  wrong = sorted(k for k in set(got) & set(want)
+                 if tuple(np.shape(got[k])) != tuple(want[k].shape))
+  problems = []
+  if missing:
+    problems.append(f'params not filled: {", ".join(missing[:6])}')
+  if extra:
+    problems.append(f'params the model lacks: {", ".join(extra[:6])}')
+  if wrong:
+    problems.append('wrong shapes: ' + ', '.join(
+        f'{k} {tuple(np.shape(got[k]))} != {tuple(want[k].shape)}'
+        for k in wrong[:6]))
+  if problems:
+    raise WeightsError(f'{what}: the converted params do not fit the model: '
+                       + '; '.join(problems))
+
+
+@dataclasses.dataclass
+class Converted:
+  """A published checkpoint in vqlab's terms.
+
+  Attributes:
+    model_config: a complete `config.model` for `vqlab.tokenizers.build`.
+    params: the model's param tree (nested dicts of np.ndarray), exactly the
+      structure of `model.init(...)['params']`.
+    image_size: the resolution the checkpoint was trained at.
+    source: a one-line description of the checkpoint.
+  """
+  model_config: ml_collections.ConfigDict
+  params: dict[str, Any]
+  image_size: int
+  source: str
+
+
+_CONFIG_PY = '''"""Config of a converted checkpoint: {source}.
+
+Written by `python -m vqlab.convert`; the settings are in config.json next to
+this file. Evaluate with
+  python main.py --config={out_dir}/config.py --workdir={out_dir} --mode=eval
+"""
+
+import os
+
+from vqlab.train import trained_tokenizer
+
+
+def get_config():
+  return trained_tokenizer.read_run_config(os.path.dirname(__file__))
+'''
+
+
+def run_config(converted: Converted) -> ml_collections.ConfigDict:
+  """The experiment config of a converted tokenizer: the tokenizer task with
+  its defaults, `converted.model_config`, and the built-in photos at the
+  checkpoint's resolution as data (override `data` for another dataset)."""
+  from vqlab.train import experiment  # pylint: disable=g-import-not-at-top
+  from vqlab.train.tasks import tokenizer  # pylint: disable=g-import-not-at-top
+  config = experiment.base_config()
+  config.update(tokenizer.default_config())
+  config.model = ml_collections.ConfigDict(converted.model_config.to_dict())
+  config.data.image_size = converted.image_size
+  config.data.train_image_size = converted.image_size
+  config.train.batch_size = 8
+  config.eval.batch_size = 8
+  return experiment.validate(config, num_devices=1)
+
+
+def write_run(out_dir: str, converted: Converted) -> dict[str, Any]:
+  """Writes `converted` as a tokenizer run at step 0 in `out_dir`.
+
+  Writes config.json, config.py and an Orbax checkpoint whose generator
+  params are the converted ones (the discriminator and optimizer state are a
+  fresh init, for fine-tuning). Checks the params against the model first.
+
+  Returns:
+    {'out_dir', 'num_params', 'source'}.
+
+  Raises:
+    WeightsError: the params do not fit the model the config builds.
+    FileExistsError: `out_dir` already holds checkpoints.
+  """
+  from vqlab.train import loop  # pylint: disable=g-import-not-at-top
+  checkpoints = os.path.join(out_dir, 'checkpoints')
+  if os.path.isdir(checkpoints) and os.listdir(checkpoints):
+    raise FileExistsError(f'{out_dir} already holds checkpoints; convert into '
+                          'a new directory')
+  config = run_config(converted)
+  exp = loop.Experiment(config, out_dir, devices=jax.local_devices()[:1])
+  expected = exp.abstract_state.params['generator']
+  check_params_match(converted.params, expected, converted.source)
+  state, _ = exp.initial_state()
+  generator = jax.tree.map(
+      lambda value, like: jax.device_put(np.asarray(value, like.dtype),
+                                         like.sharding),
+      converted.params, expected)
+  params = dict(state.params, generator=generator)
+  replace = {'params': params}
+  if state.ema_params:
+    replace['ema_params'] = dict(state.ema_params, generator=generator)
+  exp.checkpointer.save(0, state.replace(**replace), force=True)
+  exp.checkpointer.wait()
+  exp.checkpointer.close()
+  with open(os.path.join(out_dir, 'config.py'), 'w') as f:
+    f.write(_CONFIG_PY.format(source=converted.source, out_dir=out_dir))
+  return {'out_dir': out_dir, 'source': converted.source,
+          'num_params': sum(np.size(v) for v in _flatten(converted.params).values())}

@@ -1,0 +1,123 @@
+"""File IO on local paths and on URLs (`gs://bucket/run`): one place for both.
+
+A workdir (or tokens directory, FID statistics file) is either a local path or
+a URL that `tf.io.gfile` understands: `gs://` on Cloud TPU VMs, `ram://` (TF's
+in-memory filesystem) in tests. Local paths use the standard library exactly
+as before (TensorFlow is not even imported); URLs go through `tf.io.gfile`.
+Orbax takes `gs://` directories natively (epath + TensorStore's GCS driver).
+"""
+
+import builtins
+import glob as glob_lib
+import io
+import os
+import re
+from typing import IO, Callable
+
+_URL = re.compile(r'^[a-zA-Z][a-zA-Z0-9+.-]*://')
+
+
+def is_url(path: str | os.PathLike) -> bool:
+  """Whether `path` is a URL (`gs://...`) rather than a local path."""
+  return bool(_URL.match(os.fspath(path)))
+
+
+def scheme(path: str | os.PathLike) -> str:
+  """'gs' for 'gs://b/x'; '' for a local path."""
+  path = os.fspath(path)
+  return path.split('://', 1)[0] if is_url(path) else ''
+
+
+def _gfile():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.io.gfile
+
+
+def absolute(path: str | os.PathLike) -> str:
+  """os.path.abspath for local paths; URLs unchanged (abspath would turn
+  'gs://b/x' into '<cwd>/gs:/b/x')."""
+  path = os.fspath(path)
+  return path if is_url(path) else os.path.abspath(path)
+
+
+def open(path: str | os.PathLike, mode: str = 'r') -> IO:  # pylint: disable=redefined-builtin
+  path = os.fspath(path)
+  if is_url(path):
+    gfile = _gfile()
+    if 'r' in mode and not gfile.exists(path):
+      # What callers catch for a local path (gfile raises its NotFoundError
+      # only at the first read).
+      raise FileNotFoundError(f'No such file: {path!r}')
+    return gfile.GFile(path, mode)
+  return builtins.open(path, mode)
+
+
+def exists(path: str | os.PathLike) -> bool:
+  path = os.fspath(path)
+  return _gfile().exists(path) if is_url(path) else os.path.exists(path)
+
+
+def isdir(path: str | os.PathLike) -> bool:
+  path = os.fspath(path)
+  return _gfile().isdir(path) if is_url(path) else os.path.isdir(path)
+
+
+def makedirs(path: str | os.PathLike) -> None:
+  """Creates `path` and its parents; no error when it exists."""
+  path = os.fspath(path)
+  if is_url(path):
+    _gfile().makedirs(path)
+  else:
+    os.makedirs(path, exist_ok=True)
+
+
+def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+  """Renames `src` to `dst`, overwriting it (atomic on local filesystems;
+  on GCS a copy then a delete, so readers see the old or the new file)."""
+  src, dst = os.fspath(src), os.fspath(dst)
+  if is_url(src) or is_url(dst):
+    _gfile().rename(src, dst, overwrite=True)
+  else:
+    os.replace(src, dst)
+
+
+def write_atomically(path: str | os.PathLike,
+                     write: Callable[[IO[bytes]], object],
+                     tmp_suffix: str = '.tmp') -> None:
+  """Calls write(binary file) so that readers never see a partial `path`.
+
+  Local: writes `path + tmp_suffix`, then renames it over `path`. URL: the
+  bytes are built in memory and uploaded in one piece (a GCS object appears
+  only once complete, and a rename there would be a copy); this also serves
+  writers that seek or tell (zip files, PIL), which GCS/ram files may not.
+  """
+  path = os.fspath(path)
+  if is_url(path):
+    buffer = io.BytesIO()
+    write(buffer)
+    with _gfile().GFile(path, 'wb') as f:
+      f.write(buffer.getvalue())
+    return
+  tmp = path + tmp_suffix
+  with builtins.open(tmp, 'wb') as f:
+    write(f)
+  os.replace(tmp, path)
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+  with open(path, 'rb') as f:
+    return f.read()
+
+
+def glob(pattern: str | os.PathLike) -> list[str]:
+  pattern = os.fspath(pattern)
+  if is_url(pattern):
+    return list(_gfile().glob(pattern))
+  return glob_lib.glob(pattern)
+
+
+def listdir(path: str | os.PathLike) -> list[str]:
+  path = os.fspath(path)
+  if is_url(path):
+    return [name.rstrip('/') for name in _gfile().listdir(path)]
+  return os.listdir(path)
