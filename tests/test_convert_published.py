@@ -1,6 +1,9 @@
 """The converters' shared pieces: StateDict, check_params_match, write_run."""
 
-import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +14,6 @@ from tests import tiny
 from vqlab import tokenizers
 from vqlab.convert import published
 from vqlab.errors import WeightsError
-from vqlab.train import loop
 from vqlab.train import trained_tokenizer
 
 
@@ -58,47 +60,52 @@ def test_check_params_match_names_every_problem():
   assert 'a/kernel (4, 3) != (3, 4)' in message
 
 
-@pytest.fixture(scope='module')
-def converted():
-  model_config = tiny.tokenizer_config().model
-  model = tokenizers.build(model_config)
-  x = jnp.zeros((1, 16, 16, 3))
-  variables = model.init(jax.random.key(3), x)
-  params = jax.tree.map(np.asarray, variables['params'])
-  return published.Converted(model_config=model_config, params=params,
-                             image_size=16, source='a tiny test VQGAN')
+_GOLDENS = pathlib.Path(__file__).parent / 'goldens'
+_ROOT = _GOLDENS.parents[1]
 
 
-def test_write_run_is_a_tokenizer_run_main_can_evaluate(converted, tmp_path):
-  out = str(tmp_path / 'run')
-  result = published.write_run(out, converted)
-  assert result['num_params'] == sum(
-      p.size for p in jax.tree.leaves(converted.params))
+def _run(*args):
+  result = subprocess.run([sys.executable, *args], cwd=_ROOT, text=True,
+                          capture_output=True, check=False)
+  assert result.returncode == 0, result.stdout + result.stderr
+  return result.stdout
 
+
+def test_cli_writes_a_run_that_main_evaluates_and_generators_load(tmp_path):
+  out = str(tmp_path / 'maskgit')
+  printed = _run('-m', 'vqlab.convert', 'maskgit_vqgan',
+                 str(_GOLDENS / 'maskgit_tiny.msgpack'), out,
+                 '--num_groups=4', '--image_size=16')
+  assert f'--config={out}/config.py --workdir={out} --mode=eval' in printed
+
+  # What a generator run loads: the converted weights give the reference
+  # tokens of tests/goldens/make_maskgit_goldens.py.
   loaded = trained_tokenizer.load(out)
   assert loaded.step == 0
-  x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3), minval=-1)
-  direct = {'params': converted.params}
-  expected = loaded.model.apply(direct, x, method=loaded.model.encode)[0]
-  np.testing.assert_array_equal(loaded.encode(loaded.variables, x), expected)
+  with np.load(_GOLDENS / 'maskgit_goldens.npz') as golden:
+    tokens = loaded.encode(loaded.variables, golden['images'])
+    np.testing.assert_array_equal(tokens, golden['tokens'])
 
-  # config.py (what main.py --config= reads) restores the same run config.
-  spec = importlib.util.spec_from_file_location('converted_config',
-                                                f'{out}/config.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.eval.max_batches = 1
-  metrics = loop.evaluate_checkpoint(config, out)
-  assert metrics['step'] == 0 and np.isfinite(metrics['psnr'])
+  printed = _run('main.py', f'--config={out}/config.py', f'--workdir={out}',
+                 '--mode=eval', '--config.eval.max_batches=1')
+  assert 'vqlab: step=0, psnr=' in printed
+  assert os.path.exists(os.path.join(out, 'eval_0.json'))
 
-  with pytest.raises(FileExistsError, match='already holds checkpoints'):
-    published.write_run(out, converted)
+  result = subprocess.run(
+      [sys.executable, '-m', 'vqlab.convert', 'maskgit_vqgan',
+       str(_GOLDENS / 'maskgit_tiny.msgpack'), out], cwd=_ROOT, text=True,
+      capture_output=True, check=False)
+  assert result.returncode == 1
+  assert 'already holds checkpoints' in result.stderr
 
 
-def test_write_run_refuses_params_that_do_not_fit(converted, tmp_path):
-  params = jax.tree.map(lambda p: p, converted.params)
+def test_write_run_refuses_params_that_do_not_fit(tmp_path):
+  model_config = tiny.tokenizer_config().model
+  model = tokenizers.build(model_config)
+  params = jax.eval_shape(model.init, jax.random.key(0),
+                          jnp.zeros((1, 16, 16, 3)))['params']
+  params = jax.tree.map(lambda p: np.zeros(p.shape, p.dtype), params)
   del params['to_pixels']
-  bad = published.Converted(converted.model_config, params, 16, 'bad file')
+  bad = published.Converted(model_config, params, 16, 'bad file')
   with pytest.raises(WeightsError, match='bad file: .*not filled: to_pixels'):
     published.write_run(str(tmp_path / 'bad'), bad)

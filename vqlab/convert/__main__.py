@@ -63,6 +63,7 @@ def main(argv: list[str]) -> int:
   from vqlab.errors import ConfigError, WeightsError  # pylint: disable=g-import-not-at-top
   options = {name: getattr(args, name) for name in module.OPTIONS}
   try:
+    published.check_new_run_dir(args.out_dir)
     converted = module.convert_file(args.file, **options)
     result = published.write_run(args.out_dir, converted)
   except (WeightsError, ConfigError, FileExistsError) as e:

@@ -183,6 +183,15 @@ def run_config(converted: Converted) -> ml_collections.ConfigDict:
   return experiment.validate(config, num_devices=1)
 
 
+def check_new_run_dir(out_dir: str) -> None:
+  """Raises FileExistsError when `out_dir` already holds checkpoints (which
+  a conversion must never overwrite or mix with)."""
+  checkpoints = os.path.join(out_dir, 'checkpoints')
+  if os.path.isdir(checkpoints) and os.listdir(checkpoints):
+    raise FileExistsError(f'{out_dir} already holds checkpoints; convert into '
+                          'a new directory')
+
+
 def write_run(out_dir: str, converted: Converted) -> dict[str, Any]:
   """Writes `converted` as a tokenizer run at step 0 in `out_dir`.
 
@@ -198,10 +207,7 @@ def write_run(out_dir: str, converted: Converted) -> dict[str, Any]:
     FileExistsError: `out_dir` already holds checkpoints.
   """
   from vqlab.train import loop  # pylint: disable=g-import-not-at-top
-  checkpoints = os.path.join(out_dir, 'checkpoints')
-  if os.path.isdir(checkpoints) and os.listdir(checkpoints):
-    raise FileExistsError(f'{out_dir} already holds checkpoints; convert into '
-                          'a new directory')
+  check_new_run_dir(out_dir)
   config = run_config(converted)
   exp = loop.Experiment(config, out_dir, devices=jax.local_devices()[:1])
   expected = exp.abstract_state.params['generator']

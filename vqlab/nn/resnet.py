@@ -35,22 +35,31 @@ class ResBlock2D(nn.Module):
     num_groups: GroupNorm groups.
     dropout_rate: dropout between the two convolutions (training only).
     dtype: compute dtype.
+    use_bias: the three convolutions have biases (MaskGIT's have none).
+    shortcut_quirk: when the channels change, return h + shortcut(h) for the
+      branch output h instead of x + h: the published MaskGIT VQGAN
+      (maskgit/nets/vqgan_tokenizer.py ResBlock) projects the branch output,
+      not the input, and its checkpoints were trained that way.
   """
   features: int
   num_groups: int = 32
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  use_bias: bool = True
+  shortcut_quirk: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     """x: [B, H, W, C] -> [B, H, W, features]."""
+    conv = lambda k, name: nn.Conv(self.features, (k, k), dtype=self.dtype,
+                                   use_bias=self.use_bias, name=name)
     h = nn.swish(group_norm(self.num_groups, self.dtype, 'norm1')(x))
-    h = nn.Conv(self.features, (3, 3), dtype=self.dtype, name='conv1')(h)
+    h = conv(3, 'conv1')(h)
     h = nn.swish(group_norm(self.num_groups, self.dtype, 'norm2')(h))
     h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
-    h = nn.Conv(self.features, (3, 3), dtype=self.dtype, name='conv2')(h)
+    h = conv(3, 'conv2')(h)
     if x.shape[-1] != self.features:
-      x = nn.Conv(self.features, (1, 1), dtype=self.dtype, name='shortcut')(x)
+      x = conv(1, 'shortcut')(h if self.shortcut_quirk else x)
     return x + h
 
 
@@ -63,21 +72,24 @@ class ResBlock3D(nn.Module):
     num_groups: GroupNorm groups.
     temporal_kernel: k_t of the two convolutions.
     dtype: compute dtype.
+    use_bias: the three convolutions have biases (Open-MAGVIT2's have none).
   """
   features: int
   num_groups: int = 32
   temporal_kernel: int = 3
   dtype: Any = jnp.float32
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: [B, T, H, W, C] -> [B, T, H, W, features]."""
     kernel = (self.temporal_kernel, 3, 3)
+    conv = lambda k, name: CausalConv3D(self.features, k, dtype=self.dtype,
+                                        use_bias=self.use_bias, name=name)
     h = nn.swish(frame_group_norm(self.num_groups, self.dtype, 'norm1')(x))
-    h = CausalConv3D(self.features, kernel, dtype=self.dtype, name='conv1')(h)
+    h = conv(kernel, 'conv1')(h)
     h = nn.swish(frame_group_norm(self.num_groups, self.dtype, 'norm2')(h))
-    h = CausalConv3D(self.features, kernel, dtype=self.dtype, name='conv2')(h)
+    h = conv(kernel, 'conv2')(h)
     if x.shape[-1] != self.features:
-      x = CausalConv3D(self.features, (1, 1, 1), dtype=self.dtype,
-                       name='shortcut')(x)
+      x = conv((1, 1, 1), 'shortcut')(x)
     return x + h

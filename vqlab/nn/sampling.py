@@ -1,4 +1,4 @@
-"""Down- and upsampling layers: 2D (taming) and causal 3D (MAGVIT-v2)."""
+"""Down- and upsampling layers: 2D (taming, MaskGIT) and causal 3D (MAGVIT-v2)."""
 
 from typing import Any
 
@@ -22,6 +22,13 @@ class Downsample2D(nn.Module):
     x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
     return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), padding='VALID',
                    dtype=self.dtype, name='conv')(x)
+
+
+def avg_pool_2x(x: jax.Array) -> jax.Array:
+  """Mean of each 2x2 block (MaskGIT's downsampling): [B, H, W, C] ->
+  [B, H/2, W/2, C] for even H, W."""
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
 
 
 class Upsample2D(nn.Module):

@@ -15,14 +15,20 @@ import jax.numpy as jnp
 
 
 class MlpBlock(nn.Module):
-  """Dense(mlp_dim) -> GELU -> dropout -> Dense(width): [..., D] -> [..., D]."""
+  """Dense(mlp_dim) -> GELU -> dropout -> Dense(width): [..., D] -> [..., D].
+
+  `exact_gelu` uses the erf GELU (PyTorch's nn.GELU) instead of the tanh
+  approximation.
+  """
   mlp_dim: int
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  exact_gelu: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    h = nn.gelu(nn.Dense(self.mlp_dim, dtype=self.dtype, name='fc1')(x))
+    h = nn.gelu(nn.Dense(self.mlp_dim, dtype=self.dtype, name='fc1')(x),
+                approximate=not self.exact_gelu)
     h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
     return nn.Dense(x.shape[-1], dtype=self.dtype, name='fc2')(h)
 
@@ -36,27 +42,33 @@ class TransformerBlock(nn.Module):
     dropout_rate: dropout on attention weights and after each residual branch.
     decode: cached one-position-per-call attention (see module docstring).
     dtype: compute dtype (LayerNorm statistics in float32).
+    layer_norm_epsilon: LayerNorm epsilon (PyTorch ports: 1e-5).
+    exact_gelu: erf GELU in the MLP (PyTorch ports).
   """
   num_heads: int
   mlp_dim: int
   dropout_rate: float = 0.0
   decode: bool = False
   dtype: Any = jnp.float32
+  layer_norm_epsilon: float = 1e-6
+  exact_gelu: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
                train: bool = False) -> jax.Array:
     """x: [B, L, D]; mask: broadcastable to [B, heads, L, L_kv], True where
     attention is allowed (None: all). Returns [B, L, D]."""
-    h = nn.LayerNorm(dtype=self.dtype, name='norm1')(x)
+    h = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
+                     name='norm1')(x)
     h = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype,
         dropout_rate=self.dropout_rate, decode=self.decode,
         deterministic=not train, name='attention')(h, h, mask=mask)
     x = x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
-    h = nn.LayerNorm(dtype=self.dtype, name='norm2')(x)
-    h = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, name='mlp')(
-        h, train=train)
+    h = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
+                     name='norm2')(x)
+    h = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype,
+                 self.exact_gelu, name='mlp')(h, train=train)
     return x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
 
 
@@ -64,8 +76,8 @@ class Transformer(nn.Module):
   """A stack of TransformerBlocks and a final LayerNorm: [B, L, D] -> [B, L, D].
 
   Attributes:
-    num_layers, num_heads, mlp_dim, dropout_rate, decode, dtype: as in
-      TransformerBlock.
+    num_layers, num_heads, mlp_dim, dropout_rate, decode, dtype,
+    layer_norm_epsilon, exact_gelu: as in TransformerBlock.
   """
   num_layers: int
   num_heads: int
@@ -73,15 +85,19 @@ class Transformer(nn.Module):
   dropout_rate: float = 0.0
   decode: bool = False
   dtype: Any = jnp.float32
+  layer_norm_epsilon: float = 1e-6
+  exact_gelu: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
                train: bool = False) -> jax.Array:
     for layer in range(self.num_layers):
       x = TransformerBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
-                           self.decode, self.dtype, name=f'block_{layer}')(
+                           self.decode, self.dtype, self.layer_norm_epsilon,
+                           self.exact_gelu, name=f'block_{layer}')(
                                x, mask, train=train)
-    return nn.LayerNorm(dtype=self.dtype, name='final_norm')(x)
+    return nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
+                        name='final_norm')(x)
 
 
 def causal_mask(length: int) -> jax.Array:

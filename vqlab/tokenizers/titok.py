@@ -11,13 +11,27 @@ embeddings), LayerNorm, ViT; the mask positions are read back as
   'pixels':      a Dense to f*f*C per position, unpatchified to [B, H, W, C]
                  (`to_pixels`, the "last layer" of the adaptive GAN weight);
   'proxy_codes': logits [B, H/f, W/f, proxy_codebook_size] over the codes of
-                 a 2D VQGAN (`to_proxy_logits`; stage 1 of the paper).
+                 a 2D VQGAN (`to_proxy_logits`, after a tanh hidden layer
+                 `proxy_hidden` if proxy_head_hidden > 0; stage 1 of the
+                 paper);
+  'proxy_pixels': those logits, softmax-weighted over the codebook of an
+                 embedded MaskGIT-style VQGAN (`pixel_vqgan`, built from
+                 config.pixel_decoder; only its quantizer codebook, decoder
+                 and to_pixels are used), decoded to images by that VQGAN's
+                 decoder: the released TiTok checkpoints.
 
 Parameter tree: {'encoder', 'quantizer' (only for quantizers with params),
-'decoder', 'to_pixels' | 'to_proxy_logits'}; stage 2 of the paper freezes
-'encoder' and 'quantizer' and trains 'decoder' and a fresh 'to_pixels'.
-The paper's encoder also carries a CLIP-style class token; it is left out
-(the latent tokens already summarize the image).
+'decoder', 'to_pixels' | 'to_proxy_logits' (+ 'proxy_hidden', 'pixel_vqgan')};
+stage 2 of the paper freezes 'encoder' and 'quantizer' and trains 'decoder'
+and a fresh 'to_pixels'. The paper's encoder and decoder also carry a
+CLIP-style class token in front of the sequence (`class_token`, off by
+default: the latent tokens already summarize the image).
+
+Options for the released PyTorch checkpoints (bytedance/1d-tokenizer):
+LayerNorm epsilon 1e-5 and erf GELU; `legacy_latent_layout` reproduces its
+encoder's "is_legacy" reshape of the K latent outputs [K, width] to
+[width, K] (a reinterpretation of memory, not a transpose) before the 1x1
+projection to the code dim; `unit_pixels`: the encoder sees [0, 1] pixels.
 """
 
 from typing import Any, NamedTuple
@@ -33,8 +47,9 @@ from vqlab.nn import vit
 from vqlab.nn.transformer import Transformer
 from vqlab.quantizers import base as quantizer_base
 from vqlab.tokenizers import checks
+from vqlab.tokenizers import vqgan
 
-DECODER_OUTPUTS = ('pixels', 'proxy_codes')
+DECODER_OUTPUTS = ('pixels', 'proxy_codes', 'proxy_pixels')
 MODEL_SIZES = ('tiny', 'S', 'B', 'L')
 
 
@@ -56,9 +71,19 @@ def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
       int(size[0]), int(size[1]))
 
 
-def _vit(size: ViTSize, dropout_rate: float, dtype: Any) -> Transformer:
+def _vit(size: ViTSize, dropout_rate: float, dtype: Any, epsilon: float,
+         exact_gelu: bool) -> Transformer:
   return Transformer(size.num_layers, size.num_heads, size.mlp_dim,
-                     dropout_rate, dtype=dtype, name='transformer')
+                     dropout_rate, dtype=dtype, layer_norm_epsilon=epsilon,
+                     exact_gelu=exact_gelu, name='transformer')
+
+
+def _with_class_token(module: nn.Module, h: jax.Array) -> jax.Array:
+  """[B, L, D] -> [B, 1 + L, D] with the learned `class_token` first (its
+  position embedding is folded into it)."""
+  token = module.param('class_token', vit.POSITION_INIT, (h.shape[-1],))
+  token = jnp.broadcast_to(token.astype(h.dtype), (h.shape[0], 1, h.shape[-1]))
+  return jnp.concatenate([token, h], axis=1)
 
 
 class TiTokEncoder(nn.Module):
@@ -70,6 +95,10 @@ class TiTokEncoder(nn.Module):
   init_grid: tuple[int, int]
   dropout_rate: float
   dtype: Any
+  class_token: bool = False
+  layer_norm_epsilon: float = 1e-6
+  exact_gelu: bool = False
+  legacy_latent_layout: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -84,9 +113,15 @@ class TiTokEncoder(nn.Module):
                                (x.shape[0], k, width))
     latents = vit.TokenPositionEmbedding(k, name='latent_position')(latents)
     h = jnp.concatenate([patches, latents], axis=1)
-    h = nn.LayerNorm(dtype=self.dtype, name='norm_pre')(h)
-    h = _vit(self.size, self.dropout_rate, self.dtype)(h, train=train)
-    return nn.Dense(self.out_dim, dtype=self.dtype, name='to_code')(h[:, -k:])
+    if self.class_token:
+      h = _with_class_token(self, h)
+    h = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
+                     name='norm_pre')(h)
+    h = _vit(self.size, self.dropout_rate, self.dtype, self.layer_norm_epsilon,
+             self.exact_gelu)(h, train=train)[:, -k:]
+    if self.legacy_latent_layout:
+      h = h.reshape(h.shape[0], width, k).transpose(0, 2, 1)
+    return nn.Dense(self.out_dim, dtype=self.dtype, name='to_code')(h)
 
 
 class TiTokDecoder(nn.Module):
@@ -96,6 +131,9 @@ class TiTokDecoder(nn.Module):
   init_grid: tuple[int, int]
   dropout_rate: float
   dtype: Any
+  class_token: bool = False
+  layer_norm_epsilon: float = 1e-6
+  exact_gelu: bool = False
 
   @nn.compact
   def __call__(self, quantized: jax.Array, grid: tuple[int, int], *,
@@ -110,9 +148,14 @@ class TiTokDecoder(nn.Module):
     mask = vit.GridPositionEmbedding(self.init_grid, name='grid_position')(
         mask, grid)
     h = jnp.concatenate([mask, z], axis=1)
-    h = nn.LayerNorm(dtype=self.dtype, name='norm_pre')(h)
-    h = _vit(self.size, self.dropout_rate, self.dtype)(h, train=train)
-    return h[:, :grid[0] * grid[1]].reshape(batch, *grid, width)
+    if self.class_token:
+      h = _with_class_token(self, h)
+    h = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
+                     name='norm_pre')(h)
+    h = _vit(self.size, self.dropout_rate, self.dtype, self.layer_norm_epsilon,
+             self.exact_gelu)(h, train=train)
+    start = int(self.class_token)
+    return h[:, start:start + grid[0] * grid[1]].reshape(batch, *grid, width)
 
 
 class TiTok(nn.Module):
@@ -129,10 +172,14 @@ class TiTok(nn.Module):
     patch_size: f.
     num_latent_tokens: K.
     encoder_size, decoder_size: the two ViTs.
-    decoder_output: 'pixels' or 'proxy_codes' (see the module docstring).
-    proxy_codebook_size: codes of the proxy tokenizer ('proxy_codes').
+    decoder_output: 'pixels', 'proxy_codes' or 'proxy_pixels' (see the
+      module docstring).
+    proxy_codebook_size: codes of the proxy tokenizer ('proxy_*').
     dropout_rate: dropout inside both transformers.
     dtype: compute dtype (parameters stay float32).
+    class_token, layer_norm_epsilon, exact_gelu, legacy_latent_layout,
+    unit_pixels, proxy_head_hidden: see default_config.
+    pixel_vqgan: the VQGAN whose codebook and decoder 'proxy_pixels' uses.
   """
   quantizer: nn.Module
   in_channels: int = 3
@@ -145,6 +192,13 @@ class TiTok(nn.Module):
   proxy_codebook_size: int = 1024
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  class_token: bool = False
+  layer_norm_epsilon: float = 1e-6
+  exact_gelu: bool = False
+  legacy_latent_layout: bool = False
+  unit_pixels: bool = False
+  proxy_head_hidden: int = 0
+  pixel_vqgan: nn.Module | None = None
 
   LAST_LAYER = 'to_pixels'  # Params of the layer the adaptive GAN weight uses.
 
@@ -163,17 +217,25 @@ class TiTok(nn.Module):
     if self.decoder_output not in DECODER_OUTPUTS:
       raise ValueError(f'TiTok: decoder_output must be one of '
                        f'{DECODER_OUTPUTS}, got {self.decoder_output!r}')
+    if self.decoder_output == 'proxy_pixels' and self.pixel_vqgan is None:
+      raise ValueError("TiTok: decoder_output='proxy_pixels' needs a "
+                       'pixel_vqgan')
     shared = dict(num_latent_tokens=self.num_latent_tokens,
                   init_grid=self.grid_size, dropout_rate=self.dropout_rate,
-                  dtype=self.dtype)
+                  dtype=self.dtype, class_token=self.class_token,
+                  layer_norm_epsilon=self.layer_norm_epsilon,
+                  exact_gelu=self.exact_gelu)
     self.encoder = TiTokEncoder(
         patch_size=self.patch_size, size=ViTSize(*self.encoder_size),
-        out_dim=self.quantizer.code_dim, **shared)
+        out_dim=self.quantizer.code_dim,
+        legacy_latent_layout=self.legacy_latent_layout, **shared)
     self.decoder = TiTokDecoder(size=ViTSize(*self.decoder_size), **shared)
     if self.decoder_output == 'pixels':
       self.to_pixels = nn.Dense(self.patch_size**2 * self.in_channels,
                                 dtype=self.dtype)
     else:
+      if self.proxy_head_hidden:
+        self.proxy_hidden = nn.Dense(self.proxy_head_hidden, dtype=self.dtype)
       self.to_proxy_logits = nn.Dense(self.proxy_codebook_size,
                                       dtype=self.dtype)
 
@@ -190,7 +252,10 @@ class TiTok(nn.Module):
                         f'TiTok (patch_size {self.patch_size})')
     if x.shape[1] == 0 or x.shape[2] == 0:
       raise ValueError(f'TiTok: empty image {tuple(x.shape)}')
-    z = self.encoder(x.astype(self.dtype), train=train)
+    x = x.astype(self.dtype)
+    if self.unit_pixels:
+      x = (x + 1.0) * 0.5
+    z = self.encoder(x, train=train)
     out = self.quantizer(z.astype(jnp.float32), train=train)
     return out.indices, out
 
@@ -212,15 +277,33 @@ class TiTok(nn.Module):
       raise ValueError("TiTok.last_layer: only decoder_output='pixels' has a "
                        f'pixel layer, this model has {self.decoder_output!r}')
     patches = self.to_pixels(features).astype(jnp.float32)
-    return vit.unpatchify(patches, self.patch_size, self.in_channels)
+    x = vit.unpatchify(patches, self.patch_size, self.in_channels)
+    return x * 2.0 - 1.0 if self.unit_pixels else x
+
+  def _proxy_logits(self, features: jax.Array) -> jax.Array:
+    """Features [B, h, w, width] -> logits [B, h, w, K_proxy] (float32)."""
+    if self.proxy_head_hidden:
+      features = jnp.tanh(self.proxy_hidden(features))
+    return self.to_proxy_logits(features).astype(jnp.float32)
+
+  def _proxy_pixels(self, logits: jax.Array) -> jax.Array:
+    """Logits [B, h, w, K_proxy] -> the pixel VQGAN's decoding of the
+    softmax-weighted mean of its codes: images [B, h f, w f, C]."""
+    codebook = self.pixel_vqgan.quantizer.indices_to_codes(
+        jnp.arange(self.proxy_codebook_size))
+    probs = jax.nn.softmax(logits, axis=-1)
+    return self.pixel_vqgan.decode(probs @ codebook.astype(jnp.float32))
 
   def output_head(self, features: jax.Array) -> jax.Array:
-    """Features [B, h, w, width] -> images [B, h f, w f, C] ('pixels') or
-    proxy-code logits [B, h, w, proxy_codebook_size] ('proxy_codes'), float32.
-    """
+    """Features [B, h, w, width] -> images [B, h f, w f, C] ('pixels',
+    'proxy_pixels') or proxy-code logits [B, h, w, proxy_codebook_size]
+    ('proxy_codes'), float32."""
     if self.decoder_output == 'pixels':
       return self.last_layer(features)
-    return self.to_proxy_logits(features).astype(jnp.float32)
+    logits = self._proxy_logits(features)
+    if self.decoder_output == 'proxy_codes':
+      return logits
+    return self._proxy_pixels(logits)
 
   def decode(self, quantized: jax.Array, *, grid_size=None,
              train: bool = False) -> jax.Array:
@@ -232,11 +315,13 @@ class TiTok(nn.Module):
 
   def decode_logits(self, quantized: jax.Array, *, grid_size=None,
                     train: bool = False) -> jax.Array:
-    """'proxy_codes' mode: quantized [B, K, d] -> logits [B, h, w, K_proxy]."""
-    if self.decoder_output != 'proxy_codes':
+    """'proxy_*' modes: quantized [B, K, d] -> logits [B, h, w, K_proxy]."""
+    if self.decoder_output == 'pixels':
       raise ValueError("TiTok.decode_logits: needs decoder_output="
-                       f"'proxy_codes', this model has {self.decoder_output!r}")
-    return self.decode(quantized, grid_size=grid_size, train=train)
+                       "'proxy_codes' or 'proxy_pixels', this model has "
+                       f'{self.decoder_output!r}')
+    return self._proxy_logits(self.decoder_features(
+        quantized, grid_size=grid_size, train=train))
 
   def decode_indices(self, indices: jax.Array, *, grid_size=None) -> jax.Array:
     """Tokens int [B, K] ([B, K, n_factors] for factorized codes) -> what
@@ -289,8 +374,22 @@ def default_config() -> ml_collections.ConfigDict:
   config.encoder.mlp_dim = 64     # MLP hidden width ('tiny' only).
   config.decoder = ml_collections.ConfigDict(config.encoder.to_dict())
   config.dropout_rate = 0.0       # Dropout inside both transformers.
-  config.decoder_output = 'pixels'  # 'pixels' or 'proxy_codes' (stage 1).
-  config.proxy_codebook_size = 1024  # Codes of the proxy VQGAN (proxy_codes).
+  config.decoder_output = 'pixels'  # 'pixels', 'proxy_codes' (stage 1) or
+                                  # 'proxy_pixels' (released checkpoints).
+  config.proxy_codebook_size = 1024  # Codes of the proxy VQGAN (proxy_*).
+  config.proxy_head_hidden = 0    # >0: tanh hidden layer before the proxy
+                                  # logits (released TiTok: 2 * width).
+  config.class_token = False      # Class token first in both ViTs (paper).
+  config.layer_norm_epsilon = 1e-6  # PyTorch checkpoints: 1e-5.
+  config.exact_gelu = False       # erf GELU (PyTorch checkpoints).
+  config.legacy_latent_layout = False  # Released encoder's [K, D] -> [D, K]
+                                  # reshape before the code projection.
+  config.unit_pixels = False      # The encoder sees [0, 1] pixels
+                                  # (and 'pixels' makes them); I/O [-1, 1].
+  # 'proxy_pixels': the VQGAN whose codebook and decoder make the pixels
+  # (its downsampling factor must be patch_size, its codebook
+  # proxy_codebook_size codes; its encoder is never built).
+  config.pixel_decoder = vqgan.default_config()
   quantizer = quantizers.default_config('vq')  # Any registered quantizer.
   quantizer.codebook_size = 256   # Paper: 4096.
   quantizer.embedding_dim = 12    # Paper: 12.
@@ -338,10 +437,33 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
   encoder_size = _size(config, 'encoder', prefix)
   decoder_size = _size(config, 'decoder', prefix)
   quantizer = quantizers.build(config.quantizer, prefix=f'{prefix}.quantizer')
+  if config.proxy_head_hidden < 0:
+    raise ConfigError(f'{prefix}.proxy_head_hidden',
+                      f'must be >= 0, got {config.proxy_head_hidden}')
+  pixel_vqgan = None
+  if config.decoder_output == 'proxy_pixels':
+    pixel_vqgan = vqgan.build(config.pixel_decoder, dtype=dtype,
+                              prefix=f'{prefix}.pixel_decoder')
+    if pixel_vqgan.downsample_factor != config.patch_size:
+      raise ConfigError(f'{prefix}.pixel_decoder.channel_multipliers',
+                        f'upsample by {pixel_vqgan.downsample_factor}, not by '
+                        f'patch_size {config.patch_size}')
+    codes = getattr(pixel_vqgan.quantizer, 'codebook_size', None)
+    if codes != config.proxy_codebook_size:
+      raise ConfigError(f'{prefix}.pixel_decoder.quantizer.codebook_size',
+                        f'{codes}, but proxy_codebook_size is '
+                        f'{config.proxy_codebook_size}')
   return TiTok(quantizer=quantizer, in_channels=config.in_channels,
                image_size=config.image_size, patch_size=config.patch_size,
                num_latent_tokens=config.num_latent_tokens,
                encoder_size=encoder_size, decoder_size=decoder_size,
                decoder_output=config.decoder_output,
                proxy_codebook_size=config.proxy_codebook_size,
-               dropout_rate=config.dropout_rate, dtype=jnp.dtype(dtype))
+               dropout_rate=config.dropout_rate, dtype=jnp.dtype(dtype),
+               class_token=config.class_token,
+               layer_norm_epsilon=config.layer_norm_epsilon,
+               exact_gelu=config.exact_gelu,
+               legacy_latent_layout=config.legacy_latent_layout,
+               unit_pixels=config.unit_pixels,
+               proxy_head_hidden=config.proxy_head_hidden,
+               pixel_vqgan=pixel_vqgan)

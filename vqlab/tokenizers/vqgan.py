@@ -6,6 +6,14 @@ mid (res, attention, res) -> GroupNorm, swish, conv -> 1x1 to the code dim.
 Decoder: 1x1 from the code dim -> conv_in -> mid -> per level [res blocks
 (+attention)] -> upsample ... -> GroupNorm, swish -> `to_pixels` conv. The
 `to_pixels` kernel is the "last layer" of the adaptive GAN weight.
+
+The defaults are taming's architecture. Options express the MaskGIT VQGAN
+(google-research/maskgit, maskgit/nets/vqgan_tokenizer.py; also TiTok's pixel
+decoder) with the same modules: no attention, `mid_res_blocks` =
+`num_res_blocks`, `decoder_extra_block` off, 2x2 average-pool downsampling,
+bias-free res-block convolutions and encoder conv_in, a 1x1 encoder conv_out
+and no quant/post-quant convolutions, the `shortcut_quirk` of its res blocks
+and pixels in [0, 1] inside the network (`unit_pixels`).
 """
 
 from typing import Any, Sequence
@@ -20,8 +28,19 @@ from vqlab.errors import ConfigError
 from vqlab.quantizers import base as quantizer_base
 from vqlab.nn.attention import SpatialSelfAttention
 from vqlab.nn.resnet import ResBlock2D, group_norm
-from vqlab.nn.sampling import Downsample2D, Upsample2D
+from vqlab.nn.sampling import Downsample2D, Upsample2D, avg_pool_2x
 from vqlab.tokenizers import checks
+
+DOWNSAMPLING = ('conv', 'avg_pool')
+
+
+def _mid_block(res, h: jax.Array, count: int, attention) -> jax.Array:
+  """`count` res blocks at h's width, attention after the first if given."""
+  for i in range(count):
+    h = res(h.shape[-1], h)
+    if i == 0 and attention is not None:
+      h = attention(h)
+  return h
 
 
 class Encoder(nn.Module):
@@ -35,12 +54,20 @@ class Encoder(nn.Module):
   num_groups: int
   dropout_rate: float
   dtype: Any
+  mid_res_blocks: int = 2
+  downsample: str = 'conv'
+  res_conv_bias: bool = True
+  conv_in_bias: bool = True
+  conv_out_kernel: int = 3
+  shortcut_quirk: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    res = lambda c, h: ResBlock2D(c, self.num_groups, self.dropout_rate,
-                                  self.dtype)(h, train=train)
-    h = nn.Conv(self.channels, (3, 3), dtype=self.dtype, name='conv_in')(x)
+    res = lambda c, h: ResBlock2D(
+        c, self.num_groups, self.dropout_rate, self.dtype, self.res_conv_bias,
+        self.shortcut_quirk)(h, train=train)
+    h = nn.Conv(self.channels, (3, 3), dtype=self.dtype,
+                use_bias=self.conv_in_bias, name='conv_in')(x)
     last = len(self.channel_multipliers) - 1
     for level, multiplier in enumerate(self.channel_multipliers):
       for _ in range(self.num_res_blocks):
@@ -48,13 +75,15 @@ class Encoder(nn.Module):
         if level in self.attention_levels:
           h = SpatialSelfAttention(self.num_groups, self.dtype)(h)
       if level != last:
-        h = Downsample2D(self.dtype)(h)
-    h = res(h.shape[-1], h)
-    if self.mid_attention:
-      h = SpatialSelfAttention(self.num_groups, self.dtype)(h)
-    h = res(h.shape[-1], h)
+        h = (avg_pool_2x(h) if self.downsample == 'avg_pool' else
+             Downsample2D(self.dtype)(h))
+    attention = (SpatialSelfAttention(self.num_groups, self.dtype)
+                 if self.mid_attention else None)
+    h = _mid_block(res, h, self.mid_res_blocks, attention)
     h = nn.swish(group_norm(self.num_groups, self.dtype, 'norm_out')(h))
-    return nn.Conv(self.z_channels, (3, 3), dtype=self.dtype, name='conv_out')(h)
+    k = self.conv_out_kernel
+    return nn.Conv(self.z_channels, (k, k), dtype=self.dtype,
+                   name='conv_out')(h)
 
 
 class Decoder(nn.Module):
@@ -70,19 +99,23 @@ class Decoder(nn.Module):
   num_groups: int
   dropout_rate: float
   dtype: Any
+  mid_res_blocks: int = 2
+  extra_block: bool = True
+  res_conv_bias: bool = True
+  shortcut_quirk: bool = False
 
   @nn.compact
   def __call__(self, z: jax.Array, *, train: bool) -> jax.Array:
-    res = lambda c, h: ResBlock2D(c, self.num_groups, self.dropout_rate,
-                                  self.dtype)(h, train=train)
+    res = lambda c, h: ResBlock2D(
+        c, self.num_groups, self.dropout_rate, self.dtype, self.res_conv_bias,
+        self.shortcut_quirk)(h, train=train)
     width = self.channels * self.channel_multipliers[-1]
     h = nn.Conv(width, (3, 3), dtype=self.dtype, name='conv_in')(z)
-    h = res(width, h)
-    if self.mid_attention:
-      h = SpatialSelfAttention(self.num_groups, self.dtype)(h)
-    h = res(width, h)
+    attention = (SpatialSelfAttention(self.num_groups, self.dtype)
+                 if self.mid_attention else None)
+    h = _mid_block(res, h, self.mid_res_blocks, attention)
     for level in reversed(range(len(self.channel_multipliers))):
-      for _ in range(self.num_res_blocks + 1):
+      for _ in range(self.num_res_blocks + int(self.extra_block)):
         h = res(self.channels * self.channel_multipliers[level], h)
         if level in self.attention_levels:
           h = SpatialSelfAttention(self.num_groups, self.dtype)(h)
@@ -98,7 +131,10 @@ class VQGAN(nn.Module):
     quantizer: any module from `vqlab.quantizers.build`.
     in_channels: image channels C.
     channels, channel_multipliers, num_res_blocks, attention_levels,
-    mid_attention, z_channels, num_groups, dropout_rate: see default_config.
+    mid_attention, z_channels, num_groups, dropout_rate, mid_res_blocks,
+    decoder_extra_block, downsample, res_conv_bias, conv_in_bias,
+    conv_out_kernel, quant_convs, shortcut_quirk, unit_pixels: see
+    default_config.
     dtype: compute dtype (parameters stay float32).
   """
   quantizer: nn.Module
@@ -112,6 +148,15 @@ class VQGAN(nn.Module):
   num_groups: int = 32
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  mid_res_blocks: int = 2
+  decoder_extra_block: bool = True
+  downsample: str = 'conv'
+  res_conv_bias: bool = True
+  conv_in_bias: bool = True
+  conv_out_kernel: int = 3
+  quant_convs: bool = True
+  shortcut_quirk: bool = False
+  unit_pixels: bool = False
 
   LAST_LAYER = 'to_pixels'  # Params of the layer the adaptive GAN weight uses.
 
@@ -125,29 +170,52 @@ class VQGAN(nn.Module):
                   num_res_blocks=self.num_res_blocks,
                   attention_levels=tuple(self.attention_levels),
                   mid_attention=self.mid_attention, num_groups=self.num_groups,
-                  dropout_rate=self.dropout_rate, dtype=self.dtype)
-    self.encoder = Encoder(z_channels=self.z_channels, **shared)
-    self.quant_conv = nn.Conv(self.quantizer.code_dim, (1, 1), dtype=self.dtype)
-    self.post_quant_conv = nn.Conv(self.z_channels, (1, 1), dtype=self.dtype)
-    self.decoder = Decoder(**shared)
+                  dropout_rate=self.dropout_rate, dtype=self.dtype,
+                  mid_res_blocks=self.mid_res_blocks,
+                  res_conv_bias=self.res_conv_bias,
+                  shortcut_quirk=self.shortcut_quirk)
+    if self.downsample not in DOWNSAMPLING:
+      raise ValueError(f'VQGAN: downsample must be one of {DOWNSAMPLING}, '
+                       f'got {self.downsample!r}')
+    if not self.quant_convs and self.z_channels != self.quantizer.code_dim:
+      raise ValueError(f'VQGAN: without quant_convs z_channels '
+                       f'({self.z_channels}) must equal the code dim '
+                       f'({self.quantizer.code_dim})')
+    self.encoder = Encoder(z_channels=self.z_channels,
+                           downsample=self.downsample,
+                           conv_in_bias=self.conv_in_bias,
+                           conv_out_kernel=self.conv_out_kernel, **shared)
+    if self.quant_convs:
+      self.quant_conv = nn.Conv(self.quantizer.code_dim, (1, 1),
+                                dtype=self.dtype)
+      self.post_quant_conv = nn.Conv(self.z_channels, (1, 1), dtype=self.dtype)
+    self.decoder = Decoder(extra_block=self.decoder_extra_block, **shared)
     self.to_pixels = nn.Conv(self.in_channels, (3, 3), dtype=self.dtype)
 
   def encode(self, x: jax.Array, *, train: bool = False):
     """x: [B, H, W, C] -> (indices [B, H/f, W/f], QuantizerOutput)."""
     checks.check_images(x, self.in_channels, self.downsample_factor, 'VQGAN')
-    z = self.quant_conv(self.encoder(x.astype(self.dtype), train=train))
+    x = x.astype(self.dtype)
+    if self.unit_pixels:
+      x = (x + 1.0) * 0.5
+    z = self.encoder(x, train=train)
+    if self.quant_convs:
+      z = self.quant_conv(z)
     out = self.quantizer(z.astype(jnp.float32), train=train)
     return out.indices, out
 
   def decoder_features(self, quantized: jax.Array, *,
                        train: bool = False) -> jax.Array:
     """Quantized latents [B, h, w, d] -> input of the last layer."""
-    h = self.post_quant_conv(quantized.astype(self.dtype))
+    h = quantized.astype(self.dtype)
+    if self.quant_convs:
+      h = self.post_quant_conv(h)
     return self.decoder(h, train=train)
 
   def last_layer(self, features: jax.Array) -> jax.Array:
-    """Decoder features -> images [B, H, W, C] (float32)."""
-    return self.to_pixels(features).astype(jnp.float32)
+    """Decoder features -> images [B, H, W, C] (float32) in about [-1, 1]."""
+    x = self.to_pixels(features).astype(jnp.float32)
+    return x * 2.0 - 1.0 if self.unit_pixels else x
 
   def decode(self, quantized: jax.Array, *, train: bool = False) -> jax.Array:
     """Quantized latents [B, h, w, d] -> images [B, h*f, w*f, C]."""
@@ -185,6 +253,19 @@ def default_config() -> ml_collections.ConfigDict:
   config.z_channels = 64               # Encoder output channels before quant_conv.
   config.num_groups = 8                # GroupNorm groups (taming: 32).
   config.dropout_rate = 0.0            # Dropout inside res blocks.
+  # Taming's architecture; the converted MaskGIT VQGAN changes these.
+  config.mid_res_blocks = 2            # Res blocks in each middle section.
+  config.decoder_extra_block = True    # Decoder levels: num_res_blocks + 1.
+  config.downsample = 'conv'           # 'conv' (stride 2) or 'avg_pool' (2x2).
+  config.res_conv_bias = True          # Biases in the res-block convolutions.
+  config.conv_in_bias = True           # Bias in the encoder's first conv.
+  config.conv_out_kernel = 3           # Kernel of the encoder's last conv.
+  config.quant_convs = True            # 1x1 convs around the quantizer; off:
+                                       # z_channels must be the code dim.
+  config.shortcut_quirk = False        # MaskGIT: project the branch output
+                                       # (not the input) in the shortcut.
+  config.unit_pixels = False           # The network sees and makes [0, 1]
+                                       # pixels (MaskGIT); I/O stays [-1, 1].
   config.quantizer = quantizers.default_config('vq')  # Any registered quantizer.
   return config
 
@@ -200,7 +281,17 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
     if config[key] % config.num_groups:
       raise ConfigError(f'{prefix}.num_groups',
                         f'{config.num_groups} does not divide {key}={config[key]}')
+  if config.downsample not in DOWNSAMPLING:
+    raise ConfigError(f'{prefix}.downsample', f'must be one of '
+                      f'{", ".join(DOWNSAMPLING)}, got {config.downsample!r}')
+  for key in ('mid_res_blocks', 'conv_out_kernel'):
+    if config[key] < 1:
+      raise ConfigError(f'{prefix}.{key}', f'must be >= 1, got {config[key]}')
   quantizer = quantizers.build(config.quantizer, prefix=f'{prefix}.quantizer')
+  if not config.quant_convs and config.z_channels != quantizer.code_dim:
+    raise ConfigError(f'{prefix}.z_channels',
+                      f'{config.z_channels} must equal the quantizer\'s code '
+                      f'dim {quantizer.code_dim} when quant_convs is off')
   return VQGAN(quantizer=quantizer, in_channels=config.in_channels,
                channels=config.channels,
                channel_multipliers=tuple(config.channel_multipliers),
@@ -208,4 +299,12 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
                attention_levels=tuple(config.attention_levels),
                mid_attention=config.mid_attention, z_channels=config.z_channels,
                num_groups=config.num_groups, dropout_rate=config.dropout_rate,
-               dtype=jnp.dtype(dtype))
+               mid_res_blocks=config.mid_res_blocks,
+               decoder_extra_block=config.decoder_extra_block,
+               downsample=config.downsample,
+               res_conv_bias=config.res_conv_bias,
+               conv_in_bias=config.conv_in_bias,
+               conv_out_kernel=config.conv_out_kernel,
+               quant_convs=config.quant_convs,
+               shortcut_quirk=config.shortcut_quirk,
+               unit_pixels=config.unit_pixels, dtype=jnp.dtype(dtype))
