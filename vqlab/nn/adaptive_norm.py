@@ -8,9 +8,17 @@ every norm of the causal tokenizer: statistics over time would leak future
 frames). scale and shift are 1x1x1 projections (Dense) of z_q, zero-initialized
 so training starts from plain GroupNorm, computed at the latent resolution and
 then resized to x's (T, H, W) by `resize_latent` (nearest; a 1x1x1 projection
-commutes with it). Open-MAGVIT2's image decoder instead pools z_q over space
-(std for the scale, mean for the shift); this spatial version keeps the
-conditioning local, like the rest of the decoder.
+commutes with it). This spatial version keeps the conditioning local, like the
+rest of the decoder.
+
+`pooled=True` is Open-MAGVIT2's image decoder (improved_model.py
+AdaptiveGroupNorm): each latent frame is pooled over space first,
+
+    y = GroupNorm(x) * scale(sqrt(var(z_q) + eps)) + shift(mean(z_q)),
+
+var being the unbiased (N - 1) variance over the h w positions (torch's
+`Tensor.var` default) and eps the GroupNorm epsilon; scale starts at 1
+(zero kernel, unit bias) and shift at 0.
 """
 
 from typing import Any
@@ -63,10 +71,12 @@ class AdaptiveGroupNorm(nn.Module):
     num_groups: GroupNorm groups.
     epsilon: GroupNorm epsilon (taming's 1e-6).
     dtype: compute dtype.
+    pooled: condition on z_q's per-frame spatial std and mean (Open-MAGVIT2).
   """
   num_groups: int = 32
   epsilon: float = 1e-6
   dtype: Any = jnp.float32
+  pooled: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, z_q: jax.Array) -> jax.Array:
@@ -84,7 +94,28 @@ class AdaptiveGroupNorm(nn.Module):
                      use_scale=False, use_bias=False, reduction_axes=FRAME_AXES,
                      dtype=self.dtype, name='norm')(x)
     z_q = z_q.astype(self.dtype)
+    if self.pooled:
+      return self._pooled(h, z_q, x.shape[1:4])
     project = lambda name: resize_latent(
         nn.Dense(channels, kernel_init=nn.initializers.zeros, dtype=self.dtype,
                  name=name)(z_q), x.shape[1:4])
     return h * (1 + project('scale')) + project('shift')
+
+  def _pooled(self, h: jax.Array, z_q: jax.Array,
+              size: tuple[int, int, int]) -> jax.Array:
+    """h * scale(std) + shift(mean); statistics over each latent frame's h w
+    positions, in float32."""
+    z = z_q.astype(jnp.float32)
+    positions = z.shape[2] * z.shape[3]
+    mean = jnp.mean(z, axis=(2, 3), keepdims=True)
+    var = jnp.sum((z - mean)**2, axis=(2, 3), keepdims=True) / (positions - 1)
+    std = jnp.sqrt(var + self.epsilon)
+    channels = h.shape[-1]
+    scale = nn.Dense(channels, kernel_init=nn.initializers.zeros,
+                     bias_init=nn.initializers.ones, dtype=self.dtype,
+                     name='scale')(std.astype(self.dtype))
+    shift = nn.Dense(channels, kernel_init=nn.initializers.zeros,
+                     dtype=self.dtype, name='shift')(mean.astype(self.dtype))
+    frames = latent_frame_index(size[0], z.shape[1])
+    scale, shift = (jnp.take(v, frames, axis=1) for v in (scale, shift))
+    return h * scale + shift

@@ -14,7 +14,9 @@ T input frames give (T + k_t - 1 - k_t) // s_t + 1 = (T - 1) // s_t + 1
 outputs, so 1 + s t frames give exactly 1 + t (for any k_t >= 1).
 
 Space: TF 'SAME' zero padding, so H -> ceil(H / s_h) (for a 3x3 kernel:
-pads (1, 1) at stride 1, (0, 1) at stride 2 on even H).
+pads (1, 1) at stride 1, (0, 1) at stride 2 on even H). `spatial_padding=
+'symmetric'` pads k // 2 on both sides instead, as PyTorch's
+`Conv2d(padding=k // 2)` (Open-MAGVIT2's stride-2 downsampling pads (1, 1)).
 
 Parameters are `kernel` [k_t, k_h, k_w, C_in, features] and `bias`
 [features] at the top of the module (as nn.Conv), so the tokenizer task can
@@ -49,12 +51,14 @@ class CausalConv3D(nn.Module):
     strides: (s_t, s_h, s_w).
     use_bias: add a bias.
     dtype: compute dtype (parameters stay float32).
+    spatial_padding: 'same' (TF) or 'symmetric' (k // 2 on both sides).
   """
   features: int
   kernel_size: Sequence[int] = (3, 3, 3)
   strides: Sequence[int] = (1, 1, 1)
   use_bias: bool = True
   dtype: Any = jnp.float32
+  spatial_padding: str = 'same'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -71,9 +75,15 @@ class CausalConv3D(nn.Module):
             if self.use_bias else None)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     x = jnp.pad(x, ((0, 0), (k_t - 1, 0), (0, 0), (0, 0), (0, 0)), mode='edge')
+    if self.spatial_padding == 'same':
+      spatial = (same_padding(x.shape[2], k_h, s_h),
+                 same_padding(x.shape[3], k_w, s_w))
+    elif self.spatial_padding == 'symmetric':
+      spatial = ((k_h // 2, k_h // 2), (k_w // 2, k_w // 2))
+    else:
+      raise ValueError(f'CausalConv3D: spatial_padding must be same or '
+                       f'symmetric, got {self.spatial_padding!r}')
     y = jax.lax.conv_general_dilated(
-        x, kernel, window_strides=(s_t, s_h, s_w),
-        padding=((0, 0), same_padding(x.shape[2], k_h, s_h),
-                 same_padding(x.shape[3], k_w, s_w)),
+        x, kernel, window_strides=(s_t, s_h, s_w), padding=((0, 0),) + spatial,
         dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'))
     return y + bias if bias is not None else y

@@ -15,6 +15,13 @@ Decoder: causal conv_in -> mid res blocks -> per level (coarsest first)
 [adaptive GroupNorm on z_q, res blocks] -> causal conv to C * 4 (* 2) channels,
 depth-to-space, drop the first s_t - 1 frames ... -> GroupNorm, swish ->
 `to_pixels` causal conv, the "last layer" of the adaptive GAN weight.
+
+Open-MAGVIT2's image tokenizer (TencentARC, improved_model.py) is this
+network with temporal_kernel=1, num_temporal_downsamples=0 and three options:
+`conv_bias=False` (no biases in the res blocks and the encoder's conv_in),
+`downsample_padding='symmetric'` (its stride-2 convs pad (1, 1), not TF's
+(0, 1)) and `adaptive_norm='pooled'` (AdaGN conditioned on z_q's spatial std
+and mean; see vqlab.nn.adaptive_norm).
 """
 
 from typing import Any, Sequence
@@ -53,21 +60,29 @@ class Encoder(nn.Module):
   num_groups: int
   out_channels: int
   dtype: Any
+  conv_bias: bool = True
+  downsample_padding: str = 'same'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     res = lambda c, h: ResBlock3D(c, self.num_groups, self.temporal_kernel,
-                                  self.dtype)(h)
+                                  self.dtype, self.conv_bias)(h)
     kernel = (self.temporal_kernel, 3, 3)
-    h = CausalConv3D(self.channels, kernel, dtype=self.dtype, name='conv_in')(x)
+    h = CausalConv3D(self.channels, kernel, use_bias=self.conv_bias,
+                     dtype=self.dtype, name='conv_in')(x)
     temporal = temporal_downsamples(len(self.channel_multipliers),
                                     self.num_temporal_downsamples)
     for level, multiplier in enumerate(self.channel_multipliers):
       for _ in range(self.num_res_blocks):
         h = res(self.channels * multiplier, h)
-      if level < len(temporal):
+      if level < len(temporal) and self.downsample_padding == 'same':
         h = CausalDownsample3D(temporal[level], self.temporal_kernel,
                                self.dtype)(h)
+      elif level < len(temporal):
+        h = CausalConv3D(h.shape[-1], kernel, (2 if temporal[level] else 1,
+                                               2, 2),
+                         dtype=self.dtype, spatial_padding='symmetric',
+                         name=f'downsample_{level}')(h)
     for _ in range(self.num_res_blocks):
       h = res(h.shape[-1], h)
     h = nn.swish(frame_group_norm(self.num_groups, self.dtype, 'norm_out')(h))
@@ -85,11 +100,13 @@ class Decoder(nn.Module):
   temporal_kernel: int
   num_groups: int
   dtype: Any
+  conv_bias: bool = True
+  adaptive_norm: str = 'spatial'
 
   @nn.compact
   def __call__(self, z_q: jax.Array) -> jax.Array:
     res = lambda c, h: ResBlock3D(c, self.num_groups, self.temporal_kernel,
-                                  self.dtype)(h)
+                                  self.dtype, self.conv_bias)(h)
     kernel = (self.temporal_kernel, 3, 3)
     width = self.channels * self.channel_multipliers[-1]
     h = CausalConv3D(width, kernel, dtype=self.dtype, name='conv_in')(z_q)
@@ -98,7 +115,8 @@ class Decoder(nn.Module):
     temporal = temporal_downsamples(len(self.channel_multipliers),
                                     self.num_temporal_downsamples)
     for level in reversed(range(len(self.channel_multipliers))):
-      h = AdaptiveGroupNorm(self.num_groups, dtype=self.dtype)(h, z_q)
+      h = AdaptiveGroupNorm(self.num_groups, dtype=self.dtype,
+                            pooled=self.adaptive_norm == 'pooled')(h, z_q)
       for _ in range(self.num_res_blocks):
         h = res(self.channels * self.channel_multipliers[level], h)
       if level > 0:
@@ -119,7 +137,8 @@ class MAGVIT2(nn.Module):
     quantizer: any module from `vqlab.quantizers.build`.
     in_channels: pixel channels C.
     channels, channel_multipliers, num_res_blocks, num_temporal_downsamples,
-    temporal_kernel, num_groups: see default_config.
+    temporal_kernel, num_groups, conv_bias, downsample_padding,
+    adaptive_norm: see default_config.
     dtype: compute dtype (parameters stay float32).
   """
   quantizer: nn.Module
@@ -131,6 +150,9 @@ class MAGVIT2(nn.Module):
   temporal_kernel: int = 3
   num_groups: int = 32
   dtype: Any = jnp.float32
+  conv_bias: bool = True
+  downsample_padding: str = 'same'
+  adaptive_norm: str = 'spatial'
 
   LAST_LAYER = 'to_pixels'  # Params of the layer the adaptive GAN weight uses.
 
@@ -151,8 +173,12 @@ class MAGVIT2(nn.Module):
                   num_temporal_downsamples=self.num_temporal_downsamples,
                   temporal_kernel=self.temporal_kernel,
                   num_groups=self.num_groups, dtype=self.dtype)
-    self.encoder = Encoder(out_channels=self.quantizer.code_dim, **shared)
-    self.decoder = Decoder(**shared)
+    self.encoder = Encoder(out_channels=self.quantizer.code_dim,
+                           conv_bias=self.conv_bias,
+                           downsample_padding=self.downsample_padding,
+                           **shared)
+    self.decoder = Decoder(conv_bias=self.conv_bias,
+                           adaptive_norm=self.adaptive_norm, **shared)
     self.to_pixels = CausalConv3D(self.in_channels,
                                   (self.temporal_kernel, 3, 3),
                                   dtype=self.dtype)
@@ -231,6 +257,10 @@ def default_config() -> ml_collections.ConfigDict:
                                        # s = 2^this; videos have 1 + s k frames.
   config.temporal_kernel = 3           # k_t of all causal convs (1: per frame).
   config.num_groups = 8                # GroupNorm groups (paper: 32).
+  # Open-MAGVIT2's image tokenizer: False, 'symmetric', 'pooled'.
+  config.conv_bias = True              # Biases in res blocks and encoder conv_in.
+  config.downsample_padding = 'same'   # Stride-2 convs: 'same' (TF) or 'symmetric'.
+  config.adaptive_norm = 'spatial'     # AdaGN on z_q per position, or 'pooled'.
   quantizer = quantizers.default_config('lfq')  # Any registered quantizer.
   quantizer.codebook_size = 2**18      # The paper's K: 18-channel latents.
   quantizer.factor_bits = (9, 9)       # Two 2^9 sub-tokens (factorized heads).
@@ -258,6 +288,11 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
                         f'{config.num_groups} does not divide the width '
                         f'{config.channels * multiplier} = channels * '
                         f'{multiplier}')
+  for key, allowed in (('downsample_padding', ('same', 'symmetric')),
+                       ('adaptive_norm', ('spatial', 'pooled'))):
+    if config[key] not in allowed:
+      raise ConfigError(f'{prefix}.{key}',
+                        f'{config[key]!r} is not one of {allowed}')
   quantizer = quantizers.build(config.quantizer, prefix=f'{prefix}.quantizer')
   return MAGVIT2(quantizer=quantizer, in_channels=config.in_channels,
                  channels=config.channels,
@@ -265,4 +300,7 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
                  num_res_blocks=config.num_res_blocks,
                  num_temporal_downsamples=config.num_temporal_downsamples,
                  temporal_kernel=config.temporal_kernel,
-                 num_groups=config.num_groups, dtype=jnp.dtype(dtype))
+                 num_groups=config.num_groups, dtype=jnp.dtype(dtype),
+                 conv_bias=config.conv_bias,
+                 downsample_padding=config.downsample_padding,
+                 adaptive_norm=config.adaptive_norm)

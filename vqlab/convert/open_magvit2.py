@@ -1,0 +1,225 @@
+"""Open-MAGVIT2 image tokenizers (TencentARC) -> a vqlab 'magvit2'.
+
+The released ImageNet 128 / 256 tokenizers (configs/Open-MAGVIT2/gpu/
+imagenet_lfqgan_{128,256}_L.yaml) are Lightning `.ckpt` files of
+`src.Open_MAGVIT2.models.lfqgan.VQModel`, read without unpickling any code.
+Under 'state_dict' (src/Open_MAGVIT2/modules/diffusionmodules/
+improved_model.py):
+
+  encoder.conv_in                     3x3, no bias
+  encoder.down.{i}.block.{j}          ResBlock: norm1 conv1 norm2 conv2
+                                      (+ nin_shortcut 1x1), convs without bias
+  encoder.down.{i}.downsample         3x3 stride 2, padding 1, bias
+  encoder.mid_block.{j}, norm_out, conv_out (1x1 to the 18 LFQ bits)
+  decoder.conv_in, decoder.mid_block.{j}
+  decoder.adaptive.{i}.gamma / beta   AdaGN Linear(z, C) on z_q's spatial
+                                      std / mean, before level i's blocks
+  decoder.up.{i}.block.{j}, decoder.up.{i}.upsample.conv1 (3x3 to 4C, then
+  depth-to-space with channel order (i, j, C)), norm_out, conv_out
+  model_ema.<name without dots>       LitEma copies (use_ema: True), which
+                                      their evaluation uses; plus decay and
+                                      num_updates
+  loss.*                              discriminator (ignored, with its EMA)
+
+The LFQ has no parameters: bit d of a token is z_d > 0 with weight 2^d
+(channel 0 least significant); with token_factorization the two sub-tokens
+are bits 0..8 and 9..17, which is vqlab's lfq with factor_bits (9, 9)
+(`factorized=False` gives the plain 2^18 index instead).
+"""
+
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vqlab import quantizers
+from vqlab import tokenizers
+from vqlab.convert import published
+from vqlab.convert import torch_files
+from vqlab.errors import WeightsError
+
+OPTIONS = {
+    'ema': (bool, True, 'use the EMA weights (model_ema.*) when the file has '
+            'them, as Open-MAGVIT2 evaluates'),
+    'factorized': (bool, True, 'tokens as two 2^9 sub-tokens (their AR '
+                   'model) instead of one 2^18 index'),
+    'image_size': (int, 256, 'resolution the checkpoint was trained at '
+                   '(128 or 256)'),
+}
+
+NUM_GROUPS = 32  # improved_model.py: every GroupNorm has 32 groups.
+_EMA = 'model_ema.'
+_IGNORED = ('loss.', 'model_ema.loss', 'model_ema.decay',
+            'model_ema.num_updates')
+
+
+def _ema_view(tensors, source: str) -> dict[str, np.ndarray]:
+  """{encoder./decoder. name: its EMA tensor}; WeightsError if one lacks it."""
+  view, missing = {}, []
+  for key in tensors:
+    if key.startswith(('encoder.', 'decoder.')):
+      ema_key = _EMA + key.replace('.', '')
+      if ema_key in tensors:
+        view[key] = tensors[ema_key]
+      else:
+        missing.append(ema_key)
+  if missing:
+    raise WeightsError(f'{source}: no EMA copy of {len(missing)} tensors '
+                       f'({", ".join(missing[:4])}); pass --ema=false to use '
+                       'the raw weights')
+  unknown = sorted(set(k for k in tensors if k.startswith(_EMA)
+                       and not k.startswith(_IGNORED)) -
+                   {_EMA + k.replace('.', '') for k in view})
+  if unknown:
+    raise WeightsError(f'{source}: EMA tensors with no model tensor: '
+                       f'{", ".join(unknown[:6])}')
+  return view
+
+
+def _indices(sd: published.StateDict, pattern: str) -> list[int]:
+  return sorted({int(m.group(1)) for k in sd.keys()
+                 if (m := re.match(pattern, k))})
+
+
+def infer_config(sd: published.StateDict,
+                 factorized: bool) -> ml_collections.ConfigDict:
+  """The vqlab 'magvit2' model config of an Open-MAGVIT2 state dict."""
+  channels, in_channels = sd.shape('encoder.conv_in.weight')[:2]
+  levels = _indices(sd, r'encoder\.down\.(\d+)\.')
+  blocks = _indices(sd, r'encoder\.down\.0\.block\.(\d+)\.')
+  if not levels or levels != list(range(len(levels))) or not blocks:
+    raise WeightsError(f'{sd.source}: no encoder.down.<level>.block.<n> '
+                       'tensors; not an Open-MAGVIT2 state dict')
+  multipliers = []
+  for level in levels:
+    width = sd.shape(f'encoder.down.{level}.block.0.conv2.weight')[0]
+    if width % channels:
+      raise WeightsError(f'{sd.source}: encoder.down.{level} is {width} wide, '
+                         f'not a multiple of ch={channels}')
+    multipliers.append(width // channels)
+  bits = sd.shape('encoder.conv_out.weight')[0]
+  if not 1 <= bits <= 30:
+    raise WeightsError(f'{sd.source}: encoder.conv_out has {bits} channels; '
+                       'LFQ needs 1..30 bits')
+  config = tokenizers.default_config('magvit2')
+  config.in_channels = in_channels
+  config.channels = channels
+  config.channel_multipliers = tuple(multipliers)
+  config.num_res_blocks = len(blocks)
+  config.num_temporal_downsamples = 0
+  config.temporal_kernel = 1
+  config.num_groups = NUM_GROUPS
+  config.conv_bias = False
+  config.downsample_padding = 'symmetric'
+  config.adaptive_norm = 'pooled'
+  config.quantizer = quantizers.default_config('lfq')
+  config.quantizer.codebook_size = 2**bits
+  halves = (bits - bits // 2, bits // 2)
+  config.quantizer.factor_bits = halves if factorized and bits > 1 else ()
+  config.quantizer.entropy_groups = 2 if bits > 1 else 1
+  return config
+
+
+def _conv(sd: published.StateDict, prefix: str, bias: bool = True) -> dict:
+  """A Conv2d as a CausalConv3D with k_t = 1."""
+  conv = sd.conv(prefix, bias=bias)
+  conv['kernel'] = conv['kernel'][None]
+  return conv
+
+
+def _res_block(sd: published.StateDict, prefix: str) -> dict:
+  block = {'norm1': sd.norm(f'{prefix}.norm1'),
+           'conv1': _conv(sd, f'{prefix}.conv1', bias=False),
+           'norm2': sd.norm(f'{prefix}.norm2'),
+           'conv2': _conv(sd, f'{prefix}.conv2', bias=False)}
+  if f'{prefix}.nin_shortcut.weight' in sd:
+    block['shortcut'] = _conv(sd, f'{prefix}.nin_shortcut', bias=False)
+  return block
+
+
+def _encoder(sd: published.StateDict, config) -> dict:
+  tree = {'conv_in': _conv(sd, 'encoder.conv_in', bias=False)}
+  n, last = 0, len(config.channel_multipliers) - 1
+  for level in range(last + 1):
+    for j in range(config.num_res_blocks):
+      tree[f'ResBlock3D_{n}'] = _res_block(sd, f'encoder.down.{level}.block.{j}')
+      n += 1
+    if level != last:
+      tree[f'downsample_{level}'] = _conv(sd, f'encoder.down.{level}.downsample')
+  for j in range(config.num_res_blocks):
+    tree[f'ResBlock3D_{n}'] = _res_block(sd, f'encoder.mid_block.{j}')
+    n += 1
+  tree['norm_out'] = sd.norm('encoder.norm_out')
+  tree['conv_out'] = _conv(sd, 'encoder.conv_out')
+  return tree
+
+
+def _decoder(sd: published.StateDict, config) -> dict:
+  tree = {'conv_in': _conv(sd, 'decoder.conv_in')}
+  n = 0
+  for j in range(config.num_res_blocks):
+    tree[f'ResBlock3D_{n}'] = _res_block(sd, f'decoder.mid_block.{j}')
+    n += 1
+  levels = len(config.channel_multipliers)
+  for k, level in enumerate(reversed(range(levels))):
+    tree[f'AdaptiveGroupNorm_{k}'] = {
+        'scale': sd.linear(f'decoder.adaptive.{level}.gamma'),
+        'shift': sd.linear(f'decoder.adaptive.{level}.beta')}
+    for j in range(config.num_res_blocks):
+      tree[f'ResBlock3D_{n}'] = _res_block(sd, f'decoder.up.{level}.block.{j}')
+      n += 1
+    if level > 0:
+      tree[f'CausalUpsample3D_{k}'] = {
+          'conv': _conv(sd, f'decoder.up.{level}.upsample.conv1')}
+  tree['norm_out'] = sd.norm('decoder.norm_out')
+  return tree
+
+
+def expected_params(config: ml_collections.ConfigDict):
+  """ShapeDtypeStructs of the params of the model `config` builds."""
+  model = tokenizers.build(config)
+  x = jax.ShapeDtypeStruct((1, 32, 32, config.in_channels), jnp.float32)
+  return jax.eval_shape(model.init, jax.random.key(0), x)['params']
+
+
+def convert_state_dict(tensors, *, ema: bool = True, factorized: bool = True,
+                       image_size: int = 256,
+                       source: str = 'Open-MAGVIT2') -> published.Converted:
+  """A flat Open-MAGVIT2 VQModel state dict {key: array} -> Converted.
+
+  Raises:
+    WeightsError: a tensor is missing, left over or has the wrong shape.
+  """
+  has_ema = any(k.startswith(_EMA) and not k.startswith(_IGNORED)
+                for k in tensors)
+  weights = 'EMA' if ema and has_ema else 'raw'
+  if weights == 'EMA':
+    view = _ema_view(tensors, source)
+    leftover = {k: v for k, v in tensors.items()
+                if not k.startswith(('encoder.', 'decoder.', _EMA))}
+    sd = published.StateDict({**view, **leftover}, source)
+  else:
+    sd = published.StateDict(tensors, source)
+  config = tokenizers.validate(infer_config(sd, factorized), 'model')
+  params = {'encoder': _encoder(sd, config), 'decoder': _decoder(sd, config),
+            'to_pixels': _conv(sd, 'decoder.conv_out')}
+  sd.check_all_used(ignore_prefixes=_IGNORED + (_EMA,))
+  factor = 2**(len(config.channel_multipliers) - 1)
+  bits = int(config.quantizer.codebook_size).bit_length() - 1
+  description = (f'{source} (f{factor}, 2^{bits} LFQ, '
+                 f'{weights} weights)')
+  published.check_params_match(params, expected_params(config), description)
+  return published.Converted(model_config=config, params=params,
+                             image_size=image_size, source=description)
+
+
+def convert_file(path: str, ema: bool = True, factorized: bool = True,
+                 image_size: int = 256) -> published.Converted:
+  """An Open-MAGVIT2 `.ckpt` -> Converted."""
+  tensors = torch_files.load_state_dict(path, lenient=True)
+  return convert_state_dict(
+      tensors, ema=ema, factorized=factorized, image_size=image_size,
+      source=f'Open-MAGVIT2 {os.path.basename(os.path.abspath(path))}')
