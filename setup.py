@@ -31,7 +31,10 @@ setuptools.setup(
         'tensorflow>=2.16; sys_platform != "linux"',
     ],
     extras_require={
-        'test': ['pytest>=8.0', 'pytest-xdist>=3.5'],
+        'test': ['pytest>=8.0', 'pytest-xdist>=3.5',
+                 # tests/test_notebooks.py runs colab/*.ipynb headless.
+                 'ipykernel>=6.29', 'matplotlib>=3.8', 'nbclient>=0.10',
+                 'nbformat>=5.9'],
     },
     license='Apache 2.0',
 )

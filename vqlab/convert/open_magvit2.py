@@ -28,7 +28,6 @@ are bits 0..8 and 9..17, which is vqlab's lfq with factor_bits (9, 9)
 """
 
 import os
-import re
 
 import jax
 import jax.numpy as jnp
@@ -79,36 +78,19 @@ def _ema_view(tensors, source: str) -> dict[str, np.ndarray]:
   return view
 
 
-def _indices(sd: published.StateDict, pattern: str) -> list[int]:
-  return sorted({int(m.group(1)) for k in sd.keys()
-                 if (m := re.match(pattern, k))})
-
-
 def infer_config(sd: published.StateDict,
                  factorized: bool) -> ml_collections.ConfigDict:
   """The vqlab 'magvit2' model config of an Open-MAGVIT2 state dict."""
-  channels, in_channels = sd.shape('encoder.conv_in.weight')[:2]
-  levels = _indices(sd, r'encoder\.down\.(\d+)\.')
-  blocks = _indices(sd, r'encoder\.down\.0\.block\.(\d+)\.')
-  if not levels or levels != list(range(len(levels))) or not blocks:
-    raise WeightsError(f'{sd.source}: no encoder.down.<level>.block.<n> '
-                       'tensors; not an Open-MAGVIT2 state dict')
-  multipliers = []
-  for level in levels:
-    width = sd.shape(f'encoder.down.{level}.block.0.conv2.weight')[0]
-    if width % channels:
-      raise WeightsError(f'{sd.source}: encoder.down.{level} is {width} wide, '
-                         f'not a multiple of ch={channels}')
-    multipliers.append(width // channels)
+  widths = published.taming_encoder_widths(sd, 'an Open-MAGVIT2 state dict')
   bits = sd.shape('encoder.conv_out.weight')[0]
   if not 1 <= bits <= 30:
     raise WeightsError(f'{sd.source}: encoder.conv_out has {bits} channels; '
                        'LFQ needs 1..30 bits')
   config = tokenizers.default_config('magvit2')
-  config.in_channels = in_channels
-  config.channels = channels
-  config.channel_multipliers = tuple(multipliers)
-  config.num_res_blocks = len(blocks)
+  config.in_channels = widths.in_channels
+  config.channels = widths.channels
+  config.channel_multipliers = widths.channel_multipliers
+  config.num_res_blocks = widths.num_res_blocks
   config.num_temporal_downsamples = 0
   config.temporal_kernel = 1
   config.num_groups = NUM_GROUPS

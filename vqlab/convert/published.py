@@ -9,6 +9,7 @@ vqlab `config.model` and param tree, and returns them as a `Converted`.
 
 import dataclasses
 import os
+import re
 from typing import Any, Iterable, Mapping
 
 import jax
@@ -82,6 +83,12 @@ class StateDict:
     return {'scale': self.take(f'{prefix}.weight'),
             'bias': self.take(f'{prefix}.bias')}
 
+  def indices(self, pattern: str) -> list[int]:
+    """Sorted distinct integers that `pattern`'s group captures in the keys
+    (e.g. r'encoder\.down\.(\d+)\.' -> the encoder's levels)."""
+    return sorted({int(m.group(1)) for k in self._tensors
+                   if (m := re.match(pattern, k))})
+
   def unused(self, ignore_prefixes: Iterable[str] = ()) -> list[str]:
     """Keys not taken, except those starting with one of `ignore_prefixes`."""
     ignore = tuple(ignore_prefixes)
@@ -96,6 +103,35 @@ class StateDict:
       raise WeightsError(f'{self.source}: {len(unused)} tensors were not '
                          f'converted ({shown}); the checkpoint has parts this '
                          'converter does not know')
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderWidths:
+  """The widths of an encoder laid out as taming's."""
+  in_channels: int
+  channels: int
+  channel_multipliers: tuple[int, ...]
+  num_res_blocks: int
+
+
+def taming_encoder_widths(sd: StateDict, what: str) -> EncoderWidths:
+  """Reads the widths of an `encoder.conv_in`, `encoder.down.<level>.block.
+  <n>.conv2` encoder (taming, and the models that kept its names) from the
+  shapes; `what` names the expected kind of checkpoint in errors."""
+  channels, in_channels = sd.shape('encoder.conv_in.weight')[:2]
+  levels = sd.indices(r'encoder\.down\.(\d+)\.')
+  blocks = sd.indices(r'encoder\.down\.0\.block\.(\d+)\.')
+  if not levels or levels != list(range(len(levels))) or not blocks:
+    raise WeightsError(f'{sd.source}: no encoder.down.<level>.block.<n> '
+                       f'tensors; not {what}')
+  multipliers = []
+  for level in levels:
+    width = sd.shape(f'encoder.down.{level}.block.0.conv2.weight')[0]
+    if width % channels:
+      raise WeightsError(f'{sd.source}: encoder.down.{level} is {width} wide, '
+                         f'not a multiple of ch={channels}')
+    multipliers.append(width // channels)
+  return EncoderWidths(in_channels, channels, tuple(multipliers), len(blocks))
 
 
 def _flatten(tree: Any) -> dict[str, Any]:

@@ -29,7 +29,6 @@ of the tokenizer and is ignored.
 """
 
 import os
-import re
 
 import jax
 import jax.numpy as jnp
@@ -51,29 +50,10 @@ IGNORED_PREFIXES = ('loss.',)  # LPIPS and discriminator of the GAN loss.
 NUM_GROUPS = 32  # taming's Normalize: GroupNorm(32, C, eps=1e-6).
 
 
-def _indices(sd: published.StateDict, pattern: str) -> list[int]:
-  """Sorted distinct integers {n} of keys matching pattern (with (\\d+))."""
-  found = {int(m.group(1)) for k in sd.keys()
-           if (m := re.match(pattern, k))}
-  return sorted(found)
-
-
 def infer_config(sd: published.StateDict) -> ml_collections.ConfigDict:
   """The vqlab 'vqgan' model config of a taming VQModel state dict."""
-  channels, in_channels = sd.shape('encoder.conv_in.weight')[:2]
-  levels = _indices(sd, r'encoder\.down\.(\d+)\.')
-  blocks = _indices(sd, r'encoder\.down\.0\.block\.(\d+)\.')
-  if not levels or levels != list(range(len(levels))) or not blocks:
-    raise WeightsError(f'{sd.source}: no encoder.down.<level>.block.<n> '
-                       'tensors; not a taming VQModel state dict')
-  multipliers = []
-  for level in levels:
-    width = sd.shape(f'encoder.down.{level}.block.0.conv2.weight')[0]
-    if width % channels:
-      raise WeightsError(f'{sd.source}: encoder.down.{level} is {width} wide, '
-                         f'not a multiple of ch={channels}')
-    multipliers.append(width // channels)
-  attention = [level for level in levels
+  widths = published.taming_encoder_widths(sd, 'a taming VQModel state dict')
+  attention = [level for level in range(len(widths.channel_multipliers))
                if f'encoder.down.{level}.attn.0.q.weight' in sd]
   z_channels = sd.shape('encoder.conv_out.weight')[0]
   decoder_z = sd.shape('decoder.conv_in.weight')[1]
@@ -82,17 +62,17 @@ def infer_config(sd: published.StateDict) -> ml_collections.ConfigDict:
         f'{sd.source}: encoder.conv_out has {z_channels} outputs but '
         f'decoder.conv_in takes {decoder_z} (double_z models are not VQGANs)')
   out_channels = sd.shape('decoder.conv_out.weight')[0]
-  if out_channels != in_channels:
+  if out_channels != widths.in_channels:
     raise WeightsError(f'{sd.source}: decoder.conv_out has {out_channels} '
-                       f'channels, the input {in_channels}; vqlab needs them '
-                       'equal')
+                       f'channels, the input {widths.in_channels}; vqlab '
+                       'needs them equal')
   codebook_size, embedding_dim = sd.shape('quantize.embedding.weight')
 
   config = tokenizers.default_config('vqgan')
-  config.in_channels = in_channels
-  config.channels = channels
-  config.channel_multipliers = tuple(multipliers)
-  config.num_res_blocks = len(blocks)
+  config.in_channels = widths.in_channels
+  config.channels = widths.channels
+  config.channel_multipliers = widths.channel_multipliers
+  config.num_res_blocks = widths.num_res_blocks
   config.attention_levels = tuple(attention)
   config.mid_attention = 'encoder.mid.attn_1.q.weight' in sd
   config.z_channels = z_channels
