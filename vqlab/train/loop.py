@@ -213,7 +213,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     config: an experiment config (see vqlab.train.experiment).
     workdir: everything the run writes goes here.
     devices: devices of the mesh (default: all).
-    step_callback: called as f(step, metrics) after every step (tests).
+    step_callback: called as f(step, metrics) after every step, metrics
+      still on device (the Colab notebooks redraw their live loss plot here).
 
   Returns:
     {'step', 'preempted', plus the final eval metrics unless preempted}.
