@@ -62,9 +62,12 @@ def _direct_metrics(exp, state, num_batches):
   for i, batch in enumerate(exp.eval_data.batches()):
     if i == num_batches:
       break
-    for key, value in per_image(
-        jnp.asarray(batch['image'][batch['mask']])).items():
-      rows[key].append(value)
+    # The whole padded batch (one compile), then its real rows.
+    mask = np.asarray(batch['mask'], bool)
+    for key, value in per_image(jnp.asarray(batch['image'])).items():
+      value = np.asarray(value)
+      rows[key].append(value[mask] if key != 'codes' else
+                       value.reshape(len(mask), -1)[mask].reshape(-1))
   rows = {k: np.concatenate([np.asarray(v, np.float64) for v in vs])
           for k, vs in rows.items()}
   stats = lambda f: (f.mean(0), np.cov(f, rowvar=False))

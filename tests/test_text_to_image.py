@@ -55,12 +55,15 @@ def test_text_conditional_run_lowers_its_loss_and_samples_decode(
              'a green triangle below a yellow square'] * 4
   cond = exp.task.text.host_arrays(prompts)
   with jax.set_mesh(exp.mesh):
-    images = exp.sample_images(state, jax.random.key(0), cond)
+    # The batch size evaluate used: the compiled sampler is reused.
+    images = exp.sample_images(state, jax.random.key(0), cond, batch_size=8)
   assert images.shape == (8, 16, 16, 3) and np.all(np.isfinite(images))
   # The caption reaches the denoiser: another caption, other predictions.
   task = exp.task
   x_t = jnp.full((2, 8, 8), 32)
-  log_p = task.model.apply(
-      {'params': state.params['model']}, x_t, jnp.full((2,), 20),
-      task.text.condition(task.text.host_arrays(prompts[:2]), exp.frozen))
+  log_p = jax.jit(lambda params, cond, frozen: task.model.apply(
+      {'params': params}, x_t, jnp.full((2,), 20),
+      task.text.condition(cond, frozen)))(
+          state.params['model'], task.text.host_arrays(prompts[:2]),
+          exp.frozen)
   assert float(jnp.abs(log_p[0] - log_p[1]).max()) > 1e-4
