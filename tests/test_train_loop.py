@@ -163,3 +163,13 @@ def test_two_processes_match_one_process_on_two_devices(uninterrupted,
   with open(os.path.join(workdir, 'final_metrics.json')) as f:
     assert json.load(f)['psnr'] == pytest.approx(uninterrupted[1]['psnr'],
                                                  rel=1e-5)
+
+
+def test_eval_images_leave_out_padding_examples():
+  images = {'inputs': np.arange(4)[:, None] * np.ones((4, 3)),
+            'reconstructions': -np.arange(4)[:, None] * np.ones((4, 3)),
+            'step': np.int32(7)}
+  real = loop._real_examples(images, np.array([1, 1, 0, 0]))  # pylint: disable=protected-access
+  np.testing.assert_array_equal(real['inputs'][:, 0], [0, 1])
+  np.testing.assert_array_equal(real['reconstructions'][:, 0], [0, -1])
+  assert real['step'] == 7

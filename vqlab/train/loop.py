@@ -124,6 +124,9 @@ class Experiment:
         in_shardings=(self.state_shardings, self.batch_sharding, replicated),
         out_shardings=replicated)
 
+    # Any sharded array -> the whole array on every process.
+    self._gather = jax.jit(lambda x: x, out_shardings=replicated)
+
     if hasattr(self.task, 'sample_images'):
       self.jit_sample_images = jax.jit(
           self.task.sample_images, static_argnames=('batch_size',),
@@ -173,10 +176,14 @@ class Experiment:
       for i, local in enumerate(self.eval_data.batches()):
         if 0 <= max_batches <= i:
           break
-        outputs, batch_images = self.eval_step(state, self.global_batch(local))
+        batch = self.global_batch(local)
+        outputs, batch_images = self.eval_step(state, batch)
         acc.add(outputs)
         if images is None:
           images = jax.device_get(batch_images)
+          if 'mask' in batch:  # A split smaller than a batch: no blank tiles.
+            images = _real_examples(images,
+                                    jax.device_get(self._gather(batch['mask'])))
     if not acc.num_batches:
       raise ValueError('eval: the eval split yielded no batches')
     if hasattr(self.task, 'sample_images'):
@@ -189,6 +196,14 @@ class Experiment:
             self.task.sample_conditions(0, count), batch_size=count)
       images = {'samples': jax.device_get(samples)}
     return self.task.summarize_eval(acc), images
+
+
+def _real_examples(images: dict[str, np.ndarray],
+                   mask: np.ndarray) -> dict[str, np.ndarray]:
+  """The images of an eval batch without its padding examples (mask [B])."""
+  mask = np.asarray(mask, bool)
+  return {k: v[mask] if np.ndim(v) and len(v) == len(mask) else v
+          for k, v in images.items()}
 
 
 def _write_eval(writer, exp: Experiment, step: int, metrics, images) -> None:
