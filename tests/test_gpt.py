@@ -10,7 +10,9 @@ import pytest
 
 from tests.compile_options import FAST_COMPILE
 from vqlab import generators
+from vqlab.errors import ConfigError
 from vqlab.generators import gpt
+from vqlab.train import experiment
 
 VOCAB, GRID = 16, (3, 3)
 LENGTH = GRID[0] * GRID[1]
@@ -183,3 +185,89 @@ def test_sliding_window_sampling():
   with pytest.raises(ValueError, match='window'):
     gpt.sample_sliding_window(model, params, jax.random.key(0), 2,
                               grid_shape=(2, 4), window=GRID)
+
+
+def _class_setup():
+  model = _model(condition='class')
+  cond = jnp.array([1, 3])
+  return model, _init(model, cond), cond
+
+
+def _guided_sampler(model, **kwargs):
+  """Jitted `gpt.sample(model, params, rng, 2, cond, **kwargs)`."""
+  return jax.jit(lambda p, r, c: gpt.sample(model, p, r, 2, c, **kwargs),
+                 compiler_options=FAST_COMPILE)
+
+
+def test_guidance_zero_is_the_unguided_sampler():
+  model, params, cond = _class_setup()
+  rng = jax.random.key(7)
+  plain, plain_logits = _guided_sampler(model, return_logits=True)(
+      params, rng, cond)
+  zero, zero_logits = _guided_sampler(model, return_logits=True,
+                                      guidance_scale=0.0)(params, rng, cond)
+  np.testing.assert_array_equal(zero, plain)
+  np.testing.assert_array_equal(zero_logits, plain_logits)
+
+
+def test_guided_sampling_equals_brute_force_reference():
+  model, params, cond = _class_setup()
+  scale = 3.0
+  apply = jax.jit(model.apply, compiler_options=FAST_COMPILE)
+  null = jnp.full_like(cond, model.null_class)
+  # Greedy decoding with full-sequence logits of the cond and null prefixes.
+  expected = np.zeros((2, LENGTH), np.int32)
+  for i in range(LENGTH):
+    prefix = jnp.asarray(expected)
+    l_c = apply(params, prefix, cond)[:, i]
+    l_u = apply(params, prefix, null)[:, i]
+    logits = l_u + (1 + scale) * (l_c - l_u)
+    expected[:, i] = np.argmax(np.asarray(logits), -1)
+  rng = jax.random.key(0)
+  for kwargs in ({'temperature': 0.0}, {'top_k': 1},
+                 {'temperature': 0.0, 'use_cache': False}):
+    guided = _guided_sampler(model, guidance_scale=scale, **kwargs)(
+        params, rng, cond)
+    np.testing.assert_array_equal(guided, expected, err_msg=str(kwargs))
+  sliding = jax.jit(lambda p, r, c: gpt.sample_sliding_window(
+      model, p, r, 2, GRID, GRID, c, temperature=0.0, guidance_scale=scale),
+                    compiler_options=FAST_COMPILE)(params, rng, cond)
+  np.testing.assert_array_equal(sliding, expected.reshape(2, *GRID))
+  # Guidance changed the greedy choices, so the comparison tests it.
+  unguided = _guided_sampler(model, temperature=0.0)(params, rng, cond)
+  assert (np.asarray(unguided) != expected).any()
+
+
+def test_guidance_changes_samples():
+  model, params, cond = _class_setup()
+  rng = jax.random.key(2)
+  plain = _guided_sampler(model)(params, rng, cond)
+  guided = _guided_sampler(model, guidance_scale=3.0)(params, rng, cond)
+  assert guided.shape == plain.shape == (2, LENGTH)
+  assert (np.asarray(guided) != np.asarray(plain)).any()
+
+
+@pytest.mark.parametrize('condition', ['none', 'tokens'])
+def test_guidance_needs_class_condition(condition):
+  model = _model(condition=condition)
+  cond = None if condition == 'none' else jnp.zeros((2, 4), jnp.int32)
+  params = _init(model, cond)
+  with pytest.raises(ValueError, match="guidance.*condition 'class'"):
+    gpt.sample(model, params, jax.random.key(0), 2, cond, guidance_scale=1.0)
+  if condition == 'none':
+    with pytest.raises(ValueError, match="guidance.*condition 'class'"):
+      gpt.sample_sliding_window(model, params, jax.random.key(0), 2, GRID,
+                                GRID, guidance_scale=1.0)
+
+
+def test_generator_config_refuses_gpt_guidance_it_cannot_run():
+  from configs.gpt import tiny_cpu  # pylint: disable=g-import-not-at-top
+  config = tiny_cpu.get_config()
+  config.sample.guidance_scale = 2.0
+  with pytest.raises(ConfigError, match="guidance_scale.*condition 'class'"):
+    experiment.validate(config, 1)
+  config.model.condition = 'class'
+  experiment.validate(config, 1)
+  config.sample.guidance_schedule = 'linear'
+  with pytest.raises(ConfigError, match='guidance_schedule'):
+    experiment.validate(config, 1)

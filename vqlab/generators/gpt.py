@@ -14,6 +14,7 @@ positions, `prefix + tokens[:, :-1]`, and logits[:, i] (position P - 1 + i)
 predicts tokens[:, i]. Sampling runs one position per step through the
 flax key/value cache (`use_cache=True`) or recomputes the whole prefix each
 step; `sample_sliding_window` samples grids larger than the training window.
+Both take classifier-free guidance for condition 'class' (`guidance_scale`).
 """
 
 from typing import Any
@@ -233,6 +234,42 @@ def _choose(rng, logits, temperature, top_k, top_p) -> jax.Array:
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
+def guided_logits(cond: jax.Array, uncond: jax.Array, scale) -> jax.Array:
+  """Classifier-free guidance: l_u + (1 + w)(l_c - l_u) (MaskGIT's w)."""
+  return uncond + (1.0 + scale) * (cond - uncond)
+
+
+def _guidance(model: GPT, cond: Any, batch_size: int, guidance_scale):
+  """The doubled condition [cond; null] and how to use it, or no guidance.
+
+  Returns:
+    (cond, rows, double, combine): the condition to run (class ids [2B]
+    with guidance) and its batch size R (2B); `double` maps a per-sample
+    array [B, ...] to the rows run, [R, ...]; `combine` maps logits of the
+    rows run [R, ...] to the logits to sample from [B, ...]. Without
+    guidance (a Python 0) cond is unchanged, R = B and both are the
+    identity, so sampling runs exactly as without the argument.
+  """
+  if isinstance(guidance_scale, (int, float)) and guidance_scale == 0:
+    return cond, batch_size, (lambda x: x), (lambda logits: logits)
+  if model.condition != 'class':
+    raise ValueError(
+        "classifier-free guidance (guidance_scale != 0) needs condition "
+        f"'class' (a learned null class); this GPT has condition "
+        f"{model.condition!r}")
+  if cond is None:
+    cond = jnp.full((batch_size,), model.null_class, jnp.int32)
+  cond = jnp.asarray(cond)
+  if cond.shape != (batch_size,):
+    raise ValueError(f'class cond must have shape [B]=({batch_size},), '
+                     f'got {cond.shape}')
+  double = lambda x: jnp.concatenate([x, x])
+  combine = lambda logits: guided_logits(logits[:batch_size],
+                                         logits[batch_size:], guidance_scale)
+  return (jnp.concatenate([cond, jnp.full_like(cond, model.null_class)]),
+          2 * batch_size, double, combine)
+
+
 def _init_cache(decoder: GPT, params, batch_size: int, cond: Any):
   shapes = jax.eval_shape(
       lambda: decoder.apply(params, jnp.zeros((batch_size, decoder.length),
@@ -244,7 +281,7 @@ def _init_cache(decoder: GPT, params, batch_size: int, cond: Any):
 def sample(model: GPT, params, rng: jax.Array, batch_size: int,
            cond: Any = None, temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0, use_cache: bool = True,
-           return_logits: bool = False):
+           return_logits: bool = False, guidance_scale: float = 0.0):
   """Samples image tokens autoregressively.
 
   Args:
@@ -258,23 +295,34 @@ def sample(model: GPT, params, rng: jax.Array, batch_size: int,
     top_k, top_p: see `filter_logits` (0 / 1.0: off).
     use_cache: one position per step through the key/value cache; otherwise
       the full sequence is recomputed each step (O(N^2) positions).
-    return_logits: also return the per-step (unfiltered) logits.
+    return_logits: also return the per-step (unfiltered; guided with
+      guidance) logits.
+    guidance_scale: classifier-free guidance w (condition 'class' only):
+      tokens are drawn from l_u + (1 + w)(l_c - l_u) of the raw logits of
+      cond (l_c) and of the null class (l_u), before temperature and
+      filtering. Both sequences run as one batch [cond; null] of 2B rows
+      that share the drawn tokens. A Python 0 (default) runs B rows
+      exactly as without guidance; any other value, arrays included, runs
+      2B.
 
   Returns:
     int32 [B, N] tokens (and float32 [B, N, V] logits with return_logits).
     Jit-able with model, batch_size, temperature, top_k, top_p, use_cache
-    and return_logits static.
+    and return_logits static (and guidance_scale, to skip the null rows
+    at 0).
   """
   params = {'params': params.get('params', params)}
   n = model.length
   choose = lambda r, l: _choose(r, l, temperature, top_k, top_p)
+  cond, rows, double, combine = _guidance(model, cond, batch_size,
+                                          guidance_scale)
   if use_cache:
     decoder = model.clone(decode=True)
     step = lambda c, x, p: decoder.apply(
         {**params, 'cache': c}, x, p, method=GPT.decode_step,
         mutable=['cache'])[::-1]
     embed = lambda t: decoder.apply(params, t, method=GPT.embed_tokens)
-    prefix = decoder.apply(params, cond, batch_size, method=GPT.embed_prefix)
+    prefix = decoder.apply(params, cond, rows, method=GPT.embed_prefix)
 
     def prefix_body(p, carry):
       cache, _ = carry
@@ -282,21 +330,23 @@ def sample(model: GPT, params, rng: jax.Array, batch_size: int,
                                                                axis=1), p)
       return cache['cache'], logits
 
-    cache = _init_cache(decoder, params, batch_size, cond)
-    logits = jnp.zeros((batch_size, model.vocab_size), jnp.float32)
+    cache = _init_cache(decoder, params, rows, cond)
+    logits = jnp.zeros((rows, model.vocab_size), jnp.float32)
     cache, logits = jax.lax.fori_loop(0, model.prefix_length, prefix_body,
                                       (cache, logits))
 
     def body(carry, i):
       cache, logits, rng = carry
       rng, sub = jax.random.split(rng)
+      logits = combine(logits)
       token = choose(sub, logits)
-      cache, next_logits = step(cache, embed(token[:, None]),
+      cache, next_logits = step(cache, embed(double(token)[:, None]),
                                 model.prefix_length + i)
       return (cache['cache'], next_logits, rng), (token, logits)
 
     (_, logits, rng), (tokens, all_logits) = jax.lax.scan(
         body, (cache, logits, rng), jnp.arange(n - 1))
+    logits = combine(logits)
     last = choose(jax.random.split(rng)[1], logits)
     tokens = jnp.concatenate([tokens, last[None]], axis=0).T
     all_logits = jnp.concatenate([all_logits, logits[None]], axis=0)
@@ -306,7 +356,7 @@ def sample(model: GPT, params, rng: jax.Array, batch_size: int,
     def body(carry, i):
       buffer, rng = carry
       rng, sub = jax.random.split(rng)
-      logits = model.apply(params, buffer, cond)[:, i]
+      logits = combine(model.apply(params, double(buffer), cond)[:, i])
       return (buffer.at[:, i].set(choose(sub, logits)), rng), logits
 
     (tokens, _), all_logits = jax.lax.scan(
@@ -320,7 +370,8 @@ def sample_sliding_window(model: GPT, params, rng: jax.Array,
                           batch_size: int, grid_shape: tuple[int, int],
                           window: tuple[int, int], cond: Any = None,
                           temperature: float = 1.0, top_k: int = 0,
-                          top_p: float = 1.0) -> jax.Array:
+                          top_p: float = 1.0,
+                          guidance_scale: float = 0.0) -> jax.Array:
   """Samples an H x W token grid with a model trained on h x w windows.
 
   Taming's scheme: position (i, j) is predicted from the h x w crop of the
@@ -331,9 +382,10 @@ def sample_sliding_window(model: GPT, params, rng: jax.Array,
   causal model ignores the rest. The full crop is recomputed each step.
 
   Args:
-    model, params, rng, batch_size, temperature, top_k, top_p: as `sample`;
-      step k (row-major) draws with the k-th split of rng, so with
-      window == grid_shape this equals `sample` for the same rng.
+    model, params, rng, batch_size, temperature, top_k, top_p,
+      guidance_scale: as `sample`; step k (row-major) draws with the k-th
+      split of rng, so with window == grid_shape this equals `sample` for
+      the same rng.
     grid_shape: (H, W), the latent grid to sample.
     window: (h, w) with h * w == model.length, h <= H, w <= W.
     cond: 'none' / 'class': as `sample`; 'tokens': int [B, H, W] condition
@@ -360,6 +412,8 @@ def sample_sliding_window(model: GPT, params, rng: jax.Array,
   if model.condition == 'tokens':
     _check_ids(cond, model.cond_vocab_size, 'condition token ids '
                f'(cond_vocab_size={model.cond_vocab_size})')
+  cond, _, double, combine = _guidance(model, cond, batch_size,
+                                       guidance_scale)
 
   def body(carry, k):
     grid, rng = carry
@@ -367,8 +421,8 @@ def sample_sliding_window(model: GPT, params, rng: jax.Array,
     si = jnp.clip(i - h // 2, 0, big_h - h)
     sj = jnp.clip(j - w // 2, 0, big_w - w)
     c = crop(cond, si, sj) if model.condition == 'tokens' else cond
-    logits = model.apply(params, crop(grid, si, sj), c)
-    logits = jnp.take(logits, (i - si) * w + (j - sj), axis=1)
+    logits = model.apply(params, double(crop(grid, si, sj)), c)
+    logits = combine(jnp.take(logits, (i - si) * w + (j - sj), axis=1))
     rng, sub = jax.random.split(rng)
     token = _choose(sub, logits, temperature, top_k, top_p)
     return (grid.at[:, i, j].set(token), rng), None

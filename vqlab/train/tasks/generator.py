@@ -82,8 +82,9 @@ def default_config() -> ml_collections.ConfigDict:
   sample.num_steps = 8             # MaskGIT decoding steps.
   sample.choice_temperature = 4.5  # MaskGIT confidence noise.
   sample.guidance_scale = 0.0      # Classifier-free guidance w (0: off):
-                                   # l_u + (1 + w)(l_c - l_u).
-  sample.guidance_schedule = 'constant'  # 'constant' | 'linear'.
+                                   # l_u + (1 + w)(l_c - l_u). GPT: class
+                                   # models only; runs 2B rows per step.
+  sample.guidance_schedule = 'constant'  # 'constant' | 'linear' (MaskGIT).
   sample.top_k = 0                 # GPT: 0 is off.
   sample.top_p = 1.0               # GPT: 1.0 is off.
   sample.use_cache = True          # GPT: KV cache.
@@ -119,6 +120,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(sample.temperature >= 0, 'sample.temperature', 'must be >= 0')
   require(sample.guidance_schedule in ('constant', 'linear'),
           'sample.guidance_schedule', "must be 'constant' or 'linear'")
+  if config.model.name == 'gpt' and sample.guidance_scale != 0:
+    require(config.model.condition == 'class', 'sample.guidance_scale',
+            f'{sample.guidance_scale}, but guiding a GPT needs '
+            "model.condition 'class' (its null class), got "
+            f'{config.model.condition!r}')
+    require(sample.guidance_schedule == 'constant', 'sample.guidance_schedule',
+            "GPT guidance is constant; 'linear' is MaskGIT's")
   require(0.0 <= config.ema.decay < 1.0, 'ema.decay',
           f'must be in [0, 1), got {config.ema.decay}')
   train_size = config.data.get('train_image_size', 0)

@@ -58,7 +58,9 @@ class MaskGITAdapter:
 
 
 class GPTAdapter:
-  """GPT: next-token CE over the row-major token sequence."""
+  """GPT: next-token CE over the row-major token sequence; sampling takes
+  `sample.guidance_scale` w (class GPTs) as MaskGIT: l_u + (1 + w)(l_c - l_u).
+  """
 
   def __init__(self, model: gpt.GPT, config: ml_collections.ConfigDict):
     self.model, self.config = model, config
@@ -89,7 +91,7 @@ class GPTAdapter:
     s = self.config.sample
     return gpt.sample(self.model, params, rng, batch_size, cond,
                       temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                      use_cache=s.use_cache)
+                      use_cache=s.use_cache, guidance_scale=s.guidance_scale)
 
 
 class VQDiffusionAdapter:
