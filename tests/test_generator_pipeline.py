@@ -26,6 +26,9 @@ from vqlab.train import loop
 from vqlab.train import pretokenize
 from vqlab.train import sampling
 from vqlab.train import trained_tokenizer
+from vqlab.train import experiment
+from vqlab.train.tasks import generator
+from vqlab.train.tasks import spatial_conditions
 from tests import random_weight_files
 from tests import tiny
 
@@ -249,3 +252,129 @@ def test_vq_diffusion_trains_on_shards_and_samples_decode_to_images(
   state, _ = exp.checkpointer.restore(exp.abstract_state)
   counts = np.asarray(state.loss_state['lt_count'])
   assert counts.sum() > 0 and counts[0] == 0   # t in [1, T] was recorded.
+
+
+# ------------------------------------------- spatial conditions (GPT) ---
+def _spatial_config(tokenizer_dir, steps=3, image='downsampled'):
+  """A tiny GPT conditioned on the tokens of a derived condition image."""
+  config = tiny.generator_config(tokenizer_dir, 'gpt', steps=steps)
+  config.model.condition = 'tokens'
+  config.model.cond_vocab_size = 32
+  config.model.cond_length = 64
+  config.condition.image = image
+  config.condition.factor = 4
+  config.tokens.num_train_examples = 16
+  return config
+
+
+def test_condition_images_match_numpy_references():
+  rng = np.random.default_rng(0)
+  images = rng.uniform(-1, 1, (2, 8, 12, 3)).astype(np.float32)
+  # Average-pool by 4, then nearest-upsample back.
+  pooled = images.reshape(2, 2, 4, 3, 4, 3).mean(axis=(2, 4))
+  expected = np.repeat(np.repeat(pooled, 4, axis=1), 4, axis=2)
+  np.testing.assert_allclose(
+      spatial_conditions.downsampled(images, 4), expected, atol=1e-6)
+  luma = images @ np.array([0.299, 0.587, 0.114], np.float32)
+  np.testing.assert_allclose(spatial_conditions.grayscale(images),
+                             np.repeat(luma[..., None], 3, -1), atol=1e-6)
+  with pytest.raises(ValueError, match='not divisible by factor 5'):
+    spatial_conditions.downsampled(images, 5)
+
+
+@pytest.fixture(scope='module')
+def spatial_shards(tokenizer_dir, tmp_path_factory):
+  """Shards of a super-resolution GPT: 'tokens' and 'cond_tokens'."""
+  workdir = str(tmp_path_factory.mktemp('spatial'))
+  summary = pretokenize.tokenize(_spatial_config(tokenizer_dir), workdir,
+                                 devices=_devices())
+  return workdir, summary
+
+
+def test_spatial_gpt_trains_on_shards_and_on_the_fly_alike_and_samples(
+    tokenizer_dir, spatial_shards, tmp_path):
+  _, summary = spatial_shards
+  arrays, metadata = token_shards.load_split(summary['tokens_dir'], 'eval')
+  assert metadata['condition'] == {'image': 'downsampled', 'factor': 4}
+  # The shards' condition tokens are the tokenizer's codes of the
+  # downsampled eval images.
+  config = _spatial_config(tokenizer_dir)
+  tok = trained_tokenizer.load(tokenizer_dir)
+  source = data_lib.build(config.data, split='eval', global_batch_size=8)
+  images = np.concatenate([b['image'][b['mask']] for b in source.batches()])
+  np.testing.assert_array_equal(
+      arrays['cond_tokens'], tok.encode(tok.variables,
+                                        spatial_conditions.downsampled(
+                                            images, 4)))
+  # Shards: train, then eval (its picture: samples on eval conditions).
+  workdir = str(tmp_path / 'shards')
+  shutil.copytree(summary['tokens_dir'], os.path.join(workdir, 'tokens'))
+  result = loop.train_and_evaluate(config, workdir, devices=_devices())
+  assert np.isfinite(result['loss']) and 0 <= result['accuracy'] <= 1
+  grid, = glob.glob(os.path.join(workdir, 'images', 'eval_samples_*.png'))
+  assert np.asarray(Image.open(grid)).shape == (38, 74, 3)
+  # --mode=sample draws its conditions the same way (sample_conditions).
+  task = generator.build(experiment.validate(config, 2), workdir)
+  n = len(arrays['cond_tokens'])  # Cycled through.
+  np.testing.assert_array_equal(
+      task.sample_conditions(n - 2, 4),
+      arrays['cond_tokens'][[n - 2, n - 1, 0, 1]].reshape(4, 64))
+
+  # On the fly: train steps, and the eval loss of the shards' tokens.
+  config.tokens.source = 'on_the_fly'
+  fly = loop.Experiment(config, str(tmp_path / 'fly'), _devices())
+  state, _ = fly.initial_state()
+  batches = fly.train_data.batches()
+  for _ in range(2):
+    state, metrics = fly.train_step(state, fly.global_batch(next(batches)))
+  assert np.isfinite(float(metrics['loss']))
+  np.testing.assert_array_equal(fly.task.sample_conditions(0, 4),
+                                arrays['cond_tokens'][:4].reshape(4, 64))
+  shard_batch = {'tokens': arrays['tokens'][:8],
+                 'cond_tokens': arrays['cond_tokens'][:8],
+                 'mask': np.ones(8, bool)}
+  from_shards, _ = jax.jit(fly.task.eval_step)(state, shard_batch)
+  on_the_fly, _ = fly.eval_step(state, fly.global_batch(
+      next(fly.eval_data.batches())))
+  np.testing.assert_allclose(on_the_fly['sums']['loss'],
+                             from_shards['sums']['loss'], rtol=1e-6)
+
+
+def test_the_spatial_condition_reaches_the_gpt(tokenizer_dir):
+  config = experiment.validate(_spatial_config(tokenizer_dir), 2)
+  task = generator.build(config)
+  # Through the task: cond [B, cond_length] -> the GPT's logits.
+  state = jax.jit(task.init)(jax.random.key(0), None)
+  tokens = np.zeros((2, 8, 8), np.int32)
+  cond = np.stack([np.zeros(64, np.int32), np.arange(64) % 32])
+  logits = jax.jit(lambda p, t, c: task.model.apply(
+      {'params': p}, t.reshape(2, 64), c))(state.params['model'], tokens, cond)
+  assert np.abs(logits[0] - logits[1]).max() > 1e-4
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('model.cond_vocab_size', 64,
+     'model.cond_vocab_size: 64, but the condition tokens .* 32 codes'),
+    ('model.cond_length', 16, 'model.cond_length: 16, but .* 64 tokens'),
+    ('condition.image', 'none', "condition.image: 'none', but model.condition"),
+    ('condition.factor', 3, 'condition.factor: 3 must be > 0 and divide'),
+])
+def test_a_spatial_condition_that_does_not_fit_is_a_config_error(
+    tokenizer_dir, tmp_path, key, value, message):
+  config = _spatial_config(tokenizer_dir)
+  section, name = key.split('.')
+  config[section][name] = value
+  with pytest.raises(ConfigError, match=message):
+    loop.Experiment(config, str(tmp_path), _devices())
+
+
+def test_shards_of_another_condition_are_refused(tokenizer_dir,
+                                                 spatial_shards, tmp_path):
+  _, summary = spatial_shards
+  shutil.copytree(summary['tokens_dir'], str(tmp_path / 'tokens'))
+  config = _spatial_config(tokenizer_dir, image='grayscale')
+  with pytest.raises(ConfigError, match='tokens.dir: .* condition'):
+    loop.Experiment(config, str(tmp_path), _devices())
+  config.tokens.dir = str(tmp_path / 'tokens')
+  with pytest.raises(ConfigError, match='tokens.dir: .* condition'):
+    pretokenize.tokenize(config, str(tmp_path), devices=_devices())

@@ -84,7 +84,7 @@ class StateDict:
             'bias': self.take(f'{prefix}.bias')}
 
   def indices(self, pattern: str) -> list[int]:
-    """Sorted distinct integers that `pattern`'s group captures in the keys
+    r"""Sorted distinct integers that `pattern`'s group captures in the keys
     (e.g. r'encoder\.down\.(\d+)\.' -> the encoder's levels)."""
     return sorted({int(m.group(1)) for k in self._tensors
                    if (m := re.match(pattern, k))})

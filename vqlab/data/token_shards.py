@@ -6,7 +6,9 @@ Layout of a tokens directory:
                                      shape, vocab size, per-split progress
   <split>/shard-<i:05d>-<p:03d>.npz  shard i of process p: 'tokens' [n, *shape
                                      (, F)] (uint16 when the vocab fits, else
-                                     int32), plus the data's other per-example
+                                     int32), 'cond_tokens' [n, *shape] of the
+                                     condition images (spatial GPTs; same
+                                     dtype), plus the data's other per-example
                                      arrays ('label' int32 [n], 'caption', ...)
 
 Shard i holds global batches [i k, (i + 1) k) of the split's stream (k =
@@ -31,6 +33,8 @@ from vqlab.data import base
 FORMAT_VERSION = 1
 METADATA = 'metadata.json'
 TOKENS = 'tokens'
+COND_TOKENS = 'cond_tokens'
+CODE_ARRAYS = (TOKENS, COND_TOKENS)  # Stored as uint16 when the vocab fits.
 
 
 def shard_path(directory: str, split: str, shard: int, process: int) -> str:
@@ -71,10 +75,13 @@ def read_metadata(directory: str) -> dict[str, Any] | None:
 
 def write_shard(path: str, arrays: dict[str, np.ndarray],
                 vocab_size: int) -> None:
-  """Writes one shard atomically; tokens are stored as uint16 when they fit."""
+  """Writes one shard atomically; tokens (and condition tokens) are stored
+  as uint16 when they fit."""
   arrays = dict(arrays)
   if vocab_size <= np.iinfo(np.uint16).max + 1:
-    arrays[TOKENS] = arrays[TOKENS].astype(np.uint16)
+    for key in CODE_ARRAYS:
+      if key in arrays:
+        arrays[key] = arrays[key].astype(np.uint16)
   write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
@@ -82,7 +89,7 @@ def load_split(directory: str, split: str) -> tuple[dict[str, np.ndarray],
                                                     dict[str, Any]]:
   """All examples of a complete split -> ({key: [N, ...]}, metadata).
 
-  Tokens come back as int32.
+  Tokens (and condition tokens) come back as int32.
 
   Raises:
     ValueError: no tokens there, an unfinished split, or a corrupt shard.
@@ -111,7 +118,9 @@ def load_split(directory: str, split: str) -> tuple[dict[str, np.ndarray],
       raise ValueError(f'token shard {path} is corrupt ({e}); delete it and '
                        'run --mode=tokenize again') from e
   arrays = {k: np.concatenate(v) for k, v in parts.items()}
-  arrays[TOKENS] = arrays[TOKENS].astype(np.int32)
+  for key in CODE_ARRAYS:
+    if key in arrays:
+      arrays[key] = arrays[key].astype(np.int32)
   if len(arrays[TOKENS]) != info['num_examples']:
     raise ValueError(f'{directory}/{split}: {len(arrays[TOKENS])} examples in '
                      f'the shards, the metadata lists {info["num_examples"]}')

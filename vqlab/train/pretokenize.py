@@ -10,7 +10,10 @@ split's deterministic stream, so a rerun skips the shards on disk and
 regenerates only the missing ones, bit-identically. A shard appears under its
 final name only once complete; the split is marked complete in the metadata
 only after its last shard. Rerunning into a directory made with another
-tokenizer or data config is refused.
+tokenizer, data or condition config is refused.
+
+Spatial GPTs (model.condition 'tokens'): each example's condition image
+(`condition.image`) is encoded by the same tokenizer into 'cond_tokens'.
 """
 
 import json
@@ -33,6 +36,7 @@ from vqlab.train import partitioning
 from vqlab.train import progress as progress_lib
 from vqlab.train import trained_tokenizer
 from vqlab.train.tasks import generator
+from vqlab.train.tasks import spatial_conditions
 
 IMAGE_KEYS = ('image', 'video', 'mask')
 
@@ -57,7 +61,8 @@ def _check_resume(old: dict[str, Any], new: dict[str, Any],
     if key == 'tokenizer':
       return f'{metadata[key]["workdir"]} at step {metadata[key]["step"]}'
     return repr(metadata[key])
-  for key in ('tokenizer', 'data', 'token_shape', 'batch_size',
+  old = {'condition': {'image': 'none'}, **old}  # Shards made before it.
+  for key in ('tokenizer', 'data', 'condition', 'token_shape', 'batch_size',
               'batches_per_shard', 'process_count'):
     before, now = describe(old, key), describe(new, key)
     if before != now:
@@ -95,6 +100,14 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
   variables = jax.device_put(tok.variables, replicated)
   encode = jax.jit(tok.encode, in_shardings=(replicated, batch_sharding),
                    out_shardings=batch_sharding)
+  condition = spatial_conditions.metadata(config)
+  encode_cond = None
+  if condition['image'] != 'none':
+    encode_cond = jax.jit(
+        lambda v, x: tok.encode(
+            v, spatial_conditions.condition_images(x, config.condition)),
+        in_shardings=(replicated, batch_sharding),
+        out_shardings=batch_sharding)
   process, num_processes = jax.process_index(), jax.process_count()
 
   sources = {}
@@ -113,6 +126,7 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
       'format': token_shards.FORMAT_VERSION,
       'tokenizer': tok.metadata(),
       'data': json.loads(config.data.to_json_best_effort()),
+      'condition': condition,
       'input_key': key, 'input_shape': list(input_shape),
       'token_shape': list(tok.token_shape(input_shape)),
       'vocab_size': tok.vocab_size,
@@ -172,6 +186,12 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
               jax.P(partitioning.BATCH_AXES))
           parts.setdefault(token_shards.TOKENS, []).append(
               np.asarray(tokens)[keep])
+          if encode_cond is not None:
+            cond = multihost_utils.global_array_to_host_local_array(
+                encode_cond(variables, images), mesh,
+                jax.P(partitioning.BATCH_AXES))
+            parts.setdefault(token_shards.COND_TOKENS, []).append(
+                np.asarray(cond)[keep])
           for name, value in local.items():
             if name not in IMAGE_KEYS:
               parts.setdefault(name, []).append(np.asarray(value)[keep])

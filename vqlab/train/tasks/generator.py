@@ -8,6 +8,12 @@ from encoding each image batch inside the train step ('on_the_fly').
 Losses (DESIGN §4): MaskGIT, cross-entropy on the masked positions with label
 smoothing; GPT, next-token cross-entropy. Class labels are replaced by the
 null class with probability `loss.label_drop` (classifier-free guidance).
+
+Spatial conditioning (GPT, model.condition = 'tokens'): `condition.image`
+derives a condition image from each image ('downsampled': super-resolution,
+'grayscale': colorization; `spatial_conditions`), which the same tokenizer
+encodes; its tokens [B, cond_length] are the GPT's cond. Shards hold them as
+'cond_tokens'; samples are conditioned on those of the eval split.
 Eval reports the same loss on the eval split (fixed masks) and shows decoded
 samples; `main.py --mode=sample` writes samples and their gFID / IS.
 """
@@ -32,6 +38,7 @@ from vqlab.train import frozen as frozen_lib
 from vqlab.train import optimizers
 from vqlab.train import trained_tokenizer
 from vqlab.train.tasks import generator_models
+from vqlab.train.tasks import spatial_conditions
 from vqlab.train.tasks import text_conditions
 from vqlab.train.state import TrainState
 
@@ -59,6 +66,11 @@ def default_config() -> ml_collections.ConfigDict:
   # drawn on the fly (random crops) need a number: each example is one draw
   # with the data's train augmentation.
   tokens.num_train_examples = -1
+
+  config.condition = condition = ml_collections.ConfigDict()
+  condition.image = 'none'         # GPT model.condition 'tokens': 'downsampled'
+                                   # | 'grayscale' (see spatial_conditions).
+  condition.factor = 4             # 'downsampled': average-pool factor.
 
   config.loss = loss = ml_collections.ConfigDict()
   loss.label_smoothing = 0.1       # MaskGIT targets (paper: 0.1).
@@ -136,6 +148,28 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(loss.time_sampling in ('uniform', 'importance'),
           'loss.time_sampling', "must be 'uniform' or 'importance'")
   require(0 < sample.truncation <= 1, 'sample.truncation', 'must be in (0, 1]')
+  _validate_condition(config)
+
+
+def _validate_condition(config: ml_collections.ConfigDict) -> None:
+  """The `condition` section against model.condition."""
+  require = config_schema.require
+  image = config.condition.image
+  require(image in spatial_conditions.IMAGES, 'condition.image',
+          f'must be one of {spatial_conditions.IMAGES}, got {image!r}')
+  spatial = (config.model.name == 'gpt' and
+             config.model.get('condition') == 'tokens')
+  if spatial:
+    require(image != 'none', 'condition.image',
+            "'none', but model.condition 'tokens' needs a condition image: "
+            "'downsampled' or 'grayscale'")
+  else:
+    require(image == 'none', 'condition.image',
+            f"{image!r} needs a gpt with model.condition 'tokens'")
+  if image == 'downsampled':
+    factor, size = config.condition.factor, config.data.image_size
+    require(factor > 0 and size % factor == 0, 'condition.factor',
+            f'{factor} must be > 0 and divide data.image_size {size}')
 
 
 def tokens_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -172,6 +206,15 @@ def check_model_fits(model: ml_collections.ConfigDict,
       raise ConfigError('model.length', f'{model.length}, but {where} '
                         f'turns the data into {math.prod(shape)} tokens '
                         f'({shape})')
+    if model.condition == 'tokens':  # The same tokenizer encodes the cond.
+      if model.cond_vocab_size != tok.vocab_size:
+        raise ConfigError('model.cond_vocab_size', f'{model.cond_vocab_size}, '
+                          f'but the condition tokens of {where} have '
+                          f'{tok.vocab_size} codes')
+      if model.cond_length != math.prod(shape):
+        raise ConfigError('model.cond_length', f'{model.cond_length}, but '
+                          f'{where} turns the condition image into '
+                          f'{math.prod(shape)} tokens ({shape})')
   return shape
 
 
@@ -197,6 +240,8 @@ class GeneratorTask:
                                             config.tokenizer.step)
     self.token_shape = self._check_against_tokenizer()
     self.num_classes = self._num_classes()
+    self.spatial = (config.model.name == 'gpt' and
+                    config.model.condition == 'tokens')
     networks = ['inception'] if frozen_lib.wanted(
         'inception', config.eval.fid, config.weights_dir or None) else []
     self.text = (text_conditions.TextConditioner(config)
@@ -205,6 +250,7 @@ class GeneratorTask:
                    **(self.text.frozen if self.text else {}),
                    **frozen_lib.load(networks, config.weights_dir or None)}
     self._prompts = None
+    self._eval_cond_tokens = None
 
   # ------------------------------------------------------------ checks ---
   def _input_shape(self) -> tuple[int, ...]:
@@ -228,11 +274,6 @@ class GeneratorTask:
     """Classes the model is conditioned on (0: unconditional)."""
     model = self.config.model
     if model.name == 'gpt':
-      if model.condition == 'tokens':
-        raise ConfigError('model.condition', "the generator task trains "
-                          "'none' or 'class' GPTs; spatial ('tokens') "
-                          'conditioning is a model feature (vqlab.generators.'
-                          'gpt) without a data pipeline yet')
       return model.num_classes if model.condition == 'class' else 0
     if model.name == 'vq_diffusion':
       return model.num_classes if model.condition == 'class' else 0
@@ -270,6 +311,13 @@ class GeneratorTask:
           f'tokenizer.workdir/step name {self.tokenizer.workdir} at step '
           f'{self.tokenizer.step}: run --mode=tokenize again into another '
           'tokens.dir')
+    recorded = source.metadata.get('condition', {'image': 'none'})
+    wanted = spatial_conditions.metadata(self.config)
+    if recorded != wanted:
+      raise ConfigError(
+          'tokens.dir', f'{directory} holds tokens made with condition '
+          f'{recorded}, this config has {wanted}: run --mode=tokenize again '
+          'into another tokens.dir')
     return source
 
   def tokens_of(self, batch, frozen) -> jax.Array:
@@ -280,10 +328,25 @@ class GeneratorTask:
                                     batch[_input_key(batch)])
     return jax.lax.stop_gradient(indices)
 
+  def cond_tokens_of(self, batch, frozen) -> jax.Array:
+    """Spatial condition tokens int [B, cond_length]: from the shards, or
+    the tokenizer's codes of the batch's condition images."""
+    if token_shards.COND_TOKENS in batch:
+      tokens = batch[token_shards.COND_TOKENS]
+    else:
+      images = spatial_conditions.condition_images(
+          batch[_input_key(batch)], self.config.condition)
+      tokens = jax.lax.stop_gradient(
+          self.tokenizer.encode(frozen['tokenizer'], images))
+    return tokens.reshape(tokens.shape[0], -1).astype(jnp.int32)
+
   def _condition(self, batch, frozen):
-    """The model's condition: labels [B], a text condition, or None."""
+    """The model's condition: labels [B], a text condition, spatial
+    condition tokens [B, cond_length], or None."""
     if self.text is not None:
       return self.text.condition(batch, frozen)
+    if self.spatial:
+      return self.cond_tokens_of(batch, frozen)
     if not self.num_classes:
       return None
     if 'label' not in batch:
@@ -300,6 +363,8 @@ class GeneratorTask:
         if self.tokenizer.factor_vocab_sizes else ()), jnp.int32)
     if self.text is not None:
       cond = self.text.placeholder(1)
+    elif self.spatial:
+      cond = jnp.zeros((1, self.config.model.cond_length), jnp.int32)
     else:
       cond = jnp.zeros((1,), jnp.int32) if self.num_classes else None
     params = self.adapter.init(rng, tokens, cond)
@@ -369,8 +434,12 @@ class GeneratorTask:
   # ---------------------------------------------------------- sampling ---
   def sample_conditions(self, start: int, batch_size: int):
     """Host conditions of samples start .. start + B - 1: class labels
-    (cycling), text arrays of the prompts (cycling), or None."""
+    (cycling), text arrays of the prompts (cycling), condition tokens int
+    [B, cond_length] of the eval split's examples (cycling), or None."""
     index = np.arange(start, start + batch_size)
+    if self.spatial:
+      tokens = self.eval_cond_tokens()
+      return tokens[index % len(tokens)]
     if self.text is not None:
       prompts = self.prompts()
       return self.text.host_arrays([prompts[i % len(prompts)] for i in index])
@@ -390,6 +459,36 @@ class GeneratorTask:
                                           batch['mask']) if m]
       self._prompts = prompts
     return self._prompts
+
+  def eval_cond_tokens(self) -> np.ndarray:
+    """int32 [N, cond_length]: condition tokens of the eval split's
+    examples in order (the shards', or encoded here; on the fly at most
+    max(sample.num_samples, eval.batch_size) of them)."""
+    if self._eval_cond_tokens is None:
+      if self.config.tokens.source == 'shards':
+        arrays, _ = token_shards.load_split(
+            tokens_dir(self.config, self.workdir), 'eval')
+        tokens = arrays[token_shards.COND_TOKENS]
+      else:
+        wanted = max(self.config.sample.num_samples,
+                     self.config.eval.batch_size)
+        source = data_lib.build(self.config.data, split='eval',
+                                global_batch_size=self.config.eval.batch_size)
+        encode = jax.jit(lambda v, x: self.cond_tokens_of(
+            {'image': x}, {'tokenizer': v}))
+        parts, count = [], 0
+        for batch in source.batches():
+          mask = np.asarray(batch['mask'], bool)
+          codes = np.asarray(encode(self.tokenizer.variables,
+                                    batch[_input_key(batch)]))[mask]
+          parts.append(codes)
+          count += len(codes)
+          if count >= wanted:
+            break
+        tokens = np.concatenate(parts)
+      self._eval_cond_tokens = np.asarray(tokens, np.int32).reshape(
+          len(tokens), -1)
+    return self._eval_cond_tokens
 
   def sample_tokens(self, params, rng, batch_size: int, cond=None):
     """Generated tokens [B, *shape(, F)] with the `sample` settings."""

@@ -1,8 +1,9 @@
 """What the generator task needs from each generator, behind one interface:
 init, loss (with condition dropout for classifier-free guidance) and sampling.
 
-A condition `cond` is None, class labels int [B], or for text a dict
-{'states' [B, L, D] (frozen encoder) or 'ids' [B, L] (trainable), 'mask'}.
+A condition `cond` is None, class labels int [B], spatial condition tokens
+int [B, cond_length] (GPT), or for text a dict {'states' [B, L, D] (frozen
+encoder) or 'ids' [B, L] (trainable), 'mask'}.
 """
 
 from typing import Any
@@ -72,9 +73,10 @@ class GPTAdapter:
   def loss(self, params, tokens, cond, rng, *, train, example_weights=None,
            loss_state=None):
     drop_rng, rng = jax.random.split(rng)
-    drop = _drop_mask(drop_rng, self.config.loss.label_drop, cond, train)
-    if drop is not None:
-      cond = jnp.where(drop, self.model.null_class, cond)
+    if self.model.condition == 'class':  # Spatial conds have no null one.
+      drop = _drop_mask(drop_rng, self.config.loss.label_drop, cond, train)
+      if drop is not None:
+        cond = jnp.where(drop, self.model.null_class, cond)
     flat = tokens.reshape(tokens.shape[0], -1)
     logits = self.model.apply({'params': params}, flat, cond, train=train,
                               rngs={'dropout': rng})
