@@ -240,8 +240,6 @@ class GeneratorTask:
                                             config.tokenizer.step)
     self.token_shape = self._check_against_tokenizer()
     self.num_classes = self._num_classes()
-    self.spatial = (config.model.name == 'gpt' and
-                    config.model.condition == 'tokens')
     networks = ['inception'] if frozen_lib.wanted(
         'inception', config.eval.fid, config.weights_dir or None) else []
     self.text = (text_conditions.TextConditioner(config)
@@ -251,6 +249,12 @@ class GeneratorTask:
                    **frozen_lib.load(networks, config.weights_dir or None)}
     self._prompts = None
     self._eval_cond_tokens = None
+
+  @property
+  def spatial(self) -> bool:
+    """Whether the model is a spatially conditioned GPT."""
+    model = self.config.model
+    return model.name == 'gpt' and model.condition == 'tokens'
 
   # ------------------------------------------------------------ checks ---
   def _input_shape(self) -> tuple[int, ...]:
