@@ -1,6 +1,8 @@
 """VQ-Diffusion's mask-and-replace process against brute force: explicit
 (K+1) x (K+1) transition matrices in float64, Bayes' rule by enumeration."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -97,6 +99,59 @@ def test_posterior_equals_bayes_rule_and_rows_sum_to_one(t, u):
   np.testing.assert_allclose(post.sum(-1), 1.0, atol=1e-5)
   # A code at time t never came from MASK.
   assert np.all(post[x_t < K][:, K] < 1e-30)
+
+
+def test_official_schedule_posteriors_equal_float64_brute_force():
+  """The default (official) schedules keep abar_t + gbar_t within 1e-6 of 1,
+  so the replace probability only survives if it never passes through
+  float32 as 1 - alpha - gamma: every q(x_t | x_0), every one-step posterior
+  and skip-step posteriors against explicit float64 matrices."""
+  k, steps = 5, 100
+  values = (0.99999, 0.000009, 0.000009, 0.99999)
+  frac = np.arange(steps) / (steps - 1)
+  abar = np.concatenate([[1.0], values[0] + frac * (values[1] - values[0])])
+  gbar = np.concatenate([[0.0], values[2] + frac * (values[3] - values[2])])
+  one_step = [None]
+  for t in range(1, steps + 1):
+    alpha = abar[t] / abar[t - 1]
+    gamma = 1 - (1 - gbar[t]) / (1 - gbar[t - 1])
+    q = np.zeros((k + 1, k + 1))
+    q[:k, :k] = (1 - alpha - gamma) / k + alpha * np.eye(k)
+    q[:k, k], q[k, k] = gamma, 1.0
+    one_step.append(q)
+  forward = lambda u, t: functools.reduce(np.matmul, one_step[u + 1:t + 1],
+                                          np.eye(k + 1))
+  cumulative = [forward(0, t) for t in range(steps + 1)]
+  schedule = dd.make_schedule(k, steps)                # the defaults
+
+  every_t = jnp.arange(steps + 1)
+  rows = dd.q_xt_given_x0(jnp.broadcast_to(
+      dd.one_hot_log(jnp.arange(k + 1), k + 1), (steps + 1, k + 1, k + 1)),
+                          schedule, every_t)
+  np.testing.assert_allclose(np.exp(np.asarray(rows, np.float64)),
+                             np.stack(cumulative), atol=1e-6, rtol=0)
+
+  pairs = [(t, t - 1) for t in range(1, steps + 1)] + [
+      (t, u) for t in (10, 50, steps) for u in (0, 3, t - 4)]
+  x0 = np.repeat(np.arange(k), k + 1)                  # every (x_0, x_t) pair
+  x_t = np.tile(np.arange(k + 1), k)
+  t, u = (jnp.asarray([p[i] for p in pairs]) for i in (0, 1))
+  log_post = dd.reverse_step_log_probs(
+      jnp.broadcast_to(dd.one_hot_log(jnp.asarray(x0), k + 1),
+                       (len(pairs), len(x0), k + 1)),
+      jnp.broadcast_to(jnp.asarray(x_t), (len(pairs), len(x_t))),
+      schedule, t, u)
+  post = np.exp(np.asarray(log_post, np.float64))
+  for i, (ti, ui) in enumerate(pairs):
+    for n in range(len(x0)):
+      evidence = cumulative[ti][x0[n], x_t[n]]
+      if evidence == 0:
+        continue                                       # Impossible pair.
+      expected = (forward(ui, ti)[:, x_t[n]] * cumulative[ui][x0[n], :]
+                  / evidence)
+      np.testing.assert_allclose(post[i, n], expected, atol=1e-6, rtol=0,
+                                 err_msg=f't={ti} u={ui} x0={x0[n]} '
+                                 f'x_t={x_t[n]}')
 
 
 @pytest.mark.parametrize('t, u', [(1, 0), (5, 4), (T, 8)])

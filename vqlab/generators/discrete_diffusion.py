@@ -38,20 +38,50 @@ LOG_ZERO = -1e4  # log of a probability that is exactly zero (finite: no NaNs).
 
 @flax.struct.dataclass
 class Schedule:
-  """Cumulative schedules over t = 0..T (index t; abar_0 = 1, gbar_0 = 0).
+  """The chain from every time s to every time t >= s, t in 0..T.
+
+  Every entry is computed in float64 on the host and stored as a float32 log:
+  with the official schedules abar_t + gbar_t is within 1e-6 of 1, so the
+  replace probability 1 - alpha - gamma is below float32 resolution and must
+  never be recomputed on the device from alpha and gamma.
 
   Attributes:
-    log_abar, log_gbar, log_one_minus_gbar: float32 [T + 1].
+    log_alpha, log_beta, log_gamma: float32 [T + 1, T + 1]; entry [s, t] is
+      log alpha_{s->t}, log beta_{s->t}, log gamma_{s->t} (LOG_ZERO where the
+      term vanishes, e.g. beta and gamma at s = t, and everywhere s > t).
+      Row 0 holds the cumulative abar_t, bbar_t, gbar_t; entry [t - 1, t]
+      the per-step alpha_t, beta_t, gamma_t.
     num_codes: K (static).
   """
-  log_abar: jax.Array
-  log_gbar: jax.Array
-  log_one_minus_gbar: jax.Array
+  log_alpha: jax.Array
+  log_beta: jax.Array
+  log_gamma: jax.Array
   num_codes: int = flax.struct.field(pytree_node=False)
 
   @property
   def num_timesteps(self) -> int:
-    return self.log_abar.shape[0] - 1
+    return self.log_alpha.shape[0] - 1
+
+
+def _transition_tables(abar: np.ndarray, gbar: np.ndarray):
+  """float64 alpha, K * beta, gamma [T + 1, T + 1] of the chain s -> t.
+
+  Written so that no entry is a difference of nearly equal numbers: with
+  c = 1 - abar - gbar (the cumulative replace mass, K bbar),
+    alpha_{s->t} = abar_t / abar_s,
+    gamma_{s->t} = (gbar_t - gbar_s) / (1 - gbar_s),
+    K beta_{s->t} = (c_t abar_s - abar_t c_s) / (abar_s (1 - gbar_s)),
+  the last from 1 - alpha - gamma over a common denominator.
+  """
+  replace = 1.0 - abar - gbar
+  s, t = abar[:, None], abar[None, :]
+  alpha = t / s
+  gamma = (gbar[None, :] - gbar[:, None]) / (1.0 - gbar[:, None])
+  k_beta = (replace[None, :] * s - t * replace[:, None]) / (
+      s * (1.0 - gbar[:, None]))
+  later = np.triu(np.ones_like(alpha, dtype=bool))      # t >= s only.
+  return (np.where(later, alpha, 0.0), np.where(later, k_beta, 0.0),
+          np.where(later, gamma, 0.0))
 
 
 def make_schedule(num_codes: int, num_timesteps: int = 100,
@@ -60,7 +90,7 @@ def make_schedule(num_codes: int, num_timesteps: int = 100,
                   ) -> Schedule:
   """The official VQ-Diffusion schedule: abar_t and gbar_t linear in t from
   their t = 1 values to their t = T values (the paper's text uses gbar_T =
-  0.9); computed in float64."""
+  0.9); every transition computed in float64 (see Schedule)."""
   if num_timesteps < 1 or num_codes < 1:
     raise ValueError(f'need num_timesteps >= 1 and num_codes >= 1, got '
                      f'{num_timesteps}, {num_codes}')
@@ -68,28 +98,31 @@ def make_schedule(num_codes: int, num_timesteps: int = 100,
   abar = np.concatenate([[1.0], abar_1 + frac * (abar_T - abar_1)])
   gbar = np.concatenate([[0.0], gbar_1 + frac * (gbar_T - gbar_1)])
   if np.any(np.diff(abar) > 0) or np.any(np.diff(gbar) < 0) or \
-      np.any(abar + gbar > 1 + 1e-12) or abar[-1] <= 0:
+      np.any(abar + gbar > 1 + 1e-12) or abar[-1] <= 0 or gbar[-1] >= 1:
     raise ValueError('schedule: need abar decreasing in (0, 1], gbar '
                      'increasing in [0, 1) and abar + gbar <= 1')
-  log = lambda v: jnp.asarray(np.log(np.maximum(v, 1e-300)), jnp.float32)
-  return Schedule(log_abar=log(abar), log_gbar=log(gbar),
-                  log_one_minus_gbar=log(1.0 - gbar), num_codes=num_codes)
+  alpha, k_beta, gamma = _transition_tables(abar, gbar)
+  # Rounding can leave K beta at -1e-22 where it is exactly 0 in the math.
+  k_beta = np.maximum(k_beta, 0.0)
+
+  def log(v):
+    safe = np.log(np.where(v > 0, v, 1.0))
+    return jnp.asarray(np.where(v > 0, np.maximum(safe, LOG_ZERO), LOG_ZERO),
+                       jnp.float32)
+
+  return Schedule(log_alpha=log(alpha), log_beta=log(k_beta / num_codes),
+                  log_gamma=log(gamma), num_codes=num_codes)
 
 
 def transition(schedule: Schedule, s, t):
   """log (alpha, beta, gamma) of the chain from time s to time t >= s.
 
   s, t: int arrays broadcastable to a batch shape; returns three float32
-  arrays of that shape (log 0 = LOG_ZERO where a term vanishes, e.g. s = t).
+  arrays of that shape (log 0 = LOG_ZERO where a term vanishes, e.g. s = t),
+  looked up in the float64-made tables of the schedule.
   """
-  log_alpha = schedule.log_abar[t] - schedule.log_abar[s]
-  log_keep = schedule.log_one_minus_gbar[t] - schedule.log_one_minus_gbar[s]
-  gamma = -jnp.expm1(log_keep)
-  alpha = jnp.exp(log_alpha)
-  beta = jnp.maximum((1.0 - alpha - gamma) / schedule.num_codes, 0.0)
-  safe_log = lambda v: jnp.where(v > 0, jnp.log(jnp.maximum(v, 1e-38)),
-                                 LOG_ZERO)
-  return log_alpha, safe_log(beta), safe_log(gamma)
+  return (schedule.log_alpha[s, t], schedule.log_beta[s, t],
+          schedule.log_gamma[s, t])
 
 
 def _expand(x, like):
