@@ -1,5 +1,6 @@
 """MaskGIT: schedule, masked loss, decoding invariants, factorized heads."""
 
+import decimal
 import functools
 
 import jax
@@ -47,6 +48,51 @@ def test_schedule_values(method):
     mask_schedule.schedule(0.5, 1, 'nope')
 
 
+def _exact_decode_counts(n, steps, method):
+  """floor(gamma((s+1)/S) n) in 60-digit decimal arithmetic (Taylor cosine,
+  arccos by bisection): the brute-force reference for the float64 counts."""
+  decimal.getcontext().prec = 60
+  pi = decimal.Decimal('3.14159265358979323846264338327950288419716939937510'
+                       '58209749445923')
+
+  def cos(x):
+    term, total, k = decimal.Decimal(1), decimal.Decimal(1), 0
+    while abs(term) > decimal.Decimal('1e-58'):
+      k += 2
+      term *= -x * x / (k * (k - 1))
+      total += term
+    return total
+
+  def arccos(y):
+    lo, hi = decimal.Decimal(0), pi
+    for _ in range(200):
+      mid = (lo + hi) / 2
+      lo, hi = (mid, hi) if cos(mid) > y else (lo, mid)
+    return lo
+
+  counts = []
+  for s in range(steps):
+    r = decimal.Decimal(s + 1) / steps
+    gamma = {'cosine': lambda: cos(pi * r / 2),
+             'arccos': lambda: arccos(r) / (pi / 2),
+             'linear': lambda: 1 - r}[method]()
+    kept = max(gamma, decimal.Decimal(0)) * n
+    counts.append(int((kept + decimal.Decimal('1e-40')).to_integral_value(
+        decimal.ROUND_FLOOR)))
+  return counts
+
+
+@pytest.mark.parametrize('method', ['cosine', 'arccos', 'linear'])
+def test_decode_counts_are_exact(method):
+  for n in (16, 96, 256, 1024):
+    for steps in (6, 8, 12, 16):
+      np.testing.assert_array_equal(
+          mask_schedule.decode_mask_counts(n, steps, method),
+          _exact_decode_counts(n, steps, method), err_msg=f'{n=} {steps=}')
+  # float32 made this 127 (0.49999997 * 256).
+  assert mask_schedule.decode_mask_counts(256, 12)[7] == 128
+
+
 def test_random_mask_counts():
   mask = mask_schedule.random_mask(jax.random.key(3), 64, 10, 'cosine')
   counts = np.asarray(mask.sum(-1))
@@ -54,9 +100,10 @@ def test_random_mask_counts():
 
 
 def test_decoding_keeps_revealed_tokens_and_follows_schedule():
-  model = _model()
+  model = _model(token_shape=(16, 16))
   params = _init(model)
-  steps, n = 5, model.num_tokens
+  steps, n = 12, model.num_tokens      # cos(pi/3) 256 = 128 at step 7.
+  exact = _exact_decode_counts(n, steps, 'cosine')
   final, history = _jit_sample(model, 3, num_steps=steps,
                                return_history=True)(params, jax.random.key(1))
   history = np.asarray(history).reshape(steps, 3, n)
@@ -64,8 +111,7 @@ def test_decoding_keeps_revealed_tokens_and_follows_schedule():
   unknown = np.full(3, n)
   previous = np.full((3, n), model.vocab_size)
   for s in range(steps):
-    want = np.floor(np.cos(np.pi / 2 * (s + 1) / steps) * n + 1e-6)
-    want = np.maximum(1, np.minimum(unknown - 1, want))
+    want = np.maximum(1, np.minimum(unknown - 1, exact[s]))
     want = want * 0 if s == steps - 1 else want
     np.testing.assert_array_equal(masked[s].sum(-1), want)
     revealed = previous != model.vocab_size

@@ -3,11 +3,13 @@
 gamma maps a ratio r in [0, 1] to the fraction of tokens that stay masked:
 gamma(0) = 1 (all masked), gamma(1) = 0 (none). Training masks
 ceil(gamma(r) N) tokens for r ~ U(0, 1); decoding step s of S keeps
-floor(gamma((s+1)/S) N) tokens masked (before clamping; see maskgit.py).
+floor(gamma((s+1)/S) N) tokens masked (before clamping; see maskgit.py),
+counted on the host in float64 since S and N are static.
 """
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 METHODS = ('cosine', 'arccos', 'linear')
 
@@ -26,16 +28,36 @@ def schedule(ratio, total_unknown=1, method: str = 'cosine') -> jax.Array:
     float32 array of ratio's shape (broadcast with total_unknown).
   """
   r = jnp.clip(jnp.asarray(ratio, jnp.float32), 0.0, 1.0)
-  if method == 'cosine':
-    gamma = jnp.cos(jnp.pi * r / 2)
-  elif method == 'arccos':
-    gamma = jnp.arccos(r) / (jnp.pi / 2)
-  elif method == 'linear':
-    gamma = 1.0 - r
-  else:
-    raise ValueError(f'unknown mask schedule {method!r}; known: {METHODS}')
   # cos(pi / 2) is -4e-8 in float32: clip so that floor/ceil stay in [0, N].
-  return jnp.clip(gamma, 0.0, 1.0) * total_unknown
+  return jnp.clip(_gamma(r, method, jnp), 0.0, 1.0) * total_unknown
+
+
+def _gamma(r, method: str, xp):
+  """gamma(r) with the array module xp (numpy on the host, jax.numpy)."""
+  if method == 'cosine':
+    return xp.cos(xp.pi * r / 2)
+  if method == 'arccos':
+    return xp.arccos(r) / (xp.pi / 2)
+  if method == 'linear':
+    return 1.0 - r
+  raise ValueError(f'unknown mask schedule {method!r}; known: {METHODS}')
+
+
+def decode_mask_counts(num_tokens: int, num_steps: int,
+                       method: str = 'cosine') -> np.ndarray:
+  """floor(gamma((s+1)/S) N) for decoding steps s = 0..S-1: int32 [S].
+
+  Exact where float32 is not (N = 256, S = 12, s = 7: gamma = cos(pi/3) = 1/2
+  and float32 gives 127.99999 -> 127): computed in float64, and a product
+  within 1e-9 of an integer is that integer (float64 cos and arccos are off by
+  an ulp at the rational points where gamma N is an integer). Clamping to the
+  number still unknown happens per example in the decoder.
+  """
+  if num_steps < 1:
+    raise ValueError(f'need num_steps >= 1, got {num_steps}')
+  ratio = np.arange(1, num_steps + 1, dtype=np.float64) / num_steps
+  kept = np.clip(_gamma(ratio, method, np), 0.0, 1.0) * num_tokens
+  return np.floor(kept + 1e-9).astype(np.int32)
 
 
 def num_masked_for_training(ratio: jax.Array, num_tokens: int,

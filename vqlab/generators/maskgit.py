@@ -299,8 +299,9 @@ def decode_step(model: MaskGIT, params, state: DecodeState,
   confidence = log_p + choice_temperature * (1.0 - ratio) * gumbel
   confidence = jnp.where(unknown, confidence, jnp.inf)
   num_unknown = unknown.sum(-1)
-  keep = jnp.floor(mask_schedule.schedule(ratio, n, schedule_method))
-  keep = jnp.maximum(1, jnp.minimum(num_unknown - 1, keep.astype(jnp.int32)))
+  keep = jnp.asarray(mask_schedule.decode_mask_counts(n, num_steps,
+                                                      schedule_method))[step]
+  keep = jnp.maximum(1, jnp.minimum(num_unknown - 1, keep))
   keep = jnp.where(step + 1 >= num_steps, 0, keep)               # [B]
   ranks = jnp.argsort(jnp.argsort(confidence, axis=-1), axis=-1)
   remask = ranks < keep[:, None]
