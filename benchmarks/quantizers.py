@@ -9,7 +9,7 @@ quantizer alone, in training mode (EMA updates, sampling), on latents
 [batch, tokens, code_dim] (same batch x tokens for all; the channel count is
 each quantizer's own code_dim). Sizes: VQ (plain and EMA), Gumbel and
 Regularized VQ at K = 1024, 4096, 16384; LFQ and FSQ at K = 2^10, 2^14, 2^18
-(LFQ: 2 entropy groups and 2 x 2^9 factors from 2^14 on; FSQ levels whose
+(LFQ: exact batch entropy, 2 x 2^(b/2) factors from 2^14 on; FSQ levels whose
 product is exactly K). Memory is XLA's temporary buffer size for the
 compiled step (exact on every backend), plus the device's peak where the
 backend reports one.
@@ -66,7 +66,6 @@ def quantizer_configs(vq_dim: int) -> list[tuple[str, int, object]]:
     config.codebook_size = k
     if k > 2**10:
       bits = k.bit_length() - 1
-      config.entropy_groups = 2
       config.factor_bits = (bits // 2, bits - bits // 2)
     rows.append(('lfq', k, config))
     config = quantizers.default_config('fsq')
@@ -121,7 +120,6 @@ def lfq_train_step_ratio(image_size: int, steps: int, workdir: str) -> dict:
     config.model.quantizer.codebook_size = 2**bits
     if bits == 18:  # The configs/vqgan/lfq_f16.py setting.
       config.model.quantizer.factor_bits = (9, 9)
-      config.model.quantizer.entropy_groups = 2
     config.train.checkpoint_every = 0
     results[f'lfq_2^{bits}'] = train_step_benchmark.run_benchmark(
         config, f'{workdir}/lfq_{bits}', steps)
@@ -151,7 +149,8 @@ def main(argv):
     print(f'{name:<12} {k:>7} {r["code_dim"]:>4} {r["step_s"] * 1e3:>9.3f} '
           f'{_mb(r["temp_bytes"]):>8} {_mb(r["device_peak_bytes"]):>8} '
           f'{r["compile_s"]:>9.2f}', flush=True)
-  result = {'device': device.device_kind, 'batch': _BATCH.value,
+  result = {'command': ' '.join(['python'] + sys.argv),
+            'device': device.device_kind, 'batch': _BATCH.value,
             'tokens': _TOKENS.value, 'steps': steps, 'quantizers': rows}
   if _TRAIN_STEP.value:
     ratio = lfq_train_step_ratio(_IMAGE_SIZE.value, steps,

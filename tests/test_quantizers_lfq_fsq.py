@@ -6,7 +6,11 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
+from configs.magvit2 import imagenet_128
+from configs.magvit2 import ucf101_17x128
+from configs.vqgan import lfq_f16
 from vqlab.quantizers import base
 from vqlab.quantizers import fsq
 from vqlab.quantizers import lfq
@@ -108,6 +112,57 @@ def test_lfq_subgroup_entropy():
   np.testing.assert_allclose(got, exact, rtol=1e-5)
 
 
+@pytest.mark.parametrize('num_bits', [10, 11, 12])
+def test_lfq_exact_batch_entropy_equals_the_full_softmax(num_bits):
+  """Two halves' distributions and one matmul give the entropy of the mean
+  of the full softmax over all 2^b codes (uneven halves at b = 11)."""
+  z = np.asarray(jax.random.normal(jax.random.key(num_bits), (96, num_bits)))
+  z = z * 0.004                     # Spread over many codes at tau = 0.01.
+  exact = _np_entropy(_np_lfq(z, 0.01)['mean_probs'])
+  got = jax.jit(lambda z: lfq.batch_entropy(z, 0.01))(jnp.asarray(z))
+  assert exact > 5                  # Far from a one-code batch.
+  np.testing.assert_allclose(float(got), exact, atol=1e-6 * exact, rtol=0)
+
+
+def test_lfq_exact_batch_entropy_at_2_to_18_against_float64():
+  """K = 2^18 on a batch of 40 positions: the default term equals the
+  float64 entropy of the mean over all 2^18 codes, and the grouped bound
+  (2 groups of 9 bits) is far above it."""
+  tau = 0.01
+  z = np.asarray(jax.random.normal(jax.random.key(18), (40, 18))) * 0.006
+  log_p = np.zeros((40, 1))
+  for bit in range(18):             # log p(c | z) bit by bit, bit 0 first.
+    one = -np.logaddexp(0, -4 * z[:, bit:bit + 1] / tau)   # log sigmoid
+    zero = -np.logaddexp(0, 4 * z[:, bit:bit + 1] / tau)
+    log_p = np.concatenate([log_p + zero, log_p + one], axis=-1)
+  mean = np.exp(log_p).mean(0)
+  np.testing.assert_allclose(mean.sum(), 1.0, atol=1e-9)
+  exact = _np_entropy(mean)
+  q = lfq.LookupFreeQuantizer(codebook_size=2**18, factor_bits=(9, 9))
+  got = jax.jit(lambda z: q.apply({}, z).metrics['batch_entropy'])(
+      jnp.asarray(z, jnp.float32))
+  np.testing.assert_allclose(float(got), exact, rtol=1e-6)
+  grouped = float(jax.jit(lambda z: lfq.batch_entropy(z, tau, 2))(
+      jnp.asarray(z, jnp.float32)))
+  assert grouped > exact + 1.0, (grouped, exact)
+  for module in (lfq_f16, ucf101_17x128, imagenet_128):   # The 2^18 configs.
+    quantizer = module.get_config().model.quantizer
+    assert (quantizer.codebook_size, quantizer.entropy_groups) == (2**18, 1)
+
+
+def test_lfq_exact_batch_entropy_is_a_global_mean_over_a_sharded_batch():
+  """Under jit the batch axis sharded over 8 devices gives the entropy of
+  the global mean (not a mean of per-device entropies)."""
+  mesh = jax.make_mesh((8,), ('data',),
+                       axis_types=(jax.sharding.AxisType.Auto,))  # as the loop
+  z = jax.random.normal(jax.random.key(9), (64, 10)) * 0.005
+  sharded = jax.device_put(z, jax.NamedSharding(mesh, jax.P('data')))
+  fn = jax.jit(lambda z: lfq.batch_entropy(z, 0.01))
+  np.testing.assert_allclose(float(fn(sharded)),
+                             _np_entropy(_np_lfq(np.asarray(z), 0.01)
+                                         ['mean_probs']), rtol=1e-6)
+
+
 def test_lfq_quantized_is_straight_through():
   q = lfq.LookupFreeQuantizer(codebook_size=32)
   z = jax.random.normal(jax.random.key(4), (3, 4, 5))
@@ -151,12 +206,11 @@ def test_lfq_factorized_indices():
 
 
 def test_lfq_2_to_18_runs_with_small_memory():
-  """K = 2^18, factors (9, 9), 2 entropy groups: temporaries stay far below
-  one [M, 2^18] float32 array (what the exact batch entropy needs)."""
+  """K = 2^18, factors (9, 9), the exact batch entropy: temporaries stay far
+  below one [M, 2^18] float32 array (what a full softmax over codes needs)."""
   z = jax.random.normal(jax.random.key(7), (2, 16, 16, 18)) * 0.01  # M = 512.
 
-  q = lfq.LookupFreeQuantizer(codebook_size=2**18, factor_bits=(9, 9),
-                              entropy_groups=2)
+  q = lfq.LookupFreeQuantizer(codebook_size=2**18, factor_bits=(9, 9))
 
   def fn(z):
     loss_and_grad = jax.value_and_grad(lambda z: q.apply({}, z).loss)(z)
@@ -166,7 +220,7 @@ def test_lfq_2_to_18_runs_with_small_memory():
 
   compiled = jax.jit(fn).lower(z).compile()
   temp_bytes = compiled.memory_analysis().temp_size_in_bytes
-  one_full_array = 512 * 2**18 * 4  # What the exact batch entropy needs.
+  one_full_array = 512 * 2**18 * 4  # What a full softmax would need.
   assert temp_bytes < one_full_array / 32, temp_bytes
   (loss, grad), indices, quantized, codes = compiled(z)
   assert np.isfinite(loss) and grad.shape == z.shape

@@ -28,7 +28,6 @@ def model_config():
   q = model.quantizer
   q.codebook_size = 2**18
   q.factor_bits = (9, 9)
-  q.entropy_groups = 2
   q.commitment_weight = 0.25
   q.entropy_weight = 0.1
   q.entropy_temperature = 0.01

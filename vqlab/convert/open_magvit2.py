@@ -101,7 +101,6 @@ def infer_config(sd: published.StateDict,
   config.quantizer.codebook_size = 2**bits
   halves = (bits - bits // 2, bits // 2)
   config.quantizer.factor_bits = halves if factorized and bits > 1 else ()
-  config.quantizer.entropy_groups = 2 if bits > 1 else 1
   return config
 
 

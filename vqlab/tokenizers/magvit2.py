@@ -264,7 +264,6 @@ def default_config() -> ml_collections.ConfigDict:
   quantizer = quantizers.default_config('lfq')  # Any registered quantizer.
   quantizer.codebook_size = 2**18      # The paper's K: 18-channel latents.
   quantizer.factor_bits = (9, 9)       # Two 2^9 sub-tokens (factorized heads).
-  quantizer.entropy_groups = 2         # Batch entropy over 2 groups of 9 bits.
   config.quantizer = quantizer
   return config
 
