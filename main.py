@@ -46,6 +46,11 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
                                       'Number of processes (multi-process).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None,
                                    'This process index (multi-process).')
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    'allow_config_change', False, 'Continue the run in --workdir although '
+    'the config differs from its config.json in keys other than run length, '
+    'logging, eval and sampling settings (e.g. fine-tuning with a new '
+    'learning rate); the old config.json is kept beside the new one.')
 _CPU_COLLECTIVES = flags.DEFINE_enum(
     'cpu_collectives', None, ['gloo', 'mpi'],
     'Collectives implementation for multi-process runs on CPU.')
@@ -64,16 +69,30 @@ def _initialize_distributed() -> None:
                                process_id=_PROCESS_ID.value)
 
 
+def _quiet_libraries() -> None:
+  """Library logs (absl, Orbax, TensorFlow) at WARNING unless --verbosity
+  asks for more: the console shows vqlab's own lines (progress, evals,
+  saves) and problems."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+
+
 def main(argv):
   del argv
-  from vqlab.errors import CheckpointError, ConfigError, DataError, WeightsError  # pylint: disable=g-import-not-at-top
+  from vqlab.errors import CheckpointError, ConfigError, DataError, WeightsError, WorkdirError  # pylint: disable=g-import-not-at-top
+  _quiet_libraries()
   _initialize_distributed()
   from vqlab.train import loop  # pylint: disable=g-import-not-at-top
   try:
     if _MODE.value == 'train':
-      result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+      result = loop.train_and_evaluate(
+          _CONFIG.value, _WORKDIR.value,
+          allow_config_change=_ALLOW_CONFIG_CHANGE.value)
     elif _MODE.value == 'eval':
-      result = loop.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+      result = loop.evaluate_checkpoint(
+          _CONFIG.value, _WORKDIR.value,
+          allow_config_change=_ALLOW_CONFIG_CHANGE.value)
     elif _MODE.value == 'tokenize':
       from vqlab.train import pretokenize  # pylint: disable=g-import-not-at-top
       result = pretokenize.tokenize(_CONFIG.value, _WORKDIR.value)
@@ -93,6 +112,11 @@ def main(argv):
     sys.exit(f'checkpoint error: {e}')
   except WeightsError as e:
     sys.exit(f'weights error: {e}')
+  except WorkdirError as e:
+    sys.exit(f'workdir error: {e}')
+  except KeyboardInterrupt:
+    sys.exit('vqlab: aborted (Ctrl-C twice); the newest checkpoint on disk '
+             'is where a rerun resumes')
   print('vqlab: ' + ', '.join(
       f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
       for k, v in result.items()), flush=True)

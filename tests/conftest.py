@@ -1,6 +1,7 @@
 """Test setup: 8 virtual CPU devices, so sharding is tested without TPUs."""
 
 import os
+import tempfile
 
 # Must happen before jax is imported anywhere.
 # Tests check numbers, not speed: XLA:CPU spends most of a small test
@@ -17,6 +18,14 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 # about which (equally valid) random bits are drawn. Set through the
 # environment so that subprocesses (main.py runs) draw the same bits.
 os.environ['JAX_THREEFRY_PARTITIONABLE'] = 'false'
+# Many tests (and their main.py subprocesses) compile the same tiny programs:
+# a persistent compilation cache shared by the pytest workers of one session
+# compiles each once. Outside a session (no PYTEST_XDIST_TESTRUNUID: a single
+# process) the cache lives and dies with the process' own temp dir name.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
+    tempfile.gettempdir(), 'vqlab_test_jax_cache_' +
+    os.environ.get('PYTEST_XDIST_TESTRUNUID', str(os.getpid()))))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
 
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position

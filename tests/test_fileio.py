@@ -19,6 +19,7 @@ from vqlab.data import token_shards
 from vqlab.errors import CheckpointError
 from vqlab.evals import fid
 from vqlab.train import checkpoint
+from vqlab.train import run_record
 from vqlab.train import trained_tokenizer
 from vqlab.train import writers
 
@@ -93,7 +94,8 @@ def test_checkpoints_and_run_config_on_a_url(url, tmp_path, monkeypatch):
   with pytest.raises(CheckpointError, match='does not exist'):
     trained_tokenizer.read_run_config(url)
   config = ml_collections.ConfigDict({'task': 'tokenizer', 'seed': 3})
-  ckpt = checkpoint.Checkpointer(url, max_to_keep=2, config=config)
+  ckpt = checkpoint.Checkpointer(url, max_to_keep=2)
+  run_record.write(url, config)
   state = {'w': np.arange(6, dtype=np.float32).reshape(2, 3)}
   ckpt.save(4, state, force=True)
   ckpt.wait()

@@ -40,6 +40,7 @@ def tokenizer_run(workdir: str, devices=None) -> str:
   config.eval.lpips = config.eval.fid = 'off'
   exp = loop.Experiment(config, workdir, devices)
   state, _ = exp.initial_state()
+  exp.record_config(0)
   exp.checkpointer.save(1, state, force=True)
   exp.checkpointer.wait()
   exp.checkpointer.close()

@@ -25,3 +25,8 @@ class DataError(ValueError):
 class WeightsError(FileNotFoundError):
   """A pretrained weight file is missing, unreadable or does not match the
   network it is loaded into; the message names the file and where to put it."""
+
+
+class WorkdirError(RuntimeError):
+  """The --workdir cannot be used: another run holds it, or it cannot be
+  written; the message names the directory (and the other run)."""

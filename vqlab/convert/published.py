@@ -249,6 +249,7 @@ def write_run(out_dir: str, converted: Converted) -> dict[str, Any]:
   expected = exp.abstract_state.params['generator']
   check_params_match(converted.params, expected, converted.source)
   state, _ = exp.initial_state()
+  exp.record_config(0)
   generator = jax.tree.map(
       lambda value, like: jax.device_put(np.asarray(value, like.dtype),
                                          like.sharding),

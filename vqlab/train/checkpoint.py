@@ -1,36 +1,99 @@
-"""Orbax checkpoints: async periodic saves, resume, fallback past corrupt ones."""
+"""Orbax checkpoints: async periodic saves, resume, and restore problems told
+apart: an unreadable step (partial, corrupt) is set aside and the previous
+one used; a readable step that does not fit this config is never touched."""
 
-import json
+import contextlib
 import os
 from typing import Any
 
 from absl import logging
 import jax
-import ml_collections
+from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
 
 from vqlab import fileio
 from vqlab.errors import CheckpointError
+
+SET_ASIDE_SUFFIX = '.corrupt'
+
+
+class StateMismatchError(CheckpointError):
+  """A readable checkpoint holds a state of another shape than this config's:
+  the checkpoint is fine, the config is not the one it was trained with."""
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  """Orbax logs a traceback per failed read (tens of thousands of lines for
+  one corrupt step); the loop reports each problem in one line instead."""
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.FATAL)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(verbosity)
+
+
+def _first_line(e: Exception) -> str:
+  text = str(e).strip()
+  return f'{type(e).__name__}: {text.splitlines()[0][:300] if text else ""}'
+
+
+def _path_name(entry) -> str:
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(entry, attr):
+      return str(getattr(entry, attr))
+  return str(entry)
+
+
+def _signature(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+  """{'params/decoder/conv_in/kernel': (shape, dtype)} of a state, abstract
+  state or Orbax metadata tree (attribute and dict paths alike)."""
+  leaves = jax.tree_util.tree_leaves_with_path(
+      tree, is_leaf=lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype'))
+  return {'/'.join(_path_name(e) for e in path):
+          (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
+          for path, leaf in leaves if hasattr(leaf, 'shape')}
+
+
+def state_mismatch(saved: Any, expected: Any, limit: int = 3) -> str | None:
+  """None when the two trees have the same paths, shapes and dtypes; else a
+  short description of the first differences."""
+  old, new = _signature(saved), _signature(expected)
+  params_first = lambda keys: sorted(keys, key=lambda k: (
+      not k.startswith('params/'), k))
+  problems = [f'{k} is {old[k][0]} {old[k][1]} there, {new[k][0]} '
+              f'{new[k][1]} here' for k in params_first(old.keys() & new.keys())
+              if old[k] != new[k]]
+  problems += [f'{k} only in the checkpoint'
+               for k in params_first(old.keys() - new.keys())]
+  problems += [f'{k} missing from the checkpoint'
+               for k in params_first(new.keys() - old.keys())]
+  if not problems:
+    return None
+  more = len(problems) - limit
+  return '; '.join(problems[:limit]) + (f'; {more} more' if more > 0 else '')
+
 
 class Checkpointer:
   """Saves and restores the TrainState under `<workdir>/checkpoints`.
 
   Saves are asynchronous (the train loop continues while arrays are written);
   `max_to_keep` old steps are kept. Orbax writes into a temporary directory
-  and renames it when complete, so a save interrupted half-way is never seen
-  as a checkpoint.
+  and renames it when complete, so a save interrupted half-way (kill -9) is
+  never seen as a checkpoint.
   """
 
-  def __init__(self, workdir: str, *, max_to_keep: int,
-               config: ml_collections.ConfigDict | None = None):
+  def __init__(self, workdir: str, *, max_to_keep: int):
     # gs:// directories go to Orbax as they are (epath + TensorStore GCS).
     self.directory = os.path.join(fileio.absolute(workdir), 'checkpoints')
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                            enable_async_checkpointing=True,
                                            create=True)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
-    if config is not None and jax.process_index() == 0:
-      _write_config(workdir, config)
+    self._manager = ocp.CheckpointManager(
+        self.directory, item_handlers=ocp.StandardCheckpointHandler(),
+        options=options)
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -39,12 +102,45 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, *, force: bool = False) -> bool:
-    """Starts an async save of `state` at `step`; returns whether it saved."""
-    return self._manager.save(step, args=ocp.args.StandardSave(state),
-                              force=force)
+    """Starts an async save of `state` at `step`; returns whether it saved.
+
+    Raises:
+      CheckpointError: this or the previous (async) save failed, e.g. the
+        disk is full; the checkpoints already on disk are intact.
+    """
+    try:
+      return self._manager.save(step, args=ocp.args.StandardSave(state),
+                                force=force)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(step, e) from e
+
+  def wait(self) -> None:
+    """Blocks until pending async saves are on disk.
+
+    Raises:
+      CheckpointError: a pending save failed (see `save`).
+    """
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(None, e) from e
+
+  def _save_error(self, step: int | None, e: Exception) -> CheckpointError:
+    self._manager.reload()
+    kept = self.all_steps()
+    which = 'a checkpoint' if step is None else f'the checkpoint of step {step}'
+    intact = (f'step {kept[-1]} is the newest intact one' if kept else
+              'there is no earlier checkpoint')
+    return CheckpointError(f'could not write {which} to {self.directory} '
+                           f'({_first_line(e)}); {intact}')
 
   def restore(self, abstract_state: Any) -> tuple[Any, int] | None:
-    """Restores the newest readable checkpoint.
+    """Restores the newest readable checkpoint that fits `abstract_state`.
+
+    Unreadable steps (partial or corrupt) newer than the restored one are
+    renamed `<step>.corrupt` (one line each), so later saves and evals see a
+    consistent run. A readable step whose state does not fit is an error and
+    is left as it is: it restores under the config it was trained with.
 
     Args:
       abstract_state: pytree of jax.ShapeDtypeStruct with shardings, the
@@ -54,44 +150,69 @@ class Checkpointer:
       (state, step), or None when there is no checkpoint at all.
 
     Raises:
+      StateMismatchError: a readable checkpoint of another state layout.
       CheckpointError: checkpoints exist but none can be read.
     """
-    steps = self.all_steps()
-    failures = []
-    for step in reversed(steps):
-      try:
-        state = self._manager.restore(
-            step, args=ocp.args.StandardRestore(abstract_state))
-        if failures:
-          logging.warning('Resumed from step %d; newer checkpoints were '
-                          'unreadable: %s', step, '; '.join(failures))
-        return state, step
-      except Exception as e:  # pylint: disable=broad-except
-        message = (f'checkpoint {os.path.join(self.directory, str(step))} is '
-                   f'missing or corrupt ({type(e).__name__}: '
-                   f'{str(e).splitlines()[0] if str(e) else ""})')
-        logging.error('%s; trying the previous one.', message)
-        print(f'vqlab: {message}; trying the previous one.', flush=True)
-        failures.append(message)
-    if failures:
+    unreadable = []
+    for step in reversed(self.all_steps()):
+      path = os.path.join(self.directory, str(step))
+      with _quiet_orbax():
+        try:
+          saved = self._manager.item_metadata(step)
+          if saved is None:
+            raise ValueError('no state metadata (a partial step)')
+        except Exception as e:  # pylint: disable=broad-except
+          unreadable.append((step, _first_line(e)))
+          continue
+      mismatch = state_mismatch(saved, abstract_state)
+      if mismatch:
+        raise StateMismatchError(
+            f'checkpoint {path} is readable but holds a different state than '
+            f'this config builds ({mismatch}); it restores under the config '
+            'it was trained with (config.json): use that config, or another '
+            '--workdir for a different model')
+      with _quiet_orbax():
+        try:
+          state = self._manager.restore(
+              step, args=ocp.args.StandardRestore(abstract_state))
+        except Exception as e:  # pylint: disable=broad-except
+          unreadable.append((step, _first_line(e)))
+          continue
+      self._set_aside(unreadable)
+      return state, step
+    if unreadable:
+      listed = '; '.join(f'step {s}: {why}' for s, why in unreadable)
       raise CheckpointError(
-          f'no readable checkpoint in {self.directory}: ' + '; '.join(failures) +
-          '. Remove the broken step directories (or use another --workdir) to '
-          'start over.')
+          f'no readable checkpoint in {self.directory} ({listed}). Nothing '
+          'was changed; to start over, use another --workdir')
     return None
 
-  def wait(self) -> None:
-    """Blocks until pending async saves are on disk."""
-    self._manager.wait_until_finished()
+  def _set_aside(self, unreadable: list[tuple[int, str]]) -> None:
+    """Renames unreadable steps `<step>.corrupt` (process 0; others wait)."""
+    if not unreadable:
+      return
+    for step, why in unreadable:
+      src = os.path.join(self.directory, str(step))
+      dst = src + SET_ASIDE_SUFFIX
+      n = 1
+      while fileio.exists(dst):
+        dst, n = f'{src}{SET_ASIDE_SUFFIX}.{n}', n + 1
+      if jax.process_index() != 0:
+        continue
+      try:
+        fileio.replace(src, dst)
+        moved = f'moved to {os.path.basename(dst)}'
+      except Exception as e:  # pylint: disable=broad-except
+        # e.g. gs://, where a directory cannot be renamed.
+        moved = f'left in place ({_first_line(e)})'
+      print(f'vqlab: checkpoint {src} is unreadable ({why}); {moved}; '
+            'continuing from an earlier step', flush=True)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices('vqlab_checkpoint_set_aside')
+    self._manager.reload()
 
   def close(self) -> None:
     self._manager.close()
-
-
-def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  data = json.dumps(json.loads(config.to_json_best_effort()), indent=2)
-  fileio.write_atomically(os.path.join(workdir, 'config.json'),
-                          lambda f: f.write(data.encode()))
 
 
 def restore_on_host(workdir: str, step: int | None = None) -> tuple[Any, int]:

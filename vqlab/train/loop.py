@@ -28,7 +28,9 @@ from vqlab.train import experiment
 from vqlab.train import partitioning
 from vqlab.train import preemption
 from vqlab.train import progress as progress_lib
+from vqlab.train import run_record
 from vqlab.train import tasks
+from vqlab.train import workdir_lock
 from vqlab.train import writers as writers_lib
 
 StepCallback = Callable[[int, dict[str, Any]], None]
@@ -72,10 +74,27 @@ class Experiment:
   compiled steps and the checkpointer."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str,
-               devices: list[jax.Device] | None = None):
+               devices: list[jax.Device] | None = None, *,
+               allow_config_change: bool = False, lock: str | None = None):
+    """Validates and builds everything; compiles lazily.
+
+    Args:
+      config: the experiment config (validated here).
+      workdir: the run's directory.
+      devices: devices of the mesh (default: all).
+      allow_config_change: continue a run whose saved config.json differs
+        from `config` (else a ConfigError naming the keys, before anything
+        is written).
+      lock: take the workdir lock for this mode ('train', 'sample'); None:
+        no lock (reading runs: eval).
+    """
     devices = list(jax.devices() if devices is None else devices)
     self.config = config = experiment.validate(config, len(devices))
     self.workdir = workdir
+    self.config_changes = run_record.check(config, workdir,
+                                           allow_config_change)
+    if lock:
+      workdir_lock.acquire(workdir, lock)
     fileio.makedirs(workdir)
     self.task = tasks.get(config.task).build(config, workdir)
     self.mesh = partitioning.make_mesh(config.mesh, devices)
@@ -98,7 +117,7 @@ class Experiment:
         abstract_state, self.mesh, config.mesh.rules)
     self.abstract_state = _with_shardings(abstract_state, self.state_shardings)
     self.checkpointer = checkpoint_lib.Checkpointer(
-        workdir, max_to_keep=config.train.max_to_keep, config=config)
+        workdir, max_to_keep=config.train.max_to_keep)
 
     # ------------------------------------------------------ compiled steps ---
     # Frozen networks (LPIPS, VGG, Inception) are arguments, not jit
@@ -139,6 +158,20 @@ class Experiment:
       cond = jax.device_put(cond, self.batch_sharding)
     return self.jit_sample_images(state, rng, cond, self.frozen,
                                   batch_size=batch_size)
+
+  def record_config(self, step: int) -> None:
+    """Writes config.json, once the restore has decided which run this is.
+    A run continued with a changed config keeps the old record as
+    config_until_step_<step>.json."""
+    if jax.process_index() != 0:
+      return
+    if self.config_changes:
+      print('vqlab: continuing the run with a changed config ('
+            f'{run_record.describe(self.config_changes)}); the previous one '
+            f'is kept as config_until_step_{step}.json', flush=True)
+    run_record.write(self.workdir, self.config,
+                     keep_previous_as=(f'config_until_step_{step}.json'
+                                       if self.config_changes else None))
 
   def train_step(self, state, batch):
     """One compiled train step -> (new state, metrics); donates `state`."""
@@ -216,13 +249,18 @@ def _write_eval(writer, exp: Experiment, step: int, metrics, images) -> None:
     path = os.path.join(exp.workdir, f'eval_{step}.json')
     with fileio.open(path, 'w') as f:
       json.dump({'step': step, **metrics}, f, indent=2)
+    print(f'vqlab: eval at step {step}: ' + ' '.join(
+        f'{k}={v:.4g}' for k, v in metrics.items()), flush=True)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        devices: list[jax.Device] | None = None,
-                       step_callback: StepCallback | None = None
-                       ) -> dict[str, Any]:
+                       step_callback: StepCallback | None = None,
+                       allow_config_change: bool = False) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint.
+
+  SIGTERM (preemption) and Ctrl-C (SIGINT) at any point save the current step
+  once it is done and return; a second Ctrl-C aborts without saving.
 
   Args:
     config: an experiment config (see vqlab.train.experiment).
@@ -230,19 +268,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     devices: devices of the mesh (default: all).
     step_callback: called as f(step, metrics) after every step, metrics
       still on device (the Colab notebooks redraw their live loss plot here).
+    allow_config_change: continue a run in `workdir` whose config.json
+      differs from `config` (the old one is kept beside it).
 
   Returns:
     {'step', 'preempted', plus the final eval metrics unless preempted}.
   """
-  exp = Experiment(config, workdir, devices)
+  with preemption.PreemptionWatcher() as watcher:
+    return _train(config, workdir, devices, step_callback,
+                  allow_config_change, watcher)
+
+
+def _stopped(step: int, saved: bool) -> dict[str, Any]:
+  what = (f'checkpoint saved at step {step}' if saved else
+          'stopped before the first step; nothing new to save')
+  print(f'vqlab: interrupted; {what}', flush=True)
+  return {'step': step, 'preempted': True}
+
+
+def _train(config, workdir, devices, step_callback, allow_config_change,
+           watcher: preemption.PreemptionWatcher) -> dict[str, Any]:
+  """train_and_evaluate under its signal watcher."""
+  exp = Experiment(config, workdir, devices,
+                   allow_config_change=allow_config_change, lock='train')
   config = exp.config
   train_cfg = config.train
-  writer = writers_lib.MetricWriter(workdir)
   state, start_step = exp.initial_state()
+  exp.record_config(start_step)
   if start_step:
     logging.info('Resuming from step %d', start_step)
     print(f'vqlab: resuming from the checkpoint at step {start_step}',
           flush=True)
+  if watcher.should_stop():
+    exp.checkpointer.close()
+    return _stopped(start_step, saved=False)
+  writer = writers_lib.MetricWriter(workdir)
   is_chief = jax.process_index() == 0
   if is_chief:
     print(f'vqlab: {jax.process_count()} processes, {jax.device_count()} '
@@ -253,7 +313,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   last_saved = start_step
   t_log, step_log = time.perf_counter(), start_step
 
-  with preemption.PreemptionWatcher() as watcher, jax.set_mesh(exp.mesh):
+  def save(step, force=False):
+    if exp.checkpointer.save(step, state, force=force) and is_chief:
+      print(f'vqlab: saving the checkpoint of step {step}', flush=True)
+
+  with jax.set_mesh(exp.mesh):
     for step in range(start_step + 1, train_cfg.num_steps + 1):
       # `step` counts steps done once this one finishes.
       state, metrics = exp.train_step(state, exp.global_batch(next(batches)))
@@ -271,7 +335,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                if k in metrics})
       if (train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0
           and step != train_cfg.num_steps):
-        exp.checkpointer.save(step, state)
+        save(step)
         last_saved = step
       if (train_cfg.eval_every and step % train_cfg.eval_every == 0 and
           step != train_cfg.num_steps):
@@ -279,20 +343,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if watcher.should_stop():
         # Preemption: save this exact step and leave; a restart resumes here.
         if step != last_saved:
-          exp.checkpointer.save(step, state, force=True)
+          save(step, force=True)
         exp.checkpointer.wait()
+        exp.checkpointer.close()
         progress.close()
         writer.close()
-        print(f'vqlab: preempted; checkpoint saved at step {step}', flush=True)
-        return {'step': step, 'preempted': True}
+        return _stopped(step, saved=True)
 
   progress.close()
   final_step = max(train_cfg.num_steps, start_step)
   if final_step not in exp.checkpointer.all_steps():
-    exp.checkpointer.save(final_step, state, force=True)
+    save(final_step, force=True)
+  # On disk before the final eval, so a signal during the eval loses nothing.
+  exp.checkpointer.wait()
+  if watcher.should_stop():
+    exp.checkpointer.close()
+    writer.close()
+    return _stopped(final_step, saved=True)
   metrics, images = exp.evaluate(state)
   _write_eval(writer, exp, final_step, metrics, images)
-  exp.checkpointer.wait()
   exp.checkpointer.close()
   writer.close()
   result = {'step': final_step, 'preempted': False, **metrics}
@@ -303,10 +372,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
-                        devices: list[jax.Device] | None = None
-                        ) -> dict[str, Any]:
-  """`--mode=eval`: restores the latest checkpoint and evaluates it."""
-  exp = Experiment(config, workdir, devices)
+                        devices: list[jax.Device] | None = None,
+                        allow_config_change: bool = False) -> dict[str, Any]:
+  """`--mode=eval`: restores the latest checkpoint and evaluates it (the
+  run's config.json is compared with `config`, never rewritten)."""
+  exp = Experiment(config, workdir, devices,
+                   allow_config_change=allow_config_change)
   restored = exp.checkpointer.restore(exp.abstract_state)
   if restored is None:
     raise CheckpointError(

@@ -35,6 +35,7 @@ from vqlab.train import experiment
 from vqlab.train import partitioning
 from vqlab.train import progress as progress_lib
 from vqlab.train import trained_tokenizer
+from vqlab.train import workdir_lock
 from vqlab.train.tasks import generator
 from vqlab.train.tasks import spatial_conditions
 
@@ -92,6 +93,7 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
   if batch_size % len(devices):
     raise ConfigError('tokens.batch_size', f'{batch_size} is not divisible by '
                       f'the {len(devices)} devices')
+  workdir_lock.acquire(workdir, 'tokenize')
   tok = trained_tokenizer.load(config.tokenizer.workdir, config.tokenizer.step)
   directory = generator.tokens_dir(config, workdir)
   mesh = partitioning.make_mesh(config.mesh, devices)

@@ -18,16 +18,20 @@ class Progress:
 
   The rate is measured from the first step after the first (compiling) one, so
   compile time does not distort the ETA. On a terminal the line is redrawn in
-  place; in a log file each update is its own line.
+  place; in a log file (not a terminal) a line is written at most every
+  `log_interval_s` seconds, plus the first and the last.
   """
 
   def __init__(self, start_step: int, total_steps: int, examples_per_step: int,
-               stream=sys.stdout, enabled: bool = True):
+               stream=sys.stdout, enabled: bool = True,
+               log_interval_s: float = 30.0):
     self.total = total_steps
     self.examples_per_step = examples_per_step
     self._stream = stream
     self._enabled = enabled
     self._tty = hasattr(stream, 'isatty') and stream.isatty()
+    self._interval = log_interval_s
+    self._last_written = None
     self._t0 = None
     self._step0 = start_step
 
@@ -45,10 +49,15 @@ class Progress:
     shown = ' '.join(f'{k}={v:.4g}' for k, v in (metrics or {}).items())
     line = (f'step {step}/{self.total} [{bar}] {rate:.2f} steps/s '
             f'{rate * self.examples_per_step:.1f} ex/s ETA {eta} {shown}')
-    if self._enabled:
+    if self._enabled and self._due(now, step):
       self._stream.write(('\r' + line + '\x1b[K') if self._tty else line + '\n')
       self._stream.flush()
+      self._last_written = now
     return line
+
+  def _due(self, now: float, step: int) -> bool:
+    return (self._tty or self._last_written is None or step >= self.total or
+            now - self._last_written >= self._interval)
 
   def close(self) -> None:
     if self._enabled and self._tty:

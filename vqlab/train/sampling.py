@@ -63,7 +63,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
     {'step', 'num_samples', 'samples_dir', and 'inception_score',
     'inception_score_std', 'gfid' when Inception is available}.
   """
-  exp = loop.Experiment(config, workdir, devices)
+  exp = loop.Experiment(config, workdir, devices, lock='sample')
   config, task = exp.config, exp.task
   if not hasattr(task, 'sample_images'):
     raise ConfigError('task', f'--mode=sample needs a generator config, got '

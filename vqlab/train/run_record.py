@@ -1,0 +1,113 @@
+"""The run's record of how it was trained: WORKDIR/config.json.
+
+A restarted run must continue the run that is in its workdir, so the config
+it is given is compared with the saved one before anything is written. Keys
+that steer the run without changing what it computes (how long, how often it
+logs, evaluates and saves, evaluation and sampling settings, the device mesh,
+where weight files are) may change freely; any other difference stops the run
+unless the user allows it (fine-tuning with a new learning rate, say), and
+then the old record is kept beside the new one.
+"""
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+
+from vqlab import fileio
+from vqlab.errors import ConfigError
+
+CONFIG_FILE = 'config.json'
+# Dotted keys (a trailing '.' is a whole section) that a resumed run may change.
+FREE_TO_CHANGE = ('train.num_steps', 'train.log_every', 'train.eval_every',
+                  'train.checkpoint_every', 'train.max_to_keep', 'eval.',
+                  'sample.', 'mesh.', 'weights_dir')
+
+
+def as_json_tree(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as config.json stores it (tuples become lists)."""
+  return json.loads(config.to_json_best_effort())
+
+
+def read(workdir: str) -> dict[str, Any] | None:
+  """The saved config of the run in `workdir`, or None when there is none.
+
+  Raises:
+    ConfigError: config.json exists but is not valid JSON.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not fileio.exists(path):
+    return None
+  try:
+    with fileio.open(path) as f:
+      return json.load(f)
+  except ValueError as e:
+    raise ConfigError('--workdir', f'{path} is not valid JSON ({e}); it is '
+                      'the record of how the run was trained: repair it or '
+                      'use another --workdir') from e
+
+
+def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
+  if isinstance(tree, dict):
+    out = {}
+    for key, value in tree.items():
+      out.update(_flatten(value, f'{prefix}{key}.'))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def _free(key: str) -> bool:
+  return any(key == k or (k.endswith('.') and key.startswith(k))
+             for k in FREE_TO_CHANGE)
+
+
+def differences(saved: dict[str, Any],
+                config: ml_collections.ConfigDict) -> dict[str, tuple]:
+  """{dotted key: (saved value, new value)} for every key that differs and is
+  not free to change. Keys only one side has (added or removed by another
+  vqlab version) are not differences."""
+  old, new = _flatten(saved), _flatten(as_json_tree(config))
+  return {k: (old[k], new[k]) for k in sorted(old.keys() & new.keys())
+          if old[k] != new[k] and not _free(k)}
+
+
+def describe(changed: dict[str, tuple], limit: int = 4) -> str:
+  """'model.channels 8 -> 16, ...' (at most `limit` keys, then a count)."""
+  shown = [f'{k} {json.dumps(a)} -> {json.dumps(b)}'
+           for k, (a, b) in list(changed.items())[:limit]]
+  if len(changed) > limit:
+    shown.append(f'and {len(changed) - limit} more')
+  return ', '.join(shown)
+
+
+def check(config: ml_collections.ConfigDict, workdir: str,
+          allow_change: bool) -> dict[str, tuple]:
+  """Compares `config` with the run's saved config; writes nothing.
+
+  Returns:
+    The differences that `allow_change` lets through ({} when none).
+
+  Raises:
+    ConfigError: naming the differing keys, unless allow_change.
+  """
+  saved = read(workdir)
+  changed = {} if saved is None else differences(saved, config)
+  if changed and not allow_change:
+    raise ConfigError(
+        ', '.join(changed), f'differs from the run in {workdir} '
+        f'({describe(changed)}; its config.json records how it was trained). '
+        'Pass --allow_config_change to continue that run with the new values, '
+        'or use another --workdir')
+  return changed
+
+
+def write(workdir: str, config: ml_collections.ConfigDict,
+          keep_previous_as: str | None = None) -> None:
+  """Writes config.json atomically; `keep_previous_as` first renames the old
+  record (a run continued with a changed config keeps both)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if keep_previous_as and fileio.exists(path):
+    fileio.replace(path, os.path.join(workdir, keep_previous_as))
+  data = json.dumps(as_json_tree(config), indent=2)
+  fileio.write_atomically(path, lambda f: f.write(data.encode()))
