@@ -70,18 +70,21 @@ def _initialize_distributed() -> None:
 
 
 def _quiet_libraries() -> None:
-  """Library logs (absl, Orbax, TensorFlow) at WARNING unless --verbosity
-  asks for more: the console shows vqlab's own lines (progress, evals,
-  saves) and problems."""
+  """Library logs (absl, Orbax) at WARNING and TensorFlow's C++ logs off
+  unless --verbosity asks for them: the console shows vqlab's own lines
+  (progress, evals, saves) and problems. Runs before TensorFlow is imported.
+  """
   from absl import logging  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+    # The image checks decode truncated files on purpose; TF logs each one.
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 
 def main(argv):
   del argv
-  from vqlab.errors import CheckpointError, ConfigError, DataError, WeightsError, WorkdirError  # pylint: disable=g-import-not-at-top
   _quiet_libraries()
+  from vqlab.errors import CheckpointError, ConfigError, DataError, WeightsError, WorkdirError  # pylint: disable=g-import-not-at-top
   _initialize_distributed()
   from vqlab.train import loop  # pylint: disable=g-import-not-at-top
   try:

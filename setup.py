@@ -24,6 +24,10 @@ setuptools.setup(
         # Built-in data: real photos bundled in these wheels (no network).
         'scikit-image>=0.24',
         'scikit-learn>=1.4',
+        # The viewer of WORKDIR/tensorboard (`tensorboard --logdir`), which
+        # recent TensorFlow releases no longer install (vqlab writes the
+        # events with tensorboardX).
+        'tensorboard>=2.16',
         'tensorboardX>=2.6',
         'tensorflow-datasets>=4.9.6',
         # tf.data and TensorBoard summaries only; the CPU build is enough.

@@ -14,6 +14,11 @@ def tokenizer_config(image_size: int = 16, steps: int = 4):
   config.model.num_groups = 4
   config.model.quantizer.codebook_size = 32
   config.model.quantizer.embedding_dim = 4
+  # The plain learned codebook and schedule: the loop's tests compare runs
+  # step by step, not the quickstart's recipe.
+  config.model.quantizer.ema = False
+  config.model.quantizer.restart_threshold = 0.0
+  config.optimizer.generator.schedule = 'constant'
   config.discriminator.base_features = 8
   config.discriminator.num_layers = 2
   config.loss.disc_start = 1

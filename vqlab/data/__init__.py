@@ -12,7 +12,8 @@ Image datasets (batches carry 'image' float32 [b, H, W, C]; see each module's do
                  [b]), e.g. "a red circle above a blue square" (text-to-image).
   tfds           any prepared TensorFlow Datasets image dataset (imagenet2012, cifar10, ...);
                  with `caption_key` also caption datasets (coco_captions: 'caption' unicode [b]).
-  image_folder   your images in <path>/<split>/<class_name>/.
+  image_folder   your images: <path>/<split>/<class_name>/<files>, or any folder of images with
+                 a fraction held out for eval; unreadable files named before training, or skipped.
 Video datasets (batches carry 'video' float32 [b, T, H, W, C]; sources have `video_shape`):
   moving_shapes  procedural clips of shapes bouncing around, with exact labels.
   tfds_video     any prepared TensorFlow Datasets video dataset (ucf101, ...).

@@ -1,13 +1,39 @@
-"""`image_folder`: your own images laid out as `path/<split>/<class_name>/<image file>`.
+"""`image_folder`: your own images, in one of two layouts under `data.path`.
 
-The layout of `tfds.folder_dataset.ImageFolder`. Labels are the indices of the class folder names,
-sorted, over the train and eval split folders together (so both splits agree). Files are listed
-in sorted order; each host reads an even contiguous slice. Preprocessing, order and resume are
-those of the `tfds` dataset (`preprocess.py`, `pipeline.py`).
+Split layout (that of `tfds.folder_dataset.ImageFolder`), used when
+`<path>/<train_split>/` is a folder:
+
+  <path>/<train_split>/<class_name>/<image files>
+  <path>/<eval_split>/<class_name>/<image files>
+
+Labels are the indices of the class folder names, sorted, over the train and
+eval split folders together (so both splits agree).
+
+Flat layout, used otherwise: every image file under `<path>`, in sub-folders
+too, without labels. `round(eval_fraction * N)` of the N images (at least one)
+are held out for eval: those whose path relative to `<path>` has the smallest
+MD5, so the split does not depend on the seed, the machine or `<path>` itself,
+and adding images moves few others across.
+
+Image files end in `IMAGE_EXTENSIONS` (any case); hidden files and folders
+(names starting with '.', such as macOS's `._photo.jpg`) are ignored.
+
+Unreadable files. Before anything trains, every file of the split is decoded
+once, in parallel, with TensorFlow's decoders (those of the pipeline; JPEGs
+at 1/8 scale, which still reads all of their data). A file that cannot be
+read or decoded is a `DataError` whose one line names it, or, with
+`skip_unreadable`, is left out of the list, and one line reports how many
+were left out. The list, and so the data order, depends only on the files
+(names and contents): it is the same on every host and on every resume.
+
+Files are listed in sorted order; each host reads an even contiguous slice of
+the list. Preprocessing, order and resume are those of the `tfds` dataset
+(`preprocess.py`, `pipeline.py`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import ml_collections
@@ -17,6 +43,7 @@ from vqlab.data.lazy import tf
 from vqlab.data import base
 from vqlab.data import pipeline
 from vqlab.data import preprocess
+from vqlab.errors import DataError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
 
@@ -25,20 +52,46 @@ def default_config() -> ml_collections.ConfigDict:
   """Defaults of the `image_folder` dataset; `path` must be set."""
   return ml_collections.ConfigDict({
       'name': 'image_folder',
-      'image_size': 256,  # Side of the square output images.
+      'image_size': 256,  # Side of the square eval (and train) images.
+      # >0: train on crops of this side instead (see preprocess.py).
+      'train_image_size': 0,
       'seed': 0,  # Seeds the train order and augmentations.
-      'path': '',  # Required: root folder holding <split>/<class_name>/<images>.
-      'train_split': 'train',  # Sub-folder of the train images.
-      'eval_split': 'val',  # Sub-folder of the eval images.
+      # Required: the folder of your images (see the layouts above).
+      'path': '',
+      'train_split': 'train',  # Split layout: sub-folder of the train images.
+      'eval_split': 'val',  # Split layout: sub-folder of the eval images.
+      # Flat layout: fraction of the images held out for eval (at least 1).
+      'eval_fraction': 0.05,
+      # Leave out files that cannot be decoded (counted and reported once)
+      # instead of stopping with an error naming the first.
+      'skip_unreadable': False,
       **preprocess.augment_defaults(),
   })
+
+
+# ------------------------------------------------------------------------------
+# Listing files.
+# ------------------------------------------------------------------------------
+
+
+def _visible(name: str) -> bool:
+  return not name.startswith('.')
+
+
+def _is_image(name: str) -> bool:
+  return _visible(name) and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _subfolders(path: str) -> list[str]:
+  return sorted(d for d in os.listdir(path)
+                if _visible(d) and os.path.isdir(os.path.join(path, d)))
 
 
 def _split_dir(root: str, split_name: str, key: str) -> str:
   path = os.path.join(root, split_name)
   if not os.path.isdir(path):
-    present = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    raise FileNotFoundError(f'data.{key}: no folder {path!r}; sub-folders of {root!r}: {present}.')
+    raise FileNotFoundError(f'data.{key}: no folder {path!r}; sub-folders of '
+                            f'{root!r}: {_subfolders(root)}.')
   return path
 
 
@@ -48,62 +101,249 @@ def _classes(root: str, split_names: list[str]) -> list[str]:
   for split_name in split_names:
     path = os.path.join(root, split_name)
     if os.path.isdir(path):
-      names.update(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+      names.update(_subfolders(path))
   return sorted(names)
 
 
-def list_images(split_dir: str, classes: list[str]) -> tuple[list[str], np.ndarray]:
-  """All image files under `split_dir/<class>/`, sorted: (paths [N], int32 labels [N])."""
+def list_images(split_dir: str,
+                classes: list[str]) -> tuple[list[str], np.ndarray]:
+  """Split layout: the image files under `split_dir/<class>/`, sorted.
+
+  Returns:
+    (paths [N], int32 labels [N]): labels index `classes`.
+  """
   paths, labels = [], []
   for label, name in enumerate(classes):
     class_dir = os.path.join(split_dir, name)
     if not os.path.isdir(class_dir):
       continue
     for filename in sorted(os.listdir(class_dir)):
-      if filename.lower().endswith(IMAGE_EXTENSIONS):
+      if _is_image(filename):
         paths.append(os.path.join(class_dir, filename))
         labels.append(label)
   if not paths:
-    raise FileNotFoundError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) in the class folders of '
-                            f'{split_dir!r}; expected {split_dir}/<class_name>/<image files>.')
+    raise FileNotFoundError(
+        f'no images ({", ".join(IMAGE_EXTENSIONS)}) in the class folders of '
+        f'{split_dir!r}; expected {split_dir}/<class_name>/<image files>.')
   return paths, np.asarray(labels, np.int32)
 
 
-def build(config: ml_collections.ConfigDict, *, split: str, global_batch_size: int,
-          process_index: int, process_count: int) -> base.DataSource:
-  """Builds the source: 'image' float32 [b, S, S, channels] in [-1, 1], 'label' int32 [b]."""
+def list_tree(root: str) -> list[str]:
+  """Flat layout: every image file under `root`, sorted. Sub-folders are
+  searched, linked ones too, each real folder once."""
+  paths, seen = [], set()
+  for folder, dirs, files in os.walk(root, followlinks=True):
+    real = os.path.realpath(folder)
+    if real in seen:  # A link back to a folder already listed.
+      dirs[:] = []
+      continue
+    seen.add(real)
+    dirs[:] = [d for d in dirs if _visible(d)]
+    paths.extend(os.path.join(folder, f) for f in files if _is_image(f))
+  if not paths:
+    raise FileNotFoundError(
+        f'data.path: no images ({", ".join(IMAGE_EXTENSIONS)}) in {root!r} '
+        'or its sub-folders.')
+  return sorted(paths)
+
+
+def hold_out(paths: list[str], root: str,
+             fraction: float) -> tuple[list[str], list[str]]:
+  """Flat layout: splits `paths` [N] into (train, eval) lists, both sorted.
+
+  Eval gets the `max(1, round(fraction * N))` paths whose path relative to
+  `root` has the smallest MD5: a function of the names alone.
+  """
+  if not 0 < fraction < 1:
+    raise ValueError(f'data.eval_fraction: must be in (0, 1), got {fraction}.')
+  num_eval = max(1, int(fraction * len(paths) + 0.5))
+  if num_eval >= len(paths):
+    raise FileNotFoundError(
+        f'data.path: {len(paths)} image(s) in {root!r}; need at least 2 '
+        '(one to train on, one held out for eval).')
+
+  def digest(path: str) -> bytes:
+    relative = os.path.relpath(path, root).replace(os.sep, '/')
+    return hashlib.md5(relative.encode('utf-8')).digest()
+
+  held_out = set(sorted(paths, key=digest)[:num_eval])
+  return ([p for p in paths if p not in held_out],
+          [p for p in paths if p in held_out])
+
+
+# ------------------------------------------------------------------------------
+# Unreadable files.
+# ------------------------------------------------------------------------------
+
+
+def _decoded_shape(path, channels: int):
+  """Reads and decodes the image file `path` (a string tensor): int32 [3]."""
+  encoded = tf.io.read_file(path)
+  jpeg = lambda: tf.shape(tf.io.decode_jpeg(encoded, channels, ratio=8))
+  other = lambda: tf.shape(preprocess.decode_image(encoded, channels))
+  return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+
+
+def unreadable(paths: list[str], channels: int) -> list[int]:
+  """Indices into `paths` [N] of the files TensorFlow cannot read or decode
+  as images of `channels` channels, in increasing order."""
+  if not paths:
+    return []
+  ds = tf.data.Dataset.from_tensor_slices(tf.constant(paths)).enumerate()
+  ds = ds.map(lambda i, path: (i, _decoded_shape(path, channels)),
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+  readable = np.zeros(len(paths), bool)
+  readable[[int(i) for i, _ in ds.ignore_errors().as_numpy_iterator()]] = True
+  return np.flatnonzero(~readable).tolist()
+
+
+_SIGNATURES = ((b'\xff\xd8\xff', 'JPEG'), (b'\x89PNG\r\n\x1a\n', 'PNG'),
+               (b'GIF87a', 'GIF'), (b'GIF89a', 'GIF'), (b'BM', 'BMP'))
+
+
+def describe_unreadable(path: str) -> str:
+  """Why TensorFlow could not decode the file `path`, in a few words.
+
+  From the file's first bytes: asking TensorFlow again would print its own
+  log lines on the console.
+  """
+  try:
+    with open(path, 'rb') as f:
+      head = f.read(8)
+  except OSError as e:
+    return f'cannot be read: {e.strerror or e}'
+  if not head:
+    return 'an empty file'
+  for signature, kind in _SIGNATURES:
+    if head.startswith(signature):
+      return f'{kind} data that is truncated, corrupt or of an unsupported kind'
+  return 'not a JPEG, PNG, GIF or BMP file'
+
+
+def drop_unreadable(paths: list[str], labels: np.ndarray | None, where: str,
+                    *, channels: int, skip: bool,
+                    report: bool) -> tuple[list[str], np.ndarray | None]:
+  """Checks that every file of `paths` [N] decodes.
+
+  Args:
+    paths: the image files of one split.
+    labels: int32 [N], or None.
+    where: what `paths` are, for messages: 'images in <folder>'.
+    channels: decoded channels (`data.channels`).
+    skip: leave unreadable files out; else raise.
+    report: print the one line that says how many were left out (the first
+      host does).
+
+  Returns:
+    (paths [M], labels [M] or None) without the unreadable files.
+
+  Raises:
+    DataError: naming the first unreadable file, unless `skip`.
+  """
+  bad = unreadable(paths, channels)
+  if not bad:
+    return paths, labels
+  first = paths[bad[0]]
+  count = f'{len(bad)} of the {len(paths)} {where}'
+  first_problem = f'{first}: {describe_unreadable(first)}'
+  if not skip:
+    raise DataError(
+        f'{first_problem}; {count} cannot be decoded: remove them, or set '
+        '--config.data.skip_unreadable=True to leave them out.')
+  if len(bad) == len(paths):
+    raise DataError(f'none of the {len(paths)} {where} can be decoded '
+                    f'(first: {first_problem}).')
+  if report:
+    print(f'vqlab: skipped {count} (unreadable; first: {first_problem})',
+          flush=True)
+  keep = np.setdiff1d(np.arange(len(paths)), bad)
+  return [paths[i] for i in keep], None if labels is None else labels[keep]
+
+
+# ------------------------------------------------------------------------------
+# The source.
+# ------------------------------------------------------------------------------
+
+
+def split_files(config: ml_collections.ConfigDict, split: str
+                ) -> tuple[list[str], np.ndarray | None, int | None, str]:
+  """The files of `split` before the decode check, in either layout.
+
+  Returns:
+    (paths [N], int32 labels [N] or None, number of classes or None, what
+    they are in words: 'images in <path>/<split folder>' or '<split> images
+    in <path>').
+  """
+  root = str(base.get(config, 'path'))
+  if not root:
+    raise ValueError(
+        "data.path: required for data.name='image_folder': the folder of "
+        'your images, e.g. --config=configs/image_folder.py:/path/to/images '
+        'or --config.data.path=/path/to/images.')
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f'data.path: {root!r} is not a folder.')
+  splits = [str(base.get(config, k)) for k in ('train_split', 'eval_split')]
+  if not os.path.isdir(os.path.join(root, splits[0])):  # Flat layout.
+    fraction = float(base.get(config, 'eval_fraction'))
+    train, held_out = hold_out(list_tree(root), root, fraction)
+    paths = train if split == 'train' else held_out
+    return paths, None, None, f'{split} images in {root}'
+  split_key = 'train_split' if split == 'train' else 'eval_split'
+  split_dir = _split_dir(root, str(base.get(config, split_key)), split_key)
+  classes = _classes(root, splits)
+  paths, labels = list_images(split_dir, classes)
+  return paths, labels, len(classes), f'images in {split_dir}'
+
+
+def build(config: ml_collections.ConfigDict, *, split: str,
+          global_batch_size: int, process_index: int,
+          process_count: int) -> base.DataSource:
+  """Builds the source.
+
+  Batches: 'image' float32 [b, T, T, channels] (train; T = train_image_size
+  or image_size) or [b, S, S, channels] (eval) in [-1, 1], and 'label' int32
+  [b] in the split layout.
+
+  Raises:
+    DataError: a file of the split cannot be decoded (unless
+      `skip_unreadable`).
+  """
   base.check_split(split)
   b = base.host_batch_size(global_batch_size, process_index, process_count)
   aug = preprocess.Augment.from_config(config)
-  root = str(base.get(config, 'path'))
-  if not root:
-    raise ValueError("data.path: required for data.name='image_folder' (a folder holding "
-                     '<split>/<class_name>/<images>).')
-  if not os.path.isdir(root):
-    raise FileNotFoundError(f'data.path: {root!r} is not a folder.')
-  split_key = 'train_split' if split == 'train' else 'eval_split'
-  split_dir = _split_dir(root, str(base.get(config, split_key)), split_key)
-  classes = _classes(root, [str(base.get(config, k)) for k in ('train_split', 'eval_split')])
-  paths, labels = list_images(split_dir, classes)
+  skip = base.get(config, 'skip_unreadable')
+  if not isinstance(skip, bool):
+    raise ValueError(f'data.skip_unreadable: must be True or False, got '
+                     f'{skip!r}.')
+  paths, labels, num_classes, where = split_files(config, split)
+  pipeline.hide_accelerators_from_tf()
+  paths, labels = drop_unreadable(paths, labels, where, channels=aug.channels,
+                                  skip=skip, report=process_index == 0)
   num_examples = len(paths)
   host = np.array_split(np.arange(num_examples), process_count)[process_index]
-  host_paths, host_labels = [paths[i] for i in host], labels[host]
-  pipeline.hide_accelerators_from_tf()
+  host_records = {'image': tf.constant([paths[i] for i in host], tf.string)}
+  if labels is not None:
+    host_records['label'] = labels[host]
 
   def records() -> tf.data.Dataset:
-    ds = tf.data.Dataset.from_tensor_slices(
-        {'image': tf.constant(host_paths, tf.string), 'label': host_labels})
-    return ds.map(lambda ex: {'image': tf.io.read_file(ex['image']), 'label': ex['label']})
+    ds = tf.data.Dataset.from_tensor_slices(host_records)
+    return ds.map(lambda ex: dict(ex, image=tf.io.read_file(ex['image'])))
 
   if split == 'train':
     seed = int(base.get(config, 'seed'))
     make = lambda start: pipeline.train_dataset(
-        records(), preprocess=preprocess.train_fn(aug), seed=seed, process_index=process_index,
-        per_host_batch_size=b, shuffle_buffer=aug.shuffle_buffer, start_step=start)
+        records(), preprocess=preprocess.train_fn(aug), seed=seed,
+        process_index=process_index, per_host_batch_size=b,
+        shuffle_buffer=aug.shuffle_buffer, start_step=start)
+    shape = aug.train_shape
   else:
-    num_batches = pipeline.host_eval_batches(num_examples, global_batch_size, process_count)
+    num_batches = pipeline.host_eval_batches(num_examples, global_batch_size,
+                                             process_count)
     make = lambda start: pipeline.eval_dataset(
         records(), preprocess=preprocess.eval_fn(aug), per_host_batch_size=b,
-        num_batches=num_batches, image_shape=aug.image_shape, has_label=True, start_step=start)
-  return pipeline.TfDataSource(make, per_host_batch_size=b, num_examples=num_examples,
-                               image_shape=aug.image_shape, num_classes=len(classes))
+        num_batches=num_batches, image_shape=aug.image_shape,
+        has_label=labels is not None, start_step=start)
+    shape = aug.image_shape
+  return pipeline.TfDataSource(make, per_host_batch_size=b,
+                               num_examples=num_examples, image_shape=shape,
+                               num_classes=num_classes)

@@ -12,7 +12,10 @@ Train modes (`data.train_augment`):
     `crop_area_range` and aspect ratio in `crop_aspect_range`, resized to S x S. JPEGs decode only
     the window.
 Both then flip horizontally with probability 1/2 when `random_flip`. Eval: resize the shorter side
-to S, centre crop S x S.
+to S, centre crop S x S. With `train_image_size` T > 0 (datasets whose config has the key), train
+images are T x T instead: 'resize_random_crop' cuts a T x T crop at the pixel scale of the S x S
+eval images (a fully convolutional model trains on smaller, cheaper crops), 'random_resized_crop'
+resizes its window to T x T.
 """
 
 from __future__ import annotations
@@ -52,26 +55,42 @@ class Augment:
   crop_aspect_range: tuple[float, float]
   random_flip: bool
   shuffle_buffer: int
+  train_image_size: int = 0  # 0: train at image_size too.
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> Augment:
-    """Reads and checks the keys of `augment_defaults` and `image_size` from `config`."""
+    """Reads and checks the keys of `augment_defaults`, `image_size` and, where the config has
+    it, `train_image_size` from `config`."""
     channels = base.positive_int(config, 'channels')
     if channels not in (1, 3):
       raise ValueError(f'data.channels: must be 1 or 3, got {channels}.')
     mode = base.get(config, 'train_augment')
     if mode not in TRAIN_AUGMENTS:
       raise ValueError(f'data.train_augment: must be one of {list(TRAIN_AUGMENTS)}, got {mode!r}.')
-    return cls(image_size=base.positive_int(config, 'image_size'), channels=channels,
+    size = base.positive_int(config, 'image_size')
+    train_size = config.get('train_image_size', 0)
+    if isinstance(train_size, bool) or not isinstance(train_size, int) or not (
+        0 <= train_size <= size):
+      raise ValueError(f'data.train_image_size: must be an integer in [0, image_size={size}], '
+                       f'got {train_size!r}.')
+    return cls(image_size=size, channels=channels,
                train_augment=mode,
                crop_area_range=base.fraction_range(config, 'crop_area_range'),
                crop_aspect_range=base.fraction_range(config, 'crop_aspect_range', upper=100.0),
                random_flip=bool(base.get(config, 'random_flip')),
-               shuffle_buffer=base.positive_int(config, 'shuffle_buffer'))
+               shuffle_buffer=base.positive_int(config, 'shuffle_buffer'),
+               train_image_size=train_size)
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
+    """(S, S, C): the shape of an eval image."""
     return (self.image_size, self.image_size, self.channels)
+
+  @property
+  def train_shape(self) -> tuple[int, int, int]:
+    """(T, T, C): the shape of a train image (T = train_image_size or S)."""
+    side = self.train_image_size or self.image_size
+    return (side, side, self.channels)
 
 
 def decode_image(encoded, channels: int):
@@ -119,8 +138,7 @@ def _inception_crop(encoded, seed, aug: Augment):
 
   image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
   image.set_shape([None, None, aug.channels])
-  size = [aug.image_size, aug.image_size]
-  return tf.image.resize(image, size, method='bilinear', antialias=True)
+  return tf.image.resize(image, aug.train_shape[:2], method='bilinear', antialias=True)
 
 
 def to_unit_range(image):
@@ -136,7 +154,7 @@ def _output(example, image):
 
 
 def train_fn(aug: Augment) -> Callable[[Any, Any], Any]:
-  """Returns f(example, seed [2] int64) -> preprocessed train example."""
+  """Returns f(example, seed [2] int64) -> preprocessed train example (image [T, T, C])."""
   def fn(example, seed):
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     if aug.train_augment == 'random_resized_crop':
@@ -144,10 +162,10 @@ def train_fn(aug: Augment) -> Callable[[Any, Any], Any]:
     else:
       image = resize_shorter_side(decode_image(example['image'], aug.channels),
                                   aug.image_size)
-      image = tf.image.stateless_random_crop(image, aug.image_shape, seed=crop_seed)
+      image = tf.image.stateless_random_crop(image, aug.train_shape, seed=crop_seed)
     if aug.random_flip:
       image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
-    image = tf.ensure_shape(to_unit_range(image), aug.image_shape)
+    image = tf.ensure_shape(to_unit_range(image), aug.train_shape)
     return _output(example, image)
 
   return fn

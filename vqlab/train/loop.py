@@ -93,9 +93,8 @@ class Experiment:
     self.workdir = workdir
     self.config_changes = run_record.check(config, workdir,
                                            allow_config_change)
-    if lock:
-      workdir_lock.acquire(workdir, lock)
-    fileio.makedirs(workdir)
+    # Data problems (a missing folder, an unreadable image) stop the run
+    # before anything is written to the workdir.
     self.task = tasks.get(config.task).build(config, workdir)
     self.mesh = partitioning.make_mesh(config.mesh, devices)
     self.batch_sharding = partitioning.batch_sharding(self.mesh)
@@ -103,6 +102,9 @@ class Experiment:
                                   config.train.batch_size, self.task)
     self.eval_data = _build_data(config.data, 'eval', config.eval.batch_size,
                                  self.task)
+    if lock:
+      workdir_lock.acquire(workdir, lock)
+    fileio.makedirs(workdir)
     init_rng, self._step_rng = jax.random.split(jax.random.key(config.seed))
     self._init_rng = init_rng
 
