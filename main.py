@@ -24,6 +24,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from vqlab import cli
+
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file (a python file with get_config()).',
     lock_config=True)
@@ -55,7 +57,7 @@ _CPU_COLLECTIVES = flags.DEFINE_enum(
     'cpu_collectives', None, ['gloo', 'mpi'],
     'Collectives implementation for multi-process runs on CPU.')
 
-flags.mark_flags_as_required(['config', 'workdir'])
+# Required: --config and --workdir (checked by cli.parse_flags).
 
 
 def _initialize_distributed() -> None:
@@ -126,4 +128,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)  # One line per mistake.

@@ -129,14 +129,23 @@ def test_rejects_bad_inputs(variant):
 
 
 @pytest.mark.parametrize('name, overrides, message', [
-    ('vq', {'restart_threshold': 1.0}, 'needs ema=True'),
-    ('vq', {'ema': True, 'decay': 1.0}, r'decay must be in \[0, 1\)'),
-    ('lfq', {'codebook_size': 1000}, 'power of 2'),
-    ('lfq', {'factor_bits': (4, 4)}, r'sum to log2\(codebook_size\) = 10'),
-    ('lfq', {'entropy_groups': 11}, r'entropy_groups must be in \[1, 10\]'),
-    ('fsq', {'levels': (8, 2)}, 'levels must be integers >= 3'),
-    ('regularized', {'mask_ratio': 1.5}, r'mask_ratio must be in \[0, 1\]'),
-    ('gumbel', {'temperature': 0.0}, 'temperature must be > 0'),
+    ('vq', {'restart_threshold': 1.0},
+     r'^quantizer\.restart_threshold: 1\.0 > 0 needs ema=True'),
+    ('vq', {'ema': True, 'decay': 1.0},
+     r'^quantizer\.decay: must be in \[0, 1\), got 1\.0$'),
+    ('lfq', {'codebook_size': 1000},
+     r'^quantizer\.codebook_size: must be a power of 2'),
+    ('lfq', {'factor_bits': (4, 4)},
+     r'^quantizer\.factor_bits: \(4, 4\) must be positive and sum to '
+     r'log2\(codebook_size\) = 10$'),
+    ('lfq', {'entropy_groups': 11},
+     r'^quantizer\.entropy_groups: must be in \[1, 10\], got 11$'),
+    ('fsq', {'levels': (8, 2)},
+     r'^quantizer\.levels: must be integers >= 3'),
+    ('regularized', {'mask_ratio': 1.5},
+     r'^quantizer\.mask_ratio: must be in \[0, 1\], got 1\.5$'),
+    ('gumbel', {'temperature': 0.0},
+     r'^quantizer\.temperature: must be > 0, got 0\.0$'),
 ])
 def test_impossible_values_are_named(name, overrides, message):
   with pytest.raises(ConfigError, match=message):  # One line from main.py.

@@ -103,6 +103,7 @@ def stage2(stage1, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('stage2'))
   exp = loop.Experiment(config, workdir, _devices())
   state, _ = exp.initial_state()
+  exp.record_config(0)     # A tokenizer run for the generator test below.
   start = jax.device_get(state.params['generator'])
   with jax.set_mesh(exp.mesh):
     for _ in range(3):

@@ -71,8 +71,10 @@ class Registry:
 
     Args:
       config: the component's config; `config.name` selects the component.
-      prefix: dotted path of `config` in the experiment config (for errors).
+      prefix: dotted path of `config` in the experiment config (for errors;
+        default: `key_prefix`); passed to the builder with `kwargs`.
       **kwargs: passed to the builder (e.g. `dtype`).
     """
+    prefix = self.key_prefix if prefix is None else prefix
     config = self.validate(config, prefix)
-    return self._entries[config.name][1](config, **kwargs)
+    return self._entries[config.name][1](config, prefix=prefix, **kwargs)

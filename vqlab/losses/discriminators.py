@@ -170,17 +170,19 @@ def _stylegan_config() -> ml_collections.ConfigDict:
   return config
 
 
-def _build_patchgan(config, dtype=jnp.float32) -> PatchGAN:
-  config_schema.require(config.num_layers >= 1, 'discriminator.num_layers',
+def _build_patchgan(config, dtype=jnp.float32,
+                    prefix: str = 'discriminator') -> PatchGAN:
+  config_schema.require(config.num_layers >= 1, f'{prefix}.num_layers',
                         f'must be >= 1, got {config.num_layers}')
   return PatchGAN(base_features=config.base_features,
                   num_layers=config.num_layers, use_norm=config.use_norm,
                   dtype=dtype)
 
 
-def _build_stylegan(config, dtype=jnp.float32) -> StyleGANDiscriminator:
+def _build_stylegan(config, dtype=jnp.float32,
+                    prefix: str = 'discriminator') -> StyleGANDiscriminator:
   config_schema.require(len(config.channel_multipliers) >= 1,
-                        'discriminator.channel_multipliers', 'must not be empty')
+                        f'{prefix}.channel_multipliers', 'must not be empty')
   return StyleGANDiscriminator(
       base_features=config.base_features,
       channel_multipliers=tuple(config.channel_multipliers), dtype=dtype)

@@ -173,29 +173,39 @@ def straight_through_lookup(indices: jax.Array, soft: jax.Array,
   return jnp.take(codebook, indices, axis=0) + delta @ codebook
 
 
+class FieldError(ValueError):
+  """An impossible value of a quantizer's field: `{who}: {field} {problem}`."""
+
+  def __init__(self, who: str, field: str, problem: str):
+    self.field = field
+    self.problem = problem
+    super().__init__(f'{who}: {field} {problem}')
+
+
 def check_positive(value: float, name: str, who: str) -> None:
-  """Raises ValueError unless value > 0."""
+  """Raises FieldError unless value > 0."""
   if not value > 0:
-    raise ValueError(f'{who}: {name} must be > 0, got {value}')
+    raise FieldError(who, name, f'must be > 0, got {value}')
 
 
 def check_in_unit_interval(value: float, name: str, who: str) -> None:
-  """Raises ValueError unless 0 <= value <= 1."""
+  """Raises FieldError unless 0 <= value <= 1."""
   if not 0.0 <= value <= 1.0:
-    raise ValueError(f'{who}: {name} must be in [0, 1], got {value}')
+    raise FieldError(who, name, f'must be in [0, 1], got {value}')
 
 
-def build_module(module_class, **fields):
+def build_module(module_class, prefix: str, **fields):
   """`module_class(**fields)`; an impossible value becomes a ConfigError.
 
-  The modules check their fields in `__post_init__` (ValueError naming the
+  The modules check their fields in `__post_init__` (FieldError naming the
   field); builders go through here so that main.py reports a bad quantizer
-  config as one line. ConfigError is a ValueError.
+  config as one line naming the full key, `{prefix}.{field}`. ConfigError is
+  a ValueError.
   """
   try:
     return module_class(**fields)
-  except ValueError as e:
-    raise ConfigError('quantizer', str(e)) from None
+  except FieldError as e:
+    raise ConfigError(f'{prefix}.{e.field}', e.problem) from None
 
 
 def num_index_axes(quantizer) -> int:

@@ -100,11 +100,13 @@ class FiniteScalarQuantizer(nn.Module):
     super().__post_init__()
     who = 'FiniteScalarQuantizer'
     if not self.levels or any(int(l) != l or l < 3 for l in self.levels):
-      raise ValueError(f'{who}: levels must be integers >= 3 (L = 2 has no '
-                       f'zero code: use lfq for bits), got {tuple(self.levels)}')
+      raise base.FieldError(
+          who, 'levels', 'must be integers >= 3 (L = 2 has no zero code: use '
+          f'lfq for bits), got {tuple(self.levels)}')
     if math.prod(self.levels) > 2**31 - 1:
-      raise ValueError(f'{who}: prod(levels) = {math.prod(self.levels)} does '
-                       'not fit int32 indices')
+      raise base.FieldError(who, 'levels', f'have the product '
+                            f'{math.prod(self.levels)}, which does not fit '
+                            'int32 indices')
 
   @property
   def codebook_size(self) -> int:
@@ -141,7 +143,9 @@ def default_config() -> ml_collections.ConfigDict:
   return config
 
 
-def build(config: ml_collections.ConfigDict) -> FiniteScalarQuantizer:
-  """Builds a FiniteScalarQuantizer from a validated config."""
+def build(config: ml_collections.ConfigDict, *,
+          prefix: str = 'quantizer') -> FiniteScalarQuantizer:
+  """Builds a FiniteScalarQuantizer from a validated config at `prefix`."""
   return base.build_module(
-      FiniteScalarQuantizer, levels=tuple(int(l) for l in config.levels))
+      FiniteScalarQuantizer, prefix,
+      levels=tuple(int(l) for l in config.levels))

@@ -76,8 +76,8 @@ class GumbelQuantizer(nn.Module):
                  'temperature_final'):
       base.check_positive(getattr(self, name), name, who)
     if self.temperature_anneal_steps < 0:
-      raise ValueError(f'{who}: temperature_anneal_steps must be >= 0, got '
-                       f'{self.temperature_anneal_steps}')
+      raise base.FieldError(who, 'temperature_anneal_steps', 'must be >= 0, '
+                            f'got {self.temperature_anneal_steps}')
 
   @property
   def code_dim(self) -> int:
@@ -135,10 +135,11 @@ def default_config() -> ml_collections.ConfigDict:
   return config
 
 
-def build(config: ml_collections.ConfigDict) -> GumbelQuantizer:
-  """Builds a GumbelQuantizer from a validated config."""
+def build(config: ml_collections.ConfigDict, *,
+          prefix: str = 'quantizer') -> GumbelQuantizer:
+  """Builds a GumbelQuantizer from a validated config at `prefix`."""
   return base.build_module(
-      GumbelQuantizer,
+      GumbelQuantizer, prefix,
       codebook_size=config.codebook_size, embedding_dim=config.embedding_dim,
       temperature=config.temperature,
       temperature_final=config.temperature_final,

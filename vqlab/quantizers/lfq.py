@@ -184,20 +184,21 @@ class LookupFreeQuantizer(nn.Module):
     who = 'LookupFreeQuantizer'
     k = self.codebook_size
     if not (isinstance(k, int) and k >= 2 and k & (k - 1) == 0 and k <= 2**30):
-      raise ValueError(f'{who}: codebook_size must be a power of 2 in '
-                       f'[2, 2^30], got {k}')
+      raise base.FieldError(who, 'codebook_size',
+                            f'must be a power of 2 in [2, 2^30], got {k}')
     b = self.num_bits
     if self.factor_bits and (sum(self.factor_bits) != b or
                              min(self.factor_bits) < 1):
-      raise ValueError(f'{who}: factor_bits {tuple(self.factor_bits)} must be '
-                       f'positive and sum to log2(codebook_size) = {b}')
+      raise base.FieldError(
+          who, 'factor_bits', f'{tuple(self.factor_bits)} must be positive '
+          f'and sum to log2(codebook_size) = {b}')
     if not 1 <= self.entropy_groups <= b:
-      raise ValueError(f'{who}: entropy_groups must be in [1, {b}], got '
-                       f'{self.entropy_groups}')
+      raise base.FieldError(who, 'entropy_groups', f'must be in [1, {b}], '
+                            f'got {self.entropy_groups}')
     base.check_positive(self.entropy_temperature, 'entropy_temperature', who)
     if self.entropy_anneal_steps < 0:
-      raise ValueError(f'{who}: entropy_anneal_steps must be >= 0, got '
-                       f'{self.entropy_anneal_steps}')
+      raise base.FieldError(who, 'entropy_anneal_steps', 'must be >= 0, got '
+                            f'{self.entropy_anneal_steps}')
 
   @property
   def num_bits(self) -> int:
@@ -305,10 +306,11 @@ def default_config() -> ml_collections.ConfigDict:
   return config
 
 
-def build(config: ml_collections.ConfigDict) -> LookupFreeQuantizer:
-  """Builds a LookupFreeQuantizer from a validated config."""
+def build(config: ml_collections.ConfigDict, *,
+          prefix: str = 'quantizer') -> LookupFreeQuantizer:
+  """Builds a LookupFreeQuantizer from a validated config at `prefix`."""
   return base.build_module(
-      LookupFreeQuantizer,
+      LookupFreeQuantizer, prefix,
       codebook_size=config.codebook_size,
       factor_bits=tuple(config.factor_bits),
       commitment_weight=config.commitment_weight,

@@ -178,10 +178,11 @@ def default_config() -> ml_collections.ConfigDict:
   return config
 
 
-def build(config: ml_collections.ConfigDict) -> RegularizedQuantizer:
-  """Builds a RegularizedQuantizer from a validated config."""
+def build(config: ml_collections.ConfigDict, *,
+          prefix: str = 'quantizer') -> RegularizedQuantizer:
+  """Builds a RegularizedQuantizer from a validated config at `prefix`."""
   return base.build_module(
-      RegularizedQuantizer,
+      RegularizedQuantizer, prefix,
       codebook_size=config.codebook_size, embedding_dim=config.embedding_dim,
       temperature=config.temperature,
       gumbel_temperature=config.gumbel_temperature,

@@ -152,17 +152,19 @@ class VectorQuantizer(nn.Module):
     base.check_positive(self.codebook_size, 'codebook_size', who)
     base.check_positive(self.embedding_dim, 'embedding_dim', who)
     if self.projection_dim < 0:
-      raise ValueError(f'{who}: projection_dim must be >= 0, got '
-                       f'{self.projection_dim}')
+      raise base.FieldError(who, 'projection_dim',
+                            f'must be >= 0, got {self.projection_dim}')
     if not 0.0 <= self.decay < 1.0:
-      raise ValueError(f'{who}: decay must be in [0, 1), got {self.decay}')
+      raise base.FieldError(who, 'decay',
+                            f'must be in [0, 1), got {self.decay}')
     base.check_positive(self.epsilon, 'epsilon', who)
     if self.restart_threshold < 0:
-      raise ValueError(f'{who}: restart_threshold must be >= 0, got '
-                       f'{self.restart_threshold}')
+      raise base.FieldError(who, 'restart_threshold',
+                            f'must be >= 0, got {self.restart_threshold}')
     if self.restart_threshold > 0 and not self.ema:
-      raise ValueError(
-          f'{who}: restart_threshold > 0 needs ema=True (a restart rewrites '
+      raise base.FieldError(
+          who, 'restart_threshold',
+          f'{self.restart_threshold} > 0 needs ema=True (a restart rewrites '
           'the codebook, which must then live in the quantizer_stats '
           'collection, not in the optimizer-owned params)')
 
@@ -280,10 +282,11 @@ def default_config() -> ml_collections.ConfigDict:
   return config
 
 
-def build(config: ml_collections.ConfigDict) -> VectorQuantizer:
-  """Builds a VectorQuantizer from a validated config."""
+def build(config: ml_collections.ConfigDict, *,
+          prefix: str = 'quantizer') -> VectorQuantizer:
+  """Builds a VectorQuantizer from a validated config at `prefix`."""
   return base.build_module(
-      VectorQuantizer, codebook_size=config.codebook_size,
+      VectorQuantizer, prefix, codebook_size=config.codebook_size,
       embedding_dim=config.embedding_dim, beta=config.beta,
       loss_weight=config.loss_weight, l2_normalize=config.l2_normalize,
       projection_dim=config.projection_dim, ema=config.ema,

@@ -11,6 +11,7 @@ import ml_collections
 from vqlab import config_schema
 from vqlab import data as data_lib
 from vqlab.errors import ConfigError
+from vqlab.train import domains
 from vqlab.train import partitioning
 from vqlab.train import tasks
 
@@ -85,6 +86,9 @@ def validate(config: ml_collections.ConfigDict,
              num_devices: int) -> ml_collections.ConfigDict:
   """Checks keys, types and values; returns the filled-in config.
 
+  Every number is checked against its domain (`domains.DOMAINS`) first, then
+  the relations between keys (here and in the task's `validate`).
+
   Raises:
     ConfigError: naming the first offending key.
   """
@@ -93,20 +97,15 @@ def validate(config: ml_collections.ConfigDict,
   config_schema.check_against(config, reference)
   config = config_schema.filled(config, reference)
 
+  config_schema.check_domains(config, domains.DOMAINS)
+
   require = config_schema.require
   require(config.compute_dtype in COMPUTE_DTYPES, 'compute_dtype',
           f'must be one of {COMPUTE_DTYPES}, got {config.compute_dtype!r}')
-  train = config.train
-  for key in ('num_steps', 'batch_size', 'log_every', 'max_to_keep'):
-    require(train[key] > 0, f'train.{key}', f'must be > 0, got {train[key]}')
-  for key in ('eval_every', 'checkpoint_every'):
-    require(train[key] >= 0, f'train.{key}', f'must be >= 0, got {train[key]}')
   for section in ('train', 'eval'):
     batch = config[section].batch_size
-    require(batch > 0 and batch % num_devices == 0, f'{section}.batch_size',
+    require(batch % num_devices == 0, f'{section}.batch_size',
             f'{batch} is not divisible by the {num_devices} devices')
-  require(config.data.image_size > 0, 'data.image_size',
-          f'must be > 0, got {config.data.image_size}')
   for key in ('lpips', 'fid'):
     require(config.eval[key] in NETWORK_MODES, f'eval.{key}',
             f'must be one of {NETWORK_MODES}, got {config.eval[key]!r}')

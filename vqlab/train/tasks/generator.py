@@ -114,22 +114,14 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Value checks beyond keys and types; raises ConfigError naming the key."""
+  """Value checks beyond keys, types and domains; raises ConfigError naming
+  the key."""
   require = config_schema.require
   tokens, loss, sample = config.tokens, config.loss, config.sample
   require(tokens.source in TOKEN_SOURCES, 'tokens.source',
           f'must be one of {TOKEN_SOURCES}, got {tokens.source!r}')
-  for key in ('batch_size', 'batches_per_shard'):
-    require(tokens[key] > 0, f'tokens.{key}', f'must be > 0, got {tokens[key]}')
-  require(0 <= loss.label_smoothing < 1, 'loss.label_smoothing',
-          f'must be in [0, 1), got {loss.label_smoothing}')
-  require(0 <= loss.label_drop <= 1, 'loss.label_drop',
-          f'must be in [0, 1], got {loss.label_drop}')
   require(loss.mask_schedule in mask_schedule.METHODS, 'loss.mask_schedule',
           f'must be one of {mask_schedule.METHODS}')
-  require(sample.num_samples > 0, 'sample.num_samples', 'must be > 0')
-  require(sample.num_steps > 0, 'sample.num_steps', 'must be > 0')
-  require(sample.temperature >= 0, 'sample.temperature', 'must be >= 0')
   require(sample.guidance_schedule in ('constant', 'linear'),
           'sample.guidance_schedule', "must be 'constant' or 'linear'")
   if config.model.name == 'gpt' and sample.guidance_scale != 0:
@@ -139,15 +131,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f'{config.model.condition!r}')
     require(sample.guidance_schedule == 'constant', 'sample.guidance_schedule',
             "GPT guidance is constant; 'linear' is MaskGIT's")
-  require(0.0 <= config.ema.decay < 1.0, 'ema.decay',
-          f'must be in [0, 1), got {config.ema.decay}')
   train_size = config.data.get('train_image_size', 0)
   require(train_size in (0, config.data.image_size), 'data.train_image_size',
           f'{train_size} != data.image_size {config.data.image_size}: a '
           'generator needs train and eval tokens of one shape (set it to 0)')
   require(loss.time_sampling in ('uniform', 'importance'),
           'loss.time_sampling', "must be 'uniform' or 'importance'")
-  require(0 < sample.truncation <= 1, 'sample.truncation', 'must be in (0, 1]')
+  if config.model.name == 'vq_diffusion':
+    steps = config.model.num_timesteps
+    require(sample.diffusion_steps <= steps, 'sample.diffusion_steps',
+            f'{sample.diffusion_steps} is more than the model.num_timesteps '
+            f'{steps} of the chain')
   _validate_condition(config)
 
 

@@ -55,9 +55,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f"the proxy-code task trains 'titok', got {config.model.name!r}")
   require(config.model.decoder_output == 'proxy_codes',
           'model.decoder_output', "must be 'proxy_codes' in stage 1")
-  require(0 <= config.loss.label_smoothing < 1, 'loss.label_smoothing',
-          'must be in [0, 1)')
-  require(0.0 <= config.ema.decay < 1.0, 'ema.decay', 'must be in [0, 1)')
   size = config.data.image_size
   require(size % config.model.patch_size == 0, 'data.image_size',
           f'{size} is not divisible by model.patch_size '
