@@ -291,3 +291,11 @@ def test_quantizer_build_errors_name_the_full_key(section, quantizer,
   target.quantizer.update(overrides)
   with pytest.raises(ConfigError, match=message):
     tokenizers.build(model)
+
+
+def test_switching_the_dataset_name_alone_names_the_foreign_keys():
+  config = tiny.tokenizer_config()
+  config.data.name = 'image_folder'    # The photos' keys stay behind.
+  with pytest.raises(ConfigError, match=r"^data\.name: 'image_folder' does "
+                     r'not take data\.crop_min_fraction, .*image_folder\.py'):
+    experiment.validate(config, 1)

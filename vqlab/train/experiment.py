@@ -75,6 +75,12 @@ def reference_config(config: ml_collections.ConfigDict) -> ml_collections.Config
     if config.data.name not in data_lib.names():
       _unknown('data.name', 'dataset', config.data.name, data_lib.names())
     reference.data = data_lib.reference_config(config.data)
+    foreign = sorted(set(config.data.keys()) - set(reference.data.keys()))
+    if foreign:   # Typically another dataset's keys under a switched name.
+      raise ConfigError('data.name', (
+          f'{config.data.name!r} does not take data.{", data.".join(foreign)}'
+          ', which this config sets for its own dataset: use a config made '
+          'for it (your images: --config=configs/image_folder.py:PATH)'))
   return reference
 
 
