@@ -138,8 +138,13 @@ def test_allowed_config_change_keeps_the_old_record(run_copy, capsys):
   exp.record_config(step)
   assert 'changed config (optimizer.generator.learning_rate 0.0004 -> 1e-05)' \
       in capsys.readouterr().out
-  for name, lr in (('config.json', 1e-5),
-                   (f'config_until_step_{STEPS}.json', 4e-4)):
+  changed.optimizer.generator.learning_rate = 2e-5    # Changed again.
+  exp = loop.Experiment(changed, run_copy, _devices(),
+                        allow_config_change=True, lock='train')
+  exp.record_config(step)                  # Never over the first record.
+  for name, lr in (('config.json', 2e-5),
+                   (f'config_until_step_{STEPS}.json', 4e-4),
+                   (f'config_until_step_{STEPS}.1.json', 1e-5)):
     with open(os.path.join(run_copy, name)) as f:
       assert json.load(f)['optimizer']['generator']['learning_rate'] == lr
 

@@ -15,6 +15,8 @@ import textwrap
 
 import pytest
 
+from vqlab import cli
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join(ROOT, 'configs', 'quickstart.py')
 LIGHT_CONFIG = """
@@ -139,13 +141,21 @@ def test_workdir_below_a_file(tmp_path, light_config):
                   'not a directory')
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason='root writes anywhere')
-def test_read_only_workdir(tmp_path, light_config):
+def test_read_only_workdir(tmp_path, monkeypatch):
+  """A parent that os.access reports unwritable (a read-only mount; mode bits
+  alone would not do under root, which writes anywhere): the check that
+  parse_flags runs before anything starts names it. The subprocess path of
+  workdir errors is the 'not a directory' case above."""
   parent = tmp_path / 'read_only'
   parent.mkdir(mode=0o500)
-  line = _one_line_error(f'--config={light_config}', workdir=parent / 'run')
-  assert line == (f'workdir error: cannot create {parent}/run: {parent} is '
-                  'not writable')
+  real_access = os.access
+  monkeypatch.setattr(cli.os, 'access', lambda path, mode: False if
+                      os.path.abspath(path) == str(parent) and mode & os.W_OK
+                      else real_access(path, mode))
+  assert cli.workdir_problem(str(parent / 'run')) == (
+      f'cannot create {parent}/run: {parent} is not writable')
+  assert cli.workdir_problem(str(tmp_path / 'fine')) is None
+  assert not (parent / 'run').exists()
 
 
 # (f) A missing flag, a value of the wrong type.

@@ -164,16 +164,17 @@ class Experiment:
   def record_config(self, step: int) -> None:
     """Writes config.json, once the restore has decided which run this is.
     A run continued with a changed config keeps the old record as
-    config_until_step_<step>.json."""
+    config_until_step_<step>.json (never over an earlier one)."""
     if jax.process_index() != 0:
       return
+    previous = None
     if self.config_changes:
+      previous = run_record.unused_name(self.workdir,
+                                        f'config_until_step_{step}')
       print('vqlab: continuing the run with a changed config ('
             f'{run_record.describe(self.config_changes)}); the previous one '
-            f'is kept as config_until_step_{step}.json', flush=True)
-    run_record.write(self.workdir, self.config,
-                     keep_previous_as=(f'config_until_step_{step}.json'
-                                       if self.config_changes else None))
+            f'is kept as {previous}', flush=True)
+    run_record.write(self.workdir, self.config, keep_previous_as=previous)
 
   def train_step(self, state, batch):
     """One compiled train step -> (new state, metrics); donates `state`."""

@@ -102,6 +102,15 @@ def check(config: ml_collections.ConfigDict, workdir: str,
   return changed
 
 
+def unused_name(workdir: str, stem: str) -> str:
+  """`stem`.json, or `stem`.<n>.json when that exists: a record is never
+  overwritten (e.g. two allowed changes at the same step)."""
+  name, n = f'{stem}.json', 1
+  while fileio.exists(os.path.join(workdir, name)):
+    name, n = f'{stem}.{n}.json', n + 1
+  return name
+
+
 def write(workdir: str, config: ml_collections.ConfigDict,
           keep_previous_as: str | None = None) -> None:
   """Writes config.json atomically; `keep_previous_as` first renames the old
