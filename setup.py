@@ -36,7 +36,7 @@ setuptools.setup(
     ],
     extras_require={
         'test': ['pytest>=8.0', 'pytest-xdist>=3.5',
-                 # tests/test_notebooks.py runs colab/*.ipynb headless.
+                 # tests/colab/test_notebooks.py runs colab/*.ipynb headless.
                  'ipykernel>=6.29', 'matplotlib>=3.8', 'nbclient>=0.10',
                  'nbformat>=5.9'],
     },

@@ -11,7 +11,7 @@ devices. `--dry_run` prints the commands, one per line, and runs nothing.
   python launch/gpu_nodes.py logs --hosts=gpu-a,gpu-b
   python launch/gpu_nodes.py stop --hosts=gpu-a,gpu-b
 
-  # Two CPU processes on this machine (what tests/test_train_loop.py runs):
+  # Two CPU processes on this machine (what tests/train/test_loop.py runs):
   python launch/gpu_nodes.py run --hosts=localhost,localhost \
       --cpu_collectives=gloo --config=configs/quickstart.py --workdir=/tmp/vq
 

@@ -12,8 +12,9 @@ import pathlib
 from tests.goldens import seeded_weights
 from vqlab.convert import torch_files
 from vqlab.convert import weights
+from tests import paths
 
-GOLDENS = pathlib.Path(__file__).parent / 'goldens'
+GOLDENS = paths.GOLDENS
 _SOURCES = {'vgg16': 'lpips.npz', 'vgg19': 'vgg19.npz',
             'inception_fid': 'inception.npz'}
 

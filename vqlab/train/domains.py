@@ -7,7 +7,7 @@ stops the run with one line naming the key. Components that appear at several
 paths (a quantizer under `model.quantizer` and TiTok's
 `model.pixel_decoder.quantizer`, the optimizers, nested datasets) have one
 section table mounted at each path. A key added to a default config needs an
-entry here (tests/test_config.py sweeps every numeric key).
+entry here (tests/train/test_config.py sweeps every numeric key).
 
 Notation (as in the messages): '>= 0', '> 0', '[0, 1)', '(0, 1]', and special
 values before the range: '-1 or >= 1'.

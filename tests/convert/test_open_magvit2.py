@@ -1,0 +1,108 @@
+"""Open-MAGVIT2 converter: the released key list at full size, and a reduced
+random VQModel against a float64 re-implementation of the published code
+(make_open_magvit2_goldens.py)."""
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from vqlab import tokenizers
+from vqlab.convert import open_magvit2
+from vqlab.convert import published
+from vqlab.convert import torch_files
+from vqlab.errors import WeightsError
+from tests import paths
+
+_GOLDENS = paths.GOLDENS
+_TINY = str(_GOLDENS / 'open_magvit2_tiny.ckpt')
+# The float64 reference's decoder output vs float32: this random decoder's
+# own float32 noise (torch float32 vs float64) is 1.6e-3.
+_ATOL = 1e-3
+
+
+@pytest.fixture(scope='module')
+def golden():
+  with np.load(_GOLDENS / 'open_magvit2_tiny.npz') as npz:
+    return dict(npz)
+
+
+@pytest.fixture(scope='module')
+def tiny_state():
+  return torch_files.load_state_dict(_TINY, lenient=True)
+
+
+def _run(converted, images, tokens):
+  model = tokenizers.build(converted.model_config)
+
+  @jax.jit
+  def run(variables, images, tokens):
+    recon, out = model.apply(variables, images)
+    decoded = model.apply(variables, tokens, method=model.decode_indices)
+    return out.indices, recon, decoded
+
+  return run({'params': converted.params}, images, tokens)
+
+
+def test_released_key_list_converts_completely():
+  with open(_GOLDENS / 'open_magvit2_keys.json') as f:
+    shapes = json.load(f)['imagenet_256_L']
+  zero = np.zeros((), np.float32)
+  state = {k: np.broadcast_to(zero, s) for k, s in shapes.items()}
+  out = open_magvit2.convert_state_dict(state)  # Checks keys and params.
+  config = out.model_config
+  assert config.channels == 128 and config.num_res_blocks == 4
+  assert tuple(config.channel_multipliers) == (1, 1, 2, 2, 4)
+  assert config.quantizer.codebook_size == 2**18
+  assert tuple(config.quantizer.factor_bits) == (9, 9)
+  assert 'EMA' in out.source
+
+
+@pytest.mark.parametrize('factorized', [True, False])
+def test_tokens_and_images_match_the_reference(golden, factorized):
+  converted = open_magvit2.convert_file(_TINY, factorized=factorized,
+                                        image_size=32)
+  want = golden['factorized'] if factorized else golden['tokens']
+  tokens, recon, decoded = _run(converted, golden['images'], want)
+  np.testing.assert_array_equal(np.asarray(tokens), want)
+  assert len(np.unique(golden['tokens'])) > 400
+  np.testing.assert_allclose(recon, golden['reconstructions'], atol=_ATOL)
+  np.testing.assert_allclose(decoded, golden['decoded'], atol=_ATOL)
+
+
+def test_raw_weights_differ_from_ema(golden):
+  converted = open_magvit2.convert_file(_TINY, ema=False, image_size=32)
+  assert 'raw' in converted.source
+  _, recon, _ = _run(converted, golden['images'], golden['factorized'])
+  assert np.abs(np.asarray(recon) - golden['reconstructions']).max() > 0.1
+
+
+def test_converted_config_is_a_valid_run_config(golden):
+  # write_run and the CLI are tested once, end to end, in
+  # tests/convert/test_published.py.
+  converted = open_magvit2.convert_file(_TINY, image_size=32)
+  config = published.run_config(converted)
+  assert config.model.name == 'magvit2'
+  assert tuple(config.model.quantizer.factor_bits) == (9, 9)
+
+
+def test_missing_ema_tensor_is_named(tiny_state):
+  state = dict(tiny_state)
+  del state['model_ema.decoderadaptive0gammaweight']
+  with pytest.raises(WeightsError, match='model_ema.decoderadaptive0gammaweight'):
+    open_magvit2.convert_state_dict(state)
+
+
+def test_unknown_tensor_is_named(tiny_state):
+  state = dict(tiny_state, **{'decoder.extra.weight': np.zeros((2, 2))})
+  with pytest.raises(WeightsError, match=r'decoder\.extra\.weight'):
+    open_magvit2.convert_state_dict(state, ema=False)
+
+
+def test_wrong_shape_is_named(tiny_state):
+  state = dict(tiny_state)
+  state['decoder.adaptive.1.beta.weight'] = np.zeros((32, 17), np.float32)
+  with pytest.raises(WeightsError, match='AdaptiveGroupNorm_0/shift/kernel'):
+    open_magvit2.convert_state_dict(state, ema=False)

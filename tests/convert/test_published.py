@@ -1,0 +1,112 @@
+"""The converters' shared pieces: StateDict, check_params_match, write_run."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests import tiny
+from vqlab import tokenizers
+from vqlab.convert import published
+from vqlab.errors import WeightsError
+from vqlab.train import trained_tokenizer
+from tests import paths
+
+
+def test_state_dict_converts_torch_layouts_and_tracks_use():
+  rng = np.random.default_rng(0)
+  conv = rng.standard_normal((5, 3, 2, 4)).astype(np.float32)  # [O, I, kh, kw]
+  linear = rng.standard_normal((6, 7)).astype(np.float32)      # [O, I]
+  state = published.StateDict({
+      'c.weight': conv, 'c.bias': np.arange(5.0),
+      'l.weight': linear, 'l.bias': np.zeros(6),
+      'n.weight': np.ones(3), 'n.bias': np.zeros(3),
+      'extra.step': np.array(3)}, 'test.pth')
+  out = state.conv('c')
+  x = rng.standard_normal((1, 4, 6, 3)).astype(np.float32)
+  flax_out = jax.lax.conv_general_dilated(
+      x, out['kernel'], (1, 1), 'VALID',
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  # The same correlation written out with the torch layout.
+  torch_out = np.einsum('bhwi,oihw->bo', x[:, :2, :4], conv)
+  np.testing.assert_allclose(flax_out[:, 0, 0], torch_out, rtol=1e-5)
+  assert out['bias'].dtype == np.float32
+  np.testing.assert_array_equal(state.linear('l')['kernel'], linear.T)
+  assert set(state.norm('n')) == {'scale', 'bias'}
+  assert state.unused() == ['extra.step']
+  with pytest.raises(WeightsError, match='1 tensors were not converted'):
+    state.check_all_used()
+  state.check_all_used(ignore_prefixes=('extra.',))
+  with pytest.raises(WeightsError, match="test.pth: missing tensor 'd.weight'"):
+    state.conv('d')
+  with pytest.raises(WeightsError, match='not that of a linear'):
+    published.StateDict({'c.weight': conv, 'c.bias': 0}, 'f').linear('c')
+
+
+def test_check_params_match_names_every_problem():
+  expected = {'a': {'kernel': jax.ShapeDtypeStruct((3, 4), jnp.float32)},
+              'b': jax.ShapeDtypeStruct((2,), jnp.float32)}
+  published.check_params_match(
+      {'a': {'kernel': np.zeros((3, 4))}, 'b': np.zeros(2)}, expected, 'f')
+  with pytest.raises(WeightsError) as info:
+    published.check_params_match(
+        {'a': {'kernel': np.zeros((4, 3))}, 'c': np.zeros(2)}, expected, 'f')
+  message = str(info.value)
+  assert 'not filled: b' in message and 'lacks: c' in message
+  assert 'a/kernel (4, 3) != (3, 4)' in message
+
+
+_GOLDENS = paths.GOLDENS
+_ROOT = _GOLDENS.parents[1]
+
+
+def _run(*args):
+  result = subprocess.run([sys.executable, *args], cwd=_ROOT, text=True,
+                          capture_output=True, check=False)
+  assert result.returncode == 0, result.stdout + result.stderr
+  return result.stdout
+
+
+def test_cli_writes_a_run_that_main_evaluates_and_generators_load(tmp_path):
+  out = str(tmp_path / 'maskgit')
+  printed = _run('-m', 'vqlab.convert', 'maskgit_vqgan',
+                 str(_GOLDENS / 'maskgit_tiny.msgpack'), out,
+                 '--num_groups=4', '--image_size=16')
+  assert f'--config={out}/config.py --workdir={out} --mode=eval' in printed
+
+  # What a generator run loads: the converted weights give the reference
+  # tokens of tests/goldens/make_maskgit_goldens.py.
+  loaded = trained_tokenizer.load(out)
+  assert loaded.step == 0
+  with np.load(_GOLDENS / 'maskgit_goldens.npz') as golden:
+    tokens = loaded.encode(loaded.variables, golden['images'])
+    np.testing.assert_array_equal(tokens, golden['tokens'])
+
+  printed = _run('main.py', f'--config={out}/config.py', f'--workdir={out}',
+                 '--mode=eval', '--config.eval.max_batches=1')
+  assert 'vqlab: step=0, psnr=' in printed
+  assert os.path.exists(os.path.join(out, 'eval_0.json'))
+
+  result = subprocess.run(
+      [sys.executable, '-m', 'vqlab.convert', 'maskgit_vqgan',
+       str(_GOLDENS / 'maskgit_tiny.msgpack'), out], cwd=_ROOT, text=True,
+      capture_output=True, check=False)
+  assert result.returncode == 1
+  assert 'already holds checkpoints' in result.stderr
+
+
+def test_write_run_refuses_params_that_do_not_fit(tmp_path):
+  model_config = tiny.tokenizer_config().model
+  model = tokenizers.build(model_config)
+  params = jax.eval_shape(model.init, jax.random.key(0),
+                          jnp.zeros((1, 16, 16, 3)))['params']
+  params = jax.tree.map(lambda p: np.zeros(p.shape, p.dtype), params)
+  del params['to_pixels']
+  bad = published.Converted(model_config, params, 16, 'bad file')
+  with pytest.raises(WeightsError, match='bad file: .*not filled: to_pixels'):
+    published.write_run(str(tmp_path / 'bad'), bad)

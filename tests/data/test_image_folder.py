@@ -1,0 +1,189 @@
+"""The `image_folder` dataset on the command line: unreadable files, the flat
+layout, and the configs that train the quickstart model on a folder."""
+
+import io
+import itertools
+import os
+
+from absl import flags
+from ml_collections import config_flags
+import numpy as np
+from PIL import Image
+import pytest
+
+from vqlab import data
+from vqlab.data import image_folder
+from vqlab.errors import DataError
+from vqlab.train import experiment
+from tests import paths
+
+ROOT = paths.ROOT
+# Distinct solid colours: an eval image (resized, centre-cropped) keeps its
+# colour exactly, so a batch tells which files it came from.
+COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0),
+           (0, 255, 255), (255, 0, 255)]
+
+
+def _write_image(path, colour, fmt):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.new('RGB', (20, 16), colour).save(path, fmt)
+
+
+def _truncated_jpeg() -> bytes:
+  noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8)
+  buffer = io.BytesIO()
+  Image.fromarray(noise).save(buffer, 'JPEG')
+  return buffer.getvalue()[:400]  # A real JPEG header, half its data.
+
+
+def _write_bad_files(folder):
+  """Two unreadable files with image extensions, and a hidden one."""
+  (folder / 'bad.jpg').write_bytes(b'<html>404 Not Found</html>')
+  (folder / 'cut.jpg').write_bytes(_truncated_jpeg())
+  (folder / '._good.jpg').write_bytes(b'\0\5\26\7')  # macOS AppleDouble.
+
+
+@pytest.fixture
+def split_folder(tmp_path):
+  """train/{a,b}/ with 4 good images and 2 bad ones, val/a/ with 2 good."""
+  for i, colour in enumerate(COLOURS[:4]):
+    _write_image(str(tmp_path / 'train' / 'ab'[i % 2] / f'{i}.png'), colour,
+                 'PNG')
+  for i, colour in enumerate(COLOURS[4:]):
+    _write_image(str(tmp_path / 'val' / 'a' / f'{i}.jpg'), colour, 'JPEG')
+  _write_bad_files(tmp_path / 'train' / 'a')
+  config = data.default_config('image_folder')
+  config.update(path=str(tmp_path), image_size=8, shuffle_buffer=8)
+  return config
+
+
+def _colours(images):
+  """float [n, S, S, 3] solid images in [-1, 1] -> their sorted COLOURS
+  (channels are 0 or 255, up to JPEG's error)."""
+  assert np.ptp(images, axis=(1, 2)).max() < 0.05  # Solid.
+  rgb = np.where(images[:, 0, 0] > 0, 255, 0)
+  return sorted(tuple(int(v) for v in c) for c in rgb)
+
+
+def test_unreadable_file_is_one_line_naming_it(split_folder):
+  bad = os.path.join(split_folder.path, 'train', 'a', 'bad.jpg')
+  with pytest.raises(DataError) as e:
+    data.build(split_folder, split='train', global_batch_size=2)
+  message = str(e.value)
+  assert '\n' not in message
+  assert message.startswith(f'{bad}: not a JPEG, PNG, GIF or BMP file; 2 of '
+                            'the 6 images in '), message
+  assert '--config.data.skip_unreadable=True' in message
+  # The eval split has no bad file.
+  assert data.build(split_folder, split='eval',
+                    global_batch_size=2).num_examples == 2
+
+
+def test_truncated_jpeg_is_caught_before_training(tmp_path):
+  _write_image(str(tmp_path / 'train' / 'a' / 'ok.png'), COLOURS[0], 'PNG')
+  (tmp_path / 'train' / 'a' / 'cut.jpg').write_bytes(_truncated_jpeg())
+  config = data.default_config('image_folder')
+  config.update(path=str(tmp_path), image_size=8)
+  with pytest.raises(DataError, match=r'/cut\.jpg: JPEG data that is '
+                     'truncated, corrupt or of an unsupported kind; 1 of'):
+    data.build(config, split='train', global_batch_size=2)
+
+
+def test_skip_unreadable_leaves_them_out_and_reports_once(split_folder,
+                                                          capsys):
+  split_folder.skip_unreadable = True
+  source = data.build(split_folder, split='train', global_batch_size=2)
+  lines = capsys.readouterr().out.splitlines()
+  bad = os.path.join(split_folder.path, 'train', 'a', 'bad.jpg')
+  assert lines == [
+      f'vqlab: skipped 2 of the 6 images in {split_folder.path}/train '
+      f'(unreadable; first: {bad}: not a JPEG, PNG, GIF or BMP file)']
+  assert source.num_examples == 4
+  # Three epochs of the 4 good files decode; resume replays the same order.
+  batches = list(itertools.islice(source.batches(0), 6))
+  for epoch in range(3):
+    images = np.concatenate([b['image'] for b in batches[2 * epoch:][:2]])
+    assert _colours(images) == sorted(COLOURS[:4])
+  resumed = next(iter(source.batches(5)))
+  np.testing.assert_array_equal(resumed['image'], batches[5]['image'])
+  # Other hosts say nothing; each reads its half of the same 4 files.
+  hosts = [data.build(split_folder, split='train', global_batch_size=2,
+                      process_index=p, process_count=2) for p in (0, 1)]
+  assert capsys.readouterr().out.count('vqlab: skipped') == 1
+  assert [h.num_examples for h in hosts] == [4, 4]
+
+
+def test_flat_folder_holds_out_a_fraction(tmp_path):
+  for i, colour in enumerate(COLOURS):
+    _write_image(str(tmp_path / ('sub' if i % 2 else '') / f'{i}.png'),
+                 colour, 'PNG')
+  _write_bad_files(tmp_path)
+  os.symlink(tmp_path, tmp_path / 'sub' / 'loop')  # Listed once.
+  config = data.default_config('image_folder')
+  config.update(path=str(tmp_path), image_size=8, eval_fraction=0.3,
+                skip_unreadable=True)
+  train = data.build(config, split='train', global_batch_size=2)
+  evaluation = data.build(config, split='eval', global_batch_size=2)
+  assert train.num_classes is None and 'label' not in next(train.batches())
+  # round(0.3 * 8) = 2 of the 8 listed files held out, by name only.
+  listed = image_folder.list_tree(str(tmp_path))
+  assert len(listed) == 8 and not any('._' in p for p in listed)
+  held_out = image_folder.hold_out(listed, str(tmp_path), 0.3)[1]
+  assert len(held_out) == 2
+  assert image_folder.hold_out(
+      [p.replace(str(tmp_path), '/elsewhere') for p in listed], '/elsewhere',
+      0.3)[1] == [p.replace(str(tmp_path), '/elsewhere') for p in held_out]
+  eval_images = np.concatenate([b['image'][b['mask']]
+                                for b in evaluation.batches()])
+  readable = [p for p in held_out if p.endswith('.png')]
+  assert evaluation.num_examples == len(readable) == len(eval_images)
+  assert train.num_examples == 6 - len(readable)
+  assert _colours(eval_images) == sorted(
+      COLOURS[int(os.path.basename(p)[0])] for p in readable)
+
+
+def _parse_config(argument):
+  """The config main.py gets from --config=<argument>."""
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', flag_values=flag_values)
+  flag_values(['main.py', f'--config={argument}'])
+  return flag_values.config
+
+
+@pytest.mark.parametrize('argument', ['configs/image_folder.py:{}',
+                                      'configs/quickstart.py:folder={}'])
+def test_folder_configs(split_folder, argument):
+  os.remove(os.path.join(split_folder.path, 'train', 'a', 'bad.jpg'))
+  os.remove(os.path.join(split_folder.path, 'train', 'a', 'cut.jpg'))
+  config = _parse_config(os.path.join(ROOT, argument.format(
+      split_folder.path)))
+  config = experiment.validate(config, 1)
+  assert config.data.name == 'image_folder'
+  assert config.data.path == split_folder.path
+  assert config.model.channel_multipliers == (1, 2, 4)  # The quickstart's.
+  train = data.build(config.data, split='train', global_batch_size=2)
+  assert train.num_examples == 4 and train.num_classes == 2
+  assert next(train.batches())['image'].shape == (2, 32, 32, 3)
+  evaluation = data.build(config.data, split='eval', global_batch_size=2)
+  images = next(evaluation.batches())['image']
+  assert images.shape == (2, 64, 64, 3)
+  assert _colours(images) == sorted(COLOURS[4:])
+
+
+def test_folder_config_without_a_folder():
+  config = experiment.validate(_parse_config(
+      os.path.join(ROOT, 'configs/image_folder.py')), 1)
+  with pytest.raises(ValueError, match=r'^data\.path: required .* '
+                     r'--config=configs/image_folder\.py:/path/to/images'):
+    data.build(config.data, split='train', global_batch_size=2)
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match='the only argument is folder=PATH'):
+    quickstart.get_config('path=/x')
+  assert quickstart.get_config().data.name == 'photos'
+
+
+def test_train_image_size_is_checked(split_folder):
+  split_folder.update(train_image_size=16)
+  with pytest.raises(ValueError, match=r'data\.train_image_size: must be an '
+                     r'integer in \[0, image_size=8\], got 16'):
+    data.build(split_folder, split='train', global_batch_size=2)

@@ -1,0 +1,185 @@
+"""Every mistake on main.py's command line is one line on stderr.
+
+Each case runs `python main.py ...` as a user would and checks the exact
+line, the exit status, that nothing else reaches stderr (no traceback) and
+that nothing was written to the workdir. These mistakes stop the process
+while it parses its flags, before anything heavy is imported; most cases use
+a config file that imports only ml_collections, so each run takes a fraction
+of a second (the README's case loads the quickstart: a few seconds).
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from vqlab import cli
+from tests import paths
+
+ROOT = paths.ROOT
+QUICKSTART = os.path.join(ROOT, 'configs', 'quickstart.py')
+LIGHT_CONFIG = """
+import ml_collections
+
+
+def get_config():
+  return ml_collections.ConfigDict({'train': {'num_steps': 10}})
+"""
+
+
+def _write(path, source: str) -> str:
+  path.write_text(textwrap.dedent(source).lstrip())
+  return str(path)
+
+
+@pytest.fixture
+def light_config(tmp_path) -> str:
+  return _write(tmp_path / 'light.py', LIGHT_CONFIG)
+
+
+def _one_line_error(*args: str, workdir=None) -> str:
+  """Runs main.py with `args` (and --workdir); it must fail with exit
+  status 1 and exactly one line on stderr, writing nothing. Returns it."""
+  if workdir is not None:
+    args += (f'--workdir={workdir}',)
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *args],
+                        capture_output=True, text=True, timeout=120, cwd=ROOT,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
+  assert not proc.stdout.strip(), proc.stdout[-3000:]
+  if workdir is not None:
+    assert not os.path.exists(workdir), os.listdir(workdir)
+  return lines[0]
+
+
+# (a) A misspelt key on the command line: the README's example.
+def test_misspelt_key_names_the_closest_valid_key(tmp_path):
+  line = _one_line_error(f'--config={QUICKSTART}',
+                         '--config.train.num_stpes=40',
+                         workdir=tmp_path / 'run')
+  assert line == ('config error: train.num_stpes: unknown key; did you mean '
+                  'train.num_steps?')
+
+
+def test_misspelt_section_is_named(tmp_path, light_config):
+  line = _one_line_error(f'--config={light_config}',
+                         '--config.trian.num_steps=40',
+                         workdir=tmp_path / 'run')
+  assert line == 'config error: trian: unknown key; did you mean train?'
+
+
+def test_key_below_a_value_is_named(tmp_path, light_config):
+  line = _one_line_error(f'--config={light_config}',
+                         '--config.train.num_steps.max=40',
+                         workdir=tmp_path / 'run')
+  assert line == ("config error: train.num_steps: a value (int), not a "
+                  "section: no key 'max'")
+
+
+# (b) A config file that does not exist.
+def test_missing_config_file(tmp_path):
+  path = str(tmp_path / 'nope.py')
+  line = _one_line_error(f'--config={path}', workdir=tmp_path / 'run')
+  assert line == f'config error: {path}: no such config file'
+
+
+# (c) A config file with a syntax error: file and line.
+def test_config_file_with_a_syntax_error(tmp_path):
+  source = 'import ml_collections\n\ndef get_config(:\n  pass\n'
+  path = _write(tmp_path / 'bad.py', source)
+  with pytest.raises(SyntaxError) as error:  # Python's words for it.
+    compile(source, path, 'exec')
+  line = _one_line_error(f'--config={path}', workdir=tmp_path / 'run')
+  assert line == (f'config error: {path}:3: SyntaxError: '
+                  f'{error.value.msg}')
+
+
+# (d) A config file whose get_config raises, or that has none.
+def test_config_file_whose_get_config_raises(tmp_path):
+  path = _write(tmp_path / 'raises.py', """
+      import ml_collections
+
+
+      def get_config():
+        config = ml_collections.ConfigDict()
+        config.steps = 100 / 0
+        return config
+      """)
+  line = _one_line_error(f'--config={path}', workdir=tmp_path / 'run')
+  assert line == f'config error: {path}:6: ZeroDivisionError: division by zero'
+
+
+def test_config_error_inside_get_config_names_file_line_and_key(tmp_path):
+  path = _write(tmp_path / 'unknown.py', """
+      from vqlab import quantizers
+
+
+      def get_config():
+        return quantizers.default_config('vqq')
+      """)
+  line = _one_line_error(f'--config={path}', workdir=tmp_path / 'run')
+  assert line == (f"config error: {path}:5: quantizer.name: unknown quantizer "
+                  "'vqq'; known: fsq, gumbel, lfq, regularized, vq")
+
+
+def test_config_file_without_get_config(tmp_path):
+  path = _write(tmp_path / 'empty.py', 'STEPS = 10\n')
+  line = _one_line_error(f'--config={path}', workdir=tmp_path / 'run')
+  assert line == f'config error: {path}: has no get_config() function'
+
+
+# (e) A workdir that cannot be written: one line naming it, before anything
+# is imported, built or compiled.
+def test_workdir_below_a_file(tmp_path, light_config):
+  blocker = tmp_path / 'file'
+  blocker.write_text('')
+  line = _one_line_error(f'--config={light_config}',
+                         workdir=blocker / 'run')
+  assert line == (f'workdir error: cannot create {blocker}/run: {blocker} is '
+                  'not a directory')
+
+
+def test_read_only_workdir(tmp_path, monkeypatch):
+  """A parent that os.access reports unwritable (a read-only mount; mode bits
+  alone would not do under root, which writes anywhere): the check that
+  parse_flags runs before anything starts names it. The subprocess path of
+  workdir errors is the 'not a directory' case above."""
+  parent = tmp_path / 'read_only'
+  parent.mkdir(mode=0o500)
+  real_access = os.access
+  monkeypatch.setattr(cli.os, 'access', lambda path, mode: False if
+                      os.path.abspath(path) == str(parent) and mode & os.W_OK
+                      else real_access(path, mode))
+  assert cli.workdir_problem(str(parent / 'run')) == (
+      f'cannot create {parent}/run: {parent} is not writable')
+  assert cli.workdir_problem(str(tmp_path / 'fine')) is None
+  assert not (parent / 'run').exists()
+
+
+# (f) A missing flag, a value of the wrong type.
+def test_missing_workdir(light_config):
+  line = _one_line_error(f'--config={light_config}')
+  assert line == ('flag error: --workdir is required: the directory of the '
+                  'run (checkpoints, logs, images)')
+
+
+def test_missing_config(tmp_path):
+  line = _one_line_error(workdir=tmp_path / 'run')
+  assert line == ('flag error: --config is required: the experiment config '
+                  'file, e.g. --config=configs/quickstart.py')
+
+
+def test_wrong_type_on_the_command_line(tmp_path, light_config):
+  line = _one_line_error(f'--config={light_config}',
+                         '--config.train.num_steps=abc',
+                         workdir=tmp_path / 'run')
+  assert line == "config error: train.num_steps: expected int, got 'abc'"
+
+
+def test_unknown_flag(tmp_path, light_config):
+  line = _one_line_error(f'--config={light_config}', f'--wrokdir={tmp_path}')
+  assert line == ("flag error: Unknown command line flag 'wrokdir'. Did you "
+                  'mean: workdir ?')

@@ -1,0 +1,381 @@
+"""Stage 2 end to end: tokenize a dataset with a tokenizer run, train MaskGIT
+and GPT on the shards (or on the fly), sample and decode to images.
+
+Runs on 2 of the 8 test devices (sharded batches, cheap compiles).
+"""
+
+import copy
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from vqlab import data as data_lib
+from vqlab.data import token_shards
+from vqlab.errors import CheckpointError
+from vqlab.errors import ConfigError
+from vqlab.evals import fid
+from vqlab.train import loop
+from vqlab.train import pretokenize
+from vqlab.train import sampling
+from vqlab.train import trained_tokenizer
+from vqlab.train import experiment
+from vqlab.train.tasks import generator
+from vqlab.train.tasks import spatial_conditions
+from tests import random_weight_files
+from tests import tiny
+from tests import paths
+
+ROOT = paths.ROOT
+
+
+def _devices():
+  return jax.devices()[:2]
+
+
+@pytest.fixture(scope='module')
+def shards(tokenizer_dir, tmp_path_factory):
+  """A generator workdir whose tokens/ was written by --mode=tokenize."""
+  workdir = str(tmp_path_factory.mktemp('generator'))
+  config = tiny.generator_config(tokenizer_dir)
+  summary = pretokenize.tokenize(config, workdir, devices=_devices())
+  return workdir, summary
+
+
+def _split_files(directory, split):
+  return sorted(glob.glob(os.path.join(directory, split, 'shard-*')))
+
+
+def test_tokenize_writes_the_tokenizers_indices_with_metadata(
+    tokenizer_dir, shards):
+  workdir, summary = shards
+  directory = summary['tokens_dir']
+  assert summary['train_examples'] == 40 and summary['shards_written'] == 6  # 3 + 3
+  arrays, metadata = token_shards.load_split(directory, 'eval')
+  assert metadata['tokenizer']['step'] == 1
+  assert metadata['tokenizer']['workdir'] == os.path.abspath(tokenizer_dir)
+  assert metadata['token_shape'] == [8, 8] and metadata['vocab_size'] == 32
+  assert metadata['splits']['eval']['complete']
+  # The eval tokens are exactly the tokenizer's indices of the eval images,
+  # in order, padding dropped.
+  config = tiny.generator_config(tokenizer_dir)
+  tok = trained_tokenizer.load(tokenizer_dir)
+  source = data_lib.build(config.data, split='eval', global_batch_size=8)
+  images = np.concatenate([b['image'][b['mask']] for b in source.batches()])
+  expected = np.asarray(tok.encode(tok.variables, images))
+  assert arrays['tokens'].dtype == np.int32
+  np.testing.assert_array_equal(arrays['tokens'], expected)
+  train, _ = token_shards.load_split(directory, 'train')
+  assert train['tokens'].shape == (40, 8, 8)
+  assert 0 <= train['tokens'].min() and train['tokens'].max() < 32
+  del workdir
+
+
+def test_tokenize_resumes_only_missing_shards_and_ignores_partial_files(
+    tokenizer_dir, shards, tmp_path):
+  _, summary = shards
+  directory = str(tmp_path / 'tokens')
+  shutil.copytree(summary['tokens_dir'], directory)
+  before = {p: open(p, 'rb').read() for p in _split_files(directory, 'train')}
+  # A crash while writing shard 1: its file is gone, a partial .tmp remains
+  # and the split is not marked complete.
+  victim = _split_files(directory, 'train')[1]
+  os.remove(victim)
+  with open(victim + '.tmp', 'wb') as f:
+    f.write(b'half a shard')
+  metadata = token_shards.read_metadata(directory)
+  metadata['splits']['train']['complete'] = False
+  token_shards.write_metadata(directory, metadata)
+  with pytest.raises(ValueError, match='incomplete: run main.py --mode=tokenize'):
+    token_shards.load_split(directory, 'train')
+
+  config = tiny.generator_config(tokenizer_dir)
+  config.tokens.dir = directory
+  again = pretokenize.tokenize(config, str(tmp_path), devices=_devices())
+  assert again['shards_written'] == 1
+  after = {p: open(p, 'rb').read() for p in _split_files(directory, 'train')}
+  assert after == before  # Regenerated bit-identically.
+  token_shards.load_split(directory, 'train')
+
+  config.tokens.batch_size = 4  # Another stream: the old shards don't fit.
+  with pytest.raises(ConfigError, match='tokens.dir.*batch_size'):
+    pretokenize.tokenize(config, str(tmp_path), devices=_devices())
+
+
+def _train(tokenizer_dir, shards, workdir, model, steps):
+  shutil.copytree(shards[1]['tokens_dir'], os.path.join(workdir, 'tokens'))
+  config = tiny.generator_config(tokenizer_dir, model, steps=steps)
+  config.optimizer.learning_rate = 3e-3
+  losses = []
+  result = loop.train_and_evaluate(
+      config, workdir, devices=_devices(),
+      step_callback=lambda step, m: losses.append(float(m['loss'])))
+  assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.1, losses
+  assert np.isfinite(result['loss']) and 0 <= result['accuracy'] <= 1
+  # The eval picture shows decoded samples: 2 rows of 4 16x16 images.
+  grid, = glob.glob(os.path.join(workdir, 'images', 'eval_samples_*.png'))
+  assert np.asarray(Image.open(grid)).shape == (38, 74, 3)
+  return config
+
+
+@pytest.fixture(scope='module')
+def trained_maskgit(tokenizer_dir, shards, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('maskgit'))
+  return workdir, _train(tokenizer_dir, shards, workdir, 'maskgit', 25)
+
+
+def test_maskgit_trains_on_shards_and_samples_decode_to_images(
+    trained_maskgit):
+  workdir, config = trained_maskgit
+  sampled = sampling.sample(config, workdir, devices=_devices())
+  assert sampled['step'] == 25 and sampled['num_samples'] == 6
+  assert 'gfid' not in sampled  # eval.fid = 'off'.
+  grids = sorted(glob.glob(os.path.join(sampled['samples_dir'], '*.png')))
+  assert len(grids) == 2  # ceil(6 / 4) batches.
+  first = np.asarray(Image.open(grids[0]))
+  assert first.shape == (38, 38, 3) and first.std() > 0  # 2 x 2 samples.
+
+
+@pytest.mark.usefixtures('small_inception_input')
+def test_sample_mode_reports_gfid_and_inception_score_of_the_samples(
+    trained_maskgit, tmp_path):
+  workdir, config = trained_maskgit
+  config = copy.deepcopy(config)
+  config.weights_dir = str(random_weight_files.write(tmp_path,
+                                                     ('inception_fid',)))
+  config.eval.fid = 'on'
+  rng = np.random.default_rng(0)
+  mu, a = rng.normal(size=2048), rng.normal(size=(2048, 16))
+  config.eval.fid_reference = str(tmp_path / 'reference.npz')
+  np.savez(config.eval.fid_reference, mu=mu, sigma=a @ a.T / 16)
+  config.sample.num_samples = 4
+  result = sampling.sample(config, workdir, devices=_devices())
+
+  # Directly: the same samples (same key) through Inception.
+  exp = loop.Experiment(config, workdir, _devices())
+  state, _ = exp.checkpointer.restore(exp.abstract_state)
+  images = exp.sample_images(
+      state, jax.random.fold_in(jax.random.key(config.sample.seed), 0),
+      batch_size=4)
+  out = sampling.inception_outputs(exp.frozen['inception'], images)
+  pool = np.asarray(out['pool'], np.float64)
+  gfid = fid.frechet_distance(pool.mean(0), np.cov(pool, rowvar=False), mu,
+                              a @ a.T / 16)
+  np.testing.assert_allclose(result['gfid'], gfid, rtol=1e-5)
+  score = fid.InceptionScore(num_splits=4, num_examples=4)
+  score.update(np.asarray(out['logits_unbiased'], np.float64))
+  np.testing.assert_allclose(result['inception_score'], score.result()[0],
+                             rtol=1e-5)
+
+
+def test_gpt_trains_on_shards_and_samples_decode_to_images(
+    tokenizer_dir, shards, tmp_path):
+  _train(tokenizer_dir, shards, str(tmp_path), 'gpt', 25)
+
+
+def test_on_the_fly_tokens_give_the_same_eval_loss_as_shards(
+    tokenizer_dir, shards, tmp_path):
+  workdir, summary = shards
+  config = tiny.generator_config(tokenizer_dir)
+  config.tokens.source = 'on_the_fly'
+  exp = loop.Experiment(config, str(tmp_path), _devices())
+  assert 'image' in next(exp.train_data.batches())
+  state, _ = exp.initial_state()
+  on_the_fly, _ = exp.evaluate(state)
+  # The eval split's shards hold the same examples in the same order.
+  tokens, _ = token_shards.load_split(summary['tokens_dir'], 'eval')
+  batch = {'tokens': tokens['tokens'][:8], 'mask': np.ones(8, bool)}
+  outputs, _ = jax.jit(exp.task.eval_step)(state, batch)
+  images = exp.global_batch(next(exp.eval_data.batches()))
+  expected, _ = exp.eval_step(state, images)  # Compiled by evaluate().
+  np.testing.assert_allclose(outputs['sums']['loss'], expected['sums']['loss'],
+                             rtol=1e-6)
+  assert on_the_fly['num_examples'] == 16 and np.isfinite(on_the_fly['loss'])
+  # (Train steps on the fly: tests/train/tasks/test_titok_training.py, tests/train/tasks/test_text_to_image.py.)
+  del workdir
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('vocab_size', 64, 'model.vocab_size: 64, but the tokenizer .* has 32 codes'),
+    ('token_shape', (4, 4), r'model.token_shape: \(4, 4\), but .* \(8, 8\)'),
+])
+def test_a_model_that_does_not_fit_the_tokenizer_is_a_config_error(
+    tokenizer_dir, tmp_path, key, value, message):
+  config = tiny.generator_config(tokenizer_dir)
+  config.model[key] = value
+  with pytest.raises(ConfigError, match=message):
+    pretokenize.tokenize(config, str(tmp_path), devices=_devices())
+  config = tiny.generator_config(tokenizer_dir, 'gpt')
+  config.model.length = 32
+  with pytest.raises(ConfigError, match='model.length: 32, but .* 64 tokens'):
+    loop.Experiment(config, str(tmp_path), _devices())
+
+
+def test_missing_tokens_or_tokenizer_are_one_line_errors(tokenizer_dir,
+                                                         tmp_path):
+  config = tiny.generator_config(tokenizer_dir)
+  with pytest.raises(Exception, match='no token shards .* --mode=tokenize'):
+    loop.Experiment(config, str(tmp_path), _devices())
+  config.tokenizer.workdir = str(tmp_path / 'nowhere')
+  with pytest.raises(CheckpointError, match='config.json does not exist'):
+    loop.Experiment(config, str(tmp_path), _devices())
+  # The same through main.py: one line, no traceback.
+  run = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'main.py'),
+       '--config=' + os.path.join(ROOT, 'configs', 'maskgit', 'tiny_cpu.py'),
+       f'--config.tokenizer.workdir={tmp_path / "nowhere"}',
+       f'--workdir={tmp_path / "run"}', '--mode=tokenize'],
+      capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert run.returncode == 1
+  assert run.stderr.strip().splitlines()[-1].startswith(
+      'checkpoint error: ') and 'Traceback' not in run.stderr
+
+
+def test_vq_diffusion_trains_on_shards_and_samples_decode_to_images(
+    tokenizer_dir, shards, tmp_path):
+  workdir = str(tmp_path)
+  shutil.copytree(shards[1]['tokens_dir'], os.path.join(workdir, 'tokens'))
+  config = tiny.generator_config(tokenizer_dir, 'vq_diffusion', steps=3)
+  config.loss.time_sampling = 'importance'
+  config.sample.diffusion_steps = 4
+  result = loop.train_and_evaluate(config, workdir, devices=_devices())
+  assert np.isfinite(result['loss']) and 0 <= result['accuracy'] <= 1
+  grid, = glob.glob(os.path.join(workdir, 'images', 'eval_samples_*.png'))
+  assert np.asarray(Image.open(grid)).shape == (38, 74, 3)
+  exp = loop.Experiment(config, workdir, _devices())
+  state, _ = exp.checkpointer.restore(exp.abstract_state)
+  counts = np.asarray(state.loss_state['lt_count'])
+  assert counts.sum() > 0 and counts[0] == 0   # t in [1, T] was recorded.
+
+
+# ------------------------------------------- spatial conditions (GPT) ---
+def _spatial_config(tokenizer_dir, steps=3, image='downsampled'):
+  """A tiny GPT conditioned on the tokens of a derived condition image."""
+  config = tiny.generator_config(tokenizer_dir, 'gpt', steps=steps)
+  config.model.condition = 'tokens'
+  config.model.cond_vocab_size = 32
+  config.model.cond_length = 64
+  config.condition.image = image
+  config.condition.factor = 4
+  config.tokens.num_train_examples = 16
+  return config
+
+
+def test_condition_images_match_numpy_references():
+  rng = np.random.default_rng(0)
+  images = rng.uniform(-1, 1, (2, 8, 12, 3)).astype(np.float32)
+  # Average-pool by 4, then nearest-upsample back.
+  pooled = images.reshape(2, 2, 4, 3, 4, 3).mean(axis=(2, 4))
+  expected = np.repeat(np.repeat(pooled, 4, axis=1), 4, axis=2)
+  np.testing.assert_allclose(
+      spatial_conditions.downsampled(images, 4), expected, atol=1e-6)
+  luma = images @ np.array([0.299, 0.587, 0.114], np.float32)
+  np.testing.assert_allclose(spatial_conditions.grayscale(images),
+                             np.repeat(luma[..., None], 3, -1), atol=1e-6)
+  with pytest.raises(ValueError, match='not divisible by factor 5'):
+    spatial_conditions.downsampled(images, 5)
+
+
+@pytest.fixture(scope='module')
+def spatial_shards(tokenizer_dir, tmp_path_factory):
+  """Shards of a super-resolution GPT: 'tokens' and 'cond_tokens'."""
+  workdir = str(tmp_path_factory.mktemp('spatial'))
+  summary = pretokenize.tokenize(_spatial_config(tokenizer_dir), workdir,
+                                 devices=_devices())
+  return workdir, summary
+
+
+def test_spatial_gpt_trains_on_shards_and_on_the_fly_alike_and_samples(
+    tokenizer_dir, spatial_shards, tmp_path):
+  _, summary = spatial_shards
+  arrays, metadata = token_shards.load_split(summary['tokens_dir'], 'eval')
+  assert metadata['condition'] == {'image': 'downsampled', 'factor': 4}
+  # The shards' condition tokens are the tokenizer's codes of the
+  # downsampled eval images.
+  config = _spatial_config(tokenizer_dir)
+  tok = trained_tokenizer.load(tokenizer_dir)
+  source = data_lib.build(config.data, split='eval', global_batch_size=8)
+  images = np.concatenate([b['image'][b['mask']] for b in source.batches()])
+  np.testing.assert_array_equal(
+      arrays['cond_tokens'], tok.encode(tok.variables,
+                                        spatial_conditions.downsampled(
+                                            images, 4)))
+  # Shards: train, then eval (its picture: samples on eval conditions).
+  workdir = str(tmp_path / 'shards')
+  shutil.copytree(summary['tokens_dir'], os.path.join(workdir, 'tokens'))
+  result = loop.train_and_evaluate(config, workdir, devices=_devices())
+  assert np.isfinite(result['loss']) and 0 <= result['accuracy'] <= 1
+  grid, = glob.glob(os.path.join(workdir, 'images', 'eval_samples_*.png'))
+  assert np.asarray(Image.open(grid)).shape == (38, 74, 3)
+  # --mode=sample draws its conditions the same way (sample_conditions).
+  task = generator.build(experiment.validate(config, 2), workdir)
+  n = len(arrays['cond_tokens'])  # Cycled through.
+  np.testing.assert_array_equal(
+      task.sample_conditions(n - 2, 4),
+      arrays['cond_tokens'][[n - 2, n - 1, 0, 1]].reshape(4, 64))
+
+  # On the fly: train steps, and the eval loss of the shards' tokens.
+  config.tokens.source = 'on_the_fly'
+  fly = loop.Experiment(config, str(tmp_path / 'fly'), _devices())
+  state, _ = fly.initial_state()
+  batches = fly.train_data.batches()
+  for _ in range(2):
+    state, metrics = fly.train_step(state, fly.global_batch(next(batches)))
+  assert np.isfinite(float(metrics['loss']))
+  np.testing.assert_array_equal(fly.task.sample_conditions(0, 4),
+                                arrays['cond_tokens'][:4].reshape(4, 64))
+  shard_batch = {'tokens': arrays['tokens'][:8],
+                 'cond_tokens': arrays['cond_tokens'][:8],
+                 'mask': np.ones(8, bool)}
+  from_shards, _ = jax.jit(fly.task.eval_step)(state, shard_batch)
+  on_the_fly, _ = fly.eval_step(state, fly.global_batch(
+      next(fly.eval_data.batches())))
+  np.testing.assert_allclose(on_the_fly['sums']['loss'],
+                             from_shards['sums']['loss'], rtol=1e-6)
+
+
+def test_the_spatial_condition_reaches_the_gpt(tokenizer_dir):
+  config = experiment.validate(_spatial_config(tokenizer_dir), 2)
+  task = generator.build(config)
+  # Through the task: cond [B, cond_length] -> the GPT's logits.
+  state = jax.jit(task.init)(jax.random.key(0), None)
+  tokens = np.zeros((2, 8, 8), np.int32)
+  cond = np.stack([np.zeros(64, np.int32), np.arange(64) % 32])
+  logits = jax.jit(lambda p, t, c: task.model.apply(
+      {'params': p}, t.reshape(2, 64), c))(state.params['model'], tokens, cond)
+  assert np.abs(logits[0] - logits[1]).max() > 1e-4
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('model.cond_vocab_size', 64,
+     'model.cond_vocab_size: 64, but the condition tokens .* 32 codes'),
+    ('model.cond_length', 16, 'model.cond_length: 16, but .* 64 tokens'),
+    ('condition.image', 'none', "condition.image: 'none', but model.condition"),
+    ('condition.factor', 3, 'condition.factor: 3 must be > 0 and divide'),
+])
+def test_a_spatial_condition_that_does_not_fit_is_a_config_error(
+    tokenizer_dir, tmp_path, key, value, message):
+  config = _spatial_config(tokenizer_dir)
+  section, name = key.split('.')
+  config[section][name] = value
+  with pytest.raises(ConfigError, match=message):
+    loop.Experiment(config, str(tmp_path), _devices())
+
+
+def test_shards_of_another_condition_are_refused(tokenizer_dir,
+                                                 spatial_shards, tmp_path):
+  _, summary = spatial_shards
+  shutil.copytree(summary['tokens_dir'], str(tmp_path / 'tokens'))
+  config = _spatial_config(tokenizer_dir, image='grayscale')
+  with pytest.raises(ConfigError, match='tokens.dir: .* condition'):
+    loop.Experiment(config, str(tmp_path), _devices())
+  config.tokens.dir = str(tmp_path / 'tokens')
+  with pytest.raises(ConfigError, match='tokens.dir: .* condition'):
+    pretokenize.tokenize(config, str(tmp_path), devices=_devices())

@@ -1,0 +1,302 @@
+"""Config errors stop a run before anything compiles, naming the key."""
+
+import copy
+import functools
+import os
+import re
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from vqlab import data as data_lib
+from vqlab import generators
+from vqlab import quantizers
+from vqlab import tokenizers
+from vqlab.errors import ConfigError
+from vqlab.losses import discriminators
+from vqlab.train import domains
+from vqlab.train import experiment
+from vqlab.train import tasks
+from tests import tiny
+from tests import paths
+
+ROOT = paths.ROOT
+
+
+def _error(config, num_devices=8) -> str:
+  with pytest.raises(ConfigError) as info:
+    experiment.validate(config, num_devices)
+  return str(info.value)
+
+
+def test_valid_config_is_filled_in():
+  config = tiny.tokenizer_config()
+  del config.loss.adaptive_max  # Omitted keys take their defaults.
+  filled = experiment.validate(config, num_devices=8)
+  assert filled.loss.adaptive_max == 1e4
+  assert filled.model.quantizer.name == 'vq'
+
+
+@pytest.mark.parametrize('mutate, message', [
+    (lambda c: setattr(c.train, 'batchsize', 8),
+     r'^train\.batchsize: unknown key'),
+    (lambda c: c.model.quantizer.update({'codebook_sise': 8}),
+     r'^model\.quantizer\.codebook_sise: unknown key'),
+    (lambda c: setattr(c, 'train', ml_collections.ConfigDict(
+        {**c.train.to_dict(), 'num_steps': 'ten'})),
+     r"^train\.num_steps: expected int, got str \('ten'\)"),
+    (lambda c: c.train.update({'batch_size': 12}),
+     r'^train\.batch_size: 12 is not divisible by the 8 devices'),
+    (lambda c: c.data.update({'image_size': 17}),
+     r'^data\.image_size: 17 is not divisible by the model.s downsampling '
+     r'factor 2'),
+    (lambda c: c.model.quantizer.update({'name': 'nope'}),
+     r"^model\.quantizer\.name: unknown quantizer 'nope'"),
+    (lambda c: c.model.update({'name': 'nope'}),
+     r"^model\.name: unknown tokenizer 'nope'; known: magvit2, titok, vqgan"),
+    (lambda c: c.data.update({'name': 'nope'}),
+     r"^data\.name: unknown dataset 'nope'"),
+    (lambda c: c.update({'task': 'nope'}), r"^task: unknown task 'nope'"),
+    (lambda c: c.update({'compute_dtype': 'float16'}), r'^compute_dtype: must be'),
+    (lambda c: c.loss.update({'gan_loss': 'wgan'}),
+     r"^loss\.gan_loss: unknown GAN loss 'wgan'"),
+    (lambda c: c.train.update({'num_steps': 0}),
+     r'^train\.num_steps: must be >= 1, got 0$'),
+    (lambda c: c.optimizer.generator.update({'learning_rate': -1e-4}),
+     r'^optimizer\.generator\.learning_rate: must be > 0, got -0\.0001$'),
+    (lambda c: c.model.update({'channel_multipliers': (1, 1.5)}),
+     r'^model\.channel_multipliers: expected tuple of int, got tuple of '
+     r'float/int \(\(1, 1\.5\)\)$'),
+    (lambda c: c.model.update({'channel_multipliers': (1, 0)}),
+     r'^model\.channel_multipliers: every entry must be >= 1, got \(1, 0\)$'),
+    (lambda c: c.train.update({'num_stpes': 8}),
+     r'^train\.num_stpes: unknown key; did you mean train\.num_steps\?$'),
+])
+def test_bad_configs_name_the_key(mutate, message):
+  config = tiny.tokenizer_config()
+  config.unlock()
+  mutate(config)
+  assert re.search(message, _error(config)), _error(config)
+
+
+def _main_error_line(workdir, *overrides: str) -> str:
+  """Runs the quickstart with overrides on 8 CPU devices; it must fail
+  cleanly. Returns the last stderr line."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'main.py'),
+       '--config=' + os.path.join(ROOT, 'configs', 'quickstart.py'),
+       f'--workdir={workdir}', *overrides],
+      capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+  assert proc.returncode != 0
+  assert 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+  return proc.stderr.strip().splitlines()[-1]
+
+
+def test_main_reports_one_line_before_compiling(tmp_path):
+  last = _main_error_line(tmp_path, '--config.train.batch_size=12')
+  assert last == ('config error: train.batch_size: 12 is not divisible by the '
+                  '8 devices')
+  assert not os.path.exists(tmp_path / 'checkpoints')
+
+
+def test_main_reports_bad_data_values_in_one_line(tmp_path):
+  last = _main_error_line(tmp_path, '--config.data.eval_photos=("nope",)')
+  assert last.startswith("data error: data.eval_photos: unknown photos "
+                         "['nope']"), last
+
+
+def test_main_reports_missing_weight_file_in_one_line(tmp_path):
+  last = _main_error_line(tmp_path / 'run', '--config.eval.fid=on',
+                          f'--config.weights_dir={tmp_path}/weights')
+  assert last.startswith('weights error: missing the FID InceptionV3 weights'
+                         ), last
+  assert f'{tmp_path}/weights/pt_inception-2015-12-05-6726825d.pth' in last
+
+
+def _shipped_configs():
+  root = os.path.join(ROOT, 'configs')
+  for folder, _, files in os.walk(root):
+    for name in sorted(files):
+      if name.endswith('.py') and not name.startswith('_'):
+        yield os.path.relpath(os.path.join(folder, name), ROOT)
+
+
+def _shipped_config_calls():
+  for path in _shipped_configs():
+    yield path, ()
+    if path.startswith(os.path.join('configs', 'titok', '')) and \
+        'tiny' not in path:
+      yield path, ('2',)  # TiTok's stage 2 (stage 1 is the default).
+
+
+@pytest.mark.parametrize('path, args', list(_shipped_config_calls()))
+def test_every_shipped_config_validates(path, args):
+  module = path[:-3].replace(os.sep, '.')
+  config = __import__(module, fromlist=['get_config']).get_config(*args)
+  experiment.validate(config, num_devices=1)
+
+
+def test_discriminator_keys_follow_the_named_discriminator():
+  config = tiny.tokenizer_config()
+  config.discriminator.name = 'stylegan'  # Still has PatchGAN's keys.
+  assert re.search(r'^discriminator\.num_layers: unknown key', _error(config))
+  config.discriminator = ml_collections.ConfigDict({'name': 'stylegan'})
+  filled = experiment.validate(config, num_devices=8)
+  assert filled.discriminator.channel_multipliers == (2, 4, 4, 4, 4)
+
+
+# ------------------------------------------------------------------ domains ---
+# Numeric keys that legitimately take any value, each with the reason. Every
+# other numeric key of every default config needs an entry in
+# vqlab/train/domains.py. (None so far: seeds are numpy seeds, >= 0; a
+# guidance scale w < 0 would guide away from the condition.)
+ANY_VALUE = {}
+
+
+def _every_component():
+  """Valid experiment configs that together hold every default config: each
+  task, tokenizer, quantizer, discriminator, generator and dataset."""
+  def tokenizer_experiment():
+    config = experiment.base_config()
+    config.update(tasks.get('tokenizer').default_config())
+    return config
+
+  for model in tokenizers.names():
+    for quantizer in quantizers.names():
+      config = tokenizer_experiment()
+      config.model = tokenizers.default_config(model)
+      config.model.quantizer = quantizers.default_config(quantizer)
+      yield config
+  config = tokenizer_experiment()
+  config.discriminator = discriminators.default_config('stylegan')
+  yield config
+  for dataset in data_lib.names():
+    config = tokenizer_experiment()
+    config.data = data_lib.default_config(dataset)
+    yield config
+  for generator in generators.names():
+    config = experiment.base_config()
+    config.update(tasks.get('generator').default_config())
+    config.model = generators.default_config(generator)
+    yield config
+  config = experiment.base_config()
+  config.update(tasks.get('titok_proxy').default_config())
+  yield config
+
+
+def _leaves(config, prefix=''):
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _leaves(value, f'{prefix}{key}.')
+    else:
+      yield f'{prefix}{key}', value
+
+
+def _is_numeric(value) -> bool:
+  if isinstance(value, (tuple, list)):
+    return bool(value) and all(_is_numeric(v) for v in value)
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@functools.lru_cache(maxsize=1)
+def _numeric_keys() -> dict[str, ml_collections.ConfigDict]:
+  """Every numeric key (and every key with a domain) of every default
+  config -> a valid experiment config that has it."""
+  keys = {}
+  for config in _every_component():
+    for path, value in _leaves(experiment.validate(config, num_devices=1)):
+      if _is_numeric(value) or path in domains.DOMAINS:
+        keys.setdefault(path, config)
+  return keys
+
+
+def test_every_numeric_key_has_a_domain():
+  keys = _numeric_keys()
+  assert len(keys) > 150  # The sweep sees every component.
+  missing = sorted(set(keys) - set(domains.DOMAINS) - set(ANY_VALUE))
+  assert not missing, f'add these keys to vqlab/train/domains.py: {missing}'
+
+
+def _set(config, path, value):
+  *sections, key = path.split('.')
+  for section in sections:
+    config = config[section]
+  config[key] = value
+
+
+def _outside(value, domain):
+  """Values of the type of `value` (a default) outside `domain`: one below,
+  and one above when the domain is bounded."""
+  one = float if isinstance(value, float) or (
+      isinstance(value, (tuple, list)) and value and
+      isinstance(value[0], float)) else int
+  probes = [one(-2)]
+  if domain.high < float('inf'):
+    probes.append(one(domain.high) + (0.5 if one is float else 1))
+  if isinstance(value, (tuple, list)):
+    return [(p, *value[1:]) for p in probes]
+  return probes
+
+
+def test_values_outside_their_domain_name_the_full_key():
+  wrong = []
+  for path, config in _numeric_keys().items():
+    if path in ANY_VALUE:
+      continue
+    default = dict(_leaves(config)).get(path)
+    for value in _outside(default, domains.DOMAINS[path]):
+      broken = copy.deepcopy(config)
+      _set(broken, path, value)
+      try:
+        experiment.validate(broken, num_devices=1)
+        wrong.append(f'{path}={value!r}: accepted')
+      except ConfigError as e:
+        if not re.match(rf'{re.escape(path)}: (every entry )?must be ',
+                        str(e)):
+          wrong.append(f'{path}={value!r}: {e}')
+  assert not wrong, '\n'.join(wrong)
+
+
+def test_vq_diffusion_steps_fit_the_chain():
+  config = experiment.base_config()
+  config.update(tasks.get('generator').default_config())
+  config.model = generators.default_config('vq_diffusion')
+  config.sample.diffusion_steps = config.model.num_timesteps + 1
+  assert _error(config, num_devices=1) == (
+      'sample.diffusion_steps: 101 is more than the model.num_timesteps 100 '
+      'of the chain')
+
+
+@pytest.mark.parametrize('section, quantizer, overrides, message', [
+    ('quantizer', 'lfq', {'codebook_size': 1000},
+     r'^model\.quantizer\.codebook_size: must be a power of 2'),
+    ('quantizer', 'vq', {'restart_threshold': 1.0},
+     r'^model\.quantizer\.restart_threshold: 1\.0 > 0 needs ema=True'),
+    ('pixel_decoder', 'vq', {'restart_threshold': 1.0},
+     r'^model\.pixel_decoder\.quantizer\.restart_threshold: 1\.0 > 0 needs'),
+])
+def test_quantizer_build_errors_name_the_full_key(section, quantizer,
+                                                  overrides, message):
+  """Relations the domains cannot express are checked when the model is
+  built; the message still starts with the full key."""
+  model = tokenizers.default_config('titok')
+  model.decoder_output = 'proxy_pixels'
+  model.proxy_codebook_size = model.pixel_decoder.quantizer.codebook_size
+  model.pixel_decoder.channel_multipliers = (1, 1, 1, 1)  # f = patch_size.
+  target = model if section == 'quantizer' else model.pixel_decoder
+  target.quantizer = quantizers.default_config(quantizer)
+  target.quantizer.update(overrides)
+  with pytest.raises(ConfigError, match=message):
+    tokenizers.build(model)
+
+
+def test_switching_the_dataset_name_alone_names_the_foreign_keys():
+  config = tiny.tokenizer_config()
+  config.data.name = 'image_folder'    # The photos' keys stay behind.
+  with pytest.raises(ConfigError, match=r"^data\.name: 'image_folder' does "
+                     r'not take data\.crop_min_fraction, .*image_folder\.py'):
+    experiment.validate(config, 1)

@@ -1,0 +1,298 @@
+"""The faults a user hits in a run's first hour, each with the one line they
+see and no checkpoint lost or overwritten: a partial newest step (set aside,
+then saved over by the rerun), a changed config (stops before anything is
+written), a readable checkpoint of another model (never called corrupt),
+a full disk during a save, a workdir locked by another run, Ctrl-C, SIGTERM
+during startup and during the final save, and kill -9 during an async save.
+"""
+
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from vqlab.errors import CheckpointError
+from vqlab.errors import ConfigError
+from vqlab.errors import WorkdirError
+from vqlab.train import checkpoint as checkpoint_lib
+from vqlab.train import loop
+from vqlab.train import preemption
+from vqlab.train import progress as progress_lib
+from vqlab.train import workdir_lock
+from tests import tiny
+from tests import paths
+
+STEPS = 5
+ROOT = paths.ROOT
+
+
+def _devices():
+  return jax.devices()[:2]
+
+
+def _config(**train):
+  config = tiny.tokenizer_config(steps=STEPS)
+  config.eval.lpips = config.eval.fid = 'off'
+  config.train.update(train)
+  return config
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    rows = [json.loads(line) for line in f]
+  return {row['step']: row['loss'] for row in rows if 'loss' in row}
+
+
+def _listing(workdir):
+  """Every file under workdir with its bytes (what 'nothing written' means),
+  but the lock, which says who uses the run now."""
+  out = {}
+  for root, _, files in os.walk(workdir):
+    for name in set(files) - {workdir_lock.LOCK_FILE}:
+      path = os.path.join(root, name)
+      with open(path, 'rb') as f:
+        out[os.path.relpath(path, workdir)] = f.read()
+  return out
+
+
+def _checkpoints(workdir):
+  return sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
+
+
+@pytest.fixture(scope='module')
+def finished(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('finished'))
+  return workdir, loop.train_and_evaluate(_config(), workdir,
+                                          devices=_devices())
+
+
+@pytest.fixture
+def run_copy(finished, tmp_path):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(finished[0], workdir)
+  return workdir
+
+
+def test_partial_newest_step_is_set_aside_and_the_rerun_saves_over_it(
+    finished, run_copy, capsys):
+  shutil.rmtree(os.path.join(run_copy, 'checkpoints', '5', 'default'))
+  result = loop.train_and_evaluate(_config(), run_copy, devices=_devices())
+  out = capsys.readouterr().out
+  unreadable = [l for l in out.splitlines() if 'unreadable' in l]
+  assert len(unreadable) == 1 and '5.corrupt' in unreadable[0], out
+  assert 'Traceback' not in out
+  assert result['step'] == STEPS
+  assert _checkpoints(run_copy) == ['2', '4', '5', '5.corrupt']
+  # The retrained step 5 continues the same trajectory...
+  np.testing.assert_allclose(_losses(run_copy)[STEPS],
+                             _losses(finished[0])[STEPS], rtol=1e-6)
+  # ...and --mode=eval now sees the step that final_metrics.json reports.
+  evaluated = loop.evaluate_checkpoint(_config(), run_copy, devices=_devices())
+  assert evaluated['step'] == STEPS
+  assert evaluated['psnr'] == pytest.approx(result['psnr'], rel=1e-6)
+
+
+def test_changed_config_stops_before_anything_is_written(run_copy):
+  before = _listing(run_copy)
+  changed = _config()
+  changed.model.channels = 16
+  changed.train.num_steps = 50            # Free to change: not reported.
+  for run in (loop.train_and_evaluate, loop.evaluate_checkpoint):
+    with pytest.raises(ConfigError) as e:
+      run(changed, run_copy, devices=_devices())
+    message = str(e.value)
+    assert message.startswith('model.channels: differs from the run in ')
+    assert '8 -> 16' in message and '--allow_config_change' in message
+    assert 'num_steps' not in message
+  assert _listing(run_copy) == before
+
+
+def test_a_readable_checkpoint_of_another_model_is_never_called_corrupt(
+    run_copy):
+  changed = _config()
+  changed.model.channels = 16
+  before = _listing(run_copy)
+  with pytest.raises(checkpoint_lib.StateMismatchError) as e:
+    loop.train_and_evaluate(changed, run_copy, devices=_devices(),
+                            allow_config_change=True)
+  message = str(e.value)
+  assert 'is readable but holds a different state' in message
+  assert re.search(r'params/generator/\S+ is \(', message), message
+  assert 'corrupt' not in message and 'remove' not in message.lower()
+  assert _listing(run_copy) == before     # Nothing renamed or rewritten.
+
+
+def test_allowed_config_change_keeps_the_old_record(run_copy, capsys):
+  changed = _config()
+  changed.optimizer.generator.learning_rate = 1e-5     # Fine-tuning.
+  exp = loop.Experiment(changed, run_copy, _devices(),
+                        allow_config_change=True, lock='train')
+  _, step = exp.initial_state()
+  exp.record_config(step)
+  assert 'changed config (optimizer.generator.learning_rate 0.0004 -> 1e-05)' \
+      in capsys.readouterr().out
+  changed.optimizer.generator.learning_rate = 2e-5    # Changed again.
+  exp = loop.Experiment(changed, run_copy, _devices(),
+                        allow_config_change=True, lock='train')
+  exp.record_config(step)                  # Never over the first record.
+  for name, lr in (('config.json', 2e-5),
+                   (f'config_until_step_{STEPS}.json', 4e-4),
+                   (f'config_until_step_{STEPS}.1.json', 1e-5)):
+    with open(os.path.join(run_copy, name)) as f:
+      assert json.load(f)['optimizer']['generator']['learning_rate'] == lr
+
+
+def test_disk_full_during_a_save_is_one_line_and_keeps_the_last_checkpoint(
+    run_copy, monkeypatch):
+  exp = loop.Experiment(_config(), run_copy, _devices(), lock='train')
+  state, step = exp.initial_state()
+
+  def full(*args, **kwargs):
+    raise OSError(28, 'No space left on device')
+  monkeypatch.setattr(exp.checkpointer._manager, 'save', full)  # pylint: disable=protected-access
+  with pytest.raises(CheckpointError) as e:
+    exp.checkpointer.save(step + 1, state)
+  message = str(e.value)
+  assert '\n' not in message and 'No space left on device' in message
+  assert f'step {STEPS} is the newest intact one' in message
+  monkeypatch.undo()
+  _, restored_step = loop.Experiment(_config(), run_copy, _devices()
+                                     ).initial_state()
+  assert restored_step == STEPS
+
+
+def test_a_locked_workdir_names_the_other_run(tmp_path):
+  workdir = str(tmp_path / 'busy')
+  holder = subprocess.Popen(
+      [sys.executable, '-c',
+       'import sys; from vqlab.train import workdir_lock; '
+       f'workdir_lock.acquire({workdir!r}, "train"); print("locked", '
+       'flush=True); sys.stdin.read()'],
+      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+      env=dict(os.environ, PYTHONPATH=ROOT))
+  try:
+    assert holder.stdout.readline().strip() == 'locked'
+    with pytest.raises(WorkdirError) as e:
+      loop.train_and_evaluate(_config(), workdir, devices=_devices())
+    message = str(e.value)
+    assert f'in use by another vqlab run (pid {holder.pid} on ' in message
+    assert '--mode=train' in message and '\n' not in message
+    assert sorted(os.listdir(workdir)) == [workdir_lock.LOCK_FILE]
+  finally:
+    holder.kill()       # kill -9: the kernel drops the lock with the process.
+    holder.wait()
+  workdir_lock.acquire(workdir, 'train')
+
+
+def test_ctrl_c_saves_the_current_step_and_twice_aborts(run_copy, capsys):
+
+  def ctrl_c_at_6(step, metrics):
+    del metrics
+    if step == 6:
+      os.kill(os.getpid(), signal.SIGINT)
+
+  result = loop.train_and_evaluate(_config(num_steps=8), run_copy,
+                                   devices=_devices(),
+                                   step_callback=ctrl_c_at_6)
+  assert result == {'step': 6, 'preempted': True}
+  assert '6' in _checkpoints(run_copy)
+  out = capsys.readouterr().out
+  assert 'SIGINT received; saving once the current step is done' in out
+  assert 'interrupted; checkpoint saved at step 6' in out
+  with preemption.PreemptionWatcher() as watcher:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert watcher.should_stop()
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_sigterm_during_startup_exits_with_a_line(run_copy, monkeypatch,
+                                                  capsys):
+  restore = loop.Experiment.initial_state
+
+  def preempted_while_restoring(self):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return restore(self)
+  monkeypatch.setattr(loop.Experiment, 'initial_state',
+                      preempted_while_restoring)
+  result = loop.train_and_evaluate(_config(num_steps=8), run_copy,
+                                   devices=_devices())
+  assert result == {'step': STEPS, 'preempted': True}
+  assert 'stopped before the first step' in capsys.readouterr().out
+  assert _checkpoints(run_copy) == ['2', '4', '5']
+
+
+def test_sigterm_during_the_final_save_keeps_it_and_the_rerun_evaluates(
+    run_copy, monkeypatch):
+  wait = checkpoint_lib.Checkpointer.wait
+
+  def preempted_while_saving(self):
+    os.kill(os.getpid(), signal.SIGTERM)
+    wait(self)
+  monkeypatch.setattr(checkpoint_lib.Checkpointer, 'wait',
+                      preempted_while_saving)
+  result = loop.train_and_evaluate(_config(num_steps=6), run_copy,
+                                   devices=_devices())
+  assert result == {'step': 6, 'preempted': True}
+  monkeypatch.undo()
+  assert _checkpoints(run_copy) == ['4', '5', '6']
+  rerun = loop.train_and_evaluate(_config(num_steps=6), run_copy,
+                                  devices=_devices())
+  assert rerun['step'] == 6 and not rerun['preempted']
+  with open(os.path.join(run_copy, 'final_metrics.json')) as f:
+    assert json.load(f)['step'] == 6
+
+
+def test_progress_lines_come_at_a_fixed_rate_when_not_a_terminal(
+    monkeypatch):
+  clock = iter(range(0, 1000, 7))         # A step every 7 s.
+  monkeypatch.setattr(progress_lib.time, 'perf_counter', lambda: next(clock))
+  stream = io.StringIO()
+  progress = progress_lib.Progress(0, 40, 8, stream=stream,
+                                   log_interval_s=30)
+  for step in range(1, 41):
+    progress.update(step)
+  steps = [int(line.split()[1].split('/')[0])
+           for line in stream.getvalue().splitlines()]
+  assert steps == [1, 6, 11, 16, 21, 26, 31, 36, 40]   # First, 35 s, last.
+
+
+def test_kill_9_during_an_async_save_then_resume(finished, tmp_path):
+  """main.py killed the moment it reports a save under way; the rerun
+  resumes from a complete step and continues the same trajectory. The
+  console of the killed run carries no library INFO logs."""
+  workdir = str(tmp_path / 'run')
+  command = [sys.executable, os.path.join(ROOT, 'main.py'),
+             '--config=' + os.path.join(ROOT, 'tests',
+                                        'tiny_tokenizer_config.py'),
+             f'--workdir={workdir}']
+  env = dict(os.environ, PYTHONPATH=ROOT,
+             XLA_FLAGS=os.environ['XLA_FLAGS'].replace(
+                 'device_count=8', 'device_count=2'))
+  run = subprocess.Popen(command, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, env=env,
+                         cwd=ROOT)
+  lines = []
+  for line in run.stdout:
+    lines.append(line)
+    if 'saving the checkpoint of step 4' in line:
+      run.kill()
+      break
+  run.wait()
+  assert run.returncode == -signal.SIGKILL, ''.join(lines)
+  assert not [l for l in lines if re.match(r'I\d{4} ', l)], ''.join(lines)
+  result = loop.train_and_evaluate(_config(), workdir, devices=_devices())
+  assert result['step'] == STEPS
+  assert not [d for d in _checkpoints(workdir) if not d.isdigit()]
+  expected, got = _losses(finished[0]), _losses(workdir)
+  for step in range(1, STEPS + 1):
+    np.testing.assert_allclose(got[step], expected[step], rtol=1e-6,
+                               err_msg=f'step {step}')

@@ -1,0 +1,169 @@
+"""The train loop end to end on tiny configs: outputs, corrupt checkpoints,
+eval mode, and a real 2-process run (jax.distributed with gloo CPU
+collectives on localhost) that matches 1 process on the same 2 devices.
+
+The runs use 2 of the 8 test devices, so the batch really is sharded while
+compiles and checkpoint writes stay cheap; tests/train/test_sharding.py checks the
+numerics on 1 vs 8 devices; tests/train/test_faults.py interrupts runs (SIGTERM,
+Ctrl-C, kill -9) and checks that resumed runs continue the same trajectory.
+"""
+
+import glob
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from vqlab.errors import CheckpointError
+from vqlab.train import loop
+from tests import tiny
+from tests import paths
+
+STEPS = 5
+ROOT = paths.ROOT
+
+
+def _devices():
+  return jax.devices()[:2]
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    rows = [json.loads(line) for line in f]
+  return {row['step']: (row['loss'], row['d_loss']) for row in rows
+          if 'loss' in row}
+
+
+def _train(workdir, **kwargs):
+  return loop.train_and_evaluate(tiny.tokenizer_config(steps=STEPS), workdir,
+                                 devices=_devices(), **kwargs)
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('uninterrupted'))
+  return workdir, _train(workdir)
+
+
+def test_run_writes_checkpoints_metrics_images_and_summaries(uninterrupted):
+  workdir, result = uninterrupted
+  assert result['step'] == STEPS and not result['preempted']
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == \
+      ['2', '4', '5']
+  assert set(_losses(workdir)) == set(range(1, STEPS + 1))
+  with open(os.path.join(workdir, 'final_metrics.json')) as f:
+    final = json.load(f)
+  assert 0 < final['psnr'] < 60 and 0 < final['codebook_usage'] <= 1
+  assert final['num_examples'] == 8
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['train']['num_steps'] == STEPS
+  assert glob.glob(os.path.join(workdir, 'images', 'eval_reconstructions_*.png'))
+  assert glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.*'))
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(
+    uninterrupted, tmp_path, capsys):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(uninterrupted[0], workdir)
+  latest = os.path.join(workdir, 'checkpoints', '5')
+  for path in glob.glob(os.path.join(latest, '**', '*'), recursive=True):
+    if os.path.isfile(path) and 'ocdbt' in path or path.endswith('.data'):
+      with open(path, 'wb') as f:
+        f.write(b'garbage')
+  shutil.rmtree(os.path.join(latest, 'default', 'd'), ignore_errors=True)
+  exp = loop.Experiment(tiny.tokenizer_config(steps=STEPS), workdir, _devices())
+  state, step = exp.initial_state()
+  assert step == 4 and int(state.step) == 4
+  out = capsys.readouterr().out.strip().splitlines()
+  assert len(out) == 1, out      # One line, no Orbax traceback.
+  assert 'checkpoints/5 is unreadable' in out[0] and '5.corrupt' in out[0]
+  # Set aside, so the rerun's step 5 is saved; the earlier ones untouched.
+  assert exp.checkpointer.all_steps() == [2, 4]
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == \
+      ['2', '4', '5.corrupt']
+
+
+def test_all_checkpoints_unreadable_is_a_clear_error(uninterrupted, tmp_path):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(uninterrupted[0], workdir)
+  for step in ('2', '4', '5'):
+    shutil.rmtree(os.path.join(workdir, 'checkpoints', step, 'default'))
+  exp = loop.Experiment(tiny.tokenizer_config(steps=STEPS), workdir, _devices())
+  with pytest.raises(CheckpointError, match='no readable checkpoint') as e:
+    exp.initial_state()
+  assert 'Nothing was changed' in str(e.value)
+  assert 'remove' not in str(e.value).lower()
+  assert 'delete' not in str(e.value).lower()
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == \
+      ['2', '4', '5']
+
+
+def test_eval_mode_restores_the_latest_checkpoint(uninterrupted, tmp_path):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(uninterrupted[0], workdir)
+  result = loop.evaluate_checkpoint(tiny.tokenizer_config(steps=STEPS), workdir,
+                                    devices=_devices())
+  assert result['step'] == STEPS
+  assert result['psnr'] == pytest.approx(uninterrupted[1]['psnr'], rel=1e-6)
+  assert os.path.exists(os.path.join(workdir, f'eval_{STEPS}.json'))
+  with pytest.raises(CheckpointError, match='no checkpoint'):
+    loop.evaluate_checkpoint(tiny.tokenizer_config(), str(tmp_path / 'empty'),
+                             devices=_devices())
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process_on_two_devices(uninterrupted,
+                                                        tmp_path):
+  # Through the launch script's localhost mode: the same main.py command
+  # lines (coordinator, process ids) that it sends to GPU hosts over ssh.
+  workdir, logs = str(tmp_path / 'run'), str(tmp_path / 'logs')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
+             XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  command = [sys.executable, os.path.join(ROOT, 'launch', 'gpu_nodes.py'),
+             'run', '--hosts=localhost,localhost', f'--python={sys.executable}',
+             f'--coordinator_port={_free_port()}', '--cpu_collectives=gloo',
+             '--config=' + os.path.join(ROOT, 'tests', 'tiny_tokenizer_config.py'),
+             f'--workdir={workdir}', f'--log_dir={logs}', '--timeout=500']
+  launcher = subprocess.run(command, env=env, capture_output=True, text=True,
+                            cwd=ROOT, check=False)
+  outputs = []
+  for i in range(2):
+    with open(os.path.join(logs, f'process_{i}.log')) as f:
+      outputs.append(f.read())
+  assert launcher.returncode == 0, launcher.stdout + ''.join(
+      o[-3000:] for o in outputs)
+  assert 'vqlab: 2 processes, 2 devices' in outputs[0]
+  # A quiet console: vqlab's own lines, no library INFO logs.
+  assert 'vqlab: saving the checkpoint of step 2' in outputs[0]
+  assert re.search(r'^vqlab: eval at step 5: psnr=', outputs[0], re.M)
+  assert not re.search(r'^I\d{4} ', outputs[0], re.M), outputs[0][-3000:]
+  expected, got = _losses(uninterrupted[0]), _losses(workdir)
+  assert sorted(got) == list(range(1, STEPS + 1))
+  for step in expected:
+    np.testing.assert_allclose(got[step], expected[step], rtol=1e-5,
+                               err_msg=f'step {step}')
+  with open(os.path.join(workdir, 'final_metrics.json')) as f:
+    assert json.load(f)['psnr'] == pytest.approx(uninterrupted[1]['psnr'],
+                                                 rel=1e-5)
+
+
+def test_eval_images_leave_out_padding_examples():
+  images = {'inputs': np.arange(4)[:, None] * np.ones((4, 3)),
+            'reconstructions': -np.arange(4)[:, None] * np.ones((4, 3)),
+            'step': np.int32(7)}
+  real = loop._real_examples(images, np.array([1, 1, 0, 0]))  # pylint: disable=protected-access
+  np.testing.assert_array_equal(real['inputs'][:, 0], [0, 1])
+  np.testing.assert_array_equal(real['reconstructions'][:, 0], [0, -1])
+  assert real['step'] == 7
