@@ -9,7 +9,7 @@ setuptools.setup(
                  'generators (MaskGIT, GPT, VQ-Diffusion) in JAX/Flax.'),
     packages=setuptools.find_packages(include=['vqlab', 'vqlab.*']),
     # The LPIPS linear heads (7 KB, BSD-2) ship with the package.
-    package_data={'vqlab.convert': ['data/*.pth', 'data/*.txt']},
+    package_data={'vqlab.weights': ['data/*.pth', 'data/*.txt']},
     python_requires='>=3.10',
     install_requires=[
         'absl-py>=2.1',
@@ -21,6 +21,9 @@ setuptools.setup(
         'optax>=0.2.5',
         'orbax-checkpoint>=0.11',
         'pillow>=10.0',
+        # .safetensors weights (text encoders, TiTok); >= 0.6 for
+        # safe_open().offset_keys(), the tensors in file order.
+        'safetensors>=0.6',
         # Built-in data: real photos bundled in these wheels (no network).
         'scikit-image>=0.24',
         'scikit-learn>=1.4',
@@ -38,7 +41,9 @@ setuptools.setup(
         'test': ['pytest>=8.0', 'pytest-xdist>=3.5',
                  # tests/colab/test_notebooks.py runs colab/*.ipynb headless.
                  'ipykernel>=6.29', 'matplotlib>=3.8', 'nbclient>=0.10',
-                 'nbformat>=5.9'],
+                 'nbformat>=5.9',
+                 # The linter CI runs (configured in pyproject.toml).
+                 'ruff>=0.8'],
     },
     license='Apache 2.0',
 )

@@ -23,11 +23,11 @@ from benchmarks import throughput_cli  # pylint: disable=g-import-not-at-top
 
 
 def run_vqlab(batch: int, image_size: int, steps: int) -> dict:
-  """Times vqlab.evals.inception.InceptionV3 under jit on jax's default
+  """Times vqlab.nn.inception.InceptionV3 under jit on jax's default
   device."""
   # pylint: disable=g-import-not-at-top
   import jax
-  from vqlab.evals import inception
+  from vqlab.nn import inception
 
   model = inception.InceptionV3()
   params = jax.jit(model.init)(jax.random.key(0), jax.numpy.zeros(

@@ -47,10 +47,11 @@ def small_inception_input(monkeypatch):
   tests that compare two computations through the same network (where the
   size does not matter and 299 costs 16x the FLOPs). The Inception parity
   tests keep 299."""
-  from vqlab.evals import inception  # pylint: disable=g-import-not-at-top
+  from vqlab.nn import inception  # pylint: disable=g-import-not-at-top
   from vqlab.train import sampling  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(inception, 'INPUT_SIZE', 75)
   # A program traced at the other size must not be reused.
   sampling.inception_outputs.clear_cache()
   yield
   sampling.inception_outputs.clear_cache()
+

@@ -10,8 +10,8 @@ import os
 import pathlib
 
 from tests.goldens import seeded_weights
-from vqlab.convert import torch_files
-from vqlab.convert import weights
+from vqlab.weights import files
+from vqlab.weights import torch_files
 from tests import paths
 
 GOLDENS = paths.GOLDENS
@@ -29,11 +29,11 @@ def golden_state_dict(name: str) -> dict:
 
 
 def write(directory: str | os.PathLike, names=tuple(_SOURCES)) -> pathlib.Path:
-  """Writes the weight files `names` (vqlab.convert.weights keys) into
+  """Writes the weight files `names` (vqlab.weights.files keys) into
   `directory` and returns it."""
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   for name in names:
-    torch_files.save_state_dict(directory / weights.KNOWN_FILES[name].filename,
+    torch_files.save_state_dict(directory / files.KNOWN_FILES[name].filename,
                                 golden_state_dict(name))
   return directory

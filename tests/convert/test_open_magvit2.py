@@ -3,7 +3,6 @@ random VQModel against a float64 re-implementation of the published code
 (make_open_magvit2_goldens.py)."""
 
 import json
-import pathlib
 
 import jax
 import numpy as np
@@ -12,8 +11,8 @@ import pytest
 from vqlab import tokenizers
 from vqlab.convert import open_magvit2
 from vqlab.convert import published
-from vqlab.convert import torch_files
 from vqlab.errors import WeightsError
+from vqlab.weights import torch_files
 from tests import paths
 
 _GOLDENS = paths.GOLDENS

@@ -1,7 +1,6 @@
 """The converters' shared pieces: StateDict, check_params_match, write_run."""
 
 import os
-import pathlib
 import subprocess
 import sys
 

@@ -2,7 +2,6 @@
 random VQModel against the reference package (make_taming_goldens.py)."""
 
 import json
-import pathlib
 
 import jax
 import numpy as np
@@ -11,8 +10,8 @@ import pytest
 from vqlab import tokenizers
 from vqlab.convert import published
 from vqlab.convert import taming_vqgan
-from vqlab.convert import torch_files
 from vqlab.errors import WeightsError
+from vqlab.weights import torch_files
 from tests import paths
 
 _GOLDENS = paths.GOLDENS

@@ -13,9 +13,9 @@ import pytest
 from tests.compile_options import FAST_COMPILE
 from vqlab import tokenizers
 from vqlab.convert import published
-from vqlab.convert import safetensors
 from vqlab.convert import titok
 from vqlab.errors import WeightsError
+from vqlab.weights import safetensors_files
 from tests import paths
 
 GOLDENS = str(paths.GOLDENS)
@@ -84,7 +84,7 @@ def test_reference_tokens_and_images(converted, golden):
 
 def test_safetensors_file_converts_the_same(converted, golden, tmp_path):
   path = str(tmp_path / 'model.safetensors')
-  safetensors.save_safetensors(path, titok.read_file(TINY))
+  safetensors_files.save_safetensors(path, titok.read_file(TINY))
   out = titok.convert_file(path, num_heads=int(golden['num_heads']),
                            num_groups=int(golden['num_groups']))
   for a, b in zip(jax.tree.leaves(out.params),

@@ -1,4 +1,4 @@
-"""Goldens for vqlab.convert.torch_files, made with real torch.
+"""Goldens for vqlab.weights.torch_files, made with real torch.
 
 Run from the repository root, with the torch environment (which also needs
 numpy and ml_dtypes, for vqlab's writer):
@@ -39,7 +39,7 @@ import ml_dtypes
 import numpy as np
 import torch
 
-from vqlab.convert import torch_files
+from vqlab.weights import torch_files
 
 _GOLDENS = _ROOT / 'tests' / 'goldens'
 EVIL_MARKER = '/tmp/vqlab_lenient_ckpt_ran_code'

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 
 from tests.goldens import seeded_weights
-from vqlab.convert import lpips as lpips_convert
-from vqlab.convert import torch_files
-from vqlab.convert import vgg as vgg_convert
-from vqlab.convert import weights
 from vqlab.errors import WeightsError
 from vqlab.losses import perceptual
 from vqlab.losses import vgg_features
 from vqlab.nn import vgg
+from vqlab.weights import files
+from vqlab.weights import lpips as lpips_weights
+from vqlab.weights import torch_files
+from vqlab.weights import vgg as vgg_weights
 from tests.compile_options import FAST_COMPILE
 from tests import paths
 
@@ -44,9 +44,9 @@ def lpips_golden():
 
 @pytest.fixture(scope='module')
 def lpips_params(lpips_golden):
-  heads = torch_files.load_state_dict(weights.require('lpips_vgg_heads'))
-  return {'vgg': vgg_convert.convert_vgg(_seeded_state(lpips_golden), 16),
-          **lpips_convert.convert_lpips_heads(heads)}
+  heads = torch_files.load_state_dict(files.require('lpips_vgg_heads'))
+  return {'vgg': vgg_weights.convert_vgg(_seeded_state(lpips_golden), 16),
+          **lpips_weights.convert_lpips_heads(heads)}
 
 
 def _lpips_fn(dtype=jnp.float32):
@@ -89,7 +89,7 @@ def test_lpips_gradient_is_finite(lpips_params):
 
 def test_vgg19_features_match_reference():
   golden = _golden('vgg19.npz')
-  params = {'vgg': vgg_convert.convert_vgg(_seeded_state(golden), 19)}
+  params = {'vgg': vgg_weights.convert_vgg(_seeded_state(golden), 19)}
   features = jax.jit(
       lambda p, x: vgg_features.VGG19Features().apply({'params': p}, x),
       compiler_options=FAST_COMPILE)(params, golden['x'])
@@ -137,7 +137,7 @@ def test_loaders_read_published_files(tmp_path, lpips_golden, lpips_params):
   vgg19_state = _seeded_state(_golden('vgg19.npz'))
   torch_files.save_state_dict(tmp_path / 'vgg19-dcbb9e9d.pth', vgg19_state)
   loaded = vgg_features.load_vgg19_feature_params(tmp_path)
-  expected = {'vgg': vgg_convert.convert_vgg(vgg19_state, 19)}
+  expected = {'vgg': vgg_weights.convert_vgg(vgg19_state, 19)}
   jax.tree.map(np.testing.assert_array_equal, loaded, expected)
 
 
@@ -145,14 +145,14 @@ def test_wrong_shapes_name_the_key(lpips_golden):
   state = _seeded_state(lpips_golden)
   narrow = {**state, 'features.7.weight': state['features.7.weight'][:, :32]}
   with pytest.raises(WeightsError, match=r"'features\.7\.weight'"):
-    vgg_convert.convert_vgg(narrow, 16)
+    vgg_weights.convert_vgg(narrow, 16)
   del state['features.28.bias']
   with pytest.raises(WeightsError, match=r"'features\.28\.bias'"):
-    vgg_convert.convert_vgg(state, 16)
+    vgg_weights.convert_vgg(state, 16)
   with pytest.raises(WeightsError, match=r"'features\.16\.weight'"):
-    vgg_convert.convert_vgg(state, 19)  # A VGG16 file for VGG19.
+    vgg_weights.convert_vgg(state, 19)  # A VGG16 file for VGG19.
   heads = {f'lin{k}.model.1.weight': np.zeros((1, c, 1, 1), np.float32)
            for k, c in enumerate(vgg.CHANNELS)}
   heads['lin3.model.1.weight'] = np.zeros((1, 256, 1, 1), np.float32)
   with pytest.raises(WeightsError, match=r"'lin3\.model\.1\.weight'"):
-    lpips_convert.convert_lpips_heads(heads)
+    lpips_weights.convert_lpips_heads(heads)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from tests.compile_options import FAST_COMPILE
-from vqlab.convert import safetensors
 from vqlab.errors import WeightsError
 from vqlab.text import clip
 from vqlab.text import clip_bpe
+from vqlab.weights import safetensors_files
 from tests import paths
 
 GOLDENS = str(paths.GOLDENS)
@@ -158,7 +158,7 @@ def test_converter_prefixes_and_errors(loaded):
   module, params, _ = loaded
   # transformers 5 saves a CLIPTextModel without the `text_model.` prefix;
   # CLIPModel checkpoints (and older CLIPTextModel ones) have it.
-  bare = safetensors.load_safetensors(
+  bare = safetensors_files.load_safetensors(
       os.path.join(MODEL_DIR, 'model.safetensors'))
   assert 'embeddings.token_embedding.weight' in bare
   state = {f'text_model.{k}': v for k, v in bare.items()}

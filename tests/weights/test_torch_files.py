@@ -11,9 +11,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from vqlab.convert import torch_files
-from vqlab.convert.torch_files import load_state_dict, save_state_dict
 from vqlab.errors import WeightsError
+from vqlab.weights import torch_files
+from vqlab.weights.torch_files import load_state_dict, save_state_dict
 from tests import paths
 
 _GOLDENS = paths.GOLDENS

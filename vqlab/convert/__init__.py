@@ -1,1 +1,2 @@
-"""Readers of published weight files and converters to vqlab param trees."""
+"""Converters of published tokenizer checkpoints into vqlab runs
+(`python -m vqlab.convert`); the weight-file readers are in vqlab.weights."""

@@ -37,8 +37,8 @@ import numpy as np
 from vqlab import quantizers
 from vqlab import tokenizers
 from vqlab.convert import published
-from vqlab.convert import torch_files
 from vqlab.errors import WeightsError
+from vqlab.weights import torch_files
 
 OPTIONS = {
     'ema': (bool, True, 'use the EMA weights (model_ema.*) when the file has '

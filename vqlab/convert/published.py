@@ -16,7 +16,12 @@ import jax
 import ml_collections
 import numpy as np
 
+from vqlab import fileio
 from vqlab.errors import WeightsError
+from vqlab.train import checkpoint
+from vqlab.train import experiment
+from vqlab.train import run_record
+from vqlab.train.tasks import tokenizer
 
 
 class StateDict:
@@ -207,8 +212,6 @@ def run_config(converted: Converted) -> ml_collections.ConfigDict:
   """The experiment config of a converted tokenizer: the tokenizer task with
   its defaults, `converted.model_config`, and the built-in photos at the
   checkpoint's resolution as data (override `data` for another dataset)."""
-  from vqlab.train import experiment  # pylint: disable=g-import-not-at-top
-  from vqlab.train.tasks import tokenizer  # pylint: disable=g-import-not-at-top
   config = experiment.base_config()
   config.update(tokenizer.default_config())
   config.model = ml_collections.ConfigDict(converted.model_config.to_dict())
@@ -232,8 +235,11 @@ def write_run(out_dir: str, converted: Converted) -> dict[str, Any]:
   """Writes `converted` as a tokenizer run at step 0 in `out_dir`.
 
   Writes config.json, config.py and an Orbax checkpoint whose generator
-  params are the converted ones (the discriminator and optimizer state are a
-  fresh init, for fine-tuning). Checks the params against the model first.
+  params (and EMA params, if the config keeps them) are the converted ones;
+  the discriminator and optimizer state are a fresh init (the train loop's,
+  from the same seed), for fine-tuning. Checks the params against the model
+  first. Builds the state on one local device, without the train loop's data,
+  mesh or frozen networks.
 
   Returns:
     {'out_dir', 'num_params', 'source'}.
@@ -241,27 +247,40 @@ def write_run(out_dir: str, converted: Converted) -> dict[str, Any]:
   Raises:
     WeightsError: the params do not fit the model the config builds.
     FileExistsError: `out_dir` already holds checkpoints.
+    ConfigError: `out_dir` holds the config.json of a different run.
   """
-  from vqlab.train import loop  # pylint: disable=g-import-not-at-top
   check_new_run_dir(out_dir)
   config = run_config(converted)
-  exp = loop.Experiment(config, out_dir, devices=jax.local_devices()[:1])
-  expected = exp.abstract_state.params['generator']
+  run_record.check(config, out_dir, allow_change=False)
+  task = tokenizer.TokenizerTask(config)
+  size = config.data.train_image_size
+  batch = {'image': np.zeros((1, size, size, task.model.in_channels),
+                             np.float32)}
+  rng, _ = jax.random.split(jax.random.key(config.seed))  # The loop's init key.
+  expected = jax.eval_shape(task.init, rng, batch).params['generator']
   check_params_match(converted.params, expected, converted.source)
-  state, _ = exp.initial_state()
-  exp.record_config(0)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  state = jax.jit(task.init, out_shardings=device)(
+      jax.device_put(rng, device), jax.device_put(batch, device))
   generator = jax.tree.map(
       lambda value, like: jax.device_put(np.asarray(value, like.dtype),
-                                         like.sharding),
+                                         device),
       converted.params, expected)
-  params = dict(state.params, generator=generator)
-  replace = {'params': params}
+  replace = {'params': dict(state.params, generator=generator)}
   if state.ema_params:
     replace['ema_params'] = dict(state.ema_params, generator=generator)
-  exp.checkpointer.save(0, state.replace(**replace), force=True)
-  exp.checkpointer.wait()
-  exp.checkpointer.close()
+  state = state.replace(**replace)
+  fileio.makedirs(out_dir)
+  run_record.write(out_dir, config)
+  checkpointer = checkpoint.Checkpointer(
+      out_dir, max_to_keep=config.train.max_to_keep)
+  try:
+    checkpointer.save(0, state, force=True)
+    checkpointer.wait()
+  finally:
+    checkpointer.close()
   with open(os.path.join(out_dir, 'config.py'), 'w') as f:
     f.write(_CONFIG_PY.format(source=converted.source, out_dir=out_dir))
+  num_params = sum(np.size(v) for v in _flatten(converted.params).values())
   return {'out_dir': out_dir, 'source': converted.source,
-          'num_params': sum(np.size(v) for v in _flatten(converted.params).values())}
+          'num_params': num_params}

@@ -33,13 +33,12 @@ import os
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from vqlab import quantizers
 from vqlab import tokenizers
 from vqlab.convert import published
-from vqlab.convert import torch_files
 from vqlab.errors import WeightsError
+from vqlab.weights import torch_files
 
 OPTIONS = {
     'image_size': (int, 256, 'resolution the checkpoint was trained at '

@@ -32,10 +32,10 @@ import numpy as np
 from vqlab import tokenizers
 from vqlab.convert import maskgit_vqgan
 from vqlab.convert import published
-from vqlab.convert import safetensors
-from vqlab.convert import torch_files
 from vqlab.errors import WeightsError
 from vqlab.tokenizers import titok as titok_lib
+from vqlab.weights import safetensors_files
+from vqlab.weights import torch_files
 
 OPTIONS = {
     'num_heads': (int, 0, 'attention heads of both ViTs (0: width / 64, '
@@ -50,7 +50,7 @@ _RES_NAMES = {'norm1': 'norm1', 'conv1': 'conv1', 'norm2': 'norm2',
 def read_file(path: str) -> dict[str, np.ndarray]:
   """.safetensors or a torch.save'd state dict -> {name: array}."""
   if path.endswith('.safetensors'):
-    return safetensors.load_safetensors(path)
+    return safetensors_files.load_safetensors(path)
   return torch_files.load_state_dict(path)
 
 

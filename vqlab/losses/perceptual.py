@@ -8,11 +8,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vqlab.convert import lpips as lpips_convert
-from vqlab.convert import torch_files
-from vqlab.convert import vgg as vgg_convert
-from vqlab.convert import weights
 from vqlab.nn import vgg
+from vqlab.weights import files
+from vqlab.weights import lpips as lpips_weights
+from vqlab.weights import torch_files
+from vqlab.weights import vgg as vgg_weights
 
 # lpips' ScalingLayer: maps [-1, 1] images to ImageNet-normalized ones.
 SHIFT = (-.030, -.088, -.188)
@@ -66,10 +66,10 @@ def load_lpips_params(directory: str | os.PathLike | None = None) -> dict:
   """LPIPS params: the trunk from the torchvision VGG16 file in the weights
   directory, the heads from the packaged LPIPS v0.1 file. WeightsError if a
   file is missing or does not match."""
-  path = weights.require('lpips_vgg_heads', directory)
-  heads = lpips_convert.convert_lpips_heads(torch_files.load_state_dict(path))
+  path = files.require('lpips_vgg_heads', directory)
+  heads = lpips_weights.convert_lpips_heads(torch_files.load_state_dict(path))
   heads = jax.tree.map(jnp.asarray, heads)
-  return {'vgg': vgg_convert.load_vgg_params(16, directory), **heads}
+  return {'vgg': vgg_weights.load_vgg_params(16, directory), **heads}
 
 
 def lpips_distance(params: dict, x: jax.Array, y: jax.Array, *,

@@ -8,8 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vqlab.convert import vgg as vgg_convert
 from vqlab.nn import vgg
+from vqlab.weights import vgg as vgg_weights
 
 # torchvision's ImageNet normalization of [0, 1] images.
 MEAN = (0.485, 0.456, 0.406)
@@ -42,4 +42,4 @@ def load_vgg19_feature_params(
     directory: str | os.PathLike | None = None) -> dict:
   """VGG19Features params from the torchvision VGG19 file in the weights
   directory; WeightsError if it is missing or does not match."""
-  return {'vgg': vgg_convert.load_vgg_params(19, directory)}
+  return {'vgg': vgg_weights.load_vgg_params(19, directory)}

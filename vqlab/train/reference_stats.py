@@ -24,7 +24,7 @@ import ml_collections
 from vqlab import data as data_lib
 from vqlab import fileio
 from vqlab.evals import fid
-from vqlab.evals import inception
+from vqlab.nn import inception
 from vqlab.train import experiment
 from vqlab.train import frozen as frozen_lib
 from vqlab.train import partitioning

@@ -4,8 +4,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from vqlab.convert import vgg as vgg_convert
 from vqlab.nn import vgg
+from vqlab.weights import vgg as vgg_weights
 
 
 def convert_lpips_heads(state: Mapping[str, np.ndarray]) -> dict:
@@ -21,7 +21,7 @@ def convert_lpips_heads(state: Mapping[str, np.ndarray]) -> dict:
   """
   params = {}
   for k, channels in enumerate(vgg.CHANNELS):
-    weight = vgg_convert.take(state, f'lin{k}.model.1.weight',
+    weight = vgg_weights.take(state, f'lin{k}.model.1.weight',
                               (1, channels, 1, 1))
     params[f'lin{k}'] = {'kernel': weight.reshape(1, channels).T}
   return params

@@ -4,7 +4,7 @@ Reproduces `pytorch_fid.inception.InceptionV3([3], resize_input=True,
 normalize_input=True)`, i.e. torchvision's Inception3 (1008 classes, no
 auxiliary head) with pytorch-fid's FIDInceptionA/C/E_1/E_2 blocks: their
 3x3 average pools skip the padding (TF's behaviour) and the last block max
-pools. Weights: vqlab.convert.inception, which folds each BatchNorm
+pools. Weights: vqlab.weights.inception, which folds each BatchNorm
 (inference mode, eps 1e-3) into the bias of the convolution before it, so
 every BasicConv2d of torchvision is here one biased conv + ReLU; the param
 tree mirrors torchvision's names: `Mixed_5b/branch1x1/{kernel, bias}`.

@@ -3,7 +3,7 @@
 No file is downloaded at run time: users put the published files in the
 weights directory (`$VQLAB_WEIGHTS_DIR`, default `~/.cache/vqlab/weights`, or
 an explicit `directory`). Files that are small and freely licensed ship inside
-the package (`vqlab/convert/data`).
+the package (`vqlab/weights/data`).
 """
 
 import dataclasses

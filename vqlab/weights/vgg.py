@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vqlab.convert import torch_files
-from vqlab.convert import weights
 from vqlab.errors import WeightsError
 from vqlab.nn import vgg
+from vqlab.weights import files
+from vqlab.weights import torch_files
 
 
 def take(state: Mapping[str, np.ndarray], key: str,
@@ -55,7 +55,7 @@ def convert_vgg(state: Mapping[str, np.ndarray], depth: int,
 def load_vgg_params(depth: int,
                     directory: str | os.PathLike | None = None) -> dict:
   """Params of VGG(depth) from the published torchvision file in the weights
-  directory (see vqlab.convert.weights); WeightsError if it is missing."""
-  path = weights.require(f'vgg{depth}', directory)
+  directory (see vqlab.weights.files); WeightsError if it is missing."""
+  path = files.require(f'vgg{depth}', directory)
   state = torch_files.load_state_dict(path)
   return jax.tree.map(jnp.asarray, convert_vgg(state, depth))

@@ -1,4 +1,4 @@
-"""pytorch-fid's FID Inception weights -> params of vqlab.evals.inception.
+"""pytorch-fid's FID Inception weights -> params of vqlab.nn.inception.
 
 The file `pt_inception-2015-12-05-6726825d.pth` holds the state dict of
 pytorch-fid's `fid_inception_v3()`: per BasicConv2d `{name}.conv.weight`
@@ -7,7 +7,10 @@ pytorch-fid's `fid_inception_v3()`: per BasicConv2d `{name}.conv.weight`
 `fc.weight` [1008, 2048] and `fc.bias` [1008]. Each BatchNorm is folded into
 its conv here (in float64): kernel * s and bias = beta - mean * s, with
 s = gamma / sqrt(var + 1e-3). fc.bias is checked and dropped: the model's
-logits are the unbiased ones (see vqlab.evals.inception).
+logits are the unbiased ones (see vqlab.nn.inception).
+
+The expected param tree is InceptionV3's own (vqlab.nn.inception, a module
+that imports nothing else from vqlab).
 """
 
 from collections.abc import Mapping
@@ -18,10 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vqlab.convert import torch_files
-from vqlab.convert import weights
 from vqlab.errors import WeightsError
-from vqlab.evals import inception
+from vqlab.nn import inception
+from vqlab.weights import files
+from vqlab.weights import torch_files
 
 BN_EPS = 1e-3
 _BN_STATS = ('weight', 'bias', 'running_mean', 'running_var')
@@ -98,8 +101,8 @@ def convert_inception(state: Mapping[str, np.ndarray]) -> dict:
 
 def load_inception_params(directory: str | os.PathLike | None = None) -> dict:
   """Params of InceptionV3 from pytorch-fid's published weight file in the
-  weights directory (see vqlab.convert.weights); WeightsError if it is
+  weights directory (see vqlab.weights.files); WeightsError if it is
   missing or does not match."""
-  path = weights.require('inception_fid', directory)
+  path = files.require('inception_fid', directory)
   state = torch_files.load_state_dict(path)
   return jax.tree.map(jnp.asarray, convert_inception(state))

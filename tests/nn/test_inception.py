@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from tests.goldens import seeded_weights
-from vqlab.convert import inception as inception_convert
 from vqlab.errors import WeightsError
-from vqlab.evals import inception
+from vqlab.nn import inception
+from vqlab.weights import inception as inception_weights
 from tests.compile_options import FAST_COMPILE
 from tests import paths
 
@@ -39,7 +39,7 @@ def _signed(images_u8):
 
 
 def test_features_match_pytorch_fid(golden, state):
-  params = inception_convert.convert_inception(state)
+  params = inception_weights.convert_inception(state)
   model = inception.InceptionV3(resize_input=False)
   size = (inception.INPUT_SIZE,) * 2
 
@@ -90,7 +90,7 @@ def test_converter_tolerates_missing_num_batches_tracked(state):
   trimmed = {k: v for k, v in state.items()
              if not k.endswith('num_batches_tracked')}
   assert len(trimmed) < len(state)
-  params = inception_convert.convert_inception(trimmed)
+  params = inception_weights.convert_inception(trimmed)
   assert params['Mixed_7c']['branch_pool']['kernel'].shape == (1, 1, 2048,
                                                                  192)
   assert params['fc']['kernel'].shape == (2048, 1008)
@@ -98,7 +98,7 @@ def test_converter_tolerates_missing_num_batches_tracked(state):
 
 def test_missing_weight_file_names_file_and_directory(tmp_path):
   with pytest.raises(WeightsError) as error:
-    inception_convert.load_inception_params(tmp_path)
+    inception_weights.load_inception_params(tmp_path)
   assert 'pt_inception-2015-12-05-6726825d.pth' in str(error.value)
   assert str(tmp_path) in str(error.value)
 
@@ -108,11 +108,11 @@ def test_wrong_keys_are_named(state):
   del missing['Mixed_6b.branch7x7_2.bn.running_var']
   with pytest.raises(WeightsError, match=r'Mixed_6b\.branch7x7_2\.bn\.'
                      'running_var'):
-    inception_convert.convert_inception(missing)
+    inception_weights.convert_inception(missing)
   extra = dict(state, **{'AuxLogits.fc.weight': np.zeros((1008, 768))})
   with pytest.raises(WeightsError, match=r'AuxLogits\.fc\.weight'):
-    inception_convert.convert_inception(extra)
+    inception_weights.convert_inception(extra)
   wrong = dict(state, **{'Conv2d_1a_3x3.conv.weight': np.zeros((32, 3, 5, 5))})
   with pytest.raises(WeightsError, match=r'Conv2d_1a_3x3\.conv\.weight.*'
                      r'\(32, 3, 3, 3\)'):
-    inception_convert.convert_inception(wrong)
+    inception_weights.convert_inception(wrong)
