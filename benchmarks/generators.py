@@ -62,7 +62,6 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from benchmarks import budget as budget_lib
 from configs.gpt import imagenet256 as gpt_imagenet256
@@ -72,13 +71,13 @@ from configs.maskgit import tiny_cpu as maskgit_tiny_cpu
 from configs.vq_diffusion import imagenet256_class as vqd_imagenet256_class
 from configs.vq_diffusion import tiny_class as vqd_tiny_class
 from vqlab import generators
+from vqlab import tokenizers
 from vqlab.generators import gpt
 from vqlab.generators import maskgit
 from vqlab.generators import vq_diffusion
-from vqlab.train import optimizers
+from vqlab.train import trained_tokenizer
 from vqlab.train.state import TrainState
 from vqlab.train.tasks import generator as generator_task
-from vqlab.train.tasks import generator_models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -162,8 +161,6 @@ def _skip_reason(name: str, kind: str, case: str,
   return None
 
 
-
-
 def _random_tokens(model, rng: jax.Array, batch: int) -> jax.Array:
   """Token ids [B, *token shape(, F)] (GPT: [B, length])."""
   if isinstance(model, gpt.GPT):
@@ -176,17 +173,22 @@ def _random_tokens(model, rng: jax.Array, batch: int) -> jax.Array:
   return jax.random.randint(rng, shape, 0, model.vocab_size)
 
 
+def _token_shape(model) -> tuple[int, ...]:
+  """One example's token grid (GPT: its sequence)."""
+  return (model.length,) if isinstance(model, gpt.GPT) else model.token_shape
+
+
 def _bare_task(config, model) -> generator_task.GeneratorTask:
-  """The generator task's train step without a trained tokenizer: the
-  batch carries 'tokens', so the tokenizer is never used."""
-  task = object.__new__(generator_task.GeneratorTask)
-  task.config, task.workdir, task.model = config, '', model
-  task.tx = optimizers.build(config.optimizer, config.train.num_steps)
-  task.adapter = generator_models.adapter(model, config)
-  task.num_classes = task._num_classes()  # pylint: disable=protected-access
-  task.text = None
-  task.frozen = {}
-  return task
+  """The generator task without a trained tokenizer run: the batches carry
+  'tokens', so the stand-in tokenizer (its untrained module, no variables)
+  is never applied."""
+  tokenizer_config = tokenizers.default_config('vqgan')
+  tokenizer_config.quantizer.codebook_size = config.model.vocab_size
+  tokenizer = trained_tokenizer.TrainedTokenizer(
+      model=tokenizers.build(tokenizer_config), variables={},
+      config=tokenizer_config, workdir='', step=0)
+  return generator_task.GeneratorTask(config, tokenizer=tokenizer,
+                                      token_shape=_token_shape(model))
 
 
 # --------------------------------------------------------------- cases ---
@@ -196,9 +198,9 @@ def forward_probe(model, params, tokens, labels, budget: float) -> dict:
   """One eval forward pass over all positions (logits of every token)."""
   if isinstance(model, vq_diffusion.VQDiffusion):
     times = jnp.full((tokens.shape[0],), model.num_timesteps // 2)
-    apply = lambda p, t, l: model.apply({'params': p}, t, times, l)
+    apply = lambda p, t, cond: model.apply({'params': p}, t, times, cond)
   else:
-    apply = lambda p, t, l: model.apply({'params': p}, t, l)
+    apply = lambda p, t, cond: model.apply({'params': p}, t, cond)
   fn, compile_s = _compile(apply, params, tokens, labels)
   result = budget_lib.measure(lambda: jax.block_until_ready(fn(params, tokens, labels)),
                     _STEPS.value, budget)
@@ -233,11 +235,10 @@ def train_case(config, model, params, batch_size: int, rng: jax.Array,
     batch['label'] = jax.random.randint(jax.random.fold_in(rng, 1),
                                         (batch_size,), 0, task.num_classes)
   ema = {'model': params} if config.ema.decay > 0 else {}
-  loss_state = (task.adapter.init_loss_state()
-                if hasattr(task.adapter, 'init_loss_state') else {})
+  loss_state = task.api.init_loss_state(model)
   state = jax.jit(lambda p: TrainState(
       step=jnp.zeros((), jnp.int32), params={'model': p},
-      opt_state={'model': task.tx.init(p)}, model_state={},
+      opt_state={'model': task.tx['model'].init(p)}, model_state={},
       ema_params=jax.tree.map(jnp.copy, ema), loss_state=loss_state))(params)
   step_rng = jax.random.key(config.seed)
 
@@ -253,7 +254,7 @@ def train_case(config, model, params, batch_size: int, rng: jax.Array,
     jax.block_until_ready((holder[0], metrics))
 
   result = budget_lib.measure(call, _STEPS.value, budget)
-  del holder
+  holder.clear()
   return {'compile_s': compile_s, 'ema_decay': config.ema.decay, **result}
 
 
@@ -272,15 +273,15 @@ def run_model(name: str, kind: str) -> dict:
   model = generators.build(config.model, dtype=jnp.dtype(_DTYPE.value))
   rng = jax.random.key(0)
   tokens = _random_tokens(model, jax.random.fold_in(rng, 1), batch)
-  conditional = (model.num_classes > 0 if kind == 'maskgit'
-                 else model.condition == 'class')
+  api = generators.get_api(config.model.name)
+  conditional = api.condition_spec(config.model).kind == 'class'
   if kind == 'vq_diffusion' and model.condition == 'text':
     raise app.UsageError('benchmark the class-conditional VQ-Diffusion')
   labels = (jax.random.randint(jax.random.fold_in(rng, 2), (batch,), 0,
                                model.num_classes) if conditional else None)
   init_tokens = tokens[:1]
   t0 = time.perf_counter()
-  params = jax.jit(generator_models.adapter(model, config).init)(
+  params = jax.jit(lambda r, t, c: api.init(model, r, t, c))(
       jax.random.fold_in(rng, 3), init_tokens,
       None if labels is None else labels[:1])
   params = jax.block_until_ready(params)
@@ -334,8 +335,8 @@ def run_model(name: str, kind: str) -> dict:
   if kind == 'maskgit':
     steps = _SAMPLE_STEPS.value
     cases = {'sample': (
-        lambda p, r, l: maskgit.sample(
-            model, p, r, batch, l, num_steps=steps,
+        lambda p, r, cond: maskgit.sample(
+            model, p, r, batch, cond, num_steps=steps,
             temperature=s.temperature,
             choice_temperature=s.choice_temperature, guidance_scale=0.0,
             schedule_method=config.loss.mask_schedule),
@@ -348,8 +349,8 @@ def run_model(name: str, kind: str) -> dict:
     for steps in _DIFFUSION_STEPS.value:
       steps = min(int(steps), model.num_timesteps)
       cases[f'sample_{steps}_steps'] = (
-          (lambda n: lambda p, r, l: vq_diffusion.sample(
-              model, p, r, batch, l, num_steps=n,
+          (lambda n: lambda p, r, cond: vq_diffusion.sample(
+              model, p, r, batch, cond, num_steps=n,
               truncation=s.truncation))(steps),
           steps * forward_s, f'{steps} x one forward pass')
     entry['sample_settings'] = {'truncation': s.truncation,
@@ -358,8 +359,8 @@ def run_model(name: str, kind: str) -> dict:
     n = model.prefix_length + model.length - 1
     cases = {}
     for use_cache in (True, False):
-      fn = (lambda c: lambda p, r, l: gpt.sample(
-          model, p, r, batch, l, temperature=s.temperature, top_k=s.top_k,
+      fn = (lambda c: lambda p, r, cond: gpt.sample(
+          model, p, r, batch, cond, temperature=s.temperature, top_k=s.top_k,
           top_p=s.top_p, use_cache=c))(use_cache)
       if use_cache:
         cases['sample_cache'] = (

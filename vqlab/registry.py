@@ -26,12 +26,17 @@ class Registry:
     self.key_prefix = key_prefix
     self.subcomponents = dict(subcomponents or {})
     self._entries: dict[str, tuple[Callable[[], Any], Callable[..., Any]]] = {}
+    self._apis: dict[str, Any] = {}
 
   def register(self, name: str, *, default_config: Callable[[], Any],
-               builder: Callable[..., Any]) -> None:
+               builder: Callable[..., Any], api: Any = None) -> None:
+    """Adds component `name`; `api`: what tasks use it through, if the
+    registry's components have one (a generator's `GeneratorApi`)."""
     if name in self._entries:
       raise ValueError(f'{self.kind} {name!r} is registered twice')
     self._entries[name] = (default_config, builder)
+    if api is not None:
+      self._apis[name] = api
 
   def names(self) -> list[str]:
     return sorted(self._entries)
@@ -41,6 +46,15 @@ class Registry:
       raise ConfigError(
           key, f'unknown {self.kind} {name!r}; known: {", ".join(self.names())}')
     return self._entries[name]
+
+  def get_api(self, name: str) -> Any:
+    """The `api` registered with `name`; ConfigError naming
+    `<key_prefix>.name` if the name is unknown or has none."""
+    self._entry(name, f'{self.key_prefix}.name')
+    if name not in self._apis:
+      raise ConfigError(f'{self.key_prefix}.name',
+                        f'{self.kind} {name!r} has no api')
+    return self._apis[name]
 
   def default_config(self, name: str) -> ml_collections.ConfigDict:
     """A complete, valid config for `name`; every key is documented there."""

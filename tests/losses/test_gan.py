@@ -28,7 +28,7 @@ def test_hinge_and_non_saturating_values():
 def test_adaptive_weight_equals_full_backprop_ratio():
   """The task's last-layer VJP trick equals norms of full-network gradients."""
   config = experiment.validate(tiny.tokenizer_config(), num_devices=1)
-  task = tokenizer.TokenizerTask(config)
+  task = tokenizer.build(config)
   x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3), minval=-1, maxval=1)
   state = jax.jit(task.init)(jax.random.key(1), {'image': x})
   gen, disc = state.params['generator'], state.params['discriminator']

@@ -1,6 +1,6 @@
 """Every registered quantizer: registry, index <-> code round trips, input
 errors, the configs/vqgan files, and a few VQGAN train steps that lower the
-loss. Formula tests per quantizer are in tests/test_quantizers_*.py."""
+loss. Formula tests per quantizer are in tests/quantizers/test_<module>.py."""
 
 import functools
 import importlib
@@ -67,7 +67,7 @@ def test_registry_names_and_defaults_build():
 
 # Codes are distinct fixed points of the lookup here (LFQ: sign(c) = c); not
 # for Gumbel (codes -> logits head), projections, or FSQ (tanh bound; its
-# mixed-radix round trip is tested in tests/quantizers/test_lfq_fsq.py).
+# mixed-radix round trip is tested in tests/quantizers/test_fsq.py).
 FIXED_POINTS = ('vq', 'vq_ema_restart', 'regularized', 'lfq', 'lfq_factorized')
 
 
@@ -203,7 +203,7 @@ def test_vqgan_train_steps_lower_the_loss(variant):
   config.optimizer.generator.learning_rate = 3e-3
   config.model.quantizer = TRAIN_VARIANTS[variant]
   config = experiment.validate(config, num_devices=8)
-  task = tokenizer.TokenizerTask(config)
+  task = tokenizer.build(config)
   batch = {'image': jax.random.uniform(jax.random.key(0), (8, 8, 8, 3),
                                        minval=-1, maxval=1)}
   state = jax.jit(task.init, compiler_options=FAST_COMPILE)(

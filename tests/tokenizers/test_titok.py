@@ -176,7 +176,7 @@ def test_one_train_step_under_the_tokenizer_task():
   config.model = _config()
   config.eval.lpips = config.eval.fid = 'off'
   config = experiment.validate(config, num_devices=8)
-  task = tokenizer.TokenizerTask(config)
+  task = tokenizer.build(config)
   batch = {'image': _images((8, 16, 16, 3))}
   state = jax.jit(task.init, compiler_options=FAST_COMPILE)(
       jax.random.key(0), batch)

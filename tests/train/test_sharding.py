@@ -32,7 +32,7 @@ def _loss_and_grads_on(devices, fsdp, task, state, batch, config):
 def test_one_device_equals_eight_devices_equals_fsdp():
   assert jax.device_count() == 8
   config = experiment.validate(tiny.tokenizer_config(), num_devices=8)
-  task = tokenizer.TokenizerTask(config)
+  task = tokenizer.build(config)
   source = data_lib.build(config.data, split='train', global_batch_size=8)
   batch = {'image': next(source.batches(0))['image']}
   state = jax.jit(task.init)(jax.random.key(0), batch)

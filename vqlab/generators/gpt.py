@@ -24,9 +24,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
+from vqlab import config_schema
 from vqlab.errors import ConfigError
+from vqlab.generators import api
 from vqlab.nn.transformer import Transformer, causal_mask
 
 CONDITIONS = ('none', 'class', 'tokens')
@@ -195,10 +196,41 @@ class GPT(nn.Module):
     return sample(self, params, rng, batch_size, cond, **kwargs)
 
 
-def next_token_loss(logits: jax.Array, tokens: jax.Array) -> jax.Array:
-  """Mean cross-entropy: logits [B, N, V] (from `GPT`), tokens [B, N]."""
-  return optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), tokens).mean()
+def _token_weights(tokens: jax.Array,
+                   example_weights: jax.Array | None) -> jax.Array:
+  """float [B, N]: each token's weight, its example's (default 1)."""
+  weights = (jnp.ones(tokens.shape[:1]) if example_weights is None
+             else example_weights)
+  return weights[:, None] * jnp.ones(tokens.shape, jnp.float32)
+
+
+def next_token_loss(logits: jax.Array, tokens: jax.Array,
+                    example_weights: jax.Array | None = None) -> jax.Array:
+  """Mean next-token cross-entropy, weighted by example.
+
+  Args:
+    logits: [B, N, V] (from `GPT`).
+    tokens: int [B, N] targets.
+    example_weights: float [B] (0 for eval padding); None: all 1.
+
+  Returns:
+    float32 scalar: the weighted mean over tokens of -log p(token).
+  """
+  per_token = -jnp.take_along_axis(
+      jax.nn.log_softmax(logits.astype(jnp.float32)), tokens[..., None],
+      -1)[..., 0]
+  weights = _token_weights(tokens, example_weights)
+  return (per_token * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+
+
+def next_token_accuracy(logits: jax.Array, tokens: jax.Array,
+                        example_weights: jax.Array | None = None
+                        ) -> jax.Array:
+  """Weighted fraction of tokens [B, N] that are the argmax of their logits
+  [B, N, V]; example_weights float [B] or None (all 1). A scalar."""
+  weights = _token_weights(tokens, example_weights)
+  correct = (jnp.argmax(logits, -1) == tokens) * weights
+  return correct.sum() / jnp.maximum(weights.sum(), 1.0)
 
 
 def filter_logits(logits: jax.Array, top_k: int = 0,
@@ -234,11 +266,6 @@ def _choose(rng, logits, temperature, top_k, top_p) -> jax.Array:
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
-def guided_logits(cond: jax.Array, uncond: jax.Array, scale) -> jax.Array:
-  """Classifier-free guidance: l_u + (1 + w)(l_c - l_u) (MaskGIT's w)."""
-  return uncond + (1.0 + scale) * (cond - uncond)
-
-
 def _guidance(model: GPT, cond: Any, batch_size: int, guidance_scale):
   """The doubled condition [cond; null] and how to use it, or no guidance.
 
@@ -264,8 +291,8 @@ def _guidance(model: GPT, cond: Any, batch_size: int, guidance_scale):
     raise ValueError(f'class cond must have shape [B]=({batch_size},), '
                      f'got {cond.shape}')
   double = lambda x: jnp.concatenate([x, x])
-  combine = lambda logits: guided_logits(logits[:batch_size],
-                                         logits[batch_size:], guidance_scale)
+  combine = lambda logits: api.guided_logits(
+      logits[:batch_size], logits[batch_size:], guidance_scale)
   return (jnp.concatenate([cond, jnp.full_like(cond, model.null_class)]),
           2 * batch_size, double, combine)
 
@@ -313,7 +340,7 @@ def sample(model: GPT, params, rng: jax.Array, batch_size: int,
   """
   params = {'params': params.get('params', params)}
   n = model.length
-  choose = lambda r, l: _choose(r, l, temperature, top_k, top_p)
+  choose = lambda r, logits: _choose(r, logits, temperature, top_k, top_p)
   cond, rows, double, combine = _guidance(model, cond, batch_size,
                                           guidance_scale)
   if use_cache:
@@ -469,3 +496,93 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
              num_classes=config.num_classes,
              cond_vocab_size=config.cond_vocab_size,
              cond_length=config.cond_length, dtype=jnp.dtype(dtype))
+
+
+# ------------------------------------------------------------ Generator API.
+
+
+def _condition_spec(config: ml_collections.ConfigDict) -> api.ConditionSpec:
+  if config.condition not in CONDITIONS:
+    raise ConfigError('model.condition',
+                      f'{config.condition!r} not in {CONDITIONS}')
+  if config.condition == 'class':
+    return api.ConditionSpec('class', num_classes=config.num_classes)
+  if config.condition == 'tokens':
+    return api.ConditionSpec('tokens', length=config.cond_length)
+  return api.ConditionSpec(config.condition)
+
+
+def _check_fits(config: ml_collections.ConfigDict, tokenizer: Any,
+                token_shape: tuple[int, ...], where: str) -> None:
+  """The row-major token sequence; spatial conditions come from the same
+  tokenizer."""
+  if tokenizer.factor_vocab_sizes:
+    raise ConfigError('model.name', 'gpt models plain indices; '
+                      f'{where} gives factorized codes: use maskgit')
+  length = int(np.prod(token_shape))
+  if config.length != length:
+    raise ConfigError('model.length', f'{config.length}, but {where} turns '
+                      f'the data into {length} tokens ({token_shape})')
+  if config.condition == 'tokens':
+    if config.cond_vocab_size != tokenizer.vocab_size:
+      raise ConfigError('model.cond_vocab_size', f'{config.cond_vocab_size}, '
+                        f'but the condition tokens of {where} have '
+                        f'{tokenizer.vocab_size} codes')
+    if config.cond_length != length:
+      raise ConfigError('model.cond_length', f'{config.cond_length}, but '
+                        f'{where} turns the condition image into {length} '
+                        f'tokens ({token_shape})')
+
+
+def _check_settings(config: ml_collections.ConfigDict) -> None:
+  """Guidance needs the null class and is constant."""
+  sample_config = config.sample
+  if sample_config.guidance_scale != 0:
+    config_schema.require(
+        config.model.condition == 'class', 'sample.guidance_scale',
+        f'{sample_config.guidance_scale}, but guiding a GPT needs '
+        "model.condition 'class' (its null class), got "
+        f'{config.model.condition!r}')
+    config_schema.require(
+        sample_config.guidance_schedule == 'constant',
+        'sample.guidance_schedule',
+        "GPT guidance is constant; 'linear' is MaskGIT's")
+
+
+def _init(model: GPT, rng: jax.Array, tokens: jax.Array, cond):
+  """Params of `model` for tokens [B, *shape] (flattened row-major)."""
+  return model.init(rng, tokens.reshape(tokens.shape[0], -1), cond)['params']
+
+
+def _loss(model: GPT, params, tokens: jax.Array, cond, rng: jax.Array, *,
+          settings: ml_collections.ConfigDict, train: bool,
+          example_weights: jax.Array | None = None, loss_state=None):
+  """`next_token_loss` over tokens [B, *shape] (row-major); class labels
+  drop to the null class (spatial conditions have none)."""
+  drop_rng, rng = jax.random.split(rng)
+  if model.condition == 'class':
+    drop = api.drop_mask(drop_rng, settings.label_drop, cond, train)
+    if drop is not None:
+      cond = jnp.where(drop, model.null_class, cond)
+  flat = tokens.reshape(tokens.shape[0], -1)
+  logits = model.apply({'params': params}, flat, cond, train=train,
+                       rngs={'dropout': rng})
+  loss = next_token_loss(logits, flat, example_weights)
+  accuracy = next_token_accuracy(logits, flat, example_weights)
+  return loss, {'loss': loss, 'accuracy': accuracy}, loss_state
+
+
+def _sample(model: GPT, params, rng: jax.Array, batch_size: int, cond, *,
+            settings: ml_collections.ConfigDict,
+            loss_settings: ml_collections.ConfigDict) -> jax.Array:
+  """`sample` with the settings: int32 [B, length]."""
+  del loss_settings
+  return sample(model, params, rng, batch_size, cond,
+                temperature=settings.temperature, top_k=settings.top_k,
+                top_p=settings.top_p, use_cache=settings.use_cache,
+                guidance_scale=settings.guidance_scale)
+
+
+API = api.GeneratorApi(condition_spec=_condition_spec, check_fits=_check_fits,
+                       init=_init, loss=_loss, sample=_sample,
+                       check_settings=_check_settings)

@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from vqlab.errors import ConfigError
+from vqlab.generators import api
 from vqlab.generators import mask_schedule
 from vqlab.nn.transformer import Transformer
 
@@ -252,11 +253,6 @@ def init_state(model: MaskGIT, rng: jax.Array, batch_size: int) -> DecodeState:
   return DecodeState(rng=rng, step=jnp.zeros((), jnp.int32), tokens=tokens)
 
 
-def guided_logits(cond: jax.Array, uncond: jax.Array, scale) -> jax.Array:
-  """Classifier-free guidance: l_u + (1 + w)(l_c - l_u)."""
-  return uncond + (1.0 + scale) * (cond - uncond)
-
-
 def decode_step(model: MaskGIT, params, state: DecodeState,
                 labels: jax.Array | None = None, *, num_steps: int = 8,
                 temperature: float = 1.0, choice_temperature: float = 4.5,
@@ -285,7 +281,7 @@ def decode_step(model: MaskGIT, params, state: DecodeState,
     both = apply(jnp.concatenate([tokens, tokens]),
                  jnp.concatenate([labels, null]))
     scale = guidance_scale * (ratio if guidance_schedule == 'linear' else 1.0)
-    logits = guided_logits(both[:batch], both[batch:], scale)
+    logits = api.guided_logits(both[:batch], both[batch:], scale)
   else:
     logits = apply(tokens, labels)                           # [B, N, F, V]
   if isinstance(temperature, (int, float)) and temperature == 0:
@@ -388,3 +384,55 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
                  width=config.width, num_layers=config.num_layers,
                  num_heads=config.num_heads, mlp_dim=config.mlp_dim,
                  dropout_rate=config.dropout_rate, dtype=jnp.dtype(dtype))
+
+
+# ------------------------------------------------------------ Generator API.
+
+
+def _condition_spec(config: ml_collections.ConfigDict) -> api.ConditionSpec:
+  if config.num_classes:
+    return api.ConditionSpec('class', num_classes=config.num_classes)
+  return api.ConditionSpec()
+
+
+def _check_fits(config: ml_collections.ConfigDict, tokenizer: Any,
+                token_shape: tuple[int, ...], where: str) -> None:
+  api.check_token_grid(config, tokenizer, token_shape, where,
+                       factors_key='model.factor_vocab_sizes')
+
+
+def _init(model: MaskGIT, rng: jax.Array, tokens: jax.Array, cond):
+  """Params of `model` for tokens [B, *shape(, F)], labels [B] or None."""
+  return model.init(rng, tokens, cond)['params']
+
+
+def _loss(model: MaskGIT, params, tokens: jax.Array, cond, rng: jax.Array, *,
+          settings: ml_collections.ConfigDict, train: bool,
+          example_weights: jax.Array | None = None, loss_state=None):
+  """`masked_loss` with label smoothing (train only) and label dropout."""
+  drop_rng, rng = jax.random.split(rng)
+  drop = api.drop_mask(drop_rng, settings.label_drop, cond, train)
+  if drop is not None:
+    cond = jnp.where(drop, model.num_classes, cond)
+  loss, metrics = masked_loss(
+      model, params, rng, tokens, cond,
+      label_smoothing=settings.label_smoothing if train else 0.0,
+      label_drop=0.0, schedule_method=settings.mask_schedule, train=train,
+      example_weights=example_weights)
+  return loss, metrics, loss_state
+
+
+def _sample(model: MaskGIT, params, rng: jax.Array, batch_size: int, cond, *,
+            settings: ml_collections.ConfigDict,
+            loss_settings: ml_collections.ConfigDict) -> jax.Array:
+  """`sample` with the settings; decoding follows the training schedule."""
+  return sample(model, params, rng, batch_size, cond,
+                num_steps=settings.num_steps, temperature=settings.temperature,
+                choice_temperature=settings.choice_temperature,
+                guidance_scale=settings.guidance_scale,
+                guidance_schedule=settings.guidance_schedule,
+                schedule_method=loss_settings.mask_schedule)
+
+
+API = api.GeneratorApi(condition_spec=_condition_spec, check_fits=_check_fits,
+                       init=_init, loss=_loss, sample=_sample)

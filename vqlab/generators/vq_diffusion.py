@@ -32,7 +32,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vqlab import config_schema
 from vqlab.errors import ConfigError
+from vqlab.generators import api
 from vqlab.generators import discrete_diffusion as dd
 from vqlab.nn.conditioned_transformer import ConditionedBlock
 from vqlab.nn.conditioned_transformer import timestep_embedding
@@ -379,3 +381,74 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
       condition=config.condition, num_classes=config.num_classes,
       text_encoder=config.text_encoder, cond_dim=config.cond_dim,
       schedule_values=values, dtype=jnp.dtype(dtype))
+
+
+# ------------------------------------------------------------ Generator API.
+
+
+def _condition_spec(config: ml_collections.ConfigDict) -> api.ConditionSpec:
+  if config.condition not in CONDITIONS:
+    raise ConfigError('model.condition',
+                      f'{config.condition!r} not in {CONDITIONS}')
+  if config.condition == 'class':
+    return api.ConditionSpec('class', num_classes=config.num_classes)
+  return api.ConditionSpec(config.condition)
+
+
+def _check_fits(config: ml_collections.ConfigDict, tokenizer: Any,
+                token_shape: tuple[int, ...], where: str) -> None:
+  api.check_token_grid(config, tokenizer, token_shape, where,
+                       factors_key='model.name')
+
+
+def _check_settings(config: ml_collections.ConfigDict) -> None:
+  steps = config.model.num_timesteps
+  config_schema.require(
+      config.sample.diffusion_steps <= steps, 'sample.diffusion_steps',
+      f'{config.sample.diffusion_steps} is more than the model.num_timesteps '
+      f'{steps} of the chain')
+
+
+def _init(model: VQDiffusion, rng: jax.Array, tokens: jax.Array, cond):
+  """Params of `model` for tokens [B, *token_shape] and cond."""
+  t = jnp.ones((tokens.shape[0],), jnp.int32)
+  return model.init(rng, tokens, t, cond)['params']
+
+
+def _init_loss_state(model: VQDiffusion) -> dict[str, jax.Array]:
+  return init_loss_state(model.num_timesteps)
+
+
+def _loss(model: VQDiffusion, params, tokens: jax.Array, cond,
+          rng: jax.Array, *, settings: ml_collections.ConfigDict,
+          train: bool, example_weights: jax.Array | None = None,
+          loss_state=None):
+  """`diffusion_loss`; eval: no condition dropout, uniform times and the
+  loss history unchanged. metrics['accuracy'] is the x_0 accuracy."""
+  loss, metrics, new_state = diffusion_loss(
+      model, params, rng, tokens, cond, aux_weight=settings.aux_weight,
+      cond_drop=settings.label_drop if train else 0.0,
+      time_sampling=settings.time_sampling if train else 'uniform',
+      loss_state=loss_state, train=train, example_weights=example_weights)
+  metrics['accuracy'] = metrics['x0_accuracy']
+  return loss, metrics, new_state if train else loss_state
+
+
+def _sample(model: VQDiffusion, params, rng: jax.Array, batch_size: int,
+            cond, *, settings: ml_collections.ConfigDict,
+            loss_settings: ml_collections.ConfigDict) -> jax.Array:
+  """`sample` with the settings: w = settings.guidance_scale is MaskGIT's
+  (s = 1 + w, so w = 0 is conditional sampling); diffusion_steps 0 walks
+  the full chain."""
+  del loss_settings
+  return sample(model, params, rng, batch_size, cond,
+                num_steps=settings.diffusion_steps or None,
+                guidance_scale=1.0 + settings.guidance_scale,
+                temperature=settings.temperature,
+                truncation=settings.truncation)
+
+
+API = api.GeneratorApi(condition_spec=_condition_spec, check_fits=_check_fits,
+                       init=_init, loss=_loss, sample=_sample,
+                       init_loss_state=_init_loss_state,
+                       check_settings=_check_settings)

@@ -174,13 +174,6 @@ class VQGAN(nn.Module):
                   mid_res_blocks=self.mid_res_blocks,
                   res_conv_bias=self.res_conv_bias,
                   shortcut_quirk=self.shortcut_quirk)
-    if self.downsample not in DOWNSAMPLING:
-      raise ValueError(f'VQGAN: downsample must be one of {DOWNSAMPLING}, '
-                       f'got {self.downsample!r}')
-    if not self.quant_convs and self.z_channels != self.quantizer.code_dim:
-      raise ValueError(f'VQGAN: without quant_convs z_channels '
-                       f'({self.z_channels}) must equal the code dim '
-                       f'({self.quantizer.code_dim})')
     self.encoder = Encoder(z_channels=self.z_channels,
                            downsample=self.downsample,
                            conv_in_bias=self.conv_in_bias,

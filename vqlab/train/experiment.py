@@ -26,7 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.seed = 0                  # Seeds init and the per-step rng stream.
   config.compute_dtype = 'float32'  # 'float32' or 'bfloat16'; params stay f32.
   # Directory of pretrained metric-network files (VGG16/19, Inception); empty:
-  # $VQLAB_WEIGHTS_DIR or ~/.cache/vqlab/weights (see vqlab/convert/weights.py).
+  # $VQLAB_WEIGHTS_DIR or ~/.cache/vqlab/weights (see vqlab/weights/files.py).
   config.weights_dir = ''
 
   config.train = train = ml_collections.ConfigDict()
@@ -65,12 +65,12 @@ def reference_config(config: ml_collections.ConfigDict) -> ml_collections.Config
   reference.update(task.default_config())
   # Sections whose keys depend on the component they name (the tokenizer
   # task's discriminator) are checked against that component's defaults.
-  for key, registry in getattr(task, 'SUBCOMPONENTS', {}).items():
+  for key, registry in task.subcomponents.items():
     if key in config:
       reference[key] = registry.validate(config[key], key)
   if 'model' in config:
     # The model's registry checks it, sub-components (its quantizer) included.
-    reference.model = task.MODEL_REGISTRY.validate(config.model, 'model')
+    reference.model = task.model_registry.validate(config.model, 'model')
   if 'data' in config and 'name' in config.data:
     if config.data.name not in data_lib.names():
       _unknown('data.name', 'dataset', config.data.name, data_lib.names())

@@ -32,6 +32,7 @@ from vqlab.train import run_record
 from vqlab.train import tasks
 from vqlab.train import workdir_lock
 from vqlab.train import writers as writers_lib
+from vqlab.train.tasks.base import Task
 
 StepCallback = Callable[[int, dict[str, Any]], None]
 
@@ -50,13 +51,12 @@ def _with_shardings(abstract_tree: Any, shardings: Any) -> Any:
 
 
 def _build_data(config: ml_collections.ConfigDict, split: str,
-                global_batch_size: int, task=None) -> data_lib.DataSource:
+                global_batch_size: int, task: Task) -> data_lib.DataSource:
   """This host's data source (the task's own when it has one, e.g. token
   shards); bad values or missing files -> DataError."""
   try:
-    own = getattr(task, 'data_source', None)
-    source = own and own(split, global_batch_size, jax.process_index(),
-                         jax.process_count())
+    source = task.data_source(split, global_batch_size, jax.process_index(),
+                              jax.process_count())
     if source is not None:
       return source
     return data_lib.build(config, split=split,
@@ -95,7 +95,7 @@ class Experiment:
                                            allow_config_change)
     # Data problems (a missing folder, an unreadable image) stop the run
     # before anything is written to the workdir.
-    self.task = tasks.get(config.task).build(config, workdir)
+    self.task: Task = tasks.get(config.task).build(config, workdir)
     self.mesh = partitioning.make_mesh(config.mesh, devices)
     self.batch_sharding = partitioning.batch_sharding(self.mesh)
     self.train_data = _build_data(config.data, 'train',
@@ -148,7 +148,7 @@ class Experiment:
     # Any sharded array -> the whole array on every process.
     self._gather = jax.jit(lambda x: x, out_shardings=replicated)
 
-    if hasattr(self.task, 'sample_images'):
+    if self.task.draws_samples:
       self.jit_sample_images = jax.jit(
           self.task.sample_images, static_argnames=('batch_size',),
           out_shardings=replicated)
@@ -195,9 +195,8 @@ class Experiment:
                    out_shardings=self.state_shardings)
     with jax.set_mesh(self.mesh):
       state = init(self._init_rng)
-    if hasattr(self.task, 'warm_start'):  # Params copied from another run.
-      state = jax.device_put(self.task.warm_start(state),
-                             self.state_shardings)
+    # E.g. params copied from another run.
+    state = jax.device_put(self.task.warm_start(state), self.state_shardings)
     return state, 0
 
   def global_batch(self, local_batch):
@@ -222,7 +221,7 @@ class Experiment:
                                     jax.device_get(self._gather(batch['mask'])))
     if not acc.num_batches:
       raise ValueError('eval: the eval split yielded no batches')
-    if hasattr(self.task, 'sample_images'):
+    if self.task.draws_samples:
       n = self.config.eval.num_images
       count = -(-2 * n // len(self.mesh.devices.flat)) * len(
           self.mesh.devices.flat)

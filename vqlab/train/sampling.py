@@ -29,7 +29,7 @@ from vqlab import fileio
 from vqlab.errors import CheckpointError
 from vqlab.errors import ConfigError
 from vqlab.evals import fid
-from vqlab.evals import inception
+from vqlab.nn import inception
 from vqlab.train import loop
 from vqlab.train import progress as progress_lib
 from vqlab.train import reference_stats
@@ -65,7 +65,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
   """
   exp = loop.Experiment(config, workdir, devices, lock='sample')
   config, task = exp.config, exp.task
-  if not hasattr(task, 'sample_images'):
+  if not task.draws_samples:
     raise ConfigError('task', f'--mode=sample needs a generator config, got '
                       f'task {config.task!r}')
   restored = exp.checkpointer.restore(exp.abstract_state)

@@ -6,7 +6,6 @@ Runs on 2 of the 8 test devices (sharded batches, cheap compiles).
 
 import copy
 import glob
-import json
 import os
 import shutil
 import subprocess
@@ -30,6 +29,7 @@ from vqlab.train import experiment
 from vqlab.train.tasks import generator
 from vqlab.train.tasks import spatial_conditions
 from tests import random_weight_files
+from tests import retrace
 from tests import tiny
 from tests import paths
 
@@ -326,8 +326,9 @@ def test_spatial_gpt_trains_on_shards_and_on_the_fly_alike_and_samples(
   fly = loop.Experiment(config, str(tmp_path / 'fly'), _devices())
   state, _ = fly.initial_state()
   batches = fly.train_data.batches()
-  for _ in range(2):
-    state, metrics = fly.train_step(state, fly.global_batch(next(batches)))
+  with retrace.traced_once():
+    for _ in range(2):
+      state, metrics = fly.train_step(state, fly.global_batch(next(batches)))
   assert np.isfinite(float(metrics['loss']))
   np.testing.assert_array_equal(fly.task.sample_conditions(0, 4),
                                 arrays['cond_tokens'][:4].reshape(4, 64))

@@ -46,7 +46,7 @@ def test_video_train_steps_lower_the_loss_and_eval_per_frame():
   config = experiment.validate(_tiny(), num_devices=8)
   config.unlock()
   config.loss.disc_start = 100  # Reconstruction + LFQ terms only.
-  task = tokenizer.TokenizerTask(config)
+  task = tokenizer.build(config)
   batch = {'video': jnp.asarray(_video_batch(config)['video'])}
   assert batch['video'].shape == (8, 5, 16, 16, 3)
   state = jax.jit(task.init, compiler_options=FAST_COMPILE)(
@@ -77,7 +77,7 @@ def test_joint_image_video_batch_trains_one_model():
   config.data.video.image_size = 16
   config.data.video.num_frames = 5
   config = experiment.validate(config, num_devices=8)
-  task = tokenizer.TokenizerTask(config)
+  task = tokenizer.build(config)
   source = data_lib.build(config.data, split='train', global_batch_size=16)
   batch = {k: jnp.asarray(v) for k, v in next(source.batches(0)).items()
            if k in ('image', 'video')}
@@ -115,7 +115,7 @@ def test_lpips_on_video_frames(tmp_path):
   config.weights_dir = str(random_weight_files.write(tmp_path, ('vgg16',)))
   config.loss.perceptual_weight = 0.5
   config = experiment.validate(config, num_devices=8)
-  task = tokenizer.TokenizerTask(config)
+  task = tokenizer.build(config)
   assert set(task.frozen) == {'lpips'}
   x = jnp.asarray(_video_batch(config, batch_size=2)['video'])
   x_rec = jnp.clip(x + 0.3 * jax.random.normal(jax.random.key(0), x.shape),

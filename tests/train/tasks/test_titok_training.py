@@ -11,6 +11,7 @@ import pytest
 
 from configs.titok import tiny_stage1
 from configs.titok import tiny_stage2
+from tests import retrace
 from tests import tiny
 from vqlab.errors import ConfigError
 from vqlab.train import checkpoint as checkpoint_lib
@@ -60,9 +61,10 @@ def proxy_dir(tokenizer_dir):
 def stage1(proxy_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('stage1'))
   losses = []
-  result = loop.train_and_evaluate(
-      _stage1_config(proxy_dir, 16), workdir, devices=_devices(),
-      step_callback=lambda step, m: losses.append(float(m['proxy_ce'])))
+  with retrace.traced_once():  # 16 steps and an eval: one compile each.
+    result = loop.train_and_evaluate(
+        _stage1_config(proxy_dir, 16), workdir, devices=_devices(),
+        step_callback=lambda step, m: losses.append(float(m['proxy_ce'])))
   return workdir, result, losses
 
 
@@ -105,7 +107,7 @@ def stage2(stage1, tmp_path_factory):
   state, _ = exp.initial_state()
   exp.record_config(0)     # A tokenizer run for the generator test below.
   start = jax.device_get(state.params['generator'])
-  with jax.set_mesh(exp.mesh):
+  with jax.set_mesh(exp.mesh), retrace.traced_once():
     for _ in range(3):
       state, _ = exp.train_step(
           state, exp.global_batch(next(exp.train_data.batches())))

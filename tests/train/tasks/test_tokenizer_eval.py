@@ -14,7 +14,7 @@ from tests import tiny
 from vqlab.errors import WeightsError
 from vqlab.evals import fid
 from vqlab.evals import image_metrics
-from vqlab.evals import inception
+from vqlab.nn import inception
 from vqlab.losses import perceptual
 from vqlab.quantizers import base as quantizer_base
 from vqlab.train import loop

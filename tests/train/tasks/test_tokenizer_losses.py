@@ -28,7 +28,7 @@ def _task(mutate):
   config = tiny.tokenizer_config()
   config.eval.lpips = config.eval.fid = 'off'
   mutate(config)
-  return tokenizer.TokenizerTask(experiment.validate(config, num_devices=8))
+  return tokenizer.build(experiment.validate(config, num_devices=8))
 
 
 def _first_step(task):

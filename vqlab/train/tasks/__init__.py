@@ -1,22 +1,38 @@
-"""Tasks: what a config's `task` names. The loop is generic; a task supplies
-`default_config()`, `validate(config)`, `MODEL_REGISTRY` (where
-`model.name` is looked up), and `build(config, workdir)`
-returning an object with pure `init`, `train_step`, `eval_step`,
-`summarize_eval` and `image_rows`. Optional hooks: `data_source(split, ...)`
-(data other than the `data` section, e.g. token shards) and `sample_images`
-(eval pictures are generated samples)."""
+"""Tasks: what a config's `task` names (the contract: `tasks/base.py`).
 
+Each entry gives the task's config sections and their checks, where its
+`model.name` is looked up, and the `build(config, workdir)` that reads what
+the task needs and returns a `base.Task` for the loop.
+"""
+
+from vqlab import generators
+from vqlab import tokenizers
 from vqlab.errors import ConfigError
+from vqlab.losses import discriminators
+from vqlab.train.tasks import base
 from vqlab.train.tasks import generator
 from vqlab.train.tasks import proxy_codes
 from vqlab.train.tasks import tokenizer
 
-TASKS = {'tokenizer': tokenizer, 'generator': generator,
-         'titok_proxy': proxy_codes}
+TASKS = {
+    'tokenizer': base.TaskSpec(
+        name='tokenizer', default_config=tokenizer.default_config,
+        validate=tokenizer.validate, model_registry=tokenizers,
+        build=tokenizer.build,
+        subcomponents={'discriminator': discriminators.REGISTRY}),
+    'generator': base.TaskSpec(
+        name='generator', default_config=generator.default_config,
+        validate=generator.validate, model_registry=generators,
+        build=generator.build),
+    'titok_proxy': base.TaskSpec(
+        name='titok_proxy', default_config=proxy_codes.default_config,
+        validate=proxy_codes.validate, model_registry=tokenizers,
+        build=proxy_codes.build),
+}
 
 
-def get(name: str):
-  """The task module registered under `name`."""
+def get(name: str) -> base.TaskSpec:
+  """The task registered under `name`."""
   if name not in TASKS:
     raise ConfigError('task', f'unknown task {name!r}; known: '
                       f'{", ".join(sorted(TASKS))}')

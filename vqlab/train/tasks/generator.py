@@ -18,7 +18,6 @@ Eval reports the same loss on the eval split (fixed masks) and shows decoded
 samples; `main.py --mode=sample` writes samples and their gFID / IS.
 """
 
-import math
 import os
 from typing import Any
 
@@ -37,10 +36,10 @@ from vqlab.generators import mask_schedule
 from vqlab.train import frozen as frozen_lib
 from vqlab.train import optimizers
 from vqlab.train import trained_tokenizer
-from vqlab.train.tasks import generator_models
 from vqlab.train.tasks import spatial_conditions
 from vqlab.train.tasks import text_conditions
 from vqlab.train.state import TrainState
+from vqlab.train.tasks import base
 
 TOKEN_SOURCES = ('shards', 'on_the_fly')
 MODEL_REGISTRY = generators  # Where `model.name` is looked up.
@@ -124,24 +123,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f'must be one of {mask_schedule.METHODS}')
   require(sample.guidance_schedule in ('constant', 'linear'),
           'sample.guidance_schedule', "must be 'constant' or 'linear'")
-  if config.model.name == 'gpt' and sample.guidance_scale != 0:
-    require(config.model.condition == 'class', 'sample.guidance_scale',
-            f'{sample.guidance_scale}, but guiding a GPT needs '
-            "model.condition 'class' (its null class), got "
-            f'{config.model.condition!r}')
-    require(sample.guidance_schedule == 'constant', 'sample.guidance_schedule',
-            "GPT guidance is constant; 'linear' is MaskGIT's")
   train_size = config.data.get('train_image_size', 0)
   require(train_size in (0, config.data.image_size), 'data.train_image_size',
           f'{train_size} != data.image_size {config.data.image_size}: a '
           'generator needs train and eval tokens of one shape (set it to 0)')
   require(loss.time_sampling in ('uniform', 'importance'),
           'loss.time_sampling', "must be 'uniform' or 'importance'")
-  if config.model.name == 'vq_diffusion':
-    steps = config.model.num_timesteps
-    require(sample.diffusion_steps <= steps, 'sample.diffusion_steps',
-            f'{sample.diffusion_steps} is more than the model.num_timesteps '
-            f'{steps} of the chain')
+  generators.get_api(config.model.name).check_settings(config)
   _validate_condition(config)
 
 
@@ -151,9 +139,8 @@ def _validate_condition(config: ml_collections.ConfigDict) -> None:
   image = config.condition.image
   require(image in spatial_conditions.IMAGES, 'condition.image',
           f'must be one of {spatial_conditions.IMAGES}, got {image!r}')
-  spatial = (config.model.name == 'gpt' and
-             config.model.get('condition') == 'tokens')
-  if spatial:
+  spec = generators.get_api(config.model.name).condition_spec(config.model)
+  if spec.kind == 'tokens':
     require(image != 'none', 'condition.image',
             "'none', but model.condition 'tokens' needs a condition image: "
             "'downsampled' or 'grayscale'")
@@ -181,34 +168,7 @@ def check_model_fits(model: ml_collections.ConfigDict,
   if model.vocab_size != tok.vocab_size:
     raise ConfigError('model.vocab_size', f'{model.vocab_size}, but {where} '
                       f'has {tok.vocab_size} codes')
-  if model.name in ('maskgit', 'vq_diffusion'):
-    factors = tuple(model.get('factor_vocab_sizes', ()))
-    if factors != tok.factor_vocab_sizes:
-      raise ConfigError('model.factor_vocab_sizes' if model.name == 'maskgit'
-                        else 'model.name',
-                        f'{factors}, but {where} '
-                        f'gives factorized codes {tok.factor_vocab_sizes}')
-    if tuple(model.token_shape) != shape:
-      raise ConfigError('model.token_shape',
-                        f'{tuple(model.token_shape)}, but {where} turns '
-                        f'the data into tokens of shape {shape}')
-  else:
-    if tok.factor_vocab_sizes:
-      raise ConfigError('model.name', 'gpt models plain indices; '
-                        f'{where} gives factorized codes: use maskgit')
-    if model.length != math.prod(shape):
-      raise ConfigError('model.length', f'{model.length}, but {where} '
-                        f'turns the data into {math.prod(shape)} tokens '
-                        f'({shape})')
-    if model.condition == 'tokens':  # The same tokenizer encodes the cond.
-      if model.cond_vocab_size != tok.vocab_size:
-        raise ConfigError('model.cond_vocab_size', f'{model.cond_vocab_size}, '
-                          f'but the condition tokens of {where} have '
-                          f'{tok.vocab_size} codes')
-      if model.cond_length != math.prod(shape):
-        raise ConfigError('model.cond_length', f'{model.cond_length}, but '
-                          f'{where} turns the condition image into '
-                          f'{math.prod(shape)} tokens ({shape})')
+  generators.get_api(model.name).check_fits(model, tok, shape, where)
   return shape
 
 
@@ -220,62 +180,47 @@ def _input_key(batch) -> str:
   return keys[0]
 
 
-class GeneratorTask:
+class GeneratorTask(base.Task):
   """Pure functions for training a registered generator on tokens."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str = ''):
+  draws_samples = True  # Eval pictures are decoded samples.
+
+  def __init__(self, config: ml_collections.ConfigDict, *,
+               tokenizer: trained_tokenizer.TrainedTokenizer,
+               token_shape: tuple[int, ...],
+               text: text_conditions.TextConditioner | None = None,
+               frozen: dict[str, Any] | None = None,
+               tokens_directory: str = 'tokens'):
+    """Args:
+      config: the validated experiment config.
+      tokenizer: the trained tokenizer whose codes the model generates.
+      token_shape: the token grid of one example, e.g. (16, 16)
+        (`check_model_fits`).
+      text: the caption encoder of text-conditional models, else None.
+      frozen: other frozen networks' params (e.g. {'inception': ...}).
+      tokens_directory: the token shards (`tokens.source = 'shards'`).
+    """
     self.config = config
-    self.workdir = workdir
     self.model = generators.build(config.model,
                                   dtype=jnp.dtype(config.compute_dtype))
-    self.tx = optimizers.build(config.optimizer, config.train.num_steps)
-    self.adapter = generator_models.adapter(self.model, config)
-    self.tokenizer = trained_tokenizer.load(config.tokenizer.workdir,
-                                            config.tokenizer.step)
-    self.token_shape = self._check_against_tokenizer()
-    self.num_classes = self._num_classes()
-    networks = ['inception'] if frozen_lib.wanted(
-        'inception', config.eval.fid, config.weights_dir or None) else []
-    self.text = (text_conditions.TextConditioner(config)
-                 if config.model.get('condition') == 'text' else None)
-    self.frozen = {'tokenizer': self.tokenizer.variables,
-                   **(self.text.frozen if self.text else {}),
-                   **frozen_lib.load(networks, config.weights_dir or None)}
+    self.tx = {'model': optimizers.build(config.optimizer,
+                                         config.train.num_steps)}
+    self.api = generators.get_api(config.model.name)
+    self.cond_spec = self.api.condition_spec(config.model)
+    self.num_classes = self.cond_spec.num_classes
+    self.tokenizer = tokenizer
+    self.token_shape = tuple(token_shape)
+    self.text = text
+    self.tokens_directory = tokens_directory
+    self.frozen = {'tokenizer': tokenizer.variables,
+                   **(text.frozen if text else {}), **(frozen or {})}
     self._prompts = None
     self._eval_cond_tokens = None
 
   @property
   def spatial(self) -> bool:
-    """Whether the model is a spatially conditioned GPT."""
-    model = self.config.model
-    return model.name == 'gpt' and model.condition == 'tokens'
-
-  # ------------------------------------------------------------ checks ---
-  def _input_shape(self) -> tuple[int, ...]:
-    if self.config.tokens.source == 'shards':
-      metadata = token_shards.read_metadata(
-          tokens_dir(self.config, self.workdir)) if self.workdir else None
-      if metadata is not None:
-        return tuple(metadata['input_shape'])
-    data = self.config.data
-    size = data.image_size
-    channels = self.tokenizer.model.in_channels
-    if 'num_frames' in data:
-      return (data.num_frames, size, size, channels)
-    return (size, size, channels)
-
-  def _check_against_tokenizer(self) -> tuple[int, ...]:
-    return check_model_fits(self.config.model, self.tokenizer,
-                            self._input_shape())
-
-  def _num_classes(self) -> int:
-    """Classes the model is conditioned on (0: unconditional)."""
-    model = self.config.model
-    if model.name == 'gpt':
-      return model.num_classes if model.condition == 'class' else 0
-    if model.name == 'vq_diffusion':
-      return model.num_classes if model.condition == 'class' else 0
-    return model.num_classes
+    """Whether the model's condition is spatial condition tokens."""
+    return self.cond_spec.kind == 'tokens'
 
   # -------------------------------------------------------------- data ---
   def data_source(self, split: str, global_batch_size: int,
@@ -294,7 +239,7 @@ class GeneratorTask:
     return source
 
   def _shards(self, split, global_batch_size, process_index, process_count):
-    directory = tokens_dir(self.config, self.workdir)
+    directory = self.tokens_directory
     source = token_shards.TokenSource(
         directory, split, global_batch_size=global_batch_size,
         process_index=process_index, process_count=process_count,
@@ -362,15 +307,14 @@ class GeneratorTask:
     if self.text is not None:
       cond = self.text.placeholder(1)
     elif self.spatial:
-      cond = jnp.zeros((1, self.config.model.cond_length), jnp.int32)
+      cond = jnp.zeros((1, self.cond_spec.length), jnp.int32)
     else:
       cond = jnp.zeros((1,), jnp.int32) if self.num_classes else None
-    params = self.adapter.init(rng, tokens, cond)
+    params = self.api.init(self.model, rng, tokens, cond)
     ema = {'model': params} if self.config.ema.decay > 0 else {}
-    loss_state = (self.adapter.init_loss_state()
-                  if hasattr(self.adapter, 'init_loss_state') else {})
+    loss_state = self.api.init_loss_state(self.model)
     return TrainState(step=jnp.zeros((), jnp.int32), params={'model': params},
-                      opt_state={'model': self.tx.init(params)},
+                      opt_state={'model': self.tx['model'].init(params)},
                       model_state={}, ema_params=ema, loss_state=loss_state)
 
   # -------------------------------------------------------------- step ---
@@ -380,25 +324,18 @@ class GeneratorTask:
     tokens = self.tokens_of(batch, frozen)
     labels = self._condition(batch, frozen)
     def loss_fn(params):
-      loss, metrics, loss_state = self.adapter.loss(
-          params, tokens, labels, rng, train=True,
-          loss_state=state.loss_state)
+      loss, metrics, loss_state = self.api.loss(
+          self.model, params, tokens, labels, rng, settings=self.config.loss,
+          train=True, loss_state=state.loss_state)
       return loss, (metrics, loss_state)
 
     (_, (metrics, loss_state)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params['model'])
-    updates, opt_state = self.tx.update(grads, state.opt_state['model'],
-                                        state.params['model'])
-    params = jax.tree.map(jnp.add, state.params['model'], updates)
-    metrics['grad_norm'] = optimizers.global_norm(grads)
-    ema = state.ema_params
-    if self.config.ema.decay > 0:
-      d = self.config.ema.decay
-      ema = {'model': jax.tree.map(lambda e, p: d * e + (1 - d) * p,
-                                   ema['model'], params)}
-    return state.replace(step=state.step + 1, params={'model': params},
-                         opt_state={'model': opt_state}, ema_params=ema,
-                         loss_state=loss_state), metrics
+    state, norms = base.apply_gradients(
+        state, {'model': grads}, self.tx, self.config.ema.decay,
+        loss_state=loss_state)
+    metrics['grad_norm'] = norms['model']
+    return state, metrics
 
   # -------------------------------------------------------------- eval ---
   def eval_params(self, state: TrainState):
@@ -414,10 +351,11 @@ class GeneratorTask:
     """
     frozen = self.frozen if frozen is None else frozen
     mask = batch['mask'].astype(jnp.float32)
-    _, metrics, _ = self.adapter.loss(
-        self.eval_params(state), self.tokens_of(batch, frozen),
-        self._condition(batch, frozen), jax.random.key(0), train=False,
-        example_weights=mask, loss_state=state.loss_state)
+    _, metrics, _ = self.api.loss(
+        self.model, self.eval_params(state), self.tokens_of(batch, frozen),
+        self._condition(batch, frozen), jax.random.key(0),
+        settings=self.config.loss, train=False, example_weights=mask,
+        loss_state=state.loss_state)
     count = jnp.sum(mask)
     sums = {'loss': metrics['loss'] * count,
             'accuracy': metrics['accuracy'] * count, 'count': count}
@@ -465,7 +403,7 @@ class GeneratorTask:
     if self._eval_cond_tokens is None:
       if self.config.tokens.source == 'shards':
         arrays, _ = token_shards.load_split(
-            tokens_dir(self.config, self.workdir), 'eval')
+            self.tokens_directory, 'eval')
         tokens = arrays[token_shards.COND_TOKENS]
       else:
         wanted = max(self.config.sample.num_samples,
@@ -490,7 +428,9 @@ class GeneratorTask:
 
   def sample_tokens(self, params, rng, batch_size: int, cond=None):
     """Generated tokens [B, *shape(, F)] with the `sample` settings."""
-    tokens = self.adapter.sample(params, rng, batch_size, cond)
+    tokens = self.api.sample(self.model, params, rng, batch_size, cond,
+                             settings=self.config.sample,
+                             loss_settings=self.config.loss)
     factor_axes = ((len(self.tokenizer.factor_vocab_sizes),)
                    if self.tokenizer.factor_vocab_sizes else ())
     return tokens.reshape((batch_size,) + self.token_shape + factor_axes)
@@ -518,6 +458,36 @@ class GeneratorTask:
     return [clip[:n] for clip in samples[:4]]
 
 
+def _input_shape(config: ml_collections.ConfigDict, workdir: str,
+                 tokenizer: trained_tokenizer.TrainedTokenizer
+                 ) -> tuple[int, ...]:
+  """The shape of one tokenized example: the shards' record, else the data
+  section's [(T,) H, W, C]."""
+  if config.tokens.source == 'shards' and workdir:
+    metadata = token_shards.read_metadata(tokens_dir(config, workdir))
+    if metadata is not None:
+      return tuple(metadata['input_shape'])
+  data = config.data
+  size, channels = data.image_size, tokenizer.model.in_channels
+  if 'num_frames' in data:
+    return (data.num_frames, size, size, channels)
+  return (size, size, channels)
+
+
 def build(config: ml_collections.ConfigDict, workdir: str = '') -> GeneratorTask:
-  return GeneratorTask(config, workdir)
+  """The task with what it reads from disk: the tokenizer run (checked
+  against the model), the text encoder of text models, Inception for FID."""
+  tokenizer = trained_tokenizer.load(config.tokenizer.workdir,
+                                     config.tokenizer.step)
+  token_shape = check_model_fits(config.model, tokenizer,
+                                 _input_shape(config, workdir, tokenizer))
+  spec = generators.get_api(config.model.name).condition_spec(config.model)
+  text = (text_conditions.TextConditioner(config) if spec.kind == 'text'
+          else None)
+  directory = config.weights_dir or None
+  networks = (['inception'] if frozen_lib.wanted('inception', config.eval.fid,
+                                                 directory) else [])
+  return GeneratorTask(config, tokenizer=tokenizer, token_shape=token_shape,
+                       text=text, frozen=frozen_lib.load(networks, directory),
+                       tokens_directory=tokens_dir(config, workdir))
 

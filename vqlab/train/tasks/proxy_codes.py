@@ -13,9 +13,12 @@ task with `warm_start` from this run and `freeze = ('encoder', 'quantizer')`
 (configs/titok/).
 """
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from vqlab import config_schema
@@ -25,10 +28,10 @@ from vqlab.quantizers import base as quantizer_base
 from vqlab.train import optimizers
 from vqlab.train import trained_tokenizer
 from vqlab.train.state import TrainState
-from vqlab.train.tasks import tokenizer as tokenizer_task
+from vqlab.train.tasks import base
+from vqlab.train.tasks import reconstruction_eval
 
-GENERATOR = tokenizer_task.GENERATOR
-MODEL_REGISTRY = tokenizers  # Where `model.name` is looked up.
+GENERATOR = 'generator'
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -61,44 +64,50 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f'{config.model.patch_size}')
 
 
-class ProxyCodeTask(tokenizer_task.TokenizerTask):
-  """TiTok trained to predict a frozen VQGAN's codes (see module docstring).
+def check_proxy(config: ml_collections.ConfigDict,
+                proxy: trained_tokenizer.TrainedTokenizer) -> None:
+  """ConfigError naming the key when `proxy`'s codes cannot be TiTok's
+  targets (factorized codes, another codebook size, another grid)."""
+  model = config.model
+  where = f'the proxy tokenizer in {proxy.workdir!r} (step {proxy.step})'
+  if proxy.factor_vocab_sizes:
+    raise ConfigError('proxy.workdir', f'{where} gives factorized codes; '
+                      'stage 1 needs one code per position')
+  if model.proxy_codebook_size != proxy.vocab_size:
+    raise ConfigError('model.proxy_codebook_size',
+                      f'{model.proxy_codebook_size}, but {where} has '
+                      f'{proxy.vocab_size} codes')
+  size = config.data.image_size
+  grid = proxy.token_shape((size, size, model.in_channels))
+  titok_grid = (size // model.patch_size,) * 2
+  if tuple(grid) != titok_grid:
+    raise ConfigError('model.patch_size',
+                      f'{model.patch_size} gives TiTok a {titok_grid} grid '
+                      f'at data.image_size {size}, but {where} makes a '
+                      f'{tuple(grid)} grid of codes: patch_size must equal '
+                      'its downsampling factor')
 
-  Shares the tokenizer task's eval (`eval_step`, `summarize_eval`,
-  `image_rows`) with VQGAN-decoded reconstructions.
-  """
 
-  def __init__(self, config: ml_collections.ConfigDict):  # pylint: disable=super-init-not-called
+class ProxyCodeTask(base.Task):
+  """TiTok trained to predict a frozen VQGAN's codes (see module docstring),
+  evaluated by the tokenizer eval suite on VQGAN-decoded reconstructions."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *,
+               proxy: trained_tokenizer.TrainedTokenizer,
+               frozen: dict[str, Any] | None = None, fid_reference=None):
+    """Args: config: the validated experiment config; proxy: the trained
+    VQGAN whose codes are the targets; frozen: {network: params} of the eval
+    networks; fid_reference: (mu, sigma) or None."""
     self.config = config
     self.model = tokenizers.build(config.model,
                                   dtype=jnp.dtype(config.compute_dtype))
     self.tx = {GENERATOR: optimizers.build(config.optimizer,
                                            config.train.num_steps)}
-    self.proxy = trained_tokenizer.load(config.proxy.workdir,
-                                        config.proxy.step)
-    self._check_proxy()
-    self._load_frozen_networks()
-    self.frozen['proxy'] = self.proxy.variables
-
-  def _check_proxy(self) -> None:
-    model, proxy = self.config.model, self.proxy
-    where = f'the proxy tokenizer in {proxy.workdir!r} (step {proxy.step})'
-    if proxy.factor_vocab_sizes:
-      raise ConfigError('proxy.workdir', f'{where} gives factorized codes; '
-                        'stage 1 needs one code per position')
-    if model.proxy_codebook_size != proxy.vocab_size:
-      raise ConfigError('model.proxy_codebook_size',
-                        f'{model.proxy_codebook_size}, but {where} has '
-                        f'{proxy.vocab_size} codes')
-    size = self.config.data.image_size
-    grid = proxy.token_shape((size, size, model.in_channels))
-    titok_grid = (size // model.patch_size,) * 2
-    if tuple(grid) != titok_grid:
-      raise ConfigError('model.patch_size',
-                        f'{model.patch_size} gives TiTok a {titok_grid} grid '
-                        f'at data.image_size {size}, but {where} makes a '
-                        f'{tuple(grid)} grid of codes: patch_size must equal '
-                        f'its downsampling factor')
+    self.proxy = proxy
+    check_proxy(config, proxy)
+    self.frozen = {**(frozen or {}), 'proxy': proxy.variables}
+    self.evaluation = reconstruction_eval.ReconstructionEval(
+        self.model.quantizer.codebook_size, fid_reference)
 
   def init(self, rng: jax.Array, batch) -> TrainState:
     images = batch['image']
@@ -111,9 +120,6 @@ class ProxyCodeTask(tokenizer_task.TokenizerTask):
                       opt_state={GENERATOR: self.tx[GENERATOR].init(
                           params[GENERATOR])},
                       model_state=dict(variables), ema_params=ema)
-
-  def warm_start(self, state: TrainState) -> TrainState:
-    return state  # Stage 1 starts from scratch.
 
   def proxy_codes(self, x: jax.Array, frozen) -> jax.Array:
     """The frozen VQGAN's codes of images x: int32 [B, h, w]."""
@@ -143,18 +149,11 @@ class ProxyCodeTask(tokenizer_task.TokenizerTask):
 
     grads, (model_state, metrics) = jax.grad(loss_fn, has_aux=True)(
         state.params[GENERATOR])
-    updates, opt_state = self.tx[GENERATOR].update(
-        grads, state.opt_state[GENERATOR], state.params[GENERATOR])
-    params = jax.tree.map(jnp.add, state.params[GENERATOR], updates)
-    metrics['grad_norm/generator'] = optimizers.global_norm(grads)
-    ema = state.ema_params
-    if self.config.ema.decay > 0:
-      d = self.config.ema.decay
-      ema = {GENERATOR: jax.tree.map(lambda e, p: d * e + (1 - d) * p,
-                                     ema[GENERATOR], params)}
-    return state.replace(step=state.step + 1, params={GENERATOR: params},
-                         opt_state={GENERATOR: opt_state},
-                         model_state=model_state, ema_params=ema), metrics
+    state, norms = base.apply_gradients(
+        state, {GENERATOR: grads}, self.tx, self.config.ema.decay,
+        model_state=model_state)
+    metrics['grad_norm/generator'] = norms[GENERATOR]
+    return state, metrics
 
   def reconstruct(self, state: TrainState, x, frozen):
     """The VQGAN's decoding of TiTok's most likely codes, and TiTok's ids."""
@@ -165,7 +164,34 @@ class ProxyCodeTask(tokenizer_task.TokenizerTask):
     return images, quantizer_base.full_code_indices(self.model.quantizer,
                                                     q_out.indices)
 
+  def eval_params(self, state: TrainState):
+    """The params eval uses: the EMA copy when `ema.decay > 0`."""
+    if self.config.ema.decay > 0:
+      return state.ema_params[GENERATOR]
+    return state.params[GENERATOR]
+
+  def eval_step(self, state: TrainState, batch, frozen=None):
+    """Per-batch eval outputs and images (`ReconstructionEval.outputs`) of
+    the VQGAN-decoded reconstructions."""
+    frozen = self.frozen if frozen is None else frozen
+    x = batch['image']
+    x_rec, indices = self.reconstruct(state, x, frozen)
+    return self.evaluation.outputs(x, x_rec, indices, batch['mask'], frozen)
+
+  def summarize_eval(self, acc) -> dict[str, float]:
+    return self.evaluation.summarize(acc)
+
+  def image_rows(self, images: dict[str, np.ndarray],
+                 n: int) -> list[np.ndarray]:
+    return reconstruction_eval.image_rows(images, n)
+
 
 def build(config: ml_collections.ConfigDict, workdir: str = '') -> ProxyCodeTask:
+  """The task with the proxy VQGAN run and the eval networks read from disk."""
   del workdir
-  return ProxyCodeTask(config)
+  return ProxyCodeTask(
+      config, proxy=trained_tokenizer.load(config.proxy.workdir,
+                                           config.proxy.step),
+      frozen=reconstruction_eval.load_networks(config),
+      fid_reference=reconstruction_eval.load_fid_reference(config))
+

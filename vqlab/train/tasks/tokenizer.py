@@ -19,7 +19,6 @@ EMA of the generator's params and eval uses it.
 
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -30,9 +29,6 @@ from vqlab import config_schema
 from vqlab import data as data_lib
 from vqlab import tokenizers
 from vqlab.errors import ConfigError
-from vqlab.evals import fid
-from vqlab.evals import image_metrics
-from vqlab.evals import inception
 from vqlab.losses import contrastive
 from vqlab.losses import discriminators
 from vqlab.losses import gan
@@ -40,15 +36,13 @@ from vqlab.losses import perceptual
 from vqlab.losses import vgg_features
 from vqlab.quantizers import base as quantizer_base
 from vqlab.train import checkpoint as checkpoint_lib
-from vqlab.train import frozen as frozen_lib
 from vqlab.train import optimizers
 from vqlab.train.state import TrainState
+from vqlab.train.tasks import base
+from vqlab.train.tasks import reconstruction_eval
 
 GENERATOR, DISCRIMINATOR = 'generator', 'discriminator'
-MODEL_REGISTRY = tokenizers  # Where `model.name` is looked up.
-INPUT_KEYS = ('image', 'video')  # Batch keys the task trains on, in order.
-# Sections checked against the defaults of the component they name.
-SUBCOMPONENTS = {'discriminator': discriminators.REGISTRY}
+_frames = reconstruction_eval.frames
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -124,10 +118,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.warm_start.params and not config.warm_start.workdir:
     raise ConfigError('warm_start.workdir', 'empty, but warm_start.params '
                       f'names {tuple(config.warm_start.params)}')
-  if 'channel_multipliers' in config.model:
-    factor = 2**(len(config.model.channel_multipliers) - 1)
-  else:
-    factor = config.model.get('patch_size', 1)
+  factor = tokenizers.build(config.model).downsample_factor
   for key in ('image_size', 'train_image_size'):
     size = config.data.get(key, 0)
     config_schema.require(
@@ -135,10 +126,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f'{size} is not divisible by the model\'s downsampling factor {factor}')
 
 
-class TokenizerTask:
+class TokenizerTask(base.Task):
   """Pure functions for training any registered tokenizer with a GAN."""
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, *,
+               frozen: dict[str, Any] | None = None, fid_reference=None):
+    """Args: config: the validated experiment config; frozen: {network:
+    params} of the frozen networks (`build` loads them; the losses that
+    need one fail without it); fid_reference: (mu, sigma) or None."""
     self.config = config
     self.model = tokenizers.build(config.model,
                                   dtype=jnp.dtype(config.compute_dtype))
@@ -148,36 +143,16 @@ class TokenizerTask:
     self.tx = {GENERATOR: optimizers.build(config.optimizer.generator, steps),
                DISCRIMINATOR: optimizers.build(config.optimizer.discriminator,
                                                steps)}
-    self._load_frozen_networks(lpips=config.loss.perceptual_weight > 0,
-                               vgg19=config.loss.pcl_weight > 0)
     if config.freeze:
       self.tx[GENERATOR] = _with_frozen(self.tx[GENERATOR], config.freeze)
-
-  def _load_frozen_networks(self, lpips: bool = False, vgg19: bool = False):
-    """Loads the frozen networks the losses need and eval wants into
-    `self.frozen` (host copies; the loop puts them on the mesh and passes
-    them to the steps), and the FID reference statistics."""
-    config = self.config
-    directory = config.weights_dir or None
-    networks = {
-        'lpips': lpips or frozen_lib.wanted('lpips', config.eval.lpips,
-                                            directory),
-        'vgg19': vgg19,
-        'inception': frozen_lib.wanted('inception', config.eval.fid, directory),
-    }
-    self.frozen = frozen_lib.load([k for k, v in networks.items() if v],
-                                  directory)
-    self.fid_reference = None
-    if config.eval.fid_reference:
-      try:
-        self.fid_reference = fid.load_statistics(config.eval.fid_reference)
-      except (OSError, ValueError) as e:
-        raise ConfigError('eval.fid_reference', str(e)) from e
+    self.frozen = dict(frozen or {})
+    self.evaluation = reconstruction_eval.ReconstructionEval(
+        self.model.quantizer.codebook_size, fid_reference)
 
   # ---------------------------------------------------------------- init ---
   def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
     """Fresh TrainState; `batch` gives shapes only."""
-    images = batch[_input_keys(batch)[-1]]  # The video when both are there.
+    images = batch[reconstruction_eval.input_keys(batch)[-1]]  # The video when both are there.
     if images.shape[-1] != self.model.in_channels:
       raise ConfigError('model.in_channels', f'{self.model.in_channels}, but the '
                         f'data has {images.shape[-1]} channels')
@@ -372,7 +347,7 @@ class TokenizerTask:
     frozen = self.frozen if frozen is None else frozen
     loss_state = {} if loss_state is None else loss_state
     gan_on = (step >= self.config.loss.disc_start).astype(jnp.float32)
-    keys = _input_keys(batch)
+    keys = reconstruction_eval.input_keys(batch)
 
     def loss_fn(params):
       total, state, l_state, metrics = 0.0, model_state, loss_state, {}
@@ -402,23 +377,13 @@ class TokenizerTask:
     grads, model_state, loss_state, metrics = self.loss_and_grads(
         state.params, state.model_state, batch, rng, state.step, frozen,
         state.loss_state)
-    params, opt_state = {}, {}
-    for name, tx in self.tx.items():
-      updates, opt_state[name] = tx.update(grads[name], state.opt_state[name],
-                                           state.params[name])
-      params[name] = jax.tree.map(jnp.add, state.params[name], updates)
-      metrics[f'grad_norm/{name}'] = optimizers.global_norm(grads[name])
     if 'quantizer' in self.config.freeze:
       model_state = state.model_state  # E.g. EMA codebook statistics.
-    ema_params = state.ema_params
-    if self.config.ema.decay > 0:
-      decay = self.config.ema.decay
-      ema_params = {GENERATOR: jax.tree.map(
-          lambda e, p: decay * e + (1 - decay) * p, ema_params[GENERATOR],
-          params[GENERATOR])}
-    return state.replace(step=state.step + 1, params=params,
-                         opt_state=opt_state, model_state=model_state,
-                         ema_params=ema_params, loss_state=loss_state), metrics
+    state, norms = base.apply_gradients(
+        state, grads, self.tx, self.config.ema.decay,
+        model_state=model_state, loss_state=loss_state)
+    metrics.update({f'grad_norm/{k}': v for k, v in norms.items()})
+    return state, metrics
 
   # ---------------------------------------------------------------- eval ---
   def eval_params(self, state: TrainState):
@@ -437,79 +402,19 @@ class TokenizerTask:
                                                    q_out.indices)
 
   def eval_step(self, state: TrainState, batch, frozen=None):
-    """Per-batch eval outputs (summed over real examples) and images.
-
-    Returns:
-      outputs: {'sums': {'psnr', 'l1', 'ssim' (images >= 11 pixels), 'lpips'
-        (when LPIPS is loaded), 'count'} scalars and 'code_counts' [K];
-        'mask': [B]; when Inception is loaded 'features': {'real',
-        'reconstructed'} pool features [B * T, 2048] (frames of videos; T = 1
-        for images) and 'feature_mask' [B * T]}. Per-frame metrics of videos
-        are averaged over frames per example.
-      images: {'inputs', 'reconstructions'} [B, (T,) H, W, C] in [-1, 1].
-    """
+    """Per-batch eval outputs and images (`ReconstructionEval.outputs`)."""
     frozen = self.frozen if frozen is None else frozen
-    x = batch[_input_keys(batch)[-1]]
-    batch_size = x.shape[0]
-    mask = batch['mask'].astype(jnp.float32)
+    x = batch[reconstruction_eval.input_keys(batch)[-1]]
     x_rec, indices = self.reconstruct(state, x, frozen)
-    x_rec = jnp.clip(x_rec.astype(jnp.float32), -1, 1)
-    codes_mask = jnp.broadcast_to(
-        mask.reshape((-1,) + (1,) * (indices.ndim - 1)), indices.shape)
-    counts = jnp.zeros((self.model.quantizer.codebook_size,), jnp.float32).at[
-        indices.reshape(-1)].add(codes_mask.reshape(-1))
-    # Frame metrics (SSIM, LPIPS, Inception) see videos as B * T frames.
-    frames, frames_rec = _frames(x), _frames(x_rec)
-    per_example = {'psnr': image_metrics.psnr(x, x_rec),
-                   'l1': image_metrics.mean_abs_error(x, x_rec)}
-    if min(frames.shape[1:3]) >= image_metrics.SSIM_WINDOW:
-      per_example['ssim'] = _per_example(
-          image_metrics.ssim(frames, frames_rec), batch_size)
-    if 'lpips' in frozen:
-      per_example['lpips'] = _per_example(perceptual.lpips_distance(
-          frozen['lpips'], frames, frames_rec), batch_size)
-    sums = {k: jnp.sum(v * mask) for k, v in per_example.items()}
-    sums.update(count=jnp.sum(mask), code_counts=counts)
-    outputs = {'sums': sums, 'mask': mask}
-    if 'inception' in frozen:
-      pool = lambda images: inception.InceptionV3().apply(
-          {'params': frozen['inception']}, images)['pool']
-      outputs['features'] = {'real': pool(frames),
-                             'reconstructed': pool(frames_rec)}
-      outputs['feature_mask'] = jnp.repeat(mask, frames.shape[0] // batch_size)
-    return outputs, {'inputs': x, 'reconstructions': x_rec}
+    return self.evaluation.outputs(x, x_rec, indices, batch['mask'], frozen)
 
   def summarize_eval(self, acc) -> dict[str, float]:
     """Eval-set metrics from an `EvalAccumulator` of `eval_step` outputs."""
-    sums = acc.sums
-    count = max(float(sums['count']), 1.0)
-    codebook = quantizer_base.usage_and_perplexity(
-        jnp.asarray(sums['code_counts'], jnp.float32))
-    metrics = {k: float(sums[k]) / count
-               for k in ('psnr', 'ssim', 'l1', 'lpips') if k in sums}
-    metrics.update(codebook_usage=float(codebook['usage']),
-                   codebook_perplexity=float(codebook['perplexity']),
-                   num_examples=count)
-    if acc.features:
-      real, rec = acc.features['real'], acc.features['reconstructed']
-      metrics['rfid'] = fid.frechet_distance(real.mean(), real.covariance(),
-                                             rec.mean(), rec.covariance())
-      if self.fid_reference is not None:
-        metrics['fid_reference'] = fid.frechet_distance(
-            rec.mean(), rec.covariance(), *self.fid_reference)
-    return metrics
+    return self.evaluation.summarize(acc)
 
-  @staticmethod
-  def image_rows(images: dict[str, np.ndarray], n: int) -> list[np.ndarray]:
-    """Rows of the eval picture: inputs above their reconstructions (for
-    videos: the first n frames of the first clips, one row per clip)."""
-    inputs, recs = images['inputs'], images['reconstructions']
-    if inputs.ndim == 4:
-      return [inputs[:n], recs[:n]]
-    rows = []
-    for clip in range(min(2, inputs.shape[0])):
-      rows += [inputs[clip, :n], recs[clip, :n]]
-    return rows
+  def image_rows(self, images: dict[str, np.ndarray],
+                 n: int) -> list[np.ndarray]:
+    return reconstruction_eval.image_rows(images, n)
 
 
 def _with_frozen(tx: optax.GradientTransformation,
@@ -527,24 +432,14 @@ def _with_frozen(tx: optax.GradientTransformation,
                                labels)
 
 
-def _input_keys(batch) -> list[str]:
-  keys = [k for k in INPUT_KEYS if k in batch]
-  if not keys:
-    raise ValueError(f'tokenizer task: the batch has none of {INPUT_KEYS}; '
-                     f'keys: {sorted(batch)}')
-  return keys
-
-
-def _frames(x: jax.Array) -> jax.Array:
-  """Videos [B, T, H, W, C] -> frames [B * T, H, W, C]; images unchanged."""
-  return x.reshape((-1,) + x.shape[-3:]) if x.ndim == 5 else x
-
-
-def _per_example(values: jax.Array, batch_size: int) -> jax.Array:
-  """Per-frame values [B * T] -> per-example means [B]."""
-  return values.reshape(batch_size, -1).mean(axis=1)
-
-
 def build(config: ml_collections.ConfigDict, workdir: str = '') -> TokenizerTask:
+  """The task with the frozen networks its losses and eval use (read from
+  the weight files) and the FID reference statistics."""
   del workdir  # The tokenizer task reads nothing from its run directory.
-  return TokenizerTask(config)
+  frozen = reconstruction_eval.load_networks(
+      config, lpips=config.loss.perceptual_weight > 0,
+      vgg19=config.loss.pcl_weight > 0)
+  return TokenizerTask(config, frozen=frozen,
+                       fid_reference=reconstruction_eval.load_fid_reference(
+                           config))
+

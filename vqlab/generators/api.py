@@ -1,0 +1,116 @@
+"""The one interface the generator task uses: a `GeneratorApi` per generator.
+
+Each generator module defines `API = api.GeneratorApi(...)` and registers it
+with its name in `vqlab.generators` (`generators.api(name)`), so a task
+trains, samples and checks any generator without knowing which it is.
+
+A condition `cond` is None, class labels int [B], condition tokens int
+[B, length] (a spatially conditioned GPT), or for text a dict
+{'states' [B, L, D] (frozen encoder) or 'ids' [B, L] (trainable), 'mask'}.
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import ml_collections
+
+from vqlab.errors import ConfigError
+
+CONDITION_KINDS = ('none', 'class', 'tokens', 'text')
+
+
+@dataclasses.dataclass(frozen=True)
+class ConditionSpec:
+  """What condition a generator config takes.
+
+  Attributes:
+    kind: one of CONDITION_KINDS.
+    num_classes: 'class': the classes (the null class is extra); else 0.
+    length: 'tokens': condition tokens per example; else 0.
+  """
+  kind: str = 'none'
+  num_classes: int = 0
+  length: int = 0
+
+
+def _no_loss_state(model: Any) -> dict[str, jax.Array]:
+  del model
+  return {}
+
+
+def _no_settings_checks(config: ml_collections.ConfigDict) -> None:
+  del config
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorApi:
+  """A generator's functions; `model` is what its registered builder built.
+
+  Attributes:
+    condition_spec: (model config) -> ConditionSpec.
+    check_fits: (model config, tokenizer, token_shape, where) -> None;
+      ConfigError naming the model key when the model does not take the
+      tokenizer's codes: `tokenizer` has `vocab_size` and
+      `factor_vocab_sizes`, token_shape is the shape of one example's codes
+      (factor axis excluded) and `where` names the tokenizer in messages.
+      The vocab size itself is checked by the caller.
+    init: (model, rng, tokens, cond) -> params; tokens int
+      [B, *token_shape(, F)] and cond of the spec's kind, batch B.
+    loss: (model, params, tokens, cond, rng, *, settings, train,
+      example_weights=None, loss_state=None) -> (loss, metrics, loss_state).
+      settings: the task's `loss` section; with train, the condition is
+      replaced by the null one per example with probability
+      settings.label_drop (classifier-free guidance). example_weights:
+      float [B] or None. metrics has at least 'loss' and 'accuracy'
+      (scalars).
+    sample: (model, params, rng, batch_size, cond, *, settings,
+      loss_settings) -> int tokens [B, ...] (reshaped by the caller to
+      [B, *token_shape(, F)]); settings: the task's `sample` section,
+      loss_settings its `loss` section.
+    init_loss_state: (model) -> the loss state of a fresh run (default {}).
+    check_settings: (task config) -> None; ConfigError naming the key when
+      the task's `loss` / `sample` settings do not suit this generator.
+  """
+  condition_spec: Callable[[ml_collections.ConfigDict], ConditionSpec]
+  check_fits: Callable[..., None]
+  init: Callable[..., Any]
+  loss: Callable[..., tuple[jax.Array, dict[str, jax.Array], Any]]
+  sample: Callable[..., jax.Array]
+  init_loss_state: Callable[[Any], Any] = _no_loss_state
+  check_settings: Callable[[ml_collections.ConfigDict], None] = (
+      _no_settings_checks)
+
+
+def drop_mask(rng: jax.Array, probability: float, cond: Any,
+              train: bool) -> jax.Array | None:
+  """bool [B]: examples whose condition becomes the null one, or None
+  (no condition, not training or probability 0)."""
+  if cond is None or not train or probability <= 0:
+    return None
+  batch = jax.tree.leaves(cond)[0].shape[0]
+  return jax.random.bernoulli(rng, probability, (batch,))
+
+
+def guided_logits(cond: jax.Array, uncond: jax.Array, scale) -> jax.Array:
+  """Classifier-free guidance: l_u + (1 + w)(l_c - l_u) (MaskGIT's w).
+
+  cond, uncond: logits of the same shape; scale: w, a scalar.
+  """
+  return uncond + (1.0 + scale) * (cond - uncond)
+
+
+def check_token_grid(config: ml_collections.ConfigDict, tokenizer: Any,
+                     token_shape: tuple[int, ...], where: str, *,
+                     factors_key: str) -> None:
+  """`check_fits` of a model over the tokenizer's token grid: its
+  config.token_shape and factor_vocab_sizes (() without the key) must be
+  the tokenizer's; factors_key is the key a factor mismatch names."""
+  factors = tuple(config.get('factor_vocab_sizes', ()))
+  if factors != tokenizer.factor_vocab_sizes:
+    raise ConfigError(factors_key, f'{factors}, but {where} gives factorized '
+                      f'codes {tokenizer.factor_vocab_sizes}')
+  if tuple(config.token_shape) != token_shape:
+    raise ConfigError('model.token_shape',
+                      f'{tuple(config.token_shape)}, but {where} turns the '
+                      f'data into tokens of shape {token_shape}')

@@ -1,0 +1,153 @@
+"""The contract between the train loop and a task.
+
+A task is registered as a `TaskSpec`: its config sections, their value
+checks, where `model.name` is looked up, and `build(config, workdir)`, the
+one place that reads files (trained runs, frozen networks, statistics) and
+returns a `Task`. A `Task` is a set of pure, jit-able functions over a
+`TrainState`; its constructor takes every dependency as an argument and reads
+nothing. The loop calls exactly the hooks below; the optional ones have
+defaults here.
+
+Shapes: B is the global batch, images are float [B, H, W, C] and videos
+[B, T, H, W, C] in [-1, 1]; `frozen` is a dict {network: params} of the
+frozen networks (placed on the mesh by the loop and passed to every step as
+an argument, never baked into a compiled program).
+"""
+
+import abc
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from vqlab.data import base as data_base
+from vqlab.train.state import TrainState
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+class Task(abc.ABC):
+  """What the loop trains, evaluates and samples.
+
+  Attributes:
+    config: the validated experiment config.
+    frozen: host copies of the frozen networks' params, {network: params};
+      the loop puts them on the mesh and passes them back as `frozen`.
+  """
+
+  config: ml_collections.ConfigDict
+  frozen: dict[str, Any]
+
+  # ----------------------------------------------------------- required ---
+  @abc.abstractmethod
+  def init(self, rng: jax.Array, batch: Batch) -> TrainState:
+    """A fresh TrainState; only the shapes and dtypes of `batch` matter."""
+
+  @abc.abstractmethod
+  def train_step(self, state: TrainState, batch: Batch, rng: jax.Array,
+                 frozen: dict[str, Any]) -> tuple[TrainState, Metrics]:
+    """One optimizer step -> (new state, scalar metrics)."""
+
+  @abc.abstractmethod
+  def eval_step(self, state: TrainState, batch: Batch, frozen: dict[str, Any]
+                ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+    """One eval batch -> (outputs for `evals.accumulator.EvalAccumulator`:
+    'sums' of per-example values over real examples, 'mask' [B] and
+    optionally 'features'; images to show, {name: [B, (T,) H, W, C]})."""
+
+  @abc.abstractmethod
+  def summarize_eval(self, acc) -> dict[str, float]:
+    """Eval-set metrics from an accumulator of `eval_step` outputs."""
+
+  @abc.abstractmethod
+  def image_rows(self, images: dict[str, np.ndarray],
+                 n: int) -> list[np.ndarray]:
+    """Rows [<= n, H, W, C] of the eval picture from the eval images (or
+    {'samples': ...} when the task draws samples)."""
+
+  # ----------------------------------------------------------- optional ---
+  def data_source(self, split: str, global_batch_size: int,
+                  process_index: int, process_count: int
+                  ) -> data_base.DataSource | None:
+    """This host's batches when they are not the `data` section's (e.g.
+    token shards); None: the loop builds the `data` section."""
+    del split, global_batch_size, process_index, process_count
+    return None
+
+  def warm_start(self, state: TrainState) -> TrainState:
+    """Called once on a freshly initialized state (never on a restored
+    one): e.g. params copied from another run. Default: unchanged."""
+    return state
+
+  # Tasks whose eval pictures are generated samples set this and implement
+  # the two methods below (the loop jits `sample_images`).
+  draws_samples: bool = False
+
+  def sample_conditions(self, start: int, batch_size: int) -> Any:
+    """Host conditions of samples start .. start + B - 1 (None: none)."""
+    raise NotImplementedError(f'{type(self).__name__} draws no samples')
+
+  def sample_images(self, state: TrainState, rng: jax.Array, cond: Any,
+                    frozen: dict[str, Any], batch_size: int | None = None
+                    ) -> jax.Array:
+    """Decoded samples [B, (T,) H, W, C] in [-1, 1]."""
+    raise NotImplementedError(f'{type(self).__name__} draws no samples')
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+  """A registered task: what `config.task` names.
+
+  Attributes:
+    name: the `config.task` value.
+    default_config: () -> the task's own config sections with defaults.
+    validate: (config) -> None; value checks beyond keys, types and
+      domains (ConfigError naming the key).
+    model_registry: where `model.name` is looked up (a `vqlab.registry`
+      facade: `validate`, `default_config`, `build`).
+    build: (config, workdir) -> Task; reads what the task needs from disk.
+    subcomponents: config section -> registry of the component its `name`
+      selects (checked against that component's defaults).
+  """
+  name: str
+  default_config: Callable[[], ml_collections.ConfigDict]
+  validate: Callable[[ml_collections.ConfigDict], None]
+  model_registry: Any
+  build: Callable[[ml_collections.ConfigDict, str], Task]
+  subcomponents: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def apply_gradients(state: TrainState, grads: dict[str, Any],
+                    optimizers: dict[str, optax.GradientTransformation],
+                    ema_decay: float = 0.0, **replace: Any
+                    ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step of each network in `optimizers`.
+
+  Args:
+    state: the current state; its `ema_params` networks (present when the
+      task keeps an EMA) move towards the new params.
+    grads: {network: gradient tree like state.params[network]}.
+    optimizers: {network: optax transformation}.
+    ema_decay: d of ema <- d * ema + (1 - d) * params.
+    **replace: other TrainState fields of the new state (model_state,
+      loss_state).
+
+  Returns:
+    (state with step + 1, {network: global norm of its gradient}).
+  """
+  params, opt_state, norms = dict(state.params), dict(state.opt_state), {}
+  for name, tx in optimizers.items():
+    updates, opt_state[name] = tx.update(grads[name], state.opt_state[name],
+                                         state.params[name])
+    params[name] = optax.apply_updates(state.params[name], updates)
+    norms[name] = optax.tree.norm(grads[name])
+  ema_params = {name: optax.incremental_update(params[name], ema,
+                                               1.0 - ema_decay)
+                for name, ema in state.ema_params.items()}
+  return state.replace(step=state.step + 1, params=params,
+                       opt_state=opt_state, ema_params=ema_params,
+                       **replace), norms

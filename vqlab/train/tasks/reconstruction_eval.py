@@ -1,0 +1,160 @@
+"""The tokenizer eval suite, shared by every task whose eval is a
+reconstruction (the tokenizer task, TiTok's proxy-code stage).
+
+Per batch: PSNR, L1, SSIM (frames of at least 11 pixels), LPIPS (when its
+network is loaded), codebook counts and Inception pool features (when
+Inception is loaded, for rFID). Per-frame metrics of videos are averaged over
+the frames of each example. Over the eval set: means over real examples,
+codebook usage and perplexity, rFID and (with `eval.fid_reference`) FID
+against reference statistics.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vqlab.errors import ConfigError
+from vqlab.evals import fid
+from vqlab.evals import image_metrics
+from vqlab.nn import inception
+from vqlab.losses import perceptual
+from vqlab.quantizers import base as quantizer_base
+from vqlab.train import frozen as frozen_lib
+
+INPUT_KEYS = ('image', 'video')  # Batch keys a tokenizer reads, in order.
+
+
+def input_keys(batch: dict[str, Any]) -> list[str]:
+  """The keys of INPUT_KEYS that `batch` has (ValueError when none)."""
+  keys = [k for k in INPUT_KEYS if k in batch]
+  if not keys:
+    raise ValueError(f'the batch has none of {INPUT_KEYS}; keys: '
+                     f'{sorted(batch)}')
+  return keys
+
+
+def frames(x: jax.Array) -> jax.Array:
+  """Videos [B, T, H, W, C] -> frames [B * T, H, W, C]; images unchanged."""
+  return x.reshape((-1,) + x.shape[-3:]) if x.ndim == 5 else x
+
+
+def _per_example(values: jax.Array, batch_size: int) -> jax.Array:
+  """Per-frame values [B * T] -> per-example means [B]."""
+  return values.reshape(batch_size, -1).mean(axis=1)
+
+
+def load_networks(config: ml_collections.ConfigDict, *, lpips: bool = False,
+                  vgg19: bool = False) -> dict[str, Any]:
+  """{network: params} of the frozen networks the losses need (`lpips`,
+  `vgg19` True) and eval wants (`eval.lpips`, `eval.fid`); reads files."""
+  directory = config.weights_dir or None
+  networks = {
+      'lpips': lpips or frozen_lib.wanted('lpips', config.eval.lpips,
+                                          directory),
+      'vgg19': vgg19,
+      'inception': frozen_lib.wanted('inception', config.eval.fid, directory),
+  }
+  return frozen_lib.load([k for k, v in networks.items() if v], directory)
+
+
+def load_fid_reference(config: ml_collections.ConfigDict):
+  """(mu, sigma) of `eval.fid_reference`, or None when unset."""
+  if not config.eval.fid_reference:
+    return None
+  try:
+    return fid.load_statistics(config.eval.fid_reference)
+  except (OSError, ValueError) as e:
+    raise ConfigError('eval.fid_reference', str(e)) from e
+
+
+class ReconstructionEval:
+  """Eval outputs of reconstructions, and the eval-set metrics."""
+
+  def __init__(self, codebook_size: int, fid_reference=None):
+    """Args: codebook_size: K of the token ids; fid_reference: (mu, sigma)
+    of reference statistics, or None."""
+    self.codebook_size = codebook_size
+    self.fid_reference = fid_reference
+
+  def outputs(self, x: jax.Array, x_rec: jax.Array, indices: jax.Array,
+              mask: jax.Array, frozen: dict[str, Any]):
+    """Per-batch eval outputs (summed over real examples) and images.
+
+    Args:
+      x: inputs [B, (T,) H, W, C] in [-1, 1].
+      x_rec: their reconstructions, same shape (clipped to [-1, 1] here).
+      indices: int token ids in [0, K), [B, ...].
+      mask: [B], 1 for real examples.
+      frozen: may hold 'lpips' and 'inception' params.
+
+    Returns:
+      outputs: {'sums': {'psnr', 'l1', 'ssim' (images >= 11 pixels), 'lpips'
+        (when LPIPS is loaded), 'count'} scalars and 'code_counts' [K];
+        'mask': [B]; when Inception is loaded 'features': {'real',
+        'reconstructed'} pool features [B * T, 2048] (frames of videos;
+        T = 1 for images) and 'feature_mask' [B * T]}.
+      images: {'inputs', 'reconstructions'} [B, (T,) H, W, C] in [-1, 1].
+    """
+    batch_size = x.shape[0]
+    mask = mask.astype(jnp.float32)
+    x_rec = jnp.clip(x_rec.astype(jnp.float32), -1, 1)
+    codes_mask = jnp.broadcast_to(
+        mask.reshape((-1,) + (1,) * (indices.ndim - 1)), indices.shape)
+    counts = jnp.zeros((self.codebook_size,), jnp.float32).at[
+        indices.reshape(-1)].add(codes_mask.reshape(-1))
+    # Frame metrics (SSIM, LPIPS, Inception) see videos as B * T frames.
+    x_frames, rec_frames = frames(x), frames(x_rec)
+    per_example = {'psnr': image_metrics.psnr(x, x_rec),
+                   'l1': image_metrics.mean_abs_error(x, x_rec)}
+    if min(x_frames.shape[1:3]) >= image_metrics.SSIM_WINDOW:
+      per_example['ssim'] = _per_example(
+          image_metrics.ssim(x_frames, rec_frames), batch_size)
+    if 'lpips' in frozen:
+      per_example['lpips'] = _per_example(perceptual.lpips_distance(
+          frozen['lpips'], x_frames, rec_frames), batch_size)
+    sums = {k: jnp.sum(v * mask) for k, v in per_example.items()}
+    sums.update(count=jnp.sum(mask), code_counts=counts)
+    outputs = {'sums': sums, 'mask': mask}
+    if 'inception' in frozen:
+      pool = lambda images: inception.InceptionV3().apply(
+          {'params': frozen['inception']}, images)['pool']
+      outputs['features'] = {'real': pool(x_frames),
+                             'reconstructed': pool(rec_frames)}
+      outputs['feature_mask'] = jnp.repeat(mask,
+                                           x_frames.shape[0] // batch_size)
+    return outputs, {'inputs': x, 'reconstructions': x_rec}
+
+  def summarize(self, acc) -> dict[str, float]:
+    """Eval-set metrics from an `EvalAccumulator` of `outputs`."""
+    sums = acc.sums
+    count = max(float(sums['count']), 1.0)
+    codebook = quantizer_base.usage_and_perplexity(
+        jnp.asarray(sums['code_counts'], jnp.float32))
+    metrics = {k: float(sums[k]) / count
+               for k in ('psnr', 'ssim', 'l1', 'lpips') if k in sums}
+    metrics.update(codebook_usage=float(codebook['usage']),
+                   codebook_perplexity=float(codebook['perplexity']),
+                   num_examples=count)
+    if acc.features:
+      real, rec = acc.features['real'], acc.features['reconstructed']
+      metrics['rfid'] = fid.frechet_distance(real.mean(), real.covariance(),
+                                             rec.mean(), rec.covariance())
+      if self.fid_reference is not None:
+        metrics['fid_reference'] = fid.frechet_distance(
+            rec.mean(), rec.covariance(), *self.fid_reference)
+    return metrics
+
+
+def image_rows(images: dict[str, np.ndarray], n: int) -> list[np.ndarray]:
+  """Rows of the eval picture: inputs above their reconstructions (for
+  videos: the first n frames of the first clips, one row per clip)."""
+  inputs, recs = images['inputs'], images['reconstructions']
+  if inputs.ndim == 4:
+    return [inputs[:n], recs[:n]]
+  rows = []
+  for clip in range(min(2, inputs.shape[0])):
+    rows += [inputs[clip, :n], recs[clip, :n]]
+  return rows
