@@ -23,7 +23,6 @@ from absl import app
 from absl import flags
 import jax
 from ml_collections import config_flags
-import numpy as np
 
 from benchmarks import flops as flops_lib
 from vqlab import data

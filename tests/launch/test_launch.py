@@ -16,7 +16,8 @@ from tests import paths
 ROOT = paths.ROOT
 sys.path.insert(0, os.path.join(ROOT, 'launch'))
 
-import shell  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable-next=g-import-not-at-top,wrong-import-position
+import shell  # noqa: E402
 
 
 def _launch(script, *argv):

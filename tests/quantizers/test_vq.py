@@ -1,16 +1,22 @@
-"""VQ against a brute-force float64 numpy reference."""
+"""VQ (vqlab/quantizers/vq.py) against float64 numpy: the lookup, losses and
+gradients against brute force; the EMA codebook and dead-code restarts against
+a hand computation. Round trips and input errors: test_all_quantizers.py."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from vqlab import quantizers
+from vqlab.quantizers import base
+from vqlab.quantizers import vq
 
 
 def _build(codebook_size=32, dim=4, beta=0.25):
   config = quantizers.default_config('vq')
-  config.codebook_size, config.embedding_dim, config.beta = codebook_size, dim, beta
+  config.codebook_size, config.embedding_dim = codebook_size, dim
+  config.beta = beta
   return quantizers.build(config)
 
 
@@ -68,25 +74,167 @@ def test_straight_through_gradient_is_identity():
   np.testing.assert_allclose(pullback(cotangent)[0], cotangent, atol=1e-6)
 
 
-def test_index_code_round_trip():
-  q = _build()
-  z = jax.random.normal(jax.random.key(5), (4, 4)) * 0.05
-  variables = q.init(jax.random.key(0), z)
-  out = q.apply(variables, z)
-  codes = q.apply(variables, out.indices, method=q.indices_to_codes)
-  np.testing.assert_allclose(codes, out.quantized, atol=1e-6)
-  again = q.apply(variables, codes)
-  np.testing.assert_array_equal(again.indices, out.indices)
+# ------------------------------------------------------------ EMA codebook ---
+K, D = 8, 3
 
 
-def test_rejects_bad_inputs():
-  q = _build(dim=4)
-  variables = q.init(jax.random.key(0), jnp.zeros((1, 4)))
-  with pytest.raises(ValueError, match=r'shape \[\.\.\., 4\]'):
-    q.apply(variables, jnp.zeros((2, 3)))
-  with pytest.raises(TypeError, match='floating'):
-    q.apply(variables, jnp.zeros((2, 4), jnp.int32))
-  with pytest.raises(ValueError, match='out of range'):
-    q.apply(variables, jnp.array([0, 32]), method=q.indices_to_codes)
-  with pytest.raises(TypeError, match='integers'):
-    q.apply(variables, jnp.array([0.0]), method=q.indices_to_codes)
+def _quantizer(**kwargs):
+  return vq.VectorQuantizer(codebook_size=K, embedding_dim=D, ema=True,
+                            **kwargs)
+
+
+def _init(q, z):
+  return jax.jit(functools.partial(q.init, train=False))(
+      {'params': jax.random.key(0)}, z)
+
+
+def _stats(seed):
+  """Fresh EMA statistics as init makes them (tested in
+  test_ema_update_matches_hand_computation), uncompiled."""
+  codebook = jax.random.uniform(jax.random.key(seed), (K, D), minval=-1 / K,
+                                maxval=1 / K)
+  return {base.STATS: {'codebook': codebook, 'cluster_size': jnp.ones(K),
+                       'embed_sum': codebook}}
+
+
+def _train_apply(q):
+  """jit(apply(train=True)) -> (output, new quantizer_stats)."""
+  def fn(variables, z, key):
+    out, state = q.apply(variables, z, train=True, rngs={'quantizer': key},
+                         mutable=[base.STATS])
+    return out, state[base.STATS]
+  return jax.jit(fn)
+
+
+def _np_ema(stats, z, decay, eps):
+  """Hand computation: lookup with the old codebook, then the EMA step."""
+  codebook = np.float64(stats['codebook'])
+  flat = np.float64(z).reshape(-1, D)
+  idx = ((flat[:, None] - codebook[None])**2).sum(-1).argmin(-1)
+  counts = np.bincount(idx, minlength=K)
+  sums = np.zeros((K, D))
+  np.add.at(sums, idx, flat)
+  cluster = decay * np.float64(stats['cluster_size']) + (1 - decay) * counts
+  embed = decay * np.float64(stats['embed_sum']) + (1 - decay) * sums
+  total = cluster.sum()
+  smoothed = (cluster + eps) / (total + K * eps) * total
+  return idx, codebook[idx], cluster, embed, embed / smoothed[:, None]
+
+
+def test_ema_update_matches_hand_computation():
+  q = _quantizer(decay=0.9, epsilon=1e-3, beta=0.3)
+  z = jax.random.normal(jax.random.key(1), (5, 8, D)) * 0.02
+  variables = _init(q, z)
+  # No codebook param.
+  assert 'params' not in variables or not variables['params']
+  stats = variables[base.STATS]
+  np.testing.assert_array_equal(stats['cluster_size'], np.ones(K))
+  np.testing.assert_array_equal(stats['embed_sum'], stats['codebook'])
+  apply = _train_apply(q)
+  for _ in range(2):  # Two steps: the second starts from updated statistics.
+    out, new = apply(variables, z, jax.random.key(2))
+    idx, codes, cluster, embed, codebook = _np_ema(stats, z, 0.9, 1e-3)
+    np.testing.assert_array_equal(out.indices.reshape(-1), idx)
+    np.testing.assert_allclose(out.quantized.reshape(-1, D), codes, atol=1e-6)
+    # No codebook term: the loss is beta * commitment only.
+    np.testing.assert_allclose(
+        out.loss, 0.3 * np.mean((np.float64(z).reshape(-1, D) - codes)**2),
+        rtol=1e-5)
+    np.testing.assert_allclose(new['cluster_size'], cluster, rtol=1e-6)
+    np.testing.assert_allclose(new['embed_sum'], embed, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(new['codebook'], codebook, rtol=1e-5, atol=1e-7)
+    variables = {**variables, base.STATS: new}
+    stats = new
+
+
+def test_ema_statistics_change_only_when_training_and_mutable():
+  q = _quantizer()
+  z = jax.random.normal(jax.random.key(3), (4, 6, D)) * 0.02
+  variables = _stats(2)
+  _, state = jax.jit(lambda v, z: q.apply(v, z, train=False,
+                                          mutable=[base.STATS]))(variables, z)
+  jax.tree.map(np.testing.assert_array_equal, state[base.STATS],
+               variables[base.STATS])
+  # Immutable.
+  out = jax.jit(lambda v, z: q.apply(v, z, train=True))(variables, z)
+  assert out.indices.shape == (4, 6)
+
+
+def test_ema_quantized_is_straight_through_and_codebook_gets_no_gradient():
+  q = _quantizer()
+  z = jax.random.normal(jax.random.key(4), (3, 5, D))
+  variables = _stats(3)
+  cotangent = jax.random.normal(jax.random.key(5), z.shape)
+  g_vars, g_z = jax.jit(lambda v, z, c: jax.vjp(
+      lambda v, z: q.apply(v, z).quantized, v, z)[1](c))(
+          variables, z, cotangent)
+  np.testing.assert_allclose(g_z, cotangent, atol=1e-6)
+  # Only the loss may move z; the statistics get no gradient from the output.
+  assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(g_vars))
+
+
+def test_dead_codes_restart_from_encoder_outputs():
+  q = _quantizer(decay=0.3, epsilon=1e-3, restart_threshold=0.5)
+  # All vectors sit near one point: one or two codes are used, the others
+  # die (cluster size 0.3 < 0.5 after one step) and are restarted.
+  z = 3.0 + 0.01 * jax.random.normal(jax.random.key(6), (4, 10, D))
+  variables = _stats(0)
+  stats = variables[base.STATS]
+  out, new = _train_apply(q)(variables, z, jax.random.key(7))
+  idx, _, cluster, embed, _ = _np_ema(stats, z, 0.3, 1e-3)
+  dead = cluster < 0.5
+  assert dead.sum() >= K - 2 and not dead[np.unique(idx)].any()
+  np.testing.assert_allclose(out.metrics['restarted'], dead.mean())
+  live = ~dead
+  np.testing.assert_allclose(new['cluster_size'][live], cluster[live],
+                             rtol=1e-6)
+  np.testing.assert_allclose(new['embed_sum'][live], embed[live], rtol=1e-5)
+  np.testing.assert_allclose(new['cluster_size'][dead], 1.0)
+  flat = np.asarray(z).reshape(-1, D)
+  for row in np.asarray(new['codebook'])[dead]:  # Each is one of the inputs.
+    assert np.min(np.abs(flat - row).max(-1)) < 1e-7
+  assert len({tuple(r) for r in np.asarray(new['codebook'])[dead]}) > 1
+  # codebook == embed_sum / laplace_smooth(cluster_size) holds for live codes
+  # (their smoothing sees the reset counts) and restarted ones.
+  c = np.float64(new['cluster_size'])
+  smoothed = (c + 1e-3) / (c.sum() + K * 1e-3) * c.sum()
+  np.testing.assert_allclose(new['embed_sum'] / smoothed[:, None],
+                             new['codebook'], rtol=1e-5)
+
+
+def test_ema_update_is_identical_on_one_and_eight_devices():
+  q = _quantizer(decay=0.8, restart_threshold=0.85)
+  z = jax.random.normal(jax.random.key(8), (16, 4, 4, D)) * 0.03
+  variables = _stats(1)
+  results = []
+  for n in (1, 8):
+    mesh = jax.make_mesh((n,), ('data',), devices=jax.devices()[:n],
+                         axis_types=(jax.sharding.AxisType.Auto,))
+    sharded = jax.device_put(z, jax.sharding.NamedSharding(mesh, jax.P('data')))
+    replicated = jax.device_put(variables,
+                                jax.sharding.NamedSharding(mesh, jax.P()))
+    with jax.set_mesh(mesh):
+      out, new = _train_apply(q)(replicated, sharded, jax.random.key(9))
+    assert len(sharded.sharding.device_set) == n
+    results.append(jax.device_get((out.indices, out.metrics, new)))
+  (idx1, metrics1, new1), (idx8, metrics8, new8) = results
+  assert 0 < metrics1['restarted'] < 1  # Restarts happen, and agree:
+  np.testing.assert_array_equal(idx1, idx8)
+  for key in new1:
+    np.testing.assert_allclose(new8[key], new1[key], rtol=1e-6, atol=1e-7,
+                               err_msg=key)
+  np.testing.assert_allclose(metrics8['usage'], metrics1['usage'])
+
+
+def test_pure_ema_update_and_laplace_smoothing():
+  cluster = np.array([2.0, 0.0, 1.0])
+  smoothed = np.asarray(vq.laplace_smooth(jnp.asarray(cluster), 0.5))
+  np.testing.assert_allclose(smoothed, (cluster + 0.5) / (3 + 1.5) * 3)
+  assert np.isclose(smoothed.sum(), cluster.sum())
+  c, e, codebook = vq.ema_update(jnp.ones(3), jnp.ones((3, 2)),
+                                 jnp.array([4.0, 0.0, 2.0]),
+                                 jnp.array([[8.0, 4.0], [0, 0], [2, 2]]),
+                                 0.5, 1e-9)
+  np.testing.assert_allclose(c, [2.5, 0.5, 1.5])
+  np.testing.assert_allclose(e, [[4.5, 2.5], [0.5, 0.5], [1.5, 1.5]])
+  np.testing.assert_allclose(codebook, [[1.8, 1.0], [1, 1], [1, 1]], rtol=1e-6)

@@ -86,7 +86,7 @@ def test_partial_newest_step_is_set_aside_and_the_rerun_saves_over_it(
   shutil.rmtree(os.path.join(run_copy, 'checkpoints', '5', 'default'))
   result = loop.train_and_evaluate(_config(), run_copy, devices=_devices())
   out = capsys.readouterr().out
-  unreadable = [l for l in out.splitlines() if 'unreadable' in l]
+  unreadable = [line for line in out.splitlines() if 'unreadable' in line]
   assert len(unreadable) == 1 and '5.corrupt' in unreadable[0], out
   assert 'Traceback' not in out
   assert result['step'] == STEPS
@@ -288,7 +288,7 @@ def test_kill_9_during_an_async_save_then_resume(finished, tmp_path):
       break
   run.wait()
   assert run.returncode == -signal.SIGKILL, ''.join(lines)
-  assert not [l for l in lines if re.match(r'I\d{4} ', l)], ''.join(lines)
+  assert not [line for line in lines if re.match(r'I\d{4} ', line)], ''.join(lines)
   result = loop.train_and_evaluate(_config(), workdir, devices=_devices())
   assert result['step'] == STEPS
   assert not [d for d in _checkpoints(workdir) if not d.isdigit()]

@@ -23,6 +23,7 @@ import pytest
 
 from vqlab.errors import CheckpointError
 from vqlab.train import loop
+from tests import retrace
 from tests import tiny
 from tests import paths
 
@@ -48,8 +49,14 @@ def _train(workdir, **kwargs):
 
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory):
+  """A whole run: 5 steps, evals at steps 2 and 4 and at the end; the train
+  and eval steps compile once (a retrace fails here)."""
   workdir = str(tmp_path_factory.mktemp('uninterrupted'))
-  return workdir, _train(workdir)
+  config = tiny.tokenizer_config(steps=STEPS)
+  config.train.eval_every = 2
+  with retrace.traced_once():
+    return workdir, loop.train_and_evaluate(config, workdir,
+                                            devices=_devices())
 
 
 def test_run_writes_checkpoints_metrics_images_and_summaries(uninterrupted):

@@ -99,7 +99,8 @@ class FiniteScalarQuantizer(nn.Module):
   def __post_init__(self):
     super().__post_init__()
     who = 'FiniteScalarQuantizer'
-    if not self.levels or any(int(l) != l or l < 3 for l in self.levels):
+    if not self.levels or any(int(level) != level or level < 3
+                              for level in self.levels):
       raise base.FieldError(
           who, 'levels', 'must be integers >= 3 (L = 2 has no zero code: use '
           f'lfq for bits), got {tuple(self.levels)}')
@@ -148,4 +149,4 @@ def build(config: ml_collections.ConfigDict, *,
   """Builds a FiniteScalarQuantizer from a validated config at `prefix`."""
   return base.build_module(
       FiniteScalarQuantizer, prefix,
-      levels=tuple(int(l) for l in config.levels))
+      levels=tuple(int(level) for level in config.levels))
