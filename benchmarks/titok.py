@@ -71,7 +71,7 @@ from configs.titok import tiny_stage2
 from configs.vqgan import maskgit_f16
 from vqlab import data
 from vqlab import tokenizers
-from vqlab.train import loop
+from vqlab.train import experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -211,7 +211,7 @@ def proxy_run(name: str, workdir: str) -> str:
   """An untrained run of the baseline VQGAN (an initial checkpoint), as
   tests/tiny.py's `tokenizer_run` makes: the stage-1 proxy."""
   config = _prepare(PROXY[name](), 2)
-  exp = loop.Experiment(config, workdir)
+  exp = experiment.Experiment(config, workdir)
   if exp.checkpointer.restore(exp.abstract_state) is None:
     state, _ = exp.initial_state()
     exp.checkpointer.save(1, state, force=True)
@@ -222,7 +222,7 @@ def proxy_run(name: str, workdir: str) -> str:
 
 def train_estimate(config, workdir: str, flop_rate: float) -> dict:
   """Train-step FLOPs (from the jaxpr, on abstract values) / `flop_rate`."""
-  exp = loop.Experiment(config, workdir)
+  exp = experiment.Experiment(config, workdir)
   with jax.set_mesh(exp.mesh):
     flops = flops_lib.count_flops(exp.jit_train_step, exp.abstract_state,
                                   exp.abstract_batch, exp.frozen)

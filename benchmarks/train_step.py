@@ -26,7 +26,7 @@ from ml_collections import config_flags
 
 from benchmarks import flops as flops_lib
 from vqlab import data
-from vqlab.train import loop
+from vqlab.train import experiment
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps (after 2 warm-up).')
@@ -78,7 +78,7 @@ def run_benchmark(config, workdir: str, steps: int) -> dict:
     image_size = config.data.image_size
     config.data = data.default_config('photos')
     config.data.image_size = image_size
-  exp = loop.Experiment(config, workdir)
+  exp = experiment.Experiment(config, workdir)
   state, _ = exp.initial_state()
   batches = exp.train_data.batches(0)
   batch = exp.global_batch(next(batches))

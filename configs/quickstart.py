@@ -17,13 +17,13 @@ PATH instead (the layouts of vqlab/data/image_folder.py; the same as
 import os
 
 from vqlab import data as data_lib
-from vqlab.train import experiment
+from vqlab.train import experiment_config
 from vqlab.train.tasks import tokenizer
 
 
 def get_config(arg: str = ''):
   """The quickstart config; `arg` 'folder=PATH' swaps in your images."""
-  config = experiment.base_config()
+  config = experiment_config.base_config()
   config.update(tokenizer.default_config())
   config.seed = 0
 

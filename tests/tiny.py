@@ -40,10 +40,10 @@ def tokenizer_run(workdir: str, devices=None) -> str:
   Stage-2 tests need a tokenizer run's files (config.json and a checkpoint),
   not a good tokenizer, so nothing is trained.
   """
-  from vqlab.train import loop  # pylint: disable=g-import-not-at-top
+  from vqlab.train import experiment  # pylint: disable=g-import-not-at-top
   config = tokenizer_config()
   config.eval.lpips = config.eval.fid = 'off'
-  exp = loop.Experiment(config, workdir, devices)
+  exp = experiment.Experiment(config, workdir, devices)
   state, _ = exp.initial_state()
   exp.record_config(0)
   exp.checkpointer.save(1, state, force=True)

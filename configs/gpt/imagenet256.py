@@ -13,7 +13,7 @@ heads, width 1536 (taming's ImageNet class-conditional model); Adam (0.9,
 
 from vqlab import data
 from vqlab import generators
-from vqlab.train import experiment
+from vqlab.train import experiment_config
 from vqlab.train.tasks import generator
 
 
@@ -33,7 +33,7 @@ def model_config():
 
 
 def get_config():
-  config = experiment.base_config()
+  config = experiment_config.base_config()
   config.update(generator.default_config())
   config.compute_dtype = 'bfloat16'
   config.tokenizer.workdir = 'workdirs/vqgan_taming_f16'

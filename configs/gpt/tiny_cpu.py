@@ -12,12 +12,12 @@ codes.
 """
 
 from vqlab import generators
-from vqlab.train import experiment
+from vqlab.train import experiment_config
 from vqlab.train.tasks import generator
 
 
 def get_config():
-  config = experiment.base_config()
+  config = experiment_config.base_config()
   config.update(generator.default_config())
   config.model = generators.default_config('gpt')
 

@@ -8,12 +8,12 @@ from vqlab import data
 from vqlab import quantizers
 from vqlab import tokenizers
 from vqlab.losses import discriminators
-from vqlab.train import experiment
+from vqlab.train import experiment_config
 from vqlab.train.tasks import tokenizer
 
 
 def get_config():
-  config = experiment.base_config()
+  config = experiment_config.base_config()
   config.update(tokenizer.default_config())
 
   config.data = data.default_config('moving_shapes')

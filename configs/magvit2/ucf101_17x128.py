@@ -12,7 +12,7 @@ from vqlab import data
 from vqlab import quantizers
 from vqlab import tokenizers
 from vqlab.losses import discriminators
-from vqlab.train import experiment
+from vqlab.train import experiment_config
 from vqlab.train.tasks import tokenizer
 
 
@@ -35,7 +35,7 @@ def model_config():
 
 
 def get_config():
-  config = experiment.base_config()
+  config = experiment_config.base_config()
   config.update(tokenizer.default_config())
   config.compute_dtype = 'bfloat16'
 

@@ -14,7 +14,7 @@ for classifier-free guidance (`sample.guidance_scale`).
 """
 
 from vqlab import data
-from vqlab.train import experiment
+from vqlab.train import experiment_config
 from vqlab.train.tasks import generator
 
 
@@ -33,7 +33,7 @@ def model_config():
 
 
 def get_config():
-  config = experiment.base_config()
+  config = experiment_config.base_config()
   config.update(generator.default_config())
   config.compute_dtype = 'bfloat16'
   config.tokenizer.workdir = 'workdirs/vqgan_maskgit_f16'

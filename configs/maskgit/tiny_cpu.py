@@ -10,12 +10,12 @@ workdirs/quickstart), then:
 32x32 crops of the built-in photos become 8x8 tokens of 512 codes.
 """
 
-from vqlab.train import experiment
+from vqlab.train import experiment_config
 from vqlab.train.tasks import generator
 
 
 def get_config():
-  config = experiment.base_config()
+  config = experiment_config.base_config()
   config.update(generator.default_config())
 
   config.tokenizer.workdir = 'workdirs/quickstart'

@@ -9,7 +9,7 @@ decoder with a fresh pixel head is trained with the VQGAN losses.
 
 from configs.vqgan import maskgit_f16
 from vqlab import tokenizers
-from vqlab.train import experiment
+from vqlab.train import experiment_config
 from vqlab.train.tasks import proxy_codes
 
 COPIED = ('encoder', 'quantizer', 'decoder')
@@ -30,7 +30,7 @@ def titok_model(model_size: str, num_tokens: int, image_size: int,
 
 def stage1(model, proxy_workdir: str):
   """Stage 1 around `model` (a titok config), proxy codes from a VQGAN run."""
-  config = experiment.base_config()
+  config = experiment_config.base_config()
   config.update(proxy_codes.default_config())
   config.model = model
   config.model.decoder_output = 'proxy_codes'

@@ -9,7 +9,7 @@ truncation 0.86 and the fast sampler's 25 steps (`sample.diffusion_steps`).
 
 from vqlab import data
 from vqlab import generators
-from vqlab.train import experiment
+from vqlab.train import experiment_config
 from vqlab.train.tasks import generator
 
 
@@ -29,7 +29,7 @@ def model_config():
 
 
 def get_config():
-  config = experiment.base_config()
+  config = experiment_config.base_config()
   config.update(generator.default_config())
   config.compute_dtype = 'bfloat16'
   config.model = model_config()

@@ -9,12 +9,12 @@ codes), T = 100. Run the README's main job first (workdirs/quickstart):
 
 from vqlab import data
 from vqlab import generators
-from vqlab.train import experiment
+from vqlab.train import experiment_config
 from vqlab.train.tasks import generator
 
 
 def get_config():
-  config = experiment.base_config()
+  config = experiment_config.base_config()
   config.update(generator.default_config())
   config.model = generators.default_config('vq_diffusion')
   config.tokenizer.workdir = 'workdirs/quickstart'

@@ -8,12 +8,12 @@ Inception file when it is there.
 """
 
 from vqlab import data
-from vqlab.train import experiment
+from vqlab.train import experiment_config
 from vqlab.train.tasks import tokenizer
 
 
 def get_config():
-  config = experiment.base_config()
+  config = experiment_config.base_config()
   config.update(tokenizer.default_config())
   config.compute_dtype = 'bfloat16'
 

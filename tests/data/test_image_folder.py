@@ -14,7 +14,7 @@ import pytest
 from vqlab import data
 from vqlab.data import image_folder
 from vqlab.errors import DataError
-from vqlab.train import experiment
+from vqlab.train import experiment_config
 from tests import paths
 
 ROOT = paths.ROOT
@@ -157,7 +157,7 @@ def test_folder_configs(split_folder, argument):
   os.remove(os.path.join(split_folder.path, 'train', 'a', 'cut.jpg'))
   config = _parse_config(os.path.join(ROOT, argument.format(
       split_folder.path)))
-  config = experiment.validate(config, 1)
+  config = experiment_config.validate(config, 1)
   assert config.data.name == 'image_folder'
   assert config.data.path == split_folder.path
   assert config.model.channel_multipliers == (1, 2, 4)  # The quickstart's.
@@ -171,7 +171,7 @@ def test_folder_configs(split_folder, argument):
 
 
 def test_folder_config_without_a_folder():
-  config = experiment.validate(_parse_config(
+  config = experiment_config.validate(_parse_config(
       os.path.join(ROOT, 'configs/image_folder.py')), 1)
   with pytest.raises(ValueError, match=r'^data\.path: required .* '
                      r'--config=configs/image_folder\.py:/path/to/images'):

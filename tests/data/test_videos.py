@@ -169,7 +169,7 @@ def test_joint_errors():
 
 
 def test_joint_config_validation():
-  experiment = pytest.importorskip('vqlab.train.experiment')
+  experiment_config = pytest.importorskip('vqlab.train.experiment_config')
   from tests import tiny  # pylint: disable=g-import-not-at-top
 
   def config_with(section=None, key=None, value=None):
@@ -181,7 +181,7 @@ def test_joint_config_validation():
     config.data = ml_collections.ConfigDict({'name': 'joint', 'image_size': 16, **sections})
     return config
 
-  filled = experiment.validate(config_with(), num_devices=8)
+  filled = experiment_config.validate(config_with(), num_devices=8)
   assert filled.data.image.train_augment == 'resize_random_crop'  # tfds' defaults filled in.
   assert filled.data.video.frame_stride == 1 and filled.data.image_batch_fraction == 0.5
   assert filled.data.video.num_frames == 5
@@ -195,7 +195,7 @@ def test_joint_config_validation():
       ('video', 'crop_area_range', (0.1, 1.0), r'^data\.video\.crop_area_range: unknown key'),
       ('video', 'num_frames', 'five', r'^data\.video\.num_frames: expected int')):
     with pytest.raises(ConfigError, match=match):
-      experiment.validate(config_with(section, key, value), num_devices=8)
+      experiment_config.validate(config_with(section, key, value), num_devices=8)
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from tests.compile_options import FAST_COMPILE
 from vqlab import generators
 from vqlab.errors import ConfigError
 from vqlab.generators import gpt
-from vqlab.train import experiment
+from vqlab.train import experiment_config
 
 VOCAB, GRID = 16, (3, 3)
 LENGTH = GRID[0] * GRID[1]
@@ -265,9 +265,9 @@ def test_generator_config_refuses_gpt_guidance_it_cannot_run():
   config = tiny_cpu.get_config()
   config.sample.guidance_scale = 2.0
   with pytest.raises(ConfigError, match="guidance_scale.*condition 'class'"):
-    experiment.validate(config, 1)
+    experiment_config.validate(config, 1)
   config.model.condition = 'class'
-  experiment.validate(config, 1)
+  experiment_config.validate(config, 1)
   config.sample.guidance_schedule = 'linear'
   with pytest.raises(ConfigError, match='guidance_schedule'):
-    experiment.validate(config, 1)
+    experiment_config.validate(config, 1)

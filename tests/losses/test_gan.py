@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vqlab.losses import gan
-from vqlab.train import experiment
+from vqlab.train import experiment_config
 from vqlab.train.tasks import tokenizer
 from tests import tiny
 
@@ -27,7 +27,7 @@ def test_hinge_and_non_saturating_values():
 
 def test_adaptive_weight_equals_full_backprop_ratio():
   """The task's last-layer VJP trick equals norms of full-network gradients."""
-  config = experiment.validate(tiny.tokenizer_config(), num_devices=1)
+  config = experiment_config.validate(tiny.tokenizer_config(), num_devices=1)
   task = tokenizer.build(config)
   x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3), minval=-1, maxval=1)
   state = jax.jit(task.init)(jax.random.key(1), {'image': x})

@@ -14,7 +14,7 @@ import pytest
 from vqlab import quantizers
 from vqlab import tokenizers
 from vqlab.errors import ConfigError
-from vqlab.train import experiment
+from vqlab.train import experiment_config
 from vqlab.train.tasks import tokenizer
 from tests import tiny
 from tests.compile_options import FAST_COMPILE
@@ -163,7 +163,7 @@ def test_a_vqgan_config_per_quantizer():
   names = set()
   for module in CONFIG_FILES:
     config = importlib.import_module(f'configs.vqgan.{module}').get_config()
-    config = experiment.validate(config, num_devices=8)
+    config = experiment_config.validate(config, num_devices=8)
     q = quantizers.build(config.model.quantizer)  # Values checked too.
     tokenizers.build(config.model)  # Any tokenizer takes any quantizer.
     names.add(config.model.quantizer.name)
@@ -202,7 +202,7 @@ def test_vqgan_train_steps_lower_the_loss(variant):
   config.loss.adaptive_weight = False
   config.optimizer.generator.learning_rate = 3e-3
   config.model.quantizer = TRAIN_VARIANTS[variant]
-  config = experiment.validate(config, num_devices=8)
+  config = experiment_config.validate(config, num_devices=8)
   task = tokenizer.build(config)
   batch = {'image': jax.random.uniform(jax.random.key(0), (8, 8, 8, 3),
                                        minval=-1, maxval=1)}

@@ -14,7 +14,7 @@ from tests.compile_options import FAST_COMPILE
 from vqlab import tokenizers
 from vqlab.errors import ConfigError
 from vqlab.nn import vit
-from vqlab.train import experiment
+from vqlab.train import experiment_config
 from vqlab.train.tasks import tokenizer
 
 K = 4  # Latent tokens of the tiny model.
@@ -175,7 +175,7 @@ def test_one_train_step_under_the_tokenizer_task():
   config = tiny.tokenizer_config(image_size=16)
   config.model = _config()
   config.eval.lpips = config.eval.fid = 'off'
-  config = experiment.validate(config, num_devices=8)
+  config = experiment_config.validate(config, num_devices=8)
   task = tokenizer.build(config)
   batch = {'image': _images((8, 16, 16, 3))}
   state = jax.jit(task.init, compiler_options=FAST_COMPILE)(

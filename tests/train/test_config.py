@@ -17,7 +17,7 @@ from vqlab import tokenizers
 from vqlab.errors import ConfigError
 from vqlab.losses import discriminators
 from vqlab.train import domains
-from vqlab.train import experiment
+from vqlab.train import experiment_config
 from vqlab.train import tasks
 from tests import tiny
 from tests import paths
@@ -27,14 +27,14 @@ ROOT = paths.ROOT
 
 def _error(config, num_devices=8) -> str:
   with pytest.raises(ConfigError) as info:
-    experiment.validate(config, num_devices)
+    experiment_config.validate(config, num_devices)
   return str(info.value)
 
 
 def test_valid_config_is_filled_in():
   config = tiny.tokenizer_config()
   del config.loss.adaptive_max  # Omitted keys take their defaults.
-  filled = experiment.validate(config, num_devices=8)
+  filled = experiment_config.validate(config, num_devices=8)
   assert filled.loss.adaptive_max == 1e4
   assert filled.model.quantizer.name == 'vq'
 
@@ -137,7 +137,7 @@ def _shipped_config_calls():
 def test_every_shipped_config_validates(path, args):
   module = path[:-3].replace(os.sep, '.')
   config = __import__(module, fromlist=['get_config']).get_config(*args)
-  experiment.validate(config, num_devices=1)
+  experiment_config.validate(config, num_devices=1)
 
 
 def test_discriminator_keys_follow_the_named_discriminator():
@@ -145,7 +145,7 @@ def test_discriminator_keys_follow_the_named_discriminator():
   config.discriminator.name = 'stylegan'  # Still has PatchGAN's keys.
   assert re.search(r'^discriminator\.num_layers: unknown key', _error(config))
   config.discriminator = ml_collections.ConfigDict({'name': 'stylegan'})
-  filled = experiment.validate(config, num_devices=8)
+  filled = experiment_config.validate(config, num_devices=8)
   assert filled.discriminator.channel_multipliers == (2, 4, 4, 4, 4)
 
 
@@ -161,7 +161,7 @@ def _every_component():
   """Valid experiment configs that together hold every default config: each
   task, tokenizer, quantizer, discriminator, generator and dataset."""
   def tokenizer_experiment():
-    config = experiment.base_config()
+    config = experiment_config.base_config()
     config.update(tasks.get('tokenizer').default_config())
     return config
 
@@ -179,11 +179,11 @@ def _every_component():
     config.data = data_lib.default_config(dataset)
     yield config
   for generator in generators.names():
-    config = experiment.base_config()
+    config = experiment_config.base_config()
     config.update(tasks.get('generator').default_config())
     config.model = generators.default_config(generator)
     yield config
-  config = experiment.base_config()
+  config = experiment_config.base_config()
   config.update(tasks.get('titok_proxy').default_config())
   yield config
 
@@ -208,7 +208,7 @@ def _numeric_keys() -> dict[str, ml_collections.ConfigDict]:
   config -> a valid experiment config that has it."""
   keys = {}
   for config in _every_component():
-    for path, value in _leaves(experiment.validate(config, num_devices=1)):
+    for path, value in _leaves(experiment_config.validate(config, num_devices=1)):
       if _is_numeric(value) or path in domains.DOMAINS:
         keys.setdefault(path, config)
   return keys
@@ -252,7 +252,7 @@ def test_values_outside_their_domain_name_the_full_key():
       broken = copy.deepcopy(config)
       _set(broken, path, value)
       try:
-        experiment.validate(broken, num_devices=1)
+        experiment_config.validate(broken, num_devices=1)
         wrong.append(f'{path}={value!r}: accepted')
       except ConfigError as e:
         if not re.match(rf'{re.escape(path)}: (every entry )?must be ',
@@ -262,7 +262,7 @@ def test_values_outside_their_domain_name_the_full_key():
 
 
 def test_vq_diffusion_steps_fit_the_chain():
-  config = experiment.base_config()
+  config = experiment_config.base_config()
   config.update(tasks.get('generator').default_config())
   config.model = generators.default_config('vq_diffusion')
   config.sample.diffusion_steps = config.model.num_timesteps + 1
@@ -299,4 +299,4 @@ def test_switching_the_dataset_name_alone_names_the_foreign_keys():
   config.data.name = 'image_folder'    # The photos' keys stay behind.
   with pytest.raises(ConfigError, match=r"^data\.name: 'image_folder' does "
                      r'not take data\.crop_min_fraction, .*image_folder\.py'):
-    experiment.validate(config, 1)
+    experiment_config.validate(config, 1)

@@ -23,6 +23,7 @@ from vqlab.errors import CheckpointError
 from vqlab.errors import ConfigError
 from vqlab.errors import WorkdirError
 from vqlab.train import checkpoint as checkpoint_lib
+from vqlab.train import experiment
 from vqlab.train import loop
 from vqlab.train import preemption
 from vqlab.train import progress as progress_lib
@@ -133,14 +134,14 @@ def test_a_readable_checkpoint_of_another_model_is_never_called_corrupt(
 def test_allowed_config_change_keeps_the_old_record(run_copy, capsys):
   changed = _config()
   changed.optimizer.generator.learning_rate = 1e-5     # Fine-tuning.
-  exp = loop.Experiment(changed, run_copy, _devices(),
+  exp = experiment.Experiment(changed, run_copy, _devices(),
                         allow_config_change=True, lock='train')
   _, step = exp.initial_state()
   exp.record_config(step)
   assert 'changed config (optimizer.generator.learning_rate 0.0004 -> 1e-05)' \
       in capsys.readouterr().out
   changed.optimizer.generator.learning_rate = 2e-5    # Changed again.
-  exp = loop.Experiment(changed, run_copy, _devices(),
+  exp = experiment.Experiment(changed, run_copy, _devices(),
                         allow_config_change=True, lock='train')
   exp.record_config(step)                  # Never over the first record.
   for name, lr in (('config.json', 2e-5),
@@ -152,7 +153,7 @@ def test_allowed_config_change_keeps_the_old_record(run_copy, capsys):
 
 def test_disk_full_during_a_save_is_one_line_and_keeps_the_last_checkpoint(
     run_copy, monkeypatch):
-  exp = loop.Experiment(_config(), run_copy, _devices(), lock='train')
+  exp = experiment.Experiment(_config(), run_copy, _devices(), lock='train')
   state, step = exp.initial_state()
 
   def full(*args, **kwargs):
@@ -164,7 +165,7 @@ def test_disk_full_during_a_save_is_one_line_and_keeps_the_last_checkpoint(
   assert '\n' not in message and 'No space left on device' in message
   assert f'step {STEPS} is the newest intact one' in message
   monkeypatch.undo()
-  _, restored_step = loop.Experiment(_config(), run_copy, _devices()
+  _, restored_step = experiment.Experiment(_config(), run_copy, _devices()
                                      ).initial_state()
   assert restored_step == STEPS
 
@@ -216,12 +217,12 @@ def test_ctrl_c_saves_the_current_step_and_twice_aborts(run_copy, capsys):
 
 def test_sigterm_during_startup_exits_with_a_line(run_copy, monkeypatch,
                                                   capsys):
-  restore = loop.Experiment.initial_state
+  restore = experiment.Experiment.initial_state
 
   def preempted_while_restoring(self):
     os.kill(os.getpid(), signal.SIGTERM)
     return restore(self)
-  monkeypatch.setattr(loop.Experiment, 'initial_state',
+  monkeypatch.setattr(experiment.Experiment, 'initial_state',
                       preempted_while_restoring)
   result = loop.train_and_evaluate(_config(num_steps=8), run_copy,
                                    devices=_devices())

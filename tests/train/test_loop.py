@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from vqlab.errors import CheckpointError
+from vqlab.train import experiment
 from vqlab.train import loop
 from tests import retrace
 from tests import tiny
@@ -85,7 +86,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(
       with open(path, 'wb') as f:
         f.write(b'garbage')
   shutil.rmtree(os.path.join(latest, 'default', 'd'), ignore_errors=True)
-  exp = loop.Experiment(tiny.tokenizer_config(steps=STEPS), workdir, _devices())
+  exp = experiment.Experiment(tiny.tokenizer_config(steps=STEPS), workdir, _devices())
   state, step = exp.initial_state()
   assert step == 4 and int(state.step) == 4
   out = capsys.readouterr().out.strip().splitlines()
@@ -102,7 +103,7 @@ def test_all_checkpoints_unreadable_is_a_clear_error(uninterrupted, tmp_path):
   shutil.copytree(uninterrupted[0], workdir)
   for step in ('2', '4', '5'):
     shutil.rmtree(os.path.join(workdir, 'checkpoints', step, 'default'))
-  exp = loop.Experiment(tiny.tokenizer_config(steps=STEPS), workdir, _devices())
+  exp = experiment.Experiment(tiny.tokenizer_config(steps=STEPS), workdir, _devices())
   with pytest.raises(CheckpointError, match='no readable checkpoint') as e:
     exp.initial_state()
   assert 'Nothing was changed' in str(e.value)
@@ -170,7 +171,7 @@ def test_eval_images_leave_out_padding_examples():
   images = {'inputs': np.arange(4)[:, None] * np.ones((4, 3)),
             'reconstructions': -np.arange(4)[:, None] * np.ones((4, 3)),
             'step': np.int32(7)}
-  real = loop._real_examples(images, np.array([1, 1, 0, 0]))  # pylint: disable=protected-access
+  real = experiment._real_examples(images, np.array([1, 1, 0, 0]))  # pylint: disable=protected-access
   np.testing.assert_array_equal(real['inputs'][:, 0], [0, 1])
   np.testing.assert_array_equal(real['reconstructions'][:, 0], [0, -1])
   assert real['step'] == 7

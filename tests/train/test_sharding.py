@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vqlab import data as data_lib
-from vqlab.train import experiment
+from vqlab.train import experiment_config
 from vqlab.train import partitioning
 from vqlab.train.tasks import tokenizer
 from tests import tiny
@@ -31,7 +31,7 @@ def _loss_and_grads_on(devices, fsdp, task, state, batch, config):
 
 def test_one_device_equals_eight_devices_equals_fsdp():
   assert jax.device_count() == 8
-  config = experiment.validate(tiny.tokenizer_config(), num_devices=8)
+  config = experiment_config.validate(tiny.tokenizer_config(), num_devices=8)
   task = tokenizer.build(config)
   source = data_lib.build(config.data, split='train', global_batch_size=8)
   batch = {'image': next(source.batches(0))['image']}

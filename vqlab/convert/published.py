@@ -19,7 +19,7 @@ import numpy as np
 from vqlab import fileio
 from vqlab.errors import WeightsError
 from vqlab.train import checkpoint
-from vqlab.train import experiment
+from vqlab.train import experiment_config
 from vqlab.train import run_record
 from vqlab.train.tasks import tokenizer
 
@@ -212,14 +212,14 @@ def run_config(converted: Converted) -> ml_collections.ConfigDict:
   """The experiment config of a converted tokenizer: the tokenizer task with
   its defaults, `converted.model_config`, and the built-in photos at the
   checkpoint's resolution as data (override `data` for another dataset)."""
-  config = experiment.base_config()
+  config = experiment_config.base_config()
   config.update(tokenizer.default_config())
   config.model = ml_collections.ConfigDict(converted.model_config.to_dict())
   config.data.image_size = converted.image_size
   config.data.train_image_size = converted.image_size
   config.train.batch_size = 8
   config.eval.batch_size = 8
-  return experiment.validate(config, num_devices=1)
+  return experiment_config.validate(config, num_devices=1)
 
 
 def check_new_run_dir(out_dir: str) -> None:

@@ -1,119 +1,231 @@
-"""The experiment config: common sections, and validation of a whole config.
+"""The Experiment: everything train, eval and sample modes share.
 
-An experiment config has the common sections below plus its task's sections
-(`vqlab.train.tasks`), its model (a registered tokenizer or generator) and its
-data (a registered dataset). `validate` checks all of it before anything is
-built or compiled and returns the config with every default filled in.
+Validates the config, builds the task (`tasks/base.py`), the mesh, the data,
+the abstract and sharded train state, the compiled steps and the
+checkpointer, before anything is written to the workdir.
 """
 
+from typing import Any
+
+import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
-from vqlab import config_schema
 from vqlab import data as data_lib
+from vqlab import fileio
+from vqlab.evals import accumulator
 from vqlab.errors import ConfigError
-from vqlab.train import domains
+from vqlab.errors import DataError
+from vqlab.errors import WeightsError
+from vqlab.train import checkpoint as checkpoint_lib
+from vqlab.train import experiment_config
 from vqlab.train import partitioning
+from vqlab.train import run_record
 from vqlab.train import tasks
-
-COMPUTE_DTYPES = ('float32', 'bfloat16')
-NETWORK_MODES = ('auto', 'on', 'off')
-
-
-def base_config() -> ml_collections.ConfigDict:
-  """Sections every experiment has, with their defaults."""
-  config = ml_collections.ConfigDict()
-  config.task = 'tokenizer'        # A name in vqlab.train.tasks.TASKS.
-  config.seed = 0                  # Seeds init and the per-step rng stream.
-  config.compute_dtype = 'float32'  # 'float32' or 'bfloat16'; params stay f32.
-  # Directory of pretrained metric-network files (VGG16/19, Inception); empty:
-  # $VQLAB_WEIGHTS_DIR or ~/.cache/vqlab/weights (see vqlab/weights/files.py).
-  config.weights_dir = ''
-
-  config.train = train = ml_collections.ConfigDict()
-  train.num_steps = 1000           # Total optimizer steps.
-  train.batch_size = 16            # Global batch (all hosts and devices).
-  train.log_every = 50             # Steps between scalar summaries.
-  train.eval_every = 500           # Steps between evals (0: only at the end).
-  train.checkpoint_every = 500     # Steps between async checkpoint saves.
-  train.max_to_keep = 3            # Checkpoints kept on disk.
-
-  config.eval = ev = ml_collections.ConfigDict()
-  ev.batch_size = 16               # Global eval batch.
-  ev.max_batches = -1              # Eval batches per eval; -1: the whole split.
-  ev.num_images = 8                # Examples shown in the PNG/TensorBoard grid.
-  # 'auto': computed when the network's weight file is present; 'on': a
-  # missing file is an error; 'off': skipped.
-  ev.lpips = 'auto'                # LPIPS-VGG16 (needs the VGG16 file).
-  ev.fid = 'auto'                  # rFID / FID (needs the Inception file).
-  ev.fid_reference = ''            # .npz of reference statistics (mu, sigma):
-                                   # also report FID against them.
-
-  config.mesh = partitioning.default_config()
-  config.data = data_lib.default_config('photos')
-  return config
+from vqlab.train import workdir_lock
+from vqlab.train.tasks.base import Task
 
 
-def reference_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The complete default config for the components `config` names.
-
-  Raises:
-    ConfigError: when the task, model, quantizer or dataset name is unknown.
-  """
-  task_name = config.get('task', 'tokenizer')
-  reference = base_config()
-  task = tasks.get(task_name)
-  reference.update(task.default_config())
-  # Sections whose keys depend on the component they name (the tokenizer
-  # task's discriminator) are checked against that component's defaults.
-  for key, registry in task.subcomponents.items():
-    if key in config:
-      reference[key] = registry.validate(config[key], key)
-  if 'model' in config:
-    # The model's registry checks it, sub-components (its quantizer) included.
-    reference.model = task.model_registry.validate(config.model, 'model')
-  if 'data' in config and 'name' in config.data:
-    if config.data.name not in data_lib.names():
-      _unknown('data.name', 'dataset', config.data.name, data_lib.names())
-    reference.data = data_lib.reference_config(config.data)
-    foreign = sorted(set(config.data.keys()) - set(reference.data.keys()))
-    if foreign:   # Typically another dataset's keys under a switched name.
-      raise ConfigError('data.name', (
-          f'{config.data.name!r} does not take data.{", data.".join(foreign)}'
-          ', which this config sets for its own dataset: use a config made '
-          'for it (your images: --config=configs/image_folder.py:PATH)'))
-  return reference
+def _abstract_batch(local_batch: dict[str, np.ndarray], global_size: int,
+                    sharding) -> dict[str, jax.ShapeDtypeStruct]:
+  return {k: jax.ShapeDtypeStruct((global_size,) + v.shape[1:], v.dtype,
+                                  sharding=sharding)
+          for k, v in local_batch.items()}
 
 
-def _unknown(key: str, kind: str, name: str, known: list[str]):
-  raise ConfigError(key, f'unknown {kind} {name!r}; known: {", ".join(known)}')
+def _with_shardings(abstract_tree: Any, shardings: Any) -> Any:
+  return jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract_tree, shardings)
 
 
-def validate(config: ml_collections.ConfigDict,
-             num_devices: int) -> ml_collections.ConfigDict:
-  """Checks keys, types and values; returns the filled-in config.
+def _build_data(config: ml_collections.ConfigDict, split: str,
+                global_batch_size: int, task: Task) -> data_lib.DataSource:
+  """This host's data source (the task's own when it has one, e.g. token
+  shards); bad values or missing files -> DataError."""
+  try:
+    source = task.data_source(split, global_batch_size, jax.process_index(),
+                              jax.process_count())
+    if source is not None:
+      return source
+    return data_lib.build(config, split=split,
+                          global_batch_size=global_batch_size,
+                          process_index=jax.process_index(),
+                          process_count=jax.process_count())
+  except (ConfigError, WeightsError):
+    raise
+  except (ValueError, FileNotFoundError) as e:
+    raise DataError(str(e)) from e
 
-  Every number is checked against its domain (`domains.DOMAINS`) first, then
-  the relations between keys (here and in the task's `validate`).
 
-  Raises:
-    ConfigError: naming the first offending key.
-  """
-  task = tasks.get(config.get('task', 'tokenizer'))
-  reference = reference_config(config)
-  config_schema.check_against(config, reference)
-  config = config_schema.filled(config, reference)
+class Experiment:
+  """Everything the loop and `--mode=eval` share: config, task, mesh, data,
+  compiled steps and the checkpointer."""
 
-  config_schema.check_domains(config, domains.DOMAINS)
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+               devices: list[jax.Device] | None = None, *,
+               allow_config_change: bool = False, lock: str | None = None):
+    """Validates and builds everything; compiles lazily.
 
-  require = config_schema.require
-  require(config.compute_dtype in COMPUTE_DTYPES, 'compute_dtype',
-          f'must be one of {COMPUTE_DTYPES}, got {config.compute_dtype!r}')
-  for section in ('train', 'eval'):
-    batch = config[section].batch_size
-    require(batch % num_devices == 0, f'{section}.batch_size',
-            f'{batch} is not divisible by the {num_devices} devices')
-  for key in ('lpips', 'fid'):
-    require(config.eval[key] in NETWORK_MODES, f'eval.{key}',
-            f'must be one of {NETWORK_MODES}, got {config.eval[key]!r}')
-  task.validate(config)
-  return config
+    Args:
+      config: the experiment config (validated here).
+      workdir: the run's directory.
+      devices: devices of the mesh (default: all).
+      allow_config_change: continue a run whose saved config.json differs
+        from `config` (else a ConfigError naming the keys, before anything
+        is written).
+      lock: take the workdir lock for this mode ('train', 'sample'); None:
+        no lock (reading runs: eval).
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    self.config = config = experiment_config.validate(config, len(devices))
+    self.workdir = workdir
+    self.config_changes = run_record.check(config, workdir,
+                                           allow_config_change)
+    # Data problems (a missing folder, an unreadable image) stop the run
+    # before anything is written to the workdir.
+    self.task: Task = tasks.get(config.task).build(config, workdir)
+    self.mesh = partitioning.make_mesh(config.mesh, devices)
+    self.batch_sharding = partitioning.batch_sharding(self.mesh)
+    self.train_data = _build_data(config.data, 'train',
+                                  config.train.batch_size, self.task)
+    self.eval_data = _build_data(config.data, 'eval', config.eval.batch_size,
+                                 self.task)
+    if lock:
+      workdir_lock.acquire(workdir, lock)
+    fileio.makedirs(workdir)
+    init_rng, self._step_rng = jax.random.split(jax.random.key(config.seed))
+    self._init_rng = init_rng
+
+    # ------------------------------------------------ shapes and shardings ---
+    example = next(iter(self.train_data.batches(0)))
+    self.abstract_batch = _abstract_batch(example, config.train.batch_size,
+                                          self.batch_sharding)
+    with jax.set_mesh(self.mesh):
+      abstract_state = jax.eval_shape(self.task.init, init_rng,
+                                      self.abstract_batch)
+    self.state_shardings = partitioning.state_shardings(
+        abstract_state, self.mesh, config.mesh.rules)
+    self.abstract_state = _with_shardings(abstract_state, self.state_shardings)
+    self.checkpointer = checkpoint_lib.Checkpointer(
+        workdir, max_to_keep=config.train.max_to_keep)
+
+    # ------------------------------------------------------ compiled steps ---
+    # Frozen networks (LPIPS, VGG, Inception) are arguments, not jit
+    # constants: constants would be baked into every compiled program, and
+    # they never enter the train state, so checkpoints stay small.
+    replicated = partitioning.replicated(self.mesh)
+    self.frozen = jax.device_put(self.task.frozen, replicated)
+
+    # The step's rng is derived from (seed, step) inside the step, so a resumed
+    # run draws the same randomness as an uninterrupted one.
+    def train_step(state, batch, frozen):
+      rng = jax.random.fold_in(self._step_rng, state.step)
+      return self.task.train_step(state, batch, rng, frozen)
+
+    # Donating the state lets XLA update parameters and optimizer state in
+    # place instead of holding two copies.
+    self.jit_train_step = jax.jit(
+        train_step,
+        in_shardings=(self.state_shardings, self.batch_sharding, replicated),
+        out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
+    self.jit_eval_step = jax.jit(
+        self.task.eval_step,
+        in_shardings=(self.state_shardings, self.batch_sharding, replicated),
+        out_shardings=replicated)
+
+    # Any sharded array -> the whole array on every process.
+    self._gather = jax.jit(lambda x: x, out_shardings=replicated)
+
+    if self.task.draws_samples:
+      self.jit_sample_images = jax.jit(
+          self.task.sample_images, static_argnames=('batch_size',),
+          out_shardings=replicated)
+
+  def sample_images(self, state, rng, cond=None, batch_size=None):
+    """Decoded samples [B, (T,) H, W, C] of a generator task; cond: host
+    arrays from `task.sample_conditions` (or None)."""
+    if cond is not None:
+      cond = jax.device_put(cond, self.batch_sharding)
+    return self.jit_sample_images(state, rng, cond, self.frozen,
+                                  batch_size=batch_size)
+
+  def record_config(self, step: int) -> None:
+    """Writes config.json, once the restore has decided which run this is.
+    A run continued with a changed config keeps the old record as
+    config_until_step_<step>.json (never over an earlier one)."""
+    if jax.process_index() != 0:
+      return
+    previous = None
+    if self.config_changes:
+      previous = run_record.unused_name(self.workdir,
+                                        f'config_until_step_{step}')
+      print('vqlab: continuing the run with a changed config ('
+            f'{run_record.describe(self.config_changes)}); the previous one '
+            f'is kept as {previous}', flush=True)
+    run_record.write(self.workdir, self.config, keep_previous_as=previous)
+
+  def train_step(self, state, batch):
+    """One compiled train step -> (new state, metrics); donates `state`."""
+    return self.jit_train_step(state, batch, self.frozen)
+
+  def eval_step(self, state, batch):
+    """One compiled eval step -> (outputs, images)."""
+    return self.jit_eval_step(state, batch, self.frozen)
+
+  def initial_state(self):
+    """(state, step): the newest readable checkpoint, or a fresh init."""
+    restored = self.checkpointer.restore(self.abstract_state)
+    if restored is not None:
+      return restored
+    zeros = {k: jnp.zeros(v.shape, v.dtype)
+             for k, v in self.abstract_batch.items()}
+    init = jax.jit(lambda rng: self.task.init(rng, zeros),
+                   out_shardings=self.state_shardings)
+    with jax.set_mesh(self.mesh):
+      state = init(self._init_rng)
+    # E.g. params copied from another run.
+    state = jax.device_put(self.task.warm_start(state), self.state_shardings)
+    return state, 0
+
+  def global_batch(self, local_batch):
+    return partitioning.global_batch(local_batch, self.batch_sharding)
+
+  def evaluate(self, state) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Runs the task's eval over the eval split -> (metrics, first images)."""
+    acc = accumulator.EvalAccumulator()
+    images = None
+    max_batches = self.config.eval.max_batches
+    with jax.set_mesh(self.mesh):
+      for i, local in enumerate(self.eval_data.batches()):
+        if 0 <= max_batches <= i:
+          break
+        batch = self.global_batch(local)
+        outputs, batch_images = self.eval_step(state, batch)
+        acc.add(outputs)
+        if images is None:
+          images = jax.device_get(batch_images)
+          if 'mask' in batch:  # A split smaller than a batch: no blank tiles.
+            images = _real_examples(images,
+                                    jax.device_get(self._gather(batch['mask'])))
+    if not acc.num_batches:
+      raise ValueError('eval: the eval split yielded no batches')
+    if self.task.draws_samples:
+      n = self.config.eval.num_images
+      count = -(-2 * n // len(self.mesh.devices.flat)) * len(
+          self.mesh.devices.flat)
+      with jax.set_mesh(self.mesh):
+        samples = self.sample_images(
+            state, jax.random.fold_in(self._step_rng, 2**31 - 1),
+            self.task.sample_conditions(0, count), batch_size=count)
+      images = {'samples': jax.device_get(samples)}
+    return self.task.summarize_eval(acc), images
+
+
+def _real_examples(images: dict[str, np.ndarray],
+                   mask: np.ndarray) -> dict[str, np.ndarray]:
+  """The images of an eval batch without its padding examples (mask [B])."""
+  mask = np.asarray(mask, bool)
+  return {k: v[mask] if np.ndim(v) and len(v) == len(mask) else v
+          for k, v in images.items()}

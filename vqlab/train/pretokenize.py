@@ -31,7 +31,7 @@ from vqlab import fileio
 from vqlab.data import token_shards
 from vqlab.errors import ConfigError
 from vqlab.errors import DataError
-from vqlab.train import experiment
+from vqlab.train import experiment_config
 from vqlab.train import partitioning
 from vqlab.train import progress as progress_lib
 from vqlab.train import trained_tokenizer
@@ -85,7 +85,7 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
     {'tokens_dir', 'train_examples', 'eval_examples', 'shards_written'}.
   """
   devices = list(jax.devices() if devices is None else devices)
-  config = experiment.validate(config, len(devices))
+  config = experiment_config.validate(config, len(devices))
   if config.task != 'generator':
     raise ConfigError('task', f'--mode=tokenize needs a generator config '
                       f'(task = generator), got {config.task!r}')

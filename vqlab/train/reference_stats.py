@@ -25,7 +25,7 @@ from vqlab import data as data_lib
 from vqlab import fileio
 from vqlab.evals import fid
 from vqlab.nn import inception
-from vqlab.train import experiment
+from vqlab.train import experiment_config
 from vqlab.train import frozen as frozen_lib
 from vqlab.train import partitioning
 from vqlab.train import progress as progress_lib
@@ -50,7 +50,7 @@ def compute_reference_statistics(config: ml_collections.ConfigDict,
     WeightsError: the Inception weight file is missing.
   """
   devices = list(jax.devices() if devices is None else devices)
-  config = experiment.validate(config, len(devices))
+  config = experiment_config.validate(config, len(devices))
   params = frozen_lib.load(['inception'], config.weights_dir or None)
   mesh = partitioning.make_mesh(config.mesh, devices)
   batch_sharding = partitioning.batch_sharding(mesh)

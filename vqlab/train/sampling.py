@@ -30,7 +30,7 @@ from vqlab.errors import CheckpointError
 from vqlab.errors import ConfigError
 from vqlab.evals import fid
 from vqlab.nn import inception
-from vqlab.train import loop
+from vqlab.train import experiment
 from vqlab.train import progress as progress_lib
 from vqlab.train import reference_stats
 from vqlab.train import writers as writers_lib
@@ -63,7 +63,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
     {'step', 'num_samples', 'samples_dir', and 'inception_score',
     'inception_score_std', 'gfid' when Inception is available}.
   """
-  exp = loop.Experiment(config, workdir, devices, lock='sample')
+  exp = experiment.Experiment(config, workdir, devices, lock='sample')
   config, task = exp.config, exp.task
   if not task.draws_samples:
     raise ConfigError('task', f'--mode=sample needs a generator config, got '

@@ -21,11 +21,12 @@ from vqlab.data import token_shards
 from vqlab.errors import CheckpointError
 from vqlab.errors import ConfigError
 from vqlab.evals import fid
+from vqlab.train import experiment
 from vqlab.train import loop
 from vqlab.train import pretokenize
 from vqlab.train import sampling
 from vqlab.train import trained_tokenizer
-from vqlab.train import experiment
+from vqlab.train import experiment_config
 from vqlab.train.tasks import generator
 from vqlab.train.tasks import spatial_conditions
 from tests import random_weight_files
@@ -159,7 +160,7 @@ def test_sample_mode_reports_gfid_and_inception_score_of_the_samples(
   result = sampling.sample(config, workdir, devices=_devices())
 
   # Directly: the same samples (same key) through Inception.
-  exp = loop.Experiment(config, workdir, _devices())
+  exp = experiment.Experiment(config, workdir, _devices())
   state, _ = exp.checkpointer.restore(exp.abstract_state)
   images = exp.sample_images(
       state, jax.random.fold_in(jax.random.key(config.sample.seed), 0),
@@ -185,7 +186,7 @@ def test_on_the_fly_tokens_give_the_same_eval_loss_as_shards(
   workdir, summary = shards
   config = tiny.generator_config(tokenizer_dir)
   config.tokens.source = 'on_the_fly'
-  exp = loop.Experiment(config, str(tmp_path), _devices())
+  exp = experiment.Experiment(config, str(tmp_path), _devices())
   assert 'image' in next(exp.train_data.batches())
   state, _ = exp.initial_state()
   on_the_fly, _ = exp.evaluate(state)
@@ -215,17 +216,17 @@ def test_a_model_that_does_not_fit_the_tokenizer_is_a_config_error(
   config = tiny.generator_config(tokenizer_dir, 'gpt')
   config.model.length = 32
   with pytest.raises(ConfigError, match='model.length: 32, but .* 64 tokens'):
-    loop.Experiment(config, str(tmp_path), _devices())
+    experiment.Experiment(config, str(tmp_path), _devices())
 
 
 def test_missing_tokens_or_tokenizer_are_one_line_errors(tokenizer_dir,
                                                          tmp_path):
   config = tiny.generator_config(tokenizer_dir)
   with pytest.raises(Exception, match='no token shards .* --mode=tokenize'):
-    loop.Experiment(config, str(tmp_path), _devices())
+    experiment.Experiment(config, str(tmp_path), _devices())
   config.tokenizer.workdir = str(tmp_path / 'nowhere')
   with pytest.raises(CheckpointError, match='config.json does not exist'):
-    loop.Experiment(config, str(tmp_path), _devices())
+    experiment.Experiment(config, str(tmp_path), _devices())
   # The same through main.py: one line, no traceback.
   run = subprocess.run(
       [sys.executable, os.path.join(ROOT, 'main.py'),
@@ -249,7 +250,7 @@ def test_vq_diffusion_trains_on_shards_and_samples_decode_to_images(
   assert np.isfinite(result['loss']) and 0 <= result['accuracy'] <= 1
   grid, = glob.glob(os.path.join(workdir, 'images', 'eval_samples_*.png'))
   assert np.asarray(Image.open(grid)).shape == (38, 74, 3)
-  exp = loop.Experiment(config, workdir, _devices())
+  exp = experiment.Experiment(config, workdir, _devices())
   state, _ = exp.checkpointer.restore(exp.abstract_state)
   counts = np.asarray(state.loss_state['lt_count'])
   assert counts.sum() > 0 and counts[0] == 0   # t in [1, T] was recorded.
@@ -315,7 +316,7 @@ def test_spatial_gpt_trains_on_shards_and_on_the_fly_alike_and_samples(
   grid, = glob.glob(os.path.join(workdir, 'images', 'eval_samples_*.png'))
   assert np.asarray(Image.open(grid)).shape == (38, 74, 3)
   # --mode=sample draws its conditions the same way (sample_conditions).
-  task = generator.build(experiment.validate(config, 2), workdir)
+  task = generator.build(experiment_config.validate(config, 2), workdir)
   n = len(arrays['cond_tokens'])  # Cycled through.
   np.testing.assert_array_equal(
       task.sample_conditions(n - 2, 4),
@@ -323,7 +324,7 @@ def test_spatial_gpt_trains_on_shards_and_on_the_fly_alike_and_samples(
 
   # On the fly: train steps, and the eval loss of the shards' tokens.
   config.tokens.source = 'on_the_fly'
-  fly = loop.Experiment(config, str(tmp_path / 'fly'), _devices())
+  fly = experiment.Experiment(config, str(tmp_path / 'fly'), _devices())
   state, _ = fly.initial_state()
   batches = fly.train_data.batches()
   with retrace.traced_once():
@@ -343,7 +344,7 @@ def test_spatial_gpt_trains_on_shards_and_on_the_fly_alike_and_samples(
 
 
 def test_the_spatial_condition_reaches_the_gpt(tokenizer_dir):
-  config = experiment.validate(_spatial_config(tokenizer_dir), 2)
+  config = experiment_config.validate(_spatial_config(tokenizer_dir), 2)
   task = generator.build(config)
   # Through the task: cond [B, cond_length] -> the GPT's logits.
   state = jax.jit(task.init)(jax.random.key(0), None)
@@ -367,7 +368,7 @@ def test_a_spatial_condition_that_does_not_fit_is_a_config_error(
   section, name = key.split('.')
   config[section][name] = value
   with pytest.raises(ConfigError, match=message):
-    loop.Experiment(config, str(tmp_path), _devices())
+    experiment.Experiment(config, str(tmp_path), _devices())
 
 
 def test_shards_of_another_condition_are_refused(tokenizer_dir,
@@ -376,7 +377,7 @@ def test_shards_of_another_condition_are_refused(tokenizer_dir,
   shutil.copytree(summary['tokens_dir'], str(tmp_path / 'tokens'))
   config = _spatial_config(tokenizer_dir, image='grayscale')
   with pytest.raises(ConfigError, match='tokens.dir: .* condition'):
-    loop.Experiment(config, str(tmp_path), _devices())
+    experiment.Experiment(config, str(tmp_path), _devices())
   config.tokens.dir = str(tmp_path / 'tokens')
   with pytest.raises(ConfigError, match='tokens.dir: .* condition'):
     pretokenize.tokenize(config, str(tmp_path), devices=_devices())

@@ -18,7 +18,7 @@ from vqlab import data as data_lib
 from vqlab import tokenizers
 from vqlab.evals import image_metrics
 from vqlab.losses import perceptual
-from vqlab.train import experiment
+from vqlab.train import experiment_config
 from vqlab.train import loop
 from vqlab.train.tasks import tokenizer
 from tests.compile_options import FAST_COMPILE
@@ -43,7 +43,7 @@ def _video_batch(config, batch_size=8):
 
 
 def test_video_train_steps_lower_the_loss_and_eval_per_frame():
-  config = experiment.validate(_tiny(), num_devices=8)
+  config = experiment_config.validate(_tiny(), num_devices=8)
   config.unlock()
   config.loss.disc_start = 100  # Reconstruction + LFQ terms only.
   task = tokenizer.build(config)
@@ -76,7 +76,7 @@ def test_joint_image_video_batch_trains_one_model():
   config.data.image_size = config.data.image.image_size = 16
   config.data.video.image_size = 16
   config.data.video.num_frames = 5
-  config = experiment.validate(config, num_devices=8)
+  config = experiment_config.validate(config, num_devices=8)
   task = tokenizer.build(config)
   source = data_lib.build(config.data, split='train', global_batch_size=16)
   batch = {k: jnp.asarray(v) for k, v in next(source.batches(0)).items()
@@ -114,7 +114,7 @@ def test_lpips_on_video_frames(tmp_path):
   config = _tiny()
   config.weights_dir = str(random_weight_files.write(tmp_path, ('vgg16',)))
   config.loss.perceptual_weight = 0.5
-  config = experiment.validate(config, num_devices=8)
+  config = experiment_config.validate(config, num_devices=8)
   task = tokenizer.build(config)
   assert set(task.frozen) == {'lpips'}
   x = jnp.asarray(_video_batch(config, batch_size=2)['video'])

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs.vq_diffusion import tiny_text
-from vqlab.train import loop
+from vqlab.train import experiment
 from tests import retrace
 
 
@@ -38,7 +38,7 @@ def _config(tokenizer_dir, encoder='frozen', steps=3):
 
 def test_text_conditional_run_lowers_its_loss_and_samples_decode(
     tokenizer_dir, tmp_path):
-  exp = loop.Experiment(_config(tokenizer_dir), str(tmp_path), _devices())
+  exp = experiment.Experiment(_config(tokenizer_dir), str(tmp_path), _devices())
   batches = exp.train_data.batches()
   assert next(batches)['text_ids'].shape == (8, 16)   # Captions -> ids.
   state, _ = exp.initial_state()

@@ -16,6 +16,7 @@ from tests import tiny
 from vqlab.errors import ConfigError
 from vqlab.train import checkpoint as checkpoint_lib
 from vqlab.train import experiment
+from vqlab.train import experiment_config
 from vqlab.train import loop
 from vqlab.train.tasks import proxy_codes
 
@@ -86,7 +87,7 @@ def test_a_proxy_vqgan_that_does_not_fit_is_a_config_error(
   config = _stage1_config(proxy_dir, 1)
   config.model[key] = value
   with pytest.raises(ConfigError, match=message):
-    proxy_codes.build(experiment.validate(config, num_devices=1))
+    proxy_codes.build(experiment_config.validate(config, num_devices=1))
 
 
 def _stage2_config(stage1_dir, steps):
@@ -103,7 +104,7 @@ def stage2(stage1, tmp_path_factory):
   stage1_dir, _, _ = stage1
   config = _stage2_config(stage1_dir, 3)
   workdir = str(tmp_path_factory.mktemp('stage2'))
-  exp = loop.Experiment(config, workdir, _devices())
+  exp = experiment.Experiment(config, workdir, _devices())
   state, _ = exp.initial_state()
   exp.record_config(0)     # A tokenizer run for the generator test below.
   start = jax.device_get(state.params['generator'])
@@ -139,7 +140,7 @@ def test_maskgit_trains_on_titok_tokens_and_samples_decode_to_images(
   config = tiny.generator_config(stage2[0])
   config.tokens.source = 'on_the_fly'
   config.model.token_shape = (8,)   # K latent tokens: a 1D sequence.
-  exp = loop.Experiment(config, str(tmp_path), _devices())
+  exp = experiment.Experiment(config, str(tmp_path), _devices())
   state, _ = exp.initial_state()
   batch = exp.global_batch(next(exp.train_data.batches()))
   assert batch['image'].shape == (8, 16, 16, 3)

@@ -17,7 +17,7 @@ from vqlab.evals import image_metrics
 from vqlab.nn import inception
 from vqlab.losses import perceptual
 from vqlab.quantizers import base as quantizer_base
-from vqlab.train import loop
+from vqlab.train import experiment
 from vqlab.train import reference_stats
 from tests.compile_options import FAST_COMPILE
 
@@ -89,7 +89,7 @@ def test_eval_suite_equals_direct_computation(weights_dir, tmp_path):
   path = str(tmp_path / 'stats' / 'fid_stats.npz')
   stats = reference_stats.compute_reference_statistics(_config(weights_dir),
                                                        path)
-  exp = loop.Experiment(_config(weights_dir, fid_reference=path),
+  exp = experiment.Experiment(_config(weights_dir, fid_reference=path),
                         str(tmp_path / 'run'))
   state, _ = exp.initial_state()
   metrics, images = exp.evaluate(state)
@@ -115,10 +115,10 @@ def test_eval_suite_equals_direct_computation(weights_dir, tmp_path):
 def test_missing_weight_files_are_named(tmp_path):
   config = _config(str(tmp_path / 'empty'))
   with pytest.raises(WeightsError, match='pt_inception-2015-12-05-6726825d.pth'):
-    loop.Experiment(config, str(tmp_path / 'run'))
+    experiment.Experiment(config, str(tmp_path / 'run'))
   config.eval.fid = 'off'
   with pytest.raises(WeightsError, match=r'vgg16-397923af.pth .*empty'):
-    loop.Experiment(config, str(tmp_path / 'run'))
+    experiment.Experiment(config, str(tmp_path / 'run'))
   config.eval.lpips = 'auto'  # Absent files under 'auto': skipped.
-  exp = loop.Experiment(config, str(tmp_path / 'run'))
+  exp = experiment.Experiment(config, str(tmp_path / 'run'))
   assert exp.task.frozen == {}

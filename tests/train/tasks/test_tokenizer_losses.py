@@ -13,7 +13,7 @@ from tests import tiny
 from vqlab import quantizers
 from vqlab.errors import ConfigError
 from vqlab.losses import perceptual
-from vqlab.train import experiment
+from vqlab.train import experiment_config
 from vqlab.train.tasks import tokenizer
 from tests.compile_options import FAST_COMPILE
 
@@ -28,7 +28,7 @@ def _task(mutate):
   config = tiny.tokenizer_config()
   config.eval.lpips = config.eval.fid = 'off'
   mutate(config)
-  return tokenizer.build(experiment.validate(config, num_devices=8))
+  return tokenizer.build(experiment_config.validate(config, num_devices=8))
 
 
 def _first_step(task):

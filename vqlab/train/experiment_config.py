@@ -1,0 +1,119 @@
+"""The experiment config: common sections, and validation of a whole config.
+
+An experiment config has the common sections below plus its task's sections
+(`vqlab.train.tasks`), its model (a registered tokenizer or generator) and its
+data (a registered dataset). `validate` checks all of it before anything is
+built or compiled and returns the config with every default filled in.
+"""
+
+import ml_collections
+
+from vqlab import config_schema
+from vqlab import data as data_lib
+from vqlab.errors import ConfigError
+from vqlab.train import domains
+from vqlab.train import partitioning
+from vqlab.train import tasks
+
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+NETWORK_MODES = ('auto', 'on', 'off')
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Sections every experiment has, with their defaults."""
+  config = ml_collections.ConfigDict()
+  config.task = 'tokenizer'        # A name in vqlab.train.tasks.TASKS.
+  config.seed = 0                  # Seeds init and the per-step rng stream.
+  config.compute_dtype = 'float32'  # 'float32' or 'bfloat16'; params stay f32.
+  # Directory of pretrained metric-network files (VGG16/19, Inception); empty:
+  # $VQLAB_WEIGHTS_DIR or ~/.cache/vqlab/weights (see vqlab/weights/files.py).
+  config.weights_dir = ''
+
+  config.train = train = ml_collections.ConfigDict()
+  train.num_steps = 1000           # Total optimizer steps.
+  train.batch_size = 16            # Global batch (all hosts and devices).
+  train.log_every = 50             # Steps between scalar summaries.
+  train.eval_every = 500           # Steps between evals (0: only at the end).
+  train.checkpoint_every = 500     # Steps between async checkpoint saves.
+  train.max_to_keep = 3            # Checkpoints kept on disk.
+
+  config.eval = ev = ml_collections.ConfigDict()
+  ev.batch_size = 16               # Global eval batch.
+  ev.max_batches = -1              # Eval batches per eval; -1: the whole split.
+  ev.num_images = 8                # Examples shown in the PNG/TensorBoard grid.
+  # 'auto': computed when the network's weight file is present; 'on': a
+  # missing file is an error; 'off': skipped.
+  ev.lpips = 'auto'                # LPIPS-VGG16 (needs the VGG16 file).
+  ev.fid = 'auto'                  # rFID / FID (needs the Inception file).
+  ev.fid_reference = ''            # .npz of reference statistics (mu, sigma):
+                                   # also report FID against them.
+
+  config.mesh = partitioning.default_config()
+  config.data = data_lib.default_config('photos')
+  return config
+
+
+def reference_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The complete default config for the components `config` names.
+
+  Raises:
+    ConfigError: when the task, model, quantizer or dataset name is unknown.
+  """
+  task_name = config.get('task', 'tokenizer')
+  reference = base_config()
+  task = tasks.get(task_name)
+  reference.update(task.default_config())
+  # Sections whose keys depend on the component they name (the tokenizer
+  # task's discriminator) are checked against that component's defaults.
+  for key, registry in task.subcomponents.items():
+    if key in config:
+      reference[key] = registry.validate(config[key], key)
+  if 'model' in config:
+    # The model's registry checks it, sub-components (its quantizer) included.
+    reference.model = task.model_registry.validate(config.model, 'model')
+  if 'data' in config and 'name' in config.data:
+    if config.data.name not in data_lib.names():
+      _unknown('data.name', 'dataset', config.data.name, data_lib.names())
+    reference.data = data_lib.reference_config(config.data)
+    foreign = sorted(set(config.data.keys()) - set(reference.data.keys()))
+    if foreign:   # Typically another dataset's keys under a switched name.
+      raise ConfigError('data.name', (
+          f'{config.data.name!r} does not take data.{", data.".join(foreign)}'
+          ', which this config sets for its own dataset: use a config made '
+          'for it (your images: --config=configs/image_folder.py:PATH)'))
+  return reference
+
+
+def _unknown(key: str, kind: str, name: str, known: list[str]):
+  raise ConfigError(key, f'unknown {kind} {name!r}; known: {", ".join(known)}')
+
+
+def validate(config: ml_collections.ConfigDict,
+             num_devices: int) -> ml_collections.ConfigDict:
+  """Checks keys, types and values; returns the filled-in config.
+
+  Every number is checked against its domain (`domains.DOMAINS`) first, then
+  the relations between keys (here and in the task's `validate`).
+
+  Raises:
+    ConfigError: naming the first offending key.
+  """
+  task = tasks.get(config.get('task', 'tokenizer'))
+  reference = reference_config(config)
+  config_schema.check_against(config, reference)
+  config = config_schema.filled(config, reference)
+
+  config_schema.check_domains(config, domains.DOMAINS)
+
+  require = config_schema.require
+  require(config.compute_dtype in COMPUTE_DTYPES, 'compute_dtype',
+          f'must be one of {COMPUTE_DTYPES}, got {config.compute_dtype!r}')
+  for section in ('train', 'eval'):
+    batch = config[section].batch_size
+    require(batch % num_devices == 0, f'{section}.batch_size',
+            f'{batch} is not divisible by the {num_devices} devices')
+  for key in ('lpips', 'fid'):
+    require(config.eval[key] in NETWORK_MODES, f'eval.{key}',
+            f'must be one of {NETWORK_MODES}, got {config.eval[key]!r}')
+  task.validate(config)
+  return config
