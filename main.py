@@ -86,7 +86,11 @@ def _quiet_libraries() -> None:
 def main(argv):
   del argv
   _quiet_libraries()
-  from vqlab.errors import CheckpointError, ConfigError, DataError, WeightsError, WorkdirError  # pylint: disable=g-import-not-at-top
+  from vqlab.errors import CheckpointError  # pylint: disable=g-import-not-at-top
+  from vqlab.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  from vqlab.errors import DataError  # pylint: disable=g-import-not-at-top
+  from vqlab.errors import WeightsError  # pylint: disable=g-import-not-at-top
+  from vqlab.errors import WorkdirError  # pylint: disable=g-import-not-at-top
   _initialize_distributed()
   from vqlab.train import loop  # pylint: disable=g-import-not-at-top
   try:

@@ -27,6 +27,7 @@ def run_vqlab(batch: int, image_size: int, steps: int) -> dict:
   device."""
   # pylint: disable=g-import-not-at-top
   import jax
+
   from vqlab.nn import inception
 
   model = inception.InceptionV3()
@@ -51,8 +52,9 @@ def run_reference(batch: int, image_size: int, steps: int) -> dict:
   """Times pytorch-fid's InceptionV3([3]) (seeded weights) under
   torch.no_grad on [0, 1] NCHW images."""
   # pylint: disable=g-import-not-at-top
-  from tests.goldens import make_inception_goldens
   import torch
+
+  from tests.goldens import make_inception_goldens
 
   model, _ = make_inception_goldens.build_reference()
   gen = torch.Generator().manual_seed(1)

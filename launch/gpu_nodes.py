@@ -29,8 +29,8 @@ import sys
 import time
 
 from shell import env_words
-from shell import Parser
 from shell import format_command
+from shell import Parser
 from shell import quote
 from shell import remote_path
 

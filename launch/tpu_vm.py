@@ -25,8 +25,8 @@ import subprocess
 import sys
 
 from shell import env_words
-from shell import Parser
 from shell import format_command
+from shell import Parser
 from shell import quote
 from shell import remote_path
 

@@ -36,6 +36,7 @@ def tokenizer_dir(tmp_path_factory):
   """A tiny tokenizer run (config.json + an untrained checkpoint) shared by
   the stage-2 tests of one worker: 16x16 images -> 8x8 tokens of 32 codes."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from tests import tiny  # pylint: disable=g-import-not-at-top
   return tiny.tokenizer_run(str(tmp_path_factory.mktemp('tokenizer')),
                             jax.devices()[:2])

@@ -9,10 +9,10 @@ loaders: `vgg16-397923af.pth`, `vgg19-dcbb9e9d.pth` and
 import os
 import pathlib
 
+from tests import paths
 from tests.goldens import seeded_weights
 from vqlab.weights import files
 from vqlab.weights import torch_files
-from tests import paths
 
 GOLDENS = paths.GOLDENS
 _SOURCES = {'vgg16': 'lpips.npz', 'vgg19': 'vgg19.npz',

@@ -15,8 +15,8 @@ import textwrap
 
 import pytest
 
-from vqlab import cli
 from tests import paths
+from vqlab import cli
 
 ROOT = paths.ROOT
 QUICKSTART = os.path.join(ROOT, 'configs', 'quickstart.py')

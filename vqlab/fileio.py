@@ -12,7 +12,7 @@ import glob as glob_lib
 import io
 import os
 import re
-from typing import IO, Callable
+from typing import Callable, IO
 
 _URL = re.compile(r'^[a-zA-Z][a-zA-Z0-9+.-]*://')
 

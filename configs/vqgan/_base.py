@@ -5,8 +5,8 @@
 configs/vqgan/<quantizer>_f16.py then sets the paper sizes.
 """
 
-from vqlab import quantizers
 from configs.vqgan import taming_f16
+from vqlab import quantizers
 
 
 def with_quantizer(name: str):

@@ -17,11 +17,12 @@ import math
 import os
 import sys
 
-import nbformat
 from nbclient import NotebookClient
+import nbformat
 import numpy as np
 from PIL import Image
 import pytest
+
 from tests import paths
 
 ROOT = paths.ROOT

@@ -11,12 +11,12 @@ import jax
 import numpy as np
 import pytest
 
+from tests import paths
 from tests.compile_options import FAST_COMPILE
 from vqlab import tokenizers
 from vqlab.convert import maskgit_vqgan
 from vqlab.convert import published
 from vqlab.errors import WeightsError
-from tests import paths
 
 GOLDENS = str(paths.GOLDENS)
 TINY = os.path.join(GOLDENS, 'maskgit_tiny.msgpack')

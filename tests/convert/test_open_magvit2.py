@@ -8,12 +8,12 @@ import jax
 import numpy as np
 import pytest
 
+from tests import paths
 from vqlab import tokenizers
 from vqlab.convert import open_magvit2
 from vqlab.convert import published
 from vqlab.errors import WeightsError
 from vqlab.weights import torch_files
-from tests import paths
 
 _GOLDENS = paths.GOLDENS
 _TINY = str(_GOLDENS / 'open_magvit2_tiny.ckpt')

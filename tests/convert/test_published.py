@@ -9,12 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import paths
 from tests import tiny
 from vqlab import tokenizers
 from vqlab.convert import published
 from vqlab.errors import WeightsError
 from vqlab.train import trained_tokenizer
-from tests import paths
 
 
 def test_state_dict_converts_torch_layouts_and_tracks_use():

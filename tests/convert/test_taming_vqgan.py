@@ -7,12 +7,12 @@ import jax
 import numpy as np
 import pytest
 
+from tests import paths
 from vqlab import tokenizers
 from vqlab.convert import published
 from vqlab.convert import taming_vqgan
 from vqlab.errors import WeightsError
 from vqlab.weights import torch_files
-from tests import paths
 
 _GOLDENS = paths.GOLDENS
 _TINY = str(_GOLDENS / 'taming_tiny.ckpt')

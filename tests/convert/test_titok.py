@@ -10,13 +10,13 @@ import jax
 import numpy as np
 import pytest
 
+from tests import paths
 from tests.compile_options import FAST_COMPILE
 from vqlab import tokenizers
 from vqlab.convert import published
 from vqlab.convert import titok
 from vqlab.errors import WeightsError
 from vqlab.weights import safetensors_files
-from tests import paths
 
 GOLDENS = str(paths.GOLDENS)
 TINY = os.path.join(GOLDENS, 'titok_tiny.bin')

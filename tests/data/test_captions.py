@@ -279,6 +279,7 @@ def test_tfds_caption_key_off_and_errors(mock_coco):
 def test_pick_caption(tfds_module):
   del tfds_module
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   from vqlab.data import tfds_images  # pylint: disable=g-import-not-at-top
   seed = tf.constant([1, 2], tf.int64)
   assert tfds_images.pick_caption(tf.constant('only')).numpy() == b'only'

@@ -11,11 +11,11 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from tests import paths
 from vqlab import data
 from vqlab.data import image_folder
 from vqlab.errors import DataError
 from vqlab.train import experiment_config
-from tests import paths
 
 ROOT = paths.ROOT
 # Distinct solid colours: an eval image (resized, centre-cropped) keeps its

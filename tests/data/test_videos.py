@@ -6,15 +6,15 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vqlab import data
-from vqlab.data import moving_shapes
-from vqlab.errors import ConfigError
 from tests.data.test_datasets import _with
 from tests.data.test_datasets import assert_batches_equal
 from tests.data.test_datasets import check_eval_contract
 from tests.data.test_datasets import check_train_contract
 from tests.data.test_datasets import concat_hosts
 from tests.data.test_datasets import take
+from vqlab import data
+from vqlab.data import moving_shapes
+from vqlab.errors import ConfigError
 
 
 def check_video_batch(batch, b, shape, *, label, eval_):

@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from vqlab.evals import fid
 from tests import paths
+from vqlab.evals import fid
 
 GOLDENS = str(paths.GOLDENS)
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+
 from tests import paths
 
 ROOT = paths.ROOT

@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tests import tiny
 from vqlab.losses import gan
 from vqlab.train import experiment_config
 from vqlab.train.tasks import tokenizer
-from tests import tiny
 
 
 def test_hinge_and_non_saturating_values():

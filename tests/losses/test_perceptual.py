@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import paths
+from tests.compile_options import FAST_COMPILE
 from tests.goldens import seeded_weights
 from vqlab.errors import WeightsError
 from vqlab.losses import perceptual
@@ -21,8 +23,6 @@ from vqlab.weights import files
 from vqlab.weights import lpips as lpips_weights
 from vqlab.weights import torch_files
 from vqlab.weights import vgg as vgg_weights
-from tests.compile_options import FAST_COMPILE
-from tests import paths
 
 GOLDENS = str(paths.GOLDENS)
 

@@ -10,12 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import paths
+from tests.compile_options import FAST_COMPILE
 from tests.goldens import seeded_weights
 from vqlab.errors import WeightsError
 from vqlab.nn import inception
 from vqlab.weights import inception as inception_weights
-from tests.compile_options import FAST_COMPILE
-from tests import paths
 
 GOLDENS = str(paths.GOLDENS)
 

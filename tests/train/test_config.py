@@ -10,6 +10,8 @@ import sys
 import ml_collections
 import pytest
 
+from tests import paths
+from tests import tiny
 from vqlab import data as data_lib
 from vqlab import generators
 from vqlab import quantizers
@@ -19,8 +21,6 @@ from vqlab.losses import discriminators
 from vqlab.train import domains
 from vqlab.train import experiment_config
 from vqlab.train import tasks
-from tests import tiny
-from tests import paths
 
 ROOT = paths.ROOT
 

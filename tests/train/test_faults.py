@@ -19,6 +19,8 @@ import jax
 import numpy as np
 import pytest
 
+from tests import paths
+from tests import tiny
 from vqlab.errors import CheckpointError
 from vqlab.errors import ConfigError
 from vqlab.errors import WorkdirError
@@ -28,8 +30,6 @@ from vqlab.train import loop
 from vqlab.train import preemption
 from vqlab.train import progress as progress_lib
 from vqlab.train import workdir_lock
-from tests import tiny
-from tests import paths
 
 STEPS = 5
 ROOT = paths.ROOT

@@ -21,12 +21,12 @@ import jax
 import numpy as np
 import pytest
 
+from tests import paths
+from tests import retrace
+from tests import tiny
 from vqlab.errors import CheckpointError
 from vqlab.train import experiment
 from vqlab.train import loop
-from tests import retrace
-from tests import tiny
-from tests import paths
 
 STEPS = 5
 ROOT = paths.ROOT

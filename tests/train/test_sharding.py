@@ -5,11 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tests import tiny
 from vqlab import data as data_lib
 from vqlab.train import experiment_config
 from vqlab.train import partitioning
 from vqlab.train.tasks import tokenizer
-from tests import tiny
 
 
 def _loss_and_grads_on(devices, fsdp, task, state, batch, config):

@@ -11,10 +11,11 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from tests import paths
 from vqlab.errors import WeightsError
 from vqlab.weights import torch_files
-from vqlab.weights.torch_files import load_state_dict, save_state_dict
-from tests import paths
+from vqlab.weights.torch_files import load_state_dict
+from vqlab.weights.torch_files import save_state_dict
 
 _GOLDENS = paths.GOLDENS
 _LPIPS = (pathlib.Path(torch_files.__file__).parent / 'data' /

@@ -60,7 +60,8 @@ def main(argv: list[str]) -> int:
             if kind else None)
   args = _parser(kind, module).parse_args(argv)
   from vqlab.convert import published  # pylint: disable=g-import-not-at-top
-  from vqlab.errors import ConfigError, WeightsError  # pylint: disable=g-import-not-at-top
+  from vqlab.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  from vqlab.errors import WeightsError  # pylint: disable=g-import-not-at-top
   options = {name: getattr(args, name) for name in module.OPTIONS}
   try:
     published.check_new_run_dir(args.out_dir)

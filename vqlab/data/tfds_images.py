@@ -20,8 +20,8 @@ import os
 from typing import Any, Callable, Iterator
 
 import ml_collections
-import numpy as np
 from ml_collections import config_dict
+import numpy as np
 from vqlab.data.lazy import tf
 from vqlab.data.lazy import tfds
 

@@ -28,7 +28,8 @@ import numpy as np
 from vqlab import config_schema
 from vqlab.errors import ConfigError
 from vqlab.generators import api
-from vqlab.nn.transformer import Transformer, causal_mask
+from vqlab.nn.transformer import causal_mask
+from vqlab.nn.transformer import Transformer
 
 CONDITIONS = ('none', 'class', 'tokens')
 

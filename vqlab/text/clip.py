@@ -25,12 +25,12 @@ Usage:
   # states [B, L, 512] float32, mask [B, L] bool, pooled [B, 512]
 """
 
+from collections.abc import Mapping, Sequence
 import dataclasses
 import functools
 import json
 import os
 import pathlib
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn

@@ -33,13 +33,13 @@ token), and pads with the pad token (HF: tokenizer_config's `pad_token`,
 <|endoftext|> for OpenAI's CLIP; some models pad with "!"), mask False.
 """
 
+from collections.abc import Sequence
 import functools
 import html
 import json
 import os
 import pathlib
 import unicodedata
-from collections.abc import Sequence
 
 import numpy as np
 

@@ -24,12 +24,12 @@ Inside a jitted step, tokenize outside (`encoder.tokenize`, numpy) and call
 frozen).
 """
 
+from collections.abc import Mapping, Sequence
 import dataclasses
 import functools
 import json
 import os
 import pathlib
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn

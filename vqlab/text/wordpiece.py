@@ -24,11 +24,11 @@ differ (rare characters: see `_is_control`, `_is_cjk`, the lowercasing),
 this follows the fast one, which sentence-transformers uses.
 """
 
+from collections.abc import Sequence
 import json
 import os
 import pathlib
 import unicodedata
-from collections.abc import Sequence
 
 import numpy as np
 

@@ -35,8 +35,10 @@ from vqlab import quantizers
 from vqlab.errors import ConfigError
 from vqlab.nn.adaptive_norm import AdaptiveGroupNorm
 from vqlab.nn.causal_conv import CausalConv3D
-from vqlab.nn.resnet import ResBlock3D, frame_group_norm
-from vqlab.nn.sampling import CausalDownsample3D, CausalUpsample3D
+from vqlab.nn.resnet import frame_group_norm
+from vqlab.nn.resnet import ResBlock3D
+from vqlab.nn.sampling import CausalDownsample3D
+from vqlab.nn.sampling import CausalUpsample3D
 from vqlab.quantizers import base as quantizer_base
 from vqlab.tokenizers import checks
 

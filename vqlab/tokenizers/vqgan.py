@@ -25,10 +25,13 @@ import ml_collections
 
 from vqlab import quantizers
 from vqlab.errors import ConfigError
-from vqlab.quantizers import base as quantizer_base
 from vqlab.nn.attention import SpatialSelfAttention
-from vqlab.nn.resnet import ResBlock2D, group_norm
-from vqlab.nn.sampling import Downsample2D, Upsample2D, avg_pool_2x
+from vqlab.nn.resnet import group_norm
+from vqlab.nn.resnet import ResBlock2D
+from vqlab.nn.sampling import avg_pool_2x
+from vqlab.nn.sampling import Downsample2D
+from vqlab.nn.sampling import Upsample2D
+from vqlab.quantizers import base as quantizer_base
 from vqlab.tokenizers import checks
 
 DOWNSAMPLING = ('conv', 'avg_pool')

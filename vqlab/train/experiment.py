@@ -14,10 +14,10 @@ import numpy as np
 
 from vqlab import data as data_lib
 from vqlab import fileio
-from vqlab.evals import accumulator
 from vqlab.errors import ConfigError
 from vqlab.errors import DataError
 from vqlab.errors import WeightsError
+from vqlab.evals import accumulator
 from vqlab.train import checkpoint as checkpoint_lib
 from vqlab.train import experiment_config
 from vqlab.train import partitioning

@@ -13,26 +13,26 @@ import sys
 
 import jax
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
+from tests import paths
+from tests import random_weight_files
+from tests import retrace
+from tests import tiny
 from vqlab import data as data_lib
 from vqlab.data import token_shards
 from vqlab.errors import CheckpointError
 from vqlab.errors import ConfigError
 from vqlab.evals import fid
 from vqlab.train import experiment
+from vqlab.train import experiment_config
 from vqlab.train import loop
 from vqlab.train import pretokenize
 from vqlab.train import sampling
 from vqlab.train import trained_tokenizer
-from vqlab.train import experiment_config
 from vqlab.train.tasks import generator
 from vqlab.train.tasks import spatial_conditions
-from tests import random_weight_files
-from tests import retrace
-from tests import tiny
-from tests import paths
 
 ROOT = paths.ROOT
 

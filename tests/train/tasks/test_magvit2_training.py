@@ -14,6 +14,7 @@ import numpy as np
 from configs.magvit2 import tiny_cpu
 from configs.magvit2 import ucf101_17x128
 from tests import random_weight_files
+from tests.compile_options import FAST_COMPILE
 from vqlab import data as data_lib
 from vqlab import tokenizers
 from vqlab.evals import image_metrics
@@ -21,7 +22,6 @@ from vqlab.losses import perceptual
 from vqlab.train import experiment_config
 from vqlab.train import loop
 from vqlab.train.tasks import tokenizer
-from tests.compile_options import FAST_COMPILE
 
 
 def _tiny(num_steps=3):

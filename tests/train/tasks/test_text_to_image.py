@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs.vq_diffusion import tiny_text
-from vqlab.train import experiment
 from tests import retrace
+from vqlab.train import experiment
 
 
 def _devices():

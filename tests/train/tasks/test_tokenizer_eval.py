@@ -11,15 +11,15 @@ import pytest
 
 from tests import random_weight_files
 from tests import tiny
+from tests.compile_options import FAST_COMPILE
 from vqlab.errors import WeightsError
 from vqlab.evals import fid
 from vqlab.evals import image_metrics
-from vqlab.nn import inception
 from vqlab.losses import perceptual
+from vqlab.nn import inception
 from vqlab.quantizers import base as quantizer_base
 from vqlab.train import experiment
 from vqlab.train import reference_stats
-from tests.compile_options import FAST_COMPILE
 
 
 @pytest.fixture(scope='module')

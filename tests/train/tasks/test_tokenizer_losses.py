@@ -10,12 +10,12 @@ import pytest
 
 from tests import random_weight_files
 from tests import tiny
+from tests.compile_options import FAST_COMPILE
 from vqlab import quantizers
 from vqlab.errors import ConfigError
 from vqlab.losses import perceptual
 from vqlab.train import experiment_config
 from vqlab.train.tasks import tokenizer
-from tests.compile_options import FAST_COMPILE
 
 
 @pytest.fixture(scope='module')

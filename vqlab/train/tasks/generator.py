@@ -36,10 +36,10 @@ from vqlab.generators import mask_schedule
 from vqlab.train import frozen as frozen_lib
 from vqlab.train import optimizers
 from vqlab.train import trained_tokenizer
-from vqlab.train.tasks import spatial_conditions
-from vqlab.train.tasks import text_conditions
 from vqlab.train.state import TrainState
 from vqlab.train.tasks import base
+from vqlab.train.tasks import spatial_conditions
+from vqlab.train.tasks import text_conditions
 
 TOKEN_SOURCES = ('shards', 'on_the_fly')
 MODEL_REGISTRY = generators  # Where `model.name` is looked up.

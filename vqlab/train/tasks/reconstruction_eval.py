@@ -19,8 +19,8 @@ import numpy as np
 from vqlab.errors import ConfigError
 from vqlab.evals import fid
 from vqlab.evals import image_metrics
-from vqlab.nn import inception
 from vqlab.losses import perceptual
+from vqlab.nn import inception
 from vqlab.quantizers import base as quantizer_base
 from vqlab.train import frozen as frozen_lib
 
