@@ -7,9 +7,11 @@ the full-resolution image. Samples are conditioned on the eval images.
 Run the README's main job first (it trains the tokenizer in
 workdirs/quickstart), then:
 
-  python main.py --config=configs/gpt/tiny_superres_cpu.py --workdir=workdirs/gpt_superres --mode=tokenize
+  python main.py --config=configs/gpt/tiny_superres_cpu.py \
+      --workdir=workdirs/gpt_superres --mode=tokenize
   python main.py --config=configs/gpt/tiny_superres_cpu.py --workdir=workdirs/gpt_superres
-  python main.py --config=configs/gpt/tiny_superres_cpu.py --workdir=workdirs/gpt_superres --mode=sample
+  python main.py --config=configs/gpt/tiny_superres_cpu.py \
+      --workdir=workdirs/gpt_superres --mode=sample
 
 For colorization set condition.image = 'grayscale'.
 """

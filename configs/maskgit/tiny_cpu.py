@@ -3,7 +3,8 @@
 Run the README's main job first (it trains the tokenizer in
 workdirs/quickstart), then:
 
-  python main.py --config=configs/maskgit/tiny_cpu.py --workdir=workdirs/maskgit_tiny --mode=tokenize
+  python main.py --config=configs/maskgit/tiny_cpu.py \
+      --workdir=workdirs/maskgit_tiny --mode=tokenize
   python main.py --config=configs/maskgit/tiny_cpu.py --workdir=workdirs/maskgit_tiny
   python main.py --config=configs/maskgit/tiny_cpu.py --workdir=workdirs/maskgit_tiny --mode=sample
 

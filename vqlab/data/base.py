@@ -127,9 +127,9 @@ class EpochPermutation:
   """Maps global train positions to example indices: epoch `e` visits a seeded permutation.
 
   Position `g` (= step * B + row) reads example `perm_e[g % n]` with `e = g // n`, where
-  `perm_e = default_rng((seed, PERMUTATION_STREAM, e)).permutation(n)`: every epoch sees each example once, and any
-  position can be looked up without replaying the ones before it. The last two permutations
-  used are cached.
+  `perm_e = default_rng((seed, PERMUTATION_STREAM, e)).permutation(n)`: every epoch sees each
+  example once, and any position can be looked up without replaying the ones before it. The
+  last two permutations used are cached.
   """
 
   def __init__(self, num_examples: int, seed: int):

@@ -121,7 +121,8 @@ def build(config: ml_collections.ConfigDict, *, split: str, global_batch_size: i
       positions = step * global_batch_size + rows
       flips = None
       if flip:  # One coin per global position, independent of the sharding.
-        flips = np.array([np.random.default_rng((seed, _FLIP_STREAM, p)).random() < 0.5 for p in positions])
+        flips = np.array([np.random.default_rng((seed, _FLIP_STREAM, p)).random() < 0.5
+                          for p in positions])
       return examples(order(positions), flips)
 
     return base.NumpyTrainSource(make_batch, per_host_batch_size=b, process_index=process_index,

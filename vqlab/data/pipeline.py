@@ -131,7 +131,8 @@ def eval_dataset(records: tf.data.Dataset, *, preprocess: Callable[[Any], Any],
 
 
 class TfDataSource:
-  """A DataSource over `make_dataset(start_step) -> tf.data.Dataset` of numpy-convertible batches."""
+  """A DataSource over `make_dataset(start_step) -> tf.data.Dataset` of numpy-convertible
+  batches."""
 
   def __init__(self, make_dataset: Callable[[int], tf.data.Dataset], *, per_host_batch_size: int,
                num_examples: int | None, image_shape: tuple[int, int, int],

@@ -199,7 +199,8 @@ def test_on_the_fly_tokens_give_the_same_eval_loss_as_shards(
   np.testing.assert_allclose(outputs['sums']['loss'], expected['sums']['loss'],
                              rtol=1e-6)
   assert on_the_fly['num_examples'] == 16 and np.isfinite(on_the_fly['loss'])
-  # (Train steps on the fly: tests/train/tasks/test_titok_training.py, tests/train/tasks/test_text_to_image.py.)
+  # (Train steps on the fly: tests/train/tasks/test_titok_training.py and
+  # tests/train/tasks/test_text_to_image.py.)
   del workdir
 
 
