@@ -1,7 +1,10 @@
 """Name -> component registries: the only place ConfigDicts become modules.
 
-Each of `vqlab.quantizers`, `vqlab.tokenizers`, `vqlab.generators` owns one
-`Registry` and re-exports its `names`, `default_config` and `build`.
+Each of `vqlab.quantizers`, `vqlab.tokenizers`, `vqlab.generators` and
+`vqlab.data` owns one `Registry` and re-exports its `names`, `default_config`
+and `build`; `vqlab.train.tasks` registers its tasks in one too (their
+`api`, a `TaskSpec`, is what the loop uses). An unknown name is the same
+one-line ConfigError everywhere.
 """
 
 from typing import Any, Callable
@@ -16,14 +19,18 @@ class Registry:
   """Maps a component name to its default config and builder."""
 
   def __init__(self, kind: str, key_prefix: str,
-               subcomponents: dict[str, 'Registry'] | None = None):
+               subcomponents: dict[str, 'Registry'] | None = None, *,
+               name_key: str | None = None):
     """Args: kind: e.g. 'quantizer'; key_prefix: config path used in errors;
     subcomponents: config key -> registry of the component named under it
     (a tokenizer's 'quantizer'); that key is checked against the defaults of
-    the component its `name` selects instead of the default component's.
+    the component its `name` selects instead of the default component's;
+    name_key: the config key that names a component (default
+    `<key_prefix>.name`; tasks: 'task').
     """
     self.kind = kind
     self.key_prefix = key_prefix
+    self.name_key = name_key or f'{key_prefix}.name'
     self.subcomponents = dict(subcomponents or {})
     self._entries: dict[str, tuple[Callable[[], Any], Callable[..., Any]]] = {}
     self._apis: dict[str, Any] = {}
@@ -41,24 +48,32 @@ class Registry:
   def names(self) -> list[str]:
     return sorted(self._entries)
 
+  def check_name(self, name: Any, key: str | None = None) -> None:
+    """ConfigError naming `key` (default: `name_key`) and the known names
+    unless `name` is registered."""
+    self._entry(name, key or self.name_key)
+
   def _entry(self, name: Any, key: str):
     if name not in self._entries:
       raise ConfigError(
           key, f'unknown {self.kind} {name!r}; known: {", ".join(self.names())}')
     return self._entries[name]
 
+  def builder(self, name: str) -> Callable[..., Any]:
+    """The builder registered as `name` (no validation; see `build`)."""
+    return self._entry(name, self.name_key)[1]
+
   def get_api(self, name: str) -> Any:
-    """The `api` registered with `name`; ConfigError naming
-    `<key_prefix>.name` if the name is unknown or has none."""
-    self._entry(name, f'{self.key_prefix}.name')
+    """The `api` registered with `name`; ConfigError naming `name_key` if
+    the name is unknown or has none."""
+    self._entry(name, self.name_key)
     if name not in self._apis:
-      raise ConfigError(f'{self.key_prefix}.name',
-                        f'{self.kind} {name!r} has no api')
+      raise ConfigError(self.name_key, f'{self.kind} {name!r} has no api')
     return self._apis[name]
 
   def default_config(self, name: str) -> ml_collections.ConfigDict:
     """A complete, valid config for `name`; every key is documented there."""
-    config = self._entry(name, f'{self.key_prefix}.name')[0]()
+    config = self._entry(name, self.name_key)[0]()
     config.name = name
     return config
 

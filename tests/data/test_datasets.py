@@ -16,6 +16,7 @@ from vqlab.data import idx
 from vqlab.data import photo_files
 from vqlab.data import photos
 from vqlab.data import shapes
+from vqlab.errors import ConfigError
 
 
 def take(source, n, start_step=0):
@@ -81,15 +82,16 @@ def check_eval_contract(config, global_batch, process_count=2):
 
 
 def test_registry_defaults():
-  assert data.names() == ['photos', 'fashion_mnist', 'shapes', 'captioned_shapes', 'tfds',
-                          'image_folder', 'moving_shapes', 'tfds_video', 'joint']
+  assert data.names() == ['captioned_shapes', 'fashion_mnist', 'image_folder', 'joint',
+                          'moving_shapes', 'photos', 'shapes', 'tfds', 'tfds_video']
   for name in ('photos', 'fashion_mnist', 'shapes'):  # The tf.data ones are tested below.
     config = data.default_config(name)
     assert config.name == name and config.image_size > 0 and isinstance(config.seed, int)
 
 
 def test_errors():
-  with pytest.raises(ValueError, match=r"data.name: unknown dataset 'nope'; known: \["):
+  with pytest.raises(ConfigError, match=r"^data\.name: unknown dataset 'nope'; known: "
+                                        r'captioned_shapes, fashion_mnist, image_folder, '):
     data.build(_with(data.default_config('shapes'), name='nope'), split='train',
                global_batch_size=8)
   config = data.default_config('shapes')

@@ -32,6 +32,7 @@ import ml_collections
 from vqlab.data import base
 from vqlab.data.base import DataSource
 from vqlab.errors import ConfigError
+from vqlab.registry import Registry
 
 _MODULES = {
     'photos': 'vqlab.data.photos',
@@ -52,28 +53,35 @@ __all__ = ['DataSource', 'names', 'default_config', 'reference_config', 'build',
            'check_kind']
 
 
-def names() -> list[str]:
-  """Names of the registered datasets."""
-  return list(_MODULES)
-
 
 def _module(name: str):
-  if name not in _MODULES:
-    raise ValueError(f'data.name: unknown dataset {name!r}; known: {names()}')
+  REGISTRY.check_name(name)
   return importlib.import_module(_MODULES[name])
+
+
+def _lazy(name: str, attribute: str):
+  """`_module(name).<attribute>`, looked up (and imported) when called."""
+  return lambda *args, **kwargs: getattr(_module(name), attribute)(*args, **kwargs)
+
+
+REGISTRY = Registry('dataset', key_prefix='data')
+for _name in _MODULES:
+  REGISTRY.register(_name, default_config=_lazy(_name, 'default_config'),
+                    builder=_lazy(_name, 'build'))
+del _name
+names = REGISTRY.names
 
 
 def kind(name: str) -> str:
   """'image', 'video' or 'joint': what the batches of dataset `name` carry."""
-  if name not in _MODULES:
-    raise ValueError(f'data.name: unknown dataset {name!r}; known: {names()}')
+  REGISTRY.check_name(name)
   return 'joint' if name in _COMPOSITE else 'video' if name in VIDEO_DATASETS else 'image'
 
 
 def _kind_problem(name: str, expected: str) -> str | None:
   """Why dataset `name` cannot be used where a dataset of kind `expected` is needed, or None."""
   if name not in _MODULES:
-    return f'unknown dataset {name!r}; known: {names()}'
+    return f'unknown dataset {name!r}; known: {", ".join(names())}'
   if kind(name) != expected:
     known = ', '.join(n for n in names() if kind(n) == expected)
     article = 'an' if expected == 'image' else 'a'
@@ -91,7 +99,7 @@ def check_kind(name: str, expected: str) -> None:
 def default_config(name: str) -> ml_collections.ConfigDict:
   """The documented default `config.data` of dataset `name` (always has name and image_size;
   seed too, except `joint`, whose nested sections have theirs)."""
-  return _module(name).default_config()
+  return REGISTRY.default_config(name)
 
 
 def reference_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -105,8 +113,7 @@ def reference_config(config: ml_collections.ConfigDict) -> ml_collections.Config
       dataset of the wrong kind.
   """
   name = config.get('name')
-  if name not in _MODULES:
-    raise ConfigError('data.name', f'unknown dataset {name!r}; known: {names()}')
+  REGISTRY.check_name(name)
   reference = default_config(name)
   for section, expected in getattr(_module(name), 'NESTED', {}).items():
     nested = config.get(section)
@@ -136,8 +143,8 @@ def build(config: ml_collections.ConfigDict, *, split: str, global_batch_size: i
     (False on padding rows). `joint` train batches hold 'image' and 'video' rows (see joint.py).
   """
   name = base.get(config, 'name')
-  module = _module(name)
+  build_dataset = REGISTRY.builder(name)
   base.check_split(split)
   base.host_batch_size(global_batch_size, process_index, process_count)
-  return module.build(config, split=split, global_batch_size=global_batch_size,
-                      process_index=process_index, process_count=process_count)
+  return build_dataset(config, split=split, global_batch_size=global_batch_size,
+                       process_index=process_index, process_count=process_count)

@@ -22,7 +22,7 @@ NETWORK_MODES = ('auto', 'on', 'off')
 def base_config() -> ml_collections.ConfigDict:
   """Sections every experiment has, with their defaults."""
   config = ml_collections.ConfigDict()
-  config.task = 'tokenizer'        # A name in vqlab.train.tasks.TASKS.
+  config.task = 'tokenizer'        # A name in vqlab.train.tasks.names().
   config.seed = 0                  # Seeds init and the per-step rng stream.
   config.compute_dtype = 'float32'  # 'float32' or 'bfloat16'; params stay f32.
   # Directory of pretrained metric-network files (VGG16/19, Inception); empty:
@@ -72,8 +72,7 @@ def reference_config(config: ml_collections.ConfigDict) -> ml_collections.Config
     # The model's registry checks it, sub-components (its quantizer) included.
     reference.model = task.model_registry.validate(config.model, 'model')
   if 'data' in config and 'name' in config.data:
-    if config.data.name not in data_lib.names():
-      _unknown('data.name', 'dataset', config.data.name, data_lib.names())
+    data_lib.REGISTRY.check_name(config.data.name)
     reference.data = data_lib.reference_config(config.data)
     foreign = sorted(set(config.data.keys()) - set(reference.data.keys()))
     if foreign:   # Typically another dataset's keys under a switched name.
@@ -82,10 +81,6 @@ def reference_config(config: ml_collections.ConfigDict) -> ml_collections.Config
           ', which this config sets for its own dataset: use a config made '
           'for it (your images: --config=configs/image_folder.py:PATH)'))
   return reference
-
-
-def _unknown(key: str, kind: str, name: str, known: list[str]):
-  raise ConfigError(key, f'unknown {kind} {name!r}; known: {", ".join(known)}')
 
 
 def validate(config: ml_collections.ConfigDict,

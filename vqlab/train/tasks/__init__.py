@@ -1,39 +1,42 @@
 """Tasks: what a config's `task` names (the contract: `tasks/base.py`).
 
-Each entry gives the task's config sections and their checks, where its
-`model.name` is looked up, and the `build(config, workdir)` that reads what
-the task needs and returns a `base.Task` for the loop.
+Each is registered with its `TaskSpec`: the task's config sections and their
+checks, where its `model.name` is looked up, and the `build(config, workdir)`
+that reads what the task needs and returns a `base.Task` for the loop.
 """
 
 from vqlab import generators
 from vqlab import tokenizers
-from vqlab.errors import ConfigError
 from vqlab.losses import discriminators
+from vqlab.registry import Registry
 from vqlab.train.tasks import base
 from vqlab.train.tasks import generator
 from vqlab.train.tasks import proxy_codes
 from vqlab.train.tasks import tokenizer
 
-TASKS = {
-    'tokenizer': base.TaskSpec(
+REGISTRY = Registry('task', key_prefix='task', name_key='task')
+for _spec in (
+    base.TaskSpec(
         name='tokenizer', default_config=tokenizer.default_config,
         validate=tokenizer.validate, model_registry=tokenizers,
         build=tokenizer.build,
         subcomponents={'discriminator': discriminators.REGISTRY}),
-    'generator': base.TaskSpec(
+    base.TaskSpec(
         name='generator', default_config=generator.default_config,
         validate=generator.validate, model_registry=generators,
         build=generator.build),
-    'titok_proxy': base.TaskSpec(
+    base.TaskSpec(
         name='titok_proxy', default_config=proxy_codes.default_config,
         validate=proxy_codes.validate, model_registry=tokenizers,
         build=proxy_codes.build),
-}
+):
+  REGISTRY.register(_spec.name, default_config=_spec.default_config,
+                    builder=_spec.build, api=_spec)
+del _spec
+
+names = REGISTRY.names
 
 
 def get(name: str) -> base.TaskSpec:
-  """The task registered under `name`."""
-  if name not in TASKS:
-    raise ConfigError('task', f'unknown task {name!r}; known: '
-                      f'{", ".join(sorted(TASKS))}')
-  return TASKS[name]
+  """The task registered under `name` (ConfigError naming `task` if none)."""
+  return REGISTRY.get_api(name)
