@@ -42,7 +42,6 @@ from vqlab.train.tasks import spatial_conditions
 from vqlab.train.tasks import text_conditions
 
 TOKEN_SOURCES = ('shards', 'on_the_fly')
-MODEL_REGISTRY = generators  # Where `model.name` is looked up.
 INPUT_KEYS = ('image', 'video')
 
 
