@@ -107,3 +107,14 @@ class Registry:
     prefix = self.key_prefix if prefix is None else prefix
     config = self.validate(config, prefix)
     return self._entries[config.name][1](config, prefix=prefix, **kwargs)
+
+  def build_validated(self, config: ml_collections.ConfigDict, *,
+                      prefix: str | None = None, **kwargs) -> Any:
+    """Builds the component a config already filled in by `validate` names,
+    without checking its keys again (e.g. an experiment's validated
+    `model`; a tokenizer's `quantizer`, which the tokenizer's `validate`
+    checked). Arguments as `build`."""
+    prefix = self.key_prefix if prefix is None else prefix
+    return self._entry(config.name, f'{prefix}.name')[1](
+        config, prefix=prefix, **kwargs)
+

@@ -15,12 +15,14 @@ from tests import tiny
 from vqlab import data as data_lib
 from vqlab import generators
 from vqlab import quantizers
+from vqlab import registry as registry_lib
 from vqlab import tokenizers
 from vqlab.errors import ConfigError
 from vqlab.losses import discriminators
 from vqlab.train import domains
 from vqlab.train import experiment_config
 from vqlab.train import tasks
+from vqlab.train.tasks import tokenizer as tokenizer_task
 
 ROOT = paths.ROOT
 
@@ -300,3 +302,20 @@ def test_switching_the_dataset_name_alone_names_the_foreign_keys():
   with pytest.raises(ConfigError, match=r"^data\.name: 'image_folder' does "
                      r'not take data\.crop_min_fraction, .*image_folder\.py'):
     experiment_config.validate(config, 1)
+
+
+def test_the_model_config_is_checked_once_per_run(monkeypatch):
+  """The experiment's validation checks the model (with its quantizer) and
+  the discriminator; building the task then trusts them instead of checking
+  them again."""
+  calls = []
+  validate = registry_lib.Registry.validate
+  monkeypatch.setattr(registry_lib.Registry, 'validate',
+                      lambda self, *args, **kwargs: calls.append(self.kind) or
+                      validate(self, *args, **kwargs))
+  # Their aliases, bound at import.
+  for package in (tokenizers, quantizers):
+    monkeypatch.setattr(package, 'validate', package.REGISTRY.validate)
+  config = experiment_config.validate(tiny.tokenizer_config(), num_devices=8)
+  tokenizer_task.TokenizerTask(config)
+  assert sorted(calls) == ['discriminator', 'tokenizer'], calls

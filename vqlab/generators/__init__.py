@@ -21,5 +21,6 @@ REGISTRY.register('vq_diffusion', default_config=vq_diffusion.default_config,
 names = REGISTRY.names
 default_config = REGISTRY.default_config
 build = REGISTRY.build
+build_validated = REGISTRY.build_validated
 validate = REGISTRY.validate
 get_api = REGISTRY.get_api

@@ -196,3 +196,4 @@ REGISTRY.register('stylegan', default_config=_stylegan_config,
 names = REGISTRY.names
 default_config = REGISTRY.default_config
 build = REGISTRY.build
+build_validated = REGISTRY.build_validated

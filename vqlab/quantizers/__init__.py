@@ -38,6 +38,8 @@ REGISTRY.register('fsq', default_config=fsq.default_config, builder=fsq.build)
 names = REGISTRY.names
 default_config = REGISTRY.default_config
 build = REGISTRY.build
+build_validated = REGISTRY.build_validated
 validate = REGISTRY.validate
 
-__all__ = ['QuantizerOutput', 'names', 'default_config', 'build', 'validate']
+__all__ = ['QuantizerOutput', 'names', 'default_config', 'build',
+           'build_validated', 'validate']

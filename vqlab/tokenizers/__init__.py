@@ -29,4 +29,5 @@ REGISTRY.register('titok', default_config=titok.default_config,
 names = REGISTRY.names
 default_config = REGISTRY.default_config
 build = REGISTRY.build
+build_validated = REGISTRY.build_validated
 validate = REGISTRY.validate

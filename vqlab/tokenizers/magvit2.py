@@ -294,7 +294,8 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
     if config[key] not in allowed:
       raise ConfigError(f'{prefix}.{key}',
                         f'{config[key]!r} is not one of {allowed}')
-  quantizer = quantizers.build(config.quantizer, prefix=f'{prefix}.quantizer')
+  quantizer = quantizers.build_validated(config.quantizer,
+                                         prefix=f'{prefix}.quantizer')
   return MAGVIT2(quantizer=quantizer, in_channels=config.in_channels,
                  channels=config.channels,
                  channel_multipliers=tuple(config.channel_multipliers),

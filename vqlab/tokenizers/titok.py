@@ -436,7 +436,8 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
                       f'patch_size {config.patch_size}')
   encoder_size = _size(config, 'encoder', prefix)
   decoder_size = _size(config, 'decoder', prefix)
-  quantizer = quantizers.build(config.quantizer, prefix=f'{prefix}.quantizer')
+  quantizer = quantizers.build_validated(config.quantizer,
+                                         prefix=f'{prefix}.quantizer')
   if config.proxy_head_hidden < 0:
     raise ConfigError(f'{prefix}.proxy_head_hidden',
                       f'must be >= 0, got {config.proxy_head_hidden}')

@@ -283,7 +283,8 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
   for key in ('mid_res_blocks', 'conv_out_kernel'):
     if config[key] < 1:
       raise ConfigError(f'{prefix}.{key}', f'must be >= 1, got {config[key]}')
-  quantizer = quantizers.build(config.quantizer, prefix=f'{prefix}.quantizer')
+  quantizer = quantizers.build_validated(config.quantizer,
+                                         prefix=f'{prefix}.quantizer')
   if not config.quant_convs and config.z_channels != quantizer.code_dim:
     raise ConfigError(f'{prefix}.z_channels',
                       f'{config.z_channels} must equal the quantizer\'s code '

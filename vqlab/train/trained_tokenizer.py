@@ -112,7 +112,7 @@ def load(workdir: str, step: int = -1) -> TrainedTokenizer:
     raise ConfigError('tokenizer.workdir', f'{workdir!r} is a '
                       f'{config.get("task")!r} run, not a tokenizer run')
   config.model = tokenizers.validate(config.model, 'tokenizer.model')
-  model = tokenizers.build(config.model)
+  model = tokenizers.build_validated(config.model, prefix='tokenizer.model')
   tree, step = checkpoint_lib.restore_on_host(
       workdir, None if step < 0 else step)
   use_ema = config.get('ema', {}).get('decay', 0.0) > 0 and tree['ema_params']

@@ -200,7 +200,7 @@ class GeneratorTask(base.Task):
       tokens_directory: the token shards (`tokens.source = 'shards'`).
     """
     self.config = config
-    self.model = generators.build(config.model,
+    self.model = generators.build_validated(config.model,
                                   dtype=jnp.dtype(config.compute_dtype))
     self.tx = {'model': optimizers.build(config.optimizer,
                                          config.train.num_steps)}

@@ -99,7 +99,7 @@ class ProxyCodeTask(base.Task):
     VQGAN whose codes are the targets; frozen: {network: params} of the eval
     networks; fid_reference: (mu, sigma) or None."""
     self.config = config
-    self.model = tokenizers.build(config.model,
+    self.model = tokenizers.build_validated(config.model,
                                   dtype=jnp.dtype(config.compute_dtype))
     self.tx = {GENERATOR: optimizers.build(config.optimizer,
                                            config.train.num_steps)}

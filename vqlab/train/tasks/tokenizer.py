@@ -118,7 +118,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.warm_start.params and not config.warm_start.workdir:
     raise ConfigError('warm_start.workdir', 'empty, but warm_start.params '
                       f'names {tuple(config.warm_start.params)}')
-  factor = tokenizers.build(config.model).downsample_factor
+  factor = tokenizers.build_validated(config.model).downsample_factor
   for key in ('image_size', 'train_image_size'):
     size = config.data.get(key, 0)
     config_schema.require(
@@ -135,9 +135,9 @@ class TokenizerTask(base.Task):
     params} of the frozen networks (`build` loads them; the losses that
     need one fail without it); fid_reference: (mu, sigma) or None."""
     self.config = config
-    self.model = tokenizers.build(config.model,
+    self.model = tokenizers.build_validated(config.model,
                                   dtype=jnp.dtype(config.compute_dtype))
-    self.discriminator = discriminators.build(
+    self.discriminator = discriminators.build_validated(
         config.discriminator, dtype=jnp.dtype(config.compute_dtype))
     steps = config.train.num_steps
     self.tx = {GENERATOR: optimizers.build(config.optimizer.generator, steps),
