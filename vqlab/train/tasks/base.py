@@ -83,19 +83,12 @@ class Task(abc.ABC):
     one): e.g. params copied from another run. Default: unchanged."""
     return state
 
-  # Tasks whose eval pictures are generated samples set this and implement
-  # the two methods below (the loop jits `sample_images`).
+  # Tasks whose eval pictures are generated samples set this and define
+  # `sample_conditions(start, batch_size)` (host conditions of samples
+  # start .. start + B - 1, or None) and `sample_images(state, rng, cond,
+  # frozen, batch_size)` (decoded samples [B, (T,) H, W, C] in [-1, 1]),
+  # which the loop jits; it calls neither unless this is True.
   draws_samples: bool = False
-
-  def sample_conditions(self, start: int, batch_size: int) -> Any:
-    """Host conditions of samples start .. start + B - 1 (None: none)."""
-    raise NotImplementedError(f'{type(self).__name__} draws no samples')
-
-  def sample_images(self, state: TrainState, rng: jax.Array, cond: Any,
-                    frozen: dict[str, Any], batch_size: int | None = None
-                    ) -> jax.Array:
-    """Decoded samples [B, (T,) H, W, C] in [-1, 1]."""
-    raise NotImplementedError(f'{type(self).__name__} draws no samples')
 
 
 @dataclasses.dataclass(frozen=True)
