@@ -126,9 +126,10 @@ def main(argv):
   except KeyboardInterrupt:
     sys.exit('vqlab: aborted (Ctrl-C twice); the newest checkpoint on disk '
              'is where a rerun resumes')
-  print('vqlab: ' + ', '.join(
-      f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
-      for k, v in result.items()), flush=True)
+  print(
+      'vqlab: ' +
+      ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
+                for k, v in result.items()), flush=True)
 
 
 if __name__ == '__main__':

@@ -38,12 +38,19 @@ setuptools.setup(
         'tensorflow>=2.16; sys_platform != "linux"',
     ],
     extras_require={
-        'test': ['pytest>=8.0', 'pytest-xdist>=3.5',
-                 # tests/colab/test_notebooks.py runs colab/*.ipynb headless.
-                 'ipykernel>=6.29', 'matplotlib>=3.8', 'nbclient>=0.10',
-                 'nbformat>=5.9',
-                 # The linter CI runs (configured in pyproject.toml).
-                 'ruff>=0.8'],
+        'test': [
+            'pytest>=8.0',
+            'pytest-xdist>=3.5',
+            # tests/colab/test_notebooks.py runs colab/*.ipynb headless.
+            'ipykernel>=6.29',
+            'matplotlib>=3.8',
+            'nbclient>=0.10',
+            'nbformat>=5.9',
+            # The linter and the formatter CI runs (pyproject.toml configures
+            # both); yapf is pinned: another release may format differently.
+            'ruff>=0.8',
+            'yapf==0.43.0'
+        ],
     },
     license='Apache 2.0',
 )

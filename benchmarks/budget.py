@@ -21,17 +21,20 @@ def device_name() -> str:
   """'cpu' or the accelerator kind as a file-name part (e.g. 'nvidia_h100')."""
   if on_cpu():
     return 'cpu'
-  return re.sub(r'[^a-z0-9]+', '_', jax.devices()[0].device_kind.lower()
-                ).strip('_')
+  return re.sub(r'[^a-z0-9]+', '_',
+                jax.devices()[0].device_kind.lower()).strip('_')
 
 
 def device_info() -> dict:
   """What the results JSON records about the machine."""
   device = jax.devices()[0]
-  return {'platform': device.platform, 'kind': device.device_kind,
-          'count': jax.device_count(),
-          'host': platform.processor() or platform.machine(),
-          'cpu_count': os.cpu_count()}
+  return {
+      'platform': device.platform,
+      'kind': device.device_kind,
+      'count': jax.device_count(),
+      'host': platform.processor() or platform.machine(),
+      'cpu_count': os.cpu_count()
+  }
 
 
 def measure(call: Callable[[], None], steps: int, budget: float) -> dict:
@@ -46,15 +49,23 @@ def measure(call: Callable[[], None], steps: int, budget: float) -> dict:
     t0 = time.perf_counter()
     call()
     times.append(time.perf_counter() - t0)
-  return {'warmup_s': warmup_s, 'timed_calls': len(times),
-          'call_s': statistics.median(times), 'call_s_min': min(times),
-          'call_s_max': max(times)}
+  return {
+      'warmup_s': warmup_s,
+      'timed_calls': len(times),
+      'call_s': statistics.median(times),
+      'call_s_min': min(times),
+      'call_s_max': max(times)
+  }
 
 
 def skipped(estimated_call_s: float, how: str, reason: str) -> dict:
   """The JSON row of a case not run: its estimate, never a measurement."""
-  return {'skipped': True, 'reason': reason,
-          'estimated_call_s': estimated_call_s, 'estimate': how}
+  return {
+      'skipped': True,
+      'reason': reason,
+      'estimated_call_s': estimated_call_s,
+      'estimate': how
+  }
 
 
 def available_host_bytes() -> int | None:

@@ -29,8 +29,10 @@ def _eqn_flops(eqn) -> float:
   if name == 'dot_general':
     lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
     (_, rhs_contract), (_, rhs_batch) = eqn.params['dimension_numbers']
-    rhs_free = [d for i, d in enumerate(rhs)
-                if i not in rhs_contract and i not in rhs_batch]
+    rhs_free = [
+        d for i, d in enumerate(rhs)
+        if i not in rhs_contract and i not in rhs_batch
+    ]
     return 2.0 * math.prod(lhs) * math.prod(rhs_free)
   if name == 'conv_general_dilated':
     rhs = eqn.invars[1].aval.shape

@@ -93,8 +93,9 @@ _BATCH = flags.DEFINE_integer(
     "paper on CPU; the config's train batch on accelerators).")
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
                            'Compute dtype of the models (params stay f32).')
-_STEPS = flags.DEFINE_integer('steps', 5, 'Timed calls per case at most '
-                              '(after one warm-up call).')
+_STEPS = flags.DEFINE_integer(
+    'steps', 5, 'Timed calls per case at most '
+    '(after one warm-up call).')
 _MAX_SECONDS = flags.DEFINE_float(
     'max_seconds_per_case', 120.0, 'Time budget of one case: a case whose '
     'warm call is predicted to take longer is skipped (with an estimate); '
@@ -109,20 +110,19 @@ _JSON = flags.DEFINE_string(
     "benchmarks/results/generators_<device>.json; '' writes none).")
 
 CONFIGS = {
-    'tiny': {'maskgit': maskgit_tiny_cpu.get_config,
-             'gpt': gpt_tiny_cpu.get_config,
-             'vq_diffusion': vqd_tiny_class.get_config},
-    'paper': {'maskgit': maskgit_imagenet256.get_config,
-              'gpt': gpt_imagenet256.get_config,
-              'vq_diffusion': vqd_imagenet256_class.get_config},
+    'tiny': {
+        'maskgit': maskgit_tiny_cpu.get_config,
+        'gpt': gpt_tiny_cpu.get_config,
+        'vq_diffusion': vqd_tiny_class.get_config
+    },
+    'paper': {
+        'maskgit': maskgit_imagenet256.get_config,
+        'gpt': gpt_imagenet256.get_config,
+        'vq_diffusion': vqd_imagenet256_class.get_config
+    },
 }
 
-
 # ------------------------------------------------------------- helpers ---
-
-
-
-
 
 
 def _default_json() -> str:
@@ -147,10 +147,6 @@ def _compile(fn: Callable[..., Any], *args, **jit_kwargs):
   return compiled, time.perf_counter() - t0
 
 
-
-
-
-
 def _skip_reason(name: str, kind: str, case: str,
                  predicted_s: float) -> str | None:
   """Why a case is not run (None: run it)."""
@@ -168,8 +164,10 @@ def _random_tokens(model, rng: jax.Array, batch: int) -> jax.Array:
   shape = (batch, *model.token_shape)
   if getattr(model, 'factor_vocab_sizes', ()):
     rngs = jax.random.split(rng, len(model.factor_vocab_sizes))
-    return jnp.stack([jax.random.randint(r, shape, 0, v) for r, v in
-                      zip(rngs, model.factor_vocab_sizes)], axis=-1)
+    return jnp.stack([
+        jax.random.randint(r, shape, 0, v)
+        for r, v in zip(rngs, model.factor_vocab_sizes)
+    ], axis=-1)
   return jax.random.randint(rng, shape, 0, model.vocab_size)
 
 
@@ -202,8 +200,9 @@ def forward_probe(model, params, tokens, labels, budget: float) -> dict:
   else:
     apply = lambda p, t, cond: model.apply({'params': p}, t, cond)
   fn, compile_s = _compile(apply, params, tokens, labels)
-  result = budget_lib.measure(lambda: jax.block_until_ready(fn(params, tokens, labels)),
-                    _STEPS.value, budget)
+  result = budget_lib.measure(
+      lambda: jax.block_until_ready(fn(params, tokens, labels)), _STEPS.value,
+      budget)
   return {'compile_s': compile_s, **result}
 
 
@@ -216,10 +215,11 @@ def decode_step_probe(model: gpt.GPT, params, batch: int, labels,
   x = jnp.zeros((batch, 1, model.width), model.dtype)
   position = jnp.asarray(model.prefix_length, jnp.int32)
   fn, compile_s = _compile(
-      lambda p, c, x, i: decoder.apply({'params': p, 'cache': c}, x, i,
-                                       method=gpt.GPT.decode_step,
-                                       mutable=['cache']),
-      params, cache, x, position)
+      lambda p, c, x, i: decoder.apply({
+          'params': p,
+          'cache': c
+      }, x, i, method=gpt.GPT.decode_step, mutable=['cache']), params, cache, x,
+      position)
   result = budget_lib.measure(
       lambda: jax.block_until_ready(fn(params, cache, x, position)),
       _STEPS.value, budget)
@@ -237,9 +237,9 @@ def train_case(config, model, params, batch_size: int, rng: jax.Array,
   ema = {'model': params} if config.ema.decay > 0 else {}
   loss_state = task.api.init_loss_state(model)
   state = jax.jit(lambda p: TrainState(
-      step=jnp.zeros((), jnp.int32), params={'model': p},
-      opt_state={'model': task.tx['model'].init(p)}, model_state={},
-      ema_params=jax.tree.map(jnp.copy, ema), loss_state=loss_state))(params)
+      step=jnp.zeros((), jnp.int32), params=
+      {'model': p}, opt_state={'model': task.tx['model'].init(p)}, model_state={
+      }, ema_params=jax.tree.map(jnp.copy, ema), loss_state=loss_state))(params)
   step_rng = jax.random.key(config.seed)
 
   def step(state, batch):
@@ -260,8 +260,9 @@ def train_case(config, model, params, batch_size: int, rng: jax.Array,
 
 def sample_case(sample_fn, params, rng, labels, budget: float) -> dict:
   fn, compile_s = _compile(sample_fn, params, rng, labels)
-  result = budget_lib.measure(lambda: jax.block_until_ready(fn(params, rng, labels)),
-                    _STEPS.value, budget)
+  result = budget_lib.measure(
+      lambda: jax.block_until_ready(fn(params, rng, labels)), _STEPS.value,
+      budget)
   return {'compile_s': compile_s, **result}
 
 
@@ -281,18 +282,19 @@ def run_model(name: str, kind: str) -> dict:
                                model.num_classes) if conditional else None)
   init_tokens = tokens[:1]
   t0 = time.perf_counter()
-  params = jax.jit(lambda r, t, c: api.init(model, r, t, c))(
-      jax.random.fold_in(rng, 3), init_tokens,
-      None if labels is None else labels[:1])
+  params = jax.jit(lambda r, t, c: api.init(model, r, t, c))(jax.random.fold_in(
+      rng, 3), init_tokens, None if labels is None else labels[:1])
   params = jax.block_until_ready(params)
   init_s = time.perf_counter() - t0
   num_tokens = tokens[0].size if kind == 'gpt' else model.num_tokens
   entry = {
       'batch': batch,
       'params': int(sum(x.size for x in jax.tree.leaves(params))),
-      'tokens_per_example': int(num_tokens), 'vocab_size': model.vocab_size,
+      'tokens_per_example': int(num_tokens),
+      'vocab_size': model.vocab_size,
       'num_classes': model.num_classes if conditional else 0,
-      'width': model.width, 'num_layers': model.num_layers,
+      'width': model.width,
+      'num_layers': model.num_layers,
       'init_s': init_s,
   }
   _progress(name, kind, f'{entry["params"] / 1e6:.1f}M params, init '
@@ -334,44 +336,49 @@ def run_model(name: str, kind: str) -> dict:
   sample_rng = jax.random.fold_in(rng, 5)
   if kind == 'maskgit':
     steps = _SAMPLE_STEPS.value
-    cases = {'sample': (
-        lambda p, r, cond: maskgit.sample(
-            model, p, r, batch, cond, num_steps=steps,
-            temperature=s.temperature,
-            choice_temperature=s.choice_temperature, guidance_scale=0.0,
-            schedule_method=config.loss.mask_schedule),
-        steps * forward_s, f'{steps} x one forward pass')}
-    entry['sample_settings'] = {'num_steps': steps, 'guidance_scale': 0.0,
-                                'temperature': s.temperature,
-                                'choice_temperature': s.choice_temperature}
+    cases = {
+        'sample': (lambda p, r, cond: maskgit.sample(
+            model, p, r, batch, cond, num_steps=steps, temperature=s.
+            temperature, choice_temperature=s.choice_temperature, guidance_scale
+            =0.0, schedule_method=config.loss.mask_schedule), steps * forward_s,
+                   f'{steps} x one forward pass')
+    }
+    entry['sample_settings'] = {
+        'num_steps': steps,
+        'guidance_scale': 0.0,
+        'temperature': s.temperature,
+        'choice_temperature': s.choice_temperature
+    }
   elif kind == 'vq_diffusion':
     cases = {}
     for steps in _DIFFUSION_STEPS.value:
       steps = min(int(steps), model.num_timesteps)
       cases[f'sample_{steps}_steps'] = (
           (lambda n: lambda p, r, cond: vq_diffusion.sample(
-              model, p, r, batch, cond, num_steps=n,
-              truncation=s.truncation))(steps),
-          steps * forward_s, f'{steps} x one forward pass')
-    entry['sample_settings'] = {'truncation': s.truncation,
-                                'guidance_scale': 'off (s = 1)'}
+              model, p, r, batch, cond, num_steps=n, truncation=s.truncation)
+          )(steps), steps * forward_s, f'{steps} x one forward pass')
+    entry['sample_settings'] = {
+        'truncation': s.truncation,
+        'guidance_scale': 'off (s = 1)'
+    }
   else:
     n = model.prefix_length + model.length - 1
     cases = {}
     for use_cache in (True, False):
-      fn = (lambda c: lambda p, r, cond: gpt.sample(
-          model, p, r, batch, cond, temperature=s.temperature, top_k=s.top_k,
-          top_p=s.top_p, use_cache=c))(use_cache)
+      fn = (lambda c: lambda p, r, cond: gpt.
+            sample(model, p, r, batch, cond, temperature=s.temperature, top_k=s.
+                   top_k, top_p=s.top_p, use_cache=c))(use_cache)
       if use_cache:
-        cases['sample_cache'] = (
-            fn, n * entry['decode_step']['call_s'],
-            f'{n} x one cached decode step')
+        cases['sample_cache'] = (fn, n * entry['decode_step']['call_s'],
+                                 f'{n} x one cached decode step')
       else:
-        cases['sample_no_cache'] = (
-            fn, model.length * forward_s,
-            f'{model.length} x one forward pass')
-    entry['sample_settings'] = {'temperature': s.temperature,
-                                'top_k': s.top_k, 'top_p': s.top_p}
+        cases['sample_no_cache'] = (fn, model.length * forward_s,
+                                    f'{model.length} x one forward pass')
+    entry['sample_settings'] = {
+        'temperature': s.temperature,
+        'top_k': s.top_k,
+        'top_p': s.top_p
+    }
   for case, (fn, predicted, how) in cases.items():
     reason = _skip_reason(name, kind, case, predicted)
     if reason:
@@ -403,8 +410,8 @@ def _add_rates(entry: dict) -> None:
   estimate)."""
   batch, tokens = entry['batch'], entry['tokens_per_example']
   for case, row in entry.items():
-    if not isinstance(row, dict) or not (
-        'call_s' in row or 'estimated_call_s' in row):
+    if not isinstance(row, dict) or not ('call_s' in row or
+                                         'estimated_call_s' in row):
       continue
     seconds = row.get('call_s', row.get('estimated_call_s'))
     prefix = 'estimated_' if row.get('skipped') else ''
@@ -431,10 +438,11 @@ def print_table(results: dict, names: list[str]) -> None:
       if not entry:
         continue
       batch = entry['batch']
-      cases = ['forward', 'decode_step', 'train', 'sample', 'sample_cache',
-               'sample_no_cache'] + sorted(
-                   (c for c in entry if re.fullmatch(r'sample_\d+_steps', c)),
-                   key=lambda c: -int(c.split('_')[1]))
+      cases = [
+          'forward', 'decode_step', 'train', 'sample', 'sample_cache',
+          'sample_no_cache'
+      ] + sorted((c for c in entry if re.fullmatch(r'sample_\d+_steps', c)),
+                 key=lambda c: -int(c.split('_')[1]))
       for case in cases:
         row = entry.get(case)
         if row is None:
@@ -482,9 +490,12 @@ def main(argv):
     entry = results.get(name, {})
     for kind in _MODELS.value:
       entry[kind] = run_model(name, kind)
-      entry[kind].update({'dtype': _DTYPE.value, 'steps': _STEPS.value,
-                          'max_seconds_per_case': _MAX_SECONDS.value,
-                          'command': ' '.join(['python'] + sys.argv)})
+      entry[kind].update({
+          'dtype': _DTYPE.value,
+          'steps': _STEPS.value,
+          'max_seconds_per_case': _MAX_SECONDS.value,
+          'command': ' '.join(['python'] + sys.argv)
+      })
       _add_rates(entry[kind])
       results[name] = entry
       if path:  # Written after each model: a long run keeps what it has.

@@ -34,8 +34,8 @@ def run_vqlab(batch: int, image_size: int, steps: int) -> dict:
   params = jax.jit(model.init)(jax.random.key(0), jax.numpy.zeros(
       (1, 75, 75, 3)))
   images = jax.random.uniform(jax.random.key(1),
-                              (batch, image_size, image_size, 3),
-                              minval=-1.0, maxval=1.0)
+                              (batch, image_size, image_size, 3), minval=-1.0,
+                              maxval=1.0)
   t0 = time.perf_counter()
   compiled = jax.jit(model.apply).lower(params, images).compile()
   compile_s = time.perf_counter() - t0
@@ -43,9 +43,13 @@ def run_vqlab(batch: int, image_size: int, steps: int) -> dict:
   for _ in range(2):  # Warm-up.
     call()
   call_s = throughput_cli.time_calls(call, steps)
-  return {'implementation': 'vqlab (jax jit)', 'jax': jax.__version__,
-          'device': jax.devices()[0].device_kind, 'compile_s': compile_s,
-          'call_s': call_s}
+  return {
+      'implementation': 'vqlab (jax jit)',
+      'jax': jax.__version__,
+      'device': jax.devices()[0].device_kind,
+      'compile_s': compile_s,
+      'call_s': call_s
+  }
 
 
 def run_reference(batch: int, image_size: int, steps: int) -> dict:
@@ -60,11 +64,11 @@ def run_reference(batch: int, image_size: int, steps: int) -> dict:
   gen = torch.Generator().manual_seed(1)
   images = torch.rand((batch, 3, image_size, image_size), generator=gen)
   return throughput_cli.torch_row(lambda: model(images), steps,
-                                 'pytorch-fid 0.3.0 (torch)')
+                                  'pytorch-fid 0.3.0 (torch)')
 
 
 if __name__ == '__main__':
-  throughput_cli.main(__doc__.split('\n')[0], run_vqlab, run_reference,
-                     reference_name='pytorch-fid',
-                     output_name='inception_throughput.json',
-                     unit='Images')
+  throughput_cli.main(
+      __doc__.split('\n')[0], run_vqlab, run_reference,
+      reference_name='pytorch-fid', output_name='inception_throughput.json',
+      unit='Images')

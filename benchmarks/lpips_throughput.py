@@ -41,9 +41,13 @@ def run_vqlab(batch: int, image_size: int, steps: int) -> dict:
   for _ in range(2):  # Warm-up.
     call()
   call_s = throughput_cli.time_calls(call, steps)
-  return {'implementation': 'vqlab (jax jit)', 'jax': jax.__version__,
-          'device': jax.devices()[0].device_kind, 'compile_s': compile_s,
-          'call_s': call_s}
+  return {
+      'implementation': 'vqlab (jax jit)',
+      'jax': jax.__version__,
+      'device': jax.devices()[0].device_kind,
+      'compile_s': compile_s,
+      'call_s': call_s
+  }
 
 
 def run_reference(batch: int, image_size: int, steps: int) -> dict:
@@ -59,11 +63,11 @@ def run_reference(batch: int, image_size: int, steps: int) -> dict:
   x = torch.rand(shape, generator=gen) * 2 - 1
   y = torch.rand(shape, generator=gen) * 2 - 1
   return throughput_cli.torch_row(lambda: model(x, y), steps,
-                                 'lpips 0.1.4 (torch eager)')
+                                  'lpips 0.1.4 (torch eager)')
 
 
 if __name__ == '__main__':
-  throughput_cli.main(__doc__.split('\n')[0], run_vqlab, run_reference,
-                     reference_name='the lpips package',
-                     output_name='lpips_throughput.json',
-                     unit='Pairs')
+  throughput_cli.main(
+      __doc__.split('\n')[0], run_vqlab, run_reference,
+      reference_name='the lpips package', output_name='lpips_throughput.json',
+      unit='Pairs')

@@ -29,8 +29,9 @@ from vqlab import tokenizers
 
 _CONFIGS = flags.DEFINE_list('configs', ['tiny', 'paper'],
                              'Which configs: tiny, paper.')
-_BATCH = flags.DEFINE_integer('batch', 0, 'Global batch (0: 8 tiny, 1 '
-                              'paper on CPU, the config\'s on accelerators).')
+_BATCH = flags.DEFINE_integer(
+    'batch', 0, 'Global batch (0: 8 tiny, 1 '
+    'paper on CPU, the config\'s on accelerators).')
 # --steps, --json and --workdir are benchmarks/train_step.py's flags.
 _STEPS = train_step_benchmark._STEPS  # pylint: disable=protected-access
 _JSON = train_step_benchmark._JSON  # pylint: disable=protected-access
@@ -63,9 +64,14 @@ def encode_decode(config, batch: int, steps: int) -> dict:
   jax.block_until_ready(out)
   call_s = (time.perf_counter() - t0) / steps
   tokens = model.apply(variables, clips, method=model.encode)[0].shape
-  return {'clip_shape': list(shape[1:]), 'token_shape': list(tokens[1:]),
-          'batch': batch, 'compile_s': compile_s, 'call_s': call_s,
-          'clips_per_s': batch / call_s}
+  return {
+      'clip_shape': list(shape[1:]),
+      'token_shape': list(tokens[1:]),
+      'batch': batch,
+      'compile_s': compile_s,
+      'call_s': call_s,
+      'clips_per_s': batch / call_s
+  }
 
 
 def main(argv):
@@ -85,11 +91,11 @@ def main(argv):
         config, os.path.join(_WORKDIR.value, name), _STEPS.value)
     results[name] = entry
     ed, ts = entry['encode_decode'], entry['train_step']
-    print(f'{name:>5}: clips {ed["clip_shape"]} -> tokens {ed["token_shape"]}'
-          f', batch {batch}: encode+decode {ed["clips_per_s"]:.3g} clips/s; '
-          f'train step {ts["step_s"]:.3g} s (compile {ts["compile_s"]:.3g} s)'
-          f', peak memory {ts["peak_memory_bytes"] / 2**30:.3g} GiB',
-          flush=True)
+    print(
+        f'{name:>5}: clips {ed["clip_shape"]} -> tokens {ed["token_shape"]}'
+        f', batch {batch}: encode+decode {ed["clips_per_s"]:.3g} clips/s; '
+        f'train step {ts["step_s"]:.3g} s (compile {ts["compile_s"]:.3g} s)'
+        f', peak memory {ts["peak_memory_bytes"] / 2**30:.3g} GiB', flush=True)
   if _JSON.value:
     os.makedirs(os.path.dirname(os.path.abspath(_JSON.value)), exist_ok=True)
     with open(_JSON.value, 'w') as f:

@@ -41,23 +41,28 @@ from vqlab import quantizers
 
 _BATCH = flags.DEFINE_integer('batch', 8, 'Batch size of the latents.')
 _TOKENS = flags.DEFINE_integer('tokens', 256, 'Positions per example (16x16).')
-_VQ_DIM = flags.DEFINE_integer('vq_dim', 32, 'Code dim of vq/gumbel/regularized.')
+_VQ_DIM = flags.DEFINE_integer('vq_dim', 32,
+                               'Code dim of vq/gumbel/regularized.')
 _ONLY = flags.DEFINE_list('only', [], 'Run only these rows (e.g. lfq,fsq).')
-_TRAIN_STEP = flags.DEFINE_bool('train_step', True,
-                                'Also time VQGAN train steps, LFQ 2^10 vs 2^18.')
+_TRAIN_STEP = flags.DEFINE_bool(
+    'train_step', True, 'Also time VQGAN train steps, LFQ 2^10 vs 2^18.')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 32,
                                    'Image size of the train-step comparison.')
 
-FSQ_LEVELS = {2**10: (8, 8, 4, 4), 2**14: (8, 8, 8, 8, 4),
-              2**18: (8, 8, 8, 8, 8, 8)}
+FSQ_LEVELS = {
+    2**10: (8, 8, 4, 4),
+    2**14: (8, 8, 8, 8, 4),
+    2**18: (8, 8, 8, 8, 8, 8)
+}
 
 
 def quantizer_configs(vq_dim: int) -> list[tuple[str, int, object]]:
   """(row name, K, quantizer config) for every benchmarked setting."""
   rows = []
   for k in (1024, 4096, 16384):
-    for name, extra in (('vq', {}), ('vq_ema', {'ema': True}),
-                        ('gumbel', {}), ('regularized', {})):
+    for name, extra in (('vq', {}), ('vq_ema', {
+        'ema': True
+    }), ('gumbel', {}), ('regularized', {})):
       config = quantizers.default_config(name.split('_')[0])
       config.update(codebook_size=k, embedding_dim=vq_dim, **extra)
       rows.append((name, k, config))
@@ -85,8 +90,10 @@ def time_quantizer(config, batch: int, tokens: int, steps: int) -> dict:
   weights = jax.random.normal(jax.random.key(3), z.shape)
 
   def loss_fn(params, z, state, key):
-    out, new_state = q.apply({'params': params, **state}, z, train=True,
-                             rngs={'quantizer': key}, mutable=list(state))
+    out, new_state = q.apply({
+        'params': params,
+        **state
+    }, z, train=True, rngs={'quantizer': key}, mutable=list(state))
     return jnp.sum(out.quantized * weights) + out.loss, new_state
 
   step = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True))
@@ -103,9 +110,13 @@ def time_quantizer(config, batch: int, tokens: int, steps: int) -> dict:
   jax.block_until_ready(result)
   step_s = (time.perf_counter() - t0) / steps
   stats = jax.devices()[0].memory_stats() or {}
-  return {'code_dim': q.code_dim, 'compile_s': compile_s, 'step_s': step_s,
-          'temp_bytes': int(memory.temp_size_in_bytes),
-          'device_peak_bytes': stats.get('peak_bytes_in_use')}
+  return {
+      'code_dim': q.code_dim,
+      'compile_s': compile_s,
+      'step_s': step_s,
+      'temp_bytes': int(memory.temp_size_in_bytes),
+      'device_peak_bytes': stats.get('peak_bytes_in_use')
+  }
 
 
 def lfq_train_step_ratio(image_size: int, steps: int, workdir: str) -> dict:
@@ -146,15 +157,20 @@ def main(argv):
       continue
     r = time_quantizer(config, _BATCH.value, _TOKENS.value, steps)
     rows.append({'quantizer': name, 'codebook_size': k, **r})
-    print(f'{name:<12} {k:>7} {r["code_dim"]:>4} {r["step_s"] * 1e3:>9.3f} '
-          f'{_mb(r["temp_bytes"]):>8} {_mb(r["device_peak_bytes"]):>8} '
-          f'{r["compile_s"]:>9.2f}', flush=True)
-  result = {'command': ' '.join(['python'] + sys.argv),
-            'device': device.device_kind, 'batch': _BATCH.value,
-            'tokens': _TOKENS.value, 'steps': steps, 'quantizers': rows}
+    print(
+        f'{name:<12} {k:>7} {r["code_dim"]:>4} {r["step_s"] * 1e3:>9.3f} '
+        f'{_mb(r["temp_bytes"]):>8} {_mb(r["device_peak_bytes"]):>8} '
+        f'{r["compile_s"]:>9.2f}', flush=True)
+  result = {
+      'command': ' '.join(['python'] + sys.argv),
+      'device': device.device_kind,
+      'batch': _BATCH.value,
+      'tokens': _TOKENS.value,
+      'steps': steps,
+      'quantizers': rows
+  }
   if _TRAIN_STEP.value:
-    ratio = lfq_train_step_ratio(_IMAGE_SIZE.value, steps,
-                                 flags.FLAGS.workdir)
+    ratio = lfq_train_step_ratio(_IMAGE_SIZE.value, steps, flags.FLAGS.workdir)
     result['vqgan_train_step'] = ratio
     for key in ('lfq_2^10', 'lfq_2^18'):
       r = ratio[key]

@@ -37,9 +37,12 @@ def torch_row(call: Callable[[], None], steps: int,
 
   for _ in range(2):  # Warm-up.
     no_grad_call()
-  return {'implementation': implementation, 'torch': torch.__version__,
-          'device': f'cpu ({torch.get_num_threads()} threads)',
-          'call_s': time_calls(no_grad_call, steps)}
+  return {
+      'implementation': implementation,
+      'torch': torch.__version__,
+      'device': f'cpu ({torch.get_num_threads()} threads)',
+      'call_s': time_calls(no_grad_call, steps)
+  }
 
 
 def main(description: str, run_vqlab: Runner, run_reference: Runner, *,
@@ -52,13 +55,14 @@ def main(description: str, run_vqlab: Runner, run_reference: Runner, *,
   parser.add_argument('--batch', type=int, default=8, help=f'{unit} per call.')
   parser.add_argument('--image_size', type=int, default=256)
   parser.add_argument('--steps', type=int, default=5, help='Timed calls.')
-  parser.add_argument('--output', default=os.path.join(
-      ROOT, 'benchmarks', 'results', output_name))
+  parser.add_argument(
+      '--output', default=os.path.join(ROOT, 'benchmarks', 'results',
+                                       output_name))
   args = parser.parse_args()
   run = run_reference if args.reference else run_vqlab
   result = run(args.batch, args.image_size, args.steps)
-  result.update(batch=args.batch, image_size=args.image_size,
-                steps=args.steps, host=platform.processor() or platform.node(),
+  result.update(batch=args.batch, image_size=args.image_size, steps=args.steps,
+                host=platform.processor() or platform.node(),
                 cpu_count=os.cpu_count(),
                 images_per_s=args.batch / result['call_s'])
   rows = {}

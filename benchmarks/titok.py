@@ -89,22 +89,14 @@ _MAX_SECONDS = flags.DEFINE_float(
 _SKIP = flags.DEFINE_list(
     'skip', [], 'Cases not to run, as size/model/case, e.g. '
     'paper/titok/train_stage1.')
-_STAGE1 = flags.DEFINE_bool('stage1', True, 'Also time the TiTok stage-1 '
-                            'step (builds an untrained proxy VQGAN run).')
+_STAGE1 = flags.DEFINE_bool(
+    'stage1', True, 'Also time the TiTok stage-1 '
+    'step (builds an untrained proxy VQGAN run).')
 # --steps, --json and --workdir are benchmarks/train_step.py's flags.
 _STEPS = train_step_benchmark._STEPS  # pylint: disable=protected-access
 _JSON = train_step_benchmark._JSON  # pylint: disable=protected-access
 _WORKDIR = train_step_benchmark._WORKDIR  # pylint: disable=protected-access
 flags.FLAGS.set_default('steps', 5)
-
-
-
-
-
-
-
-
-
 
 
 def _vqgan_tiny():
@@ -123,12 +115,24 @@ def _vqgan_paper():
 # size -> model -> case -> config factory. The stage-1 TiTok configs name
 # their proxy: the baseline VQGAN of the same size.
 CONFIGS = {
-    'tiny': {'titok': {'train_stage2': tiny_stage2.get_config,
-                       'train_stage1': tiny_stage1.get_config},
-             'vqgan': {'train': _vqgan_tiny}},
-    'paper': {'titok': {'train_stage2': lambda: b64.get_config('2'),
-                        'train_stage1': lambda: b64.get_config('1')},
-              'vqgan': {'train': _vqgan_paper}},
+    'tiny': {
+        'titok': {
+            'train_stage2': tiny_stage2.get_config,
+            'train_stage1': tiny_stage1.get_config
+        },
+        'vqgan': {
+            'train': _vqgan_tiny
+        }
+    },
+    'paper': {
+        'titok': {
+            'train_stage2': lambda: b64.get_config('2'),
+            'train_stage1': lambda: b64.get_config('1')
+        },
+        'vqgan': {
+            'train': _vqgan_paper
+        }
+    },
 }
 PROXY = {'tiny': quickstart.get_config, 'paper': _vqgan_paper}
 
@@ -174,21 +178,20 @@ def encode_decode(config, batch: int, budget: float) -> dict:
   shape = (batch, size, size, config.model.in_channels)
   images = jax.random.uniform(jax.random.key(0), shape, minval=-1, maxval=1)
   variables = jax.jit(model.init)(jax.random.key(1), images[:1])
-  params = int(sum(x.size for x in jax.tree.leaves(variables.get(
-      'params', variables))))
+  params = int(
+      sum(x.size for x in jax.tree.leaves(variables.get('params', variables))))
   encode = jax.jit(lambda v, x: model.apply(v, x, method=model.encode)[0])
-  decode = jax.jit(lambda v, i: model.apply(v, i,
-                                            method=model.decode_indices))
+  decode = jax.jit(lambda v, i: model.apply(v, i, method=model.decode_indices))
   t0 = time.perf_counter()
   encode = encode.lower(variables, images).compile()
   indices = jax.block_until_ready(encode(variables, images))
   decode = decode.lower(variables, indices).compile()
   compile_s = time.perf_counter() - t0
   flops = (flops_lib.count_flops(
-      lambda v, x: model.apply(v, x, method=model.encode)[0], variables,
-      images) + flops_lib.count_flops(
-          lambda v, i: model.apply(v, i, method=model.decode_indices),
-          variables, indices))
+      lambda v, x: model.apply(v, x, method=model.encode)[0], variables, images)
+           + flops_lib.count_flops(
+               lambda v, i: model.apply(v, i, method=model.decode_indices),
+               variables, indices))
 
   def call():
     jax.block_until_ready(decode(variables, encode(variables, images)))
@@ -200,11 +203,18 @@ def encode_decode(config, batch: int, budget: float) -> dict:
   token_shape = list(indices.shape[1:])
   tokens = math.prod(token_shape[:spatial])
   images_per_s = batch / result['call_s']
-  return {'image_shape': list(shape[1:]), 'token_shape': token_shape,
-          'tokens_per_image': tokens, 'params': params, 'batch': batch,
-          'compile_s': compile_s, **result, 'flops_per_call': flops,
-          'achieved_tflops': flops / result['call_s'] / 1e12,
-          'images_per_s': images_per_s, 'tokens_per_s': images_per_s * tokens}
+  return {
+      'image_shape': list(shape[1:]),
+      'token_shape': token_shape,
+      'tokens_per_image': tokens,
+      'params': params,
+      'batch': batch,
+      'compile_s': compile_s,
+      **result, 'flops_per_call': flops,
+      'achieved_tflops': flops / result['call_s'] / 1e12,
+      'images_per_s': images_per_s,
+      'tokens_per_s': images_per_s * tokens
+  }
 
 
 def proxy_run(name: str, workdir: str) -> str:
@@ -228,9 +238,12 @@ def train_estimate(config, workdir: str, flop_rate: float) -> dict:
                                   exp.abstract_batch, exp.frozen)
   params = sum(x.size for x in jax.tree.leaves(exp.abstract_state.params))
   exp.checkpointer.close()
-  return {'flops_per_step': flops, 'estimated_step_s': flops / flop_rate,
-          'params': int(params),
-          'estimate': 'train-step FLOPs / the encode+decode FLOP rate'}
+  return {
+      'flops_per_step': flops,
+      'estimated_step_s': flops / flop_rate,
+      'params': int(params),
+      'estimate': 'train-step FLOPs / the encode+decode FLOP rate'
+  }
 
 
 def train_case(name: str, kind: str, case: str, config, flop_rate: float,
@@ -253,12 +266,16 @@ def train_case(name: str, kind: str, case: str, config, flop_rate: float,
               f'{state_bytes / 2**30:.1f} GiB, {available / 2**30:.1f} GiB '
               'available')
   if reason:
-    return {'skipped': True, 'reason': reason, **estimate,
-            'estimated_steps_per_s': 1.0 / predicted}
+    return {
+        'skipped': True,
+        'reason': reason,
+        **estimate, 'estimated_steps_per_s': 1.0 / predicted
+    }
   # 2 warm-up steps + the timed ones within the budget.
   steps = max(1, min(_STEPS.value, int(budget // max(predicted, 1e-9)) - 2))
-  _progress(name, kind, f'{case}: est. {predicted:.3g} s/step; compiling, '
-            f'then 2 warm-up + {steps} timed steps')
+  _progress(
+      name, kind, f'{case}: est. {predicted:.3g} s/step; compiling, '
+      f'then 2 warm-up + {steps} timed steps')
   result = train_step_benchmark.run_benchmark(config, workdir, steps)
   result.update(timed_steps=steps, predicted_step_s=predicted,
                 params=estimate['params'])
@@ -272,14 +289,18 @@ def run_model(name: str, kind: str) -> dict:
   base = cases[first]()
   batch = _batch_size(name, base)
   base = _prepare(base, batch)
-  entry = {'batch': batch, 'image_size': base.data.image_size,
-           'compute_dtype': base.compute_dtype}
+  entry = {
+      'batch': batch,
+      'image_size': base.data.image_size,
+      'compute_dtype': base.compute_dtype
+  }
   entry['encode_decode'] = ed = encode_decode(base, batch, budget)
   flop_rate = ed['flops_per_call'] / ed['call_s']
-  _progress(name, kind, f'{ed["params"] / 1e6:.3g}M params, '
-            f'{ed["tokens_per_image"]} tokens/image; encode+decode '
-            f'{ed["call_s"]:.3g} s/call = {ed["images_per_s"]:.3g} images/s '
-            f'(compile {ed["compile_s"]:.3g} s)')
+  _progress(
+      name, kind, f'{ed["params"] / 1e6:.3g}M params, '
+      f'{ed["tokens_per_image"]} tokens/image; encode+decode '
+      f'{ed["call_s"]:.3g} s/call = {ed["images_per_s"]:.3g} images/s '
+      f'(compile {ed["compile_s"]:.3g} s)')
   for case, get_config in cases.items():
     if case == 'train_stage1' and not _STAGE1.value:
       continue
@@ -291,12 +312,14 @@ def run_model(name: str, kind: str) -> dict:
     entry[case] = row
     if row.get('skipped'):
       est = row.get('estimated_step_s')
-      _progress(name, kind, f'{case}: skipped ({row["reason"]})' + (
-          f', est. {est:.3g} s/step (NOT measured)' if est else ''))
+      _progress(
+          name, kind, f'{case}: skipped ({row["reason"]})' +
+          (f', est. {est:.3g} s/step (NOT measured)' if est else ''))
     else:
-      _progress(name, kind, f'{case}: {row["step_s"]:.3g} s/step (mean of '
-                f'{row["timed_steps"]}; est. {row["predicted_step_s"]:.3g}),'
-                f' compile {row["compile_s"]:.3g} s')
+      _progress(
+          name, kind, f'{case}: {row["step_s"]:.3g} s/step (mean of '
+          f'{row["timed_steps"]}; est. {row["predicted_step_s"]:.3g}),'
+          f' compile {row["compile_s"]:.3g} s')
   return entry
 
 
@@ -328,11 +351,13 @@ def print_table(results: dict, names: list[str]) -> None:
         continue
       ed = entry['encode_decode']
       train = entry.get('train_stage2', entry.get('train'))
-      print(f'{name:<6} {kind:<6} {entry["image_size"]:>4} '
-            f'{entry["batch"]:>5} {ed["tokens_per_image"]:>6} '
-            f'{ed["call_s"]:>10.3g} {ed["images_per_s"]:>9.3g} '
-            f'{ed["tokens_per_s"]:>9.4g}  {step_text(train):>20} '
-            f'{step_text(entry.get("train_stage1")) if kind == "titok" else "":>20}')
+      print(
+          f'{name:<6} {kind:<6} {entry["image_size"]:>4} '
+          f'{entry["batch"]:>5} {ed["tokens_per_image"]:>6} '
+          f'{ed["call_s"]:>10.3g} {ed["images_per_s"]:>9.3g} '
+          f'{ed["tokens_per_s"]:>9.4g}  {step_text(train):>20} '
+          f'{step_text(entry.get("train_stage1")) if kind == "titok" else "":>20}'
+      )
   for name in names:
     for kind in ('titok', 'vqgan'):
       for case, row in results.get(name, {}).get(kind, {}).items():
@@ -362,10 +387,12 @@ def main(argv):
     for kind in _MODELS.value:
       t0 = time.perf_counter()
       entry[kind] = run_model(name, kind)
-      entry[kind].update({'steps': _STEPS.value,
-                          'max_seconds_per_case': _MAX_SECONDS.value,
-                          'wall_s': time.perf_counter() - t0,
-                          'command': ' '.join(['python'] + sys.argv)})
+      entry[kind].update({
+          'steps': _STEPS.value,
+          'max_seconds_per_case': _MAX_SECONDS.value,
+          'wall_s': time.perf_counter() - t0,
+          'command': ' '.join(['python'] + sys.argv)
+      })
       results[name] = entry
       if path:  # Written after each model: a long run keeps what it has.
         if budget_lib.on_cpu():

@@ -36,11 +36,16 @@ _WORKDIR = flags.DEFINE_string('workdir', '/tmp/vqlab_benchmark',
 
 # Dense peak FLOP/s per device by (device kind substring, dtype).
 PEAK_FLOPS = {
-    ('H100', 'bfloat16'): 989e12, ('H100', 'float32'): 67e12,
-    ('H200', 'bfloat16'): 989e12, ('H200', 'float32'): 67e12,
-    ('A100', 'bfloat16'): 312e12, ('A100', 'float32'): 19.5e12,
-    ('TPU v4', 'bfloat16'): 275e12, ('TPU v5 lite', 'bfloat16'): 197e12,
-    ('TPU v5p', 'bfloat16'): 459e12, ('TPU v6 lite', 'bfloat16'): 918e12,
+    ('H100', 'bfloat16'): 989e12,
+    ('H100', 'float32'): 67e12,
+    ('H200', 'bfloat16'): 989e12,
+    ('H200', 'float32'): 67e12,
+    ('A100', 'bfloat16'): 312e12,
+    ('A100', 'float32'): 19.5e12,
+    ('TPU v4', 'bfloat16'): 275e12,
+    ('TPU v5 lite', 'bfloat16'): 197e12,
+    ('TPU v5p', 'bfloat16'): 459e12,
+    ('TPU v6 lite', 'bfloat16'): 918e12,
 }
 
 
@@ -107,12 +112,15 @@ def run_benchmark(config, workdir: str, steps: int) -> dict:
   peak = peak_flops(device, config.compute_dtype)
   num_devices = jax.device_count()
   result = {
-      'device': device.device_kind, 'num_devices': num_devices,
+      'device': device.device_kind,
+      'num_devices': num_devices,
       'compute_dtype': config.compute_dtype,
       'global_batch': config.train.batch_size,
       'image_size': config.data.image_size,
       'num_frames': config.data.get('num_frames'),
-      'compile_s': compile_s, 'step_s': step_s, 'steps_per_s': 1.0 / step_s,
+      'compile_s': compile_s,
+      'step_s': step_s,
+      'steps_per_s': 1.0 / step_s,
       'examples_per_s': config.train.batch_size / step_s,
       'peak_memory_bytes': peak_memory_bytes(),
       'flops_per_step': flops,

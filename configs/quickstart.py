@@ -27,11 +27,11 @@ def get_config(arg: str = ''):
   config.update(tokenizer.default_config())
   config.seed = 0
 
-  config.data.image_size = 64        # Eval tiles: 64x64 -> 16x16 tokens.
+  config.data.image_size = 64  # Eval tiles: 64x64 -> 16x16 tokens.
   config.data.train_image_size = 32  # Train crops.
 
   config.model.channels = 16
-  config.model.channel_multipliers = (1, 2, 4)   # f = 4.
+  config.model.channel_multipliers = (1, 2, 4)  # f = 4.
   config.model.num_res_blocks = 1
   config.model.z_channels = 64
   config.model.num_groups = 8
@@ -50,7 +50,7 @@ def get_config(arg: str = ''):
 
   config.optimizer.generator.learning_rate = 4e-4
   config.optimizer.generator.warmup_steps = 50
-  config.optimizer.generator.schedule = 'cosine'   # Decays to 0 at the end.
+  config.optimizer.generator.schedule = 'cosine'  # Decays to 0 at the end.
   config.optimizer.discriminator.learning_rate = 4e-4
 
   config.train.num_steps = 1300

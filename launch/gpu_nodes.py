@@ -66,10 +66,11 @@ def main_py_args(args, hosts: list[str], local: bool,
   coordinator = (args.coordinator_address or
                  f'{hosts[0].rsplit("@", 1)[-1]}:{args.coordinator_port}')
   python = args.python or (sys.executable if local else 'python3')
-  command = [python, 'main.py', f'--config={args.config}',
-             f'--workdir={args.workdir}',
-             f'--coordinator_address={coordinator}',
-             f'--num_processes={len(hosts)}', f'--process_id={process}']
+  command = [
+      python, 'main.py', f'--config={args.config}', f'--workdir={args.workdir}',
+      f'--coordinator_address={coordinator}', f'--num_processes={len(hosts)}',
+      f'--process_id={process}'
+  ]
   if args.cpu_collectives:
     command.append(f'--cpu_collectives={args.cpu_collectives}')
   return command + [f'--mode={args.mode}'] + list(args.overrides)
@@ -146,9 +147,9 @@ def _run_local(args, hosts: list[str]) -> int:
   processes = []
   for i in range(len(hosts)):
     log = open(_log(args, i, True), 'w')  # pylint: disable=consider-using-with
-    processes.append((subprocess.Popen(
-        main_py_args(args, hosts, True, i), cwd=REPO, env=env, stdout=log,
-        stderr=subprocess.STDOUT), log))
+    processes.append(
+        (subprocess.Popen(main_py_args(args, hosts, True, i), cwd=REPO, env=env,
+                          stdout=log, stderr=subprocess.STDOUT), log))
   deadline = time.monotonic() + args.timeout if args.timeout else None
   status = 0
   while any(p.poll() is None for p, _ in processes):
@@ -166,8 +167,9 @@ def _run_local(args, hosts: list[str]) -> int:
   for i, (p, log) in enumerate(processes):
     log.close()
     status = status or p.returncode
-    print(f'process {i}: exit status {p.returncode}, log '
-          f'{_log(args, i, True)}', flush=True)
+    print(
+        f'process {i}: exit status {p.returncode}, log '
+        f'{_log(args, i, True)}', flush=True)
   return status
 
 
@@ -176,50 +178,55 @@ COMMANDS = {'run': run_commands, 'logs': logs_commands, 'stop': stop_commands}
 
 def parser() -> argparse.ArgumentParser:
   common = Parser(add_help=False)
-  common.add_argument('--hosts', required=True,
-                      help='Comma-separated hosts, one process each, process '
-                      '0 first (user@host works). localhost (repeatable): '
-                      'processes on this machine.')
+  common.add_argument(
+      '--hosts', required=True,
+      help='Comma-separated hosts, one process each, process '
+      '0 first (user@host works). localhost (repeatable): '
+      'processes on this machine.')
   common.add_argument('--log_dir', default=LOG_DIR,
                       help='Folder of process_<i>.log on each host.')
   common.add_argument('--ssh', default='ssh', help='The ssh program.')
   common.add_argument('--dry_run', action='store_true',
                       help='Print the commands, one per line; run nothing.')
-  top = Parser(prog='gpu_nodes.py',
-                                description=__doc__.split('\n', 1)[0])
+  top = Parser(prog='gpu_nodes.py', description=__doc__.split('\n', 1)[0])
   sub = top.add_subparsers(dest='command', required=True)
 
   run = sub.add_parser('run', parents=[common],
                        help='Start main.py on every host.')
   run.add_argument('--config', required=True,
                    help='Config file (relative to the repository).')
-  run.add_argument('--workdir', required=True,
-                   help='Shared by all processes: gs://, or a shared or '
-                   'local filesystem for localhost runs.')
+  run.add_argument(
+      '--workdir', required=True,
+      help='Shared by all processes: gs://, or a shared or '
+      'local filesystem for localhost runs.')
   run.add_argument('--mode', default='train',
                    choices=['train', 'eval', 'fid_stats', 'tokenize',
                             'sample'], help='main.py --mode.')
   run.add_argument('--coordinator_port', type=int, default=8476,
                    help='Port of process 0 on the first host.')
-  run.add_argument('--coordinator_address', default=None,
-                   help='host:port of process 0 (default: first host and '
-                   '--coordinator_port), e.g. an address on a faster '
-                   'network.')
+  run.add_argument(
+      '--coordinator_address', default=None,
+      help='host:port of process 0 (default: first host and '
+      '--coordinator_port), e.g. an address on a faster '
+      'network.')
   run.add_argument('--cpu_collectives', default=None, choices=['gloo', 'mpi'],
                    help='CPU collectives (multi-process runs on CPU).')
-  run.add_argument('--python', default=None,
-                   help='Python program (default: this python for localhost, '
-                   'python3 on remote hosts).')
+  run.add_argument(
+      '--python', default=None,
+      help='Python program (default: this python for localhost, '
+      'python3 on remote hosts).')
   run.add_argument('--remote_dir', default='~/vqlab',
                    help='The repository on remote hosts.')
   run.add_argument('--env', action='append', default=[],
                    help='NAME=VALUE set for main.py (repeatable).')
-  run.add_argument('--timeout', type=float, default=0,
-                   help='localhost: stop all processes after this many '
-                   'seconds (exit status 124); 0: no limit.')
-  run.add_argument('--allow_local_workdir', action='store_true',
-                   help='Accept a non-URL --workdir on several remote hosts '
-                   '(NFS and other shared filesystems).')
+  run.add_argument(
+      '--timeout', type=float, default=0,
+      help='localhost: stop all processes after this many '
+      'seconds (exit status 124); 0: no limit.')
+  run.add_argument(
+      '--allow_local_workdir', action='store_true',
+      help='Accept a non-URL --workdir on several remote hosts '
+      '(NFS and other shared filesystems).')
   run.add_argument('overrides', nargs='*', metavar='-- CONFIG_OVERRIDES',
                    help='Passed to main.py, e.g. -- --config.seed=1.')
 

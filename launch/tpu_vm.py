@@ -111,21 +111,24 @@ def setup_commands(args) -> list[list[str]]:
       fetch += f' && git -C {remote} checkout {quote(ref)}'
   else:
     archive = f'/tmp/vqlab-{args.name}.tar.gz'
-    commands.append(['tar', '-czf', archive, '--exclude=.git',
-                     '--exclude=workdirs', '--exclude=__pycache__',
-                     '-C', args.source, '.'])
+    commands.append([
+        'tar', '-czf', archive, '--exclude=.git', '--exclude=workdirs',
+        '--exclude=__pycache__', '-C', args.source, '.'
+    ])
     commands.append(_scp(args, archive, 'vqlab.tar.gz'))
     fetch = (f'rm -rf {remote} && mkdir -p {remote} && '
              f'tar -xzf ~/vqlab.tar.gz -C {remote}')
   packages = ' '.join(quote(p) for p in args.pip_extra)
-  install = f'{args.pip} install -e {remote}' + (f' {packages}' if packages
-                                                  else '')
+  install = f'{args.pip} install -e {remote}' + (f' {packages}'
+                                                 if packages else '')
   commands.append(_ssh(args, f'{fetch} && {install}'))
   if args.data:
     dest = remote_path(args.data_dest)
     if args.data.startswith('gs://'):
-      commands.append(_ssh(args, f'mkdir -p {dest} && gcloud storage cp -r '
-                           f'{quote(args.data)} {dest}'))
+      commands.append(
+          _ssh(
+              args, f'mkdir -p {dest} && gcloud storage cp -r '
+              f'{quote(args.data)} {dest}'))
     else:
       commands.append(_ssh(args, f'mkdir -p {dest}'))
       commands.append(_scp(args, args.data, args.data_dest, recurse=True))
@@ -134,9 +137,10 @@ def setup_commands(args) -> list[list[str]]:
 
 def main_py_args(args) -> list[str]:
   """The main.py command line every worker runs."""
-  return ([args.python, 'main.py', f'--config={args.config}',
-           f'--workdir={args.workdir}', '--distributed', f'--mode={args.mode}']
-          + list(args.overrides))
+  return ([
+      args.python, 'main.py', f'--config={args.config}',
+      f'--workdir={args.workdir}', '--distributed', f'--mode={args.mode}'
+  ] + list(args.overrides))
 
 
 def run_commands(args) -> list[list[str]]:
@@ -175,16 +179,24 @@ def stop_commands(args) -> list[list[str]]:
 
 def delete_commands(args) -> list[list[str]]:
   if args.queued:
-    return [_gcloud(args, 'queued-resources', 'delete', args.name,
-                    f'--zone={args.zone}', '--force', '--quiet')]
-  return [_gcloud(args, 'tpu-vm', 'delete', args.name, f'--zone={args.zone}',
-                  '--quiet')]
+    return [
+        _gcloud(args, 'queued-resources', 'delete', args.name,
+                f'--zone={args.zone}', '--force', '--quiet')
+    ]
+  return [
+      _gcloud(args, 'tpu-vm', 'delete', args.name, f'--zone={args.zone}',
+              '--quiet')
+  ]
 
 
-COMMANDS = {'create': create_commands, 'setup': setup_commands,
-            'run': run_commands, 'logs': logs_commands,
-            'stop': stop_commands, 'delete': delete_commands}
-
+COMMANDS = {
+    'create': create_commands,
+    'setup': setup_commands,
+    'run': run_commands,
+    'logs': logs_commands,
+    'stop': stop_commands,
+    'delete': delete_commands
+}
 
 # ------------------------------------------------------------------- flags ---
 
@@ -200,50 +212,56 @@ def parser() -> argparse.ArgumentParser:
                       help='Print the commands, one per line; run nothing.')
   common.add_argument('--internal_ip', action='store_true',
                       help='ssh/scp over internal IPs (from inside the VPC).')
-  top = Parser(
-      prog='tpu_vm.py', description=__doc__.split('\n', 1)[0])
+  top = Parser(prog='tpu_vm.py', description=__doc__.split('\n', 1)[0])
   sub = top.add_subparsers(dest='command', required=True)
 
   create = sub.add_parser('create', parents=[common],
                           help='Create a TPU VM or pod slice.')
   create.add_argument('--accelerator_type', required=True,
                       help='e.g. v4-8 (one host), v4-32, v5litepod-16.')
-  create.add_argument('--version', required=True,
-                      help='TPU runtime version, e.g. tpu-ubuntu2204-base '
-                      '(v4), v2-alpha-tpuv5-lite (v5e), v2-alpha-tpuv6e.')
-  create.add_argument('--queued', action='store_true',
-                      help='Request through a queued resource (waits for '
-                      'capacity instead of failing).')
+  create.add_argument(
+      '--version', required=True,
+      help='TPU runtime version, e.g. tpu-ubuntu2204-base '
+      '(v4), v2-alpha-tpuv5-lite (v5e), v2-alpha-tpuv6e.')
+  create.add_argument(
+      '--queued', action='store_true',
+      help='Request through a queued resource (waits for '
+      'capacity instead of failing).')
   create.add_argument('--spot', action='store_true', help='Spot capacity.')
-  create.add_argument('--preemptible', action='store_true',
-                      help='Preemptible (older TPU generations; not with '
-                      '--queued).')
+  create.add_argument(
+      '--preemptible', action='store_true',
+      help='Preemptible (older TPU generations; not with '
+      '--queued).')
   create.add_argument('--reserved', action='store_true',
                       help='Use a reservation of the project.')
   create.add_argument('--network', default=None, help='VPC network.')
   create.add_argument('--subnetwork', default=None, help='VPC subnetwork.')
-  create.add_argument('--service_account', default=None,
-                      help='Service account of the VM (needs write access '
-                      'to the gs:// workdir).')
+  create.add_argument(
+      '--service_account', default=None,
+      help='Service account of the VM (needs write access '
+      'to the gs:// workdir).')
 
   setup = sub.add_parser('setup', parents=[common],
                          help='Install vqlab on every worker.')
-  setup.add_argument('--source', default=REPO,
-                     help='A local checkout (packed with tar, copied with '
-                     'scp; default: the one holding this script) or a git '
-                     'URL, git+https://...[@ref].')
+  setup.add_argument(
+      '--source', default=REPO,
+      help='A local checkout (packed with tar, copied with '
+      'scp; default: the one holding this script) or a git '
+      'URL, git+https://...[@ref].')
   setup.add_argument('--remote_dir', default=REMOTE_DIR,
                      help='Where the repository goes on the workers.')
   setup.add_argument('--pip', default='python3 -m pip',
                      help='The pip command on the workers.')
-  setup.add_argument('--pip_extra', nargs='*', default=['jax[tpu]'],
-                     help='Packages installed with vqlab (default: '
-                     'jax[tpu]; pass none for CPU/GPU images).')
-  setup.add_argument('--data', default=None,
-                     help='Data to copy to every worker: a local file or '
-                     'folder (scp) or a gs:// URL (gcloud storage cp). Data '
-                     'on gs:// can also be read in place: point the config '
-                     'at it instead.')
+  setup.add_argument(
+      '--pip_extra', nargs='*', default=['jax[tpu]'],
+      help='Packages installed with vqlab (default: '
+      'jax[tpu]; pass none for CPU/GPU images).')
+  setup.add_argument(
+      '--data', default=None,
+      help='Data to copy to every worker: a local file or '
+      'folder (scp) or a gs:// URL (gcloud storage cp). Data '
+      'on gs:// can also be read in place: point the config '
+      'at it instead.')
   setup.add_argument('--data_dest', default='~/data',
                      help='Where --data goes on the workers.')
 
@@ -269,18 +287,17 @@ def parser() -> argparse.ArgumentParser:
   run.add_argument('overrides', nargs='*', metavar='-- MAIN_PY_FLAGS',
                    help='Passed to main.py, e.g. -- --config.seed=1.')
 
-  logs = sub.add_parser('logs', parents=[common],
-                        help="Show one worker's log.")
+  logs = sub.add_parser('logs', parents=[common], help="Show one worker's log.")
   logs.add_argument('--worker', default='0',
                     help='Worker index, or all (lines of all interleaved).')
-  logs.add_argument('--lines', type=int, default=50,
-                    help='Lines from the end.')
+  logs.add_argument('--lines', type=int, default=50, help='Lines from the end.')
   logs.add_argument('--follow', action='store_true', help='tail -f.')
   logs.add_argument('--log', default=LOG, help='run --log.')
 
-  stop = sub.add_parser('stop', parents=[common],
-                        help='SIGTERM the run on every worker (it saves a '
-                        'checkpoint first).')
+  stop = sub.add_parser(
+      'stop', parents=[common],
+      help='SIGTERM the run on every worker (it saves a '
+      'checkpoint first).')
   stop.add_argument('--log', default=LOG, help='run --log.')
 
   delete = sub.add_parser('delete', parents=[common],

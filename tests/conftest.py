@@ -22,11 +22,12 @@ os.environ['JAX_THREEFRY_PARTITIONABLE'] = 'false'
 # a persistent compilation cache shared by the pytest workers of one session
 # compiles each once. Outside a session (no PYTEST_XDIST_TESTRUNUID: a single
 # process) the cache lives and dies with the process' own temp dir name.
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
-    tempfile.gettempdir(), 'vqlab_test_jax_cache_' +
-    os.environ.get('PYTEST_XDIST_TESTRUNUID', str(os.getpid()))))
+os.environ.setdefault(
+    'JAX_COMPILATION_CACHE_DIR',
+    os.path.join(
+        tempfile.gettempdir(), 'vqlab_test_jax_cache_' +
+        os.environ.get('PYTEST_XDIST_TESTRUNUID', str(os.getpid()))))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
-
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -55,4 +56,3 @@ def small_inception_input(monkeypatch):
   sampling.inception_outputs.clear_cache()
   yield
   sampling.inception_outputs.clear_cache()
-

@@ -15,8 +15,11 @@ from vqlab.weights import files
 from vqlab.weights import torch_files
 
 GOLDENS = paths.GOLDENS
-_SOURCES = {'vgg16': 'lpips.npz', 'vgg19': 'vgg19.npz',
-            'inception_fid': 'inception.npz'}
+_SOURCES = {
+    'vgg16': 'lpips.npz',
+    'vgg19': 'vgg19.npz',
+    'inception_fid': 'inception.npz'
+}
 
 
 def golden_state_dict(name: str) -> dict:

@@ -21,9 +21,11 @@ def traced_once():
   evals of one run, new shapes, dtypes or static values between steps are a
   retracing bug, a silent recompile per step at scale. Use one run per
   block."""
-  methods = {(cls, name): cls.__dict__[name]
-             for cls in _subclasses(base.Task)
-             for name in ('train_step', 'eval_step') if name in cls.__dict__}
+  methods = {
+      (cls, name): cls.__dict__[name] for cls in _subclasses(base.Task)
+      for name in ('train_step', 'eval_step')
+      if name in cls.__dict__
+  }
   chex.clear_trace_counter()
   for (cls, name), method in methods.items():
     setattr(cls, name, chex.assert_max_traces(method, n=1))

@@ -44,9 +44,10 @@ def _one_line_error(*args: str, workdir=None) -> str:
   status 1 and exactly one line on stderr, writing nothing. Returns it."""
   if workdir is not None:
     args += (f'--workdir={workdir}',)
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *args],
-                        capture_output=True, text=True, timeout=120, cwd=ROOT,
-                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'main.py'), *args],
+      capture_output=True, text=True, timeout=120, cwd=ROOT,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
   lines = [line for line in proc.stderr.splitlines() if line.strip()]
   assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
   assert not proc.stdout.strip(), proc.stdout[-3000:]
@@ -99,7 +100,8 @@ def test_config_file_with_a_syntax_error(tmp_path):
 
 # (d) A config file whose get_config raises, or that has none.
 def test_config_file_whose_get_config_raises(tmp_path):
-  path = _write(tmp_path / 'raises.py', """
+  path = _write(
+      tmp_path / 'raises.py', """
       import ml_collections
 
 
@@ -113,7 +115,8 @@ def test_config_file_whose_get_config_raises(tmp_path):
 
 
 def test_config_error_inside_get_config_names_file_line_and_key(tmp_path):
-  path = _write(tmp_path / 'unknown.py', """
+  path = _write(
+      tmp_path / 'unknown.py', """
       from vqlab import quantizers
 
 
@@ -136,8 +139,7 @@ def test_config_file_without_get_config(tmp_path):
 def test_workdir_below_a_file(tmp_path, light_config):
   blocker = tmp_path / 'file'
   blocker.write_text('')
-  line = _one_line_error(f'--config={light_config}',
-                         workdir=blocker / 'run')
+  line = _one_line_error(f'--config={light_config}', workdir=blocker / 'run')
   assert line == (f'workdir error: cannot create {blocker}/run: {blocker} is '
                   'not a directory')
 
@@ -150,11 +152,12 @@ def test_read_only_workdir(tmp_path, monkeypatch):
   parent = tmp_path / 'read_only'
   parent.mkdir(mode=0o500)
   real_access = os.access
-  monkeypatch.setattr(cli.os, 'access', lambda path, mode: False if
-                      os.path.abspath(path) == str(parent) and mode & os.W_OK
-                      else real_access(path, mode))
-  assert cli.workdir_problem(str(parent / 'run')) == (
-      f'cannot create {parent}/run: {parent} is not writable')
+  monkeypatch.setattr(
+      cli.os, 'access', lambda path, mode: False if os.path.abspath(path) ==
+      str(parent) and mode & os.W_OK else real_access(path, mode))
+  assert cli.workdir_problem(
+      str(parent /
+          'run')) == (f'cannot create {parent}/run: {parent} is not writable')
   assert cli.workdir_problem(str(tmp_path / 'fine')) is None
   assert not (parent / 'run').exists()
 

@@ -34,9 +34,9 @@ def test_urls_are_left_alone_and_local_paths_resolved(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   assert fileio.absolute('gs://bucket/run') == 'gs://bucket/run'
   assert fileio.absolute('run') == os.path.join(str(tmp_path), 'run')
-  assert [fileio.is_url(p) for p in ('gs://b/r', 'ram://x', '/a/b', 'a:b',
-                                     'C:/x')] == [True, True, False, False,
-                                                  False]
+  assert [
+      fileio.is_url(p) for p in ('gs://b/r', 'ram://x', '/a/b', 'a:b', 'C:/x')
+  ] == [True, True, False, False, False]
   assert fileio.scheme('gs://b/r') == 'gs' and fileio.scheme('/x') == ''
   # Local paths: the standard library, TensorFlow not needed.
   fileio.makedirs('run/images')
@@ -68,12 +68,17 @@ def test_metric_writer_on_a_url(url):
   resumed.write_scalars(2, {'loss': 0.25})
   resumed.close()
   with fileio.open(f'{url}/metrics.jsonl') as f:
-    assert [json.loads(line) for line in f] == [{'step': 1, 'loss': 0.5},
-                                                 {'step': 2, 'loss': 0.25}]
+    assert [json.loads(line) for line in f] == [{
+        'step': 1,
+        'loss': 0.5
+    }, {
+        'step': 2,
+        'loss': 0.25
+    }]
   png = fileio.open(f'{url}/images/eval_reconstructions_00000001.png', 'rb')
   np.testing.assert_array_equal(np.asarray(Image.open(png)), image)
-  assert not any(name.endswith('.tmp.png')
-                 for name in fileio.listdir(f'{url}/images'))
+  assert not any(
+      name.endswith('.tmp.png') for name in fileio.listdir(f'{url}/images'))
 
 
 def test_checkpoints_and_run_config_on_a_url(url, tmp_path, monkeypatch):
@@ -85,8 +90,8 @@ def test_checkpoints_and_run_config_on_a_url(url, tmp_path, monkeypatch):
   def fake_manager(directory, *args, **kwargs):  # Orbax on a local folder.
     given.append(directory)
     fileio.makedirs(directory)
-    return real_manager(str(tmp_path) + directory.removeprefix('ram:/'),
-                        *args, **kwargs)
+    return real_manager(
+        str(tmp_path) + directory.removeprefix('ram:/'), *args, **kwargs)
 
   monkeypatch.setattr(checkpoint.ocp, 'CheckpointManager', fake_manager)
   with pytest.raises(CheckpointError, match='does not exist'):
@@ -115,12 +120,20 @@ def test_checkpoints_and_run_config_on_a_url(url, tmp_path, monkeypatch):
 def test_token_shards_fid_statistics_and_gifs_on_a_url(url):
   arrays = {'tokens': np.arange(12).reshape(4, 3), 'label': np.arange(4)}
   fileio.makedirs(f'{url}/train')
-  token_shards.write_shard(token_shards.shard_path(url, 'train', 0, 0),
-                           arrays, vocab_size=16)
-  token_shards.write_metadata(url, {
-      'format': token_shards.FORMAT_VERSION, 'input_shape': [8, 8, 3],
-      'splits': {'train': {'complete': True, 'num_files': 1,
-                           'num_examples': 4}}})
+  token_shards.write_shard(token_shards.shard_path(url, 'train', 0, 0), arrays,
+                           vocab_size=16)
+  token_shards.write_metadata(
+      url, {
+          'format': token_shards.FORMAT_VERSION,
+          'input_shape': [8, 8, 3],
+          'splits': {
+              'train': {
+                  'complete': True,
+                  'num_files': 1,
+                  'num_examples': 4
+              }
+          }
+      })
   loaded, metadata = token_shards.load_split(url, 'train')
   assert metadata['input_shape'] == [8, 8, 3]
   for key, value in arrays.items():

@@ -49,8 +49,11 @@ def _imports(path: pathlib.Path):
 
 def test_every_import_runs_down_the_layers():
   root = pathlib.Path(paths.ROOT) / 'vqlab'
-  packages = {p.stem if p.is_file() else p.name for p in root.iterdir()
-              if p.suffix == '.py' or (p / '__init__.py').exists()}
+  packages = {
+      p.stem if p.is_file() else p.name
+      for p in root.iterdir()
+      if p.suffix == '.py' or (p / '__init__.py').exists()
+  }
   assert packages - {'__init__'} == set(LAYER), 'give new packages a layer'
   upward = []
   for path in sorted(root.rglob('*.py')):

@@ -30,7 +30,7 @@ from vqlab import config_schema
 from vqlab import fileio
 from vqlab.errors import ConfigError
 
-CONFIG_FLAG = 'config'    # A config_flags.DEFINE_config_file flag.
+CONFIG_FLAG = 'config'  # A config_flags.DEFINE_config_file flag.
 WORKDIR_FLAG = 'workdir'  # The run's directory; must be writable.
 REQUIRED = {
     CONFIG_FLAG: 'the experiment config file, e.g. '
@@ -125,8 +125,7 @@ def _line_in(error: BaseException, path: str) -> int | None:
   return line
 
 
-def _config_file_problem(error: BaseException,
-                         path: str | None) -> str | None:
+def _config_file_problem(error: BaseException, path: str | None) -> str | None:
   """`file[:line]: problem` when loading the config file or calling its
   get_config() raised `error` (at any depth of its chain), else None."""
   if not path:
@@ -209,9 +208,8 @@ def _check_loaded(config, path: str | None) -> None:
   try:
     getattr(config, 'lock', None)  # Raises config_flags' loading error.
   except OSError as e:
-    raise UsageError(
-        'config error: ' + (_config_file_problem(e, path) or
-                            f'{path}: {_last_line(e)}')) from e
+    raise UsageError('config error: ' + (
+        _config_file_problem(e, path) or f'{path}: {_last_line(e)}')) from e
   what = 'None' if config is None else type(config).__name__
   raise UsageError(f'config error: {path}: get_config() returned {what}, not '
                    'a ConfigDict')

@@ -61,7 +61,8 @@ def check_against(config: ml_collections.ConfigDict,
     value, ref_value = config[key], reference[key]
     if isinstance(ref_value, ml_collections.ConfigDict):
       if not isinstance(value, ml_collections.ConfigDict):
-        raise ConfigError(path, f'expected a ConfigDict, got {_type_name(value)}')
+        raise ConfigError(path,
+                          f'expected a ConfigDict, got {_type_name(value)}')
       check_against(value, ref_value, prefix=f'{path}.')
     elif not _compatible(value, ref_value):
       raise ConfigError(
@@ -88,8 +89,9 @@ def path_error(config: ml_collections.ConfigDict,
   node, parts = config, path.split('.')
   for i, key in enumerate(parts):
     if not isinstance(node, ml_collections.ConfigDict):
-      return ConfigError('.'.join(parts[:i]), f'a value ({_type_name(node)}),'
-                         f' not a section: no key {key!r}')
+      return ConfigError(
+          '.'.join(parts[:i]), f'a value ({_type_name(node)}),'
+          f' not a section: no key {key!r}')
     if key not in node:
       return unknown_key('.'.join(parts[:i + 1]), node.keys())
     node = node[key]

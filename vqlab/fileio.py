@@ -81,8 +81,8 @@ def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     os.replace(src, dst)
 
 
-def write_atomically(path: str | os.PathLike,
-                     write: Callable[[IO[bytes]], object],
+def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]],
+                                                              object],
                      tmp_suffix: str = '.tmp') -> None:
   """Calls write(binary file) so that readers never see a partial `path`.
 

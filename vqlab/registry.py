@@ -56,7 +56,8 @@ class Registry:
   def _entry(self, name: Any, key: str):
     if name not in self._entries:
       raise ConfigError(
-          key, f'unknown {self.kind} {name!r}; known: {", ".join(self.names())}')
+          key,
+          f'unknown {self.kind} {name!r}; known: {", ".join(self.names())}')
     return self._entries[name]
 
   def builder(self, name: str) -> Callable[..., Any]:
@@ -82,13 +83,14 @@ class Registry:
     """Checks keys and types against the default; returns the filled config."""
     prefix = self.key_prefix if prefix is None else prefix
     if 'name' not in config:
-      raise ConfigError(f'{prefix}.name', f'missing: which {self.kind} to build')
+      raise ConfigError(f'{prefix}.name',
+                        f'missing: which {self.kind} to build')
     self._entry(config.name, f'{prefix}.name')
     reference = self.default_config(config.name)
     for key, registry in self.subcomponents.items():
       sub = config.get(key)
-      if (key in reference and isinstance(sub, ml_collections.ConfigDict)
-          and 'name' in sub):
+      if (key in reference and isinstance(sub, ml_collections.ConfigDict) and
+          'name' in sub):
         registry._entry(sub.name, f'{prefix}.{key}.name')  # Unknown: error.
         reference[key] = registry.default_config(sub.name)
     config_schema.check_against(config, reference, prefix=f'{prefix}.')
@@ -115,6 +117,5 @@ class Registry:
     `model`; a tokenizer's `quantizer`, which the tokenizer's `validate`
     checked). Arguments as `build`."""
     prefix = self.key_prefix if prefix is None else prefix
-    return self._entry(config.name, f'{prefix}.name')[1](
-        config, prefix=prefix, **kwargs)
-
+    return self._entry(config.name, f'{prefix}.name')[1](config, prefix=prefix,
+                                                         **kwargs)

@@ -44,7 +44,7 @@ def get_config():
   config.tokens.batches_per_shard = 100
 
   config.model = model_config()
-  config.loss.label_drop = 0.0            # Taming trains no null class.
+  config.loss.label_drop = 0.0  # Taming trains no null class.
 
   config.train.batch_size = 64
   config.optimizer.learning_rate = 4.5e-6 * 64

@@ -23,7 +23,7 @@ def get_config():
   config = tiny_cpu.get_config()
   config.model.condition = 'tokens'
   config.model.cond_vocab_size = config.model.vocab_size  # One tokenizer.
-  config.model.cond_length = config.model.length          # 8x8 tokens.
+  config.model.cond_length = config.model.length  # 8x8 tokens.
   config.condition.image = 'downsampled'
   config.condition.factor = 4
   return config

@@ -20,9 +20,9 @@ def model_config():
   """The paper-sized tokenizer (shared with the image-only config)."""
   model = tokenizers.default_config('magvit2')
   model.channels = 128
-  model.channel_multipliers = (1, 2, 2, 4)   # Spatial factor 8.
+  model.channel_multipliers = (1, 2, 2, 4)  # Spatial factor 8.
   model.num_res_blocks = 4
-  model.num_temporal_downsamples = 2         # Temporal factor 4: 17 -> 5.
+  model.num_temporal_downsamples = 2  # Temporal factor 4: 17 -> 5.
   model.num_groups = 32
   model.quantizer = quantizers.default_config('lfq')
   q = model.quantizer

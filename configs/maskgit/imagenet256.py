@@ -52,7 +52,7 @@ def get_config():
   config.optimizer.warmup_steps = 5000
   config.optimizer.schedule = 'cosine'
   config.train.batch_size = 256
-  config.train.num_steps = 1_500_000      # ~300 epochs of 1.28M images.
+  config.train.num_steps = 1_500_000  # ~300 epochs of 1.28M images.
   config.train.log_every = 100
   config.train.eval_every = 20_000
   config.train.checkpoint_every = 5_000

@@ -52,8 +52,7 @@ def stage2(model, stage1_workdir: str):
   return config
 
 
-def paper_config(name: str, model_size: str, num_tokens: int,
-                 stage: str):
+def paper_config(name: str, model_size: str, num_tokens: int, stage: str):
   """TiTok-<size>-<K> at 256x256 on ImageNet (tfds imagenet2012), stage '1'
   (proxy codes of workdirs/vqgan_maskgit_f16) or '2' (from
   workdirs/titok_<name>_stage1). Paper: AdamW (0.9, 0.99), lr 1e-4, weight

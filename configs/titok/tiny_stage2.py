@@ -15,7 +15,7 @@ def get_config():
   config.data = data.default_config('photos')
   config.data.image_size = 32
   config.data.train_image_size = 0
-  config.loss.perceptual_weight = 0.0     # No VGG16 file needed on CPU.
+  config.loss.perceptual_weight = 0.0  # No VGG16 file needed on CPU.
   config.loss.r1_weight = 0.0
   config.loss.disc_start = 500
   config.discriminator.base_features = 16

@@ -55,7 +55,7 @@ def get_config():
   config.eval.batch_size = 256
   config.sample.diffusion_steps = 25
   config.sample.truncation = 0.86
-  config.sample.guidance_scale = 2.0    # s = 1 + w = 3.
+  config.sample.guidance_scale = 2.0  # s = 1 + w = 3.
   config.sample.batch_size = 256
   config.sample.num_samples = 50_000
   return config

@@ -33,7 +33,7 @@ def get_config():
   config.model.num_layers = 4
   config.model.num_heads = 4
   config.model.mlp_dim = 512
-  config.loss.aux_weight = 1e-3          # Paper: 1e-3 for class conditions.
+  config.loss.aux_weight = 1e-3  # Paper: 1e-3 for class conditions.
   config.loss.label_drop = 0.1
 
   config.optimizer.learning_rate = 1e-3

@@ -28,6 +28,6 @@ def get_config():
   config.model.condition = 'text'
   config.model.text_encoder = 'frozen'
   config.model.cond_dim = 384
-  config.loss.aux_weight = 5e-4          # Paper: 5e-4 for text.
+  config.loss.aux_weight = 5e-4  # Paper: 5e-4 for text.
   config.text.max_length = 16
   return config

@@ -30,7 +30,7 @@ def get_config():
   config.model.quantizer.codebook_size = 1024
   config.model.quantizer.embedding_dim = 256
 
-  config.loss.perceptual_weight = 1.0     # Taming: LPIPS weight 1.0.
+  config.loss.perceptual_weight = 1.0  # Taming: LPIPS weight 1.0.
   config.loss.disc_start = 250_001 // 10  # Taming starts D late; scaled.
   config.loss.adaptive_delta = 1e-6
   config.discriminator.base_features = 64

@@ -19,7 +19,8 @@ def test_conv_dot_and_backward_flops():
   # Gradient w.r.t. input and kernel: forward + two convolutions.
   both = jax.grad(lambda v, x: conv.apply(v, x).sum(), argnums=(0, 1))
   assert count_flops(both, variables, x) == 3 * forward
-  assert count_flops(jnp.dot, jnp.zeros((4, 6)), jnp.zeros((6, 7))) == 2 * 4 * 6 * 7
+  assert count_flops(jnp.dot, jnp.zeros((4, 6)), jnp.zeros(
+      (6, 7))) == 2 * 4 * 6 * 7
   batched = lambda a, b: jnp.einsum('bij,bjk->bik', a, b)
   assert count_flops(batched, jnp.zeros((3, 4, 6)), jnp.zeros((3, 6, 7))) == \
       2 * 3 * 4 * 6 * 7
@@ -27,7 +28,9 @@ def test_conv_dot_and_backward_flops():
 
 def test_scan_bodies_count_per_iteration():
   w = jnp.zeros((6, 6))
+
   def body(h, _):
     return h @ w, None
+
   fn = lambda h: jax.lax.scan(body, h, None, length=5)[0]
   assert count_flops(fn, jnp.zeros((4, 6))) == 5 * 2 * 4 * 6 * 6

@@ -47,27 +47,46 @@ TINY_MODEL = {
     'loss.adaptive_weight': False,  # One gradient fewer to compile.
     'eval.max_batches': 1,
 }
-TINY_TOKENIZER = {**TINY_MODEL, 'data.image_size': 16,
-                  'data.train_image_size': 0, 'eval.num_images': 4}
+TINY_TOKENIZER = {
+    **TINY_MODEL, 'data.image_size': 16,
+    'data.train_image_size': 0,
+    'eval.num_images': 4
+}
 
 TINY = {
     'tokenize_and_reconstruct.ipynb': {
-        'train_steps': 2, 'batch_size': 8, 'config_overrides': TINY_TOKENIZER,
-        'builtin_photos': ('chelsea', 'coffee'), 'image_size': 16,
+        'train_steps': 2,
+        'batch_size': 8,
+        'config_overrides': TINY_TOKENIZER,
+        'builtin_photos': ('chelsea', 'coffee'),
+        'image_size': 16,
     },
     'sample_generator.ipynb': {
-        'tokenizer_steps': 2, 'tokenizer_batch_size': 8,
+        'tokenizer_steps': 2,
+        'tokenizer_batch_size': 8,
         'tokenizer_overrides': TINY_TOKENIZER,
-        'image_size': 16, 'num_train_examples': 16, 'generator_steps': 2,
+        'image_size': 16,
+        'num_train_examples': 16,
+        'generator_steps': 2,
         'batch_size': 8,
-        'generator_overrides': {'model.width': 32, 'model.num_layers': 1,
-                                'model.num_heads': 2, 'model.mlp_dim': 64,
-                                'eval.max_batches': 1, 'eval.num_images': 4},
-        'num_samples': 4, 'num_decoding_steps': 2,
+        'generator_overrides': {
+            'model.width': 32,
+            'model.num_layers': 1,
+            'model.num_heads': 2,
+            'model.mlp_dim': 64,
+            'eval.max_batches': 1,
+            'eval.num_images': 4
+        },
+        'num_samples': 4,
+        'num_decoding_steps': 2,
     },
     'train_on_your_images.ipynb': {
-        'image_size': 16, 'train_steps': 4, 'batch_size': 8, 'log_every': 1,
-        'plot_every': 2, 'config_overrides': TINY_MODEL,
+        'image_size': 16,
+        'train_steps': 4,
+        'batch_size': 8,
+        'log_every': 1,
+        'plot_every': 2,
+        'config_overrides': TINY_MODEL,
     },
 }
 
@@ -78,8 +97,10 @@ def _read(name):
 
 def _with_parameters(notebook, values):
   """Inserts `name = value` lines after the cell tagged `parameters`."""
-  index, = [i for i, cell in enumerate(notebook.cells)
-            if 'parameters' in cell.metadata.get('tags', [])]
+  index, = [
+      i for i, cell in enumerate(notebook.cells)
+      if 'parameters' in cell.metadata.get('tags', [])
+  ]
   source = notebook.cells[index].source
   for name in values:  # A misspelt knob would be silently ignored.
     assert f'\n{name} = ' in '\n' + source, f'no parameter {name!r}'
@@ -99,8 +120,8 @@ async def _convert(out_dir):
   through `python -m vqlab.convert`, as a user would convert one."""
   process = await asyncio.create_subprocess_exec(
       sys.executable, '-m', 'vqlab.convert', 'maskgit_vqgan',
-      os.path.join(ROOT, 'tests', 'goldens', 'maskgit_tiny.msgpack'),
-      out_dir, '--num_groups=4', '--image_size=16', cwd=ROOT,
+      os.path.join(ROOT, 'tests', 'goldens', 'maskgit_tiny.msgpack'), out_dir,
+      '--num_groups=4', '--image_size=16', cwd=ROOT,
       stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
   output, _ = await process.communicate()
   assert process.returncode == 0, output.decode()
@@ -112,27 +133,40 @@ def executed(tmp_path_factory):
   home = tmp_path_factory.mktemp('notebooks')
   spec_dir = home / 'jupyter' / 'kernels' / KERNEL
   spec_dir.mkdir(parents=True)
-  (spec_dir / 'kernel.json').write_text(json.dumps({
-      'argv': [sys.executable, '-m', 'ipykernel_launcher', '-f',
-               '{connection_file}'],
-      'display_name': 'vqlab test', 'language': 'python'}))
+  (spec_dir / 'kernel.json').write_text(
+      json.dumps({
+          'argv': [
+              sys.executable, '-m', 'ipykernel_launcher', '-f',
+              '{connection_file}'
+          ],
+          'display_name': 'vqlab test',
+          'language': 'python'
+      }))
   cwd = home / 'work'
   cwd.mkdir()
   env = {
-      'JUPYTER_PATH': str(home / 'jupyter'),
-      'PYTHONPATH': os.pathsep.join(
-          [ROOT] + [p for p in [os.environ.get('PYTHONPATH')] if p]),
-      'JAX_PLATFORMS': 'cpu',
+      'JUPYTER_PATH':
+          str(home / 'jupyter'),
+      'PYTHONPATH':
+          os.pathsep.join([ROOT] +
+                          [p for p in [os.environ.get('PYTHONPATH')] if p]),
+      'JAX_PLATFORMS':
+          'cpu',
       # One device, as on a Colab CPU runtime (not conftest's 8), and cheap
       # compiles. The notebooks share a compilation cache, as a user's
       # reruns in one runtime share jax's in-memory one.
       'XLA_FLAGS': ('--xla_backend_optimization_level=0'
                     ' --xla_llvm_disable_expensive_passes=true'),
-      'JAX_COMPILATION_CACHE_DIR': str(home / 'jax_cache'),
-      'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-      'JAX_THREEFRY_PARTITIONABLE': 'false',
-      'TF_CPP_MIN_LOG_LEVEL': '3',
-      'MPLBACKEND': 'module://matplotlib_inline.backend_inline',
+      'JAX_COMPILATION_CACHE_DIR':
+          str(home / 'jax_cache'),
+      'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS':
+          '0',
+      'JAX_THREEFRY_PARTITIONABLE':
+          'false',
+      'TF_CPP_MIN_LOG_LEVEL':
+          '3',
+      'MPLBACKEND':
+          'module://matplotlib_inline.backend_inline',
   }
   saved = {k: os.environ.get(k) for k in env}
   os.environ.update(env)
@@ -141,9 +175,12 @@ def executed(tmp_path_factory):
 
   async def run(run_name, name, values):
     notebook = _with_parameters(_read(name), values)
-    await NotebookClient(
-        notebook, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL,
-        resources={'metadata': {'path': str(cwd)}}).async_execute()
+    await NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL,
+                         resources={
+                             'metadata': {
+                                 'path': str(cwd)
+                             }
+                         }).async_execute()
     results[run_name] = notebook, cwd
 
   async def trained_tokenizer_then_generator():
@@ -153,9 +190,13 @@ def executed(tmp_path_factory):
   async def your_images_then_converted():
     await run(NOTEBOOKS[2], NOTEBOOKS[2], TINY[NOTEBOOKS[2]])
     await _convert(converted_dir)
-    await run(CONVERTED, NOTEBOOKS[0], {
-        'converted_dir': converted_dir, 'image_size': 16,
-        'builtin_photos': ('chelsea',), 'output_png': 'converted.png'})
+    await run(
+        CONVERTED, NOTEBOOKS[0], {
+            'converted_dir': converted_dir,
+            'image_size': 16,
+            'builtin_photos': ('chelsea',),
+            'output_png': 'converted.png'
+        })
 
   async def run_all():
     # XLA compiles on one core: two kernels at once use both.
@@ -174,13 +215,16 @@ def executed(tmp_path_factory):
 
 
 def _pngs(cell):
-  return [o for o in cell.get('outputs', []) if 'image/png' in o.get('data', {})]
+  return [
+      o for o in cell.get('outputs', []) if 'image/png' in o.get('data', {})
+  ]
 
 
 def _cell(notebook, text):
   """The code cell whose source contains `text`."""
-  cell, = [c for c in notebook.cells
-           if c.cell_type == 'code' and text in c.source]
+  cell, = [
+      c for c in notebook.cells if c.cell_type == 'code' and text in c.source
+  ]
   return cell
 
 
@@ -216,8 +260,9 @@ def test_reconstruction_grid_is_shown_and_saved(executed):
 
 def test_a_converted_checkpoint_reconstructs(executed):
   notebook, cwd = executed[CONVERTED]
-  printed = ''.join(o.get('text', '') for o in
-                    _cell(notebook, 'trained_tokenizer.load(').outputs)
+  printed = ''.join(
+      o.get('text', '')
+      for o in _cell(notebook, 'trained_tokenizer.load(').outputs)
   # It loaded the conversion (step 0) and trained nothing.
   assert f'from {cwd.parent / "converted"} (step 0)' in printed, printed
   assert 'PSNR' not in printed

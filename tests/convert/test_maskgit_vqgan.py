@@ -30,8 +30,8 @@ def golden():
 
 @pytest.fixture(scope='module')
 def converted(golden):
-  return maskgit_vqgan.convert_file(
-      TINY, num_groups=int(golden['num_groups']), image_size=16)
+  return maskgit_vqgan.convert_file(TINY, num_groups=int(golden['num_groups']),
+                                    image_size=16)
 
 
 def _tokens_and_images(converted, golden):
@@ -42,8 +42,10 @@ def _tokens_and_images(converted, golden):
   def run(variables, images, tokens):
     return (model.apply(variables, images, method=model.encode)[0],
             model.apply(variables, tokens, method=model.decode_indices))
-  tokens, images = jax.jit(run, compiler_options=FAST_COMPILE)(
-      {'params': converted.params}, golden['images'], golden['tokens'])
+
+  tokens, images = jax.jit(run, compiler_options=FAST_COMPILE)({
+      'params': converted.params
+  }, golden['images'], golden['tokens'])
   return np.asarray(tokens), np.asarray(images)
 
 
@@ -56,8 +58,8 @@ def test_full_size_key_list_converts():
   config = out.model_config
   assert tuple(config.channel_multipliers) == (1, 1, 2, 2, 4)
   assert (config.channels, config.num_res_blocks) == (128, 2)
-  assert (config.quantizer.codebook_size, config.quantizer.embedding_dim) == (
-      1024, 256)
+  assert (config.quantizer.codebook_size,
+          config.quantizer.embedding_dim) == (1024, 256)
   assert config.shortcut_quirk and config.unit_pixels
   assert out.image_size == 256
 

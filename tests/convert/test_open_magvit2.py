@@ -90,7 +90,8 @@ def test_converted_config_is_a_valid_run_config(golden):
 def test_missing_ema_tensor_is_named(tiny_state):
   state = dict(tiny_state)
   del state['model_ema.decoderadaptive0gammaweight']
-  with pytest.raises(WeightsError, match='model_ema.decoderadaptive0gammaweight'):
+  with pytest.raises(WeightsError,
+                     match='model_ema.decoderadaptive0gammaweight'):
     open_magvit2.convert_state_dict(state)
 
 

@@ -20,12 +20,17 @@ from vqlab.train import trained_tokenizer
 def test_state_dict_converts_torch_layouts_and_tracks_use():
   rng = np.random.default_rng(0)
   conv = rng.standard_normal((5, 3, 2, 4)).astype(np.float32)  # [O, I, kh, kw]
-  linear = rng.standard_normal((6, 7)).astype(np.float32)      # [O, I]
-  state = published.StateDict({
-      'c.weight': conv, 'c.bias': np.arange(5.0),
-      'l.weight': linear, 'l.bias': np.zeros(6),
-      'n.weight': np.ones(3), 'n.bias': np.zeros(3),
-      'extra.step': np.array(3)}, 'test.pth')
+  linear = rng.standard_normal((6, 7)).astype(np.float32)  # [O, I]
+  state = published.StateDict(
+      {
+          'c.weight': conv,
+          'c.bias': np.arange(5.0),
+          'l.weight': linear,
+          'l.bias': np.zeros(6),
+          'n.weight': np.ones(3),
+          'n.bias': np.zeros(3),
+          'extra.step': np.array(3)
+      }, 'test.pth')
   out = state.conv('c')
   x = rng.standard_normal((1, 4, 6, 3)).astype(np.float32)
   flax_out = jax.lax.conv_general_dilated(
@@ -48,13 +53,27 @@ def test_state_dict_converts_torch_layouts_and_tracks_use():
 
 
 def test_check_params_match_names_every_problem():
-  expected = {'a': {'kernel': jax.ShapeDtypeStruct((3, 4), jnp.float32)},
-              'b': jax.ShapeDtypeStruct((2,), jnp.float32)}
+  expected = {
+      'a': {
+          'kernel': jax.ShapeDtypeStruct((3, 4), jnp.float32)
+      },
+      'b': jax.ShapeDtypeStruct((2,), jnp.float32)
+  }
   published.check_params_match(
-      {'a': {'kernel': np.zeros((3, 4))}, 'b': np.zeros(2)}, expected, 'f')
+      {
+          'a': {
+              'kernel': np.zeros((3, 4))
+          },
+          'b': np.zeros(2)
+      }, expected, 'f')
   with pytest.raises(WeightsError) as info:
     published.check_params_match(
-        {'a': {'kernel': np.zeros((4, 3))}, 'c': np.zeros(2)}, expected, 'f')
+        {
+            'a': {
+                'kernel': np.zeros((4, 3))
+            },
+            'c': np.zeros(2)
+        }, expected, 'f')
   message = str(info.value)
   assert 'not filled: b' in message and 'lacks: c' in message
   assert 'a/kernel (4, 3) != (3, 4)' in message
@@ -74,8 +93,8 @@ def _run(*args):
 def test_cli_writes_a_run_that_main_evaluates_and_generators_load(tmp_path):
   out = str(tmp_path / 'maskgit')
   printed = _run('-m', 'vqlab.convert', 'maskgit_vqgan',
-                 str(_GOLDENS / 'maskgit_tiny.msgpack'), out,
-                 '--num_groups=4', '--image_size=16')
+                 str(_GOLDENS / 'maskgit_tiny.msgpack'), out, '--num_groups=4',
+                 '--image_size=16')
   assert f'--config={out}/config.py --workdir={out} --mode=eval' in printed
 
   # What a generator run loads: the converted weights give the reference
@@ -91,10 +110,10 @@ def test_cli_writes_a_run_that_main_evaluates_and_generators_load(tmp_path):
   assert 'vqlab: step=0, psnr=' in printed
   assert os.path.exists(os.path.join(out, 'eval_0.json'))
 
-  result = subprocess.run(
-      [sys.executable, '-m', 'vqlab.convert', 'maskgit_vqgan',
-       str(_GOLDENS / 'maskgit_tiny.msgpack'), out], cwd=_ROOT, text=True,
-      capture_output=True, check=False)
+  result = subprocess.run([
+      sys.executable, '-m', 'vqlab.convert', 'maskgit_vqgan',
+      str(_GOLDENS / 'maskgit_tiny.msgpack'), out
+  ], cwd=_ROOT, text=True, capture_output=True, check=False)
   assert result.returncode == 1
   assert 'already holds checkpoints' in result.stderr
 

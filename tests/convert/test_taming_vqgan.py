@@ -82,14 +82,17 @@ def test_converted_config_is_a_valid_run_config(converted):
 def test_missing_tensor_is_named(tiny_state):
   state = dict(tiny_state)
   del state['decoder.up.0.block.1.conv1.bias']
-  with pytest.raises(WeightsError, match=r'decoder\.up\.0\.block\.1\.conv1\.bias'):
+  with pytest.raises(WeightsError,
+                     match=r'decoder\.up\.0\.block\.1\.conv1\.bias'):
     taming_vqgan.convert_state_dict(state)
 
 
 def test_unknown_tensor_is_named(tiny_state):
-  state = dict(tiny_state, **{
-      'encoder.down.0.block.0.temb_proj.weight': np.zeros((64, 512))})
-  with pytest.raises(WeightsError, match=r'encoder\.down\.0\.block\.0\.temb_proj'):
+  state = dict(
+      tiny_state,
+      **{'encoder.down.0.block.0.temb_proj.weight': np.zeros((64, 512))})
+  with pytest.raises(WeightsError,
+                     match=r'encoder\.down\.0\.block\.0\.temb_proj'):
     taming_vqgan.convert_state_dict(state)
 
 

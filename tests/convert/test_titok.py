@@ -45,7 +45,9 @@ def test_released_variants_are_read_from_shapes(released_keys):
                              ('titok_s128', 'S', 128)):
     shapes = released_keys[name]
     sd = published.StateDict(
-        {k: np.broadcast_to(np.float32(0), s) for k, s in shapes.items()}, name)
+        {
+            k: np.broadcast_to(np.float32(0), s) for k, s in shapes.items()
+        }, name)
     config = titok.model_config(sd)
     assert (config.model_size, config.num_latent_tokens) == (size, tokens)
     assert (config.image_size, config.patch_size) == (256, 16)
@@ -61,8 +63,7 @@ def test_full_size_s128_converts(released_keys):
   # Every tensor consumed and every param filled, or this raises.
   out = titok.convert_state_dict(tensors, 'TiTok-S-128')
   assert out.model_config.proxy_head_hidden == 1024
-  assert out.params['pixel_vqgan']['quantizer']['codebook'].shape == (1024,
-                                                                      256)
+  assert out.params['pixel_vqgan']['quantizer']['codebook'].shape == (1024, 256)
 
 
 def _tokens_and_images(converted, golden):
@@ -71,8 +72,10 @@ def _tokens_and_images(converted, golden):
   def run(variables, images, tokens):
     return (model.apply(variables, images, method=model.encode)[0],
             model.apply(variables, tokens, method=model.decode_indices))
-  tokens, images = jax.jit(run, compiler_options=FAST_COMPILE)(
-      {'params': converted.params}, golden['images'], golden['tokens'])
+
+  tokens, images = jax.jit(run, compiler_options=FAST_COMPILE)({
+      'params': converted.params
+  }, golden['images'], golden['tokens'])
   return np.asarray(tokens), np.asarray(images)
 
 
@@ -114,7 +117,8 @@ def test_missing_wrong_and_unknown_tensors_are_named(golden):
   extra = dict(tensors, **{'encoder.extra.weight': np.zeros(2, np.float32)})
   with pytest.raises(WeightsError, match=r'encoder\.extra\.weight'):
     titok.convert_state_dict(extra, 'tiny', **kwargs)
-  modern = dict(tensors, **{'decoder.conv_out.weight': np.zeros(
-      (3, 3, 3, 3), np.float32)})
+  modern = dict(
+      tensors,
+      **{'decoder.conv_out.weight': np.zeros((3, 3, 3, 3), np.float32)})
   with pytest.raises(WeightsError, match='is_legacy'):
     titok.convert_state_dict(modern, 'tiny', **kwargs)

@@ -33,12 +33,17 @@ def assert_batches_equal(a, b):
 
 def concat_hosts(batches_per_host):
   """[host][step] batches -> [step] global batches (hosts' rows in order)."""
-  return [{k: np.concatenate([h[s][k] for h in batches_per_host]) for k in batches_per_host[0][s]}
+  return [{
+      k: np.concatenate([h[s][k]
+                         for h in batches_per_host])
+      for k in batches_per_host[0][s]
+  }
           for s in range(len(batches_per_host[0]))]
 
 
 def check_batch(batch, b, shape, *, label, eval_):
-  assert batch['image'].shape == (b,) + shape and batch['image'].dtype == np.float32
+  assert batch['image'].shape == (
+      b,) + shape and batch['image'].dtype == np.float32
   assert batch['image'].min() >= -1 and batch['image'].max() <= 1
   assert ('label' in batch) == label
   if label:
@@ -51,13 +56,19 @@ def check_batch(batch, b, shape, *, label, eval_):
 def check_train_contract(config, global_batch=8, steps=4):
   """Determinism, resume (batches(k) == items k.. of batches(0)), and P=2 == P=1 globally."""
   one = data.build(config, split='train', global_batch_size=global_batch)
-  assert isinstance(one, data.DataSource) and one.per_host_batch_size == global_batch
+  assert isinstance(one,
+                    data.DataSource) and one.per_host_batch_size == global_batch
   first = take(one, steps)
-  assert_batches_equal(first, take(data.build(config, split='train',
-                                              global_batch_size=global_batch), steps))
+  assert_batches_equal(
+      first,
+      take(data.build(config, split='train', global_batch_size=global_batch),
+           steps))
   assert_batches_equal(first[2:], take(one, steps - 2, start_step=2))
-  hosts = [take(data.build(config, split='train', global_batch_size=global_batch,
-                           process_index=p, process_count=2), steps) for p in range(2)]
+  hosts = [
+      take(
+          data.build(config, split='train', global_batch_size=global_batch,
+                     process_index=p, process_count=2), steps) for p in range(2)
+  ]
   assert_batches_equal(first, concat_hosts(hosts))
   key = 'image' if 'image' in first[0] else 'video'
   assert not np.array_equal(first[0][key], first[1][key])
@@ -70,8 +81,12 @@ def check_eval_contract(config, global_batch, process_count=2):
   full = list(one.batches())
   assert sum(int(b['mask'].sum()) for b in full) == one.num_examples
   assert len(full) == -(-one.num_examples // global_batch)
-  hosts = [list(data.build(config, split='eval', global_batch_size=global_batch, process_index=p,
-                           process_count=process_count).batches()) for p in range(process_count)]
+  hosts = [
+      list(
+          data.build(config, split='eval', global_batch_size=global_batch,
+                     process_index=p, process_count=process_count).batches())
+      for p in range(process_count)
+  ]
   assert len({len(h) for h in hosts}) == 1
   return one, full, hosts
 
@@ -82,25 +97,34 @@ def check_eval_contract(config, global_batch, process_count=2):
 
 
 def test_registry_defaults():
-  assert data.names() == ['captioned_shapes', 'fashion_mnist', 'image_folder', 'joint',
-                          'moving_shapes', 'photos', 'shapes', 'tfds', 'tfds_video']
-  for name in ('photos', 'fashion_mnist', 'shapes'):  # The tf.data ones are tested below.
+  assert data.names() == [
+      'captioned_shapes', 'fashion_mnist', 'image_folder', 'joint',
+      'moving_shapes', 'photos', 'shapes', 'tfds', 'tfds_video'
+  ]
+  for name in ('photos', 'fashion_mnist',
+               'shapes'):  # The tf.data ones are tested below.
     config = data.default_config(name)
-    assert config.name == name and config.image_size > 0 and isinstance(config.seed, int)
+    assert config.name == name and config.image_size > 0 and isinstance(
+        config.seed, int)
 
 
 def test_errors():
-  with pytest.raises(ConfigError, match=r"^data\.name: unknown dataset 'nope'; known: "
-                                        r'captioned_shapes, fashion_mnist, image_folder, '):
+  with pytest.raises(
+      ConfigError, match=r"^data\.name: unknown dataset 'nope'; known: "
+      r'captioned_shapes, fashion_mnist, image_folder, '):
     data.build(_with(data.default_config('shapes'), name='nope'), split='train',
                global_batch_size=8)
   config = data.default_config('shapes')
-  with pytest.raises(ValueError, match='global_batch_size=9 is not divisible by process_count=2'):
-    data.build(config, split='train', global_batch_size=9, process_index=0, process_count=2)
+  with pytest.raises(
+      ValueError,
+      match='global_batch_size=9 is not divisible by process_count=2'):
+    data.build(config, split='train', global_batch_size=9, process_index=0,
+               process_count=2)
   with pytest.raises(ValueError, match='split'):
     data.build(config, split='validation', global_batch_size=8)
   with pytest.raises(ValueError, match='process_index'):
-    data.build(config, split='train', global_batch_size=8, process_index=2, process_count=2)
+    data.build(config, split='train', global_batch_size=8, process_index=2,
+               process_count=2)
   with pytest.raises(ValueError, match='data.image_size'):
     data.build(_with(config, image_size=0), split='train', global_batch_size=8)
   del config['size_range']
@@ -120,6 +144,7 @@ def _with(config, **overrides):
 
 
 def test_photos_bundled_and_offline(monkeypatch):
+
   def no_network(*args, **kwargs):
     raise AssertionError('photos must not touch the network')
 
@@ -137,7 +162,8 @@ def test_photos_train_contract():
   source, batches = check_train_contract(config)
   assert source.num_examples is None and source.image_shape == (32, 32, 3)
   check_batch(batches[0], 8, (32, 32, 3), label=False, eval_=False)
-  other_seed = take(data.build(_with(config, seed=1), split='train', global_batch_size=8), 1)
+  other_seed = take(
+      data.build(_with(config, seed=1), split='train', global_batch_size=8), 1)
   assert not np.array_equal(other_seed[0]['image'], batches[0]['image'])
 
 
@@ -146,7 +172,8 @@ def test_photos_eval_is_held_out(monkeypatch):
   assert not set(config.train_photos) & set(config.eval_photos)
   loaded = []
   load = photo_files.load_photo
-  monkeypatch.setattr(photo_files, 'load_photo', lambda n: loaded.append(n) or load(n))
+  monkeypatch.setattr(photo_files, 'load_photo',
+                      lambda n: loaded.append(n) or load(n))
   next(data.build(config, split='train', global_batch_size=8).batches())
   assert loaded and not set(loaded) & set(config.eval_photos)
   assert set(loaded) <= set(config.train_photos)
@@ -157,15 +184,20 @@ def test_photos_eval_is_held_out(monkeypatch):
   assert set(names) == set(config.eval_photos)
   check_batch(full[0], 16, (32, 32, 3), label=False, eval_=True)
   images = np.concatenate([b['image'][b['mask']] for b in full])
-  tiles = np.concatenate([photos.eval_tiles(load(n), config.eval_tiles_per_side, 32)
-                          for n in config.eval_photos])
-  np.testing.assert_array_equal(images, tiles.astype(np.float32) * (2 / 255) - 1)
+  tiles = np.concatenate([
+      photos.eval_tiles(load(n), config.eval_tiles_per_side, 32)
+      for n in config.eval_photos
+  ])
+  np.testing.assert_array_equal(images,
+                                tiles.astype(np.float32) * (2 / 255) - 1)
   assert_batches_equal(full, concat_hosts(hosts))
 
   with pytest.raises(ValueError, match='data.eval_photos'):
-    data.build(_with(config, eval_photos=('astronaut',)), split='eval', global_batch_size=8)
+    data.build(_with(config, eval_photos=('astronaut',)), split='eval',
+               global_batch_size=8)
   with pytest.raises(ValueError, match='data.train_photos: unknown photos'):
-    data.build(_with(config, train_photos=('eagle',)), split='train', global_batch_size=8)
+    data.build(_with(config, train_photos=('eagle',)), split='train',
+               global_batch_size=8)
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,9 +207,11 @@ def test_photos_eval_is_held_out(monkeypatch):
 
 def test_idx_hand_built():
   raw = bytes([0, 0, 0x08, 3]) + struct.pack('>3I', 2, 2, 3) + bytes(range(12))
-  np.testing.assert_array_equal(idx.parse(raw), np.arange(12, dtype=np.uint8).reshape(2, 2, 3))
+  np.testing.assert_array_equal(idx.parse(raw),
+                                np.arange(12, dtype=np.uint8).reshape(2, 2, 3))
   np.testing.assert_array_equal(idx.parse(gzip.compress(raw)), idx.parse(raw))
-  ints = bytes([0, 0, 0x0C, 1]) + struct.pack('>1I', 2) + struct.pack('>2i', -5, 70000)
+  ints = bytes([0, 0, 0x0C, 1]) + struct.pack('>1I', 2) + struct.pack(
+      '>2i', -5, 70000)
   assert idx.parse(ints).tolist() == [-5, 70000]
   floats = np.array([[1.5, -2.0]], np.float32)
   np.testing.assert_array_equal(idx.parse(idx.encode(floats)), floats)
@@ -191,29 +225,36 @@ def test_idx_hand_built():
 
 def _fashion_dir(tmp_path, n_train=40, n_test=13):
   rng = np.random.default_rng(0)
-  for prefix, n, compress in (('train', n_train, True), ('t10k', n_test, False)):
+  for prefix, n, compress in (('train', n_train, True), ('t10k', n_test,
+                                                         False)):
     images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
     labels = (np.arange(n) % 10).astype(np.uint8)
     for kind, array in (('images-idx3', images), ('labels-idx1', labels)):
       name = f'{prefix}-{kind}-ubyte'
       blob = idx.encode(array)
-      (tmp_path / (name + '.gz' if compress else name)).write_bytes(
-          gzip.compress(blob) if compress else blob)
+      (tmp_path / (name + '.gz' if compress else name)
+      ).write_bytes(gzip.compress(blob) if compress else blob)
   return str(tmp_path)
 
 
 def test_fashion_mnist(tmp_path):
-  config = _with(data.default_config('fashion_mnist'), data_dir=_fashion_dir(tmp_path))
-  source, batches = check_train_contract(config, steps=7)  # 7 * 8 > 40: crosses an epoch.
+  config = _with(data.default_config('fashion_mnist'),
+                 data_dir=_fashion_dir(tmp_path))
+  source, batches = check_train_contract(
+      config, steps=7)  # 7 * 8 > 40: crosses an epoch.
   assert source.num_examples == 40 and source.num_classes == 10
   check_batch(batches[0], 8, (32, 32, 1), label=True, eval_=False)
   images, labels = fashion_mnist.load(config.data_dir, 'train')
   epoch = np.concatenate([b['image'] for b in batches[:5]])[..., 0]
   np.testing.assert_array_equal(epoch[:, :2], -1.0)  # The 'pad' border.
   got = np.rint((epoch[:, 2:30, 2:30] + 1) * 127.5).astype(np.uint8)
-  order = [next(i for i in range(40) if np.array_equal(images[i], g)) for g in got]
-  assert sorted(order) == list(range(40))  # One epoch visits every example once.
-  np.testing.assert_array_equal(np.concatenate([b['label'] for b in batches[:5]]), labels[order])
+  order = [
+      next(i for i in range(40) if np.array_equal(images[i], g)) for g in got
+  ]
+  assert sorted(order) == list(
+      range(40))  # One epoch visits every example once.
+  np.testing.assert_array_equal(
+      np.concatenate([b['label'] for b in batches[:5]]), labels[order])
 
   evals = _with(config, eval_examples=11, resize='resize', image_size=16)
   source, full, hosts = check_eval_contract(evals, global_batch=4)
@@ -224,7 +265,8 @@ def test_fashion_mnist(tmp_path):
 
   with pytest.raises(ValueError, match="data.resize='pad' needs"):
     data.build(_with(config, image_size=16), split='train', global_batch_size=8)
-  with pytest.raises(FileNotFoundError, match='apt-get install dataset-fashion-mnist'):
+  with pytest.raises(FileNotFoundError,
+                     match='apt-get install dataset-fashion-mnist'):
     data.build(_with(config, data_dir=str(tmp_path / 'missing')), split='train',
                global_batch_size=8)
 
@@ -235,20 +277,26 @@ def test_fashion_mnist(tmp_path):
 
 
 def test_shapes():
-  config = _with(data.default_config('shapes'), image_size=16, num_train_examples=20,
-                 num_eval_examples=10)
+  config = _with(data.default_config('shapes'), image_size=16,
+                 num_train_examples=20, num_eval_examples=10)
   source, batches = check_train_contract(config, steps=4)
   assert source.num_classes == len(shapes.SHAPES)
   check_batch(batches[0], 8, (16, 16, 3), label=True, eval_=False)
   renderer = shapes._renderer(config)
   source, full, hosts = check_eval_contract(config, global_batch=4)
   assert_batches_equal(full, concat_hosts(hosts))
-  got = {k: np.concatenate([b[k][b['mask']] for b in full]) for k in ('image', 'label')}
-  want = renderer.batch(np.arange(20, 30))  # Eval = the indices after the train range.
+  got = {
+      k: np.concatenate([b[k][b['mask']] for b in full])
+      for k in ('image', 'label')
+  }
+  want = renderer.batch(np.arange(
+      20, 30))  # Eval = the indices after the train range.
   np.testing.assert_array_equal(got['image'], want['image'])
   np.testing.assert_array_equal(got['label'], want['label'])
 
-  gray = take(data.build(_with(config, channels=1), split='train', global_batch_size=4), 1)[0]
+  gray = take(
+      data.build(_with(config, channels=1), split='train', global_batch_size=4),
+      1)[0]
   check_batch(gray, 4, (16, 16, 1), label=True, eval_=False)
 
 
@@ -283,19 +331,26 @@ def tiny_tfds(tfds_module, tmp_path_factory):
     __module__ = 'vqlab_tiny_images_test'
 
     def _info(self):
-      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-          'image': tfds.features.Image(shape=(None, None, 3)),
-          'label': tfds.features.ClassLabel(num_classes=3)}))
+      return tfds.core.DatasetInfo(
+          builder=self, features=tfds.features.FeaturesDict({
+              'image': tfds.features.Image(shape=(None, None, 3)),
+              'label': tfds.features.ClassLabel(num_classes=3)
+          }))
 
     def _split_generators(self, dl_manager):
-      return {'train': self._generate_examples(0, 20),
-              'validation': self._generate_examples(100, 13)}
+      return {
+          'train': self._generate_examples(0, 20),
+          'validation': self._generate_examples(100, 13)
+      }
 
     def _generate_examples(self, start, n):
       for i in range(start, start + n):
         rng = np.random.default_rng(i)
         h, w = rng.integers(20, 40, size=2)
-        yield i, {'image': rng.integers(0, 256, (h, w, 3), dtype=np.uint8), 'label': i % 3}
+        yield i, {
+            'image': rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+            'label': i % 3
+        }
 
   data_dir = str(tmp_path_factory.mktemp('tfds'))
   VqlabTinyImages(data_dir=data_dir).download_and_prepare()
@@ -309,8 +364,10 @@ def check_tf_train(config, steps=7, global_batch=4):
   source = data.build(config, split='train', global_batch_size=global_batch)
   assert isinstance(source, data.DataSource)
   first = take(source, steps)
-  assert_batches_equal(first, take(data.build(config, split='train',
-                                              global_batch_size=global_batch), steps))
+  assert_batches_equal(
+      first,
+      take(data.build(config, split='train', global_batch_size=global_batch),
+           steps))
   assert_batches_equal(first[3:], take(source, steps - 3, start_step=3))
   assert_batches_equal(first[6:], take(source, steps - 6, start_step=6))
   return source, first
@@ -331,34 +388,43 @@ def test_tfds_train_and_eval_shards(tiny_tfds):
   everything = sorted(key(im) for b in full for im in b['image'][b['mask']])
   assert len(set(everything)) == 13
   for process_count in (2, 3):
-    _, _, hosts = check_eval_contract(tiny_tfds, global_batch=6, process_count=process_count)
-    shards = [[key(im) for b in h for im in b['image'][b['mask']]] for h in hosts]
-    assert sorted(itertools.chain(*shards)) == everything  # Disjoint and covering.
+    _, _, hosts = check_eval_contract(tiny_tfds, global_batch=6,
+                                      process_count=process_count)
+    shards = [
+        [key(im) for b in h for im in b['image'][b['mask']]] for h in hosts
+    ]
+    assert sorted(
+        itertools.chain(*shards)) == everything  # Disjoint and covering.
 
 
 def test_tfds_mock_data(tfds_module):
-  config = _with(data.default_config('tfds'), tfds_name='cifar10', image_size=24,
-                 eval_split='test', train_augment='random_resized_crop')
+  config = _with(data.default_config('tfds'), tfds_name='cifar10',
+                 image_size=24, eval_split='test',
+                 train_augment='random_resized_crop')
   with tfds_module.testing.mock_data(num_examples=10):
     source, first = check_tf_train(config)
     check_batch(first[0], 4, (24, 24, 3), label=True, eval_=False)
     source = data.build(config, split='eval', global_batch_size=4)
     full = list(source.batches())
-    assert source.num_examples == 10 and [int(b['mask'].sum()) for b in full] == [4, 4, 2]
+    assert source.num_examples == 10 and [int(b['mask'].sum()) for b in full
+                                         ] == [4, 4, 2]
 
 
 def test_tfds_errors(tiny_tfds, tmp_path):
   with pytest.raises(ValueError, match='data.tfds_name: required'):
     data.build(data.default_config('tfds'), split='train', global_batch_size=4)
   with pytest.raises(FileNotFoundError, match='tfds build cifar10'):
-    data.build(_with(tiny_tfds, tfds_name='cifar10', data_dir=str(tmp_path)), split='train',
-               global_batch_size=4)
+    data.build(_with(tiny_tfds, tfds_name='cifar10', data_dir=str(tmp_path)),
+               split='train', global_batch_size=4)
   with pytest.raises(ValueError, match="data.eval_split: bad split 'test'"):
-    data.build(_with(tiny_tfds, eval_split='test'), split='eval', global_batch_size=4)
+    data.build(_with(tiny_tfds, eval_split='test'), split='eval',
+               global_batch_size=4)
   with pytest.raises(ValueError, match="data.label_key: .* no feature 'class'"):
-    data.build(_with(tiny_tfds, label_key='class'), split='train', global_batch_size=4)
-  unlabeled = take(data.build(_with(tiny_tfds, label_key=''), split='train',
-                              global_batch_size=4), 1)[0]
+    data.build(_with(tiny_tfds, label_key='class'), split='train',
+               global_batch_size=4)
+  unlabeled = take(
+      data.build(_with(tiny_tfds, label_key=''), split='train',
+                 global_batch_size=4), 1)[0]
   check_batch(unlabeled, 4, (16, 16, 3), label=False, eval_=False)
 
 
@@ -369,7 +435,8 @@ def folder(tmp_path):
     for cls in ('dog', 'cat'):
       os.makedirs(tmp_path / split / cls)
       for i in range(n):
-        image = Image.fromarray(rng.integers(0, 256, (24 + i, 30, 3), dtype=np.uint8))
+        image = Image.fromarray(
+            rng.integers(0, 256, (24 + i, 30, 3), dtype=np.uint8))
         image.save(tmp_path / split / cls / f'{i}.{"jpg" if i % 2 else "png"}')
   (tmp_path / 'train' / 'cat' / 'notes.txt').write_text('not an image')
   config = data.default_config('image_folder')
@@ -378,22 +445,30 @@ def folder(tmp_path):
 
 
 def test_image_folder(folder):
-  for augment in ('resize_random_crop', 'random_resized_crop'):  # JPEG and PNG crop paths.
-    source, first = check_tf_train(_with(folder, train_augment=augment, channels=1))
+  for augment in ('resize_random_crop',
+                  'random_resized_crop'):  # JPEG and PNG crop paths.
+    source, first = check_tf_train(
+        _with(folder, train_augment=augment, channels=1))
     assert source.num_examples == 12 and source.num_classes == 2
     check_batch(first[0], 4, (16, 16, 1), label=True, eval_=False)
   source, full, hosts = check_eval_contract(folder, global_batch=4)
   assert source.num_examples == 6
   labels = np.concatenate([b['label'][b['mask']] for b in full])
-  assert labels.tolist() == [0, 0, 0, 1, 1, 1]  # 'cat' < 'dog', files in sorted order.
-  for k in ('image', 'label'):  # Host shards are contiguous slices of the sorted files.
+  assert labels.tolist() == [0, 0, 0, 1, 1,
+                             1]  # 'cat' < 'dog', files in sorted order.
+  for k in ('image',
+            'label'):  # Host shards are contiguous slices of the sorted files.
     np.testing.assert_array_equal(
         np.concatenate([b[k][b['mask']] for h in hosts for b in h]),
         np.concatenate([b[k][b['mask']] for b in full]))
 
   with pytest.raises(ValueError, match='data.path: required'):
-    data.build(data.default_config('image_folder'), split='train', global_batch_size=4)
+    data.build(data.default_config('image_folder'), split='train',
+               global_batch_size=4)
   with pytest.raises(FileNotFoundError, match='data.path'):
-    data.build(_with(folder, path=folder.path + '/missing'), split='train', global_batch_size=4)
-  with pytest.raises(FileNotFoundError, match="data.eval_split: no folder .*'train', 'val'"):
-    data.build(_with(folder, eval_split='test'), split='eval', global_batch_size=4)
+    data.build(_with(folder, path=folder.path + '/missing'), split='train',
+               global_batch_size=4)
+  with pytest.raises(FileNotFoundError,
+                     match="data.eval_split: no folder .*'train', 'val'"):
+    data.build(_with(folder, eval_split='test'), split='eval',
+               global_batch_size=4)

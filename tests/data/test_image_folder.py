@@ -20,8 +20,8 @@ from vqlab.train import experiment_config
 ROOT = paths.ROOT
 # Distinct solid colours: an eval image (resized, centre-cropped) keeps its
 # colour exactly, so a batch tells which files it came from.
-COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0),
-           (0, 255, 255), (255, 0, 255)]
+COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255),
+           (255, 0, 255)]
 
 
 def _write_image(path, colour, fmt):
@@ -84,20 +84,21 @@ def test_truncated_jpeg_is_caught_before_training(tmp_path):
   (tmp_path / 'train' / 'a' / 'cut.jpg').write_bytes(_truncated_jpeg())
   config = data.default_config('image_folder')
   config.update(path=str(tmp_path), image_size=8)
-  with pytest.raises(DataError, match=r'/cut\.jpg: JPEG data that is '
-                     'truncated, corrupt or of an unsupported kind; 1 of'):
+  with pytest.raises(
+      DataError, match=r'/cut\.jpg: JPEG data that is '
+      'truncated, corrupt or of an unsupported kind; 1 of'):
     data.build(config, split='train', global_batch_size=2)
 
 
-def test_skip_unreadable_leaves_them_out_and_reports_once(split_folder,
-                                                          capsys):
+def test_skip_unreadable_leaves_them_out_and_reports_once(split_folder, capsys):
   split_folder.skip_unreadable = True
   source = data.build(split_folder, split='train', global_batch_size=2)
   lines = capsys.readouterr().out.splitlines()
   bad = os.path.join(split_folder.path, 'train', 'a', 'bad.jpg')
   assert lines == [
       f'vqlab: skipped 2 of the 6 images in {split_folder.path}/train '
-      f'(unreadable; first: {bad}: not a JPEG, PNG, GIF or BMP file)']
+      f'(unreadable; first: {bad}: not a JPEG, PNG, GIF or BMP file)'
+  ]
   assert source.num_examples == 4
   # Three epochs of the 4 good files decode; resume replays the same order.
   batches = list(itertools.islice(source.batches(0), 6))
@@ -107,16 +108,18 @@ def test_skip_unreadable_leaves_them_out_and_reports_once(split_folder,
   resumed = next(iter(source.batches(5)))
   np.testing.assert_array_equal(resumed['image'], batches[5]['image'])
   # Other hosts say nothing; each reads its half of the same 4 files.
-  hosts = [data.build(split_folder, split='train', global_batch_size=2,
-                      process_index=p, process_count=2) for p in (0, 1)]
+  hosts = [
+      data.build(split_folder, split='train', global_batch_size=2,
+                 process_index=p, process_count=2) for p in (0, 1)
+  ]
   assert capsys.readouterr().out.count('vqlab: skipped') == 1
   assert [h.num_examples for h in hosts] == [4, 4]
 
 
 def test_flat_folder_holds_out_a_fraction(tmp_path):
   for i, colour in enumerate(COLOURS):
-    _write_image(str(tmp_path / ('sub' if i % 2 else '') / f'{i}.png'),
-                 colour, 'PNG')
+    _write_image(str(tmp_path / ('sub' if i % 2 else '') / f'{i}.png'), colour,
+                 'PNG')
   _write_bad_files(tmp_path)
   os.symlink(tmp_path, tmp_path / 'sub' / 'loop')  # Listed once.
   config = data.default_config('image_folder')
@@ -133,8 +136,8 @@ def test_flat_folder_holds_out_a_fraction(tmp_path):
   assert image_folder.hold_out(
       [p.replace(str(tmp_path), '/elsewhere') for p in listed], '/elsewhere',
       0.3)[1] == [p.replace(str(tmp_path), '/elsewhere') for p in held_out]
-  eval_images = np.concatenate([b['image'][b['mask']]
-                                for b in evaluation.batches()])
+  eval_images = np.concatenate(
+      [b['image'][b['mask']] for b in evaluation.batches()])
   readable = [p for p in held_out if p.endswith('.png')]
   assert evaluation.num_examples == len(readable) == len(eval_images)
   assert train.num_examples == 6 - len(readable)
@@ -150,13 +153,13 @@ def _parse_config(argument):
   return flag_values.config
 
 
-@pytest.mark.parametrize('argument', ['configs/image_folder.py:{}',
-                                      'configs/quickstart.py:folder={}'])
+@pytest.mark.parametrize(
+    'argument',
+    ['configs/image_folder.py:{}', 'configs/quickstart.py:folder={}'])
 def test_folder_configs(split_folder, argument):
   os.remove(os.path.join(split_folder.path, 'train', 'a', 'bad.jpg'))
   os.remove(os.path.join(split_folder.path, 'train', 'a', 'cut.jpg'))
-  config = _parse_config(os.path.join(ROOT, argument.format(
-      split_folder.path)))
+  config = _parse_config(os.path.join(ROOT, argument.format(split_folder.path)))
   config = experiment_config.validate(config, 1)
   assert config.data.name == 'image_folder'
   assert config.data.path == split_folder.path
@@ -171,10 +174,11 @@ def test_folder_configs(split_folder, argument):
 
 
 def test_folder_config_without_a_folder():
-  config = experiment_config.validate(_parse_config(
-      os.path.join(ROOT, 'configs/image_folder.py')), 1)
-  with pytest.raises(ValueError, match=r'^data\.path: required .* '
-                     r'--config=configs/image_folder\.py:/path/to/images'):
+  config = experiment_config.validate(
+      _parse_config(os.path.join(ROOT, 'configs/image_folder.py')), 1)
+  with pytest.raises(
+      ValueError, match=r'^data\.path: required .* '
+      r'--config=configs/image_folder\.py:/path/to/images'):
     data.build(config.data, split='train', global_batch_size=2)
   from configs import quickstart  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match='the only argument is folder=PATH'):
@@ -184,6 +188,7 @@ def test_folder_config_without_a_folder():
 
 def test_train_image_size_is_checked(split_folder):
   split_folder.update(train_image_size=16)
-  with pytest.raises(ValueError, match=r'data\.train_image_size: must be an '
-                     r'integer in \[0, image_size=8\], got 16'):
+  with pytest.raises(
+      ValueError, match=r'data\.train_image_size: must be an '
+      r'integer in \[0, image_size=8\], got 16'):
     data.build(split_folder, split='train', global_batch_size=2)

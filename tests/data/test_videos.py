@@ -19,8 +19,10 @@ from vqlab.errors import ConfigError
 
 def check_video_batch(batch, b, shape, *, label, eval_):
   """Keys, shapes, dtypes and range of a video batch; shape = (T, H, W, C)."""
-  assert set(batch) == {'video'} | ({'label'} if label else set()) | ({'mask'} if eval_ else set())
-  assert batch['video'].shape == (b,) + shape and batch['video'].dtype == np.float32
+  assert set(batch) == {'video'} | ({'label'} if label else
+                                    set()) | ({'mask'} if eval_ else set())
+  assert batch['video'].shape == (
+      b,) + shape and batch['video'].dtype == np.float32
   assert batch['video'].min() >= -1 and batch['video'].max() <= 1
   if label:
     assert batch['label'].shape == (b,) and batch['label'].dtype == np.int32
@@ -29,19 +31,26 @@ def check_video_batch(batch, b, shape, *, label, eval_):
 
 
 def small_moving_shapes(**overrides):
-  return _with(data.default_config('moving_shapes'), **{
-      'image_size': 16, 'num_frames': 4, 'num_train_examples': 20, 'num_eval_examples': 10,
-      **overrides})
+  return _with(
+      data.default_config('moving_shapes'), **{
+          'image_size': 16,
+          'num_frames': 4,
+          'num_train_examples': 20,
+          'num_eval_examples': 10,
+          **overrides
+      })
 
 
 def test_registry_kinds_and_image_sources_have_no_video_shape():
-  assert [data.kind(n) for n in ('shapes', 'tfds', 'moving_shapes', 'tfds_video', 'joint')] == [
-      'image', 'image', 'video', 'video', 'joint']
+  assert [
+      data.kind(n)
+      for n in ('shapes', 'tfds', 'moving_shapes', 'tfds_video', 'joint')
+  ] == ['image', 'image', 'video', 'video', 'joint']
   for name in ('moving_shapes', 'tfds_video', 'joint'):
     config = data.default_config(name)
     assert config.name == name and config.image_size > 0
-  source = data.build(_with(data.default_config('shapes'), image_size=8), split='train',
-                      global_batch_size=2)
+  source = data.build(_with(data.default_config('shapes'), image_size=8),
+                      split='train', global_batch_size=2)
   assert source.video_shape is None and source.image_shape == (8, 8, 3)
 
 
@@ -52,30 +61,40 @@ def test_registry_kinds_and_image_sources_have_no_video_shape():
 
 def test_moving_shapes_contracts():
   config = small_moving_shapes()
-  source, batches = check_train_contract(config, steps=4)  # 32 > 20 clips: crosses an epoch.
-  assert source.video_shape == (4, 16, 16, 3) and source.image_shape == (16, 16, 3)
+  source, batches = check_train_contract(
+      config, steps=4)  # 32 > 20 clips: crosses an epoch.
+  assert source.video_shape == (4, 16, 16, 3) and source.image_shape == (16, 16,
+                                                                         3)
   assert source.num_examples == 20 and source.num_classes == len(config.shapes)
   check_video_batch(batches[0], 8, (4, 16, 16, 3), label=True, eval_=False)
 
   source, full, hosts = check_eval_contract(config, global_batch=4)
-  assert source.num_examples == 10 and [int(b['mask'].sum()) for b in full] == [4, 4, 2]
+  assert source.num_examples == 10 and [int(b['mask'].sum()) for b in full
+                                       ] == [4, 4, 2]
   check_video_batch(full[-1], 4, (4, 16, 16, 3), label=True, eval_=True)
   assert_batches_equal(full, concat_hosts(hosts))
-  want = moving_shapes._renderer(config).batch(np.arange(20, 30))  # The indices after train.
+  want = moving_shapes._renderer(config).batch(np.arange(
+      20, 30))  # The indices after train.
   for k in ('video', 'label'):
-    np.testing.assert_array_equal(np.concatenate([b[k][b['mask']] for b in full]), want[k])
-  assert not np.abs(full[-1]['video'][~full[-1]['mask']]).any()  # Padding rows are zeros.
+    np.testing.assert_array_equal(
+        np.concatenate([b[k][b['mask']] for b in full]), want[k])
+  assert not np.abs(
+      full[-1]['video'][~full[-1]['mask']]).any()  # Padding rows are zeros.
 
-  gray = take(data.build(_with(config, channels=1), split='train', global_batch_size=2), 1)[0]
+  gray = take(
+      data.build(_with(config, channels=1), split='train', global_batch_size=2),
+      1)[0]
   check_video_batch(gray, 2, (4, 16, 16, 1), label=True, eval_=False)
 
 
 def test_moving_shapes_move_and_bounce_inside():
-  renderer = moving_shapes._renderer(small_moving_shapes(num_frames=6, min_speed=0.05))
+  renderer = moving_shapes._renderer(
+      small_moving_shapes(num_frames=6, min_speed=0.05))
   for i in range(5):
     video, _ = renderer.example(i)
     assert all(not np.array_equal(video[t], video[t + 1]) for t in range(5)), i
-  still = moving_shapes._renderer(small_moving_shapes(min_speed=0.0, max_speed=0.0))
+  still = moving_shapes._renderer(
+      small_moving_shapes(min_speed=0.0, max_speed=0.0))
   video, _ = still.example(0)
   np.testing.assert_array_equal(video, np.broadcast_to(video[:1], video.shape))
 
@@ -87,23 +106,32 @@ def test_moving_shapes_move_and_bounce_inside():
     centres = moving_shapes.bounce(start, velocity, radius, size, 200)
     assert centres.shape == (200, 2)
     np.testing.assert_allclose(centres[0], start)
-    assert centres.min() >= radius - 1e-9 and centres.max() <= size - radius + 1e-9
+    assert centres.min() >= radius - 1e-9 and centres.max(
+    ) <= size - radius + 1e-9
     steps = np.abs(np.diff(centres, axis=0))
-    assert (steps <= np.abs(velocity) + 1e-9).all()  # Reflection never speeds up.
-    assert np.isclose(steps, np.abs(velocity)).mean() > 0.8  # Mostly straight-line steps.
-  np.testing.assert_allclose(moving_shapes.bounce(np.array([2.0, 3.0]), np.array([1.0, 1.0]),
-                                                  1.0, 5, 6)[:, 0], [2, 3, 4, 3, 2, 1])
+    assert (steps
+            <= np.abs(velocity) + 1e-9).all()  # Reflection never speeds up.
+    assert np.isclose(
+        steps, np.abs(velocity)).mean() > 0.8  # Mostly straight-line steps.
+  np.testing.assert_allclose(
+      moving_shapes.bounce(np.array([2.0, 3.0]), np.array([1.0, 1.0]), 1.0, 5,
+                           6)[:, 0], [2, 3, 4, 3, 2, 1])
 
 
 def test_moving_shapes_errors():
-  for overrides, match in (
-      (dict(num_frames=0), 'data.num_frames: must be a positive integer'),
-      (dict(num_shapes=(2, 1)), r'data.num_shapes: need 1 <= lo <= hi'),
-      (dict(min_speed=0.1, max_speed=0.05), 'data.max_speed: need 0 <= data.min_speed'),
-      (dict(shapes=('hexagon',)), 'data.shapes: need a non-empty tuple'),
-      (dict(size_range=(0.5, 1.5)), 'data.size_range: need 0 < lo <= hi <= 1')):
+  for overrides, match in ((dict(num_frames=0),
+                            'data.num_frames: must be a positive integer'),
+                           (dict(num_shapes=(2, 1)),
+                            r'data.num_shapes: need 1 <= lo <= hi'),
+                           (dict(min_speed=0.1, max_speed=0.05),
+                            'data.max_speed: need 0 <= data.min_speed'),
+                           (dict(shapes=('hexagon',)),
+                            'data.shapes: need a non-empty tuple'),
+                           (dict(size_range=(0.5, 1.5)),
+                            'data.size_range: need 0 < lo <= hi <= 1')):
     with pytest.raises(ValueError, match=match):
-      data.build(small_moving_shapes(**overrides), split='train', global_batch_size=2)
+      data.build(small_moving_shapes(**overrides), split='train',
+                 global_batch_size=2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,49 +150,67 @@ def small_joint(**overrides):
 def test_joint_contracts():
   config = small_joint()
   source, batches = check_train_contract(config, steps=4)
-  assert source.image_shape == (16, 16, 3) and source.video_shape == (4, 16, 16, 3)
-  assert (source.per_host_image_batch_size, source.per_host_video_batch_size) == (4, 4)
+  assert source.image_shape == (16, 16, 3) and source.video_shape == (4, 16, 16,
+                                                                      3)
+  assert (source.per_host_image_batch_size,
+          source.per_host_video_batch_size) == (4, 4)
   assert set(batches[0]) == {'image', 'video'}
   assert batches[0]['image'].shape == (4, 16, 16, 3)
   assert batches[0]['video'].shape == (4, 4, 16, 16, 3)
-  image_only = take(data.build(config.image, split='train', global_batch_size=4), 4)
-  video_only = take(data.build(config.video, split='train', global_batch_size=4), 4)
+  image_only = take(
+      data.build(config.image, split='train', global_batch_size=4), 4)
+  video_only = take(
+      data.build(config.video, split='train', global_batch_size=4), 4)
   for joint, image, video in zip(batches, image_only, video_only):
     np.testing.assert_array_equal(joint['image'], image['image'])
     np.testing.assert_array_equal(joint['video'], video['video'])
 
   quarter = data.build(_with(config, image_batch_fraction=0.25), split='train',
                        global_batch_size=8, process_index=1, process_count=2)
-  assert (quarter.per_host_image_batch_size, quarter.per_host_video_batch_size) == (1, 3)
+  assert (quarter.per_host_image_batch_size,
+          quarter.per_host_video_batch_size) == (1, 3)
 
-  _, full, hosts = check_eval_contract(config, global_batch=4)  # The video eval set.
-  assert_batches_equal(full, list(data.build(config.video, split='eval',
-                                             global_batch_size=4).batches()))
+  _, full, hosts = check_eval_contract(config,
+                                       global_batch=4)  # The video eval set.
+  assert_batches_equal(
+      full,
+      list(
+          data.build(config.video, split='eval',
+                     global_batch_size=4).batches()))
   assert_batches_equal(full, concat_hosts(hosts))
 
 
 def test_joint_errors():
+
   def build(config, **kwargs):
     return data.build(config, split='train', global_batch_size=8, **kwargs)
 
-  with pytest.raises(ValueError, match=r'data.image_batch_fraction: must be in \(0, 1\)'):
+  with pytest.raises(ValueError,
+                     match=r'data.image_batch_fraction: must be in \(0, 1\)'):
     build(small_joint(image_batch_fraction=1.0))
-  with pytest.raises(ValueError, match='data.image_batch_fraction: 0.25 of the global batch 8 '
-                     'gives 2 images and 6 videos; .* process_count=4'):
-    build(small_joint(image_batch_fraction=0.25), process_index=0, process_count=4)
+  with pytest.raises(
+      ValueError, match='data.image_batch_fraction: 0.25 of the global batch 8 '
+      'gives 2 images and 6 videos; .* process_count=4'):
+    build(small_joint(image_batch_fraction=0.25), process_index=0,
+          process_count=4)
   config = small_joint()
   config.video.num_frames = 0
-  with pytest.raises(ValueError, match='data.video.num_frames: must be a positive integer'):
+  with pytest.raises(ValueError,
+                     match='data.video.num_frames: must be a positive integer'):
     build(config)
   config = small_joint()
   config.video.name = 'shapes'
-  with pytest.raises(ValueError, match=r"data.video.name: must name a video dataset .*'shapes'"):
+  with pytest.raises(
+      ValueError,
+      match=r"data.video.name: must name a video dataset .*'shapes'"):
     build(config)
-  with pytest.raises(ValueError, match='data.image_size: must equal data.video.image_size'):
+  with pytest.raises(ValueError,
+                     match='data.image_size: must equal data.video.image_size'):
     build(small_joint(image_size=32))
   config = small_joint()
   config.image.channels = 1
-  with pytest.raises(ValueError, match=r'data.image, data.video: images \(16, 16, 1\)'):
+  with pytest.raises(ValueError,
+                     match=r'data.image, data.video: images \(16, 16, 1\)'):
     build(config)
 
 
@@ -173,12 +219,26 @@ def test_joint_config_validation():
   from tests import tiny  # pylint: disable=g-import-not-at-top
 
   def config_with(section=None, key=None, value=None):
-    sections = {'image': {'name': 'tfds', 'tfds_name': 'cifar10', 'image_size': 16},
-                'video': {'name': 'tfds_video', 'num_frames': 5, 'image_size': 16}}
+    sections = {
+        'image': {
+            'name': 'tfds',
+            'tfds_name': 'cifar10',
+            'image_size': 16
+        },
+        'video': {
+            'name': 'tfds_video',
+            'num_frames': 5,
+            'image_size': 16
+        }
+    }
     if section:
       sections[section][key] = value
     config = tiny.tokenizer_config()
-    config.data = ml_collections.ConfigDict({'name': 'joint', 'image_size': 16, **sections})
+    config.data = ml_collections.ConfigDict({
+        'name': 'joint',
+        'image_size': 16,
+        **sections
+    })
     return config
 
   filled = experiment_config.validate(config_with(), num_devices=8)
@@ -190,12 +250,16 @@ def test_joint_config_validation():
   assert reference.image == data.default_config('tfds')
 
   for section, key, value, match in (
-      ('video', 'name', 'shapes', r'^data\.video\.name: must name a video dataset'),
+      ('video', 'name', 'shapes',
+       r'^data\.video\.name: must name a video dataset'),
       ('image', 'name', 'nope', r"^data\.image\.name: unknown dataset 'nope'"),
-      ('video', 'crop_area_range', (0.1, 1.0), r'^data\.video\.crop_area_range: unknown key'),
-      ('video', 'num_frames', 'five', r'^data\.video\.num_frames: expected int')):
+      ('video', 'crop_area_range', (0.1, 1.0),
+       r'^data\.video\.crop_area_range: unknown key'),
+      ('video', 'num_frames', 'five',
+       r'^data\.video\.num_frames: expected int')):
     with pytest.raises(ConfigError, match=match):
-      experiment_config.validate(config_with(section, key, value), num_devices=8)
+      experiment_config.validate(config_with(section, key, value),
+                                 num_devices=8)
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,40 +274,55 @@ def tfds_module():
 
 def mock_video_config(**overrides):
   # ucf101_1: frames of random sizes (ucf101 itself, the default, is 256 x 256).
-  return _with(data.default_config('tfds_video'), **{
-      'tfds_name': 'ucf101/ucf101_1', 'image_size': 8, 'num_frames': 3, **overrides})
+  return _with(
+      data.default_config('tfds_video'), **{
+          'tfds_name': 'ucf101/ucf101_1',
+          'image_size': 8,
+          'num_frames': 3,
+          **overrides
+      })
 
 
 def test_tfds_video_mock_data(tfds_module):
   config = mock_video_config(frame_stride=2)
   with tfds_module.testing.mock_data(num_examples=5):
     source = data.build(config, split='train', global_batch_size=2)
-    assert source.video_shape == (3, 8, 8, 3) and source.image_shape == (8, 8, 3)
+    assert source.video_shape == (3, 8, 8, 3) and source.image_shape == (8, 8,
+                                                                         3)
     assert source.num_classes == 101
     first = take(source, 4)  # 8 > 5 clips: crosses an epoch.
-    assert_batches_equal(first, take(data.build(config, split='train', global_batch_size=2), 4))
+    assert_batches_equal(
+        first, take(data.build(config, split='train', global_batch_size=2), 4))
     assert_batches_equal(first[3:], take(source, 1, start_step=3))
     check_video_batch(first[0], 2, (3, 8, 8, 3), label=True, eval_=False)
 
     evals = data.build(config, split='eval', global_batch_size=2)
     full = list(evals.batches())
-    assert evals.num_examples == 5 and [int(b['mask'].sum()) for b in full] == [2, 2, 1]
+    assert evals.num_examples == 5 and [int(b['mask'].sum()) for b in full
+                                       ] == [2, 2, 1]
     check_video_batch(full[-1], 2, (3, 8, 8, 3), label=True, eval_=True)
 
     # Stride: frames 0, 2, 4 are frames 0, 2, 4 of the stride-1 clip of 5 frames.
-    dense = list(data.build(_with(config, frame_stride=1, num_frames=5), split='eval',
-                            global_batch_size=2).batches())
+    dense = list(
+        data.build(_with(config, frame_stride=1, num_frames=5), split='eval',
+                   global_batch_size=2).batches())
     for strided, every in zip(full, dense):
       np.testing.assert_array_equal(strided['video'], every['video'][:, ::2])
 
     # Eval crop: the shorter side resized to 8, the centre 8 x 8 of the first frames. (Mock data
     # JPEG-encodes the frames only when the video is read undecoded, as the pipeline does.)
     tf = pytest.importorskip('tensorflow')
-    encoded = next(iter(tfds_module.builder('ucf101/ucf101_1').as_dataset(
-        split='test', shuffle_files=False, decoders={'video': tfds_module.decode.SkipDecoding()})))
-    raw = np.stack([tf.io.decode_image(f).numpy() for f in encoded['video'][:5:2]])
+    encoded = next(
+        iter(
+            tfds_module.builder('ucf101/ucf101_1').as_dataset(
+                split='test', shuffle_files=False,
+                decoders={'video': tfds_module.decode.SkipDecoding()})))
+    raw = np.stack(
+        [tf.io.decode_image(f).numpy() for f in encoded['video'][:5:2]])
     h, w = raw.shape[1:3]
-    new_h, new_w = max(8, round(h * 8 / min(h, w))), max(8, round(w * 8 / min(h, w)))
+    new_h, new_w = max(8,
+                       round(h * 8 / min(h, w))), max(8,
+                                                      round(w * 8 / min(h, w)))
     resized = tf.image.resize(raw, (new_h, new_w), antialias=True).numpy()
     top, left = (new_h - 8) // 2, (new_w - 8) // 2
     want = resized[:, top:top + 8, left:left + 8] * (2 / 255) - 1
@@ -255,16 +334,26 @@ def test_tfds_video_clips(tfds_module):
   tf = pytest.importorskip('tensorflow')
   from vqlab.data import preprocess  # pylint: disable=g-import-not-at-top
   from vqlab.data import video_preprocess  # pylint: disable=g-import-not-at-top
-  aug = video_preprocess.VideoAugment.from_config(mock_video_config(num_frames=5, image_size=6))
+  aug = video_preprocess.VideoAugment.from_config(
+      mock_video_config(num_frames=5, image_size=6))
   np.testing.assert_array_equal(
-      video_preprocess.frame_indices(10, 2, dataclasses.replace(aug, frame_stride=3)).numpy(),
+      video_preprocess.frame_indices(10, 2,
+                                     dataclasses.replace(
+                                         aug, frame_stride=3)).numpy(),
       [2, 5, 8, 9, 9])
 
   base = np.random.default_rng(0).integers(0, 100, (9, 12, 3), dtype=np.uint8)
-  frames = [base + np.uint8(50 * t) for t in range(3)]  # 3 frames < 5: padded with frame 2.
-  example = {'video': tf.stack([tf.io.encode_png(f) for f in frames]), 'label': 7}
-  resized = preprocess.resize_shorter_side(base, 6).numpy() * (2 / 255) - 1  # [6, 8, 3]
-  windows = [w[:, x:x + 6] for x in range(3) for w in (resized, resized[:, ::-1])]
+  frames = [base + np.uint8(50 * t) for t in range(3)
+           ]  # 3 frames < 5: padded with frame 2.
+  example = {
+      'video': tf.stack([tf.io.encode_png(f) for f in frames]),
+      'label': 7
+  }
+  resized = preprocess.resize_shorter_side(
+      base, 6).numpy() * (2 / 255) - 1  # [6, 8, 3]
+  windows = [
+      w[:, x:x + 6] for x in range(3) for w in (resized, resized[:, ::-1])
+  ]
   train = video_preprocess.train_fn(aug)
   flips = set()
   for seed in range(6):
@@ -273,23 +362,33 @@ def test_tfds_video_clips(tfds_module):
     assert clip.shape == (5, 6, 6, 3) and int(out['label']) == 7
     # Same window in every frame: frame t - frame 0 is the constant brightness step.
     steps = np.array([0, 1, 2, 2, 2]) * 100 / 255
-    np.testing.assert_allclose(clip - clip[:1], np.broadcast_to(
-        steps[:, None, None, None], clip.shape), atol=1e-4)
-    matches = [i for i, w in enumerate(windows) if np.allclose(clip[0], w, atol=1e-5)]
+    np.testing.assert_allclose(
+        clip - clip[:1], np.broadcast_to(steps[:, None, None, None],
+                                         clip.shape), atol=1e-4)
+    matches = [
+        i for i, w in enumerate(windows) if np.allclose(clip[0], w, atol=1e-5)
+    ]
     assert len(matches) >= 1
     flips.add(matches[0] % 2)
   assert flips == {0, 1}
 
 
 def test_tfds_video_errors(tfds_module):
-  for overrides, match in ((dict(num_frames=0), 'data.num_frames: must be a positive integer'),
-                           (dict(frame_stride=-1), 'data.frame_stride: must be a positive'),
+  for overrides, match in ((dict(num_frames=0),
+                            'data.num_frames: must be a positive integer'),
+                           (dict(frame_stride=-1),
+                            'data.frame_stride: must be a positive'),
                            (dict(channels=2), 'data.channels: must be 1 or 3')):
     with pytest.raises(ValueError, match=match):
-      data.build(mock_video_config(**overrides), split='train', global_batch_size=2)
+      data.build(mock_video_config(**overrides), split='train',
+                 global_batch_size=2)
   with tfds_module.testing.mock_data(num_examples=2):
-    with pytest.raises(ValueError, match="data.video_key: ucf101 has no feature 'frames'"):
-      data.build(mock_video_config(video_key='frames'), split='train', global_batch_size=2)
-    default = _with(data.default_config('tfds_video'), image_size=8, num_frames=2, label_key='')
-    unlabeled = take(data.build(default, split='eval', global_batch_size=2), 1)[0]  # ucf101.
+    with pytest.raises(ValueError,
+                       match="data.video_key: ucf101 has no feature 'frames'"):
+      data.build(mock_video_config(video_key='frames'), split='train',
+                 global_batch_size=2)
+    default = _with(data.default_config('tfds_video'), image_size=8,
+                    num_frames=2, label_key='')
+    unlabeled = take(data.build(default, split='eval', global_batch_size=2),
+                     1)[0]  # ucf101.
     check_video_batch(unlabeled, 2, (2, 8, 8, 3), label=False, eval_=True)

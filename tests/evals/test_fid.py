@@ -22,8 +22,8 @@ def _features(seed=0, n=103, dim=16):
 def _streamed(features, sizes):
   stats, start = fid.FeatureStatistics(), 0
   for size in sizes:
-    stats.update(features[start:start + size].astype(np.float32)
-                 if size == 1 else features[start:start + size])
+    stats.update(features[start:start + size].astype(np.float32) if size ==
+                 1 else features[start:start + size])
     start += size
   assert start == len(features)
   return stats
@@ -36,11 +36,10 @@ def test_streamed_statistics_equal_numpy():
   assert stats.num_examples == 103 and stats.dim == 16
   np.testing.assert_allclose(stats.mean(), features.mean(0), rtol=1e-10,
                              atol=1e-12)
-  np.testing.assert_allclose(stats.covariance(),
-                             np.cov(features, rowvar=False), rtol=1e-10,
-                             atol=1e-12)
-  merged = _streamed(features[:40], [40]).merge(
-      _streamed(features[40:], [13, 50]))
+  np.testing.assert_allclose(stats.covariance(), np.cov(features, rowvar=False),
+                             rtol=1e-10, atol=1e-12)
+  merged = _streamed(features[:40],
+                     [40]).merge(_streamed(features[40:], [13, 50]))
   np.testing.assert_allclose(merged.covariance(), stats.covariance(),
                              rtol=1e-10, atol=1e-12)
 
@@ -123,8 +122,9 @@ def _original_inception_score(logits, splits, interleaved=False):
   preds /= preds.sum(1, keepdims=True)
   n, scores = preds.shape[0], []
   for i in range(splits):
-    part = (preds[i::splits] if interleaved else
-            preds[(i * n // splits):((i + 1) * n // splits), :])
+    part = (preds[i::splits] if interleaved else preds[(i * n //
+                                                        splits):((i + 1) * n //
+                                                                 splits), :])
     kl = part * (np.log(part) - np.log(np.expand_dims(np.mean(part, 0), 0)))
     scores.append(np.exp(np.mean(np.sum(kl, 1))))
   return np.mean(scores), np.std(scores)

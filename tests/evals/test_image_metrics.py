@@ -20,10 +20,12 @@ def test_ssim_matches_scikit_image(shape):
   x, y = _pair(0, shape)
   got = image_metrics.ssim(jnp.asarray(x, jnp.float32),
                            jnp.asarray(y, jnp.float32))
-  want = [skmetrics.structural_similarity(
-      (a + 1) / 2, (b + 1) / 2, gaussian_weights=True, sigma=1.5,
-      use_sample_covariance=False, data_range=1.0, channel_axis=-1)
-          for a, b in zip(x, y)]
+  want = [
+      skmetrics.structural_similarity(
+          (a + 1) / 2, (b + 1) / 2, gaussian_weights=True, sigma=1.5,
+          use_sample_covariance=False, data_range=1.0, channel_axis=-1)
+      for a, b in zip(x, y)
+  ]
   np.testing.assert_allclose(got, want, atol=2e-6)
   np.testing.assert_allclose(image_metrics.ssim(jnp.asarray(x), jnp.asarray(x)),
                              1.0, atol=1e-6)
@@ -33,9 +35,10 @@ def test_psnr_matches_scikit_image():
   x, y = _pair(1, (2, 16, 16, 3))
   got = image_metrics.psnr(jnp.asarray(x, jnp.float32),
                            jnp.asarray(y, jnp.float32))
-  want = [skmetrics.peak_signal_noise_ratio((a + 1) / 2, (b + 1) / 2,
-                                            data_range=1.0)
-          for a, b in zip(x, y)]
+  want = [
+      skmetrics.peak_signal_noise_ratio((a + 1) / 2, (b + 1) / 2,
+                                        data_range=1.0) for a, b in zip(x, y)
+  ]
   np.testing.assert_allclose(got, want, rtol=1e-5)
 
 

@@ -50,13 +50,13 @@ def _product(s, t):
 
 
 def _jax_rows(fn, states):
-  return np.exp(np.asarray(fn(dd.one_hot_log(jnp.asarray(states), K + 1)),
-                           np.float64))
+  return np.exp(
+      np.asarray(fn(dd.one_hot_log(jnp.asarray(states), K + 1)), np.float64))
 
 
 @pytest.mark.parametrize('t', [1, 2, 7, T])
 def test_closed_form_q_xt_given_x0_equals_matrix_products(t):
-  states = np.arange(K + 1)[:, None]                  # x_0 = every state.
+  states = np.arange(K + 1)[:, None]  # x_0 = every state.
   rows = _jax_rows(lambda lp: dd.q_xt_given_x0(lp, _schedule(), jnp.asarray(t)),
                    states)[:, 0]
   np.testing.assert_allclose(rows, _product(0, t), atol=2e-6)
@@ -67,11 +67,11 @@ def test_closed_form_q_xt_given_x0_equals_matrix_products(t):
 @pytest.mark.parametrize('s, t', [(0, 3), (2, 3), (4, 9), (1, T)])
 def test_multi_step_transition_and_the_mask_is_absorbing(s, t):
   states = np.arange(K + 1)[:, None]
-  rows = _jax_rows(lambda lp: dd.apply_transition(lp, _schedule(),
-                                                  jnp.asarray(s),
-                                                  jnp.asarray(t)), states)[:, 0]
+  rows = _jax_rows(
+      lambda lp: dd.apply_transition(lp, _schedule(), jnp.asarray(s),
+                                     jnp.asarray(t)), states)[:, 0]
   np.testing.assert_allclose(rows, _product(s, t), atol=2e-6)
-  np.testing.assert_array_equal(rows[K, :K], 0.0)      # MASK stays MASK.
+  np.testing.assert_array_equal(rows[K, :K], 0.0)  # MASK stays MASK.
 
 
 def _bayes_posterior(x_t, x0, t, u):
@@ -85,15 +85,15 @@ def _bayes_posterior(x_t, x0, t, u):
                                   (T, 0)])
 def test_posterior_equals_bayes_rule_and_rows_sum_to_one(t, u):
   schedule = _schedule()
-  x0 = np.repeat(np.arange(K), K + 1)                  # every (x_0, x_t) pair
+  x0 = np.repeat(np.arange(K), K + 1)  # every (x_0, x_t) pair
   x_t = np.tile(np.arange(K + 1), K)
   log_post = dd.reverse_step_log_probs(
-      dd.one_hot_log(jnp.asarray(x0), K + 1)[None], jnp.asarray(x_t)[None],
-      schedule, jnp.asarray(t), jnp.asarray(u))[0]
+      dd.one_hot_log(jnp.asarray(x0), K + 1)[None],
+      jnp.asarray(x_t)[None], schedule, jnp.asarray(t), jnp.asarray(u))[0]
   post = np.exp(np.asarray(log_post, np.float64))
   for i in range(len(x0)):
     if _product(0, t)[x0[i], x_t[i]] == 0:
-      continue                                         # Impossible pair.
+      continue  # Impossible pair.
     np.testing.assert_allclose(post[i], _bayes_posterior(x_t[i], x0[i], t, u),
                                atol=2e-5)
   np.testing.assert_allclose(post.sum(-1), 1.0, atol=1e-5)
@@ -122,49 +122,54 @@ def test_official_schedule_posteriors_equal_float64_brute_force():
   forward = lambda u, t: functools.reduce(np.matmul, one_step[u + 1:t + 1],
                                           np.eye(k + 1))
   cumulative = [forward(0, t) for t in range(steps + 1)]
-  schedule = dd.make_schedule(k, steps)                # the defaults
+  schedule = dd.make_schedule(k, steps)  # the defaults
 
   every_t = jnp.arange(steps + 1)
-  rows = dd.q_xt_given_x0(jnp.broadcast_to(
-      dd.one_hot_log(jnp.arange(k + 1), k + 1), (steps + 1, k + 1, k + 1)),
-                          schedule, every_t)
+  rows = dd.q_xt_given_x0(
+      jnp.broadcast_to(dd.one_hot_log(jnp.arange(k + 1), k + 1),
+                       (steps + 1, k + 1, k + 1)), schedule, every_t)
   np.testing.assert_allclose(np.exp(np.asarray(rows, np.float64)),
                              np.stack(cumulative), atol=1e-6, rtol=0)
 
-  pairs = [(t, t - 1) for t in range(1, steps + 1)] + [
-      (t, u) for t in (10, 50, steps) for u in (0, 3, t - 4)]
-  x0 = np.repeat(np.arange(k), k + 1)                  # every (x_0, x_t) pair
+  pairs = [(t, t - 1) for t in range(1, steps + 1)
+          ] + [(t, u) for t in (10, 50, steps) for u in (0, 3, t - 4)]
+  x0 = np.repeat(np.arange(k), k + 1)  # every (x_0, x_t) pair
   x_t = np.tile(np.arange(k + 1), k)
   t, u = (jnp.asarray([p[i] for p in pairs]) for i in (0, 1))
   log_post = dd.reverse_step_log_probs(
       jnp.broadcast_to(dd.one_hot_log(jnp.asarray(x0), k + 1),
                        (len(pairs), len(x0), k + 1)),
-      jnp.broadcast_to(jnp.asarray(x_t), (len(pairs), len(x_t))),
-      schedule, t, u)
+      jnp.broadcast_to(jnp.asarray(x_t), (len(pairs), len(x_t))), schedule, t,
+      u)
   post = np.exp(np.asarray(log_post, np.float64))
   for i, (ti, ui) in enumerate(pairs):
     for n in range(len(x0)):
       evidence = cumulative[ti][x0[n], x_t[n]]
       if evidence == 0:
-        continue                                       # Impossible pair.
-      expected = (forward(ui, ti)[:, x_t[n]] * cumulative[ui][x0[n], :]
-                  / evidence)
-      np.testing.assert_allclose(post[i, n], expected, atol=1e-6, rtol=0,
-                                 err_msg=f't={ti} u={ui} x0={x0[n]} '
-                                 f'x_t={x_t[n]}')
+        continue  # Impossible pair.
+      expected = (forward(ui, ti)[:, x_t[n]] * cumulative[ui][x0[n], :] /
+                  evidence)
+      np.testing.assert_allclose(
+          post[i, n], expected, atol=1e-6, rtol=0,
+          err_msg=f't={ti} u={ui} x0={x0[n]} '
+          f'x_t={x_t[n]}')
 
 
 @pytest.mark.parametrize('t, u', [(1, 0), (5, 4), (T, 8)])
 def test_reverse_step_sums_the_posterior_over_predicted_x0(t, u):
   rng = np.random.default_rng(0)
-  p0 = rng.dirichlet(np.ones(K), size=K + 1)           # one p(x_0) per x_t
+  p0 = rng.dirichlet(np.ones(K), size=K + 1)  # one p(x_0) per x_t
   x_t = np.arange(K + 1)
   log_p0 = np.concatenate([np.log(p0), np.full((K + 1, 1), dd.LOG_ZERO)], -1)
-  got = np.exp(np.asarray(dd.reverse_step_log_probs(
-      jnp.asarray(log_p0, jnp.float32)[None], jnp.asarray(x_t)[None],
-      _schedule(), jnp.asarray(t), jnp.asarray(u))[0], np.float64))
+  got = np.exp(
+      np.asarray(
+          dd.reverse_step_log_probs(
+              jnp.asarray(log_p0, jnp.float32)[None],
+              jnp.asarray(x_t)[None], _schedule(), jnp.asarray(t),
+              jnp.asarray(u))[0], np.float64))
   for s in x_t:
-    expected = sum(p0[s, k] * _bayes_posterior(s, k, t, u) for k in range(K)
+    expected = sum(p0[s, k] * _bayes_posterior(s, k, t, u)
+                   for k in range(K)
                    if _product(0, t)[k, s] > 0)
     np.testing.assert_allclose(got[s], expected / expected.sum(), atol=2e-5)
 
@@ -181,7 +186,7 @@ def test_loss_terms_equal_brute_force_kl_and_decoder_nll():
   for b in range(3):
     expected = []
     for n in range(4):
-      s, k = x_t[b, n], x0[b, n]    # Every pair is possible for t >= 1.
+      s, k = x_t[b, n], x0[b, n]  # Every pair is possible for t >= 1.
       p = sum(p0[b, n, j] * _bayes_posterior(s, j, t[b], t[b] - 1)
               for j in range(K))
       p /= p.sum()
@@ -189,20 +194,24 @@ def test_loss_terms_equal_brute_force_kl_and_decoder_nll():
         expected.append(-np.log(p[k]))
       else:
         q = _bayes_posterior(s, k, t[b], t[b] - 1)
-        expected.append(np.sum(np.where(q > 0, q * (np.log(np.maximum(q, 1e-300))
-                                                     - np.log(np.maximum(p, 1e-300))),
-                                        0.0)))
+        expected.append(
+            np.sum(
+                np.where(
+                    q > 0,
+                    q * (np.log(np.maximum(q, 1e-300)) -
+                         np.log(np.maximum(p, 1e-300))), 0.0)))
     np.testing.assert_allclose(terms.vlb[b], np.mean(expected), rtol=1e-4,
                                atol=1e-5)
   np.testing.assert_allclose(
-      terms.x0_ce, -np.log(np.take_along_axis(p0, x0[..., None], -1))[..., 0]
-      .mean(-1), rtol=1e-5)
+      terms.x0_ce,
+      -np.log(np.take_along_axis(p0, x0[..., None], -1))[..., 0].mean(-1),
+      rtol=1e-5)
 
 
 def _model(**overrides):
   config = generators.default_config('vq_diffusion')
-  config.update(vocab_size=K, token_shape=(2, 3), num_timesteps=T,
-                abar_1=0.97, abar_T=0.05, gbar_1=0.01, gbar_T=0.8, **overrides)
+  config.update(vocab_size=K, token_shape=(2, 3), num_timesteps=T, abar_1=0.97,
+                abar_T=0.05, gbar_1=0.01, gbar_T=0.8, **overrides)
   model = generators.build(config)
   x = jnp.zeros((2, 2, 3), jnp.int32)
   cond = jnp.zeros((2,), jnp.int32) if model.condition == 'class' else None
@@ -218,32 +227,33 @@ def test_fast_sampler_with_skip_one_equals_the_brute_force_chain():
   # The chain written out with explicit matrices and Bayes' rule.
   x = np.full((4, 6), K)
   for i, t in enumerate(range(T, 0, -1)):
-    log_p0 = np.asarray(model.apply({'params': params},
-                                    jnp.asarray(x.reshape(4, 2, 3)),
-                                    jnp.full((4,), t)), np.float64)
+    log_p0 = np.asarray(
+        model.apply({'params': params}, jnp.asarray(x.reshape(4, 2, 3)),
+                    jnp.full((4,), t)), np.float64)
     p0 = np.exp(log_p0[..., :K])
     probs = np.zeros((4, 6, K + 1))
     for b in range(4):
       for n in range(6):
         s = x[b, n]
         p = sum(p0[b, n, k] * _bayes_posterior(s, k, t, t - 1)
-                for k in range(K) if _product(0, t)[k, s] > 0)
+                for k in range(K)
+                if _product(0, t)[k, s] > 0)
         probs[b, n] = p / p.sum()
-    log_probs = jnp.asarray(np.log(np.maximum(probs, 1e-300)).clip(
-        dd.LOG_ZERO), jnp.float32)
+    log_probs = jnp.asarray(
+        np.log(np.maximum(probs, 1e-300)).clip(dd.LOG_ZERO), jnp.float32)
     x = np.asarray(dd.sample_states(jax.random.fold_in(rng, i), log_probs))
   np.testing.assert_array_equal(np.asarray(fast).reshape(4, 6), x)
-  assert np.all(x < K)                                 # No MASK left at t=0.
+  assert np.all(x < K)  # No MASK left at t=0.
 
 
 def test_skip_sampler_time_points_and_outputs():
-  np.testing.assert_array_equal(vq_diffusion.time_points(100, 25)[:3],
-                                [100, 96, 92])
+  np.testing.assert_array_equal(
+      vq_diffusion.time_points(100, 25)[:3], [100, 96, 92])
   assert list(vq_diffusion.time_points(100, 10))[-2:] == [10, 0]
   model, params = _model()
-  tokens = jax.jit(lambda r: vq_diffusion.sample(model, params, r, 3,
-                                                 num_steps=4))(
-                                                     jax.random.key(0))
+  tokens = jax.jit(
+      lambda r: vq_diffusion.sample(model, params, r, 3, num_steps=4))(
+          jax.random.key(0))
   assert tokens.shape == (3, 2, 3) and int(tokens.max()) < K
 
 
@@ -251,8 +261,7 @@ def test_guidance_scale_one_is_conditional_sampling_and_truncation():
   model, params = _model(condition='class', num_classes=3)
   labels = jnp.array([0, 1, 2, 1])
   sample = lambda s: vq_diffusion.sample(model, params, jax.random.key(1), 4,
-                                         labels, num_steps=4,
-                                         guidance_scale=s)
+                                         labels, num_steps=4, guidance_scale=s)
   np.testing.assert_array_equal(sample(1.0), sample(1.0 + 1e-12))
   log_p = jnp.log(jnp.array([0.5, 0.3, 0.15, 0.05]))
   kept = np.exp(np.asarray(vq_diffusion.truncate(log_p, 0.86)))
@@ -278,9 +287,8 @@ def test_training_lowers_the_loss():
   @jax.jit
   def step(params, opt_state, key):
     (loss, _), grads = jax.value_and_grad(
-        lambda p: vq_diffusion.diffusion_loss(model, p, key, tokens, labels,
-                                              aux_weight=1e-3,
-                                              cond_drop=0.1)[:2],
+        lambda p: vq_diffusion.diffusion_loss(
+            model, p, key, tokens, labels, aux_weight=1e-3, cond_drop=0.1)[:2],
         has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state)
     return optax.apply_updates(params, updates), opt_state, loss

@@ -76,14 +76,17 @@ def test_invalid_inputs_raise():
 @pytest.mark.parametrize('condition', ['none', 'class', 'tokens'])
 def test_cached_sampling_equals_full_recompute(condition):
   model = _model(condition=condition)
-  cond = {'none': None, 'class': jnp.array([1, 5]),
-          'tokens': jnp.array([[0, 1, 2, 3], [7, 6, 5, 4]])}[condition]
+  cond = {
+      'none': None,
+      'class': jnp.array([1, 5]),
+      'tokens': jnp.array([[0, 1, 2, 3], [7, 6, 5, 4]])
+  }[condition]
   params = _init(model, cond)
   run = lambda use_cache, temperature: jax.jit(
-      lambda p, r, c: gpt.sample(model, p, r, 2, c, temperature=temperature,
-                                 top_k=8, use_cache=use_cache,
-                                 return_logits=True),
-      compiler_options=FAST_COMPILE)(params, jax.random.key(3), cond)
+      lambda p, r, c: gpt.
+      sample(model, p, r, 2, c, temperature=temperature, top_k=8, use_cache=
+             use_cache, return_logits=True), compiler_options=FAST_COMPILE)(
+                 params, jax.random.key(3), cond)
   # Argmax and (same rng) sampled draws; argmax once is enough.
   for temperature in (0.0, 1.0) if condition == 'none' else (1.0,):
     cached, cached_logits = run(True, temperature)
@@ -126,8 +129,8 @@ def test_conditioning_changes_logits():
   assert float(jnp.max(jnp.abs(a[0] - b[0]))) > 1e-4
   np.testing.assert_array_equal(a[1], b[1])
   null = model.apply(params, tokens, None)  # None = null class.
-  np.testing.assert_array_equal(
-      null, model.apply(params, tokens, jnp.array([5, 5])))
+  np.testing.assert_array_equal(null,
+                                model.apply(params, tokens, jnp.array([5, 5])))
 
   model = _model(condition='tokens')
   cond = jnp.array([[0, 1, 2, 3], [0, 1, 2, 3]])
@@ -137,8 +140,8 @@ def test_conditioning_changes_logits():
   assert a.shape == (2, LENGTH, VOCAB)
   assert float(jnp.max(jnp.abs(a[0] - b[0]))) > 1e-4
   np.testing.assert_array_equal(a[1], b[1])
-  np.testing.assert_array_equal(a, model.apply(params, tokens,
-                                               cond.reshape(2, 2, 2)))
+  np.testing.assert_array_equal(
+      a, model.apply(params, tokens, cond.reshape(2, 2, 2)))
   with pytest.raises(ValueError, match='cond_vocab_size=8'):
     model.apply(params, tokens, cond.at[0, 0].set(8))
   with pytest.raises(ValueError, match='cond_length'):
@@ -153,8 +156,8 @@ def test_training_steps_lower_loss():
 
   @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
   def step(params, opt_state):
-    loss_fn = lambda p: gpt.next_token_loss(
-        model.apply({'params': p}, tokens), tokens)
+    loss_fn = lambda p: gpt.next_token_loss(model.apply({'params': p}, tokens),
+                                            tokens)
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = optimizer.update(grads, opt_state)
     return optax.apply_updates(params, updates), opt_state, loss
@@ -173,9 +176,8 @@ def test_sliding_window_sampling():
   params = _init(model)
   sliding = lambda grid, temperature: jax.jit(
       lambda p, r: gpt.sample_sliding_window(
-          model, p, r, 2, grid_shape=grid, window=GRID,
-          temperature=temperature),
-      compiler_options=FAST_COMPILE)(params, jax.random.key(5))
+          model, p, r, 2, grid_shape=grid, window=GRID, temperature=temperature
+      ), compiler_options=FAST_COMPILE)(params, jax.random.key(5))
   big = sliding((5, 4), 1.0)
   assert big.shape == (2, 5, 4) and big.dtype == jnp.int32
   assert int(big.min()) >= 0 and int(big.max()) < VOCAB
@@ -202,8 +204,8 @@ def _guided_sampler(model, **kwargs):
 def test_guidance_zero_is_the_unguided_sampler():
   model, params, cond = _class_setup()
   rng = jax.random.key(7)
-  plain, plain_logits = _guided_sampler(model, return_logits=True)(
-      params, rng, cond)
+  plain, plain_logits = _guided_sampler(model, return_logits=True)(params, rng,
+                                                                   cond)
   zero, zero_logits = _guided_sampler(model, return_logits=True,
                                       guidance_scale=0.0)(params, rng, cond)
   np.testing.assert_array_equal(zero, plain)
@@ -224,14 +226,21 @@ def test_guided_sampling_equals_brute_force_reference():
     logits = l_u + (1 + scale) * (l_c - l_u)
     expected[:, i] = np.argmax(np.asarray(logits), -1)
   rng = jax.random.key(0)
-  for kwargs in ({'temperature': 0.0}, {'top_k': 1},
-                 {'temperature': 0.0, 'use_cache': False}):
-    guided = _guided_sampler(model, guidance_scale=scale, **kwargs)(
-        params, rng, cond)
+  for kwargs in ({
+      'temperature': 0.0
+  }, {
+      'top_k': 1
+  }, {
+      'temperature': 0.0,
+      'use_cache': False
+  }):
+    guided = _guided_sampler(model, guidance_scale=scale, **kwargs)(params, rng,
+                                                                    cond)
     np.testing.assert_array_equal(guided, expected, err_msg=str(kwargs))
-  sliding = jax.jit(lambda p, r, c: gpt.sample_sliding_window(
-      model, p, r, 2, GRID, GRID, c, temperature=0.0, guidance_scale=scale),
-                    compiler_options=FAST_COMPILE)(params, rng, cond)
+  sliding = jax.jit(
+      lambda p, r, c: gpt.sample_sliding_window(
+          model, p, r, 2, GRID, GRID, c, temperature=0.0, guidance_scale=scale),
+      compiler_options=FAST_COMPILE)(params, rng, cond)
   np.testing.assert_array_equal(sliding, expected.reshape(2, *GRID))
   # Guidance changed the greedy choices, so the comparison tests it.
   unguided = _guided_sampler(model, temperature=0.0)(params, rng, cond)
@@ -256,8 +265,8 @@ def test_guidance_needs_class_condition(condition):
     gpt.sample(model, params, jax.random.key(0), 2, cond, guidance_scale=1.0)
   if condition == 'none':
     with pytest.raises(ValueError, match="guidance.*condition 'class'"):
-      gpt.sample_sliding_window(model, params, jax.random.key(0), 2, GRID,
-                                GRID, guidance_scale=1.0)
+      gpt.sample_sliding_window(model, params, jax.random.key(0), 2, GRID, GRID,
+                                guidance_scale=1.0)
 
 
 def test_generator_config_refuses_gpt_guidance_it_cannot_run():

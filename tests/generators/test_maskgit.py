@@ -39,8 +39,11 @@ def _jit_sample(model, batch, **kwargs):
 
 @pytest.mark.parametrize('method', ['cosine', 'arccos', 'linear'])
 def test_schedule_values(method):
-  at_half = {'cosine': np.cos(np.pi / 4),
-             'arccos': np.arccos(0.5) / (np.pi / 2), 'linear': 0.5}[method]
+  at_half = {
+      'cosine': np.cos(np.pi / 4),
+      'arccos': np.arccos(0.5) / (np.pi / 2),
+      'linear': 0.5
+  }[method]
   values = mask_schedule.schedule(jnp.array([0.0, 0.5, 1.0]), 1, method)
   np.testing.assert_allclose(values, [1.0, at_half, 0.0], atol=1e-6)
   np.testing.assert_allclose(mask_schedule.schedule(0.5, 16, method),
@@ -74,12 +77,15 @@ def _exact_decode_counts(n, steps, method):
   counts = []
   for s in range(steps):
     r = decimal.Decimal(s + 1) / steps
-    gamma = {'cosine': lambda: cos(pi * r / 2),
-             'arccos': lambda: arccos(r) / (pi / 2),
-             'linear': lambda: 1 - r}[method]()
+    gamma = {
+        'cosine': lambda: cos(pi * r / 2),
+        'arccos': lambda: arccos(r) / (pi / 2),
+        'linear': lambda: 1 - r
+    }[method]()
     kept = max(gamma, decimal.Decimal(0)) * n
-    counts.append(int((kept + decimal.Decimal('1e-40')).to_integral_value(
-        decimal.ROUND_FLOOR)))
+    counts.append(
+        int((kept + decimal.Decimal('1e-40')).to_integral_value(
+            decimal.ROUND_FLOOR)))
   return counts
 
 
@@ -103,7 +109,7 @@ def test_random_mask_counts():
 def test_decoding_keeps_revealed_tokens_and_follows_schedule():
   model = _model(token_shape=(16, 16))
   params = _init(model)
-  steps, n = 12, model.num_tokens      # cos(pi/3) 256 = 128 at step 7.
+  steps, n = 12, model.num_tokens  # cos(pi/3) 256 = 128 at step 7.
   exact = _exact_decode_counts(n, steps, 'cosine')
   final, history = _jit_sample(model, 3, num_steps=steps,
                                return_history=True)(params, jax.random.key(1))
@@ -136,16 +142,16 @@ def test_guidance_zero_equals_conditional_sampling():
   params = _init(model)
   labels = jnp.array([0, 2])
   # A traced w runs the unconditional pass too (a Python 0 would skip it).
-  fn = jax.jit(lambda p, rng, w: (
-      maskgit.sample(model, p, rng, 2, labels, num_steps=3),
-      maskgit.sample(model, p, rng, 2, labels, num_steps=3, guidance_scale=w,
-                     guidance_schedule='linear')),
-               compiler_options=FAST_COMPILE)
+  fn = jax.jit(
+      lambda p, rng, w:
+      (maskgit.sample(model, p, rng, 2, labels, num_steps=3),
+       maskgit.sample(model, p, rng, 2, labels, num_steps=3, guidance_scale=w,
+                      guidance_schedule='linear')),
+      compiler_options=FAST_COMPILE)
   plain, guided = fn(params, jax.random.key(4), jnp.float32(0.0))
   np.testing.assert_array_equal(plain, guided)
   cond, uncond = jnp.array([2.0, 1.0]), jnp.array([1.0, 1.0])
-  np.testing.assert_allclose(api.guided_logits(cond, uncond, 2.0),
-                             [4.0, 1.0])
+  np.testing.assert_allclose(api.guided_logits(cond, uncond, 2.0), [4.0, 1.0])
 
 
 def test_masked_loss_counts_only_masked_positions():
@@ -153,12 +159,14 @@ def test_masked_loss_counts_only_masked_positions():
   params = _init(model)
   tokens = jax.random.randint(jax.random.key(5), (2, 6), 0, model.vocab_size)
   mask = jnp.array([[1, 0, 0, 1, 0, 0], [0, 0, 0, 0, 0, 1]], bool)
+
   @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
   def run(params):
     loss, metrics = maskgit.masked_loss(model, params, jax.random.key(6),
                                         tokens, mask=mask, label_smoothing=0.1)
     inputs = jnp.where(mask, model.vocab_size, tokens)
     return loss, metrics, model.apply({'params': params}, inputs)
+
   loss, metrics, logits = run(params)
   logits = np.asarray(logits, np.float64)
   log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
@@ -175,12 +183,14 @@ def test_factorized_heads_with_lfq_indices():
   signs = jax.random.normal(jax.random.key(7), (2, 2, 2, 18))
   indices = lfq.split_factors(lfq.bits_to_indices(signs), (9, 9))
   assert indices.shape == (2, 2, 2, 2)
+
   @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
   def run(params):
     logits = model.apply({'params': params}, indices)
     loss, _ = maskgit.masked_loss(model, params, jax.random.key(8), indices)
     return logits, loss, maskgit.sample(model, params, jax.random.key(9), 3,
                                         num_steps=3)
+
   logits, loss, tokens = run(params)
   assert logits.shape == (2, 2, 2, 2, 512)
   assert np.isfinite(float(loss))
@@ -204,8 +214,8 @@ def test_out_of_range_tokens_raise():
   with pytest.raises(ValueError, match='vocab size is 64'):
     model.apply({'params': params}, bad.at[0, 0, 0].set(-1))
   with pytest.raises(ValueError, match='vocab size is 64'):
-    maskgit.masked_loss(model, params, jax.random.key(0),
-                        bad.at[0, 0, 0].set(64))
+    maskgit.masked_loss(model, params, jax.random.key(0), bad.at[0, 0,
+                                                                 0].set(64))
   with pytest.raises(ValueError, match='expected'):
     model.apply({'params': params}, jnp.zeros((1, 16), jnp.int32))
 
@@ -215,10 +225,10 @@ def test_video_token_shape():
   shape = (2, 2, 2)
   model = _model(token_shape=shape)
   params = _init(model)
-  run = jax.jit(lambda p: (
-      model.apply({'params': p}, jnp.zeros((2, *shape), jnp.int32)),
-      model.sample(p, jax.random.key(0), 2, num_steps=2)),
-                compiler_options=FAST_COMPILE)
+  run = jax.jit(
+      lambda p: (model.apply({'params': p}, jnp.zeros((2, *shape), jnp.int32)),
+                 model.sample(p, jax.random.key(0), 2, num_steps=2)),
+      compiler_options=FAST_COMPILE)
   logits, tokens = run(params)
   assert logits.shape == (2, *shape, 64)
   assert tokens.shape == (2, *shape) and tokens.max() < 64

@@ -27,8 +27,8 @@ import re
 import shutil
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
+ROOT = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 # pylint: disable-next=g-bad-import-order,unused-import
@@ -99,13 +99,15 @@ TOKENIZE_TEXTS = [
     'x',
 ]
 
-
 # ------------------------------------------------------------ tiny BPE ---
 
+
 def bytes_to_unicode():
-  keep = (list(range(ord('!'), ord('~') + 1)) +
-          list(range(ord('¡'), ord('¬') + 1)) +
-          list(range(ord('®'), ord('ÿ') + 1)))
+  keep = (list(range(ord('!'),
+                     ord('~') + 1)) + list(range(ord('¡'),
+                                                 ord('¬') + 1)) +
+          list(range(ord('®'),
+                     ord('ÿ') + 1)))
   mapping = {b: chr(b) for b in keep}
   extra = 0
   for b in range(256):
@@ -160,11 +162,9 @@ def train_bpe(text, num_merges):
 
 def write_tokenizer_files(directory):
   vocab, merges = train_bpe(CORPUS, NUM_MERGES)
-  with open(os.path.join(directory, 'vocab.json'), 'w',
-            encoding='utf-8') as f:
+  with open(os.path.join(directory, 'vocab.json'), 'w', encoding='utf-8') as f:
     json.dump(vocab, f, ensure_ascii=False)
-  with open(os.path.join(directory, 'merges.txt'), 'w',
-            encoding='utf-8') as f:
+  with open(os.path.join(directory, 'merges.txt'), 'w', encoding='utf-8') as f:
     f.write('#version: 0.2\n')
     for a, b in merges:
       f.write(f'{a} {b}\n')
@@ -172,6 +172,7 @@ def write_tokenizer_files(directory):
 
 
 # ---------------------------------------------------------------- main ---
+
 
 def main():
   torch.set_num_threads(2)
@@ -191,8 +192,7 @@ def main():
       vocab_size=len(vocab), hidden_size=64, intermediate_size=128,
       num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
       hidden_act='quick_gelu', layer_norm_eps=1e-5,
-      bos_token_id=tokenizer.bos_token_id,
-      eos_token_id=tokenizer.eos_token_id,
+      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
       pad_token_id=tokenizer.pad_token_id)
   model = transformers.CLIPTextModel(config).eval()
   with torch.no_grad():
@@ -204,7 +204,7 @@ def main():
       elif 'embedding' in name:
         p.normal_(0.0, 0.5)
       else:
-        p.normal_(0.0, p.shape[-1] ** -0.5)
+        p.normal_(0.0, p.shape[-1]**-0.5)
   model.save_pretrained(MODEL_DIR)
   # Reload from the files, as a user would.
   model = transformers.CLIPTextModel.from_pretrained(
@@ -243,8 +243,7 @@ def main():
   for name in sorted(os.listdir(MODEL_DIR)):
     print(' ', name, os.path.getsize(os.path.join(MODEL_DIR, name)))
   print('token counts:', mask.sum(1))
-  for text, row in zip(TEXTS + TOKENIZE_TEXTS,
-                       list(ids) + list(tokenize_ids)):
+  for text, row in zip(TEXTS + TOKENIZE_TEXTS, list(ids) + list(tokenize_ids)):
     row = [int(i) for i in row if i >= 0]
     print(repr(text[:40]), tokenizer.convert_ids_to_tokens(row)[:24])
   print('states', arrays['last_hidden_state'].shape,

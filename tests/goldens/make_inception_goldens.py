@@ -23,8 +23,8 @@ shapes of the model being built, which the test redraws. Saved:
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+ROOT = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 # pylint: disable-next=g-bad-import-order,unused-import
@@ -92,8 +92,8 @@ def frechet_sets(rng, dim=64):
   a = rng.standard_normal((500, dim)) @ mix
   b = 0.3 + 1.2 * rng.standard_normal((400, dim)) @ (mix + 0.1)
   low_rank = rng.standard_normal((8, dim))
-  c = (rng.standard_normal((300, 8)) @ low_rank + 0.5 +
-       1e-6 * rng.standard_normal((300, dim)))
+  c = (rng.standard_normal(
+      (300, 8)) @ low_rank + 0.5 + 1e-6 * rng.standard_normal((300, dim)))
   return {'a': statistics(a), 'b': statistics(b), 'c': statistics(c)}
 
 
@@ -104,19 +104,23 @@ def main():
   small = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
   large = rng.integers(0, 256, (2, 320, 320, 3), dtype=np.uint8)
   model, inception3 = build_reference()
-  out = {'seed': np.int64(SEED), 'inputs_small': small,
-         'inputs_large': large, 'resize_lines': np.array(RESIZE_LINES)}
+  out = {
+      'seed': np.int64(SEED),
+      'inputs_small': small,
+      'inputs_large': large,
+      'resize_lines': np.array(RESIZE_LINES)
+  }
   for name, images in (('small', small), ('large', large)):
-    out[f'pool_{name}'], out[f'logits_{name}'] = run_model(model, inception3,
-                                                           images)
+    out[f'pool_{name}'], out[f'logits_{name}'] = run_model(
+        model, inception3, images)
     out[f'resize_{name}_rows'], out[f'resize_{name}_cols'] = resized_lines(
         images)
   sets = frechet_sets(rng)
   for name, (mu, sigma) in sets.items():
     out[f'fd_{name}_mu'], out[f'fd_{name}_sigma'] = mu, sigma
   for pair in ('ab', 'ac', 'bc'):
-    out[f'fd_{pair}'] = np.float64(fid_score.calculate_frechet_distance(
-        *sets[pair[0]], *sets[pair[1]]))
+    out[f'fd_{pair}'] = np.float64(
+        fid_score.calculate_frechet_distance(*sets[pair[0]], *sets[pair[1]]))
   out.update(seeded_weights.pack_shapes(inception3.state_dict()))
   np.savez_compressed(OUTPUT, **out)
   print(f'wrote {OUTPUT} ({os.path.getsize(OUTPUT)} bytes); pool |max| '

@@ -12,8 +12,8 @@ import os
 import re
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
+ROOT = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 # pylint: disable-next=g-bad-import-order,unused-import
@@ -29,8 +29,13 @@ from tests.goldens import seeded_weights
 SEED = 0
 LAYERS = ('relu1_2', 'relu2_2', 'relu3_3', 'relu4_3', 'relu5_3')
 # torchvision `features` index of each named ReLU in VGG19.
-VGG19_RELUS = {'relu1_2': 3, 'relu2_2': 8, 'relu3_3': 15, 'relu4_3': 24,
-               'relu5_3': 33}
+VGG19_RELUS = {
+    'relu1_2': 3,
+    'relu2_2': 8,
+    'relu3_3': 15,
+    'relu4_3': 24,
+    'relu5_3': 33
+}
 VGG19_MAP_CHANNELS = 4  # Full maps are stored for the first channels only.
 GOLDEN_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -53,10 +58,12 @@ def make_lpips():
     if match:
       trunk[f'features.{match.group(1)}'] = (key, tuple(value.shape))
   names = list(trunk)
-  state = seeded_weights.draw_state_dict(
-      names, [trunk[n][1] for n in names], SEED)
-  model.load_state_dict({trunk[n][0]: torch.from_numpy(v)
-                         for n, v in state.items()}, strict=False)
+  state = seeded_weights.draw_state_dict(names, [trunk[n][1] for n in names],
+                                         SEED)
+  model.load_state_dict(
+      {
+          trunk[n][0]: torch.from_numpy(v) for n, v in state.items()
+      }, strict=False)
   rng = np.random.default_rng(SEED)
   out = {'seed': np.array(SEED), **seeded_weights.pack_shapes(state)}
   for tag, shape in (('square', (4, 64, 64, 3)), ('wide', (2, 48, 80, 3))):
@@ -76,13 +83,15 @@ def make_lpips():
 
 def make_vgg19():
   features = tv_vgg.make_layers(tv_vgg.cfgs['E'], batch_norm=False).eval()
-  shapes = {f'features.{k}': tuple(v.shape)
-            for k, v in features.state_dict().items()}
+  shapes = {
+      f'features.{k}': tuple(v.shape) for k, v in features.state_dict().items()
+  }
   names = list(shapes)
-  state = seeded_weights.draw_state_dict(
-      names, [shapes[n] for n in names], SEED)
-  features.load_state_dict(
-      {n[len('features.'):]: torch.from_numpy(v) for n, v in state.items()})
+  state = seeded_weights.draw_state_dict(names, [shapes[n] for n in names],
+                                         SEED)
+  features.load_state_dict({
+      n[len('features.'):]: torch.from_numpy(v) for n, v in state.items()
+  })
   rng = np.random.default_rng(SEED + 1)
   x = _images(rng, (2, 48, 48, 3))
   mean = torch.tensor([0.485, 0.456, 0.406])[None, :, None, None]

@@ -66,8 +66,8 @@ class ResBlock(nn.Module):
 
 def _avg_pool(x):
   """layers.dsample: TF 'same' 2x2 average pool (padding cells not counted)."""
-  total = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 2, 2, 1),
-                                (1, 2, 2, 1), 'SAME')
+  total = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1),
+                                'SAME')
   count = jax.lax.reduce_window(jnp.ones_like(x), 0.0, jax.lax.add,
                                 (1, 2, 2, 1), (1, 2, 2, 1), 'SAME')
   return total / count
@@ -134,8 +134,9 @@ class VectorQuantizer(nn.Module):
   @nn.compact
   def __call__(self, x):
     size = self.config.vqvae.codebook_size
-    codebook = self.param('codebook', nn.initializers.variance_scaling(
-        1.0, 'fan_in', 'uniform'), (size, x.shape[-1]))
+    codebook = self.param(
+        'codebook', nn.initializers.variance_scaling(1.0, 'fan_in', 'uniform'),
+        (size, x.shape[-1]))
     distances = _squared_distances(x.reshape(-1, x.shape[-1]), codebook)
     return jnp.argmin(distances.reshape(x.shape[:-1] + (size,)), axis=-1)
 
@@ -166,10 +167,10 @@ class VQVAE(nn.Module):
 def vqvae_config(filters, multipliers, num_res_blocks, embedding_dim,
                  codebook_size) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.vqvae = ml_collections.ConfigDict(dict(
-      filters=filters, channel_multipliers=list(multipliers),
-      num_res_blocks=num_res_blocks, embedding_dim=embedding_dim,
-      codebook_size=codebook_size))
+  config.vqvae = ml_collections.ConfigDict(
+      dict(filters=filters, channel_multipliers=list(multipliers),
+           num_res_blocks=num_res_blocks, embedding_dim=embedding_dim,
+           codebook_size=codebook_size))
   return config
 
 
@@ -197,8 +198,10 @@ def main():
   full = VQVAE(vqvae_config(128, (1, 1, 2, 2, 4), 2, 256, 1024))
   image = jnp.zeros((1, 256, 256, 3))
   shapes = jax.eval_shape(full.init, jax.random.PRNGKey(0), image)['params']
-  keys = {'.'.join(path): list(leaf.shape) for path, leaf in
-          flax.traverse_util.flatten_dict(shapes).items()}
+  keys = {
+      '.'.join(path): list(leaf.shape)
+      for path, leaf in flax.traverse_util.flatten_dict(shapes).items()
+  }
   with open(os.path.join(GOLDEN_DIR, 'maskgit_keys.json'), 'w') as f:
     json.dump(keys, f, indent=0, sort_keys=True)
 
@@ -208,16 +211,15 @@ def main():
   x01 = (jnp.asarray(x) + 1.0) * 0.5
   params = tiny.init(jax.random.PRNGKey(0), x01)['params']
   params = randomize(params, seed=1)
-  tokens = tiny.apply({'params': params}, x01,
-                      method=VQVAE.encode_to_indices)
+  tokens = tiny.apply({'params': params}, x01, method=VQVAE.encode_to_indices)
   decoded = tiny.apply({'params': params}, tokens,
                        method=VQVAE.decode_from_indices)
   with open(os.path.join(GOLDEN_DIR, 'maskgit_tiny.msgpack'), 'wb') as f:
     f.write(flax.serialization.to_bytes({'params': params}))
   np.savez(os.path.join(GOLDEN_DIR, 'maskgit_goldens.npz'), images=x,
            tokens=np.asarray(tokens, np.int32),
-           decoded=np.asarray(decoded * 2.0 - 1.0, np.float32),
-           num_groups=NUM_GROUPS_TINY)
+           decoded=np.asarray(decoded * 2.0 - 1.0,
+                              np.float32), num_groups=NUM_GROUPS_TINY)
   print('tokens used:', len(np.unique(tokens)), 'of', tokens.size,
         'decoded std', float(np.std(decoded)))
 

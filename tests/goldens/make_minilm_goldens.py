@@ -22,8 +22,8 @@ Holds, for the real all-MiniLM-L6-v2 weights:
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
+ROOT = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 # pylint: disable-next=g-bad-import-order,unused-import
@@ -101,8 +101,8 @@ def main():
     assert model.max_seq_length == max_length, model.max_seq_length
     features = model.tokenize(TEXTS)
   else:
-    features = fast(TEXTS, padding=True, truncation=True,
-                    max_length=max_length, return_tensors='pt')
+    features = fast(TEXTS, padding=True, truncation=True, max_length=max_length,
+                    return_tensors='pt')
   ids = features['input_ids'].numpy()
   mask = features['attention_mask'].numpy().astype(bool)
 

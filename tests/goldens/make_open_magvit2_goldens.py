@@ -29,8 +29,8 @@ import json
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
+ROOT = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 # pylint: disable-next=g-bad-import-order,unused-import
@@ -279,9 +279,19 @@ def make_tiny():
   for k, v in ema_half.items():
     state[_ema_name(k)] = v
   state['model_ema.lossdiscriminatormain0weight'] = torch.randn(8, 3, 4, 4)
-  ckpt = {'epoch': 1, 'global_step': 10, 'pytorch-lightning_version': '2.2.1',
-          'state_dict': state, 'loops': {'fit_loop': {'epoch_progress': 1}},
-          'optimizer_states': [], 'lr_schedulers': []}
+  ckpt = {
+      'epoch': 1,
+      'global_step': 10,
+      'pytorch-lightning_version': '2.2.1',
+      'state_dict': state,
+      'loops': {
+          'fit_loop': {
+              'epoch_progress': 1
+          }
+      },
+      'optimizer_states': [],
+      'lr_schedulers': []
+  }
   torch.save(ckpt, os.path.join(GOLDEN_DIR, 'open_magvit2_tiny.ckpt'))
   nhwc = lambda t: t.permute(0, 2, 3, 1).numpy().astype(np.float32)
   np.savez_compressed(
@@ -304,8 +314,8 @@ def released_keys():
 def _one_key_a_line(keys):
   variants = []
   for variant, shapes in keys.items():
-    lines = ',\n'.join(f'  {json.dumps(k)}: {json.dumps(v)}'
-                       for k, v in shapes.items())
+    lines = ',\n'.join(
+        f'  {json.dumps(k)}: {json.dumps(v)}' for k, v in shapes.items())
     variants.append(f'{json.dumps(variant)}: {{\n{lines}\n}}')
   return '{\n' + ',\n'.join(variants) + '\n}\n'
 

@@ -25,8 +25,8 @@ import os
 import sys
 import types
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
+ROOT = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 # pylint: disable-next=g-bad-import-order,unused-import
@@ -67,8 +67,7 @@ class TinyVQModel(torch.nn.Module):
     self.decoder = Decoder(**ddconfig)
     self.quantize = VectorQuantizer(n_embed, embed_dim, beta=0.25)
     self.quant_conv = torch.nn.Conv2d(ddconfig['z_channels'], embed_dim, 1)
-    self.post_quant_conv = torch.nn.Conv2d(embed_dim, ddconfig['z_channels'],
-                                           1)
+    self.post_quant_conv = torch.nn.Conv2d(embed_dim, ddconfig['z_channels'], 1)
 
   def encode(self, x):
     return self.quantize(self.quant_conv(self.encoder(x)))
@@ -108,22 +107,22 @@ def make_tiny():
   x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
   with torch.no_grad():
     # Codes near encoder outputs, so that many of them are used.
-    z = model.quant_conv(model.encoder(x)).permute(0, 2, 3, 1).reshape(
-        -1, TINY_DIM)
+    z = model.quant_conv(model.encoder(x)).permute(0, 2, 3,
+                                                   1).reshape(-1, TINY_DIM)
     # Redrawn until no position is near a tie (float rounding could flip it);
     # max ||z||^2 is about 15.
     margin = 0.0
     while margin < 2e-3:
       rows = torch.randperm(z.shape[0], generator=gen)[:TINY_CODES]
-      codebook = z[rows] + 0.3 * z.std() * torch.randn(
-          TINY_CODES, TINY_DIM, generator=gen)
+      codebook = z[rows] + 0.3 * z.std() * torch.randn(TINY_CODES, TINY_DIM,
+                                                       generator=gen)
       model.quantize.embedding.weight.copy_(codebook.half().float())
       margin = _min_margin(z, model.quantize.embedding.weight)
     quant, _, (_, _, indices) = model.encode(x)
     recon = model.decode(quant)
     tokens = indices.reshape(2, 16, 16)
-    decoded = model.decode(model.quantize.get_codebook_entry(
-        indices[:, 0], (2, 16, 16, TINY_DIM)))
+    decoded = model.decode(
+        model.quantize.get_codebook_entry(indices[:, 0], (2, 16, 16, TINY_DIM)))
   print(f'tiny: {len(set(tokens.flatten().tolist()))} codes used, '
         f'margin {margin:.4f}')
 
@@ -135,10 +134,16 @@ def make_tiny():
   adam = torch.optim.Adam([model.quant_conv.bias], lr=1e-3)
   model.quant_conv.bias.grad = torch.ones_like(model.quant_conv.bias)
   adam.step()
-  ckpt = {'epoch': 3, 'global_step': 1234, 'pytorch-lightning_version': '1.0.8',
-          'state_dict': state, 'optimizer_states': [adam.state_dict()],
-          'lr_schedulers': [], 'hparams_name': 'kwargs',
-          'hyper_parameters': argparse.Namespace(n_embed=TINY_CODES)}
+  ckpt = {
+      'epoch': 3,
+      'global_step': 1234,
+      'pytorch-lightning_version': '1.0.8',
+      'state_dict': state,
+      'optimizer_states': [adam.state_dict()],
+      'lr_schedulers': [],
+      'hparams_name': 'kwargs',
+      'hyper_parameters': argparse.Namespace(n_embed=TINY_CODES)
+  }
   torch.save(ckpt, os.path.join(GOLDEN_DIR, 'taming_tiny.ckpt'))
   nhwc = lambda t: t.permute(0, 2, 3, 1).numpy().astype(np.float32)
   np.savez_compressed(os.path.join(GOLDEN_DIR, 'taming_tiny.npz'),
@@ -156,17 +161,17 @@ def released_keys(n_embed):
   with torch.device('meta'):
     model = TinyVQModel(RELEASED, n_embed, RELEASED_DIM)
     # imagenet_vqgan.yaml lossconfig.
-    model.loss = VQLPIPSWithDiscriminator(
-        disc_conditional=False, disc_in_channels=3, disc_start=250001,
-        disc_weight=0.8, codebook_weight=1.0)
+    model.loss = VQLPIPSWithDiscriminator(disc_conditional=False,
+                                          disc_in_channels=3, disc_start=250001,
+                                          disc_weight=0.8, codebook_weight=1.0)
   return {k: list(v.shape) for k, v in model.state_dict().items()}
 
 
 def _one_key_a_line(keys):
   variants = []
   for variant, shapes in keys.items():
-    lines = ',\n'.join(f'  {json.dumps(k)}: {json.dumps(v)}'
-                        for k, v in shapes.items())
+    lines = ',\n'.join(
+        f'  {json.dumps(k)}: {json.dumps(v)}' for k, v in shapes.items())
     variants.append(f'{json.dumps(variant)}: {{\n{lines}\n}}')
   return '{\n' + ',\n'.join(variants) + '\n}\n'
 

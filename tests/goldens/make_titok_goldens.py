@@ -33,8 +33,8 @@ import math
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
+ROOT = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 # pylint: disable-next=g-bad-import-order,unused-import
@@ -58,9 +58,10 @@ class ResidualAttentionBlock(nn.Module):
     self.ln_1 = nn.LayerNorm(width)
     self.attn = nn.MultiheadAttention(width, heads)
     self.ln_2 = nn.LayerNorm(width)
-    self.mlp = nn.Sequential(collections.OrderedDict([
-        ('c_fc', nn.Linear(width, 4 * width)), ('gelu', nn.GELU()),
-        ('c_proj', nn.Linear(4 * width, width))]))
+    self.mlp = nn.Sequential(
+        collections.OrderedDict([('c_fc', nn.Linear(width, 4 * width)),
+                                 ('gelu', nn.GELU()),
+                                 ('c_proj', nn.Linear(4 * width, width))]))
 
   def forward(self, x):
     h = self.ln_1(x)
@@ -79,8 +80,8 @@ class TiTokEncoder(nn.Module):
     self.class_embedding = nn.Parameter(scale * torch.randn(1, width))
     self.positional_embedding = nn.Parameter(
         scale * torch.randn(self.grid**2 + 1, width))
-    self.latent_token_positional_embedding = nn.Parameter(
-        scale * torch.randn(k, width))
+    self.latent_token_positional_embedding = nn.Parameter(scale *
+                                                          torch.randn(k, width))
     self.ln_pre = nn.LayerNorm(width)
     self.transformer = nn.ModuleList(
         [ResidualAttentionBlock(width, heads) for _ in range(layers)])
@@ -117,8 +118,8 @@ class TiTokDecoder(nn.Module):
     self.positional_embedding = nn.Parameter(
         scale * torch.randn(self.grid**2 + 1, width))
     self.mask_token = nn.Parameter(scale * torch.randn(1, 1, width))
-    self.latent_token_positional_embedding = nn.Parameter(
-        scale * torch.randn(k, width))
+    self.latent_token_positional_embedding = nn.Parameter(scale *
+                                                          torch.randn(k, width))
     self.ln_pre = nn.LayerNorm(width)
     self.transformer = nn.ModuleList(
         [ResidualAttentionBlock(width, heads) for _ in range(layers)])
@@ -154,8 +155,8 @@ class VectorQuantizer(nn.Module):
     z = z.permute(0, 2, 3, 1).contiguous()
     flat = F.normalize(z.reshape(-1, z.shape[-1]), dim=-1)
     emb = F.normalize(self.embedding.weight, dim=-1)
-    d = (torch.sum(flat**2, dim=1, keepdim=True) + torch.sum(emb**2, dim=1)
-         - 2 * torch.einsum('bd,dn->bn', flat, emb.T))
+    d = (torch.sum(flat**2, dim=1, keepdim=True) + torch.sum(emb**2, dim=1) -
+         2 * torch.einsum('bd,dn->bn', flat, emb.T))
     return torch.argmin(d, dim=1).view(z.shape[0], -1)
 
   def get_codebook_entry(self, indices):
@@ -215,8 +216,7 @@ class UpsamplingBlock(nn.Module):
     for block in self.block:
       x = block(x)
     if self.add_upsample:
-      x = self.upsample_conv(F.interpolate(x, scale_factor=2.0,
-                                           mode='nearest'))
+      x = self.upsample_conv(F.interpolate(x, scale_factor=2.0, mode='nearest'))
     return x
 
 
@@ -227,11 +227,13 @@ class PixelDecoder(nn.Module):
     super().__init__()
     block_in = hidden * mult[-1]
     self.conv_in = Conv2dSame(z_channels, block_in, kernel_size=3)
-    self.mid = nn.ModuleList([ResnetBlock(block_in, block_in, groups)
-                              for _ in range(num_res_blocks)])
+    self.mid = nn.ModuleList([
+        ResnetBlock(block_in, block_in, groups) for _ in range(num_res_blocks)
+    ])
     self.up = nn.ModuleList([
         UpsamplingBlock(hidden, mult, i, num_res_blocks, groups)
-        for i in range(len(mult))])
+        for i in range(len(mult))
+    ])
     self.norm_out = nn.GroupNorm(groups, hidden * mult[0], eps=1e-6,
                                  affine=True)
     self.conv_out = Conv2dSame(hidden * mult[0], 3, kernel_size=3)
@@ -255,10 +257,10 @@ class PixelQuantizer(nn.Module):
 class TiTok(nn.Module):
   """modeling/titok.py TiTok, VQ, finetune_decoder=True (eval path)."""
 
-  def __init__(self, image_size=256, patch=16, width=1024, layers=24,
-               heads=16, k=32, token_size=12, codebook_size=4096,
-               proxy_codes=1024, pixel_dim=256, hidden=128,
-               mult=(1, 1, 2, 2, 4), num_res_blocks=2, groups=32):
+  def __init__(self, image_size=256, patch=16, width=1024, layers=24, heads=16,
+               k=32, token_size=12, codebook_size=4096, proxy_codes=1024,
+               pixel_dim=256, hidden=128, mult=(1, 1, 2, 2, 4),
+               num_res_blocks=2, groups=32):
     super().__init__()
     args = (image_size, patch, width, layers, heads, k, token_size)
     self.encoder = TiTokEncoder(*args)
@@ -284,9 +286,11 @@ class TiTok(nn.Module):
 
 def main():
   keys = {}
-  for name, (model_size, k) in {'titok_l32': ('large', 32),
-                                'titok_b64': ('base', 64),
-                                'titok_s128': ('small', 128)}.items():
+  for name, (model_size, k) in {
+      'titok_l32': ('large', 32),
+      'titok_b64': ('base', 64),
+      'titok_s128': ('small', 128)
+  }.items():
     width, layers, heads = SIZES[model_size]
     with torch.device('meta'):
       model = TiTok(width=width, layers=layers, heads=heads, k=k)
@@ -297,8 +301,10 @@ def main():
   tiny = TiTok(image_size=32, patch=8, width=32, layers=2, heads=2, k=8,
                token_size=4, codebook_size=16, proxy_codes=16, pixel_dim=8,
                hidden=8, mult=(1, 2, 2, 2), num_res_blocks=1, groups=4)
-  state = {n: torch.from_numpy(seeded_weights.draw_tensor(n, t.shape, seed=3))
-           for n, t in tiny.state_dict().items()}
+  state = {
+      n: torch.from_numpy(seeded_weights.draw_tensor(n, t.shape, seed=3))
+      for n, t in tiny.state_dict().items()
+  }
   tiny.load_state_dict(state)
   tiny.eval()
   x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3))

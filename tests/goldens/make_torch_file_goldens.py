@@ -66,21 +66,37 @@ def _lightning_checkpoint() -> dict:
   import argparse  # pylint: disable=import-outside-toplevel
   g = torch.Generator().manual_seed(1)
   state_dict = collections.OrderedDict(
-      (name, torch.randn(*shape, generator=g)) for name, shape in (
-          ('encoder.conv_in.weight', (4, 3, 3, 3)),
-          ('encoder.conv_in.bias', (4,)),
-          ('quantize.embedding.weight', (8, 4))))
+      (name, torch.randn(*shape, generator=g))
+      for name, shape in (('encoder.conv_in.weight',
+                           (4, 3, 3, 3)), ('encoder.conv_in.bias', (4,)),
+                          ('quantize.embedding.weight', (8, 4))))
   return {
-      'epoch': 2, 'global_step': 1000, 'pytorch-lightning_version': '1.0.8',
+      'epoch': 2,
+      'global_step': 1000,
+      'pytorch-lightning_version': '1.0.8',
       'state_dict': state_dict,
-      'optimizer_states': [{'state': {0: {'exp_avg': torch.ones(4, 3, 3, 3)}},
-                            'param_groups': [{'lr': 4.5e-6}]}],
+      'optimizer_states': [{
+          'state': {
+              0: {
+                  'exp_avg': torch.ones(4, 3, 3, 3)
+              }
+          },
+          'param_groups': [{
+              'lr': 4.5e-6
+          }]
+      }],
       'lr_schedulers': [],
-      'callbacks': {_Callback: _Callback()},
-      'hyper_parameters': {'args': argparse.Namespace(base='x.yaml'),
-                           'logdir': pathlib.PosixPath('/logs/run')},
+      'callbacks': {
+          _Callback: _Callback()
+      },
+      'hyper_parameters': {
+          'args': argparse.Namespace(base='x.yaml'),
+          'logdir': pathlib.PosixPath('/logs/run')
+      },
       'evil': _RunsCode(),
   }
+
+
 _LPIPS = _ROOT / 'vqlab' / 'convert' / 'data' / 'lpips_vgg_v0.1.pth'
 
 
@@ -108,8 +124,13 @@ def _sample() -> dict:
       base_t=base.t(),
       # A slice with a storage offset and a row stride of 6.
       window=big[1:4, 2:5],
-      nested={'model': {'layer.weight': torch.randn(2, 2, generator=g),
-                        'step': 7, 'name': 'not a tensor'}},
+      nested={
+          'model': {
+              'layer.weight': torch.randn(2, 2, generator=g),
+              'step': 7,
+              'name': 'not a tensor'
+          }
+      },
       epoch=3)
 
 

@@ -51,6 +51,7 @@ def pack_shapes(state: dict) -> dict[str, np.ndarray]:
 
 def unpack_shapes(golden) -> tuple[list[str], list[tuple[int, ...]]]:
   names = [str(n) for n in golden['weight_names']]
-  shapes = [tuple(int(s) for s in row if s >= 0)
-            for row in golden['weight_shapes']]
+  shapes = [
+      tuple(int(s) for s in row if s >= 0) for row in golden['weight_shapes']
+  ]
   return names, shapes

@@ -23,8 +23,9 @@ import shell  # noqa: E402
 
 def _launch(script, *argv):
   result = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'launch', script), *argv],
-      capture_output=True, text=True, check=False, cwd=ROOT,
+      [sys.executable,
+       os.path.join(ROOT, 'launch', script), *argv], capture_output=True,
+      text=True, check=False, cwd=ROOT,
       env=dict(os.environ, PATH='/nonexistent'))  # gcloud/ssh unreachable.
   return result.returncode, result.stdout.splitlines(), result.stderr
 
@@ -45,28 +46,35 @@ LAUNCH_LOG = ('(nohup {} > ~/vqlab_logs/run.log 2>&1 < /dev/null & '
 
 
 def test_tpu_create_variants():
-  assert _ok(_tpu('create', *TPU, '--project=my-proj',
-                  '--accelerator_type=v4-32',
-                  '--version=tpu-ubuntu2204-base', '--spot')) == [
-      'gcloud compute tpus tpu-vm create vq --zone=us-central2-b '
-      '--accelerator-type=v4-32 --version=tpu-ubuntu2204-base '
-      '--project=my-proj --spot']
-  assert _ok(_tpu('create', *TPU, '--accelerator_type=v5litepod-16',
-                  '--version=v2-alpha-tpuv5-lite', '--queued', '--reserved',
-                  '--service_account=sa@p.iam.gserviceaccount.com')) == [
-      'gcloud compute tpus queued-resources create vq --node-id=vq '
-      '--zone=us-central2-b --accelerator-type=v5litepod-16 '
-      '--runtime-version=v2-alpha-tpuv5-lite --reserved '
-      '--service-account=sa@p.iam.gserviceaccount.com']
-  assert _ok(_tpu('create', *TPU, '--accelerator_type=v3-8',
-                  '--version=tpu-vm-base', '--preemptible')) == [
-      'gcloud compute tpus tpu-vm create vq --zone=us-central2-b '
-      '--accelerator-type=v3-8 --version=tpu-vm-base --preemptible']
+  assert _ok(
+      _tpu('create', *TPU, '--project=my-proj', '--accelerator_type=v4-32',
+           '--version=tpu-ubuntu2204-base', '--spot')) == [
+               'gcloud compute tpus tpu-vm create vq --zone=us-central2-b '
+               '--accelerator-type=v4-32 --version=tpu-ubuntu2204-base '
+               '--project=my-proj --spot'
+           ]
+  assert _ok(
+      _tpu('create', *TPU, '--accelerator_type=v5litepod-16',
+           '--version=v2-alpha-tpuv5-lite', '--queued', '--reserved',
+           '--service_account=sa@p.iam.gserviceaccount.com')) == [
+               'gcloud compute tpus queued-resources create vq --node-id=vq '
+               '--zone=us-central2-b --accelerator-type=v5litepod-16 '
+               '--runtime-version=v2-alpha-tpuv5-lite --reserved '
+               '--service-account=sa@p.iam.gserviceaccount.com'
+           ]
+  assert _ok(
+      _tpu('create', *TPU, '--accelerator_type=v3-8', '--version=tpu-vm-base',
+           '--preemptible')) == [
+               'gcloud compute tpus tpu-vm create vq --zone=us-central2-b '
+               '--accelerator-type=v3-8 --version=tpu-vm-base --preemptible'
+           ]
 
 
 def test_tpu_setup_from_a_checkout_and_from_git():
-  assert _ok(_tpu('setup', *TPU, '--source=/src/vqlab', '--data=/data/faces',
-                  '--internal_ip')) == [
+  assert _ok(
+      _tpu('setup', *TPU, '--source=/src/vqlab', '--data=/data/faces',
+           '--internal_ip')
+  ) == [
       'tar -czf /tmp/vqlab-vq.tar.gz --exclude=.git --exclude=workdirs '
       '--exclude=__pycache__ -C /src/vqlab .',
       'gcloud compute tpus tpu-vm scp /tmp/vqlab-vq.tar.gz vq:vqlab.tar.gz '
@@ -78,25 +86,29 @@ def test_tpu_setup_from_a_checkout_and_from_git():
       'gcloud compute tpus tpu-vm ssh vq --zone=us-central2-b --worker=all '
       "--internal-ip --command='mkdir -p ~/data'",
       "gcloud compute tpus tpu-vm scp /data/faces 'vq:~/data' "
-      '--zone=us-central2-b --worker=all --recurse --internal-ip']
-  assert _ok(_tpu('setup', *TPU, '--project=p',
-                  '--source=git+https://github.com/me/vqlab@v0.1',
-                  '--remote_dir=/opt/vq', '--pip_extra',
-                  '--data=gs://bucket/data', '--data_dest=~/my data')) == [
+      '--zone=us-central2-b --worker=all --recurse --internal-ip'
+  ]
+  assert _ok(
+      _tpu('setup', *TPU, '--project=p',
+           '--source=git+https://github.com/me/vqlab@v0.1',
+           '--remote_dir=/opt/vq', '--pip_extra', '--data=gs://bucket/data',
+           '--data_dest=~/my data')
+  ) == [
       'gcloud compute tpus tpu-vm ssh vq --zone=us-central2-b --worker=all '
       "--project=p --command='rm -rf /opt/vq && git clone "
       'https://github.com/me/vqlab /opt/vq && git -C /opt/vq checkout v0.1 && '
       "python3 -m pip install -e /opt/vq'",
       'gcloud compute tpus tpu-vm ssh vq --zone=us-central2-b --worker=all '
       '--project=p --command=\'mkdir -p ~/"my data" && gcloud storage cp -r '
-      'gs://bucket/data ~/"my data"\'']
+      'gs://bucket/data ~/"my data"\''
+  ]
 
 
 def test_tpu_run_logs_stop_delete():
-  run = _ok(_tpu('run', *TPU, '--config=configs/quickstart.py',
-                 '--workdir=gs://bucket/runs/vq',
-                 '--env=TF_CPP_MIN_LOG_LEVEL=3', '--',
-                 '--config.train.num_steps=100', "--config.data.name=it's"))
+  run = _ok(
+      _tpu('run', *TPU, '--config=configs/quickstart.py',
+           '--workdir=gs://bucket/runs/vq', '--env=TF_CPP_MIN_LOG_LEVEL=3',
+           '--', '--config.train.num_steps=100', "--config.data.name=it's"))
   program = ('env TF_CPP_MIN_LOG_LEVEL=3 python3 main.py '
              '--config=configs/quickstart.py --workdir=gs://bucket/runs/vq '
              '--distributed --mode=train --config.train.num_steps=100 '
@@ -104,22 +116,27 @@ def test_tpu_run_logs_stop_delete():
   assert run == [
       'gcloud compute tpus tpu-vm ssh vq --zone=us-central2-b --worker=all '
       "--command='mkdir -p ~/vqlab_logs && cd ~/vqlab && " +
-      LAUNCH_LOG.format(program) + "'"]
+      LAUNCH_LOG.format(program) + "'"
+  ]
   # The printed line is one shell word per argument, and the remote command
   # is valid sh that passes main.py its arguments unchanged.
   remote = shlex.split(run[0])[-1].removeprefix('--command=')
   assert subprocess.run(['sh', '-n', '-c', remote], check=False).returncode == 0
   assert _ok(_tpu('logs', *TPU, '--worker=3', '--lines=5', '--follow')) == [
       'gcloud compute tpus tpu-vm ssh vq --zone=us-central2-b --worker=3 '
-      "--command='tail -n 5 -f ~/vqlab_logs/run.log'"]
+      "--command='tail -n 5 -f ~/vqlab_logs/run.log'"
+  ]
   assert _ok(_tpu('stop', *TPU)) == [
       'gcloud compute tpus tpu-vm ssh vq --zone=us-central2-b --worker=all '
-      "--command='kill -TERM $(cat ~/vqlab_logs/run.log.pid) || true'"]
+      "--command='kill -TERM $(cat ~/vqlab_logs/run.log.pid) || true'"
+  ]
   assert _ok(_tpu('delete', *TPU)) == [
-      'gcloud compute tpus tpu-vm delete vq --zone=us-central2-b --quiet']
+      'gcloud compute tpus tpu-vm delete vq --zone=us-central2-b --quiet'
+  ]
   assert _ok(_tpu('delete', *TPU, '--queued', '--project=p')) == [
       'gcloud compute tpus queued-resources delete vq --zone=us-central2-b '
-      '--force --quiet --project=p']
+      '--force --quiet --project=p'
+  ]
 
 
 def test_quote_round_trips_through_sh():
@@ -131,10 +148,10 @@ def test_quote_round_trips_through_sh():
 
 
 def test_gpu_nodes_remote_and_local():
-  rc, lines, err = _launch(
-      'gpu_nodes.py', 'run', '--hosts=gpu-a,me@gpu-b', '--dry_run',
-      '--config=configs/quickstart.py', '--workdir=gs://bucket/vq',
-      '--env=NCCL_DEBUG=WARN', '--', '--config.train.batch_size=256')
+  rc, lines, err = _launch('gpu_nodes.py', 'run', '--hosts=gpu-a,me@gpu-b',
+                           '--dry_run', '--config=configs/quickstart.py',
+                           '--workdir=gs://bucket/vq', '--env=NCCL_DEBUG=WARN',
+                           '--', '--config.train.batch_size=256')
   assert rc == 0, err
   assert lines == [
       f'ssh {host} \'mkdir -p ~/vqlab_logs && cd ~/vqlab && (nohup env '
@@ -143,61 +160,67 @@ def test_gpu_nodes_remote_and_local():
       f'--num_processes=2 --process_id={i} --mode=train '
       f'--config.train.batch_size=256 > ~/vqlab_logs/process_{i}.log 2>&1 '
       f'< /dev/null & echo $! > ~/vqlab_logs/process_{i}.log.pid)\''
-      for i, host in enumerate(['gpu-a', 'me@gpu-b'])]
-  rc, lines, err = _launch(
-      'gpu_nodes.py', 'run', '--hosts=localhost,localhost', '--dry_run',
-      '--python=python3', '--coordinator_port=1234', '--cpu_collectives=gloo',
-      '--config=configs/quickstart.py', '--workdir=/tmp/run',
-      '--log_dir=/tmp/logs')
+      for i, host in enumerate(['gpu-a', 'me@gpu-b'])
+  ]
+  rc, lines, err = _launch('gpu_nodes.py', 'run', '--hosts=localhost,localhost',
+                           '--dry_run', '--python=python3',
+                           '--coordinator_port=1234', '--cpu_collectives=gloo',
+                           '--config=configs/quickstart.py',
+                           '--workdir=/tmp/run', '--log_dir=/tmp/logs')
   assert rc == 0, err
   assert lines == [
       f'cd {ROOT} && python3 main.py --config=configs/quickstart.py '
       '--workdir=/tmp/run --coordinator_address=localhost:1234 '
       f'--num_processes=2 --process_id={i} --cpu_collectives=gloo '
-      f'--mode=train > /tmp/logs/process_{i}.log 2>&1 &' for i in range(2)]
+      f'--mode=train > /tmp/logs/process_{i}.log 2>&1 &' for i in range(2)
+  ]
   assert _ok(_launch('gpu_nodes.py', 'stop', '--hosts=a,b', '--dry_run')) == [
       f"ssh {h} 'kill -TERM $(cat ~/vqlab_logs/process_{i}.log.pid) || true'"
-      for i, h in enumerate('ab')]
-  assert _ok(_launch('gpu_nodes.py', 'logs', '--hosts=a', '--lines=3',
-                     '--dry_run')) == [
-      "ssh a 'tail -n 3 ~/vqlab_logs/process_0.log'"]
+      for i, h in enumerate('ab')
+  ]
+  assert _ok(
+      _launch('gpu_nodes.py', 'logs', '--hosts=a', '--lines=3',
+              '--dry_run')) == ["ssh a 'tail -n 3 ~/vqlab_logs/process_0.log'"]
 
 
 @pytest.mark.parametrize('script,argv,message', [
     ('tpu_vm.py', ['run', *TPU, '--config=c.py', '--workdir=/tmp/run'],
      'tpu_vm.py run: error: --workdir=/tmp/run: all workers must share it, '
      'use a gs:// URL (or pass --allow_local_workdir)'),
-    ('tpu_vm.py', ['run', *TPU, '--config=c.py', '--workdir=gs://b/r', '--',
-                   '--dry_run'],
-     'tpu_vm.py run: error: arguments after -- are config overrides '
+    ('tpu_vm.py', [
+        'run', *TPU, '--config=c.py', '--workdir=gs://b/r', '--', '--dry_run'
+    ], 'tpu_vm.py run: error: arguments after -- are config overrides '
      '(--config.x=y), got --dry_run'),
-    ('tpu_vm.py', ['run', *TPU, '--config=c.py', '--workdir=gs://b/r',
-                   '--env=NOVALUE'],
-     'tpu_vm.py run: error: --env=NOVALUE: expected NAME=VALUE'),
-    ('tpu_vm.py', ['create', *TPU, '--accelerator_type=v4-8', '--version=v',
-                   '--spot', '--preemptible'],
-     'tpu_vm.py create: error: --spot and --preemptible are exclusive'),
-    ('tpu_vm.py', ['create', *TPU, '--accelerator_type=v4-8', '--version=v',
-                   '--queued', '--preemptible'],
-     'tpu_vm.py create: error: --preemptible is not available with --queued '
+    ('tpu_vm.py', [
+        'run', *TPU, '--config=c.py', '--workdir=gs://b/r', '--env=NOVALUE'
+    ], 'tpu_vm.py run: error: --env=NOVALUE: expected NAME=VALUE'),
+    ('tpu_vm.py', [
+        'create', *TPU, '--accelerator_type=v4-8', '--version=v', '--spot',
+        '--preemptible'
+    ], 'tpu_vm.py create: error: --spot and --preemptible are exclusive'),
+    ('tpu_vm.py', [
+        'create', *TPU, '--accelerator_type=v4-8', '--version=v', '--queued',
+        '--preemptible'
+    ], 'tpu_vm.py create: error: --preemptible is not available with --queued '
      '(use --spot)'),
     ('tpu_vm.py', ['create', *TPU, '--version=v'],
      'tpu_vm.py create: error: the following arguments are required: '
      '--accelerator_type'),
-    ('tpu_vm.py', ['launch', *TPU],
-     'tpu_vm.py: error: argument command: invalid choice:'),
-    ('gpu_nodes.py', ['run', '--hosts=a,b', '--config=c.py',
-                      '--workdir=/tmp/run'],
-     'gpu_nodes.py run: error: --workdir=/tmp/run: all hosts must share it, '
+    ('tpu_vm.py', ['launch', *TPU
+                  ], 'tpu_vm.py: error: argument command: invalid choice:'),
+    ('gpu_nodes.py', [
+        'run', '--hosts=a,b', '--config=c.py', '--workdir=/tmp/run'
+    ], 'gpu_nodes.py run: error: --workdir=/tmp/run: all hosts must share it, '
      'use a gs:// URL (or pass --allow_local_workdir for a shared '
      'filesystem)'),
-    ('gpu_nodes.py', ['run', '--hosts=localhost,b', '--config=c.py',
-                      '--workdir=gs://b/r'],
-     'gpu_nodes.py run: error: --hosts mixes localhost and remote hosts; '
+    ('gpu_nodes.py', [
+        'run', '--hosts=localhost,b', '--config=c.py', '--workdir=gs://b/r'
+    ], 'gpu_nodes.py run: error: --hosts mixes localhost and remote hosts; '
      'name this machine by its hostname to reach it over ssh too'),
-    ('gpu_nodes.py', ['run', '--hosts=a', '--config=c.py',
-                      '--workdir=gs://b/r', '--cpu_collectives=nccl'],
-     'gpu_nodes.py run: error: argument --cpu_collectives: invalid choice:'),
+    ('gpu_nodes.py', [
+        'run', '--hosts=a', '--config=c.py', '--workdir=gs://b/r',
+        '--cpu_collectives=nccl'
+    ], 'gpu_nodes.py run: error: argument --cpu_collectives: invalid choice:'),
     ('gpu_nodes.py', ['stop', '--hosts=localhost'],
      'gpu_nodes.py stop: error: local runs stop with Ctrl-C (they run in '
      'the foreground)'),

@@ -23,14 +23,18 @@ def _pcl_numpy(y, z, w, t, eps):
 
 def test_pcl_equals_formula_on_all_patches():
   rng = np.random.default_rng(0)
-  real = {'relu1_2': rng.standard_normal((2, 4, 4, 5)),
-          'relu2_2': rng.standard_normal((2, 2, 2, 6))}
+  real = {
+      'relu1_2': rng.standard_normal((2, 4, 4, 5)),
+      'relu2_2': rng.standard_normal((2, 2, 2, 6))
+  }
   rec = {k: v + 0.5 * rng.standard_normal(v.shape) for k, v in real.items()}
   token_w = rng.uniform(0, 1, (2, 2, 2)) * (rng.uniform(size=(2, 2, 2)) > 0.3)
   got = contrastive.probabilistic_contrastive_loss(
-      {k: jnp.asarray(v, jnp.float32) for k, v in real.items()},
-      {k: jnp.asarray(v, jnp.float32) for k, v in rec.items()},
-      jnp.asarray(token_w, jnp.float32), jax.random.key(0), temperature=0.5,
+      {
+          k: jnp.asarray(v, jnp.float32) for k, v in real.items()
+      }, {
+          k: jnp.asarray(v, jnp.float32) for k, v in rec.items()
+      }, jnp.asarray(token_w, jnp.float32), jax.random.key(0), temperature=0.5,
       num_patches=0, epsilon=1e-3)
   want = []
   for name, (h, w_) in (('relu1_2', (4, 4)), ('relu2_2', (2, 2))):
@@ -38,9 +42,12 @@ def test_pcl_equals_formula_on_all_patches():
     rows = np.arange(h) * 2 // h
     cols = np.arange(w_) * 2 // w_
     grid = token_w[:, rows][:, :, cols].reshape(2, -1)
-    want.append(np.mean([_pcl_numpy(real[name][b].reshape(-1, real[name].shape[-1]),
-                                    rec[name][b].reshape(-1, rec[name].shape[-1]),
-                                    grid[b], 0.5, 1e-3) for b in range(2)]))
+    want.append(
+        np.mean([
+            _pcl_numpy(real[name][b].reshape(-1, real[name].shape[-1]),
+                       rec[name][b].reshape(-1, rec[name].shape[-1]), grid[b],
+                       0.5, 1e-3) for b in range(2)
+        ]))
   np.testing.assert_allclose(got, np.mean(want), rtol=1e-5)
 
 
@@ -51,15 +58,16 @@ def test_pcl_sampled_patches_and_coarse_grid():
   token_w = rng.uniform(0, 1, (1, 16, 16))  # Finer than the features.
   key = jax.random.key(3)
   got = contrastive.probabilistic_contrastive_loss(
-      {'a': jnp.asarray(real, jnp.float32)}, {'a': jnp.asarray(rec, jnp.float32)},
-      jnp.asarray(token_w, jnp.float32), key, temperature=0.07,
-      num_patches=10, epsilon=1e-6)
-  idx = np.asarray(contrastive.sample_patch_indices(
-      jax.random.split(key, 1)[0], 64, 10))
+      {'a': jnp.asarray(real, jnp.float32)},
+      {'a': jnp.asarray(rec, jnp.float32)}, jnp.asarray(token_w, jnp.float32),
+      key, temperature=0.07, num_patches=10, epsilon=1e-6)
+  idx = np.asarray(
+      contrastive.sample_patch_indices(jax.random.split(key, 1)[0], 64, 10))
   assert len(set(idx.tolist())) == 10
   grid = token_w.reshape(1, 8, 2, 8, 2).mean(axis=(2, 4)).reshape(-1)
-  want = _pcl_numpy(real.reshape(64, 3)[idx], rec.reshape(64, 3)[idx],
-                    grid[idx], 0.07, 1e-6)
+  want = _pcl_numpy(
+      real.reshape(64, 3)[idx],
+      rec.reshape(64, 3)[idx], grid[idx], 0.07, 1e-6)
   np.testing.assert_allclose(got, want, rtol=1e-4)
 
 
@@ -70,8 +78,8 @@ def test_pcl_zero_weights_are_finite_and_pull_positives():
   real = jnp.asarray(rng.standard_normal((1, 4, 4, 8)), jnp.float32)
   rec = jnp.asarray(rng.standard_normal((1, 4, 4, 8)), jnp.float32)
   loss = lambda r: contrastive.probabilistic_contrastive_loss(
-      {'a': real}, {'a': r}, jnp.zeros((1, 4, 4)), jax.random.key(0),
-      num_patches=0)
+      {'a': real}, {'a': r}, jnp.zeros(
+          (1, 4, 4)), jax.random.key(0), num_patches=0)
   value, grad = jax.value_and_grad(loss)(rec)
   assert np.isfinite(value)
   assert float(loss(rec - 0.1 * grad)) < float(value)

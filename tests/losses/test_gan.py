@@ -13,8 +13,9 @@ from vqlab.train.tasks import tokenizer
 def test_hinge_and_non_saturating_values():
   real = jnp.array([2.0, 0.5, -1.0])
   fake = jnp.array([-2.0, 0.0, 1.5])
-  np.testing.assert_allclose(gan.hinge_d_loss(real, fake),
-                             0.5 * (np.mean([0, 0.5, 2.0]) + np.mean([0, 1, 2.5])))
+  np.testing.assert_allclose(
+      gan.hinge_d_loss(real, fake),
+      0.5 * (np.mean([0, 0.5, 2.0]) + np.mean([0, 1, 2.5])))
   np.testing.assert_allclose(gan.hinge_g_loss(fake), -np.mean([-2.0, 0.0, 1.5]))
   softplus = lambda x: np.log1p(np.exp(x))
   np.testing.assert_allclose(

@@ -14,10 +14,11 @@ from vqlab.nn import blur
 
 def test_lecam_matches_formula_and_ema():
   rng = np.random.default_rng(0)
-  real, fake = rng.standard_normal((4, 3, 3, 1)), rng.standard_normal((4, 3, 3, 1))
+  real, fake = rng.standard_normal((4, 3, 3, 1)), rng.standard_normal(
+      (4, 3, 3, 1))
   ema = {'real': jnp.float32(0.3), 'fake': jnp.float32(-0.2)}
-  got = gan.lecam_regularizer(jnp.asarray(real), jnp.asarray(fake),
-                              ema['real'], ema['fake'])
+  got = gan.lecam_regularizer(jnp.asarray(real), jnp.asarray(fake), ema['real'],
+                              ema['fake'])
   relu = lambda v: np.maximum(v, 0)
   want = np.mean(relu(real + 0.2)**2) + np.mean(relu(0.3 - fake)**2)
   np.testing.assert_allclose(got, want, rtol=1e-6)
@@ -27,8 +28,8 @@ def test_lecam_matches_formula_and_ema():
   np.testing.assert_allclose(new['fake'], 0.999 * -0.2 + 0.001 * fake.mean(),
                              rtol=1e-5)
   # No gradient reaches the EMAs.
-  grads = jax.grad(lambda e: gan.lecam_regularizer(
-      jnp.asarray(real), jnp.asarray(fake), e['real'], e['fake']))(ema)
+  grads = jax.grad(lambda e: gan.lecam_regularizer(jnp.asarray(
+      real), jnp.asarray(fake), e['real'], e['fake']))(ema)
   assert float(grads['real']) == 0.0 and float(grads['fake']) == 0.0
 
 
@@ -44,8 +45,11 @@ def test_r1_penalty_equals_analytic_gradient():
 def _blur_reference(x, axis):
   taps = np.array([1.0, 3.0, 3.0, 1.0]) / 8
   a = np.pad(np.moveaxis(x, axis, 0), [(1, 1)] + [(0, 0)] * (x.ndim - 1))
-  out = np.stack([sum(taps[k] * a[2 * i + k] for k in range(4))
-                  for i in range(x.shape[axis] // 2)])
+  out = np.stack([
+      sum(taps[k] * a[2 * i + k]
+          for k in range(4))
+      for i in range(x.shape[axis] // 2)
+  ])
   return np.moveaxis(out, 0, axis)
 
 
@@ -79,8 +83,9 @@ def test_stylegan_discriminator_shapes_and_errors():
     discriminators.build(config)
   bad = discriminators.default_config('patchgan')
   bad.name = 'dcgan'
-  with pytest.raises(ConfigError, match="discriminator.name: unknown "
-                     "discriminator 'dcgan'"):
+  with pytest.raises(
+      ConfigError, match="discriminator.name: unknown "
+      "discriminator 'dcgan'"):
     discriminators.build(bad)
 
 

@@ -45,14 +45,16 @@ def lpips_golden():
 @pytest.fixture(scope='module')
 def lpips_params(lpips_golden):
   heads = torch_files.load_state_dict(files.require('lpips_vgg_heads'))
-  return {'vgg': vgg_weights.convert_vgg(_seeded_state(lpips_golden), 16),
-          **lpips_weights.convert_lpips_heads(heads)}
+  return {
+      'vgg': vgg_weights.convert_vgg(_seeded_state(lpips_golden), 16),
+      **lpips_weights.convert_lpips_heads(heads)
+  }
 
 
 def _lpips_fn(dtype=jnp.float32):
-  return jax.jit(lambda p, x, y: perceptual.lpips_distance(p, x, y,
-                                                           dtype=dtype),
-                 compiler_options=FAST_COMPILE)
+  return jax.jit(
+      lambda p, x, y: perceptual.lpips_distance(p, x, y, dtype=dtype),
+      compiler_options=FAST_COMPILE)
 
 
 @pytest.mark.parametrize('tag', ['square', 'wide'])
@@ -79,8 +81,9 @@ def test_lpips_bfloat16_trunk_is_close(lpips_golden, lpips_params):
 def test_lpips_gradient_is_finite(lpips_params):
   x = jax.random.uniform(jax.random.key(0), (1, 32, 32, 3), minval=-1.0,
                          maxval=1.0)
-  grad = jax.jit(jax.grad(lambda y: perceptual.lpips_distance(
-      lpips_params, x, y).sum()), compiler_options=FAST_COMPILE)
+  grad = jax.jit(
+      jax.grad(lambda y: perceptual.lpips_distance(lpips_params, x, y).sum()),
+      compiler_options=FAST_COMPILE)
   far = np.asarray(grad(-x))
   assert np.all(np.isfinite(far)) and np.abs(far).max() > 0
   # At y = x every difference is 0; all-zero features must not give NaNs.
@@ -109,15 +112,16 @@ def test_vgg19_features_match_reference():
 
 def test_vgg_stops_after_last_requested_layer():
   model = vgg.VGG(19, ('relu2_2', 'relu1_1'))
-  shapes = jax.eval_shape(model.init, jax.random.key(0),
-                          jnp.zeros((1, 8, 8, 3)))
-  assert sorted(shapes['params']) == ['conv1_1', 'conv1_2', 'conv2_1',
-                                      'conv2_2']
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(
+      (1, 8, 8, 3)))
+  assert sorted(
+      shapes['params']) == ['conv1_1', 'conv1_2', 'conv2_1', 'conv2_2']
   out = jax.eval_shape(model.apply, shapes, jnp.zeros((1, 8, 8, 3)))
   assert out['relu2_2'].shape == (1, 4, 4, 128)
   with pytest.raises(ValueError, match='relu3_4'):
-    jax.eval_shape(vgg.VGG(16, ('relu3_4',)).init, jax.random.key(0),
-                   jnp.zeros((1, 8, 8, 3)))
+    jax.eval_shape(
+        vgg.VGG(16, ('relu3_4',)).init, jax.random.key(0),
+        jnp.zeros((1, 8, 8, 3)))
 
 
 def test_missing_vgg16_file_names_file_and_directory(tmp_path):
@@ -151,8 +155,10 @@ def test_wrong_shapes_name_the_key(lpips_golden):
     vgg_weights.convert_vgg(state, 16)
   with pytest.raises(WeightsError, match=r"'features\.16\.weight'"):
     vgg_weights.convert_vgg(state, 19)  # A VGG16 file for VGG19.
-  heads = {f'lin{k}.model.1.weight': np.zeros((1, c, 1, 1), np.float32)
-           for k, c in enumerate(vgg.CHANNELS)}
+  heads = {
+      f'lin{k}.model.1.weight': np.zeros((1, c, 1, 1), np.float32)
+      for k, c in enumerate(vgg.CHANNELS)
+  }
   heads['lin3.model.1.weight'] = np.zeros((1, 256, 1, 1), np.float32)
   with pytest.raises(WeightsError, match=r"'lin3\.model\.1\.weight'"):
     lpips_weights.convert_lpips_heads(heads)

@@ -45,12 +45,16 @@ def test_features_match_pytorch_fid(golden, state):
 
   def features(params, small, large):
     # Both batches through one network: a single (slow) XLA:CPU compile.
-    x = jnp.concatenate([inception.resize_bilinear(small, size),
-                         inception.resize_bilinear(large, size)])
+    x = jnp.concatenate([
+        inception.resize_bilinear(small, size),
+        inception.resize_bilinear(large, size)
+    ])
     return model.apply({'params': params}, x)
 
-  out = jax.jit(features, compiler_options=FAST_COMPILE)(
-      params, _signed(golden['inputs_small']), _signed(golden['inputs_large']))
+  out = jax.jit(features,
+                compiler_options=FAST_COMPILE)(params,
+                                               _signed(golden['inputs_small']),
+                                               _signed(golden['inputs_large']))
   for key, name in (('pool', 'pool'), ('logits_unbiased', 'logits')):
     want = np.concatenate([golden[f'{name}_small'], golden[f'{name}_large']])
     got = np.asarray(out[key])
@@ -68,9 +72,9 @@ def test_resize_matches_torch(golden, name):
   1e-6: a float32 rounding of the source index differs by 1.5e-5 near 256.
   """
   images = jnp.asarray(golden[f'inputs_{name}'][:1].astype(np.float32) / 255)
-  resized = np.asarray(jax.jit(
-      lambda x: inception.resize_bilinear(x, (299, 299)),
-      compiler_options=FAST_COMPILE)(images))[0]
+  resized = np.asarray(
+      jax.jit(lambda x: inception.resize_bilinear(x, (299, 299)),
+              compiler_options=FAST_COMPILE)(images))[0]
   lines = golden['resize_lines']
   np.testing.assert_allclose(resized[lines], golden[f'resize_{name}_rows'],
                              atol=1e-6)
@@ -80,19 +84,20 @@ def test_resize_matches_torch(golden, name):
 
 def test_model_output_shapes_with_resize():
   shapes = jax.eval_shape(
-      lambda x: inception.InceptionV3().init_with_output(
-          jax.random.key(0), x)[0], jnp.zeros((2, 40, 50, 3)))
+      lambda x: inception.InceptionV3().init_with_output(jax.random.key(0), x)[0
+                                                                              ],
+      jnp.zeros((2, 40, 50, 3)))
   assert shapes['pool'].shape == (2, inception.POOL_FEATURES)
   assert shapes['logits_unbiased'].shape == (2, inception.NUM_CLASSES)
 
 
 def test_converter_tolerates_missing_num_batches_tracked(state):
-  trimmed = {k: v for k, v in state.items()
-             if not k.endswith('num_batches_tracked')}
+  trimmed = {
+      k: v for k, v in state.items() if not k.endswith('num_batches_tracked')
+  }
   assert len(trimmed) < len(state)
   params = inception_weights.convert_inception(trimmed)
-  assert params['Mixed_7c']['branch_pool']['kernel'].shape == (1, 1, 2048,
-                                                                 192)
+  assert params['Mixed_7c']['branch_pool']['kernel'].shape == (1, 1, 2048, 192)
   assert params['fc']['kernel'].shape == (2048, 1008)
 
 

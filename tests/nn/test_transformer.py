@@ -23,8 +23,10 @@ def test_causal_mask_and_cached_decode_equal_full_pass():
   cache = decoder.init(jax.random.key(1), x)['cache']
   steps = []
   for t in range(6):
-    out, variables = decoder.apply({'params': params, 'cache': cache},
-                                   x[:, t:t + 1], mutable=['cache'])
+    out, variables = decoder.apply({
+        'params': params,
+        'cache': cache
+    }, x[:, t:t + 1], mutable=['cache'])
     cache = variables['cache']
     steps.append(out)
   np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5)

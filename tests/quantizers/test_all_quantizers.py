@@ -31,17 +31,24 @@ def _config(name, **overrides):
 
 # Small variants of every quantizer and option.
 VARIANTS = {
-    'vq': _config('vq', codebook_size=32, embedding_dim=4),
-    'vq_ema_restart': _config('vq', codebook_size=32, embedding_dim=4,
-                              ema=True, restart_threshold=0.5),
-    'vq_l2_projection': _config('vq', codebook_size=32, embedding_dim=6,
-                                l2_normalize=True, projection_dim=3),
-    'gumbel': _config('gumbel', codebook_size=32, embedding_dim=4),
-    'regularized': _config('regularized', codebook_size=32, embedding_dim=4),
-    'lfq': _config('lfq', codebook_size=64),
-    'lfq_factorized': _config('lfq', codebook_size=64, factor_bits=(2, 4),
-                              entropy_groups=2),
-    'fsq': _config('fsq', levels=(5, 4, 3)),
+    'vq':
+        _config('vq', codebook_size=32, embedding_dim=4),
+    'vq_ema_restart':
+        _config('vq', codebook_size=32, embedding_dim=4, ema=True,
+                restart_threshold=0.5),
+    'vq_l2_projection':
+        _config('vq', codebook_size=32, embedding_dim=6, l2_normalize=True,
+                projection_dim=3),
+    'gumbel':
+        _config('gumbel', codebook_size=32, embedding_dim=4),
+    'regularized':
+        _config('regularized', codebook_size=32, embedding_dim=4),
+    'lfq':
+        _config('lfq', codebook_size=64),
+    'lfq_factorized':
+        _config('lfq', codebook_size=64, factor_bits=(2, 4), entropy_groups=2),
+    'fsq':
+        _config('fsq', levels=(5, 4, 3)),
 }
 
 
@@ -58,8 +65,13 @@ def _init(q, z):
 
 def test_registry_names_and_defaults_build():
   assert quantizers.names() == ['fsq', 'gumbel', 'lfq', 'regularized', 'vq']
-  expected_dims = {'fsq': (4, 1000), 'gumbel': (16, 512), 'lfq': (10, 1024),
-                   'regularized': (16, 512), 'vq': (16, 512)}
+  expected_dims = {
+      'fsq': (4, 1000),
+      'gumbel': (16, 512),
+      'lfq': (10, 1024),
+      'regularized': (16, 512),
+      'vq': (16, 512)
+  }
   for name in quantizers.names():
     q = quantizers.build(quantizers.default_config(name))
     assert (q.code_dim, q.codebook_size) == expected_dims[name], name
@@ -102,8 +114,8 @@ def test_indices_to_codes_inverts_quantize(variant):
     np.testing.assert_array_equal(again, np.arange(q.codebook_size))
 
 
-@pytest.mark.parametrize('variant', ['fsq', 'gumbel', 'lfq', 'lfq_factorized',
-                                     'regularized', 'vq'])
+@pytest.mark.parametrize(
+    'variant', ['fsq', 'gumbel', 'lfq', 'lfq_factorized', 'regularized', 'vq'])
 def test_rejects_bad_inputs(variant):
   q = quantizers.build(VARIANTS[variant])
   # Concrete zeros of the right shapes: the checks run before any compute,
@@ -130,23 +142,32 @@ def test_rejects_bad_inputs(variant):
 
 
 @pytest.mark.parametrize('name, overrides, message', [
-    ('vq', {'restart_threshold': 1.0},
-     r'^quantizer\.restart_threshold: 1\.0 > 0 needs ema=True'),
-    ('vq', {'ema': True, 'decay': 1.0},
-     r'^quantizer\.decay: must be in \[0, 1\), got 1\.0$'),
-    ('lfq', {'codebook_size': 1000},
-     r'^quantizer\.codebook_size: must be a power of 2'),
-    ('lfq', {'factor_bits': (4, 4)},
-     r'^quantizer\.factor_bits: \(4, 4\) must be positive and sum to '
+    ('vq', {
+        'restart_threshold': 1.0
+    }, r'^quantizer\.restart_threshold: 1\.0 > 0 needs ema=True'),
+    ('vq', {
+        'ema': True,
+        'decay': 1.0
+    }, r'^quantizer\.decay: must be in \[0, 1\), got 1\.0$'),
+    ('lfq', {
+        'codebook_size': 1000
+    }, r'^quantizer\.codebook_size: must be a power of 2'),
+    ('lfq', {
+        'factor_bits': (4, 4)
+    }, r'^quantizer\.factor_bits: \(4, 4\) must be positive and sum to '
      r'log2\(codebook_size\) = 10$'),
-    ('lfq', {'entropy_groups': 11},
-     r'^quantizer\.entropy_groups: must be in \[1, 10\], got 11$'),
-    ('fsq', {'levels': (8, 2)},
-     r'^quantizer\.levels: must be integers >= 3'),
-    ('regularized', {'mask_ratio': 1.5},
-     r'^quantizer\.mask_ratio: must be in \[0, 1\], got 1\.5$'),
-    ('gumbel', {'temperature': 0.0},
-     r'^quantizer\.temperature: must be > 0, got 0\.0$'),
+    ('lfq', {
+        'entropy_groups': 11
+    }, r'^quantizer\.entropy_groups: must be in \[1, 10\], got 11$'),
+    ('fsq', {
+        'levels': (8, 2)
+    }, r'^quantizer\.levels: must be integers >= 3'),
+    ('regularized', {
+        'mask_ratio': 1.5
+    }, r'^quantizer\.mask_ratio: must be in \[0, 1\], got 1\.5$'),
+    ('gumbel', {
+        'temperature': 0.0
+    }, r'^quantizer\.temperature: must be > 0, got 0\.0$'),
 ])
 def test_impossible_values_are_named(name, overrides, message):
   with pytest.raises(ConfigError, match=message):  # One line from main.py.
@@ -154,9 +175,10 @@ def test_impossible_values_are_named(name, overrides, message):
 
 
 # ------------------------------------------------------------ configs/vqgan ---
-CONFIG_FILES = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, 'configs',
-                                                              'vqgan'))
-                      if f.endswith('.py') and not f.startswith('_'))
+CONFIG_FILES = sorted(
+    f[:-3]
+    for f in os.listdir(os.path.join(ROOT, 'configs', 'vqgan'))
+    if f.endswith('.py') and not f.startswith('_'))
 
 
 def test_a_vqgan_config_per_quantizer():
@@ -178,14 +200,18 @@ def test_a_vqgan_config_per_quantizer():
 
 # ------------------------------------------------- a few VQGAN train steps ---
 TRAIN_VARIANTS = {
-    'vq_ema_restart': _config('vq', codebook_size=16, embedding_dim=4,
-                              ema=True, restart_threshold=0.9),
-    'gumbel': _config('gumbel', codebook_size=16, embedding_dim=4,
-                      temperature_anneal_steps=4),
-    'regularized': _config('regularized', codebook_size=16, embedding_dim=4),
-    'lfq': _config('lfq', codebook_size=16, factor_bits=(2, 2),
-                   entropy_groups=2),
-    'fsq': _config('fsq', levels=(5, 3, 3)),
+    'vq_ema_restart':
+        _config('vq', codebook_size=16, embedding_dim=4, ema=True,
+                restart_threshold=0.9),
+    'gumbel':
+        _config('gumbel', codebook_size=16, embedding_dim=4,
+                temperature_anneal_steps=4),
+    'regularized':
+        _config('regularized', codebook_size=16, embedding_dim=4),
+    'lfq':
+        _config('lfq', codebook_size=16, factor_bits=(2, 2), entropy_groups=2),
+    'fsq':
+        _config('fsq', levels=(5, 3, 3)),
 }
 
 
@@ -204,10 +230,13 @@ def test_vqgan_train_steps_lower_the_loss(variant):
   config.model.quantizer = TRAIN_VARIANTS[variant]
   config = experiment_config.validate(config, num_devices=8)
   task = tokenizer.build(config)
-  batch = {'image': jax.random.uniform(jax.random.key(0), (8, 8, 8, 3),
-                                       minval=-1, maxval=1)}
-  state = jax.jit(task.init, compiler_options=FAST_COMPILE)(
-      jax.random.key(1), batch)
+  batch = {
+      'image':
+          jax.random.uniform(jax.random.key(0), (8, 8, 8, 3), minval=-1,
+                             maxval=1)
+  }
+  state = jax.jit(task.init, compiler_options=FAST_COMPILE)(jax.random.key(1),
+                                                            batch)
   initial_state = state.model_state
   step = jax.jit(task.train_step, compiler_options=FAST_COMPILE)
   losses = []

@@ -38,8 +38,8 @@ def test_fsq_matches_numpy_reference_and_gradient():
   np.testing.assert_array_equal(out.indices, indices)
   assert float(out.loss) == 0.0
   cot = jax.random.normal(jax.random.key(9), z.shape)
-  g = jax.jit(lambda z, c: jax.vjp(lambda z: q.apply({}, z).quantized,
-                                   z)[1](c)[0])(z, cot)
+  g = jax.jit(lambda z, c: jax.vjp(lambda z: q.apply({}, z).quantized, z)[1]
+              (c)[0])(z, cot)
   np.testing.assert_allclose(g, grad * np.asarray(cot), rtol=1e-4, atol=1e-6)
   counts = np.bincount(indices.ravel(), minlength=480)
   np.testing.assert_allclose(out.metrics['usage'], (counts > 0).mean())
@@ -66,5 +66,5 @@ def test_fsq_bound_uses_atanh_so_zero_maps_to_the_zero_code():
   np.testing.assert_allclose(got, 0.0, atol=1e-6)
   half_l = (4 - 1) * (1 - 1e-3) / 2  # With tan, L = 4 would be off:
   assert abs(np.tanh(np.tan(0.5 / half_l)) * half_l - 0.5) > 1e-4
-  np.testing.assert_array_equal(
-      fsq.quantize(jnp.zeros((1, 4)), levels), np.zeros((1, 4)))
+  np.testing.assert_array_equal(fsq.quantize(jnp.zeros((1, 4)), levels),
+                                np.zeros((1, 4)))

@@ -14,14 +14,18 @@ from vqlab.quantizers import gumbel
 
 
 def _init(q, z):
-  return jax.jit(functools.partial(q.init, train=False))(
-      {'params': jax.random.key(0), 'quantizer': jax.random.key(1)}, z)
+  return jax.jit(functools.partial(q.init, train=False))({
+      'params': jax.random.key(0),
+      'quantizer': jax.random.key(1)
+  }, z)
 
 
 def _apply(q, train, mutable=False):
+
   def fn(variables, z, key):
     return q.apply(variables, z, train=train, rngs={'quantizer': key},
                    mutable=mutable)
+
   return jax.jit(fn)
 
 
@@ -32,12 +36,13 @@ def test_gumbel_quantize_values_and_relaxation_gradient():
   noise = rng.gumbel(size=(20, 7)).astype(np.float32)
   cot = rng.normal(size=(20, 3)).astype(np.float32)
   tau = 0.7
+
   @jax.jit
   def fn(logits, codebook):
     (quantized, indices), pullback = jax.vjp(
         lambda x, e: gumbel.gumbel_quantize(x, e, noise, tau), logits, codebook)
-    return quantized, indices, *pullback(
-        (cot, np.zeros(20, jax.dtypes.float0)))
+    return quantized, indices, *pullback((cot, np.zeros(20, jax.dtypes.float0)))
+
   quantized, indices, g_logits, g_codebook = fn(logits, codebook)
   idx = np.argmax(np.float64(logits) + noise, -1)
   np.testing.assert_array_equal(indices, idx)
@@ -75,11 +80,11 @@ def test_gumbel_samples_follow_the_softmax():
   q = gumbel.GumbelQuantizer(codebook_size=6, embedding_dim=4)
   z = jnp.broadcast_to(jnp.array([0.9, -0.4, 1.3, 0.2]), (20000, 4))
   variables = _init(q, z[:1])
-  out, _ = _apply(q, train=True, mutable=[base.STATE])(
-      variables, z, jax.random.key(4))
+  out, _ = _apply(q, train=True, mutable=[base.STATE])(variables, z,
+                                                       jax.random.key(4))
   p = variables['params']['to_logits']
-  probs = reference.softmax(np.float64(z[0]) @ np.float64(p['kernel']) +
-                            np.float64(p['bias']))
+  probs = reference.softmax(
+      np.float64(z[0]) @ np.float64(p['kernel']) + np.float64(p['bias']))
   assert probs.max() < 0.9  # A real distribution, not a near-argmax.
   reference.assert_follows(out.indices, probs, 'gumbel')
 
@@ -90,19 +95,20 @@ def test_gumbel_temperature_anneals_geometrically_with_train_steps():
                              temperature_anneal_steps=4)
   z = jnp.ones((2, 2))
   variables = jax.tree.map(  # Values do not matter here: no compile needed.
-      lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(
-          functools.partial(q.init, train=False), jax.random.key(0), z))
+      lambda s: jnp.zeros(s.shape, s.dtype),
+      jax.eval_shape(functools.partial(q.init, train=False), jax.random.key(0),
+                     z))
   step = _apply(q, train=True, mutable=[base.STATE])
   seen = []
   for i in range(6):
     out, state = step(variables, z, jax.random.key(i))
     seen.append(float(out.metrics['temperature']))
     variables = {**variables, **state}
-  np.testing.assert_allclose(seen, [2.0 * (0.125 / 2.0)**(min(s, 4) / 4)
-                                    for s in range(6)], rtol=1e-6)
+  np.testing.assert_allclose(
+      seen, [2.0 * (0.125 / 2.0)**(min(s, 4) / 4) for s in range(6)], rtol=1e-6)
   assert int(variables[base.STATE]['step']) == 6
   # Inference neither advances the counter nor samples.
-  out, state = _apply(q, train=False, mutable=[base.STATE])(
-      variables, z, jax.random.key(0))
+  out, state = _apply(q, train=False, mutable=[base.STATE])(variables, z,
+                                                            jax.random.key(0))
   assert int(state[base.STATE]['step']) == 6
   np.testing.assert_allclose(out.metrics['temperature'], 0.125, rtol=1e-6)

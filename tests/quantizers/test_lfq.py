@@ -77,8 +77,9 @@ def test_lfq_matches_exact_numpy_reference():
   entropy_loss = ref['sample_entropy'] - batch_entropy
   np.testing.assert_allclose(out.metrics['entropy_loss'], entropy_loss,
                              rtol=1e-4)
-  np.testing.assert_allclose(out.loss, 0.3 * ref['commitment'] +
-                             0.2 * entropy_loss, rtol=1e-4)
+  np.testing.assert_allclose(out.loss,
+                             0.3 * ref['commitment'] + 0.2 * entropy_loss,
+                             rtol=1e-4)
   counts = np.bincount(ref['indices'], minlength=64)
   p = counts[counts > 0] / counts.sum()
   np.testing.assert_allclose(out.metrics['usage'], (counts > 0).mean())
@@ -93,8 +94,8 @@ def test_lfq_subgroup_entropy():
   z = np.asarray(jax.random.normal(jax.random.key(1), (40, 6))) * 0.01
   mean_probs = _np_lfq(z, tau)['mean_probs']
   exact = _np_entropy(mean_probs)
-  entropies = jax.jit(lambda z: [lfq.batch_entropy(z, tau, g)
-                                 for g in (1, 2, 3, 4)])
+  entropies = jax.jit(
+      lambda z: [lfq.batch_entropy(z, tau, g) for g in (1, 2, 3, 4)])
   for groups, got in zip((1, 2, 3, 4), entropies(jnp.asarray(z, jnp.float32))):
     # groups = 4: uneven groups of 2, 2, 1, 1 bits.
     got = float(got)
@@ -116,10 +117,10 @@ def test_lfq_exact_batch_entropy_equals_the_full_softmax(num_bits):
   """Two halves' distributions and one matmul give the entropy of the mean
   of the full softmax over all 2^b codes (uneven halves at b = 11)."""
   z = np.asarray(jax.random.normal(jax.random.key(num_bits), (96, num_bits)))
-  z = z * 0.004                     # Spread over many codes at tau = 0.01.
+  z = z * 0.004  # Spread over many codes at tau = 0.01.
   exact = _np_entropy(_np_lfq(z, 0.01)['mean_probs'])
   got = jax.jit(lambda z: lfq.batch_entropy(z, 0.01))(jnp.asarray(z))
-  assert exact > 5                  # Far from a one-code batch.
+  assert exact > 5  # Far from a one-code batch.
   np.testing.assert_allclose(float(got), exact, atol=1e-6 * exact, rtol=0)
 
 
@@ -130,21 +131,22 @@ def test_lfq_exact_batch_entropy_at_2_to_18_against_float64():
   tau = 0.01
   z = np.asarray(jax.random.normal(jax.random.key(18), (40, 18))) * 0.006
   log_p = np.zeros((40, 1))
-  for bit in range(18):             # log p(c | z) bit by bit, bit 0 first.
-    one = -np.logaddexp(0, -4 * z[:, bit:bit + 1] / tau)   # log sigmoid
+  for bit in range(18):  # log p(c | z) bit by bit, bit 0 first.
+    one = -np.logaddexp(0, -4 * z[:, bit:bit + 1] / tau)  # log sigmoid
     zero = -np.logaddexp(0, 4 * z[:, bit:bit + 1] / tau)
     log_p = np.concatenate([log_p + zero, log_p + one], axis=-1)
   mean = np.exp(log_p).mean(0)
   np.testing.assert_allclose(mean.sum(), 1.0, atol=1e-9)
   exact = _np_entropy(mean)
   q = lfq.LookupFreeQuantizer(codebook_size=2**18, factor_bits=(9, 9))
-  got = jax.jit(lambda z: q.apply({}, z).metrics['batch_entropy'])(
-      jnp.asarray(z, jnp.float32))
+  got = jax.jit(lambda z: q.apply({}, z).metrics['batch_entropy'])(jnp.asarray(
+      z, jnp.float32))
   np.testing.assert_allclose(float(got), exact, rtol=1e-6)
-  grouped = float(jax.jit(lambda z: lfq.batch_entropy(z, tau, 2))(
-      jnp.asarray(z, jnp.float32)))
+  grouped = float(
+      jax.jit(lambda z: lfq.batch_entropy(z, tau, 2))(jnp.asarray(
+          z, jnp.float32)))
   assert grouped > exact + 1.0, (grouped, exact)
-  for module in (lfq_f16, ucf101_17x128, imagenet_128):   # The 2^18 configs.
+  for module in (lfq_f16, ucf101_17x128, imagenet_128):  # The 2^18 configs.
     quantizer = module.get_config().model.quantizer
     assert (quantizer.codebook_size, quantizer.entropy_groups) == (2**18, 1)
 
@@ -157,17 +159,17 @@ def test_lfq_exact_batch_entropy_is_a_global_mean_over_a_sharded_batch():
   z = jax.random.normal(jax.random.key(9), (64, 10)) * 0.005
   sharded = jax.device_put(z, jax.NamedSharding(mesh, jax.P('data')))
   fn = jax.jit(lambda z: lfq.batch_entropy(z, 0.01))
-  np.testing.assert_allclose(float(fn(sharded)),
-                             _np_entropy(_np_lfq(np.asarray(z), 0.01)
-                                         ['mean_probs']), rtol=1e-6)
+  np.testing.assert_allclose(
+      float(fn(sharded)),
+      _np_entropy(_np_lfq(np.asarray(z), 0.01)['mean_probs']), rtol=1e-6)
 
 
 def test_lfq_quantized_is_straight_through():
   q = lfq.LookupFreeQuantizer(codebook_size=32)
   z = jax.random.normal(jax.random.key(4), (3, 4, 5))
   cot = jax.random.normal(jax.random.key(5), z.shape)
-  grad = jax.jit(lambda z, c: jax.vjp(lambda z: q.apply({}, z).quantized,
-                                      z)[1](c)[0])(z, cot)
+  grad = jax.jit(lambda z, c: jax.vjp(lambda z: q.apply({}, z).quantized, z)[1]
+                 (c)[0])(z, cot)
   np.testing.assert_allclose(grad, cot, atol=1e-6)
 
 
@@ -175,8 +177,9 @@ def test_lfq_factorized_indices():
   bits = (2, 4)  # Uneven: factor 0 = bits 0-1, factor 1 = bits 2-5.
   full = jnp.arange(64)
   factors = lfq.split_factors(full, bits)
-  np.testing.assert_array_equal(factors, np.stack([np.arange(64) % 4,
-                                                   np.arange(64) // 4], -1))
+  np.testing.assert_array_equal(
+      factors,
+      np.stack([np.arange(64) % 4, np.arange(64) // 4], -1))
   np.testing.assert_array_equal(lfq.combine_factors(factors, bits), full)
   q = lfq.LookupFreeQuantizer(codebook_size=64, factor_bits=bits)
   unfactored = lfq.LookupFreeQuantizer(codebook_size=64)
@@ -234,8 +237,8 @@ def test_lfq_entropy_weight_anneals_linearly():
   q = lfq.LookupFreeQuantizer(codebook_size=4, entropy_weight=0.5,
                               entropy_weight_final=0.1, entropy_anneal_steps=4)
   z = jnp.ones((2, 2))
-  variables = jax.jit(functools.partial(q.init, train=False))(
-      jax.random.key(0), z)
+  variables = jax.jit(functools.partial(q.init, train=False))(jax.random.key(0),
+                                                              z)
   step = jax.jit(lambda v, z: q.apply(v, z, train=True, mutable=[base.STATE]))
   seen = []
   for _ in range(6):
@@ -244,5 +247,5 @@ def test_lfq_entropy_weight_anneals_linearly():
     variables = state
   np.testing.assert_allclose(seen, [0.5, 0.4, 0.3, 0.2, 0.1, 0.1], rtol=1e-6)
   # Without annealing there is no state at all.
-  assert not jax.eval_shape(lfq.LookupFreeQuantizer(codebook_size=4).init,
-                            jax.random.key(0), z)
+  assert not jax.eval_shape(
+      lfq.LookupFreeQuantizer(codebook_size=4).init, jax.random.key(0), z)

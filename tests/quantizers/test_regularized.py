@@ -11,16 +11,18 @@ from vqlab.quantizers import regularized
 
 
 def _apply(q, train, mutable=False):
+
   def fn(variables, z, key):
     return q.apply(variables, z, train=train, rngs={'quantizer': key},
                    mutable=mutable)
+
   return jax.jit(fn)
 
 
 def _np_regularized(z, codebook, noise, mask, tau, tau_g, cot):
   """Forward values and the relaxation's gradients w.r.t. z and codebook."""
   z, e = np.float64(z), np.float64(codebook)
-  diff = z[:, None, :] - e[None]                      # [M, N, d]
+  diff = z[:, None, :] - e[None]  # [M, N, d]
   logits = -(diff**2).sum(-1) / tau
   argmax = logits.argmax(-1)
   sample = (logits + noise).argmax(-1)
@@ -55,10 +57,12 @@ def test_regularized_quantize_values_and_relaxation_gradients():
   def forward_and_grads(z, e):
     full, pullback = jax.vjp(fn, z, e)
     cotangents = jax.tree.map(jnp.zeros_like, full)
-    cotangents = {k: (np.zeros(v.shape, jax.dtypes.float0)
-                      if v.dtype == jnp.int32 else v)
-                  for k, v in cotangents.items()}
+    cotangents = {
+        k: (np.zeros(v.shape, jax.dtypes.float0) if v.dtype == jnp.int32 else v)
+        for k, v in cotangents.items()
+    }
     return full, pullback({**cotangents, 'quantized': cot})
+
   full, (g_z, g_e) = forward_and_grads(z, codebook)
   out = full['quantized']
   ref = _np_regularized(z, codebook, noise, mask, tau, tau_g, cot)
@@ -67,27 +71,32 @@ def test_regularized_quantize_values_and_relaxation_gradients():
     np.testing.assert_array_equal(full[key], ref[key], err_msg=key)
   np.testing.assert_array_equal(out, codebook[ref['indices']])
   np.testing.assert_allclose(full['probs'], ref['probs'], atol=1e-6)
-  np.testing.assert_allclose(full['pcl_weights'], ref['pcl_weights'],
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(full['pcl_weights'], ref['pcl_weights'], rtol=1e-5,
+                             atol=1e-6)
   np.testing.assert_allclose(g_z, ref['g_z'], rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(g_e, ref['g_e'], rtol=1e-4, atol=1e-5)
 
 
 def test_regularized_loss_terms_match_numpy():
-  q = regularized.RegularizedQuantizer(
-      codebook_size=8, embedding_dim=3, temperature=0.5, kl_weight=0.2,
-      codebook_weight=0.7, beta=0.3)
+  q = regularized.RegularizedQuantizer(codebook_size=8, embedding_dim=3,
+                                       temperature=0.5, kl_weight=0.2,
+                                       codebook_weight=0.7, beta=0.3)
   z = jax.random.normal(jax.random.key(5), (4, 6, 3)) * 0.5
-  variables = {'params': {'codebook': jax.random.normal(jax.random.key(6),
-                                                        (8, 3)) * 0.5}}
+  variables = {
+      'params': {
+          'codebook': jax.random.normal(jax.random.key(6), (8, 3)) * 0.5
+      }
+  }
   e = np.float64(variables['params']['codebook'])
   flat = np.float64(z).reshape(-1, 3)
   logits = -((flat[:, None] - e[None])**2).sum(-1) / 0.5
   kl = reference.kl_to_uniform(reference.softmax(logits).mean(0))
   mse = ((flat - e[logits.argmax(-1)])**2).mean()
-  outs = jax.jit(lambda v, z, key: {train: q.apply(
-      v, z, train=train, rngs={'quantizer': key}) for train in (False, True)})(
-          variables, z, jax.random.key(7))
+  outs = jax.jit(
+      lambda v, z, key: {
+          train: q.apply(v, z, train=train, rngs={'quantizer': key})
+          for train in (False, True)
+      })(variables, z, jax.random.key(7))
   for train in (False, True):  # No loss term depends on the random draws.
     out = outs[train]
     np.testing.assert_allclose(out.metrics['kl'], kl, rtol=1e-4)

@@ -23,10 +23,10 @@ def _build(codebook_size=32, dim=4, beta=0.25):
 def _reference(z, codebook, beta):
   z, codebook = np.float64(z), np.float64(codebook)
   flat = z.reshape(-1, z.shape[-1])
-  dist = ((flat[:, None, :] - codebook[None]) ** 2).sum(-1)  # Brute force.
+  dist = ((flat[:, None, :] - codebook[None])**2).sum(-1)  # Brute force.
   idx = dist.argmin(-1)
   codes = codebook[idx].reshape(z.shape)
-  mse = ((z - codes) ** 2).mean()
+  mse = ((z - codes)**2).mean()
   counts = np.bincount(idx, minlength=len(codebook))
   p = counts / counts.sum()
   perplexity = np.exp(-(p[p > 0] * np.log(p[p > 0])).sum())
@@ -84,8 +84,9 @@ def _quantizer(**kwargs):
 
 
 def _init(q, z):
-  return jax.jit(functools.partial(q.init, train=False))(
-      {'params': jax.random.key(0)}, z)
+  return jax.jit(functools.partial(q.init, train=False))({
+      'params': jax.random.key(0)
+  }, z)
 
 
 def _stats(seed):
@@ -93,16 +94,23 @@ def _stats(seed):
   test_ema_update_matches_hand_computation), uncompiled."""
   codebook = jax.random.uniform(jax.random.key(seed), (K, D), minval=-1 / K,
                                 maxval=1 / K)
-  return {base.STATS: {'codebook': codebook, 'cluster_size': jnp.ones(K),
-                       'embed_sum': codebook}}
+  return {
+      base.STATS: {
+          'codebook': codebook,
+          'cluster_size': jnp.ones(K),
+          'embed_sum': codebook
+      }
+  }
 
 
 def _train_apply(q):
   """jit(apply(train=True)) -> (output, new quantizer_stats)."""
+
   def fn(variables, z, key):
     out, state = q.apply(variables, z, train=True, rngs={'quantizer': key},
                          mutable=[base.STATS])
     return out, state[base.STATS]
+
   return jax.jit(fn)
 
 
@@ -151,8 +159,9 @@ def test_ema_statistics_change_only_when_training_and_mutable():
   q = _quantizer()
   z = jax.random.normal(jax.random.key(3), (4, 6, D)) * 0.02
   variables = _stats(2)
-  _, state = jax.jit(lambda v, z: q.apply(v, z, train=False,
-                                          mutable=[base.STATS]))(variables, z)
+  _, state = jax.jit(
+      lambda v, z: q.apply(v, z, train=False, mutable=[base.STATS]))(variables,
+                                                                     z)
   jax.tree.map(np.testing.assert_array_equal, state[base.STATS],
                variables[base.STATS])
   # Immutable.
@@ -166,8 +175,8 @@ def test_ema_quantized_is_straight_through_and_codebook_gets_no_gradient():
   variables = _stats(3)
   cotangent = jax.random.normal(jax.random.key(5), z.shape)
   g_vars, g_z = jax.jit(lambda v, z, c: jax.vjp(
-      lambda v, z: q.apply(v, z).quantized, v, z)[1](c))(
-          variables, z, cotangent)
+      lambda v, z: q.apply(v, z).quantized, v, z)[1](c))(variables, z,
+                                                         cotangent)
   np.testing.assert_allclose(g_z, cotangent, atol=1e-6)
   # Only the loss may move z; the statistics get no gradient from the output.
   assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(g_vars))
@@ -233,8 +242,8 @@ def test_pure_ema_update_and_laplace_smoothing():
   assert np.isclose(smoothed.sum(), cluster.sum())
   c, e, codebook = vq.ema_update(jnp.ones(3), jnp.ones((3, 2)),
                                  jnp.array([4.0, 0.0, 2.0]),
-                                 jnp.array([[8.0, 4.0], [0, 0], [2, 2]]),
-                                 0.5, 1e-9)
+                                 jnp.array([[8.0, 4.0], [0, 0], [2, 2]]), 0.5,
+                                 1e-9)
   np.testing.assert_allclose(c, [2.5, 0.5, 1.5])
   np.testing.assert_allclose(e, [[4.5, 2.5], [0.5, 0.5], [1.5, 1.5]])
   np.testing.assert_allclose(codebook, [[1.8, 1.0], [1, 1], [1, 1]], rtol=1e-6)

@@ -41,12 +41,14 @@ def states(golden, loaded):
     out = module.apply(params, ids, mask)
     return out, clip.pool(out, ids, eos)
 
-  out, pooled = jax.jit(forward, compiler_options=FAST_COMPILE)(
-      params, golden['ids'], golden['mask'])
+  out, pooled = jax.jit(forward,
+                        compiler_options=FAST_COMPILE)(params, golden['ids'],
+                                                       golden['mask'])
   return np.asarray(out), np.asarray(pooled)
 
 
 # --------------------------------------------------------------- tokens ---
+
 
 def test_token_ids_match_reference(golden, loaded):
   _, _, tokenizer = loaded
@@ -60,8 +62,8 @@ def test_token_ids_match_reference(golden, loaded):
   assert ids.shape[1] == 77 and mask.sum(1).max() == 77
   assert ids[mask.sum(1).argmax(), -1] == tokenizer.eos_id
   empty = texts.index('')
-  assert list(ids[empty][:3]) == [tokenizer.bos_id, tokenizer.eos_id,
-                                  tokenizer.pad_id]
+  assert list(
+      ids[empty][:3]) == [tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id]
   assert tokenizer.pad_id == tokenizer.eos_id
 
 
@@ -81,8 +83,8 @@ def test_encode_pad_to_truncation_and_decode(loaded):
                                pad_to=6)
   assert ids.shape == mask.shape == (2, 6)
   assert mask[1].all() and ids[1, -1] == tokenizer.eos_id
-  assert ids[0, 0] == tokenizer.bos_id and (ids[0, ~mask[0]] ==
-                                            tokenizer.pad_id).all()
+  assert ids[0, 0] == tokenizer.bos_id and (ids[0, ~mask[0]]
+                                            == tokenizer.pad_id).all()
   ids, mask = tokenizer.encode('A  Photo of a CAT!', max_length=77)
   assert ids.shape[0] == 1 and mask.all()
   assert tokenizer.decode(ids[0]) == 'a photo of a cat !'
@@ -93,21 +95,25 @@ def test_bpe_rules():
   assert len(chars) == 256 and len(set(chars.values())) == 256
   assert chars[ord(' ')] == '\u0120' and chars[ord('a')] == 'a'
   tokens = list(chars.values())
-  vocab = {t: i for i, t in enumerate(
-      tokens + [t + '</w>' for t in tokens] +
-      ['ab', 'ab</w>', 'abab</w>', clip_bpe.BOS, clip_bpe.EOS])}
+  vocab = {
+      t: i for i, t in
+      enumerate(tokens + [t + '</w>' for t in tokens] +
+                ['ab', 'ab</w>', 'abab</w>', clip_bpe.BOS, clip_bpe.EOS])
+  }
   merges = [('a', 'b'), ('a', 'b</w>'), ('ab', 'ab</w>')]
   tokenizer = clip_bpe.ClipTokenizer(vocab, merges)
   assert tokenizer.tokenize('abab') == ['abab</w>']
   assert tokenizer.tokenize('ababab') == ['ab', 'abab</w>']
-  assert tokenizer.tokenize("AB's 12") == ['ab</w>', "'", 's</w>', '1</w>',
-                                           '2</w>']
+  assert tokenizer.tokenize("AB's 12") == [
+      'ab</w>', "'", 's</w>', '1</w>', '2</w>'
+  ]
   # Special tokens: matched in the raw text unless normalized_specials; a
   # special token's text left in a word splits as ByteLevel re-splits it.
   assert tokenizer.tokenize('ab<|endoftext|>') == ['ab</w>', clip_bpe.EOS]
   assert clip_bpe.EOS not in tokenizer.tokenize('<|EndOfText|>')
   assert clip_bpe._pre_tokenize('x<|endoftext|>') == [
-      'x', '<|', 'endoftext', '|>']
+      'x', '<|', 'endoftext', '|>'
+  ]
   normalized = clip_bpe.ClipTokenizer(vocab, merges, normalized_specials=True)
   assert normalized.tokenize('<|EndOfText|>') == [clip_bpe.EOS]
   assert clip_bpe.clean_text('  A&amp;B\u00a0\u3000C ') == ' a&amp;b c '
@@ -115,6 +121,7 @@ def test_bpe_rules():
 
 
 # ---------------------------------------------------------------- model ---
+
 
 def test_hidden_states_match_reference(golden, states):
   out, _ = states
@@ -131,8 +138,7 @@ def test_pooled_output_matches_reference(golden, loaded, states):
   module, _, _ = loaded
   out, pooled = states
   # Measured on CPU: 9.5e-7.
-  np.testing.assert_allclose(pooled, golden['pooler_output'], rtol=0,
-                             atol=1e-5)
+  np.testing.assert_allclose(pooled, golden['pooler_output'], rtol=0, atol=1e-5)
   # Old configs (eos_token_id 2) pool at the largest id: the same here,
   # since <|endoftext|> is the largest id of a CLIP vocab.
   legacy = np.asarray(clip.pool(out, golden['ids'], 2))
@@ -146,12 +152,13 @@ def test_text_encoder_interface(golden):
   texts = [str(t) for t in golden['texts'][:2]]
   ids, mask = encoder.tokenizer.encode(texts, max_length=77, pad_to=77)
   np.testing.assert_array_equal(ids, golden['ids'][:2])
-  states, pooled = jax.jit(encoder.apply, compiler_options=FAST_COMPILE)(
-      encoder.params, ids, mask)
+  states, pooled = jax.jit(encoder.apply,
+                           compiler_options=FAST_COMPILE)(encoder.params, ids,
+                                                          mask)
   assert states.shape == (2, 77, 64) and pooled.shape == (2, 64)
-  np.testing.assert_allclose(np.asarray(states)[mask],
-                             golden['last_hidden_state'][:2][mask],
-                             rtol=0, atol=2e-5)
+  np.testing.assert_allclose(
+      np.asarray(states)[mask], golden['last_hidden_state'][:2][mask], rtol=0,
+      atol=2e-5)
 
 
 def test_converter_prefixes_and_errors(loaded):
@@ -164,10 +171,16 @@ def test_converter_prefixes_and_errors(loaded):
   state = {f'text_model.{k}': v for k, v in bare.items()}
   state['vision_model.embeddings.class_embedding'] = np.zeros(8, np.float32)
   state['logit_scale'] = np.float32(2.6)
-  config = clip.ClipTextConfig.from_hf({'text_config': {
-      'vocab_size': module.config.vocab_size,
-      'hidden_size': 64, 'intermediate_size': 128, 'num_hidden_layers': 2,
-      'num_attention_heads': 4, 'max_position_embeddings': 77}})
+  config = clip.ClipTextConfig.from_hf({
+      'text_config': {
+          'vocab_size': module.config.vocab_size,
+          'hidden_size': 64,
+          'intermediate_size': 128,
+          'num_hidden_layers': 2,
+          'num_attention_heads': 4,
+          'max_position_embeddings': 77
+      }
+  })
   converted = clip.convert_clip_text(state, config)  # CLIPModel-style.
   jax.tree.map(np.testing.assert_array_equal, converted,
                jax.tree.map(np.asarray, params['params']))
@@ -184,6 +197,7 @@ def test_converter_prefixes_and_errors(loaded):
 
 # ------------------------------------------------------- missing files ---
 
+
 @pytest.mark.parametrize('missing', clip.REQUIRED_FILES)
 def test_missing_file_is_named(tmp_path, missing):
   for name in os.listdir(MODEL_DIR):
@@ -194,7 +208,8 @@ def test_missing_file_is_named(tmp_path, missing):
   message = str(info.value)
   assert str(tmp_path) in message and '\n' not in message
   assert all(f not in message.split('lacks')[1].split(';')[0]
-             for f in clip.REQUIRED_FILES if f != missing)
+             for f in clip.REQUIRED_FILES
+             if f != missing)
 
 
 def test_no_directory_given():
@@ -204,13 +219,18 @@ def test_no_directory_given():
 
 # ------------------------------------------------- generator text path ---
 
+
 def _text_config(**text):
   import ml_collections  # pylint: disable=g-import-not-at-top
   values = {'max_length': 16, 'encoder': 'clip', 'encoder_dir': MODEL_DIR}
   values.update(text)
   return ml_collections.ConfigDict({
-      'model': {'text_encoder': 'frozen', 'cond_dim': 64},
-      'text': values})
+      'model': {
+          'text_encoder': 'frozen',
+          'cond_dim': 64
+      },
+      'text': values
+  })
 
 
 def test_text_conditioner_uses_clip(golden):
@@ -224,13 +244,13 @@ def test_text_conditioner_uses_clip(golden):
   real = int(golden['mask'][0].sum())
   assert mask.sum() == real < 16
   np.testing.assert_array_equal(ids[0, :real], golden['ids'][0, :real])
-  cond = jax.jit(conditioner.condition, compiler_options=FAST_COMPILE)(
-      arrays, conditioner.frozen)
+  cond = jax.jit(conditioner.condition,
+                 compiler_options=FAST_COMPILE)(arrays, conditioner.frozen)
   assert cond['states'].shape == (1, 16, 64)
   # Causal attention: the real positions do not see the extra padding.
-  np.testing.assert_allclose(np.asarray(cond['states'])[0, :real],
-                             golden['last_hidden_state'][0, :real],
-                             rtol=0, atol=2e-5)
+  np.testing.assert_allclose(
+      np.asarray(cond['states'])[0, :real],
+      golden['last_hidden_state'][0, :real], rtol=0, atol=2e-5)
 
 
 def test_text_conditioner_clip_config_errors():
@@ -261,8 +281,8 @@ def test_generator_text_path_uses_clip_states():
     text_conditions.TextConditioner(config)
   config.model.cond_dim = 64
   conditioner = text_conditions.TextConditioner(config)
-  arrays = conditioner.host_arrays(np.array(['a red circle above a square',
-                                             'two cats']))
+  arrays = conditioner.host_arrays(
+      np.array(['a red circle above a square', 'two cats']))
   cond = conditioner.condition(arrays, conditioner.frozen)
   assert cond['states'].shape == (2, config.text.max_length, 64)
   expected, _ = conditioner.encoder.apply(conditioner.encoder.params,

@@ -67,6 +67,7 @@ def outputs(golden, loaded):
 
 # --------------------------------------------------------------- tokens ---
 
+
 def test_token_ids_match_reference(golden, loaded):
   _, _, tokenizer = loaded
   texts = [str(t) for t in golden['texts']]
@@ -101,21 +102,26 @@ def test_encode_pad_to_and_truncation(loaded):
 
 
 def test_wordpiece_rules():
-  vocab = {t: i for i, t in enumerate(
-      list(wordpiece.SPECIAL_TOKENS) +
-      ['un', '##aff', '##able', 'want', '##ed', ',', 'runn', '##ing', 'a'])}
+  vocab = {
+      t: i for i, t in enumerate(
+          list(wordpiece.SPECIAL_TOKENS) +
+          ['un', '##aff', '##able', 'want', '##ed', ',', 'runn', '##ing', 'a'])
+  }
   tokenizer = wordpiece.WordPieceTokenizer(vocab)
   # '##want' is not in the vocab: the whole word 'unwanted' is [UNK].
   assert tokenizer.tokenize('UNwant\u00e9d,running') == [
-      '[UNK]', ',', 'runn', '##ing']
+      '[UNK]', ',', 'runn', '##ing'
+  ]
   assert tokenizer.tokenize('unaffable') == ['un', '##aff', '##able']
   assert tokenizer.tokenize('a' * 100) == ['[UNK]']  # no such pieces
   assert tokenizer.tokenize('a ' + 'a' * 101) == ['a', '[UNK]']
   assert tokenizer.tokenize('want[SEP]a [MASK]') == [
-      'want', '[SEP]', 'a', '[MASK]']
+      'want', '[SEP]', 'a', '[MASK]'
+  ]
 
 
 # ---------------------------------------------------------------- model ---
+
 
 def test_hidden_states_match_reference(golden, loaded, outputs):
   _, _, tokenizer = loaded
@@ -127,8 +133,7 @@ def test_hidden_states_match_reference(golden, loaded, outputs):
   states = outputs[1][:, :reference.shape[1]]
   assert states.dtype == np.float32
   # Measured: 2.7e-6 at real tokens, 1.0e-5 at padding (values up to ~10).
-  np.testing.assert_allclose(states[mask], reference[mask], rtol=0,
-                             atol=2e-5)
+  np.testing.assert_allclose(states[mask], reference[mask], rtol=0, atol=2e-5)
   np.testing.assert_allclose(states, reference, rtol=0, atol=1e-4)
 
 
@@ -136,8 +141,8 @@ def test_sentence_embeddings_match_reference(golden, outputs):
   rows = outputs[0]
   states = [rows[str(t)] for t in golden['texts']]
   pooled = np.concatenate([
-      np.asarray(minilm.sentence_embedding(s[None], m[None]))
-      for s, m in states])
+      np.asarray(minilm.sentence_embedding(s[None], m[None])) for s, m in states
+  ])
   assert pooled.shape == (len(golden['texts']), 384)
   # Measured: 3.2e-7 (the long text: truncated to 256 tokens).
   np.testing.assert_allclose(pooled, golden['embeddings'], rtol=0, atol=1e-5)
@@ -153,20 +158,21 @@ def test_text_encoder(golden, model_dir):
   assert pooled.shape == (2, 384)
   reference = golden['hidden_states'][:2]
   real = np.asarray(mask)
-  np.testing.assert_allclose(np.asarray(states)[real],
-                             reference[:, :16][real], rtol=0, atol=2e-5)
+  np.testing.assert_allclose(
+      np.asarray(states)[real], reference[:, :16][real], rtol=0, atol=2e-5)
   np.testing.assert_allclose(
       np.asarray(pooled),
-      np.asarray(minilm.sentence_embedding(reference[:, :16], real)),
-      rtol=0, atol=1e-5)
+      np.asarray(minilm.sentence_embedding(reference[:, :16], real)), rtol=0,
+      atol=1e-5)
 
 
 def test_converter_errors(model_dir):
   state = safetensors_files.load_safetensors(
       os.path.join(model_dir, 'model.safetensors'))
   del state['encoder.layer.3.attention.self.key.weight']
-  with pytest.raises(WeightsError, match=r'encoder\.layer\.3\.attention'
-                     r'\.self\.key\.weight'):
+  with pytest.raises(
+      WeightsError, match=r'encoder\.layer\.3\.attention'
+      r'\.self\.key\.weight'):
     minilm.convert_minilm(state)
   state['encoder.layer.3.attention.self.key.weight'] = np.zeros((384, 383))
   with pytest.raises(WeightsError, match=r'shape \(384, 383\)'):
@@ -174,6 +180,7 @@ def test_converter_errors(model_dir):
 
 
 # ------------------------------------------------------- missing weights ---
+
 
 def test_missing_weight_dir_says_what_to_install(tmp_path, monkeypatch):
   with pytest.raises(WeightsError, match=INSTALL) as info:

@@ -40,10 +40,11 @@ def _random_variables(model, x, seed=1):
   take part; kernels are lecun-normal-like."""
   shapes = jax.eval_shape(model.init, jax.random.key(0), x)
   rng = np.random.default_rng(seed)  # numpy: nothing to compile.
-  scale = lambda shape: (1 / np.sqrt(np.prod(shape[:-1])) if len(shape) > 1
-                         else 0.2)
-  return jax.tree.map(lambda p: jnp.asarray(
-      scale(p.shape) * rng.standard_normal(p.shape), p.dtype), shapes)
+  scale = lambda shape: (1 / np.sqrt(np.prod(shape[:-1]))
+                         if len(shape) > 1 else 0.2)
+  return jax.tree.map(
+      lambda p: jnp.asarray(
+          scale(p.shape) * rng.standard_normal(p.shape), p.dtype), shapes)
 
 
 def _jit(model, method=None):
@@ -74,8 +75,8 @@ def test_causal_conv_frame_arithmetic_and_replicate_padding():
     shape = jax.eval_shape(conv.apply, variables, x[:, :1 + 2 * t]).shape
     assert shape == (1, 1 + t, 4, 4, 2)
   # Output j sees input frames 2j - 2 .. 2j: frame 5 moves output 3 only.
-  y, y_moved = conv.apply(variables, x), conv.apply(variables,
-                                                    x.at[:, 5].add(1.0))
+  y, y_moved = conv.apply(variables, x), conv.apply(variables, x.at[:,
+                                                                    5].add(1.0))
   np.testing.assert_array_equal(y[:, :3], y_moved[:, :3])
   np.testing.assert_array_equal(y[:, 4], y_moved[:, 4])
   assert np.abs(y[:, 3] - y_moved[:, 3]).min() > 0
@@ -206,8 +207,7 @@ def test_last_layer_and_decode_indices(tiny):
     assert features.shape == x.shape[:-1] + (4,)
     # The tokenizer task's adaptive weight applies only this layer's params.
     np.testing.assert_allclose(
-        model.apply(last, features, method=model.last_layer), x_rec,
-        atol=1e-5)
+        model.apply(last, features, method=model.last_layer), x_rec, atol=1e-5)
     decoded = decode_indices(variables, out.indices)
     np.testing.assert_allclose(decoded, x_rec, atol=1e-4)
 
@@ -238,9 +238,9 @@ def test_config_errors_name_the_key():
     tokenizers.build(config)
 
 
-@pytest.mark.parametrize('name,options', [
-    ('vq', dict(codebook_size=16, embedding_dim=4)),
-    ('fsq', dict(levels=(5, 3, 3)))])
+@pytest.mark.parametrize('name,options',
+                         [('vq', dict(codebook_size=16, embedding_dim=4)),
+                          ('fsq', dict(levels=(5, 3, 3)))])
 def test_other_quantizers(name, options):
   quantizer = quantizers.default_config(name)
   quantizer.update(options)

@@ -33,9 +33,10 @@ def _config(**overrides):
 
 def _jit(model, method=None, **kwargs):
   """model.apply(variables, *args, method=method, **kwargs), compiled once."""
-  return jax.jit(lambda variables, *args: model.apply(
-      variables, *args, method=method, **kwargs),
-                 compiler_options=FAST_COMPILE)
+  return jax.jit(
+      lambda variables, *args: model.apply(variables, *args, method=method, **
+                                           kwargs),
+      compiler_options=FAST_COMPILE)
 
 
 def _images(shape, seed=0):
@@ -47,8 +48,8 @@ def _tiny():
   """(model, variables, images [2, 16, 16, 3]): the pixel model, built once."""
   model = tokenizers.build(_config())
   x = _images((2, 16, 16, 3))
-  variables = jax.jit(model.init, compiler_options=FAST_COMPILE)(
-      jax.random.key(1), x)
+  variables = jax.jit(model.init,
+                      compiler_options=FAST_COMPILE)(jax.random.key(1), x)
   return model, variables, x
 
 
@@ -72,8 +73,8 @@ def test_k_tokens_at_any_image_size_and_pixel_round_trip():
     np.testing.assert_allclose(decoded, x_rec, atol=1e-5)
   # Without grid_size the decoder draws the config's image_size.
   default_grid = jax.eval_shape(
-      lambda v, i: model.apply(v, i, method=model.decode_indices),
-      variables, indices)
+      lambda v, i: model.apply(v, i, method=model.decode_indices), variables,
+      indices)
   assert default_grid.shape == (2, 16, 16, 3)
 
 
@@ -95,8 +96,8 @@ def test_every_patch_reaches_every_latent_token():
   masks = jnp.eye(16).reshape(16, 4, 4)
   masks = jnp.repeat(jnp.repeat(masks, 4, axis=1), 4, axis=2)[..., None]
   variants = jnp.concatenate([x, x + 0.5 * masks])
-  latents = _jit(model, lambda m, v: m.encoder(v, train=False))(
-      variables, variants)
+  latents = _jit(model, lambda m, v: m.encoder(v, train=False))(variables,
+                                                                variants)
   assert latents.shape == (17, K, 4)
   change = jnp.max(jnp.abs(latents[1:] - latents[:1]), axis=-1)  # [16, K]
   assert np.all(change > 1e-5), change
@@ -104,8 +105,8 @@ def test_every_patch_reaches_every_latent_token():
 
 def test_proxy_code_head_shares_the_other_params():
   pixels, pixel_variables, x = _tiny()
-  model = tokenizers.build(_config(decoder_output='proxy_codes',
-                                   proxy_codebook_size=10))
+  model = tokenizers.build(
+      _config(decoder_output='proxy_codes', proxy_codebook_size=10))
   shapes = jax.eval_shape(model.init, jax.random.key(1), x)['params']
   head = shapes.pop('to_proxy_logits')
   assert head['kernel'].shape == (16, 10)
@@ -113,10 +114,12 @@ def test_proxy_code_head_shares_the_other_params():
   # decoder as they are: only the head differs.
   params = dict(pixel_variables['params'])
   del params['to_pixels']
-  assert jax.tree.map(lambda a: a.shape, params) == jax.tree.map(
-      lambda a: a.shape, shapes)
-  params['to_proxy_logits'] = {'kernel': jnp.ones((16, 10)) / 4,
-                               'bias': jnp.zeros((10,))}
+  assert jax.tree.map(lambda a: a.shape,
+                      params) == jax.tree.map(lambda a: a.shape, shapes)
+  params['to_proxy_logits'] = {
+      'kernel': jnp.ones((16, 10)) / 4,
+      'bias': jnp.zeros((10,))
+  }
   variables = {'params': params}
 
   def forward(module, x):
@@ -178,16 +181,17 @@ def test_one_train_step_under_the_tokenizer_task():
   config = experiment_config.validate(config, num_devices=8)
   task = tokenizer.build(config)
   batch = {'image': _images((8, 16, 16, 3))}
-  state = jax.jit(task.init, compiler_options=FAST_COMPILE)(
-      jax.random.key(0), batch)
+  state = jax.jit(task.init, compiler_options=FAST_COMPILE)(jax.random.key(0),
+                                                            batch)
   new_state, metrics = jax.jit(task.train_step, compiler_options=FAST_COMPILE)(
       state.replace(step=jnp.int32(5)), batch, jax.random.key(1), task.frozen)
   assert np.isfinite(metrics['loss']) and metrics['rec_loss'] > 0
   assert metrics['adaptive_weight'] > 0  # Gradients reach `to_pixels`.
   for part in ('encoder', 'decoder', 'quantizer', 'to_pixels'):
     old, new = (s.params['generator'][part] for s in (state, new_state))
-    assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(old),
-                                              jax.tree.leaves(new))), part
+    assert any(
+        np.any(a != b)
+        for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new))), part
 
 
 def test_rejects_bad_inputs():
@@ -221,8 +225,9 @@ def test_bad_configs_name_the_key(overrides, message):
 def test_heads_must_divide_width():
   config = _config()
   config.decoder.num_heads = 3
-  with pytest.raises(ConfigError, match=r'^model\.decoder\.num_heads: 3 does '
-                     'not divide width 16'):
+  with pytest.raises(
+      ConfigError, match=r'^model\.decoder\.num_heads: 3 does '
+      'not divide width 16'):
     tokenizers.build(config)
 
 

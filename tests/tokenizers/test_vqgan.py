@@ -23,8 +23,8 @@ def _tiny():
 
 def _jit(model, method=None):
   """model.apply(variables, *args, method=method), compiled once."""
-  return jax.jit(lambda variables, *args: model.apply(variables, *args,
-                                                      method=method))
+  return jax.jit(
+      lambda variables, *args: model.apply(variables, *args, method=method))
 
 
 def test_shapes_and_decode_indices_matches_forward():
@@ -54,7 +54,8 @@ def test_rejects_bad_inputs():
   model, variables, x = _tiny()
   with pytest.raises(ValueError, match=r'\[B, H, W, 3\]'):
     model.apply(variables, x[..., :1])
-  with pytest.raises(ValueError, match='divisible by the downsampling factor 4'):
+  with pytest.raises(ValueError,
+                     match='divisible by the downsampling factor 4'):
     model.apply(variables, x[:, :14, :14])
   with pytest.raises(TypeError, match='floating point'):
     model.apply(variables, (x * 127).astype(jnp.uint8))
@@ -72,11 +73,13 @@ def test_config_errors_name_the_key():
     tokenizers.build(config)
   config = tokenizers.default_config('vqgan')
   config.quantizer.name = 'nope'
-  with pytest.raises(ConfigError, match=r"^model\.quantizer\.name: unknown quantizer 'nope'"):
+  with pytest.raises(
+      ConfigError, match=r"^model\.quantizer\.name: unknown quantizer 'nope'"):
     tokenizers.build(config)
   config = tokenizers.default_config('vqgan')
   config.quantizer.codebook_sise = 3
-  with pytest.raises(ConfigError, match=r'^model\.quantizer\.codebook_sise: unknown key'):
+  with pytest.raises(ConfigError,
+                     match=r'^model\.quantizer\.codebook_sise: unknown key'):
     tokenizers.build(config)
 
 
@@ -92,7 +95,8 @@ def test_factorized_lfq_tokens_decode_like_the_forward_pass():
   variables = jax.jit(model.init)(jax.random.key(1), x)
   x_rec, out = _jit(model)(variables, x)
   assert out.indices.shape == (2, 4, 4, 2)
-  assert int(out.indices[..., 0].max()) <= 1 and int(out.indices[..., 1].max()) <= 7
+  assert int(out.indices[..., 0].max()) <= 1 and int(out.indices[...,
+                                                                 1].max()) <= 7
   decoded = _jit(model, model.decode_indices)(variables, out.indices)
   np.testing.assert_allclose(decoded, x_rec, atol=1e-5)
   with pytest.raises(ValueError, match='4 dims'):

@@ -46,9 +46,11 @@ def test_valid_config_is_filled_in():
      r'^train\.batchsize: unknown key'),
     (lambda c: c.model.quantizer.update({'codebook_sise': 8}),
      r'^model\.quantizer\.codebook_sise: unknown key'),
-    (lambda c: setattr(c, 'train', ml_collections.ConfigDict(
-        {**c.train.to_dict(), 'num_steps': 'ten'})),
-     r"^train\.num_steps: expected int, got str \('ten'\)"),
+    (lambda c: setattr(
+        c, 'train',
+        ml_collections.ConfigDict({
+            **c.train.to_dict(), 'num_steps': 'ten'
+        })), r"^train\.num_steps: expected int, got str \('ten'\)"),
     (lambda c: c.train.update({'batch_size': 12}),
      r'^train\.batch_size: 12 is not divisible by the 8 devices'),
     (lambda c: c.data.update({'image_size': 17}),
@@ -61,7 +63,8 @@ def test_valid_config_is_filled_in():
     (lambda c: c.data.update({'name': 'nope'}),
      r"^data\.name: unknown dataset 'nope'"),
     (lambda c: c.update({'task': 'nope'}), r"^task: unknown task 'nope'"),
-    (lambda c: c.update({'compute_dtype': 'float16'}), r'^compute_dtype: must be'),
+    (lambda c: c.update({'compute_dtype': 'float16'}),
+     r'^compute_dtype: must be'),
     (lambda c: c.loss.update({'gan_loss': 'wgan'}),
      r"^loss\.gan_loss: unknown GAN loss 'wgan'"),
     (lambda c: c.train.update({'num_steps': 0}),
@@ -88,11 +91,12 @@ def _main_error_line(workdir, *overrides: str) -> str:
   cleanly. Returns the last stderr line."""
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS='--xla_force_host_platform_device_count=8')
-  proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'main.py'),
-       '--config=' + os.path.join(ROOT, 'configs', 'quickstart.py'),
-       f'--workdir={workdir}', *overrides],
-      capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+  proc = subprocess.run([
+      sys.executable,
+      os.path.join(ROOT, 'main.py'),
+      '--config=' + os.path.join(ROOT, 'configs', 'quickstart.py'),
+      f'--workdir={workdir}', *overrides
+  ], capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
   assert proc.returncode != 0
   assert 'Traceback' not in proc.stderr, proc.stderr[-2000:]
   return proc.stderr.strip().splitlines()[-1]
@@ -114,8 +118,8 @@ def test_main_reports_bad_data_values_in_one_line(tmp_path):
 def test_main_reports_missing_weight_file_in_one_line(tmp_path):
   last = _main_error_line(tmp_path / 'run', '--config.eval.fid=on',
                           f'--config.weights_dir={tmp_path}/weights')
-  assert last.startswith('weights error: missing the FID InceptionV3 weights'
-                         ), last
+  assert last.startswith(
+      'weights error: missing the FID InceptionV3 weights'), last
   assert f'{tmp_path}/weights/pt_inception-2015-12-05-6726825d.pth' in last
 
 
@@ -162,6 +166,7 @@ ANY_VALUE = {}
 def _every_component():
   """Valid experiment configs that together hold every default config: each
   task, tokenizer, quantizer, discriminator, generator and dataset."""
+
   def tokenizer_experiment():
     config = experiment_config.base_config()
     config.update(tasks.get('tokenizer').default_config())
@@ -210,7 +215,8 @@ def _numeric_keys() -> dict[str, ml_collections.ConfigDict]:
   config -> a valid experiment config that has it."""
   keys = {}
   for config in _every_component():
-    for path, value in _leaves(experiment_config.validate(config, num_devices=1)):
+    for path, value in _leaves(experiment_config.validate(
+        config, num_devices=1)):
       if _is_numeric(value) or path in domains.DOMAINS:
         keys.setdefault(path, config)
   return keys
@@ -233,9 +239,8 @@ def _set(config, path, value):
 def _outside(value, domain):
   """Values of the type of `value` (a default) outside `domain`: one below,
   and one above when the domain is bounded."""
-  one = float if isinstance(value, float) or (
-      isinstance(value, (tuple, list)) and value and
-      isinstance(value[0], float)) else int
+  one = float if isinstance(value, float) or (isinstance(
+      value, (tuple, list)) and value and isinstance(value[0], float)) else int
   probes = [one(-2)]
   if domain.high < float('inf'):
     probes.append(one(domain.high) + (0.5 if one is float else 1))
@@ -257,8 +262,7 @@ def test_values_outside_their_domain_name_the_full_key():
         experiment_config.validate(broken, num_devices=1)
         wrong.append(f'{path}={value!r}: accepted')
       except ConfigError as e:
-        if not re.match(rf'{re.escape(path)}: (every entry )?must be ',
-                        str(e)):
+        if not re.match(rf'{re.escape(path)}: (every entry )?must be ', str(e)):
           wrong.append(f'{path}={value!r}: {e}')
   assert not wrong, '\n'.join(wrong)
 
@@ -274,15 +278,18 @@ def test_vq_diffusion_steps_fit_the_chain():
 
 
 @pytest.mark.parametrize('section, quantizer, overrides, message', [
-    ('quantizer', 'lfq', {'codebook_size': 1000},
-     r'^model\.quantizer\.codebook_size: must be a power of 2'),
-    ('quantizer', 'vq', {'restart_threshold': 1.0},
-     r'^model\.quantizer\.restart_threshold: 1\.0 > 0 needs ema=True'),
-    ('pixel_decoder', 'vq', {'restart_threshold': 1.0},
-     r'^model\.pixel_decoder\.quantizer\.restart_threshold: 1\.0 > 0 needs'),
+    ('quantizer', 'lfq', {
+        'codebook_size': 1000
+    }, r'^model\.quantizer\.codebook_size: must be a power of 2'),
+    ('quantizer', 'vq', {
+        'restart_threshold': 1.0
+    }, r'^model\.quantizer\.restart_threshold: 1\.0 > 0 needs ema=True'),
+    ('pixel_decoder', 'vq', {
+        'restart_threshold': 1.0
+    }, r'^model\.pixel_decoder\.quantizer\.restart_threshold: 1\.0 > 0 needs'),
 ])
-def test_quantizer_build_errors_name_the_full_key(section, quantizer,
-                                                  overrides, message):
+def test_quantizer_build_errors_name_the_full_key(section, quantizer, overrides,
+                                                  message):
   """Relations the domains cannot express are checked when the model is
   built; the message still starts with the full key."""
   model = tokenizers.default_config('titok')
@@ -298,9 +305,10 @@ def test_quantizer_build_errors_name_the_full_key(section, quantizer,
 
 def test_switching_the_dataset_name_alone_names_the_foreign_keys():
   config = tiny.tokenizer_config()
-  config.data.name = 'image_folder'    # The photos' keys stay behind.
-  with pytest.raises(ConfigError, match=r"^data\.name: 'image_folder' does "
-                     r'not take data\.crop_min_fraction, .*image_folder\.py'):
+  config.data.name = 'image_folder'  # The photos' keys stay behind.
+  with pytest.raises(
+      ConfigError, match=r"^data\.name: 'image_folder' does "
+      r'not take data\.crop_min_fraction, .*image_folder\.py'):
     experiment_config.validate(config, 1)
 
 
@@ -310,9 +318,10 @@ def test_the_model_config_is_checked_once_per_run(monkeypatch):
   them again."""
   calls = []
   validate = registry_lib.Registry.validate
-  monkeypatch.setattr(registry_lib.Registry, 'validate',
-                      lambda self, *args, **kwargs: calls.append(self.kind) or
-                      validate(self, *args, **kwargs))
+  monkeypatch.setattr(
+      registry_lib.Registry, 'validate',
+      lambda self, *args, **kwargs: calls.append(self.kind) or validate(
+          self, *args, **kwargs))
   # Their aliases, bound at import.
   for package in (tokenizers, quantizers):
     monkeypatch.setattr(package, 'validate', package.REGISTRY.validate)

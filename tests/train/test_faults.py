@@ -93,8 +93,9 @@ def test_partial_newest_step_is_set_aside_and_the_rerun_saves_over_it(
   assert result['step'] == STEPS
   assert _checkpoints(run_copy) == ['2', '4', '5', '5.corrupt']
   # The retrained step 5 continues the same trajectory...
-  np.testing.assert_allclose(_losses(run_copy)[STEPS],
-                             _losses(finished[0])[STEPS], rtol=1e-6)
+  np.testing.assert_allclose(
+      _losses(run_copy)[STEPS],
+      _losses(finished[0])[STEPS], rtol=1e-6)
   # ...and --mode=eval now sees the step that final_metrics.json reports.
   evaluated = loop.evaluate_checkpoint(_config(), run_copy, devices=_devices())
   assert evaluated['step'] == STEPS
@@ -105,7 +106,7 @@ def test_changed_config_stops_before_anything_is_written(run_copy):
   before = _listing(run_copy)
   changed = _config()
   changed.model.channels = 16
-  changed.train.num_steps = 50            # Free to change: not reported.
+  changed.train.num_steps = 50  # Free to change: not reported.
   for run in (loop.train_and_evaluate, loop.evaluate_checkpoint):
     with pytest.raises(ConfigError) as e:
       run(changed, run_copy, devices=_devices())
@@ -128,24 +129,24 @@ def test_a_readable_checkpoint_of_another_model_is_never_called_corrupt(
   assert 'is readable but holds a different state' in message
   assert re.search(r'params/generator/\S+ is \(', message), message
   assert 'corrupt' not in message and 'remove' not in message.lower()
-  assert _listing(run_copy) == before     # Nothing renamed or rewritten.
+  assert _listing(run_copy) == before  # Nothing renamed or rewritten.
 
 
 def test_allowed_config_change_keeps_the_old_record(run_copy, capsys):
   changed = _config()
-  changed.optimizer.generator.learning_rate = 1e-5     # Fine-tuning.
+  changed.optimizer.generator.learning_rate = 1e-5  # Fine-tuning.
   exp = experiment.Experiment(changed, run_copy, _devices(),
-                        allow_config_change=True, lock='train')
+                              allow_config_change=True, lock='train')
   _, step = exp.initial_state()
   exp.record_config(step)
   assert 'changed config (optimizer.generator.learning_rate 0.0004 -> 1e-05)' \
       in capsys.readouterr().out
-  changed.optimizer.generator.learning_rate = 2e-5    # Changed again.
+  changed.optimizer.generator.learning_rate = 2e-5  # Changed again.
   exp = experiment.Experiment(changed, run_copy, _devices(),
-                        allow_config_change=True, lock='train')
-  exp.record_config(step)                  # Never over the first record.
-  for name, lr in (('config.json', 2e-5),
-                   (f'config_until_step_{STEPS}.json', 4e-4),
+                              allow_config_change=True, lock='train')
+  exp.record_config(step)  # Never over the first record.
+  for name, lr in (('config.json', 2e-5), (f'config_until_step_{STEPS}.json',
+                                           4e-4),
                    (f'config_until_step_{STEPS}.1.json', 1e-5)):
     with open(os.path.join(run_copy, name)) as f:
       assert json.load(f)['optimizer']['generator']['learning_rate'] == lr
@@ -158,6 +159,7 @@ def test_disk_full_during_a_save_is_one_line_and_keeps_the_last_checkpoint(
 
   def full(*args, **kwargs):
     raise OSError(28, 'No space left on device')
+
   monkeypatch.setattr(exp.checkpointer._manager, 'save', full)  # pylint: disable=protected-access
   with pytest.raises(CheckpointError) as e:
     exp.checkpointer.save(step + 1, state)
@@ -165,20 +167,19 @@ def test_disk_full_during_a_save_is_one_line_and_keeps_the_last_checkpoint(
   assert '\n' not in message and 'No space left on device' in message
   assert f'step {STEPS} is the newest intact one' in message
   monkeypatch.undo()
-  _, restored_step = experiment.Experiment(_config(), run_copy, _devices()
-                                     ).initial_state()
+  _, restored_step = experiment.Experiment(_config(), run_copy,
+                                           _devices()).initial_state()
   assert restored_step == STEPS
 
 
 def test_a_locked_workdir_names_the_other_run(tmp_path):
   workdir = str(tmp_path / 'busy')
-  holder = subprocess.Popen(
-      [sys.executable, '-c',
-       'import sys; from vqlab.train import workdir_lock; '
-       f'workdir_lock.acquire({workdir!r}, "train"); print("locked", '
-       'flush=True); sys.stdin.read()'],
-      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-      env=dict(os.environ, PYTHONPATH=ROOT))
+  holder = subprocess.Popen([
+      sys.executable, '-c', 'import sys; from vqlab.train import workdir_lock; '
+      f'workdir_lock.acquire({workdir!r}, "train"); print("locked", '
+      'flush=True); sys.stdin.read()'
+  ], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=ROOT))
   try:
     assert holder.stdout.readline().strip() == 'locked'
     with pytest.raises(WorkdirError) as e:
@@ -188,7 +189,7 @@ def test_a_locked_workdir_names_the_other_run(tmp_path):
     assert '--mode=train' in message and '\n' not in message
     assert sorted(os.listdir(workdir)) == [workdir_lock.LOCK_FILE]
   finally:
-    holder.kill()       # kill -9: the kernel drops the lock with the process.
+    holder.kill()  # kill -9: the kernel drops the lock with the process.
     holder.wait()
   workdir_lock.acquire(workdir, 'train')
 
@@ -222,6 +223,7 @@ def test_sigterm_during_startup_exits_with_a_line(run_copy, monkeypatch,
   def preempted_while_restoring(self):
     os.kill(os.getpid(), signal.SIGTERM)
     return restore(self)
+
   monkeypatch.setattr(experiment.Experiment, 'initial_state',
                       preempted_while_restoring)
   result = loop.train_and_evaluate(_config(num_steps=8), run_copy,
@@ -238,6 +240,7 @@ def test_sigterm_during_the_final_save_keeps_it_and_the_rerun_evaluates(
   def preempted_while_saving(self):
     os.kill(os.getpid(), signal.SIGTERM)
     wait(self)
+
   monkeypatch.setattr(checkpoint_lib.Checkpointer, 'wait',
                       preempted_while_saving)
   result = loop.train_and_evaluate(_config(num_steps=6), run_copy,
@@ -252,18 +255,18 @@ def test_sigterm_during_the_final_save_keeps_it_and_the_rerun_evaluates(
     assert json.load(f)['step'] == 6
 
 
-def test_progress_lines_come_at_a_fixed_rate_when_not_a_terminal(
-    monkeypatch):
-  clock = iter(range(0, 1000, 7))         # A step every 7 s.
+def test_progress_lines_come_at_a_fixed_rate_when_not_a_terminal(monkeypatch):
+  clock = iter(range(0, 1000, 7))  # A step every 7 s.
   monkeypatch.setattr(progress_lib.time, 'perf_counter', lambda: next(clock))
   stream = io.StringIO()
-  progress = progress_lib.Progress(0, 40, 8, stream=stream,
-                                   log_interval_s=30)
+  progress = progress_lib.Progress(0, 40, 8, stream=stream, log_interval_s=30)
   for step in range(1, 41):
     progress.update(step)
-  steps = [int(line.split()[1].split('/')[0])
-           for line in stream.getvalue().splitlines()]
-  assert steps == [1, 6, 11, 16, 21, 26, 31, 36, 40]   # First, 35 s, last.
+  steps = [
+      int(line.split()[1].split('/')[0])
+      for line in stream.getvalue().splitlines()
+  ]
+  assert steps == [1, 6, 11, 16, 21, 26, 31, 36, 40]  # First, 35 s, last.
 
 
 def test_kill_9_during_an_async_save_then_resume(finished, tmp_path):
@@ -271,16 +274,18 @@ def test_kill_9_during_an_async_save_then_resume(finished, tmp_path):
   resumes from a complete step and continues the same trajectory. The
   console of the killed run carries no library INFO logs."""
   workdir = str(tmp_path / 'run')
-  command = [sys.executable, os.path.join(ROOT, 'main.py'),
-             '--config=' + os.path.join(ROOT, 'tests',
-                                        'tiny_tokenizer_config.py'),
-             f'--workdir={workdir}']
-  env = dict(os.environ, PYTHONPATH=ROOT,
-             XLA_FLAGS=os.environ['XLA_FLAGS'].replace(
-                 'device_count=8', 'device_count=2'))
+  command = [
+      sys.executable,
+      os.path.join(ROOT, 'main.py'),
+      '--config=' + os.path.join(ROOT, 'tests', 'tiny_tokenizer_config.py'),
+      f'--workdir={workdir}'
+  ]
+  env = dict(
+      os.environ, PYTHONPATH=ROOT,
+      XLA_FLAGS=os.environ['XLA_FLAGS'].replace('device_count=8',
+                                                'device_count=2'))
   run = subprocess.Popen(command, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, env=env,
-                         cwd=ROOT)
+                         stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
   lines = []
   for line in run.stdout:
     lines.append(line)
@@ -289,7 +294,8 @@ def test_kill_9_during_an_async_save_then_resume(finished, tmp_path):
       break
   run.wait()
   assert run.returncode == -signal.SIGKILL, ''.join(lines)
-  assert not [line for line in lines if re.match(r'I\d{4} ', line)], ''.join(lines)
+  assert not [line for line in lines if re.match(r'I\d{4} ', line)
+             ], ''.join(lines)
   result = loop.train_and_evaluate(_config(), workdir, devices=_devices())
   assert result['step'] == STEPS
   assert not [d for d in _checkpoints(workdir) if not d.isdigit()]

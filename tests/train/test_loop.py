@@ -39,8 +39,9 @@ def _devices():
 def _losses(workdir):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     rows = [json.loads(line) for line in f]
-  return {row['step']: (row['loss'], row['d_loss']) for row in rows
-          if 'loss' in row}
+  return {
+      row['step']: (row['loss'], row['d_loss']) for row in rows if 'loss' in row
+  }
 
 
 def _train(workdir, **kwargs):
@@ -56,8 +57,7 @@ def uninterrupted(tmp_path_factory):
   config = tiny.tokenizer_config(steps=STEPS)
   config.train.eval_every = 2
   with retrace.traced_once():
-    return workdir, loop.train_and_evaluate(config, workdir,
-                                            devices=_devices())
+    return workdir, loop.train_and_evaluate(config, workdir, devices=_devices())
 
 
 def test_run_writes_checkpoints_metrics_images_and_summaries(uninterrupted):
@@ -72,7 +72,8 @@ def test_run_writes_checkpoints_metrics_images_and_summaries(uninterrupted):
   assert final['num_examples'] == 8
   with open(os.path.join(workdir, 'config.json')) as f:
     assert json.load(f)['train']['num_steps'] == STEPS
-  assert glob.glob(os.path.join(workdir, 'images', 'eval_reconstructions_*.png'))
+  assert glob.glob(os.path.join(workdir, 'images',
+                                'eval_reconstructions_*.png'))
   assert glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.*'))
 
 
@@ -86,11 +87,12 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(
       with open(path, 'wb') as f:
         f.write(b'garbage')
   shutil.rmtree(os.path.join(latest, 'default', 'd'), ignore_errors=True)
-  exp = experiment.Experiment(tiny.tokenizer_config(steps=STEPS), workdir, _devices())
+  exp = experiment.Experiment(tiny.tokenizer_config(steps=STEPS), workdir,
+                              _devices())
   state, step = exp.initial_state()
   assert step == 4 and int(state.step) == 4
   out = capsys.readouterr().out.strip().splitlines()
-  assert len(out) == 1, out      # One line, no Orbax traceback.
+  assert len(out) == 1, out  # One line, no Orbax traceback.
   assert 'checkpoints/5 is unreadable' in out[0] and '5.corrupt' in out[0]
   # Set aside, so the rerun's step 5 is saved; the earlier ones untouched.
   assert exp.checkpointer.all_steps() == [2, 4]
@@ -103,7 +105,8 @@ def test_all_checkpoints_unreadable_is_a_clear_error(uninterrupted, tmp_path):
   shutil.copytree(uninterrupted[0], workdir)
   for step in ('2', '4', '5'):
     shutil.rmtree(os.path.join(workdir, 'checkpoints', step, 'default'))
-  exp = experiment.Experiment(tiny.tokenizer_config(steps=STEPS), workdir, _devices())
+  exp = experiment.Experiment(tiny.tokenizer_config(steps=STEPS), workdir,
+                              _devices())
   with pytest.raises(CheckpointError, match='no readable checkpoint') as e:
     exp.initial_state()
   assert 'Nothing was changed' in str(e.value)
@@ -139,11 +142,14 @@ def test_two_processes_match_one_process_on_two_devices(uninterrupted,
   workdir, logs = str(tmp_path / 'run'), str(tmp_path / 'logs')
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
              XLA_FLAGS='--xla_force_host_platform_device_count=1')
-  command = [sys.executable, os.path.join(ROOT, 'launch', 'gpu_nodes.py'),
-             'run', '--hosts=localhost,localhost', f'--python={sys.executable}',
-             f'--coordinator_port={_free_port()}', '--cpu_collectives=gloo',
-             '--config=' + os.path.join(ROOT, 'tests', 'tiny_tokenizer_config.py'),
-             f'--workdir={workdir}', f'--log_dir={logs}', '--timeout=500']
+  command = [
+      sys.executable,
+      os.path.join(ROOT, 'launch', 'gpu_nodes.py'), 'run',
+      '--hosts=localhost,localhost', f'--python={sys.executable}',
+      f'--coordinator_port={_free_port()}', '--cpu_collectives=gloo',
+      '--config=' + os.path.join(ROOT, 'tests', 'tiny_tokenizer_config.py'),
+      f'--workdir={workdir}', f'--log_dir={logs}', '--timeout=500'
+  ]
   launcher = subprocess.run(command, env=env, capture_output=True, text=True,
                             cwd=ROOT, check=False)
   outputs = []
@@ -168,9 +174,11 @@ def test_two_processes_match_one_process_on_two_devices(uninterrupted,
 
 
 def test_eval_images_leave_out_padding_examples():
-  images = {'inputs': np.arange(4)[:, None] * np.ones((4, 3)),
-            'reconstructions': -np.arange(4)[:, None] * np.ones((4, 3)),
-            'step': np.int32(7)}
+  images = {
+      'inputs': np.arange(4)[:, None] * np.ones((4, 3)),
+      'reconstructions': -np.arange(4)[:, None] * np.ones((4, 3)),
+      'step': np.int32(7)
+  }
   real = experiment._real_examples(images, np.array([1, 1, 0, 0]))  # pylint: disable=protected-access
   np.testing.assert_array_equal(real['inputs'][:, 0], [0, 1])
   np.testing.assert_array_equal(real['reconstructions'][:, 0], [0, -1])

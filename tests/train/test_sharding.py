@@ -37,9 +37,11 @@ def test_one_device_equals_eight_devices_equals_fsdp():
   batch = {'image': next(source.batches(0))['image']}
   state = jax.jit(task.init)(jax.random.key(0), batch)
   devices = jax.devices()
-  results = [_loss_and_grads_on(devices[:1], 1, task, state, batch, config),
-             _loss_and_grads_on(devices, 1, task, state, batch, config),
-             _loss_and_grads_on(devices, 2, task, state, batch, config)]
+  results = [
+      _loss_and_grads_on(devices[:1], 1, task, state, batch, config),
+      _loss_and_grads_on(devices, 1, task, state, batch, config),
+      _loss_and_grads_on(devices, 2, task, state, batch, config)
+  ]
   (grads_1, metrics_1) = results[0]
   assert metrics_1['g_adv'] != 0 and metrics_1['d_loss'] > 0  # GAN is on.
   for grads, metrics in results[1:]:

@@ -19,13 +19,16 @@ def _write_by_hand(path, tensors, metadata=None, pad=3):
   if metadata is not None:
     header['__metadata__'] = metadata
   for name, dtype, shape, raw in tensors:
-    header[name] = {'dtype': dtype, 'shape': shape,
-                    'data_offsets': [offset, offset + len(raw)]}
+    header[name] = {
+        'dtype': dtype,
+        'shape': shape,
+        'data_offsets': [offset, offset + len(raw)]
+    }
     offset += len(raw)
     blobs.append(raw)
   raw_header = json.dumps(header).encode('utf-8') + b' ' * pad
-  path.write_bytes(struct.pack('<Q', len(raw_header)) + raw_header +
-                   b''.join(blobs))
+  path.write_bytes(
+      struct.pack('<Q', len(raw_header)) + raw_header + b''.join(blobs))
 
 
 def test_safetensors_reads_a_hand_written_file(tmp_path):
@@ -46,8 +49,9 @@ def test_safetensors_reads_a_hand_written_file(tmp_path):
   ], metadata={'format': 'pt'})
   state, metadata = safetensors_files.read_safetensors(path)
   assert metadata == {'format': 'pt'}
-  assert list(state) == ['f32', 'f16', 'bf16', 'i64', 'flags', 'empty',
-                         'scalar']
+  assert list(state) == [
+      'f32', 'f16', 'bf16', 'i64', 'flags', 'empty', 'scalar'
+  ]
   for name, expected in (('f32', f32), ('f16', f16), ('bf16', bf16),
                          ('i64', i64), ('flags', flags)):
     assert state[name].dtype == expected.dtype, name
@@ -106,36 +110,36 @@ def _corrupt_cases(good: bytes):
   # The safetensors package's diagnoses (with our hint where it is terse).
   return {
       'empty': (b'', r'header too small \(empty or truncated\?\)'),
-      'short prefix': (b'\x01\x02',
-                       r'header too small \(empty or truncated\?\)'),
+      'short prefix':
+          (b'\x01\x02', r'header too small \(empty or truncated\?\)'),
       'huge header': (struct.pack('<Q', 2**40) + b'{}',
                       r'header too large \(truncated, or not a safetensors'),
       'truncated data': (good[:-3], r'not fully covered \(truncated'),
       'bad json': (struct.pack('<Q', 5) + b'{"a":' + data,
                    'invalid JSON in header: EOF while parsing'),
-      'not an object': (rebuild([1, 2]),
-                        'invalid JSON in header: invalid type: sequence'),
+      'not an object':
+          (rebuild([1, 2]), 'invalid JSON in header: invalid type: sequence'),
       'unknown dtype': (edited('a', dtype='Q7'), 'unknown variant `Q7`'),
       'bad shape': (edited('a', shape=[-1, 2]),
                     'invalid value: integer `-1`, expected usize'),
       'size mismatch': (edited('a', shape=[2, 3]),
                         'invalid shape, data type, or offset for tensor'),
-      'bad offsets': (edited('a', data_offsets=[8, 0]),
-                      'invalid offset for tensor `a`'),
-      'overlap': (edited('b', data_offsets=[0, 8]),
-                  'invalid offset for tensor `a`'),
+      'bad offsets':
+          (edited('a', data_offsets=[8, 0]), 'invalid offset for tensor `a`'),
+      'overlap': (edited('b',
+                         data_offsets=[0, 8]), 'invalid offset for tensor `a`'),
   }
 
 
 @pytest.mark.parametrize('case', [
     'empty', 'short prefix', 'huge header', 'truncated data', 'bad json',
     'not an object', 'unknown dtype', 'bad shape', 'size mismatch',
-    'bad offsets', 'overlap'])
+    'bad offsets', 'overlap'
+])
 def test_safetensors_corrupt_file_errors(tmp_path, case):
   good = tmp_path / 'good.safetensors'
-  _write_by_hand(good, [
-      ('a', 'F32', [2, 2], np.ones(4, '<f4').tobytes()),
-      ('b', 'F32', [2], np.ones(2, '<f4').tobytes())], pad=0)
+  _write_by_hand(good, [('a', 'F32', [2, 2], np.ones(4, '<f4').tobytes()),
+                        ('b', 'F32', [2], np.ones(2, '<f4').tobytes())], pad=0)
   raw, message = _corrupt_cases(good.read_bytes())[case]
   bad = tmp_path / 'bad.safetensors'
   bad.write_bytes(raw)

@@ -118,8 +118,8 @@ def test_save_then_load_round_trips_every_dtype(tmp_path):
     assert loaded[name].shape == array.shape, name
     np.testing.assert_array_equal(loaded[name], array, err_msg=name)
   with zipfile.ZipFile(path) as archive:
-    assert all(i.compress_type == zipfile.ZIP_STORED
-               for i in archive.infolist())
+    assert all(
+        i.compress_type == zipfile.ZIP_STORED for i in archive.infolist())
   assert not list(tmp_path.glob('*.tmp'))
 
 
@@ -129,9 +129,11 @@ def test_save_rejects_unsupported_dtype(tmp_path):
 
 
 def _legacy_header() -> bytes:
-  return b''.join(pickle.dumps(x, protocol=2) for x in (
-      0x1950a86a20f9469cfc6c, 1001,
-      {'protocol_version': 1001, 'little_endian': True}))
+  return b''.join(
+      pickle.dumps(x, protocol=2) for x in (0x1950a86a20f9469cfc6c, 1001, {
+          'protocol_version': 1001,
+          'little_endian': True
+      }))
 
 
 def _zip(path, records):
@@ -208,8 +210,7 @@ def test_truncated_or_corrupt_files_raise_weights_error(tmp_path):
 
 def test_random_empty_and_missing_files_raise_weights_error(tmp_path):
   rng = np.random.default_rng(0)
-  assert 'not a PyTorch' in _damaged(
-      tmp_path, 'random.pth', rng.bytes(1000))
+  assert 'not a PyTorch' in _damaged(tmp_path, 'random.pth', rng.bytes(1000))
   _damaged(tmp_path, 'random80.pth', b'\x80' + rng.bytes(1000))
   assert 'empty' in _damaged(tmp_path, 'empty.pth', b'')
   missing = tmp_path / 'missing.pth'

@@ -39,8 +39,7 @@ def _parse_bool(text: str) -> bool:
 def _parser(kind: str | None, module) -> argparse.ArgumentParser:
   kinds = '\n'.join(f'  {k:14s} {what}' for k, (_, what) in KINDS.items())
   parser = argparse.ArgumentParser(
-      prog='python -m vqlab.convert',
-      description=f'Kinds:\n{kinds}',
+      prog='python -m vqlab.convert', description=f'Kinds:\n{kinds}',
       formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('kind', choices=sorted(KINDS))
   parser.add_argument('file', help='the published checkpoint file')
@@ -69,10 +68,11 @@ def main(argv: list[str]) -> int:
     result = published.write_run(args.out_dir, converted)
   except (WeightsError, ConfigError, FileExistsError) as e:
     sys.exit(f'convert: {e}')
-  print(f'vqlab.convert: {result["source"]}: {result["num_params"]:,} params '
-        f'-> {result["out_dir"]}\n  evaluate: python main.py '
-        f'--config={os.path.join(args.out_dir, "config.py")} '
-        f'--workdir={args.out_dir} --mode=eval', flush=True)
+  print(
+      f'vqlab.convert: {result["source"]}: {result["num_params"]:,} params '
+      f'-> {result["out_dir"]}\n  evaluate: python main.py '
+      f'--config={os.path.join(args.out_dir, "config.py")} '
+      f'--workdir={args.out_dir} --mode=eval', flush=True)
   return 0
 
 

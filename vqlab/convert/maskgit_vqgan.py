@@ -45,8 +45,13 @@ OPTIONS = {
 
 _RES_BLOCK = re.compile(r'^(encoder|decoder)\.ResBlock_(\d+)\.')
 _CONV = re.compile(r'^decoder\.Conv_(\d+)\.kernel$')
-_RES_NAMES = {'GroupNorm_0': 'norm1', 'Conv_0': 'conv1', 'GroupNorm_1': 'norm2',
-              'Conv_1': 'conv2', 'Conv_2': 'shortcut'}
+_RES_NAMES = {
+    'GroupNorm_0': 'norm1',
+    'Conv_0': 'conv1',
+    'GroupNorm_1': 'norm2',
+    'Conv_1': 'conv2',
+    'Conv_2': 'shortcut'
+}
 
 
 def read_msgpack(path: str) -> dict[str, np.ndarray]:
@@ -77,13 +82,17 @@ def read_msgpack(path: str) -> dict[str, np.ndarray]:
         visit(value, name + '.')
       elif isinstance(value, np.ndarray):
         flat[name] = value
+
   visit(tree, '')
   return flat
 
 
 def _count(keys, pattern: re.Pattern, part: str) -> int:
-  found = {int(m.group(2)) for k in keys
-           if (m := pattern.match(k)) and m.group(1) == part}
+  found = {
+      int(m.group(2))
+      for k in keys
+      if (m := pattern.match(k)) and m.group(1) == part
+  }
   return max(found) + 1 if found else 0
 
 
@@ -147,8 +156,10 @@ def _layer(sd: published.StateDict, prefix: str, bias: bool) -> dict:
 
 
 def _norm(sd: published.StateDict, prefix: str) -> dict:
-  return {'scale': sd.take(f'{prefix}.scale'),
-          'bias': sd.take(f'{prefix}.bias')}
+  return {
+      'scale': sd.take(f'{prefix}.scale'),
+      'bias': sd.take(f'{prefix}.bias')
+  }
 
 
 def _res_blocks(sd: published.StateDict, part: str, count: int) -> dict:
@@ -169,19 +180,32 @@ def convert_params(sd: published.StateDict, arch: dict) -> dict:
   names as `read_msgpack` gives them)."""
   levels = len(arch['multipliers'])
   blocks = arch['num_res_blocks'] * (levels + 1)
-  encoder = {'conv_in': _layer(sd, 'encoder.Conv_0', bias=False),
-             **_res_blocks(sd, 'encoder', blocks),
-             'norm_out': _norm(sd, 'encoder.GroupNorm_0'),
-             'conv_out': _layer(sd, 'encoder.Conv_1', bias=True)}
-  decoder = {'conv_in': _layer(sd, 'decoder.Conv_0', bias=True),
-             **_res_blocks(sd, 'decoder', blocks),
-             'norm_out': _norm(sd, 'decoder.GroupNorm_0')}
+  encoder = {
+      'conv_in':
+          _layer(sd, 'encoder.Conv_0', bias=False),
+      **_res_blocks(sd, 'encoder', blocks), 'norm_out':
+          _norm(sd, 'encoder.GroupNorm_0'),
+      'conv_out':
+          _layer(sd, 'encoder.Conv_1', bias=True)
+  }
+  decoder = {
+      'conv_in':
+          _layer(sd, 'decoder.Conv_0', bias=True),
+      **_res_blocks(sd, 'decoder', blocks), 'norm_out':
+          _norm(sd, 'decoder.GroupNorm_0')
+  }
   for j in range(1, levels):
     decoder[f'Upsample2D_{j - 1}'] = {
-        'conv': _layer(sd, f'decoder.Conv_{j}', bias=True)}
-  return {'encoder': encoder, 'decoder': decoder,
-          'to_pixels': _layer(sd, f'decoder.Conv_{levels}', bias=True),
-          'quantizer': {'codebook': sd.take('quantizer.codebook')}}
+        'conv': _layer(sd, f'decoder.Conv_{j}', bias=True)
+    }
+  return {
+      'encoder': encoder,
+      'decoder': decoder,
+      'to_pixels': _layer(sd, f'decoder.Conv_{levels}', bias=True),
+      'quantizer': {
+          'codebook': sd.take('quantizer.codebook')
+      }
+  }
 
 
 def convert_state_dict(tensors: dict[str, np.ndarray], source: str, *,
@@ -209,13 +233,13 @@ def expected_params(config: ml_collections.ConfigDict, image_size: int):
   model = tokenizers.build(config)
   x = jax.ShapeDtypeStruct((1, image_size, image_size, config.in_channels),
                            jnp.float32)
-  return jax.eval_shape(
-      lambda x: model.init(jax.random.PRNGKey(0), x), x)['params']
+  return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x),
+                        x)['params']
 
 
 def convert_file(path: str, *, shortcut_quirk: bool = True,
-                 num_groups: int = 32, image_size: int = 256
-                 ) -> published.Converted:
+                 num_groups: int = 32,
+                 image_size: int = 256) -> published.Converted:
   """A MaskGIT tokenizer checkpoint file -> Converted."""
   source = f'MaskGIT VQGAN {os.path.basename(path)} (google-research/maskgit)'
   return convert_state_dict(read_msgpack(path), source,

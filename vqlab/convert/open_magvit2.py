@@ -69,9 +69,10 @@ def _ema_view(tensors, source: str) -> dict[str, np.ndarray]:
     raise WeightsError(f'{source}: no EMA copy of {len(missing)} tensors '
                        f'({", ".join(missing[:4])}); pass --ema=false to use '
                        'the raw weights')
-  unknown = sorted(set(k for k in tensors if k.startswith(_EMA)
-                       and not k.startswith(_IGNORED)) -
-                   {_EMA + k.replace('.', '') for k in view})
+  unknown = sorted(
+      set(k for k in tensors
+          if k.startswith(_EMA) and not k.startswith(_IGNORED)) -
+      {_EMA + k.replace('.', '') for k in view})
   if unknown:
     raise WeightsError(f'{source}: EMA tensors with no model tensor: '
                        f'{", ".join(unknown[:6])}')
@@ -112,10 +113,12 @@ def _conv(sd: published.StateDict, prefix: str, bias: bool = True) -> dict:
 
 
 def _res_block(sd: published.StateDict, prefix: str) -> dict:
-  block = {'norm1': sd.norm(f'{prefix}.norm1'),
-           'conv1': _conv(sd, f'{prefix}.conv1', bias=False),
-           'norm2': sd.norm(f'{prefix}.norm2'),
-           'conv2': _conv(sd, f'{prefix}.conv2', bias=False)}
+  block = {
+      'norm1': sd.norm(f'{prefix}.norm1'),
+      'conv1': _conv(sd, f'{prefix}.conv1', bias=False),
+      'norm2': sd.norm(f'{prefix}.norm2'),
+      'conv2': _conv(sd, f'{prefix}.conv2', bias=False)
+  }
   if f'{prefix}.nin_shortcut.weight' in sd:
     block['shortcut'] = _conv(sd, f'{prefix}.nin_shortcut', bias=False)
   return block
@@ -126,10 +129,12 @@ def _encoder(sd: published.StateDict, config) -> dict:
   n, last = 0, len(config.channel_multipliers) - 1
   for level in range(last + 1):
     for j in range(config.num_res_blocks):
-      tree[f'ResBlock3D_{n}'] = _res_block(sd, f'encoder.down.{level}.block.{j}')
+      tree[f'ResBlock3D_{n}'] = _res_block(sd,
+                                           f'encoder.down.{level}.block.{j}')
       n += 1
     if level != last:
-      tree[f'downsample_{level}'] = _conv(sd, f'encoder.down.{level}.downsample')
+      tree[f'downsample_{level}'] = _conv(sd,
+                                          f'encoder.down.{level}.downsample')
   for j in range(config.num_res_blocks):
     tree[f'ResBlock3D_{n}'] = _res_block(sd, f'encoder.mid_block.{j}')
     n += 1
@@ -148,13 +153,15 @@ def _decoder(sd: published.StateDict, config) -> dict:
   for k, level in enumerate(reversed(range(levels))):
     tree[f'AdaptiveGroupNorm_{k}'] = {
         'scale': sd.linear(f'decoder.adaptive.{level}.gamma'),
-        'shift': sd.linear(f'decoder.adaptive.{level}.beta')}
+        'shift': sd.linear(f'decoder.adaptive.{level}.beta')
+    }
     for j in range(config.num_res_blocks):
       tree[f'ResBlock3D_{n}'] = _res_block(sd, f'decoder.up.{level}.block.{j}')
       n += 1
     if level > 0:
       tree[f'CausalUpsample3D_{k}'] = {
-          'conv': _conv(sd, f'decoder.up.{level}.upsample.conv1')}
+          'conv': _conv(sd, f'decoder.up.{level}.upsample.conv1')
+      }
   tree['norm_out'] = sd.norm('decoder.norm_out')
   return tree
 
@@ -174,19 +181,25 @@ def convert_state_dict(tensors, *, ema: bool = True, factorized: bool = True,
   Raises:
     WeightsError: a tensor is missing, left over or has the wrong shape.
   """
-  has_ema = any(k.startswith(_EMA) and not k.startswith(_IGNORED)
-                for k in tensors)
+  has_ema = any(
+      k.startswith(_EMA) and not k.startswith(_IGNORED) for k in tensors)
   weights = 'EMA' if ema and has_ema else 'raw'
   if weights == 'EMA':
     view = _ema_view(tensors, source)
-    leftover = {k: v for k, v in tensors.items()
-                if not k.startswith(('encoder.', 'decoder.', _EMA))}
+    leftover = {
+        k: v
+        for k, v in tensors.items()
+        if not k.startswith(('encoder.', 'decoder.', _EMA))
+    }
     sd = published.StateDict({**view, **leftover}, source)
   else:
     sd = published.StateDict(tensors, source)
   config = tokenizers.validate(infer_config(sd, factorized), 'model')
-  params = {'encoder': _encoder(sd, config), 'decoder': _decoder(sd, config),
-            'to_pixels': _conv(sd, 'decoder.conv_out')}
+  params = {
+      'encoder': _encoder(sd, config),
+      'decoder': _decoder(sd, config),
+      'to_pixels': _conv(sd, 'decoder.conv_out')
+  }
   sd.check_all_used(ignore_prefixes=_IGNORED + (_EMA,))
   factor = 2**(len(config.channel_multipliers) - 1)
   bits = int(config.quantizer.codebook_size).bit_length() - 1

@@ -85,14 +85,16 @@ class StateDict:
 
   def norm(self, prefix: str) -> dict[str, np.ndarray]:
     """GroupNorm/LayerNorm `prefix.weight`, `prefix.bias` -> {'scale', 'bias'}."""
-    return {'scale': self.take(f'{prefix}.weight'),
-            'bias': self.take(f'{prefix}.bias')}
+    return {
+        'scale': self.take(f'{prefix}.weight'),
+        'bias': self.take(f'{prefix}.bias')
+    }
 
   def indices(self, pattern: str) -> list[int]:
     r"""Sorted distinct integers that `pattern`'s group captures in the keys
     (e.g. r'encoder\.down\.(\d+)\.' -> the encoder's levels)."""
-    return sorted({int(m.group(1)) for k in self._tensors
-                   if (m := re.match(pattern, k))})
+    return sorted(
+        {int(m.group(1)) for k in self._tensors if (m := re.match(pattern, k))})
 
   def unused(self, ignore_prefixes: Iterable[str] = ()) -> list[str]:
     """Keys not taken, except those starting with one of `ignore_prefixes`."""
@@ -170,8 +172,8 @@ def check_params_match(params: Any, expected: Any, what: str) -> None:
         f'{k} {tuple(np.shape(got[k]))} != {tuple(want[k].shape)}'
         for k in wrong[:6]))
   if problems:
-    raise WeightsError(f'{what}: the converted params do not fit the model: '
-                       + '; '.join(problems))
+    raise WeightsError(f'{what}: the converted params do not fit the model: ' +
+                       '; '.join(problems))
 
 
 @dataclasses.dataclass
@@ -254,17 +256,18 @@ def write_run(out_dir: str, converted: Converted) -> dict[str, Any]:
   run_record.check(config, out_dir, allow_change=False)
   task = tokenizer.TokenizerTask(config)
   size = config.data.train_image_size
-  batch = {'image': np.zeros((1, size, size, task.model.in_channels),
-                             np.float32)}
+  batch = {
+      'image': np.zeros((1, size, size, task.model.in_channels), np.float32)
+  }
   rng, _ = jax.random.split(jax.random.key(config.seed))  # The loop's init key.
   expected = jax.eval_shape(task.init, rng, batch).params['generator']
   check_params_match(converted.params, expected, converted.source)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  state = jax.jit(task.init, out_shardings=device)(
-      jax.device_put(rng, device), jax.device_put(batch, device))
+  state = jax.jit(task.init,
+                  out_shardings=device)(jax.device_put(rng, device),
+                                        jax.device_put(batch, device))
   generator = jax.tree.map(
-      lambda value, like: jax.device_put(np.asarray(value, like.dtype),
-                                         device),
+      lambda value, like: jax.device_put(np.asarray(value, like.dtype), device),
       converted.params, expected)
   replace = {'params': dict(state.params, generator=generator)}
   if state.ema_params:
@@ -272,8 +275,8 @@ def write_run(out_dir: str, converted: Converted) -> dict[str, Any]:
   state = state.replace(**replace)
   fileio.makedirs(out_dir)
   run_record.write(out_dir, config)
-  checkpointer = checkpoint.Checkpointer(
-      out_dir, max_to_keep=config.train.max_to_keep)
+  checkpointer = checkpoint.Checkpointer(out_dir,
+                                         max_to_keep=config.train.max_to_keep)
   try:
     checkpointer.save(0, state, force=True)
     checkpointer.wait()
@@ -282,5 +285,8 @@ def write_run(out_dir: str, converted: Converted) -> dict[str, Any]:
   with open(os.path.join(out_dir, 'config.py'), 'w') as f:
     f.write(_CONFIG_PY.format(source=converted.source, out_dir=out_dir))
   num_params = sum(np.size(v) for v in _flatten(converted.params).values())
-  return {'out_dir': out_dir, 'source': converted.source,
-          'num_params': num_params}
+  return {
+      'out_dir': out_dir,
+      'source': converted.source,
+      'num_params': num_params
+  }

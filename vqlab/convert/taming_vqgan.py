@@ -52,8 +52,10 @@ NUM_GROUPS = 32  # taming's Normalize: GroupNorm(32, C, eps=1e-6).
 def infer_config(sd: published.StateDict) -> ml_collections.ConfigDict:
   """The vqlab 'vqgan' model config of a taming VQModel state dict."""
   widths = published.taming_encoder_widths(sd, 'a taming VQModel state dict')
-  attention = [level for level in range(len(widths.channel_multipliers))
-               if f'encoder.down.{level}.attn.0.q.weight' in sd]
+  attention = [
+      level for level in range(len(widths.channel_multipliers))
+      if f'encoder.down.{level}.attn.0.q.weight' in sd
+  ]
   z_channels = sd.shape('encoder.conv_out.weight')[0]
   decoder_z = sd.shape('decoder.conv_in.weight')[1]
   if z_channels != decoder_z:
@@ -84,10 +86,12 @@ def infer_config(sd: published.StateDict) -> ml_collections.ConfigDict:
 
 
 def _res_block(sd: published.StateDict, prefix: str) -> dict:
-  block = {'norm1': sd.norm(f'{prefix}.norm1'),
-           'conv1': sd.conv(f'{prefix}.conv1'),
-           'norm2': sd.norm(f'{prefix}.norm2'),
-           'conv2': sd.conv(f'{prefix}.conv2')}
+  block = {
+      'norm1': sd.norm(f'{prefix}.norm1'),
+      'conv1': sd.conv(f'{prefix}.conv1'),
+      'norm2': sd.norm(f'{prefix}.norm2'),
+      'conv2': sd.conv(f'{prefix}.conv2')
+  }
   if f'{prefix}.nin_shortcut.weight' in sd:
     block['shortcut'] = sd.conv(f'{prefix}.nin_shortcut')
   return block
@@ -99,11 +103,13 @@ def _dense_from_1x1(sd: published.StateDict, prefix: str) -> dict:
 
 
 def _attention(sd: published.StateDict, prefix: str) -> dict:
-  return {'norm': sd.norm(f'{prefix}.norm'),
-          'query': _dense_from_1x1(sd, f'{prefix}.q'),
-          'key': _dense_from_1x1(sd, f'{prefix}.k'),
-          'value': _dense_from_1x1(sd, f'{prefix}.v'),
-          'out': _dense_from_1x1(sd, f'{prefix}.proj_out')}
+  return {
+      'norm': sd.norm(f'{prefix}.norm'),
+      'query': _dense_from_1x1(sd, f'{prefix}.q'),
+      'key': _dense_from_1x1(sd, f'{prefix}.k'),
+      'value': _dense_from_1x1(sd, f'{prefix}.v'),
+      'out': _dense_from_1x1(sd, f'{prefix}.proj_out')
+  }
 
 
 class _Names:
@@ -130,7 +136,8 @@ def _encoder(sd: published.StateDict, config) -> dict:
             sd, f'{prefix}.attn.{j}')
     if level != last:
       tree[names('Downsample2D')] = {
-          'conv': sd.conv(f'encoder.down.{level}.downsample.conv')}
+          'conv': sd.conv(f'encoder.down.{level}.downsample.conv')
+      }
   tree.update(_middle(sd, 'encoder.mid', names, config.mid_attention))
   tree['norm_out'] = sd.norm('encoder.norm_out')
   tree['conv_out'] = sd.conv('encoder.conv_out')
@@ -181,7 +188,9 @@ def convert_state_dict(tensors, *, image_size: int = 256,
   params = {
       'encoder': _encoder(sd, config),
       'quant_conv': sd.conv('quant_conv'),
-      'quantizer': {'codebook': sd.take('quantize.embedding.weight')},
+      'quantizer': {
+          'codebook': sd.take('quantize.embedding.weight')
+      },
       'post_quant_conv': sd.conv('post_quant_conv'),
       'decoder': _decoder(sd, config),
       'to_pixels': sd.conv('decoder.conv_out'),

@@ -43,8 +43,13 @@ OPTIONS = {
     'num_groups': (int, 32, 'GroupNorm groups of the pixel decoder'),
 }
 
-_RES_NAMES = {'norm1': 'norm1', 'conv1': 'conv1', 'norm2': 'norm2',
-              'conv2': 'conv2', 'nin_shortcut': 'shortcut'}
+_RES_NAMES = {
+    'norm1': 'norm1',
+    'conv1': 'conv1',
+    'norm2': 'norm2',
+    'conv2': 'conv2',
+    'nin_shortcut': 'shortcut'
+}
 
 
 def read_file(path: str) -> dict[str, np.ndarray]:
@@ -56,8 +61,11 @@ def read_file(path: str) -> dict[str, np.ndarray]:
 
 def _count(sd: published.StateDict, prefix: str) -> int:
   """Number of consecutive `prefix{i}.` entries."""
-  found = {int(k[len(prefix):].split('.')[0]) for k in sd.keys()
-           if k.startswith(prefix) and k[len(prefix):].split('.')[0].isdigit()}
+  found = {
+      int(k[len(prefix):].split('.')[0])
+      for k in sd.keys()
+      if k.startswith(prefix) and k[len(prefix):].split('.')[0].isdigit()
+  }
   return max(found) + 1 if found else 0
 
 
@@ -75,8 +83,10 @@ def _vit_size(sd: published.StateDict, part: str, num_heads: int):
 def _pixel_architecture(sd: published.StateDict) -> dict:
   levels = _count(sd, 'pixel_decoder.up.')
   blocks = _count(sd, 'pixel_decoder.up.0.block.')
-  widths = [sd.shape(f'pixel_decoder.up.{i}.block.0.conv1.weight')[0]
-            for i in range(levels)]
+  widths = [
+      sd.shape(f'pixel_decoder.up.{i}.block.0.conv1.weight')[0]
+      for i in range(levels)
+  ]
   base = widths[0]
   if any(w % base for w in widths):
     raise WeightsError(f'{sd.source}: pixel decoder widths {widths} are not '
@@ -121,8 +131,8 @@ def model_config(sd: published.StateDict, num_heads: int = 0,
   config.quantizer.l2_normalize = True
   if 'pixel_decoder.conv_in.weight' in sd:
     config.decoder_output = 'proxy_pixels'
-    config.pixel_decoder = maskgit_vqgan.model_config(
-        _pixel_architecture(sd), num_groups)
+    config.pixel_decoder = maskgit_vqgan.model_config(_pixel_architecture(sd),
+                                                      num_groups)
     del config.pixel_decoder['name']
   else:
     config.decoder_output = 'proxy_codes'
@@ -136,12 +146,15 @@ def _attention(sd: published.StateDict, prefix: str, heads: int) -> dict:
   out = {}
   for i, name in enumerate(('query', 'key', 'value')):
     w = weight[i * width:(i + 1) * width]
-    out[name] = {'kernel': w.T.reshape(width, heads, width // heads),
-                 'bias': bias[i * width:(i + 1) * width].reshape(
-                     heads, width // heads)}
+    out[name] = {
+        'kernel': w.T.reshape(width, heads, width // heads),
+        'bias': bias[i * width:(i + 1) * width].reshape(heads, width // heads)
+    }
   proj = sd.linear(f'{prefix}.out_proj')
-  out['out'] = {'kernel': proj['kernel'].reshape(heads, width // heads, width),
-                'bias': proj['bias']}
+  out['out'] = {
+      'kernel': proj['kernel'].reshape(heads, width // heads, width),
+      'bias': proj['bias']
+  }
   return out
 
 
@@ -155,14 +168,23 @@ def _vit(sd: published.StateDict, part: str, size) -> dict:
         'norm1': sd.norm(f'{src}.ln_1'),
         'attention': _attention(sd, f'{src}.attn', size.num_heads),
         'norm2': sd.norm(f'{src}.ln_2'),
-        'mlp': {'fc1': sd.linear(f'{src}.mlp.c_fc'),
-                'fc2': sd.linear(f'{src}.mlp.c_proj')}}
+        'mlp': {
+            'fc1': sd.linear(f'{src}.mlp.c_fc'),
+            'fc2': sd.linear(f'{src}.mlp.c_proj')
+        }
+    }
   blocks['final_norm'] = sd.norm(f'{part}.ln_post')
-  return {'class_token': cls[0] + pos[0],
-          'grid_position': {'embedding': pos[1:]},
-          'latent_position': {
-              'embedding': sd.take(f'{part}.latent_token_positional_embedding')},
-          'norm_pre': sd.norm(f'{part}.ln_pre'), 'transformer': blocks}
+  return {
+      'class_token': cls[0] + pos[0],
+      'grid_position': {
+          'embedding': pos[1:]
+      },
+      'latent_position': {
+          'embedding': sd.take(f'{part}.latent_token_positional_embedding')
+      },
+      'norm_pre': sd.norm(f'{part}.ln_pre'),
+      'transformer': blocks
+  }
 
 
 def _dense_from_1x1(sd: published.StateDict, prefix: str) -> dict:
@@ -181,8 +203,11 @@ def _pixel_decoder(sd: published.StateDict, arch: dict) -> dict:
       elif f'{src}.{theirs}.weight' in sd:
         out[ours] = sd.conv(f'{src}.{theirs}', bias=False)
     return out
-  decoder = {'conv_in': sd.conv('pixel_decoder.conv_in'),
-             'norm_out': sd.norm('pixel_decoder.norm_out')}
+
+  decoder = {
+      'conv_in': sd.conv('pixel_decoder.conv_in'),
+      'norm_out': sd.norm('pixel_decoder.norm_out')
+  }
   for j in range(n):
     decoder[f'ResBlock2D_{j}'] = block(f'pixel_decoder.mid.{j}')
   for i in range(levels):  # Run from the last level to the first.
@@ -191,9 +216,15 @@ def _pixel_decoder(sd: published.StateDict, arch: dict) -> dict:
           f'pixel_decoder.up.{i}.block.{j}')
     if i:
       decoder[f'Upsample2D_{levels - 1 - i}'] = {
-          'conv': sd.conv(f'pixel_decoder.up.{i}.upsample_conv')}
-  return {'decoder': decoder, 'to_pixels': sd.conv('pixel_decoder.conv_out'),
-          'quantizer': {'codebook': sd.take('pixel_quantize.embedding.weight')}}
+          'conv': sd.conv(f'pixel_decoder.up.{i}.upsample_conv')
+      }
+  return {
+      'decoder': decoder,
+      'to_pixels': sd.conv('pixel_decoder.conv_out'),
+      'quantizer': {
+          'codebook': sd.take('pixel_quantize.embedding.weight')
+      }
+  }
 
 
 def convert_params(sd: published.StateDict,
@@ -207,30 +238,37 @@ def convert_params(sd: published.StateDict,
   decoder = _vit(sd, 'decoder', model.decoder_size)
   decoder['from_code'] = sd.linear('decoder.decoder_embed')
   decoder['mask_token'] = sd.take('decoder.mask_token').reshape(-1)
-  params = {'encoder': encoder, 'decoder': decoder,
-            'quantizer': {'codebook': sd.take('quantize.embedding.weight')},
-            'proxy_hidden': _dense_from_1x1(sd, 'decoder.ffn.0'),
-            'to_proxy_logits': _dense_from_1x1(sd, 'decoder.ffn.2')}
+  params = {
+      'encoder': encoder,
+      'decoder': decoder,
+      'quantizer': {
+          'codebook': sd.take('quantize.embedding.weight')
+      },
+      'proxy_hidden': _dense_from_1x1(sd, 'decoder.ffn.0'),
+      'to_proxy_logits': _dense_from_1x1(sd, 'decoder.ffn.2')
+  }
   if config.decoder_output == 'proxy_pixels':
     pixel = config.pixel_decoder
-    params['pixel_vqgan'] = _pixel_decoder(sd, dict(
-        num_res_blocks=pixel.num_res_blocks,
-        multipliers=tuple(pixel.channel_multipliers)))
+    params['pixel_vqgan'] = _pixel_decoder(
+        sd,
+        dict(num_res_blocks=pixel.num_res_blocks,
+             multipliers=tuple(pixel.channel_multipliers)))
   return params
 
 
 def expected_params(config: ml_collections.ConfigDict):
   """ShapeDtypeStructs of the params of a vqlab model of `config`."""
   model = tokenizers.build(config)
-  x = jax.ShapeDtypeStruct((1, config.image_size, config.image_size,
-                            config.in_channels), jnp.float32)
-  return jax.eval_shape(
-      lambda x: model.init(jax.random.PRNGKey(0), x), x)['params']
+  x = jax.ShapeDtypeStruct(
+      (1, config.image_size, config.image_size, config.in_channels),
+      jnp.float32)
+  return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x),
+                        x)['params']
 
 
 def convert_state_dict(tensors: dict[str, np.ndarray], source: str, *,
-                       num_heads: int = 0, num_groups: int = 32
-                       ) -> published.Converted:
+                       num_heads: int = 0,
+                       num_groups: int = 32) -> published.Converted:
   """PyTorch names -> Converted (every tensor used, every param filled)."""
   sd = published.StateDict(tensors, source)
   config = model_config(sd, num_heads, num_groups)

@@ -49,9 +49,10 @@ VIDEO_DATASETS = ('moving_shapes', 'tfds_video')
 # Datasets whose config nests other datasets' configs: (section -> kind) in `module.NESTED`.
 _COMPOSITE = ('joint',)
 
-__all__ = ['DataSource', 'names', 'default_config', 'reference_config', 'build', 'kind',
-           'check_kind']
-
+__all__ = [
+    'DataSource', 'names', 'default_config', 'reference_config', 'build',
+    'kind', 'check_kind'
+]
 
 
 def _module(name: str):
@@ -61,7 +62,8 @@ def _module(name: str):
 
 def _lazy(name: str, attribute: str):
   """`_module(name).<attribute>`, looked up (and imported) when called."""
-  return lambda *args, **kwargs: getattr(_module(name), attribute)(*args, **kwargs)
+  return lambda *args, **kwargs: getattr(_module(name), attribute)(*args, **
+                                                                   kwargs)
 
 
 REGISTRY = Registry('dataset', key_prefix='data')
@@ -102,7 +104,8 @@ def default_config(name: str) -> ml_collections.ConfigDict:
   return REGISTRY.default_config(name)
 
 
-def reference_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def reference_config(
+    config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The complete default of the data config `config`, to check a user's `config.data` against.
 
   `default_config(config.name)`, except that the nested dataset sections of `joint` ('image',
@@ -125,8 +128,9 @@ def reference_config(config: ml_collections.ConfigDict) -> ml_collections.Config
   return reference
 
 
-def build(config: ml_collections.ConfigDict, *, split: str, global_batch_size: int,
-          process_index: int = 0, process_count: int = 1) -> DataSource:
+def build(config: ml_collections.ConfigDict, *, split: str,
+          global_batch_size: int, process_index: int = 0,
+          process_count: int = 1) -> DataSource:
   """Builds this host's source of dataset `config.name`.
 
   Args:

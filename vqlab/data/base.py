@@ -74,7 +74,8 @@ def get(config: ml_collections.ConfigDict, key: str) -> Any:
 def positive_int(config: ml_collections.ConfigDict, key: str) -> int:
   """Returns `config[key]` as an int, raising ValueError unless it is a positive integer."""
   value = get(config, key)
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+  if isinstance(value, bool) or not isinstance(value,
+                                               (int, np.integer)) or value <= 0:
     raise ValueError(f'data.{key}: must be a positive integer, got {value!r}.')
   return int(value)
 
@@ -86,9 +87,11 @@ def fraction_range(config: ml_collections.ConfigDict, key: str,
   try:
     lo, hi = (float(v) for v in value)
   except (TypeError, ValueError):
-    raise ValueError(f'data.{key}: must be a pair (lo, hi), got {value!r}.') from None
+    raise ValueError(
+        f'data.{key}: must be a pair (lo, hi), got {value!r}.') from None
   if not 0 < lo <= hi <= upper:
-    raise ValueError(f'data.{key}: need 0 < lo <= hi <= {upper}, got {value!r}.')
+    raise ValueError(
+        f'data.{key}: need 0 < lo <= hi <= {upper}, got {value!r}.')
   return lo, hi
 
 
@@ -98,18 +101,22 @@ def check_split(split: str) -> None:
     raise ValueError(f"split: must be one of {list(SPLITS)}, got {split!r}.")
 
 
-def host_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:
+def host_batch_size(global_batch_size: int, process_index: int,
+                    process_count: int) -> int:
   """Returns `global_batch_size // process_count` after checking the three arguments."""
   if process_count < 1:
     raise ValueError(f'process_count: must be >= 1, got {process_count}.')
   if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index: must be in [0, {process_count}), got {process_index}.')
+    raise ValueError(
+        f'process_index: must be in [0, {process_count}), got {process_index}.')
   if global_batch_size < 1:
-    raise ValueError(f'global_batch_size: must be >= 1, got {global_batch_size}.')
+    raise ValueError(
+        f'global_batch_size: must be >= 1, got {global_batch_size}.')
   if global_batch_size % process_count:
     raise ValueError(
         f'global_batch_size={global_batch_size} is not divisible by '
-        f'process_count={process_count}; every host must get the same number of rows.')
+        f'process_count={process_count}; every host must get the same number of rows.'
+    )
   return global_batch_size // process_count
 
 
@@ -174,7 +181,8 @@ class NumpyTrainSource:
   reproduce the same global batches.
   """
 
-  def __init__(self, make_batch: Callable[[int, np.ndarray], Batch], *, per_host_batch_size: int,
+  def __init__(self, make_batch: Callable[[int, np.ndarray],
+                                          Batch], *, per_host_batch_size: int,
                process_index: int, num_examples: int | None,
                image_shape: tuple[int, int, int], num_classes: int | None,
                video_shape: tuple[int, int, int, int] | None = None):
@@ -199,8 +207,9 @@ class NumpyEvalSource:
   past the end are zero-filled and carry mask=False.
   """
 
-  def __init__(self, get_examples: Callable[[np.ndarray], Batch], *, num_examples: int,
-               global_batch_size: int, per_host_batch_size: int, process_index: int,
+  def __init__(self, get_examples: Callable[[np.ndarray], Batch], *,
+               num_examples: int, global_batch_size: int,
+               per_host_batch_size: int, process_index: int,
                image_shape: tuple[int, int, int], num_classes: int | None,
                video_shape: tuple[int, int, int, int] | None = None):
     if num_examples < 1:
@@ -225,7 +234,8 @@ class NumpyEvalSource:
       real = self._get(indices[mask])
       batch = {}
       for key, value in real.items():
-        full = np.zeros((self.per_host_batch_size,) + value.shape[1:], value.dtype)
+        full = np.zeros((self.per_host_batch_size,) + value.shape[1:],
+                        value.dtype)
         full[mask] = value
         batch[key] = full
       batch['mask'] = mask

@@ -74,11 +74,15 @@ def default_config() -> ml_collections.ConfigDict:
       'shapes': SHAPES,  # Shape words, from shapes.SHAPES (data/shapes.py).
       'colors': COLORS,  # Colour words, from PALETTE (at least two).
       'relations': tuple(RELATIONS),  # Relation phrases, from RELATIONS.
-      'size_range': (0.25, 0.45),  # Shape diameter as a fraction of the image side (lo, hi).
-      'min_gap': 0.05,  # Least gap between the shapes along the relation's axis (of the side).
+      'size_range':
+          (0.25, 0.45
+          ),  # Shape diameter as a fraction of the image side (lo, hi).
+      'min_gap':
+          0.05,  # Least gap between the shapes along the relation's axis (of the side).
       'background': 0.0,  # Grey level of the background, in [0, 1].
       'num_train_examples': 100_000,  # Train examples: indices [0, N).
-      'num_eval_examples': 1_000,  # Eval examples: indices [N_train, N_train + N_eval).
+      'num_eval_examples':
+          1_000,  # Eval examples: indices [N_train, N_train + N_eval).
   })
 
 
@@ -101,7 +105,8 @@ class Scene:
 
   @property
   def caption(self) -> str:
-    subject, object_ = (_noun_phrase(c, s) for c, s in zip(self.colors, self.shapes))
+    subject, object_ = (
+        _noun_phrase(c, s) for c, s in zip(self.colors, self.shapes))
     return f'{subject} {self.relation} {object_}'
 
 
@@ -110,12 +115,14 @@ def _noun_phrase(color: str, shape: str) -> str:
   return f'{article} {color} {shape}'
 
 
-def _words(config: ml_collections.ConfigDict, key: str, known, least: int) -> tuple[str, ...]:
+def _words(config: ml_collections.ConfigDict, key: str, known,
+           least: int) -> tuple[str, ...]:
   words = tuple(base.get(config, key))
   unknown = [w for w in words if w not in known]
   if len(words) < least or unknown or len(set(words)) != len(words):
-    raise ValueError(f'data.{key}: need at least {least} distinct names from {list(known)}, got '
-                     f'{words!r}.')
+    raise ValueError(
+        f'data.{key}: need at least {least} distinct names from {list(known)}, got '
+        f'{words!r}.')
   return words
 
 
@@ -124,7 +131,8 @@ class CaptionedShapeRenderer:
 
   def __init__(self, *, seed: int, image_size: int, shapes: tuple[str, ...],
                colors: tuple[str, ...], relations: tuple[str, ...],
-               size_range: tuple[float, float], min_gap: float, background: float):
+               size_range: tuple[float,
+                                 float], min_gap: float, background: float):
     self.seed, self.size = seed, image_size
     self.shapes, self.colors, self.relations = shapes, colors, relations
     self.size_range, self.min_gap, self.background = size_range, min_gap, background
@@ -133,8 +141,10 @@ class CaptionedShapeRenderer:
   def scene(self, index: int) -> Scene:
     """The scene of example `index` (a function of (seed, index) alone)."""
     rng = np.random.default_rng((self.seed, index))
-    kinds = tuple(self.shapes[int(k)] for k in rng.integers(len(self.shapes), size=2))
-    colors = tuple(self.colors[int(c)] for c in rng.choice(len(self.colors), 2, replace=False))
+    kinds = tuple(
+        self.shapes[int(k)] for k in rng.integers(len(self.shapes), size=2))
+    colors = tuple(self.colors[int(c)]
+                   for c in rng.choice(len(self.colors), 2, replace=False))
     relation = self.relations[int(rng.integers(len(self.relations)))]
     s = self.size
     radii = rng.uniform(*self.size_range, size=2) * s / 2
@@ -145,18 +155,19 @@ class CaptionedShapeRenderer:
     a, b = np.sort(rng.uniform(0, max(slack, 0.0), size=2))
     centers = np.empty((2, 2))
     centers[first, axis] = a + radii[first]
-    centers[second, axis] = a + 2 * radii[first] + self.min_gap * s + (b - a) + radii[second]
+    centers[second, axis] = a + 2 * radii[first] + self.min_gap * s + (
+        b - a) + radii[second]
     for k in range(2):
       centers[k, 1 - axis] = rng.uniform(radii[k], s - radii[k])
-    return Scene(shapes=kinds, colors=colors, relation=relation,
-                 centers=tuple((float(y), float(x)) for y, x in centers),
+    return Scene(shapes=kinds, colors=colors, relation=relation, centers=tuple(
+        (float(y), float(x)) for y, x in centers),
                  radii=(float(radii[0]), float(radii[1])))
 
   def render(self, scene: Scene) -> np.ndarray:
     """float32 [S, S, 3] in [-1, 1] of `scene`."""
     image = np.full((self.size, self.size, 3), self.background)
-    for kind, color, (cy, cx), radius in zip(scene.shapes, scene.colors, scene.centers,
-                                             scene.radii):
+    for kind, color, (cy, cx), radius in zip(scene.shapes, scene.colors,
+                                             scene.centers, scene.radii):
       alpha = shapes_lib.coverage(kind, self._ys, self._xs, cy, cx, radius)
       image = image * (1 - alpha) + np.asarray(PALETTE[color]) * alpha
     return (image * 2 - 1).astype(np.float32)
@@ -182,21 +193,24 @@ def _renderer(config: ml_collections.ConfigDict) -> CaptionedShapeRenderer:
   if not 0 <= min_gap < 1:
     raise ValueError(f'data.min_gap: must be in [0, 1), got {min_gap}.')
   if 2 * size_range[1] + min_gap > 1:
-    raise ValueError(f'data.size_range: two shapes of the largest diameter and data.min_gap must '
-                     f'fit side by side: need 2 * {size_range[1]} + {min_gap} <= 1.')
+    raise ValueError(
+        f'data.size_range: two shapes of the largest diameter and data.min_gap must '
+        f'fit side by side: need 2 * {size_range[1]} + {min_gap} <= 1.')
   background = float(base.get(config, 'background'))
   if not 0 <= background <= 1:
     raise ValueError(f'data.background: must be in [0, 1], got {background}.')
   return CaptionedShapeRenderer(
-      seed=int(base.get(config, 'seed')), image_size=base.positive_int(config, 'image_size'),
-      shapes=_words(config, 'shapes', shapes_lib.SHAPES, 1),
-      colors=_words(config, 'colors', PALETTE, 2),
+      seed=int(base.get(config, 'seed')),
+      image_size=base.positive_int(config, 'image_size'),
+      shapes=_words(config, 'shapes', shapes_lib.SHAPES,
+                    1), colors=_words(config, 'colors', PALETTE, 2),
       relations=_words(config, 'relations', RELATIONS, 1),
       size_range=size_range, min_gap=min_gap, background=background)
 
 
-def build(config: ml_collections.ConfigDict, *, split: str, global_batch_size: int,
-          process_index: int, process_count: int) -> base.DataSource:
+def build(config: ml_collections.ConfigDict, *, split: str,
+          global_batch_size: int, process_index: int,
+          process_count: int) -> base.DataSource:
   """Builds the source: 'image' float32 [b, S, S, 3] in [-1, 1], 'caption' unicode [b]."""
   base.check_split(split)
   b = base.host_batch_size(global_batch_size, process_index, process_count)
@@ -206,11 +220,12 @@ def build(config: ml_collections.ConfigDict, *, split: str, global_batch_size: i
   if split == 'train':
     order = base.EpochPermutation(num_train, renderer.seed)
     return base.NumpyTrainSource(
-        lambda step, rows: renderer.batch(order(step * global_batch_size + rows)),
-        per_host_batch_size=b, process_index=process_index, num_examples=num_train,
-        image_shape=shape, num_classes=None)
+        lambda step, rows: renderer.batch(order(step * global_batch_size + rows)
+                                         ), per_host_batch_size=b,
+        process_index=process_index, num_examples=num_train, image_shape=shape,
+        num_classes=None)
   return base.NumpyEvalSource(
       lambda indices: renderer.batch(num_train + indices),
       num_examples=base.positive_int(config, 'num_eval_examples'),
-      global_batch_size=global_batch_size, per_host_batch_size=b, process_index=process_index,
-      image_shape=shape, num_classes=None)
+      global_batch_size=global_batch_size, per_host_batch_size=b,
+      process_index=process_index, image_shape=shape, num_classes=None)

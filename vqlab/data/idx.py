@@ -41,22 +41,27 @@ def parse(data: bytes, name: str = '<bytes>') -> np.ndarray:
     except (OSError, EOFError) as e:
       raise ValueError(f'{name}: corrupt gzip stream ({e}).') from e
   if len(data) < 4 or data[0] != 0 or data[1] != 0:
-    raise ValueError(f'{name}: not an IDX file (bad magic number {data[:4].hex()}; '
-                     'expected 0000 then a type code and the number of dimensions).')
+    raise ValueError(
+        f'{name}: not an IDX file (bad magic number {data[:4].hex()}; '
+        'expected 0000 then a type code and the number of dimensions).')
   code, ndim = data[2], data[3]
   if code not in _DTYPES:
     raise ValueError(f'{name}: unknown IDX type code 0x{code:02x}; known: '
                      f'{[hex(c) for c in _DTYPES]}.')
   header = 4 + 4 * ndim
   if len(data) < header:
-    raise ValueError(f'{name}: truncated IDX header ({len(data)} bytes for {ndim} dimensions).')
+    raise ValueError(
+        f'{name}: truncated IDX header ({len(data)} bytes for {ndim} dimensions).'
+    )
   shape = struct.unpack(f'>{ndim}I', data[4:header])
   dtype = _DTYPES[code]
   expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
   if len(data) - header != expected:
-    raise ValueError(f'{name}: IDX header says shape {shape} of {dtype} ({expected} bytes of '
-                     f'data) but the file holds {len(data) - header}; truncated or corrupt.')
-  return np.frombuffer(data, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder('='))
+    raise ValueError(
+        f'{name}: IDX header says shape {shape} of {dtype} ({expected} bytes of '
+        f'data) but the file holds {len(data) - header}; truncated or corrupt.')
+  return np.frombuffer(data, dtype, offset=header).reshape(shape).astype(
+      dtype.newbyteorder('='))
 
 
 def read(path: str) -> np.ndarray:
@@ -69,6 +74,8 @@ def encode(array: np.ndarray) -> bytes:
   """The IDX bytes of `array` (uint8, int8, int16, int32, float32 or float64), uncompressed."""
   for code, dtype in _DTYPES.items():
     if array.dtype.newbyteorder('>') == dtype.newbyteorder('>'):
-      header = bytes([0, 0, code, array.ndim]) + struct.pack(f'>{array.ndim}I', *array.shape)
-      return header + np.ascontiguousarray(array, dtype.newbyteorder('>')).tobytes()
+      header = bytes([0, 0, code, array.ndim]) + struct.pack(
+          f'>{array.ndim}I', *array.shape)
+      return header + np.ascontiguousarray(array,
+                                           dtype.newbyteorder('>')).tobytes()
   raise ValueError(f'IDX cannot store dtype {array.dtype}.')

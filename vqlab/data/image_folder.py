@@ -220,8 +220,8 @@ def describe_unreadable(path: str) -> str:
   return 'not a JPEG, PNG, GIF or BMP file'
 
 
-def drop_unreadable(paths: list[str], labels: np.ndarray | None, where: str,
-                    *, channels: int, skip: bool,
+def drop_unreadable(paths: list[str], labels: np.ndarray | None, where: str, *,
+                    channels: int, skip: bool,
                     report: bool) -> tuple[list[str], np.ndarray | None]:
   """Checks that every file of `paths` [N] decodes.
 
@@ -265,8 +265,9 @@ def drop_unreadable(paths: list[str], labels: np.ndarray | None, where: str,
 # ------------------------------------------------------------------------------
 
 
-def split_files(config: ml_collections.ConfigDict, split: str
-                ) -> tuple[list[str], np.ndarray | None, int | None, str]:
+def split_files(
+    config: ml_collections.ConfigDict,
+    split: str) -> tuple[list[str], np.ndarray | None, int | None, str]:
   """The files of `split` before the decode check, in either layout.
 
   Returns:
@@ -332,17 +333,17 @@ def build(config: ml_collections.ConfigDict, *, split: str,
   if split == 'train':
     seed = int(base.get(config, 'seed'))
     make = lambda start: pipeline.train_dataset(
-        records(), preprocess=preprocess.train_fn(aug), seed=seed,
-        process_index=process_index, per_host_batch_size=b,
+        records(), preprocess=preprocess.train_fn(
+            aug), seed=seed, process_index=process_index, per_host_batch_size=b,
         shuffle_buffer=aug.shuffle_buffer, start_step=start)
     shape = aug.train_shape
   else:
     num_batches = pipeline.host_eval_batches(num_examples, global_batch_size,
                                              process_count)
     make = lambda start: pipeline.eval_dataset(
-        records(), preprocess=preprocess.eval_fn(aug), per_host_batch_size=b,
-        num_batches=num_batches, image_shape=aug.image_shape,
-        has_label=labels is not None, start_step=start)
+        records(), preprocess=preprocess.eval_fn(
+            aug), per_host_batch_size=b, num_batches=num_batches, image_shape=
+        aug.image_shape, has_label=labels is not None, start_step=start)
     shape = aug.image_shape
   return pipeline.TfDataSource(make, per_host_batch_size=b,
                                num_examples=num_examples, image_shape=shape,

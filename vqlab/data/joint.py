@@ -38,10 +38,14 @@ def default_config() -> ml_collections.ConfigDict:
   """Defaults of the `joint` dataset: `shapes` images and `moving_shapes` videos."""
   return ml_collections.ConfigDict({
       'name': 'joint',
-      'image_size': 32,  # Side of images and frames; must equal image/video.image_size.
-      'image_batch_fraction': 0.5,  # Fraction of each (train) global batch that are images.
-      'image': shapes.default_config(),  # Config of an image dataset (any, e.g. 'tfds').
-      'video': moving_shapes.default_config(),  # Config of a video dataset (any).
+      'image_size':
+          32,  # Side of images and frames; must equal image/video.image_size.
+      'image_batch_fraction':
+          0.5,  # Fraction of each (train) global batch that are images.
+      'image': shapes.default_config(
+      ),  # Config of an image dataset (any, e.g. 'tfds').
+      'video':
+          moving_shapes.default_config(),  # Config of a video dataset (any).
   })
 
 
@@ -52,14 +56,17 @@ def nested_errors(section: str):
     yield
   except (ValueError, FileNotFoundError) as e:
     message = re.sub(r'(?<![\w.])data\.', f'data.{section}.', str(e))
-    raise (FileNotFoundError if isinstance(e, FileNotFoundError) else ValueError)(message) from e
+    raise (FileNotFoundError
+           if isinstance(e, FileNotFoundError) else ValueError)(message) from e
 
 
-def _build_nested(config: ml_collections.ConfigDict, section: str, **kwargs) -> base.DataSource:
+def _build_nested(config: ml_collections.ConfigDict, section: str,
+                  **kwargs) -> base.DataSource:
   nested = base.get(config, section)
   if not isinstance(nested, ml_collections.ConfigDict):
-    raise ValueError(f'data.{section}: must be the data config of a {NESTED[section]} dataset, '
-                     f'got {nested!r}.')
+    raise ValueError(
+        f'data.{section}: must be the data config of a {NESTED[section]} dataset, '
+        f'got {nested!r}.')
   with nested_errors(section):
     data.check_kind(base.get(nested, 'name'), NESTED[section])
     return data.build(nested, **kwargs)
@@ -80,7 +87,8 @@ class JointTrainSource:
 
   def batches(self, start_step: int = 0) -> Iterator[base.Batch]:
     """Yields {'image': [b_i, S, S, C], 'video': [b_v, T, S, S, C]} from step `start_step`."""
-    for image, video in zip(self._image.batches(start_step), self._video.batches(start_step)):
+    for image, video in zip(self._image.batches(start_step),
+                            self._video.batches(start_step)):
       yield {'image': image['image'], 'video': video['video']}
 
 
@@ -89,7 +97,8 @@ def split_batch(config: ml_collections.ConfigDict, global_batch_size: int,
   """(B_i, B_v): global image and video rows of a train batch, checked."""
   fraction = float(base.get(config, 'image_batch_fraction'))
   if not 0 < fraction < 1:
-    raise ValueError(f'data.image_batch_fraction: must be in (0, 1), got {fraction}.')
+    raise ValueError(
+        f'data.image_batch_fraction: must be in (0, 1), got {fraction}.')
   num_images = round(global_batch_size * fraction)
   num_videos = global_batch_size - num_images
   if min(num_images, num_videos) < 1 or num_images % process_count:
@@ -100,23 +109,32 @@ def split_batch(config: ml_collections.ConfigDict, global_batch_size: int,
   return num_images, num_videos
 
 
-def build(config: ml_collections.ConfigDict, *, split: str, global_batch_size: int,
-          process_index: int, process_count: int) -> base.DataSource:
+def build(config: ml_collections.ConfigDict, *, split: str,
+          global_batch_size: int, process_index: int,
+          process_count: int) -> base.DataSource:
   """Builds the joint train source, or the video source's eval source (see the docstring)."""
   base.check_split(split)
   base.host_batch_size(global_batch_size, process_index, process_count)
   size = base.positive_int(config, 'image_size')
-  hosts = dict(split=split, process_index=process_index, process_count=process_count)
+  hosts = dict(split=split, process_index=process_index,
+               process_count=process_count)
   if split == 'eval':
-    video = _build_nested(config, 'video', global_batch_size=global_batch_size, **hosts)
+    video = _build_nested(config, 'video', global_batch_size=global_batch_size,
+                          **hosts)
   else:
-    num_images, num_videos = split_batch(config, global_batch_size, process_count)
-    image = _build_nested(config, 'image', global_batch_size=num_images, **hosts)
-    video = _build_nested(config, 'video', global_batch_size=num_videos, **hosts)
+    num_images, num_videos = split_batch(config, global_batch_size,
+                                         process_count)
+    image = _build_nested(config, 'image', global_batch_size=num_images,
+                          **hosts)
+    video = _build_nested(config, 'video', global_batch_size=num_videos,
+                          **hosts)
     if image.image_shape != video.image_shape:
-      raise ValueError(f'data.image, data.video: images {image.image_shape} and video frames '
-                       f'{video.image_shape} must have the same shape (image_size, channels).')
+      raise ValueError(
+          f'data.image, data.video: images {image.image_shape} and video frames '
+          f'{video.image_shape} must have the same shape (image_size, channels).'
+      )
   if video.image_shape[0] != size:
-    raise ValueError(f'data.image_size: must equal data.video.image_size (and '
-                     f'data.image.image_size), got {size} != {video.image_shape[0]}.')
+    raise ValueError(
+        f'data.image_size: must equal data.video.image_size (and '
+        f'data.image.image_size), got {size} != {video.image_shape[0]}.')
   return video if split == 'eval' else JointTrainSource(image, video)

@@ -29,18 +29,21 @@ def default_config() -> ml_collections.ConfigDict:
   """Defaults of the `photos` dataset (the quickstart's data)."""
   return ml_collections.ConfigDict({
       'name': 'photos',
-      'image_size': 64,  # Side of the square output images (eval tiles; train too unless below).
+      'image_size':
+          64,  # Side of the square output images (eval tiles; train too unless below).
       # >0: train on crops of this side instead, cut at the pixel scale of an image_size crop
       # (a smaller window, same detail), so a fully convolutional model trains faster.
       'train_image_size': 0,
-      'seed': 0,  # Seeds the train crops (photo, size, position, flip) of every (step, row).
+      'seed':
+          0,  # Seeds the train crops (photo, size, position, flip) of every (step, row).
       # Photos cropped for training; names from vqlab.data.photo_files.PHOTOS.
       'train_photos': _TRAIN_PHOTOS,
       # Whole photos held out for eval; must not overlap train_photos.
       'eval_photos': _EVAL_PHOTOS,
       # Train crop side / the photo's shorter side is drawn uniformly in [this, 1].
       'crop_min_fraction': 0.15,
-      'random_flip': True,  # Flip train crops horizontally with probability 1/2.
+      'random_flip':
+          True,  # Flip train crops horizontally with probability 1/2.
       # Eval tiles along each eval photo's shorter side (3 -> 12 tiles per 3:4 photo).
       'eval_tiles_per_side': 3,
   })
@@ -57,7 +60,8 @@ class _Pyramid:
       level = level.reduce(2)
       self.levels.append(level)
 
-  def crop(self, top: float, left: float, side: float, image_size: int) -> np.ndarray:
+  def crop(self, top: float, left: float, side: float,
+           image_size: int) -> np.ndarray:
     """Square crop (in original pixels, float) resized to uint8 [image_size, image_size, 3].
 
     Resamples from the coarsest level on which the crop still spans >= image_size pixels.
@@ -69,7 +73,8 @@ class _Pyramid:
     sx, sy = w / self.width, h / self.height
     box = (max(0.0, left * sx), max(0.0, top * sy),
            min(float(w), (left + side) * sx), min(float(h), (top + side) * sy))
-    return np.asarray(self.levels[k].resize((image_size, image_size), Image.BILINEAR, box=box))
+    return np.asarray(self.levels[k].resize((image_size, image_size),
+                                            Image.BILINEAR, box=box))
 
 
 def _photo_list(config: ml_collections.ConfigDict, key: str) -> tuple[str, ...]:
@@ -78,33 +83,43 @@ def _photo_list(config: ml_collections.ConfigDict, key: str) -> tuple[str, ...]:
     raise ValueError(f'data.{key}: needs at least one photo.')
   unknown = [n for n in names if n not in photo_files.PHOTOS]
   if unknown:
-    raise ValueError(f'data.{key}: unknown photos {unknown}; bundled: {sorted(photo_files.PHOTOS)}')
+    raise ValueError(
+        f'data.{key}: unknown photos {unknown}; bundled: {sorted(photo_files.PHOTOS)}'
+    )
   return names
 
 
-def _tile_grid(height: int, width: int, tiles_per_side: int) -> tuple[int, int, int, int, int]:
+def _tile_grid(height: int, width: int,
+               tiles_per_side: int) -> tuple[int, int, int, int, int]:
   """(tile side, rows, cols, top, left) of the centred eval grid of a `height x width` photo."""
   side = min(height, width) // tiles_per_side
   if side < 1:
     raise ValueError(
-        f'data.eval_tiles_per_side={tiles_per_side} exceeds the photo size {height}x{width}.')
+        f'data.eval_tiles_per_side={tiles_per_side} exceeds the photo size {height}x{width}.'
+    )
   rows, cols = height // side, width // side
-  return side, rows, cols, (height - rows * side) // 2, (width - cols * side) // 2
+  return side, rows, cols, (height - rows * side) // 2, (width -
+                                                         cols * side) // 2
 
 
-def eval_tiles(photo: np.ndarray, tiles_per_side: int, image_size: int) -> np.ndarray:
+def eval_tiles(photo: np.ndarray, tiles_per_side: int,
+               image_size: int) -> np.ndarray:
   """Centred grid of non-overlapping square tiles: uint8 [n_tiles, image_size, image_size, 3].
 
   The tile side is `min(H, W) // tiles_per_side`; the grid has as many tiles as fit along each
   side and is centred; tiles are in row-major order.
   """
-  side, rows, cols, top, left = _tile_grid(photo.shape[0], photo.shape[1], tiles_per_side)
+  side, rows, cols, top, left = _tile_grid(photo.shape[0], photo.shape[1],
+                                           tiles_per_side)
   image = Image.fromarray(np.ascontiguousarray(photo))
   tiles = []
   for r in range(rows):
     for c in range(cols):
-      box = (left + c * side, top + r * side, left + (c + 1) * side, top + (r + 1) * side)
-      tiles.append(np.asarray(image.resize((image_size, image_size), Image.BILINEAR, box=box)))
+      box = (left + c * side, top + r * side, left + (c + 1) * side,
+             top + (r + 1) * side)
+      tiles.append(
+          np.asarray(
+              image.resize((image_size, image_size), Image.BILINEAR, box=box)))
   return np.stack(tiles)
 
 
@@ -119,8 +134,9 @@ def eval_photo_names(config: ml_collections.ConfigDict) -> list[str]:
   return names
 
 
-def build(config: ml_collections.ConfigDict, *, split: str, global_batch_size: int,
-          process_index: int, process_count: int) -> base.DataSource:
+def build(config: ml_collections.ConfigDict, *, split: str,
+          global_batch_size: int, process_index: int,
+          process_count: int) -> base.DataSource:
   """Builds the `photos` source; batches hold 'image' float32 [b, S, S, 3] in [-1, 1]."""
   base.check_split(split)
   b = base.host_batch_size(global_batch_size, process_index, process_count)
@@ -130,8 +146,9 @@ def build(config: ml_collections.ConfigDict, *, split: str, global_batch_size: i
   eval_names = _photo_list(config, 'eval_photos')
   shared = sorted(set(train_names) & set(eval_names))
   if shared:
-    raise ValueError(f'data.eval_photos: {shared} also in data.train_photos; eval photos must be '
-                     'held out whole.')
+    raise ValueError(
+        f'data.eval_photos: {shared} also in data.train_photos; eval photos must be '
+        'held out whole.')
   shape = (size, size, 3)
 
   if split == 'train':
@@ -141,11 +158,14 @@ def build(config: ml_collections.ConfigDict, *, split: str, global_batch_size: i
     flip = bool(base.get(config, 'random_flip'))
     train_size = int(base.get(config, 'train_image_size')) or size
     if not 0 < train_size <= size:
-      raise ValueError(f'data.train_image_size: must be in [0, image_size={size}], got '
-                       f'{train_size}.')
+      raise ValueError(
+          f'data.train_image_size: must be in [0, image_size={size}], got '
+          f'{train_size}.')
     window = train_size / size  # Crop window relative to an image_size crop.
     shape = (train_size, train_size, 3)
-    pyramids = [_Pyramid(photo_files.load_photo(n), train_size) for n in train_names]
+    pyramids = [
+        _Pyramid(photo_files.load_photo(n), train_size) for n in train_names
+    ]
 
     def make_batch(step: int, rows: np.ndarray) -> base.Batch:
       images = np.empty((len(rows),) + shape, np.uint8)
@@ -154,18 +174,23 @@ def build(config: ml_collections.ConfigDict, *, split: str, global_batch_size: i
         pyr = pyramids[rng.integers(len(pyramids))]
         u = rng.random(4)
         side = window * (lo + (1 - lo) * u[0]) * min(pyr.height, pyr.width)
-        crop = pyr.crop(u[1] * (pyr.height - side), u[2] * (pyr.width - side), side, train_size)
+        crop = pyr.crop(u[1] * (pyr.height - side), u[2] * (pyr.width - side),
+                        side, train_size)
         images[i] = crop[:, ::-1] if flip and u[3] < 0.5 else crop
       return {'image': base.to_unit_range(images)}
 
-    return base.NumpyTrainSource(make_batch, per_host_batch_size=b, process_index=process_index,
-                                 num_examples=None, image_shape=shape, num_classes=None)
+    return base.NumpyTrainSource(make_batch, per_host_batch_size=b,
+                                 process_index=process_index, num_examples=None,
+                                 image_shape=shape, num_classes=None)
 
   per_side = base.positive_int(config, 'eval_tiles_per_side')
-  tiles = np.concatenate(
-      [eval_tiles(photo_files.load_photo(n), per_side, size) for n in eval_names])
+  tiles = np.concatenate([
+      eval_tiles(photo_files.load_photo(n), per_side, size) for n in eval_names
+  ])
   tiles = base.to_unit_range(tiles)
-  return base.NumpyEvalSource(lambda indices: {'image': tiles[indices]}, num_examples=len(tiles),
-                              global_batch_size=global_batch_size, per_host_batch_size=b,
-                              process_index=process_index, image_shape=shape, num_classes=None)
-
+  return base.NumpyEvalSource(lambda indices: {'image': tiles[indices]},
+                              num_examples=len(tiles),
+                              global_batch_size=global_batch_size,
+                              per_host_batch_size=b,
+                              process_index=process_index, image_shape=shape,
+                              num_classes=None)

@@ -33,7 +33,8 @@ def hide_accelerators_from_tf() -> None:
   """Keeps TF off GPUs so it does not reserve memory JAX needs (no-op once TF is initialized)."""
   try:
     tf.config.set_visible_devices([], 'GPU')
-  except (RuntimeError, ValueError):  # Devices already initialized, or no such device type.
+  except (RuntimeError,
+          ValueError):  # Devices already initialized, or no such device type.
     pass
 
 
@@ -49,9 +50,10 @@ def _options() -> tf.data.Options:
   return options
 
 
-def train_dataset(records: tf.data.Dataset, *, preprocess: Callable[[Any, Any], Any], seed: int,
-                  process_index: int, per_host_batch_size: int, shuffle_buffer: int,
-                  start_step: int) -> tf.data.Dataset:
+def train_dataset(records: tf.data.Dataset, *, preprocess: Callable[[Any, Any],
+                                                                    Any],
+                  seed: int, process_index: int, per_host_batch_size: int,
+                  shuffle_buffer: int, start_step: int) -> tf.data.Dataset:
   """Infinite dataset of per-host train batches starting at global step `start_step`.
 
   Args:
@@ -70,29 +72,35 @@ def train_dataset(records: tf.data.Dataset, *, preprocess: Callable[[Any, Any], 
   key = tf.constant([seed, process_index], tf.int64)
   n = cardinality(records)
   if n == 0:
-    raise ValueError('this host\'s train shard is empty; use fewer processes or more data.')
+    raise ValueError(
+        'this host\'s train shard is empty; use fewer processes or more data.')
   first = start_step * per_host_batch_size
   first_epoch, offset = divmod(first, n) if n else (0, first)
 
   def epoch(e):
     epoch_key = tf.random.experimental.stateless_fold_in(
         tf.random.experimental.stateless_fold_in(key, _SHUFFLE_STREAM), e)
-    return records.shuffle(shuffle_buffer, seed=epoch_key[0], reshuffle_each_iteration=False)
+    return records.shuffle(shuffle_buffer, seed=epoch_key[0],
+                           reshuffle_each_iteration=False)
 
-  ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
+  ds = tf.data.Dataset.range(first_epoch,
+                             np.iinfo(np.int64).max).flat_map(epoch)
   ds = ds.enumerate(start=first_epoch * (n or 0)).skip(offset)
   augment_key = tf.random.experimental.stateless_fold_in(key, _AUGMENT_STREAM)
   ds = ds.map(
-      lambda i, ex: preprocess(ex, tf.random.experimental.stateless_fold_in(augment_key, i)),
+      lambda i, ex: preprocess(
+          ex, tf.random.experimental.stateless_fold_in(augment_key, i)),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(per_host_batch_size, drop_remainder=True)
   return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 
-def eval_dataset(records: tf.data.Dataset, *, preprocess: Callable[[Any], Any],
-                 per_host_batch_size: int, num_batches: int, image_shape: tuple[int, int, int],
-                 has_label: bool, start_step: int, key: str = 'image',
-                 extra_padding: dict[str, Any] | None = None) -> tf.data.Dataset:
+def eval_dataset(
+    records: tf.data.Dataset, *, preprocess: Callable[[Any], Any],
+    per_host_batch_size: int, num_batches: int, image_shape: tuple[int, int,
+                                                                   int],
+    has_label: bool, start_step: int, key: str = 'image',
+    extra_padding: dict[str, Any] | None = None) -> tf.data.Dataset:
   """`num_batches - start_step` padded eval batches of this host, in order, with 'mask'.
 
   Args:
@@ -114,7 +122,9 @@ def eval_dataset(records: tf.data.Dataset, *, preprocess: Callable[[Any], Any],
   b = per_host_batch_size
   n = cardinality(records)
   if n is not None and n > num_batches * b:
-    raise ValueError(f'host eval shard has {n} examples, more than {num_batches} batches of {b}.')
+    raise ValueError(
+        f'host eval shard has {n} examples, more than {num_batches} batches of {b}.'
+    )
 
   def with_mask(example):
     return dict(preprocess(example), mask=True)
@@ -123,7 +133,8 @@ def eval_dataset(records: tf.data.Dataset, *, preprocess: Callable[[Any], Any],
   if has_label:
     padding['label'] = tf.constant(0, tf.int32)
   padding.update(extra_padding or {})
-  ds = records.skip(start_step * b).map(with_mask, num_parallel_calls=tf.data.AUTOTUNE,
+  ds = records.skip(start_step * b).map(with_mask,
+                                        num_parallel_calls=tf.data.AUTOTUNE,
                                         deterministic=True)
   ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
   ds = ds.take(max(0, num_batches - start_step) * b).batch(b)
@@ -134,9 +145,10 @@ class TfDataSource:
   """A DataSource over `make_dataset(start_step) -> tf.data.Dataset` of numpy-convertible
   batches."""
 
-  def __init__(self, make_dataset: Callable[[int], tf.data.Dataset], *, per_host_batch_size: int,
-               num_examples: int | None, image_shape: tuple[int, int, int],
-               num_classes: int | None, video_shape: tuple[int, int, int, int] | None = None):
+  def __init__(self, make_dataset: Callable[[int], tf.data.Dataset], *,
+               per_host_batch_size: int, num_examples: int | None,
+               image_shape: tuple[int, int, int], num_classes: int | None,
+               video_shape: tuple[int, int, int, int] | None = None):
     self._make_dataset = make_dataset
     self.per_host_batch_size = per_host_batch_size
     self.num_examples = num_examples
@@ -149,7 +161,8 @@ class TfDataSource:
     return iter(tfds.as_numpy(self._make_dataset(start_step)))
 
 
-def host_eval_batches(num_examples: int, global_batch_size: int, process_count: int) -> int:
+def host_eval_batches(num_examples: int, global_batch_size: int,
+                      process_count: int) -> int:
   """Batches per host for an eval set evenly split over hosts (shards differ by at most one).
 
   The largest shard has ceil(N / P) examples; every host pads to that many batches of B / P.

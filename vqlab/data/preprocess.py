@@ -34,14 +34,21 @@ TRAIN_AUGMENTS = ('resize_random_crop', 'random_resized_crop')
 def augment_defaults() -> dict[str, Any]:
   """The preprocessing keys of the tf.data datasets' configs, with their defaults."""
   return {
-      'channels': 3,  # Decoded channels: 3 = RGB (gray is replicated, alpha dropped), 1 = gray.
+      'channels':
+          3,  # Decoded channels: 3 = RGB (gray is replicated, alpha dropped), 1 = gray.
       # Train crop: 'resize_random_crop' (shorter side to image_size, random square crop) or
       # 'random_resized_crop' (Inception-style window, see crop_*_range).
       'train_augment': 'resize_random_crop',
-      'crop_area_range': (0.08, 1.0),  # random_resized_crop: window area / image area (lo, hi).
-      'crop_aspect_range': (3 / 4, 4 / 3),  # random_resized_crop: window width / height (lo, hi).
-      'random_flip': True,  # Flip train images horizontally with probability 1/2.
-      'shuffle_buffer': 10_000,  # Train shuffle buffer (examples per host), reseeded each epoch.
+      'crop_area_range':
+          (0.08, 1.0
+          ),  # random_resized_crop: window area / image area (lo, hi).
+      'crop_aspect_range':
+          (3 / 4, 4 / 3
+          ),  # random_resized_crop: window width / height (lo, hi).
+      'random_flip':
+          True,  # Flip train images horizontally with probability 1/2.
+      'shuffle_buffer':
+          10_000,  # Train shuffle buffer (examples per host), reseeded each epoch.
   }
 
 
@@ -66,20 +73,24 @@ class Augment:
       raise ValueError(f'data.channels: must be 1 or 3, got {channels}.')
     mode = base.get(config, 'train_augment')
     if mode not in TRAIN_AUGMENTS:
-      raise ValueError(f'data.train_augment: must be one of {list(TRAIN_AUGMENTS)}, got {mode!r}.')
+      raise ValueError(
+          f'data.train_augment: must be one of {list(TRAIN_AUGMENTS)}, got {mode!r}.'
+      )
     size = base.positive_int(config, 'image_size')
     train_size = config.get('train_image_size', 0)
-    if isinstance(train_size, bool) or not isinstance(train_size, int) or not (
-        0 <= train_size <= size):
-      raise ValueError(f'data.train_image_size: must be an integer in [0, image_size={size}], '
-                       f'got {train_size!r}.')
-    return cls(image_size=size, channels=channels,
-               train_augment=mode,
-               crop_area_range=base.fraction_range(config, 'crop_area_range'),
-               crop_aspect_range=base.fraction_range(config, 'crop_aspect_range', upper=100.0),
-               random_flip=bool(base.get(config, 'random_flip')),
-               shuffle_buffer=base.positive_int(config, 'shuffle_buffer'),
-               train_image_size=train_size)
+    if isinstance(train_size, bool) or not isinstance(
+        train_size, int) or not (0 <= train_size <= size):
+      raise ValueError(
+          f'data.train_image_size: must be an integer in [0, image_size={size}], '
+          f'got {train_size!r}.')
+    return cls(
+        image_size=size, channels=channels, train_augment=mode,
+        crop_area_range=base.fraction_range(config, 'crop_area_range'),
+        crop_aspect_range=base.fraction_range(config, 'crop_aspect_range',
+                                              upper=100.0),
+        random_flip=bool(base.get(config, 'random_flip')),
+        shuffle_buffer=base.positive_int(config, 'shuffle_buffer'),
+        train_image_size=train_size)
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -95,7 +106,8 @@ class Augment:
 
 def decode_image(encoded, channels: int):
   """Encoded bytes (JPEG/PNG/GIF/BMP) -> uint8 [h, w, channels]."""
-  image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+  image = tf.io.decode_image(encoded, channels=channels,
+                             expand_animations=False)
   image.set_shape([None, None, channels])
   return image
 
@@ -121,15 +133,17 @@ def _inception_crop(encoded, seed, aug: Augment):
 
   def window(shape):
     begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        shape, tf.zeros([0, 0, 4], tf.float32), seed=seed, min_object_covered=0.0,
-        area_range=aug.crop_area_range, aspect_ratio_range=aug.crop_aspect_range,
-        max_attempts=10, use_image_if_no_bounding_boxes=True)
+        shape, tf.zeros([0, 0, 4], tf.float32), seed=seed,
+        min_object_covered=0.0, area_range=aug.crop_area_range,
+        aspect_ratio_range=aug.crop_aspect_range, max_attempts=10,
+        use_image_if_no_bounding_boxes=True)
     return begin, crop_size
 
   def jpeg():
     begin, crop_size = window(tf.io.extract_jpeg_shape(encoded))
     crop_window = tf.stack([begin[0], begin[1], crop_size[0], crop_size[1]])
-    return tf.io.decode_and_crop_jpeg(encoded, crop_window, channels=aug.channels)
+    return tf.io.decode_and_crop_jpeg(encoded, crop_window,
+                                      channels=aug.channels)
 
   def other():
     image = decode_image(encoded, aug.channels)
@@ -138,7 +152,8 @@ def _inception_crop(encoded, seed, aug: Augment):
 
   image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
   image.set_shape([None, None, aug.channels])
-  return tf.image.resize(image, aug.train_shape[:2], method='bilinear', antialias=True)
+  return tf.image.resize(image, aug.train_shape[:2], method='bilinear',
+                         antialias=True)
 
 
 def to_unit_range(image):
@@ -155,14 +170,17 @@ def _output(example, image):
 
 def train_fn(aug: Augment) -> Callable[[Any, Any], Any]:
   """Returns f(example, seed [2] int64) -> preprocessed train example (image [T, T, C])."""
+
   def fn(example, seed):
-    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    crop_seed, flip_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 2))
     if aug.train_augment == 'random_resized_crop':
       image = _inception_crop(example['image'], crop_seed, aug)
     else:
       image = resize_shorter_side(decode_image(example['image'], aug.channels),
                                   aug.image_size)
-      image = tf.image.stateless_random_crop(image, aug.train_shape, seed=crop_seed)
+      image = tf.image.stateless_random_crop(image, aug.train_shape,
+                                             seed=crop_seed)
     if aug.random_flip:
       image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
     image = tf.ensure_shape(to_unit_range(image), aug.train_shape)
@@ -173,8 +191,10 @@ def train_fn(aug: Augment) -> Callable[[Any, Any], Any]:
 
 def eval_fn(aug: Augment) -> Callable[[Any], Any]:
   """Returns f(example) -> preprocessed eval example (shorter side to S, centre crop)."""
+
   def fn(example):
-    image = resize_shorter_side(decode_image(example['image'], aug.channels), aug.image_size)
+    image = resize_shorter_side(decode_image(example['image'], aug.channels),
+                                aug.image_size)
     image = center_crop(image, aug.image_size)
     image = tf.ensure_shape(to_unit_range(image), aug.image_shape)
     return _output(example, image)

@@ -31,7 +31,7 @@ def inside(kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return ((au <= 0.3) & (av <= 0.95)) | ((av <= 0.3) & (au <= 0.95))
   if kind == 'ring':
     r2 = u * u + v * v
-    return (r2 <= 1.0) & (r2 >= 0.55 ** 2)
+    return (r2 <= 1.0) & (r2 >= 0.55**2)
   raise ValueError(f'unknown shape {kind!r}')
 
 
@@ -73,7 +73,9 @@ def shape_classes(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   classes = tuple(base.get(config, 'shapes'))
   unknown = [s for s in classes if s not in SHAPES]
   if not classes or unknown:
-    raise ValueError(f'data.shapes: need a non-empty tuple from {list(SHAPES)}, got {classes!r}.')
+    raise ValueError(
+        f'data.shapes: need a non-empty tuple from {list(SHAPES)}, got {classes!r}.'
+    )
   return classes
 
 
@@ -92,19 +94,25 @@ def default_config() -> ml_collections.ConfigDict:
       'image_size': 32,  # Side of the square output images.
       'seed': 0,  # Seeds every example (and the per-epoch train order).
       'channels': 3,  # Channels of the output images (1 = grayscale).
-      'shapes': SHAPES,  # Classes; the label is the index of the shape in this tuple.
-      'size_range': (0.3, 0.9),  # Shape diameter as a fraction of the image side (lo, hi).
-      'min_contrast': 0.3,  # Least max-abs difference of foreground and background (of 1).
+      'shapes':
+          SHAPES,  # Classes; the label is the index of the shape in this tuple.
+      'size_range':
+          (0.3, 0.9
+          ),  # Shape diameter as a fraction of the image side (lo, hi).
+      'min_contrast':
+          0.3,  # Least max-abs difference of foreground and background (of 1).
       'num_train_examples': 100_000,  # Train examples: indices [0, N).
-      'num_eval_examples': 1_000,  # Eval examples: indices [N_train, N_train + N_eval).
+      'num_eval_examples':
+          1_000,  # Eval examples: indices [N_train, N_train + N_eval).
   })
 
 
 class ShapeRenderer:
   """Renders example indices to images and labels; see the module docstring."""
 
-  def __init__(self, *, seed: int, image_size: int, channels: int, shapes: tuple[str, ...],
-               size_range: tuple[float, float], min_contrast: float):
+  def __init__(self, *, seed: int, image_size: int, channels: int,
+               shapes: tuple[str, ...], size_range: tuple[float, float],
+               min_contrast: float):
     self.seed, self.size, self.channels = seed, image_size, channels
     self.shapes, self.size_range, self.min_contrast = shapes, size_range, min_contrast
     self._ys, self._xs = subpixel_grid(image_size)
@@ -124,7 +132,8 @@ class ShapeRenderer:
 
   def batch(self, indices: np.ndarray) -> base.Batch:
     """int [k] indices -> {'image': float32 [k, S, S, C], 'label': int32 [k]}."""
-    images = np.empty((len(indices), self.size, self.size, self.channels), np.float32)
+    images = np.empty((len(indices), self.size, self.size, self.channels),
+                      np.float32)
     labels = np.empty((len(indices),), np.int32)
     for i, index in enumerate(indices):
       images[i], labels[i] = self.example(int(index))
@@ -140,8 +149,9 @@ def _renderer(config: ml_collections.ConfigDict) -> ShapeRenderer:
                        min_contrast=min_contrast(config))
 
 
-def build(config: ml_collections.ConfigDict, *, split: str, global_batch_size: int,
-          process_index: int, process_count: int) -> base.DataSource:
+def build(config: ml_collections.ConfigDict, *, split: str,
+          global_batch_size: int, process_index: int,
+          process_count: int) -> base.DataSource:
   """Builds the source: 'image' float32 [b, S, S, channels] in [-1, 1], 'label' int32 [b]."""
   base.check_split(split)
   b = base.host_batch_size(global_batch_size, process_index, process_count)
@@ -152,11 +162,12 @@ def build(config: ml_collections.ConfigDict, *, split: str, global_batch_size: i
   if split == 'train':
     order = base.EpochPermutation(num_train, renderer.seed)
     return base.NumpyTrainSource(
-        lambda step, rows: renderer.batch(order(step * global_batch_size + rows)),
-        per_host_batch_size=b, process_index=process_index, num_examples=num_train,
-        image_shape=shape, num_classes=num_classes)
+        lambda step, rows: renderer.batch(order(step * global_batch_size + rows)
+                                         ), per_host_batch_size=b,
+        process_index=process_index, num_examples=num_train, image_shape=shape,
+        num_classes=num_classes)
   return base.NumpyEvalSource(
       lambda indices: renderer.batch(num_train + indices),
       num_examples=base.positive_int(config, 'num_eval_examples'),
-      global_batch_size=global_batch_size, per_host_batch_size=b, process_index=process_index,
-      image_shape=shape, num_classes=num_classes)
+      global_batch_size=global_batch_size, per_host_batch_size=b,
+      process_index=process_index, image_shape=shape, num_classes=num_classes)

@@ -38,12 +38,18 @@ def default_config() -> ml_collections.ConfigDict:
       'name': 'tfds',
       'image_size': 256,  # Side of the square output images.
       'seed': 0,  # Seeds the train order and augmentations.
-      'tfds_name': '',  # Required: a tfds image dataset, e.g. 'imagenet2012' or 'cifar10'.
-      'data_dir': config_dict.placeholder(str),  # tfds data dir; None = tfds' default.
-      'manual_dir': config_dict.placeholder(str),  # Manual downloads (imagenet2012 tars).
-      'download': False,  # Download and prepare when missing (never at run time by default).
-      'train_split': 'train',  # tfds split string of the train set, e.g. 'train[:90%]'.
-      'eval_split': 'validation',  # tfds split string of the eval set (cifar10: 'test').
+      'tfds_name':
+          '',  # Required: a tfds image dataset, e.g. 'imagenet2012' or 'cifar10'.
+      'data_dir':
+          config_dict.placeholder(str),  # tfds data dir; None = tfds' default.
+      'manual_dir':
+          config_dict.placeholder(str),  # Manual downloads (imagenet2012 tars).
+      'download':
+          False,  # Download and prepare when missing (never at run time by default).
+      'train_split':
+          'train',  # tfds split string of the train set, e.g. 'train[:90%]'.
+      'eval_split':
+          'validation',  # tfds split string of the eval set (cifar10: 'test').
       'image_key': 'image',  # Feature holding the image.
       'label_key': 'label',  # Feature holding the class label; '' = no labels.
       # Text feature of the caption(s), a '/'-separated path (coco_captions: 'captions/text');
@@ -57,28 +63,32 @@ def load_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   """The builder of `data.tfds_name` (downloaded and prepared first when `data.download`)."""
   name = base.get(config, 'tfds_name')
   if not name:
-    raise ValueError(f'data.tfds_name: required for data.name={config.get("name")!r} (e.g. '
-                     "'imagenet2012', 'cifar10', 'fashion_mnist'; videos: 'ucf101').")
+    raise ValueError(
+        f'data.tfds_name: required for data.name={config.get("name")!r} (e.g. '
+        "'imagenet2012', 'cifar10', 'fashion_mnist'; videos: 'ucf101').")
   data_dir = base.get(config, 'data_dir')
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f'data.tfds_name: tfds has no dataset {name!r} ({e}).') from e
+    raise ValueError(
+        f'data.tfds_name: tfds has no dataset {name!r} ({e}).') from e
   if base.get(config, 'download'):
     manual_dir = base.get(config, 'manual_dir')
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=manual_dir))
   return builder
 
 
-def _split_size(builder: tfds.core.DatasetBuilder, split, key: str) -> int | None:
+def _split_size(builder: tfds.core.DatasetBuilder, split,
+                key: str) -> int | None:
   """Examples in `split` from the prepared metadata; None when tfds has no split info."""
   if not builder.info.splits:
     return None
   try:
     return builder.info.splits[split].num_examples
   except (KeyError, ValueError) as e:
-    raise ValueError(f'data.{key}: bad split {split!r} for {builder.name}: {e}') from e
+    raise ValueError(
+        f'data.{key}: bad split {split!r} for {builder.name}: {e}') from e
 
 
 def _records(builder, split, feature_key: str, label_key: str, key: str,
@@ -90,7 +100,8 @@ def _records(builder, split, feature_key: str, label_key: str, key: str,
     ds = builder.as_dataset(split=split, shuffle_files=False,
                             decoders={feature_key: tfds.decode.SkipDecoding()})
   except AssertionError as e:  # tfds' way of saying the data is not prepared.
-    data_dir = os.path.dirname(os.path.dirname(builder.data_dir))  # Drop name/version.
+    data_dir = os.path.dirname(os.path.dirname(
+        builder.data_dir))  # Drop name/version.
     raise FileNotFoundError(
         f'data.tfds_name={name!r}: no prepared data under {data_dir}. Prepare it once with '
         f'`tfds build {name} --data_dir={data_dir}` (imagenet2012 needs --manual_dir with the '
@@ -117,14 +128,16 @@ def _check_caption_key(features, caption_key: str, name: str) -> None:
     if not isinstance(info, dict) or part not in info:
       where = '/'.join(caption_key.split('/')[:depth]) or 'the top level'
       known = list(info) if isinstance(info, dict) else []
-      raise ValueError(f'data.caption_key: {name} has no feature {part!r} under {where} '
-                       f'(features there: {known}); coco_captions: \'captions/text\'.')
+      raise ValueError(
+          f'data.caption_key: {name} has no feature {part!r} under {where} '
+          f'(features there: {known}); coco_captions: \'captions/text\'.')
     info = info[part]
   dtype = None if isinstance(info, dict) else (
       info.tf_dtype if hasattr(info, 'tf_dtype') else info.dtype)
   if dtype != tf.string or len(info.shape) > 1:
-    raise ValueError(f'data.caption_key: {caption_key!r} of {name} must be a text feature (a '
-                     f'string or a sequence of strings), got {info}.')
+    raise ValueError(
+        f'data.caption_key: {caption_key!r} of {name} must be a text feature (a '
+        f'string or a sequence of strings), got {info}.')
 
 
 def pick_caption(captions, seed=None):
@@ -134,8 +147,8 @@ def pick_caption(captions, seed=None):
   if seed is None:
     index = tf.constant(0, tf.int32)
   else:
-    index = tf.random.stateless_uniform([], seed, minval=0, maxval=tf.maximum(n, 1),
-                                        dtype=tf.int32)
+    index = tf.random.stateless_uniform([], seed, minval=0,
+                                        maxval=tf.maximum(n, 1), dtype=tf.int32)
   return tf.concat([captions, tf.constant([''])], 0)[index]
 
 
@@ -145,7 +158,8 @@ def _caption_fns(train_fn, eval_fn):
   def train(example, seed):
     out = dict(train_fn(example, seed))
     out['caption'] = pick_caption(
-        example['caption'], tf.random.experimental.stateless_fold_in(seed, _CAPTION_STREAM))
+        example['caption'],
+        tf.random.experimental.stateless_fold_in(seed, _CAPTION_STREAM))
     return out
 
   def eval_(example):
@@ -158,8 +172,10 @@ def _caption_fns(train_fn, eval_fn):
 
 def to_unicode(captions: np.ndarray) -> np.ndarray:
   """UTF-8 bytes (object or 'S' array) [b] -> numpy unicode array [b] (dtype '<U..')."""
-  return np.array([c.decode('utf-8', errors='replace') if isinstance(c, bytes) else str(c)
-                   for c in np.asarray(captions).reshape(-1)], dtype=str)
+  return np.array([
+      c.decode('utf-8', errors='replace') if isinstance(c, bytes) else str(c)
+      for c in np.asarray(captions).reshape(-1)
+  ], dtype=str)
 
 
 class CaptionSource(pipeline.TfDataSource):
@@ -171,10 +187,11 @@ class CaptionSource(pipeline.TfDataSource):
       yield batch
 
 
-def build_source(config: ml_collections.ConfigDict, *, split: str, global_batch_size: int,
-                 process_index: int, process_count: int, key: str,
-                 train_fn: Callable[[Any, Any], Any], eval_fn: Callable[[Any], Any],
-                 shuffle_buffer: int, example_shape: tuple[int, ...]) -> pipeline.TfDataSource:
+def build_source(config: ml_collections.ConfigDict, *, split: str,
+                 global_batch_size: int, process_index: int, process_count: int,
+                 key: str, train_fn: Callable[[Any, Any], Any],
+                 eval_fn: Callable[[Any], Any], shuffle_buffer: int,
+                 example_shape: tuple[int, ...]) -> pipeline.TfDataSource:
   """The tf.data source of a tfds dataset, shared by `tfds` (key='image') and `tfds_video`.
 
   Args:
@@ -199,14 +216,18 @@ def build_source(config: ml_collections.ConfigDict, *, split: str, global_batch_
   pipeline.hide_accelerators_from_tf()
   builder = load_builder(config)
   features = builder.info.features
-  feature_key, label_key = base.get(config, f'{key}_key'), base.get(config, 'label_key')
+  feature_key, label_key = base.get(config, f'{key}_key'), base.get(
+      config, 'label_key')
   if feature_key not in features:
-    raise ValueError(f'data.{key}_key: {builder.name} has no feature {feature_key!r}; '
-                     f'features: {list(features)}.')
+    raise ValueError(
+        f'data.{key}_key: {builder.name} has no feature {feature_key!r}; '
+        f'features: {list(features)}.')
   if label_key and label_key not in features:
-    raise ValueError(f'data.label_key: {builder.name} has no feature {label_key!r}; '
-                     f"features: {list(features)}; set data.label_key='' for no labels.")
-  num_classes = getattr(features[label_key], 'num_classes', None) if label_key else None
+    raise ValueError(
+        f'data.label_key: {builder.name} has no feature {label_key!r}; '
+        f"features: {list(features)}; set data.label_key='' for no labels.")
+  num_classes = getattr(features[label_key], 'num_classes',
+                        None) if label_key else None
   caption_key = config.get('caption_key') or ''
   extra_padding = None
   if caption_key:
@@ -220,7 +241,8 @@ def build_source(config: ml_collections.ConfigDict, *, split: str, global_batch_
   num_examples = _split_size(builder, tfds_split, split_key)
 
   def records():
-    return _records(builder, host_split, feature_key, label_key, key, caption_key)
+    return _records(builder, host_split, feature_key, label_key, key,
+                    caption_key)
 
   if split == 'train':
     seed = int(base.get(config, 'seed'))
@@ -232,22 +254,25 @@ def build_source(config: ml_collections.ConfigDict, *, split: str, global_batch_
       num_examples = pipeline.cardinality(
           _records(builder, tfds_split, feature_key, label_key, key))
     if not num_examples:
-      raise ValueError(f'data.eval_split: {tfds_split!r} of {builder.name} is empty or its size '
-                       'is unknown.')
-    num_batches = pipeline.host_eval_batches(num_examples, global_batch_size, process_count)
+      raise ValueError(
+          f'data.eval_split: {tfds_split!r} of {builder.name} is empty or its size '
+          'is unknown.')
+    num_batches = pipeline.host_eval_batches(num_examples, global_batch_size,
+                                             process_count)
     make = lambda start: pipeline.eval_dataset(
-        records(), preprocess=eval_fn, per_host_batch_size=b, num_batches=num_batches,
-        image_shape=example_shape, has_label=bool(label_key), start_step=start, key=key,
-        extra_padding=extra_padding)
+        records(), preprocess=eval_fn, per_host_batch_size=b, num_batches=
+        num_batches, image_shape=example_shape, has_label=bool(
+            label_key), start_step=start, key=key, extra_padding=extra_padding)
   records()  # Fail now, not at the first batch, when the data is missing.
   source_cls = CaptionSource if caption_key else pipeline.TfDataSource
-  return source_cls(
-      make, per_host_batch_size=b, num_examples=num_examples, image_shape=example_shape[-3:],
-      num_classes=num_classes, video_shape=example_shape if key == 'video' else None)
+  return source_cls(make, per_host_batch_size=b, num_examples=num_examples,
+                    image_shape=example_shape[-3:], num_classes=num_classes,
+                    video_shape=example_shape if key == 'video' else None)
 
 
-def build(config: ml_collections.ConfigDict, *, split: str, global_batch_size: int,
-          process_index: int, process_count: int) -> base.DataSource:
+def build(config: ml_collections.ConfigDict, *, split: str,
+          global_batch_size: int, process_index: int,
+          process_count: int) -> base.DataSource:
   """Builds the source: 'image' float32 [b, S, S, channels] in [-1, 1], 'label' int32 [b] (when
   data.label_key), 'caption' unicode [b] (when data.caption_key)."""
   base.check_split(split)
@@ -255,6 +280,8 @@ def build(config: ml_collections.ConfigDict, *, split: str, global_batch_size: i
   base.get(config, 'caption_key')
   aug = preprocess.Augment.from_config(config)
   return build_source(config, split=split, global_batch_size=global_batch_size,
-                      process_index=process_index, process_count=process_count, key='image',
-                      train_fn=preprocess.train_fn(aug), eval_fn=preprocess.eval_fn(aug),
-                      shuffle_buffer=aug.shuffle_buffer, example_shape=aug.image_shape)
+                      process_index=process_index, process_count=process_count,
+                      key='image', train_fn=preprocess.train_fn(aug),
+                      eval_fn=preprocess.eval_fn(aug),
+                      shuffle_buffer=aug.shuffle_buffer,
+                      example_shape=aug.image_shape)

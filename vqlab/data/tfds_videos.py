@@ -29,30 +29,39 @@ def default_config() -> ml_collections.ConfigDict:
       'name': 'tfds_video',
       'image_size': 128,  # Side of the square output frames.
       'seed': 0,  # Seeds the train order and the clip starts, crops and flips.
-      'tfds_name': 'ucf101',  # A tfds video dataset, optionally with its config ('ucf101/...').
-      'data_dir': config_dict.placeholder(str),  # tfds data dir; None = tfds' default.
-      'manual_dir': config_dict.placeholder(str),  # Manual downloads, for datasets needing them.
-      'download': False,  # Download and prepare when missing (never at run time by default).
+      'tfds_name':
+          'ucf101',  # A tfds video dataset, optionally with its config ('ucf101/...').
+      'data_dir':
+          config_dict.placeholder(str),  # tfds data dir; None = tfds' default.
+      'manual_dir': config_dict.placeholder(
+          str),  # Manual downloads, for datasets needing them.
+      'download':
+          False,  # Download and prepare when missing (never at run time by default).
       'train_split': 'train',  # tfds split string of the train set.
       'eval_split': 'test',  # tfds split string of the eval set.
       'video_key': 'video',  # Feature holding the video (frames [L, h, w, C]).
       'label_key': 'label',  # Feature holding the class label; '' = no labels.
       'num_frames': 17,  # T: frames per clip.
-      'frame_stride': 1,  # Take every s-th frame: a clip spans (T - 1) * s + 1 frames.
+      'frame_stride':
+          1,  # Take every s-th frame: a clip spans (T - 1) * s + 1 frames.
       'channels': 3,  # Decoded channels: 3 = RGB, 1 = gray.
-      'random_flip': True,  # Flip train clips horizontally with probability 1/2.
-      'shuffle_buffer': 1_000,  # Train shuffle buffer (videos per host), reseeded each epoch.
+      'random_flip':
+          True,  # Flip train clips horizontally with probability 1/2.
+      'shuffle_buffer':
+          1_000,  # Train shuffle buffer (videos per host), reseeded each epoch.
   })
 
 
-def build(config: ml_collections.ConfigDict, *, split: str, global_batch_size: int,
-          process_index: int, process_count: int) -> base.DataSource:
+def build(config: ml_collections.ConfigDict, *, split: str,
+          global_batch_size: int, process_index: int,
+          process_count: int) -> base.DataSource:
   """Builds the source: 'video' float32 [b, T, S, S, channels] in [-1, 1], 'label' int32 [b]."""
   base.check_split(split)
   base.host_batch_size(global_batch_size, process_index, process_count)
   aug = video_preprocess.VideoAugment.from_config(config)
   return tfds_images.build_source(
-      config, split=split, global_batch_size=global_batch_size, process_index=process_index,
-      process_count=process_count, key='video', train_fn=video_preprocess.train_fn(aug),
+      config, split=split, global_batch_size=global_batch_size,
+      process_index=process_index, process_count=process_count, key='video',
+      train_fn=video_preprocess.train_fn(aug),
       eval_fn=video_preprocess.eval_fn(aug), shuffle_buffer=aug.shuffle_buffer,
       example_shape=aug.video_shape)

@@ -85,8 +85,8 @@ def write_shard(path: str, arrays: dict[str, np.ndarray],
   write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
-def load_split(directory: str, split: str) -> tuple[dict[str, np.ndarray],
-                                                    dict[str, Any]]:
+def load_split(directory: str,
+               split: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   """All examples of a complete split -> ({key: [N, ...]}, metadata).
 
   Tokens (and condition tokens) come back as int32.
@@ -110,8 +110,9 @@ def load_split(directory: str, split: str) -> tuple[dict[str, np.ndarray],
   parts: dict[str, list[np.ndarray]] = {}
   for path in paths:
     try:
-      with np.load(io.BytesIO(fileio.read_bytes(path))
-                   if fileio.is_url(path) else path) as shard:
+      with np.load(
+          io.BytesIO(fileio.read_bytes(path)) if fileio.is_url(path) else path
+      ) as shard:
         for key in shard.files:
           parts.setdefault(key, []).append(shard[key])
     except (OSError, ValueError) as e:
@@ -147,12 +148,13 @@ class TokenSource:
       order = base.EpochPermutation(num, seed)
       self._source = base.NumpyTrainSource(
           lambda step, rows: get(order(step * global_batch_size + rows)),
-          per_host_batch_size=b, process_index=process_index,
-          num_examples=num, **shapes)
+          per_host_batch_size=b, process_index=process_index, num_examples=num,
+          **shapes)
     else:
-      self._source = base.NumpyEvalSource(
-          get, num_examples=num, global_batch_size=global_batch_size,
-          per_host_batch_size=b, process_index=process_index, **shapes)
+      self._source = base.NumpyEvalSource(get, num_examples=num,
+                                          global_batch_size=global_batch_size,
+                                          per_host_batch_size=b,
+                                          process_index=process_index, **shapes)
     self.per_host_batch_size = b
     self.num_examples = num
     self.image_shape = shapes['image_shape']

@@ -44,7 +44,8 @@ class VideoAugment:
     channels = base.positive_int(config, 'channels')
     if channels not in (1, 3):
       raise ValueError(f'data.channels: must be 1 or 3, got {channels}.')
-    return cls(image_size=base.positive_int(config, 'image_size'), channels=channels,
+    return cls(image_size=base.positive_int(config,
+                                            'image_size'), channels=channels,
                num_frames=base.positive_int(config, 'num_frames'),
                frame_stride=base.positive_int(config, 'frame_stride'),
                random_flip=bool(base.get(config, 'random_flip')),
@@ -65,14 +66,17 @@ def _frames(video, start, aug: VideoAugment):
   """Selected frames of `video` (encoded [L] or uint8 [L, h, w, C]) -> uint8 [T, h, w, C]."""
   frames = tf.gather(video, frame_indices(tf.shape(video)[0], start, aug))
   if frames.dtype == tf.string:
-    frames = tf.map_fn(lambda f: preprocess.decode_image(f, aug.channels), frames,
-                       fn_output_signature=tf.TensorSpec([None, None, aug.channels], tf.uint8))
+    frames = tf.map_fn(
+        lambda f: preprocess.decode_image(f, aug.channels), frames,
+        fn_output_signature=tf.TensorSpec([None, None, aug.channels], tf.uint8))
   frames.set_shape([aug.num_frames, None, None, aug.channels])
   return frames
 
 
 def _output(example, video, aug: VideoAugment):
-  out = {'video': tf.ensure_shape(preprocess.to_unit_range(video), aug.video_shape)}
+  out = {
+      'video': tf.ensure_shape(preprocess.to_unit_range(video), aug.video_shape)
+  }
   if 'label' in example:
     out['label'] = tf.cast(example['label'], tf.int32)
   return out
@@ -83,11 +87,14 @@ def train_fn(aug: VideoAugment) -> Callable[[Any, Any], Any]:
   span = (aug.num_frames - 1) * aug.frame_stride + 1
 
   def fn(example, seed):
-    start_seed, crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    start_seed, crop_seed, flip_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 3))
     video = example['video']
     last_start = tf.maximum(tf.shape(video)[0] - span, 0)
-    start = tf.random.stateless_uniform([], start_seed, 0, last_start + 1, dtype=tf.int32)
-    clip = preprocess.resize_shorter_side(_frames(video, start, aug), aug.image_size)
+    start = tf.random.stateless_uniform([], start_seed, 0, last_start + 1,
+                                        dtype=tf.int32)
+    clip = preprocess.resize_shorter_side(_frames(video, start, aug),
+                                          aug.image_size)
     # One crop for the whole clip: the frame axis is kept whole.
     clip = tf.image.stateless_random_crop(clip, aug.video_shape, seed=crop_seed)
     if aug.random_flip:
@@ -100,8 +107,10 @@ def train_fn(aug: VideoAugment) -> Callable[[Any, Any], Any]:
 
 def eval_fn(aug: VideoAugment) -> Callable[[Any], Any]:
   """Returns f(example) -> preprocessed eval clip (first frames, shorter side to S, centre crop)."""
+
   def fn(example):
-    clip = preprocess.resize_shorter_side(_frames(example['video'], 0, aug), aug.image_size)
+    clip = preprocess.resize_shorter_side(_frames(example['video'], 0, aug),
+                                          aug.image_size)
     return _output(example, preprocess.center_crop(clip, aug.image_size), aug)
 
   return fn

@@ -85,8 +85,9 @@ class FeatureStatistics:
     `num_examples`."""
     mu, sigma = self.mean(), self.covariance()
     with fileio.open(path, 'wb') as f:  # Local or a URL (gs://...).
-      f.write(_npz_bytes(mu=mu, sigma=sigma,
-                         num_examples=np.int64(self.num_examples)))
+      f.write(
+          _npz_bytes(mu=mu, sigma=sigma,
+                     num_examples=np.int64(self.num_examples)))
 
 
 def _npz_bytes(**arrays) -> bytes:
@@ -100,8 +101,9 @@ def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
   (FeatureStatistics.save, pytorch-fid --save-stats, ADM reference batches;
   other keys are ignored)."""
   try:
-    data = np.load(io.BytesIO(fileio.read_bytes(path)) if fileio.is_url(path)
-                   else path, allow_pickle=False)
+    data = np.load(
+        io.BytesIO(fileio.read_bytes(path)) if fileio.is_url(path) else path,
+        allow_pickle=False)
   except FileNotFoundError:
     raise
   except (OSError, EOFError, ValueError) as e:
@@ -139,8 +141,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     sigma1, sigma2: covariances [D, D] (symmetric PSD).
   """
   mu1, mu2 = (np.atleast_1d(np.asarray(m, np.float64)) for m in (mu1, mu2))
-  sigma1, sigma2 = (np.atleast_2d(np.asarray(s, np.float64))
-                    for s in (sigma1, sigma2))
+  sigma1, sigma2 = (
+      np.atleast_2d(np.asarray(s, np.float64)) for s in (sigma1, sigma2))
   if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
     raise ValueError(f'frechet_distance: shapes differ: mu {mu1.shape} vs '
                      f'{mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}')
@@ -150,8 +152,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   similar = root1 @ sigma2 @ root1
   eigenvalues = np.linalg.eigvalsh((similar + similar.T) / 2)
   trace_sqrt = np.sum(np.sqrt(np.clip(eigenvalues, 0, None)))
-  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2)
-               - 2 * trace_sqrt)
+  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) -
+               2 * trace_sqrt)
 
 
 class InceptionScore:
@@ -226,8 +228,9 @@ class InceptionScore:
                        f'{self.num_splits} splits')
     n = self._counts.astype(np.float64)
     marginal = self._p_sums / n[:, None]
-    m_log_m = np.where(marginal > 0, marginal * np.log(
-        np.where(marginal > 0, marginal, 1.0)), 0.0)
+    m_log_m = np.where(marginal > 0,
+                       marginal * np.log(np.where(marginal > 0, marginal, 1.0)),
+                       0.0)
     return np.exp(self._plogp_sums / n - m_log_m.sum(axis=1))
 
   def result(self) -> tuple[float, float]:

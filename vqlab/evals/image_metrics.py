@@ -39,14 +39,15 @@ def _filter_valid(x: jax.Array, taps: jax.Array) -> jax.Array:
   k = taps.shape[0]
   for shape in ((k, 1), (1, k)):
     kernel = jnp.tile(taps.reshape(shape + (1, 1)), (1, 1, 1, channels))
-    x = jax.lax.conv_general_dilated(
-        x, kernel, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-        feature_group_count=channels, precision=jax.lax.Precision.HIGHEST)
+    x = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'VALID',
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                     feature_group_count=channels,
+                                     precision=jax.lax.Precision.HIGHEST)
   return x
 
 
-def ssim(x: jax.Array, y: jax.Array, *, sigma: float = 1.5,
-         k1: float = 0.01, k2: float = 0.03) -> jax.Array:
+def ssim(x: jax.Array, y: jax.Array, *, sigma: float = 1.5, k1: float = 0.01,
+         k2: float = 0.03) -> jax.Array:
   """SSIM (Wang et al., 2004) of [-1, 1] images [B, H, W, C] -> [B].
 
   The standard Gaussian-window form, equal to scikit-image's

@@ -78,8 +78,8 @@ class GeneratorApi:
   loss: Callable[..., tuple[jax.Array, dict[str, jax.Array], Any]]
   sample: Callable[..., jax.Array]
   init_loss_state: Callable[[Any], Any] = _no_loss_state
-  check_settings: Callable[[ml_collections.ConfigDict], None] = (
-      _no_settings_checks)
+  check_settings: Callable[[ml_collections.ConfigDict],
+                           None] = (_no_settings_checks)
 
 
 def drop_mask(rng: jax.Array, probability: float, cond: Any,
@@ -108,9 +108,11 @@ def check_token_grid(config: ml_collections.ConfigDict, tokenizer: Any,
   the tokenizer's; factors_key is the key a factor mismatch names."""
   factors = tuple(config.get('factor_vocab_sizes', ()))
   if factors != tokenizer.factor_vocab_sizes:
-    raise ConfigError(factors_key, f'{factors}, but {where} gives factorized '
-                      f'codes {tokenizer.factor_vocab_sizes}')
+    raise ConfigError(
+        factors_key, f'{factors}, but {where} gives factorized '
+        f'codes {tokenizer.factor_vocab_sizes}')
   if tuple(config.token_shape) != token_shape:
-    raise ConfigError('model.token_shape',
-                      f'{tuple(config.token_shape)}, but {where} turns the '
-                      f'data into tokens of shape {token_shape}')
+    raise ConfigError(
+        'model.token_shape',
+        f'{tuple(config.token_shape)}, but {where} turns the '
+        f'data into tokens of shape {token_shape}')

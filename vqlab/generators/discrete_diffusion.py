@@ -77,17 +77,18 @@ def _transition_tables(abar: np.ndarray, gbar: np.ndarray):
   s, t = abar[:, None], abar[None, :]
   alpha = t / s
   gamma = (gbar[None, :] - gbar[:, None]) / (1.0 - gbar[:, None])
-  k_beta = (replace[None, :] * s - t * replace[:, None]) / (
-      s * (1.0 - gbar[:, None]))
-  later = np.triu(np.ones_like(alpha, dtype=bool))      # t >= s only.
-  return (np.where(later, alpha, 0.0), np.where(later, k_beta, 0.0),
-          np.where(later, gamma, 0.0))
+  k_beta = (replace[None, :] * s -
+            t * replace[:, None]) / (s * (1.0 - gbar[:, None]))
+  later = np.triu(np.ones_like(alpha, dtype=bool))  # t >= s only.
+  return (np.where(later, alpha,
+                   0.0), np.where(later, k_beta,
+                                  0.0), np.where(later, gamma, 0.0))
 
 
 def make_schedule(num_codes: int, num_timesteps: int = 100,
                   abar_1: float = 0.99999, abar_T: float = 0.000009,
-                  gbar_1: float = 0.000009, gbar_T: float = 0.99999
-                  ) -> Schedule:
+                  gbar_1: float = 0.000009,
+                  gbar_T: float = 0.99999) -> Schedule:
   """The official VQ-Diffusion schedule: abar_t and gbar_t linear in t from
   their t = 1 values to their t = T values (the paper's text uses gbar_T =
   0.9); every transition computed in float64 (see Schedule)."""
@@ -121,8 +122,9 @@ def transition(schedule: Schedule, s, t):
   arrays of that shape (log 0 = LOG_ZERO where a term vanishes, e.g. s = t),
   looked up in the float64-made tables of the schedule.
   """
-  return (schedule.log_alpha[s, t], schedule.log_beta[s, t],
-          schedule.log_gamma[s, t])
+  return (schedule.log_alpha[s, t], schedule.log_beta[s,
+                                                      t], schedule.log_gamma[s,
+                                                                             t])
 
 
 def _expand(x, like):
@@ -136,8 +138,8 @@ def apply_transition(log_p: jax.Array, schedule: Schedule, s, t) -> jax.Array:
   Returns [..., N, K + 1] (see the module docstring).
   """
   log_alpha, log_beta, log_gamma = transition(schedule, s, t)
-  log_alpha, log_beta, log_gamma = (_expand(v, log_p[..., 0])
-                                    for v in (log_alpha, log_beta, log_gamma))
+  log_alpha, log_beta, log_gamma = (
+      _expand(v, log_p[..., 0]) for v in (log_alpha, log_beta, log_gamma))
   codes, mask = log_p[..., :-1], log_p[..., -1]
   log_total = jax.nn.logsumexp(codes, axis=-1)
   out_codes = jnp.logaddexp(codes + log_alpha[..., None],
@@ -156,8 +158,8 @@ def q_xt_given_x0(log_x0: jax.Array, schedule: Schedule, t) -> jax.Array:
   return apply_transition(log_x0, schedule, jnp.zeros_like(t), t)
 
 
-def likelihood_of_observed(x_t: jax.Array, schedule: Schedule, s, t
-                           ) -> jax.Array:
+def likelihood_of_observed(x_t: jax.Array, schedule: Schedule, s,
+                           t) -> jax.Array:
   """log q(x_t = observed | x_s = j) for every state j: [..., N, K + 1].
 
   The code block of the transition is symmetric, so this is the transition
@@ -166,13 +168,14 @@ def likelihood_of_observed(x_t: jax.Array, schedule: Schedule, s, t
   """
   num_codes = schedule.num_codes
   log_alpha, log_beta, log_gamma = transition(schedule, s, t)
-  log_alpha, log_beta, log_gamma = (_expand(v, x_t)
-                                    for v in (log_alpha, log_beta, log_gamma))
+  log_alpha, log_beta, log_gamma = (
+      _expand(v, x_t) for v in (log_alpha, log_beta, log_gamma))
   is_mask = (x_t == num_codes)[..., None]
   same = jax.nn.one_hot(x_t, num_codes + 1, dtype=bool)
-  from_code = jnp.where(same, jnp.logaddexp(log_alpha, log_beta)[..., None],
+  from_code = jnp.where(same,
+                        jnp.logaddexp(log_alpha, log_beta)[..., None],
                         log_beta[..., None])
-  from_code = from_code.at[..., -1].set(LOG_ZERO)   # MASK never leaves.
+  from_code = from_code.at[..., -1].set(LOG_ZERO)  # MASK never leaves.
   to_mask = jnp.broadcast_to(log_gamma[..., None], from_code.shape)
   to_mask = to_mask.at[..., -1].set(0.0)
   return jnp.where(is_mask, to_mask, from_code)
@@ -192,10 +195,9 @@ def reverse_step_log_probs(log_p_x0: jax.Array, x_t: jax.Array,
   Returns:
     [..., N, K + 1] normalized log-probabilities over x_u.
   """
-  log_q_t_given_x0 = likelihood_of_observed(x_t, schedule, jnp.zeros_like(t),
-                                            t)
-  weights = log_p_x0 - log_q_t_given_x0          # p(x0) / q(x_t | x0).
-  weights = weights.at[..., -1].set(LOG_ZERO)    # x_0 is never [MASK].
+  log_q_t_given_x0 = likelihood_of_observed(x_t, schedule, jnp.zeros_like(t), t)
+  weights = log_p_x0 - log_q_t_given_x0  # p(x0) / q(x_t | x0).
+  weights = weights.at[..., -1].set(LOG_ZERO)  # x_0 is never [MASK].
   at_u = apply_transition(weights, schedule, jnp.zeros_like(u), u)
   log_probs = at_u + likelihood_of_observed(x_t, schedule, u, t)
   return jax.nn.log_softmax(jnp.maximum(log_probs, LOG_ZERO), axis=-1)
@@ -215,8 +217,8 @@ def categorical_kl(log_q: jax.Array, log_p: jax.Array) -> jax.Array:
 @dataclasses.dataclass(frozen=True)
 class LossTerms:
   """Per-example terms of the VQ-Diffusion loss (float32 [B] each)."""
-  vlb: jax.Array      # KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)), -log p(x_0|x_1) at t=1.
-  x0_ce: jax.Array    # -log p(x_0 | x_t), the auxiliary term.
+  vlb: jax.Array  # KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)), -log p(x_0|x_1) at t=1.
+  x0_ce: jax.Array  # -log p(x_0 | x_t), the auxiliary term.
 
 
 def loss_terms(log_p_x0: jax.Array, x0: jax.Array, x_t: jax.Array,

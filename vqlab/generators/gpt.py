@@ -96,8 +96,7 @@ class GPT(nn.Module):
     self.token_embed = nn.Embed(self.vocab_size, self.width,
                                 embedding_init=init, dtype=self.dtype)
     if self.condition == 'none':
-      self.start_embedding = self.param('start_embedding', init,
-                                        (self.width,))
+      self.start_embedding = self.param('start_embedding', init, (self.width,))
     elif self.condition == 'class':
       self.class_embed = nn.Embed(self.num_classes + 1, self.width,
                                   embedding_init=init, dtype=self.dtype)
@@ -105,12 +104,12 @@ class GPT(nn.Module):
       self.cond_embed = nn.Embed(self.cond_vocab_size, self.width,
                                  embedding_init=init, dtype=self.dtype)
     self.pos_embedding = self.param(
-        'pos_embedding', init, (self.prefix_length + self.length - 1,
-                                self.width))
+        'pos_embedding', init,
+        (self.prefix_length + self.length - 1, self.width))
     self.embed_dropout = nn.Dropout(self.dropout_rate)
     self.transformer = Transformer(self.num_layers, self.num_heads,
-                                   self.mlp_dim, self.dropout_rate,
-                                   self.decode, self.dtype)
+                                   self.mlp_dim, self.dropout_rate, self.decode,
+                                   self.dtype)
     self.head = nn.Dense(self.vocab_size, dtype=self.dtype, kernel_init=init)
 
   def embed_prefix(self, cond: Any, batch_size: int) -> jax.Array:
@@ -133,14 +132,15 @@ class GPT(nn.Module):
       if jnp.shape(cond) != (batch_size,):
         raise ValueError(f'class cond must have shape [B]=({batch_size},), '
                          f'got {jnp.shape(cond)}')
-      _check_ids(cond, self.num_classes + 1,
-                 f'class ids (num_classes={self.num_classes}, '
-                 f'null class {self.null_class})')
+      _check_ids(
+          cond, self.num_classes + 1,
+          f'class ids (num_classes={self.num_classes}, '
+          f'null class {self.null_class})')
       return self.class_embed(cond)[:, None]
     if cond is None:
       raise ValueError("condition 'tokens' needs cond [B, cond_length]")
-    cond = jnp.reshape(cond, (jnp.shape(cond)[0], -1)) if (
-        jnp.ndim(cond) == 3) else cond
+    cond = jnp.reshape(cond, (jnp.shape(cond)[0],
+                              -1)) if (jnp.ndim(cond) == 3) else cond
     if jnp.shape(cond) != (batch_size, self.cond_length):
       raise ValueError(f'token cond must have shape [B, cond_length]='
                        f'({batch_size}, {self.cond_length}), got '
@@ -200,8 +200,8 @@ class GPT(nn.Module):
 def _token_weights(tokens: jax.Array,
                    example_weights: jax.Array | None) -> jax.Array:
   """float [B, N]: each token's weight, its example's (default 1)."""
-  weights = (jnp.ones(tokens.shape[:1]) if example_weights is None
-             else example_weights)
+  weights = (jnp.ones(tokens.shape[:1])
+             if example_weights is None else example_weights)
   return weights[:, None] * jnp.ones(tokens.shape, jnp.float32)
 
 
@@ -225,8 +225,7 @@ def next_token_loss(logits: jax.Array, tokens: jax.Array,
 
 
 def next_token_accuracy(logits: jax.Array, tokens: jax.Array,
-                        example_weights: jax.Array | None = None
-                        ) -> jax.Array:
+                        example_weights: jax.Array | None = None) -> jax.Array:
   """Weighted fraction of tokens [B, N] that are the argmax of their logits
   [B, N, V]; example_weights float [B] or None (all 1). A scalar."""
   weights = _token_weights(tokens, example_weights)
@@ -292,17 +291,16 @@ def _guidance(model: GPT, cond: Any, batch_size: int, guidance_scale):
     raise ValueError(f'class cond must have shape [B]=({batch_size},), '
                      f'got {cond.shape}')
   double = lambda x: jnp.concatenate([x, x])
-  combine = lambda logits: api.guided_logits(
-      logits[:batch_size], logits[batch_size:], guidance_scale)
+  combine = lambda logits: api.guided_logits(logits[:batch_size], logits[
+      batch_size:], guidance_scale)
   return (jnp.concatenate([cond, jnp.full_like(cond, model.null_class)]),
           2 * batch_size, double, combine)
 
 
 def _init_cache(decoder: GPT, params, batch_size: int, cond: Any):
-  shapes = jax.eval_shape(
-      lambda: decoder.apply(params, jnp.zeros((batch_size, decoder.length),
-                                              jnp.int32),
-                            cond, mutable=['cache'])[1]['cache'])
+  shapes = jax.eval_shape(lambda: decoder.apply(
+      params, jnp.zeros((batch_size, decoder.length), jnp.int32), cond, mutable=
+      ['cache'])[1]['cache'])
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
@@ -346,16 +344,17 @@ def sample(model: GPT, params, rng: jax.Array, batch_size: int,
                                           guidance_scale)
   if use_cache:
     decoder = model.clone(decode=True)
-    step = lambda c, x, p: decoder.apply(
-        {**params, 'cache': c}, x, p, method=GPT.decode_step,
-        mutable=['cache'])[::-1]
+    step = lambda c, x, p: decoder.apply({
+        **params, 'cache': c
+    }, x, p, method=GPT.decode_step, mutable=['cache'])[::-1]
     embed = lambda t: decoder.apply(params, t, method=GPT.embed_tokens)
     prefix = decoder.apply(params, cond, rows, method=GPT.embed_prefix)
 
     def prefix_body(p, carry):
       cache, _ = carry
-      cache, logits = step(cache, jax.lax.dynamic_slice_in_dim(prefix, p, 1,
-                                                               axis=1), p)
+      cache, logits = step(cache,
+                           jax.lax.dynamic_slice_in_dim(prefix, p, 1, axis=1),
+                           p)
       return cache['cache'], logits
 
     cache = _init_cache(decoder, params, rows, cond)
@@ -372,8 +371,9 @@ def sample(model: GPT, params, rng: jax.Array, batch_size: int,
                                 model.prefix_length + i)
       return (cache['cache'], next_logits, rng), (token, logits)
 
-    (_, logits, rng), (tokens, all_logits) = jax.lax.scan(
-        body, (cache, logits, rng), jnp.arange(n - 1))
+    (_, logits, rng), (tokens,
+                       all_logits) = jax.lax.scan(body, (cache, logits, rng),
+                                                  jnp.arange(n - 1))
     logits = combine(logits)
     last = choose(jax.random.split(rng)[1], logits)
     tokens = jnp.concatenate([tokens, last[None]], axis=0).T
@@ -387,18 +387,17 @@ def sample(model: GPT, params, rng: jax.Array, batch_size: int,
       logits = combine(model.apply(params, double(buffer), cond)[:, i])
       return (buffer.at[:, i].set(choose(sub, logits)), rng), logits
 
-    (tokens, _), all_logits = jax.lax.scan(
-        body, (jnp.zeros((batch_size, n), jnp.int32), rng), jnp.arange(n))
+    (tokens, _), all_logits = jax.lax.scan(body, (jnp.zeros(
+        (batch_size, n), jnp.int32), rng), jnp.arange(n))
   if return_logits:
     return tokens, jnp.moveaxis(all_logits, 0, 1)
   return tokens
 
 
-def sample_sliding_window(model: GPT, params, rng: jax.Array,
-                          batch_size: int, grid_shape: tuple[int, int],
-                          window: tuple[int, int], cond: Any = None,
-                          temperature: float = 1.0, top_k: int = 0,
-                          top_p: float = 1.0,
+def sample_sliding_window(model: GPT, params, rng: jax.Array, batch_size: int,
+                          grid_shape: tuple[int, int], window: tuple[int, int],
+                          cond: Any = None, temperature: float = 1.0,
+                          top_k: int = 0, top_p: float = 1.0,
                           guidance_scale: float = 0.0) -> jax.Array:
   """Samples an H x W token grid with a model trained on h x w windows.
 
@@ -426,22 +425,23 @@ def sample_sliding_window(model: GPT, params, rng: jax.Array,
   if h * w != model.length or not (0 < h <= big_h and 0 < w <= big_w):
     raise ValueError(f'window {window} must fit inside grid {grid_shape} and '
                      f'hold length={model.length} tokens')
-  if model.condition == 'tokens' and (
-      jnp.shape(cond) != (batch_size, big_h, big_w)
-      or h * w != model.cond_length):
+  if model.condition == 'tokens' and (jnp.shape(cond)
+                                      != (batch_size, big_h, big_w) or
+                                      h * w != model.cond_length):
     raise ValueError(f'token cond must be a [B, H, W]=({batch_size}, '
                      f'{big_h}, {big_w}) grid and the window hold '
                      f'cond_length={model.cond_length}; got '
                      f'{jnp.shape(cond)}')
   params = {'params': params.get('params', params)}
   model = model.clone(decode=False)
-  crop = lambda g, si, sj: jax.lax.dynamic_slice(
-      g, (0, si, sj), (batch_size, h, w)).reshape(batch_size, h * w)
+  crop = lambda g, si, sj: jax.lax.dynamic_slice(g, (0, si, sj),
+                                                 (batch_size, h, w)).reshape(
+                                                     batch_size, h * w)
   if model.condition == 'tokens':
-    _check_ids(cond, model.cond_vocab_size, 'condition token ids '
-               f'(cond_vocab_size={model.cond_vocab_size})')
-  cond, _, double, combine = _guidance(model, cond, batch_size,
-                                       guidance_scale)
+    _check_ids(
+        cond, model.cond_vocab_size, 'condition token ids '
+        f'(cond_vocab_size={model.cond_vocab_size})')
+  cond, _, double, combine = _guidance(model, cond, batch_size, guidance_scale)
 
   def body(carry, k):
     grid, rng = carry
@@ -463,17 +463,17 @@ def sample_sliding_window(model: GPT, params, rng: jax.Array,
 def default_config() -> ml_collections.ConfigDict:
   """A tiny GPT that runs on CPU; configs/ hold the paper sizes."""
   config = ml_collections.ConfigDict()
-  config.vocab_size = 64        # Codebook size of the modeled tokenizer.
-  config.length = 16            # Image tokens N = h * w of the latent grid.
-  config.width = 64             # Embedding / residual width.
-  config.num_layers = 2         # Transformer blocks.
-  config.num_heads = 2          # Attention heads (divide width).
-  config.mlp_dim = 256          # Hidden width of each block's MLP.
-  config.dropout_rate = 0.0     # Embedding, attention and residual dropout.
-  config.condition = 'none'     # 'none' | 'class' | 'tokens' (spatial).
-  config.num_classes = 10       # 'class': classes; id num_classes = null.
-  config.cond_vocab_size = 64   # 'tokens': condition tokenizer codebook size.
-  config.cond_length = 16       # 'tokens': condition tokens prepended.
+  config.vocab_size = 64  # Codebook size of the modeled tokenizer.
+  config.length = 16  # Image tokens N = h * w of the latent grid.
+  config.width = 64  # Embedding / residual width.
+  config.num_layers = 2  # Transformer blocks.
+  config.num_heads = 2  # Attention heads (divide width).
+  config.mlp_dim = 256  # Hidden width of each block's MLP.
+  config.dropout_rate = 0.0  # Embedding, attention and residual dropout.
+  config.condition = 'none'  # 'none' | 'class' | 'tokens' (spatial).
+  config.num_classes = 10  # 'class': classes; id num_classes = null.
+  config.cond_vocab_size = 64  # 'tokens': condition tokenizer codebook size.
+  config.cond_length = 16  # 'tokens': condition tokens prepended.
   return config
 
 
@@ -488,8 +488,9 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
     if config[key] < 1:
       raise ConfigError(f'{prefix}.{key}', f'must be >= 1, got {config[key]}')
   if config.width % config.num_heads:
-    raise ConfigError(f'{prefix}.num_heads', f'{config.num_heads} does not '
-                      f'divide width={config.width}')
+    raise ConfigError(
+        f'{prefix}.num_heads', f'{config.num_heads} does not '
+        f'divide width={config.width}')
   return GPT(vocab_size=config.vocab_size, length=config.length,
              width=config.width, num_layers=config.num_layers,
              num_heads=config.num_heads, mlp_dim=config.mlp_dim,
@@ -518,21 +519,25 @@ def _check_fits(config: ml_collections.ConfigDict, tokenizer: Any,
   """The row-major token sequence; spatial conditions come from the same
   tokenizer."""
   if tokenizer.factor_vocab_sizes:
-    raise ConfigError('model.name', 'gpt models plain indices; '
-                      f'{where} gives factorized codes: use maskgit')
+    raise ConfigError(
+        'model.name', 'gpt models plain indices; '
+        f'{where} gives factorized codes: use maskgit')
   length = int(np.prod(token_shape))
   if config.length != length:
-    raise ConfigError('model.length', f'{config.length}, but {where} turns '
-                      f'the data into {length} tokens ({token_shape})')
+    raise ConfigError(
+        'model.length', f'{config.length}, but {where} turns '
+        f'the data into {length} tokens ({token_shape})')
   if config.condition == 'tokens':
     if config.cond_vocab_size != tokenizer.vocab_size:
-      raise ConfigError('model.cond_vocab_size', f'{config.cond_vocab_size}, '
-                        f'but the condition tokens of {where} have '
-                        f'{tokenizer.vocab_size} codes')
+      raise ConfigError(
+          'model.cond_vocab_size', f'{config.cond_vocab_size}, '
+          f'but the condition tokens of {where} have '
+          f'{tokenizer.vocab_size} codes')
     if config.cond_length != length:
-      raise ConfigError('model.cond_length', f'{config.cond_length}, but '
-                        f'{where} turns the condition image into {length} '
-                        f'tokens ({token_shape})')
+      raise ConfigError(
+          'model.cond_length', f'{config.cond_length}, but '
+          f'{where} turns the condition image into {length} '
+          f'tokens ({token_shape})')
 
 
 def _check_settings(config: ml_collections.ConfigDict) -> None:
@@ -544,10 +549,9 @@ def _check_settings(config: ml_collections.ConfigDict) -> None:
         f'{sample_config.guidance_scale}, but guiding a GPT needs '
         "model.condition 'class' (its null class), got "
         f'{config.model.condition!r}')
-    config_schema.require(
-        sample_config.guidance_schedule == 'constant',
-        'sample.guidance_schedule',
-        "GPT guidance is constant; 'linear' is MaskGIT's")
+    config_schema.require(sample_config.guidance_schedule == 'constant',
+                          'sample.guidance_schedule',
+                          "GPT guidance is constant; 'linear' is MaskGIT's")
 
 
 def _init(model: GPT, rng: jax.Array, tokens: jax.Array, cond):

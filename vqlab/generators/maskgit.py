@@ -133,29 +133,31 @@ class MaskGIT(nn.Module):
                   train: bool = False) -> jax.Array:
     """int [B, N, F] -> float32 logits [B, N, F, max V] (for loss/decoding)."""
     batch = flat.shape[0]
-    x = sum(nn.Embed(size + 1, self.width, name=f'embed_{f}')(flat[..., f])
-            for f, size in enumerate(self.vocab_sizes))
+    x = sum(
+        nn.Embed(size + 1, self.width, name=f'embed_{f}')(flat[..., f])
+        for f, size in enumerate(self.vocab_sizes))
     if self.num_classes:
       if labels is None:
         labels = jnp.full((batch,), self.num_classes, jnp.int32)
-      cls = nn.Embed(self.num_classes + 1, self.width, name='class_embed')(
-          labels.astype(jnp.int32))
+      cls = nn.Embed(self.num_classes + 1, self.width,
+                     name='class_embed')(labels.astype(jnp.int32))
       x = jnp.concatenate([cls[:, None], x], axis=1)
     pos = self.param('pos_embedding', nn.initializers.normal(0.02),
                      (x.shape[1], self.width))
     x = (x + pos).astype(self.dtype)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = Transformer(self.num_layers, self.num_heads, self.mlp_dim,
-                    self.dropout_rate, dtype=self.dtype, name='transformer')(
-                        x, None, train=train)
+                    self.dropout_rate, dtype=self.dtype,
+                    name='transformer')(x, None, train=train)
     x = x[:, 1:] if self.num_classes else x
     max_vocab = max(self.vocab_sizes)
     heads = []
     for f, size in enumerate(self.vocab_sizes):
       logits = nn.Dense(size, dtype=self.dtype, name=f'head_{f}')(x)
-      heads.append(jnp.pad(logits.astype(jnp.float32),
-                           ((0, 0), (0, 0), (0, max_vocab - size)),
-                           constant_values=NEG_INF))
+      heads.append(
+          jnp.pad(logits.astype(jnp.float32),
+                  ((0, 0), (0, 0), (0, max_vocab - size)),
+                  constant_values=NEG_INF))
     return jnp.stack(heads, axis=2)
 
   @nn.nowrap
@@ -214,9 +216,11 @@ def masked_loss(model: MaskGIT, params, rng: jax.Array, tokens: jax.Array,
   count = jnp.maximum(weight.sum(), 1.0)
   loss = (per_position * weight).sum() / count
   correct = jnp.all(jnp.argmax(logits, -1) == flat, axis=-1)
-  metrics = {'loss': loss,
-             'accuracy': (correct * weight).sum() / count,
-             'mask_ratio': weight.mean()}
+  metrics = {
+      'loss': loss,
+      'accuracy': (correct * weight).sum() / count,
+      'mask_ratio': weight.mean()
+  }
   return loss, metrics
 
 
@@ -248,8 +252,8 @@ class DecodeState:
 
 def init_state(model: MaskGIT, rng: jax.Array, batch_size: int) -> DecodeState:
   """All positions masked."""
-  tokens = jnp.broadcast_to(model.mask_ids, (batch_size, model.num_tokens,
-                                             len(model.vocab_sizes)))
+  tokens = jnp.broadcast_to(
+      model.mask_ids, (batch_size, model.num_tokens, len(model.vocab_sizes)))
   return DecodeState(rng=rng, step=jnp.zeros((), jnp.int32), tokens=tokens)
 
 
@@ -269,7 +273,7 @@ def decode_step(model: MaskGIT, params, state: DecodeState,
   rng, sample_rng, gumbel_rng = jax.random.split(state.rng, 3)
   tokens, step = state.tokens, state.step
   batch, n = tokens.shape[:2]
-  unknown = tokens[..., 0] == model.mask_ids[0]                  # [B, N]
+  unknown = tokens[..., 0] == model.mask_ids[0]  # [B, N]
   ratio = (step + 1).astype(jnp.float32) / num_steps
   apply = functools.partial(model.apply, {'params': params},
                             method=MaskGIT.flat_logits)
@@ -283,7 +287,7 @@ def decode_step(model: MaskGIT, params, state: DecodeState,
     scale = guidance_scale * (ratio if guidance_schedule == 'linear' else 1.0)
     logits = api.guided_logits(both[:batch], both[batch:], scale)
   else:
-    logits = apply(tokens, labels)                           # [B, N, F, V]
+    logits = apply(tokens, labels)  # [B, N, F, V]
   if isinstance(temperature, (int, float)) and temperature == 0:
     sampled = jnp.argmax(logits, -1)
   else:
@@ -295,10 +299,10 @@ def decode_step(model: MaskGIT, params, state: DecodeState,
   confidence = log_p + choice_temperature * (1.0 - ratio) * gumbel
   confidence = jnp.where(unknown, confidence, jnp.inf)
   num_unknown = unknown.sum(-1)
-  keep = jnp.asarray(mask_schedule.decode_mask_counts(n, num_steps,
-                                                      schedule_method))[step]
+  keep = jnp.asarray(
+      mask_schedule.decode_mask_counts(n, num_steps, schedule_method))[step]
   keep = jnp.maximum(1, jnp.minimum(num_unknown - 1, keep))
-  keep = jnp.where(step + 1 >= num_steps, 0, keep)               # [B]
+  keep = jnp.where(step + 1 >= num_steps, 0, keep)  # [B]
   ranks = jnp.argsort(jnp.argsort(confidence, axis=-1), axis=-1)
   remask = ranks < keep[:, None]
   new_tokens = jnp.where(remask[..., None], model.mask_ids, sampled)
@@ -331,11 +335,12 @@ def sample(model: MaskGIT, params, rng: jax.Array, batch_size: int,
   """
   if guidance_schedule not in ('constant', 'linear'):
     raise ValueError(f'unknown guidance_schedule {guidance_schedule!r}')
-  step_fn = functools.partial(
-      decode_step, model, params, labels=labels, num_steps=num_steps,
-      temperature=temperature, choice_temperature=choice_temperature,
-      guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,
-      schedule_method=schedule_method)
+  step_fn = functools.partial(decode_step, model, params, labels=labels,
+                              num_steps=num_steps, temperature=temperature,
+                              choice_temperature=choice_temperature,
+                              guidance_scale=guidance_scale,
+                              guidance_schedule=guidance_schedule,
+                              schedule_method=schedule_method)
   state = init_state(model, rng, batch_size)
   if not return_history:
     state = jax.lax.fori_loop(0, num_steps, lambda _, s: step_fn(s), state)
@@ -344,6 +349,7 @@ def sample(model: MaskGIT, params, rng: jax.Array, batch_size: int,
   def body(s, _):
     s = step_fn(s)
     return s, s.tokens
+
   state, history = jax.lax.scan(body, state, None, length=num_steps)
   history = jax.vmap(model.unflatten)(history)
   return model.unflatten(state.tokens), history
@@ -355,15 +361,15 @@ def sample(model: MaskGIT, params, rng: jax.Array, batch_size: int,
 def default_config() -> ml_collections.ConfigDict:
   """A tiny MaskGIT for CPU tests; configs/maskgit/ has the paper sizes."""
   config = ml_collections.ConfigDict()
-  config.vocab_size = 64               # Codes per token (product of factors).
-  config.token_shape = (4, 4)          # Per example: (n,), (h, w) or (t, h, w).
-  config.factor_vocab_sizes = ()       # () or codes per factor: (512, 512).
-  config.num_classes = 0               # 0: unconditional; else + 1 null class.
-  config.width = 32                    # Transformer width (paper: 768).
-  config.num_layers = 2                # Transformer blocks (paper: 24).
-  config.num_heads = 2                 # Attention heads (paper: 16).
-  config.mlp_dim = 64                  # MLP hidden width (paper: 3072).
-  config.dropout_rate = 0.0            # Dropout (paper: 0.1).
+  config.vocab_size = 64  # Codes per token (product of factors).
+  config.token_shape = (4, 4)  # Per example: (n,), (h, w) or (t, h, w).
+  config.factor_vocab_sizes = ()  # () or codes per factor: (512, 512).
+  config.num_classes = 0  # 0: unconditional; else + 1 null class.
+  config.width = 32  # Transformer width (paper: 768).
+  config.num_layers = 2  # Transformer blocks (paper: 24).
+  config.num_heads = 2  # Attention heads (paper: 16).
+  config.mlp_dim = 64  # MLP hidden width (paper: 3072).
+  config.dropout_rate = 0.0  # Dropout (paper: 0.1).
   return config
 
 
@@ -372,12 +378,13 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
   """Builds a MaskGIT from a validated config."""
   factors = tuple(config.factor_vocab_sizes)
   if factors and int(np.prod(factors)) != config.vocab_size:
-    raise ConfigError(f'{prefix}.factor_vocab_sizes',
-                      f'product of {factors} != vocab_size {config.vocab_size}')
+    raise ConfigError(
+        f'{prefix}.factor_vocab_sizes',
+        f'product of {factors} != vocab_size {config.vocab_size}')
   if config.width % config.num_heads:
-    raise ConfigError(f'{prefix}.num_heads',
-                      f'{config.num_heads} does not divide width '
-                      f'{config.width}')
+    raise ConfigError(
+        f'{prefix}.num_heads', f'{config.num_heads} does not divide width '
+        f'{config.width}')
   return MaskGIT(vocab_size=config.vocab_size,
                  token_shape=tuple(config.token_shape),
                  factor_vocab_sizes=factors, num_classes=config.num_classes,

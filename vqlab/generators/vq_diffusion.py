@@ -105,8 +105,8 @@ class VQDiffusion(nn.Module):
                 if cond is None else cond.astype(jnp.int32))
       if drop is not None:
         labels = jnp.where(drop, self.num_classes, labels)
-      emb = nn.Embed(self.num_classes + 1, self.width, name='class_embed')(
-          labels)
+      emb = nn.Embed(self.num_classes + 1, self.width,
+                     name='class_embed')(labels)
       return emb[:, None].astype(self.dtype), jnp.ones((batch, 1), bool)
     null = self.param('null_context', nn.initializers.normal(0.02),
                       (self.width,))
@@ -115,16 +115,16 @@ class VQDiffusion(nn.Module):
               jnp.ones((batch, 1), bool))
     mask = cond['mask'].astype(bool)
     if self.text_encoder == 'frozen':
-      states = nn.Dense(self.width, dtype=self.dtype, name='text_proj')(
-          cond['states'].astype(self.dtype))
+      states = nn.Dense(self.width, dtype=self.dtype,
+                        name='text_proj')(cond['states'].astype(self.dtype))
     else:
       ids = cond['ids'].astype(jnp.int32)
       states = nn.Embed(BYTE_VOCAB, self.width, name='byte_embed')(ids)
       pos = self.param('byte_pos', nn.initializers.normal(0.02),
                        (ids.shape[1], self.width))
       attn_mask = mask[:, None, None, :]
-      states = Transformer(2, self.num_heads, 2 * self.width,
-                           dtype=self.dtype, name='text_encoder')(
+      states = Transformer(2, self.num_heads, 2 * self.width, dtype=self.dtype,
+                           name='text_encoder')(
                                (states + pos).astype(self.dtype), attn_mask)
     if drop is not None:
       null_states = jnp.broadcast_to(null.astype(states.dtype), states.shape)
@@ -159,13 +159,14 @@ class VQDiffusion(nn.Module):
     x = (x + pos).astype(self.dtype)
     emb = timestep_embedding(t, self.width)
     emb = nn.Dense(self.width, dtype=self.dtype, name='time_mlp_0')(emb)
-    emb = nn.Dense(self.width, dtype=self.dtype, name='time_mlp_1')(
-        nn.silu(emb))
+    emb = nn.Dense(self.width, dtype=self.dtype,
+                   name='time_mlp_1')(nn.silu(emb))
     context, context_mask = self._context(cond, drop, batch)
     for i in range(self.num_layers):
       x = ConditionedBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
-                           self.dtype, name=f'block_{i}')(
-                               x, emb, context, context_mask, train=train)
+                           self.dtype, name=f'block_{i}')(x, emb, context,
+                                                          context_mask,
+                                                          train=train)
     x = nn.LayerNorm(dtype=jnp.float32, name='final_norm')(x)
     logits = nn.Dense(self.vocab_size, dtype=self.dtype, name='head')(x)
     log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
@@ -210,8 +211,10 @@ def update_loss_history(loss_state, t: jax.Array, vlb: jax.Array):
 
 
 def init_loss_state(num_timesteps: int) -> dict[str, jax.Array]:
-  return {'lt_sq': jnp.zeros((num_timesteps + 1,), jnp.float32),
-          'lt_count': jnp.zeros((num_timesteps + 1,), jnp.int32)}
+  return {
+      'lt_sq': jnp.zeros((num_timesteps + 1,), jnp.float32),
+      'lt_count': jnp.zeros((num_timesteps + 1,), jnp.int32)
+  }
 
 
 def diffusion_loss(model: VQDiffusion, params, rng: jax.Array,
@@ -227,14 +230,13 @@ def diffusion_loss(model: VQDiffusion, params, rng: jax.Array,
   t_rng, q_rng, drop_rng, dropout_rng = jax.random.split(rng, 4)
   t, weight = sample_times(t_rng, batch, model.num_timesteps, loss_state,
                            time_sampling)
-  log_qt = dd.q_xt_given_x0(dd.one_hot_log(x0, model.vocab_size + 1),
-                            schedule, t)
+  log_qt = dd.q_xt_given_x0(dd.one_hot_log(x0, model.vocab_size + 1), schedule,
+                            t)
   x_t = dd.sample_states(q_rng, log_qt)
   drop = (jax.random.bernoulli(drop_rng, cond_drop, (batch,))
           if cond is not None and cond_drop > 0 else None)
-  log_p_x0 = model.apply({'params': params}, x_t.reshape(tokens.shape), t,
-                         cond, drop, train=train,
-                         rngs={'dropout': dropout_rng})
+  log_p_x0 = model.apply({'params': params}, x_t.reshape(tokens.shape), t, cond,
+                         drop, train=train, rngs={'dropout': dropout_rng})
   terms = dd.loss_terms(log_p_x0, x0, x_t, schedule, t)
   w_t = 2.0 - t / model.num_timesteps
   per_example = weight * terms.vlb + aux_weight * w_t * terms.x0_ce
@@ -242,8 +244,12 @@ def diffusion_loss(model: VQDiffusion, params, rng: jax.Array,
   count = jnp.maximum(ew.sum(), 1.0)
   mean = lambda v: (v * ew).sum() / count
   correct = (jnp.argmax(log_p_x0, -1) == x0).mean(-1)
-  metrics = {'loss': mean(per_example), 'vlb': mean(terms.vlb),
-             'x0_ce': mean(terms.x0_ce), 'x0_accuracy': mean(correct)}
+  metrics = {
+      'loss': mean(per_example),
+      'vlb': mean(terms.vlb),
+      'x0_ce': mean(terms.x0_ce),
+      'x0_accuracy': mean(correct)
+  }
   new_state = loss_state
   if loss_state is not None:
     new_state = update_loss_history(loss_state, t, terms.vlb)
@@ -253,8 +259,7 @@ def diffusion_loss(model: VQDiffusion, params, rng: jax.Array,
 # ---------------------------------------------------------------- Sampling.
 
 
-def time_points(num_timesteps: int, num_steps: int | None = None
-                ) -> np.ndarray:
+def time_points(num_timesteps: int, num_steps: int | None = None) -> np.ndarray:
   """Decreasing ints T = t_0 > ... > t_S = 0; S = num_steps (None: T, the
   full chain; else evenly spaced skips)."""
   steps = num_timesteps if num_steps is None else num_steps
@@ -299,8 +304,8 @@ def predict_x0(model: VQDiffusion, params, x_t, t, cond,
     codes = apply(x_t, times, cond)[..., :-1]
   codes = jax.nn.log_softmax(codes / max(temperature, 1e-6), axis=-1)
   codes = truncate(codes, truncation)
-  return jnp.concatenate([codes, jnp.full(codes.shape[:-1] + (1,),
-                                          dd.LOG_ZERO)], axis=-1)
+  return jnp.concatenate(
+      [codes, jnp.full(codes.shape[:-1] + (1,), dd.LOG_ZERO)], axis=-1)
 
 
 def sample(model: VQDiffusion, params, rng: jax.Array, batch_size: int,
@@ -321,8 +326,8 @@ def sample(model: VQDiffusion, params, rng: jax.Array, batch_size: int,
 
   def body(x, step):
     i, (t, u) = step
-    log_p_x0 = predict_x0(model, params, x.reshape((batch_size,) +
-                                                   tuple(model.token_shape)),
+    log_p_x0 = predict_x0(model, params,
+                          x.reshape((batch_size,) + tuple(model.token_shape)),
                           t, cond, guidance_scale, temperature, truncation)
     log_probs = dd.reverse_step_log_probs(log_p_x0, x, schedule, t, u)
     return dd.sample_states(jax.random.fold_in(rng, i), log_probs), None
@@ -337,22 +342,22 @@ def sample(model: VQDiffusion, params, rng: jax.Array, batch_size: int,
 def default_config() -> ml_collections.ConfigDict:
   """A tiny VQ-Diffusion for CPU tests; configs/vq_diffusion/ has the paper's."""
   config = ml_collections.ConfigDict()
-  config.vocab_size = 64            # K codes of the tokenizer.
-  config.token_shape = (4, 4)       # Tokens per example (paper: (32, 32)).
-  config.num_timesteps = 100        # T (paper: 100).
-  config.abar_1 = 0.99999           # Cumulative stay probability at t = 1 ...
-  config.abar_T = 0.000009          # ... and at t = T (linear in between).
-  config.gbar_1 = 0.000009          # Cumulative mask probability at t = 1 ...
-  config.gbar_T = 0.99999           # ... and at t = T (paper text: 0.9).
-  config.width = 32                 # Transformer width (paper: 1024).
-  config.num_layers = 2             # Blocks (paper: 19).
-  config.num_heads = 2              # Heads (paper: 16).
-  config.mlp_dim = 64               # MLP width (paper: 4096).
+  config.vocab_size = 64  # K codes of the tokenizer.
+  config.token_shape = (4, 4)  # Tokens per example (paper: (32, 32)).
+  config.num_timesteps = 100  # T (paper: 100).
+  config.abar_1 = 0.99999  # Cumulative stay probability at t = 1 ...
+  config.abar_T = 0.000009  # ... and at t = T (linear in between).
+  config.gbar_1 = 0.000009  # Cumulative mask probability at t = 1 ...
+  config.gbar_T = 0.99999  # ... and at t = T (paper text: 0.9).
+  config.width = 32  # Transformer width (paper: 1024).
+  config.num_layers = 2  # Blocks (paper: 19).
+  config.num_heads = 2  # Heads (paper: 16).
+  config.mlp_dim = 64  # MLP width (paper: 4096).
   config.dropout_rate = 0.0
-  config.condition = 'none'         # 'none' | 'class' | 'text'.
-  config.num_classes = 10           # 'class': classes (+1 null class).
-  config.text_encoder = 'frozen'    # 'frozen' (MiniLM states) | 'bytes'.
-  config.cond_dim = 384             # Width of the frozen text states.
+  config.condition = 'none'  # 'none' | 'class' | 'text'.
+  config.num_classes = 10  # 'class': classes (+1 null class).
+  config.text_encoder = 'frozen'  # 'frozen' (MiniLM states) | 'bytes'.
+  config.cond_dim = 384  # Width of the frozen text states.
   return config
 
 
@@ -366,21 +371,22 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
     raise ConfigError(f'{prefix}.text_encoder',
                       f'{config.text_encoder!r} not in {TEXT_ENCODERS}')
   if config.width % config.num_heads:
-    raise ConfigError(f'{prefix}.num_heads', f'{config.num_heads} does not '
-                      f'divide width {config.width}')
+    raise ConfigError(
+        f'{prefix}.num_heads', f'{config.num_heads} does not '
+        f'divide width {config.width}')
   values = (config.abar_1, config.abar_T, config.gbar_1, config.gbar_T)
   try:
     dd.make_schedule(config.vocab_size, config.num_timesteps, *values)
   except ValueError as e:
     raise ConfigError(f'{prefix}.abar_1', str(e)) from e
-  return VQDiffusion(
-      vocab_size=config.vocab_size, token_shape=tuple(config.token_shape),
-      num_timesteps=config.num_timesteps, width=config.width,
-      num_layers=config.num_layers, num_heads=config.num_heads,
-      mlp_dim=config.mlp_dim, dropout_rate=config.dropout_rate,
-      condition=config.condition, num_classes=config.num_classes,
-      text_encoder=config.text_encoder, cond_dim=config.cond_dim,
-      schedule_values=values, dtype=jnp.dtype(dtype))
+  return VQDiffusion(vocab_size=config.vocab_size,
+                     token_shape=tuple(config.token_shape),
+                     num_timesteps=config.num_timesteps, width=config.width,
+                     num_layers=config.num_layers, num_heads=config.num_heads,
+                     mlp_dim=config.mlp_dim, dropout_rate=config.dropout_rate,
+                     condition=config.condition, num_classes=config.num_classes,
+                     text_encoder=config.text_encoder, cond_dim=config.cond_dim,
+                     schedule_values=values, dtype=jnp.dtype(dtype))
 
 
 # ------------------------------------------------------------ Generator API.
@@ -419,10 +425,9 @@ def _init_loss_state(model: VQDiffusion) -> dict[str, jax.Array]:
   return init_loss_state(model.num_timesteps)
 
 
-def _loss(model: VQDiffusion, params, tokens: jax.Array, cond,
-          rng: jax.Array, *, settings: ml_collections.ConfigDict,
-          train: bool, example_weights: jax.Array | None = None,
-          loss_state=None):
+def _loss(model: VQDiffusion, params, tokens: jax.Array, cond, rng: jax.Array,
+          *, settings: ml_collections.ConfigDict, train: bool,
+          example_weights: jax.Array | None = None, loss_state=None):
   """`diffusion_loss`; eval: no condition dropout, uniform times and the
   loss history unchanged. metrics['accuracy'] is the x_0 accuracy."""
   loss, metrics, new_state = diffusion_loss(
@@ -434,8 +439,8 @@ def _loss(model: VQDiffusion, params, tokens: jax.Array, cond,
   return loss, metrics, new_state if train else loss_state
 
 
-def _sample(model: VQDiffusion, params, rng: jax.Array, batch_size: int,
-            cond, *, settings: ml_collections.ConfigDict,
+def _sample(model: VQDiffusion, params, rng: jax.Array, batch_size: int, cond,
+            *, settings: ml_collections.ConfigDict,
             loss_settings: ml_collections.ConfigDict) -> jax.Array:
   """`sample` with the settings: w = settings.guidance_scale is MaskGIT's
   (s = 1 + w, so w = 0 is conditional sampling); diffusion_steps 0 walks

@@ -38,8 +38,8 @@ def weights_on_grid(weights: jax.Array, height: int, width: int) -> jax.Array:
     if h % height or w % width:
       raise ValueError(f'pcl: feature grid {height}x{width} does not tile the '
                        f'token grid {h}x{w}')
-    return weights.reshape(b, height, h // height, width, w // width).mean(
-        axis=(2, 4))
+    return weights.reshape(b, height, h // height, width,
+                           w // width).mean(axis=(2, 4))
   rows = (jnp.arange(height) * h) // height
   cols = (jnp.arange(width) * w) // width
   return weights[:, rows][:, :, cols]
@@ -86,10 +86,12 @@ def layer_pcl(real: jax.Array, rec: jax.Array, weights: jax.Array, *,
   return jnp.mean(jnp.logaddexp(positive, negative) - positive)
 
 
-def probabilistic_contrastive_loss(
-    real_features: dict[str, jax.Array], rec_features: dict[str, jax.Array],
-    token_weights: jax.Array, rng: jax.Array, *, temperature: float = 0.07,
-    num_patches: int = 256, epsilon: float = 1e-6) -> jax.Array:
+def probabilistic_contrastive_loss(real_features: dict[str, jax.Array],
+                                   rec_features: dict[str, jax.Array],
+                                   token_weights: jax.Array, rng: jax.Array, *,
+                                   temperature: float = 0.07,
+                                   num_patches: int = 256,
+                                   epsilon: float = 1e-6) -> jax.Array:
   """L_pcl averaged over feature layers.
 
   Args:
@@ -111,9 +113,11 @@ def probabilistic_contrastive_loss(
       continue
     weights = weights_on_grid(token_weights, height, width).reshape(b, -1)
     idx = sample_patch_indices(layer_rng, height * width, num_patches)
-    losses.append(layer_pcl(
-        real.reshape(b, -1, channels)[:, idx], rec.reshape(b, -1, channels)[:, idx],
-        weights[:, idx], temperature=temperature, epsilon=epsilon))
+    losses.append(
+        layer_pcl(
+            real.reshape(b, -1, channels)[:, idx],
+            rec.reshape(b, -1, channels)[:, idx], weights[:, idx],
+            temperature=temperature, epsilon=epsilon))
   if not losses:
     raise ValueError('pcl: every feature layer has a single position; the '
                      'images are too small for a contrastive loss')

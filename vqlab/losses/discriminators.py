@@ -61,8 +61,8 @@ class PatchGAN(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: [B, H, W, C] -> logits [B, H', W', 1] (float32)."""
     _check_images('PatchGAN', x)
-    conv = lambda f, s, h: nn.Conv(f, (4, 4), strides=(s, s),
-                                   padding=((1, 1), (1, 1)), dtype=self.dtype)(h)
+    conv = lambda f, s, h: nn.Conv(f, (4, 4), strides=(s, s), padding=(
+        (1, 1), (1, 1)), dtype=self.dtype)(h)
     h = nn.leaky_relu(conv(self.base_features, 2, x.astype(self.dtype)), 0.2)
     for layer in range(1, self.num_layers + 1):
       features = self.base_features * min(2**layer, 8)
@@ -99,11 +99,11 @@ class BlurResBlock(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     window = (3,) * (x.ndim - 2)
     point = (1,) * (x.ndim - 2)
-    h = nn.leaky_relu(nn.Conv(x.shape[-1], window, dtype=self.dtype,
-                              name='conv1')(x), 0.2)
+    h = nn.leaky_relu(
+        nn.Conv(x.shape[-1], window, dtype=self.dtype, name='conv1')(x), 0.2)
     h = _blur_down(h)
-    h = nn.leaky_relu(nn.Conv(self.features, window, dtype=self.dtype,
-                              name='conv2')(h), 0.2)
+    h = nn.leaky_relu(
+        nn.Conv(self.features, window, dtype=self.dtype, name='conv2')(h), 0.2)
     skip = nn.Conv(self.features, point, use_bias=False, dtype=self.dtype,
                    name='skip')(_blur_down(x))
     return (h + skip) / math.sqrt(2.0)
@@ -135,36 +135,38 @@ class StyleGANDiscriminator(nn.Module):
       raise ValueError(f'StyleGANDiscriminator: image size {(height, width)} '
                        f'is not divisible by 2^{len(self.channel_multipliers)}')
     window = (3,) * (x.ndim - 2)
-    h = nn.leaky_relu(nn.Conv(self.base_features, window, dtype=self.dtype,
-                              name='stem')(x.astype(self.dtype)), 0.2)
+    h = nn.leaky_relu(
+        nn.Conv(self.base_features, window, dtype=self.dtype,
+                name='stem')(x.astype(self.dtype)), 0.2)
     for level, mult in enumerate(self.channel_multipliers):
       h = BlurResBlock(self.base_features * mult, dtype=self.dtype,
                        name=f'down_{level}')(h)
-    h = nn.leaky_relu(nn.Conv(h.shape[-1], window, dtype=self.dtype,
-                              name='head_conv')(h), 0.2)
+    h = nn.leaky_relu(
+        nn.Conv(h.shape[-1], window, dtype=self.dtype, name='head_conv')(h),
+        0.2)
     if h.ndim == 5:
       # Average over time, so one discriminator scores clips of any length
       # (and images as 1-frame videos, for joint image-video training).
       h = jnp.mean(h, axis=1)
     width = h.shape[-1]
     h = h.reshape((h.shape[0], -1))
-    h = nn.leaky_relu(nn.Dense(width, dtype=self.dtype, name='head_dense')(h),
-                      0.2)
+    h = nn.leaky_relu(
+        nn.Dense(width, dtype=self.dtype, name='head_dense')(h), 0.2)
     return nn.Dense(1, dtype=self.dtype, name='logit')(h).astype(jnp.float32)
 
 
 # ------------------------------------------------------------- registry ---
 def _patchgan_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.base_features = 64   # Channels of the first conv (ndf).
-  config.num_layers = 3       # Stride-2 convs (3: 70x70 receptive field).
-  config.use_norm = True      # Batch-statistics norm in inner layers.
+  config.base_features = 64  # Channels of the first conv (ndf).
+  config.num_layers = 3  # Stride-2 convs (3: 70x70 receptive field).
+  config.use_norm = True  # Batch-statistics norm in inner layers.
   return config
 
 
 def _stylegan_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.base_features = 64   # Channels of the stem conv.
+  config.base_features = 64  # Channels of the stem conv.
   # One blur-pooled residual down block per entry (256^2 -> 8^2 with five).
   config.channel_multipliers = (2, 4, 4, 4, 4)
   return config
@@ -181,8 +183,9 @@ def _build_patchgan(config, dtype=jnp.float32,
 
 def _build_stylegan(config, dtype=jnp.float32,
                     prefix: str = 'discriminator') -> StyleGANDiscriminator:
-  config_schema.require(len(config.channel_multipliers) >= 1,
-                        f'{prefix}.channel_multipliers', 'must not be empty')
+  config_schema.require(
+      len(config.channel_multipliers) >= 1, f'{prefix}.channel_multipliers',
+      'must not be empty')
   return StyleGANDiscriminator(
       base_features=config.base_features,
       channel_multipliers=tuple(config.channel_multipliers), dtype=dtype)

@@ -31,8 +31,8 @@ D_LOSSES = {'hinge': hinge_d_loss, 'non_saturating': non_saturating_d_loss}
 G_LOSSES = {'hinge': hinge_g_loss, 'non_saturating': non_saturating_g_loss}
 
 
-def adaptive_weight(rec_grad: jax.Array, gan_grad: jax.Array, *,
-                    delta: float, max_weight: float = 1e4) -> jax.Array:
+def adaptive_weight(rec_grad: jax.Array, gan_grad: jax.Array, *, delta: float,
+                    max_weight: float = 1e4) -> jax.Array:
   """lambda = ||grad L_rec|| / (||grad L_G|| + delta), clipped to [0, max].
 
   Args:
@@ -71,11 +71,14 @@ def lecam_regularizer(logits_real: jax.Array, logits_fake: jax.Array,
 
 
 def lecam_ema_update(ema: dict[str, jax.Array], logits_real: jax.Array,
-                     logits_fake: jax.Array, decay: float) -> dict[str, jax.Array]:
+                     logits_fake: jax.Array,
+                     decay: float) -> dict[str, jax.Array]:
   """{'real', 'fake'} EMAs of the mean D outputs, moved one step."""
   mean = lambda v: jax.lax.stop_gradient(jnp.mean(v.astype(jnp.float32)))
-  return {'real': decay * ema['real'] + (1 - decay) * mean(logits_real),
-          'fake': decay * ema['fake'] + (1 - decay) * mean(logits_fake)}
+  return {
+      'real': decay * ema['real'] + (1 - decay) * mean(logits_real),
+      'fake': decay * ema['fake'] + (1 - decay) * mean(logits_fake)
+  }
 
 
 def r1_penalty(discriminator_fn, images: jax.Array) -> jax.Array:

@@ -25,8 +25,9 @@ class SpatialSelfAttention(nn.Module):
     """x: [B, H, W, C] -> [B, H, W, C]."""
     batch, height, width, channels = x.shape
     h = group_norm(self.num_groups, self.dtype, 'norm')(x)
-    q, k, v = (nn.Dense(channels, dtype=self.dtype, name=n)(h).reshape(
-        batch, height * width, channels) for n in ('query', 'key', 'value'))
+    q, k, v = (nn.Dense(channels, dtype=self.dtype,
+                        name=n)(h).reshape(batch, height * width, channels)
+               for n in ('query', 'key', 'value'))
     h = nn.dot_product_attention(q[:, :, None], k[:, :, None], v[:, :, None])
     h = h.reshape(batch, height, width, channels)
     return x + nn.Dense(channels, dtype=self.dtype, name='out')(h)
@@ -42,7 +43,7 @@ def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   (query may see key). Returns [B, L, H, D].
   """
   scores = jnp.einsum('bqhd,bkhd->bhqk', q, k, precision=precision)
-  scores = scores.astype(jnp.float32) * np.float32(q.shape[-1] ** -0.5)
+  scores = scores.astype(jnp.float32) * np.float32(q.shape[-1]**-0.5)
   scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
   return jnp.einsum('bhqk,bkhd->bqhd', probs, v, precision=precision)

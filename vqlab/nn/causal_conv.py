@@ -71,13 +71,13 @@ class CausalConv3D(nn.Module):
     s_t, s_h, s_w = self.strides
     kernel = self.param('kernel', nn.initializers.lecun_normal(),
                         (k_t, k_h, k_w, x.shape[-1], self.features))
-    bias = (self.param('bias', nn.initializers.zeros, (self.features,))
-            if self.use_bias else None)
+    bias = (self.param('bias', nn.initializers.zeros,
+                       (self.features,)) if self.use_bias else None)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     x = jnp.pad(x, ((0, 0), (k_t - 1, 0), (0, 0), (0, 0), (0, 0)), mode='edge')
     if self.spatial_padding == 'same':
-      spatial = (same_padding(x.shape[2], k_h, s_h),
-                 same_padding(x.shape[3], k_w, s_w))
+      spatial = (same_padding(x.shape[2], k_h,
+                              s_h), same_padding(x.shape[3], k_w, s_w))
     elif self.spatial_padding == 'symmetric':
       spatial = ((k_h // 2, k_h // 2), (k_w // 2, k_w // 2))
     else:

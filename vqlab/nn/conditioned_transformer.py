@@ -54,8 +54,8 @@ class ConditionedBlock(nn.Module):
     """x [B, N, D], emb [B, E], context [B, L, C], context_mask bool [B, L]."""
     drop = lambda h: nn.Dropout(self.dropout_rate)(h, deterministic=not train)
     attention = lambda name: nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, dtype=self.dtype,
-        dropout_rate=self.dropout_rate, deterministic=not train, name=name)
+        num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.
+        dropout_rate, deterministic=not train, name=name)
     h = AdaLayerNorm(self.dtype, name='norm_self')(x, emb)
     x = x + drop(attention('self_attention')(h, h))
     if context is not None:
@@ -64,5 +64,6 @@ class ConditionedBlock(nn.Module):
       h = AdaLayerNorm(self.dtype, name='norm_cross')(x, emb)
       x = x + drop(attention('cross_attention')(h, context, mask=mask))
     h = AdaLayerNorm(self.dtype, name='norm_mlp')(x, emb)
-    return x + drop(MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype,
-                             name='mlp')(h, train=train))
+    return x + drop(
+        MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, name='mlp')(
+            h, train=train))

@@ -55,8 +55,8 @@ def space_to_depth(x: jax.Array, spatial: int = 2,
   if t % temporal or h % spatial or w % spatial:
     raise ValueError(f'space_to_depth: (T, H, W) = {(t, h, w)} not divisible '
                      f'by ({temporal}, {spatial}, {spatial})')
-  x = x.reshape(b, t // temporal, temporal, h // spatial, spatial,
-                w // spatial, spatial, c)
+  x = x.reshape(b, t // temporal, temporal, h // spatial, spatial, w // spatial,
+                spatial, c)
   x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)
   return x.reshape(b, t // temporal, h // spatial, w // spatial,
                    c * temporal * spatial * spatial)

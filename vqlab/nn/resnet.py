@@ -14,7 +14,8 @@ from vqlab.nn.causal_conv import CausalConv3D
 FRAME_AXES = (-3, -2, -1)
 
 
-def group_norm(num_groups: int, dtype: Any, name: str | None = None) -> nn.GroupNorm:
+def group_norm(num_groups: int, dtype: Any,
+               name: str | None = None) -> nn.GroupNorm:
   """GroupNorm with taming's epsilon (1e-6); statistics in float32."""
   return nn.GroupNorm(num_groups=num_groups, epsilon=1e-6, dtype=dtype,
                       name=name)

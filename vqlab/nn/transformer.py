@@ -27,8 +27,9 @@ class MlpBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    h = nn.gelu(nn.Dense(self.mlp_dim, dtype=self.dtype, name='fc1')(x),
-                approximate=not self.exact_gelu)
+    h = nn.gelu(
+        nn.Dense(self.mlp_dim, dtype=self.dtype, name='fc1')(x),
+        approximate=not self.exact_gelu)
     h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
     return nn.Dense(x.shape[-1], dtype=self.dtype, name='fc2')(h)
 
@@ -58,17 +59,17 @@ class TransformerBlock(nn.Module):
                train: bool = False) -> jax.Array:
     """x: [B, L, D]; mask: broadcastable to [B, heads, L, L_kv], True where
     attention is allowed (None: all). Returns [B, L, D]."""
-    h = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
-                     name='norm1')(x)
-    h = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, dtype=self.dtype,
-        dropout_rate=self.dropout_rate, decode=self.decode,
-        deterministic=not train, name='attention')(h, h, mask=mask)
+    h = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype, name='norm1')(x)
+    h = nn.MultiHeadDotProductAttention(num_heads=self.num_heads,
+                                        dtype=self.dtype,
+                                        dropout_rate=self.dropout_rate,
+                                        decode=self.decode,
+                                        deterministic=not train,
+                                        name='attention')(h, h, mask=mask)
     x = x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
-    h = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
-                     name='norm2')(x)
-    h = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype,
-                 self.exact_gelu, name='mlp')(h, train=train)
+    h = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype, name='norm2')(x)
+    h = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, self.exact_gelu,
+                 name='mlp')(h, train=train)
     return x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
 
 
@@ -94,8 +95,8 @@ class Transformer(nn.Module):
     for layer in range(self.num_layers):
       x = TransformerBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
                            self.decode, self.dtype, self.layer_norm_epsilon,
-                           self.exact_gelu, name=f'block_{layer}')(
-                               x, mask, train=train)
+                           self.exact_gelu, name=f'block_{layer}')(x, mask,
+                                                                   train=train)
     return nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
                         name='final_norm')(x)
 

@@ -18,8 +18,10 @@ def conv_names(depth: int) -> list[str]:
   """The convolutions in order: ['conv1_1', 'conv1_2', 'conv2_1', ...]."""
   if depth not in BLOCKS:
     raise ValueError(f'VGG depth must be one of {sorted(BLOCKS)}, got {depth}')
-  return [f'conv{b + 1}_{k + 1}'
-          for b, n in enumerate(BLOCKS[depth]) for k in range(n)]
+  return [
+      f'conv{b + 1}_{k + 1}' for b, n in enumerate(BLOCKS[depth])
+      for k in range(n)
+  ]
 
 
 def torchvision_indices(depth: int) -> dict[str, int]:
@@ -54,8 +56,9 @@ class VGG(nn.Module):
   def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
     """x: [B, H, W, 3] -> {name: [B, H / 2^(block-1), W / 2^(block-1), C]}."""
     wanted = set(self.outputs)
-    unknown = wanted - {n.replace('conv', 'relu') for n in
-                        conv_names(self.depth)}
+    unknown = wanted - {
+        n.replace('conv', 'relu') for n in conv_names(self.depth)
+    }
     if unknown:
       raise ValueError(f'VGG{self.depth} has no layers {sorted(unknown)}')
     found = {}

@@ -40,7 +40,7 @@ def patchify(x: jax.Array, patch_size: int) -> jax.Array:
   p = patch_size
   x = x.reshape(b, height // p, p, width // p, p, c)
   return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, height // p, width // p,
-                                                p * p * c)
+                                               p * p * c)
 
 
 def unpatchify(patches: jax.Array, patch_size: int, channels: int) -> jax.Array:

@@ -41,5 +41,7 @@ build = REGISTRY.build
 build_validated = REGISTRY.build_validated
 validate = REGISTRY.validate
 
-__all__ = ['QuantizerOutput', 'names', 'default_config', 'build',
-           'build_validated', 'validate']
+__all__ = [
+    'QuantizerOutput', 'names', 'default_config', 'build', 'build_validated',
+    'validate'
+]

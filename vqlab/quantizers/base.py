@@ -49,8 +49,9 @@ def usage_and_perplexity(counts: jax.Array) -> dict[str, jax.Array]:
     perplexity: exp(H(p)) with p = counts / sum(counts), in [1, K].
   """
   probs = counts / jnp.maximum(counts.sum(), 1.0)
-  entropy = -jnp.sum(jnp.where(probs > 0, probs * jnp.log(
-      jnp.where(probs > 0, probs, 1.0)), 0.0))
+  entropy = -jnp.sum(
+      jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)),
+                0.0))
   return {'usage': jnp.mean(counts > 0), 'perplexity': jnp.exp(entropy)}
 
 
@@ -133,7 +134,8 @@ def anneal(step: jax.Array, start: float, end: float, num_steps: int,
     return start + (end - start) * t
   if kind == 'exponential':
     return start * (end / start)**t
-  raise ValueError(f"anneal: kind must be 'linear' or 'exponential', got {kind!r}")
+  raise ValueError(
+      f"anneal: kind must be 'linear' or 'exponential', got {kind!r}")
 
 
 def gumbel_noise(key: jax.Array, shape) -> jax.Array:

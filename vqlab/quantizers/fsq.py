@@ -48,8 +48,8 @@ def bound(z: jax.Array, levels: Sequence[int]) -> jax.Array:
   half_l = (lv - 1) * (1 - _EPS) / 2
   offset = np.where(lv % 2 == 0, 0.5, 0.0)
   shift = np.arctanh(offset / half_l)
-  return (jnp.tanh(z + shift.astype(np.float32)) * half_l.astype(np.float32)
-          - offset.astype(np.float32))
+  return (jnp.tanh(z + shift.astype(np.float32)) * half_l.astype(np.float32) -
+          offset.astype(np.float32))
 
 
 def round_ste(x: jax.Array) -> jax.Array:
@@ -65,7 +65,8 @@ def quantize(z: jax.Array, levels: Sequence[int]) -> jax.Array:
 
 def radix_basis(levels: Sequence[int]) -> np.ndarray:
   """prod_{j<i} L_j for each channel i: int [d]."""
-  return np.concatenate([[1], np.cumprod(_levels(levels))[:-1]]).astype(np.int64)
+  return np.concatenate([[1],
+                         np.cumprod(_levels(levels))[:-1]]).astype(np.int64)
 
 
 def codes_to_indices(codes: jax.Array, levels: Sequence[int]) -> jax.Array:
@@ -81,9 +82,8 @@ def indices_to_codes(indices: jax.Array, levels: Sequence[int]) -> jax.Array:
   """Inverse of codes_to_indices: int [...] -> float32 [..., d]."""
   lv = _levels(levels)
   half_width = (lv // 2).astype(np.float32)
-  digits = (indices[..., None].astype(jnp.int32) //
-            jnp.asarray(radix_basis(levels), jnp.int32)) % jnp.asarray(
-                lv, jnp.int32)
+  digits = (indices[..., None].astype(jnp.int32) // jnp.asarray(
+      radix_basis(levels), jnp.int32)) % jnp.asarray(lv, jnp.int32)
   return (digits.astype(jnp.float32) - half_width) / half_width
 
 
@@ -99,15 +99,16 @@ class FiniteScalarQuantizer(nn.Module):
   def __post_init__(self):
     super().__post_init__()
     who = 'FiniteScalarQuantizer'
-    if not self.levels or any(int(level) != level or level < 3
-                              for level in self.levels):
+    if not self.levels or any(
+        int(level) != level or level < 3 for level in self.levels):
       raise base.FieldError(
           who, 'levels', 'must be integers >= 3 (L = 2 has no zero code: use '
           f'lfq for bits), got {tuple(self.levels)}')
     if math.prod(self.levels) > 2**31 - 1:
-      raise base.FieldError(who, 'levels', f'have the product '
-                            f'{math.prod(self.levels)}, which does not fit '
-                            'int32 indices')
+      raise base.FieldError(
+          who, 'levels', f'have the product '
+          f'{math.prod(self.levels)}, which does not fit '
+          'int32 indices')
 
   @property
   def codebook_size(self) -> int:
@@ -119,17 +120,17 @@ class FiniteScalarQuantizer(nn.Module):
     """Channels of z: one per level."""
     return len(self.levels)
 
-  def __call__(self, z: jax.Array, *, train: bool = False) -> base.QuantizerOutput:
+  def __call__(self, z: jax.Array, *,
+               train: bool = False) -> base.QuantizerOutput:
     """Quantizes z: [..., len(levels)]; see the module docstring."""
     del train  # Same computation in training and inference.
     base.check_latents(z, self.code_dim, 'FiniteScalarQuantizer')
     codes = quantize(z, self.levels)
     indices = codes_to_indices(codes, self.levels)
     return base.QuantizerOutput(
-        quantized=codes.astype(z.dtype), indices=indices,
-        loss=jnp.zeros((), jnp.float32),
-        metrics=base.usage_and_perplexity(
-            base.code_histogram(indices, self.codebook_size)))
+        quantized=codes.astype(z.dtype), indices=indices, loss=jnp.zeros(
+            (), jnp.float32), metrics=base.usage_and_perplexity(
+                base.code_histogram(indices, self.codebook_size)))
 
   def indices_to_codes(self, indices: jax.Array) -> jax.Array:
     """Codes for int indices [...] -> float32 [..., d] (what `quantized` holds)."""
@@ -140,13 +141,13 @@ class FiniteScalarQuantizer(nn.Module):
 def default_config() -> ml_collections.ConfigDict:
   """FSQ with the paper's 2^10-ish setting [8, 5, 5, 5] (1000 codes)."""
   config = ml_collections.ConfigDict()
-  config.levels = (8, 5, 5, 5)  # L_i per channel (>= 3); K = prod, code_dim = len.
+  config.levels = (8, 5, 5, 5
+                  )  # L_i per channel (>= 3); K = prod, code_dim = len.
   return config
 
 
 def build(config: ml_collections.ConfigDict, *,
           prefix: str = 'quantizer') -> FiniteScalarQuantizer:
   """Builds a FiniteScalarQuantizer from a validated config at `prefix`."""
-  return base.build_module(
-      FiniteScalarQuantizer, prefix,
-      levels=tuple(int(level) for level in config.levels))
+  return base.build_module(FiniteScalarQuantizer, prefix,
+                           levels=tuple(int(level) for level in config.levels))

@@ -76,8 +76,9 @@ class GumbelQuantizer(nn.Module):
                  'temperature_final'):
       base.check_positive(getattr(self, name), name, who)
     if self.temperature_anneal_steps < 0:
-      raise base.FieldError(who, 'temperature_anneal_steps', 'must be >= 0, '
-                            f'got {self.temperature_anneal_steps}')
+      raise base.FieldError(
+          who, 'temperature_anneal_steps', 'must be >= 0, '
+          f'got {self.temperature_anneal_steps}')
 
   @property
   def code_dim(self) -> int:
@@ -95,7 +96,8 @@ class GumbelQuantizer(nn.Module):
     return base.anneal(step, self.temperature, self.temperature_final,
                        self.temperature_anneal_steps, 'exponential')
 
-  def __call__(self, z: jax.Array, *, train: bool = False) -> base.QuantizerOutput:
+  def __call__(self, z: jax.Array, *,
+               train: bool = False) -> base.QuantizerOutput:
     """Quantizes z: [..., d]; in training samples codes (rng 'quantizer')."""
     base.check_latents(z, self.embedding_dim, 'GumbelQuantizer')
     step = base.advance_step_counter(self, self.step, train)
@@ -112,10 +114,12 @@ class GumbelQuantizer(nn.Module):
     counts = base.code_histogram(indices, self.codebook_size)
     return base.QuantizerOutput(
         quantized=quantized.reshape(z.shape).astype(z.dtype),
-        indices=indices.reshape(z.shape[:-1]),
-        loss=self.kl_weight * kl,
-        metrics={'kl': kl, 'temperature': tau,
-                 **base.usage_and_perplexity(counts)})
+        indices=indices.reshape(z.shape[:-1]), loss=self.kl_weight * kl,
+        metrics={
+            'kl': kl,
+            'temperature': tau,
+            **base.usage_and_perplexity(counts)
+        })
 
   def indices_to_codes(self, indices: jax.Array) -> jax.Array:
     """Codes for int indices [...] -> [..., d] (rows of E)."""
@@ -126,12 +130,12 @@ class GumbelQuantizer(nn.Module):
 def default_config() -> ml_collections.ConfigDict:
   """Gumbel VQ with DALL-E's temperature annealing, CPU-sized."""
   config = ml_collections.ConfigDict()
-  config.codebook_size = 512          # K: number of codes.
-  config.embedding_dim = 16           # d: dimension of z and of each code.
-  config.temperature = 1.0            # Gumbel-softmax tau at step 0.
+  config.codebook_size = 512  # K: number of codes.
+  config.embedding_dim = 16  # d: dimension of z and of each code.
+  config.temperature = 1.0  # Gumbel-softmax tau at step 0.
   config.temperature_final = 1.0 / 16  # tau after annealing (DALL-E: 1/16).
   config.temperature_anneal_steps = 1000  # Geometric decay steps; 0: constant.
-  config.kl_weight = 5e-4             # Weight of KL(mean q || uniform) (taming).
+  config.kl_weight = 5e-4  # Weight of KL(mean q || uniform) (taming).
   return config
 
 
@@ -139,9 +143,8 @@ def build(config: ml_collections.ConfigDict, *,
           prefix: str = 'quantizer') -> GumbelQuantizer:
   """Builds a GumbelQuantizer from a validated config at `prefix`."""
   return base.build_module(
-      GumbelQuantizer, prefix,
-      codebook_size=config.codebook_size, embedding_dim=config.embedding_dim,
-      temperature=config.temperature,
+      GumbelQuantizer, prefix, codebook_size=config.codebook_size,
+      embedding_dim=config.embedding_dim, temperature=config.temperature,
       temperature_final=config.temperature_final,
       temperature_anneal_steps=config.temperature_anneal_steps,
       kl_weight=config.kl_weight)

@@ -81,11 +81,12 @@ def split_factors(indices: jax.Array, factor_bits: Sequence[int]) -> jax.Array:
   """Full index [...] -> factor indices int32 [..., len(factor_bits)]."""
   offsets = jnp.asarray(_offsets(factor_bits))
   masks = jnp.asarray([(1 << f) - 1 for f in factor_bits], jnp.int32)
-  return (jnp.right_shift(indices[..., None].astype(jnp.int32), offsets)
-          & masks).astype(jnp.int32)
+  return (jnp.right_shift(indices[..., None].astype(jnp.int32), offsets) &
+          masks).astype(jnp.int32)
 
 
-def combine_factors(factors: jax.Array, factor_bits: Sequence[int]) -> jax.Array:
+def combine_factors(factors: jax.Array,
+                    factor_bits: Sequence[int]) -> jax.Array:
   """Factor indices [..., F] -> full index int32 [...]: sum_f x_f 2^(o_f)."""
   offsets = jnp.asarray(_offsets(factor_bits))
   return jnp.sum(jnp.left_shift(factors.astype(jnp.int32), offsets),
@@ -115,7 +116,8 @@ def code_table(num_bits: int) -> jax.Array:
 
 def _distributions_over_codes(z: jax.Array, temperature: float) -> jax.Array:
   """softmax_c(2 <z, c> / tau) over the 2^n codes c: [M, n] -> [M, 2^n]."""
-  logits = jnp.matmul(2.0 * z, code_table(z.shape[-1]).T,
+  logits = jnp.matmul(2.0 * z,
+                      code_table(z.shape[-1]).T,
                       precision=jax.lax.Precision.HIGHEST) / temperature
   return jax.nn.softmax(logits, axis=-1)
 
@@ -125,8 +127,8 @@ def _entropy(probs: jax.Array) -> jax.Array:
   return -jnp.sum(probs * base.safe_log(probs))
 
 
-def batch_entropy(z: jax.Array, temperature: float, groups: int = 1
-                  ) -> jax.Array:
+def batch_entropy(z: jax.Array, temperature: float,
+                  groups: int = 1) -> jax.Array:
   """H[mean_m p(z_m)] over all 2^b codes (groups == 1), or the sum over
   `groups` bit groups of their marginals' entropies (an upper bound).
 
@@ -193,8 +195,9 @@ class LookupFreeQuantizer(nn.Module):
           who, 'factor_bits', f'{tuple(self.factor_bits)} must be positive '
           f'and sum to log2(codebook_size) = {b}')
     if not 1 <= self.entropy_groups <= b:
-      raise base.FieldError(who, 'entropy_groups', f'must be in [1, {b}], '
-                            f'got {self.entropy_groups}')
+      raise base.FieldError(
+          who, 'entropy_groups', f'must be in [1, {b}], '
+          f'got {self.entropy_groups}')
     base.check_positive(self.entropy_temperature, 'entropy_temperature', who)
     if self.entropy_anneal_steps < 0:
       raise base.FieldError(who, 'entropy_anneal_steps', 'must be >= 0, got '
@@ -231,7 +234,8 @@ class LookupFreeQuantizer(nn.Module):
                        self.entropy_anneal_steps, 'linear')
 
   @nn.compact
-  def __call__(self, z: jax.Array, *, train: bool = False) -> base.QuantizerOutput:
+  def __call__(self, z: jax.Array, *,
+               train: bool = False) -> base.QuantizerOutput:
     """Quantizes z: [..., b]; see the module docstring."""
     base.check_latents(z, self.num_bits, 'LookupFreeQuantizer')
     if self.entropy_anneal_steps > 0:
@@ -244,15 +248,25 @@ class LookupFreeQuantizer(nn.Module):
     indices = bits_to_indices(h)
     commitment = jnp.mean((h - jax.lax.stop_gradient(codes))**2)
     flat = h.reshape(-1, self.num_bits)
-    sample_entropy = jnp.mean(per_sample_entropy(flat, self.entropy_temperature))
+    sample_entropy = jnp.mean(per_sample_entropy(flat,
+                                                 self.entropy_temperature))
     codebook_entropy = batch_entropy(flat, self.entropy_temperature,
                                      self.entropy_groups)
     entropy_loss = sample_entropy - codebook_entropy
-    metrics = {'commitment_loss': commitment, 'entropy_loss': entropy_loss,
-               'per_sample_entropy': sample_entropy,
-               'batch_entropy': codebook_entropy, 'entropy_weight': weight,
-               **base.usage_and_perplexity(
-                   base.code_histogram(indices, self.codebook_size))}
+    metrics = {
+        'commitment_loss':
+            commitment,
+        'entropy_loss':
+            entropy_loss,
+        'per_sample_entropy':
+            sample_entropy,
+        'batch_entropy':
+            codebook_entropy,
+        'entropy_weight':
+            weight,
+        **base.usage_and_perplexity(
+            base.code_histogram(indices, self.codebook_size))
+    }
     if self.factor_bits:
       factors = split_factors(indices, self.factor_bits)
       for f, bits in enumerate(self.factor_bits):
@@ -260,8 +274,8 @@ class LookupFreeQuantizer(nn.Module):
             base.code_histogram(factors[..., f], 2**bits))['usage']
       indices = factors
     return base.QuantizerOutput(
-        quantized=base.straight_through(h, codes).astype(z.dtype),
-        indices=indices,
+        quantized=base.straight_through(h,
+                                        codes).astype(z.dtype), indices=indices,
         loss=self.commitment_weight * commitment + weight * entropy_loss,
         metrics=metrics)
 
@@ -282,8 +296,9 @@ class LookupFreeQuantizer(nn.Module):
         raise ValueError(f'{who}: factorized indices need factor_bits')
       base.check_indices(indices, 2**max(self.factor_bits), who)
       if indices.ndim < 1 or indices.shape[-1] != self.num_factors:
-        raise ValueError(f'{who}: factorized indices must have shape '
-                         f'[..., {self.num_factors}], got {tuple(indices.shape)}')
+        raise ValueError(
+            f'{who}: factorized indices must have shape '
+            f'[..., {self.num_factors}], got {tuple(indices.shape)}')
       for f, bits in enumerate(self.factor_bits):
         base.check_indices(indices[..., f], 2**bits, f'{who} (factor {f})')
       indices = combine_factors(indices, self.factor_bits)
@@ -295,27 +310,26 @@ class LookupFreeQuantizer(nn.Module):
 def default_config() -> ml_collections.ConfigDict:
   """LFQ with MAGVIT-v2's weights, CPU-sized (configs/vqgan/ has 2^18)."""
   config = ml_collections.ConfigDict()
-  config.codebook_size = 1024         # K = 2^b: a power of 2; z has b channels.
-  config.factor_bits = ()             # () or bits per factor, sum b: (9, 9).
-  config.commitment_weight = 0.25     # Weight of ||z - sg(q(z))||^2.
-  config.entropy_weight = 0.1         # Entropy penalty weight (step 0 if annealed).
-  config.entropy_weight_final = 0.1   # Entropy weight after annealing.
-  config.entropy_anneal_steps = 0     # Linear annealing length; 0: constant weight.
-  config.entropy_temperature = 0.01   # tau in p(z) = softmax(2 <z, c> / tau).
-  config.entropy_groups = 1           # 1: exact H[E p] (any K); G > 1: bound.
+  config.codebook_size = 1024  # K = 2^b: a power of 2; z has b channels.
+  config.factor_bits = ()  # () or bits per factor, sum b: (9, 9).
+  config.commitment_weight = 0.25  # Weight of ||z - sg(q(z))||^2.
+  config.entropy_weight = 0.1  # Entropy penalty weight (step 0 if annealed).
+  config.entropy_weight_final = 0.1  # Entropy weight after annealing.
+  config.entropy_anneal_steps = 0  # Linear annealing length; 0: constant weight.
+  config.entropy_temperature = 0.01  # tau in p(z) = softmax(2 <z, c> / tau).
+  config.entropy_groups = 1  # 1: exact H[E p] (any K); G > 1: bound.
   return config
 
 
 def build(config: ml_collections.ConfigDict, *,
           prefix: str = 'quantizer') -> LookupFreeQuantizer:
   """Builds a LookupFreeQuantizer from a validated config at `prefix`."""
-  return base.build_module(
-      LookupFreeQuantizer, prefix,
-      codebook_size=config.codebook_size,
-      factor_bits=tuple(config.factor_bits),
-      commitment_weight=config.commitment_weight,
-      entropy_weight=config.entropy_weight,
-      entropy_weight_final=config.entropy_weight_final,
-      entropy_anneal_steps=config.entropy_anneal_steps,
-      entropy_temperature=config.entropy_temperature,
-      entropy_groups=config.entropy_groups)
+  return base.build_module(LookupFreeQuantizer, prefix,
+                           codebook_size=config.codebook_size,
+                           factor_bits=tuple(config.factor_bits),
+                           commitment_weight=config.commitment_weight,
+                           entropy_weight=config.entropy_weight,
+                           entropy_weight_final=config.entropy_weight_final,
+                           entropy_anneal_steps=config.entropy_anneal_steps,
+                           entropy_temperature=config.entropy_temperature,
+                           entropy_groups=config.entropy_groups)

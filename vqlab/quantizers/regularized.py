@@ -79,10 +79,17 @@ def regularized_quantize(z: jax.Array, codebook: jax.Array, noise: jax.Array,
                    probs)
   quantized = base.straight_through_lookup(indices, soft, codebook)
   frozen = jax.lax.stop_gradient(codebook)
-  weights = jnp.sum((jnp.take(frozen, sample, axis=0) -
-                     jnp.take(frozen, argmax, axis=0))**2, axis=-1)
-  return {'quantized': quantized, 'indices': indices, 'argmax': argmax,
-          'sample': sample, 'probs': probs, 'pcl_weights': weights}
+  weights = jnp.sum(
+      (jnp.take(frozen, sample, axis=0) - jnp.take(frozen, argmax, axis=0))**2,
+      axis=-1)
+  return {
+      'quantized': quantized,
+      'indices': indices,
+      'argmax': argmax,
+      'sample': sample,
+      'probs': probs,
+      'pcl_weights': weights
+  }
 
 
 class RegularizedQuantizer(nn.Module):
@@ -121,11 +128,12 @@ class RegularizedQuantizer(nn.Module):
     return self.embedding_dim
 
   def setup(self):
-    self.codebook = self.param(
-        'codebook', vq.symmetric_uniform(1.0 / self.codebook_size),
-        (self.codebook_size, self.embedding_dim))
+    self.codebook = self.param('codebook',
+                               vq.symmetric_uniform(1.0 / self.codebook_size),
+                               (self.codebook_size, self.embedding_dim))
 
-  def __call__(self, z: jax.Array, *, train: bool = False) -> base.QuantizerOutput:
+  def __call__(self, z: jax.Array, *,
+               train: bool = False) -> base.QuantizerOutput:
     """Quantizes z: [..., d]; training masks and samples (rng 'quantizer')."""
     base.check_latents(z, self.embedding_dim, 'RegularizedQuantizer')
     flat = z.astype(jnp.float32).reshape(-1, self.embedding_dim)
@@ -150,13 +158,16 @@ class RegularizedQuantizer(nn.Module):
     weights = out['pcl_weights'] if train else jnp.zeros((m,), jnp.float32)
     return base.QuantizerOutput(
         quantized=out['quantized'].reshape(z.shape).astype(z.dtype),
-        indices=out['indices'].reshape(positions), loss=loss,
-        metrics={'kl': kl, 'codebook_loss': codebook_loss,
-                 'commitment_loss': commitment,
-                 'mask_fraction': jnp.mean(mask.astype(jnp.float32)),
-                 **base.usage_and_perplexity(counts)},
-        extras={'pcl_weights': weights.reshape(positions),
-                'mask': mask.astype(jnp.float32).reshape(positions)})
+        indices=out['indices'].reshape(positions), loss=loss, metrics={
+            'kl': kl,
+            'codebook_loss': codebook_loss,
+            'commitment_loss': commitment,
+            'mask_fraction': jnp.mean(mask.astype(jnp.float32)),
+            **base.usage_and_perplexity(counts)
+        }, extras={
+            'pcl_weights': weights.reshape(positions),
+            'mask': mask.astype(jnp.float32).reshape(positions)
+        })
 
   def indices_to_codes(self, indices: jax.Array) -> jax.Array:
     """Codes for int indices [...] -> [..., d] (rows of E)."""
@@ -167,14 +178,14 @@ class RegularizedQuantizer(nn.Module):
 def default_config() -> ml_collections.ConfigDict:
   """Regularized VQ, CPU-sized; configs/vqgan/ has the paper's f=16, N=1024."""
   config = ml_collections.ConfigDict()
-  config.codebook_size = 512       # N: number of codes (paper: 1024).
-  config.embedding_dim = 16        # d: dimension of z and of each code.
-  config.temperature = 1.0         # tau in logits = -||z - e||^2 / tau (not in paper).
+  config.codebook_size = 512  # N: number of codes (paper: 1024).
+  config.embedding_dim = 16  # d: dimension of z and of each code.
+  config.temperature = 1.0  # tau in logits = -||z - e||^2 / tau (not in paper).
   config.gumbel_temperature = 1.0  # tau of the Gumbel-softmax grad inside the mask.
-  config.mask_ratio = 0.4          # P(position sampled, not argmax) (paper: 0.4).
-  config.kl_weight = 0.1           # Weight of KL(P_post || uniform) (not in paper).
-  config.codebook_weight = 1.0     # Weight of ||sg(z) - e_argmax||^2 (VQGAN).
-  config.beta = 0.25               # Weight of ||z - sg(e_argmax)||^2 (VQGAN).
+  config.mask_ratio = 0.4  # P(position sampled, not argmax) (paper: 0.4).
+  config.kl_weight = 0.1  # Weight of KL(P_post || uniform) (not in paper).
+  config.codebook_weight = 1.0  # Weight of ||sg(z) - e_argmax||^2 (VQGAN).
+  config.beta = 0.25  # Weight of ||z - sg(e_argmax)||^2 (VQGAN).
   return config
 
 
@@ -182,9 +193,8 @@ def build(config: ml_collections.ConfigDict, *,
           prefix: str = 'quantizer') -> RegularizedQuantizer:
   """Builds a RegularizedQuantizer from a validated config at `prefix`."""
   return base.build_module(
-      RegularizedQuantizer, prefix,
-      codebook_size=config.codebook_size, embedding_dim=config.embedding_dim,
-      temperature=config.temperature,
+      RegularizedQuantizer, prefix, codebook_size=config.codebook_size,
+      embedding_dim=config.embedding_dim, temperature=config.temperature,
       gumbel_temperature=config.gumbel_temperature,
       mask_ratio=config.mask_ratio, kl_weight=config.kl_weight,
       codebook_weight=config.codebook_weight, beta=config.beta)

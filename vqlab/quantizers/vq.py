@@ -57,8 +57,10 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 
 def symmetric_uniform(limit: float):
   """Initializer drawing from U(-limit, limit) (taming's codebook init)."""
+
   def init(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype, -limit, limit)
+
   return init
 
 
@@ -68,8 +70,8 @@ def laplace_smooth(cluster_size: jax.Array, eps: float) -> jax.Array:
   return (cluster_size + eps) / (total + cluster_size.shape[0] * eps) * total
 
 
-def ema_update(cluster_size: jax.Array, embed_sum: jax.Array,
-               counts: jax.Array, sums: jax.Array, decay: float, eps: float):
+def ema_update(cluster_size: jax.Array, embed_sum: jax.Array, counts: jax.Array,
+               sums: jax.Array, decay: float, eps: float):
   """One EMA step of the codebook statistics.
 
   Args:
@@ -186,8 +188,8 @@ class VectorQuantizer(nn.Module):
       self._codebook = self.variable(
           base.STATS, 'codebook', lambda: init(self.make_rng('params'), shape))
       self.cluster_size = self.variable(
-          base.STATS, 'cluster_size',
-          lambda: jnp.ones((self.codebook_size,), jnp.float32))
+          base.STATS, 'cluster_size', lambda: jnp.ones(
+              (self.codebook_size,), jnp.float32))
       self.embed_sum = self.variable(base.STATS, 'embed_sum',
                                      lambda: self._codebook.value)
     else:
@@ -203,7 +205,8 @@ class VectorQuantizer(nn.Module):
     codebook = self._raw_codebook()
     return l2_normalize(codebook) if self.l2_normalize else codebook
 
-  def __call__(self, z: jax.Array, *, train: bool = False) -> base.QuantizerOutput:
+  def __call__(self, z: jax.Array, *,
+               train: bool = False) -> base.QuantizerOutput:
     """Quantizes z: [..., d] (d = embedding_dim); see QuantizerOutput.
 
     With ema and `train=True` (and `quantizer_stats` mutable) the EMA
@@ -226,28 +229,32 @@ class VectorQuantizer(nn.Module):
     if self.projection_dim:
       quantized = self.project_out(quantized)
     counts = base.code_histogram(indices, self.codebook_size)
-    metrics = {'codebook_loss': codebook_loss, 'commitment_loss': commitment,
-               **base.usage_and_perplexity(counts)}
+    metrics = {
+        'codebook_loss': codebook_loss,
+        'commitment_loss': commitment,
+        **base.usage_and_perplexity(counts)
+    }
     if self.ema:
       loss = self.loss_weight * self.beta * commitment
       if train and self.is_mutable_collection(base.STATS):
-        metrics['restarted'] = self._update_ema(
-            jax.lax.stop_gradient(flat), indices, counts)
+        metrics['restarted'] = self._update_ema(jax.lax.stop_gradient(flat),
+                                                indices, counts)
     else:
       loss = self.loss_weight * (codebook_loss + self.beta * commitment)
     return base.QuantizerOutput(
         quantized=quantized.astype(z.dtype),
-        indices=indices.reshape(z.shape[:-1]).astype(jnp.int32),
-        loss=loss, metrics=metrics)
+        indices=indices.reshape(z.shape[:-1]).astype(jnp.int32), loss=loss,
+        metrics=metrics)
 
   def _update_ema(self, flat: jax.Array, indices: jax.Array,
                   counts: jax.Array) -> jax.Array:
     """EMA (and restart) step; returns the fraction of codes restarted."""
     sums = jnp.zeros((self.codebook_size, self.lookup_dim),
                      jnp.float32).at[indices].add(flat)
-    cluster_size, embed_sum, codebook = ema_update(
-        self.cluster_size.value, self.embed_sum.value, counts, sums,
-        self.decay, self.epsilon)
+    cluster_size, embed_sum, codebook = ema_update(self.cluster_size.value,
+                                                   self.embed_sum.value, counts,
+                                                   sums, self.decay,
+                                                   self.epsilon)
     restarted = jnp.zeros((), jnp.float32)
     if self.restart_threshold > 0:
       cluster_size, embed_sum, codebook, dead = restart_dead_codes(
@@ -269,15 +276,15 @@ class VectorQuantizer(nn.Module):
 def default_config() -> ml_collections.ConfigDict:
   """VQ as in VQGAN (taming): K codes of dimension d, commitment beta."""
   config = ml_collections.ConfigDict()
-  config.codebook_size = 512   # K: number of codes.
-  config.embedding_dim = 16    # d: dimension of each code (and of z).
-  config.beta = 0.25           # Weight of the commitment term.
-  config.loss_weight = 1.0     # Weight of the whole quantizer loss.
+  config.codebook_size = 512  # K: number of codes.
+  config.embedding_dim = 16  # d: dimension of each code (and of z).
+  config.beta = 0.25  # Weight of the commitment term.
+  config.loss_weight = 1.0  # Weight of the whole quantizer loss.
   config.l2_normalize = False  # Cosine lookup on unit vectors (ViT-VQGAN).
-  config.projection_dim = 0    # >0: look up in this many dims (8-32), project back.
-  config.ema = False           # EMA codebook (no codebook loss; quantizer_stats).
-  config.decay = 0.99          # EMA decay (ema only).
-  config.epsilon = 1e-5        # Laplace smoothing of EMA counts (ema only).
+  config.projection_dim = 0  # >0: look up in this many dims (8-32), project back.
+  config.ema = False  # EMA codebook (no codebook loss; quantizer_stats).
+  config.decay = 0.99  # EMA decay (ema only).
+  config.epsilon = 1e-5  # Laplace smoothing of EMA counts (ema only).
   config.restart_threshold = 0.0  # >0 (ema): restart codes with EMA count below.
   return config
 
@@ -289,6 +296,5 @@ def build(config: ml_collections.ConfigDict, *,
       VectorQuantizer, prefix, codebook_size=config.codebook_size,
       embedding_dim=config.embedding_dim, beta=config.beta,
       loss_weight=config.loss_weight, l2_normalize=config.l2_normalize,
-      projection_dim=config.projection_dim, ema=config.ema,
-      decay=config.decay, epsilon=config.epsilon,
-      restart_threshold=config.restart_threshold)
+      projection_dim=config.projection_dim, ema=config.ema, decay=config.decay,
+      epsilon=config.epsilon, restart_threshold=config.restart_threshold)

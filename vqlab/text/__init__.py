@@ -10,6 +10,7 @@ from vqlab.text.minilm import load_minilm
 from vqlab.text.minilm import TextEncoder
 from vqlab.text.wordpiece import WordPieceTokenizer
 
-__all__ = ['ClipTextEncoder', 'ClipTokenizer', 'TextEncoder',
-           'WordPieceTokenizer', 'encode_text', 'load_clip_text',
-           'load_minilm']
+__all__ = [
+    'ClipTextEncoder', 'ClipTokenizer', 'TextEncoder', 'WordPieceTokenizer',
+    'encode_text', 'load_clip_text', 'load_minilm'
+]

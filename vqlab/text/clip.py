@@ -75,14 +75,14 @@ class ClipTextConfig:
     if isinstance(eos, (list, tuple)):
       eos = eos[0]
     get = lambda key, name: config.get(key, getattr(defaults, name))
-    return cls(vocab_size=get('vocab_size', 'vocab_size'),
-               hidden_size=get('hidden_size', 'hidden_size'),
-               intermediate_size=get('intermediate_size',
-                                     'intermediate_size'),
+    return cls(vocab_size=get('vocab_size', 'vocab_size'), hidden_size=get(
+        'hidden_size',
+        'hidden_size'), intermediate_size=get('intermediate_size',
+                                              'intermediate_size'),
                num_layers=get('num_hidden_layers', 'num_layers'),
                num_heads=get('num_attention_heads', 'num_heads'),
-               max_positions=get('max_position_embeddings', 'max_positions'),
-               hidden_act=act,
+               max_positions=get('max_position_embeddings',
+                                 'max_positions'), hidden_act=act,
                layer_norm_eps=float(get('layer_norm_eps', 'layer_norm_eps')),
                eos_token_id=int(eos))
 
@@ -149,8 +149,8 @@ class ClipText(nn.Module):
   precision: Any = None
 
   @nn.compact
-  def __call__(self, ids: jax.Array, mask: jax.Array | None = None
-               ) -> jax.Array:
+  def __call__(self, ids: jax.Array,
+               mask: jax.Array | None = None) -> jax.Array:
     c = self.config
     length = ids.shape[1]
     if length > c.max_positions:
@@ -166,8 +166,8 @@ class ClipText(nn.Module):
     causal = jnp.tril(jnp.ones((length, length), jnp.bool_))
     allowed = causal[None, None] & mask.astype(jnp.bool_)[:, None, None, :]
     for i in range(c.num_layers):
-      x = ClipLayer(c, self.dtype, self.precision, name=f'layer_{i}')(
-          x, allowed)
+      x = ClipLayer(c, self.dtype, self.precision, name=f'layer_{i}')(x,
+                                                                      allowed)
     return nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype,
                         name='final_layer_norm')(x)
 
@@ -185,6 +185,7 @@ def pool(states: jax.Array, ids: jax.Array, eos_token_id: int) -> jax.Array:
 
 # ------------------------------------------------------------ converter ---
 
+
 def _take(state: Mapping[str, np.ndarray], name: str,
           shape: tuple[int, ...]) -> np.ndarray:
   if name not in state:
@@ -195,8 +196,9 @@ def _take(state: Mapping[str, np.ndarray], name: str,
   return value.astype(np.float32)
 
 
-def convert_clip_text(state: Mapping[str, np.ndarray],
-                      config: ClipTextConfig = ClipTextConfig()) -> dict:
+def convert_clip_text(
+    state: Mapping[str, np.ndarray], config: ClipTextConfig = ClipTextConfig()
+) -> dict:
   """HF CLIPTextModel (or CLIPModel) state dict -> ClipText params (numpy
   float32).
 
@@ -214,19 +216,28 @@ def convert_clip_text(state: Mapping[str, np.ndarray],
   d = c.hidden_size
 
   def dense(name, n_in, n_out):
-    return {'kernel': _take(state, f'{name}.weight', (n_out, n_in)).T,
-            'bias': _take(state, f'{name}.bias', (n_out,))}
+    return {
+        'kernel': _take(state, f'{name}.weight', (n_out, n_in)).T,
+        'bias': _take(state, f'{name}.bias', (n_out,))
+    }
 
   def norm(name):
-    return {'scale': _take(state, f'{name}.weight', (d,)),
-            'bias': _take(state, f'{name}.bias', (d,))}
+    return {
+        'scale': _take(state, f'{name}.weight', (d,)),
+        'bias': _take(state, f'{name}.bias', (d,))
+    }
 
   e = f'{prefix}embeddings'
   params = {
-      'token_embedding': {'embedding': _take(
-          state, f'{e}.token_embedding.weight', (c.vocab_size, d))},
-      'position_embedding': {'embedding': _take(
-          state, f'{e}.position_embedding.weight', (c.max_positions, d))},
+      'token_embedding': {
+          'embedding':
+              _take(state, f'{e}.token_embedding.weight', (c.vocab_size, d))
+      },
+      'position_embedding': {
+          'embedding':
+              _take(state, f'{e}.position_embedding.weight',
+                    (c.max_positions, d))
+      },
       'final_layer_norm': norm(f'{prefix}final_layer_norm'),
   }
   for i in range(c.num_layers):
@@ -245,6 +256,7 @@ def convert_clip_text(state: Mapping[str, np.ndarray],
 
 
 # --------------------------------------------------------------- loading ---
+
 
 def find_model_dir(path: str | os.PathLike) -> pathlib.Path:
   """`path`, checked to hold config.json, model.safetensors, vocab.json and
@@ -275,9 +287,9 @@ def _read_json(path: pathlib.Path) -> dict:
     raise WeightsError(f'{path}: unreadable JSON ({e})') from None
 
 
-def load_clip_text(path: str | os.PathLike, *, dtype: Any = jnp.float32,
-                   precision: Any = None
-                   ) -> tuple[ClipText, dict, ClipTokenizer]:
+def load_clip_text(
+    path: str | os.PathLike, *, dtype: Any = jnp.float32,
+    precision: Any = None) -> tuple[ClipText, dict, ClipTokenizer]:
   """(module, params, tokenizer) of an HF CLIP text transformer.
 
   Args:
@@ -298,14 +310,17 @@ def load_clip_text(path: str | os.PathLike, *, dtype: Any = jnp.float32,
   config = ClipTextConfig.from_hf(hf_config)
   state = safetensors_files.load_safetensors(directory / 'model.safetensors')
   if any(k.startswith('text_model.') for k in state):  # CLIPModel: skip
-    state = {k: v for k, v in state.items()           # the vision tower.
-             if k.startswith('text_model.')}
+    state = {
+        k: v
+        for k, v in state.items()  # the vision tower.
+        if k.startswith('text_model.')
+    }
   params = jax.tree.map(jnp.asarray, convert_clip_text(state, config))
   try:
     tokenizer = ClipTokenizer.from_dir(directory)
   except (OSError, ValueError) as e:
-    raise WeightsError(f'{directory}: unusable CLIP tokenizer files ({e})'
-                       ) from None
+    raise WeightsError(
+        f'{directory}: unusable CLIP tokenizer files ({e})') from None
   if len(tokenizer.vocab) > config.vocab_size:
     raise WeightsError(f'{directory}/vocab.json has {len(tokenizer.vocab)} '
                        f'tokens, the model {config.vocab_size}')
@@ -341,21 +356,22 @@ class ClipTextEncoder:
   def max_length(self) -> int:
     return self.tokenizer.model_max_length
 
-  def tokenize(self, texts: str | Sequence[str]
-               ) -> tuple[np.ndarray, np.ndarray]:
+  def tokenize(self,
+               texts: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(ids int32 [B, L], mask bool [B, L]) in numpy."""
     return self.tokenizer.encode(texts, self.max_length, self.pad_to)
 
-  def apply(self, params: Any, ids: jax.Array, mask: jax.Array
-            ) -> tuple[jax.Array, jax.Array]:
+  def apply(self, params: Any, ids: jax.Array,
+            mask: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Pure (jit-able): (token states [B, L, D] float32, pooled [B, D]
     float32, the state at each row's first <|endoftext|>)."""
     params = jax.lax.stop_gradient(params)
     states = self.module.apply(params, ids, mask).astype(jnp.float32)
     return states, pool(states, ids, self.module.config.eos_token_id)
 
-  def __call__(self, texts: str | Sequence[str]
-               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  def __call__(
+      self,
+      texts: str | Sequence[str]) -> tuple[jax.Array, jax.Array, jax.Array]:
     """texts -> (token states [B, L, D] float32, mask [B, L] bool, pooled
     [B, D] float32)."""
     ids, mask = self.tokenize(texts)

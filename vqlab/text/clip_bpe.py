@@ -58,9 +58,11 @@ _CONTRACTIONS = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d")
 def bytes_to_unicode() -> dict[int, str]:
   """GPT-2's map of the 256 byte values to printable characters: printable
   Latin-1 bytes map to themselves, the others to U+0100 onwards."""
-  keep = (list(range(ord('!'), ord('~') + 1)) +
-          list(range(ord('¡'), ord('¬') + 1)) +
-          list(range(ord('®'), ord('ÿ') + 1)))
+  keep = (list(range(ord('!'),
+                     ord('~') + 1)) + list(range(ord('¡'),
+                                                 ord('¬') + 1)) +
+          list(range(ord('®'),
+                     ord('ÿ') + 1)))
   mapping = {b: chr(b) for b in keep}
   extra = 0
   for b in range(256):
@@ -175,14 +177,15 @@ class ClipTokenizer:
       normalization (lowercasing), not in the raw text.
   """
 
-  def __init__(self, vocab: dict[str, int],
-               merges: Sequence[tuple[str, str]], *,
-               bos_token: str = BOS, eos_token: str = EOS,
+  def __init__(self, vocab: dict[str, int], merges: Sequence[tuple[str, str]],
+               *, bos_token: str = BOS, eos_token: str = EOS,
                pad_token: str | None = EOS, unk_token: str = EOS,
                model_max_length: int = 77, html_unescape: bool = False,
                normalized_specials: bool = False):
-    missing = [t for t in (bos_token, eos_token, unk_token, pad_token)
-               if t is not None and t not in vocab]
+    missing = [
+        t for t in (bos_token, eos_token, unk_token, pad_token)
+        if t is not None and t not in vocab
+    ]
     if missing:
       raise ValueError(f'the vocab lacks the special tokens {missing}')
     self.vocab = dict(vocab)
@@ -199,8 +202,7 @@ class ClipTokenizer:
     self._cache = {}
 
   @classmethod
-  def from_dir(cls, directory: str | os.PathLike, **kwargs
-               ) -> 'ClipTokenizer':
+  def from_dir(cls, directory: str | os.PathLike, **kwargs) -> 'ClipTokenizer':
     """Reads vocab.json, merges.txt ('#version' header skipped) and, if
     present, the special tokens and model_max_length of
     tokenizer_config.json / special_tokens_map.json and the special tokens'
@@ -233,10 +235,11 @@ class ClipTokenizer:
       options['model_max_length'] = max_length
     path = directory / 'tokenizer.json'
     if path.is_file():
-      added = json.loads(path.read_text(encoding='utf-8')).get(
-          'added_tokens') or []
+      added = json.loads(
+          path.read_text(encoding='utf-8')).get('added_tokens') or []
       options['normalized_specials'] = any(
-          t.get('normalized', False) for t in added
+          t.get('normalized', False)
+          for t in added
           if t.get('content') in (BOS, EOS))
     options.update(kwargs)
     return cls(vocab, merges, **options)
@@ -294,8 +297,7 @@ class ClipTokenizer:
     byte_values = {c: b for b, c in self._byte_chars.items()}
     specials = {self.bos_id, self.eos_id, self.pad_id}
     data = bytearray()
-    for token in (self.inverse[int(i)] for i in ids
-                  if int(i) not in specials):
+    for token in (self.inverse[int(i)] for i in ids if int(i) not in specials):
       end = token.endswith(END_OF_WORD)
       if end:
         token = token[:-len(END_OF_WORD)]
@@ -306,8 +308,7 @@ class ClipTokenizer:
 
   # ------------------------------------------------------------ encode ---
 
-  def encode_one(self, text: str, max_length: int | None = None
-                 ) -> list[int]:
+  def encode_one(self, text: str, max_length: int | None = None) -> list[int]:
     """<|startoftext|> pieces <|endoftext|> as ids, pieces truncated to
     max_length - 2 (default: model_max_length, 77)."""
     max_length = self.model_max_length if max_length is None else max_length

@@ -110,8 +110,8 @@ class BertLayer(nn.Module):
                                    precision=self.precision, dtype=self.dtype)
     h = dense(width, name='attention_output')(h.reshape(batch, length, width))
     x = layer_norm(name='attention_norm')(x + h)
-    h = nn.gelu(dense(c.intermediate_size, name='intermediate')(x),
-                approximate=False)
+    h = nn.gelu(
+        dense(c.intermediate_size, name='intermediate')(x), approximate=False)
     h = dense(width, name='output')(h)
     return layer_norm(name='output_norm')(x + h)
 
@@ -145,8 +145,8 @@ class MiniLM(nn.Module):
     x = embed(c.vocab_size, name='word_embeddings')(ids)
     x = x + embed(c.max_positions, name='position_embeddings')(
         jnp.arange(length))[None]
-    x = x + embed(c.type_vocab_size, name='token_type_embeddings')(
-        jnp.zeros((1, 1), jnp.int32))
+    x = x + embed(c.type_vocab_size, name='token_type_embeddings')(jnp.zeros(
+        (1, 1), jnp.int32))
     x = nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype,
                      name='embeddings_norm')(x)
     mask = mask.astype(jnp.bool_)
@@ -176,6 +176,7 @@ def sentence_embedding(states: jax.Array, mask: jax.Array) -> jax.Array:
 
 # ------------------------------------------------------------ converter ---
 
+
 def _take(state: Mapping[str, np.ndarray], name: str,
           shape: tuple[int, ...]) -> np.ndarray:
   if name not in state:
@@ -186,8 +187,9 @@ def _take(state: Mapping[str, np.ndarray], name: str,
   return value.astype(np.float32)
 
 
-def convert_minilm(state: Mapping[str, np.ndarray],
-                   config: MiniLMConfig = MiniLMConfig()) -> dict:
+def convert_minilm(
+    state: Mapping[str,
+                   np.ndarray], config: MiniLMConfig = MiniLMConfig()) -> dict:
   """HF BertModel state dict -> MiniLM params (numpy float32).
 
   Names may carry a `bert.` prefix (BertFor* checkpoints). torch Linear
@@ -195,49 +197,73 @@ def convert_minilm(state: Mapping[str, np.ndarray],
   (or the old gamma/beta) become scale/bias. WeightsError names a missing or
   wrong-shape tensor.
   """
-  state = {k[len('bert.'):] if k.startswith('bert.') else k: v
-           for k, v in state.items()}
+  state = {
+      k[len('bert.'):] if k.startswith('bert.') else k: v
+      for k, v in state.items()
+  }
   for old, new in (('.gamma', '.weight'), ('.beta', '.bias')):
-    state = {k[:-len(old)] + new if k.endswith(old) and 'LayerNorm' in k
-             else k: v for k, v in state.items()}
+    state = {
+        k[:-len(old)] + new if k.endswith(old) and 'LayerNorm' in k else k: v
+        for k, v in state.items()
+    }
   c = config
   d = c.hidden_size
 
   def dense(prefix, n_in, n_out):
-    return {'kernel': _take(state, f'{prefix}.weight', (n_out, n_in)).T,
-            'bias': _take(state, f'{prefix}.bias', (n_out,))}
+    return {
+        'kernel': _take(state, f'{prefix}.weight', (n_out, n_in)).T,
+        'bias': _take(state, f'{prefix}.bias', (n_out,))
+    }
 
   def norm(prefix):
-    return {'scale': _take(state, f'{prefix}.weight', (d,)),
-            'bias': _take(state, f'{prefix}.bias', (d,))}
+    return {
+        'scale': _take(state, f'{prefix}.weight', (d,)),
+        'bias': _take(state, f'{prefix}.bias', (d,))
+    }
 
   e = 'embeddings'
   params = {
-      'word_embeddings': {'embedding': _take(
-          state, f'{e}.word_embeddings.weight', (c.vocab_size, d))},
-      'position_embeddings': {'embedding': _take(
-          state, f'{e}.position_embeddings.weight', (c.max_positions, d))},
-      'token_type_embeddings': {'embedding': _take(
-          state, f'{e}.token_type_embeddings.weight', (c.type_vocab_size, d))},
+      'word_embeddings': {
+          'embedding':
+              _take(state, f'{e}.word_embeddings.weight', (c.vocab_size, d))
+      },
+      'position_embeddings': {
+          'embedding':
+              _take(state, f'{e}.position_embeddings.weight',
+                    (c.max_positions, d))
+      },
+      'token_type_embeddings': {
+          'embedding':
+              _take(state, f'{e}.token_type_embeddings.weight',
+                    (c.type_vocab_size, d))
+      },
       'embeddings_norm': norm(f'{e}.LayerNorm'),
   }
   for i in range(c.num_layers):
     p = f'encoder.layer.{i}'
     params[f'layer_{i}'] = {
-        'query': dense(f'{p}.attention.self.query', d, d),
-        'key': dense(f'{p}.attention.self.key', d, d),
-        'value': dense(f'{p}.attention.self.value', d, d),
-        'attention_output': dense(f'{p}.attention.output.dense', d, d),
-        'attention_norm': norm(f'{p}.attention.output.LayerNorm'),
-        'intermediate': dense(f'{p}.intermediate.dense', d,
-                              c.intermediate_size),
-        'output': dense(f'{p}.output.dense', c.intermediate_size, d),
-        'output_norm': norm(f'{p}.output.LayerNorm'),
+        'query':
+            dense(f'{p}.attention.self.query', d, d),
+        'key':
+            dense(f'{p}.attention.self.key', d, d),
+        'value':
+            dense(f'{p}.attention.self.value', d, d),
+        'attention_output':
+            dense(f'{p}.attention.output.dense', d, d),
+        'attention_norm':
+            norm(f'{p}.attention.output.LayerNorm'),
+        'intermediate':
+            dense(f'{p}.intermediate.dense', d, c.intermediate_size),
+        'output':
+            dense(f'{p}.output.dense', c.intermediate_size, d),
+        'output_norm':
+            norm(f'{p}.output.LayerNorm'),
     }
   return params
 
 
 # --------------------------------------------------------------- loading ---
+
 
 def _package_dir() -> pathlib.Path | None:
   try:
@@ -272,8 +298,9 @@ def find_model_dir(path: str | os.PathLike | None = None) -> pathlib.Path:
         f'{", ".join(missing)}; {INSTALL_HINT} and leave the path unset, or '
         'point it at a directory with the model\'s model.safetensors, '
         'vocab.txt and config.json')
-  candidates = [d for d in (_package_dir(),
-                            files.weights_dir() / WEIGHTS_SUBDIR) if d]
+  candidates = [
+      d for d in (_package_dir(), files.weights_dir() / WEIGHTS_SUBDIR) if d
+  ]
   for directory in candidates:
     if _has_files(directory):
       return directory
@@ -292,9 +319,9 @@ def _read_json(path: pathlib.Path) -> dict:
     raise WeightsError(f'{path}: unreadable JSON ({e})') from None
 
 
-def load_minilm(path: str | os.PathLike | None = None, *,
-                dtype: Any = jnp.float32, precision: Any = None
-                ) -> tuple[MiniLM, dict, WordPieceTokenizer]:
+def load_minilm(
+    path: str | os.PathLike | None = None, *, dtype: Any = jnp.float32,
+    precision: Any = None) -> tuple[MiniLM, dict, WordPieceTokenizer]:
   """(module, params, tokenizer) of all-MiniLM-L6-v2.
 
   Args:
@@ -314,8 +341,8 @@ def load_minilm(path: str | os.PathLike | None = None, *,
   hf_config = _read_json(directory / 'config.json')
   st_config = _read_json(directory / 'sentence_bert_config.json')
   max_seq_length = int(st_config.get('max_seq_length', 256))
-  config = (MiniLMConfig.from_hf(hf_config, max_seq_length) if hf_config
-            else MiniLMConfig(max_seq_length=max_seq_length))
+  config = (MiniLMConfig.from_hf(hf_config, max_seq_length)
+            if hf_config else MiniLMConfig(max_seq_length=max_seq_length))
   pooling = _read_json(directory / '1_Pooling' / 'config.json')
   if pooling and not pooling.get('pooling_mode_mean_tokens', False):
     raise WeightsError(f'{directory}: the pooling is not mean pooling')
@@ -351,20 +378,21 @@ class TextEncoder:
   def max_length(self) -> int:
     return self.module.config.max_seq_length
 
-  def tokenize(self, texts: str | Sequence[str]
-               ) -> tuple[np.ndarray, np.ndarray]:
+  def tokenize(self,
+               texts: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(ids int32 [B, L], mask bool [B, L]) in numpy."""
     return self.tokenizer.encode(texts, self.max_length, self.pad_to)
 
-  def apply(self, params: Any, ids: jax.Array, mask: jax.Array
-            ) -> tuple[jax.Array, jax.Array]:
+  def apply(self, params: Any, ids: jax.Array,
+            mask: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Pure (jit-able): (token states [B, L, D] float32, pooled [B, D])."""
     params = jax.lax.stop_gradient(params)
     states = self.module.apply(params, ids, mask).astype(jnp.float32)
     return states, sentence_embedding(states, mask)
 
-  def __call__(self, texts: str | Sequence[str]
-               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  def __call__(
+      self,
+      texts: str | Sequence[str]) -> tuple[jax.Array, jax.Array, jax.Array]:
     """texts -> (token states [B, L, D] float32, mask [B, L] bool,
     unit-norm pooled embeddings [B, D] float32)."""
     ids, mask = self.tokenize(texts)
@@ -377,10 +405,9 @@ def _default_encoder(path: str | None, pad_to: int | None) -> TextEncoder:
   return TextEncoder(path, pad_to=pad_to)
 
 
-def encode_text(texts: str | Sequence[str], *,
-                path: str | os.PathLike | None = None,
-                pad_to: int | None = None
-                ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def encode_text(
+    texts: str | Sequence[str], *, path: str | os.PathLike | None = None,
+    pad_to: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
   """texts -> (token states [B, L, 384] float32, mask [B, L] bool, pooled
   [B, 384] float32, unit norm), with a cached `TextEncoder`."""
   return _default_encoder(None if path is None else os.fspath(path),

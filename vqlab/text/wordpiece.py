@@ -111,8 +111,8 @@ class WordPieceTokenizer:
     self.vocab = dict(vocab)
     self.inverse = {i: t for t, i in self.vocab.items()}
     self.do_lower_case = do_lower_case
-    self.strip_accents = (do_lower_case if strip_accents is None
-                          else strip_accents)
+    self.strip_accents = (do_lower_case
+                          if strip_accents is None else strip_accents)
     self.tokenize_chinese_chars = tokenize_chinese_chars
     self.max_input_chars_per_word = max_input_chars_per_word
     self.pad_id = self.vocab['[PAD]']
@@ -208,8 +208,8 @@ class WordPieceTokenizer:
     position = 0
     while position < len(text):
       if text[position] == '[':
-        match = next((t for t in SPECIAL_TOKENS
-                      if text.startswith(t, position)), None)
+        match = next(
+            (t for t in SPECIAL_TOKENS if text.startswith(t, position)), None)
         if match:
           if position > start:
             out.append((text[start:position], False))

@@ -17,8 +17,8 @@ def check_images(x: jax.Array, channels: int, factor: int, who: str) -> None:
                      f'downsampling factor {factor}, got {tuple(x.shape[1:3])}')
 
 
-def check_videos(x: jax.Array, channels: int, factor: int,
-                 temporal_factor: int, who: str) -> None:
+def check_videos(x: jax.Array, channels: int, factor: int, temporal_factor: int,
+                 who: str) -> None:
   """Rejects anything but floating images [B, H, W, channels] or videos
   [B, T, H, W, channels] with H, W % factor == 0 and T = 1 + temporal_factor k.
   """

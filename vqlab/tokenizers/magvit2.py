@@ -48,8 +48,8 @@ def temporal_downsamples(num_levels: int,
   """Whether each of the num_levels - 1 downsamplings also halves time: the
   last `num_temporal` do. The decoder's upsampling to level i mirrors entry i.
   """
-  return tuple(i >= num_levels - 1 - num_temporal
-               for i in range(num_levels - 1))
+  return tuple(
+      i >= num_levels - 1 - num_temporal for i in range(num_levels - 1))
 
 
 class Encoder(nn.Module):
@@ -67,8 +67,8 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    res = lambda c, h: ResBlock3D(c, self.num_groups, self.temporal_kernel,
-                                  self.dtype, self.conv_bias)(h)
+    res = lambda c, h: ResBlock3D(c, self.num_groups, self.temporal_kernel, self
+                                  .dtype, self.conv_bias)(h)
     kernel = (self.temporal_kernel, 3, 3)
     h = CausalConv3D(self.channels, kernel, use_bias=self.conv_bias,
                      dtype=self.dtype, name='conv_in')(x)
@@ -81,9 +81,9 @@ class Encoder(nn.Module):
         h = CausalDownsample3D(temporal[level], self.temporal_kernel,
                                self.dtype)(h)
       elif level < len(temporal):
-        h = CausalConv3D(h.shape[-1], kernel, (2 if temporal[level] else 1,
-                                               2, 2),
-                         dtype=self.dtype, spatial_padding='symmetric',
+        h = CausalConv3D(h.shape[-1], kernel,
+                         (2 if temporal[level] else 1, 2, 2), dtype=self.dtype,
+                         spatial_padding='symmetric',
                          name=f'downsample_{level}')(h)
     for _ in range(self.num_res_blocks):
       h = res(h.shape[-1], h)
@@ -107,8 +107,8 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, z_q: jax.Array) -> jax.Array:
-    res = lambda c, h: ResBlock3D(c, self.num_groups, self.temporal_kernel,
-                                  self.dtype, self.conv_bias)(h)
+    res = lambda c, h: ResBlock3D(c, self.num_groups, self.temporal_kernel, self
+                                  .dtype, self.conv_bias)(h)
     kernel = (self.temporal_kernel, 3, 3)
     width = self.channels * self.channel_multipliers[-1]
     h = CausalConv3D(width, kernel, dtype=self.dtype, name='conv_in')(z_q)
@@ -124,8 +124,8 @@ class Decoder(nn.Module):
       if level > 0:
         h = CausalUpsample3D(temporal[level - 1], self.temporal_kernel,
                              self.dtype)(h)
-    return nn.swish(frame_group_norm(self.num_groups, self.dtype,
-                                     'norm_out')(h))
+    return nn.swish(
+        frame_group_norm(self.num_groups, self.dtype, 'norm_out')(h))
 
 
 class MAGVIT2(nn.Module):
@@ -177,8 +177,7 @@ class MAGVIT2(nn.Module):
                   num_groups=self.num_groups, dtype=self.dtype)
     self.encoder = Encoder(out_channels=self.quantizer.code_dim,
                            conv_bias=self.conv_bias,
-                           downsample_padding=self.downsample_padding,
-                           **shared)
+                           downsample_padding=self.downsample_padding, **shared)
     self.decoder = Decoder(conv_bias=self.conv_bias,
                            adaptive_norm=self.adaptive_norm, **shared)
     self.to_pixels = CausalConv3D(self.in_channels,
@@ -251,21 +250,22 @@ def default_config() -> ml_collections.ConfigDict:
   num_temporal_downsamples=2, num_groups=32 (17 frames of 128^2 -> 5 x 16^2).
   """
   config = ml_collections.ConfigDict()
-  config.in_channels = 3               # Pixel channels.
-  config.channels = 32                 # Base width; level i: channels*mult[i].
+  config.in_channels = 3  # Pixel channels.
+  config.channels = 32  # Base width; level i: channels*mult[i].
   config.channel_multipliers = (1, 2, 2)  # One per level; f = 2^(len - 1).
-  config.num_res_blocks = 1            # Res blocks per level and in the middle.
-  config.num_temporal_downsamples = 1  # Last downsamplings that halve time too:
-                                       # s = 2^this; videos have 1 + s k frames.
-  config.temporal_kernel = 3           # k_t of all causal convs (1: per frame).
-  config.num_groups = 8                # GroupNorm groups (paper: 32).
+  config.num_res_blocks = 1  # Res blocks per level and in the middle.
+  # Last downsamplings that halve time too: s = 2^this; videos have 1 + s k
+  # frames.
+  config.num_temporal_downsamples = 1
+  config.temporal_kernel = 3  # k_t of all causal convs (1: per frame).
+  config.num_groups = 8  # GroupNorm groups (paper: 32).
   # Open-MAGVIT2's image tokenizer: False, 'symmetric', 'pooled'.
-  config.conv_bias = True              # Biases in res blocks and encoder conv_in.
-  config.downsample_padding = 'same'   # Stride-2 convs: 'same' (TF) or 'symmetric'.
-  config.adaptive_norm = 'spatial'     # AdaGN on z_q per position, or 'pooled'.
+  config.conv_bias = True  # Biases in res blocks and encoder conv_in.
+  config.downsample_padding = 'same'  # Stride-2 convs: 'same' (TF) or 'symmetric'.
+  config.adaptive_norm = 'spatial'  # AdaGN on z_q per position, or 'pooled'.
   quantizer = quantizers.default_config('lfq')  # Any registered quantizer.
-  quantizer.codebook_size = 2**18      # The paper's K: 18-channel latents.
-  quantizer.factor_bits = (9, 9)       # Two 2^9 sub-tokens (factorized heads).
+  quantizer.codebook_size = 2**18  # The paper's K: 18-channel latents.
+  quantizer.factor_bits = (9, 9)  # Two 2^9 sub-tokens (factorized heads).
   config.quantizer = quantizer
   return config
 
@@ -277,18 +277,20 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
   if levels < 1:
     raise ConfigError(f'{prefix}.channel_multipliers', 'needs at least 1 level')
   if not 0 <= config.num_temporal_downsamples <= levels - 1:
-    raise ConfigError(f'{prefix}.num_temporal_downsamples',
-                      f'{config.num_temporal_downsamples} outside [0, '
-                      f'{levels - 1}] (one per spatial downsampling at most)')
+    raise ConfigError(
+        f'{prefix}.num_temporal_downsamples',
+        f'{config.num_temporal_downsamples} outside [0, '
+        f'{levels - 1}] (one per spatial downsampling at most)')
   if config.temporal_kernel < 1:
     raise ConfigError(f'{prefix}.temporal_kernel',
                       f'must be >= 1, got {config.temporal_kernel}')
   for multiplier in config.channel_multipliers:
     if (config.channels * multiplier) % config.num_groups:
-      raise ConfigError(f'{prefix}.num_groups',
-                        f'{config.num_groups} does not divide the width '
-                        f'{config.channels * multiplier} = channels * '
-                        f'{multiplier}')
+      raise ConfigError(
+          f'{prefix}.num_groups',
+          f'{config.num_groups} does not divide the width '
+          f'{config.channels * multiplier} = channels * '
+          f'{multiplier}')
   for key, allowed in (('downsample_padding', ('same', 'symmetric')),
                        ('adaptive_norm', ('spatial', 'pooled'))):
     if config[key] not in allowed:

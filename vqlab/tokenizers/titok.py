@@ -62,13 +62,16 @@ class ViTSize(NamedTuple):
 
 
 # The paper's encoder and decoder sizes (ViT-S/B/L); 'tiny' reads the config.
-PAPER_SIZES = {'S': ViTSize(512, 8, 8, 2048), 'B': ViTSize(768, 12, 12, 3072),
-               'L': ViTSize(1024, 24, 16, 4096)}
+PAPER_SIZES = {
+    'S': ViTSize(512, 8, 8, 2048),
+    'B': ViTSize(768, 12, 12, 3072),
+    'L': ViTSize(1024, 24, 16, 4096)
+}
 
 
 def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
-  return (int(size), int(size)) if isinstance(size, int) else (
-      int(size[0]), int(size[1]))
+  return (int(size), int(size)) if isinstance(size, int) else (int(size[0]),
+                                                               int(size[1]))
 
 
 def _vit(size: ViTSize, dropout_rate: float, dtype: Any, epsilon: float,
@@ -106,8 +109,8 @@ class TiTokEncoder(nn.Module):
     grid = (x.shape[1] // self.patch_size, x.shape[2] // self.patch_size)
     patches = vit.PatchEmbed(self.patch_size, width, self.dtype,
                              name='patch_embed')(x)
-    patches = vit.GridPositionEmbedding(self.init_grid, name='grid_position')(
-        patches, grid)
+    patches = vit.GridPositionEmbedding(self.init_grid,
+                                        name='grid_position')(patches, grid)
     latents = self.param('latent_tokens', vit.POSITION_INIT, (k, width))
     latents = jnp.broadcast_to(latents.astype(self.dtype),
                                (x.shape[0], k, width))
@@ -145,8 +148,8 @@ class TiTokDecoder(nn.Module):
     mask = self.param('mask_token', vit.POSITION_INIT, (width,))
     mask = jnp.broadcast_to(mask.astype(self.dtype),
                             (batch, grid[0] * grid[1], width))
-    mask = vit.GridPositionEmbedding(self.init_grid, name='grid_position')(
-        mask, grid)
+    mask = vit.GridPositionEmbedding(self.init_grid, name='grid_position')(mask,
+                                                                           grid)
     h = jnp.concatenate([mask, z], axis=1)
     if self.class_token:
       h = _with_class_token(self, h)
@@ -225,10 +228,11 @@ class TiTok(nn.Module):
                   dtype=self.dtype, class_token=self.class_token,
                   layer_norm_epsilon=self.layer_norm_epsilon,
                   exact_gelu=self.exact_gelu)
-    self.encoder = TiTokEncoder(
-        patch_size=self.patch_size, size=ViTSize(*self.encoder_size),
-        out_dim=self.quantizer.code_dim,
-        legacy_latent_layout=self.legacy_latent_layout, **shared)
+    self.encoder = TiTokEncoder(patch_size=self.patch_size,
+                                size=ViTSize(*self.encoder_size),
+                                out_dim=self.quantizer.code_dim,
+                                legacy_latent_layout=self.legacy_latent_layout,
+                                **shared)
     self.decoder = TiTokDecoder(size=ViTSize(*self.decoder_size), **shared)
     if self.decoder_output == 'pixels':
       self.to_pixels = nn.Dense(self.patch_size**2 * self.in_channels,
@@ -310,8 +314,8 @@ class TiTok(nn.Module):
     """Quantized tokens [B, K, d] -> images [B, h f, w f, C] ('pixels') or
     logits [B, h, w, proxy_codebook_size] ('proxy_codes'); (h, w) as in
     `decoder_features`."""
-    return self.output_head(self.decoder_features(
-        quantized, grid_size=grid_size, train=train))
+    return self.output_head(
+        self.decoder_features(quantized, grid_size=grid_size, train=train))
 
   def decode_logits(self, quantized: jax.Array, *, grid_size=None,
                     train: bool = False) -> jax.Array:
@@ -320,15 +324,15 @@ class TiTok(nn.Module):
       raise ValueError("TiTok.decode_logits: needs decoder_output="
                        "'proxy_codes' or 'proxy_pixels', this model has "
                        f'{self.decoder_output!r}')
-    return self._proxy_logits(self.decoder_features(
-        quantized, grid_size=grid_size, train=train))
+    return self._proxy_logits(
+        self.decoder_features(quantized, grid_size=grid_size, train=train))
 
   def decode_indices(self, indices: jax.Array, *, grid_size=None) -> jax.Array:
     """Tokens int [B, K] ([B, K, n_factors] for factorized codes) -> what
     `decode` returns (images in about [-1, 1] for 'pixels')."""
-    checks.check_token_grid(
-        indices, 2 + quantizer_base.num_index_axes(self.quantizer),
-        'TiTok.decode_indices')
+    checks.check_token_grid(indices,
+                            2 + quantizer_base.num_index_axes(self.quantizer),
+                            'TiTok.decode_indices')
     if indices.shape[1] != self.num_latent_tokens:
       raise ValueError(f'TiTok.decode_indices: expected '
                        f'{self.num_latent_tokens} tokens per image, got shape '
@@ -341,8 +345,7 @@ class TiTok(nn.Module):
     width] (the last layer's input): (output, QuantizerOutput, features)."""
     _, out = self.encode(x, train=train)
     grid = (x.shape[1] // self.patch_size, x.shape[2] // self.patch_size)
-    features = self.decoder_features(out.quantized, grid_size=grid,
-                                     train=train)
+    features = self.decoder_features(out.quantized, grid_size=grid, train=train)
     return self.output_head(features), out, features
 
   def __call__(self, x: jax.Array, *, train: bool = False):
@@ -358,42 +361,43 @@ def default_config() -> ml_collections.ConfigDict:
   a vq quantizer of 4096 l2-normalized 12-dim codes and, in stage 1,
   decoder_output='proxy_codes' over a 1024-code MaskGIT VQGAN."""
   config = ml_collections.ConfigDict()
-  config.in_channels = 3          # Image channels.
-  config.image_size = 32          # Training size: position-embedding grid and
-                                  # default decoding grid image_size / f.
-  config.patch_size = 8           # f; images need H, W divisible by it.
-  config.num_latent_tokens = 8    # K: tokens per image (paper: 32/64/128).
-  config.model_size = 'tiny'      # 'S', 'B', 'L': the paper's ViTs for both
-                                  # encoder and decoder (S: 512 wide, 8 layers,
-                                  # 8 heads; B: 768, 12, 12; L: 1024, 24, 16;
-                                  # mlp 4x); 'tiny': the two sections below.
+  config.in_channels = 3  # Image channels.
+  # Training size: position-embedding grid and default decoding grid image_size
+  # / f.
+  config.image_size = 32
+  config.patch_size = 8  # f; images need H, W divisible by it.
+  config.num_latent_tokens = 8  # K: tokens per image (paper: 32/64/128).
+  # 'S', 'B', 'L': the paper's ViTs for both encoder and decoder (S: 512 wide, 8
+  # layers, 8 heads; B: 768, 12, 12; L: 1024, 24, 16; mlp 4x); 'tiny': the two
+  # sections below.
+  config.model_size = 'tiny'
   config.encoder = ml_collections.ConfigDict()
-  config.encoder.width = 32       # Token width ('tiny' only).
-  config.encoder.num_layers = 2   # Transformer blocks ('tiny' only).
-  config.encoder.num_heads = 2    # Attention heads ('tiny' only).
-  config.encoder.mlp_dim = 64     # MLP hidden width ('tiny' only).
+  config.encoder.width = 32  # Token width ('tiny' only).
+  config.encoder.num_layers = 2  # Transformer blocks ('tiny' only).
+  config.encoder.num_heads = 2  # Attention heads ('tiny' only).
+  config.encoder.mlp_dim = 64  # MLP hidden width ('tiny' only).
   config.decoder = ml_collections.ConfigDict(config.encoder.to_dict())
-  config.dropout_rate = 0.0       # Dropout inside both transformers.
+  config.dropout_rate = 0.0  # Dropout inside both transformers.
   config.decoder_output = 'pixels'  # 'pixels', 'proxy_codes' (stage 1) or
-                                  # 'proxy_pixels' (released checkpoints).
+  # 'proxy_pixels' (released checkpoints).
   config.proxy_codebook_size = 1024  # Codes of the proxy VQGAN (proxy_*).
-  config.proxy_head_hidden = 0    # >0: tanh hidden layer before the proxy
-                                  # logits (released TiTok: 2 * width).
-  config.class_token = False      # Class token first in both ViTs (paper).
+  # >0: tanh hidden layer before the proxy logits (released TiTok: 2 * width).
+  config.proxy_head_hidden = 0
+  config.class_token = False  # Class token first in both ViTs (paper).
   config.layer_norm_epsilon = 1e-6  # PyTorch checkpoints: 1e-5.
-  config.exact_gelu = False       # erf GELU (PyTorch checkpoints).
+  config.exact_gelu = False  # erf GELU (PyTorch checkpoints).
   config.legacy_latent_layout = False  # Released encoder's [K, D] -> [D, K]
-                                  # reshape before the code projection.
-  config.unit_pixels = False      # The encoder sees [0, 1] pixels
-                                  # (and 'pixels' makes them); I/O [-1, 1].
+  # reshape before the code projection.
+  # The encoder sees [0, 1] pixels (and 'pixels' makes them); I/O [-1, 1].
+  config.unit_pixels = False
   # 'proxy_pixels': the VQGAN whose codebook and decoder make the pixels
   # (its downsampling factor must be patch_size, its codebook
   # proxy_codebook_size codes; its encoder is never built).
   config.pixel_decoder = vqgan.default_config()
   quantizer = quantizers.default_config('vq')  # Any registered quantizer.
-  quantizer.codebook_size = 256   # Paper: 4096.
-  quantizer.embedding_dim = 12    # Paper: 12.
-  quantizer.l2_normalize = True   # Paper: cosine lookup.
+  quantizer.codebook_size = 256  # Paper: 4096.
+  quantizer.embedding_dim = 12  # Paper: 12.
+  quantizer.l2_normalize = True  # Paper: cosine lookup.
   config.quantizer = quantizer
   return config
 
@@ -418,22 +422,24 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
           prefix: str = 'model') -> TiTok:
   """Builds a TiTok (and its quantizer) from a validated config."""
   if config.model_size not in MODEL_SIZES:
-    raise ConfigError(f'{prefix}.model_size',
-                      f'must be one of {", ".join(MODEL_SIZES)}, got '
-                      f'{config.model_size!r}')
+    raise ConfigError(
+        f'{prefix}.model_size', f'must be one of {", ".join(MODEL_SIZES)}, got '
+        f'{config.model_size!r}')
   if config.decoder_output not in DECODER_OUTPUTS:
-    raise ConfigError(f'{prefix}.decoder_output',
-                      f'must be one of {", ".join(DECODER_OUTPUTS)}, got '
-                      f'{config.decoder_output!r}')
+    raise ConfigError(
+        f'{prefix}.decoder_output',
+        f'must be one of {", ".join(DECODER_OUTPUTS)}, got '
+        f'{config.decoder_output!r}')
   for key in ('patch_size', 'num_latent_tokens', 'proxy_codebook_size',
               'in_channels'):
     if config[key] < 1:
       raise ConfigError(f'{prefix}.{key}', f'must be >= 1, got {config[key]}')
   if config.image_size < config.patch_size or \
       config.image_size % config.patch_size:
-    raise ConfigError(f'{prefix}.image_size',
-                      f'{config.image_size} is not a positive multiple of '
-                      f'patch_size {config.patch_size}')
+    raise ConfigError(
+        f'{prefix}.image_size',
+        f'{config.image_size} is not a positive multiple of '
+        f'patch_size {config.patch_size}')
   encoder_size = _size(config, 'encoder', prefix)
   decoder_size = _size(config, 'decoder', prefix)
   quantizer = quantizers.build_validated(config.quantizer,
@@ -446,25 +452,26 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
     pixel_vqgan = vqgan.build(config.pixel_decoder, dtype=dtype,
                               prefix=f'{prefix}.pixel_decoder')
     if pixel_vqgan.downsample_factor != config.patch_size:
-      raise ConfigError(f'{prefix}.pixel_decoder.channel_multipliers',
-                        f'upsample by {pixel_vqgan.downsample_factor}, not by '
-                        f'patch_size {config.patch_size}')
+      raise ConfigError(
+          f'{prefix}.pixel_decoder.channel_multipliers',
+          f'upsample by {pixel_vqgan.downsample_factor}, not by '
+          f'patch_size {config.patch_size}')
     codes = getattr(pixel_vqgan.quantizer, 'codebook_size', None)
     if codes != config.proxy_codebook_size:
-      raise ConfigError(f'{prefix}.pixel_decoder.quantizer.codebook_size',
-                        f'{codes}, but proxy_codebook_size is '
-                        f'{config.proxy_codebook_size}')
-  return TiTok(quantizer=quantizer, in_channels=config.in_channels,
-               image_size=config.image_size, patch_size=config.patch_size,
-               num_latent_tokens=config.num_latent_tokens,
-               encoder_size=encoder_size, decoder_size=decoder_size,
-               decoder_output=config.decoder_output,
-               proxy_codebook_size=config.proxy_codebook_size,
-               dropout_rate=config.dropout_rate, dtype=jnp.dtype(dtype),
-               class_token=config.class_token,
-               layer_norm_epsilon=config.layer_norm_epsilon,
-               exact_gelu=config.exact_gelu,
-               legacy_latent_layout=config.legacy_latent_layout,
-               unit_pixels=config.unit_pixels,
-               proxy_head_hidden=config.proxy_head_hidden,
-               pixel_vqgan=pixel_vqgan)
+      raise ConfigError(
+          f'{prefix}.pixel_decoder.quantizer.codebook_size',
+          f'{codes}, but proxy_codebook_size is '
+          f'{config.proxy_codebook_size}')
+  return TiTok(
+      quantizer=quantizer, in_channels=config.in_channels,
+      image_size=config.image_size, patch_size=config.patch_size,
+      num_latent_tokens=config.num_latent_tokens, encoder_size=encoder_size,
+      decoder_size=decoder_size, decoder_output=config.decoder_output,
+      proxy_codebook_size=config.proxy_codebook_size,
+      dropout_rate=config.dropout_rate, dtype=jnp.dtype(dtype),
+      class_token=config.class_token,
+      layer_norm_epsilon=config.layer_norm_epsilon,
+      exact_gelu=config.exact_gelu,
+      legacy_latent_layout=config.legacy_latent_layout,
+      unit_pixels=config.unit_pixels,
+      proxy_head_hidden=config.proxy_head_hidden, pixel_vqgan=pixel_vqgan)

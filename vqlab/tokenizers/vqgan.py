@@ -66,9 +66,9 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    res = lambda c, h: ResBlock2D(
-        c, self.num_groups, self.dropout_rate, self.dtype, self.res_conv_bias,
-        self.shortcut_quirk)(h, train=train)
+    res = lambda c, h: ResBlock2D(c, self.num_groups, self.dropout_rate, self.
+                                  dtype, self.res_conv_bias, self.shortcut_quirk
+                                 )(h, train=train)
     h = nn.Conv(self.channels, (3, 3), dtype=self.dtype,
                 use_bias=self.conv_in_bias, name='conv_in')(x)
     last = len(self.channel_multipliers) - 1
@@ -78,8 +78,8 @@ class Encoder(nn.Module):
         if level in self.attention_levels:
           h = SpatialSelfAttention(self.num_groups, self.dtype)(h)
       if level != last:
-        h = (avg_pool_2x(h) if self.downsample == 'avg_pool' else
-             Downsample2D(self.dtype)(h))
+        h = (avg_pool_2x(h)
+             if self.downsample == 'avg_pool' else Downsample2D(self.dtype)(h))
     attention = (SpatialSelfAttention(self.num_groups, self.dtype)
                  if self.mid_attention else None)
     h = _mid_block(res, h, self.mid_res_blocks, attention)
@@ -109,9 +109,9 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, z: jax.Array, *, train: bool) -> jax.Array:
-    res = lambda c, h: ResBlock2D(
-        c, self.num_groups, self.dropout_rate, self.dtype, self.res_conv_bias,
-        self.shortcut_quirk)(h, train=train)
+    res = lambda c, h: ResBlock2D(c, self.num_groups, self.dropout_rate, self.
+                                  dtype, self.res_conv_bias, self.shortcut_quirk
+                                 )(h, train=train)
     width = self.channels * self.channel_multipliers[-1]
     h = nn.Conv(width, (3, 3), dtype=self.dtype, name='conv_in')(z)
     attention = (SpatialSelfAttention(self.num_groups, self.dtype)
@@ -168,9 +168,8 @@ class VQGAN(nn.Module):
     return 2**(len(self.channel_multipliers) - 1)
 
   def setup(self):
-    shared = dict(channels=self.channels,
-                  channel_multipliers=tuple(self.channel_multipliers),
-                  num_res_blocks=self.num_res_blocks,
+    shared = dict(channels=self.channels, channel_multipliers=tuple(
+        self.channel_multipliers), num_res_blocks=self.num_res_blocks,
                   attention_levels=tuple(self.attention_levels),
                   mid_attention=self.mid_attention, num_groups=self.num_groups,
                   dropout_rate=self.dropout_rate, dtype=self.dtype,
@@ -220,9 +219,9 @@ class VQGAN(nn.Module):
   def decode_indices(self, indices: jax.Array) -> jax.Array:
     """Tokens int [B, h, w] ([B, h, w, n_factors] for factorized codes) ->
     images [B, h*f, w*f, C] in about [-1, 1]."""
-    checks.check_token_grid(
-        indices, 3 + quantizer_base.num_index_axes(self.quantizer),
-        'VQGAN.decode_indices')
+    checks.check_token_grid(indices,
+                            3 + quantizer_base.num_index_axes(self.quantizer),
+                            'VQGAN.decode_indices')
     return self.decode(self.quantizer.indices_to_codes(indices))
 
   def forward_with_features(self, x: jax.Array, *, train: bool = False):
@@ -240,29 +239,31 @@ class VQGAN(nn.Module):
 def default_config() -> ml_collections.ConfigDict:
   """A small VQGAN that trains on CPU; configs/vqgan/ has the paper sizes."""
   config = ml_collections.ConfigDict()
-  config.in_channels = 3               # Image channels.
-  config.channels = 32                 # Base width; level i has channels * mult[i].
-  config.channel_multipliers = (1, 2, 2)  # One entry per level; f = 2^(len - 1).
-  config.num_res_blocks = 1            # Res blocks per level (decoder: +1).
-  config.attention_levels = ()         # Levels (0 = full resolution) with attention.
-  config.mid_attention = True          # Attention in the middle block.
-  config.z_channels = 64               # Encoder output channels before quant_conv.
-  config.num_groups = 8                # GroupNorm groups (taming: 32).
-  config.dropout_rate = 0.0            # Dropout inside res blocks.
+  config.in_channels = 3  # Image channels.
+  config.channels = 32  # Base width; level i has channels * mult[i].
+  config.channel_multipliers = (1, 2, 2
+                               )  # One entry per level; f = 2^(len - 1).
+  config.num_res_blocks = 1  # Res blocks per level (decoder: +1).
+  config.attention_levels = ()  # Levels (0 = full resolution) with attention.
+  config.mid_attention = True  # Attention in the middle block.
+  config.z_channels = 64  # Encoder output channels before quant_conv.
+  config.num_groups = 8  # GroupNorm groups (taming: 32).
+  config.dropout_rate = 0.0  # Dropout inside res blocks.
   # Taming's architecture; the converted MaskGIT VQGAN changes these.
-  config.mid_res_blocks = 2            # Res blocks in each middle section.
-  config.decoder_extra_block = True    # Decoder levels: num_res_blocks + 1.
-  config.downsample = 'conv'           # 'conv' (stride 2) or 'avg_pool' (2x2).
-  config.res_conv_bias = True          # Biases in the res-block convolutions.
-  config.conv_in_bias = True           # Bias in the encoder's first conv.
-  config.conv_out_kernel = 3           # Kernel of the encoder's last conv.
-  config.quant_convs = True            # 1x1 convs around the quantizer; off:
-                                       # z_channels must be the code dim.
-  config.shortcut_quirk = False        # MaskGIT: project the branch output
-                                       # (not the input) in the shortcut.
-  config.unit_pixels = False           # The network sees and makes [0, 1]
-                                       # pixels (MaskGIT); I/O stays [-1, 1].
-  config.quantizer = quantizers.default_config('vq')  # Any registered quantizer.
+  config.mid_res_blocks = 2  # Res blocks in each middle section.
+  config.decoder_extra_block = True  # Decoder levels: num_res_blocks + 1.
+  config.downsample = 'conv'  # 'conv' (stride 2) or 'avg_pool' (2x2).
+  config.res_conv_bias = True  # Biases in the res-block convolutions.
+  config.conv_in_bias = True  # Bias in the encoder's first conv.
+  config.conv_out_kernel = 3  # Kernel of the encoder's last conv.
+  # 1x1 convs around the quantizer; off: z_channels must be the code dim.
+  config.quant_convs = True
+  # MaskGIT: project the branch output (not the input) in the shortcut.
+  config.shortcut_quirk = False
+  # The network sees and makes [0, 1] pixels (MaskGIT); I/O stays [-1, 1].
+  config.unit_pixels = False
+  config.quantizer = quantizers.default_config(
+      'vq')  # Any registered quantizer.
   return config
 
 
@@ -271,37 +272,38 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
   """Builds a VQGAN (and its quantizer) from a validated config."""
   for level in config.attention_levels:
     if not 0 <= level < len(config.channel_multipliers):
-      raise ConfigError(f'{prefix}.attention_levels',
-                        f'level {level} outside [0, {len(config.channel_multipliers)})')
+      raise ConfigError(
+          f'{prefix}.attention_levels',
+          f'level {level} outside [0, {len(config.channel_multipliers)})')
   for key in ('channels', 'z_channels'):
     if config[key] % config.num_groups:
-      raise ConfigError(f'{prefix}.num_groups',
-                        f'{config.num_groups} does not divide {key}={config[key]}')
+      raise ConfigError(
+          f'{prefix}.num_groups',
+          f'{config.num_groups} does not divide {key}={config[key]}')
   if config.downsample not in DOWNSAMPLING:
-    raise ConfigError(f'{prefix}.downsample', f'must be one of '
-                      f'{", ".join(DOWNSAMPLING)}, got {config.downsample!r}')
+    raise ConfigError(
+        f'{prefix}.downsample', f'must be one of '
+        f'{", ".join(DOWNSAMPLING)}, got {config.downsample!r}')
   for key in ('mid_res_blocks', 'conv_out_kernel'):
     if config[key] < 1:
       raise ConfigError(f'{prefix}.{key}', f'must be >= 1, got {config[key]}')
   quantizer = quantizers.build_validated(config.quantizer,
                                          prefix=f'{prefix}.quantizer')
   if not config.quant_convs and config.z_channels != quantizer.code_dim:
-    raise ConfigError(f'{prefix}.z_channels',
-                      f'{config.z_channels} must equal the quantizer\'s code '
-                      f'dim {quantizer.code_dim} when quant_convs is off')
-  return VQGAN(quantizer=quantizer, in_channels=config.in_channels,
-               channels=config.channels,
-               channel_multipliers=tuple(config.channel_multipliers),
-               num_res_blocks=config.num_res_blocks,
-               attention_levels=tuple(config.attention_levels),
-               mid_attention=config.mid_attention, z_channels=config.z_channels,
-               num_groups=config.num_groups, dropout_rate=config.dropout_rate,
-               mid_res_blocks=config.mid_res_blocks,
-               decoder_extra_block=config.decoder_extra_block,
-               downsample=config.downsample,
-               res_conv_bias=config.res_conv_bias,
-               conv_in_bias=config.conv_in_bias,
-               conv_out_kernel=config.conv_out_kernel,
-               quant_convs=config.quant_convs,
-               shortcut_quirk=config.shortcut_quirk,
-               unit_pixels=config.unit_pixels, dtype=jnp.dtype(dtype))
+    raise ConfigError(
+        f'{prefix}.z_channels',
+        f'{config.z_channels} must equal the quantizer\'s code '
+        f'dim {quantizer.code_dim} when quant_convs is off')
+  return VQGAN(
+      quantizer=quantizer, in_channels=config.in_channels,
+      channels=config.channels, channel_multipliers=tuple(
+          config.channel_multipliers), num_res_blocks=config.num_res_blocks,
+      attention_levels=tuple(config.attention_levels),
+      mid_attention=config.mid_attention, z_channels=config.z_channels,
+      num_groups=config.num_groups, dropout_rate=config.dropout_rate,
+      mid_res_blocks=config.mid_res_blocks,
+      decoder_extra_block=config.decoder_extra_block,
+      downsample=config.downsample, res_conv_bias=config.res_conv_bias,
+      conv_in_bias=config.conv_in_bias, conv_out_kernel=config.conv_out_kernel,
+      quant_convs=config.quant_convs, shortcut_quirk=config.shortcut_quirk,
+      unit_pixels=config.unit_pixels, dtype=jnp.dtype(dtype))

@@ -52,24 +52,33 @@ def _signature(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
   state or Orbax metadata tree (attribute and dict paths alike)."""
   leaves = jax.tree_util.tree_leaves_with_path(
       tree, is_leaf=lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype'))
-  return {'/'.join(_path_name(e) for e in path):
-          (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
-          for path, leaf in leaves if hasattr(leaf, 'shape')}
+  return {
+      '/'.join(_path_name(e) for e in path): (
+          tuple(leaf.shape), str(np.dtype(leaf.dtype))
+      ) for path, leaf in leaves if hasattr(leaf, 'shape')
+  }
 
 
 def state_mismatch(saved: Any, expected: Any, limit: int = 3) -> str | None:
   """None when the two trees have the same paths, shapes and dtypes; else a
   short description of the first differences."""
   old, new = _signature(saved), _signature(expected)
-  params_first = lambda keys: sorted(keys, key=lambda k: (
-      not k.startswith('params/'), k))
-  problems = [f'{k} is {old[k][0]} {old[k][1]} there, {new[k][0]} '
-              f'{new[k][1]} here' for k in params_first(old.keys() & new.keys())
-              if old[k] != new[k]]
-  problems += [f'{k} only in the checkpoint'
-               for k in params_first(old.keys() - new.keys())]
-  problems += [f'{k} missing from the checkpoint'
-               for k in params_first(new.keys() - old.keys())]
+  params_first = lambda keys: sorted(
+      keys, key=lambda k: (not k.startswith('params/'), k))
+  problems = [
+      f'{k} is {old[k][0]} {old[k][1]} there, {new[k][0]} '
+      f'{new[k][1]} here'
+      for k in params_first(old.keys() & new.keys())
+      if old[k] != new[k]
+  ]
+  problems += [
+      f'{k} only in the checkpoint' for k in params_first(old.keys() -
+                                                          new.keys())
+  ]
+  problems += [
+      f'{k} missing from the checkpoint' for k in params_first(new.keys() -
+                                                               old.keys())
+  ]
   if not problems:
     return None
   more = len(problems) - limit
@@ -129,8 +138,8 @@ class Checkpointer:
     self._manager.reload()
     kept = self.all_steps()
     which = 'a checkpoint' if step is None else f'the checkpoint of step {step}'
-    intact = (f'step {kept[-1]} is the newest intact one' if kept else
-              'there is no earlier checkpoint')
+    intact = (f'step {kept[-1]} is the newest intact one'
+              if kept else 'there is no earlier checkpoint')
     return CheckpointError(f'could not write {which} to {self.directory} '
                            f'({_first_line(e)}); {intact}')
 
@@ -205,8 +214,9 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except
         # e.g. gs://, where a directory cannot be renamed.
         moved = f'left in place ({_first_line(e)})'
-      print(f'vqlab: checkpoint {src} is unreadable ({why}); {moved}; '
-            'continuing from an earlier step', flush=True)
+      print(
+          f'vqlab: checkpoint {src} is unreadable ({why}); {moved}; '
+          'continuing from an earlier step', flush=True)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices('vqlab_checkpoint_set_aside')
     self._manager.reload()

@@ -24,15 +24,15 @@ _EXPERIMENT = {
     'train.num_steps': _COUNT,
     'train.batch_size': _COUNT,
     'train.log_every': _COUNT,
-    'train.eval_every': '>= 0',         # 0: only at the end.
+    'train.eval_every': '>= 0',  # 0: only at the end.
     'train.checkpoint_every': '>= 0',
     'train.max_to_keep': _COUNT,
     'eval.batch_size': _COUNT,
-    'eval.max_batches': '-1 or >= 1',   # -1: the whole split.
+    'eval.max_batches': '-1 or >= 1',  # -1: the whole split.
     'eval.num_images': _COUNT,
-    'mesh.data': '-1 or >= 1',          # -1: the remaining devices.
+    'mesh.data': '-1 or >= 1',  # -1: the remaining devices.
     'mesh.fsdp': _COUNT,
-    'ema.decay': '[0, 1)',              # 0: off.
+    'ema.decay': '[0, 1)',  # 0: off.
     # Tokenizer task.
     'loss.reconstruction_weight': '>= 0',
     'loss.perceptual_weight': '>= 0',
@@ -45,7 +45,7 @@ _EXPERIMENT = {
     'loss.r1_weight': '>= 0',
     'loss.pcl_weight': '>= 0',
     'loss.pcl_temperature': '> 0',
-    'loss.pcl_num_patches': '>= 0',     # 0: all positions.
+    'loss.pcl_num_patches': '>= 0',  # 0: all positions.
     'loss.pcl_epsilon': '> 0',
     'warm_start.step': _STEP,
     # Generator task.
@@ -61,13 +61,13 @@ _EXPERIMENT = {
     'sample.num_samples': _COUNT,
     'sample.batch_size': _COUNT,
     'sample.seed': '>= 0',
-    'sample.temperature': '>= 0',       # 0: argmax.
+    'sample.temperature': '>= 0',  # 0: argmax.
     'sample.num_steps': _COUNT,
     'sample.choice_temperature': '>= 0',
-    'sample.guidance_scale': '>= 0',    # 0: off.
-    'sample.top_k': '>= 0',             # 0: off.
+    'sample.guidance_scale': '>= 0',  # 0: off.
+    'sample.top_k': '>= 0',  # 0: off.
     'sample.top_p': '(0, 1]',
-    'sample.diffusion_steps': '>= 0',   # 0: all T.
+    'sample.diffusion_steps': '>= 0',  # 0: all T.
     'sample.truncation': '(0, 1]',
     # TiTok proxy-code task.
     'proxy.step': _STEP,
@@ -92,13 +92,13 @@ _MODEL = {
     'patch_size': _COUNT,
     'num_latent_tokens': _COUNT,
     'proxy_codebook_size': _COUNT,
-    'proxy_head_hidden': '>= 0',        # 0: no hidden layer.
+    'proxy_head_hidden': '>= 0',  # 0: no hidden layer.
     'layer_norm_epsilon': '> 0',
     'vocab_size': _COUNT,
     'length': _COUNT,
     'token_shape': _COUNT,
     'factor_vocab_sizes': _COUNT,
-    'num_classes': '>= 0',              # 0: unconditional.
+    'num_classes': '>= 0',  # 0: unconditional.
     'width': _COUNT,
     'num_layers': _COUNT,
     'num_heads': _COUNT,
@@ -119,10 +119,10 @@ _QUANTIZER = {
     'embedding_dim': _COUNT,
     'beta': '>= 0',
     'loss_weight': '>= 0',
-    'projection_dim': '>= 0',           # 0: no projection.
+    'projection_dim': '>= 0',  # 0: no projection.
     'decay': '[0, 1)',
     'epsilon': '> 0',
-    'restart_threshold': '>= 0',        # 0: no restarts.
+    'restart_threshold': '>= 0',  # 0: no restarts.
     'temperature': '> 0',
     'temperature_final': '> 0',
     'temperature_anneal_steps': '>= 0',
@@ -152,13 +152,13 @@ _OPTIMIZER = {
     'b2': '[0, 1)',
     'weight_decay': '>= 0',
     'warmup_steps': '>= 0',
-    'grad_clip_norm': '>= 0',           # 0: no clipping.
+    'grad_clip_norm': '>= 0',  # 0: no clipping.
 }
 
 # Every dataset (a dataset's own checks add the relations between keys).
 _DATA = {
     'image_size': _COUNT,
-    'train_image_size': '>= 0',         # 0: image_size.
+    'train_image_size': '>= 0',  # 0: image_size.
     'seed': '>= 0',
     'channels': _COUNT,
     'crop_min_fraction': '(0, 1]',
@@ -196,5 +196,7 @@ _SECTIONS = (
 
 DOMAINS: dict[str, Domain] = {
     f'{mount}.{key}' if mount else key: Domain.parse(notation)
-    for mounts, table in _SECTIONS for mount in mounts
-    for key, notation in table.items()}
+    for mounts, table in _SECTIONS
+    for mount in mounts
+    for key, notation in table.items()
+}

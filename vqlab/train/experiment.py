@@ -29,9 +29,12 @@ from vqlab.train.tasks.base import Task
 
 def _abstract_batch(local_batch: dict[str, np.ndarray], global_size: int,
                     sharding) -> dict[str, jax.ShapeDtypeStruct]:
-  return {k: jax.ShapeDtypeStruct((global_size,) + v.shape[1:], v.dtype,
-                                  sharding=sharding)
-          for k, v in local_batch.items()}
+  return {
+      k:
+          jax.ShapeDtypeStruct((global_size,) + v.shape[1:], v.dtype,
+                               sharding=sharding)
+      for k, v in local_batch.items()
+  }
 
 
 def _with_shardings(abstract_tree: Any, shardings: Any) -> Any:
@@ -81,15 +84,14 @@ class Experiment:
     devices = list(jax.devices() if devices is None else devices)
     self.config = config = experiment_config.validate(config, len(devices))
     self.workdir = workdir
-    self.config_changes = run_record.check(config, workdir,
-                                           allow_config_change)
+    self.config_changes = run_record.check(config, workdir, allow_config_change)
     # Data problems (a missing folder, an unreadable image) stop the run
     # before anything is written to the workdir.
     self.task: Task = tasks.get(config.task).build(config, workdir)
     self.mesh = partitioning.make_mesh(config.mesh, devices)
     self.batch_sharding = partitioning.batch_sharding(self.mesh)
-    self.train_data = _build_data(config.data, 'train',
-                                  config.train.batch_size, self.task)
+    self.train_data = _build_data(config.data, 'train', config.train.batch_size,
+                                  self.task)
     self.eval_data = _build_data(config.data, 'eval', config.eval.batch_size,
                                  self.task)
     if lock:
@@ -105,8 +107,9 @@ class Experiment:
     with jax.set_mesh(self.mesh):
       abstract_state = jax.eval_shape(self.task.init, init_rng,
                                       self.abstract_batch)
-    self.state_shardings = partitioning.state_shardings(
-        abstract_state, self.mesh, config.mesh.rules)
+    self.state_shardings = partitioning.state_shardings(abstract_state,
+                                                        self.mesh,
+                                                        config.mesh.rules)
     self.abstract_state = _with_shardings(abstract_state, self.state_shardings)
     self.checkpointer = checkpoint_lib.Checkpointer(
         workdir, max_to_keep=config.train.max_to_keep)
@@ -139,9 +142,9 @@ class Experiment:
     self._gather = jax.jit(lambda x: x, out_shardings=replicated)
 
     if self.task.draws_samples:
-      self.jit_sample_images = jax.jit(
-          self.task.sample_images, static_argnames=('batch_size',),
-          out_shardings=replicated)
+      self.jit_sample_images = jax.jit(self.task.sample_images,
+                                       static_argnames=('batch_size',),
+                                       out_shardings=replicated)
 
   def sample_images(self, state, rng, cond=None, batch_size=None):
     """Decoded samples [B, (T,) H, W, C] of a generator task; cond: host
@@ -161,9 +164,10 @@ class Experiment:
     if self.config_changes:
       previous = run_record.unused_name(self.workdir,
                                         f'config_until_step_{step}')
-      print('vqlab: continuing the run with a changed config ('
-            f'{run_record.describe(self.config_changes)}); the previous one '
-            f'is kept as {previous}', flush=True)
+      print(
+          'vqlab: continuing the run with a changed config ('
+          f'{run_record.describe(self.config_changes)}); the previous one '
+          f'is kept as {previous}', flush=True)
     run_record.write(self.workdir, self.config, keep_previous_as=previous)
 
   def train_step(self, state, batch):
@@ -179,8 +183,9 @@ class Experiment:
     restored = self.checkpointer.restore(self.abstract_state)
     if restored is not None:
       return restored
-    zeros = {k: jnp.zeros(v.shape, v.dtype)
-             for k, v in self.abstract_batch.items()}
+    zeros = {
+        k: jnp.zeros(v.shape, v.dtype) for k, v in self.abstract_batch.items()
+    }
     init = jax.jit(lambda rng: self.task.init(rng, zeros),
                    out_shardings=self.state_shardings)
     with jax.set_mesh(self.mesh):
@@ -227,5 +232,7 @@ def _real_examples(images: dict[str, np.ndarray],
                    mask: np.ndarray) -> dict[str, np.ndarray]:
   """The images of an eval batch without its padding examples (mask [B])."""
   mask = np.asarray(mask, bool)
-  return {k: v[mask] if np.ndim(v) and len(v) == len(mask) else v
-          for k, v in images.items()}
+  return {
+      k: v[mask] if np.ndim(v) and len(v) == len(mask) else v
+      for k, v in images.items()
+  }

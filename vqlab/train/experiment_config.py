@@ -22,38 +22,39 @@ NETWORK_MODES = ('auto', 'on', 'off')
 def base_config() -> ml_collections.ConfigDict:
   """Sections every experiment has, with their defaults."""
   config = ml_collections.ConfigDict()
-  config.task = 'tokenizer'        # A name in vqlab.train.tasks.names().
-  config.seed = 0                  # Seeds init and the per-step rng stream.
+  config.task = 'tokenizer'  # A name in vqlab.train.tasks.names().
+  config.seed = 0  # Seeds init and the per-step rng stream.
   config.compute_dtype = 'float32'  # 'float32' or 'bfloat16'; params stay f32.
   # Directory of pretrained metric-network files (VGG16/19, Inception); empty:
   # $VQLAB_WEIGHTS_DIR or ~/.cache/vqlab/weights (see vqlab/weights/files.py).
   config.weights_dir = ''
 
   config.train = train = ml_collections.ConfigDict()
-  train.num_steps = 1000           # Total optimizer steps.
-  train.batch_size = 16            # Global batch (all hosts and devices).
-  train.log_every = 50             # Steps between scalar summaries.
-  train.eval_every = 500           # Steps between evals (0: only at the end).
-  train.checkpoint_every = 500     # Steps between async checkpoint saves.
-  train.max_to_keep = 3            # Checkpoints kept on disk.
+  train.num_steps = 1000  # Total optimizer steps.
+  train.batch_size = 16  # Global batch (all hosts and devices).
+  train.log_every = 50  # Steps between scalar summaries.
+  train.eval_every = 500  # Steps between evals (0: only at the end).
+  train.checkpoint_every = 500  # Steps between async checkpoint saves.
+  train.max_to_keep = 3  # Checkpoints kept on disk.
 
   config.eval = ev = ml_collections.ConfigDict()
-  ev.batch_size = 16               # Global eval batch.
-  ev.max_batches = -1              # Eval batches per eval; -1: the whole split.
-  ev.num_images = 8                # Examples shown in the PNG/TensorBoard grid.
+  ev.batch_size = 16  # Global eval batch.
+  ev.max_batches = -1  # Eval batches per eval; -1: the whole split.
+  ev.num_images = 8  # Examples shown in the PNG/TensorBoard grid.
   # 'auto': computed when the network's weight file is present; 'on': a
   # missing file is an error; 'off': skipped.
-  ev.lpips = 'auto'                # LPIPS-VGG16 (needs the VGG16 file).
-  ev.fid = 'auto'                  # rFID / FID (needs the Inception file).
-  ev.fid_reference = ''            # .npz of reference statistics (mu, sigma):
-                                   # also report FID against them.
+  ev.lpips = 'auto'  # LPIPS-VGG16 (needs the VGG16 file).
+  ev.fid = 'auto'  # rFID / FID (needs the Inception file).
+  # .npz of reference statistics (mu, sigma): also report FID against them.
+  ev.fid_reference = ''
 
   config.mesh = partitioning.default_config()
   config.data = data_lib.default_config('photos')
   return config
 
 
-def reference_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def reference_config(
+    config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The complete default config for the components `config` names.
 
   Raises:
@@ -75,11 +76,12 @@ def reference_config(config: ml_collections.ConfigDict) -> ml_collections.Config
     data_lib.REGISTRY.check_name(config.data.name)
     reference.data = data_lib.reference_config(config.data)
     foreign = sorted(set(config.data.keys()) - set(reference.data.keys()))
-    if foreign:   # Typically another dataset's keys under a switched name.
-      raise ConfigError('data.name', (
-          f'{config.data.name!r} does not take data.{", data.".join(foreign)}'
-          ', which this config sets for its own dataset: use a config made '
-          'for it (your images: --config=configs/image_folder.py:PATH)'))
+    if foreign:  # Typically another dataset's keys under a switched name.
+      raise ConfigError(
+          'data.name',
+          (f'{config.data.name!r} does not take data.{", data.".join(foreign)}'
+           ', which this config sets for its own dataset: use a config made '
+           'for it (your images: --config=configs/image_folder.py:PATH)'))
   return reference
 
 

@@ -18,23 +18,29 @@ from vqlab.weights import files
 from vqlab.weights import inception as inception_weights
 
 # Network -> the weight files it needs (vqlab.weights.files names).
-WEIGHT_FILES = {'lpips': ('vgg16', 'lpips_vgg_heads'), 'vgg19': ('vgg19',),
-                'inception': ('inception_fid',)}
-_LOADERS = {'lpips': perceptual.load_lpips_params,
-            'vgg19': vgg_features.load_vgg19_feature_params,
-            'inception': inception_weights.load_inception_params}
+WEIGHT_FILES = {
+    'lpips': ('vgg16', 'lpips_vgg_heads'),
+    'vgg19': ('vgg19',),
+    'inception': ('inception_fid',)
+}
+_LOADERS = {
+    'lpips': perceptual.load_lpips_params,
+    'vgg19': vgg_features.load_vgg19_feature_params,
+    'inception': inception_weights.load_inception_params
+}
 
 
-def wanted(network: str, mode: str, directory: str | os.PathLike | None
-           ) -> bool:
+def wanted(network: str, mode: str,
+           directory: str | os.PathLike | None) -> bool:
   """Whether to load `network` under mode 'on' / 'off' / 'auto' (= when all
   of its weight files are present)."""
   if mode == 'off':
     return False
   if mode == 'on':
     return True
-  return all(files.locate(name, directory) is not None
-             for name in WEIGHT_FILES[network])
+  return all(
+      files.locate(name, directory) is not None
+      for name in WEIGHT_FILES[network])
 
 
 def load(networks: Iterable[str],

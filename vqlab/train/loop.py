@@ -29,14 +29,15 @@ def _write_eval(writer, exp: experiment.Experiment, step: int, metrics,
   writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items()})
   n = exp.config.eval.num_images
   name = 'eval_samples' if 'samples' in images else 'eval_reconstructions'
-  writer.write_images(step, {name: writers_lib.image_grid(
-      exp.task.image_rows(images, n))})
+  writer.write_images(
+      step, {name: writers_lib.image_grid(exp.task.image_rows(images, n))})
   if jax.process_index() == 0:
     path = os.path.join(exp.workdir, f'eval_{step}.json')
     with fileio.open(path, 'w') as f:
       json.dump({'step': step, **metrics}, f, indent=2)
-    print(f'vqlab: eval at step {step}: ' + ' '.join(
-        f'{k}={v:.4g}' for k, v in metrics.items()), flush=True)
+    print(
+        f'vqlab: eval at step {step}: ' +
+        ' '.join(f'{k}={v:.4g}' for k, v in metrics.items()), flush=True)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -61,13 +62,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     {'step', 'preempted', plus the final eval metrics unless preempted}.
   """
   with preemption.PreemptionWatcher() as watcher:
-    return _train(config, workdir, devices, step_callback,
-                  allow_config_change, watcher)
+    return _train(config, workdir, devices, step_callback, allow_config_change,
+                  watcher)
 
 
 def _stopped(step: int, saved: bool) -> dict[str, Any]:
-  what = (f'checkpoint saved at step {step}' if saved else
-          'stopped before the first step; nothing new to save')
+  what = (f'checkpoint saved at step {step}'
+          if saved else 'stopped before the first step; nothing new to save')
   print(f'vqlab: interrupted; {what}', flush=True)
   return {'step': step, 'preempted': True}
 
@@ -76,7 +77,8 @@ def _train(config, workdir, devices, step_callback, allow_config_change,
            watcher: preemption.PreemptionWatcher) -> dict[str, Any]:
   """train_and_evaluate under its signal watcher."""
   exp = experiment.Experiment(config, workdir, devices,
-                   allow_config_change=allow_config_change, lock='train')
+                              allow_config_change=allow_config_change,
+                              lock='train')
   config = exp.config
   train_cfg = config.train
   state, start_step = exp.initial_state()
@@ -91,8 +93,9 @@ def _train(config, workdir, devices, step_callback, allow_config_change,
   writer = writers_lib.MetricWriter(workdir)
   is_chief = jax.process_index() == 0
   if is_chief:
-    print(f'vqlab: {jax.process_count()} processes, {jax.device_count()} '
-          f'devices, mesh {dict(exp.mesh.shape)}', flush=True)
+    print(
+        f'vqlab: {jax.process_count()} processes, {jax.device_count()} '
+        f'devices, mesh {dict(exp.mesh.shape)}', flush=True)
   progress = progress_lib.Progress(start_step, train_cfg.num_steps,
                                    train_cfg.batch_size, enabled=is_chief)
   batches = exp.train_data.batches(start_step)
@@ -114,13 +117,16 @@ def _train(config, workdir, devices, step_callback, allow_config_change,
         now = time.perf_counter()
         rate = (step - step_log) / max(now - t_log, 1e-9)
         t_log, step_log = now, step
-        writer.write_scalars(step, {**metrics, 'steps_per_sec': rate,
-                                    'examples_per_sec': rate *
-                                    train_cfg.batch_size})
-        progress.update(step, {k: metrics[k] for k in ('loss', 'rec_loss')
-                               if k in metrics})
-      if (train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0
-          and step != train_cfg.num_steps):
+        writer.write_scalars(
+            step, {
+                **metrics, 'steps_per_sec': rate,
+                'examples_per_sec': rate * train_cfg.batch_size
+            })
+        progress.update(
+            step, {k: metrics[k] for k in ('loss', 'rec_loss') if k in metrics})
+      if (train_cfg.checkpoint_every and
+          step % train_cfg.checkpoint_every == 0 and
+          step != train_cfg.num_steps):
         save(step)
         last_saved = step
       if (train_cfg.eval_every and step % train_cfg.eval_every == 0 and
@@ -163,7 +169,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   """`--mode=eval`: restores the latest checkpoint and evaluates it (the
   run's config.json is compared with `config`, never rewritten)."""
   exp = experiment.Experiment(config, workdir, devices,
-                   allow_config_change=allow_config_change)
+                              allow_config_change=allow_config_change)
   restored = exp.checkpointer.restore(exp.abstract_state)
   if restored is None:
     raise CheckpointError(

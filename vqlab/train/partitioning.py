@@ -19,8 +19,8 @@ BATCH_AXES = ('data', 'fsdp')
 
 def default_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.data = -1   # Data-parallel axis size; -1 takes the remaining devices.
-  config.fsdp = 1    # Parameter-sharding axis size (the batch is sharded on it too).
+  config.data = -1  # Data-parallel axis size; -1 takes the remaining devices.
+  config.fsdp = 1  # Parameter-sharding axis size (the batch is sharded on it too).
   # (regex on the '/'-joined parameter path, 'fsdp' or 'replicate'); first match
   # wins, unmatched leaves are replicated.
   config.rules = (('.*', 'fsdp'),)
@@ -37,8 +37,9 @@ def make_mesh(config: ml_collections.ConfigDict,
                       'devices')
   data = len(devices) // fsdp if config.data == -1 else config.data
   if data * fsdp != len(devices):
-    raise ConfigError('mesh.data', f'data={data} x fsdp={fsdp} != '
-                      f'{len(devices)} devices')
+    raise ConfigError(
+        'mesh.data', f'data={data} x fsdp={fsdp} != '
+        f'{len(devices)} devices')
   return jax.make_mesh((data, fsdp), BATCH_AXES, devices=devices,
                        axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
@@ -53,8 +54,9 @@ def replicated(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
 
 
 def _path_string(path) -> str:
-  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))))
-                  for k in path)
+  return '/'.join(
+      str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))))
+      for k in path)
 
 
 def _fsdp_spec(shape: tuple[int, ...], size: int) -> jax.P:
@@ -82,8 +84,9 @@ def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh,
         if action == 'fsdp':
           spec = _fsdp_spec(tuple(leaf.shape), fsdp_size)
         elif action != 'replicate':
-          raise ConfigError('mesh.rules', f'unknown action {action!r} '
-                            "(use 'fsdp' or 'replicate')")
+          raise ConfigError(
+              'mesh.rules', f'unknown action {action!r} '
+              "(use 'fsdp' or 'replicate')")
         break
     return jax.sharding.NamedSharding(mesh, spec)
 
@@ -93,5 +96,7 @@ def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh,
 def global_batch(local_batch: dict[str, np.ndarray],
                  sharding: jax.sharding.NamedSharding) -> dict[str, jax.Array]:
   """Assembles per-host batches into global arrays sharded on the batch axis."""
-  return {k: jax.make_array_from_process_local_data(sharding, v)
-          for k, v in local_batch.items()}
+  return {
+      k: jax.make_array_from_process_local_data(sharding, v)
+      for k, v in local_batch.items()
+  }

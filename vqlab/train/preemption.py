@@ -45,8 +45,9 @@ class PreemptionWatcher:
     name = signal.Signals(signum).name
     again = (' (Ctrl-C again to abort without saving)'
              if signum == signal.SIGINT else '')
-    print(f'\nvqlab: {name} received; saving once the current step is '
-          f'done{again}', flush=True)
+    print(
+        f'\nvqlab: {name} received; saving once the current step is '
+        f'done{again}', flush=True)
 
   def should_stop(self) -> bool:
     """True once any process received SIGTERM or SIGINT (collective on

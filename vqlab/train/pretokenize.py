@@ -49,27 +49,31 @@ def _num_examples(config, source, split: str) -> int:
   if wanted > 0:
     return wanted
   if source.num_examples is None:
-    raise ConfigError('tokens.num_train_examples', f'the {config.data.name} '
-                      'train set is drawn on the fly (random crops) and has '
-                      'no size: set how many examples to tokenize')
+    raise ConfigError(
+        'tokens.num_train_examples', f'the {config.data.name} '
+        'train set is drawn on the fly (random crops) and has '
+        'no size: set how many examples to tokenize')
   return source.num_examples
 
 
 def _check_resume(old: dict[str, Any], new: dict[str, Any],
                   directory: str) -> None:
   """ConfigError unless the shards on disk were made like the new ones."""
+
   def describe(metadata, key):
     if key == 'tokenizer':
       return f'{metadata[key]["workdir"]} at step {metadata[key]["step"]}'
     return repr(metadata[key])
+
   old = {'condition': {'image': 'none'}, **old}  # Shards made before it.
   for key in ('tokenizer', 'data', 'condition', 'token_shape', 'batch_size',
               'batches_per_shard', 'process_count'):
     before, now = describe(old, key), describe(new, key)
     if before != now:
-      raise ConfigError('tokens.dir', f'{directory} holds tokens made with '
-                        f'{key} {before}, this config has {now}: delete it '
-                        'or choose another tokens.dir')
+      raise ConfigError(
+          'tokens.dir', f'{directory} holds tokens made with '
+          f'{key} {before}, this config has {now}: delete it '
+          'or choose another tokens.dir')
 
 
 def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
@@ -87,12 +91,14 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
   devices = list(jax.devices() if devices is None else devices)
   config = experiment_config.validate(config, len(devices))
   if config.task != 'generator':
-    raise ConfigError('task', f'--mode=tokenize needs a generator config '
-                      f'(task = generator), got {config.task!r}')
+    raise ConfigError(
+        'task', f'--mode=tokenize needs a generator config '
+        f'(task = generator), got {config.task!r}')
   batch_size = config.tokens.batch_size
   if batch_size % len(devices):
-    raise ConfigError('tokens.batch_size', f'{batch_size} is not divisible by '
-                      f'the {len(devices)} devices')
+    raise ConfigError(
+        'tokens.batch_size', f'{batch_size} is not divisible by '
+        f'the {len(devices)} devices')
   workdir_lock.acquire(workdir, 'tokenize')
   tok = trained_tokenizer.load(config.tokenizer.workdir, config.tokenizer.step)
   directory = generator.tokens_dir(config, workdir)
@@ -108,16 +114,16 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
     encode_cond = jax.jit(
         lambda v, x: tok.encode(
             v, spatial_conditions.condition_images(x, config.condition)),
-        in_shardings=(replicated, batch_sharding),
-        out_shardings=batch_sharding)
+        in_shardings=(replicated, batch_sharding), out_shardings=batch_sharding)
   process, num_processes = jax.process_index(), jax.process_count()
 
   sources = {}
   for split in ('train', 'eval'):
     try:
-      sources[split] = data_lib.build(
-          config.data, split=split, global_batch_size=batch_size,
-          process_index=process, process_count=num_processes)
+      sources[split] = data_lib.build(config.data, split=split,
+                                      global_batch_size=batch_size,
+                                      process_index=process,
+                                      process_count=num_processes)
     except (ValueError, FileNotFoundError) as e:
       raise DataError(str(e)) from e
   first = next(iter(sources['eval'].batches()))
@@ -129,7 +135,8 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
       'tokenizer': tok.metadata(),
       'data': json.loads(config.data.to_json_best_effort()),
       'condition': condition,
-      'input_key': key, 'input_shape': list(input_shape),
+      'input_key': key,
+      'input_shape': list(input_shape),
       'token_shape': list(tok.token_shape(input_shape)),
       'vocab_size': tok.vocab_size,
       'factor_vocab_sizes': list(tok.factor_vocab_sizes),
@@ -155,8 +162,12 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
     num_batches = math.ceil(num_examples / batch_size)
     per_shard = config.tokens.batches_per_shard
     num_shards = math.ceil(num_batches / per_shard)
-    info = {'num_examples': num_examples, 'num_batches': num_batches,
-            'num_files': num_shards * num_processes, 'complete': False}
+    info = {
+        'num_examples': num_examples,
+        'num_batches': num_batches,
+        'num_files': num_shards * num_processes,
+        'complete': False
+    }
     done = metadata['splits'].get(split)
     if done and done.get('complete') and done['num_examples'] == num_examples:
       summary[f'{split}_examples'] = num_examples
@@ -184,23 +195,22 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
           images = partitioning.global_batch({key: local[key]},
                                              batch_sharding)[key]
           tokens = multihost_utils.global_array_to_host_local_array(
-              encode(variables, images), mesh,
-              jax.P(partitioning.BATCH_AXES))
-          parts.setdefault(token_shards.TOKENS, []).append(
-              np.asarray(tokens)[keep])
+              encode(variables, images), mesh, jax.P(partitioning.BATCH_AXES))
+          parts.setdefault(token_shards.TOKENS,
+                           []).append(np.asarray(tokens)[keep])
           if encode_cond is not None:
             cond = multihost_utils.global_array_to_host_local_array(
                 encode_cond(variables, images), mesh,
                 jax.P(partitioning.BATCH_AXES))
-            parts.setdefault(token_shards.COND_TOKENS, []).append(
-                np.asarray(cond)[keep])
+            parts.setdefault(token_shards.COND_TOKENS,
+                             []).append(np.asarray(cond)[keep])
           for name, value in local.items():
             if name not in IMAGE_KEYS:
               parts.setdefault(name, []).append(np.asarray(value)[keep])
           progress.update(step + 1, {})
-        token_shards.write_shard(path, {k: np.concatenate(v)
-                                        for k, v in parts.items()},
-                                 tok.vocab_size)
+        token_shards.write_shard(path, {
+            k: np.concatenate(v) for k, v in parts.items()
+        }, tok.vocab_size)
         written += 1
     progress.close()
     multihost_utils.sync_global_devices(f'vqlab_tokenize_{split}')
@@ -212,8 +222,8 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
   return summary
 
 
-def _rows_to_keep(local, split: str, step: int, batch_size: int,
-                  process: int, num_examples: int) -> np.ndarray:
+def _rows_to_keep(local, split: str, step: int, batch_size: int, process: int,
+                  num_examples: int) -> np.ndarray:
   """bool [b]: rows that are real examples (eval padding and train positions
   past num_examples dropped)."""
   if split == 'eval':

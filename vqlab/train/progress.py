@@ -35,7 +35,8 @@ class Progress:
     self._t0 = None
     self._step0 = start_step
 
-  def update(self, step: int, metrics: Mapping[str, float] | None = None) -> str:
+  def update(self, step: int,
+             metrics: Mapping[str, float] | None = None) -> str:
     """Reports that `step` steps are done; returns the printed line."""
     now = time.perf_counter()
     if self._t0 is None:

@@ -31,10 +31,9 @@ from vqlab.train import partitioning
 from vqlab.train import progress as progress_lib
 
 
-def compute_reference_statistics(config: ml_collections.ConfigDict,
-                                 output_path: str, *,
-                                 devices: list[jax.Device] | None = None
-                                 ) -> fid.FeatureStatistics:
+def compute_reference_statistics(
+    config: ml_collections.ConfigDict, output_path: str, *,
+    devices: list[jax.Device] | None = None) -> fid.FeatureStatistics:
   """Computes and saves the Inception statistics of the eval split.
 
   Args:
@@ -61,9 +60,9 @@ def compute_reference_statistics(config: ml_collections.ConfigDict,
                           process_index=jax.process_index(),
                           process_count=jax.process_count())
   pool = jax.jit(
-      lambda p, images: inception.InceptionV3().apply({'params': p},
-                                                      images)['pool'],
-      in_shardings=(replicated, batch_sharding), out_shardings=replicated)
+      lambda p, images: inception.InceptionV3().apply({'params': p}, images)[
+          'pool'], in_shardings=(replicated, batch_sharding),
+      out_shardings=replicated)
   stats = fid.FeatureStatistics()
   num_batches = -(-source.num_examples // config.eval.batch_size)
   progress = progress_lib.Progress(0, num_batches, config.eval.batch_size,

@@ -43,9 +43,10 @@ def read(workdir: str) -> dict[str, Any] | None:
     with fileio.open(path) as f:
       return json.load(f)
   except ValueError as e:
-    raise ConfigError('--workdir', f'{path} is not valid JSON ({e}); it is '
-                      'the record of how the run was trained: repair it or '
-                      'use another --workdir') from e
+    raise ConfigError(
+        '--workdir', f'{path} is not valid JSON ({e}); it is '
+        'the record of how the run was trained: repair it or '
+        'use another --workdir') from e
 
 
 def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
@@ -68,14 +69,19 @@ def differences(saved: dict[str, Any],
   not free to change. Keys only one side has (added or removed by another
   vqlab version) are not differences."""
   old, new = _flatten(saved), _flatten(as_json_tree(config))
-  return {k: (old[k], new[k]) for k in sorted(old.keys() & new.keys())
-          if old[k] != new[k] and not _free(k)}
+  return {
+      k: (old[k], new[k])
+      for k in sorted(old.keys() & new.keys())
+      if old[k] != new[k] and not _free(k)
+  }
 
 
 def describe(changed: dict[str, tuple], limit: int = 4) -> str:
   """'model.channels 8 -> 16, ...' (at most `limit` keys, then a count)."""
-  shown = [f'{k} {json.dumps(a)} -> {json.dumps(b)}'
-           for k, (a, b) in list(changed.items())[:limit]]
+  shown = [
+      f'{k} {json.dumps(a)} -> {json.dumps(b)}'
+      for k, (a, b) in list(changed.items())[:limit]
+  ]
   if len(changed) > limit:
     shown.append(f'and {len(changed) - limit} more')
   return ', '.join(shown)

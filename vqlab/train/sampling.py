@@ -66,8 +66,9 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
   exp = experiment.Experiment(config, workdir, devices, lock='sample')
   config, task = exp.config, exp.task
   if not task.draws_samples:
-    raise ConfigError('task', f'--mode=sample needs a generator config, got '
-                      f'task {config.task!r}')
+    raise ConfigError(
+        'task', f'--mode=sample needs a generator config, got '
+        f'task {config.task!r}')
   restored = exp.checkpointer.restore(exp.abstract_state)
   if restored is None:
     raise CheckpointError(f'no checkpoint in {exp.checkpointer.directory}: '
@@ -76,8 +77,9 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
   s = config.sample
   devices_count = exp.mesh.devices.size
   if s.batch_size % devices_count:
-    raise ConfigError('sample.batch_size', f'{s.batch_size} is not divisible '
-                      f'by the {devices_count} devices')
+    raise ConfigError(
+        'sample.batch_size', f'{s.batch_size} is not divisible '
+        f'by the {devices_count} devices')
   out_dir = os.path.join(workdir, 'samples', f'step_{step}')
   is_chief = jax.process_index() == 0
   if is_chief:
@@ -92,8 +94,8 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
   with jax.set_mesh(exp.mesh):
     for i in range(num_batches):
       cond = task.sample_conditions(i * s.batch_size, s.batch_size)
-      images = exp.sample_images(state, jax.random.fold_in(base_rng, i),
-                                 cond, batch_size=s.batch_size)
+      images = exp.sample_images(state, jax.random.fold_in(base_rng, i), cond,
+                                 batch_size=s.batch_size)
       keep = min(s.batch_size, s.num_samples - i * s.batch_size)
       host = np.asarray(jax.device_get(images))[:keep]
       if is_chief:
@@ -109,12 +111,11 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
         score.update(np.asarray(out['logits_unbiased'])[:keep * per])
       progress.update(i + 1, {})
   progress.close()
-  result = {'step': step, 'num_samples': s.num_samples,
-            'samples_dir': out_dir}
+  result = {'step': step, 'num_samples': s.num_samples, 'samples_dir': out_dir}
   if use_inception:
     mu, sigma = _reference(config, workdir)
-    result['gfid'] = fid.frechet_distance(stats.mean(), stats.covariance(),
-                                          mu, sigma)
+    result['gfid'] = fid.frechet_distance(stats.mean(), stats.covariance(), mu,
+                                          sigma)
     result['inception_score'], result['inception_score_std'] = score.result()
   if is_chief:
     with fileio.open(os.path.join(workdir, f'samples_{step}.json'), 'w') as f:

@@ -73,10 +73,14 @@ class TrainedTokenizer:
 
   def metadata(self) -> dict[str, Any]:
     """What a generator run records about the tokenizer it was built on."""
-    return {'workdir': fileio.absolute(self.workdir), 'step': self.step,
-            'name': self.config.model.name, 'vocab_size': self.vocab_size,
-            'factor_vocab_sizes': list(self.factor_vocab_sizes),
-            'model': json.loads(self.config.model.to_json_best_effort())}
+    return {
+        'workdir': fileio.absolute(self.workdir),
+        'step': self.step,
+        'name': self.config.model.name,
+        'vocab_size': self.vocab_size,
+        'factor_vocab_sizes': list(self.factor_vocab_sizes),
+        'model': json.loads(self.config.model.to_json_best_effort())
+    }
 
 
 def read_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -105,16 +109,18 @@ def load(workdir: str, step: int = -1) -> TrainedTokenizer:
     ConfigError: the run is not a tokenizer run.
   """
   if not workdir:
-    raise ConfigError('tokenizer.workdir', 'empty: set it to the --workdir of '
-                      'a trained tokenizer run')
+    raise ConfigError(
+        'tokenizer.workdir', 'empty: set it to the --workdir of '
+        'a trained tokenizer run')
   config = read_run_config(workdir)
   if config.get('task') != 'tokenizer' or 'model' not in config:
-    raise ConfigError('tokenizer.workdir', f'{workdir!r} is a '
-                      f'{config.get("task")!r} run, not a tokenizer run')
+    raise ConfigError(
+        'tokenizer.workdir', f'{workdir!r} is a '
+        f'{config.get("task")!r} run, not a tokenizer run')
   config.model = tokenizers.validate(config.model, 'tokenizer.model')
   model = tokenizers.build_validated(config.model, prefix='tokenizer.model')
-  tree, step = checkpoint_lib.restore_on_host(
-      workdir, None if step < 0 else step)
+  tree, step = checkpoint_lib.restore_on_host(workdir,
+                                              None if step < 0 else step)
   use_ema = config.get('ema', {}).get('decay', 0.0) > 0 and tree['ema_params']
   params = (tree['ema_params'] if use_ema else tree['params'])['generator']
   variables = {'params': params, **(tree.get('model_state') or {})}

@@ -24,7 +24,7 @@ from vqlab import fileio
 from vqlab.errors import WorkdirError
 
 LOCK_FILE = 'vqlab.lock'
-_held: dict[str, IO] = {}   # absolute workdir -> its open, locked file.
+_held: dict[str, IO] = {}  # absolute workdir -> its open, locked file.
 
 
 def acquire(workdir: str, mode: str) -> None:
@@ -51,9 +51,9 @@ def acquire(workdir: str, mode: str) -> None:
     f.seek(0)
     holder = f.read().strip() or 'another process'
     f.close()
-    raise WorkdirError(f'{workdir} is in use by another vqlab run ({holder}); '
-                       'wait for it to finish or use another --workdir'
-                       ) from None
+    raise WorkdirError(
+        f'{workdir} is in use by another vqlab run ({holder}); '
+        'wait for it to finish or use another --workdir') from None
   f.seek(0)
   f.truncate()
   started = datetime.datetime.now().isoformat(timespec='seconds')

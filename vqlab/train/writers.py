@@ -31,8 +31,8 @@ class MetricWriter:
       self._jsonl = fileio.open(os.path.join(workdir, 'metrics.jsonl'), 'a')
       if fileio.is_url(workdir):
         _register_gfile_event_writer(fileio.scheme(workdir))
-      self._tb = tensorboardX.SummaryWriter(
-          os.path.join(workdir, 'tensorboard'))
+      self._tb = tensorboardX.SummaryWriter(os.path.join(
+          workdir, 'tensorboard'))
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     """Writes float scalars at `step` to TensorBoard and metrics.jsonl."""
@@ -98,8 +98,9 @@ def image_grid(rows: list[np.ndarray], padding: int = 2) -> np.ndarray:
     uint8 [len(rows) * (H + p) + p, N * (W + p) + p, C].
   """
   n, h, w, c = rows[0].shape
-  grid = np.full((len(rows) * (h + padding) + padding,
-                  n * (w + padding) + padding, c), 255, np.uint8)
+  grid = np.full(
+      (len(rows) * (h + padding) + padding, n * (w + padding) + padding, c),
+      255, np.uint8)
   for r, row in enumerate(rows):
     pixels = np.clip((np.asarray(row, np.float32) + 1.0) * 127.5 + 0.5, 0, 255)
     for i in range(n):
@@ -116,7 +117,7 @@ def save_gif(path: str, frames: np.ndarray, fps: int = 8) -> None:
     pixels = pixels[..., 0]
   images = [Image.fromarray(frame) for frame in pixels]
   fileio.write_atomically(
-      path, lambda f: images[0].save(f, format='GIF', save_all=True,
-                                     append_images=images[1:], loop=0,
-                                     duration=int(1000 / fps)),
+      path,
+      lambda f: images[0].save(f, format='GIF', save_all=True, append_images=
+                               images[1:], loop=0, duration=int(1000 / fps)),
       tmp_suffix='.tmp.gif')

@@ -24,25 +24,28 @@ class WeightFile:
 
 
 KNOWN_FILES = {
-    'vgg16': WeightFile(
-        'vgg16-397923af.pth',
-        'https://download.pytorch.org/models/vgg16-397923af.pth',
-        'the torchvision VGG16 ImageNet weights (the LPIPS trunk)'),
-    'vgg19': WeightFile(
-        'vgg19-dcbb9e9d.pth',
-        'https://download.pytorch.org/models/vgg19-dcbb9e9d.pth',
-        'the torchvision VGG19 ImageNet weights (features of the '
-        'probabilistic contrastive loss)'),
-    'lpips_vgg_heads': WeightFile(
-        'lpips_vgg_v0.1.pth',
-        'https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/'
-        'weights/v0.1/vgg.pth',
-        'the LPIPS v0.1 linear heads for VGG16', packaged=True),
-    'inception_fid': WeightFile(
-        'pt_inception-2015-12-05-6726825d.pth',
-        'https://github.com/mseitzer/pytorch-fid/releases/download/'
-        'fid_weights/pt_inception-2015-12-05-6726825d.pth',
-        'the FID InceptionV3 weights of pytorch-fid (TF 2015-12-05 graph)'),
+    'vgg16':
+        WeightFile('vgg16-397923af.pth',
+                   'https://download.pytorch.org/models/vgg16-397923af.pth',
+                   'the torchvision VGG16 ImageNet weights (the LPIPS trunk)'),
+    'vgg19':
+        WeightFile(
+            'vgg19-dcbb9e9d.pth',
+            'https://download.pytorch.org/models/vgg19-dcbb9e9d.pth',
+            'the torchvision VGG19 ImageNet weights (features of the '
+            'probabilistic contrastive loss)'),
+    'lpips_vgg_heads':
+        WeightFile(
+            'lpips_vgg_v0.1.pth',
+            'https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/'
+            'weights/v0.1/vgg.pth', 'the LPIPS v0.1 linear heads for VGG16',
+            packaged=True),
+    'inception_fid':
+        WeightFile(
+            'pt_inception-2015-12-05-6726825d.pth',
+            'https://github.com/mseitzer/pytorch-fid/releases/download/'
+            'fid_weights/pt_inception-2015-12-05-6726825d.pth',
+            'the FID InceptionV3 weights of pytorch-fid (TF 2015-12-05 graph)'),
 }
 
 
@@ -64,8 +67,8 @@ def _known(name: str) -> WeightFile:
   return KNOWN_FILES[name]
 
 
-def locate(name: str, directory: str | os.PathLike | None = None
-           ) -> pathlib.Path | None:
+def locate(name: str,
+           directory: str | os.PathLike | None = None) -> pathlib.Path | None:
   """Path of weight file `name` (a KNOWN_FILES key), or None if absent.
 
   The weights directory wins over a packaged copy, so users can override it.
@@ -79,8 +82,8 @@ def locate(name: str, directory: str | os.PathLike | None = None
   return None
 
 
-def require(name: str, directory: str | os.PathLike | None = None
-            ) -> pathlib.Path:
+def require(name: str,
+            directory: str | os.PathLike | None = None) -> pathlib.Path:
   """Like `locate`, but a missing file raises WeightsError saying what to
   download and where to put it."""
   path = locate(name, directory)

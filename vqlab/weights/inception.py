@@ -36,8 +36,11 @@ def _param_shapes() -> dict[tuple[str, ...], tuple[int, ...]]:
   model = inception.InceptionV3(resize_input=False)
   shapes = jax.eval_shape(model.init, jax.random.key(0),
                           jnp.zeros((1, 75, 75, 3)))['params']
-  return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf
-          in jax.tree_util.tree_leaves_with_path(shapes)}
+  return {
+      tuple(k.key for k in path): tuple(
+          leaf.shape
+      ) for path, leaf in jax.tree_util.tree_leaves_with_path(shapes)
+  }
 
 
 def _take(state: Mapping[str, np.ndarray], key: str,
@@ -83,8 +86,8 @@ def convert_inception(state: Mapping[str, np.ndarray]) -> dict:
     prefix = '.'.join(path[:-1])
     kh, kw, cin, cout = shape
     kernel = _take(state, f'{prefix}.conv.weight', (cout, cin, kh, kw))
-    gamma, beta, mean, var = (_take(state, f'{prefix}.bn.{stat}', (cout,))
-                              for stat in _BN_STATS)
+    gamma, beta, mean, var = (
+        _take(state, f'{prefix}.bn.{stat}', (cout,)) for stat in _BN_STATS)
     scale = gamma / np.sqrt(var + BN_EPS)
     _set(params, path, kernel.transpose(2, 3, 1, 0) * scale)
     _set(params, path[:-1] + ('bias',), beta - mean * scale)

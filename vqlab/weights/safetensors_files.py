@@ -77,8 +77,9 @@ def _raw_views(path: str) -> dict[str, dict]:
     return dict(safetensors.deserialize(file.read()))
 
 
-def _read(path: str, names: Iterable[str] | None
-          ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def _read(
+    path: str, names: Iterable[str] | None
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
   if os.path.isdir(path):
     raise IsADirectoryError(path)
   try:
@@ -101,16 +102,18 @@ def _read(path: str, names: Iterable[str] | None
           continue
         raw = raw or _raw_views(path)
         dtype = DTYPES[dtype_name]
-        out[name] = np.frombuffer(raw[name]['data'], dtype).reshape(
-            raw[name]['shape']).astype(dtype.newbyteorder('='))
+        out[name] = np.frombuffer(raw[name]['data'],
+                                  dtype).reshape(raw[name]['shape']).astype(
+                                      dtype.newbyteorder('='))
   except safetensors.SafetensorError as e:
     raise _package_error(e) from None
   return out, metadata
 
 
-def load_safetensors(path: str | os.PathLike,
-                     names: Iterable[str] | None = None,
-                     ) -> dict[str, np.ndarray]:
+def load_safetensors(
+    path: str | os.PathLike,
+    names: Iterable[str] | None = None,
+) -> dict[str, np.ndarray]:
   """Reads a `.safetensors` file into numpy arrays.
 
   Args:
@@ -131,9 +134,10 @@ def load_safetensors(path: str | os.PathLike,
   return read_safetensors(path, names)[0]
 
 
-def read_safetensors(path: str | os.PathLike,
-                     names: Iterable[str] | None = None,
-                     ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def read_safetensors(
+    path: str | os.PathLike,
+    names: Iterable[str] | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
   """Like `load_safetensors`, also returning the `__metadata__` dict."""
   path = os.fspath(path)
   try:
@@ -148,8 +152,7 @@ def read_safetensors(path: str | os.PathLike,
     raise WeightsError(f'{path}: {e}') from None
 
 
-def save_safetensors(path: str | os.PathLike,
-                     arrays: dict[str, np.ndarray],
+def save_safetensors(path: str | os.PathLike, arrays: dict[str, np.ndarray],
                      metadata: dict[str, str] | None = None) -> None:
   """Writes arrays as a `.safetensors` file in the given order.
 
@@ -167,8 +170,8 @@ def save_safetensors(path: str | os.PathLike,
   path = os.fspath(path)
   header = {}
   if metadata:
-    if not all(isinstance(k, str) and isinstance(v, str)
-               for k, v in metadata.items()):
+    if not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
       raise ValueError('safetensors metadata must map strings to strings')
     header['__metadata__'] = dict(metadata)
   blobs = []
@@ -183,8 +186,11 @@ def save_safetensors(path: str | os.PathLike,
                        f'name; supported: {sorted(map(str, _NAMES))}')
     dtype_name = _NAMES[dtype]
     data = np.ascontiguousarray(array, DTYPES[dtype_name]).tobytes()
-    header[name] = {'dtype': dtype_name, 'shape': list(array.shape),
-                    'data_offsets': [offset, offset + len(data)]}
+    header[name] = {
+        'dtype': dtype_name,
+        'shape': list(array.shape),
+        'data_offsets': [offset, offset + len(data)]
+    }
     blobs.append(data)
     offset += len(data)
   raw = json.dumps(header, separators=(',', ':')).encode('utf-8')

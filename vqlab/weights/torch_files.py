@@ -56,15 +56,29 @@ _STORAGE_DTYPES = {
     'UntypedStorage': np.dtype(np.uint8),
 }
 _STORAGE_NAMES = {
-    dtype: name for name, dtype in _STORAGE_DTYPES.items()
-    if name != 'UntypedStorage'}
+    dtype: name
+    for name, dtype in _STORAGE_DTYPES.items()
+    if name != 'UntypedStorage'
+}
 _TORCH_DTYPES = {
-    'float32': np.float32, 'float': np.float32, 'float16': np.float16,
-    'half': np.float16, 'bfloat16': ml_dtypes.bfloat16,
-    'float64': np.float64, 'double': np.float64, 'complex64': np.complex64,
-    'complex128': np.complex128, 'int64': np.int64, 'long': np.int64,
-    'int32': np.int32, 'int': np.int32, 'int16': np.int16,
-    'short': np.int16, 'int8': np.int8, 'uint8': np.uint8, 'bool': np.bool_,
+    'float32': np.float32,
+    'float': np.float32,
+    'float16': np.float16,
+    'half': np.float16,
+    'bfloat16': ml_dtypes.bfloat16,
+    'float64': np.float64,
+    'double': np.float64,
+    'complex64': np.complex64,
+    'complex128': np.complex128,
+    'int64': np.int64,
+    'long': np.int64,
+    'int32': np.int32,
+    'int': np.int32,
+    'int16': np.int16,
+    'short': np.int16,
+    'int8': np.int8,
+    'uint8': np.uint8,
+    'bool': np.bool_,
 }
 
 
@@ -224,8 +238,8 @@ class _SafeUnpickler(pickle.Unpickler):
     return _StorageRef(key, dtype, view[1], view[2])
 
 
-def _storage_array(raw: bytes, dtype: np.dtype, numel: int,
-                   big_endian: bool, where: str) -> np.ndarray:
+def _storage_array(raw: bytes, dtype: np.dtype, numel: int, big_endian: bool,
+                   where: str) -> np.ndarray:
   """The first `numel` elements of `raw`, as a little-endian 1-D array."""
   if len(raw) < numel * dtype.itemsize:
     raise _FormatError(f'{where} holds {len(raw)} bytes, needs '
@@ -237,8 +251,8 @@ def _storage_array(raw: bytes, dtype: np.dtype, numel: int,
   return array
 
 
-def _materialize(tensor: _LazyTensor,
-                 storages: dict[str, np.ndarray]) -> np.ndarray:
+def _materialize(tensor: _LazyTensor, storages: dict[str,
+                                                     np.ndarray]) -> np.ndarray:
   """Copies one tensor out of its (possibly shared) storage."""
   ref = tensor.storage
   storage = storages[ref.key][ref.offset:ref.offset + ref.numel]
@@ -304,8 +318,10 @@ def _read_zip(file: BinaryIO, path: str,
   except zipfile.BadZipFile as e:
     raise _FormatError(f'truncated or corrupt zip archive ({e})') from None
   with archive:
-    pickles = [n for n in archive.namelist()
-               if n.endswith('data.pkl') and n.count('/') == 1]
+    pickles = [
+        n for n in archive.namelist()
+        if n.endswith('data.pkl') and n.count('/') == 1
+    ]
     if len(pickles) != 1:
       raise _FormatError('zip archive without one <dir>/data.pkl entry; not '
                          'written by torch.save')
@@ -316,8 +332,7 @@ def _read_zip(file: BinaryIO, path: str,
       byteorder = archive.read(prefix + 'byteorder').strip()
       if byteorder not in (b'little', b'big'):
         raise _FormatError(f'unknown byte order {byteorder!r}')
-    obj, roots = _unpickle(io.BytesIO(archive.read(pickles[0])), path,
-                           lenient)
+    obj, roots = _unpickle(io.BytesIO(archive.read(pickles[0])), path, lenient)
     tensors = _tensors(_state_dict_of(obj, lenient))
     storages = {}
     for key in {t.storage.key for t in tensors.values()}:
@@ -325,8 +340,8 @@ def _read_zip(file: BinaryIO, path: str,
       if name not in names:
         raise _FormatError(f'the archive has no storage record {name}')
       dtype, numel = roots[key]
-      storages[key] = _storage_array(
-          archive.read(name), dtype, numel, byteorder == b'big', name)
+      storages[key] = _storage_array(archive.read(name), dtype, numel,
+                                     byteorder == b'big', name)
   return {k: _materialize(t, storages) for k, t in tensors.items()}
 
 
@@ -361,9 +376,8 @@ def _read_legacy(file: BinaryIO, path: str,
     if key not in needed:  # E.g. optimizer state of a training checkpoint.
       file.seek(numel * dtype.itemsize, io.SEEK_CUR)
       continue
-    storages[key] = _storage_array(
-        file.read(numel * dtype.itemsize), dtype, numel, big_endian,
-        f'storage {key!r}')
+    storages[key] = _storage_array(file.read(numel * dtype.itemsize), dtype,
+                                   numel, big_endian, f'storage {key!r}')
   missing = {t.storage.key for t in tensors.values()} - set(storages)
   if missing:
     raise _FormatError(f'no data for storages {sorted(missing)}')
@@ -444,8 +458,7 @@ def _pickle_str(s: str) -> bytes:
 
 
 def _pickle_int_tuple(values: tuple[int, ...]) -> bytes:
-  return (pickle.MARK + b''.join(_pickle_int(v) for v in values) +
-          pickle.TUPLE)
+  return (pickle.MARK + b''.join(_pickle_int(v) for v in values) + pickle.TUPLE)
 
 
 def _pickle_global(module: str, name: str) -> bytes:
@@ -463,24 +476,25 @@ def _pickle_state_dict(arrays: list[tuple[str, np.ndarray, str]]) -> bytes:
                         pickle.EMPTY_TUPLE + pickle.REDUCE)
   out = [pickle.PROTO + b'\x02', empty_ordered_dict, pickle.MARK]
   for i, (name, array, storage_name) in enumerate(arrays):
-    storage_id = (
-        pickle.MARK + _pickle_str('storage') +
-        _pickle_global('torch', storage_name) +
-        _pickle_str(str(i)) + _pickle_str('cpu') + _pickle_int(array.size) +
-        pickle.TUPLE)
+    storage_id = (pickle.MARK + _pickle_str('storage') +
+                  _pickle_global('torch', storage_name) + _pickle_str(str(i)) +
+                  _pickle_str('cpu') + _pickle_int(array.size) + pickle.TUPLE)
     strides = tuple(s // array.itemsize for s in array.strides)
     out += [
         _pickle_str(name),
-        _pickle_global('torch._utils', '_rebuild_tensor_v2'),
-        pickle.MARK, storage_id, pickle.BINPERSID, _pickle_int(0),
-        _pickle_int_tuple(array.shape), _pickle_int_tuple(strides),
-        pickle.NEWFALSE, empty_ordered_dict, pickle.TUPLE, pickle.REDUCE]
+        _pickle_global('torch._utils', '_rebuild_tensor_v2'), pickle.MARK,
+        storage_id, pickle.BINPERSID,
+        _pickle_int(0),
+        _pickle_int_tuple(array.shape),
+        _pickle_int_tuple(strides), pickle.NEWFALSE, empty_ordered_dict,
+        pickle.TUPLE, pickle.REDUCE
+    ]
   out += [pickle.SETITEMS, pickle.STOP]
   return b''.join(out)
 
 
-def _write_aligned(archive: zipfile.ZipFile, tell: Callable[[], int],
-                   name: str, data: bytes) -> None:
+def _write_aligned(archive: zipfile.ZipFile, tell: Callable[[], int], name: str,
+                   data: bytes) -> None:
   """Stores one record whose data starts at a multiple of `_ALIGNMENT`.
 
   Pads like torch: an extra field with id 'FB' in the local header.
@@ -495,8 +509,8 @@ def _write_aligned(archive: zipfile.ZipFile, tell: Callable[[], int],
   archive.writestr(info, data)
 
 
-def save_state_dict(path: str | os.PathLike,
-                    arrays: dict[str, np.ndarray]) -> None:
+def save_state_dict(path: str | os.PathLike, arrays: dict[str,
+                                                          np.ndarray]) -> None:
   """Writes arrays as a zip-format state dict that torch.load reads back.
 
   `torch.load(path, weights_only=True)` gives an OrderedDict of CPU tensors
@@ -523,15 +537,13 @@ def save_state_dict(path: str | os.PathLike,
       raise ValueError(f'{name}: dtype {array.dtype} has no torch storage '
                        f'type; supported: {sorted(map(str, _STORAGE_NAMES))}')
     # Storages are little-endian; order='C' makes the strides plain.
-    items.append((name, np.asarray(array, dtype.newbyteorder('<'), order='C'),
-                  _STORAGE_NAMES[dtype]))
+    items.append((name, np.asarray(array, dtype.newbyteorder('<'),
+                                   order='C'), _STORAGE_NAMES[dtype]))
   # No `.format_version` record: with it, torch.load(mmap=True) may compute
   # storage offsets itself, assuming the data descriptors that torch's own zip
   # writer puts after each record and Python's zipfile does not.
-  records = [('data.pkl', _pickle_state_dict(items)),
-             ('byteorder', b'little')]
-  records += [(f'data/{i}', item[1].tobytes())
-              for i, item in enumerate(items)]
+  records = [('data.pkl', _pickle_state_dict(items)), ('byteorder', b'little')]
+  records += [(f'data/{i}', item[1].tobytes()) for i, item in enumerate(items)]
   records.append(('version', b'3\n'))
   temporary = path + '.tmp'
   try:

@@ -58,7 +58,8 @@ def test_tokenize_writes_the_tokenizers_indices_with_metadata(
     tokenizer_dir, shards):
   workdir, summary = shards
   directory = summary['tokens_dir']
-  assert summary['train_examples'] == 40 and summary['shards_written'] == 6  # 3 + 3
+  assert summary[
+      'train_examples'] == 40 and summary['shards_written'] == 6  # 3 + 3
   arrays, metadata = token_shards.load_split(directory, 'eval')
   assert metadata['tokenizer']['step'] == 1
   assert metadata['tokenizer']['workdir'] == os.path.abspath(tokenizer_dir)
@@ -94,7 +95,8 @@ def test_tokenize_resumes_only_missing_shards_and_ignores_partial_files(
   metadata = token_shards.read_metadata(directory)
   metadata['splits']['train']['complete'] = False
   token_shards.write_metadata(directory, metadata)
-  with pytest.raises(ValueError, match='incomplete: run main.py --mode=tokenize'):
+  with pytest.raises(ValueError,
+                     match='incomplete: run main.py --mode=tokenize'):
     token_shards.load_split(directory, 'train')
 
   config = tiny.generator_config(tokenizer_dir)
@@ -132,8 +134,7 @@ def trained_maskgit(tokenizer_dir, shards, tmp_path_factory):
   return workdir, _train(tokenizer_dir, shards, workdir, 'maskgit', 25)
 
 
-def test_maskgit_trains_on_shards_and_samples_decode_to_images(
-    trained_maskgit):
+def test_maskgit_trains_on_shards_and_samples_decode_to_images(trained_maskgit):
   workdir, config = trained_maskgit
   sampled = sampling.sample(config, workdir, devices=_devices())
   assert sampled['step'] == 25 and sampled['num_samples'] == 6
@@ -149,8 +150,8 @@ def test_sample_mode_reports_gfid_and_inception_score_of_the_samples(
     trained_maskgit, tmp_path):
   workdir, config = trained_maskgit
   config = copy.deepcopy(config)
-  config.weights_dir = str(random_weight_files.write(tmp_path,
-                                                     ('inception_fid',)))
+  config.weights_dir = str(
+      random_weight_files.write(tmp_path, ('inception_fid',)))
   config.eval.fid = 'on'
   rng = np.random.default_rng(0)
   mu, a = rng.normal(size=2048), rng.normal(size=(2048, 16))
@@ -172,8 +173,8 @@ def test_sample_mode_reports_gfid_and_inception_score_of_the_samples(
   np.testing.assert_allclose(result['gfid'], gfid, rtol=1e-5)
   score = fid.InceptionScore(num_splits=4, num_examples=4)
   score.update(np.asarray(out['logits_unbiased'], np.float64))
-  np.testing.assert_allclose(result['inception_score'], score.result()[0],
-                             rtol=1e-5)
+  np.testing.assert_allclose(result['inception_score'],
+                             score.result()[0], rtol=1e-5)
 
 
 def test_gpt_trains_on_shards_and_samples_decode_to_images(
@@ -205,7 +206,8 @@ def test_on_the_fly_tokens_give_the_same_eval_loss_as_shards(
 
 
 @pytest.mark.parametrize('key, value, message', [
-    ('vocab_size', 64, 'model.vocab_size: 64, but the tokenizer .* has 32 codes'),
+    ('vocab_size', 64,
+     'model.vocab_size: 64, but the tokenizer .* has 32 codes'),
     ('token_shape', (4, 4), r'model.token_shape: \(4, 4\), but .* \(8, 8\)'),
 ])
 def test_a_model_that_does_not_fit_the_tokenizer_is_a_config_error(
@@ -220,8 +222,8 @@ def test_a_model_that_does_not_fit_the_tokenizer_is_a_config_error(
     experiment.Experiment(config, str(tmp_path), _devices())
 
 
-def test_missing_tokens_or_tokenizer_are_one_line_errors(tokenizer_dir,
-                                                         tmp_path):
+def test_missing_tokens_or_tokenizer_are_one_line_errors(
+    tokenizer_dir, tmp_path):
   config = tiny.generator_config(tokenizer_dir)
   with pytest.raises(Exception, match='no token shards .* --mode=tokenize'):
     experiment.Experiment(config, str(tmp_path), _devices())
@@ -229,12 +231,13 @@ def test_missing_tokens_or_tokenizer_are_one_line_errors(tokenizer_dir,
   with pytest.raises(CheckpointError, match='config.json does not exist'):
     experiment.Experiment(config, str(tmp_path), _devices())
   # The same through main.py: one line, no traceback.
-  run = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'main.py'),
-       '--config=' + os.path.join(ROOT, 'configs', 'maskgit', 'tiny_cpu.py'),
-       f'--config.tokenizer.workdir={tmp_path / "nowhere"}',
-       f'--workdir={tmp_path / "run"}', '--mode=tokenize'],
-      capture_output=True, text=True, cwd=ROOT, timeout=300)
+  run = subprocess.run([
+      sys.executable,
+      os.path.join(ROOT, 'main.py'),
+      '--config=' + os.path.join(ROOT, 'configs', 'maskgit', 'tiny_cpu.py'),
+      f'--config.tokenizer.workdir={tmp_path / "nowhere"}',
+      f'--workdir={tmp_path / "run"}', '--mode=tokenize'
+  ], capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert run.returncode == 1
   assert run.stderr.strip().splitlines()[-1].startswith(
       'checkpoint error: ') and 'Traceback' not in run.stderr
@@ -254,7 +257,7 @@ def test_vq_diffusion_trains_on_shards_and_samples_decode_to_images(
   exp = experiment.Experiment(config, workdir, _devices())
   state, _ = exp.checkpointer.restore(exp.abstract_state)
   counts = np.asarray(state.loss_state['lt_count'])
-  assert counts.sum() > 0 and counts[0] == 0   # t in [1, T] was recorded.
+  assert counts.sum() > 0 and counts[0] == 0  # t in [1, T] was recorded.
 
 
 # ------------------------------------------- spatial conditions (GPT) ---
@@ -276,8 +279,8 @@ def test_condition_images_match_numpy_references():
   # Average-pool by 4, then nearest-upsample back.
   pooled = images.reshape(2, 2, 4, 3, 4, 3).mean(axis=(2, 4))
   expected = np.repeat(np.repeat(pooled, 4, axis=1), 4, axis=2)
-  np.testing.assert_allclose(
-      spatial_conditions.downsampled(images, 4), expected, atol=1e-6)
+  np.testing.assert_allclose(spatial_conditions.downsampled(images, 4),
+                             expected, atol=1e-6)
   luma = images @ np.array([0.299, 0.587, 0.114], np.float32)
   np.testing.assert_allclose(spatial_conditions.grayscale(images),
                              np.repeat(luma[..., None], 3, -1), atol=1e-6)
@@ -306,9 +309,8 @@ def test_spatial_gpt_trains_on_shards_and_on_the_fly_alike_and_samples(
   source = data_lib.build(config.data, split='eval', global_batch_size=8)
   images = np.concatenate([b['image'][b['mask']] for b in source.batches()])
   np.testing.assert_array_equal(
-      arrays['cond_tokens'], tok.encode(tok.variables,
-                                        spatial_conditions.downsampled(
-                                            images, 4)))
+      arrays['cond_tokens'],
+      tok.encode(tok.variables, spatial_conditions.downsampled(images, 4)))
   # Shards: train, then eval (its picture: samples on eval conditions).
   workdir = str(tmp_path / 'shards')
   shutil.copytree(summary['tokens_dir'], os.path.join(workdir, 'tokens'))
@@ -334,12 +336,14 @@ def test_spatial_gpt_trains_on_shards_and_on_the_fly_alike_and_samples(
   assert np.isfinite(float(metrics['loss']))
   np.testing.assert_array_equal(fly.task.sample_conditions(0, 4),
                                 arrays['cond_tokens'][:4].reshape(4, 64))
-  shard_batch = {'tokens': arrays['tokens'][:8],
-                 'cond_tokens': arrays['cond_tokens'][:8],
-                 'mask': np.ones(8, bool)}
+  shard_batch = {
+      'tokens': arrays['tokens'][:8],
+      'cond_tokens': arrays['cond_tokens'][:8],
+      'mask': np.ones(8, bool)
+  }
   from_shards, _ = jax.jit(fly.task.eval_step)(state, shard_batch)
-  on_the_fly, _ = fly.eval_step(state, fly.global_batch(
-      next(fly.eval_data.batches())))
+  on_the_fly, _ = fly.eval_step(state,
+                                fly.global_batch(next(fly.eval_data.batches())))
   np.testing.assert_allclose(on_the_fly['sums']['loss'],
                              from_shards['sums']['loss'], rtol=1e-6)
 
@@ -351,8 +355,9 @@ def test_the_spatial_condition_reaches_the_gpt(tokenizer_dir):
   state = jax.jit(task.init)(jax.random.key(0), None)
   tokens = np.zeros((2, 8, 8), np.int32)
   cond = np.stack([np.zeros(64, np.int32), np.arange(64) % 32])
-  logits = jax.jit(lambda p, t, c: task.model.apply(
-      {'params': p}, t.reshape(2, 64), c))(state.params['model'], tokens, cond)
+  logits = jax.jit(
+      lambda p, t, c: task.model.apply({'params': p}, t.reshape(2, 64), c))(
+          state.params['model'], tokens, cond)
   assert np.abs(logits[0] - logits[1]).max() > 1e-4
 
 
@@ -372,8 +377,8 @@ def test_a_spatial_condition_that_does_not_fit_is_a_config_error(
     experiment.Experiment(config, str(tmp_path), _devices())
 
 
-def test_shards_of_another_condition_are_refused(tokenizer_dir,
-                                                 spatial_shards, tmp_path):
+def test_shards_of_another_condition_are_refused(tokenizer_dir, spatial_shards,
+                                                 tmp_path):
   _, summary = spatial_shards
   shutil.copytree(summary['tokens_dir'], str(tmp_path / 'tokens'))
   config = _spatial_config(tokenizer_dir, image='grayscale')

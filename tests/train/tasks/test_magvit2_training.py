@@ -49,8 +49,8 @@ def test_video_train_steps_lower_the_loss_and_eval_per_frame():
   task = tokenizer.build(config)
   batch = {'video': jnp.asarray(_video_batch(config)['video'])}
   assert batch['video'].shape == (8, 5, 16, 16, 3)
-  state = jax.jit(task.init, compiler_options=FAST_COMPILE)(
-      jax.random.key(0), batch)
+  state = jax.jit(task.init, compiler_options=FAST_COMPILE)(jax.random.key(0),
+                                                            batch)
   step = jax.jit(task.train_step, compiler_options=FAST_COMPILE)
   losses = []
   for _ in range(6):  # One batch and one rng: only the parameters change.
@@ -59,8 +59,9 @@ def test_video_train_steps_lower_the_loss_and_eval_per_frame():
   assert np.all(np.isfinite(losses)) and losses[-1] < losses[0] - 0.01, losses
 
   eval_batch = {**batch, 'mask': jnp.ones((8,), bool)}
-  outputs, images = jax.jit(task.eval_step, compiler_options=FAST_COMPILE)(
-      state, eval_batch, task.frozen)
+  outputs, images = jax.jit(task.eval_step,
+                            compiler_options=FAST_COMPILE)(state, eval_batch,
+                                                           task.frozen)
   x, x_rec = batch['video'], images['reconstructions']
   assert x_rec.shape == x.shape
   np.testing.assert_allclose(outputs['sums']['psnr'],
@@ -79,20 +80,23 @@ def test_joint_image_video_batch_trains_one_model():
   config = experiment_config.validate(config, num_devices=8)
   task = tokenizer.build(config)
   source = data_lib.build(config.data, split='train', global_batch_size=16)
-  batch = {k: jnp.asarray(v) for k, v in next(source.batches(0)).items()
-           if k in ('image', 'video')}
+  batch = {
+      k: jnp.asarray(v)
+      for k, v in next(source.batches(0)).items()
+      if k in ('image', 'video')
+  }
   assert batch['image'].shape == (8, 16, 16, 3)
   assert batch['video'].shape == (8, 5, 16, 16, 3)
-  state = jax.jit(task.init, compiler_options=FAST_COMPILE)(
-      jax.random.key(0), batch)
+  state = jax.jit(task.init, compiler_options=FAST_COMPILE)(jax.random.key(0),
+                                                            batch)
   _, metrics = jax.jit(task.train_step, compiler_options=FAST_COMPILE)(
       state.replace(step=jnp.int32(5)), batch, jax.random.key(1), task.frozen)
   for key in ('image', 'video'):
     assert np.isfinite(metrics[f'{key}/loss'])
     assert metrics[f'{key}/d_loss'] > 0  # The one 3D D scores both.
-  np.testing.assert_allclose(
-      metrics['loss'], metrics['image/loss'] + metrics['video/loss'],
-      rtol=1e-6)
+  np.testing.assert_allclose(metrics['loss'],
+                             metrics['image/loss'] + metrics['video/loss'],
+                             rtol=1e-6)
 
 
 def test_loop_trains_and_evaluates_videos(tmp_path):
@@ -104,8 +108,8 @@ def test_loop_trains_and_evaluates_videos(tmp_path):
   assert 0 < result['ssim'] <= 1 and 0 < result['codebook_usage'] <= 1
   with open(tmp_path / 'final_metrics.json') as f:
     assert json.load(f)['num_examples'] == 8
-  assert glob.glob(os.path.join(tmp_path, 'images',
-                                'eval_reconstructions_*.png'))
+  assert glob.glob(
+      os.path.join(tmp_path, 'images', 'eval_reconstructions_*.png'))
 
 
 def test_lpips_on_video_frames(tmp_path):
@@ -118,16 +122,18 @@ def test_lpips_on_video_frames(tmp_path):
   task = tokenizer.build(config)
   assert set(task.frozen) == {'lpips'}
   x = jnp.asarray(_video_batch(config, batch_size=2)['video'])
-  x_rec = jnp.clip(x + 0.3 * jax.random.normal(jax.random.key(0), x.shape),
-                   -1, 1)
+  x_rec = jnp.clip(x + 0.3 * jax.random.normal(jax.random.key(0), x.shape), -1,
+                   1)
 
   @jax.jit
   def both(frozen):
     _, term = task._pixel_losses(x, x_rec, frozen)  # pylint: disable=protected-access
-    per_frame = [perceptual.lpips_distance(frozen['lpips'], x[:, t],
-                                           x_rec[:, t])
-                 for t in range(x.shape[1])]
+    per_frame = [
+        perceptual.lpips_distance(frozen['lpips'], x[:, t], x_rec[:, t])
+        for t in range(x.shape[1])
+    ]
     return term, 0.5 * jnp.mean(jnp.stack(per_frame))
+
   term, want = both(task.frozen)
   assert want > 0
   np.testing.assert_allclose(term, want, rtol=1e-5)

@@ -106,7 +106,7 @@ def stage2(stage1, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('stage2'))
   exp = experiment.Experiment(config, workdir, _devices())
   state, _ = exp.initial_state()
-  exp.record_config(0)     # A tokenizer run for the generator test below.
+  exp.record_config(0)  # A tokenizer run for the generator test below.
   start = jax.device_get(state.params['generator'])
   with jax.set_mesh(exp.mesh), retrace.traced_once():
     for _ in range(3):
@@ -139,7 +139,7 @@ def test_maskgit_trains_on_titok_tokens_and_samples_decode_to_images(
     stage2, tmp_path):
   config = tiny.generator_config(stage2[0])
   config.tokens.source = 'on_the_fly'
-  config.model.token_shape = (8,)   # K latent tokens: a 1D sequence.
+  config.model.token_shape = (8,)  # K latent tokens: a 1D sequence.
   exp = experiment.Experiment(config, str(tmp_path), _devices())
   state, _ = exp.initial_state()
   batch = exp.global_batch(next(exp.train_data.batches()))

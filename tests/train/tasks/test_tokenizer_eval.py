@@ -24,8 +24,9 @@ from vqlab.train import reference_stats
 
 @pytest.fixture(scope='module')
 def weights_dir(tmp_path_factory):
-  return str(random_weight_files.write(tmp_path_factory.mktemp('weights'),
-                                       ('vgg16', 'inception_fid')))
+  return str(
+      random_weight_files.write(tmp_path_factory.mktemp('weights'),
+                                ('vgg16', 'inception_fid')))
 
 
 def _config(weights_dir, **eval_overrides):
@@ -52,11 +53,14 @@ def _direct_metrics(exp, state, num_batches):
     x_rec = jnp.clip(x_rec, -1, 1)
     pool = lambda v: inception.InceptionV3().apply(
         {'params': frozen['inception']}, v)['pool']
-    return {'psnr': image_metrics.psnr(x, x_rec),
-            'ssim': image_metrics.ssim(x, x_rec),
-            'lpips': perceptual.lpips_distance(frozen['lpips'], x, x_rec),
-            'real': pool(x), 'rec': pool(x_rec),
-            'codes': q_out.indices.reshape(-1)}
+    return {
+        'psnr': image_metrics.psnr(x, x_rec),
+        'ssim': image_metrics.ssim(x, x_rec),
+        'lpips': perceptual.lpips_distance(frozen['lpips'], x, x_rec),
+        'real': pool(x),
+        'rec': pool(x_rec),
+        'codes': q_out.indices.reshape(-1)
+    }
 
   rows = {k: [] for k in ('psnr', 'ssim', 'lpips', 'real', 'rec', 'codes')}
   for i, batch in enumerate(exp.eval_data.batches()):
@@ -66,20 +70,25 @@ def _direct_metrics(exp, state, num_batches):
     mask = np.asarray(batch['mask'], bool)
     for key, value in per_image(jnp.asarray(batch['image'])).items():
       value = np.asarray(value)
-      rows[key].append(value[mask] if key != 'codes' else
-                       value.reshape(len(mask), -1)[mask].reshape(-1))
-  rows = {k: np.concatenate([np.asarray(v, np.float64) for v in vs])
-          for k, vs in rows.items()}
+      rows[key].append(value[mask] if key != 'codes' else value.
+                       reshape(len(mask), -1)[mask].reshape(-1))
+  rows = {
+      k: np.concatenate([np.asarray(v, np.float64) for v in vs])
+      for k, vs in rows.items()
+  }
   stats = lambda f: (f.mean(0), np.cov(f, rowvar=False))
   counts = np.bincount(rows['codes'].astype(int),
                        minlength=model.quantizer.codebook_size)
   usage = quantizer_base.usage_and_perplexity(jnp.asarray(counts, jnp.float32))
-  return {'psnr': rows['psnr'].mean(), 'ssim': rows['ssim'].mean(),
-          'lpips': rows['lpips'].mean(),
-          'rfid': fid.frechet_distance(*stats(rows['real']),
-                                       *stats(rows['rec'])),
-          'codebook_usage': float(usage['usage']),
-          'num_examples': len(rows['psnr']), 'real': rows['real']}
+  return {
+      'psnr': rows['psnr'].mean(),
+      'ssim': rows['ssim'].mean(),
+      'lpips': rows['lpips'].mean(),
+      'rfid': fid.frechet_distance(*stats(rows['real']), *stats(rows['rec'])),
+      'codebook_usage': float(usage['usage']),
+      'num_examples': len(rows['psnr']),
+      'real': rows['real']
+  }
 
 
 @pytest.mark.usefixtures('small_inception_input')
@@ -90,7 +99,7 @@ def test_eval_suite_equals_direct_computation(weights_dir, tmp_path):
   stats = reference_stats.compute_reference_statistics(_config(weights_dir),
                                                        path)
   exp = experiment.Experiment(_config(weights_dir, fid_reference=path),
-                        str(tmp_path / 'run'))
+                              str(tmp_path / 'run'))
   state, _ = exp.initial_state()
   metrics, images = exp.evaluate(state)
   want = _direct_metrics(exp, state, num_batches=-1)
@@ -114,7 +123,8 @@ def test_eval_suite_equals_direct_computation(weights_dir, tmp_path):
 
 def test_missing_weight_files_are_named(tmp_path):
   config = _config(str(tmp_path / 'empty'))
-  with pytest.raises(WeightsError, match='pt_inception-2015-12-05-6726825d.pth'):
+  with pytest.raises(WeightsError,
+                     match='pt_inception-2015-12-05-6726825d.pth'):
     experiment.Experiment(config, str(tmp_path / 'run'))
   config.eval.fid = 'off'
   with pytest.raises(WeightsError, match=r'vgg16-397923af.pth .*empty'):

@@ -20,8 +20,9 @@ from vqlab.train.tasks import tokenizer
 
 @pytest.fixture(scope='module')
 def weights_dir(tmp_path_factory):
-  return str(random_weight_files.write(tmp_path_factory.mktemp('weights'),
-                                       ('vgg16', 'vgg19')))
+  return str(
+      random_weight_files.write(tmp_path_factory.mktemp('weights'),
+                                ('vgg16', 'vgg19')))
 
 
 def _task(mutate):
@@ -32,20 +33,21 @@ def _task(mutate):
 
 
 def _first_step(task):
-  x = jax.random.uniform(jax.random.key(0), (8, 16, 16, 3), minval=-1,
-                         maxval=1)
+  x = jax.random.uniform(jax.random.key(0), (8, 16, 16, 3), minval=-1, maxval=1)
   batch = {'image': x}
-  state = jax.jit(task.init, compiler_options=FAST_COMPILE)(
-      jax.random.key(1), batch)
+  state = jax.jit(task.init, compiler_options=FAST_COMPILE)(jax.random.key(1),
+                                                            batch)
   step = jax.jit(task.train_step, compiler_options=FAST_COMPILE)
   new_state, metrics = step(state, batch, jax.random.key(2), task.frozen)
   return x, state, new_state, jax.device_get(metrics)
 
 
 def test_lpips_term_is_weighted_lpips_of_the_reconstruction(weights_dir):
+
   def mutate(config):
     config.weights_dir = weights_dir
     config.loss.perceptual_weight = 0.5
+
   task = _task(mutate)
   assert set(task.frozen) == {'lpips'}
   x, state, _, metrics = _first_step(task)
@@ -53,9 +55,12 @@ def test_lpips_term_is_weighted_lpips_of_the_reconstruction(weights_dir):
   @jax.jit
   def direct(state, frozen):
     x_rec, _ = task.model.apply(
-        {'params': state.params['generator'], **state.model_state}, x,
-        train=False)
+        {
+            'params': state.params['generator'],
+            **state.model_state
+        }, x, train=False)
     return 0.5 * jnp.mean(perceptual.lpips_distance(frozen['lpips'], x, x_rec))
+
   want = direct(state, task.frozen)
   assert want > 0
   np.testing.assert_allclose(metrics['perceptual_loss'], want, rtol=1e-4)
@@ -66,8 +71,10 @@ def test_lpips_term_is_weighted_lpips_of_the_reconstruction(weights_dir):
 
 
 def test_pcl_needs_regularized_quantizer_and_trains(weights_dir):
+
   def vq(config):
     config.loss.pcl_weight = 1.0
+
   with pytest.raises(ConfigError, match=r"loss.pcl_weight: .*'regularized'"):
     _task(vq)
 
@@ -78,6 +85,7 @@ def test_pcl_needs_regularized_quantizer_and_trains(weights_dir):
     config.model.quantizer = quantizers.default_config('regularized')
     config.model.quantizer.codebook_size = 32
     config.model.quantizer.embedding_dim = 4
+
   task = _task(regularized)
   assert set(task.frozen) == {'vgg19'}
   _, state, new_state, metrics = _first_step(task)
@@ -89,6 +97,7 @@ def test_pcl_needs_regularized_quantizer_and_trains(weights_dir):
 
 
 def test_lecam_r1_stylegan_and_generator_ema():
+
   def mutate(config):
     config.discriminator = tokenizer.discriminators.default_config('stylegan')
     config.discriminator.base_features = 4
@@ -97,6 +106,7 @@ def test_lecam_r1_stylegan_and_generator_ema():
     config.loss.lecam_weight = 0.1
     config.loss.r1_weight = 2.0
     config.ema.decay = 0.9
+
   task = _task(mutate)
   x, state, new_state, metrics = _first_step(task)
   assert metrics['r1'] > 0 and metrics['lecam'] >= 0
@@ -117,10 +127,13 @@ def test_lecam_r1_stylegan_and_generator_ema():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
                new_state.ema_params['generator'], expected)
   batch = {'image': x, 'mask': jnp.ones((8,), bool)}
-  _, images = jax.jit(task.eval_step, compiler_options=FAST_COMPILE)(
-      new_state, batch, task.frozen)
+  _, images = jax.jit(task.eval_step,
+                      compiler_options=FAST_COMPILE)(new_state, batch,
+                                                     task.frozen)
   x_ema, _ = task.model.apply(
-      {'params': new_state.ema_params['generator'], **new_state.model_state},
-      x, train=False)
+      {
+          'params': new_state.ema_params['generator'],
+          **new_state.model_state
+      }, x, train=False)
   np.testing.assert_allclose(images['reconstructions'], jnp.clip(x_ema, -1, 1),
                              atol=1e-5)

@@ -16,19 +16,16 @@ from vqlab.train.tasks import tokenizer
 
 REGISTRY = Registry('task', key_prefix='task', name_key='task')
 for _spec in (
-    base.TaskSpec(
-        name='tokenizer', default_config=tokenizer.default_config,
-        validate=tokenizer.validate, model_registry=tokenizers,
-        build=tokenizer.build,
-        subcomponents={'discriminator': discriminators.REGISTRY}),
-    base.TaskSpec(
-        name='generator', default_config=generator.default_config,
-        validate=generator.validate, model_registry=generators,
-        build=generator.build),
-    base.TaskSpec(
-        name='titok_proxy', default_config=proxy_codes.default_config,
-        validate=proxy_codes.validate, model_registry=tokenizers,
-        build=proxy_codes.build),
+    base.TaskSpec(name='tokenizer', default_config=tokenizer.default_config,
+                  validate=tokenizer.validate, model_registry=tokenizers,
+                  build=tokenizer.build,
+                  subcomponents={'discriminator': discriminators.REGISTRY}),
+    base.TaskSpec(name='generator', default_config=generator.default_config,
+                  validate=generator.validate, model_registry=generators,
+                  build=generator.build),
+    base.TaskSpec(name='titok_proxy', default_config=proxy_codes.default_config,
+                  validate=proxy_codes.validate, model_registry=tokenizers,
+                  build=proxy_codes.build),
 ):
   REGISTRY.register(_spec.name, default_config=_spec.default_config,
                     builder=_spec.build, api=_spec)

@@ -53,8 +53,9 @@ class Task(abc.ABC):
     """One optimizer step -> (new state, scalar metrics)."""
 
   @abc.abstractmethod
-  def eval_step(self, state: TrainState, batch: Batch, frozen: dict[str, Any]
-                ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+  def eval_step(
+      self, state: TrainState, batch: Batch,
+      frozen: dict[str, Any]) -> tuple[dict[str, Any], dict[str, jax.Array]]:
     """One eval batch -> (outputs for `evals.accumulator.EvalAccumulator`:
     'sums' of per-example values over real examples, 'mask' [B] and
     optionally 'features'; images to show, {name: [B, (T,) H, W, C]})."""
@@ -70,9 +71,8 @@ class Task(abc.ABC):
     {'samples': ...} when the task draws samples)."""
 
   # ----------------------------------------------------------- optional ---
-  def data_source(self, split: str, global_batch_size: int,
-                  process_index: int, process_count: int
-                  ) -> data_base.DataSource | None:
+  def data_source(self, split: str, global_batch_size: int, process_index: int,
+                  process_count: int) -> data_base.DataSource | None:
     """This host's batches when they are not the `data` section's (e.g.
     token shards); None: the loop builds the `data` section."""
     del split, global_batch_size, process_index, process_count
@@ -116,8 +116,8 @@ class TaskSpec:
 
 def apply_gradients(state: TrainState, grads: dict[str, Any],
                     optimizers: dict[str, optax.GradientTransformation],
-                    ema_decay: float = 0.0, **replace: Any
-                    ) -> tuple[TrainState, dict[str, jax.Array]]:
+                    ema_decay: float = 0.0,
+                    **replace: Any) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step of each network in `optimizers`.
 
   Args:
@@ -138,9 +138,9 @@ def apply_gradients(state: TrainState, grads: dict[str, Any],
                                          state.params[name])
     params[name] = optax.apply_updates(state.params[name], updates)
     norms[name] = optax.tree.norm(grads[name])
-  ema_params = {name: optax.incremental_update(params[name], ema,
-                                               1.0 - ema_decay)
-                for name, ema in state.ema_params.items()}
-  return state.replace(step=state.step + 1, params=params,
-                       opt_state=opt_state, ema_params=ema_params,
-                       **replace), norms
+  ema_params = {
+      name: optax.incremental_update(params[name], ema, 1.0 - ema_decay)
+      for name, ema in state.ema_params.items()
+  }
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                       ema_params=ema_params, **replace), norms

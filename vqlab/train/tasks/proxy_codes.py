@@ -41,8 +41,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.model = tokenizers.default_config('titok')
   config.model.decoder_output = 'proxy_codes'
   config.proxy = ml_collections.ConfigDict()
-  config.proxy.workdir = ''        # --workdir of the trained 2D VQGAN run.
-  config.proxy.step = -1           # Its checkpoint; -1: the newest.
+  config.proxy.workdir = ''  # --workdir of the trained 2D VQGAN run.
+  config.proxy.step = -1  # Its checkpoint; -1: the newest.
   config.loss = ml_collections.ConfigDict()
   config.loss.label_smoothing = 0.0  # On the proxy-code targets.
   config.ema = ml_collections.ConfigDict()
@@ -56,12 +56,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require = config_schema.require
   require(config.model.name == 'titok', 'model.name',
           f"the proxy-code task trains 'titok', got {config.model.name!r}")
-  require(config.model.decoder_output == 'proxy_codes',
-          'model.decoder_output', "must be 'proxy_codes' in stage 1")
+  require(config.model.decoder_output == 'proxy_codes', 'model.decoder_output',
+          "must be 'proxy_codes' in stage 1")
   size = config.data.image_size
-  require(size % config.model.patch_size == 0, 'data.image_size',
-          f'{size} is not divisible by model.patch_size '
-          f'{config.model.patch_size}')
+  require(
+      size % config.model.patch_size == 0, 'data.image_size',
+      f'{size} is not divisible by model.patch_size '
+      f'{config.model.patch_size}')
 
 
 def check_proxy(config: ml_collections.ConfigDict,
@@ -71,21 +72,24 @@ def check_proxy(config: ml_collections.ConfigDict,
   model = config.model
   where = f'the proxy tokenizer in {proxy.workdir!r} (step {proxy.step})'
   if proxy.factor_vocab_sizes:
-    raise ConfigError('proxy.workdir', f'{where} gives factorized codes; '
-                      'stage 1 needs one code per position')
+    raise ConfigError(
+        'proxy.workdir', f'{where} gives factorized codes; '
+        'stage 1 needs one code per position')
   if model.proxy_codebook_size != proxy.vocab_size:
-    raise ConfigError('model.proxy_codebook_size',
-                      f'{model.proxy_codebook_size}, but {where} has '
-                      f'{proxy.vocab_size} codes')
+    raise ConfigError(
+        'model.proxy_codebook_size',
+        f'{model.proxy_codebook_size}, but {where} has '
+        f'{proxy.vocab_size} codes')
   size = config.data.image_size
   grid = proxy.token_shape((size, size, model.in_channels))
   titok_grid = (size // model.patch_size,) * 2
   if tuple(grid) != titok_grid:
-    raise ConfigError('model.patch_size',
-                      f'{model.patch_size} gives TiTok a {titok_grid} grid '
-                      f'at data.image_size {size}, but {where} makes a '
-                      f'{tuple(grid)} grid of codes: patch_size must equal '
-                      'its downsampling factor')
+    raise ConfigError(
+        'model.patch_size',
+        f'{model.patch_size} gives TiTok a {titok_grid} grid '
+        f'at data.image_size {size}, but {where} makes a '
+        f'{tuple(grid)} grid of codes: patch_size must equal '
+        'its downsampling factor')
 
 
 class ProxyCodeTask(base.Task):
@@ -99,10 +103,11 @@ class ProxyCodeTask(base.Task):
     VQGAN whose codes are the targets; frozen: {network: params} of the eval
     networks; fid_reference: (mu, sigma) or None."""
     self.config = config
-    self.model = tokenizers.build_validated(config.model,
-                                  dtype=jnp.dtype(config.compute_dtype))
-    self.tx = {GENERATOR: optimizers.build(config.optimizer,
-                                           config.train.num_steps)}
+    self.model = tokenizers.build_validated(
+        config.model, dtype=jnp.dtype(config.compute_dtype))
+    self.tx = {
+        GENERATOR: optimizers.build(config.optimizer, config.train.num_steps)
+    }
     self.proxy = proxy
     check_proxy(config, proxy)
     self.frozen = {**(frozen or {}), 'proxy': proxy.variables}
@@ -112,14 +117,16 @@ class ProxyCodeTask(base.Task):
   def init(self, rng: jax.Array, batch) -> TrainState:
     images = batch['image']
     params_rng, q_rng = jax.random.split(rng)
-    variables = self.model.init({'params': params_rng, 'quantizer': q_rng},
-                                images, train=False)
+    variables = self.model.init({
+        'params': params_rng,
+        'quantizer': q_rng
+    }, images, train=False)
     params = {GENERATOR: variables.pop('params')}
     ema = dict(params) if self.config.ema.decay > 0 else {}
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state={GENERATOR: self.tx[GENERATOR].init(
-                          params[GENERATOR])},
-                      model_state=dict(variables), ema_params=ema)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params,
+        opt_state={GENERATOR: self.tx[GENERATOR].init(params[GENERATOR])},
+        model_state=dict(variables), ema_params=ema)
 
   def proxy_codes(self, x: jax.Array, frozen) -> jax.Array:
     """The frozen VQGAN's codes of images x: int32 [B, h, w]."""
@@ -135,31 +142,43 @@ class ProxyCodeTask(base.Task):
 
     def loss_fn(params):
       (logits, q_out), model_state = self.model.apply(
-          {'params': params, **state.model_state}, x, train=True,
-          rngs={'dropout': dropout_rng, 'quantizer': q_rng},
-          mutable=list(state.model_state.keys()))
-      labels = optax.smooth_labels(
-          jax.nn.one_hot(targets, logits.shape[-1]), smoothing)
+          {
+              'params': params,
+              **state.model_state
+          }, x, train=True, rngs={
+              'dropout': dropout_rng,
+              'quantizer': q_rng
+          }, mutable=list(state.model_state.keys()))
+      labels = optax.smooth_labels(jax.nn.one_hot(targets, logits.shape[-1]),
+                                   smoothing)
       ce = optax.softmax_cross_entropy(logits, labels).mean()
       accuracy = jnp.mean(jnp.argmax(logits, -1) == targets)
-      metrics = {'loss': ce + q_out.loss, 'proxy_ce': ce,
-                 'proxy_accuracy': accuracy, 'quantizer_loss': q_out.loss,
-                 **{f'quantizer/{k}': v for k, v in q_out.metrics.items()}}
+      metrics = {
+          'loss': ce + q_out.loss,
+          'proxy_ce': ce,
+          'proxy_accuracy': accuracy,
+          'quantizer_loss': q_out.loss,
+          **{
+              f'quantizer/{k}': v for k, v in q_out.metrics.items()
+          }
+      }
       return ce + q_out.loss, (dict(model_state), metrics)
 
-    grads, (model_state, metrics) = jax.grad(loss_fn, has_aux=True)(
-        state.params[GENERATOR])
-    state, norms = base.apply_gradients(
-        state, {GENERATOR: grads}, self.tx, self.config.ema.decay,
-        model_state=model_state)
+    grads, (model_state,
+            metrics) = jax.grad(loss_fn, has_aux=True)(state.params[GENERATOR])
+    state, norms = base.apply_gradients(state, {GENERATOR: grads}, self.tx,
+                                        self.config.ema.decay,
+                                        model_state=model_state)
     metrics['grad_norm/generator'] = norms[GENERATOR]
     return state, metrics
 
   def reconstruct(self, state: TrainState, x, frozen):
     """The VQGAN's decoding of TiTok's most likely codes, and TiTok's ids."""
     logits, q_out = self.model.apply(
-        {'params': self.eval_params(state), **state.model_state}, x,
-        train=False)
+        {
+            'params': self.eval_params(state),
+            **state.model_state
+        }, x, train=False)
     images = self.proxy.decode(frozen['proxy'], jnp.argmax(logits, -1))
     return images, quantizer_base.full_code_indices(self.model.quantizer,
                                                     q_out.indices)
@@ -186,7 +205,8 @@ class ProxyCodeTask(base.Task):
     return reconstruction_eval.image_rows(images, n)
 
 
-def build(config: ml_collections.ConfigDict, workdir: str = '') -> ProxyCodeTask:
+def build(config: ml_collections.ConfigDict,
+          workdir: str = '') -> ProxyCodeTask:
   """The task with the proxy VQGAN run and the eval networks read from disk."""
   del workdir
   return ProxyCodeTask(
@@ -194,4 +214,3 @@ def build(config: ml_collections.ConfigDict, workdir: str = '') -> ProxyCodeTask
                                            config.proxy.step),
       frozen=reconstruction_eval.load_networks(config),
       fid_reference=reconstruction_eval.load_fid_reference(config))
-

@@ -52,10 +52,12 @@ def load_networks(config: ml_collections.ConfigDict, *, lpips: bool = False,
   `vgg19` True) and eval wants (`eval.lpips`, `eval.fid`); reads files."""
   directory = config.weights_dir or None
   networks = {
-      'lpips': lpips or frozen_lib.wanted('lpips', config.eval.lpips,
-                                          directory),
-      'vgg19': vgg19,
-      'inception': frozen_lib.wanted('inception', config.eval.fid, directory),
+      'lpips':
+          lpips or frozen_lib.wanted('lpips', config.eval.lpips, directory),
+      'vgg19':
+          vgg19,
+      'inception':
+          frozen_lib.wanted('inception', config.eval.fid, directory),
   }
   return frozen_lib.load([k for k, v in networks.items() if v], directory)
 
@@ -103,26 +105,32 @@ class ReconstructionEval:
     x_rec = jnp.clip(x_rec.astype(jnp.float32), -1, 1)
     codes_mask = jnp.broadcast_to(
         mask.reshape((-1,) + (1,) * (indices.ndim - 1)), indices.shape)
-    counts = jnp.zeros((self.codebook_size,), jnp.float32).at[
-        indices.reshape(-1)].add(codes_mask.reshape(-1))
+    counts = jnp.zeros(
+        (self.codebook_size,),
+        jnp.float32).at[indices.reshape(-1)].add(codes_mask.reshape(-1))
     # Frame metrics (SSIM, LPIPS, Inception) see videos as B * T frames.
     x_frames, rec_frames = frames(x), frames(x_rec)
-    per_example = {'psnr': image_metrics.psnr(x, x_rec),
-                   'l1': image_metrics.mean_abs_error(x, x_rec)}
+    per_example = {
+        'psnr': image_metrics.psnr(x, x_rec),
+        'l1': image_metrics.mean_abs_error(x, x_rec)
+    }
     if min(x_frames.shape[1:3]) >= image_metrics.SSIM_WINDOW:
       per_example['ssim'] = _per_example(
           image_metrics.ssim(x_frames, rec_frames), batch_size)
     if 'lpips' in frozen:
-      per_example['lpips'] = _per_example(perceptual.lpips_distance(
-          frozen['lpips'], x_frames, rec_frames), batch_size)
+      per_example['lpips'] = _per_example(
+          perceptual.lpips_distance(frozen['lpips'], x_frames, rec_frames),
+          batch_size)
     sums = {k: jnp.sum(v * mask) for k, v in per_example.items()}
     sums.update(count=jnp.sum(mask), code_counts=counts)
     outputs = {'sums': sums, 'mask': mask}
     if 'inception' in frozen:
       pool = lambda images: inception.InceptionV3().apply(
           {'params': frozen['inception']}, images)['pool']
-      outputs['features'] = {'real': pool(x_frames),
-                             'reconstructed': pool(rec_frames)}
+      outputs['features'] = {
+          'real': pool(x_frames),
+          'reconstructed': pool(rec_frames)
+      }
       outputs['feature_mask'] = jnp.repeat(mask,
                                            x_frames.shape[0] // batch_size)
     return outputs, {'inputs': x, 'reconstructions': x_rec}
@@ -133,8 +141,11 @@ class ReconstructionEval:
     count = max(float(sums['count']), 1.0)
     codebook = quantizer_base.usage_and_perplexity(
         jnp.asarray(sums['code_counts'], jnp.float32))
-    metrics = {k: float(sums[k]) / count
-               for k in ('psnr', 'ssim', 'l1', 'lpips') if k in sums}
+    metrics = {
+        k: float(sums[k]) / count
+        for k in ('psnr', 'ssim', 'l1', 'lpips')
+        if k in sums
+    }
     metrics.update(codebook_usage=float(codebook['usage']),
                    codebook_perplexity=float(codebook['perplexity']),
                    num_examples=count)
@@ -143,8 +154,9 @@ class ReconstructionEval:
       metrics['rfid'] = fid.frechet_distance(real.mean(), real.covariance(),
                                              rec.mean(), rec.covariance())
       if self.fid_reference is not None:
-        metrics['fid_reference'] = fid.frechet_distance(
-            rec.mean(), rec.covariance(), *self.fid_reference)
+        metrics['fid_reference'] = fid.frechet_distance(rec.mean(),
+                                                        rec.covariance(),
+                                                        *self.fid_reference)
     return metrics
 
 

@@ -44,20 +44,21 @@ def frozen_encoder(text: ml_collections.ConfigDict):
   kind = text.get('encoder', 'minilm')
   if kind == 'minilm':
     from vqlab.text import minilm  # pylint: disable=g-import-not-at-top
-    return minilm.TextEncoder(text.encoder_dir or None,
-                              pad_to=text.max_length)
+    return minilm.TextEncoder(text.encoder_dir or None, pad_to=text.max_length)
   if kind == 'clip':
     if not text.encoder_dir:
-      raise ConfigError('text.encoder_dir', "empty, but text.encoder='clip' "
-                        'needs a directory with an HF CLIP checkpoint '
-                        '(config.json, model.safetensors, vocab.json, '
-                        'merges.txt)')
+      raise ConfigError(
+          'text.encoder_dir', "empty, but text.encoder='clip' "
+          'needs a directory with an HF CLIP checkpoint '
+          '(config.json, model.safetensors, vocab.json, '
+          'merges.txt)')
     from vqlab.text import clip  # pylint: disable=g-import-not-at-top
     encoder = clip.ClipTextEncoder(text.encoder_dir, pad_to=text.max_length)
     positions = encoder.module.config.max_positions
     if text.max_length > positions:
-      raise ConfigError('text.max_length', f'{text.max_length}, but the CLIP '
-                        f'text encoder has {positions} positions')
+      raise ConfigError(
+          'text.max_length', f'{text.max_length}, but the CLIP '
+          f'text encoder has {positions} positions')
     return encoder
   raise ConfigError('text.encoder', f'{kind!r} not in {TEXT_ENCODERS}')
 
@@ -72,9 +73,10 @@ class TextConditioner:
     if self.kind == 'frozen':
       self.encoder = frozen_encoder(config.text)
       if config.model.cond_dim != self.encoder.width:
-        raise ConfigError('model.cond_dim', f'{config.model.cond_dim}, but '
-                          f'the text encoder gives {self.encoder.width}-wide '
-                          'states')
+        raise ConfigError(
+            'model.cond_dim', f'{config.model.cond_dim}, but '
+            f'the text encoder gives {self.encoder.width}-wide '
+            'states')
 
   @property
   def frozen(self) -> dict[str, Any]:
@@ -85,12 +87,15 @@ class TextConditioner:
     """Strings [b] -> {'text_ids' int32 [b, L], 'text_mask' bool [b, L]}."""
     captions = [str(c) for c in np.asarray(captions).reshape(-1)]
     if self.encoder is not None:
-      ids, mask = self.encoder.tokenizer.encode(
-          captions, max_length=self.max_length, pad_to=self.max_length)
+      ids, mask = self.encoder.tokenizer.encode(captions,
+                                                max_length=self.max_length,
+                                                pad_to=self.max_length)
     else:
       ids, mask = encode_bytes(captions, self.max_length)
-    return {'text_ids': np.asarray(ids, np.int32),
-            'text_mask': np.asarray(mask, bool)}
+    return {
+        'text_ids': np.asarray(ids, np.int32),
+        'text_mask': np.asarray(mask, bool)
+    }
 
   def condition(self, batch, frozen) -> dict[str, jax.Array]:
     """The model's condition from a batch's text arrays (inside a step)."""
@@ -105,9 +110,13 @@ class TextConditioner:
     arrays = self.host_arrays([''] * batch_size)
     if self.encoder is None:
       return {'ids': arrays['text_ids'], 'mask': arrays['text_mask']}
-    return {'states': np.zeros((batch_size, self.max_length,
-                                self.encoder.width), np.float32),
-            'mask': arrays['text_mask']}
+    return {
+        'states':
+            np.zeros((batch_size, self.max_length, self.encoder.width),
+                     np.float32),
+        'mask':
+            arrays['text_mask']
+    }
 
 
 class CaptionsToIds:

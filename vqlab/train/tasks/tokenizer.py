@@ -51,39 +51,40 @@ def default_config() -> ml_collections.ConfigDict:
   config.model = tokenizers.default_config('vqgan')
 
   config.loss = loss = ml_collections.ConfigDict()
-  loss.reconstruction = 'l1'        # 'l1' or 'l2' pixel loss.
+  loss.reconstruction = 'l1'  # 'l1' or 'l2' pixel loss.
   loss.reconstruction_weight = 1.0  # Weight of the pixel loss.
-  loss.perceptual_weight = 0.0      # LPIPS weight (needs the VGG16 file).
-  loss.gan_loss = 'hinge'           # 'hinge' or 'non_saturating'.
-  loss.disc_weight = 0.8            # Scales the adaptive weight (taming: 0.8).
-  loss.disc_start = 0               # Step at which the GAN terms switch on.
-  loss.adaptive_weight = True       # Taming's gradient-norm ratio; else 1.
-  loss.adaptive_delta = 1e-6        # Paper: 1e-6; taming's code: 1e-4.
-  loss.adaptive_max = 1e4           # Upper clip of the adaptive weight.
-  loss.lecam_weight = 0.0           # LeCam regularization of D (MAGVIT: 0.001).
-  loss.lecam_decay = 0.999          # EMA decay of LeCam's D-output averages.
-  loss.r1_weight = 0.0              # R1 penalty weight (gamma / 2) on real images.
+  loss.perceptual_weight = 0.0  # LPIPS weight (needs the VGG16 file).
+  loss.gan_loss = 'hinge'  # 'hinge' or 'non_saturating'.
+  loss.disc_weight = 0.8  # Scales the adaptive weight (taming: 0.8).
+  loss.disc_start = 0  # Step at which the GAN terms switch on.
+  loss.adaptive_weight = True  # Taming's gradient-norm ratio; else 1.
+  loss.adaptive_delta = 1e-6  # Paper: 1e-6; taming's code: 1e-4.
+  loss.adaptive_max = 1e4  # Upper clip of the adaptive weight.
+  loss.lecam_weight = 0.0  # LeCam regularization of D (MAGVIT: 0.001).
+  loss.lecam_decay = 0.999  # EMA decay of LeCam's D-output averages.
+  loss.r1_weight = 0.0  # R1 penalty weight (gamma / 2) on real images.
   # Probabilistic contrastive loss (Regularized VQ; needs the `regularized`
   # quantizer and the VGG19 file). Temperature and patch count as PatchNCE.
   loss.pcl_weight = 0.0
   loss.pcl_temperature = 0.07
-  loss.pcl_num_patches = 256        # Random positions per layer; 0: all.
-  loss.pcl_epsilon = 1e-6           # Added to w_i (0 where sample == argmax).
+  loss.pcl_num_patches = 256  # Random positions per layer; 0: all.
+  loss.pcl_epsilon = 1e-6  # Added to w_i (0 where sample == argmax).
 
   # 'patchgan' or 'stylegan' (keys: vqlab.losses.discriminators).
   config.discriminator = discriminators.default_config('patchgan')
 
   config.ema = ml_collections.ConfigDict()
-  config.ema.decay = 0.0            # EMA of generator params for eval; 0: off.
+  config.ema.decay = 0.0  # EMA of generator params for eval; 0: off.
 
   # Fine-tuning (TiTok stage 2): top-level generator params copied from
   # another run's checkpoint at the start, and params kept fixed.
   config.warm_start = ml_collections.ConfigDict()
-  config.warm_start.workdir = ''    # The run to copy from; '': fresh init.
-  config.warm_start.step = -1       # Its checkpoint; -1: the newest.
-  config.warm_start.params = ()     # e.g. ('encoder', 'quantizer', 'decoder').
-  config.freeze = ()                # e.g. ('encoder', 'quantizer'): no updates
-                                    # (a frozen quantizer's EMA stats too).
+  config.warm_start.workdir = ''  # The run to copy from; '': fresh init.
+  config.warm_start.step = -1  # Its checkpoint; -1: the newest.
+  config.warm_start.params = ()  # e.g. ('encoder', 'quantizer', 'decoder').
+  # e.g. ('encoder', 'quantizer'): no updates (a frozen quantizer's EMA stats
+  # too).
+  config.freeze = ()
 
   config.optimizer = opt = ml_collections.ConfigDict()
   opt.generator = optimizers.default_config(1e-4, 0.5, 0.9)
@@ -95,12 +96,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Value checks beyond keys, types and domains; raises ConfigError naming
   the key."""
   loss = config.loss
-  config_schema.require(loss.reconstruction in ('l1', 'l2'),
-                        'loss.reconstruction', f"must be 'l1' or 'l2', got "
-                        f'{loss.reconstruction!r}')
-  config_schema.require(loss.gan_loss in gan.G_LOSSES, 'loss.gan_loss',
-                        f'unknown GAN loss {loss.gan_loss!r}; known: '
-                        f'{", ".join(sorted(gan.G_LOSSES))}')
+  config_schema.require(
+      loss.reconstruction in ('l1', 'l2'), 'loss.reconstruction',
+      f"must be 'l1' or 'l2', got "
+      f'{loss.reconstruction!r}')
+  config_schema.require(
+      loss.gan_loss in gan.G_LOSSES, 'loss.gan_loss',
+      f'unknown GAN loss {loss.gan_loss!r}; known: '
+      f'{", ".join(sorted(gan.G_LOSSES))}')
   if loss.pcl_weight > 0:
     quantizer = config.model.get('quantizer', {}).get('name')
     config_schema.require(
@@ -113,11 +116,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         'the probabilistic contrastive loss is defined for images, but '
         f'data.name {config.data.name!r} gives videos')
   if config.model.get('decoder_output') == 'proxy_codes':
-    raise ConfigError('model.decoder_output', "'proxy_codes' is TiTok's "
-                      "stage 1: use task = 'titok_proxy' (configs/titok/)")
+    raise ConfigError(
+        'model.decoder_output', "'proxy_codes' is TiTok's "
+        "stage 1: use task = 'titok_proxy' (configs/titok/)")
   if config.warm_start.params and not config.warm_start.workdir:
-    raise ConfigError('warm_start.workdir', 'empty, but warm_start.params '
-                      f'names {tuple(config.warm_start.params)}')
+    raise ConfigError(
+        'warm_start.workdir', 'empty, but warm_start.params '
+        f'names {tuple(config.warm_start.params)}')
   factor = tokenizers.build_validated(config.model).downsample_factor
   for key in ('image_size', 'train_image_size'):
     size = config.data.get(key, 0)
@@ -135,14 +140,15 @@ class TokenizerTask(base.Task):
     params} of the frozen networks (`build` loads them; the losses that
     need one fail without it); fid_reference: (mu, sigma) or None."""
     self.config = config
-    self.model = tokenizers.build_validated(config.model,
-                                  dtype=jnp.dtype(config.compute_dtype))
+    self.model = tokenizers.build_validated(
+        config.model, dtype=jnp.dtype(config.compute_dtype))
     self.discriminator = discriminators.build_validated(
         config.discriminator, dtype=jnp.dtype(config.compute_dtype))
     steps = config.train.num_steps
-    self.tx = {GENERATOR: optimizers.build(config.optimizer.generator, steps),
-               DISCRIMINATOR: optimizers.build(config.optimizer.discriminator,
-                                               steps)}
+    self.tx = {
+        GENERATOR: optimizers.build(config.optimizer.generator, steps),
+        DISCRIMINATOR: optimizers.build(config.optimizer.discriminator, steps)
+    }
     if config.freeze:
       self.tx[GENERATOR] = _with_frozen(self.tx[GENERATOR], config.freeze)
     self.frozen = dict(frozen or {})
@@ -152,25 +158,35 @@ class TokenizerTask(base.Task):
   # ---------------------------------------------------------------- init ---
   def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
     """Fresh TrainState; `batch` gives shapes only."""
-    images = batch[reconstruction_eval.input_keys(batch)[-1]]  # The video when both are there.
+    images = batch[reconstruction_eval.input_keys(batch)
+                   [-1]]  # The video when both are there.
     if images.shape[-1] != self.model.in_channels:
-      raise ConfigError('model.in_channels', f'{self.model.in_channels}, but the '
-                        f'data has {images.shape[-1]} channels')
+      raise ConfigError(
+          'model.in_channels', f'{self.model.in_channels}, but the '
+          f'data has {images.shape[-1]} channels')
     gen_rng, disc_rng, q_rng = jax.random.split(rng, 3)
-    variables = self.model.init({'params': gen_rng, 'quantizer': q_rng},
-                                images, train=False)
-    params = {GENERATOR: variables.pop('params'),
-              DISCRIMINATOR: self.discriminator.init(
-                  disc_rng, self._disc_input(images))['params']}
-    ema = ({GENERATOR: params[GENERATOR]} if self.config.ema.decay > 0
-           else {})
-    loss_state = ({'lecam': {'real': jnp.zeros((), jnp.float32),
-                             'fake': jnp.zeros((), jnp.float32)}}
-                  if self.config.loss.lecam_weight > 0 else {})
+    variables = self.model.init({
+        'params': gen_rng,
+        'quantizer': q_rng
+    }, images, train=False)
+    params = {
+        GENERATOR:
+            variables.pop('params'),
+        DISCRIMINATOR:
+            self.discriminator.init(disc_rng, self._disc_input(images))
+            ['params']
+    }
+    ema = ({GENERATOR: params[GENERATOR]} if self.config.ema.decay > 0 else {})
+    loss_state = ({
+        'lecam': {
+            'real': jnp.zeros((), jnp.float32),
+            'fake': jnp.zeros((), jnp.float32)
+        }
+    } if self.config.loss.lecam_weight > 0 else {})
     return TrainState(
-        step=jnp.zeros((), jnp.int32), params=params,
-        opt_state={k: self.tx[k].init(v) for k, v in params.items()},
-        model_state=dict(variables), ema_params=ema, loss_state=loss_state)
+        step=jnp.zeros((), jnp.int32), params=params, opt_state={
+            k: self.tx[k].init(v) for k, v in params.items()
+        }, model_state=dict(variables), ema_params=ema, loss_state=loss_state)
 
   def warm_start(self, state: TrainState) -> TrainState:
     """Copies `warm_start.params` from another run into a fresh state.
@@ -188,14 +204,16 @@ class TokenizerTask(base.Task):
     params = dict(state.params[GENERATOR])
     for name in start.params:
       if name not in source or name not in params:
-        raise ConfigError('warm_start.params', f'{name!r} is not in both '
-                          f'models: {start.workdir} (step {step}) has '
-                          f'{sorted(source)}, this model {sorted(params)}')
+        raise ConfigError(
+            'warm_start.params', f'{name!r} is not in both '
+            f'models: {start.workdir} (step {step}) has '
+            f'{sorted(source)}, this model {sorted(params)}')
       shapes = lambda t: jax.tree.map(np.shape, t)
       if shapes(source[name]) != shapes(params[name]):
-        raise ConfigError('warm_start.params', f'{name!r} has other shapes '
-                          f'in {start.workdir} (step {step}) than in this '
-                          'model')
+        raise ConfigError(
+            'warm_start.params', f'{name!r} has other shapes '
+            f'in {start.workdir} (step {step}) than in this '
+            'model')
       params[name] = jax.tree.map(jnp.asarray, source[name])
     all_params = {**state.params, GENERATOR: params}
     ema = {GENERATOR: params} if state.ema_params else state.ema_params
@@ -204,7 +222,8 @@ class TokenizerTask(base.Task):
   # -------------------------------------------------------------- losses ---
   def _reconstruction_loss(self, x: jax.Array, x_rec: jax.Array) -> jax.Array:
     diff = x_rec - x
-    pixel = jnp.abs(diff) if self.config.loss.reconstruction == 'l1' else diff**2
+    pixel = jnp.abs(
+        diff) if self.config.loss.reconstruction == 'l1' else diff**2
     return self.config.loss.reconstruction_weight * jnp.mean(pixel)
 
   def _pixel_losses(self, x, x_rec, frozen) -> tuple[jax.Array, jax.Array]:
@@ -240,15 +259,17 @@ class TokenizerTask(base.Task):
     x_rec = jax.lax.stop_gradient(x_rec)
     disc_params = jax.lax.stop_gradient(disc_params)
     rec_cot = jax.grad(lambda y: sum(self._pixel_losses(x, y, frozen)))(x_rec)
-    gan_cot = jax.grad(lambda y: g_loss(self._disc_logits(disc_params, y)))(x_rec)
+    gan_cot = jax.grad(lambda y: g_loss(self._disc_logits(disc_params, y)))(
+        x_rec)
     name = self.model.LAST_LAYER
-    last_layer = lambda p: self.model.apply(
-        {'params': {name: p}}, jax.lax.stop_gradient(features),
-        method=self.model.last_layer)
+    last_layer = lambda p: self.model.apply({'params': {
+        name: p
+    }}, jax.lax.stop_gradient(features), method=self.model.last_layer)
     _, pullback = jax.vjp(last_layer, jax.lax.stop_gradient(gen_params[name]))
     rec_grad = pullback(rec_cot)[0]['kernel']
     gan_grad = pullback(gan_cot)[0]['kernel']
-    return gan.adaptive_weight(rec_grad, gan_grad, delta=loss_cfg.adaptive_delta,
+    return gan.adaptive_weight(rec_grad, gan_grad,
+                               delta=loss_cfg.adaptive_delta,
                                max_weight=loss_cfg.adaptive_max)
 
   def _pcl_loss(self, x, x_rec, q_out, frozen, rng) -> jax.Array:
@@ -262,8 +283,7 @@ class TokenizerTask(base.Task):
         dtype=self.model.dtype).apply({'params': frozen['vgg19']}, images)
     pcl = contrastive.probabilistic_contrastive_loss(
         jax.lax.stop_gradient(features(x)), features(x_rec),
-        q_out.extras['pcl_weights'], rng,
-        temperature=loss_cfg.pcl_temperature,
+        q_out.extras['pcl_weights'], rng, temperature=loss_cfg.pcl_temperature,
         num_patches=loss_cfg.pcl_num_patches, epsilon=loss_cfg.pcl_epsilon)
     return loss_cfg.pcl_weight * pcl
 
@@ -273,16 +293,19 @@ class TokenizerTask(base.Task):
     logits_real = self._disc_logits(disc_params, x)
     logits_fake = self._disc_logits(disc_params, jax.lax.stop_gradient(x_rec))
     d_loss = gan.D_LOSSES[loss_cfg.gan_loss](logits_real, logits_fake)
-    metrics = {'d_adv': d_loss, 'logits_real': jnp.mean(logits_real),
-               'logits_fake': jnp.mean(logits_fake)}
+    metrics = {
+        'd_adv': d_loss,
+        'logits_real': jnp.mean(logits_real),
+        'logits_fake': jnp.mean(logits_fake)
+    }
     new_state = dict(loss_state)
     if loss_cfg.lecam_weight > 0:
       ema = loss_state['lecam']
       lecam = gan.lecam_regularizer(logits_real, logits_fake, ema['real'],
                                     ema['fake'])
       d_loss += loss_cfg.lecam_weight * lecam
-      new_state['lecam'] = gan.lecam_ema_update(
-          ema, logits_real, logits_fake, loss_cfg.lecam_decay)
+      new_state['lecam'] = gan.lecam_ema_update(ema, logits_real, logits_fake,
+                                                loss_cfg.lecam_decay)
       metrics['lecam'] = lecam
     if loss_cfg.r1_weight > 0:
       r1 = gan.r1_penalty(lambda v: self._disc_logits(disc_params, v), x)
@@ -300,14 +323,17 @@ class TokenizerTask(base.Task):
     gen_params, disc_params = params[GENERATOR], params[DISCRIMINATOR]
     dropout_rng, q_rng, pcl_rng = jax.random.split(rng, 3)
     (x_rec, q_out, features), new_state = self.model.apply(
-        {'params': gen_params, **model_state}, x, train=True,
-        method=self.model.forward_with_features,
-        rngs={'dropout': dropout_rng, 'quantizer': q_rng},
-        mutable=list(model_state.keys()))
+        {
+            'params': gen_params,
+            **model_state
+        }, x, train=True, method=self.model.forward_with_features, rngs={
+            'dropout': dropout_rng,
+            'quantizer': q_rng
+        }, mutable=list(model_state.keys()))
     rec_loss, perceptual_loss = self._pixel_losses(x, x_rec, frozen)
     pcl_loss = self._pcl_loss(x, x_rec, q_out, frozen, pcl_rng)
-    g_adv = gan.G_LOSSES[loss_cfg.gan_loss](
-        self._disc_logits(jax.lax.stop_gradient(disc_params), x_rec))
+    g_adv = gan.G_LOSSES[loss_cfg.gan_loss](self._disc_logits(
+        jax.lax.stop_gradient(disc_params), x_rec))
     if loss_cfg.adaptive_weight:
       weight = self._adaptive_weight(gen_params, disc_params, x, x_rec,
                                      features, frozen)
@@ -319,15 +345,24 @@ class TokenizerTask(base.Task):
     d_loss, new_loss_state, d_metrics = self._discriminator_loss(
         disc_params, x, x_rec, loss_state)
     d_loss = gan_on * d_loss
-    metrics = {'loss': gen_loss, 'rec_loss': rec_loss,
-               'perceptual_loss': perceptual_loss, 'pcl_loss': pcl_loss,
-               'quantizer_loss': q_out.loss, 'g_adv': g_adv,
-               'adaptive_weight': weight, 'd_loss': d_loss, **d_metrics,
-               **{f'quantizer/{k}': v for k, v in q_out.metrics.items()}}
+    metrics = {
+        'loss': gen_loss,
+        'rec_loss': rec_loss,
+        'perceptual_loss': perceptual_loss,
+        'pcl_loss': pcl_loss,
+        'quantizer_loss': q_out.loss,
+        'g_adv': g_adv,
+        'adaptive_weight': weight,
+        'd_loss': d_loss,
+        **d_metrics,
+        **{
+            f'quantizer/{k}': v for k, v in q_out.metrics.items()
+        }
+    }
     return gen_loss + d_loss, dict(new_state), new_loss_state, metrics
 
-  def loss_and_grads(self, params, model_state, batch, rng, step,
-                     frozen=None, loss_state=None):
+  def loss_and_grads(self, params, model_state, batch, rng, step, frozen=None,
+                     loss_state=None):
     """Gradients of both networks' losses.
 
     Args:
@@ -367,8 +402,8 @@ class TokenizerTask(base.Task):
             metrics[k] = metrics.get(k, 0.0) + key_metrics[k]
       return total, (state, l_state, metrics)
 
-    grads, (new_state, new_loss_state, metrics) = jax.grad(
-        loss_fn, has_aux=True)(params)
+    grads, (new_state, new_loss_state,
+            metrics) = jax.grad(loss_fn, has_aux=True)(params)
     return grads, new_state, new_loss_state, metrics
 
   # ---------------------------------------------------------------- step ---
@@ -379,9 +414,10 @@ class TokenizerTask(base.Task):
         state.loss_state)
     if 'quantizer' in self.config.freeze:
       model_state = state.model_state  # E.g. EMA codebook statistics.
-    state, norms = base.apply_gradients(
-        state, grads, self.tx, self.config.ema.decay,
-        model_state=model_state, loss_state=loss_state)
+    state, norms = base.apply_gradients(state, grads, self.tx,
+                                        self.config.ema.decay,
+                                        model_state=model_state,
+                                        loss_state=loss_state)
     metrics.update({f'grad_norm/{k}': v for k, v in norms.items()})
     return state, metrics
 
@@ -396,8 +432,10 @@ class TokenizerTask(base.Task):
     """Eval reconstructions of x and the token ids (one per token, [0, K))."""
     del frozen
     x_rec, q_out = self.model.apply(
-        {'params': self.eval_params(state), **state.model_state}, x,
-        train=False)
+        {
+            'params': self.eval_params(state),
+            **state.model_state
+        }, x, train=False)
     return x_rec, quantizer_base.full_code_indices(self.model.quantizer,
                                                    q_out.indices)
 
@@ -421,25 +459,32 @@ def _with_frozen(tx: optax.GradientTransformation,
                  frozen: tuple[str, ...]) -> optax.GradientTransformation:
   """`tx` for all top-level params but those named in `frozen`, which get
   zero updates (no weight decay either)."""
+
   def labels(params):
     unknown = set(frozen) - set(params)
     if unknown:
-      raise ConfigError('freeze', f'no params named {sorted(unknown)}; the '
-                        f'model has {sorted(params)}')
-    return {k: jax.tree.map(lambda _, k=k: 'frozen' if k in frozen else
-                            'train', v) for k, v in params.items()}
-  return optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()},
-                               labels)
+      raise ConfigError(
+          'freeze', f'no params named {sorted(unknown)}; the '
+          f'model has {sorted(params)}')
+    return {
+        k: jax.tree.map(lambda _, k=k: 'frozen' if k in frozen else 'train', v)
+        for k, v in params.items()
+    }
+
+  return optax.multi_transform({
+      'train': tx,
+      'frozen': optax.set_to_zero()
+  }, labels)
 
 
-def build(config: ml_collections.ConfigDict, workdir: str = '') -> TokenizerTask:
+def build(config: ml_collections.ConfigDict,
+          workdir: str = '') -> TokenizerTask:
   """The task with the frozen networks its losses and eval use (read from
   the weight files) and the FID reference statistics."""
   del workdir  # The tokenizer task reads nothing from its run directory.
   frozen = reconstruction_eval.load_networks(
       config, lpips=config.loss.perceptual_weight > 0,
       vgg19=config.loss.pcl_weight > 0)
-  return TokenizerTask(config, frozen=frozen,
-                       fid_reference=reconstruction_eval.load_fid_reference(
-                           config))
-
+  return TokenizerTask(
+      config, frozen=frozen,
+      fid_reference=reconstruction_eval.load_fid_reference(config))
