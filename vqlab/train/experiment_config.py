@@ -36,6 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
   train.eval_every = 500  # Steps between evals (0: only at the end).
   train.checkpoint_every = 500  # Steps between async checkpoint saves.
   train.max_to_keep = 3  # Checkpoints kept on disk.
+  train.preemption_check_every = 10  # Steps between hosts' preemption syncs.
 
   config.eval = ev = ml_collections.ConfigDict()
   ev.batch_size = 16  # Global eval batch.

@@ -5,10 +5,12 @@ checkpoints, the writers, the progress line and preemption.
 Reads top to bottom: setup, state (restore or init), compiled steps, the loop.
 """
 
+import collections
+import itertools
 import json
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from absl import logging
 import jax
@@ -22,6 +24,27 @@ from vqlab.train import progress as progress_lib
 from vqlab.train import writers as writers_lib
 
 StepCallback = Callable[[int, dict[str, Any]], None]
+_T = TypeVar('_T')
+_U = TypeVar('_U')
+
+
+def _prefetched(items: Iterable[_T], put: Callable[[_T], _U],
+                size: int = 1) -> Iterator[_U]:
+  """Yields `put(item)` for each of `items` in order, `size` items ahead.
+
+  When the consumer receives `put(items[i])`, `put` has already been called on
+  items i+1 .. i+size (fewer at the end), and nothing past them was pulled.
+  In the loop `put` is `Experiment.global_batch`, an async device_put of a
+  host batch {key: [b, ...]} into global arrays [B, ...] sharded on the batch
+  axis, so the next batch's transfer runs while the current step does.
+  """
+  queue = collections.deque()
+  for item in items:
+    queue.append(put(item))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
 
 
 def _write_eval(writer, exp: experiment.Experiment, step: int, metrics,
@@ -98,7 +121,12 @@ def _train(config, workdir, devices, step_callback, allow_config_change,
         f'devices, mesh {dict(exp.mesh.shape)}', flush=True)
   progress = progress_lib.Progress(start_step, train_cfg.num_steps,
                                    train_cfg.batch_size, enabled=is_chief)
-  batches = exp.train_data.batches(start_step)
+  # Step s+1's batch goes to the devices before step s is waited on; exactly
+  # the batches of the steps left are read (none past num_steps).
+  batches = _prefetched(
+      itertools.islice(exp.train_data.batches(start_step),
+                       max(train_cfg.num_steps - start_step, 0)),
+      exp.global_batch)
   last_saved = start_step
   t_log, step_log = time.perf_counter(), start_step
 
@@ -107,9 +135,10 @@ def _train(config, workdir, devices, step_callback, allow_config_change,
       print(f'vqlab: saving the checkpoint of step {step}', flush=True)
 
   with jax.set_mesh(exp.mesh):
-    for step in range(start_step + 1, train_cfg.num_steps + 1):
+    for step, batch in zip(range(start_step + 1, train_cfg.num_steps + 1),
+                           batches):
       # `step` counts steps done once this one finishes.
-      state, metrics = exp.train_step(state, exp.global_batch(next(batches)))
+      state, metrics = exp.train_step(state, batch)
       if step_callback is not None:
         step_callback(step, metrics)
       if step % train_cfg.log_every == 0 or step == start_step + 1:
@@ -132,7 +161,7 @@ def _train(config, workdir, devices, step_callback, allow_config_change,
       if (train_cfg.eval_every and step % train_cfg.eval_every == 0 and
           step != train_cfg.num_steps):
         _write_eval(writer, exp, step, *exp.evaluate(state))
-      if watcher.should_stop():
+      if watcher.should_stop(step, every=train_cfg.preemption_check_every):
         # Preemption: save this exact step and leave; a restart resumes here.
         if step != last_saved:
           save(step, force=True)

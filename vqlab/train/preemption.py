@@ -19,6 +19,13 @@ class PreemptionWatcher:
   a half-finished step. A second Ctrl-C raises KeyboardInterrupt at once (the
   user gave up on the save). On several hosts the flag is OR-ed across
   processes so every host stops (and saves) at the same step.
+
+  That OR is an allgather: it runs on the devices behind the queued step and
+  the host waits for its result, so after every step it would stall async
+  dispatch (no queueing step s+1 while the devices run step s). Inside the
+  step loop it is done only every `every` steps (`train.preemption_check_every`
+  in the loop); Cloud TPU gives about 30 s of notice, so a few steps of delay
+  are harmless.
   """
 
   def __init__(self):
@@ -49,11 +56,30 @@ class PreemptionWatcher:
         f'\nvqlab: {name} received; saving once the current step is '
         f'done{again}', flush=True)
 
-  def should_stop(self) -> bool:
-    """True once any process received SIGTERM or SIGINT (collective on
-    multi-host)."""
+  def should_stop(self, step: int | None = None, *, every: int = 1) -> bool:
+    """True once any process received SIGTERM or SIGINT.
+
+    One process: the local flag, whatever `step` is (no collective). Several
+    processes: a collective (every process must call it at the same point),
+    but inside the step loop only on the steps where all of them run it.
+
+    Args:
+      step: the step just done, inside the step loop; None outside it (before
+        the first step, after the final save), where several processes always
+        gather the flag.
+      every: with several processes and a `step`, the flag is gathered only
+        when `step % every == 0`; on the other steps this is False without
+        looking (every process decides the same from `step` alone).
+
+    Returns:
+      Whether to save and stop now.
+    """
     local = self._flag.is_set()
     if jax.process_count() == 1:
       return local
+    if step is not None and step % every:
+      return False
+    # Not multihost_utils.reached_preemption_sync_point: jax.distributed's
+    # notifier catches SIGTERM in C++ (our handler replaces it), never SIGINT.
     flags = multihost_utils.process_allgather(np.array(local))
     return bool(np.any(flags))
