@@ -29,6 +29,8 @@ def model_config():
   model.dropout_rate = 0.0
   model.condition = 'class'
   model.num_classes = 1000
+  # One nn.scan over the blocks: XLA compiles one block, not all of them.
+  model.scan_layers = True
   return model
 
 

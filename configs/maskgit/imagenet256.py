@@ -29,6 +29,8 @@ def model_config():
   model.num_heads = 16
   model.mlp_dim = 3072
   model.dropout_rate = 0.1
+  # One nn.scan over the blocks: XLA compiles one block, not all of them.
+  model.scan_layers = True
   return model
 
 

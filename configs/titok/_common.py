@@ -61,6 +61,8 @@ def paper_config(name: str, model_size: str, num_tokens: int, stage: str):
   model = titok_model(model_size, num_tokens=num_tokens, image_size=256,
                       patch_size=16, codebook_size=4096,
                       proxy_codebook_size=1024)
+  # One nn.scan over the blocks: XLA compiles one block, not all of them.
+  model.scan_layers = True
   if stage == '1':
     config = stage1(model, 'workdirs/vqgan_maskgit_f16')
     config.optimizer.learning_rate = 1e-4

@@ -122,3 +122,15 @@ def test_missing_wrong_and_unknown_tensors_are_named(golden):
       **{'decoder.conv_out.weight': np.zeros((3, 3, 3, 3), np.float32)})
   with pytest.raises(WeightsError, match='is_legacy'):
     titok.convert_state_dict(modern, 'tiny', **kwargs)
+
+
+def test_scanned_conversion_gives_the_reference_tokens_and_images(golden):
+  # --scan_layers: both ViTs' blocks stacked for nn.scan, same numbers.
+  scanned = titok.convert_file(TINY, num_heads=int(golden['num_heads']),
+                               num_groups=int(golden['num_groups']),
+                               scan_layers=True)
+  assert scanned.model_config.scan_layers
+  assert 'block_0' not in scanned.params['encoder']['transformer']
+  tokens, images = _tokens_and_images(scanned, golden)
+  np.testing.assert_array_equal(tokens, golden['tokens'])
+  np.testing.assert_allclose(images, golden['decoded'], atol=1e-4)

@@ -1,9 +1,18 @@
-"""The shared transformer: causal masking and the KV-cache decode path."""
+"""The shared transformer: causal masking, the KV-cache decode path, and
+the scanned and rematerialized layer stacks."""
+
+import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import pytest
 
+from vqlab import generators
+from vqlab import tokenizers
+from vqlab.errors import ConfigError
 from vqlab.nn import transformer
 
 
@@ -30,3 +39,82 @@ def test_causal_mask_and_cached_decode_equal_full_pass():
     cache = variables['cache']
     steps.append(out)
   np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5)
+
+
+def _stacked_everywhere(tree):
+  """Every {'block_0', ...} dict of an unrolled param tree stacked."""
+  if not isinstance(tree, dict):
+    return tree
+  tree = {k: _stacked_everywhere(v) for k, v in tree.items()}
+  return transformer.stack_block_params(tree) if 'block_0' in tree else tree
+
+
+def test_scanned_and_rematerialized_stacks_compute_the_unrolled_stack():
+  x = jax.random.normal(jax.random.key(0), (2, 6, 8))
+  mask = transformer.causal_mask(6)
+  unrolled = transformer.Transformer(num_layers=3, num_heads=2, mlp_dim=16)
+  params = unrolled.init(jax.random.key(1), x, mask)['params']
+  loss = lambda model, p: jnp.sum(model.apply({'params': p}, x, mask)**2)
+  want, want_grads = jax.value_and_grad(functools.partial(loss,
+                                                          unrolled))(params)
+  stacked = transformer.stack_block_params(params)
+  assert jax.tree.leaves(stacked['blocks'])[0].shape[0] == 3
+  for scan, remat in itertools.product((False, True), ('full', 'dots')):
+    model = transformer.Transformer(num_layers=3, num_heads=2, mlp_dim=16,
+                                    scan_layers=scan, remat_policy=remat)
+    value, grads = jax.value_and_grad(functools.partial(
+        loss, model))(stacked if scan else params)
+    if scan:
+      grads = transformer.unstack_block_params(grads)
+    np.testing.assert_allclose(value, want, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+                 grads, want_grads)
+  # The decoding cache gets a layer axis too: cached steps = full pass.
+  decoder = transformer.Transformer(num_layers=3, num_heads=2, mlp_dim=16,
+                                    decode=True, scan_layers=True)
+  cache = decoder.init(jax.random.key(1), x)['cache']
+  steps = []
+  for t in range(6):
+    out, variables = decoder.apply({
+        'params': stacked,
+        'cache': cache
+    }, x[:, t:t + 1], mutable=['cache'])
+    cache = variables['cache']
+    steps.append(out)
+  np.testing.assert_allclose(jnp.concatenate(steps, axis=1),
+                             unrolled.apply({'params': params}, x, mask),
+                             atol=1e-5)
+  with pytest.raises(ConfigError, match=r'model\.remat_policy'):
+    transformer.stack_options(
+        ml_collections.ConfigDict({
+            'scan_layers': True,
+            'remat_policy': 'some'
+        }), 'model')
+
+
+@pytest.mark.parametrize('name', ['gpt', 'maskgit', 'vq_diffusion', 'titok'])
+def test_every_transformer_model_scans_to_the_same_numbers(name):
+  registry = tokenizers if name == 'titok' else generators
+  config = registry.default_config(name)
+  rng = jax.random.key(0)
+  if name == 'titok':
+    inputs = (jax.random.uniform(rng, (2, 32, 32, 3), minval=-1.0),)
+  else:
+    inputs = (jax.random.randint(rng, (2, 4, 4), 0, config.vocab_size),)
+    if name == 'gpt':
+      inputs = (inputs[0].reshape(2, 16),)
+    if name == 'vq_diffusion':
+      inputs += (jnp.array([3, 70]),)
+  outputs = {}
+  for scan in (False, True):
+    config.scan_layers = scan
+    model = registry.build(config)
+    if not scan:
+      variables = model.init(rng, *inputs)
+    else:
+      variables = {
+          **variables, 'params': _stacked_everywhere(variables['params'])
+      }
+    outputs[scan] = model.apply(variables, *inputs)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5),
+               outputs[True], outputs[False])

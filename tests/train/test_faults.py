@@ -303,3 +303,28 @@ def test_kill_9_during_an_async_save_then_resume(finished, tmp_path):
   for step in range(1, STEPS + 1):
     np.testing.assert_allclose(got[step], expected[step], rtol=1e-6,
                                err_msg=f'step {step}')
+
+
+def test_a_checkpoint_of_the_other_layer_layout_names_the_switch():
+  # An old run (blocks unrolled) resumed by a config that scans them, and
+  # the reverse: the mismatch says which model.scan_layers restores it.
+  block = {'attention': {'kernel': np.zeros((4, 4), np.float32)}}
+  unrolled = {'params': {'transformer': {'block_0': block, 'block_1': block}}}
+  scanned = {
+      'params': {
+          'transformer': {
+              'blocks': {
+                  'attention': {
+                      'kernel': np.zeros((2, 4, 4), np.float32)
+                  }
+              }
+          }
+      }
+  }
+  told = checkpoint_lib.state_mismatch(unrolled, scanned)
+  assert 'params/transformer/block_0/attention/kernel only in the checkpoint' \
+      in told
+  assert told.endswith('resume it with model.scan_layers = False')
+  assert checkpoint_lib.state_mismatch(
+      scanned, unrolled).endswith('resume it with model.scan_layers = True')
+  assert checkpoint_lib.state_mismatch(unrolled, unrolled) is None

@@ -33,6 +33,7 @@ from vqlab import tokenizers
 from vqlab.convert import maskgit_vqgan
 from vqlab.convert import published
 from vqlab.errors import WeightsError
+from vqlab.nn import transformer
 from vqlab.tokenizers import titok as titok_lib
 from vqlab.weights import safetensors_files
 from vqlab.weights import torch_files
@@ -41,6 +42,8 @@ OPTIONS = {
     'num_heads': (int, 0, 'attention heads of both ViTs (0: width / 64, '
                   'as in the published S/B/L)'),
     'num_groups': (int, 32, 'GroupNorm groups of the pixel decoder'),
+    'scan_layers': (bool, False, 'store both ViTs\' blocks stacked for '
+                    'model.scan_layers = True (faster compiles)'),
 }
 
 _RES_NAMES = {
@@ -97,7 +100,8 @@ def _pixel_architecture(sd: published.StateDict) -> dict:
 
 
 def model_config(sd: published.StateDict, num_heads: int = 0,
-                 num_groups: int = 32) -> ml_collections.ConfigDict:
+                 num_groups: int = 32,
+                 scan_layers: bool = False) -> ml_collections.ConfigDict:
   """The vqlab 'titok' config of the checkpoint in `sd`, from its shapes."""
   if 'decoder.conv_out.weight' in sd or 'decoder.ffn.2.weight' not in sd:
     raise WeightsError(f'{sd.source}: only the released (is_legacy) TiTok '
@@ -123,6 +127,7 @@ def model_config(sd: published.StateDict, num_heads: int = 0,
   config.layer_norm_epsilon = 1e-5
   config.exact_gelu = True
   config.legacy_latent_layout = True
+  config.scan_layers = scan_layers
   config.unit_pixels = True
   config.proxy_codebook_size = sd.shape('decoder.ffn.2.weight')[0]
   config.proxy_head_hidden = sd.shape('decoder.ffn.0.weight')[0]
@@ -158,7 +163,7 @@ def _attention(sd: published.StateDict, prefix: str, heads: int) -> dict:
   return out
 
 
-def _vit(sd: published.StateDict, part: str, size) -> dict:
+def _vit(sd: published.StateDict, part: str, size, scan_layers: bool) -> dict:
   pos = sd.take(f'{part}.positional_embedding')
   cls = sd.take(f'{part}.class_embedding')
   blocks = {}
@@ -174,6 +179,8 @@ def _vit(sd: published.StateDict, part: str, size) -> dict:
         }
     }
   blocks['final_norm'] = sd.norm(f'{part}.ln_post')
+  if scan_layers:
+    blocks = transformer.stack_block_params(blocks)
   return {
       'class_token': cls[0] + pos[0],
       'grid_position': {
@@ -231,11 +238,11 @@ def convert_params(sd: published.StateDict,
                    config: ml_collections.ConfigDict) -> dict:
   """The vqlab TiTok param tree of the checkpoint in `sd`."""
   model = tokenizers.build(config)
-  encoder = _vit(sd, 'encoder', model.encoder_size)
+  encoder = _vit(sd, 'encoder', model.encoder_size, config.scan_layers)
   encoder['patch_embed'] = {'proj': sd.conv('encoder.patch_embed')}
   encoder['latent_tokens'] = sd.take('latent_tokens')
   encoder['to_code'] = _dense_from_1x1(sd, 'encoder.conv_out')
-  decoder = _vit(sd, 'decoder', model.decoder_size)
+  decoder = _vit(sd, 'decoder', model.decoder_size, config.scan_layers)
   decoder['from_code'] = sd.linear('decoder.decoder_embed')
   decoder['mask_token'] = sd.take('decoder.mask_token').reshape(-1)
   params = {
@@ -267,11 +274,11 @@ def expected_params(config: ml_collections.ConfigDict):
 
 
 def convert_state_dict(tensors: dict[str, np.ndarray], source: str, *,
-                       num_heads: int = 0,
-                       num_groups: int = 32) -> published.Converted:
+                       num_heads: int = 0, num_groups: int = 32,
+                       scan_layers: bool = False) -> published.Converted:
   """PyTorch names -> Converted (every tensor used, every param filled)."""
   sd = published.StateDict(tensors, source)
-  config = model_config(sd, num_heads, num_groups)
+  config = model_config(sd, num_heads, num_groups, scan_layers)
   params = convert_params(sd, config)
   # clustering_vq's usage statistics are a training buffer.
   sd.check_all_used(ignore_prefixes=('quantize.embed_prob',))
@@ -280,9 +287,9 @@ def convert_state_dict(tensors: dict[str, np.ndarray], source: str, *,
                              image_size=config.image_size, source=source)
 
 
-def convert_file(path: str, *, num_heads: int = 0,
-                 num_groups: int = 32) -> published.Converted:
+def convert_file(path: str, *, num_heads: int = 0, num_groups: int = 32,
+                 scan_layers: bool = False) -> published.Converted:
   """A released TiTok file (.safetensors, .bin, .pth) -> Converted."""
   source = f'TiTok {os.path.basename(path)} (bytedance/1d-tokenizer)'
   return convert_state_dict(read_file(path), source, num_heads=num_heads,
-                            num_groups=num_groups)
+                            num_groups=num_groups, scan_layers=scan_layers)

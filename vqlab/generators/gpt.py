@@ -28,6 +28,7 @@ import numpy as np
 from vqlab import config_schema
 from vqlab.errors import ConfigError
 from vqlab.generators import api
+from vqlab.nn import transformer
 from vqlab.nn.transformer import causal_mask
 from vqlab.nn.transformer import Transformer
 
@@ -64,6 +65,7 @@ class GPT(nn.Module):
     cond_length: 'tokens': number of condition tokens.
     decode: one position per call with a key/value cache (`decode_step`).
     dtype: compute dtype; logits are float32.
+    scan_layers, remat_policy: how the blocks run (vqlab.nn.transformer).
   """
   vocab_size: int
   length: int
@@ -78,6 +80,8 @@ class GPT(nn.Module):
   cond_length: int = 16
   decode: bool = False
   dtype: Any = jnp.float32
+  scan_layers: bool = False
+  remat_policy: str = 'none'
 
   @property
   def prefix_length(self) -> int:
@@ -109,7 +113,8 @@ class GPT(nn.Module):
     self.embed_dropout = nn.Dropout(self.dropout_rate)
     self.transformer = Transformer(self.num_layers, self.num_heads,
                                    self.mlp_dim, self.dropout_rate, self.decode,
-                                   self.dtype)
+                                   self.dtype, scan_layers=self.scan_layers,
+                                   remat_policy=self.remat_policy)
     self.head = nn.Dense(self.vocab_size, dtype=self.dtype, kernel_init=init)
 
   def embed_prefix(self, cond: Any, batch_size: int) -> jax.Array:
@@ -474,6 +479,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.num_classes = 10  # 'class': classes; id num_classes = null.
   config.cond_vocab_size = 64  # 'tokens': condition tokenizer codebook size.
   config.cond_length = 16  # 'tokens': condition tokens prepended.
+  transformer.add_stack_config(config)
   return config
 
 
@@ -497,7 +503,8 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
              dropout_rate=config.dropout_rate, condition=config.condition,
              num_classes=config.num_classes,
              cond_vocab_size=config.cond_vocab_size,
-             cond_length=config.cond_length, dtype=jnp.dtype(dtype))
+             cond_length=config.cond_length, dtype=jnp.dtype(dtype),
+             **transformer.stack_options(config, prefix))
 
 
 # ------------------------------------------------------------ Generator API.

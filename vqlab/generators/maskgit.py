@@ -31,6 +31,7 @@ import numpy as np
 from vqlab.errors import ConfigError
 from vqlab.generators import api
 from vqlab.generators import mask_schedule
+from vqlab.nn import transformer
 from vqlab.nn.transformer import Transformer
 
 NEG_INF = -1e9  # Logit of the padded ids of smaller factors.
@@ -46,6 +47,7 @@ class MaskGIT(nn.Module):
     num_classes: 0 for unconditional, else classes (+1 null class inside).
     width, num_layers, num_heads, mlp_dim, dropout_rate: the transformer.
     dtype: compute dtype; logits are float32.
+    scan_layers, remat_policy: how the blocks run (vqlab.nn.transformer).
   """
   vocab_size: int
   token_shape: Sequence[int]
@@ -57,6 +59,8 @@ class MaskGIT(nn.Module):
   mlp_dim: int = 1024
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  scan_layers: bool = False
+  remat_policy: str = 'none'
 
   # -- Token layout helpers (no parameters; callable on an unbound module). --
 
@@ -148,6 +152,8 @@ class MaskGIT(nn.Module):
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = Transformer(self.num_layers, self.num_heads, self.mlp_dim,
                     self.dropout_rate, dtype=self.dtype,
+                    scan_layers=self.scan_layers,
+                    remat_policy=self.remat_policy,
                     name='transformer')(x, None, train=train)
     x = x[:, 1:] if self.num_classes else x
     max_vocab = max(self.vocab_sizes)
@@ -370,6 +376,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.num_heads = 2  # Attention heads (paper: 16).
   config.mlp_dim = 64  # MLP hidden width (paper: 3072).
   config.dropout_rate = 0.0  # Dropout (paper: 0.1).
+  transformer.add_stack_config(config)
   return config
 
 
@@ -390,7 +397,8 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
                  factor_vocab_sizes=factors, num_classes=config.num_classes,
                  width=config.width, num_layers=config.num_layers,
                  num_heads=config.num_heads, mlp_dim=config.mlp_dim,
-                 dropout_rate=config.dropout_rate, dtype=jnp.dtype(dtype))
+                 dropout_rate=config.dropout_rate, dtype=jnp.dtype(dtype),
+                 **transformer.stack_options(config, prefix))
 
 
 # ------------------------------------------------------------ Generator API.

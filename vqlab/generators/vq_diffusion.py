@@ -36,6 +36,7 @@ from vqlab import config_schema
 from vqlab.errors import ConfigError
 from vqlab.generators import api
 from vqlab.generators import discrete_diffusion as dd
+from vqlab.nn import transformer
 from vqlab.nn.conditioned_transformer import ConditionedBlock
 from vqlab.nn.conditioned_transformer import timestep_embedding
 from vqlab.nn.transformer import Transformer
@@ -55,6 +56,7 @@ class VQDiffusion(nn.Module):
     text_encoder: 'frozen' | 'bytes'. cond_dim: width of frozen text states.
     schedule: (abar_1, abar_T, gbar_1, gbar_T).
     dtype: compute dtype; log-probabilities are float32.
+    scan_layers, remat_policy: how the blocks run (vqlab.nn.transformer).
   """
   vocab_size: int
   token_shape: Sequence[int]
@@ -70,6 +72,8 @@ class VQDiffusion(nn.Module):
   cond_dim: int = 384
   schedule_values: Sequence[float] = (0.99999, 0.000009, 0.000009, 0.99999)
   dtype: Any = jnp.float32
+  scan_layers: bool = False
+  remat_policy: str = 'none'
 
   @property
   def num_tokens(self) -> int:
@@ -162,11 +166,12 @@ class VQDiffusion(nn.Module):
     emb = nn.Dense(self.width, dtype=self.dtype,
                    name='time_mlp_1')(nn.silu(emb))
     context, context_mask = self._context(cond, drop, batch)
-    for i in range(self.num_layers):
-      x = ConditionedBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
-                           self.dtype, name=f'block_{i}')(x, emb, context,
-                                                          context_mask,
-                                                          train=train)
+    fields = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim,
+                  dropout_rate=self.dropout_rate, dtype=self.dtype)
+    x = transformer.apply_blocks(ConditionedBlock, fields, self.num_layers, x,
+                                 emb, context, context_mask, train,
+                                 scan=self.scan_layers,
+                                 remat_policy=self.remat_policy)
     x = nn.LayerNorm(dtype=jnp.float32, name='final_norm')(x)
     logits = nn.Dense(self.vocab_size, dtype=self.dtype, name='head')(x)
     log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
@@ -358,6 +363,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.num_classes = 10  # 'class': classes (+1 null class).
   config.text_encoder = 'frozen'  # 'frozen' (MiniLM states) | 'bytes'.
   config.cond_dim = 384  # Width of the frozen text states.
+  transformer.add_stack_config(config)
   return config
 
 
@@ -386,7 +392,8 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
                      mlp_dim=config.mlp_dim, dropout_rate=config.dropout_rate,
                      condition=config.condition, num_classes=config.num_classes,
                      text_encoder=config.text_encoder, cond_dim=config.cond_dim,
-                     schedule_values=values, dtype=jnp.dtype(dtype))
+                     schedule_values=values, dtype=jnp.dtype(dtype),
+                     **transformer.stack_options(config, prefix))
 
 
 # ------------------------------------------------------------ Generator API.

@@ -49,7 +49,7 @@ class ConditionedBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, emb: jax.Array,
                context: jax.Array | None = None,
-               context_mask: jax.Array | None = None, *,
+               context_mask: jax.Array | None = None,
                train: bool = False) -> jax.Array:
     """x [B, N, D], emb [B, E], context [B, L, C], context_mask bool [B, L]."""
     drop = lambda h: nn.Dropout(self.dropout_rate)(h, deterministic=not train)

@@ -5,6 +5,15 @@ Attention is flax's `MultiHeadDotProductAttention`; with `decode=True` it
 keeps a key/value cache in the 'cache' collection and attends one new
 position per call (autoregressive sampling), so the same parameters serve
 training and cached sampling.
+
+A stack of identical blocks runs either unrolled (params `block_0`,
+`block_1`, ...) or as one `nn.scan` over layers (params `blocks`, each leaf
+with a leading [num_layers] axis): XLA then compiles one block instead of
+num_layers copies, which is what keeps the paper-size configs' compile time
+low. Both run the same computation on the same numbers
+(`stack_block_params` / `unstack_block_params` convert between the two
+layouts). `remat_policy` recomputes each block's activations in the backward
+pass instead of storing them (vqlab/nn/remat.py).
 """
 
 from typing import Any
@@ -12,6 +21,15 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from vqlab.nn import remat
+
+SCANNED_NAME = 'blocks'
+# Scanned blocks: params and the decoding cache get a leading layer axis;
+# each layer draws its own init and dropout randomness.
+_SCANNED_VARIABLES = {'params': 0, 'cache': 0}
+_SCANNED_RNGS = {'params': True, 'dropout': True}
 
 
 class MlpBlock(nn.Module):
@@ -55,7 +73,7 @@ class TransformerBlock(nn.Module):
   exact_gelu: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None,
                train: bool = False) -> jax.Array:
     """x: [B, L, D]; mask: broadcastable to [B, heads, L, L_kv], True where
     attention is allowed (None: all). Returns [B, L, D]."""
@@ -79,6 +97,9 @@ class Transformer(nn.Module):
   Attributes:
     num_layers, num_heads, mlp_dim, dropout_rate, decode, dtype,
     layer_norm_epsilon, exact_gelu: as in TransformerBlock.
+    scan_layers: one scanned `blocks` instead of `block_<i>` (module
+      docstring).
+    remat_policy: a key of vqlab.nn.remat.POLICIES.
   """
   num_layers: int
   num_heads: int
@@ -88,15 +109,18 @@ class Transformer(nn.Module):
   dtype: Any = jnp.float32
   layer_norm_epsilon: float = 1e-6
   exact_gelu: bool = False
+  scan_layers: bool = False
+  remat_policy: str = 'none'
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
                train: bool = False) -> jax.Array:
-    for layer in range(self.num_layers):
-      x = TransformerBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
-                           self.decode, self.dtype, self.layer_norm_epsilon,
-                           self.exact_gelu, name=f'block_{layer}')(x, mask,
-                                                                   train=train)
+    fields = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim,
+                  dropout_rate=self.dropout_rate, decode=self.decode,
+                  dtype=self.dtype, layer_norm_epsilon=self.layer_norm_epsilon,
+                  exact_gelu=self.exact_gelu)
+    x = apply_blocks(TransformerBlock, fields, self.num_layers, x, mask, train,
+                     scan=self.scan_layers, remat_policy=self.remat_policy)
     return nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
                         name='final_norm')(x)
 
@@ -104,3 +128,81 @@ class Transformer(nn.Module):
 def causal_mask(length: int) -> jax.Array:
   """[1, 1, L, L] bool, True where position i may attend to j <= i."""
   return nn.make_causal_mask(jnp.zeros((1, length), jnp.int32))
+
+
+def add_stack_config(config: Any) -> None:
+  """Adds the layer-stack keys to a model's default config (ConfigDict)."""
+  # True: one nn.scan over the blocks (XLA compiles one block; params
+  # `blocks` with a leading layer axis); False: `block_<i>` (as published).
+  config.scan_layers = False
+  # Recompute each block's activations in the backward pass: 'none', 'full'
+  # (keep only block inputs) or 'dots' (also keep weight matmul outputs).
+  config.remat_policy = 'none'
+
+
+def stack_options(config: Any, prefix: str) -> dict[str, Any]:
+  """{scan_layers, remat_policy} of a model config, for the module's fields;
+  ConfigError naming `<prefix>.remat_policy` when it is unknown."""
+  remat.check_policy(config.remat_policy, f'{prefix}.remat_policy')
+  return dict(scan_layers=bool(config.scan_layers),
+              remat_policy=config.remat_policy)
+
+
+def apply_blocks(block: type[nn.Module], fields: dict[str, Any],
+                 num_layers: int, x: jax.Array, *args: Any, scan: bool,
+                 remat_policy: str) -> jax.Array:
+  """x -> block_{n-1}(...block_0(x, *args)..., *args): a stack of blocks.
+
+  Call it inside a compact method: the blocks become submodules of the
+  caller, named `block_<i>`, or `blocks` (stacked params) when `scan`.
+
+  Args:
+    block: the block class; block(**fields)(x, *args) -> same shape as x.
+    fields: its attributes.
+    num_layers: how many blocks.
+    x: the input of the first block, [B, L, D].
+    *args: the other arguments of every block, positional, the last one the
+      static `train` flag (arrays or None are shared by all layers).
+    scan: one `nn.scan` over layers instead of a Python loop.
+    remat_policy: a key of vqlab.nn.remat.POLICIES.
+
+  Returns:
+    The last block's output, [B, L, D].
+  """
+  # `train` (the last argument; self is argument 0) selects dropout: static.
+  block = remat.rematerialized(block, remat_policy,
+                               static_argnums=(len(args) + 1,), in_scan=scan)
+  if not scan:
+    for layer in range(num_layers):
+      x = block(**fields, name=f'block_{layer}')(x, *args)
+    return x
+  body = lambda module, carry, *shared: (module(carry, *shared), None)
+  run = nn.scan(body, variable_axes=_SCANNED_VARIABLES,
+                split_rngs=_SCANNED_RNGS, in_axes=(nn.broadcast,) * len(args),
+                length=num_layers)
+  return run(block(**fields, name=SCANNED_NAME), x, *args)[0]
+
+
+def stack_block_params(tree: dict[str, Any]) -> dict[str, Any]:
+  """Unrolled params {'block_0': p0, ..., 'block_<n-1>': ..., **rest} ->
+  {'blocks': leaves stacked on a new axis 0, **rest} (numpy arrays)."""
+  count = sum(key.startswith('block_') for key in tree)
+  names = [f'block_{i}' for i in range(count)]
+  if not count or any(name not in tree for name in names):
+    raise ValueError(f'stack_block_params: no block_0..block_<n-1> among '
+                     f'{sorted(tree)}')
+  rest = {k: v for k, v in tree.items() if k not in names}
+  stacked = jax.tree.map(
+      lambda *leaves: np.stack([np.asarray(leaf) for leaf in leaves]),
+      *(tree[n] for n in names))
+  return {**rest, SCANNED_NAME: stacked}
+
+
+def unstack_block_params(tree: dict[str, Any]) -> dict[str, Any]:
+  """The inverse of `stack_block_params`."""
+  unrolled = {k: v for k, v in tree.items() if k != SCANNED_NAME}
+  stacked = tree[SCANNED_NAME]
+  for i in range(jax.tree.leaves(stacked)[0].shape[0]):
+    unrolled[f'block_{i}'] = jax.tree.map(lambda leaf: np.asarray(leaf)[i],
+                                          stacked)
+  return unrolled

@@ -24,7 +24,8 @@ network with temporal_kernel=1, num_temporal_downsamples=0 and three options:
 and mean; see vqlab.nn.adaptive_norm).
 """
 
-from typing import Any, Sequence
+import itertools
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -33,6 +34,7 @@ import ml_collections
 
 from vqlab import quantizers
 from vqlab.errors import ConfigError
+from vqlab.nn import remat
 from vqlab.nn.adaptive_norm import AdaptiveGroupNorm
 from vqlab.nn.causal_conv import CausalConv3D
 from vqlab.nn.resnet import frame_group_norm
@@ -52,6 +54,17 @@ def temporal_downsamples(num_levels: int,
       i >= num_levels - 1 - num_temporal for i in range(num_levels - 1))
 
 
+def _res_blocks(part: nn.Module) -> Callable[[int, jax.Array], jax.Array]:
+  """res(channels, h): the next ResBlock3D of the encoder or decoder `part`
+  (inside its compact call), named ResBlock3D_<i> in call order with or
+  without remat."""
+  block = remat.rematerialized(ResBlock3D, part.remat_policy)
+  names = (f'ResBlock3D_{i}' for i in itertools.count())
+  return lambda channels, h: block(channels, part.num_groups, part.
+                                   temporal_kernel, part.dtype, part.conv_bias,
+                                   name=next(names))(h)
+
+
 class Encoder(nn.Module):
   """x: [B, 1 + s t, H, W, C] -> z: [B, 1 + t, H/f, W/f, out_channels]."""
   channels: int
@@ -64,11 +77,11 @@ class Encoder(nn.Module):
   dtype: Any
   conv_bias: bool = True
   downsample_padding: str = 'same'
+  remat_policy: str = 'none'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    res = lambda c, h: ResBlock3D(c, self.num_groups, self.temporal_kernel, self
-                                  .dtype, self.conv_bias)(h)
+    res = _res_blocks(self)
     kernel = (self.temporal_kernel, 3, 3)
     h = CausalConv3D(self.channels, kernel, use_bias=self.conv_bias,
                      dtype=self.dtype, name='conv_in')(x)
@@ -104,11 +117,11 @@ class Decoder(nn.Module):
   dtype: Any
   conv_bias: bool = True
   adaptive_norm: str = 'spatial'
+  remat_policy: str = 'none'
 
   @nn.compact
   def __call__(self, z_q: jax.Array) -> jax.Array:
-    res = lambda c, h: ResBlock3D(c, self.num_groups, self.temporal_kernel, self
-                                  .dtype, self.conv_bias)(h)
+    res = _res_blocks(self)
     kernel = (self.temporal_kernel, 3, 3)
     width = self.channels * self.channel_multipliers[-1]
     h = CausalConv3D(width, kernel, dtype=self.dtype, name='conv_in')(z_q)
@@ -142,6 +155,8 @@ class MAGVIT2(nn.Module):
     temporal_kernel, num_groups, conv_bias, downsample_padding,
     adaptive_norm: see default_config.
     dtype: compute dtype (parameters stay float32).
+    remat_policy: recompute res-block activations in the backward pass
+      (vqlab/nn/remat.py).
   """
   quantizer: nn.Module
   in_channels: int = 3
@@ -155,6 +170,7 @@ class MAGVIT2(nn.Module):
   conv_bias: bool = True
   downsample_padding: str = 'same'
   adaptive_norm: str = 'spatial'
+  remat_policy: str = 'none'
 
   LAST_LAYER = 'to_pixels'  # Params of the layer the adaptive GAN weight uses.
 
@@ -169,12 +185,12 @@ class MAGVIT2(nn.Module):
     return 2**self.num_temporal_downsamples
 
   def setup(self):
-    shared = dict(channels=self.channels,
-                  channel_multipliers=tuple(self.channel_multipliers),
-                  num_res_blocks=self.num_res_blocks,
+    shared = dict(channels=self.channels, channel_multipliers=tuple(
+        self.channel_multipliers), num_res_blocks=self.num_res_blocks,
                   num_temporal_downsamples=self.num_temporal_downsamples,
                   temporal_kernel=self.temporal_kernel,
-                  num_groups=self.num_groups, dtype=self.dtype)
+                  num_groups=self.num_groups, dtype=self.dtype,
+                  remat_policy=self.remat_policy)
     self.encoder = Encoder(out_channels=self.quantizer.code_dim,
                            conv_bias=self.conv_bias,
                            downsample_padding=self.downsample_padding, **shared)
@@ -267,12 +283,16 @@ def default_config() -> ml_collections.ConfigDict:
   quantizer.codebook_size = 2**18  # The paper's K: 18-channel latents.
   quantizer.factor_bits = (9, 9)  # Two 2^9 sub-tokens (factorized heads).
   config.quantizer = quantizer
+  # Recompute res-block activations in the backward pass: 'none', 'full' or
+  # 'dots' (vqlab/nn/remat.py); saves memory on long videos.
+  config.remat_policy = 'none'
   return config
 
 
 def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
           prefix: str = 'model') -> MAGVIT2:
   """Builds a MAGVIT2 (and its quantizer) from a validated config."""
+  remat.check_policy(config.remat_policy, f'{prefix}.remat_policy')
   levels = len(config.channel_multipliers)
   if levels < 1:
     raise ConfigError(f'{prefix}.channel_multipliers', 'needs at least 1 level')
@@ -298,13 +318,12 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
                         f'{config[key]!r} is not one of {allowed}')
   quantizer = quantizers.build_validated(config.quantizer,
                                          prefix=f'{prefix}.quantizer')
-  return MAGVIT2(quantizer=quantizer, in_channels=config.in_channels,
-                 channels=config.channels,
-                 channel_multipliers=tuple(config.channel_multipliers),
-                 num_res_blocks=config.num_res_blocks,
-                 num_temporal_downsamples=config.num_temporal_downsamples,
-                 temporal_kernel=config.temporal_kernel,
-                 num_groups=config.num_groups, dtype=jnp.dtype(dtype),
-                 conv_bias=config.conv_bias,
-                 downsample_padding=config.downsample_padding,
-                 adaptive_norm=config.adaptive_norm)
+  return MAGVIT2(
+      quantizer=quantizer, in_channels=config.in_channels,
+      channels=config.channels, channel_multipliers=tuple(
+          config.channel_multipliers), num_res_blocks=config.num_res_blocks,
+      num_temporal_downsamples=config.num_temporal_downsamples,
+      temporal_kernel=config.temporal_kernel, num_groups=config.num_groups,
+      dtype=jnp.dtype(dtype), conv_bias=config.conv_bias,
+      downsample_padding=config.downsample_padding,
+      adaptive_norm=config.adaptive_norm, remat_policy=config.remat_policy)

@@ -43,6 +43,7 @@ import ml_collections
 
 from vqlab import quantizers
 from vqlab.errors import ConfigError
+from vqlab.nn import transformer
 from vqlab.nn import vit
 from vqlab.nn.transformer import Transformer
 from vqlab.quantizers import base as quantizer_base
@@ -74,11 +75,14 @@ def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
                                                                int(size[1]))
 
 
-def _vit(size: ViTSize, dropout_rate: float, dtype: Any, epsilon: float,
-         exact_gelu: bool) -> Transformer:
+def _vit(part: 'TiTokEncoder | TiTokDecoder') -> Transformer:
+  """The transformer of the encoder or decoder `part`, from its fields."""
+  size = part.size
   return Transformer(size.num_layers, size.num_heads, size.mlp_dim,
-                     dropout_rate, dtype=dtype, layer_norm_epsilon=epsilon,
-                     exact_gelu=exact_gelu, name='transformer')
+                     part.dropout_rate, dtype=part.dtype,
+                     layer_norm_epsilon=part.layer_norm_epsilon,
+                     exact_gelu=part.exact_gelu, scan_layers=part.scan_layers,
+                     remat_policy=part.remat_policy, name='transformer')
 
 
 def _with_class_token(module: nn.Module, h: jax.Array) -> jax.Array:
@@ -102,6 +106,8 @@ class TiTokEncoder(nn.Module):
   layer_norm_epsilon: float = 1e-6
   exact_gelu: bool = False
   legacy_latent_layout: bool = False
+  scan_layers: bool = False
+  remat_policy: str = 'none'
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -120,8 +126,7 @@ class TiTokEncoder(nn.Module):
       h = _with_class_token(self, h)
     h = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
                      name='norm_pre')(h)
-    h = _vit(self.size, self.dropout_rate, self.dtype, self.layer_norm_epsilon,
-             self.exact_gelu)(h, train=train)[:, -k:]
+    h = _vit(self)(h, train=train)[:, -k:]
     if self.legacy_latent_layout:
       h = h.reshape(h.shape[0], width, k).transpose(0, 2, 1)
     return nn.Dense(self.out_dim, dtype=self.dtype, name='to_code')(h)
@@ -137,6 +142,8 @@ class TiTokDecoder(nn.Module):
   class_token: bool = False
   layer_norm_epsilon: float = 1e-6
   exact_gelu: bool = False
+  scan_layers: bool = False
+  remat_policy: str = 'none'
 
   @nn.compact
   def __call__(self, quantized: jax.Array, grid: tuple[int, int], *,
@@ -155,8 +162,7 @@ class TiTokDecoder(nn.Module):
       h = _with_class_token(self, h)
     h = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
                      name='norm_pre')(h)
-    h = _vit(self.size, self.dropout_rate, self.dtype, self.layer_norm_epsilon,
-             self.exact_gelu)(h, train=train)
+    h = _vit(self)(h, train=train)
     start = int(self.class_token)
     return h[:, start:start + grid[0] * grid[1]].reshape(batch, *grid, width)
 
@@ -183,6 +189,8 @@ class TiTok(nn.Module):
     class_token, layer_norm_epsilon, exact_gelu, legacy_latent_layout,
     unit_pixels, proxy_head_hidden: see default_config.
     pixel_vqgan: the VQGAN whose codebook and decoder 'proxy_pixels' uses.
+    scan_layers, remat_policy: how both ViTs' blocks run
+      (vqlab.nn.transformer).
   """
   quantizer: nn.Module
   in_channels: int = 3
@@ -202,6 +210,8 @@ class TiTok(nn.Module):
   unit_pixels: bool = False
   proxy_head_hidden: int = 0
   pixel_vqgan: nn.Module | None = None
+  scan_layers: bool = False
+  remat_policy: str = 'none'
 
   LAST_LAYER = 'to_pixels'  # Params of the layer the adaptive GAN weight uses.
 
@@ -227,7 +237,8 @@ class TiTok(nn.Module):
                   init_grid=self.grid_size, dropout_rate=self.dropout_rate,
                   dtype=self.dtype, class_token=self.class_token,
                   layer_norm_epsilon=self.layer_norm_epsilon,
-                  exact_gelu=self.exact_gelu)
+                  exact_gelu=self.exact_gelu, scan_layers=self.scan_layers,
+                  remat_policy=self.remat_policy)
     self.encoder = TiTokEncoder(patch_size=self.patch_size,
                                 size=ViTSize(*self.encoder_size),
                                 out_dim=self.quantizer.code_dim,
@@ -362,8 +373,7 @@ def default_config() -> ml_collections.ConfigDict:
   decoder_output='proxy_codes' over a 1024-code MaskGIT VQGAN."""
   config = ml_collections.ConfigDict()
   config.in_channels = 3  # Image channels.
-  # Training size: position-embedding grid and default decoding grid image_size
-  # / f.
+  # Training size: the position-embedding grid; default decoding grid: this / f.
   config.image_size = 32
   config.patch_size = 8  # f; images need H, W divisible by it.
   config.num_latent_tokens = 8  # K: tokens per image (paper: 32/64/128).
@@ -378,16 +388,16 @@ def default_config() -> ml_collections.ConfigDict:
   config.encoder.mlp_dim = 64  # MLP hidden width ('tiny' only).
   config.decoder = ml_collections.ConfigDict(config.encoder.to_dict())
   config.dropout_rate = 0.0  # Dropout inside both transformers.
-  config.decoder_output = 'pixels'  # 'pixels', 'proxy_codes' (stage 1) or
-  # 'proxy_pixels' (released checkpoints).
+  # 'pixels', 'proxy_codes' (stage 1) or 'proxy_pixels' (released checkpoints).
+  config.decoder_output = 'pixels'
   config.proxy_codebook_size = 1024  # Codes of the proxy VQGAN (proxy_*).
   # >0: tanh hidden layer before the proxy logits (released TiTok: 2 * width).
   config.proxy_head_hidden = 0
   config.class_token = False  # Class token first in both ViTs (paper).
   config.layer_norm_epsilon = 1e-6  # PyTorch checkpoints: 1e-5.
   config.exact_gelu = False  # erf GELU (PyTorch checkpoints).
-  config.legacy_latent_layout = False  # Released encoder's [K, D] -> [D, K]
-  # reshape before the code projection.
+  # The released encoder's [K, D] -> [D, K] reshape before the code projection.
+  config.legacy_latent_layout = False
   # The encoder sees [0, 1] pixels (and 'pixels' makes them); I/O [-1, 1].
   config.unit_pixels = False
   # 'proxy_pixels': the VQGAN whose codebook and decoder make the pixels
@@ -399,6 +409,7 @@ def default_config() -> ml_collections.ConfigDict:
   quantizer.embedding_dim = 12  # Paper: 12.
   quantizer.l2_normalize = True  # Paper: cosine lookup.
   config.quantizer = quantizer
+  transformer.add_stack_config(config)
   return config
 
 
@@ -474,4 +485,5 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
       exact_gelu=config.exact_gelu,
       legacy_latent_layout=config.legacy_latent_layout,
       unit_pixels=config.unit_pixels,
-      proxy_head_hidden=config.proxy_head_hidden, pixel_vqgan=pixel_vqgan)
+      proxy_head_hidden=config.proxy_head_hidden, pixel_vqgan=pixel_vqgan,
+      **transformer.stack_options(config, prefix))

@@ -262,8 +262,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.shortcut_quirk = False
   # The network sees and makes [0, 1] pixels (MaskGIT); I/O stays [-1, 1].
   config.unit_pixels = False
-  config.quantizer = quantizers.default_config(
-      'vq')  # Any registered quantizer.
+  # Any registered quantizer.
+  config.quantizer = quantizers.default_config('vq')
   return config
 
 

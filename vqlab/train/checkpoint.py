@@ -2,6 +2,7 @@
 apart: an unreadable step (partial, corrupt) is set aside and the previous
 one used; a readable step that does not fit this config is never touched."""
 
+from collections.abc import Iterable
 import contextlib
 import os
 from typing import Any
@@ -14,6 +15,7 @@ import orbax.checkpoint as ocp
 
 from vqlab import fileio
 from vqlab.errors import CheckpointError
+from vqlab.nn.transformer import SCANNED_NAME
 
 SET_ASIDE_SUFFIX = '.corrupt'
 
@@ -82,7 +84,20 @@ def state_mismatch(saved: Any, expected: Any, limit: int = 3) -> str | None:
   if not problems:
     return None
   more = len(problems) - limit
-  return '; '.join(problems[:limit]) + (f'; {more} more' if more > 0 else '')
+  return ('; '.join(problems[:limit]) + (f'; {more} more' if more > 0 else '') +
+          _layer_layout_hint(old.keys(), new.keys()))
+
+
+def _layer_layout_hint(saved: Iterable[str], expected: Iterable[str]) -> str:
+  """A hint when the two trees differ in how transformer blocks are stored
+  (`block_<i>` unrolled or `blocks` scanned, vqlab.nn.transformer)."""
+  scanned = lambda keys: any(f'/{SCANNED_NAME}/' in k for k in keys)
+  if scanned(saved) == scanned(expected):
+    return ''
+  saved_as, wanted = (('scanned', 'True') if scanned(saved) else
+                      ('unrolled', 'False'))
+  return (f'. The checkpoint stores the transformer blocks {saved_as}: '
+          f'resume it with model.scan_layers = {wanted}')
 
 
 class Checkpointer:

@@ -21,7 +21,8 @@ from vqlab.errors import ConfigError
 CONFIG_FILE = 'config.json'
 # Dotted keys (a trailing '.' is a whole section) that a resumed run may change.
 FREE_TO_CHANGE = ('train.num_steps', 'train.log_every', 'train.eval_every',
-                  'train.checkpoint_every', 'train.max_to_keep', 'eval.',
+                  'train.checkpoint_every', 'train.max_to_keep',
+                  'train.preemption_check_every', 'model.remat_policy', 'eval.',
                   'sample.', 'mesh.', 'weights_dir')
 
 
