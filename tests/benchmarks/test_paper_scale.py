@@ -1,0 +1,79 @@
+"""benchmarks/paper_scale.py as a user runs it: tiny compile-only cases in
+their own processes, merged into one JSON.
+
+One run (about 40 s on 2 CPU cores) covers a generator train step and a
+sampling case that report, a case whose config lacks a --set key (an
+'unknown_key' row) and a case killed at its time limit (a 'timed_out' row),
+and checks the train step's FLOPs against a count made by hand.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+from configs.gpt import tiny_cpu as gpt_tiny_cpu
+from tests import paths
+
+SCRIPT = os.path.join(paths.ROOT, 'benchmarks', 'paper_scale.py')
+
+
+def _run(tmp_path, *args: str) -> tuple[dict, str]:
+  """(the JSON, stdout) of paper_scale.py --tiny --compile_only `args`."""
+  path = tmp_path / 'paper_scale.json'
+  proc = subprocess.run([
+      sys.executable, SCRIPT, '--tiny', '--compile_only', f'--json={path}',
+      *args
+  ], capture_output=True, text=True, timeout=600, cwd=paths.ROOT,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  return json.loads(path.read_text()), proc.stdout
+
+
+def _gpt_flops_by_hand(batch: int) -> float:
+  """FLOPs of one GPT train step (forward + backward = 3 x forward) from
+  the config alone: 2 per multiply-add of the blocks' and the head's
+  weights per token (6 N T B), plus attention's two T x T products."""
+  model = gpt_tiny_cpu.get_config().model
+  d, layers, tokens = model.width, model.num_layers, model.length
+  weights = layers * (4 * d * d + 2 * d * model.mlp_dim) + d * model.vocab_size
+  attention = layers * 2 * 2 * tokens * tokens * d
+  return 3 * batch * (2 * weights * tokens + attention)
+
+
+def test_compile_only_rows_timeouts_and_unknown_keys(tmp_path):
+  results, stdout = _run(
+      tmp_path, '--cases=gpt,maskgit_sample,vqgan_taming,titok_s128_stage1',
+      '--case_timeouts=titok_s128_stage1=0.001', '--set=model.vocab_size=512')
+  assert results['device']['platform'] == 'cpu'
+  assert results['jax'] and results['date']
+  assert '--compile_only' in results['command']
+  rows = results['rows']
+  suffix = ' model.vocab_size=512'
+  assert sorted(rows) == sorted(
+      f'tiny/{name}{suffix}' for name in ('gpt', 'maskgit_sample',
+                                          'vqgan_taming', 'titok_s128_stage1'))
+  for name in ('gpt', 'maskgit_sample'):
+    row = rows[f'tiny/{name}{suffix}']
+    assert row['status'] == 'ok', row
+    assert row['compile_s'] > 0 and row['flops_per_step'] > 0
+    memory = row['memory']
+    assert memory['argument_bytes'] > 0 and memory['output_bytes'] > 0
+    assert memory['peak_estimate_bytes'] >= memory['temp_bytes'] > 0
+    assert 'init_s' not in row and 'step_s' not in row  # Nothing ran.
+    assert f'tiny/{name}{suffix}' in stdout  # The table.
+  assert rows[f'tiny/maskgit_sample{suffix}']['global_batch'] == 64
+
+  # The VQGAN config has no model.vocab_size: its row says so.
+  row = rows[f'tiny/vqgan_taming{suffix}']
+  assert row['status'] == 'unknown_key', row
+  assert 'model.vocab_size' in row['error']
+  # Killed at its limit while the others reported.
+  row = rows[f'tiny/titok_s128_stage1{suffix}']
+  assert row['status'] == 'timed_out' and row['limit_s'] == 0.001, row
+  assert 'compile_s' not in row
+
+  gpt = rows[f'tiny/gpt{suffix}']
+  by_hand = _gpt_flops_by_hand(gpt['global_batch'])
+  assert by_hand / 1.5 < gpt['flops_per_step'] < 1.5 * by_hand, (
+      gpt['flops_per_step'], by_hand)
