@@ -1,19 +1,35 @@
 """The shared transformer: causal masking, the KV-cache decode path, and
 the scanned and rematerialized layer stacks."""
 
-import functools
-import itertools
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
+from tests.compile_options import FAST_COMPILE
 from vqlab import generators
 from vqlab import tokenizers
 from vqlab.errors import ConfigError
 from vqlab.nn import transformer
+
+
+def _cached_steps(decoder, params, x):
+  """decoder (decode=True) run one position per call over x [B, L, D], its
+  key/value cache carried from call to call: [B, L, D]."""
+  cache = jax.eval_shape(decoder.init, jax.random.key(1), x)['cache']
+  cache = jax.tree.map(lambda c: jnp.zeros(c.shape, c.dtype), cache)
+  step = jax.jit(
+      lambda cache, x_t: decoder.apply({
+          'params': params,
+          'cache': cache
+      }, x_t, mutable=['cache']), compiler_options=FAST_COMPILE)
+  outputs = []
+  for t in range(x.shape[1]):
+    out, variables = step(cache, x[:, t:t + 1])
+    cache = variables['cache']
+    outputs.append(out)
+  return jnp.concatenate(outputs, axis=1)
 
 
 def test_causal_mask_and_cached_decode_equal_full_pass():
@@ -29,16 +45,7 @@ def test_causal_mask_and_cached_decode_equal_full_pass():
   # One position per call through the key/value cache, same parameters.
   decoder = transformer.Transformer(num_layers=2, num_heads=2, mlp_dim=16,
                                     decode=True)
-  cache = decoder.init(jax.random.key(1), x)['cache']
-  steps = []
-  for t in range(6):
-    out, variables = decoder.apply({
-        'params': params,
-        'cache': cache
-    }, x[:, t:t + 1], mutable=['cache'])
-    cache = variables['cache']
-    steps.append(out)
-  np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5)
+  np.testing.assert_allclose(_cached_steps(decoder, params, x), full, atol=1e-5)
 
 
 def _stacked_everywhere(tree):
@@ -54,16 +61,19 @@ def test_scanned_and_rematerialized_stacks_compute_the_unrolled_stack():
   mask = transformer.causal_mask(6)
   unrolled = transformer.Transformer(num_layers=3, num_heads=2, mlp_dim=16)
   params = unrolled.init(jax.random.key(1), x, mask)['params']
-  loss = lambda model, p: jnp.sum(model.apply({'params': p}, x, mask)**2)
-  want, want_grads = jax.value_and_grad(functools.partial(loss,
-                                                          unrolled))(params)
+
+  def value_and_grad(model, p):
+    loss = lambda p: jnp.sum(model.apply({'params': p}, x, mask)**2)
+    return jax.jit(jax.value_and_grad(loss), compiler_options=FAST_COMPILE)(p)
+
+  want, want_grads = value_and_grad(unrolled, params)
+  want_outputs = unrolled.apply({'params': params}, x, mask)
   stacked = transformer.stack_block_params(params)
   assert jax.tree.leaves(stacked['blocks'])[0].shape[0] == 3
-  for scan, remat in itertools.product((False, True), ('full', 'dots')):
+  for scan, remat in ((False, 'full'), (True, 'none'), (True, 'dots')):
     model = transformer.Transformer(num_layers=3, num_heads=2, mlp_dim=16,
                                     scan_layers=scan, remat_policy=remat)
-    value, grads = jax.value_and_grad(functools.partial(
-        loss, model))(stacked if scan else params)
+    value, grads = value_and_grad(model, stacked if scan else params)
     if scan:
       grads = transformer.unstack_block_params(grads)
     np.testing.assert_allclose(value, want, rtol=1e-5)
@@ -72,17 +82,7 @@ def test_scanned_and_rematerialized_stacks_compute_the_unrolled_stack():
   # The decoding cache gets a layer axis too: cached steps = full pass.
   decoder = transformer.Transformer(num_layers=3, num_heads=2, mlp_dim=16,
                                     decode=True, scan_layers=True)
-  cache = decoder.init(jax.random.key(1), x)['cache']
-  steps = []
-  for t in range(6):
-    out, variables = decoder.apply({
-        'params': stacked,
-        'cache': cache
-    }, x[:, t:t + 1], mutable=['cache'])
-    cache = variables['cache']
-    steps.append(out)
-  np.testing.assert_allclose(jnp.concatenate(steps, axis=1),
-                             unrolled.apply({'params': params}, x, mask),
+  np.testing.assert_allclose(_cached_steps(decoder, stacked, x), want_outputs,
                              atol=1e-5)
   with pytest.raises(ConfigError, match=r'model\.remat_policy'):
     transformer.stack_options(
@@ -115,6 +115,7 @@ def test_every_transformer_model_scans_to_the_same_numbers(name):
       variables = {
           **variables, 'params': _stacked_everywhere(variables['params'])
       }
-    outputs[scan] = model.apply(variables, *inputs)
+    outputs[scan] = jax.jit(model.apply,
+                            compiler_options=FAST_COMPILE)(variables, *inputs)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5),
                outputs[True], outputs[False])
