@@ -51,6 +51,7 @@ def test_released_key_list_converts_completely(variant, codes):
   assert tuple(config.attention_levels) == (4,) and config.mid_attention
   assert config.quantizer.codebook_size == codes
   assert config.quantizer.embedding_dim == 256
+  assert config.quantizer.beta_on_codebook  # taming's own loss placement.
   assert out.image_size == 256 and 'f16' in out.source
   assert any(k.startswith('loss.') for k in shapes)
 

@@ -12,6 +12,7 @@ import pytest
 from vqlab import generators
 from vqlab.generators import discrete_diffusion as dd
 from vqlab.generators import vq_diffusion
+from vqlab.train.tasks import generator
 
 K, T = 5, 12
 
@@ -316,3 +317,83 @@ def test_byte_level_text_condition_reaches_the_denoiser():
   dropped = model.apply({'params': params}, x_t, jnp.full((2,), T), cond,
                         jnp.array([True, True]))
   np.testing.assert_allclose(dropped[0], dropped[1], atol=1e-6)  # Null cond.
+
+
+def _purity_inputs(batch):
+  """Fixed p(x_0) per position (the same for every row), 3 codes + MASK."""
+  p = np.array([[0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.4, 0.35, 0.25],
+                [0.34, 0.33, 0.33]])
+  log_p = np.concatenate([np.log(p), np.full((4, 1), dd.LOG_ZERO)], -1)
+  log_p = jnp.asarray(np.broadcast_to(log_p, (batch, 4, 4)), jnp.float32)
+  purity = p.max(-1) / p.max()
+  return p, log_p, purity
+
+
+def test_purity_step_reveals_by_purity_and_samples_sharpened_tokens():
+  """Positions: a draw without replacement with probabilities proportional
+  to the purity (Plackett-Luce, brute-forced over pairs); tokens:
+  softmax((1 + r s_i) log p_i); revealed tokens never change."""
+  batch, r = 20000, 1.0
+  p, log_p, s = _purity_inputs(batch)
+  x = jnp.full((batch, 4), 3, jnp.int32)
+  step = jax.jit(vq_diffusion.purity_step, static_argnums=4)
+
+  one = np.asarray(step(jax.random.key(0), log_p, x, 1, r))
+  revealed = one != 3
+  assert np.all(revealed.sum(1) == 1)
+  np.testing.assert_allclose(revealed.mean(0), s / s.sum(), atol=0.015)
+  sharpened = p**(1 + r * s)[:, None]
+  sharpened /= sharpened.sum(-1, keepdims=True)
+  for i in range(4):
+    tokens = one[revealed[:, i], i]
+    np.testing.assert_allclose(
+        np.bincount(tokens, minlength=3) / len(tokens), sharpened[i], atol=0.03)
+
+  two = np.asarray(step(jax.random.key(1), log_p, x, 2, r)) != 3
+  total = s.sum()
+  for i in range(4):
+    for j in range(i + 1, 4):
+      expected = (s[i] / total * s[j] / (total - s[i]) + s[j] / total * s[i] /
+                  (total - s[j]))
+      observed = np.mean(two[:, i] & two[:, j])
+      np.testing.assert_allclose(observed, expected, atol=0.015)
+
+  # A revealed token stays; the draw is over the masked positions only.
+  x = x.at[:, 0].set(2)
+  again = np.asarray(step(jax.random.key(2), log_p, x, 1, r))
+  assert np.all(again[:, 0] == 2)
+  np.testing.assert_allclose((again[:, 1:] != 3).mean(0), s[1:] / s[1:].sum(),
+                             atol=0.015)
+
+
+def test_purity_sampler_unmasks_as_the_schedule_and_equals_its_steps():
+  model, params = _model()
+  rng, n = jax.random.key(4), 6
+  points = vq_diffusion.time_points(T, 4)
+  # gbar_t, the mask probability of the chain from 0 to t.
+  gbar = np.exp(np.asarray(model.schedule().log_gamma, np.float64)[0])
+  reveals = vq_diffusion.purity_reveal_counts(gbar, points, n)
+  masked_after = np.round(n * gbar[points[1:]])
+  masked_after[-1] = 0
+  np.testing.assert_array_equal(n - np.cumsum(reveals), masked_after)
+
+  x = jnp.full((3, n), K, jnp.int32)
+  for i, (t, num) in enumerate(zip(points[:-1], reveals)):
+    log_p = vq_diffusion.predict_x0(model, params, x.reshape(3, 2, 3), int(t),
+                                    None)
+    new = vq_diffusion.purity_step(jax.random.fold_in(rng, i), log_p, x,
+                                   int(num), 1.0)
+    was = np.asarray(x) != K
+    np.testing.assert_array_equal(np.asarray(new)[was], np.asarray(x)[was])
+    assert np.all((np.asarray(new) != K).sum(1) == n - masked_after[i])
+    x = new
+  sampled = vq_diffusion.sample(model, params, rng, 3, num_steps=4,
+                                sampler='purity')
+  np.testing.assert_array_equal(np.asarray(sampled).reshape(3, n), x)
+  # The generator task's settings reach it.
+  settings = generator.default_config().sample
+  settings.update(diffusion_sampler='purity', diffusion_steps=4)
+  through_api = generators.get_api('vq_diffusion').sample(
+      model, params, rng, 3, None, settings=settings, loss_settings=None,
+      token_shape=(2, 3))
+  np.testing.assert_array_equal(through_api, sampled)

@@ -147,6 +147,10 @@ def test_rejects_bad_inputs(variant):
     }, r'^quantizer\.restart_threshold: 1\.0 > 0 needs ema=True'),
     ('vq', {
         'ema': True,
+        'beta_on_codebook': True
+    }, r'^quantizer\.beta_on_codebook: True needs ema=False'),
+    ('vq', {
+        'ema': True,
         'decay': 1.0
     }, r'^quantizer\.decay: must be in \[0, 1\), got 1\.0$'),
     ('lfq', {

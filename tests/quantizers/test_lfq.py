@@ -249,3 +249,13 @@ def test_lfq_entropy_weight_anneals_linearly():
   # Without annealing there is no state at all.
   assert not jax.eval_shape(
       lfq.LookupFreeQuantizer(codebook_size=4).init, jax.random.key(0), z)
+
+
+def test_reverse_bits_maps_to_the_msb_first_order_of_lucidrains_lfq():
+  """lucidrains' LFQ: index = sum_i 1{z_i > 0} 2^(b - 1 - i)."""
+  b = 6
+  z = jax.random.normal(jax.random.key(0), (50, b))
+  msb_first = (np.asarray(z) > 0) @ (2**np.arange(b - 1, -1, -1))
+  ours = lfq.bits_to_indices(z)
+  np.testing.assert_array_equal(lfq.reverse_bits(ours, b), msb_first)
+  np.testing.assert_array_equal(lfq.reverse_bits(msb_first, b), ours)

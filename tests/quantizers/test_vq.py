@@ -7,16 +7,17 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from vqlab import quantizers
 from vqlab.quantizers import base
 from vqlab.quantizers import vq
 
 
-def _build(codebook_size=32, dim=4, beta=0.25):
+def _build(codebook_size=32, dim=4, beta=0.25, beta_on_codebook=False):
   config = quantizers.default_config('vq')
   config.codebook_size, config.embedding_dim = codebook_size, dim
-  config.beta = beta
+  config.beta, config.beta_on_codebook = beta, beta_on_codebook
   return quantizers.build(config)
 
 
@@ -48,9 +49,12 @@ def test_matches_brute_force_reference():
   np.testing.assert_allclose(out.metrics['perplexity'], perplexity, rtol=1e-5)
 
 
-def test_loss_terms_have_the_right_gradients():
-  """Codebook term moves only codes; beta * commitment moves only z."""
-  q = _build(beta=0.25)
+@pytest.mark.parametrize('beta_on_codebook', [False, True])
+def test_loss_terms_have_the_right_gradients(beta_on_codebook):
+  """The codebook term moves only codes, the commitment term only z; beta
+  weighs the commitment term, or (taming's legacy placement) the codebook
+  term."""
+  q = _build(beta=0.25, beta_on_codebook=beta_on_codebook)
   z = jax.random.normal(jax.random.key(2), (3, 4)) * 0.05
   variables = q.init(jax.random.key(0), z)
   codebook = variables['params']['codebook']
@@ -58,10 +62,13 @@ def test_loss_terms_have_the_right_gradients():
   loss_fn = lambda v, z: q.apply(v, z).loss
   g_vars, g_z = jax.grad(loss_fn, argnums=(0, 1))(variables, z)
   n = z.size
-  # d/dz [beta * mean((z - sg(e))^2)] = 2 beta (z - e) / n.
-  np.testing.assert_allclose(g_z, 2 * 0.25 * (z - codes) / n, atol=1e-6)
+  commitment_weight, codebook_weight = ((1.0, 0.25) if beta_on_codebook else
+                                        (0.25, 1.0))
+  # d/dz [w mean((z - sg(e))^2)] = 2 w (z - e) / n.
+  np.testing.assert_allclose(g_z, 2 * commitment_weight * (z - codes) / n,
+                             atol=1e-6)
   expected = np.zeros_like(codebook)
-  np.add.at(expected, idx, 2 * (codes - np.asarray(z)) / n)
+  np.add.at(expected, idx, 2 * codebook_weight * (codes - np.asarray(z)) / n)
   np.testing.assert_allclose(g_vars['params']['codebook'], expected, atol=1e-6)
 
 

@@ -82,6 +82,8 @@ def infer_config(sd: published.StateDict) -> ml_collections.ConfigDict:
   config.quantizer = quantizers.default_config('vq')
   config.quantizer.codebook_size = codebook_size
   config.quantizer.embedding_dim = embedding_dim
+  # taming trained with beta on the codebook term: keep it for fine-tuning.
+  config.quantizer.beta_on_codebook = True
   return config
 
 

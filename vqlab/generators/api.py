@@ -43,6 +43,11 @@ def _no_settings_checks(config: ml_collections.ConfigDict) -> None:
   del config
 
 
+def _reads_no_settings(config: ml_collections.ConfigDict) -> frozenset[str]:
+  del config
+  return frozenset()
+
+
 @dataclasses.dataclass(frozen=True)
 class GeneratorApi:
   """A generator's functions; `model` is what its registered builder built.
@@ -65,12 +70,18 @@ class GeneratorApi:
       float [B] or None. metrics has at least 'loss' and 'accuracy'
       (scalars).
     sample: (model, params, rng, batch_size, cond, *, settings,
-      loss_settings) -> int tokens [B, ...] (reshaped by the caller to
-      [B, *token_shape(, F)]); settings: the task's `sample` section,
-      loss_settings its `loss` section.
+      loss_settings, token_shape) -> int tokens [B, ...] (reshaped by the
+      caller to [B, *grid(, F)], grid = settings.grid_shape or token_shape);
+      settings: the task's `sample` section, loss_settings its `loss`
+      section, token_shape the token grid of one training example.
     init_loss_state: (model) -> the loss state of a fresh run (default {}).
     check_settings: (task config) -> None; ConfigError naming the key when
       the task's `loss` / `sample` settings do not suit this generator.
+    settings_read: (task config) -> the dotted keys of the task's `loss`
+      and `sample` sections that this generator reads with this config
+      (its condition, and for some keys other settings, decide). The task
+      refuses any other key of those sections set away from its default:
+      it would be silently ignored.
   """
   condition_spec: Callable[[ml_collections.ConfigDict], ConditionSpec]
   check_fits: Callable[..., None]
@@ -80,6 +91,8 @@ class GeneratorApi:
   init_loss_state: Callable[[Any], Any] = _no_loss_state
   check_settings: Callable[[ml_collections.ConfigDict],
                            None] = (_no_settings_checks)
+  settings_read: Callable[[ml_collections.ConfigDict],
+                          frozenset[str]] = _reads_no_settings
 
 
 def drop_mask(rng: jax.Array, probability: float, cond: Any,

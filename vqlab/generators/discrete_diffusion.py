@@ -85,6 +85,18 @@ def _transition_tables(abar: np.ndarray, gbar: np.ndarray):
                                   0.0), np.where(later, gamma, 0.0))
 
 
+def cumulative_schedules(num_timesteps: int, abar_1: float, abar_T: float,
+                         gbar_1: float,
+                         gbar_T: float) -> tuple[np.ndarray, np.ndarray]:
+  """float64 abar_t and gbar_t [T + 1] (t = 0: 1 and 0), linear in t from
+  their t = 1 values to their t = T values (host values, usable while
+  tracing)."""
+  frac = np.arange(num_timesteps, dtype=np.float64) / max(num_timesteps - 1, 1)
+  abar = np.concatenate([[1.0], abar_1 + frac * (abar_T - abar_1)])
+  gbar = np.concatenate([[0.0], gbar_1 + frac * (gbar_T - gbar_1)])
+  return abar, gbar
+
+
 def make_schedule(num_codes: int, num_timesteps: int = 100,
                   abar_1: float = 0.99999, abar_T: float = 0.000009,
                   gbar_1: float = 0.000009,
@@ -95,9 +107,8 @@ def make_schedule(num_codes: int, num_timesteps: int = 100,
   if num_timesteps < 1 or num_codes < 1:
     raise ValueError(f'need num_timesteps >= 1 and num_codes >= 1, got '
                      f'{num_timesteps}, {num_codes}')
-  frac = np.arange(num_timesteps, dtype=np.float64) / max(num_timesteps - 1, 1)
-  abar = np.concatenate([[1.0], abar_1 + frac * (abar_T - abar_1)])
-  gbar = np.concatenate([[0.0], gbar_1 + frac * (gbar_T - gbar_1)])
+  abar, gbar = cumulative_schedules(num_timesteps, abar_1, abar_T, gbar_1,
+                                    gbar_T)
   if np.any(np.diff(abar) > 0) or np.any(np.diff(gbar) < 0) or \
       np.any(abar + gbar > 1 + 1e-12) or abar[-1] <= 0 or gbar[-1] >= 1:
     raise ValueError('schedule: need abar decreasing in (0, 1], gbar '

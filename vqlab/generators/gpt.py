@@ -25,7 +25,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vqlab import config_schema
 from vqlab.errors import ConfigError
 from vqlab.generators import api
 from vqlab.nn import transformer
@@ -547,18 +546,19 @@ def _check_fits(config: ml_collections.ConfigDict, tokenizer: Any,
           f'tokens ({token_shape})')
 
 
-def _check_settings(config: ml_collections.ConfigDict) -> None:
-  """Guidance needs the null class and is constant."""
-  sample_config = config.sample
-  if sample_config.guidance_scale != 0:
-    config_schema.require(
-        config.model.condition == 'class', 'sample.guidance_scale',
-        f'{sample_config.guidance_scale}, but guiding a GPT needs '
-        "model.condition 'class' (its null class), got "
-        f'{config.model.condition!r}')
-    config_schema.require(sample_config.guidance_schedule == 'constant',
-                          'sample.guidance_schedule',
-                          "GPT guidance is constant; 'linear' is MaskGIT's")
+def _settings_read(config: ml_collections.ConfigDict) -> frozenset[str]:
+  """Guidance (constant) and label dropout need model.condition 'class';
+  the sliding window (sample.grid_shape) a condition other than 'tokens'."""
+  keys = {'sample.temperature', 'sample.top_k', 'sample.top_p'}
+  # The sliding window recomputes every crop (no cache); its condition
+  # tokens would need condition images of the larger grid.
+  if config.model.condition != 'tokens':
+    keys.add('sample.grid_shape')
+  if not config.sample.grid_shape:
+    keys.add('sample.use_cache')
+  if config.model.condition == 'class':
+    keys |= {'loss.label_drop', 'sample.guidance_scale'}
+  return frozenset(keys)
 
 
 def _init(model: GPT, rng: jax.Array, tokens: jax.Array, cond):
@@ -586,15 +586,22 @@ def _loss(model: GPT, params, tokens: jax.Array, cond, rng: jax.Array, *,
 
 def _sample(model: GPT, params, rng: jax.Array, batch_size: int, cond, *,
             settings: ml_collections.ConfigDict,
-            loss_settings: ml_collections.ConfigDict) -> jax.Array:
-  """`sample` with the settings: int32 [B, length]."""
+            loss_settings: ml_collections.ConfigDict,
+            token_shape: tuple[int, ...]) -> jax.Array:
+  """`sample` with the settings: int32 [B, length]; with
+  settings.grid_shape (H, W), `sample_sliding_window` over that grid with
+  the training grid token_shape as the window: int32 [B, H, W]."""
   del loss_settings
+  options = dict(temperature=settings.temperature, top_k=settings.top_k,
+                 top_p=settings.top_p, guidance_scale=settings.guidance_scale)
+  if settings.grid_shape:
+    return sample_sliding_window(model, params, rng, batch_size,
+                                 tuple(settings.grid_shape), token_shape, cond,
+                                 **options)
   return sample(model, params, rng, batch_size, cond,
-                temperature=settings.temperature, top_k=settings.top_k,
-                top_p=settings.top_p, use_cache=settings.use_cache,
-                guidance_scale=settings.guidance_scale)
+                use_cache=settings.use_cache, **options)
 
 
 API = api.GeneratorApi(condition_spec=_condition_spec, check_fits=_check_fits,
                        init=_init, loss=_loss, sample=_sample,
-                       check_settings=_check_settings)
+                       settings_read=_settings_read)

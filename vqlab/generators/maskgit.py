@@ -439,8 +439,10 @@ def _loss(model: MaskGIT, params, tokens: jax.Array, cond, rng: jax.Array, *,
 
 def _sample(model: MaskGIT, params, rng: jax.Array, batch_size: int, cond, *,
             settings: ml_collections.ConfigDict,
-            loss_settings: ml_collections.ConfigDict) -> jax.Array:
+            loss_settings: ml_collections.ConfigDict,
+            token_shape: tuple[int, ...]) -> jax.Array:
   """`sample` with the settings; decoding follows the training schedule."""
+  del token_shape  # The model's own.
   return sample(model, params, rng, batch_size, cond,
                 num_steps=settings.num_steps, temperature=settings.temperature,
                 choice_temperature=settings.choice_temperature,
@@ -449,5 +451,20 @@ def _sample(model: MaskGIT, params, rng: jax.Array, batch_size: int, cond, *,
                 schedule_method=loss_settings.mask_schedule)
 
 
+def _settings_read(config: ml_collections.ConfigDict) -> frozenset[str]:
+  """Guidance and label dropout need classes; the guidance schedule, a
+  guidance scale."""
+  keys = {
+      'loss.label_smoothing', 'loss.mask_schedule', 'sample.temperature',
+      'sample.num_steps', 'sample.choice_temperature'
+  }
+  if config.model.num_classes:
+    keys |= {'loss.label_drop', 'sample.guidance_scale'}
+    if config.sample.guidance_scale:
+      keys.add('sample.guidance_schedule')
+  return frozenset(keys)
+
+
 API = api.GeneratorApi(condition_spec=_condition_spec, check_fits=_check_fits,
-                       init=_init, loss=_loss, sample=_sample)
+                       init=_init, loss=_loss, sample=_sample,
+                       settings_read=_settings_read)

@@ -21,6 +21,15 @@ Sampling walks decreasing times T = t_0 > t_1 > ... > 0 (all of them: the full
 chain; every d-th: the fast sampler) from all-[MASK], with guidance
 log p_u + s (log p_c - log p_u), temperature and truncation (keep the most
 likely codes of p(x_0) up to cumulative probability r).
+
+The purity sampler (Improved VQ-Diffusion, Tang et al. 2022) walks the same
+times but only reveals [MASK] positions, never replacing a revealed token: at
+each step, with p = p(x_0 | x_t) and the purity s_i = max_k p_i(k) / max_j
+max_k p_j(k), it reveals as many masked positions as the schedule unmasks
+(from round(N gbar_t) masked to round(N gbar_u)), drawn without replacement
+with probabilities proportional to s_i (purer positions first), each with a
+token from softmax((1 + r s_i) log p_i) (r = `purity_weight`, the paper's 1:
+purer positions also sample sharper).
 """
 
 import functools
@@ -43,6 +52,7 @@ from vqlab.nn.transformer import Transformer
 
 CONDITIONS = ('none', 'class', 'text')
 TEXT_ENCODERS = ('frozen', 'bytes')
+SAMPLERS = ('chain', 'purity')
 BYTE_VOCAB = 257  # UTF-8 bytes + padding id 256.
 
 
@@ -313,31 +323,88 @@ def predict_x0(model: VQDiffusion, params, x_t, t, cond,
       [codes, jnp.full(codes.shape[:-1] + (1,), dd.LOG_ZERO)], axis=-1)
 
 
+def purity_reveal_counts(gbar: np.ndarray, points: np.ndarray,
+                         num_tokens: int) -> np.ndarray:
+  """int [S]: positions the purity sampler reveals at each step t_i ->
+  t_{i+1}, taking the masked count from N (all [MASK]) down to
+  round(N gbar_t) at each time point, 0 at the end; gbar: the cumulative
+  mask probabilities [T + 1] (`dd.cumulative_schedules`)."""
+  masked = np.round(num_tokens * gbar[points[1:]]).astype(np.int32)
+  masked[-1] = 0  # t = 0: nothing is masked.
+  return np.diff(np.concatenate([[num_tokens], masked])) * -1
+
+
+def purity_step(rng: jax.Array, log_p_x0: jax.Array, x: jax.Array, num_reveal,
+                purity_weight: float) -> jax.Array:
+  """One purity-sampler step over flat tokens.
+
+  Args:
+    rng: PRNG key.
+    log_p_x0: [B, N, K + 1] log p(x_0 | x_t) (the [MASK] column unused).
+    x: int [B, N] current tokens, K = [MASK].
+    num_reveal: int scalar: masked positions to reveal (all of them when
+      fewer are masked).
+    purity_weight: r of softmax((1 + r s_i) log p_i).
+
+  Returns:
+    int32 [B, N]: x with num_reveal masked positions, drawn without
+    replacement with probabilities proportional to their purity s_i, set to
+    tokens drawn from the purity-sharpened p_i.
+  """
+  mask_id = log_p_x0.shape[-1] - 1
+  log_p = log_p_x0[..., :-1]
+  purity = jnp.exp(jnp.max(log_p, axis=-1))  # [B, N]
+  score = purity / (jnp.max(purity, axis=-1, keepdims=True) + 1e-10)
+  token_rng, order_rng = jax.random.split(rng)
+  sharpened = (1.0 + purity_weight * score)[..., None] * log_p
+  tokens = jax.random.categorical(token_rng, sharpened, axis=-1)
+  # Gumbel top-k: the first num_reveal of a draw without replacement with
+  # probabilities proportional to score (a Plackett-Luce order).
+  masked = x == mask_id
+  keys = jnp.log(score + 1e-30) + jax.random.gumbel(order_rng, score.shape)
+  keys = jnp.where(masked, keys, -jnp.inf)
+  rank = jnp.argsort(jnp.argsort(-keys, axis=-1), axis=-1)
+  reveal = masked & (rank < num_reveal)
+  return jnp.where(reveal, tokens, x).astype(jnp.int32)
+
+
 def sample(model: VQDiffusion, params, rng: jax.Array, batch_size: int,
            cond: Any = None, num_steps: int | None = None,
            guidance_scale: float = 1.0, temperature: float = 1.0,
-           truncation: float = 1.0) -> jax.Array:
+           truncation: float = 1.0, sampler: str = 'chain',
+           purity_weight: float = 1.0) -> jax.Array:
   """Generates tokens [B, *token_shape] from all-[MASK] at t = T.
 
-  Step i (from t_i to t_{i+1}) draws with fold_in(rng, i), so the fast
-  sampler with num_steps = T is the full chain. Jit-able with num_steps,
-  guidance_scale, temperature and truncation static.
+  sampler: 'chain' draws x_u from the reverse step p(x_u | x_t) at every
+  time point; 'purity' reveals masked positions by purity (`purity_step`,
+  weight purity_weight). Step i (from t_i to t_{i+1}) draws with
+  fold_in(rng, i), so the fast chain with num_steps = T is the full chain.
+  Jit-able with num_steps, guidance_scale, temperature, truncation, sampler
+  and purity_weight static.
   """
+  if sampler not in SAMPLERS:
+    raise ValueError(f'sampler must be one of {SAMPLERS}, got {sampler!r}')
   params = params.get('params', params)
   schedule = model.schedule()
   points = time_points(model.num_timesteps, num_steps)
   x = jnp.full((batch_size, model.num_tokens), model.vocab_size, jnp.int32)
   pairs = jnp.asarray(np.stack([points[:-1], points[1:]], axis=1))
+  _, gbar = dd.cumulative_schedules(model.num_timesteps, *model.schedule_values)
+  reveals = jnp.asarray(purity_reveal_counts(gbar, points, model.num_tokens))
 
   def body(x, step):
-    i, (t, u) = step
+    i, (t, u), num_reveal = step
     log_p_x0 = predict_x0(model, params,
                           x.reshape((batch_size,) + tuple(model.token_shape)),
                           t, cond, guidance_scale, temperature, truncation)
+    log_p_x0 = log_p_x0.reshape(x.shape + log_p_x0.shape[-1:])
+    step_rng = jax.random.fold_in(rng, i)
+    if sampler == 'purity':
+      return purity_step(step_rng, log_p_x0, x, num_reveal, purity_weight), None
     log_probs = dd.reverse_step_log_probs(log_p_x0, x, schedule, t, u)
-    return dd.sample_states(jax.random.fold_in(rng, i), log_probs), None
+    return dd.sample_states(step_rng, log_probs), None
 
-  x, _ = jax.lax.scan(body, x, (jnp.arange(len(pairs)), pairs))
+  x, _ = jax.lax.scan(body, x, (jnp.arange(len(pairs)), pairs, reveals))
   return x.reshape((batch_size,) + tuple(model.token_shape))
 
 
@@ -415,11 +482,27 @@ def _check_fits(config: ml_collections.ConfigDict, tokenizer: Any,
 
 
 def _check_settings(config: ml_collections.ConfigDict) -> None:
+  config_schema.require(
+      config.sample.diffusion_sampler in SAMPLERS, 'sample.diffusion_sampler',
+      f'must be one of {SAMPLERS}, got {config.sample.diffusion_sampler!r}')
   steps = config.model.num_timesteps
   config_schema.require(
       config.sample.diffusion_steps <= steps, 'sample.diffusion_steps',
       f'{config.sample.diffusion_steps} is more than the model.num_timesteps '
       f'{steps} of the chain')
+
+
+def _settings_read(config: ml_collections.ConfigDict) -> frozenset[str]:
+  """Condition dropout and guidance need a condition."""
+  keys = {
+      'loss.aux_weight', 'loss.time_sampling', 'sample.diffusion_steps',
+      'sample.temperature', 'sample.truncation', 'sample.diffusion_sampler'
+  }
+  if config.sample.diffusion_sampler == 'purity':
+    keys.add('sample.purity_weight')
+  if config.model.condition != 'none':
+    keys |= {'loss.label_drop', 'sample.guidance_scale'}
+  return frozenset(keys)
 
 
 def _init(model: VQDiffusion, rng: jax.Array, tokens: jax.Array, cond):
@@ -448,19 +531,25 @@ def _loss(model: VQDiffusion, params, tokens: jax.Array, cond, rng: jax.Array,
 
 def _sample(model: VQDiffusion, params, rng: jax.Array, batch_size: int, cond,
             *, settings: ml_collections.ConfigDict,
-            loss_settings: ml_collections.ConfigDict) -> jax.Array:
+            loss_settings: ml_collections.ConfigDict,
+            token_shape: tuple[int, ...]) -> jax.Array:
   """`sample` with the settings: w = settings.guidance_scale is MaskGIT's
   (s = 1 + w, so w = 0 is conditional sampling); diffusion_steps 0 walks
   the full chain."""
-  del loss_settings
+  del loss_settings, token_shape
+  purity = ({
+      'purity_weight': settings.purity_weight
+  } if settings.diffusion_sampler == 'purity' else {})
   return sample(model, params, rng, batch_size, cond,
                 num_steps=settings.diffusion_steps or None,
                 guidance_scale=1.0 + settings.guidance_scale,
                 temperature=settings.temperature,
-                truncation=settings.truncation)
+                truncation=settings.truncation,
+                sampler=settings.diffusion_sampler, **purity)
 
 
 API = api.GeneratorApi(condition_spec=_condition_spec, check_fits=_check_fits,
                        init=_init, loss=_loss, sample=_sample,
                        init_loss_state=_init_loss_state,
-                       check_settings=_check_settings)
+                       check_settings=_check_settings,
+                       settings_read=_settings_read)

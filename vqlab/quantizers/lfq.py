@@ -2,7 +2,9 @@
 
 z: [..., b] with b = log2 K. Each channel is a bit:
     q(z) = sign(z) in {-1, 1}^b  (0 maps to -1),
-    index = sum_i 2^i 1{z_i > 0}  (bit 0 first, as Open-MAGVIT2),
+    index = sum_i 2^i 1{z_i > 0}  (bit 0 first, as Open-MAGVIT2; lucidrains'
+                                   LFQ puts channel 0 in the most
+                                   significant bit: `reverse_bits` maps),
 straight-through gradients, and
 
     loss = commitment_weight * mean ||z - sg(q(z))||^2
@@ -71,6 +73,17 @@ def indices_to_sign_codes(indices: jax.Array, num_bits: int) -> jax.Array:
   bits = jnp.right_shift(indices[..., None].astype(jnp.int32),
                          jnp.arange(num_bits, dtype=jnp.int32)) & 1
   return jnp.where(bits == 1, 1.0, -1.0).astype(jnp.float32)
+
+
+def reverse_bits(indices: jax.Array, num_bits: int) -> jax.Array:
+  """The index with its num_bits bits in reverse order: int [...] -> int32
+  [...]. Maps vqlab's (and Open-MAGVIT2's) bit order, bit 0 first, to the
+  order of lucidrains' LFQ, channel 0 the most significant bit, and back
+  (it is its own inverse)."""
+  bits = jnp.right_shift(indices[..., None].astype(jnp.int32),
+                         jnp.arange(num_bits, dtype=jnp.int32)) & 1
+  weights = jnp.left_shift(1, jnp.arange(num_bits - 1, -1, -1, dtype=jnp.int32))
+  return jnp.sum(bits * weights, axis=-1).astype(jnp.int32)
 
 
 def _offsets(factor_bits: Sequence[int]) -> np.ndarray:

@@ -3,8 +3,12 @@
 k* = argmin_k ||z - e_k||^2,  z_q = z + sg(e_k* - z),
 loss = ||sg(z) - e_k*||^2 + beta ||z - sg(e_k*)||^2.
 
-beta weighs the commitment term (taming's `legacy=True` puts it on the codebook
-term instead; that is a known bug and not reproduced here).
+beta weighs the commitment term. taming's VectorQuantizer (and its
+`legacy=True` default) puts beta on the codebook term instead,
+    loss = beta ||sg(z) - e_k*||^2 + ||z - sg(e_k*)||^2,
+and its released VQGANs were trained so; `beta_on_codebook` reproduces that
+placement (the taming converter sets it, so fine-tuning a converted model
+follows its own recipe). The default is the paper's placement.
 
 Options:
   `l2_normalize` (ViT-VQGAN) looks up unit vectors (cosine similarity; losses
@@ -128,6 +132,8 @@ class VectorQuantizer(nn.Module):
     codebook_size: K, the number of codes.
     embedding_dim: d, the dimension of z (and of each code unless projected).
     beta: weight of the commitment term ||z - sg(e)||^2.
+    beta_on_codebook: taming's legacy placement: beta weighs the codebook
+      term ||sg(z) - e||^2 and the commitment term has weight 1.
     loss_weight: weight of the whole quantizer loss.
     l2_normalize: look up unit vectors (cosine similarity).
     projection_dim: >0: look up in this many dims, project back after.
@@ -140,6 +146,7 @@ class VectorQuantizer(nn.Module):
   codebook_size: int
   embedding_dim: int
   beta: float = 0.25
+  beta_on_codebook: bool = False
   loss_weight: float = 1.0
   l2_normalize: bool = False
   projection_dim: int = 0
@@ -169,6 +176,11 @@ class VectorQuantizer(nn.Module):
           f'{self.restart_threshold} > 0 needs ema=True (a restart rewrites '
           'the codebook, which must then live in the quantizer_stats '
           'collection, not in the optimizer-owned params)')
+    if self.beta_on_codebook and self.ema:
+      raise base.FieldError(
+          who, 'beta_on_codebook',
+          'True needs ema=False: an EMA codebook has no codebook term to '
+          'weigh')
 
   @property
   def code_dim(self) -> int:
@@ -239,6 +251,8 @@ class VectorQuantizer(nn.Module):
       if train and self.is_mutable_collection(base.STATS):
         metrics['restarted'] = self._update_ema(jax.lax.stop_gradient(flat),
                                                 indices, counts)
+    elif self.beta_on_codebook:
+      loss = self.loss_weight * (self.beta * codebook_loss + commitment)
     else:
       loss = self.loss_weight * (codebook_loss + self.beta * commitment)
     return base.QuantizerOutput(
@@ -279,6 +293,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.codebook_size = 512  # K: number of codes.
   config.embedding_dim = 16  # d: dimension of each code (and of z).
   config.beta = 0.25  # Weight of the commitment term.
+  # taming's legacy placement (its released models): beta on the codebook term.
+  config.beta_on_codebook = False
   config.loss_weight = 1.0  # Weight of the whole quantizer loss.
   config.l2_normalize = False  # Cosine lookup on unit vectors (ViT-VQGAN).
   config.projection_dim = 0  # >0: look up in this many dims (8-32), project back.
@@ -295,6 +311,7 @@ def build(config: ml_collections.ConfigDict, *,
   return base.build_module(
       VectorQuantizer, prefix, codebook_size=config.codebook_size,
       embedding_dim=config.embedding_dim, beta=config.beta,
-      loss_weight=config.loss_weight, l2_normalize=config.l2_normalize,
-      projection_dim=config.projection_dim, ema=config.ema, decay=config.decay,
-      epsilon=config.epsilon, restart_threshold=config.restart_threshold)
+      beta_on_codebook=config.beta_on_codebook, loss_weight=config.loss_weight,
+      l2_normalize=config.l2_normalize, projection_dim=config.projection_dim,
+      ema=config.ema, decay=config.decay, epsilon=config.epsilon,
+      restart_threshold=config.restart_threshold)

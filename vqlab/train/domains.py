@@ -70,6 +70,8 @@ _EXPERIMENT = {
     'sample.top_p': '(0, 1]',
     'sample.diffusion_steps': '>= 0',  # 0: all T.
     'sample.truncation': '(0, 1]',
+    'sample.grid_shape': _COUNT,  # Entry by entry.
+    'sample.purity_weight': '>= 0',
     # TiTok proxy-code task.
     'proxy.step': _STEP,
 }

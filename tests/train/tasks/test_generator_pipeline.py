@@ -179,7 +179,20 @@ def test_sample_mode_reports_gfid_and_inception_score_of_the_samples(
 
 def test_gpt_trains_on_shards_and_samples_decode_to_images(
     tokenizer_dir, shards, tmp_path):
-  _train(tokenizer_dir, shards, str(tmp_path), 'gpt', 25)
+  config = _train(tokenizer_dir, shards, str(tmp_path), 'gpt', 25)
+
+  # --mode=sample over a larger grid: taming's sliding window, the 8x8
+  # training grid as the window; 10x10 tokens decode to 20x20 images.
+  config.sample.grid_shape = (10, 10)
+  config.sample.num_samples = config.sample.batch_size = 2
+  sampled = sampling.sample(config, str(tmp_path), devices=_devices())
+  grid, = glob.glob(os.path.join(sampled['samples_dir'], '*.png'))
+  assert np.asarray(Image.open(grid)).shape == (24, 46, 3)  # 1 x 2 samples.
+  config.sample.grid_shape = (10, 6)
+  with pytest.raises(
+      ConfigError, match=r'sample.grid_shape: \(10, 6\) must '
+      r'hold the training token grid \(8, 8\)'):
+    sampling.sample(config, str(tmp_path), devices=_devices())
 
 
 def test_on_the_fly_tokens_give_the_same_eval_loss_as_shards(

@@ -43,6 +43,21 @@ from vqlab.train.tasks import text_conditions
 
 TOKEN_SOURCES = ('shards', 'on_the_fly')
 INPUT_KEYS = ('image', 'video')
+# `sample` keys the task reads for every generator (text models also read
+# sample.prompts); the generator declares the rest (`settings_read`).
+TASK_SAMPLE_KEYS = frozenset(
+    {'sample.num_samples', 'sample.batch_size', 'sample.seed'})
+# Values that switch a setting off: a generator that ignores the key accepts
+# these besides the default (e.g. label_drop 0 on an unconditional model).
+OFF_VALUES = {
+    'loss.label_drop': 0.0,
+    'loss.label_smoothing': 0.0,
+    'sample.guidance_scale': 0.0,
+    'sample.top_k': 0,
+    'sample.top_p': 1.0,
+    'sample.truncation': 1.0,
+    'sample.diffusion_steps': 0,
+}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -99,10 +114,18 @@ def default_config() -> ml_collections.ConfigDict:
   sample.top_k = 0  # GPT: 0 is off.
   sample.top_p = 1.0  # GPT: 1.0 is off.
   sample.use_cache = True  # GPT: KV cache.
+  # GPT (condition 'none' / 'class') over a 2D token grid: (H, W) tokens, larger
+  # than the training grid, sampled with taming's sliding window (the training
+  # grid is the window); (): the training grid.
+  sample.grid_shape = ()
   # VQ-Diffusion: reverse steps (0: all T; fewer skip, e.g. 25 or 10).
   sample.diffusion_steps = 0
   # VQ-Diffusion: keep p(x_0) up to this cumulative mass (paper: 0.86).
   sample.truncation = 1.0
+  # VQ-Diffusion: 'chain' (the reverse chain) | 'purity' (Improved
+  # VQ-Diffusion: reveal masked positions by purity).
+  sample.diffusion_sampler = 'chain'
+  sample.purity_weight = 1.0  # 'purity': r of softmax((1 + r s) log p).
   # Text models: captions to sample (cycled); (): those of the eval split.
   sample.prompts = ()
 
@@ -130,8 +153,40 @@ def validate(config: ml_collections.ConfigDict) -> None:
       'generator needs train and eval tokens of one shape (set it to 0)')
   require(loss.time_sampling in ('uniform', 'importance'), 'loss.time_sampling',
           "must be 'uniform' or 'importance'")
+  require(
+      len(sample.grid_shape) in (0, 2), 'sample.grid_shape',
+      f'{tuple(sample.grid_shape)} must be () or a 2D token grid (H, W)')
   generators.get_api(config.model.name).check_settings(config)
   _validate_condition(config)
+  _validate_unread_settings(config)
+
+
+def settings_read(config: ml_collections.ConfigDict) -> frozenset[str]:
+  """The dotted `loss` / `sample` keys a run of `config` reads."""
+  generator = generators.get_api(config.model.name)
+  keys = TASK_SAMPLE_KEYS | generator.settings_read(config)
+  if generator.condition_spec(config.model).kind == 'text':
+    keys |= {'sample.prompts'}
+  return keys
+
+
+def _validate_unread_settings(config: ml_collections.ConfigDict) -> None:
+  """The `loss` and `sample` sections hold every generator's settings; one
+  that this model does not read must keep its default (or its off value),
+  since any other value would be silently ignored."""
+  read, defaults = settings_read(config), default_config()
+  spec = generators.get_api(config.model.name).condition_spec(config.model)
+  model = (f'an unconditional {config.model.name}' if spec.kind == 'none' else
+           f'a {spec.kind}-conditional {config.model.name}')
+  for section in ('loss', 'sample'):
+    for key, value in config[section].items():
+      path, default = f'{section}.{key}', defaults[section][key]
+      unchanged = (tuple(value) == tuple(default) if isinstance(
+          default, (tuple, list)) else value in (default, OFF_VALUES.get(path)))
+      if path not in read and not unchanged:
+        raise ConfigError(
+            path, f'{value!r}, but {model} ignores it with this config; '
+            f'leave it at its default {default!r}')
 
 
 def _validate_condition(config: ml_collections.ConfigDict) -> None:
@@ -447,13 +502,16 @@ class GeneratorTask(base.Task):
     return self._eval_cond_tokens
 
   def sample_tokens(self, params, rng, batch_size: int, cond=None):
-    """Generated tokens [B, *shape(, F)] with the `sample` settings."""
+    """Generated tokens [B, *grid(, F)] with the `sample` settings; grid is
+    sample.grid_shape, or the training token shape."""
     tokens = self.api.sample(self.model, params, rng, batch_size, cond,
                              settings=self.config.sample,
-                             loss_settings=self.config.loss)
+                             loss_settings=self.config.loss,
+                             token_shape=self.token_shape)
     factor_axes = ((len(self.tokenizer.factor_vocab_sizes),)
                    if self.tokenizer.factor_vocab_sizes else ())
-    return tokens.reshape((batch_size,) + self.token_shape + factor_axes)
+    grid = tuple(self.config.sample.grid_shape) or self.token_shape
+    return tokens.reshape((batch_size,) + grid + factor_axes)
 
   def sample_images(self, state: TrainState, rng, cond, frozen=None,
                     batch_size: int | None = None):
@@ -494,6 +552,19 @@ def _input_shape(
   return (size, size, channels)
 
 
+def _check_sample_grid(grid_shape: tuple[int, ...],
+                       token_shape: tuple[int, ...]) -> None:
+  """A sliding-window grid holds the training grid, its window."""
+  if not grid_shape:
+    return
+  grid = tuple(grid_shape)
+  if len(token_shape) != 2 or any(g < t for g, t in zip(grid, token_shape)):
+    raise ConfigError(
+        'sample.grid_shape',
+        f'{grid} must hold the training token grid {token_shape}, the '
+        'sliding window (a 2D grid)')
+
+
 def build(config: ml_collections.ConfigDict,
           workdir: str = '') -> GeneratorTask:
   """The task with what it reads from disk: the tokenizer run (checked
@@ -502,6 +573,7 @@ def build(config: ml_collections.ConfigDict,
                                      config.tokenizer.step)
   token_shape = check_model_fits(config.model, tokenizer,
                                  _input_shape(config, workdir, tokenizer))
+  _check_sample_grid(config.sample.grid_shape, token_shape)
   spec = generators.get_api(config.model.name).condition_spec(config.model)
   text = (text_conditions.TextConditioner(config)
           if spec.kind == 'text' else None)

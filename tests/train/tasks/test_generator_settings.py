@@ -1,0 +1,176 @@
+"""The generator task's shared `loss` / `sample` sections against the model:
+a setting the chosen generator would ignore is a ConfigError naming it."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import pytest
+
+from configs.gpt import tiny_cpu as gpt_tiny
+from configs.gpt import tiny_superres_cpu as gpt_superres
+from configs.maskgit import tiny_cpu as maskgit_tiny
+from configs.vq_diffusion import tiny_class as vq_diffusion_class
+from configs.vq_diffusion import tiny_text as vq_diffusion_text
+from vqlab import generators
+from vqlab.errors import ConfigError
+from vqlab.train import experiment_config
+from vqlab.train.tasks import generator
+
+
+def _maskgit_class():
+  config = maskgit_tiny.get_config()
+  config.model.num_classes = 10
+  return config
+
+
+def _gpt_class():
+  config = gpt_tiny.get_config()
+  config.model.condition = 'class'
+  config.model.num_classes = 10
+  return config
+
+
+def _vq_diffusion_none():
+  config = vq_diffusion_class.get_config()
+  config.model.condition = 'none'
+  config.loss.label_drop = 0.0  # Its off value: accepted.
+  return config
+
+
+def _vq_diffusion_purity():
+  config = vq_diffusion_class.get_config()
+  config.sample.diffusion_sampler = 'purity'
+  return config
+
+
+def _gpt_sliding_window():
+  config = gpt_tiny.get_config()
+  config.sample.grid_shape = (12, 12)
+  return config
+
+
+IGNORED = [
+    # The issue's cases: guidance without a condition or with a generator
+    # that has no schedule, label dropout / smoothing a GPT cannot use.
+    (maskgit_tiny.get_config, 'sample.guidance_scale', 2.0),
+    (_vq_diffusion_none, 'sample.guidance_scale', 1.0),
+    (vq_diffusion_class.get_config, 'sample.guidance_schedule', 'linear'),
+    (_gpt_class, 'sample.guidance_schedule', 'linear'),
+    (gpt_tiny.get_config, 'loss.label_drop', 0.2),
+    (gpt_superres.get_config, 'loss.label_drop', 0.2),
+    (_gpt_class, 'loss.label_smoothing', 0.2),
+    (_maskgit_class, 'sample.guidance_schedule', 'linear'),  # w = 0.
+    # Another generator's keys.
+    (maskgit_tiny.get_config, 'sample.top_k', 100),
+    (maskgit_tiny.get_config, 'sample.diffusion_steps', 10),
+    (maskgit_tiny.get_config, 'loss.aux_weight', 1e-3),
+    (gpt_tiny.get_config, 'sample.num_steps', 12),
+    (gpt_tiny.get_config, 'loss.mask_schedule', 'linear'),
+    (vq_diffusion_class.get_config, 'sample.choice_temperature', 1.0),
+    (vq_diffusion_class.get_config, 'sample.use_cache', False),
+    (vq_diffusion_class.get_config, 'sample.prompts', ('a cat',)),
+    (maskgit_tiny.get_config, 'sample.grid_shape', (10, 10)),
+    (gpt_superres.get_config, 'sample.grid_shape', (10, 10)),
+    (_gpt_sliding_window, 'sample.use_cache', False),
+    (vq_diffusion_class.get_config, 'sample.purity_weight', 2.0),
+    (maskgit_tiny.get_config, 'sample.diffusion_sampler', 'purity'),
+]
+
+
+@pytest.mark.parametrize('make_config, key, value', IGNORED)
+def test_an_ignored_setting_is_refused_by_name(make_config, key, value):
+  config = make_config()
+  experiment_config.validate(config, 1)
+  section, name = key.split('.')
+  config[section][name] = value
+  with pytest.raises(ConfigError, match=rf'^{key}: .*ignores it'):
+    experiment_config.validate(config, 1)
+
+
+READ = [
+    (_maskgit_class, 'sample.guidance_scale', 2.0),
+    (_maskgit_class, 'loss.label_drop', 0.2),
+    (_gpt_class, 'sample.guidance_scale', 2.0),
+    (_gpt_class, 'sample.top_p', 0.9),
+    (_gpt_class, 'sample.grid_shape', (10, 10)),
+    (vq_diffusion_class.get_config, 'sample.truncation', 0.86),
+    (_vq_diffusion_purity, 'sample.purity_weight', 2.0),
+    (vq_diffusion_text.get_config, 'sample.prompts', ('a cat',)),
+    (vq_diffusion_text.get_config, 'loss.label_drop', 0.2),
+]
+
+
+@pytest.mark.parametrize('make_config, key, value', READ)
+def test_a_read_setting_is_accepted(make_config, key, value):
+  config = make_config()
+  section, name = key.split('.')
+  config[section][name] = value
+  experiment_config.validate(config, 1)
+
+
+def test_maskgit_guidance_schedule_is_read_with_guidance():
+  config = _maskgit_class()
+  config.sample.guidance_scale = 2.0
+  config.sample.guidance_schedule = 'linear'
+  experiment_config.validate(config, 1)
+
+
+class _Recorder:
+  """A settings section that records the dotted keys read from it."""
+
+  def __init__(self, section: ml_collections.ConfigDict, name: str,
+               log: set[str]):
+    self._section, self._name, self._log = section, name, log
+
+  def __getattr__(self, key):
+    self._log.add(f'{self._name}.{key}')
+    return self._section[key]
+
+
+def _abstract_cond(config, spec, batch):
+  if spec.kind == 'class':
+    return jax.ShapeDtypeStruct((batch,), jnp.int32)
+  if spec.kind == 'text':
+    length = config.text.max_length
+    return {
+        'states':
+            jax.ShapeDtypeStruct((batch, length, config.model.cond_dim),
+                                 jnp.float32),
+        'mask':
+            jax.ShapeDtypeStruct((batch, length), jnp.bool_)
+    }
+  return None
+
+
+# Conditional configs with guidance on, where every key the functions read
+# changes what they compute.
+@pytest.mark.parametrize('make_config', [
+    _maskgit_class, _gpt_class, vq_diffusion_class.get_config,
+    vq_diffusion_text.get_config, _vq_diffusion_purity
+])
+def test_settings_read_lists_every_key_loss_and_sample_read(make_config):
+  """Traced abstractly (no compile): a key the generator's loss or sampler
+  reads but does not declare would be refused whenever a user set it."""
+  config = experiment_config.validate(make_config(), 1)
+  config.sample.guidance_scale = 1.0
+  api = generators.get_api(config.model.name)
+  model = generators.build(config.model)
+  spec = api.condition_spec(config.model)
+  shape = tuple(
+      config.model.get('token_shape', (config.model.get('length', 0),)))
+  tokens = jax.ShapeDtypeStruct((2, *shape), jnp.int32)
+  cond = _abstract_cond(config, spec, 2)
+  rng = jax.random.key(0)
+  params = jax.eval_shape(lambda t, c: api.init(model, rng, t, c), tokens, cond)
+  log = set()
+  loss_settings = _Recorder(config.loss, 'loss', log)
+  sample_settings = _Recorder(config.sample, 'sample', log)
+  jax.eval_shape(
+      lambda p, t, c: api.loss(model, p, t, c, rng, settings=loss_settings,
+                               train=True), params, tokens, cond)
+  jax.eval_shape(
+      lambda p, c: api.sample(model, p, rng, 2, c, settings=sample_settings,
+                              loss_settings=loss_settings, token_shape=shape),
+      params, cond)
+  assert log and log <= generator.settings_read(config), (
+      log - generator.settings_read(config))
