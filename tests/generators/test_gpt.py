@@ -281,3 +281,29 @@ def test_generator_config_refuses_gpt_guidance_it_cannot_run():
   config.sample.guidance_schedule = 'linear'
   with pytest.raises(ConfigError, match='guidance_schedule'):
     experiment_config.validate(config, 1)
+
+
+def test_prefix_tokens_are_kept_and_condition_the_rest():
+  model = _model(condition='none')
+  params = _init(model, None)
+  prefix = jnp.array([[3, 1, 4], [1, 5, 9]])
+  run = lambda use_cache, given: jax.jit(
+      lambda p, r, g: gpt.sample(model, p, r, 2, temperature=0.0, use_cache=
+                                 use_cache, return_logits=True, prefix=g),
+      compiler_options=FAST_COMPILE)(params, jax.random.key(3), given)
+  cached, cached_logits = run(True, prefix)
+  full, full_logits = run(False, prefix)
+  np.testing.assert_array_equal(cached, full)
+  np.testing.assert_array_equal(cached[:, :3], prefix)
+  # Logits at position i predict token i: every later token is the argmax
+  # of a forward pass over the sequence.
+  logits = model.apply(params, cached)
+  np.testing.assert_allclose(cached_logits, logits, atol=1e-5)
+  np.testing.assert_array_equal(cached[:, 3:], np.argmax(logits[:, 3:], -1))
+  other, _ = run(True, (prefix + 1) % VOCAB)
+  assert np.any(np.asarray(other)[:, 3:] != np.asarray(cached)[:, 3:])
+  with pytest.raises(ValueError, match=r'prefix must be int \[B, P\]'):
+    gpt.sample(model, params, jax.random.key(0), 2, prefix=jnp.zeros(
+        (2, LENGTH), jnp.int32))
+  with pytest.raises(ValueError, match='prefix token ids'):
+    gpt.sample(model, params, jax.random.key(0), 2, prefix=prefix + VOCAB)

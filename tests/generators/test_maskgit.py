@@ -255,3 +255,40 @@ def test_adam_lowers_loss_on_fixed_batch():
     params, opt_state, loss = step(params, opt_state, jax.random.key(i % 3))
     losses.append(float(loss))
   assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.3
+
+
+def test_known_tokens_stay_and_the_schedule_runs_over_the_rest():
+  """Video prediction from observed frames: the first latent frame given;
+  its tokens never change and the cosine schedule counts the others."""
+  model = _model(token_shape=(3, 4, 4))
+  params = _init(model, batch=3)
+  steps, n = 6, model.num_tokens
+  known = jax.random.randint(jax.random.key(5), (3, 3, 4, 4), 0,
+                             model.vocab_size)
+  mask = maskgit.frame_prefix_mask(model.token_shape, 1)
+  assert mask.sum() == 16 and mask[0].all() and not mask[1:].any()
+  final, history = _jit_sample(model, 3, num_steps=steps, known_tokens=known,
+                               known_mask=mask,
+                               return_history=True)(params, jax.random.key(1))
+  history = np.asarray(history).reshape(steps, 3, n)
+  flat_mask = mask.reshape(-1)
+  given = np.asarray(known).reshape(3, n)[:, flat_mask]
+  exact = _exact_decode_counts(n - 16, steps, 'cosine')
+  unknown = np.full(3, n - 16)
+  for s in range(steps):
+    np.testing.assert_array_equal(history[s][:, flat_mask], given)
+    masked = (history[s] == model.vocab_size).sum(-1)
+    want = np.maximum(1, np.minimum(unknown - 1, exact[s]))
+    np.testing.assert_array_equal(masked, want * 0 if s == steps - 1 else want)
+    unknown = masked
+  np.testing.assert_array_equal(np.asarray(final).reshape(3, n), history[-1])
+  # The given tokens condition the rest: other given tokens, other samples.
+  other = _jit_sample(model, 3, num_steps=steps,
+                      known_tokens=(known + 1) % model.vocab_size,
+                      known_mask=mask)(params, jax.random.key(1))
+  assert np.any(
+      np.asarray(other).reshape(3, n)[:, ~flat_mask] != history[-1][:,
+                                                                    ~flat_mask])
+  with pytest.raises(ValueError, match='token ids'):
+    maskgit.sample(model, params, jax.random.key(0), 3, num_steps=2,
+                   known_tokens=known + model.vocab_size, known_mask=mask)

@@ -301,6 +301,23 @@ def _guidance(model: GPT, cond: Any, batch_size: int, guidance_scale):
           2 * batch_size, double, combine)
 
 
+def _given_tokens(model: GPT, prefix: jax.Array | None,
+                  batch_size: int) -> jax.Array | None:
+  """The prefix padded to int32 [B, N] (None without one); ValueError for a
+  wrong shape or (concrete) ids out of range."""
+  if prefix is None:
+    return None
+  if jnp.ndim(prefix) != 2 or prefix.shape[0] != batch_size or not (
+      0 < prefix.shape[1] < model.length):
+    raise ValueError(f'GPT: prefix must be int [B, P] with B={batch_size} and '
+                     f'0 < P < length={model.length}, got shape '
+                     f'{jnp.shape(prefix)}')
+  _check_ids(prefix, model.vocab_size,
+             f'prefix token ids (vocab_size={model.vocab_size})')
+  return jnp.pad(jnp.asarray(prefix, jnp.int32),
+                 ((0, 0), (0, model.length - prefix.shape[1])))
+
+
 def _init_cache(decoder: GPT, params, batch_size: int, cond: Any):
   shapes = jax.eval_shape(lambda: decoder.apply(
       params, jnp.zeros((batch_size, decoder.length), jnp.int32), cond, mutable=
@@ -311,7 +328,8 @@ def _init_cache(decoder: GPT, params, batch_size: int, cond: Any):
 def sample(model: GPT, params, rng: jax.Array, batch_size: int,
            cond: Any = None, temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0, use_cache: bool = True,
-           return_logits: bool = False, guidance_scale: float = 0.0):
+           return_logits: bool = False, guidance_scale: float = 0.0,
+           prefix: jax.Array | None = None):
   """Samples image tokens autoregressively.
 
   Args:
@@ -334,6 +352,10 @@ def sample(model: GPT, params, rng: jax.Array, batch_size: int,
       that share the drawn tokens. A Python 0 (default) runs B rows
       exactly as without guidance; any other value, arrays included, runs
       2B.
+    prefix: int [B, P] (P < N) tokens given: positions < P take them
+      instead of a draw (the draws still consume their rng splits), later
+      ones are sampled conditioned on them (e.g. the first latent frames
+      of a video, row-major).
 
   Returns:
     int32 [B, N] tokens (and float32 [B, N, V] logits with return_logits).
@@ -343,7 +365,14 @@ def sample(model: GPT, params, rng: jax.Array, batch_size: int,
   """
   params = {'params': params.get('params', params)}
   n = model.length
-  choose = lambda r, logits: _choose(r, logits, temperature, top_k, top_p)
+  given = _given_tokens(model, prefix, batch_size)
+  num_given = 0 if prefix is None else prefix.shape[1]
+
+  def choose(r, logits, i):
+    token = _choose(r, logits, temperature, top_k, top_p)
+    return token if given is None else jnp.where(i < num_given, given[:,
+                                                                      i], token)
+
   cond, rows, double, combine = _guidance(model, cond, batch_size,
                                           guidance_scale)
   if use_cache:
@@ -370,7 +399,7 @@ def sample(model: GPT, params, rng: jax.Array, batch_size: int,
       cache, logits, rng = carry
       rng, sub = jax.random.split(rng)
       logits = combine(logits)
-      token = choose(sub, logits)
+      token = choose(sub, logits, i)
       cache, next_logits = step(cache, embed(double(token)[:, None]),
                                 model.prefix_length + i)
       return (cache['cache'], next_logits, rng), (token, logits)
@@ -379,7 +408,7 @@ def sample(model: GPT, params, rng: jax.Array, batch_size: int,
                        all_logits) = jax.lax.scan(body, (cache, logits, rng),
                                                   jnp.arange(n - 1))
     logits = combine(logits)
-    last = choose(jax.random.split(rng)[1], logits)
+    last = choose(jax.random.split(rng)[1], logits, n - 1)
     tokens = jnp.concatenate([tokens, last[None]], axis=0).T
     all_logits = jnp.concatenate([all_logits, logits[None]], axis=0)
   else:
@@ -389,7 +418,7 @@ def sample(model: GPT, params, rng: jax.Array, batch_size: int,
       buffer, rng = carry
       rng, sub = jax.random.split(rng)
       logits = combine(model.apply(params, double(buffer), cond)[:, i])
-      return (buffer.at[:, i].set(choose(sub, logits)), rng), logits
+      return (buffer.at[:, i].set(choose(sub, logits, i)), rng), logits
 
     (tokens, _), all_logits = jax.lax.scan(body, (jnp.zeros(
         (batch_size, n), jnp.int32), rng), jnp.arange(n))

@@ -60,6 +60,14 @@ def decode_mask_counts(num_tokens: int, num_steps: int,
   return np.floor(kept + 1e-9).astype(np.int32)
 
 
+def decode_mask_count_table(num_tokens: int, num_steps: int,
+                            method: str = 'cosine') -> np.ndarray:
+  """int32 [N + 1, S]: row n is `decode_mask_counts(n, S)`, the schedule of
+  a decode that starts with n unknown tokens (the others given)."""
+  return np.stack(
+      [decode_mask_counts(n, num_steps, method) for n in range(num_tokens + 1)])
+
+
 def num_masked_for_training(ratio: jax.Array, num_tokens: int,
                             method: str = 'cosine') -> jax.Array:
   """ceil(gamma(ratio) N) clamped to [1, N]: int32 of ratio's shape."""

@@ -250,17 +250,60 @@ def smoothed_cross_entropy(logits: jax.Array, targets: jax.Array,
 
 @flax.struct.dataclass
 class DecodeState:
-  """Carry of the decoding loop. tokens: int32 [B, N, F] with [MASK] ids."""
+  """Carry of the decoding loop. tokens: int32 [B, N, F] with [MASK] ids;
+  num_unknown: int32 [B], the positions to generate (the schedule's N)."""
   rng: jax.Array
   step: jax.Array
   tokens: jax.Array
+  num_unknown: jax.Array
 
 
-def init_state(model: MaskGIT, rng: jax.Array, batch_size: int) -> DecodeState:
-  """All positions masked."""
-  tokens = jnp.broadcast_to(
-      model.mask_ids, (batch_size, model.num_tokens, len(model.vocab_sizes)))
-  return DecodeState(rng=rng, step=jnp.zeros((), jnp.int32), tokens=tokens)
+def init_state(model: MaskGIT, rng: jax.Array, batch_size: int,
+               known_tokens: jax.Array | None = None,
+               known_mask: jax.Array | None = None) -> DecodeState:
+  """All positions masked, except the known ones.
+
+  Args:
+    model, rng, batch_size: as `sample`.
+    known_tokens: int [B, *shape(, F)] ids, read where known_mask is True.
+    known_mask: bool [B, *shape] (or [*shape], shared by the batch): the
+      positions given (e.g. `frame_prefix_mask`); None: none.
+  """
+  factors = len(model.vocab_sizes)
+  masked = jnp.broadcast_to(model.mask_ids,
+                            (batch_size, model.num_tokens, factors))
+  if known_mask is None:
+    return DecodeState(
+        rng=rng, step=jnp.zeros((), jnp.int32), tokens=masked,
+        num_unknown=jnp.full((batch_size,), model.num_tokens, jnp.int32))
+  if known_tokens is None:
+    raise ValueError('MaskGIT: known_mask needs known_tokens')
+  mask = jnp.asarray(known_mask, bool)
+  if mask.ndim == len(model.token_shape):
+    mask = mask[None]  # Shared by the batch.
+  flat_mask = jnp.broadcast_to(mask.reshape(mask.shape[0], model.num_tokens),
+                               (batch_size, model.num_tokens))
+  known = model.flatten(jnp.asarray(known_tokens, jnp.int32))
+  model.check_tokens(jnp.where(flat_mask[..., None], known, 0),
+                     allow_mask=False)
+  tokens = jnp.where(flat_mask[..., None], known, masked)
+  return DecodeState(
+      rng=rng, step=jnp.zeros((), jnp.int32), tokens=tokens,
+      num_unknown=model.num_tokens - flat_mask.sum(-1).astype(jnp.int32))
+
+
+def frame_prefix_mask(token_shape: Sequence[int],
+                      num_frames: int) -> np.ndarray:
+  """bool [T, H, W]: the first num_frames latent frames of a video token grid
+  (T, H, W) known, for generation from observed frames (MAGVIT-v2's causal
+  tokenizer: those tokens depend on the observed frames only)."""
+  if len(token_shape) != 3 or not 0 <= num_frames <= token_shape[0]:
+    raise ValueError(f'a frame prefix needs a (T, H, W) token shape and 0 <= '
+                     f'num_frames <= T, got {tuple(token_shape)} and '
+                     f'{num_frames}')
+  mask = np.zeros(tuple(token_shape), bool)
+  mask[:num_frames] = True
+  return mask
 
 
 def decode_step(model: MaskGIT, params, state: DecodeState,
@@ -274,7 +317,8 @@ def decode_step(model: MaskGIT, params, state: DecodeState,
   by log p(sampled) (summed over factors, untempered model probabilities)
   + choice_temperature (1 - (s+1)/S) Gumbel, known tokens +inf, and re-masks
   the clamp(floor(gamma((s+1)/S) N), 1, #unknown - 1) least confident
-  (0 at the last step). Revealed tokens never change.
+  (0 at the last step), N = state.num_unknown, the positions to generate.
+  Revealed (and given) tokens never change.
   """
   rng, sample_rng, gumbel_rng = jax.random.split(state.rng, 3)
   tokens, step = state.tokens, state.step
@@ -305,21 +349,24 @@ def decode_step(model: MaskGIT, params, state: DecodeState,
   confidence = log_p + choice_temperature * (1.0 - ratio) * gumbel
   confidence = jnp.where(unknown, confidence, jnp.inf)
   num_unknown = unknown.sum(-1)
-  keep = jnp.asarray(
-      mask_schedule.decode_mask_counts(n, num_steps, schedule_method))[step]
+  table = mask_schedule.decode_mask_count_table(n, num_steps, schedule_method)
+  keep = jnp.asarray(table)[state.num_unknown, step]
   keep = jnp.maximum(1, jnp.minimum(num_unknown - 1, keep))
   keep = jnp.where(step + 1 >= num_steps, 0, keep)  # [B]
   ranks = jnp.argsort(jnp.argsort(confidence, axis=-1), axis=-1)
   remask = ranks < keep[:, None]
   new_tokens = jnp.where(remask[..., None], model.mask_ids, sampled)
-  return DecodeState(rng=rng, step=step + 1, tokens=new_tokens)
+  return DecodeState(rng=rng, step=step + 1, tokens=new_tokens,
+                     num_unknown=state.num_unknown)
 
 
 def sample(model: MaskGIT, params, rng: jax.Array, batch_size: int,
            labels: jax.Array | None = None, num_steps: int = 8,
            temperature: float = 1.0, choice_temperature: float = 4.5,
            guidance_scale=0.0, guidance_schedule: str = 'constant',
-           schedule_method: str = 'cosine', return_history: bool = False):
+           schedule_method: str = 'cosine', return_history: bool = False,
+           known_tokens: jax.Array | None = None,
+           known_mask: jax.Array | None = None):
   """Generates tokens [B, *shape] ([B, *shape, F]) in `num_steps` steps.
 
   Args:
@@ -335,6 +382,9 @@ def sample(model: MaskGIT, params, rng: jax.Array, batch_size: int,
     schedule_method: gamma ('cosine', 'arccos', 'linear').
     return_history: also return int [S, B, *shape(, F)], the tokens after
       each step ([MASK] id where still masked).
+    known_tokens, known_mask: tokens given, kept fixed and conditioned on
+      (`init_state`); the schedule runs over the others. E.g. video
+      prediction from observed frames: `frame_prefix_mask`.
 
   Returns:
     tokens, or (tokens, history). Jit-able (static ints/strings/Python temps).
@@ -347,7 +397,7 @@ def sample(model: MaskGIT, params, rng: jax.Array, batch_size: int,
                               guidance_scale=guidance_scale,
                               guidance_schedule=guidance_schedule,
                               schedule_method=schedule_method)
-  state = init_state(model, rng, batch_size)
+  state = init_state(model, rng, batch_size, known_tokens, known_mask)
   if not return_history:
     state = jax.lax.fori_loop(0, num_steps, lambda _, s: step_fn(s), state)
     return model.unflatten(state.tokens)
