@@ -37,6 +37,7 @@ CELL_TIMEOUT_S = 300
 TINY_MODEL = {
     'model.channels': 8,
     'model.num_res_blocks': 0,
+    'model.mid_attention': False,
     'model.channel_multipliers': (1, 2),
     'model.z_channels': 8,
     'model.num_groups': 4,

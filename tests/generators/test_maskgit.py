@@ -292,3 +292,25 @@ def test_known_tokens_stay_and_the_schedule_runs_over_the_rest():
   with pytest.raises(ValueError, match='token ids'):
     maskgit.sample(model, params, jax.random.key(0), 3, num_steps=2,
                    known_tokens=known + model.vocab_size, known_mask=mask)
+
+
+def test_tied_heads_score_against_each_factors_input_embeddings():
+  """logits_f = h_f E_f^T + b_f, E_f factor f's input embedding without its
+  [MASK] row: with every input [MASK], those rows enter only through the
+  head, so swapping them for the identity exposes h_f."""
+  model = _model(token_shape=(2, 2), factor_vocab_sizes=(8, 16), vocab_size=128,
+                 width=8, num_heads=2, mlp_dim=16)
+  params = _init(model)
+  masked = jnp.broadcast_to(jnp.asarray(model.mask_ids), (2, 2, 2, 2))
+  logits_of = jax.jit(lambda p: model.apply({'params': p}, masked))
+  logits = np.asarray(logits_of(params))
+  for f, size in enumerate((8, 16)):
+    table = params[f'embed_{f}']['embedding']
+    bias = np.asarray(params[f'tied_head_bias_{f}'])
+    probe = jax.tree.map(lambda a: a, params)
+    probe[f'embed_{f}'] = {'embedding': table.at[:size].set(jnp.eye(size, 8))}
+    h = np.asarray(logits_of(probe))[..., f, :8] - bias[:8]
+    np.testing.assert_allclose(logits[..., f, :size],
+                               h @ np.asarray(table[:size]).T + bias, atol=1e-5)
+  untied = _init(_model(token_shape=(2, 2), tied_heads=False))
+  assert 'head_0' in untied and 'tied_head_0' not in untied

@@ -328,3 +328,13 @@ def test_a_checkpoint_of_the_other_layer_layout_names_the_switch():
   assert checkpoint_lib.state_mismatch(
       scanned, unrolled).endswith('resume it with model.scan_layers = True')
   assert checkpoint_lib.state_mismatch(unrolled, unrolled) is None
+
+
+def test_a_maskgit_checkpoint_of_the_other_head_kind_names_the_switch():
+  dense = {'kernel': np.zeros((4, 8), np.float32)}
+  untied = {'params': {'head_0': dense}}
+  tied = {'params': {'tied_head_0': dense, 'tied_head_bias_0': np.zeros(8)}}
+  assert checkpoint_lib.state_mismatch(untied, tied).endswith(
+      '(vqlab before 2026-12): resume it with model.tied_heads = False')
+  assert checkpoint_lib.state_mismatch(
+      tied, untied).endswith('resume it with model.tied_heads = True')

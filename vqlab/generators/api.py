@@ -70,10 +70,14 @@ class GeneratorApi:
       float [B] or None. metrics has at least 'loss' and 'accuracy'
       (scalars).
     sample: (model, params, rng, batch_size, cond, *, settings,
-      loss_settings, token_shape) -> int tokens [B, ...] (reshaped by the
-      caller to [B, *grid(, F)], grid = settings.grid_shape or token_shape);
-      settings: the task's `sample` section, loss_settings its `loss`
-      section, token_shape the token grid of one training example.
+      loss_settings, token_shape, known=None) -> int tokens [B, ...]
+      (reshaped by the caller to [B, *grid(, F)], grid = settings.grid_shape
+      or token_shape); settings: the task's `sample` section, loss_settings
+      its `loss` section, token_shape the token grid of one training
+      example; known: None, or (tokens int [B, *token_shape(, F)], mask
+      bool [*token_shape]) of given tokens to keep and condition on (a
+      generator whose settings_read lacks 'sample.observed_frames' never
+      gets one).
     init_loss_state: (model) -> the loss state of a fresh run (default {}).
     check_settings: (task config) -> None; ConfigError naming the key when
       the task's `loss` / `sample` settings do not suit this generator.

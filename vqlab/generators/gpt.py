@@ -616,11 +616,11 @@ def _loss(model: GPT, params, tokens: jax.Array, cond, rng: jax.Array, *,
 def _sample(model: GPT, params, rng: jax.Array, batch_size: int, cond, *,
             settings: ml_collections.ConfigDict,
             loss_settings: ml_collections.ConfigDict,
-            token_shape: tuple[int, ...]) -> jax.Array:
+            token_shape: tuple[int, ...], known=None) -> jax.Array:
   """`sample` with the settings: int32 [B, length]; with
   settings.grid_shape (H, W), `sample_sliding_window` over that grid with
   the training grid token_shape as the window: int32 [B, H, W]."""
-  del loss_settings
+  del loss_settings, known  # Frame prefixes: `sample(prefix=...)`.
   options = dict(temperature=settings.temperature, top_k=settings.top_k,
                  top_p=settings.top_p, guidance_scale=settings.guidance_scale)
   if settings.grid_shape:

@@ -9,6 +9,10 @@ its own [MASK] id `factor_vocab_sizes[f]`, the input embedding is the sum of
 the per-factor embeddings and each factor has its own output head. A position
 is masked or revealed in all factors together.
 
+Output heads (`tied_heads`, the default, as MaskGIT and MAGVIT-v2): factor f's
+head is Dense(width) -> GELU -> LayerNorm, then logits against factor f's own
+input embedding matrix (weight tying) plus a bias; untied, a Dense(V_f).
+
 Logits: [B, *shape, vocab_size] without factors; with factors
 [B, *shape, F, max(factor_vocab_sizes)], the entries of factor f at ids >=
 factor_vocab_sizes[f] are NEG_INF (never sampled, no probability mass).
@@ -48,6 +52,8 @@ class MaskGIT(nn.Module):
     width, num_layers, num_heads, mlp_dim, dropout_rate: the transformer.
     dtype: compute dtype; logits are float32.
     scan_layers, remat_policy: how the blocks run (vqlab.nn.transformer).
+    tied_heads: output heads tied to the input embeddings (module
+      docstring); False: one Dense per factor.
   """
   vocab_size: int
   token_shape: Sequence[int]
@@ -61,6 +67,7 @@ class MaskGIT(nn.Module):
   dtype: Any = jnp.float32
   scan_layers: bool = False
   remat_policy: str = 'none'
+  tied_heads: bool = True
 
   # -- Token layout helpers (no parameters; callable on an unbound module). --
 
@@ -137,9 +144,11 @@ class MaskGIT(nn.Module):
                   train: bool = False) -> jax.Array:
     """int [B, N, F] -> float32 logits [B, N, F, max V] (for loss/decoding)."""
     batch = flat.shape[0]
-    x = sum(
-        nn.Embed(size + 1, self.width, name=f'embed_{f}')(flat[..., f])
-        for f, size in enumerate(self.vocab_sizes))
+    embeds = [
+        nn.Embed(size + 1, self.width, name=f'embed_{f}')
+        for f, size in enumerate(self.vocab_sizes)
+    ]
+    x = sum(embed(flat[..., f]) for f, embed in enumerate(embeds))
     if self.num_classes:
       if labels is None:
         labels = jnp.full((batch,), self.num_classes, jnp.int32)
@@ -159,7 +168,15 @@ class MaskGIT(nn.Module):
     max_vocab = max(self.vocab_sizes)
     heads = []
     for f, size in enumerate(self.vocab_sizes):
-      logits = nn.Dense(size, dtype=self.dtype, name=f'head_{f}')(x)
+      if self.tied_heads:
+        h = nn.Dense(self.width, dtype=self.dtype, name=f'tied_head_{f}')(x)
+        h = nn.LayerNorm(dtype=self.dtype,
+                         name=f'tied_head_norm_{f}')(nn.gelu(h))
+        bias = self.param(f'tied_head_bias_{f}', nn.initializers.zeros, (size,))
+        # Against the codes' embeddings, without the [MASK] row.
+        logits = embeds[f].attend(h)[..., :size] + bias
+      else:
+        logits = nn.Dense(size, dtype=self.dtype, name=f'head_{f}')(x)
       heads.append(
           jnp.pad(logits.astype(jnp.float32),
                   ((0, 0), (0, 0), (0, max_vocab - size)),
@@ -426,6 +443,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.num_heads = 2  # Attention heads (paper: 16).
   config.mlp_dim = 64  # MLP hidden width (paper: 3072).
   config.dropout_rate = 0.0  # Dropout (paper: 0.1).
+  # Output heads tied to the (per-factor) input embeddings, as MaskGIT and
+  # MAGVIT-v2; False: a Dense head per factor (vqlab before 2026-12).
+  config.tied_heads = True
   transformer.add_stack_config(config)
   return config
 
@@ -442,12 +462,12 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
     raise ConfigError(
         f'{prefix}.num_heads', f'{config.num_heads} does not divide width '
         f'{config.width}')
-  return MaskGIT(vocab_size=config.vocab_size,
-                 token_shape=tuple(config.token_shape),
-                 factor_vocab_sizes=factors, num_classes=config.num_classes,
-                 width=config.width, num_layers=config.num_layers,
-                 num_heads=config.num_heads, mlp_dim=config.mlp_dim,
-                 dropout_rate=config.dropout_rate, dtype=jnp.dtype(dtype),
+  return MaskGIT(vocab_size=config.vocab_size, token_shape=tuple(
+      config.token_shape), factor_vocab_sizes=factors,
+                 num_classes=config.num_classes, width=config.width,
+                 num_layers=config.num_layers, num_heads=config.num_heads,
+                 mlp_dim=config.mlp_dim, dropout_rate=config.dropout_rate,
+                 dtype=jnp.dtype(dtype), tied_heads=config.tied_heads,
                  **transformer.stack_options(config, prefix))
 
 
@@ -490,24 +510,29 @@ def _loss(model: MaskGIT, params, tokens: jax.Array, cond, rng: jax.Array, *,
 def _sample(model: MaskGIT, params, rng: jax.Array, batch_size: int, cond, *,
             settings: ml_collections.ConfigDict,
             loss_settings: ml_collections.ConfigDict,
-            token_shape: tuple[int, ...]) -> jax.Array:
-  """`sample` with the settings; decoding follows the training schedule."""
+            token_shape: tuple[int, ...], known=None) -> jax.Array:
+  """`sample` with the settings; decoding follows the training schedule;
+  known (tokens, mask): given tokens."""
   del token_shape  # The model's own.
+  known_tokens, known_mask = known if known is not None else (None, None)
   return sample(model, params, rng, batch_size, cond,
                 num_steps=settings.num_steps, temperature=settings.temperature,
                 choice_temperature=settings.choice_temperature,
                 guidance_scale=settings.guidance_scale,
                 guidance_schedule=settings.guidance_schedule,
-                schedule_method=loss_settings.mask_schedule)
+                schedule_method=loss_settings.mask_schedule,
+                known_tokens=known_tokens, known_mask=known_mask)
 
 
 def _settings_read(config: ml_collections.ConfigDict) -> frozenset[str]:
   """Guidance and label dropout need classes; the guidance schedule, a
-  guidance scale."""
+  guidance scale; observed frames, video tokens."""
   keys = {
       'loss.label_smoothing', 'loss.mask_schedule', 'sample.temperature',
       'sample.num_steps', 'sample.choice_temperature'
   }
+  if len(config.model.token_shape) == 3:  # Video tokens: frame prediction.
+    keys.add('sample.observed_frames')
   if config.model.num_classes:
     keys |= {'loss.label_drop', 'sample.guidance_scale'}
     if config.sample.guidance_scale:

@@ -532,11 +532,11 @@ def _loss(model: VQDiffusion, params, tokens: jax.Array, cond, rng: jax.Array,
 def _sample(model: VQDiffusion, params, rng: jax.Array, batch_size: int, cond,
             *, settings: ml_collections.ConfigDict,
             loss_settings: ml_collections.ConfigDict,
-            token_shape: tuple[int, ...]) -> jax.Array:
+            token_shape: tuple[int, ...], known=None) -> jax.Array:
   """`sample` with the settings: w = settings.guidance_scale is MaskGIT's
   (s = 1 + w, so w = 0 is conditional sampling); diffusion_steps 0 walks
   the full chain."""
-  del loss_settings, token_shape
+  del loss_settings, token_shape, known  # Never given one (settings_read).
   purity = ({
       'purity_weight': settings.purity_weight
   } if settings.diffusion_sampler == 'purity' else {})

@@ -5,6 +5,7 @@ one used; a readable step that does not fit this config is never touched."""
 from collections.abc import Iterable
 import contextlib
 import os
+import re
 from typing import Any
 
 from absl import logging
@@ -85,7 +86,8 @@ def state_mismatch(saved: Any, expected: Any, limit: int = 3) -> str | None:
     return None
   more = len(problems) - limit
   return ('; '.join(problems[:limit]) + (f'; {more} more' if more > 0 else '') +
-          _layer_layout_hint(old.keys(), new.keys()))
+          _layer_layout_hint(old.keys(), new.keys()) +
+          _head_layout_hint(old.keys(), new.keys()))
 
 
 def _layer_layout_hint(saved: Iterable[str], expected: Iterable[str]) -> str:
@@ -98,6 +100,19 @@ def _layer_layout_hint(saved: Iterable[str], expected: Iterable[str]) -> str:
                       ('unrolled', 'False'))
   return (f'. The checkpoint stores the transformer blocks {saved_as}: '
           f'resume it with model.scan_layers = {wanted}')
+
+
+def _head_layout_hint(saved: Iterable[str], expected: Iterable[str]) -> str:
+  """A hint when a MaskGIT checkpoint's output heads are tied and the
+  model's are not, or the other way (vqlab.generators.maskgit)."""
+  tied = lambda keys: any(re.search(r'/tied_head_\d+/', k) for k in keys)
+  untied = lambda keys: any(re.search(r'/head_\d+/', k) for k in keys)
+  if tied(saved) and untied(expected):
+    return '. The checkpoint has tied heads: resume it with model.tied_heads = True'
+  if untied(saved) and tied(expected):
+    return ('. The checkpoint has untied heads (vqlab before 2026-12): resume '
+            'it with model.tied_heads = False')
+  return ''
 
 
 class Checkpointer:

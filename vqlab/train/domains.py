@@ -72,6 +72,7 @@ _EXPERIMENT = {
     'sample.truncation': '(0, 1]',
     'sample.grid_shape': _COUNT,  # Entry by entry.
     'sample.purity_weight': '>= 0',
+    'sample.observed_frames': '>= 0',
     # TiTok proxy-code task.
     'proxy.step': _STEP,
 }

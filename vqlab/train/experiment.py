@@ -146,13 +146,17 @@ class Experiment:
                                        static_argnames=('batch_size',),
                                        out_shardings=replicated)
 
-  def sample_images(self, state, rng, cond=None, batch_size=None):
+  def sample_images(self, state, rng, cond=None, batch_size=None,
+                    observed=None):
     """Decoded samples [B, (T,) H, W, C] of a generator task; cond: host
-    arrays from `task.sample_conditions` (or None)."""
+    arrays from `task.sample_conditions` (or None); observed: host clips
+    whose first frames are given (`task.eval_clips`), or None."""
     if cond is not None:
       cond = jax.device_put(cond, self.batch_sharding)
+    if observed is not None:
+      observed = jax.device_put(observed, self.batch_sharding)
     return self.jit_sample_images(state, rng, cond, self.frozen,
-                                  batch_size=batch_size)
+                                  batch_size=batch_size, observed=observed)
 
   def record_config(self, step: int) -> None:
     """Writes config.json, once the restore has decided which run this is.

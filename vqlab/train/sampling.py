@@ -9,6 +9,11 @@ classes), decodes them with the frozen tokenizer and writes
                                       strip per clip in the grid)
   samples_<step>.json                 the metrics below
 
+With `sample.observed_frames` = k > 0 (MaskGIT on video tokens) the samples
+are frame predictions: sample n continues eval clip n (cycling) from its
+first k latent frames, and 'prediction_psnr' is the mean PSNR of the
+predicted pixel frames against the clip's own.
+
 With the Inception file present (`eval.fid` 'auto' or 'on'): the Inception
 Score of the samples and gFID against `eval.fid_reference`, or, when none is
 given, against the statistics of the `data` section's eval split (computed
@@ -22,6 +27,7 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -29,6 +35,7 @@ from vqlab import fileio
 from vqlab.errors import CheckpointError
 from vqlab.errors import ConfigError
 from vqlab.evals import fid
+from vqlab.evals import image_metrics
 from vqlab.nn import inception
 from vqlab.train import experiment
 from vqlab.train import progress as progress_lib
@@ -91,12 +98,24 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
   progress = progress_lib.Progress(0, num_batches, s.batch_size,
                                    enabled=is_chief)
   base_rng = jax.random.key(s.seed)
+  clips = task.eval_clips(s.batch_size) if s.observed_frames else None
+  prediction_psnr = []
   with jax.set_mesh(exp.mesh):
     for i in range(num_batches):
-      cond = task.sample_conditions(i * s.batch_size, s.batch_size)
-      images = exp.sample_images(state, jax.random.fold_in(base_rng, i), cond,
-                                 batch_size=s.batch_size)
       keep = min(s.batch_size, s.num_samples - i * s.batch_size)
+      rng = jax.random.fold_in(base_rng, i)
+      if clips is None:
+        cond = task.sample_conditions(i * s.batch_size, s.batch_size)
+        images = exp.sample_images(state, rng, cond, batch_size=s.batch_size)
+      else:  # Frame prediction: the eval clips' first frames given.
+        observed, labels = next(clips)
+        images = exp.sample_images(state, rng, labels, batch_size=s.batch_size,
+                                   observed=observed)
+        first = task.observed_pixel_frames(observed.shape[1])
+        prediction_psnr.append(
+            np.asarray(
+                image_metrics.psnr(jnp.asarray(observed[:keep, first:]),
+                                   jax.device_get(images)[:keep, first:])))
       host = np.asarray(jax.device_get(images))[:keep]
       if is_chief:
         _save(out_dir, i, host, i * s.batch_size)
@@ -112,6 +131,8 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
       progress.update(i + 1, {})
   progress.close()
   result = {'step': step, 'num_samples': s.num_samples, 'samples_dir': out_dir}
+  if prediction_psnr:
+    result['prediction_psnr'] = float(np.concatenate(prediction_psnr).mean())
   if use_inception:
     mu, sigma = _reference(config, workdir)
     result['gfid'] = fid.frechet_distance(stats.mean(), stats.covariance(), mu,

@@ -9,6 +9,7 @@ import pytest
 from configs.gpt import tiny_cpu as gpt_tiny
 from configs.gpt import tiny_superres_cpu as gpt_superres
 from configs.maskgit import tiny_cpu as maskgit_tiny
+from configs.maskgit import ucf101_tiny_cpu as maskgit_video
 from configs.vq_diffusion import tiny_class as vq_diffusion_class
 from configs.vq_diffusion import tiny_text as vq_diffusion_text
 from vqlab import generators
@@ -74,6 +75,8 @@ IGNORED = [
     (_gpt_sliding_window, 'sample.use_cache', False),
     (vq_diffusion_class.get_config, 'sample.purity_weight', 2.0),
     (maskgit_tiny.get_config, 'sample.diffusion_sampler', 'purity'),
+    (maskgit_tiny.get_config, 'sample.observed_frames', 1),  # Images.
+    (gpt_tiny.get_config, 'sample.observed_frames', 1),
 ]
 
 
@@ -95,6 +98,7 @@ READ = [
     (_gpt_class, 'sample.grid_shape', (10, 10)),
     (vq_diffusion_class.get_config, 'sample.truncation', 0.86),
     (_vq_diffusion_purity, 'sample.purity_weight', 2.0),
+    (maskgit_video.get_config, 'sample.observed_frames', 1),
     (vq_diffusion_text.get_config, 'sample.prompts', ('a cat',)),
     (vq_diffusion_text.get_config, 'loss.label_drop', 0.2),
 ]

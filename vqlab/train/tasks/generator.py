@@ -33,6 +33,7 @@ from vqlab import generators
 from vqlab.data import token_shards
 from vqlab.errors import ConfigError
 from vqlab.generators import mask_schedule
+from vqlab.generators import maskgit
 from vqlab.train import frozen as frozen_lib
 from vqlab.train import optimizers
 from vqlab.train import trained_tokenizer
@@ -118,6 +119,10 @@ def default_config() -> ml_collections.ConfigDict:
   # than the training grid, sampled with taming's sliding window (the training
   # grid is the window); (): the training grid.
   sample.grid_shape = ()
+  # MaskGIT on video tokens (T, H, W): frame prediction. The first k latent
+  # frames of each eval clip are given, the rest generated, and the PSNR of
+  # the predicted pixel frames reported; 0: generation from scratch.
+  sample.observed_frames = 0
   # VQ-Diffusion: reverse steps (0: all T; fewer skip, e.g. 25 or 10).
   sample.diffusion_steps = 0
   # VQ-Diffusion: keep p(x_0) up to this cumulative mass (paper: 0.86).
@@ -501,31 +506,70 @@ class GeneratorTask(base.Task):
                                           np.int32).reshape(len(tokens), -1)
     return self._eval_cond_tokens
 
-  def sample_tokens(self, params, rng, batch_size: int, cond=None):
+  def sample_tokens(self, params, rng, batch_size: int, cond=None, known=None):
     """Generated tokens [B, *grid(, F)] with the `sample` settings; grid is
-    sample.grid_shape, or the training token shape."""
+    sample.grid_shape, or the training token shape. known: None, or
+    (tokens [B, *token_shape(, F)], mask bool [*token_shape]) given."""
     tokens = self.api.sample(self.model, params, rng, batch_size, cond,
                              settings=self.config.sample,
                              loss_settings=self.config.loss,
-                             token_shape=self.token_shape)
+                             token_shape=self.token_shape, known=known)
     factor_axes = ((len(self.tokenizer.factor_vocab_sizes),)
                    if self.tokenizer.factor_vocab_sizes else ())
     grid = tuple(self.config.sample.grid_shape) or self.token_shape
     return tokens.reshape((batch_size,) + grid + factor_axes)
 
   def sample_images(self, state: TrainState, rng, cond, frozen=None,
-                    batch_size: int | None = None):
+                    batch_size: int | None = None, observed=None):
     """Samples decoded by the tokenizer: [B, (T,) H, W, C] in [-1, 1].
 
-    cond: what `sample_conditions` returns (on the devices).
+    cond: what `sample_conditions` returns (on the devices). observed:
+    clips [B, T, H, W, C] whose first sample.observed_frames latent frames
+    are given (frame prediction), or None.
     """
     frozen = self.frozen if frozen is None else frozen
     if cond is not None:
       batch_size = jax.tree.leaves(cond)[0].shape[0]
       if self.text is not None:
         cond = self.text.condition(cond, frozen)
-    tokens = self.sample_tokens(self.eval_params(state), rng, batch_size, cond)
+    known = None
+    if observed is not None:
+      batch_size = observed.shape[0]
+      known = (self.tokenizer.encode(frozen['tokenizer'], observed),
+               maskgit.frame_prefix_mask(self.token_shape,
+                                         self.config.sample.observed_frames))
+    tokens = self.sample_tokens(self.eval_params(state), rng, batch_size, cond,
+                                known)
     return self.tokenizer.decode(frozen['tokenizer'], tokens)
+
+  def observed_pixel_frames(self, num_frames: int) -> int:
+    """Pixel frames that sample.observed_frames latent frames cover in a
+    clip of num_frames: the causal tokenizer's first latent frame is pixel
+    frame 0, each later one the next (T - 1) / (T' - 1) frames."""
+    latent = self.token_shape[0]
+    per_latent = (num_frames - 1) // max(latent - 1, 1)
+    return 1 + (self.config.sample.observed_frames - 1) * per_latent
+
+  def eval_clips(self, batch_size: int):
+    """Yields (clips float [B, T, H, W, C], labels int [B] or None): the
+    eval split's clips in order, padding left out, cycling."""
+    while True:
+      source = data_lib.build(self.config.data, split='eval',
+                              global_batch_size=self.config.eval.batch_size)
+      clips, labels, seen = [], [], 0
+      for batch in source.batches():
+        seen += int(np.sum(batch['mask']))
+        mask = np.asarray(batch['mask'], bool)
+        clips.extend(np.asarray(batch[_input_key(batch)])[mask])
+        labels.extend(np.asarray(batch.get('label', np.zeros(len(mask))))[mask])
+        while len(clips) >= batch_size:
+          yield (np.stack(clips[:batch_size]),
+                 np.asarray(labels[:batch_size], np.int32)
+                 if self.num_classes else None)
+          clips, labels = clips[batch_size:], labels[batch_size:]
+      if seen < batch_size:
+        raise ValueError(f'frame prediction: the eval split has {seen} clips, '
+                         f'fewer than sample.batch_size {batch_size}')
 
   @staticmethod
   def image_rows(images: dict[str, np.ndarray], n: int) -> list[np.ndarray]:
@@ -574,6 +618,13 @@ def build(config: ml_collections.ConfigDict,
   token_shape = check_model_fits(config.model, tokenizer,
                                  _input_shape(config, workdir, tokenizer))
   _check_sample_grid(config.sample.grid_shape, token_shape)
+  observed = config.sample.observed_frames
+  if observed and not (len(token_shape) == 3 and observed < token_shape[0]):
+    raise ConfigError(
+        'sample.observed_frames',
+        f'{observed}, but the tokens have shape {token_shape}: frame '
+        'prediction needs video tokens (T, H, W) and fewer observed latent '
+        'frames than T')
   spec = generators.get_api(config.model.name).condition_spec(config.model)
   text = (text_conditions.TextConditioner(config)
           if spec.kind == 'text' else None)

@@ -1,0 +1,74 @@
+"""Class-conditional video MaskGIT on UCF-101, MAGVIT-v2's generation setup.
+
+Tokens: the MAGVIT-v2 tokenizer of configs/magvit2/ucf101_17x128.py (trained
+in workdirs/magvit2_ucf101): 17 frames of 128x128 -> 5x16x16 tokens, LFQ
+2^18 codes as two factors of 2^9, predicted by factorized heads tied to the
+per-factor embeddings (MAGVIT-v2). Transformer: MAGVIT-L
+(24 layers, 16 heads, width 1024, MLP 4096, about 306M parameters);
+101 classes, label dropout 0.1 for guidance; 12 decoding steps. The sizes
+are the papers'; the optimizer and schedule settings are vqlab's (MaskGIT's
+recipe), not reported for this model.
+
+  python main.py --config=configs/maskgit/ucf101_17x128.py --workdir=... --mode=tokenize
+  python main.py --config=configs/maskgit/ucf101_17x128.py --workdir=...
+  python main.py --config=configs/maskgit/ucf101_17x128.py --workdir=... --mode=sample
+
+--config.sample.observed_frames=1 (one latent frame: the first pixel frame)
+or 2 (frames 0-4) predicts the rest of each eval clip instead (frame
+prediction) and reports the PSNR of the predicted frames.
+"""
+
+from vqlab import data
+from vqlab.train import experiment_config
+from vqlab.train.tasks import generator
+
+
+def model_config():
+  """The video transformer over factorized LFQ tokens."""
+  model = generator.default_config().model
+  model.vocab_size = 2**18
+  model.factor_vocab_sizes = (2**9, 2**9)
+  model.tied_heads = True
+  model.token_shape = (5, 16, 16)
+  model.num_classes = 101
+  model.width = 1024
+  model.num_layers = 24
+  model.num_heads = 16
+  model.mlp_dim = 4096
+  model.dropout_rate = 0.1
+  model.scan_layers = True
+  return model
+
+
+def get_config():
+  config = experiment_config.base_config()
+  config.update(generator.default_config())
+  config.compute_dtype = 'bfloat16'
+  config.tokenizer.workdir = 'workdirs/magvit2_ucf101'
+  config.data = data.default_config('tfds_video')
+  config.data.tfds_name = 'ucf101'
+  config.data.image_size = 128
+  config.data.num_frames = 17
+  config.tokens.batch_size = 64
+  config.tokens.num_train_examples = -1  # One pass, one random clip per video.
+
+  config.model = model_config()
+  config.loss.label_smoothing = 0.1
+  config.loss.label_drop = 0.1
+
+  config.optimizer.learning_rate = 1e-4
+  config.optimizer.weight_decay = 0.045
+  config.optimizer.warmup_steps = 5000
+  config.optimizer.schedule = 'cosine'
+  config.train.batch_size = 256
+  config.train.num_steps = 500_000
+  config.train.log_every = 100
+  config.train.eval_every = 20_000
+  config.train.checkpoint_every = 5_000
+  config.eval.batch_size = 64
+  config.ema.decay = 0.9999
+
+  config.sample.num_steps = 12
+  config.sample.batch_size = 64
+  config.sample.num_samples = 10_000  # FVD on UCF-101: 10k samples.
+  return config

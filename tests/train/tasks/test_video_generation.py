@@ -1,0 +1,105 @@
+"""MaskGIT over MAGVIT-v2 video tokens (factorized LFQ codes): --mode=sample
+writes GIFs, and frame prediction keeps the observed frames and reports the
+PSNR of the predicted ones."""
+
+import glob
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs.maskgit import ucf101_tiny_cpu
+from tests import tiny
+from vqlab.errors import ConfigError
+from vqlab.evals import image_metrics
+from vqlab.train import experiment
+from vqlab.train import experiment_config
+from vqlab.train import sampling
+
+
+def _devices():
+  return jax.devices()[:2]
+
+
+@pytest.fixture(scope='module')
+def video_generator(tmp_path_factory):
+  """An untrained (initial-checkpoint) video MaskGIT on the tiny MAGVIT-v2."""
+  tokenizer_dir = tiny.video_tokenizer_run(
+      str(tmp_path_factory.mktemp('magvit2')), _devices())
+  config = ucf101_tiny_cpu.get_config()
+  config.tokenizer.workdir = tokenizer_dir
+  config.tokens.source = 'on_the_fly'
+  config.data.num_eval_examples = 6
+  config.model.factor_vocab_sizes = (32, 32)
+  config.model.width, config.model.num_layers = 32, 1
+  config.model.mlp_dim = 64
+  config.eval.lpips = config.eval.fid = 'off'
+  config.eval.batch_size = 4
+  config.sample.num_steps = 3
+  config.sample.num_samples, config.sample.batch_size = 4, 2
+  workdir = str(tmp_path_factory.mktemp('generator'))
+  exp = experiment.Experiment(config, workdir, _devices())
+  state, _ = exp.initial_state()
+  exp.record_config(0)
+  exp.checkpointer.save(1, state, force=True)
+  exp.checkpointer.wait()
+  exp.checkpointer.close()
+  return config, workdir
+
+
+def test_samples_are_gifs(video_generator):
+  config, workdir = video_generator
+  result = sampling.sample(config, workdir, devices=_devices())
+  assert len(glob.glob(os.path.join(result['samples_dir'], '*.gif'))) == 4
+  assert 'prediction_psnr' not in result
+
+
+def test_frame_prediction_keeps_the_observed_frames(video_generator):
+  config, workdir = video_generator
+  config = experiment_config.validate(config, 2)
+  config.unlock()
+  config.sample.observed_frames = 1
+  result = sampling.sample(config, workdir, devices=_devices())
+
+  # Directly: the first two eval clips, their first latent frame given.
+  exp = experiment.Experiment(config, workdir, _devices())
+  state, _ = exp.checkpointer.restore(exp.abstract_state)
+  clips, labels = next(exp.task.eval_clips(2))
+  predicted = np.asarray(
+      exp.sample_images(
+          state, jax.random.fold_in(jax.random.key(config.sample.seed), 0),
+          labels, batch_size=2, observed=clips))
+  # Pixel frame 0 is latent frame 0 only (a causal decoder): it is the
+  # clip's own reconstruction; frames 1-4 are predicted.
+  assert exp.task.observed_pixel_frames(5) == 1
+  tok = exp.task.tokenizer
+  reconstruction = np.asarray(
+      tok.decode(tok.variables, tok.encode(tok.variables, clips)))
+  np.testing.assert_allclose(predicted[:, 0], reconstruction[:, 0], atol=1e-5)
+  psnr = image_metrics.psnr(clips[:, 1:], predicted[:, 1:])
+  assert result['prediction_psnr'] == pytest.approx(
+      float(np.mean(np.concatenate([psnr, _second_batch_psnr(exp, state)]))),
+      rel=1e-5)
+
+
+def _second_batch_psnr(exp, state):
+  batches = exp.task.eval_clips(2)
+  next(batches)
+  clips, labels = next(batches)
+  predicted = exp.sample_images(
+      state, jax.random.fold_in(jax.random.key(exp.config.sample.seed), 1),
+      labels, batch_size=2, observed=clips)
+  return np.asarray(image_metrics.psnr(clips[:, 1:], predicted[:, 1:]))
+
+
+def test_frame_prediction_needs_fewer_observed_than_latent_frames(
+    video_generator):
+  config, workdir = video_generator
+  config = experiment_config.validate(config, 2)
+  config.unlock()
+  config.sample.observed_frames = 3  # All 3 latent frames.
+  with pytest.raises(
+      ConfigError, match=r'sample.observed_frames: 3, but the '
+      r'tokens have shape \(3, 8, 8\)'):
+    sampling.sample(config, workdir, devices=_devices())
