@@ -11,11 +11,14 @@ import pytest
 
 from configs.maskgit import ucf101_tiny_cpu
 from tests import tiny
+from vqlab import generators
 from vqlab.errors import ConfigError
 from vqlab.evals import image_metrics
 from vqlab.train import experiment
 from vqlab.train import experiment_config
 from vqlab.train import sampling
+from vqlab.train import trained_tokenizer
+from vqlab.train.tasks import generator
 
 
 def _devices():
@@ -103,3 +106,19 @@ def test_frame_prediction_needs_fewer_observed_than_latent_frames(
       ConfigError, match=r'sample.observed_frames: 3, but the '
       r'tokens have shape \(3, 8, 8\)'):
     sampling.sample(config, workdir, devices=_devices())
+
+
+@pytest.mark.parametrize('name', ['gpt', 'vq_diffusion'])
+def test_gpt_and_vq_diffusion_refuse_factorized_codes_in_one_line(
+    video_generator, name):
+  config, _ = video_generator
+  tokenizer = trained_tokenizer.load(config.tokenizer.workdir)
+  assert tokenizer.factor_vocab_sizes == (32, 32)
+  model = generators.default_config(name)
+  model.vocab_size = 1024
+  if name == 'gpt':
+    model.length = 3 * 8 * 8
+  else:
+    model.token_shape = (3, 8, 8)
+  with pytest.raises(ConfigError, match=r'^model.name: .*factorized codes'):
+    generator.check_model_fits(model, tokenizer, (5, 16, 16, 3))

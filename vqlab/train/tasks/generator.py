@@ -558,8 +558,8 @@ class GeneratorTask(base.Task):
                               global_batch_size=self.config.eval.batch_size)
       clips, labels, seen = [], [], 0
       for batch in source.batches():
-        seen += int(np.sum(batch['mask']))
         mask = np.asarray(batch['mask'], bool)
+        seen += int(mask.sum())
         clips.extend(np.asarray(batch[_input_key(batch)])[mask])
         labels.extend(np.asarray(batch.get('label', np.zeros(len(mask))))[mask])
         while len(clips) >= batch_size:
