@@ -47,10 +47,8 @@ def _direct_metrics(exp, state, num_batches):
   variables = {'params': state.params['generator'], **state.model_state}
   frozen = exp.task.frozen
 
-  # Weights are arguments, not constants baked into the program (a slower
-  # compile, and a large executable to write to the compilation cache).
   @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
-  def per_image(variables, frozen, x):
+  def per_image(x):
     x_rec, q_out = model.apply(variables, x, train=False)
     x_rec = jnp.clip(x_rec, -1, 1)
     pool = lambda v: inception.InceptionV3().apply(
@@ -70,8 +68,7 @@ def _direct_metrics(exp, state, num_batches):
       break
     # The whole padded batch (one compile), then its real rows.
     mask = np.asarray(batch['mask'], bool)
-    for key, value in per_image(variables, frozen,
-                                jnp.asarray(batch['image'])).items():
+    for key, value in per_image(jnp.asarray(batch['image'])).items():
       value = np.asarray(value)
       rows[key].append(value[mask] if key != 'codes' else value.
                        reshape(len(mask), -1)[mask].reshape(-1))
