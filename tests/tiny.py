@@ -38,15 +38,10 @@ def tokenizer_config(image_size: int = 16, steps: int = 4):
   return config
 
 
-def tokenizer_run(workdir: str, devices=None) -> str:
-  """A tokenizer run in `workdir` with an initial (untrained) checkpoint.
-
-  Stage-2 tests need a tokenizer run's files (config.json and a checkpoint),
-  not a good tokenizer, so nothing is trained.
-  """
+def initial_run(config, workdir: str, devices=None) -> str:
+  """Writes a run of `config` in `workdir`: its config.json and the initial
+  (untrained) state as the checkpoint of step 1."""
   from vqlab.train import experiment  # pylint: disable=g-import-not-at-top
-  config = tokenizer_config()
-  config.eval.lpips = config.eval.fid = 'off'
   exp = experiment.Experiment(config, workdir, devices)
   state, _ = exp.initial_state()
   exp.record_config(0)
@@ -54,6 +49,17 @@ def tokenizer_run(workdir: str, devices=None) -> str:
   exp.checkpointer.wait()
   exp.checkpointer.close()
   return workdir
+
+
+def tokenizer_run(workdir: str, devices=None) -> str:
+  """A tokenizer run in `workdir` with an initial (untrained) checkpoint.
+
+  Stage-2 tests need a tokenizer run's files (config.json and a checkpoint),
+  not a good tokenizer, so nothing is trained.
+  """
+  config = tokenizer_config()
+  config.eval.lpips = config.eval.fid = 'off'
+  return initial_run(config, workdir, devices)
 
 
 def video_tokenizer_run(workdir: str, devices=None) -> str:
@@ -61,18 +67,11 @@ def video_tokenizer_run(workdir: str, devices=None) -> str:
   moving-shapes clips -> 3x8x8 tokens of 2^10 LFQ codes (its factor_bits
   (5, 5) split them into two factors of 32)."""
   from configs.magvit2 import tiny_cpu  # pylint: disable=g-import-not-at-top
-  from vqlab.train import experiment  # pylint: disable=g-import-not-at-top
   config = tiny_cpu.get_config()
   config.model.num_res_blocks = 0
   config.model.quantizer.factor_bits = (5, 5)
   config.eval.lpips = config.eval.fid = 'off'
-  exp = experiment.Experiment(config, workdir, devices)
-  state, _ = exp.initial_state()
-  exp.record_config(0)
-  exp.checkpointer.save(1, state, force=True)
-  exp.checkpointer.wait()
-  exp.checkpointer.close()
-  return workdir
+  return initial_run(config, workdir, devices)
 
 
 def generator_config(tokenizer_workdir: str, model: str = 'maskgit',

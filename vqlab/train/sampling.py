@@ -111,12 +111,13 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
         observed, labels = next(clips)
         images = exp.sample_images(state, rng, labels, batch_size=s.batch_size,
                                    observed=observed)
+      host = np.asarray(jax.device_get(images))[:keep]
+      if clips is not None:
         first = task.observed_pixel_frames(observed.shape[1])
         prediction_psnr.append(
             np.asarray(
                 image_metrics.psnr(jnp.asarray(observed[:keep, first:]),
-                                   jax.device_get(images)[:keep, first:])))
-      host = np.asarray(jax.device_get(images))[:keep]
+                                   jnp.asarray(host[:, first:]))))
       if is_chief:
         _save(out_dir, i, host, i * s.batch_size)
       if use_inception:

@@ -41,13 +41,8 @@ def video_generator(tmp_path_factory):
   config.eval.batch_size = 4
   config.sample.num_steps = 3
   config.sample.num_samples, config.sample.batch_size = 4, 2
-  workdir = str(tmp_path_factory.mktemp('generator'))
-  exp = experiment.Experiment(config, workdir, _devices())
-  state, _ = exp.initial_state()
-  exp.record_config(0)
-  exp.checkpointer.save(1, state, force=True)
-  exp.checkpointer.wait()
-  exp.checkpointer.close()
+  workdir = tiny.initial_run(config, str(tmp_path_factory.mktemp('generator')),
+                             _devices())
   return config, workdir
 
 
