@@ -3,7 +3,8 @@
 The names and shapes come from the golden files (the torch reference models'
 own state dicts), so these files look exactly like the published ones to the
 loaders: `vgg16-397923af.pth`, `vgg19-dcbb9e9d.pth` and
-`pt_inception-2015-12-05-6726825d.pth`, written by our torch-format writer.
+`pt_inception-2015-12-05-6726825d.pth` and `rgb_imagenet.pt`, written by our
+torch-format writer.
 """
 
 import os
@@ -18,7 +19,8 @@ GOLDENS = paths.GOLDENS
 _SOURCES = {
     'vgg16': 'lpips.npz',
     'vgg19': 'vgg19.npz',
-    'inception_fid': 'inception.npz'
+    'inception_fid': 'inception.npz',
+    'i3d_kinetics400': 'i3d.npz'
 }
 
 

@@ -2,7 +2,8 @@
 
 An eval step returns {'sums': tree of arrays summed over the batch's real
 examples, 'mask': [B], and optionally 'features': {name: [N, D]} feature rows
-with 'feature_mask' [N] (N = B, or B * T for the frames of videos)}. Sums
+with 'feature_mask' [N] (N = B, or B * T for the frames of videos) or, per
+name, 'feature_masks' {name: [N]}}. Sums
 add up across batches in float64 (float32 sums over 50k images lose digits);
 features go into streamed mean/covariance statistics (FID), so no feature
 matrix of the whole set is ever held in memory.
@@ -32,8 +33,10 @@ class EvalAccumulator:
         np.add, self.sums, sums)
     features = outputs.get('features') or {}
     if features:
-      real = np.asarray(outputs.get('feature_mask', outputs['mask'])) > 0
+      shared = outputs.get('feature_mask', outputs['mask'])
+      masks = outputs.get('feature_masks') or {}
       for name, values in features.items():
+        real = np.asarray(masks.get(name, shared)) > 0
         values = np.asarray(values, np.float64)[real]
         if name not in self.features:
           self.features[name] = fid.FeatureStatistics()

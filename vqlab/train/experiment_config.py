@@ -48,6 +48,12 @@ def base_config() -> ml_collections.ConfigDict:
   ev.fid = 'auto'  # rFID / FID (needs the Inception file).
   # .npz of reference statistics (mu, sigma): also report FID against them.
   ev.fid_reference = ''
+  # rFVD / FVD of video data (needs the I3D file and clips of >= 9 frames),
+  # on the first fvd_frames frames of each clip (16: the standard protocol).
+  ev.fvd = 'auto'
+  ev.fvd_frames = 16
+  # .npz of reference I3D statistics (mu, sigma) for the FVD of samples.
+  ev.fvd_reference = ''
 
   config.mesh = partitioning.default_config()
   config.data = data_lib.default_config('photos')
@@ -110,7 +116,7 @@ def validate(config: ml_collections.ConfigDict,
     batch = config[section].batch_size
     require(batch % num_devices == 0, f'{section}.batch_size',
             f'{batch} is not divisible by the {num_devices} devices')
-  for key in ('lpips', 'fid'):
+  for key in ('lpips', 'fid', 'fvd'):
     require(config.eval[key] in NETWORK_MODES, f'eval.{key}',
             f'must be one of {NETWORK_MODES}, got {config.eval[key]!r}')
   task.validate(config)

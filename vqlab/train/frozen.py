@@ -7,26 +7,35 @@ every step as an argument (never in the train state or the optimizer).
   lpips      LPIPS-VGG16: perceptual loss and eval metric.
   vgg19      VGG19 features: Regularized VQ's probabilistic contrastive loss.
   inception  FID InceptionV3: rFID / FID in eval.
+  i3d        Kinetics-400 I3D: rFVD / FVD in eval.
 """
 
 from collections.abc import Iterable
 import os
 
+import ml_collections
+
+from vqlab import data as data_lib
+from vqlab.errors import ConfigError
 from vqlab.losses import perceptual
 from vqlab.losses import vgg_features
+from vqlab.nn import i3d
 from vqlab.weights import files
+from vqlab.weights import i3d as i3d_weights
 from vqlab.weights import inception as inception_weights
 
 # Network -> the weight files it needs (vqlab.weights.files names).
 WEIGHT_FILES = {
     'lpips': ('vgg16', 'lpips_vgg_heads'),
     'vgg19': ('vgg19',),
-    'inception': ('inception_fid',)
+    'inception': ('inception_fid',),
+    'i3d': ('i3d_kinetics400',)
 }
 _LOADERS = {
     'lpips': perceptual.load_lpips_params,
     'vgg19': vgg_features.load_vgg19_feature_params,
-    'inception': inception_weights.load_inception_params
+    'inception': inception_weights.load_inception_params,
+    'i3d': i3d_weights.load_i3d_params
 }
 
 
@@ -48,3 +57,26 @@ def load(networks: Iterable[str],
   """{network: params} for each name in `networks`; WeightsError naming the
   missing file and where to put it when one is absent."""
   return {name: _LOADERS[name](directory) for name in sorted(set(networks))}
+
+
+def fvd_clip_length(config: ml_collections.ConfigDict) -> int | None:
+  """Frames per FVD clip under `config` (min(data.num_frames, eval.fvd_frames)),
+  or None when the data gives images."""
+  if data_lib.kind(config.data.name) != 'video':
+    return None
+  return min(int(config.data.num_frames), int(config.eval.fvd_frames))
+
+
+def fvd_usable(config: ml_collections.ConfigDict) -> bool:
+  """Whether FVD can be computed on the data's clips; with `eval.fvd = 'on'`
+  a reason it cannot is a ConfigError."""
+  frames = fvd_clip_length(config)
+  problem = None
+  if frames is None:
+    problem = f'data.name {config.data.name!r} gives images, not videos'
+  elif frames < i3d.MIN_FRAMES:
+    problem = (f'FVD clips would have {frames} frames (min of data.num_frames '
+               f'and eval.fvd_frames); I3D needs at least {i3d.MIN_FRAMES}')
+  if problem and config.eval.fvd == 'on':
+    raise ConfigError('eval.fvd', f"'on', but {problem}")
+  return problem is None

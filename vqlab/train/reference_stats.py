@@ -1,4 +1,4 @@
-"""`main.py --mode=fid_stats`: Inception statistics of a dataset split.
+"""`main.py --mode=fid_stats`: Inception (or I3D) statistics of a dataset split.
 
 Streams the split of the config's `data` section through the FID
 InceptionV3 (sharded over the mesh like any eval) and saves the float64 mean
@@ -14,16 +14,23 @@ Protocol notes: the features are exactly pytorch-fid's (images resized to
 299x299 with torch's bilinear, no antialiasing); the images are what the data
 pipeline yields for that split (for ImageNet rFID: the 50k validation images,
 resized and center-cropped to data.image_size = 256).
+
+With network='i3d' the clips of a video dataset go through the FVD I3D
+instead (400-d logits of the first `eval.fvd_frames` frames): the reference of
+the FVD of samples (`eval.fvd_reference`, WORKDIR/fvd_stats.npz).
 """
 
+import functools
 import os
 
 import jax
 import ml_collections
+import numpy as np
 
 from vqlab import data as data_lib
 from vqlab import fileio
 from vqlab.evals import fid
+from vqlab.evals import fvd
 from vqlab.nn import inception
 from vqlab.train import experiment_config
 from vqlab.train import frozen as frozen_lib
@@ -33,36 +40,47 @@ from vqlab.train import progress as progress_lib
 
 def compute_reference_statistics(
     config: ml_collections.ConfigDict, output_path: str, *,
+    network: str = 'inception',
     devices: list[jax.Device] | None = None) -> fid.FeatureStatistics:
-  """Computes and saves the Inception statistics of the eval split.
+  """Computes and saves the Inception or I3D statistics of the eval split.
 
   Args:
     config: an experiment config; its `data` section and `eval.batch_size`
-      are used, and `weights_dir` locates the Inception file.
+      are used, and `weights_dir` locates the weight file.
     output_path: the .npz to write.
+    network: 'inception' (the images, or every frame of videos) or 'i3d'
+      (clips: video data only).
     devices: devices of the mesh (default: all).
 
   Returns:
     The accumulated statistics.
 
   Raises:
-    WeightsError: the Inception weight file is missing.
+    WeightsError: the weight file is missing.
+    ConfigError: network 'i3d' on data it cannot embed.
   """
   devices = list(jax.devices() if devices is None else devices)
   config = experiment_config.validate(config, len(devices))
-  params = frozen_lib.load(['inception'], config.weights_dir or None)
+  if network == 'i3d':
+    config = config.copy_and_resolve_references()
+    config.eval.fvd = 'on'  # Names the reason when the clips do not fit.
+    frozen_lib.fvd_usable(config)
+    features_of = functools.partial(
+        fvd.features, num_frames=frozen_lib.fvd_clip_length(config))
+  else:
+    features_of = lambda p, images: inception.InceptionV3().apply(
+        {'params': p}, images.reshape((-1,) + images.shape[-3:]))['pool']
+  params = frozen_lib.load([network], config.weights_dir or None)
   mesh = partitioning.make_mesh(config.mesh, devices)
   batch_sharding = partitioning.batch_sharding(mesh)
   replicated = partitioning.replicated(mesh)
-  params = jax.device_put(params['inception'], replicated)
+  params = jax.device_put(params[network], replicated)
   source = data_lib.build(config.data, split='eval',
                           global_batch_size=config.eval.batch_size,
                           process_index=jax.process_index(),
                           process_count=jax.process_count())
-  pool = jax.jit(
-      lambda p, images: inception.InceptionV3().apply({'params': p}, images)[
-          'pool'], in_shardings=(replicated, batch_sharding),
-      out_shardings=replicated)
+  features = jax.jit(features_of, in_shardings=(replicated, batch_sharding),
+                     out_shardings=replicated)
   stats = fid.FeatureStatistics()
   num_batches = -(-source.num_examples // config.eval.batch_size)
   progress = progress_lib.Progress(0, num_batches, config.eval.batch_size,
@@ -70,8 +88,11 @@ def compute_reference_statistics(
   with jax.set_mesh(mesh):
     for step, local in enumerate(source.batches(), start=1):
       batch = partitioning.global_batch(local, batch_sharding)
-      features = jax.device_get(pool(params, batch['image']))
-      stats.update(features[jax.device_get(batch['mask']) > 0])
+      values = jax.device_get(
+          features(params, batch['video' if 'video' in batch else 'image']))
+      real = np.asarray(jax.device_get(batch['mask'])) > 0
+      # Inception sees every frame of a video: each clip's mask per frame.
+      stats.update(values[np.repeat(real, len(values) // len(real))])
       progress.update(step, {})
   progress.close()
   if jax.process_index() == 0:

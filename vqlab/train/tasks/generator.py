@@ -631,6 +631,9 @@ def build(config: ml_collections.ConfigDict,
   directory = config.weights_dir or None
   networks = (['inception'] if frozen_lib.wanted('inception', config.eval.fid,
                                                  directory) else [])
+  if frozen_lib.fvd_usable(config) and frozen_lib.wanted(
+      'i3d', config.eval.fvd, directory):
+    networks.append('i3d')
   return GeneratorTask(config, tokenizer=tokenizer, token_shape=token_shape,
                        text=text, frozen=frozen_lib.load(networks, directory),
                        tokens_directory=tokens_dir(config, workdir))

@@ -3,10 +3,11 @@ reconstruction (the tokenizer task, TiTok's proxy-code stage).
 
 Per batch: PSNR, L1, SSIM (frames of at least 11 pixels), LPIPS (when its
 network is loaded), codebook counts and Inception pool features (when
-Inception is loaded, for rFID). Per-frame metrics of videos are averaged over
-the frames of each example. Over the eval set: means over real examples,
-codebook usage and perplexity, rFID and (with `eval.fid_reference`) FID
-against reference statistics.
+Inception is loaded, for rFID) and I3D features of clips (when I3D is loaded,
+for rFVD). Per-frame metrics of videos are averaged over the frames of each
+example. Over the eval set: means over real examples, codebook usage and
+perplexity, rFID, rFVD and (with `eval.fid_reference`) FID against reference
+statistics.
 """
 
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 
 from vqlab.errors import ConfigError
 from vqlab.evals import fid
+from vqlab.evals import fvd
 from vqlab.evals import image_metrics
 from vqlab.losses import perceptual
 from vqlab.nn import inception
@@ -49,7 +51,8 @@ def _per_example(values: jax.Array, batch_size: int) -> jax.Array:
 def load_networks(config: ml_collections.ConfigDict, *, lpips: bool = False,
                   vgg19: bool = False) -> dict[str, Any]:
   """{network: params} of the frozen networks the losses need (`lpips`,
-  `vgg19` True) and eval wants (`eval.lpips`, `eval.fid`); reads files."""
+  `vgg19` True) and eval wants (`eval.lpips`, `eval.fid`, `eval.fvd`);
+  reads files."""
   directory = config.weights_dir or None
   networks = {
       'lpips':
@@ -58,6 +61,9 @@ def load_networks(config: ml_collections.ConfigDict, *, lpips: bool = False,
           vgg19,
       'inception':
           frozen_lib.wanted('inception', config.eval.fid, directory),
+      'i3d':
+          frozen_lib.fvd_usable(config)
+          and frozen_lib.wanted('i3d', config.eval.fvd, directory),
   }
   return frozen_lib.load([k for k, v in networks.items() if v], directory)
 
@@ -75,11 +81,14 @@ def load_fid_reference(config: ml_collections.ConfigDict):
 class ReconstructionEval:
   """Eval outputs of reconstructions, and the eval-set metrics."""
 
-  def __init__(self, codebook_size: int, fid_reference=None):
+  def __init__(self, codebook_size: int, fid_reference=None,
+               fvd_frames: int = 0):
     """Args: codebook_size: K of the token ids; fid_reference: (mu, sigma)
-    of reference statistics, or None."""
+    of reference statistics, or None; fvd_frames: the frames of each clip
+    rFVD sees (frozen.fvd_clip_length)."""
     self.codebook_size = codebook_size
     self.fid_reference = fid_reference
+    self.fvd_frames = fvd_frames
 
   def outputs(self, x: jax.Array, x_rec: jax.Array, indices: jax.Array,
               mask: jax.Array, frozen: dict[str, Any]):
@@ -90,14 +99,16 @@ class ReconstructionEval:
       x_rec: their reconstructions, same shape (clipped to [-1, 1] here).
       indices: int token ids in [0, K), [B, ...].
       mask: [B], 1 for real examples.
-      frozen: may hold 'lpips' and 'inception' params.
+      frozen: may hold 'lpips', 'inception' and 'i3d' params.
 
     Returns:
       outputs: {'sums': {'psnr', 'l1', 'ssim' (images >= 11 pixels), 'lpips'
         (when LPIPS is loaded), 'count'} scalars and 'code_counts' [K];
         'mask': [B]; when Inception is loaded 'features': {'real',
         'reconstructed'} pool features [B * T, 2048] (frames of videos;
-        T = 1 for images) and 'feature_mask' [B * T]}.
+        T = 1 for images) and 'feature_mask' [B * T]; when I3D is loaded
+        (videos) 'features': {'i3d_real', 'i3d_reconstructed'} [B, 400] with
+        'feature_masks': {name: [B]}}.
       images: {'inputs', 'reconstructions'} [B, (T,) H, W, C] in [-1, 1].
     """
     batch_size = x.shape[0]
@@ -133,6 +144,11 @@ class ReconstructionEval:
       }
       outputs['feature_mask'] = jnp.repeat(mask,
                                            x_frames.shape[0] // batch_size)
+    if 'i3d' in frozen and x.ndim == 5:
+      clips = lambda v: fvd.features(frozen['i3d'], v, self.fvd_frames)
+      features = outputs.setdefault('features', {})
+      features.update(i3d_real=clips(x), i3d_reconstructed=clips(x_rec))
+      outputs['feature_masks'] = {'i3d_real': mask, 'i3d_reconstructed': mask}
     return outputs, {'inputs': x, 'reconstructions': x_rec}
 
   def summarize(self, acc) -> dict[str, float]:
@@ -149,7 +165,12 @@ class ReconstructionEval:
     metrics.update(codebook_usage=float(codebook['usage']),
                    codebook_perplexity=float(codebook['perplexity']),
                    num_examples=count)
-    if acc.features:
+    if 'i3d_real' in acc.features:
+      real, rec = acc.features['i3d_real'], acc.features['i3d_reconstructed']
+      metrics['rfvd'] = fid.frechet_distance(real.mean(), real.covariance(),
+                                             rec.mean(), rec.covariance())
+      metrics['fvd_frames'] = self.fvd_frames
+    if 'real' in acc.features:
       real, rec = acc.features['real'], acc.features['reconstructed']
       metrics['rfid'] = fid.frechet_distance(real.mean(), real.covariance(),
                                              rec.mean(), rec.covariance())

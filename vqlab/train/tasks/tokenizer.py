@@ -36,6 +36,7 @@ from vqlab.losses import perceptual
 from vqlab.losses import vgg_features
 from vqlab.quantizers import base as quantizer_base
 from vqlab.train import checkpoint as checkpoint_lib
+from vqlab.train import frozen as frozen_lib
 from vqlab.train import optimizers
 from vqlab.train.state import TrainState
 from vqlab.train.tasks import base
@@ -153,7 +154,8 @@ class TokenizerTask(base.Task):
       self.tx[GENERATOR] = _with_frozen(self.tx[GENERATOR], config.freeze)
     self.frozen = dict(frozen or {})
     self.evaluation = reconstruction_eval.ReconstructionEval(
-        self.model.quantizer.codebook_size, fid_reference)
+        self.model.quantizer.codebook_size, fid_reference,
+        fvd_frames=frozen_lib.fvd_clip_length(config) or 0)
 
   # ---------------------------------------------------------------- init ---
   def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
