@@ -5,6 +5,7 @@ r"""vqlab entry point.
       --workdir=/tmp/run --mode=eval
   python main.py --config=configs/quickstart.py --workdir=/tmp/stats \
       --mode=fid_stats        # Inception statistics of the eval split
+                              # (--mode=fvd_stats: I3D statistics of clips)
 
 Generators (stage 2) on a trained tokenizer run:
   python main.py --config=configs/maskgit/tiny_cpu.py --workdir=/tmp/mg \
@@ -32,13 +33,17 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string('workdir', None,
                                'Directory for checkpoints, logs and images.')
 _MODE = flags.DEFINE_enum(
-    'mode', 'train', ['train', 'eval', 'fid_stats', 'tokenize', 'sample'],
+    'mode', 'train',
+    ['train', 'eval', 'fid_stats', 'fvd_stats', 'tokenize', 'sample'],
     'train: train (resuming if possible), then evaluate; eval: evaluate the '
     'latest checkpoint; fid_stats: save the Inception statistics (mu, sigma) '
     'of the eval split to WORKDIR/fid_stats.npz (for eval.fid_reference); '
+    'fvd_stats: the same with the FVD I3D on the clips of video data '
+    '(WORKDIR/fvd_stats.npz, for eval.fvd_reference); '
     'tokenize (generator configs): write the token shards of the data '
     '(resumable); sample (generator configs): samples of the latest '
-    'checkpoint as images, with gFID / IS when Inception is available.')
+    'checkpoint as images, with gFID / IS when Inception is available (FVD '
+    'of videos when I3D is).')
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', False, 'Call jax.distributed.initialize() (multi-host).')
 _COORDINATOR = flags.DEFINE_string(
@@ -110,9 +115,12 @@ def main(argv):
       result = sampling.sample(_CONFIG.value, _WORKDIR.value)
     else:
       from vqlab.train import reference_stats  # pylint: disable=g-import-not-at-top
-      path = os.path.join(_WORKDIR.value, 'fid_stats.npz')
-      stats = reference_stats.compute_reference_statistics(_CONFIG.value, path)
-      result = {'fid_stats': path, 'num_examples': stats.num_examples}
+      name = _MODE.value  # fid_stats or fvd_stats.
+      path = os.path.join(_WORKDIR.value, f'{name}.npz')
+      stats = reference_stats.compute_reference_statistics(
+          _CONFIG.value, path,
+          network='i3d' if name == 'fvd_stats' else 'inception')
+      result = {name: path, 'num_examples': stats.num_examples}
   except ConfigError as e:
     sys.exit(f'config error: {e}')
   except DataError as e:
