@@ -307,3 +307,19 @@ def test_prefix_tokens_are_kept_and_condition_the_rest():
         (2, LENGTH), jnp.int32))
   with pytest.raises(ValueError, match='prefix token ids'):
     gpt.sample(model, params, jax.random.key(0), 2, prefix=prefix + VOCAB)
+
+
+def test_known_tokens_must_be_a_row_major_prefix():
+  """The task's `known` (frame prediction) reaches GPT as a prefix; any
+  other mask of given tokens is refused, never silently ignored."""
+  model = _model(condition='none')
+  params = _init(model, None)
+  from configs.gpt import tiny_cpu  # pylint: disable=g-import-not-at-top
+  config = experiment_config.validate(tiny_cpu.get_config(), 1)
+  tokens = jnp.zeros((2, LENGTH), jnp.int32)
+  mask = np.zeros(LENGTH, bool)
+  mask[1] = True
+  with pytest.raises(ValueError, match='row-major prefix'):
+    gpt.API.sample(model, params, jax.random.key(0), 2, None,
+                   settings=config.sample, loss_settings=config.loss,
+                   token_shape=(LENGTH,), known=(tokens, mask))

@@ -577,14 +577,15 @@ def _check_fits(config: ml_collections.ConfigDict, tokenizer: Any,
 
 def _settings_read(config: ml_collections.ConfigDict) -> frozenset[str]:
   """Guidance (constant) and label dropout need model.condition 'class';
-  the sliding window (sample.grid_shape) a condition other than 'tokens'."""
+  the sliding window (sample.grid_shape) a condition other than 'tokens';
+  frame prediction (a prefix of given tokens) no sliding window."""
   keys = {'sample.temperature', 'sample.top_k', 'sample.top_p'}
   # The sliding window recomputes every crop (no cache); its condition
   # tokens would need condition images of the larger grid.
   if config.model.condition != 'tokens':
     keys.add('sample.grid_shape')
   if not config.sample.grid_shape:
-    keys.add('sample.use_cache')
+    keys |= {'sample.use_cache', 'sample.observed_frames'}
   if config.model.condition == 'class':
     keys |= {'loss.label_drop', 'sample.guidance_scale'}
   return frozenset(keys)
@@ -619,16 +620,27 @@ def _sample(model: GPT, params, rng: jax.Array, batch_size: int, cond, *,
             token_shape: tuple[int, ...], known=None) -> jax.Array:
   """`sample` with the settings: int32 [B, length]; with
   settings.grid_shape (H, W), `sample_sliding_window` over that grid with
-  the training grid token_shape as the window: int32 [B, H, W]."""
-  del loss_settings, known  # Frame prefixes: `sample(prefix=...)`.
+  the training grid token_shape as the window: int32 [B, H, W]. Known
+  tokens (frame prediction) must be a row-major prefix: they become
+  `sample(prefix=...)`."""
+  del loss_settings
   options = dict(temperature=settings.temperature, top_k=settings.top_k,
                  top_p=settings.top_p, guidance_scale=settings.guidance_scale)
   if settings.grid_shape:
     return sample_sliding_window(model, params, rng, batch_size,
                                  tuple(settings.grid_shape), token_shape, cond,
                                  **options)
+  prefix = None
+  if known is not None:
+    tokens, mask = known
+    flat_mask = np.asarray(mask, bool).reshape(-1)  # Static, not traced.
+    length = int(flat_mask.sum())
+    if not flat_mask[:length].all():
+      raise ValueError('GPT: the known tokens must be a row-major prefix '
+                       '(the first latent frames), got another mask')
+    prefix = jnp.reshape(tokens, (batch_size, -1))[:, :length]
   return sample(model, params, rng, batch_size, cond,
-                use_cache=settings.use_cache, **options)
+                use_cache=settings.use_cache, prefix=prefix, **options)
 
 
 API = api.GeneratorApi(condition_spec=_condition_spec, check_fits=_check_fits,

@@ -9,9 +9,9 @@ classes), decodes them with the frozen tokenizer and writes
                                       strip per clip in the grid)
   samples_<step>.json                 the metrics below
 
-With `sample.observed_frames` = k > 0 (MaskGIT on video tokens) the samples
-are frame predictions: sample n continues eval clip n (cycling) from its
-first k latent frames, and 'prediction_psnr' is the mean PSNR of the
+With `sample.observed_frames` = k > 0 (MaskGIT or GPT on video tokens) the
+samples are frame predictions: sample n continues eval clip n (cycling) from
+its first k latent frames, and 'prediction_psnr' is the mean PSNR of the
 predicted pixel frames against the clip's own.
 
 With the Inception file present (`eval.fid` 'auto' or 'on'): the Inception

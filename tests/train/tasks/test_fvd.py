@@ -143,12 +143,12 @@ def video_generator(tmp_path_factory, tokenizer_run, weights_dir):
   return config, workdir
 
 
-def _samples(exp, state, observed: bool):
-  """The 4 samples of sampling.sample, drawn again batch by batch, and the
-  clips they continue (frame prediction)."""
+def _samples(exp, state, observed: bool, batches: int = 2):
+  """The samples of sampling.sample (batches of 2), drawn again batch by
+  batch, and the clips they continue (frame prediction)."""
   clips, samples = exp.task.eval_clips(2), []
   given = []
-  for i in range(2):
+  for i in range(batches):
     rng = jax.random.fold_in(jax.random.key(exp.config.sample.seed), i)
     if observed:
       batch, labels = next(clips)
@@ -189,3 +189,39 @@ def test_fvd_of_video_samples(video_generator, observed, cheap_i3d):
       assert int(stats['num_examples']) == 4
     assert result['fvd'] == pytest.approx(_distance(generated, real), rel=1e-4)
     assert 'prediction_fvd' not in result
+
+
+def test_gpt_predicts_frames_from_a_prefix(tokenizer_run, weights_dir,
+                                           cheap_i3d, tmp_path):
+  """GPT frame prediction through --mode=sample: the first latent frame's
+  tokens are the prefix, so the first pixel frame (causal decoder) is the
+  clip's own reconstruction."""
+  from configs.gpt import tiny_cpu as gpt_tiny  # pylint: disable=g-import-not-at-top
+  tokenizer_config, tokenizer_dir = tokenizer_run
+  config = gpt_tiny.get_config()
+  config.tokenizer.workdir = tokenizer_dir
+  config.tokens.source = 'on_the_fly'
+  config.data = tokenizer_config.data
+  config.model.condition = 'none'
+  config.model.vocab_size, config.model.length = 2**10, 5 * 8 * 8
+  config.model.width, config.model.num_layers = 32, 1
+  config.model.num_heads, config.model.mlp_dim = 2, 64
+  config.eval.lpips = config.eval.fid = 'off'
+  config.eval.fvd, config.weights_dir = 'on', weights_dir
+  config.eval.batch_size = 2
+  config.sample.num_samples, config.sample.batch_size = 2, 2
+  config.sample.observed_frames = 1
+  workdir = tiny.initial_run(config, str(tmp_path), _devices())
+  result = sampling.sample(config, workdir, devices=_devices())
+
+  exp = experiment.Experiment(config, workdir, _devices())
+  state, _ = exp.checkpointer.restore(exp.abstract_state)
+  samples, clips = _samples(exp, state, observed=True, batches=1)
+  tok = exp.task.tokenizer
+  reconstruction = np.asarray(
+      tok.decode(tok.variables, tok.encode(tok.variables, clips)))
+  np.testing.assert_allclose(samples[:, 0], reconstruction[:, 0], atol=1e-5)
+  assert np.abs(samples[:, 1:] - reconstruction[:, 1:]).max() > 0.01
+  assert result['prediction_fvd'] == pytest.approx(
+      _distance(_embed(samples), _embed(clips)), rel=1e-4)
+  assert 'prediction_psnr' in result

@@ -76,7 +76,7 @@ IGNORED = [
     (vq_diffusion_class.get_config, 'sample.purity_weight', 2.0),
     (maskgit_tiny.get_config, 'sample.diffusion_sampler', 'purity'),
     (maskgit_tiny.get_config, 'sample.observed_frames', 1),  # Images.
-    (gpt_tiny.get_config, 'sample.observed_frames', 1),
+    (_gpt_sliding_window, 'sample.observed_frames', 1),
 ]
 
 
@@ -99,6 +99,7 @@ READ = [
     (vq_diffusion_class.get_config, 'sample.truncation', 0.86),
     (_vq_diffusion_purity, 'sample.purity_weight', 2.0),
     (maskgit_video.get_config, 'sample.observed_frames', 1),
+    (gpt_tiny.get_config, 'sample.observed_frames', 1),  # Build: video?
     (vq_diffusion_text.get_config, 'sample.prompts', ('a cat',)),
     (vq_diffusion_text.get_config, 'loss.label_drop', 0.2),
 ]

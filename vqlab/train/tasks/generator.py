@@ -119,9 +119,9 @@ def default_config() -> ml_collections.ConfigDict:
   # than the training grid, sampled with taming's sliding window (the training
   # grid is the window); (): the training grid.
   sample.grid_shape = ()
-  # MaskGIT on video tokens (T, H, W): frame prediction. The first k latent
-  # frames of each eval clip are given, the rest generated, and the PSNR of
-  # the predicted pixel frames reported; 0: generation from scratch.
+  # MaskGIT or GPT on video tokens (T, H, W): frame prediction. The first k
+  # latent frames of each eval clip are given, the rest generated, and the
+  # PSNR (and FVD) of the predictions reported; 0: generation from scratch.
   sample.observed_frames = 0
   # VQ-Diffusion: reverse steps (0: all T; fewer skip, e.g. 25 or 10).
   sample.diffusion_steps = 0
