@@ -49,7 +49,11 @@ setuptools.setup(
             # The linter and the formatter CI runs (pyproject.toml configures
             # both); yapf is pinned: another release may format differently.
             'ruff>=0.8',
-            'yapf==0.43.0'
+            'yapf==0.43.0',
+            # JAX compresses its persistent compilation cache (the tests
+            # share one) with zstd when this is installed, else with zlib:
+            # several times faster for the large executables of the tests.
+            'zstandard>=0.22',
         ],
     },
     license='Apache 2.0',
