@@ -117,3 +117,21 @@ def test_gpt_and_vq_diffusion_refuse_factorized_codes_in_one_line(
     model.token_shape = (3, 8, 8)
   with pytest.raises(ConfigError, match=r'^model.name: .*factorized codes'):
     generator.check_model_fits(model, tokenizer, (5, 16, 16, 3))
+
+
+def test_video_maskgit_trains_on_the_tokens_of_clips(video_generator, tmp_path):
+  """Two train steps on clips encoded on the fly: factorized tokens in, every
+  param of the tied-head MaskGIT moves, the loss is finite."""
+  config, _ = video_generator
+  exp = experiment.Experiment(config, str(tmp_path), _devices())
+  state, _ = exp.initial_state()
+  start = jax.device_get(state.params)
+  with jax.set_mesh(exp.mesh):
+    for _ in range(2):
+      batch = exp.global_batch(next(exp.train_data.batches()))
+      assert batch['video'].shape[1:] == (5, 16, 16, 3)
+      state, metrics = exp.train_step(state, batch)
+      assert np.isfinite(float(metrics['loss']))
+  changed = jax.tree.map(lambda a, b: bool(np.any(a != b)),
+                         jax.device_get(state.params), start)
+  assert all(jax.tree.leaves(changed))
