@@ -28,10 +28,12 @@ class ConditionSpec:
     kind: one of CONDITION_KINDS.
     num_classes: 'class': the classes (the null class is extra); else 0.
     length: 'tokens': condition tokens per example; else 0.
+    vocab_size: 'tokens': codes of the condition tokens; else 0.
   """
   kind: str = 'none'
   num_classes: int = 0
   length: int = 0
+  vocab_size: int = 0
 
 
 def _no_loss_state(model: Any) -> dict[str, jax.Array]:

@@ -545,14 +545,15 @@ def _condition_spec(config: ml_collections.ConfigDict) -> api.ConditionSpec:
   if config.condition == 'class':
     return api.ConditionSpec('class', num_classes=config.num_classes)
   if config.condition == 'tokens':
-    return api.ConditionSpec('tokens', length=config.cond_length)
+    return api.ConditionSpec('tokens', length=config.cond_length,
+                             vocab_size=config.cond_vocab_size)
   return api.ConditionSpec(config.condition)
 
 
 def _check_fits(config: ml_collections.ConfigDict, tokenizer: Any,
                 token_shape: tuple[int, ...], where: str) -> None:
-  """The row-major token sequence; spatial conditions come from the same
-  tokenizer."""
+  """The row-major token sequence (the task checks spatial condition
+  tokens against their tokenizer: generator.check_model_fits)."""
   if tokenizer.factor_vocab_sizes:
     raise ConfigError(
         'model.name', 'gpt models plain indices; '
@@ -562,17 +563,6 @@ def _check_fits(config: ml_collections.ConfigDict, tokenizer: Any,
     raise ConfigError(
         'model.length', f'{config.length}, but {where} turns '
         f'the data into {length} tokens ({token_shape})')
-  if config.condition == 'tokens':
-    if config.cond_vocab_size != tokenizer.vocab_size:
-      raise ConfigError(
-          'model.cond_vocab_size', f'{config.cond_vocab_size}, '
-          f'but the condition tokens of {where} have '
-          f'{tokenizer.vocab_size} codes')
-    if config.cond_length != length:
-      raise ConfigError(
-          'model.cond_length', f'{config.cond_length}, but '
-          f'{where} turns the condition image into {length} '
-          f'tokens ({token_shape})')
 
 
 def _settings_read(config: ml_collections.ConfigDict) -> frozenset[str]:

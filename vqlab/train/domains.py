@@ -56,6 +56,7 @@ _EXPERIMENT = {
     'tokens.batches_per_shard': _COUNT,
     'tokens.num_train_examples': '-1 or >= 1',  # -1: one pass.
     'condition.factor': _COUNT,
+    'condition.tokenizer_step': _STEP,
     'loss.label_smoothing': '[0, 1)',
     'loss.label_drop': '[0, 1]',
     'loss.aux_weight': '>= 0',

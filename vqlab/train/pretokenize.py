@@ -13,7 +13,8 @@ only after its last shard. Rerunning into a directory made with another
 tokenizer, data or condition config is refused.
 
 Spatial GPTs (model.condition 'tokens'): each example's condition image
-(`condition.image`) is encoded by the same tokenizer into 'cond_tokens'.
+(`condition.image`) is encoded into 'cond_tokens' by the same tokenizer, or
+by the run of `condition.tokenizer`.
 """
 
 import json
@@ -108,11 +109,16 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
   variables = jax.device_put(tok.variables, replicated)
   encode = jax.jit(tok.encode, in_shardings=(replicated, batch_sharding),
                    out_shardings=batch_sharding)
-  condition = spatial_conditions.metadata(config)
+  cond_tok = generator.condition_tokenizer(config)
+  condition = spatial_conditions.metadata(
+      config, cond_tok and cond_tok.metadata()['workdir'], cond_tok and
+      cond_tok.step)
   encode_cond = None
   if condition['image'] != 'none':
+    encoder = cond_tok or tok
+    cond_variables = jax.device_put(encoder.variables, replicated)
     encode_cond = jax.jit(
-        lambda v, x: tok.encode(
+        lambda v, x: encoder.encode(
             v, spatial_conditions.condition_images(x, config.condition)),
         in_shardings=(replicated, batch_sharding), out_shardings=batch_sharding)
   process, num_processes = jax.process_index(), jax.process_count()
@@ -129,7 +135,7 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
   first = next(iter(sources['eval'].batches()))
   key = [k for k in ('image', 'video') if k in first][0]
   input_shape = tuple(first[key].shape[1:])
-  generator.check_model_fits(config.model, tok, input_shape)
+  generator.check_model_fits(config.model, tok, input_shape, cond_tok)
   metadata = {
       'format': token_shards.FORMAT_VERSION,
       'tokenizer': tok.metadata(),
@@ -200,7 +206,7 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
                            []).append(np.asarray(tokens)[keep])
           if encode_cond is not None:
             cond = multihost_utils.global_array_to_host_local_array(
-                encode_cond(variables, images), mesh,
+                encode_cond(cond_variables, images), mesh,
                 jax.P(partitioning.BATCH_AXES))
             parts.setdefault(token_shards.COND_TOKENS,
                              []).append(np.asarray(cond)[keep])

@@ -101,22 +101,22 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict:
     raise CheckpointError(f'{path} is unreadable: {e}') from e
 
 
-def load(workdir: str, step: int = -1) -> TrainedTokenizer:
+def load(workdir: str, step: int = -1,
+         key: str = 'tokenizer.workdir') -> TrainedTokenizer:
   """Loads the tokenizer trained in `workdir` at `step` (-1: the newest).
 
   Raises:
     CheckpointError: no run, no checkpoint or a corrupt one.
-    ConfigError: the run is not a tokenizer run.
+    ConfigError (naming config key `key`): the run is not a tokenizer run.
   """
   if not workdir:
     raise ConfigError(
-        'tokenizer.workdir', 'empty: set it to the --workdir of '
-        'a trained tokenizer run')
+        key, 'empty: set it to the --workdir of a trained tokenizer run')
   config = read_run_config(workdir)
   if config.get('task') != 'tokenizer' or 'model' not in config:
     raise ConfigError(
-        'tokenizer.workdir', f'{workdir!r} is a '
-        f'{config.get("task")!r} run, not a tokenizer run')
+        key, f'{workdir!r} is a {config.get("task")!r} run, not a tokenizer '
+        'run')
   config.model = tokenizers.validate(config.model, 'tokenizer.model')
   model = tokenizers.build_validated(config.model, prefix='tokenizer.model')
   tree, step = checkpoint_lib.restore_on_host(workdir,

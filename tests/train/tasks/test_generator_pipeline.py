@@ -400,3 +400,72 @@ def test_shards_of_another_condition_are_refused(tokenizer_dir, spatial_shards,
   config.tokens.dir = str(tmp_path / 'tokens')
   with pytest.raises(ConfigError, match='tokens.dir: .* condition'):
     pretokenize.tokenize(config, str(tmp_path), devices=_devices())
+
+
+@pytest.fixture(scope='module')
+def cond_tokenizer_dir(tmp_path_factory):
+  """A second tokenizer run with a codebook of its own (16 codes) for the
+  condition images: taming's cond stage."""
+  config = tiny.tokenizer_config()
+  config.eval.lpips = config.eval.fid = 'off'
+  config.model.quantizer.codebook_size = 16
+  return tiny.initial_run(config, str(tmp_path_factory.mktemp('cond_tok')),
+                          _devices())
+
+
+def test_condition_tokens_come_from_the_condition_tokenizer(
+    tokenizer_dir, cond_tokenizer_dir, spatial_shards, tmp_path):
+  config = _spatial_config(tokenizer_dir)
+  config.condition.tokenizer = cond_tokenizer_dir
+  config.model.cond_vocab_size = 16
+  workdir = str(tmp_path / 'run')
+  summary = pretokenize.tokenize(config, workdir, devices=_devices())
+  arrays, metadata = token_shards.load_split(summary['tokens_dir'], 'eval')
+  cond_tok = trained_tokenizer.load(cond_tokenizer_dir)
+  assert metadata['condition'] == {
+      'image': 'downsampled',
+      'factor': 4,
+      'tokenizer': {
+          'workdir': os.path.abspath(cond_tokenizer_dir),
+          'step': 1
+      }
+  }
+  source = data_lib.build(config.data, split='eval', global_batch_size=8)
+  images = np.concatenate([b['image'][b['mask']] for b in source.batches()])
+  conditions = spatial_conditions.downsampled(images, 4)
+  want = np.asarray(cond_tok.encode(cond_tok.variables, conditions))
+  np.testing.assert_array_equal(arrays['cond_tokens'], want)
+  # The image tokens are still the generator's tokenizer's.
+  same, _ = token_shards.load_split(spatial_shards[1]['tokens_dir'], 'eval')
+  np.testing.assert_array_equal(arrays['tokens'], same['tokens'])
+  # On the fly: the same condition tokens; a train step reads them.
+  config.tokens.source = 'on_the_fly'
+  fly = experiment.Experiment(config, str(tmp_path / 'fly'), _devices())
+  np.testing.assert_array_equal(fly.task.sample_conditions(0, 4),
+                                want[:4].reshape(4, 64))
+  state, _ = fly.initial_state()
+  state, metrics = fly.train_step(
+      state, fly.global_batch(next(fly.train_data.batches())))
+  assert np.isfinite(float(metrics['loss']))
+
+  # Shards of the same-tokenizer condition are refused, and a vocabulary
+  # that does not fit names the condition tokenizer.
+  config.tokens.source = 'shards'
+  config.tokens.dir = spatial_shards[1]['tokens_dir']
+  with pytest.raises(ConfigError, match='tokens.dir: .* condition'):
+    experiment.Experiment(config, str(tmp_path / 'other'), _devices())
+  config.tokens.dir = ''
+  config.model.cond_vocab_size = 32
+  with pytest.raises(
+      ConfigError, match=r'model.cond_vocab_size: 32, but the condition tokens'
+      r' of the tokenizer in .*cond_tok.* have 16 codes'):
+    experiment.Experiment(config, workdir, _devices())
+
+
+def test_a_condition_tokenizer_needs_spatial_conditioning(
+    tokenizer_dir, cond_tokenizer_dir):
+  config = tiny.generator_config(tokenizer_dir, 'gpt')
+  config.condition.tokenizer = cond_tokenizer_dir
+  with pytest.raises(ConfigError,
+                     match=r"condition.tokenizer: .*model.condition 'tokens'"):
+    experiment_config.validate(config, 2)

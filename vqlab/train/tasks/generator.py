@@ -12,7 +12,8 @@ null class with probability `loss.label_drop` (classifier-free guidance).
 Spatial conditioning (GPT, model.condition = 'tokens'): `condition.image`
 derives a condition image from each image ('downsampled': super-resolution,
 'grayscale': colorization; `spatial_conditions`), which the same tokenizer
-encodes; its tokens [B, cond_length] are the GPT's cond. Shards hold them as
+encodes, or, as taming's cond stage, a tokenizer run of its own codebook
+(`condition.tokenizer`); its tokens [B, cond_length] are the GPT's cond. Shards hold them as
 'cond_tokens'; samples are conditioned on those of the eval split.
 Eval reports the same loss on the eval split (fixed masks) and shows decoded
 samples; `main.py --mode=sample` writes samples and their gFID / IS.
@@ -86,6 +87,10 @@ def default_config() -> ml_collections.ConfigDict:
   # spatial_conditions).
   condition.image = 'none'
   condition.factor = 4  # 'downsampled': average-pool factor.
+  # The --workdir of a tokenizer run that encodes the condition images with
+  # its own codebook (taming's cond stage); '': the generator's tokenizer.
+  condition.tokenizer = ''
+  condition.tokenizer_step = -1  # Its checkpoint; -1: the newest.
 
   config.loss = loss = ml_collections.ConfigDict()
   loss.label_smoothing = 0.1  # MaskGIT targets (paper: 0.1).
@@ -209,6 +214,10 @@ def _validate_condition(config: ml_collections.ConfigDict) -> None:
   else:
     require(image == 'none', 'condition.image',
             f"{image!r} needs a gpt with model.condition 'tokens'")
+    require(
+        not config.condition.tokenizer, 'condition.tokenizer',
+        f'{config.condition.tokenizer!r}, but only a gpt with model.condition '
+        "'tokens' encodes condition images")
   if image == 'downsampled':
     factor, size = config.condition.factor, config.data.image_size
     require(factor > 0 and size % factor == 0, 'condition.factor',
@@ -220,19 +229,67 @@ def tokens_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
   return config.tokens.dir or os.path.join(workdir, 'tokens')
 
 
-def check_model_fits(model: ml_collections.ConfigDict,
-                     tok: trained_tokenizer.TrainedTokenizer,
-                     input_shape: tuple[int, ...]) -> tuple[int, ...]:
+def _where(tok: trained_tokenizer.TrainedTokenizer) -> str:
+  return f'the tokenizer in {tok.workdir!r} (step {tok.step})'
+
+
+def check_model_fits(
+    model: ml_collections.ConfigDict, tok: trained_tokenizer.TrainedTokenizer,
+    input_shape: tuple[int, ...],
+    cond_tok: trained_tokenizer.TrainedTokenizer | None = None
+) -> tuple[int, ...]:
   """The token shape of inputs [*input_shape]; ConfigError naming the model
-  key when the generator does not fit the tokenizer's codes."""
+  key when the generator does not fit the tokenizer's codes, or its spatial
+  condition tokens those of `cond_tok` (condition.tokenizer; None: `tok`)."""
   shape = tok.token_shape(input_shape)
-  where = f'the tokenizer in {tok.workdir!r} (step {tok.step})'
+  where = _where(tok)
   if model.vocab_size != tok.vocab_size:
     raise ConfigError(
         'model.vocab_size', f'{model.vocab_size}, but {where} '
         f'has {tok.vocab_size} codes')
-  generators.get_api(model.name).check_fits(model, tok, shape, where)
+  api = generators.get_api(model.name)
+  api.check_fits(model, tok, shape, where)
+  spec = api.condition_spec(model)
+  if spec.kind == 'tokens':
+    _check_condition_fits(spec, cond_tok or tok, input_shape, separate=cond_tok
+                          is not None)
   return shape
+
+
+def _check_condition_fits(spec, tok: trained_tokenizer.TrainedTokenizer,
+                          input_shape: tuple[int, ...], separate: bool) -> None:
+  """Condition images have the inputs' shape; their tokens must match the
+  model's cond_vocab_size and cond_length."""
+  where = _where(tok)
+  if separate and tok.factor_vocab_sizes:
+    raise ConfigError(
+        'condition.tokenizer', f'{where} gives factorized codes; '
+        'condition tokens must be plain indices')
+  if separate and tok.model.in_channels != input_shape[-1]:
+    raise ConfigError(
+        'condition.tokenizer', f'{where} encodes {tok.model.in_channels}-'
+        f'channel images, but the condition images have {input_shape[-1]}')
+  if spec.vocab_size != tok.vocab_size:
+    raise ConfigError(
+        'model.cond_vocab_size', f'{spec.vocab_size}, but the condition '
+        f'tokens of {where} have {tok.vocab_size} codes')
+  shape = tok.token_shape(input_shape)
+  length = int(np.prod(shape))
+  if spec.length != length:
+    raise ConfigError(
+        'model.cond_length', f'{spec.length}, but {where} turns the '
+        f'condition image into {length} tokens ({shape})')
+
+
+def condition_tokenizer(
+    config: ml_collections.ConfigDict
+) -> trained_tokenizer.TrainedTokenizer | None:
+  """The tokenizer run of `condition.tokenizer`, or None when unset."""
+  condition = config.get('condition')
+  if condition is None or not condition.tokenizer:
+    return None
+  return trained_tokenizer.load(condition.tokenizer, condition.tokenizer_step,
+                                key='condition.tokenizer')
 
 
 def _input_key(batch) -> str:
@@ -248,12 +305,13 @@ class GeneratorTask(base.Task):
 
   draws_samples = True  # Eval pictures are decoded samples.
 
-  def __init__(self, config: ml_collections.ConfigDict, *,
-               tokenizer: trained_tokenizer.TrainedTokenizer,
-               token_shape: tuple[int, ...],
-               text: text_conditions.TextConditioner | None = None,
-               frozen: dict[str, Any] | None = None,
-               tokens_directory: str = 'tokens'):
+  def __init__(
+      self, config: ml_collections.ConfigDict, *,
+      tokenizer: trained_tokenizer.TrainedTokenizer, token_shape: tuple[int,
+                                                                        ...],
+      text: text_conditions.TextConditioner | None = None,
+      frozen: dict[str, Any] | None = None, tokens_directory: str = 'tokens',
+      cond_tokenizer: trained_tokenizer.TrainedTokenizer | None = None):
     """Args:
       config: the validated experiment config.
       tokenizer: the trained tokenizer whose codes the model generates.
@@ -262,6 +320,8 @@ class GeneratorTask(base.Task):
       text: the caption encoder of text-conditional models, else None.
       frozen: other frozen networks' params (e.g. {'inception': ...}).
       tokens_directory: the token shards (`tokens.source = 'shards'`).
+      cond_tokenizer: the tokenizer of spatial condition images
+        (`condition.tokenizer`); None: `tokenizer`.
     """
     self.config = config
     self.model = generators.build_validated(
@@ -276,8 +336,15 @@ class GeneratorTask(base.Task):
     self.token_shape = tuple(token_shape)
     self.text = text
     self.tokens_directory = tokens_directory
+    self.cond_tokenizer = cond_tokenizer or tokenizer
+    # The frozen entry the condition tokenizer's variables are under.
+    self._cond_key = 'cond_tokenizer' if cond_tokenizer else 'tokenizer'
     self.frozen = {
-        'tokenizer': tokenizer.variables,
+        'tokenizer':
+            tokenizer.variables,
+        **({
+            'cond_tokenizer': cond_tokenizer.variables
+        } if cond_tokenizer else {}),
         **(text.frozen if text else {}),
         **(frozen or {})
     }
@@ -322,7 +389,7 @@ class GeneratorTask(base.Task):
           f'{self.tokenizer.step}: run --mode=tokenize again into another '
           'tokens.dir')
     recorded = source.metadata.get('condition', {'image': 'none'})
-    wanted = spatial_conditions.metadata(self.config)
+    wanted = self.condition_metadata()
     if recorded != wanted:
       raise ConfigError(
           'tokens.dir', f'{directory} holds tokens made with condition '
@@ -338,16 +405,24 @@ class GeneratorTask(base.Task):
                                     batch[_input_key(batch)])
     return jax.lax.stop_gradient(indices)
 
+  def condition_metadata(self) -> dict[str, Any]:
+    """What token shards record of the spatial condition (compared on use)."""
+    separate = self._cond_key == 'cond_tokenizer'
+    return spatial_conditions.metadata(
+        self.config,
+        self.cond_tokenizer.metadata()['workdir'] if separate else None,
+        self.cond_tokenizer.step if separate else None)
+
   def cond_tokens_of(self, batch, frozen) -> jax.Array:
     """Spatial condition tokens int [B, cond_length]: from the shards, or
-    the tokenizer's codes of the batch's condition images."""
+    the condition tokenizer's codes of the batch's condition images."""
     if token_shards.COND_TOKENS in batch:
       tokens = batch[token_shards.COND_TOKENS]
     else:
       images = spatial_conditions.condition_images(batch[_input_key(batch)],
                                                    self.config.condition)
       tokens = jax.lax.stop_gradient(
-          self.tokenizer.encode(frozen['tokenizer'], images))
+          self.cond_tokenizer.encode(frozen[self._cond_key], images))
     return tokens.reshape(tokens.shape[0], -1).astype(jnp.int32)
 
   def _condition(self, batch, frozen):
@@ -491,12 +566,13 @@ class GeneratorTask(base.Task):
         source = data_lib.build(self.config.data, split='eval',
                                 global_batch_size=self.config.eval.batch_size)
         encode = jax.jit(
-            lambda v, x: self.cond_tokens_of({'image': x}, {'tokenizer': v}))
+            lambda v, x: self.cond_tokens_of({'image': x}, {self._cond_key: v}))
         parts, count = [], 0
         for batch in source.batches():
           mask = np.asarray(batch['mask'], bool)
           codes = np.asarray(
-              encode(self.tokenizer.variables, batch[_input_key(batch)]))[mask]
+              encode(self.cond_tokenizer.variables,
+                     batch[_input_key(batch)]))[mask]
           parts.append(codes)
           count += len(codes)
           if count >= wanted:
@@ -615,8 +691,10 @@ def build(config: ml_collections.ConfigDict,
   against the model), the text encoder of text models, Inception for FID."""
   tokenizer = trained_tokenizer.load(config.tokenizer.workdir,
                                      config.tokenizer.step)
+  cond_tokenizer = condition_tokenizer(config)
   token_shape = check_model_fits(config.model, tokenizer,
-                                 _input_shape(config, workdir, tokenizer))
+                                 _input_shape(config, workdir, tokenizer),
+                                 cond_tokenizer)
   _check_sample_grid(config.sample.grid_shape, token_shape)
   observed = config.sample.observed_frames
   if observed and not (len(token_shape) == 3 and observed < token_shape[0]):
@@ -636,4 +714,5 @@ def build(config: ml_collections.ConfigDict,
     networks.append('i3d')
   return GeneratorTask(config, tokenizer=tokenizer, token_shape=token_shape,
                        text=text, frozen=frozen_lib.load(networks, directory),
-                       tokens_directory=tokens_dir(config, workdir))
+                       tokens_directory=tokens_dir(config, workdir),
+                       cond_tokenizer=cond_tokenizer)

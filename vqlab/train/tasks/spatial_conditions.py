@@ -1,7 +1,8 @@
 """Spatial conditions of a GPT (taming's super-resolution / colorization).
 
 The condition image is derived from each example's image and encoded by the
-same frozen tokenizer as the image; its tokens (flattened row-major,
+same frozen tokenizer as the image (or by a tokenizer run of its own,
+`condition.tokenizer`); its tokens (flattened row-major,
 [B, cond_length]) are the GPT's `cond` (model.condition = 'tokens').
 
   'downsampled': average-pool by `condition.factor`, then nearest-upsample
@@ -47,12 +48,22 @@ def condition_images(images, condition: ml_collections.ConfigDict):
                    f'{condition.image!r}')
 
 
-def metadata(config: ml_collections.ConfigDict) -> dict[str, object]:
-  """What the token shards record of the condition (compared on reuse)."""
+def metadata(config: ml_collections.ConfigDict,
+             tokenizer_workdir: str | None = None,
+             tokenizer_step: int | None = None) -> dict[str, object]:
+  """What the token shards record of the condition (compared on reuse): the
+  condition image, and the run and step of a condition tokenizer of its own
+  (`condition.tokenizer`, resolved by the caller)."""
   condition = config.get('condition')
   if (condition is None or condition.image == 'none' or
       config.model.get('condition') != 'tokens'):
     return {'image': 'none'}
+  recorded = {'image': condition.image}
   if condition.image == 'downsampled':
-    return {'image': 'downsampled', 'factor': condition.factor}
-  return {'image': condition.image}
+    recorded['factor'] = condition.factor
+  if tokenizer_workdir is not None:
+    recorded['tokenizer'] = {
+        'workdir': tokenizer_workdir,
+        'step': tokenizer_step
+    }
+  return recorded
