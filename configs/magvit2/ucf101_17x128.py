@@ -5,7 +5,10 @@ factors, 2 entropy groups), commitment 0.25, entropy penalty 0.1 at tau 0.01;
 non-saturating GAN 0.1 with the adaptive weight, EMA generator for eval.
 
 Needs the prepared tfds `ucf101` (data.data_dir) and, for LPIPS, the VGG16
-file in the weights directory.
+file in the weights directory. The global batch of 256 is 32 clips per device
+on 8 GPUs: split each step with `--config.train.microbatches` (e.g. 8: 4
+clips per device at a time) and/or `--config.model.remat_policy=full` until
+it fits; benchmarks/paper_scale.py --compile_only reports the memory.
 """
 
 from vqlab import data

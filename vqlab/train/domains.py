@@ -28,6 +28,7 @@ _EXPERIMENT = {
     'train.checkpoint_every': '>= 0',
     'train.max_to_keep': _COUNT,
     'train.preemption_check_every': _COUNT,
+    'train.microbatches': _COUNT,
     'eval.batch_size': _COUNT,
     'eval.max_batches': '-1 or >= 1',  # -1: the whole split.
     'eval.num_images': _COUNT,

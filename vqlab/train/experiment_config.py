@@ -32,6 +32,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.train = train = ml_collections.ConfigDict()
   train.num_steps = 1000  # Total optimizer steps.
   train.batch_size = 16  # Global batch (all hosts and devices).
+  # Gradient accumulation: each step's batch runs as this many microbatches
+  # (example i in microbatch i % k), their gradients averaged: the same
+  # global batch in 1 / k of the activation memory.
+  train.microbatches = 1
   train.log_every = 50  # Steps between scalar summaries.
   train.eval_every = 500  # Steps between evals (0: only at the end).
   train.checkpoint_every = 500  # Steps between async checkpoint saves.
@@ -116,6 +120,12 @@ def validate(config: ml_collections.ConfigDict,
     batch = config[section].batch_size
     require(batch % num_devices == 0, f'{section}.batch_size',
             f'{batch} is not divisible by the {num_devices} devices')
+  micro = config.train.microbatches
+  require(
+      config.train.batch_size % (num_devices * micro) == 0,
+      'train.microbatches', f'{micro}: train.batch_size '
+      f'{config.train.batch_size} must divide into {micro} microbatches of a '
+      f'multiple of the {num_devices} devices')
   for key in ('lpips', 'fid', 'fvd'):
     require(config.eval[key] in NETWORK_MODES, f'eval.{key}',
             f'must be one of {NETWORK_MODES}, got {config.eval[key]!r}')

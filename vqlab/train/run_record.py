@@ -20,10 +20,13 @@ from vqlab.errors import ConfigError
 
 CONFIG_FILE = 'config.json'
 # Dotted keys (a trailing '.' is a whole section) that a resumed run may change.
+# The memory knobs among them (remat, microbatches) keep the expected update;
+# microbatches changes which random draws the later steps make.
 FREE_TO_CHANGE = ('train.num_steps', 'train.log_every', 'train.eval_every',
                   'train.checkpoint_every', 'train.max_to_keep',
-                  'train.preemption_check_every', 'model.remat_policy', 'eval.',
-                  'sample.', 'mesh.', 'weights_dir')
+                  'train.preemption_check_every', 'train.microbatches',
+                  'model.remat_policy', 'eval.', 'sample.', 'mesh.',
+                  'weights_dir')
 
 
 def as_json_tree(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -114,6 +114,58 @@ class TaskSpec:
   subcomponents: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+def accumulate_gradients(grads_fn: Callable[[Batch, jax.Array, Any],
+                                            tuple[Any, Any, Metrics]],
+                         batch: Batch, rng: jax.Array, carry: Any,
+                         num_microbatches: int) -> tuple[Any, Any, Metrics]:
+  """Gradients of a batch as the mean over its microbatches (to fit a global
+  batch in memory: `train.microbatches`).
+
+  Example i goes to microbatch i % k, so with the batch sharded over the
+  devices every microbatch is too (the local batch divides by k); the
+  microbatches run in order under `lax.scan`, each with key fold_in(rng, j),
+  threading `carry` (e.g. EMA statistics, LeCam's EMAs) from one to the next.
+  Gradients and metrics are the means over microbatches: for losses that are
+  means over equally many terms per example, the full batch's exactly.
+
+  Args:
+    grads_fn: (microbatch, rng, carry) -> (grads, new carry, metrics).
+    batch: {name: [B, ...]}.
+    rng: PRNG key of the step (passed unchanged when k == 1).
+    carry: the state threaded through the microbatches.
+    num_microbatches: k, dividing B.
+
+  Returns:
+    (grads, carry after the last microbatch, metrics).
+  """
+  if num_microbatches == 1:
+    return grads_fn(batch, rng, carry)
+  k = num_microbatches
+
+  def split(x):
+    x = jax.numpy.reshape(x, (x.shape[0] // k, k) + x.shape[1:])
+    return jax.numpy.swapaxes(x, 0, 1)
+
+  micro = jax.tree.map(split, batch)
+  first = jax.tree.map(lambda x: x[0], micro)
+  grads_shape, _, metrics_shape = jax.eval_shape(grads_fn, first, rng, carry)
+  zeros = jax.tree.map(lambda s: jax.numpy.zeros(s.shape, s.dtype),
+                       (grads_shape, metrics_shape))
+
+  def body(acc, inputs):
+    index, microbatch = inputs
+    sums, carry = acc
+    grads, carry, metrics = grads_fn(microbatch, jax.random.fold_in(rng, index),
+                                     carry)
+    sums = jax.tree.map(jax.numpy.add, sums, (grads, metrics))
+    return (sums, carry), None
+
+  (sums, carry), _ = jax.lax.scan(body, (zeros, carry),
+                                  (jax.numpy.arange(k), micro))
+  grads, metrics = jax.tree.map(lambda s: s / k, sums)
+  return grads, carry, metrics
+
+
 def apply_gradients(state: TrainState, grads: dict[str, Any],
                     optimizers: dict[str, optax.GradientTransformation],
                     ema_decay: float = 0.0,

@@ -465,19 +465,26 @@ class GeneratorTask(base.Task):
   def train_step(self, state: TrainState, batch, rng, frozen=None):
     """One optimizer step -> (new state, metrics)."""
     frozen = self.frozen if frozen is None else frozen
-    tokens = self.tokens_of(batch, frozen)
-    labels = self._condition(batch, frozen)
 
-    def loss_fn(params):
-      loss, metrics, loss_state = self.api.loss(self.model, params, tokens,
-                                                labels, rng,
-                                                settings=self.config.loss,
-                                                train=True,
-                                                loss_state=state.loss_state)
-      return loss, (metrics, loss_state)
+    def grads_fn(microbatch, rng, loss_state):
+      tokens = self.tokens_of(microbatch, frozen)
+      labels = self._condition(microbatch, frozen)
 
-    (_, (metrics, loss_state)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params['model'])
+      def loss_fn(params):
+        loss, metrics, new_loss_state = self.api.loss(self.model, params,
+                                                      tokens, labels, rng,
+                                                      settings=self.config.loss,
+                                                      train=True,
+                                                      loss_state=loss_state)
+        return loss, (metrics, new_loss_state)
+
+      grads, (metrics,
+              loss_state) = jax.grad(loss_fn,
+                                     has_aux=True)(state.params['model'])
+      return grads, loss_state, metrics
+
+    grads, loss_state, metrics = base.accumulate_gradients(
+        grads_fn, batch, rng, state.loss_state, self.config.train.microbatches)
     state, norms = base.apply_gradients(state, {'model': grads}, self.tx,
                                         self.config.ema.decay,
                                         loss_state=loss_state)

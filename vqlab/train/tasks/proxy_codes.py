@@ -135,37 +135,44 @@ class ProxyCodeTask(base.Task):
   def train_step(self, state: TrainState, batch, rng, frozen=None):
     """One AdamW step on CE(proxy codes) + quantizer loss."""
     frozen = self.frozen if frozen is None else frozen
-    x = batch['image']
-    targets = self.proxy_codes(x, frozen)
-    dropout_rng, q_rng = jax.random.split(rng)
     smoothing = self.config.loss.label_smoothing
 
-    def loss_fn(params):
-      (logits, q_out), model_state = self.model.apply(
-          {
-              'params': params,
-              **state.model_state
-          }, x, train=True, rngs={
-              'dropout': dropout_rng,
-              'quantizer': q_rng
-          }, mutable=list(state.model_state.keys()))
-      labels = optax.smooth_labels(jax.nn.one_hot(targets, logits.shape[-1]),
-                                   smoothing)
-      ce = optax.softmax_cross_entropy(logits, labels).mean()
-      accuracy = jnp.mean(jnp.argmax(logits, -1) == targets)
-      metrics = {
-          'loss': ce + q_out.loss,
-          'proxy_ce': ce,
-          'proxy_accuracy': accuracy,
-          'quantizer_loss': q_out.loss,
-          **{
-              f'quantizer/{k}': v for k, v in q_out.metrics.items()
-          }
-      }
-      return ce + q_out.loss, (dict(model_state), metrics)
+    def grads_fn(microbatch, rng, model_state):
+      x = microbatch['image']
+      targets = self.proxy_codes(x, frozen)
+      dropout_rng, q_rng = jax.random.split(rng)
 
-    grads, (model_state,
-            metrics) = jax.grad(loss_fn, has_aux=True)(state.params[GENERATOR])
+      def loss_fn(params):
+        (logits,
+         q_out), new_state = self.model.apply({
+             'params': params,
+             **model_state
+         }, x, train=True, rngs={
+             'dropout': dropout_rng,
+             'quantizer': q_rng
+         }, mutable=list(model_state.keys()))
+        labels = optax.smooth_labels(jax.nn.one_hot(targets, logits.shape[-1]),
+                                     smoothing)
+        ce = optax.softmax_cross_entropy(logits, labels).mean()
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == targets)
+        metrics = {
+            'loss': ce + q_out.loss,
+            'proxy_ce': ce,
+            'proxy_accuracy': accuracy,
+            'quantizer_loss': q_out.loss,
+            **{
+                f'quantizer/{k}': v for k, v in q_out.metrics.items()
+            }
+        }
+        return ce + q_out.loss, (dict(new_state), metrics)
+
+      grads, (new_state,
+              metrics) = jax.grad(loss_fn,
+                                  has_aux=True)(state.params[GENERATOR])
+      return grads, new_state, metrics
+
+    grads, model_state, metrics = base.accumulate_gradients(
+        grads_fn, batch, rng, state.model_state, self.config.train.microbatches)
     state, norms = base.apply_gradients(state, {GENERATOR: grads}, self.tx,
                                         self.config.ema.decay,
                                         model_state=model_state)

@@ -411,9 +411,15 @@ class TokenizerTask(base.Task):
   # ---------------------------------------------------------------- step ---
   def train_step(self, state: TrainState, batch, rng, frozen=None):
     """One optimizer step of both networks -> (new state, metrics)."""
-    grads, model_state, loss_state, metrics = self.loss_and_grads(
-        state.params, state.model_state, batch, rng, state.step, frozen,
-        state.loss_state)
+
+    def grads_fn(microbatch, rng, carry):
+      grads, model_state, loss_state, metrics = self.loss_and_grads(
+          state.params, carry[0], microbatch, rng, state.step, frozen, carry[1])
+      return grads, (model_state, loss_state), metrics
+
+    grads, (model_state, loss_state), metrics = base.accumulate_gradients(
+        grads_fn, batch, rng, (state.model_state, state.loss_state),
+        self.config.train.microbatches)
     if 'quantizer' in self.config.freeze:
       model_state = state.model_state  # E.g. EMA codebook statistics.
     state, norms = base.apply_gradients(state, grads, self.tx,

@@ -1,0 +1,88 @@
+"""Gradient accumulation (train.microbatches): the microbatch split, and one
+real train step of a tokenizer and of a GPT equal with 1 and 2 microbatches
+(their losses are means over equally many terms per example)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests import tiny
+from vqlab.errors import ConfigError
+from vqlab.train import experiment
+from vqlab.train import experiment_config
+from vqlab.train.tasks import base
+
+
+def _devices():
+  return jax.devices()[:2]
+
+
+def test_accumulate_gradients_splits_in_order_and_threads_the_carry():
+  batch = {'x': jnp.arange(12.0).reshape(6, 2)}
+  seen = []
+
+  def grads_fn(microbatch, rng, carry):
+    del rng
+    seen.append(microbatch['x'].shape)
+    grads = {'g': microbatch['x'].sum(0)}
+    # The carry records the order: carry * 10 + the microbatch's first id.
+    carry = carry * 10 + microbatch['x'][0, 0] / 2
+    return grads, carry, {'first': microbatch['x'][0, 0]}
+
+  grads, carry, metrics = jax.jit(base.accumulate_gradients,
+                                  static_argnums=(0, 4))(grads_fn, batch,
+                                                         jax.random.key(0),
+                                                         jnp.float32(0), 3)
+  assert set(seen) == {(2, 2)}  # Only microbatches of 6 / 3 examples.
+  # Microbatch j holds examples j and j + 3: their sums, averaged over 3.
+  np.testing.assert_allclose(grads['g'],
+                             np.arange(12.0).reshape(6, 2).sum(0) / 3)
+  np.testing.assert_allclose(carry, 12.0)  # ((0) * 10 + 1) * 10 + 2.
+  np.testing.assert_allclose(metrics['first'], (0 + 2 + 4) / 3)
+
+
+def _step(config, tmp_path, microbatches):
+  config.train.microbatches = microbatches
+  exp = experiment.Experiment(config, str(tmp_path / str(microbatches)),
+                              _devices())
+  state, _ = exp.initial_state()
+  batch = exp.global_batch(next(exp.train_data.batches()))
+  new_state, metrics = exp.train_step(state, batch)
+  return jax.device_get(new_state.params), jax.device_get(metrics)
+
+
+def _assert_same_step(config, tmp_path, keys):
+  params_1, metrics_1 = _step(config, tmp_path, 1)
+  params_2, metrics_2 = _step(config, tmp_path, 2)
+  for key in keys:
+    np.testing.assert_allclose(metrics_2[key], metrics_1[key], rtol=2e-5,
+                               err_msg=key)
+  # Adam's first step moves each param by lr g / (|g| + eps): a gradient as
+  # small as eps moves by a fraction of lr (4e-4) between summation orders.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=4e-6),
+               params_2, params_1)
+
+
+def test_a_tokenizer_step_is_the_same_in_two_microbatches(tmp_path):
+  config = tiny.tokenizer_config()
+  config.eval.lpips = config.eval.fid = 'off'
+  # The first step (step 0 < loss.disc_start = 1) has no GAN terms: its
+  # losses are means of equal-sized terms.
+  _assert_same_step(
+      config, tmp_path,
+      ('loss', 'rec_loss', 'quantizer_loss', 'grad_norm/generator'))
+
+
+def test_a_gpt_step_is_the_same_in_two_microbatches(tokenizer_dir, tmp_path):
+  config = tiny.generator_config(tokenizer_dir, 'gpt')
+  config.tokens.source = 'on_the_fly'
+  _assert_same_step(config, tmp_path, ('loss', 'accuracy', 'grad_norm'))
+
+
+def test_microbatches_must_divide_the_batch_over_the_devices():
+  config = tiny.tokenizer_config()
+  config.train.microbatches = 3
+  with pytest.raises(ConfigError,
+                     match=r'train.microbatches: 3: train.batch_size 8'):
+    experiment_config.validate(config, 2)
