@@ -67,16 +67,21 @@ def fvd_clip_length(config: ml_collections.ConfigDict) -> int | None:
   return min(int(config.data.num_frames), int(config.eval.fvd_frames))
 
 
+def fvd_problem(config: ml_collections.ConfigDict) -> str | None:
+  """Why FVD cannot be computed on the data's clips, or None."""
+  frames = fvd_clip_length(config)
+  if frames is None:
+    return f'data.name {config.data.name!r} gives images, not videos'
+  if frames < i3d.MIN_FRAMES:
+    return (f'FVD clips would have {frames} frames (min of data.num_frames '
+            f'and eval.fvd_frames); I3D needs at least {i3d.MIN_FRAMES}')
+  return None
+
+
 def fvd_usable(config: ml_collections.ConfigDict) -> bool:
   """Whether FVD can be computed on the data's clips; with `eval.fvd = 'on'`
   a reason it cannot is a ConfigError."""
-  frames = fvd_clip_length(config)
-  problem = None
-  if frames is None:
-    problem = f'data.name {config.data.name!r} gives images, not videos'
-  elif frames < i3d.MIN_FRAMES:
-    problem = (f'FVD clips would have {frames} frames (min of data.num_frames '
-               f'and eval.fvd_frames); I3D needs at least {i3d.MIN_FRAMES}')
+  problem = fvd_problem(config)
   if problem and config.eval.fvd == 'on':
     raise ConfigError('eval.fvd', f"'on', but {problem}")
   return problem is None

@@ -29,6 +29,7 @@ import numpy as np
 
 from vqlab import data as data_lib
 from vqlab import fileio
+from vqlab.errors import ConfigError
 from vqlab.evals import fid
 from vqlab.evals import fvd
 from vqlab.nn import inception
@@ -62,9 +63,9 @@ def compute_reference_statistics(
   devices = list(jax.devices() if devices is None else devices)
   config = experiment_config.validate(config, len(devices))
   if network == 'i3d':
-    config = config.copy_and_resolve_references()
-    config.eval.fvd = 'on'  # Names the reason when the clips do not fit.
-    frozen_lib.fvd_usable(config)
+    problem = frozen_lib.fvd_problem(config)
+    if problem:
+      raise ConfigError('data', f'I3D statistics need clips: {problem}')
     features_of = functools.partial(
         fvd.features, num_frames=frozen_lib.fvd_clip_length(config))
   else:

@@ -26,6 +26,7 @@ from vqlab.evals import fvd
 from vqlab.train import experiment
 from vqlab.train import experiment_config
 from vqlab.train import loop
+from vqlab.train import reference_stats
 from vqlab.train import sampling
 from vqlab.train import trained_tokenizer
 from vqlab.train.tasks import tokenizer as tokenizer_task
@@ -117,6 +118,12 @@ def test_fvd_on_clips_too_short_for_i3d_is_a_config_error(weights_dir):
   config.eval.fvd = 'auto'  # Skipped, as without the weight file.
   task = tokenizer_task.build(experiment_config.validate(config, 2))
   assert 'i3d' not in task.frozen
+  # --mode=fvd_stats on such clips.
+  with pytest.raises(ConfigError, match=r'^data: I3D statistics need clips: '
+                     r'.*5 frames'):
+    reference_stats.compute_reference_statistics(config, 'unused.npz',
+                                                 network='i3d',
+                                                 devices=_devices())
 
 
 @pytest.fixture(scope='module')
