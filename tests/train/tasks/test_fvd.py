@@ -48,6 +48,7 @@ def weights_dir(tmp_path_factory):
 def _tokenizer_config(weights_dir, num_frames=NUM_FRAMES):
   config = tiny_cpu.get_config()
   config.data.num_frames = num_frames
+  config.data.image_size = 8  # 5x4x4 tokens: short samplers.
   config.data.num_eval_examples = 4
   config.model.num_res_blocks = 0
   config.eval.lpips = config.eval.fid = 'off'
@@ -128,14 +129,14 @@ def test_fvd_on_clips_too_short_for_i3d_is_a_config_error(weights_dir):
 
 @pytest.fixture(scope='module')
 def video_generator(tmp_path_factory, tokenizer_run, weights_dir):
-  """An untrained video MaskGIT on the 9-frame tokenizer: 5x8x8 tokens."""
+  """An untrained video MaskGIT on the 9-frame tokenizer: 5x4x4 tokens."""
   tokenizer_config, tokenizer_dir = tokenizer_run
   config = ucf101_tiny_cpu.get_config()
   config.tokenizer.workdir = tokenizer_dir
   config.tokens.source = 'on_the_fly'
   config.data = tokenizer_config.data
   config.model.vocab_size = 2**10
-  config.model.token_shape = (5, 8, 8)
+  config.model.token_shape = (5, 4, 4)
   config.model.factor_vocab_sizes = ()
   config.model.width, config.model.num_layers = 32, 1
   config.model.mlp_dim = 64
@@ -210,7 +211,7 @@ def test_gpt_predicts_frames_from_a_prefix(tokenizer_run, weights_dir,
   config.tokens.source = 'on_the_fly'
   config.data = tokenizer_config.data
   config.model.condition = 'none'
-  config.model.vocab_size, config.model.length = 2**10, 5 * 8 * 8
+  config.model.vocab_size, config.model.length = 2**10, 5 * 4 * 4
   config.model.width, config.model.num_layers = 32, 1
   config.model.num_heads, config.model.mlp_dim = 2, 64
   config.eval.lpips = config.eval.fid = 'off'

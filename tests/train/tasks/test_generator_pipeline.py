@@ -438,15 +438,11 @@ def test_condition_tokens_come_from_the_condition_tokenizer(
   # The image tokens are still the generator's tokenizer's.
   same, _ = token_shards.load_split(spatial_shards[1]['tokens_dir'], 'eval')
   np.testing.assert_array_equal(arrays['tokens'], same['tokens'])
-  # On the fly: the same condition tokens; a train step reads them.
+  # On the fly (train steps share cond_tokens_of): the same tokens.
   config.tokens.source = 'on_the_fly'
   fly = experiment.Experiment(config, str(tmp_path / 'fly'), _devices())
   np.testing.assert_array_equal(fly.task.sample_conditions(0, 4),
                                 want[:4].reshape(4, 64))
-  state, _ = fly.initial_state()
-  state, metrics = fly.train_step(
-      state, fly.global_batch(next(fly.train_data.batches())))
-  assert np.isfinite(float(metrics['loss']))
 
   # Shards of the same-tokenizer condition are refused, and a vocabulary
   # that does not fit names the condition tokenizer.

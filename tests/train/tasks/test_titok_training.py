@@ -50,6 +50,7 @@ def _stage1_config(proxy_dir, steps):
   config.optimizer.learning_rate = 3e-3
   config.optimizer.warmup_steps = 0
   config.train.num_steps = steps
+  config.train.microbatches = 2  # Gradient accumulation's real path.
   return config
 
 

@@ -120,9 +120,13 @@ def test_gpt_and_vq_diffusion_refuse_factorized_codes_in_one_line(
 
 
 def test_video_maskgit_trains_on_the_tokens_of_clips(video_generator, tmp_path):
-  """Two train steps on clips encoded on the fly: factorized tokens in, every
-  param of the tied-head MaskGIT moves, the loss is finite."""
+  """Two train steps on clips encoded on the fly, in 2 microbatches:
+  factorized tokens in, every param of the tied-head MaskGIT moves, the loss
+  is finite."""
   config, _ = video_generator
+  config = experiment_config.validate(config, 2)
+  config.unlock()
+  config.train.microbatches = 2
   exp = experiment.Experiment(config, str(tmp_path), _devices())
   state, _ = exp.initial_state()
   start = jax.device_get(state.params)
