@@ -110,9 +110,7 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
   encode = jax.jit(tok.encode, in_shardings=(replicated, batch_sharding),
                    out_shardings=batch_sharding)
   cond_tok = generator.condition_tokenizer(config)
-  condition = spatial_conditions.metadata(
-      config, cond_tok and cond_tok.metadata()['workdir'], cond_tok and
-      cond_tok.step)
+  condition = generator.condition_metadata(config, cond_tok)
   encode_cond = None
   if condition['image'] != 'none':
     encoder = cond_tok or tok

@@ -119,13 +119,15 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
   score = None
   use_i3d = 'i3d' in exp.frozen
   fvd_frames = frozen_lib.fvd_clip_length(config)
-  video_stats = {'samples': fid.FeatureStatistics(), 'real': None}
   num_batches = math.ceil(s.num_samples / s.batch_size)
   progress = progress_lib.Progress(0, num_batches, s.batch_size,
                                    enabled=is_chief)
   base_rng = jax.random.key(s.seed)
   clips = task.eval_clips(s.batch_size) if s.observed_frames else None
   prediction_psnr = []
+  # I3D statistics of the samples and, for frame predictions, of the clips.
+  sample_stats = fid.FeatureStatistics()
+  clip_stats = fid.FeatureStatistics() if clips is not None else None
   with jax.set_mesh(exp.mesh):
     for i in range(num_batches):
       keep = min(s.batch_size, s.num_samples - i * s.batch_size)
@@ -147,12 +149,11 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
       if is_chief:
         _save(out_dir, i, host, i * s.batch_size)
       if use_i3d:
-        video_stats['samples'].update(
+        sample_stats.update(
             jax.device_get(i3d_features(exp.frozen['i3d'], images,
                                         fvd_frames))[:keep])
         if clips is not None:
-          video_stats['real'] = video_stats['real'] or fid.FeatureStatistics()
-          video_stats['real'].update(
+          clip_stats.update(
               jax.device_get(
                   i3d_features(exp.frozen['i3d'], jnp.asarray(observed),
                                fvd_frames))[:keep])
@@ -176,13 +177,11 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
                                           sigma)
     result['inception_score'], result['inception_score_std'] = score.result()
   if use_i3d:
-    real = video_stats['real']
-    mu, sigma = ((real.mean(), real.covariance()) if real is not None else
-                 _reference(config, workdir, 'i3d', devices))
-    generated = video_stats['samples']
-    key = 'prediction_fvd' if real is not None else 'fvd'
-    result[key] = fid.frechet_distance(generated.mean(), generated.covariance(),
-                                       mu, sigma)
+    mu, sigma = ((clip_stats.mean(), clip_stats.covariance()) if clip_stats
+                 is not None else _reference(config, workdir, 'i3d', devices))
+    key = 'prediction_fvd' if clip_stats is not None else 'fvd'
+    result[key] = fid.frechet_distance(sample_stats.mean(),
+                                       sample_stats.covariance(), mu, sigma)
     result['fvd_frames'] = fvd_frames
   if is_chief:
     with fileio.open(os.path.join(workdir, f'samples_{step}.json'), 'w') as f:

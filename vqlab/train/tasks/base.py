@@ -19,6 +19,7 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -143,13 +144,13 @@ def accumulate_gradients(grads_fn: Callable[[Batch, jax.Array, Any],
   k = num_microbatches
 
   def split(x):
-    x = jax.numpy.reshape(x, (x.shape[0] // k, k) + x.shape[1:])
-    return jax.numpy.swapaxes(x, 0, 1)
+    x = jnp.reshape(x, (x.shape[0] // k, k) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
 
   micro = jax.tree.map(split, batch)
   first = jax.tree.map(lambda x: x[0], micro)
   grads_shape, _, metrics_shape = jax.eval_shape(grads_fn, first, rng, carry)
-  zeros = jax.tree.map(lambda s: jax.numpy.zeros(s.shape, s.dtype),
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                        (grads_shape, metrics_shape))
 
   def body(acc, inputs):
@@ -157,11 +158,10 @@ def accumulate_gradients(grads_fn: Callable[[Batch, jax.Array, Any],
     sums, carry = acc
     grads, carry, metrics = grads_fn(microbatch, jax.random.fold_in(rng, index),
                                      carry)
-    sums = jax.tree.map(jax.numpy.add, sums, (grads, metrics))
+    sums = jax.tree.map(jnp.add, sums, (grads, metrics))
     return (sums, carry), None
 
-  (sums, carry), _ = jax.lax.scan(body, (zeros, carry),
-                                  (jax.numpy.arange(k), micro))
+  (sums, carry), _ = jax.lax.scan(body, (zeros, carry), (jnp.arange(k), micro))
   grads, metrics = jax.tree.map(lambda s: s / k, sums)
   return grads, carry, metrics
 

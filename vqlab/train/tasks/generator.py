@@ -281,6 +281,17 @@ def _check_condition_fits(spec, tok: trained_tokenizer.TrainedTokenizer,
         f'condition image into {length} tokens ({shape})')
 
 
+def condition_metadata(
+    config: ml_collections.ConfigDict,
+    cond_tok: trained_tokenizer.TrainedTokenizer | None) -> dict[str, Any]:
+  """What token shards record of the spatial condition: the condition image
+  and the run and step of `cond_tok` (condition.tokenizer; None: none)."""
+  if cond_tok is None:
+    return spatial_conditions.metadata(config)
+  return spatial_conditions.metadata(config, fileio.absolute(cond_tok.workdir),
+                                     cond_tok.step)
+
+
 def condition_tokenizer(
     config: ml_collections.ConfigDict
 ) -> trained_tokenizer.TrainedTokenizer | None:
@@ -407,11 +418,9 @@ class GeneratorTask(base.Task):
 
   def condition_metadata(self) -> dict[str, Any]:
     """What token shards record of the spatial condition (compared on use)."""
-    separate = self._cond_key == 'cond_tokenizer'
-    return spatial_conditions.metadata(
+    return condition_metadata(
         self.config,
-        self.cond_tokenizer.metadata()['workdir'] if separate else None,
-        self.cond_tokenizer.step if separate else None)
+        self.cond_tokenizer if self._cond_key == 'cond_tokenizer' else None)
 
   def cond_tokens_of(self, batch, frozen) -> jax.Array:
     """Spatial condition tokens int [B, cond_length]: from the shards, or
