@@ -83,8 +83,9 @@ class TrainedTokenizer:
     }
 
 
-def read_run_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config.json of a training run.
+def read_run_config(
+    workdir: str, key: str = 'tokenizer.workdir') -> ml_collections.ConfigDict:
+  """The config.json of a training run (named by config key `key`).
 
   Raises:
     CheckpointError: the file is missing or unreadable.
@@ -95,8 +96,8 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict:
       return ml_collections.ConfigDict(json.load(f))
   except FileNotFoundError as e:
     raise CheckpointError(
-        f'{path} does not exist: tokenizer.workdir must be the --workdir of '
-        'a trained tokenizer run') from e
+        f'{path} does not exist: {key} must be the --workdir of a trained '
+        'tokenizer run') from e
   except (OSError, ValueError) as e:
     raise CheckpointError(f'{path} is unreadable: {e}') from e
 
@@ -112,7 +113,7 @@ def load(workdir: str, step: int = -1,
   if not workdir:
     raise ConfigError(
         key, 'empty: set it to the --workdir of a trained tokenizer run')
-  config = read_run_config(workdir)
+  config = read_run_config(workdir, key)
   if config.get('task') != 'tokenizer' or 'model' not in config:
     raise ConfigError(
         key, f'{workdir!r} is a {config.get("task")!r} run, not a tokenizer '

@@ -459,9 +459,16 @@ def test_condition_tokens_come_from_the_condition_tokenizer(
 
 
 def test_a_condition_tokenizer_needs_spatial_conditioning(
-    tokenizer_dir, cond_tokenizer_dir):
+    tokenizer_dir, cond_tokenizer_dir, tmp_path):
   config = tiny.generator_config(tokenizer_dir, 'gpt')
   config.condition.tokenizer = cond_tokenizer_dir
   with pytest.raises(ConfigError,
                      match=r"condition.tokenizer: .*model.condition 'tokens'"):
     experiment_config.validate(config, 2)
+  # A directory that is no tokenizer run is named by its key.
+  config = _spatial_config(tokenizer_dir)
+  config.condition.tokenizer = str(tmp_path / 'nothing')
+  with pytest.raises(
+      CheckpointError, match=r'config.json does not exist: condition.tokenizer '
+      'must be the --workdir of a trained tokenizer run'):
+    experiment.Experiment(config, str(tmp_path / 'run'), _devices())
