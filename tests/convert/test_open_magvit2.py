@@ -13,6 +13,7 @@ from vqlab import tokenizers
 from vqlab.convert import open_magvit2
 from vqlab.convert import published
 from vqlab.errors import WeightsError
+from vqlab.nn import stack
 from vqlab.weights import torch_files
 
 _GOLDENS = paths.GOLDENS
@@ -48,8 +49,10 @@ def _run(converted, images, tokens):
 def test_released_key_list_converts_completely():
   with open(_GOLDENS / 'open_magvit2_keys.json') as f:
     shapes = json.load(f)['imagenet_256_L']
-  zero = np.zeros((), np.float32)
-  state = {k: np.broadcast_to(zero, s) for k, s in shapes.items()}
+  state = {  # A distinct value per tensor.
+      k: np.broadcast_to(np.float32(i), s)
+      for i, (k, s) in enumerate(shapes.items())
+  }
   out = open_magvit2.convert_state_dict(state)  # Checks keys and params.
   config = out.model_config
   assert config.channels == 128 and config.num_res_blocks == 4
@@ -57,6 +60,12 @@ def test_released_key_list_converts_completely():
   assert config.quantizer.codebook_size == 2**18
   assert tuple(config.quantizer.factor_bits) == (9, 9)
   assert 'EMA' in out.source
+  # --scan_blocks: each stage's same-width res blocks stacked in order.
+  scanned = open_magvit2.convert_state_dict(state, scan_blocks=True)
+  assert scanned.model_config.scan_blocks
+  assert 'ResBlock3D_0_to_3' in scanned.params['encoder']
+  jax.tree.map(np.testing.assert_array_equal,
+               stack.unstack_runs(scanned.params), out.params)
 
 
 @pytest.mark.parametrize('factorized', [True, False])

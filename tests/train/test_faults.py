@@ -24,6 +24,7 @@ from tests import tiny
 from vqlab.errors import CheckpointError
 from vqlab.errors import ConfigError
 from vqlab.errors import WorkdirError
+from vqlab.nn import stack
 from vqlab.train import checkpoint as checkpoint_lib
 from vqlab.train import experiment
 from vqlab.train import loop
@@ -328,6 +329,27 @@ def test_a_checkpoint_of_the_other_layer_layout_names_the_switch():
   assert checkpoint_lib.state_mismatch(
       scanned, unrolled).endswith('resume it with model.scan_layers = True')
   assert checkpoint_lib.state_mismatch(unrolled, unrolled) is None
+  # A MAGVIT-v2 run's res blocks, unrolled or scanned (model.scan_blocks).
+  conv = {'conv1': {'kernel': np.zeros((3, 3, 3, 4, 4), np.float32)}}
+  res = {f'ResBlock3D_{i}': conv for i in range(3)}
+  runs = stack.stack_runs(res, {'ResBlock3D_0_to_2': None})
+  assert runs['ResBlock3D_0_to_2']['conv1']['kernel'].shape[0] == 3
+  told = checkpoint_lib.state_mismatch({'params': {
+      'encoder': res
+  }}, {'params': {
+      'encoder': runs
+  }})
+  assert told.endswith('The checkpoint stores the res blocks unrolled: '
+                       'resume it with model.scan_blocks = False'), told
+  assert checkpoint_lib.state_mismatch({
+      'params': {
+          'encoder': runs
+      }
+  }, {
+      'params': {
+          'encoder': res
+      }
+  }).endswith('resume it with model.scan_blocks = True')
 
 
 def test_a_maskgit_checkpoint_of_the_other_head_kind_names_the_switch():

@@ -38,6 +38,7 @@ from vqlab import quantizers
 from vqlab import tokenizers
 from vqlab.convert import published
 from vqlab.errors import WeightsError
+from vqlab.nn import stack
 from vqlab.weights import torch_files
 
 OPTIONS = {
@@ -47,6 +48,8 @@ OPTIONS = {
                    'model) instead of one 2^18 index'),
     'image_size': (int, 256, 'resolution the checkpoint was trained at '
                    '(128 or 256)'),
+    'scan_blocks': (bool, False, 'store each stage\'s res blocks stacked for '
+                    'model.scan_blocks = True (faster compiles)'),
 }
 
 NUM_GROUPS = 32  # improved_model.py: every GroupNorm has 32 groups.
@@ -174,7 +177,7 @@ def expected_params(config: ml_collections.ConfigDict):
 
 
 def convert_state_dict(tensors, *, ema: bool = True, factorized: bool = True,
-                       image_size: int = 256,
+                       image_size: int = 256, scan_blocks: bool = False,
                        source: str = 'Open-MAGVIT2') -> published.Converted:
   """A flat Open-MAGVIT2 VQModel state dict {key: array} -> Converted.
 
@@ -205,15 +208,20 @@ def convert_state_dict(tensors, *, ema: bool = True, factorized: bool = True,
   bits = int(config.quantizer.codebook_size).bit_length() - 1
   description = (f'{source} (f{factor}, 2^{bits} LFQ, '
                  f'{weights} weights)')
+  if scan_blocks:
+    config.scan_blocks = True
+    params = stack.stack_runs(params, expected_params(config))
   published.check_params_match(params, expected_params(config), description)
   return published.Converted(model_config=config, params=params,
                              image_size=image_size, source=description)
 
 
 def convert_file(path: str, ema: bool = True, factorized: bool = True,
-                 image_size: int = 256) -> published.Converted:
+                 image_size: int = 256,
+                 scan_blocks: bool = False) -> published.Converted:
   """An Open-MAGVIT2 `.ckpt` -> Converted."""
   tensors = torch_files.load_state_dict(path, lenient=True)
   return convert_state_dict(
       tensors, ema=ema, factorized=factorized, image_size=image_size,
+      scan_blocks=scan_blocks,
       source=f'Open-MAGVIT2 {os.path.basename(os.path.abspath(path))}')

@@ -178,7 +178,7 @@ class VQDiffusion(nn.Module):
     context, context_mask = self._context(cond, drop, batch)
     fields = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim,
                   dropout_rate=self.dropout_rate, dtype=self.dtype)
-    x = transformer.apply_blocks(ConditionedBlock, fields, self.num_layers, x,
+    x = transformer.apply_layers(ConditionedBlock, fields, self.num_layers, x,
                                  emb, context, context_mask, train,
                                  scan=self.scan_layers,
                                  remat_policy=self.remat_policy)

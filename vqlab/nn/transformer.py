@@ -24,12 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from vqlab.nn import remat
+from vqlab.nn import stack
 
 SCANNED_NAME = 'blocks'
-# Scanned blocks: params and the decoding cache get a leading layer axis;
-# each layer draws its own init and dropout randomness.
-_SCANNED_VARIABLES = {'params': 0, 'cache': 0}
-_SCANNED_RNGS = {'params': True, 'dropout': True}
 
 
 class MlpBlock(nn.Module):
@@ -119,7 +116,7 @@ class Transformer(nn.Module):
                   dropout_rate=self.dropout_rate, decode=self.decode,
                   dtype=self.dtype, layer_norm_epsilon=self.layer_norm_epsilon,
                   exact_gelu=self.exact_gelu)
-    x = apply_blocks(TransformerBlock, fields, self.num_layers, x, mask, train,
+    x = apply_layers(TransformerBlock, fields, self.num_layers, x, mask, train,
                      scan=self.scan_layers, remat_policy=self.remat_policy)
     return nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
                         name='final_norm')(x)
@@ -148,39 +145,15 @@ def stack_options(config: Any, prefix: str) -> dict[str, Any]:
               remat_policy=config.remat_policy)
 
 
-def apply_blocks(block: type[nn.Module], fields: dict[str, Any],
+def apply_layers(block: type[nn.Module], fields: dict[str, Any],
                  num_layers: int, x: jax.Array, *args: Any, scan: bool,
                  remat_policy: str) -> jax.Array:
-  """x -> block_{n-1}(...block_0(x, *args)..., *args): a stack of blocks.
-
-  Call it inside a compact method: the blocks become submodules of the
-  caller, named `block_<i>`, or `blocks` (stacked params) when `scan`.
-
-  Args:
-    block: the block class; block(**fields)(x, *args) -> same shape as x.
-    fields: its attributes.
-    num_layers: how many blocks.
-    x: the input of the first block, [B, L, D].
-    *args: the other arguments of every block, positional, the last one the
-      static `train` flag (arrays or None are shared by all layers).
-    scan: one `nn.scan` over layers instead of a Python loop.
-    remat_policy: a key of vqlab.nn.remat.POLICIES.
-
-  Returns:
-    The last block's output, [B, L, D].
-  """
-  # `train` (the last argument; self is argument 0) selects dropout: static.
-  block = remat.rematerialized(block, remat_policy,
-                               static_argnums=(len(args) + 1,), in_scan=scan)
-  if not scan:
-    for layer in range(num_layers):
-      x = block(**fields, name=f'block_{layer}')(x, *args)
-    return x
-  body = lambda module, carry, *shared: (module(carry, *shared), None)
-  run = nn.scan(body, variable_axes=_SCANNED_VARIABLES,
-                split_rngs=_SCANNED_RNGS, in_axes=(nn.broadcast,) * len(args),
-                length=num_layers)
-  return run(block(**fields, name=SCANNED_NAME), x, *args)[0]
+  """A layer stack (vqlab.nn.stack.apply_blocks) named `block_<i>`, or
+  `blocks` when scanned; the last of *args is the static `train` flag."""
+  return stack.apply_blocks(block, fields, num_layers, x, *args, scan=scan,
+                            remat_policy=remat_policy,
+                            static_argnums=(len(args) + 1,),
+                            name='block_{}'.format, scanned_name=SCANNED_NAME)
 
 
 def stack_block_params(tree: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,6 @@ network with temporal_kernel=1, num_temporal_downsamples=0 and three options:
 and mean; see vqlab.nn.adaptive_norm).
 """
 
-import itertools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -35,6 +34,7 @@ import ml_collections
 from vqlab import quantizers
 from vqlab.errors import ConfigError
 from vqlab.nn import remat
+from vqlab.nn import stack
 from vqlab.nn.adaptive_norm import AdaptiveGroupNorm
 from vqlab.nn.causal_conv import CausalConv3D
 from vqlab.nn.resnet import frame_group_norm
@@ -54,15 +54,32 @@ def temporal_downsamples(num_levels: int,
       i >= num_levels - 1 - num_temporal for i in range(num_levels - 1))
 
 
-def _res_blocks(part: nn.Module) -> Callable[[int, jax.Array], jax.Array]:
-  """res(channels, h): the next ResBlock3D of the encoder or decoder `part`
-  (inside its compact call), named ResBlock3D_<i> in call order with or
-  without remat."""
-  block = remat.rematerialized(ResBlock3D, part.remat_policy)
-  names = (f'ResBlock3D_{i}' for i in itertools.count())
-  return lambda channels, h: block(channels, part.num_groups, part.
-                                   temporal_kernel, part.dtype, part.conv_bias,
-                                   name=next(names))(h)
+def _res_blocks(part: nn.Module) -> Callable[[int, int, jax.Array], jax.Array]:
+  """res(channels, count, h): the next `count` ResBlock3Ds of the encoder or
+  decoder `part` (inside its compact call), named ResBlock3D_<i> in call
+  order. With `part.scan_blocks`, the blocks that keep the width run as one
+  scan, `ResBlock3D_<first>_to_<last>` (vqlab.nn.stack)."""
+  used = [0]  # Blocks named so far.
+
+  def run(fields: dict[str, Any], count: int, h: jax.Array, scan: bool):
+    first, last = used[0], used[0] + count - 1
+    used[0] += count
+    return stack.apply_blocks(
+        ResBlock3D, fields, count, h, scan=scan, remat_policy=part.remat_policy,
+        name=lambda i: f'ResBlock3D_{first + i}',
+        scanned_name=stack.run_name('ResBlock3D', first, last))
+
+  def res(channels: int, count: int, h: jax.Array) -> jax.Array:
+    fields = dict(features=channels, num_groups=part.num_groups,
+                  temporal_kernel=part.temporal_kernel, dtype=part.dtype,
+                  use_bias=part.conv_bias)
+    if count and h.shape[-1] != channels:  # A width change: one block alone.
+      h = run(fields, 1, h, scan=False)
+      count -= 1
+    return run(fields, count, h, scan=part.scan_blocks and
+               count > 1) if count else h
+
+  return res
 
 
 class Encoder(nn.Module):
@@ -78,6 +95,7 @@ class Encoder(nn.Module):
   conv_bias: bool = True
   downsample_padding: str = 'same'
   remat_policy: str = 'none'
+  scan_blocks: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -88,8 +106,7 @@ class Encoder(nn.Module):
     temporal = temporal_downsamples(len(self.channel_multipliers),
                                     self.num_temporal_downsamples)
     for level, multiplier in enumerate(self.channel_multipliers):
-      for _ in range(self.num_res_blocks):
-        h = res(self.channels * multiplier, h)
+      h = res(self.channels * multiplier, self.num_res_blocks, h)
       if level < len(temporal) and self.downsample_padding == 'same':
         h = CausalDownsample3D(temporal[level], self.temporal_kernel,
                                self.dtype)(h)
@@ -98,8 +115,7 @@ class Encoder(nn.Module):
                          (2 if temporal[level] else 1, 2, 2), dtype=self.dtype,
                          spatial_padding='symmetric',
                          name=f'downsample_{level}')(h)
-    for _ in range(self.num_res_blocks):
-      h = res(h.shape[-1], h)
+    h = res(h.shape[-1], self.num_res_blocks, h)
     h = nn.swish(frame_group_norm(self.num_groups, self.dtype, 'norm_out')(h))
     return CausalConv3D(self.out_channels, (1, 1, 1), dtype=self.dtype,
                         name='conv_out')(h)
@@ -118,6 +134,7 @@ class Decoder(nn.Module):
   conv_bias: bool = True
   adaptive_norm: str = 'spatial'
   remat_policy: str = 'none'
+  scan_blocks: bool = False
 
   @nn.compact
   def __call__(self, z_q: jax.Array) -> jax.Array:
@@ -125,15 +142,14 @@ class Decoder(nn.Module):
     kernel = (self.temporal_kernel, 3, 3)
     width = self.channels * self.channel_multipliers[-1]
     h = CausalConv3D(width, kernel, dtype=self.dtype, name='conv_in')(z_q)
-    for _ in range(self.num_res_blocks):
-      h = res(width, h)
+    h = res(width, self.num_res_blocks, h)
     temporal = temporal_downsamples(len(self.channel_multipliers),
                                     self.num_temporal_downsamples)
     for level in reversed(range(len(self.channel_multipliers))):
       h = AdaptiveGroupNorm(self.num_groups, dtype=self.dtype,
                             pooled=self.adaptive_norm == 'pooled')(h, z_q)
-      for _ in range(self.num_res_blocks):
-        h = res(self.channels * self.channel_multipliers[level], h)
+      h = res(self.channels * self.channel_multipliers[level],
+              self.num_res_blocks, h)
       if level > 0:
         h = CausalUpsample3D(temporal[level - 1], self.temporal_kernel,
                              self.dtype)(h)
@@ -157,6 +173,8 @@ class MAGVIT2(nn.Module):
     dtype: compute dtype (parameters stay float32).
     remat_policy: recompute res-block activations in the backward pass
       (vqlab/nn/remat.py).
+    scan_blocks: run each stage's res blocks of one width as one nn.scan
+      (vqlab/nn/stack.py): one compiled block instead of several.
   """
   quantizer: nn.Module
   in_channels: int = 3
@@ -171,6 +189,7 @@ class MAGVIT2(nn.Module):
   downsample_padding: str = 'same'
   adaptive_norm: str = 'spatial'
   remat_policy: str = 'none'
+  scan_blocks: bool = False
 
   LAST_LAYER = 'to_pixels'  # Params of the layer the adaptive GAN weight uses.
 
@@ -190,7 +209,7 @@ class MAGVIT2(nn.Module):
                   num_temporal_downsamples=self.num_temporal_downsamples,
                   temporal_kernel=self.temporal_kernel,
                   num_groups=self.num_groups, dtype=self.dtype,
-                  remat_policy=self.remat_policy)
+                  remat_policy=self.remat_policy, scan_blocks=self.scan_blocks)
     self.encoder = Encoder(out_channels=self.quantizer.code_dim,
                            conv_bias=self.conv_bias,
                            downsample_padding=self.downsample_padding, **shared)
@@ -286,6 +305,10 @@ def default_config() -> ml_collections.ConfigDict:
   # Recompute res-block activations in the backward pass: 'none', 'full' or
   # 'dots' (vqlab/nn/remat.py); saves memory on long videos.
   config.remat_policy = 'none'
+  # True: each stage's res blocks of one width run as one nn.scan (params
+  # `ResBlock3D_<a>_to_<b>` stacked; compiles one block); False: the
+  # published layout `ResBlock3D_<i>`. Same numbers either way.
+  config.scan_blocks = False
   return config
 
 
@@ -326,4 +349,5 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
       temporal_kernel=config.temporal_kernel, num_groups=config.num_groups,
       dtype=jnp.dtype(dtype), conv_bias=config.conv_bias,
       downsample_padding=config.downsample_padding,
-      adaptive_norm=config.adaptive_norm, remat_policy=config.remat_policy)
+      adaptive_norm=config.adaptive_norm, remat_policy=config.remat_policy,
+      scan_blocks=bool(config.scan_blocks))

@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 
 from vqlab import fileio
 from vqlab.errors import CheckpointError
+from vqlab.nn import stack
 from vqlab.nn.transformer import SCANNED_NAME
 
 SET_ASIDE_SUFFIX = '.corrupt'
@@ -91,15 +92,20 @@ def state_mismatch(saved: Any, expected: Any, limit: int = 3) -> str | None:
 
 
 def _layer_layout_hint(saved: Iterable[str], expected: Iterable[str]) -> str:
-  """A hint when the two trees differ in how transformer blocks are stored
-  (`block_<i>` unrolled or `blocks` scanned, vqlab.nn.transformer)."""
-  scanned = lambda keys: any(f'/{SCANNED_NAME}/' in k for k in keys)
-  if scanned(saved) == scanned(expected):
-    return ''
-  saved_as, wanted = (('scanned', 'True') if scanned(saved) else
-                      ('unrolled', 'False'))
-  return (f'. The checkpoint stores the transformer blocks {saved_as}: '
-          f'resume it with model.scan_layers = {wanted}')
+  """A hint when the two trees differ in how repeated blocks are stored:
+  transformer blocks (`block_<i>` or scanned `blocks`) or res-block runs
+  (`X_<i>` or scanned `X_<a>_to_<b>`), vqlab.nn.stack."""
+  saved, expected = list(saved), list(expected)
+  hints = []
+  layers = lambda keys: any(f'/{SCANNED_NAME}/' in k for k in keys)
+  for scanned, what, key in ((layers, 'transformer blocks', 'scan_layers'),
+                             (stack.has_runs, 'res blocks', 'scan_blocks')):
+    if scanned(saved) != scanned(expected):
+      saved_as, wanted = (('scanned', 'True') if scanned(saved) else
+                          ('unrolled', 'False'))
+      hints.append(f'. The checkpoint stores the {what} {saved_as}: resume '
+                   f'it with model.{key} = {wanted}')
+  return ''.join(hints)
 
 
 def _head_layout_hint(saved: Iterable[str], expected: Iterable[str]) -> str:

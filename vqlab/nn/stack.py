@@ -1,0 +1,130 @@
+"""Stacks of identical blocks, run unrolled or as one `nn.scan`.
+
+A block that maps x to an array of x's shape can be repeated either as a
+Python loop (one submodule per block) or as one `nn.scan` over a submodule
+whose params carry a leading [count] axis. Both compute the same function of
+the same numbers; the scan makes XLA compile one block instead of `count`,
+which is what keeps the paper-size configs' compile time low.
+
+Names: the transformers' layer stack is `block_<i>` unrolled and `blocks`
+scanned (vqlab.nn.transformer). A *run* of a convolutional stage's res blocks
+is `<Class>_<first>`, ..., `<Class>_<last>` unrolled (the published layouts)
+and one `<Class>_<first>_to_<last>` scanned, so each layout names its
+counterpart: `stack_runs` and `unstack_runs` convert params between the two.
+"""
+
+import re
+from typing import Any, Callable, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from vqlab.nn import remat
+
+# Scanned blocks: params and the decoding cache get a leading layer axis;
+# each layer draws its own init and dropout randomness.
+_SCANNED_VARIABLES = {'params': 0, 'cache': 0}
+_SCANNED_RNGS = {'params': True, 'dropout': True}
+_RUN = re.compile(r'^(.+)_(\d+)_to_(\d+)$')
+
+
+def apply_blocks(block: type[nn.Module], fields: dict[str, Any], count: int,
+                 x: jax.Array, *args: Any, scan: bool, remat_policy: str,
+                 static_argnums: Sequence[int] = (),
+                 name: Callable[[int], str] = 'block_{}'.format,
+                 scanned_name: str = 'blocks') -> jax.Array:
+  """x -> block_{n-1}(...block_0(x, *args)..., *args): `count` blocks.
+
+  Call it inside a compact method: the blocks become submodules of the
+  caller, named name(i) (unrolled) or `scanned_name` (one scanned module).
+
+  Args:
+    block: the block class; block(**fields)(x, *args) has x's shape.
+    fields: its attributes.
+    count: how many blocks.
+    x: the input of the first block.
+    *args: the other arguments of every block, positional (arrays or None are
+      shared by all blocks).
+    scan: one `nn.scan` over the blocks instead of a Python loop.
+    remat_policy: a key of vqlab.nn.remat.POLICIES.
+    static_argnums: positions in (self, x, *args) of Python values (flags).
+    name, scanned_name: the submodules' names.
+
+  Returns:
+    The last block's output, shaped like x.
+  """
+  block = remat.rematerialized(block, remat_policy,
+                               static_argnums=static_argnums, in_scan=scan)
+  if not scan:
+    for i in range(count):
+      x = block(**fields, name=name(i))(x, *args)
+    return x
+  body = lambda module, carry, *shared: (module(carry, *shared), None)
+  run = nn.scan(body, variable_axes=_SCANNED_VARIABLES,
+                split_rngs=_SCANNED_RNGS, in_axes=(nn.broadcast,) * len(args),
+                length=count)
+  return run(block(**fields, name=scanned_name), x, *args)[0]
+
+
+def run_name(prefix: str, first: int, last: int) -> str:
+  """The scanned name of the run prefix_<first> ... prefix_<last>."""
+  return f'{prefix}_{first}_to_{last}'
+
+
+def _run_members(key: str) -> list[str] | None:
+  """The unrolled names a scanned run's name stands for, else None."""
+  match = _RUN.match(key)
+  if not match:
+    return None
+  prefix, first, last = match[1], int(match[2]), int(match[3])
+  return [f'{prefix}_{i}' for i in range(first, last + 1)]
+
+
+def unstack_runs(tree: Mapping[str, Any]) -> dict[str, Any]:
+  """Params with scanned runs (`X_<a>_to_<b>`, leaves [b - a + 1, ...]) ->
+  the unrolled layout (`X_<a>`, ..., `X_<b>`), at any depth; numpy leaves."""
+  out = {}
+  for key, value in tree.items():
+    members = _run_members(key)
+    if members:
+      for i, member in enumerate(members):
+        out[member] = jax.tree.map(lambda leaf, i=i: np.asarray(leaf)[i], value)
+    elif isinstance(value, Mapping):
+      out[key] = unstack_runs(value)
+    else:
+      out[key] = value
+  return out
+
+
+def stack_runs(tree: Mapping[str, Any], like: Mapping[str,
+                                                      Any]) -> dict[str, Any]:
+  """Unrolled params -> the layout of `like` (a param tree, e.g. from
+  jax.eval_shape of the scanned model's init): every run `X_<a>_to_<b>` of
+  `like` gets X_a ... X_b stacked on a new axis 0; the rest is kept.
+
+  Raises:
+    ValueError: a member of a run is missing from `tree`.
+  """
+  out = {key: value for key, value in tree.items()}
+  for key, value in like.items():
+    members = _run_members(key)
+    if members:
+      missing = [m for m in members if m not in tree]
+      if missing:
+        raise ValueError(f'stack_runs: {key} needs {", ".join(missing)}, '
+                         f'not among {sorted(tree)}')
+      out[key] = jax.tree.map(
+          lambda *leaves: np.stack([np.asarray(leaf) for leaf in leaves]),
+          *(tree[m] for m in members))
+      for member in members:
+        del out[member]
+    elif isinstance(value, Mapping) and isinstance(tree.get(key), Mapping):
+      out[key] = stack_runs(tree[key], value)
+  return out
+
+
+def has_runs(keys: Any) -> bool:
+  """Whether any '/'-joined param path in `keys` passes through a scanned
+  run."""
+  return any(_RUN.match(part) for key in keys for part in str(key).split('/'))
