@@ -6,7 +6,7 @@ accelerator, also init time, step time, examples/s, peak memory and MFU.
   python benchmarks/paper_scale.py                         # GPU, < 8 min
   python benchmarks/paper_scale.py --cases=vqgan_taming --steps=20
   python benchmarks/paper_scale.py --cases=magvit2_video --compile_only \
-      --per_device_batch_sweep=1,2,4,8 --set=model.remat_policy=full
+      --per_device_batch_sweep=1,2,4,8 --set=train.microbatches=1
 
 Cases (`CASES`; --cases=a,b selects):
   vqgan_taming        configs/vqgan/taming_f16.py (VQGAN f16, taming recipe)

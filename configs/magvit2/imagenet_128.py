@@ -2,6 +2,11 @@
 16x16 tokens): the same causal 3D model, every image a 1-frame video, so the
 codebook can later be shared with video training. Needs the prepared tfds
 `imagenet2012`; LPIPS needs the VGG16 file.
+
+The model keeps the video config's layout (scanned, rematerialized res
+blocks), so either run's checkpoint starts the other. Images need no
+microbatches: 32 per device compile to a 25.6 GiB peak estimate, 8 to 11.8
+(XLA:CPU, benchmarks/README.md).
 """
 
 from configs.magvit2 import ucf101_17x128
@@ -13,4 +18,5 @@ def get_config():
   config.data = data.default_config('tfds')
   config.data.tfds_name = 'imagenet2012'
   config.data.image_size = 128
+  config.train.microbatches = 1
   return config

@@ -5,10 +5,18 @@ factors, 2 entropy groups), commitment 0.25, entropy penalty 0.1 at tau 0.01;
 non-saturating GAN 0.1 with the adaptive weight, EMA generator for eval.
 
 Needs the prepared tfds `ucf101` (data.data_dir) and, for LPIPS, the VGG16
-file in the weights directory. The global batch of 256 is 32 clips per device
-on 8 GPUs: split each step with `--config.train.microbatches` (e.g. 8: 4
-clips per device at a time) and/or `--config.model.remat_policy=full` until
-it fits; benchmarks/paper_scale.py --compile_only reports the memory.
+file in the weights directory.
+
+Memory: the global batch of 256 runs as 8 microbatches with each stage's res
+blocks scanned and rematerialized, which fits the paper's pods and 8 x 80 GB
+GPUs. Compiled peak estimates per device (benchmarks/README.md, XLA:CPU)
+for 1, 2, 4, 8 clips per device at a time: 14.8, 22.3, 37.3, 81.3 GiB
+(without scan and remat: 24.2, 41.0, 74.7, 189.6). So 8 x 80 GB GPUs (32
+clips per device) run 4 at a time, a v5p-32 (16 devices) 2 and a v4-64
+(32 devices, 32 GiB each) 1. On more devices, lower train.microbatches so
+that it still divides the per-device batch; on fewer or smaller ones raise
+it. `python benchmarks/paper_scale.py --cases=magvit2_video --compile_only`
+reports the compiled memory on the machine it runs on.
 """
 
 from vqlab import data
@@ -34,6 +42,8 @@ def model_config():
   q.commitment_weight = 0.25
   q.entropy_weight = 0.1
   q.entropy_temperature = 0.01
+  model.scan_blocks = True  # One compiled block per stage, and with remat
+  model.remat_policy = 'full'  # the scan keeps only each block's input.
   return model
 
 
@@ -64,6 +74,7 @@ def get_config():
     opt.b1, opt.b2 = 0.0, 0.99
 
   config.train.batch_size = 256
+  config.train.microbatches = 8  # 256 = 8 x 32 clips on 8 GPUs (see above).
   config.train.num_steps = 500_000
   config.train.log_every = 100
   config.train.eval_every = 10_000
