@@ -64,8 +64,8 @@ def test_released_key_list_converts_completely():
   scanned = open_magvit2.convert_state_dict(state, scan_blocks=True)
   assert scanned.model_config.scan_blocks
   assert 'ResBlock3D_0_to_3' in scanned.params['encoder']
-  jax.tree.map(np.testing.assert_array_equal,
-               stack.unstack_runs(scanned.params), out.params)
+  jax.tree.map(np.testing.assert_array_equal, stack.unstack(scanned.params),
+               out.params)
 
 
 @pytest.mark.parametrize('factorized', [True, False])

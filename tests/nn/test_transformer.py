@@ -11,6 +11,7 @@ from tests.compile_options import FAST_COMPILE
 from vqlab import generators
 from vqlab import tokenizers
 from vqlab.errors import ConfigError
+from vqlab.nn import stack
 from vqlab.nn import transformer
 
 
@@ -53,7 +54,7 @@ def _stacked_everywhere(tree):
   if not isinstance(tree, dict):
     return tree
   tree = {k: _stacked_everywhere(v) for k, v in tree.items()}
-  return transformer.stack_block_params(tree) if 'block_0' in tree else tree
+  return stack.stack_layers(tree) if 'block_0' in tree else tree
 
 
 def test_scanned_and_rematerialized_stacks_compute_the_unrolled_stack():
@@ -68,14 +69,14 @@ def test_scanned_and_rematerialized_stacks_compute_the_unrolled_stack():
 
   want, want_grads = value_and_grad(unrolled, params)
   want_outputs = unrolled.apply({'params': params}, x, mask)
-  stacked = transformer.stack_block_params(params)
+  stacked = stack.stack_layers(params)
   assert jax.tree.leaves(stacked['blocks'])[0].shape[0] == 3
   for scan, remat in ((False, 'full'), (True, 'none'), (True, 'dots')):
     model = transformer.Transformer(num_layers=3, num_heads=2, mlp_dim=16,
                                     scan_layers=scan, remat_policy=remat)
     value, grads = value_and_grad(model, stacked if scan else params)
     if scan:
-      grads = transformer.unstack_block_params(grads)
+      grads = stack.unstack(grads)
     np.testing.assert_allclose(value, want, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
                  grads, want_grads)

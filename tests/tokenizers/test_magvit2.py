@@ -266,7 +266,7 @@ def test_scanned_res_blocks_compute_the_same_function():
       'CausalDownsample3D_0', 'CausalDownsample3D_1', 'ResBlock3D_0_to_1'
   ]
   assert 'ResBlock3D_2' in shapes['encoder']  # 4 -> 8 channels: alone.
-  stacked = stack.stack_runs(variables['params'], shapes)
+  stacked = stack.stack_like(variables['params'], shapes)
   assert jax.tree.structure(stacked) == jax.tree.structure(shapes)
 
   def value_and_grads(model, params):
@@ -281,7 +281,7 @@ def test_scanned_res_blocks_compute_the_same_function():
   np.testing.assert_allclose(got, want, rtol=1e-5)
   jax.tree.map(
       lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-      stack.unstack_runs(got_grads), want_grads)
+      stack.unstack(got_grads), want_grads)
 
 
 def test_config_errors_name_the_key():

@@ -332,7 +332,7 @@ def test_a_checkpoint_of_the_other_layer_layout_names_the_switch():
   # A MAGVIT-v2 run's res blocks, unrolled or scanned (model.scan_blocks).
   conv = {'conv1': {'kernel': np.zeros((3, 3, 3, 4, 4), np.float32)}}
   res = {f'ResBlock3D_{i}': conv for i in range(3)}
-  runs = stack.stack_runs(res, {'ResBlock3D_0_to_2': None})
+  runs = stack.stack_like(res, {'ResBlock3D_0_to_2': None})
   assert runs['ResBlock3D_0_to_2']['conv1']['kernel'].shape[0] == 3
   told = checkpoint_lib.state_mismatch({'params': {
       'encoder': res

@@ -210,7 +210,7 @@ def convert_state_dict(tensors, *, ema: bool = True, factorized: bool = True,
                  f'{weights} weights)')
   if scan_blocks:
     config.scan_blocks = True
-    params = stack.stack_runs(params, expected_params(config))
+    params = stack.stack_like(params, expected_params(config))
   published.check_params_match(params, expected_params(config), description)
   return published.Converted(model_config=config, params=params,
                              image_size=image_size, source=description)

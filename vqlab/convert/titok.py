@@ -33,7 +33,7 @@ from vqlab import tokenizers
 from vqlab.convert import maskgit_vqgan
 from vqlab.convert import published
 from vqlab.errors import WeightsError
-from vqlab.nn import transformer
+from vqlab.nn import stack
 from vqlab.tokenizers import titok as titok_lib
 from vqlab.weights import safetensors_files
 from vqlab.weights import torch_files
@@ -180,7 +180,7 @@ def _vit(sd: published.StateDict, part: str, size, scan_layers: bool) -> dict:
     }
   blocks['final_norm'] = sd.norm(f'{part}.ln_post')
   if scan_layers:
-    blocks = transformer.stack_block_params(blocks)
+    blocks = stack.stack_layers(blocks)
   return {
       'class_token': cls[0] + pos[0],
       'grid_position': {

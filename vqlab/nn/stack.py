@@ -10,7 +10,8 @@ Names: the transformers' layer stack is `block_<i>` unrolled and `blocks`
 scanned (vqlab.nn.transformer). A *run* of a convolutional stage's res blocks
 is `<Class>_<first>`, ..., `<Class>_<last>` unrolled (the published layouts)
 and one `<Class>_<first>_to_<last>` scanned, so each layout names its
-counterpart: `stack_runs` and `unstack_runs` convert params between the two.
+counterpart: `unstack`, `stack_like` and `match_layout` convert params
+between the layouts, both kinds at any depth.
 """
 
 import re
@@ -27,13 +28,14 @@ from vqlab.nn import remat
 _SCANNED_VARIABLES = {'params': 0, 'cache': 0}
 _SCANNED_RNGS = {'params': True, 'dropout': True}
 _RUN = re.compile(r'^(.+)_(\d+)_to_(\d+)$')
+LAYERS = 'blocks'  # The scanned name of a layer stack (block_<i> unrolled).
 
 
 def apply_blocks(block: type[nn.Module], fields: dict[str, Any], count: int,
                  x: jax.Array, *args: Any, scan: bool, remat_policy: str,
                  static_argnums: Sequence[int] = (),
                  name: Callable[[int], str] = 'block_{}'.format,
-                 scanned_name: str = 'blocks') -> jax.Array:
+                 scanned_name: str = LAYERS) -> jax.Array:
   """x -> block_{n-1}(...block_0(x, *args)..., *args): `count` blocks.
 
   Call it inside a compact method: the blocks become submodules of the
@@ -72,8 +74,12 @@ def run_name(prefix: str, first: int, last: int) -> str:
   return f'{prefix}_{first}_to_{last}'
 
 
-def _run_members(key: str) -> list[str] | None:
-  """The unrolled names a scanned run's name stands for, else None."""
+def _members(key: str, value: Any) -> list[str] | None:
+  """The unrolled names a scanned stack's key stands for (a run's from its
+  name, a layer stack's from its leading axis), else None."""
+  if key == LAYERS and isinstance(value, Mapping):
+    count = jax.tree.leaves(value)[0].shape[0]
+    return [f'block_{i}' for i in range(count)]
   match = _RUN.match(key)
   if not match:
     return None
@@ -81,47 +87,75 @@ def _run_members(key: str) -> list[str] | None:
   return [f'{prefix}_{i}' for i in range(first, last + 1)]
 
 
-def unstack_runs(tree: Mapping[str, Any]) -> dict[str, Any]:
-  """Params with scanned runs (`X_<a>_to_<b>`, leaves [b - a + 1, ...]) ->
-  the unrolled layout (`X_<a>`, ..., `X_<b>`), at any depth; numpy leaves."""
+def _stacked(trees: list[Any]) -> Any:
+  return jax.tree.map(
+      lambda *leaves: np.stack([np.asarray(leaf) for leaf in leaves]), *trees)
+
+
+def unstack(tree: Mapping[str, Any]) -> dict[str, Any]:
+  """Params with scanned stacks (layer stacks `blocks`, runs `X_<a>_to_<b>`)
+  -> the unrolled layout (`block_<i>`; `X_<a>`, ..., `X_<b>`), at any
+  depth; unstacked leaves become numpy arrays."""
   out = {}
   for key, value in tree.items():
-    members = _run_members(key)
+    members = _members(key, value)
     if members:
       for i, member in enumerate(members):
         out[member] = jax.tree.map(lambda leaf, i=i: np.asarray(leaf)[i], value)
     elif isinstance(value, Mapping):
-      out[key] = unstack_runs(value)
+      out[key] = unstack(value)
     else:
       out[key] = value
   return out
 
 
-def stack_runs(tree: Mapping[str, Any], like: Mapping[str,
+def stack_like(tree: Mapping[str, Any], like: Mapping[str,
                                                       Any]) -> dict[str, Any]:
-  """Unrolled params -> the layout of `like` (a param tree, e.g. from
-  jax.eval_shape of the scanned model's init): every run `X_<a>_to_<b>` of
-  `like` gets X_a ... X_b stacked on a new axis 0; the rest is kept.
+  """Unrolled params -> the layout of `like` (params of the same model, e.g.
+  from jax.eval_shape of its init): every scanned stack of `like` gets its
+  members from `tree` stacked on a new axis 0 (numpy); the rest is kept.
 
   Raises:
-    ValueError: a member of a run is missing from `tree`.
+    ValueError: a member of a stack is missing from `tree`.
   """
-  out = {key: value for key, value in tree.items()}
+  out = dict(tree)
   for key, value in like.items():
-    members = _run_members(key)
+    members = _members(key, value)
     if members:
       missing = [m for m in members if m not in tree]
       if missing:
-        raise ValueError(f'stack_runs: {key} needs {", ".join(missing)}, '
-                         f'not among {sorted(tree)}')
-      out[key] = jax.tree.map(
-          lambda *leaves: np.stack([np.asarray(leaf) for leaf in leaves]),
-          *(tree[m] for m in members))
+        raise ValueError(f'{key} needs {", ".join(missing)}, not among '
+                         f'{sorted(tree)}')
+      out[key] = _stacked([tree[m] for m in members])
       for member in members:
         del out[member]
     elif isinstance(value, Mapping) and isinstance(tree.get(key), Mapping):
-      out[key] = stack_runs(tree[key], value)
+      out[key] = stack_like(tree[key], value)
   return out
+
+
+def match_layout(tree: Mapping[str, Any], like: Mapping[str,
+                                                        Any]) -> dict[str, Any]:
+  """Params of a model in either layout -> the layout of `like` (the same
+  model's params, or their shapes): unstacked, then stacked as `like` is.
+
+  Raises:
+    ValueError: `like` has a stack whose members `tree` lacks.
+  """
+  return stack_like(unstack(tree), like)
+
+
+def stack_layers(tree: Mapping[str, Any]) -> dict[str, Any]:
+  """One level of unrolled layer params {'block_0': p0, ...,
+  'block_<n-1>': ..., **rest} -> {'blocks': leaves stacked on axis 0,
+  **rest} (numpy arrays)."""
+  count = sum(key.startswith('block_') for key in tree)
+  names = [f'block_{i}' for i in range(count)]
+  if not count or any(name not in tree for name in names):
+    raise ValueError(f'stack_layers: no block_0..block_<n-1> among '
+                     f'{sorted(tree)}')
+  rest = {k: v for k, v in tree.items() if k not in names}
+  return {**rest, LAYERS: _stacked([tree[n] for n in names])}
 
 
 def has_runs(keys: Any) -> bool:

@@ -11,7 +11,7 @@ A stack of identical blocks runs either unrolled (params `block_0`,
 with a leading [num_layers] axis): XLA then compiles one block instead of
 num_layers copies, which is what keeps the paper-size configs' compile time
 low. Both run the same computation on the same numbers
-(`stack_block_params` / `unstack_block_params` convert between the two
+(`vqlab.nn.stack.stack_layers` / `unstack` convert between the two
 layouts). `remat_policy` recomputes each block's activations in the backward
 pass instead of storing them (vqlab/nn/remat.py).
 """
@@ -21,12 +21,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vqlab.nn import remat
 from vqlab.nn import stack
 
-SCANNED_NAME = 'blocks'
+SCANNED_NAME = stack.LAYERS
 
 
 class MlpBlock(nn.Module):
@@ -154,28 +153,3 @@ def apply_layers(block: type[nn.Module], fields: dict[str, Any],
                             remat_policy=remat_policy,
                             static_argnums=(len(args) + 1,),
                             name='block_{}'.format, scanned_name=SCANNED_NAME)
-
-
-def stack_block_params(tree: dict[str, Any]) -> dict[str, Any]:
-  """Unrolled params {'block_0': p0, ..., 'block_<n-1>': ..., **rest} ->
-  {'blocks': leaves stacked on a new axis 0, **rest} (numpy arrays)."""
-  count = sum(key.startswith('block_') for key in tree)
-  names = [f'block_{i}' for i in range(count)]
-  if not count or any(name not in tree for name in names):
-    raise ValueError(f'stack_block_params: no block_0..block_<n-1> among '
-                     f'{sorted(tree)}')
-  rest = {k: v for k, v in tree.items() if k not in names}
-  stacked = jax.tree.map(
-      lambda *leaves: np.stack([np.asarray(leaf) for leaf in leaves]),
-      *(tree[n] for n in names))
-  return {**rest, SCANNED_NAME: stacked}
-
-
-def unstack_block_params(tree: dict[str, Any]) -> dict[str, Any]:
-  """The inverse of `stack_block_params`."""
-  unrolled = {k: v for k, v in tree.items() if k != SCANNED_NAME}
-  stacked = tree[SCANNED_NAME]
-  for i in range(jax.tree.leaves(stacked)[0].shape[0]):
-    unrolled[f'block_{i}'] = jax.tree.map(lambda leaf: np.asarray(leaf)[i],
-                                          stacked)
-  return unrolled

@@ -34,6 +34,7 @@ from vqlab.losses import discriminators
 from vqlab.losses import gan
 from vqlab.losses import perceptual
 from vqlab.losses import vgg_features
+from vqlab.nn import stack
 from vqlab.quantizers import base as quantizer_base
 from vqlab.train import checkpoint as checkpoint_lib
 from vqlab.train import frozen as frozen_lib
@@ -191,7 +192,9 @@ class TokenizerTask(base.Task):
         }, model_state=dict(variables), ema_params=ema, loss_state=loss_state)
 
   def warm_start(self, state: TrainState) -> TrainState:
-    """Copies `warm_start.params` from another run into a fresh state.
+    """Copies `warm_start.params` from another run into a fresh state, in
+    this model's layout of repeated blocks (scanned or unrolled,
+    vqlab.nn.stack) whichever the other run used.
 
     Raises:
       ConfigError: a named param tree is missing or of another shape.
@@ -210,13 +213,19 @@ class TokenizerTask(base.Task):
             'warm_start.params', f'{name!r} is not in both '
             f'models: {start.workdir} (step {step}) has '
             f'{sorted(source)}, this model {sorted(params)}')
+      copied = source[name]
+      if isinstance(copied, dict):
+        try:
+          copied = stack.match_layout(copied, params[name])
+        except ValueError:  # Another architecture: told below.
+          pass
       shapes = lambda t: jax.tree.map(np.shape, t)
-      if shapes(source[name]) != shapes(params[name]):
+      if shapes(copied) != shapes(params[name]):
         raise ConfigError(
             'warm_start.params', f'{name!r} has other shapes '
             f'in {start.workdir} (step {step}) than in this '
             'model')
-      params[name] = jax.tree.map(jnp.asarray, source[name])
+      params[name] = jax.tree.map(jnp.asarray, copied)
     all_params = {**state.params, GENERATOR: params}
     ema = {GENERATOR: params} if state.ema_params else state.ema_params
     return state.replace(params=all_params, ema_params=ema)
