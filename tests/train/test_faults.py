@@ -6,6 +6,7 @@ a full disk during a save, a workdir locked by another run, Ctrl-C, SIGTERM
 during startup and during the final save, and kill -9 during an async save.
 """
 
+import contextlib
 import io
 import json
 import os
@@ -304,6 +305,61 @@ def test_kill_9_during_an_async_save_then_resume(finished, tmp_path):
   for step in range(1, STEPS + 1):
     np.testing.assert_allclose(got[step], expected[step], rtol=1e-6,
                                err_msg=f'step {step}')
+
+
+def _state_in_layout(scanned: bool) -> dict:
+  """A train-state-like tree (params and an Adam moment of one res-block run
+  and one layer stack, a step) in the scanned or unrolled layout."""
+  rng = np.random.default_rng(0)
+  res = {
+      f'ResBlock3D_{i}': {
+          'conv1': {
+              'kernel': rng.standard_normal((3, 2)).astype(np.float32)
+          }
+      } for i in range(3)
+  }
+  layers = {
+      f'block_{i}': {
+          'mlp': {
+              'bias': np.full((4,), i, np.float32)
+          }
+      } for i in range(2)
+  }
+  layers['final_norm'] = {'scale': np.ones((4,), np.float32)}
+  params = {'encoder': res, 'transformer': layers}
+  if scanned:
+    params = {
+        'encoder': stack.stack_like(res, {'ResBlock3D_0_to_2': None}),
+        'transformer': stack.stack_layers(layers)
+    }
+  moment = jax.tree.map(lambda x: 2 * x, params)
+  return {
+      'step': np.int32(7),
+      'params': params,
+      'opt_state': [{
+          'mu': moment
+      }, {}]
+  }
+
+
+@pytest.mark.parametrize('saved_scanned', [False, True])
+def test_a_checkpoint_of_the_other_stacking_layout_restores_converted(
+    tmp_path, saved_scanned):
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=2)
+  checkpointer.save(7, _state_in_layout(saved_scanned), force=True)
+  checkpointer.wait()
+  want = _state_in_layout(not saved_scanned)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), want)
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    state, step = checkpointer.restore(abstract)
+  checkpointer.close()
+  assert step == 7 and 'other layout (scanned or unrolled)' in out.getvalue()
+  assert jax.tree.structure(state) == jax.tree.structure(want)
+  jax.tree.map(np.testing.assert_array_equal, state, want)
+  assert os.listdir(tmp_path / 'checkpoints') == ['7']  # Left as it was.
 
 
 def test_a_checkpoint_of_the_other_layer_layout_names_the_switch():

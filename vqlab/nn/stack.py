@@ -158,6 +158,68 @@ def stack_layers(tree: Mapping[str, Any]) -> dict[str, Any]:
   return {**rest, LAYERS: _stacked([tree[n] for n in names])}
 
 
+def _stack_in_path(parts: Sequence[str],
+                   shape: Sequence[int]) -> tuple[int, list[str]] | None:
+  """(position, member names) of the scanned stack a leaf path passes
+  through, or None."""
+  for j, part in enumerate(parts[:-1]):
+    if part == LAYERS:
+      return j, [f'block_{i}' for i in range(shape[0])]
+    match = _RUN.match(part)
+    if match:
+      first, last = int(match[2]), int(match[3])
+      return j, [f'{match[1]}_{i}' for i in range(first, last + 1)]
+  return None
+
+
+def unstacked_paths(
+    shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[str, int | None]]:
+  """Leaf paths ('/'-joined, of any state: params, optimizer moments, EMA)
+  -> {unrolled leaf path: (its path in `shapes`, index on the stacked axis 0,
+  or None where the leaf is not stacked)}."""
+  out = {}
+  for path, shape in shapes.items():
+    parts = path.split('/')
+    found = _stack_in_path(parts, shape)
+    if found is None:
+      out[path] = (path, None)
+      continue
+    j, members = found
+    for i, member in enumerate(members):
+      out['/'.join([*parts[:j], member, *parts[j + 1:]])] = (path, i)
+  return out
+
+
+def relayout_leaves(leaves: Mapping[str, Any],
+                    shapes: Mapping[str, Sequence[int]]) -> dict[str, Any]:
+  """Leaves {path: array} of one layout -> the leaves at the paths of
+  `shapes` {path: shape}, the other layout of the same state (numpy).
+
+  Raises:
+    KeyError: a leaf `shapes` needs has no counterpart in `leaves`.
+  """
+  source = unstacked_paths({p: np.shape(x) for p, x in leaves.items()})
+
+  def unrolled(path: str) -> np.ndarray:
+    where, index = source[path]
+    leaf = np.asarray(leaves[where])
+    return leaf if index is None else leaf[index]
+
+  out = {}
+  for path, shape in shapes.items():
+    parts = path.split('/')
+    found = _stack_in_path(parts, shape)
+    if found is None:
+      out[path] = unrolled(path)
+      continue
+    j, members = found
+    out[path] = np.stack([
+        unrolled('/'.join([*parts[:j], member, *parts[j + 1:]]))
+        for member in members
+    ])
+  return out
+
+
 def has_runs(keys: Any) -> bool:
   """Whether any '/'-joined param path in `keys` passes through a scanned
   run."""

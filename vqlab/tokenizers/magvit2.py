@@ -174,7 +174,8 @@ class MAGVIT2(nn.Module):
     remat_policy: recompute res-block activations in the backward pass
       (vqlab/nn/remat.py).
     scan_blocks: run each stage's res blocks of one width as one nn.scan
-      (vqlab/nn/stack.py): one compiled block instead of several.
+      (vqlab/nn/stack.py). With remat, the scan keeps only each block's
+      input: what makes remat save memory (benchmarks/README.md).
   """
   quantizer: nn.Module
   in_channels: int = 3
@@ -306,8 +307,8 @@ def default_config() -> ml_collections.ConfigDict:
   # 'dots' (vqlab/nn/remat.py); saves memory on long videos.
   config.remat_policy = 'none'
   # True: each stage's res blocks of one width run as one nn.scan (params
-  # `ResBlock3D_<a>_to_<b>` stacked; compiles one block); False: the
-  # published layout `ResBlock3D_<i>`. Same numbers either way.
+  # `ResBlock3D_<a>_to_<b>` stacked; with remat, only each block's input is
+  # kept); False: the published layout `ResBlock3D_<i>`. Same numbers.
   config.scan_blocks = False
   return config
 

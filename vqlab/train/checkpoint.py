@@ -51,15 +51,25 @@ def _path_name(entry) -> str:
   return str(entry)
 
 
-def _signature(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
-  """{'params/decoder/conv_in/kernel': (shape, dtype)} of a state, abstract
-  state or Orbax metadata tree (attribute and dict paths alike)."""
-  leaves = jax.tree_util.tree_leaves_with_path(
-      tree, is_leaf=lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype'))
+def _is_leaf(x: Any) -> bool:
+  return hasattr(x, 'shape') and hasattr(x, 'dtype')
+
+
+def _leaves(tree: Any) -> dict[str, Any]:
+  """{'params/decoder/conv_in/kernel': leaf} of a state, abstract state or
+  Orbax metadata tree (attribute and dict paths alike), in tree order."""
+  leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=_is_leaf)
   return {
-      '/'.join(_path_name(e) for e in path): (
-          tuple(leaf.shape), str(np.dtype(leaf.dtype))
-      ) for path, leaf in leaves if hasattr(leaf, 'shape')
+      '/'.join(_path_name(e) for e in path):
+          leaf for path, leaf in leaves if hasattr(leaf, 'shape')
+  }
+
+
+def _signature(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+  """{'params/decoder/conv_in/kernel': (shape, dtype)} of a tree's leaves."""
+  return {
+      k: (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
+      for k, leaf in _leaves(tree).items()
   }
 
 
@@ -89,6 +99,48 @@ def state_mismatch(saved: Any, expected: Any, limit: int = 3) -> str | None:
   return ('; '.join(problems[:limit]) + (f'; {more} more' if more > 0 else '') +
           _layer_layout_hint(old.keys(), new.keys()) +
           _head_layout_hint(old.keys(), new.keys()))
+
+
+def differs_only_in_stacking(saved: Any, expected: Any) -> bool:
+  """Whether two state trees differ, but only in how repeated blocks are
+  stored (scanned or unrolled, vqlab.nn.stack): the same leaves unrolled."""
+  old, new = _signature(saved), _signature(expected)
+
+  def unrolled(signature):
+    paths = stack.unstacked_paths({
+        k: shape for k, (shape, _) in signature.items()
+    })
+    return {
+        path: (signature[where][0][0 if index is None else 1:],
+               signature[where][1]) for path, (where, index) in paths.items()
+    }
+
+  return old != new and unrolled(old) == unrolled(new)
+
+
+def _on_one_device(metadata: Any) -> Any:
+  """Orbax metadata -> ShapeDtypeStructs on this process's first device."""
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+      metadata)
+
+
+def _relaid(tree: Any, abstract_state: Any) -> Any:
+  """A restored state tree whose repeated blocks are stacked the other way
+  (vqlab.nn.stack) -> the state `abstract_state` describes, on its
+  shardings."""
+  targets = _leaves(abstract_state)
+  relaid = stack.relayout_leaves(_leaves(tree), {
+      k: tuple(t.shape) for k, t in targets.items()
+  })
+  arrays = [
+      jax.make_array_from_callback(t.shape, t.sharding,
+                                   lambda index, x=relaid[k]: x[index])
+      for k, t in targets.items()
+  ]
+  treedef = jax.tree_util.tree_structure(abstract_state, is_leaf=_is_leaf)
+  return jax.tree_util.tree_unflatten(treedef, arrays)
 
 
 def _layer_layout_hint(saved: Iterable[str], expected: Iterable[str]) -> str:
@@ -184,8 +236,10 @@ class Checkpointer:
 
     Unreadable steps (partial or corrupt) newer than the restored one are
     renamed `<step>.corrupt` (one line each), so later saves and evals see a
-    consistent run. A readable step whose state does not fit is an error and
-    is left as it is: it restores under the config it was trained with.
+    consistent run. A step saved with its repeated blocks stacked the other
+    way (model.scan_layers / scan_blocks) is converted to this layout. A
+    readable step whose state does not fit otherwise is an error and is left
+    as it is: it restores under the config it was trained with.
 
     Args:
       abstract_state: pytree of jax.ShapeDtypeStruct with shardings, the
@@ -209,7 +263,10 @@ class Checkpointer:
         except Exception as e:  # pylint: disable=broad-except
           unreadable.append((step, _first_line(e)))
           continue
-      mismatch = state_mismatch(saved, abstract_state)
+      # A state saved with its repeated blocks stacked the other way is read
+      # as saved, on one device, then laid out as this config's.
+      relay = differs_only_in_stacking(saved, abstract_state)
+      mismatch = None if relay else state_mismatch(saved, abstract_state)
       if mismatch:
         raise StateMismatchError(
             f'checkpoint {path} is readable but holds a different state than '
@@ -219,11 +276,18 @@ class Checkpointer:
       with _quiet_orbax():
         try:
           state = self._manager.restore(
-              step, args=ocp.args.StandardRestore(abstract_state))
+              step, args=ocp.args.StandardRestore(
+                  _on_one_device(saved) if relay else abstract_state))
         except Exception as e:  # pylint: disable=broad-except
           unreadable.append((step, _first_line(e)))
           continue
       self._set_aside(unreadable)
+      if relay:
+        print(
+            f'vqlab: checkpoint {path} stores its repeated blocks in the '
+            'other layout (scanned or unrolled); restored in this config\'s',
+            flush=True)
+        state = _relaid(state, abstract_state)
       return state, step
     if unreadable:
       listed = '; '.join(f'step {s}: {why}' for s, why in unreadable)
@@ -293,13 +357,10 @@ def restore_on_host(workdir: str, step: int | None = None) -> tuple[Any, int]:
   elif step not in steps:
     raise CheckpointError(f'no checkpoint at step {step} in {directory}; '
                           f'steps there: {steps}')
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   try:
-    metadata = manager.item_metadata(step)
-    abstract = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-        metadata)
-    tree = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    tree = manager.restore(
+        step, args=ocp.args.StandardRestore(
+            _on_one_device(manager.item_metadata(step))))
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(
         f'checkpoint {os.path.join(directory, str(step))} is missing or '

@@ -21,11 +21,14 @@ from vqlab.errors import ConfigError
 CONFIG_FILE = 'config.json'
 # Dotted keys (a trailing '.' is a whole section) that a resumed run may change.
 # The memory knobs among them (remat, microbatches) keep the expected update;
-# microbatches changes which random draws the later steps make.
+# microbatches changes which random draws the later steps make. The scan
+# switches change how params are stored; the checkpoint is converted on
+# restore (vqlab.train.checkpoint).
 FREE_TO_CHANGE = ('train.num_steps', 'train.log_every', 'train.eval_every',
                   'train.checkpoint_every', 'train.max_to_keep',
                   'train.preemption_check_every', 'train.microbatches',
-                  'model.remat_policy', 'eval.', 'sample.', 'mesh.',
+                  'model.remat_policy', 'model.scan_blocks',
+                  'model.scan_layers', 'eval.', 'sample.', 'mesh.',
                   'weights_dir')
 
 
