@@ -362,50 +362,19 @@ def test_a_checkpoint_of_the_other_stacking_layout_restores_converted(
   assert os.listdir(tmp_path / 'checkpoints') == ['7']  # Left as it was.
 
 
-def test_a_checkpoint_of_the_other_layer_layout_names_the_switch():
-  # An old run (blocks unrolled) resumed by a config that scans them, and
-  # the reverse: the mismatch says which model.scan_layers restores it.
-  block = {'attention': {'kernel': np.zeros((4, 4), np.float32)}}
-  unrolled = {'params': {'transformer': {'block_0': block, 'block_1': block}}}
-  scanned = {
-      'params': {
-          'transformer': {
-              'blocks': {
-                  'attention': {
-                      'kernel': np.zeros((2, 4, 4), np.float32)
-                  }
-              }
-          }
-      }
-  }
-  told = checkpoint_lib.state_mismatch(unrolled, scanned)
-  assert 'params/transformer/block_0/attention/kernel only in the checkpoint' \
-      in told
-  assert told.endswith('resume it with model.scan_layers = False')
-  assert checkpoint_lib.state_mismatch(
-      scanned, unrolled).endswith('resume it with model.scan_layers = True')
-  assert checkpoint_lib.state_mismatch(unrolled, unrolled) is None
-  # A MAGVIT-v2 run's res blocks, unrolled or scanned (model.scan_blocks).
-  conv = {'conv1': {'kernel': np.zeros((3, 3, 3, 4, 4), np.float32)}}
-  res = {f'ResBlock3D_{i}': conv for i in range(3)}
-  runs = stack.stack_like(res, {'ResBlock3D_0_to_2': None})
-  assert runs['ResBlock3D_0_to_2']['conv1']['kernel'].shape[0] == 3
-  told = checkpoint_lib.state_mismatch({'params': {
-      'encoder': res
-  }}, {'params': {
-      'encoder': runs
-  }})
-  assert told.endswith('The checkpoint stores the res blocks unrolled: '
-                       'resume it with model.scan_blocks = False'), told
-  assert checkpoint_lib.state_mismatch({
-      'params': {
-          'encoder': runs
-      }
-  }, {
-      'params': {
-          'encoder': res
-      }
-  }).endswith('resume it with model.scan_blocks = True')
+def test_a_state_mismatch_is_told_whichever_the_stacking_layout():
+  # Scanned or unrolled blocks alone are no mismatch (restore converts);
+  # a real difference is named in unrolled paths under either layout.
+  unrolled, scanned = _state_in_layout(False), _state_in_layout(True)
+  assert checkpoint_lib.state_mismatch(unrolled, scanned) is None
+  assert checkpoint_lib.state_mismatch(scanned, unrolled) is None
+  wider = jax.tree.map(lambda x: x, scanned)
+  kernel = wider['params']['encoder']['ResBlock3D_0_to_2']['conv1']['kernel']
+  wider['params']['encoder']['ResBlock3D_0_to_2']['conv1']['kernel'] = \
+      np.zeros(kernel.shape[:-1] + (5,), np.float32)
+  told = checkpoint_lib.state_mismatch(unrolled, wider)
+  assert told.startswith('params/encoder/ResBlock3D_0/conv1/kernel is (3, 2) '
+                         'float32 there, (3, 5) float32 here'), told
 
 
 def test_a_maskgit_checkpoint_of_the_other_head_kind_names_the_switch():

@@ -218,9 +218,3 @@ def relayout_leaves(leaves: Mapping[str, Any],
         for member in members
     ])
   return out
-
-
-def has_runs(keys: Any) -> bool:
-  """Whether any '/'-joined param path in `keys` passes through a scanned
-  run."""
-  return any(_RUN.match(part) for key in keys for part in str(key).split('/'))

@@ -17,7 +17,6 @@ import orbax.checkpoint as ocp
 from vqlab import fileio
 from vqlab.errors import CheckpointError
 from vqlab.nn import stack
-from vqlab.nn.transformer import SCANNED_NAME
 
 SET_ASIDE_SUFFIX = '.corrupt'
 
@@ -73,10 +72,24 @@ def _signature(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
   }
 
 
+def _unrolled_signature(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+  """_signature with every scanned stack of blocks unstacked
+  (vqlab.nn.stack): the same for both layouts of one state."""
+  signature = _signature(tree)
+  paths = stack.unstacked_paths({
+      k: shape for k, (shape, _) in signature.items()
+  })
+  return {
+      path: (signature[where][0][int(index is not None):], signature[where][1])
+      for path, (where, index) in paths.items()
+  }
+
+
 def state_mismatch(saved: Any, expected: Any, limit: int = 3) -> str | None:
-  """None when the two trees have the same paths, shapes and dtypes; else a
-  short description of the first differences."""
-  old, new = _signature(saved), _signature(expected)
+  """None when the two trees hold the same leaves (paths, shapes, dtypes) up
+  to how repeated blocks are stacked (scanned or unrolled); else a short
+  description of the first differences, in unrolled paths."""
+  old, new = _unrolled_signature(saved), _unrolled_signature(expected)
   params_first = lambda keys: sorted(
       keys, key=lambda k: (not k.startswith('params/'), k))
   problems = [
@@ -97,25 +110,7 @@ def state_mismatch(saved: Any, expected: Any, limit: int = 3) -> str | None:
     return None
   more = len(problems) - limit
   return ('; '.join(problems[:limit]) + (f'; {more} more' if more > 0 else '') +
-          _layer_layout_hint(old.keys(), new.keys()) +
           _head_layout_hint(old.keys(), new.keys()))
-
-
-def differs_only_in_stacking(saved: Any, expected: Any) -> bool:
-  """Whether two state trees differ, but only in how repeated blocks are
-  stored (scanned or unrolled, vqlab.nn.stack): the same leaves unrolled."""
-  old, new = _signature(saved), _signature(expected)
-
-  def unrolled(signature):
-    paths = stack.unstacked_paths({
-        k: shape for k, (shape, _) in signature.items()
-    })
-    return {
-        path: (signature[where][0][0 if index is None else 1:],
-               signature[where][1]) for path, (where, index) in paths.items()
-    }
-
-  return old != new and unrolled(old) == unrolled(new)
 
 
 def _on_one_device(metadata: Any) -> Any:
@@ -141,23 +136,6 @@ def _relaid(tree: Any, abstract_state: Any) -> Any:
   ]
   treedef = jax.tree_util.tree_structure(abstract_state, is_leaf=_is_leaf)
   return jax.tree_util.tree_unflatten(treedef, arrays)
-
-
-def _layer_layout_hint(saved: Iterable[str], expected: Iterable[str]) -> str:
-  """A hint when the two trees differ in how repeated blocks are stored:
-  transformer blocks (`block_<i>` or scanned `blocks`) or res-block runs
-  (`X_<i>` or scanned `X_<a>_to_<b>`), vqlab.nn.stack."""
-  saved, expected = list(saved), list(expected)
-  hints = []
-  layers = lambda keys: any(f'/{SCANNED_NAME}/' in k for k in keys)
-  for scanned, what, key in ((layers, 'transformer blocks', 'scan_layers'),
-                             (stack.has_runs, 'res blocks', 'scan_blocks')):
-    if scanned(saved) != scanned(expected):
-      saved_as, wanted = (('scanned', 'True') if scanned(saved) else
-                          ('unrolled', 'False'))
-      hints.append(f'. The checkpoint stores the {what} {saved_as}: resume '
-                   f'it with model.{key} = {wanted}')
-  return ''.join(hints)
 
 
 def _head_layout_hint(saved: Iterable[str], expected: Iterable[str]) -> str:
@@ -263,16 +241,16 @@ class Checkpointer:
         except Exception as e:  # pylint: disable=broad-except
           unreadable.append((step, _first_line(e)))
           continue
-      # A state saved with its repeated blocks stacked the other way is read
-      # as saved, on one device, then laid out as this config's.
-      relay = differs_only_in_stacking(saved, abstract_state)
-      mismatch = None if relay else state_mismatch(saved, abstract_state)
+      mismatch = state_mismatch(saved, abstract_state)
       if mismatch:
         raise StateMismatchError(
             f'checkpoint {path} is readable but holds a different state than '
             f'this config builds ({mismatch}); it restores under the config '
             'it was trained with (config.json): use that config, or another '
             '--workdir for a different model')
+      # A state saved with its repeated blocks stacked the other way is read
+      # as saved, on one device, then laid out as this config's.
+      relay = _signature(saved) != _signature(abstract_state)
       with _quiet_orbax():
         try:
           state = self._manager.restore(
