@@ -74,17 +74,21 @@ def run_name(prefix: str, first: int, last: int) -> str:
   return f'{prefix}_{first}_to_{last}'
 
 
-def _members(key: str, value: Any) -> list[str] | None:
-  """The unrolled names a scanned stack's key stands for (a run's from its
-  name, a layer stack's from its leading axis), else None."""
-  if key == LAYERS and isinstance(value, Mapping):
-    count = jax.tree.leaves(value)[0].shape[0]
-    return [f'block_{i}' for i in range(count)]
-  match = _RUN.match(key)
+def _members(name: str, leading: Callable[[], int]) -> list[str] | None:
+  """The unrolled names a scanned stack's name stands for (a run's from the
+  name, a layer stack's count from `leading()`, its leaves' axis 0), or
+  None where `name` is no scanned stack."""
+  if name == LAYERS:
+    return [f'block_{i}' for i in range(leading())]
+  match = _RUN.match(name)
   if not match:
     return None
   prefix, first, last = match[1], int(match[2]), int(match[3])
   return [f'{prefix}_{i}' for i in range(first, last + 1)]
+
+
+def _leading(tree: Any) -> Callable[[], int]:
+  return lambda: jax.tree.leaves(tree)[0].shape[0]
 
 
 def _stacked(trees: list[Any]) -> Any:
@@ -98,7 +102,7 @@ def unstack(tree: Mapping[str, Any]) -> dict[str, Any]:
   depth; unstacked leaves become numpy arrays."""
   out = {}
   for key, value in tree.items():
-    members = _members(key, value)
+    members = _members(key, _leading(value))
     if members:
       for i, member in enumerate(members):
         out[member] = jax.tree.map(lambda leaf, i=i: np.asarray(leaf)[i], value)
@@ -120,7 +124,7 @@ def stack_like(tree: Mapping[str, Any], like: Mapping[str,
   """
   out = dict(tree)
   for key, value in like.items():
-    members = _members(key, value)
+    members = _members(key, _leading(value))
     if members:
       missing = [m for m in members if m not in tree]
       if missing:
@@ -163,12 +167,9 @@ def _stack_in_path(parts: Sequence[str],
   """(position, member names) of the scanned stack a leaf path passes
   through, or None."""
   for j, part in enumerate(parts[:-1]):
-    if part == LAYERS:
-      return j, [f'block_{i}' for i in range(shape[0])]
-    match = _RUN.match(part)
-    if match:
-      first, last = int(match[2]), int(match[3])
-      return j, [f'{match[1]}_{i}' for i in range(first, last + 1)]
+    members = _members(part, lambda: shape[0])
+    if members:
+      return j, members
   return None
 
 
