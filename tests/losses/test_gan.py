@@ -26,38 +26,50 @@ def test_hinge_and_non_saturating_values():
                              np.mean(softplus(-np.array(fake))), rtol=1e-6)
 
 
-def test_adaptive_weight_equals_full_backprop_ratio():
-  """The task's last-layer VJP trick equals norms of full-network gradients."""
+def test_generator_gradient_and_adaptive_weight_equal_full_backprop():
+  """The task computes x_hat's cotangents once, lambda by the last layer's
+  VJP and the generator's gradient by pulling the lambda-weighted sum back;
+  all equal full-network backprop of L_G = L_rec + L_q + lambda L_G_adv."""
   config = experiment_config.validate(tiny.tokenizer_config(), num_devices=1)
   task = tokenizer.build(config)
   x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3), minval=-1, maxval=1)
   state = jax.jit(task.init)(jax.random.key(1), {'image': x})
-  gen, disc = state.params['generator'], state.params['discriminator']
-  model = task.model
+  disc = state.params['discriminator']
+  model, rng = task.model, jax.random.key(2)
+  step = jnp.int32(config.loss.disc_start)  # The GAN terms are on.
+  dropout_rng, q_rng, _ = jax.random.split(jax.random.fold_in(rng, 0), 3)
 
-  def losses(gen_params):
-    x_rec, _, _ = model.apply({'params': gen_params}, x, train=True,
-                              method=model.forward_with_features,
-                              rngs={'dropout': jax.random.key(2)})
-    rec = task._reconstruction_loss(x, x_rec)
-    g_adv = gan.hinge_g_loss(task._disc_logits(disc, x_rec))
-    return rec, g_adv
+  def terms(gen_params):
+    (x_rec, q_out,
+     _), _ = model.apply({
+         'params': gen_params,
+         **state.model_state
+     }, x, train=True, method=model.forward_with_features, rngs={
+         'dropout': dropout_rng,
+         'quantizer': q_rng
+     }, mutable=list(state.model_state))
+    g_adv = gan.G_LOSSES[config.loss.gan_loss](task._disc_logits(disc, x_rec))
+    return task._reconstruction_loss(x, x_rec), g_adv, q_out.loss
 
   @jax.jit
-  def both_ways(gen):
-    rec_grad = jax.grad(lambda p: losses(p)[0])(gen)['to_pixels']['kernel']
-    adv_grad = jax.grad(lambda p: losses(p)[1])(gen)['to_pixels']['kernel']
-    x_rec, _, features = model.apply({'params': gen}, x, train=True,
-                                     method=model.forward_with_features,
-                                     rngs={'dropout': jax.random.key(2)})
-    return rec_grad, adv_grad, task._adaptive_weight(gen, disc, x, x_rec,
-                                                     features)
+  def both_ways(params):
+    grads, _, _, metrics = task.loss_and_grads(params, state.model_state,
+                                               {'image': x}, rng, step)
+    _, pullback = jax.vjp(terms, params['generator'])
+    one_hot = lambda i: tuple(jnp.float32(i == j) for j in range(3))
+    last = lambda i: pullback(one_hot(i))[0]['to_pixels']['kernel']
+    weight = config.loss.disc_weight * jnp.linalg.norm(
+        last(0)) / (jnp.linalg.norm(last(1)) + config.loss.adaptive_delta)
+    full = pullback((jnp.float32(1), weight, jnp.float32(1)))[0]
+    return grads['generator'], metrics['adaptive_weight'], full, weight
 
-  rec_grad, adv_grad, got = both_ways(gen)
-  delta = config.loss.adaptive_delta
-  expected = np.linalg.norm(rec_grad) / (np.linalg.norm(adv_grad) + delta)
-  np.testing.assert_allclose(got, expected, rtol=1e-4)
-  assert 0.0 < float(got) < 1e4
+  got, got_weight, want, want_weight = both_ways(state.params)
+  assert 0.0 < float(want_weight) < 1e4
+  np.testing.assert_allclose(got_weight, want_weight, rtol=1e-4)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), got,
+      want)
+  assert np.abs(want['to_pixels']['kernel']).max() > 0
 
 
 def test_adaptive_weight_clips():

@@ -6,11 +6,14 @@
 
 with lambda = disc_weight * ||grad_last L_rec|| / (||grad_last L_G_adv|| + delta)
 (taming's adaptive weight, the last layer being the decoder's pixel conv) and
-gan_on = 1 once `step >= disc_start`. One value_and_grad gives both networks'
+gan_on = 1 once `step >= disc_start`. One grad gives both networks'
 gradients: the generator's adversarial term sees stop_gradient(discriminator
 params) and the discriminator's term sees stop_gradient(x_hat), so each loss
 reaches only its own network. lambda's numerator is the gradient of the pixel
-and perceptual terms, as in taming (its `nll_loss`).
+and perceptual terms, as in taming (its `nll_loss`). Those terms' gradients
+w.r.t. x_hat are computed once each (one LPIPS and one discriminator pass
+for the generator): they give lambda, and their lambda-weighted sum is pulled
+back through the generator.
 
 Frozen networks (LPIPS, VGG19 for the PCL, Inception for rFID) arrive as the
 `frozen` argument of the steps. With `ema.decay > 0` the train state keeps an
@@ -257,21 +260,15 @@ class TokenizerTask(base.Task):
     return self.discriminator.apply({'params': disc_params},
                                     self._disc_input(images))
 
-  def _adaptive_weight(self, gen_params, disc_params, x, x_rec, features,
-                       frozen=None):
+  def _adaptive_weight(self, gen_params, features, rec_cot, gan_cot):
     """lambda from the gradients of L_rec + L_p and L_G_adv at the last layer.
 
     Both gradients w.r.t. the last layer's kernel are vector-Jacobian products
-    of that layer (input `features`) with the losses' gradients w.r.t. x_hat;
-    this avoids two extra backward passes through the whole generator.
+    of that layer (input `features`) with the losses' gradients w.r.t. x_hat
+    (`rec_cot`, `gan_cot`); this avoids two extra backward passes through
+    the whole generator.
     """
     loss_cfg = self.config.loss
-    g_loss = gan.G_LOSSES[loss_cfg.gan_loss]
-    x_rec = jax.lax.stop_gradient(x_rec)
-    disc_params = jax.lax.stop_gradient(disc_params)
-    rec_cot = jax.grad(lambda y: sum(self._pixel_losses(x, y, frozen)))(x_rec)
-    gan_cot = jax.grad(lambda y: g_loss(self._disc_logits(disc_params, y)))(
-        x_rec)
     name = self.model.LAST_LAYER
     last_layer = lambda p: self.model.apply({'params': {
         name: p
@@ -341,18 +338,32 @@ class TokenizerTask(base.Task):
             'dropout': dropout_rng,
             'quantizer': q_rng
         }, mutable=list(model_state.keys()))
-    rec_loss, perceptual_loss = self._pixel_losses(x, x_rec, frozen)
-    pcl_loss = self._pcl_loss(x, x_rec, q_out, frozen, pcl_rng)
-    g_adv = gan.G_LOSSES[loss_cfg.gan_loss](self._disc_logits(
-        jax.lax.stop_gradient(disc_params), x_rec))
+    # The gradients of the pixel losses and of the adversarial loss w.r.t.
+    # x_hat, each from one forward and backward pass (LPIPS and the
+    # discriminator run once for the generator): the adaptive weight needs
+    # them apart, and their weighted sum, pulled back through the generator,
+    # is the generator's gradient of those terms.
+    x_rec_value = jax.lax.stop_gradient(x_rec)
+    (rec_loss, perceptual_loss), pixel_vjp = jax.vjp(
+        lambda y: self._pixel_losses(x, y, frozen), x_rec_value)
+    rec_cot, = pixel_vjp(
+        (jnp.ones_like(rec_loss), jnp.ones_like(perceptual_loss)))
+    g_adv, gan_vjp = jax.vjp(
+        lambda y: gan.G_LOSSES[loss_cfg.gan_loss]
+        (self._disc_logits(jax.lax.stop_gradient(disc_params), y)), x_rec_value)
+    gan_cot, = gan_vjp(jnp.ones_like(g_adv))
     if loss_cfg.adaptive_weight:
-      weight = self._adaptive_weight(gen_params, disc_params, x, x_rec,
-                                     features, frozen)
+      weight = self._adaptive_weight(gen_params, features, rec_cot, gan_cot)
     else:
       weight = jnp.ones((), jnp.float32)
     weight = weight * loss_cfg.disc_weight * gan_on
+    pcl_loss = self._pcl_loss(x, x_rec, q_out, frozen, pcl_rng)
     gen_loss = (rec_loss + perceptual_loss + pcl_loss + q_out.loss +
                 weight * g_adv)
+    # Differentiated, not reported: its gradient is gen_loss's.
+    gen_objective = (
+        pcl_loss + q_out.loss +
+        jnp.sum(x_rec * jax.lax.stop_gradient(rec_cot + weight * gan_cot)))
     d_loss, new_loss_state, d_metrics = self._discriminator_loss(
         disc_params, x, x_rec, loss_state)
     d_loss = gan_on * d_loss
@@ -370,7 +381,7 @@ class TokenizerTask(base.Task):
             f'quantizer/{k}': v for k, v in q_out.metrics.items()
         }
     }
-    return gen_loss + d_loss, dict(new_state), new_loss_state, metrics
+    return gen_objective + d_loss, dict(new_state), new_loss_state, metrics
 
   def loss_and_grads(self, params, model_state, batch, rng, step, frozen=None,
                      loss_state=None):
