@@ -284,15 +284,15 @@ def case_config(name: str, tiny: bool, batch: int, overrides: list[str]):
     image_size = config.data.image_size
     config.data = data_lib.default_config('photos')
     config.data.image_size = image_size
-  if batch and case.kind == 'train':
-    config.train.batch_size = config.eval.batch_size = batch
   num_devices = jax.device_count()
   config = experiment_config.validate(config, num_devices)
-  if overrides:
-    # On the filled config: keys the config file leaves at their defaults.
-    apply_overrides(config, overrides)
-    config = experiment_config.validate(config, num_devices)
-  return config
+  # On the filled config (keys the config file leaves at their defaults),
+  # validated together: --batch=2 --set=train.microbatches=1 of a config
+  # whose own microbatches do not divide 2.
+  if batch and case.kind == 'train':
+    config.train.batch_size = config.eval.batch_size = batch
+  apply_overrides(config, overrides)
+  return experiment_config.validate(config, num_devices)
 
 
 # --------------------------------------------------------------- tasks ---
