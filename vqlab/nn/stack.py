@@ -3,8 +3,11 @@
 A block that maps x to an array of x's shape can be repeated either as a
 Python loop (one submodule per block) or as one `nn.scan` over a submodule
 whose params carry a leading [count] axis. Both compute the same function of
-the same numbers; the scan makes XLA compile one block instead of `count`,
-which is what keeps the paper-size configs' compile time low.
+the same numbers. The scan makes XLA compile one block instead of `count`,
+which keeps the transformer configs' compile time low; under remat it also
+keeps only each block's input, which is what fits the MAGVIT-v2 paper
+configs in memory (on XLA:CPU it does not shorten a CNN's compile:
+benchmarks/README.md).
 
 Names: the transformers' layer stack is `block_<i>` unrolled and `blocks`
 scanned (vqlab.nn.transformer). A *run* of a convolutional stage's res blocks
