@@ -1,5 +1,6 @@
 """The converters' shared pieces: StateDict, check_params_match, write_run."""
 
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from tests import tiny
 from vqlab import tokenizers
 from vqlab.convert import published
 from vqlab.errors import WeightsError
+from vqlab.nn import stack
 from vqlab.train import trained_tokenizer
 
 
@@ -128,3 +130,35 @@ def test_write_run_refuses_params_that_do_not_fit(tmp_path):
   bad = published.Converted(model_config, params, 16, 'bad file')
   with pytest.raises(WeightsError, match='bad file: .*not filled: to_pixels'):
     published.write_run(str(tmp_path / 'bad'), bad)
+
+
+def test_a_run_that_switched_its_stacking_layout_still_loads(tmp_path):
+  # Step 0 written unrolled, then the run's record says scan_blocks (as after
+  # a resume that switched it): the tokenizer loads in the record's layout.
+  model_config = tokenizers.default_config('magvit2')
+  model_config.channels, model_config.num_groups = 4, 2
+  model_config.num_res_blocks = 2
+  model_config.channel_multipliers = (1,)  # One level: f = 1, no time axis.
+  model_config.num_temporal_downsamples = 0
+  model_config.quantizer.codebook_size = 2**6
+  model_config.quantizer.factor_bits = (3, 3)
+  model = tokenizers.build(model_config)
+  rng = np.random.default_rng(0)
+  images = rng.uniform(-1, 1, (2, 4, 4, 3)).astype(np.float32)
+  params = jax.tree.map(
+      lambda p: rng.standard_normal(p.shape).astype(p.dtype),
+      jax.eval_shape(model.init, jax.random.key(0), images)['params'])
+  out = str(tmp_path / 'run')
+  published.write_run(out, published.Converted(model_config, params, 4,
+                                               'a test'))
+  with open(os.path.join(out, 'config.json')) as f:
+    record = json.load(f)
+  record['model']['scan_blocks'] = True
+  with open(os.path.join(out, 'config.json'), 'w') as f:
+    json.dump(record, f)
+  loaded = trained_tokenizer.load(out)
+  scanned = jax.eval_shape(loaded.model.init, jax.random.key(0),
+                           images)['params']
+  assert 'ResBlock3D_0_to_1' in scanned['encoder']
+  jax.tree.map(np.testing.assert_array_equal, loaded.variables['params'],
+               stack.stack_like(params, scanned))

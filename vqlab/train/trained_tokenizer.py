@@ -20,6 +20,7 @@ from vqlab import fileio
 from vqlab import tokenizers
 from vqlab.errors import CheckpointError
 from vqlab.errors import ConfigError
+from vqlab.nn import stack
 from vqlab.quantizers import base as quantizer_base
 from vqlab.train import checkpoint as checkpoint_lib
 
@@ -102,6 +103,20 @@ def read_run_config(
     raise CheckpointError(f'{path} is unreadable: {e}') from e
 
 
+def _in_model_layout(model: nn.Module, params: dict[str, Any]) -> dict:
+  """`params` with their repeated blocks stacked as `model` stacks them
+  (vqlab.nn.stack): a run that switched model.scan_blocks or scan_layers
+  keeps older steps in the other layout."""
+  size = getattr(model, 'image_size', 0) or model.downsample_factor
+  x = jax.ShapeDtypeStruct((1, size, size, model.in_channels), jnp.float32)
+  rngs = {name: jax.random.key(0) for name in ('params', 'quantizer')}
+  like = jax.eval_shape(lambda x: model.init(rngs, x, train=False),
+                        x)['params']
+  if jax.tree.structure(params) == jax.tree.structure(like):
+    return params
+  return stack.match_layout(params, like)
+
+
 def load(workdir: str, step: int = -1,
          key: str = 'tokenizer.workdir') -> TrainedTokenizer:
   """Loads the tokenizer trained in `workdir` at `step` (-1: the newest).
@@ -124,6 +139,7 @@ def load(workdir: str, step: int = -1,
                                               None if step < 0 else step)
   use_ema = config.get('ema', {}).get('decay', 0.0) > 0 and tree['ema_params']
   params = (tree['ema_params'] if use_ema else tree['params'])['generator']
+  params = _in_model_layout(model, params)
   variables = {'params': params, **(tree.get('model_state') or {})}
   variables = jax.tree.map(np.asarray, variables)
   return TrainedTokenizer(model=model, variables=variables, config=config,
