@@ -110,8 +110,7 @@ def _in_model_layout(model: nn.Module, params: dict[str, Any]) -> dict:
   size = getattr(model, 'image_size', 0) or model.downsample_factor
   x = jax.ShapeDtypeStruct((1, size, size, model.in_channels), jnp.float32)
   rngs = {name: jax.random.key(0) for name in ('params', 'quantizer')}
-  like = jax.eval_shape(lambda x: model.init(rngs, x, train=False),
-                        x)['params']
+  like = jax.eval_shape(lambda x: model.init(rngs, x, train=False), x)['params']
   if jax.tree.structure(params) == jax.tree.structure(like):
     return params
   return stack.match_layout(params, like)
