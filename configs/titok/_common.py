@@ -15,6 +15,22 @@ from vqlab.train.tasks import proxy_codes
 COPIED = ('encoder', 'quantizer', 'decoder')
 FROZEN = ('encoder', 'quantizer')
 
+# Microbatches of the paper's global batch of 1024 by (model size, stage), so
+# that 8 x 80 GB GPUs (128 images per device) hold it within JAX's default 75%
+# of GPU memory. Compiled peak per device at 128 images, in one piece -> in
+# these microbatches (XLA:CPU, benchmarks/README.md), stage 1 and stage 2:
+# S 80.5 -> 40.7 and 149.8 -> 40.1 GiB; B 140.8 -> 38.2 and 209.9 -> 31.0;
+# L 328.6 -> 33.7 and 393.1 -> 39.1. On more devices, lower it so that it
+# still divides the per-device batch.
+MICROBATCHES = {
+    ('S', '1'): 2,
+    ('S', '2'): 4,
+    ('B', '1'): 4,
+    ('B', '2'): 8,
+    ('L', '1'): 16,
+    ('L', '2'): 16,
+}
+
 
 def titok_model(model_size: str, num_tokens: int, image_size: int,
                 patch_size: int, codebook_size: int, proxy_codebook_size: int):
@@ -80,6 +96,7 @@ def paper_config(name: str, model_size: str, num_tokens: int, stage: str):
   config.data.tfds_name = 'imagenet2012'
   config.data.image_size = 256
   config.train.batch_size = 1024
+  config.train.microbatches = MICROBATCHES[model_size, stage]
   config.train.log_every = 100
   config.train.eval_every = 20_000
   config.train.checkpoint_every = 5_000

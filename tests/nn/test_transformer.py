@@ -43,6 +43,11 @@ def test_causal_mask_and_cached_decode_equal_full_pass():
   changed = model.apply({'params': params}, x.at[:, 3].set(0.0), mask)
   np.testing.assert_array_equal(full[:, :3], changed[:, :3])
   assert float(jnp.max(jnp.abs(full[:, 3:] - changed[:, 3:]))) > 1e-3
+  # `causal=True` (GPT's; cuDNN takes it as a flag) is the same mask.
+  flagged = transformer.Transformer(num_layers=2, num_heads=2, mlp_dim=16,
+                                    causal=True)
+  np.testing.assert_allclose(flagged.apply({'params': params}, x), full,
+                             atol=1e-6)
   # One position per call through the key/value cache, same parameters.
   decoder = transformer.Transformer(num_layers=2, num_heads=2, mlp_dim=16,
                                     decode=True)

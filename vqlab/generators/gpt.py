@@ -28,7 +28,6 @@ import numpy as np
 from vqlab.errors import ConfigError
 from vqlab.generators import api
 from vqlab.nn import transformer
-from vqlab.nn.transformer import causal_mask
 from vqlab.nn.transformer import Transformer
 
 CONDITIONS = ('none', 'class', 'tokens')
@@ -112,7 +111,8 @@ class GPT(nn.Module):
     self.embed_dropout = nn.Dropout(self.dropout_rate)
     self.transformer = Transformer(self.num_layers, self.num_heads,
                                    self.mlp_dim, self.dropout_rate, self.decode,
-                                   self.dtype, scan_layers=self.scan_layers,
+                                   self.dtype, causal=True,
+                                   scan_layers=self.scan_layers,
                                    remat_policy=self.remat_policy)
     self.head = nn.Dense(self.vocab_size, dtype=self.dtype, kernel_init=init)
 
@@ -159,10 +159,10 @@ class GPT(nn.Module):
                f'token ids (vocab_size={self.vocab_size})')
     return self.token_embed(tokens)
 
-  def _logits(self, h: jax.Array, mask: jax.Array | None,
-              train: bool) -> jax.Array:
+  def _logits(self, h: jax.Array, train: bool) -> jax.Array:
+    """Causal transformer (cached when decoding) and head: float32 logits."""
     h = self.embed_dropout(h, deterministic=not train)
-    h = self.transformer(h, mask, train=train)
+    h = self.transformer(h, train=train)
     return self.head(h).astype(jnp.float32)
 
   def __call__(self, tokens: jax.Array, cond: Any = None, *,
@@ -186,14 +186,13 @@ class GPT(nn.Module):
     prefix = self.embed_prefix(cond, jnp.shape(tokens)[0])
     h = jnp.concatenate([prefix, self.token_embed(tokens[:, :-1])], axis=1)
     h = h + self.pos_embedding[:h.shape[1]].astype(h.dtype)
-    mask = None if self.decode else causal_mask(h.shape[1])
-    return self._logits(h, mask, train)[:, self.prefix_length - 1:]
+    return self._logits(h, train)[:, self.prefix_length - 1:]
 
   def decode_step(self, x: jax.Array, position: jax.Array) -> jax.Array:
     """One cached position (decode=True): x [B, 1, width] embedded input at
     `position` (int scalar) -> float32 logits [B, vocab_size]."""
     pos = jax.lax.dynamic_slice_in_dim(self.pos_embedding, position, 1)
-    return self._logits(x + pos[None].astype(x.dtype), None, False)[:, 0]
+    return self._logits(x + pos[None].astype(x.dtype), False)[:, 0]
 
   @nn.nowrap
   def sample(self, params, rng, batch_size, cond=None, **kwargs):

@@ -1,4 +1,14 @@
-"""Attention layers."""
+"""Attention layers and the attention function of the transformers.
+
+`dot_product_attention` is the `attention_fn` every transformer block gives
+flax's `MultiHeadDotProductAttention`. It runs `jax.nn.dot_product_attention`:
+logits and softmax in float32 whatever the compute dtype, and on a GPU
+cuDNN's flash attention where that applies (bfloat16 or float16, head dim a
+multiple of 8 up to cuDNN's limit, no mask other than causal), which never
+materializes the [B, heads, L, L] weights. Everywhere else, and on TPU, the
+XLA path. Dropout on the attention weights (training with dropout > 0)
+needs the weights, so it keeps flax's own path, softmax in float32 too.
+"""
 
 from typing import Any
 
@@ -47,3 +57,61 @@ def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
   return jnp.einsum('bhqk,bkhd->bqhd', probs, v, precision=precision)
+
+
+# cuDNN's flash attention: half-precision inputs, these head dims.
+_CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+_CUDNN_HEAD_DIM_MULTIPLE = 8
+_CUDNN_MAX_HEAD_DIM = 128  # 256 on Hopper and later; jax checks that itself.
+
+
+def cudnn_applies(query: jax.Array, key: jax.Array, mask: jax.Array | None,
+                  platform: str) -> bool:
+  """Whether `dot_product_attention` asks for cuDNN's flash attention:
+  query [B, Lq, H, D] and key [B, Lk, H, D] in half precision on a GPU
+  (`platform`, e.g. jax.default_backend()), D a multiple of 8 and at most
+  128, and no mask array (causal masking is a flag cuDNN takes)."""
+  head_dim = query.shape[-1]
+  return (platform == 'gpu' and mask is None and
+          query.dtype in _CUDNN_DTYPES and key.dtype == query.dtype and
+          head_dim % _CUDNN_HEAD_DIM_MULTIPLE == 0 and
+          head_dim <= _CUDNN_MAX_HEAD_DIM)
+
+
+def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
+                          mask: jax.Array | None = None, *,
+                          is_causal: bool = False,
+                          dropout_rng: jax.Array | None = None,
+                          dropout_rate: float = 0.0,
+                          broadcast_dropout: bool = True,
+                          deterministic: bool = True, dtype: Any = None,
+                          precision: Any = None) -> jax.Array:
+  """softmax(q k^T / sqrt(D), masked) v over heads (module docstring).
+
+  flax's `attention_fn` signature. query [B, Lq, H, D], key and value
+  [B, Lk, H, D]; mask: broadcastable to [B, H, Lq, Lk], nonzero where the
+  query may see the key; is_causal: query i sees only keys j <= i (with
+  Lq == Lk). Returns [B, Lq, H, D] in the inputs' promoted dtype.
+  """
+  if mask is not None:
+    mask = jnp.asarray(mask, bool)
+  if (dropout_rate > 0.0 and not deterministic) or precision is not None:
+    if is_causal:
+      mask = nn.combine_masks(mask,
+                              nn.make_causal_mask(query[..., 0, 0], dtype=bool),
+                              dtype=bool)
+    return nn.dot_product_attention(
+        query, key, value, mask=mask, dropout_rng=dropout_rng,
+        dropout_rate=dropout_rate, broadcast_dropout=broadcast_dropout,
+        deterministic=deterministic, dtype=dtype, precision=precision,
+        force_fp32_for_softmax=True)
+  query, key, value = nn.dtypes.promote_dtype(query, key, value, dtype=dtype)
+  if cudnn_applies(query, key, mask, jax.default_backend()):
+    try:
+      return jax.nn.dot_product_attention(query, key, value,
+                                          is_causal=is_causal,
+                                          implementation='cudnn')
+    except (NotImplementedError, RuntimeError, ValueError):
+      pass  # No flash attention for this GPU, cuDNN or shape: XLA's path.
+  return jax.nn.dot_product_attention(query, key, value, mask=mask,
+                                      is_causal=is_causal)

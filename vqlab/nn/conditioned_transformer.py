@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vqlab.nn.attention import dot_product_attention
 from vqlab.nn.transformer import MlpBlock
 
 
@@ -55,7 +56,8 @@ class ConditionedBlock(nn.Module):
     drop = lambda h: nn.Dropout(self.dropout_rate)(h, deterministic=not train)
     attention = lambda name: nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.
-        dropout_rate, deterministic=not train, name=name)
+        dropout_rate, deterministic=not train, attention_fn=
+        dot_product_attention, name=name)
     h = AdaLayerNorm(self.dtype, name='norm_self')(x, emb)
     x = x + drop(attention('self_attention')(h, h))
     if context is not None:

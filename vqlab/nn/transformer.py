@@ -1,8 +1,10 @@
 """Pre-LayerNorm transformer blocks shared by the generators (GPT, MaskGIT,
 VQ-Diffusion) and the ViT pieces of TiTok.
 
-Attention is flax's `MultiHeadDotProductAttention`; with `decode=True` it
-keeps a key/value cache in the 'cache' collection and attends one new
+Attention is flax's `MultiHeadDotProductAttention` over
+`vqlab.nn.attention.dot_product_attention` (cuDNN flash attention on a GPU
+where it applies, float32 softmax); with `decode=True` it keeps a key/value
+cache in the 'cache' collection and attends one new
 position per call (autoregressive sampling), so the same parameters serve
 training and cached sampling.
 
@@ -16,12 +18,14 @@ layouts). `remat_policy` recomputes each block's activations in the backward
 pass instead of storing them (vqlab/nn/remat.py).
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vqlab.nn import attention
 from vqlab.nn import remat
 from vqlab.nn import stack
 
@@ -59,6 +63,9 @@ class TransformerBlock(nn.Module):
     dtype: compute dtype (LayerNorm statistics in float32).
     layer_norm_epsilon: LayerNorm epsilon (PyTorch ports: 1e-5).
     exact_gelu: erf GELU in the MLP (PyTorch ports).
+    causal: position i attends to positions <= i only (outside `decode`,
+      where the cache does it), as the flag cuDNN's flash attention takes
+      rather than a mask array.
   """
   num_heads: int
   mlp_dim: int
@@ -67,6 +74,7 @@ class TransformerBlock(nn.Module):
   dtype: Any = jnp.float32
   layer_norm_epsilon: float = 1e-6
   exact_gelu: bool = False
+  causal: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None,
@@ -74,12 +82,13 @@ class TransformerBlock(nn.Module):
     """x: [B, L, D]; mask: broadcastable to [B, heads, L, L_kv], True where
     attention is allowed (None: all). Returns [B, L, D]."""
     h = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype, name='norm1')(x)
-    h = nn.MultiHeadDotProductAttention(num_heads=self.num_heads,
-                                        dtype=self.dtype,
-                                        dropout_rate=self.dropout_rate,
-                                        decode=self.decode,
-                                        deterministic=not train,
-                                        name='attention')(h, h, mask=mask)
+    attention_fn = functools.partial(attention.dot_product_attention,
+                                     is_causal=self.causal and not self.decode)
+    h = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads, dtype=self.dtype,
+        dropout_rate=self.dropout_rate, decode=self.decode,
+        deterministic=not train, attention_fn=attention_fn,
+        name='attention')(h, h, mask=mask)
     x = x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
     h = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype, name='norm2')(x)
     h = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, self.exact_gelu,
@@ -92,7 +101,7 @@ class Transformer(nn.Module):
 
   Attributes:
     num_layers, num_heads, mlp_dim, dropout_rate, decode, dtype,
-    layer_norm_epsilon, exact_gelu: as in TransformerBlock.
+    layer_norm_epsilon, exact_gelu, causal: as in TransformerBlock.
     scan_layers: one scanned `blocks` instead of `block_<i>` (module
       docstring).
     remat_policy: a key of vqlab.nn.remat.POLICIES.
@@ -105,6 +114,7 @@ class Transformer(nn.Module):
   dtype: Any = jnp.float32
   layer_norm_epsilon: float = 1e-6
   exact_gelu: bool = False
+  causal: bool = False
   scan_layers: bool = False
   remat_policy: str = 'none'
 
@@ -114,7 +124,7 @@ class Transformer(nn.Module):
     fields = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim,
                   dropout_rate=self.dropout_rate, decode=self.decode,
                   dtype=self.dtype, layer_norm_epsilon=self.layer_norm_epsilon,
-                  exact_gelu=self.exact_gelu)
+                  exact_gelu=self.exact_gelu, causal=self.causal)
     x = apply_layers(TransformerBlock, fields, self.num_layers, x, mask, train,
                      scan=self.scan_layers, remat_policy=self.remat_policy)
     return nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
