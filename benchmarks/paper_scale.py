@@ -54,8 +54,9 @@ nothing big is allocated and no step runs. It reports the compile time
 device (argument, output, temp and generated-code bytes; peak estimate =
 argument + output + temp - alias) and the FLOPs per step (matmuls and
 convolutions counted from the step's jaxpr, benchmarks/flops.py; remat
-recomputation included). Without it, each case also initializes its state
-for real (random weights; init s includes compiling init), runs 2 warm-up
+recomputation included) and the time to compile the init program
+(init_compile_s). Without it, each case also initializes its state for real
+(random weights; init s is compiling and running init), runs 2 warm-up
 steps and then up to --steps timed steps (as many as fit the case's time
 left; step s is their mean), and reports examples/s, the device's peak
 memory in use (the host's peak RSS on CPU) and MFU = FLOPs per step / step s
@@ -441,6 +442,20 @@ def compile_figures(jitted, *args) -> tuple[Any, dict]:
   return compiled, figures
 
 
+def timed_init(jitted_init, rng: jax.Array, compile_only: bool, report):
+  """Compiles the jitted init (reports init_compile_s) and, unless
+  `compile_only`, runs it: init_s is compile and run together. Returns the
+  state (None when compile_only)."""
+  t0 = time.perf_counter()
+  compiled = jitted_init.lower(rng).compile()
+  report({'init_compile_s': time.perf_counter() - t0})
+  if compile_only:
+    return None
+  state = jax.block_until_ready(compiled(rng))
+  report({'init_s': time.perf_counter() - t0})
+  return state
+
+
 def time_left(deadline: float) -> float:
   """Seconds to spend on timed calls: until the deadline, less a margin."""
   if not deadline:
@@ -506,15 +521,12 @@ def train_case(name: str, config, tiny: bool, compile_only: bool,
                                         abstract_batch, abstract_frozen)
   report(figures)
   print(f'compiled in {figures["compile_s"]:.1f} s', flush=True)
+  init = experiment.jitted_init(task, abstract_batch, state_shardings)
+  with jax.set_mesh(mesh):
+    state = timed_init(init, init_rng, compile_only, report)
   if compile_only:
     return
-  zeros = {k: jnp.zeros(s, d) for k, (s, d) in shapes.items()}
-  init = jax.jit(lambda rng: task.init(rng, zeros),
-                 out_shardings=state_shardings)
   with jax.set_mesh(mesh):
-    t0 = time.perf_counter()
-    state = jax.block_until_ready(init(init_rng))
-    report({'init_s': time.perf_counter() - t0})
     frozen = jax.device_put(task.frozen, replicated)
     batch_arrays = jax.device_put(random_batch(shapes, task, jax.random.key(4)),
                                   batch_sharding)
@@ -570,14 +582,13 @@ def sample_case(name: str, config, tiny: bool, batch: int, compile_only: bool,
     compiled, figures = compile_figures(sample, params, rng, cond)
   report(figures)
   print(f'compiled in {figures["compile_s"]:.1f} s', flush=True)
+  init = jax.jit(lambda r: task.init(r, {}).params['model'],
+                 out_shardings=shardings.params['model'])
+  with jax.set_mesh(mesh):
+    params = timed_init(init, init_rng, compile_only, report)
   if compile_only:
     return
   with jax.set_mesh(mesh):
-    t0 = time.perf_counter()
-    params = jax.jit(lambda r: task.init(r, {}).params['model'],
-                     out_shardings=shardings.params['model'])(init_rng)
-    params = jax.block_until_ready(params)
-    report({'init_s': time.perf_counter() - t0})
     if cond is not None:
       cond = jax.device_put(
           jax.random.randint(jax.random.key(6), (batch,), 0, task.num_classes),
@@ -781,8 +792,10 @@ def print_table(rows: dict[str, dict], compile_only: bool) -> None:
             'output + temp - alias)' if compile_only else
             "peak memory GiB: the device's peak bytes in use (on CPU: the "
             "host's peak RSS)")
-  print(f'\n{memory}; FLOPs per step: matmuls + convolutions of the '
-        'jaxpr, whole global batch; sampling: per call.')
+  init = ('init s: compiling the init program'
+          if compile_only else 'init s: compiling and running init')
+  print(f'\n{memory}; {init}; FLOPs per step: matmuls + convolutions of '
+        'the jaxpr, whole global batch; sampling: per call.')
   width = max([len('case')] + [len(key) for key in rows])
   header = (f'{"case":<{width}} {"batch":>5} {"compile s":>9} {"init s":>7} '
             f'{"step s":>8} {"examples/s":>10} {"peak GiB":>8} '
@@ -800,7 +813,7 @@ def print_table(rows: dict[str, dict], compile_only: bool) -> None:
       status += f': {row.get("error", "")}'
     print(f'{key:<{width}} {fmt(row.get("global_batch"), "d"):>5} '
           f'{fmt(row.get("compile_s"), ".1f"):>9} '
-          f'{fmt(row.get("init_s"), ".1f"):>7} '
+          f'{fmt(row.get("init_s", row.get("init_compile_s")), ".1f"):>7} '
           f'{fmt(row.get("step_s"), ".3g"):>8} '
           f'{fmt(row.get("examples_per_s"), ".4g"):>10} '
           f'{_gib(memory):>8} {_si(row.get("flops_per_step")):>10} '

@@ -60,7 +60,8 @@ def test_compile_only_rows_timeouts_and_unknown_keys(tmp_path):
     memory = row['memory']
     assert memory['argument_bytes'] > 0 and memory['output_bytes'] > 0
     assert memory['peak_estimate_bytes'] >= memory['temp_bytes'] > 0
-    assert 'init_s' not in row and 'step_s' not in row  # Nothing ran.
+    assert row['init_compile_s'] > 0  # Init compiled,
+    assert 'init_s' not in row and 'step_s' not in row  # but nothing ran.
     assert f'tiny/{name}{suffix}' in stdout  # The table.
   assert rows[f'tiny/maskgit_sample{suffix}']['global_batch'] == 64
 

@@ -46,25 +46,36 @@ def test_accumulate_gradients_splits_in_order_and_threads_the_carry():
 
 
 def _step(config, tmp_path, microbatches):
+  """(params before, params after, metrics) of the run's first train step."""
   config.train.microbatches = microbatches
   exp = experiment.Experiment(config, str(tmp_path / str(microbatches)),
                               _devices())
   state, _ = exp.initial_state()
+  before = jax.device_get(state.params)  # The step donates the state.
   batch = exp.global_batch(next(exp.train_data.batches()))
   new_state, metrics = exp.train_step(state, batch)
-  return jax.device_get(new_state.params), jax.device_get(metrics)
+  return before, jax.device_get(new_state.params), jax.device_get(metrics)
 
 
 def _assert_same_step(config, tmp_path, keys):
-  params_1, metrics_1 = _step(config, tmp_path, 1)
-  params_2, metrics_2 = _step(config, tmp_path, 2)
+  before, params_1, metrics_1 = _step(config, tmp_path, 1)
+  _, params_2, metrics_2 = _step(config, tmp_path, 2)
   for key in keys:
     np.testing.assert_allclose(metrics_2[key], metrics_1[key], rtol=2e-5,
                                err_msg=key)
-  # Adam's first step moves each param by lr g / (|g| + eps): a gradient as
-  # small as eps moves by a fraction of lr (1e-3) between summation orders.
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=4e-6),
-               params_2, params_1)
+  # Adam's first step moves each param by lr g / (|g| + eps), whose
+  # sensitivity to g, lr eps / (|g| + eps)^2, is lr / (4 eps) where |g| ~ eps:
+  # there the summation order's rounding of g (terms of ~1e-3 cancelling)
+  # moves the param by a fraction of lr. Where |g| > 9 eps (a move > 0.9 lr,
+  # most params) it is below 1e-3 lr.
+  lr = config.optimizer.learning_rate
+  moves = jax.tree.map(lambda a, b: np.abs(a - b), params_1, before)
+  real = jax.tree.map(lambda m: m > 0.9 * lr, moves)
+  jax.tree.map(
+      lambda a, b, r: np.testing.assert_allclose(a[r], b[r], atol=1e-3 * lr),
+      params_2, params_1, real)
+  counted = sum(int(r.sum()) for r in jax.tree.leaves(real))
+  assert counted > 0.9 * sum(r.size for r in jax.tree.leaves(real))
 
 
 def test_a_gpt_step_is_the_same_in_two_microbatches(tokenizer_dir, tmp_path):

@@ -27,6 +27,22 @@ from vqlab.train import workdir_lock
 from vqlab.train.tasks.base import Task
 
 
+def jitted_init(task: Task, abstract_batch: dict[str, Any],
+                state_shardings: Any) -> Any:
+  """`task.init` compiled onto `state_shardings`: rng -> a fresh TrainState.
+
+  The batch it sees is zeros of `abstract_batch`'s shapes made inside the
+  program: init reads only their shapes and XLA drops them, where zeros made
+  outside would be a global batch allocated on one device and passed in.
+  """
+
+  def init(rng):
+    zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in abstract_batch.items()}
+    return task.init(rng, zeros)
+
+  return jax.jit(init, out_shardings=state_shardings)
+
+
 def _abstract_batch(local_batch: dict[str, np.ndarray], global_size: int,
                     sharding) -> dict[str, jax.ShapeDtypeStruct]:
   return {
@@ -187,11 +203,7 @@ class Experiment:
     restored = self.checkpointer.restore(self.abstract_state)
     if restored is not None:
       return restored
-    zeros = {
-        k: jnp.zeros(v.shape, v.dtype) for k, v in self.abstract_batch.items()
-    }
-    init = jax.jit(lambda rng: self.task.init(rng, zeros),
-                   out_shardings=self.state_shardings)
+    init = jitted_init(self.task, self.abstract_batch, self.state_shardings)
     with jax.set_mesh(self.mesh):
       state = init(self._init_rng)
     # E.g. params copied from another run.
