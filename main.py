@@ -58,6 +58,14 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     'the config differs from its config.json in keys other than run length, '
     'logging, eval and sampling settings (e.g. fine-tuning with a new '
     'learning rate); the old config.json is kept beside the new one.')
+_COMPILATION_CACHE_DIR = flags.DEFINE_string(
+    'compilation_cache_dir',
+    os.environ.get('JAX_COMPILATION_CACHE_DIR',
+                   '~/.cache/vqlab/jax_compilation_cache'),
+    "JAX's persistent compilation cache: a resumed or repeated run loads "
+    'its compiled train, eval and sample programs from here instead of '
+    'compiling them again (a local directory or gs://...; default '
+    '$JAX_COMPILATION_CACHE_DIR when set). Empty: no cache.')
 _CPU_COLLECTIVES = flags.DEFINE_enum(
     'cpu_collectives', None, ['gloo', 'mpi'],
     'Collectives implementation for multi-process runs on CPU.')
@@ -74,6 +82,15 @@ def _initialize_distributed() -> None:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
+
+
+def _use_compilation_cache() -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  directory = _COMPILATION_CACHE_DIR.value
+  if directory:
+    if '://' not in directory:
+      directory = os.path.expanduser(directory)
+    jax.config.update('jax_compilation_cache_dir', directory)
 
 
 def _quiet_libraries() -> None:
@@ -96,6 +113,7 @@ def main(argv):
   from vqlab.errors import DataError  # pylint: disable=g-import-not-at-top
   from vqlab.errors import WeightsError  # pylint: disable=g-import-not-at-top
   from vqlab.errors import WorkdirError  # pylint: disable=g-import-not-at-top
+  _use_compilation_cache()
   _initialize_distributed()
   from vqlab.train import loop  # pylint: disable=g-import-not-at-top
   try:

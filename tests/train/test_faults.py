@@ -276,11 +276,12 @@ def test_kill_9_during_an_async_save_then_resume(finished, tmp_path):
   resumes from a complete step and continues the same trajectory. The
   console of the killed run carries no library INFO logs."""
   workdir = str(tmp_path / 'run')
+  cache = tmp_path / 'compilation_cache'
   command = [
       sys.executable,
       os.path.join(ROOT, 'main.py'),
       '--config=' + os.path.join(ROOT, 'tests', 'tiny_tokenizer_config.py'),
-      f'--workdir={workdir}'
+      f'--workdir={workdir}', f'--compilation_cache_dir={cache}'
   ]
   env = dict(
       os.environ, PYTHONPATH=ROOT,
@@ -298,6 +299,7 @@ def test_kill_9_during_an_async_save_then_resume(finished, tmp_path):
   assert run.returncode == -signal.SIGKILL, ''.join(lines)
   assert not [line for line in lines if re.match(r'I\d{4} ', line)
              ], ''.join(lines)
+  assert os.listdir(cache)  # The compiled programs, for the next run.
   result = loop.train_and_evaluate(_config(), workdir, devices=_devices())
   assert result['step'] == STEPS
   assert not [d for d in _checkpoints(workdir) if not d.isdigit()]
