@@ -1,6 +1,7 @@
 """Timing under a per-case budget, shared by the benchmarks that measure many
-cases of very different cost (generators.py, titok.py). No flags here, so any
-benchmark can import it.
+cases of very different cost (generators.py, titok.py), and fitting a train
+step into a memory budget (paper_scale.py). No flags here, so any benchmark
+can import it.
 """
 
 import os
@@ -78,3 +79,25 @@ def available_host_bytes() -> int | None:
   except OSError:
     pass
   return None
+
+
+def more_microbatches(memory: dict[str, int], microbatches: int,
+                      per_device_batch: int, budget: int) -> int | None:
+  """The fewest microbatches above `microbatches` that divide the
+  per-device batch and, by estimate, fit `budget` bytes.
+
+  `memory` is the compiled step's memory analysis at `microbatches`
+  ({'peak_estimate_bytes', 'temp_bytes'}, per device): the temp bytes
+  (activations) shrink with the microbatch, the rest (state, batch) stays.
+  Returns the most microbatches there are when none fits by the estimate,
+  None when there are no more.
+  """
+  more = [
+      k for k in range(microbatches + 1, per_device_batch + 1)
+      if per_device_batch % k == 0
+  ]
+  fixed = memory['peak_estimate_bytes'] - memory['temp_bytes']
+  for k in more:
+    if fixed + memory['temp_bytes'] * microbatches / k <= budget:
+      return k
+  return more[-1] if more else None

@@ -23,9 +23,14 @@ Cases (`CASES`; --cases=a,b selects):
   gpt_sample          GPT sampling with the KV cache (configs/gpt/imagenet256.py)
 
 The global batch is each config's own (`train.batch_size`), 64 for the
-sampling cases; --batch overrides it for every case and
---per_device_batch_sweep=1,2,4 runs every case once per per-device batch
-(global = per-device x devices). --set KEY=VALUE (repeatable) overrides a key
+sampling cases. A train step whose compiled peak estimate per device is over
+the memory budget (--memory_budget_gib; by default 90% of what the device's
+allocator may use, so on one GPU the papers' global batches run; none on
+CPU) runs that batch in more microbatches (`train.microbatches`, the fewest
+that fit by estimate, recompiled and checked; the row says how many): the
+same FLOPs per step, so MFU stays comparable. --batch overrides the global
+batch of every case and --per_device_batch_sweep=1,2,4 runs every case once
+per per-device batch (global = per-device x devices). --set KEY=VALUE (repeatable) overrides a key
 of every case's config as `--config.KEY=VALUE` would (the value parsed by the
 key's type); a case whose config has no such key is a row saying so. The
 compute dtype is the config's (bfloat16 for every paper config), on CPU too.
@@ -228,6 +233,13 @@ _BATCH = flags.DEFINE_integer(
 _SWEEP = flags.DEFINE_list(
     'per_device_batch_sweep', [], 'Run each case at each of these '
     'per-device batches (global = per-device x devices).')
+_MEMORY_BUDGET = flags.DEFINE_float(
+    'memory_budget_gib', None, 'Per-device GiB a train step may take: a '
+    'case whose compiled peak estimate is over it runs its global batch in '
+    'more microbatches (train.microbatches, the fewest that fit by '
+    "estimate; recompiled and checked). Default: 90% of the device's "
+    'allocator limit (on a GPU, of the 75% of memory JAX takes); none on '
+    'CPU. 0: never.')
 _SET = flags.DEFINE_multi_string(
     'set', [], 'KEY=VALUE: override a key of every case '
     'config, as --config.KEY=VALUE would (repeatable).')
@@ -456,6 +468,16 @@ def timed_init(jitted_init, rng: jax.Array, compile_only: bool, report):
   return state
 
 
+def memory_budget() -> int | None:
+  """Bytes a train step may take per device (--memory_budget_gib), by
+  default 90% of what the device's allocator may hand out (a GPU's
+  bytes_limit: JAX takes 75% of its memory); None: no limit (CPU)."""
+  if _MEMORY_BUDGET.value is not None:
+    return int(_MEMORY_BUDGET.value * 2**30) or None
+  limit = (jax.devices()[0].memory_stats() or {}).get('bytes_limit')
+  return int(0.9 * limit) if limit else None
+
+
 def time_left(deadline: float) -> float:
   """Seconds to spend on timed calls: until the deadline, less a margin."""
   if not deadline:
@@ -499,13 +521,6 @@ def train_case(name: str, config, tiny: bool, compile_only: bool,
                                                  config.mesh.rules)
   abstract_state = experiment._with_shardings(abstract_state, state_shardings)  # pylint: disable=protected-access
 
-  def train_step(state, batch, frozen):
-    rng = jax.random.fold_in(step_rng, state.step)
-    return task.train_step(state, batch, rng, frozen)
-
-  jit_train_step = jax.jit(
-      train_step, in_shardings=(state_shardings, batch_sharding, replicated),
-      out_shardings=(state_shardings, replicated), donate_argnums=(0,))
   report({
       'params':
           int(sum(x.size for x in jax.tree.leaves(abstract_state.params))),
@@ -516,10 +531,49 @@ def train_case(name: str, config, tiny: bool, compile_only: bool,
   abstract_frozen = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
       task.frozen)
-  with jax.set_mesh(mesh):
-    compiled, figures = compile_figures(jit_train_step, abstract_state,
-                                        abstract_batch, abstract_frozen)
-  report(figures)
+
+  def compile_step():
+    # A new function each time: jax would reuse the trace of the same one,
+    # and the task reads train.microbatches when it is traced.
+    def train_step(state, batch, frozen):
+      rng = jax.random.fold_in(step_rng, state.step)
+      return task.train_step(state, batch, rng, frozen)
+
+    jitted = jax.jit(train_step,
+                     in_shardings=(state_shardings, batch_sharding, replicated),
+                     out_shardings=(state_shardings, replicated),
+                     donate_argnums=(0,))
+    with jax.set_mesh(mesh):
+      return compile_figures(jitted, abstract_state, abstract_batch,
+                             abstract_frozen)
+
+  compiled, figures = compile_step()
+  budget = memory_budget()
+  tried = []
+  while budget and figures['memory']['peak_estimate_bytes'] > budget:
+    tried.append({
+        'microbatches': config.train.microbatches,
+        'peak_estimate_bytes': figures['memory']['peak_estimate_bytes'],
+        'compile_s': figures['compile_s'],
+    })
+    more = budget_lib.more_microbatches(figures['memory'],
+                                        config.train.microbatches,
+                                        batch // jax.device_count(), budget)
+    if more is None:
+      break
+    print(
+        f'peak estimate {_gib(tried[-1]["peak_estimate_bytes"])} GiB > '
+        f'budget {_gib(budget)} GiB: {more} microbatches', flush=True)
+    config.train.microbatches = more
+    compiled, figures = compile_step()
+  report({
+      **figures, 'microbatches': config.train.microbatches,
+      'memory_budget_bytes': budget,
+      'fits_budget': (
+          figures['memory']['peak_estimate_bytes'] <= budget if budget else None
+      ),
+      'microbatches_tried': tried
+  })
   print(f'compiled in {figures["compile_s"]:.1f} s', flush=True)
   init = experiment.jitted_init(task, abstract_batch, state_shardings)
   with jax.set_mesh(mesh):
@@ -686,6 +740,8 @@ class Job:
       key += f' per_device_batch={self.per_device_batch}'
     elif _BATCH.value:
       key += f' batch={_BATCH.value}'
+    if _MEMORY_BUDGET.value is not None:
+      key += f' memory_budget_gib={_MEMORY_BUDGET.value:g}'
     return ' '.join([key] + _SET.value)
 
   def argv(self, row_path: str, deadline: float) -> list[str]:
@@ -699,6 +755,8 @@ class Job:
     ]
     argv += ['--compile_only'] if _COMPILE_ONLY.value else []
     argv += ['--tiny'] if _TINY.value else []
+    if _MEMORY_BUDGET.value is not None:
+      argv.append(f'--memory_budget_gib={_MEMORY_BUDGET.value!r}')
     return argv + [f'--set={item}' for item in _SET.value]
 
 
@@ -808,6 +866,10 @@ def print_table(rows: dict[str, dict], compile_only: bool) -> None:
               if compile_only else row.get('peak_memory_bytes'))
     mfu = row.get('mfu')
     status = row['status']
+    if row.get('microbatches_tried'):  # Refitted to the memory budget.
+      fits = 'fits' if row.get('fits_budget') else 'still over'
+      status += (f' ({row["microbatches"]} microbatches: {fits} '
+                 f'{_gib(row["memory_budget_bytes"])} GiB)')
     if status != 'ok':
       status += f' ({row["limit_s"]:g} s)' if status == 'timed_out' else ''
       status += f': {row.get("error", "")}'

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 
+from benchmarks import budget
 from configs.gpt import tiny_cpu as gpt_tiny_cpu
 from tests import paths
 
@@ -44,12 +45,13 @@ def _gpt_flops_by_hand(batch: int) -> float:
 def test_compile_only_rows_timeouts_and_unknown_keys(tmp_path):
   results, stdout = _run(
       tmp_path, '--cases=gpt,maskgit_sample,vqgan_taming,titok_s128_stage1',
-      '--case_timeouts=titok_s128_stage1=0.001', '--set=model.vocab_size=512')
+      '--case_timeouts=titok_s128_stage1=0.001', '--set=model.vocab_size=512',
+      '--memory_budget_gib=1e-6')
   assert results['device']['platform'] == 'cpu'
   assert results['jax'] and results['date']
   assert '--compile_only' in results['command']
   rows = results['rows']
-  suffix = ' model.vocab_size=512'
+  suffix = ' memory_budget_gib=1e-06 model.vocab_size=512'
   assert sorted(rows) == sorted(
       f'tiny/{name}{suffix}' for name in ('gpt', 'maskgit_sample',
                                           'vqgan_taming', 'titok_s128_stage1'))
@@ -75,6 +77,28 @@ def test_compile_only_rows_timeouts_and_unknown_keys(tmp_path):
   assert 'compile_s' not in row
 
   gpt = rows[f'tiny/gpt{suffix}']
+  # No number of microbatches fits 1 KiB: the step was recompiled with the
+  # most there are (one example per device), and that shrank its peak.
+  per_device = gpt['global_batch'] // results['device']['count']
+  assert gpt['microbatches'] == per_device > 1 and not gpt['fits_budget']
+  first, last = gpt['microbatches_tried'][0], gpt['microbatches_tried'][-1]
+  assert first['microbatches'] == 1 and last['microbatches'] == per_device
+  assert first['peak_estimate_bytes'] > gpt['memory']['peak_estimate_bytes']
   by_hand = _gpt_flops_by_hand(gpt['global_batch'])
   assert by_hand / 1.5 < gpt['flops_per_step'] < 1.5 * by_hand, (
       gpt['flops_per_step'], by_hand)
+
+
+def test_more_microbatches_fit_the_budget_by_estimate():
+  # 20 bytes of state, 80 of activations at 1 microbatch; 8 per device.
+  memory = {'peak_estimate_bytes': 100, 'temp_bytes': 80}
+  assert budget.more_microbatches(memory, 1, 8, budget=45) == 4  # 20 + 20.
+  assert budget.more_microbatches(memory, 1, 8, budget=60) == 2  # 20 + 40.
+  # 6 per device: 2, 3 or 6 microbatches (4 does not divide it).
+  assert budget.more_microbatches(memory, 1, 6, budget=47) == 3  # 20 + 26.7.
+  assert budget.more_microbatches(memory, 1, 6, budget=45) == 6  # 20 + 13.3.
+  assert budget.more_microbatches(memory, 1, 8, budget=10) == 8  # The most.
+  assert budget.more_microbatches(memory, 8, 8, budget=10) is None
+  # From 2 microbatches (40 bytes of activations each): 4 halves them.
+  memory = {'peak_estimate_bytes': 60, 'temp_bytes': 40}
+  assert budget.more_microbatches(memory, 2, 8, budget=40) == 4
