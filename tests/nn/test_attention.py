@@ -100,6 +100,16 @@ def test_a_gpu_without_flash_attention_falls_back_to_xla(monkeypatch):
   assert attention.cudnn_applies(q, k, None, jax.default_backend())
   np.testing.assert_array_equal(
       attention.dot_product_attention(q, k, v, is_causal=True), expected)
+  # VQLAB_ATTENTION=xla does not ask for cuDNN at all.
+  asked = []
+  real = jax.nn.dot_product_attention
+  monkeypatch.setattr(
+      jax.nn, 'dot_product_attention',
+      lambda *a, **kw: asked.append(kw.get('implementation')) or real(*a, **kw))
+  attention.dot_product_attention(q, k, v)
+  monkeypatch.setenv(attention.IMPLEMENTATION_VARIABLE, 'xla')
+  attention.dot_product_attention(q, k, v)
+  assert asked == ['cudnn', None, None]
 
 
 def test_flax_attention_module_takes_it_as_attention_fn():

@@ -8,8 +8,13 @@ multiple of 8 up to cuDNN's limit, no mask other than causal), which never
 materializes the [B, heads, L, L] weights. Everywhere else, and on TPU, the
 XLA path. Dropout on the attention weights (training with dropout > 0)
 needs the weights, so it keeps flax's own path, softmax in float32 too.
+
+`VQLAB_ATTENTION=xla` in the environment keeps every call on XLA's path
+(read when a step is traced): to time flash attention against it, or to
+step around a cuDNN that refuses a shape only when the program compiles.
 """
 
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -63,6 +68,7 @@ def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array,
 _CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 _CUDNN_HEAD_DIM_MULTIPLE = 8
 _CUDNN_MAX_HEAD_DIM = 128  # 256 on Hopper and later; jax checks that itself.
+IMPLEMENTATION_VARIABLE = 'VQLAB_ATTENTION'  # 'auto' (default) or 'xla'.
 
 
 def cudnn_applies(query: jax.Array, key: jax.Array, mask: jax.Array | None,
@@ -106,7 +112,8 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
         deterministic=deterministic, dtype=dtype, precision=precision,
         force_fp32_for_softmax=True)
   query, key, value = nn.dtypes.promote_dtype(query, key, value, dtype=dtype)
-  if cudnn_applies(query, key, mask, jax.default_backend()):
+  if (os.environ.get(IMPLEMENTATION_VARIABLE, 'auto') != 'xla' and
+      cudnn_applies(query, key, mask, jax.default_backend())):
     try:
       return jax.nn.dot_product_attention(query, key, value,
                                           is_causal=is_causal,
