@@ -30,10 +30,11 @@ CPU) runs that batch in more microbatches (`train.microbatches`, the fewest
 that fit by estimate, recompiled and checked; the row says how many): the
 same FLOPs per step, so MFU stays comparable. --batch overrides the global
 batch of every case and --per_device_batch_sweep=1,2,4 runs every case once
-per per-device batch (global = per-device x devices). --set KEY=VALUE (repeatable) overrides a key
-of every case's config as `--config.KEY=VALUE` would (the value parsed by the
-key's type); a case whose config has no such key is a row saying so. The
-compute dtype is the config's (bfloat16 for every paper config), on CPU too.
+per per-device batch (global = per-device x devices). --set KEY=VALUE
+(repeatable) overrides a key of every case's config as `--config.KEY=VALUE`
+would (the value parsed by the key's type); a case whose config has no such
+key is a row saying so. The compute dtype is the config's (bfloat16 for
+every paper config), on CPU too.
 
 What is compiled is the loop's train step: the task's `train_step` jitted as
 vqlab/train/experiment.py jits it (the same mesh, state, batch and replicated
