@@ -18,6 +18,7 @@ from vqlab.errors import ConfigError
 from vqlab.errors import DataError
 from vqlab.errors import WeightsError
 from vqlab.evals import accumulator
+from vqlab.train import batched_draws
 from vqlab.train import checkpoint as checkpoint_lib
 from vqlab.train import experiment_config
 from vqlab.train import partitioning
@@ -40,7 +41,10 @@ def jitted_init(task: Task, abstract_batch: dict[str, Any],
     zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in abstract_batch.items()}
     return task.init(rng, zeros)
 
-  return jax.jit(init, out_shardings=state_shardings)
+  # Same values; compiles one chain of random draws per distinct param shape
+  # and initializer instead of one per param tensor.
+  return jax.jit(batched_draws.batch_random_draws(init),
+                 out_shardings=state_shardings)
 
 
 def _abstract_batch(local_batch: dict[str, np.ndarray], global_size: int,
