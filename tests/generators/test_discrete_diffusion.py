@@ -175,6 +175,30 @@ def test_reverse_step_sums_the_posterior_over_predicted_x0(t, u):
     np.testing.assert_allclose(got[s], expected / expected.sum(), atol=2e-5)
 
 
+@pytest.mark.parametrize('t, u', [(3, 2), (4, 0)])
+def test_without_replacement_a_code_was_always_that_code(t, u):
+  """abar + gbar = 1 (masking only, nothing replaced): a code at time t was
+  that code at u, whatever p(x_0 | x_t) says; a [MASK] was x_0 with
+  probability (abar_u - abar_t) / (1 - abar_t), else [MASK]."""
+  k, steps = 3, 4
+  schedule = dd.make_schedule(k, steps, abar_1=0.9, abar_T=0.1, gbar_1=0.1,
+                              gbar_T=0.9)
+  abar = np.concatenate([[1.0], np.linspace(0.9, 0.1, steps)])
+  p0 = np.random.default_rng(0).dirichlet(np.ones(k), size=k + 1)
+  log_p0 = np.concatenate([np.log(p0), np.full((k + 1, 1), dd.LOG_ZERO)], -1)
+  got = np.exp(
+      np.asarray(
+          dd.reverse_step_log_probs(
+              jnp.asarray(log_p0, jnp.float32)[None],
+              jnp.arange(k + 1)[None], schedule, jnp.asarray(t),
+              jnp.asarray(u))[0], np.float64))
+  want = np.zeros((k + 1, k + 1))
+  want[:k, :k] = np.eye(k)
+  want[k, :k] = p0[k] * (abar[u] - abar[t]) / (1 - abar[t])
+  want[k, k] = (1 - abar[u]) / (1 - abar[t])
+  np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 def test_loss_terms_equal_brute_force_kl_and_decoder_nll():
   rng = np.random.default_rng(1)
   x0 = rng.integers(0, K, size=(3, 4))
@@ -275,6 +299,26 @@ def test_out_of_range_tokens_are_a_clear_error():
   with pytest.raises(ValueError, match=r'ids must be in \[0, 5\)'):
     model.apply({'params': params}, jnp.full((1, 2, 3), K + 1),
                 jnp.ones((1,), jnp.int32))
+
+
+def test_hybrid_loss_weights_both_terms_by_the_times_probability(monkeypatch):
+  """Per example, as the official code: (L_vlb + lambda w(t) L_x0) / (T p(t))
+  with w(t) = 1 + (1 - t'/T) of its 0-based t' = t - 1."""
+  model, params = _model()
+  tokens = jnp.asarray(np.random.default_rng(3).integers(0, K, (4, 2, 3)))
+  times, weights = jnp.asarray([1, 2, 7, T]), jnp.asarray([0.5, 1.0, 2.0, 4.0])
+  monkeypatch.setattr(vq_diffusion, 'sample_times', lambda *args, **kwargs:
+                      (times, weights))
+  loss = jax.jit(
+      lambda ew: vq_diffusion.diffusion_loss(model, params, jax.random.key(
+          0), tokens, aux_weight=0.3, example_weights=ew)[:2])
+  for i in range(4):
+    value, metrics = loss(jax.nn.one_hot(i, 4))
+    w_t = 1 + (1 - (int(times[i]) - 1) / T)
+    np.testing.assert_allclose(
+        value,
+        float(weights[i]) * (metrics['vlb'] + 0.3 * w_t * metrics['x0_ce']),
+        rtol=1e-6)
 
 
 def test_training_lowers_the_loss():

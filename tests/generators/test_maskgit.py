@@ -128,6 +128,39 @@ def test_decoding_keeps_revealed_tokens_and_follows_schedule():
   assert history[-1].min() >= 0 and history[-1].max() < model.vocab_size
 
 
+def test_a_step_remasks_the_lowest_annealed_confidences():
+  """Step s = 3 of S = 6 from all-[MASK]: confidence = log p(sampled) +
+  c (1 - 4/6) Gumbel; the floor(gamma(4/6) N) lowest are masked again, the
+  rest keep their sample. c = 1 and positions made distinct (positional
+  embeddings x10) so that log p and the annealed noise both decide."""
+  model = _model()
+  params = dict(_init(model))
+  params['pos_embedding'] = params['pos_embedding'] * 10
+  state = maskgit.init_state(model, jax.random.key(3), 8)
+  state = state.replace(step=jnp.full((), 3, jnp.int32))
+  new = jax.jit(lambda p, s: maskgit.decode_step(
+      model, p, s, num_steps=6, temperature=0.0, choice_temperature=1.0))(
+          params, state)
+  logits = model.apply({'params': params}, state.tokens, None,
+                       method=maskgit.MaskGIT.flat_logits)
+  sampled = jnp.argmax(logits, -1)
+  log_p = jnp.take_along_axis(jax.nn.log_softmax(logits, -1),
+                              sampled[..., None], -1)[..., 0].sum(-1)
+  _, _, gumbel_rng = jax.random.split(state.rng, 3)
+  gumbel = jax.random.gumbel(gumbel_rng, log_p.shape)
+  confidence = np.asarray(log_p + 1.0 * (1 - 4 / 6) * gumbel)
+  n = model.num_tokens
+  keep = _exact_decode_counts(n, 6, 'cosine')[3]
+  masked = np.asarray(new.tokens[..., 0] == model.mask_ids[0])
+  for b in range(8):
+    want = np.zeros(n, bool)
+    want[np.argsort(confidence[b])[:keep]] = True
+    np.testing.assert_array_equal(masked[b], want)
+    np.testing.assert_array_equal(
+        np.asarray(new.tokens)[b][~want],
+        np.asarray(sampled)[b][~want])
+
+
 def test_greedy_decoding_is_deterministic():
   model = _model()
   params = _init(model)
@@ -259,36 +292,38 @@ def test_adam_lowers_loss_on_fixed_batch():
 
 def test_known_tokens_stay_and_the_schedule_runs_over_the_rest():
   """Video prediction from observed frames: the first latent frame given;
-  its tokens never change and the cosine schedule counts the others."""
+  its tokens never change and the cosine schedule counts the others. An
+  example whose every token is given (a per-example mask) stays as given."""
   model = _model(token_shape=(3, 4, 4))
   params = _init(model, batch=3)
   steps, n = 6, model.num_tokens
   known = jax.random.randint(jax.random.key(5), (3, 3, 4, 4), 0,
                              model.vocab_size)
-  mask = maskgit.frame_prefix_mask(model.token_shape, 1)
-  assert mask.sum() == 16 and mask[0].all() and not mask[1:].any()
+  prefix = maskgit.frame_prefix_mask(model.token_shape, 1)
+  assert prefix.sum() == 16 and prefix[0].all() and not prefix[1:].any()
+  mask = np.stack([np.ones_like(prefix), prefix, prefix])
   final, history = _jit_sample(model, 3, num_steps=steps, known_tokens=known,
                                known_mask=mask,
                                return_history=True)(params, jax.random.key(1))
   history = np.asarray(history).reshape(steps, 3, n)
-  flat_mask = mask.reshape(-1)
-  given = np.asarray(known).reshape(3, n)[:, flat_mask]
+  flat_mask = mask.reshape(3, n)
   exact = _exact_decode_counts(n - 16, steps, 'cosine')
-  unknown = np.full(3, n - 16)
+  unknown = np.full(2, n - 16)
   for s in range(steps):
-    np.testing.assert_array_equal(history[s][:, flat_mask], given)
+    np.testing.assert_array_equal(history[s][flat_mask],
+                                  np.asarray(known).reshape(3, n)[flat_mask])
     masked = (history[s] == model.vocab_size).sum(-1)
     want = np.maximum(1, np.minimum(unknown - 1, exact[s]))
-    np.testing.assert_array_equal(masked, want * 0 if s == steps - 1 else want)
-    unknown = masked
+    want = want * 0 if s == steps - 1 else want
+    np.testing.assert_array_equal(masked, np.concatenate([[0], want]))
+    unknown = masked[1:]
   np.testing.assert_array_equal(np.asarray(final).reshape(3, n), history[-1])
   # The given tokens condition the rest: other given tokens, other samples.
   other = _jit_sample(model, 3, num_steps=steps,
                       known_tokens=(known + 1) % model.vocab_size,
                       known_mask=mask)(params, jax.random.key(1))
   assert np.any(
-      np.asarray(other).reshape(3, n)[:, ~flat_mask] != history[-1][:,
-                                                                    ~flat_mask])
+      np.asarray(other).reshape(3, n)[~flat_mask] != history[-1][~flat_mask])
   with pytest.raises(ValueError, match='token ids'):
     maskgit.sample(model, params, jax.random.key(0), 3, num_steps=2,
                    known_tokens=known + model.vocab_size, known_mask=mask)

@@ -64,7 +64,12 @@ def test_fsq_bound_uses_atanh_so_zero_maps_to_the_zero_code():
   levels = (4, 6, 8, 5)
   got = np.asarray(fsq.bound(jnp.zeros((1, 4)), levels))[0]
   np.testing.assert_allclose(got, 0.0, atol=1e-6)
-  half_l = (4 - 1) * (1 - 1e-3) / 2  # With tan, L = 4 would be off:
-  assert abs(np.tanh(np.tan(0.5 / half_l)) * half_l - 0.5) > 1e-4
+  # Away from 0 too, against float64 (with tan, L = 4 is off by 4e-4).
+  z = np.linspace(-2, 2, 9)[:, None].repeat(4, -1)
+  half_l = (np.array(levels) - 1) * (1 - 1e-3) / 2
+  offset = np.where(np.array(levels) % 2 == 0, 0.5, 0.0)
+  want = np.tanh(z + np.arctanh(offset / half_l)) * half_l - offset
+  np.testing.assert_allclose(fsq.bound(jnp.asarray(z, jnp.float32), levels),
+                             want, atol=2e-6)
   np.testing.assert_array_equal(fsq.quantize(jnp.zeros((1, 4)), levels),
                                 np.zeros((1, 4)))

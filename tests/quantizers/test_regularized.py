@@ -114,6 +114,26 @@ def test_regularized_loss_terms_match_numpy():
   assert float(out.extras['mask'].max()) == 0.0
 
 
+def test_codebook_term_moves_codes_and_commitment_moves_z():
+  """Without the prior term: d loss / d E = 0.7 * 2 (E[k] - z) / size at the
+  argmax codes only, d loss / d z = 0.3 * 2 (z - E[k]) / size."""
+  q = regularized.RegularizedQuantizer(codebook_size=8, embedding_dim=3,
+                                       kl_weight=0.0, codebook_weight=0.7,
+                                       beta=0.3)
+  z = jax.random.normal(jax.random.key(5), (4, 6, 3)) * 0.5
+  codebook = jax.random.normal(jax.random.key(6), (8, 3)) * 0.5
+  loss = lambda e, z: q.apply({'params': {'codebook': e}}, z).loss
+  grad_e, grad_z = jax.jit(jax.grad(loss, argnums=(0, 1)))(codebook, z)
+  flat, e = np.float64(z).reshape(-1, 3), np.float64(codebook)
+  k = ((flat[:, None] - e[None])**2).sum(-1).argmin(-1)
+  diff = flat - e[k]
+  want_e = np.zeros_like(e)
+  np.add.at(want_e, k, -0.7 * 2 * diff / diff.size)
+  np.testing.assert_allclose(grad_e, want_e, atol=1e-7)
+  np.testing.assert_allclose(
+      np.asarray(grad_z).reshape(-1, 3), 0.3 * 2 * diff / diff.size, atol=1e-7)
+
+
 def test_regularized_mask_ratio_and_sampling_frequencies():
   q = regularized.RegularizedQuantizer(codebook_size=6, embedding_dim=2,
                                        mask_ratio=0.4)

@@ -207,7 +207,11 @@ def reverse_step_log_probs(log_p_x0: jax.Array, x_t: jax.Array,
     [..., N, K + 1] normalized log-probabilities over x_u.
   """
   log_q_t_given_x0 = likelihood_of_observed(x_t, schedule, jnp.zeros_like(t), t)
-  weights = log_p_x0 - log_q_t_given_x0  # p(x0) / q(x_t | x0).
+  # p(x0) / q(x_t | x0), and no weight where x_t cannot come from x0 (a code
+  # other than x_t's without replacement): there LOG_ZERO - LOG_ZERO would
+  # give p / q a finite value that cancels the zero of q(x_t | x_u) below.
+  weights = jnp.where(log_q_t_given_x0 < 0.5 * LOG_ZERO, LOG_ZERO,
+                      log_p_x0 - log_q_t_given_x0)
   weights = weights.at[..., -1].set(LOG_ZERO)  # x_0 is never [MASK].
   at_u = apply_transition(weights, schedule, jnp.zeros_like(u), u)
   log_probs = at_u + likelihood_of_observed(x_t, schedule, u, t)

@@ -334,7 +334,8 @@ def decode_step(model: MaskGIT, params, state: DecodeState,
   by log p(sampled) (summed over factors, untempered model probabilities)
   + choice_temperature (1 - (s+1)/S) Gumbel, known tokens +inf, and re-masks
   the clamp(floor(gamma((s+1)/S) N), 1, #unknown - 1) least confident
-  (0 at the last step), N = state.num_unknown, the positions to generate.
+  (0 at the last step or with nothing unknown), N = state.num_unknown, the
+  positions to generate.
   Revealed (and given) tokens never change.
   """
   rng, sample_rng, gumbel_rng = jax.random.split(state.rng, 3)
@@ -369,7 +370,9 @@ def decode_step(model: MaskGIT, params, state: DecodeState,
   table = mask_schedule.decode_mask_count_table(n, num_steps, schedule_method)
   keep = jnp.asarray(table)[state.num_unknown, step]
   keep = jnp.maximum(1, jnp.minimum(num_unknown - 1, keep))
-  keep = jnp.where(step + 1 >= num_steps, 0, keep)  # [B]
+  # None at the last step, nor where every token is given (the clamp to 1
+  # would re-mask a given token: all confidences are +inf).
+  keep = jnp.where((step + 1 >= num_steps) | (num_unknown == 0), 0, keep)  # [B]
   ranks = jnp.argsort(jnp.argsort(confidence, axis=-1), axis=-1)
   remask = ranks < keep[:, None]
   new_tokens = jnp.where(remask[..., None], model.mask_ids, sampled)

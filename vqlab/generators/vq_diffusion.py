@@ -15,8 +15,10 @@ a learned context vector for text); training drops the condition per example
 with probability `cond_drop`.
 
 Loss (DESIGN §4): L_vlb(t) + lambda w(t) CE(x_0, p(x_0 | x_t)) with
-w(t) = 2 - t/T, t uniform or importance-sampled (p(t) ~ sqrt(E[L_t^2]) from a
-running history, each t seen 10 times first; L_t is reweighted by 1/(T p(t))).
+w(t) = 2 - (t-1)/T (the official code's 1 + (1 - t'/T), its t' = t - 1 from
+0), t uniform or importance-sampled (p(t) ~ sqrt(E[L_t^2]) from a running
+history, each t seen 10 times first; both terms reweighted by 1/(T p(t)), as
+the official code does).
 Sampling walks decreasing times T = t_0 > t_1 > ... > 0 (all of them: the full
 chain; every d-th: the fast sampler) from all-[MASK], with guidance
 log p_u + s (log p_c - log p_u), temperature and truncation (keep the most
@@ -253,8 +255,10 @@ def diffusion_loss(model: VQDiffusion, params, rng: jax.Array,
   log_p_x0 = model.apply({'params': params}, x_t.reshape(tokens.shape), t, cond,
                          drop, train=train, rngs={'dropout': dropout_rng})
   terms = dd.loss_terms(log_p_x0, x0, x_t, schedule, t)
-  w_t = 2.0 - t / model.num_timesteps
-  per_example = weight * terms.vlb + aux_weight * w_t * terms.x0_ce
+  # The official code's weights: w(t) = 1 + (1 - t'/T) with its t' = t - 1
+  # (from 0), and both terms over the probability t was sampled with.
+  w_t = 2.0 - (t - 1) / model.num_timesteps
+  per_example = weight * (terms.vlb + aux_weight * w_t * terms.x0_ce)
   ew = jnp.ones((batch,)) if example_weights is None else example_weights
   count = jnp.maximum(ew.sum(), 1.0)
   mean = lambda v: (v * ew).sum() / count

@@ -48,9 +48,14 @@ from vqlab.quantizers import base
 def pairwise_sq_distances(z: jax.Array, codebook: jax.Array) -> jax.Array:
   """||z_i - e_k||^2 for z: [N, d], codebook: [K, d] -> [N, K].
 
-  Uses ||z||^2 - 2 z.e + ||e||^2 so memory is O(N K), never O(N K d).
+  Uses ||z||^2 - 2 z.e + ||e||^2 so memory is O(N K), never O(N K d). The
+  matmul is float32-exact on every backend: at the default precision (one
+  bfloat16 pass on TPU, TF32 on recent GPUs), 0.4-2.4% (bfloat16) and
+  0.02-0.2% (TF32) of Gaussian tokens got a code that is not their nearest
+  among 1024-16384 Gaussian codes (simulated rounding, d = 8-256).
   """
-  return (jnp.sum(z**2, axis=-1, keepdims=True) - 2.0 * z @ codebook.T +
+  dots = jnp.matmul(z, codebook.T, precision=jax.lax.Precision.HIGHEST)
+  return (jnp.sum(z**2, axis=-1, keepdims=True) - 2.0 * dots +
           jnp.sum(codebook**2, axis=-1)[None, :])
 
 
