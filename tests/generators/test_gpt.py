@@ -181,6 +181,18 @@ def test_sliding_window_sampling():
   big = sliding((5, 4), 1.0)
   assert big.shape == (2, 5, 4) and big.dtype == jnp.int32
   assert int(big.min()) >= 0 and int(big.max()) < VOCAB
+  # Greedy, against a step-by-step loop over explicit crops: the crop
+  # centred on (i, j) and clamped into the grid, the logits at (i, j)'s
+  # row-major index inside it.
+  apply = jax.jit(lambda t: model.apply(params, t, None))
+  want = np.zeros((2, 5, 4), np.int32)
+  for i in range(5):
+    for j in range(4):
+      si, sj = min(max(i - 1, 0), 5 - 3), min(max(j - 1, 0), 4 - 3)
+      crop = want[:, si:si + 3, sj:sj + 3].reshape(2, LENGTH)
+      logits = np.asarray(apply(jnp.asarray(crop)))
+      want[:, i, j] = logits[:, (i - si) * 3 + (j - sj)].argmax(-1)
+  np.testing.assert_array_equal(sliding((5, 4), 0.0), want)
   plain = jax.jit(lambda p, r: model.sample(p, r, 2, temperature=0.0),
                   compiler_options=FAST_COMPILE)(params, jax.random.key(5))
   np.testing.assert_array_equal(sliding(GRID, 0.0).reshape(2, -1), plain)

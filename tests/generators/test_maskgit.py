@@ -101,9 +101,15 @@ def test_decode_counts_are_exact(method):
 
 
 def test_random_mask_counts():
-  mask = mask_schedule.random_mask(jax.random.key(3), 64, 10, 'cosine')
+  """Per example ceil(cos(pi r / 2) N) masked (at least 1), r ~ U(0, 1) the
+  first draw of the rng's split: float64 against the float32 counts."""
+  rng = jax.random.key(3)
+  mask = mask_schedule.random_mask(rng, 64, 10, 'cosine')
   counts = np.asarray(mask.sum(-1))
-  assert counts.min() >= 1 and counts.max() <= 10 and len(set(counts)) > 3
+  ratio = np.float64(jax.random.uniform(jax.random.split(rng)[0], (64,)))
+  want = np.clip(np.ceil(np.cos(np.pi / 2 * ratio) * 10), 1, 10)
+  np.testing.assert_array_equal(counts, want)
+  assert len(set(counts)) > 3
 
 
 def test_decoding_keeps_revealed_tokens_and_follows_schedule():
