@@ -27,6 +27,15 @@ def test_lecam_matches_formula_and_ema():
                              rtol=1e-6)
   np.testing.assert_allclose(new['fake'], 0.999 * -0.2 + 0.001 * fake.mean(),
                              rtol=1e-5)
+  # One step, in the official order: the EMAs move first, then measure.
+  reg, moved = gan.lecam_term(jnp.asarray(real), jnp.asarray(fake), ema, 0.999)
+  ema_real, ema_fake = 0.999 * 0.3 + 0.001 * real.mean(), 0.999 * -0.2 + (
+      0.001 * fake.mean())
+  np.testing.assert_allclose(
+      reg,
+      np.mean(relu(real - ema_fake)**2) + np.mean(relu(ema_real - fake)**2),
+      rtol=1e-6)
+  np.testing.assert_allclose(moved['real'], ema_real, rtol=1e-6)
   # No gradient reaches the EMAs.
   grads = jax.grad(lambda e: gan.lecam_regularizer(jnp.asarray(
       real), jnp.asarray(fake), e['real'], e['fake']))(ema)

@@ -115,8 +115,13 @@ def test_adaptive_group_norm():
   np.testing.assert_array_equal(norm.apply(variables, x[:, 0], z_q[:, 0]),
                                 per_frame[:, 0])
   # y = GroupNorm(x) * (1 + scale(z_q)) + shift(z_q), z_q resized causally.
-  params = jax.tree.map(lambda p: jax.random.normal(jax.random.key(3), p.shape),
-                        variables['params'])
+  # A key per leaf: scale and shift have the same shapes, and equal draws
+  # would not tell them apart.
+  leaves, tree = jax.tree.flatten(variables['params'])
+  params = jax.tree.unflatten(tree, [
+      jax.random.normal(k, p.shape)
+      for k, p in zip(jax.random.split(jax.random.key(3), len(leaves)), leaves)
+  ])
   dense = lambda name: z_q @ params[name]['kernel'] + params[name]['bias']
   index = latent_frame_index(5, 2)
   np.testing.assert_array_equal(index, [0, 1, 1, 1, 1])

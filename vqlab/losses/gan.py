@@ -81,6 +81,17 @@ def lecam_ema_update(ema: dict[str, jax.Array], logits_real: jax.Array,
   }
 
 
+def lecam_term(logits_real: jax.Array, logits_fake: jax.Array,
+               ema: dict[str, jax.Array],
+               decay: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(LeCam regularizer, moved EMAs) of one discriminator step, in the order
+  of the official code (and Open-MAGVIT2's): the EMAs move with this batch's
+  mean logits first, and the regularizer measures against the moved EMAs."""
+  new_ema = lecam_ema_update(ema, logits_real, logits_fake, decay)
+  return lecam_regularizer(logits_real, logits_fake, new_ema['real'],
+                           new_ema['fake']), new_ema
+
+
 def r1_penalty(discriminator_fn, images: jax.Array) -> jax.Array:
   """R1 gradient penalty (Mescheder et al., 2018): E_x ||grad_x D(x)||^2.
 

@@ -43,7 +43,7 @@ class SpatialSelfAttention(nn.Module):
     q, k, v = (nn.Dense(channels, dtype=self.dtype,
                         name=n)(h).reshape(batch, height * width, channels)
                for n in ('query', 'key', 'value'))
-    h = nn.dot_product_attention(q[:, :, None], k[:, :, None], v[:, :, None])
+    h = dot_product_attention(q[:, :, None], k[:, :, None], v[:, :, None])
     h = h.reshape(batch, height, width, channels)
     return x + nn.Dense(channels, dtype=self.dtype, name='out')(h)
 

@@ -82,6 +82,9 @@ def compute_reference_statistics(
                           process_count=jax.process_count())
   features = jax.jit(features_of, in_shardings=(replicated, batch_sharding),
                      out_shardings=replicated)
+  # The global batch's mask on every host (on several hosts a global array
+  # is not addressable as a whole: device_get of it raises).
+  gather = jax.jit(lambda x: x, out_shardings=replicated)
   stats = fid.FeatureStatistics()
   num_batches = -(-source.num_examples // config.eval.batch_size)
   progress = progress_lib.Progress(0, num_batches, config.eval.batch_size,
@@ -91,7 +94,7 @@ def compute_reference_statistics(
       batch = partitioning.global_batch(local, batch_sharding)
       values = jax.device_get(
           features(params, batch['video' if 'video' in batch else 'image']))
-      real = np.asarray(jax.device_get(batch['mask'])) > 0
+      real = np.asarray(jax.device_get(gather(batch['mask']))) > 0
       # Inception sees every frame of a video: each clip's mask per frame.
       stats.update(values[np.repeat(real, len(values) // len(real))])
       progress.update(step, {})

@@ -308,12 +308,10 @@ class TokenizerTask(base.Task):
     }
     new_state = dict(loss_state)
     if loss_cfg.lecam_weight > 0:
-      ema = loss_state['lecam']
-      lecam = gan.lecam_regularizer(logits_real, logits_fake, ema['real'],
-                                    ema['fake'])
+      lecam, new_state['lecam'] = gan.lecam_term(logits_real, logits_fake,
+                                                 loss_state['lecam'],
+                                                 loss_cfg.lecam_decay)
       d_loss += loss_cfg.lecam_weight * lecam
-      new_state['lecam'] = gan.lecam_ema_update(ema, logits_real, logits_fake,
-                                                loss_cfg.lecam_decay)
       metrics['lecam'] = lecam
     if loss_cfg.r1_weight > 0:
       r1 = gan.r1_penalty(lambda v: self._disc_logits(disc_params, v), x)
