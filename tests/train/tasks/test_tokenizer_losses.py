@@ -50,7 +50,7 @@ def test_lpips_term_is_weighted_lpips_of_the_reconstruction(weights_dir):
 
   task = _task(mutate)
   assert set(task.frozen) == {'lpips'}
-  x, state, _, metrics = _first_step(task)
+  x, state, new_state, metrics = _first_step(task)
 
   @jax.jit
   def direct(state, frozen):
@@ -68,6 +68,11 @@ def test_lpips_term_is_weighted_lpips_of_the_reconstruction(weights_dir):
       metrics['loss'], metrics['rec_loss'] + metrics['perceptual_loss'] +
       metrics['quantizer_loss'] + metrics['adaptive_weight'] * metrics['g_adv'],
       rtol=1e-5)
+  # Step 0 < disc_start = 1: no GAN term, and the discriminator stays put.
+  assert metrics['adaptive_weight'] == 0.0 and metrics['d_loss'] == 0.0
+  for a, b in zip(jax.tree.leaves(state.params['discriminator']),
+                  jax.tree.leaves(new_state.params['discriminator'])):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_pcl_needs_regularized_quantizer_and_trains(weights_dir):
@@ -109,7 +114,12 @@ def test_lecam_r1_stylegan_and_generator_ema():
 
   task = _task(mutate)
   x, state, new_state, metrics = _first_step(task)
-  assert metrics['r1'] > 0 and metrics['lecam'] >= 0
+  assert metrics['r1'] > 0 and metrics['lecam'] > 0
+  # disc_start = 0: the discriminator trains from the first step.
+  moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
+                       state.params['discriminator'],
+                       new_state.params['discriminator'])
+  assert min(jax.tree.leaves(moved)) > 0
   np.testing.assert_allclose(
       metrics['d_loss'],
       metrics['d_adv'] + 0.1 * metrics['lecam'] + 2.0 * metrics['r1'],
