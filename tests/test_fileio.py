@@ -118,10 +118,15 @@ def test_checkpoints_and_run_config_on_a_url(url, tmp_path, monkeypatch):
 
 
 def test_token_shards_fid_statistics_and_gifs_on_a_url(url):
-  arrays = {'tokens': np.arange(12).reshape(4, 3), 'label': np.arange(4)}
+  # Condition ids from a tokenizer with a larger vocabulary than the main
+  # one's (2^18 LFQ codes) must not be cut to uint16.
+  arrays = {
+      'tokens': np.arange(12).reshape(4, 3),
+      'cond_tokens': np.array([[70000, 262143, 5]] * 4),
+      'label': np.arange(4)
+  }
   fileio.makedirs(f'{url}/train')
-  token_shards.write_shard(token_shards.shard_path(url, 'train', 0, 0), arrays,
-                           vocab_size=16)
+  token_shards.write_shard(token_shards.shard_path(url, 'train', 0, 0), arrays)
   token_shards.write_metadata(
       url, {
           'format': token_shards.FORMAT_VERSION,

@@ -14,6 +14,7 @@ import pytest
 from tests import paths
 from vqlab import data
 from vqlab.data import image_folder
+from vqlab.data import preprocess
 from vqlab.errors import DataError
 from vqlab.train import experiment_config
 
@@ -192,3 +193,20 @@ def test_train_image_size_is_checked(split_folder):
       ValueError, match=r'data\.train_image_size: must be an '
       r'integer in \[0, image_size=8\], got 16'):
     data.build(split_folder, split='train', global_batch_size=2)
+
+
+@pytest.mark.parametrize('image_format', ['PNG', 'GIF', 'BMP'])
+def test_gray_decoding_of_every_listed_format(image_format):
+  """channels=1: PNG decodes to gray directly; GIF and BMP, which TF decodes
+  only to RGB, through rgb_to_grayscale (ITU-R 601 luma)."""
+  rgb = np.zeros((4, 6, 3), np.uint8)
+  rgb[:, :3] = (200, 40, 10)
+  rgb[:, 3:] = (0, 0, 255)
+  encoded = io.BytesIO()
+  pil = Image.fromarray(rgb if image_format != 'PNG' else np.
+                        uint8(np.round(rgb @ [0.2989, 0.587, 0.114])))
+  pil.save(encoded, format=image_format)
+  gray = preprocess.decode_image(encoded.getvalue(), 1).numpy()
+  assert gray.shape == (4, 6, 1) and gray.dtype == np.uint8
+  want = np.round(rgb @ [0.2989, 0.587, 0.114])
+  np.testing.assert_allclose(gray[..., 0], want, atol=1)

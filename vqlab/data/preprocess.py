@@ -106,8 +106,17 @@ class Augment:
 
 def decode_image(encoded, channels: int):
   """Encoded bytes (JPEG/PNG/GIF/BMP) -> uint8 [h, w, channels]."""
-  image = tf.io.decode_image(encoded, channels=channels,
-                             expand_animations=False)
+  decode = lambda c: tf.io.decode_image(encoded, channels=c, expand_animations=
+                                        False)
+  if channels == 1:
+    # TF decodes GIF and BMP only to 3 (or 4) channels: gray from RGB there.
+    prefix = tf.strings.substr(encoded, 0, 3)
+    rgb_only = tf.logical_or(tf.equal(prefix, b'GIF'),
+                             tf.equal(tf.strings.substr(prefix, 0, 2), b'BM'))
+    image = tf.cond(rgb_only, lambda: tf.image.rgb_to_grayscale(decode(3)),
+                    lambda: decode(1))
+  else:
+    image = decode(channels)
   image.set_shape([None, None, channels])
   return image
 

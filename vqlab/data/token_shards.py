@@ -5,7 +5,7 @@ Layout of a tokens directory:
   metadata.json                      tokenizer (workdir, step, config), token
                                      shape, vocab size, per-split progress
   <split>/shard-<i:05d>-<p:03d>.npz  shard i of process p: 'tokens' [n, *shape
-                                     (, F)] (uint16 when the vocab fits, else
+                                     (, F)] (uint16 when the ids fit, else
                                      int32), 'cond_tokens' [n, *shape] of the
                                      condition images (spatial GPTs; same
                                      dtype), plus the data's other per-example
@@ -34,7 +34,7 @@ FORMAT_VERSION = 1
 METADATA = 'metadata.json'
 TOKENS = 'tokens'
 COND_TOKENS = 'cond_tokens'
-CODE_ARRAYS = (TOKENS, COND_TOKENS)  # Stored as uint16 when the vocab fits.
+CODE_ARRAYS = (TOKENS, COND_TOKENS)  # Stored as uint16 when the ids fit.
 
 
 def shard_path(directory: str, split: str, shard: int, process: int) -> str:
@@ -73,16 +73,20 @@ def read_metadata(directory: str) -> dict[str, Any] | None:
   return metadata
 
 
-def write_shard(path: str, arrays: dict[str, np.ndarray],
-                vocab_size: int) -> None:
-  """Writes one shard atomically; tokens (and condition tokens) are stored
-  as uint16 when they fit."""
+def write_shard(path: str, arrays: dict[str, np.ndarray]) -> None:
+  """Writes one shard atomically; tokens and condition tokens are stored as
+  uint16 when every id of that array fits (each array on its own: a
+  condition tokenizer may have a larger vocabulary than the main one)."""
   arrays = dict(arrays)
-  if vocab_size <= np.iinfo(np.uint16).max + 1:
-    for key in CODE_ARRAYS:
-      if key in arrays:
-        arrays[key] = arrays[key].astype(np.uint16)
+  for key in CODE_ARRAYS:
+    if key in arrays and _fits_uint16(arrays[key]):
+      arrays[key] = arrays[key].astype(np.uint16)
   write_atomically(path, lambda f: np.savez(f, **arrays))
+
+
+def _fits_uint16(ids: np.ndarray) -> bool:
+  return ids.size == 0 or (ids.min() >= 0 and
+                           ids.max() <= np.iinfo(np.uint16).max)
 
 
 def load_split(directory: str,

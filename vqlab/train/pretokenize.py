@@ -214,7 +214,7 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
           progress.update(step + 1, {})
         token_shards.write_shard(path, {
             k: np.concatenate(v) for k, v in parts.items()
-        }, tok.vocab_size)
+        })
         written += 1
     progress.close()
     multihost_utils.sync_global_devices(f'vqlab_tokenize_{split}')
