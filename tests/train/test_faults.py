@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -387,3 +388,36 @@ def test_a_maskgit_checkpoint_of_the_other_head_kind_names_the_switch():
       '(vqlab before 2026-12): resume it with model.tied_heads = False')
   assert checkpoint_lib.state_mismatch(
       tied, untied).endswith('resume it with model.tied_heads = True')
+
+
+def test_an_unreadable_step_that_cannot_be_moved_stops_the_run(
+    tmp_path, monkeypatch):
+  """Left listed, an unreadable newest step would skip every save up to it
+  without a word and refuse a save at it: the restore says what to move and
+  which step then continues; the good step is untouched."""
+  state = {'w': jnp.arange(6.0)}
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=5)
+  for step in (2, 4):
+    checkpointer.save(step, jax.tree.map(lambda x, s=step: x * s, state))
+  checkpointer.wait()
+  shutil.rmtree(tmp_path / 'checkpoints' / '4' / 'default')
+
+  def refuse(src, dst):
+    raise PermissionError(f'read-only: {src}')
+
+  monkeypatch.setattr(checkpoint_lib.fileio, 'replace', refuse)
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      state)
+  with pytest.raises(CheckpointError) as error:
+    checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=5).restore(abstract)
+  message = str(error.value)
+  assert 'could not be moved aside' in message and '/4 (' in message
+  assert 'read-only' in message and 'step 2 is readable' in message
+  assert 'Traceback' not in message
+  monkeypatch.undo()
+  shutil.move(tmp_path / 'checkpoints' / '4', tmp_path / 'elsewhere')
+  restored, step = checkpoint_lib.Checkpointer(str(tmp_path),
+                                               max_to_keep=5).restore(abstract)
+  assert step == 2
+  np.testing.assert_array_equal(restored['w'], np.arange(6.0) * 2)

@@ -259,7 +259,7 @@ class Checkpointer:
         except Exception as e:  # pylint: disable=broad-except
           unreadable.append((step, _first_line(e)))
           continue
-      self._set_aside(unreadable)
+      self._set_aside(unreadable, step)
       if relay:
         print(
             f'vqlab: checkpoint {path} stores its repeated blocks in the '
@@ -274,10 +274,18 @@ class Checkpointer:
           'was changed; to start over, use another --workdir')
     return None
 
-  def _set_aside(self, unreadable: list[tuple[int, str]]) -> None:
-    """Renames unreadable steps `<step>.corrupt` (process 0; others wait)."""
+  def _set_aside(self, unreadable: list[tuple[int, str]],
+                 restored: int) -> None:
+    """Renames unreadable steps `<step>.corrupt` (process 0; others wait).
+
+    Raises:
+      CheckpointError: a step could not be renamed (e.g. permissions, or a
+        gs:// directory). Left listed, it would stay the newest step: saves
+        up to it would be skipped without a word and a save at it refused.
+    """
     if not unreadable:
       return
+    stuck = []
     for step, why in unreadable:
       src = os.path.join(self.directory, str(step))
       dst = src + SET_ASIDE_SUFFIX
@@ -288,16 +296,25 @@ class Checkpointer:
         continue
       try:
         fileio.replace(src, dst)
-        moved = f'moved to {os.path.basename(dst)}'
       except Exception as e:  # pylint: disable=broad-except
-        # e.g. gs://, where a directory cannot be renamed.
-        moved = f'left in place ({_first_line(e)})'
+        stuck.append(f'{src} ({why}; renaming it failed: {_first_line(e)})')
+        continue
       print(
-          f'vqlab: checkpoint {src} is unreadable ({why}); {moved}; '
-          'continuing from an earlier step', flush=True)
+          f'vqlab: checkpoint {src} is unreadable ({why}); moved to '
+          f'{os.path.basename(dst)}; continuing from step {restored}',
+          flush=True)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices('vqlab_checkpoint_set_aside')
     self._manager.reload()
+    # Every process sees the same directory, so all raise or none does.
+    left = sorted({s for s, _ in unreadable} & set(self.all_steps()))
+    if left:
+      details = '; '.join(stuck) or ', '.join(f'step {s}' for s in left)
+      raise CheckpointError(
+          f'unreadable checkpoints could not be moved aside: {details}. Move '
+          f'them out of {self.directory} (e.g. to <step>.corrupt) and run '
+          f'again: step {restored} is readable and training continues from '
+          'it')
 
   def close(self) -> None:
     self._manager.close()
