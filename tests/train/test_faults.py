@@ -7,6 +7,7 @@ during startup and during the final save, and kill -9 during an async save.
 """
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -421,3 +422,48 @@ def test_an_unreadable_step_that_cannot_be_moved_stops_the_run(
                                                max_to_keep=5).restore(abstract)
   assert step == 2
   np.testing.assert_array_equal(restored['w'], np.arange(6.0) * 2)
+
+
+def test_out_of_memory_or_a_read_only_mode_never_sets_a_step_aside(
+    tmp_path, monkeypatch, capsys):
+  state = {'w': jnp.arange(6.0)}
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=5)
+  for step in (2, 4):
+    checkpointer.save(step, jax.tree.map(lambda x, s=step: x * s, state))
+  checkpointer.wait()
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      state)
+  listing = lambda: sorted(os.listdir(tmp_path / 'checkpoints'))
+  before = listing()
+
+  def out_of_memory(self, *args, **kwargs):
+    raise RuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to '
+                       'allocate 6.00GiB')
+
+  with monkeypatch.context() as patch:
+    patch.setattr(checkpoint_lib.ocp.CheckpointManager, 'restore',
+                  out_of_memory)
+    with pytest.raises(CheckpointError, match='not a corrupt checkpoint'):
+      checkpoint_lib.Checkpointer(str(tmp_path),
+                                  max_to_keep=5).restore(abstract)
+  assert listing() == before
+  # An eval beside a trainer skips an unreadable newest step, renames nothing.
+  shutil.rmtree(tmp_path / 'checkpoints' / '4' / 'default')
+  _, step = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=5).restore(
+      abstract, set_aside=False)
+  assert step == 2 and listing() == before
+  assert 'left as it is; using step 2' in capsys.readouterr().out
+
+
+def test_a_filesystem_without_locks_warns_and_runs(tmp_path, monkeypatch,
+                                                   capsys):
+
+  def no_locks(f, operation):
+    raise OSError(errno.ENOLCK, 'No locks available')
+
+  monkeypatch.setattr(workdir_lock.fcntl, 'flock', no_locks)
+  workdir_lock.acquire(str(tmp_path / 'nfs'), 'train')
+  out = capsys.readouterr().out
+  assert 'No locks available' in out and 'no other run' in out
+  assert str(tmp_path / 'nfs') not in workdir_lock._held  # pylint: disable=protected-access

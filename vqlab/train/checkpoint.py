@@ -209,15 +209,20 @@ class Checkpointer:
     return CheckpointError(f'could not write {which} to {self.directory} '
                            f'({_first_line(e)}); {intact}')
 
-  def restore(self, abstract_state: Any) -> tuple[Any, int] | None:
+  def restore(self, abstract_state: Any, *,
+              set_aside: bool = True) -> tuple[Any, int] | None:
     """Restores the newest readable checkpoint that fits `abstract_state`.
 
     Unreadable steps (partial or corrupt) newer than the restored one are
     renamed `<step>.corrupt` (one line each), so later saves and evals see a
-    consistent run. A step saved with its repeated blocks stacked the other
-    way (model.scan_layers / scan_blocks) is converted to this layout. A
-    readable step whose state does not fit otherwise is an error and is left
-    as it is: it restores under the config it was trained with.
+    consistent run; with `set_aside=False` (eval and sample modes, which
+    take no lock: a trainer may own the run) they are named and left as
+    they are. A restore that fails for want of memory or on a transient I/O
+    error is not a corrupt checkpoint: it stops with nothing changed. A step
+    saved with its repeated blocks stacked the other way (model.scan_layers /
+    scan_blocks) is converted to this layout. A readable step whose state
+    does not fit otherwise is an error and is left as it is: it restores
+    under the config it was trained with.
 
     Args:
       abstract_state: pytree of jax.ShapeDtypeStruct with shardings, the
@@ -228,7 +233,9 @@ class Checkpointer:
 
     Raises:
       StateMismatchError: a readable checkpoint of another state layout.
-      CheckpointError: checkpoints exist but none can be read.
+      CheckpointError: checkpoints exist but none can be read; a restore
+        ran out of memory or hit a transient I/O error; an unreadable step
+        could not be renamed aside.
     """
     unreadable = []
     for step in reversed(self.all_steps()):
@@ -239,6 +246,7 @@ class Checkpointer:
           if saved is None:
             raise ValueError('no state metadata (a partial step)')
         except Exception as e:  # pylint: disable=broad-except
+          _raise_if_transient(path, e)
           unreadable.append((step, _first_line(e)))
           continue
       mismatch = state_mismatch(saved, abstract_state)
@@ -257,9 +265,17 @@ class Checkpointer:
               step, args=ocp.args.StandardRestore(
                   _on_one_device(saved) if relay else abstract_state))
         except Exception as e:  # pylint: disable=broad-except
+          _raise_if_transient(path, e)
           unreadable.append((step, _first_line(e)))
           continue
-      self._set_aside(unreadable, step)
+      if set_aside:
+        self._set_aside(unreadable, step)
+      else:
+        for bad, why in unreadable:
+          print(
+              f'vqlab: checkpoint {os.path.join(self.directory, str(bad))} '
+              f'is unreadable ({why}); left as it is; using step {step}',
+              flush=True)
       if relay:
         print(
             f'vqlab: checkpoint {path} stores its repeated blocks in the '
@@ -318,6 +334,23 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+# Failures that say nothing about the checkpoint's files.
+_TRANSIENT = ('RESOURCE_EXHAUSTED', 'out of memory', 'UNAVAILABLE',
+              'DEADLINE_EXCEEDED', 'Connection reset', 'Too many open files')
+
+
+def _raise_if_transient(path: str, e: Exception) -> None:
+  """Raises CheckpointError for a restore that failed for want of memory or
+  on a transient I/O error: such a step must not be called unreadable."""
+  text = str(e)
+  if isinstance(e, MemoryError) or any(
+      t.lower() in text.lower() for t in _TRANSIENT):
+    raise CheckpointError(
+        f'could not restore checkpoint {path} ({_first_line(e)}): memory or '
+        'a transient I/O error, not a corrupt checkpoint. Nothing was '
+        'changed; run again (with more memory if it ran out)') from e
 
 
 def restore_on_host(workdir: str, step: int | None = None) -> tuple[Any, int]:

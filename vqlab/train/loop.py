@@ -199,7 +199,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   run's config.json is compared with `config`, never rewritten)."""
   exp = experiment.Experiment(config, workdir, devices,
                               allow_config_change=allow_config_change)
-  restored = exp.checkpointer.restore(exp.abstract_state)
+  restored = exp.checkpointer.restore(exp.abstract_state, set_aside=False)
   if restored is None:
     raise CheckpointError(
         f'no checkpoint in {exp.checkpointer.directory}: train first '

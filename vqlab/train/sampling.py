@@ -99,7 +99,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
     raise ConfigError(
         'task', f'--mode=sample needs a generator config, got '
         f'task {config.task!r}')
-  restored = exp.checkpointer.restore(exp.abstract_state)
+  restored = exp.checkpointer.restore(exp.abstract_state, set_aside=False)
   if restored is None:
     raise CheckpointError(f'no checkpoint in {exp.checkpointer.directory}: '
                           'train the generator first (--mode=train)')

@@ -54,6 +54,13 @@ def acquire(workdir: str, mode: str) -> None:
     raise WorkdirError(
         f'{workdir} is in use by another vqlab run ({holder}); '
         'wait for it to finish or use another --workdir') from None
+  except OSError as e:  # ENOLCK, EOPNOTSUPP: a filesystem without locks.
+    f.close()
+    print(
+        f'vqlab: cannot lock {workdir} ({e.strerror or e}): this filesystem '
+        'has no file locks; make sure no other run uses this --workdir',
+        flush=True)
+    return
   f.seek(0)
   f.truncate()
   started = datetime.datetime.now().isoformat(timespec='seconds')
