@@ -205,11 +205,13 @@ def test_ctrl_c_saves_the_current_step_and_twice_aborts(run_copy, capsys):
     if step == 6:
       os.kill(os.getpid(), signal.SIGINT)
 
-  result = loop.train_and_evaluate(_config(num_steps=8), run_copy,
+  result = loop.train_and_evaluate(_config(num_steps=8, eval_every=6), run_copy,
                                    devices=_devices(),
                                    step_callback=ctrl_c_at_6)
   assert result == {'step': 6, 'preempted': True}
   assert '6' in _checkpoints(run_copy)
+  # The signal came before step 6's eval: saved and stopped without it.
+  assert not os.path.exists(os.path.join(run_copy, 'eval_6.json'))
   out = capsys.readouterr().out
   assert 'SIGINT received; saving once the current step is done' in out
   assert 'interrupted; checkpoint saved at step 6' in out

@@ -158,10 +158,14 @@ def _train(config, workdir, devices, step_callback, allow_config_change,
           step != train_cfg.num_steps):
         save(step)
         last_saved = step
-      if (train_cfg.eval_every and step % train_cfg.eval_every == 0 and
-          step != train_cfg.num_steps):
+      stop = watcher.should_stop(step, every=train_cfg.preemption_check_every)
+      if (not stop and train_cfg.eval_every and
+          step % train_cfg.eval_every == 0 and step != train_cfg.num_steps):
+        # A SIGTERM skips the eval (a long FID eval could outlast the
+        # notice); one that comes during the eval is seen right after it.
         _write_eval(writer, exp, step, *exp.evaluate(state))
-      if watcher.should_stop(step, every=train_cfg.preemption_check_every):
+        stop = watcher.should_stop(step, every=train_cfg.preemption_check_every)
+      if stop:
         # Preemption: save this exact step and leave; a restart resumes here.
         if step != last_saved:
           save(step, force=True)
