@@ -36,6 +36,8 @@ TOKENS = 'tokens'
 COND_TOKENS = 'cond_tokens'
 CODE_ARRAYS = (TOKENS, COND_TOKENS)  # Stored as uint16 when the ids fit.
 
+SHARD_GLOB = 'shard-*.npz'  # The shard files of a split's directory.
+
 
 def shard_path(directory: str, split: str, shard: int, process: int) -> str:
   return os.path.join(directory, split, f'shard-{shard:05d}-{process:03d}.npz')
@@ -107,7 +109,7 @@ def load_split(directory: str,
   if not info or not info.get('complete'):
     raise ValueError(f'the {split} tokens in {directory!r} are incomplete: '
                      'run main.py --mode=tokenize again to finish them')
-  paths = sorted(fileio.glob(os.path.join(directory, split, 'shard-*.npz')))
+  paths = sorted(fileio.glob(os.path.join(directory, split, SHARD_GLOB)))
   if len(paths) != info['num_files']:
     raise ValueError(f'{directory}/{split}: {len(paths)} shard files, the '
                      f'metadata lists {info["num_files"]}')

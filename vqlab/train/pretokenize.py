@@ -176,9 +176,18 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
     if done and done.get('complete') and done['num_examples'] == num_examples:
       summary[f'{split}_examples'] = num_examples
       continue
+    # Shard files continue this split only if they were written for as many
+    # examples (an interrupted run); those of another num_train_examples
+    # are renamed `.stale` and the split is written again.
+    resumed = bool(done) and done['num_examples'] == num_examples
+    if not resumed and process == 0:
+      for stale in fileio.glob(
+          os.path.join(directory, split, token_shards.SHARD_GLOB)):
+        fileio.replace(stale, stale + '.stale')
     metadata['splits'][split] = info
     if process == 0:
       token_shards.write_metadata(directory, metadata)
+    multihost_utils.sync_global_devices(f'vqlab_tokenize_{split}_start')
     progress = progress_lib.Progress(0, num_batches, batch_size,
                                      enabled=process == 0)
     with jax.set_mesh(mesh):

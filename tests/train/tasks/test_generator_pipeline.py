@@ -107,6 +107,17 @@ def test_tokenize_resumes_only_missing_shards_and_ignores_partial_files(
   assert after == before  # Regenerated bit-identically.
   token_shards.load_split(directory, 'train')
 
+  # Fewer train examples: the old shards are set aside, the split rewritten.
+  config.tokens.num_train_examples = 36
+  pretokenize.tokenize(config, str(tmp_path), devices=_devices())
+  arrays, _ = token_shards.load_split(directory, 'train')
+  assert len(arrays['tokens']) == 36
+  assert len(glob.glob(os.path.join(directory, 'train', '*.stale'))) == 3
+  np.testing.assert_array_equal(
+      arrays['tokens'],
+      np.concatenate([np.load(p)['tokens'] for p in before])[:36])
+  config.tokens.num_train_examples = 40
+
   config.tokens.batch_size = 4  # Another stream: the old shards don't fit.
   with pytest.raises(ConfigError, match='tokens.dir.*batch_size'):
     pretokenize.tokenize(config, str(tmp_path), devices=_devices())
