@@ -336,17 +336,17 @@ class Checkpointer:
     self._manager.close()
 
 
-# Failures that say nothing about the checkpoint's files.
-_TRANSIENT = ('RESOURCE_EXHAUSTED', 'out of memory', 'UNAVAILABLE',
-              'DEADLINE_EXCEEDED', 'Connection reset', 'Too many open files')
+# Failures that say nothing about the checkpoint's files: status codes (as
+# XLA, TensorStore and gRPC spell them) and OS errors, matched exactly.
+_TRANSIENT = ('RESOURCE_EXHAUSTED', 'UNAVAILABLE', 'DEADLINE_EXCEEDED',
+              'Out of memory', 'out of memory', 'Connection reset',
+              'Too many open files')
 
 
 def _raise_if_transient(path: str, e: Exception) -> None:
   """Raises CheckpointError for a restore that failed for want of memory or
   on a transient I/O error: such a step must not be called unreadable."""
-  text = str(e)
-  if isinstance(e, MemoryError) or any(
-      t.lower() in text.lower() for t in _TRANSIENT):
+  if isinstance(e, MemoryError) or any(t in str(e) for t in _TRANSIENT):
     raise CheckpointError(
         f'could not restore checkpoint {path} ({_first_line(e)}): memory or '
         'a transient I/O error, not a corrupt checkpoint. Nothing was '
