@@ -17,6 +17,7 @@ from vqlab.data import image_folder
 from vqlab.data import preprocess
 from vqlab.errors import DataError
 from vqlab.train import experiment_config
+from vqlab.train import pretokenize
 
 ROOT = paths.ROOT
 # Distinct solid colours: an eval image (resized, centre-cropped) keeps its
@@ -144,6 +145,32 @@ def test_flat_folder_holds_out_a_fraction(tmp_path):
   assert train.num_examples == 6 - len(readable)
   assert _colours(eval_images) == sorted(
       COLOURS[int(os.path.basename(p)[0])] for p in readable)
+
+
+def test_multi_host_tokenization_draws_every_train_example_once(tmp_path):
+  """--mode=tokenize with tokens.num_train_examples = the train set's size:
+  each host reads its own shard of the files (3 + 3 here), so each keeps
+  one epoch of its shard. Counted as positions of one global stream (batch
+  8 = 4 per host) host 0 would keep 4 rows and host 1 2: one image twice,
+  one never."""
+  for i, colour in enumerate(COLOURS):
+    _write_image(str(tmp_path / 'train' / 'a' / f'{i}.png'), colour, 'PNG')
+  _write_image(str(tmp_path / 'val' / 'a' / '0.png'), COLOURS[0], 'PNG')
+  config = data.default_config('image_folder')
+  config.update(path=str(tmp_path), image_size=8)
+  hosts = [
+      data.build(config, split='train', global_batch_size=8, process_index=p,
+                 process_count=2) for p in range(2)
+  ]
+  quotas = pretokenize.train_quotas(6, 8, 2,
+                                    [h.host_num_examples for h in hosts])
+  assert quotas == [3, 3]
+  kept = [
+      batch['image'][:quota - 4 * step]
+      for host, quota in zip(hosts, quotas)
+      for step, batch in zip(range(-(-max(quotas) // 4)), host.batches())
+  ]
+  assert _colours(np.concatenate(kept)) == sorted(COLOURS)
 
 
 def _parse_config(argument):

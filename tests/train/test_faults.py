@@ -469,3 +469,50 @@ def test_a_filesystem_without_locks_warns_and_runs(tmp_path, monkeypatch,
   out = capsys.readouterr().out
   assert 'No locks available' in out and 'no other run' in out
   assert str(tmp_path / 'nfs') not in workdir_lock._held  # pylint: disable=protected-access
+
+
+def test_processes_restore_a_step_only_where_every_one_reads_it(
+    tmp_path, monkeypatch, capsys):
+  """On a pod each host reads the shards it needs, so a corrupt file may
+  fail one host alone: all hosts then go back to the previous step together
+  (training from different steps would diverge or hang), and one host's
+  out-of-memory stops every host with nothing renamed."""
+  state = {'w': jnp.arange(6.0)}
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=5)
+  for step in (2, 4):
+    checkpointer.save(step, jax.tree.map(lambda x, s=step: x * s, state))
+  checkpointer.wait()
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      state)
+  listing = lambda: sorted(os.listdir(tmp_path / 'checkpoints'))
+  before = listing()
+  # This process reads everything; process 1 reports `kinds[step]` (a
+  # checkpoint._UNREADABLE etc.) for the step being read.
+  read = checkpoint_lib.Checkpointer._read  # pylint: disable=protected-access
+  reading = []
+
+  def read_noting_the_step(step, how):
+    reading.append(step)
+    return read(step, how)
+
+  monkeypatch.setattr(checkpoint_lib.Checkpointer, '_read',
+                      staticmethod(read_noting_the_step))
+  monkeypatch.setattr(
+      checkpoint_lib, '_gather_kinds',
+      lambda kind: np.array([kind, kinds.get(reading[-1], 0)]))
+
+  kinds = {4: checkpoint_lib._TRANSIENT_FAILURE}  # pylint: disable=protected-access
+  with pytest.raises(CheckpointError) as error:
+    checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=5).restore(abstract)
+  assert 'process 1 ran out of memory or hit a transient I/O error' in str(
+      error.value)
+  assert listing() == before
+
+  kinds = {4: checkpoint_lib._UNREADABLE}  # pylint: disable=protected-access
+  restored, step = checkpoint_lib.Checkpointer(str(tmp_path),
+                                               max_to_keep=5).restore(abstract)
+  assert step == 2
+  np.testing.assert_array_equal(restored['w'], np.arange(6.0) * 2)
+  assert listing() == ['2', '4.corrupt']
+  assert 'process 1 could not read it' in capsys.readouterr().out

@@ -347,4 +347,5 @@ def build(config: ml_collections.ConfigDict, *, split: str,
     shape = aug.image_shape
   return pipeline.TfDataSource(make, per_host_batch_size=b,
                                num_examples=num_examples, image_shape=shape,
-                               num_classes=num_classes)
+                               num_classes=num_classes,
+                               host_num_examples=len(host))

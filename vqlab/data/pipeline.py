@@ -143,15 +143,21 @@ def eval_dataset(
 
 class TfDataSource:
   """A DataSource over `make_dataset(start_step) -> tf.data.Dataset` of numpy-convertible
-  batches."""
+  batches.
+
+  Beyond the DataSource attributes, `host_num_examples` is the size of the shard of the split
+  this host reads (its train epochs are that shard alone), or None when not given.
+  """
 
   def __init__(self, make_dataset: Callable[[int], tf.data.Dataset], *,
                per_host_batch_size: int, num_examples: int | None,
                image_shape: tuple[int, int, int], num_classes: int | None,
-               video_shape: tuple[int, int, int, int] | None = None):
+               video_shape: tuple[int, int, int, int] | None = None,
+               host_num_examples: int | None = None):
     self._make_dataset = make_dataset
     self.per_host_batch_size = per_host_batch_size
     self.num_examples = num_examples
+    self.host_num_examples = host_num_examples
     self.image_shape = image_shape
     self.video_shape = video_shape
     self.num_classes = num_classes

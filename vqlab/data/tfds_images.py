@@ -264,10 +264,14 @@ def build_source(config: ml_collections.ConfigDict, *, split: str,
         num_batches, image_shape=example_shape, has_label=bool(
             label_key), start_step=start, key=key, extra_padding=extra_padding)
   records()  # Fail now, not at the first batch, when the data is missing.
+  host_num_examples = _split_size(builder, host_split, split_key)
+  if host_num_examples is None:
+    host_num_examples = pipeline.cardinality(records())
   source_cls = CaptionSource if caption_key else pipeline.TfDataSource
   return source_cls(make, per_host_batch_size=b, num_examples=num_examples,
                     image_shape=example_shape[-3:], num_classes=num_classes,
-                    video_shape=example_shape if key == 'video' else None)
+                    video_shape=example_shape if key == 'video' else None,
+                    host_num_examples=host_num_examples)
 
 
 def build(config: ml_collections.ConfigDict, *, split: str,

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 import contextlib
 import os
 import re
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 from absl import logging
 import jax
@@ -240,34 +240,39 @@ class Checkpointer:
     unreadable = []
     for step in reversed(self.all_steps()):
       path = os.path.join(self.directory, str(step))
-      with _quiet_orbax():
-        try:
-          saved = self._manager.item_metadata(step)
-          if saved is None:
-            raise ValueError('no state metadata (a partial step)')
-        except Exception as e:  # pylint: disable=broad-except
-          _raise_if_transient(path, e)
-          unreadable.append((step, _first_line(e)))
-          continue
-      mismatch = state_mismatch(saved, abstract_state)
-      if mismatch:
-        raise StateMismatchError(
-            f'checkpoint {path} is readable but holds a different state than '
-            f'this config builds ({mismatch}); it restores under the config '
-            'it was trained with (config.json): use that config, or another '
-            '--workdir for a different model')
-      # A state saved with its repeated blocks stacked the other way is read
-      # as saved, on one device, then laid out as this config's.
-      relay = _signature(saved) != _signature(abstract_state)
-      with _quiet_orbax():
-        try:
-          state = self._manager.restore(
-              step, args=ocp.args.StandardRestore(
-                  _on_one_device(saved) if relay else abstract_state))
-        except Exception as e:  # pylint: disable=broad-except
-          _raise_if_transient(path, e)
-          unreadable.append((step, _first_line(e)))
-          continue
+      # Every process reads the files it needs; they go on together only
+      # where all of them read the step (a corrupt shard may be read by one
+      # host alone), so no host trains from another step than the rest.
+      saved, failure = self._read(step, self._manager.item_metadata)
+      if failure is None:
+        mismatch = state_mismatch(saved, abstract_state)
+        if mismatch:
+          failure = _Failure(
+              _MISMATCH,
+              f'checkpoint {path} is readable but holds a different state '
+              f'than this config builds ({mismatch}); it restores under the '
+              'config it was trained with (config.json): use that config, or '
+              'another --workdir for a different model')
+      failure = _agreed(failure)
+      if failure is None:
+        # A state saved with its repeated blocks stacked the other way is
+        # read as saved, on one device, then laid out as this config's.
+        relay = _signature(saved) != _signature(abstract_state)
+        target = _on_one_device(saved) if relay else abstract_state
+        state, failure = self._read(
+            step, lambda s, t=target: self._manager.restore(
+                s, args=ocp.args.StandardRestore(t)))
+        failure = _agreed(failure)
+      if failure is not None:
+        if failure.kind == _TRANSIENT_FAILURE:
+          raise CheckpointError(
+              f'could not restore checkpoint {path} ({failure.why}): memory '
+              'or a transient I/O error, not a corrupt checkpoint. Nothing '
+              'was changed; run again (with more memory if it ran out)')
+        if failure.kind == _MISMATCH:
+          raise StateMismatchError(failure.why)
+        unreadable.append((step, failure.why))
+        continue
       if set_aside:
         self._set_aside(unreadable, step)
       else:
@@ -289,6 +294,22 @@ class Checkpointer:
           f'no readable checkpoint in {self.directory} ({listed}). Nothing '
           'was changed; to start over, use another --workdir')
     return None
+
+  @staticmethod
+  def _read(step: int, read: Callable[[int],
+                                      Any]) -> tuple[Any, '_Failure | None']:
+    """(read(step), None), or (None, why it failed) on this process."""
+    with _quiet_orbax():
+      try:
+        value = read(step)
+        if value is None:
+          raise ValueError('no state metadata (a partial step)')
+        return value, None
+      except Exception as e:  # pylint: disable=broad-except
+        transient = isinstance(e, MemoryError) or any(
+            t in str(e) for t in _TRANSIENT)
+        return None, _Failure(_TRANSIENT_FAILURE if transient else _UNREADABLE,
+                              _first_line(e))
 
   def _set_aside(self, unreadable: list[tuple[int, str]],
                  restored: int) -> None:
@@ -342,15 +363,43 @@ _TRANSIENT = ('RESOURCE_EXHAUSTED', 'UNAVAILABLE', 'DEADLINE_EXCEEDED',
               'Out of memory', 'out of memory', 'Connection reset',
               'Too many open files')
 
+# Why a step was not restored, mildest first: processes that disagree act on
+# the gravest (a transient error or a mismatch anywhere stops the restore).
+_UNREADABLE, _MISMATCH, _TRANSIENT_FAILURE = 1, 2, 3
 
-def _raise_if_transient(path: str, e: Exception) -> None:
-  """Raises CheckpointError for a restore that failed for want of memory or
-  on a transient I/O error: such a step must not be called unreadable."""
-  if isinstance(e, MemoryError) or any(t in str(e) for t in _TRANSIENT):
-    raise CheckpointError(
-        f'could not restore checkpoint {path} ({_first_line(e)}): memory or '
-        'a transient I/O error, not a corrupt checkpoint. Nothing was '
-        'changed; run again (with more memory if it ran out)') from e
+
+class _Failure(NamedTuple):
+  kind: int
+  why: str
+
+
+def _gather_kinds(kind: int) -> np.ndarray:
+  """[num_processes] every process's failure kind (0: read it)."""
+  if jax.process_count() == 1:
+    return np.array([kind])
+  return np.asarray(multihost_utils.process_allgather(np.int32(kind)))
+
+
+def _agreed(failure: _Failure | None) -> _Failure | None:
+  """The gravest of every process's failure at one step (None: all read it).
+
+  A process that read the step is told which process did not and why in
+  brief; the full reason is in that process's log.
+  """
+  kinds = _gather_kinds(0 if failure is None else failure.kind)
+  worst = int(kinds.max())
+  if worst == 0:
+    return None
+  if failure is not None and failure.kind == worst:
+    return failure
+  process = int(np.argmax(kinds))
+  what = {
+      _UNREADABLE: 'could not read it',
+      _MISMATCH: 'found a state of another layout in it',
+      _TRANSIENT_FAILURE: 'ran out of memory or hit a transient I/O error '
+                          'reading it',
+  }[worst]
+  return _Failure(worst, f"process {process} {what}; see that process's log")
 
 
 def restore_on_host(workdir: str, step: int | None = None) -> tuple[Any, int]:

@@ -130,9 +130,11 @@ def _train(config, workdir, devices, step_callback, allow_config_change,
   last_saved = start_step
   t_log, step_log = time.perf_counter(), start_step
 
-  def save(step, force=False):
-    if exp.checkpointer.save(step, state, force=force) and is_chief:
+  def save(step, force=False) -> bool:
+    saved = exp.checkpointer.save(step, state, force=force)
+    if saved and is_chief:
       print(f'vqlab: saving the checkpoint of step {step}', flush=True)
+    return saved
 
   with jax.set_mesh(exp.mesh):
     for step, batch in zip(range(start_step + 1, train_cfg.num_steps + 1),
@@ -156,8 +158,8 @@ def _train(config, workdir, devices, step_callback, allow_config_change,
       if (train_cfg.checkpoint_every and
           step % train_cfg.checkpoint_every == 0 and
           step != train_cfg.num_steps):
-        save(step)
-        last_saved = step
+        if save(step):
+          last_saved = step
       stop = watcher.should_stop(step, every=train_cfg.preemption_check_every)
       if (not stop and train_cfg.eval_every and
           step % train_cfg.eval_every == 0 and step != train_cfg.num_steps):

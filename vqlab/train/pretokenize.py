@@ -161,9 +161,15 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
 
   written = 0
   summary = {'tokens_dir': directory}
+  b = batch_size // num_processes
   for split, source in sources.items():
     num_examples = _num_examples(config, source, split)
-    num_batches = math.ceil(num_examples / batch_size)
+    if split == 'train':
+      quotas = train_quotas(num_examples, batch_size, num_processes,
+                            _host_shard_sizes(source))
+      quota, num_batches = quotas[process], math.ceil(max(quotas) / b)
+    else:
+      num_batches = math.ceil(num_examples / batch_size)
     per_shard = config.tokens.batches_per_shard
     num_shards = math.ceil(num_batches / per_shard)
     info = {
@@ -203,8 +209,8 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
         batches = source.batches(start)
         for step in range(start, stop):
           local = next(batches)
-          keep = _rows_to_keep(local, split, step, batch_size, process,
-                               num_examples)
+          keep = (np.asarray(local['mask'], bool)
+                  if split == 'eval' else step * b + np.arange(b) < quota)
           images = partitioning.global_batch({key: local[key]},
                                              batch_sharding)[key]
           tokens = multihost_utils.global_array_to_host_local_array(
@@ -235,12 +241,42 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
   return summary
 
 
-def _rows_to_keep(local, split: str, step: int, batch_size: int, process: int,
-                  num_examples: int) -> np.ndarray:
-  """bool [b]: rows that are real examples (eval padding and train positions
-  past num_examples dropped)."""
-  if split == 'eval':
-    return np.asarray(local['mask'], bool)
-  b = batch_size // jax.process_count()
-  positions = step * batch_size + process * b + np.arange(b)
-  return positions < num_examples
+def _host_shard_sizes(source) -> list[int] | None:
+  """[P] train examples in each host's shard of the files when the source
+  reads one per host (tf.data); None when every host reads one global
+  stream (the in-memory sources) or a shard's size is unknown."""
+  size = getattr(source, 'host_num_examples', None)
+  if jax.process_count() == 1:
+    return None
+  sizes = multihost_utils.process_allgather(
+      np.asarray(-1 if size is None else size))
+  return None if (sizes < 0).any() else [int(n) for n in sizes]
+
+
+def train_quotas(num_examples: int, batch_size: int, num_processes: int,
+                 host_shard_sizes: list[int] | None = None) -> list[int]:
+  """[P] train examples each host tokenizes: a prefix of its own stream.
+
+  Every host reads `ceil(max(quotas) / b)` batches of b = B / P rows and
+  keeps its first `quotas[p]` rows; the quotas sum to N.
+
+  Args:
+    num_examples: N, examples to tokenize in all.
+    batch_size: B, the global batch.
+    num_processes: P.
+    host_shard_sizes: [P] for sources that read a shard of the files per
+      host: each shard's size. Each host draws its share of N from its own
+      shard in proportion to the shard's size, so N = the split's size is
+      one epoch of every shard: each example once. None: the hosts' rows
+      are slices of one global stream (host p's rows of batch s are
+      positions s B + p b + [0, b)), whose first N positions are kept.
+  """
+  b = batch_size // num_processes
+  if host_shard_sizes is None:
+    full, rest = divmod(num_examples, batch_size)
+    return [
+        full * b + min(max(rest - p * b, 0), b) for p in range(num_processes)
+    ]
+  bounds = np.concatenate([[0], np.cumsum(host_shard_sizes)])
+  cut = num_examples * bounds // bounds[-1]
+  return [int(n) for n in np.diff(cut)]
