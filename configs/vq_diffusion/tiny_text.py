@@ -11,8 +11,9 @@ Run the README's main job first (workdirs/quickstart):
       --workdir=workdirs/vqd_text --mode=sample \
       --config.sample.prompts="('a red circle above a blue square',)"
 
-`--config.model.text_encoder=bytes` trains a small byte-level text encoder
-instead (no weights needed).
+`--config.model.text_encoder=bytes --config.text.max_length=64` trains a
+small byte-level text encoder instead (no weights needed; captions are up
+to 51 bytes, where MiniLM makes at most 13 tokens of them).
 """
 
 from configs.vq_diffusion import tiny_class

@@ -115,3 +115,7 @@ def test_missing_wrong_and_unknown_tensors_are_named(tmp_path):
   (tmp_path / 'd').write_bytes(b'not msgpack at all')
   with pytest.raises(WeightsError, match='not a flax msgpack'):
     maskgit_vqgan.read_msgpack(str(tmp_path / 'd'))
+  (tmp_path / 'e').write_bytes(
+      flax.serialization.msgpack_serialize({'params': [np.zeros(2)]}))
+  with pytest.raises(WeightsError, match="expected 'params' to be a dict"):
+    maskgit_vqgan.read_msgpack(str(tmp_path / 'e'))

@@ -58,7 +58,7 @@ def test_released_key_list_converts_completely():
   assert config.channels == 128 and config.num_res_blocks == 4
   assert tuple(config.channel_multipliers) == (1, 1, 2, 2, 4)
   assert config.quantizer.codebook_size == 2**18
-  assert tuple(config.quantizer.factor_bits) == (9, 9)
+  assert tuple(config.quantizer.factor_bits) == (6, 12)  # Their generators'.
   assert 'EMA' in out.source
   # --scan_blocks: each stage's same-width res blocks stacked in order.
   scanned = open_magvit2.convert_state_dict(state, scan_blocks=True)
@@ -68,11 +68,17 @@ def test_released_key_list_converts_completely():
                out.params)
 
 
-@pytest.mark.parametrize('factorized', [True, False])
-def test_tokens_and_images_match_the_reference(golden, factorized):
-  converted = open_magvit2.convert_file(_TINY, factorized=factorized,
+@pytest.mark.parametrize('factor_bits', ['9,9', '6,12', 'none'])
+def test_tokens_and_images_match_the_reference(golden, factor_bits):
+  converted = open_magvit2.convert_file(_TINY, factor_bits=factor_bits,
                                         image_size=32)
-  want = golden['factorized'] if factorized else golden['tokens']
+  # The reference's factorized tokens are its 9 + 9 split; (6, 12) is its
+  # pre_mask / post_mask split of the plain index's bits.
+  want = {
+      '9,9': golden['factorized'],
+      '6,12': np.stack([golden['tokens'] & 63, golden['tokens'] >> 6], -1),
+      'none': golden['tokens']
+  }[factor_bits]
   tokens, recon, decoded = _run(converted, golden['images'], want)
   np.testing.assert_array_equal(np.asarray(tokens), want)
   assert len(np.unique(golden['tokens'])) > 400
@@ -81,7 +87,8 @@ def test_tokens_and_images_match_the_reference(golden, factorized):
 
 
 def test_raw_weights_differ_from_ema(golden):
-  converted = open_magvit2.convert_file(_TINY, ema=False, image_size=32)
+  converted = open_magvit2.convert_file(_TINY, ema=False, factor_bits='9,9',
+                                        image_size=32)
   assert 'raw' in converted.source
   _, recon, _ = _run(converted, golden['images'], golden['factorized'])
   assert np.abs(np.asarray(recon) - golden['reconstructions']).max() > 0.1
@@ -93,7 +100,11 @@ def test_converted_config_is_a_valid_run_config(golden):
   converted = open_magvit2.convert_file(_TINY, image_size=32)
   config = published.run_config(converted)
   assert config.model.name == 'magvit2'
-  assert tuple(config.model.quantizer.factor_bits) == (9, 9)
+  assert tuple(config.model.quantizer.factor_bits) == (6, 12)
+  with pytest.raises(
+      WeightsError, match=r'--factor_bits=9,8: need bits per '
+      r"sub-token that sum to the checkpoint's 18 LFQ bits"):
+    open_magvit2.convert_file(_TINY, factor_bits='9,8')
 
 
 def test_missing_ema_tensor_is_named(tiny_state):

@@ -27,12 +27,13 @@ def test_state_dict_converts_torch_layouts_and_tracks_use():
       {
           'c.weight': conv,
           'c.bias': np.arange(5.0),
-          'l.weight': linear,
+          'l.weight': linear.astype(jnp.bfloat16),  # As many releases are.
           'l.bias': np.zeros(6),
           'n.weight': np.ones(3),
           'n.bias': np.zeros(3),
           'extra.step': np.array(3)
-      }, 'test.pth')
+      },
+      'test.pth')
   out = state.conv('c')
   x = rng.standard_normal((1, 4, 6, 3)).astype(np.float32)
   flax_out = jax.lax.conv_general_dilated(
@@ -42,7 +43,11 @@ def test_state_dict_converts_torch_layouts_and_tracks_use():
   torch_out = np.einsum('bhwi,oihw->bo', x[:, :2, :4], conv)
   np.testing.assert_allclose(flax_out[:, 0, 0], torch_out, rtol=1e-5)
   assert out['bias'].dtype == np.float32
-  np.testing.assert_array_equal(state.linear('l')['kernel'], linear.T)
+  kernel = state.linear('l')['kernel']
+  assert kernel.dtype == np.float32
+  np.testing.assert_array_equal(
+      kernel,
+      linear.T.astype(jnp.bfloat16).astype(np.float32))
   assert set(state.norm('n')) == {'scale', 'bias'}
   assert state.unused() == ['extra.step']
   with pytest.raises(WeightsError, match='1 tensors were not converted'):

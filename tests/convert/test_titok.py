@@ -100,6 +100,7 @@ def test_converted_config_is_a_valid_run_config(converted):
   # tests/convert/test_published.py.
   config = published.run_config(converted)
   assert config.model.decoder_output == 'proxy_pixels'
+  assert not config.loss.adaptive_weight  # Its layout has no pixel head.
 
 
 def test_missing_wrong_and_unknown_tensors_are_named(golden):
@@ -122,6 +123,11 @@ def test_missing_wrong_and_unknown_tensors_are_named(golden):
       **{'decoder.conv_out.weight': np.zeros((3, 3, 3, 3), np.float32)})
   with pytest.raises(WeightsError, match='is_legacy'):
     titok.convert_state_dict(modern, 'tiny', **kwargs)
+  no_levels = {
+      k: v for k, v in tensors.items() if not k.startswith('pixel_decoder.up.')
+  }
+  with pytest.raises(WeightsError, match='without pixel_decoder.up.<i> blocks'):
+    titok.convert_state_dict(no_levels, 'tiny', **kwargs)
 
 
 def test_scanned_conversion_gives_the_reference_tokens_and_images(golden):

@@ -354,9 +354,12 @@ def test_training_lowers_the_loss():
   assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), losses
 
 
-def test_byte_level_text_condition_reaches_the_denoiser():
+def test_byte_level_text_condition_reaches_the_denoiser(caplog):
   from vqlab.train.tasks import text_conditions  # pylint: disable=g-import-not-at-top
   ids, mask = text_conditions.encode_bytes(['a red', 'caf\u00e9'], 8)
+  assert not caplog.records
+  text_conditions.encode_bytes(['a red circle'], 8)  # Cut short: said once.
+  assert 'text.max_length = 8 cuts captions short' in caplog.text
   assert ids[1, :5].tolist() == [99, 97, 102, 0xC3, 0xA9] and mask[1].sum() == 5
   assert ids[0, -1] == vq_diffusion.BYTE_VOCAB - 1 and not mask[0, -1]
   model, params = _model(condition='text', text_encoder='bytes')

@@ -73,6 +73,9 @@ def read_msgpack(path: str) -> dict[str, np.ndarray]:
     raise WeightsError(f'{path}: expected a dict of parameters, got '
                        f'{type(tree).__name__}')
   tree = tree.get('params', tree)
+  if not isinstance(tree, dict):
+    raise WeightsError(f"{path}: expected 'params' to be a dict of "
+                       f'parameters, got {type(tree).__name__}')
   flat = {}
 
   def visit(node, prefix):

@@ -22,9 +22,11 @@ improved_model.py):
   loss.*                              discriminator (ignored, with its EMA)
 
 The LFQ has no parameters: bit d of a token is z_d > 0 with weight 2^d
-(channel 0 least significant); with token_factorization the two sub-tokens
-are bits 0..8 and 9..17, which is vqlab's lfq with factor_bits (9, 9)
-(`factorized=False` gives the plain 2^18 index instead).
+(channel 0 least significant); with token_factorization and
+`factorized_bits: [f0, f1]` the two sub-tokens are bits 0..f0-1 and the rest,
+which is vqlab's lfq with factor_bits (f0, f1). Every released Open-MAGVIT2
+generator config has [6, 12], the default here (LFQ's own default is
+[9, 9]); `factor_bits='none'` gives the plain 2^18 index instead.
 """
 
 import os
@@ -44,8 +46,9 @@ from vqlab.weights import torch_files
 OPTIONS = {
     'ema': (bool, True, 'use the EMA weights (model_ema.*) when the file has '
             'them, as Open-MAGVIT2 evaluates'),
-    'factorized': (bool, True, 'tokens as two 2^9 sub-tokens (their AR '
-                   'model) instead of one 2^18 index'),
+    'factor_bits': (str, '6,12', 'bits of each sub-token, low bits first, '
+                    'as their generator config\'s factorized_bits ([6, 12] in '
+                    'every released one); none: one 2^18 index'),
     'image_size': (int, 256, 'resolution the checkpoint was trained at '
                    '(128 or 256)'),
     'scan_blocks': (bool, False, 'store each stage\'s res blocks stacked for '
@@ -82,8 +85,27 @@ def _ema_view(tensors, source: str) -> dict[str, np.ndarray]:
   return view
 
 
+def parse_factor_bits(text: str, bits: int) -> tuple[int, ...]:
+  """'6,12' -> (6, 12); 'none' or '' -> () (plain indices).
+
+  Raises:
+    WeightsError: not integers >= 1 summing to the checkpoint's `bits`.
+  """
+  if text.strip().lower() in ('', 'none'):
+    return ()
+  try:
+    factors = tuple(int(f) for f in text.split(','))
+  except ValueError:
+    factors = ()
+  if not factors or min(factors) < 1 or sum(factors) != bits:
+    raise WeightsError(f'--factor_bits={text}: need bits per sub-token that '
+                       f'sum to the checkpoint\'s {bits} LFQ bits, e.g. '
+                       f'{bits - bits // 2},{bits // 2}, or none')
+  return factors
+
+
 def infer_config(sd: published.StateDict,
-                 factorized: bool) -> ml_collections.ConfigDict:
+                 factor_bits: str) -> ml_collections.ConfigDict:
   """The vqlab 'magvit2' model config of an Open-MAGVIT2 state dict."""
   widths = published.taming_encoder_widths(sd, 'an Open-MAGVIT2 state dict')
   bits = sd.shape('encoder.conv_out.weight')[0]
@@ -103,8 +125,7 @@ def infer_config(sd: published.StateDict,
   config.adaptive_norm = 'pooled'
   config.quantizer = quantizers.default_config('lfq')
   config.quantizer.codebook_size = 2**bits
-  halves = (bits - bits // 2, bits // 2)
-  config.quantizer.factor_bits = halves if factorized and bits > 1 else ()
+  config.quantizer.factor_bits = parse_factor_bits(factor_bits, bits)
   return config
 
 
@@ -176,7 +197,7 @@ def expected_params(config: ml_collections.ConfigDict):
   return jax.eval_shape(model.init, jax.random.key(0), x)['params']
 
 
-def convert_state_dict(tensors, *, ema: bool = True, factorized: bool = True,
+def convert_state_dict(tensors, *, ema: bool = True, factor_bits: str = '6,12',
                        image_size: int = 256, scan_blocks: bool = False,
                        source: str = 'Open-MAGVIT2') -> published.Converted:
   """A flat Open-MAGVIT2 VQModel state dict {key: array} -> Converted.
@@ -197,7 +218,7 @@ def convert_state_dict(tensors, *, ema: bool = True, factorized: bool = True,
     sd = published.StateDict({**view, **leftover}, source)
   else:
     sd = published.StateDict(tensors, source)
-  config = tokenizers.validate(infer_config(sd, factorized), 'model')
+  config = tokenizers.validate(infer_config(sd, factor_bits), 'model')
   params = {
       'encoder': _encoder(sd, config),
       'decoder': _decoder(sd, config),
@@ -216,12 +237,12 @@ def convert_state_dict(tensors, *, ema: bool = True, factorized: bool = True,
                              image_size=image_size, source=description)
 
 
-def convert_file(path: str, ema: bool = True, factorized: bool = True,
+def convert_file(path: str, ema: bool = True, factor_bits: str = '6,12',
                  image_size: int = 256,
                  scan_blocks: bool = False) -> published.Converted:
   """An Open-MAGVIT2 `.ckpt` -> Converted."""
   tensors = torch_files.load_state_dict(path, lenient=True)
   return convert_state_dict(
-      tensors, ema=ema, factorized=factorized, image_size=image_size,
+      tensors, ema=ema, factor_bits=factor_bits, image_size=image_size,
       scan_blocks=scan_blocks,
       source=f'Open-MAGVIT2 {os.path.basename(os.path.abspath(path))}')

@@ -56,7 +56,8 @@ class StateDict:
     """The tensor `key` as float32 (integers keep their dtype); marks it used."""
     value = np.asarray(self._get(key))
     self._used.add(key)
-    if np.issubdtype(value.dtype, np.floating):
+    # jnp's test also knows bfloat16 and float8, which numpy's does not.
+    if jax.numpy.issubdtype(value.dtype, jax.numpy.floating):
       value = value.astype(np.float32)
     return value
 
@@ -221,6 +222,9 @@ def run_config(converted: Converted) -> ml_collections.ConfigDict:
   config.data.train_image_size = converted.image_size
   config.train.batch_size = 8
   config.eval.batch_size = 8
+  if config.model.get('decoder_output') == 'proxy_pixels':
+    # TiTok's released layout has no pixel head for the adaptive weight.
+    config.loss.adaptive_weight = False
   return experiment_config.validate(config, num_devices=1)
 
 

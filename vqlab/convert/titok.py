@@ -85,6 +85,9 @@ def _vit_size(sd: published.StateDict, part: str, num_heads: int):
 
 def _pixel_architecture(sd: published.StateDict) -> dict:
   levels = _count(sd, 'pixel_decoder.up.')
+  if not levels:
+    raise WeightsError(f'{sd.source}: pixel_decoder.conv_in without '
+                       'pixel_decoder.up.<i> blocks: not a TiTok pixel decoder')
   blocks = _count(sd, 'pixel_decoder.up.0.block.')
   widths = [
       sd.shape(f'pixel_decoder.up.{i}.block.0.conv1.weight')[0]

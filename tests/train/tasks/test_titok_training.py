@@ -13,6 +13,7 @@ from configs.titok import tiny_stage1
 from configs.titok import tiny_stage2
 from tests import retrace
 from tests import tiny
+from vqlab.errors import CheckpointError
 from vqlab.errors import ConfigError
 from vqlab.nn import stack
 from vqlab.train import checkpoint as checkpoint_lib
@@ -90,6 +91,21 @@ def test_a_proxy_vqgan_that_does_not_fit_is_a_config_error(
   config.model[key] = value
   with pytest.raises(ConfigError, match=message):
     proxy_codes.build(experiment_config.validate(config, num_devices=1))
+
+
+def test_stage1_errors_name_its_keys(tmp_path):
+  config = _stage1_config(str(tmp_path / 'no_run'), 1)
+  with pytest.raises(CheckpointError, match=r'proxy\.workdir must be the'):
+    proxy_codes.build(experiment_config.validate(config, num_devices=1))
+  # The released checkpoints' layout decodes through the embedded VQGAN:
+  # no pixel head for the adaptive GAN weight.
+  config = _shrink(tiny_stage2.get_config())
+  config.model.decoder_output = 'proxy_pixels'
+  config.model.pixel_decoder.channel_multipliers = (1, 1)  # f = patch_size.
+  config.model.pixel_decoder.quantizer.codebook_size = 32
+  config.loss.adaptive_weight = True
+  with pytest.raises(ConfigError, match=r'^loss\.adaptive_weight: True, but'):
+    experiment_config.validate(config, num_devices=1)
 
 
 def _stage2_config(stage1_dir, steps):

@@ -218,6 +218,7 @@ def build(config: ml_collections.ConfigDict,
   del workdir
   return ProxyCodeTask(
       config, proxy=trained_tokenizer.load(config.proxy.workdir,
-                                           config.proxy.step),
+                                           config.proxy.step,
+                                           key='proxy.workdir'),
       frozen=reconstruction_eval.load_networks(config),
       fid_reference=reconstruction_eval.load_fid_reference(config))

@@ -13,6 +13,7 @@ text condition from them: with text_encoder='frozen', the frozen encoder of
 
 from typing import Any, Iterator
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -24,11 +25,22 @@ CAPTION = 'caption'
 
 
 def encode_bytes(texts, max_length: int) -> tuple[np.ndarray, np.ndarray]:
-  """UTF-8 bytes of each text, truncated / padded (id 256) to max_length."""
+  """UTF-8 bytes of each text, truncated / padded (id 256) to max_length.
+
+  Returns:
+    (ids int32 [n, max_length], mask bool [n, max_length]); a text cut short
+    is logged (the first time) with its length, naming text.max_length.
+  """
   pad = vq_diffusion.BYTE_VOCAB - 1
   ids = np.full((len(texts), max_length), pad, np.int32)
   for i, text in enumerate(texts):
-    data = np.frombuffer(str(text).encode('utf-8')[:max_length], np.uint8)
+    encoded = str(text).encode('utf-8')
+    if len(encoded) > max_length:
+      logging.log_first_n(
+          logging.WARNING, 'text.max_length = %d cuts captions short: %r '
+          'has %d UTF-8 bytes; the byte encoder sees only the first %d', 1,
+          max_length, str(text), len(encoded), max_length)
+    data = np.frombuffer(encoded[:max_length], np.uint8)
     ids[i, :len(data)] = data
   return ids, ids != pad
 

@@ -124,6 +124,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
         'model.decoder_output', "'proxy_codes' is TiTok's "
         "stage 1: use task = 'titok_proxy' (configs/titok/)")
+  if (config.model.get('decoder_output') == 'proxy_pixels' and
+      config.loss.adaptive_weight):
+    raise ConfigError(
+        'loss.adaptive_weight', "True, but the adaptive GAN weight needs "
+        "TiTok's pixel head (model.decoder_output = 'pixels'); "
+        "'proxy_pixels' (the released checkpoints' layout) decodes through "
+        'the embedded VQGAN: fine-tune it with loss.adaptive_weight = False')
   if config.warm_start.params and not config.warm_start.workdir:
     raise ConfigError(
         'warm_start.workdir', 'empty, but warm_start.params '
