@@ -79,9 +79,17 @@ def _initialize_distributed() -> None:
     jax.config.update('jax_cpu_collectives_implementation',
                       _CPU_COLLECTIVES.value)
   if _DISTRIBUTED.value or _COORDINATOR.value:
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
+    try:
+      jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                                 num_processes=_NUM_PROCESSES.value,
+                                 process_id=_PROCESS_ID.value)
+    except (ValueError, RuntimeError) as e:
+      first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+      where = ('found no TPU pod or cluster to join' if not _COORDINATOR.value
+               else f'could not join {_COORDINATOR.value}')
+      sys.exit(f'flag error: jax.distributed.initialize {where} ({first}); '
+               'outside a pod or a cluster that names the processes, pass '
+               '--coordinator_address, --num_processes and --process_id')
 
 
 def _use_compilation_cache() -> None:

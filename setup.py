@@ -10,7 +10,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['vqlab', 'vqlab.*']),
     # The LPIPS linear heads (7 KB, BSD-2) ship with the package.
     package_data={'vqlab.weights': ['data/*.pth', 'data/*.txt']},
-    python_requires='>=3.10',
+    python_requires='>=3.11',  # jax >= 0.10 needs 3.11.
     install_requires=[
         'absl-py>=2.1',
         'chex>=0.1.90',

@@ -30,6 +30,8 @@ import time
 
 from shell import env_words
 from shell import format_command
+from shell import main_py_flags_problem
+from shell import MODES
 from shell import Parser
 from shell import quote
 from shell import remote_path
@@ -77,10 +79,9 @@ def main_py_args(args, hosts: list[str], local: bool,
 
 
 def _check_run_flags(args, hosts: list[str], local: bool) -> list[str]:
-  bad = [o for o in args.overrides if not o.startswith('--config.')]
-  if bad:
-    raise UsageError('arguments after -- are config overrides '
-                     f'(--config.x=y), got {" ".join(bad)}')
+  problem = main_py_flags_problem(args.overrides)
+  if problem:
+    raise UsageError(problem)
   if not local and len(hosts) > 1 and '://' not in args.workdir and (
       not args.allow_local_workdir):
     raise UsageError(f'--workdir={args.workdir}: all hosts must share it, use '
@@ -152,7 +153,9 @@ def _run_local(args, hosts: list[str]) -> int:
                           stdout=log, stderr=subprocess.STDOUT), log))
   deadline = time.monotonic() + args.timeout if args.timeout else None
   status = 0
-  while any(p.poll() is None for p, _ in processes):
+  # A list, not a generator: every process is polled (a returncode is set
+  # only by poll), so a failure of any of them is seen.
+  while any([p.poll() is None for p, _ in processes]):
     failed = [p.returncode for p, _ in processes if p.returncode]
     late = deadline is not None and time.monotonic() > deadline
     if failed or late:
@@ -199,9 +202,8 @@ def parser() -> argparse.ArgumentParser:
       '--workdir', required=True,
       help='Shared by all processes: gs://, or a shared or '
       'local filesystem for localhost runs.')
-  run.add_argument('--mode', default='train',
-                   choices=['train', 'eval', 'fid_stats', 'tokenize',
-                            'sample'], help='main.py --mode.')
+  run.add_argument('--mode', default='train', choices=MODES,
+                   help='main.py --mode.')
   run.add_argument('--coordinator_port', type=int, default=8476,
                    help='Port of process 0 on the first host.')
   run.add_argument(

@@ -38,6 +38,25 @@ def format_command(command: list[str]) -> str:
   return ' '.join(words)
 
 
+MODES = ('train', 'eval', 'fid_stats', 'fvd_stats', 'tokenize', 'sample')
+# main.py flags a launcher passes through after `--`, besides --config.*.
+_PASSED_FLAGS = ('--allow_config_change', '--noallow_config_change',
+                 '--compilation_cache_dir', '--verbosity')
+
+
+def main_py_flags_problem(flags: list[str]) -> str | None:
+  """What is wrong with the main.py flags given after `--`, or None."""
+  bad = [
+      f for f in flags if not f.startswith('--config.') and
+      f.split('=', 1)[0] not in _PASSED_FLAGS
+  ]
+  if not bad:
+    return None
+  return ('arguments after -- are config overrides (--config.x=y) or '
+          f'{", ".join(_PASSED_FLAGS)}; got {" ".join(bad)} (the launcher '
+          'sets --config, --workdir, --mode and the process flags itself)')
+
+
 def env_words(items: list[str]) -> list[str]:
   """--env NAME=VALUE items -> quoted words; ValueError names a bad one."""
   for item in items:

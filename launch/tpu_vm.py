@@ -26,13 +26,20 @@ import sys
 
 from shell import env_words
 from shell import format_command
+from shell import main_py_flags_problem
+from shell import MODES
 from shell import Parser
 from shell import quote
 from shell import remote_path
 
 REMOTE_DIR = '~/vqlab'
+# Left out of the archive setup copies: history, runs, caches and local
+# virtual environments (the README's install makes a 3 GB .venv here).
+_NOT_SHIPPED = ('.git', 'workdirs', '__pycache__', '.venv', 'venv',
+                '*.egg-info', '.pytest_cache', '.ruff_cache')
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOG = '~/vqlab_logs/run.log'
+VENV = '~/vqlab-venv'
 
 
 class UsageError(Exception):
@@ -111,16 +118,24 @@ def setup_commands(args) -> list[list[str]]:
       fetch += f' && git -C {remote} checkout {quote(ref)}'
   else:
     archive = f'/tmp/vqlab-{args.name}.tar.gz'
-    commands.append([
-        'tar', '-czf', archive, '--exclude=.git', '--exclude=workdirs',
-        '--exclude=__pycache__', '-C', args.source, '.'
-    ])
+    commands.append(['tar', '-czf', archive] +
+                    [f'--exclude={p}' for p in _NOT_SHIPPED] +
+                    ['-C', args.source, '.'])
     commands.append(_scp(args, archive, 'vqlab.tar.gz'))
     fetch = (f'rm -rf {remote} && mkdir -p {remote} && '
              f'tar -xzf ~/vqlab.tar.gz -C {remote}')
   packages = ' '.join(quote(p) for p in args.pip_extra)
-  install = f'{args.pip} install -e {remote}' + (f' {packages}'
-                                                 if packages else '')
+  if args.venv == 'none':
+    install = f'{args.pip} install -e {remote}'
+  else:
+    # TPU images ship Python 3.10 and vqlab's jax needs 3.11+: uv fetches a
+    # standalone Python for the venv.
+    venv, uv = remote_path(args.venv), '~/.local/bin/uv'
+    install = (f'{args.pip} install --user --quiet uv && {uv} venv '
+               f'--allow-existing --python {quote(args.python_version)} '
+               f'{venv} && {uv} pip install --python {venv}/bin/python '
+               f'-e {remote}')
+  install += f' {packages}' if packages else ''
   commands.append(_ssh(args, f'{fetch} && {install}'))
   if args.data:
     dest = remote_path(args.data_dest)
@@ -147,15 +162,15 @@ def run_commands(args) -> list[list[str]]:
   if not args.workdir.startswith('gs://') and not args.allow_local_workdir:
     raise UsageError(f'--workdir={args.workdir}: all workers must share it, '
                      'use a gs:// URL (or pass --allow_local_workdir)')
-  bad = [o for o in args.overrides if not o.startswith('--config.')]
-  if bad:
-    raise UsageError('arguments after -- are config overrides '
-                     f'(--config.x=y), got {" ".join(bad)}')
+  problem = main_py_flags_problem(args.overrides)
+  if problem:
+    raise UsageError(problem)
   try:
     env = env_words(args.env)
   except ValueError as e:
     raise UsageError(str(e)) from None
-  program = ' '.join(quote(a) for a in main_py_args(args))
+  python, *rest = main_py_args(args)
+  program = ' '.join([remote_path(python)] + [quote(a) for a in rest])
   if env:
     program = 'env ' + ' '.join(env) + ' ' + program
   log = remote_path(args.log)
@@ -250,8 +265,17 @@ def parser() -> argparse.ArgumentParser:
       'URL, git+https://...[@ref].')
   setup.add_argument('--remote_dir', default=REMOTE_DIR,
                      help='Where the repository goes on the workers.')
-  setup.add_argument('--pip', default='python3 -m pip',
-                     help='The pip command on the workers.')
+  setup.add_argument(
+      '--venv', default=VENV,
+      help='Virtual environment made on every worker with uv, with Python '
+      '--python_version (TPU images have 3.10; vqlab needs 3.11+); none: '
+      'install into the workers\' python with --pip.')
+  setup.add_argument('--python_version', default='3.12',
+                     help='Python of the --venv.')
+  setup.add_argument(
+      '--pip', default='python3 -m pip',
+      help='The pip command on the workers (installs uv, or '
+      'vqlab itself with --venv=none).')
   setup.add_argument(
       '--pip_extra', nargs='*', default=['jax[tpu]'],
       help='Packages installed with vqlab (default: '
@@ -271,13 +295,14 @@ def parser() -> argparse.ArgumentParser:
                    help='Config file, relative to --remote_dir.')
   run.add_argument('--workdir', required=True,
                    help='gs:// URL shared by all workers.')
-  run.add_argument('--mode', default='train',
-                   choices=['train', 'eval', 'fid_stats', 'tokenize',
-                            'sample'], help='main.py --mode.')
+  run.add_argument('--mode', default='train', choices=MODES,
+                   help='main.py --mode.')
   run.add_argument('--remote_dir', default=REMOTE_DIR,
                    help='The repository on the workers (setup --remote_dir).')
-  run.add_argument('--python', default='python3',
-                   help='The python on the workers.')
+  run.add_argument(
+      '--python', default=f'{VENV}/bin/python',
+      help='The python on the workers (default: the one setup '
+      'installs into; python3 after setup --venv=none).')
   run.add_argument('--log', default=LOG,
                    help='Log file on each worker (its pid in LOG.pid).')
   run.add_argument('--env', action='append', default=[],

@@ -186,3 +186,22 @@ def test_unknown_flag(tmp_path, light_config):
   line = _one_line_error(f'--config={light_config}', f'--wrokdir={tmp_path}')
   assert line == ("flag error: Unknown command line flag 'wrokdir'. Did you "
                   'mean: workdir ?')
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--coordinator_address=localhost:12355'
+     ], 'flag error: --coordinator_address needs --num_processes and '
+     "--process_id (this process's index, 0 on the coordinator's host)"),
+    (['--coordinator_address=h:1', '--num_processes=2', '--process_id=5'
+     ], 'flag error: --process_id=5: must be in [0, 2) for --num_processes=2'),
+    (['--num_processes=2', '--process_id=1'
+     ], 'flag error: --num_processes and --process_id need '
+     '--coordinator_address (host:port of process 0); without them the run '
+     'is one process'),
+    (['--distributed'], 'flag error: jax.distributed.initialize found no TPU '
+     'pod or cluster to join ('),
+])
+def test_multi_process_flags(tmp_path, light_config, flags, message):
+  line = _one_line_error(f'--config={light_config}', *flags,
+                         workdir=tmp_path / 'run')
+  assert line.startswith(message), line

@@ -66,10 +66,38 @@ def _parse(argv: list[str]) -> list[str]:
     if given in (None, ''):
       raise UsageError(f'flag error: --{name} is required: {what}')
   _check_loaded(flags.FLAGS[CONFIG_FLAG].value, path)
+  problem = processes_problem(flags.FLAGS)
+  if problem:
+    raise UsageError(f'flag error: {problem}')
   problem = workdir_problem(flags.FLAGS[WORKDIR_FLAG].value)
   if problem:
     raise UsageError(f'workdir error: {problem}')
   return rest
+
+
+def processes_problem(values: flags.FlagValues) -> str | None:
+  """What is wrong with main.py's multi-process flags, or None.
+
+  --distributed alone joins a TPU pod or a cluster that tells JAX its
+  processes; anywhere else --coordinator_address, --num_processes and
+  --process_id come together.
+  """
+  get = lambda name: values[name].value if name in values else None
+  coordinator, count, index = (get('coordinator_address'), get('num_processes'),
+                               get('process_id'))
+  if coordinator:
+    if count is None or index is None:
+      return ('--coordinator_address needs --num_processes and --process_id '
+              '(this process\'s index, 0 on the coordinator\'s host)')
+  elif (count is not None or index is not None) and not get('distributed'):
+    return ('--num_processes and --process_id need --coordinator_address '
+            '(host:port of process 0); without them the run is one process')
+  if count is not None and count < 1:
+    return f'--num_processes={count}: must be at least 1'
+  if index is not None and count is not None and not 0 <= index < count:
+    return (f'--process_id={index}: must be in [0, {count}) for '
+            f'--num_processes={count}')
+  return None
 
 
 def _config_argument(argv: list[str]) -> str | None:

@@ -27,8 +27,10 @@ def _type_name(value: Any) -> str:
 
 
 def _compatible(value: Any, reference: Any) -> bool:
-  if reference is None or value is None:
-    return True  # None marks an optional key; either side may be unset.
+  if reference is None:
+    return True  # An optional key (unset by default) takes any value.
+  if value is None:
+    return False  # A key with a default needs a value of its type.
   if isinstance(reference, bool) or isinstance(value, bool):
     return isinstance(value, bool) and isinstance(reference, bool)
   if isinstance(reference, float):

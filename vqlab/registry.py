@@ -87,14 +87,40 @@ class Registry:
                         f'missing: which {self.kind} to build')
     self._entry(config.name, f'{prefix}.name')
     reference = self.default_config(config.name)
+    self._check_not_switched(config, reference, prefix)
     for key, registry in self.subcomponents.items():
       sub = config.get(key)
       if (key in reference and isinstance(sub, ml_collections.ConfigDict) and
           'name' in sub):
         registry._entry(sub.name, f'{prefix}.{key}.name')  # Unknown: error.
         reference[key] = registry.default_config(sub.name)
+        registry._check_not_switched(sub, reference[key], f'{prefix}.{key}')  # pylint: disable=protected-access
     config_schema.check_against(config, reference, prefix=f'{prefix}.')
     return config_schema.filled(config, reference)
+
+  def _check_not_switched(self, config: ml_collections.ConfigDict,
+                          reference: ml_collections.ConfigDict,
+                          prefix: str) -> None:
+    """ConfigError naming `<prefix>.name` when `config` keeps keys of another
+    component of this registry (its name was switched, e.g. on the command
+    line, and the old component's keys stayed); a key no component has is
+    left to check_against's 'unknown key; did you mean'."""
+    foreign = sorted(set(config.keys()) - set(reference.keys()))
+    if not foreign:
+      return
+    owners = [
+        name for name in self.names() if name != config.name and
+        set(foreign) <= set(self.default_config(name).keys())
+    ]
+    if owners:
+      listed = ', '.join(f'{prefix}.{k}' for k in foreign[:4])
+      more = f' and {len(foreign) - 4} more' if len(foreign) > 4 else ''
+      raise ConfigError(
+          f'{prefix}.name',
+          f'{config.name!r} does not take {listed}{more}, which this config '
+          f'sets for {self.kind} {owners[0]!r}: a switched {self.kind} needs '
+          f'its own section; in a config file, start {prefix} from '
+          f'default_config({config.name!r}) of its registry and change that')
 
   def build(self, config: ml_collections.ConfigDict, *,
             prefix: str | None = None, **kwargs) -> Any:

@@ -3,8 +3,11 @@ al. 2021: 'cond_transformer' with a class token).
 
 Tokens: the taming VQGAN f=16 (configs/vqgan/taming_f16.py, 1024 codes,
 16x16) trained in workdirs/vqgan_taming_f16. Transformer: 24 layers, 16
-heads, width 1536 (taming's ImageNet class-conditional model); Adam (0.9,
-0.95), lr 4.5e-6 x batch. Sampling: temperature 1.0, top-k 600, KV cache.
+heads, width 1536 (680M; taming's published class-conditional ImageNet
+model is 48 layers, 24 heads, width 1536, 1.4B, on a 16384-code VQGAN: set
+model.num_layers = 48, model.num_heads = 24 and such a tokenizer for it);
+AdamW (0.9, 0.95), weight decay 0.01 on the dense weights, lr 4.5e-6 x
+batch. Sampling: temperature 1.0, top-k 600, KV cache.
 
   python main.py --config=configs/gpt/imagenet256.py --workdir=... --mode=tokenize
   python main.py --config=configs/gpt/imagenet256.py --workdir=...
@@ -52,6 +55,9 @@ def get_config():
   config.optimizer.learning_rate = 4.5e-6 * 64
   config.optimizer.b1 = 0.9
   config.optimizer.b2 = 0.95
+  # Taming's cond_transformer: AdamW 0.01 on Linear weights only.
+  config.optimizer.weight_decay = 0.01
+  config.optimizer.weight_decay_on = 'kernels'
   config.train.num_steps = 1_000_000
   config.train.log_every = 100
   config.train.eval_every = 20_000

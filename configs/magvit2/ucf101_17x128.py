@@ -1,6 +1,7 @@
 """MAGVIT-v2 at the paper's video size: 17 frames of 128x128 -> 5x16x16
 tokens (temporal factor 4, spatial factor 8), LFQ with K = 2^18 (two 2^9
-factors, 2 entropy groups), commitment 0.25, entropy penalty 0.1 at tau 0.01;
+factors, the exact batch entropy over all 2^18 codes), commitment 0.25,
+entropy penalty 0.1 at tau 0.01;
 3D StyleGAN discriminator with blur pooling, LeCam 0.001, LPIPS 0.1 on frames,
 non-saturating GAN 0.1 with the adaptive weight, EMA generator for eval.
 

@@ -71,8 +71,9 @@ def stage2(model, stage1_workdir: str):
 def paper_config(name: str, model_size: str, num_tokens: int, stage: str):
   """TiTok-<size>-<K> at 256x256 on ImageNet (tfds imagenet2012), stage '1'
   (proxy codes of workdirs/vqgan_maskgit_f16) or '2' (from
-  workdirs/titok_<name>_stage1). Paper: AdamW (0.9, 0.99), lr 1e-4, weight
-  decay 1e-4, cosine schedule with 10k warmup steps, batch 1024."""
+  workdirs/titok_<name>_stage1). Stage 1 as the paper: AdamW (0.9, 0.99),
+  lr 1e-4, weight decay 1e-4, cosine schedule with 10k warmup steps, batch
+  1024; stage 2 as the released stage-2 config (below)."""
   from vqlab import data  # pylint: disable=g-import-not-at-top
   model = titok_model(model_size, num_tokens=num_tokens, image_size=256,
                       patch_size=16, codebook_size=4096,
@@ -83,11 +84,29 @@ def paper_config(name: str, model_size: str, num_tokens: int, stage: str):
     config = stage1(model, 'workdirs/vqgan_maskgit_f16')
     config.optimizer.learning_rate = 1e-4
     config.optimizer.weight_decay = 1e-4
+    config.optimizer.weight_decay_on = 'kernels'  # As the released code.
     config.optimizer.warmup_steps = 10_000
     config.optimizer.schedule = 'cosine'
     config.train.num_steps = 1_000_000
   elif stage == '2':
     config = stage2(model, f'workdirs/titok_{name}_stage1')
+    # The released stage-2 recipe (1d-tokenizer configs/training/stage2):
+    # AdamW (0.9, 0.999), lr 1e-4 for both networks, weight decay 1e-4,
+    # cosine after 5k warmup steps (theirs ends at 1e-5, this at 0), clip 1,
+    # l2 reconstruction, GAN weight 0.01 from step 20k, LeCam 0.001, no R1.
+    # Their perceptual loss is ConvNeXt-S; this keeps LPIPS 0.1.
+    for opt in (config.optimizer.generator, config.optimizer.discriminator):
+      opt.learning_rate = 1e-4
+      opt.b1, opt.b2 = 0.9, 0.999
+      opt.weight_decay = 1e-4
+      opt.warmup_steps = 5_000
+      opt.schedule = 'cosine'
+      opt.grad_clip_norm = 1.0
+    config.optimizer.generator.weight_decay_on = 'kernels'
+    config.loss.reconstruction = 'l2'
+    config.loss.disc_weight = 0.01
+    config.loss.disc_start = 20_000
+    config.loss.r1_weight = 0.0
     config.train.num_steps = 500_000
   else:
     raise ValueError(f"stage must be '1' or '2', got {stage!r}")

@@ -1,7 +1,8 @@
 """VQGAN f=16 with lookup-free quantization at K = 2^18 (MAGVIT-v2).
 
 18 bits factorized into two 2^9 sub-tokens (indices [B, 16, 16, 2]); the
-batch entropy uses 2 groups of 9 bits, so memory is O(batch * 2^9).
+batch entropy is exact over all 2^18 codes, as one product of the two 9-bit
+halves' marginals (memory O(tokens * 2^9 + 2^18), see vqlab/quantizers/lfq.py).
 Commitment 0.25, entropy penalty 0.1 at tau = 0.01.
 """
 

@@ -29,6 +29,9 @@ def get_config():
   loss.perceptual_weight = 0.1
   loss.r1_weight = 10.0
   loss.lecam_weight = 0.001
+  # The recipe's papers give no start; taming's 250k would leave half the
+  # 500k steps without the GAN. MAGVIT-v2's config starts at 20k.
+  loss.disc_start = 25_000
   config.discriminator = discriminators.default_config('stylegan')
   config.ema.decay = 0.999
 

@@ -31,7 +31,7 @@ def get_config():
   config.model.quantizer.embedding_dim = 256
 
   config.loss.perceptual_weight = 1.0  # Taming: LPIPS weight 1.0.
-  config.loss.disc_start = 250_001 // 10  # Taming starts D late; scaled.
+  config.loss.disc_start = 250_001  # Taming's imagenet_vqgan.yaml.
   config.loss.adaptive_delta = 1e-4  # Taming's code (the paper: 1e-6).
   config.discriminator.base_features = 64
   config.discriminator.num_layers = 3

@@ -9,6 +9,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -76,13 +77,18 @@ def test_tpu_setup_from_a_checkout_and_from_git():
            '--internal_ip')
   ) == [
       'tar -czf /tmp/vqlab-vq.tar.gz --exclude=.git --exclude=workdirs '
-      '--exclude=__pycache__ -C /src/vqlab .',
+      '--exclude=__pycache__ --exclude=.venv --exclude=venv '
+      "--exclude='*.egg-info' --exclude=.pytest_cache --exclude=.ruff_cache "
+      '-C /src/vqlab .',
       'gcloud compute tpus tpu-vm scp /tmp/vqlab-vq.tar.gz vq:vqlab.tar.gz '
       '--zone=us-central2-b --worker=all --internal-ip',
       'gcloud compute tpus tpu-vm ssh vq --zone=us-central2-b --worker=all '
       "--internal-ip --command='rm -rf ~/vqlab && mkdir -p ~/vqlab && "
       'tar -xzf ~/vqlab.tar.gz -C ~/vqlab && '
-      'python3 -m pip install -e ~/vqlab "jax[tpu]"\'',
+      # TPU images have Python 3.10; vqlab's jax needs 3.11+.
+      'python3 -m pip install --user --quiet uv && ~/.local/bin/uv venv '
+      '--allow-existing --python 3.12 ~/vqlab-venv && ~/.local/bin/uv pip '
+      'install --python ~/vqlab-venv/bin/python -e ~/vqlab "jax[tpu]"\'',
       'gcloud compute tpus tpu-vm ssh vq --zone=us-central2-b --worker=all '
       "--internal-ip --command='mkdir -p ~/data'",
       "gcloud compute tpus tpu-vm scp /data/faces 'vq:~/data' "
@@ -92,7 +98,7 @@ def test_tpu_setup_from_a_checkout_and_from_git():
       _tpu('setup', *TPU, '--project=p',
            '--source=git+https://github.com/me/vqlab@v0.1',
            '--remote_dir=/opt/vq', '--pip_extra', '--data=gs://bucket/data',
-           '--data_dest=~/my data')
+           '--data_dest=~/my data', '--venv=none')
   ) == [
       'gcloud compute tpus tpu-vm ssh vq --zone=us-central2-b --worker=all '
       "--project=p --command='rm -rf /opt/vq && git clone "
@@ -109,7 +115,7 @@ def test_tpu_run_logs_stop_delete():
       _tpu('run', *TPU, '--config=configs/quickstart.py',
            '--workdir=gs://bucket/runs/vq', '--env=TF_CPP_MIN_LOG_LEVEL=3',
            '--', '--config.train.num_steps=100', "--config.data.name=it's"))
-  program = ('env TF_CPP_MIN_LOG_LEVEL=3 python3 main.py '
+  program = ('env TF_CPP_MIN_LOG_LEVEL=3 ~/vqlab-venv/bin/python main.py '
              '--config=configs/quickstart.py --workdir=gs://bucket/runs/vq '
              '--distributed --mode=train --config.train.num_steps=100 '
              '"--config.data.name=it\'"\'"\'s"')
@@ -122,6 +128,11 @@ def test_tpu_run_logs_stop_delete():
   # is valid sh that passes main.py its arguments unchanged.
   remote = shlex.split(run[0])[-1].removeprefix('--command=')
   assert subprocess.run(['sh', '-n', '-c', remote], check=False).returncode == 0
+  # main.py's own --allow_config_change passes through (fine-tuning).
+  run = _ok(
+      _tpu('run', *TPU, '--config=c.py', '--workdir=gs://b/r',
+           '--mode=fvd_stats', '--', '--allow_config_change'))
+  assert '--mode=fvd_stats --allow_config_change >' in run[0]
   assert _ok(_tpu('logs', *TPU, '--worker=3', '--lines=5', '--follow')) == [
       'gcloud compute tpus tpu-vm ssh vq --zone=us-central2-b --worker=3 '
       "--command='tail -n 5 -f ~/vqlab_logs/run.log'"
@@ -183,6 +194,21 @@ def test_gpu_nodes_remote_and_local():
               '--dry_run')) == ["ssh a 'tail -n 3 ~/vqlab_logs/process_0.log'"]
 
 
+def test_a_local_run_stops_when_any_process_fails(tmp_path, monkeypatch):
+  import gpu_nodes  # pylint: disable=g-import-not-at-top
+  programs = ['import time; time.sleep(60)', 'raise SystemExit(3)']
+  monkeypatch.setattr(
+      gpu_nodes, 'main_py_args',
+      lambda args, hosts, local, i: [sys.executable, '-c', programs[i]])
+  args = gpu_nodes.parser().parse_args([
+      'run', '--hosts=localhost,localhost', '--config=c.py',
+      f'--workdir={tmp_path}', f'--log_dir={tmp_path}', '--timeout=50'
+  ])
+  start = time.monotonic()
+  assert gpu_nodes._run_local(args, ['localhost'] * 2) == 3  # pylint: disable=protected-access
+  assert time.monotonic() - start < 30  # Process 0 was stopped, not awaited.
+
+
 @pytest.mark.parametrize('script,argv,message', [
     ('tpu_vm.py', ['run', *TPU, '--config=c.py', '--workdir=/tmp/run'],
      'tpu_vm.py run: error: --workdir=/tmp/run: all workers must share it, '
@@ -190,7 +216,8 @@ def test_gpu_nodes_remote_and_local():
     ('tpu_vm.py', [
         'run', *TPU, '--config=c.py', '--workdir=gs://b/r', '--', '--dry_run'
     ], 'tpu_vm.py run: error: arguments after -- are config overrides '
-     '(--config.x=y), got --dry_run'),
+     '(--config.x=y) or --allow_config_change, --noallow_config_change, '
+     '--compilation_cache_dir, --verbosity; got --dry_run'),
     ('tpu_vm.py', [
         'run', *TPU, '--config=c.py', '--workdir=gs://b/r', '--env=NOVALUE'
     ], 'tpu_vm.py run: error: --env=NOVALUE: expected NAME=VALUE'),

@@ -9,11 +9,13 @@ them the tests that use them fail (never skip) with that install line.
 import os
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
 from tests import paths
 from tests.compile_options import FAST_COMPILE
+from vqlab.errors import ConfigError
 from vqlab.errors import WeightsError
 from vqlab.text import minilm
 from vqlab.text import wordpiece
@@ -164,6 +166,19 @@ def test_text_encoder(golden, model_dir):
       np.asarray(pooled),
       np.asarray(minilm.sentence_embedding(reference[:, :16], real)), rtol=0,
       atol=1e-5)
+
+
+def test_a_text_condition_longer_than_minilm_reads_is_a_config_error(model_dir):
+  from vqlab.train.tasks import text_conditions  # pylint: disable=g-import-not-at-top
+  text = ml_collections.ConfigDict({
+      'encoder': 'minilm',
+      'encoder_dir': model_dir,
+      'max_length': 300
+  })
+  with pytest.raises(
+      ConfigError, match=r'^text\.max_length: 300, but '
+      r'all-MiniLM-L6-v2 reads at most 256 tokens'):
+    text_conditions.frozen_encoder(text)
 
 
 def test_converter_errors(model_dir):

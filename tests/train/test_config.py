@@ -149,7 +149,14 @@ def test_every_shipped_config_validates(path, args):
 def test_discriminator_keys_follow_the_named_discriminator():
   config = tiny.tokenizer_config()
   config.discriminator.name = 'stylegan'  # Still has PatchGAN's keys.
-  assert re.search(r'^discriminator\.num_layers: unknown key', _error(config))
+  assert _error(config).startswith(
+      "discriminator.name: 'stylegan' does not take discriminator.num_layers, "
+      "discriminator.use_norm, which this config sets for discriminator "
+      "'patchgan': a switched discriminator needs its own section")
+  switched = tiny.tokenizer_config()
+  switched.model.quantizer.name = 'lfq'  # The same one level down.
+  assert _error(switched).startswith(
+      "model.quantizer.name: 'lfq' does not take model.quantizer.beta, ")
   config.discriminator = ml_collections.ConfigDict({'name': 'stylegan'})
   filled = experiment_config.validate(config, num_devices=8)
   assert filled.discriminator.channel_multipliers == (2, 4, 4, 4, 4)

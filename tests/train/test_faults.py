@@ -33,6 +33,7 @@ from vqlab.train import experiment
 from vqlab.train import loop
 from vqlab.train import preemption
 from vqlab.train import progress as progress_lib
+from vqlab.train import run_record
 from vqlab.train import workdir_lock
 
 STEPS = 5
@@ -154,6 +155,39 @@ def test_allowed_config_change_keeps_the_old_record(run_copy, capsys):
                    (f'config_until_step_{STEPS}.1.json', 1e-5)):
     with open(os.path.join(run_copy, name)) as f:
       assert json.load(f)['optimizer']['generator']['learning_rate'] == lr
+
+
+def test_a_run_keeps_reading_the_tokenizer_step_it_started_from(
+    tmp_path, capsys):
+  """tokenizer.step = -1 (the newest) is pinned when a generator run starts:
+  resumed after the tokenizer trained on, it must not learn other tokens."""
+  config = tiny.generator_config('/runs/tokenizer')
+  newest = {'/runs/tokenizer': 7}
+  workdir = str(tmp_path)
+  run_record.pin_newest_steps(config, workdir, newest.get)
+  assert config.tokenizer.step == 7
+  assert 'tokenizer.step = -1 is step 7 of /runs/tokenizer' in (
+      capsys.readouterr().out)
+  run_record.write(workdir, config)
+  newest['/runs/tokenizer'] = 9  # The tokenizer run went on.
+  resumed = tiny.generator_config('/runs/tokenizer')
+  run_record.pin_newest_steps(resumed, workdir, newest.get)
+  assert resumed.tokenizer.step == 7
+  assert 'the step this run started from (its newest is 9' in (
+      capsys.readouterr().out)
+  assert not run_record.differences(run_record.read(workdir), resumed)
+  # An explicit step is the user's: compared with the record as any key.
+  resumed.tokenizer.step = 9
+  run_record.pin_newest_steps(resumed, workdir, newest.get)
+  assert run_record.differences(run_record.read(workdir), resumed) == {
+      'tokenizer.step': (7, 9)
+  }
+  # A run recorded with -1 (before steps were pinned) keeps -1.
+  config.tokenizer.step = -1
+  run_record.write(workdir, config)
+  resumed.tokenizer.step = -1
+  run_record.pin_newest_steps(resumed, workdir, newest.get)
+  assert resumed.tokenizer.step == -1
 
 
 def test_disk_full_during_a_save_is_one_line_and_keeps_the_last_checkpoint(

@@ -402,6 +402,28 @@ def _agreed(failure: _Failure | None) -> _Failure | None:
   return _Failure(worst, f"process {process} {what}; see that process's log")
 
 
+def _read_only_manager(directory: str) -> ocp.CheckpointManager:
+  """A manager of another run's checkpoints (without Orbax's warning that
+  the directory is read only)."""
+  with _quiet_orbax():
+    return ocp.CheckpointManager(
+        directory, item_handlers=ocp.StandardCheckpointHandler(),
+        options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+
+
+def newest_step(workdir: str) -> int | None:
+  """The newest checkpoint step of the run in `workdir` (None: none yet)."""
+  directory = os.path.join(fileio.absolute(workdir), 'checkpoints')
+  if not fileio.isdir(directory):
+    return None
+  manager = _read_only_manager(directory)
+  try:
+    steps = manager.all_steps()
+  finally:
+    manager.close()
+  return max(steps) if steps else None
+
+
 def restore_on_host(workdir: str, step: int | None = None) -> tuple[Any, int]:
   """Reads a checkpoint of another run as a tree of arrays on one device.
 
@@ -423,9 +445,7 @@ def restore_on_host(workdir: str, step: int | None = None) -> tuple[Any, int]:
   if not fileio.isdir(directory):
     raise CheckpointError(f'no checkpoints in {workdir!r} ({directory} does '
                           'not exist): train that run first')
-  manager = ocp.CheckpointManager(
-      directory, item_handlers=ocp.StandardCheckpointHandler(),
-      options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+  manager = _read_only_manager(directory)
   steps = sorted(manager.all_steps())
   if not steps:
     raise CheckpointError(f'no checkpoint in {directory}: train that run first')

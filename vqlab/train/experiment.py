@@ -104,6 +104,7 @@ class Experiment:
     devices = list(jax.devices() if devices is None else devices)
     self.config = config = experiment_config.validate(config, len(devices))
     self.workdir = workdir
+    run_record.pin_newest_steps(config, workdir, checkpoint_lib.newest_step)
     self.config_changes = run_record.check(config, workdir, allow_config_change)
     # Data problems (a missing folder, an unreadable image) stop the run
     # before anything is written to the workdir.

@@ -12,6 +12,7 @@ from vqlab import config_schema
 from vqlab import data as data_lib
 from vqlab.errors import ConfigError
 from vqlab.train import domains
+from vqlab.train import optimizers
 from vqlab.train import partitioning
 from vqlab.train import tasks
 
@@ -96,6 +97,18 @@ def reference_config(
   return reference
 
 
+def _optimizer_sections(optimizer, key: str = 'optimizer'):
+  """(dotted key, section) of every optimizer config under `optimizer` (one,
+  or one per network: optimizer.generator, optimizer.discriminator)."""
+  if not isinstance(optimizer, ml_collections.ConfigDict):
+    return []
+  if 'schedule' in optimizer:
+    return [(key, optimizer)]
+  return [(f'{key}.{name}', section)
+          for name, section in optimizer.items()
+          if isinstance(section, ml_collections.ConfigDict)]
+
+
 def validate(config: ml_collections.ConfigDict,
              num_devices: int) -> ml_collections.ConfigDict:
   """Checks keys, types and values; returns the filled-in config.
@@ -126,6 +139,8 @@ def validate(config: ml_collections.ConfigDict,
       'train.microbatches', f'{micro}: train.batch_size '
       f'{config.train.batch_size} must divide into {micro} microbatches of a '
       f'multiple of the {num_devices} devices')
+  for key, section in _optimizer_sections(config.get('optimizer')):
+    optimizers.validate(section, key)
   for key in ('lpips', 'fid', 'fvd'):
     require(config.eval[key] in NETWORK_MODES, f'eval.{key}',
             f'must be one of {NETWORK_MODES}, got {config.eval[key]!r}')

@@ -11,7 +11,7 @@ then the old record is kept beside the new one.
 
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 import ml_collections
 
@@ -30,6 +30,55 @@ FREE_TO_CHANGE = ('train.num_steps', 'train.log_every', 'train.eval_every',
                   'model.remat_policy', 'model.scan_blocks',
                   'model.scan_layers', 'eval.', 'sample.', 'mesh.',
                   'weights_dir')
+
+# (step key, run key): the checkpoint of another run that this one reads,
+# where step -1 means its newest. A run pins the step it started from, so its
+# restarts, evals and samples read the same checkpoint after that run trains
+# on (a generator resumed with a newer tokenizer would learn other tokens).
+NEWEST_STEP_KEYS = (('tokenizer.step', 'tokenizer.workdir'),
+                    ('condition.tokenizer_step', 'condition.tokenizer'),
+                    ('proxy.step', 'proxy.workdir'), ('warm_start.step',
+                                                      'warm_start.workdir'))
+
+
+def _lookup(tree: Any, dotted: str) -> Any:
+  """tree['a']['b'] for 'a.b' (ConfigDicts and dicts); None when absent."""
+  for part in dotted.split('.'):
+    if not hasattr(tree, 'get'):
+      return None
+    tree = tree.get(part)
+  return tree
+
+
+def pin_newest_steps(config: ml_collections.ConfigDict, workdir: str,
+                     newest_step: Callable[[str], int | None]) -> None:
+  """Replaces each step -1 of NEWEST_STEP_KEYS in `config`, in place, by the
+  step this run recorded (config.json), or for a new run by the newest step
+  of that run (`newest_step(its workdir)`), which config.json then records.
+
+  A run recorded with -1 (vqlab before 2026-12) keeps -1; an explicit step
+  is left to the comparison with the record (run_record.check).
+  """
+  saved = read(workdir) or {}
+  for step_key, run_key in NEWEST_STEP_KEYS:
+    run = _lookup(config, run_key)
+    if _lookup(config, step_key) != -1 or not run:
+      continue
+    section, name = step_key.split('.')
+    newest = newest_step(run)
+    recorded = _lookup(saved, step_key)
+    if _lookup(saved, run_key) == run and recorded is not None:
+      config[section][name] = recorded
+      if recorded != -1 and newest is not None and newest != recorded:
+        print(
+            f'vqlab: {step_key} = -1 reads step {recorded} of {run}, the '
+            f'step this run started from (its newest is {newest}; name a '
+            'step, with --allow_config_change, to switch)', flush=True)
+    elif newest is not None:  # Else loading it says what is missing.
+      config[section][name] = newest
+      print(
+          f'vqlab: {step_key} = -1 is step {newest} of {run}; this run '
+          'keeps reading that step (config.json)', flush=True)
 
 
 def as_json_tree(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -212,6 +212,8 @@ def test_on_the_fly_tokens_give_the_same_eval_loss_as_shards(
   config = tiny.generator_config(tokenizer_dir)
   config.tokens.source = 'on_the_fly'
   exp = experiment.Experiment(config, str(tmp_path), _devices())
+  # -1 pinned to the newest step, which config.json then records.
+  assert exp.config.tokenizer.step == exp.task.tokenizer.step >= 0
   assert 'image' in next(exp.train_data.batches())
   state, _ = exp.initial_state()
   on_the_fly, _ = exp.evaluate(state)

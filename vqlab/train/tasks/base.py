@@ -127,7 +127,10 @@ def accumulate_gradients(grads_fn: Callable[[Batch, jax.Array, Any],
   microbatches run in order under `lax.scan`, each with key fold_in(rng, j),
   threading `carry` (e.g. EMA statistics, LeCam's EMAs) from one to the next.
   Gradients and metrics are the means over microbatches: for losses that are
-  means over equally many terms per example, the full batch's exactly.
+  means over equally many terms per example, the full batch's exactly. Terms
+  computed from a whole batch are a microbatch's: LFQ's batch entropy and
+  Regularized VQ's prior KL cover B / k examples, and EMA statistics in
+  `carry` update k times per step.
 
   Args:
     grads_fn: (microbatch, rng, carry) -> (grads, new carry, metrics).
@@ -169,6 +172,7 @@ def accumulate_gradients(grads_fn: Callable[[Batch, jax.Array, Any],
 def apply_gradients(state: TrainState, grads: dict[str, Any],
                     optimizers: dict[str, optax.GradientTransformation],
                     ema_decay: float = 0.0,
+                    active: dict[str, jax.Array] | None = None,
                     **replace: Any) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step of each network in `optimizers`.
 
@@ -178,6 +182,12 @@ def apply_gradients(state: TrainState, grads: dict[str, Any],
     grads: {network: gradient tree like state.params[network]}.
     optimizers: {network: optax transformation}.
     ema_decay: d of ema <- d * ema + (1 - d) * params.
+    active: {network: bool scalar}; a network whose flag is False keeps its
+      params and optimizer state (its step count and schedule too), e.g. the
+      discriminator before `loss.disc_start`: Adam stepping on zero
+      gradients would leave its moments at 0 and its bias correction spent,
+      and its first real updates would be up to 1/sqrt(1 - b2) times the
+      learning rate (10x for b2 = 0.99).
     **replace: other TrainState fields of the new state (model_state,
       loss_state).
 
@@ -185,10 +195,16 @@ def apply_gradients(state: TrainState, grads: dict[str, Any],
     (state with step + 1, {network: global norm of its gradient}).
   """
   params, opt_state, norms = dict(state.params), dict(state.opt_state), {}
+  active = active or {}
   for name, tx in optimizers.items():
     updates, opt_state[name] = tx.update(grads[name], state.opt_state[name],
                                          state.params[name])
     params[name] = optax.apply_updates(state.params[name], updates)
+    if name in active:
+      keep = lambda new, old, on=active[name]: jax.tree.map(
+          lambda n, o: jnp.where(on, n, o), new, old)
+      params[name] = keep(params[name], state.params[name])
+      opt_state[name] = keep(opt_state[name], state.opt_state[name])
     norms[name] = optax.tree.norm(grads[name])
   ema_params = {
       name: optax.incremental_update(params[name], ema, 1.0 - ema_decay)

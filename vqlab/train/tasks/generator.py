@@ -397,8 +397,9 @@ class GeneratorTask(base.Task):
           'tokens.dir', f'{directory} holds tokens of the tokenizer in '
           f'{recorded["workdir"]} at step {recorded["step"]}, but '
           f'tokenizer.workdir/step name {self.tokenizer.workdir} at step '
-          f'{self.tokenizer.step}: run --mode=tokenize again into another '
-          'tokens.dir')
+          f'{self.tokenizer.step}: set tokenizer.step = {recorded["step"]} '
+          'to train on these tokens, or run --mode=tokenize again into '
+          'another tokens.dir')
     recorded = source.metadata.get('condition', {'image': 'none'})
     wanted = self.condition_metadata()
     if recorded != wanted:

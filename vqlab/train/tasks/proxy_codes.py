@@ -8,7 +8,8 @@ encodes the image into K tokens and its decoder predicts those codes:
 
 Eval reconstructions are the VQGAN's decoding of TiTok's argmax codes, scored
 by the tokenizer eval suite (PSNR, SSIM, LPIPS, rFID, codebook usage of
-TiTok's own codebook) plus the proxy-code accuracy. Stage 2 is the tokenizer
+TiTok's own codebook); the train metrics report the proxy-code accuracy
+(`proxy_accuracy`). Stage 2 is the tokenizer
 task with `warm_start` from this run and `freeze = ('encoder', 'quantizer')`
 (configs/titok/).
 """

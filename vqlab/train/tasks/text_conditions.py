@@ -56,7 +56,13 @@ def frozen_encoder(text: ml_collections.ConfigDict):
   kind = text.get('encoder', 'minilm')
   if kind == 'minilm':
     from vqlab.text import minilm  # pylint: disable=g-import-not-at-top
-    return minilm.TextEncoder(text.encoder_dir or None, pad_to=text.max_length)
+    encoder = minilm.TextEncoder(text.encoder_dir or None,
+                                 pad_to=text.max_length)
+    if text.max_length > encoder.max_length:
+      raise ConfigError(
+          'text.max_length', f'{text.max_length}, but all-MiniLM-L6-v2 reads '
+          f'at most {encoder.max_length} tokens')
+    return encoder
   if kind == 'clip':
     if not text.encoder_dir:
       raise ConfigError(

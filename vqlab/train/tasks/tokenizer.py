@@ -447,10 +447,10 @@ class TokenizerTask(base.Task):
         self.config.train.microbatches)
     if 'quantizer' in self.config.freeze:
       model_state = state.model_state  # E.g. EMA codebook statistics.
-    state, norms = base.apply_gradients(state, grads, self.tx,
-                                        self.config.ema.decay,
-                                        model_state=model_state,
-                                        loss_state=loss_state)
+    state, norms = base.apply_gradients(
+        state, grads, self.tx, self.config.ema.decay,
+        active={DISCRIMINATOR: state.step >= self.config.loss.disc_start},
+        model_state=model_state, loss_state=loss_state)
     metrics.update({f'grad_norm/{k}': v for k, v in norms.items()})
     return state, metrics
 

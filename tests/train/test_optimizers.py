@@ -1,0 +1,101 @@
+"""Learning-rate schedules, their config check, and a network held still
+(the discriminator before loss.disc_start) keeping its optimizer state."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from tests import tiny
+from vqlab.errors import ConfigError
+from vqlab.train import experiment_config
+from vqlab.train import optimizers
+from vqlab.train.state import TrainState
+from vqlab.train.tasks import base
+
+
+def _schedule(schedule, warmup, steps=100, peak=1e-3):
+  config = optimizers.default_config(peak, 0.9, 0.99)
+  config.update(schedule=schedule, warmup_steps=warmup)
+  return optimizers.learning_rate_schedule(config, steps)
+
+
+def test_schedules():
+  lr = _schedule('cosine', 10)
+  reference = optax.warmup_cosine_decay_schedule(0.0, 1e-3, 10, 100)
+  for step in (0, 5, 10, 40, 99, 100):
+    np.testing.assert_allclose(lr(step), reference(step), rtol=1e-6, atol=1e-12)
+  # No warmup: the first step has the peak rate (not 0, a lost step).
+  assert float(_schedule('cosine', 0)(0)) == pytest.approx(1e-3)
+  assert float(_schedule('constant', 0)(0)) == pytest.approx(1e-3)
+  linear = _schedule('linear', 20)
+  for step, want in ((10, 5e-4), (20, 1e-3), (60, 5e-4), (100, 0.0)):
+    assert float(linear(step)) == pytest.approx(want, abs=1e-9)
+
+
+def test_an_unknown_schedule_is_a_config_error():
+  config = tiny.tokenizer_config()
+  config.optimizer.discriminator.schedule = 'cosin'
+  with pytest.raises(
+      ConfigError, match=r"^optimizer\.discriminator\."
+      r"schedule: must be one of \('constant', 'cosine', "
+      r"'linear'\), got 'cosin'"):
+    experiment_config.validate(config, num_devices=1)
+
+
+def test_a_held_network_resumes_as_a_fresh_optimizer():
+  """Adam (0, 0.99) stepping on 100 zero gradients would make the first real
+  update 1 / sqrt(1 - 0.99^100 ...) ~ 10x the learning rate; held, it is the
+  first update of a fresh Adam: lr * sign(g)."""
+  tx = {'d': optax.adam(1e-2, b1=0.0, b2=0.99)}
+  w = {'w': jnp.ones(3)}
+  state = TrainState(step=jnp.int32(0), params={'d': w},
+                     opt_state={'d': tx['d'].init(w)}, model_state={})
+  zero = {'d': {'w': jnp.zeros(3)}}
+  for _ in range(100):
+    state, _ = base.apply_gradients(state, zero, tx,
+                                    active={'d': jnp.asarray(False)})
+  np.testing.assert_array_equal(state.params['d']['w'], jnp.ones(3))
+  assert int(state.opt_state['d'][0].count) == 0
+  grads = {'d': {'w': jnp.asarray([1.0, -2.0, 0.5])}}
+  state, _ = base.apply_gradients(state, grads, tx,
+                                  active={'d': jnp.asarray(True)})
+  np.testing.assert_allclose(state.params['d']['w'],
+                             1.0 - 1e-2 * np.sign([1.0, -2.0, 0.5]), rtol=1e-5)
+
+
+def test_weight_decay_on_kernels_leaves_the_rest():
+  params = {
+      'dense': {
+          'kernel': jnp.ones((2, 2)),
+          'bias': jnp.ones(2)
+      },
+      'embed': {
+          'embedding': jnp.ones((3, 2))
+      },
+      'ln': {
+          'scale': jnp.ones(2)
+      }
+  }
+  zero = jax.tree.map(jnp.zeros_like, params)
+  moved = {}
+  for decayed in optimizers.DECAYED:
+    config = optimizers.default_config(0.1, 0.9, 0.99)
+    config.update(weight_decay=0.5, weight_decay_on=decayed)
+    tx = optimizers.build(config, 10)
+    updates, _ = tx.update(zero, tx.init(params), params)
+    moved[decayed] = jax.tree.map(lambda u: bool((u != 0).any()), updates)
+  assert all(jax.tree.leaves(moved['all']))
+  assert moved['kernels'] == {
+      'dense': {
+          'kernel': True,
+          'bias': False
+      },
+      'embed': {
+          'embedding': False
+      },
+      'ln': {
+          'scale': False
+      }
+  }
