@@ -1,9 +1,10 @@
 """The README's main job: a small VQGAN on the built-in photo crops, on CPU.
 
-Trains in 10 to 17 minutes on 2 CPU cores (README) and reports PSNR and
+Trains in 6 to 17 minutes on 2 CPU cores (README) and reports PSNR and
 codebook usage at 64x64 on whole photos held out from training (PSNR 22.9
-dB, 80% of the codes in use). The fully convolutional model trains on 32x32 crops cut at the
-pixel scale of 64x64 ones (4x cheaper steps) and is evaluated at 64x64.
+dB, 80% of the codes in use). The fully convolutional model trains on 32x32
+crops cut at the pixel scale of 64x64 ones (4x cheaper steps) and is
+evaluated at 64x64.
 Cosine (l2-normalized) lookup of 8-dim codes with an EMA codebook that
 restarts dead codes keeps the codebook in use; the GAN switches on for the
 last 300 steps with a small weight (MaskGIT's 0.1), since a strong GAN term
