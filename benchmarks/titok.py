@@ -155,6 +155,7 @@ def _prepare(config, batch: int):
     config.loss.perceptual_weight = 0.0
   if 'warm_start' in config:  # Random params time the same.
     config.warm_start.workdir, config.warm_start.params = '', ()
+    config.warm_start.pixel_vqgan = ''
   if budget_lib.on_cpu():
     config.compute_dtype = 'float32'
   if config.data.name != 'photos':  # As train_step.run_benchmark swaps.

@@ -22,8 +22,9 @@ class Registry:
                subcomponents: dict[str, 'Registry'] | None = None, *,
                name_key: str | None = None):
     """Args: kind: e.g. 'quantizer'; key_prefix: config path used in errors;
-    subcomponents: config key -> registry of the component named under it
-    (a tokenizer's 'quantizer'); that key is checked against the defaults of
+    subcomponents: config key (dotted when nested) -> registry of the
+    component named under it (a tokenizer's 'quantizer', a TiTok's
+    'pixel_decoder.quantizer'); that key is checked against the defaults of
     the component its `name` selects instead of the default component's;
     name_key: the config key that names a component (default
     `<key_prefix>.name`; tasks: 'task').
@@ -89,12 +90,19 @@ class Registry:
     reference = self.default_config(config.name)
     self._check_not_switched(config, reference, prefix)
     for key, registry in self.subcomponents.items():
-      sub = config.get(key)
-      if (key in reference and isinstance(sub, ml_collections.ConfigDict) and
-          'name' in sub):
+      *parents, leaf = key.split('.')
+      sub, where = config, reference
+      for part in parents:  # A nested key: 'pixel_decoder.quantizer'.
+        sub = sub.get(part) if isinstance(sub,
+                                          ml_collections.ConfigDict) else None
+        where = where.get(part) if where is not None else None
+      sub = sub.get(leaf) if isinstance(sub,
+                                        ml_collections.ConfigDict) else None
+      if (where is not None and leaf in where and
+          isinstance(sub, ml_collections.ConfigDict) and 'name' in sub):
         registry._entry(sub.name, f'{prefix}.{key}.name')  # Unknown: error.
-        reference[key] = registry.default_config(sub.name)
-        registry._check_not_switched(sub, reference[key], f'{prefix}.{key}')  # pylint: disable=protected-access
+        where[leaf] = registry.default_config(sub.name)
+        registry._check_not_switched(sub, where[leaf], f'{prefix}.{key}')  # pylint: disable=protected-access
     config_schema.check_against(config, reference, prefix=f'{prefix}.')
     return config_schema.filled(config, reference)
 

@@ -2,33 +2,41 @@
 
 Stage 1 (task 'titok_proxy'): TiTok's decoder predicts the codes of a frozen,
 trained 2D VQGAN (`proxy.workdir`); eval images are that VQGAN's decoding.
-Stage 2 (task 'tokenizer'): the stage-1 run's encoder, quantizer and decoder
-are copied in (`warm_start`), encoder and quantizer frozen (`freeze`), and the
-decoder with a fresh pixel head is trained with the VQGAN losses.
+Stage 2 (task 'tokenizer'): the stage-1 run's encoder, quantizer, decoder and
+proxy-code head are copied in (`warm_start`), encoder and quantizer frozen
+(`freeze`), and the decoder is trained in pixel space with the VQGAN losses
+through the proxy VQGAN's decoder, which starts from that run's weights
+(`warm_start.pixel_vqgan`): the decoder's proxy-code probabilities weight the
+VQGAN's codebook and its decoder makes the pixels (decoder_output
+'proxy_pixels', as TiTok's released stage 2 and checkpoints). With
+`model.decoder_output = 'pixels'` a fresh linear pixel head replaces that
+path instead.
 """
+
+import ml_collections
 
 from configs.vqgan import maskgit_f16
 from vqlab import tokenizers
 from vqlab.train import experiment_config
 from vqlab.train.tasks import proxy_codes
 
-COPIED = ('encoder', 'quantizer', 'decoder')
+COPIED = ('encoder', 'quantizer', 'decoder', 'to_proxy_logits')
 FROZEN = ('encoder', 'quantizer')
 
 # Microbatches of the paper's global batch of 1024 by (model size, stage), so
 # that 8 x 80 GB GPUs (128 images per device) hold it within JAX's default 75%
-# of GPU memory. Compiled peak per device at 128 images, in one piece -> in
-# these microbatches (XLA:CPU, benchmarks/README.md), stage 1 and stage 2:
-# S 80.5 -> 40.7 and 149.8 -> 40.1 GiB; B 140.8 -> 38.2 and 209.9 -> 31.0;
-# L 328.6 -> 33.7 and 393.1 -> 39.1. On more devices, lower it so that it
-# still divides the per-device batch.
+# of GPU memory. Compiled peak per device at 128 images in these microbatches
+# (XLA:CPU, benchmarks/README.md): stage 1 S 40.7, B 38.2, L 33.7 GiB (in one
+# piece 80.5, 140.8, 328.6); stage 2, through the proxy VQGAN's decoder, S
+# 40.3, B 28.0, L 32.7 GiB. On more devices, lower it so that it still
+# divides the per-device batch.
 MICROBATCHES = {
     ('S', '1'): 2,
-    ('S', '2'): 4,
+    ('S', '2'): 8,
     ('B', '1'): 4,
-    ('B', '2'): 8,
+    ('B', '2'): 16,
     ('L', '1'): 16,
-    ('L', '2'): 16,
+    ('L', '2'): 32,
 }
 
 
@@ -55,14 +63,21 @@ def stage1(model, proxy_workdir: str):
   return config
 
 
-def stage2(model, stage1_workdir: str):
+def stage2(model, stage1_workdir: str, proxy_workdir: str, proxy_model):
   """Stage 2: decoder fine-tuning in pixel space with the MaskGIT-VQGAN
-  recipe's losses (LPIPS, GAN, LeCam, EMA)."""
+  recipe's losses (LPIPS, GAN, LeCam, EMA), through the decoder of the proxy
+  VQGAN run `proxy_workdir`, whose model config is `proxy_model`."""
   config = maskgit_f16.get_config()
   config.model = model
-  config.model.decoder_output = 'pixels'
+  config.model.decoder_output = 'proxy_pixels'
+  # The VQGAN's config without its name (pixel_decoder is always a VQGAN).
+  config.model.pixel_decoder = ml_collections.ConfigDict({
+      k: v for k, v in proxy_model.items() if k != 'name'
+  })
   config.warm_start.workdir = stage1_workdir
-  config.warm_start.params = COPIED
+  config.warm_start.params = COPIED + (
+      ('proxy_hidden',) if model.proxy_head_hidden else ())
+  config.warm_start.pixel_vqgan = proxy_workdir
   config.freeze = FROZEN
   config.data.image_size = model.image_size
   return config
@@ -89,7 +104,9 @@ def paper_config(name: str, model_size: str, num_tokens: int, stage: str):
     config.optimizer.schedule = 'cosine'
     config.train.num_steps = 1_000_000
   elif stage == '2':
-    config = stage2(model, f'workdirs/titok_{name}_stage1')
+    config = stage2(model, f'workdirs/titok_{name}_stage1',
+                    'workdirs/vqgan_maskgit_f16',
+                    maskgit_f16.get_config().model)
     # The released stage-2 recipe (1d-tokenizer configs/training/stage2):
     # AdamW (0.9, 0.999), lr 1e-4 for both networks, weight decay 1e-4,
     # cosine after 5k warmup steps (theirs ends at 1e-5, this at 0), clip 1,

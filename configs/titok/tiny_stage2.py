@@ -1,8 +1,10 @@
 """TiTok stage 2 on CPU: the decoder of configs/titok/tiny_stage1.py's run
-(workdirs/titok_tiny_stage1) fine-tuned in pixel space; encoder and quantizer
+(workdirs/titok_tiny_stage1) fine-tuned in pixel space through the decoder of
+its proxy, the quickstart VQGAN (workdirs/quickstart); encoder and quantizer
 frozen. Tokens for generators: 16 per image, `--config.tokenizer.workdir=`
 this run's workdir with `model.token_shape=(16,)` and `vocab_size=256`."""
 
+from configs import quickstart
 from configs.titok import _common
 from vqlab import data
 
@@ -11,7 +13,9 @@ def get_config():
   model = _common.titok_model('tiny', num_tokens=16, image_size=32,
                               patch_size=4, codebook_size=256,
                               proxy_codebook_size=512)
-  config = _common.stage2(model, 'workdirs/titok_tiny_stage1')
+  config = _common.stage2(model, 'workdirs/titok_tiny_stage1',
+                          'workdirs/quickstart',
+                          quickstart.get_config().model)
   config.data = data.default_config('photos')
   config.data.image_size = 32
   config.data.train_image_size = 0

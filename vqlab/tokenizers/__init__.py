@@ -17,8 +17,11 @@ from vqlab.tokenizers import magvit2
 from vqlab.tokenizers import titok
 from vqlab.tokenizers import vqgan
 
-REGISTRY = Registry('tokenizer', key_prefix='model',
-                    subcomponents={'quantizer': quantizers.REGISTRY})
+REGISTRY = Registry(
+    'tokenizer', key_prefix='model', subcomponents={
+        'quantizer': quantizers.REGISTRY,
+        'pixel_decoder.quantizer': quantizers.REGISTRY
+    })
 REGISTRY.register('vqgan', default_config=vqgan.default_config,
                   builder=vqgan.build)
 REGISTRY.register('magvit2', default_config=magvit2.default_config,

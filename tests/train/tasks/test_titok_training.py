@@ -6,6 +6,7 @@ the 8 test devices.
 """
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -108,9 +109,14 @@ def test_stage1_errors_name_its_keys(tmp_path):
     experiment_config.validate(config, num_devices=1)
 
 
-def _stage2_config(stage1_dir, steps):
+def _stage2_config(stage1_dir, proxy_dir, steps):
   config = _shrink(tiny_stage2.get_config())
   config.warm_start.workdir = stage1_dir
+  # The proxy VQGAN (the tiny tokenizer run) decodes the pixels.
+  config.warm_start.pixel_vqgan = proxy_dir
+  config.model.pixel_decoder = ml_collections.ConfigDict({
+      k: v for k, v in tiny.tokenizer_config().model.items() if k != 'name'
+  })
   # Stage 1 scans its ViT blocks; warm_start unstacks them for this model.
   config.model.scan_layers = False
   config.discriminator.base_features = 8
@@ -120,9 +126,9 @@ def _stage2_config(stage1_dir, steps):
 
 
 @pytest.fixture(scope='module')
-def stage2(stage1, tmp_path_factory):
+def stage2(stage1, proxy_dir, tmp_path_factory):
   stage1_dir, _, _ = stage1
-  config = _stage2_config(stage1_dir, 3)
+  config = _stage2_config(stage1_dir, proxy_dir, 3)
   workdir = str(tmp_path_factory.mktemp('stage2'))
   exp = experiment.Experiment(config, workdir, _devices())
   state, _ = exp.initial_state()
@@ -138,13 +144,20 @@ def stage2(stage1, tmp_path_factory):
 
 
 def test_stage2_starts_from_stage1_and_keeps_encoder_and_quantizer_fixed(
-    stage1, stage2):
+    stage1, stage2, proxy_dir):
   before, _ = checkpoint_lib.restore_on_host(stage1[0])
   before = before['params']['generator']
   workdir, start = stage2
-  for name in ('encoder', 'quantizer', 'decoder'):  # Copied in.
+  for name in ('encoder', 'quantizer', 'decoder', 'to_proxy_logits'):
     jax.tree.map(np.testing.assert_array_equal, start[name],
-                 stack.unstack(before[name]))
+                 stack.unstack(before[name]))  # Copied in.
+  # The pixels come from the proxy VQGAN's own decoder and codebook.
+  vqgan, _ = checkpoint_lib.restore_on_host(proxy_dir)
+  vqgan = vqgan['params']['generator']
+  assert set(start['pixel_vqgan']) <= set(vqgan)
+  for name in start['pixel_vqgan']:
+    jax.tree.map(np.testing.assert_array_equal, start['pixel_vqgan'][name],
+                 vqgan[name])
   after, step = checkpoint_lib.restore_on_host(workdir)
   after = after['params']['generator']
   assert step == 3
@@ -153,7 +166,11 @@ def test_stage2_starts_from_stage1_and_keeps_encoder_and_quantizer_fixed(
   changed = jax.tree.map(lambda a, b: np.any(a != b), after['decoder'],
                          before['decoder'])
   assert all(jax.tree.leaves(changed))
-  assert 'to_pixels' in after and 'to_proxy_logits' not in after
+  changed = jax.tree.map(lambda a, b: np.any(a != b),
+                         after['pixel_vqgan']['decoder'],
+                         start['pixel_vqgan']['decoder'])
+  assert all(jax.tree.leaves(changed))  # Fine-tuned too.
+  assert 'to_pixels' not in after  # No fresh linear pixel head.
 
 
 def test_maskgit_trains_on_titok_tokens_and_samples_decode_to_images(

@@ -46,6 +46,7 @@ def _magvit2_images():
 def _titok():
   config = tiny_stage2.get_config()
   config.warm_start.workdir, config.warm_start.params = '', ()
+  config.warm_start.pixel_vqgan = ''
   model = config.model
   model.image_size, model.patch_size, model.num_latent_tokens = 16, 4, 8
   model.quantizer.codebook_size = 32

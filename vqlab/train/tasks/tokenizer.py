@@ -87,6 +87,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.warm_start.workdir = ''  # The run to copy from; '': fresh init.
   config.warm_start.step = -1  # Its checkpoint; -1: the newest.
   config.warm_start.params = ()  # e.g. ('encoder', 'quantizer', 'decoder').
+  # A VQGAN tokenizer run (its newest step) whose decoder and codebook fill
+  # a model.decoder_output = 'proxy_pixels' TiTok's pixel_vqgan (stage 2).
+  config.warm_start.pixel_vqgan = ''
   # e.g. ('encoder', 'quantizer'): no updates (a frozen quantizer's EMA stats
   # too).
   config.freeze = ()
@@ -131,6 +134,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "TiTok's pixel head (model.decoder_output = 'pixels'); "
         "'proxy_pixels' (the released checkpoints' layout) decodes through "
         'the embedded VQGAN: fine-tune it with loss.adaptive_weight = False')
+  if (config.warm_start.pixel_vqgan and
+      config.model.get('decoder_output') != 'proxy_pixels'):
+    raise ConfigError(
+        'warm_start.pixel_vqgan', 'set, but only a TiTok with '
+        "model.decoder_output = 'proxy_pixels' has a pixel_vqgan")
   if config.warm_start.params and not config.warm_start.workdir:
     raise ConfigError(
         'warm_start.workdir', 'empty, but warm_start.params '
@@ -202,8 +210,9 @@ class TokenizerTask(base.Task):
         }, model_state=dict(variables), ema_params=ema, loss_state=loss_state)
 
   def warm_start(self, state: TrainState) -> TrainState:
-    """Copies `warm_start.params` from another run into a fresh state, in
-    this model's layout of repeated blocks (scanned or unrolled,
+    """Copies `warm_start.params` from another run into a fresh state, and a
+    'proxy_pixels' TiTok's pixel_vqgan from the `warm_start.pixel_vqgan` run,
+    in this model's layout of repeated blocks (scanned or unrolled,
     vqlab.nn.stack) whichever the other run used.
 
     Raises:
@@ -211,34 +220,37 @@ class TokenizerTask(base.Task):
       CheckpointError: the other run has no readable checkpoint.
     """
     start = self.config.warm_start
-    if not start.params:
-      return state
-    tree, step = checkpoint_lib.restore_on_host(
-        start.workdir, None if start.step < 0 else start.step)
-    source = (tree['ema_params'] or tree['params'])[GENERATOR]
     params = dict(state.params[GENERATOR])
-    for name in start.params:
-      if name not in source or name not in params:
-        raise ConfigError(
-            'warm_start.params', f'{name!r} is not in both '
-            f'models: {start.workdir} (step {step}) has '
-            f'{sorted(source)}, this model {sorted(params)}')
-      copied = source[name]
-      if isinstance(copied, dict):
-        try:
-          copied = stack.match_layout(copied, params[name])
-        except ValueError:  # Another architecture: told below.
-          pass
-      shapes = lambda t: jax.tree.map(np.shape, t)
-      if shapes(copied) != shapes(params[name]):
-        raise ConfigError(
-            'warm_start.params', f'{name!r} has other shapes '
-            f'in {start.workdir} (step {step}) than in this '
-            'model')
-      params[name] = jax.tree.map(jnp.asarray, copied)
+    model_state = state.model_state
+    if start.params:
+      tree, step = checkpoint_lib.restore_on_host(
+          start.workdir, None if start.step < 0 else start.step)
+      params.update(
+          _copied((tree['ema_params'] or
+                   tree['params'])[GENERATOR], params, start.params,
+                  'warm_start.params', f'{start.workdir} (step {step})'))
+    if start.pixel_vqgan:
+      tree, step = checkpoint_lib.restore_on_host(start.pixel_vqgan)
+      where = f'{start.pixel_vqgan} (step {step})'
+      target = params['pixel_vqgan']
+      params['pixel_vqgan'] = _copied((tree['ema_params'] or
+                                       tree['params'])[GENERATOR], target,
+                                      list(target), 'warm_start.pixel_vqgan',
+                                      where)
+      # E.g. an EMA codebook, kept with the statistics.
+      model_state = {
+          collection: ({
+              **values, 'pixel_vqgan':
+                  _copied(tree['model_state'].get(collection, {}),
+                          values['pixel_vqgan'], list(values['pixel_vqgan']),
+                          'warm_start.pixel_vqgan', where)
+          } if 'pixel_vqgan' in values else values
+                      ) for collection, values in state.model_state.items()
+      }
     all_params = {**state.params, GENERATOR: params}
     ema = {GENERATOR: params} if state.ema_params else state.ema_params
-    return state.replace(params=all_params, ema_params=ema)
+    return state.replace(params=all_params, ema_params=ema,
+                         model_state=model_state)
 
   # -------------------------------------------------------------- losses ---
   def _reconstruction_loss(self, x: jax.Array, x_rec: jax.Array) -> jax.Array:
@@ -486,6 +498,35 @@ class TokenizerTask(base.Task):
   def image_rows(self, images: dict[str, np.ndarray],
                  n: int) -> list[np.ndarray]:
     return reconstruction_eval.image_rows(images, n)
+
+
+def _copied(source: dict[str, Any], target: dict[str, Any], names, key: str,
+            where: str) -> dict[str, Any]:
+  """{name: source[name]} for `names`, as arrays in the layout of repeated
+  blocks (scanned or unrolled) that `target[name]` has.
+
+  Raises:
+    ConfigError (naming `key`): a name missing from either side, or a tree of
+      other shapes (another architecture).
+  """
+  copied = {}
+  for name in names:
+    if name not in source or name not in target:
+      raise ConfigError(
+          key, f'{name!r} is not in both models: {where} has '
+          f'{sorted(source)}, this model {sorted(target)}')
+    value = source[name]
+    if isinstance(value, dict):
+      try:
+        value = stack.match_layout(value, target[name])
+      except ValueError:  # Another architecture: told below.
+        pass
+    shapes = lambda t: jax.tree.map(np.shape, t)
+    if shapes(value) != shapes(target[name]):
+      raise ConfigError(
+          key, f'{name!r} has other shapes in {where} than in this model')
+    copied[name] = jax.tree.map(jnp.asarray, value)
+  return copied
 
 
 def _with_frozen(tx: optax.GradientTransformation,
