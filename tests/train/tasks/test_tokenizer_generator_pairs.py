@@ -46,6 +46,9 @@ def _magvit2_images():
 def _titok():
   config = tiny_stage2.get_config()
   config.warm_start.workdir, config.warm_start.params = '', ()
+  # The linear pixel head (stage 2's alternative to the proxy VQGAN's
+  # decoder, tests/train/tasks/test_titok_training.py) trains here.
+  config.model.decoder_output = 'pixels'
   config.warm_start.pixel_vqgan = ''
   model = config.model
   model.image_size, model.patch_size, model.num_latent_tokens = 16, 4, 8
