@@ -131,7 +131,7 @@ def setup_commands(args) -> list[list[str]]:
     # TPU images ship Python 3.10 and vqlab's jax needs 3.11+: uv fetches a
     # standalone Python for the venv.
     venv, uv = remote_path(args.venv), '~/.local/bin/uv'
-    install = (f'{args.pip} install --user --quiet uv && {uv} venv '
+    install = (f'curl -LsSf https://astral.sh/uv/install.sh | sh && {uv} venv '
                f'--allow-existing --python {quote(args.python_version)} '
                f'{venv} && {uv} pip install --python {venv}/bin/python '
                f'-e {remote}')
@@ -267,9 +267,10 @@ def parser() -> argparse.ArgumentParser:
                      help='Where the repository goes on the workers.')
   setup.add_argument(
       '--venv', default=VENV,
-      help='Virtual environment made on every worker with uv, with Python '
-      '--python_version (TPU images have 3.10; vqlab needs 3.11+); none: '
-      'install into the workers\' python with --pip.')
+      help='Virtual environment made on every worker with uv (its '
+      'installer, from astral.sh), with Python --python_version (TPU images '
+      'have 3.10; vqlab needs 3.11+); none: install into the workers\' '
+      'python with --pip.')
   setup.add_argument('--python_version', default='3.12',
                      help='Python of the --venv.')
   setup.add_argument(

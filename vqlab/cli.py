@@ -79,17 +79,14 @@ def processes_problem(values: flags.FlagValues) -> str | None:
   """What is wrong with main.py's multi-process flags, or None.
 
   --distributed alone joins a TPU pod or a cluster that tells JAX its
-  processes; anywhere else --coordinator_address, --num_processes and
-  --process_id come together.
+  processes; --coordinator_address names process 0 (with --num_processes and
+  --process_id where the cluster does not tell them).
   """
   get = lambda name: values[name].value if name in values else None
   coordinator, count, index = (get('coordinator_address'), get('num_processes'),
                                get('process_id'))
-  if coordinator:
-    if count is None or index is None:
-      return ('--coordinator_address needs --num_processes and --process_id '
-              '(this process\'s index, 0 on the coordinator\'s host)')
-  elif (count is not None or index is not None) and not get('distributed'):
+  if ((count is not None or index is not None) and not coordinator and
+      not get('distributed')):
     return ('--num_processes and --process_id need --coordinator_address '
             '(host:port of process 0); without them the run is one process')
   if count is not None and count < 1:

@@ -9,8 +9,9 @@ through the proxy VQGAN's decoder, which starts from that run's weights
 (`warm_start.pixel_vqgan`): the decoder's proxy-code probabilities weight the
 VQGAN's codebook and its decoder makes the pixels (decoder_output
 'proxy_pixels', as TiTok's released stage 2 and checkpoints). With
-`model.decoder_output = 'pixels'` a fresh linear pixel head replaces that
-path instead.
+`model.decoder_output = 'pixels'`, `warm_start.pixel_vqgan = ''` and
+`warm_start.params = ('encoder', 'quantizer', 'decoder')` a fresh linear pixel
+head replaces that path instead.
 """
 
 import ml_collections

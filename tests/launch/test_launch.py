@@ -86,7 +86,7 @@ def test_tpu_setup_from_a_checkout_and_from_git():
       "--internal-ip --command='rm -rf ~/vqlab && mkdir -p ~/vqlab && "
       'tar -xzf ~/vqlab.tar.gz -C ~/vqlab && '
       # TPU images have Python 3.10; vqlab's jax needs 3.11+.
-      'python3 -m pip install --user --quiet uv && ~/.local/bin/uv venv '
+      'curl -LsSf https://astral.sh/uv/install.sh | sh && ~/.local/bin/uv venv '
       '--allow-existing --python 3.12 ~/vqlab-venv && ~/.local/bin/uv pip '
       'install --python ~/vqlab-venv/bin/python -e ~/vqlab "jax[tpu]"\'',
       'gcloud compute tpus tpu-vm ssh vq --zone=us-central2-b --worker=all '

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 
@@ -24,6 +25,7 @@ import pytest
 
 from tests import paths
 from tests import tiny
+from vqlab.data import token_shards
 from vqlab.errors import CheckpointError
 from vqlab.errors import ConfigError
 from vqlab.errors import WorkdirError
@@ -32,6 +34,7 @@ from vqlab.train import checkpoint as checkpoint_lib
 from vqlab.train import experiment
 from vqlab.train import loop
 from vqlab.train import preemption
+from vqlab.train import pretokenize
 from vqlab.train import progress as progress_lib
 from vqlab.train import run_record
 from vqlab.train import workdir_lock
@@ -157,6 +160,38 @@ def test_allowed_config_change_keeps_the_old_record(run_copy, capsys):
       assert json.load(f)['optimizer']['generator']['learning_rate'] == lr
 
 
+def _two_processes(mode: str, workdir: str) -> list[str]:
+  """Runs tests/train/two_process_restore.py as processes 0 and 1."""
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = str(s.getsockname()[1])
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=paths.ROOT,
+             XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  script = os.path.join(paths.ROOT, 'tests', 'train', 'two_process_restore.py')
+  processes = [
+      subprocess.Popen([sys.executable, script,
+                        str(i), port, workdir, mode], env=env,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True) for i in range(2)
+  ]
+  outputs = [p.communicate(timeout=180)[0] for p in processes]
+  assert all(p.returncode == 0 for p in processes), outputs
+  return outputs
+
+
+def test_two_processes_set_aside_a_step_that_one_of_them_cannot_read(tmp_path):
+  """Real jax.distributed processes: process 1 alone fails to read step 4
+  (Orbax's restore ends in a barrier only the other would reach); both agree,
+  set step 4 aside and restore step 2, each its own shard."""
+  workdir = str(tmp_path)
+  _two_processes('save', workdir)
+  outputs = _two_processes('restore', workdir)
+  assert 'restored 2 [0.0, 2.0, 4.0]' in outputs[0], outputs
+  assert 'restored 2 [6.0, 8.0, 10.0]' in outputs[1], outputs
+  assert 'process 1 could not read it' in outputs[0]
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4.corrupt']
+
+
 def test_a_run_keeps_reading_the_tokenizer_step_it_started_from(
     tmp_path, capsys):
   """tokenizer.step = -1 (the newest) is pinned when a generator run starts:
@@ -182,6 +217,21 @@ def test_a_run_keeps_reading_the_tokenizer_step_it_started_from(
   assert run_record.differences(run_record.read(workdir), resumed) == {
       'tokenizer.step': (7, 9)
   }
+  # --mode=tokenize continues shards of the same tokenizer run at their step.
+  tokens = tmp_path / 'tokens'
+  tokens.mkdir()
+  token_shards.write_metadata(
+      str(tokens), {
+          'format': token_shards.FORMAT_VERSION,
+          'tokenizer': {
+              'workdir': '/runs/tokenizer',
+              'step': 7
+          }
+      })
+  fresh = tiny.generator_config('/runs/tokenizer')
+  assert pretokenize._tokenizer_step(fresh, str(tokens)) == 7  # pylint: disable=protected-access
+  fresh.tokenizer.step = 9  # Explicit: compared with the shards as before.
+  assert pretokenize._tokenizer_step(fresh, str(tokens)) == 9  # pylint: disable=protected-access
   # A run recorded with -1 (before steps were pinned) keeps -1.
   config.tokenizer.step = -1
   run_record.write(workdir, config)
@@ -478,7 +528,7 @@ def test_out_of_memory_or_a_read_only_mode_never_sets_a_step_aside(
                        'allocate 6.00GiB')
 
   with monkeypatch.context() as patch:
-    patch.setattr(checkpoint_lib.ocp.CheckpointManager, 'restore',
+    patch.setattr(checkpoint_lib.ocp.StandardCheckpointHandler, 'restore',
                   out_of_memory)
     with pytest.raises(CheckpointError, match='not a corrupt checkpoint'):
       checkpoint_lib.Checkpointer(str(tmp_path),

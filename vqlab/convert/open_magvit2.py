@@ -46,9 +46,10 @@ from vqlab.weights import torch_files
 OPTIONS = {
     'ema': (bool, True, 'use the EMA weights (model_ema.*) when the file has '
             'them, as Open-MAGVIT2 evaluates'),
-    'factor_bits': (str, '6,12', 'bits of each sub-token, low bits first, '
-                    'as their generator config\'s factorized_bits ([6, 12] in '
-                    'every released one); none: one 2^18 index'),
+    'factor_bits': (str, 'auto', 'bits of each sub-token, low bits first, '
+                    'as their generator config\'s factorized_bits; auto: 6,12 '
+                    'for 18 bits (every released generator), else halves; '
+                    'none: one index'),
     'image_size': (int, 256, 'resolution the checkpoint was trained at '
                    '(128 or 256)'),
     'scan_blocks': (bool, False, 'store each stage\'s res blocks stacked for '
@@ -86,13 +87,17 @@ def _ema_view(tensors, source: str) -> dict[str, np.ndarray]:
 
 
 def parse_factor_bits(text: str, bits: int) -> tuple[int, ...]:
-  """'6,12' -> (6, 12); 'none' or '' -> () (plain indices).
+  """'6,12' -> (6, 12); 'none' or '' -> () (plain indices); 'auto' -> (6, 12)
+  for 18 bits (Open-MAGVIT2's released generators), else the two halves.
 
   Raises:
     WeightsError: not integers >= 1 summing to the checkpoint's `bits`.
   """
   if text.strip().lower() in ('', 'none'):
     return ()
+  if text.strip().lower() == 'auto':
+    return (6, 12) if bits == 18 else ((bits - bits // 2,
+                                        bits // 2) if bits > 1 else ())
   try:
     factors = tuple(int(f) for f in text.split(','))
   except ValueError:
@@ -197,7 +202,7 @@ def expected_params(config: ml_collections.ConfigDict):
   return jax.eval_shape(model.init, jax.random.key(0), x)['params']
 
 
-def convert_state_dict(tensors, *, ema: bool = True, factor_bits: str = '6,12',
+def convert_state_dict(tensors, *, ema: bool = True, factor_bits: str = 'auto',
                        image_size: int = 256, scan_blocks: bool = False,
                        source: str = 'Open-MAGVIT2') -> published.Converted:
   """A flat Open-MAGVIT2 VQModel state dict {key: array} -> Converted.
@@ -237,7 +242,7 @@ def convert_state_dict(tensors, *, ema: bool = True, factor_bits: str = '6,12',
                              image_size=image_size, source=description)
 
 
-def convert_file(path: str, ema: bool = True, factor_bits: str = '6,12',
+def convert_file(path: str, ema: bool = True, factor_bits: str = 'auto',
                  image_size: int = 256,
                  scan_blocks: bool = False) -> published.Converted:
   """An Open-MAGVIT2 `.ckpt` -> Converted."""

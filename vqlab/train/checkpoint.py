@@ -9,6 +9,7 @@ import re
 from typing import Any, Callable, NamedTuple
 
 from absl import logging
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -19,6 +20,7 @@ from vqlab.errors import CheckpointError
 from vqlab.nn import stack
 
 SET_ASIDE_SUFFIX = '.corrupt'
+_ITEM = 'default'  # The one item of each step: <directory>/<step>/default.
 
 
 class StateMismatchError(CheckpointError):
@@ -238,7 +240,7 @@ class Checkpointer:
         could not be renamed aside.
     """
     unreadable = []
-    for step in reversed(self.all_steps()):
+    for step in reversed(self._agreed_steps()):
       path = os.path.join(self.directory, str(step))
       # Every process reads the files it needs; they go on together only
       # where all of them read the step (a corrupt shard may be read by one
@@ -260,15 +262,15 @@ class Checkpointer:
         relay = _signature(saved) != _signature(abstract_state)
         target = _on_one_device(saved) if relay else abstract_state
         state, failure = self._read(
-            step, lambda s, t=target: self._manager.restore(
-                s, args=ocp.args.StandardRestore(t)))
+            step, lambda s, t=target: self._restore_step(s, t))
         failure = _agreed(failure)
       if failure is not None:
         if failure.kind == _TRANSIENT_FAILURE:
           raise CheckpointError(
-              f'could not restore checkpoint {path} ({failure.why}): memory '
-              'or a transient I/O error, not a corrupt checkpoint. Nothing '
-              'was changed; run again (with more memory if it ran out)')
+              f'could not restore checkpoint {path} ({failure.why}): memory, '
+              'a transient I/O error or a fault of this program, not a '
+              'corrupt checkpoint. Nothing was changed; run again (with more '
+              'memory if it ran out)')
         if failure.kind == _MISMATCH:
           raise StateMismatchError(failure.why)
         unreadable.append((step, failure.why))
@@ -295,6 +297,48 @@ class Checkpointer:
           'was changed; to start over, use another --workdir')
     return None
 
+  def _agreed_steps(self) -> list[int]:
+    """all_steps(), the same on every process (the restore's collectives
+    pair up only if the processes try the same steps in order).
+
+    Raises:
+      CheckpointError: processes see different checkpoints (a workdir that
+        is not one shared directory).
+    """
+    steps = self.all_steps()
+    if jax.process_count() == 1:
+      return steps
+    counts = np.asarray(multihost_utils.process_allgather(np.int32(len(steps))))
+    listed = None
+    if (counts == counts[0]).all() and counts[0]:
+      listed = np.asarray(
+          multihost_utils.process_allgather(np.asarray(steps, np.int64)))
+    if not (counts == counts[0]).all() or (listed is not None and
+                                           (listed != listed[0]).any()):
+      raise CheckpointError(
+          f'the processes see different checkpoints in {self.directory} '
+          f'(this process, {jax.process_index()}: steps {steps}): every '
+          'process must see the same --workdir (a gs:// URL or a shared '
+          'filesystem). Nothing was changed')
+    return steps
+
+  def _restore_step(self, step: int, target: Any) -> Any:
+    """Reads step `step` as `target` describes, with no barrier at the end.
+
+    Orbax's manager ends a restore with a barrier that only processes whose
+    read succeeded reach; a process that failed would then meet it in
+    `_agreed`'s allgather instead. The item handler has no barrier.
+    """
+    item = os.path.join(self.directory, str(step), _ITEM)
+    if not fileio.isdir(item):  # Another Orbax layout: the manager's way.
+      return self._manager.restore(step, args=ocp.args.StandardRestore(target))
+    handler = ocp.StandardCheckpointHandler()
+    try:
+      return handler.restore(epath.Path(item),
+                             args=ocp.args.StandardRestore(target))
+    finally:
+      handler.close()
+
   @staticmethod
   def _read(step: int, read: Callable[[int],
                                       Any]) -> tuple[Any, '_Failure | None']:
@@ -306,7 +350,7 @@ class Checkpointer:
           raise ValueError('no state metadata (a partial step)')
         return value, None
       except Exception as e:  # pylint: disable=broad-except
-        transient = isinstance(e, MemoryError) or any(
+        transient = isinstance(e, _NOT_THE_FILES) or any(
             t in str(e) for t in _TRANSIENT)
         return None, _Failure(_TRANSIENT_FAILURE if transient else _UNREADABLE,
                               _first_line(e))
@@ -363,6 +407,11 @@ _TRANSIENT = ('RESOURCE_EXHAUSTED', 'UNAVAILABLE', 'DEADLINE_EXCEEDED',
               'Out of memory', 'out of memory', 'Connection reset',
               'Too many open files')
 
+# Exceptions that are never a checkpoint's fault: memory, and this program's
+# own mistakes (a corrupt file never raises these).
+_NOT_THE_FILES = (MemoryError, AttributeError, NameError, ImportError,
+                  NotImplementedError)
+
 # Why a step was not restored, mildest first: processes that disagree act on
 # the gravest (a transient error or a mismatch anywhere stops the restore).
 _UNREADABLE, _MISMATCH, _TRANSIENT_FAILURE = 1, 2, 3
@@ -387,6 +436,11 @@ def _agreed(failure: _Failure | None) -> _Failure | None:
   brief; the full reason is in that process's log.
   """
   kinds = _gather_kinds(0 if failure is None else failure.kind)
+  if not np.isin(kinds, (0, _UNREADABLE, _MISMATCH, _TRANSIENT_FAILURE)).all():
+    raise CheckpointError(
+        'the processes fell out of step while restoring a checkpoint (an '
+        f'exchange of failure kinds got {kinds.tolist()}). Nothing was '
+        'changed; run again')
   worst = int(kinds.max())
   if worst == 0:
     return None

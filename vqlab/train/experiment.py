@@ -8,6 +8,7 @@ checkpointer, before anything is written to the workdir.
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -82,6 +83,26 @@ def _build_data(config: ml_collections.ConfigDict, split: str,
     raise DataError(str(e)) from e
 
 
+def _pin_newest_steps(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """run_record.pin_newest_steps, with process 0's choice on every process
+  (another run may save a newer step while the processes look)."""
+  run_record.pin_newest_steps(config, workdir, checkpoint_lib.newest_step,
+                              announce=jax.process_index() == 0)
+  if jax.process_count() == 1:
+    return
+  present = [
+      k for k, _ in run_record.NEWEST_STEP_KEYS
+      if run_record.lookup(config, k) is not None
+  ]
+  if not present:
+    return
+  chosen = multihost_utils.broadcast_one_to_all(
+      np.asarray([run_record.lookup(config, k) for k in present], np.int64))
+  for key, step in zip(present, np.asarray(chosen).tolist()):
+    section, name = key.split('.')
+    config[section][name] = int(step)
+
+
 class Experiment:
   """Everything the loop and `--mode=eval` share: config, task, mesh, data,
   compiled steps and the checkpointer."""
@@ -104,7 +125,7 @@ class Experiment:
     devices = list(jax.devices() if devices is None else devices)
     self.config = config = experiment_config.validate(config, len(devices))
     self.workdir = workdir
-    run_record.pin_newest_steps(config, workdir, checkpoint_lib.newest_step)
+    _pin_newest_steps(config, workdir)
     self.config_changes = run_record.check(config, workdir, allow_config_change)
     # Data problems (a missing folder, an unreadable image) stop the run
     # before anything is written to the workdir.

@@ -22,6 +22,7 @@ import math
 import os
 from typing import Any
 
+from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
@@ -57,6 +58,22 @@ def _num_examples(config, source, split: str) -> int:
   return source.num_examples
 
 
+def _tokenizer_step(config, directory: str) -> int:
+  """tokenizer.step, with -1 (the newest) read as the step of the shards
+  already in `directory` when they are of the same tokenizer run: a rerun
+  after that run trained on continues them."""
+  step = config.tokenizer.step
+  old = token_shards.read_metadata(directory)
+  if step < 0 and old is not None and fileio.absolute(
+      old['tokenizer']['workdir']) == fileio.absolute(config.tokenizer.workdir):
+    step = old['tokenizer']['step']
+    if jax.process_index() == 0:
+      print(
+          f'vqlab: tokenizer.step = -1 reads step {step}, the step of the '
+          f'tokens in {directory}', flush=True)
+  return step
+
+
 def _check_resume(old: dict[str, Any], new: dict[str, Any],
                   directory: str) -> None:
   """ConfigError unless the shards on disk were made like the new ones."""
@@ -73,8 +90,8 @@ def _check_resume(old: dict[str, Any], new: dict[str, Any],
     if before != now:
       raise ConfigError(
           'tokens.dir', f'{directory} holds tokens made with '
-          f'{key} {before}, this config has {now}: delete it '
-          'or choose another tokens.dir')
+          f'{key} {before}, this config has {now}: use the config '
+          'they were made with, or another tokens.dir')
 
 
 def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
@@ -101,8 +118,9 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
         'tokens.batch_size', f'{batch_size} is not divisible by '
         f'the {len(devices)} devices')
   workdir_lock.acquire(workdir, 'tokenize')
-  tok = trained_tokenizer.load(config.tokenizer.workdir, config.tokenizer.step)
   directory = generator.tokens_dir(config, workdir)
+  tok = trained_tokenizer.load(config.tokenizer.workdir,
+                               _tokenizer_step(config, directory))
   mesh = partitioning.make_mesh(config.mesh, devices)
   batch_sharding = partitioning.batch_sharding(mesh)
   replicated = partitioning.replicated(mesh)
@@ -250,7 +268,14 @@ def _host_shard_sizes(source) -> list[int] | None:
     return None
   sizes = multihost_utils.process_allgather(
       np.asarray(-1 if size is None else size))
-  return None if (sizes < 0).any() else [int(n) for n in sizes]
+  if (sizes < 0).any():
+    if hasattr(source, 'host_num_examples'):  # A tf.data source.
+      logging.warning(
+          'a host does not know the size of its train shard: tokenizing '
+          'positions of one global stream, which may repeat or skip '
+          'examples of the per-host shards')
+    return None
+  return [int(n) for n in sizes]
 
 
 def train_quotas(num_examples: int, batch_size: int, num_processes: int,

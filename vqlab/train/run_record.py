@@ -41,7 +41,7 @@ NEWEST_STEP_KEYS = (('tokenizer.step', 'tokenizer.workdir'),
                                                       'warm_start.workdir'))
 
 
-def _lookup(tree: Any, dotted: str) -> Any:
+def lookup(tree: Any, dotted: str) -> Any:
   """tree['a']['b'] for 'a.b' (ConfigDicts and dicts); None when absent."""
   for part in dotted.split('.'):
     if not hasattr(tree, 'get'):
@@ -51,25 +51,28 @@ def _lookup(tree: Any, dotted: str) -> Any:
 
 
 def pin_newest_steps(config: ml_collections.ConfigDict, workdir: str,
-                     newest_step: Callable[[str], int | None]) -> None:
+                     newest_step: Callable[[str], int | None],
+                     announce: bool = True) -> None:
   """Replaces each step -1 of NEWEST_STEP_KEYS in `config`, in place, by the
   step this run recorded (config.json), or for a new run by the newest step
   of that run (`newest_step(its workdir)`), which config.json then records.
 
   A run recorded with -1 (vqlab before 2026-12) keeps -1; an explicit step
-  is left to the comparison with the record (run_record.check).
+  is left to the comparison with the record (run_record.check). `announce`:
+  print a line for each step pinned or kept (process 0 of a run).
   """
   saved = read(workdir) or {}
   for step_key, run_key in NEWEST_STEP_KEYS:
-    run = _lookup(config, run_key)
-    if _lookup(config, step_key) != -1 or not run:
+    run = lookup(config, run_key)
+    if lookup(config, step_key) != -1 or not run:
       continue
     section, name = step_key.split('.')
     newest = newest_step(run)
-    recorded = _lookup(saved, step_key)
-    if _lookup(saved, run_key) == run and recorded is not None:
+    recorded = lookup(saved, step_key)
+    if lookup(saved, run_key) == run and recorded is not None:
       config[section][name] = recorded
-      if recorded != -1 and newest is not None and newest != recorded:
+      if (announce and recorded != -1 and newest is not None and
+          newest != recorded):
         print(
             f'vqlab: {step_key} = -1 reads step {recorded} of {run}, the '
             f'step this run started from (its newest is {newest}; name a '

@@ -241,7 +241,7 @@ class TokenizerTask(base.Task):
       model_state = {
           collection: ({
               **values, 'pixel_vqgan':
-                  _copied(tree['model_state'].get(collection, {}),
+                  _copied((tree.get('model_state') or {}).get(collection, {}),
                           values['pixel_vqgan'], list(values['pixel_vqgan']),
                           'warm_start.pixel_vqgan', where)
           } if 'pixel_vqgan' in values else values
