@@ -84,6 +84,15 @@ def unknown_key(path: str, known: Iterable[str]) -> ConfigError:
       path, f'unknown key; known keys here: {", ".join(sorted(known))}')
 
 
+def lookup(tree: Any, dotted: str) -> Any:
+  """tree['a']['b'] for 'a.b' (ConfigDicts and dicts); None when absent."""
+  for part in dotted.split('.'):
+    if not hasattr(tree, 'get'):
+      return None
+    tree = tree.get(part)
+  return tree
+
+
 def path_error(config: ml_collections.ConfigDict,
                path: str) -> ConfigError | None:
   """The error for the first component of the dotted `path` (e.g. of a

@@ -90,15 +90,10 @@ class Registry:
     reference = self.default_config(config.name)
     self._check_not_switched(config, reference, prefix)
     for key, registry in self.subcomponents.items():
-      *parents, leaf = key.split('.')
-      sub, where = config, reference
-      for part in parents:  # A nested key: 'pixel_decoder.quantizer'.
-        sub = sub.get(part) if isinstance(sub,
-                                          ml_collections.ConfigDict) else None
-        where = where.get(part) if where is not None else None
-      sub = sub.get(leaf) if isinstance(sub,
-                                        ml_collections.ConfigDict) else None
-      if (where is not None and leaf in where and
+      parent, _, leaf = key.rpartition('.')  # 'pixel_decoder.quantizer'.
+      where = config_schema.lookup(reference, parent) if parent else reference
+      sub = config_schema.lookup(config, key)
+      if (isinstance(where, ml_collections.ConfigDict) and leaf in where and
           isinstance(sub, ml_collections.ConfigDict) and 'name' in sub):
         registry._entry(sub.name, f'{prefix}.{key}.name')  # Unknown: error.
         where[leaf] = registry.default_config(sub.name)

@@ -309,12 +309,11 @@ class Checkpointer:
     if jax.process_count() == 1:
       return steps
     counts = np.asarray(multihost_utils.process_allgather(np.int32(len(steps))))
-    listed = None
-    if (counts == counts[0]).all() and counts[0]:
-      listed = np.asarray(
-          multihost_utils.process_allgather(np.asarray(steps, np.int64)))
-    if not (counts == counts[0]).all() or (listed is not None and
-                                           (listed != listed[0]).any()):
+    same = bool((counts == counts[0]).all())
+    if same and steps:  # Equal counts: every process makes this call too.
+      listed = multihost_utils.process_allgather(np.asarray(steps, np.int64))
+      same = bool((np.asarray(listed) == np.asarray(steps)).all())
+    if not same:
       raise CheckpointError(
           f'the processes see different checkpoints in {self.directory} '
           f'(this process, {jax.process_index()}: steps {steps}): every '
@@ -450,8 +449,8 @@ def _agreed(failure: _Failure | None) -> _Failure | None:
   what = {
       _UNREADABLE: 'could not read it',
       _MISMATCH: 'found a state of another layout in it',
-      _TRANSIENT_FAILURE: 'ran out of memory or hit a transient I/O error '
-                          'reading it',
+      _TRANSIENT_FAILURE: 'failed to read it for want of memory, on a '
+                          'transient I/O error or by a fault of this program',
   }[worst]
   return _Failure(worst, f"process {process} {what}; see that process's log")
 

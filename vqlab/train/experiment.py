@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vqlab import config_schema
 from vqlab import data as data_lib
 from vqlab import fileio
 from vqlab.errors import ConfigError
@@ -92,12 +93,12 @@ def _pin_newest_steps(config: ml_collections.ConfigDict, workdir: str) -> None:
     return
   present = [
       k for k, _ in run_record.NEWEST_STEP_KEYS
-      if run_record.lookup(config, k) is not None
+      if config_schema.lookup(config, k) is not None
   ]
   if not present:
     return
   chosen = multihost_utils.broadcast_one_to_all(
-      np.asarray([run_record.lookup(config, k) for k in present], np.int64))
+      np.asarray([config_schema.lookup(config, k) for k in present], np.int64))
   for key, step in zip(present, np.asarray(chosen).tolist()):
     section, name = key.split('.')
     config[section][name] = int(step)

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import ml_collections
 
+from vqlab import config_schema
 from vqlab import fileio
 from vqlab.errors import ConfigError
 
@@ -41,15 +42,6 @@ NEWEST_STEP_KEYS = (('tokenizer.step', 'tokenizer.workdir'),
                                                       'warm_start.workdir'))
 
 
-def lookup(tree: Any, dotted: str) -> Any:
-  """tree['a']['b'] for 'a.b' (ConfigDicts and dicts); None when absent."""
-  for part in dotted.split('.'):
-    if not hasattr(tree, 'get'):
-      return None
-    tree = tree.get(part)
-  return tree
-
-
 def pin_newest_steps(config: ml_collections.ConfigDict, workdir: str,
                      newest_step: Callable[[str], int | None],
                      announce: bool = True) -> None:
@@ -63,25 +55,27 @@ def pin_newest_steps(config: ml_collections.ConfigDict, workdir: str,
   """
   saved = read(workdir) or {}
   for step_key, run_key in NEWEST_STEP_KEYS:
-    run = lookup(config, run_key)
-    if lookup(config, step_key) != -1 or not run:
+    run = config_schema.lookup(config, run_key)
+    if config_schema.lookup(config, step_key) != -1 or not run:
       continue
     section, name = step_key.split('.')
-    newest = newest_step(run)
-    recorded = lookup(saved, step_key)
-    if lookup(saved, run_key) == run and recorded is not None:
+    recorded = config_schema.lookup(saved, step_key)
+    if config_schema.lookup(saved, run_key) == run and recorded is not None:
       config[section][name] = recorded
-      if (announce and recorded != -1 and newest is not None and
-          newest != recorded):
+      newest = newest_step(run) if announce and recorded != -1 else None
+      if newest is not None and newest != recorded:
         print(
             f'vqlab: {step_key} = -1 reads step {recorded} of {run}, the '
             f'step this run started from (its newest is {newest}; name a '
             'step, with --allow_config_change, to switch)', flush=True)
-    elif newest is not None:  # Else loading it says what is missing.
+      continue
+    newest = newest_step(run)
+    if newest is not None:  # Else loading it says what is missing.
       config[section][name] = newest
-      print(
-          f'vqlab: {step_key} = -1 is step {newest} of {run}; this run '
-          'keeps reading that step (config.json)', flush=True)
+      if announce:
+        print(
+            f'vqlab: {step_key} = -1 is step {newest} of {run}; this run '
+            'keeps reading that step (config.json)', flush=True)
 
 
 def as_json_tree(config: ml_collections.ConfigDict) -> dict[str, Any]:
