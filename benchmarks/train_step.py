@@ -89,12 +89,15 @@ def run_benchmark(config, workdir: str, steps: int) -> dict:
   batch = exp.global_batch(next(batches))
   with jax.set_mesh(exp.mesh):
     t0 = time.perf_counter()
-    lowered = exp.jit_train_step.lower(state, batch, exp.frozen)
+    # The program that is right at every step: a tokenizer's GAN terms are
+    # computed (times 0) before loss.disc_start too.
+    lowered = exp.jitted_train_step().lower(state, batch, exp.frozen)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
     # Model FLOPs from the jaxpr (matmuls and convolutions): XLA's cost
     # analysis misses GPU convolutions, which become cuDNN custom calls.
-    flops = flops_lib.count_flops(exp.jit_train_step, state, batch, exp.frozen)
+    flops = flops_lib.count_flops(exp.jitted_train_step(), state, batch,
+                                  exp.frozen)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     xla_flops = float(cost.get('flops', 0.0)) if cost else 0.0

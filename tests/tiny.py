@@ -25,7 +25,9 @@ def tokenizer_config(image_size: int = 16, steps: int = 4):
   config.optimizer.generator.schedule = 'constant'
   config.discriminator.base_features = 8
   config.discriminator.num_layers = 2
-  config.loss.disc_start = 1
+  # The GAN terms from the first step: one train program per run
+  # (tests/train/test_loop.py runs one with the program before disc_start).
+  config.loss.disc_start = 0
   config.optimizer.generator.warmup_steps = 0
   config.train.num_steps = steps
   config.train.batch_size = 8

@@ -44,20 +44,31 @@ def _losses(workdir):
   }
 
 
+def _config():
+  """The tiny VQGAN with its first step before disc_start."""
+  config = tiny.tokenizer_config(steps=STEPS)
+  config.loss.disc_start = 1
+  return config
+
+
 def _train(workdir, **kwargs):
-  return loop.train_and_evaluate(tiny.tokenizer_config(steps=STEPS), workdir,
-                                 devices=_devices(), **kwargs)
+  return loop.train_and_evaluate(_config(), workdir, devices=_devices(),
+                                 **kwargs)
 
 
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory):
   """A whole run: 5 steps, evals at steps 2 and 4 and at the end; the train
-  and eval steps compile once (a retrace fails here)."""
+  step compiles once before disc_start = 1 and once after, the eval step
+  once (a retrace fails here)."""
   workdir = str(tmp_path_factory.mktemp('uninterrupted'))
-  config = tiny.tokenizer_config(steps=STEPS)
+  config = _config()
   config.train.eval_every = 2
-  with retrace.traced_once():
-    return workdir, loop.train_and_evaluate(config, workdir, devices=_devices())
+  with retrace.traced_once() as traced:
+    result = loop.train_and_evaluate(config, workdir, devices=_devices())
+  assert {options for _, options in traced} == {(), (('gan_terms', False),),
+                                                (('gan_terms', True),)}
+  return workdir, result
 
 
 def test_run_writes_checkpoints_metrics_images_and_summaries(uninterrupted):
@@ -66,6 +77,14 @@ def test_run_writes_checkpoints_metrics_images_and_summaries(uninterrupted):
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == \
       ['2', '4', '5']
   assert set(_losses(workdir)) == set(range(1, STEPS + 1))
+  # The first step (state step 0 < disc_start) ran without the GAN terms.
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    has_gan_metrics = {
+        row['step']: 'g_adv' in row
+        for row in map(json.loads, f)
+        if 'loss' in row
+    }
+  assert has_gan_metrics == {1: False, 2: True, 3: True, 4: True, 5: True}
   with open(os.path.join(workdir, 'final_metrics.json')) as f:
     final = json.load(f)
   assert 0 < final['psnr'] < 60 and 0 < final['codebook_usage'] <= 1
@@ -87,8 +106,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(
       with open(path, 'wb') as f:
         f.write(b'garbage')
   shutil.rmtree(os.path.join(latest, 'default', 'd'), ignore_errors=True)
-  exp = experiment.Experiment(tiny.tokenizer_config(steps=STEPS), workdir,
-                              _devices())
+  exp = experiment.Experiment(_config(), workdir, _devices())
   state, step = exp.initial_state()
   assert step == 4 and int(state.step) == 4
   out = capsys.readouterr().out.strip().splitlines()
@@ -105,8 +123,7 @@ def test_all_checkpoints_unreadable_is_a_clear_error(uninterrupted, tmp_path):
   shutil.copytree(uninterrupted[0], workdir)
   for step in ('2', '4', '5'):
     shutil.rmtree(os.path.join(workdir, 'checkpoints', step, 'default'))
-  exp = experiment.Experiment(tiny.tokenizer_config(steps=STEPS), workdir,
-                              _devices())
+  exp = experiment.Experiment(_config(), workdir, _devices())
   with pytest.raises(CheckpointError, match='no readable checkpoint') as e:
     exp.initial_state()
   assert 'Nothing was changed' in str(e.value)
@@ -119,8 +136,7 @@ def test_all_checkpoints_unreadable_is_a_clear_error(uninterrupted, tmp_path):
 def test_eval_mode_restores_the_latest_checkpoint(uninterrupted, tmp_path):
   workdir = str(tmp_path / 'run')
   shutil.copytree(uninterrupted[0], workdir)
-  result = loop.evaluate_checkpoint(tiny.tokenizer_config(steps=STEPS), workdir,
-                                    devices=_devices())
+  result = loop.evaluate_checkpoint(_config(), workdir, devices=_devices())
   assert result['step'] == STEPS
   assert result['psnr'] == pytest.approx(uninterrupted[1]['psnr'], rel=1e-6)
   assert os.path.exists(os.path.join(workdir, f'eval_{STEPS}.json'))
@@ -148,7 +164,8 @@ def test_two_processes_match_one_process_on_two_devices(uninterrupted,
       '--hosts=localhost,localhost', f'--python={sys.executable}',
       f'--coordinator_port={_free_port()}', '--cpu_collectives=gloo',
       '--config=' + os.path.join(ROOT, 'tests', 'tiny_tokenizer_config.py'),
-      f'--workdir={workdir}', f'--log_dir={logs}', '--timeout=500'
+      f'--workdir={workdir}', f'--log_dir={logs}', '--timeout=500', '--',
+      '--config.loss.disc_start=1'
   ]
   launcher = subprocess.run(command, env=env, capture_output=True, text=True,
                             cwd=ROOT, check=False)

@@ -164,18 +164,7 @@ class Experiment:
     replicated = partitioning.replicated(self.mesh)
     self.frozen = jax.device_put(self.task.frozen, replicated)
 
-    # The step's rng is derived from (seed, step) inside the step, so a resumed
-    # run draws the same randomness as an uninterrupted one.
-    def train_step(state, batch, frozen):
-      rng = jax.random.fold_in(self._step_rng, state.step)
-      return self.task.train_step(state, batch, rng, frozen)
-
-    # Donating the state lets XLA update parameters and optimizer state in
-    # place instead of holding two copies.
-    self.jit_train_step = jax.jit(
-        train_step,
-        in_shardings=(self.state_shardings, self.batch_sharding, replicated),
-        out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
+    self._jitted_train_steps = {}
     self.jit_eval_step = jax.jit(
         self.task.eval_step,
         in_shardings=(self.state_shardings, self.batch_sharding, replicated),
@@ -217,9 +206,33 @@ class Experiment:
           f'is kept as {previous}', flush=True)
     run_record.write(self.workdir, self.config, keep_previous_as=previous)
 
-  def train_step(self, state, batch):
-    """One compiled train step -> (new state, metrics); donates `state`."""
-    return self.jit_train_step(state, batch, self.frozen)
+  def jitted_train_step(self, step: int | None = None):
+    """The jitted train step (state, batch, frozen) -> (new state, metrics)
+    for a state at `step` (`task.train_step_options`), or, for None, the
+    program that is right at every step; one per distinct options."""
+    options = {} if step is None else self.task.train_step_options(step)
+    key = tuple(sorted(options.items()))
+    if key not in self._jitted_train_steps:
+      # The step's rng is derived from (seed, step) inside the step, so a
+      # resumed run draws the same randomness as an uninterrupted one.
+      def train_step(state, batch, frozen):
+        rng = jax.random.fold_in(self._step_rng, state.step)
+        return self.task.train_step(state, batch, rng, frozen, **options)
+
+      replicated = partitioning.replicated(self.mesh)
+      # Donating the state lets XLA update parameters and optimizer state
+      # in place instead of holding two copies.
+      self._jitted_train_steps[key] = jax.jit(
+          train_step,
+          in_shardings=(self.state_shardings, self.batch_sharding, replicated),
+          out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
+    return self._jitted_train_steps[key]
+
+  def train_step(self, state, batch, step: int | None = None):
+    """One compiled train step -> (new state, metrics); donates `state`.
+    `step`: the state's step (its program may leave out work that is 0 at
+    that step); None: the program right at every step."""
+    return self.jitted_train_step(step)(state, batch, self.frozen)
 
   def eval_step(self, state, batch):
     """One compiled eval step -> (outputs, images)."""

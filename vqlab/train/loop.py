@@ -140,7 +140,7 @@ def _train(config, workdir, devices, step_callback, allow_config_change,
     for step, batch in zip(range(start_step + 1, train_cfg.num_steps + 1),
                            batches):
       # `step` counts steps done once this one finishes.
-      state, metrics = exp.train_step(state, batch)
+      state, metrics = exp.train_step(state, batch, step - 1)
       if step_callback is not None:
         step_callback(step, metrics)
       if step % train_cfg.log_every == 0 or step == start_step + 1:

@@ -3,6 +3,8 @@ the probabilistic contrastive loss, LeCam, R1, the StyleGAN discriminator and
 the EMA of generator weights (frozen networks from published-format files with
 seeded random weights)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,6 +49,7 @@ def test_lpips_term_is_weighted_lpips_of_the_reconstruction(weights_dir):
   def mutate(config):
     config.weights_dir = weights_dir
     config.loss.perceptual_weight = 0.5
+    config.loss.disc_start = 1
 
   task = _task(mutate)
   assert set(task.frozen) == {'lpips'}
@@ -73,6 +76,60 @@ def test_lpips_term_is_weighted_lpips_of_the_reconstruction(weights_dir):
   for a, b in zip(jax.tree.leaves(state.params['discriminator']),
                   jax.tree.leaves(new_state.params['discriminator'])):
     np.testing.assert_array_equal(a, b)
+
+
+def test_steps_before_disc_start_leave_the_gan_terms_out_to_the_same_state():
+  # Adam for D (its step count must stay put) and LeCam (its EMAs too).
+
+  def mutate(config):
+    config.loss.disc_start = 1
+    config.loss.lecam_weight = 0.1
+
+  task = _task(mutate)
+  assert task.train_step_options(0) == {'gan_terms': False}
+  assert task.train_step_options(1) == {'gan_terms': True}
+  batch = {
+      'image':
+          jax.random.uniform(jax.random.key(0), (8, 16, 16, 3), minval=-1,
+                             maxval=1)
+  }
+  state = jax.jit(task.init, compiler_options=FAST_COMPILE)(jax.random.key(1),
+                                                            batch)
+  outputs = {
+      gan_terms:
+          jax.device_get(
+              jax.jit(functools.partial(task.train_step, gan_terms=gan_terms),
+                      compiler_options=FAST_COMPILE)(state, batch,
+                                                     jax.random.key(2),
+                                                     task.frozen))
+      for gan_terms in (True, False)
+  }
+  (with_gan, with_metrics), (without_gan, without_metrics) = (outputs[True],
+                                                              outputs[False])
+  # The program with the GAN terms computes them times 0 at step 0.
+  assert set(with_metrics) - set(without_metrics) == {
+      'g_adv', 'd_adv', 'logits_real', 'logits_fake', 'lecam'
+  }
+  assert with_metrics['g_adv'] != 0
+  for key, value in without_metrics.items():
+    np.testing.assert_allclose(value, with_metrics[key], rtol=1e-6, err_msg=key)
+  jax.tree.map(
+      functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-7),
+      without_gan, with_gan)
+  assert int(without_gan.step) == 1
+  # Both keep the discriminator, its optimizer state and LeCam's EMAs.
+  unchanged = (state.params['discriminator'], state.opt_state['discriminator'],
+               state.loss_state)
+  jax.tree.map(np.testing.assert_array_equal, unchanged,
+               (without_gan.params['discriminator'],
+                without_gan.opt_state['discriminator'], without_gan.loss_state))
+  jax.tree.map(np.testing.assert_array_equal, unchanged,
+               (with_gan.params['discriminator'],
+                with_gan.opt_state['discriminator'], with_gan.loss_state))
+  moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
+                       state.params['generator'],
+                       without_gan.params['generator'])
+  assert max(jax.tree.leaves(moved)) > 0
 
 
 def test_pcl_needs_regularized_quantizer_and_trains(weights_dir):

@@ -79,6 +79,16 @@ class Task(abc.ABC):
     del split, global_batch_size, process_index, process_count
     return None
 
+  def train_step_options(self, step: int) -> dict[str, Any]:
+    """Static keyword arguments of `train_step` for the step that starts at
+    state step `step`: a task whose step can leave work out over a known
+    range of steps (the tokenizer's GAN terms before loss.disc_start) names
+    a smaller program for them. The loop compiles one program per distinct
+    options, when a step first needs it; `train_step` without them must be
+    right at every step. Default: {} (one program)."""
+    del step
+    return {}
+
   def warm_start(self, state: TrainState) -> TrainState:
     """Called once on a freshly initialized state (never on a restored
     one): e.g. params copied from another run. Default: unchanged."""
@@ -182,8 +192,9 @@ def apply_gradients(state: TrainState, grads: dict[str, Any],
     grads: {network: gradient tree like state.params[network]}.
     optimizers: {network: optax transformation}.
     ema_decay: d of ema <- d * ema + (1 - d) * params.
-    active: {network: bool scalar}; a network whose flag is False keeps its
-      params and optimizer state (its step count and schedule too), e.g. the
+    active: {network: bool scalar, or a Python bool (False: its update is
+      not computed)}; a network whose flag is False keeps its params and
+      optimizer state (its step count and schedule too), e.g. the
       discriminator before `loss.disc_start`: Adam stepping on zero
       gradients would leave its moments at 0 and its bias correction spent,
       and its first real updates would be up to 1/sqrt(1 - b2) times the
@@ -197,6 +208,9 @@ def apply_gradients(state: TrainState, grads: dict[str, Any],
   params, opt_state, norms = dict(state.params), dict(state.opt_state), {}
   active = active or {}
   for name, tx in optimizers.items():
+    norms[name] = optax.tree.norm(grads[name])
+    if active.get(name) is False:
+      continue
     updates, opt_state[name] = tx.update(grads[name], state.opt_state[name],
                                          state.params[name])
     params[name] = optax.apply_updates(state.params[name], updates)
@@ -205,7 +219,6 @@ def apply_gradients(state: TrainState, grads: dict[str, Any],
           lambda n, o: jnp.where(on, n, o), new, old)
       params[name] = keep(params[name], state.params[name])
       opt_state[name] = keep(opt_state[name], state.opt_state[name])
-    norms[name] = optax.tree.norm(grads[name])
   ema_params = {
       name: optax.incremental_update(params[name], ema, 1.0 - ema_decay)
       for name, ema in state.ema_params.items()

@@ -4,16 +4,19 @@
           + lambda * gan_on * L_G_adv
     L_D = gan_on * (L_D_adv + w_lecam R_LeCam + w_r1 R1)
 
-with lambda = disc_weight * ||grad_last L_rec|| / (||grad_last L_G_adv|| + delta)
-(taming's adaptive weight, the last layer being the decoder's pixel conv) and
-gan_on = 1 once `step >= disc_start`. One grad gives both networks'
-gradients: the generator's adversarial term sees stop_gradient(discriminator
-params) and the discriminator's term sees stop_gradient(x_hat), so each loss
-reaches only its own network. lambda's numerator is the gradient of the pixel
-and perceptual terms, as in taming (its `nll_loss`). Those terms' gradients
-w.r.t. x_hat are computed once each (one LPIPS and one discriminator pass
-for the generator): they give lambda, and their lambda-weighted sum is pulled
-back through the generator.
+with lambda = disc_weight * ||grad_last L_rec|| / (||grad_last L_G_adv|| +
+delta) (taming's adaptive weight, the last layer being the decoder's pixel
+conv) and gan_on = 1 once `step >= disc_start`. Before disc_start the loop runs
+a program without the GAN terms (`train_step_options`): no discriminator pass,
+no adaptive weight and no discriminator update, where the program valid at
+every step computes them times 0. One grad gives both networks' gradients: the
+generator's adversarial term sees stop_gradient(discriminator params) and the
+discriminator's term sees stop_gradient(x_hat), so each loss reaches only its
+own network. lambda's numerator is the gradient of the pixel and perceptual
+terms, as in taming (its `nll_loss`). Those terms' gradients w.r.t. x_hat are
+computed once each (one LPIPS and one discriminator pass for the generator):
+they give lambda, and their lambda-weighted sum is pulled back through the
+generator.
 
 Frozen networks (LPIPS, VGG19 for the PCL, Inception for rFID) arrive as the
 `frozen` argument of the steps. With `ema.decay > 0` the train state keeps an
@@ -338,8 +341,10 @@ class TokenizerTask(base.Task):
       metrics['r1'] = r1
     return d_loss, new_state, metrics
 
-  def _losses(self, params, model_state, loss_state, x, rng, gan_on, frozen):
-    """All loss terms of one input array (images or videos).
+  def _losses(self, params, model_state, loss_state, x, rng, gan_on, frozen,
+              gan_terms):
+    """All loss terms of one input array (images or videos); without the GAN
+    terms (gan_on must then be 0) unless `gan_terms`.
 
     Returns:
       (L_G + L_D, new model_state, new loss_state, metrics).
@@ -365,35 +370,46 @@ class TokenizerTask(base.Task):
         lambda y: self._pixel_losses(x, y, frozen), x_rec_value)
     rec_cot, = pixel_vjp(
         (jnp.ones_like(rec_loss), jnp.ones_like(perceptual_loss)))
-    g_adv, gan_vjp = jax.vjp(
-        lambda y: gan.G_LOSSES[loss_cfg.gan_loss]
-        (self._disc_logits(jax.lax.stop_gradient(disc_params), y)), x_rec_value)
-    gan_cot, = gan_vjp(jnp.ones_like(g_adv))
-    if loss_cfg.adaptive_weight:
-      weight = self._adaptive_weight(gen_params, features, rec_cot, gan_cot)
-    else:
-      weight = jnp.ones((), jnp.float32)
-    weight = weight * loss_cfg.disc_weight * gan_on
     pcl_loss = self._pcl_loss(x, x_rec, q_out, frozen, pcl_rng)
-    gen_loss = (rec_loss + perceptual_loss + pcl_loss + q_out.loss +
-                weight * g_adv)
+    gen_loss = rec_loss + perceptual_loss + pcl_loss + q_out.loss
+    zero = jnp.zeros((), jnp.float32)
+    x_rec_cot, weight, d_loss, new_loss_state, gan_metrics = (rec_cot, zero,
+                                                              zero, loss_state,
+                                                              {})
+    if gan_terms:
+      g_adv, gan_vjp = jax.vjp(
+          lambda y: gan.G_LOSSES[loss_cfg.gan_loss]
+          (self._disc_logits(jax.lax.stop_gradient(disc_params), y)),
+          x_rec_value)
+      gan_cot, = gan_vjp(jnp.ones_like(g_adv))
+      if loss_cfg.adaptive_weight:
+        weight = self._adaptive_weight(gen_params, features, rec_cot, gan_cot)
+      else:
+        weight = jnp.ones((), jnp.float32)
+      weight = weight * loss_cfg.disc_weight * gan_on
+      gen_loss += weight * g_adv
+      x_rec_cot = rec_cot + weight * gan_cot
+      d_loss, lecam_state, d_metrics = self._discriminator_loss(
+          disc_params, x, x_rec, loss_state)
+      d_loss = gan_on * d_loss
+      # LeCam's EMAs follow the discriminator from disc_start on, as in the
+      # program without the GAN terms.
+      new_loss_state = jax.tree.map(
+          lambda new, old: jnp.where(gan_on > 0, new, old), lecam_state,
+          loss_state)
+      gan_metrics = {'g_adv': g_adv, **d_metrics}
     # Differentiated, not reported: its gradient is gen_loss's.
-    gen_objective = (
-        pcl_loss + q_out.loss +
-        jnp.sum(x_rec * jax.lax.stop_gradient(rec_cot + weight * gan_cot)))
-    d_loss, new_loss_state, d_metrics = self._discriminator_loss(
-        disc_params, x, x_rec, loss_state)
-    d_loss = gan_on * d_loss
+    gen_objective = (pcl_loss + q_out.loss +
+                     jnp.sum(x_rec * jax.lax.stop_gradient(x_rec_cot)))
     metrics = {
         'loss': gen_loss,
         'rec_loss': rec_loss,
         'perceptual_loss': perceptual_loss,
         'pcl_loss': pcl_loss,
         'quantizer_loss': q_out.loss,
-        'g_adv': g_adv,
         'adaptive_weight': weight,
         'd_loss': d_loss,
-        **d_metrics,
+        **gan_metrics,
         **{
             f'quantizer/{k}': v for k, v in q_out.metrics.items()
         }
@@ -401,7 +417,7 @@ class TokenizerTask(base.Task):
     return gen_objective + d_loss, dict(new_state), new_loss_state, metrics
 
   def loss_and_grads(self, params, model_state, batch, rng, step, frozen=None,
-                     loss_state=None):
+                     loss_state=None, gan_terms=True):
     """Gradients of both networks' losses.
 
     Args:
@@ -414,6 +430,8 @@ class TokenizerTask(base.Task):
       step: int32 scalar, the current step (switches the GAN terms on).
       frozen: {network: params} of the frozen networks (default: the task's).
       loss_state: the train state's loss_state (LeCam EMAs).
+      gan_terms: False leaves the GAN terms out (valid before disc_start:
+        they are 0 there; the discriminator's gradient is then 0).
 
     Returns:
       (grads like params, new model_state, new loss_state, metrics dict).
@@ -431,7 +449,7 @@ class TokenizerTask(base.Task):
           x = x[:, None]  # Joint batches: images as 1-frame videos (one D).
         loss, state, l_state, key_metrics = self._losses(
             params, state, l_state, x, jax.random.fold_in(rng, i), gan_on,
-            frozen)
+            frozen, gan_terms)
         total += loss
         if len(keys) == 1:
           metrics = key_metrics
@@ -446,12 +464,24 @@ class TokenizerTask(base.Task):
     return grads, new_state, new_loss_state, metrics
 
   # ---------------------------------------------------------------- step ---
-  def train_step(self, state: TrainState, batch, rng, frozen=None):
-    """One optimizer step of both networks -> (new state, metrics)."""
+  def train_step_options(self, step: int) -> dict[str, bool]:
+    """The GAN terms are left out of the steps before `loss.disc_start`."""
+    return {'gan_terms': step >= self.config.loss.disc_start}
+
+  def train_step(self, state: TrainState, batch, rng, frozen=None,
+                 gan_terms: bool = True):
+    """One optimizer step of both networks -> (new state, metrics).
+
+    With `gan_terms` False (a program for steps before loss.disc_start only)
+    the discriminator, its update and the adaptive weight are left out, and
+    so are the GAN metrics; the state and the other metrics come out as the
+    program with them gives at those steps.
+    """
 
     def grads_fn(microbatch, rng, carry):
       grads, model_state, loss_state, metrics = self.loss_and_grads(
-          state.params, carry[0], microbatch, rng, state.step, frozen, carry[1])
+          state.params, carry[0], microbatch, rng, state.step, frozen, carry[1],
+          gan_terms)
       return grads, (model_state, loss_state), metrics
 
     grads, (model_state, loss_state), metrics = base.accumulate_gradients(
@@ -460,9 +490,11 @@ class TokenizerTask(base.Task):
     if 'quantizer' in self.config.freeze:
       model_state = state.model_state  # E.g. EMA codebook statistics.
     state, norms = base.apply_gradients(
-        state, grads, self.tx, self.config.ema.decay,
-        active={DISCRIMINATOR: state.step >= self.config.loss.disc_start},
-        model_state=model_state, loss_state=loss_state)
+        state, grads, self.tx, self.config.ema.decay, active={
+            DISCRIMINATOR:
+                state.step >= self.config.loss.disc_start
+                if gan_terms else False
+        }, model_state=model_state, loss_state=loss_state)
     metrics.update({f'grad_norm/{k}': v for k, v in norms.items()})
     return state, metrics
 
