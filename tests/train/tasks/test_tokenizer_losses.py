@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks.flops import count_flops
 from tests import random_weight_files
 from tests import tiny
 from tests.compile_options import FAST_COMPILE
@@ -130,6 +131,43 @@ def test_steps_before_disc_start_leave_the_gan_terms_out_to_the_same_state():
                        state.params['generator'],
                        without_gan.params['generator'])
   assert max(jax.tree.leaves(moved)) > 0
+
+
+def test_frozen_params_get_no_gradient_pass():
+  tasks = {
+      freeze: _task(lambda config, f=freeze: setattr(config, 'freeze', f))
+      for freeze in ((), ('encoder', 'quantizer'))
+  }
+  batch = {
+      'image':
+          jax.random.uniform(jax.random.key(0), (8, 16, 16, 3), minval=-1,
+                             maxval=1)
+  }
+  task = tasks[()]
+  state = jax.jit(task.init, compiler_options=FAST_COMPILE)(jax.random.key(1),
+                                                            batch)
+  args = (state.params, state.model_state, batch, jax.random.key(2), state.step,
+          task.frozen, state.loss_state)
+  grads, flops = {}, {}
+  for freeze, task in tasks.items():
+    grads[freeze] = jax.device_get(
+        jax.jit(task.loss_and_grads, compiler_options=FAST_COMPILE)(*args)[0])
+    flops[freeze] = count_flops(task.loss_and_grads, *args)
+  frozen, trained = grads[('encoder', 'quantizer')], grads[()]
+  assert max(
+      np.max(np.abs(g))
+      for g in jax.tree.leaves(trained['generator']['encoder'])) > 0
+  for name in ('encoder', 'quantizer'):
+    for g in jax.tree.leaves(frozen['generator'][name]):
+      np.testing.assert_array_equal(g, 0)
+  # The decoder's and discriminator's gradients are the same.
+  jax.tree.map(
+      functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-7),
+      (frozen['generator']['decoder'], frozen['discriminator']),
+      (trained['generator']['decoder'], trained['discriminator']))
+  # The encoder's backward pass is not in the program: its weight gradients
+  # (as many FLOPs as its forward pass) are gone.
+  assert flops[('encoder', 'quantizer')] < flops[()]
 
 
 def test_pcl_needs_regularized_quantizer_and_trains(weights_dir):

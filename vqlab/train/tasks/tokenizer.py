@@ -416,6 +416,20 @@ class TokenizerTask(base.Task):
     }
     return gen_objective + d_loss, dict(new_state), new_loss_state, metrics
 
+  def _frozen_held(self, params):
+    """`params` with the generator's `freeze` params behind stop_gradient:
+    their gradient (zero updates anyway) is never computed, which drops e.g.
+    the encoder's backward pass in TiTok stage 2."""
+    if not self.config.freeze:
+      return params
+    generator = {
+        name:
+            jax.lax.stop_gradient(value)
+            if name in self.config.freeze else value
+        for name, value in params[GENERATOR].items()
+    }
+    return {**params, GENERATOR: generator}
+
   def loss_and_grads(self, params, model_state, batch, rng, step, frozen=None,
                      loss_state=None, gan_terms=True):
     """Gradients of both networks' losses.
@@ -434,7 +448,8 @@ class TokenizerTask(base.Task):
         they are 0 there; the discriminator's gradient is then 0).
 
     Returns:
-      (grads like params, new model_state, new loss_state, metrics dict).
+      (grads like params, new model_state, new loss_state, metrics dict);
+      the grads of `freeze` params are zeros.
     """
     frozen = self.frozen if frozen is None else frozen
     loss_state = {} if loss_state is None else loss_state
@@ -442,6 +457,7 @@ class TokenizerTask(base.Task):
     keys = reconstruction_eval.input_keys(batch)
 
     def loss_fn(params):
+      params = self._frozen_held(params)
       total, state, l_state, metrics = 0.0, model_state, loss_state, {}
       for i, key in enumerate(keys):
         x = batch[key]
