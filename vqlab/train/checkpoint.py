@@ -477,7 +477,8 @@ def newest_step(workdir: str) -> int | None:
   return max(steps) if steps else None
 
 
-def restore_on_host(workdir: str, step: int | None = None) -> tuple[Any, int]:
+def restore_on_host(workdir: str, step: int | None = None,
+                    step_key: str = '') -> tuple[Any, int]:
   """Reads a checkpoint of another run as a tree of arrays on one device.
 
   For loading a trained network into a different experiment (a tokenizer
@@ -487,6 +488,8 @@ def restore_on_host(workdir: str, step: int | None = None) -> tuple[Any, int]:
   Args:
     workdir: the other run's --workdir (holding `checkpoints/`).
     step: the step to read; None: the newest.
+    step_key: the config key that named `step`, for the error when it is
+      gone.
 
   Returns:
     (tree of dicts like the saved TrainState, step).
@@ -505,8 +508,14 @@ def restore_on_host(workdir: str, step: int | None = None) -> tuple[Any, int]:
   if step is None:
     step = steps[-1]
   elif step not in steps:
+    advice = (
+        f' {step_key} = {step} (-1 is pinned to the newest step when a run '
+        "starts, and its config.json keeps it): if that run's "
+        'train.max_to_keep has deleted it since, continue on one of these '
+        f'with --config.{step_key}=<step> --allow_config_change'
+        if step_key else '')
     raise CheckpointError(f'no checkpoint at step {step} in {directory}; '
-                          f'steps there: {steps}')
+                          f'steps there: {steps}.{advice}')
   try:
     tree = manager.restore(
         step, args=ocp.args.StandardRestore(

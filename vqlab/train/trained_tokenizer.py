@@ -23,6 +23,7 @@ from vqlab.errors import ConfigError
 from vqlab.nn import stack
 from vqlab.quantizers import base as quantizer_base
 from vqlab.train import checkpoint as checkpoint_lib
+from vqlab.train import run_record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,8 +135,13 @@ def load(workdir: str, step: int = -1,
         'run')
   config.model = tokenizers.validate(config.model, 'tokenizer.model')
   model = tokenizers.build_validated(config.model, prefix='tokenizer.model')
+  step_keys = {
+      workdir_key: step_key
+      for step_key, workdir_key in run_record.NEWEST_STEP_KEYS
+  }
   tree, step = checkpoint_lib.restore_on_host(workdir,
-                                              None if step < 0 else step)
+                                              None if step < 0 else step,
+                                              step_keys.get(key, ''))
   use_ema = config.get('ema', {}).get('decay', 0.0) > 0 and tree['ema_params']
   params = (tree['ema_params'] if use_ema else tree['params'])['generator']
   params = _in_model_layout(model, params)

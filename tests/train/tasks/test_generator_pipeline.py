@@ -253,6 +253,14 @@ def test_missing_tokens_or_tokenizer_are_one_line_errors(
   config = tiny.generator_config(tokenizer_dir)
   with pytest.raises(Exception, match='no token shards .* --mode=tokenize'):
     experiment.Experiment(config, str(tmp_path), _devices())
+  # A pinned step that the tokenizer run no longer has (its max_to_keep).
+  config.tokenizer.step = 3
+  with pytest.raises(CheckpointError) as e:
+    experiment.Experiment(config, str(tmp_path), _devices())
+  assert 'no checkpoint at step 3' in str(e.value)
+  assert ('steps there: [1]. tokenizer.step = 3' in str(e.value) and
+          '--config.tokenizer.step=<step> --allow_config_change' in str(
+              e.value))
   config.tokenizer.workdir = str(tmp_path / 'nowhere')
   with pytest.raises(CheckpointError, match='config.json does not exist'):
     experiment.Experiment(config, str(tmp_path), _devices())

@@ -227,7 +227,8 @@ class TokenizerTask(base.Task):
     model_state = state.model_state
     if start.params:
       tree, step = checkpoint_lib.restore_on_host(
-          start.workdir, None if start.step < 0 else start.step)
+          start.workdir, None if start.step < 0 else start.step,
+          'warm_start.step')
       params.update(
           _copied((tree['ema_params'] or
                    tree['params'])[GENERATOR], params, start.params,
