@@ -252,9 +252,10 @@ _JSON = flags.DEFINE_string(
     'json', None, 'Merge the rows into this JSON file (default: '
     "benchmarks/results/paper_scale_<cpu|gpu>.json; '' writes none).")
 _AT_STEP = flags.DEFINE_integer(
-    'at_step', -1, 'Compile the program the loop runs at this step '
-    "(the task's train_step_options: a tokenizer's before loss.disc_start "
-    'leaves out the GAN terms); -1: the one right at every step.')
+    'at_step', -1, 'Compile the program the loop runs on a state at this '
+    "step (metrics.jsonl logs that step as N + 1; the task's "
+    "train_step_options: a tokenizer's before loss.disc_start leaves out "
+    'the GAN terms); -1: the one right at every step.')
 _TINY = flags.DEFINE_bool(
     'tiny', False, 'Tiny configs instead of the paper ones (tests, '
     'development).')

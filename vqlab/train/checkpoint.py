@@ -509,11 +509,12 @@ def restore_on_host(workdir: str, step: int | None = None,
     step = steps[-1]
   elif step not in steps:
     advice = (
-        f' {step_key} = {step} (-1 is pinned to the newest step when a run '
-        "starts, and its config.json keeps it): if that run's "
-        'train.max_to_keep has deleted it since, continue on one of these '
-        f'with --config.{step_key}=<step> --allow_config_change'
-        if step_key else '')
+        f' {step_key} = {step} names it (a -1 there is pinned to the newest '
+        'step when a run starts, and config.json keeps it); if that run\'s '
+        'train.max_to_keep has deleted it since, it cannot come back: set '
+        f'{step_key} to one of those steps (--allow_config_change to continue '
+        "a run; a generator's token shards must then be made again with "
+        '--mode=tokenize)' if step_key else '')
     raise CheckpointError(f'no checkpoint at step {step} in {directory}; '
                           f'steps there: {steps}.{advice}')
   try:

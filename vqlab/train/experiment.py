@@ -5,6 +5,7 @@ the abstract and sharded train state, the compiled steps and the
 checkpointer, before anything is written to the workdir.
 """
 
+import inspect
 from typing import Any
 
 import jax
@@ -211,6 +212,13 @@ class Experiment:
     for a state at `step` (`task.train_step_options`), or, for None, the
     program that is right at every step; one per distinct options."""
     options = {} if step is None else self.task.train_step_options(step)
+    # Options equal to train_step's defaults give the program without them.
+    defaults = inspect.signature(self.task.train_step).parameters
+    options = {
+        k: v
+        for k, v in options.items()
+        if k not in defaults or defaults[k].default != v
+    }
     key = tuple(sorted(options.items()))
     if key not in self._jitted_train_steps:
       # The step's rng is derived from (seed, step) inside the step, so a

@@ -23,7 +23,6 @@ from vqlab.errors import ConfigError
 from vqlab.nn import stack
 from vqlab.quantizers import base as quantizer_base
 from vqlab.train import checkpoint as checkpoint_lib
-from vqlab.train import run_record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,9 +116,10 @@ def _in_model_layout(model: nn.Module, params: dict[str, Any]) -> dict:
   return stack.match_layout(params, like)
 
 
-def load(workdir: str, step: int = -1,
-         key: str = 'tokenizer.workdir') -> TrainedTokenizer:
-  """Loads the tokenizer trained in `workdir` at `step` (-1: the newest).
+def load(workdir: str, step: int = -1, key: str = 'tokenizer.workdir',
+         step_key: str = '') -> TrainedTokenizer:
+  """Loads the tokenizer trained in `workdir` at `step` (-1: the newest);
+  `key` and `step_key` are the config keys that named them, for errors.
 
   Raises:
     CheckpointError: no run, no checkpoint or a corrupt one.
@@ -135,13 +135,9 @@ def load(workdir: str, step: int = -1,
         'run')
   config.model = tokenizers.validate(config.model, 'tokenizer.model')
   model = tokenizers.build_validated(config.model, prefix='tokenizer.model')
-  step_keys = {
-      workdir_key: step_key
-      for step_key, workdir_key in run_record.NEWEST_STEP_KEYS
-  }
   tree, step = checkpoint_lib.restore_on_host(workdir,
                                               None if step < 0 else step,
-                                              step_keys.get(key, ''))
+                                              step_key)
   use_ema = config.get('ema', {}).get('decay', 0.0) > 0 and tree['ema_params']
   params = (tree['ema_params'] if use_ema else tree['params'])['generator']
   params = _in_model_layout(model, params)

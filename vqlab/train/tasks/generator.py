@@ -300,7 +300,8 @@ def condition_tokenizer(
   if condition is None or not condition.tokenizer:
     return None
   return trained_tokenizer.load(condition.tokenizer, condition.tokenizer_step,
-                                key='condition.tokenizer')
+                                key='condition.tokenizer',
+                                step_key='condition.tokenizer_step')
 
 
 def _input_key(batch) -> str:
@@ -707,7 +708,8 @@ def build(config: ml_collections.ConfigDict,
   """The task with what it reads from disk: the tokenizer run (checked
   against the model), the text encoder of text models, Inception for FID."""
   tokenizer = trained_tokenizer.load(config.tokenizer.workdir,
-                                     config.tokenizer.step)
+                                     config.tokenizer.step,
+                                     step_key='tokenizer.step')
   cond_tokenizer = condition_tokenizer(config)
   token_shape = check_model_fits(config.model, tokenizer,
                                  _input_shape(config, workdir, tokenizer),

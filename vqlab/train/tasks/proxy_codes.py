@@ -218,8 +218,8 @@ def build(config: ml_collections.ConfigDict,
   """The task with the proxy VQGAN run and the eval networks read from disk."""
   del workdir
   return ProxyCodeTask(
-      config, proxy=trained_tokenizer.load(config.proxy.workdir,
-                                           config.proxy.step,
-                                           key='proxy.workdir'),
+      config,
+      proxy=trained_tokenizer.load(config.proxy.workdir, config.proxy.step,
+                                   key='proxy.workdir', step_key='proxy.step'),
       frozen=reconstruction_eval.load_networks(config),
       fid_reference=reconstruction_eval.load_fid_reference(config))
