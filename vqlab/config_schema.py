@@ -67,9 +67,13 @@ def check_against(config: ml_collections.ConfigDict,
                           f'expected a ConfigDict, got {_type_name(value)}')
       check_against(value, ref_value, prefix=f'{path}.')
     elif not _compatible(value, ref_value):
-      raise ConfigError(
-          path, f'expected {_type_name(ref_value)}, got {_type_name(value)} '
-          f'({value!r})')
+      got = f'{_type_name(value)} ({value!r})'
+      if (isinstance(ref_value, (tuple, list)) and
+          isinstance(value, (tuple, list)) and len(value) == 1 and
+          isinstance(value[0], str) and value[0].startswith(('(', '['))):
+        # A command-line tuple that does not parse is kept as its text.
+        got = f'{value[0]!r}, which does not parse as one'
+      raise ConfigError(path, f'expected {_type_name(ref_value)}, got {got}')
 
 
 def unknown_key(path: str, known: Iterable[str]) -> ConfigError:

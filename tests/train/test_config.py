@@ -41,44 +41,52 @@ def test_valid_config_is_filled_in():
   assert filled.model.quantizer.name == 'vq'
 
 
-@pytest.mark.parametrize('mutate, message', [
-    (lambda c: setattr(c.train, 'batchsize', 8),
-     r'^train\.batchsize: unknown key'),
-    (lambda c: c.model.quantizer.update({'codebook_sise': 8}),
-     r'^model\.quantizer\.codebook_sise: unknown key'),
-    (lambda c: setattr(
-        c, 'train',
-        ml_collections.ConfigDict({
-            **c.train.to_dict(), 'num_steps': 'ten'
-        })), r"^train\.num_steps: expected int, got str \('ten'\)"),
-    (lambda c: c.train.update({'batch_size': 12}),
-     r'^train\.batch_size: 12 is not divisible by the 8 devices'),
-    (lambda c: c.data.update({'image_size': 17}),
-     r'^data\.image_size: 17 is not divisible by the model.s downsampling '
-     r'factor 2'),
-    (lambda c: c.model.quantizer.update({'name': 'nope'}),
-     r"^model\.quantizer\.name: unknown quantizer 'nope'"),
-    (lambda c: c.model.update({'name': 'nope'}),
-     r"^model\.name: unknown tokenizer 'nope'; known: magvit2, titok, vqgan"),
-    (lambda c: c.data.update({'name': 'nope'}),
-     r"^data\.name: unknown dataset 'nope'"),
-    (lambda c: c.update({'task': 'nope'}), r"^task: unknown task 'nope'"),
-    (lambda c: c.update({'compute_dtype': 'float16'}),
-     r'^compute_dtype: must be'),
-    (lambda c: c.loss.update({'gan_loss': 'wgan'}),
-     r"^loss\.gan_loss: unknown GAN loss 'wgan'"),
-    (lambda c: c.train.update({'num_steps': 0}),
-     r'^train\.num_steps: must be >= 1, got 0$'),
-    (lambda c: c.optimizer.generator.update({'learning_rate': -1e-4}),
-     r'^optimizer\.generator\.learning_rate: must be > 0, got -0\.0001$'),
-    (lambda c: c.model.update({'channel_multipliers': (1, 1.5)}),
-     r'^model\.channel_multipliers: expected tuple of int, got tuple of '
-     r'float/int \(\(1, 1\.5\)\)$'),
-    (lambda c: c.model.update({'channel_multipliers': (1, 0)}),
-     r'^model\.channel_multipliers: every entry must be >= 1, got \(1, 0\)$'),
-    (lambda c: c.train.update({'num_stpes': 8}),
-     r'^train\.num_stpes: unknown key; did you mean train\.num_steps\?$'),
-])
+@pytest.mark.parametrize(
+    'mutate, message',
+    [
+        (lambda c: setattr(c.train, 'batchsize', 8),
+         r'^train\.batchsize: unknown key'),
+        (lambda c: c.model.quantizer.update({'codebook_sise': 8}),
+         r'^model\.quantizer\.codebook_sise: unknown key'),
+        (lambda c: setattr(
+            c, 'train',
+            ml_collections.ConfigDict({
+                **c.train.to_dict(), 'num_steps': 'ten'
+            })), r"^train\.num_steps: expected int, got str \('ten'\)"),
+        (lambda c: c.train.update({'batch_size': 12}),
+         r'^train\.batch_size: 12 is not divisible by the 8 devices'),
+        (lambda c: c.data.update({'image_size': 17}),
+         r'^data\.image_size: 17 is not divisible by the model.s downsampling '
+         r'factor 2'),
+        (lambda c: c.model.quantizer.update({'name': 'nope'}),
+         r"^model\.quantizer\.name: unknown quantizer 'nope'"),
+        (lambda c: c.model.update({'name': 'nope'}),
+         r"^model\.name: unknown tokenizer 'nope'; known: magvit2, titok, vqgan"
+        ),
+        (lambda c: c.data.update({'name': 'nope'}),
+         r"^data\.name: unknown dataset 'nope'"),
+        (lambda c: c.update({'task': 'nope'}), r"^task: unknown task 'nope'"),
+        (lambda c: c.update({'compute_dtype': 'float16'}),
+         r'^compute_dtype: must be'),
+        (lambda c: c.loss.update({'gan_loss': 'wgan'}),
+         r"^loss\.gan_loss: unknown GAN loss 'wgan'"),
+        (lambda c: c.train.update({'num_steps': 0}),
+         r'^train\.num_steps: must be >= 1, got 0$'),
+        (lambda c: c.optimizer.generator.update({'learning_rate': -1e-4}),
+         r'^optimizer\.generator\.learning_rate: must be > 0, got -0\.0001$'),
+        (lambda c: c.model.update({'channel_multipliers': (1, 1.5)}),
+         r'^model\.channel_multipliers: expected tuple of int, got tuple of '
+         r'float/int \(\(1, 1\.5\)\)$'),
+        # --config.model.channel_multipliers=(1,2,x) arrives as its text.
+        (lambda c: c.model.update({'channel_multipliers': ('(1,2,x)',)}),
+         r"^model\.channel_multipliers: expected tuple of int, got '\(1,2,x\)', "
+         r'which does not parse as one$'),
+        (lambda c: c.model.update({'channel_multipliers': (1, 0)}),
+         r'^model\.channel_multipliers: every entry must be >= 1, got \(1, 0\)$'
+        ),
+        (lambda c: c.train.update({'num_stpes': 8}),
+         r'^train\.num_stpes: unknown key; did you mean train\.num_steps\?$'),
+    ])
 def test_bad_configs_name_the_key(mutate, message):
   config = tiny.tokenizer_config()
   config.unlock()

@@ -51,6 +51,7 @@ _EXPERIMENT = {
     'loss.pcl_num_patches': '>= 0',  # 0: all positions.
     'loss.pcl_epsilon': '> 0',
     'warm_start.step': _STEP,
+    'warm_start.pixel_vqgan_step': _STEP,
     # Generator task.
     'tokenizer.step': _STEP,
     'tokens.batch_size': _COUNT,

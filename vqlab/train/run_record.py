@@ -39,7 +39,8 @@ FREE_TO_CHANGE = ('train.num_steps', 'train.log_every', 'train.eval_every',
 NEWEST_STEP_KEYS = (('tokenizer.step', 'tokenizer.workdir'),
                     ('condition.tokenizer_step', 'condition.tokenizer'),
                     ('proxy.step', 'proxy.workdir'), ('warm_start.step',
-                                                      'warm_start.workdir'))
+                                                      'warm_start.workdir'),
+                    ('warm_start.pixel_vqgan_step', 'warm_start.pixel_vqgan'))
 
 
 def pin_newest_steps(config: ml_collections.ConfigDict, workdir: str,

@@ -21,6 +21,7 @@ from vqlab.train import checkpoint as checkpoint_lib
 from vqlab.train import experiment
 from vqlab.train import experiment_config
 from vqlab.train import loop
+from vqlab.train import run_record
 from vqlab.train.tasks import proxy_codes
 
 
@@ -158,6 +159,8 @@ def test_stage2_starts_from_stage1_and_keeps_encoder_and_quantizer_fixed(
   for name in start['pixel_vqgan']:
     jax.tree.map(np.testing.assert_array_equal, start['pixel_vqgan'][name],
                  vqgan[name])
+  # config.json records the proxy run's step it copied (-1 pinned).
+  assert run_record.read(workdir)['warm_start']['pixel_vqgan_step'] == 1
   after, step = checkpoint_lib.restore_on_host(workdir)
   after = after['params']['generator']
   assert step == 3

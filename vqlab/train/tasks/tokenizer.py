@@ -90,9 +90,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.warm_start.workdir = ''  # The run to copy from; '': fresh init.
   config.warm_start.step = -1  # Its checkpoint; -1: the newest.
   config.warm_start.params = ()  # e.g. ('encoder', 'quantizer', 'decoder').
-  # A VQGAN tokenizer run (its newest step) whose decoder and codebook fill
+  # A VQGAN tokenizer run whose decoder and codebook fill
   # a model.decoder_output = 'proxy_pixels' TiTok's pixel_vqgan (stage 2).
   config.warm_start.pixel_vqgan = ''
+  config.warm_start.pixel_vqgan_step = -1  # Its checkpoint; -1: the newest.
   # e.g. ('encoder', 'quantizer'): no updates (a frozen quantizer's EMA stats
   # too).
   config.freeze = ()
@@ -234,7 +235,10 @@ class TokenizerTask(base.Task):
                    tree['params'])[GENERATOR], params, start.params,
                   'warm_start.params', f'{start.workdir} (step {step})'))
     if start.pixel_vqgan:
-      tree, step = checkpoint_lib.restore_on_host(start.pixel_vqgan)
+      tree, step = checkpoint_lib.restore_on_host(
+          start.pixel_vqgan,
+          None if start.pixel_vqgan_step < 0 else start.pixel_vqgan_step,
+          'warm_start.pixel_vqgan_step')
       where = f'{start.pixel_vqgan} (step {step})'
       target = params['pixel_vqgan']
       params['pixel_vqgan'] = _copied((tree['ema_params'] or
