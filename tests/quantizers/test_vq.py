@@ -256,6 +256,27 @@ def test_dead_codes_restart_from_encoder_outputs():
                              new['codebook'], rtol=1e-5)
 
 
+def test_restarted_codes_count_as_used_at_the_threshold():
+  # Reset below a threshold over 1, a fresh code would be dead again after
+  # its first step unless it got about threshold / (1 - decay) hits.
+  cluster = jnp.array([5.0, 0.1, 0.1, 3.0])
+  embed_sum = jnp.ones((4, 2))
+  candidates = jnp.arange(6.0).reshape(3, 2)
+  for threshold, reset in ((0.5, 1.0), (2.0, 2.0)):
+    counts, _, _, dead = vq.restart_dead_codes(jax.random.key(0), cluster,
+                                               embed_sum, candidates, threshold,
+                                               1e-5)
+    np.testing.assert_array_equal(dead, [False, True, True, False])
+    np.testing.assert_allclose(counts, [5.0, reset, reset, 3.0])
+  # With threshold 2 and decay 0.99, a restarted code hit 3 times in its
+  # next step stays (2.01); one hit once is restarted again (1.99).
+  counts, _, _ = vq.ema_update(counts, jnp.ones((4, 2)),
+                               jnp.array([0.0, 3.0, 1.0, 3.0]), jnp.ones(
+                                   (4, 2)), 0.99, 1e-5)
+  np.testing.assert_array_equal(
+      np.asarray(counts) < 2.0, [False, False, True, False])
+
+
 def test_ema_update_is_identical_on_one_and_eight_devices():
   q = _quantizer(decay=0.8, restart_threshold=0.85)
   z = jax.random.normal(jax.random.key(8), (16, 4, 4, D)) * 0.03

@@ -30,7 +30,10 @@ Options:
   `restart_threshold` > 0 (needs ema) replaces dead codes, those with
     N_k < restart_threshold after the update, by encoder outputs drawn
     uniformly from the current batch (rng stream 'quantizer'), and resets
-    N_k = 1, S_k = e_k N~_k so that e_k = S_k / N~_k still holds.
+    N_k = max(1, restart_threshold), S_k = e_k N~_k so that e_k = S_k / N~_k
+    still holds (a reset to 1 below a threshold over 1 would leave a fresh
+    code dead unless it got about threshold / (1 - decay) hits in its next
+    step: the whole codebook re-drawn every step).
 
 The EMA statistics change only when `train=True` and `quantizer_stats` is
 mutable (the train task applies the model with every collection mutable).
@@ -113,7 +116,8 @@ def restart_dead_codes(key: jax.Array, cluster_size: jax.Array,
     eps: Laplace smoothing constant (keeps codebook = S / N~ exact).
 
   Returns:
-    (N', S', codebook', dead [K] bool). Dead codes get N_k = 1, e_k = a
+    (N', S', codebook', dead [K] bool). Dead codes get N_k = max(1,
+    threshold), e_k = a
     candidate, S_k = e_k * laplace_smooth(N')_k; live codes keep N_k and S_k,
     and every e_k = S_k / laplace_smooth(N')_k.
   """
@@ -121,7 +125,7 @@ def restart_dead_codes(key: jax.Array, cluster_size: jax.Array,
   rows = jax.random.randint(key, (cluster_size.shape[0],), 0,
                             candidates.shape[0])
   fresh = jnp.take(candidates, rows, axis=0)
-  cluster_size = jnp.where(dead, 1.0, cluster_size)
+  cluster_size = jnp.where(dead, max(1.0, threshold), cluster_size)
   smoothed = laplace_smooth(cluster_size, eps)[:, None]
   embed_sum = jnp.where(dead[:, None], fresh * smoothed, embed_sum)
   # Live codes are re-derived too: the reset counts change the smoothing.
