@@ -102,6 +102,19 @@ def test_posterior_equals_bayes_rule_and_rows_sum_to_one(t, u):
   assert np.all(post[x_t < K][:, K] < 1e-30)
 
 
+def test_a_schedule_no_markov_chain_has_is_refused():
+  # abar 0.9 -> 0.1 and gbar 0.05 -> 0.9 over 7 steps: the replace mass
+  # 1 - abar - gbar reaches 0 while abar stays at 0.1, so the last steps
+  # would need K beta < 0 (float64 brute force: -0.0148 at t = 7).
+  abar = np.concatenate([[1.0], np.linspace(0.9, 0.1, 7)])
+  gbar = np.concatenate([[0.0], np.linspace(0.05, 0.9, 7)])
+  k_beta = 1 - abar[1:] / abar[:-1] - (1 - (1 - gbar[1:]) / (1 - gbar[:-1]))
+  assert k_beta.min() < -0.01 and np.argmin(k_beta) == 6
+  with pytest.raises(ValueError, match=r'from t = 6 to 7 \(K beta = -0\.0148'):
+    dd.make_schedule(3, 7, 0.9, 0.1, 0.05, 0.9)
+  dd.make_schedule(3, 7, 0.9, 0.1, 0.05, 0.8)  # Valid: replace mass left.
+
+
 def test_official_schedule_posteriors_equal_float64_brute_force():
   """The default (official) schedules keep abar_t + gbar_t within 1e-6 of 1,
   so the replace probability only survives if it never passes through
@@ -328,6 +341,31 @@ def test_hybrid_loss_weights_both_terms_by_the_times_probability(monkeypatch):
         value,
         float(weights[i]) * (metrics['vlb'] + 0.3 * w_t * metrics['x0_ce']),
         rtol=1e-6)
+
+
+def test_importance_sampling_probabilities_are_the_official_codes():
+  """p(t) ~ sqrt(L_t^2 history + 1e-10) + 1e-4 with the decoder term's t = 1
+  given t = 2's, once every t has more than 10 losses: the official
+  sample_time, written in numpy on its 0-based t' = t - 1."""
+  steps = 6
+  history = np.array([0.0, 1e-12, 4.0, 1.0, 0.25, 9.0, 0.0], np.float32)
+  state = {
+      'lt_sq': jnp.asarray(history),
+      'lt_count': jnp.full((steps + 1,), 11)
+  }
+  lt_sqrt = np.sqrt(np.float64(history[1:]) + 1e-10) + 1e-4
+  lt_sqrt[0] = lt_sqrt[1]
+  official = lt_sqrt / lt_sqrt.sum()
+  t, weight = vq_diffusion.sample_times(jax.random.key(0), 4096, steps, state,
+                                        'importance')
+  np.testing.assert_allclose(weight, 1.0 / (steps * official[t - 1]), rtol=1e-5)
+  frequency = np.bincount(np.asarray(t) - 1, minlength=steps) / 4096
+  np.testing.assert_allclose(frequency, official, atol=0.03)
+  # 10 losses of some t are not enough yet: uniform.
+  state['lt_count'] = state['lt_count'].at[3].set(10)
+  _, weight = vq_diffusion.sample_times(jax.random.key(0), 8, steps, state,
+                                        'importance')
+  np.testing.assert_allclose(weight, 1.0)
 
 
 def test_training_lowers_the_loss():

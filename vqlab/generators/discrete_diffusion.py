@@ -114,6 +114,16 @@ def make_schedule(num_codes: int, num_timesteps: int = 100,
     raise ValueError('schedule: need abar decreasing in (0, 1], gbar '
                      'increasing in [0, 1) and abar + gbar <= 1')
   alpha, k_beta, gamma = _transition_tables(abar, gbar)
+  # A step's K beta_t = 1 - alpha_t - gamma_t is negative where the replace
+  # mass 1 - abar - gbar falls faster than abar: no Markov chain has those
+  # marginals (the one-step matrices would not match q(x_t | x_0)).
+  one_step = k_beta[np.arange(num_timesteps), np.arange(1, num_timesteps + 1)]
+  if np.any(one_step < -1e-9):
+    t = int(np.argmin(one_step)) + 1
+    raise ValueError(
+        'schedule: no Markov chain has these marginals: the replace mass 1 - '
+        f'abar - gbar falls faster than abar from t = {t - 1} to {t} (K beta '
+        f'= {one_step[t - 1]:.3g} < 0); lower abar_T or gbar_T')
   # Rounding can leave K beta at -1e-22 where it is exactly 0 in the math.
   k_beta = np.maximum(k_beta, 0.0)
 

@@ -205,14 +205,18 @@ def sample_times(rng: jax.Array, batch_size: int, num_timesteps: int,
                  method: str = 'uniform'):
   """t [B] in [1, T] and its weight 1 / (T p(t)) [B].
 
-  'importance': p(t) ~ sqrt(E[L_t^2]) once every t has 10 recorded losses in
-  loss_state {'lt_sq', 'lt_count'} ([T + 1] each), uniform before.
+  'importance' (the official code's): p(t) ~ sqrt(E[L_t^2] + 1e-10) + 1e-4,
+  with t = 1 (the decoder term, which training drives towards 0) given
+  t = 2's weight, once every t has more than 10 recorded losses in
+  loss_state {'lt_sq', 'lt_count'} ([T + 1] each); uniform before.
   """
   uniform = jnp.full((num_timesteps,), 1.0 / num_timesteps)
   if method == 'importance':
     lt_sq, count = loss_state['lt_sq'][1:], loss_state['lt_count'][1:]
-    weights = jnp.sqrt(lt_sq + 1e-10)
-    probs = jnp.where(jnp.all(count >= 10), weights / weights.sum(), uniform)
+    weights = jnp.sqrt(lt_sq + 1e-10) + 1e-4
+    if num_timesteps > 1:
+      weights = weights.at[0].set(weights[1])
+    probs = jnp.where(jnp.all(count > 10), weights / weights.sum(), uniform)
   else:
     probs = uniform
   index = jax.random.choice(rng, num_timesteps, (batch_size,), p=probs)
