@@ -70,7 +70,9 @@ class GeneratorApi:
       replaced by the null one per example with probability
       settings.label_drop (classifier-free guidance). example_weights:
       float [B] or None. metrics has at least 'loss' and 'accuracy'
-      (scalars).
+      (scalars), and 'loss_weight' (the total weight those two average
+      over, e.g. MaskGIT's masked tokens) when they are not means over the
+      examples: eval weighs each batch by it.
     sample: (model, params, rng, batch_size, cond, *, settings,
       loss_settings, token_shape, known=None) -> int tokens [B, ...]
       (reshaped by the caller to [B, *grid(, F)], grid = settings.grid_shape

@@ -215,7 +215,8 @@ def masked_loss(model: MaskGIT, params, rng: jax.Array, tokens: jax.Array,
   Returns:
     (loss, metrics): loss = mean over masked positions of the summed factor
     cross-entropies (the code's NLL); metrics: loss, accuracy (all factors
-    right, masked positions), mask_ratio.
+    right, masked positions), mask_ratio, loss_weight (the weighted number
+    of masked positions both means are over).
   """
   flat = model.flatten(tokens)
   model.check_tokens(flat, allow_mask=False)
@@ -242,7 +243,8 @@ def masked_loss(model: MaskGIT, params, rng: jax.Array, tokens: jax.Array,
   metrics = {
       'loss': loss,
       'accuracy': (correct * weight).sum() / count,
-      'mask_ratio': weight.mean()
+      'mask_ratio': weight.mean(),
+      'loss_weight': weight.sum()
   }
   return loss, metrics
 

@@ -25,6 +25,7 @@ from vqlab.data import token_shards
 from vqlab.errors import CheckpointError
 from vqlab.errors import ConfigError
 from vqlab.evals import fid
+from vqlab.generators import maskgit
 from vqlab.train import experiment
 from vqlab.train import experiment_config
 from vqlab.train import loop
@@ -154,6 +155,37 @@ def test_maskgit_trains_on_shards_and_samples_decode_to_images(trained_maskgit):
   assert len(grids) == 2  # ceil(6 / 4) batches.
   first = np.asarray(Image.open(grids[0]))
   assert first.shape == (38, 38, 3) and first.std() > 0  # 2 x 2 samples.
+
+
+def test_maskgit_eval_loss_is_the_mean_over_every_masked_token(
+    trained_maskgit, monkeypatch):
+  """Over batches whose masked-token counts differ and a padded last batch,
+  the eval loss and accuracy are those of all masked tokens at once."""
+  workdir, config = trained_maskgit
+  config = copy.deepcopy(config)
+  config.eval.max_batches = -1
+  config.eval.batch_size = 8  # 36 eval examples: the last batch is padded.
+  original = maskgit.masked_loss
+
+  def masked_where_even(model, params, rng, tokens, labels=None, **kwargs):
+    # Masks of the examples' own tokens: counts differ by batch and example.
+    kwargs['mask'] = model.flatten(tokens)[..., 0] % 2 == 0
+    return original(model, params, rng, tokens, labels, **kwargs)
+
+  monkeypatch.setattr(maskgit, 'masked_loss', masked_where_even)
+  exp = experiment.Experiment(config, workdir, _devices())
+  state, _ = exp.checkpointer.restore(exp.abstract_state)
+  metrics, _ = exp.evaluate(state)
+  batches = list(exp.eval_data.batches())
+  real = lambda key: np.concatenate(
+      [b[key][np.asarray(b['mask'], bool)] for b in batches])
+  assert not np.all(batches[-1]['mask'])  # Padded.
+  assert metrics['num_examples'] == len(real('tokens'))
+  _, want = masked_where_even(exp.task.model, exp.task.eval_params(state),
+                              jax.random.key(0), real('tokens'),
+                              label_smoothing=0.0, label_drop=0.0, train=False)
+  for key in ('loss', 'accuracy'):
+    np.testing.assert_allclose(metrics[key], want[key], rtol=1e-5, err_msg=key)
 
 
 @pytest.mark.usefixtures('small_inception_input')

@@ -509,10 +509,11 @@ class GeneratorTask(base.Task):
     return state.params['model']
 
   def eval_step(self, state: TrainState, batch, frozen=None):
-    """Eval loss of one batch (fixed masks), summed over real examples.
+    """Eval loss of one batch (fixed masks), summed over real examples (or
+    over the weight its means are over: MaskGIT's masked tokens).
 
     Returns:
-      ({'sums': {'loss', 'accuracy', 'count'}, 'mask': [B]}, {}).
+      ({'sums': {'loss', 'accuracy', 'weight', 'count'}, 'mask': [B]}, {}).
     """
     frozen = self.frozen if frozen is None else frozen
     mask = batch['mask'].astype(jnp.float32)
@@ -523,19 +524,22 @@ class GeneratorTask(base.Task):
                                   train=False, example_weights=mask,
                                   loss_state=state.loss_state)
     count = jnp.sum(mask)
+    weight = metrics.get('loss_weight', count)
     sums = {
-        'loss': metrics['loss'] * count,
-        'accuracy': metrics['accuracy'] * count,
+        'loss': metrics['loss'] * weight,
+        'accuracy': metrics['accuracy'] * weight,
+        'weight': weight,
         'count': count
     }
     return {'sums': sums, 'mask': mask}, {}
 
   def summarize_eval(self, acc) -> dict[str, float]:
-    count = max(float(acc.sums['count']), 1.0)
+    weight = float(acc.sums['weight'])
+    mean = lambda key: float(acc.sums[key]) / weight if weight else 0.0
     return {
-        'loss': float(acc.sums['loss']) / count,
-        'accuracy': float(acc.sums['accuracy']) / count,
-        'num_examples': count
+        'loss': mean('loss'),
+        'accuracy': mean('accuracy'),
+        'num_examples': float(acc.sums['count'])
     }
 
   # ---------------------------------------------------------- sampling ---
