@@ -42,6 +42,22 @@ def test_psnr_matches_scikit_image():
   np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+def test_video_psnr_is_the_mean_over_frames():
+  x, y = _pair(2, (2, 3, 16, 16, 3))
+  y[:, 0] = np.clip(x[:, 0] + 0.001, -1, 1)  # A near-perfect first frame.
+  got = image_metrics.mean_frame_psnr(jnp.asarray(x, jnp.float32),
+                                      jnp.asarray(y, jnp.float32))
+  want = [
+      np.mean([
+          skmetrics.peak_signal_noise_ratio((a + 1) / 2, (b + 1) / 2,
+                                            data_range=1.0)
+          for a, b in zip(clip_x, clip_y)
+      ])
+      for clip_x, clip_y in zip(x, y)
+  ]
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
 def test_ssim_rejects_small_or_mismatched_images():
   with pytest.raises(ValueError, match='smaller than the 11x11 window'):
     image_metrics.ssim(jnp.zeros((1, 8, 8, 3)), jnp.zeros((1, 8, 8, 3)))

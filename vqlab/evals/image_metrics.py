@@ -17,6 +17,15 @@ def psnr(x: jax.Array, y: jax.Array) -> jax.Array:
   return 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-10))
 
 
+def mean_frame_psnr(x: jax.Array, y: jax.Array) -> jax.Array:
+  """`psnr` of each frame of videos [B, T, H, W, C], averaged over the T
+  frames of each -> [B] (images [B, H, W, C]: `psnr`)."""
+  if x.ndim != 5:
+    return psnr(x, y)
+  frames = lambda v: v.reshape((-1,) + v.shape[2:])
+  return psnr(frames(x), frames(y)).reshape(x.shape[:2]).mean(axis=1)
+
+
 def mean_abs_error(x: jax.Array, y: jax.Array) -> jax.Array:
   """Mean |x - y| per example, [B, ...] -> [B]."""
   return jnp.mean(jnp.abs(x.astype(jnp.float32) - y.astype(jnp.float32)),

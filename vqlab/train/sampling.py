@@ -12,7 +12,8 @@ classes), decodes them with the frozen tokenizer and writes
 With `sample.observed_frames` = k > 0 (MaskGIT or GPT on video tokens) the
 samples are frame predictions: sample n continues eval clip n (cycling) from
 its first k latent frames, and 'prediction_psnr' is the mean PSNR of the
-predicted pixel frames against the clip's own.
+predicted pixel frames against the clip's own (per frame, averaged over the
+predicted frames of each clip, then over clips).
 
 With the Inception file present (`eval.fid` 'auto' or 'on'): the Inception
 Score of the samples and gFID against `eval.fid_reference`, or, when none is
@@ -144,8 +145,9 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
         first = task.observed_pixel_frames(observed.shape[1])
         prediction_psnr.append(
             np.asarray(
-                image_metrics.psnr(jnp.asarray(observed[:keep, first:]),
-                                   jnp.asarray(host[:, first:]))))
+                image_metrics.mean_frame_psnr(
+                    jnp.asarray(observed[:keep, first:]),
+                    jnp.asarray(host[:, first:]))))
       if is_chief:
         _save(out_dir, i, host, i * s.batch_size)
       if use_i3d:

@@ -75,7 +75,7 @@ def test_frame_prediction_keeps_the_observed_frames(video_generator):
   reconstruction = np.asarray(
       tok.decode(tok.variables, tok.encode(tok.variables, clips)))
   np.testing.assert_allclose(predicted[:, 0], reconstruction[:, 0], atol=1e-5)
-  psnr = image_metrics.psnr(clips[:, 1:], predicted[:, 1:])
+  psnr = _frame_psnr(clips[:, 1:], predicted[:, 1:])
   assert result['prediction_psnr'] == pytest.approx(
       float(np.mean(np.concatenate([psnr, _second_batch_psnr(exp, state)]))),
       rel=1e-5)
@@ -88,7 +88,15 @@ def _second_batch_psnr(exp, state):
   predicted = exp.sample_images(
       state, jax.random.fold_in(jax.random.key(exp.config.sample.seed), 1),
       labels, batch_size=2, observed=clips)
-  return np.asarray(image_metrics.psnr(clips[:, 1:], predicted[:, 1:]))
+  return _frame_psnr(clips[:, 1:], predicted[:, 1:])
+
+
+def _frame_psnr(clips, predicted):
+  """PSNR of each frame [B, T, ...], averaged over the T frames -> [B]."""
+  b, t = clips.shape[:2]
+  frames = lambda v: np.asarray(v).reshape((b * t,) + v.shape[2:])
+  return np.asarray(image_metrics.psnr(frames(clips),
+                                       frames(predicted))).reshape(b, t).mean(1)
 
 
 def test_frame_prediction_needs_fewer_observed_than_latent_frames(

@@ -122,7 +122,7 @@ class ReconstructionEval:
     # Frame metrics (SSIM, LPIPS, Inception) see videos as B * T frames.
     x_frames, rec_frames = frames(x), frames(x_rec)
     per_example = {
-        'psnr': image_metrics.psnr(x, x_rec),
+        'psnr': image_metrics.mean_frame_psnr(x, x_rec),
         'l1': image_metrics.mean_abs_error(x, x_rec)
     }
     if min(x_frames.shape[1:3]) >= image_metrics.SSIM_WINDOW:
