@@ -1,6 +1,6 @@
 """The README's main job: a small VQGAN on the built-in photo crops, on CPU.
 
-Trains in 5 to 17 minutes on 2 CPU cores (README) and reports PSNR and
+Trains in about 5 to 17 minutes on 2 CPU cores (README) and reports PSNR and
 codebook usage at 64x64 on whole photos held out from training (PSNR 22.9
 dB, 80% of the codes in use). The fully convolutional model trains on 32x32
 crops cut at the pixel scale of 64x64 ones (4x cheaper steps) and is

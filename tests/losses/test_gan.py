@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tests import tiny
+from vqlab.losses import discriminators
 from vqlab.losses import gan
 from vqlab.train import experiment_config
 from vqlab.train.tasks import tokenizer
@@ -78,3 +79,22 @@ def test_adaptive_weight_clips():
   np.testing.assert_allclose(
       gan.adaptive_weight(jnp.array([3.0, 4.0]), jnp.array([0.0, 2.0]),
                           delta=0.5), 5.0 / 2.5)
+
+
+def test_patchgan_starts_as_taming_initializes_it():
+  """taming's weights_init: conv kernels N(0, 0.02), BatchNorm scales
+  N(1, 0.02) and biases 0."""
+  disc = discriminators.PatchGAN(base_features=64, num_layers=3)
+  params = jax.jit(disc.init)(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  params = params['params']
+  kernels = [v['kernel'] for k, v in params.items() if k.startswith('Conv')]
+  assert len(kernels) == 5
+  for kernel in kernels[1:4]:  # 131k to 2.1M entries each.
+    np.testing.assert_allclose(np.std(kernel), 0.02, rtol=0.02)
+    assert abs(np.mean(kernel)) < 1e-3
+  norms = [v for k, v in params.items() if k.startswith('BatchStatNorm')]
+  scales = np.concatenate([np.asarray(n['scale']) for n in norms])
+  assert len(scales) == 128 + 256 + 512
+  np.testing.assert_allclose(np.mean(scales), 1.0, atol=0.003)
+  np.testing.assert_allclose(np.std(scales), 0.02, rtol=0.1)
+  assert all(np.all(n['bias'] == 0) for n in norms)

@@ -25,10 +25,16 @@ def _check_images(name: str, x: jax.Array) -> None:
                      f'{x.dtype} {tuple(x.shape)}')
 
 
+def _taming_scale_init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
+  """N(1, 0.02): taming's `weights_init` of BatchNorm scales."""
+  return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
+
+
 class BatchStatNorm(nn.Module):
   """Batch normalization with the current batch's statistics and a learned
-  affine; no running averages (the discriminator only runs in training, as in
-  taming, where it is always in train mode). Under jit with a sharded batch the
+  affine (scale initialized N(1, 0.02), as taming's `weights_init`); no
+  running averages (the discriminator only runs in training, as in taming,
+  where it is always in train mode). Under jit with a sharded batch the
   statistics are global, so results do not depend on the device count."""
   epsilon: float = 1e-5
 
@@ -37,7 +43,7 @@ class BatchStatNorm(nn.Module):
     x32 = x.astype(jnp.float32)
     mean = jnp.mean(x32, axis=(0, 1, 2))
     var = jnp.var(x32, axis=(0, 1, 2))
-    scale = self.param('scale', nn.initializers.ones, (x.shape[-1],))
+    scale = self.param('scale', _taming_scale_init, (x.shape[-1],))
     bias = self.param('bias', nn.initializers.zeros, (x.shape[-1],))
     y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
     return y.astype(x.dtype)
@@ -45,6 +51,9 @@ class BatchStatNorm(nn.Module):
 
 class PatchGAN(nn.Module):
   """pix2pix / taming NLayerDiscriminator: per-patch real/fake logits.
+
+  Conv kernels start N(0, 0.02), as taming's `weights_init` (flax's default
+  would give logits of about half the scale at the start).
 
   Attributes:
     base_features: channels of the first conv (ndf).
@@ -62,7 +71,8 @@ class PatchGAN(nn.Module):
     """x: [B, H, W, C] -> logits [B, H', W', 1] (float32)."""
     _check_images('PatchGAN', x)
     conv = lambda f, s, h: nn.Conv(f, (4, 4), strides=(s, s), padding=(
-        (1, 1), (1, 1)), dtype=self.dtype)(h)
+        (1, 1),
+        (1, 1)), dtype=self.dtype, kernel_init=nn.initializers.normal(0.02))(h)
     h = nn.leaky_relu(conv(self.base_features, 2, x.astype(self.dtype)), 0.2)
     for layer in range(1, self.num_layers + 1):
       features = self.base_features * min(2**layer, 8)
