@@ -131,6 +131,12 @@ def test_adaptive_group_norm():
                              atol=1e-5)
   np.testing.assert_array_equal(latent_frame_index(9, 3),
                                 [0, 1, 1, 1, 1, 2, 2, 2, 2])
+  # 'pooled' takes z_q's unbiased std over each frame: none for 1x1.
+  pooled = AdaptiveGroupNorm(num_groups=2, pooled=True)
+  assert np.all(
+      np.isfinite(pooled.apply(pooled.init(jax.random.key(0), x, z_q), x, z_q)))
+  with pytest.raises(ValueError, match='a latent frame of 1x1 has no variance'):
+    pooled.init(jax.random.key(0), x, z_q[:, :, :1, :1])
 
 
 @pytest.mark.parametrize('levels,temporal', [(3, 2), (2, 1)])

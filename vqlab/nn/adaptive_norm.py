@@ -107,6 +107,12 @@ class AdaptiveGroupNorm(nn.Module):
     positions, in float32."""
     z = z_q.astype(jnp.float32)
     positions = z.shape[2] * z.shape[3]
+    if positions < 2:
+      # The unbiased variance of one position is 0 / 0 (NaN, as torch's).
+      raise ValueError(
+          "AdaptiveGroupNorm 'pooled': a latent frame of 1x1 has no variance; "
+          'use images larger than the downsampling factor or '
+          "model.adaptive_norm = 'spatial'")
     mean = jnp.mean(z, axis=(2, 3), keepdims=True)
     var = jnp.sum((z - mean)**2, axis=(2, 3), keepdims=True) / (positions - 1)
     std = jnp.sqrt(var + self.epsilon)
