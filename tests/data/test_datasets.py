@@ -9,12 +9,14 @@ import struct
 import numpy as np
 from PIL import Image
 import pytest
+from vqlab.data.lazy import tf
 
 from vqlab import data
 from vqlab.data import fashion_mnist
 from vqlab.data import idx
 from vqlab.data import photo_files
 from vqlab.data import photos
+from vqlab.data import pipeline
 from vqlab.data import shapes
 from vqlab.errors import ConfigError
 
@@ -371,6 +373,20 @@ def check_tf_train(config, steps=7, global_batch=4):
   assert_batches_equal(first[3:], take(source, steps - 3, start_step=3))
   assert_batches_equal(first[6:], take(source, steps - 6, start_step=6))
   return source, first
+
+
+def test_tf_train_epochs_are_shuffled_anew_and_resume_exactly():
+  records = tf.data.Dataset.range(13)
+  make = lambda start: pipeline.train_dataset(
+      records, preprocess=lambda example, seed: example, seed=3, process_index=
+      0, per_host_batch_size=13, shuffle_buffer=13, start_step=start
+  ).as_numpy_iterator()
+  batches = make(0)  # A batch is one epoch of the 13 records.
+  epochs = [next(batches) for _ in range(3)]
+  for epoch in epochs:
+    assert sorted(epoch.tolist()) == list(range(13))
+  assert len({tuple(epoch) for epoch in epochs}) == 3  # Each its own order.
+  np.testing.assert_array_equal(next(make(2)), epochs[2])
 
 
 def test_tfds_train_and_eval_shards(tiny_tfds):

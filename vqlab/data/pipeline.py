@@ -80,7 +80,11 @@ def train_dataset(records: tf.data.Dataset, *, preprocess: Callable[[Any, Any],
   def epoch(e):
     epoch_key = tf.random.experimental.stateless_fold_in(
         tf.random.experimental.stateless_fold_in(key, _SHUFFLE_STREAM), e)
-    return records.shuffle(shuffle_buffer, seed=epoch_key[0],
+    # A scalar of the whole key: stateless_fold_in keeps e in its second
+    # element, so the first alone is the same every epoch.
+    seed = tf.random.stateless_uniform([], epoch_key, minval=None, maxval=None,
+                                       dtype=tf.int64)
+    return records.shuffle(shuffle_buffer, seed=seed,
                            reshuffle_each_iteration=False)
 
   ds = tf.data.Dataset.range(first_epoch,
