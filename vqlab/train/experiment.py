@@ -166,6 +166,10 @@ class Experiment:
     self.frozen = jax.device_put(self.task.frozen, replicated)
 
     self._jitted_train_steps = {}
+    self._train_step_defaults = {
+        name: parameter.default for name, parameter in inspect.signature(
+            self.task.train_step).parameters.items()
+    }
     self.jit_eval_step = jax.jit(
         self.task.eval_step,
         in_shardings=(self.state_shardings, self.batch_sharding, replicated),
@@ -213,11 +217,9 @@ class Experiment:
     program that is right at every step; one per distinct options."""
     options = {} if step is None else self.task.train_step_options(step)
     # Options equal to train_step's defaults give the program without them.
-    defaults = inspect.signature(self.task.train_step).parameters
     options = {
-        k: v
-        for k, v in options.items()
-        if k not in defaults or defaults[k].default != v
+        k: v for k, v in options.items() if
+        k not in self._train_step_defaults or self._train_step_defaults[k] != v
     }
     key = tuple(sorted(options.items()))
     if key not in self._jitted_train_steps:

@@ -35,11 +35,21 @@ def _task(mutate):
   return tokenizer.build(experiment_config.validate(config, num_devices=8))
 
 
-def _first_step(task):
-  x = jax.random.uniform(jax.random.key(0), (8, 16, 16, 3), minval=-1, maxval=1)
-  batch = {'image': x}
+def _batch_and_state(task):
+  """A batch of 8 random 16x16 images and the task's initial state."""
+  batch = {
+      'image':
+          jax.random.uniform(jax.random.key(0), (8, 16, 16, 3), minval=-1,
+                             maxval=1)
+  }
   state = jax.jit(task.init, compiler_options=FAST_COMPILE)(jax.random.key(1),
                                                             batch)
+  return batch, state
+
+
+def _first_step(task):
+  batch, state = _batch_and_state(task)
+  x = batch['image']
   step = jax.jit(task.train_step, compiler_options=FAST_COMPILE)
   new_state, metrics = step(state, batch, jax.random.key(2), task.frozen)
   return x, state, new_state, jax.device_get(metrics)
@@ -89,13 +99,7 @@ def test_steps_before_disc_start_leave_the_gan_terms_out_to_the_same_state():
   task = _task(mutate)
   assert task.train_step_options(0) == {'gan_terms': False}
   assert task.train_step_options(1) == {'gan_terms': True}
-  batch = {
-      'image':
-          jax.random.uniform(jax.random.key(0), (8, 16, 16, 3), minval=-1,
-                             maxval=1)
-  }
-  state = jax.jit(task.init, compiler_options=FAST_COMPILE)(jax.random.key(1),
-                                                            batch)
+  batch, state = _batch_and_state(task)
   outputs = {
       gan_terms:
           jax.device_get(
@@ -138,16 +142,9 @@ def test_frozen_params_get_no_gradient_pass():
       freeze: _task(lambda config, f=freeze: setattr(config, 'freeze', f))
       for freeze in ((), ('encoder', 'quantizer'))
   }
-  batch = {
-      'image':
-          jax.random.uniform(jax.random.key(0), (8, 16, 16, 3), minval=-1,
-                             maxval=1)
-  }
-  task = tasks[()]
-  state = jax.jit(task.init, compiler_options=FAST_COMPILE)(jax.random.key(1),
-                                                            batch)
+  batch, state = _batch_and_state(tasks[()])
   args = (state.params, state.model_state, batch, jax.random.key(2), state.step,
-          task.frozen, state.loss_state)
+          tasks[()].frozen, state.loss_state)
   grads, flops = {}, {}
   for freeze, task in tasks.items():
     grads[freeze] = jax.device_get(

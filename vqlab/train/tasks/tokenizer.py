@@ -377,10 +377,8 @@ class TokenizerTask(base.Task):
         (jnp.ones_like(rec_loss), jnp.ones_like(perceptual_loss)))
     pcl_loss = self._pcl_loss(x, x_rec, q_out, frozen, pcl_rng)
     gen_loss = rec_loss + perceptual_loss + pcl_loss + q_out.loss
-    zero = jnp.zeros((), jnp.float32)
-    x_rec_cot, weight, d_loss, new_loss_state, gan_metrics = (rec_cot, zero,
-                                                              zero, loss_state,
-                                                              {})
+    weight = d_loss = jnp.zeros((), jnp.float32)
+    x_rec_cot, new_loss_state, gan_metrics = rec_cot, loss_state, {}
     if gan_terms:
       g_adv, gan_vjp = jax.vjp(
           lambda y: gan.G_LOSSES[loss_cfg.gan_loss]
