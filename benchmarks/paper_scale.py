@@ -525,6 +525,7 @@ def train_case(name: str, config, tiny: bool, compile_only: bool,
   }
   # As vqlab/train/experiment.py builds its train step.
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+  init_rng = experiment.init_key(init_rng)
   with jax.set_mesh(mesh):
     abstract_state = jax.eval_shape(task.init, init_rng, abstract_batch)
   state_shardings = partitioning.state_shardings(abstract_state, mesh,
@@ -626,7 +627,7 @@ def sample_case(name: str, config, tiny: bool, batch: int, compile_only: bool,
   mesh = partitioning.make_mesh(config.mesh)
   replicated = partitioning.replicated(mesh)
   batch_sharding = partitioning.batch_sharding(mesh)
-  init_rng = jax.random.key(config.seed)
+  init_rng = experiment.init_key(jax.random.key(config.seed))
   abstract_state = jax.eval_shape(task.init, init_rng, {})
   shardings = partitioning.state_shardings(abstract_state, mesh,
                                            config.mesh.rules)

@@ -36,10 +36,12 @@ def _draws(key):
   return bits, normals
 
 
-@pytest.mark.parametrize('partitionable', [True, False])
-def test_draws_are_the_same_bits_in_one_chain_per_shape(partitionable):
+@pytest.mark.parametrize('impl,partitionable', [('threefry2x32', True),
+                                                ('threefry2x32', False),
+                                                ('rbg', False)])
+def test_draws_are_the_same_bits_in_one_chain_per_shape(impl, partitionable):
   with jax.threefry_partitionable(partitionable):
-    key = jax.random.key(7)
+    key = jax.random.key(7, impl=impl)
     plain = jax.jit(_draws)(key)
     batched = jax.jit(batched_draws.batch_random_draws(_draws))(key)
     jaxpr = jax.make_jaxpr(batched_draws.batch_random_draws(_draws))(key)
@@ -105,7 +107,7 @@ def test_the_loop_init_of_a_tokenizer_is_flax_init():
   config = tiny.tokenizer_config()
   task = tokenizer_task.TokenizerTask(config)
   batch = {'image': jax.ShapeDtypeStruct((8, 16, 16, 3), jnp.float32)}
-  key = jax.random.key(0)
+  key = experiment.init_key(jax.random.key(0))
   got = experiment.jitted_init(task, batch, None)(key)
   want = jax.jit(lambda k: task.init(k, {'image': jnp.zeros((8, 16, 16, 3))}))(
       key)

@@ -7,6 +7,7 @@ import numpy as np
 
 from tests import tiny
 from vqlab import data as data_lib
+from vqlab.train import experiment
 from vqlab.train import experiment_config
 from vqlab.train import partitioning
 from vqlab.train.tasks import tokenizer
@@ -35,8 +36,26 @@ def test_one_device_equals_eight_devices_equals_fsdp():
   task = tokenizer.build(config)
   source = data_lib.build(config.data, split='train', global_batch_size=8)
   batch = {'image': next(source.batches(0))['image']}
-  state = jax.jit(task.init)(jax.random.key(0), batch)
+  key = experiment.init_key(jax.random.key(0))
+  state = jax.jit(task.init)(key, batch)
   devices = jax.devices()
+  # The loop's init draws the same state on a mesh that splits params.
+  mesh_config = config.mesh.copy_and_resolve_references()
+  mesh_config.fsdp = 2
+  mesh = partitioning.make_mesh(mesh_config, devices)
+  abstract_batch = {
+      'image':
+          jax.ShapeDtypeStruct(batch['image'].shape, batch['image'].dtype,
+                               sharding=partitioning.batch_sharding(mesh))
+  }
+  with jax.set_mesh(mesh):
+    sharded_state = experiment.jitted_init(
+        task, abstract_batch,
+        partitioning.state_shardings(state, mesh, mesh_config.rules))(key)
+  assert any(not leaf.sharding.is_fully_replicated
+             for leaf in jax.tree.leaves(sharded_state.params))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(sharded_state),
+               jax.device_get(state))
   results = [
       _loss_and_grads_on(devices[:1], 1, task, state, batch, config),
       _loss_and_grads_on(devices, 1, task, state, batch, config),

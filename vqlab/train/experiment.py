@@ -31,6 +31,20 @@ from vqlab.train import workdir_lock
 from vqlab.train.tasks.base import Task
 
 
+def init_key(key: jax.Array) -> jax.Array:
+  """The key a fresh run's state is drawn from: an 'rbg' key made of `key`'s
+  bits.
+
+  An 'rbg' key's draw is one RngBitGenerator op where a threefry key's is a
+  20-round hash that XLA compiles for every distinct shape: init compiles in
+  about half the time (XLA:CPU, MAGVIT-v2 128x128: 13.6 -> 7.0 s). Its draws
+  are the same for the same seed on one backend whatever the mesh, but not
+  the same on CPU, GPU and TPU. Train steps keep threefry keys.
+  """
+  return jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32),
+                                  impl='rbg')
+
+
 def jitted_init(task: Task, abstract_batch: dict[str, Any],
                 state_shardings: Any) -> Any:
   """`task.init` compiled onto `state_shardings`: rng -> a fresh TrainState.
@@ -142,7 +156,7 @@ class Experiment:
       workdir_lock.acquire(workdir, lock)
     fileio.makedirs(workdir)
     init_rng, self._step_rng = jax.random.split(jax.random.key(config.seed))
-    self._init_rng = init_rng
+    self._init_rng = init_rng = init_key(init_rng)
 
     # ------------------------------------------------ shapes and shardings ---
     example = next(iter(self.train_data.batches(0)))
