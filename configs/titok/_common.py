@@ -103,6 +103,8 @@ def paper_config(name: str, model_size: str, num_tokens: int, stage: str):
     config.optimizer.weight_decay_on = 'kernels'  # As the released code.
     config.optimizer.warmup_steps = 10_000
     config.optimizer.schedule = 'cosine'
+    config.optimizer.grad_clip_norm = 1.0  # max_grad_norm of the release.
+    config.ema.decay = 0.999  # Its use_ema; stage 2 starts from the EMA.
     config.train.num_steps = 1_000_000
   elif stage == '2':
     config = stage2(model, f'workdirs/titok_{name}_stage1',
@@ -111,8 +113,11 @@ def paper_config(name: str, model_size: str, num_tokens: int, stage: str):
     # The released stage-2 recipe (1d-tokenizer configs/training/stage2):
     # AdamW (0.9, 0.999), lr 1e-4 for both networks, weight decay 1e-4,
     # cosine after 5k warmup steps (theirs ends at 1e-5, this at 0), clip 1,
-    # l2 reconstruction, GAN weight 0.01 from step 20k, LeCam 0.001, no R1.
-    # Their perceptual loss is ConvNeXt-S; this keeps LPIPS 0.1.
+    # l2 reconstruction, hinge GAN at weight 0.01 from step 20k, LeCam 0.001
+    # of the mean logits, no R1. Their losses see pixels in [0, 1], vqlab's
+    # in [-1, 1]: their l2 weight of 1 is 0.25 here. Their perceptual loss
+    # is ConvNeXt-S and their discriminator their own NLayerDiscriminator;
+    # this keeps LPIPS 0.1 and the recipe's StyleGAN discriminator.
     for opt in (config.optimizer.generator, config.optimizer.discriminator):
       opt.learning_rate = 1e-4
       opt.b1, opt.b2 = 0.9, 0.999
@@ -122,6 +127,9 @@ def paper_config(name: str, model_size: str, num_tokens: int, stage: str):
       opt.grad_clip_norm = 1.0
     config.optimizer.generator.weight_decay_on = 'kernels'
     config.loss.reconstruction = 'l2'
+    config.loss.reconstruction_weight = 0.25
+    config.loss.gan_loss = 'hinge'
+    config.loss.lecam_form = 'mean_logit'
     config.loss.disc_weight = 0.01
     config.loss.disc_start = 20_000
     config.loss.r1_weight = 0.0

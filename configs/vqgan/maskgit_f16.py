@@ -1,11 +1,14 @@
 """The stronger MaskGIT-VQGAN recipe (MaskGIT / MAGVIT-v2 tokenizer training)
 on the taming f=16 architecture:
 
-  non-saturating GAN at weight 0.1 (no adaptive weight), R1 penalty 10,
-  LPIPS 0.1, StyleGAN discriminator with blur pooling, Adam betas (0, 0.99),
-  lr 1e-4, LeCam 0.001, EMA of generator weights (0.999) for eval, and
-  lookup-free quantization with commitment 0.25 and entropy penalty 0.1
-  (tau 0.01) over 2^10 codes.
+  l2 reconstruction, non-saturating GAN at weight 0.1 (no adaptive weight),
+  R1 penalty 10, LPIPS 0.1, StyleGAN discriminator with blur pooling, Adam
+  betas (0, 0.99), lr 1e-4, LeCam 0.001, EMA of generator weights (0.999)
+  for eval, and lookup-free quantization with commitment 0.25 and entropy
+  penalty 0.1 (tau 0.01) over 2^10 codes (MaskGIT's own: VQ, 1024 codes).
+  The l2 and R1 weights are the recipe's for pixels in [0, 1], rescaled to
+  vqlab's [-1, 1] (below). Batch 64 and 500k steps as the taming config
+  (MaskGIT's vqgan_config: 256 and 1M).
 
 Needs the torchvision VGG16 file for LPIPS (see configs/vqgan/taming_f16.py).
 """
@@ -27,10 +30,19 @@ def get_config():
   loss.adaptive_weight = False
   loss.disc_weight = 0.1
   loss.perceptual_weight = 0.1
-  loss.r1_weight = 10.0
+  # The recipe's trainers (MaskGIT's vqgan_config, MAGVIT's vqgan_trainer)
+  # see pixels in [0, 1], vqlab's losses in [-1, 1]: the same discriminator's
+  # squared input gradient is 1/4 as large here, so their R1 of 10 is 40, and
+  # their l2 reconstruction of weight 1 is 0.25.
+  loss.reconstruction = 'l2'
+  loss.reconstruction_weight = 0.25
+  loss.r1_weight = 40.0
+  # MAGVIT's weight, in MAGVIT's form (the batch's mean logits).
   loss.lecam_weight = 0.001
-  # The recipe's papers give no start; taming's 250k would leave half the
-  # 500k steps without the GAN. MAGVIT-v2's config starts at 20k.
+  loss.lecam_form = 'mean_logit'
+  # The released trainers start the GAN at step 0; this lets the
+  # reconstruction settle first (TiTok's stage 2 starts at 20k); taming's
+  # 250k would leave half the 500k steps without the GAN.
   loss.disc_start = 25_000
   config.discriminator = discriminators.default_config('stylegan')
   config.ema.decay = 0.999

@@ -42,6 +42,33 @@ def test_lecam_matches_formula_and_ema():
   assert float(grads['real']) == 0.0 and float(grads['fake']) == 0.0
 
 
+def test_lecam_mean_logit_form_is_magvits_over_two_steps():
+  """MAGVIT's / TiTok's order: the regularizer of the batch's mean logits
+  against the EMAs before it, then the EMAs move."""
+  rng = np.random.default_rng(1)
+  relu = lambda v: np.maximum(v, 0)
+  ema = {'real': jnp.float32(0.0), 'fake': jnp.float32(0.0)}
+  want_real = want_fake = 0.0
+  for _ in range(2):
+    real, fake = rng.standard_normal((4, 2, 2, 1)) + 1, rng.standard_normal(
+        (4, 2, 2, 1)) - 1
+    reg, ema = gan.lecam_term(jnp.asarray(real), jnp.asarray(fake), ema, 0.9,
+                              'mean_logit')
+    want = relu(real.mean() - want_fake)**2 + relu(want_real - fake.mean())**2
+    np.testing.assert_allclose(reg, want, rtol=1e-5)
+    per_logit, _ = gan.lecam_term(jnp.asarray(real), jnp.asarray(fake), {
+        'real': jnp.float32(want_real),
+        'fake': jnp.float32(want_fake)
+    }, 0.9)
+    assert float(per_logit) > float(reg)  # Per logit also sees the spread.
+    want_real = 0.9 * want_real + 0.1 * real.mean()
+    want_fake = 0.9 * want_fake + 0.1 * fake.mean()
+    np.testing.assert_allclose(ema['real'], want_real, rtol=1e-5)
+    np.testing.assert_allclose(ema['fake'], want_fake, rtol=1e-5)
+  with pytest.raises(ValueError, match='unknown LeCam form'):
+    gan.lecam_term(jnp.asarray(real), jnp.asarray(fake), ema, 0.9, 'mean')
+
+
 def test_r1_penalty_equals_analytic_gradient():
   rng = np.random.default_rng(1)
   a = rng.standard_normal((1, 5, 5, 2)).astype(np.float32)
@@ -74,6 +101,9 @@ def test_blur_pool_matches_separable_numpy(axes):
   # A constant image stays constant away from the zero-padded border.
   ones = blur.blur_pool(jnp.ones((1, 8, 8, 1)), (1, 2))
   np.testing.assert_allclose(ones[0, 1:-1, 1:-1], 1.0, rtol=1e-6)
+  # Other strides would need other paddings to stay centred: refused.
+  with pytest.raises(ValueError, match='stride must be 1 or 2, got 3'):
+    blur.blur_pool(jnp.ones((1, 6, 6, 1)), (1, 2), stride=3)
 
 
 def test_stylegan_discriminator_shapes_and_errors():

@@ -79,21 +79,35 @@ class FeatureStatistics:
     sigma = (self._outer - n * np.outer(mu, mu)) / (n - 1)
     return (sigma + sigma.T) / 2  # Exactly symmetric, as np.cov's is.
 
-  def save(self, path: str | os.PathLike) -> None:
+  def save(self, path: str | os.PathLike, source: str = '') -> None:
     """Writes an .npz with `mu` [D], `sigma` [D, D] (the format of
-    pytorch-fid's --save-stats and of the ADM reference batches) and
-    `num_examples`."""
+    pytorch-fid's --save-stats and of the ADM reference batches),
+    `num_examples` and, when given, `source`: what the features were computed
+    from (read back by `statistics_source`)."""
     mu, sigma = self.mean(), self.covariance()
+    extra = {'source': np.array(source)} if source else {}
     with fileio.open(path, 'wb') as f:  # Local or a URL (gs://...).
       f.write(
           _npz_bytes(mu=mu, sigma=sigma,
-                     num_examples=np.int64(self.num_examples)))
+                     num_examples=np.int64(self.num_examples), **extra))
 
 
 def _npz_bytes(**arrays) -> bytes:
   buffer = io.BytesIO()
   np.savez(buffer, **arrays)
   return buffer.getvalue()
+
+
+def statistics_source(path: str | os.PathLike) -> str | None:
+  """The `source` an .npz of statistics was saved with, or None (none saved,
+  or not readable as an .npz)."""
+  try:
+    with np.load(
+        io.BytesIO(fileio.read_bytes(path)) if fileio.is_url(path) else path,
+        allow_pickle=False) as f:
+      return str(f['source']) if 'source' in f.files else None
+  except (OSError, EOFError, ValueError, AttributeError):
+    return None
 
 
 def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

@@ -81,15 +81,33 @@ def lecam_ema_update(ema: dict[str, jax.Array], logits_real: jax.Array,
   }
 
 
-def lecam_term(logits_real: jax.Array, logits_fake: jax.Array,
-               ema: dict[str, jax.Array],
-               decay: float) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """(LeCam regularizer, moved EMAs) of one discriminator step, in the order
-  of the official code (and Open-MAGVIT2's): the EMAs move with this batch's
-  mean logits first, and the regularizer measures against the moved EMAs."""
+LECAM_FORMS = ('per_logit', 'mean_logit')
+
+
+def lecam_term(
+    logits_real: jax.Array, logits_fake: jax.Array, ema: dict[str, jax.Array],
+    decay: float,
+    form: str = 'per_logit') -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(LeCam regularizer, moved EMAs) of one discriminator step.
+
+  Two forms are published under the same weights:
+    'per_logit' (LeCam's official code, Open-MAGVIT2): the EMAs move with
+      this batch's mean logits first, and every logit is measured against
+      the moved EMAs;
+    'mean_logit' (MAGVIT's and TiTok's trainers): the batch's mean logits
+      are measured against the EMAs before this batch, then the EMAs move.
+      Never larger than 'per_logit' against the same EMAs (Jensen): it does
+      not penalize the spread of the logits.
+  """
   new_ema = lecam_ema_update(ema, logits_real, logits_fake, decay)
-  return lecam_regularizer(logits_real, logits_fake, new_ema['real'],
-                           new_ema['fake']), new_ema
+  if form == 'per_logit':
+    return lecam_regularizer(logits_real, logits_fake, new_ema['real'],
+                             new_ema['fake']), new_ema
+  if form == 'mean_logit':
+    mean = lambda v: jnp.mean(v.astype(jnp.float32))
+    return lecam_regularizer(mean(logits_real), mean(logits_fake), ema['real'],
+                             ema['fake']), new_ema
+  raise ValueError(f'unknown LeCam form {form!r}; known: {LECAM_FORMS}')
 
 
 def r1_penalty(discriminator_fn, images: jax.Array) -> jax.Array:

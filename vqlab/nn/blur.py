@@ -18,12 +18,15 @@ def blur_pool(x: jax.Array, axes: Sequence[int], stride: int = 2) -> jax.Array:
     x: [B, ..., C] channels-last array.
     axes: the spatial axes to filter (e.g. (1, 2) for [B, H, W, C] images,
       (1, 2, 3) for [B, T, H, W, C] videos); each must have even size.
-    stride: subsampling factor along those axes (2 halves them, 1 only blurs).
+    stride: 2 halves those axes, 1 only blurs (MAGVIT's BlurPool's 'SAME'
+      padding for both; other strides raise ValueError).
 
   Returns:
     x with each axis in `axes` of size n turned into n / stride (padding 1 on
     each side keeps the 4-tap filter centred between pixel pairs).
   """
+  if stride not in (1, 2):
+    raise ValueError(f'blur_pool: stride must be 1 or 2, got {stride}')
   taps = jnp.asarray(BLUR_TAPS, jnp.float32) / sum(BLUR_TAPS)
   channels = x.shape[-1]
   for axis in axes:

@@ -33,6 +33,7 @@ import math
 import os
 from typing import Any
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -79,9 +80,15 @@ def _reference(
     except (OSError, ValueError) as e:
       raise ConfigError(f'eval.{key}', str(e)) from e
   path = os.path.join(workdir, cached)
-  if not fileio.exists(path):
-    reference_stats.compute_reference_statistics(config, path, network=network,
-                                                 devices=devices)
+  if fileio.exists(path):
+    if fid.statistics_source(path) == reference_stats.reference_source(
+        config, network):
+      return fid.load_statistics(path)
+    logging.warning(
+        '%s is of other data settings (or from an older vqlab): '
+        'recomputing it', path)
+  reference_stats.compute_reference_statistics(config, path, network=network,
+                                               devices=devices)
   return fid.load_statistics(path)
 
 

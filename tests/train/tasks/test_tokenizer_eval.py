@@ -19,7 +19,9 @@ from vqlab.losses import perceptual
 from vqlab.nn import inception
 from vqlab.quantizers import base as quantizer_base
 from vqlab.train import experiment
+from vqlab.train import experiment_config
 from vqlab.train import reference_stats
+from vqlab.train import sampling
 
 
 @pytest.fixture(scope='module')
@@ -80,19 +82,22 @@ def _direct_metrics(exp, state, num_batches):
   counts = np.bincount(rows['codes'].astype(int),
                        minlength=model.quantizer.codebook_size)
   usage = quantizer_base.usage_and_perplexity(jnp.asarray(counts, jnp.float32))
+  probs = counts[counts > 0] / counts.sum()
   return {
       'psnr': rows['psnr'].mean(),
       'ssim': rows['ssim'].mean(),
       'lpips': rows['lpips'].mean(),
       'rfid': fid.frechet_distance(*stats(rows['real']), *stats(rows['rec'])),
       'codebook_usage': float(usage['usage']),
+      'codebook_perplexity': np.exp(-np.sum(probs * np.log(probs))),
       'num_examples': len(rows['psnr']),
       'real': rows['real']
   }
 
 
 @pytest.mark.usefixtures('small_inception_input')
-def test_eval_suite_equals_direct_computation(weights_dir, tmp_path):
+def test_eval_suite_equals_direct_computation(weights_dir, tmp_path,
+                                              monkeypatch):
   # `--mode=fid_stats` on the eval split, then an eval that also reports FID
   # against those statistics.
   path = str(tmp_path / 'stats' / 'fid_stats.npz')
@@ -107,6 +112,9 @@ def test_eval_suite_equals_direct_computation(weights_dir, tmp_path):
   assert metrics['num_examples'] == want['num_examples'] == 12
   for key in ('psnr', 'ssim', 'lpips', 'codebook_usage'):
     np.testing.assert_allclose(metrics[key], want[key], rtol=1e-5, err_msg=key)
+  # In float64: float32 is off in the 7th digit.
+  np.testing.assert_allclose(metrics['codebook_perplexity'],
+                             want['codebook_perplexity'], rtol=1e-12)
   assert want['rfid'] > 0
   np.testing.assert_allclose(metrics['rfid'], want['rfid'], rtol=1e-3)
   assert images['inputs'].shape == images['reconstructions'].shape
@@ -119,6 +127,22 @@ def test_eval_suite_equals_direct_computation(weights_dir, tmp_path):
   # The reference is the eval split's real images: FID against it is rFID.
   np.testing.assert_allclose(metrics['fid_reference'], metrics['rfid'],
                              rtol=1e-6)
+
+  # Sampling's cached reference (WORKDIR/fid_stats.npz) is reused for the
+  # data settings it was computed from, and recomputed for others.
+  computed = []
+  compute = reference_stats.compute_reference_statistics
+  monkeypatch.setattr(reference_stats, 'compute_reference_statistics',
+                      lambda *a, **k: computed.append(1) or compute(*a, **k))
+  config = experiment_config.validate(_config(weights_dir), jax.device_count())
+  reference = lambda c: sampling._reference(c, str(tmp_path / 'stats'),
+                                            'inception', None)[0]
+  np.testing.assert_array_equal(reference(config), mu)
+  assert not computed
+  config.data.eval_photos = ('coffee',)
+  assert np.abs(reference(config) - mu).max() > 1e-3 and len(computed) == 1
+  assert fid.statistics_source(path) == reference_stats.reference_source(
+      config, 'inception')
 
 
 def test_missing_weight_files_are_named(tmp_path):

@@ -156,7 +156,7 @@ class ReconstructionEval:
     sums = acc.sums
     count = max(float(sums['count']), 1.0)
     codebook = quantizer_base.usage_and_perplexity(
-        jnp.asarray(sums['code_counts'], jnp.float32))
+        np.asarray(sums['code_counts'], np.float64))
     metrics = {
         k: float(sums[k]) / count
         for k in ('psnr', 'ssim', 'l1', 'lpips')

@@ -70,6 +70,9 @@ def default_config() -> ml_collections.ConfigDict:
   loss.adaptive_max = 1e4  # Upper clip of the adaptive weight.
   loss.lecam_weight = 0.0  # LeCam regularization of D (MAGVIT: 0.001).
   loss.lecam_decay = 0.999  # EMA decay of LeCam's D-output averages.
+  # 'per_logit' (LeCam's code) or 'mean_logit' (MAGVIT's, TiTok's): see
+  # vqlab.losses.gan.lecam_term.
+  loss.lecam_form = 'per_logit'
   loss.r1_weight = 0.0  # R1 penalty weight (gamma / 2) on real images.
   # Probabilistic contrastive loss (Regularized VQ; needs the `regularized`
   # quantizer and the VGG19 file). Temperature and patch count as PatchNCE.
@@ -116,6 +119,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
       loss.gan_loss in gan.G_LOSSES, 'loss.gan_loss',
       f'unknown GAN loss {loss.gan_loss!r}; known: '
       f'{", ".join(sorted(gan.G_LOSSES))}')
+  config_schema.require(
+      loss.lecam_form in gan.LECAM_FORMS, 'loss.lecam_form',
+      f'unknown LeCam form {loss.lecam_form!r}; known: '
+      f'{", ".join(gan.LECAM_FORMS)}')
   if loss.pcl_weight > 0:
     quantizer = config.model.get('quantizer', {}).get('name')
     config_schema.require(
@@ -337,7 +344,8 @@ class TokenizerTask(base.Task):
     if loss_cfg.lecam_weight > 0:
       lecam, new_state['lecam'] = gan.lecam_term(logits_real, logits_fake,
                                                  loss_state['lecam'],
-                                                 loss_cfg.lecam_decay)
+                                                 loss_cfg.lecam_decay,
+                                                 loss_cfg.lecam_form)
       d_loss += loss_cfg.lecam_weight * lecam
       metrics['lecam'] = lecam
     if loss_cfg.r1_weight > 0:
