@@ -59,6 +59,9 @@ def get_config():
   config.train.eval_every = 20_000
   config.train.checkpoint_every = 5_000
   config.eval.batch_size = 256
+  # gFID against the ADM reference batch and the Inception Score as
+  # published: through the TF graph's input pipeline.
+  config.eval.inception_input = 'tf'
   config.ema.decay = 0.9999
 
   config.sample.num_steps = 8

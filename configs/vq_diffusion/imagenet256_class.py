@@ -63,6 +63,9 @@ def get_config():
   config.train.eval_every = 20_000
   config.train.checkpoint_every = 5_000
   config.eval.batch_size = 256
+  # gFID against the ADM reference batch and the Inception Score as
+  # published: through the TF graph's input pipeline.
+  config.eval.inception_input = 'tf'
   config.sample.diffusion_steps = 25
   config.sample.truncation = 0.86
   config.sample.guidance_scale = 2.0  # s = 1 + w = 3.

@@ -15,6 +15,7 @@ from tests.compile_options import FAST_COMPILE
 from tests.goldens import seeded_weights
 from vqlab.errors import WeightsError
 from vqlab.nn import inception
+from vqlab.nn import resize
 from vqlab.weights import inception as inception_weights
 
 GOLDENS = str(paths.GOLDENS)
@@ -46,8 +47,8 @@ def test_features_match_pytorch_fid(golden, state):
   def features(params, small, large):
     # Both batches through one network: a single (slow) XLA:CPU compile.
     x = jnp.concatenate([
-        inception.resize_bilinear(small, size),
-        inception.resize_bilinear(large, size)
+        resize.resize_bilinear(small, size),
+        resize.resize_bilinear(large, size)
     ])
     return model.apply({'params': params}, x)
 
@@ -73,13 +74,38 @@ def test_resize_matches_torch(golden, name):
   """
   images = jnp.asarray(golden[f'inputs_{name}'][:1].astype(np.float32) / 255)
   resized = np.asarray(
-      jax.jit(lambda x: inception.resize_bilinear(x, (299, 299)),
+      jax.jit(lambda x: resize.resize_bilinear(x, (299, 299)),
               compiler_options=FAST_COMPILE)(images))[0]
   lines = golden['resize_lines']
   np.testing.assert_allclose(resized[lines], golden[f'resize_{name}_rows'],
                              atol=1e-6)
   np.testing.assert_allclose(resized[:, lines], golden[f'resize_{name}_cols'],
                              atol=1e-6)
+
+
+@pytest.mark.parametrize('in_size', [64, 256, 320])
+def test_tf_protocol_input_is_the_tf_graphs(in_size):
+  """'tf': what the TF Inception graph (IS code, ADM evaluator) makes of the
+  uint8 pixels of the saved images: ResizeBilinear (TF1), then
+  (x - 128) / 128."""
+  tf = pytest.importorskip('tensorflow')
+  rng = np.random.default_rng(in_size)
+  images = rng.uniform(-1.02, 1.02, (2, in_size, in_size + 5, 3))
+  images = images.astype(np.float32)
+  # As vqlab.train.writers saves them.
+  pixels = np.clip((images + 1) * np.float32(127.5) + np.float32(0.5), 0,
+                   255).astype(np.uint8)
+  want = (tf.compat.v1.image.resize_bilinear(pixels.astype(np.float32),
+                                             (299, 299)).numpy() - 128) / 128
+  got = jax.jit(lambda x: inception.network_input(x, 'tf'))(jnp.asarray(
+      images, jnp.float32))
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  # Another input than pytorch-fid's: a resize of different centres, the
+  # pixels rounded, and 128 as zero.
+  torch_input = inception.network_input(jnp.asarray(images, jnp.float32))
+  assert np.abs(np.asarray(torch_input) - want).mean() > 1e-3
+  with pytest.raises(ValueError, match='unknown input protocol'):
+    inception.network_input(jnp.asarray(images), 'adm')
 
 
 def test_model_output_shapes_with_resize():

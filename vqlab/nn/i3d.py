@@ -10,17 +10,15 @@ the padding is odd), max pools SAME (padding never wins: -inf), the final
 average pool is VALID over (2, 7, 7). Each conv's BatchNorm (eps 1e-3, no
 scale in the TF original) is folded into its kernel and bias by the weight
 converter (vqlab.weights.i3d), so inference is conv + bias + ReLU.
-
-A module that imports nothing else from vqlab.
 """
 
-import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from vqlab.nn import resize
 
 INPUT_SIZE = 224  # Frames are resized to 224 x 224.
 NUM_CLASSES = 400  # Kinetics-400.
@@ -45,36 +43,10 @@ MIXED = {
 BRANCH_CONVS = ('b0', 'b1a', 'b1b', 'b2a', 'b2b', 'b3b')
 
 
-@functools.cache
-def legacy_interpolation_matrix(in_size: int, out_size: int) -> np.ndarray:
-  """[out_size, in_size] float32 weights of TF1's `tf.image.resize_bilinear`
-  (align_corners=False, half_pixel_centers=False), the resize of the FVD
-  reference: output i samples source position i * in / out (float32, as TF's
-  legacy scaler), between floor and min(floor + 1, in - 1)."""
-  scale = np.float32(in_size) / np.float32(out_size)
-  position = np.arange(out_size, dtype=np.float32) * scale
-  lower = np.floor(position).astype(np.int64)
-  upper = np.minimum(lower + 1, in_size - 1)
-  frac = (position - lower.astype(np.float32)).astype(np.float64)
-  matrix = np.zeros((out_size, in_size), np.float64)
-  rows = np.arange(out_size)
-  np.add.at(matrix, (rows, lower), 1 - frac)
-  np.add.at(matrix, (rows, upper), frac)
-  return matrix.astype(np.float32)
-
-
 def resize_frames(videos: jax.Array, size: int = INPUT_SIZE) -> jax.Array:
   """Resizes every frame of videos [B, T, H, W, C] to size x size with the
-  FVD reference's bilinear (see legacy_interpolation_matrix); float32."""
-  x = videos.astype(jnp.float32)
-  hi = jax.lax.Precision.HIGHEST
-  if x.shape[2] != size:
-    rows = jnp.asarray(legacy_interpolation_matrix(x.shape[2], size))
-    x = jnp.einsum('oh,bthwc->btowc', rows, x, precision=hi)
-  if x.shape[3] != size:
-    cols = jnp.asarray(legacy_interpolation_matrix(x.shape[3], size))
-    x = jnp.einsum('pw,bthwc->bthpc', cols, x, precision=hi)
-  return x
+  FVD reference's bilinear (TF1's, vqlab.nn.resize); float32."""
+  return resize.resize_bilinear(videos, (size, size), legacy=True)
 
 
 def _max_pool(x: jax.Array, window: tuple[int, int, int],

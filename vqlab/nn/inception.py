@@ -8,6 +8,8 @@ pools. Weights: vqlab.weights.inception, which folds each BatchNorm
 (inference mode, eps 1e-3) into the bias of the convolution before it, so
 every BasicConv2d of torchvision is here one biased conv + ReLU; the param
 tree mirrors torchvision's names: `Mixed_5b/branch1x1/{kernel, bias}`.
+`input_protocol='tf'` feeds it as the TF graph is fed instead (the published
+Inception Scores, the ADM reference batches): `network_input`.
 """
 
 from typing import Any
@@ -15,50 +17,42 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from vqlab.nn import resize as resize_lib
 
 INPUT_SIZE = 299
 NUM_CLASSES = 1008
 POOL_FEATURES = 2048
 
+PROTOCOLS = ('pytorch_fid', 'tf')
 
-def interpolation_matrix(in_size: int, out_size: int) -> np.ndarray:
-  """[out_size, in_size] float32 weights of torch's 1-D bilinear resize.
 
-  Matches `F.interpolate(mode='bilinear', align_corners=False)` given a
-  `size`, without antialiasing also when downsampling, bit for bit.
+def network_input(images: jax.Array, protocol: str = 'pytorch_fid',
+                  resize: bool = True) -> jax.Array:
+  """What the network sees of images [B, H, W, 3] in [-1, 1]: float32
+  [B, 299, 299, 3] (without `resize`, [B, H, W, 3]).
+
+  protocol:
+    'pytorch_fid': the images resized with torch's bilinear. pytorch-fid
+      takes [0, 1] images and maps them to [-1, 1] after resizing; the
+      resize is linear and preserves constants, so resizing [-1, 1] images
+      is the same.
+    'tf': the TF Inception graph's own pipeline, which the original
+      Inception Score and FID code, the ADM evaluator (its reference
+      batches) and torch-fidelity feed: the uint8 pixels a saved PNG holds
+      (rounded as vqlab.train.writers rounds), TF1's bilinear resize of them
+      (no half-pixel offset), then (x - 128) / 128.
   """
-  # torch's float32 arithmetic; its CPU build fuses scale * (i + 0.5) - 0.5
-  # into one FMA (a single rounding), which float64 then float32 reproduces.
-  # Near source index 256 a float32 ulp is 1.5e-5, so the rounding matters.
-  scale = np.float32(in_size) / np.float32(out_size)
-  half = np.arange(out_size, dtype=np.float32) + np.float32(0.5)
-  src = (np.float64(scale) * half.astype(np.float64) - 0.5).astype(np.float32)
-  src = np.maximum(src, np.float32(0.0))
-  low = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-  high = np.minimum(low + 1, in_size - 1)
-  frac = np.clip(src - low.astype(np.float32), 0.0, 1.0)
-  matrix = np.zeros((out_size, in_size), np.float32)
-  rows = np.arange(out_size)
-  np.add.at(matrix, (rows, low), np.float32(1.0) - frac)
-  np.add.at(matrix, (rows, high), frac)
-  return matrix
-
-
-def resize_bilinear(images: jax.Array, size: tuple[int, int]) -> jax.Array:
-  """[B, H, W, C] -> [B, size[0], size[1], C] float32, as torch's bilinear
-  `F.interpolate(align_corners=False)` (jax.image.resize would antialias
-  when downsampling)."""
-  _, height, width, _ = images.shape
+  if protocol not in PROTOCOLS:
+    raise ValueError(f'InceptionV3: unknown input protocol {protocol!r}; '
+                     f'known: {", ".join(PROTOCOLS)}')
   x = images.astype(jnp.float32)
-  hi = jax.lax.Precision.HIGHEST
-  if height != size[0]:
-    rows = jnp.asarray(interpolation_matrix(height, size[0]))
-    x = jnp.einsum('oh,bhwc->bowc', rows, x, precision=hi)
-  if width != size[1]:
-    cols = jnp.asarray(interpolation_matrix(width, size[1]))
-    x = jnp.einsum('pw,bowc->bopc', cols, x, precision=hi)
-  return x
+  size = (INPUT_SIZE, INPUT_SIZE) if resize else x.shape[1:3]
+  if protocol == 'pytorch_fid':
+    return resize_lib.resize_bilinear(x, size)
+  pixels = jnp.floor(jnp.clip((x + 1.0) * 127.5 + 0.5, 0.0, 255.0))
+  pixels = resize_lib.resize_bilinear(pixels, size, legacy=True)
+  return (pixels - 128.0) / 128.0
 
 
 def _pad(padding: tuple[int, int]) -> tuple[tuple[int, int], ...]:
@@ -181,22 +175,21 @@ class InceptionV3(_Block):
   """The FID InceptionV3 (pytorch-fid's weights and blocks).
 
   Attributes:
-    resize_input: resize to 299x299 first, exactly as pytorch-fid does (torch
-      bilinear, align_corners=False, no antialiasing). Without it, inputs
+    resize_input: resize to 299x299 first (network_input). Without it, inputs
       should already be 299x299.
+    input_protocol: 'pytorch_fid' (pytorch-fid's input) or 'tf' (the TF
+      graph's, as the published Inception Scores and the ADM reference
+      batches were computed): see network_input.
     dtype: compute dtype (pool features and logits are returned in float32).
     precision: of the convolutions and the classifier; the default, HIGHEST,
       keeps TF32 / bf16 passes out of the features on GPUs and TPUs.
   """
   resize_input: bool = True
+  input_protocol: str = 'pytorch_fid'
 
   @nn.compact
   def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
     """Features of images [B, H, W, 3] in [-1, 1] (any H, W).
-
-    pytorch-fid takes [0, 1] images and maps them to [-1, 1] after resizing;
-    the resize is linear and preserves constants, so resizing [-1, 1] images
-    is the same.
 
     Returns:
       {'pool': [B, 2048] pool3 features (what FID uses),
@@ -210,10 +203,8 @@ class InceptionV3(_Block):
     if not jnp.issubdtype(images.dtype, jnp.floating):
       raise TypeError(f'InceptionV3: expected floating [-1, 1] images, got '
                       f'{images.dtype}')
-    x = images.astype(jnp.float32)
-    if self.resize_input:
-      x = resize_bilinear(x, (INPUT_SIZE, INPUT_SIZE))
-    x = x.astype(self.dtype)
+    x = network_input(images, self.input_protocol,
+                      self.resize_input).astype(self.dtype)
     kw = {'dtype': self.dtype, 'precision': self.precision}
     x = self.conv(x, 32, 3, 'Conv2d_1a_3x3', strides=2)
     x = self.conv(x, 32, 3, 'Conv2d_2a_3x3')

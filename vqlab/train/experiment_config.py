@@ -11,6 +11,7 @@ import ml_collections
 from vqlab import config_schema
 from vqlab import data as data_lib
 from vqlab.errors import ConfigError
+from vqlab.nn import inception
 from vqlab.train import domains
 from vqlab.train import optimizers
 from vqlab.train import partitioning
@@ -53,6 +54,10 @@ def base_config() -> ml_collections.ConfigDict:
   ev.fid = 'auto'  # rFID / FID (needs the Inception file).
   # .npz of reference statistics (mu, sigma): also report FID against them.
   ev.fid_reference = ''
+  # What Inception sees (FID, IS): 'pytorch_fid' (pytorch-fid's input) or
+  # 'tf' (the TF graph's: the published Inception Scores and the ADM
+  # reference batches); vqlab.nn.inception.network_input.
+  ev.inception_input = 'pytorch_fid'
   # rFVD / FVD of video data (needs the I3D file and clips of >= 9 frames),
   # on the first fvd_frames frames of each clip (16: the standard protocol).
   ev.fvd = 'auto'
@@ -144,5 +149,9 @@ def validate(config: ml_collections.ConfigDict,
   for key in ('lpips', 'fid', 'fvd'):
     require(config.eval[key] in NETWORK_MODES, f'eval.{key}',
             f'must be one of {NETWORK_MODES}, got {config.eval[key]!r}')
+  require(
+      config.eval.inception_input in inception.PROTOCOLS,
+      'eval.inception_input', f'must be one of {inception.PROTOCOLS}, '
+      f'got {config.eval.inception_input!r}')
   task.validate(config)
   return config

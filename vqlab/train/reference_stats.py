@@ -47,6 +47,8 @@ def reference_source(config: ml_collections.ConfigDict, network: str) -> str:
   source = {'network': network, 'data': config.data.to_dict()}
   if network == 'i3d':
     source['fvd_frames'] = frozen_lib.fvd_clip_length(config)
+  else:
+    source['inception_input'] = config.eval.inception_input
   return json.dumps(source, sort_keys=True, default=str)
 
 
@@ -80,8 +82,9 @@ def compute_reference_statistics(
     features_of = functools.partial(
         fvd.features, num_frames=frozen_lib.fvd_clip_length(config))
   else:
-    features_of = lambda p, images: inception.InceptionV3().apply(
-        {'params': p}, images.reshape((-1,) + images.shape[-3:]))['pool']
+    features_of = lambda p, images: inception.InceptionV3(
+        input_protocol=config.eval.inception_input).apply(
+            {'params': p}, images.reshape((-1,) + images.shape[-3:]))['pool']
   params = frozen_lib.load([network], config.weights_dir or None)
   mesh = partitioning.make_mesh(config.mesh, devices)
   batch_sharding = partitioning.batch_sharding(mesh)

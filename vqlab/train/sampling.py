@@ -53,11 +53,14 @@ from vqlab.train import reference_stats
 from vqlab.train import writers as writers_lib
 
 
-@jax.jit
-def inception_outputs(params, images: jax.Array) -> dict[str, jax.Array]:
+@functools.partial(jax.jit, static_argnums=2)
+def inception_outputs(params, images: jax.Array,
+                      protocol: str) -> dict[str, jax.Array]:
   """images [N, H, W, 3] in [-1, 1] -> {'pool' [N, 2048], 'logits_unbiased'
-  [N, 1008]} of the FID InceptionV3 (compiled once per image shape)."""
-  return inception.InceptionV3().apply({'params': params}, images)
+  [N, 1008]} of the FID InceptionV3 given its input `protocol` (compiled
+  once per image shape)."""
+  return inception.InceptionV3(input_protocol=protocol).apply(
+      {'params': params}, images)
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -168,7 +171,9 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
                                fvd_frames))[:keep])
       if use_inception:
         frames = images.reshape((-1,) + images.shape[-3:])
-        out = jax.device_get(inception_outputs(exp.frozen['inception'], frames))
+        out = jax.device_get(
+            inception_outputs(exp.frozen['inception'], frames,
+                              config.eval.inception_input))
         per = frames.shape[0] // s.batch_size  # Frames per sample.
         if score is None:
           n = s.num_samples * per  # The usual 10 splits (fewer below 10).

@@ -201,6 +201,7 @@ def test_sample_mode_reports_gfid_and_inception_score_of_the_samples(
   config.eval.fid_reference = str(tmp_path / 'reference.npz')
   np.savez(config.eval.fid_reference, mu=mu, sigma=a @ a.T / 16)
   config.sample.num_samples = 4
+  config.eval.inception_input = 'tf'  # As the ADM reference batches were.
   result = sampling.sample(config, workdir, devices=_devices())
 
   # Directly: the same samples (same key) through Inception.
@@ -209,7 +210,7 @@ def test_sample_mode_reports_gfid_and_inception_score_of_the_samples(
   images = exp.sample_images(
       state, jax.random.fold_in(jax.random.key(config.sample.seed), 0),
       batch_size=4)
-  out = sampling.inception_outputs(exp.frozen['inception'], images)
+  out = sampling.inception_outputs(exp.frozen['inception'], images, 'tf')
   pool = np.asarray(out['pool'], np.float64)
   gfid = fid.frechet_distance(pool.mean(0), np.cov(pool, rowvar=False), mu,
                               a @ a.T / 16)

@@ -113,7 +113,8 @@ class ProxyCodeTask(base.Task):
     check_proxy(config, proxy)
     self.frozen = {**(frozen or {}), 'proxy': proxy.variables}
     self.evaluation = reconstruction_eval.ReconstructionEval(
-        self.model.quantizer.codebook_size, fid_reference)
+        self.model.quantizer.codebook_size, fid_reference,
+        inception_input=config.eval.inception_input)
 
   def init(self, rng: jax.Array, batch) -> TrainState:
     images = batch['image']

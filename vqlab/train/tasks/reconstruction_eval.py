@@ -82,13 +82,15 @@ class ReconstructionEval:
   """Eval outputs of reconstructions, and the eval-set metrics."""
 
   def __init__(self, codebook_size: int, fid_reference=None,
-               fvd_frames: int = 0):
+               fvd_frames: int = 0, inception_input: str = 'pytorch_fid'):
     """Args: codebook_size: K of the token ids; fid_reference: (mu, sigma)
     of reference statistics, or None; fvd_frames: the frames of each clip
-    rFVD sees (frozen.fvd_clip_length)."""
+    rFVD sees (frozen.fvd_clip_length); inception_input: Inception's input
+    protocol (eval.inception_input)."""
     self.codebook_size = codebook_size
     self.fid_reference = fid_reference
     self.fvd_frames = fvd_frames
+    self.inception_input = inception_input
 
   def outputs(self, x: jax.Array, x_rec: jax.Array, indices: jax.Array,
               mask: jax.Array, frozen: dict[str, Any]):
@@ -136,8 +138,9 @@ class ReconstructionEval:
     sums.update(count=jnp.sum(mask), code_counts=counts)
     outputs = {'sums': sums, 'mask': mask}
     if 'inception' in frozen:
-      pool = lambda images: inception.InceptionV3().apply(
-          {'params': frozen['inception']}, images)['pool']
+      pool = lambda images: inception.InceptionV3(
+          input_protocol=self.inception_input).apply(
+              {'params': frozen['inception']}, images)['pool']
       outputs['features'] = {
           'real': pool(x_frames),
           'reconstructed': pool(rec_frames)

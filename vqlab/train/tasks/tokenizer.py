@@ -185,7 +185,8 @@ class TokenizerTask(base.Task):
     self.frozen = dict(frozen or {})
     self.evaluation = reconstruction_eval.ReconstructionEval(
         self.model.quantizer.codebook_size, fid_reference,
-        fvd_frames=frozen_lib.fvd_clip_length(config) or 0)
+        fvd_frames=frozen_lib.fvd_clip_length(config) or 0,
+        inception_input=config.eval.inception_input)
 
   # ---------------------------------------------------------------- init ---
   def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
