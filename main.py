@@ -138,7 +138,8 @@ def main(argv):
       result = pretokenize.tokenize(_CONFIG.value, _WORKDIR.value)
     elif _MODE.value == 'sample':
       from vqlab.train import sampling  # pylint: disable=g-import-not-at-top
-      result = sampling.sample(_CONFIG.value, _WORKDIR.value)
+      result = sampling.sample(_CONFIG.value, _WORKDIR.value,
+                               allow_config_change=_ALLOW_CONFIG_CHANGE.value)
     else:
       from vqlab.train import reference_stats  # pylint: disable=g-import-not-at-top
       name = _MODE.value  # fid_stats or fvd_stats.

@@ -117,6 +117,33 @@ def test_checkpoints_and_run_config_on_a_url(url, tmp_path, monkeypatch):
   np.testing.assert_array_equal(tree['w'], state['w'])
 
 
+def test_a_truncated_token_shard_is_named(tmp_path):
+  """E.g. a copy cut short: one line naming the shard, no zip traceback."""
+  directory = str(tmp_path)
+  path = token_shards.shard_path(directory, 'train', 0, 0)
+  fileio.makedirs(os.path.dirname(path))
+  token_shards.write_shard(path, {'tokens': np.arange(12).reshape(4, 3)})
+  token_shards.write_metadata(
+      directory, {
+          'format': token_shards.FORMAT_VERSION,
+          'input_shape': [8, 8, 3],
+          'splits': {
+              'train': {
+                  'complete': True,
+                  'num_files': 1,
+                  'num_examples': 4
+              }
+          }
+      })
+  assert len(token_shards.load_split(directory, 'train')[0]['tokens']) == 4
+  with open(path, 'rb') as f:
+    data = f.read()
+  with open(path, 'wb') as f:
+    f.write(data[:100])
+  with pytest.raises(ValueError, match=r'token shard .* is corrupt'):
+    token_shards.load_split(directory, 'train')
+
+
 def test_token_shards_fid_statistics_and_gifs_on_a_url(url):
   # Condition ids from a tokenizer with a larger vocabulary than the main
   # one's (2^18 LFQ codes) must not be cut to uint16.

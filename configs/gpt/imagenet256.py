@@ -7,7 +7,9 @@ heads, width 1536 (680M; taming's published class-conditional ImageNet
 model is 48 layers, 24 heads, width 1536, 1.4B, on a 16384-code VQGAN: set
 model.num_layers = 48, model.num_heads = 24 and such a tokenizer for it);
 AdamW (0.9, 0.95), weight decay 0.01 on the dense weights, lr 4.5e-6 x
-batch. Sampling: temperature 1.0, top-k 600, KV cache.
+batch. Sampling as taming's class-conditional ImageNet samples (its README's
+sample_fast.py -k 600 -t 1.0 -p 0.92): temperature 1.0, top-k 600, top-p
+0.92, KV cache.
 
   python main.py --config=configs/gpt/imagenet256.py --workdir=... --mode=tokenize
   python main.py --config=configs/gpt/imagenet256.py --workdir=...
@@ -69,6 +71,7 @@ def get_config():
 
   config.sample.temperature = 1.0
   config.sample.top_k = 600
+  config.sample.top_p = 0.92
   config.sample.batch_size = 64
   config.sample.num_samples = 50_000
   return config

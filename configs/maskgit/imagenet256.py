@@ -3,7 +3,7 @@
 Tokens: the MaskGIT VQGAN (configs/vqgan/maskgit_f16.py, 1024 codes, 16x16)
 trained in workdirs/vqgan_maskgit_f16. Transformer: 24 layers, 16 heads,
 width 768, MLP 3072, dropout 0.1; AdamW (0.9, 0.96), lr 1e-4, weight decay
-0.045, label smoothing 0.1, batch 256, 300 epochs. Decoding: 8 steps, cosine
+0.045, label smoothing 0.1, batch 256, 300 epochs, EMA 0.999. Decoding: 8 steps, cosine
 schedule, choice temperature 4.5. Label dropout 0.1 trains the null class
 for classifier-free guidance (`sample.guidance_scale`).
 
@@ -62,7 +62,7 @@ def get_config():
   # gFID against the ADM reference batch and the Inception Score as
   # published: through the TF graph's input pipeline.
   config.eval.inception_input = 'tf'
-  config.ema.decay = 0.9999
+  config.ema.decay = 0.999  # MaskGIT's base_config: polyak_decay 0.999.
 
   config.sample.num_steps = 8
   config.sample.choice_temperature = 4.5

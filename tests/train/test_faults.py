@@ -125,6 +125,27 @@ def test_changed_config_stops_before_anything_is_written(run_copy):
   assert _listing(run_copy) == before
 
 
+def test_the_record_may_change_only_before_the_first_checkpoint(
+    finished, run_copy, capsys):
+  changed = _config()
+  changed.model.channels = 16
+  # Checkpoints without the record of how they were trained: refused.
+  os.remove(os.path.join(run_copy, 'config.json'))
+  before = _listing(run_copy)
+  with pytest.raises(
+      ConfigError, match=r'^--workdir: .* holds checkpoints but no '
+      r'config\.json.*--allow_config_change'):
+    experiment.Experiment(changed, run_copy, _devices())
+  assert _listing(run_copy) == before
+  # A run stopped before its first checkpoint (e.g. out of memory in the
+  # first compile) kept nothing: rerun with another config, it starts anew.
+  shutil.rmtree(os.path.join(run_copy, 'checkpoints'))
+  shutil.copy(os.path.join(finished[0], 'config.json'), run_copy)
+  experiment.Experiment(changed, run_copy, _devices())
+  assert ('saved no checkpoint, so its config may change (model.channels 8 '
+          '-> 16)') in capsys.readouterr().out
+
+
 def test_a_readable_checkpoint_of_another_model_is_never_called_corrupt(
     run_copy):
   changed = _config()

@@ -45,9 +45,11 @@ def _losses(workdir):
 
 
 def _config():
-  """The tiny VQGAN with its first step before disc_start."""
+  """The tiny VQGAN with its first step before disc_start and an EMA of its
+  generator (a fresh run's EMA is donated beside the params it copies)."""
   config = tiny.tokenizer_config(steps=STEPS)
   config.loss.disc_start = 1
+  config.ema.decay = 0.9
   return config
 
 
@@ -166,7 +168,7 @@ def test_two_processes_match_one_process_on_two_devices(uninterrupted,
       f'--coordinator_port={_free_port()}', '--cpu_collectives=gloo',
       '--config=' + os.path.join(ROOT, 'tests', 'tiny_tokenizer_config.py'),
       f'--workdir={workdir}', f'--log_dir={logs}', '--timeout=500', '--',
-      '--config.loss.disc_start=1'
+      '--config.loss.disc_start=1', '--config.ema.decay=0.9'
   ]
   launcher = subprocess.run(command, env=env, capture_output=True, text=True,
                             cwd=ROOT, check=False)

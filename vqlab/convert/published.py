@@ -19,6 +19,7 @@ import numpy as np
 from vqlab import fileio
 from vqlab.errors import WeightsError
 from vqlab.train import checkpoint
+from vqlab.train import experiment
 from vqlab.train import experiment_config
 from vqlab.train import run_record
 from vqlab.train.tasks import tokenizer
@@ -263,7 +264,8 @@ def write_run(out_dir: str, converted: Converted) -> dict[str, Any]:
   batch = {
       'image': np.zeros((1, size, size, task.model.in_channels), np.float32)
   }
-  rng, _ = jax.random.split(jax.random.key(config.seed))  # The loop's init key.
+  # The loop's init key (experiment.Experiment).
+  rng = experiment.init_key(jax.random.split(jax.random.key(config.seed))[0])
   expected = jax.eval_shape(task.init, rng, batch).params['generator']
   check_params_match(converted.params, expected, converted.source)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

@@ -24,6 +24,7 @@ import io
 import json
 import os
 from typing import Any
+import zipfile
 
 import numpy as np
 
@@ -121,7 +122,7 @@ def load_split(directory: str,
       ) as shard:
         for key in shard.files:
           parts.setdefault(key, []).append(shard[key])
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
       raise ValueError(f'token shard {path} is corrupt ({e}); delete it and '
                        'run --mode=tokenize again') from e
   arrays = {k: np.concatenate(v) for k, v in parts.items()}

@@ -86,10 +86,10 @@ class FeatureStatistics:
     from (read back by `statistics_source`)."""
     mu, sigma = self.mean(), self.covariance()
     extra = {'source': np.array(source)} if source else {}
-    with fileio.open(path, 'wb') as f:  # Local or a URL (gs://...).
-      f.write(
-          _npz_bytes(mu=mu, sigma=sigma,
-                     num_examples=np.int64(self.num_examples), **extra))
+    data = _npz_bytes(mu=mu, sigma=sigma,
+                      num_examples=np.int64(self.num_examples), **extra)
+    # Local or a URL (gs://...); never seen half written.
+    fileio.write_atomically(path, lambda f: f.write(data))
 
 
 def _npz_bytes(**arrays) -> bytes:

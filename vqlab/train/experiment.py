@@ -142,7 +142,9 @@ class Experiment:
     self.config = config = experiment_config.validate(config, len(devices))
     self.workdir = workdir
     _pin_newest_steps(config, workdir)
-    self.config_changes = run_record.check(config, workdir, allow_config_change)
+    self.config_changes = run_record.check(
+        config, workdir, allow_config_change,
+        checkpointed=checkpoint_lib.newest_step(workdir) is not None)
     # Data problems (a missing folder, an unreadable image) stop the run
     # before anything is written to the workdir.
     self.task: Task = tasks.get(config.task).build(config, workdir)

@@ -141,18 +141,41 @@ def describe(changed: dict[str, tuple], limit: int = 4) -> str:
   return ', '.join(shown)
 
 
-def check(config: ml_collections.ConfigDict, workdir: str,
-          allow_change: bool) -> dict[str, tuple]:
+def check(config: ml_collections.ConfigDict, workdir: str, allow_change: bool,
+          checkpointed: bool | None = None) -> dict[str, tuple]:
   """Compares `config` with the run's saved config; writes nothing.
 
+  Args:
+    config: the config to run with.
+    workdir: the run's directory.
+    allow_change: let differences through.
+    checkpointed: whether the run in `workdir` has saved a checkpoint (None:
+      not known). A run without one has kept nothing: its record may change
+      freely. One with checkpoints but no record is refused unless
+      allow_change.
+
   Returns:
-    The differences that `allow_change` lets through ({} when none).
+    The differences let through ({} when none).
 
   Raises:
-    ConfigError: naming the differing keys, unless allow_change.
+    ConfigError: naming the differing keys (or the missing record of a
+      checkpointed run), unless allow_change.
   """
   saved = read(workdir)
-  changed = {} if saved is None else differences(saved, config)
+  if saved is None:
+    if checkpointed and not allow_change:
+      raise ConfigError(
+          '--workdir', f'{workdir} holds checkpoints but no {CONFIG_FILE}, '
+          'the record of how they were trained. Pass --allow_config_change to '
+          'continue them with this config (recorded from then on), or use '
+          'another --workdir')
+    return {}
+  changed = differences(saved, config)
+  if changed and checkpointed is False:
+    print(
+        f'vqlab: the run in {workdir} saved no checkpoint, so its config may '
+        f'change ({describe(changed)})', flush=True)
+    return changed
   if changed and not allow_change:
     raise ConfigError(
         ', '.join(changed), f'differs from the run in {workdir} '

@@ -90,21 +90,28 @@ def _reference(
     logging.warning(
         '%s is of other data settings (or from an older vqlab): '
         'recomputing it', path)
-  reference_stats.compute_reference_statistics(config, path, network=network,
-                                               devices=devices)
-  return fid.load_statistics(path)
+  # Every process computes the same statistics; process 0 writes them, so the
+  # others must not read the file back.
+  stats = reference_stats.compute_reference_statistics(config, path,
+                                                       network=network,
+                                                       devices=devices)
+  return stats.mean(), stats.covariance()
 
 
 def sample(config: ml_collections.ConfigDict, workdir: str, *,
-           devices: list[jax.Device] | None = None) -> dict[str, Any]:
-  """Samples from the latest checkpoint of the generator run in `workdir`.
+           devices: list[jax.Device] | None = None,
+           allow_config_change: bool = False) -> dict[str, Any]:
+  """Samples from the latest checkpoint of the generator run in `workdir`
+  (with `allow_config_change`, also under a config that differs from the
+  run's record, e.g. a moved tokenizer.workdir).
 
   Returns:
     {'step', 'num_samples', 'samples_dir', and 'inception_score',
     'inception_score_std', 'gfid' when Inception is available, 'fvd' or
     'prediction_fvd' and 'fvd_frames' when I3D is}.
   """
-  exp = experiment.Experiment(config, workdir, devices, lock='sample')
+  exp = experiment.Experiment(config, workdir, devices, lock='sample',
+                              allow_config_change=allow_config_change)
   config, task = exp.config, exp.task
   if not task.draws_samples:
     raise ConfigError(

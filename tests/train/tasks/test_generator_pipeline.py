@@ -202,10 +202,16 @@ def test_sample_mode_reports_gfid_and_inception_score_of_the_samples(
   np.savez(config.eval.fid_reference, mu=mu, sigma=a @ a.T / 16)
   config.sample.num_samples = 4
   config.eval.inception_input = 'tf'  # As the ADM reference batches were.
-  result = sampling.sample(config, workdir, devices=_devices())
+  # A key the run's record has otherwise: refused, unless allowed.
+  config.optimizer.learning_rate *= 2
+  with pytest.raises(ConfigError, match='--allow_config_change'):
+    sampling.sample(config, workdir, devices=_devices())
+  result = sampling.sample(config, workdir, devices=_devices(),
+                           allow_config_change=True)
 
   # Directly: the same samples (same key) through Inception.
-  exp = experiment.Experiment(config, workdir, _devices())
+  exp = experiment.Experiment(config, workdir, _devices(),
+                              allow_config_change=True)
   state, _ = exp.checkpointer.restore(exp.abstract_state)
   images = exp.sample_images(
       state, jax.random.fold_in(jax.random.key(config.sample.seed), 0),

@@ -122,6 +122,7 @@ def _stage2_config(stage1_dir, proxy_dir, steps):
   config.model.scan_layers = False
   config.discriminator.base_features = 8
   config.loss.disc_start = 1
+  config.ema.decay = 0.9  # As released; its EMA starts from the copies.
   config.train.num_steps = steps
   return config
 

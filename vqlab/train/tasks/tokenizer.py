@@ -232,6 +232,8 @@ class TokenizerTask(base.Task):
       CheckpointError: the other run has no readable checkpoint.
     """
     start = self.config.warm_start
+    if not (start.params or start.pixel_vqgan):
+      return state
     params = dict(state.params[GENERATOR])
     model_state = state.model_state
     if start.params:
@@ -264,7 +266,12 @@ class TokenizerTask(base.Task):
                       ) for collection, values in state.model_state.items()
       }
     all_params = {**state.params, GENERATOR: params}
-    ema = {GENERATOR: params} if state.ema_params else state.ema_params
+    # The EMA starts from the warm-started params, in buffers of its own: the
+    # train step donates the state, and a buffer in two leaves would be
+    # donated twice.
+    ema = ({
+        GENERATOR: jax.tree.map(lambda x: x.copy(), params)
+    } if state.ema_params else state.ema_params)
     return state.replace(params=all_params, ema_params=ema,
                          model_state=model_state)
 
