@@ -77,6 +77,15 @@ def makedirs(path: str | os.PathLike) -> None:
     os.makedirs(path, exist_ok=True)
 
 
+def remove(path: str | os.PathLike) -> None:
+  """Deletes the file `path`."""
+  path = os.fspath(path)
+  if is_url(path):
+    _gfile().remove(path)
+  else:
+    os.remove(path)
+
+
 def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
   """Renames `src` to `dst`, overwriting it (atomic on local filesystems;
   on GCS a copy then a delete, so readers see the old or the new file)."""

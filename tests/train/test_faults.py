@@ -275,10 +275,46 @@ def test_disk_full_during_a_save_is_one_line_and_keeps_the_last_checkpoint(
   message = str(e.value)
   assert '\n' not in message and 'No space left on device' in message
   assert f'step {STEPS} is the newest intact one' in message
+  assert f'the checkpoint of step {STEPS + 1}' in message
+  # An async save that fails is raised by Orbax at the next save: the error
+  # names the step that failed, not the one being started.
+  saves = iter([True, OSError(28, 'No space left on device')])
+
+  def full_later(*args, **kwargs):
+    result = next(saves)
+    if isinstance(result, Exception):
+      raise result
+    return result
+
+  monkeypatch.setattr(exp.checkpointer._manager, 'save', full_later)  # pylint: disable=protected-access
+  assert exp.checkpointer.save(STEPS + 2, state)  # Never lands on disk.
+  with pytest.raises(CheckpointError,
+                     match=f'the checkpoint of step {STEPS + 2} '):
+    exp.checkpointer.save(STEPS + 4, state)
   monkeypatch.undo()
   _, restored_step = experiment.Experiment(_config(), run_copy,
                                            _devices()).initial_state()
   assert restored_step == STEPS
+
+
+def test_a_run_that_cannot_save_stops_before_it_trains(run_copy, monkeypatch):
+  """E.g. a checkpoint directory (or bucket) without write access."""
+  write = checkpoint_lib.fileio.write_atomically
+
+  def read_only(path, *args, **kwargs):
+    if '/checkpoints/' in path:
+      raise OSError(errno.EROFS, 'Read-only file system')
+    return write(path, *args, **kwargs)
+
+  monkeypatch.setattr(checkpoint_lib.fileio, 'write_atomically', read_only)
+  before = _listing(run_copy)
+  changed = _config()
+  changed.train.num_steps = STEPS + 2
+  with pytest.raises(
+      CheckpointError, match=r'cannot write into .*checkpoints \(OSError: '
+      r'\[Errno 30\] Read-only file system\)'):
+    loop.train_and_evaluate(changed, run_copy, devices=_devices())
+  assert _listing(run_copy) == before
 
 
 def test_a_locked_workdir_names_the_other_run(tmp_path):

@@ -171,6 +171,22 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         self.directory, item_handlers=ocp.StandardCheckpointHandler(),
         options=options)
+    self._pending = None  # The step of the newest save started.
+
+  def check_writable(self) -> None:
+    """Raises CheckpointError unless this process can write into the
+    checkpoint directory: a run that cannot save should stop before it
+    trains, not at its first save."""
+    probe = os.path.join(self.directory,
+                         f'.vqlab_write_probe_{jax.process_index()}')
+    try:
+      fileio.write_atomically(probe, lambda f: f.write(b'ok'))
+      fileio.remove(probe)
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(
+          f'cannot write into {self.directory} ({_first_line(e)}): the run '
+          'could not save its progress. Make it writable or use another '
+          '--workdir') from e
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -185,11 +201,16 @@ class Checkpointer:
       CheckpointError: this or the previous (async) save failed, e.g. the
         disk is full; the checkpoints already on disk are intact.
     """
+    previous = self._pending
     try:
-      return self._manager.save(step, args=ocp.args.StandardSave(state),
-                                force=force)
+      with _quiet_orbax():
+        saved = self._manager.save(step, args=ocp.args.StandardSave(state),
+                                   force=force)
     except Exception as e:  # pylint: disable=broad-except
-      raise self._save_error(step, e) from e
+      raise self._save_error(step, e, previous) from e
+    if saved:
+      self._pending = step
+    return saved
 
   def wait(self) -> None:
     """Blocks until pending async saves are on disk.
@@ -198,13 +219,19 @@ class Checkpointer:
       CheckpointError: a pending save failed (see `save`).
     """
     try:
-      self._manager.wait_until_finished()
+      with _quiet_orbax():
+        self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
-      raise self._save_error(None, e) from e
+      raise self._save_error(self._pending, e) from e
 
-  def _save_error(self, step: int | None, e: Exception) -> CheckpointError:
+  def _save_error(self, step: int | None, e: Exception,
+                  previous: int | None = None) -> CheckpointError:
+    """The error of a failed save of `step`, or of the async save of
+    `previous` that failed before it (Orbax raises it at the next call)."""
     self._manager.reload()
     kept = self.all_steps()
+    if previous is not None and previous not in kept:
+      step = previous
     which = 'a checkpoint' if step is None else f'the checkpoint of step {step}'
     intact = (f'step {kept[-1]} is the newest intact one'
               if kept else 'there is no earlier checkpoint')

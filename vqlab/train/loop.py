@@ -105,6 +105,7 @@ def _train(config, workdir, devices, step_callback, allow_config_change,
   config = exp.config
   train_cfg = config.train
   state, start_step = exp.initial_state()
+  exp.checkpointer.check_writable()
   exp.record_config(start_step)
   if start_step:
     logging.info('Resuming from step %d', start_step)
