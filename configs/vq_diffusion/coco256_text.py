@@ -23,6 +23,9 @@ def get_config():
   config.data.caption_key = 'captions/text'
   config.data.image_size = 256
   config.loss.aux_weight = 5e-4
+  # The release's configs/coco.yaml: lr 2e-4 after 1000 warmup steps.
+  config.optimizer.learning_rate = 2e-4
+  config.optimizer.warmup_steps = 1000
   config.text.max_length = 77
   config.sample.prompts = ('a teddy bear on a skateboard in times square',
                            'a living room with a fireplace and a large window')

@@ -3,8 +3,11 @@ VQ-Diffusion-B: 19 blocks of width 1024, 16 heads, T = 100, lambda = 1e-3).
 
 Tokens: the taming VQGAN f=16 (configs/vqgan/taming_f16.py: 16x16 of 1024
 codes; the paper's VQVAE gives 32x32 of 2886 codes, which this library has no
-config for). Classifier-free guidance through label dropout; sampling with
-truncation 0.86 and the fast sampler's 25 steps (`sample.diffusion_steps`).
+config for). The released ImageNet recipe (configs/imagenet.yaml of
+microsoft/VQ-Diffusion) is smaller than this denoiser: 24 blocks of width
+512 on taming's f=16 VQGAN with 16384 codes. Classifier-free guidance through
+label dropout; sampling with truncation 0.86 and the fast sampler's 25 steps
+(`sample.diffusion_steps`).
 
 Memory: the global batch of 512 runs as 2 microbatches, so that 8 x 80 GB
 GPUs (64 examples per device) hold it within JAX's default 75% of GPU
@@ -56,6 +59,11 @@ def get_config():
   config.optimizer.b1, config.optimizer.b2 = 0.9, 0.96
   config.optimizer.weight_decay = 4.5e-2
   config.optimizer.warmup_steps = 5000
+  # The release (configs/imagenet.yaml) keeps an EMA of decay 0.99 updated
+  # every 25 steps: the same time constant per step is 0.99^(1/25). Its
+  # gradient clip (0.5, the first 5000 steps only) is left out: vqlab clips
+  # at every step or never.
+  config.ema.decay = 0.99**(1 / 25)
   config.train.batch_size = 512
   config.train.microbatches = 2  # 64 examples per device on 8 GPUs, 2 x 32.
   config.train.num_steps = 500_000

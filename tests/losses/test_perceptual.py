@@ -90,6 +90,29 @@ def test_lpips_gradient_is_finite(lpips_params):
   assert np.all(np.isfinite(np.asarray(grad(x))))
 
 
+def test_lpips_as_a_metric_runs_at_highest_precision():
+  """Every conv and head of the metric's LPIPS at HIGHEST (no TF32 or bf16
+  passes on a GPU or TPU); the loss's at the backend's default."""
+  x = jnp.zeros((1, 32, 32, 3))
+  params = jax.eval_shape(perceptual.LPIPS().init, jax.random.key(0), x,
+                          x)['params']
+
+  def precisions(precision):
+    jaxpr = jax.make_jaxpr(lambda p: perceptual.lpips_distance(
+        p, x, x, precision=precision))(params)
+    return [
+        eqn.params['precision']
+        for eqn in jaxpr.jaxpr.eqns
+        if eqn.primitive.name in ('conv_general_dilated', 'dot_general')
+    ]
+
+  highest = jax.lax.Precision.HIGHEST
+  metric = precisions(highest)
+  assert len(metric) == 13 + 5  # The VGG16 trunk's convs, the five heads.
+  assert all(p == (highest, highest) for p in metric), metric
+  assert all(p is None for p in precisions(None))
+
+
 def test_vgg19_features_match_reference():
   golden = _golden('vgg19.npz')
   params = {'vgg': vgg_weights.convert_vgg(_seeded_state(golden), 19)}

@@ -100,6 +100,11 @@ def test_partial_newest_step_is_set_aside_and_the_rerun_saves_over_it(
   assert 'Traceback' not in out
   assert result['step'] == STEPS
   assert _checkpoints(run_copy) == ['2', '4', '5', '5.corrupt']
+  # Step 5 was logged by the first attempt and again by the rerun: once in
+  # metrics.jsonl (the first attempt's row is dropped).
+  with open(os.path.join(run_copy, 'metrics.jsonl')) as f:
+    logged = [json.loads(line)['step'] for line in f if '"loss"' in line]
+  assert logged == sorted(set(logged)) and STEPS in logged
   # The retrained step 5 continues the same trajectory...
   np.testing.assert_allclose(
       _losses(run_copy)[STEPS],
@@ -129,6 +134,13 @@ def test_the_record_may_change_only_before_the_first_checkpoint(
     finished, run_copy, capsys):
   changed = _config()
   changed.model.channels = 16
+  # A record that is not a config is never taken for one (or overwritten).
+  for text, what in (('[]', 'holds a JSON list, not a config'),
+                     ('{"seed": ', 'is not valid JSON')):
+    with open(os.path.join(run_copy, 'config.json'), 'w') as f:
+      f.write(text)
+    with pytest.raises(ConfigError, match=f'^--workdir: .*config.json {what}'):
+      experiment.Experiment(changed, run_copy, _devices())
   # Checkpoints without the record of how they were trained: refused.
   os.remove(os.path.join(run_copy, 'config.json'))
   before = _listing(run_copy)
@@ -295,6 +307,25 @@ def test_disk_full_during_a_save_is_one_line_and_keeps_the_last_checkpoint(
   _, restored_step = experiment.Experiment(_config(), run_copy,
                                            _devices()).initial_state()
   assert restored_step == STEPS
+
+
+def test_reading_another_runs_checkpoint_out_of_memory_is_not_corruption(
+    finished, monkeypatch):
+  """restore_on_host (a tokenizer for a generator, a warm start) tells a
+  failure of this program from a bad checkpoint, as restore does."""
+
+  def out_of_memory(*args, **kwargs):
+    raise MemoryError('RESOURCE_EXHAUSTED: out of memory allocating 2.0GiB')
+
+  monkeypatch.setattr(checkpoint_lib.ocp.CheckpointManager, 'restore',
+                      out_of_memory)
+  with pytest.raises(CheckpointError) as e:
+    checkpoint_lib.restore_on_host(finished[0])
+  assert 'not a corrupt checkpoint' in str(e.value)
+  assert 'missing or corrupt' not in str(e.value)
+  monkeypatch.undo()
+  tree, step = checkpoint_lib.restore_on_host(finished[0])
+  assert step == STEPS and 'generator' in tree['params']
 
 
 def test_a_run_that_cannot_save_stops_before_it_trains(run_copy, monkeypatch):

@@ -146,6 +146,7 @@ def test_eval_mode_restores_the_latest_checkpoint(uninterrupted, tmp_path):
   with pytest.raises(CheckpointError, match='no checkpoint'):
     loop.evaluate_checkpoint(tiny.tokenizer_config(), str(tmp_path / 'empty'),
                              devices=_devices())
+  assert not os.path.exists(tmp_path / 'empty')  # A mistyped --workdir.
 
 
 def _free_port() -> int:

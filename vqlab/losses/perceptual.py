@@ -41,8 +41,12 @@ class LPIPS(nn.Module):
 
   Attributes:
     dtype: compute dtype of the trunk (normalization and heads: float32).
+    precision: of the trunk's convolutions and the heads (None: the
+      backend's default; HIGHEST keeps an eval metric in float32 on GPUs and
+      TPUs, as the Inception and I3D metrics are).
   """
   dtype: Any = jnp.float32
+  precision: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -51,13 +55,15 @@ class LPIPS(nn.Module):
       raise ValueError(f'LPIPS inputs differ in shape: {x.shape}, {y.shape}')
     images = jnp.concatenate([x, y]).astype(jnp.float32)
     images = (images - jnp.array(SHIFT)) / jnp.array(SCALE)
-    features = vgg.VGG(16, vgg.DEFAULT_OUTPUTS, self.dtype, name='vgg')(images)
+    features = vgg.VGG(16, vgg.DEFAULT_OUTPUTS, self.dtype, self.precision,
+                       name='vgg')(images)
     total = jnp.zeros(x.shape[0], jnp.float32)
     for k, name in enumerate(vgg.DEFAULT_OUTPUTS):
       fx, fy = jnp.split(normalize_channels(features[name]), 2)
       diff = jnp.square(fx - fy)
       # The 1x1 head and the spatial mean commute: average first.
-      head = nn.Dense(1, use_bias=False, name=f'lin{k}')
+      head = nn.Dense(1, use_bias=False, precision=self.precision,
+                      name=f'lin{k}')
       total += head(jnp.mean(diff, axis=(1, 2)))[:, 0]
     return total
 
@@ -73,9 +79,11 @@ def load_lpips_params(directory: str | os.PathLike | None = None) -> dict:
 
 
 def lpips_distance(params: dict, x: jax.Array, y: jax.Array, *,
-                   dtype: Any = jnp.float32) -> jax.Array:
-  """LPIPS(x, y) with `params` from `load_lpips_params`.
+                   dtype: Any = jnp.float32,
+                   precision: Any = None) -> jax.Array:
+  """LPIPS(x, y) with `params` from `load_lpips_params` (see LPIPS for dtype
+  and precision).
 
   x, y: [B, H, W, 3] in [-1, 1] -> [B] float32.
   """
-  return LPIPS(dtype).apply({'params': params}, x, y)
+  return LPIPS(dtype, precision).apply({'params': params}, x, y)

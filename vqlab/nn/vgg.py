@@ -47,10 +47,13 @@ class VGG(nn.Module):
     depth: 16 or 19.
     outputs: names of the ReLU outputs to return ('relu{block}_{conv}').
     dtype: compute dtype (params stay float32).
+    precision: of the convolutions (None: the backend's default, which may
+      be TF32 or bf16 passes on GPUs and TPUs).
   """
   depth: int = 16
   outputs: tuple[str, ...] = DEFAULT_OUTPUTS
   dtype: Any = jnp.float32
+  precision: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
@@ -69,7 +72,7 @@ class VGG(nn.Module):
       for k in range(n):
         name = f'conv{b + 1}_{k + 1}'
         h = nn.Conv(CHANNELS[b], (3, 3), padding=((1, 1), (1, 1)),
-                    dtype=self.dtype, name=name)(h)
+                    dtype=self.dtype, precision=self.precision, name=name)(h)
         h = nn.relu(h)
         relu = name.replace('conv', 'relu')
         if relu in wanted:

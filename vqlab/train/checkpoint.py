@@ -376,10 +376,9 @@ class Checkpointer:
           raise ValueError('no state metadata (a partial step)')
         return value, None
       except Exception as e:  # pylint: disable=broad-except
-        transient = isinstance(e, _NOT_THE_FILES) or any(
-            t in str(e) for t in _TRANSIENT)
-        return None, _Failure(_TRANSIENT_FAILURE if transient else _UNREADABLE,
-                              _first_line(e))
+        return None, _Failure(
+            _TRANSIENT_FAILURE if _not_the_files(e) else _UNREADABLE,
+            _first_line(e))
 
   def _set_aside(self, unreadable: list[tuple[int, str]],
                  restored: int) -> None:
@@ -437,6 +436,12 @@ _TRANSIENT = ('RESOURCE_EXHAUSTED', 'UNAVAILABLE', 'DEADLINE_EXCEEDED',
 # own mistakes (a corrupt file never raises these).
 _NOT_THE_FILES = (MemoryError, AttributeError, NameError, ImportError,
                   NotImplementedError)
+
+
+def _not_the_files(e: Exception) -> bool:
+  """Whether a failed read says nothing about the checkpoint's files."""
+  return isinstance(e, _NOT_THE_FILES) or any(t in str(e) for t in _TRANSIENT)
+
 
 # Why a step was not restored, mildest first: processes that disagree act on
 # the gravest (a transient error or a mismatch anywhere stops the restore).
@@ -549,10 +554,14 @@ def restore_on_host(workdir: str, step: int | None = None,
         step, args=ocp.args.StandardRestore(
             _on_one_device(manager.item_metadata(step))))
   except Exception as e:  # pylint: disable=broad-except
+    path = os.path.join(directory, str(step))
+    if _not_the_files(e):
+      raise CheckpointError(
+          f'could not read checkpoint {path} ({_first_line(e)}): memory, a '
+          'transient I/O error or a fault of this program, not a corrupt '
+          'checkpoint; run again (with more memory if it ran out)') from e
     raise CheckpointError(
-        f'checkpoint {os.path.join(directory, str(step))} is missing or '
-        f'corrupt ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})'
-    ) from e
+        f'checkpoint {path} is missing or corrupt ({_first_line(e)})') from e
   finally:
     manager.close()
   return tree, step

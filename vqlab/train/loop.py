@@ -18,6 +18,7 @@ import ml_collections
 
 from vqlab import fileio
 from vqlab.errors import CheckpointError
+from vqlab.train import checkpoint as checkpoint_lib
 from vqlab.train import experiment
 from vqlab.train import preemption
 from vqlab.train import progress as progress_lib
@@ -114,7 +115,7 @@ def _train(config, workdir, devices, step_callback, allow_config_change,
   if watcher.should_stop():
     exp.checkpointer.close()
     return _stopped(start_step, saved=False)
-  writer = writers_lib.MetricWriter(workdir)
+  writer = writers_lib.MetricWriter(workdir, trains_from=start_step)
   is_chief = jax.process_index() == 0
   if is_chief:
     print(
@@ -204,13 +205,16 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
                         allow_config_change: bool = False) -> dict[str, Any]:
   """`--mode=eval`: restores the latest checkpoint and evaluates it (the
   run's config.json is compared with `config`, never rewritten)."""
+  no_checkpoint = CheckpointError(
+      f'no checkpoint in {os.path.join(workdir, "checkpoints")}: train first '
+      '(--mode=train) or point --workdir at a trained run')
+  if checkpoint_lib.newest_step(workdir) is None:
+    raise no_checkpoint  # Before anything is made in a mistyped --workdir.
   exp = experiment.Experiment(config, workdir, devices,
                               allow_config_change=allow_config_change)
   restored = exp.checkpointer.restore(exp.abstract_state, set_aside=False)
   if restored is None:
-    raise CheckpointError(
-        f'no checkpoint in {exp.checkpointer.directory}: train first '
-        '(--mode=train) or point --workdir at a trained run')
+    raise no_checkpoint
   state, step = restored
   writer = writers_lib.MetricWriter(workdir)
   metrics, images = exp.evaluate(state)

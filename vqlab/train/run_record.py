@@ -95,12 +95,18 @@ def read(workdir: str) -> dict[str, Any] | None:
     return None
   try:
     with fileio.open(path) as f:
-      return json.load(f)
+      saved = json.load(f)
   except ValueError as e:
     raise ConfigError(
         '--workdir', f'{path} is not valid JSON ({e}); it is '
         'the record of how the run was trained: repair it or '
         'use another --workdir') from e
+  if not isinstance(saved, dict):
+    raise ConfigError(
+        '--workdir', f'{path} holds a JSON {type(saved).__name__}, not a '
+        'config; it is the record of how the run was trained: repair it or '
+        'use another --workdir')
+  return saved
 
 
 def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:

@@ -23,16 +23,25 @@ from vqlab import fileio
 class MetricWriter:
   """TensorBoard event files + `metrics.jsonl` + PNG image grids."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, trains_from: int | None = None):
+    """Args: workdir: the run's directory; trains_from: the step a training
+    run starts from (its checkpoint's, 0 when fresh). The numbers an earlier
+    attempt logged after that step (work lost with it, e.g. to a kill -9)
+    are dropped from metrics.jsonl and hidden in TensorBoard, so that each
+    step is logged once. None (eval, sampling): nothing is dropped."""
     self.workdir = workdir
     self._enabled = jax.process_index() == 0
     if self._enabled:
       fileio.makedirs(os.path.join(workdir, 'images'))
-      self._jsonl = fileio.open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      path = os.path.join(workdir, 'metrics.jsonl')
+      if trains_from is not None and fileio.exists(path):
+        _drop_rows_after(path, trains_from)
+      self._jsonl = fileio.open(path, 'a')
       if fileio.is_url(workdir):
         _register_gfile_event_writer(fileio.scheme(workdir))
-      self._tb = tensorboardX.SummaryWriter(os.path.join(
-          workdir, 'tensorboard'))
+      self._tb = tensorboardX.SummaryWriter(
+          os.path.join(workdir, 'tensorboard'),
+          purge_step=None if trains_from is None else trains_from + 1)
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     """Writes float scalars at `step` to TensorBoard and metrics.jsonl."""
@@ -61,6 +70,23 @@ class MetricWriter:
     if self._enabled:
       self._jsonl.close()
       self._tb.close()
+
+
+def _drop_rows_after(path: str, step: int) -> None:
+  """Rewrites the metrics.jsonl at `path` without its rows after `step`."""
+  with fileio.open(path) as f:
+    lines = f.read().splitlines(keepends=True)
+
+  def kept(line: str) -> bool:
+    try:
+      return int(json.loads(line)['step']) <= step
+    except (ValueError, KeyError, TypeError):
+      return True  # Not a row of ours: left as it is.
+
+  rows = [line for line in lines if kept(line)]
+  if len(rows) < len(lines):
+    data = ''.join(rows).encode()
+    fileio.write_atomically(path, lambda f: f.write(data))
 
 
 class _GFileEventWriterFactory:

@@ -140,6 +140,22 @@ def _train(tokenizer_dir, shards, workdir, model, steps):
   return config
 
 
+def test_shards_of_a_moved_tokenizer_name_the_key_to_set(
+    tokenizer_dir, shards, tmp_path):
+  """The same tokenizer run at the same step, moved: the message names
+  tokenizer.workdir, not the step it already has."""
+  moved = str(tmp_path / 'moved_tokenizer')
+  shutil.copytree(tokenizer_dir, moved)
+  config = tiny.generator_config(moved)
+  config.tokens.dir = shards[1]['tokens_dir']
+  with pytest.raises(ConfigError) as e:
+    experiment.Experiment(config, str(tmp_path / 'run'), _devices())
+  message = str(e.value)
+  assert f'set tokenizer.workdir = {tokenizer_dir} (or the directory' in (
+      message)
+  assert 'tokenizer.step =' not in message
+
+
 @pytest.fixture(scope='module')
 def trained_maskgit(tokenizer_dir, shards, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('maskgit'))

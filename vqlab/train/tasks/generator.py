@@ -392,15 +392,20 @@ class GeneratorTask(base.Task):
                                       process_count=process_count,
                                       seed=self.config.data.get('seed', 0))
     recorded = source.metadata['tokenizer']
-    if (fileio.absolute(recorded['workdir']) != fileio.absolute(
-        self.tokenizer.workdir) or recorded['step'] != self.tokenizer.step):
+    fix = []
+    if fileio.absolute(recorded['workdir']) != fileio.absolute(
+        self.tokenizer.workdir):
+      fix.append(f'tokenizer.workdir = {recorded["workdir"]} (or the '
+                 'directory it was moved to)')
+    if recorded['step'] != self.tokenizer.step:
+      fix.append(f'tokenizer.step = {recorded["step"]}')
+    if fix:
       raise ConfigError(
           'tokens.dir', f'{directory} holds tokens of the tokenizer in '
           f'{recorded["workdir"]} at step {recorded["step"]}, but '
           f'tokenizer.workdir/step name {self.tokenizer.workdir} at step '
-          f'{self.tokenizer.step}: set tokenizer.step = {recorded["step"]} '
-          'to train on these tokens, or run --mode=tokenize again into '
-          'another tokens.dir')
+          f'{self.tokenizer.step}: set {" and ".join(fix)} to train on these '
+          'tokens, or run --mode=tokenize again into another tokens.dir')
     recorded = source.metadata.get('condition', {'image': 'none'})
     wanted = self.condition_metadata()
     if recorded != wanted:

@@ -132,7 +132,8 @@ class ReconstructionEval:
           image_metrics.ssim(x_frames, rec_frames), batch_size)
     if 'lpips' in frozen:
       per_example['lpips'] = _per_example(
-          perceptual.lpips_distance(frozen['lpips'], x_frames, rec_frames),
+          perceptual.lpips_distance(frozen['lpips'], x_frames, rec_frames,
+                                    precision=jax.lax.Precision.HIGHEST),
           batch_size)
     sums = {k: jnp.sum(v * mask) for k, v in per_example.items()}
     sums.update(count=jnp.sum(mask), code_counts=counts)
