@@ -11,9 +11,10 @@ label dropout; sampling with truncation 0.86 and the fast sampler's 25 steps
 
 Memory: the global batch of 512 runs as 2 microbatches, so that 8 x 80 GB
 GPUs (64 examples per device) hold it within JAX's default 75% of GPU
-memory: compiled peak per device 41.1 GiB (text: 43.1) instead of 70.5
-(74.3) in one piece (XLA:CPU, benchmarks/README.md). Rematerializing the
-blocks instead (model.remat_policy = 'full') needs 11.4 GiB for 24% more
+memory: compiled peak per device 42.8 GiB (text: 44.7) with its EMA of the
+weights (XLA:CPU, benchmarks/README.md); measured before the EMA, 41.1
+(43.1) against 70.5 (74.3) in one piece, and rematerializing the blocks
+instead (model.remat_policy = 'full') needed 11.4 GiB for 24% more
 FLOPs.
 """
 
