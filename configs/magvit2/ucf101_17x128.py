@@ -2,8 +2,20 @@
 tokens (temporal factor 4, spatial factor 8), LFQ with K = 2^18 (two 2^9
 factors, the exact batch entropy over all 2^18 codes), commitment 0.25,
 entropy penalty 0.1 at tau 0.01;
-3D StyleGAN discriminator with blur pooling, LeCam 0.001, LPIPS 0.1 on frames,
-non-saturating GAN 0.1 with the adaptive weight, EMA generator for eval.
+3D StyleGAN discriminator with blur pooling, LeCam 0.001 (MAGVIT's form, on
+the mean logits), LPIPS 0.1 on frames, non-saturating GAN 0.1 with the
+adaptive weight, EMA generator for eval.
+
+The paper trains its tokenizer with MAGVIT's settings; MAGVIT's released
+trainer and UCF-101 configs (google-research/magvit) differ from this
+config in: a fixed GAN weight of 0.1 (no adaptive weight) from step 0, R1
+10 on pixels in [0, 1] (40 here), l2 reconstruction (weight 0.25 here),
+ResNet-50 logits instead of LPIPS, a discriminator of width 128 with five
+downsampling blocks, 1 epoch of warmup then cosine decay, 2000 epochs (74k
+steps at batch 256), and a start from an inflated 2D ImageNet model. R1
+and the wider discriminator change the memory per device that the
+microbatches below were chosen by, so they are left for a re-measured
+config.
 
 Needs the prepared tfds `ucf101` (data.data_dir) and, for LPIPS, the VGG16
 file in the weights directory.
@@ -68,6 +80,7 @@ def get_config():
   loss.disc_weight = 0.1
   loss.perceptual_weight = 0.1
   loss.lecam_weight = 0.001
+  loss.lecam_form = 'mean_logit'
   loss.disc_start = 20_000
   config.ema.decay = 0.999
   for opt in (config.optimizer.generator, config.optimizer.discriminator):
