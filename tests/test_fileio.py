@@ -117,24 +117,27 @@ def test_checkpoints_and_run_config_on_a_url(url, tmp_path, monkeypatch):
   np.testing.assert_array_equal(tree['w'], state['w'])
 
 
+# Token metadata of a train split of 4 examples in one shard.
+_ONE_SHARD_OF_4 = {
+    'format': token_shards.FORMAT_VERSION,
+    'input_shape': [8, 8, 3],
+    'splits': {
+        'train': {
+            'complete': True,
+            'num_files': 1,
+            'num_examples': 4
+        }
+    }
+}
+
+
 def test_a_truncated_token_shard_is_named(tmp_path):
   """E.g. a copy cut short: one line naming the shard, no zip traceback."""
   directory = str(tmp_path)
   path = token_shards.shard_path(directory, 'train', 0, 0)
   fileio.makedirs(os.path.dirname(path))
   token_shards.write_shard(path, {'tokens': np.arange(12).reshape(4, 3)})
-  token_shards.write_metadata(
-      directory, {
-          'format': token_shards.FORMAT_VERSION,
-          'input_shape': [8, 8, 3],
-          'splits': {
-              'train': {
-                  'complete': True,
-                  'num_files': 1,
-                  'num_examples': 4
-              }
-          }
-      })
+  token_shards.write_metadata(directory, _ONE_SHARD_OF_4)
   assert len(token_shards.load_split(directory, 'train')[0]['tokens']) == 4
   with open(path, 'rb') as f:
     data = f.read()
@@ -154,18 +157,7 @@ def test_token_shards_fid_statistics_and_gifs_on_a_url(url):
   }
   fileio.makedirs(f'{url}/train')
   token_shards.write_shard(token_shards.shard_path(url, 'train', 0, 0), arrays)
-  token_shards.write_metadata(
-      url, {
-          'format': token_shards.FORMAT_VERSION,
-          'input_shape': [8, 8, 3],
-          'splits': {
-              'train': {
-                  'complete': True,
-                  'num_files': 1,
-                  'num_examples': 4
-              }
-          }
-      })
+  token_shards.write_metadata(url, _ONE_SHARD_OF_4)
   loaded, metadata = token_shards.load_split(url, 'train')
   assert metadata['input_shape'] == [8, 8, 3]
   for key, value in arrays.items():
