@@ -117,6 +117,20 @@ def test_checkpoints_and_run_config_on_a_url(url, tmp_path, monkeypatch):
   np.testing.assert_array_equal(tree['w'], state['w'])
 
 
+def test_a_resumed_writer_drops_rows_past_its_step_and_a_torn_row(tmp_path):
+  """A run killed after step 4's row was half written, resumed from its
+  checkpoint at step 2: steps 3 and 4 are logged again, once."""
+  path = tmp_path / 'metrics.jsonl'
+  path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.9}\n'
+                  '{"step": 3, "loss": 0.8}\n{"step": 4, "lo')
+  writer = writers.MetricWriter(str(tmp_path), trains_from=2)
+  writer.write_scalars(3, {'loss': 0.7})
+  writer.close()
+  rows = [json.loads(line) for line in path.read_text().splitlines()]
+  assert [(r['step'], r['loss']) for r in rows] == [(1, 1.0), (2, 0.9),
+                                                    (3, 0.7)]
+
+
 # Token metadata of a train split of 4 examples in one shard.
 _ONE_SHARD_OF_4 = {
     'format': token_shards.FORMAT_VERSION,

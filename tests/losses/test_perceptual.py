@@ -19,6 +19,7 @@ from vqlab.errors import WeightsError
 from vqlab.losses import perceptual
 from vqlab.losses import vgg_features
 from vqlab.nn import vgg
+from vqlab.train.tasks import reconstruction_eval
 from vqlab.weights import files
 from vqlab.weights import lpips as lpips_weights
 from vqlab.weights import torch_files
@@ -111,6 +112,25 @@ def test_lpips_as_a_metric_runs_at_highest_precision():
   assert len(metric) == 13 + 5  # The VGG16 trunk's convs, the five heads.
   assert all(p == (highest, highest) for p in metric), metric
   assert all(p is None for p in precisions(None))
+
+
+def test_the_eval_suite_measures_lpips_at_highest_precision():
+  evaluation = reconstruction_eval.ReconstructionEval(codebook_size=4)
+  x = jnp.zeros((2, 32, 32, 3))
+  params = jax.eval_shape(perceptual.LPIPS().init, jax.random.key(0), x,
+                          x)['params']
+  jaxpr = jax.make_jaxpr(lambda p: evaluation.outputs(
+      x, x, jnp.zeros((2, 4, 4), jnp.int32), jnp.ones(2), {'lpips': p}))(params)
+
+  def convs(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == 'conv_general_dilated':
+        yield eqn.params['precision']
+      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        yield from convs(sub)
+
+  highest = (jax.lax.Precision.HIGHEST,) * 2
+  assert sum(p == highest for p in convs(jaxpr.jaxpr)) >= 13  # VGG16's.
 
 
 def test_vgg19_features_match_reference():

@@ -7,6 +7,7 @@ for the Inception Score, whatever the number of examples.
 
 import io
 import os
+import zipfile
 
 import numpy as np
 
@@ -106,7 +107,7 @@ def statistics_source(path: str | os.PathLike) -> str | None:
         io.BytesIO(fileio.read_bytes(path)) if fileio.is_url(path) else path,
         allow_pickle=False) as f:
       return str(f['source']) if 'source' in f.files else None
-  except (OSError, EOFError, ValueError, AttributeError):
+  except (OSError, EOFError, ValueError, AttributeError, zipfile.BadZipFile):
     return None
 
 

@@ -52,6 +52,8 @@ def usage_and_perplexity(counts: jax.Array) -> dict[str, jax.Array]:
       histogram: float32 is off in the 7th digit at 2^18 codes).
   """
   xp = np if isinstance(counts, np.ndarray) else jnp
+  if xp is np:
+    counts = counts.astype(np.float64)
   probs = counts / xp.maximum(counts.sum(), 1.0)
   entropy = -xp.sum(
       xp.where(probs > 0, probs * xp.log(xp.where(probs > 0, probs, 1.0)), 0.0))

@@ -174,19 +174,28 @@ class Checkpointer:
     self._pending = None  # The step of the newest save started.
 
   def check_writable(self) -> None:
-    """Raises CheckpointError unless this process can write into the
-    checkpoint directory: a run that cannot save should stop before it
-    trains, not at its first save."""
+    """Raises CheckpointError on every process unless each can write into
+    the checkpoint directory: a run that cannot save should stop before it
+    trains, not at its first save (and no host alone)."""
     probe = os.path.join(self.directory,
                          f'.vqlab_write_probe_{jax.process_index()}')
+    problem = ''
     try:
       fileio.write_atomically(probe, lambda f: f.write(b'ok'))
       fileio.remove(probe)
     except Exception as e:  # pylint: disable=broad-except
+      problem = _first_line(e)
+    failed = [problem != '']
+    if jax.process_count() > 1:
+      failed = list(multihost_utils.process_allgather(
+          np.asarray(problem != '')))
+    if any(failed):
+      where = (f'process {failed.index(True)} '
+               if jax.process_count() > 1 and not problem else '')
       raise CheckpointError(
-          f'cannot write into {self.directory} ({_first_line(e)}): the run '
-          'could not save its progress. Make it writable or use another '
-          '--workdir') from e
+          f'{where}cannot write into {self.directory}'
+          f'{f" ({problem})" if problem else ""}: the run could not save '
+          'its progress. Make it writable or use another --workdir')
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())

@@ -10,9 +10,9 @@ The eval split is used: one ordered pass over every example, no
 augmentation. For the statistics of a training set point the eval split at it
 (`--config.data.eval_split=train` for tfds and image folders).
 
-Protocol notes: the features are exactly pytorch-fid's (images resized to
-299x299 with torch's bilinear, no antialiasing); the images are what the data
-pipeline yields for that split (for ImageNet rFID: the 50k validation images,
+Protocol notes: the features are pytorch-fid's or the TF graph's, as
+`eval.inception_input` says (vqlab/evals/PROTOCOLS.md); the images are what
+the data pipeline yields for that split (for ImageNet rFID: the 50k validation images,
 resized and center-cropped to data.image_size = 256).
 
 With network='i3d' the clips of a video dataset go through the FVD I3D

@@ -27,8 +27,10 @@ class MetricWriter:
     """Args: workdir: the run's directory; trains_from: the step a training
     run starts from (its checkpoint's, 0 when fresh). The numbers an earlier
     attempt logged after that step (work lost with it, e.g. to a kill -9)
-    are dropped from metrics.jsonl and hidden in TensorBoard, so that each
-    step is logged once. None (eval, sampling): nothing is dropped."""
+    are dropped from metrics.jsonl (with a last row cut short) and hidden in
+    TensorBoard, so that each train step is logged once (a finished run run
+    again repeats its final eval). None (eval, sampling): nothing is
+    dropped."""
     self.workdir = workdir
     self._enabled = jax.process_index() == 0
     if self._enabled:
@@ -73,7 +75,8 @@ class MetricWriter:
 
 
 def _drop_rows_after(path: str, step: int) -> None:
-  """Rewrites the metrics.jsonl at `path` without its rows after `step`."""
+  """Rewrites the metrics.jsonl at `path` without its rows after `step` and
+  without a last row cut short."""
   with fileio.open(path) as f:
     lines = f.read().splitlines(keepends=True)
 
@@ -83,8 +86,11 @@ def _drop_rows_after(path: str, step: int) -> None:
     except (ValueError, KeyError, TypeError):
       return True  # Not a row of ours: left as it is.
 
+  torn = bool(lines) and not lines[-1].endswith('\n')
+  if torn:
+    lines = lines[:-1]  # A last row cut short (kill -9).
   rows = [line for line in lines if kept(line)]
-  if len(rows) < len(lines):
+  if torn or len(rows) < len(lines):
     data = ''.join(rows).encode()
     fileio.write_atomically(path, lambda f: f.write(data))
 
