@@ -66,6 +66,12 @@ def test_save_load_round_trip(tmp_path):
   np.testing.assert_array_equal(sigma, stats.covariance())
   with np.load(path) as f:
     assert int(f['num_examples']) == 103
+  # What they were computed from, read back; none from a file cut short.
+  assert fid.statistics_source(path) is None
+  stats.save(path, source='inception on photos')
+  assert fid.statistics_source(path) == 'inception on photos'
+  path.write_bytes(path.read_bytes()[:100])
+  assert fid.statistics_source(path) is None
   # pytorch-fid --save-stats / ADM reference batches: extra keys are fine.
   adm = tmp_path / 'VIRTUAL_ref.npz'
   np.savez_compressed(adm, arr_0=np.zeros((2, 4, 4, 3), np.uint8), mu=mu,
