@@ -5,7 +5,7 @@ codebook can later be shared with video training. Needs the prepared tfds
 
 The model keeps the video config's layout (scanned, rematerialized res
 blocks), so either run's checkpoint starts the other. Images need no
-microbatches: 32 per device compile to a 25.6 GiB peak estimate, 8 to 11.8
+microbatches: 32 per device compile to a 26.5 GiB peak estimate, 8 to 12.3
 (XLA:CPU, benchmarks/README.md).
 """
 
@@ -19,4 +19,9 @@ def get_config():
   config.data.tfds_name = 'imagenet2012'
   config.data.image_size = 128
   config.train.microbatches = 1
+  # The video config's schedule counts UCF-101 epochs: 500k steps here,
+  # 1 ImageNet epoch of warmup at batch 256, then cosine decay.
+  config.train.num_steps = 500_000
+  for opt in (config.optimizer.generator, config.optimizer.discriminator):
+    opt.warmup_steps = 1_281_167 // 256
   return config

@@ -2,20 +2,17 @@
 tokens (temporal factor 4, spatial factor 8), LFQ with K = 2^18 (two 2^9
 factors, the exact batch entropy over all 2^18 codes), commitment 0.25,
 entropy penalty 0.1 at tau 0.01;
-3D StyleGAN discriminator with blur pooling, LeCam 0.001 (MAGVIT's form, on
-the mean logits), LPIPS 0.1 on frames, non-saturating GAN 0.1 with the
-adaptive weight, EMA generator for eval.
-
-The paper trains its tokenizer with MAGVIT's settings; MAGVIT's released
-trainer and UCF-101 configs (google-research/magvit) differ from this
-config in: a fixed GAN weight of 0.1 (no adaptive weight) from step 0, R1
-10 on pixels in [0, 1] (40 here), l2 reconstruction (weight 0.25 here),
-ResNet-50 logits instead of LPIPS, a discriminator of width 128 with five
-downsampling blocks, 1 epoch of warmup then cosine decay, 2000 epochs (74k
-steps at batch 256), and a start from an inflated 2D ImageNet model. R1
-and the wider discriminator change the memory per device that the
-microbatches below were chosen by, so they are left for a re-measured
-config.
+trained with MAGVIT's recipe, which the paper follows (google-research/magvit:
+vqgan_trainer.py, vqgan2d/3d_ucf101_config.py, MAGVIT-L): non-saturating GAN
+at a fixed weight of 0.1 (no adaptive weight), R1 penalty 10, l2
+reconstruction, LeCam 0.001 on the mean logits, a 3D StyleGAN discriminator
+with blur pooling of width 128 and five downsampling blocks, Adam (0, 0.99)
+at lr 1e-4 after 1 epoch of warmup then cosine decay over 2000 epochs of
+the 9,537 training videos (74,000 steps of 256), EMA 0.999 for eval. MAGVIT
+sees pixels in [0, 1], vqlab's losses in [-1, 1]: its R1 of 10 is 40 here
+and its l2 weight of 1 is 0.25. Departures: LPIPS 0.1 on frames instead of
+MAGVIT's ResNet-50 logit loss (no weights for it here), the GAN from step
+20k instead of from an inflated 2D ImageNet model's start.
 
 Needs the prepared tfds `ucf101` (data.data_dir) and, for LPIPS, the VGG16
 file in the weights directory.
@@ -23,8 +20,9 @@ file in the weights directory.
 Memory: the global batch of 256 runs as 8 microbatches with each stage's res
 blocks scanned and rematerialized, which fits the paper's pods and 8 x 80 GB
 GPUs. Compiled peak estimates per device (benchmarks/README.md, XLA:CPU)
-for 1, 2, 4, 8 clips per device at a time: 14.8, 22.3, 37.3, 81.3 GiB
-(without scan and remat: 24.2, 41.0, 74.7, 189.6). So 8 x 80 GB GPUs (32
+for 1, 2, 4, 8 clips per device at a time: 16.4, 24.1, 39.6, 84.5 GiB
+(measured before R1 and the wider discriminator: 14.8, 22.3, 37.3, 81.3,
+and without scan and remat 24.2, 41.0, 74.7, 189.6). So 8 x 80 GB GPUs (32
 clips per device) run 4 at a time, a v5p-32 (16 devices) 2 and a v4-64
 (32 devices, 32 GiB each) 1. On more devices, lower train.microbatches so
 that it still divides the per-device batch; on fewer or smaller ones raise
@@ -72,24 +70,31 @@ def get_config():
 
   config.model = model_config()
   config.discriminator = discriminators.default_config('stylegan')
-  config.discriminator.base_features = 64
-  config.discriminator.channel_multipliers = (2, 4, 4, 4)  # 128 -> 8.
+  config.discriminator.base_features = 128
+  config.discriminator.channel_multipliers = (2, 4, 4, 4, 4)  # 128 -> 4.
 
   loss = config.loss
+  loss.reconstruction = 'l2'
+  loss.reconstruction_weight = 0.25
   loss.gan_loss = 'non_saturating'
+  loss.adaptive_weight = False
   loss.disc_weight = 0.1
+  loss.r1_weight = 40.0
   loss.perceptual_weight = 0.1
   loss.lecam_weight = 0.001
   loss.lecam_form = 'mean_logit'
   loss.disc_start = 20_000
   config.ema.decay = 0.999
+  steps_per_epoch = 9_537 // 256
   for opt in (config.optimizer.generator, config.optimizer.discriminator):
     opt.learning_rate = 1e-4
     opt.b1, opt.b2 = 0.0, 0.99
+    opt.warmup_steps = steps_per_epoch
+    opt.schedule = 'cosine'
 
   config.train.batch_size = 256
   config.train.microbatches = 8  # 256 = 8 x 32 clips on 8 GPUs (see above).
-  config.train.num_steps = 500_000
+  config.train.num_steps = 2000 * steps_per_epoch
   config.train.log_every = 100
   config.train.eval_every = 10_000
   config.train.checkpoint_every = 5_000
