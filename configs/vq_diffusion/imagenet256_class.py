@@ -61,10 +61,11 @@ def get_config():
   config.optimizer.weight_decay = 4.5e-2
   config.optimizer.warmup_steps = 5000
   # The release (configs/imagenet.yaml) keeps an EMA of decay 0.99 updated
-  # every 25 steps: the same time constant per step is 0.99^(1/25). Its
-  # gradient clip (0.5, the first 5000 steps only) is left out: vqlab clips
-  # at every step or never.
+  # every 25 steps: the same time constant per step is 0.99^(1/25); and
+  # clips gradients at 0.5 for its first 5000 steps.
   config.ema.decay = 0.99**(1 / 25)
+  config.optimizer.grad_clip_norm = 0.5
+  config.optimizer.grad_clip_steps = 5000
   config.train.batch_size = 512
   config.train.microbatches = 2  # 64 examples per device on 8 GPUs, 2 x 32.
   config.train.num_steps = 500_000
