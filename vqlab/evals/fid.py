@@ -99,13 +99,18 @@ def _npz_bytes(**arrays) -> bytes:
   return buffer.getvalue()
 
 
+def _load_npz(path: str | os.PathLike):
+  """np.load of a local or URL path, without pickles."""
+  return np.load(
+      io.BytesIO(fileio.read_bytes(path)) if fileio.is_url(path) else path,
+      allow_pickle=False)
+
+
 def statistics_source(path: str | os.PathLike) -> str | None:
   """The `source` an .npz of statistics was saved with, or None (none saved,
   or not readable as an .npz)."""
   try:
-    with np.load(
-        io.BytesIO(fileio.read_bytes(path)) if fileio.is_url(path) else path,
-        allow_pickle=False) as f:
+    with _load_npz(path) as f:
       return str(f['source']) if 'source' in f.files else None
   except (OSError, EOFError, ValueError, AttributeError, zipfile.BadZipFile):
     return None
@@ -116,9 +121,7 @@ def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
   (FeatureStatistics.save, pytorch-fid --save-stats, ADM reference batches;
   other keys are ignored)."""
   try:
-    data = np.load(
-        io.BytesIO(fileio.read_bytes(path)) if fileio.is_url(path) else path,
-        allow_pickle=False)
+    data = _load_npz(path)
   except FileNotFoundError:
     raise
   except (OSError, EOFError, ValueError) as e:

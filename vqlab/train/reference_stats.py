@@ -12,8 +12,8 @@ augmentation. For the statistics of a training set point the eval split at it
 
 Protocol notes: the features are pytorch-fid's or the TF graph's, as
 `eval.inception_input` says (vqlab/evals/PROTOCOLS.md); the images are what
-the data pipeline yields for that split (for ImageNet rFID: the 50k validation images,
-resized and center-cropped to data.image_size = 256).
+the data pipeline yields for that split (for ImageNet rFID: the 50k
+validation images, resized and center-cropped to data.image_size = 256).
 
 With network='i3d' the clips of a video dataset go through the FVD I3D
 instead (400-d logits of the first `eval.fvd_frames` frames): the reference of
