@@ -99,6 +99,25 @@ def test_run_writes_checkpoints_metrics_images_and_summaries(uninterrupted):
   assert glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.*'))
 
 
+def test_a_finished_run_run_again_returns_its_final_metrics(
+    uninterrupted, tmp_path, capsys):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(uninterrupted[0], workdir)
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    rows = f.read()
+  result = loop.train_and_evaluate(_config(), workdir, devices=_devices())
+  assert result == uninterrupted[1]
+  assert 'the run finished at step 5' in capsys.readouterr().out
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    assert f.read() == rows  # No second final eval.
+  # A final eval that never finished (no final_metrics.json) runs again.
+  os.remove(os.path.join(workdir, 'final_metrics.json'))
+  again = loop.train_and_evaluate(_config(), workdir, devices=_devices())
+  assert again['psnr'] == pytest.approx(uninterrupted[1]['psnr'], rel=1e-6)
+  with open(os.path.join(workdir, 'final_metrics.json')) as f:
+    assert json.load(f) == again
+
+
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(
     uninterrupted, tmp_path, capsys):
   workdir = str(tmp_path / 'run')

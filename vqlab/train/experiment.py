@@ -188,8 +188,8 @@ class Experiment:
     }
     self.jit_eval_step = jax.jit(
         self.task.eval_step,
-        in_shardings=(self.state_shardings, self.batch_sharding, replicated),
-        out_shardings=replicated)
+        in_shardings=(self.state_shardings, self.batch_sharding, replicated,
+                      replicated), out_shardings=replicated)
 
     # Any sharded array -> the whole array on every process.
     self._gather = jax.jit(lambda x: x, out_shardings=replicated)
@@ -260,9 +260,12 @@ class Experiment:
     that step); None: the program right at every step."""
     return self.jitted_train_step(step)(state, batch, self.frozen)
 
-  def eval_step(self, state, batch):
-    """One compiled eval step -> (outputs, images)."""
-    return self.jit_eval_step(state, batch, self.frozen)
+  def eval_step(self, state, batch, index: int = 0):
+    """One compiled eval step of the eval split's batch `index` -> (outputs,
+    images). Its key is fold_in(key(0), index): a generator's eval masks are
+    new in each batch and the same in every evaluation (and run)."""
+    rng = jax.random.fold_in(jax.random.key(0), index)
+    return self.jit_eval_step(state, batch, self.frozen, rng)
 
   def initial_state(self):
     """(state, step): the newest readable checkpoint, or a fresh init."""
@@ -289,7 +292,7 @@ class Experiment:
         if 0 <= max_batches <= i:
           break
         batch = self.global_batch(local)
-        outputs, batch_images = self.eval_step(state, batch)
+        outputs, batch_images = self.eval_step(state, batch, i)
         acc.add(outputs)
         if images is None:
           images = jax.device_get(batch_images)

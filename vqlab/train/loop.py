@@ -112,6 +112,17 @@ def _train(config, workdir, devices, step_callback, allow_config_change,
     logging.info('Resuming from step %d', start_step)
     print(f'vqlab: resuming from the checkpoint at step {start_step}',
           flush=True)
+  finished = (_final_metrics(workdir, start_step)
+              if start_step >= train_cfg.num_steps else None)
+  if finished is not None:
+    if jax.process_index() == 0:
+      print(
+          f'vqlab: the run finished at step {start_step} (its '
+          'final_metrics.json); nothing to train. --mode=eval evaluates its '
+          'checkpoint again; a larger --config.train.num_steps trains on.',
+          flush=True)
+    exp.checkpointer.close()
+    return finished
   if watcher.should_stop():
     exp.checkpointer.close()
     return _stopped(start_step, saved=False)
@@ -197,6 +208,20 @@ def _train(config, workdir, devices, step_callback, allow_config_change,
   if is_chief:
     with fileio.open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
       json.dump(result, f, indent=2)
+  return result
+
+
+def _final_metrics(workdir: str, step: int) -> dict[str, Any] | None:
+  """The final metrics a finished run wrote at `step`, or None (none, of
+  another step, or unreadable: the final eval runs again)."""
+  path = os.path.join(workdir, 'final_metrics.json')
+  try:
+    with fileio.open(path) as f:
+      result = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if not isinstance(result, dict) or result.get('step') != step:
+    return None
   return result
 
 

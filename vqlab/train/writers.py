@@ -28,9 +28,8 @@ class MetricWriter:
     run starts from (its checkpoint's, 0 when fresh). The numbers an earlier
     attempt logged after that step (work lost with it, e.g. to a kill -9)
     are dropped from metrics.jsonl (with a last row cut short) and hidden in
-    TensorBoard, so that each train step is logged once (a finished run run
-    again repeats its final eval). None (eval, sampling): nothing is
-    dropped."""
+    TensorBoard, so that each train step is logged once. None (eval,
+    sampling): nothing is dropped."""
     self.workdir = workdir
     self._enabled = jax.process_index() == 0
     if self._enabled:

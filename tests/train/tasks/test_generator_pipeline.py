@@ -275,12 +275,24 @@ def test_on_the_fly_tokens_give_the_same_eval_loss_as_shards(
   # The eval split's shards hold the same examples in the same order.
   tokens, _ = token_shards.load_split(summary['tokens_dir'], 'eval')
   batch = {'tokens': tokens['tokens'][:8], 'mask': np.ones(8, bool)}
-  outputs, _ = jax.jit(exp.task.eval_step)(state, batch)
+  # The loop's key of eval batch 0 (see Experiment.eval_step).
+  rng = jax.random.fold_in(jax.random.key(0), 0)
+  outputs, _ = jax.jit(exp.task.eval_step)(state, batch, None, rng)
   images = exp.global_batch(next(exp.eval_data.batches()))
   expected, _ = exp.eval_step(state, images)  # Compiled by evaluate().
   np.testing.assert_allclose(outputs['sums']['loss'], expected['sums']['loss'],
                              rtol=1e-6)
   assert on_the_fly['num_examples'] == 16 and np.isfinite(on_the_fly['loss'])
+  # Each eval batch draws its own MaskGIT masks: the same tokens as batch 1
+  # are masked differently, and evaluate() sums the batches' own draws.
+  again, _ = exp.eval_step(state, images, 1)
+  assert again['sums']['weight'] != expected['sums']['weight']
+  second, _ = exp.eval_step(state,
+                            exp.global_batch(list(exp.eval_data.batches())[1]),
+                            1)
+  np.testing.assert_allclose(
+      on_the_fly['loss'], (expected['sums']['loss'] + second['sums']['loss']) /
+      (expected['sums']['weight'] + second['sums']['weight']), rtol=1e-5)
   # (Train steps on the fly: tests/train/tasks/test_titok_training.py and
   # tests/train/tasks/test_text_to_image.py.)
   del workdir
@@ -429,7 +441,9 @@ def test_spatial_gpt_trains_on_shards_and_on_the_fly_alike_and_samples(
       'cond_tokens': arrays['cond_tokens'][:8],
       'mask': np.ones(8, bool)
   }
-  from_shards, _ = jax.jit(fly.task.eval_step)(state, shard_batch)
+  from_shards, _ = jax.jit(fly.task.eval_step)(state, shard_batch, None,
+                                               jax.random.fold_in(
+                                                   jax.random.key(0), 0))
   on_the_fly, _ = fly.eval_step(state,
                                 fly.global_batch(next(fly.eval_data.batches())))
   np.testing.assert_allclose(on_the_fly['sums']['loss'],

@@ -55,11 +55,14 @@ class Task(abc.ABC):
 
   @abc.abstractmethod
   def eval_step(
-      self, state: TrainState, batch: Batch,
-      frozen: dict[str, Any]) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+      self, state: TrainState, batch: Batch, frozen: dict[str, Any],
+      rng: jax.Array | None) -> tuple[dict[str, Any], dict[str, jax.Array]]:
     """One eval batch -> (outputs for `evals.accumulator.EvalAccumulator`:
     'sums' of per-example values over real examples, 'mask' [B] and
-    optionally 'features'; images to show, {name: [B, (T,) H, W, C]})."""
+    optionally 'features'; images to show, {name: [B, (T,) H, W, C]}).
+    `rng`: this batch's key for a task whose eval loss draws (a generator's
+    masks and timesteps; the loop folds the batch's index into a fixed key,
+    so every evaluation of a run draws the same); None: key(0)."""
 
   @abc.abstractmethod
   def summarize_eval(self, acc) -> dict[str, float]:

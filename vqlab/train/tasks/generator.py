@@ -513,9 +513,10 @@ class GeneratorTask(base.Task):
       return state.ema_params['model']
     return state.params['model']
 
-  def eval_step(self, state: TrainState, batch, frozen=None):
-    """Eval loss of one batch (fixed masks), summed over real examples (or
-    over the weight its means are over: MaskGIT's masked tokens).
+  def eval_step(self, state: TrainState, batch, frozen=None, rng=None):
+    """Eval loss of one batch, summed over real examples (or over the weight
+    its means are over: MaskGIT's masked tokens). Its masks (MaskGIT) or
+    timesteps (VQ-Diffusion) are drawn from `rng` (None: key(0)).
 
     Returns:
       ({'sums': {'loss', 'accuracy', 'weight', 'count'}, 'mask': [B]}, {}).
@@ -525,8 +526,9 @@ class GeneratorTask(base.Task):
     _, metrics, _ = self.api.loss(self.model, self.eval_params(state),
                                   self.tokens_of(batch, frozen),
                                   self._condition(batch, frozen),
-                                  jax.random.key(0), settings=self.config.loss,
-                                  train=False, example_weights=mask,
+                                  jax.random.key(0) if rng is None else rng,
+                                  settings=self.config.loss, train=False,
+                                  example_weights=mask,
                                   loss_state=state.loss_state)
     count = jnp.sum(mask)
     weight = metrics.get('loss_weight', count)

@@ -198,9 +198,10 @@ class ProxyCodeTask(base.Task):
       return state.ema_params[GENERATOR]
     return state.params[GENERATOR]
 
-  def eval_step(self, state: TrainState, batch, frozen=None):
+  def eval_step(self, state: TrainState, batch, frozen=None, rng=None):
     """Per-batch eval outputs and images (`ReconstructionEval.outputs`) of
     the VQGAN-decoded reconstructions."""
+    del rng  # Reconstructions are deterministic.
     frozen = self.frozen if frozen is None else frozen
     x = batch['image']
     x_rec, indices = self.reconstruct(state, x, frozen)

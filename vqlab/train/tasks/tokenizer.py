@@ -551,8 +551,9 @@ class TokenizerTask(base.Task):
     return x_rec, quantizer_base.full_code_indices(self.model.quantizer,
                                                    q_out.indices)
 
-  def eval_step(self, state: TrainState, batch, frozen=None):
+  def eval_step(self, state: TrainState, batch, frozen=None, rng=None):
     """Per-batch eval outputs and images (`ReconstructionEval.outputs`)."""
+    del rng  # Reconstructions are deterministic.
     frozen = self.frozen if frozen is None else frozen
     x = batch[reconstruction_eval.input_keys(batch)[-1]]
     x_rec, indices = self.reconstruct(state, x, frozen)
