@@ -321,6 +321,11 @@ def test_out_of_range_tokens_are_a_clear_error():
   with pytest.raises(ValueError, match=r'ids must be in \[0, 5\)'):
     model.apply({'params': params}, jnp.full((1, 2, 3), K + 1),
                 jnp.ones((1,), jnp.int32))
+  model, params = _model(condition='class', num_classes=3)
+  for label in (-1, 4):  # 3 is the null class.
+    with pytest.raises(ValueError, match=r'num_classes=3.*\[0, 4\)'):
+      model.apply({'params': params}, jnp.zeros((1, 2, 3), jnp.int32),
+                  jnp.ones((1,), jnp.int32), jnp.array([label]))
 
 
 def test_hybrid_loss_weights_both_terms_by_the_times_probability(monkeypatch):

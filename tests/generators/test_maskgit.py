@@ -257,6 +257,12 @@ def test_out_of_range_tokens_raise():
                                                                  0].set(64))
   with pytest.raises(ValueError, match='expected'):
     model.apply({'params': params}, jnp.zeros((1, 16), jnp.int32))
+  labelled = _model(num_classes=3)
+  labelled_params = _init(labelled)
+  tokens = jnp.zeros((1, 4, 4), jnp.int32)
+  for label in (-1, 4):  # 3 is the null class.
+    with pytest.raises(ValueError, match=r'num_classes=3.*\[0, 4\)'):
+      labelled.apply({'params': labelled_params}, tokens, jnp.array([label]))
 
 
 def test_video_token_shape():

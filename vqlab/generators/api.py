@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import jax
 import ml_collections
+import numpy as np
 
 from vqlab.errors import ConfigError
 
@@ -34,6 +35,24 @@ class ConditionSpec:
   num_classes: int = 0
   length: int = 0
   vocab_size: int = 0
+
+
+def check_ids(ids: Any, upper: int, what: str) -> None:
+  """Raises ValueError if concrete `ids` fall outside [0, upper).
+
+  Values of traced arrays (inside jit, scan, ...) cannot be checked; there
+  an embedding lookup reads NaN for an id past its table and wraps -1 to
+  its last row (the task checks its data's ids where it can:
+  `GeneratorTask.data_source`).
+  """
+  if isinstance(ids, jax.core.Tracer):
+    return
+  ids = np.asarray(ids)
+  if not np.issubdtype(ids.dtype, np.integer):
+    raise ValueError(f'{what} must be integers, got dtype {ids.dtype}')
+  if ids.size and (ids.min() < 0 or ids.max() >= upper):
+    raise ValueError(f'{what} must lie in [0, {upper}); got values in '
+                     f'[{ids.min()}, {ids.max()}]')
 
 
 def _no_loss_state(model: Any) -> dict[str, jax.Array]:

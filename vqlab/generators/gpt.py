@@ -33,22 +33,6 @@ from vqlab.nn.transformer import Transformer
 CONDITIONS = ('none', 'class', 'tokens')
 
 
-def _check_ids(ids: Any, upper: int, what: str) -> None:
-  """Raises ValueError if concrete `ids` fall outside [0, upper).
-
-  Values of traced arrays (inside jit, scan, ...) cannot be checked; there
-  out-of-range ids are silently clamped by the embedding lookup.
-  """
-  if isinstance(ids, jax.core.Tracer):
-    return
-  ids = np.asarray(ids)
-  if not np.issubdtype(ids.dtype, np.integer):
-    raise ValueError(f'{what} must be integers, got dtype {ids.dtype}')
-  if ids.size and (ids.min() < 0 or ids.max() >= upper):
-    raise ValueError(f'{what} must lie in [0, {upper}); got values in '
-                     f'[{ids.min()}, {ids.max()}]')
-
-
 class GPT(nn.Module):
   """Decoder-only transformer over `[cond] + image tokens`.
 
@@ -136,7 +120,7 @@ class GPT(nn.Module):
       if jnp.shape(cond) != (batch_size,):
         raise ValueError(f'class cond must have shape [B]=({batch_size},), '
                          f'got {jnp.shape(cond)}')
-      _check_ids(
+      api.check_ids(
           cond, self.num_classes + 1,
           f'class ids (num_classes={self.num_classes}, '
           f'null class {self.null_class})')
@@ -149,14 +133,15 @@ class GPT(nn.Module):
       raise ValueError(f'token cond must have shape [B, cond_length]='
                        f'({batch_size}, {self.cond_length}), got '
                        f'{jnp.shape(cond)}')
-    _check_ids(cond, self.cond_vocab_size,
-               f'condition token ids (cond_vocab_size={self.cond_vocab_size})')
+    api.check_ids(
+        cond, self.cond_vocab_size,
+        f'condition token ids (cond_vocab_size={self.cond_vocab_size})')
     return self.cond_embed(cond)
 
   def embed_tokens(self, tokens: jax.Array) -> jax.Array:
     """Image token ids [B, n] -> embeddings [B, n, width]."""
-    _check_ids(tokens, self.vocab_size,
-               f'token ids (vocab_size={self.vocab_size})')
+    api.check_ids(tokens, self.vocab_size,
+                  f'token ids (vocab_size={self.vocab_size})')
     return self.token_embed(tokens)
 
   def _logits(self, h: jax.Array, train: bool) -> jax.Array:
@@ -181,8 +166,8 @@ class GPT(nn.Module):
     if jnp.ndim(tokens) != 2 or not 1 <= jnp.shape(tokens)[1] <= self.length:
       raise ValueError(f'tokens must have shape [B, n] with 1 <= n <= '
                        f'length={self.length}, got {jnp.shape(tokens)}')
-    _check_ids(tokens, self.vocab_size,
-               f'token ids (vocab_size={self.vocab_size})')
+    api.check_ids(tokens, self.vocab_size,
+                  f'token ids (vocab_size={self.vocab_size})')
     prefix = self.embed_prefix(cond, jnp.shape(tokens)[0])
     h = jnp.concatenate([prefix, self.token_embed(tokens[:, :-1])], axis=1)
     h = h + self.pos_embedding[:h.shape[1]].astype(h.dtype)
@@ -311,8 +296,8 @@ def _given_tokens(model: GPT, prefix: jax.Array | None,
     raise ValueError(f'GPT: prefix must be int [B, P] with B={batch_size} and '
                      f'0 < P < length={model.length}, got shape '
                      f'{jnp.shape(prefix)}')
-  _check_ids(prefix, model.vocab_size,
-             f'prefix token ids (vocab_size={model.vocab_size})')
+  api.check_ids(prefix, model.vocab_size,
+                f'prefix token ids (vocab_size={model.vocab_size})')
   return jnp.pad(jnp.asarray(prefix, jnp.int32),
                  ((0, 0), (0, model.length - prefix.shape[1])))
 
@@ -470,7 +455,7 @@ def sample_sliding_window(model: GPT, params, rng: jax.Array, batch_size: int,
                                                  (batch_size, h, w)).reshape(
                                                      batch_size, h * w)
   if model.condition == 'tokens':
-    _check_ids(
+    api.check_ids(
         cond, model.cond_vocab_size, 'condition token ids '
         f'(cond_vocab_size={model.cond_vocab_size})')
   cond, _, double, combine = _guidance(model, cond, batch_size, guidance_scale)

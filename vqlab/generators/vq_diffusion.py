@@ -117,6 +117,11 @@ class VQDiffusion(nn.Module):
     if self.condition == 'none':
       return None, None
     if self.condition == 'class':
+      if cond is not None:
+        api.check_ids(
+            cond, self.num_classes + 1,
+            f'VQDiffusion: class ids (num_classes={self.num_classes}, null '
+            f'class {self.num_classes})')
       labels = (jnp.full((batch,), self.num_classes, jnp.int32)
                 if cond is None else cond.astype(jnp.int32))
       if drop is not None:

@@ -152,6 +152,8 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
   key = [k for k in ('image', 'video') if k in first][0]
   input_shape = tuple(first[key].shape[1:])
   generator.check_model_fits(config.model, tok, input_shape, cond_tok)
+  for split, source in sources.items():
+    generator.check_data_classes(config.model, source, split)
   metadata = {
       'format': token_shards.FORMAT_VERSION,
       'tokenizer': tok.metadata(),

@@ -315,6 +315,21 @@ def test_a_model_that_does_not_fit_the_tokenizer_is_a_config_error(
     experiment.Experiment(config, str(tmp_path), _devices())
 
 
+def test_data_with_more_classes_than_the_model_is_a_config_error(
+    tokenizer_dir, tmp_path):
+  # Labels past the class table (NaN or the null class under jit).
+  config = tiny.generator_config(tokenizer_dir)
+  config.data = data_lib.default_config('shapes')
+  config.data.image_size = 16
+  config.model.num_classes = 5
+  with pytest.raises(ConfigError,
+                     match='model.num_classes: 5, but the train data has 6'):
+    pretokenize.tokenize(config, str(tmp_path), devices=_devices())
+  config.tokens.source = 'on_the_fly'
+  with pytest.raises(ConfigError, match='model.num_classes = 6'):
+    experiment.Experiment(config, str(tmp_path / 'fly'), _devices())
+
+
 def test_missing_tokens_or_tokenizer_are_one_line_errors(
     tokenizer_dir, tmp_path):
   config = tiny.generator_config(tokenizer_dir)

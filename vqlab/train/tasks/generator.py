@@ -256,6 +256,19 @@ def check_model_fits(
   return shape
 
 
+def check_data_classes(model: ml_collections.ConfigDict, source,
+                       split: str) -> None:
+  """ConfigError naming model.num_classes when a class-conditional model has
+  fewer classes than the data source's labels (under jit a label past the
+  class table embeds as NaN, and label num_classes is the null class)."""
+  classes = generators.get_api(model.name).condition_spec(model).num_classes
+  data_classes = getattr(source, 'num_classes', None)
+  if classes and data_classes and data_classes > classes:
+    raise ConfigError(
+        'model.num_classes', f'{classes}, but the {split} data has '
+        f'{data_classes} classes: set model.num_classes = {data_classes}')
+
+
 def _check_condition_fits(spec, tok: trained_tokenizer.TrainedTokenizer,
                           input_shape: tuple[int, ...], separate: bool) -> None:
   """Condition images have the inputs' shape; their tokens must match the
@@ -380,6 +393,7 @@ class GeneratorTask(base.Task):
                               global_batch_size=global_batch_size,
                               process_index=process_index,
                               process_count=process_count)
+    check_data_classes(self.config.model, source, split)
     if self.text is not None:
       source = text_conditions.CaptionsToIds(source, self.text)
     return source
