@@ -61,11 +61,13 @@ def get_config():
   config.optimizer.weight_decay = 4.5e-2
   config.optimizer.warmup_steps = 5000
   # The release (configs/imagenet.yaml) keeps an EMA of decay 0.99 updated
-  # every 25 steps: the same time constant per step is 0.99^(1/25); and
-  # clips gradients at 0.5 for its first 5000 steps.
+  # every 25 steps: the same time constant per step is 0.99^(1/25). It clips
+  # gradients at 0.5 on every step (its ClipGradNorm clips from
+  # start_iteration 0 on; end_iteration 5000 only adds steps before it) of
+  # a loss T times vqlab's (its importance weight is 1/p(t), vqlab's
+  # 1/(T p(t))): 0.5 / T here.
   config.ema.decay = 0.99**(1 / 25)
-  config.optimizer.grad_clip_norm = 0.5
-  config.optimizer.grad_clip_steps = 5000
+  config.optimizer.grad_clip_norm = 0.5 / config.model.num_timesteps
   config.train.batch_size = 512
   config.train.microbatches = 2  # 64 examples per device on 8 GPUs, 2 x 32.
   config.train.num_steps = 500_000

@@ -351,18 +351,19 @@ def test_hybrid_loss_weights_both_terms_by_the_times_probability(monkeypatch):
 def test_importance_sampling_probabilities_are_the_official_codes():
   """p(t) ~ sqrt(L_t^2 history + 1e-10) + 1e-4 with the decoder term's t = 1
   given t = 2's, once every t has more than 10 losses: the official
-  sample_time, written in numpy on its 0-based t' = t - 1."""
-  steps = 6
-  history = np.array([0.0, 1e-12, 4.0, 1.0, 0.25, 9.0, 0.0], np.float32)
+  sample_time, written in numpy on its 0-based t' = t - 1, with its L_t the
+  sum over an example's n tokens where vqlab's history is of their mean."""
+  steps, n = 6, 64
+  history = np.array([0.0, 1e-12, 4e-8, 1.0, 0.25, 9.0, 0.0], np.float32)
   state = {
       'lt_sq': jnp.asarray(history),
       'lt_count': jnp.full((steps + 1,), 11)
   }
-  lt_sqrt = np.sqrt(np.float64(history[1:]) + 1e-10) + 1e-4
+  lt_sqrt = np.sqrt(n**2 * np.float64(history[1:]) + 1e-10) + 1e-4
   lt_sqrt[0] = lt_sqrt[1]
   official = lt_sqrt / lt_sqrt.sum()
   t, weight = vq_diffusion.sample_times(jax.random.key(0), 4096, steps, state,
-                                        'importance')
+                                        'importance', num_tokens=n)
   np.testing.assert_allclose(weight, 1.0 / (steps * official[t - 1]), rtol=1e-5)
   frequency = np.bincount(np.asarray(t) - 1, minlength=steps) / 4096
   np.testing.assert_allclose(frequency, official, atol=0.03)

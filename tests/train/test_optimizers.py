@@ -34,26 +34,6 @@ def test_schedules():
     assert float(linear(step)) == pytest.approx(want, abs=1e-9)
 
 
-def test_a_clip_window_clips_only_the_first_steps():
-  """VQ-Diffusion's release clips at 0.5 for its first 5000 steps only."""
-  grads = {'w': jnp.full((4,), 1.0)}  # Global norm 2.
-  transform = optimizers.clip_by_global_norm_for(0.5, steps=2)
-  state = transform.init(grads)
-  norms = []
-  for _ in range(4):
-    updates, state = transform.update(grads, state)
-    norms.append(float(optax.tree.norm(updates)))
-  np.testing.assert_allclose(norms, [0.5, 0.5, 2.0, 2.0], rtol=1e-6)
-  # Built from a config: the window only when grad_clip_steps is set.
-  config = optimizers.default_config(1e-3, 0.9, 0.99)
-  config.grad_clip_norm = 0.5
-  plain = optimizers.build(config, 100).init(grads)
-  config.grad_clip_steps = 2
-  windowed = optimizers.build(config, 100).init(grads)
-  assert isinstance(windowed[0], optimizers.ClipWindowState)
-  assert not isinstance(plain[0], optimizers.ClipWindowState)
-
-
 def test_an_unknown_schedule_is_a_config_error():
   config = tiny.tokenizer_config()
   config.optimizer.discriminator.schedule = 'cosin'

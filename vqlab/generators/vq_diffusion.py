@@ -17,8 +17,9 @@ with probability `cond_drop`.
 Loss (DESIGN §4): L_vlb(t) + lambda w(t) CE(x_0, p(x_0 | x_t)) with
 w(t) = 2 - (t-1)/T (the official code's 1 + (1 - t'/T), its t' = t - 1 from
 0), t uniform or importance-sampled (p(t) ~ sqrt(E[L_t^2]) from a running
-history, each t seen 10 times first; both terms reweighted by 1/(T p(t)), as
-the official code does).
+history, each t seen 10 times first; both terms reweighted by 1/(T p(t)): the
+official code's 1/p(t) over T, so its loss is T times this one and its
+gradient clip of 0.5 is 0.5 / T here).
 Sampling walks decreasing times T = t_0 > t_1 > ... > 0 (all of them: the full
 chain; every d-th: the fast sampler) from all-[MASK], with guidance
 log p_u + s (log p_c - log p_u), temperature and truncation (keep the most
@@ -207,18 +208,20 @@ class VQDiffusion(nn.Module):
 
 def sample_times(rng: jax.Array, batch_size: int, num_timesteps: int,
                  loss_state: dict[str, jax.Array] | None = None,
-                 method: str = 'uniform'):
+                 method: str = 'uniform', num_tokens: int = 1):
   """t [B] in [1, T] and its weight 1 / (T p(t)) [B].
 
   'importance' (the official code's): p(t) ~ sqrt(E[L_t^2] + 1e-10) + 1e-4,
   with t = 1 (the decoder term, which training drives towards 0) given
   t = 2's weight, once every t has more than 10 recorded losses in
-  loss_state {'lt_sq', 'lt_count'} ([T + 1] each); uniform before.
+  loss_state {'lt_sq', 'lt_count'} ([T + 1] each); uniform before. The
+  official L_t is an example's sum over its `num_tokens` tokens, this
+  history's their mean: its floors are 1e-10 / n^2 and 1e-4 / n here.
   """
   uniform = jnp.full((num_timesteps,), 1.0 / num_timesteps)
   if method == 'importance':
     lt_sq, count = loss_state['lt_sq'][1:], loss_state['lt_count'][1:]
-    weights = jnp.sqrt(lt_sq + 1e-10) + 1e-4
+    weights = jnp.sqrt(lt_sq + 1e-10 / num_tokens**2) + 1e-4 / num_tokens
     if num_timesteps > 1:
       weights = weights.at[0].set(weights[1])
     probs = jnp.where(jnp.all(count > 10), weights / weights.sum(), uniform)
@@ -255,7 +258,7 @@ def diffusion_loss(model: VQDiffusion, params, rng: jax.Array,
   x0 = tokens.reshape(batch, -1).astype(jnp.int32)
   t_rng, q_rng, drop_rng, dropout_rng = jax.random.split(rng, 4)
   t, weight = sample_times(t_rng, batch, model.num_timesteps, loss_state,
-                           time_sampling)
+                           time_sampling, num_tokens=x0.shape[1])
   log_qt = dd.q_xt_given_x0(dd.one_hot_log(x0, model.vocab_size + 1), schedule,
                             t)
   x_t = dd.sample_states(q_rng, log_qt)

@@ -161,7 +161,6 @@ _OPTIMIZER = {
     'weight_decay': '>= 0',
     'warmup_steps': '>= 0',
     'grad_clip_norm': '>= 0',  # 0: no clipping.
-    'grad_clip_steps': '>= 0',  # 0: every step.
 }
 
 # Every dataset (a dataset's own checks add the relations between keys).

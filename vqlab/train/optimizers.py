@@ -1,9 +1,8 @@
 """Optax optimizers built from config."""
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -28,9 +27,6 @@ def default_config(learning_rate: float, b1: float,
   config.schedule = 'constant'  # After warmup: 'constant', or 'cosine' or
   # 'linear' decay to 0 at the last step.
   config.grad_clip_norm = 0.0  # Clip by global norm; 0 disables.
-  # Clip only the first grad_clip_steps steps (VQ-Diffusion's release: 5000);
-  # 0: every step.
-  config.grad_clip_steps = 0
   return config
 
 
@@ -70,38 +66,11 @@ def learning_rate_schedule(config: ml_collections.ConfigDict,
                               [warmup])
 
 
-class ClipWindowState(NamedTuple):
-  count: jax.Array  # int32 scalar: updates made so far.
-
-
-def clip_by_global_norm_for(max_norm: float,
-                            steps: int) -> optax.GradientTransformation:
-  """optax.clip_by_global_norm for the first `steps` updates, then the
-  updates as they are."""
-  clip = optax.clip_by_global_norm(max_norm)
-
-  def init(params):
-    del params
-    return ClipWindowState(count=jnp.zeros((), jnp.int32))
-
-  def update(updates, state, params=None):
-    del params
-    clipped, _ = clip.update(updates, optax.EmptyState())
-    updates = jax.tree.map(lambda c, u: jnp.where(state.count < steps, c, u),
-                           clipped, updates)
-    return updates, ClipWindowState(count=state.count + 1)
-
-  return optax.GradientTransformation(init, update)
-
-
 def build(config: ml_collections.ConfigDict,
           num_steps: int) -> optax.GradientTransformation:
   """An optax transformation for `num_steps` total train steps."""
   parts = []
-  if config.grad_clip_norm > 0 and config.grad_clip_steps > 0:
-    parts.append(
-        clip_by_global_norm_for(config.grad_clip_norm, config.grad_clip_steps))
-  elif config.grad_clip_norm > 0:
+  if config.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
   parts.append(
       optax.adamw(

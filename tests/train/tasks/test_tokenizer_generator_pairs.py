@@ -98,8 +98,6 @@ def test_generator_trains_on_the_tokens_and_samples_decode(pair, tmp_path):
   config.tokens.source = 'on_the_fly'
   config.model.update(model)
   config.sample.num_samples = config.sample.batch_size = 4
-  if name == 'vq_diffusion':  # Its paper configs clip the first steps only.
-    config.optimizer.update(grad_clip_norm=0.5, grad_clip_steps=2)
   workdir = str(tmp_path / 'generator')
   exp = experiment.Experiment(config, workdir, _devices())
   state, _ = exp.initial_state()
@@ -110,8 +108,6 @@ def test_generator_trains_on_the_tokens_and_samples_decode(pair, tmp_path):
       batch = exp.global_batch(next(exp.train_data.batches()))
       state, metrics = exp.train_step(state, batch)
       assert np.isfinite(float(metrics['loss']))
-  if name == 'vq_diffusion':
-    assert int(state.opt_state['model'][0].count) == 3
   exp.checkpointer.save(3, state, force=True)
   exp.checkpointer.wait()
   exp.checkpointer.close()
