@@ -98,6 +98,22 @@ def test_bad_configs_name_the_key(mutate, message):
   assert re.search(message, _error(config)), _error(config)
 
 
+def test_joint_batches_divide_into_the_devices_and_microbatches():
+  from configs.magvit2 import tiny_cpu  # pylint: disable=g-import-not-at-top
+  config = tiny_cpu.get_config()
+  config.data = data_lib.default_config('joint')
+  config.data.image_batch_fraction = 0.25
+  config.train.batch_size = 8  # 2 images, 6 videos.
+  experiment_config.validate(config, num_devices=2)
+  config.train.microbatches = 2
+  assert re.fullmatch(
+      r'data\.image_batch_fraction: 0\.25 of the global batch 8 gives 2 '
+      r'images and 6 videos; need at least one of each, both divisible by 4 '
+      r'\(2 devices x 2 microbatches\)\.', _error(config, 2))
+  config.train.microbatches = 1
+  assert 'divisible by 4 (4 devices x 1 microbatches)' in _error(config, 4)
+
+
 def _main_error_line(workdir, *overrides: str) -> str:
   """Runs the quickstart with overrides on 8 CPU devices; it must fail
   cleanly. Returns the last stderr line."""

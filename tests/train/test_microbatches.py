@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests import tiny
+from vqlab import quantizers
 from vqlab.errors import ConfigError
 from vqlab.train import experiment
 from vqlab.train import experiment_config
@@ -96,11 +97,16 @@ def test_microbatches_must_divide_the_batch_over_the_devices():
 
 def test_a_tokenizer_trains_in_two_microbatches():
   """The tokenizer's step threads its model state and loss state through
-  the microbatches (XLA:CPU runs the scanned conv gradients slowly at the
-  tests' optimization level 0: one step, one device)."""
+  the microbatches, and both read the step's Gumbel temperature (XLA:CPU
+  runs the scanned conv gradients slowly at the tests' optimization level
+  0: one step, one device)."""
   config = tiny.tokenizer_config()
   config.eval.lpips = config.eval.fid = 'off'
   config.train.microbatches = 2
+  config.model.quantizer = quantizers.default_config('gumbel')
+  config.model.quantizer.update(codebook_size=32, embedding_dim=4,
+                                temperature=1.0, temperature_final=0.5,
+                                temperature_anneal_steps=4)
   task = tokenizer.build(experiment_config.validate(config, 1))
   x = jax.random.uniform(jax.random.key(0), (8, 16, 16, 3), minval=-1, maxval=1)
   state = jax.jit(task.init)(jax.random.key(1), {'image': x})
@@ -111,3 +117,7 @@ def test_a_tokenizer_trains_in_two_microbatches():
   moved = jax.tree.map(lambda a, b: bool(np.any(a != b)),
                        new_state.params['generator'], state.params['generator'])
   assert all(jax.tree.leaves(moved))
+  # Step 0's temperature in both microbatches; the schedule moved one step.
+  assert float(metrics['quantizer/temperature']) == 1.0
+  counter = new_state.model_state['quantizer_state']['quantizer']['step']
+  assert int(counter) == 1

@@ -93,19 +93,22 @@ class JointTrainSource:
 
 
 def split_batch(config: ml_collections.ConfigDict, global_batch_size: int,
-                process_count: int) -> tuple[int, int]:
-  """(B_i, B_v): global image and video rows of a train batch, checked."""
+                parts: int, parts_are: str | None = None) -> tuple[int, int]:
+  """(B_i, B_v): global image and video rows of a train batch, each checked
+  to divide into `parts` (the hosts; `experiment_config.validate`: the
+  devices times the microbatches), as `parts_are` says (None: the hosts)."""
   fraction = float(base.get(config, 'image_batch_fraction'))
   if not 0 < fraction < 1:
     raise ValueError(
         f'data.image_batch_fraction: must be in (0, 1), got {fraction}.')
   num_images = round(global_batch_size * fraction)
   num_videos = global_batch_size - num_images
-  if min(num_images, num_videos) < 1 or num_images % process_count:
+  if min(num_images,
+         num_videos) < 1 or num_images % parts or num_videos % parts:
     raise ValueError(
         f'data.image_batch_fraction: {fraction} of the global batch {global_batch_size} gives '
         f'{num_images} images and {num_videos} videos; need at least one of each, both divisible '
-        f'by process_count={process_count}.')
+        f'by {parts_are or f"process_count={parts}"}.')
   return num_images, num_videos
 
 

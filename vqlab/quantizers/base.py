@@ -90,7 +90,8 @@ def check_indices(indices: Any, codebook_size: int, who: str) -> None:
 # ----------------------------------------------------- shared by quantizers ---
 # Non-param collections. The train task carries every collection the model
 # creates in `TrainState.model_state` and applies the model with all of them
-# mutable, so a quantizer's state advances once per train step.
+# mutable; its calls in one step all read the step's counter
+# (`hold_step_counters`), so a schedule advances once per train step.
 STATS = 'quantizer_stats'  # EMA codebook statistics (vq with ema=True).
 STATE = 'quantizer_state'  # Step counter for schedules (gumbel, lfq annealing).
 
@@ -116,6 +117,19 @@ def advance_step_counter(module, counter, train: bool) -> jax.Array:
   if train and module.is_mutable_collection(STATE):
     counter.value = step + 1
   return step
+
+
+def hold_step_counters(model_state: dict[str, Any],
+                       held: dict[str, Any]) -> dict[str, Any]:
+  """`model_state` with the `quantizer_state` collection of `held`.
+
+  A train step that applies the model several times (microbatches, joint
+  image-video batches) gives each call the step's counters, so every call
+  reads the same schedule value and the counters advance once per step.
+  """
+  if STATE not in held:
+    return model_state
+  return {**model_state, STATE: held[STATE]}
 
 
 def anneal(step: jax.Array, start: float, end: float, num_steps: int,

@@ -10,6 +10,7 @@ import ml_collections
 
 from vqlab import config_schema
 from vqlab import data as data_lib
+from vqlab.data import joint
 from vqlab.errors import ConfigError
 from vqlab.nn import inception
 from vqlab.train import domains
@@ -144,6 +145,15 @@ def validate(config: ml_collections.ConfigDict,
       'train.microbatches', f'{micro}: train.batch_size '
       f'{config.train.batch_size} must divide into {micro} microbatches of a '
       f'multiple of the {num_devices} devices')
+  if config.data.get('name') == 'joint':
+    try:
+      joint.split_batch(
+          config.data, config.train.batch_size, num_devices * micro,
+          f'{num_devices * micro} ({num_devices} devices x '
+          f'{micro} microbatches)')
+    except ValueError as e:
+      raise ConfigError('data.image_batch_fraction',
+                        str(e).split(': ', 1)[1]) from None
   for key, section in _optimizer_sections(config.get('optimizer')):
     optimizers.validate(section, key)
   for key in ('lpips', 'fid', 'fvd'):

@@ -81,6 +81,8 @@ def test_joint_image_video_batch_trains_one_model():
   config.data.image_size = config.data.image.image_size = 16
   config.data.video.image_size = 16
   config.data.video.num_frames = 5
+  config.model.quantizer.update(entropy_weight_final=0.0,
+                                entropy_anneal_steps=4)
   config = experiment_config.validate(config, num_devices=8)
   task = tokenizer.build(config)
   source = data_lib.build(config.data, split='train', global_batch_size=16)
@@ -93,8 +95,13 @@ def test_joint_image_video_batch_trains_one_model():
   assert batch['video'].shape == (8, 5, 16, 16, 3)
   state = jax.jit(task.init, compiler_options=FAST_COMPILE)(jax.random.key(0),
                                                             batch)
-  _, metrics = jax.jit(task.train_step, compiler_options=FAST_COMPILE)(
+  new_state, metrics = jax.jit(task.train_step, compiler_options=FAST_COMPILE)(
       state.replace(step=jnp.int32(5)), batch, jax.random.key(1), task.frozen)
+  # The images and the videos read the step's LFQ schedule: one step.
+  counter = new_state.model_state['quantizer_state']['quantizer']['step']
+  assert int(counter) == 1
+  assert metrics['image/quantizer/entropy_weight'] == metrics[
+      'video/quantizer/entropy_weight'] == config.model.quantizer.entropy_weight
   for key in ('image', 'video'):
     assert np.isfinite(metrics[f'{key}/loss'])
     assert metrics[f'{key}/d_loss'] > 0  # The one 3D D scores both.

@@ -141,9 +141,9 @@ def accumulate_gradients(grads_fn: Callable[[Batch, jax.Array, Any],
   threading `carry` (e.g. EMA statistics, LeCam's EMAs) from one to the next.
   Gradients and metrics are the means over microbatches: for losses that are
   means over equally many terms per example, the full batch's exactly. Terms
-  computed from a whole batch are a microbatch's: LFQ's batch entropy and
-  Regularized VQ's prior KL cover B / k examples, and EMA statistics in
-  `carry` update k times per step.
+  computed from a whole batch are a microbatch's: LFQ's batch entropy,
+  Gumbel's and Regularized VQ's prior KL cover B / k examples, and EMA
+  statistics in `carry` update k times per step.
 
   Args:
     grads_fn: (microbatch, rng, carry) -> (grads, new carry, metrics).

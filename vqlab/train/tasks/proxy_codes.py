@@ -140,6 +140,8 @@ class ProxyCodeTask(base.Task):
     smoothing = self.config.loss.label_smoothing
 
     def grads_fn(microbatch, rng, model_state):
+      model_state = quantizer_base.hold_step_counters(model_state,
+                                                      state.model_state)
       x = microbatch['image']
       targets = self.proxy_codes(x, frozen)
       dropout_rng, q_rng = jax.random.split(rng)

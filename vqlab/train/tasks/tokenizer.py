@@ -483,8 +483,8 @@ class TokenizerTask(base.Task):
         if len(keys) > 1 and x.ndim == 4:
           x = x[:, None]  # Joint batches: images as 1-frame videos (one D).
         loss, state, l_state, key_metrics = self._losses(
-            params, state, l_state, x, jax.random.fold_in(rng, i), gan_on,
-            frozen, gan_terms)
+            params, quantizer_base.hold_step_counters(state, model_state),
+            l_state, x, jax.random.fold_in(rng, i), gan_on, frozen, gan_terms)
         total += loss
         if len(keys) == 1:
           metrics = key_metrics
@@ -515,8 +515,9 @@ class TokenizerTask(base.Task):
 
     def grads_fn(microbatch, rng, carry):
       grads, model_state, loss_state, metrics = self.loss_and_grads(
-          state.params, carry[0], microbatch, rng, state.step, frozen, carry[1],
-          gan_terms)
+          state.params,
+          quantizer_base.hold_step_counters(carry[0], state.model_state),
+          microbatch, rng, state.step, frozen, carry[1], gan_terms)
       return grads, (model_state, loss_state), metrics
 
     grads, (model_state, loss_state), metrics = base.accumulate_gradients(
