@@ -9,6 +9,7 @@ from absl import flags
 from ml_collections import config_flags
 import numpy as np
 from PIL import Image
+from PIL import ImageOps
 import pytest
 
 from tests import paths
@@ -145,6 +146,47 @@ def test_flat_folder_holds_out_a_fraction(tmp_path):
   assert train.num_examples == 6 - len(readable)
   assert _colours(eval_images) == sorted(
       COLOURS[int(os.path.basename(p)[0])] for p in readable)
+
+
+def test_train_files_are_read_after_the_shuffle(tmp_path):
+  """The shuffle buffer holds paths: a batch reads its own files only (a
+  buffer of read files would hold 10,000 photos before the first step)."""
+  for i, colour in enumerate(COLOURS):
+    _write_image(str(tmp_path / f'{i}.png'), colour, 'PNG')
+  config = data.default_config('image_folder')
+  config.update(path=str(tmp_path), image_size=8, shuffle_buffer=6)
+  build = lambda: data.build(config, split='train', global_batch_size=2)
+  first = _colours(next(build().batches())['image'])
+  source = build()  # Its files are listed and checked now.
+  for i, colour in enumerate(COLOURS):
+    if colour not in first:
+      os.remove(tmp_path / f'{i}.png')
+  assert _colours(next(source.batches())['image']) == first
+
+
+def test_photos_are_turned_as_their_exif_orientation_says(tmp_path):
+  """A phone's portrait photo: landscape pixels (left red, right blue) with
+  orientation 6 are shown turned 90 degrees: red on top, blue below."""
+  stored = np.zeros((8, 16, 3), np.uint8)
+  stored[:, :8, 0] = stored[:, 8:, 2] = 255
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  for split, count in (('train', 4), ('val', 2)):
+    for i in range(count):
+      os.makedirs(tmp_path / split / 'a', exist_ok=True)
+      Image.fromarray(stored).save(tmp_path / split / 'a' / f'{i}.png',
+                                   exif=exif)
+  config = data.default_config('image_folder')
+  config.update(path=str(tmp_path), image_size=8, shuffle_buffer=4)
+  shown = np.asarray(
+      ImageOps.exif_transpose(Image.open(tmp_path / 'val' / 'a' /
+                                         '0.png')))[4:12]  # Its centre crop.
+  evaluation = next(
+      data.build(config, split='eval', global_batch_size=2).batches())
+  np.testing.assert_allclose(evaluation['image'],
+                             np.stack([shown, shown]) / 127.5 - 1, atol=1e-6)
+  train = next(data.build(config, split='train', global_batch_size=4).batches())
+  assert np.ptp(train['image'], axis=2).max() < 1e-6  # Rows of one colour.
 
 
 def test_multi_host_tokenization_draws_every_train_example_once(tmp_path):

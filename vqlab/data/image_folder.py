@@ -38,6 +38,7 @@ import os
 
 import ml_collections
 import numpy as np
+from PIL import Image
 from vqlab.data.lazy import tf
 
 from vqlab.data import base
@@ -260,6 +261,32 @@ def drop_unreadable(paths: list[str], labels: np.ndarray | None, where: str, *,
   return [paths[i] for i in keep], None if labels is None else labels[keep]
 
 
+def exif_orientation(path: str) -> int:
+  """The EXIF orientation tag of the image file `path`: 1-8 (how a viewer
+  turns the stored pixels; `preprocess.exif_orient`), 1 without one.
+
+  Phones store portrait photos as landscape pixels with tag 6 or 8;
+  TensorFlow's decoders ignore the tag. PIL reads the file's header only.
+  """
+  try:
+    with Image.open(path) as image:
+      return int(image.getexif().get(0x0112, 1))
+  except (OSError, SyntaxError, ValueError, TypeError):
+    return 1  # A tag PIL cannot parse: the pixels as stored.
+
+
+def _shown(preprocess_fn):
+  """preprocess_fn(example, *seed) on {'image', 'orientation', ...} -> its
+  output with the square image as a viewer shows the file."""
+
+  def fn(example, *seed):
+    out = preprocess_fn(example, *seed)
+    image = preprocess.exif_orient(out['image'], example['orientation'])
+    return dict(out, image=tf.ensure_shape(image, out['image'].shape))
+
+  return fn
+
+
 # ------------------------------------------------------------------------------
 # The source.
 # ------------------------------------------------------------------------------
@@ -322,28 +349,37 @@ def build(config: ml_collections.ConfigDict, *, split: str,
                                   skip=skip, report=process_index == 0)
   num_examples = len(paths)
   host = np.array_split(np.arange(num_examples), process_count)[process_index]
-  host_records = {'image': tf.constant([paths[i] for i in host], tf.string)}
+  host_records = {
+      'image':
+          tf.constant([paths[i] for i in host], tf.string),
+      'orientation':
+          np.array([exif_orientation(paths[i]) for i in host],
+                   np.int32).reshape(-1)
+  }
   if labels is not None:
     host_records['label'] = labels[host]
 
-  def records() -> tf.data.Dataset:
-    ds = tf.data.Dataset.from_tensor_slices(host_records)
-    return ds.map(lambda ex: dict(ex, image=tf.io.read_file(ex['image'])))
+  read = lambda ex: dict(ex, image=tf.io.read_file(ex['image']))
+  records = lambda: tf.data.Dataset.from_tensor_slices(host_records)
 
   if split == 'train':
     seed = int(base.get(config, 'seed'))
+    augment = _shown(preprocess.train_fn(aug))
+    # The shuffle buffer holds paths: each file is read after the shuffle,
+    # in the parallel preprocessing, not held encoded in the buffer.
     make = lambda start: pipeline.train_dataset(
-        records(), preprocess=preprocess.train_fn(
-            aug), seed=seed, process_index=process_index, per_host_batch_size=b,
-        shuffle_buffer=aug.shuffle_buffer, start_step=start)
+        records(), preprocess=lambda ex, key: augment(read(ex), key), seed=seed,
+        process_index=process_index, per_host_batch_size=b, shuffle_buffer=aug.
+        shuffle_buffer, start_step=start)
     shape = aug.train_shape
   else:
     num_batches = pipeline.host_eval_batches(num_examples, global_batch_size,
                                              process_count)
+    shown = _shown(preprocess.eval_fn(aug))
     make = lambda start: pipeline.eval_dataset(
-        records(), preprocess=preprocess.eval_fn(
-            aug), per_host_batch_size=b, num_batches=num_batches, image_shape=
-        aug.image_shape, has_label=labels is not None, start_step=start)
+        records().map(read), preprocess=shown, per_host_batch_size=b,
+        num_batches=num_batches, image_shape=aug.image_shape, has_label=labels
+        is not None, start_step=start)
     shape = aug.image_shape
   return pipeline.TfDataSource(make, per_host_batch_size=b,
                                num_examples=num_examples, image_shape=shape,

@@ -165,6 +165,29 @@ def _inception_crop(encoded, seed, aug: Augment):
                          antialias=True)
 
 
+def exif_orient(image, orientation):
+  """image [H, W, C] stored with the EXIF orientation tag `orientation` (int
+  scalar tensor, 1-8; others: as stored) -> the image as a viewer shows it
+  (PIL's ImageOps.exif_transpose): [H, W, C], or [W, H, C] for 5-8.
+
+  On a square crop of the stored image this gives the same crop of the
+  shown image (centre crops stay centred), so preprocessing may crop first.
+  """
+  transposed = lambda x: tf.transpose(x, [1, 0, 2])
+  shown = [
+      lambda: image,  # 1 (and anything out of range).
+      lambda: image[:, ::-1],  # 2: mirrored.
+      lambda: image[::-1, ::-1],  # 3: upside down.
+      lambda: image[::-1],  # 4: mirrored upside down.
+      lambda: transposed(image),  # 5.
+      lambda: transposed(image)[:, ::-1],  # 6: turned 90 degrees.
+      lambda: transposed(image)[::-1, ::-1],  # 7.
+      lambda: transposed(image)[::-1],  # 8: turned -90 degrees.
+  ]
+  index = tf.where((orientation >= 1) & (orientation <= 8), orientation - 1, 0)
+  return tf.switch_case(tf.cast(index, tf.int32), shown)
+
+
 def to_unit_range(image):
   """[0, 255] -> float32 [-1, 1]."""
   return tf.clip_by_value(tf.cast(image, tf.float32) * (2 / 255) - 1, -1.0, 1.0)
