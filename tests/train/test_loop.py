@@ -158,8 +158,12 @@ def test_all_checkpoints_unreadable_is_a_clear_error(uninterrupted, tmp_path):
 def test_eval_mode_restores_the_latest_checkpoint(uninterrupted, tmp_path):
   workdir = str(tmp_path / 'run')
   shutil.copytree(uninterrupted[0], workdir)
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    rows = f.read()
   result = loop.evaluate_checkpoint(_config(), workdir, devices=_devices())
   assert result['step'] == STEPS
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    assert f.read() == rows  # The training's record; no second eval row.
   assert result['psnr'] == pytest.approx(uninterrupted[1]['psnr'], rel=1e-6)
   assert os.path.exists(os.path.join(workdir, f'eval_{STEPS}.json'))
   with pytest.raises(CheckpointError, match='no checkpoint'):
