@@ -169,6 +169,19 @@ def test_photos_train_contract():
   assert not np.array_equal(other_seed[0]['image'], batches[0]['image'])
 
 
+def test_photo_crops_from_the_pyramid_match_the_photos_crops():
+  """A crop resampled from a half-size level is the crop of the photo: on a
+  horizontal ramp of odd width (PIL's reduce keeps a last half pixel), the
+  right edge's crop from level 1 equals the original's."""
+  ramp = (np.arange(129) * 1.98).round().astype(np.uint8)
+  photo = np.broadcast_to(ramp[None, :, None], (64, 129, 3)).copy()
+  pyramid = photos._Pyramid(photo, 8)  # pylint: disable=protected-access
+  assert pyramid.levels[1].size == (65, 32)  # The crop below reads level 1.
+  direct = Image.fromarray(photo).resize((8, 8), Image.BILINEAR,
+                                         box=(110, 20, 126, 36))
+  np.testing.assert_array_equal(pyramid.crop(20.0, 110.0, 16.0, 8), direct)
+
+
 def test_photos_eval_is_held_out(monkeypatch):
   config = _with(data.default_config('photos'), image_size=32)
   assert not set(config.train_photos) & set(config.eval_photos)

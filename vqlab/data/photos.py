@@ -70,9 +70,12 @@ class _Pyramid:
     while k > 0 and side * self.levels[k].size[1] / self.height < image_size:
       k -= 1
     w, h = self.levels[k].size
-    sx, sy = w / self.width, h / self.height
-    box = (max(0.0, left * sx), max(0.0, top * sy),
-           min(float(w), (left + side) * sx), min(float(h), (top + side) * sy))
+    # Level k's pixel j averages original pixels [2^k j, 2^k (j + 1)) (the
+    # last one of an odd side fewer): the scale is 2^-k, not w / width.
+    scale = 0.5**k
+    box = (max(0.0, left * scale), max(0.0, top * scale),
+           min(float(w),
+               (left + side) * scale), min(float(h), (top + side) * scale))
     return np.asarray(self.levels[k].resize((image_size, image_size),
                                             Image.BILINEAR, box=box))
 
