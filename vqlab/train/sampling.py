@@ -46,6 +46,7 @@ from vqlab.evals import fid
 from vqlab.evals import fvd
 from vqlab.evals import image_metrics
 from vqlab.nn import inception
+from vqlab.train import checkpoint as checkpoint_lib
 from vqlab.train import experiment
 from vqlab.train import frozen as frozen_lib
 from vqlab.train import progress as progress_lib
@@ -110,6 +111,11 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
     'inception_score_std', 'gfid' when Inception is available, 'fvd' or
     'prediction_fvd' and 'fvd_frames' when I3D is}.
   """
+  no_checkpoint = CheckpointError(
+      f'no checkpoint in {os.path.join(workdir, "checkpoints")}: train the '
+      'generator first (--mode=train) or point --workdir at a trained run')
+  if checkpoint_lib.newest_step(workdir) is None:
+    raise no_checkpoint  # Before anything is made in a mistyped --workdir.
   exp = experiment.Experiment(config, workdir, devices, lock='sample',
                               allow_config_change=allow_config_change)
   config, task = exp.config, exp.task
@@ -119,8 +125,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
         f'task {config.task!r}')
   restored = exp.checkpointer.restore(exp.abstract_state, set_aside=False)
   if restored is None:
-    raise CheckpointError(f'no checkpoint in {exp.checkpointer.directory}: '
-                          'train the generator first (--mode=train)')
+    raise no_checkpoint
   state, step = restored
   s = config.sample
   devices_count = exp.mesh.devices.size

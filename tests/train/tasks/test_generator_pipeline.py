@@ -335,6 +335,9 @@ def test_missing_tokens_or_tokenizer_are_one_line_errors(
   config = tiny.generator_config(tokenizer_dir)
   with pytest.raises(Exception, match='no token shards .* --mode=tokenize'):
     experiment.Experiment(config, str(tmp_path), _devices())
+  with pytest.raises(CheckpointError, match='no checkpoint in .*typo'):
+    sampling.sample(config, str(tmp_path / 'typo'), devices=_devices())
+  assert not os.path.exists(tmp_path / 'typo')  # A mistyped --workdir.
   # A pinned step that the tokenizer run no longer has (its max_to_keep).
   config.tokenizer.step = 3
   with pytest.raises(CheckpointError) as e:
