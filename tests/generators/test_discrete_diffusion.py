@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from tests.generators import head_probe
 from vqlab import generators
 from vqlab.generators import discrete_diffusion as dd
 from vqlab.generators import vq_diffusion
@@ -314,6 +315,23 @@ def test_guidance_scale_one_is_conditional_sampling_and_truncation():
   kept = np.exp(np.asarray(vq_diffusion.truncate(log_p, 0.86)))
   np.testing.assert_allclose(kept, [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0.0],
                              atol=1e-6)
+
+
+def test_bfloat16_denoiser_has_float32_logits_of_its_final_norm():
+  """The head computes in float32 from the float32 final norm (a bfloat16
+  head rounded the logits to 8 bits: ties in truncation and purity)."""
+  config = generators.default_config('vq_diffusion')
+  config.update(vocab_size=K, token_shape=(2, 3), num_timesteps=T, width=16,
+                num_layers=1, num_heads=2, mlp_dim=32)
+  model = generators.build(config, dtype=jnp.bfloat16)
+  x, t = jnp.asarray([[0, 1, 2], [3, 4, K]]), jnp.asarray([3, 9])
+  x = jnp.stack([x, x[::-1]])
+  params = model.init(jax.random.key(0), x, t)['params']
+  log_p, hidden, head = head_probe.head_call(
+      lambda: model.apply({'params': params}, x, t), 'head')
+  logits = head_probe.dense_float64(hidden, head)
+  expected = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  np.testing.assert_allclose(log_p[..., :K], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_out_of_range_tokens_are_a_clear_error():

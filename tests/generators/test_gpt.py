@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from tests.compile_options import FAST_COMPILE
+from tests.generators import head_probe
 from vqlab import generators
 from vqlab.errors import ConfigError
 from vqlab.generators import gpt
@@ -50,6 +51,22 @@ def test_registry_and_causality():
   # The last token is never an input.
   last = apply(params, tokens.at[:, -1].set((tokens[:, -1] + 1) % VOCAB))
   np.testing.assert_array_equal(logits, last)
+
+
+def test_bfloat16_model_has_float32_logits_of_its_hidden_state():
+  """The head computes in float32 from the bfloat16 blocks' output: logits
+  with more than bfloat16's 8 significant bits (fewer ties for top-k/p)."""
+  config = generators.default_config('gpt')
+  config.update(vocab_size=VOCAB, length=LENGTH, width=32, mlp_dim=64,
+                num_layers=1)
+  model = generators.build(config, dtype=jnp.bfloat16)
+  params = _init(model)
+  logits, hidden, head = head_probe.head_call(
+      lambda: model.apply(params, _tokens()), 'head')
+  assert logits.dtype == jnp.float32 and head_probe.bfloat16_valued(hidden)
+  assert not head_probe.bfloat16_valued(logits)
+  np.testing.assert_allclose(logits, head_probe.dense_float64(hidden, head),
+                             rtol=1e-5, atol=1e-6)
 
 
 def test_invalid_inputs_raise():

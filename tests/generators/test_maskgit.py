@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from tests.compile_options import FAST_COMPILE
+from tests.generators import head_probe
 from vqlab import generators
 from vqlab.generators import api
 from vqlab.generators import mask_schedule
@@ -242,6 +243,27 @@ def test_factorized_heads_with_lfq_indices():
                   token_shape=(3,))
   tokens = _jit_sample(uneven, 4, num_steps=2)(_init(uneven), jax.random.key(1))
   assert tokens[..., 0].max() < 4 and tokens[..., 1].max() < 256
+
+
+def test_bfloat16_model_has_float32_logits_of_its_hidden_state():
+  """Untied heads compute in float32 from the bfloat16 blocks' output, as
+  the tied heads' float32 embeddings do: no 8-bit logits (confidence ties)."""
+  tokens = jax.random.randint(jax.random.key(2), (2, 6), 0, 17)
+  for tied in (False, True):
+    config = generators.default_config('maskgit')
+    config.update(token_shape=(6,), vocab_size=16, width=16, num_layers=1,
+                  num_heads=2, mlp_dim=32, tied_heads=tied)
+    model = generators.build(config, dtype=jnp.bfloat16)
+    params = model.init(jax.random.key(0), tokens)['params']
+    apply = lambda: model.apply({'params': params}, tokens)  # pylint: disable=cell-var-from-loop
+    if tied:
+      assert not head_probe.bfloat16_valued(apply())
+      continue
+    logits, hidden, head = head_probe.head_call(apply, 'head_0')
+    assert logits.dtype == jnp.float32 and head_probe.bfloat16_valued(hidden)
+    assert not head_probe.bfloat16_valued(logits)
+    np.testing.assert_allclose(logits, head_probe.dense_float64(hidden, head),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_out_of_range_tokens_raise():

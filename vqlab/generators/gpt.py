@@ -46,7 +46,8 @@ class GPT(nn.Module):
     cond_vocab_size: 'tokens': codebook size of the condition tokenizer.
     cond_length: 'tokens': number of condition tokens.
     decode: one position per call with a key/value cache (`decode_step`).
-    dtype: compute dtype; logits are float32.
+    dtype: compute dtype of the embeddings and blocks; the head computes
+      the logits in float32 from the blocks' output.
     scan_layers, remat_policy: how the blocks run (vqlab.nn.transformer).
   """
   vocab_size: int
@@ -98,7 +99,10 @@ class GPT(nn.Module):
                                    self.dtype, causal=True,
                                    scan_layers=self.scan_layers,
                                    remat_policy=self.remat_policy)
-    self.head = nn.Dense(self.vocab_size, dtype=self.dtype, kernel_init=init)
+    # Logits in float32 (as MaxText's logits_dot_in_fp32): a bfloat16 head
+    # rounds them to 8 significant bits, ties that top-k/top-p then break
+    # arbitrarily.
+    self.head = nn.Dense(self.vocab_size, dtype=jnp.float32, kernel_init=init)
 
   def embed_prefix(self, cond: Any, batch_size: int) -> jax.Array:
     """Condition embeddings [B, P, width] (no position embedding).
@@ -148,7 +152,7 @@ class GPT(nn.Module):
     """Causal transformer (cached when decoding) and head: float32 logits."""
     h = self.embed_dropout(h, deterministic=not train)
     h = self.transformer(h, train=train)
-    return self.head(h).astype(jnp.float32)
+    return self.head(h.astype(jnp.float32))
 
   def __call__(self, tokens: jax.Array, cond: Any = None, *,
                train: bool = False) -> jax.Array:

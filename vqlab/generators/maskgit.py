@@ -50,7 +50,9 @@ class MaskGIT(nn.Module):
     factor_vocab_sizes: () for plain tokens, else codes per factor.
     num_classes: 0 for unconditional, else classes (+1 null class inside).
     width, num_layers, num_heads, mlp_dim, dropout_rate: the transformer.
-    dtype: compute dtype; logits are float32.
+    dtype: compute dtype of the embeddings and blocks; the logits are
+      computed in float32 (untied: a float32 Dense on the blocks' output;
+      tied: the float32 embeddings attend to the head's LayerNorm output).
     scan_layers, remat_policy: how the blocks run (vqlab.nn.transformer).
     tied_heads: output heads tied to the input embeddings (module
       docstring); False: one Dense per factor.
@@ -180,7 +182,10 @@ class MaskGIT(nn.Module):
         # Against the codes' embeddings, without the [MASK] row.
         logits = embeds[f].attend(h)[..., :size] + bias
       else:
-        logits = nn.Dense(size, dtype=self.dtype, name=f'head_{f}')(x)
+        # float32 logits (bfloat16 ones have 8 significant bits, ties in
+        # the confidences), as the tied path's float32 attend.
+        logits = nn.Dense(size, dtype=jnp.float32,
+                          name=f'head_{f}')(x.astype(jnp.float32))
       heads.append(
           jnp.pad(logits.astype(jnp.float32),
                   ((0, 0), (0, 0), (0, max_vocab - size)),

@@ -68,7 +68,8 @@ class VQDiffusion(nn.Module):
     condition: 'none' | 'class' | 'text'. num_classes: for 'class'.
     text_encoder: 'frozen' | 'bytes'. cond_dim: width of frozen text states.
     schedule: (abar_1, abar_T, gbar_1, gbar_T).
-    dtype: compute dtype; log-probabilities are float32.
+    dtype: compute dtype of the embeddings and blocks; the final norm, the
+      head and the log-probabilities are float32.
     scan_layers, remat_policy: how the blocks run (vqlab.nn.transformer).
   """
   vocab_size: int
@@ -191,8 +192,10 @@ class VQDiffusion(nn.Module):
                                  scan=self.scan_layers,
                                  remat_policy=self.remat_policy)
     x = nn.LayerNorm(dtype=jnp.float32, name='final_norm')(x)
-    logits = nn.Dense(self.vocab_size, dtype=self.dtype, name='head')(x)
-    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    # float32 logits: bfloat16 ones have 8 significant bits (ties in
+    # truncation and the purity sampler's maxima).
+    logits = nn.Dense(self.vocab_size, dtype=jnp.float32, name='head')(x)
+    log_p = jax.nn.log_softmax(logits, axis=-1)
     return jnp.concatenate(
         [log_p, jnp.full(log_p.shape[:-1] + (1,), dd.LOG_ZERO)], axis=-1)
 
