@@ -51,7 +51,10 @@ def get_config():
   config.tokens.batches_per_shard = 100
 
   config.model = model_config()
-  config.loss.label_drop = 0.0  # Taming trains no null class.
+  # Taming trains no null class, so no classifier-free guidance: a
+  # sample.guidance_scale > 0 is a ConfigError (set loss.label_drop, e.g.
+  # 0.1, when training a model to guide).
+  config.loss.label_drop = 0.0
 
   config.train.batch_size = 64
   config.optimizer.learning_rate = 4.5e-6 * 64

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import ml_collections
 import pytest
 
+from configs.gpt import imagenet256 as gpt_imagenet
 from configs.gpt import tiny_cpu as gpt_tiny
 from configs.gpt import tiny_superres_cpu as gpt_superres
 from configs.maskgit import tiny_cpu as maskgit_tiny
@@ -118,6 +119,28 @@ def test_maskgit_guidance_schedule_is_read_with_guidance():
   config.sample.guidance_scale = 2.0
   config.sample.guidance_schedule = 'linear'
   experiment_config.validate(config, 1)
+
+
+# Guidance against a null condition that label dropout never trained: the
+# ImageNet GPT (taming trains no null class) and each conditional generator.
+@pytest.mark.parametrize('make_config, label_drop', [
+    (gpt_imagenet.get_config, None),
+    (_gpt_class, 0.0),
+    (_maskgit_class, 0.0),
+    (vq_diffusion_class.get_config, 0.0),
+    (vq_diffusion_text.get_config, 0.0),
+])
+def test_guidance_without_label_dropout_is_refused(make_config, label_drop):
+  config = make_config()
+  config.sample.guidance_scale = 2.0
+  if label_drop is None:  # The config's own 0.
+    assert config.loss.label_drop == 0.0
+  else:
+    experiment_config.validate(config, 1)  # Its label dropout: accepted.
+    config.loss.label_drop = label_drop
+  with pytest.raises(ConfigError,
+                     match=r'^sample.guidance_scale: 2.0 .*label_drop = 0'):
+    experiment_config.validate(config, 1)
 
 
 class _Recorder:

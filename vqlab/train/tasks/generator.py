@@ -114,7 +114,8 @@ def default_config() -> ml_collections.ConfigDict:
   sample.num_steps = 8  # MaskGIT decoding steps.
   sample.choice_temperature = 4.5  # MaskGIT confidence noise.
   # Classifier-free guidance w (0: off): l_u + (1 + w)(l_c - l_u). GPT: class
-  # models only; runs 2B rows per step.
+  # models only; runs 2B rows per step. Needs loss.label_drop > 0 (a trained
+  # null condition).
   sample.guidance_scale = 0.0
   sample.guidance_schedule = 'constant'  # 'constant' | 'linear' (MaskGIT).
   sample.top_k = 0  # GPT: 0 is off.
@@ -169,6 +170,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   generators.get_api(config.model.name).check_settings(config)
   _validate_condition(config)
   _validate_unread_settings(config)
+  _validate_guidance(config)
 
 
 def settings_read(config: ml_collections.ConfigDict) -> frozenset[str]:
@@ -197,6 +199,24 @@ def _validate_unread_settings(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             path, f'{value!r}, but {model} ignores it with this config; '
             f'leave it at its default {default!r}')
+
+
+def _validate_guidance(config: ml_collections.ConfigDict) -> None:
+  """Classifier-free guidance needs a trained null condition: the model
+  learns it only from the examples whose condition `loss.label_drop` drops
+  (every generator's key for it). Checked on the config that samples,
+  whose loss keys --mode=sample and --mode=eval hold to the run's
+  config.json (run_record; unless --allow_config_change)."""
+  read = settings_read(config)
+  scale, drop = config.sample.guidance_scale, config.loss.label_drop
+  if ({'sample.guidance_scale', 'loss.label_drop'} <= read and scale and
+      not drop):
+    raise ConfigError(
+        'sample.guidance_scale',
+        f'{scale!r} guides against the null condition, which a model '
+        'trained with loss.label_drop = 0 never learned (its embedding '
+        'stays at its random init): train with label dropout (e.g. '
+        'loss.label_drop = 0.1) or leave sample.guidance_scale at 0')
 
 
 def _validate_condition(config: ml_collections.ConfigDict) -> None:
