@@ -241,7 +241,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   if restored is None:
     raise no_checkpoint
   state, step = restored
-  writer = writers_lib.MetricWriter(workdir)
+  writer = writers_lib.MetricWriter(workdir, jsonl=False)
   metrics, images = exp.evaluate(state)
   _write_eval(writer, exp, step, metrics, images)
   writer.close()

@@ -23,21 +23,26 @@ from vqlab import fileio
 class MetricWriter:
   """TensorBoard event files + `metrics.jsonl` + PNG image grids."""
 
-  def __init__(self, workdir: str, trains_from: int | None = None):
+  def __init__(self, workdir: str, trains_from: int | None = None,
+               jsonl: bool = True):
     """Args: workdir: the run's directory; trains_from: the step a training
     run starts from (its checkpoint's, 0 when fresh). The numbers an earlier
     attempt logged after that step (work lost with it, e.g. to a kill -9)
     are dropped from metrics.jsonl (with a last row cut short) and hidden in
     TensorBoard, so that each train step is logged once. None (eval,
-    sampling): nothing is dropped."""
+    sampling): nothing is dropped. jsonl: False leaves metrics.jsonl alone
+    (`--mode=eval`: a step evaluated again is no second row there, and a
+    run training in the workdir meanwhile keeps the file to itself)."""
     self.workdir = workdir
     self._enabled = jax.process_index() == 0
+    self._jsonl = None
     if self._enabled:
       fileio.makedirs(os.path.join(workdir, 'images'))
       path = os.path.join(workdir, 'metrics.jsonl')
       if trains_from is not None and fileio.exists(path):
         _drop_rows_after(path, trains_from)
-      self._jsonl = fileio.open(path, 'a')
+      if jsonl:
+        self._jsonl = fileio.open(path, 'a')
       if fileio.is_url(workdir):
         _register_gfile_event_writer(fileio.scheme(workdir))
       self._tb = tensorboardX.SummaryWriter(
@@ -49,8 +54,9 @@ class MetricWriter:
     if not self._enabled:
       return
     scalars = {k: float(v) for k, v in scalars.items()}
-    self._jsonl.write(json.dumps({'step': int(step), **scalars}) + '\n')
-    self._jsonl.flush()
+    if self._jsonl is not None:
+      self._jsonl.write(json.dumps({'step': int(step), **scalars}) + '\n')
+      self._jsonl.flush()
     for name, value in scalars.items():
       self._tb.add_scalar(name, value, global_step=step)
 
@@ -69,7 +75,8 @@ class MetricWriter:
 
   def close(self) -> None:
     if self._enabled:
-      self._jsonl.close()
+      if self._jsonl is not None:
+        self._jsonl.close()
       self._tb.close()
 
 
