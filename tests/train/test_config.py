@@ -41,6 +41,14 @@ def test_valid_config_is_filled_in():
   assert filled.model.quantizer.name == 'vq'
 
 
+def _titok_with_pcl(config):
+  config.model = tokenizers.default_config('titok')
+  config.model.image_size = config.data.image_size = 32
+  config.model.quantizer = quantizers.default_config('regularized')
+  config.model.quantizer.embedding_dim = 12
+  config.loss.pcl_weight = 1.0
+
+
 @pytest.mark.parametrize(
     'mutate, message',
     [
@@ -90,6 +98,9 @@ def test_valid_config_is_filled_in():
         ),
         (lambda c: c.train.update({'num_stpes': 8}),
          r'^train\.num_stpes: unknown key; did you mean train\.num_steps\?$'),
+        # Regularized VQ's contrastive loss weighs a 2D grid of tokens.
+        (_titok_with_pcl, r'^loss\.pcl_weight: 1\.0, but the probabilistic '
+         r'contrastive loss needs a 2D grid of tokens and TiTok gives 8 1D'),
     ])
 def test_bad_configs_name_the_key(mutate, message):
   config = tiny.tokenizer_config()

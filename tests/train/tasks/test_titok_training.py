@@ -17,12 +17,14 @@ from tests import tiny
 from vqlab.errors import CheckpointError
 from vqlab.errors import ConfigError
 from vqlab.nn import stack
+from vqlab.quantizers import base as quantizers_base
 from vqlab.train import checkpoint as checkpoint_lib
 from vqlab.train import experiment
 from vqlab.train import experiment_config
 from vqlab.train import loop
 from vqlab.train import run_record
 from vqlab.train.tasks import proxy_codes
+from vqlab.train.tasks import tokenizer
 
 
 def _devices():
@@ -190,3 +192,44 @@ def test_maskgit_trains_on_titok_tokens_and_samples_decode_to_images(
   assert np.isfinite(metrics['loss'])
   images = exp.sample_images(state, jax.random.key(0), batch_size=4)
   assert images.shape == (4, 16, 16, 3) and np.all(np.isfinite(images))
+
+
+@pytest.mark.parametrize('projection_dim', [0, 2])
+def test_warm_start_copies_an_ema_codebook_with_the_quantizer(
+    projection_dim, tmp_path):
+  # An EMA codebook and its statistics live in model_state's
+  # 'quantizer_stats', not in params (with projection_dim 0 the quantizer has
+  # no params at all).
+  config = tiny.tokenizer_config()
+  config.eval.lpips = config.eval.fid = 'off'
+  config.model.quantizer.ema = True
+  config.model.quantizer.projection_dim = projection_dim
+  config.warm_start.workdir = str(tmp_path)
+  config.warm_start.params = ('encoder', 'quantizer')
+  task = tokenizer.TokenizerTask(config, frozen={})
+  init = jax.jit(task.init)  # One compile for both states.
+  batch = {'image': np.zeros((8, 16, 16, 3), np.float32)}
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=1)
+  checkpointer.save(1, init(jax.random.key(0), batch), force=True)
+  checkpointer.wait()
+  checkpointer.close()
+  source, _ = checkpoint_lib.restore_on_host(str(tmp_path))
+  fresh = init(jax.random.key(1), batch)
+  state = task.warm_start(fresh)
+  stats = source['model_state'][quantizers_base.STATS]['quantizer']
+  assert set(stats) == {'codebook', 'cluster_size', 'embed_sum'}
+  assert not np.array_equal(
+      fresh.model_state[quantizers_base.STATS]['quantizer']['codebook'],
+      stats['codebook'])
+  jax.tree.map(np.testing.assert_array_equal,
+               state.model_state[quantizers_base.STATS]['quantizer'], stats)
+  generator = source['params']['generator']
+  names = ('encoder', 'quantizer') if projection_dim else ('encoder',)
+  assert ('quantizer' in generator) == bool(projection_dim)
+  for name in names:
+    jax.tree.map(np.testing.assert_array_equal, state.params['generator'][name],
+                 generator[name])
+  # The decoder was not named: this model's own.
+  jax.tree.map(np.testing.assert_array_equal,
+               state.params['generator']['decoder'],
+               fresh.params['generator']['decoder'])

@@ -42,6 +42,7 @@ from vqlab.losses import perceptual
 from vqlab.losses import vgg_features
 from vqlab.nn import stack
 from vqlab.quantizers import base as quantizer_base
+from vqlab.tokenizers import titok
 from vqlab.train import checkpoint as checkpoint_lib
 from vqlab.train import frozen as frozen_lib
 from vqlab.train import optimizers
@@ -87,8 +88,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.ema = ml_collections.ConfigDict()
   config.ema.decay = 0.0  # EMA of generator params for eval; 0: off.
 
-  # Fine-tuning (TiTok stage 2): top-level generator params copied from
-  # another run's checkpoint at the start, and params kept fixed.
+  # Fine-tuning (TiTok stage 2): top-level generator params (with their
+  # non-param state, e.g. an EMA codebook) copied from another run's
+  # checkpoint at the start, and params kept fixed.
   config.warm_start = ml_collections.ConfigDict()
   config.warm_start.workdir = ''  # The run to copy from; '': fresh init.
   config.warm_start.step = -1  # Its checkpoint; -1: the newest.
@@ -154,7 +156,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
         'warm_start.workdir', 'empty, but warm_start.params '
         f'names {tuple(config.warm_start.params)}')
-  factor = tokenizers.build_validated(config.model).downsample_factor
+  model = tokenizers.build_validated(config.model)
+  if loss.pcl_weight > 0 and isinstance(model, titok.TiTok):
+    # Its per-token weights are laid over the VGG feature grid.
+    raise ConfigError(
+        'loss.pcl_weight', f'{loss.pcl_weight}, but the probabilistic '
+        'contrastive loss needs a 2D grid of tokens and TiTok gives '
+        f'{model.num_latent_tokens} 1D tokens: set loss.pcl_weight = 0')
+  factor = model.downsample_factor
   for key in ('image_size', 'train_image_size'):
     size = config.data.get(key, 0)
     config_schema.require(
@@ -222,7 +231,9 @@ class TokenizerTask(base.Task):
         }, model_state=dict(variables), ema_params=ema, loss_state=loss_state)
 
   def warm_start(self, state: TrainState) -> TrainState:
-    """Copies `warm_start.params` from another run into a fresh state, and a
+    """Copies `warm_start.params` from another run into a fresh state (their
+    params and their entries in the other collections of model_state, e.g.
+    an EMA codebook's 'quantizer_stats'), and a
     'proxy_pixels' TiTok's pixel_vqgan from the `warm_start.pixel_vqgan` run,
     in this model's layout of repeated blocks (scanned or unrolled,
     vqlab.nn.stack) whichever the other run used.
@@ -240,10 +251,9 @@ class TokenizerTask(base.Task):
       tree, step = checkpoint_lib.restore_on_host(
           start.workdir, None if start.step < 0 else start.step,
           'warm_start.step')
-      params.update(
-          _copied((tree['ema_params'] or
-                   tree['params'])[GENERATOR], params, start.params,
-                  'warm_start.params', f'{start.workdir} (step {step})'))
+      params, model_state = _warm_started(tree, params, model_state,
+                                          start.params,
+                                          f'{start.workdir} (step {step})')
     if start.pixel_vqgan:
       tree, step = checkpoint_lib.restore_on_host(
           start.pixel_vqgan,
@@ -261,9 +271,9 @@ class TokenizerTask(base.Task):
               **values, 'pixel_vqgan':
                   _copied((tree.get('model_state') or {}).get(collection, {}),
                           values['pixel_vqgan'], list(values['pixel_vqgan']),
-                          'warm_start.pixel_vqgan', where)
+                          'warm_start.pixel_vqgan', where, collection)
           } if 'pixel_vqgan' in values else values
-                      ) for collection, values in state.model_state.items()
+                      ) for collection, values in model_state.items()
       }
     all_params = {**state.params, GENERATOR: params}
     # The EMA starts from the warm-started params, in buffers of its own: the
@@ -569,10 +579,53 @@ class TokenizerTask(base.Task):
     return reconstruction_eval.image_rows(images, n)
 
 
+def _warm_started(tree: dict[str, Any], params: dict[str, Any],
+                  model_state: dict[str, Any], names,
+                  where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(params, model_state) with the generator trees `names` copied from the
+  checkpoint `tree` of the run `where`: their params, and their entries in
+  every other collection (e.g. an EMA codebook with its statistics in
+  'quantizer_stats'), each in this model's layout (`_copied`).
+
+  Raises:
+    ConfigError (naming warm_start.params): a name in neither model, one
+      that is in a collection of one model but not of the other, or a tree of
+      other shapes.
+  """
+  key = 'warm_start.params'
+  source_params = (tree['ema_params'] or tree['params'])[GENERATOR]
+  source_state = tree.get('model_state') or {}
+  found = lambda name, trees: any(name in t for t in trees)
+  for name in names:
+    if not (found(name, (params, source_params)) or
+            found(name, (*model_state.values(), *source_state.values()))):
+      raise ConfigError(
+          key, f'{name!r} is in neither model: {where} has params '
+          f'{sorted(source_params)}, this model {sorted(params)}')
+  params = {
+      **params,
+      **_copied(source_params, params, [
+          n for n in names if found(n, (params, source_params))
+      ], key, where)
+  }
+  model_state = dict(model_state)
+  for collection in sorted(set(model_state) | set(source_state)):
+    values = model_state.get(collection, {})
+    source = source_state.get(collection, {})
+    these = [n for n in names if found(n, (values, source))]
+    if these:
+      model_state[collection] = {
+          **values,
+          **_copied(source, values, these, key, where, collection)
+      }
+  return params, model_state
+
+
 def _copied(source: dict[str, Any], target: dict[str, Any], names, key: str,
-            where: str) -> dict[str, Any]:
+            where: str, collection: str = 'params') -> dict[str, Any]:
   """{name: source[name]} for `names`, as arrays in the layout of repeated
-  blocks (scanned or unrolled) that `target[name]` has.
+  blocks (scanned or unrolled) that `target[name]` has; `source` and
+  `target` are trees of `collection` (for the error).
 
   Raises:
     ConfigError (naming `key`): a name missing from either side, or a tree of
@@ -582,7 +635,7 @@ def _copied(source: dict[str, Any], target: dict[str, Any], names, key: str,
   for name in names:
     if name not in source or name not in target:
       raise ConfigError(
-          key, f'{name!r} is not in both models: {where} has '
+          key, f'{name!r} is not in both models\' {collection}: {where} has '
           f'{sorted(source)}, this model {sorted(target)}')
     value = source[name]
     if isinstance(value, dict):
@@ -593,7 +646,8 @@ def _copied(source: dict[str, Any], target: dict[str, Any], names, key: str,
     shapes = lambda t: jax.tree.map(np.shape, t)
     if shapes(value) != shapes(target[name]):
       raise ConfigError(
-          key, f'{name!r} has other shapes in {where} than in this model')
+          key, f'{name!r} has other shapes in {where} than in this model '
+          f'({collection})')
     copied[name] = jax.tree.map(jnp.asarray, value)
   return copied
 
