@@ -139,6 +139,9 @@ def test_rejects_bad_inputs(variant):
   for ids in (bad, low):
     with pytest.raises(ValueError, match='out of range'):
       q.apply(variables, ids, method=q.indices_to_codes)
+  # No ids at all: nothing out of range, no codes.
+  empty = q.apply(variables, bad[:0], method=q.indices_to_codes)
+  assert empty.shape == (0, q.code_dim)
 
 
 @pytest.mark.parametrize('name, overrides, message', [

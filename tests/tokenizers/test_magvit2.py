@@ -229,6 +229,8 @@ def test_rejects_bad_inputs(tiny):
   x = _video((1, 9, 8, 8, 3))
   with pytest.raises(ValueError, match=r'5 or 9 frames ok; got 8: .*1 \+ 4k'):
     model.apply(variables, x[:, :8])
+  with pytest.raises(ValueError, match=r'at least 1 frame, got 0 frames'):
+    model.apply(variables, x[:, :0], method=model.encode)
   with pytest.raises(ValueError, match=r'\[B, T, H, W, 3\]'):
     model.apply(variables, x[..., :1])
   with pytest.raises(ValueError, match='divisible by the downsampling factor'):

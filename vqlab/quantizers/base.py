@@ -75,12 +75,17 @@ def check_latents(z: jax.Array, dim: int, who: str) -> None:
 
 
 def check_indices(indices: Any, codebook_size: int, who: str) -> None:
-  """Rejects non-integer indices, and out-of-range ones when they are concrete."""
+  """Rejects non-integer indices, and out-of-range ones when they are concrete.
+
+  `indices` has any shape, empty included (nothing to range-check).
+  """
   if not jnp.issubdtype(jnp.asarray(indices).dtype, jnp.integer):
     raise TypeError(f'{who}: indices must be integers, got '
                     f'{jnp.asarray(indices).dtype}')
   if isinstance(indices, jax.core.Tracer):
     return  # Values unknown under tracing; checked when called eagerly.
+  if jnp.size(indices) == 0:
+    return  # No ids, none out of range.
   lo, hi = int(jnp.min(indices)), int(jnp.max(indices))
   if lo < 0 or hi >= codebook_size:
     raise ValueError(f'{who}: token id out of range [0, {codebook_size}): '

@@ -20,7 +20,8 @@ def check_images(x: jax.Array, channels: int, factor: int, who: str) -> None:
 def check_videos(x: jax.Array, channels: int, factor: int, temporal_factor: int,
                  who: str) -> None:
   """Rejects anything but floating images [B, H, W, channels] or videos
-  [B, T, H, W, channels] with H, W % factor == 0 and T = 1 + temporal_factor k.
+  [B, T, H, W, channels] with H, W % factor == 0 and T = 1 + temporal_factor k
+  (k >= 0).
   """
   if x.ndim == 4:
     check_images(x, channels, factor, who)
@@ -28,8 +29,11 @@ def check_videos(x: jax.Array, channels: int, factor: int, temporal_factor: int,
   if x.ndim != 5 or x.shape[-1] != channels:
     raise ValueError(f'{who}: videos must have shape [B, T, H, W, {channels}] '
                      f'(images [B, H, W, {channels}]), got {tuple(x.shape)}')
-  check_images(x[:, 0], channels, factor, who)
   frames, s = x.shape[1], temporal_factor
+  if frames < 1:
+    raise ValueError(f'{who}: videos must have at least 1 frame, got {frames} '
+                     f'frames (shape {tuple(x.shape)})')
+  check_images(x[:, 0], channels, factor, who)
   if (frames - 1) % s:
     below = 1 + s * ((frames - 1) // s)
     valid = ' or '.join(str(n) for n in (below, below + s) if n >= 1)
