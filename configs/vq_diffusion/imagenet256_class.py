@@ -5,17 +5,23 @@ Tokens: the taming VQGAN f=16 (configs/vqgan/taming_f16.py: 16x16 of 1024
 codes; the paper's VQVAE gives 32x32 of 2886 codes, which this library has no
 config for). The released ImageNet recipe (configs/imagenet.yaml of
 microsoft/VQ-Diffusion) is smaller than this denoiser: 24 blocks of width
-512 on taming's f=16 VQGAN with 16384 codes. Classifier-free guidance through
-label dropout; sampling with truncation 0.86 and the fast sampler's 25 steps
-(`sample.diffusion_steps`).
+512 on taming's f=16 VQGAN with 16384 codes. The class conditions as there
+(its Condition2ImageTransformer, 'selfcondition' blocks): each block's MLP
+LayerNorm is adaptive on the class, through the block's own class embedding
+table, and no block cross-attends (vqlab's other departures from those
+blocks: vqlab/generators/vq_diffusion.py). 343M params (444M with the
+cross-attention to a class token that vqlab had before). Classifier-free
+guidance through label dropout (the null class has its row in every block's
+table, as the release's model with class_number 1001); sampling with
+truncation 0.86 and the fast sampler's 25 steps (`sample.diffusion_steps`).
 
 Memory: the global batch of 512 runs as 2 microbatches, so that 8 x 80 GB
 GPUs (64 examples per device) hold it within JAX's default 75% of GPU
-memory: compiled peak per device 42.8 GiB (text: 44.7) with its EMA of the
-weights (XLA:CPU, benchmarks/README.md); measured before the EMA, 41.1
-(43.1) against 70.5 (74.3) in one piece, and rematerializing the blocks
-instead (model.remat_policy = 'full') needed 11.4 GiB for 24% more
-FLOPs.
+memory: compiled peak per device 36.3 GiB with its EMA of the weights,
+62.6 in one piece; rematerializing the blocks instead (model.remat_policy =
+'full', one piece) needs 10.7 GiB for 23% more FLOPs (XLA:CPU, jax 0.10.2,
+`benchmarks/paper_scale.py --cases=vq_diffusion_class --compile_only
+--batch=64`; with the former cross-attention 42.7 and 72.1 GiB).
 """
 
 from vqlab import data

@@ -8,20 +8,28 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def head_call(fn: Callable[[], Any], name: str):
-  """Runs fn() (eagerly) and returns (its output, the input [..., D] of the
-  one call of the module named `name`, that module's params)."""
+def module_call(fn: Callable[[], Any], name: str):
+  """Runs fn() (eagerly) and returns (its output, (positional args, params,
+  output) of the one call of the module named `name`)."""
   seen = []
 
   def interceptor(next_fun, args, kwargs, context):
+    result = next_fun(*args, **kwargs)
     if context.method_name == '__call__' and context.module.name == name:
-      seen.append((args[0], context.module.variables['params']))
-    return next_fun(*args, **kwargs)
+      seen.append((args, context.module.variables['params'], result))
+    return result
 
   with nn.intercept_methods(interceptor):
     out = fn()
-  (inputs, params), = seen
-  return out, inputs, params
+  call, = seen
+  return out, call
+
+
+def head_call(fn: Callable[[], Any], name: str):
+  """Runs fn() (eagerly) and returns (its output, the input [..., D] of the
+  one call of the module named `name`, that module's params)."""
+  out, (args, params, _) = module_call(fn, name)
+  return out, args[0], params
 
 
 def dense_float64(inputs, params) -> np.ndarray:

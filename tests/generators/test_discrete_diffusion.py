@@ -13,6 +13,7 @@ from tests.generators import head_probe
 from vqlab import generators
 from vqlab.generators import discrete_diffusion as dd
 from vqlab.generators import vq_diffusion
+from vqlab.nn import stack
 from vqlab.train.tasks import generator
 
 K, T = 5, 12
@@ -315,6 +316,73 @@ def test_guidance_scale_one_is_conditional_sampling_and_truncation():
   kept = np.exp(np.asarray(vq_diffusion.truncate(log_p, 0.86)))
   np.testing.assert_allclose(kept, [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0.0],
                              atol=1e-6)
+
+
+def _release_block(x, emb, labels, params, num_heads):
+  """The release's class-conditional block ('selfcondition', float64):
+  x += Attn(AdaLN(x, e_t)); x += MLP(AdaLN(x, E[y])), E the block's table."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+
+  def ada_ln(x, e, p):
+    mod = (e / (1 + np.exp(-e))) @ p['modulation']['kernel']
+    scale, shift = np.split(mod + p['modulation']['bias'], 2, axis=-1)
+    norm = (x - x.mean(
+        -1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)
+    return norm * (1 + scale[:, None]) + shift[:, None]
+
+  def attention(h, p):
+    q, k, v = (np.einsum('bnd,dhk->bnhk', h, p[n]['kernel']) + p[n]['bias']
+               for n in ('query', 'key', 'value'))
+    logits = np.einsum('bnhk,bmhk->bhnm', q, k) / np.sqrt(q.shape[-1])
+    w = np.exp(logits - logits.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    o = np.einsum('bhnm,bmhk->bnhk', w, v)
+    return np.einsum('bnhk,hkd->bnd', o, p['out']['kernel']) + p['out']['bias']
+
+  def mlp(h, p):
+    h = h @ p['fc1']['kernel'] + p['fc1']['bias']
+    h = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
+    return h @ p['fc2']['kernel'] + p['fc2']['bias']
+
+  assert num_heads == p['self_attention']['query']['kernel'].shape[1]
+  x = x + attention(ada_ln(x, np.asarray(emb, np.float64), p['norm_self']),
+                    p['self_attention'])
+  class_emb = p['class_embed']['embedding'][np.asarray(labels)]
+  return x + mlp(ada_ln(x, class_emb, p['norm_mlp']), p['mlp'])
+
+
+def test_class_condition_is_each_blocks_mlp_adaln_as_the_release():
+  """microsoft/VQ-Diffusion's ImageNet model: the class modulates each
+  block's MLP LayerNorm through the block's own class table (with the null
+  class's row), no cross-attention; nn.scan runs the same numbers."""
+  model, params = _model(condition='class', num_classes=3)
+  assert 'class_embed' not in params
+  for block in ('block_0', 'block_1'):
+    assert set(params[block]) == {
+        'norm_self', 'self_attention', 'class_embed', 'norm_mlp', 'mlp'
+    }
+    assert params[block]['class_embed']['embedding'].shape == (4, model.width)
+  rng = np.random.default_rng(0)  # Modulations away from their zero init.
+  params = jax.tree.map(
+      lambda a: a + 0.3 * rng.standard_normal(a.shape, np.float32), params)
+  x_t = jnp.asarray(np.random.default_rng(3).integers(0, K + 1, (3, 2, 3)))
+  times, labels = jnp.array([2, 7, 12]), jnp.array([0, 2, 1])
+  drop = jnp.array([False, False, True])  # The last: the null class 3.
+  apply = lambda m, p: m.apply({'params': p}, x_t, times, labels, drop)
+  log_p, (args, block,
+          out) = head_probe.module_call(lambda: apply(model, params), 'block_1')
+  x, emb, context, _, y = args[:5]
+  assert context is None
+  np.testing.assert_array_equal(y, [0, 2, 3])
+  np.testing.assert_allclose(
+      out,
+      _release_block(np.asarray(x, np.float64), emb, y, block, model.num_heads),
+      rtol=1e-4, atol=1e-4)
+  scanned = model.clone(scan_layers=True)
+  like = jax.eval_shape(
+      lambda: scanned.init(jax.random.key(0), x_t, times, labels))['params']
+  np.testing.assert_allclose(apply(scanned, stack.match_layout(params, like)),
+                             log_p, atol=1e-5)
 
 
 def test_bfloat16_denoiser_has_float32_logits_of_its_final_norm():

@@ -2,17 +2,32 @@
 corrupted by mask-and-replace diffusion (math: `discrete_diffusion`).
 
 Network: embeddings of the K + 1 states + positions, `ConditionedBlock`s
-(adaptive LayerNorm on the timestep, cross-attention to the condition), a head
-over the K codes. Conditions (`condition`):
-  'none'   no cross-attention;
-  'class'  labels [B] -> a learned embedding (id num_classes: the null class);
+(self-attention and MLP after adaptive LayerNorms on the timestep), a final
+LayerNorm and a head over the K codes. Conditions (`condition`):
+  'none'   nothing more;
+  'class'  labels [B] in [0, num_classes] (id num_classes: the null class):
+           as the release's ImageNet model (Condition2ImageTransformer,
+           attn_type 'selfcondition', class_type 'adalayernorm'), each block's
+           MLP LayerNorm is adaptive on the class instead of the timestep,
+           through the block's own class embedding table [num_classes + 1,
+           width]; no cross-attention;
   'text'   {'states': [B, L, cond_dim] from a frozen text encoder (MiniLM,
            CLIP), 'mask': bool [B, L]} with text_encoder='frozen', or
            {'ids': int [B, L] UTF-8 bytes, 'mask'} with text_encoder='bytes'
-           (a small trainable encoder, the fallback without weights).
-The null condition of classifier-free guidance is learned (the null class, or
-a learned context vector for text); training drops the condition per example
-with probability `cond_drop`.
+           (a small trainable encoder, the fallback without weights): each
+           block cross-attends to the text after its self-attention, from
+           an AdaLN on the timestep (the release's 'selfcross').
+The null condition of classifier-free guidance is learned (the null class's
+rows, or a learned context vector for text); training drops the condition per
+example with probability `cond_drop`. Departures from the release's blocks:
+the timestep enters as one sinusoidal embedding and MLP shared by the blocks
+(the release: each AdaLN has its own table of T learned embeddings); the MLP
+of 'none' and 'text' blocks is after an AdaLN on the timestep (the release: a
+plain LayerNorm); the MLP is dense with GELU (its ImageNet model: 3x3
+convolutions with GELU2); the AdaLN projections start at zero (the release:
+normal(0.02)). Class models saved by vqlab up to 2026-12-05, which
+cross-attended to a class token, do not restore into this network (the
+checkpoint error lists their cross_attention params): retrain them.
 
 Loss (DESIGN §4): L_vlb(t) + lambda w(t) CE(x_0, p(x_0 | x_t)) with
 w(t) = 2 - (t-1)/T (the official code's 1 + (1 - t'/T), its t' = t - 1 from
@@ -114,23 +129,24 @@ class VQDiffusion(nn.Module):
                        f'{self.vocab_size}) (or the [MASK] id '
                        f'{self.vocab_size})')
 
+  def _labels(self, cond, drop, batch: int) -> jax.Array:
+    """Class ids int [B]; the null class num_classes for cond None and
+    where drop."""
+    if cond is not None:
+      api.check_ids(
+          cond, self.num_classes + 1,
+          f'VQDiffusion: class ids (num_classes={self.num_classes}, null '
+          f'class {self.num_classes})')
+    labels = (jnp.full((batch,), self.num_classes, jnp.int32)
+              if cond is None else cond.astype(jnp.int32))
+    if drop is not None:
+      labels = jnp.where(drop, self.num_classes, labels)
+    return labels
+
   def _context(self, cond, drop, batch: int):
-    """(context [B, L, width], mask [B, L]) or (None, None)."""
-    if self.condition == 'none':
+    """Text: (context [B, L, width], mask [B, L]); else (None, None)."""
+    if self.condition != 'text':
       return None, None
-    if self.condition == 'class':
-      if cond is not None:
-        api.check_ids(
-            cond, self.num_classes + 1,
-            f'VQDiffusion: class ids (num_classes={self.num_classes}, null '
-            f'class {self.num_classes})')
-      labels = (jnp.full((batch,), self.num_classes, jnp.int32)
-                if cond is None else cond.astype(jnp.int32))
-      if drop is not None:
-        labels = jnp.where(drop, self.num_classes, labels)
-      emb = nn.Embed(self.num_classes + 1, self.width,
-                     name='class_embed')(labels)
-      return emb[:, None].astype(self.dtype), jnp.ones((batch, 1), bool)
     null = self.param('null_context', nn.initializers.normal(0.02),
                       (self.width,))
     if cond is None:
@@ -185,10 +201,14 @@ class VQDiffusion(nn.Module):
     emb = nn.Dense(self.width, dtype=self.dtype,
                    name='time_mlp_1')(nn.silu(emb))
     context, context_mask = self._context(cond, drop, batch)
+    classes, labels = 0, None
+    if self.condition == 'class':  # The blocks' class AdaLN (+ null row).
+      classes, labels = self.num_classes + 1, self._labels(cond, drop, batch)
     fields = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim,
-                  dropout_rate=self.dropout_rate, dtype=self.dtype)
+                  dropout_rate=self.dropout_rate, dtype=self.dtype,
+                  num_classes=classes)
     x = transformer.apply_layers(ConditionedBlock, fields, self.num_layers, x,
-                                 emb, context, context_mask, train,
+                                 emb, context, context_mask, labels, train,
                                  scan=self.scan_layers,
                                  remat_policy=self.remat_policy)
     x = nn.LayerNorm(dtype=jnp.float32, name='final_norm')(x)

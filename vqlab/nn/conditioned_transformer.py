@@ -1,9 +1,13 @@
-"""A transformer conditioned on a timestep (adaptive LayerNorm) and on a
-sequence (cross-attention): the VQ-Diffusion denoiser's blocks.
+"""A transformer conditioned on a timestep (adaptive LayerNorm), on a
+sequence (cross-attention) or on a class (adaptive LayerNorm): the
+VQ-Diffusion denoiser's blocks.
 
 Each block:  x += SelfAttn(AdaLN(x, e));  x += CrossAttn(AdaLN(x, e), c);
-x += MLP(AdaLN(x, e)),  with AdaLN(x, e) = LN(x) (1 + scale(e)) + shift(e),
-scale and shift zero-initialized projections of the timestep embedding e.
+x += MLP(AdaLN(x, e')),  with AdaLN(x, e) = LN(x) (1 + scale(e)) + shift(e),
+scale and shift zero-initialized projections of an embedding: e is the
+timestep's; without a class e' = e, with class labels y (VQ-Diffusion's
+class-conditional 'selfcondition' blocks) e' = E_l[y], the block's own
+class embedding table E_l.
 """
 
 import math
@@ -41,18 +45,24 @@ class AdaLayerNorm(nn.Module):
 
 
 class ConditionedBlock(nn.Module):
-  """One block (module docstring). Attributes as `TransformerBlock`."""
+  """One block (module docstring). Attributes as `TransformerBlock`, and
+  num_classes: rows of the block's class embedding table (labels in
+  [0, num_classes)); 0 without one."""
   num_heads: int
   mlp_dim: int
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  num_classes: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, emb: jax.Array,
                context: jax.Array | None = None,
                context_mask: jax.Array | None = None,
+               labels: jax.Array | None = None,
                train: bool = False) -> jax.Array:
-    """x [B, N, D], emb [B, E], context [B, L, C], context_mask bool [B, L]."""
+    """x [B, N, D] -> [B, N, D]; emb [B, E] (the timestep's), context
+    [B, L, C] and context_mask bool [B, L] (cross-attention), labels int [B]
+    (the MLP's AdaLN on the block's class embedding instead of emb)."""
     drop = lambda h: nn.Dropout(self.dropout_rate)(h, deterministic=not train)
     attention = lambda name: nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.
@@ -65,7 +75,14 @@ class ConditionedBlock(nn.Module):
           context_mask[:, None, None, :]
       h = AdaLayerNorm(self.dtype, name='norm_cross')(x, emb)
       x = x + drop(attention('cross_attention')(h, context, mask=mask))
-    h = AdaLayerNorm(self.dtype, name='norm_mlp')(x, emb)
+    mlp_emb = emb
+    if labels is not None:
+      if not self.num_classes:
+        raise ValueError('ConditionedBlock: labels need num_classes > 0')
+      mlp_emb = nn.Embed(self.num_classes, x.shape[-1],
+                         embedding_init=nn.initializers.normal(0.02),
+                         name='class_embed')(labels)
+    h = AdaLayerNorm(self.dtype, name='norm_mlp')(x, mlp_emb)
     return x + drop(
         MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, name='mlp')(
             h, train=train))
