@@ -27,6 +27,10 @@ def get_config():
   config.optimizer.learning_rate = 2e-4
   config.optimizer.warmup_steps = 1000
   config.text.max_length = 77
+  # The release's classifier-free COCO sampling (inference_VQ_Diffusion.py):
+  # no truncation, guidance s = 3.
+  config.sample.truncation = 1.0
+  config.sample.guidance_scale = 2.0  # s = 1 + w = 3.
   config.sample.prompts = ('a teddy bear on a skateboard in times square',
                            'a living room with a fireplace and a large window')
   return config

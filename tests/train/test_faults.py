@@ -565,6 +565,33 @@ def test_a_maskgit_checkpoint_of_the_other_head_kind_names_the_switch():
       tied, untied).endswith('resume it with model.tied_heads = True')
 
 
+def test_an_old_class_vq_diffusion_checkpoint_says_it_cannot_resume():
+  dense = {'kernel': np.zeros((4, 8), np.float32)}
+  old = {
+      'params': {
+          'class_embed': {
+              'embedding': np.zeros((4, 8))
+          },
+          'block_0': {
+              'cross_attention': {
+                  'query': dense
+              }
+          }
+      }
+  }
+  new = {
+      'params': {
+          'block_0': {
+              'class_embed': {
+                  'embedding': np.zeros((4, 8))
+              }
+          }
+      }
+  }
+  assert checkpoint_lib.state_mismatch(
+      old, new).endswith('no config of this vqlab restores it, train it again')
+
+
 def _save_steps_2_and_4(tmp_path):
   """Checkpoints of {'w': arange(6) * step} at steps 2 and 4 in tmp_path;
   returns the state's abstract tree (what restore takes)."""

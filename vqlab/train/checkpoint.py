@@ -142,7 +142,8 @@ def _relaid(tree: Any, abstract_state: Any) -> Any:
 
 def _head_layout_hint(saved: Iterable[str], expected: Iterable[str]) -> str:
   """A hint when a MaskGIT checkpoint's output heads are tied and the
-  model's are not, or the other way (vqlab.generators.maskgit)."""
+  model's are not, or the other way (vqlab.generators.maskgit), or a
+  class-conditional VQ-Diffusion checkpoint predates its class norms."""
   tied = lambda keys: any(re.search(r'/tied_head_\d+/', k) for k in keys)
   untied = lambda keys: any(re.search(r'/head_\d+/', k) for k in keys)
   if tied(saved) and untied(expected):
@@ -150,6 +151,16 @@ def _head_layout_hint(saved: Iterable[str], expected: Iterable[str]) -> str:
   if untied(saved) and tied(expected):
     return ('. The checkpoint has untied heads (vqlab before 2026-12): resume '
             'it with model.tied_heads = False')
+  class_token = lambda keys: any('/class_embed/' in k and '/block' not in k
+                                 for k in keys) and any('/cross_attention/' in k
+                                                        for k in keys)
+  class_norms = lambda keys: any('/block' in k and '/class_embed/' in k
+                                 for k in keys)
+  if class_token(saved) and class_norms(expected):
+    return ('. The checkpoint is a class-conditional VQ-Diffusion of vqlab '
+            'before 2026-12-06 (cross-attention to a class token; its blocks '
+            'now take the class through their norms, as the release): no '
+            'config of this vqlab restores it, train it again')
   return ''
 
 
