@@ -75,6 +75,7 @@ def get_config():
   # a loss T times vqlab's (its importance weight is 1/p(t), vqlab's
   # 1/(T p(t))): 0.5 / T here.
   config.ema.decay = 0.99**(1 / 25)
+  # (Computed here: a run with another model.num_timesteps sets it too.)
   config.optimizer.grad_clip_norm = 0.5 / config.model.num_timesteps
   config.train.batch_size = 512
   config.train.microbatches = 2  # 64 examples per device on 8 GPUs, 2 x 32.

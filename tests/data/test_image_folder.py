@@ -165,28 +165,43 @@ def test_train_files_are_read_after_the_shuffle(tmp_path):
 
 
 def test_photos_are_turned_as_their_exif_orientation_says(tmp_path):
-  """A phone's portrait photo: landscape pixels (left red, right blue) with
-  orientation 6 are shown turned 90 degrees: red on top, blue below."""
-  stored = np.zeros((8, 16, 3), np.uint8)
-  stored[:, :8, 0] = stored[:, 8:, 2] = 255
+  """A phone's portrait photo: landscape pixels with orientation 6 are shown
+  turned 90 degrees, then cropped and flipped as shown."""
   exif = Image.Exif()
   exif[0x0112] = 6
-  for split, count in (('train', 4), ('val', 2)):
-    for i in range(count):
-      os.makedirs(tmp_path / split / 'a', exist_ok=True)
-      Image.fromarray(stored).save(tmp_path / split / 'a' / f'{i}.png',
-                                   exif=exif)
+  stored = np.zeros((8, 16, 3), np.uint8)  # Left red, right blue.
+  stored[:, :8, 0] = stored[:, 8:, 2] = 255
+  for i in range(2):
+    os.makedirs(tmp_path / 'val' / 'a', exist_ok=True)
+    Image.fromarray(stored).save(tmp_path / 'val' / 'a' / f'{i}.png', exif=exif)
+  # Shown: red in the top right quarter only.
+  shown = np.zeros((8, 8, 3), np.uint8)
+  shown[..., 2] = 255
+  shown[:4, 4:] = (255, 0, 0)
+  square = Image.fromarray(shown).transpose(Image.Transpose.ROTATE_90)
+  for i in range(8):
+    os.makedirs(tmp_path / 'train' / 'a', exist_ok=True)
+    square.save(tmp_path / 'train' / 'a' / f'{i}.png', exif=exif)
   config = data.default_config('image_folder')
   config.update(path=str(tmp_path), image_size=8, shuffle_buffer=4)
-  shown = np.asarray(
+  centre = np.asarray(
       ImageOps.exif_transpose(Image.open(tmp_path / 'val' / 'a' /
-                                         '0.png')))[4:12]  # Its centre crop.
+                                         '0.png')))[4:12]
   evaluation = next(
       data.build(config, split='eval', global_batch_size=2).batches())
   np.testing.assert_allclose(evaluation['image'],
-                             np.stack([shown, shown]) / 127.5 - 1, atol=1e-6)
-  train = next(data.build(config, split='train', global_batch_size=4).batches())
-  assert np.ptp(train['image'], axis=2).max() < 1e-6  # Rows of one colour.
+                             np.stack([centre, centre]) / 127.5 - 1, atol=1e-6)
+  for augment in ('resize_random_crop', 'random_resized_crop'):
+    config.update(train_augment=augment, crop_area_range=(1.0, 1.0),
+                  crop_aspect_range=(1.0, 1.0))
+    train = next(
+        data.build(config, split='train', global_batch_size=8).batches())
+    red = train['image'][..., 0] > 0
+    # Flipped left-right as shown (never upside down), both ways seen.
+    assert not red[:, 4:].any()
+    np.testing.assert_array_equal(
+        red[:, :4, 4:].all(axis=(1, 2)) | red[:, :4, :4].all(axis=(1, 2)), True)
+    assert 0 < red[:, :4, 4:].all(axis=(1, 2)).sum() < 8
 
 
 def test_multi_host_tokenization_draws_every_train_example_once(tmp_path):

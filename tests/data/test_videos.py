@@ -241,7 +241,8 @@ def test_joint_config_validation():
     })
     return config
 
-  filled = experiment_config.validate(config_with(), num_devices=8)
+  # Batch 8: 4 images and 4 videos, each over the 4 devices.
+  filled = experiment_config.validate(config_with(), num_devices=4)
   assert filled.data.image.train_augment == 'resize_random_crop'  # tfds' defaults filled in.
   assert filled.data.video.frame_stride == 1 and filled.data.image_batch_fraction == 0.5
   assert filled.data.video.num_frames == 5
@@ -259,7 +260,7 @@ def test_joint_config_validation():
        r'^data\.video\.num_frames: expected int')):
     with pytest.raises(ConfigError, match=match):
       experiment_config.validate(config_with(section, key, value),
-                                 num_devices=8)
+                                 num_devices=4)
 
 
 # --------------------------------------------------------------------------------------------

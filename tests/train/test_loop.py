@@ -107,7 +107,8 @@ def test_a_finished_run_run_again_returns_its_final_metrics(
     rows = f.read()
   result = loop.train_and_evaluate(_config(), workdir, devices=_devices())
   assert result == uninterrupted[1]
-  assert 'the run finished at step 5' in capsys.readouterr().out
+  out = capsys.readouterr().out.strip().splitlines()
+  assert len(out) == 1 and 'the run finished at step 5' in out[0], out
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     assert f.read() == rows  # No second final eval.
   # A final eval that never finished (no final_metrics.json) runs again.

@@ -28,13 +28,18 @@ were left out. The list, and so the data order, depends only on the files
 
 Files are listed in sorted order; each host reads an even contiguous slice of
 the list. Preprocessing, order and resume are those of the `tfds` dataset
-(`preprocess.py`, `pipeline.py`).
+(`preprocess.py`, `pipeline.py`), with two differences: the train shuffle
+buffer holds file names (each file is read after the shuffle), and images are
+turned as their EXIF orientation tag says (read from each file's header with
+PIL when the source is built; `preprocess.exif_orient`).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import os
+import warnings
 
 import ml_collections
 import numpy as np
@@ -46,6 +51,7 @@ from vqlab.data import pipeline
 from vqlab.data import preprocess
 from vqlab.errors import DataError
 
+_ORIENTATION = 0x0112  # The EXIF tag.
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
 
 
@@ -266,25 +272,30 @@ def exif_orientation(path: str) -> int:
   turns the stored pixels; `preprocess.exif_orient`), 1 without one.
 
   Phones store portrait photos as landscape pixels with tag 6 or 8;
-  TensorFlow's decoders ignore the tag. PIL reads the file's header only.
+  TensorFlow's decoders ignore the tag. Only the file's header is read (a
+  PNG's EXIF chunk after its pixels, which no camera writes, is not).
   """
   try:
-    with Image.open(path) as image:
-      return int(image.getexif().get(0x0112, 1))
-  except (OSError, SyntaxError, ValueError, TypeError):
-    return 1  # A tag PIL cannot parse: the pixels as stored.
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+      with Image.open(path) as image:
+        if image.format == 'JPEG':
+          return int(image.getexif().get(_ORIENTATION, 1))
+        if image.format == 'PNG' and 'exif' in image.info:
+          exif = Image.Exif()
+          exif.load(image.info['exif'])
+          return int(exif.get(_ORIENTATION, 1))
+        return 1
+  except (OSError, SyntaxError, ValueError, TypeError,
+          Image.DecompressionBombError):
+    return 1  # A header PIL refuses (e.g. over 179 MP): the stored pixels.
 
 
-def _shown(preprocess_fn):
-  """preprocess_fn(example, *seed) on {'image', 'orientation', ...} -> its
-  output with the square image as a viewer shows the file."""
-
-  def fn(example, *seed):
-    out = preprocess_fn(example, *seed)
-    image = preprocess.exif_orient(out['image'], example['orientation'])
-    return dict(out, image=tf.ensure_shape(image, out['image'].shape))
-
-  return fn
+def exif_orientations(paths: list[str]) -> np.ndarray:
+  """int32 [N]: `exif_orientation` of each of `paths`, read by threads."""
+  with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    return np.array(list(pool.map(exif_orientation, paths)),
+                    np.int32).reshape(-1)
 
 
 # ------------------------------------------------------------------------------
@@ -350,11 +361,8 @@ def build(config: ml_collections.ConfigDict, *, split: str,
   num_examples = len(paths)
   host = np.array_split(np.arange(num_examples), process_count)[process_index]
   host_records = {
-      'image':
-          tf.constant([paths[i] for i in host], tf.string),
-      'orientation':
-          np.array([exif_orientation(paths[i]) for i in host],
-                   np.int32).reshape(-1)
+      'image': tf.constant([paths[i] for i in host], tf.string),
+      'orientation': exif_orientations([paths[i] for i in host])
   }
   if labels is not None:
     host_records['label'] = labels[host]
@@ -364,7 +372,7 @@ def build(config: ml_collections.ConfigDict, *, split: str,
 
   if split == 'train':
     seed = int(base.get(config, 'seed'))
-    augment = _shown(preprocess.train_fn(aug))
+    augment = preprocess.train_fn(aug)
     # The shuffle buffer holds paths: each file is read after the shuffle,
     # in the parallel preprocessing, not held encoded in the buffer.
     make = lambda start: pipeline.train_dataset(
@@ -375,11 +383,10 @@ def build(config: ml_collections.ConfigDict, *, split: str,
   else:
     num_batches = pipeline.host_eval_batches(num_examples, global_batch_size,
                                              process_count)
-    shown = _shown(preprocess.eval_fn(aug))
     make = lambda start: pipeline.eval_dataset(
-        records().map(read), preprocess=shown, per_host_batch_size=b,
-        num_batches=num_batches, image_shape=aug.image_shape, has_label=labels
-        is not None, start_step=start)
+        records().map(read), preprocess=preprocess.eval_fn(
+            aug), per_host_batch_size=b, num_batches=num_batches, image_shape=
+        aug.image_shape, has_label=labels is not None, start_step=start)
     shape = aug.image_shape
   return pipeline.TfDataSource(make, per_host_batch_size=b,
                                num_examples=num_examples, image_shape=shape,

@@ -137,16 +137,23 @@ def center_crop(image, size: int):
   return image[..., top:top + size, left:left + size, :]
 
 
-def _inception_crop(encoded, seed, aug: Augment):
-  """Decodes the random window only (JPEG) or decodes then slices (other formats)."""
+def _inception_crop(encoded, seed, aug: Augment, turned=False):
+  """Decodes the random window only (JPEG) or decodes then slices (other formats).
+
+  `turned` (bool tensor): the stored pixels are shown turned by 90 degrees
+  (EXIF orientations 5-8), so the window's aspect range is the inverse.
+  """
+  low, high = aug.crop_aspect_range
 
   def window(shape):
-    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        shape, tf.zeros([0, 0, 4], tf.float32), seed=seed,
-        min_object_covered=0.0, area_range=aug.crop_area_range,
-        aspect_ratio_range=aug.crop_aspect_range, max_attempts=10,
-        use_image_if_no_bounding_boxes=True)
-    return begin, crop_size
+    draw = lambda aspect_range: tf.image.stateless_sample_distorted_bounding_box(
+        shape, tf.zeros([0, 0, 4], tf.float32), seed=seed, min_object_covered=
+        0.0, area_range=aug.crop_area_range, aspect_ratio_range=aspect_range,
+        max_attempts=10, use_image_if_no_bounding_boxes=True)[:2]
+    if isinstance(turned, bool):
+      return draw((1 / high, 1 / low) if turned else (low, high))
+    return tf.cond(turned, lambda: draw((1 / high, 1 / low)), lambda: draw(
+        (low, high)))
 
   def jpeg():
     begin, crop_size = window(tf.io.extract_jpeg_shape(encoded))
@@ -170,8 +177,8 @@ def exif_orient(image, orientation):
   scalar tensor, 1-8; others: as stored) -> the image as a viewer shows it
   (PIL's ImageOps.exif_transpose): [H, W, C], or [W, H, C] for 5-8.
 
-  On a square crop of the stored image this gives the same crop of the
-  shown image (centre crops stay centred), so preprocessing may crop first.
+  A random square crop of the stored image, turned, is a random square crop
+  of the shown one, so train preprocessing may crop first.
   """
   transposed = lambda x: tf.transpose(x, [1, 0, 2])
   shown = [
@@ -201,18 +208,27 @@ def _output(example, image):
 
 
 def train_fn(aug: Augment) -> Callable[[Any, Any], Any]:
-  """Returns f(example, seed [2] int64) -> preprocessed train example (image [T, T, C])."""
+  """Returns f(example, seed [2] int64) -> preprocessed train example (image [T, T, C]).
+
+  An example's optional 'orientation' (EXIF, int32) turns the image as a
+  viewer shows it (`exif_orient`), before the random flip.
+  """
 
   def fn(example, seed):
     crop_seed, flip_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, 2))
+    orientation = example.get('orientation')
     if aug.train_augment == 'random_resized_crop':
-      image = _inception_crop(example['image'], crop_seed, aug)
+      turned = False if orientation is None else ((orientation >= 5) &
+                                                  (orientation <= 8))
+      image = _inception_crop(example['image'], crop_seed, aug, turned)
     else:
       image = resize_shorter_side(decode_image(example['image'], aug.channels),
                                   aug.image_size)
       image = tf.image.stateless_random_crop(image, aug.train_shape,
                                              seed=crop_seed)
+    if orientation is not None:  # Turned before the flip mirrors it.
+      image = exif_orient(image, orientation)
     if aug.random_flip:
       image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
     image = tf.ensure_shape(to_unit_range(image), aug.train_shape)
@@ -222,11 +238,14 @@ def train_fn(aug: Augment) -> Callable[[Any, Any], Any]:
 
 
 def eval_fn(aug: Augment) -> Callable[[Any], Any]:
-  """Returns f(example) -> preprocessed eval example (shorter side to S, centre crop)."""
+  """Returns f(example) -> preprocessed eval example (shorter side to S, centre crop;
+  an optional 'orientation' turns the decoded image first, as in `train_fn`)."""
 
   def fn(example):
-    image = resize_shorter_side(decode_image(example['image'], aug.channels),
-                                aug.image_size)
+    image = decode_image(example['image'], aug.channels)
+    if 'orientation' in example:
+      image = exif_orient(image, example['orientation'])
+    image = resize_shorter_side(image, aug.image_size)
     image = center_crop(image, aug.image_size)
     image = tf.ensure_shape(to_unit_range(image), aug.image_shape)
     return _output(example, image)

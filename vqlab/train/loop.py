@@ -14,7 +14,9 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
+import numpy as np
 
 from vqlab import fileio
 from vqlab.errors import CheckpointError
@@ -108,10 +110,6 @@ def _train(config, workdir, devices, step_callback, allow_config_change,
   state, start_step = exp.initial_state()
   exp.checkpointer.check_writable()
   exp.record_config(start_step)
-  if start_step:
-    logging.info('Resuming from step %d', start_step)
-    print(f'vqlab: resuming from the checkpoint at step {start_step}',
-          flush=True)
   finished = (_final_metrics(workdir, start_step)
               if start_step >= train_cfg.num_steps else None)
   if finished is not None:
@@ -123,6 +121,10 @@ def _train(config, workdir, devices, step_callback, allow_config_change,
           flush=True)
     exp.checkpointer.close()
     return finished
+  if start_step:
+    logging.info('Resuming from step %d', start_step)
+    print(f'vqlab: resuming from the checkpoint at step {start_step}',
+          flush=True)
   if watcher.should_stop():
     exp.checkpointer.close()
     return _stopped(start_step, saved=False)
@@ -213,15 +215,22 @@ def _train(config, workdir, devices, step_callback, allow_config_change,
 
 def _final_metrics(workdir: str, step: int) -> dict[str, Any] | None:
   """The final metrics a finished run wrote at `step`, or None (none, of
-  another step, or unreadable: the final eval runs again)."""
+  another step, or unreadable: the final eval runs again). Process 0 reads
+  them and every process gets its answer, so all of them go on together."""
   path = os.path.join(workdir, 'final_metrics.json')
-  try:
-    with fileio.open(path) as f:
-      result = json.load(f)
-  except (OSError, ValueError):
-    return None
-  if not isinstance(result, dict) or result.get('step') != step:
-    return None
+  result = None
+  if jax.process_index() == 0:
+    try:
+      with fileio.open(path) as f:
+        result = json.load(f)
+    except (OSError, ValueError):
+      pass
+    if not isinstance(result, dict) or result.get('step') != step:
+      result = None
+  if jax.process_count() > 1:
+    found = multihost_utils.broadcast_one_to_all(np.int32(result is not None))
+    if int(found) and result is None:  # Not process 0: what it read.
+      result = {'step': step, 'preempted': False}
   return result
 
 

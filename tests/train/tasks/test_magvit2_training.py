@@ -83,7 +83,7 @@ def test_joint_image_video_batch_trains_one_model():
   config.data.video.num_frames = 5
   config.model.quantizer.update(entropy_weight_final=0.0,
                                 entropy_anneal_steps=4)
-  config = experiment_config.validate(config, num_devices=8)
+  config = experiment_config.validate(config, num_devices=4)
   task = tokenizer.build(config)
   source = data_lib.build(config.data, split='train', global_batch_size=16)
   batch = {

@@ -233,7 +233,9 @@ class TokenizerTask(base.Task):
   def warm_start(self, state: TrainState) -> TrainState:
     """Copies `warm_start.params` from another run into a fresh state (their
     params and their entries in the other collections of model_state, e.g.
-    an EMA codebook's 'quantizer_stats'), and a
+    an EMA codebook's 'quantizer_stats' and a quantizer's schedule counter
+    in 'quantizer_state': its temperature or entropy weight goes on from
+    where that run left it), and a
     'proxy_pixels' TiTok's pixel_vqgan from the `warm_start.pixel_vqgan` run,
     in this model's layout of repeated blocks (scanned or unrolled,
     vqlab.nn.stack) whichever the other run used.
