@@ -216,6 +216,20 @@ def test_two_processes_match_one_process_on_two_devices(uninterrupted,
   with open(os.path.join(workdir, 'final_metrics.json')) as f:
     assert json.load(f)['psnr'] == pytest.approx(uninterrupted[1]['psnr'],
                                                  rel=1e-5)
+  # The same command again: process 0 finds the run finished and tells
+  # process 1, and both stop without a second final eval.
+  command = [
+      f'--log_dir={logs}_again'
+      if a.startswith('--log_dir=') else f'--coordinator_port={_free_port()}'
+      if a.startswith('--coordinator_port=') else a for a in command
+  ]
+  again = subprocess.run(command, env=env, capture_output=True, text=True,
+                         cwd=ROOT, check=False)
+  with open(os.path.join(f'{logs}_again', 'process_0.log')) as f:
+    first = f.read()
+  assert again.returncode == 0, again.stdout + first[-3000:]
+  assert 'the run finished at step 5' in first
+  assert not re.search(r'^vqlab: eval at step', first, re.M)
 
 
 def test_eval_images_leave_out_padding_examples():
