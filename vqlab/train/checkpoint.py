@@ -164,6 +164,14 @@ def _head_layout_hint(saved: Iterable[str], expected: Iterable[str]) -> str:
   return ''
 
 
+def no_checkpoint_error(workdir: str) -> CheckpointError:
+  """The error of a mode that needs a trained run in `workdir` (eval,
+  sampling) and finds no checkpoint there."""
+  return CheckpointError(
+      f'no checkpoint in {os.path.join(workdir, "checkpoints")}: train the '
+      'run first (--mode=train) or point --workdir at a trained run')
+
+
 class Checkpointer:
   """Saves and restores the TrainState under `<workdir>/checkpoints`.
 

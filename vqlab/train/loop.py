@@ -19,7 +19,6 @@ import ml_collections
 import numpy as np
 
 from vqlab import fileio
-from vqlab.errors import CheckpointError
 from vqlab.train import checkpoint as checkpoint_lib
 from vqlab.train import experiment
 from vqlab.train import preemption
@@ -239,9 +238,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
                         allow_config_change: bool = False) -> dict[str, Any]:
   """`--mode=eval`: restores the latest checkpoint and evaluates it (the
   run's config.json is compared with `config`, never rewritten)."""
-  no_checkpoint = CheckpointError(
-      f'no checkpoint in {os.path.join(workdir, "checkpoints")}: train first '
-      '(--mode=train) or point --workdir at a trained run')
+  no_checkpoint = checkpoint_lib.no_checkpoint_error(workdir)
   if checkpoint_lib.newest_step(workdir) is None:
     raise no_checkpoint  # Before anything is made in a mistyped --workdir.
   exp = experiment.Experiment(config, workdir, devices,

@@ -40,7 +40,6 @@ import ml_collections
 import numpy as np
 
 from vqlab import fileio
-from vqlab.errors import CheckpointError
 from vqlab.errors import ConfigError
 from vqlab.evals import fid
 from vqlab.evals import fvd
@@ -111,9 +110,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
     'inception_score_std', 'gfid' when Inception is available, 'fvd' or
     'prediction_fvd' and 'fvd_frames' when I3D is}.
   """
-  no_checkpoint = CheckpointError(
-      f'no checkpoint in {os.path.join(workdir, "checkpoints")}: train the '
-      'generator first (--mode=train) or point --workdir at a trained run')
+  no_checkpoint = checkpoint_lib.no_checkpoint_error(workdir)
   if checkpoint_lib.newest_step(workdir) is None:
     raise no_checkpoint  # Before anything is made in a mistyped --workdir.
   exp = experiment.Experiment(config, workdir, devices, lock='sample',
