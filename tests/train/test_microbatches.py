@@ -12,6 +12,8 @@ import pytest
 from tests import tiny
 from vqlab import quantizers
 from vqlab.errors import ConfigError
+from vqlab.quantizers import base as quantizer_base
+from vqlab.quantizers import lfq
 from vqlab.train import experiment
 from vqlab.train import experiment_config
 from vqlab.train.tasks import base
@@ -44,6 +46,35 @@ def test_accumulate_gradients_splits_in_order_and_threads_the_carry():
                              np.arange(12.0).reshape(6, 2).sum(0) / 3)
   np.testing.assert_allclose(carry, 12.0)  # ((0) * 10 + 1) * 10 + 2.
   np.testing.assert_allclose(metrics['first'], (0 + 2 + 4) / 3)
+
+
+def test_codebook_metrics_of_a_step_in_microbatches_are_the_batchs():
+  """usage and perplexity of the codes (and of LFQ's factors) describe the
+  whole batch, not the mean of its microbatches' (about 1/k of the usage)."""
+  q = lfq.LookupFreeQuantizer(codebook_size=2**10, factor_bits=(5, 5))
+  z = jax.random.normal(jax.random.key(3), (16, 4, 10))
+
+  def grads_fn(microbatch, rng, carry):
+    del rng
+    out = q.apply({}, microbatch['z'])
+    return {'g': jnp.zeros(())}, carry, quantizer_base.train_metrics(out)
+
+  _, _, metrics = jax.jit(base.accumulate_gradients,
+                          static_argnums=(0, 4))(grads_fn, {
+                              'z': z
+                          }, jax.random.key(0), jnp.float32(0), 4)
+  metrics = quantizer_base.batch_code_metrics(metrics)
+  whole = q.apply({}, z).metrics
+  assert 'quantizer/code_counts' not in metrics
+  for key in ('usage', 'perplexity', 'usage/factor0', 'perplexity/factor1'):
+    np.testing.assert_allclose(metrics[f'quantizer/{key}'], whole[key],
+                               rtol=1e-5, err_msg=key)
+  assert whole['usage'] > 2 * metrics_of_quarter(q, z)
+
+
+def metrics_of_quarter(q, z):
+  """The usage of one microbatch (what the mean of the four was near)."""
+  return float(q.apply({}, z[::4]).metrics['usage'])
 
 
 def _step(config, tmp_path, microbatches):
@@ -119,5 +150,7 @@ def test_a_tokenizer_trains_in_two_microbatches():
   assert all(jax.tree.leaves(moved))
   # Step 0's temperature in both microbatches; the schedule moved one step.
   assert float(metrics['quantizer/temperature']) == 1.0
+  assert 'quantizer/code_counts' not in metrics  # It became the usage.
+  assert 0 < float(metrics['quantizer/usage']) <= 1
   counter = new_state.model_state['quantizer_state']['quantizer']['step']
   assert int(counter) == 1

@@ -23,7 +23,8 @@ class QuantizerOutput:
     loss: scalar, the quantizer's own loss terms weighted by its config.
     metrics: dict of scalars; at least `usage` (fraction of codes used in the
       batch) and `perplexity` (exp of the entropy of the batch code histogram).
-    extras: dict of arrays some losses need (e.g. per-position weights).
+    extras: dict of arrays some losses need (e.g. per-position weights), and
+      under CODE_COUNTS the histograms `usage` and `perplexity` come from.
   """
   quantized: jax.Array
   indices: jax.Array
@@ -42,6 +43,15 @@ def code_histogram(indices: jax.Array, codebook_size: int) -> jax.Array:
   return jnp.zeros((codebook_size,), jnp.float32).at[flat].add(1.0)
 
 
+# extras[CODE_COUNTS]: {suffix: histogram [K']}, whose usage and perplexity
+# are the metrics 'usage<suffix>' and 'perplexity<suffix>' (suffix '' for the
+# codes, '/factor<f>' for LFQ's factors). A step in microbatches sums them
+# and recomputes the metrics (train_metrics, batch_code_metrics): a mean of
+# the microbatches' usages is not the batch's (k microbatches of random codes
+# show about 1/k of its usage).
+CODE_COUNTS = 'code_counts'
+
+
 def usage_and_perplexity(counts: jax.Array) -> dict[str, jax.Array]:
   """Codebook metrics from a histogram `counts: [K]`.
 
@@ -58,6 +68,36 @@ def usage_and_perplexity(counts: jax.Array) -> dict[str, jax.Array]:
   entropy = -xp.sum(
       xp.where(probs > 0, probs * xp.log(xp.where(probs > 0, probs, 1.0)), 0.0))
   return {'usage': xp.mean(counts > 0), 'perplexity': xp.exp(entropy)}
+
+
+def code_metrics(counts: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """{'usage<s>', 'perplexity<s>'} of each histogram `counts[s]` ([K'])."""
+  return {
+      name + suffix: value for suffix, histogram in counts.items()
+      for name, value in usage_and_perplexity(histogram).items()
+  }
+
+
+def train_metrics(out: QuantizerOutput,
+                  prefix: str = 'quantizer/') -> dict[str, Any]:
+  """A task's metrics of one quantizer call: `out.metrics` under `prefix`,
+  with its histograms (prefix + CODE_COUNTS) for batch_code_metrics."""
+  metrics = {prefix + k: v for k, v in out.metrics.items()}
+  if CODE_COUNTS in out.extras:
+    metrics[prefix + CODE_COUNTS] = out.extras[CODE_COUNTS]
+  return metrics
+
+
+def batch_code_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+  """A step's metrics with each '<prefix>code_counts' entry (histograms
+  summed or averaged over its microbatches; the scale does not matter)
+  replaced by the usage and perplexity of the whole batch."""
+  out = {k: v for k, v in metrics.items() if not k.endswith(CODE_COUNTS)}
+  for key, counts in metrics.items():
+    if key.endswith(CODE_COUNTS):
+      prefix = key[:-len(CODE_COUNTS)]
+      out.update({prefix + k: v for k, v in code_metrics(counts).items()})
+  return out
 
 
 def straight_through(z: jax.Array, codes: jax.Array) -> jax.Array:

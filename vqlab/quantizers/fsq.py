@@ -127,10 +127,12 @@ class FiniteScalarQuantizer(nn.Module):
     base.check_latents(z, self.code_dim, 'FiniteScalarQuantizer')
     codes = quantize(z, self.levels)
     indices = codes_to_indices(codes, self.levels)
-    return base.QuantizerOutput(
-        quantized=codes.astype(z.dtype), indices=indices, loss=jnp.zeros(
-            (), jnp.float32), metrics=base.usage_and_perplexity(
-                base.code_histogram(indices, self.codebook_size)))
+    counts = {'': base.code_histogram(indices, self.codebook_size)}
+    return base.QuantizerOutput(quantized=codes.astype(z.dtype),
+                                indices=indices, loss=jnp.zeros((),
+                                                                jnp.float32),
+                                metrics=base.code_metrics(counts),
+                                extras={base.CODE_COUNTS: counts})
 
   def indices_to_codes(self, indices: jax.Array) -> jax.Array:
     """Codes for int indices [...] -> float32 [..., d] (what `quantized` holds)."""

@@ -111,15 +111,15 @@ class GumbelQuantizer(nn.Module):
     quantized, indices = gumbel_quantize(logits, self.codebook, noise, tau)
     mean_probs = jnp.mean(jax.nn.softmax(logits, axis=-1), axis=0)
     kl = base.kl_to_uniform(mean_probs)
-    counts = base.code_histogram(indices, self.codebook_size)
+    counts = {'': base.code_histogram(indices, self.codebook_size)}
     return base.QuantizerOutput(
         quantized=quantized.reshape(z.shape).astype(z.dtype),
         indices=indices.reshape(z.shape[:-1]), loss=self.kl_weight * kl,
         metrics={
             'kl': kl,
             'temperature': tau,
-            **base.usage_and_perplexity(counts)
-        })
+            **base.code_metrics(counts)
+        }, extras={base.CODE_COUNTS: counts})
 
   def indices_to_codes(self, indices: jax.Array) -> jax.Array:
     """Codes for int indices [...] -> [..., d] (rows of E)."""

@@ -37,7 +37,8 @@ holds bits 0..f0-1) and `indices` is then int32 [..., n_factors], factor f
 being sum_j 2^j 1{z_(o_f + j) > 0}. The full index is
 sum_f factor_f * 2^(o_f). `indices_to_codes` accepts either form.
 Metrics: `usage` and `perplexity` are over the full 2^b codes (an O(K)
-scatter-add histogram); with factors also `usage/factor{f}` per factor.
+scatter-add histogram); with factors also `usage/factor{f}` and
+`perplexity/factor{f}` per factor.
 
 Entropy-weight annealing (MAGVIT-v2 found it useful): with
 `entropy_anneal_steps` > 0 the weight goes linearly from `entropy_weight` to
@@ -267,30 +268,24 @@ class LookupFreeQuantizer(nn.Module):
                                      self.entropy_groups)
     entropy_loss = sample_entropy - codebook_entropy
     metrics = {
-        'commitment_loss':
-            commitment,
-        'entropy_loss':
-            entropy_loss,
-        'per_sample_entropy':
-            sample_entropy,
-        'batch_entropy':
-            codebook_entropy,
-        'entropy_weight':
-            weight,
-        **base.usage_and_perplexity(
-            base.code_histogram(indices, self.codebook_size))
+        'commitment_loss': commitment,
+        'entropy_loss': entropy_loss,
+        'per_sample_entropy': sample_entropy,
+        'batch_entropy': codebook_entropy,
+        'entropy_weight': weight,
     }
+    counts = {'': base.code_histogram(indices, self.codebook_size)}
     if self.factor_bits:
       factors = split_factors(indices, self.factor_bits)
       for f, bits in enumerate(self.factor_bits):
-        metrics[f'usage/factor{f}'] = base.usage_and_perplexity(
-            base.code_histogram(factors[..., f], 2**bits))['usage']
+        counts[f'/factor{f}'] = base.code_histogram(factors[..., f], 2**bits)
       indices = factors
+    metrics.update(base.code_metrics(counts))
     return base.QuantizerOutput(
         quantized=base.straight_through(h,
                                         codes).astype(z.dtype), indices=indices,
         loss=self.commitment_weight * commitment + weight * entropy_loss,
-        metrics=metrics)
+        metrics=metrics, extras={base.CODE_COUNTS: counts})
 
   def indices_to_codes(self, indices: jax.Array,
                        factorized: bool | None = None) -> jax.Array:

@@ -153,7 +153,7 @@ class RegularizedQuantizer(nn.Module):
     commitment = jnp.mean((flat - jax.lax.stop_gradient(best))**2)
     loss = (self.kl_weight * kl + self.codebook_weight * codebook_loss +
             self.beta * commitment)
-    counts = base.code_histogram(out['indices'], self.codebook_size)
+    counts = {'': base.code_histogram(out['indices'], self.codebook_size)}
     positions = z.shape[:-1]
     weights = out['pcl_weights'] if train else jnp.zeros((m,), jnp.float32)
     return base.QuantizerOutput(
@@ -163,10 +163,11 @@ class RegularizedQuantizer(nn.Module):
             'codebook_loss': codebook_loss,
             'commitment_loss': commitment,
             'mask_fraction': jnp.mean(mask.astype(jnp.float32)),
-            **base.usage_and_perplexity(counts)
+            **base.code_metrics(counts)
         }, extras={
             'pcl_weights': weights.reshape(positions),
-            'mask': mask.astype(jnp.float32).reshape(positions)
+            'mask': mask.astype(jnp.float32).reshape(positions),
+            base.CODE_COUNTS: counts
         })
 
   def indices_to_codes(self, indices: jax.Array) -> jax.Array:

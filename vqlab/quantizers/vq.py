@@ -253,7 +253,7 @@ class VectorQuantizer(nn.Module):
     metrics = {
         'codebook_loss': codebook_loss,
         'commitment_loss': commitment,
-        **base.usage_and_perplexity(counts)
+        **base.code_metrics({'': counts})
     }
     if self.ema:
       loss = self.loss_weight * self.beta * commitment
@@ -267,7 +267,9 @@ class VectorQuantizer(nn.Module):
     return base.QuantizerOutput(
         quantized=quantized.astype(z.dtype),
         indices=indices.reshape(z.shape[:-1]).astype(jnp.int32), loss=loss,
-        metrics=metrics)
+        metrics=metrics, extras={base.CODE_COUNTS: {
+            '': counts
+        }})
 
   def _update_ema(self, flat: jax.Array, indices: jax.Array,
                   counts: jax.Array) -> jax.Array:

@@ -69,10 +69,19 @@ def proxy_dir(tokenizer_dir):
 def stage1(proxy_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('stage1'))
   losses = []
+
+  def step_callback(step, metrics):
+    del step
+    losses.append(float(metrics['proxy_ce']))
+    # The batch's code histogram, summed over the 2 microbatches, became its
+    # usage (a scalar); the histogram itself is not a metric.
+    assert not [k for k in metrics if k.endswith('code_counts')]
+    assert 0 < float(metrics['quantizer/usage']) <= 1
+
   with retrace.traced_once():  # 16 steps and an eval: one compile each.
-    result = loop.train_and_evaluate(
-        _stage1_config(proxy_dir, 16), workdir, devices=_devices(),
-        step_callback=lambda step, m: losses.append(float(m['proxy_ce'])))
+    result = loop.train_and_evaluate(_stage1_config(proxy_dir, 16), workdir,
+                                     devices=_devices(),
+                                     step_callback=step_callback)
   return workdir, result, losses
 
 

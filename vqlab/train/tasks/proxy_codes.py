@@ -164,9 +164,7 @@ class ProxyCodeTask(base.Task):
             'proxy_ce': ce,
             'proxy_accuracy': accuracy,
             'quantizer_loss': q_out.loss,
-            **{
-                f'quantizer/{k}': v for k, v in q_out.metrics.items()
-            }
+            **quantizer_base.train_metrics(q_out)
         }
         return ce + q_out.loss, (dict(new_state), metrics)
 
@@ -177,6 +175,7 @@ class ProxyCodeTask(base.Task):
 
     grads, model_state, metrics = base.accumulate_gradients(
         grads_fn, batch, rng, state.model_state, self.config.train.microbatches)
+    metrics = quantizer_base.batch_code_metrics(metrics)
     state, norms = base.apply_gradients(state, {GENERATOR: grads}, self.tx,
                                         self.config.ema.decay,
                                         model_state=model_state)

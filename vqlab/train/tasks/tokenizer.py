@@ -441,9 +441,7 @@ class TokenizerTask(base.Task):
         'adaptive_weight': weight,
         'd_loss': d_loss,
         **gan_metrics,
-        **{
-            f'quantizer/{k}': v for k, v in q_out.metrics.items()
-        }
+        **quantizer_base.train_metrics(q_out)
     }
     return gen_objective + d_loss, dict(new_state), new_loss_state, metrics
 
@@ -535,6 +533,7 @@ class TokenizerTask(base.Task):
     grads, (model_state, loss_state), metrics = base.accumulate_gradients(
         grads_fn, batch, rng, (state.model_state, state.loss_state),
         self.config.train.microbatches)
+    metrics = quantizer_base.batch_code_metrics(metrics)
     if 'quantizer' in self.config.freeze:
       model_state = state.model_state  # E.g. EMA codebook statistics.
     state, norms = base.apply_gradients(
