@@ -63,3 +63,10 @@ def test_ssim_rejects_small_or_mismatched_images():
     image_metrics.ssim(jnp.zeros((1, 8, 8, 3)), jnp.zeros((1, 8, 8, 3)))
   with pytest.raises(ValueError, match='one shape'):
     image_metrics.ssim(jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 16, 16, 1)))
+  # A pair in the wrong order or of other channels is not broadcast.
+  for metric in (image_metrics.mean_frame_psnr, image_metrics.mean_abs_error):
+    with pytest.raises(ValueError, match='shapes differ'):
+      metric(jnp.zeros((2, 3, 4, 4, 1)), jnp.zeros((3, 2, 4, 4, 1)))
+  with pytest.raises(ValueError, match='shapes differ'):
+    image_metrics.mean_abs_error(jnp.zeros((1, 4, 4, 3)), jnp.zeros(
+        (1, 4, 4, 1)))

@@ -4,13 +4,17 @@ import jax
 import jax.numpy as jnp
 
 
+def _check_same_shape(who: str, x: jax.Array, y: jax.Array) -> None:
+  if x.shape != y.shape:
+    raise ValueError(f'{who}: shapes differ: {x.shape} vs {y.shape}')
+
+
 def psnr(x: jax.Array, y: jax.Array) -> jax.Array:
   """PSNR in dB of [-1, 1] images [B, ...] measured on the [0, 1] scale -> [B].
 
   Reconstructions are clipped to [-1, 1] first, as saved images would be.
   """
-  if x.shape != y.shape:
-    raise ValueError(f'psnr: shapes differ: {x.shape} vs {y.shape}')
+  _check_same_shape('psnr', x, y)
   x01 = (x.astype(jnp.float32) + 1.0) / 2.0
   y01 = (jnp.clip(y.astype(jnp.float32), -1.0, 1.0) + 1.0) / 2.0
   mse = jnp.mean((x01 - y01)**2, axis=tuple(range(1, x.ndim)))
@@ -20,6 +24,7 @@ def psnr(x: jax.Array, y: jax.Array) -> jax.Array:
 def mean_frame_psnr(x: jax.Array, y: jax.Array) -> jax.Array:
   """`psnr` of each frame of videos [B, T, H, W, C], averaged over the T
   frames of each -> [B] (images [B, H, W, C]: `psnr`)."""
+  _check_same_shape('mean_frame_psnr', x, y)
   if x.ndim != 5:
     return psnr(x, y)
   frames = lambda v: v.reshape((-1,) + v.shape[2:])
@@ -28,6 +33,7 @@ def mean_frame_psnr(x: jax.Array, y: jax.Array) -> jax.Array:
 
 def mean_abs_error(x: jax.Array, y: jax.Array) -> jax.Array:
   """Mean |x - y| per example, [B, ...] -> [B]."""
+  _check_same_shape('mean_abs_error', x, y)
   return jnp.mean(jnp.abs(x.astype(jnp.float32) - y.astype(jnp.float32)),
                   axis=tuple(range(1, x.ndim)))
 

@@ -114,15 +114,17 @@ class InceptionI3d(nn.Module):
   @nn.compact
   def __call__(self, videos: jax.Array) -> dict[str, jax.Array]:
     """videos [B, T, H, W, 3] in [-1, 1], T >= 9 -> {'logits': [B, 400]}
-    (float32; the FVD feature).
+    (float32; the FVD feature). Gray videos [..., 1] are seen as RGB with
+    three equal channels.
 
     Raises:
-      ValueError: not 5-d with 3 channels, too few frames, or (without
+      ValueError: not 5-d with 3 or 1 channels, too few frames, or (without
         resize_input) frames other than 224 x 224.
     """
-    if videos.ndim != 5 or videos.shape[-1] != 3:
+    if videos.ndim != 5:
       raise ValueError(f'I3D: expected videos [B, T, H, W, 3], got shape '
                        f'{videos.shape}')
+    videos = resize.as_rgb(videos, 'I3D')
     if videos.shape[1] < MIN_FRAMES:
       raise ValueError(f'I3D: clips need at least {MIN_FRAMES} frames, got '
                        f'{videos.shape[1]}')

@@ -189,7 +189,8 @@ class InceptionV3(_Block):
 
   @nn.compact
   def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
-    """Features of images [B, H, W, 3] in [-1, 1] (any H, W).
+    """Features of images [B, H, W, 3] in [-1, 1] (any H, W; gray
+    [B, H, W, 1] is seen as RGB with three equal channels).
 
     Returns:
       {'pool': [B, 2048] pool3 features (what FID uses),
@@ -197,9 +198,10 @@ class InceptionV3(_Block):
          the logits of the original TF Inception Score code (and
          torch-fidelity's), for InceptionScore.}
     """
-    if images.ndim != 4 or images.shape[-1] != 3:
+    if images.ndim != 4:
       raise ValueError(f'InceptionV3: expected images [B, H, W, 3], got shape '
                        f'{images.shape}')
+    images = resize_lib.as_rgb(images, 'InceptionV3')
     if not jnp.issubdtype(images.dtype, jnp.floating):
       raise TypeError(f'InceptionV3: expected floating [-1, 1] images, got '
                       f'{images.dtype}')

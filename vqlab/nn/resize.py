@@ -7,6 +7,7 @@ antialias when downsampling), each a [out, in] matrix applied along H and W:
   TF1's `tf.image.resize_bilinear` (no half-pixel offset), the resize inside
     the TF Inception graph (the original Inception Score and FID code, the
     ADM evaluator) and of the FVD reference.
+And `as_rgb`, how both networks take gray images.
 """
 
 import functools
@@ -73,3 +74,12 @@ def resize_bilinear(x: jax.Array, size: tuple[int, int], *,
     cols = jnp.asarray(matrix(x.shape[-2], size[1]))
     x = jnp.einsum('pw,...hwc->...hpc', cols, x, precision=hi)
   return x
+
+
+def as_rgb(x: jax.Array, who: str) -> jax.Array:
+  """[..., 3] unchanged; gray [..., 1] repeated to 3 equal channels (as
+  torch-fidelity and clean-fid feed gray images to Inception)."""
+  if x.shape[-1] not in (1, 3):
+    raise ValueError(f'{who}: expected 3 (RGB) or 1 (gray) channels, got '
+                     f'shape {x.shape}')
+  return jnp.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x

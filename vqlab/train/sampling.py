@@ -194,6 +194,9 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
   result = {'step': step, 'num_samples': s.num_samples, 'samples_dir': out_dir}
   if prediction_psnr:
     result['prediction_psnr'] = float(np.concatenate(prediction_psnr).mean())
+  # A covariance needs two samples: one sample has no FID or FVD.
+  use_inception = use_inception and stats.num_examples >= 2
+  use_i3d = use_i3d and sample_stats.num_examples >= 2
   if use_inception:
     mu, sigma = _reference(config, workdir, 'inception', devices)
     result['gfid'] = fid.frechet_distance(stats.mean(), stats.covariance(), mu,

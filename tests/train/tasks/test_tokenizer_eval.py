@@ -13,6 +13,7 @@ from tests import random_weight_files
 from tests import tiny
 from tests.compile_options import FAST_COMPILE
 from vqlab.errors import WeightsError
+from vqlab.evals import accumulator
 from vqlab.evals import fid
 from vqlab.evals import image_metrics
 from vqlab.losses import perceptual
@@ -20,8 +21,10 @@ from vqlab.nn import inception
 from vqlab.quantizers import base as quantizer_base
 from vqlab.train import experiment
 from vqlab.train import experiment_config
+from vqlab.train import frozen as frozen_lib
 from vqlab.train import reference_stats
 from vqlab.train import sampling
+from vqlab.train.tasks import reconstruction_eval
 
 
 @pytest.fixture(scope='module')
@@ -156,3 +159,29 @@ def test_missing_weight_files_are_named(tmp_path):
   config.eval.lpips = 'auto'  # Absent files under 'auto': skipped.
   exp = experiment.Experiment(config, str(tmp_path / 'run'))
   assert exp.task.frozen == {}
+
+
+@pytest.mark.usefixtures('small_inception_input')
+def test_gray_images_get_rfid_and_one_example_gets_none(weights_dir):
+  """Inception sees a gray image as RGB with three equal channels (a
+  1-channel dataset's eval used to fail at its first eval); one eval example
+  has no covariance, so no rFID, and the other metrics still come."""
+  frozen = frozen_lib.load(['inception'], weights_dir)
+  evaluation = reconstruction_eval.ReconstructionEval(codebook_size=8)
+  x = jax.random.uniform(jax.random.key(0), (3, 16, 16, 1), minval=-1, maxval=1)
+  x_rec = x * 0.9
+  indices = jnp.zeros((3, 4, 4), jnp.int32)
+  pool = lambda v: inception.InceptionV3().apply(
+      {'params': frozen['inception']}, v)['pool']
+  for real_examples, has_rfid in ((3, True), (1, False)):
+    mask = jnp.arange(3) < real_examples
+    outputs, _ = evaluation.outputs(x, x_rec, indices, mask, frozen)
+    np.testing.assert_allclose(outputs['features']['real'],
+                               pool(jnp.repeat(x, 3, axis=-1)), rtol=1e-5,
+                               atol=1e-6)
+    acc = accumulator.EvalAccumulator()
+    acc.add(outputs)
+    metrics = evaluation.summarize(acc)
+    assert metrics['num_examples'] == real_examples
+    assert ('rfid' in metrics) == has_rfid
+    assert metrics['psnr'] > 20

@@ -169,13 +169,15 @@ class ReconstructionEval:
     metrics.update(codebook_usage=float(codebook['usage']),
                    codebook_perplexity=float(codebook['perplexity']),
                    num_examples=count)
-    if 'i3d_real' in acc.features:
-      real, rec = acc.features['i3d_real'], acc.features['i3d_reconstructed']
+    # A covariance needs two examples: an eval set of one has no rFID/rFVD.
+    features = {k: v for k, v in acc.features.items() if v.num_examples >= 2}
+    if 'i3d_real' in features:
+      real, rec = features['i3d_real'], features['i3d_reconstructed']
       metrics['rfvd'] = fid.frechet_distance(real.mean(), real.covariance(),
                                              rec.mean(), rec.covariance())
       metrics['fvd_frames'] = self.fvd_frames
-    if 'real' in acc.features:
-      real, rec = acc.features['real'], acc.features['reconstructed']
+    if 'real' in features:
+      real, rec = features['real'], features['reconstructed']
       metrics['rfid'] = fid.frechet_distance(real.mean(), real.covariance(),
                                              rec.mean(), rec.covariance())
       if self.fid_reference is not None:
