@@ -14,7 +14,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from tests import tiny
 from vqlab import fileio
+from vqlab import tokenizers
+from vqlab.convert import published
 from vqlab.data import token_shards
 from vqlab.errors import CheckpointError
 from vqlab.evals import fid
@@ -81,19 +84,26 @@ def test_metric_writer_on_a_url(url):
       name.endswith('.tmp.png') for name in fileio.listdir(f'{url}/images'))
 
 
-def test_checkpoints_and_run_config_on_a_url(url, tmp_path, monkeypatch):
-  """The URL reaches Orbax unchanged (an abspath made it '<cwd>/gs:/...');
-  config.json next to it goes through gfile."""
+def _orbax_on_a_local_folder(monkeypatch, tmp_path) -> list[str]:
+  """Orbax's manager on a folder under tmp_path for a ram:// directory;
+  returns the list of directories it was given."""
   given = []
   real_manager = checkpoint.ocp.CheckpointManager
 
-  def fake_manager(directory, *args, **kwargs):  # Orbax on a local folder.
+  def fake_manager(directory, *args, **kwargs):
     given.append(directory)
     fileio.makedirs(directory)
     return real_manager(
         str(tmp_path) + directory.removeprefix('ram:/'), *args, **kwargs)
 
   monkeypatch.setattr(checkpoint.ocp, 'CheckpointManager', fake_manager)
+  return given
+
+
+def test_checkpoints_and_run_config_on_a_url(url, tmp_path, monkeypatch):
+  """The URL reaches Orbax unchanged (an abspath made it '<cwd>/gs:/...');
+  config.json next to it goes through gfile."""
+  given = _orbax_on_a_local_folder(monkeypatch, tmp_path)
   with pytest.raises(CheckpointError, match='does not exist'):
     checkpoint.restore_on_host(url)
   with pytest.raises(CheckpointError, match='does not exist'):
@@ -115,6 +125,25 @@ def test_checkpoints_and_run_config_on_a_url(url, tmp_path, monkeypatch):
   tree, step = checkpoint.restore_on_host(url)
   assert step == 4 and given == [f'{url}/checkpoints'] * 2
   np.testing.assert_array_equal(tree['w'], state['w'])
+
+
+def test_a_conversion_into_a_url(url, tmp_path, monkeypatch):
+  """`python -m vqlab.convert ... gs://...` writes config.py through gfile
+  (it used the builtin open and failed after the checkpoint), and a URL
+  that holds checkpoints is refused (os.path saw none there)."""
+  _orbax_on_a_local_folder(monkeypatch, tmp_path)
+  model_config = tiny.tokenizer_config().model
+  model = tokenizers.build(model_config)
+  params = jax.tree.map(
+      lambda p: np.zeros(p.shape, p.dtype),
+      jax.eval_shape(model.init, jax.random.key(0),
+                     np.zeros((1, 16, 16, 3), np.float32))['params'])
+  converted = published.Converted(model_config, params, 16, 'a test file')
+  published.write_run(url, converted)
+  assert 'a test file' in fileio.read_bytes(f'{url}/config.py').decode()
+  fileio.makedirs(f'{url}/checkpoints/0')  # Where real Orbax writes step 0.
+  with pytest.raises(FileExistsError, match='already holds checkpoints'):
+    published.write_run(url, converted)
 
 
 def test_a_resumed_writer_drops_rows_past_its_step_and_a_torn_row(tmp_path):

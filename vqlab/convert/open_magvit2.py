@@ -45,7 +45,9 @@ from vqlab.weights import torch_files
 
 OPTIONS = {
     'ema': (bool, True, 'use the EMA weights (model_ema.*) when the file has '
-            'them, as Open-MAGVIT2 evaluates'),
+            'them, as Open-MAGVIT2 evaluates its tokenizers (its generators '
+            'were trained on the raw weights\' tokens: --ema=false to pair '
+            'with them)'),
     'factor_bits': (str, 'auto', 'bits of each sub-token, low bits first, '
                     'as their generator config\'s factorized_bits; auto: 6,12 '
                     'for 18 bits (every released generator), else halves; '

@@ -231,9 +231,9 @@ def run_config(converted: Converted) -> ml_collections.ConfigDict:
 
 def check_new_run_dir(out_dir: str) -> None:
   """Raises FileExistsError when `out_dir` already holds checkpoints (which
-  a conversion must never overwrite or mix with)."""
+  a conversion must never overwrite or mix with); local or a URL."""
   checkpoints = os.path.join(out_dir, 'checkpoints')
-  if os.path.isdir(checkpoints) and os.listdir(checkpoints):
+  if fileio.isdir(checkpoints) and fileio.listdir(checkpoints):
     raise FileExistsError(f'{out_dir} already holds checkpoints; convert into '
                           'a new directory')
 
@@ -288,8 +288,9 @@ def write_run(out_dir: str, converted: Converted) -> dict[str, Any]:
     checkpointer.wait()
   finally:
     checkpointer.close()
-  with open(os.path.join(out_dir, 'config.py'), 'w') as f:
-    f.write(_CONFIG_PY.format(source=converted.source, out_dir=out_dir))
+  config_py = _CONFIG_PY.format(source=converted.source, out_dir=out_dir)
+  fileio.write_atomically(os.path.join(out_dir, 'config.py'),
+                          lambda f: f.write(config_py.encode()))
   num_params = sum(np.size(v) for v in _flatten(converted.params).values())
   return {
       'out_dir': out_dir,

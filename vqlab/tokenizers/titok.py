@@ -9,7 +9,9 @@ embeddings), then (H/f)(W/f) copies of a learned mask token (+ grid position
 embeddings), LayerNorm, ViT; the mask positions are read back as
 [B, H/f, W/f, width] features and the output head makes
   'pixels':      a Dense to f*f*C per position, unpatchified to [B, H, W, C]
-                 (`to_pixels`, the "last layer" of the adaptive GAN weight);
+                 (`to_pixels`, the "last layer" of the adaptive GAN weight;
+                 the release's single-stage pixel decoders add a 3x3 conv
+                 after the unpatchify, which this head does not have);
   'proxy_codes': logits [B, H/f, W/f, proxy_codebook_size] over the codes of
                  a 2D VQGAN (`to_proxy_logits`, after a tanh hidden layer
                  `proxy_hidden` if proxy_head_hidden > 0; stage 1 of the
