@@ -30,11 +30,13 @@ import time
 
 from shell import env_words
 from shell import format_command
+from shell import home_path
 from shell import main_py_flags_problem
 from shell import MODES
 from shell import Parser
 from shell import quote
 from shell import remote_path
+from shell import stop_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCAL_HOSTS = ('localhost', '127.0.0.1')
@@ -58,7 +60,7 @@ def _hosts(args) -> tuple[list[str], bool]:
 
 def _log(args, process: int, local: bool) -> str:
   path = f'{args.log_dir.rstrip("/")}/process_{process}.log'
-  return os.path.expanduser(path) if local else path
+  return os.path.abspath(os.path.expanduser(path)) if local else home_path(path)
 
 
 def main_py_args(args, hosts: list[str], local: bool,
@@ -108,7 +110,7 @@ def run_commands(args) -> list[tuple[list[str], str]]:
       commands.append((None, line))
       continue
     log = remote_path(_log(args, i, False))
-    remote = (f'mkdir -p {remote_path(args.log_dir)} && '
+    remote = (f'mkdir -p {remote_path(home_path(args.log_dir))} && '
               f'cd {remote_path(args.remote_dir)} && (nohup {program} > {log} '
               f'2>&1 < /dev/null & echo $! > {log}.pid)')
     argv = [args.ssh, host, remote]
@@ -134,8 +136,7 @@ def stop_commands(args) -> list[tuple[list[str], str]]:
                      'foreground)')
   commands = []
   for i, host in enumerate(hosts):
-    pid = remote_path(_log(args, i, False) + '.pid')
-    argv = [args.ssh, host, f'kill -TERM $(cat {pid}) || true']
+    argv = [args.ssh, host, stop_command(_log(args, i, False) + '.pid')]
     commands.append((argv, format_command(argv)))
   return commands
 

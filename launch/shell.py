@@ -25,6 +25,23 @@ def remote_path(path: str) -> str:
   return quote(path)
 
 
+def home_path(path: str) -> str:
+  """A remote path as seen from the login directory: a relative one gets a
+  ~/ prefix, so that it names the same file before and after the run's
+  `cd` (its log and pid file are made there and read back from $HOME)."""
+  return path if path.startswith(('/', '~')) else '~/' + path
+
+
+def stop_command(pid_file: str) -> str:
+  """The remote SIGTERM of the run whose pid is in `pid_file` (a home_path);
+  fails, saying so, when there is no such file (no run was started with
+  that log), instead of reporting a stop that did not happen."""
+  pid = remote_path(pid_file)
+  return (f'test -f {pid} || {{ echo vqlab: no run to stop, no pid file '
+          f'{pid} >&2; exit 1; }}; kill -TERM $(cat {pid}) || echo vqlab: '
+          'the run had already exited')
+
+
 def format_command(command: list[str]) -> str:
   """One shell line for an argv; a --flag=value argument prints as
   --flag='value' when the value needs quotes. shlex.split() inverts it."""

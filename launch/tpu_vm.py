@@ -21,16 +21,19 @@ which must be a gs:// URL. launch/README.md documents every flag.
 
 import argparse
 import os
+import posixpath
 import subprocess
 import sys
 
 from shell import env_words
 from shell import format_command
+from shell import home_path
 from shell import main_py_flags_problem
 from shell import MODES
 from shell import Parser
 from shell import quote
 from shell import remote_path
+from shell import stop_command
 
 REMOTE_DIR = '~/vqlab'
 # Left out of the archive setup copies: history, runs, caches and local
@@ -104,10 +107,22 @@ def create_commands(args) -> list[list[str]]:
   return [command]
 
 
+def _is_not_replaceable(path: str) -> bool:
+  """The home directory, the root, a top-level directory or the login
+  directory itself: not for `rm -rf`."""
+  path = posixpath.normpath(home_path(path))
+  return (path in ('~', '/', '.') or path.startswith('..') or
+          path.count('/') < 2 and path.startswith('/'))
+
+
 def setup_commands(args) -> list[list[str]]:
   """Installs vqlab (the repository: main.py and configs/ are not part of
   the wheel) into --remote_dir on every worker, plus the TPU jax."""
   commands = []
+  if _is_not_replaceable(args.remote_dir):
+    raise UsageError(f'--remote_dir={args.remote_dir}: setup deletes and '
+                     'recreates it; name a directory of its own (e.g. '
+                     '~/vqlab)')
   remote = remote_path(args.remote_dir)
   if args.source.startswith(('git+', 'https://', 'git@', 'ssh://')):
     url, at, ref = args.source.removeprefix('git+').rpartition('@')
@@ -173,23 +188,25 @@ def run_commands(args) -> list[list[str]]:
   program = ' '.join([remote_path(python)] + [quote(a) for a in rest])
   if env:
     program = 'env ' + ' '.join(env) + ' ' + program
-  log = remote_path(args.log)
-  log_dir = remote_path(args.log.rsplit('/', 1)[0]) if '/' in args.log else '.'
-  pid = remote_path(args.log + '.pid')
-  remote = (f'mkdir -p {log_dir} && cd {remote_path(args.remote_dir)} && '
-            f'(nohup {program} > {log} 2>&1 < /dev/null & echo $! > {pid})')
+  log = home_path(args.log)
+  pid = remote_path(log + '.pid')
+  remote = (f'mkdir -p {remote_path(posixpath.dirname(log))} && '
+            f'cd {remote_path(args.remote_dir)} && (nohup {program} > '
+            f'{remote_path(log)} 2>&1 < /dev/null & echo $! > {pid})')
   return [_ssh(args, remote)]
 
 
 def logs_commands(args) -> list[list[str]]:
   tail = f'tail -n {args.lines}' + (' -f' if args.follow else '')
-  return [_ssh(args, f'{tail} {remote_path(args.log)}', worker=args.worker)]
+  return [
+      _ssh(args, f'{tail} {remote_path(home_path(args.log))}',
+           worker=args.worker)
+  ]
 
 
 def stop_commands(args) -> list[list[str]]:
   """SIGTERM: vqlab saves a checkpoint at the current step and exits."""
-  pid = remote_path(args.log + '.pid')
-  return [_ssh(args, f'kill -TERM $(cat {pid}) || true')]
+  return [_ssh(args, stop_command(home_path(args.log) + '.pid'))]
 
 
 def delete_commands(args) -> list[list[str]]:
@@ -275,8 +292,8 @@ def parser() -> argparse.ArgumentParser:
                      help='Python of the --venv.')
   setup.add_argument(
       '--pip', default='python3 -m pip',
-      help='The pip command on the workers (installs uv, or '
-      'vqlab itself with --venv=none).')
+      help='The pip command on the workers with --venv=none (it installs '
+      'vqlab into their python).')
   setup.add_argument(
       '--pip_extra', nargs='*', default=['jax[tpu]'],
       help='Packages installed with vqlab (default: '

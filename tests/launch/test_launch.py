@@ -139,8 +139,18 @@ def test_tpu_run_logs_stop_delete():
   ]
   assert _ok(_tpu('stop', *TPU)) == [
       'gcloud compute tpus tpu-vm ssh vq --zone=us-central2-b --worker=all '
-      "--command='kill -TERM $(cat ~/vqlab_logs/run.log.pid) || true'"
+      "--command='" + shell.stop_command('~/vqlab_logs/run.log.pid') + "'"
   ]
+  # A relative --log names one file from $HOME, where its folder is made,
+  # and after the run's cd (it was written relative to the repository).
+  run = _ok(
+      _tpu('run', *TPU, '--config=c.py', '--workdir=gs://b/r',
+           '--log=logs/a.log'))
+  assert "--command='mkdir -p ~/logs && cd ~/vqlab && (nohup " in run[0]
+  assert '> ~/logs/a.log 2>&1 < /dev/null & echo $! > ~/logs/a.log.pid)' in (
+      run[0])
+  assert _ok(_tpu('logs', *TPU,
+                  '--log=logs/a.log'))[0].endswith("tail -n 50 ~/logs/a.log'")
   assert _ok(_tpu('delete', *TPU)) == [
       'gcloud compute tpus tpu-vm delete vq --zone=us-central2-b --quiet'
   ]
@@ -186,9 +196,29 @@ def test_gpu_nodes_remote_and_local():
       f'--mode=train > /tmp/logs/process_{i}.log 2>&1 &' for i in range(2)
   ]
   assert _ok(_launch('gpu_nodes.py', 'stop', '--hosts=a,b', '--dry_run')) == [
-      f"ssh {h} 'kill -TERM $(cat ~/vqlab_logs/process_{i}.log.pid) || true'"
-      for i, h in enumerate('ab')
+      f"ssh {h} '" + shell.stop_command(f'~/vqlab_logs/process_{i}.log.pid') +
+      "'" for i, h in enumerate('ab')
   ]
+
+
+def test_stop_signals_the_run_and_fails_without_one(tmp_path):
+  """The remote stop, run by sh in a stand-in $HOME: SIGTERM to the pid in
+  the file; no pid file is a failure saying so (it reported success, and a
+  user could delete the VM of a run that never got the signal)."""
+  env = dict(os.environ, HOME=str(tmp_path))
+  stop = shell.stop_command('~/logs/run.log.pid')
+  result = subprocess.run(['sh', '-c', stop], env=env, capture_output=True,
+                          text=True, check=False)
+  assert result.returncode == 1
+  assert result.stderr.strip() == (
+      f'vqlab: no run to stop, no pid file {tmp_path}/logs/run.log.pid')
+  run = subprocess.Popen(['sleep', '60'])
+  (tmp_path / 'logs').mkdir()
+  (tmp_path / 'logs' / 'run.log.pid').write_text(f'{run.pid}\n')
+  result = subprocess.run(['sh', '-c', stop], env=env, capture_output=True,
+                          text=True, check=False)
+  assert result.returncode == 0, result.stderr
+  assert run.wait(timeout=10) == -15  # SIGTERM.
   assert _ok(
       _launch('gpu_nodes.py', 'logs', '--hosts=a', '--lines=3',
               '--dry_run')) == ["ssh a 'tail -n 3 ~/vqlab_logs/process_0.log'"]
@@ -248,6 +278,10 @@ def test_a_local_run_stops_when_any_process_fails(tmp_path, monkeypatch):
         'run', '--hosts=a', '--config=c.py', '--workdir=gs://b/r',
         '--cpu_collectives=nccl'
     ], 'gpu_nodes.py run: error: argument --cpu_collectives: invalid choice:'),
+    *[('tpu_vm.py', ['setup', *TPU, f'--remote_dir={d}'],
+       f'tpu_vm.py setup: error: --remote_dir={d}: setup deletes and '
+       'recreates it; name a directory of its own (e.g. ~/vqlab)')
+      for d in ('~', '~/', '~/vqlab/..', '.', '', '/', '/opt')],
     ('gpu_nodes.py', ['stop', '--hosts=localhost'],
      'gpu_nodes.py stop: error: local runs stop with Ctrl-C (they run in '
      'the foreground)'),
