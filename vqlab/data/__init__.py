@@ -32,6 +32,8 @@ import ml_collections
 from vqlab.data import base
 from vqlab.data.base import DataSource
 from vqlab.errors import ConfigError
+from vqlab.errors import DataError
+from vqlab.errors import WeightsError
 from vqlab.registry import Registry
 
 _MODULES = {
@@ -152,3 +154,14 @@ def build(config: ml_collections.ConfigDict, *, split: str,
   base.host_batch_size(global_batch_size, process_index, process_count)
   return build_dataset(config, split=split, global_batch_size=global_batch_size,
                        process_index=process_index, process_count=process_count)
+
+
+def build_for_run(config: ml_collections.ConfigDict, **kwargs) -> DataSource:
+  """`build` for a command-line run: a bad data value or a missing file is
+  a DataError (one line naming it); a bad key stays a ConfigError."""
+  try:
+    return build(config, **kwargs)
+  except (ConfigError, WeightsError):
+    raise
+  except (ValueError, FileNotFoundError) as e:
+    raise DataError(str(e)) from e

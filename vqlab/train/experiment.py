@@ -87,16 +87,16 @@ def _build_data(config: ml_collections.ConfigDict, split: str,
   try:
     source = task.data_source(split, global_batch_size, jax.process_index(),
                               jax.process_count())
-    if source is not None:
-      return source
-    return data_lib.build(config, split=split,
-                          global_batch_size=global_batch_size,
-                          process_index=jax.process_index(),
-                          process_count=jax.process_count())
   except (ConfigError, WeightsError):
     raise
   except (ValueError, FileNotFoundError) as e:
     raise DataError(str(e)) from e
+  if source is not None:
+    return source
+  return data_lib.build_for_run(config, split=split,
+                                global_batch_size=global_batch_size,
+                                process_index=jax.process_index(),
+                                process_count=jax.process_count())
 
 
 def _pin_newest_steps(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -32,7 +32,6 @@ from vqlab import data as data_lib
 from vqlab import fileio
 from vqlab.data import token_shards
 from vqlab.errors import ConfigError
-from vqlab.errors import DataError
 from vqlab.train import experiment_config
 from vqlab.train import partitioning
 from vqlab.train import progress as progress_lib
@@ -141,13 +140,10 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
 
   sources = {}
   for split in ('train', 'eval'):
-    try:
-      sources[split] = data_lib.build(config.data, split=split,
-                                      global_batch_size=batch_size,
-                                      process_index=process,
-                                      process_count=num_processes)
-    except (ValueError, FileNotFoundError) as e:
-      raise DataError(str(e)) from e
+    sources[split] = data_lib.build_for_run(config.data, split=split,
+                                            global_batch_size=batch_size,
+                                            process_index=process,
+                                            process_count=num_processes)
   first = next(iter(sources['eval'].batches()))
   key = [k for k in ('image', 'video') if k in first][0]
   input_shape = tuple(first[key].shape[1:])

@@ -72,6 +72,7 @@ def compute_reference_statistics(
   Raises:
     WeightsError: the weight file is missing.
     ConfigError: network 'i3d' on data it cannot embed.
+    DataError: a bad data value or missing data files.
   """
   devices = list(jax.devices() if devices is None else devices)
   config = experiment_config.validate(config, len(devices))
@@ -90,10 +91,10 @@ def compute_reference_statistics(
   batch_sharding = partitioning.batch_sharding(mesh)
   replicated = partitioning.replicated(mesh)
   params = jax.device_put(params[network], replicated)
-  source = data_lib.build(config.data, split='eval',
-                          global_batch_size=config.eval.batch_size,
-                          process_index=jax.process_index(),
-                          process_count=jax.process_count())
+  source = data_lib.build_for_run(config.data, split='eval',
+                                  global_batch_size=config.eval.batch_size,
+                                  process_index=jax.process_index(),
+                                  process_count=jax.process_count())
   features = jax.jit(features_of, in_shardings=(replicated, batch_sharding),
                      out_shardings=replicated)
   # The global batch's mask on every host (on several hosts a global array

@@ -12,6 +12,8 @@ import pytest
 from tests import random_weight_files
 from tests import tiny
 from tests.compile_options import FAST_COMPILE
+from vqlab import data as data_lib
+from vqlab.errors import DataError
 from vqlab.errors import WeightsError
 from vqlab.evals import accumulator
 from vqlab.evals import fid
@@ -185,3 +187,15 @@ def test_gray_images_get_rfid_and_one_example_gets_none(weights_dir):
     assert metrics['num_examples'] == real_examples
     assert ('rfid' in metrics) == has_rfid
     assert metrics['psnr'] > 20
+
+
+def test_reference_statistics_of_missing_data_are_a_data_error(
+    weights_dir, tmp_path):
+  """`--mode=fid_stats` on a folder that is not there: one line naming
+  data.path (it was a traceback ending in FileNotFoundError)."""
+  config = _config(weights_dir)
+  config.data = data_lib.default_config('image_folder')
+  config.data.update(path=str(tmp_path / 'missing'), image_size=16)
+  with pytest.raises(DataError, match='data.path'):
+    reference_stats.compute_reference_statistics(config,
+                                                 str(tmp_path / 'stats.npz'))
