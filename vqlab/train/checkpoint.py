@@ -21,6 +21,11 @@ from vqlab.nn import stack
 
 SET_ASIDE_SUFFIX = '.corrupt'
 _ITEM = 'default'  # The one item of each step: <directory>/<step>/default.
+# A restore beside a run in progress: how many listings of its steps it
+# reads through (the run may delete them meanwhile), and how many times the
+# processes list them before concluding that they see different ones.
+_READ_PASSES = 4
+_LISTINGS = 3
 
 
 class StateMismatchError(CheckpointError):
@@ -272,14 +277,17 @@ class Checkpointer:
 
     Unreadable steps (partial or corrupt) newer than the restored one are
     renamed `<step>.corrupt` (one line each), so later saves and evals see a
-    consistent run; with `set_aside=False` (eval and sample modes, which
-    take no lock: a trainer may own the run) they are named and left as
-    they are. A restore that fails for want of memory or on a transient I/O
-    error is not a corrupt checkpoint: it stops with nothing changed. A step
-    saved with its repeated blocks stacked the other way (model.scan_layers /
-    scan_blocks) is converted to this layout. A readable step whose state
-    does not fit otherwise is an error and is left as it is: it restores
-    under the config it was trained with.
+    consistent run; with `set_aside=False` (eval mode, which takes no
+    lock, so a trainer may own the run; sample mode, which reads a run
+    that may be another's) they are named and left as they are. Steps that
+    all fail while their listing changes were deleted as they were read (a
+    trainer's train.max_to_keep), not unreadable: they are listed again and
+    the newest read (a few times). A restore that fails for want of memory
+    or on a transient I/O error is not a corrupt checkpoint: it stops with
+    nothing changed. A step saved with its repeated blocks stacked the other
+    way (model.scan_layers / scan_blocks) is converted to this layout. A
+    readable step whose state does not fit otherwise is an error and is left
+    as it is: it restores under the config it was trained with.
 
     Args:
       abstract_state: pytree of jax.ShapeDtypeStruct with shardings, the
@@ -290,12 +298,70 @@ class Checkpointer:
 
     Raises:
       StateMismatchError: a readable checkpoint of another state layout.
-      CheckpointError: checkpoints exist but none can be read; a restore
+      CheckpointError: checkpoints exist but none can be read; a run in
+        progress deleted them faster than they could be read; a restore
         ran out of memory or hit a transient I/O error; an unreadable step
         could not be renamed aside.
     """
+    steps = self._agreed_steps()
+    for _ in range(_READ_PASSES):
+      restored, unreadable = self._newest_readable(abstract_state, steps)
+      if restored is not None or not unreadable:
+        break
+      # A run in progress deletes its old steps as it saves (max_to_keep):
+      # a step that failed may have been removed while it was read, which
+      # says nothing of its files. Only a listing that stayed the same
+      # while every step failed is judged unreadable.
+      listed, steps = steps, self._agreed_steps(reload=True)
+      if steps == listed:
+        break
+    else:
+      raise CheckpointError(
+          f'the checkpoints in {self.directory} kept changing while they '
+          f'were read (steps {listed}, then {steps}): a run in progress '
+          'saves and deletes them faster than they can be read (raise its '
+          'train.max_to_keep). Nothing was changed; run again')
+    if restored is None:
+      if not unreadable:
+        return None
+      failed = '; '.join(f'step {s}: {why}' for s, why in unreadable)
+      # A read-only mode (eval, sample) gives no advice on the run itself.
+      advice = ('; to start over, use another --workdir' if set_aside else '')
+      raise CheckpointError(f'no readable checkpoint in {self.directory} '
+                            f'({failed}). Nothing was changed{advice}')
+    state, step, relay = restored
+    path = os.path.join(self.directory, str(step))
+    if set_aside:
+      self._set_aside(unreadable, step)
+    else:
+      for bad, why in unreadable:
+        print(
+            f'vqlab: checkpoint {os.path.join(self.directory, str(bad))} '
+            f'is unreadable ({why}); left as it is; using step {step}',
+            flush=True)
+    if relay:
+      print(
+          f'vqlab: checkpoint {path} stores its repeated blocks in the '
+          'other layout (scanned or unrolled); restored in this config\'s',
+          flush=True)
+      state = _relaid(state, abstract_state)
+    return state, step
+
+  def _newest_readable(
+      self, abstract_state: Any, steps: list[int]
+  ) -> tuple[tuple[Any, int, bool] | None, list[tuple[int, str]]]:
+    """((state, step, relay), unreadable): the newest of `steps` that every
+    process reads, as saved if `relay` (stacked the other way), else as
+    `abstract_state`; the newer steps that failed, (step, why) each. None
+    in place of the state: no step could be read.
+
+    Raises:
+      StateMismatchError: a readable checkpoint of another state layout.
+      CheckpointError: a read ran out of memory or hit a transient I/O
+        error.
+    """
     unreadable = []
-    for step in reversed(self._agreed_steps()):
+    for step in reversed(steps):
       path = os.path.join(self.directory, str(step))
       # Every process reads the files it needs; they go on together only
       # where all of them read the step (a corrupt shard may be read by one
@@ -319,62 +385,44 @@ class Checkpointer:
         state, failure = self._read(
             step, lambda s, t=target: self._restore_step(s, t))
         failure = _agreed(failure)
-      if failure is not None:
-        if failure.kind == _TRANSIENT_FAILURE:
-          raise CheckpointError(
-              f'could not restore checkpoint {path} ({failure.why}): memory, '
-              'a transient I/O error or a fault of this program, not a '
-              'corrupt checkpoint. Nothing was changed; run again (with more '
-              'memory if it ran out)')
-        if failure.kind == _MISMATCH:
-          raise StateMismatchError(failure.why)
-        unreadable.append((step, failure.why))
-        continue
-      if set_aside:
-        self._set_aside(unreadable, step)
-      else:
-        for bad, why in unreadable:
-          print(
-              f'vqlab: checkpoint {os.path.join(self.directory, str(bad))} '
-              f'is unreadable ({why}); left as it is; using step {step}',
-              flush=True)
-      if relay:
-        print(
-            f'vqlab: checkpoint {path} stores its repeated blocks in the '
-            'other layout (scanned or unrolled); restored in this config\'s',
-            flush=True)
-        state = _relaid(state, abstract_state)
-      return state, step
-    if unreadable:
-      listed = '; '.join(f'step {s}: {why}' for s, why in unreadable)
-      raise CheckpointError(
-          f'no readable checkpoint in {self.directory} ({listed}). Nothing '
-          'was changed; to start over, use another --workdir')
-    return None
+      if failure is None:
+        return (state, step, relay), unreadable
+      if failure.kind == _TRANSIENT_FAILURE:
+        raise CheckpointError(
+            f'could not restore checkpoint {path} ({failure.why}): memory, '
+            'a transient I/O error or a fault of this program, not a '
+            'corrupt checkpoint. Nothing was changed; run again (with more '
+            'memory if it ran out)')
+      if failure.kind == _MISMATCH:
+        raise StateMismatchError(failure.why)
+      unreadable.append((step, failure.why))
+    return None, unreadable
 
-  def _agreed_steps(self) -> list[int]:
+  def _agreed_steps(self, *, reload: bool = False) -> list[int]:
     """all_steps(), the same on every process (the restore's collectives
-    pair up only if the processes try the same steps in order).
+    pair up only if the processes try the same steps in order); with
+    `reload`, listed afresh (the manager keeps the listing it made when
+    opened).
+
+    Processes that list a run in progress a moment apart (a trainer saving
+    and deleting steps beside an eval) may see different steps: they list
+    again, together, before concluding that they see different directories.
 
     Raises:
       CheckpointError: processes see different checkpoints (a workdir that
         is not one shared directory).
     """
-    steps = self.all_steps()
-    if jax.process_count() == 1:
-      return steps
-    counts = np.asarray(multihost_utils.process_allgather(np.int32(len(steps))))
-    same = bool((counts == counts[0]).all())
-    if same and steps:  # Equal counts: every process makes this call too.
-      listed = multihost_utils.process_allgather(np.asarray(steps, np.int64))
-      same = bool((np.asarray(listed) == np.asarray(steps)).all())
-    if not same:
-      raise CheckpointError(
-          f'the processes see different checkpoints in {self.directory} '
-          f'(this process, {jax.process_index()}: steps {steps}): every '
-          'process must see the same --workdir (a gs:// URL or a shared '
-          'filesystem). Nothing was changed')
-    return steps
+    for listing in range(_LISTINGS):
+      if reload or listing:
+        self._manager.reload()
+      steps = self.all_steps()
+      if jax.process_count() == 1 or _same_on_every_process(steps):
+        return steps
+    raise CheckpointError(
+        f'the processes see different checkpoints in {self.directory} '
+        f'(this process, {jax.process_index()}: steps {steps}): every '
+        'process must see the same --workdir (a gs:// URL or a shared '
+        'filesystem). Nothing was changed')
 
   def _restore_step(self, step: int, target: Any) -> Any:
     """Reads step `step` as `target` describes, with no barrier at the end.
@@ -479,6 +527,16 @@ _UNREADABLE, _MISMATCH, _TRANSIENT_FAILURE = 1, 2, 3
 class _Failure(NamedTuple):
   kind: int
   why: str
+
+
+def _same_on_every_process(steps: list[int]) -> bool:
+  """Whether every process listed `steps` (the same answer on each)."""
+  counts = np.asarray(multihost_utils.process_allgather(np.int32(len(steps))))
+  same = bool((counts == counts[0]).all())
+  if same and steps:  # Equal counts: every process makes this call too.
+    listed = multihost_utils.process_allgather(np.asarray(steps, np.int64))
+    same = bool((np.asarray(listed) == np.asarray(steps)).all())
+  return same
 
 
 def _gather_kinds(kind: int) -> np.ndarray:
