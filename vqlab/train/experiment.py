@@ -154,13 +154,12 @@ class Experiment:
                                   self.task)
     self.eval_data = _build_data(config.data, 'eval', config.eval.batch_size,
                                  self.task)
-    if lock:
-      workdir_lock.acquire(workdir, lock)
-    fileio.makedirs(workdir)
     init_rng, self._step_rng = jax.random.split(jax.random.key(config.seed))
     self._init_rng = init_rng = init_key(init_rng)
 
     # ------------------------------------------------ shapes and shardings ---
+    # Before the workdir is made: a model that does not fit the data (the
+    # task's init) or a bad mesh.rules action is a ConfigError too.
     example = next(iter(self.train_data.batches(0)))
     self.abstract_batch = _abstract_batch(example, config.train.batch_size,
                                           self.batch_sharding)
@@ -171,6 +170,9 @@ class Experiment:
                                                         self.mesh,
                                                         config.mesh.rules)
     self.abstract_state = _with_shardings(abstract_state, self.state_shardings)
+    if lock:
+      workdir_lock.acquire(workdir, lock)
+    fileio.makedirs(workdir)
     self.checkpointer = checkpoint_lib.Checkpointer(
         workdir, max_to_keep=config.train.max_to_keep)
 

@@ -116,7 +116,6 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
     raise ConfigError(
         'tokens.batch_size', f'{batch_size} is not divisible by '
         f'the {len(devices)} devices')
-  workdir_lock.acquire(workdir, 'tokenize')
   directory = generator.tokens_dir(config, workdir)
   tok = trained_tokenizer.load(config.tokenizer.workdir,
                                _tokenizer_step(config, directory))
@@ -166,6 +165,9 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
       'process_count': num_processes,
       'splits': {},
   }
+  # Config, data and tokenizer errors above stop the run before the workdir
+  # is made; from here on it is read and written under the lock.
+  workdir_lock.acquire(workdir, 'tokenize')
   old = token_shards.read_metadata(directory)
   if old is not None:
     _check_resume(old, metadata, directory)

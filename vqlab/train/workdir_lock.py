@@ -8,7 +8,9 @@ lock file never blocks a restart. The file says who holds it, for the error
 message of the run that is refused. Within one process the lock is
 re-entrant (a notebook that reruns its training cell is the same run).
 
-Only process 0 locks, and only local paths: gs:// has no such locks.
+Only process 0 locks, and only local paths: gs:// has no such locks. Its
+outcome goes to every process, so a refused multi-host run stops with one
+line on each host (not process 0 alone, the others waiting for it).
 """
 
 import datetime
@@ -19,6 +21,8 @@ import sys
 from typing import IO
 
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
 
 from vqlab import fileio
 from vqlab.errors import WorkdirError
@@ -28,20 +32,52 @@ _held: dict[str, IO] = {}  # absolute workdir -> its open, locked file.
 
 
 def acquire(workdir: str, mode: str) -> None:
-  """Locks `workdir` for this process (creating it), or raises.
+  """Locks `workdir` for this process (creating it), or raises; on every
+  process of a multi-host run (a collective: all of them call it).
 
   Args:
     workdir: the run's --workdir.
     mode: what this process does there ('train', 'sample', ...), recorded.
 
   Raises:
-    WorkdirError: another live process holds the lock (named in the message).
+    WorkdirError: another live process holds the lock (named in the message;
+      on processes other than 0: the message says process 0 found it).
   """
-  if jax.process_index() != 0 or fileio.is_url(workdir):
+  if fileio.is_url(workdir):
     return
   workdir = os.path.abspath(workdir)
-  if workdir in _held:
+  if jax.process_count() == 1:
+    refusal = _lock(workdir, mode)
+    if refusal is not None:
+      raise WorkdirError(refusal)
     return
+  # Process 0's outcome -> every process: 0 locked, 1 refused, 2 failed
+  # (e.g. an unwritable directory: its own error, raised after telling).
+  refusal, failure, outcome = None, None, 0
+  if jax.process_index() == 0:
+    try:
+      refusal = _lock(workdir, mode)
+      outcome = int(refusal is not None)
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      failure, outcome = e, 2
+  outcome = int(multihost_utils.broadcast_one_to_all(np.int32(outcome)))
+  if failure is not None:
+    raise failure
+  if refusal is not None:
+    raise WorkdirError(refusal)
+  if outcome == 1:
+    raise WorkdirError(
+        f'{workdir} is in use by another vqlab run (process 0 found its '
+        'lock); wait for it to finish or use another --workdir')
+  if outcome == 2:
+    raise WorkdirError(f'{workdir}: process 0 could not lock it (its log '
+                       'says why)')
+
+
+def _lock(workdir: str, mode: str) -> str | None:
+  """Takes the lock of absolute `workdir` -> None, or the refusal's line."""
+  if workdir in _held:
+    return None
   fileio.makedirs(workdir)
   path = os.path.join(workdir, LOCK_FILE)
   f = open(path, 'a+', encoding='utf-8')  # pylint: disable=consider-using-with
@@ -51,16 +87,15 @@ def acquire(workdir: str, mode: str) -> None:
     f.seek(0)
     holder = f.read().strip() or 'another process'
     f.close()
-    raise WorkdirError(
-        f'{workdir} is in use by another vqlab run ({holder}); '
-        'wait for it to finish or use another --workdir') from None
+    return (f'{workdir} is in use by another vqlab run ({holder}); '
+            'wait for it to finish or use another --workdir')
   except OSError as e:  # ENOLCK, EOPNOTSUPP: a filesystem without locks.
     f.close()
     print(
         f'vqlab: cannot lock {workdir} ({e.strerror or e}): this filesystem '
         'has no file locks; make sure no other run uses this --workdir',
         flush=True)
-    return
+    return None
   f.seek(0)
   f.truncate()
   started = datetime.datetime.now().isoformat(timespec='seconds')
@@ -68,3 +103,4 @@ def acquire(workdir: str, mode: str) -> None:
           f'started {started}: {" ".join(sys.argv)[:200]}\n')
   f.flush()
   _held[workdir] = f
+  return None

@@ -308,7 +308,8 @@ def test_a_model_that_does_not_fit_the_tokenizer_is_a_config_error(
   config = tiny.generator_config(tokenizer_dir)
   config.model[key] = value
   with pytest.raises(ConfigError, match=message):
-    pretokenize.tokenize(config, str(tmp_path), devices=_devices())
+    pretokenize.tokenize(config, str(tmp_path / 'run'), devices=_devices())
+  assert not os.path.exists(tmp_path / 'run')  # No workdir, no vqlab.lock.
   config = tiny.generator_config(tokenizer_dir, 'gpt')
   config.model.length = 32
   with pytest.raises(ConfigError, match='model.length: 32, but .* 64 tokens'):
