@@ -8,6 +8,7 @@ during startup and during the final save, and kill -9 during an async save.
 
 import contextlib
 import errno
+import fcntl
 import io
 import json
 import os
@@ -128,6 +129,28 @@ def test_changed_config_stops_before_anything_is_written(run_copy):
     assert '8 -> 16' in message and '--allow_config_change' in message
     assert 'num_steps' not in message
   assert _listing(run_copy) == before
+
+
+def test_run_length_is_fixed_where_the_learning_rate_decays_over_it(tmp_path):
+  """train.num_steps is free under constant learning rates only: a cosine
+  or linear schedule ends at it, so another length moves every later
+  step's rate (and jumps the rate where the run resumes)."""
+  workdir = str(tmp_path)
+  config = _config()
+  run_record.write(workdir, config)
+  longer = _config()
+  longer.train.num_steps *= 2
+  assert not run_record.differences(run_record.read(workdir), longer)
+  config.optimizer.discriminator.schedule = 'cosine'
+  run_record.write(workdir, config)
+  longer.optimizer.discriminator.schedule = 'cosine'
+  assert run_record.differences(run_record.read(workdir), longer) == {
+      'train.num_steps': (STEPS, 2 * STEPS)
+  }
+  with pytest.raises(
+      ConfigError, match=r'^train.num_steps: differs .* Its '
+      'learning rate decays to 0 at train.num_steps'):
+    run_record.check(longer, workdir, allow_change=False)
 
 
 def test_the_record_may_change_only_before_the_first_checkpoint(
@@ -368,6 +391,107 @@ def test_a_locked_workdir_names_the_other_run(tmp_path):
     holder.kill()  # kill -9: the kernel drops the lock with the process.
     holder.wait()
   workdir_lock.acquire(workdir, 'train')
+
+
+def test_two_processes_refused_by_a_locked_workdir_stop_with_a_line_each(
+    tmp_path):
+  """Process 0 alone reads the lock and tells process 1: both stop with one
+  line (process 1 used to wait in Orbax's first barrier, and process 0 in
+  jax.distributed's shutdown for it)."""
+  workdir = str(tmp_path / 'busy')
+  os.makedirs(workdir)
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
+             XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  # Held by this (live) process, the file written as workdir_lock writes it.
+  with open(os.path.join(workdir, workdir_lock.LOCK_FILE), 'a+',
+            encoding='utf-8') as held:
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    holder = (f'pid {os.getpid()} on {socket.gethostname()}, --mode=train, '
+              'started 2025-01-01T00:00:00: pytest')
+    held.write(holder + '\n')
+    held.flush()
+    processes = [
+        subprocess.Popen([
+            sys.executable,
+            os.path.join(ROOT, 'main.py'), '--config=' +
+            os.path.join(ROOT, 'tests', 'tiny_tokenizer_config.py'),
+            f'--workdir={workdir}', f'--coordinator_address=localhost:{port}',
+            '--num_processes=2', f'--process_id={i}', '--cpu_collectives=gloo',
+            '--compilation_cache_dir='
+        ], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         cwd=ROOT) for i in range(2)
+    ]
+    try:
+      outputs = [p.communicate(timeout=60)[1] for p in processes]
+    finally:
+      for p in processes:
+        if p.poll() is None:
+          p.kill()
+          p.communicate()
+  lines = [o.strip().splitlines()[-1] if o.strip() else '' for o in outputs]
+  assert all(p.returncode == 1 for p in processes), outputs
+  assert all('Traceback' not in o for o in outputs), outputs
+  assert lines == [
+      f'workdir error: {workdir} is in use by another vqlab run ({holder}); '
+      'wait for it to finish or use another --workdir',
+      f'workdir error: {workdir} is in use by another vqlab run (process 0 '
+      'found its lock); wait for it to finish or use another --workdir'
+  ], outputs
+  assert os.listdir(workdir) == [workdir_lock.LOCK_FILE]
+
+
+def test_the_lock_outcome_of_process_0_reaches_every_process(
+    tmp_path, monkeypatch):
+  """As process 1 of 2 (a broadcast that answers what process 0 found), and
+  as process 0 that fails to lock (it tells the others, then raises)."""
+  told = []
+
+  def broadcast(outcome):
+    told.append(int(outcome))
+    return np.int32(answer)
+
+  monkeypatch.setattr(workdir_lock.jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(workdir_lock.multihost_utils, 'broadcast_one_to_all',
+                      broadcast)
+  monkeypatch.setattr(workdir_lock.jax, 'process_index', lambda: 1)
+  workdir = str(tmp_path / 'run')
+  for answer, message in ((1, 'is in use by another vqlab run (process 0 '
+                           'found its lock)'), (2,
+                                                'process 0 could not lock it')):
+    with pytest.raises(WorkdirError, match=re.escape(message)):
+      workdir_lock.acquire(workdir, 'train')
+  answer = 0
+  workdir_lock.acquire(workdir, 'train')
+  assert not os.path.exists(workdir)  # Process 0 makes it.
+  assert told == [0, 0, 0]
+
+  def unwritable(path):
+    raise PermissionError(errno.EACCES, 'Permission denied', path)
+
+  monkeypatch.setattr(workdir_lock.jax, 'process_index', lambda: 0)
+  monkeypatch.setattr(workdir_lock.fileio, 'makedirs', unwritable)
+  with pytest.raises(PermissionError):
+    workdir_lock.acquire(workdir, 'train')
+  assert told[-1] == 2
+
+
+def test_a_model_that_does_not_fit_stops_before_the_workdir_is_made(tmp_path):
+  """Config errors found by the state's shapes (the task's init) or its
+  shardings: no workdir, no vqlab.lock left behind."""
+  fits = lambda c: c.model.update({'in_channels': 1})  # RGB data.
+  shards = lambda c: c.mesh.update({'rules': (('.*', 'shard'),)})
+  for mutate, message in ((fits, r'^model\.in_channels: 1, but the data has '
+                           r'3 channels'),
+                          (shards, r"^mesh\.rules: unknown action 'shard'")):
+    config = _config()
+    mutate(config)
+    workdir = str(tmp_path / 'new')
+    with pytest.raises(ConfigError, match=message):
+      loop.train_and_evaluate(config, workdir, devices=_devices())
+    assert not os.path.exists(workdir)
 
 
 def test_ctrl_c_saves_the_current_step_and_twice_aborts(run_copy, capsys):
@@ -654,6 +778,67 @@ def test_out_of_memory_or_a_read_only_mode_never_sets_a_step_aside(
       abstract, set_aside=False)
   assert step == 2 and listing() == before
   assert 'left as it is; using step 2' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('deleted', ['all of it', 'its files'])
+def test_an_eval_beside_a_run_that_deletes_the_step_it_reads_reads_the_next(
+    tmp_path, monkeypatch, capsys, deleted):
+  """--mode=eval takes no lock: a trainer with train.max_to_keep = 1 may
+  save step 6 and delete step 4 while the eval reads step 4 (Orbax deletes
+  a step's files, then its directory). That step was removed, not
+  unreadable: the eval lists the steps again and reads step 6 (it used to
+  stop with 'no readable checkpoint ... start over')."""
+  state = {'w': jnp.arange(6.0)}
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=5)
+  for step in (4, 6):
+    checkpointer.save(step, jax.tree.map(lambda x, s=step: x * s, state))
+  checkpointer.wait()
+  checkpoints = tmp_path / 'checkpoints'
+  shutil.move(checkpoints / '6', tmp_path / 'next_save')
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      state)
+  read = checkpoint_lib.Checkpointer._read  # pylint: disable=protected-access
+  reads = []
+
+  def read_while_the_trainer_moves_on(step, how):
+    if not reads:  # The trainer's next save lands, and max_to_keep = 1.
+      shutil.move(tmp_path / 'next_save', checkpoints / '6')
+      shutil.rmtree(checkpoints / str(step) /
+                    ('' if deleted == 'all of it' else 'default'))
+    reads.append(step)
+    return read(step, how)
+
+  monkeypatch.setattr(checkpoint_lib.Checkpointer, '_read',
+                      staticmethod(read_while_the_trainer_moves_on))
+  restored, step = checkpoint_lib.Checkpointer(str(tmp_path),
+                                               max_to_keep=5).restore(
+                                                   abstract, set_aside=False)
+  assert step == 6 and reads[0] == 4
+  np.testing.assert_array_equal(restored['w'], np.arange(6.0) * 6)
+  assert sorted(os.listdir(checkpoints)) == (['6'] if deleted == 'all of it'
+                                             else ['4', '6'])
+  assert 'unreadable' not in capsys.readouterr().out
+
+
+def test_an_eval_that_reads_no_step_changes_nothing_and_advises_nothing(
+    tmp_path):
+  """A read-only mode may read a run in progress: when no step reads, it
+  names each and why, and never says to start over."""
+  abstract = _save_steps_2_and_4(tmp_path)
+  for step in ('2', '4'):
+    shutil.rmtree(tmp_path / 'checkpoints' / step / 'default')
+  listing = lambda: sorted(os.listdir(tmp_path / 'checkpoints'))
+  before = listing()
+  with pytest.raises(CheckpointError) as error:
+    checkpoint_lib.Checkpointer(str(tmp_path),
+                                max_to_keep=5).restore(abstract,
+                                                       set_aside=False)
+  message = str(error.value)
+  assert 'no readable checkpoint' in message and 'Nothing was changed' in message
+  assert 'step 4: ' in message and 'step 2: ' in message
+  assert 'start over' not in message and '--workdir' not in message
+  assert listing() == before
 
 
 def test_a_filesystem_without_locks_warns_and_runs(tmp_path, monkeypatch,

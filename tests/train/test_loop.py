@@ -111,12 +111,30 @@ def test_a_finished_run_run_again_returns_its_final_metrics(
   assert len(out) == 1 and 'the run finished at step 5' in out[0], out
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     assert f.read() == rows  # No second final eval.
-  # A final eval that never finished (no final_metrics.json) runs again.
+  # A changed config on a finished run trains nothing under it: the record
+  # of how the run was trained stays.
+  with open(os.path.join(workdir, 'config.json')) as f:
+    record = f.read()
+  changed = _config()
+  changed.optimizer.generator.learning_rate *= 2
+  loop.train_and_evaluate(changed, workdir, devices=_devices(),
+                          allow_config_change=True)
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert f.read() == record
+  assert not glob.glob(os.path.join(workdir, 'config_until_step_*'))
+  # A final eval that never finished (no final_metrics.json) runs again, and
+  # its row replaces the first one's.
   os.remove(os.path.join(workdir, 'final_metrics.json'))
   again = loop.train_and_evaluate(_config(), workdir, devices=_devices())
   assert again['psnr'] == pytest.approx(uninterrupted[1]['psnr'], rel=1e-6)
   with open(os.path.join(workdir, 'final_metrics.json')) as f:
     assert json.load(f) == again
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    final_evals = [
+        row for row in map(json.loads, f)
+        if row['step'] == STEPS and 'eval/psnr' in row
+    ]
+  assert len(final_evals) == 1
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(

@@ -108,7 +108,6 @@ def _train(config, workdir, devices, step_callback, allow_config_change,
   train_cfg = config.train
   state, start_step = exp.initial_state()
   exp.checkpointer.check_writable()
-  exp.record_config(start_step)
   finished = (_final_metrics(workdir, start_step)
               if start_step >= train_cfg.num_steps else None)
   if finished is not None:
@@ -116,8 +115,9 @@ def _train(config, workdir, devices, step_callback, allow_config_change,
       print(
           f'vqlab: the run finished at step {start_step} (its '
           'final_metrics.json); nothing to train. --mode=eval evaluates its '
-          'checkpoint again; a larger --config.train.num_steps trains on.',
-          flush=True)
+          'checkpoint again; a larger --config.train.num_steps trains on '
+          '(with --allow_config_change where the learning rate decays over '
+          'the run).', flush=True)
     exp.checkpointer.close()
     return finished
   if start_step:
@@ -127,7 +127,12 @@ def _train(config, workdir, devices, step_callback, allow_config_change,
   if watcher.should_stop():
     exp.checkpointer.close()
     return _stopped(start_step, saved=False)
-  writer = writers_lib.MetricWriter(workdir, trains_from=start_step)
+  # Recorded once the run goes on: a finished or stopped one trains nothing
+  # under a changed config, so its record stays as it was.
+  exp.record_config(start_step)
+  writer = writers_lib.MetricWriter(
+      workdir, trains_from=start_step, evaluates_again=start_step
+      >= train_cfg.num_steps)
   is_chief = jax.process_index() == 0
   if is_chief:
     print(
@@ -206,9 +211,10 @@ def _train(config, workdir, devices, step_callback, allow_config_change,
   exp.checkpointer.close()
   writer.close()
   result = {'step': final_step, 'preempted': False, **metrics}
-  if is_chief:
-    with fileio.open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
-      json.dump(result, f, indent=2)
+  if is_chief:  # Never seen half written (the run would seem unfinished).
+    text = json.dumps(result, indent=2)
+    fileio.write_atomically(os.path.join(workdir, 'final_metrics.json'),
+                            lambda f: f.write(text.encode()))
   return result
 
 

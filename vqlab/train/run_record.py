@@ -123,16 +123,27 @@ def _free(key: str) -> bool:
              for k in FREE_TO_CHANGE)
 
 
+def _decays_over_the_run(flat: dict[str, Any]) -> bool:
+  """Whether a learning rate of the run follows a schedule that ends at
+  train.num_steps (an `optimizer[.<network>].schedule` not 'constant')."""
+  return any(
+      k.startswith('optimizer.') and k.endswith('schedule') and v != 'constant'
+      for k, v in flat.items())
+
+
 def differences(saved: dict[str, Any],
                 config: ml_collections.ConfigDict) -> dict[str, tuple]:
   """{dotted key: (saved value, new value)} for every key that differs and is
-  not free to change. Keys only one side has (added or removed by another
-  vqlab version) are not differences."""
+  not free to change (train.num_steps is not where the run's learning rate
+  decays to it: another length moves the rate of every step left). Keys only
+  one side has (added or removed by another vqlab version) are not
+  differences."""
   old, new = _flatten(saved), _flatten(as_json_tree(config))
+  fixed = {'train.num_steps'} if _decays_over_the_run(old) else set()
   return {
       k: (old[k], new[k])
       for k in sorted(old.keys() & new.keys())
-      if old[k] != new[k] and not _free(k)
+      if old[k] != new[k] and (k in fixed or not _free(k))
   }
 
 
@@ -183,11 +194,14 @@ def check(config: ml_collections.ConfigDict, workdir: str, allow_change: bool,
         f'change ({describe(changed)})', flush=True)
     return changed
   if changed and not allow_change:
+    schedule = (' Its learning rate decays to 0 at train.num_steps: another '
+                'length reshapes the schedule, and the rate jumps at the step '
+                'it resumes from.' if 'train.num_steps' in changed else '')
     raise ConfigError(
         ', '.join(changed), f'differs from the run in {workdir} '
-        f'({describe(changed)}; its config.json records how it was trained). '
-        'Pass --allow_config_change to continue that run with the new values, '
-        'or use another --workdir')
+        f'({describe(changed)}; its config.json records how it was trained).'
+        f'{schedule} Pass --allow_config_change to continue that run with the '
+        'new values, or use another --workdir')
   return changed
 
 

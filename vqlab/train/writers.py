@@ -24,7 +24,7 @@ class MetricWriter:
   """TensorBoard event files + `metrics.jsonl` + PNG image grids."""
 
   def __init__(self, workdir: str, trains_from: int | None = None,
-               jsonl: bool = True):
+               jsonl: bool = True, evaluates_again: bool = False):
     """Args: workdir: the run's directory; trains_from: the step a training
     run starts from (its checkpoint's, 0 when fresh). The numbers an earlier
     attempt logged after that step (work lost with it, e.g. to a kill -9)
@@ -32,7 +32,10 @@ class MetricWriter:
     TensorBoard, so that each train step is logged once. None (eval,
     sampling): nothing is dropped. jsonl: False leaves metrics.jsonl alone
     (`--mode=eval`: a step evaluated again is no second row there, and a
-    run training in the workdir meanwhile keeps the file to itself)."""
+    run training in the workdir meanwhile keeps the file to itself).
+    evaluates_again: the run evaluates step `trains_from` again (a final
+    eval whose final_metrics.json was never written): that step's earlier
+    eval rows are dropped from metrics.jsonl too."""
     self.workdir = workdir
     self._enabled = jax.process_index() == 0
     self._jsonl = None
@@ -40,7 +43,7 @@ class MetricWriter:
       fileio.makedirs(os.path.join(workdir, 'images'))
       path = os.path.join(workdir, 'metrics.jsonl')
       if trains_from is not None and fileio.exists(path):
-        _drop_rows_after(path, trains_from)
+        _drop_rows_after(path, trains_from, evaluates_again)
       if jsonl:
         self._jsonl = fileio.open(path, 'a')
       if fileio.is_url(workdir):
@@ -80,17 +83,22 @@ class MetricWriter:
       self._tb.close()
 
 
-def _drop_rows_after(path: str, step: int) -> None:
-  """Rewrites the metrics.jsonl at `path` without its rows after `step` and
-  without a last row cut short."""
+def _drop_rows_after(path: str, step: int, evals_at_step: bool) -> None:
+  """Rewrites the metrics.jsonl at `path` without its rows after `step`
+  (with `evals_at_step`, without its eval rows at `step` too) and without a
+  last row cut short."""
   with fileio.open(path) as f:
     lines = f.read().splitlines(keepends=True)
 
   def kept(line: str) -> bool:
     try:
-      return int(json.loads(line)['step']) <= step
+      row = json.loads(line)
+      row_step = int(row['step'])
     except (ValueError, KeyError, TypeError):
       return True  # Not a row of ours: left as it is.
+    is_eval = all(k.startswith('eval/') for k in row if k != 'step')
+    return row_step < step or row_step == step and not (evals_at_step and
+                                                        is_eval)
 
   torn = bool(lines) and not lines[-1].endswith('\n')
   if torn:
