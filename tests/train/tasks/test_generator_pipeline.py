@@ -143,7 +143,8 @@ def _train(tokenizer_dir, shards, workdir, model, steps):
 def test_shards_of_a_moved_tokenizer_name_the_key_to_set(
     tokenizer_dir, shards, tmp_path):
   """The same tokenizer run at the same step, moved: the message names
-  tokenizer.workdir, not the step it already has."""
+  tokenizer.workdir, not the step it already has (a moved run is not taken
+  for the one the tokens came from: the path is its identity)."""
   moved = str(tmp_path / 'moved_tokenizer')
   shutil.copytree(tokenizer_dir, moved)
   config = tiny.generator_config(moved)
@@ -151,8 +152,8 @@ def test_shards_of_a_moved_tokenizer_name_the_key_to_set(
   with pytest.raises(ConfigError) as e:
     experiment.Experiment(config, str(tmp_path / 'run'), _devices())
   message = str(e.value)
-  assert f'set tokenizer.workdir = {tokenizer_dir} (or the directory' in (
-      message)
+  assert f'set tokenizer.workdir = {tokenizer_dir} to train' in message
+  assert 'a tokenizer run that was moved makes its tokens again' in message
   assert 'tokenizer.step =' not in message
 
 

@@ -429,8 +429,9 @@ class GeneratorTask(base.Task):
     fix = []
     if fileio.absolute(recorded['workdir']) != fileio.absolute(
         self.tokenizer.workdir):
-      fix.append(f'tokenizer.workdir = {recorded["workdir"]} (or the '
-                 'directory it was moved to)')
+      # A moved run is not taken for the same tokenizer: another one of the
+      # same config and step would decode these tokens wrong, silently.
+      fix.append(f'tokenizer.workdir = {recorded["workdir"]}')
     if recorded['step'] != self.tokenizer.step:
       fix.append(f'tokenizer.step = {recorded["step"]}')
     if fix:
@@ -439,7 +440,8 @@ class GeneratorTask(base.Task):
           f'{recorded["workdir"]} at step {recorded["step"]}, but '
           f'tokenizer.workdir/step name {self.tokenizer.workdir} at step '
           f'{self.tokenizer.step}: set {" and ".join(fix)} to train on these '
-          'tokens, or run --mode=tokenize again into another tokens.dir')
+          'tokens, or run --mode=tokenize again into another tokens.dir '
+          '(a tokenizer run that was moved makes its tokens again)')
     recorded = source.metadata.get('condition', {'image': 'none'})
     wanted = self.condition_metadata()
     if recorded != wanted:
