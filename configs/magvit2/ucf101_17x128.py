@@ -5,7 +5,8 @@ entropy penalty 0.1 at tau 0.01;
 trained with MAGVIT's recipe, which the paper follows (google-research/magvit:
 vqgan_trainer.py, vqgan2d/3d_ucf101_config.py, MAGVIT-L): non-saturating GAN
 at a fixed weight of 0.1 (no adaptive weight), R1 penalty 10, l2
-reconstruction, LeCam 0.001 on the mean logits, a 3D StyleGAN discriminator
+reconstruction, LeCam 0.001 on the mean logits (MAGVIT's lecam_reg; its
+released configs leave lecam_weight at 0, off), a 3D StyleGAN discriminator
 with blur pooling of width 128 and five downsampling blocks, Adam (0, 0.99)
 at lr 1e-4 after 1 epoch of warmup then cosine decay over 2000 epochs of
 the 9,537 training videos (74,000 steps of 256), EMA 0.999 for eval. MAGVIT

@@ -1,11 +1,19 @@
 """Class-conditional MaskGIT on ImageNet 256x256 (Chang et al. 2022).
 
-Tokens: the MaskGIT VQGAN (configs/vqgan/maskgit_f16.py, 1024 codes, 16x16)
-trained in workdirs/vqgan_maskgit_f16. Transformer: 24 layers, 16 heads,
-width 768, MLP 3072, dropout 0.1; AdamW (0.9, 0.96), lr 1e-4, weight decay
-0.045, label smoothing 0.1, batch 256, 300 epochs, EMA 0.999. Decoding: 8 steps, cosine
-schedule, choice temperature 4.5. Label dropout 0.1 trains the null class
-for classifier-free guidance (`sample.guidance_scale`).
+Tokens: a VQGAN trained with the MaskGIT-VQGAN recipe in
+workdirs/vqgan_maskgit_f16 (configs/vqgan/maskgit_f16.py: taming's
+architecture, LFQ over 1024 codes, 16x16). The paper's 6.18 is on the
+released MaskGIT VQGAN (its own architecture, VQ over 1024 codes): convert
+it (`python -m vqlab.convert maskgit_vqgan tokenizer_imagenet256_checkpoint
+workdirs/maskgit_vqgan`) and pass
+--config.tokenizer.workdir=workdirs/maskgit_vqgan. Transformer: 24 layers,
+16 heads, width 768, MLP 3072, dropout 0.1; AdamW (0.9, 0.96), lr 1e-4,
+weight decay 0.045, label smoothing 0.1, batch 256, 300 epochs, EMA 0.999.
+Decoding: 8 steps, cosine schedule, choice temperature 4.5. Label dropout 0.1 trains the null class
+for classifier-free guidance (`sample.guidance_scale`), which MaskGIT does
+not have (its 6.18 is without guidance); the tokens are made once, one
+random crop and flip per image for all 300 epochs (--mode=tokenize;
+--config.tokens.source=on_the_fly draws new ones in every step).
 
   python main.py --config=configs/maskgit/imagenet256.py --workdir=... --mode=tokenize
   python main.py --config=configs/maskgit/imagenet256.py --workdir=...

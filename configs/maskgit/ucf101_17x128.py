@@ -12,6 +12,16 @@ steps then cosine, gradient clip 1, label smoothing 1e-4, 2000 epochs of
 the 9,537 training videos at batch 256 (74,000 steps); plus an EMA of the
 weights for eval (0.9999), which MAGVIT's trainer does not keep.
 
+Departures: the tokens are made once (--mode=tokenize: one random clip, crop
+and flip per video, seen in all 2000 epochs); MAGVIT tokenizes each batch in
+the train step, so each epoch draws new clips, crops and flips:
+--config.tokens.source=on_the_fly does that, at the cost of running the
+tokenizer's encoder in every step. Label dropout trains the null class for
+guidance, which MAGVIT's class-conditional models do not have (the
+papers' FVD is without guidance). FVD is against the eval split's clips by
+default; the papers' protocol uses training clips (vqlab/evals/PROTOCOLS.md,
+`--mode=fvd_stats`).
+
   python main.py --config=configs/maskgit/ucf101_17x128.py --workdir=... --mode=tokenize
   python main.py --config=configs/maskgit/ucf101_17x128.py --workdir=...
   python main.py --config=configs/maskgit/ucf101_17x128.py --workdir=... --mode=sample

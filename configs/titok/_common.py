@@ -85,20 +85,45 @@ def stage2(model, stage1_workdir: str, proxy_workdir: str, proxy_model):
   return config
 
 
+# The proxy VQGAN of the paper configs, by the config string's second field:
+# a run of configs/vqgan/maskgit_f16.py (the MaskGIT-VQGAN recipe on taming's
+# architecture, LFQ over 1024 codes, trained with vqlab), or 'released': the
+# released MaskGIT VQGAN that the paper's numbers are on (its architecture,
+# VQ over 1024 codes), converted into workdirs/maskgit_vqgan by
+#   python -m vqlab.convert maskgit_vqgan tokenizer_imagenet256_checkpoint \
+#       workdirs/maskgit_vqgan
+PROXIES = ('', 'released')
+
+
+def _proxy(which: str):
+  """(run directory, model config) of the proxy VQGAN `which`."""
+  if which == 'released':
+    from vqlab.convert import maskgit_vqgan  # pylint: disable=g-import-not-at-top
+    return 'workdirs/maskgit_vqgan', maskgit_vqgan.released_model_config()
+  return 'workdirs/vqgan_maskgit_f16', maskgit_f16.get_config().model
+
+
 def paper_config(name: str, model_size: str, num_tokens: int, stage: str):
   """TiTok-<size>-<K> at 256x256 on ImageNet (tfds imagenet2012), stage '1'
-  (proxy codes of workdirs/vqgan_maskgit_f16) or '2' (from
-  workdirs/titok_<name>_stage1). Stage 1 as the paper: AdamW (0.9, 0.99),
-  lr 1e-4, weight decay 1e-4, cosine schedule with 10k warmup steps, batch
-  1024; stage 2 as the released stage-2 config (below)."""
+  (proxy codes of the proxy VQGAN) or '2' (from workdirs/titok_<name>_stage1),
+  each with ',released' for the released MaskGIT VQGAN as the proxy (PROXIES;
+  the paper's), e.g. '1,released'. Stage 1 as the paper: AdamW (0.9, 0.99),
+  lr 1e-4, weight decay 1e-4, cosine schedule with 10k warmup steps (the
+  release's cosine ends at 1e-5, this at 0), batch 1024; stage 2 as the
+  released stage-2 config (below)."""
   from vqlab import data  # pylint: disable=g-import-not-at-top
+  stage, _, which = stage.partition(',')
+  if which not in PROXIES:
+    raise ValueError(f"the proxy after the stage must be 'released' or "
+                     f'nothing, got {which!r}')
+  proxy_workdir, proxy_model = _proxy(which)
   model = titok_model(model_size, num_tokens=num_tokens, image_size=256,
                       patch_size=16, codebook_size=4096,
                       proxy_codebook_size=1024)
   # One nn.scan over the blocks: XLA compiles one block, not all of them.
   model.scan_layers = True
   if stage == '1':
-    config = stage1(model, 'workdirs/vqgan_maskgit_f16')
+    config = stage1(model, proxy_workdir)
     config.optimizer.learning_rate = 1e-4
     config.optimizer.weight_decay = 1e-4
     config.optimizer.weight_decay_on = 'kernels'  # As the released code.
@@ -108,9 +133,9 @@ def paper_config(name: str, model_size: str, num_tokens: int, stage: str):
     config.ema.decay = 0.999  # Its use_ema; stage 2 starts from the EMA.
     config.train.num_steps = 1_000_000
   elif stage == '2':
-    config = stage2(model, f'workdirs/titok_{name}_stage1',
-                    'workdirs/vqgan_maskgit_f16',
-                    maskgit_f16.get_config().model)
+    config = stage2(
+        model, f'workdirs/titok_{name}_stage1' + (f'_{which}' if which else ''),
+        proxy_workdir, proxy_model)
     # The released stage-2 recipe (1d-tokenizer configs/training/stage2):
     # AdamW (0.9, 0.999), lr 1e-4 for both networks, weight decay 1e-4,
     # cosine after 5k warmup steps (theirs ends at 1e-5, this at 0), clip 1,
@@ -126,7 +151,10 @@ def paper_config(name: str, model_size: str, num_tokens: int, stage: str):
       opt.warmup_steps = 5_000
       opt.schedule = 'cosine'
       opt.grad_clip_norm = 1.0
+    # Both networks without decay on biases, norms and embeddings, as the
+    # release's create_optimizer.
     config.optimizer.generator.weight_decay_on = 'kernels'
+    config.optimizer.discriminator.weight_decay_on = 'kernels'
     config.loss.reconstruction = 'l2'
     config.loss.reconstruction_weight = 0.25
     config.loss.gan_loss = 'hinge'
@@ -136,7 +164,8 @@ def paper_config(name: str, model_size: str, num_tokens: int, stage: str):
     config.loss.r1_weight = 0.0
     config.train.num_steps = 500_000
   else:
-    raise ValueError(f"stage must be '1' or '2', got {stage!r}")
+    raise ValueError(f"stage must be '1' or '2' (then ',released' for the "
+                     f'released proxy), got {stage!r}')
   config.compute_dtype = 'bfloat16'
   config.data = data.default_config('tfds')
   config.data.tfds_name = 'imagenet2012'

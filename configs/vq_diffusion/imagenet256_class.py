@@ -15,7 +15,12 @@ guidance through label dropout (the null class has its row in every block's
 table, as the release's model with class_number 1001); sampling as the
 release samples its classifier-free ImageNet model (inference_VQ_Diffusion.py:
 truncation 0.94, guidance s = 1.5), but with the fast sampler's 25 steps
-(`sample.diffusion_steps`; the release walks all 100 by default).
+(`sample.diffusion_steps`; the release walks all 100 by default). The
+release trains its base models without label dropout and learns the null
+condition in a fine-tune (configs/coco_tune.yaml: drop rate 0.1, a learnable
+null embedding); this trains with label dropout 0.1 from the start. The
+paper's FID 11.89 is without guidance. Length: the release's 100 epochs at
+this batch of 512 (250k steps).
 
 Memory: the global batch of 512 runs as 2 microbatches, so that 8 x 80 GB
 GPUs (64 examples per device) hold it within JAX's default 75% of GPU
@@ -79,7 +84,7 @@ def get_config():
   config.optimizer.grad_clip_norm = 0.5 / config.model.num_timesteps
   config.train.batch_size = 512
   config.train.microbatches = 2  # 64 examples per device on 8 GPUs, 2 x 32.
-  config.train.num_steps = 500_000
+  config.train.num_steps = 250_000  # 100 epochs of 1,281,167 images.
   config.train.log_every = 100
   config.train.eval_every = 20_000
   config.train.checkpoint_every = 5_000

@@ -12,5 +12,6 @@ def get_config():
   q.temperature = 1.0
   q.temperature_final = 1.0 / 16
   q.temperature_anneal_steps = 150_000  # DALL-E annealed over 150k updates.
+  # GumbelQuantize's default; the GumbelVQ model taming trained passes 1e-8.
   q.kl_weight = 5e-4
   return config

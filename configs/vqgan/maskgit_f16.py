@@ -2,13 +2,21 @@
 on the taming f=16 architecture:
 
   l2 reconstruction, non-saturating GAN at weight 0.1 (no adaptive weight),
-  R1 penalty 10, LPIPS 0.1, StyleGAN discriminator with blur pooling, Adam
-  betas (0, 0.99), lr 1e-4, LeCam 0.001, EMA of generator weights (0.999)
-  for eval, and lookup-free quantization with commitment 0.25 and entropy
-  penalty 0.1 (tau 0.01) over 2^10 codes (MaskGIT's own: VQ, 1024 codes).
-  The l2 and R1 weights are the recipe's for pixels in [0, 1], rescaled to
-  vqlab's [-1, 1] (below). Batch 64 and 500k steps as the taming config
-  (MaskGIT's vqgan_config: 256 and 1M).
+  R1 penalty 10, perceptual loss 0.1, MaskGIT's StyleGAN discriminator with
+  blur pooling (stem 64, six down blocks of 128 to 512 channels, 256^2 ->
+  4^2), Adam betas (0, 0.99), lr 1e-4, LeCam 0.001, EMA of generator weights
+  (0.999) for eval, and lookup-free quantization with commitment 0.25 and
+  entropy penalty 0.1 (tau 0.01) over 2^10 codes (MaskGIT's own: VQ, 1024
+  codes, on its own architecture: the released MaskGIT VQGAN converts with
+  `python -m vqlab.convert maskgit_vqgan`). The l2 and R1 weights are the
+  recipe's for pixels in [0, 1], rescaled to vqlab's [-1, 1] (below). Batch
+  64 and 500k steps as the taming config (MaskGIT's vqgan_config: 256 and
+  1M).
+
+Departure: the perceptual loss is LPIPS (VGG16). MaskGIT's vqgan_config
+(pretrained_image_model, perceptual_loss_on_logit False) takes an l2 between
+ResNet-50 pool features, which vqlab has no weights for; at weight 0.1 the
+two are of different scales.
 
 Needs the torchvision VGG16 file for LPIPS (see configs/vqgan/taming_f16.py).
 """
@@ -37,7 +45,9 @@ def get_config():
   loss.reconstruction = 'l2'
   loss.reconstruction_weight = 0.25
   loss.r1_weight = 40.0
-  # MAGVIT's weight, in MAGVIT's form (the batch's mean logits).
+  # In the form of MAGVIT's lecam_reg (the batch's mean logits), at the
+  # weight vqlab's MAGVIT-v2 configs use; MAGVIT's and MaskGIT's released
+  # configs leave it at 0 (off).
   loss.lecam_weight = 0.001
   loss.lecam_form = 'mean_logit'
   # The released trainers start the GAN at step 0; this lets the
@@ -45,6 +55,8 @@ def get_config():
   # 250k would leave half the 500k steps without the GAN.
   loss.disc_start = 25_000
   config.discriminator = discriminators.default_config('stylegan')
+  # MaskGIT's (nets/discriminator.py at 256^2): 64 * (2, 4, 8, 8, 8, 8).
+  config.discriminator.channel_multipliers = (2, 4, 8, 8, 8, 8)
   config.ema.decay = 0.999
 
   for opt in (config.optimizer.generator, config.optimizer.discriminator):

@@ -62,6 +62,8 @@ def test_full_size_key_list_converts():
           config.quantizer.embedding_dim) == (1024, 256)
   assert config.shortcut_quirk and config.unit_pixels
   assert out.image_size == 256
+  # What the paper configs' `released` proxy builds (configs/titok).
+  assert config.to_dict() == maskgit_vqgan.released_model_config().to_dict()
 
 
 def test_reference_tokens_and_images(converted, golden):

@@ -125,6 +125,18 @@ def _architecture(sd: published.StateDict) -> dict:
               code_dim=code_dim)
 
 
+# The released ImageNet 256x256 tokenizer (tokenizer_imagenet256_checkpoint,
+# maskgit/configs/vqgan_config.py), as _architecture reads its shapes.
+RELEASED_ARCHITECTURE = dict(filters=128, multipliers=(1, 1, 2, 2, 4),
+                             num_res_blocks=2, codebook_size=1024, code_dim=256)
+
+
+def released_model_config() -> ml_collections.ConfigDict:
+  """The vqlab config of the released MaskGIT VQGAN: what converting its
+  checkpoint (with the default options) writes."""
+  return model_config(RELEASED_ARCHITECTURE)
+
+
 def model_config(arch: dict, num_groups: int = 32,
                  shortcut_quirk: bool = True) -> ml_collections.ConfigDict:
   """The vqlab 'vqgan' config of a MaskGIT VQGAN with `arch`'s sizes."""

@@ -10,10 +10,13 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs.titok import _common
+from configs.titok import s128
 from configs.titok import tiny_stage1
 from configs.titok import tiny_stage2
 from tests import retrace
 from tests import tiny
+from vqlab.convert import maskgit_vqgan
 from vqlab.errors import CheckpointError
 from vqlab.errors import ConfigError
 from vqlab.nn import stack
@@ -242,3 +245,23 @@ def test_warm_start_copies_an_ema_codebook_with_the_quantizer(
   jax.tree.map(np.testing.assert_array_equal,
                state.params['generator']['decoder'],
                fresh.params['generator']['decoder'])
+
+
+def test_paper_configs_take_the_released_proxy():
+  """`s128.py:2,released`: the released MaskGIT VQGAN (as its converter
+  writes it) is stage 2's pixel decoder; without it, a maskgit_f16 run."""
+  released = maskgit_vqgan.released_model_config().to_dict()
+  del released['name']
+  for stage, proxy, stage1_dir in (('2,released', 'workdirs/maskgit_vqgan',
+                                    'stage1_released'),
+                                   ('2', 'workdirs/vqgan_maskgit_f16',
+                                    'stage1')):
+    config = experiment_config.validate(s128.get_config(stage), 8)
+    assert config.warm_start.pixel_vqgan == proxy
+    assert config.warm_start.workdir == f'workdirs/titok_s128_{stage1_dir}'
+  assert s128.get_config('2,released').model.pixel_decoder.to_dict() == (
+      released)
+  assert s128.get_config('1,released').proxy.workdir == (
+      'workdirs/maskgit_vqgan')
+  with pytest.raises(ValueError, match="'released' or nothing"):
+    _common.paper_config('s128', 'S', 128, '1,converted')
