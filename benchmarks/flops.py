@@ -1,7 +1,7 @@
 """Model FLOPs of a JAX function, counted from its jaxpr.
 
-Counts the multiply-adds of every matrix product (`dot_general`) and
-convolution (`conv_general_dilated`), 2 FLOPs each, including those inside
+Counts the multiply-adds of every matrix product (`dot_general`),
+convolution (`conv_general_dilated`) and cuDNN flash attention, 2 FLOPs each, including those inside
 jit, custom-vjp, remat and scan bodies (times the scan length). Elementwise
 work is left out, as MFU conventionally does. Unlike XLA's cost analysis this
 does not depend on the backend: on GPUs convolutions become cuDNN custom calls
@@ -12,6 +12,16 @@ import math
 from typing import Any
 
 import jax
+import jax.extend  # pylint: disable=unused-import
+
+# cuDNN's flash attention (jax.nn.dot_product_attention on a GPU) is one
+# primitive each way, counted as XLA's path counts its matmuls: q k^T and
+# p v forward (4 B N T S H for q [B, T, N, H], k [B, S, N, H]), twice that
+# backward.
+_FLASH_ATTENTION = {
+    'dot_product_attention_fwd_wrapper': 1.0,
+    'dot_product_attention_bwd_wrapper': 2.0,
+}
 
 
 def _sub_jaxprs(value: Any):
@@ -40,6 +50,9 @@ def _eqn_flops(eqn) -> float:
     out_feature_dim = eqn.params['dimension_numbers'].rhs_spec[0]
     # Each output element costs one MAC per kernel weight of its feature.
     return 2.0 * math.prod(out) * math.prod(rhs) / rhs[out_feature_dim]
+  if name in _FLASH_ATTENTION:
+    (b, t, n, h), (_, s, _, _) = (v.aval.shape for v in eqn.invars[:2])
+    return _FLASH_ATTENTION[name] * 4.0 * b * n * t * s * h
   return 0.0
 
 

@@ -617,8 +617,8 @@ def train_case(name: str, config, tiny: bool, compile_only: bool,
       state, metrics = compiled(state, batch_arrays, frozen)
     jax.block_until_ready((state, metrics))
     warmup_s = (time.perf_counter() - t0) / WARMUP_STEPS
-    steps = max(1, min(_STEPS.value,
-                       int(time_left(_DEADLINE.value) // warmup_s)))
+    steps = max(1, int(min(_STEPS.value,
+                           time_left(_DEADLINE.value) // warmup_s)))
     print(f'warm-up {warmup_s:.3g} s/step; timing {steps} steps', flush=True)
     t0 = time.perf_counter()
     for _ in range(steps):
@@ -696,8 +696,10 @@ def run_case(name: str, row_path: str) -> None:
 
   def report(figures: dict) -> None:
     row.update(figures)
-    with open(row_path, 'w') as f:
+    # Whole or not at all: the launcher may kill this process at any time.
+    with open(row_path + '.tmp', 'w') as f:
       json.dump(row, f, indent=2)
+    os.replace(row_path + '.tmp', row_path)
 
   # Compile times are to be real compiles, not persistent-cache hits.
   jax.config.update('jax_enable_compilation_cache', False)

@@ -34,3 +34,26 @@ def test_scan_bodies_count_per_iteration():
 
   fn = lambda h: jax.lax.scan(body, h, None, length=5)[0]
   assert count_flops(fn, jnp.zeros((4, 6))) == 5 * 2 * 4 * 6 * 6
+
+
+def test_flash_attention_counts_as_xla_attention(monkeypatch):
+  """cuDNN's attention is one primitive each way (0 FLOPs before, so MFU
+  dropped by its share): traced here as on a GPU with cuDNN 9.10."""
+  from jax._src.cudnn import fused_attention_stablehlo as cudnn  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(cudnn, 'check_cudnn_version', lambda: 91000)
+  monkeypatch.setattr(cudnn, 'check_compute_capability', lambda c: True)
+  monkeypatch.setattr(cudnn, 'is_cuda_compute_capability_equal',
+                      lambda c: False)
+  q = jnp.zeros((2, 16, 4, 32), jnp.bfloat16)
+  k = jnp.zeros((2, 24, 4, 32), jnp.bfloat16)
+
+  def attend(implementation):
+    return lambda q, k, v: jax.nn.dot_product_attention(
+        q, k, v, implementation=implementation).astype(jnp.float32).sum()
+
+  forward = 4 * 2 * 4 * 16 * 24 * 32
+  for implementation in ('cudnn', 'xla'):
+    fn = attend(implementation)
+    assert count_flops(fn, q, k, k) == forward
+    grad = jax.grad(fn, argnums=(0, 1, 2))
+    assert count_flops(grad, q, k, k) == 3 * forward

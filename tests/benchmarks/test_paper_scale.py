@@ -102,3 +102,18 @@ def test_more_microbatches_fit_the_budget_by_estimate():
   # From 2 microbatches (40 bytes of activations each): 4 halves them.
   memory = {'peak_estimate_bytes': 60, 'temp_bytes': 40}
   assert budget.more_microbatches(memory, 2, 8, budget=40) == 4
+
+
+def test_every_paper_config_builds_without_pil():
+  """The lent GPU image has no Pillow: the configs (whose base names the
+  built-in photos) and the benchmark's cases build without it; only reading
+  photos imports it."""
+  code = ('import sys; sys.modules["PIL"] = None\n'
+          'import jax; from benchmarks import paper_scale as ps\n'
+          'for name in ps.CASES: ps.case_config(name, False, 0, [])\n'
+          'print("built", len(ps.CASES))')
+  proc = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                        text=True, timeout=300, cwd=paths.ROOT,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.strip() == 'built 12'

@@ -90,6 +90,10 @@ def test_when_flash_attention_is_asked_for(dtype, head_dim, masked, platform,
   q = jnp.zeros((2, 16, 4, head_dim), dtype)
   mask = jnp.ones((2, 1, 16, 16), bool) if masked else None
   assert attention.cudnn_applies(q, q, mask, platform) == applies
+  # An odd length (MaskGIT's 256 tokens + class) never asks: jax's cuDNN
+  # training path refuses it, too late for the fallback inside a scan.
+  odd = jnp.zeros((2, 17, 4, head_dim), dtype)
+  assert not attention.cudnn_applies(odd, odd, None, platform)
 
 
 def test_a_gpu_without_flash_attention_falls_back_to_xla(monkeypatch):

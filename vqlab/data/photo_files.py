@@ -12,7 +12,6 @@ import importlib.util
 import os
 
 import numpy as np
-from PIL import Image
 
 # name -> (installed package, file path inside the package's folder, description).
 PHOTOS: dict[str, tuple[str, str, str]] = {
@@ -67,6 +66,7 @@ def load_photo(name: str) -> np.ndarray:
 
   Cached: each photo is decoded once per process. Do not modify the returned array.
   """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
   with Image.open(photo_path(name)) as image:
     rgb = np.asarray(image.convert('RGB'), dtype=np.uint8)
   rgb.setflags(write=False)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ml_collections
 import numpy as np
-from PIL import Image
 
 from vqlab.data import base
 from vqlab.data import photo_files
@@ -53,6 +52,7 @@ class _Pyramid:
   """A photo and its successive 2x reductions, coarse enough to serve `image_size` crops."""
 
   def __init__(self, photo: np.ndarray, image_size: int):
+    from PIL import Image  # pylint: disable=g-import-not-at-top
     self.height, self.width = photo.shape[:2]
     level = Image.fromarray(np.ascontiguousarray(photo))
     self.levels = [level]
@@ -66,6 +66,7 @@ class _Pyramid:
 
     Resamples from the coarsest level on which the crop still spans >= image_size pixels.
     """
+    from PIL import Image  # pylint: disable=g-import-not-at-top
     k = len(self.levels) - 1
     while k > 0 and side * self.levels[k].size[1] / self.height < image_size:
       k -= 1
@@ -114,6 +115,7 @@ def eval_tiles(photo: np.ndarray, tiles_per_side: int,
   """
   side, rows, cols, top, left = _tile_grid(photo.shape[0], photo.shape[1],
                                            tiles_per_side)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
   image = Image.fromarray(np.ascontiguousarray(photo))
   tiles = []
   for r in range(rows):

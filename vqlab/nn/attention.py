@@ -76,12 +76,16 @@ def cudnn_applies(query: jax.Array, key: jax.Array, mask: jax.Array | None,
   """Whether `dot_product_attention` asks for cuDNN's flash attention:
   query [B, Lq, H, D] and key [B, Lk, H, D] in half precision on a GPU
   (`platform`, e.g. jax.default_backend()), D a multiple of 8 and at most
-  128, and no mask array (causal masking is a flag cuDNN takes)."""
+  128, Lq and Lk even, and no mask array (causal masking is a flag cuDNN
+  takes). jax refuses odd lengths only when the attention is differentiated,
+  and inside a scan its error comes after the fallback below could catch it
+  (MaskGIT's 257 tokens): odd lengths never ask."""
   head_dim = query.shape[-1]
   return (platform == 'gpu' and mask is None and
           query.dtype in _CUDNN_DTYPES and key.dtype == query.dtype and
           head_dim % _CUDNN_HEAD_DIM_MULTIPLE == 0 and
-          head_dim <= _CUDNN_MAX_HEAD_DIM)
+          head_dim <= _CUDNN_MAX_HEAD_DIM and query.shape[1] % 2 == 0 and
+          key.shape[1] % 2 == 0)
 
 
 def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
