@@ -151,6 +151,8 @@ def test_run_length_is_fixed_where_the_learning_rate_decays_over_it(tmp_path):
       ConfigError, match=r'^train.num_steps: differs .* Its '
       'learning rate decays to 0 at train.num_steps'):
     run_record.check(longer, workdir, allow_change=False)
+  # Evaluating or sampling the run trains nothing: its length is free there.
+  assert not run_record.check(longer, workdir, allow_change=False, trains=False)
 
 
 def test_the_record_may_change_only_before_the_first_checkpoint(

@@ -144,7 +144,8 @@ class Experiment:
     _pin_newest_steps(config, workdir)
     self.config_changes = run_record.check(
         config, workdir, allow_config_change,
-        checkpointed=checkpoint_lib.newest_step(workdir) is not None)
+        checkpointed=checkpoint_lib.newest_step(workdir) is not None,
+        trains=lock == 'train')
     # Data problems (a missing folder, an unreadable image) stop the run
     # before anything is written to the workdir.
     self.task: Task = tasks.get(config.task).build(config, workdir)

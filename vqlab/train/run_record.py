@@ -131,15 +131,16 @@ def _decays_over_the_run(flat: dict[str, Any]) -> bool:
       for k, v in flat.items())
 
 
-def differences(saved: dict[str, Any],
-                config: ml_collections.ConfigDict) -> dict[str, tuple]:
+def differences(saved: dict[str, Any], config: ml_collections.ConfigDict,
+                trains: bool = True) -> dict[str, tuple]:
   """{dotted key: (saved value, new value)} for every key that differs and is
-  not free to change (train.num_steps is not where the run's learning rate
-  decays to it: another length moves the rate of every step left). Keys only
-  one side has (added or removed by another vqlab version) are not
-  differences."""
+  not free to change (for a run that `trains` on, train.num_steps is not
+  where its learning rate decays to it: another length moves the rate of
+  every step left). Keys only one side has (added or removed by another
+  vqlab version) are not differences."""
   old, new = _flatten(saved), _flatten(as_json_tree(config))
-  fixed = {'train.num_steps'} if _decays_over_the_run(old) else set()
+  fixed = ({'train.num_steps'}
+           if trains and _decays_over_the_run(old) else set())
   return {
       k: (old[k], new[k])
       for k in sorted(old.keys() & new.keys())
@@ -159,7 +160,8 @@ def describe(changed: dict[str, tuple], limit: int = 4) -> str:
 
 
 def check(config: ml_collections.ConfigDict, workdir: str, allow_change: bool,
-          checkpointed: bool | None = None) -> dict[str, tuple]:
+          checkpointed: bool | None = None,
+          trains: bool = True) -> dict[str, tuple]:
   """Compares `config` with the run's saved config; writes nothing.
 
   Args:
@@ -170,6 +172,8 @@ def check(config: ml_collections.ConfigDict, workdir: str, allow_change: bool,
       not known). A run without one has kept nothing: its record may change
       freely. One with checkpoints but no record is refused unless
       allow_change.
+    trains: the config trains the run on (False: eval, sampling, tokenizing,
+      where the run's length does not matter).
 
   Returns:
     The differences let through ({} when none).
@@ -187,7 +191,7 @@ def check(config: ml_collections.ConfigDict, workdir: str, allow_change: bool,
           'continue them with this config (recorded from then on), or use '
           'another --workdir')
     return {}
-  changed = differences(saved, config)
+  changed = differences(saved, config, trains)
   if changed and checkpointed is False:
     print(
         f'vqlab: the run in {workdir} saved no checkpoint, so its config may '
