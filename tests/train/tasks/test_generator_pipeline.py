@@ -24,6 +24,7 @@ from vqlab import data as data_lib
 from vqlab.data import token_shards
 from vqlab.errors import CheckpointError
 from vqlab.errors import ConfigError
+from vqlab.errors import DataError
 from vqlab.evals import fid
 from vqlab.generators import maskgit
 from vqlab.train import experiment
@@ -335,7 +336,7 @@ def test_data_with_more_classes_than_the_model_is_a_config_error(
 def test_missing_tokens_or_tokenizer_are_one_line_errors(
     tokenizer_dir, tmp_path):
   config = tiny.generator_config(tokenizer_dir)
-  with pytest.raises(Exception, match='no token shards .* --mode=tokenize'):
+  with pytest.raises(DataError, match='no token shards .* --mode=tokenize'):
     experiment.Experiment(config, str(tmp_path), _devices())
   with pytest.raises(CheckpointError, match='no checkpoint in .*typo'):
     sampling.sample(config, str(tmp_path / 'typo'), devices=_devices())
