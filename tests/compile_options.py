@@ -6,3 +6,18 @@ FAST_COMPILE = {
     'xla_backend_optimization_level': 0,
     'xla_llvm_disable_expensive_passes': True
 }
+
+
+def encode(tokenizer, x):
+  """tokenizer.encode(its variables, x) as one compiled program (op by op, a
+  video tokenizer's encoder runs for seconds here)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.jit(tokenizer.encode,
+                 compiler_options=FAST_COMPILE)(tokenizer.variables, x)
+
+
+def reconstruct(tokenizer, x):
+  """tokenizer.decode of tokenizer.encode of x, as one compiled program."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.jit(lambda v, x: tokenizer.decode(v, tokenizer.encode(v, x)),
+                 compiler_options=FAST_COMPILE)(tokenizer.variables, x)

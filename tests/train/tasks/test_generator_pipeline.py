@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from tests import compile_options
 from tests import paths
 from tests import random_weight_files
 from tests import retrace
@@ -73,7 +74,7 @@ def test_tokenize_writes_the_tokenizers_indices_with_metadata(
   tok = trained_tokenizer.load(tokenizer_dir)
   source = data_lib.build(config.data, split='eval', global_batch_size=8)
   images = np.concatenate([b['image'][b['mask']] for b in source.batches()])
-  expected = np.asarray(tok.encode(tok.variables, images))
+  expected = np.asarray(compile_options.encode(tok, images))
   assert arrays['tokens'].dtype == np.int32
   np.testing.assert_array_equal(arrays['tokens'], expected)
   train, _ = token_shards.load_split(directory, 'train')
@@ -431,7 +432,7 @@ def test_spatial_gpt_trains_on_shards_and_on_the_fly_alike_and_samples(
   images = np.concatenate([b['image'][b['mask']] for b in source.batches()])
   np.testing.assert_array_equal(
       arrays['cond_tokens'],
-      tok.encode(tok.variables, spatial_conditions.downsampled(images, 4)))
+      compile_options.encode(tok, spatial_conditions.downsampled(images, 4)))
   # Shards: train, then eval (its picture: samples on eval conditions).
   workdir = str(tmp_path / 'shards')
   shutil.copytree(summary['tokens_dir'], os.path.join(workdir, 'tokens'))
@@ -543,7 +544,7 @@ def test_condition_tokens_come_from_the_condition_tokenizer(
   source = data_lib.build(config.data, split='eval', global_batch_size=8)
   images = np.concatenate([b['image'][b['mask']] for b in source.batches()])
   conditions = spatial_conditions.downsampled(images, 4)
-  want = np.asarray(cond_tok.encode(cond_tok.variables, conditions))
+  want = np.asarray(compile_options.encode(cond_tok, conditions))
   np.testing.assert_array_equal(arrays['cond_tokens'], want)
   # The image tokens are still the generator's tokenizer's.
   same, _ = token_shards.load_split(spatial_shards[1]['tokens_dir'], 'eval')
