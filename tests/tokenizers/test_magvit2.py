@@ -242,25 +242,18 @@ def test_rejects_bad_inputs(tiny):
                 method=model.decode_indices)
 
 
-def test_rematerialized_res_blocks_keep_the_params_and_gradients(tiny):
-  model, variables, _ = tiny
+def test_rematerialized_res_blocks_keep_the_param_tree(tiny):
+  # Same param tree (names included) as without remat: checkpoints move
+  # between the two. Its gradients: the scanned test below, whose
+  # width-changing and single blocks run rematerialized but unscanned.
+  _, variables, _ = tiny
   config = _config()
   config.remat_policy = 'full'
   rematerialized = tokenizers.build(config)
-  x = _video((1, 5, 8, 8, 3))
-  # Same param tree (names included): checkpoints move between the two.
+  x = jax.ShapeDtypeStruct((1, 5, 8, 8, 3), jnp.float32)
   assert (jax.tree.structure(
       jax.eval_shape(rematerialized.init, jax.random.key(0),
                      x)) == jax.tree.structure(variables))
-
-  def grads(m):
-    loss = lambda p: jnp.sum(m.apply({**variables, 'params': p}, x)[0]**2)
-    return jax.jit(jax.grad(loss),
-                   compiler_options=FAST_COMPILE)(variables['params'])
-
-  jax.tree.map(
-      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-      grads(rematerialized), grads(model))
 
 
 def test_scanned_res_blocks_compute_the_same_function():

@@ -26,6 +26,7 @@ from vqlab.train import experiment
 from vqlab.train import experiment_config
 from vqlab.train import loop
 from vqlab.train import run_record
+from vqlab.train import trained_tokenizer
 from vqlab.train.tasks import proxy_codes
 from vqlab.train.tasks import tokenizer
 
@@ -93,6 +94,42 @@ def test_stage1_proxy_code_cross_entropy_decreases(stage1):
   assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.2, losses
   # Eval decodes TiTok's predicted codes with the VQGAN and scores them.
   assert np.isfinite(result['psnr']) and 0 < result['codebook_usage'] <= 1
+
+
+def test_stage1_proxy_ce_is_the_cross_entropy_of_the_proxy_vqgan_codes(
+    stage1, proxy_dir, tmp_path):
+  """Step 1's reported proxy_ce, recomputed: the init params' logits
+  [B, h, w, K] against the codes [B, h, w] that the proxy run, loaded on its
+  own, gives the first batch (a transposed or misordered grid would still
+  train down, so the decrease above cannot see it)."""
+  _, _, losses = stage1
+  config = _stage1_config(proxy_dir, 16)
+  # The loop's first step: the fresh init and the first train batch (no
+  # dropout in TiTok's tiny config, a deterministic VQ).
+  exp = experiment.Experiment(config, str(tmp_path), _devices())
+  assert exp.config.model.dropout_rate == 0
+  state, _ = exp.initial_state()
+  exp.checkpointer.close()
+  images = next(exp.train_data.batches(0))['image']
+  proxy = trained_tokenizer.load(proxy_dir)
+  codes = np.asarray(jax.jit(proxy.encode)(proxy.variables, images))
+  model = exp.task.model
+  logits = jax.jit(lambda v, x: model.apply(v, x, train=False)[0])({
+      'params': state.params['generator'],
+      **state.model_state
+  }, images)
+  logits = np.asarray(logits, np.float64)
+  assert codes.shape == (8, 8, 8) and logits.shape == (8, 8, 8, 32)
+  # The grid is not symmetric, so a transposed target would score otherwise.
+  assert np.mean(codes != codes.swapaxes(1, 2)) > 0.3
+  log_p = logits - logits.max(-1, keepdims=True)
+  log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+  a = config.loss.label_smoothing
+  nll = -np.take_along_axis(log_p, codes[..., None], -1)[..., 0]
+  want = np.mean((1 - a) * nll - a * log_p.mean(-1))
+  # Float32 agrees to ~1e-7; a transposed grid is off by ~7e-3, the rows in
+  # reverse order by ~2e-3.
+  np.testing.assert_allclose(losses[0], want, rtol=1e-5)
 
 
 @pytest.mark.parametrize('key, value, message', [
