@@ -16,7 +16,9 @@ from tests import tiny
 from tests.compile_options import FAST_COMPILE
 from vqlab import quantizers
 from vqlab.errors import ConfigError
+from vqlab.losses import contrastive
 from vqlab.losses import perceptual
+from vqlab.losses import vgg_features
 from vqlab.train import experiment_config
 from vqlab.train.tasks import tokenizer
 
@@ -36,10 +38,10 @@ def _task(mutate):
 
 
 def _batch_and_state(task):
-  """A batch of 8 random 16x16 images and the task's initial state."""
+  """A batch of 2 random 16x16 images and the task's initial state."""
   batch = {
       'image':
-          jax.random.uniform(jax.random.key(0), (8, 16, 16, 3), minval=-1,
+          jax.random.uniform(jax.random.key(0), (2, 16, 16, 3), minval=-1,
                              maxval=1)
   }
   state = jax.jit(task.init, compiler_options=FAST_COMPILE)(jax.random.key(1),
@@ -47,12 +49,60 @@ def _batch_and_state(task):
   return batch, state
 
 
-def _first_step(task):
+def _first_step(task, loss_state=None):
+  """(x, state, new state, metrics) of a train step with key(2) from the
+  initial state, with `loss_state` in place of its own if given."""
   batch, state = _batch_and_state(task)
+  if loss_state is not None:
+    state = state.replace(loss_state=loss_state)
   x = batch['image']
   step = jax.jit(task.train_step, compiler_options=FAST_COMPILE)
   new_state, metrics = step(state, batch, jax.random.key(2), task.frozen)
   return x, state, new_state, jax.device_get(metrics)
+
+
+def _train_forward(task, state, x, rng):
+  """(x_rec, quantizer output, PCL key) of the generator pass of a train
+  step with key `rng` on a batch of one input array and one microbatch (its
+  key is rng folded with the input's index 0, split in three)."""
+  dropout_rng, q_rng, pcl_rng = jax.random.split(jax.random.fold_in(rng, 0), 3)
+  (x_rec, q_out, _), _ = task.model.apply(
+      {
+          'params': state.params['generator'],
+          **state.model_state
+      }, x, train=True, method=task.model.forward_with_features, rngs={
+          'dropout': dropout_rng,
+          'quantizer': q_rng
+      }, mutable=list(state.model_state))
+  return x_rec, q_out, pcl_rng
+
+
+def _discriminator_on(task, state, x, rng):
+  """The discriminator's (logits, R1) on x and on the reconstruction of the
+  train step with key `rng`; R1 = the mean over examples of
+  ||d sum_i D(x)_i / dx||^2."""
+
+  def logits_and_r1(images):
+    d = lambda v: task.discriminator.apply(
+        {'params': state.params['discriminator']}, v)
+    grads = jax.grad(lambda v: jnp.sum(d(v)))(images)
+    return d(images), jnp.mean(
+        jnp.sum(grads.reshape(len(images), -1)**2, axis=-1))
+
+  def both(state):
+    return logits_and_r1(x), logits_and_r1(
+        _train_forward(task, state, x, rng)[0])
+
+  return jax.device_get(jax.jit(both, compiler_options=FAST_COMPILE)(state))
+
+
+def _d_adv(gan_loss, real, fake):
+  """The discriminator's GAN loss of its logits on real and fake images."""
+  if gan_loss == 'hinge':
+    return 0.5 * (np.mean(np.maximum(1 - real, 0)) +
+                  np.mean(np.maximum(1 + fake, 0)))
+  assert gan_loss == 'non_saturating'  # -log sigmoid(r) - log(1 - sigmoid(f))
+  return np.mean(np.logaddexp(0, -real)) + np.mean(np.logaddexp(0, fake))
 
 
 def test_lpips_term_is_weighted_lpips_of_the_reconstruction(weights_dir):
@@ -95,6 +145,7 @@ def test_steps_before_disc_start_leave_the_gan_terms_out_to_the_same_state():
   def mutate(config):
     config.loss.disc_start = 1
     config.loss.lecam_weight = 0.1
+    config.loss.gan_loss = 'non_saturating'
 
   task = _task(mutate)
   assert task.train_step_options(0) == {'gan_terms': False}
@@ -116,6 +167,10 @@ def test_steps_before_disc_start_leave_the_gan_terms_out_to_the_same_state():
       'g_adv', 'd_adv', 'logits_real', 'logits_fake', 'lecam'
   }
   assert with_metrics['g_adv'] != 0
+  (real, _), (fake, _) = _discriminator_on(task, state, batch['image'],
+                                           jax.random.key(2))
+  np.testing.assert_allclose(with_metrics['d_adv'],
+                             _d_adv('non_saturating', real, fake), rtol=1e-5)
   for key, value in without_metrics.items():
     np.testing.assert_allclose(value, with_metrics[key], rtol=1e-6, err_msg=key)
   jax.tree.map(
@@ -177,7 +232,7 @@ def test_pcl_needs_regularized_quantizer_and_trains(weights_dir):
 
   def regularized(config):
     config.weights_dir = weights_dir
-    config.loss.pcl_weight = 1.0
+    config.loss.pcl_weight = 0.5
     config.loss.pcl_num_patches = 8
     config.model.quantizer = quantizers.default_config('regularized')
     config.model.quantizer.codebook_size = 32
@@ -185,8 +240,21 @@ def test_pcl_needs_regularized_quantizer_and_trains(weights_dir):
 
   task = _task(regularized)
   assert set(task.frozen) == {'vgg19'}
-  _, state, new_state, metrics = _first_step(task)
-  assert np.isfinite(metrics['pcl_loss']) and metrics['pcl_loss'] > 0
+  x, state, new_state, metrics = _first_step(task)
+
+  @jax.jit
+  def direct(state, frozen):
+    x_rec, q_out, rng = _train_forward(task, state, x, jax.random.key(2))
+    features = lambda images: vgg_features.VGG19Features().apply(
+        {'params': frozen['vgg19']}, images)
+    weights = q_out.extras['pcl_weights']
+    return weights, 0.5 * contrastive.probabilistic_contrastive_loss(
+        features(x), features(x_rec), weights, rng, num_patches=8)
+
+  weights, want = direct(state, task.frozen)
+  # Weights that vary: constant ones would give the loss of any constant.
+  assert np.ptp(weights) > 0
+  np.testing.assert_allclose(metrics['pcl_loss'], want, rtol=1e-5)
   # The contrastive term reaches the generator.
   moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
                        state.params['generator'], new_state.params['generator'])
@@ -205,8 +273,25 @@ def test_lecam_r1_stylegan_and_generator_ema():
     config.ema.decay = 0.9
 
   task = _task(mutate)
-  x, state, new_state, metrics = _first_step(task)
-  assert metrics['r1'] > 0 and metrics['lecam'] > 0
+  # EMAs of a discriminator that tells real (0.5) from fake (-0.5).
+  ema = {'real': jnp.float32(0.5), 'fake': jnp.float32(-0.5)}
+  x, state, new_state, metrics = _first_step(task, {'lecam': ema})
+  (real, r1), (fake, r1_fake) = _discriminator_on(task, state, x,
+                                                  jax.random.key(2))
+  np.testing.assert_allclose(metrics['logits_real'], np.mean(real), rtol=1e-5)
+  np.testing.assert_allclose(metrics['logits_fake'], np.mean(fake), rtol=1e-5)
+  np.testing.assert_allclose(metrics['d_adv'], _d_adv('hinge', real, fake),
+                             rtol=1e-5)
+  # R1 of the real images, far from that of the reconstructions.
+  np.testing.assert_allclose(metrics['r1'], r1, rtol=1e-5)
+  assert abs(r1_fake / r1 - 1) > 0.1
+  # LeCam's code: every logit against the EMAs moved by this batch's means.
+  ema_real = 0.999 * 0.5 + 0.001 * np.mean(real)
+  ema_fake = 0.999 * -0.5 + 0.001 * np.mean(fake)
+  np.testing.assert_allclose(
+      metrics['lecam'],
+      np.mean(np.maximum(real - ema_fake, 0)**2) +
+      np.mean(np.maximum(ema_real - fake, 0)**2), rtol=1e-5)
   # disc_start = 0: the discriminator trains from the first step.
   moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
                        state.params['discriminator'],
@@ -216,26 +301,24 @@ def test_lecam_r1_stylegan_and_generator_ema():
       metrics['d_loss'],
       metrics['d_adv'] + 0.1 * metrics['lecam'] + 2.0 * metrics['r1'],
       rtol=1e-5)
-  # LeCam's EMAs start at 0 and move by (1 - 0.999) * the mean logits.
   lecam = jax.device_get(new_state.loss_state['lecam'])
-  np.testing.assert_allclose(lecam['real'], 0.001 * metrics['logits_real'],
-                             rtol=1e-5)
-  np.testing.assert_allclose(lecam['fake'], 0.001 * metrics['logits_fake'],
-                             rtol=1e-5)
+  np.testing.assert_allclose(lecam['real'], ema_real, rtol=1e-6)
+  np.testing.assert_allclose(lecam['fake'], ema_fake, rtol=1e-6)
   # EMA of the generator: 0.9 * old + 0.1 * new; eval uses it.
   expected = jax.tree.map(lambda o, n: 0.9 * o + 0.1 * n,
                           state.params['generator'],
                           new_state.params['generator'])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
                new_state.ema_params['generator'], expected)
-  batch = {'image': x, 'mask': jnp.ones((8,), bool)}
+  batch = {'image': x, 'mask': jnp.ones((2,), bool)}
   _, images = jax.jit(task.eval_step,
                       compiler_options=FAST_COMPILE)(new_state, batch,
                                                      task.frozen)
-  x_ema, _ = task.model.apply(
-      {
-          'params': new_state.ema_params['generator'],
-          **new_state.model_state
-      }, x, train=False)
+  x_ema, _ = jax.jit(
+      lambda state: task.model.apply(
+          {
+              'params': state.ema_params['generator'],
+              **state.model_state
+          }, x, train=False), compiler_options=FAST_COMPILE)(new_state)
   np.testing.assert_allclose(images['reconstructions'], jnp.clip(x_ema, -1, 1),
                              atol=1e-5)
