@@ -29,10 +29,9 @@ FROZEN = ('encoder', 'quantizer')
 # of GPU memory. Compiled peak per device at 128 images in these microbatches
 # (XLA:CPU, benchmarks/README.md): stage 1 S 40.7, B 38.2, L 33.7 GiB (in one
 # piece 80.5, 140.8, 328.6); stage 2, through the proxy VQGAN's decoder, S
-# 34.6, B 28.0, L 32.7 GiB (stage 1 measured before it kept the release's
-# EMA, which adds one copy of its params: 0.2 GiB for S, 2.3 for L; stage 2's
-# B and L before MaskGIT's discriminator). On more devices, lower it so that
-# it still divides the per-device batch.
+# 34.6, B 22.6, L 23.8 GiB (stage 1 measured before it kept the release's
+# EMA, which adds one copy of its params: 0.2 GiB for S, 2.3 for L). On more
+# devices, lower it so that it still divides the per-device batch.
 MICROBATCHES = {
     ('S', '1'): 2,
     ('S', '2'): 8,
