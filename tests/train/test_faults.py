@@ -39,6 +39,7 @@ from vqlab.train import pretokenize
 from vqlab.train import progress as progress_lib
 from vqlab.train import run_record
 from vqlab.train import workdir_lock
+from vqlab.train.tasks import generator
 
 STEPS = 5
 ROOT = paths.ROOT
@@ -288,6 +289,18 @@ def test_a_run_keeps_reading_the_tokenizer_step_it_started_from(
       })
   fresh = tiny.generator_config('/runs/tokenizer')
   assert pretokenize._tokenizer_step(fresh, str(tokens)) == 7  # pylint: disable=protected-access
+  # ...and a new generator run on them trains at their step, not at the
+  # tokenizer's newest (9), which their check would refuse.
+  new_run = str(tmp_path / 'new_run')
+  made = generator.made_from(fresh, new_run)
+  assert made == {} and fresh.tokens.source == 'shards'  # Not its shards.
+  fresh.tokens.dir = str(tokens)
+  made = generator.made_from(fresh, new_run)
+  assert made == {'tokenizer.step': 7}
+  run_record.pin_newest_steps(fresh, new_run, newest.get, made_from=made)
+  assert fresh.tokenizer.step == 7
+  assert 'is step 7 of /runs/tokenizer, the step of what this run starts' in (
+      capsys.readouterr().out)
   fresh.tokenizer.step = 9  # Explicit: compared with the shards as before.
   assert pretokenize._tokenizer_step(fresh, str(tokens)) == 9  # pylint: disable=protected-access
   # A run recorded with -1 (before steps were pinned) keeps -1.

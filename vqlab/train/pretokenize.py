@@ -62,10 +62,9 @@ def _tokenizer_step(config, directory: str) -> int:
   already in `directory` when they are of the same tokenizer run: a rerun
   after that run trained on continues them."""
   step = config.tokenizer.step
-  old = token_shards.read_metadata(directory)
-  if step < 0 and old is not None and fileio.absolute(
-      old['tokenizer']['workdir']) == fileio.absolute(config.tokenizer.workdir):
-    step = old['tokenizer']['step']
+  made = generator.shards_tokenizer_step(config, directory)
+  if step < 0 and made is not None:
+    step = made
     if jax.process_index() == 0:
       print(
           f'vqlab: tokenizer.step = -1 reads step {step}, the step of the '

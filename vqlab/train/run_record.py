@@ -44,8 +44,9 @@ NEWEST_STEP_KEYS = (('tokenizer.step', 'tokenizer.workdir'),
 
 
 def pin_newest_steps(config: ml_collections.ConfigDict, workdir: str,
-                     newest_step: Callable[[str], int | None],
-                     announce: bool = True) -> None:
+                     newest_step: Callable[[str],
+                                           int | None], announce: bool = True,
+                     made_from: dict[str, int] | None = None) -> None:
   """Replaces each step -1 of NEWEST_STEP_KEYS in `config`, in place, by the
   step this run recorded (config.json), or for a new run by the newest step
   of that run (`newest_step(its workdir)`), which config.json then records.
@@ -53,6 +54,8 @@ def pin_newest_steps(config: ml_collections.ConfigDict, workdir: str,
   A run recorded with -1 (vqlab before 2026-12) keeps -1; an explicit step
   is left to the comparison with the record (run_record.check). `announce`:
   print a line for each step pinned or kept (process 0 of a run).
+  `made_from`: {step key: step} of outputs the workdir already holds for
+  the run (TaskSpec.made_from); a new run pins those steps instead.
   """
   saved = read(workdir) or {}
   for step_key, run_key in NEWEST_STEP_KEYS:
@@ -69,6 +72,15 @@ def pin_newest_steps(config: ml_collections.ConfigDict, workdir: str,
             f'vqlab: {step_key} = -1 reads step {recorded} of {run}, the '
             f'step this run started from (its newest is {newest}; name a '
             'step, with --allow_config_change, to switch)', flush=True)
+      continue
+    if made_from and step_key in made_from:
+      config[section][name] = made_from[step_key]
+      if announce:
+        print(
+            f'vqlab: {step_key} = -1 is step {made_from[step_key]} of {run}, '
+            'the step of what this run starts from in its workdir (its '
+            'token shards); it keeps reading that step (config.json)',
+            flush=True)
       continue
     newest = newest_step(run)
     if newest is not None:  # Else loading it says what is missing.

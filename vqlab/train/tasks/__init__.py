@@ -22,7 +22,7 @@ for _spec in (
                   subcomponents={'discriminator': discriminators.REGISTRY}),
     base.TaskSpec(name='generator', default_config=generator.default_config,
                   validate=generator.validate, model_registry=generators,
-                  build=generator.build),
+                  build=generator.build, made_from=generator.made_from),
     base.TaskSpec(name='titok_proxy', default_config=proxy_codes.default_config,
                   validate=proxy_codes.validate, model_registry=tokenizers,
                   build=proxy_codes.build),

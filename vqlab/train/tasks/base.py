@@ -119,6 +119,10 @@ class TaskSpec:
     build: (config, workdir) -> Task; reads what the task needs from disk.
     subcomponents: config section -> registry of the component its `name`
       selects (checked against that component's defaults).
+    made_from: (config, workdir) -> {step key: step} of the other runs
+      whose outputs the workdir already holds for this run (a generator's
+      token shards: its tokenizer's step); a new run's -1 of that key reads
+      that step, not the other run's newest.
   """
   name: str
   default_config: Callable[[], ml_collections.ConfigDict]
@@ -126,6 +130,8 @@ class TaskSpec:
   model_registry: Any
   build: Callable[[ml_collections.ConfigDict, str], Task]
   subcomponents: dict[str, Any] = dataclasses.field(default_factory=dict)
+  made_from: Callable[[ml_collections.ConfigDict, str], dict[str,
+                                                             int]] | None = None
 
 
 def accumulate_gradients(grads_fn: Callable[[Batch, jax.Array, Any],

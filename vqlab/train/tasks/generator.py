@@ -249,6 +249,29 @@ def tokens_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
   return config.tokens.dir or os.path.join(workdir, 'tokens')
 
 
+def shards_tokenizer_step(config: ml_collections.ConfigDict,
+                          directory: str) -> int | None:
+  """The step of the tokenizer whose token shards `directory` holds, when
+  that is the run `tokenizer.workdir` names; else None (no shards, or
+  another run's)."""
+  old = token_shards.read_metadata(directory)
+  if old is None or fileio.absolute(
+      old['tokenizer']['workdir']) != fileio.absolute(config.tokenizer.workdir):
+    return None
+  return old['tokenizer']['step']
+
+
+def made_from(config: ml_collections.ConfigDict,
+              workdir: str) -> dict[str, int]:
+  """{'tokenizer.step': the step of the token shards this run trains on}
+  (TaskSpec.made_from): a new run on shards made from an older step of its
+  tokenizer pins that step, as --mode=tokenize continues them."""
+  if config.tokens.source != 'shards':
+    return {}
+  step = shards_tokenizer_step(config, tokens_dir(config, workdir))
+  return {} if step is None else {'tokenizer.step': step}
+
+
 def _where(tok: trained_tokenizer.TrainedTokenizer) -> str:
   return f'the tokenizer in {tok.workdir!r} (step {tok.step})'
 
