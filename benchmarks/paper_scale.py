@@ -121,6 +121,7 @@ from vqlab import data as data_lib
 from vqlab import tokenizers
 from vqlab.losses import perceptual
 from vqlab.losses import vgg_features
+from vqlab.nn import attention
 from vqlab.train import experiment
 from vqlab.train import experiment_config
 from vqlab.train import partitioning
@@ -939,8 +940,13 @@ def launch() -> None:
   logdir = tempfile.mkdtemp(prefix='paper_scale_')
   print(f'{len(jobs)} cases; logs in {logdir}', flush=True)
   start, rows, device, path = time.time(), {}, None, _JSON.value
+  # The attention switch is part of what made the rows (its own JSON file
+  # is a convention only).
+  variable = attention.IMPLEMENTATION_VARIABLE
+  prefix = ([f'{variable}={os.environ[variable]}']
+            if variable in os.environ else [])
   run = {
-      'command': ' '.join(['python'] + sys.argv),
+      'command': ' '.join(prefix + ['python'] + sys.argv),
       'date': datetime.datetime.now().astimezone().isoformat(timespec='seconds')
   }
   for i, job in enumerate(jobs):

@@ -42,7 +42,9 @@ def _gpt_flops_by_hand(batch: int) -> float:
   return 3 * batch * (2 * weights * tokens + attention)
 
 
-def test_compile_only_rows_timeouts_and_unknown_keys(tmp_path):
+def test_compile_only_rows_timeouts_and_unknown_keys(tmp_path, monkeypatch):
+  # XLA's attention (the only path on CPU), recorded with the command.
+  monkeypatch.setenv('VQLAB_ATTENTION', 'xla')
   results, stdout = _run(
       tmp_path, '--cases=gpt,maskgit_sample,vqgan_taming,titok_s128_stage1',
       '--case_timeouts=titok_s128_stage1=0.001', '--set=model.vocab_size=512',
@@ -50,6 +52,7 @@ def test_compile_only_rows_timeouts_and_unknown_keys(tmp_path):
   assert results['device']['platform'] == 'cpu'
   assert results['jax'] and results['date']
   assert '--compile_only' in results['command']
+  assert results['command'].startswith('VQLAB_ATTENTION=xla python ')
   rows = results['rows']
   suffix = ' memory_budget_gib=1e-06 model.vocab_size=512'
   assert sorted(rows) == sorted(
