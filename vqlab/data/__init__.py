@@ -25,7 +25,9 @@ Modules are imported on first use, so TensorFlow loads only for the tfds and fol
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+from typing import Iterator
 
 import ml_collections
 
@@ -156,12 +158,20 @@ def build(config: ml_collections.ConfigDict, *, split: str,
                        process_index=process_index, process_count=process_count)
 
 
-def build_for_run(config: ml_collections.ConfigDict, **kwargs) -> DataSource:
-  """`build` for a command-line run: a bad data value or a missing file is
-  a DataError (one line naming it); a bad key stays a ConfigError."""
+@contextlib.contextmanager
+def data_errors() -> Iterator[None]:
+  """For a command-line run's data: a bad data value or a missing file
+  raised inside is a DataError (one line naming it); a bad key stays a
+  ConfigError and a missing weight file a WeightsError."""
   try:
-    return build(config, **kwargs)
+    yield
   except (ConfigError, WeightsError):
     raise
   except (ValueError, FileNotFoundError) as e:
     raise DataError(str(e)) from e
+
+
+def build_for_run(config: ml_collections.ConfigDict, **kwargs) -> DataSource:
+  """`build` under `data_errors`."""
+  with data_errors():
+    return build(config, **kwargs)

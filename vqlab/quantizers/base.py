@@ -81,10 +81,13 @@ def code_metrics(counts: dict[str, jax.Array]) -> dict[str, jax.Array]:
 def train_metrics(out: QuantizerOutput,
                   prefix: str = 'quantizer/') -> dict[str, Any]:
   """A task's metrics of one quantizer call: `out.metrics` under `prefix`,
-  with its histograms (prefix + CODE_COUNTS) for batch_code_metrics."""
-  metrics = {prefix + k: v for k, v in out.metrics.items()}
-  if CODE_COUNTS in out.extras:
-    metrics[prefix + CODE_COUNTS] = out.extras[CODE_COUNTS]
+  its histograms (prefix + CODE_COUNTS) in place of the usage and perplexity
+  they give, which batch_code_metrics computes once for the whole step."""
+  counts = out.extras.get(CODE_COUNTS, {})
+  derived = {name + s for s in counts for name in ('usage', 'perplexity')}
+  metrics = {prefix + k: v for k, v in out.metrics.items() if k not in derived}
+  if counts:
+    metrics[prefix + CODE_COUNTS] = counts
   return metrics
 
 

@@ -17,9 +17,6 @@ import numpy as np
 from vqlab import config_schema
 from vqlab import data as data_lib
 from vqlab import fileio
-from vqlab.errors import ConfigError
-from vqlab.errors import DataError
-from vqlab.errors import WeightsError
 from vqlab.evals import accumulator
 from vqlab.train import batched_draws
 from vqlab.train import checkpoint as checkpoint_lib
@@ -84,19 +81,15 @@ def _build_data(config: ml_collections.ConfigDict, split: str,
                 global_batch_size: int, task: Task) -> data_lib.DataSource:
   """This host's data source (the task's own when it has one, e.g. token
   shards); bad values or missing files -> DataError."""
-  try:
+  with data_lib.data_errors():
     source = task.data_source(split, global_batch_size, jax.process_index(),
                               jax.process_count())
-  except (ConfigError, WeightsError):
-    raise
-  except (ValueError, FileNotFoundError) as e:
-    raise DataError(str(e)) from e
-  if source is not None:
-    return source
-  return data_lib.build_for_run(config, split=split,
-                                global_batch_size=global_batch_size,
-                                process_index=jax.process_index(),
-                                process_count=jax.process_count())
+    if source is not None:
+      return source
+    return data_lib.build(config, split=split,
+                          global_batch_size=global_batch_size,
+                          process_index=jax.process_index(),
+                          process_count=jax.process_count())
 
 
 def _pin_newest_steps(config: ml_collections.ConfigDict, workdir: str) -> None:
