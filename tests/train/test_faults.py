@@ -366,6 +366,45 @@ def test_reading_another_runs_checkpoint_out_of_memory_is_not_corruption(
   assert step == STEPS and 'generator' in tree['params']
 
 
+@pytest.mark.parametrize('asked', [None, 4])
+def test_reading_a_step_another_run_deletes_meanwhile_is_not_corruption(
+    tmp_path, monkeypatch, asked):
+  """A generator starting beside its tokenizer's run in progress: the
+  tokenizer saves step 6 and deletes step 4 (max_to_keep = 1) while step 4
+  is read. The newest asked for reads step 6; step 4 asked for is gone, and
+  the error says so instead of 'missing or corrupt'."""
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=5)
+  for step in (4, 6):
+    checkpointer.save(step, {'w': jnp.arange(6.0) * step})
+  checkpointer.wait()
+  checkpoints = tmp_path / 'checkpoints'
+  shutil.move(checkpoints / '6', tmp_path / 'next_save')
+  restore = checkpoint_lib.ocp.CheckpointManager.restore
+  reads = []
+
+  def restore_while_the_other_run_moves_on(manager, step, *args, **kwargs):
+    if not reads:
+      shutil.move(tmp_path / 'next_save', checkpoints / '6')
+      shutil.rmtree(checkpoints / str(step) / 'default')
+      shutil.rmtree(checkpoints / str(step))
+    reads.append(step)
+    return restore(manager, step, *args, **kwargs)
+
+  monkeypatch.setattr(checkpoint_lib.ocp.CheckpointManager, 'restore',
+                      restore_while_the_other_run_moves_on)
+  if asked is None:
+    tree, step = checkpoint_lib.restore_on_host(str(tmp_path))
+    assert reads == [4, 6] and step == 6
+    np.testing.assert_array_equal(tree['w'], np.arange(6.0) * 6)
+  else:
+    with pytest.raises(CheckpointError) as e:
+      checkpoint_lib.restore_on_host(str(tmp_path), asked, 'tokenizer.step')
+    assert 'no checkpoint at step 4' in str(e.value)
+    assert 'steps there: [6]' in str(e.value)
+    assert 'deleted it since' in str(e.value)
+    assert 'corrupt' not in str(e.value)
+
+
 def test_a_run_that_cannot_save_stops_before_it_trains(run_copy, monkeypatch):
   """E.g. a checkpoint directory (or bucket) without write access."""
   write = checkpoint_lib.fileio.write_atomically

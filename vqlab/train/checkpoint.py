@@ -612,20 +612,64 @@ def restore_on_host(workdir: str, step: int | None = None,
   Returns:
     (tree of dicts like the saved TrainState, step).
 
+  A step the other run deletes while it is read (it trains on, with its
+  train.max_to_keep) is listed again: the newest then, or for a named
+  `step`, the error that it is gone.
+
   Raises:
-    CheckpointError: no such directory, no checkpoint, or an unreadable one.
+    CheckpointError: no such directory, no checkpoint, not that step, or an
+      unreadable one.
   """
   directory = os.path.join(fileio.absolute(workdir), 'checkpoints')
   if not fileio.isdir(directory):
     raise CheckpointError(f'no checkpoints in {workdir!r} ({directory} does '
                           'not exist): train that run first')
   manager = _read_only_manager(directory)
-  steps = sorted(manager.all_steps())
+  try:
+    # The other run may still train, deleting old steps as it saves
+    # (train.max_to_keep): a step that fails and is no longer listed was
+    # removed while read, not corrupt. The listing is made again.
+    for _ in range(_READ_PASSES):
+      read_step = _listed_step(directory, sorted(manager.all_steps()), step,
+                               step_key)
+      tree, failure = Checkpointer._read(  # pylint: disable=protected-access
+          read_step, lambda s: manager.restore(
+              s, args=ocp.args.StandardRestore(
+                  _on_one_device(manager.item_metadata(s)))))
+      if failure is None:
+        return tree, read_step
+      manager.reload()
+      if read_step in manager.all_steps():
+        break
+    else:
+      raise CheckpointError(
+          f'the checkpoints in {directory} kept changing while they were '
+          'read: a run in progress saves and deletes them faster than they '
+          "can be read (raise that run's train.max_to_keep); run again")
+  finally:
+    manager.close()
+  path = os.path.join(directory, str(read_step))
+  if failure.kind == _TRANSIENT_FAILURE:
+    raise CheckpointError(
+        f'could not read checkpoint {path} ({failure.why}): memory, a '
+        'transient I/O error or a fault of this program, not a corrupt '
+        'checkpoint; run again (with more memory if it ran out)')
+  raise CheckpointError(
+      f'checkpoint {path} is missing or corrupt ({failure.why})')
+
+
+def _listed_step(directory: str, steps: list[int], step: int | None,
+                 step_key: str) -> int:
+  """`step` (None: the newest of `steps`), if listed.
+
+  Raises:
+    CheckpointError: no steps, or not that one (naming `step_key`).
+  """
   if not steps:
     raise CheckpointError(f'no checkpoint in {directory}: train that run first')
   if step is None:
-    step = steps[-1]
-  elif step not in steps:
+    return steps[-1]
+  if step not in steps:
     advice = (
         f' {step_key} = {step} names it (a -1 there is pinned to the newest '
         'step when a run starts, and config.json keeps it); if that run\'s '
@@ -635,19 +679,4 @@ def restore_on_host(workdir: str, step: int | None = None,
         '--mode=tokenize)' if step_key else '')
     raise CheckpointError(f'no checkpoint at step {step} in {directory}; '
                           f'steps there: {steps}.{advice}')
-  try:
-    tree = manager.restore(
-        step, args=ocp.args.StandardRestore(
-            _on_one_device(manager.item_metadata(step))))
-  except Exception as e:  # pylint: disable=broad-except
-    path = os.path.join(directory, str(step))
-    if _not_the_files(e):
-      raise CheckpointError(
-          f'could not read checkpoint {path} ({_first_line(e)}): memory, a '
-          'transient I/O error or a fault of this program, not a corrupt '
-          'checkpoint; run again (with more memory if it ran out)') from e
-    raise CheckpointError(
-        f'checkpoint {path} is missing or corrupt ({_first_line(e)})') from e
-  finally:
-    manager.close()
-  return tree, step
+  return step
