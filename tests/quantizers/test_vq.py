@@ -4,6 +4,7 @@ a hand computation. Round trips and input errors: test_all_quantizers.py."""
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -261,13 +262,13 @@ def test_restarted_codes_count_as_used_at_the_threshold():
   # its first step unless it got about threshold / (1 - decay) hits.
   cluster = jnp.array([5.0, 0.1, 0.1, 3.0])
   embed_sum = jnp.ones((4, 2))
-  candidates = jnp.arange(6.0).reshape(3, 2)
+  fresh = jnp.arange(8.0).reshape(4, 2)
   for threshold, reset in ((0.5, 1.0), (2.0, 2.0)):
-    counts, _, _, dead = vq.restart_dead_codes(jax.random.key(0), cluster,
-                                               embed_sum, candidates, threshold,
-                                               1e-5)
+    counts, _, codebook, dead = vq.restart_dead_codes(cluster, embed_sum, fresh,
+                                                      threshold, 1e-5)
     np.testing.assert_array_equal(dead, [False, True, True, False])
     np.testing.assert_allclose(counts, [5.0, reset, reset, 3.0])
+    np.testing.assert_array_equal(codebook[1:3], fresh[1:3])
   # With threshold 2 and decay 0.99, a restarted code hit 3 times in its
   # next step stays (2.01); one hit once is restarted again (1.99).
   counts, _, _ = vq.ema_update(counts, jnp.ones((4, 2)),
@@ -313,3 +314,81 @@ def test_pure_ema_update_and_laplace_smoothing():
   np.testing.assert_allclose(c, [2.5, 0.5, 1.5])
   np.testing.assert_allclose(e, [[4.5, 2.5], [0.5, 0.5], [1.5, 1.5]])
   np.testing.assert_allclose(codebook, [[1.8, 1.0], [1, 1], [1, 1]], rtol=1e-6)
+
+
+class _Tokenizer(nn.Module):
+  """A model holding the quantizer as tokenizers do (`.quantizer`)."""
+  quantizer: nn.Module
+
+  def __call__(self, z, train=False):
+    return self.quantizer(z, train=train)
+
+
+def _step_in_calls(model, variables, parts, key):
+  """A train step applying `model` once per array of `parts`, gathering the
+  EMA statistics as the train tasks do -> (new variables, restarted)."""
+  state = base.with_pending(model, variables)
+  for i, z in enumerate(parts):
+    _, new = model.apply(state, z, train=True,
+                         rngs={'quantizer': jax.random.fold_in(key, i)},
+                         mutable=base.mutable_collections(state))
+    state = {**state, **new}
+  state, metrics = base.apply_pending(model, state)
+  return state, metrics['quantizer/restarted']
+
+
+def test_a_step_in_several_calls_makes_one_ema_step_of_the_whole_batch():
+  """Microbatches (and joint image-video batches) apply the quantizer several
+  times per step: one EMA step of the whole batch, as one call makes. An EMA
+  step per call counted each code k times too few against the restart
+  threshold: at 2 calls a fifth of a healthy codebook restarted per step."""
+  model = _Tokenizer(_quantizer(decay=0.9, epsilon=1e-3, restart_threshold=1.0))
+  # Two vectors near each code, in calls of 3, 5 and 8 rows.
+  codebook = jax.random.normal(jax.random.key(10), (K, D))
+  z = jnp.repeat(codebook, 2,
+                 axis=0) + 0.01 * jax.random.normal(jax.random.key(11),
+                                                    (2 * K, D))
+  z = jax.random.permutation(jax.random.key(12), z)
+  stats = {
+      'codebook': codebook,
+      'cluster_size': 2.0 * jnp.ones(K),
+      'embed_sum': 2.0 * codebook
+  }
+  variables = {base.STATS: {'quantizer': stats}}
+  whole, restarted_whole = jax.jit(_step_in_calls,
+                                   static_argnums=0)(model, variables, [z],
+                                                     jax.random.key(0))
+  parts, restarted_parts = jax.jit(_step_in_calls,
+                                   static_argnums=0)(model, variables,
+                                                     [z[:3], z[3:8], z[8:]],
+                                                     jax.random.key(0))
+  assert base.PENDING not in whole and base.PENDING not in parts
+  assert float(restarted_whole) == float(restarted_parts) == 0.0
+  _, _, cluster, embed, book = _np_ema(stats, z, 0.9, 1e-3)
+  for new in (whole, parts):
+    new = new[base.STATS]['quantizer']
+    np.testing.assert_allclose(new['cluster_size'], cluster, rtol=1e-6)
+    np.testing.assert_allclose(new['embed_sum'], embed, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(new['codebook'], book, rtol=1e-5, atol=1e-6)
+
+
+def test_restart_candidates_of_a_step_in_several_calls_are_uniform_over_it():
+  """Each code's candidate is drawn from all the step's rows: a call with
+  three quarters of them gives about three quarters of the candidates."""
+  k = 4096
+  model = _Tokenizer(
+      vq.VectorQuantizer(codebook_size=k, embedding_dim=D, ema=True,
+                         restart_threshold=1e9))
+  variables = model.init({'params': jax.random.key(0)}, jnp.zeros((1, D)))
+  small = jnp.full((10, D), -1.0) + jnp.arange(10.0)[:, None] * 1e-3
+  large = jnp.full((30, D), 1.0) + jnp.arange(30.0)[:, None] * 1e-3
+  new, restarted = jax.jit(_step_in_calls, static_argnums=0)(model, variables,
+                                                             [small, large],
+                                                             jax.random.key(1))
+  assert float(restarted) == 1.0  # Every code is below the threshold.
+  fresh = np.asarray(new[base.STATS]['quantizer']['codebook'])
+  from_large = np.mean(fresh[:, 0] > 0)
+  assert abs(from_large - 0.75) < 3 * np.sqrt(0.75 * 0.25 / k)
+  # Within each call, uniform over its rows.
+  rows = np.round((fresh[fresh[:, 0] > 0, 0] - 1.0) * 1e3).astype(int)
+  assert np.bincount(rows, minlength=30).min() > 0

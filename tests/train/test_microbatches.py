@@ -4,6 +4,8 @@ the carry of its model and loss state threaded through), the video MaskGIT
 and TiTok's stage 1 train in 2 microbatches in test_magvit2_training.py,
 test_video_generation.py and test_titok_training.py."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -154,3 +156,42 @@ def test_a_tokenizer_trains_in_two_microbatches():
   assert 0 < float(metrics['quantizer/usage']) <= 1
   counter = new_state.model_state['quantizer_state']['quantizer']['step']
   assert int(counter) == 1
+
+
+def test_a_tokenizer_step_in_two_microbatches_moves_its_emas_once():
+  """The EMA codebook (with dead-code restarts) and LeCam's EMAs move once
+  per step, by the whole batch: with an EMA step per microbatch, codes went
+  dead at 2 microbatches that are alive at 1."""
+  config = tiny.tokenizer_config()
+  config.eval.lpips = config.eval.fid = 'off'
+  config.model.quantizer = quantizers.default_config('vq')
+  config.model.quantizer.update(codebook_size=32, embedding_dim=4, ema=True,
+                                decay=0.5, restart_threshold=1.2)
+  config.loss.update(disc_start=0, lecam_weight=0.1)
+  x = jax.random.uniform(jax.random.key(0), (8, 16, 16, 3), minval=-1, maxval=1)
+  steps = []
+  for microbatches in (1, 2):
+    config.train.microbatches = microbatches
+    task = tokenizer.build(experiment_config.validate(config, 1))
+    state = jax.jit(task.init)(jax.random.key(1), {'image': x})
+    new_state, metrics = jax.jit(task.train_step)(state, {
+        'image': x
+    }, jax.random.key(2), task.frozen)
+    steps.append(
+        jax.device_get((new_state.model_state[quantizer_base.STATS],
+                        new_state.loss_state, metrics)))
+  (stats_1, losses_1, metrics_1), (stats_2, losses_2, metrics_2) = steps
+  stats_1, stats_2 = stats_1['quantizer'], stats_2['quantizer']
+  # Codes used once or never in the batch restarted; the same ones.
+  assert 0 < metrics_1['quantizer/restarted'] < 1
+  assert metrics_2['quantizer/restarted'] == metrics_1['quantizer/restarted']
+  np.testing.assert_allclose(stats_2['cluster_size'], stats_1['cluster_size'],
+                             rtol=1e-6)
+  live = ~np.isclose(stats_1['cluster_size'], 1.2)  # Restarted: reset to 1.2.
+  np.testing.assert_allclose(stats_2['embed_sum'][live],
+                             stats_1['embed_sum'][live], rtol=1e-4, atol=1e-6)
+  # The PatchGAN's batch norm sees each microbatch apart, so the logits
+  # differ by a few percent; an EMA step per microbatch moved them twice.
+  assert losses_1['lecam']['real'] != 0
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=0.1),
+               losses_2, losses_1)

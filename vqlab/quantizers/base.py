@@ -142,6 +142,49 @@ def check_indices(indices: Any, codebook_size: int, who: str) -> None:
 # (`hold_step_counters`), so a schedule advances once per train step.
 STATS = 'quantizer_stats'  # EMA codebook statistics (vq with ema=True).
 STATE = 'quantizer_state'  # Step counter for schedules (gumbel, lfq annealing).
+# A train step's batch statistics for one EMA step, gathered over its calls
+# (with_pending, apply_pending); never in the TrainState.
+PENDING = 'quantizer_pending'
+
+
+def _ema_quantizer(model) -> Any:
+  """The EMA quantizer of tokenizer `model`, else None."""
+  quantizer = getattr(model, 'quantizer', None)
+  return quantizer if getattr(quantizer, 'ema', False) else None
+
+
+def with_pending(model, model_state: dict[str, Any]) -> dict[str, Any]:
+  """`model_state` (of tokenizer `model`) with zero pending statistics when
+  its quantizer learns by EMA: the step's calls then gather their batch
+  statistics there instead of each making an EMA step."""
+  if _ema_quantizer(model) is None or STATS not in model_state:
+    return model_state
+  _, pending = model.apply({STATS: model_state[STATS]},
+                           method=lambda m: m.quantizer.start_pending(),
+                           mutable=[PENDING])
+  return {**model_state, **pending}
+
+
+def mutable_collections(model_state: dict[str, Any]) -> list[str]:
+  """The collections a train call may change: all, but the EMA statistics
+  while the step gathers pending ones."""
+  return [c for c in model_state if not (c == STATS and PENDING in model_state)]
+
+
+def apply_pending(model, model_state: dict[str,
+                                           Any]) -> tuple[dict[str, Any], dict]:
+  """(model_state after the step's one EMA step, without the pending
+  statistics; {'quantizer/restarted': fraction}); unchanged and {} when
+  there are none."""
+  if PENDING not in model_state:
+    return model_state, {}
+  state = {k: v for k, v in model_state.items() if k != PENDING}
+  restarted, stats = model.apply(
+      {
+          STATS: state[STATS],
+          PENDING: model_state[PENDING]
+      }, method=lambda m: m.quantizer.apply_pending(), mutable=[STATS])
+  return {**state, **stats}, {'quantizer/restarted': restarted}
 
 
 def step_counter(module):

@@ -36,7 +36,13 @@ Options:
     step: the whole codebook re-drawn every step).
 
 The EMA statistics change only when `train=True` and `quantizer_stats` is
-mutable (the train task applies the model with every collection mutable).
+mutable. A train step that applies the model several times (microbatches,
+joint image-video batches) makes one EMA step from its whole batch, as one
+call would: each call adds its counts, sums and restart candidates to the
+step's pending statistics and the step applies them after its last call
+(base.with_pending / base.apply_pending). An EMA step per call would count
+each code about k times too few against `restart_threshold` (restarting
+codes that are alive) and decay k times per step.
 """
 
 import flax.linen as nn
@@ -103,28 +109,30 @@ def ema_update(cluster_size: jax.Array, embed_sum: jax.Array, counts: jax.Array,
   return cluster_size, embed_sum, codebook
 
 
-def restart_dead_codes(key: jax.Array, cluster_size: jax.Array,
-                       embed_sum: jax.Array, candidates: jax.Array,
-                       threshold: float, eps: float):
-  """Replaces codes with N_k < threshold by random rows of `candidates`.
+def draw_rows(key: jax.Array, flat: jax.Array, num: int) -> jax.Array:
+  """`num` rows of flat: [M, d] drawn uniformly, with replacement -> [num, d]
+  (a dead code's replacement candidates)."""
+  rows = jax.random.randint(key, (num,), 0, flat.shape[0])
+  return jnp.take(flat, rows, axis=0)
+
+
+def restart_dead_codes(cluster_size: jax.Array, embed_sum: jax.Array,
+                       fresh: jax.Array, threshold: float, eps: float):
+  """Replaces codes with N_k < threshold by their row of `fresh`.
 
   Args:
-    key: PRNG key choosing the rows.
     cluster_size: N [K]; embed_sum: S [K, d].
-    candidates: [M, d] recent encoder outputs (this batch's, in lookup space).
+    fresh: [K, d] each code's candidate, an encoder output of the batch
+      (draw_rows; in lookup space).
     threshold: codes with N_k below it are dead.
     eps: Laplace smoothing constant (keeps codebook = S / N~ exact).
 
   Returns:
     (N', S', codebook', dead [K] bool). Dead codes get N_k = max(1,
-    threshold), e_k = a
-    candidate, S_k = e_k * laplace_smooth(N')_k; live codes keep N_k and S_k,
-    and every e_k = S_k / laplace_smooth(N')_k.
+    threshold), e_k = fresh_k, S_k = e_k * laplace_smooth(N')_k; live codes
+    keep N_k and S_k, and every e_k = S_k / laplace_smooth(N')_k.
   """
   dead = cluster_size < threshold
-  rows = jax.random.randint(key, (cluster_size.shape[0],), 0,
-                            candidates.shape[0])
-  fresh = jnp.take(candidates, rows, axis=0)
   cluster_size = jnp.where(dead, max(1.0, threshold), cluster_size)
   smoothed = laplace_smooth(cluster_size, eps)[:, None]
   embed_sum = jnp.where(dead[:, None], fresh * smoothed, embed_sum)
@@ -257,9 +265,9 @@ class VectorQuantizer(nn.Module):
     }
     if self.ema:
       loss = self.loss_weight * self.beta * commitment
-      if train and self.is_mutable_collection(base.STATS):
-        metrics['restarted'] = self._update_ema(jax.lax.stop_gradient(flat),
-                                                indices, counts)
+      if train:
+        metrics.update(
+            self._record_batch(jax.lax.stop_gradient(flat), indices, counts))
     elif self.beta_on_codebook:
       loss = self.loss_weight * (self.beta * codebook_loss + commitment)
     else:
@@ -271,20 +279,81 @@ class VectorQuantizer(nn.Module):
             '': counts
         }})
 
-  def _update_ema(self, flat: jax.Array, indices: jax.Array,
-                  counts: jax.Array) -> jax.Array:
-    """EMA (and restart) step; returns the fraction of codes restarted."""
-    sums = jnp.zeros((self.codebook_size, self.lookup_dim),
-                     jnp.float32).at[indices].add(flat)
+  def _record_batch(self, flat: jax.Array, indices: jax.Array,
+                    counts: jax.Array) -> dict[str, jax.Array]:
+    """The EMA step of a training call: into the step's pending statistics
+    when the caller keeps them (base.PENDING), else at once when
+    `quantizer_stats` is mutable. Returns {'restarted': fraction} when it
+    updated."""
+    batch = {
+        'counts':
+            counts,
+        'sums':
+            jnp.zeros((self.codebook_size, self.lookup_dim),
+                      jnp.float32).at[indices].add(flat),
+        'rows':
+            jnp.float32(flat.shape[0])
+    }
+    if (self.is_mutable_collection(base.PENDING) and
+        self.has_variable(base.PENDING, 'rows')):
+      pending = {name: self.get_variable(base.PENDING, name) for name in batch}
+      new = jax.tree.map(jnp.add, pending, batch)
+      if self.restart_threshold > 0:
+        # Each code's candidate stays a uniform draw from all rows seen in
+        # the step: this call's replaces it with probability rows / seen.
+        take = (jax.random.uniform(self.make_rng('quantizer'),
+                                   (self.codebook_size,)) * new['rows']
+                < batch['rows'])
+        new['fresh'] = jnp.where(
+            take[:, None],
+            draw_rows(self.make_rng('quantizer'), flat, self.codebook_size),
+            self.get_variable(base.PENDING, 'fresh'))
+      for name, value in new.items():
+        self.put_variable(base.PENDING, name, value)
+      return {}
+    if not self.is_mutable_collection(base.STATS):
+      return {}
+    if self.restart_threshold > 0:
+      batch['fresh'] = draw_rows(self.make_rng('quantizer'), flat,
+                                 self.codebook_size)
+    return {'restarted': self._update_ema(batch)}
+
+  def start_pending(self) -> None:
+    """Creates the step's pending statistics (base.PENDING), zero: counts
+    [K], sums [K, d], rows seen, and with restarts each code's candidate
+    `fresh` [K, d]."""
+    shape = (self.codebook_size, self.lookup_dim)
+    zeros = {
+        'counts': jnp.zeros(shape[:1], jnp.float32),
+        'sums': jnp.zeros(shape, jnp.float32),
+        'rows': jnp.zeros((), jnp.float32)
+    }
+    if self.restart_threshold > 0:
+      zeros['fresh'] = jnp.zeros(shape, jnp.float32)
+    for name, value in zeros.items():
+      self.put_variable(base.PENDING, name, value)
+
+  def apply_pending(self) -> jax.Array:
+    """One EMA (and restart) step from the pending statistics; returns the
+    fraction of codes restarted."""
+    names = ('counts', 'sums', 'rows') + (
+        ('fresh',) if self.restart_threshold > 0 else ())
+    return self._update_ema(
+        {name: self.get_variable(base.PENDING, name) for name in names})
+
+  def _update_ema(self, batch: dict[str, jax.Array]) -> jax.Array:
+    """EMA (and restart) step from a batch's counts, sums (and each code's
+    candidate 'fresh'); returns the fraction of codes restarted."""
     cluster_size, embed_sum, codebook = ema_update(self.cluster_size.value,
-                                                   self.embed_sum.value, counts,
-                                                   sums, self.decay,
+                                                   self.embed_sum.value,
+                                                   batch['counts'],
+                                                   batch['sums'], self.decay,
                                                    self.epsilon)
     restarted = jnp.zeros((), jnp.float32)
     if self.restart_threshold > 0:
       cluster_size, embed_sum, codebook, dead = restart_dead_codes(
-          self.make_rng('quantizer'), cluster_size, embed_sum, flat,
-          self.restart_threshold, self.epsilon)
+          cluster_size, embed_sum, batch['fresh'], self.restart_threshold,
+          self.epsilon)
       restarted = jnp.mean(dead.astype(jnp.float32))
     self.cluster_size.value = cluster_size
     self.embed_sum.value = embed_sum

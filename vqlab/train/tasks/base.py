@@ -144,12 +144,13 @@ def accumulate_gradients(grads_fn: Callable[[Batch, jax.Array, Any],
   Example i goes to microbatch i % k, so with the batch sharded over the
   devices every microbatch is too (the local batch divides by k); the
   microbatches run in order under `lax.scan`, each with key fold_in(rng, j),
-  threading `carry` (e.g. EMA statistics, LeCam's EMAs) from one to the next.
+  threading `carry` (e.g. pending EMA statistics) from one to the next.
   Gradients and metrics are the means over microbatches: for losses that are
   means over equally many terms per example, the full batch's exactly. Terms
   computed from a whole batch are a microbatch's: LFQ's batch entropy,
-  Gumbel's and Regularized VQ's prior KL cover B / k examples, and EMA
-  statistics in `carry` update k times per step.
+  Gumbel's and Regularized VQ's prior KL cover B / k examples. Statistics
+  that move once per step must be made so by the caller (the tokenizer's EMA
+  codebook and LeCam EMAs are).
 
   Args:
     grads_fn: (microbatch, rng, carry) -> (grads, new carry, metrics).

@@ -154,7 +154,7 @@ class ProxyCodeTask(base.Task):
          }, x, train=True, rngs={
              'dropout': dropout_rng,
              'quantizer': q_rng
-         }, mutable=list(model_state.keys()))
+         }, mutable=quantizer_base.mutable_collections(model_state))
         labels = optax.smooth_labels(jax.nn.one_hot(targets, logits.shape[-1]),
                                      smoothing)
         ce = optax.softmax_cross_entropy(logits, labels).mean()
@@ -166,7 +166,7 @@ class ProxyCodeTask(base.Task):
             'quantizer_loss': q_out.loss,
             **quantizer_base.train_metrics(q_out)
         }
-        return ce + q_out.loss, (dict(new_state), metrics)
+        return ce + q_out.loss, ({**model_state, **new_state}, metrics)
 
       grads, (new_state,
               metrics) = jax.grad(loss_fn,
@@ -174,8 +174,12 @@ class ProxyCodeTask(base.Task):
       return grads, new_state, metrics
 
     grads, model_state, metrics = base.accumulate_gradients(
-        grads_fn, batch, rng, state.model_state, self.config.train.microbatches)
-    metrics = quantizer_base.batch_code_metrics(metrics)
+        grads_fn, batch, rng,
+        quantizer_base.with_pending(self.model, state.model_state),
+        self.config.train.microbatches)
+    model_state, ema_metrics = quantizer_base.apply_pending(
+        self.model, model_state)
+    metrics = {**quantizer_base.batch_code_metrics(metrics), **ema_metrics}
     state, norms = base.apply_gradients(state, {GENERATOR: grads}, self.tx,
                                         self.config.ema.decay,
                                         model_state=model_state)

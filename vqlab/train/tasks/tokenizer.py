@@ -392,7 +392,8 @@ class TokenizerTask(base.Task):
         }, x, train=True, method=self.model.forward_with_features, rngs={
             'dropout': dropout_rng,
             'quantizer': q_rng
-        }, mutable=list(model_state.keys()))
+        }, mutable=quantizer_base.mutable_collections(model_state))
+    new_state = {**model_state, **new_state}
     # The gradients of the pixel losses and of the adversarial loss w.r.t.
     # x_hat, each from one forward and backward pass (LPIPS and the
     # discriminator run once for the generator): the adaptive weight needs
@@ -523,17 +524,27 @@ class TokenizerTask(base.Task):
     program with them gives at those steps.
     """
 
+    # LeCam's EMAs move once per step: each microbatch moves the step's by
+    # its mean logits and the step keeps the mean of those, which is the
+    # move by the batch's mean logits (the EMA is linear in them).
     def grads_fn(microbatch, rng, carry):
+      model_state, loss_state_sum = carry
       grads, model_state, loss_state, metrics = self.loss_and_grads(
           state.params,
-          quantizer_base.hold_step_counters(carry[0], state.model_state),
-          microbatch, rng, state.step, frozen, carry[1], gan_terms)
-      return grads, (model_state, loss_state), metrics
+          quantizer_base.hold_step_counters(model_state, state.model_state),
+          microbatch, rng, state.step, frozen, state.loss_state, gan_terms)
+      loss_state_sum = jax.tree.map(jnp.add, loss_state_sum, loss_state)
+      return grads, (model_state, loss_state_sum), metrics
 
-    grads, (model_state, loss_state), metrics = base.accumulate_gradients(
-        grads_fn, batch, rng, (state.model_state, state.loss_state),
-        self.config.train.microbatches)
-    metrics = quantizer_base.batch_code_metrics(metrics)
+    microbatches = self.config.train.microbatches
+    grads, (model_state, loss_state_sum), metrics = base.accumulate_gradients(
+        grads_fn, batch, rng,
+        (quantizer_base.with_pending(self.model, state.model_state),
+         jax.tree.map(jnp.zeros_like, state.loss_state)), microbatches)
+    loss_state = jax.tree.map(lambda s: s / microbatches, loss_state_sum)
+    model_state, ema_metrics = quantizer_base.apply_pending(
+        self.model, model_state)
+    metrics = {**quantizer_base.batch_code_metrics(metrics), **ema_metrics}
     if 'quantizer' in self.config.freeze:
       model_state = state.model_state  # E.g. EMA codebook statistics.
     state, norms = base.apply_gradients(
