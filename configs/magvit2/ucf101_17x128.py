@@ -1,7 +1,8 @@
 """MAGVIT-v2 at the paper's video size: 17 frames of 128x128 -> 5x16x16
 tokens (temporal factor 4, spatial factor 8), LFQ with K = 2^18 (two 2^9
-factors, the exact batch entropy over all 2^18 codes), commitment 0.25,
-entropy penalty 0.1 at tau 0.01;
+factors, the exact batch entropy over all 2^18 codes, of each microbatch:
+32 clips, 40,960 positions; MAGVIT and Open-MAGVIT2 take it over one
+device's batch), commitment 0.25, entropy penalty 0.1 at tau 0.01;
 trained with MAGVIT's recipe, which the paper follows (google-research/magvit:
 vqgan_trainer.py, vqgan2d/3d_ucf101_config.py, MAGVIT-L): non-saturating GAN
 at a fixed weight of 0.1 (no adaptive weight), R1 penalty 10, l2
