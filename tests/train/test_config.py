@@ -109,6 +109,36 @@ def test_bad_configs_name_the_key(mutate, message):
   assert re.search(message, _error(config)), _error(config)
 
 
+@pytest.mark.parametrize(
+    'mutate, message',
+    [
+        # MAGVIT-v1's UCF clips are 16 frames; MAGVIT-v2's time factor 4 (2
+        # in the tiny config) takes 1 + 4k.
+        (lambda c: c.data.update({'num_frames': 4}),
+         r'^data\.num_frames: 4, but the model downsamples time by 2: clips '
+         r'need 1 \+ 2k frames \(e\.g\. 3 or 5\)$'),
+        (lambda c: c.data.update({'image_size': 18}),
+         r'^data\.image_size: 18 is not divisible by 2\^2: the StyleGAN '
+         r'discriminator halves it in each of its 2 blocks'),
+        # conv_in's width: channels, normalized by the first res block.
+        (lambda c: c.model.update({
+            'channels': 6,
+            'channel_multipliers': (2, 4)
+        }), r'^model\.num_groups: 4 does not divide the width 6 = channels '
+         r'\* 1$'),
+        (lambda c: c.model.update({'temporal_kernel': 1}),
+         r'^model\.temporal_kernel: 1, but with num_temporal_downsamples = 1 '
+         r'the encoder never sees the frames between its time strides'),
+    ])
+def test_bad_video_tokenizer_configs_name_the_key(mutate, message):
+  """Each used to fail at init with a traceback naming no key, or (the
+  kernel) to train an encoder blind to 3 frames in 4."""
+  from configs.magvit2 import tiny_cpu  # pylint: disable=g-import-not-at-top
+  config = tiny_cpu.get_config()
+  mutate(config)
+  assert re.search(message, _error(config, 1)), _error(config, 1)
+
+
 def test_joint_batches_divide_into_the_devices_and_microbatches():
   from configs.magvit2 import tiny_cpu  # pylint: disable=g-import-not-at-top
   config = tiny_cpu.get_config()
@@ -197,6 +227,7 @@ def test_discriminator_keys_follow_the_named_discriminator():
   assert _error(switched).startswith(
       "model.quantizer.name: 'lfq' does not take model.quantizer.beta, ")
   config.discriminator = ml_collections.ConfigDict({'name': 'stylegan'})
+  config.data.image_size = 32  # Its five blocks halve it 5 times.
   filled = experiment_config.validate(config, num_devices=8)
   assert filled.discriminator.channel_multipliers == (2, 4, 4, 4, 4)
 

@@ -328,7 +328,15 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
   if config.temporal_kernel < 1:
     raise ConfigError(f'{prefix}.temporal_kernel',
                       f'must be >= 1, got {config.temporal_kernel}')
-  for multiplier in config.channel_multipliers:
+  if config.temporal_kernel < 2 and config.num_temporal_downsamples:
+    # Each stride-2 conv would read every other frame: the frames between
+    # never reach the tokens.
+    raise ConfigError(
+        f'{prefix}.temporal_kernel',
+        f'{config.temporal_kernel}, but with num_temporal_downsamples = '
+        f'{config.num_temporal_downsamples} the encoder never sees the frames '
+        'between its time strides: use >= 2 (the paper: 3)')
+  for multiplier in (1, *config.channel_multipliers):
     if (config.channels * multiplier) % config.num_groups:
       raise ConfigError(
           f'{prefix}.num_groups',

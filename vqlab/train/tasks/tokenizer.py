@@ -169,6 +169,32 @@ def validate(config: ml_collections.ConfigDict) -> None:
     config_schema.require(
         size % factor == 0, f'data.{key}',
         f'{size} is not divisible by the model\'s downsampling factor {factor}')
+  _validate_data_fits_networks(config, model)
+
+
+def _validate_data_fits_networks(config: ml_collections.ConfigDict,
+                                 model: Any) -> None:
+  """Clip lengths that the tokenizer's temporal downsampling takes, and
+  sizes that the StyleGAN discriminator's blocks halve evenly."""
+  temporal = getattr(model, 'temporal_factor', 1)
+  video = config.data.get('video', config.data)
+  key = 'data.video.num_frames' if 'video' in config.data else 'data.num_frames'
+  frames = video.get('num_frames', 0)
+  if temporal > 1 and frames:
+    below = 1 + temporal * ((frames - 1) // temporal)
+    config_schema.require(
+        (frames - 1) % temporal == 0, key,
+        f'{frames}, but the model downsamples time by {temporal}: clips need '
+        f'1 + {temporal}k frames (e.g. {below} or {below + temporal})')
+  if config.discriminator.name == 'stylegan':
+    blocks = len(config.discriminator.channel_multipliers)
+    for key in ('image_size', 'train_image_size'):
+      size = config.data.get(key, 0)
+      config_schema.require(
+          size % 2**blocks == 0, f'data.{key}',
+          f'{size} is not divisible by 2^{blocks}: the StyleGAN discriminator '
+          f'halves it in each of its {blocks} blocks '
+          '(discriminator.channel_multipliers)')
 
 
 class TokenizerTask(base.Task):
