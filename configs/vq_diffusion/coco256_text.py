@@ -2,7 +2,9 @@
 VQ-Diffusion-B: 19 blocks of width 1024, 16 heads, T = 100, lambda = 5e-4).
 
 Departures from the paper, both for lack of weights here: the frozen text
-encoder is all-MiniLM-L6-v2 (384-wide states) instead of CLIP ViT-B/32, and
+encoder is all-MiniLM-L6-v2 (384-wide states) instead of CLIP ViT-B/32 (with
+an HF CLIP checkpoint: text.encoder = 'clip', text.encoder_dir,
+model.cond_dim = 512, text.normalize_states = True, as the release), and
 the tokens are the taming VQGAN f=16's (configs/vqgan/taming_f16.py) instead of
 the paper's 32x32 VQVAE. Captions come from tfds coco_captions (one of the five
 per image, `data.caption_key`). Length: the release's 100 epochs of the

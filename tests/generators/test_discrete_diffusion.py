@@ -412,6 +412,12 @@ def test_out_of_range_tokens_are_a_clear_error():
     with pytest.raises(ValueError, match=r'num_classes=3.*\[0, 4\)'):
       model.apply({'params': params}, jnp.zeros((1, 2, 3), jnp.int32),
                   jnp.ones((1,), jnp.int32), jnp.array([label]))
+  # [B, 1] labels broadcast the AdaLN scale to [B, B, N, W] unnoticed.
+  with pytest.raises(
+      ValueError, match=r'^VQDiffusion: class ids must have shape \[B\] = '
+      r'\(2,\), got \(2, 1\)'):
+    model.apply({'params': params}, jnp.zeros((2, 2, 3), jnp.int32),
+                jnp.ones((2,), jnp.int32), jnp.zeros((2, 1), jnp.int32))
 
 
 def test_hybrid_loss_weights_both_terms_by_the_times_probability(monkeypatch):

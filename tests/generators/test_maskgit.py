@@ -285,6 +285,12 @@ def test_out_of_range_tokens_raise():
   for label in (-1, 4):  # 3 is the null class.
     with pytest.raises(ValueError, match=r'num_classes=3.*\[0, 4\)'):
       labelled.apply({'params': labelled_params}, tokens, jnp.array([label]))
+  # A loader's [B, 1] labels, or another batch's.
+  for labels in (jnp.zeros((1, 1), jnp.int32), jnp.zeros((2,), jnp.int32)):
+    with pytest.raises(
+        ValueError, match=r'^MaskGIT: class ids must have shape \[B\] = '
+        r'\(1,\), got \((1, 1|2,)\)'):
+      labelled.apply({'params': labelled_params}, tokens, labels)
 
 
 def test_video_token_shape():

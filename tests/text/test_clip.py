@@ -222,7 +222,12 @@ def test_no_directory_given():
 
 def _text_config(**text):
   import ml_collections  # pylint: disable=g-import-not-at-top
-  values = {'max_length': 16, 'encoder': 'clip', 'encoder_dir': MODEL_DIR}
+  values = {
+      'max_length': 16,
+      'encoder': 'clip',
+      'encoder_dir': MODEL_DIR,
+      'normalize_states': False
+  }
   values.update(text)
   return ml_collections.ConfigDict({
       'model': {
@@ -251,6 +256,15 @@ def test_text_conditioner_uses_clip(golden):
   np.testing.assert_allclose(
       np.asarray(cond['states'])[0, :real],
       golden['last_hidden_state'][0, :real], rtol=0, atol=2e-5)
+  # VQ-Diffusion's release: each state divided by its norm.
+  unit = text_conditions.TextConditioner(_text_config(normalize_states=True))
+  cond = jax.jit(unit.condition, compiler_options=FAST_COMPILE)(arrays,
+                                                                unit.frozen)
+  states = np.float64(golden['last_hidden_state'][0, :real])
+  np.testing.assert_allclose(
+      np.asarray(cond['states'])[0, :real],
+      states / np.linalg.norm(states, axis=-1, keepdims=True), rtol=0,
+      atol=2e-6)
 
 
 def test_text_conditioner_clip_config_errors():
@@ -262,6 +276,10 @@ def test_text_conditioner_clip_config_errors():
     text_conditions.TextConditioner(_text_config(encoder='t5'))
   with pytest.raises(ConfigError, match='text.max_length'):
     text_conditions.TextConditioner(_text_config(max_length=78))
+  bytes_config = _text_config(normalize_states=True)
+  bytes_config.model.text_encoder = 'bytes'
+  with pytest.raises(ConfigError, match='^text.normalize_states: True, but '):
+    text_conditions.TextConditioner(bytes_config)
   config = _text_config()
   config.model.cond_dim = 384
   with pytest.raises(ConfigError, match='model.cond_dim'):

@@ -179,6 +179,26 @@ def test_a_text_condition_longer_than_minilm_reads_is_a_config_error(model_dir):
       ConfigError, match=r'^text\.max_length: 300, but '
       r'all-MiniLM-L6-v2 reads at most 256 tokens'):
     text_conditions.frozen_encoder(text)
+  text.max_length = 1
+  with pytest.raises(ConfigError, match=r'^text\.max_length: 1, but a frozen '):
+    text_conditions.frozen_encoder(text)
+
+
+@pytest.mark.parametrize('damage', [
+    ('vocab.txt', b'\xff\xfe[PAD]\n', 'vocab.txt'),
+    ('tokenizer_config.json', b'{do_lower_case: true', 'tokenizer_config.json'),
+    ('config.json', b'{"hidden_size": 384}', 'config.json'),
+])
+def test_a_damaged_minilm_file_is_a_weights_error_naming_it(
+    model_dir, tmp_path, damage):
+  name, content, named = damage
+  for entry in os.listdir(model_dir):
+    os.symlink(os.path.join(model_dir, entry), tmp_path / entry)
+  os.remove(tmp_path / name)
+  (tmp_path / name).write_bytes(content)
+  with pytest.raises(WeightsError) as info:
+    minilm.load_minilm(tmp_path)
+  assert named in str(info.value) and '\n' not in str(info.value)
 
 
 def test_converter_errors(model_dir):

@@ -13,6 +13,7 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -53,6 +54,18 @@ def check_ids(ids: Any, upper: int, what: str) -> None:
   if ids.size and (ids.min() < 0 or ids.max() >= upper):
     raise ValueError(f'{what} must lie in [0, {upper}); got values in '
                      f'[{ids.min()}, {ids.max()}]')
+
+
+def check_class_ids(labels: Any, batch: int, num_classes: int,
+                    who: str) -> None:
+  """Raises ValueError unless `labels` is [batch] ids in [0, num_classes]
+  (num_classes: the null class)."""
+  if jnp.shape(labels) != (batch,):
+    raise ValueError(f'{who}: class ids must have shape [B] = ({batch},), '
+                     f'got {jnp.shape(labels)}')
+  check_ids(
+      labels, num_classes + 1, f'{who}: class ids (num_classes={num_classes}, '
+      f'null class {num_classes})')
 
 
 def _no_loss_state(model: Any) -> dict[str, jax.Array]:

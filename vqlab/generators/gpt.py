@@ -121,13 +121,7 @@ class GPT(nn.Module):
     if self.condition == 'class':
       if cond is None:
         cond = jnp.full((batch_size,), self.null_class, jnp.int32)
-      if jnp.shape(cond) != (batch_size,):
-        raise ValueError(f'class cond must have shape [B]=({batch_size},), '
-                         f'got {jnp.shape(cond)}')
-      api.check_ids(
-          cond, self.num_classes + 1,
-          f'class ids (num_classes={self.num_classes}, '
-          f'null class {self.null_class})')
+      api.check_class_ids(cond, batch_size, self.num_classes, 'GPT')
       return self.class_embed(cond)[:, None]
     if cond is None:
       raise ValueError("condition 'tokens' needs cond [B, cond_length]")

@@ -154,10 +154,7 @@ class MaskGIT(nn.Module):
     if self.num_classes:
       if labels is None:
         labels = jnp.full((batch,), self.num_classes, jnp.int32)
-      api.check_ids(
-          labels, self.num_classes + 1,
-          f'MaskGIT: class ids (num_classes={self.num_classes}, null class '
-          f'{self.num_classes})')
+      api.check_class_ids(labels, batch, self.num_classes, 'MaskGIT')
       cls = nn.Embed(self.num_classes + 1, self.width,
                      name='class_embed')(labels.astype(jnp.int32))
       x = jnp.concatenate([cls[:, None], x], axis=1)

@@ -133,10 +133,7 @@ class VQDiffusion(nn.Module):
     """Class ids int [B]; the null class num_classes for cond None and
     where drop."""
     if cond is not None:
-      api.check_ids(
-          cond, self.num_classes + 1,
-          f'VQDiffusion: class ids (num_classes={self.num_classes}, null '
-          f'class {self.num_classes})')
+      api.check_class_ids(cond, batch, self.num_classes, 'VQDiffusion')
     labels = (jnp.full((batch,), self.num_classes, jnp.int32)
               if cond is None else cond.astype(jnp.int32))
     if drop is not None:

