@@ -182,6 +182,29 @@ def test_wrong_type_on_the_command_line(tmp_path, light_config):
   assert line == "config error: train.num_steps: expected int, got 'abc'"
 
 
+def test_a_tuple_override_given_twice(tmp_path):
+  """config_flags joins a repeated tuple override's values: the run would
+  train channel_multipliers (1, 2, 1, 2, 4), silently."""
+  line = _one_line_error(f'--config={QUICKSTART}',
+                         '--config.model.channel_multipliers=(1,2)',
+                         '--config.model.channel_multipliers=(1,2,4)',
+                         workdir=tmp_path / 'run')
+  assert line == ('config error: model.channel_multipliers: given 2 times; '
+                  'the values of a repeated tuple override are joined, not '
+                  'replaced: give it once')
+
+
+@pytest.mark.parametrize('value', ['(1,2', '(1,,2)'])
+def test_a_tuple_override_that_does_not_parse_names_its_key(tmp_path, value):
+  """It read as a syntax error of a file '<unknown>'."""
+  line = _one_line_error(f'--config={QUICKSTART}',
+                         f'--config.model.channel_multipliers={value}',
+                         workdir=tmp_path / 'run')
+  assert line == ('config error: model.channel_multipliers: expected a tuple '
+                  f'such as (1, 2), got {value!r}')
+  assert '<unknown>' not in line
+
+
 def test_unknown_flag(tmp_path, light_config):
   line = _one_line_error(f'--config={light_config}', f'--wrokdir={tmp_path}')
   assert line == ("flag error: Unknown command line flag 'wrokdir'. Did you "

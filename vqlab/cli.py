@@ -66,6 +66,9 @@ def _parse(argv: list[str]) -> list[str]:
     if given in (None, ''):
       raise UsageError(f'flag error: --{name} is required: {what}')
   _check_loaded(flags.FLAGS[CONFIG_FLAG].value, path)
+  problem = _repeated_sequence(flags.FLAGS[CONFIG_FLAG].value, argv)
+  if problem:
+    raise UsageError(f'config error: {problem}')
   problem = processes_problem(flags.FLAGS)
   if problem:
     raise UsageError(f'flag error: {problem}')
@@ -157,7 +160,8 @@ def _config_file_problem(error: BaseException, path: str | None) -> str | None:
     return None
   chain = list(_chain(error))
   for e in chain:
-    if isinstance(e, SyntaxError):
+    # (Not an override's value that does not parse: that one names its key.)
+    if isinstance(e, SyntaxError) and e.filename and os.path.isfile(e.filename):
       return f'{e.filename}:{e.lineno}: {type(e).__name__}: {e.msg}'
     if isinstance(e, AttributeError) and e.name == 'get_config':
       return f'{path}: has no get_config() function'
@@ -177,6 +181,22 @@ def _overrides(argv: list[str]) -> list[str]:
   arguments, in order."""
   pattern = re.compile(rf'^--?(?:no)?{CONFIG_FLAG}\.([^=]+)')
   return [m[1] for m in map(pattern.match, argv) if m]
+
+
+def _repeated_sequence(config: ml_collections.ConfigDict,
+                       argv: list[str]) -> str | None:
+  """`key: given N times; ...` for a tuple-valued key overridden more than
+  once, else None: config_flags joins the values of a repeated tuple
+  override ((1,2) then (1,2,4) gives (1, 2, 1, 2, 4)); other keys take the
+  last, as absl flags do."""
+  keys = _overrides(argv)
+  for key in dict.fromkeys(keys):
+    if keys.count(key) > 1 and isinstance(config_schema.lookup(config, key),
+                                          (tuple, list)):
+      return (f'{key}: given {keys.count(key)} times; the values of a '
+              'repeated tuple override are joined, not replaced: give it '
+              'once')
+  return None
 
 
 def _unknown_override(error: Exception, argument: str | None,
@@ -221,6 +241,8 @@ def _override_value_problem(error: Exception) -> str | None:
   default = flags.FLAGS[match[1]].default  # None: a ConfigDict or literal.
   if default is None:
     return f'{match[2]}: {_first_line(cause or error)}'
+  if isinstance(default, (tuple, list)):
+    return f'{match[2]}: expected a tuple such as (1, 2), got {value!r}'
   return f'{match[2]}: expected {type(default).__name__}, got {value!r}'
 
 

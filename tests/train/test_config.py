@@ -93,6 +93,8 @@ def _titok_with_pcl(config):
         (lambda c: c.model.update({'channel_multipliers': ('(1,2,x)',)}),
          r"^model\.channel_multipliers: expected tuple of int, got '\(1,2,x\)', "
          r'which does not parse as one$'),
+        (lambda c: c.model.update({'channel_multipliers':
+            ()}), r'^model\.channel_multipliers: needs at least 1 level$'),
         (lambda c: c.model.update({'channel_multipliers': (1, 0)}),
          r'^model\.channel_multipliers: every entry must be >= 1, got \(1, 0\)$'
         ),

@@ -270,6 +270,8 @@ def default_config() -> ml_collections.ConfigDict:
 def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
           prefix: str = 'model') -> VQGAN:
   """Builds a VQGAN (and its quantizer) from a validated config."""
+  if not config.channel_multipliers:
+    raise ConfigError(f'{prefix}.channel_multipliers', 'needs at least 1 level')
   for level in config.attention_levels:
     if not 0 <= level < len(config.channel_multipliers):
       raise ConfigError(
