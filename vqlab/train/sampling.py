@@ -134,6 +134,11 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
   is_chief = jax.process_index() == 0
   if is_chief:
     fileio.makedirs(out_dir)
+    # An earlier sampling of this step (other settings, more samples) leaves
+    # nothing here beside this one's files.
+    for pattern in ('grid_*.png', 'sample_*.gif'):
+      for old in fileio.glob(os.path.join(out_dir, pattern)):
+        fileio.remove(old)
   use_inception = 'inception' in exp.frozen
   stats = fid.FeatureStatistics()
   score = None

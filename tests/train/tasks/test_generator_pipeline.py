@@ -225,8 +225,13 @@ def test_sample_mode_reports_gfid_and_inception_score_of_the_samples(
   config.optimizer.learning_rate *= 2
   with pytest.raises(ConfigError, match='--allow_config_change'):
     sampling.sample(config, workdir, devices=_devices())
+  # A grid of an earlier sampling of more samples goes.
+  stale = os.path.join(workdir, 'samples', 'step_25', 'grid_0001.png')
+  os.makedirs(os.path.dirname(stale), exist_ok=True)
+  Image.new('RGB', (2, 2)).save(stale)
   result = sampling.sample(config, workdir, devices=_devices(),
                            allow_config_change=True)
+  assert os.listdir(result['samples_dir']) == ['grid_0000.png']
 
   # Directly: the same samples (same key) through Inception.
   exp = experiment.Experiment(config, workdir, _devices(),
