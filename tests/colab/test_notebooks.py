@@ -15,6 +15,7 @@ import glob
 import json
 import math
 import os
+import pathlib
 import sys
 
 from nbclient import NotebookClient
@@ -287,7 +288,9 @@ def test_generator_samples_are_shown(executed):
 
 def test_training_records_finite_losses_and_plots_them(executed):
   notebook, cwd = executed['train_on_your_images.ipynb']
-  workdir = cwd / 'workdirs/colab_your_images'
+  # The run of these images: a folder of `workdir` named after them.
+  run, = glob.glob(str(cwd / 'workdirs/colab_your_images/*'))
+  workdir = pathlib.Path(run)
   with open(workdir / 'metrics.jsonl') as f:
     records = [r for r in map(json.loads, f) if 'loss' in r]  # Not eval's.
   assert [r['step'] for r in records] == [1, 2, 3, 4]
