@@ -113,6 +113,18 @@ def _quiet_libraries() -> None:
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 
+# What a rerun of each mode does after Ctrl-C. Training takes the first
+# Ctrl-C as preemption (it saves, then stops); the second lands here.
+_AFTER_INTERRUPT = {
+    'train': 'the newest checkpoint on disk is where a rerun resumes',
+    'eval': 'nothing was written; a rerun evaluates again',
+    'tokenize': 'finished token shards are kept and a rerun skips them',
+    'sample': 'a rerun samples again',
+    'fid_stats': 'nothing was written; a rerun computes the statistics',
+    'fvd_stats': 'nothing was written; a rerun computes the statistics',
+}
+
+
 def main(argv):
   del argv
   _quiet_libraries()
@@ -159,8 +171,11 @@ def main(argv):
   except WorkdirError as e:
     sys.exit(f'workdir error: {e}')
   except KeyboardInterrupt:
-    sys.exit('vqlab: aborted (Ctrl-C twice); the newest checkpoint on disk '
-             'is where a rerun resumes')
+    print(f'vqlab: interrupted; {_AFTER_INTERRUPT[_MODE.value]}',
+          file=sys.stderr, flush=True)
+    # Not through the interpreter's exit: a save cut short (its temporary
+    # directory, which restores skip) logged screens of tracebacks there.
+    os._exit(1)  # pylint: disable=protected-access
   print(
       'vqlab: ' +
       ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'

@@ -8,6 +8,7 @@ a config file that imports only ml_collections, so each run takes a fraction
 of a second (the README's case loads the quickstart: a few seconds).
 """
 
+import ast
 import os
 import subprocess
 import sys
@@ -228,3 +229,21 @@ def test_multi_process_flags(tmp_path, light_config, flags, message):
   line = _one_line_error(f'--config={light_config}', *flags,
                          workdir=tmp_path / 'run')
   assert line.startswith(message), line
+
+
+def test_every_mode_says_what_a_rerun_does_after_ctrl_c():
+  """main.py's line for a Ctrl-C that stops a mode: written for each mode
+  (every mode used to say 'the newest checkpoint on disk is where a rerun
+  resumes')."""
+  tree = ast.parse(open(os.path.join(ROOT, 'main.py')).read())
+  modes = after = None
+  for node in ast.walk(tree):
+    if (isinstance(node, ast.Call) and
+        getattr(node.func, 'attr', '') == 'DEFINE_enum' and
+        ast.literal_eval(node.args[0]) == 'mode'):
+      modes = ast.literal_eval(node.args[2])
+    if (isinstance(node, ast.Assign) and
+        getattr(node.targets[0], 'id', '') == '_AFTER_INTERRUPT'):
+      after = ast.literal_eval(node.value)
+  assert modes and sorted(after) == sorted(modes)
+  assert len(set(after.values())) >= 4
