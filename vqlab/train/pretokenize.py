@@ -35,6 +35,7 @@ from vqlab.errors import ConfigError
 from vqlab.train import experiment_config
 from vqlab.train import partitioning
 from vqlab.train import progress as progress_lib
+from vqlab.train import run_record
 from vqlab.train import trained_tokenizer
 from vqlab.train import workdir_lock
 from vqlab.train.tasks import generator
@@ -110,6 +111,12 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
     raise ConfigError(
         'task', f'--mode=tokenize needs a generator config '
         f'(task = generator), got {config.task!r}')
+  recorded = (run_record.read(workdir) or {}).get('task', 'generator')
+  if recorded != 'generator':
+    raise ConfigError(
+        '--workdir', f'{workdir} holds a {recorded!r} run (its config.json): '
+        "token shards go into a generator run's workdir; use another "
+        '--workdir')
   batch_size = config.tokens.batch_size
   if batch_size % len(devices):
     raise ConfigError(

@@ -124,6 +124,11 @@ def test_tokenize_resumes_only_missing_shards_and_ignores_partial_files(
   config.tokens.batch_size = 4  # Another stream: the old shards don't fit.
   with pytest.raises(ConfigError, match='tokens.dir.*batch_size'):
     pretokenize.tokenize(config, str(tmp_path), devices=_devices())
+  # Into the workdir of a tokenizer run (a copy of one): refused, unwritten.
+  with pytest.raises(ConfigError, match=r"^--workdir: .* holds a 'tokenizer' "
+                     'run'):
+    pretokenize.tokenize(config, tokenizer_dir, devices=_devices())
+  assert not os.path.exists(os.path.join(tokenizer_dir, 'tokens'))
 
 
 def _train(tokenizer_dir, shards, workdir, model, steps):
