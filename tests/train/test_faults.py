@@ -405,6 +405,24 @@ def test_reading_a_step_another_run_deletes_meanwhile_is_not_corruption(
     assert 'corrupt' not in str(e.value)
 
 
+def test_an_error_right_after_a_save_keeps_that_checkpoint(
+    tmp_path, monkeypatch):
+  """An eval that fails (a bad eval file, memory) right after the save of its
+  step: the save lands before the error leaves the run. It used to stay a
+  temporary directory, Orbax unable to commit it at the interpreter's exit."""
+
+  def failing_eval(self, state):
+    del self, state
+    raise ValueError('the eval set is unreadable')
+
+  monkeypatch.setattr(experiment.Experiment, 'evaluate', failing_eval)
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(ValueError, match='eval set is unreadable'):
+    loop.train_and_evaluate(_config(checkpoint_every=2, eval_every=2), workdir,
+                            devices=_devices())
+  assert _checkpoints(workdir) == ['2']
+
+
 def test_a_run_that_cannot_save_stops_before_it_trains(run_copy, monkeypatch):
   """E.g. a checkpoint directory (or bucket) without write access."""
   write = checkpoint_lib.fileio.write_atomically

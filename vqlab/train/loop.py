@@ -6,6 +6,7 @@ Reads top to bottom: setup, state (restore or init), compiled steps, the loop.
 """
 
 import collections
+import contextlib
 import itertools
 import json
 import os
@@ -104,6 +105,33 @@ def _train(config, workdir, devices, step_callback, allow_config_change,
   exp = experiment.Experiment(config, workdir, devices,
                               allow_config_change=allow_config_change,
                               lock='train')
+  with _saves_landing(exp.checkpointer):
+    return _train_experiment(exp, workdir, step_callback, watcher)
+
+
+@contextlib.contextmanager
+def _saves_landing(checkpointer) -> Iterator[None]:
+  """On an exception (a failed eval right after a save, a data error), the
+  async save in flight is finished before it propagates: at the
+  interpreter's exit Orbax could no longer commit it, and the step was lost
+  as its temporary directory. A second Ctrl-C leaves at once."""
+  try:
+    yield
+  except KeyboardInterrupt:
+    raise
+  except BaseException:
+    try:
+      checkpointer.wait()
+      checkpointer.close()
+    except Exception as e:  # pylint: disable=broad-except
+      print(f'vqlab: {e}', flush=True)  # The first error is the one raised.
+    raise
+
+
+def _train_experiment(exp: experiment.Experiment, workdir: str,
+                      step_callback: StepCallback | None,
+                      watcher: preemption.PreemptionWatcher) -> dict[str, Any]:
+  """_train's run of its Experiment."""
   config = exp.config
   train_cfg = config.train
   state, start_step = exp.initial_state()
