@@ -26,6 +26,7 @@ import pytest
 
 from tests import paths
 from tests import tiny
+from vqlab import data as data_lib
 from vqlab.data import token_shards
 from vqlab.errors import CheckpointError
 from vqlab.errors import ConfigError
@@ -421,6 +422,22 @@ def test_an_error_right_after_a_save_keeps_that_checkpoint(
     loop.train_and_evaluate(_config(checkpoint_every=2, eval_every=2), workdir,
                             devices=_devices())
   assert _checkpoints(workdir) == ['2']
+
+
+def test_a_tokenizer_run_starts_on_a_caption_dataset(tmp_path):
+  """The captions stay on the host (only a text generator reads them); they
+  failed the init with a TypeError on strings, after the workdir was made."""
+  config = _config()
+  config.data = data_lib.default_config('captioned_shapes')
+  config.data.image_size = 16
+  exp = experiment.Experiment(config, str(tmp_path), _devices())
+  state, _ = exp.initial_state()
+  assert int(state.step) == 0
+  local = next(exp.train_data.batches())
+  assert 'caption' in local
+  batch = exp.global_batch(local)
+  assert set(batch) == set(local) - {'caption'}
+  assert batch['image'].shape == (8, 16, 16, 3)
 
 
 def test_a_run_that_cannot_save_stops_before_it_trains(run_copy, monkeypatch):

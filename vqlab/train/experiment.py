@@ -67,7 +67,7 @@ def _abstract_batch(local_batch: dict[str, np.ndarray], global_size: int,
       k:
           jax.ShapeDtypeStruct((global_size,) + v.shape[1:], v.dtype,
                                sharding=sharding)
-      for k, v in local_batch.items()
+      for k, v in partitioning.device_arrays(local_batch).items()
   }
 
 

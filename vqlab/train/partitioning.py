@@ -93,10 +93,22 @@ def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh,
   return jax.tree_util.tree_map_with_path(leaf_sharding, abstract_state)
 
 
+def device_arrays(local_batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The arrays of a host batch that go to the devices: all but text (a
+  caption dataset's 'caption' strings, which only a text-conditional
+  generator reads, as token ids made on the host)."""
+  return {
+      k: v
+      for k, v in local_batch.items()
+      if np.asarray(v).dtype.kind not in 'USO'
+  }
+
+
 def global_batch(local_batch: dict[str, np.ndarray],
                  sharding: jax.sharding.NamedSharding) -> dict[str, jax.Array]:
-  """Assembles per-host batches into global arrays sharded on the batch axis."""
+  """Assembles per-host batches into global arrays sharded on the batch axis
+  (their `device_arrays`)."""
   return {
       k: jax.make_array_from_process_local_data(sharding, v)
-      for k, v in local_batch.items()
+      for k, v in device_arrays(local_batch).items()
   }
