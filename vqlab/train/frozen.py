@@ -13,7 +13,10 @@ every step as an argument (never in the train state or the optimizer).
 from collections.abc import Iterable
 import os
 
+import jax
+from jax.experimental import multihost_utils
 import ml_collections
+import numpy as np
 
 from vqlab import data as data_lib
 from vqlab.errors import ConfigError
@@ -42,14 +45,25 @@ _LOADERS = {
 def wanted(network: str, mode: str,
            directory: str | os.PathLike | None) -> bool:
   """Whether to load `network` under mode 'on' / 'off' / 'auto' (= when all
-  of its weight files are present)."""
+  of its weight files are present, on every process: hosts that decided
+  apart built different programs and failed in their first collective)."""
   if mode == 'off':
     return False
   if mode == 'on':
     return True
-  return all(
+  present = all(
       files.locate(name, directory) is not None
       for name in WEIGHT_FILES[network])
+  if jax.process_count() == 1:
+    return present
+  everywhere = np.asarray(multihost_utils.process_allgather(np.int32(present)))
+  lacking = [int(i) for i in np.flatnonzero(everywhere == 0)]
+  if lacking and len(lacking) < everywhere.size and jax.process_index() == 0:
+    print(
+        f'vqlab: {network} is left out (its mode is \'auto\'): processes '
+        f'{lacking} lack its weight files ({", ".join(WEIGHT_FILES[network])} '
+        'in their weights directory)', flush=True)
+  return not lacking
 
 
 def load(networks: Iterable[str],

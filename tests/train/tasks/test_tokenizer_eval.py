@@ -163,6 +163,28 @@ def test_missing_weight_files_are_named(tmp_path):
   assert exp.task.frozen == {}
 
 
+def test_auto_weights_are_wanted_only_where_every_process_has_them(
+    weights_dir, monkeypatch, capsys):
+  """On several hosts, 'auto' follows the host that lacks the files: hosts
+  that decided apart built different programs and failed in their first
+  collective (a gloo size mismatch naming no weight file)."""
+  assert frozen_lib.wanted('inception', 'auto', weights_dir)
+  gathered = []
+
+  def allgather(present):
+    gathered.append(int(present))
+    return np.array([int(present), 0])  # Process 1 lacks the file.
+
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(frozen_lib.multihost_utils, 'process_allgather',
+                      allgather)
+  assert not frozen_lib.wanted('inception', 'auto', weights_dir)
+  assert gathered == [1]
+  assert "processes [1] lack its weight files" in capsys.readouterr().out
+  assert frozen_lib.wanted('inception', 'on', weights_dir)  # Not gathered.
+  assert gathered == [1]
+
+
 @pytest.mark.usefixtures('small_inception_input')
 def test_gray_images_get_rfid_and_one_example_gets_none(weights_dir):
   """Inception sees a gray image as RGB with three equal channels (a
