@@ -20,6 +20,7 @@ Multi-host (Cloud TPU pods: every worker runs the same command):
 
 import os
 import sys
+import traceback
 
 from absl import app
 from absl import flags
@@ -125,6 +126,18 @@ _AFTER_INTERRUPT = {
 }
 
 
+def _stop(line: str) -> None:
+  """Exits with status 1 and `line` on stderr. One of several processes
+  names itself and leaves at once: the others, waiting for it in their next
+  collective, fail then (a normal exit waited in jax.distributed's shutdown
+  barrier for them, five minutes, then aborted every process)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    sys.exit(line)
+  print(f'process {jax.process_index()}: {line}', file=sys.stderr, flush=True)
+  os._exit(1)  # pylint: disable=protected-access
+
+
 def main(argv):
   del argv
   _quiet_libraries()
@@ -160,22 +173,26 @@ def main(argv):
           _CONFIG.value, path,
           network='i3d' if name == 'fvd_stats' else 'inception')
       result = {name: path, 'num_examples': stats.num_examples}
-  except ConfigError as e:
-    sys.exit(f'config error: {e}')
-  except DataError as e:
-    sys.exit(f'data error: {e}')
-  except CheckpointError as e:
-    sys.exit(f'checkpoint error: {e}')
-  except WeightsError as e:
-    sys.exit(f'weights error: {e}')
-  except WorkdirError as e:
-    sys.exit(f'workdir error: {e}')
   except KeyboardInterrupt:
     print(f'vqlab: interrupted; {_AFTER_INTERRUPT[_MODE.value]}',
           file=sys.stderr, flush=True)
     # Not through the interpreter's exit: a save cut short (its temporary
     # directory, which restores skip) logged screens of tracebacks there.
     os._exit(1)  # pylint: disable=protected-access
+  except Exception as e:  # pylint: disable=broad-except
+    import jax  # pylint: disable=g-import-not-at-top
+    kinds = ((ConfigError, 'config'), (DataError, 'data'), (CheckpointError,
+                                                            'checkpoint'),
+             (WeightsError, 'weights'), (WorkdirError, 'workdir'))
+    kind = next((name for cls, name in kinds if isinstance(e, cls)), None)
+    if kind is None and jax.process_count() == 1:
+      raise
+    if kind is None:
+      traceback.print_exc()
+    _stop(f'{kind} error: {e}' if kind else
+          f'{type(e).__name__} (the traceback above; where a collective '
+          "failed, another process may have stopped first: see each one's "
+          'log)')
   print(
       'vqlab: ' +
       ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'

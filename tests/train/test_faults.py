@@ -22,6 +22,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 import pytest
 
 from tests import paths
@@ -524,12 +525,70 @@ def test_two_processes_refused_by_a_locked_workdir_stop_with_a_line_each(
   assert all(p.returncode == 1 for p in processes), outputs
   assert all('Traceback' not in o for o in outputs), outputs
   assert lines == [
-      f'workdir error: {workdir} is in use by another vqlab run ({holder}); '
-      'wait for it to finish or use another --workdir',
-      f'workdir error: {workdir} is in use by another vqlab run (process 0 '
-      'found its lock); wait for it to finish or use another --workdir'
+      f'process 0: workdir error: {workdir} is in use by another vqlab run '
+      f'({holder}); wait for it to finish or use another --workdir',
+      f'process 1: workdir error: {workdir} is in use by another vqlab run '
+      '(process 0 found its lock); wait for it to finish or use another '
+      '--workdir'
   ], outputs
   assert os.listdir(workdir) == [workdir_lock.LOCK_FILE]
+
+
+_IMAGE_FOLDER_FROM_ENV = """
+import os
+from tests import tiny
+from vqlab import data
+
+def get_config():
+  config = tiny.tokenizer_config(steps=5)
+  config.data = data.default_config('image_folder')
+  config.data.path = os.environ['TEST_IMAGES']
+  config.data.image_size = 16
+  config.data.eval_fraction = 0.5
+  return config
+"""
+
+
+def test_a_data_error_on_one_of_two_processes_stops_both_at_once(tmp_path):
+  """Process 1's image folder is missing (a host's local disk): it names
+  its error and leaves, and process 0, waiting for it in a collective,
+  stops too, in seconds. Both used to wait in jax.distributed's shutdown
+  barrier for five minutes, then abort with a C++ log."""
+  config = tmp_path / 'config.py'
+  config.write_text(_IMAGE_FOLDER_FROM_ENV)
+  images = tmp_path / 'images'
+  images.mkdir()
+  for i in range(8):
+    Image.fromarray(np.full((16, 16, 3), 30 * i,
+                            np.uint8)).save(images / f'{i}.png')
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  processes = [
+      subprocess.Popen([
+          sys.executable,
+          os.path.join(ROOT, 'main.py'), f'--config={config}',
+          f'--workdir={tmp_path / "run"}',
+          f'--coordinator_address=localhost:{port}', '--num_processes=2',
+          f'--process_id={i}', '--cpu_collectives=gloo',
+          '--compilation_cache_dir='
+      ], env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
+                  XLA_FLAGS='--xla_force_host_platform_device_count=1',
+                  TEST_IMAGES=str(images if i == 0 else tmp_path / 'none')),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True, cwd=ROOT) for i in range(2)
+  ]
+  try:
+    outputs = [p.communicate(timeout=90)[1] for p in processes]
+  finally:
+    for p in processes:
+      if p.poll() is None:
+        p.kill()
+        p.communicate()
+  assert [p.returncode for p in processes] == [1, 1], outputs
+  last = [o.strip().splitlines()[-1] for o in outputs]
+  assert last[1].startswith('process 1: data error: ') and 'none' in last[1]
+  assert last[0].startswith('process 0: '), outputs[0][-2000:]
 
 
 def test_the_lock_outcome_of_process_0_reaches_every_process(
