@@ -266,10 +266,14 @@ class MAGVIT2(nn.Module):
                             'MAGVIT2.decode_indices')
     return self.decode(self.quantizer.indices_to_codes(indices))
 
-  def forward_with_features(self, x: jax.Array, *, train: bool = False):
+  def forward_with_features(self, x: jax.Array, *, train: bool = False,
+                            encode_train: bool | None = None):
     """Like __call__, also returning the last layer's input features (same
-    rank as x): (x_rec, QuantizerOutput, features)."""
-    _, out = self.encode(x, train=train)
+    rank as x): (x_rec, QuantizerOutput, features); `encode_train`: the
+    encoder and quantizer's train mode (None: `train`; False for frozen
+    ones, so the decoder trains on the tokens eval gives)."""
+    _, out = self.encode(x,
+                         train=train if encode_train is None else encode_train)
     features = self.decoder_features(out.quantized, train=train)
     return self.last_layer(features), out, features
 

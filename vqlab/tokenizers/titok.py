@@ -353,10 +353,14 @@ class TiTok(nn.Module):
     return self.decode(self.quantizer.indices_to_codes(indices),
                        grid_size=grid_size)
 
-  def forward_with_features(self, x: jax.Array, *, train: bool = False):
+  def forward_with_features(self, x: jax.Array, *, train: bool = False,
+                            encode_train: bool | None = None):
     """Like __call__, also returning the decoder features [B, H/f, W/f,
-    width] (the last layer's input): (output, QuantizerOutput, features)."""
-    _, out = self.encode(x, train=train)
+    width] (the last layer's input): (output, QuantizerOutput, features);
+    `encode_train`: the encoder and quantizer's train mode (None: `train`;
+    False for frozen ones, so the decoder trains on the tokens eval gives)."""
+    _, out = self.encode(x,
+                         train=train if encode_train is None else encode_train)
     grid = (x.shape[1] // self.patch_size, x.shape[2] // self.patch_size)
     features = self.decoder_features(out.quantized, grid_size=grid, train=train)
     return self.output_head(features), out, features

@@ -224,9 +224,13 @@ class VQGAN(nn.Module):
                             'VQGAN.decode_indices')
     return self.decode(self.quantizer.indices_to_codes(indices))
 
-  def forward_with_features(self, x: jax.Array, *, train: bool = False):
-    """Like __call__, also returning the last layer's input features."""
-    _, out = self.encode(x, train=train)
+  def forward_with_features(self, x: jax.Array, *, train: bool = False,
+                            encode_train: bool | None = None):
+    """Like __call__, also returning the last layer's input features;
+    `encode_train`: the encoder and quantizer's train mode (None: `train`;
+    False for frozen ones, so the decoder trains on the tokens eval gives)."""
+    _, out = self.encode(x,
+                         train=train if encode_train is None else encode_train)
     features = self.decoder_features(out.quantized, train=train)
     return self.last_layer(features), out, features
 

@@ -322,3 +322,30 @@ def test_lecam_r1_stylegan_and_generator_ema():
           }, x, train=False), compiler_options=FAST_COMPILE)(new_state)
   np.testing.assert_allclose(images['reconstructions'], jnp.clip(x_ema, -1, 1),
                              atol=1e-5)
+
+
+def test_a_frozen_encoder_and_quantizer_encode_as_in_eval():
+  """TiTok's stage 2: the decoder trains on the tokens eval will give it.
+  A Gumbel quantizer in train mode samples its codes (and an encoder
+  drops out): the frozen ones encoded so, unlike the release."""
+
+  def frozen_gumbel(config):
+    config.freeze = ('encoder', 'quantizer')
+    config.model.quantizer = quantizers.default_config('gumbel')
+    config.model.quantizer.update(codebook_size=32, embedding_dim=4,
+                                  temperature=1.0)
+
+  task = _task(frozen_gumbel)
+  batch, state = _batch_and_state(task)
+  _, _, _, metrics = jax.jit(task.loss_and_grads)(state.params,
+                                                  state.model_state, batch,
+                                                  jax.random.key(2), state.step,
+                                                  task.frozen, state.loss_state)
+  x = batch['image']
+  x_rec, _ = task.model.apply(
+      {
+          'params': state.params['generator'],
+          **state.model_state
+      }, x, train=False)
+  np.testing.assert_allclose(metrics['rec_loss'],
+                             task._reconstruction_loss(x, x_rec), rtol=1e-5)  # pylint: disable=protected-access

@@ -415,7 +415,8 @@ class TokenizerTask(base.Task):
         {
             'params': gen_params,
             **model_state
-        }, x, train=True, method=self.model.forward_with_features, rngs={
+        }, x, train=True, encode_train=not self._frozen_encoding,
+        method=self.model.forward_with_features, rngs={
             'dropout': dropout_rng,
             'quantizer': q_rng
         }, mutable=quantizer_base.mutable_collections(model_state))
@@ -471,6 +472,13 @@ class TokenizerTask(base.Task):
         **quantizer_base.train_metrics(q_out)
     }
     return gen_objective + d_loss, dict(new_state), new_loss_state, metrics
+
+  @property
+  def _frozen_encoding(self) -> bool:
+    """Whether the encoder and quantizer are frozen (TiTok's stage 2): they
+    then run as in eval (no dropout, no sampled codes), so the decoder
+    trains on the tokens it will be given."""
+    return {'encoder', 'quantizer'} <= set(self.config.freeze)
 
   def _frozen_held(self, params):
     """`params` with the generator's `freeze` params behind stop_gradient:
