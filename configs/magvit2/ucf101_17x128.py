@@ -16,7 +16,7 @@ and its l2 weight of 1 is 0.25. Departures: LPIPS 0.1 on frames instead of
 MAGVIT's ResNet-50 logit loss (no weights for it here), the GAN from step
 20k instead of from an inflated 2D ImageNet model's start.
 
-Needs the prepared tfds `ucf101` (data.data_dir) and, for LPIPS, the VGG16
+Needs the prepared tfds `ucf101/ucf101_1` (data.data_dir) and, for LPIPS, the VGG16
 file in the weights directory.
 
 Memory: the global batch of 256 runs as 8 microbatches with each stage's res
@@ -66,7 +66,10 @@ def get_config():
   config.compute_dtype = 'bfloat16'
 
   config.data = data.default_config('tfds_video')
-  config.data.tfds_name = 'ucf101'
+  # The frames as filmed (320x240): tfds' default 'ucf101' config is
+  # 'ucf101_1_256', stretched to 256x256 by ffmpeg, where MAGVIT resizes the
+  # shorter side to 128 and crops, keeping the aspect ratio.
+  config.data.tfds_name = 'ucf101/ucf101_1'
   config.data.image_size = 128
   config.data.num_frames = 17
 

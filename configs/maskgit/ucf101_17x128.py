@@ -59,7 +59,10 @@ def get_config():
   config.compute_dtype = 'bfloat16'
   config.tokenizer.workdir = 'workdirs/magvit2_ucf101'
   config.data = data.default_config('tfds_video')
-  config.data.tfds_name = 'ucf101'
+  # The frames as filmed (320x240): tfds' default 'ucf101' config is
+  # 'ucf101_1_256', stretched to 256x256 by ffmpeg, where MAGVIT resizes the
+  # shorter side to 128 and crops, keeping the aspect ratio.
+  config.data.tfds_name = 'ucf101/ucf101_1'
   config.data.image_size = 128
   config.data.num_frames = 17
   config.tokens.batch_size = 64
@@ -71,6 +74,8 @@ def get_config():
 
   config.optimizer.learning_rate = 1e-4
   config.optimizer.weight_decay = 0.045
+  # MAGVIT's get_optimizer decays kernels only (no biases, scales, embeddings).
+  config.optimizer.weight_decay_on = 'kernels'
   config.optimizer.warmup_steps = 5000
   config.optimizer.schedule = 'cosine'
   config.optimizer.grad_clip_norm = 1.0

@@ -7,8 +7,13 @@ an HF CLIP checkpoint: text.encoder = 'clip', text.encoder_dir,
 model.cond_dim = 512, text.normalize_states = True, as the release), and
 the tokens are the taming VQGAN f=16's (configs/vqgan/taming_f16.py) instead of
 the paper's 32x32 VQVAE. Captions come from tfds coco_captions (one of the five
-per image, `data.caption_key`). Length: the release's 100 epochs of the
-82,783 train images at this batch of 512 (16k steps). Caption dropout 0.1
+per image, `data.caption_key`). Length: the release's 100 epochs of its
+dataset, whose examples are the 414,113 train captions (mscoco_dataset.py:
+one per annotation), at this batch of 512 (81k steps). Images are not
+flipped (the release's DalleTransformerPreprocessor never flips, and a flip
+would contradict a caption's 'left' or 'right'); its crop (a near-centre
+square, rescaled to 256-288, a random 256 crop) is here the shorter side
+resized to 256 and a random 256 crop. Caption dropout 0.1
 for guidance from the start (the release learns it in a fine-tune,
 configs/coco_tune.yaml; the paper's FID 19.75 is without guidance).
 """
@@ -26,12 +31,15 @@ def get_config():
   config.data.tfds_name = 'coco_captions'
   config.data.image_key = 'image'
   config.data.caption_key = 'captions/text'
+  config.data.label_key = ''  # coco_captions has no class label.
+  config.data.eval_split = 'val'  # Its splits: train, val, test, restval.
+  config.data.random_flip = False
   config.data.image_size = 256
   config.loss.aux_weight = 5e-4
   # The release's configs/coco.yaml: lr 2e-4 after 1000 warmup steps.
   config.optimizer.learning_rate = 2e-4
   config.optimizer.warmup_steps = 1000
-  config.train.num_steps = 100 * 82_783 // 512
+  config.train.num_steps = 100 * 414_113 // 512
   config.train.eval_every = 4_000
   config.train.checkpoint_every = 1_000
   config.text.max_length = 77

@@ -63,6 +63,7 @@ def get_config():
   config.data = data.default_config('tfds')
   config.data.tfds_name = 'imagenet2012'
   config.data.image_size = 256
+  config.data.random_flip = False  # The release's preprocessors never flip.
   config.tokens.batch_size = 256
   config.tokens.batches_per_shard = 100
   config.loss.aux_weight = 1e-3

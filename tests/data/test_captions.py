@@ -250,9 +250,11 @@ def _stack(examples):
 
 @pytest.fixture
 def mock_coco(tfds_module):
-  config = _with(data.default_config('tfds'), tfds_name='coco_captions',
-                 image_size=16, eval_split='val', label_key='',
-                 caption_key='captions/text', shuffle_buffer=8)
+  # The shipped config's data section (its label_key and eval_split were
+  # tfds' defaults, which coco_captions lacks), at a tiny size.
+  from configs.vq_diffusion import coco256_text  # pylint: disable=g-import-not-at-top
+  config = _with(coco256_text.get_config().data, image_size=16,
+                 shuffle_buffer=8)
   with tfds_module.testing.mock_data(num_examples=NUM_COCO,
                                      as_dataset_fn=_mock_coco_as_dataset):
     yield config

@@ -99,3 +99,25 @@ def test_weight_decay_on_kernels_leaves_the_rest():
           'scale': False
       }
   }
+
+
+def test_the_discriminators_schedule_spans_the_steps_from_disc_start():
+  """Held before loss.disc_start, the discriminator's optimizer counts from
+  there: its cosine spans the steps left (as TiTok's), or it stopped short
+  (17% of its peak at the end of the MAGVIT-v2 video config)."""
+  from vqlab.train.tasks import tokenizer  # pylint: disable=g-import-not-at-top
+  config = tiny.tokenizer_config(steps=10)
+  config.loss.disc_start = 6
+  config.optimizer.discriminator.update(learning_rate=1.0, schedule='cosine',
+                                        warmup_steps=0, weight_decay=0.0,
+                                        grad_clip_norm=0.0)
+  tx = tokenizer.build(experiment_config.validate(config,
+                                                  1)).tx['discriminator']
+  params = {'w': jnp.zeros(())}
+  opt_state = tx.init(params)
+  moves = []
+  for _ in range(10 - 6):  # Steps 6 to 9: counts 0 to 3.
+    updates, opt_state = tx.update({'w': jnp.ones(())}, opt_state, params)
+    moves.append(-float(updates['w']))  # Adam on constant gradients: lr.
+  np.testing.assert_allclose(
+      moves, [0.5 * (1 + np.cos(np.pi * c / 4)) for c in range(4)], rtol=1e-4)

@@ -29,8 +29,10 @@ def default_config() -> ml_collections.ConfigDict:
       'name': 'tfds_video',
       'image_size': 128,  # Side of the square output frames.
       'seed': 0,  # Seeds the train order and the clip starts, crops and flips.
-      'tfds_name':
-          'ucf101',  # A tfds video dataset, optionally with its config ('ucf101/...').
+      # A tfds video dataset, optionally with its config; 'ucf101' is
+      # 'ucf101/ucf101_1_256', frames stretched to 256x256 ('ucf101/ucf101_1':
+      # as filmed, 320x240).
+      'tfds_name': 'ucf101',
       'data_dir':
           config_dict.placeholder(str),  # tfds data dir; None = tfds' default.
       'manual_dir': config_dict.placeholder(
