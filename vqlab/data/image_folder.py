@@ -183,12 +183,28 @@ def hold_out(paths: list[str], root: str,
 # ------------------------------------------------------------------------------
 
 
+def _palette_bmp(head: bytes) -> bool:
+  """Whether a file's first 30 bytes are a BMP of at most 8 bits per pixel:
+  palette indices, which TensorFlow decodes as grey levels (no colours)."""
+  return (head[:2] == b'BM' and len(head) >= 30 and
+          int.from_bytes(head[28:30], 'little') <= 8)
+
+
 def _decoded_shape(path, channels: int):
   """Reads and decodes the image file `path` (a string tensor): int32 [3]."""
   encoded = tf.io.read_file(path)
-  jpeg = lambda: tf.shape(tf.io.decode_jpeg(encoded, channels, ratio=8))
-  other = lambda: tf.shape(preprocess.decode_image(encoded, channels))
-  return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+  # _palette_bmp in TensorFlow (a Python call per file is slow on big folders).
+  bits = lambda: tf.io.decode_raw(tf.strings.substr(encoded, 28, 2), tf.uint16,
+                                  little_endian=True)[0] <= 8
+  palette = tf.cond(
+      tf.logical_and(tf.equal(tf.strings.substr(encoded, 0, 2), b'BM'),
+                     tf.strings.length(encoded) >= 30), bits,
+      lambda: tf.constant(False))
+  check = tf.debugging.Assert(tf.logical_not(palette), ['palette BMP'])
+  with tf.control_dependencies([check]):
+    jpeg = lambda: tf.shape(tf.io.decode_jpeg(encoded, channels, ratio=8))
+    other = lambda: tf.shape(preprocess.decode_image(encoded, channels))
+    return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
 
 
 def unreadable(paths: list[str], channels: int) -> list[int]:
@@ -216,11 +232,14 @@ def describe_unreadable(path: str) -> str:
   """
   try:
     with open(path, 'rb') as f:
-      head = f.read(8)
+      head = f.read(30)
   except OSError as e:
     return f'cannot be read: {e.strerror or e}'
   if not head:
     return 'an empty file'
+  if _palette_bmp(head):
+    return ('a BMP of palette colours, which TensorFlow decodes without them '
+            '(as grey): convert it to PNG')
   for signature, kind in _SIGNATURES:
     if head.startswith(signature):
       return f'{kind} data that is truncated, corrupt or of an unsupported kind'
