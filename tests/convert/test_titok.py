@@ -128,6 +128,10 @@ def test_missing_wrong_and_unknown_tensors_are_named(golden):
   }
   with pytest.raises(WeightsError, match='without pixel_decoder.up.<i> blocks'):
     titok.convert_state_dict(no_levels, 'tiny', **kwargs)
+  # Stage 1: converted, then refused as a run ('use task titok_proxy').
+  stage_1 = {k: v for k, v in tensors.items() if not k.startswith('pixel_')}
+  with pytest.raises(WeightsError, match='a stage-1 checkpoint'):
+    titok.convert_state_dict(stage_1, 'tiny', **kwargs)
 
 
 def test_scanned_conversion_gives_the_reference_tokens_and_images(golden):

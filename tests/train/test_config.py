@@ -407,3 +407,13 @@ def test_the_model_config_is_checked_once_per_run(monkeypatch):
   config = experiment_config.validate(tiny.tokenizer_config(), num_devices=8)
   tokenizer_task.TokenizerTask(config)
   assert sorted(calls) == ['discriminator', 'tokenizer'], calls
+
+
+def test_titok_stage_1_checks_its_train_crops():
+  """A train_image_size the patches do not tile failed at init, unnamed."""
+  from configs.titok import tiny_stage1  # pylint: disable=g-import-not-at-top
+  config = tiny_stage1.get_config()
+  config.data.train_image_size = config.model.patch_size + 1
+  assert re.match(
+      r'^data\.train_image_size: \d+ is not divisible by '
+      r'model\.patch_size', _error(config, 1))

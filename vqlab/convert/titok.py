@@ -143,7 +143,12 @@ def model_config(sd: published.StateDict, num_heads: int = 0,
                                                       num_groups)
     del config.pixel_decoder['name']
   else:
-    config.decoder_output = 'proxy_codes'
+    # A stage-1 checkpoint (finetune_decoder=False): its decoder predicts a
+    # VQGAN's codes, and a run of it needs that VQGAN (task 'titok_proxy').
+    raise WeightsError(
+        f'{sd.source}: a TiTok without the MaskGIT pixel decoder '
+        "(pixel_decoder.*): a stage-1 checkpoint, whose decoder predicts a "
+        'VQGAN\'s codes; only the released stage-2 tokenizers convert')
   return config
 
 

@@ -59,11 +59,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f"the proxy-code task trains 'titok', got {config.model.name!r}")
   require(config.model.decoder_output == 'proxy_codes', 'model.decoder_output',
           "must be 'proxy_codes' in stage 1")
-  size = config.data.image_size
-  require(
-      size % config.model.patch_size == 0, 'data.image_size',
-      f'{size} is not divisible by model.patch_size '
-      f'{config.model.patch_size}')
+  for key in ('image_size', 'train_image_size'):
+    size = config.data.get(key, 0)
+    require(
+        size % config.model.patch_size == 0, f'data.{key}',
+        f'{size} is not divisible by model.patch_size '
+        f'{config.model.patch_size}')
 
 
 def check_proxy(config: ml_collections.ConfigDict,
