@@ -173,6 +173,8 @@ def paper_config(name: str, model_size: str, num_tokens: int, stage: str):
   config.data = data.default_config('tfds')
   config.data.tfds_name = 'imagenet2012'
   config.data.image_size = 256
+  # The release's ImageTransform: antialiased bicubic, train and eval.
+  config.data.resize_method = 'bicubic'
   config.train.batch_size = 1024
   config.train.microbatches = MICROBATCHES[model_size, stage]
   config.train.log_every = 100

@@ -328,3 +328,32 @@ def test_a_palette_bmp_is_named_not_read_as_grey(tmp_path):
       'colours.*convert it to PNG'):
     image_folder.drop_unreadable(paths, None, 'images', channels=3, skip=False,
                                  report=False)
+
+
+def test_bicubic_resize_is_pils_within_a_grey_level(tmp_path):
+  """data.resize_method = 'bicubic' (TiTok's release): the eval image is
+  PIL's bicubic resize and centre crop, up to rounding."""
+  rng = np.random.default_rng(1)
+  x = np.linspace(0, 255, 48)
+  rgb = np.uint8(
+      np.clip(
+          np.stack([np.add.outer(x, x[:32]) / 2] * 3, -1) +
+          rng.normal(0, 10, (48, 32, 3)), 0, 255))
+  for split in ('train', 'val'):
+    os.makedirs(tmp_path / split / 'images')
+    Image.fromarray(rgb).save(tmp_path / split / 'images' / 'a.png')
+  config = data.default_config('image_folder')
+  config.update(path=str(tmp_path), image_size=16, resize_method='bicubic')
+  batch = next(data.build(config, split='eval', global_batch_size=1).batches())
+  got = (batch['image'][0] + 1) * 127.5
+  pil = np.asarray(
+      Image.fromarray(rgb).resize((16, 24), Image.BICUBIC), np.float32)[4:20]
+  assert np.abs(got - pil).max() < 1.5
+  config.resize_method = 'bilinear'
+  bilinear = next(
+      data.build(config, split='eval',
+                 global_batch_size=1).batches())['image'][0]
+  assert np.abs((bilinear + 1) * 127.5 - pil).max() > 1.5
+  config.resize_method = 'lanczos'
+  with pytest.raises(ValueError, match=r"data\.resize_method: must be one of "):
+    data.build(config, split='eval', global_batch_size=1)

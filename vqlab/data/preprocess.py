@@ -29,6 +29,7 @@ from vqlab.data.lazy import tf
 from vqlab.data import base
 
 TRAIN_AUGMENTS = ('resize_random_crop', 'random_resized_crop')
+RESIZE_METHODS = ('bilinear', 'bicubic')
 
 
 def augment_defaults() -> dict[str, Any]:
@@ -47,6 +48,9 @@ def augment_defaults() -> dict[str, Any]:
           ),  # random_resized_crop: window width / height (lo, hi).
       'random_flip':
           True,  # Flip train images horizontally with probability 1/2.
+      # Antialiased resize filter: 'bilinear' or 'bicubic' (TiTok's; PIL's
+      # filter, clipped to the pixel range as PIL clips).
+      'resize_method': 'bilinear',
       'shuffle_buffer':
           10_000,  # Train shuffle buffer (examples per host), reseeded each epoch.
   }
@@ -63,6 +67,7 @@ class Augment:
   random_flip: bool
   shuffle_buffer: int
   train_image_size: int = 0  # 0: train at image_size too.
+  resize_method: str = 'bilinear'
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> Augment:
@@ -76,6 +81,10 @@ class Augment:
       raise ValueError(
           f'data.train_augment: must be one of {list(TRAIN_AUGMENTS)}, got {mode!r}.'
       )
+    method = base.get(config, 'resize_method')
+    if method not in RESIZE_METHODS:
+      raise ValueError(f'data.resize_method: must be one of '
+                       f'{list(RESIZE_METHODS)}, got {method!r}.')
     size = base.positive_int(config, 'image_size')
     train_size = config.get('train_image_size', 0)
     if isinstance(train_size, bool) or not isinstance(
@@ -90,7 +99,7 @@ class Augment:
                                               upper=100.0),
         random_flip=bool(base.get(config, 'random_flip')),
         shuffle_buffer=base.positive_int(config, 'shuffle_buffer'),
-        train_image_size=train_size)
+        train_image_size=train_size, resize_method=method)
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -133,13 +142,20 @@ def decode_image(encoded, channels: int):
   return image
 
 
-def resize_shorter_side(image, size: int):
+def resize(image, size, method: str = 'bilinear'):
+  """uint8 or float [..., h, w, C] -> float32 [..., *size, C], antialiased
+  `method` ('bicubic' clipped to [0, 255], as PIL clips)."""
+  out = tf.image.resize(image, size, method=method, antialias=True)
+  return tf.clip_by_value(out, 0.0, 255.0) if method == 'bicubic' else out
+
+
+def resize_shorter_side(image, size: int, method: str = 'bilinear'):
   """uint8 [..., h, w, C] -> float32 [..., h', w', C] with min(h', w') = size (antialiased
-  bilinear); a leading frame axis is resized frame by frame to the same size."""
+  `method`); a leading frame axis is resized frame by frame to the same size."""
   hw = tf.cast(tf.shape(image)[-3:-1], tf.float32)
   new_hw = tf.cast(tf.round(hw * (size / tf.reduce_min(hw))), tf.int32)
   new_hw = tf.maximum(new_hw, size)
-  return tf.image.resize(image, new_hw, method='bilinear', antialias=True)
+  return resize(image, new_hw, method)
 
 
 def center_crop(image, size: int):
@@ -181,8 +197,7 @@ def _inception_crop(encoded, seed, aug: Augment, turned=False):
 
   image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
   image.set_shape([None, None, aug.channels])
-  return tf.image.resize(image, aug.train_shape[:2], method='bilinear',
-                         antialias=True)
+  return resize(image, aug.train_shape[:2], aug.resize_method)
 
 
 def exif_orient(image, orientation):
@@ -237,7 +252,7 @@ def train_fn(aug: Augment) -> Callable[[Any, Any], Any]:
       image = _inception_crop(example['image'], crop_seed, aug, turned)
     else:
       image = resize_shorter_side(decode_image(example['image'], aug.channels),
-                                  aug.image_size)
+                                  aug.image_size, aug.resize_method)
       image = tf.image.stateless_random_crop(image, aug.train_shape,
                                              seed=crop_seed)
     if orientation is not None:  # Turned before the flip mirrors it.
@@ -258,7 +273,7 @@ def eval_fn(aug: Augment) -> Callable[[Any], Any]:
     image = decode_image(example['image'], aug.channels)
     if 'orientation' in example:
       image = exif_orient(image, example['orientation'])
-    image = resize_shorter_side(image, aug.image_size)
+    image = resize_shorter_side(image, aug.image_size, aug.resize_method)
     image = center_crop(image, aug.image_size)
     image = tf.ensure_shape(to_unit_range(image), aug.image_shape)
     return _output(example, image)
