@@ -21,7 +21,11 @@ Steps, for one text (the same as `transformers.BertTokenizer` and the
 
 Where transformers' old python BertTokenizer and the Rust BertTokenizerFast
 differ (rare characters: see `_is_control`, `_is_cjk`, the lowercasing),
-this follows the fast one, which sentence-transformers uses.
+this follows the fast one, which sentence-transformers uses. Character
+categories come from Python's `unicodedata` (Unicode 14 on Python 3.11);
+the `tokenizers` library's tables are older, so about 500 code points
+assigned or recategorized since (rare Arabic marks and punctuation, e.g.
+U+061D) tokenize differently there.
 """
 
 from collections.abc import Sequence
