@@ -9,6 +9,7 @@ during startup and during the final save, and kill -9 during an async save.
 import contextlib
 import errno
 import fcntl
+import glob
 import io
 import json
 import os
@@ -423,6 +424,10 @@ def test_an_error_right_after_a_save_keeps_that_checkpoint(
     loop.train_and_evaluate(_config(checkpoint_every=2, eval_every=2), workdir,
                             devices=_devices())
   assert _checkpoints(workdir) == ['2']
+  # TensorBoard's events are written out too (main.py leaves a failed
+  # multi-process run without the interpreter's exit, which flushed them).
+  events, = glob.glob(os.path.join(workdir, 'tensorboard', 'events.*'))
+  assert os.path.getsize(events) > 0
 
 
 def test_a_tokenizer_run_starts_on_a_caption_dataset(tmp_path):

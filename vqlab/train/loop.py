@@ -105,8 +105,8 @@ def _train(config, workdir, devices, step_callback, allow_config_change,
   exp = experiment.Experiment(config, workdir, devices,
                               allow_config_change=allow_config_change,
                               lock='train')
-  with _saves_landing(exp.checkpointer):
-    return _train_experiment(exp, workdir, step_callback, watcher)
+  with contextlib.ExitStack() as closing, _saves_landing(exp.checkpointer):
+    return _train_experiment(exp, workdir, step_callback, watcher, closing)
 
 
 @contextlib.contextmanager
@@ -130,8 +130,11 @@ def _saves_landing(checkpointer) -> Iterator[None]:
 
 def _train_experiment(exp: experiment.Experiment, workdir: str,
                       step_callback: StepCallback | None,
-                      watcher: preemption.PreemptionWatcher) -> dict[str, Any]:
-  """_train's run of its Experiment."""
+                      watcher: preemption.PreemptionWatcher,
+                      closing: contextlib.ExitStack) -> dict[str, Any]:
+  """_train's run of its Experiment; `closing` closes what it opens
+  however it ends (an error, a second Ctrl-C: main.py then leaves without
+  the interpreter's exit, which would have flushed TensorBoard's events)."""
   config = exp.config
   train_cfg = config.train
   state, start_step = exp.initial_state()
@@ -161,6 +164,7 @@ def _train_experiment(exp: experiment.Experiment, workdir: str,
   writer = writers_lib.MetricWriter(
       workdir, trains_from=start_step, evaluates_again=start_step
       >= train_cfg.num_steps)
+  closing.callback(writer.close)
   is_chief = jax.process_index() == 0
   if is_chief:
     print(

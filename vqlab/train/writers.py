@@ -77,7 +77,9 @@ class MetricWriter:
       self._tb.flush()
 
   def close(self) -> None:
+    """Writes out and closes the files (again: nothing)."""
     if self._enabled:
+      self._enabled = False
       if self._jsonl is not None:
         self._jsonl.close()
       self._tb.close()
