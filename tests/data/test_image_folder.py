@@ -321,8 +321,17 @@ def test_a_palette_bmp_is_named_not_read_as_grey(tmp_path):
   rgb[:, 4:] = (230, 0, 200)
   Image.fromarray(rgb).convert('P').save(tmp_path / 'palette.bmp')
   Image.fromarray(rgb).save(tmp_path / 'true_colour.bmp')
-  paths = [str(tmp_path / 'palette.bmp'), str(tmp_path / 'true_colour.bmp')]
-  assert image_folder.unreadable(paths, 3) == [0]
+  # Gray images saved as BMP: 8-bit indices into the grey ramp, which
+  # TensorFlow decodes right; 1-bit ones it decodes as levels 0 and 1.
+  gray = np.uint8(np.arange(64).reshape(8, 8) * 4)
+  Image.fromarray(gray).save(tmp_path / 'gray.bmp')
+  Image.fromarray(gray > 100).save(tmp_path / 'bilevel.bmp')
+  names = ('palette', 'true_colour', 'gray', 'bilevel')
+  paths = [str(tmp_path / f'{name}.bmp') for name in names]
+  assert image_folder.unreadable(paths, 3) == [0, 3]
+  np.testing.assert_array_equal(
+      preprocess.decode_image(open(paths[2], 'rb').read(), 1).numpy()[..., 0],
+      gray)
   with pytest.raises(
       DataError, match=r'palette\.bmp: a BMP of palette '
       'colours.*convert it to PNG'):

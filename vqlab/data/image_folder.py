@@ -182,34 +182,47 @@ def hold_out(paths: list[str], root: str,
 # Unreadable files.
 # ------------------------------------------------------------------------------
 
+# Bytes of a BMP that say whether TensorFlow decodes it right: the header
+# and a palette of up to 256 entries.
+_BMP_HEAD = 14 + 124 + 4 * 256
 
-def _palette_bmp(head: bytes) -> bool:
-  """Whether a file's first 30 bytes are a BMP of at most 8 bits per pixel:
-  palette indices, which TensorFlow decodes as grey levels (no colours)."""
-  return (head[:2] == b'BM' and len(head) >= 30 and
-          int.from_bytes(head[28:30], 'little') <= 8)
+
+def _coloured_palette_bmp(head: bytes) -> bool:
+  """Whether `head` (a file's first _BMP_HEAD bytes) is a BMP of palette
+  indices whose palette is not the grey ramp (entry i = grey level i):
+  TensorFlow decodes the indices as grey levels, right only for that ramp
+  (a gray image saved as BMP), silently wrong for colours or 1-bit images."""
+  if head[:2] != b'BM' or len(head) < 54:
+    return False
+  bits = int.from_bytes(head[28:30], 'little')
+  if bits > 8:
+    return False
+  count = int.from_bytes(head[46:50], 'little') or 2**bits
+  start = 14 + int.from_bytes(head[14:18], 'little')
+  palette = np.frombuffer(head[start:start + 4 * count], np.uint8)
+  if palette.size != 4 * count:
+    return True
+  bgr = palette.reshape(count, 4)[:, :3].astype(int)
+  return bool(np.any(bgr != np.arange(count)[:, None]))
 
 
 def _decoded_shape(path, channels: int):
   """Reads and decodes the image file `path` (a string tensor): int32 [3]."""
   encoded = tf.io.read_file(path)
-  # _palette_bmp in TensorFlow (a Python call per file is slow on big folders).
-  bits = lambda: tf.io.decode_raw(tf.strings.substr(encoded, 28, 2), tf.uint16,
-                                  little_endian=True)[0] <= 8
-  palette = tf.cond(
-      tf.logical_and(tf.equal(tf.strings.substr(encoded, 0, 2), b'BM'),
-                     tf.strings.length(encoded) >= 30), bits,
-      lambda: tf.constant(False))
-  check = tf.debugging.Assert(tf.logical_not(palette), ['palette BMP'])
-  with tf.control_dependencies([check]):
-    jpeg = lambda: tf.shape(tf.io.decode_jpeg(encoded, channels, ratio=8))
-    other = lambda: tf.shape(preprocess.decode_image(encoded, channels))
-    return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+  jpeg = lambda: tf.shape(tf.io.decode_jpeg(encoded, channels, ratio=8))
+  other = lambda: tf.shape(preprocess.decode_image(encoded, channels))
+  return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+
+
+def _head(path: str, size: int) -> bytes:
+  with open(path, 'rb') as f:
+    return f.read(size)
 
 
 def unreadable(paths: list[str], channels: int) -> list[int]:
   """Indices into `paths` [N] of the files TensorFlow cannot read or decode
-  as images of `channels` channels, in increasing order."""
+  as images of `channels` channels (or decodes wrong: `.bmp` files of
+  coloured palettes), in increasing order."""
   if not paths:
     return []
   ds = tf.data.Dataset.from_tensor_slices(tf.constant(paths)).enumerate()
@@ -217,6 +230,9 @@ def unreadable(paths: list[str], channels: int) -> list[int]:
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
   readable = np.zeros(len(paths), bool)
   readable[[int(i) for i, _ in ds.ignore_errors().as_numpy_iterator()]] = True
+  for i, path in enumerate(paths):
+    if readable[i] and path.lower().endswith('.bmp'):
+      readable[i] = not _coloured_palette_bmp(_head(path, _BMP_HEAD))
   return np.flatnonzero(~readable).tolist()
 
 
@@ -231,13 +247,12 @@ def describe_unreadable(path: str) -> str:
   log lines on the console.
   """
   try:
-    with open(path, 'rb') as f:
-      head = f.read(30)
+    head = _head(path, _BMP_HEAD)
   except OSError as e:
     return f'cannot be read: {e.strerror or e}'
   if not head:
     return 'an empty file'
-  if _palette_bmp(head):
+  if _coloured_palette_bmp(head):
     return ('a BMP of palette colours, which TensorFlow decodes without them '
             '(as grey): convert it to PNG')
   for signature, kind in _SIGNATURES:
