@@ -32,6 +32,7 @@ from vqlab import data as data_lib
 from vqlab import fileio
 from vqlab.data import token_shards
 from vqlab.errors import ConfigError
+from vqlab.train import checkpoint as checkpoint_lib
 from vqlab.train import experiment_config
 from vqlab.train import partitioning
 from vqlab.train import progress as progress_lib
@@ -60,8 +61,10 @@ def _num_examples(config, source, split: str) -> int:
 
 def _tokenizer_step(config, directory: str) -> int:
   """tokenizer.step, with -1 (the newest) read as the step of the shards
-  already in `directory` when they are of the same tokenizer run: a rerun
-  after that run trained on continues them."""
+  already in `directory` when they are of the same tokenizer run (a rerun
+  after that run trained on continues them), else as that run's newest
+  step, process 0's on every process (the run may save a newer step while
+  the processes look, and every shard must be of one step)."""
   step = config.tokenizer.step
   made = generator.shards_tokenizer_step(config, directory)
   if step < 0 and made is not None:
@@ -70,6 +73,11 @@ def _tokenizer_step(config, directory: str) -> int:
       print(
           f'vqlab: tokenizer.step = -1 reads step {step}, the step of the '
           f'tokens in {directory}', flush=True)
+  elif step < 0:
+    newest = checkpoint_lib.newest_step(config.tokenizer.workdir)
+    step = -1 if newest is None else newest  # -1: loading says what is missing.
+  if jax.process_count() > 1:
+    step = int(multihost_utils.broadcast_one_to_all(np.int64(step)))
   return step
 
 

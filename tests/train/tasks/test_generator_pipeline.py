@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -28,6 +29,7 @@ from vqlab.errors import ConfigError
 from vqlab.errors import DataError
 from vqlab.evals import fid
 from vqlab.generators import maskgit
+from vqlab.train import checkpoint as checkpoint_lib
 from vqlab.train import experiment
 from vqlab.train import experiment_config
 from vqlab.train import loop
@@ -129,6 +131,31 @@ def test_tokenize_resumes_only_missing_shards_and_ignores_partial_files(
                      'run'):
     pretokenize.tokenize(config, tokenizer_dir, devices=_devices())
   assert not os.path.exists(os.path.join(tokenizer_dir, 'tokens'))
+
+
+def test_tokenize_reads_process_0s_newest_tokenizer_step(
+    tokenizer_dir, tmp_path, monkeypatch):
+  """tokenizer.step = -1 with no shards yet: the tokenizer run's newest
+  step as process 0 lists it, on every process (each listed its own, and a
+  save between two listings made shards of two steps)."""
+  config = tiny.generator_config(tokenizer_dir)
+  directory = str(tmp_path / 'tokens')
+  newest = checkpoint_lib.newest_step(tokenizer_dir)
+  assert pretokenize._tokenizer_step(config, directory) == newest  # pylint: disable=protected-access
+  listed = []
+
+  def broadcast(value):
+    listed.append(int(value))
+    return np.int64(newest + 5)  # Process 0 saw a newer step.
+
+  # This module's view of JAX only: the checkpoint listing stays local.
+  monkeypatch.setattr(
+      pretokenize, 'jax',
+      types.SimpleNamespace(process_count=lambda: 2, process_index=lambda: 0))
+  monkeypatch.setattr(pretokenize.multihost_utils, 'broadcast_one_to_all',
+                      broadcast)
+  assert pretokenize._tokenizer_step(config, directory) == newest + 5  # pylint: disable=protected-access
+  assert listed == [newest]
 
 
 def _train(tokenizer_dir, shards, workdir, model, steps):
