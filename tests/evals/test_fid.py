@@ -166,3 +166,16 @@ def test_inception_score_limits_and_errors():
   too_few.update(np.zeros((5, 7)))
   with pytest.raises(ValueError, match='5 examples for 10 splits'):
     too_few.result()
+
+
+def test_frechet_distance_of_non_finite_statistics_is_nan():
+  """Features of a NaN image (a diverged model): NaN, as its PSNR, where the
+  eigendecomposition raised 'did not converge' after the whole eval."""
+  rng = np.random.default_rng(0)
+  features = rng.normal(size=(20, 4))
+  mu, sigma = features.mean(0), np.cov(features, rowvar=False)
+  features[3] = np.nan
+  bad_mu, bad_sigma = features.mean(0), np.cov(features, rowvar=False)
+  assert np.isnan(fid.frechet_distance(mu, sigma, bad_mu, bad_sigma))
+  assert np.isnan(fid.frechet_distance(bad_mu, bad_sigma, mu, sigma))
+  assert np.isfinite(fid.frechet_distance(mu, sigma, mu + 1, sigma))

@@ -157,6 +157,11 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   Args:
     mu1, mu2: means [D].
     sigma1, sigma2: covariances [D, D] (symmetric PSD).
+
+  Returns:
+    The distance; NaN where a statistic is not finite (features of a NaN
+    image, a diverged model), as PSNR is NaN then: an eval goes on and says
+    so, where the eigendecomposition raised after the whole pass.
   """
   mu1, mu2 = (np.atleast_1d(np.asarray(m, np.float64)) for m in (mu1, mu2))
   sigma1, sigma2 = (
@@ -164,6 +169,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
     raise ValueError(f'frechet_distance: shapes differ: mu {mu1.shape} vs '
                      f'{mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}')
+  if not all(np.isfinite(a).all() for a in (mu1, mu2, sigma1, sigma2)):
+    return float('nan')
   diff = mu1 - mu2
   values, vectors = np.linalg.eigh((sigma1 + sigma1.T) / 2)
   root1 = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
