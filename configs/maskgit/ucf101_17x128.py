@@ -87,6 +87,8 @@ def get_config():
   config.eval.batch_size = 64
   config.ema.decay = 0.9999
 
+  # maskgvt_ucf101_config: sampling.mask_bins = 12 (parallel_decode's
+  # num_iter), choice_temperature 4.5 (the default here).
   config.sample.num_steps = 12
   config.sample.batch_size = 64
   config.sample.num_samples = 10_000  # FVD on UCF-101: 10k samples.
