@@ -488,6 +488,36 @@ def test_a_locked_workdir_names_the_other_run(tmp_path):
   workdir_lock.acquire(workdir, 'train')
 
 
+def _two_main_processes(config, workdir, timeout: float, env=lambda i: {}):
+  """Runs `main.py --config=config --workdir=workdir` as the two processes
+  of one jax.distributed run (gloo, one CPU device each), process i with
+  the extra environment env(i) -> (the Popen objects, their stderr), killing
+  what is left after `timeout` seconds."""
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  processes = [
+      subprocess.Popen([
+          sys.executable,
+          os.path.join(ROOT, 'main.py'), f'--config={config}',
+          f'--workdir={workdir}', f'--coordinator_address=localhost:{port}',
+          '--num_processes=2', f'--process_id={i}', '--cpu_collectives=gloo',
+          '--compilation_cache_dir='
+      ], env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
+                  XLA_FLAGS='--xla_force_host_platform_device_count=1',
+                  **env(i)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True, cwd=ROOT) for i in range(2)
+  ]
+  try:
+    outputs = [p.communicate(timeout=timeout)[1] for p in processes]
+  finally:
+    for p in processes:
+      if p.poll() is None:
+        p.kill()
+        p.communicate()
+  return processes, outputs
+
+
 def test_two_processes_refused_by_a_locked_workdir_stop_with_a_line_each(
     tmp_path):
   """Process 0 alone reads the lock and tells process 1: both stop with one
@@ -495,11 +525,6 @@ def test_two_processes_refused_by_a_locked_workdir_stop_with_a_line_each(
   jax.distributed's shutdown for it)."""
   workdir = str(tmp_path / 'busy')
   os.makedirs(workdir)
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    port = s.getsockname()[1]
-  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
-             XLA_FLAGS='--xla_force_host_platform_device_count=1')
   # Held by this (live) process, the file written as workdir_lock writes it.
   with open(os.path.join(workdir, workdir_lock.LOCK_FILE), 'a+',
             encoding='utf-8') as held:
@@ -508,24 +533,8 @@ def test_two_processes_refused_by_a_locked_workdir_stop_with_a_line_each(
               'started 2025-01-01T00:00:00: pytest')
     held.write(holder + '\n')
     held.flush()
-    processes = [
-        subprocess.Popen([
-            sys.executable,
-            os.path.join(ROOT, 'main.py'), '--config=' +
-            os.path.join(ROOT, 'tests', 'tiny_tokenizer_config.py'),
-            f'--workdir={workdir}', f'--coordinator_address=localhost:{port}',
-            '--num_processes=2', f'--process_id={i}', '--cpu_collectives=gloo',
-            '--compilation_cache_dir='
-        ], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         cwd=ROOT) for i in range(2)
-    ]
-    try:
-      outputs = [p.communicate(timeout=60)[1] for p in processes]
-    finally:
-      for p in processes:
-        if p.poll() is None:
-          p.kill()
-          p.communicate()
+    processes, outputs = _two_main_processes(
+        os.path.join(ROOT, 'tests', 'tiny_tokenizer_config.py'), workdir, 60)
   lines = [o.strip().splitlines()[-1] if o.strip() else '' for o in outputs]
   assert all(p.returncode == 1 for p in processes), outputs
   assert all('Traceback' not in o for o in outputs), outputs
@@ -566,30 +575,9 @@ def test_a_data_error_on_one_of_two_processes_stops_both_at_once(tmp_path):
   for i in range(8):
     Image.fromarray(np.full((16, 16, 3), 30 * i,
                             np.uint8)).save(images / f'{i}.png')
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    port = s.getsockname()[1]
-  processes = [
-      subprocess.Popen([
-          sys.executable,
-          os.path.join(ROOT, 'main.py'), f'--config={config}',
-          f'--workdir={tmp_path / "run"}',
-          f'--coordinator_address=localhost:{port}', '--num_processes=2',
-          f'--process_id={i}', '--cpu_collectives=gloo',
-          '--compilation_cache_dir='
-      ], env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
-                  XLA_FLAGS='--xla_force_host_platform_device_count=1',
-                  TEST_IMAGES=str(images if i == 0 else tmp_path / 'none')),
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       text=True, cwd=ROOT) for i in range(2)
-  ]
-  try:
-    outputs = [p.communicate(timeout=90)[1] for p in processes]
-  finally:
-    for p in processes:
-      if p.poll() is None:
-        p.kill()
-        p.communicate()
+  processes, outputs = _two_main_processes(
+      config, tmp_path / 'run', 90,
+      lambda i: {'TEST_IMAGES': str(images if i == 0 else tmp_path / 'none')})
   assert [p.returncode for p in processes] == [1, 1], outputs
   last = [o.strip().splitlines()[-1] for o in outputs]
   assert last[1].startswith('process 1: data error: ') and 'none' in last[1]
