@@ -81,6 +81,24 @@ def test_config_errors_name_the_key():
   with pytest.raises(ConfigError,
                      match=r'^model\.quantizer\.codebook_sise: unknown key'):
     tokenizers.build(config)
+  config = tokenizers.default_config('vqgan')
+  config.channels, config.num_groups = 6, 4
+  with pytest.raises(ConfigError,
+                     match=r'^model\.num_groups: 4 does not divide channels=6'):
+    tokenizers.build(config)
+
+
+def test_latent_width_need_not_be_a_multiple_of_the_groups():
+  # No GroupNorm sees the latent: latent-diffusion's vq-f8 has 4 latent
+  # channels and 32 groups.
+  config = tokenizers.default_config('vqgan')
+  config.channels, config.z_channels, config.num_groups = 8, 3, 4
+  model = tokenizers.build(config)
+  x = jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  assert variables['params']['encoder']['conv_out']['kernel'].shape[-1] == 3
+  x_rec, _ = jax.eval_shape(model.apply, variables, x)
+  assert x_rec.shape == x.shape
 
 
 def test_factorized_lfq_tokens_decode_like_the_forward_pass():

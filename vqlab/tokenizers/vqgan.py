@@ -281,11 +281,13 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
       raise ConfigError(
           f'{prefix}.attention_levels',
           f'level {level} outside [0, {len(config.channel_multipliers)})')
-  for key in ('channels', 'z_channels'):
-    if config[key] % config.num_groups:
-      raise ConfigError(
-          f'{prefix}.num_groups',
-          f'{config.num_groups} does not divide {key}={config[key]}')
+  # GroupNorm runs at the levels' widths (channels * multiplier) only, never
+  # on the z_channels-wide latent: latent-diffusion's vq-f8 (4 channels, 32
+  # groups) is a valid taming VQModel.
+  if config.channels % config.num_groups:
+    raise ConfigError(
+        f'{prefix}.num_groups',
+        f'{config.num_groups} does not divide channels={config.channels}')
   if config.downsample not in DOWNSAMPLING:
     raise ConfigError(
         f'{prefix}.downsample', f'must be one of '
