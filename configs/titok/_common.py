@@ -18,6 +18,7 @@ import ml_collections
 
 from configs.vqgan import maskgit_f16
 from vqlab import tokenizers
+from vqlab.tokenizers import titok
 from vqlab.train import experiment_config
 from vqlab.train.tasks import proxy_codes
 
@@ -122,6 +123,13 @@ def paper_config(name: str, model_size: str, num_tokens: int, stage: str):
                       proxy_codebook_size=1024)
   # One nn.scan over the blocks: XLA compiles one block, not all of them.
   model.scan_layers = True
+  # The released architecture (1d-tokenizer blocks.py, is_legacy): a class
+  # token first in both ViTs, and the proxy codes from a tanh hidden layer
+  # of twice the decoder's width. Not its latent reshape quirk (the release's
+  # non-legacy path fixes it), LayerNorm eps 1e-5 or erf GELU (PyTorch's
+  # defaults; this keeps 1e-6 and tanh GELU, as big_vision's ViT).
+  model.class_token = True
+  model.proxy_head_hidden = 2 * titok.PAPER_SIZES[model_size].width
   if stage == '1':
     config = stage1(model, proxy_workdir)
     config.optimizer.learning_rate = 1e-4

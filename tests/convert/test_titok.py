@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from configs.titok import s128
 from tests import paths
 from tests.compile_options import FAST_COMPILE
 from vqlab import tokenizers
@@ -55,6 +56,24 @@ def test_released_variants_are_read_from_shapes(released_keys):
     assert (config.quantizer.codebook_size,
             config.quantizer.embedding_dim) == (4096, 12)
     assert tuple(config.pixel_decoder.channel_multipliers) == (1, 1, 2, 2, 4)
+
+
+def test_paper_configs_build_the_released_architecture(released_keys):
+  # Every param of the released TiTok-S-128 (its pixel VQGAN aside) has the
+  # shape of the paper config's: class tokens, the proxy head's hidden layer.
+  shapes = released_keys['titok_s128']
+  released = titok.convert_state_dict(
+      {
+          k: np.zeros(s, np.float32) for k, s in shapes.items()
+      }, 'S-128', scan_layers=True).params
+  model = tokenizers.build(s128.get_config('1').model)
+  images = jax.ShapeDtypeStruct((1, 256, 256, 3), np.float32)
+  ours = jax.eval_shape(model.init, jax.random.key(0), images)['params']
+  flat = lambda tree: {
+      k: v.shape for k, v in jax.tree_util.tree_leaves_with_path(tree)
+  }
+  del released['pixel_vqgan']
+  assert flat(ours) == flat(released)
 
 
 def test_full_size_s128_converts(released_keys):
