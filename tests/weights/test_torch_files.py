@@ -128,12 +128,55 @@ def test_save_rejects_unsupported_dtype(tmp_path):
     save_state_dict(tmp_path / 'x.pth', {'w': np.zeros(2, np.uint32)})
 
 
-def _legacy_header() -> bytes:
+def _legacy_header(little_endian: bool = True) -> bytes:
   return b''.join(
       pickle.dumps(x, protocol=2) for x in (0x1950a86a20f9469cfc6c, 1001, {
           'protocol_version': 1001,
-          'little_endian': True
+          'little_endian': little_endian
       }))
+
+
+def _state_dict_pickle(array: np.ndarray) -> bytes:
+  """The pickle body (no PROTO, no STOP) of OrderedDict(w=array), its
+  storage key '0'."""
+  return torch_files._pickle_state_dict([('w', array, 'FloatStorage')])[2:-1]
+
+
+def test_reads_legacy_files_from_big_endian_machines(tmp_path):
+  # torch writes sizes and data little-endian on any machine and ignores
+  # the system info's little_endian flag (THPStorage_writeFileRaw).
+  w = np.array([1, 2, 3], np.float32)
+  path = tmp_path / 'big_endian_host.pth'
+  path.write_bytes(
+      _legacy_header(little_endian=False) + b'\x80\x02' +
+      _state_dict_pickle(w) + b'.' + pickle.dumps(['0'], protocol=2) +
+      struct.pack('<q', 3) + w.tobytes())
+  np.testing.assert_array_equal(load_state_dict(path)['w'], w)
+
+
+def test_reads_one_dict_under_two_names(tmp_path):
+  # {'model': sd, 'model_ema': sd}: pickle writes sd once and refers to it.
+  w = np.array([1, 2, 3], np.float32)
+  data = b''.join([
+      b'\x80\x02}(',
+      torch_files._pickle_str('model'),
+      _state_dict_pickle(w),
+      b'q\x00',  # BINPUT 0: memoize the state dict.
+      torch_files._pickle_str('model_ema'),
+      b'h\x00u.',  # BINGET 0, SETITEMS.
+  ])
+  path = tmp_path / 'shared.pth'
+  _zip(
+      path, {
+          'archive/data.pkl': data,
+          'archive/byteorder': b'little',
+          'archive/data/0': w.tobytes(),
+          'archive/version': b'3\n'
+      })
+  loaded = load_state_dict(path)
+  assert sorted(loaded) == ['model.w', 'model_ema.w']
+  for array in loaded.values():
+    np.testing.assert_array_equal(array, w)
 
 
 def _zip(path, records):

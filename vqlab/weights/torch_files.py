@@ -9,7 +9,7 @@
 * legacy (torch < 1.6): consecutive pickles in one file: a magic number, the
   protocol version, a dict of system info, the object, then the list of
   storage keys; then, for each key in that order, the storage's element count
-  (int64) followed by its raw bytes.
+  (int64) followed by its raw bytes, both little-endian on any machine.
 
 In both, the object pickle refers to storages by persistent id
 `('storage', <torch.XStorage class>, key, location, numel[, view])`, and each
@@ -278,18 +278,21 @@ def _tensors(obj: Any) -> dict[str, _LazyTensor]:
     kind = 'tensor' if isinstance(obj, _LazyTensor) else type(obj).__name__
     raise _FormatError(f'holds a {kind}, not a dict of tensors')
   out = {}
-  seen = set()
+  path = set()  # Ids of the dicts being visited.
 
   def visit(node, prefix):
-    if id(node) in seen:  # A pickle can make a dict contain itself.
+    # A pickle can make a dict contain itself (skipped), or hold one dict
+    # under two names, e.g. {'model': sd, 'model_ema': sd} (read under both).
+    if id(node) in path:
       return
-    seen.add(id(node))
+    path.add(id(node))
     for key, value in node.items():
       name = f'{prefix}{key}'
       if isinstance(value, _LazyTensor):
         out[name] = value
       elif isinstance(value, dict):
         visit(value, name + '.')
+    path.remove(id(node))
 
   visit(obj, '')
   return out
@@ -355,9 +358,10 @@ def _read_legacy(file: BinaryIO, path: str,
   protocol, _ = _unpickle(file, path)
   if protocol != _LEGACY_PROTOCOL:
     raise _FormatError(f'unknown legacy protocol version {protocol!r}')
-  sys_info, _ = _unpickle(file, path)
-  big_endian = (isinstance(sys_info, dict) and
-                sys_info.get('little_endian', True) is False)
+  # The system-info pickle says what machine wrote the file; torch ignores
+  # it, as its writer stores sizes and data little-endian on any machine
+  # (THPStorage_writeFileRaw).
+  _unpickle(file, path)
   obj, roots = _unpickle(file, path, lenient)
   tensors = _tensors(_state_dict_of(obj, lenient))
   keys, _ = _unpickle(file, path)
@@ -370,14 +374,14 @@ def _read_legacy(file: BinaryIO, path: str,
     header = file.read(8)
     if len(header) != 8:
       raise _FormatError(f'file ends before storage {key!r} (truncated?)')
-    (numel,) = struct.unpack('>q' if big_endian else '<q', header)
+    (numel,) = struct.unpack('<q', header)
     if numel < 0:
       raise _FormatError(f'storage {key!r} has negative size {numel}')
     if key not in needed:  # E.g. optimizer state of a training checkpoint.
       file.seek(numel * dtype.itemsize, io.SEEK_CUR)
       continue
     storages[key] = _storage_array(file.read(numel * dtype.itemsize), dtype,
-                                   numel, big_endian, f'storage {key!r}')
+                                   numel, False, f'storage {key!r}')
   missing = {t.storage.key for t in tensors.values()} - set(storages)
   if missing:
     raise _FormatError(f'no data for storages {sorted(missing)}')
