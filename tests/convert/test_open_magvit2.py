@@ -126,3 +126,14 @@ def test_wrong_shape_is_named(tiny_state):
   state['decoder.adaptive.1.beta.weight'] = np.zeros((32, 17), np.float32)
   with pytest.raises(WeightsError, match='AdaptiveGroupNorm_0/shift/kernel'):
     open_magvit2.convert_state_dict(state, ema=False)
+
+
+def test_deep_models_convert():
+  # f = 32 with the pooled adaptive norm, which needs a latent of 2x2 or more.
+  config = tokenizers.default_config('magvit2')
+  config.channels, config.num_groups = 8, 4
+  config.channel_multipliers = (1,) * 6
+  config.num_temporal_downsamples = 0
+  config.adaptive_norm = 'pooled'
+  params = open_magvit2.expected_params(config)
+  assert 'decoder' in params

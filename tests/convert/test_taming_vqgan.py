@@ -109,3 +109,12 @@ def test_wrong_shape_is_named(tiny_state):
 def test_not_a_taming_checkpoint():
   with pytest.raises(WeightsError, match='encoder.conv_in.weight'):
     taming_vqgan.convert_state_dict({'model.weight': np.zeros((2, 2))})
+
+
+def test_deep_models_convert():
+  # Params of a 64x-downsampling VQGAN, from an image it can take.
+  config = tokenizers.default_config('vqgan')
+  config.channels, config.num_groups = 8, 4
+  config.channel_multipliers = (1,) * 7
+  params = taming_vqgan.expected_params(config)
+  assert sum(k.startswith('Downsample2D') for k in params['encoder']) == 6
