@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.extend  # pylint: disable=unused-import
+import numpy as np
 
 # cuDNN's flash attention (jax.nn.dot_product_attention on a GPU) is one
 # primitive each way, counted as XLA's path counts its matmuls: q k^T and
@@ -34,6 +35,38 @@ def _sub_jaxprs(value: Any):
       yield from _sub_jaxprs(item)
 
 
+def _taps(out_size: int, kernel: int, stride: int, pad_low: int,
+          lhs_dilation: int, rhs_dilation: int) -> int:
+  """(output position, kernel tap) pairs of one spatial dimension that read
+  an input element or padding, not one of the zeros that an lhs dilation
+  puts between inputs (a transposed conv, the input gradient of a strided
+  conv): neither XLA nor cuDNN multiplies those. Padding taps count, as in
+  the usual 2 x outputs x kernel convention."""
+  if lhs_dilation == 1:
+    return out_size * kernel
+  read = (np.arange(out_size)[:, None] * stride +
+          np.arange(kernel)[None, :] * rhs_dilation - pad_low)
+  return int(np.count_nonzero(read % lhs_dilation == 0))
+
+
+def _conv_flops(eqn) -> float:
+  """2 x the multiply-adds of one conv_general_dilated."""
+  rhs = eqn.invars[1].aval.shape
+  out = eqn.outvars[0].aval.shape
+  numbers, params = eqn.params['dimension_numbers'], eqn.params
+  kernel = [rhs[d] for d in numbers.rhs_spec[2:]]
+  taps = math.prod(
+      _taps(out[o], k, stride, low, lhs_dilation, rhs_dilation)
+      for o, k, stride, (low, _), lhs_dilation, rhs_dilation in zip(
+          numbers.out_spec[2:], kernel, params['window_strides'],
+          params['padding'], params['lhs_dilation'], params['rhs_dilation']))
+  # Per (output position, tap): one MAC per input feature of the kernel, for
+  # every output batch element and feature.
+  in_features = rhs[numbers.rhs_spec[1]]
+  batch_and_features = out[numbers.out_spec[0]] * out[numbers.out_spec[1]]
+  return 2.0 * batch_and_features * in_features * taps
+
+
 def _eqn_flops(eqn) -> float:
   name = eqn.primitive.name
   if name == 'dot_general':
@@ -45,11 +78,7 @@ def _eqn_flops(eqn) -> float:
     ]
     return 2.0 * math.prod(lhs) * math.prod(rhs_free)
   if name == 'conv_general_dilated':
-    rhs = eqn.invars[1].aval.shape
-    out = eqn.outvars[0].aval.shape
-    out_feature_dim = eqn.params['dimension_numbers'].rhs_spec[0]
-    # Each output element costs one MAC per kernel weight of its feature.
-    return 2.0 * math.prod(out) * math.prod(rhs) / rhs[out_feature_dim]
+    return _conv_flops(eqn)
   if name in _FLASH_ATTENTION:
     (b, t, n, h), (_, s, _, _) = (v.aval.shape for v in eqn.invars[:2])
     return _FLASH_ATTENTION[name] * 4.0 * b * n * t * s * h

@@ -62,16 +62,18 @@ batch and frozen networks are `jax.ShapeDtypeStruct`s from `jax.eval_shape`):
 nothing big is allocated and no step runs. It reports the compile time
 (tracing and lowering included), the compiled program's memory analysis per
 device (argument, output, temp and generated-code bytes; peak estimate =
-argument + output + temp - alias) and the FLOPs per step (matmuls and
-convolutions counted from the step's jaxpr, benchmarks/flops.py; remat
-recomputation included) and the time to compile the init program
-(init_compile_s). Without it, each case also initializes its state for real
-(random weights; init s is compiling and running init), runs 2 warm-up
-steps and then up to --steps timed steps (as many as fit the case's time
-left; step s is their mean), and reports examples/s, the device's peak
-memory in use (the host's peak RSS on CPU) and MFU = FLOPs per step / step s
-/ (devices x peak FLOP/s of the device kind and compute dtype,
-benchmarks/train_step.py's PEAK_FLOPS). Sampling cases time one warm-up call
+argument + output + temp - alias), the FLOPs per step (matmuls and
+convolutions counted from the step's jaxpr, benchmarks/flops.py:
+flops_per_step with rematerialized recomputation, model_flops_per_step
+without it, from a trace of the step with model.remat_policy = 'none') and
+the time to compile the init program (init_compile_s). Without it, each
+case also initializes its state for real (random weights; init s is
+compiling and running init), runs 2 warm-up steps and then up to --steps
+timed steps (as many as fit the case's time left; step s is their mean),
+and reports examples/s, the device's peak memory in use (the host's peak RSS
+on CPU), MFU = model FLOPs per step / step s / (devices x peak FLOP/s of the
+device kind and compute dtype, benchmarks/train_step.py's PEAK_FLOPS) and
+HFU, the same with the recomputation. Sampling cases time one warm-up call
 and then up to --steps calls (median).
 
 Each case runs in its own process (this script with --case=NAME), killed
@@ -512,12 +514,33 @@ def throughput(figures: dict, batch: int, seconds: float,
   device = jax.devices()[0]
   peak = train_step_benchmark.peak_flops(device, compute_dtype)
   flops = figures['flops_per_step']
+  model_flops = figures.get('model_flops_per_step', flops)
+  utilization = lambda f: f / seconds / (peak * jax.device_count()
+                                        ) if peak else None
   return {
       'examples_per_s': batch / seconds,
       'peak_memory_bytes': train_step_benchmark.peak_memory_bytes(),
       'achieved_tflops': flops / seconds / 1e12,
-      'mfu': flops / seconds / (peak * jax.device_count()) if peak else None,
+      # Model FLOPs utilization: the step's work without recomputation.
+      'mfu': utilization(model_flops),
+      # Hardware FLOPs utilization: rematerialized work included.
+      'hfu': utilization(flops),
   }
+
+
+def model_flops(name: str, config, tiny: bool, options: dict, step_rng,
+                args) -> float:
+  """FLOPs of the case's train step on `args` without rematerialization
+  (traced only): the model FLOPs of MFU, which counts no recomputation."""
+  plain = config.copy_and_resolve_references()
+  plain.model.remat_policy = 'none'
+  task = build_task(name, plain, tiny, abstract=True)
+
+  def train_step(state, batch, frozen):
+    rng = jax.random.fold_in(step_rng, state.step)
+    return task.train_step(state, batch, rng, frozen, **options)
+
+  return flops_lib.jaxpr_flops(jax.jit(train_step).trace(*args).jaxpr.jaxpr)
 
 
 def train_case(name: str, config, tiny: bool, compile_only: bool,
@@ -592,6 +615,11 @@ def train_case(name: str, config, tiny: bool, compile_only: bool,
         f'budget {_gib(budget)} GiB: {more} microbatches', flush=True)
     config.train.microbatches = more
     compiled, figures = compile_step()
+  if config.model.get('remat_policy', 'none') != 'none':
+    with jax.set_mesh(mesh):
+      figures['model_flops_per_step'] = model_flops(
+          name, config, tiny, options, step_rng,
+          (abstract_state, abstract_batch, abstract_frozen))
   report({
       **figures, 'microbatches': config.train.microbatches,
       'memory_budget_bytes': budget,
@@ -890,7 +918,8 @@ def print_table(rows: dict[str, dict], compile_only: bool) -> None:
   init = ('init s: compiling the init program'
           if compile_only else 'init s: compiling and running init')
   print(f'\n{memory}; {init}; FLOPs per step: matmuls + convolutions of '
-        'the jaxpr, whole global batch; sampling: per call.')
+        'the jaxpr, whole global batch, without rematerialized recomputation '
+        '(the JSON\'s flops_per_step and hfu include it); sampling: per call.')
   width = max([len('case')] + [len(key) for key in rows])
   header = (f'{"case":<{width}} {"batch":>5} {"compile s":>9} {"init s":>7} '
             f'{"step s":>8} {"examples/s":>10} {"peak GiB":>8} '
@@ -910,13 +939,15 @@ def print_table(rows: dict[str, dict], compile_only: bool) -> None:
     if status != 'ok':
       status += f' ({row["limit_s"]:g} s)' if status == 'timed_out' else ''
       status += f': {row.get("error", "")}'
-    print(f'{key:<{width}} {fmt(row.get("global_batch"), "d"):>5} '
-          f'{fmt(row.get("compile_s"), ".1f"):>9} '
-          f'{fmt(row.get("init_s", row.get("init_compile_s")), ".1f"):>7} '
-          f'{fmt(row.get("step_s"), ".3g"):>8} '
-          f'{fmt(row.get("examples_per_s"), ".4g"):>10} '
-          f'{_gib(memory):>8} {_si(row.get("flops_per_step")):>10} '
-          f'{"-" if mfu is None else f"{100 * mfu:.1f}%":>6}  {status}')
+    print(
+        f'{key:<{width}} {fmt(row.get("global_batch"), "d"):>5} '
+        f'{fmt(row.get("compile_s"), ".1f"):>9} '
+        f'{fmt(row.get("init_s", row.get("init_compile_s")), ".1f"):>7} '
+        f'{fmt(row.get("step_s"), ".3g"):>8} '
+        f'{fmt(row.get("examples_per_s"), ".4g"):>10} '
+        f'{_gib(memory):>8} '
+        f'{_si(row.get("model_flops_per_step", row.get("flops_per_step"))):>10} '
+        f'{"-" if mfu is None else f"{100 * mfu:.1f}%":>6}  {status}')
   sys.stdout.flush()
 
 

@@ -34,8 +34,14 @@ _JSON = flags.DEFINE_string('json', None, 'Write the results here as JSON.')
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/vqlab_benchmark',
                                'Scratch workdir (nothing is checkpointed).')
 
-# Dense peak FLOP/s per device by (device kind substring, dtype).
+# Dense peak FLOP/s per device by (device kind substring, dtype); the first
+# match counts, so the H100 PCIe and NVL come before the SXM ('NVIDIA H100
+# 80GB HBM3').
 PEAK_FLOPS = {
+    ('H100 PCIe', 'bfloat16'): 756e12,
+    ('H100 PCIe', 'float32'): 51e12,
+    ('H100 NVL', 'bfloat16'): 835e12,
+    ('H100 NVL', 'float32'): 60e12,
     ('H100', 'bfloat16'): 989e12,
     ('H100', 'float32'): 67e12,
     ('H200', 'bfloat16'): 989e12,

@@ -1,9 +1,12 @@
 """The benchmark's FLOP counter against hand-computed counts."""
 
+import types
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from benchmarks import train_step
 from benchmarks.flops import count_flops
 
 
@@ -24,6 +27,25 @@ def test_conv_dot_and_backward_flops():
   batched = lambda a, b: jnp.einsum('bij,bjk->bik', a, b)
   assert count_flops(batched, jnp.zeros((3, 4, 6)), jnp.zeros((3, 6, 7))) == \
       2 * 3 * 4 * 6 * 7
+
+
+def test_lhs_dilation_holes_are_not_counted():
+  """A transposed conv, and the input gradient of a strided conv, dilate
+  their input with zeros that no backend multiplies: the input gradient
+  costs what the forward conv does (4x more when the holes counted)."""
+  x = jnp.zeros((2, 16, 16, 8))
+  transposed = nn.ConvTranspose(16, (2, 2), strides=(2, 2), padding='VALID')
+  variables = transposed.init(jax.random.key(0), x)
+  # Each input pixel meets each of the 2x2 taps once.
+  assert count_flops(transposed.apply, variables,
+                     x) == 2 * (2 * 16 * 16 * 16) * (2 * 2 * 8)
+  for kernel, padding in (((2, 2), 'VALID'), ((3, 3), 'SAME')):
+    conv = nn.Conv(16, kernel, strides=(2, 2), padding=padding)
+    variables = conv.init(jax.random.key(0), x)
+    forward = 2 * (2 * 8 * 8 * 16) * (kernel[0] * kernel[1] * 8)
+    assert count_flops(conv.apply, variables, x) == forward
+    both = jax.grad(lambda v, x: conv.apply(v, x).sum(), argnums=(0, 1))
+    assert count_flops(both, variables, x) == 3 * forward
 
 
 def test_scan_bodies_count_per_iteration():
@@ -57,3 +79,12 @@ def test_flash_attention_counts_as_xla_attention(monkeypatch):
     assert count_flops(fn, q, k, k) == forward
     grad = jax.grad(fn, argnums=(0, 1, 2))
     assert count_flops(grad, q, k, k) == 3 * forward
+
+
+def test_peak_flops_tells_the_h100_variants_apart():
+  peak = lambda kind: train_step.peak_flops(
+      types.SimpleNamespace(device_kind=kind), 'bfloat16')
+  assert peak('NVIDIA H100 80GB HBM3') == peak('NVIDIA H200') == 989e12
+  assert peak('NVIDIA H100 PCIe') == 756e12
+  assert peak('NVIDIA H100 NVL') == 835e12
+  assert peak('cpu') is None
