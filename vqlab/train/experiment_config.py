@@ -37,7 +37,9 @@ def base_config() -> ml_collections.ConfigDict:
   train.batch_size = 16  # Global batch (all hosts and devices).
   # Gradient accumulation: each step's batch runs as this many microbatches
   # (example i in microbatch i % k), their gradients averaged: the same
-  # global batch in 1 / k of the activation memory.
+  # global batch in 1 / k of the activation memory (terms made from a whole
+  # batch are each microbatch's: vqlab/train/tasks/base.py,
+  # accumulate_gradients).
   train.microbatches = 1
   train.log_every = 50  # Steps between scalar summaries.
   train.eval_every = 500  # Steps between evals (0: only at the end).

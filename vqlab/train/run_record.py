@@ -21,9 +21,11 @@ from vqlab.errors import ConfigError
 
 CONFIG_FILE = 'config.json'
 # Dotted keys (a trailing '.' is a whole section) that a resumed run may change.
-# The memory knobs among them (remat, microbatches) keep the expected update;
-# microbatches changes which random draws the later steps make. The scan
-# switches change how params are stored; the checkpoint is converted on
+# The memory knobs among them (remat, microbatches) keep the expected update,
+# but for the terms made from a whole (micro)batch (tasks/base.py,
+# accumulate_gradients); microbatches also changes which random draws the
+# later steps make. The scan switches change how params are stored; the
+# checkpoint is converted on
 # restore (vqlab.train.checkpoint).
 FREE_TO_CHANGE = ('train.num_steps', 'train.log_every', 'train.eval_every',
                   'train.checkpoint_every', 'train.max_to_keep',

@@ -148,7 +148,10 @@ def accumulate_gradients(grads_fn: Callable[[Batch, jax.Array, Any],
   Gradients and metrics are the means over microbatches: for losses that are
   means over equally many terms per example, the full batch's exactly. Terms
   computed from a whole batch are a microbatch's: LFQ's batch entropy,
-  Gumbel's and Regularized VQ's prior KL cover B / k examples. Statistics
+  Gumbel's and Regularized VQ's prior KL cover B / k examples, the adaptive
+  GAN weight is each microbatch's gradient-norm ratio and a PatchGAN's batch
+  norm sees B / k examples (as in taming on several GPUs, where each
+  process computes both from its own batch). Statistics
   that move once per step must be made so by the caller (the tokenizer's EMA
   codebook and LeCam EMAs are).
 
