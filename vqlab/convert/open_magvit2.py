@@ -32,7 +32,6 @@ generator config has [6, 12], the default here (LFQ's own default is
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -200,11 +199,8 @@ def _decoder(sd: published.StateDict, config) -> dict:
 def expected_params(config: ml_collections.ConfigDict):
   """ShapeDtypeStructs of the params of the model `config` builds."""
   model = tokenizers.build(config)
-  # A 2x2 latent: the params do not depend on the image size, but a 1x1
-  # latent has no spatial variance for an adaptive norm.
-  side = 2 * model.downsample_factor
-  x = jax.ShapeDtypeStruct((1, side, side, config.in_channels), jnp.float32)
-  return jax.eval_shape(model.init, jax.random.key(0), x)['params']
+  return jax.eval_shape(model.init, jax.random.key(0),
+                        tokenizers.example_image(model))['params']
 
 
 def convert_state_dict(tensors, *, ema: bool = True, factor_bits: str = 'auto',

@@ -11,6 +11,9 @@ A tokenizer module has `encode(x, train) -> (indices, QuantizerOutput)`,
 and, for GAN training, `forward_with_features`, `last_layer` and `LAST_LAYER`.
 """
 
+import jax
+import jax.numpy as jnp
+
 from vqlab import quantizers
 from vqlab.registry import Registry
 from vqlab.tokenizers import magvit2
@@ -34,3 +37,12 @@ default_config = REGISTRY.default_config
 build = REGISTRY.build
 build_validated = REGISTRY.build_validated
 validate = REGISTRY.validate
+
+
+def example_image(model) -> jax.ShapeDtypeStruct:
+  """A float32 image [1, S, S, C] that every layer of the built tokenizer
+  `model` takes, for tracing its params (which do not depend on the size):
+  TiTok's own image size, else one of 2x2 latents (a 1x1 latent has no
+  spatial variance for Open-MAGVIT2's pooled adaptive norm)."""
+  side = getattr(model, 'image_size', 0) or 2 * model.downsample_factor
+  return jax.ShapeDtypeStruct((1, side, side, model.in_channels), jnp.float32)

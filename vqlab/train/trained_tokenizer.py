@@ -107,8 +107,7 @@ def _in_model_layout(model: nn.Module, params: dict[str, Any]) -> dict:
   """`params` with their repeated blocks stacked as `model` stacks them
   (vqlab.nn.stack): a run that switched model.scan_blocks or scan_layers
   keeps older steps in the other layout."""
-  size = getattr(model, 'image_size', 0) or model.downsample_factor
-  x = jax.ShapeDtypeStruct((1, size, size, model.in_channels), jnp.float32)
+  x = tokenizers.example_image(model)
   rngs = {name: jax.random.key(0) for name in ('params', 'quantizer')}
   like = jax.eval_shape(lambda x: model.init(rngs, x, train=False), x)['params']
   if jax.tree.structure(params) == jax.tree.structure(like):
