@@ -118,12 +118,13 @@ CONVERTED = 'tokenize_and_reconstruct.ipynb with converted_dir'
 
 
 async def _convert(out_dir):
-  """A published-format checkpoint (tests/goldens' tiny MaskGIT VQGAN)
-  through `python -m vqlab.convert`, as a user would convert one."""
+  """A published-format checkpoint (tests/goldens' tiny Open-MAGVIT2: f = 2,
+  2^18 codes as 2^6 x 2^12 factors, pooled adaptive norm) through `python -m
+  vqlab.convert`, as a user would convert one."""
   process = await asyncio.create_subprocess_exec(
-      sys.executable, '-m', 'vqlab.convert', 'maskgit_vqgan',
-      os.path.join(ROOT, 'tests', 'goldens', 'maskgit_tiny.msgpack'), out_dir,
-      '--num_groups=4', '--image_size=16', cwd=ROOT,
+      sys.executable, '-m', 'vqlab.convert', 'open_magvit2',
+      os.path.join(ROOT, 'tests', 'goldens',
+                   'open_magvit2_tiny.ckpt'), out_dir, cwd=ROOT,
       stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
   output, _ = await process.communicate()
   assert process.returncode == 0, output.decode()
@@ -268,6 +269,11 @@ def test_a_converted_checkpoint_reconstructs(executed):
   # It loaded the conversion (step 0) and trained nothing.
   assert f'from {cwd.parent / "converted"} (step 0)' in printed, printed
   assert 'PSNR' not in printed
+  # 8x8 tokens of 2^18 codes, each given as two factors.
+  printed = ''.join(
+      o.get('text', '') for o in _cell(notebook, 'tok.whole_codes').outputs)
+  assert 'tokens (1, 8, 8, 2) int32' in printed, printed
+  assert 'of 262144, 64 per image (12 input values per token)' in printed
   assert _pngs(_cell(notebook, 'writers.image_grid([x, x_rec])'))
   grid = np.asarray(Image.open(cwd / 'converted.png'))
   assert grid.shape == (38, 20, 3) and grid.std() > 0  # 1 image, 2 rows.

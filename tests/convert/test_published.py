@@ -169,3 +169,8 @@ def test_a_run_that_switched_its_stacking_layout_still_loads(tmp_path):
   assert 'ResBlock3D_0_to_1' in scanned['encoder']
   jax.tree.map(np.testing.assert_array_equal, loaded.variables['params'],
                stack.stack_like(params, scanned))
+  # Its factorized codes, and each as one code of 2^6 (factor 0 low bits).
+  tokens = np.asarray(loaded.encode(loaded.variables, images))
+  assert tokens.shape == (2, 4, 4, 2) and loaded.factor_vocab_sizes == (8, 8)
+  np.testing.assert_array_equal(loaded.whole_codes(tokens),
+                                tokens[..., 0] + 8 * tokens[..., 1])

@@ -22,6 +22,7 @@ from vqlab.errors import CheckpointError
 from vqlab.errors import ConfigError
 from vqlab.nn import stack
 from vqlab.quantizers import base as quantizer_base
+from vqlab.quantizers import lfq
 from vqlab.train import checkpoint as checkpoint_lib
 
 
@@ -53,6 +54,15 @@ class TrainedTokenizer:
     if not quantizer_base.num_index_axes(self.model.quantizer):
       return ()
     return tuple(2**int(b) for b in self.model.quantizer.factor_bits)
+
+  def whole_codes(self, indices: Any) -> np.ndarray:
+    """Indices [B, *token_shape(, F)] -> int32 [B, *token_shape]: factorized
+    codes joined into one code each (factor 0 the low bits), others as
+    they are."""
+    if not self.factor_vocab_sizes:
+      return np.asarray(indices, np.int32)
+    bits = self.model.quantizer.factor_bits
+    return np.asarray(lfq.combine_factors(jnp.asarray(indices), bits))
 
   def token_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
     """Shape of one example's tokens for one input of `input_shape`
