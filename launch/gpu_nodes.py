@@ -106,7 +106,8 @@ def run_commands(args) -> list[tuple[list[str], str]]:
       program = 'env ' + ' '.join(env) + ' ' + program
     if local:
       log = _log(args, i, True)
-      line = (f'cd {quote(REPO)} && {program} > {quote(log)} 2>&1 &')
+      line = (f'mkdir -p {quote(os.path.dirname(log))} && cd {quote(REPO)} && '
+              f'{program} > {quote(log)} 2>&1 &')
       commands.append((None, line))
       continue
     log = remote_path(_log(args, i, False))

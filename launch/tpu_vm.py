@@ -115,6 +115,19 @@ def _is_not_replaceable(path: str) -> bool:
           path.count('/') < 2 and path.startswith('/'))
 
 
+def split_git_source(source: str) -> tuple[str, str]:
+  """'[git+]URL[@REF]' -> (URL, REF or ''): the ref is what follows the
+  last '@' of the repository path, so a user (git@host:..., ssh://git@...)
+  is not a ref and a branch may hold '/' (feature/x)."""
+  url = source.removeprefix('git+')
+  scheme = url.find('://')
+  path_start = (url.find('/', scheme + 3) if scheme >= 0 else url.find(':') + 1)
+  if path_start <= 0:
+    return url, ''
+  repository, at, ref = url[path_start:].rpartition('@')
+  return (url[:path_start] + repository, ref) if at and ref else (url, '')
+
+
 def setup_commands(args) -> list[list[str]]:
   """Installs vqlab (the repository: main.py and configs/ are not part of
   the wheel) into --remote_dir on every worker, plus the TPU jax."""
@@ -125,9 +138,7 @@ def setup_commands(args) -> list[list[str]]:
                      '~/vqlab)')
   remote = remote_path(args.remote_dir)
   if args.source.startswith(('git+', 'https://', 'git@', 'ssh://')):
-    url, at, ref = args.source.removeprefix('git+').rpartition('@')
-    if not at or '/' in ref or ':' in ref:  # No @ref (git@host:owner/repo).
-      url, ref = args.source.removeprefix('git+'), ''
+    url, ref = split_git_source(args.source)
     fetch = f'rm -rf {remote} && git clone {quote(url)} {remote}'
     if ref:
       fetch += f' && git -C {remote} checkout {quote(ref)}'

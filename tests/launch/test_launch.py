@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.join(ROOT, 'launch'))
 
 # pylint: disable-next=g-import-not-at-top,wrong-import-position
 import shell  # noqa: E402
+import tpu_vm  # noqa: E402
 
 
 def _launch(script, *argv):
@@ -110,6 +111,19 @@ def test_tpu_setup_from_a_checkout_and_from_git():
   ]
 
 
+def test_git_sources_split_at_the_ref():
+  split = tpu_vm.split_git_source
+  assert split('git+https://github.com/me/vqlab@feature/x') == (
+      'https://github.com/me/vqlab', 'feature/x')
+  assert split('git@github.com:me/vqlab') == ('git@github.com:me/vqlab', '')
+  assert split('git@github.com:me/vqlab@v1') == ('git@github.com:me/vqlab',
+                                                 'v1')
+  assert split('ssh://git@github.com/me/vqlab@a/b') == (
+      'ssh://git@github.com/me/vqlab', 'a/b')
+  assert split('https://user@host.org/me/vqlab') == (
+      'https://user@host.org/me/vqlab', '')
+
+
 def test_tpu_run_logs_stop_delete():
   run = _ok(
       _tpu('run', *TPU, '--config=configs/quickstart.py',
@@ -190,7 +204,8 @@ def test_gpu_nodes_remote_and_local():
                            '--workdir=/tmp/run', '--log_dir=/tmp/logs')
   assert rc == 0, err
   assert lines == [
-      f'cd {ROOT} && python3 main.py --config=configs/quickstart.py '
+      f'mkdir -p /tmp/logs && cd {ROOT} && python3 main.py '
+      '--config=configs/quickstart.py '
       '--workdir=/tmp/run --coordinator_address=localhost:1234 '
       f'--num_processes=2 --process_id={i} --cpu_collectives=gloo '
       f'--mode=train > /tmp/logs/process_{i}.log 2>&1 &' for i in range(2)
