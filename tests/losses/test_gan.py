@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from tests import tiny
 from vqlab.losses import discriminators
@@ -98,3 +99,17 @@ def test_patchgan_starts_as_taming_initializes_it():
   np.testing.assert_allclose(np.mean(scales), 1.0, atol=0.003)
   np.testing.assert_allclose(np.std(scales), 0.02, rtol=0.1)
   assert all(np.all(n['bias'] == 0) for n in norms)
+
+
+def test_patchgan_output_side_and_too_small_images():
+  for layers in (1, 2, 3):
+    disc = discriminators.PatchGAN(base_features=4, num_layers=layers)
+    for side in range(tokenizer.patchgan_min_side(layers), 41, 3):
+      x = jax.ShapeDtypeStruct((1, side, side + 1, 3), jnp.float32)
+      logits = jax.eval_shape(disc.init_with_output, jax.random.key(0), x)[0]
+      assert logits.shape[1:3] == (discriminators.patchgan_output_side(
+          side, layers), discriminators.patchgan_output_side(side + 1, layers))
+    smaller = tokenizer.patchgan_min_side(layers) - 1
+    x = jax.ShapeDtypeStruct((1, smaller, smaller, 3), jnp.float32)
+    with pytest.raises(ValueError, match='leave no logits'):
+      jax.eval_shape(disc.init, jax.random.key(0), x)

@@ -205,3 +205,17 @@ def test_wrong_shapes_name_the_key(lpips_golden):
   heads['lin3.model.1.weight'] = np.zeros((1, 256, 1, 1), np.float32)
   with pytest.raises(WeightsError, match=r"'lin3\.model\.1\.weight'"):
     lpips_weights.convert_lpips_heads(heads)
+
+
+def test_eval_leaves_lpips_out_below_its_smallest_side():
+  """Its relu5_3 has no positions under 16 pixels: NaN, not a metric."""
+  from vqlab.train.tasks import reconstruction_eval  # pylint: disable=g-import-not-at-top
+  params = jax.eval_shape(perceptual.LPIPS().init, jax.random.key(0),
+                          jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 16, 16, 3)))
+  evaluator = reconstruction_eval.ReconstructionEval(codebook_size=4)
+  for side, has_lpips in ((8, False), (16, True)):
+    x = jnp.zeros((2, side, side, 3))
+    outputs, _ = jax.eval_shape(
+        lambda p, x=x: evaluator.outputs(x, x, jnp.zeros(
+            (2, 2), jnp.int32), jnp.ones(2), {'lpips': p}), params['params'])
+    assert ('lpips' in outputs['sums']) == has_lpips

@@ -49,9 +49,30 @@ def _titok_with_pcl(config):
   config.loss.pcl_weight = 1.0
 
 
+def _regularized_with_pcl(config):
+  config.model.quantizer = quantizers.default_config('regularized')
+  config.model.quantizer.codebook_size = 32
+  config.model.quantizer.embedding_dim = 4
+  config.loss.pcl_weight = 1.0
+  config.data.image_size = 36  # f = 2: 18x18 tokens; VGG: 36, 18, 9, 4, 2.
+
+
 @pytest.mark.parametrize(
     'mutate, message',
     [
+        # Sizes the loss networks cannot take: they trained on NaN before.
+        (lambda c: c.discriminator.update({'num_layers': 3}),
+         r'^data\.image_size: 16: PatchGAN leaves no logits on it after its 3 '
+         r'stride-2 convs \(discriminator\.num_layers\): use fewer layers or '
+         r'images of 24 pixels or more$'),
+        (lambda c: (c.data.update({'image_size': 8}),
+                    c.discriminator.update({'num_layers': 1}),
+                    c.loss.update({'perceptual_weight': 0.1})),
+         r'^data\.image_size: 8: LPIPS \(loss\.perceptual_weight\) needs images '
+         r'of 16 pixels or more'),
+        (_regularized_with_pcl,
+         r"^data\.image_size: 36: VGG-19's 4x4 features after 3 2x2 pools do "
+         r'not tile the 18x18 token grid'),
         (lambda c: setattr(c.train, 'batchsize', 8),
          r'^train\.batchsize: unknown key'),
         (lambda c: c.model.quantizer.update({'codebook_sise': 8}),

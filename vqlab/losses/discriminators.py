@@ -70,6 +70,10 @@ class PatchGAN(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: [B, H, W, C] -> logits [B, H', W', 1] (float32)."""
     _check_images('PatchGAN', x)
+    if min(patchgan_output_side(n, self.num_layers) for n in x.shape[1:3]) < 1:
+      raise ValueError(
+          f'PatchGAN: images of {x.shape[1]}x{x.shape[2]} leave no logits '
+          f'after its {self.num_layers} stride-2 convs (num_layers)')
     conv = lambda f, s, h: nn.Conv(f, (4, 4), strides=(s, s), padding=(
         (1, 1),
         (1, 1)), dtype=self.dtype, kernel_init=nn.initializers.normal(0.02))(h)
@@ -81,6 +85,15 @@ class PatchGAN(nn.Module):
         h = BatchStatNorm()(h)
       h = nn.leaky_relu(h, 0.2)
     return conv(1, 1, h).astype(jnp.float32)
+
+
+def patchgan_output_side(side: int, num_layers: int) -> int:
+  """Side of PatchGAN's logit map for inputs of `side` pixels: the 4x4
+  convs (padding 1) of stride 2 (`num_layers` of them) then stride 1 (two),
+  each giving (side + 2 - 4) // stride + 1."""
+  for stride in (2,) * num_layers + (1, 1):
+    side = (side - 2) // stride + 1
+  return side
 
 
 def _blur_down(x: jax.Array) -> jax.Array:

@@ -17,6 +17,9 @@ from vqlab.weights import vgg as vgg_weights
 # lpips' ScalingLayer: maps [-1, 1] images to ImageNet-normalized ones.
 SHIFT = (-.030, -.088, -.188)
 SCALE = (.458, .448, .450)
+# The smallest image side LPIPS takes: its relu5_3 comes after four 2x2 max
+# pools (below, its spatial mean is over no positions: NaN).
+MIN_SIDE = 16
 
 
 def normalize_channels(x: jax.Array, eps: float = 1e-10) -> jax.Array:

@@ -105,8 +105,8 @@ class ReconstructionEval:
 
     Returns:
       outputs: {'sums': {'psnr', 'l1', 'ssim' (images >= 11 pixels), 'lpips'
-        (when LPIPS is loaded), 'count'} scalars and 'code_counts' [K];
-        'mask': [B]; when Inception is loaded 'features': {'real',
+        (when LPIPS is loaded, images >= 16 pixels), 'count'} scalars and
+        'code_counts' [K]; 'mask': [B]; when Inception is loaded 'features': {'real',
         'reconstructed'} pool features [B * T, 2048] (frames of videos;
         T = 1 for images) and 'feature_mask' [B * T]; when I3D is loaded
         (videos) 'features': {'i3d_real', 'i3d_reconstructed'} [B, 400] with
@@ -130,7 +130,7 @@ class ReconstructionEval:
     if min(x_frames.shape[1:3]) >= image_metrics.SSIM_WINDOW:
       per_example['ssim'] = _per_example(
           image_metrics.ssim(x_frames, rec_frames), batch_size)
-    if 'lpips' in frozen:
+    if 'lpips' in frozen and min(x_frames.shape[1:3]) >= perceptual.MIN_SIDE:
       per_example['lpips'] = _per_example(
           perceptual.lpips_distance(frozen['lpips'], x_frames, rec_frames,
                                     precision=jax.lax.Precision.HIGHEST),

@@ -41,6 +41,7 @@ from vqlab.losses import gan
 from vqlab.losses import perceptual
 from vqlab.losses import vgg_features
 from vqlab.nn import stack
+from vqlab.nn import vgg
 from vqlab.quantizers import base as quantizer_base
 from vqlab.tokenizers import titok
 from vqlab.train import checkpoint as checkpoint_lib
@@ -186,6 +187,27 @@ def _validate_data_fits_networks(config: ml_collections.ConfigDict,
         (frames - 1) % temporal == 0, key,
         f'{frames}, but the model downsamples time by {temporal}: clips need '
         f'1 + {temporal}k frames (e.g. {below} or {below + temporal})')
+  train_key = ('data.train_image_size' if config.data.get(
+      'train_image_size', 0) else 'data.image_size')
+  train_size = config.data.get('train_image_size', 0) or config.data.get(
+      'image_size', 0)
+  if not train_size:
+    return
+  if config.discriminator.name == 'patchgan':
+    layers = config.discriminator.num_layers
+    config_schema.require(
+        discriminators.patchgan_output_side(train_size, layers) >= 1, train_key,
+        f'{train_size}: PatchGAN leaves no logits on it after its '
+        f'{layers} stride-2 convs (discriminator.num_layers): use fewer layers '
+        f'or images of {patchgan_min_side(layers)} pixels or more')
+  if config.loss.perceptual_weight > 0:
+    config_schema.require(
+        train_size >= perceptual.MIN_SIDE, train_key,
+        f'{train_size}: LPIPS (loss.perceptual_weight) needs images of '
+        f'{perceptual.MIN_SIDE} pixels or more (its last VGG layer is 16x '
+        'coarser)')
+  if config.loss.pcl_weight > 0:
+    _validate_contrastive_grids(train_size, model.downsample_factor, train_key)
   if config.discriminator.name == 'stylegan':
     blocks = len(config.discriminator.channel_multipliers)
     for key in ('image_size', 'train_image_size'):
@@ -195,6 +217,28 @@ def _validate_data_fits_networks(config: ml_collections.ConfigDict,
           f'{size} is not divisible by 2^{blocks}: the StyleGAN discriminator '
           f'halves it in each of its {blocks} blocks '
           '(discriminator.channel_multipliers)')
+
+
+def patchgan_min_side(num_layers: int) -> int:
+  """The smallest image side PatchGAN of `num_layers` takes."""
+  side = 1
+  while discriminators.patchgan_output_side(side, num_layers) < 1:
+    side += 1
+  return side
+
+
+def _validate_contrastive_grids(size: int, factor: int, key: str) -> None:
+  """The contrastive loss lays each token's weight over VGG-19's feature
+  grids (relu1_2 .. relu5_3, after 0..4 2x2 pools, each floor-halving): one
+  coarser than the token grid must tile it."""
+  tokens, side = size // factor, size
+  for pools in range(len(vgg.DEFAULT_OUTPUTS)):
+    config_schema.require(
+        not 1 < side < tokens or tokens % side == 0, key,
+        f'{size}: VGG-19\'s {side}x{side} features after {pools} 2x2 pools '
+        f'do not tile the {tokens}x{tokens} token grid that the contrastive '
+        'loss (loss.pcl_weight) weights them by: use a size divisible by 16')
+    side //= 2
 
 
 class TokenizerTask(base.Task):
