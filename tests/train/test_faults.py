@@ -272,6 +272,16 @@ def test_a_run_keeps_reading_the_tokenizer_step_it_started_from(
   assert resumed.tokenizer.step == 7
   assert 'the step this run started from (its newest is 9' in (
       capsys.readouterr().out)
+  # The other processes (no announce) look the newest step up as process 0
+  # does: the lookup may be a collective, and one process skipping it hung
+  # all of them (a generator's --mode=sample on two processes).
+  asked = []
+  quiet = tiny.generator_config('/runs/tokenizer')
+  run_record.pin_newest_steps(quiet, workdir,
+                              lambda run: asked.append(run) or newest[run],
+                              announce=False)
+  assert asked == ['/runs/tokenizer'] and quiet.tokenizer.step == 7
+  assert not capsys.readouterr().out
   assert not run_record.differences(run_record.read(workdir), resumed)
   # An explicit step is the user's: compared with the record as any key.
   resumed.tokenizer.step = 9

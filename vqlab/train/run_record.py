@@ -54,7 +54,8 @@ def pin_newest_steps(config: ml_collections.ConfigDict, workdir: str,
 
   A run recorded with -1 (vqlab before 2026-12) keeps -1; an explicit step
   is left to the comparison with the record (run_record.check). `announce`:
-  print a line for each step pinned or kept (process 0 of a run).
+  print a line for each step pinned or kept (process 0 of a run); every
+  process calls `newest_step` alike.
   `made_from`: {step key: step} of outputs the workdir already holds for
   the run (TaskSpec.made_from); a new run pins those steps instead.
   """
@@ -67,8 +68,10 @@ def pin_newest_steps(config: ml_collections.ConfigDict, workdir: str,
     recorded = config_schema.lookup(saved, step_key)
     if config_schema.lookup(saved, run_key) == run and recorded is not None:
       config[section][name] = recorded
-      newest = newest_step(run) if announce and recorded != -1 else None
-      if newest is not None and newest != recorded:
+      # On every process: newest_step may be a collective (Orbax's manager
+      # syncs the processes when made).
+      newest = newest_step(run) if recorded != -1 else None
+      if announce and newest is not None and newest != recorded:
         print(
             f'vqlab: {step_key} = -1 reads step {recorded} of {run}, the '
             f'step this run started from (its newest is {newest}; name a '
