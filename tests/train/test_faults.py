@@ -202,6 +202,30 @@ def test_a_readable_checkpoint_of_another_model_is_never_called_corrupt(
   assert _listing(run_copy) == before  # Nothing renamed or rewritten.
 
 
+def test_an_optimizer_state_of_another_tree_shape_restores(
+    finished, run_copy, tmp_path, capsys):
+  """Weight decay on kernels only wraps an optimizer state that holds no
+  arrays (optax's MaskedState around EmptyState): the same arrays in another
+  tree. It restores; it was called unreadable and moved aside."""
+  changed = _config(num_steps=STEPS + 1)
+  changed.optimizer.generator.weight_decay_on = 'kernels'
+  loop.train_and_evaluate(changed, run_copy, devices=_devices(),
+                          allow_config_change=True)
+  out = capsys.readouterr().out
+  assert 'unreadable' not in out and 'corrupt' not in out, out
+  assert _checkpoints(run_copy)[-1] == str(STEPS + 1)
+  assert not [
+      n for n in os.listdir(os.path.join(run_copy, 'checkpoints'))
+      if 'corrupt' in n
+  ]
+  # Restored exactly: with weight decay 0 the step goes as it would have.
+  plain = str(tmp_path / 'plain')
+  shutil.copytree(finished[0], plain)
+  loop.train_and_evaluate(_config(num_steps=STEPS + 1), plain,
+                          devices=_devices(), allow_config_change=True)
+  assert _losses(run_copy)[STEPS + 1] == _losses(plain)[STEPS + 1]
+
+
 def test_allowed_config_change_keeps_the_old_record(run_copy, capsys):
   changed = _config()
   changed.optimizer.generator.learning_rate = 1e-5  # Fine-tuning.

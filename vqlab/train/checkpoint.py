@@ -341,8 +341,9 @@ class Checkpointer:
             flush=True)
     if relay:
       print(
-          f'vqlab: checkpoint {path} stores its repeated blocks in the '
-          'other layout (scanned or unrolled); restored in this config\'s',
+          f'vqlab: checkpoint {path} stores its arrays in another tree '
+          '(repeated blocks in the other layout (scanned or unrolled), or '
+          'optimizer states without arrays); restored in this config\'s',
           flush=True)
       state = _relaid(state, abstract_state)
     return state, step
@@ -385,6 +386,16 @@ class Checkpointer:
         state, failure = self._read(
             step, lambda s, t=target: self._restore_step(s, t))
         failure = _agreed(failure)
+        if failure is not None and failure.kind == _OTHER_TREE and not relay:
+          relay = True
+          state, failure = self._read(
+              step, lambda s: self._restore_step(s, _on_one_device(saved)))
+          failure = _agreed(failure)
+        if failure is not None and failure.kind == _OTHER_TREE:
+          failure = _Failure(
+              _MISMATCH, f'checkpoint {path} is readable but its state tree '
+              f'differs from this config\'s ({failure.why}); it restores under '
+              'the config it was trained with (config.json)')
       if failure is None:
         return (state, step, relay), unreadable
       if failure.kind == _TRANSIENT_FAILURE:
@@ -452,9 +463,11 @@ class Checkpointer:
           raise ValueError('no state metadata (a partial step)')
         return value, None
       except Exception as e:  # pylint: disable=broad-except
-        return None, _Failure(
-            _TRANSIENT_FAILURE if _not_the_files(e) else _UNREADABLE,
-            _first_line(e))
+        if _not_the_files(e):
+          kind = _TRANSIENT_FAILURE
+        else:
+          kind = _OTHER_TREE if _TREE_DIFFERS in str(e) else _UNREADABLE
+        return None, _Failure(kind, _first_line(e))
 
   def _set_aside(self, unreadable: list[tuple[int, str]],
                  restored: int) -> None:
@@ -521,7 +534,12 @@ def _not_the_files(e: Exception) -> bool:
 
 # Why a step was not restored, mildest first: processes that disagree act on
 # the gravest (a transient error or a mismatch anywhere stops the restore).
-_UNREADABLE, _MISMATCH, _TRANSIENT_FAILURE = 1, 2, 3
+# _OTHER_TREE: the arrays fit, their tree does not (e.g. optax's
+# MaskedState(EmptyState) for weight decay on kernels only, EmptyState for
+# all): read again as saved.
+_OTHER_TREE, _UNREADABLE, _MISMATCH, _TRANSIENT_FAILURE = 1, 2, 3, 4
+# Orbax's message for a restore target whose tree differs from the saved one.
+_TREE_DIFFERS = 'tree structures do not match'
 
 
 class _Failure(NamedTuple):
@@ -553,7 +571,9 @@ def _agreed(failure: _Failure | None) -> _Failure | None:
   brief; the full reason is in that process's log.
   """
   kinds = _gather_kinds(0 if failure is None else failure.kind)
-  if not np.isin(kinds, (0, _UNREADABLE, _MISMATCH, _TRANSIENT_FAILURE)).all():
+  if not np.isin(
+      kinds,
+      (0, _OTHER_TREE, _UNREADABLE, _MISMATCH, _TRANSIENT_FAILURE)).all():
     raise CheckpointError(
         'the processes fell out of step while restoring a checkpoint (an '
         f'exchange of failure kinds got {kinds.tolist()}). Nothing was '
@@ -565,6 +585,7 @@ def _agreed(failure: _Failure | None) -> _Failure | None:
     return failure
   process = int(np.argmax(kinds))
   what = {
+      _OTHER_TREE: 'found its arrays in another tree',
       _UNREADABLE: 'could not read it',
       _MISMATCH: 'found a state of another layout in it',
       _TRANSIENT_FAILURE: 'failed to read it for want of memory, on a '
