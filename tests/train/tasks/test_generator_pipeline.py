@@ -191,6 +191,18 @@ def test_shards_of_a_moved_tokenizer_name_the_key_to_set(
   assert 'tokenizer.step =' not in message
 
 
+def test_shards_of_other_data_are_refused(tokenizer_dir, shards, tmp_path):
+  """Its FID reference, prompts and eval conditions come from config.data:
+  shards of other data trained without a word."""
+  config = tiny.generator_config(tokenizer_dir)
+  config.tokens.dir = shards[1]['tokens_dir']
+  config.data.seed += 1  # Other random crops of the photos.
+  with pytest.raises(
+      ConfigError, match=r'^tokens\.dir: .* holds tokens of '
+      r'other data \(data\.seed 0 there, 1 here\)'):
+    experiment.Experiment(config, str(tmp_path / 'run'), _devices())
+
+
 @pytest.fixture(scope='module')
 def trained_maskgit(tokenizer_dir, shards, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('maskgit'))

@@ -19,6 +19,7 @@ Eval reports the same loss on the eval split (fixed masks) and shows decoded
 samples; `main.py --mode=sample` writes samples and their gFID / IS.
 """
 
+import json
 import os
 from typing import Any
 
@@ -371,6 +372,28 @@ def _input_key(batch) -> str:
   return keys[0]
 
 
+# Data keys that say where the data is or how it is read, not what the
+# examples are: token shards made before a dataset moved still fit.
+_DATA_KEYS_OF_NO_TOKENS = ('data_dir', 'manual_dir', 'download',
+                           'shuffle_buffer')
+
+
+def _check_shards_data(recorded: dict[str, Any],
+                       data: ml_collections.ConfigDict, directory: str) -> None:
+  """ConfigError unless token shards were made from the data of `data`
+  (the keys both name: shards of older vqlab lack newer keys)."""
+  now = json.loads(data.to_json_best_effort())
+  differ = sorted(k for k in recorded.keys() & now.keys()
+                  if k not in _DATA_KEYS_OF_NO_TOKENS and recorded[k] != now[k])
+  if differ:
+    changes = ', '.join(
+        f'data.{k} {recorded[k]!r} there, {now[k]!r} here' for k in differ)
+    raise ConfigError(
+        'tokens.dir', f'{directory} holds tokens of other data ({changes}): '
+        'use the data they were made from, or run --mode=tokenize again '
+        'into another tokens.dir')
+
+
 class GeneratorTask(base.Task):
   """Pure functions for training a registered generator on tokens."""
 
@@ -468,6 +491,8 @@ class GeneratorTask(base.Task):
           f'{self.tokenizer.step}: set {" and ".join(fix)} to train on these '
           'tokens, or run --mode=tokenize again into another tokens.dir '
           '(a tokenizer run that was moved makes its tokens again)')
+    _check_shards_data(source.metadata.get('data', {}), self.config.data,
+                       directory)
     recorded = source.metadata.get('condition', {'image': 'none'})
     wanted = self.condition_metadata()
     if recorded != wanted:
