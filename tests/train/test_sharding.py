@@ -82,3 +82,17 @@ def _assert_close_to_scale(got, expected, tolerance=1e-5):
   """
   scale = max(1.0, float(np.max(np.abs(expected))))
   assert float(np.max(np.abs(got - expected))) <= tolerance * scale
+
+
+def test_split_over_batch_splits_what_divides_inside_a_mesh():
+  mesh = partitioning.make_mesh(partitioning.default_config(),
+                                jax.devices()[:4])
+  made = jax.jit(lambda: partitioning.split_over_batch((jnp.zeros(
+      (8, 3)), jnp.zeros((6, 3)), jnp.zeros(()))))
+  with jax.set_mesh(mesh):
+    split, odd, scalar = made()
+  assert [s.data.shape for s in split.addressable_shards] == [(2, 3)] * 4
+  assert [s.data.shape for s in odd.addressable_shards] == [(6, 3)] * 4
+  assert scalar.shape == ()
+  outside = jax.jit(lambda: partitioning.split_over_batch(jnp.zeros((8, 3))))
+  assert outside().shape == (8, 3)  # No mesh: unchanged.

@@ -44,6 +44,21 @@ def make_mesh(config: ml_collections.ConfigDict,
                        axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
+def split_over_batch(tree: Any) -> Any:
+  """`tree` (arrays [B, ...]) constrained to be split over the batch axes
+  of the mesh in use (jax.set_mesh), inside a jitted function: for batches
+  made there from nothing batch-sharded (unconditional samples), which XLA
+  would otherwise compute whole on every device. Unchanged outside a mesh
+  or where B does not divide over its devices."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+    return tree
+  devices = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+  return jax.tree.map(
+      lambda x: jax.lax.with_sharding_constraint(x, jax.P(BATCH_AXES))
+      if x.shape and x.shape[0] % devices == 0 else x, tree)
+
+
 def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
   """Leading (batch) axis over all devices, other axes whole."""
   return jax.sharding.NamedSharding(mesh, jax.P(BATCH_AXES))

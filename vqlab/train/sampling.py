@@ -48,6 +48,7 @@ from vqlab.nn import inception
 from vqlab.train import checkpoint as checkpoint_lib
 from vqlab.train import experiment
 from vqlab.train import frozen as frozen_lib
+from vqlab.train import partitioning
 from vqlab.train import progress as progress_lib
 from vqlab.train import reference_stats
 from vqlab.train import writers as writers_lib
@@ -58,16 +59,17 @@ def inception_outputs(params, images: jax.Array,
                       protocol: str) -> dict[str, jax.Array]:
   """images [N, H, W, 3] in [-1, 1] -> {'pool' [N, 2048], 'logits_unbiased'
   [N, 1008]} of the FID InceptionV3 given its input `protocol` (compiled
-  once per image shape)."""
+  once per image shape), split over the mesh's devices."""
   return inception.InceptionV3(input_protocol=protocol).apply(
-      {'params': params}, images)
+      {'params': params}, partitioning.split_over_batch(images))
 
 
 @functools.partial(jax.jit, static_argnums=2)
 def i3d_features(params, videos: jax.Array, num_frames: int) -> jax.Array:
   """videos [B, T, H, W, 3] in [-1, 1] -> FVD features [B, 400] of their
-  first num_frames frames (compiled once per shape)."""
-  return fvd.features(params, videos, num_frames)
+  first num_frames frames (compiled once per shape), split over the mesh's
+  devices."""
+  return fvd.features(params, partitioning.split_over_batch(videos), num_frames)
 
 
 def _reference(

@@ -293,6 +293,14 @@ def test_sample_mode_reports_gfid_and_inception_score_of_the_samples(
   score.update(np.asarray(out['logits_unbiased'], np.float64))
   np.testing.assert_allclose(result['inception_score'],
                              score.result()[0], rtol=1e-5)
+  # Unconditional: nothing split over the devices goes in, yet the sampler
+  # and the decoder run split (each device made the whole batch).
+  with jax.set_mesh(exp.mesh):
+    tokens = jax.jit(exp.task.sample_tokens,
+                     static_argnums=2)(exp.task.eval_params(state),
+                                       jax.random.key(0), 4)
+  assert exp.mesh.size == 2
+  assert [s.data.shape[0] for s in tokens.addressable_shards] == [2, 2]
 
 
 def test_gpt_trains_on_shards_and_samples_decode_to_images(

@@ -38,6 +38,7 @@ from vqlab.generators import mask_schedule
 from vqlab.generators import maskgit
 from vqlab.train import frozen as frozen_lib
 from vqlab.train import optimizers
+from vqlab.train import partitioning
 from vqlab.train import trained_tokenizer
 from vqlab.train.state import TrainState
 from vqlab.train.tasks import base
@@ -709,7 +710,8 @@ class GeneratorTask(base.Task):
     factor_axes = ((len(self.tokenizer.factor_vocab_sizes),)
                    if self.tokenizer.factor_vocab_sizes else ())
     grid = tuple(self.config.sample.grid_shape) or self.token_shape
-    return tokens.reshape((batch_size,) + grid + factor_axes)
+    return partitioning.split_over_batch(
+        tokens.reshape((batch_size,) + grid + factor_axes))
 
   def sample_images(self, state: TrainState, rng, cond, frozen=None,
                     batch_size: int | None = None, observed=None):
