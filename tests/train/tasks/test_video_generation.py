@@ -81,6 +81,18 @@ def test_frame_prediction_keeps_the_observed_frames(video_generator):
       rel=1e-5)
 
 
+def test_eval_clips_cycle_through_every_clip_in_order(video_generator):
+  # 6 eval clips in batches of 4: the second batch is clips 4, 5, 0, 1 (the
+  # leftover 4 and 5 were dropped: samples 4 and 5 continued clips 0 and 1).
+  config, workdir = video_generator
+  exp = experiment.Experiment(config, workdir, _devices())
+  one_by_one = exp.task.eval_clips(1)
+  clips = np.concatenate([next(one_by_one)[0] for _ in range(6)])
+  batches = exp.task.eval_clips(4)
+  got = np.concatenate([next(batches)[0] for _ in range(3)])
+  np.testing.assert_array_equal(got, clips[np.arange(12) % 6])
+
+
 def _second_batch_psnr(exp, state):
   batches = exp.task.eval_clips(2)
   next(batches)

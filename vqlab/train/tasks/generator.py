@@ -746,11 +746,13 @@ class GeneratorTask(base.Task):
 
   def eval_clips(self, batch_size: int):
     """Yields (clips float [B, T, H, W, C], labels int [B] or None): the
-    eval split's clips in order, padding left out, cycling."""
+    eval split's clips in order, padding left out, cycling (a batch that
+    spans the end of the split goes on with its first clips)."""
+    clips, labels = [], []
     while True:
       source = data_lib.build(self.config.data, split='eval',
                               global_batch_size=self.config.eval.batch_size)
-      clips, labels, seen = [], [], 0
+      seen = 0
       for batch in source.batches():
         mask = np.asarray(batch['mask'], bool)
         seen += int(mask.sum())
