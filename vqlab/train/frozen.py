@@ -74,11 +74,17 @@ def load(networks: Iterable[str],
 
 
 def fvd_clip_length(config: ml_collections.ConfigDict) -> int | None:
-  """Frames per FVD clip under `config` (min(data.num_frames, eval.fvd_frames)),
-  or None when the data gives images."""
-  if data_lib.kind(config.data.name) != 'video':
+  """Frames per FVD clip under `config` (min(data.num_frames, eval.fvd_frames);
+  joint data: its video source's, which is its eval split), or None when the
+  data gives images."""
+  kind = data_lib.kind(config.data.name)
+  if kind == 'joint':
+    frames = config.data.video.num_frames
+  elif kind == 'video':
+    frames = config.data.num_frames
+  else:
     return None
-  return min(int(config.data.num_frames), int(config.eval.fvd_frames))
+  return min(int(frames), int(config.eval.fvd_frames))
 
 
 def fvd_problem(config: ml_collections.ConfigDict) -> str | None:

@@ -112,6 +112,21 @@ def test_rfvd_of_a_video_tokenizer(tokenizer_run, cheap_i3d):
   assert result['rfvd'] > 0
 
 
+def test_rfvd_of_joint_data_is_that_of_its_videos(tokenizer_run, cheap_i3d):
+  """Joint image-video data evaluates on its video source: the same rFVD
+  (it said 'joint gives images' with eval.fvd on, nothing with auto)."""
+  config, workdir = tokenizer_run
+  videos = loop.evaluate_checkpoint(config, workdir, devices=_devices())
+  joint = config.copy_and_resolve_references()
+  joint.data = data_lib.default_config('joint')
+  joint.data.video = config.data
+  joint.data.image.image_size = joint.data.image_size = 8
+  result = loop.evaluate_checkpoint(joint, workdir, devices=_devices(),
+                                    allow_config_change=True)
+  assert result['fvd_frames'] == NUM_FRAMES
+  assert result['rfvd'] == pytest.approx(videos['rfvd'], rel=1e-6)
+
+
 def test_fvd_on_clips_too_short_for_i3d_is_a_config_error(weights_dir):
   config = _tokenizer_config(weights_dir, num_frames=5)
   with pytest.raises(ConfigError, match=r'eval.fvd: .*5 frames.* at least 9'):
