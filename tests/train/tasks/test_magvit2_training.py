@@ -83,6 +83,7 @@ def test_joint_image_video_batch_trains_one_model():
   config.data.video.num_frames = 5
   config.model.quantizer.update(entropy_weight_final=0.0,
                                 entropy_anneal_steps=4)
+  config.loss.update(lecam_weight=0.001, lecam_decay=0.9)
   config = experiment_config.validate(config, num_devices=4)
   task = tokenizer.build(config)
   source = data_lib.build(config.data, split='train', global_batch_size=16)
@@ -108,6 +109,14 @@ def test_joint_image_video_batch_trains_one_model():
   np.testing.assert_allclose(metrics['loss'],
                              metrics['image/loss'] + metrics['video/loss'],
                              rtol=1e-6)
+  # LeCam's EMAs move once, by the mean logit of the batch's 16 rows (they
+  # moved by the images', then again by the videos').
+  for which in ('real', 'fake'):
+    before = state.loss_state['lecam'][which]
+    mean = (metrics[f'image/logits_{which}'] +
+            metrics[f'video/logits_{which}']) / 2
+    np.testing.assert_allclose(new_state.loss_state['lecam'][which],
+                               0.9 * before + 0.1 * mean, rtol=1e-5)
 
 
 def test_loop_trains_and_evaluates_videos(tmp_path):

@@ -554,7 +554,9 @@ class TokenizerTask(base.Task):
       model_state: the generator's non-param collections.
       batch: {'image': [B, H, W, C]} and/or {'video': [B, T, H, W, C]}
         global arrays; with both (joint image-video batches) the losses of
-        the two are summed and metrics are reported per input as well.
+        the two are summed and metrics are reported per input as well;
+        terms made from a whole batch (LFQ's batch entropy) are each
+        input's, and LeCam's EMAs move once, by the rows' mean logit.
       rng: PRNG key for this step.
       step: int32 scalar, the current step (switches the GAN terms on).
       frozen: {network: params} of the frozen networks (default: the task's).
@@ -573,14 +575,17 @@ class TokenizerTask(base.Task):
 
     def loss_fn(params):
       params = self._frozen_held(params)
-      total, state, l_state, metrics = 0.0, model_state, loss_state, {}
+      total, state, metrics, moved = 0.0, model_state, {}, []
       for i, key in enumerate(keys):
         x = batch[key]
         if len(keys) > 1 and x.ndim == 4:
           x = x[:, None]  # Joint batches: images as 1-frame videos (one D).
-        loss, state, l_state, key_metrics = self._losses(
+        # Each input moves the step's LeCam EMAs from where they were.
+        loss, state, key_loss_state, key_metrics = self._losses(
             params, quantizer_base.hold_step_counters(state, model_state),
-            l_state, x, jax.random.fold_in(rng, i), gan_on, frozen, gan_terms)
+            loss_state, x, jax.random.fold_in(rng,
+                                              i), gan_on, frozen, gan_terms)
+        moved.append(key_loss_state)
         total += loss
         if len(keys) == 1:
           metrics = key_metrics
@@ -588,6 +593,12 @@ class TokenizerTask(base.Task):
           metrics.update({f'{key}/{k}': v for k, v in key_metrics.items()})
           for k in ('loss', 'rec_loss', 'd_loss'):
             metrics[k] = metrics.get(k, 0.0) + key_metrics[k]
+      # Their mean by rows: one move by the mean logit of the batch's rows
+      # (the EMA is linear), not one move per input.
+      rows = [batch[key].shape[0] for key in keys]
+      l_state = jax.tree.map(
+          lambda *states: sum(r * s for r, s in zip(rows, states)) / sum(rows),
+          *moved)
       return total, (state, l_state, metrics)
 
     grads, (new_state, new_loss_state,
