@@ -216,7 +216,7 @@ def test_joint_errors():
 
 def test_joint_config_validation():
   experiment_config = pytest.importorskip('vqlab.train.experiment_config')
-  from tests import tiny  # pylint: disable=g-import-not-at-top
+  from configs.magvit2 import tiny_cpu  # pylint: disable=g-import-not-at-top
 
   def config_with(section=None, key=None, value=None):
     sections = {
@@ -233,7 +233,7 @@ def test_joint_config_validation():
     }
     if section:
       sections[section][key] = value
-    config = tiny.tokenizer_config()
+    config = tiny_cpu.get_config()  # A tokenizer of images and videos.
     config.data = ml_collections.ConfigDict({
         'name': 'joint',
         'image_size': 16,

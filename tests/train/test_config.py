@@ -70,6 +70,9 @@ def _regularized_with_pcl(config):
                     c.loss.update({'perceptual_weight': 0.1})),
          r'^data\.image_size: 8: LPIPS \(loss\.perceptual_weight\) needs images '
          r'of 16 pixels or more'),
+        (lambda c: setattr(c, 'data', data_lib.default_config('moving_shapes')),
+         r"^data\.name: 'moving_shapes' gives video batches, but model\.name "
+         r"'vqgan' tokenizes images only \(videos: magvit2\)$"),
         (_regularized_with_pcl,
          r"^data\.image_size: 36: VGG-19's 4x4 features after 3 2x2 pools do "
          r'not tile the 18x18 token grid'),
@@ -284,6 +287,8 @@ def _every_component():
   for dataset in data_lib.names():
     config = tokenizer_experiment()
     config.data = data_lib.default_config(dataset)
+    if data_lib.kind(dataset) != 'image':
+      config.model = tokenizers.default_config('magvit2')
     yield config
   for generator in generators.names():
     config = experiment_config.base_config()

@@ -81,6 +81,18 @@ def test_frame_prediction_keeps_the_observed_frames(video_generator):
       rel=1e-5)
 
 
+def test_clips_the_tokenizer_cannot_take_are_a_config_error(
+    video_generator, tmp_path):
+  config, _ = video_generator
+  config = config.copy_and_resolve_references()
+  config.data.num_frames = 6  # The tokenizer takes 1 + 2k.
+  with pytest.raises(
+      ConfigError, match=r'^data\.num_frames: inputs of shape '
+      r'\(6, 16, 16, 3\) do not fit the tokenizer in .*5 or 7 '
+      r'frames ok; got 6'):
+    experiment.Experiment(config, str(tmp_path), _devices())
+
+
 def test_eval_clips_cycle_through_every_clip_in_order(video_generator):
   # 6 eval clips in batches of 4: the second batch is clips 4, 5, 0, 1 (the
   # leftover 4 and 5 were dropped: samples 4 and 5 continued clips 0 and 1).

@@ -289,8 +289,14 @@ def check_model_fits(
   """The token shape of inputs [*input_shape]; ConfigError naming the model
   key when the generator does not fit the tokenizer's codes, or its spatial
   condition tokens those of `cond_tok` (condition.tokenizer; None: `tok`)."""
-  shape = tok.token_shape(input_shape)
   where = _where(tok)
+  try:
+    shape = tok.token_shape(input_shape)
+  except ValueError as e:  # The tokenizer's input checks.
+    key = 'data.num_frames' if 'frames' in str(e) else 'data.image_size'
+    raise ConfigError(
+        key, f'inputs of shape {tuple(input_shape)} do not fit {where}: '
+        f'{e}') from None
   if model.vocab_size != tok.vocab_size:
     raise ConfigError(
         'model.vocab_size', f'{model.vocab_size}, but {where} '

@@ -164,6 +164,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         'loss.pcl_weight', f'{loss.pcl_weight}, but the probabilistic '
         'contrastive loss needs a 2D grid of tokens and TiTok gives '
         f'{model.num_latent_tokens} 1D tokens: set loss.pcl_weight = 0')
+  kind = data_lib.kind(config.data.name)
+  config_schema.require(
+      kind == 'image' or hasattr(model, 'temporal_factor'), 'data.name',
+      f'{config.data.name!r} gives {kind} batches, but model.name '
+      f'{config.model.name!r} tokenizes images only (videos: magvit2)')
   factor = model.downsample_factor
   for key in ('image_size', 'train_image_size'):
     size = config.data.get(key, 0)
