@@ -7,7 +7,8 @@ an HF CLIP checkpoint: text.encoder = 'clip', text.encoder_dir,
 model.cond_dim = 512, text.normalize_states = True, as the release), and
 the tokens are the taming VQGAN f=16's (configs/vqgan/taming_f16.py) instead of
 the paper's 32x32 VQVAE. Captions come from tfds coco_captions (one of the five
-per image, `data.caption_key`). Length: the release's 100 epochs of its
+per image, drawn anew each epoch: `data.caption_key`; so tokens are made on
+the fly, not in shards). Length: the release's 100 epochs of its
 dataset, whose examples are the 414,113 train captions (mscoco_dataset.py:
 one per annotation), at this batch of 512 (81k steps). Images are not
 flipped (the release's DalleTransformerPreprocessor never flips, and a flip
@@ -47,6 +48,10 @@ def get_config():
   # no truncation, guidance s = 3.
   config.sample.truncation = 1.0
   config.sample.guidance_scale = 2.0  # s = 1 + w = 3.
-  config.sample.prompts = ('a teddy bear on a skateboard in times square',
-                           'a living room with a fireplace and a large window')
+  # No sample.prompts: samples take the val captions in order, as FID needs
+  # (set prompts for pictures of your own; FID of a few is no protocol).
+  # coco_captions' images hold five captions, of which training draws one
+  # each epoch: token shards would keep one for the whole run, so the
+  # tokenizer encodes each batch instead.
+  config.tokens.source = 'on_the_fly'
   return config

@@ -121,8 +121,9 @@ def _records(builder, split, feature_key: str, label_key: str, key: str,
   return ds.map(select)
 
 
-def _check_caption_key(features, caption_key: str, name: str) -> None:
-  """Raises ValueError unless `caption_key` is a path to a string feature of rank 0 or 1."""
+def _check_caption_key(features, caption_key: str, name: str) -> int:
+  """The rank (0: one caption, 1: several) of the string feature at `caption_key`; ValueError
+  unless it is a path to one of rank 0 or 1."""
   info = features.get_tensor_info()
   for depth, part in enumerate(caption_key.split('/')):
     if not isinstance(info, dict) or part not in info:
@@ -138,6 +139,7 @@ def _check_caption_key(features, caption_key: str, name: str) -> None:
     raise ValueError(
         f'data.caption_key: {caption_key!r} of {name} must be a text feature (a '
         f'string or a sequence of strings), got {info}.')
+  return len(info.shape)
 
 
 def pick_caption(captions, seed=None):
@@ -179,7 +181,10 @@ def to_unicode(captions: np.ndarray) -> np.ndarray:
 
 
 class CaptionSource(pipeline.TfDataSource):
-  """A TfDataSource whose batches' 'caption' (UTF-8 bytes from tf.data) becomes unicode."""
+  """A TfDataSource whose batches' 'caption' (UTF-8 bytes from tf.data) becomes unicode;
+  `several_captions`: its examples hold several, of which train batches draw one per epoch."""
+
+  several_captions = False
 
   def batches(self, start_step: int = 0) -> Iterator[base.Batch]:
     for batch in super().batches(start_step):
@@ -230,8 +235,10 @@ def build_source(config: ml_collections.ConfigDict, *, split: str,
                         None) if label_key else None
   caption_key = config.get('caption_key') or ''
   extra_padding = None
+  several_captions = False
   if caption_key:
-    _check_caption_key(features, caption_key, builder.name)
+    several_captions = _check_caption_key(features, caption_key,
+                                          builder.name) == 1
     train_fn, eval_fn = _caption_fns(train_fn, eval_fn)
     extra_padding = {'caption': ''}
 
@@ -268,10 +275,13 @@ def build_source(config: ml_collections.ConfigDict, *, split: str,
   if host_num_examples is None:
     host_num_examples = pipeline.cardinality(records())
   source_cls = CaptionSource if caption_key else pipeline.TfDataSource
-  return source_cls(make, per_host_batch_size=b, num_examples=num_examples,
-                    image_shape=example_shape[-3:], num_classes=num_classes,
-                    video_shape=example_shape if key == 'video' else None,
-                    host_num_examples=host_num_examples)
+  source = source_cls(make, per_host_batch_size=b, num_examples=num_examples,
+                      image_shape=example_shape[-3:], num_classes=num_classes,
+                      video_shape=example_shape if key == 'video' else None,
+                      host_num_examples=host_num_examples)
+  if caption_key:
+    source.several_captions = several_captions
+  return source
 
 
 def build(config: ml_collections.ConfigDict, *, split: str,

@@ -157,6 +157,12 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
                                             global_batch_size=batch_size,
                                             process_index=process,
                                             process_count=num_processes)
+  if getattr(sources['train'], 'several_captions', False):
+    raise ConfigError(
+        'tokens.source', f'token shards keep one caption per image, but the '
+        f'images of data {config.data.get("tfds_name", config.data.name)!r} '
+        'hold several, of which training draws one anew each epoch: set '
+        "tokens.source = 'on_the_fly' (the tokenizer encodes each batch)")
   first = next(iter(sources['eval'].batches()))
   key = [k for k in ('image', 'video') if k in first][0]
   input_shape = tuple(first[key].shape[1:])

@@ -209,6 +209,11 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
     result['gfid'] = fid.frechet_distance(stats.mean(), stats.covariance(), mu,
                                           sigma)
     result['inception_score'], result['inception_score_std'] = score.result()
+    if is_chief and task.text is not None and s.prompts:
+      print(
+          f'vqlab: gfid of samples of {len(s.prompts)} fixed prompts '
+          '(sample.prompts) is not the papers\' protocol, which samples the '
+          'eval captions: set sample.prompts = () for that', flush=True)
   if use_i3d:
     mu, sigma = ((clip_stats.mean(), clip_stats.covariance()) if clip_stats
                  is not None else _reference(config, workdir, 'i3d', devices))

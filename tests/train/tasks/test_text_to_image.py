@@ -5,10 +5,15 @@ on a tiny tokenizer's tokens, samples decoded to images."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
+from configs.vq_diffusion import coco256_text
 from configs.vq_diffusion import tiny_text
 from tests import retrace
+from vqlab import data as data_lib
+from vqlab.errors import ConfigError
 from vqlab.train import experiment
+from vqlab.train import pretokenize
 
 
 def _devices():
@@ -70,3 +75,43 @@ def test_text_conditional_run_lowers_its_loss_and_samples_decode(
                                                              prompts[:2]),
                                                          exp.frozen)
   assert float(jnp.abs(log_p[0] - log_p[1]).max()) > 1e-4
+
+
+def test_token_shards_refuse_images_of_several_captions(tokenizer_dir,
+                                                        tmp_path):
+  """coco_captions' images hold 5 captions, of which training draws one each
+  epoch: shards kept the one drawn when they were made, for every epoch."""
+  tfds = pytest.importorskip('tensorflow_datasets')
+  from tests.data import test_captions  # pylint: disable=g-import-not-at-top
+  config = _config(tokenizer_dir)
+  config.tokens.source = 'shards'
+  config.data = test_captions._with(  # pylint: disable=protected-access
+      coco256_text.get_config().data, image_size=16, shuffle_buffer=8)
+  assert coco256_text.get_config().tokens.source == 'on_the_fly'
+  with tfds.testing.mock_data(
+      num_examples=test_captions.NUM_COCO,
+      as_dataset_fn=test_captions._mock_coco_as_dataset):  # pylint: disable=protected-access
+    with pytest.raises(
+        ConfigError, match=r"^tokens\.source: token shards "
+        r"keep one caption per image, but the images of data "
+        r"'coco_captions' hold several"):
+      pretokenize.tokenize(config, str(tmp_path), devices=_devices())
+
+
+def test_samples_take_the_eval_captions_in_order(tokenizer_dir, tmp_path):
+  """Sample i is conditioned on eval caption i (cycling over the split), not
+  on the first eval batch's captions over and over."""
+  config = _config(tokenizer_dir)
+  exp = experiment.Experiment(config, str(tmp_path), _devices())
+  source = data_lib.build(config.data, split='eval', global_batch_size=8)
+  captions = [
+      str(c)
+      for b in source.batches()
+      for c, m in zip(b['caption'], b['mask'])
+      if m
+  ]
+  assert len(captions) > 16
+  cond = exp.task.sample_conditions(8, 8)
+  want = exp.task.text.host_arrays(captions[8:16])
+  for key in want:
+    np.testing.assert_array_equal(cond[key], want[key])

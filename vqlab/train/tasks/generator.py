@@ -450,6 +450,7 @@ class GeneratorTask(base.Task):
         **(frozen or {})
     }
     self._prompts = None
+    self._caption_batches = None
     self._eval_cond_tokens = None
 
   @property
@@ -653,26 +654,33 @@ class GeneratorTask(base.Task):
       tokens = self.eval_cond_tokens()
       return tokens[index % len(tokens)]
     if self.text is not None:
-      prompts = self.prompts()
+      prompts = self.prompts(start + batch_size)
       return self.text.host_arrays([prompts[i % len(prompts)] for i in index])
     if not self.num_classes:
       return None
     return (index % self.num_classes).astype(np.int32)
 
-  def prompts(self) -> list[str]:
-    """`sample.prompts`, or the first captions of the eval split."""
+  def prompts(self, count: int = 0) -> list[str]:
+    """`sample.prompts`, or the eval split's captions in order: its first
+    batch's, and more batches' until there are `count` (or the split ends;
+    samples cycle through them)."""
+    if self.config.sample.prompts:
+      return list(self.config.sample.prompts)
     if self._prompts is None:
-      prompts = list(self.config.sample.prompts)
-      if not prompts:
-        source = data_lib.build(self.config.data, split='eval',
-                                global_batch_size=self.config.eval.batch_size)
-        batch = next(iter(source.batches()))
-        prompts = [
-            str(c)
-            for c, m in zip(batch[text_conditions.CAPTION], batch['mask'])
-            if m
-        ]
-      self._prompts = prompts
+      source = data_lib.build(self.config.data, split='eval',
+                              global_batch_size=self.config.eval.batch_size)
+      self._prompts, self._caption_batches = [], iter(source.batches())
+    while self._caption_batches is not None and (not self._prompts or
+                                                 len(self._prompts) < count):
+      batch = next(self._caption_batches, None)
+      if batch is None:  # The split's end.
+        self._caption_batches = None
+        break
+      self._prompts += [
+          str(c)
+          for c, m in zip(batch[text_conditions.CAPTION], batch['mask'])
+          if m
+      ]
     return self._prompts
 
   def eval_cond_tokens(self) -> np.ndarray:
