@@ -86,9 +86,12 @@ def run_benchmark(config, workdir: str, steps: int) -> dict:
       config.data = data.default_config('moving_shapes')
       config.data.image_size, config.data.num_frames = image_size, frames
   elif config.data.name != 'photos':
-    image_size = config.data.image_size
+    sizes = {
+        key: config.data.get(key, 0)
+        for key in ('image_size', 'train_image_size')
+    }
     config.data = data.default_config('photos')
-    config.data.image_size = image_size
+    config.data.update(sizes)
   exp = experiment.Experiment(config, workdir)
   state, _ = exp.initial_state()
   batches = exp.train_data.batches(0)
@@ -121,21 +124,37 @@ def run_benchmark(config, workdir: str, steps: int) -> dict:
   peak = peak_flops(device, config.compute_dtype)
   num_devices = jax.device_count()
   result = {
-      'device': device.device_kind,
-      'num_devices': num_devices,
-      'compute_dtype': config.compute_dtype,
-      'global_batch': config.train.batch_size,
-      'image_size': config.data.image_size,
-      'num_frames': config.data.get('num_frames'),
-      'compile_s': compile_s,
-      'step_s': step_s,
-      'steps_per_s': 1.0 / step_s,
-      'examples_per_s': config.train.batch_size / step_s,
-      'peak_memory_bytes': peak_memory_bytes(),
-      'flops_per_step': flops,
-      'xla_cost_analysis_flops': xla_flops,
-      'achieved_tflops': flops / step_s / 1e12,
-      'mfu': flops / step_s / (peak * num_devices) if peak else None,
+      'device':
+          device.device_kind,
+      'num_devices':
+          num_devices,
+      'compute_dtype':
+          config.compute_dtype,
+      'global_batch':
+          config.train.batch_size,
+      # The size the timed steps train on.
+      'image_size':
+          config.data.get('train_image_size', 0) or config.data.image_size,
+      'num_frames':
+          config.data.get('num_frames'),
+      'compile_s':
+          compile_s,
+      'step_s':
+          step_s,
+      'steps_per_s':
+          1.0 / step_s,
+      'examples_per_s':
+          config.train.batch_size / step_s,
+      'peak_memory_bytes':
+          peak_memory_bytes(),
+      'flops_per_step':
+          flops,
+      'xla_cost_analysis_flops':
+          xla_flops,
+      'achieved_tflops':
+          flops / step_s / 1e12,
+      'mfu':
+          flops / step_s / (peak * num_devices) if peak else None,
   }
   return result
 
