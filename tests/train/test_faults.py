@@ -732,6 +732,27 @@ def test_sigterm_during_the_final_save_keeps_it_and_the_rerun_evaluates(
     assert json.load(f)['step'] == 6
 
 
+def test_an_eval_a_sigterm_skipped_is_made_when_the_run_resumes(run_copy):
+  config = _config(num_steps=8, eval_every=6, preemption_check_every=1)
+
+  def preempt_at_6(step, metrics):
+    del metrics
+    if step == 6:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  result = loop.train_and_evaluate(config, run_copy, devices=_devices(),
+                                   step_callback=preempt_at_6)
+  assert result == {'step': 6, 'preempted': True}
+  assert not os.path.exists(os.path.join(run_copy, 'eval_6.json'))
+  loop.train_and_evaluate(config, run_copy, devices=_devices())
+  with open(os.path.join(run_copy, 'eval_6.json')) as f:
+    assert json.load(f)['step'] == 6
+  with open(os.path.join(run_copy, 'metrics.jsonl')) as f:
+    rows = [json.loads(line) for line in f]
+  evals = [r['step'] for r in rows if any(k.startswith('eval/') for k in r)]
+  assert evals == [STEPS, 6, 8]
+
+
 def test_progress_lines_come_at_a_fixed_rate_when_not_a_terminal(monkeypatch):
   clock = iter(range(0, 1000, 7))  # A step every 7 s.
   monkeypatch.setattr(progress_lib.time, 'perf_counter', lambda: next(clock))

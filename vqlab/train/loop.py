@@ -161,9 +161,10 @@ def _train_experiment(exp: experiment.Experiment, workdir: str,
   # Recorded once the run goes on: a finished or stopped one trains nothing
   # under a changed config, so its record stays as it was.
   exp.record_config(start_step)
+  eval_missing = _eval_missing(workdir, start_step, train_cfg)
   writer = writers_lib.MetricWriter(
-      workdir, trains_from=start_step, evaluates_again=start_step
-      >= train_cfg.num_steps)
+      workdir, trains_from=start_step,
+      evaluates_again=start_step >= train_cfg.num_steps or eval_missing)
   closing.callback(writer.close)
   is_chief = jax.process_index() == 0
   if is_chief:
@@ -188,6 +189,8 @@ def _train_experiment(exp: experiment.Experiment, workdir: str,
     return saved
 
   with jax.set_mesh(exp.mesh):
+    if eval_missing:
+      _write_eval(writer, exp, start_step, *exp.evaluate(state))
     for step, batch in zip(range(start_step + 1, train_cfg.num_steps + 1),
                            batches):
       # `step` counts steps done once this one finishes.
@@ -248,6 +251,20 @@ def _train_experiment(exp: experiment.Experiment, workdir: str,
     fileio.write_atomically(os.path.join(workdir, 'final_metrics.json'),
                             lambda f: f.write(text.encode()))
   return result
+
+
+def _eval_missing(workdir: str, step: int, train_cfg) -> bool:
+  """Whether a run resumed from `step`, an eval step before its last, lacks
+  that step's eval (eval_<step>.json): a stop there skips the eval and a
+  crash may cut it short. Process 0 looks; every process gets its answer."""
+  if not (0 < step < train_cfg.num_steps and train_cfg.eval_every and
+          step % train_cfg.eval_every == 0):
+    return False
+  missing = (jax.process_index() == 0 and
+             not fileio.exists(os.path.join(workdir, f'eval_{step}.json')))
+  if jax.process_count() > 1:
+    missing = bool(multihost_utils.broadcast_one_to_all(np.int32(missing)))
+  return missing
 
 
 def _final_metrics(workdir: str, step: int) -> dict[str, Any] | None:
