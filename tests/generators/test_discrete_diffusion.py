@@ -316,6 +316,8 @@ def test_guidance_scale_one_is_conditional_sampling_and_truncation():
   kept = np.exp(np.asarray(vq_diffusion.truncate(log_p, 0.86)))
   np.testing.assert_allclose(kept, [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0.0],
                              atol=1e-6)
+  kept = np.exp(np.asarray(vq_diffusion.truncate(log_p, 0.86, False)))
+  np.testing.assert_allclose(kept, [0.5, 0.3, 0.15, 0.0], atol=1e-6)
 
 
 def _release_block(x, emb, labels, params, num_heads):
@@ -558,6 +560,24 @@ def test_purity_step_reveals_by_purity_and_samples_sharpened_tokens():
                              atol=0.015)
 
 
+def test_purity_sampler_scores_the_truncated_unrenormalized_p(monkeypatch):
+  """Renormalizing over the kept codes divides each position's top
+  probability by its kept mass, which can reorder the positions' purity."""
+  model, params = _model()
+  renormalized = []
+  predict_x0 = vq_diffusion.predict_x0
+
+  def spy(*args, **kwargs):
+    renormalized.append(kwargs['renormalize'])
+    return predict_x0(*args, **kwargs)
+
+  monkeypatch.setattr(vq_diffusion, 'predict_x0', spy)
+  for sampler in ('purity', 'chain'):
+    vq_diffusion.sample(model, params, jax.random.key(0), 2, num_steps=2,
+                        sampler=sampler, truncation=0.6)
+  assert renormalized == [False, True]
+
+
 def test_purity_sampler_unmasks_as_the_schedule_and_equals_its_steps():
   model, params = _model()
   rng, n = jax.random.key(4), 6
@@ -571,8 +591,10 @@ def test_purity_sampler_unmasks_as_the_schedule_and_equals_its_steps():
 
   x = jnp.full((3, n), K, jnp.int32)
   for i, (t, num) in enumerate(zip(points[:-1], reveals)):
+    # Truncated, each position scored by its top code's own probability
+    # (the release's p_sample), not renormalized over the kept codes.
     log_p = vq_diffusion.predict_x0(model, params, x.reshape(3, 2, 3), int(t),
-                                    None)
+                                    None, truncation=0.6, renormalize=False)
     new = vq_diffusion.purity_step(jax.random.fold_in(rng, i), log_p, x,
                                    int(num), 1.0)
     was = np.asarray(x) != K
@@ -580,11 +602,11 @@ def test_purity_sampler_unmasks_as_the_schedule_and_equals_its_steps():
     assert np.all((np.asarray(new) != K).sum(1) == n - masked_after[i])
     x = new
   sampled = vq_diffusion.sample(model, params, rng, 3, num_steps=4,
-                                sampler='purity')
+                                sampler='purity', truncation=0.6)
   np.testing.assert_array_equal(np.asarray(sampled).reshape(3, n), x)
   # The generator task's settings reach it.
   settings = generator.default_config().sample
-  settings.update(diffusion_sampler='purity', diffusion_steps=4)
+  settings.update(diffusion_sampler='purity', diffusion_steps=4, truncation=0.6)
   through_api = generators.get_api('vq_diffusion').sample(
       model, params, rng, 3, None, settings=settings, loss_settings=None,
       token_shape=(2, 3))

@@ -320,9 +320,12 @@ def time_points(num_timesteps: int, num_steps: int | None = None) -> np.ndarray:
   return np.unique(points)[::-1]
 
 
-def truncate(log_p: jax.Array, rate: float) -> jax.Array:
+def truncate(log_p: jax.Array, rate: float,
+             renormalize: bool = True) -> jax.Array:
   """Keeps the most likely codes up to cumulative probability `rate` (at
-  least one), renormalized; log_p [..., V] (rate >= 1: unchanged)."""
+  least one), renormalized unless `renormalize` is False (the release's
+  purity sampler scores the kept codes' own probabilities); log_p [..., V]
+  (rate >= 1: unchanged)."""
   if rate >= 1.0:
     return log_p
   order = jnp.argsort(-log_p, axis=-1, stable=True)
@@ -330,13 +333,15 @@ def truncate(log_p: jax.Array, rate: float) -> jax.Array:
   before = jnp.cumsum(sorted_p, axis=-1) - sorted_p
   keep_sorted = before < rate
   keep = jnp.take_along_axis(keep_sorted, jnp.argsort(order, axis=-1), -1)
-  return jax.nn.log_softmax(jnp.where(keep, log_p, dd.LOG_ZERO), axis=-1)
+  kept = jnp.where(keep, log_p, dd.LOG_ZERO)
+  return jax.nn.log_softmax(kept, axis=-1) if renormalize else kept
 
 
 def predict_x0(model: VQDiffusion, params, x_t, t, cond,
                guidance_scale: float = 1.0, temperature: float = 1.0,
-               truncation: float = 1.0) -> jax.Array:
-  """log p(x_0 | x_t) for sampling: guidance, temperature, truncation.
+               truncation: float = 1.0, renormalize: bool = True) -> jax.Array:
+  """log p(x_0 | x_t) for sampling: guidance, temperature, truncation
+  (`truncate`, with `renormalize`).
 
   Guidance (needs a condition): log p_u + s (log p_c - log p_u) over the
   codes, renormalized; s = 1 is plain conditional sampling.
@@ -354,7 +359,7 @@ def predict_x0(model: VQDiffusion, params, x_t, t, cond,
   else:
     codes = apply(x_t, times, cond)[..., :-1]
   codes = jax.nn.log_softmax(codes / max(temperature, 1e-6), axis=-1)
-  codes = truncate(codes, truncation)
+  codes = truncate(codes, truncation, renormalize)
   return jnp.concatenate(
       [codes, jnp.full(codes.shape[:-1] + (1,), dd.LOG_ZERO)], axis=-1)
 
@@ -430,9 +435,12 @@ def sample(model: VQDiffusion, params, rng: jax.Array, batch_size: int,
 
   def body(x, step):
     i, (t, u), num_reveal = step
+    # The purity sampler scores each position by its top code's own
+    # probability, as the release's p_sample: truncated, not renormalized.
     log_p_x0 = predict_x0(model, params,
                           x.reshape((batch_size,) + tuple(model.token_shape)),
-                          t, cond, guidance_scale, temperature, truncation)
+                          t, cond, guidance_scale, temperature, truncation,
+                          renormalize=sampler != 'purity')
     log_p_x0 = log_p_x0.reshape(x.shape + log_p_x0.shape[-1:])
     step_rng = jax.random.fold_in(rng, i)
     if sampler == 'purity':
