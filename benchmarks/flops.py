@@ -37,11 +37,13 @@ def _sub_jaxprs(value: Any):
 
 def _taps(out_size: int, kernel: int, stride: int, pad_low: int,
           lhs_dilation: int, rhs_dilation: int) -> int:
-  """(output position, kernel tap) pairs of one spatial dimension that read
-  an input element or padding, not one of the zeros that an lhs dilation
-  puts between inputs (a transposed conv, the input gradient of a strided
-  conv): neither XLA nor cuDNN multiplies those. Padding taps count, as in
-  the usual 2 x outputs x kernel convention."""
+  """(output position, kernel tap) pairs of one spatial dimension whose
+  read lands on the input's dilation lattice (an input element, or padding
+  at a lattice point), not on one of the zeros that an lhs dilation puts
+  between inputs (a transposed conv, the input gradient of a strided conv):
+  neither XLA nor cuDNN multiplies those. Without lhs dilation every pair
+  counts, padding taps too, as in the usual 2 x outputs x kernel
+  convention."""
   if lhs_dilation == 1:
     return out_size * kernel
   read = (np.arange(out_size)[:, None] * stride +

@@ -96,3 +96,25 @@ def test_split_over_batch_splits_what_divides_inside_a_mesh():
   assert scalar.shape == ()
   outside = jax.jit(lambda: partitioning.split_over_batch(jnp.zeros((8, 3))))
   assert outside().shape == (8, 3)  # No mesh: unchanged.
+  # And back whole on every device, as the host reads it on every process.
+  whole = jax.jit(lambda x: partitioning.whole_on_every_device(x * 2))
+  with jax.set_mesh(mesh):
+    doubled = whole(split)
+  assert doubled.sharding.is_fully_replicated
+
+
+def test_sample_features_are_split_then_whole_on_every_device(monkeypatch):
+  """The samples' I3D (and Inception) pass runs split over the devices and
+  gives features every process can read (device_get of a split array
+  fails where the mesh spans other hosts)."""
+  from vqlab.evals import fvd  # pylint: disable=g-import-not-at-top
+  from vqlab.train import sampling  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(fvd, 'features',
+                      lambda params, v, n: v[:, :n].mean(axis=(1, 2, 3)))
+  sampling.i3d_features.clear_cache()
+  mesh = partitioning.make_mesh(partitioning.default_config(),
+                                jax.devices()[:4])
+  with jax.set_mesh(mesh):
+    features = sampling.i3d_features({}, jnp.ones((8, 3, 2, 2, 3)), 2)
+  sampling.i3d_features.clear_cache()
+  assert features.shape == (8, 3) and features.sharding.is_fully_replicated

@@ -93,8 +93,10 @@ def fvd_problem(config: ml_collections.ConfigDict) -> str | None:
   if frames is None:
     return f'data.name {config.data.name!r} gives images, not videos'
   if frames < i3d.MIN_FRAMES:
-    return (f'FVD clips would have {frames} frames (min of data.num_frames '
-            f'and eval.fvd_frames); I3D needs at least {i3d.MIN_FRAMES}')
+    key = ('data.video.num_frames'
+           if data_lib.kind(config.data.name) == 'joint' else 'data.num_frames')
+    return (f'FVD clips would have {frames} frames (min of {key} and '
+            f'eval.fvd_frames); I3D needs at least {i3d.MIN_FRAMES}')
   return None
 
 

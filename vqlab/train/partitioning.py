@@ -59,6 +59,17 @@ def split_over_batch(tree: Any) -> Any:
       if x.shape and x.shape[0] % devices == 0 else x, tree)
 
 
+def whole_on_every_device(tree: Any) -> Any:
+  """`tree` constrained to be replicated over the mesh in use, inside a
+  jitted function: an output that the host reads whole on every process
+  (a batch-split one spans other hosts' devices). Unchanged outside a
+  mesh."""
+  if jax.sharding.get_abstract_mesh().empty:
+    return tree
+  return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, jax.P()),
+                      tree)
+
+
 def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
   """Leading (batch) axis over all devices, other axes whole."""
   return jax.sharding.NamedSharding(mesh, jax.P(BATCH_AXES))

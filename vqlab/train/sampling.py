@@ -59,17 +59,20 @@ def inception_outputs(params, images: jax.Array,
                       protocol: str) -> dict[str, jax.Array]:
   """images [N, H, W, 3] in [-1, 1] -> {'pool' [N, 2048], 'logits_unbiased'
   [N, 1008]} of the FID InceptionV3 given its input `protocol` (compiled
-  once per image shape), split over the mesh's devices."""
-  return inception.InceptionV3(input_protocol=protocol).apply(
-      {'params': params}, partitioning.split_over_batch(images))
+  once per image shape), split over the mesh's devices, the outputs whole on
+  each (every process reads them)."""
+  return partitioning.whole_on_every_device(
+      inception.InceptionV3(input_protocol=protocol).apply(
+          {'params': params}, partitioning.split_over_batch(images)))
 
 
 @functools.partial(jax.jit, static_argnums=2)
 def i3d_features(params, videos: jax.Array, num_frames: int) -> jax.Array:
   """videos [B, T, H, W, 3] in [-1, 1] -> FVD features [B, 400] of their
   first num_frames frames (compiled once per shape), split over the mesh's
-  devices."""
-  return fvd.features(params, partitioning.split_over_batch(videos), num_frames)
+  devices, the features whole on each (every process reads them)."""
+  return partitioning.whole_on_every_device(
+      fvd.features(params, partitioning.split_over_batch(videos), num_frames))
 
 
 def _reference(

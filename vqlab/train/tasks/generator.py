@@ -293,7 +293,10 @@ def check_model_fits(
   try:
     shape = tok.token_shape(input_shape)
   except ValueError as e:  # The tokenizer's input checks.
-    key = 'data.num_frames' if 'frames' in str(e) else 'data.image_size'
+    if len(input_shape) == 4 and not hasattr(tok.model, 'temporal_factor'):
+      key = 'data.name'  # Clips for an image tokenizer.
+    else:
+      key = 'data.num_frames' if 'frames' in str(e) else 'data.image_size'
     raise ConfigError(
         key, f'inputs of shape {tuple(input_shape)} do not fit {where}: '
         f'{e}') from None
