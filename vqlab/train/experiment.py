@@ -121,7 +121,8 @@ class Experiment:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str,
                devices: list[jax.Device] | None = None, *,
-               allow_config_change: bool = False, lock: str | None = None):
+               allow_config_change: bool = False, lock: str | None = None,
+               trains: bool = True):
     """Validates and builds everything; compiles lazily.
 
     Args:
@@ -133,6 +134,8 @@ class Experiment:
         is written).
       lock: take the workdir lock for this mode ('train', 'sample'); None:
         no lock (reading runs: eval).
+      trains: False builds no train data (`train_data` None; sampling
+        needs neither a generator's train token shards nor their memory).
     """
     devices = list(jax.devices() if devices is None else devices)
     self.config = config = experiment_config.validate(config, len(devices))
@@ -148,7 +151,7 @@ class Experiment:
     self.mesh = partitioning.make_mesh(config.mesh, devices)
     self.batch_sharding = partitioning.batch_sharding(self.mesh)
     self.train_data = _build_data(config.data, 'train', config.train.batch_size,
-                                  self.task)
+                                  self.task) if trains else None
     self.eval_data = _build_data(config.data, 'eval', config.eval.batch_size,
                                  self.task)
     init_rng, self._step_rng = jax.random.split(jax.random.key(config.seed))
@@ -157,7 +160,11 @@ class Experiment:
     # ------------------------------------------------ shapes and shardings ---
     # Before the workdir is made: a model that does not fit the data (the
     # task's init) or a bad mesh.rules action is a ConfigError too.
-    example = next(iter(self.train_data.batches(0)))
+    if trains:
+      example = next(iter(self.train_data.batches(0)))
+    else:  # An eval batch has the train batch's inputs, and its padding mask.
+      example = next(iter(self.eval_data.batches(0)))
+      example = {k: v for k, v in example.items() if k != 'mask'}
     self.abstract_batch = _abstract_batch(example, config.train.batch_size,
                                           self.batch_sharding)
     with jax.set_mesh(self.mesh):

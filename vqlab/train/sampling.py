@@ -119,7 +119,8 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
   if checkpoint_lib.newest_step(workdir) is None:
     raise no_checkpoint  # Before anything is made in a mistyped --workdir.
   exp = experiment.Experiment(config, workdir, devices, lock='sample',
-                              allow_config_change=allow_config_change)
+                              allow_config_change=allow_config_change,
+                              trains=False)
   config, task = exp.config, exp.task
   if not task.draws_samples:
     raise ConfigError(
