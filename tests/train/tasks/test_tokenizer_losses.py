@@ -331,6 +331,7 @@ def test_a_frozen_encoder_and_quantizer_encode_as_in_eval():
 
   def frozen_gumbel(config):
     config.freeze = ('encoder', 'quantizer')
+    config.ema.decay = 0.9
     config.model.quantizer = quantizers.default_config('gumbel')
     config.model.quantizer.update(codebook_size=32, embedding_dim=4,
                                   temperature=1.0)
@@ -349,3 +350,18 @@ def test_a_frozen_encoder_and_quantizer_encode_as_in_eval():
       }, x, train=False)
   np.testing.assert_allclose(metrics['rec_loss'],
                              task._reconstruction_loss(x, x_rec), rtol=1e-5)  # pylint: disable=protected-access
+  # Their EMA is the frozen params themselves (as the release's EMA copies
+  # frozen params), whatever it was; the trained decoder's is averaged.
+  ema = jax.tree.map(lambda p: p + 1.0, state.params['generator'])
+  state = state.replace(ema_params={'generator': ema})
+  new_state, _ = jax.jit(task.train_step)(state, batch, jax.random.key(3),
+                                          task.frozen)
+  for name in ('encoder', 'quantizer'):
+    jax.tree.map(np.testing.assert_array_equal,
+                 new_state.ema_params['generator'][name],
+                 state.params['generator'][name])
+  decoder = new_state.ema_params['generator']['decoder']
+  assert all(
+      np.all(np.asarray(d) != np.asarray(p))
+      for d, p in zip(jax.tree.leaves(decoder),
+                      jax.tree.leaves(state.params['generator']['decoder'])))

@@ -16,7 +16,7 @@ an argument, never baked into a compiled program).
 
 import abc
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -199,6 +199,7 @@ def apply_gradients(state: TrainState, grads: dict[str, Any],
                     optimizers: dict[str, optax.GradientTransformation],
                     ema_decay: float = 0.0,
                     active: dict[str, jax.Array] | None = None,
+                    frozen: dict[str, Sequence[str]] | None = None,
                     **replace: Any) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step of each network in `optimizers`.
 
@@ -215,6 +216,9 @@ def apply_gradients(state: TrainState, grads: dict[str, Any],
       gradients would leave its moments at 0 and its bias correction spent,
       and its first real updates would be up to 1/sqrt(1 - b2) times the
       learning rate (10x for b2 = 0.99).
+    frozen: {network: names of its top-level param trees that never train}:
+      their EMA is the params themselves, as the release's EMA copies
+      frozen params (averaging equal values still moves them by rounding).
     **replace: other TrainState fields of the new state (model_state,
       loss_state).
 
@@ -235,9 +239,13 @@ def apply_gradients(state: TrainState, grads: dict[str, Any],
           lambda n, o: jnp.where(on, n, o), new, old)
       params[name] = keep(params[name], state.params[name])
       opt_state[name] = keep(opt_state[name], state.opt_state[name])
-  ema_params = {
-      name: optax.incremental_update(params[name], ema, 1.0 - ema_decay)
-      for name, ema in state.ema_params.items()
-  }
+  frozen = frozen or {}
+  ema_params = {}
+  for name, ema in state.ema_params.items():
+    ema = optax.incremental_update(params[name], ema, 1.0 - ema_decay)
+    kept = [k for k in frozen.get(name, ()) if k in ema]
+    if kept:
+      ema = {**ema, **{k: params[name][k] for k in kept}}
+    ema_params[name] = ema
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                        ema_params=ema_params, **replace), norms

@@ -653,7 +653,8 @@ class TokenizerTask(base.Task):
             DISCRIMINATOR:
                 state.step >= self.config.loss.disc_start
                 if gan_terms else False
-        }, model_state=model_state, loss_state=loss_state)
+        }, frozen={GENERATOR: tuple(self.config.freeze)},
+        model_state=model_state, loss_state=loss_state)
     metrics.update({f'grad_norm/{k}': v for k, v in norms.items()})
     return state, metrics
 
