@@ -60,22 +60,9 @@ def _regularized_with_pcl(config):
 @pytest.mark.parametrize(
     'mutate, message',
     [
-        # Sizes the loss networks cannot take: they trained on NaN before.
-        (lambda c: c.discriminator.update({'num_layers': 3}),
-         r'^data\.image_size: 16: PatchGAN leaves no logits on it after its 3 '
-         r'stride-2 convs \(discriminator\.num_layers\): use fewer layers or '
-         r'images of 24 pixels or more$'),
-        (lambda c: (c.data.update({'image_size': 8}),
-                    c.discriminator.update({'num_layers': 1}),
-                    c.loss.update({'perceptual_weight': 0.1})),
-         r'^data\.image_size: 8: LPIPS \(loss\.perceptual_weight\) needs images '
-         r'of 16 pixels or more'),
         (lambda c: setattr(c, 'data', data_lib.default_config('moving_shapes')),
          r"^data\.name: 'moving_shapes' gives video batches, but model\.name "
          r"'vqgan' tokenizes images only \(videos: magvit2\)$"),
-        (_regularized_with_pcl,
-         r"^data\.image_size: 36: VGG-19's 4x4 features after 3 2x2 pools do "
-         r'not tile the 18x18 token grid'),
         (lambda c: setattr(c.train, 'batchsize', 8),
          r'^train\.batchsize: unknown key'),
         (lambda c: c.model.quantizer.update({'codebook_sise': 8}),
@@ -133,6 +120,32 @@ def test_bad_configs_name_the_key(mutate, message):
   config.unlock()
   mutate(config)
   assert re.search(message, _error(config)), _error(config)
+
+
+@pytest.mark.parametrize('mutate, message', [
+    (lambda c: c.discriminator.update({'num_layers': 3}),
+     r'^data\.image_size: 16: PatchGAN leaves no logits on it after its 3 '
+     r'stride-2 convs \(discriminator\.num_layers\): use fewer layers or '
+     r'images of 24 pixels or more$'),
+    (lambda c:
+     (c.data.update({'image_size': 8}), c.discriminator.update(
+         {'num_layers': 1}), c.loss.update({'perceptual_weight': 0.1})),
+     r'^data\.image_size: 8: LPIPS \(loss\.perceptual_weight\) needs images '
+     r'of 16 pixels or more'),
+    (_regularized_with_pcl,
+     r"^data\.image_size: 36: VGG-19's 4x4 features after 3 2x2 pools do "
+     r'not tile the 18x18 token grid'),
+])
+def test_train_sizes_the_loss_networks_cannot_take(mutate, message):
+  """They trained on NaN (or failed at the first step). Such a config
+  still validates: evaluating a small converted checkpoint with it runs
+  none of those networks."""
+  config = tiny.tokenizer_config()
+  config.unlock()
+  mutate(config)
+  config = experiment_config.validate(config, num_devices=1)
+  with pytest.raises(ConfigError, match=message):
+    tokenizer_task.check_train_sizes(config, tokenizers.build(config.model))
 
 
 @pytest.mark.parametrize(
@@ -443,3 +456,14 @@ def test_titok_stage_1_checks_its_train_crops():
   assert re.match(
       r'^data\.train_image_size: \d+ is not divisible by '
       r'model\.patch_size', _error(config, 1))
+
+
+def test_training_refuses_sizes_that_evaluating_takes(tmp_path):
+  from vqlab.train import experiment  # pylint: disable=g-import-not-at-top
+  config = tiny.tokenizer_config()
+  config.discriminator.num_layers = 3  # No logits on 16x16 images.
+  config.eval.lpips = config.eval.fid = 'off'
+  experiment.Experiment(config, str(tmp_path / 'eval'))  # --mode=eval.
+  with pytest.raises(ConfigError, match=r'^data\.image_size: 16: PatchGAN'):
+    experiment.Experiment(config, str(tmp_path / 'train'), lock='train')
+  assert not os.path.exists(tmp_path / 'train')  # Nothing written.

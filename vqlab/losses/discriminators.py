@@ -70,10 +70,6 @@ class PatchGAN(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: [B, H, W, C] -> logits [B, H', W', 1] (float32)."""
     _check_images('PatchGAN', x)
-    if min(patchgan_output_side(n, self.num_layers) for n in x.shape[1:3]) < 1:
-      raise ValueError(
-          f'PatchGAN: images of {x.shape[1]}x{x.shape[2]} leave no logits '
-          f'after its {self.num_layers} stride-2 convs (num_layers)')
     conv = lambda f, s, h: nn.Conv(f, (4, 4), strides=(s, s), padding=(
         (1, 1),
         (1, 1)), dtype=self.dtype, kernel_init=nn.initializers.normal(0.02))(h)

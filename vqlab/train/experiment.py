@@ -148,6 +148,8 @@ class Experiment:
     # Data problems (a missing folder, an unreadable image) stop the run
     # before anything is written to the workdir.
     self.task: Task = tasks.get(config.task).build(config, workdir)
+    if lock == 'train':
+      self.task.check_training()
     self.mesh = partitioning.make_mesh(config.mesh, devices)
     self.batch_sharding = partitioning.batch_sharding(self.mesh)
     self.train_data = _build_data(config.data, 'train', config.train.batch_size,

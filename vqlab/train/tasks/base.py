@@ -43,6 +43,11 @@ class Task(abc.ABC):
   config: ml_collections.ConfigDict
   frozen: dict[str, Any]
 
+  def check_training(self) -> None:
+    """Raises ConfigError when this run's config cannot train; a training
+    Experiment calls it before anything is written (evaluating or tokenizing
+    with the config may still work). By default there is nothing to check."""
+
   # ----------------------------------------------------------- required ---
   @abc.abstractmethod
   def init(self, rng: jax.Array, batch: Batch) -> TrainState:

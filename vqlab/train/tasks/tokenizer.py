@@ -192,6 +192,24 @@ def _validate_data_fits_networks(config: ml_collections.ConfigDict,
         (frames - 1) % temporal == 0, key,
         f'{frames}, but the model downsamples time by {temporal}: clips need '
         f'1 + {temporal}k frames (e.g. {below} or {below + temporal})')
+  if config.discriminator.name == 'stylegan':
+    blocks = len(config.discriminator.channel_multipliers)
+    for key in ('image_size', 'train_image_size'):
+      size = config.data.get(key, 0)
+      config_schema.require(
+          size % 2**blocks == 0, f'data.{key}',
+          f'{size} is not divisible by 2^{blocks}: the StyleGAN discriminator '
+          f'halves it in each of its {blocks} blocks '
+          '(discriminator.channel_multipliers)')
+
+
+def check_train_sizes(config: ml_collections.ConfigDict, model: Any) -> None:
+  """ConfigError naming the data size when the train images are too small for
+  the networks the train step runs on them: PatchGAN's logit map would be
+  empty (the GAN silently off, its losses NaN), LPIPS NaN, the contrastive
+  loss's VGG grids not tile the token grid. Checked before training only:
+  evaluating or tokenizing with such a config (a small converted
+  checkpoint) runs none of them."""
   train_key = ('data.train_image_size' if config.data.get(
       'train_image_size', 0) else 'data.image_size')
   train_size = config.data.get('train_image_size', 0) or config.data.get(
@@ -213,15 +231,6 @@ def _validate_data_fits_networks(config: ml_collections.ConfigDict,
         'coarser)')
   if config.loss.pcl_weight > 0:
     _validate_contrastive_grids(train_size, model.downsample_factor, train_key)
-  if config.discriminator.name == 'stylegan':
-    blocks = len(config.discriminator.channel_multipliers)
-    for key in ('image_size', 'train_image_size'):
-      size = config.data.get(key, 0)
-      config_schema.require(
-          size % 2**blocks == 0, f'data.{key}',
-          f'{size} is not divisible by 2^{blocks}: the StyleGAN discriminator '
-          f'halves it in each of its {blocks} blocks '
-          '(discriminator.channel_multipliers)')
 
 
 def patchgan_min_side(num_layers: int) -> int:
@@ -611,6 +620,9 @@ class TokenizerTask(base.Task):
     return grads, new_state, new_loss_state, metrics
 
   # ---------------------------------------------------------------- step ---
+  def check_training(self) -> None:
+    check_train_sizes(self.config, self.model)
+
   def train_step_options(self, step: int) -> dict[str, bool]:
     """The GAN terms are left out of the steps before `loss.disc_start`."""
     return {'gan_terms': step >= self.config.loss.disc_start}
