@@ -24,6 +24,7 @@ from configs.titok import tiny_stage2
 from tests import tiny
 from vqlab import data as data_lib
 from vqlab import quantizers
+from vqlab.errors import ConfigError
 from vqlab.train import experiment
 from vqlab.train import sampling
 from vqlab.train import trained_tokenizer
@@ -93,6 +94,18 @@ def test_generator_trains_on_the_tokens_and_samples_decode(pair, tmp_path):
                                    _devices())
   tokenizer = trained_tokenizer.load(tokenizer_dir)
   assert tokenizer.vocab_size == model['vocab_size']
+  if pair == 'titok-gpt':
+    # TiTok encodes 32x32 images into its 8 tokens too, but decodes them to
+    # 16x16: a generator would train and sample at the wrong size.
+    wrong = tiny.generator_config(tokenizer_dir, name, steps=3)
+    wrong.tokens.source = 'on_the_fly'
+    wrong.model.update(model)
+    wrong.data.image_size = 32
+    with pytest.raises(
+        ConfigError, match=r'^data\.image_size: .* decodes its '
+        r'tokens to \(16, 16, 3\), but the data gives '
+        r'\(32, 32, 3\)'):
+      experiment.Experiment(wrong, str(tmp_path / 'wrong'), _devices())
 
   config = tiny.generator_config(tokenizer_dir, name, steps=3)
   config.tokens.source = 'on_the_fly'

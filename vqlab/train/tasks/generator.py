@@ -300,6 +300,15 @@ def check_model_fits(
     raise ConfigError(
         key, f'inputs of shape {tuple(input_shape)} do not fit {where}: '
         f'{e}') from None
+  # A 1D tokenizer (TiTok) encodes other sizes too, but decodes to its own.
+  factors = (len(tok.factor_vocab_sizes),) if tok.factor_vocab_sizes else ()
+  tokens = jax.ShapeDtypeStruct((1,) + tuple(shape) + factors, jnp.int32)
+  decoded = jax.eval_shape(tok.decode, tok.variables, tokens).shape[1:]
+  if tuple(decoded) != tuple(input_shape):
+    raise ConfigError(
+        'data.image_size', f'{where} decodes its tokens to {tuple(decoded)}, '
+        f'but the data gives {tuple(input_shape)}: generated samples would '
+        'not be the data\'s size (set data.image_size to the tokenizer\'s)')
   if model.vocab_size != tok.vocab_size:
     raise ConfigError(
         'model.vocab_size', f'{model.vocab_size}, but {where} '
