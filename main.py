@@ -148,6 +148,8 @@ def main(argv):
   from vqlab.errors import WorkdirError  # pylint: disable=g-import-not-at-top
   _use_compilation_cache()
   _initialize_distributed()
+  if _MODE.value != 'train':  # Training saves on SIGTERM (preemption).
+    cli.interrupt_on_sigterm()
   from vqlab.train import loop  # pylint: disable=g-import-not-at-top
   try:
     if _MODE.value == 'train':

@@ -10,9 +10,11 @@ of a second (the README's case loads the quickstart: a few seconds).
 
 import ast
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -247,3 +249,14 @@ def test_every_mode_says_what_a_rerun_does_after_ctrl_c():
       after = ast.literal_eval(node.value)
   assert modes and sorted(after) == sorted(modes)
   assert len(set(after.values())) >= 4
+
+
+def test_sigterm_interrupts_the_modes_that_do_not_train():
+  previous = signal.getsignal(signal.SIGTERM)
+  try:
+    cli.interrupt_on_sigterm()
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(1)  # The handler runs here.
+  finally:
+    signal.signal(signal.SIGTERM, previous)

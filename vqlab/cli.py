@@ -19,6 +19,7 @@ the same `config error: <key>: <problem>` line.
 
 import os
 import re
+import signal
 import sys
 from typing import Iterator
 
@@ -41,6 +42,20 @@ REQUIRED = {
 
 class UsageError(Exception):
   """A mistake on the command line; the message is the line to print."""
+
+
+def interrupt_on_sigterm() -> None:
+  """SIGTERM raises KeyboardInterrupt from now on, as Ctrl-C does: the
+  modes that do not train (eval, tokenize, sample, statistics) stop with
+  their interrupted line. On several processes jax.distributed's
+  preemption notifier takes SIGTERM for itself and they ran to the end,
+  so a pod's `stop` did nothing."""
+
+  def interrupt(signum, frame):
+    del signum, frame
+    raise KeyboardInterrupt
+
+  signal.signal(signal.SIGTERM, interrupt)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

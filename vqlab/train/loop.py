@@ -153,8 +153,9 @@ def _train_experiment(exp: experiment.Experiment, workdir: str,
     return finished
   if start_step:
     logging.info('Resuming from step %d', start_step)
-    print(f'vqlab: resuming from the checkpoint at step {start_step}',
-          flush=True)
+    if jax.process_index() == 0:
+      print(f'vqlab: resuming from the checkpoint at step {start_step}',
+            flush=True)
   if watcher.should_stop():
     exp.checkpointer.close()
     return _stopped(start_step, saved=False)
