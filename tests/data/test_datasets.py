@@ -426,6 +426,16 @@ def test_tfds_train_and_eval_shards(tiny_tfds):
         itertools.chain(*shards)) == everything  # Disjoint and covering.
 
 
+def test_tfds_eval_split_of_several_parts_pads_every_host_alike(tiny_tfds):
+  # tfds splits 'train' (20) and 'validation' (13) evenly each: host 0 of 3 gets 7 + 5 = 12
+  # examples, more than ceil(33 / 3) = 11, which its eval batches were sized for (it failed at
+  # the first eval, and on several hosts the others waited for it).
+  config = _with(tiny_tfds, eval_split='train+validation')
+  _, full, hosts = check_eval_contract(config, global_batch=3, process_count=3)
+  assert sum(int(b['mask'].sum()) for b in full) == 33
+  assert sum(int(b['mask'].sum()) for h in hosts for b in h) == 33
+
+
 def test_tfds_mock_data(tfds_module):
   config = _with(data.default_config('tfds'), tfds_name='cifar10',
                  image_size=24, eval_split='test',

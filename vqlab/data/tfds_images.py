@@ -257,15 +257,22 @@ def build_source(config: ml_collections.ConfigDict, *, split: str,
         records(), preprocess=train_fn, seed=seed, process_index=process_index,
         per_host_batch_size=b, shuffle_buffer=shuffle_buffer, start_step=start)
   else:
-    if num_examples is None:  # No split metadata (e.g. under tfds.testing.mock_data): count.
-      num_examples = pipeline.cardinality(
-          _records(builder, tfds_split, feature_key, label_key, key))
+    # Every host pads to the largest host shard. tfds splits each part of a split such as
+    # 'validation+test' evenly on its own: the lowest hosts may get one more of each part.
+    shards = tfds.even_splits(tfds_split, n=process_count)
+    sizes = [_split_size(builder, shard, split_key) for shard in shards]
+    if None in sizes:  # No split metadata (e.g. under tfds.testing.mock_data): count.
+      sizes = [
+          pipeline.cardinality(
+              _records(builder, shard, feature_key, label_key, key))
+          for shard in shards
+      ]
+    num_examples = sum(sizes)
     if not num_examples:
       raise ValueError(
           f'data.eval_split: {tfds_split!r} of {builder.name} is empty or its size '
           'is unknown.')
-    num_batches = pipeline.host_eval_batches(num_examples, global_batch_size,
-                                             process_count)
+    num_batches = base.eval_num_batches(max(sizes), b)
     make = lambda start: pipeline.eval_dataset(
         records(), preprocess=eval_fn, per_host_batch_size=b, num_batches=
         num_batches, image_shape=example_shape, has_label=bool(
