@@ -304,6 +304,11 @@ def test_sample_mode_reports_gfid_and_inception_score_of_the_samples(
                                        jax.random.key(0), 4)
   assert exp.mesh.size == 2
   assert [s.data.shape[0] for s in tokens.addressable_shards] == [2, 2]
+  # --mode=eval reads no train token shards either.
+  config.eval.fid = 'off'
+  evaluated = loop.evaluate_checkpoint(config, workdir, devices=_devices(),
+                                       allow_config_change=True)
+  assert np.isfinite(evaluated['loss'])
 
 
 def test_gpt_trains_on_shards_and_samples_decode_to_images(
