@@ -22,7 +22,6 @@ from vqlab.errors import CheckpointError
 from vqlab.errors import ConfigError
 from vqlab.nn import stack
 from vqlab.quantizers import base as quantizer_base
-from vqlab.quantizers import lfq
 from vqlab.train import checkpoint as checkpoint_lib
 
 
@@ -59,10 +58,9 @@ class TrainedTokenizer:
     """Indices [B, *token_shape(, F)] -> int32 [B, *token_shape]: factorized
     codes joined into one code each (factor 0 the low bits), others as
     they are."""
-    if not self.factor_vocab_sizes:
-      return np.asarray(indices, np.int32)
-    bits = self.model.quantizer.factor_bits
-    return np.asarray(lfq.combine_factors(jnp.asarray(indices), bits))
+    return np.asarray(
+        quantizer_base.full_code_indices(self.model.quantizer,
+                                         jnp.asarray(indices)), np.int32)
 
   def token_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
     """Shape of one example's tokens for one input of `input_shape`

@@ -300,10 +300,12 @@ def check_model_fits(
     raise ConfigError(
         key, f'inputs of shape {tuple(input_shape)} do not fit {where}: '
         f'{e}') from None
-  # A 1D tokenizer (TiTok) encodes other sizes too, but decodes to its own.
+  # A 1D tokenizer (TiTok) encodes other sizes too, but decodes to its own
+  # (a grid of tokens decodes to the size it came from: no trace needed).
   factors = (len(tok.factor_vocab_sizes),) if tok.factor_vocab_sizes else ()
   tokens = jax.ShapeDtypeStruct((1,) + tuple(shape) + factors, jnp.int32)
-  decoded = jax.eval_shape(tok.decode, tok.variables, tokens).shape[1:]
+  decoded = (jax.eval_shape(tok.decode, tok.variables, tokens).shape[1:]
+             if len(shape) == 1 else input_shape)
   if tuple(decoded) != tuple(input_shape):
     raise ConfigError(
         'data.image_size', f'{where} decodes its tokens to {tuple(decoded)}, '
