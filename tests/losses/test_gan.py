@@ -103,13 +103,13 @@ def test_patchgan_starts_as_taming_initializes_it():
 def test_patchgan_output_side_and_too_small_images():
   for layers in (1, 2, 3):
     disc = discriminators.PatchGAN(base_features=4, num_layers=layers)
-    for side in range(tokenizer.patchgan_min_side(layers), 41, 3):
+    for side in range(discriminators.patchgan_min_side(layers), 41, 3):
       x = jax.ShapeDtypeStruct((1, side, side + 1, 3), jnp.float32)
       logits = jax.eval_shape(disc.init_with_output, jax.random.key(0), x)[0]
       assert logits.shape[1:3] == (discriminators.patchgan_output_side(
           side, layers), discriminators.patchgan_output_side(side + 1, layers))
     # Smaller: no logits (training refuses it: tokenizer.check_train_sizes).
-    smaller = tokenizer.patchgan_min_side(layers) - 1
+    smaller = discriminators.patchgan_min_side(layers) - 1
     x = jax.ShapeDtypeStruct((1, smaller, smaller, 3), jnp.float32)
     logits = jax.eval_shape(disc.init_with_output, jax.random.key(0), x)[0]
     assert logits.size == 0

@@ -92,6 +92,14 @@ def patchgan_output_side(side: int, num_layers: int) -> int:
   return side
 
 
+def patchgan_min_side(num_layers: int) -> int:
+  """The smallest image side PatchGAN of `num_layers` gives logits for."""
+  side = 1
+  while patchgan_output_side(side, num_layers) < 1:
+    side += 1
+  return side
+
+
 def _blur_down(x: jax.Array) -> jax.Array:
   """Blur-pools every axis between batch and channels by 2. An odd frame
   count (videos of 1 + 4k frames) is first made even by repeating the last

@@ -222,7 +222,8 @@ def check_train_sizes(config: ml_collections.ConfigDict, model: Any) -> None:
         discriminators.patchgan_output_side(train_size, layers) >= 1, train_key,
         f'{train_size}: PatchGAN leaves no logits on it after its '
         f'{layers} stride-2 convs (discriminator.num_layers): use fewer layers '
-        f'or images of {patchgan_min_side(layers)} pixels or more')
+        f'or images of {discriminators.patchgan_min_side(layers)} pixels or '
+        'more')
   if config.loss.perceptual_weight > 0:
     config_schema.require(
         train_size >= perceptual.MIN_SIDE, train_key,
@@ -231,14 +232,6 @@ def check_train_sizes(config: ml_collections.ConfigDict, model: Any) -> None:
         'coarser)')
   if config.loss.pcl_weight > 0:
     _validate_contrastive_grids(train_size, model.downsample_factor, train_key)
-
-
-def patchgan_min_side(num_layers: int) -> int:
-  """The smallest image side PatchGAN of `num_layers` takes."""
-  side = 1
-  while discriminators.patchgan_output_side(side, num_layers) < 1:
-    side += 1
-  return side
 
 
 def _validate_contrastive_grids(size: int, factor: int, key: str) -> None:
