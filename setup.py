@@ -19,7 +19,8 @@ setuptools.setup(
         'ml-collections>=1.0',
         'numpy>=1.26',
         'optax>=0.2.5',
-        'orbax-checkpoint>=0.11',
+        # >= 0.12: per-step custom metadata (the arrays' checksums).
+        'orbax-checkpoint>=0.12',
         'pillow>=10.0',
         # .safetensors weights (text encoders, TiTok); >= 0.6 for
         # safe_open().offset_keys(), the tensors in file order.

@@ -1087,3 +1087,40 @@ def test_processes_restore_a_step_only_where_every_one_reads_it(
   np.testing.assert_array_equal(restored['w'], np.arange(6.0) * 2)
   assert listing() == ['2', '4.corrupt']
   assert 'process 1 could not read it' in capsys.readouterr().out
+
+
+def test_a_bit_flipped_on_disk_sets_the_step_aside(tmp_path, capsys):
+  """Orbax keeps no checksum on its data chunks: a flipped bit of a saved
+  array would restore as a silently different model. The checksums saved
+  with each step catch it: the step is set aside as a corrupt one, the
+  previous step restores, and another run's reader names it."""
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ('data',))
+  sharding = jax.sharding.NamedSharding(mesh, jax.P('data'))
+  # Random floats: zstd stores them as they are, so the middle of the
+  # largest data file is array data.
+  noise = np.random.default_rng(0).normal(size=(128, 256)).astype(np.float32)
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=5)
+  for step in (2, 4):
+    checkpointer.save(step, {'w': jax.device_put(noise * step, sharding)})
+  checkpointer.wait()
+  checkpointer.close()
+  files = glob.glob(str(tmp_path / 'checkpoints' / '4' / '**' / 'd' / '*'),
+                    recursive=True)
+  largest = max(files, key=os.path.getsize)
+  with open(largest, 'r+b') as f:
+    f.seek(os.path.getsize(largest) // 2)
+    byte = f.read(1)[0]
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte ^ 0x08]))
+
+  with pytest.raises(CheckpointError, match='differs from the checksums'):
+    checkpoint_lib.restore_on_host(str(tmp_path), 4)
+  abstract = {
+      'w': jax.ShapeDtypeStruct(noise.shape, noise.dtype, sharding=sharding)
+  }
+  state, step = checkpoint_lib.Checkpointer(str(tmp_path),
+                                            max_to_keep=5).restore(abstract)
+  assert step == 2
+  np.testing.assert_array_equal(np.asarray(state['w']), noise * 2)
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4.corrupt']
+  assert 'w differs from the checksums' in capsys.readouterr().out

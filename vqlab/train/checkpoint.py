@@ -18,9 +18,12 @@ import orbax.checkpoint as ocp
 from vqlab import fileio
 from vqlab.errors import CheckpointError
 from vqlab.nn import stack
+from vqlab.train import checksums
 
 SET_ASIDE_SUFFIX = '.corrupt'
 _ITEM = 'default'  # The one item of each step: <directory>/<step>/default.
+# The key of the arrays' checksums in a step's Orbax custom metadata.
+_CHECKSUMS = 'vqlab_checksums'
 # A restore beside a run in progress: how many listings of its steps it
 # reads through (the run may delete them meanwhile), and how many times the
 # processes list them before concluding that they see different ones.
@@ -237,8 +240,9 @@ class Checkpointer:
     previous = self._pending
     try:
       with _quiet_orbax():
-        saved = self._manager.save(step, args=ocp.args.StandardSave(state),
-                                   force=force)
+        saved = self._manager.save(
+            step, args=ocp.args.StandardSave(state), force=force,
+            custom_metadata={_CHECKSUMS: checksums.of_leaves(_leaves(state))})
     except Exception as e:  # pylint: disable=broad-except
       raise self._save_error(step, e, previous) from e
     if saved:
@@ -396,6 +400,8 @@ class Checkpointer:
               _MISMATCH, f'checkpoint {path} is readable but its state tree '
               f'differs from this config\'s ({failure.why}); it restores under '
               'the config it was trained with (config.json)')
+        if failure is None:
+          failure = _agreed(_changed_on_disk(self._manager, step, state))
       if failure is None:
         return (state, step, relay), unreadable
       if failure.kind == _TRANSIENT_FAILURE:
@@ -594,6 +600,45 @@ def _agreed(failure: _Failure | None) -> _Failure | None:
   return _Failure(worst, f"process {process} {what}; see that process's log")
 
 
+def _saved_checksums(manager: ocp.CheckpointManager,
+                     step: int) -> dict[str, int]:
+  """{path: checksum} saved with `step`; {} for a step saved without them
+  (by an older vqlab) or whose metadata cannot be read (not judged here)."""
+  try:
+    custom = manager.metadata(step).custom_metadata or {}
+  except Exception:  # pylint: disable=broad-except
+    return {}
+  saved = custom.get(_CHECKSUMS)
+  return saved if isinstance(saved, dict) else {}
+
+
+def _changed_on_disk(manager: ocp.CheckpointManager, step: int,
+                     state: Any) -> _Failure | None:
+  """An _UNREADABLE failure if arrays of `state`, read from `step`, are not
+  the ones saved (their checksums differ: the files changed on disk). Every
+  process calls it (the checksums of arrays spanning processes are
+  collectives)."""
+  changed = checksums.differing(_leaves(state), _saved_checksums(manager, step))
+  if not changed:
+    return None
+  more = f' and {len(changed) - 2} more' if len(changed) > 2 else ''
+  return _Failure(
+      _UNREADABLE, f'the data of {", ".join(changed[:2])}{more} differs from '
+      'the checksums saved with it: its files changed on disk after the save')
+
+
+def _checked(manager: ocp.CheckpointManager, step: int, tree: Any) -> Any:
+  """`tree`, read from `step` on this process alone, if it is what was saved.
+
+  Raises:
+    ValueError: it is not (see _changed_on_disk).
+  """
+  failure = _changed_on_disk(manager, step, tree)
+  if failure is not None:
+    raise ValueError(failure.why)
+  return tree
+
+
 def _read_only_manager(directory: str) -> ocp.CheckpointManager:
   """A manager of another run's checkpoints (without Orbax's warning that
   the directory is read only)."""
@@ -654,9 +699,11 @@ def restore_on_host(workdir: str, step: int | None = None,
       read_step = _listed_step(directory, sorted(manager.all_steps()), step,
                                step_key)
       tree, failure = Checkpointer._read(  # pylint: disable=protected-access
-          read_step, lambda s: manager.restore(
-              s, args=ocp.args.StandardRestore(
-                  _on_one_device(manager.item_metadata(s)))))
+          read_step, lambda s: _checked(
+              manager, s,
+              manager.restore(
+                  s, args=ocp.args.StandardRestore(
+                      _on_one_device(manager.item_metadata(s))))))
       if failure is None:
         return tree, read_step
       manager.reload()

@@ -1,0 +1,81 @@
+"""Checksums of a state's arrays, saved with a checkpoint and checked when it
+is read: Orbax keeps none on its data chunks, so a flipped bit on disk would
+otherwise restore as a silently different model.
+
+The checksum of an array is sum_i w_i * (i * 2 + 1) * 2654435761 mod 2^32
+over its elements' bit patterns w_i (as unsigned 32-bit words), i the
+row-major index: every weight is odd, so any one flipped bit changes it, and
+moved elements change it too. It is computed where the array lives (no
+copy to the host, any sharding, the same value for every sharding).
+"""
+
+from collections.abc import Callable
+import functools
+from typing import Any
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+
+_GOLDEN = 2654435761  # Knuth's multiplicative hash constant (odd).
+
+
+def _words(x: jax.Array) -> jax.Array:
+  """An array's bit patterns as uint32 (64-bit elements: two words each)."""
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  bits = x.dtype.itemsize * 8
+  if bits == 64:
+    return lax.bitcast_convert_type(x, jnp.uint32)
+  unsigned = {8: jnp.uint8, 16: jnp.uint16, 32: jnp.uint32}[bits]
+  return lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+def _checksum(x: jax.Array) -> jax.Array:
+  words = _words(x)
+  # The row-major index from per-axis iotas: a reshape of a sharded array
+  # would move it between devices.
+  index = jnp.zeros(words.shape, jnp.uint32)
+  stride = 1
+  for axis in reversed(range(words.ndim)):
+    index += (lax.broadcasted_iota(jnp.uint32, words.shape, axis) *
+              jnp.uint32(stride % 2**32))
+    stride *= words.shape[axis]
+  weights = (index * jnp.uint32(2) + jnp.uint32(1)) * jnp.uint32(_GOLDEN)
+  return jnp.sum(words * weights, dtype=jnp.uint32)
+
+
+@functools.cache
+def _checksum_on(mesh: jax.sharding.Mesh | None) -> Callable[..., jax.Array]:
+  """_checksum jitted for arrays on `mesh` (None: other shardings), its
+  result whole on every device so that every process reads it."""
+  if mesh is None:
+    return jax.jit(_checksum)
+  return jax.jit(_checksum,
+                 out_shardings=jax.sharding.NamedSharding(mesh, jax.P()))
+
+
+def _mesh_of(x: Any) -> jax.sharding.Mesh | None:
+  return getattr(getattr(x, 'sharding', None), 'mesh', None)
+
+
+def of_leaves(leaves: dict[str, Any]) -> dict[str, int]:
+  """{path: checksum} of {path: array}; jax arrays of any sharding (also
+  ones that span several processes: every process calls this alike) or
+  numpy arrays."""
+  sums = {path: _checksum_on(_mesh_of(x))(x) for path, x in leaves.items()}
+  return {path: int(np.asarray(s)) for path, s in sums.items()}
+
+
+def differing(leaves: dict[str, Any], saved: dict[str, int]) -> list[str]:
+  """The paths of `leaves` whose checksum is not the one in `saved` (paths
+  that `saved` lacks are not checked). Every leaf's checksum is computed
+  whatever `saved` holds, so that processes that read different `saved`
+  still run the same collectives."""
+  return [
+      path for path, checksum in of_leaves(leaves).items()
+      if path in saved and checksum != int(saved[path])
+  ]
