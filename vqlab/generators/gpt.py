@@ -550,14 +550,18 @@ def _check_fits(config: ml_collections.ConfigDict, tokenizer: Any,
 def _settings_read(config: ml_collections.ConfigDict) -> frozenset[str]:
   """Guidance (constant) and label dropout need model.condition 'class';
   the sliding window (sample.grid_shape) a condition other than 'tokens';
-  frame prediction (a prefix of given tokens) no sliding window."""
+  frame prediction (a prefix of given tokens) no sliding window and no
+  'tokens' condition (its clips come from the eval split without their
+  condition images)."""
   keys = {'sample.temperature', 'sample.top_k', 'sample.top_p'}
   # The sliding window recomputes every crop (no cache); its condition
   # tokens would need condition images of the larger grid.
   if config.model.condition != 'tokens':
     keys.add('sample.grid_shape')
   if not config.sample.grid_shape:
-    keys |= {'sample.use_cache', 'sample.observed_frames'}
+    keys.add('sample.use_cache')
+    if config.model.condition != 'tokens':
+      keys.add('sample.observed_frames')
   if config.model.condition == 'class':
     keys |= {'loss.label_drop', 'sample.guidance_scale'}
   return frozenset(keys)

@@ -78,6 +78,8 @@ IGNORED = [
     (maskgit_tiny.get_config, 'sample.diffusion_sampler', 'purity'),
     (maskgit_tiny.get_config, 'sample.observed_frames', 1),  # Images.
     (_gpt_sliding_window, 'sample.observed_frames', 1),
+    # Frame prediction's clips come without their condition images.
+    (gpt_superres.get_config, 'sample.observed_frames', 1),
 ]
 
 
