@@ -194,6 +194,35 @@ def test_guidance_zero_equals_conditional_sampling():
   np.testing.assert_allclose(api.guided_logits(cond, uncond, 2.0), [4.0, 1.0])
 
 
+@pytest.mark.parametrize('step, w', [(0, 8.0), (3, 1.0)])
+def test_the_linear_guidance_schedule_is_w_s_over_s(step, w):
+  """Step s of S = 4 guides with w s / S (TiTok's release): greedy tokens
+  are the argmax of l_u + (1 + w s/S)(l_c - l_u) where they are revealed;
+  w (s + 1)/S would pick others. Positional embeddings x10 make the
+  positions' logits distinct."""
+  model = _model(num_classes=3)
+  params = dict(_init(model))
+  params['pos_embedding'] = params['pos_embedding'] * 10
+  labels = jnp.array([0, 1, 2, 0, 1, 2, 0, 1])
+  state = maskgit.init_state(model, jax.random.key(3), 8)
+  state = state.replace(step=jnp.full((), step, jnp.int32))
+  new = jax.jit(lambda p, s: maskgit.decode_step(
+      model, p, s, labels, num_steps=4, temperature=0.0, choice_temperature=0.0,
+      guidance_scale=w, guidance_schedule='linear'))(params, state)
+  logits = functools.partial(model.apply, {'params': params},
+                             method=maskgit.MaskGIT.flat_logits)
+  cond = logits(state.tokens, labels)
+  uncond = logits(state.tokens, jnp.full_like(labels, 3))
+  greedy = lambda w: np.asarray(
+      jnp.argmax(api.guided_logits(cond, uncond, w), -1))[..., 0]
+  tokens = np.asarray(new.tokens)[..., 0]
+  revealed = tokens != model.mask_ids[0]
+  assert revealed.sum() >= 8
+  np.testing.assert_array_equal(tokens[revealed],
+                                greedy(w * step / 4)[revealed])
+  assert (tokens[revealed] != greedy(w * (step + 1) / 4)[revealed]).any()
+
+
 def test_masked_loss_counts_only_masked_positions():
   model = _model(token_shape=(6,))
   params = _init(model)

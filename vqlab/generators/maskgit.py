@@ -360,7 +360,10 @@ def decode_step(model: MaskGIT, params, state: DecodeState,
     null = jnp.full_like(labels, model.num_classes)
     both = apply(jnp.concatenate([tokens, tokens]),
                  jnp.concatenate([labels, null]))
-    scale = guidance_scale * (ratio if guidance_schedule == 'linear' else 1.0)
+    # 'linear': w s / S, from 0 at the first step (TiTok's MUSE-style
+    # schedule sets the scale of step s at the end of step s - 1).
+    scale = guidance_scale * (step.astype(jnp.float32) / num_steps
+                              if guidance_schedule == 'linear' else 1.0)
     logits = api.guided_logits(both[:batch], both[batch:], scale)
   else:
     logits = apply(tokens, labels)  # [B, N, F, V]
@@ -406,7 +409,7 @@ def sample(model: MaskGIT, params, rng: jax.Array, batch_size: int,
       linearly to 0 at the last step.
     guidance_scale: CFG w (needs labels); a Python 0 skips the unconditional
       pass, any array runs it. guidance_schedule: 'constant' w, or 'linear'
-      w (s+1)/S.
+      w s/S (as TiTok's release: 0 at the first step).
     schedule_method: gamma ('cosine', 'arccos', 'linear').
     return_history: also return int [S, B, *shape(, F)], the tokens after
       each step ([MASK] id where still masked).
