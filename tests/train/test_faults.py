@@ -42,6 +42,7 @@ from vqlab.train import pretokenize
 from vqlab.train import progress as progress_lib
 from vqlab.train import run_record
 from vqlab.train import workdir_lock
+from vqlab.train import writers as writers_lib
 from vqlab.train.tasks import generator
 
 STEPS = 5
@@ -382,6 +383,27 @@ def test_disk_full_during_a_save_is_one_line_and_keeps_the_last_checkpoint(
   _, restored_step = experiment.Experiment(_config(), run_copy,
                                            _devices()).initial_state()
   assert restored_step == STEPS
+
+
+def test_a_full_disk_stops_a_run_with_the_checkpoint_error(
+    tmp_path, monkeypatch):
+  """TensorBoard's flush fails on the full disk too, as the run stops: the
+  checkpoint's error is the one raised (not the flush's OSError, which
+  main.py would print as a traceback), the flush's a line of its own."""
+
+  def full(*args, **kwargs):
+    raise OSError(28, 'No space left on device')
+
+  monkeypatch.setattr(checkpoint_lib.ocp.CheckpointManager, 'save', full)
+  close = writers_lib.MetricWriter.close
+
+  def close_on_a_full_disk(self):
+    close(self)
+    full()
+
+  monkeypatch.setattr(writers_lib.MetricWriter, 'close', close_on_a_full_disk)
+  with pytest.raises(CheckpointError, match='No space left on device'):
+    loop.train_and_evaluate(_config(), str(tmp_path), devices=_devices())
 
 
 def test_reading_another_runs_checkpoint_out_of_memory_is_not_corruption(

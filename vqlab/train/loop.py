@@ -109,6 +109,24 @@ def _train(config, workdir, devices, step_callback, allow_config_change,
     return _train_experiment(exp, workdir, step_callback, watcher, closing)
 
 
+def _closing_exit(close: Callable[[], None]):
+  """An ExitStack exit that calls `close`. Its error while another one
+  leaves is one line, and the first error is the one raised (a full disk
+  fails the checkpoint's save, then TensorBoard's flush)."""
+
+  def exit_(exc_type, exc, traceback) -> bool:
+    del exc_type, traceback
+    try:
+      close()
+    except Exception as e:  # pylint: disable=broad-except
+      if exc is None:
+        raise
+      print(f'vqlab: while stopping: {type(e).__name__}: {e}', flush=True)
+    return False
+
+  return exit_
+
+
 @contextlib.contextmanager
 def _saves_landing(checkpointer) -> Iterator[None]:
   """On an exception (a failed eval right after a save, a data error), the
@@ -166,7 +184,7 @@ def _train_experiment(exp: experiment.Experiment, workdir: str,
   writer = writers_lib.MetricWriter(
       workdir, trains_from=start_step,
       evaluates_again=start_step >= train_cfg.num_steps or eval_missing)
-  closing.callback(writer.close)
+  closing.push(_closing_exit(writer.close))
   is_chief = jax.process_index() == 0
   if is_chief:
     print(
