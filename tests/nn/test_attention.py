@@ -49,14 +49,30 @@ def test_float32_masks_and_causal_flag_match_the_float64_reference():
         _reference(q, k, v, allowed), atol=2e-6, err_msg=str(kwargs))
 
 
-def test_bfloat16_softmax_runs_in_float32():
-  # Large logits: a bfloat16 softmax (flax's default) is off by about 0.03
-  # RMS here, the float32 one by about 0.005.
+@pytest.mark.parametrize('dropout', [False, True])
+def test_bfloat16_logits_and_softmax_run_in_float32(dropout):
+  # Large logits: bfloat16 logits or softmax (flax's, also with
+  # force_fp32_for_softmax on its dropout path) are off by about 0.03 RMS
+  # here, float32 ones by about 0.005. A dropout rate of 1e-9 keeps all.
   q, k, v = (x.astype(jnp.bfloat16) for x in _qkv(64, 4, 32, scale=3.0))
-  out = attention.dot_product_attention(q, k, v)
+  out = attention.dot_product_attention(q, k, v, dropout_rate=1e-9,
+                                        deterministic=not dropout,
+                                        dropout_rng=jax.random.key(3))
   assert out.dtype == jnp.bfloat16
   error = np.asarray(out, np.float64) - _reference(q, k, v)
   assert np.sqrt(np.mean(error**2)) < 0.01
+
+
+@pytest.mark.parametrize('broadcast', [True, False])
+def test_attention_dropout_drops_as_flax_does(broadcast):
+  """The same weights dropped by the same key as flax's attention, kept ones
+  scaled by 1 / (1 - rate), in float32."""
+  q, k, v = _qkv()
+  kwargs = dict(dropout_rate=0.3, deterministic=False,
+                dropout_rng=jax.random.key(5), broadcast_dropout=broadcast)
+  np.testing.assert_allclose(attention.dot_product_attention(q, k, v, **kwargs),
+                             nn.dot_product_attention(q, k, v, **kwargs),
+                             atol=2e-6)
 
 
 def test_attention_dropout_keeps_the_causal_mask():

@@ -7,7 +7,8 @@ cuDNN's flash attention where that applies (bfloat16 or float16, head dim a
 multiple of 8 up to cuDNN's limit, no mask other than causal), which never
 materializes the [B, heads, L, L] weights. Everywhere else, and on TPU, the
 XLA path. Dropout on the attention weights (training with dropout > 0)
-needs the weights, so it keeps flax's own path, softmax in float32 too.
+needs the weights: `masked_attention`, logits and softmax in float32 too
+(flax's own path rounds the logits to the compute dtype).
 
 `VQLAB_ATTENTION=xla` in the environment keeps every call on XLA's path
 (read when a step is traced): to time flash attention against it, or to
@@ -49,19 +50,32 @@ class SpatialSelfAttention(nn.Module):
 
 
 def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array,
-                     allowed: jax.Array, *, precision: Any = None,
-                     dtype: Any = jnp.float32) -> jax.Array:
-  """Scaled dot-product attention over heads, softmax in float32.
+                     allowed: jax.Array | None, *, precision: Any = None,
+                     dtype: Any = jnp.float32,
+                     dropout_rng: jax.Array | None = None,
+                     dropout_rate: float = 0.0,
+                     broadcast_dropout: bool = True) -> jax.Array:
+  """Scaled dot-product attention over heads, logits and softmax in float32.
 
   For ported encoders whose projections keep their published names (MiniLM,
-  CLIP). q, k, v: [B, L, H, D]; allowed: bool broadcastable to [B, H, Lq, Lk]
-  (query may see key). Returns [B, L, H, D].
+  CLIP), and for attention with dropout on its weights. q, k, v:
+  [B, L, H, D]; allowed: bool broadcastable to [B, H, Lq, Lk] (query may see
+  key), or None; dropout_rate > 0: weights dropped (kept ones scaled by
+  1 / (1 - rate)) as flax drops them, one [Lq, Lk] draw for every example
+  and head with `broadcast_dropout`. Returns [B, L, H, D] in `dtype`.
   """
-  scores = jnp.einsum('bqhd,bkhd->bhqk', q, k, precision=precision)
-  scores = scores.astype(jnp.float32) * np.float32(q.shape[-1]**-0.5)
-  scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-  return jnp.einsum('bhqk,bkhd->bqhd', probs, v, precision=precision)
+  scores = jnp.einsum('bqhd,bkhd->bhqk', q, k, precision=precision,
+                      preferred_element_type=jnp.float32)
+  scores = scores * np.float32(q.shape[-1]**-0.5)
+  if allowed is not None:
+    scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1)
+  if dropout_rate > 0.0:
+    shape = (1, 1) + probs.shape[2:] if broadcast_dropout else probs.shape
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, shape)
+    probs = probs * (keep / np.float32(1.0 - dropout_rate))
+  return jnp.einsum('bhqk,bkhd->bqhd', probs.astype(dtype), v.astype(dtype),
+                    precision=precision)
 
 
 # cuDNN's flash attention: half-precision inputs, these head dims.
@@ -105,17 +119,17 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   """
   if mask is not None:
     mask = jnp.asarray(mask, bool)
-  if (dropout_rate > 0.0 and not deterministic) or precision is not None:
+  query, key, value = nn.dtypes.promote_dtype(query, key, value, dtype=dtype)
+  dropout = dropout_rate > 0.0 and not deterministic
+  if dropout or precision is not None:
     if is_causal:
       mask = nn.combine_masks(mask,
                               nn.make_causal_mask(query[..., 0, 0], dtype=bool),
                               dtype=bool)
-    return nn.dot_product_attention(
-        query, key, value, mask=mask, dropout_rng=dropout_rng,
-        dropout_rate=dropout_rate, broadcast_dropout=broadcast_dropout,
-        deterministic=deterministic, dtype=dtype, precision=precision,
-        force_fp32_for_softmax=True)
-  query, key, value = nn.dtypes.promote_dtype(query, key, value, dtype=dtype)
+    return masked_attention(query, key, value, mask, precision=precision,
+                            dtype=query.dtype, dropout_rng=dropout_rng,
+                            dropout_rate=dropout_rate if dropout else 0.0,
+                            broadcast_dropout=broadcast_dropout)
   if (os.environ.get(IMPLEMENTATION_VARIABLE, 'auto') != 'xla' and
       cudnn_applies(query, key, mask, jax.default_backend())):
     try:
