@@ -998,6 +998,54 @@ def test_out_of_memory_or_a_read_only_mode_never_sets_a_step_aside(
   assert 'left as it is; using step 2' in capsys.readouterr().out
 
 
+def test_a_step_this_user_may_not_read_is_never_called_corrupt(
+    tmp_path, monkeypatch):
+  """A run shared between users (one's umask kept its files private): Orbax
+  names no permission problem, but the step is good. Nothing is renamed;
+  the error says which file is denied. (os.access is patched: root reads
+  every file.)"""
+  abstract = _save_steps_2_and_4(tmp_path)
+  step_4 = str(tmp_path / 'checkpoints' / '4')
+  private = glob.glob(os.path.join(step_4, '**', 'd', '*'), recursive=True)[0]
+  access = os.access
+  monkeypatch.setattr(checkpoint_lib.os, 'access',
+                      lambda path, mode: path != private and access(path, mode))
+  read = checkpoint_lib.ocp.StandardCheckpointHandler.restore
+
+  def orbax_on_a_private_file(self, directory, *args, **kwargs):
+    if str(directory).startswith(step_4):
+      raise ValueError('Unable to retrieve default item. Please ensure that a '
+                       'handler for the default item is registered')
+    return read(self, directory, *args, **kwargs)
+
+  monkeypatch.setattr(checkpoint_lib.ocp.StandardCheckpointHandler, 'restore',
+                      orbax_on_a_private_file)
+  with pytest.raises(CheckpointError) as e:
+    checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=5).restore(abstract)
+  assert f'permission denied: cannot read {private}' in str(e.value)
+  assert 'not a corrupt checkpoint' in str(e.value)
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4']
+
+  def orbax_on_another_runs_private_file(*args, **kwargs):
+    raise ValueError('Encountered error while reading array index')
+
+  monkeypatch.setattr(checkpoint_lib.ocp.CheckpointManager, 'restore',
+                      orbax_on_another_runs_private_file)
+  with pytest.raises(CheckpointError, match='permission denied: cannot read'):
+    checkpoint_lib.restore_on_host(str(tmp_path), 4)
+
+
+def test_a_step_metadata_of_another_json_kind_is_one_line(tmp_path):
+  _save_steps_2_and_4(tmp_path)
+  with open(tmp_path / 'checkpoints' / '4' / '_CHECKPOINT_METADATA', 'w') as f:
+    f.write('[]')
+  for open_them in (checkpoint_lib.newest_step,
+                    lambda w: checkpoint_lib.Checkpointer(w, max_to_keep=5)):
+    with pytest.raises(CheckpointError, match='cannot open the checkpoints'):
+      open_them(str(tmp_path))
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4']
+
+
 @pytest.mark.parametrize('deleted', ['all of it', 'its files'])
 def test_an_eval_beside_a_run_that_deletes_the_step_it_reads_reads_the_next(
     tmp_path, monkeypatch, capsys, deleted):
@@ -1019,13 +1067,13 @@ def test_an_eval_beside_a_run_that_deletes_the_step_it_reads_reads_the_next(
   read = checkpoint_lib.Checkpointer._read  # pylint: disable=protected-access
   reads = []
 
-  def read_while_the_trainer_moves_on(step, how):
+  def read_while_the_trainer_moves_on(directory, step, how):
     if not reads:  # The trainer's next save lands, and max_to_keep = 1.
       shutil.move(tmp_path / 'next_save', checkpoints / '6')
       shutil.rmtree(checkpoints / str(step) /
                     ('' if deleted == 'all of it' else 'default'))
     reads.append(step)
-    return read(step, how)
+    return read(directory, step, how)
 
   monkeypatch.setattr(checkpoint_lib.Checkpointer, '_read',
                       staticmethod(read_while_the_trainer_moves_on))
@@ -1086,9 +1134,9 @@ def test_processes_restore_a_step_only_where_every_one_reads_it(
   read = checkpoint_lib.Checkpointer._read  # pylint: disable=protected-access
   reading = []
 
-  def read_noting_the_step(step, how):
+  def read_noting_the_step(directory, step, how):
     reading.append(step)
-    return read(step, how)
+    return read(directory, step, how)
 
   monkeypatch.setattr(checkpoint_lib.Checkpointer, '_read',
                       staticmethod(read_noting_the_step))
@@ -1099,7 +1147,8 @@ def test_processes_restore_a_step_only_where_every_one_reads_it(
   kinds = {4: checkpoint_lib._TRANSIENT_FAILURE}  # pylint: disable=protected-access
   with pytest.raises(CheckpointError) as error:
     checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=5).restore(abstract)
-  assert 'process 1 failed to read it for want of memory' in str(error.value)
+  assert 'process 1 failed to read it for want of memory or ' in str(
+      error.value)
   assert listing() == before
 
   kinds = {4: checkpoint_lib._UNREADABLE}  # pylint: disable=protected-access

@@ -48,6 +48,22 @@ def _quiet_orbax():
     logging.set_verbosity(verbosity)
 
 
+@contextlib.contextmanager
+def _opening(directory: str):
+  """Orbax's manager lists the steps and reads their metadata as it is
+  made: its failure there (a metadata file of a step that is valid JSON of
+  another kind) is one line naming the directory."""
+  try:
+    yield
+  except CheckpointError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(
+        f'cannot open the checkpoints in {directory} ({_first_line(e)}); '
+        'nothing was changed: a step\'s _CHECKPOINT_METADATA may be '
+        'damaged') from e
+
+
 def _first_line(e: Exception) -> str:
   text = str(e).strip()
   return f'{type(e).__name__}: {text.splitlines()[0][:300] if text else ""}'
@@ -195,9 +211,10 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                            enable_async_checkpointing=True,
                                            create=True)
-    self._manager = ocp.CheckpointManager(
-        self.directory, item_handlers=ocp.StandardCheckpointHandler(),
-        options=options)
+    with _opening(self.directory):
+      self._manager = ocp.CheckpointManager(
+          self.directory, item_handlers=ocp.StandardCheckpointHandler(),
+          options=options)
     self._pending = None  # The step of the newest save started.
 
   def check_writable(self) -> None:
@@ -371,7 +388,8 @@ class Checkpointer:
       # Every process reads the files it needs; they go on together only
       # where all of them read the step (a corrupt shard may be read by one
       # host alone), so no host trains from another step than the rest.
-      saved, failure = self._read(step, self._manager.item_metadata)
+      saved, failure = self._read(self.directory, step,
+                                  self._manager.item_metadata)
       if failure is None:
         mismatch = state_mismatch(saved, abstract_state)
         if mismatch:
@@ -388,12 +406,13 @@ class Checkpointer:
         relay = _signature(saved) != _signature(abstract_state)
         target = _on_one_device(saved) if relay else abstract_state
         state, failure = self._read(
-            step, lambda s, t=target: self._restore_step(s, t))
+            self.directory, step, lambda s, t=target: self._restore_step(s, t))
         failure = _agreed(failure)
         if failure is not None and failure.kind == _OTHER_TREE and not relay:
           relay = True
           state, failure = self._read(
-              step, lambda s: self._restore_step(s, _on_one_device(saved)))
+              self.directory, step,
+              lambda s: self._restore_step(s, _on_one_device(saved)))
           failure = _agreed(failure)
         if failure is not None and failure.kind == _OTHER_TREE:
           failure = _Failure(
@@ -407,9 +426,10 @@ class Checkpointer:
       if failure.kind == _TRANSIENT_FAILURE:
         raise CheckpointError(
             f'could not restore checkpoint {path} ({failure.why}): memory, '
-            'a transient I/O error or a fault of this program, not a '
-            'corrupt checkpoint. Nothing was changed; run again (with more '
-            'memory if it ran out)')
+            'file permissions, a transient I/O error or a fault of this '
+            'program, not a corrupt checkpoint. Nothing was changed; run '
+            'again (with more memory if it ran out, as a user who may read '
+            'its files if they are denied)')
       if failure.kind == _MISMATCH:
         raise StateMismatchError(failure.why)
       unreadable.append((step, failure.why))
@@ -459,9 +479,11 @@ class Checkpointer:
       handler.close()
 
   @staticmethod
-  def _read(step: int, read: Callable[[int],
-                                      Any]) -> tuple[Any, '_Failure | None']:
-    """(read(step), None), or (None, why it failed) on this process."""
+  def _read(directory: str, step: int,
+            read: Callable[[int], Any]) -> tuple[Any, '_Failure | None']:
+    """(read(step), None), or (None, why it failed) on this process; a step
+    of `directory` holding files this process may not read failed for want
+    of permissions, whatever Orbax said."""
     with _quiet_orbax():
       try:
         value = read(step)
@@ -469,6 +491,10 @@ class Checkpointer:
           raise ValueError('no state metadata (a partial step)')
         return value, None
       except Exception as e:  # pylint: disable=broad-except
+        denied = _denied_path(os.path.join(directory, str(step)))
+        if denied:
+          return None, _Failure(_TRANSIENT_FAILURE,
+                                f'permission denied: cannot read {denied}')
         if _not_the_files(e):
           kind = _TRANSIENT_FAILURE
         else:
@@ -524,13 +550,31 @@ class Checkpointer:
 # Failures that say nothing about the checkpoint's files: status codes (as
 # XLA, TensorStore and gRPC spell them) and OS errors, matched exactly.
 _TRANSIENT = ('RESOURCE_EXHAUSTED', 'UNAVAILABLE', 'DEADLINE_EXCEEDED',
-              'Out of memory', 'out of memory', 'Connection reset',
-              'Too many open files')
+              'PERMISSION_DENIED', 'Permission denied', 'Out of memory',
+              'out of memory', 'Connection reset', 'Too many open files')
 
 # Exceptions that are never a checkpoint's fault: memory, and this program's
 # own mistakes (a corrupt file never raises these).
-_NOT_THE_FILES = (MemoryError, AttributeError, NameError, ImportError,
-                  NotImplementedError)
+_NOT_THE_FILES = (MemoryError, PermissionError, AttributeError, NameError,
+                  ImportError, NotImplementedError)
+
+
+def _denied_path(step_directory: str) -> str | None:
+  """The first folder or file of a local step that this process may not
+  read (a run shared between users whose umask kept it private), else
+  None; None for gs:// and other remote steps."""
+  if '://' in step_directory or not os.path.isdir(step_directory):
+    return None
+  if not os.access(step_directory, os.R_OK | os.X_OK):
+    return step_directory
+  for root, folders, files in os.walk(step_directory):
+    for name in folders:
+      if not os.access(os.path.join(root, name), os.R_OK | os.X_OK):
+        return os.path.join(root, name)
+    for name in files:
+      if not os.access(os.path.join(root, name), os.R_OK):
+        return os.path.join(root, name)
+  return None
 
 
 def _not_the_files(e: Exception) -> bool:
@@ -594,8 +638,9 @@ def _agreed(failure: _Failure | None) -> _Failure | None:
       _OTHER_TREE: 'found its arrays in another tree',
       _UNREADABLE: 'could not read it',
       _MISMATCH: 'found a state of another layout in it',
-      _TRANSIENT_FAILURE: 'failed to read it for want of memory, on a '
-                          'transient I/O error or by a fault of this program',
+      _TRANSIENT_FAILURE: 'failed to read it for want of memory or '
+                          'permissions, on a transient I/O error or by a '
+                          'fault of this program',
   }[worst]
   return _Failure(worst, f"process {process} {what}; see that process's log")
 
@@ -642,7 +687,7 @@ def _checked(manager: ocp.CheckpointManager, step: int, tree: Any) -> Any:
 def _read_only_manager(directory: str) -> ocp.CheckpointManager:
   """A manager of another run's checkpoints (without Orbax's warning that
   the directory is read only)."""
-  with _quiet_orbax():
+  with _quiet_orbax(), _opening(directory):
     return ocp.CheckpointManager(
         directory, item_handlers=ocp.StandardCheckpointHandler(),
         options=ocp.CheckpointManagerOptions(create=False, read_only=True))
@@ -699,7 +744,7 @@ def restore_on_host(workdir: str, step: int | None = None,
       read_step = _listed_step(directory, sorted(manager.all_steps()), step,
                                step_key)
       tree, failure = Checkpointer._read(  # pylint: disable=protected-access
-          read_step, lambda s: _checked(
+          directory, read_step, lambda s: _checked(
               manager, s,
               manager.restore(
                   s, args=ocp.args.StandardRestore(
@@ -719,9 +764,10 @@ def restore_on_host(workdir: str, step: int | None = None,
   path = os.path.join(directory, str(read_step))
   if failure.kind == _TRANSIENT_FAILURE:
     raise CheckpointError(
-        f'could not read checkpoint {path} ({failure.why}): memory, a '
-        'transient I/O error or a fault of this program, not a corrupt '
-        'checkpoint; run again (with more memory if it ran out)')
+        f'could not read checkpoint {path} ({failure.why}): memory, file '
+        'permissions, a transient I/O error or a fault of this program, not '
+        'a corrupt checkpoint; run again (with more memory if it ran out, as '
+        'a user who may read its files if they are denied)')
   raise CheckpointError(
       f'checkpoint {path} is missing or corrupt ({failure.why})')
 
