@@ -1,5 +1,6 @@
-"""What a generator's output head reads, to check its logits against a
-float64 computation of the same head (bfloat16 models: float32 logits)."""
+"""What an output head (a generator's, TiTok's proxy codes) reads, to check
+its logits against a float64 computation of the same head (bfloat16 models:
+float32 logits)."""
 
 from typing import Any, Callable
 

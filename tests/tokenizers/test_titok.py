@@ -11,6 +11,7 @@ import pytest
 
 from tests import tiny
 from tests.compile_options import FAST_COMPILE
+from tests.generators import head_probe
 from vqlab import tokenizers
 from vqlab.errors import ConfigError
 from vqlab.nn import vit
@@ -101,6 +102,23 @@ def test_every_patch_reaches_every_latent_token():
   assert latents.shape == (17, K, 4)
   change = jnp.max(jnp.abs(latents[1:] - latents[:1]), axis=-1)  # [16, K]
   assert np.all(change > 1e-5), change
+
+
+def test_a_bfloat16_proxy_code_head_computes_in_float32():
+  """As the generators' heads: no 8-bit logits (ties, other argmax codes)."""
+  config = _config(decoder_output='proxy_codes', proxy_codebook_size=64,
+                   proxy_head_hidden=32)
+  model = tokenizers.build(config, dtype=jnp.bfloat16)
+  x = _images((2, 16, 16, 3))
+  variables = jax.jit(model.init,
+                      compiler_options=FAST_COMPILE)(jax.random.key(1), x)
+  (logits,
+   _), hidden, head = head_probe.head_call(lambda: model.apply(variables, x),
+                                           'to_proxy_logits')
+  assert logits.dtype == jnp.float32
+  assert not head_probe.bfloat16_valued(logits)
+  np.testing.assert_allclose(logits, head_probe.dense_float64(hidden, head),
+                             rtol=1e-5, atol=1e-5)
 
 
 def test_proxy_code_head_shares_the_other_params():

@@ -251,10 +251,13 @@ class TiTok(nn.Module):
       self.to_pixels = nn.Dense(self.patch_size**2 * self.in_channels,
                                 dtype=self.dtype)
     else:
+      # The proxy-code head computes in float32, as the generators' heads:
+      # bfloat16 logits tie (1.6% of a tiny model's top codes) and pick
+      # other argmax codes.
       if self.proxy_head_hidden:
-        self.proxy_hidden = nn.Dense(self.proxy_head_hidden, dtype=self.dtype)
+        self.proxy_hidden = nn.Dense(self.proxy_head_hidden, dtype=jnp.float32)
       self.to_proxy_logits = nn.Dense(self.proxy_codebook_size,
-                                      dtype=self.dtype)
+                                      dtype=jnp.float32)
 
   def _grid(self, grid_size) -> tuple[int, int]:
     grid = self.grid_size if grid_size is None else _pair(grid_size)
@@ -299,9 +302,10 @@ class TiTok(nn.Module):
 
   def _proxy_logits(self, features: jax.Array) -> jax.Array:
     """Features [B, h, w, width] -> logits [B, h, w, K_proxy] (float32)."""
+    features = features.astype(jnp.float32)
     if self.proxy_head_hidden:
       features = jnp.tanh(self.proxy_hidden(features))
-    return self.to_proxy_logits(features).astype(jnp.float32)
+    return self.to_proxy_logits(features)
 
   def _proxy_pixels(self, logits: jax.Array) -> jax.Array:
     """Logits [B, h, w, K_proxy] -> the pixel VQGAN's decoding of the
