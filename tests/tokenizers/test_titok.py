@@ -163,9 +163,23 @@ def test_vit_pieces():
   table = jax.random.normal(jax.random.key(0), (6, 5))
   assert vit.resize_grid_embedding(table, (2, 3), (2, 3)) is table
   resized = vit.resize_grid_embedding(table, (2, 3), (4, 6))
-  assert resized.shape == (24, 5)
+  np.testing.assert_allclose(resized, _bilinear_x2(table, (2, 3)), atol=1e-6)
   constant = vit.resize_grid_embedding(jnp.ones((6, 5)), (2, 3), (5, 1))
   np.testing.assert_allclose(constant, 1.0, rtol=1e-6)
+
+
+def _bilinear_x2(table, grid):
+  """float64 bilinear resize of a row-major [h*w, D] grid table to (2h, 2w):
+  half-pixel centres, edges clamped (what 2x upsampling gives)."""
+  grid_values = np.asarray(table, np.float64).reshape(*grid, -1)
+  for axis, n in enumerate(grid):
+    source = np.clip((np.arange(2 * n) + 0.5) / 2 - 0.5, 0, n - 1)
+    low = np.floor(source).astype(int)
+    high = np.minimum(low + 1, n - 1)
+    frac = (source - low).reshape([-1 if a == axis else 1 for a in range(3)])
+    grid_values = (np.take(grid_values, low, axis) * (1 - frac) +
+                   np.take(grid_values, high, axis) * frac)
+  return grid_values.reshape(4 * grid[0] * grid[1], -1)
 
 
 def test_paper_sizes():
