@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tests import tiny
+from tests.losses import numpy_layers
 from vqlab.losses import discriminators
 from vqlab.losses import gan
 from vqlab.train import experiment_config
@@ -98,6 +99,29 @@ def test_patchgan_starts_as_taming_initializes_it():
   np.testing.assert_allclose(np.mean(scales), 1.0, atol=0.003)
   np.testing.assert_allclose(np.std(scales), 0.02, rtol=0.1)
   assert all(np.all(n['bias'] == 0) for n in norms)
+
+
+def test_patchgan_logits_match_a_float64_reference():
+  """Taming's NLayerDiscriminator: 4x4 convs (pad 1; stride 2, then 1),
+  LeakyReLU 0.2, batch norm of the batch's statistics (biased variance, eps
+  1e-5, over batch and space) after each inner conv."""
+  disc = discriminators.PatchGAN(base_features=4, num_layers=2)
+  x = jax.random.normal(jax.random.key(1), (3, 24, 20, 3))
+  params = jax.jit(disc.init)(jax.random.key(0), x)['params']
+  conv = lambda h, name, stride: numpy_layers.conv2d(h, params[name][
+      'kernel'], params[name]['bias'], stride=stride, padding=1)
+  h = numpy_layers.leaky_relu(conv(x, 'Conv_0', 2))
+  for layer, stride in ((1, 2), (2, 1)):
+    h = conv(h, f'Conv_{layer}', stride)
+    norm = params[f'BatchStatNorm_{layer - 1}']
+    mean, var = h.mean((0, 1, 2)), h.var((0, 1, 2))
+    h = (h - mean) / np.sqrt(var + 1e-5) * np.asarray(
+        norm['scale']) + np.asarray(norm['bias'])
+    h = numpy_layers.leaky_relu(h)
+  want = conv(h, 'Conv_3', 1)
+  got = jax.jit(disc.apply)({'params': params}, x)
+  assert got.shape == want.shape == (3, 4, 3, 1)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_patchgan_output_side_and_too_small_images():

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.losses import numpy_layers
 from vqlab.errors import ConfigError
 from vqlab.losses import discriminators
 from vqlab.losses import gan
@@ -78,24 +79,13 @@ def test_r1_penalty_equals_analytic_gradient():
   np.testing.assert_allclose(gan.r1_penalty(d, jnp.asarray(x)), want, rtol=1e-5)
 
 
-def _blur_reference(x, axis):
-  taps = np.array([1.0, 3.0, 3.0, 1.0]) / 8
-  a = np.pad(np.moveaxis(x, axis, 0), [(1, 1)] + [(0, 0)] * (x.ndim - 1))
-  out = np.stack([
-      sum(taps[k] * a[2 * i + k]
-          for k in range(4))
-      for i in range(x.shape[axis] // 2)
-  ])
-  return np.moveaxis(out, 0, axis)
-
-
 @pytest.mark.parametrize('axes', [(1, 2), (1, 2, 3)])
 def test_blur_pool_matches_separable_numpy(axes):
   shape = (2, 4, 6, 8, 3) if len(axes) == 3 else (2, 6, 8, 3)
   x = np.random.default_rng(2).standard_normal(shape)
   want = x
   for axis in axes:
-    want = _blur_reference(want, axis)
+    want = numpy_layers.blur_pool(want, axis)
   got = blur.blur_pool(jnp.asarray(x, jnp.float32), axes)
   np.testing.assert_allclose(got, want, atol=1e-5)
   # A constant image stays constant away from the zero-padded border.
@@ -126,6 +116,32 @@ def test_stylegan_discriminator_shapes_and_errors():
       ConfigError, match="discriminator.name: unknown "
       "discriminator 'dcgan'"):
     discriminators.build(bad)
+
+
+def test_stylegan_discriminator_logits_match_a_float64_reference():
+  """Stem conv, then per level conv3 -> lrelu -> blur -> conv3 -> lrelu
+  plus blur -> 1x1 conv on the skip, summed / sqrt(2); head conv, dense,
+  logit (LeakyReLU 0.2 throughout)."""
+  config = discriminators.default_config('stylegan')
+  config.base_features = 4
+  config.channel_multipliers = (1, 2)
+  disc = discriminators.build(config)
+  x = jax.random.normal(jax.random.key(1), (2, 8, 12, 3))
+  params = jax.jit(disc.init)(jax.random.key(0), x)['params']
+  relu, conv = numpy_layers.leaky_relu, numpy_layers.same_conv2d
+  blur = lambda v: numpy_layers.blur_pool(numpy_layers.blur_pool(v, 1), 2)
+  h = relu(conv(x, params['stem']))
+  for level in range(2):
+    block = params[f'down_{level}']
+    skip = numpy_layers.conv2d(blur(h), block['skip']['kernel'])
+    h = relu(conv(blur(relu(conv(h, block['conv1']))), block['conv2']))
+    h = (h + skip) / np.sqrt(2.0)
+  h = relu(conv(h, params['head_conv'])).reshape(2, -1)
+  dense = lambda v, p: v @ np.asarray(p['kernel'], np.float64) + np.asarray(
+      p['bias'], np.float64)
+  want = dense(relu(dense(h, params['head_dense'])), params['logit'])
+  got = jax.jit(disc.apply)({'params': params}, x)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
 def test_stylegan_discriminator_is_3d_for_videos():
