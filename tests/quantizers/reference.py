@@ -1,4 +1,5 @@
-"""Float64 numpy references shared by test_gumbel.py and test_regularized.py."""
+"""Float64 numpy references shared by test_gumbel.py, test_lfq.py and
+test_regularized.py."""
 
 import numpy as np
 import scipy.stats
@@ -35,3 +36,23 @@ def assert_follows(samples, probs, who):
 def softmax_vjp(soft, grad_soft):
   """d/dx of sum(grad_soft * softmax(x)) at softmax(x) = soft."""
   return soft * (grad_soft - (soft * grad_soft).sum(-1, keepdims=True))
+
+
+def numerical_grad(f, x, eps):
+  """Central differences (f(x + eps e_i) - f(x - eps e_i)) / (2 eps) of a
+  float64 scalar function f, at every entry i of the array x."""
+  x = np.array(x, np.float64)
+  grad = np.zeros_like(x)
+  for i in np.ndindex(x.shape):
+    step = np.zeros_like(x)
+    step[i] = eps
+    grad[i] = (f(x + step) - f(x - step)) / (2 * eps)
+  return grad
+
+
+def assert_grad_close(got, want, err_msg=''):
+  """A float32 gradient equals a float64 one to 1e-4 of its largest entry."""
+  want = np.float64(want)
+  np.testing.assert_allclose(
+      np.asarray(got).reshape(want.shape), want, rtol=1e-4,
+      atol=1e-4 * np.abs(want).max(), err_msg=err_msg)

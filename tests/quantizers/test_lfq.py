@@ -12,6 +12,8 @@ import pytest
 from configs.magvit2 import imagenet_128
 from configs.magvit2 import ucf101_17x128
 from configs.vqgan import lfq_f16
+from tests.compile_options import FAST_COMPILE
+from tests.quantizers import reference
 from vqlab.quantizers import base
 from vqlab.quantizers import lfq
 
@@ -171,6 +173,46 @@ def test_lfq_quantized_is_straight_through():
   grad = jax.jit(lambda z, c: jax.vjp(lambda z: q.apply({}, z).quantized, z)[1]
                  (c)[0])(z, cot)
   np.testing.assert_allclose(grad, cot, atol=1e-6)
+
+
+def test_lfq_loss_terms_have_the_right_gradients():
+  """d loss / d z of the commitment term, of the entropy penalty (exact, and
+  over 2 bit groups) and of both, against central differences of the float64
+  reference. q(z) is constant near z, so the commitment term's differences
+  are those of ||z - sg(q(z))||^2: the term moves z towards its code."""
+  tau = 0.01
+  z = np.asarray(jax.random.normal(jax.random.key(10), (2, 3, 4))) * 0.01
+  assert np.abs(z).min() > 1e-5  # No sign flips within the differences.
+  settings = {  # (commitment_weight, entropy_weight, entropy_groups)
+      'commitment': (0.3, 0.0, 1),
+      'entropy': (0.0, 0.2, 1),
+      'entropy_2_groups': (0.0, 0.2, 2),
+      'both': (0.3, 0.2, 1),
+  }
+  modules = {
+      name:
+          lfq.LookupFreeQuantizer(codebook_size=16, commitment_weight=c,
+                                  entropy_weight=e, entropy_groups=g,
+                                  entropy_temperature=tau)
+      for name, (c, e, g) in settings.items()
+  }
+  grads = jax.jit(
+      lambda z: {
+          name: jax.grad(lambda z, q=q: q.apply({}, z).loss)(z)
+          for name, q in modules.items()
+      }, compiler_options=FAST_COMPILE)(jnp.asarray(z, jnp.float32))
+
+  def np_loss(z, commitment_weight, entropy_weight, groups):
+    ref = _np_lfq(z, tau)
+    batch = (_np_entropy(ref['mean_probs']) if groups == 1 else
+             _np_group_entropy(ref['mean_probs'], 4, groups))
+    return (commitment_weight * ref['commitment'] + entropy_weight *
+            (ref['sample_entropy'] - batch))
+
+  for name, weights in settings.items():
+    want = reference.numerical_grad(lambda z, w=weights: np_loss(z, *w), z,
+                                    eps=1e-7)
+    reference.assert_grad_close(grads[name], want, err_msg=name)
 
 
 def test_lfq_factorized_indices():

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tests.compile_options import FAST_COMPILE
 from tests.quantizers import reference
 from vqlab.quantizers import regularized
 
@@ -132,6 +133,54 @@ def test_codebook_term_moves_codes_and_commitment_moves_z():
   np.testing.assert_allclose(grad_e, want_e, atol=1e-7)
   np.testing.assert_allclose(
       np.asarray(grad_z).reshape(-1, 3), 0.3 * 2 * diff / diff.size, atol=1e-7)
+
+
+def test_regularized_loss_terms_have_the_right_gradients():
+  """d loss / d (z, E), in training as at inference: the prior term
+  kl_weight KL(P_post || uniform) moves both (central differences of the
+  float64 reference), the codebook term only E and the commitment term only
+  z (at the argmax codes, as in the test above)."""
+  kl_weight, codebook_weight, beta, tau = 0.5, 0.7, 0.3, 0.5
+  q = regularized.RegularizedQuantizer(codebook_size=8, embedding_dim=3,
+                                       temperature=tau, kl_weight=kl_weight,
+                                       codebook_weight=codebook_weight,
+                                       beta=beta)
+  z = jax.random.normal(jax.random.key(5), (4, 6, 3)) * 0.5
+  codebook = jax.random.normal(jax.random.key(6), (8, 3)) * 0.5
+
+  def loss(e, z, train):
+    variables = {'params': {'codebook': e}}
+    return q.apply(variables, z, train=train, rngs={
+        'quantizer': jax.random.key(7)
+    }).loss
+
+  grads = jax.jit(
+      lambda e, z: {
+          train: jax.grad(loss, argnums=(0, 1))(e, z, train)
+          for train in (False, True)
+      }, compiler_options=FAST_COMPILE)(codebook, z)
+
+  flat, e = np.float64(z).reshape(-1, 3), np.float64(codebook)
+
+  def np_kl(flat, e):
+    logits = -((flat[:, None] - e[None])**2).sum(-1) / tau
+    return kl_weight * reference.kl_to_uniform(
+        reference.softmax(logits).mean(0))
+
+  kl_z = reference.numerical_grad(lambda x: np_kl(x, e), flat, eps=1e-6)
+  kl_e = reference.numerical_grad(lambda x: np_kl(flat, x), e, eps=1e-6)
+  k = ((flat[:, None] - e[None])**2).sum(-1).argmin(-1)
+  diff = flat - e[k]
+  want_z = kl_z + beta * 2 * diff / diff.size
+  want_e = kl_e.copy()
+  np.add.at(want_e, k, -codebook_weight * 2 * diff / diff.size)
+  # Each term is far above the tolerance (1e-4 of the largest entry).
+  assert np.abs(kl_z).max() > 0.05 * np.abs(want_z).max()
+  assert np.abs(kl_e).max() > 0.05 * np.abs(want_e).max()
+  for train in (False, True):
+    g_e, g_z = grads[train]
+    reference.assert_grad_close(g_z, want_z, err_msg=f'z {train}')
+    reference.assert_grad_close(g_e, want_e, err_msg=f'codebook {train}')
 
 
 def test_regularized_mask_ratio_and_sampling_frequencies():
