@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from tests.compile_options import FAST_COMPILE
 from tests.generators import head_probe
 from vqlab import generators
 from vqlab.generators import discrete_diffusion as dd
@@ -260,30 +261,61 @@ def _model(**overrides):
   return model, params
 
 
-def test_fast_sampler_with_skip_one_equals_the_brute_force_chain():
+@pytest.mark.parametrize('num_steps, points', [(T, list(range(T, -1, -1))),
+                                               (4, [T, 9, 6, 3, 0])],
+                         ids=['every_step', 'skips_of_3'])
+def test_fast_sampler_equals_the_brute_force_chain(num_steps, points):
+  """All T steps (u = t - 1), and 4 of T: jumps t -> u = t - 3, the
+  posterior q(x_u | x_t, x_0) of the skip, not of one step."""
+  np.testing.assert_array_equal(vq_diffusion.time_points(T, num_steps), points)
   model, params = _model()
   rng = jax.random.key(3)
-  fast = vq_diffusion.sample(model, params, rng, 4, num_steps=T)
+  fast = jax.jit(
+      lambda p, r: vq_diffusion.sample(model, p, r, 4, num_steps=num_steps),
+      compiler_options=FAST_COMPILE)(params, rng)
+  apply = jax.jit(lambda p, x, t: model.apply({'params': p}, x, t),
+                  compiler_options=FAST_COMPILE)
   # The chain written out with explicit matrices and Bayes' rule.
   x = np.full((4, 6), K)
-  for i, t in enumerate(range(T, 0, -1)):
-    log_p0 = np.asarray(
-        model.apply({'params': params}, jnp.asarray(x.reshape(4, 2, 3)),
-                    jnp.full((4,), t)), np.float64)
-    p0 = np.exp(log_p0[..., :K])
-    probs = np.zeros((4, 6, K + 1))
-    for b in range(4):
-      for n in range(6):
-        s = x[b, n]
-        p = sum(p0[b, n, k] * _bayes_posterior(s, k, t, t - 1)
-                for k in range(K)
-                if _product(0, t)[k, s] > 0)
-        probs[b, n] = p / p.sum()
+  for i, (t, u) in enumerate(zip(points[:-1], points[1:])):
+    p0 = np.exp(
+        np.asarray(
+            apply(params, jnp.asarray(x.reshape(4, 2, 3)), jnp.full((4,), t)),
+            np.float64)[..., :K])
+    # posterior[s, k]: q(x_u | x_t = s, x_0 = k); 0 where x_t = s is
+    # impossible from k.
+    posterior = np.zeros((K + 1, K, K + 1))
+    for s in range(K + 1):
+      for k in range(K):
+        if _product(0, t)[k, s] > 0:
+          posterior[s, k] = _bayes_posterior(s, k, t, u)
+    probs = np.einsum('bnk,bnkj->bnj', p0, posterior[x])
+    probs /= probs.sum(-1, keepdims=True)
     log_probs = jnp.asarray(
         np.log(np.maximum(probs, 1e-300)).clip(dd.LOG_ZERO), jnp.float32)
     x = np.asarray(dd.sample_states(jax.random.fold_in(rng, i), log_probs))
   np.testing.assert_array_equal(np.asarray(fast).reshape(4, 6), x)
   assert np.all(x < K)  # No MASK left at t=0.
+
+
+def test_predict_x0_divides_the_log_probs_by_the_temperature():
+  """temperature 0.5: log_softmax(log p / 0.5) over the codes, float64 (at
+  1, log p / T and log p * T agree); [MASK] never predicted."""
+  model, params = _model()
+  x_t = jnp.asarray(np.random.default_rng(2).integers(0, K + 1, (4, 2, 3)))
+  got, log_p = jax.jit(
+      lambda p:
+      (vq_diffusion.predict_x0(model, p, x_t, 5, None, temperature=0.5),
+       model.apply({'params': p}, x_t, jnp.full(
+           (4,), 5))), compiler_options=FAST_COMPILE)(params)
+  log_p = np.asarray(log_p, np.float64)[..., :K]
+  log_softmax = lambda x: x - np.log(np.exp(x).sum(-1, keepdims=True))
+  want = log_softmax(log_p / 0.5)
+  np.testing.assert_allclose(got[..., :K], want, atol=1e-5)
+  np.testing.assert_array_equal(got[..., K], dd.LOG_ZERO)
+  # Sharper than log p itself, and than log p * 0.5.
+  assert np.abs(log_softmax(log_p * 0.5) - want).max() > 0.5
+  assert np.abs(log_p - want).max() > 0.2
 
 
 def test_skip_sampler_time_points_and_outputs():

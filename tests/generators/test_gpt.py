@@ -5,11 +5,11 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from tests.compile_options import FAST_COMPILE
 from tests.generators import head_probe
+from tests.quantizers import reference
 from vqlab import generators
 from vqlab.errors import ConfigError
 from vqlab.generators import gpt
@@ -117,6 +117,28 @@ def test_cached_sampling_equals_full_recompute(condition):
   assert int(cached.min()) >= 0 and int(cached.max()) < VOCAB
 
 
+def test_draws_at_temperature_half_follow_softmax_of_twice_the_logits():
+  """Tokens follow softmax(l / T) at T = 0.5 (at T = 1, l / T and l * T
+  agree). With the head's kernel zeroed every position's logits l are the
+  head's bias, so all B x N draws share one distribution."""
+  model = _model()
+  params = _init(model)
+  bias = jnp.linspace(-1.5, 1.5, VOCAB)
+  head = {
+      'kernel': jnp.zeros_like(params['params']['head']['kernel']),
+      'bias': bias
+  }
+  params = {'params': {**params['params'], 'head': head}}
+  tokens, logits = jax.jit(
+      lambda p, r: gpt.sample(model, p, r, 1000, temperature=0.5, return_logits=
+                              True),
+      compiler_options=FAST_COMPILE)(params, jax.random.key(4))
+  np.testing.assert_allclose(logits, np.broadcast_to(bias, logits.shape),
+                             atol=1e-6)
+  probs = reference.softmax(np.float64(bias) / 0.5)
+  reference.assert_follows(tokens, probs, 'gpt at temperature 0.5')
+
+
 def test_filter_logits_matches_numpy():
   logits = jax.random.normal(jax.random.key(0), (4, 32)) * 2
   for k in (1, 5, 32):
@@ -133,8 +155,39 @@ def test_filter_logits_matches_numpy():
       expected = np.zeros_like(row)
       expected[order[:count]] = True
       np.testing.assert_array_equal(row, expected)
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match=r'0 < top_p <= 1, got .*top_p=0\.0'):
     gpt.filter_logits(logits, top_p=0.0)
+  with pytest.raises(ValueError, match=r'top_k >= 0.*got top_k=-1'):
+    gpt.filter_logits(logits, top_k=-1)
+
+
+def test_top_p_after_top_k_renormalizes_over_the_top_k():
+  """top_k=5, top_p=0.5 (as configs/gpt/imagenet256.py's 600 and 0.92):
+  the nucleus is the smallest prefix, by descending probability, of the
+  softmax over the 5 kept logits alone that reaches 0.5."""
+  logits = np.asarray(jax.random.normal(jax.random.key(1), (16, 32)) * 2)
+  got = np.asarray(gpt.filter_logits(jnp.asarray(logits), top_k=5, top_p=0.5))
+
+  def nucleus_sizes(renormalize):
+    sizes = []
+    for row in np.float64(logits):
+      top = np.sort(row)[::-1][:5]
+      probs = np.exp(top - top.max())
+      probs /= (probs.sum() if renormalize else np.exp(row - top.max()).sum())
+      before = np.cumsum(probs) - probs
+      sizes.append(int((before < 0.5).sum()))
+    return np.array(sizes)
+
+  sizes = nucleus_sizes(renormalize=True)
+  want = np.full_like(logits, -np.inf)
+  for row, size in enumerate(sizes):
+    keep = np.argsort(-logits[row], kind='stable')[:size]
+    want[row, keep] = logits[row, keep]
+  np.testing.assert_array_equal(got, want)
+  # The softmax of all 32 logits would keep more in some rows, and both
+  # filters cut: the largest nucleus holds 2 to 4 of the top 5.
+  assert (nucleus_sizes(renormalize=False) != sizes).any()
+  assert 1 < sizes.max() < 5
 
 
 def test_conditioning_changes_logits():
@@ -165,27 +218,64 @@ def test_conditioning_changes_logits():
     model.apply(params, tokens, cond[:, :3])
 
 
-def test_training_steps_lower_loss():
-  model = _model()
-  params = _init(model)['params']
+def _log_softmax64(logits):
+  logits = np.float64(logits)
+  shifted = logits - logits.max(-1, keepdims=True)
+  return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def test_loss_is_the_weighted_next_token_cross_entropy():
+  """The task's loss (with 4 condition tokens before the image tokens) is
+  the float64 cross-entropy of the model's own logits [:, i] against token
+  i, averaged over the tokens of the examples by their weights [1, 0, 1, 1];
+  its gradient in the logits is w (softmax - onehot) / (N sum w)."""
+  from vqlab.train.tasks import generator  # pylint: disable=g-import-not-at-top
+  model = _model(condition='tokens')
   tokens = _tokens(batch=4)
-  optimizer = optax.adam(3e-3)
+  cond = jax.random.randint(jax.random.key(2), (4, 4), 0, 8)
+  params = dict(
+      jax.jit(model.init,
+              compiler_options=FAST_COMPILE)(jax.random.key(0), tokens,
+                                             cond)['params'])
+  # A head 20x its init: logits far from uniform, so the targets matter.
+  params['head'] = jax.tree.map(lambda a: a * 20, params['head'])
+  weights = jnp.array([1.0, 0.0, 1.0, 1.0])
+  settings = generator.default_config().loss
 
   @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
-  def step(params, opt_state):
-    loss_fn = lambda p: gpt.next_token_loss(model.apply({'params': p}, tokens),
-                                            tokens)
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = optimizer.update(grads, opt_state)
-    return optax.apply_updates(params, updates), opt_state, loss
+  def run(p):
+    loss, metrics, _ = gpt.API.loss(model, p, tokens, cond, jax.random.key(0),
+                                    settings=settings, train=False,
+                                    example_weights=weights)
+    logits = model.apply({'params': p}, tokens, cond)
+    grad = jax.grad(gpt.next_token_loss)(logits, tokens, weights)
+    return loss, metrics, logits, grad
 
-  opt_state = optimizer.init(params)
-  losses = []
-  for _ in range(10):
-    params, opt_state, loss = step(params, opt_state)
-    losses.append(float(loss))
-  assert losses[0] == pytest.approx(np.log(VOCAB), rel=0.1)
-  assert losses[-1] < losses[0] - 0.3
+  loss, metrics, logits, grad = run(params)
+  logits = np.asarray(logits)
+  log_p = _log_softmax64(logits)
+  w = np.float64(weights)[:, None]
+
+  def weighted_mean(per_token):
+    return (w * per_token).sum() / (w.sum() * LENGTH)
+
+  targets = np.asarray(tokens)[..., None]
+  nll = -np.take_along_axis(log_p, targets, -1)[..., 0]
+  np.testing.assert_allclose(loss, weighted_mean(nll), rtol=1e-5)
+  np.testing.assert_allclose(metrics['loss'], loss)
+  correct = logits.argmax(-1) == np.asarray(tokens)
+  np.testing.assert_allclose(metrics['accuracy'], weighted_mean(correct),
+                             rtol=1e-6)
+  # Next-token targets shifted by one, or every example weighted 1, would
+  # give other values.
+  shifted = -np.take_along_axis(log_p, np.roll(targets, -1, 1), -1)[..., 0]
+  assert abs(weighted_mean(shifted) - weighted_mean(nll)) > 0.1
+  assert abs(nll.mean() - weighted_mean(nll)) > 0.05
+  # Training follows the gradient of that value.
+  onehot = np.eye(VOCAB)[np.asarray(tokens)]
+  np.testing.assert_allclose(
+      grad, w[..., None] * (np.exp(log_p) - onehot) / (w.sum() * LENGTH),
+      atol=1e-7)
 
 
 def test_sliding_window_sampling():

@@ -168,6 +168,29 @@ def test_a_step_remasks_the_lowest_annealed_confidences():
         np.asarray(sampled)[b][~want])
 
 
+def test_tokens_are_drawn_from_the_logits_over_the_temperature():
+  """At temperature 0.5 a step's tokens are categorical(its sampling key,
+  logits / 0.5) (at 1, logits / T and logits * T agree); the last step
+  (s = 5 of 6) re-masks none, so every position shows its draw."""
+  model = _model()
+  params = _init(model)
+  state = maskgit.init_state(model, jax.random.key(3), 8)
+  state = state.replace(step=jnp.full((), 5, jnp.int32))
+  new = jax.jit(
+      lambda p, s: maskgit.decode_step(model, p, s, num_steps=6, temperature=
+                                       0.5, choice_temperature=1.0),
+      compiler_options=FAST_COMPILE)(params, state)
+  logits = model.apply({'params': params}, state.tokens, None,
+                       method=maskgit.MaskGIT.flat_logits)
+  _, sample_rng, _ = jax.random.split(state.rng, 3)
+  draw = lambda logits: np.asarray(jax.random.categorical(sample_rng, logits))
+  want = draw(logits / 0.5)
+  np.testing.assert_array_equal(np.asarray(new.tokens), want)
+  # Other temperatures draw other tokens from the same key.
+  for other in (logits * 0.5, logits):
+    assert (draw(other) != want).mean() > 0.2
+
+
 def test_greedy_decoding_is_deterministic():
   model = _model()
   params = _init(model)
