@@ -521,8 +521,12 @@ def _condition_spec(config: ml_collections.ConfigDict) -> api.ConditionSpec:
 
 def _check_fits(config: ml_collections.ConfigDict, tokenizer: Any,
                 token_shape: tuple[int, ...], where: str) -> None:
+  if tokenizer.factor_vocab_sizes:
+    raise ConfigError(
+        'model.name', 'vq_diffusion models plain indices; '
+        f'{where} gives factorized codes: use maskgit')
   api.check_token_grid(config, tokenizer, token_shape, where,
-                       factors_key='model.name')
+                       factors_key='model.factor_vocab_sizes')
 
 
 def _check_settings(config: ml_collections.ConfigDict) -> None:

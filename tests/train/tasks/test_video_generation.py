@@ -147,7 +147,9 @@ def test_gpt_and_vq_diffusion_refuse_factorized_codes_in_one_line(
     model.length = 3 * 8 * 8
   else:
     model.token_shape = (3, 8, 8)
-  with pytest.raises(ConfigError, match=r'^model.name: .*factorized codes'):
+  with pytest.raises(
+      ConfigError, match=rf'^model.name: {name} models plain indices; .*'
+      'gives factorized codes: use maskgit'):
     generator.check_model_fits(model, tokenizer, (5, 16, 16, 3))
 
 
