@@ -12,9 +12,12 @@ import pytest
 from tests import tiny
 from tests.compile_options import FAST_COMPILE
 from tests.generators import head_probe
+from vqlab import quantizers
 from vqlab import tokenizers
 from vqlab.errors import ConfigError
 from vqlab.nn import vit
+from vqlab.quantizers import base as quantizer_base
+from vqlab.quantizers import lfq
 from vqlab.train import experiment_config
 from vqlab.train.tasks import tokenizer
 
@@ -119,6 +122,29 @@ def test_a_bfloat16_proxy_code_head_computes_in_float32():
   assert not head_probe.bfloat16_valued(logits)
   np.testing.assert_allclose(logits, head_probe.dense_float64(hidden, head),
                              rtol=1e-5, atol=1e-5)
+
+
+def test_proxy_pixels_through_a_vqgan_of_factorized_codes():
+  """'proxy_pixels' decodes the softmax-weighted mean of the pixel VQGAN's
+  codes by full id, factorized LFQ codes too (they crashed the init)."""
+  config = _config(decoder_output='proxy_pixels', proxy_codebook_size=32)
+  pixel = config.pixel_decoder
+  pixel.channels, pixel.channel_multipliers = 8, (1, 1, 1)
+  pixel.num_res_blocks, pixel.attention_levels = 0, ()
+  pixel.quantizer = quantizers.default_config('lfq')
+  pixel.quantizer.update(codebook_size=32, factor_bits=(2, 3))
+  model = tokenizers.build(config)
+  x = _images((2, 16, 16, 3))
+  variables = jax.jit(model.init,
+                      compiler_options=FAST_COMPILE)(jax.random.key(1), x)
+  images, _ = _jit(model)(variables, x)
+  assert images.shape == x.shape and np.all(np.isfinite(images))
+  quantizer = model.pixel_vqgan.quantizer
+  by_factors = quantizer.indices_to_codes(
+      lfq.split_factors(jnp.arange(32), (2, 3)))
+  codes = quantizer_base.every_code(quantizer)
+  np.testing.assert_array_equal(codes, by_factors)
+  assert len(np.unique(np.asarray(codes), axis=0)) == 32
 
 
 def test_proxy_code_head_shares_the_other_params():

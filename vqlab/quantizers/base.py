@@ -331,3 +331,12 @@ def full_code_indices(quantizer, indices: jax.Array) -> jax.Array:
   if num_index_axes(quantizer):
     return quantizer.full_indices(indices)
   return indices
+
+
+def every_code(quantizer) -> jax.Array:
+  """float32 [K, code_dim]: the codes of ids 0 .. K - 1 (factorized codes
+  too, by their full id)."""
+  ids = jnp.arange(quantizer.codebook_size)
+  if num_index_axes(quantizer):
+    return quantizer.indices_to_codes(ids, factorized=False)
+  return quantizer.indices_to_codes(ids)

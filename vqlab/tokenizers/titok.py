@@ -310,8 +310,7 @@ class TiTok(nn.Module):
   def _proxy_pixels(self, logits: jax.Array) -> jax.Array:
     """Logits [B, h, w, K_proxy] -> the pixel VQGAN's decoding of the
     softmax-weighted mean of its codes: images [B, h f, w f, C]."""
-    codebook = self.pixel_vqgan.quantizer.indices_to_codes(
-        jnp.arange(self.proxy_codebook_size))
+    codebook = quantizer_base.every_code(self.pixel_vqgan.quantizer)
     probs = jax.nn.softmax(logits, axis=-1)
     return self.pixel_vqgan.decode(probs @ codebook.astype(jnp.float32))
 
