@@ -16,6 +16,7 @@ from configs.titok import tiny_stage1
 from configs.titok import tiny_stage2
 from tests import retrace
 from tests import tiny
+from vqlab import quantizers
 from vqlab.convert import maskgit_vqgan
 from vqlab.errors import CheckpointError
 from vqlab.errors import ConfigError
@@ -282,6 +283,29 @@ def test_warm_start_copies_an_ema_codebook_with_the_quantizer(
   jax.tree.map(np.testing.assert_array_equal,
                state.params['generator']['decoder'],
                fresh.params['generator']['decoder'])
+
+
+def test_warm_start_names_a_quantizer_that_holds_nothing(tmp_path):
+  """FSQ keeps no variables: ('encoder', 'quantizer') copies the encoder
+  (TiTok's stage 2 names both whatever the quantizer)."""
+  config = tiny.tokenizer_config()
+  config.eval.lpips = config.eval.fid = 'off'
+  config.model.quantizer = quantizers.default_config('fsq')
+  config.model.quantizer.levels = (5, 3, 3)
+  config.warm_start.workdir = str(tmp_path)
+  config.warm_start.params = ('encoder', 'quantizer')
+  task = tokenizer.TokenizerTask(config, frozen={})
+  init = jax.jit(task.init)
+  batch = {'image': np.zeros((8, 16, 16, 3), np.float32)}
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=1)
+  checkpointer.save(1, init(jax.random.key(0), batch), force=True)
+  checkpointer.wait()
+  checkpointer.close()
+  source, _ = checkpoint_lib.restore_on_host(str(tmp_path))
+  state = task.warm_start(init(jax.random.key(1), batch))
+  jax.tree.map(np.testing.assert_array_equal,
+               state.params['generator']['encoder'],
+               source['params']['generator']['encoder'])
 
 
 def test_paper_configs_take_the_released_proxy():

@@ -365,3 +365,39 @@ def test_a_frozen_encoder_and_quantizer_encode_as_in_eval():
       np.all(np.asarray(d) != np.asarray(p))
       for d, p in zip(jax.tree.leaves(decoder),
                       jax.tree.leaves(state.params['generator']['decoder'])))
+
+
+@pytest.mark.parametrize('quantizer', ['ema', 'fsq'])
+def test_a_quantizer_without_params_can_be_frozen(quantizer):
+  """An EMA codebook lives in model state, FSQ holds nothing: freezing
+  ('encoder', 'quantizer') (TiTok's stage 2) keeps the codebook and its
+  statistics and counts no restarts; a name that is nowhere is refused."""
+
+  def frozen(config):
+    config.freeze = ('encoder', 'quantizer')
+    if quantizer == 'ema':
+      config.model.quantizer.update(ema=True, restart_threshold=0.99)
+    else:
+      config.model.quantizer = quantizers.default_config('fsq')
+      config.model.quantizer.levels = (5, 3, 3)
+
+  _, state, new_state, metrics = _first_step(_task(frozen))
+  assert 'quantizer' not in state.params['generator']
+  jax.tree.map(np.testing.assert_array_equal, new_state.model_state,
+               state.model_state)
+  jax.tree.map(np.testing.assert_array_equal,
+               new_state.params['generator']['encoder'],
+               state.params['generator']['encoder'])
+  assert 'quantizer/restarted' not in metrics
+  if quantizer == 'ema':
+    assert state.model_state['quantizer_stats']['quantizer']
+
+  def misspelled(config):
+    frozen(config)
+    config.freeze = ('encoders',)
+
+  task = _task(misspelled)
+  with pytest.raises(
+      ConfigError, match=r"^freeze: no params or state named "
+      r"\['encoders'\]"):
+    _batch_and_state(task)

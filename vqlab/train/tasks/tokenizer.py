@@ -295,6 +295,7 @@ class TokenizerTask(base.Task):
         'params': gen_rng,
         'quantizer': q_rng
     }, images, train=False)
+    _check_freeze(self.config.freeze, variables)
     params = {
         GENERATOR:
             variables.pop('params'),
@@ -650,9 +651,11 @@ class TokenizerTask(base.Task):
     loss_state = jax.tree.map(lambda s: s / microbatches, loss_state_sum)
     model_state, ema_metrics = quantizer_base.apply_pending(
         self.model, model_state)
-    metrics = {**quantizer_base.batch_code_metrics(metrics), **ema_metrics}
     if 'quantizer' in self.config.freeze:
-      model_state = state.model_state  # E.g. EMA codebook statistics.
+      # E.g. EMA codebook statistics; the EMA step made is not kept (nor
+      # the restarts it counted).
+      model_state, ema_metrics = state.model_state, {}
+    metrics = {**quantizer_base.batch_code_metrics(metrics), **ema_metrics}
     state, norms = base.apply_gradients(
         state, grads, self.tx, self.config.ema.decay, active={
             DISCRIMINATOR:
@@ -717,7 +720,8 @@ def _warm_started(tree: dict[str, Any], params: dict[str, Any],
   found = lambda name, trees: any(name in t for t in trees)
   for name in names:
     if not (found(name, (params, source_params)) or
-            found(name, (*model_state.values(), *source_state.values()))):
+            found(name, (*model_state.values(), *source_state.values())) or
+            name in _ALWAYS_THERE):
       raise ConfigError(
           key, f'{name!r} is in neither model: {where} has params '
           f'{sorted(source_params)}, this model {sorted(params)}')
@@ -771,17 +775,30 @@ def _copied(source: dict[str, Any], target: dict[str, Any], names, key: str,
   return copied
 
 
+# Every tokenizer has a quantizer, which may hold no variables at all (FSQ,
+# plain LFQ) or only state (an EMA codebook): `freeze` and
+# `warm_start.params` may name it whatever it holds.
+_ALWAYS_THERE = ('quantizer',)
+
+
+def _check_freeze(freeze, variables: dict[str, Any]) -> None:
+  """Raises ConfigError (naming `freeze`) for a name that is neither a
+  top-level tree of the model's variables (params or state, e.g. an EMA
+  codebook's statistics) nor the quantizer."""
+  known = {name for collection in variables.values() for name in collection}
+  unknown = set(freeze) - known - set(_ALWAYS_THERE)
+  if unknown:
+    raise ConfigError(
+        'freeze', f'no params or state named {sorted(unknown)}; the model has '
+        f'{sorted(known | set(_ALWAYS_THERE))}')
+
+
 def _with_frozen(tx: optax.GradientTransformation,
                  frozen: tuple[str, ...]) -> optax.GradientTransformation:
   """`tx` for all top-level params but those named in `frozen`, which get
   zero updates (no weight decay either)."""
 
   def labels(params):
-    unknown = set(frozen) - set(params)
-    if unknown:
-      raise ConfigError(
-          'freeze', f'no params named {sorted(unknown)}; the '
-          f'model has {sorted(params)}')
     return {
         k: jax.tree.map(lambda _, k=k: 'frozen' if k in frozen else 'train', v)
         for k, v in params.items()
