@@ -179,8 +179,8 @@ def test_reads_one_dict_under_two_names(tmp_path):
     np.testing.assert_array_equal(array, w)
 
 
-def _zip(path, records):
-  with zipfile.ZipFile(path, 'w') as archive:
+def _zip(path, records, compression=zipfile.ZIP_STORED):
+  with zipfile.ZipFile(path, 'w', compression) as archive:
     for name, data in records.items():
       archive.writestr(name, data)
 
@@ -222,6 +222,87 @@ def test_refuses_strides_outside_the_storage(tmp_path):
   path = tmp_path / 'oob.pth'
   _zip(path, {'a/data.pkl': data_pkl, 'a/data/0': b'\0' * 8})
   with pytest.raises(WeightsError, match='reads past its storage'):
+    load_state_dict(path)
+
+
+def _one_tensor_zip(path, tensor_pickle: bytes, storage: bytes, **zip_args):
+  """A zip state dict {'w': <tensor_pickle>} over the storage record '0'."""
+  data = (b'\x80\x02}(' + torch_files._pickle_str('w') + tensor_pickle + b'u.')
+  _zip(path, {
+      'a/data.pkl': data,
+      'a/byteorder': b'little',
+      'a/data/0': storage
+  }, **zip_args)
+
+
+def _tensor_pickle(rebuild, storage_class, numel, shape, strides, *extra):
+  """`torch._utils.<rebuild>(<storage '0'>, 0, shape, strides, False,
+  OrderedDict(), *extra)` in pickle opcodes."""
+  storage = (pickle.MARK + torch_files._pickle_str('storage') +
+             torch_files._pickle_global('torch', storage_class) +
+             torch_files._pickle_str('0') + torch_files._pickle_str('cpu') +
+             torch_files._pickle_int(numel) + pickle.TUPLE + pickle.BINPERSID)
+  return (torch_files._pickle_global('torch._utils', rebuild) + pickle.MARK +
+          storage + torch_files._pickle_int(0) +
+          torch_files._pickle_int_tuple(shape) +
+          torch_files._pickle_int_tuple(strides) + pickle.NEWFALSE +
+          torch_files._pickle_global('collections', 'OrderedDict') +
+          pickle.EMPTY_TUPLE + pickle.REDUCE + b''.join(extra) + pickle.TUPLE +
+          pickle.REDUCE)
+
+
+@pytest.mark.parametrize('dtype, name',
+                         [(ml_dtypes.float8_e4m3fn, 'float8_e4m3fn'),
+                          (np.uint16, 'uint16')])
+def test_reads_dtypes_torch_saves_over_byte_storages(tmp_path, dtype, name):
+  """float8 and uint16-64 have no storage class: torch pickles them as
+  `_rebuild_tensor_v3(<UntypedStorage>, ..., torch.<dtype>)`."""
+  w = np.arange(6).astype(dtype).reshape(2, 3)
+  path = tmp_path / 'v3.pth'
+  _one_tensor_zip(
+      path,
+      _tensor_pickle('_rebuild_tensor_v3', 'UntypedStorage', w.nbytes, (3, 2),
+                     (1, 3), torch_files._pickle_global('torch', name)),
+      w.tobytes())
+  loaded = load_state_dict(path)['w']
+  assert loaded.dtype == w.dtype
+  np.testing.assert_array_equal(loaded, w.T)
+
+
+def test_refuses_files_that_would_need_far_more_memory_than_their_size(
+    tmp_path):
+  """A 1-element storage strided over 20000 x 20000 (torch's expand), one
+  dict nested under 2^18 names, and compressed records would each take GBs
+  from a file of KBs."""
+  path = tmp_path / 'expand.pth'
+  _one_tensor_zip(
+      path,
+      _tensor_pickle('_rebuild_tensor_v2', 'FloatStorage', 1, (20000, 20000),
+                     (0, 0)),
+      np.float32(1).tobytes())
+  with pytest.raises(WeightsError, match='declare 1.5 GiB from 0.0 MiB'):
+    load_state_dict(path)
+  w = np.ones(4, np.float32)
+  chain = [_state_dict_pickle(w), b'q\x00']  # d0 = {'w': tensor}, memo 0.
+  for depth in range(18):  # d(i+1) = {'a': d(i), 'b': d(i)}.
+    chain += [
+        b'}(',
+        torch_files._pickle_str('a'), b'h' + bytes([depth]),
+        torch_files._pickle_str('b'), b'h' + bytes([depth]),
+        b'uq' + bytes([depth + 1])
+    ]
+  path = tmp_path / 'names.pth'
+  _zip(path, {
+      'a/data.pkl': b'\x80\x02' + b''.join(chain) + b'.',
+      'a/data/0': w.tobytes()
+  })
+  with pytest.raises(WeightsError, match='more than 200000 tensors'):
+    load_state_dict(path)
+  path = tmp_path / 'deflated.pth'
+  _one_tensor_zip(
+      path, _tensor_pickle('_rebuild_tensor_v2', 'FloatStorage', 4, (4,), (1,)),
+      w.tobytes(), compression=zipfile.ZIP_DEFLATED)
+  with pytest.raises(WeightsError, match='compressed records'):
     load_state_dict(path)
 
 

@@ -21,6 +21,10 @@ unpickling untrusted files runs arbitrary code. Here every global a pickle
 names is looked up in a fixed table of inert stand-ins (numpy rebuilders,
 markers for storage classes and dtypes, `OrderedDict`); anything else, e.g.
 `os.system`, stops the load with a `WeightsError` before it can be called.
+Nor may a small file ask for much memory: compressed records (an inflating
+"zip bomb"), more than `_MAX_TENSORS` names, or tensors whose copies would
+far exceed the storage bytes (one dict under many names, stride-0 shapes)
+are refused before anything is copied.
 """
 
 import collections
@@ -80,6 +84,24 @@ _TORCH_DTYPES = {
     'uint8': np.uint8,
     'bool': np.bool_,
 }
+# Dtypes without a legacy storage class: their tensors are pickled as
+# `_rebuild_tensor_v3(<UntypedStorage (bytes)>, ..., dtype)`.
+_TORCH_DTYPES_V3 = {
+    'uint16': np.uint16,
+    'uint32': np.uint32,
+    'uint64': np.uint64,
+    'float8_e4m3fn': ml_dtypes.float8_e4m3fn,
+    'float8_e5m2': ml_dtypes.float8_e5m2,
+    'float8_e4m3fnuz': ml_dtypes.float8_e4m3fnuz,
+    'float8_e5m2fnuz': ml_dtypes.float8_e5m2fnuz,
+}
+# A pickle may name one dict under many names ({'model': sd, 'ema': sd}),
+# nest such names, or stride a small storage over a large shape (expand):
+# each name gets its own copy, so a small file could ask for any amount of
+# memory. Tensors beyond these bounds are refused before any is copied.
+_MAX_TENSORS = 200_000
+_MAX_COPY_FACTOR = 4  # Copied bytes <= 4 x the storages' bytes + 1 GiB.
+_COPY_SLACK = 1 << 30
 
 
 class _FormatError(ValueError):
@@ -107,11 +129,14 @@ class _StorageRef(NamedTuple):
 
 
 class _LazyTensor(NamedTuple):
-  """A tensor whose storage bytes are not read yet; sizes in elements."""
+  """A tensor whose storage bytes are not read yet; sizes in elements of
+  `dtype` (the storage's, or for `_rebuild_tensor_v3` the dtype its bytes
+  are read as)."""
   storage: _StorageRef
   offset: int
   shape: tuple[int, ...]
   strides: tuple[int, ...]
+  dtype: np.dtype
 
 
 def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
@@ -133,7 +158,21 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *unused_args):
   if len(shape) != len(strides):
     raise _FormatError(f'tensor shape {shape} and stride {strides} differ '
                        'in rank')
-  return _LazyTensor(storage, storage_offset, shape, strides)
+  return _LazyTensor(storage, storage_offset, shape, strides, storage.dtype)
+
+
+def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad,
+                       backward_hooks, dtype, *unused_args):
+  """numpy stand-in for `torch._utils._rebuild_tensor_v3`: a tensor of
+  `dtype` over a storage of bytes."""
+  del requires_grad, backward_hooks
+  tensor = _rebuild_tensor(storage, storage_offset, size, stride)
+  if not isinstance(dtype, _TorchDtype):
+    raise _FormatError(f'tensor of unknown dtype {dtype!r}')
+  if storage.dtype != np.uint8:
+    raise _FormatError(f'a {dtype.dtype} tensor over a {storage.dtype} '
+                       'storage, not one of bytes')
+  return tensor._replace(dtype=dtype.dtype)
 
 
 def _rebuild_parameter(data, *unused_args):
@@ -148,6 +187,7 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
       ('torch', 'Size'): tuple,
       ('torch._utils', '_rebuild_tensor'): _rebuild_tensor,
       ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor,
+      ('torch._utils', '_rebuild_tensor_v3'): _rebuild_tensor_v3,
       ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
       ('torch._utils', '_rebuild_parameter_with_state'): _rebuild_parameter,
   }
@@ -155,7 +195,7 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     # Old torch pickled storages of CUDA tensors as torch.cuda.XStorage.
     for module in ('torch', 'torch.cuda', 'torch.storage'):
       allowed[module, name] = _StorageType(dtype)
-  for name, dtype in _TORCH_DTYPES.items():
+  for name, dtype in {**_TORCH_DTYPES, **_TORCH_DTYPES_V3}.items():
     allowed['torch', name] = _TorchDtype(np.dtype(dtype))
   return allowed
 
@@ -251,11 +291,17 @@ def _storage_array(raw: bytes, dtype: np.dtype, numel: int, big_endian: bool,
   return array
 
 
-def _materialize(tensor: _LazyTensor, storages: dict[str,
-                                                     np.ndarray]) -> np.ndarray:
+def _materialize(tensor: _LazyTensor, storages: dict[str, np.ndarray],
+                 big_endian: bool) -> np.ndarray:
   """Copies one tensor out of its (possibly shared) storage."""
   ref = tensor.storage
   storage = storages[ref.key][ref.offset:ref.offset + ref.numel]
+  if tensor.dtype != storage.dtype:  # _rebuild_tensor_v3: bytes as dtype.
+    usable = storage.size - storage.size % tensor.dtype.itemsize
+    storage = storage[:usable].view(tensor.dtype)
+    if big_endian and tensor.dtype.itemsize > 1:
+      unit = f'u{tensor.dtype.itemsize}'
+      storage = storage.view(unit).byteswap().view(tensor.dtype)
   if 0 in tensor.shape:
     return np.zeros(tensor.shape, storage.dtype)
   last = tensor.offset + sum(
@@ -270,6 +316,23 @@ def _materialize(tensor: _LazyTensor, storages: dict[str,
       storage[tensor.offset:], tensor.shape,
       tuple(s * storage.itemsize for s in tensor.strides), writeable=False)
   return np.array(view, order='C')
+
+
+def _materialize_all(tensors: dict[str, _LazyTensor],
+                     storages: dict[str, np.ndarray],
+                     big_endian: bool = False) -> dict[str, np.ndarray]:
+  """{name: a copy of the tensor}, after checking that the copies take at
+  most _MAX_COPY_FACTOR times the storages' bytes (+ _COPY_SLACK)."""
+  copied = sum(
+      int(np.prod(t.shape, dtype=np.float64)) * t.dtype.itemsize
+      for t in tensors.values())
+  stored = sum(s.nbytes for s in storages.values())
+  if copied > _MAX_COPY_FACTOR * stored + _COPY_SLACK:
+    raise _FormatError(
+        f'its {len(tensors)} tensors declare {copied / 2**30:.1f} GiB from '
+        f'{stored / 2**20:.1f} MiB of storage data (the same data under many '
+        'names or strided over large shapes): refused')
+  return {k: _materialize(t, storages, big_endian) for k, t in tensors.items()}
 
 
 def _tensors(obj: Any) -> dict[str, _LazyTensor]:
@@ -290,6 +353,9 @@ def _tensors(obj: Any) -> dict[str, _LazyTensor]:
       name = f'{prefix}{key}'
       if isinstance(value, _LazyTensor):
         out[name] = value
+        if len(out) > _MAX_TENSORS:
+          raise _FormatError(f'names more than {_MAX_TENSORS} tensors (one '
+                             'dict under many names?): refused')
       elif isinstance(value, dict):
         visit(value, name + '.')
     path.remove(id(node))
@@ -330,6 +396,14 @@ def _read_zip(file: BinaryIO, path: str,
                          'written by torch.save')
     prefix = pickles[0][:-len('data.pkl')]
     names = set(archive.namelist())
+    compressed = [
+        i.filename
+        for i in archive.infolist()
+        if i.compress_type != zipfile.ZIP_STORED
+    ]
+    if compressed:  # Each would be inflated whole, whatever it declares.
+      raise _FormatError(f'compressed records ({compressed[0]}): torch.save '
+                         'stores them uncompressed; not written by torch.save')
     byteorder = b'little'
     if prefix + 'byteorder' in names:
       byteorder = archive.read(prefix + 'byteorder').strip()
@@ -345,7 +419,7 @@ def _read_zip(file: BinaryIO, path: str,
       dtype, numel = roots[key]
       storages[key] = _storage_array(archive.read(name), dtype, numel,
                                      byteorder == b'big', name)
-  return {k: _materialize(t, storages) for k, t in tensors.items()}
+  return _materialize_all(tensors, storages, byteorder == b'big')
 
 
 def _read_legacy(file: BinaryIO, path: str,
@@ -385,7 +459,7 @@ def _read_legacy(file: BinaryIO, path: str,
   missing = {t.storage.key for t in tensors.values()} - set(storages)
   if missing:
     raise _FormatError(f'no data for storages {sorted(missing)}')
-  return {k: _materialize(t, storages) for k, t in tensors.items()}
+  return _materialize_all(tensors, storages)
 
 
 def load_state_dict(path: str | os.PathLike, *,
@@ -408,8 +482,9 @@ def load_state_dict(path: str | os.PathLike, *,
     are not tensors (step counters, strings) are left out.
 
   Raises:
-    WeightsError: the file is missing, truncated or corrupt, or its pickle
-      names anything but tensors, storages and dicts; the message names the
+    WeightsError: the file is missing, truncated or corrupt, its pickle
+      names anything but tensors, storages and dicts, or it would take far
+      more memory than its size (module docstring); the message names the
       file and the problem.
   """
   path = os.fspath(path)
