@@ -188,6 +188,18 @@ def test_loaders_read_published_files(tmp_path, lpips_golden, lpips_params):
   jax.tree.map(np.testing.assert_array_equal, loaded, expected)
 
 
+def test_a_file_of_other_tensors_names_the_file_and_what_it_should_be(
+    tmp_path, lpips_golden):
+  state = _seeded_state(lpips_golden)
+  del state['features.2.weight']  # E.g. VGG16-BN's numbering.
+  torch_files.save_state_dict(tmp_path / 'vgg16-397923af.pth', state)
+  with pytest.raises(WeightsError) as error:
+    perceptual.load_lpips_params(tmp_path)
+  assert str(tmp_path / 'vgg16-397923af.pth') in str(error.value)
+  assert "no 'features.2.weight'" in str(error.value)
+  assert 'torchvision VGG16' in str(error.value)
+
+
 def test_wrong_shapes_name_the_key(lpips_golden):
   state = _seeded_state(lpips_golden)
   narrow = {**state, 'features.7.weight': state['features.7.weight'][:, :32]}

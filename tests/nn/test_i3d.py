@@ -113,6 +113,11 @@ def test_tf_checkpoint_converts_like_pytorch(golden, state, tf_keys, tmp_path):
       lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
       from_tf, from_torch)
   assert len(jax.tree.leaves(from_tf)) == 2 * len(golden['unit_names_torch'])
+  # Cut short, its data file fails in the read of a tensor: one line.
+  data = tmp_path / 'model.ckpt.data-00000-of-00001'
+  data.write_bytes(data.read_bytes()[:1000])
+  with pytest.raises(WeightsError, match='cannot read the TF checkpoint'):
+    i3d_weights.read_tf_checkpoint(prefix)
 
 
 def test_weight_file_loads(state, tmp_path):

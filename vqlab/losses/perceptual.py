@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vqlab.errors import WeightsError
 from vqlab.nn import vgg
 from vqlab.weights import files
 from vqlab.weights import lpips as lpips_weights
@@ -76,7 +77,11 @@ def load_lpips_params(directory: str | os.PathLike | None = None) -> dict:
   directory, the heads from the packaged LPIPS v0.1 file. WeightsError if a
   file is missing or does not match."""
   path = files.require('lpips_vgg_heads', directory)
-  heads = lpips_weights.convert_lpips_heads(torch_files.load_state_dict(path))
+  state = torch_files.load_state_dict(path)
+  try:
+    heads = lpips_weights.convert_lpips_heads(state)
+  except WeightsError as e:
+    raise files.not_that_file('lpips_vgg_heads', path, e) from None
   heads = jax.tree.map(jnp.asarray, heads)
   return {'vgg': vgg_weights.load_vgg_params(16, directory), **heads}
 

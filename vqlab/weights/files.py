@@ -101,3 +101,10 @@ def require(name: str,
         '(or point $VQLAB_WEIGHTS_DIR / the config\'s weights_dir at the '
         'directory that holds it)')
   return path
+
+
+def not_that_file(name: str, path: str | os.PathLike,
+                  error: Exception) -> WeightsError:
+  """The error for a file at `path` that is not the weight file `name`
+  (its tensors did not convert: `error`)."""
+  return WeightsError(f'{path}: {error} (is it {_known(name).purpose}?)')

@@ -201,13 +201,14 @@ def read_tf_checkpoint(prefix: str | os.PathLike) -> dict[str, np.ndarray]:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   try:
     reader = tf.train.load_checkpoint(os.fspath(prefix))
-  except (tf.errors.OpError, ValueError) as e:
+    # The data file is read tensor by tensor (truncated: an IndexError).
+    return {
+        name: reader.get_tensor(name)
+        for name in reader.get_variable_to_shape_map()
+    }
+  except Exception as e:  # pylint: disable=broad-except
     raise WeightsError(f'I3D weights: cannot read the TF checkpoint '
-                       f'{prefix}: {e}') from e
-  return {
-      name: reader.get_tensor(name)
-      for name in reader.get_variable_to_shape_map()
-  }
+                       f'{prefix}: {type(e).__name__}: {e}') from None
 
 
 def load_i3d_params(directory: str | os.PathLike | None = None) -> dict:

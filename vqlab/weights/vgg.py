@@ -58,4 +58,8 @@ def load_vgg_params(depth: int,
   directory (see vqlab.weights.files); WeightsError if it is missing."""
   path = files.require(f'vgg{depth}', directory)
   state = torch_files.load_state_dict(path)
-  return jax.tree.map(jnp.asarray, convert_vgg(state, depth))
+  try:
+    params = convert_vgg(state, depth)
+  except WeightsError as e:
+    raise files.not_that_file(f'vgg{depth}', path, e) from None
+  return jax.tree.map(jnp.asarray, params)
