@@ -1041,9 +1041,27 @@ def test_a_step_metadata_of_another_json_kind_is_one_line(tmp_path):
     f.write('[]')
   for open_them in (checkpoint_lib.newest_step,
                     lambda w: checkpoint_lib.Checkpointer(w, max_to_keep=5)):
-    with pytest.raises(CheckpointError, match='cannot open the checkpoints'):
+    with pytest.raises(
+        CheckpointError, match=r'cannot open the checkpoints .* nothing was '
+        r'changed: .*4/_CHECKPOINT_METADATA is damaged'):
       open_them(str(tmp_path))
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4']
+
+
+def test_files_deleted_while_a_step_is_listed_are_not_denied(
+    tmp_path, monkeypatch):
+  """Orbax deletes a step's files before its folders: a reader beside the
+  trainer lists files that are gone a moment later (os.access is False
+  for them too). That is a deleted step, not a permission problem."""
+  step = tmp_path / '4'
+  step.mkdir()
+  (step / 'kept').write_bytes(b'x')
+  walk = os.walk
+  monkeypatch.setattr(
+      checkpoint_lib.os, 'walk', lambda top:
+      ((root, folders, [*files, 'deleted_meanwhile'])
+       for root, folders, files in walk(top)))
+  assert checkpoint_lib._denied_path(str(step)) is None  # pylint: disable=protected-access
 
 
 @pytest.mark.parametrize('deleted', ['all of it', 'its files'])

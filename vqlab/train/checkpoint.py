@@ -4,6 +4,7 @@ one used; a readable step that does not fit this config is never touched."""
 
 from collections.abc import Iterable
 import contextlib
+import json
 import os
 import re
 from typing import Any, Callable, NamedTuple
@@ -58,10 +59,30 @@ def _opening(directory: str):
   except CheckpointError:
     raise
   except Exception as e:  # pylint: disable=broad-except
+    damaged = _damaged_step_metadata(directory)
+    where = (f'{damaged} is damaged'
+             if damaged else "a step's _CHECKPOINT_METADATA may be damaged")
     raise CheckpointError(
         f'cannot open the checkpoints in {directory} ({_first_line(e)}); '
-        'nothing was changed: a step\'s _CHECKPOINT_METADATA may be '
-        'damaged') from e
+        f'nothing was changed: {where}') from e
+
+
+def _damaged_step_metadata(directory: str) -> str | None:
+  """The first `<step>/_CHECKPOINT_METADATA` of a local `directory` that is
+  not a JSON object, or None."""
+  if '://' in directory or not os.path.isdir(directory):
+    return None
+  for name in sorted(os.listdir(directory)):
+    path = os.path.join(directory, name, '_CHECKPOINT_METADATA')
+    if not name.isdigit() or not os.path.isfile(path):
+      continue
+    try:
+      with open(path) as f:
+        if not isinstance(json.load(f), dict):
+          return path
+    except (OSError, ValueError):
+      continue  # Orbax reads past these itself.
+  return None
 
 
 def _first_line(e: Exception) -> str:
@@ -565,14 +586,18 @@ def _denied_path(step_directory: str) -> str | None:
   None; None for gs:// and other remote steps."""
   if '://' in step_directory or not os.path.isdir(step_directory):
     return None
-  if not os.access(step_directory, os.R_OK | os.X_OK):
+  # os.access is False for a path that is gone too: a step another run
+  # deletes as it is read (Orbax deletes its files first) is not denied.
+  denied = lambda path, mode: (not os.access(path, mode) and os.path.lexists(
+      path))
+  if denied(step_directory, os.R_OK | os.X_OK):
     return step_directory
   for root, folders, files in os.walk(step_directory):
     for name in folders:
-      if not os.access(os.path.join(root, name), os.R_OK | os.X_OK):
+      if denied(os.path.join(root, name), os.R_OK | os.X_OK):
         return os.path.join(root, name)
     for name in files:
-      if not os.access(os.path.join(root, name), os.R_OK):
+      if denied(os.path.join(root, name), os.R_OK):
         return os.path.join(root, name)
   return None
 
