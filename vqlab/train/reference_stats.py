@@ -21,7 +21,6 @@ the FVD of samples (`eval.fvd_reference`, WORKDIR/fvd_stats.npz).
 """
 
 import functools
-import json
 import os
 
 import jax
@@ -38,18 +37,7 @@ from vqlab.train import experiment_config
 from vqlab.train import frozen as frozen_lib
 from vqlab.train import partitioning
 from vqlab.train import progress as progress_lib
-
-
-def reference_source(config: ml_collections.ConfigDict, network: str) -> str:
-  """What the statistics of the eval split depend on, as one string: the
-  network, the config's `data` section and, for I3D, the clip length. Saved
-  in the .npz, so that a cached file of other settings is not reused."""
-  source = {'network': network, 'data': config.data.to_dict()}
-  if network == 'i3d':
-    source['fvd_frames'] = frozen_lib.fvd_clip_length(config)
-  else:
-    source['inception_input'] = config.eval.inception_input
-  return json.dumps(source, sort_keys=True, default=str)
+from vqlab.train import reference_files
 
 
 def compute_reference_statistics(
@@ -116,5 +104,5 @@ def compute_reference_statistics(
   progress.close()
   if jax.process_index() == 0:
     fileio.makedirs(os.path.dirname(fileio.absolute(output_path)))
-    stats.save(output_path, source=reference_source(config, network))
+    stats.save(output_path, source=reference_files.source(config, network))
   return stats

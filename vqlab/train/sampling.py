@@ -50,6 +50,7 @@ from vqlab.train import experiment
 from vqlab.train import frozen as frozen_lib
 from vqlab.train import partitioning
 from vqlab.train import progress as progress_lib
+from vqlab.train import reference_files
 from vqlab.train import reference_stats
 from vqlab.train import writers as writers_lib
 
@@ -80,17 +81,13 @@ def _reference(
     devices: list[jax.Device] | None) -> tuple[np.ndarray, np.ndarray]:
   """(mu, sigma): `eval.fid_reference` (or `eval.fvd_reference` for I3D), else
   the eval split's statistics, computed once into WORKDIR."""
-  key, cached = (('fvd_reference', 'fvd_stats.npz') if network == 'i3d' else
-                 ('fid_reference', 'fid_stats.npz'))
-  if config.eval[key]:
-    try:
-      return fid.load_statistics(config.eval[key])
-    except (OSError, ValueError) as e:
-      raise ConfigError(f'eval.{key}', str(e)) from e
-  path = os.path.join(workdir, cached)
+  given = reference_files.load_given(config, network)
+  if given is not None:
+    return given
+  path = os.path.join(workdir,
+                      'fvd_stats.npz' if network == 'i3d' else 'fid_stats.npz')
   if fileio.exists(path):
-    if fid.statistics_source(path) == reference_stats.reference_source(
-        config, network):
+    if fid.statistics_source(path) == reference_files.source(config, network):
       return fid.load_statistics(path)
     logging.warning(
         '%s is of other data settings (or from an older vqlab): '
@@ -112,7 +109,8 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
 
   Returns:
     {'step', 'num_samples', 'samples_dir', and 'inception_score',
-    'inception_score_std', 'gfid' when Inception is available, 'fvd' or
+    'inception_score_std', 'gfid' when Inception is available (of every
+    frame of video samples: vqlab/evals/PROTOCOLS.md), 'fvd' or
     'prediction_fvd' and 'fvd_frames' when I3D is}.
   """
   no_checkpoint = checkpoint_lib.no_checkpoint_error(workdir)
@@ -136,6 +134,15 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
     raise ConfigError(
         'sample.batch_size', f'{s.batch_size} is not divisible '
         f'by the {devices_count} devices')
+  use_inception = 'inception' in exp.frozen
+  use_i3d = 'i3d' in exp.frozen
+  # The references are read (or made) first: a wrong one named after a
+  # 50,000-sample run would lose its metrics.
+  references = {}
+  if use_inception:
+    references['inception'] = _reference(config, workdir, 'inception', devices)
+  if use_i3d and not s.observed_frames:  # Else the clips' own statistics.
+    references['i3d'] = _reference(config, workdir, 'i3d', devices)
   out_dir = os.path.join(workdir, 'samples', f'step_{step}')
   is_chief = jax.process_index() == 0
   if is_chief:
@@ -145,10 +152,8 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
     for pattern in ('grid_*.png', 'sample_*.gif'):
       for old in fileio.glob(os.path.join(out_dir, pattern)):
         fileio.remove(old)
-  use_inception = 'inception' in exp.frozen
   stats = fid.FeatureStatistics()
   score = None
-  use_i3d = 'i3d' in exp.frozen
   fvd_frames = frozen_lib.fvd_clip_length(config)
   num_batches = math.ceil(s.num_samples / s.batch_size)
   progress = progress_lib.Progress(0, num_batches, s.batch_size,
@@ -209,7 +214,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
   use_inception = use_inception and stats.num_examples >= 2
   use_i3d = use_i3d and sample_stats.num_examples >= 2
   if use_inception:
-    mu, sigma = _reference(config, workdir, 'inception', devices)
+    mu, sigma = references['inception']
     result['gfid'] = fid.frechet_distance(stats.mean(), stats.covariance(), mu,
                                           sigma)
     result['inception_score'], result['inception_score_std'] = score.result()
@@ -219,8 +224,8 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
           '(sample.prompts) is not the papers\' protocol, which samples the '
           'eval captions: set sample.prompts = () for that', flush=True)
   if use_i3d:
-    mu, sigma = ((clip_stats.mean(), clip_stats.covariance()) if clip_stats
-                 is not None else _reference(config, workdir, 'i3d', devices))
+    mu, sigma = ((clip_stats.mean(), clip_stats.covariance())
+                 if clip_stats is not None else references['i3d'])
     key = 'prediction_fvd' if clip_stats is not None else 'fvd'
     result[key] = fid.frechet_distance(sample_stats.mean(),
                                        sample_stats.covariance(), mu, sigma)

@@ -6,6 +6,7 @@ Runs on 2 of the 8 test devices (sharded batches, cheap compiles).
 
 import copy
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -272,6 +273,26 @@ def test_sample_mode_reports_gfid_and_inception_score_of_the_samples(
   config.optimizer.learning_rate *= 2
   with pytest.raises(ConfigError, match='--allow_config_change'):
     sampling.sample(config, workdir, devices=_devices())
+  # A reference that cannot serve stops the run before any sample is drawn:
+  # missing, or vqlab's of pytorch-fid's input for a run measuring with TF's.
+  other = copy.deepcopy(config)
+  other.eval.fid_reference = str(tmp_path / 'pytorch_fid.npz')
+  with pytest.raises(ConfigError, match='^eval.fid_reference: .*No such'):
+    sampling.sample(other, workdir, devices=_devices(),
+                    allow_config_change=True)
+  made = fid.FeatureStatistics()
+  made.update(rng.normal(size=(3, 2048)))
+  made.save(
+      other.eval.fid_reference, source=json.dumps({
+          'network': 'inception',
+          'inception_input': 'pytorch_fid'
+      }))
+  with pytest.raises(
+      ConfigError, match="inception_input 'pytorch_fid', but "
+      "this config measures with 'tf'"):
+    sampling.sample(other, workdir, devices=_devices(),
+                    allow_config_change=True)
+  assert not os.path.exists(os.path.join(workdir, 'samples', 'step_25'))
   # A grid of an earlier sampling of more samples goes.
   stale = os.path.join(workdir, 'samples', 'step_25', 'grid_0001.png')
   os.makedirs(os.path.dirname(stale), exist_ok=True)

@@ -23,6 +23,7 @@ from vqlab.nn import inception
 from vqlab.train import experiment
 from vqlab.train import experiment_config
 from vqlab.train import frozen as frozen_lib
+from vqlab.train import reference_files
 from vqlab.train import reference_stats
 from vqlab.train import sampling
 from vqlab.train.tasks import reconstruction_eval
@@ -146,7 +147,7 @@ def test_eval_suite_equals_direct_computation(weights_dir, tmp_path,
   assert not computed
   config.data.eval_photos = ('coffee',)
   assert np.abs(reference(config) - mu).max() > 1e-3 and len(computed) == 1
-  assert fid.statistics_source(path) == reference_stats.reference_source(
+  assert fid.statistics_source(path) == reference_files.source(
       config, 'inception')
 
 

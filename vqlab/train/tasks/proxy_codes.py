@@ -27,6 +27,7 @@ from vqlab import tokenizers
 from vqlab.errors import ConfigError
 from vqlab.quantizers import base as quantizer_base
 from vqlab.train import optimizers
+from vqlab.train import reference_files
 from vqlab.train import trained_tokenizer
 from vqlab.train.state import TrainState
 from vqlab.train.tasks import base
@@ -230,4 +231,4 @@ def build(config: ml_collections.ConfigDict,
       proxy=trained_tokenizer.load(config.proxy.workdir, config.proxy.step,
                                    key='proxy.workdir', step_key='proxy.step'),
       frozen=reconstruction_eval.load_networks(config),
-      fid_reference=reconstruction_eval.load_fid_reference(config))
+      fid_reference=reference_files.load_given(config, 'inception'))

@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vqlab.errors import ConfigError
 from vqlab.evals import fid
 from vqlab.evals import fvd
 from vqlab.evals import image_metrics
@@ -66,16 +65,6 @@ def load_networks(config: ml_collections.ConfigDict, *, lpips: bool = False,
           and frozen_lib.wanted('i3d', config.eval.fvd, directory),
   }
   return frozen_lib.load([k for k, v in networks.items() if v], directory)
-
-
-def load_fid_reference(config: ml_collections.ConfigDict):
-  """(mu, sigma) of `eval.fid_reference`, or None when unset."""
-  if not config.eval.fid_reference:
-    return None
-  try:
-    return fid.load_statistics(config.eval.fid_reference)
-  except (OSError, ValueError) as e:
-    raise ConfigError('eval.fid_reference', str(e)) from e
 
 
 class ReconstructionEval:

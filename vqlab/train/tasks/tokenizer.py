@@ -47,6 +47,7 @@ from vqlab.tokenizers import titok
 from vqlab.train import checkpoint as checkpoint_lib
 from vqlab.train import frozen as frozen_lib
 from vqlab.train import optimizers
+from vqlab.train import reference_files
 from vqlab.train.state import TrainState
 from vqlab.train.tasks import base
 from vqlab.train.tasks import reconstruction_eval
@@ -820,4 +821,4 @@ def build(config: ml_collections.ConfigDict,
       vgg19=config.loss.pcl_weight > 0)
   return TokenizerTask(
       config, frozen=frozen,
-      fid_reference=reconstruction_eval.load_fid_reference(config))
+      fid_reference=reference_files.load_given(config, 'inception'))
