@@ -189,4 +189,7 @@ def paper_config(name: str, model_size: str, num_tokens: int, stage: str):
   config.train.eval_every = 20_000
   config.train.checkpoint_every = 5_000
   config.eval.batch_size = 256
+  # The release's evaluator feeds uint8 images to torch-fidelity's TF
+  # Inception (evaluator/inception.py): the TF graph's input.
+  config.eval.inception_input = 'tf'
   return config
