@@ -275,6 +275,7 @@ def test_sample_mode_reports_gfid_and_inception_score_of_the_samples(
     sampling.sample(config, workdir, devices=_devices())
   # A reference that cannot serve stops the run before any sample is drawn:
   # missing, or vqlab's of pytorch-fid's input for a run measuring with TF's.
+  shutil.rmtree(os.path.join(workdir, 'samples'), ignore_errors=True)
   other = copy.deepcopy(config)
   other.eval.fid_reference = str(tmp_path / 'pytorch_fid.npz')
   with pytest.raises(ConfigError, match='^eval.fid_reference: .*No such'):
