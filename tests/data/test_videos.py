@@ -285,7 +285,9 @@ def mock_video_config(**overrides):
 
 
 def test_tfds_video_mock_data(tfds_module):
-  config = mock_video_config(frame_stride=2)
+  # First clips: comparable across strides (the middle one is another
+  # test's).
+  config = mock_video_config(frame_stride=2, eval_clip='first')
   with tfds_module.testing.mock_data(num_examples=5):
     source = data.build(config, split='train', global_batch_size=2)
     assert source.video_shape == (3, 8, 8, 3) and source.image_shape == (8, 8,
@@ -297,6 +299,11 @@ def test_tfds_video_mock_data(tfds_module):
     assert_batches_equal(first[3:], take(source, 1, start_step=3))
     check_video_batch(first[0], 2, (3, 8, 8, 3), label=True, eval_=False)
 
+    with pytest.raises(
+        ValueError, match=r"^data.video_key: feature 'label' of ucf101 is "
+        r'not a video \(shape \(\)\)'):
+      data.build(_with(config, video_key='label'), split='eval',
+                 global_batch_size=2)
     evals = data.build(config, split='eval', global_batch_size=2)
     full = list(evals.batches())
     assert evals.num_examples == 5 and [int(b['mask'].sum()) for b in full
@@ -330,6 +337,26 @@ def test_tfds_video_mock_data(tfds_module):
     top, left = (new_h - 8) // 2, (new_w - 8) // 2
     want = resized[:, top:top + 8, left:left + 8] * (2 / 255) - 1
     np.testing.assert_allclose(full[0]['video'][0], want, atol=1e-5)
+
+
+@pytest.mark.parametrize('eval_clip, first', [('center', 2), ('first', 0)])
+def test_tfds_video_eval_clip(tfds_module, eval_clip, first):
+  """Eval takes the middle clip (MAGVIT's single test clip: DMVR's offset
+  (L - T s) // 2), or the first frames."""
+  del tfds_module
+  tf = pytest.importorskip('tensorflow')
+  from vqlab.data import video_preprocess  # pylint: disable=g-import-not-at-top
+  aug = video_preprocess.VideoAugment.from_config(
+      mock_video_config(num_frames=3, frame_stride=2, image_size=4,
+                        eval_clip=eval_clip))
+  # Frame t is grey level 20 t: 10 frames, clips of 3 frames 2 apart.
+  frames = [np.full((4, 4, 3), 20 * t, np.uint8) for t in range(10)]
+  clip = video_preprocess.eval_fn(aug)({
+      'video': tf.stack([tf.io.encode_png(f) for f in frames])
+  })['video'].numpy()
+  levels = np.round((clip[:, 0, 0, 0] + 1) * 255 / 2)
+  np.testing.assert_array_equal(levels,
+                                [20 * (first + 2 * t) for t in range(3)])
 
 
 def test_tfds_video_clips(tfds_module):

@@ -227,6 +227,12 @@ def build_source(config: ml_collections.ConfigDict, *, split: str,
     raise ValueError(
         f'data.{key}_key: {builder.name} has no feature {feature_key!r}; '
         f'features: {list(features)}.')
+  shape = getattr(features[feature_key], 'shape', None)
+  if shape is not None and len(shape) != len(example_shape):
+    raise ValueError(
+        f'data.{key}_key: feature {feature_key!r} of {builder.name} is not '
+        f'{"a video" if key == "video" else "an image"} (shape '
+        f'{tuple(shape)}); features: {list(features)}.')
   if label_key and label_key not in features:
     raise ValueError(
         f'data.label_key: {builder.name} has no feature {label_key!r}; '

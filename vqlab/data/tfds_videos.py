@@ -5,9 +5,10 @@ The feature `data.video_key` holds a video ([L, h, w, C] frames, e.g. `tfds.feat
 beforehand with `tfds build ucf101 --data_dir=DIR` (a config such as 'ucf101/ucf101_1_256' picks
 the resolution and split). Each host reads its own even slice of the split; order, resume and
 sharding are those of the `tfds` image dataset (`tfds_images.build_source`, `pipeline.py`), and
-`video_preprocess.py` cuts the clips: every `frame_stride`-th frame, a random start (train) or the
-first frame (eval), short videos padded by repeating their last frame, the shorter side resized
-to `image_size` and one S x S crop per clip (random + optional flip on train, central on eval).
+`video_preprocess.py` cuts the clips: every `frame_stride`-th frame, a random start (train) or
+the middle (or first) clip of the video (eval, `data.eval_clip`), short videos padded by
+repeating their last frame, the shorter side resized to `image_size` and one S x S crop per clip
+(random + optional flip on train, central on eval).
 
 Batches: 'video' float32 [b, num_frames, S, S, channels] in [-1, 1], 'label' int32 [b] (unless
 label_key=''), and on eval 'mask' bool [b].
@@ -46,6 +47,9 @@ def default_config() -> ml_collections.ConfigDict:
       'num_frames': 17,  # T: frames per clip.
       'frame_stride':
           1,  # Take every s-th frame: a clip spans (T - 1) * s + 1 frames.
+      # Eval clip of each video: 'center' (MAGVIT's single test clip, DMVR's
+      # middle offset) or 'first' (its first frames).
+      'eval_clip': 'center',
       'channels': 3,  # Decoded channels: 3 = RGB, 1 = gray.
       'random_flip':
           True,  # Flip train clips horizontally with probability 1/2.

@@ -5,9 +5,10 @@ Every function maps one example `{'video': encoded frames string [L] (or uint8 [
 
 Frames: a clip is `T = num_frames` frames `start, start + s, ..., start + (T - 1) * s` with
 `s = frame_stride`; train draws `start` uniformly from `[0, max(0, L - (T - 1) * s - 1)]`, eval
-takes `start = 0`. Frame indices past the end of a short video (`L < (T - 1) * s + 1`) read its
-last frame, i.e. short clips are padded by repeating the last frame. Only the selected frames
-are decoded.
+takes the middle clip, `start = max(0, (L - T * s) // 2)` (DMVR's `sample_sequence`, which
+MAGVIT's single test clip is), or with `eval_clip = 'first'` `start = 0`. Frame indices past the
+end of a short video (`L < (T - 1) * s + 1`) read its last frame, i.e. short clips are padded by
+repeating the last frame. Only the selected frames are decoded.
 
 Space: the shorter side is resized to S (antialiased bilinear) and a square S x S window is cut:
 eval takes the centre, train a random window and flips the clip horizontally with probability 1/2
@@ -26,6 +27,8 @@ from vqlab.data.lazy import tf
 from vqlab.data import base
 from vqlab.data import preprocess
 
+EVAL_CLIPS = ('center', 'first')
+
 
 @dataclasses.dataclass(frozen=True)
 class VideoAugment:
@@ -36,6 +39,7 @@ class VideoAugment:
   frame_stride: int
   random_flip: bool
   shuffle_buffer: int
+  eval_clip: str = 'center'
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> VideoAugment:
@@ -44,12 +48,17 @@ class VideoAugment:
     channels = base.positive_int(config, 'channels')
     if channels not in (1, 3):
       raise ValueError(f'data.channels: must be 1 or 3, got {channels}.')
+    eval_clip = base.get(config, 'eval_clip')
+    if eval_clip not in EVAL_CLIPS:
+      raise ValueError(f'data.eval_clip: must be one of {EVAL_CLIPS}, got '
+                       f'{eval_clip!r}.')
     return cls(image_size=base.positive_int(config,
                                             'image_size'), channels=channels,
                num_frames=base.positive_int(config, 'num_frames'),
                frame_stride=base.positive_int(config, 'frame_stride'),
                random_flip=bool(base.get(config, 'random_flip')),
-               shuffle_buffer=base.positive_int(config, 'shuffle_buffer'))
+               shuffle_buffer=base.positive_int(config, 'shuffle_buffer'),
+               eval_clip=eval_clip)
 
   @property
   def video_shape(self) -> tuple[int, int, int, int]:
@@ -106,10 +115,16 @@ def train_fn(aug: VideoAugment) -> Callable[[Any, Any], Any]:
 
 
 def eval_fn(aug: VideoAugment) -> Callable[[Any], Any]:
-  """Returns f(example) -> preprocessed eval clip (first frames, shorter side to S, centre crop)."""
+  """Returns f(example) -> preprocessed eval clip (the middle or first clip, shorter side to S,
+  centre crop)."""
 
   def fn(example):
-    clip = preprocess.resize_shorter_side(_frames(example['video'], 0, aug),
+    video = example['video']
+    start = 0
+    if aug.eval_clip == 'center':
+      start = tf.maximum(
+          (tf.shape(video)[0] - aug.num_frames * aug.frame_stride) // 2, 0)
+    clip = preprocess.resize_shorter_side(_frames(video, start, aug),
                                           aug.image_size)
     return _output(example, preprocess.center_crop(clip, aug.image_size), aug)
 
