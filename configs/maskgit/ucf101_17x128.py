@@ -8,11 +8,14 @@ per-factor embeddings (MAGVIT-v2). Transformer: MAGVIT-L
 101 classes, label dropout 0.1 for guidance; 12 decoding steps. The sizes
 are the papers'; the training recipe is MAGVIT's (maskgvt_ucf101_config,
 which MAGVIT-v2 follows): AdamW lr 1e-4, weight decay 0.045, 5k warmup
-steps then cosine, gradient clip 1, label smoothing 1e-4, 2000 epochs of
-the 9,537 training videos at batch 256 (74,000 steps); plus an EMA of the
-weights for eval (0.9999), which MAGVIT's trainer does not keep.
+steps then cosine, gradient clip 1, label smoothing 1e-4, the cross-entropy
+of every token (the unmasked ones too: MAGVIT's 'mask+refine+recons'), 2000
+epochs of the 9,537 training videos at batch 256 (74,000 steps); plus an EMA
+of the weights for eval (0.9999), which MAGVIT's trainer does not keep.
 
-Departures: the tokens are made once (--mode=tokenize: one random clip, crop
+Departures: each example draws its own mask ratio and masks
+ceil(gamma(r) N) tokens; MAGVIT draws one ratio per batch and masks
+floor(gamma(r) N) (at least 1). The tokens are made once (--mode=tokenize: one random clip, crop
 and flip per video, seen in all 2000 epochs); MAGVIT tokenizes each batch in
 the train step, so each epoch draws new clips, crops and flips:
 --config.tokens.source=on_the_fly does that, at the cost of running the
@@ -70,6 +73,9 @@ def get_config():
 
   config.model = model_config()
   config.loss.label_smoothing = 1e-4
+  # MAGVIT's default loss ('mask+refine+recons'): every token, the unmasked
+  # ones reconstructed, not the masked ones alone.
+  config.loss.unmasked_weight = 1.0
   config.loss.label_drop = 0.1
 
   config.optimizer.learning_rate = 1e-4

@@ -266,6 +266,15 @@ def test_masked_loss_counts_only_masked_positions():
   ce = -(target * log_p).sum(-1)
   np.testing.assert_allclose(loss, ce[np.asarray(mask)].mean(), rtol=1e-5)
   assert float(metrics['mask_ratio']) == pytest.approx(3 / 12)
+  # MAGVIT's 'mask+refine+recons': the unmasked positions too, weighted.
+  weighted, metrics = jax.jit(
+      lambda p: maskgit.masked_loss(model, p, jax.random.key(
+          6), tokens, mask=mask, label_smoothing=0.1, unmasked_weight=0.5),
+      compiler_options=FAST_COMPILE)(params)
+  weights = np.where(np.asarray(mask), 1.0, 0.5)
+  np.testing.assert_allclose(weighted, (ce * weights).sum() / weights.sum(),
+                             rtol=1e-5)
+  assert float(metrics['mask_ratio']) == pytest.approx(3 / 12)
 
 
 def test_factorized_heads_with_lfq_indices():

@@ -203,8 +203,11 @@ def masked_loss(model: MaskGIT, params, rng: jax.Array, tokens: jax.Array,
                 labels: jax.Array | None = None, label_smoothing: float = 0.1,
                 label_drop: float = 0.1, schedule_method: str = 'cosine',
                 mask: jax.Array | None = None, train: bool = True,
-                example_weights: jax.Array | None = None):
-  """Masked-token cross-entropy on the masked positions only.
+                example_weights: jax.Array | None = None,
+                unmasked_weight: float = 0.0):
+  """Masked-token cross-entropy on the masked positions (MaskGIT), and on
+  the others with weight `unmasked_weight` (1: MAGVIT's default
+  'mask+refine+recons' loss, which also reconstructs the given tokens).
 
   Args:
     model: a MaskGIT. params: its parameters.
@@ -217,12 +220,13 @@ def masked_loss(model: MaskGIT, params, rng: jax.Array, tokens: jax.Array,
     mask: bool [B, N] (True = masked) to use instead of a random one.
     train: dropout on.
     example_weights: float [B] weights of the examples (0 for eval padding).
+    unmasked_weight: weight of the positions left unmasked.
 
   Returns:
-    (loss, metrics): loss = mean over masked positions of the summed factor
-    cross-entropies (the code's NLL); metrics: loss, accuracy (all factors
-    right, masked positions), mask_ratio, loss_weight (the weighted number
-    of masked positions both means are over).
+    (loss, metrics): loss = weighted mean over positions of the summed
+    factor cross-entropies (the code's NLL); metrics: loss, accuracy (all
+    factors right, masked positions), mask_ratio, loss_weight (the weight
+    the loss is a mean over).
   """
   flat = model.flatten(tokens)
   model.check_tokens(flat, allow_mask=False)
@@ -240,16 +244,21 @@ def masked_loss(model: MaskGIT, params, rng: jax.Array, tokens: jax.Array,
                        rngs={'dropout': dropout_rng})
   per_position = smoothed_cross_entropy(logits, flat, model.vocab_sizes,
                                         label_smoothing).sum(-1)
-  weight = mask.astype(jnp.float32)
+  masked = mask.astype(jnp.float32)
   if example_weights is not None:
-    weight = weight * example_weights[:, None]
-  count = jnp.maximum(weight.sum(), 1.0)
-  loss = (per_position * weight).sum() / count
+    masked = masked * example_weights[:, None]
+  weight = masked
+  if unmasked_weight:
+    unmasked = 1.0 - mask.astype(jnp.float32)
+    if example_weights is not None:
+      unmasked = unmasked * example_weights[:, None]
+    weight = masked + unmasked_weight * unmasked
+  loss = (per_position * weight).sum() / jnp.maximum(weight.sum(), 1e-6)
   correct = jnp.all(jnp.argmax(logits, -1) == flat, axis=-1)
   metrics = {
       'loss': loss,
-      'accuracy': (correct * weight).sum() / count,
-      'mask_ratio': weight.mean(),
+      'accuracy': (correct * masked).sum() / jnp.maximum(masked.sum(), 1.0),
+      'mask_ratio': masked.mean(),
       'loss_weight': weight.sum()
   }
   return loss, metrics
@@ -517,7 +526,7 @@ def _loss(model: MaskGIT, params, tokens: jax.Array, cond, rng: jax.Array, *,
       model, params, rng, tokens, cond,
       label_smoothing=settings.label_smoothing if train else 0.0,
       label_drop=0.0, schedule_method=settings.mask_schedule, train=train,
-      example_weights=example_weights)
+      example_weights=example_weights, unmasked_weight=settings.unmasked_weight)
   return loss, metrics, loss_state
 
 
@@ -542,8 +551,8 @@ def _settings_read(config: ml_collections.ConfigDict) -> frozenset[str]:
   """Guidance and label dropout need classes; the guidance schedule, a
   guidance scale; observed frames, video tokens."""
   keys = {
-      'loss.label_smoothing', 'loss.mask_schedule', 'sample.temperature',
-      'sample.num_steps', 'sample.choice_temperature'
+      'loss.label_smoothing', 'loss.mask_schedule', 'loss.unmasked_weight',
+      'sample.temperature', 'sample.num_steps', 'sample.choice_temperature'
   }
   if len(config.model.token_shape) == 3:  # Video tokens: frame prediction.
     keys.add('sample.observed_frames')

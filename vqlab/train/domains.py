@@ -62,6 +62,7 @@ _EXPERIMENT = {
     'loss.label_smoothing': '[0, 1)',
     'loss.label_drop': '[0, 1]',
     'loss.aux_weight': '>= 0',
+    'loss.unmasked_weight': '>= 0',
     'text.max_length': _COUNT,
     'sample.num_samples': _COUNT,
     'sample.batch_size': _COUNT,

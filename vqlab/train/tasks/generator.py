@@ -98,6 +98,9 @@ def default_config() -> ml_collections.ConfigDict:
   loss.label_smoothing = 0.1  # MaskGIT targets (paper: 0.1).
   loss.label_drop = 0.1  # P(label -> null class), for CFG.
   loss.mask_schedule = 'cosine'  # MaskGIT: 'cosine' | 'arccos' | 'linear'.
+  # MaskGIT: weight of the unmasked positions' cross-entropy (0: MaskGIT's
+  # masked-only loss; 1: MAGVIT's 'mask+refine+recons').
+  loss.unmasked_weight = 0.0
   # VQ-Diffusion: lambda of CE(x_0) (class: 1e-3 in the paper).
   loss.aux_weight = 5e-4
   loss.time_sampling = 'uniform'  # VQ-Diffusion: 'uniform' | 'importance'.
