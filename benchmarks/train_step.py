@@ -34,20 +34,23 @@ _JSON = flags.DEFINE_string('json', None, 'Write the results here as JSON.')
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/vqlab_benchmark',
                                'Scratch workdir (nothing is checkpointed).')
 
-# Dense peak FLOP/s per device by (device kind substring, dtype); the first
-# match counts, so the H100 PCIe and NVL come before the SXM ('NVIDIA H100
-# 80GB HBM3').
+# Dense peak FLOP/s per device by (device kind substring, dtype), NVIDIA's
+# and Google's datasheet figures; the first match counts, so the H100 PCIe
+# and NVL come before the SXM ('NVIDIA H100 80GB HBM3'). float32 matmuls run
+# as TF32 at JAX's default precision on these GPUs: their TF32 peaks.
 PEAK_FLOPS = {
     ('H100 PCIe', 'bfloat16'): 756e12,
-    ('H100 PCIe', 'float32'): 51e12,
+    ('H100 PCIe', 'float32'): 378e12,
     ('H100 NVL', 'bfloat16'): 835e12,
-    ('H100 NVL', 'float32'): 60e12,
+    ('H100 NVL', 'float32'): 417.5e12,
     ('H100', 'bfloat16'): 989e12,
-    ('H100', 'float32'): 67e12,
+    ('H100', 'float32'): 494.7e12,
+    ('H200 NVL', 'bfloat16'): 835e12,
+    ('H200 NVL', 'float32'): 417.5e12,
     ('H200', 'bfloat16'): 989e12,
-    ('H200', 'float32'): 67e12,
+    ('H200', 'float32'): 494.7e12,
     ('A100', 'bfloat16'): 312e12,
-    ('A100', 'float32'): 19.5e12,
+    ('A100', 'float32'): 156e12,
     ('TPU v4', 'bfloat16'): 275e12,
     ('TPU v5 lite', 'bfloat16'): 197e12,
     ('TPU v5p', 'bfloat16'): 459e12,

@@ -376,8 +376,11 @@ class TextEncoder:
 
   def __init__(self, path: str | os.PathLike | None = None, *,
                pad_to: int | None = None, dtype: Any = jnp.float32,
-               precision: Any = None):
-    self.module, self.params, self.tokenizer = load_minilm(
+               precision: Any = None,
+               loaded: tuple[MiniLM, Any, Any] | None = None):
+    """`loaded`: (module, params, tokenizer) to use instead of reading
+    `path` (e.g. random params for a benchmark)."""
+    self.module, self.params, self.tokenizer = loaded or load_minilm(
         path, dtype=dtype, precision=precision)
     self.pad_to = pad_to
     self.width = self.module.config.hidden_size

@@ -95,7 +95,9 @@ def frozen_encoder(text: ml_collections.ConfigDict):
 class TextConditioner:
   """Captions -> text conditions for a text-conditional generator."""
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, encoder: Any = None):
+    """`encoder`: the frozen encoder to use instead of `text.encoder`'s
+    files (`frozen_encoder`)."""
     self.kind = config.model.text_encoder
     self.max_length = config.text.max_length
     self.normalize_states = config.text.normalize_states
@@ -105,7 +107,7 @@ class TextConditioner:
           'text.normalize_states', 'True, but model.text_encoder is '
           f"{self.kind!r}: it normalizes a frozen encoder's states")
     if self.kind == 'frozen':
-      self.encoder = frozen_encoder(config.text)
+      self.encoder = encoder or frozen_encoder(config.text)
       if config.model.cond_dim != self.encoder.width:
         raise ConfigError(
             'model.cond_dim', f'{config.model.cond_dim}, but '
