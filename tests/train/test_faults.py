@@ -160,6 +160,30 @@ def test_run_length_is_fixed_where_the_learning_rate_decays_over_it(tmp_path):
   assert not run_record.check(longer, workdir, allow_change=False, trains=False)
 
 
+def test_a_record_made_before_a_data_key_existed_is_read_as_it_ran(tmp_path):
+  """Video runs recorded before data.eval_clip evaluated their videos'
+  first clips: resumed under today's default (the middle clip) the record
+  differs, and token shards of those clips are not taken for middle ones."""
+  config = _config()
+  config.data = data_lib.default_config('tfds_video')
+  recorded = run_record.as_json_tree(config)
+  del recorded['data']['eval_clip']
+  workdir = str(tmp_path)
+  with open(os.path.join(workdir, run_record.CONFIG_FILE), 'w') as f:
+    json.dump(recorded, f)
+  assert run_record.differences(run_record.read(workdir), config) == {
+      'data.eval_clip': ('first', 'center')
+  }
+  config.data.eval_clip = 'first'
+  assert not run_record.differences(run_record.read(workdir), config)
+  joint = data_lib.as_recorded({'name': 'joint', 'video': recorded['data']})
+  assert joint['video']['eval_clip'] == 'first'
+  config.data.eval_clip = 'center'
+  with pytest.raises(ConfigError,
+                     match=r"data.eval_clip 'first' there, 'center' here"):
+    generator._check_shards_data(recorded['data'], config.data, 'tokens')  # pylint: disable=protected-access
+
+
 def test_the_record_may_change_only_before_the_first_checkpoint(
     finished, run_copy, capsys):
   changed = _config()

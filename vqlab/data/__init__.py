@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from typing import Iterator
+from typing import Any, Iterator
 
 import ml_collections
 
@@ -100,6 +100,24 @@ def check_kind(name: str, expected: str) -> None:
   problem = _kind_problem(name, expected)
   if problem:
     raise ValueError(f'data.name: {problem}.')
+
+
+# Keys added to a dataset's config after runs were recorded without them,
+# with the value those runs behaved as: {dataset: {key: value}}.
+_ADDED_KEYS = {'tfds_video': {'eval_clip': 'first'}}
+
+
+def as_recorded(data: Any) -> Any:
+  """A data config (a dict) recorded by an older vqlab (a run's config.json,
+  token shards) with the keys added since filled in as that vqlab behaved,
+  so that a record is compared with a config as what it ran (nested
+  datasets, e.g. joint's, too)."""
+  if not isinstance(data, dict):
+    return data
+  out = {k: as_recorded(v) for k, v in data.items()}
+  for key, value in _ADDED_KEYS.get(out.get('name'), {}).items():
+    out.setdefault(key, value)
+  return out
 
 
 def default_config(name: str) -> ml_collections.ConfigDict:

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import ml_collections
 
 from vqlab import config_schema
+from vqlab import data as data_lib
 from vqlab import fileio
 from vqlab.errors import ConfigError
 
@@ -154,6 +155,8 @@ def differences(saved: dict[str, Any], config: ml_collections.ConfigDict,
   where its learning rate decays to it: another length moves the rate of
   every step left). Keys only one side has (added or removed by another
   vqlab version) are not differences."""
+  if 'data' in saved:  # Recorded before keys added since: as it ran.
+    saved = {**saved, 'data': data_lib.as_recorded(saved['data'])}
   old, new = _flatten(saved), _flatten(as_json_tree(config))
   fixed = ({'train.num_steps'}
            if trains and _decays_over_the_run(old) else set())

@@ -407,6 +407,7 @@ def _check_shards_data(recorded: dict[str, Any],
   """ConfigError unless token shards were made from the data of `data`
   (the keys both name: shards of older vqlab lack newer keys)."""
   now = json.loads(data.to_json_best_effort())
+  recorded = data_lib.as_recorded(recorded)
   differ = sorted(k for k in recorded.keys() & now.keys()
                   if k not in _DATA_KEYS_OF_NO_TOKENS and recorded[k] != now[k])
   if differ:
