@@ -410,6 +410,9 @@ def random_text_encoder(max_length: int, abstract: bool):
   """all-MiniLM-L6-v2 (its architecture) with random params: the frozen
   encoder's cost without its 88 MB weight file, which cannot reach a
   benchmark machine."""
+  if max_length < 2:  # Its captions hold the start and end tokens.
+    raise ValueError(f'text.max_length: {max_length}, but a frozen '
+                     "encoder's captions need >= 2")
   module = minilm.MiniLM(minilm.MiniLMConfig())
   ids = jnp.zeros((1, max_length), jnp.int32)
   init = functools.partial(module.init, jax.random.key(4), ids, ids > 0)

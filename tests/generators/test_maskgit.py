@@ -275,6 +275,9 @@ def test_masked_loss_counts_only_masked_positions():
   np.testing.assert_allclose(weighted, (ce * weights).sum() / weights.sum(),
                              rtol=1e-5)
   assert float(metrics['mask_ratio']) == pytest.approx(3 / 12)
+  # Accuracy stays over the masked tokens: eval weighs it by those.
+  assert float(metrics['accuracy_weight']) == 3
+  assert float(metrics['loss_weight']) == 3 + 0.5 * 9
 
 
 def test_factorized_heads_with_lfq_indices():

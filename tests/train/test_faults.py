@@ -182,6 +182,27 @@ def test_a_record_made_before_a_data_key_existed_is_read_as_it_ran(tmp_path):
   with pytest.raises(ConfigError,
                      match=r"data.eval_clip 'first' there, 'center' here"):
     generator._check_shards_data(recorded['data'], config.data, 'tokens')  # pylint: disable=protected-access
+  # --mode=tokenize resumes such shards under the clips they were made of.
+  metadata = {'data': recorded['data']}
+  with pytest.raises(ConfigError,
+                     match=r"data.eval_clip 'first' there, 'center' here"):
+    pretokenize._check_resume(  # pylint: disable=protected-access
+        metadata, {'data': run_record.as_json_tree(config)['data']}, 'tokens')
+  config.data.eval_clip = 'first'
+  with pytest.raises(ConfigError, match='made with tokenizer'):
+    pretokenize._check_resume(  # pylint: disable=protected-access
+        {
+            **metadata, 'tokenizer': {
+                'workdir': 'a',
+                'step': 1
+            }
+        }, {
+            'data': run_record.as_json_tree(config)['data'],
+            'tokenizer': {
+                'workdir': 'b',
+                'step': 1
+            }
+        }, 'tokens')
 
 
 def test_the_record_may_change_only_before_the_first_checkpoint(

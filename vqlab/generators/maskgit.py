@@ -225,8 +225,9 @@ def masked_loss(model: MaskGIT, params, rng: jax.Array, tokens: jax.Array,
   Returns:
     (loss, metrics): loss = weighted mean over positions of the summed
     factor cross-entropies (the code's NLL); metrics: loss, accuracy (all
-    factors right, masked positions), mask_ratio, loss_weight (the weight
-    the loss is a mean over).
+    factors right, masked positions), mask_ratio, loss_weight and
+    accuracy_weight (the weights the loss and the accuracy are means
+    over).
   """
   flat = model.flatten(tokens)
   model.check_tokens(flat, allow_mask=False)
@@ -259,7 +260,8 @@ def masked_loss(model: MaskGIT, params, rng: jax.Array, tokens: jax.Array,
       'loss': loss,
       'accuracy': (correct * masked).sum() / jnp.maximum(masked.sum(), 1.0),
       'mask_ratio': masked.mean(),
-      'loss_weight': weight.sum()
+      'loss_weight': weight.sum(),
+      'accuracy_weight': masked.sum()
   }
   return loss, metrics
 

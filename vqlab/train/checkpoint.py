@@ -70,9 +70,13 @@ def _opening(directory: str):
 def _damaged_step_metadata(directory: str) -> str | None:
   """The first `<step>/_CHECKPOINT_METADATA` of a local `directory` that is
   not a JSON object, or None."""
-  if '://' in directory or not os.path.isdir(directory):
+  if '://' in directory:
     return None
-  for name in sorted(os.listdir(directory)):
+  try:
+    names = sorted(os.listdir(directory))
+  except OSError:  # E.g. a folder this user may not read.
+    return None
+  for name in names:
     path = os.path.join(directory, name, '_CHECKPOINT_METADATA')
     if not name.isdigit() or not os.path.isfile(path):
       continue

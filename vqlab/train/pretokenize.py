@@ -91,7 +91,18 @@ def _check_resume(old: dict[str, Any], new: dict[str, Any],
     return repr(metadata[key])
 
   old = {'condition': {'image': 'none'}, **old}  # Shards made before it.
-  for key in ('tokenizer', 'data', 'condition', 'token_shape', 'batch_size',
+  # Shards of an older vqlab lack data keys added since: read as they ran.
+  old_data, new_data = data_lib.as_recorded(old.get('data', {})), new['data']
+  if old_data != new_data:
+    differ = sorted(k for k in old_data.keys() | new_data.keys()
+                    if old_data.get(k) != new_data.get(k))
+    changes = ', '.join(f'data.{k} {old_data.get(k)!r} there, '
+                        f'{new_data.get(k)!r} here' for k in differ)
+    raise ConfigError(
+        'tokens.dir', f'{directory} holds tokens made from other data '
+        f'({changes}): use the config they were made with, or another '
+        'tokens.dir')
+  for key in ('tokenizer', 'condition', 'token_shape', 'batch_size',
               'batches_per_shard', 'process_count'):
     before, now = describe(old, key), describe(new, key)
     if before != now:

@@ -645,10 +645,13 @@ class GeneratorTask(base.Task):
                                   loss_state=state.loss_state)
     count = jnp.sum(mask)
     weight = metrics.get('loss_weight', count)
+    # MaskGIT's accuracy is over masked tokens, its loss maybe over all.
+    accuracy_weight = metrics.get('accuracy_weight', weight)
     sums = {
         'loss': metrics['loss'] * weight,
-        'accuracy': metrics['accuracy'] * weight,
+        'accuracy': metrics['accuracy'] * accuracy_weight,
         'weight': weight,
+        'accuracy_weight': accuracy_weight,
         'count': count
     }
     return {'sums': sums, 'mask': mask}, {}
@@ -658,7 +661,9 @@ class GeneratorTask(base.Task):
     mean = lambda key: float(acc.sums[key]) / weight if weight else 0.0
     return {
         'loss': mean('loss'),
-        'accuracy': mean('accuracy'),
+        'accuracy':
+            (float(acc.sums['accuracy']) / float(acc.sums['accuracy_weight'])
+             if float(acc.sums['accuracy_weight']) else 0.0),
         'num_examples': float(acc.sums['count'])
     }
 
