@@ -244,16 +244,13 @@ def test_maskgit_trains_on_titok_tokens_and_samples_decode_to_images(
   assert images.shape == (4, 16, 16, 3) and np.all(np.isfinite(images))
 
 
-@pytest.mark.parametrize('projection_dim', [0, 2])
-def test_warm_start_copies_an_ema_codebook_with_the_quantizer(
-    projection_dim, tmp_path):
-  # An EMA codebook and its statistics live in model_state's
-  # 'quantizer_stats', not in params (with projection_dim 0 the quantizer has
-  # no params at all).
+def _warm_started_from_another_init(quantizer, tmp_path):
+  """(the saved tree, a fresh state, it warm-started with ('encoder',
+  'quantizer') from the saved one): two inits of a tiny tokenizer with
+  `quantizer`, the first saved in tmp_path."""
   config = tiny.tokenizer_config()
   config.eval.lpips = config.eval.fid = 'off'
-  config.model.quantizer.ema = True
-  config.model.quantizer.projection_dim = projection_dim
+  config.model.quantizer = quantizer
   config.warm_start.workdir = str(tmp_path)
   config.warm_start.params = ('encoder', 'quantizer')
   task = tokenizer.TokenizerTask(config, frozen={})
@@ -265,7 +262,18 @@ def test_warm_start_copies_an_ema_codebook_with_the_quantizer(
   checkpointer.close()
   source, _ = checkpoint_lib.restore_on_host(str(tmp_path))
   fresh = init(jax.random.key(1), batch)
-  state = task.warm_start(fresh)
+  return source, fresh, task.warm_start(fresh)
+
+
+@pytest.mark.parametrize('projection_dim', [0, 2])
+def test_warm_start_copies_an_ema_codebook_with_the_quantizer(
+    projection_dim, tmp_path):
+  # An EMA codebook and its statistics live in model_state's
+  # 'quantizer_stats', not in params (with projection_dim 0 the quantizer has
+  # no params at all).
+  quantizer = tiny.tokenizer_config().model.quantizer
+  quantizer.update(ema=True, projection_dim=projection_dim)
+  source, fresh, state = _warm_started_from_another_init(quantizer, tmp_path)
   stats = source['model_state'][quantizers_base.STATS]['quantizer']
   assert set(stats) == {'codebook', 'cluster_size', 'embed_sum'}
   assert not np.array_equal(
@@ -288,21 +296,9 @@ def test_warm_start_copies_an_ema_codebook_with_the_quantizer(
 def test_warm_start_names_a_quantizer_that_holds_nothing(tmp_path):
   """FSQ keeps no variables: ('encoder', 'quantizer') copies the encoder
   (TiTok's stage 2 names both whatever the quantizer)."""
-  config = tiny.tokenizer_config()
-  config.eval.lpips = config.eval.fid = 'off'
-  config.model.quantizer = quantizers.default_config('fsq')
-  config.model.quantizer.levels = (5, 3, 3)
-  config.warm_start.workdir = str(tmp_path)
-  config.warm_start.params = ('encoder', 'quantizer')
-  task = tokenizer.TokenizerTask(config, frozen={})
-  init = jax.jit(task.init)
-  batch = {'image': np.zeros((8, 16, 16, 3), np.float32)}
-  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=1)
-  checkpointer.save(1, init(jax.random.key(0), batch), force=True)
-  checkpointer.wait()
-  checkpointer.close()
-  source, _ = checkpoint_lib.restore_on_host(str(tmp_path))
-  state = task.warm_start(init(jax.random.key(1), batch))
+  quantizer = quantizers.default_config('fsq')
+  quantizer.levels = (5, 3, 3)
+  source, _, state = _warm_started_from_another_init(quantizer, tmp_path)
   jax.tree.map(np.testing.assert_array_equal,
                state.params['generator']['encoder'],
                source['params']['generator']['encoder'])
