@@ -1093,6 +1093,25 @@ def test_a_step_metadata_of_another_json_kind_is_one_line(tmp_path):
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4']
 
 
+@pytest.mark.parametrize(
+    'name, content',
+    [('_METADATA', '[]'),
+     ('array_metadatas/process_0', '{"array_metadatas": [3]}')])
+def test_step_metadata_of_another_json_kind_is_a_corrupt_step(
+    tmp_path, name, content):
+  """Orbax fails on these with an AttributeError, otherwise the mark of this
+  program's own fault (a stop with nothing changed): the file is named and
+  the good step before it restored."""
+  abstract = _save_steps_2_and_4(tmp_path)
+  with open(tmp_path / 'checkpoints' / '4' / 'default' / name, 'w') as f:
+    f.write(content)
+  restored, step = checkpoint_lib.Checkpointer(str(tmp_path),
+                                               max_to_keep=5).restore(abstract)
+  assert step == 2
+  np.testing.assert_array_equal(restored['w'], np.arange(6.0) * 2)
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4.corrupt']
+
+
 def test_files_deleted_while_a_step_is_listed_are_not_denied(
     tmp_path, monkeypatch):
   """Orbax deletes a step's files before its folders: a reader beside the

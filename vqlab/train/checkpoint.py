@@ -520,6 +520,12 @@ class Checkpointer:
         if denied:
           return None, _Failure(_TRANSIENT_FAILURE,
                                 f'permission denied: cannot read {denied}')
+        misshapen = (_misshapen_metadata(os.path.join(directory, str(step)))
+                     if isinstance(e, AttributeError) else None)
+        if misshapen:
+          return None, _Failure(
+              _UNREADABLE, f'{misshapen} is not the metadata Orbax writes '
+              f'({_first_line(e)})')
         if _not_the_files(e):
           kind = _TRANSIENT_FAILURE
         else:
@@ -603,6 +609,45 @@ def _denied_path(step_directory: str) -> str | None:
     for name in files:
       if denied(os.path.join(root, name), os.R_OK):
         return os.path.join(root, name)
+  return None
+
+
+def _misshapen_metadata(step_directory: str) -> str | None:
+  """The first JSON metadata file of a local step whose structure is not
+  Orbax's (valid JSON of another kind: Orbax fails on it with an
+  AttributeError, the kind of error that is otherwise this program's own),
+  else None; None for gs:// and other remote steps."""
+  if '://' in step_directory:
+    return None
+  expected = {
+      '_CHECKPOINT_METADATA': {},
+      '_METADATA': {
+          'tree_metadata': dict
+      },
+      '_sharding': {},
+      'process_*': {
+          'array_metadatas': list
+      },
+  }
+  for root, _, files in os.walk(step_directory):
+    for name in sorted(files):
+      kind = 'process_*' if name.startswith('process_') else name
+      if kind not in expected:
+        continue
+      path = os.path.join(root, name)
+      try:
+        with open(path) as f:
+          value = json.load(f)
+      except (OSError, ValueError):
+        continue  # Orbax names these itself.
+      if not isinstance(value, dict) or any(
+          not isinstance(value.get(key, kind_of()), kind_of)
+          for key, kind_of in expected[kind].items()):
+        return path
+      entries = value.get('tree_metadata', {}).values()
+      entries = list(entries) + value.get('array_metadatas', [])
+      if not all(isinstance(entry, dict) for entry in entries):
+        return path
   return None
 
 
