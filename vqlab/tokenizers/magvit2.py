@@ -293,7 +293,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.in_channels = 3  # Pixel channels.
   config.channels = 32  # Base width; level i: channels*mult[i].
   config.channel_multipliers = (1, 2, 2)  # One per level; f = 2^(len - 1).
-  config.num_res_blocks = 1  # Res blocks per level and in the middle.
+  # Res blocks per level and in the middle. They change the width to each
+  # level's multiplier: with 0 the encoder stays `channels` wide and the
+  # decoder channels * mult[-1] (the tests' smallest network).
+  config.num_res_blocks = 1
   # Last downsamplings that halve time too: s = 2^this; videos have 1 + s k
   # frames.
   config.num_temporal_downsamples = 1

@@ -247,7 +247,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.channels = 32  # Base width; level i has channels * mult[i].
   config.channel_multipliers = (1, 2, 2
                                )  # One entry per level; f = 2^(len - 1).
-  config.num_res_blocks = 1  # Res blocks per level (decoder: +1).
+  # Res blocks per level (decoder: +1). They change the width to each
+  # level's multiplier: with 0 the encoder stays `channels` wide (the tests'
+  # smallest network).
+  config.num_res_blocks = 1
   config.attention_levels = ()  # Levels (0 = full resolution) with attention.
   config.mid_attention = True  # Attention in the middle block.
   config.z_channels = 64  # Encoder output channels before quant_conv.
