@@ -31,6 +31,26 @@ def test_ssim_matches_scikit_image(shape):
                              1.0, atol=1e-6)
 
 
+def test_ssim_of_flat_images_matches_scikit_image():
+  """Flat backgrounds (a white page, the built-in shapes): the float32 local
+  variance there is mostly rounding error unless the moments are shifted."""
+  x = np.full((3, 32, 32, 3), 0.8)
+  x[:, 8:20, 10:24] = -0.5
+  x[2] = 0.4  # A constant image.
+  y = np.clip(x + 1e-3 * np.random.default_rng(3).standard_normal(x.shape), -1,
+              1)
+  y[2] = 0.34
+  got = image_metrics.ssim(jnp.asarray(x, jnp.float32),
+                           jnp.asarray(y, jnp.float32))
+  want = [
+      skmetrics.structural_similarity(
+          (a + 1) / 2, (b + 1) / 2, gaussian_weights=True, sigma=1.5,
+          use_sample_covariance=False, data_range=1.0, channel_axis=-1)
+      for a, b in zip(x, y)
+  ]
+  np.testing.assert_allclose(got, want, atol=2e-6)
+
+
 def test_psnr_matches_scikit_image():
   x, y = _pair(1, (2, 16, 16, 3))
   got = image_metrics.psnr(jnp.asarray(x, jnp.float32),
