@@ -99,7 +99,7 @@ def test_tf_checkpoint_converts_like_pytorch(golden, state, tf_keys, tmp_path):
                                                    'running_mean'),
                                 ('moving_variance', 'running_var')):
       variables[f'{scope}/batch_norm/{tf_stat}'] = state[
-          f'{prefix}.bn.{torch_stat}']
+          f'{prefix}.bn.{torch_stat}'].reshape(1, 1, 1, 1, -1)
   # The names and shapes are exactly those of DeepMind's checkpoint.
   assert {k: v.shape for k, v in variables.items()} == tf_keys
   prefix = str(tmp_path / 'model.ckpt')

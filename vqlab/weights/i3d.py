@@ -184,7 +184,9 @@ def convert_tf_i3d(variables: Mapping[str, np.ndarray]) -> dict:
       bias = _take(local, f'{scope}/conv_3d/b', shape[-1:])
       used.add(f'{scope}/conv_3d/b')
     else:
-      beta, mean, var = (_take(local, f'{scope}/batch_norm/{name}', shape[-1:])
+      # Sonnet's BatchNorm keeps its statistics as [1, 1, 1, 1, C].
+      beta, mean, var = (_take(local, f'{scope}/batch_norm/{name}',
+                               (1, 1, 1, 1, shape[-1])).reshape(-1)
                          for name in ('beta', 'moving_mean', 'moving_variance'))
       kernel, bias = _fold(kernel, np.ones_like(beta), beta, mean, var)
       used.update(f'{scope}/batch_norm/{name}' for name in ('beta',
