@@ -20,8 +20,11 @@ def get_config():
   config.data = data.default_config('tfds')
   config.data.tfds_name = 'imagenet2012'
   config.data.image_size = 256
-  # Taming's ImageNet loader: shorter side to 256 and a random crop, no flip.
+  # Taming's ImageNet loader: shorter side to 256 by albumentations'
+  # SmallestMaxSize (OpenCV INTER_LINEAR, no antialiasing) and a random crop
+  # (eval: the centre crop), no flip.
   config.data.random_flip = False
+  config.data.resize_method = 'bilinear_no_antialias'
 
   config.model.channels = 128
   config.model.channel_multipliers = (1, 1, 2, 2, 4)  # f = 16: 16x16 tokens.

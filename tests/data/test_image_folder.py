@@ -339,6 +339,42 @@ def test_a_palette_bmp_is_named_not_read_as_grey(tmp_path):
                                  report=False)
 
 
+def _bilinear_no_antialias(image, height, width):
+  """float64 OpenCV INTER_LINEAR: pixel centres aligned, edges repeated."""
+
+  def taps(n_in, n_out):
+    src = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+    low = np.floor(src).astype(int)
+    high = np.minimum(low + 1, n_in - 1)
+    return low, high, (src - low)[:, None]
+
+  image = image.astype(np.float64)
+  low, high, w = taps(image.shape[0], height)
+  image = image[low] * (1 - w[..., None]) + image[high] * w[..., None]
+  low, high, w = taps(image.shape[1], width)
+  return image[:, low] * (1 - w) + image[:, high] * w
+
+
+def test_resize_without_antialiasing_is_opencvs(tmp_path):
+  """data.resize_method = 'bilinear_no_antialias' (taming's albumentations
+  loader): every output pixel from its 2x2 neighbours, as OpenCV's
+  INTER_LINEAR, which the antialiased filter is not."""
+  rgb = np.uint8(np.random.default_rng(2).integers(0, 256, (45, 30, 3)))
+  for split in ('train', 'val'):
+    os.makedirs(tmp_path / split / 'images')
+    Image.fromarray(rgb).save(tmp_path / split / 'images' / 'a.png')
+  config = data.default_config('image_folder')
+  config.update(path=str(tmp_path), image_size=16,
+                resize_method='bilinear_no_antialias')
+  want = _bilinear_no_antialias(rgb, 24, 16)[4:20]
+  for method, close in (('bilinear_no_antialias', True), ('bilinear', False)):
+    config.resize_method = method
+    batch = next(
+        data.build(config, split='eval', global_batch_size=1).batches())
+    got = (batch['image'][0].astype(np.float64) + 1) * 127.5
+    assert (np.abs(got - want).max() < 1e-3) == close, method
+
+
 def test_bicubic_resize_is_pils_within_a_grey_level(tmp_path):
   """data.resize_method = 'bicubic' (TiTok's release): the eval image is
   PIL's bicubic resize and centre crop, up to rounding."""

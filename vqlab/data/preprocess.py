@@ -29,7 +29,7 @@ from vqlab.data.lazy import tf
 from vqlab.data import base
 
 TRAIN_AUGMENTS = ('resize_random_crop', 'random_resized_crop')
-RESIZE_METHODS = ('bilinear', 'bicubic')
+RESIZE_METHODS = ('bilinear', 'bicubic', 'bilinear_no_antialias')
 
 
 def augment_defaults() -> dict[str, Any]:
@@ -48,8 +48,9 @@ def augment_defaults() -> dict[str, Any]:
           ),  # random_resized_crop: window width / height (lo, hi).
       'random_flip':
           True,  # Flip train images horizontally with probability 1/2.
-      # Antialiased resize filter: 'bilinear' or 'bicubic' (TiTok's; PIL's
-      # filter, clipped to the pixel range as PIL clips).
+      # Resize filter: 'bilinear' or 'bicubic' (TiTok's; PIL's filter,
+      # clipped to the pixel range as PIL clips), antialiased as PIL's;
+      # 'bilinear_no_antialias': OpenCV's INTER_LINEAR (taming's loaders).
       'resize_method': 'bilinear',
       'shuffle_buffer':
           10_000,  # Train shuffle buffer (examples per host), reseeded each epoch.
@@ -143,14 +144,18 @@ def decode_image(encoded, channels: int):
 
 
 def resize(image, size, method: str = 'bilinear'):
-  """uint8 or float [..., h, w, C] -> float32 [..., *size, C], antialiased
-  `method` ('bicubic' clipped to [0, 255], as PIL clips)."""
+  """uint8 or float [..., h, w, C] -> float32 [..., *size, C] by a
+  `RESIZE_METHODS` filter: 'bilinear' and 'bicubic' antialiased as PIL's
+  ('bicubic' clipped to [0, 255], as PIL clips), 'bilinear_no_antialias' as
+  OpenCV's INTER_LINEAR (every output pixel from its 2x2 neighbours)."""
+  if method == 'bilinear_no_antialias':
+    return tf.image.resize(image, size, method='bilinear', antialias=False)
   out = tf.image.resize(image, size, method=method, antialias=True)
   return tf.clip_by_value(out, 0.0, 255.0) if method == 'bicubic' else out
 
 
 def resize_shorter_side(image, size: int, method: str = 'bilinear'):
-  """uint8 [..., h, w, C] -> float32 [..., h', w', C] with min(h', w') = size (antialiased
+  """uint8 [..., h, w, C] -> float32 [..., h', w', C] with min(h', w') = size (`resize`'s
   `method`); a leading frame axis is resized frame by frame to the same size."""
   hw = tf.cast(tf.shape(image)[-3:-1], tf.float32)
   new_hw = tf.cast(tf.round(hw * (size / tf.reduce_min(hw))), tf.int32)
