@@ -51,6 +51,9 @@ def titok_model(model_size: str, num_tokens: int, image_size: int,
   model.image_size = image_size
   model.patch_size = patch_size
   model.quantizer.codebook_size = codebook_size
+  # The release's U(-1/K, 1/K) codes: small codes of a cosine lookup turn
+  # fast under Adam (vqlab.quantizers.vq.VectorQuantizer.codebook_init).
+  model.quantizer.codebook_init = 'uniform'
   model.proxy_codebook_size = proxy_codebook_size
   return model
 

@@ -201,6 +201,49 @@ def test_ema_update_matches_hand_computation():
     stats = new
 
 
+def test_ema_step_of_cosine_low_dim_codes_matches_hand_computation():
+  """The quickstart's EMA codebook of unit vectors (and a projection): the
+  counts and sums are of the projected, normalized vectors."""
+  q = vq.VectorQuantizer(codebook_size=K, embedding_dim=4, ema=True,
+                         l2_normalize=True, projection_dim=D, decay=0.9,
+                         epsilon=1e-3)
+  z = jax.random.normal(jax.random.key(2), (4, 6, 4))
+  variables = _init(q, z)
+  out, new = _train_apply(q)(variables, z, jax.random.key(3))
+  params = jax.tree.map(np.float64, variables['params'])
+  stats = jax.tree.map(np.float64, variables[base.STATS])
+  h = (np.float64(z).reshape(-1, 4) @ params['project_in']['kernel'] +
+       params['project_in']['bias'])
+  h /= np.linalg.norm(h, axis=-1, keepdims=True)
+  codebook = stats['codebook'] / np.linalg.norm(stats['codebook'], axis=-1,
+                                                keepdims=True)
+  want = _np_ema({**stats, 'codebook': codebook}, h, 0.9, 1e-3)
+  np.testing.assert_array_equal(out.indices.reshape(-1), want[0])
+  for name, value in zip(('cluster_size', 'embed_sum', 'codebook'), want[2:]):
+    np.testing.assert_allclose(new[name], value, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize('l2_normalize', [False, True])
+def test_codebook_init(l2_normalize):
+  """'auto': N(0, 1) codes for a cosine lookup, else U(-1/K, 1/K) (taming);
+  'uniform' (TiTok's release) and 'normal' whatever the lookup."""
+  z = jnp.zeros((1, 4))
+  draw = lambda init: np.asarray(
+      vq.VectorQuantizer(codebook_size=256, embedding_dim=4, l2_normalize=
+                         l2_normalize, codebook_init=init).init(
+                             jax.random.key(0), z)['params']['codebook'])
+  for init, bound in (('uniform', 1 / 256), ('normal', None),
+                      ('auto', None if l2_normalize else 1 / 256)):
+    codebook = draw(init)
+    if bound:
+      assert np.abs(codebook).max() <= bound
+      assert np.abs(codebook).max() > 0.95 * bound
+    else:
+      assert 0.9 < codebook.std() < 1.1
+  with pytest.raises(ValueError, match='codebook_init'):
+    draw('zeros')
+
+
 def test_ema_statistics_change_only_when_training_and_mutable():
   q = _quantizer()
   z = jax.random.normal(jax.random.key(3), (4, 6, D)) * 0.02

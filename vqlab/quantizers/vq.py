@@ -73,6 +73,9 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x**2, -1, keepdims=True), eps))
 
 
+CODEBOOK_INITS = ('auto', 'uniform', 'normal')
+
+
 def symmetric_uniform(limit: float):
   """Initializer drawing from U(-limit, limit) (taming's codebook init)."""
 
@@ -159,6 +162,11 @@ class VectorQuantizer(nn.Module):
     epsilon: Laplace smoothing of the EMA cluster sizes.
     restart_threshold: >0: restart codes whose EMA count falls below it
       (requires ema).
+    codebook_init: 'uniform': U(-1/K, 1/K) (taming's and TiTok's); 'normal':
+      N(0, 1); 'auto': normal with l2_normalize, else uniform. With
+      l2_normalize, Adam turns a code by about lr / ||e|| per step: TiTok's
+      U(-1/K, 1/K) codes (||e|| about 5e-4 at K = 4096, d = 12) move about
+      7,000 times faster than N(0, 1) codes (||e|| about 3.4).
   """
   codebook_size: int
   embedding_dim: int
@@ -171,6 +179,7 @@ class VectorQuantizer(nn.Module):
   decay: float = 0.99
   epsilon: float = 1e-5
   restart_threshold: float = 0.0
+  codebook_init: str = 'auto'
 
   def __post_init__(self):
     super().__post_init__()
@@ -187,6 +196,10 @@ class VectorQuantizer(nn.Module):
     if self.restart_threshold < 0:
       raise base.FieldError(who, 'restart_threshold',
                             f'must be >= 0, got {self.restart_threshold}')
+    if self.codebook_init not in CODEBOOK_INITS:
+      raise base.FieldError(
+          who, 'codebook_init',
+          f'{self.codebook_init!r} is not one of {CODEBOOK_INITS}')
     if self.restart_threshold > 0 and not self.ema:
       raise base.FieldError(
           who, 'restart_threshold',
@@ -210,8 +223,11 @@ class VectorQuantizer(nn.Module):
     return self.projection_dim or self.embedding_dim
 
   def setup(self):
-    init = nn.initializers.normal(1.0) if self.l2_normalize else \
-        symmetric_uniform(1.0 / self.codebook_size)
+    kind = self.codebook_init
+    if kind == 'auto':
+      kind = 'normal' if self.l2_normalize else 'uniform'
+    init = (nn.initializers.normal(1.0) if kind == 'normal' else
+            symmetric_uniform(1.0 / self.codebook_size))
     shape = (self.codebook_size, self.lookup_dim)
     if self.ema:
       self._codebook = self.variable(
@@ -382,6 +398,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.decay = 0.99  # EMA decay (ema only).
   config.epsilon = 1e-5  # Laplace smoothing of EMA counts (ema only).
   config.restart_threshold = 0.0  # >0 (ema): restart codes with EMA count below.
+  # 'uniform' U(+-1/K) (taming, TiTok), 'normal' N(0, 1), 'auto': normal
+  # with l2_normalize, else uniform.
+  config.codebook_init = 'auto'
   return config
 
 
@@ -394,4 +413,5 @@ def build(config: ml_collections.ConfigDict, *,
       beta_on_codebook=config.beta_on_codebook, loss_weight=config.loss_weight,
       l2_normalize=config.l2_normalize, projection_dim=config.projection_dim,
       ema=config.ema, decay=config.decay, epsilon=config.epsilon,
-      restart_threshold=config.restart_threshold)
+      restart_threshold=config.restart_threshold,
+      codebook_init=config.codebook_init)
