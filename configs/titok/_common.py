@@ -145,6 +145,7 @@ def paper_config(name: str, model_size: str, num_tokens: int, stage: str):
     config.optimizer.schedule = 'cosine'
     config.optimizer.grad_clip_norm = 1.0  # max_grad_norm of the release.
     config.ema.decay = 0.999  # Its use_ema; stage 2 starts from the EMA.
+    config.ema.warmup = True  # Its EMAModel: min(0.999, (1 + t) / (10 + t)).
     config.train.num_steps = 1_000_000
   elif stage == '2':
     config = stage2(
@@ -176,6 +177,7 @@ def paper_config(name: str, model_size: str, num_tokens: int, stage: str):
     config.loss.disc_weight = 0.01
     config.loss.disc_start = 20_000
     config.loss.r1_weight = 0.0
+    config.ema.warmup = True  # The release's EMAModel, as stage 1.
     config.train.num_steps = 500_000
   else:
     raise ValueError(f"stage must be '1' or '2' (then ',released' for the "

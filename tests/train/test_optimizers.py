@@ -121,3 +121,35 @@ def test_the_discriminators_schedule_spans_the_steps_from_disc_start():
     moves.append(-float(updates['w']))  # Adam on constant gradients: lr.
   np.testing.assert_allclose(
       moves, [0.5 * (1 + np.cos(np.pi * c / 4)) for c in range(4)], rtol=1e-4)
+
+
+def _release_ema_decay(optimization_step: int, decay: float) -> float:
+  """diffusers' EMAModel.get_decay (TiTok's release: update_after_step 0,
+  no power warm-up, min_decay 0), called after its step count is advanced."""
+  step = max(0, optimization_step - 1)
+  if step <= 0:
+    return 0.0
+  return min((1 + step) / (10 + step), decay)
+
+
+def test_ema_warmup_is_the_releases_and_moves_the_ema_so():
+  from vqlab.train.tasks import base  # pylint: disable=g-import-not-at-top
+  steps = np.array([0, 1, 2, 5, 50, 8_990, 8_991, 20_000])
+  got = jax.jit(lambda s: base.ema_decay_at(s, 0.999, True))(steps)
+  np.testing.assert_allclose(got,
+                             [_release_ema_decay(s + 1, 0.999) for s in steps],
+                             rtol=1e-6)
+  assert base.ema_decay_at(jnp.int32(3), 0.999, False) == 0.999
+  params = {'model': {'w': jnp.array([1.0, 2.0])}}
+  state = TrainState(step=jnp.int32(5), params=params,
+                     opt_state={'model': optax.sgd(1.0).init(params['model'])},
+                     model_state={},
+                     ema_params={'model': {
+                         'w': jnp.array([0.0, 0.0])
+                     }})
+  grads = {'model': {'w': jnp.array([1.0, 1.0])}}
+  new, _ = base.apply_gradients(state, grads, {'model': optax.sgd(1.0)}, 0.999,
+                                ema_warmup=True)
+  d = _release_ema_decay(6, 0.999)  # 6 / 15.
+  np.testing.assert_allclose(new.ema_params['model']['w'],
+                             (1 - d) * np.array([0.0, 1.0]), rtol=1e-6)

@@ -150,6 +150,8 @@ def default_config() -> ml_collections.ConfigDict:
 
   config.ema = ml_collections.ConfigDict()
   config.ema.decay = 0.0  # EMA of the params for eval/sampling.
+  # True: decay min(decay, (1 + t) / (10 + t)) at step t (TiTok's release).
+  config.ema.warmup = False
   config.optimizer = optimizers.default_config(1e-4, 0.9, 0.96)
   return config
 
@@ -616,6 +618,7 @@ class GeneratorTask(base.Task):
         grads_fn, batch, rng, state.loss_state, self.config.train.microbatches)
     state, norms = base.apply_gradients(state, {'model': grads}, self.tx,
                                         self.config.ema.decay,
+                                        ema_warmup=self.config.ema.warmup,
                                         loss_state=loss_state)
     metrics['grad_norm'] = norms['model']
     return state, metrics

@@ -48,7 +48,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict()
   config.loss.label_smoothing = 0.0  # On the proxy-code targets.
   config.ema = ml_collections.ConfigDict()
-  config.ema.decay = 0.0
+  config.ema.decay = 0.0  # EMA of the params for eval; 0: off.
+  # True: decay min(decay, (1 + t) / (10 + t)) at step t (TiTok's release).
+  config.ema.warmup = False
   # TiTok: AdamW (0.9, 0.99), lr 1e-4, weight decay 1e-4.
   config.optimizer = optimizers.default_config(1e-4, 0.9, 0.99)
   return config
@@ -184,6 +186,7 @@ class ProxyCodeTask(base.Task):
     metrics = {**quantizer_base.batch_code_metrics(metrics), **ema_metrics}
     state, norms = base.apply_gradients(state, {GENERATOR: grads}, self.tx,
                                         self.config.ema.decay,
+                                        ema_warmup=self.config.ema.warmup,
                                         model_state=model_state)
     metrics['grad_norm/generator'] = norms[GENERATOR]
     return state, metrics

@@ -89,6 +89,8 @@ def default_config() -> ml_collections.ConfigDict:
 
   config.ema = ml_collections.ConfigDict()
   config.ema.decay = 0.0  # EMA of generator params for eval; 0: off.
+  # True: decay min(decay, (1 + t) / (10 + t)) at step t (TiTok's release).
+  config.ema.warmup = False
 
   # Fine-tuning (TiTok stage 2): top-level generator params (with their
   # non-param state, e.g. an EMA codebook) copied from another run's
@@ -663,7 +665,8 @@ class TokenizerTask(base.Task):
                 state.step >= self.config.loss.disc_start
                 if gan_terms else False
         }, frozen={GENERATOR: tuple(self.config.freeze)},
-        model_state=model_state, loss_state=loss_state)
+        ema_warmup=self.config.ema.warmup, model_state=model_state,
+        loss_state=loss_state)
     metrics.update({f'grad_norm/{k}': v for k, v in norms.items()})
     return state, metrics
 
