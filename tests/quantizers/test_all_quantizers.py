@@ -84,6 +84,27 @@ def test_registry_names_and_defaults_build():
 FIXED_POINTS = ('vq', 'vq_ema_restart', 'regularized', 'lfq', 'lfq_factorized')
 
 
+@pytest.mark.parametrize('config', [
+    _config('gumbel', codebook_size=32, embedding_dim=4),
+    _config('lfq', codebook_size=64, entropy_anneal_steps=10)
+], ids=['gumbel', 'lfq_annealed'])
+def test_quantizers_with_schedules_apply_with_params_alone(config):
+  """Inference with `{'params': ...}` alone (no quantizer_state step counter)
+  gives the codes of the full variables, whatever their step; training
+  without the counter is refused by name."""
+  q = quantizers.build(config)
+  z = jax.random.normal(jax.random.key(2), (2, 3, q.code_dim))
+  variables = _init(q, z)
+  later = {**variables, 'quantizer_state': {'step': jnp.int32(7)}}
+  want = _apply(q, later, z)
+  got = _apply(q, {'params': variables.get('params', {})}, z)
+  np.testing.assert_array_equal(got.indices, want.indices)
+  np.testing.assert_array_equal(got.quantized, want.quantized)
+  with pytest.raises(ValueError, match="train=True needs its step counter"):
+    q.apply({'params': variables.get('params', {})}, z, train=True,
+            rngs={'quantizer': jax.random.key(0)})
+
+
 @pytest.mark.parametrize('variant', sorted(VARIANTS))
 def test_indices_to_codes_inverts_quantize(variant):
   """indices_to_codes(out.indices) == out.quantized at inference, and the

@@ -188,11 +188,16 @@ def apply_pending(model, model_state: dict[str,
 
 
 def step_counter(module):
-  """The `quantizer_state/step` int32 variable of `module` (0 at init).
+  """The `quantizer_state/step` int32 variable of `module` (0 at init), or
+  None when it is applied with params alone (`{'params': ...}`, no
+  `quantizer_state`): inference then reads the schedule's first value.
 
   Create it in `setup` (or inside an `nn.compact` method); read it with
   `advance_step_counter`.
   """
+  if not (module.has_variable(STATE, 'step') or
+          module.is_mutable_collection(STATE)):
+    return None
   return module.variable(STATE, 'step', lambda: jnp.zeros((), jnp.int32))
 
 
@@ -203,7 +208,20 @@ def advance_step_counter(module, counter, train: bool) -> jax.Array:
   `quantizer_state` collection is mutable, as in the train task's
   `model.apply`. Schedules read this instead of a `step` argument, so callers
   need not pass the step and a restored checkpoint resumes the schedule.
+  Applied with params alone (no counter), inference reads step 0: the
+  schedules move loss weights and the train-time relaxation, not the codes
+  of an eval call.
+
+  Raises:
+    ValueError: a train call without the counter.
   """
+  if counter is None:
+    if train:
+      raise ValueError(
+          f'{type(module).__name__}: train=True needs its step counter, the '
+          f"'{STATE}' collection (apply with the model_state of init, "
+          f"mutable=['{STATE}', ...])")
+    return jnp.zeros((), jnp.int32)
   step = counter.value
   if train and module.is_mutable_collection(STATE):
     counter.value = step + 1
