@@ -8,7 +8,10 @@ model is 48 layers, 24 heads, width 1536, 1.4B, on a 16384-code VQGAN: set
 model.num_layers = 48, model.num_heads = 24 and such a tokenizer for it);
 AdamW (0.9, 0.95), weight decay 0.01 on the dense weights, lr 4.5e-6 x
 batch; images as taming's loader makes them (shorter side to 256, random
-crop, no flip). Sampling as taming's class-conditional ImageNet samples (its
+crop, no flip). Taming encodes every batch anew; here the tokens are made
+once (`tokens.source = 'shards'`: one crop of each image for the whole run;
+`'on_the_fly'` draws new ones in every step, at the cost of the
+tokenizer's forward pass). Sampling as taming's class-conditional ImageNet samples (its
 README's sample_fast.py -k 600 -t 1.0 -p 0.92): temperature 1.0, top-k 600, top-p
 0.92, KV cache.
 
@@ -48,8 +51,10 @@ def get_config():
   config.data = data.default_config('tfds')
   config.data.tfds_name = 'imagenet2012'
   config.data.image_size = 256
-  # Taming's ImageNet loader: shorter side to 256 and a random crop, no flip.
+  # Taming's ImageNet loader: shorter side to 256 (OpenCV INTER_LINEAR) and
+  # a random crop, no flip.
   config.data.random_flip = False
+  config.data.resize_method = 'bilinear_no_antialias'
   config.tokens.batch_size = 256
   config.tokens.batches_per_shard = 100
 

@@ -6,7 +6,9 @@ codebook can later be shared with video training. Needs the prepared tfds
 The model keeps the video config's layout (scanned, rematerialized res
 blocks), so either run's checkpoint starts the other. Images need no
 microbatches: 32 per device compile to a 26.5 GiB peak estimate, 8 to 12.3
-(XLA:CPU, benchmarks/README.md).
+(XLA:CPU, benchmarks/README.md). Train images are flipped at random (the
+tfds default); Open-MAGVIT2's image loader (its data/base.py: resize, random
+crop) does not flip: `--config.data.random_flip=false` for its recipe.
 """
 
 from configs.magvit2 import ucf101_17x128

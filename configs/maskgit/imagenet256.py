@@ -8,7 +8,7 @@ it (`python -m vqlab.convert maskgit_vqgan tokenizer_imagenet256_checkpoint
 workdirs/maskgit_vqgan`) and pass
 --config.tokenizer.workdir=workdirs/maskgit_vqgan. Transformer: 24 layers,
 16 heads, width 768, MLP 3072, dropout 0.1; AdamW (0.9, 0.96), lr 1e-4,
-weight decay 0.045, label smoothing 0.1, batch 256, 300 epochs, EMA 0.999.
+weight decay 0.045 (kernels), label smoothing 0.1, batch 256, 300 epochs, EMA 0.999.
 Decoding: 8 steps, cosine schedule, choice temperature 4.5. Label dropout 0.1 trains the null class
 for classifier-free guidance (`sample.guidance_scale`), which MaskGIT does
 not have (its 6.18 is without guidance); the tokens are made once, one
@@ -59,6 +59,10 @@ def get_config():
 
   config.optimizer.learning_rate = 1e-4
   config.optimizer.weight_decay = 0.045
+  # MaskGIT's trainer is not released; the same authors' released trainer of
+  # this recipe (MAGVIT's maskgvt_train_lib) decays kernels only, sparing
+  # biases, norms and the (tied) token and position embeddings.
+  config.optimizer.weight_decay_on = 'kernels'
   config.optimizer.warmup_steps = 5000
   config.optimizer.schedule = 'cosine'
   config.train.batch_size = 256

@@ -22,6 +22,16 @@ null embedding); this trains with label dropout 0.1 from the start. The
 paper's FID 11.89 is without guidance. Length: the release's 100 epochs at
 this batch of 512 (250k steps).
 
+Other departures from the release's recipe: its learning rate halves
+(ReduceLROnPlateauWithWarmup: patience 100k steps, threshold 10% relative,
+floor 1e-6) when the loss stops falling; here it stays at 4.5e-4 after the
+warm-up. Its train crop is DalleTransformerPreprocessor's (a near-centre
+square, resized to a random 256-288, a random 256 crop); here the shorter
+side goes to 256 and a random 256 crop is taken. Its codec encodes every
+batch anew; here the tokens are made once (`tokens.source = 'shards'`: one
+crop of each image for the whole run; `'on_the_fly'` draws new ones in every
+step, at the cost of the tokenizer's forward pass).
+
 Memory: the global batch of 512 runs as 2 microbatches, so that 8 x 80 GB
 GPUs (64 examples per device) hold it within JAX's default 75% of GPU
 memory: compiled peak per device 36.3 GiB with its EMA of the weights,

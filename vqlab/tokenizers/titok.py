@@ -34,6 +34,13 @@ LayerNorm epsilon 1e-5 and erf GELU; `legacy_latent_layout` reproduces its
 encoder's "is_legacy" reshape of the K latent outputs [K, width] to
 [width, K] (a reinterpretation of memory, not a transpose) before the 1x1
 projection to the code dim; `unit_pixels`: the encoder sees [0, 1] pixels.
+
+Initialization is vqlab's ViT's, not the release's: position embeddings and
+the latent, mask and class tokens N(0, 0.02^2) (the release: width^-0.5,
+0.031-0.044 for L-S), kernels LeCun normal (the release: truncated N(0,
+0.02^2), xavier for attention's in-projection), one class token param (the
+release adds a class embedding to position 0). Converted weights compute
+the same function; a model trained from scratch starts from other scales.
 """
 
 from typing import Any, NamedTuple
