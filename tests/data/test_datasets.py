@@ -78,18 +78,20 @@ def check_train_contract(config, global_batch=8, steps=4):
 
 
 def check_eval_contract(config, global_batch, process_count=2):
-  """Every host yields the same number of batches; masks count the eval set; P=2 == P=1."""
+  """Every host yields the same number of batches, its source's len(); masks count the eval
+  set; P=2 == P=1."""
   one = data.build(config, split='eval', global_batch_size=global_batch)
   full = list(one.batches())
   assert sum(int(b['mask'].sum()) for b in full) == one.num_examples
-  assert len(full) == -(-one.num_examples // global_batch)
-  hosts = [
-      list(
-          data.build(config, split='eval', global_batch_size=global_batch,
-                     process_index=p, process_count=process_count).batches())
+  assert len(full) == len(one) == -(-one.num_examples // global_batch)
+  sources = [
+      data.build(config, split='eval', global_batch_size=global_batch,
+                 process_index=p, process_count=process_count)
       for p in range(process_count)
   ]
+  hosts = [list(source.batches()) for source in sources]
   assert len({len(h) for h in hosts}) == 1
+  assert all(len(source) == len(hosts[0]) for source in sources)
   return one, full, hosts
 
 
@@ -430,8 +432,10 @@ def test_tfds_eval_split_of_several_parts_pads_every_host_alike(tiny_tfds):
   # tfds splits 'train' (20) and 'validation' (13) evenly each: host 0 of 3 gets 7 + 5 = 12
   # examples, more than ceil(33 / 3) = 11, which its eval batches were sized for (it failed at
   # the first eval, and on several hosts the others waited for it).
+  # (--mode=tokenize counted ceil(33 / 3) = 11 batches and lost host 0's last example.)
   config = _with(tiny_tfds, eval_split='train+validation')
   _, full, hosts = check_eval_contract(config, global_batch=3, process_count=3)
+  assert len(hosts[0]) == 12
   assert sum(int(b['mask'].sum()) for b in full) == 33
   assert sum(int(b['mask'].sum()) for h in hosts for b in h) == 33
 

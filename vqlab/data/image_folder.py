@@ -404,6 +404,7 @@ def build(config: ml_collections.ConfigDict, *, split: str,
   read = lambda ex: dict(ex, image=tf.io.read_file(ex['image']))
   records = lambda: tf.data.Dataset.from_tensor_slices(host_records)
 
+  num_batches = None  # Train: endless.
   if split == 'train':
     seed = int(base.get(config, 'seed'))
     augment = preprocess.train_fn(aug)
@@ -425,4 +426,5 @@ def build(config: ml_collections.ConfigDict, *, split: str,
   return pipeline.TfDataSource(make, per_host_batch_size=b,
                                num_examples=num_examples, image_shape=shape,
                                num_classes=num_classes,
-                               host_num_examples=len(host))
+                               host_num_examples=len(host),
+                               num_batches=num_batches)

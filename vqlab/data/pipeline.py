@@ -150,21 +150,30 @@ class TfDataSource:
   batches.
 
   Beyond the DataSource attributes, `host_num_examples` is the size of the shard of the split
-  this host reads (its train epochs are that shard alone), or None when not given.
+  this host reads (its train epochs are that shard alone), or None when not given; an eval
+  source's len() is the number of (padded) batches every host yields, which may exceed
+  ceil(num_examples / global batch) when the hosts' shards differ in size.
   """
 
   def __init__(self, make_dataset: Callable[[int], tf.data.Dataset], *,
                per_host_batch_size: int, num_examples: int | None,
                image_shape: tuple[int, int, int], num_classes: int | None,
                video_shape: tuple[int, int, int, int] | None = None,
-               host_num_examples: int | None = None):
+               host_num_examples: int | None = None,
+               num_batches: int | None = None):
     self._make_dataset = make_dataset
+    self._num_batches = num_batches
     self.per_host_batch_size = per_host_batch_size
     self.num_examples = num_examples
     self.host_num_examples = host_num_examples
     self.image_shape = image_shape
     self.video_shape = video_shape
     self.num_classes = num_classes
+
+  def __len__(self) -> int:
+    if self._num_batches is None:
+      raise TypeError('a train source is endless: it has no length')
+    return self._num_batches
 
   def batches(self, start_step: int = 0) -> Iterator[base.Batch]:
     """Yields numpy batches from global step (train) or eval batch (eval) `start_step` on."""

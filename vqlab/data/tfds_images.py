@@ -257,6 +257,7 @@ def build_source(config: ml_collections.ConfigDict, *, split: str,
     return _records(builder, host_split, feature_key, label_key, key,
                     caption_key)
 
+  num_batches = None  # Train: endless.
   if split == 'train':
     seed = int(base.get(config, 'seed'))
     make = lambda start: pipeline.train_dataset(
@@ -291,7 +292,8 @@ def build_source(config: ml_collections.ConfigDict, *, split: str,
   source = source_cls(make, per_host_batch_size=b, num_examples=num_examples,
                       image_shape=example_shape[-3:], num_classes=num_classes,
                       video_shape=example_shape if key == 'video' else None,
-                      host_num_examples=host_num_examples)
+                      host_num_examples=host_num_examples,
+                      num_batches=num_batches)
   if caption_key:
     source.several_captions = several_captions
   return source

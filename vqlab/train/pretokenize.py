@@ -217,8 +217,8 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
       quotas = train_quotas(num_examples, batch_size, num_processes,
                             _host_shard_sizes(source))
       quota, num_batches = quotas[process], math.ceil(max(quotas) / b)
-    else:
-      num_batches = math.ceil(num_examples / batch_size)
+    else:  # Hosts' shards may differ in size: every host pads to the same count.
+      num_batches = len(source)
     per_shard = config.tokens.batches_per_shard
     num_shards = math.ceil(num_batches / per_shard)
     info = {

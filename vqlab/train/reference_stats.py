@@ -89,8 +89,7 @@ def compute_reference_statistics(
   # is not addressable as a whole: device_get of it raises).
   gather = jax.jit(lambda x: x, out_shardings=replicated)
   stats = fid.FeatureStatistics()
-  num_batches = -(-source.num_examples // config.eval.batch_size)
-  progress = progress_lib.Progress(0, num_batches, config.eval.batch_size,
+  progress = progress_lib.Progress(0, len(source), config.eval.batch_size,
                                    enabled=jax.process_index() == 0)
   with jax.set_mesh(mesh):
     for step, local in enumerate(source.batches(), start=1):
