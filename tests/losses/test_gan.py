@@ -101,6 +101,34 @@ def test_patchgan_starts_as_taming_initializes_it():
   assert all(np.all(n['bias'] == 0) for n in norms)
 
 
+def test_stylegan_starts_as_maskgit_initializes_it():
+  """MaskGIT's and MAGVIT's discriminators: every kernel xavier-uniform,
+  U(+-sqrt(6 / (fan_in + fan_out))), biases 0; flax's default would be
+  LeCun normal (3.2x xavier's spread at the 3-channel stem)."""
+  disc = discriminators.StyleGANDiscriminator(base_features=16,
+                                              channel_multipliers=(2, 4))
+  params = jax.jit(disc.init)(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+  kernels = {
+      '/'.join(str(k.key) for k in path[:-1]):
+          leaf for path, leaf in jax.tree_util.tree_leaves_with_path(
+              params['params']) if path[-1].key == 'kernel'
+  }
+  assert len(kernels) == 10
+  for name, kernel in kernels.items():
+    receptive = np.prod(kernel.shape[:-2])
+    fan_in, fan_out = kernel.shape[-2] * receptive, kernel.shape[-1] * receptive
+    bound = np.sqrt(6 / (fan_in + fan_out))
+    assert np.abs(kernel).max() <= bound, name
+    if kernel.size >= 2_000:  # Spread of a uniform: bound / sqrt(3).
+      np.testing.assert_allclose(np.std(kernel), bound / np.sqrt(3), rtol=0.05,
+                                 err_msg=name)
+  biases = [
+      leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+      if path[-1].key == 'bias'
+  ]
+  assert biases and all(np.all(b == 0) for b in biases)
+
+
 def test_patchgan_logits_match_a_float64_reference():
   """Taming's NLayerDiscriminator: 4x4 convs (pad 1; stride 2, then 1),
   LeakyReLU 0.2, batch norm of the batch's statistics (biased variance, eps

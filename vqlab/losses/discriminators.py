@@ -114,6 +114,10 @@ def _blur_down(x: jax.Array) -> jax.Array:
   return blur.blur_pool(x, axes=axes)
 
 
+# MaskGIT's and MAGVIT's discriminators draw every kernel so.
+_XAVIER = nn.initializers.xavier_uniform()
+
+
 class BlurResBlock(nn.Module):
   """StyleGAN2 residual down block: conv3 -> lrelu -> blur-pool -> conv3 ->
   lrelu, plus blur-pool -> 1x1 conv on the skip path, summed and scaled by
@@ -127,18 +131,21 @@ class BlurResBlock(nn.Module):
     window = (3,) * (x.ndim - 2)
     point = (1,) * (x.ndim - 2)
     h = nn.leaky_relu(
-        nn.Conv(x.shape[-1], window, dtype=self.dtype, name='conv1')(x), 0.2)
+        nn.Conv(x.shape[-1], window, dtype=self.dtype, kernel_init=_XAVIER,
+                name='conv1')(x), 0.2)
     h = _blur_down(h)
     h = nn.leaky_relu(
-        nn.Conv(self.features, window, dtype=self.dtype, name='conv2')(h), 0.2)
+        nn.Conv(self.features, window, dtype=self.dtype, kernel_init=_XAVIER,
+                name='conv2')(h), 0.2)
     skip = nn.Conv(self.features, point, use_bias=False, dtype=self.dtype,
-                   name='skip')(_blur_down(x))
+                   kernel_init=_XAVIER, name='skip')(_blur_down(x))
     return (h + skip) / math.sqrt(2.0)
 
 
 class StyleGANDiscriminator(nn.Module):
   """StyleGAN2-style residual discriminator with blur pooling, 2D for images
   and 3D (MAGVIT) for videos: the rank of the input picks the convolutions.
+  Every kernel starts xavier-uniform, biases at 0 (MaskGIT's and MAGVIT's).
 
   Attributes:
     base_features: channels of the first conv.
@@ -164,13 +171,13 @@ class StyleGANDiscriminator(nn.Module):
     window = (3,) * (x.ndim - 2)
     h = nn.leaky_relu(
         nn.Conv(self.base_features, window, dtype=self.dtype,
-                name='stem')(x.astype(self.dtype)), 0.2)
+                kernel_init=_XAVIER, name='stem')(x.astype(self.dtype)), 0.2)
     for level, mult in enumerate(self.channel_multipliers):
       h = BlurResBlock(self.base_features * mult, dtype=self.dtype,
                        name=f'down_{level}')(h)
     h = nn.leaky_relu(
-        nn.Conv(h.shape[-1], window, dtype=self.dtype, name='head_conv')(h),
-        0.2)
+        nn.Conv(h.shape[-1], window, dtype=self.dtype, kernel_init=_XAVIER,
+                name='head_conv')(h), 0.2)
     if h.ndim == 5:
       # Average over time, so one discriminator scores clips of any length
       # (and images as 1-frame videos, for joint image-video training).
@@ -178,8 +185,10 @@ class StyleGANDiscriminator(nn.Module):
     width = h.shape[-1]
     h = h.reshape((h.shape[0], -1))
     h = nn.leaky_relu(
-        nn.Dense(width, dtype=self.dtype, name='head_dense')(h), 0.2)
-    return nn.Dense(1, dtype=self.dtype, name='logit')(h).astype(jnp.float32)
+        nn.Dense(width, dtype=self.dtype, kernel_init=_XAVIER,
+                 name='head_dense')(h), 0.2)
+    return nn.Dense(1, dtype=self.dtype, kernel_init=_XAVIER,
+                    name='logit')(h).astype(jnp.float32)
 
 
 # ------------------------------------------------------------- registry ---
