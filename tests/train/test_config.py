@@ -111,6 +111,9 @@ def _regularized_with_pcl(config):
         ),
         (lambda c: c.train.update({'num_stpes': 8}),
          r'^train\.num_stpes: unknown key; did you mean train\.num_steps\?$'),
+        (lambda c: c.loss.update({'r1_weight': 10.0}),
+         r'^loss\.r1_weight: 10\.0, but the PatchGAN normalizes by its batch '
+         r'statistics'),
         # Regularized VQ's contrastive loss weighs a 2D grid of tokens.
         (_titok_with_pcl, r'^loss\.pcl_weight: 1\.0, but the probabilistic '
          r'contrastive loss needs a 2D grid of tokens and TiTok gives 8 1D'),

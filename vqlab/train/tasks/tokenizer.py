@@ -140,6 +140,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
         data_lib.kind(config.data.name) == 'image', 'loss.pcl_weight',
         'the probabilistic contrastive loss is defined for images, but '
         f'data.name {config.data.name!r} gives videos')
+  if (loss.r1_weight > 0 and config.discriminator.name == 'patchgan' and
+      config.discriminator.get('use_norm')):
+    # MaskGIT's and MAGVIT's R1 notes: no batch norm in the discriminator.
+    raise ConfigError(
+        'loss.r1_weight', f'{loss.r1_weight}, but the PatchGAN normalizes '
+        'by its batch statistics, which make each image\'s gradient penalty '
+        'depend on the whole batch: set discriminator.use_norm = False, or '
+        "discriminator.name = 'stylegan'")
   if config.model.get('decoder_output') == 'proxy_codes':
     raise ConfigError(
         'model.decoder_output', "'proxy_codes' is TiTok's "
