@@ -15,7 +15,9 @@ guidance through label dropout (the null class has its row in every block's
 table, as the release's model with class_number 1001); sampling as the
 release samples its classifier-free ImageNet model (inference_VQ_Diffusion.py:
 truncation 0.94, guidance s = 1.5), but with the fast sampler's 25 steps
-(`sample.diffusion_steps`; the release walks all 100 by default). The
+(`sample.diffusion_steps`; the release walks all 100 by default; its own
+fast sampler is not the paper's, which vqlab's is: vqlab/generators/
+vq_diffusion.py). The
 release trains its base models without label dropout and learns the null
 condition in a fine-tune (configs/coco_tune.yaml: drop rate 0.1, a learnable
 null embedding); this trains with label dropout 0.1 from the start. The

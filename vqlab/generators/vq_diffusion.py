@@ -38,7 +38,11 @@ gradient clip of 0.5 is 0.5 / T here).
 Sampling walks decreasing times T = t_0 > t_1 > ... > 0 (all of them: the full
 chain; every d-th: the fast sampler) from all-[MASK], with guidance
 log p_u + s (log p_c - log p_u), temperature and truncation (keep the most
-likely codes of p(x_0) up to cumulative probability r).
+likely codes of p(x_0) up to cumulative probability r). A jump from t to u
+draws from the exact q(x_u | x_t, x_0) (the paper's fast sampler). The
+release's `sample_fast` does not: it takes the one-step posterior at time
+u + 1 (as if x_t were there) and calls the network once more at t = 1, so its
+fast samples (infer_speed > 1) are not this sampler's.
 
 The purity sampler (Improved VQ-Diffusion, Tang et al. 2022) walks the same
 times but only reveals [MASK] positions, never replacing a revealed token: at
