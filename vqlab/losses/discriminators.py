@@ -53,7 +53,10 @@ class PatchGAN(nn.Module):
   """pix2pix / taming NLayerDiscriminator: per-patch real/fake logits.
 
   Conv kernels start N(0, 0.02), as taming's `weights_init` (flax's default
-  would give logits of about half the scale at the start).
+  would give logits of about half the scale at the start). Every conv has a
+  bias starting at 0: taming's inner convs have none (the norm after them
+  cancels one; here they stay 0 up to rounding) and its first and last start
+  at torch's U(+-1/sqrt(fan_in)).
 
   Attributes:
     base_features: channels of the first conv (ndf).
