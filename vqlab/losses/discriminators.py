@@ -55,7 +55,7 @@ class PatchGAN(nn.Module):
   Conv kernels start N(0, 0.02), as taming's `weights_init` (flax's default
   would give logits of about half the scale at the start). Every conv has a
   bias starting at 0: taming's inner convs have none (the norm after them
-  cancels one; here they stay 0 up to rounding) and its first and last start
+  cancels one: here they have no effect) and its first and last start
   at torch's U(+-1/sqrt(fan_in)).
 
   Attributes:
