@@ -61,3 +61,17 @@ def test_the_checksum_is_the_same_for_every_sharding():
   for spec in (jax.P('a', 'b'), jax.P('b'), jax.P(None, 'a'), jax.P()):
     sharded = jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))
     assert checksums.of_leaves({'x': sharded})['x'] == whole, spec
+
+
+def test_many_sharded_arrays_at_once():
+  """A state of many FSDP-sharded arrays (each checksum a reduction across
+  devices): one program per mesh. A program per array, all in flight at
+  once, deadlocked XLA:CPU's 8 devices in their rendezvous."""
+  mesh = jax.make_mesh((8,), ('fsdp',))
+  sharding = jax.sharding.NamedSharding(mesh, jax.P('fsdp'))
+  values = {
+      f'w{i}': np.arange(64 * (i % 5 + 1), dtype=np.float32) * i
+      for i in range(60)
+  }
+  leaves = {k: jax.device_put(v, sharding) for k, v in values.items()}
+  assert checksums.of_leaves(leaves) == checksums.of_leaves(values)

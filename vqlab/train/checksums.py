@@ -16,7 +16,6 @@ from typing import Any
 import jax
 from jax import lax
 import jax.numpy as jnp
-import numpy as np
 
 _GOLDEN = 2654435761  # Knuth's multiplicative hash constant (odd).
 
@@ -48,13 +47,18 @@ def _checksum(x: jax.Array) -> jax.Array:
   return jnp.sum(words * weights, dtype=jnp.uint32)
 
 
+def _checksums(leaves: list[Any]) -> list[jax.Array]:
+  return [_checksum(x) for x in leaves]
+
+
 @functools.cache
-def _checksum_on(mesh: jax.sharding.Mesh | None) -> Callable[..., jax.Array]:
-  """_checksum jitted for arrays on `mesh` (None: other shardings), its
-  result whole on every device so that every process reads it."""
+def _checksums_on(
+    mesh: jax.sharding.Mesh | None) -> Callable[[list[Any]], list[jax.Array]]:
+  """_checksums jitted for arrays on `mesh` (None: other shardings), the
+  results whole on every device so that every process reads them."""
   if mesh is None:
-    return jax.jit(_checksum)
-  return jax.jit(_checksum,
+    return jax.jit(_checksums)
+  return jax.jit(_checksums,
                  out_shardings=jax.sharding.NamedSharding(mesh, jax.P()))
 
 
@@ -65,9 +69,22 @@ def _mesh_of(x: Any) -> jax.sharding.Mesh | None:
 def of_leaves(leaves: dict[str, Any]) -> dict[str, int]:
   """{path: checksum} of {path: array}; jax arrays of any sharding (also
   ones that span several processes: every process calls this alike) or
-  numpy arrays."""
-  sums = {path: _checksum_on(_mesh_of(x))(x) for path, x in leaves.items()}
-  return {path: int(np.asarray(s)) for path, s in sums.items()}
+  numpy arrays.
+
+  The arrays of one mesh go through one program, after the work that made
+  them: separate programs in flight at once, each with its own cross-device
+  reductions of sharded arrays, deadlocked XLA:CPU's devices (each waiting
+  in another program's rendezvous).
+  """
+  jax.block_until_ready(list(leaves.values()))
+  by_mesh: dict[Any, list[str]] = {}
+  for path, x in leaves.items():
+    by_mesh.setdefault(_mesh_of(x), []).append(path)
+  out = {}
+  for mesh, paths in by_mesh.items():
+    sums = _checksums_on(mesh)([leaves[path] for path in paths])
+    out.update(zip(paths, (int(s) for s in jax.device_get(sums))))
+  return {path: out[path] for path in leaves}
 
 
 def differing(leaves: dict[str, Any], saved: dict[str, int]) -> list[str]:
