@@ -199,6 +199,10 @@ def main(argv):
       'vqlab: ' +
       ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
                 for k, v in result.items()), flush=True)
+  if result.get('preempted'):  # Saved, not finished: not a success.
+    from vqlab.train import preemption  # pylint: disable=g-import-not-at-top
+    return preemption.exit_status()
+  return None
 
 
 if __name__ == '__main__':

@@ -260,3 +260,46 @@ def test_sigterm_interrupts_the_modes_that_do_not_train():
       time.sleep(1)  # The handler runs here.
   finally:
     signal.signal(signal.SIGTERM, previous)
+
+
+STOPPED_RUN = """
+import os
+import signal
+import sys
+
+from absl import app
+
+sys.path.insert(0, {root!r})
+import main
+from vqlab import cli
+from vqlab.train import loop
+from vqlab.train import preemption
+
+
+def train_until_a_signal(config, workdir, allow_config_change):
+  with preemption.PreemptionWatcher() as watcher:
+    os.kill(os.getpid(), signal.{signal})
+    assert watcher.should_stop()
+  return {{'step': 3, 'preempted': True}}
+
+
+loop.train_and_evaluate = train_until_a_signal
+sys.argv = ['main.py', '--config=' + {config!r}, '--workdir=' + {workdir!r}]
+app.run(main.main, flags_parser=cli.parse_flags)
+"""
+
+
+@pytest.mark.parametrize('name, status', [('SIGTERM', 143), ('SIGINT', 130)])
+def test_a_run_stopped_to_save_exits_as_the_signal_says(tmp_path, light_config,
+                                                        name, status):
+  """Saved, not finished: 128 + the signal, as a shell reports it, so that
+  `train && sample` stops there and a scheduler restarts a preempted job."""
+  script = _write(
+      tmp_path / 'stopped.py',
+      STOPPED_RUN.format(root=ROOT, signal=name, config=light_config,
+                         workdir=str(tmp_path / 'run')))
+  proc = subprocess.run([sys.executable, script], capture_output=True,
+                        text=True, timeout=120, cwd=ROOT,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == status, proc.stderr[-3000:]
+  assert 'vqlab: step=3, preempted=True' in proc.stdout

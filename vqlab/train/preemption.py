@@ -10,6 +10,17 @@ import numpy as np
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+def exit_status() -> int:
+  """The exit status of a run stopped to save: 128 + the signal this process
+  received (130 Ctrl-C, 143 SIGTERM; 143 where another process's signal
+  stopped it), as a shell reports a process a signal ended, so that a
+  chained command does not run and a scheduler restarts the job."""
+  return 128 + (_received[-1] if _received else signal.SIGTERM)
+
+
+_received: list[int] = []  # Signals the watchers of this process received.
+
+
 class PreemptionWatcher:
   """Records SIGTERM (a preemption notice) and SIGINT (Ctrl-C); the loop
   polls `should_stop` between steps and saves.
@@ -49,6 +60,7 @@ class PreemptionWatcher:
     if signum == signal.SIGINT and self._flag.is_set():
       raise KeyboardInterrupt
     self._flag.set()
+    _received.append(signum)
     name = signal.Signals(signum).name
     again = (' (Ctrl-C again to abort without saving)'
              if signum == signal.SIGINT else '')
