@@ -583,10 +583,22 @@ def test_a_locked_workdir_names_the_other_run(tmp_path):
     assert f'in use by another vqlab run (pid {holder.pid} on ' in message
     assert '--mode=train' in message and '\n' not in message
     assert sorted(os.listdir(workdir)) == [workdir_lock.LOCK_FILE]
+    # A generator started from it is warned that its later steps are unused.
+    assert workdir_lock.trainer(workdir).startswith(f'pid {holder.pid} on ')
+    assert 'WARNING: that run is still training' in run_record.in_training(
+        workdir)
   finally:
     holder.kill()  # kill -9: the kernel drops the lock with the process.
     holder.wait()
+  assert workdir_lock.trainer(workdir) is None
+  assert not run_record.in_training(workdir)
   workdir_lock.acquire(workdir, 'train')
+  assert workdir_lock.trainer(workdir) is None  # This process's own.
+
+
+def test_a_workdir_that_cannot_be_made_is_one_line():
+  with pytest.raises(WorkdirError, match=r'^cannot create /proc/vqlab_run: '):
+    workdir_lock.acquire('/proc/vqlab_run', 'train')
 
 
 def _two_main_processes(config, workdir, timeout: float, env=lambda i: {}):

@@ -864,7 +864,8 @@ def _listed_step(directory: str, steps: list[int], step: int | None,
         'train.max_to_keep has deleted it since, it cannot come back: set '
         f'{step_key} to one of those steps (--allow_config_change to continue '
         "a run; a generator's token shards must then be made again with "
-        '--mode=tokenize)' if step_key else '')
+        '--mode=tokenize, into another tokens.dir: the old ones name the old '
+        'step)' if step_key else '')
     raise CheckpointError(f'no checkpoint at step {step} in {directory}; '
                           f'steps there: {steps}.{advice}')
   return step

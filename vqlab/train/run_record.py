@@ -19,6 +19,7 @@ from vqlab import config_schema
 from vqlab import data as data_lib
 from vqlab import fileio
 from vqlab.errors import ConfigError
+from vqlab.train import workdir_lock
 
 CONFIG_FILE = 'config.json'
 # Dotted keys (a trailing '.' is a whole section) that a resumed run may change.
@@ -93,7 +94,16 @@ def pin_newest_steps(config: ml_collections.ConfigDict, workdir: str,
       if announce:
         print(
             f'vqlab: {step_key} = -1 is step {newest} of {run}; this run '
-            'keeps reading that step (config.json)', flush=True)
+            f'keeps reading that step (config.json){in_training(run)}',
+            flush=True)
+
+
+def in_training(run: str) -> str:
+  """'' unless a process is training `run` now: then the warning that its
+  later steps are not the one read, to end a line with."""
+  holder = workdir_lock.trainer(run)
+  return (f'. WARNING: that run is still training ({holder}): the steps it '
+          'saves later are not used' if holder else '')
 
 
 def as_json_tree(config: ml_collections.ConfigDict) -> dict[str, Any]:

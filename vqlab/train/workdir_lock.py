@@ -74,11 +74,35 @@ def acquire(workdir: str, mode: str) -> None:
                        'says why)')
 
 
+def trainer(workdir: str) -> str | None:
+  """Who trains in `workdir` now (its lock file's line) when another live
+  process holds its lock with --mode=train, else None (also for gs://)."""
+  if fileio.is_url(workdir) or os.path.abspath(workdir) in _held:
+    return None
+  try:
+    f = open(os.path.join(workdir, LOCK_FILE), encoding='utf-8')  # pylint: disable=consider-using-with
+  except OSError:
+    return None
+  with f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = f.read().strip()
+      return holder if '--mode=train' in holder else None
+    except OSError:  # A filesystem without locks.
+      return None
+    fcntl.flock(f, fcntl.LOCK_UN)
+  return None
+
+
 def _lock(workdir: str, mode: str) -> str | None:
   """Takes the lock of absolute `workdir` -> None, or the refusal's line."""
   if workdir in _held:
     return None
-  fileio.makedirs(workdir)
+  try:
+    fileio.makedirs(workdir)
+  except OSError as e:  # E.g. under /proc, where os.access said yes.
+    raise WorkdirError(f'cannot create {workdir}: {e.strerror or e}') from e
   path = os.path.join(workdir, LOCK_FILE)
   f = open(path, 'a+', encoding='utf-8')  # pylint: disable=consider-using-with
   try:
