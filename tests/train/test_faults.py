@@ -596,6 +596,25 @@ def test_a_locked_workdir_names_the_other_run(tmp_path):
   assert workdir_lock.trainer(workdir) is None  # This process's own.
 
 
+def test_a_look_at_the_lock_does_not_refuse_a_run(tmp_path):
+  """A generator looks at a tokenizer run's lock (a brief shared flock,
+  `workdir_lock.trainer`) just as that run restarts: the run waits past it."""
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / workdir_lock.LOCK_FILE).write_text('pid 1 on vm, --mode=train\n')
+  look = subprocess.Popen([
+      sys.executable, '-c', 'import fcntl, time; '
+      f'f = open({str(workdir / workdir_lock.LOCK_FILE)!r}); '
+      'fcntl.flock(f, fcntl.LOCK_SH); print("looking", flush=True); '
+      'time.sleep(0.1)'
+  ], stdout=subprocess.PIPE, text=True)
+  try:
+    assert look.stdout.readline().strip() == 'looking'
+    workdir_lock.acquire(str(workdir), 'train')
+  finally:
+    look.wait()
+
+
 def test_a_workdir_that_cannot_be_made_is_one_line():
   with pytest.raises(WorkdirError, match=r'^cannot create /proc/vqlab_run: '):
     workdir_lock.acquire('/proc/vqlab_run', 'train')
@@ -727,7 +746,7 @@ def test_the_lock_outcome_of_process_0_reaches_every_process(
 
   monkeypatch.setattr(workdir_lock.jax, 'process_index', lambda: 0)
   monkeypatch.setattr(workdir_lock.fileio, 'makedirs', unwritable)
-  with pytest.raises(PermissionError):
+  with pytest.raises(WorkdirError, match='cannot create .*Permission denied'):
     workdir_lock.acquire(workdir, 'train')
   assert told[-1] == 2
 

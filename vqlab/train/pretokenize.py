@@ -76,11 +76,12 @@ def _tokenizer_step(config, directory: str) -> int:
   elif step < 0:
     newest = checkpoint_lib.newest_step(config.tokenizer.workdir)
     step = -1 if newest is None else newest  # -1: loading says what is missing.
-    training = run_record.in_training(config.tokenizer.workdir)
-    if training and newest is not None and jax.process_index() == 0:
-      print(
-          f'vqlab: tokenizer.step = -1 is step {newest} of '
-          f'{config.tokenizer.workdir}{training}', flush=True)
+    if newest is not None and jax.process_index() == 0:
+      training = run_record.in_training(config.tokenizer.workdir)
+      if training:
+        print(
+            f'vqlab: tokenizer.step = -1 is step {newest} of '
+            f'{config.tokenizer.workdir}{training}', flush=True)
   if jax.process_count() > 1:
     step = int(multihost_utils.broadcast_one_to_all(np.int64(step)))
   return step

@@ -18,6 +18,7 @@ import fcntl
 import os
 import socket
 import sys
+import time
 from typing import IO
 
 import jax
@@ -28,6 +29,7 @@ from vqlab import fileio
 from vqlab.errors import WorkdirError
 
 LOCK_FILE = 'vqlab.lock'
+_TRIES = 5  # Attempts to lock, 50 ms apart.
 _held: dict[str, IO] = {}  # absolute workdir -> its open, locked file.
 
 
@@ -95,6 +97,22 @@ def trainer(workdir: str) -> str | None:
   return None
 
 
+def _lock_exclusively(f: IO) -> None:
+  """flock LOCK_EX without waiting on a holder, but past the moment a
+  generator looks at the lock (`trainer`'s brief shared lock).
+
+  Raises:
+    BlockingIOError: another process holds the lock.
+  """
+  for _ in range(_TRIES - 1):
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      return
+    except BlockingIOError:
+      time.sleep(0.05)
+  fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
 def _lock(workdir: str, mode: str) -> str | None:
   """Takes the lock of absolute `workdir` -> None, or the refusal's line."""
   if workdir in _held:
@@ -106,7 +124,7 @@ def _lock(workdir: str, mode: str) -> str | None:
   path = os.path.join(workdir, LOCK_FILE)
   f = open(path, 'a+', encoding='utf-8')  # pylint: disable=consider-using-with
   try:
-    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    _lock_exclusively(f)
   except BlockingIOError:
     f.seek(0)
     holder = f.read().strip() or 'another process'
