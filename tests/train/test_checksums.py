@@ -75,3 +75,14 @@ def test_many_sharded_arrays_at_once():
   }
   leaves = {k: jax.device_put(v, sharding) for k, v in values.items()}
   assert checksums.of_leaves(leaves) == checksums.of_leaves(values)
+
+
+def test_one_program_reads_a_bounded_part_of_the_state():
+  mib = 2**20
+  assert checksums.BATCH_BYTES == 256 * mib
+  assert checksums.batches([64 * mib] * 10) == [[0, 1, 2, 3], [4, 5, 6, 7],
+                                                [8, 9]]
+  # An array over the bound alone; small ones fill a group.
+  assert checksums.batches([300 * mib, 1, 2, 256 * mib, 1]) == [[0], [1, 2],
+                                                                [3], [4]]
+  assert not checksums.batches([])

@@ -16,6 +16,7 @@ from typing import Any
 import jax
 from jax import lax
 import jax.numpy as jnp
+import numpy as np
 
 _GOLDEN = 2654435761  # Knuth's multiplicative hash constant (odd).
 
@@ -66,15 +67,34 @@ def _mesh_of(x: Any) -> jax.sharding.Mesh | None:
   return getattr(getattr(x, 'sharding', None), 'mesh', None)
 
 
+# Bytes of 32-bit words one checksum program reads at most (or one array's):
+# XLA:CPU keeps each array's weighted words whole before its sum.
+BATCH_BYTES = 256 * 2**20
+
+
+def batches(word_bytes: list[int]) -> list[list[int]]:
+  """Consecutive groups of the indices of arrays of `word_bytes` (bytes as
+  32-bit words), each over BATCH_BYTES only where one array is."""
+  groups, size = [[]], 0
+  for i, nbytes in enumerate(word_bytes):
+    if groups[-1] and size + nbytes > BATCH_BYTES:
+      groups.append([])
+      size = 0
+    groups[-1].append(i)
+    size += nbytes
+  return groups if groups[0] else []
+
+
 def of_leaves(leaves: dict[str, Any]) -> dict[str, int]:
   """{path: checksum} of {path: array}; jax arrays of any sharding (also
   ones that span several processes: every process calls this alike) or
   numpy arrays.
 
-  The arrays of one mesh go through one program, after the work that made
-  them: separate programs in flight at once, each with its own cross-device
-  reductions of sharded arrays, deadlocked XLA:CPU's devices (each waiting
-  in another program's rendezvous).
+  The arrays of one mesh go through a program per `batches` group, one after
+  another, after the work that made them: a program per array, all in
+  flight at once (each with its cross-device sums of sharded arrays),
+  deadlocked XLA:CPU's devices, each waiting in another program's
+  rendezvous; one program for all arrays held a copy of the whole state.
   """
   jax.block_until_ready(list(leaves.values()))
   by_mesh: dict[Any, list[str]] = {}
@@ -82,9 +102,18 @@ def of_leaves(leaves: dict[str, Any]) -> dict[str, int]:
     by_mesh.setdefault(_mesh_of(x), []).append(path)
   out = {}
   for mesh, paths in by_mesh.items():
-    sums = _checksums_on(mesh)([leaves[path] for path in paths])
-    out.update(zip(paths, (int(s) for s in jax.device_get(sums))))
+    sizes = [np.size(leaves[p]) * max(4, _itemsize(leaves[p])) for p in paths]
+    for group in batches(sizes):
+      group = [paths[i] for i in group]
+      sums = _checksums_on(mesh)([leaves[path] for path in group])
+      out.update(zip(group, (int(s) for s in jax.device_get(sums))))
   return {path: out[path] for path in leaves}
+
+
+def _itemsize(x: Any) -> int:
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    return 8  # Two 32-bit words per key, or more: a guess is enough here.
+  return x.dtype.itemsize
 
 
 def differing(leaves: dict[str, Any], saved: dict[str, int]) -> list[str]:
