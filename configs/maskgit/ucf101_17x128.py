@@ -13,7 +13,9 @@ of every token (the unmasked ones too: MAGVIT's 'mask+refine+recons'), 2000
 epochs of the 9,537 training videos at batch 256 (74,000 steps); plus an EMA
 of the weights for eval (0.9999), which MAGVIT's trainer does not keep.
 
-Departures: each example draws its own mask ratio and masks
+Departures: the transformer is vqlab's pre-LN one (README, "Where vqlab
+deliberately differs"), not MAGVIT's post-LN BERT, with ViT's second dropout
+inside the MLP. Each example draws its own mask ratio and masks
 ceil(gamma(r) N) tokens; MAGVIT draws one ratio per batch and masks
 floor(gamma(r) N) (at least 1). The tokens are made once (--mode=tokenize: one random clip, crop
 and flip per video, seen in all 2000 epochs); MAGVIT tokenizes each batch in

@@ -23,9 +23,12 @@ example with probability `cond_drop`. Departures from the release's blocks:
 the timestep enters as one sinusoidal embedding and MLP shared by the blocks
 (the release: each AdaLN has its own table of T learned embeddings); the MLP
 of 'none' and 'text' blocks is after an AdaLN on the timestep (the release: a
-plain LayerNorm); the MLP is dense with GELU (its ImageNet model: 3x3
-convolutions with GELU2); the AdaLN projections start at zero (the release:
-normal(0.02)). Class models saved by vqlab up to 2026-12-05, which
+plain LayerNorm); the MLP is dense with tanh GELU (the release: GELU2,
+x sigmoid(1.702 x), in every config; its ImageNet model's MLP is 3x3
+convolutions); one learned table of positions (the release: row + column
+tables); padded text positions are masked in the cross-attention (the
+release's CrossAttention ignores its mask: CLIP's padding is attended to);
+the AdaLN projections start at zero (the release: normal(0.02)). Class models saved by vqlab up to 2026-12-05, which
 cross-attended to a class token, do not restore into this network (the
 checkpoint error lists their cross_attention params): retrain them.
 
