@@ -3,7 +3,10 @@
 A block that maps x to an array of x's shape can be repeated either as a
 Python loop (one submodule per block) or as one `nn.scan` over a submodule
 whose params carry a leading [count] axis. Both compute the same function of
-the same numbers. The scan makes XLA compile one block instead of `count`,
+the same numbers; their random draws differ (the scan splits the 'params'
+and 'dropout' keys per block, the loop folds in each block's name), so a
+fresh init, and with dropout each train step, draws other numbers in the
+other layout. The scan makes XLA compile one block instead of `count`,
 which keeps the transformer configs' compile time low; under remat it also
 keeps only each block's input, which is what fits the MAGVIT-v2 paper
 configs in memory (on XLA:CPU it does not shorten a CNN's compile:

@@ -26,8 +26,9 @@ CONFIG_FILE = 'config.json'
 # The memory knobs among them (remat, microbatches) keep the expected update,
 # but for the terms made from a whole (micro)batch (tasks/base.py,
 # accumulate_gradients); microbatches also changes which random draws the
-# later steps make. The scan switches change how params are stored; the
-# checkpoint is converted on restore (vqlab.train.checkpoint).
+# later steps make. The scan switches change how params are stored (the
+# checkpoint is converted on restore, vqlab.train.checkpoint) and, with
+# dropout, which masks the later steps draw.
 FREE_TO_CHANGE = ('train.num_steps', 'train.log_every', 'train.eval_every',
                   'train.checkpoint_every', 'train.max_to_keep',
                   'train.preemption_check_every', 'train.microbatches',
