@@ -14,8 +14,9 @@ with a leading [num_layers] axis): XLA then compiles one block instead of
 num_layers copies, which is what keeps the paper-size configs' compile time
 low. Both run the same computation on the same numbers
 (`vqlab.nn.stack.stack_layers` / `unstack` convert between the two
-layouts); with dropout they draw other masks (vqlab.nn.stack). `remat_policy` recomputes each block's activations in the backward
-pass instead of storing them (vqlab/nn/remat.py).
+layouts); with dropout they draw other masks (vqlab.nn.stack).
+`remat_policy` recomputes each block's activations in the backward pass
+instead of storing them (vqlab/nn/remat.py).
 """
 
 import functools
