@@ -29,8 +29,9 @@ convolutions); one learned table of positions (the release: row + column
 tables); padded text positions are masked in the cross-attention (the
 release's CrossAttention ignores its mask: CLIP's padding is attended to);
 the AdaLN projections start at zero (the release: normal(0.02)). Class
-models saved by vqlab up to 2026-12-05, which cross-attended to a class token, do not restore into this network (the
-checkpoint error lists their cross_attention params): retrain them.
+models saved by vqlab up to 2026-12-05, which cross-attended to a class
+token, do not restore into this network (the checkpoint error lists their
+cross_attention params): retrain them.
 
 Loss (DESIGN §4): L_vlb(t) + lambda w(t) CE(x_0, p(x_0 | x_t)) with
 w(t) = 2 - (t-1)/T (the official code's 1 + (1 - t'/T), its t' = t - 1 from
