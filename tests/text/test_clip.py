@@ -238,12 +238,17 @@ def _text_config(**text):
   })
 
 
-def test_text_conditioner_uses_clip(golden):
+def test_text_conditioner_uses_clip(golden, caplog):
   from vqlab.train.tasks import text_conditions  # pylint: disable=g-import-not-at-top
   conditioner = text_conditions.TextConditioner(_text_config())
   assert isinstance(conditioner.encoder, clip.ClipTextEncoder)
   text = str(golden['texts'][0])
   arrays = conditioner.host_arrays(np.array([text]))
+  assert not caplog.records
+  conditioner.host_arrays(np.array([' '.join(['cat'] * 14), text]))  # Fits.
+  assert not caplog.records
+  conditioner.host_arrays(np.array([' '.join(['cat'] * 15)]))  # Cut: said.
+  assert 'text.max_length = 16 cuts captions short' in caplog.text
   ids, mask = arrays['text_ids'], arrays['text_mask']
   assert ids.shape == mask.shape == (1, 16)
   real = int(golden['mask'][0].sum())

@@ -102,6 +102,7 @@ class TextConditioner:
     self.max_length = config.text.max_length
     self.normalize_states = config.text.normalize_states
     self.encoder = None
+    self._said_cut = False  # Whether a caption cut short was reported.
     if self.kind != 'frozen' and self.normalize_states:
       raise ConfigError(
           'text.normalize_states', 'True, but model.text_encoder is '
@@ -123,9 +124,19 @@ class TextConditioner:
     """Strings [b] -> {'text_ids' int32 [b, L], 'text_mask' bool [b, L]}."""
     captions = [str(c) for c in np.asarray(captions).reshape(-1)]
     if self.encoder is not None:
-      ids, mask = self.encoder.tokenizer.encode(captions,
-                                                max_length=self.max_length,
-                                                pad_to=self.max_length)
+      tokenizer = self.encoder.tokenizer
+      ids, mask = tokenizer.encode(captions, max_length=self.max_length,
+                                   pad_to=self.max_length)
+      full = np.flatnonzero(np.asarray(mask).all(axis=1))
+      for i in full if not self._said_cut else ():
+        pieces = len(tokenizer.tokenize(captions[i]))
+        if pieces + 2 > self.max_length:  # Said once per conditioner.
+          logging.warning(
+              'text.max_length = %d cuts captions short: %r has %d pieces; '
+              'the text encoder sees the first %d', self.max_length,
+              captions[i], pieces, self.max_length - 2)
+          self._said_cut = True
+          break
     else:
       ids, mask = encode_bytes(captions, self.max_length)
     return {
