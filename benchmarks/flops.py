@@ -35,33 +35,36 @@ def _sub_jaxprs(value: Any):
       yield from _sub_jaxprs(item)
 
 
-def _taps(out_size: int, kernel: int, stride: int, pad_low: int,
+def _taps(in_size: int, out_size: int, kernel: int, stride: int, pad_low: int,
           lhs_dilation: int, rhs_dilation: int) -> int:
   """(output position, kernel tap) pairs of one spatial dimension whose
-  read lands on the input's dilation lattice (an input element, or padding
-  at a lattice point), not on one of the zeros that an lhs dilation puts
-  between inputs (a transposed conv, the input gradient of a strided conv):
-  neither XLA nor cuDNN multiplies those. Without lhs dilation every pair
-  counts, padding taps too, as in the usual 2 x outputs x kernel
-  convention."""
-  if lhs_dilation == 1:
-    return out_size * kernel
+  read lands on an input element: not on padding, nor on one of the zeros
+  that an lhs dilation puts between inputs (a transposed conv, the input
+  gradient of a strided conv). Each multiply of real numbers is then
+  counted once in the forward conv and once in each gradient conv, so a
+  backward costs exactly 2x its forward (XLA's cost analysis counts so);
+  counting padding taps made the input gradient of an unpadded conv (a
+  causal conv, padded before it) cost (T + 2) / T times its forward."""
   read = (np.arange(out_size)[:, None] * stride +
           np.arange(kernel)[None, :] * rhs_dilation - pad_low)
-  return int(np.count_nonzero(read % lhs_dilation == 0))
+  real = ((read % lhs_dilation == 0) & (read >= 0) &
+          (read <= (in_size - 1) * lhs_dilation))
+  return int(np.count_nonzero(real))
 
 
 def _conv_flops(eqn) -> float:
   """2 x the multiply-adds of one conv_general_dilated."""
+  lhs = eqn.invars[0].aval.shape
   rhs = eqn.invars[1].aval.shape
   out = eqn.outvars[0].aval.shape
   numbers, params = eqn.params['dimension_numbers'], eqn.params
   kernel = [rhs[d] for d in numbers.rhs_spec[2:]]
   taps = math.prod(
-      _taps(out[o], k, stride, low, lhs_dilation, rhs_dilation)
-      for o, k, stride, (low, _), lhs_dilation, rhs_dilation in zip(
-          numbers.out_spec[2:], kernel, params['window_strides'],
-          params['padding'], params['lhs_dilation'], params['rhs_dilation']))
+      _taps(lhs[i], out[o], k, stride, low, lhs_dilation, rhs_dilation)
+      for i, o, k, stride, (low, _), lhs_dilation, rhs_dilation in zip(
+          numbers.lhs_spec[2:], numbers.out_spec[2:], kernel,
+          params['window_strides'], params['padding'], params['lhs_dilation'],
+          params['rhs_dilation']))
   # Per (output position, tap): one MAC per input feature of the kernel, for
   # every output batch element and feature.
   in_features = rhs[numbers.rhs_spec[1]]

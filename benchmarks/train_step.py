@@ -37,7 +37,9 @@ _WORKDIR = flags.DEFINE_string('workdir', '/tmp/vqlab_benchmark',
 # Dense peak FLOP/s per device by (device kind substring, dtype), NVIDIA's
 # and Google's datasheet figures; the first match counts, so the H100 PCIe
 # and NVL come before the SXM ('NVIDIA H100 80GB HBM3'). float32 matmuls run
-# as TF32 at JAX's default precision on these GPUs: their TF32 peaks.
+# as TF32 at JAX's default precision on these GPUs: their TF32 peaks. A
+# v5p is 'TPU v5' on a TPU VM ('TPU v5p' under Pathways); 'TPU v4 lite' is
+# the v4i.
 PEAK_FLOPS = {
     ('H100 PCIe', 'bfloat16'): 756e12,
     ('H100 PCIe', 'float32'): 378e12,
@@ -51,9 +53,10 @@ PEAK_FLOPS = {
     ('H200', 'float32'): 494.7e12,
     ('A100', 'bfloat16'): 312e12,
     ('A100', 'float32'): 156e12,
+    ('TPU v4 lite', 'bfloat16'): 138e12,
     ('TPU v4', 'bfloat16'): 275e12,
     ('TPU v5 lite', 'bfloat16'): 197e12,
-    ('TPU v5p', 'bfloat16'): 459e12,
+    ('TPU v5', 'bfloat16'): 459e12,
     ('TPU v6 lite', 'bfloat16'): 918e12,
 }
 

@@ -8,13 +8,15 @@ import jax.numpy as jnp
 
 from benchmarks import train_step
 from benchmarks.flops import count_flops
+from vqlab.nn import causal_conv
 
 
 def test_conv_dot_and_backward_flops():
   x = jnp.zeros((2, 8, 8, 3))
   conv = nn.Conv(5, (3, 3))
   variables = conv.init(jax.random.key(0), x)
-  forward = 2 * (2 * 8 * 8 * 5) * (3 * 3 * 3)
+  # Taps that read an input pixel, not padding: 8 x 3 - 2 per axis.
+  forward = 2 * (2 * 5) * 3 * (8 * 3 - 2)**2
   assert count_flops(conv.apply, variables, x) == forward
   # Gradient w.r.t. the kernel only: forward + one kernel-gradient conv.
   grad = jax.jit(jax.grad(lambda v, x: conv.apply(v, x).sum()))
@@ -39,10 +41,13 @@ def test_lhs_dilation_holes_are_not_counted():
   # Each input pixel meets each of the 2x2 taps once.
   assert count_flops(transposed.apply, variables,
                      x) == 2 * (2 * 16 * 16 * 16) * (2 * 2 * 8)
-  for kernel, padding in (((2, 2), 'VALID'), ((3, 3), 'SAME')):
+  # 'SAME' at stride 2 pads 16 by (0, 1): the last output's last tap reads
+  # padding, 8 x 3 - 1 real taps per axis.
+  for kernel, padding, taps in (((2, 2), 'VALID', 8 * 2), ((3, 3), 'SAME',
+                                                           8 * 3 - 1)):
     conv = nn.Conv(16, kernel, strides=(2, 2), padding=padding)
     variables = conv.init(jax.random.key(0), x)
-    forward = 2 * (2 * 8 * 8 * 16) * (kernel[0] * kernel[1] * 8)
+    forward = 2 * (2 * 16) * 8 * taps**2
     assert count_flops(conv.apply, variables, x) == forward
     both = jax.grad(lambda v, x: conv.apply(v, x).sum(), argnums=(0, 1))
     assert count_flops(both, variables, x) == 3 * forward
@@ -87,4 +92,20 @@ def test_peak_flops_tells_the_h100_variants_apart():
   assert peak('NVIDIA H100 80GB HBM3') == peak('NVIDIA H200') == 989e12
   assert peak('NVIDIA H100 PCIe') == 756e12
   assert peak('NVIDIA H100 NVL') == 835e12
+  assert peak('TPU v5') == peak('TPU v5p') == 459e12
+  assert peak('TPU v5 lite') == 197e12 and peak('TPU v4') == 275e12
   assert peak('cpu') is None
+
+
+def test_the_backward_of_a_conv_on_a_padded_input_is_twice_its_forward():
+  """A causal conv pads time itself (jnp.pad), then convolves without
+  padding: its input gradient convolves with k - 1 padding on each side,
+  whose taps read nothing (counted, they made it (T + 2) / T times the
+  forward: 1.4x at T = 5)."""
+  conv = causal_conv.CausalConv3D(8, (3, 3, 3))
+  x = jnp.zeros((1, 5, 8, 8, 4))
+  variables = conv.init(jax.random.key(0), x)
+  forward = count_flops(conv.apply, variables, x)
+  assert forward == 2 * 8 * 4 * (5 * 3) * (8 * 3 - 2)**2
+  both = jax.grad(lambda v, x: conv.apply(v, x).sum(), argnums=(0, 1))
+  assert count_flops(both, variables, x) == 3 * forward
