@@ -7,9 +7,9 @@ released MaskGIT VQGAN (its own architecture, VQ over 1024 codes): convert
 it (`python -m vqlab.convert maskgit_vqgan tokenizer_imagenet256_checkpoint
 workdirs/maskgit_vqgan`) and pass
 --config.tokenizer.workdir=workdirs/maskgit_vqgan. Transformer: 24 layers,
-16 heads, width 768, MLP 3072, dropout 0.1 (vqlab's pre-LN blocks, with
-ViT's second dropout inside the MLP, not MaskGIT's post-LN BERT: README,
-"Where vqlab deliberately differs"); AdamW (0.9, 0.96), lr 1e-4,
+16 heads, width 768, MLP 3072, dropout 0.1 where BERT drops (vqlab's
+pre-LN blocks, not MaskGIT's post-LN BERT: README, "Where vqlab
+deliberately differs"); AdamW (0.9, 0.96), lr 1e-4,
 weight decay 0.045 (kernels), label smoothing 0.1, batch 256, 300 epochs, EMA 0.999.
 Decoding: 8 steps, cosine schedule, choice temperature 4.5. Label dropout 0.1 trains the null class
 for classifier-free guidance (`sample.guidance_scale`), which MaskGIT does
@@ -39,6 +39,7 @@ def model_config():
   model.num_heads = 16
   model.mlp_dim = 3072
   model.dropout_rate = 0.1
+  model.mlp_hidden_dropout = False  # BERT's one dropout after the MLP.
   # One nn.scan over the blocks: XLA compiles one block, not all of them.
   model.scan_layers = True
   return model

@@ -14,8 +14,8 @@ epochs of the 9,537 training videos at batch 256 (74,000 steps); plus an EMA
 of the weights for eval (0.9999), which MAGVIT's trainer does not keep.
 
 Departures: the transformer is vqlab's pre-LN one (README, "Where vqlab
-deliberately differs"), not MAGVIT's post-LN BERT, with ViT's second dropout
-inside the MLP. Each example draws its own mask ratio and masks
+deliberately differs"), not MAGVIT's post-LN BERT (its dropouts are
+BERT's: `model.mlp_hidden_dropout = False`). Each example draws its own mask ratio and masks
 ceil(gamma(r) N) tokens; MAGVIT draws one ratio per batch and masks
 floor(gamma(r) N) (at least 1). The tokens are made once (--mode=tokenize: one random clip, crop
 and flip per video, seen in all 2000 epochs); MAGVIT tokenizes each batch in
@@ -54,6 +54,7 @@ def model_config():
   model.num_heads = 16
   model.mlp_dim = 4096
   model.dropout_rate = 0.1
+  model.mlp_hidden_dropout = False  # BERT's one dropout after the MLP.
   model.scan_layers = True
   return model
 

@@ -125,3 +125,19 @@ def test_every_transformer_model_scans_to_the_same_numbers(name):
                             compiler_options=FAST_COMPILE)(variables, *inputs)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5),
                outputs[True], outputs[False])
+
+
+def test_mlp_hidden_dropout_is_a_switch():
+  """ViT's MLP drops its hidden units; BERT's (MaskGIT, MAGVIT) only after
+  the MLP, which the block does: without hidden dropout a train-mode MLP is
+  its eval-mode self."""
+  x = jax.random.normal(jax.random.key(0), (2, 5, 8))
+  for hidden, same in ((True, False), (False, True)):
+    mlp = transformer.MlpBlock(16, dropout_rate=0.5, hidden_dropout=hidden)
+    variables = mlp.init(jax.random.key(1), x)
+    train = mlp.apply(variables, x, train=True,
+                      rngs={'dropout': jax.random.key(2)})
+    assert np.allclose(train, mlp.apply(variables, x)) == same
+  config = generators.default_config('maskgit')
+  config.mlp_hidden_dropout = False
+  assert generators.build(config).mlp_hidden_dropout is False

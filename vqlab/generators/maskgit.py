@@ -49,7 +49,8 @@ class MaskGIT(nn.Module):
     token_shape: shape of one example's tokens, e.g. (16, 16) or (4, 8, 8).
     factor_vocab_sizes: () for plain tokens, else codes per factor.
     num_classes: 0 for unconditional, else classes (+1 null class inside).
-    width, num_layers, num_heads, mlp_dim, dropout_rate: the transformer.
+    width, num_layers, num_heads, mlp_dim, dropout_rate, mlp_hidden_dropout:
+      the transformer.
     dtype: compute dtype of the embeddings and blocks; the logits are
       computed in float32 (untied: a float32 Dense on the blocks' output;
       tied: the float32 embeddings attend to the head's LayerNorm output).
@@ -66,6 +67,7 @@ class MaskGIT(nn.Module):
   num_heads: int = 4
   mlp_dim: int = 1024
   dropout_rate: float = 0.0
+  mlp_hidden_dropout: bool = True
   dtype: Any = jnp.float32
   scan_layers: bool = False
   remat_policy: str = 'none'
@@ -164,6 +166,7 @@ class MaskGIT(nn.Module):
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = Transformer(self.num_layers, self.num_heads, self.mlp_dim,
                     self.dropout_rate, dtype=self.dtype,
+                    mlp_hidden_dropout=self.mlp_hidden_dropout,
                     scan_layers=self.scan_layers,
                     remat_policy=self.remat_policy,
                     name='transformer')(x, None, train=train)
@@ -468,6 +471,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.num_heads = 2  # Attention heads (paper: 16).
   config.mlp_dim = 64  # MLP hidden width (paper: 3072).
   config.dropout_rate = 0.0  # Dropout (paper: 0.1).
+  # Dropout on the MLP's hidden units too (ViT's); False: only after the
+  # MLP, as MaskGIT's and MAGVIT's BERT blocks.
+  config.mlp_hidden_dropout = True
   # Output heads tied to the (per-factor) input embeddings, as MaskGIT and
   # MAGVIT-v2; False: a Dense head per factor (vqlab before 2026-12).
   config.tied_heads = True
@@ -492,6 +498,7 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
                  num_classes=config.num_classes, width=config.width,
                  num_layers=config.num_layers, num_heads=config.num_heads,
                  mlp_dim=config.mlp_dim, dropout_rate=config.dropout_rate,
+                 mlp_hidden_dropout=config.mlp_hidden_dropout,
                  dtype=jnp.dtype(dtype), tied_heads=config.tied_heads,
                  **transformer.stack_options(config, prefix))
 

@@ -37,19 +37,22 @@ class MlpBlock(nn.Module):
   """Dense(mlp_dim) -> GELU -> dropout -> Dense(width): [..., D] -> [..., D].
 
   `exact_gelu` uses the erf GELU (PyTorch's nn.GELU) instead of the tanh
-  approximation.
+  approximation; `hidden_dropout=False` leaves out the dropout on the hidden
+  units (BERT's MLP, MaskGIT's and MAGVIT's: their one dropout is after it).
   """
   mlp_dim: int
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   exact_gelu: bool = False
+  hidden_dropout: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     h = nn.gelu(
         nn.Dense(self.mlp_dim, dtype=self.dtype, name='fc1')(x),
         approximate=not self.exact_gelu)
-    h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+    if self.hidden_dropout:
+      h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
     return nn.Dense(x.shape[-1], dtype=self.dtype, name='fc2')(h)
 
 
@@ -67,6 +70,8 @@ class TransformerBlock(nn.Module):
     causal: position i attends to positions <= i only (outside `decode`,
       where the cache does it), as the flag cuDNN's flash attention takes
       rather than a mask array.
+    mlp_hidden_dropout: dropout on the MLP's hidden units too (ViT's), not
+      only after the MLP (BERT's).
   """
   num_heads: int
   mlp_dim: int
@@ -76,6 +81,7 @@ class TransformerBlock(nn.Module):
   layer_norm_epsilon: float = 1e-6
   exact_gelu: bool = False
   causal: bool = False
+  mlp_hidden_dropout: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None,
@@ -93,7 +99,7 @@ class TransformerBlock(nn.Module):
     x = x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
     h = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype, name='norm2')(x)
     h = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, self.exact_gelu,
-                 name='mlp')(h, train=train)
+                 self.mlp_hidden_dropout, name='mlp')(h, train=train)
     return x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
 
 
@@ -102,7 +108,8 @@ class Transformer(nn.Module):
 
   Attributes:
     num_layers, num_heads, mlp_dim, dropout_rate, decode, dtype,
-    layer_norm_epsilon, exact_gelu, causal: as in TransformerBlock.
+    layer_norm_epsilon, exact_gelu, causal, mlp_hidden_dropout: as in
+    TransformerBlock.
     scan_layers: one scanned `blocks` instead of `block_<i>` (module
       docstring).
     remat_policy: a key of vqlab.nn.remat.POLICIES.
@@ -116,6 +123,7 @@ class Transformer(nn.Module):
   layer_norm_epsilon: float = 1e-6
   exact_gelu: bool = False
   causal: bool = False
+  mlp_hidden_dropout: bool = True
   scan_layers: bool = False
   remat_policy: str = 'none'
 
@@ -125,7 +133,8 @@ class Transformer(nn.Module):
     fields = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim,
                   dropout_rate=self.dropout_rate, decode=self.decode,
                   dtype=self.dtype, layer_norm_epsilon=self.layer_norm_epsilon,
-                  exact_gelu=self.exact_gelu, causal=self.causal)
+                  exact_gelu=self.exact_gelu, causal=self.causal,
+                  mlp_hidden_dropout=self.mlp_hidden_dropout)
     x = apply_layers(TransformerBlock, fields, self.num_layers, x, mask, train,
                      scan=self.scan_layers, remat_policy=self.remat_policy)
     return nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
