@@ -164,6 +164,47 @@ def test_train_files_are_read_after_the_shuffle(tmp_path):
   assert _colours(next(source.batches())['image']) == first
 
 
+def test_train_batches_mix_classes_listed_far_apart(tmp_path):
+  """Files are listed class by class: a shuffle buffer of 4 would give the
+  first batch of 4 only files of the first class or two. The whole host
+  list is shuffled, and each host gets files of every class."""
+  for c in range(4):
+    for i in range(6):
+      _write_image(str(tmp_path / 'train' / f'c{c}' / f'{i}.png'), COLOURS[c],
+                   'PNG')
+  os.makedirs(tmp_path / 'val')
+  config = data.default_config('image_folder')
+  config.update(path=str(tmp_path), image_size=8, shuffle_buffer=4)
+  labels = np.concatenate([
+      b['label'] for b in itertools.islice(
+          data.build(config, split='train', global_batch_size=4).batches(), 6)
+  ])
+  # One epoch of 24: every file once, the first batch from > 2 classes.
+  assert np.bincount(labels).tolist() == [6] * 4
+  assert len(set(labels[:4].tolist())) > 2
+  hosts = [
+      data.build(config, split='train', global_batch_size=4, process_index=p,
+                 process_count=2) for p in range(2)
+  ]
+  for host in hosts:
+    host_labels = np.concatenate(
+        [b['label'] for b in itertools.islice(host.batches(), 6)])
+    assert sorted(set(host_labels.tolist())) == [0, 1, 2, 3]
+
+
+def test_flat_folder_evaluates_on_the_train_images_when_asked(tmp_path):
+  for i, colour in enumerate(COLOURS):
+    _write_image(str(tmp_path / f'{i}.png'), colour, 'PNG')
+  config = data.default_config('image_folder')
+  config.update(path=str(tmp_path), image_size=8, eval_fraction=0.3)
+  sizes = {}
+  for eval_split in ('val', 'train'):
+    config.eval_split = eval_split
+    sizes[eval_split] = data.build(config, split='eval',
+                                   global_batch_size=2).num_examples
+  assert sizes == {'val': 2, 'train': 4}
+
+
 def test_photos_are_turned_as_their_exif_orientation_says(tmp_path):
   """A phone's portrait photo: landscape pixels with orientation 6 are shown
   turned 90 degrees, then cropped and flipped as shown."""

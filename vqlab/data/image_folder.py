@@ -13,7 +13,9 @@ Flat layout, used otherwise: every image file under `<path>`, in sub-folders
 too, without labels. `round(eval_fraction * N)` of the N images (at least one)
 are held out for eval: those whose path relative to `<path>` has the smallest
 MD5, so the split does not depend on the seed, the machine or `<path>` itself,
-and adding images moves few others across.
+and adding images moves few others across. `eval_split = train_split`
+evaluates on the train images instead (e.g. FID statistics of the training
+set); other split names are not folders there.
 
 Image files end in `IMAGE_EXTENSIONS` (any case); hidden files and folders
 (names starting with '.', such as macOS's `._photo.jpg`) are ignored.
@@ -27,11 +29,14 @@ were left out. The list, and so the data order, depends only on the files
 (names and contents): it is the same on every host and on every resume.
 
 Files are listed in sorted order; each host reads an even contiguous slice of
-the list. Preprocessing, order and resume are those of the `tfds` dataset
-(`preprocess.py`, `pipeline.py`), with two differences: the train shuffle
-buffer holds file names (each file is read after the shuffle), and images are
-turned as their EXIF orientation tag says (read from each file's header with
-PIL when the source is built; `preprocess.exif_orient`).
+the eval list and every process_count-th file of the train list (so that no
+host holds a run of classes). Preprocessing, order and resume are those of the `tfds`
+dataset (`preprocess.py`, `pipeline.py`), with two differences: the train
+shuffle buffer holds the file names of the whole host's slice, not
+`shuffle_buffer` of them (each epoch is a uniform permutation, as a tfds
+dataset's shuffled records give; each file is read after the shuffle), and
+images are turned as their EXIF orientation tag says (read from each file's
+header with PIL when the source is built; `preprocess.exif_orient`).
 """
 
 from __future__ import annotations
@@ -359,8 +364,11 @@ def split_files(
   if not os.path.isdir(os.path.join(root, splits[0])):  # Flat layout.
     fraction = float(base.get(config, 'eval_fraction'))
     train, held_out = hold_out(list_tree(root), root, fraction)
-    paths = train if split == 'train' else held_out
-    return paths, None, None, f'{split} images in {root}'
+    # eval_split = train_split evaluates on the train images (the statistics
+    # of the training set, reference_stats.py).
+    on_train = split == 'train' or splits[1] == splits[0]
+    paths = train if on_train else held_out
+    return paths, None, None, f"{'train' if on_train else split} images in {root}"
   split_key = 'train_split' if split == 'train' else 'eval_split'
   split_dir = _split_dir(root, str(base.get(config, split_key)), split_key)
   classes = _classes(root, splits)
@@ -393,7 +401,12 @@ def build(config: ml_collections.ConfigDict, *, split: str,
   paths, labels = drop_unreadable(paths, labels, where, channels=aug.channels,
                                   skip=skip, report=process_index == 0)
   num_examples = len(paths)
-  host = np.array_split(np.arange(num_examples), process_count)[process_index]
+  if split == 'train':
+    # Listed files run class by class (or folder by folder): every
+    # process_count-th file, not a contiguous run of classes.
+    host = np.arange(process_index, num_examples, process_count)
+  else:
+    host = np.array_split(np.arange(num_examples), process_count)[process_index]
   host_records = {
       'image': tf.constant([paths[i] for i in host], tf.string),
       'orientation': exif_orientations([paths[i] for i in host])
@@ -408,12 +421,14 @@ def build(config: ml_collections.ConfigDict, *, split: str,
   if split == 'train':
     seed = int(base.get(config, 'seed'))
     augment = preprocess.train_fn(aug)
-    # The shuffle buffer holds paths: each file is read after the shuffle,
-    # in the parallel preprocessing, not held encoded in the buffer.
+    # The shuffle buffer holds paths, all of the host's: each epoch is a
+    # uniform permutation (a smaller buffer would mix only files listed near
+    # each other: batches of a few neighbouring classes), and each file is
+    # read after the shuffle, in the parallel preprocessing.
     make = lambda start: pipeline.train_dataset(
         records(), preprocess=lambda ex, key: augment(read(ex), key), seed=seed,
-        process_index=process_index, per_host_batch_size=b, shuffle_buffer=aug.
-        shuffle_buffer, start_step=start)
+        process_index=process_index, per_host_batch_size=b, shuffle_buffer=max(
+            len(host), 1), start_step=start)
     shape = aug.train_shape
   else:
     num_batches = pipeline.host_eval_batches(num_examples, global_batch_size,

@@ -52,8 +52,9 @@ def augment_defaults() -> dict[str, Any]:
       # clipped to the pixel range as PIL clips), antialiased as PIL's;
       # 'bilinear_no_antialias': OpenCV's INTER_LINEAR (taming's loaders).
       'resize_method': 'bilinear',
-      'shuffle_buffer':
-          10_000,  # Train shuffle buffer (examples per host), reseeded each epoch.
+      # Train shuffle buffer (examples per host), reseeded each epoch
+      # (image_folder shuffles all of a host's file names instead).
+      'shuffle_buffer': 10_000,
   }
 
 
