@@ -19,7 +19,10 @@ Multi-host (Cloud TPU pods: every worker runs the same command):
 """
 
 import os
+import socket
 import sys
+import threading
+import time
 import traceback
 
 from absl import app
@@ -54,6 +57,10 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
                                       'Number of processes (multi-process).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None,
                                    'This process index (multi-process).')
+_INITIALIZATION_TIMEOUT = flags.DEFINE_integer(
+    'initialization_timeout', 300, 'Multi-process: seconds each process '
+    'waits for all of them to join the coordinator (jax.distributed).',
+    lower_bound=1)
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     'allow_config_change', False, 'Continue the run in --workdir although '
     'the config differs from its config.json in keys other than run length, '
@@ -74,16 +81,55 @@ _CPU_COLLECTIVES = flags.DEFINE_enum(
 # Required: --config and --workdir (checked by cli.parse_flags).
 
 
+def _wait_for_coordinator(address: str, timeout: float) -> None:
+  """Returns once `address` ('host:port') accepts a TCP connection; exits
+  with one line after `timeout` seconds.
+
+  Where process 0 never starts or its port cannot be reached, JAX's
+  coordination client aborts the process after its timeout with a C++
+  stack trace, which no Python handler can turn into a line.
+  """
+  host, _, port = address.rpartition(':')
+  if not port.isdigit():
+    return  # jax.distributed.initialize names the bad address.
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      with socket.create_connection((host.strip('[]'), int(port)), timeout=5):
+        return
+    except OSError as e:
+      if time.monotonic() > deadline:
+        sys.exit(f'flag error: --coordinator_address={address}: nothing '
+                 f'answered there in {timeout:g} s ({e}); is process 0 '
+                 'running, and can this host reach that port?')
+      time.sleep(0.5)
+
+
 def _initialize_distributed() -> None:
   import jax  # pylint: disable=g-import-not-at-top
   if _CPU_COLLECTIVES.value:
     jax.config.update('jax_cpu_collectives_implementation',
                       _CPU_COLLECTIVES.value)
   if _DISTRIBUTED.value or _COORDINATOR.value:
+    timeout = _INITIALIZATION_TIMEOUT.value
+    # Joining is silent until every process has joined: say what it waits
+    # for if that takes a while (a process that never starts makes the
+    # others abort when the timeout is up).
+    notice = threading.Timer(
+        10.0, lambda: print(
+            f'vqlab: process {_PROCESS_ID.value} waiting for all '
+            f'{_NUM_PROCESSES.value} processes to join '
+            f'{_COORDINATOR.value or "the pod"} (at most {timeout} s)...', file=
+            sys.stderr, flush=True))
+    notice.daemon = True
+    notice.start()
     try:
+      if _COORDINATOR.value and _PROCESS_ID.value:
+        _wait_for_coordinator(_COORDINATOR.value, timeout)
       jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                  num_processes=_NUM_PROCESSES.value,
-                                 process_id=_PROCESS_ID.value)
+                                 process_id=_PROCESS_ID.value,
+                                 initialization_timeout=timeout)
     except (ValueError, RuntimeError) as e:
       first = str(e).strip().splitlines()[0] if str(e).strip() else ''
       where = ('found no TPU pod or cluster to join' if not _COORDINATOR.value
@@ -91,6 +137,8 @@ def _initialize_distributed() -> None:
       sys.exit(f'flag error: jax.distributed.initialize {where} ({first}); '
                'outside a pod or a cluster that names the processes, pass '
                '--coordinator_address, --num_processes and --process_id')
+    finally:
+      notice.cancel()
 
 
 def _use_compilation_cache() -> None:

@@ -70,8 +70,11 @@ def main_py_args(args, hosts: list[str], local: bool,
   coordinator = (args.coordinator_address or
                  f'{hosts[0].rsplit("@", 1)[-1]}:{args.coordinator_port}')
   python = args.python or (sys.executable if local else 'python3')
+  workdir = args.workdir
+  if local and '://' not in workdir:  # The processes run in the repository.
+    workdir = os.path.abspath(os.path.expanduser(workdir))
   command = [
-      python, 'main.py', f'--config={args.config}', f'--workdir={args.workdir}',
+      python, 'main.py', f'--config={args.config}', f'--workdir={workdir}',
       f'--coordinator_address={coordinator}', f'--num_processes={len(hosts)}',
       f'--process_id={process}'
   ]
@@ -142,6 +145,25 @@ def stop_commands(args) -> list[tuple[list[str], str]]:
   return commands
 
 
+def _wait_all(processes: list[subprocess.Popen], deadline: float | None) -> int:
+  """Waits for `processes`; the first failure (or the deadline: 124) stops
+  the others. Returns that status, else 0."""
+  # A list, not a generator: every process is polled (a returncode is set
+  # only by poll), so a failure of any of them is seen.
+  while any([p.poll() is None for p in processes]):
+    failed = [p.returncode for p in processes if p.returncode]
+    late = deadline is not None and time.monotonic() > deadline
+    if failed or late:
+      for p in processes:
+        if p.poll() is None:
+          p.terminate()
+      for p in processes:
+        p.wait()
+      return failed[0] if failed else 124
+    time.sleep(0.2)
+  return 0
+
+
 def _run_local(args, hosts: list[str]) -> int:
   """Starts every process, waits; the first failure stops the others."""
   env = dict(os.environ)
@@ -154,21 +176,22 @@ def _run_local(args, hosts: list[str]) -> int:
         (subprocess.Popen(main_py_args(args, hosts, True, i), cwd=REPO, env=env,
                           stdout=log, stderr=subprocess.STDOUT), log))
   deadline = time.monotonic() + args.timeout if args.timeout else None
-  status = 0
-  # A list, not a generator: every process is polled (a returncode is set
-  # only by poll), so a failure of any of them is seen.
-  while any([p.poll() is None for p, _ in processes]):
-    failed = [p.returncode for p, _ in processes if p.returncode]
-    late = deadline is not None and time.monotonic() > deadline
-    if failed or late:
-      status = failed[0] if failed else 124
-      for p, _ in processes:
-        if p.poll() is None:
-          p.terminate()
+  try:
+    status = _wait_all([p for p, _ in processes], deadline)
+  except KeyboardInterrupt:
+    # The terminal's Ctrl-C reached the processes too: they are saving.
+    print(
+        'gpu_nodes: Ctrl-C: waiting for the processes to save and stop '
+        '(Ctrl-C again kills them)', flush=True)
+    try:
       for p, _ in processes:
         p.wait()
-      break
-    time.sleep(0.2)
+    except KeyboardInterrupt:
+      for p, _ in processes:
+        if p.poll() is None:
+          p.kill()
+        p.wait()
+    status = 130
   for i, (p, log) in enumerate(processes):
     log.close()
     status = status or p.returncode

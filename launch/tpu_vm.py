@@ -108,11 +108,15 @@ def create_commands(args) -> list[list[str]]:
 
 
 def _is_not_replaceable(path: str) -> bool:
-  """The home directory, the root, a top-level directory or the login
-  directory itself: not for `rm -rf`."""
+  """The home directory (as ~ or /home/USER), the root, a top-level
+  directory, the login directory itself or a hidden folder of the home
+  directory (~/.ssh, ~/.local where uv lives): not for `rm -rf`."""
   path = posixpath.normpath(home_path(path))
+  parts = path.split('/')
   return (path in ('~', '/', '.') or path.startswith('..') or
-          path.count('/') < 2 and path.startswith('/'))
+          path.count('/') < 2 and path.startswith('/') or
+          len(parts) == 3 and parts[:2] == ['', 'home'] or
+          len(parts) == 2 and parts[0] == '~' and parts[1].startswith('.'))
 
 
 def split_git_source(source: str) -> tuple[str, str]:

@@ -233,6 +233,18 @@ def test_multi_process_flags(tmp_path, light_config, flags, message):
   assert line.startswith(message), line
 
 
+def test_a_coordinator_that_never_answers_is_one_line(tmp_path, light_config):
+  """Process 0 never started: JAX aborts with a C++ stack trace when its
+  timeout is up (5 minutes of silence); process 1 sees first that nothing
+  answers."""
+  line = _one_line_error(f'--config={light_config}',
+                         '--coordinator_address=localhost:1',
+                         '--num_processes=2', '--process_id=1',
+                         '--initialization_timeout=2', workdir=tmp_path / 'run')
+  assert line.startswith('flag error: --coordinator_address=localhost:1: '
+                         'nothing answered there in 2 s ('), line
+
+
 def test_every_mode_says_what_a_rerun_does_after_ctrl_c():
   """main.py's line for a Ctrl-C that stops a mode: written for each mode
   (every mode used to say 'the newest checkpoint on disk is where a rerun

@@ -7,8 +7,10 @@ here for remote hosts are built by the same function.
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -216,6 +218,20 @@ def test_gpu_nodes_remote_and_local():
   ]
 
 
+def test_a_local_run_finds_a_relative_workdir_where_it_was_named(
+    tmp_path, monkeypatch):
+  """The processes run in the repository: runs/vq named from elsewhere
+  used to land in <repository>/runs/vq."""
+  import gpu_nodes  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)
+  args = gpu_nodes.parser().parse_args(
+      ['run', '--hosts=localhost', '--config=c.py', '--workdir=runs/vq'])
+  assert f'--workdir={tmp_path}/runs/vq' in gpu_nodes.main_py_args(
+      args, ['localhost'], True, 0)
+  assert '--workdir=runs/vq' in gpu_nodes.main_py_args(args, ['gpu-a'], False,
+                                                       0)
+
+
 def test_stop_signals_the_run_and_fails_without_one(tmp_path):
   """The remote stop, run by sh in a stand-in $HOME: SIGTERM to the pid in
   the file; no pid file is a failure saying so (it reported success, and a
@@ -252,6 +268,31 @@ def test_a_local_run_stops_when_any_process_fails(tmp_path, monkeypatch):
   start = time.monotonic()
   assert gpu_nodes._run_local(args, ['localhost'] * 2) == 3  # pylint: disable=protected-access
   assert time.monotonic() - start < 30  # Process 0 was stopped, not awaited.
+
+
+def test_a_local_run_waits_for_its_processes_after_ctrl_c(
+    tmp_path, monkeypatch):
+  """Ctrl-C reaches every process of the terminal: main.py saves, then
+  exits. The launcher used to die at once, giving the prompt back while the
+  processes were still writing their checkpoint."""
+  import gpu_nodes  # pylint: disable=g-import-not-at-top
+  program = ('import time; time.sleep(2); '
+             f'open({str(tmp_path / "saved")!r}, "w").close(); '
+             'raise SystemExit(130)')
+  monkeypatch.setattr(
+      gpu_nodes, 'main_py_args',
+      lambda args, hosts, local, i: [sys.executable, '-c', program])
+  args = gpu_nodes.parser().parse_args([
+      'run', '--hosts=localhost', '--config=c.py', f'--workdir={tmp_path}',
+      f'--log_dir={tmp_path}'
+  ])
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    threading.Timer(0.5, signal.raise_signal, [signal.SIGINT]).start()
+    assert gpu_nodes._run_local(args, ['localhost']) == 130  # pylint: disable=protected-access
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  assert os.path.exists(tmp_path / 'saved')
 
 
 @pytest.mark.parametrize('script,argv,message', [
@@ -296,7 +337,8 @@ def test_a_local_run_stops_when_any_process_fails(tmp_path, monkeypatch):
     *[('tpu_vm.py', ['setup', *TPU, f'--remote_dir={d}'],
        f'tpu_vm.py setup: error: --remote_dir={d}: setup deletes and '
        'recreates it; name a directory of its own (e.g. ~/vqlab)')
-      for d in ('~', '~/', '~/vqlab/..', '.', '', '/', '/opt')],
+      for d in ('~', '~/', '~/vqlab/..', '.', '', '/', '/opt', '/home/alice',
+                '/home/alice/', '~/.ssh', '~/.local')],
     ('gpu_nodes.py', ['stop', '--hosts=localhost'],
      'gpu_nodes.py stop: error: local runs stop with Ctrl-C (they run in '
      'the foreground)'),

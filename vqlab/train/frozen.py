@@ -42,6 +42,13 @@ _LOADERS = {
 }
 
 
+def _filenames(network: str) -> list[str]:
+  return [files.KNOWN_FILES[name].filename for name in WEIGHT_FILES[network]]
+
+
+_REPORTED = set()  # The notices printed (once per run and weights directory).
+
+
 def wanted(network: str, mode: str,
            directory: str | os.PathLike | None) -> bool:
   """Whether to load `network` under mode 'on' / 'off' / 'auto' (= when all
@@ -51,18 +58,28 @@ def wanted(network: str, mode: str,
     return False
   if mode == 'on':
     return True
-  present = all(
-      files.locate(name, directory) is not None
-      for name in WEIGHT_FILES[network])
+  absent = [
+      files.KNOWN_FILES[name].filename
+      for name in WEIGHT_FILES[network]
+      if files.locate(name, directory) is None
+  ]
+  present = not absent
   if jax.process_count() == 1:
-    return present
-  everywhere = np.asarray(multihost_utils.process_allgather(np.int32(present)))
-  lacking = [int(i) for i in np.flatnonzero(everywhere == 0)]
-  if lacking and len(lacking) < everywhere.size and jax.process_index() == 0:
+    lacking = [] if present else [0]
+  else:
+    everywhere = np.asarray(multihost_utils.process_allgather(
+        np.int32(present)))
+    lacking = [int(i) for i in np.flatnonzero(everywhere == 0)]
+  notice = (network, str(files.weights_dir(directory)), tuple(lacking))
+  if lacking and jax.process_index() == 0 and notice not in _REPORTED:
+    _REPORTED.add(notice)
+    who = (f'processes {lacking} lack' if jax.process_count() > 1 and
+           len(lacking) < jax.process_count() else 'no')
     print(
-        f'vqlab: {network} is left out (its mode is \'auto\'): processes '
-        f'{lacking} lack its weight files ({", ".join(WEIGHT_FILES[network])} '
-        'in their weights directory)', flush=True)
+        f'vqlab: {network} is left out (its mode is \'auto\'): {who} '
+        f'{", ".join(absent or _filenames(network))} in '
+        f'{files.weights_dir(directory)} (README: Pretrained metric '
+        'networks)', flush=True)
   return not lacking
 
 

@@ -151,7 +151,7 @@ def test_eval_suite_equals_direct_computation(weights_dir, tmp_path,
       config, 'inception')
 
 
-def test_missing_weight_files_are_named(tmp_path):
+def test_missing_weight_files_are_named(tmp_path, capsys):
   config = _config(str(tmp_path / 'empty'))
   with pytest.raises(WeightsError,
                      match='pt_inception-2015-12-05-6726825d.pth'):
@@ -159,9 +159,12 @@ def test_missing_weight_files_are_named(tmp_path):
   config.eval.fid = 'off'
   with pytest.raises(WeightsError, match=r'vgg16-397923af.pth .*empty'):
     experiment.Experiment(config, str(tmp_path / 'run'))
-  config.eval.lpips = 'auto'  # Absent files under 'auto': skipped.
+  config.eval.lpips = 'auto'  # Absent files under 'auto': skipped, once said.
   exp = experiment.Experiment(config, str(tmp_path / 'run'))
   assert exp.task.frozen == {}
+  assert capsys.readouterr().out == (
+      "vqlab: lpips is left out (its mode is 'auto'): no vgg16-397923af.pth "
+      f"in {tmp_path / 'empty'} (README: Pretrained metric networks)\n")
 
 
 def test_auto_weights_are_wanted_only_where_every_process_has_them(
@@ -181,7 +184,8 @@ def test_auto_weights_are_wanted_only_where_every_process_has_them(
                       allgather)
   assert not frozen_lib.wanted('inception', 'auto', weights_dir)
   assert gathered == [1]
-  assert "processes [1] lack its weight files" in capsys.readouterr().out
+  assert ('processes [1] lack pt_inception-2015-12-05-6726825d.pth in'
+          in capsys.readouterr().out)
   assert frozen_lib.wanted('inception', 'on', weights_dir)  # Not gathered.
   assert gathered == [1]
 
