@@ -90,18 +90,28 @@ def _eqn_flops(eqn) -> float:
   return 0.0
 
 
-def jaxpr_flops(jaxpr) -> float:
-  """FLOPs of matmuls and convolutions in `jaxpr`, recursing into bodies."""
+# The name scope JAX gives the forward work a checkpoint (jax.checkpoint,
+# nn.remat) recomputes in the backward pass.
+_RECOMPUTED = 'rematted_computation'
+
+
+def jaxpr_flops(jaxpr, recomputation: bool = True) -> float:
+  """FLOPs of matmuls and convolutions in `jaxpr`, recursing into bodies;
+  without `recomputation`, leaving out the forward work that checkpoints
+  recompute in the backward pass (model FLOPs rather than hardware FLOPs)."""
   total = 0.0
   for eqn in jaxpr.eqns:
+    if not recomputation and _RECOMPUTED in str(eqn.source_info.name_stack):
+      continue  # Its sub-jaxprs' name stacks are relative: skipped too.
     total += _eqn_flops(eqn)
     repeat = eqn.params.get('length', 1) if eqn.primitive.name == 'scan' else 1
     for value in eqn.params.values():
       for sub in _sub_jaxprs(value):
-        total += repeat * jaxpr_flops(sub)
+        total += repeat * jaxpr_flops(sub, recomputation)
   return total
 
 
-def count_flops(fn, *args, **kwargs) -> float:
-  """Matmul + convolution FLOPs of one call fn(*args, **kwargs)."""
-  return jaxpr_flops(jax.make_jaxpr(fn)(*args, **kwargs).jaxpr)
+def count_flops(fn, *args, recomputation: bool = True, **kwargs) -> float:
+  """Matmul + convolution FLOPs of one call fn(*args, **kwargs) (see
+  jaxpr_flops for `recomputation`)."""
+  return jaxpr_flops(jax.make_jaxpr(fn)(*args, **kwargs).jaxpr, recomputation)

@@ -65,7 +65,7 @@ device (argument, output, temp and generated-code bytes; peak estimate =
 argument + output + temp - alias), the FLOPs per step (matmuls and
 convolutions counted from the step's jaxpr, benchmarks/flops.py:
 flops_per_step with rematerialized recomputation, model_flops_per_step
-without it, from a trace of the step with model.remat_policy = 'none') and
+without it: the work under JAX's 'rematted_computation' scope left out) and
 the time to compile the init program (init_compile_s). Without it, each
 case also initializes its state for real (random weights; init s is
 compiling and running init), runs 2 warm-up steps and then up to --steps
@@ -507,6 +507,8 @@ def compile_figures(jitted, *args) -> tuple[Any, dict]:
   figures['memory'] = memory_analysis(compiled)
   # FLOPs from the jaxpr: XLA's cost analysis misses GPU convolutions.
   figures['flops_per_step'] = flops_lib.jaxpr_flops(traced.jaxpr.jaxpr)
+  figures['model_flops_per_step'] = flops_lib.jaxpr_flops(
+      traced.jaxpr.jaxpr, recomputation=False)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   figures['xla_cost_analysis_flops'] = float(cost.get('flops', 0.0)) \
@@ -551,7 +553,7 @@ def throughput(figures: dict, batch: int, seconds: float,
   device = jax.devices()[0]
   peak = train_step_benchmark.peak_flops(device, compute_dtype)
   flops = figures['flops_per_step']
-  model_flops = figures.get('model_flops_per_step', flops)
+  model_flops = figures['model_flops_per_step']
   utilization = lambda f: f / seconds / (peak * jax.device_count()
                                         ) if peak else None
   return {
@@ -563,21 +565,6 @@ def throughput(figures: dict, batch: int, seconds: float,
       # Hardware FLOPs utilization: rematerialized work included.
       'hfu': utilization(flops),
   }
-
-
-def model_flops(name: str, config, tiny: bool, options: dict, step_rng,
-                args) -> float:
-  """FLOPs of the case's train step on `args` without rematerialization
-  (traced only): the model FLOPs of MFU, which counts no recomputation."""
-  plain = config.copy_and_resolve_references()
-  plain.model.remat_policy = 'none'
-  task = build_task(name, plain, tiny, abstract=True)
-
-  def train_step(state, batch, frozen):
-    rng = jax.random.fold_in(step_rng, state.step)
-    return task.train_step(state, batch, rng, frozen, **options)
-
-  return flops_lib.jaxpr_flops(jax.jit(train_step).trace(*args).jaxpr.jaxpr)
 
 
 def train_case(name: str, config, tiny: bool, compile_only: bool,
@@ -652,11 +639,6 @@ def train_case(name: str, config, tiny: bool, compile_only: bool,
         f'budget {_gib(budget)} GiB: {more} microbatches', flush=True)
     config.train.microbatches = more
     compiled, figures = compile_step()
-  if config.model.get('remat_policy', 'none') != 'none':
-    with jax.set_mesh(mesh):
-      figures['model_flops_per_step'] = model_flops(
-          name, config, tiny, options, step_rng,
-          (abstract_state, abstract_batch, abstract_frozen))
   report({
       **figures, 'microbatches': config.train.microbatches,
       'memory_budget_bytes': budget,

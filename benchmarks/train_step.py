@@ -7,8 +7,9 @@ examples/s, peak memory, model FLOPs and model FLOP utilization (MFU).
 Prints a table and writes JSON. MFU = FLOPs per step (matmuls and convolutions
 counted from the step's jaxpr, see flops.py) / step time / (devices x peak
 FLOP/s), with the peak taken from PEAK_FLOPS for the device kind and compute
-dtype; unknown devices (CPUs) get none. A config with remat
-(model.remat_policy) reports HFU instead: its FLOPs hold the recomputation.
+dtype; unknown devices (CPUs) get none. HFU counts also the forward work
+that checkpoints (model.remat_policy, the always recomputed attention
+weights, LayerNorms and GELUs) redo in the backward pass.
 """
 
 import json
@@ -111,8 +112,10 @@ def run_benchmark(config, workdir: str, steps: int) -> dict:
     compile_s = time.perf_counter() - t0
     # Model FLOPs from the jaxpr (matmuls and convolutions): XLA's cost
     # analysis misses GPU convolutions, which become cuDNN custom calls.
-    flops = flops_lib.count_flops(exp.jitted_train_step(), state, batch,
-                                  exp.frozen)
+    jaxpr = jax.make_jaxpr(exp.jitted_train_step())(state, batch,
+                                                    exp.frozen).jaxpr
+    flops = flops_lib.jaxpr_flops(jaxpr)
+    model_flops = flops_lib.jaxpr_flops(jaxpr, recomputation=False)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     xla_flops = float(cost.get('flops', 0.0)) if cost else 0.0
@@ -128,8 +131,6 @@ def run_benchmark(config, workdir: str, steps: int) -> dict:
     step_s = (time.perf_counter() - t0) / steps
   device = jax.devices()[0]
   peak = peak_flops(device, config.compute_dtype)
-  utilization = ('mfu' if config.model.get('remat_policy', 'none') == 'none'
-                 else 'hfu')
   num_devices = jax.device_count()
   result = {
       'device':
@@ -157,14 +158,17 @@ def run_benchmark(config, workdir: str, steps: int) -> dict:
           peak_memory_bytes(),
       'flops_per_step':
           flops,
+      'model_flops_per_step':
+          model_flops,
       'xla_cost_analysis_flops':
           xla_flops,
       'achieved_tflops':
           flops / step_s / 1e12,
-      # With remat the jaxpr holds the recomputation: hardware FLOPs
-      # utilization (benchmarks/paper_scale.py counts model FLOPs for MFU
-      # from a second trace without it).
-      utilization:
+      # Model FLOPs utilization, and hardware FLOPs utilization: with the
+      # work that checkpoints (remat) recompute in the backward pass.
+      'mfu':
+          model_flops / step_s / (peak * num_devices) if peak else None,
+      'hfu':
           flops / step_s / (peak * num_devices) if peak else None,
   }
   return result

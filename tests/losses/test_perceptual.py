@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks import flops as flops_lib
 from tests import paths
 from tests.compile_options import FAST_COMPILE
 from tests.goldens import seeded_weights
@@ -91,6 +92,19 @@ def test_lpips_gradient_is_finite(lpips_params):
   assert np.all(np.isfinite(np.asarray(grad(x))))
 
 
+def test_a_gradient_wrt_the_reconstruction_runs_no_backward_through_x(
+    lpips_params):
+  """The training loss differentiates LPIPS w.r.t. x_hat only: two trunk
+  forwards and one backward (input gradients of y's trunk: 1x its forward),
+  3/2 of the distance's FLOPs. A trunk run on [x; y] at once ran its
+  backward on both halves: 2x."""
+  x = jnp.zeros((2, 32, 32, 3))
+  distance = lambda y: perceptual.lpips_distance(lpips_params, x, y).sum()
+  forward = flops_lib.count_flops(distance, x)
+  assert flops_lib.count_flops(jax.grad(distance),
+                               x) == pytest.approx(1.5 * forward, rel=0.01)
+
+
 def test_lpips_as_a_metric_runs_at_highest_precision():
   """Every conv and head of the metric's LPIPS at HIGHEST (no TF32 or bf16
   passes on a GPU or TPU); the loss's at the backend's default."""
@@ -109,7 +123,8 @@ def test_lpips_as_a_metric_runs_at_highest_precision():
 
   highest = jax.lax.Precision.HIGHEST
   metric = precisions(highest)
-  assert len(metric) == 13 + 5  # The VGG16 trunk's convs, the five heads.
+  # The VGG16 trunk's convs on x and on y, the five heads.
+  assert len(metric) == 2 * 13 + 5
   assert all(p == (highest, highest) for p in metric), metric
   assert all(p is None for p in precisions(None))
 

@@ -57,13 +57,18 @@ class LPIPS(nn.Module):
     """x, y: [B, H, W, 3] images in [-1, 1] -> [B] float32 distances."""
     if x.shape != y.shape:
       raise ValueError(f'LPIPS inputs differ in shape: {x.shape}, {y.shape}')
-    images = jnp.concatenate([x, y]).astype(jnp.float32)
-    images = (images - jnp.array(SHIFT)) / jnp.array(SCALE)
-    features = vgg.VGG(16, vgg.DEFAULT_OUTPUTS, self.dtype, self.precision,
-                       name='vgg')(images)
+    trunk = vgg.VGG(16, vgg.DEFAULT_OUTPUTS, self.dtype, self.precision,
+                    name='vgg')
+    scaled = lambda images: (images.astype(jnp.float32) - jnp.array(SHIFT)
+                            ) / jnp.array(SCALE)
+    # Two calls, not one on [x; y]: a gradient w.r.t. y alone (the training
+    # loss) then runs no backward pass through x's trunk, where the
+    # concatenated batch's backward ran on both halves.
+    features_x, features_y = trunk(scaled(x)), trunk(scaled(y))
     total = jnp.zeros(x.shape[0], jnp.float32)
     for k, name in enumerate(vgg.DEFAULT_OUTPUTS):
-      fx, fy = jnp.split(normalize_channels(features[name]), 2)
+      fx = normalize_channels(features_x[name])
+      fy = normalize_channels(features_y[name])
       diff = jnp.square(fx - fy)
       # The 1x1 head and the spatial mean commute: average first.
       head = nn.Dense(1, use_bias=False, precision=self.precision,

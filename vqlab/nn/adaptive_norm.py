@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vqlab.nn import remat
 from vqlab.nn.resnet import FRAME_AXES
 
 
@@ -90,9 +91,10 @@ class AdaptiveGroupNorm(nn.Module):
     if x.ndim == 4:
       return self(x[:, None], z_q[:, None])[:, 0]
     channels = x.shape[-1]
-    h = nn.GroupNorm(num_groups=self.num_groups, epsilon=self.epsilon,
-                     use_scale=False, use_bias=False, reduction_axes=FRAME_AXES,
-                     dtype=self.dtype, name='norm')(x)
+    h = remat.RecomputedGroupNorm(num_groups=self.num_groups,
+                                  epsilon=self.epsilon, use_scale=False,
+                                  use_bias=False, reduction_axes=FRAME_AXES,
+                                  dtype=self.dtype, name='norm')(x)
     z_q = z_q.astype(self.dtype)
     if self.pooled:
       return self._pooled(h, z_q, x.shape[1:4])

@@ -8,7 +8,8 @@ multiple of 8 up to cuDNN's limit, no mask other than causal), which never
 materializes the [B, heads, L, L] weights. Everywhere else, and on TPU, the
 XLA path. Dropout on the attention weights (training with dropout > 0)
 needs the weights: `masked_attention`, logits and softmax in float32 too
-(flax's own path rounds the logits to the compute dtype).
+(flax's own path rounds the logits to the compute dtype). On both XLA paths
+the weights are recomputed in the backward pass rather than stored.
 
 `VQLAB_ATTENTION=xla` in the environment keeps every call on XLA's path
 (read when a step is traced): to time flash attention against it, or to
@@ -63,19 +64,28 @@ def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   key), or None; dropout_rate > 0: weights dropped (kept ones scaled by
   1 / (1 - rate)) as flax drops them, one [Lq, Lk] draw for every example
   and head with `broadcast_dropout`. Returns [B, L, H, D] in `dtype`.
+
+  The weights are recomputed in the backward pass (from q, k and the
+  dropout key), as flash attention does, not stored: [B, H, Lq, Lk] float32
+  per layer was most of a transformer's stored activations (MaskGIT's 257
+  tokens: 1 GB per layer at batch 256). The backward pass redoes q k^T.
   """
-  scores = jnp.einsum('bqhd,bkhd->bhqk', q, k, precision=precision,
-                      preferred_element_type=jnp.float32)
-  scores = scores * np.float32(q.shape[-1]**-0.5)
-  if allowed is not None:
-    scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1)
-  if dropout_rate > 0.0:
-    shape = (1, 1) + probs.shape[2:] if broadcast_dropout else probs.shape
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, shape)
-    probs = probs * (keep / np.float32(1.0 - dropout_rate))
-  return jnp.einsum('bhqk,bkhd->bqhd', probs.astype(dtype), v.astype(dtype),
-                    precision=precision)
+
+  def attend(q, k, v, allowed, dropout_rng):
+    scores = jnp.einsum('bqhd,bkhd->bhqk', q, k, precision=precision,
+                        preferred_element_type=jnp.float32)
+    scores = scores * np.float32(q.shape[-1]**-0.5)
+    if allowed is not None:
+      scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1)
+    if dropout_rate > 0.0:
+      shape = (1, 1) + probs.shape[2:] if broadcast_dropout else probs.shape
+      keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, shape)
+      probs = probs * (keep / np.float32(1.0 - dropout_rate))
+    return jnp.einsum('bhqk,bkhd->bqhd', probs.astype(dtype), v.astype(dtype),
+                      precision=precision)
+
+  return jax.checkpoint(attend)(q, k, v, allowed, dropout_rng)
 
 
 # cuDNN's flash attention: half-precision inputs, these head dims.
@@ -138,5 +148,7 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
                                           implementation='cudnn')
     except (NotImplementedError, RuntimeError, ValueError):
       pass  # No flash attention for this GPU, cuDNN or shape: XLA's path.
-  return jax.nn.dot_product_attention(query, key, value, mask=mask,
-                                      is_causal=is_causal)
+  # XLA's path (TPUs, CPUs, shapes cuDNN refuses), its weights recomputed in
+  # the backward pass as masked_attention's are.
+  return jax.checkpoint(lambda q, k, v, mask: jax.nn.dot_product_attention(
+      q, k, v, mask=mask, is_causal=is_causal))(query, key, value, mask)

@@ -40,6 +40,19 @@ class AdaLayerNorm(nn.Module):
     modulation = nn.Dense(2 * x.shape[-1], kernel_init=nn.initializers.zeros,
                           dtype=self.dtype, name='modulation')(nn.silu(emb))
     scale, shift = jnp.split(modulation[:, None], 2, axis=-1)
+    # Recomputed in the backward pass (vqlab.nn.remat): else the float32
+    # normalized and modulated [B, N, D] arrays are stored.
+    return nn.remat(_Modulated)(self.dtype)(x, scale, shift)
+
+
+class _Modulated(nn.Module):
+  """LN(x) (1 + scale) + shift, LN without params: x [B, N, D], scale and
+  shift [B, 1, D] -> [B, N, D]."""
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, scale: jax.Array,
+               shift: jax.Array) -> jax.Array:
     h = nn.LayerNorm(use_scale=False, use_bias=False, dtype=jnp.float32)(x)
     return (h * (1 + scale) + shift).astype(self.dtype)
 

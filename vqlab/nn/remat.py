@@ -7,8 +7,17 @@ Policies (what is kept from the forward pass, besides each block's inputs):
   'dots': the outputs of matmuls without a batch dimension (the weight
     matmuls), so the backward pass recomputes only the cheap elementwise work
     and attention.
+
+Whatever the policy, normalizations and activations are recomputed from
+their inputs (`RecomputedLayerNorm`, `RecomputedGroupNorm`,
+`recomputed_gelu`, `recomputed_swish`): without that the backward pass
+keeps their elementwise intermediates (three float32 copies of the input
+per LayerNorm or GroupNorm, five more arrays per tanh GELU), which XLA
+cannot drop across a scan and does not drop elsewhere. Their backward pass
+redoes a few elementwise ops; no matmul or convolution.
 """
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -48,3 +57,18 @@ def rematerialized(block: type[nn.Module], policy: str, *,
     return block
   return nn.remat(block, policy=POLICIES[policy], prevent_cse=not in_scan,
                   static_argnums=tuple(static_argnums))
+
+
+# Norms (same params) that keep only their input for the backward pass.
+RecomputedLayerNorm = nn.remat(nn.LayerNorm)
+RecomputedGroupNorm = nn.remat(nn.GroupNorm)
+
+
+def recomputed_gelu(x: jax.Array, approximate: bool = True) -> jax.Array:
+  """nn.gelu(x) that keeps only x for the backward pass: [...] -> [...]."""
+  return jax.checkpoint(functools.partial(nn.gelu, approximate=approximate))(x)
+
+
+def recomputed_swish(x: jax.Array) -> jax.Array:
+  """nn.swish(x) that keeps only x for the backward pass: [...] -> [...]."""
+  return jax.checkpoint(nn.swish)(x)

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vqlab.nn import remat
 from vqlab.nn.causal_conv import CausalConv3D
 
 # GroupNorm statistics of one frame (H, W, channel group) of [B, T, H, W, C]
@@ -16,16 +17,24 @@ FRAME_AXES = (-3, -2, -1)
 
 def group_norm(num_groups: int, dtype: Any,
                name: str | None = None) -> nn.GroupNorm:
-  """GroupNorm with taming's epsilon (1e-6); statistics in float32."""
-  return nn.GroupNorm(num_groups=num_groups, epsilon=1e-6, dtype=dtype,
-                      name=name)
+  """GroupNorm with taming's epsilon (1e-6); statistics in float32;
+  recomputed in the backward pass (vqlab.nn.remat)."""
+  return remat.RecomputedGroupNorm(num_groups=num_groups, epsilon=1e-6,
+                                   dtype=dtype, name=name)
 
 
 def frame_group_norm(num_groups: int, dtype: Any,
                      name: str | None = None) -> nn.GroupNorm:
   """group_norm applied to each frame of [B, T, H, W, C] separately."""
-  return nn.GroupNorm(num_groups=num_groups, epsilon=1e-6, dtype=dtype,
-                      reduction_axes=FRAME_AXES, name=name)
+  return remat.RecomputedGroupNorm(num_groups=num_groups, epsilon=1e-6,
+                                   dtype=dtype, reduction_axes=FRAME_AXES,
+                                   name=name)
+
+
+def swish(x: jax.Array) -> jax.Array:
+  """The activation after every norm: nn.swish, recomputed in the backward
+  pass (vqlab.nn.remat). [...] -> [...]."""
+  return remat.recomputed_swish(x)
 
 
 class ResBlock2D(nn.Module):
@@ -54,9 +63,9 @@ class ResBlock2D(nn.Module):
     """x: [B, H, W, C] -> [B, H, W, features]."""
     conv = lambda k, name: nn.Conv(self.features, (k, k), dtype=self.dtype,
                                    use_bias=self.use_bias, name=name)
-    h = nn.swish(group_norm(self.num_groups, self.dtype, 'norm1')(x))
+    h = swish(group_norm(self.num_groups, self.dtype, 'norm1')(x))
     h = conv(3, 'conv1')(h)
-    h = nn.swish(group_norm(self.num_groups, self.dtype, 'norm2')(h))
+    h = swish(group_norm(self.num_groups, self.dtype, 'norm2')(h))
     h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
     h = conv(3, 'conv2')(h)
     if x.shape[-1] != self.features:
@@ -87,9 +96,9 @@ class ResBlock3D(nn.Module):
     kernel = (self.temporal_kernel, 3, 3)
     conv = lambda k, name: CausalConv3D(self.features, k, dtype=self.dtype,
                                         use_bias=self.use_bias, name=name)
-    h = nn.swish(frame_group_norm(self.num_groups, self.dtype, 'norm1')(x))
+    h = swish(frame_group_norm(self.num_groups, self.dtype, 'norm1')(x))
     h = conv(kernel, 'conv1')(h)
-    h = nn.swish(frame_group_norm(self.num_groups, self.dtype, 'norm2')(h))
+    h = swish(frame_group_norm(self.num_groups, self.dtype, 'norm2')(h))
     h = conv(kernel, 'conv2')(h)
     if x.shape[-1] != self.features:
       x = conv((1, 1, 1), 'shortcut')(x)

@@ -48,7 +48,7 @@ class MlpBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    h = nn.gelu(
+    h = remat.recomputed_gelu(
         nn.Dense(self.mlp_dim, dtype=self.dtype, name='fc1')(x),
         approximate=not self.exact_gelu)
     if self.hidden_dropout:
@@ -88,7 +88,8 @@ class TransformerBlock(nn.Module):
                train: bool = False) -> jax.Array:
     """x: [B, L, D]; mask: broadcastable to [B, heads, L, L_kv], True where
     attention is allowed (None: all). Returns [B, L, D]."""
-    h = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype, name='norm1')(x)
+    h = remat.RecomputedLayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
+                                  name='norm1')(x)
     attention_fn = functools.partial(attention.dot_product_attention,
                                      is_causal=self.causal and not self.decode)
     h = nn.MultiHeadDotProductAttention(
@@ -97,7 +98,8 @@ class TransformerBlock(nn.Module):
         deterministic=not train, attention_fn=attention_fn,
         name='attention')(h, h, mask=mask)
     x = x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
-    h = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype, name='norm2')(x)
+    h = remat.RecomputedLayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
+                                  name='norm2')(x)
     h = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, self.exact_gelu,
                  self.mlp_hidden_dropout, name='mlp')(h, train=train)
     return x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
