@@ -21,3 +21,14 @@ def reconstruct(tokenizer, x):
   import jax  # pylint: disable=g-import-not-at-top
   return jax.jit(lambda v, x: tokenizer.decode(v, tokenizer.encode(v, x)),
                  compiler_options=FAST_COMPILE)(tokenizer.variables, x)
+
+
+def subprocess_xla_flags(device_count: int) -> str:
+  """XLA_FLAGS for a subprocess on `device_count` CPU devices that keeps this
+  session's cheap compile settings (tests/conftest.py): a subprocess given
+  only the device count compiled at full optimization, twice as long."""
+  import os  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  return re.sub(r'--xla_force_host_platform_device_count=\d+',
+                f'--xla_force_host_platform_device_count={device_count}',
+                os.environ['XLA_FLAGS'])

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import compile_options
 from tests import paths
 from tests import tiny
 from vqlab import tokenizers
@@ -109,7 +110,7 @@ def test_cli_writes_a_run_that_main_evaluates_and_generators_load(tmp_path):
   loaded = trained_tokenizer.load(out)
   assert loaded.step == 0
   with np.load(_GOLDENS / 'maskgit_goldens.npz') as golden:
-    tokens = loaded.encode(loaded.variables, golden['images'])
+    tokens = compile_options.encode(loaded, golden['images'])
     np.testing.assert_array_equal(tokens, golden['tokens'])
 
   printed = _run('main.py', f'--config={out}/config.py', f'--workdir={out}',
@@ -170,7 +171,7 @@ def test_a_run_that_switched_its_stacking_layout_still_loads(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, loaded.variables['params'],
                stack.stack_like(params, scanned))
   # Its factorized codes, and each as one code of 2^6 (factor 0 low bits).
-  tokens = np.asarray(loaded.encode(loaded.variables, images))
+  tokens = np.asarray(compile_options.encode(loaded, images))
   assert tokens.shape == (2, 4, 4, 2) and loaded.factor_vocab_sizes == (8, 8)
   np.testing.assert_array_equal(loaded.whole_codes(tokens),
                                 tokens[..., 0] + 8 * tokens[..., 1])

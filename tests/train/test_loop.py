@@ -21,6 +21,7 @@ import jax
 import numpy as np
 import pytest
 
+from tests import compile_options
 from tests import paths
 from tests import retrace
 from tests import tiny
@@ -203,7 +204,7 @@ def test_two_processes_match_one_process_on_two_devices(uninterrupted,
   # lines (coordinator, process ids) that it sends to GPU hosts over ssh.
   workdir, logs = str(tmp_path / 'run'), str(tmp_path / 'logs')
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
-             XLA_FLAGS='--xla_force_host_platform_device_count=1')
+             XLA_FLAGS=compile_options.subprocess_xla_flags(1))
   command = [
       sys.executable,
       os.path.join(ROOT, 'launch', 'gpu_nodes.py'), 'run',
