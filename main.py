@@ -123,13 +123,14 @@ def _initialize_distributed() -> None:
             sys.stderr, flush=True))
     notice.daemon = True
     notice.start()
+    deadline = time.monotonic() + timeout
     try:
       if _COORDINATOR.value and _PROCESS_ID.value:
         _wait_for_coordinator(_COORDINATOR.value, timeout)
-      jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                                 num_processes=_NUM_PROCESSES.value,
-                                 process_id=_PROCESS_ID.value,
-                                 initialization_timeout=timeout)
+      jax.distributed.initialize(
+          coordinator_address=_COORDINATOR.value,
+          num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
+          initialization_timeout=max(1, round(deadline - time.monotonic())))
     except (ValueError, RuntimeError) as e:
       first = str(e).strip().splitlines()[0] if str(e).strip() else ''
       where = ('found no TPU pod or cluster to join' if not _COORDINATOR.value
