@@ -22,9 +22,10 @@ file in the weights directory.
 Memory: the global batch of 256 runs as 8 microbatches with each stage's res
 blocks scanned and rematerialized, which fits the paper's pods and 8 x 80 GB
 GPUs. Compiled peak estimates per device (benchmarks/README.md, XLA:CPU)
-for 1, 2, 4, 8 clips per device at a time: 16.4, 24.1, 39.6, 84.5 GiB
-(measured before R1 and the wider discriminator: 14.8, 22.3, 37.3, 81.3,
-and without scan and remat 24.2, 41.0, 74.7, 189.6). So 8 x 80 GB GPUs (32
+for 1, 2, 4, 8 clips per device at a time: 15.4, 22.0, 35.7, 70.6 GiB
+(16.4, 24.1, 39.6, 84.5 before GroupNorm and swish were recomputed in the
+backward pass; without scan and remat, earlier: 24.2, 41.0, 74.7, 189.6).
+So 8 x 80 GB GPUs (32
 clips per device) run 4 at a time, a v5p-32 (16 devices) 2 and a v4-64
 (32 devices, 32 GiB each) 1. On more devices, lower train.microbatches so
 that it still divides the per-device batch; on fewer or smaller ones raise

@@ -28,18 +28,18 @@ FROZEN = ('encoder', 'quantizer')
 # Microbatches of the paper's global batch of 1024 by (model size, stage), so
 # that 8 x 80 GB GPUs (128 images per device) hold it within JAX's default 75%
 # of GPU memory. Compiled peak per device at 128 images in these microbatches
-# (XLA:CPU, benchmarks/README.md): stage 1 S 40.7, B 38.2, L 33.7 GiB (in one
-# piece 80.5, 140.8, 328.6); stage 2, through the proxy VQGAN's decoder, S
-# 34.6, B 22.6, L 23.8 GiB (stage 1 measured before it kept the release's
-# EMA, which adds one copy of its params: 0.2 GiB for S, 2.3 for L). On more
-# devices, lower it so that it still divides the per-device batch.
+# (XLA:CPU, benchmarks/README.md, 2026-12-06, with norms, activations and
+# attention weights recomputed in the backward pass): stage 1 S 34.3 (one
+# piece), B 31.1, L 31.0 GiB; stage 2, through the proxy VQGAN's decoder,
+# S 25.9 (48.8 in 4), B 29.2, L 26.4 GiB. On more devices, lower it so that
+# it still divides the per-device batch.
 MICROBATCHES = {
-    ('S', '1'): 2,
+    ('S', '1'): 1,
     ('S', '2'): 8,
-    ('B', '1'): 4,
-    ('B', '2'): 16,
-    ('L', '1'): 16,
-    ('L', '2'): 32,
+    ('B', '1'): 2,
+    ('B', '2'): 8,
+    ('L', '1'): 8,
+    ('L', '2'): 16,
 }
 
 

@@ -34,13 +34,14 @@ batch anew; here the tokens are made once (`tokens.source = 'shards'`: one
 crop of each image for the whole run; `'on_the_fly'` draws new ones in every
 step, at the cost of the tokenizer's forward pass).
 
-Memory: the global batch of 512 runs as 2 microbatches, so that 8 x 80 GB
-GPUs (64 examples per device) hold it within JAX's default 75% of GPU
-memory: compiled peak per device 36.3 GiB with its EMA of the weights,
-62.6 in one piece; rematerializing the blocks instead (model.remat_policy =
-'full', one piece) needs 10.7 GiB for 23% more FLOPs (XLA:CPU, jax 0.10.2,
-`benchmarks/paper_scale.py --cases=vq_diffusion_class --compile_only
---batch=64`; with the former cross-attention 42.7 and 72.1 GiB).
+Memory: the global batch of 512 runs in one piece on 8 x 80 GB GPUs (64
+examples per device), within JAX's default 75% of GPU memory: compiled peak
+per device 29.9 GiB (the text model 37.8) with its EMA of the weights, since
+norms, activations and attention weights are recomputed in the backward pass
+(62.6 GiB before, so 2 microbatches then); rematerializing the blocks
+(model.remat_policy = 'full') saves more for 23% more FLOPs (XLA:CPU, jax
+0.10.2, `benchmarks/paper_scale.py --cases=vq_diffusion_class --compile_only
+--per_device_batch_sweep=64 --set=train.microbatches=1`).
 """
 
 from vqlab import data
@@ -96,7 +97,7 @@ def get_config():
   # (Computed here: a run with another model.num_timesteps sets it too.)
   config.optimizer.grad_clip_norm = 0.5 / config.model.num_timesteps
   config.train.batch_size = 512
-  config.train.microbatches = 2  # 64 examples per device on 8 GPUs, 2 x 32.
+  config.train.microbatches = 1  # 64 examples per device on 8 GPUs.
   config.train.num_steps = 250_000  # 100 epochs of 1,281,167 images.
   config.train.log_every = 100
   config.train.eval_every = 20_000
