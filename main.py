@@ -115,11 +115,12 @@ def _initialize_distributed() -> None:
     # Joining is silent until every process has joined: say what it waits
     # for if that takes a while (a process that never starts makes the
     # others abort when the timeout is up).
+    who = ('every process of the pod' if _PROCESS_ID.value is None else
+           f'all {_NUM_PROCESSES.value} processes, as process '
+           f'{_PROCESS_ID.value},')
     notice = threading.Timer(
         10.0, lambda: print(
-            f'vqlab: process {_PROCESS_ID.value} waiting for all '
-            f'{_NUM_PROCESSES.value} processes to join '
-            f'{_COORDINATOR.value or "the pod"} (at most {timeout} s)...', file=
+            f'vqlab: waiting for {who} to join (at most {timeout} s)...', file=
             sys.stderr, flush=True))
     notice.daemon = True
     notice.start()

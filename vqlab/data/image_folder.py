@@ -30,9 +30,9 @@ were left out. The list, and so the data order, depends only on the files
 
 Files are listed in sorted order; each host reads an even contiguous slice of
 the eval list and every process_count-th file of the train list (so that no
-host holds a run of classes). Preprocessing, order and resume are those of the `tfds`
-dataset (`preprocess.py`, `pipeline.py`), with two differences: the train
-shuffle buffer holds the file names of the whole host's slice, not
+host holds a run of classes). Preprocessing, order and resume are those of
+the `tfds` dataset (`preprocess.py`, `pipeline.py`), with two differences: the
+train shuffle buffer holds the file names of the whole host's slice, not
 `shuffle_buffer` of them (each epoch is a uniform permutation, as a tfds
 dataset's shuffled records give; each file is read after the shuffle), and
 images are turned as their EXIF orientation tag says (read from each file's

@@ -42,7 +42,7 @@ class AdaLayerNorm(nn.Module):
     scale, shift = jnp.split(modulation[:, None], 2, axis=-1)
     # Recomputed in the backward pass (vqlab.nn.remat): else the float32
     # normalized and modulated [B, N, D] arrays are stored.
-    return nn.remat(_Modulated)(self.dtype)(x, scale, shift)
+    return _RecomputedModulation(self.dtype)(x, scale, shift)
 
 
 class _Modulated(nn.Module):
@@ -55,6 +55,9 @@ class _Modulated(nn.Module):
                shift: jax.Array) -> jax.Array:
     h = nn.LayerNorm(use_scale=False, use_bias=False, dtype=jnp.float32)(x)
     return (h * (1 + scale) + shift).astype(self.dtype)
+
+
+_RecomputedModulation = nn.remat(_Modulated)
 
 
 class ConditionedBlock(nn.Module):

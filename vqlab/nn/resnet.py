@@ -31,12 +31,6 @@ def frame_group_norm(num_groups: int, dtype: Any,
                                    name=name)
 
 
-def swish(x: jax.Array) -> jax.Array:
-  """The activation after every norm: nn.swish, recomputed in the backward
-  pass (vqlab.nn.remat). [...] -> [...]."""
-  return remat.recomputed_swish(x)
-
-
 class ResBlock2D(nn.Module):
   """GroupNorm -> swish -> conv3x3, twice, plus a (1x1-projected) shortcut.
 
@@ -63,9 +57,11 @@ class ResBlock2D(nn.Module):
     """x: [B, H, W, C] -> [B, H, W, features]."""
     conv = lambda k, name: nn.Conv(self.features, (k, k), dtype=self.dtype,
                                    use_bias=self.use_bias, name=name)
-    h = swish(group_norm(self.num_groups, self.dtype, 'norm1')(x))
+    h = remat.recomputed_swish(
+        group_norm(self.num_groups, self.dtype, 'norm1')(x))
     h = conv(3, 'conv1')(h)
-    h = swish(group_norm(self.num_groups, self.dtype, 'norm2')(h))
+    h = remat.recomputed_swish(
+        group_norm(self.num_groups, self.dtype, 'norm2')(h))
     h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
     h = conv(3, 'conv2')(h)
     if x.shape[-1] != self.features:
@@ -96,9 +92,11 @@ class ResBlock3D(nn.Module):
     kernel = (self.temporal_kernel, 3, 3)
     conv = lambda k, name: CausalConv3D(self.features, k, dtype=self.dtype,
                                         use_bias=self.use_bias, name=name)
-    h = swish(frame_group_norm(self.num_groups, self.dtype, 'norm1')(x))
+    h = remat.recomputed_swish(
+        frame_group_norm(self.num_groups, self.dtype, 'norm1')(x))
     h = conv(kernel, 'conv1')(h)
-    h = swish(frame_group_norm(self.num_groups, self.dtype, 'norm2')(h))
+    h = remat.recomputed_swish(
+        frame_group_norm(self.num_groups, self.dtype, 'norm2')(h))
     h = conv(kernel, 'conv2')(h)
     if x.shape[-1] != self.features:
       x = conv((1, 1, 1), 'shortcut')(x)

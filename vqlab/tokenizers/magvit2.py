@@ -39,7 +39,6 @@ from vqlab.nn.adaptive_norm import AdaptiveGroupNorm
 from vqlab.nn.causal_conv import CausalConv3D
 from vqlab.nn.resnet import frame_group_norm
 from vqlab.nn.resnet import ResBlock3D
-from vqlab.nn.resnet import swish
 from vqlab.nn.sampling import CausalDownsample3D
 from vqlab.nn.sampling import CausalUpsample3D
 from vqlab.quantizers import base as quantizer_base
@@ -117,7 +116,8 @@ class Encoder(nn.Module):
                          spatial_padding='symmetric',
                          name=f'downsample_{level}')(h)
     h = res(h.shape[-1], self.num_res_blocks, h)
-    h = swish(frame_group_norm(self.num_groups, self.dtype, 'norm_out')(h))
+    h = remat.recomputed_swish(
+        frame_group_norm(self.num_groups, self.dtype, 'norm_out')(h))
     return CausalConv3D(self.out_channels, (1, 1, 1), dtype=self.dtype,
                         name='conv_out')(h)
 
@@ -154,7 +154,8 @@ class Decoder(nn.Module):
       if level > 0:
         h = CausalUpsample3D(temporal[level - 1], self.temporal_kernel,
                              self.dtype)(h)
-    return swish(frame_group_norm(self.num_groups, self.dtype, 'norm_out')(h))
+    return remat.recomputed_swish(
+        frame_group_norm(self.num_groups, self.dtype, 'norm_out')(h))
 
 
 class MAGVIT2(nn.Module):

@@ -25,10 +25,10 @@ import ml_collections
 
 from vqlab import quantizers
 from vqlab.errors import ConfigError
+from vqlab.nn import remat
 from vqlab.nn.attention import SpatialSelfAttention
 from vqlab.nn.resnet import group_norm
 from vqlab.nn.resnet import ResBlock2D
-from vqlab.nn.resnet import swish
 from vqlab.nn.sampling import avg_pool_2x
 from vqlab.nn.sampling import Downsample2D
 from vqlab.nn.sampling import Upsample2D
@@ -84,7 +84,8 @@ class Encoder(nn.Module):
     attention = (SpatialSelfAttention(self.num_groups, self.dtype)
                  if self.mid_attention else None)
     h = _mid_block(res, h, self.mid_res_blocks, attention)
-    h = swish(group_norm(self.num_groups, self.dtype, 'norm_out')(h))
+    h = remat.recomputed_swish(
+        group_norm(self.num_groups, self.dtype, 'norm_out')(h))
     k = self.conv_out_kernel
     return nn.Conv(self.z_channels, (k, k), dtype=self.dtype,
                    name='conv_out')(h)
@@ -125,7 +126,8 @@ class Decoder(nn.Module):
           h = SpatialSelfAttention(self.num_groups, self.dtype)(h)
       if level != 0:
         h = Upsample2D(self.dtype)(h)
-    return swish(group_norm(self.num_groups, self.dtype, 'norm_out')(h))
+    return remat.recomputed_swish(
+        group_norm(self.num_groups, self.dtype, 'norm_out')(h))
 
 
 class VQGAN(nn.Module):

@@ -41,11 +41,6 @@ _LOADERS = {
     'i3d': i3d_weights.load_i3d_params
 }
 
-
-def _filenames(network: str) -> list[str]:
-  return [files.KNOWN_FILES[name].filename for name in WEIGHT_FILES[network]]
-
-
 _REPORTED = set()  # The notices printed (once per run and weights directory).
 
 
@@ -58,9 +53,9 @@ def wanted(network: str, mode: str,
     return False
   if mode == 'on':
     return True
+  filenames = [files.KNOWN_FILES[n].filename for n in WEIGHT_FILES[network]]
   absent = [
-      files.KNOWN_FILES[name].filename
-      for name in WEIGHT_FILES[network]
+      filename for name, filename in zip(WEIGHT_FILES[network], filenames)
       if files.locate(name, directory) is None
   ]
   present = not absent
@@ -77,7 +72,7 @@ def wanted(network: str, mode: str,
            len(lacking) < jax.process_count() else 'no')
     print(
         f'vqlab: {network} is left out (its mode is \'auto\'): {who} '
-        f'{", ".join(absent or _filenames(network))} in '
+        f'{", ".join(absent or filenames)} in '
         f'{files.weights_dir(directory)} (README: Pretrained metric '
         'networks)', flush=True)
   return not lacking
