@@ -95,7 +95,9 @@ def _wait_for_coordinator(address: str, timeout: float) -> None:
   deadline = time.monotonic() + timeout
   while True:
     try:
-      with socket.create_connection((host.strip('[]'), int(port)), timeout=5):
+      wait = min(5.0, max(0.1, deadline - time.monotonic()))
+      with socket.create_connection((host.strip('[]'), int(port)),
+                                    timeout=wait):
         return
     except OSError as e:
       if time.monotonic() > deadline:
@@ -103,6 +105,22 @@ def _wait_for_coordinator(address: str, timeout: float) -> None:
                  f'answered there in {timeout:g} s ({e}); is process 0 '
                  'running, and can this host reach that port?')
       time.sleep(0.5)
+
+
+# Seconds JAX's own join timeout runs past --initialization_timeout, so that
+# _give_up_joining speaks first.
+_JOIN_GRACE_S = 15
+
+
+def _give_up_joining(who: str, timeout: int) -> None:
+  """Exits the process with one line: not every process joined in time."""
+  where = (f' at {_COORDINATOR.value}' if _COORDINATOR.value else '')
+  print(
+      f'flag error: waited {timeout} s (--initialization_timeout) for {who} '
+      f'to join{where}, and not all did: did every process start, with the '
+      'same --coordinator_address and --num_processes and its own '
+      '--process_id?', file=sys.stderr, flush=True)
+  os._exit(1)  # pylint: disable=protected-access
 
 
 def _initialize_distributed() -> None:
@@ -113,8 +131,7 @@ def _initialize_distributed() -> None:
   if _DISTRIBUTED.value or _COORDINATOR.value:
     timeout = _INITIALIZATION_TIMEOUT.value
     # Joining is silent until every process has joined: say what it waits
-    # for if that takes a while (a process that never starts makes the
-    # others abort when the timeout is up).
+    # for if that takes a while.
     who = ('every process of the pod' if _PROCESS_ID.value is None else
            f'all {_NUM_PROCESSES.value} processes, as process '
            f'{_PROCESS_ID.value},')
@@ -122,8 +139,12 @@ def _initialize_distributed() -> None:
         10.0, lambda: print(
             f'vqlab: waiting for {who} to join (at most {timeout} s)...', file=
             sys.stderr, flush=True))
-    notice.daemon = True
-    notice.start()
+    # JAX's coordination service aborts every process from C++ (a stack
+    # trace) when its timeout is up: this line comes first and exits.
+    gave_up = threading.Timer(timeout + 2, _give_up_joining, (who, timeout))
+    for timer in (notice, gave_up):
+      timer.daemon = True
+      timer.start()
     deadline = time.monotonic() + timeout
     try:
       if _COORDINATOR.value and _PROCESS_ID.value:
@@ -131,7 +152,8 @@ def _initialize_distributed() -> None:
       jax.distributed.initialize(
           coordinator_address=_COORDINATOR.value,
           num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
-          initialization_timeout=max(1, round(deadline - time.monotonic())))
+          initialization_timeout=max(1, round(deadline - time.monotonic())) +
+          _JOIN_GRACE_S)
     except (ValueError, RuntimeError) as e:
       first = str(e).strip().splitlines()[0] if str(e).strip() else ''
       where = ('found no TPU pod or cluster to join' if not _COORDINATOR.value
@@ -141,6 +163,7 @@ def _initialize_distributed() -> None:
                '--coordinator_address, --num_processes and --process_id')
     finally:
       notice.cancel()
+      gave_up.cancel()
 
 
 def _use_compilation_cache() -> None:

@@ -11,6 +11,7 @@ of a second (the README's case loads the quickstart: a few seconds).
 import ast
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -243,6 +244,23 @@ def test_a_coordinator_that_never_answers_is_one_line(tmp_path, light_config):
                          '--initialization_timeout=2', workdir=tmp_path / 'run')
   assert line.startswith('flag error: --coordinator_address=localhost:1: '
                          'nothing answered there in 2 s ('), line
+
+
+def test_a_process_0_that_nobody_joins_is_one_line(tmp_path, light_config):
+  """Process 1 never started: JAX aborted process 0 with a C++ stack trace
+  when its timeout was up."""
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  line = _one_line_error(f'--config={light_config}',
+                         f'--coordinator_address=localhost:{port}',
+                         '--num_processes=2', '--process_id=0',
+                         '--initialization_timeout=2', workdir=tmp_path / 'run')
+  assert line == ('flag error: waited 2 s (--initialization_timeout) for all '
+                  '2 processes, as process 0, to join at localhost:'
+                  f'{port}, and not all did: did every process start, with '
+                  'the same --coordinator_address and --num_processes and its '
+                  'own --process_id?')
 
 
 def test_every_mode_says_what_a_rerun_does_after_ctrl_c():
