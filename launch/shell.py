@@ -58,7 +58,8 @@ def format_command(command: list[str]) -> str:
 MODES = ('train', 'eval', 'fid_stats', 'fvd_stats', 'tokenize', 'sample')
 # main.py flags a launcher passes through after `--`, besides --config.*.
 _PASSED_FLAGS = ('--allow_config_change', '--noallow_config_change',
-                 '--compilation_cache_dir', '--verbosity')
+                 '--compilation_cache_dir', '--initialization_timeout',
+                 '--verbosity')
 
 
 def main_py_flags_problem(flags: list[str]) -> str | None:

@@ -303,7 +303,8 @@ def test_a_local_run_waits_for_its_processes_after_ctrl_c(
         'run', *TPU, '--config=c.py', '--workdir=gs://b/r', '--', '--dry_run'
     ], 'tpu_vm.py run: error: arguments after -- are config overrides '
      '(--config.x=y) or --allow_config_change, --noallow_config_change, '
-     '--compilation_cache_dir, --verbosity; got --dry_run'),
+     '--compilation_cache_dir, --initialization_timeout, --verbosity; got '
+     '--dry_run'),
     ('tpu_vm.py', [
         'run', *TPU, '--config=c.py', '--workdir=gs://b/r', '--env=NOVALUE'
     ], 'tpu_vm.py run: error: --env=NOVALUE: expected NAME=VALUE'),
