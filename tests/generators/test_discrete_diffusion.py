@@ -329,21 +329,27 @@ def test_skip_sampler_time_points_and_outputs():
   assert tokens.shape == (3, 2, 3) and int(tokens.max()) < K
 
 
-def test_guidance_scale_one_is_conditional_sampling_and_truncation():
+def test_guidance_scale_zero_is_conditional_sampling_and_truncation():
+  """guidance_scale is w, as MaskGIT's and GPT's (VQ-Diffusion's s = 1 + w):
+  it was s, so 0 sampled unconditionally."""
   model, params = _model(condition='class', num_classes=3)
   labels = jnp.array([0, 1, 2, 1])
-  sample = lambda s: vq_diffusion.sample(model, params, jax.random.key(1), 4,
-                                         labels, num_steps=4, guidance_scale=s)
-  np.testing.assert_array_equal(sample(1.0), sample(1.0 + 1e-12))
-  # s = 3: log p_u + 3 (log p_c - log p_u) over the codes, renormalized.
+  sample = lambda w: vq_diffusion.sample(model, params, jax.random.key(1), 4,
+                                         labels, num_steps=4, guidance_scale=w)
+  np.testing.assert_array_equal(sample(0.0), sample(1e-12))
+  # w = 2: log p_u + 3 (log p_c - log p_u) over the codes, renormalized.
   x_t = jnp.asarray(np.random.default_rng(2).integers(0, K + 1, (4, 2, 3)))
   times = jnp.full((4,), 5, jnp.int32)
   log_p = lambda drop: model.apply({'params': params}, x_t, times, labels,
                                    jnp.full((4,), drop))[..., :-1]
   want = jax.nn.log_softmax(log_p(True) + 3 * (log_p(False) - log_p(True)))
   got = vq_diffusion.predict_x0(model, params, x_t, 5, labels,
-                                guidance_scale=3.0)
+                                guidance_scale=2.0)
   np.testing.assert_allclose(got[..., :-1], want, atol=1e-5)
+  plain = vq_diffusion.predict_x0(model, params, x_t, 5, labels,
+                                  guidance_scale=0.0)
+  np.testing.assert_allclose(plain[..., :-1], jax.nn.log_softmax(log_p(False)),
+                             atol=1e-5)
   log_p = jnp.log(jnp.array([0.5, 0.3, 0.15, 0.05]))
   kept = np.exp(np.asarray(vq_diffusion.truncate(log_p, 0.86)))
   np.testing.assert_allclose(kept, [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0.0],

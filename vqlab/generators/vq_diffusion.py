@@ -346,24 +346,25 @@ def truncate(log_p: jax.Array, rate: float,
 
 
 def predict_x0(model: VQDiffusion, params, x_t, t, cond,
-               guidance_scale: float = 1.0, temperature: float = 1.0,
+               guidance_scale: float = 0.0, temperature: float = 1.0,
                truncation: float = 1.0, renormalize: bool = True) -> jax.Array:
   """log p(x_0 | x_t) for sampling: guidance, temperature, truncation
   (`truncate`, with `renormalize`).
 
-  Guidance (needs a condition): log p_u + s (log p_c - log p_u) over the
-  codes, renormalized; s = 1 is plain conditional sampling.
+  Guidance (needs a condition), with w = guidance_scale as MaskGIT's and
+  GPT's (0 is plain conditional sampling): log p_u + s (log p_c - log p_u)
+  over the codes, renormalized, where VQ-Diffusion's s = 1 + w.
   """
   batch = x_t.shape[0]
   apply = functools.partial(model.apply, {'params': params})
   times = jnp.full((batch,), t, jnp.int32)
-  if cond is not None and guidance_scale != 1.0:
+  if cond is not None and guidance_scale != 0.0:
     both = jax.tree.map(lambda a: jnp.concatenate([a, a]), cond)
     drop = jnp.concatenate([jnp.zeros(batch, bool), jnp.ones(batch, bool)])
     log_p = apply(jnp.concatenate([x_t, x_t]), jnp.concatenate([times, times]),
                   both, drop)
     cond_p, uncond_p = log_p[:batch, ..., :-1], log_p[batch:, ..., :-1]
-    codes = uncond_p + guidance_scale * (cond_p - uncond_p)
+    codes = uncond_p + (1.0 + guidance_scale) * (cond_p - uncond_p)
   else:
     codes = apply(x_t, times, cond)[..., :-1]
   codes = jax.nn.log_softmax(codes / max(temperature, 1e-6), axis=-1)
@@ -419,7 +420,7 @@ def purity_step(rng: jax.Array, log_p_x0: jax.Array, x: jax.Array, num_reveal,
 
 def sample(model: VQDiffusion, params, rng: jax.Array, batch_size: int,
            cond: Any = None, num_steps: int | None = None,
-           guidance_scale: float = 1.0, temperature: float = 1.0,
+           guidance_scale: float = 0.0, temperature: float = 1.0,
            truncation: float = 1.0, sampler: str = 'chain',
            purity_weight: float = 1.0) -> jax.Array:
   """Generates tokens [B, *token_shape] from all-[MASK] at t = T.
@@ -428,6 +429,7 @@ def sample(model: VQDiffusion, params, rng: jax.Array, batch_size: int,
   time point; 'purity' reveals masked positions by purity (`purity_step`,
   weight purity_weight). Step i (from t_i to t_{i+1}) draws with
   fold_in(rng, i), so the fast chain with num_steps = T is the full chain.
+  guidance_scale is w, as MaskGIT's and GPT's (`predict_x0`: 0 is off).
   Jit-able with num_steps, guidance_scale, temperature, truncation, sampler
   and purity_weight static.
   """
@@ -589,16 +591,14 @@ def _sample(model: VQDiffusion, params, rng: jax.Array, batch_size: int, cond,
             *, settings: ml_collections.ConfigDict,
             loss_settings: ml_collections.ConfigDict,
             token_shape: tuple[int, ...], known=None) -> jax.Array:
-  """`sample` with the settings: w = settings.guidance_scale is MaskGIT's
-  (s = 1 + w, so w = 0 is conditional sampling); diffusion_steps 0 walks
-  the full chain."""
+  """`sample` with the settings; diffusion_steps 0 walks the full chain."""
   del loss_settings, token_shape, known  # Never given one (settings_read).
   purity = ({
       'purity_weight': settings.purity_weight
   } if settings.diffusion_sampler == 'purity' else {})
   return sample(model, params, rng, batch_size, cond,
                 num_steps=settings.diffusion_steps or None,
-                guidance_scale=1.0 + settings.guidance_scale,
+                guidance_scale=settings.guidance_scale,
                 temperature=settings.temperature,
                 truncation=settings.truncation,
                 sampler=settings.diffusion_sampler, **purity)
