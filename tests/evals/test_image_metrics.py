@@ -78,8 +78,10 @@ def test_video_psnr_is_the_mean_over_frames():
 def test_ssim_rejects_small_or_mismatched_images():
   with pytest.raises(ValueError, match='smaller than the 11x11 window'):
     image_metrics.ssim(jnp.zeros((1, 8, 8, 3)), jnp.zeros((1, 8, 8, 3)))
-  with pytest.raises(ValueError, match='one shape'):
+  with pytest.raises(ValueError, match='ssim: shapes differ'):
     image_metrics.ssim(jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 16, 16, 1)))
+  with pytest.raises(ValueError, match='one shape'):
+    image_metrics.ssim(jnp.zeros((1, 16, 16)), jnp.zeros((1, 16, 16)))
   # A pair in the wrong order or of other channels is not broadcast.
   for metric in (image_metrics.mean_frame_psnr, image_metrics.mean_abs_error):
     with pytest.raises(ValueError, match='shapes differ'):
@@ -87,3 +89,14 @@ def test_ssim_rejects_small_or_mismatched_images():
   with pytest.raises(ValueError, match='shapes differ'):
     image_metrics.mean_abs_error(jnp.zeros((1, 4, 4, 3)), jnp.zeros(
         (1, 4, 4, 1)))
+
+
+def test_metrics_reject_integer_pixels():
+  """uint8 images (a saved PNG) gave PSNR -37 dB and SSIM 3e-5, no error."""
+  pixels = jnp.full((1, 16, 16, 3), 128, jnp.uint8)
+  for metric in (image_metrics.psnr, image_metrics.mean_frame_psnr,
+                 image_metrics.ssim, image_metrics.mean_abs_error):
+    with pytest.raises(TypeError, match=r'x / 127\.5 - 1'):
+      metric(pixels, pixels.astype(jnp.float32) / 127.5 - 1)
+    with pytest.raises(TypeError, match='got uint8'):
+      metric(pixels.astype(jnp.float32) / 127.5 - 1, pixels)

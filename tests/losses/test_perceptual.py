@@ -234,6 +234,23 @@ def test_wrong_shapes_name_the_key(lpips_golden):
     lpips_weights.convert_lpips_heads(heads)
 
 
+@pytest.mark.parametrize('shape, dtype, error, message', [
+    ((2, 5, 32, 32, 3), jnp.float32, ValueError,
+     r'LPIPS: images must have shape \[B, H, W, 3 or 1\]'),
+    ((2, 3, 32, 32), jnp.float32, ValueError, r'got \(2, 3, 32, 32\)'),
+    ((2, 32, 32, 4), jnp.float32, ValueError, r'3 or 1'),
+    ((2, 8, 8, 3), jnp.float32, ValueError, r'at least 16 pixels'),
+    ((2, 32, 32, 3), jnp.uint8, TypeError, r'x / 127\.5 - 1'),
+])
+def test_lpips_rejects_what_it_would_measure_wrong(shape, dtype, error,
+                                                   message):
+  """A video gave [B, W] distances (its mean over T and H), 8x8 NaN, uint8
+  a third of the distance, NCHW a broadcasting error deep in the trunk."""
+  x = jnp.zeros(shape, dtype)
+  with pytest.raises(error, match=message):
+    jax.eval_shape(perceptual.LPIPS().init, jax.random.key(0), x, x)
+
+
 def test_eval_leaves_lpips_out_below_its_smallest_side():
   """Its relu5_3 has no positions under 16 pixels: NaN, not a metric."""
   from vqlab.train.tasks import reconstruction_eval  # pylint: disable=g-import-not-at-top

@@ -3,10 +3,15 @@
 import jax
 import jax.numpy as jnp
 
+from vqlab import checks
+
 
 def _check_same_shape(who: str, x: jax.Array, y: jax.Array) -> None:
+  """Same shapes, and [-1, 1] floats (uint8 gave silently wrong numbers)."""
   if x.shape != y.shape:
     raise ValueError(f'{who}: shapes differ: {x.shape} vs {y.shape}')
+  for images in (x, y):
+    checks.check_float_pixels(images, who)
 
 
 def psnr(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -72,7 +77,8 @@ def ssim(x: jax.Array, y: jax.Array, *, sigma: float = 1.5, k1: float = 0.01,
   averaged over the positions where the window fits inside the image and over
   channels. `y` is clipped to [-1, 1] as saved images would be.
   """
-  if x.shape != y.shape or x.ndim != 4:
+  _check_same_shape('ssim', x, y)
+  if x.ndim != 4:
     raise ValueError(f'ssim: need two [B, H, W, C] arrays of one shape, got '
                      f'{x.shape} and {y.shape}')
   radius = int(3.5 * sigma + 0.5)

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vqlab import checks
 from vqlab.errors import WeightsError
 from vqlab.nn import vgg
 from vqlab.weights import files
@@ -54,9 +55,16 @@ class LPIPS(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
-    """x, y: [B, H, W, 3] images in [-1, 1] -> [B] float32 distances."""
+    """x, y: [B, H, W, 3] images in [-1, 1] (gray [B, H, W, 1] counts as
+    three equal channels), H, W >= MIN_SIDE -> [B] float32 distances."""
     if x.shape != y.shape:
       raise ValueError(f'LPIPS inputs differ in shape: {x.shape}, {y.shape}')
+    for images in (x, y):
+      checks.check_images(images, (3, 1), 1, 'LPIPS')
+    if min(x.shape[1:3]) < MIN_SIDE:
+      raise ValueError(f'LPIPS: images must be at least {MIN_SIDE} pixels '
+                       'high and wide (its last VGG layer is 16x smaller), got '
+                       f'{tuple(x.shape[1:3])}')
     trunk = vgg.VGG(16, vgg.DEFAULT_OUTPUTS, self.dtype, self.precision,
                     name='vgg')
     scaled = lambda images: (images.astype(jnp.float32) - jnp.array(SHIFT)

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from vqlab import checks
 from vqlab import quantizers
 from vqlab.errors import ConfigError
 from vqlab.nn import remat
@@ -42,7 +43,6 @@ from vqlab.nn.resnet import ResBlock3D
 from vqlab.nn.sampling import CausalDownsample3D
 from vqlab.nn.sampling import CausalUpsample3D
 from vqlab.quantizers import base as quantizer_base
-from vqlab.tokenizers import checks
 
 
 def temporal_downsamples(num_levels: int,

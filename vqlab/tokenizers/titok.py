@@ -50,13 +50,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from vqlab import checks
 from vqlab import quantizers
 from vqlab.errors import ConfigError
 from vqlab.nn import transformer
 from vqlab.nn import vit
 from vqlab.nn.transformer import Transformer
 from vqlab.quantizers import base as quantizer_base
-from vqlab.tokenizers import checks
 from vqlab.tokenizers import vqgan
 
 DECODER_OUTPUTS = ('pixels', 'proxy_codes', 'proxy_pixels')

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from vqlab import checks
 from vqlab import quantizers
 from vqlab.errors import ConfigError
 from vqlab.nn import remat
@@ -33,7 +34,6 @@ from vqlab.nn.sampling import avg_pool_2x
 from vqlab.nn.sampling import Downsample2D
 from vqlab.nn.sampling import Upsample2D
 from vqlab.quantizers import base as quantizer_base
-from vqlab.tokenizers import checks
 
 DOWNSAMPLING = ('conv', 'avg_pool')
 

@@ -1,16 +1,25 @@
-"""Input validation shared by the tokenizers' public methods."""
+"""Input validation shared by public functions (tokenizers, metrics, losses)."""
 
 import jax
 import jax.numpy as jnp
 
 
-def check_images(x: jax.Array, channels: int, factor: int, who: str) -> None:
-  """Rejects anything but floating [B, H, W, channels] with H, W % factor == 0."""
+def check_float_pixels(x: jax.Array, who: str) -> None:
+  """Rejects integer pixels (uint8 from a PNG): [-1, 1] floats expected."""
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise TypeError(f'{who}: images must be floating point in [-1, 1], got '
                     f'{x.dtype} (convert uint8 with x / 127.5 - 1)')
-  if x.ndim != 4 or x.shape[-1] != channels:
-    raise ValueError(f'{who}: images must have shape [B, H, W, {channels}], '
+
+
+def check_images(x: jax.Array, channels: int | tuple[int, ...], factor: int,
+                 who: str) -> None:
+  """Rejects anything but floating [B, H, W, C] with C in `channels` and
+  H, W % factor == 0."""
+  check_float_pixels(x, who)
+  allowed = channels if isinstance(channels, tuple) else (channels,)
+  if x.ndim != 4 or x.shape[-1] not in allowed:
+    wanted = ' or '.join(map(str, allowed))
+    raise ValueError(f'{who}: images must have shape [B, H, W, {wanted}], '
                      f'got {tuple(x.shape)}')
   if x.shape[1] % factor or x.shape[2] % factor:
     raise ValueError(f'{who}: image height and width must be divisible by the '
