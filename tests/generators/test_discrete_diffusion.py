@@ -460,6 +460,40 @@ def test_out_of_range_tokens_are_a_clear_error():
                 jnp.ones((2,), jnp.int32), jnp.zeros((2, 1), jnp.int32))
 
 
+@pytest.mark.parametrize('condition, cond, message', [
+    ('none', jnp.array([1, 2]), "condition 'none' takes cond=None"),
+    ('class', {
+        'states': 0,
+        'mask': 0
+    }, 'a class condition is int'),
+    ('text', ['a cat', 'a dog'], r"is \{'states': \[B, L, 8\], 'mask'.*"
+     'got list'),
+    ('text', {
+        'states': jnp.zeros((2, 3, 8))
+    }, r"got a dict with keys "
+     r"\['states'\]"),
+    ('text', {
+        'states': jnp.zeros((3, 3, 8)),
+        'mask': jnp.ones((3, 3))
+    }, r'for B = 2 .* got states \(3, 3, 8\) and mask \(3, 3\)'),
+    ('text', {
+        'states': jnp.zeros((2, 3, 16)),
+        'mask': jnp.ones((2, 3))
+    }, r'got states \(2, 3, 16\)'),
+])
+def test_a_condition_the_model_cannot_take_is_a_clear_error(
+    condition, cond, message):
+  """A condition on an unconditional model was ignored; a wrong text
+  condition failed deep in attention (or with KeyError: 'mask')."""
+  config = generators.default_config('vq_diffusion')
+  config.update(vocab_size=K, token_shape=(2, 3), num_timesteps=T,
+                condition=condition, num_classes=3, cond_dim=8)
+  model = generators.build(config)
+  with pytest.raises(ValueError, match=message):
+    model.init(jax.random.key(0), jnp.zeros((2, 2, 3), int), jnp.ones(
+        (2,), int), cond)
+
+
 def test_hybrid_loss_weights_both_terms_by_the_times_probability(monkeypatch):
   """Per example, as the official code: (L_vlb + lambda w(t) L_x0) / (T p(t))
   with w(t) = 1 + (1 - t'/T) of its 0-based t' = t - 1."""

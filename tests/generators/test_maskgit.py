@@ -355,6 +355,21 @@ def test_out_of_range_tokens_raise():
         ValueError, match=r'^MaskGIT: class ids must have shape \[B\] = '
         r'\(1,\), got \((1, 1|2,)\)'):
       labelled.apply({'params': labelled_params}, tokens, labels)
+  # Silently dropped before: labels (and guidance) on an unconditional
+  # model, known tokens without the mask that says where they are.
+  with pytest.raises(ValueError, match='labels given to an unconditional'):
+    model.apply({'params': params}, tokens, jnp.array([1]))
+  with pytest.raises(ValueError, match='known_tokens needs known_mask'):
+    maskgit.init_state(model, jax.random.key(0), 1, known_tokens=tokens)
+  with pytest.raises(
+      ValueError, match=r'known_mask of shape \(2, 4\), '
+      r'expected \[B, 4, 4\] or \[4, 4\] with B = 1'):
+    maskgit.init_state(model, jax.random.key(0), 1, tokens,
+                       jnp.ones((2, 4), bool))
+  # A Python list of labels is an array of ids.
+  np.testing.assert_array_equal(
+      labelled.apply({'params': labelled_params}, tokens, [2]),
+      labelled.apply({'params': labelled_params}, tokens, jnp.array([2])))
 
 
 def test_video_token_shape():

@@ -153,9 +153,13 @@ class MaskGIT(nn.Module):
         for f, size in enumerate(self.vocab_sizes)
     ]
     x = sum(embed(flat[..., f]) for f, embed in enumerate(embeds))
+    if labels is not None and not self.num_classes:
+      raise ValueError('MaskGIT: class labels given to an unconditional model '
+                       '(num_classes = 0); pass labels=None')
     if self.num_classes:
       if labels is None:
         labels = jnp.full((batch,), self.num_classes, jnp.int32)
+      labels = jnp.asarray(labels)
       api.check_class_ids(labels, batch, self.num_classes, 'MaskGIT')
       cls = nn.Embed(self.num_classes + 1, self.width,
                      name='class_embed')(labels.astype(jnp.int32))
@@ -311,6 +315,9 @@ def init_state(model: MaskGIT, rng: jax.Array, batch_size: int,
   factors = len(model.vocab_sizes)
   masked = jnp.broadcast_to(model.mask_ids,
                             (batch_size, model.num_tokens, factors))
+  if known_mask is None and known_tokens is not None:
+    raise ValueError('MaskGIT: known_tokens needs known_mask (which positions '
+                     'are given, e.g. frame_prefix_mask)')
   if known_mask is None:
     return DecodeState(
         rng=rng, step=jnp.zeros((), jnp.int32), tokens=masked,
@@ -320,6 +327,12 @@ def init_state(model: MaskGIT, rng: jax.Array, batch_size: int,
   mask = jnp.asarray(known_mask, bool)
   if mask.ndim == len(model.token_shape):
     mask = mask[None]  # Shared by the batch.
+  shape = tuple(model.token_shape)
+  if mask.shape[1:] != shape or mask.shape[0] not in (1, batch_size):
+    raise ValueError(
+        f'MaskGIT: known_mask of shape {tuple(jnp.shape(known_mask))}'
+        f', expected [B, {", ".join(map(str, shape))}] or '
+        f'[{", ".join(map(str, shape))}] with B = {batch_size}')
   flat_mask = jnp.broadcast_to(mask.reshape(mask.shape[0], model.num_tokens),
                                (batch_size, model.num_tokens))
   known = model.flatten(jnp.asarray(known_tokens, jnp.int32))

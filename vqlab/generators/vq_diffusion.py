@@ -58,6 +58,7 @@ token from softmax((1 + r s_i) log p_i) (r = `purity_weight`, the paper's 1:
 purer positions also sample sharper).
 """
 
+from collections.abc import Mapping
 import functools
 from typing import Any, Sequence
 
@@ -141,12 +142,36 @@ class VQDiffusion(nn.Module):
     """Class ids int [B]; the null class num_classes for cond None and
     where drop."""
     if cond is not None:
+      if isinstance(cond, Mapping):
+        raise ValueError(f'VQDiffusion: a class condition is int [B] labels, '
+                         f'got a dict with keys {sorted(cond)}')
+      cond = jnp.asarray(cond)
       api.check_class_ids(cond, batch, self.num_classes, 'VQDiffusion')
     labels = (jnp.full((batch,), self.num_classes, jnp.int32)
               if cond is None else cond.astype(jnp.int32))
     if drop is not None:
       labels = jnp.where(drop, self.num_classes, labels)
     return labels
+
+  @nn.nowrap
+  def _check_text(self, cond, batch: int) -> None:
+    """ValueError unless cond is {'states' [B, L, cond_dim] ('frozen') or
+    'ids' [B, L] ('bytes'), 'mask' [B, L]}."""
+    key = 'states' if self.text_encoder == 'frozen' else 'ids'
+    width = f', {self.cond_dim}' if key == 'states' else ''
+    want = f"{{'{key}': [B, L{width}], 'mask': [B, L]}}"
+    if not isinstance(cond, Mapping) or {key, 'mask'} - set(cond):
+      got = (f'a dict with keys {sorted(cond)}'
+             if isinstance(cond, Mapping) else type(cond).__name__)
+      raise ValueError(f'VQDiffusion: a text condition ({self.text_encoder} '
+                       f'encoder) is {want} (prompts encoded by vqlab.text), '
+                       f'got {got}')
+    shape, mask_shape = jnp.shape(cond[key]), jnp.shape(cond['mask'])
+    rank = 3 if key == 'states' else 2
+    if (len(shape) != rank or shape[0] != batch or mask_shape != shape[:2] or
+        (key == 'states' and shape[-1] != self.cond_dim)):
+      raise ValueError(f'VQDiffusion: a text condition for B = {batch} is '
+                       f'{want}, got {key} {shape} and mask {mask_shape}')
 
   def _context(self, cond, drop, batch: int):
     """Text: (context [B, L, width], mask [B, L]); else (None, None)."""
@@ -157,6 +182,7 @@ class VQDiffusion(nn.Module):
     if cond is None:
       return (jnp.broadcast_to(null, (batch, 1, self.width)).astype(self.dtype),
               jnp.ones((batch, 1), bool))
+    self._check_text(cond, batch)
     mask = cond['mask'].astype(bool)
     if self.text_encoder == 'frozen':
       states = nn.Dense(self.width, dtype=self.dtype,
@@ -195,6 +221,8 @@ class VQDiffusion(nn.Module):
       log 0 (dd.LOG_ZERO).
     """
     self.check_states(x_t)
+    if self.condition == 'none' and cond is not None:
+      raise ValueError("VQDiffusion: condition 'none' takes cond=None")
     batch = x_t.shape[0]
     flat = x_t.reshape(batch, -1).astype(jnp.int32)
     x = nn.Embed(self.vocab_size + 1, self.width, name='token_embed')(flat)
