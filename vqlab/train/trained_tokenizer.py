@@ -111,13 +111,23 @@ def read_run_config(
     raise CheckpointError(f'{path} is unreadable: {e}') from e
 
 
-def _in_model_layout(model: nn.Module, params: dict[str, Any]) -> dict:
+def _in_model_layout(model: nn.Module, params: dict[str, Any],
+                     where: str) -> dict:
   """`params` with their repeated blocks stacked as `model` stacks them
   (vqlab.nn.stack): a run that switched model.scan_blocks or scan_layers
-  keeps older steps in the other layout."""
+  keeps older steps in the other layout.
+
+  Raises:
+    CheckpointError (naming `where`): params of another model.
+  """
   x = tokenizers.example_image(model)
   rngs = {name: jax.random.key(0) for name in ('params', 'quantizer')}
   like = jax.eval_shape(lambda x: model.init(rngs, x, train=False), x)['params']
+  mismatch = checkpoint_lib.state_mismatch({'params': params}, {'params': like})
+  if mismatch:
+    raise CheckpointError(
+        f"{where}: the checkpoint's params are not those of the model its "
+        f'config.json describes: {mismatch}')
   if jax.tree.structure(params) == jax.tree.structure(like):
     return params
   return stack.match_layout(params, like)
@@ -147,7 +157,7 @@ def load(workdir: str, step: int = -1, key: str = 'tokenizer.workdir',
                                               step_key)
   use_ema = config.get('ema', {}).get('decay', 0.0) > 0 and tree['ema_params']
   params = (tree['ema_params'] if use_ema else tree['params'])['generator']
-  params = _in_model_layout(model, params)
+  params = _in_model_layout(model, params, f'{workdir} step {step}')
   variables = {'params': params, **(tree.get('model_state') or {})}
   variables = jax.tree.map(np.asarray, variables)
   return TrainedTokenizer(model=model, variables=variables, config=config,

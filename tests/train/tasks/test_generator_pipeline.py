@@ -87,6 +87,24 @@ def test_tokenize_writes_the_tokenizers_indices_with_metadata(
   del workdir
 
 
+def test_a_checkpoint_of_another_model_is_refused_when_loaded(
+    tokenizer_dir, tmp_path):
+  """A run whose config.json names another model (a copied or edited run)
+  loaded, then failed deep in Flax at the first encode."""
+  other = str(tmp_path / 'other')
+  shutil.copytree(tokenizer_dir, other)
+  with open(os.path.join(other, 'config.json')) as f:
+    config = json.load(f)
+  config['model']['channels'] = 16
+  with open(os.path.join(other, 'config.json'), 'w') as f:
+    json.dump(config, f)
+  with pytest.raises(
+      CheckpointError, match=rf"^{other} step 1: the checkpoint's params are "
+      r'not those of the model its config.json describes: params/decoder/\S+ '
+      r'is \(.*\) float32 there, \(.*\) float32 here; .*more$'):
+    trained_tokenizer.load(other)
+
+
 def test_tokenize_resumes_only_missing_shards_and_ignores_partial_files(
     tokenizer_dir, shards, tmp_path):
   _, summary = shards
