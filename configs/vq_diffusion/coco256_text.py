@@ -21,11 +21,15 @@ configs/coco_tune.yaml; the paper's FID 19.75 is without guidance).
 
 from configs.vq_diffusion import imagenet256_class
 from vqlab import data
+from vqlab import generators
 
 
 def get_config():
   config = imagenet256_class.get_config()
   config.model.condition = 'text'
+  # The class config's class count, back at its default (read by 'class').
+  config.model.num_classes = generators.default_config(
+      'vq_diffusion').num_classes
   config.model.text_encoder = 'frozen'
   config.model.cond_dim = 384
   config.data = data.default_config('tfds')

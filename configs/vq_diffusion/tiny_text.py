@@ -18,6 +18,7 @@ to 51 bytes, where MiniLM makes at most 13 tokens of them).
 
 from configs.vq_diffusion import tiny_class
 from vqlab import data
+from vqlab import generators
 
 
 def get_config():
@@ -27,6 +28,9 @@ def get_config():
   config.data.num_train_examples = 4096
   config.data.num_eval_examples = 256
   config.model.condition = 'text'
+  # The class config's class count, back at its default (read by 'class').
+  config.model.num_classes = generators.default_config(
+      'vq_diffusion').num_classes
   config.model.text_encoder = 'frozen'
   config.model.cond_dim = 384
   config.loss.aux_weight = 5e-4  # Paper: 5e-4 for text.

@@ -166,38 +166,50 @@ def test_rejects_bad_inputs(variant):
   assert empty.shape == (0, q.code_dim)
 
 
-@pytest.mark.parametrize('name, overrides, message', [
-    ('vq', {
-        'restart_threshold': 1.0
-    }, r'^quantizer\.restart_threshold: 1\.0 > 0 needs ema=True'),
-    ('vq', {
-        'ema': True,
-        'beta_on_codebook': True
-    }, r'^quantizer\.beta_on_codebook: True needs ema=False'),
-    ('vq', {
-        'ema': True,
-        'decay': 1.0
-    }, r'^quantizer\.decay: must be in \[0, 1\), got 1\.0$'),
-    ('lfq', {
-        'codebook_size': 1000
-    }, r'^quantizer\.codebook_size: must be a power of 2'),
-    ('lfq', {
-        'factor_bits': (4, 4)
-    }, r'^quantizer\.factor_bits: \(4, 4\) must be positive and sum to '
-     r'log2\(codebook_size\) = 10$'),
-    ('lfq', {
-        'entropy_groups': 11
-    }, r'^quantizer\.entropy_groups: must be in \[1, 10\], got 11$'),
-    ('fsq', {
-        'levels': (8, 2)
-    }, r'^quantizer\.levels: must be integers >= 3'),
-    ('regularized', {
-        'mask_ratio': 1.5
-    }, r'^quantizer\.mask_ratio: must be in \[0, 1\], got 1\.5$'),
-    ('gumbel', {
-        'temperature': 0.0
-    }, r'^quantizer\.temperature: must be > 0, got 0\.0$'),
-])
+@pytest.mark.parametrize(
+    'name, overrides, message',
+    [
+        ('vq', {
+            'restart_threshold': 1.0
+        }, r'^quantizer\.restart_threshold: 1\.0 > 0 needs ema=True'),
+        ('vq', {
+            'ema': True,
+            'beta_on_codebook': True
+        }, r'^quantizer\.beta_on_codebook: True needs ema=False'),
+        ('vq', {
+            'ema': True,
+            'decay': 1.0
+        }, r'^quantizer\.decay: must be in \[0, 1\), got 1\.0$'),
+        # Settings the quantizer would ignore: accepted without a word before.
+        ('vq', {
+            'decay': 0.9
+        },
+         r'^quantizer\.decay: 0\.9 does nothing without ema=True: leave it at '
+         r'0\.99$'),
+        ('lfq', {
+            'entropy_weight_final': 0.001
+        }, r'^quantizer\.entropy_weight_final: 0\.001 does nothing without '
+         r'entropy_anneal_steps > 0'),
+        ('lfq', {
+            'codebook_size': 1000
+        }, r'^quantizer\.codebook_size: must be a power of 2'),
+        ('lfq', {
+            'factor_bits': (4, 4)
+        }, r'^quantizer\.factor_bits: \(4, 4\) must be positive and sum to '
+         r'log2\(codebook_size\) = 10$'),
+        ('lfq', {
+            'entropy_groups': 11
+        }, r'^quantizer\.entropy_groups: must be in \[1, 10\], got 11$'),
+        ('fsq', {
+            'levels': (8, 2)
+        }, r'^quantizer\.levels: must be integers >= 3'),
+        ('regularized', {
+            'mask_ratio': 1.5
+        }, r'^quantizer\.mask_ratio: must be in \[0, 1\], got 1\.5$'),
+        ('gumbel', {
+            'temperature': 0.0
+        }, r'^quantizer\.temperature: must be > 0, got 0\.0$'),
+    ])
 def test_impossible_values_are_named(name, overrides, message):
   with pytest.raises(ConfigError, match=message):  # One line from main.py.
     quantizers.build(_config(name, **overrides))

@@ -27,9 +27,10 @@ K = 4  # Latent tokens of the tiny model.
 def _config(**overrides):
   config = tokenizers.default_config('titok')
   config.image_size, config.patch_size, config.num_latent_tokens = 16, 4, K
-  for section in (config.encoder, config.decoder):
-    section.width, section.num_layers = 16, 1
-    section.num_heads, section.mlp_dim = 2, 32
+  if overrides.get('model_size', 'tiny') == 'tiny':
+    for section in (config.encoder, config.decoder):
+      section.width, section.num_layers = 16, 1
+      section.num_heads, section.mlp_dim = 2, 32
   config.quantizer.codebook_size, config.quantizer.embedding_dim = 32, 4
   config.update(overrides)
   return config
@@ -213,6 +214,14 @@ def test_paper_sizes():
                      ('L', (1024, 24, 16, 4096))):
     model = tokenizers.build(_config(model_size=size))
     assert model.encoder_size == model.decoder_size == want, size
+  # A size section of a paper size was ignored: a 24-layer decoder asked
+  # for built TiTok-S's 8.
+  config = _config(model_size='S')
+  config.decoder.num_layers = 24
+  with pytest.raises(
+      ConfigError, match=r"^model.decoder.num_layers: 24, but "
+      r"model_size 'S' sets the size \(num_layers 8\)"):
+    tokenizers.build(config)
   config = _config(model_size='S', image_size=256, patch_size=16,
                    num_latent_tokens=128)
   config.quantizer.codebook_size, config.quantizer.embedding_dim = 4096, 12

@@ -38,6 +38,21 @@ class ConditionSpec:
   vocab_size: int = 0
 
 
+def check_condition_keys(config: ml_collections.ConfigDict,
+                         defaults: ml_collections.ConfigDict,
+                         read_by: dict[str, tuple[str, ...]]) -> None:
+  """ConfigError for a model key that only other conditions read (`read_by`:
+  key -> the model.condition values that read it) set off its default: the
+  model would ignore it (e.g. num_classes without condition 'class')."""
+  for key, conditions in read_by.items():
+    if config.condition not in conditions and config[key] != defaults[key]:
+      raise ConfigError(
+          f'model.{key}', f'{config[key]!r}, but model.condition '
+          f'{config.condition!r} ignores it (condition '
+          f'{" or ".join(map(repr, conditions))} reads it); leave it at '
+          f'{defaults[key]!r}')
+
+
 def check_ids(ids: Any, upper: int, what: str) -> None:
   """Raises ValueError if concrete `ids` fall outside [0, upper).
 

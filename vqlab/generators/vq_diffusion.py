@@ -552,6 +552,11 @@ def _condition_spec(config: ml_collections.ConfigDict) -> api.ConditionSpec:
   if config.condition not in CONDITIONS:
     raise ConfigError('model.condition',
                       f'{config.condition!r} not in {CONDITIONS}')
+  api.check_condition_keys(config, default_config(), {
+      'num_classes': ('class',),
+      'text_encoder': ('text',),
+      'cond_dim': ('text',)
+  })
   if config.condition == 'class':
     return api.ConditionSpec('class', num_classes=config.num_classes)
   return api.ConditionSpec(config.condition)

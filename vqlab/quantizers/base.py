@@ -318,6 +318,17 @@ def check_positive(value: float, name: str, who: str) -> None:
     raise FieldError(who, name, f'must be > 0, got {value}')
 
 
+def check_unread(module, name: str, reader: str, who: str) -> None:
+  """Raises FieldError if field `name` is off its default while the module
+  ignores it (`reader`: the setting under which it is read)."""
+  default = module.__dataclass_fields__[name].default
+  value = getattr(module, name)
+  if value != default:
+    raise FieldError(
+        who, name, f'{value!r} does nothing without {reader}: leave it at '
+        f'{default!r}')
+
+
 def check_in_unit_interval(value: float, name: str, who: str) -> None:
   """Raises FieldError unless 0 <= value <= 1."""
   if not 0.0 <= value <= 1.0:

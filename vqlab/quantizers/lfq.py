@@ -220,6 +220,9 @@ class LookupFreeQuantizer(nn.Module):
     if self.entropy_anneal_steps < 0:
       raise base.FieldError(who, 'entropy_anneal_steps', 'must be >= 0, got '
                             f'{self.entropy_anneal_steps}')
+    if self.entropy_anneal_steps == 0:
+      base.check_unread(self, 'entropy_weight_final',
+                        'entropy_anneal_steps > 0', who)
 
   @property
   def num_bits(self) -> int:

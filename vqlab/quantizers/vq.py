@@ -206,6 +206,9 @@ class VectorQuantizer(nn.Module):
           f'{self.restart_threshold} > 0 needs ema=True (a restart rewrites '
           'the codebook, which must then live in the quantizer_stats '
           'collection, not in the optimizer-owned params)')
+    if not self.ema:
+      for name in ('decay', 'epsilon'):
+        base.check_unread(self, name, 'ema=True', who)
     if self.beta_on_codebook and self.ema:
       raise base.FieldError(
           who, 'beta_on_codebook',

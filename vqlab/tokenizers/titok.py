@@ -431,9 +431,17 @@ def default_config() -> ml_collections.ConfigDict:
 
 def _size(config: ml_collections.ConfigDict, which: str,
           prefix: str) -> ViTSize:
-  if config.model_size != 'tiny':
-    return PAPER_SIZES[config.model_size]
   section = config[which]
+  if config.model_size != 'tiny':
+    paper, default = PAPER_SIZES[config.model_size], default_config()[which]
+    for key, value in section.items():
+      if value not in (default[key], getattr(paper, key)):
+        raise ConfigError(
+            f'{prefix}.{which}.{key}',
+            f'{value!r}, but model_size {config.model_size!r} sets the size '
+            f'({key} {getattr(paper, key)}): set model_size = \'tiny\' for a '
+            f'size of your own, or leave it at {default[key]!r}')
+    return paper
   size = ViTSize(section.width, section.num_layers, section.num_heads,
                  section.mlp_dim)
   for key, value in size._asdict().items():

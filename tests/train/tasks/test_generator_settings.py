@@ -35,6 +35,8 @@ def _gpt_class():
 def _vq_diffusion_none():
   config = vq_diffusion_class.get_config()
   config.model.condition = 'none'
+  config.model.num_classes = generators.default_config(
+      'vq_diffusion').num_classes  # Read with condition 'class' only.
   config.loss.label_drop = 0.0  # Its off value: accepted.
   return config
 
@@ -78,6 +80,15 @@ IGNORED = [
     (maskgit_tiny.get_config, 'sample.diffusion_sampler', 'purity'),
     (maskgit_tiny.get_config, 'sample.observed_frames', 1),  # Images.
     (_gpt_sliding_window, 'sample.observed_frames', 1),
+    # Model keys of another condition (an unconditional model trained on
+    # labelled data, without a word).
+    (gpt_tiny.get_config, 'model.num_classes', 1000),
+    (_gpt_class, 'model.cond_length', 64),
+    (gpt_tiny.get_config, 'model.cond_vocab_size', 32),
+    (_vq_diffusion_none, 'model.num_classes', 1000),
+    (vq_diffusion_class.get_config, 'model.cond_dim', 512),
+    (vq_diffusion_text.get_config, 'model.num_classes', 1000),
+    (vq_diffusion_class.get_config, 'model.text_encoder', 'bytes'),
     # Frame prediction's clips come without their condition images.
     (gpt_superres.get_config, 'sample.observed_frames', 1),
 ]

@@ -304,6 +304,29 @@ def test_warm_start_names_a_quantizer_that_holds_nothing(tmp_path):
                source['params']['generator']['encoder'])
 
 
+@pytest.mark.parametrize('settings, message', [
+    ({
+        'workdir': '/runs/vqgan'
+    }, r"^warm_start.params: empty, but "
+     r"warm_start.workdir is '/runs/vqgan': name the param trees"),
+    ({
+        'step': 100
+    }, r'^warm_start.step: 100, but warm_start.workdir is empty'),
+    ({
+        'pixel_vqgan_step': 5
+    }, r'^warm_start.pixel_vqgan_step: 5, but '
+     r'warm_start.pixel_vqgan is empty'),
+])
+def test_a_warm_start_that_would_copy_nothing_is_a_config_error(
+    settings, message):
+  """warm_start.workdir alone started from a fresh init, said nothing, and
+  recorded the step it "keeps reading"."""
+  config = tiny.tokenizer_config()
+  config.warm_start.update(settings)
+  with pytest.raises(ConfigError, match=message):
+    experiment_config.validate(config, 1)
+
+
 def test_paper_configs_take_the_released_proxy():
   """`s128.py:2,released`: the released MaskGIT VQGAN (as its converter
   writes it) is stage 2's pixel decoder; without it, a maskgit_f16 run."""

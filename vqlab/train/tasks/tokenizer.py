@@ -164,10 +164,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
         'warm_start.pixel_vqgan', 'set, but only a TiTok with '
         "model.decoder_output = 'proxy_pixels' has a pixel_vqgan")
-  if config.warm_start.params and not config.warm_start.workdir:
+  start = config.warm_start
+  if start.params and not start.workdir:
     raise ConfigError(
         'warm_start.workdir', 'empty, but warm_start.params '
-        f'names {tuple(config.warm_start.params)}')
+        f'names {tuple(start.params)}')
+  if start.workdir and not start.params:
+    # It would start from a fresh init and say nothing.
+    raise ConfigError(
+        'warm_start.params', f'empty, but warm_start.workdir is '
+        f'{start.workdir!r}: name the param trees to copy from it, e.g. '
+        "('encoder', 'quantizer', 'decoder')")
+  for step_key, run_key in (('step', 'workdir'), ('pixel_vqgan_step',
+                                                  'pixel_vqgan')):
+    if start[step_key] != -1 and not start[run_key]:
+      raise ConfigError(
+          f'warm_start.{step_key}', f'{start[step_key]}, but '
+          f'warm_start.{run_key} is empty')
   model = tokenizers.build_validated(config.model)
   if loss.pcl_weight > 0 and isinstance(model, titok.TiTok):
     # Its per-token weights are laid over the VGG feature grid.
