@@ -1074,6 +1074,34 @@ def test_out_of_memory_or_a_read_only_mode_never_sets_a_step_aside(
   assert 'left as it is; using step 2' in capsys.readouterr().out
 
 
+@pytest.mark.parametrize('error', [
+    ValueError('UNAVAILABLE: Error reading "d/abc" from GCS: HTTP response '
+               'code: 503'),
+    MemoryError(),
+])
+def test_a_transient_error_inside_orbaxs_array_read_sets_nothing_aside(
+    tmp_path, monkeypatch, error):
+  """Orbax re-raises any error of an array read as a bare Exception naming
+  the array: a 503 on gs:// (or memory) had the good newest step renamed
+  <step>.corrupt and the run sent back to the older one."""
+  from orbax.checkpoint._src.serialization import serialization  # pylint: disable=g-import-not-at-top
+  abstract = _save_steps_2_and_4(tmp_path)
+  before = sorted(os.listdir(tmp_path / 'checkpoints'))
+  read_shard = serialization._read_shard  # pylint: disable=protected-access
+
+  async def flaky(*args, t, **kwargs):
+    if f'{os.sep}checkpoints{os.sep}4{os.sep}' in str(t.spec()):
+      raise error
+    return await read_shard(*args, t=t, **kwargs)
+
+  monkeypatch.setattr(serialization, '_read_shard', flaky)
+  with pytest.raises(
+      CheckpointError, match=rf'\({type(error).__name__}: .*not a corrupt '
+      'checkpoint. Nothing was changed'):
+    checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=5).restore(abstract)
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == before
+
+
 def test_a_step_this_user_may_not_read_is_never_called_corrupt(
     tmp_path, monkeypatch):
   """A run shared between users (one's umask kept its files private): Orbax

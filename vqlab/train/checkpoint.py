@@ -528,9 +528,12 @@ class Checkpointer:
               f'({_first_line(e)})')
         if _not_the_files(e):
           kind = _TRANSIENT_FAILURE
+        elif any(_TREE_DIFFERS in str(link) for link in _chain(e)):
+          kind = _OTHER_TREE
         else:
-          kind = _OTHER_TREE if _TREE_DIFFERS in str(e) else _UNREADABLE
-        return None, _Failure(kind, _first_line(e))
+          kind = _UNREADABLE
+        # The innermost error says what went wrong (a 503, a truncated file).
+        return None, _Failure(kind, _first_line(_chain(e)[-1]))
 
   def _set_aside(self, unreadable: list[tuple[int, str]],
                  restored: int) -> None:
@@ -651,9 +654,23 @@ def _misshapen_metadata(step_directory: str) -> str | None:
   return None
 
 
+def _chain(e: BaseException) -> list[BaseException]:
+  """`e` and the errors it was raised from or while handling, outermost
+  first: Orbax re-raises any error of an array read (a 503, MemoryError) as
+  a bare Exception naming only the array."""
+  errors = []
+  while e is not None and e not in errors:
+    errors.append(e)
+    e = e.__cause__ or e.__context__
+  return errors
+
+
 def _not_the_files(e: Exception) -> bool:
   """Whether a failed read says nothing about the checkpoint's files."""
-  return isinstance(e, _NOT_THE_FILES) or any(t in str(e) for t in _TRANSIENT)
+  return any(
+      isinstance(link, _NOT_THE_FILES) or any(t in str(link)
+                                              for t in _TRANSIENT)
+      for link in _chain(e))
 
 
 # Why a step was not restored, mildest first: processes that disagree act on
