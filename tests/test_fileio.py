@@ -188,6 +188,35 @@ def test_a_truncated_token_shard_is_named(tmp_path):
     f.write(data[:100])
   with pytest.raises(ValueError, match=r'token shard .* is corrupt'):
     token_shards.load_split(directory, 'train')
+  with open(path, 'wb') as f:
+    f.write(b'not a shard at all')
+  with pytest.raises(ValueError, match=r'token shard .* is corrupt'):
+    token_shards.load_split(directory, 'train')
+
+
+def test_a_token_file_this_user_may_not_read_is_not_called_corrupt(
+    tmp_path, monkeypatch):
+  """Permissions (or an I/O error) said nothing of the file, but the error
+  advised deleting it, or the whole tokens directory for metadata.json.
+  (open is patched: root reads every file.)"""
+  directory = str(tmp_path)
+  path = token_shards.shard_path(directory, 'train', 0, 0)
+  fileio.makedirs(os.path.dirname(path))
+  token_shards.write_shard(path, {'tokens': np.arange(12).reshape(4, 3)})
+  token_shards.write_metadata(directory, _ONE_SHARD_OF_4)
+  denied = PermissionError(13, 'Permission denied')
+
+  def no_access(*args, **kwargs):
+    raise denied
+
+  for target in (token_shards.np, token_shards.fileio):
+    with monkeypatch.context() as patch:
+      patch.setattr(target, 'load' if target is np else 'open', no_access)
+      with pytest.raises(ValueError) as raised:
+        token_shards.load_split(directory, 'train')
+    assert str(raised.value).startswith('could not read ')
+    assert 'Permission denied' in str(raised.value)
+    assert 'delete' not in str(raised.value)
 
 
 def test_token_shards_fid_statistics_and_gifs_on_a_url(url):

@@ -68,12 +68,22 @@ def read_metadata(directory: str) -> dict[str, Any] | None:
     with fileio.open(path) as f:
       metadata = json.load(f)
   except (OSError, ValueError) as e:
+    _raise_if_unreadable(path, e)
     raise ValueError(f'{path} is corrupt ({e}); delete the tokens directory '
                      'and run --mode=tokenize again') from e
   if metadata.get('format') != FORMAT_VERSION:
     raise ValueError(f'{path}: token format {metadata.get("format")}, this '
                      f'vqlab reads format {FORMAT_VERSION}')
   return metadata
+
+
+def _raise_if_unreadable(path: str, e: Exception) -> None:
+  """ValueError without advice to delete when reading `path` failed for
+  want of permission or by an I/O error (an OSError with an errno): the
+  file may be good. Numpy's own format errors carry no errno."""
+  if isinstance(e, OSError) and e.errno is not None:
+    raise ValueError(f'could not read {path} ({e}): a permission or I/O '
+                     'problem, not a corrupt file; fix it and run again') from e
 
 
 def write_shard(path: str, arrays: dict[str, np.ndarray]) -> None:
@@ -123,6 +133,7 @@ def load_split(directory: str,
         for key in shard.files:
           parts.setdefault(key, []).append(shard[key])
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+      _raise_if_unreadable(path, e)
       raise ValueError(f'token shard {path} is corrupt ({e}); delete it and '
                        'run --mode=tokenize again') from e
   arrays = {k: np.concatenate(v) for k, v in parts.items()}
