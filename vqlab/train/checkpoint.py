@@ -4,6 +4,7 @@ one used; a readable step that does not fit this config is never touched."""
 
 from collections.abc import Iterable
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from vqlab import fileio
 from vqlab.errors import CheckpointError
 from vqlab.nn import stack
 from vqlab.train import checksums
+from vqlab.train import pins
 
 SET_ASIDE_SUFFIX = '.corrupt'
 _ITEM = 'default'  # The one item of each step: <directory>/<step>/default.
@@ -221,6 +223,18 @@ def no_checkpoint_error(workdir: str) -> CheckpointError:
       'run first (--mode=train) or point --workdir at a trained run')
 
 
+@dataclasses.dataclass
+class _PinnedSteps(ocp.checkpoint_managers.PreservationPolicy):
+  """Keeps the steps of the run in `workdir` that other runs read
+  (vqlab.train.pins); every step while a pin cannot be read."""
+  workdir: str
+
+  def should_preserve(self, checkpoints, *, context):
+    del context
+    pinned = pins.pinned_steps(self.workdir)
+    return [pinned is None or c.step in pinned for c in checkpoints]
+
+
 class Checkpointer:
   """Saves and restores the TrainState under `<workdir>/checkpoints`.
 
@@ -233,7 +247,11 @@ class Checkpointer:
   def __init__(self, workdir: str, *, max_to_keep: int):
     # gs:// directories go to Orbax as they are (epath + TensorStore GCS).
     self.directory = os.path.join(fileio.absolute(workdir), 'checkpoints')
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+    keep = ocp.checkpoint_managers.AnyPreservationPolicy([
+        ocp.checkpoint_managers.LatestN(max_to_keep),
+        _PinnedSteps(fileio.absolute(workdir))
+    ])
+    options = ocp.CheckpointManagerOptions(preservation_policy=keep,
                                            enable_async_checkpointing=True,
                                            create=True)
     with _opening(self.directory):
@@ -878,7 +896,9 @@ def _listed_step(directory: str, steps: list[int], step: int | None,
     advice = (
         f' {step_key} = {step} names it (a -1 there is pinned to the newest '
         'step when a run starts, and config.json keeps it); if that run\'s '
-        'train.max_to_keep has deleted it since, it cannot come back: set '
+        'train.max_to_keep has deleted it since (it keeps the steps of runs '
+        'that read it once they start: pinned/ there), it cannot come back: '
+        'set '
         f'{step_key} to one of those steps (--allow_config_change to continue '
         "a run; a generator's token shards must then be made again with "
         '--mode=tokenize, into another tokens.dir: the old ones name the old '

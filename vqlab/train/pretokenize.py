@@ -35,6 +35,7 @@ from vqlab.errors import ConfigError
 from vqlab.train import checkpoint as checkpoint_lib
 from vqlab.train import experiment_config
 from vqlab.train import partitioning
+from vqlab.train import pins
 from vqlab.train import progress as progress_lib
 from vqlab.train import run_record
 from vqlab.train import trained_tokenizer
@@ -157,6 +158,11 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
   encode = jax.jit(tok.encode, in_shardings=(replicated, batch_sharding),
                    out_shardings=batch_sharding)
   cond_tok = generator.condition_tokenizer(config)
+  if jax.process_index() == 0:  # The shards decode with these steps only.
+    pins.pin_or_warn(tok.workdir, tok.step, workdir, 'tokenizer.step')
+    if cond_tok is not None:
+      pins.pin_or_warn(cond_tok.workdir, cond_tok.step, workdir,
+                       'condition.tokenizer_step')
   condition = generator.condition_metadata(config, cond_tok)
   encode_cond = None
   if condition['image'] != 'none':

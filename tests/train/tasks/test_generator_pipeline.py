@@ -35,6 +35,7 @@ from vqlab.train import checkpoint as checkpoint_lib
 from vqlab.train import experiment
 from vqlab.train import experiment_config
 from vqlab.train import loop
+from vqlab.train import pins
 from vqlab.train import pretokenize
 from vqlab.train import sampling
 from vqlab.train import trained_tokenizer
@@ -55,6 +56,16 @@ def shards(tokenizer_dir, tmp_path_factory):
   config = tiny.generator_config(tokenizer_dir)
   summary = pretokenize.tokenize(config, workdir, devices=_devices())
   return workdir, summary
+
+
+def _pins_in(run):
+  """{(reader, key, step)} of the pins other runs recorded in `run`."""
+  found = set()
+  for path in glob.glob(os.path.join(run, pins.DIRECTORY, '*.json')):
+    with open(path) as f:
+      record = json.load(f)
+    found.add((record['reader'], record['key'], record['step']))
+  return found
 
 
 def _split_files(directory, split):
@@ -84,7 +95,9 @@ def test_tokenize_writes_the_tokenizers_indices_with_metadata(
   train, _ = token_shards.load_split(directory, 'train')
   assert train['tokens'].shape == (40, 8, 8)
   assert 0 <= train['tokens'].min() and train['tokens'].max() < 32
-  del workdir
+  # The tokenizer run keeps the step the shards decode with (vqlab.train.pins).
+  assert (os.path.abspath(workdir), 'tokenizer.step',
+          1) in _pins_in(tokenizer_dir)
 
 
 def test_a_checkpoint_of_another_model_is_refused_when_loaded(
@@ -545,6 +558,8 @@ def test_spatial_gpt_trains_on_shards_and_on_the_fly_alike_and_samples(
   shutil.copytree(summary['tokens_dir'], os.path.join(workdir, 'tokens'))
   result = loop.train_and_evaluate(config, workdir, devices=_devices())
   assert np.isfinite(result['loss']) and 0 <= result['accuracy'] <= 1
+  assert (os.path.abspath(workdir), 'tokenizer.step',
+          1) in _pins_in(tokenizer_dir)
   grid, = glob.glob(os.path.join(workdir, 'images', 'eval_samples_*.png'))
   assert np.asarray(Image.open(grid)).shape == (38, 74, 3)
   # --mode=sample draws its conditions the same way (sample_conditions).
