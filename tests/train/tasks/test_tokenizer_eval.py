@@ -203,11 +203,16 @@ def test_gray_images_get_rfid_and_one_example_gets_none(weights_dir):
   x = jax.random.uniform(jax.random.key(0), (3, 16, 16, 1), minval=-1, maxval=1)
   x_rec = x * 0.9
   indices = jnp.zeros((3, 4, 4), jnp.int32)
-  pool = lambda v: inception.InceptionV3().apply(
-      {'params': frozen['inception']}, v)['pool']
-  outputs, _ = evaluation.outputs(x, x_rec, indices, jnp.ones(3), frozen)
-  np.testing.assert_allclose(outputs['features']['real'],
-                             pool(jnp.repeat(x, 3, axis=-1)), rtol=1e-5,
+
+  # One compiled program (op by op, Inception dispatches for half a minute).
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+  def outputs_and_rgb_pool(frozen):
+    outputs, _ = evaluation.outputs(x, x_rec, indices, jnp.ones(3), frozen)
+    return outputs, inception.InceptionV3().apply(
+        {'params': frozen['inception']}, jnp.repeat(x, 3, axis=-1))['pool']
+
+  outputs, rgb_pool = outputs_and_rgb_pool(frozen)
+  np.testing.assert_allclose(outputs['features']['real'], rgb_pool, rtol=1e-5,
                              atol=1e-6)
   for real_examples, has_rfid in ((3, True), (1, False)):
     acc = accumulator.EvalAccumulator()
