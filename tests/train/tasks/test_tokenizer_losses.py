@@ -339,11 +339,12 @@ def test_a_frozen_encoder_and_quantizer_encode_as_in_eval():
   task = _task(frozen_gumbel)
   batch, state = _batch_and_state(task)
   x = batch['image']
-  x_rec, _ = task.model.apply(
-      {
-          'params': state.params['generator'],
-          **state.model_state
-      }, x, train=False)
+  x_rec, _ = jax.jit(
+      lambda state: task.model.apply(
+          {
+              'params': state.params['generator'],
+              **state.model_state
+          }, x, train=False), compiler_options=FAST_COMPILE)(state)
   # Their EMA is the frozen params themselves (as the release's EMA copies
   # frozen params), whatever it was; the trained decoder's is averaged.
   ema = jax.tree.map(lambda p: p + 1.0, state.params['generator'])
