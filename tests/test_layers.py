@@ -14,7 +14,7 @@ from tests import paths
 # Lowest first. Packages in one layer do not import each other.
 LAYERS = (
     ('errors',),
-    ('config_schema', 'fileio'),
+    ('checks', 'config_schema', 'fileio'),
     ('registry',),
     ('nn',),
     ('weights', 'quantizers', 'data', 'evals'),
