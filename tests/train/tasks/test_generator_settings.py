@@ -104,6 +104,47 @@ def test_an_ignored_setting_is_refused_by_name(make_config, key, value):
     experiment_config.validate(config, 1)
 
 
+def _bytes_text():
+  config = vq_diffusion_text.get_config()
+  config.model.text_encoder = 'bytes'
+  return config
+
+
+@pytest.mark.parametrize('make_config, key, value, message', [
+    (gpt_superres.get_config, 'condition.image', 'grayscale', None),
+    (gpt_tiny.get_config, 'condition.tokenizer_step', 3,
+     'condition.tokenizer is empty'),
+    (_bytes_text, 'text.encoder', 'clip', "model.text_encoder is 'bytes'"),
+    (_bytes_text, 'text.encoder_dir', '/weights/clip',
+     "model.text_encoder is 'bytes'"),
+    (maskgit_tiny.get_config, 'ema.warmup', True, r'ema.decay is 0 \(no EMA\)'),
+])
+def test_a_section_key_this_config_never_reads_is_refused(
+    make_config, key, value, message):
+  """Accepted and ignored before: a condition factor without downsampling,
+  a condition tokenizer step without its run, a frozen text encoder's keys
+  for a byte-level one, EMA warm-up without an EMA."""
+  config = make_config()
+  experiment_config.validate(config, 1)
+  if key == 'condition.image':  # Then the factor is not read.
+    config.condition.image, config.condition.factor = value, 2
+    key, message = 'condition.factor', "condition.image is not 'downsampled'"
+  else:
+    section, name = key.split('.')
+    config[section][name] = value
+  with pytest.raises(
+      ConfigError, match=rf'^{key}: .*, but {message}, so this '
+      'run ignores it; leave it at'):
+    experiment_config.validate(config, 1)
+
+
+def test_a_generator_run_asked_for_lpips_is_refused():
+  config = maskgit_tiny.get_config()
+  config.eval.lpips = 'on'
+  with pytest.raises(ConfigError, match=r"^eval.lpips: 'on', but a generator"):
+    experiment_config.validate(config, 1)
+
+
 READ = [
     (_maskgit_class, 'sample.guidance_scale', 2.0),
     (_maskgit_class, 'loss.label_drop', 0.2),

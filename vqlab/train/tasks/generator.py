@@ -180,6 +180,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   generators.get_api(config.model.name).check_settings(config)
   _validate_condition(config)
   _validate_unread_settings(config)
+  _validate_unread_sections(config)
   _validate_guidance(config)
 
 
@@ -209,6 +210,39 @@ def _validate_unread_settings(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             path, f'{value!r}, but {model} ignores it with this config; '
             f'leave it at its default {default!r}')
+
+
+def _validate_unread_sections(config: ml_collections.ConfigDict) -> None:
+  """Keys of the condition, text and ema sections that this config never
+  reads must keep their defaults: any other value would be silently ignored
+  (e.g. text.encoder = 'clip' for a byte-level text encoder). Not the
+  sections of another kind of model (text.* on a class-conditional one),
+  nor tokens.* with tokens.source 'on_the_fly': a config switched by one
+  override keeps them."""
+  spec = generators.get_api(config.model.name).condition_spec(config.model)
+  unread = []  # (dotted key, why this config ignores it)
+  if config.condition.image != 'downsampled':
+    unread.append(('condition.factor', "condition.image is not 'downsampled'"))
+  if not config.condition.tokenizer:
+    unread.append(('condition.tokenizer_step', 'condition.tokenizer is empty'))
+  if spec.kind == 'text' and config.model.text_encoder != 'frozen':
+    unread += [(f'text.{key}', f"model.text_encoder is "
+                f'{config.model.text_encoder!r}')
+               for key in ('encoder', 'encoder_dir')]
+  if not config.ema.decay:
+    unread.append(('ema.warmup', 'ema.decay is 0 (no EMA)'))
+  config_schema.require(
+      config.eval.lpips != 'on', 'eval.lpips',
+      "'on', but a generator's evals measure FID, IS and FVD of samples, "
+      "not LPIPS: use 'auto' or 'off'")
+  defaults = default_config()
+  for key, why in unread:
+    value, default = (config_schema.lookup(config, key),
+                      config_schema.lookup(defaults, key))
+    if value != default:
+      raise ConfigError(
+          key, f'{value!r}, but {why}, so this run ignores it; leave it at '
+          f'{default!r}')
 
 
 def _validate_guidance(config: ml_collections.ConfigDict) -> None:
