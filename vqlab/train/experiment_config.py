@@ -158,6 +158,10 @@ def validate(config: ml_collections.ConfigDict,
                         str(e).split(': ', 1)[1]) from None
   for key, section in _optimizer_sections(config.get('optimizer')):
     optimizers.validate(section, key)
+  require(
+      not config.ema.warmup or config.ema.decay > 0, 'ema.warmup',
+      'True, but ema.decay is 0 (no EMA), so this run ignores it; leave '
+      'it at False')
   for key in ('lpips', 'fid', 'fvd'):
     require(config.eval[key] in NETWORK_MODES, f'eval.{key}',
             f'must be one of {NETWORK_MODES}, got {config.eval[key]!r}')

@@ -13,6 +13,7 @@ from configs.maskgit import tiny_cpu as maskgit_tiny
 from configs.maskgit import ucf101_tiny_cpu as maskgit_video
 from configs.vq_diffusion import tiny_class as vq_diffusion_class
 from configs.vq_diffusion import tiny_text as vq_diffusion_text
+from tests import tiny_tokenizer_config
 from vqlab import generators
 from vqlab.errors import ConfigError
 from vqlab.train import experiment_config
@@ -117,7 +118,6 @@ def _bytes_text():
     (_bytes_text, 'text.encoder', 'clip', "model.text_encoder is 'bytes'"),
     (_bytes_text, 'text.encoder_dir', '/weights/clip',
      "model.text_encoder is 'bytes'"),
-    (maskgit_tiny.get_config, 'ema.warmup', True, r'ema.decay is 0 \(no EMA\)'),
 ])
 def test_a_section_key_this_config_never_reads_is_refused(
     make_config, key, value, message):
@@ -135,6 +135,17 @@ def test_a_section_key_this_config_never_reads_is_refused(
   with pytest.raises(
       ConfigError, match=rf'^{key}: .*, but {message}, so this '
       'run ignores it; leave it at'):
+    experiment_config.validate(config, 1)
+
+
+@pytest.mark.parametrize(
+    'make_config', [maskgit_tiny.get_config, tiny_tokenizer_config.get_config])
+def test_ema_warmup_without_an_ema_is_refused(make_config):
+  config = make_config()
+  config.ema.warmup = True
+  with pytest.raises(
+      ConfigError, match=r'^ema.warmup: True, but ema.decay is '
+      r'0 \(no EMA\), so this run ignores it'):
     experiment_config.validate(config, 1)
 
 

@@ -213,7 +213,7 @@ def _validate_unread_settings(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_unread_sections(config: ml_collections.ConfigDict) -> None:
-  """Keys of the condition, text and ema sections that this config never
+  """Keys of the condition and text sections that this config never
   reads must keep their defaults: any other value would be silently ignored
   (e.g. text.encoder = 'clip' for a byte-level text encoder). Not the
   sections of another kind of model (text.* on a class-conditional one),
@@ -229,8 +229,6 @@ def _validate_unread_sections(config: ml_collections.ConfigDict) -> None:
     unread += [(f'text.{key}', f"model.text_encoder is "
                 f'{config.model.text_encoder!r}')
                for key in ('encoder', 'encoder_dir')]
-  if not config.ema.decay:
-    unread.append(('ema.warmup', 'ema.decay is 0 (no EMA)'))
   config_schema.require(
       config.eval.lpips != 'on', 'eval.lpips',
       "'on', but a generator's evals measure FID, IS and FVD of samples, "
