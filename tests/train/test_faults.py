@@ -1102,6 +1102,19 @@ def test_a_transient_error_inside_orbaxs_array_read_sets_nothing_aside(
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == before
 
 
+def test_the_error_chain_skips_a_suppressed_context():
+  """json raises JSONDecodeError `from None` inside its scanner's
+  StopIteration: the unreadable-step line named 'StopIteration: 8'."""
+  try:
+    try:
+      raise StopIteration(8)
+    except StopIteration:
+      raise ValueError('Expecting value: line 1 column 9') from None
+  except ValueError as e:
+    chain = checkpoint_lib._chain(e)  # pylint: disable=protected-access
+  assert [type(link) for link in chain] == [ValueError]
+
+
 def test_a_step_this_user_may_not_read_is_never_called_corrupt(
     tmp_path, monkeypatch):
   """A run shared between users (one's umask kept its files private): Orbax

@@ -38,14 +38,25 @@ class ConditionSpec:
   vocab_size: int = 0
 
 
+def unread_condition_keys(config: Any,
+                          read_by: dict[str, tuple[str, ...]]) -> set[str]:
+  """The keys of `read_by` (key -> the model.condition values that read it)
+  that model config `config` (a ConfigDict or a config.json dict) ignores."""
+  return {
+      k for k, conditions in read_by.items()
+      if config.get('condition') not in conditions
+  }
+
+
 def check_condition_keys(config: ml_collections.ConfigDict,
                          defaults: ml_collections.ConfigDict,
                          read_by: dict[str, tuple[str, ...]]) -> None:
   """ConfigError for a model key that only other conditions read (`read_by`:
   key -> the model.condition values that read it) set off its default: the
   model would ignore it (e.g. num_classes without condition 'class')."""
-  for key, conditions in read_by.items():
-    if config.condition not in conditions and config[key] != defaults[key]:
+  for key in sorted(unread_condition_keys(config, read_by)):
+    conditions = read_by[key]
+    if config[key] != defaults[key]:
       raise ConfigError(
           f'model.{key}', f'{config[key]!r}, but model.condition '
           f'{config.condition!r} ignores it (condition '
@@ -137,6 +148,8 @@ class GeneratorApi:
       (its condition, and for some keys other settings, decide). The task
       refuses any other key of those sections set away from its default:
       it would be silently ignored.
+    condition_keys: {model key: the model.condition values that read it}
+      for the model keys only some conditions read (`check_condition_keys`).
   """
   condition_spec: Callable[[ml_collections.ConfigDict], ConditionSpec]
   check_fits: Callable[..., None]
@@ -148,6 +161,9 @@ class GeneratorApi:
                            None] = (_no_settings_checks)
   settings_read: Callable[[ml_collections.ConfigDict],
                           frozenset[str]] = _reads_no_settings
+  condition_keys: dict[str,
+                       tuple[str,
+                             ...]] = dataclasses.field(default_factory=dict)
 
 
 def drop_mask(rng: jax.Array, probability: float, cond: Any,

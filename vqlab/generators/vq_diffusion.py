@@ -547,16 +547,19 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
 
 # ------------------------------------------------------------ Generator API.
 
+# Model keys only some conditions read: {key: the conditions that do}.
+CONDITION_KEYS = {
+    'num_classes': ('class',),
+    'text_encoder': ('text',),
+    'cond_dim': ('text',)
+}
+
 
 def _condition_spec(config: ml_collections.ConfigDict) -> api.ConditionSpec:
   if config.condition not in CONDITIONS:
     raise ConfigError('model.condition',
                       f'{config.condition!r} not in {CONDITIONS}')
-  api.check_condition_keys(config, default_config(), {
-      'num_classes': ('class',),
-      'text_encoder': ('text',),
-      'cond_dim': ('text',)
-  })
+  api.check_condition_keys(config, default_config(), CONDITION_KEYS)
   if config.condition == 'class':
     return api.ConditionSpec('class', num_classes=config.num_classes)
   return api.ConditionSpec(config.condition)
@@ -641,4 +644,5 @@ API = api.GeneratorApi(condition_spec=_condition_spec, check_fits=_check_fits,
                        init=_init, loss=_loss, sample=_sample,
                        init_loss_state=_init_loss_state,
                        check_settings=_check_settings,
-                       settings_read=_settings_read)
+                       settings_read=_settings_read,
+                       condition_keys=CONDITION_KEYS)

@@ -226,12 +226,19 @@ def no_checkpoint_error(workdir: str) -> CheckpointError:
 @dataclasses.dataclass
 class _PinnedSteps(ocp.checkpoint_managers.PreservationPolicy):
   """Keeps the steps of the run in `workdir` that other runs read
-  (vqlab.train.pins); every step while a pin cannot be read."""
+  (vqlab.train.pins); every step while a pin cannot be read (said once)."""
   workdir: str
+  _said: str = ''
 
   def should_preserve(self, checkpoints, *, context):
     del context
-    pinned = pins.pinned_steps(self.workdir)
+    pinned, problem = pins.pinned_steps(self.workdir)
+    if problem and problem != self._said:
+      print(
+          f'vqlab: WARNING: cannot read the pin {problem}: every checkpoint '
+          'is kept (train.max_to_keep is not applied) until it is readable '
+          'or removed', flush=True)
+      self._said = problem
     return [pinned is None or c.step in pinned for c in checkpoints]
 
 
@@ -679,7 +686,7 @@ def _chain(e: BaseException) -> list[BaseException]:
   errors = []
   while e is not None and e not in errors:
     errors.append(e)
-    e = e.__cause__ or e.__context__
+    e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
   return errors
 
 

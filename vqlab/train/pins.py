@@ -42,6 +42,8 @@ def pin(run: str, step: int, reader: str, key: str) -> str | None:
     fileio.makedirs(os.path.dirname(path))
     fileio.write_atomically(path,
                             lambda f: f.write(json.dumps(record).encode()))
+    if not fileio.is_url(path):  # The run's owner reads it whatever our umask.
+      os.chmod(path, 0o644)
   except Exception as e:  # pylint: disable=broad-except
     return f'{type(e).__name__}: {e}'
   return None
@@ -57,19 +59,20 @@ def pin_or_warn(run: str, step: int, reader: str, key: str) -> None:
         'train.max_to_keep may delete the step', flush=True)
 
 
-def pinned_steps(run: str) -> set[int] | None:
-  """The steps of `run` that other runs pinned; None when a record cannot
-  be read (then every step is to be kept: a pin is never lost to a read
-  error)."""
+def pinned_steps(run: str) -> tuple[set[int] | None, str]:
+  """(the steps of `run` that other runs pinned, ''); (None, what could not
+  be read) when a record cannot be read: then every step is to be kept, a
+  pin never lost to a read error."""
   directory = os.path.join(run, DIRECTORY)
-  steps = set()
+  steps, path = set(), directory
   try:
     if not fileio.exists(directory):
-      return steps
+      return steps, ''
     for name in fileio.listdir(directory):
       if name.endswith('.json'):
-        with fileio.open(os.path.join(directory, name)) as f:
+        path = os.path.join(directory, name)
+        with fileio.open(path) as f:
           steps.add(int(json.load(f)['step']))
-  except Exception:  # pylint: disable=broad-except
-    return None
-  return steps
+  except Exception as e:  # pylint: disable=broad-except
+    return None, f'{path} ({type(e).__name__}: {e})'
+  return steps, ''

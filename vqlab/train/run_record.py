@@ -18,7 +18,9 @@ import ml_collections
 from vqlab import config_schema
 from vqlab import data as data_lib
 from vqlab import fileio
+from vqlab import generators
 from vqlab.errors import ConfigError
+from vqlab.generators import api as generator_api
 from vqlab.train import workdir_lock
 
 CONFIG_FILE = 'config.json'
@@ -171,11 +173,26 @@ def differences(saved: dict[str, Any], config: ml_collections.ConfigDict,
   old, new = _flatten(saved), _flatten(as_json_tree(config))
   fixed = ({'train.num_steps'}
            if trains and _decays_over_the_run(old) else set())
+  unread = _unread_by_both(saved, config)
   return {
       k: (old[k], new[k])
       for k in sorted(old.keys() & new.keys())
-      if old[k] != new[k] and (k in fixed or not _free(k))
+      if old[k] != new[k] and (k in fixed or not _free(k)) and k not in unread
   }
+
+
+def _unread_by_both(saved: dict[str, Any],
+                    config: ml_collections.ConfigDict) -> set[str]:
+  """The generator model keys that neither the record's condition nor the
+  config's reads: no difference (text runs recorded the class config's
+  model.num_classes, which their configs inherited before 2026-12-06)."""
+  if config.get('task') != 'generator' or not isinstance(
+      saved.get('model'), dict):
+    return set()
+  keys = generators.get_api(config.model.name).condition_keys
+  both = (generator_api.unread_condition_keys(saved['model'], keys) &
+          generator_api.unread_condition_keys(config.model, keys))
+  return {f'model.{k}' for k in both}
 
 
 def describe(changed: dict[str, tuple], limit: int = 4) -> str:

@@ -17,6 +17,7 @@ from tests import tiny_tokenizer_config
 from vqlab import generators
 from vqlab.errors import ConfigError
 from vqlab.train import experiment_config
+from vqlab.train import run_record
 from vqlab.train.tasks import generator
 
 
@@ -147,6 +148,26 @@ def test_ema_warmup_without_an_ema_is_refused(make_config):
       ConfigError, match=r'^ema.warmup: True, but ema.decay is '
       r'0 \(no EMA\), so this run ignores it'):
     experiment_config.validate(config, 1)
+
+
+def test_a_text_run_recorded_with_the_class_configs_num_classes_resumes(
+    tmp_path):
+  """Text configs inherited the class config's model.num_classes (6) until
+  it became an error to set it on a text model: their runs' records keep it,
+  which is no difference (neither reads it); on a class model it is one."""
+  workdir = str(tmp_path)
+  recorded = experiment_config.validate(vq_diffusion_text.get_config(), 1)
+  recorded_json = run_record.as_json_tree(recorded)
+  recorded_json['model']['num_classes'] = 6
+  run_record.write(workdir, ml_collections.ConfigDict(recorded_json))
+  for trains in (True, False):
+    assert run_record.check(recorded, workdir, False, checkpointed=True,
+                            trains=trains) == {}
+  classes = experiment_config.validate(vq_diffusion_class.get_config(), 1)
+  run_record.write(workdir, classes)
+  classes.model.num_classes = 5
+  with pytest.raises(ConfigError, match='^model.num_classes: differs'):
+    run_record.check(classes, workdir, False, checkpointed=True)
 
 
 def test_a_generator_run_asked_for_lpips_is_refused():
