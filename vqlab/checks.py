@@ -6,6 +6,9 @@ import jax.numpy as jnp
 
 def check_float_pixels(x: jax.Array, who: str) -> None:
   """Rejects integer pixels (uint8 from a PNG): [-1, 1] floats expected."""
+  if not hasattr(x, 'dtype'):
+    raise TypeError(f'{who}: images must be an array of floats in [-1, 1], '
+                    f'got a {type(x).__name__} (wrap it in np.asarray)')
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise TypeError(f'{who}: images must be floating point in [-1, 1], got '
                     f'{x.dtype} (convert uint8 with x / 127.5 - 1)')
@@ -54,6 +57,9 @@ def check_token_grid(indices: jax.Array, ndim: int | tuple[int, ...],
                      who: str) -> None:
   """Rejects token arrays of the wrong rank (one of `ndim`) or dtype (range:
   the quantizer)."""
+  if not hasattr(indices, 'dtype'):
+    raise TypeError(f'{who}: token ids must be an integer array, got a '
+                    f'{type(indices).__name__} (wrap it in np.asarray)')
   if not jnp.issubdtype(indices.dtype, jnp.integer):
     raise TypeError(f'{who}: token ids must be integers, got {indices.dtype}')
   allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)

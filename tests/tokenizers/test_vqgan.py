@@ -64,6 +64,11 @@ def test_rejects_bad_inputs():
   with pytest.raises(ValueError, match='3 dims'):
     model.apply(variables, jnp.zeros((4, 4), jnp.int32),
                 method=model.decode_indices)
+  # A list failed with "'list' object has no attribute 'dtype'".
+  with pytest.raises(TypeError, match='must be an integer array, got a list'):
+    model.apply(variables, [[[0] * 4] * 4], method=model.decode_indices)
+  with pytest.raises(TypeError, match='array of floats in .* got a list'):
+    model.apply(variables, x.tolist())
 
 
 def test_config_errors_name_the_key():

@@ -142,6 +142,8 @@ def load(workdir: str, step: int = -1, key: str = 'tokenizer.workdir',
     CheckpointError: no run, no checkpoint or a corrupt one.
     ConfigError (naming config key `key`): the run is not a tokenizer run.
   """
+  if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+    raise TypeError(f'step must be an int (-1: the newest), got {step!r}')
   if not workdir:
     raise ConfigError(
         key, 'empty: set it to the --workdir of a trained tokenizer run')

@@ -116,6 +116,8 @@ def test_a_checkpoint_of_another_model_is_refused_when_loaded(
       r'not those of the model its config.json describes: params/decoder/\S+ '
       r'is \(.*\) float32 there, \(.*\) float32 here; .*more$'):
     trained_tokenizer.load(other)
+  with pytest.raises(TypeError, match="^step must be an int .*, got '1'"):
+    trained_tokenizer.load(tokenizer_dir, '1')  # Was: '<' not supported.
 
 
 def test_tokenize_resumes_only_missing_shards_and_ignores_partial_files(
