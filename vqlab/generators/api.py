@@ -38,8 +38,11 @@ class ConditionSpec:
   vocab_size: int = 0
 
 
-def unread_condition_keys(config: Any,
-                          read_by: dict[str, tuple[str, ...]]) -> set[str]:
+# {model key: the model.condition values that read it}.
+ConditionKeys = dict[str, tuple[str, ...]]
+
+
+def unread_condition_keys(config: Any, read_by: ConditionKeys) -> set[str]:
   """The keys of `read_by` (key -> the model.condition values that read it)
   that model config `config` (a ConfigDict or a config.json dict) ignores."""
   return {
@@ -50,7 +53,7 @@ def unread_condition_keys(config: Any,
 
 def check_condition_keys(config: ml_collections.ConfigDict,
                          defaults: ml_collections.ConfigDict,
-                         read_by: dict[str, tuple[str, ...]]) -> None:
+                         read_by: ConditionKeys) -> None:
   """ConfigError for a model key that only other conditions read (`read_by`:
   key -> the model.condition values that read it) set off its default: the
   model would ignore it (e.g. num_classes without condition 'class')."""
@@ -161,9 +164,7 @@ class GeneratorApi:
                            None] = (_no_settings_checks)
   settings_read: Callable[[ml_collections.ConfigDict],
                           frozenset[str]] = _reads_no_settings
-  condition_keys: dict[str,
-                       tuple[str,
-                             ...]] = dataclasses.field(default_factory=dict)
+  condition_keys: ConditionKeys = dataclasses.field(default_factory=dict)
 
 
 def drop_mask(rng: jax.Array, probability: float, cond: Any,

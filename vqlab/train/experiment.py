@@ -116,20 +116,6 @@ def _pin_newest_steps(config: ml_collections.ConfigDict, workdir: str) -> None:
     config[section][name] = int(step)
 
 
-def _pin_in_other_runs(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Records in each run this one reads for life (its tokenizer, ...) the
-  step it reads, which that run's retention then keeps (vqlab.train.pins).
-  Process 0; a run it may not write to gets a warning, not an error."""
-  if jax.process_index() != 0:
-    return
-  for step_key, run_key in pins.READ_FOR_LIFE.items():
-    run, step = (config_schema.lookup(config, run_key),
-                 config_schema.lookup(config, step_key))
-    if not run or step is None or step < 0:
-      continue
-    pins.pin_or_warn(run, step, workdir, step_key)
-
-
 class Experiment:
   """Everything the loop and `--mode=eval` share: config, task, mesh, data,
   compiled steps and the checkpointer."""
@@ -160,7 +146,8 @@ class Experiment:
         config, workdir, allow_config_change,
         checkpointed=checkpoint_lib.newest_step(workdir) is not None,
         trains=lock == 'train')
-    _pin_in_other_runs(config, workdir)
+    if jax.process_index() == 0:  # Other runs keep the steps this one reads.
+      pins.pin_read_steps(config, workdir)
     # Data problems (a missing folder, an unreadable image) stop the run
     # before anything is written to the workdir.
     self.task: Task = tasks.get(config.task).build(config, workdir)

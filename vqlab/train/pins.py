@@ -14,6 +14,9 @@ import hashlib
 import json
 import os
 
+import ml_collections
+
+from vqlab import config_schema
 from vqlab import fileio
 
 DIRECTORY = 'pinned'
@@ -57,6 +60,16 @@ def pin_or_warn(run: str, step: int, reader: str, key: str) -> None:
         f'vqlab: WARNING: could not record in {run} that {reader} reads its '
         f'step {step} ({problem}): if that run trains on, its '
         'train.max_to_keep may delete the step', flush=True)
+
+
+def pin_read_steps(config: ml_collections.ConfigDict, reader: str) -> None:
+  """`pin_or_warn` each READ_FOR_LIFE step that `config` (of the run in
+  workdir `reader`) reads: its runs' retention then keeps it."""
+  for step_key, run_key in READ_FOR_LIFE.items():
+    run, step = (config_schema.lookup(config, run_key),
+                 config_schema.lookup(config, step_key))
+    if run and step is not None and step >= 0:
+      pin_or_warn(run, step, reader, step_key)
 
 
 def pinned_steps(run: str) -> tuple[set[int] | None, str]:
