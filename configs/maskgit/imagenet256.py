@@ -6,16 +6,20 @@ architecture, LFQ over 1024 codes, 16x16). The paper's 6.18 is on the
 released MaskGIT VQGAN (its own architecture, VQ over 1024 codes): convert
 it (`python -m vqlab.convert maskgit_vqgan tokenizer_imagenet256_checkpoint
 workdirs/maskgit_vqgan`) and pass
---config.tokenizer.workdir=workdirs/maskgit_vqgan. Transformer: 24 layers,
-16 heads, width 768, MLP 3072, dropout 0.1 where BERT drops (vqlab's
-pre-LN blocks, not MaskGIT's post-LN BERT: README, "Where vqlab
-deliberately differs"); AdamW (0.9, 0.96), lr 1e-4,
-weight decay 0.045 (kernels), label smoothing 0.1, batch 256, 300 epochs, EMA 0.999.
-Decoding: 8 steps, cosine schedule, choice temperature 4.5. Label dropout 0.1 trains the null class
+--config.tokenizer.workdir=workdirs/maskgit_vqgan. Transformer: MaskGIT's
+post-LN BERT (`model.block_style = 'bert'`), 24 layers, 16 heads, width
+768, MLP 3072, dropout 0.1 where BERT drops; AdamW (0.9, 0.96), lr 1e-4
+after 5000 warmup steps, then constant, weight decay 0.045 (kernels), label
+smoothing 0.1, batch 256, 300 epochs, EMA 0.999. Decoding: 8 steps, cosine
+schedule, choice temperature 4.5. Label dropout 0.1 trains the null class
 for classifier-free guidance (`sample.guidance_scale`), which MaskGIT does
 not have (its 6.18 is without guidance); the tokens are made once, one
 random crop and flip per image for all 300 epochs (--mode=tokenize;
---config.tokens.source=on_the_fly draws new ones in every step).
+--config.tokens.source=on_the_fly draws new ones in every step). The
+released transformer itself (maskgit_imagenet256_checkpoint) converts to a
+run of this architecture: `python -m vqlab.convert maskgit_transformer
+maskgit_imagenet256_checkpoint workdirs/maskgit_released
+--tokenizer=workdirs/maskgit_vqgan` (README, "Published checkpoints").
 
   python main.py --config=configs/maskgit/imagenet256.py --workdir=... --mode=tokenize
   python main.py --config=configs/maskgit/imagenet256.py --workdir=...
@@ -40,6 +44,7 @@ def model_config():
   model.mlp_dim = 3072
   model.dropout_rate = 0.1
   model.mlp_hidden_dropout = False  # BERT's one dropout after the MLP.
+  model.block_style = 'bert'  # MaskGIT's post-LN BERT blocks.
   # One nn.scan over the blocks: XLA compiles one block, not all of them.
   model.scan_layers = True
   return model
@@ -67,7 +72,9 @@ def get_config():
   # biases, norms and the (tied) token and position embeddings.
   config.optimizer.weight_decay_on = 'kernels'
   config.optimizer.warmup_steps = 5000
-  config.optimizer.schedule = 'cosine'
+  # No decay after the warmup: maskgit's base_config has lr_schedule
+  # 'constant', which its class-conditional config keeps.
+  config.optimizer.schedule = 'constant'
   config.train.batch_size = 256
   config.train.num_steps = 1_500_000  # ~300 epochs of 1.28M images.
   config.train.log_every = 100

@@ -13,9 +13,10 @@ of every token (the unmasked ones too: MAGVIT's 'mask+refine+recons'), 2000
 epochs of the 9,537 training videos at batch 256 (74,000 steps); plus an EMA
 of the weights for eval (0.9999), which MAGVIT's trainer does not keep.
 
-Departures: the transformer is vqlab's pre-LN one (README, "Where vqlab
-deliberately differs"), not MAGVIT's post-LN BERT (its dropouts are
-BERT's: `model.mlp_hidden_dropout = False`). Each example draws its own mask ratio and masks
+The transformer is MAGVIT's post-LN BERT (`model.block_style = 'bert'`,
+with BERT's dropouts: `model.mlp_hidden_dropout = False`).
+
+Departures: each example draws its own mask ratio and masks
 ceil(gamma(r) N) tokens; MAGVIT draws one ratio per batch and masks
 floor(gamma(r) N) (at least 1). The tokens are made once (--mode=tokenize: one random clip, crop
 and flip per video, seen in all 2000 epochs); MAGVIT tokenizes each batch in
@@ -55,6 +56,7 @@ def model_config():
   model.mlp_dim = 4096
   model.dropout_rate = 0.1
   model.mlp_hidden_dropout = False  # BERT's one dropout after the MLP.
+  model.block_style = 'bert'  # MAGVIT's post-LN BERT blocks.
   model.scan_layers = True
   return model
 

@@ -41,6 +41,7 @@ def get_config():
   config.model.num_layers = 2
   config.model.num_heads = 2
   config.model.mlp_dim = 256
+  config.model.block_style = 'bert'  # As the paper config (MAGVIT's).
 
   config.optimizer.learning_rate = 1e-3
   config.optimizer.warmup_steps = 100

@@ -14,9 +14,13 @@ from tests import compile_options
 from tests import paths
 from tests import tiny
 from vqlab import tokenizers
+from vqlab.convert import __main__ as convert_main
+from vqlab.convert import maskgit_transformer
 from vqlab.convert import published
 from vqlab.errors import WeightsError
 from vqlab.nn import stack
+from vqlab.train import checkpoint
+from vqlab.train import sampling
 from vqlab.train import trained_tokenizer
 
 
@@ -98,7 +102,8 @@ def _run(*args):
   return result.stdout
 
 
-def test_cli_writes_a_run_that_main_evaluates_and_generators_load(tmp_path):
+def test_cli_writes_a_run_that_main_evaluates_and_generators_load(
+    tmp_path, capsys):
   out = str(tmp_path / 'maskgit')
   printed = _run('-m', 'vqlab.convert', 'maskgit_vqgan',
                  str(_GOLDENS / 'maskgit_tiny.msgpack'), out, '--num_groups=4',
@@ -124,6 +129,26 @@ def test_cli_writes_a_run_that_main_evaluates_and_generators_load(tmp_path):
   ], cwd=_ROOT, text=True, capture_output=True, check=False)
   assert result.returncode == 1
   assert 'already holds checkpoints' in result.stderr
+
+  # The MaskGIT transformer over that tokenizer: a generator run at step 0
+  # that holds the converted params and samples.
+  transformer = str(_GOLDENS / 'maskgit_transformer_tiny.msgpack')
+  run = str(tmp_path / 'maskgit_transformer')
+  convert_main.main([
+      'maskgit_transformer', transformer, run, f'--tokenizer={out}',
+      '--scan_layers=false'
+  ])
+  assert f'--workdir={run} --mode=sample' in capsys.readouterr().out
+  saved, step = checkpoint.restore_on_host(run)
+  converted = maskgit_transformer.convert_file(transformer, tokenizer=out,
+                                               scan_layers=False)
+  assert step == 0
+  jax.tree.map(np.testing.assert_array_equal, saved['params']['model'],
+               converted.params)
+  config = trained_tokenizer.read_run_config(run)
+  config.sample.num_samples = config.sample.batch_size = 2
+  assert sampling.sample(config, run,
+                         devices=jax.local_devices()[:1])['num_samples'] == 2
 
 
 def test_write_run_refuses_params_that_do_not_fit(tmp_path):

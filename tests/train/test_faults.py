@@ -983,6 +983,16 @@ def test_a_maskgit_checkpoint_of_the_other_head_kind_names_the_switch():
       tied, untied).endswith('resume it with model.tied_heads = True')
 
 
+def test_a_maskgit_checkpoint_of_the_other_block_style_names_the_switch():
+  norm = {'scale': np.zeros(8, np.float32)}
+  pre_ln = {'params': {'transformer': {'final_norm': norm}}}
+  bert = {'params': {'embed_norm': norm, 'transformer': {}}}
+  assert checkpoint_lib.state_mismatch(pre_ln, bert).endswith(
+      "before 2026-12-06): resume it with model.block_style = 'pre_ln'")
+  assert checkpoint_lib.state_mismatch(
+      bert, pre_ln).endswith("resume it with model.block_style = 'bert'")
+
+
 def test_an_old_class_vq_diffusion_checkpoint_says_it_cannot_resume():
   dense = {'kernel': np.zeros((4, 8), np.float32)}
   old = {

@@ -1,19 +1,21 @@
-r"""Converts a published tokenizer checkpoint into a vqlab run directory.
+r"""Converts a published checkpoint into a vqlab run directory.
 
   python -m vqlab.convert <kind> <file> <out_dir> [--option=value ...]
   python -m vqlab.convert taming_vqgan last.ckpt ckpts/taming_f16_16384
   python main.py --config=ckpts/taming_f16_16384/config.py \
       --workdir=ckpts/taming_f16_16384 --mode=eval
 
-`out_dir` becomes a tokenizer run at step 0 (config.json, config.py, an Orbax
-checkpoint): evaluate it with `main.py --mode=eval`, fine-tune it with
-`--mode=train`, or name it as `tokenizer.workdir` of a generator config.
+A tokenizer's `out_dir` becomes a tokenizer run at step 0 (config.json,
+config.py, an Orbax checkpoint): evaluate it with `main.py --mode=eval`,
+fine-tune it with `--mode=train`, or name it as `tokenizer.workdir` of a
+generator config. A generator's (maskgit_transformer) becomes a generator
+run at step 0 over a converted tokenizer run (`--tokenizer`): sample it with
+`main.py --mode=sample`.
 `python -m vqlab.convert <kind> --help` lists a kind's options.
 """
 
 import argparse
 import importlib
-import os
 import sys
 
 # kind -> (module under vqlab.convert, what it reads).
@@ -25,6 +27,9 @@ KINDS = {
     'titok': ('titok', 'TiTok 1D tokenizer (model.safetensors or '
               'pytorch_model.bin)'),
     'open_magvit2': ('open_magvit2', 'Open-MAGVIT2 image tokenizer (.ckpt)'),
+    'maskgit_transformer': ('maskgit_transformer', 'MaskGIT class-'
+                            'conditional transformer (flax checkpoint), over '
+                            'a converted maskgit_vqgan run'),
 }
 
 
@@ -59,20 +64,20 @@ def main(argv: list[str]) -> int:
             if kind else None)
   args = _parser(kind, module).parse_args(argv)
   from vqlab.convert import published  # pylint: disable=g-import-not-at-top
+  from vqlab.errors import CheckpointError  # pylint: disable=g-import-not-at-top
   from vqlab.errors import ConfigError  # pylint: disable=g-import-not-at-top
   from vqlab.errors import WeightsError  # pylint: disable=g-import-not-at-top
   options = {name: getattr(args, name) for name in module.OPTIONS}
   try:
     published.check_new_run_dir(args.out_dir)
     converted = module.convert_file(args.file, **options)
-    result = published.write_run(args.out_dir, converted)
-  except (WeightsError, ConfigError, FileExistsError) as e:
+    write_run = getattr(module, 'write_run', published.write_run)
+    result = write_run(args.out_dir, converted)
+  except (WeightsError, ConfigError, CheckpointError, FileExistsError) as e:
     sys.exit(f'convert: {e}')
   print(
       f'vqlab.convert: {result["source"]}: {result["num_params"]:,} params '
-      f'-> {result["out_dir"]}\n  evaluate: python main.py '
-      f'--config={os.path.join(args.out_dir, "config.py")} '
-      f'--workdir={args.out_dir} --mode=eval', flush=True)
+      f'-> {result["out_dir"]}\n  next: {result["command"]}', flush=True)
   return 0
 
 

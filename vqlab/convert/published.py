@@ -1,10 +1,12 @@
-"""What every converter of a published tokenizer checkpoint shares.
+"""What every converter of a published checkpoint shares.
 
 A converter reads the released file into a flat {name: array} dict, takes its
 tensors through a `StateDict` (which records what was consumed), builds a
 vqlab `config.model` and param tree, and returns them as a `Converted`.
-`write_run` turns that into a run directory that `main.py --mode=eval`,
-`vqlab.train.trained_tokenizer.load` and generator configs accept.
+`write_run` turns a tokenizer's into a run directory that `main.py
+--mode=eval`, `vqlab.train.trained_tokenizer.load` and generator configs
+accept (`init_with_params` and `save_run` serve generator runs too:
+vqlab.convert.maskgit_transformer).
 """
 
 import dataclasses
@@ -59,7 +61,7 @@ class StateDict:
     self._used.add(key)
     # jnp's test also knows bfloat16 and float8, which numpy's does not.
     if jax.numpy.issubdtype(value.dtype, jax.numpy.floating):
-      value = value.astype(np.float32)
+      value = value.astype(np.float32, copy=False)
     return value
 
   def conv(self, prefix: str, bias: bool = True) -> dict[str, np.ndarray]:
@@ -188,11 +190,14 @@ class Converted:
       structure of `model.init(...)['params']`.
     image_size: the resolution the checkpoint was trained at.
     source: a one-line description of the checkpoint.
+    tokenizer_workdir: a generator's: the tokenizer run whose codes it
+      generates.
   """
   model_config: ml_collections.ConfigDict
   params: dict[str, Any]
   image_size: int
   source: str
+  tokenizer_workdir: str = ''
 
 
 _CONFIG_PY = '''"""Config of a converted checkpoint: {source}.
@@ -249,7 +254,8 @@ def write_run(out_dir: str, converted: Converted) -> dict[str, Any]:
   mesh or frozen networks.
 
   Returns:
-    {'out_dir', 'num_params', 'source'}.
+    {'out_dir', 'num_params', 'source', 'command'} (command: the run's
+    evaluation).
 
   Raises:
     WeightsError: the params do not fit the model the config builds.
@@ -264,21 +270,58 @@ def write_run(out_dir: str, converted: Converted) -> dict[str, Any]:
   batch = {
       'image': np.zeros((1, size, size, task.model.in_channels), np.float32)
   }
-  # The loop's init key (experiment.Experiment).
-  rng = experiment.init_key(jax.random.split(jax.random.key(config.seed))[0])
+  rng = loop_init_rng(config)
   expected = jax.eval_shape(task.init, rng, batch).params['generator']
   check_params_match(converted.params, expected, converted.source)
+  state = init_with_params(task, rng, batch, 'generator', converted.params,
+                           expected)
+  config_py = _CONFIG_PY.format(source=converted.source, out_dir=out_dir)
+  save_run(out_dir, config, state, config_py)
+  return {
+      'out_dir':
+          out_dir,
+      'source':
+          converted.source,
+      'num_params':
+          count_params(converted.params),
+      'command': (f'python main.py --config={out_dir}/config.py '
+                  f'--workdir={out_dir} --mode=eval')
+  }
+
+
+def loop_init_rng(config: ml_collections.ConfigDict) -> jax.Array:
+  """The key the train loop (experiment.Experiment) draws a fresh state from."""
+  return experiment.init_key(jax.random.split(jax.random.key(config.seed))[0])
+
+
+def count_params(params: Any) -> int:
+  """The number of entries of a param tree."""
+  return sum(np.size(v) for v in _flatten(params).values())
+
+
+def init_with_params(task: Any, rng: jax.Array, batch: Any, key: str,
+                     params: Any, expected: Any) -> Any:
+  """The task's fresh TrainState on one local device with `params` (numpy,
+  in the layout and dtypes of `expected`) as its `params[key]`, and as its
+  EMA params[key] when it keeps an EMA; the rest (other networks, optimizer
+  state) as the train loop's init draws it from `rng`."""
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   state = jax.jit(task.init,
                   out_shardings=device)(jax.device_put(rng, device),
                                         jax.device_put(batch, device))
-  generator = jax.tree.map(
+  params = jax.tree.map(
       lambda value, like: jax.device_put(np.asarray(value, like.dtype), device),
-      converted.params, expected)
-  replace = {'params': dict(state.params, generator=generator)}
+      params, expected)
+  replace = {'params': dict(state.params, **{key: params})}
   if state.ema_params:
-    replace['ema_params'] = dict(state.ema_params, generator=generator)
-  state = state.replace(**replace)
+    replace['ema_params'] = dict(state.ema_params, **{key: params})
+  return state.replace(**replace)
+
+
+def save_run(out_dir: str, config: ml_collections.ConfigDict, state: Any,
+             config_py: str) -> None:
+  """Writes a run at step 0: config.json (`config`), `state` as its Orbax
+  checkpoint and `config_py` as config.py."""
   fileio.makedirs(out_dir)
   run_record.write(out_dir, config)
   checkpointer = checkpoint.Checkpointer(out_dir,
@@ -288,12 +331,5 @@ def write_run(out_dir: str, converted: Converted) -> dict[str, Any]:
     checkpointer.wait()
   finally:
     checkpointer.close()
-  config_py = _CONFIG_PY.format(source=converted.source, out_dir=out_dir)
   fileio.write_atomically(os.path.join(out_dir, 'config.py'),
                           lambda f: f.write(config_py.encode()))
-  num_params = sum(np.size(v) for v in _flatten(converted.params).values())
-  return {
-      'out_dir': out_dir,
-      'source': converted.source,
-      'num_params': num_params
-  }

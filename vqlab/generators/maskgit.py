@@ -20,6 +20,12 @@ factor_vocab_sizes[f] are NEG_INF (never sampled, no probability mass).
 Class conditioning (num_classes > 0): a class token is prepended; id
 num_classes is the null class (label dropout in training, the unconditional
 branch of classifier-free guidance, and `labels=None`).
+
+Blocks (`block_style`): 'pre_ln', vqlab's pre-LN blocks with a final
+LayerNorm; 'bert', MaskGIT's and MAGVIT's transformer, a post-LN BERT: a
+LayerNorm on the summed token and position embeddings, post-LN blocks, no
+final LayerNorm, every LayerNorm's epsilon 1e-12 (the released MaskGIT
+checkpoints load into it: vqlab.convert.maskgit_transformer).
 """
 
 import functools
@@ -39,6 +45,8 @@ from vqlab.nn import transformer
 from vqlab.nn.transformer import Transformer
 
 NEG_INF = -1e9  # Logit of the padded ids of smaller factors.
+BLOCK_STYLES = ('pre_ln', 'bert')
+_BERT_LAYER_NORM_EPSILON = 1e-12  # BERT's (TF's) LayerNorm epsilon.
 
 
 class MaskGIT(nn.Module):
@@ -57,6 +65,7 @@ class MaskGIT(nn.Module):
     scan_layers, remat_policy: how the blocks run (vqlab.nn.transformer).
     tied_heads: output heads tied to the input embeddings (module
       docstring); False: one Dense per factor.
+    block_style: 'pre_ln' or 'bert' (module docstring).
   """
   vocab_size: int
   token_shape: Sequence[int]
@@ -72,6 +81,7 @@ class MaskGIT(nn.Module):
   scan_layers: bool = False
   remat_policy: str = 'none'
   tied_heads: bool = True
+  block_style: str = 'pre_ln'
 
   # -- Token layout helpers (no parameters; callable on an unbound module). --
 
@@ -166,11 +176,17 @@ class MaskGIT(nn.Module):
       x = jnp.concatenate([cls[:, None], x], axis=1)
     pos = self.param('pos_embedding', nn.initializers.normal(0.02),
                      (x.shape[1], self.width))
-    x = (x + pos).astype(self.dtype)
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    bert = self.block_style == 'bert'
+    epsilon = _BERT_LAYER_NORM_EPSILON if bert else 1e-6
+    x = x + pos
+    if bert:
+      x = nn.LayerNorm(epsilon, name='embed_norm')(x)
+    x = nn.Dropout(self.dropout_rate,
+                   deterministic=not train)(x.astype(self.dtype))
     x = Transformer(self.num_layers, self.num_heads, self.mlp_dim,
                     self.dropout_rate, dtype=self.dtype,
-                    mlp_hidden_dropout=self.mlp_hidden_dropout,
+                    layer_norm_epsilon=epsilon,
+                    mlp_hidden_dropout=self.mlp_hidden_dropout, post_norm=bert,
                     scan_layers=self.scan_layers,
                     remat_policy=self.remat_policy,
                     name='transformer')(x, None, train=train)
@@ -180,7 +196,7 @@ class MaskGIT(nn.Module):
     for f, size in enumerate(self.vocab_sizes):
       if self.tied_heads:
         h = nn.Dense(self.width, dtype=self.dtype, name=f'tied_head_{f}')(x)
-        h = nn.LayerNorm(dtype=self.dtype,
+        h = nn.LayerNorm(epsilon, dtype=self.dtype,
                          name=f'tied_head_norm_{f}')(nn.gelu(h))
         bias = self.param(f'tied_head_bias_{f}', nn.initializers.zeros, (size,))
         # Against the codes' embeddings, without the [MASK] row.
@@ -490,6 +506,9 @@ def default_config() -> ml_collections.ConfigDict:
   # Output heads tied to the (per-factor) input embeddings, as MaskGIT and
   # MAGVIT-v2; False: a Dense head per factor (vqlab before 2026-12).
   config.tied_heads = True
+  # 'pre_ln': vqlab's pre-LN blocks; 'bert': MaskGIT's and MAGVIT's post-LN
+  # BERT (what the released MaskGIT checkpoints are).
+  config.block_style = 'pre_ln'
   transformer.add_stack_config(config)
   return config
 
@@ -502,6 +521,10 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
     raise ConfigError(
         f'{prefix}.factor_vocab_sizes',
         f'product of {factors} != vocab_size {config.vocab_size}')
+  if config.block_style not in BLOCK_STYLES:
+    raise ConfigError(
+        f'{prefix}.block_style',
+        f'{config.block_style!r} is not one of {", ".join(BLOCK_STYLES)}')
   if config.width % config.num_heads:
     raise ConfigError(
         f'{prefix}.num_heads', f'{config.num_heads} does not divide width '
@@ -513,6 +536,7 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
                  mlp_dim=config.mlp_dim, dropout_rate=config.dropout_rate,
                  mlp_hidden_dropout=config.mlp_hidden_dropout,
                  dtype=jnp.dtype(dtype), tied_heads=config.tied_heads,
+                 block_style=config.block_style,
                  **transformer.stack_options(config, prefix))
 
 

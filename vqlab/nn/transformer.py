@@ -1,5 +1,6 @@
-"""Pre-LayerNorm transformer blocks shared by the generators (GPT, MaskGIT,
-VQ-Diffusion) and the ViT pieces of TiTok.
+"""Transformer blocks shared by the generators (GPT, MaskGIT, VQ-Diffusion)
+and the ViT pieces of TiTok: pre-LayerNorm (ViT, GPT-2), or post-LayerNorm
+(`post_norm`: BERT's, which MaskGIT's and MAGVIT's transformers are).
 
 Attention is flax's `MultiHeadDotProductAttention` over
 `vqlab.nn.attention.dot_product_attention` (cuDNN flash attention on a GPU
@@ -57,7 +58,8 @@ class MlpBlock(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-  """x + Attn(LN(x)), then x + MLP(LN(x)).
+  """x + Attn(LN(x)), then x + MLP(LN(x)); with `post_norm` (BERT's),
+  LN(x + Attn(x)), then LN(x + MLP(x)).
 
   Attributes:
     num_heads: attention heads (width must be divisible by it).
@@ -72,6 +74,9 @@ class TransformerBlock(nn.Module):
       rather than a mask array.
     mlp_hidden_dropout: dropout on the MLP's hidden units too (ViT's), not
       only after the MLP (BERT's).
+    post_norm: LayerNorm after each residual sum instead of before each
+      branch (BERT's post-LN block); `norm1` follows the attention's sum,
+      `norm2` the MLP's.
   """
   num_heads: int
   mlp_dim: int
@@ -82,36 +87,42 @@ class TransformerBlock(nn.Module):
   exact_gelu: bool = False
   causal: bool = False
   mlp_hidden_dropout: bool = True
+  post_norm: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None,
                train: bool = False) -> jax.Array:
     """x: [B, L, D]; mask: broadcastable to [B, heads, L, L_kv], True where
     attention is allowed (None: all). Returns [B, L, D]."""
-    h = remat.RecomputedLayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
-                                  name='norm1')(x)
+    norm1, norm2 = (remat.RecomputedLayerNorm(self.layer_norm_epsilon,
+                                              dtype=self.dtype, name=name)
+                    for name in ('norm1', 'norm2'))
     attention_fn = functools.partial(attention.dot_product_attention,
                                      is_causal=self.causal and not self.decode)
+    h = x if self.post_norm else norm1(x)
     h = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype,
         dropout_rate=self.dropout_rate, decode=self.decode,
         deterministic=not train, attention_fn=attention_fn,
         name='attention')(h, h, mask=mask)
     x = x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
-    h = remat.RecomputedLayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
-                                  name='norm2')(x)
+    if self.post_norm:
+      x = norm1(x)
     h = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, self.exact_gelu,
-                 self.mlp_hidden_dropout, name='mlp')(h, train=train)
-    return x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+                 self.mlp_hidden_dropout,
+                 name='mlp')(x if self.post_norm else norm2(x), train=train)
+    x = x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+    return norm2(x) if self.post_norm else x
 
 
 class Transformer(nn.Module):
-  """A stack of TransformerBlocks and a final LayerNorm: [B, L, D] -> [B, L, D].
+  """A stack of TransformerBlocks and a final LayerNorm (none after post-LN
+  blocks, as BERT): [B, L, D] -> [B, L, D].
 
   Attributes:
     num_layers, num_heads, mlp_dim, dropout_rate, decode, dtype,
-    layer_norm_epsilon, exact_gelu, causal, mlp_hidden_dropout: as in
-    TransformerBlock.
+    layer_norm_epsilon, exact_gelu, causal, mlp_hidden_dropout, post_norm:
+    as in TransformerBlock.
     scan_layers: one scanned `blocks` instead of `block_<i>` (module
       docstring).
     remat_policy: a key of vqlab.nn.remat.POLICIES.
@@ -126,6 +137,7 @@ class Transformer(nn.Module):
   exact_gelu: bool = False
   causal: bool = False
   mlp_hidden_dropout: bool = True
+  post_norm: bool = False
   scan_layers: bool = False
   remat_policy: str = 'none'
 
@@ -136,9 +148,12 @@ class Transformer(nn.Module):
                   dropout_rate=self.dropout_rate, decode=self.decode,
                   dtype=self.dtype, layer_norm_epsilon=self.layer_norm_epsilon,
                   exact_gelu=self.exact_gelu, causal=self.causal,
-                  mlp_hidden_dropout=self.mlp_hidden_dropout)
+                  mlp_hidden_dropout=self.mlp_hidden_dropout,
+                  post_norm=self.post_norm)
     x = apply_layers(TransformerBlock, fields, self.num_layers, x, mask, train,
                      scan=self.scan_layers, remat_policy=self.remat_policy)
+    if self.post_norm:
+      return x
     return nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
                         name='final_norm')(x)
 

@@ -193,8 +193,9 @@ def _relaid(tree: Any, abstract_state: Any) -> Any:
 
 def _head_layout_hint(saved: Iterable[str], expected: Iterable[str]) -> str:
   """A hint when a MaskGIT checkpoint's output heads are tied and the
-  model's are not, or the other way (vqlab.generators.maskgit), or a
-  class-conditional VQ-Diffusion checkpoint predates its class norms."""
+  model's are not, or its blocks are of the other `block_style`, or the
+  other way (vqlab.generators.maskgit), or a class-conditional VQ-Diffusion
+  checkpoint predates its class norms."""
   tied = lambda keys: any(re.search(r'/tied_head_\d+/', k) for k in keys)
   untied = lambda keys: any(re.search(r'/head_\d+/', k) for k in keys)
   if tied(saved) and untied(expected):
@@ -202,6 +203,15 @@ def _head_layout_hint(saved: Iterable[str], expected: Iterable[str]) -> str:
   if untied(saved) and tied(expected):
     return ('. The checkpoint has untied heads (vqlab before 2026-12): resume '
             'it with model.tied_heads = False')
+  bert = lambda keys: any(re.search(r'/embed_norm/', k) for k in keys)
+  pre_ln = lambda keys: any(
+      re.search(r'/transformer/final_norm/', k) for k in keys)
+  if pre_ln(saved) and bert(expected):
+    return ('. The checkpoint has pre-LN blocks (the MaskGIT configs before '
+            "2026-12-06): resume it with model.block_style = 'pre_ln'")
+  if bert(saved) and pre_ln(expected):
+    return ('. The checkpoint has post-LN BERT blocks: resume it with '
+            "model.block_style = 'bert'")
   class_token = lambda keys: any('/class_embed/' in k and '/block' not in k
                                  for k in keys) and any('/cross_attention/' in k
                                                         for k in keys)

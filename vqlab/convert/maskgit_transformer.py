@@ -1,0 +1,293 @@
+"""The MaskGIT transformer (google-research/maskgit) -> a vqlab MaskGIT run.
+
+The released `maskgit_imagenet256_checkpoint` (and 512) is a flax msgpack of
+{'params': ...} of maskgit/nets/maskgit_transformer.py's `Transformer`, a
+post-LN BERT over one vocabulary of K codes, C class tokens and [MASK]:
+
+  Embed_0.word_embeddings       [K + C + 1, D]: code k is row k, class c row
+                                K + c, [MASK] (id -1) the last row
+  Embed_0.position_embeddings   [1 + N, D]: the class token first
+  Embed_0.embeddings_ln         LayerNorm of their sum
+  TransformerLayer_i            .Attention_0.self_attention.{query,key,value,
+                                out}, .Attention_0.attention_output_ln,
+                                .Mlp_0.{intermediate_output, layer_output,
+                                layer_output_ln}
+  MlmLayer_0                    .mlm_dense, .mlm_ln, then logits against
+                                word_embeddings plus .mlm_bias [K + C + 1],
+                                of which inference keeps the first K
+
+It becomes a vqlab MaskGIT with `block_style = 'bert'` (the same network):
+its code table is the K code rows and the [MASK] row, its class table the C
+class rows and the null class, which the release never trained (MaskGIT has
+no classifier-free guidance; the row is zeros and the run's
+`loss.label_drop` 0, which keeps `sample.guidance_scale` at 0), its tied
+head the MLM layer with the first K biases. The run generates the codes of
+the converted MaskGIT VQGAN (`python -m vqlab.convert maskgit_vqgan`),
+named by `--tokenizer`: K is its codebook size, the token grid (N
+positions) its grid at its image size.
+"""
+
+import math
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vqlab import generators
+from vqlab.convert import maskgit_vqgan
+from vqlab.convert import published
+from vqlab.errors import WeightsError
+from vqlab.nn import stack
+from vqlab.train import experiment_config
+from vqlab.train import run_record
+from vqlab.train import trained_tokenizer
+from vqlab.train.tasks import generator
+
+OPTIONS = {
+    'tokenizer': (str, '', 'the run of the converted MaskGIT VQGAN whose '
+                  'codes the transformer generates (python -m vqlab.convert '
+                  'maskgit_vqgan ...); required'),
+    'scan_layers': (bool, True, 'params of one scanned block stack (as '
+                    'configs/maskgit/imagenet256.py trains); false: '
+                    'block_<i>'),
+}
+
+_CONFIG_PY = '''"""Config of a converted checkpoint: {source}.
+
+Written by `python -m vqlab.convert`; the settings are in config.json next to
+this file. Sample (and measure gFID, IS) with
+  python main.py --config={out_dir}/config.py --workdir={out_dir} --mode=sample
+"""
+
+import os
+
+from vqlab.train import trained_tokenizer
+
+
+def get_config():
+  return trained_tokenizer.read_run_config(os.path.dirname(__file__))
+'''
+
+
+def _layer(sd: published.StateDict, prefix: str) -> dict[str, np.ndarray]:
+  return {
+      'kernel': sd.take(f'{prefix}.kernel'),
+      'bias': sd.take(f'{prefix}.bias')
+  }
+
+
+def _norm(sd: published.StateDict, prefix: str) -> dict[str, np.ndarray]:
+  return {
+      'scale': sd.take(f'{prefix}.scale'),
+      'bias': sd.take(f'{prefix}.bias')
+  }
+
+
+def _architecture(sd: published.StateDict, codebook_size: int) -> dict:
+  """Sizes of the checkpoint, from its shapes and the tokenizer's K."""
+  rows, width = sd.shape('Embed_0.word_embeddings.embedding')
+  positions = sd.shape('Embed_0.position_embeddings.embedding')[0]
+  num_classes = rows - codebook_size - 1
+  if num_classes < 0 or sd.shape('MlmLayer_0.mlm_bias.bias') != (rows,):
+    raise WeightsError(
+        f'{sd.source}: a vocabulary of {rows} rows (MLM bias '
+        f'{sd.shape("MlmLayer_0.mlm_bias.bias")}) does not hold the '
+        f"tokenizer's {codebook_size} codes and [MASK]")
+  num_tokens = positions - (1 if num_classes else 0)
+  side = math.isqrt(num_tokens)
+  if side * side != num_tokens:
+    raise WeightsError(f'{sd.source}: {num_tokens} token positions are not a '
+                       'square grid')
+  layers = sd.indices(r'TransformerLayer_(\d+)\.')
+  if not layers or layers != list(range(len(layers))):
+    raise WeightsError(f'{sd.source}: no TransformerLayer_<i> tensors; not a '
+                       'MaskGIT transformer')
+  query = 'TransformerLayer_0.Attention_0.self_attention.query.kernel'
+  return dict(
+      codebook_size=codebook_size, num_classes=num_classes,
+      token_shape=(side, side), width=width, num_layers=len(layers),
+      num_heads=sd.shape(query)[1], mlp_dim=sd.shape(
+          'TransformerLayer_0.Mlp_0.intermediate_output.kernel')[1])
+
+
+def model_config(arch: dict, scan_layers: bool) -> ml_collections.ConfigDict:
+  """The vqlab MaskGIT config of a MaskGIT transformer with `arch`'s sizes."""
+  config = generators.default_config('maskgit')
+  config.vocab_size = arch['codebook_size']
+  config.token_shape = arch['token_shape']
+  config.num_classes = arch['num_classes']
+  config.width = arch['width']
+  config.num_layers = arch['num_layers']
+  config.num_heads = arch['num_heads']
+  config.mlp_dim = arch['mlp_dim']
+  config.dropout_rate = 0.1  # The release's (maskgit_class_cond_config).
+  config.mlp_hidden_dropout = False
+  config.tied_heads = True
+  config.block_style = 'bert'
+  config.scan_layers = scan_layers
+  return config
+
+
+def _block(sd: published.StateDict, i: int) -> dict:
+  attention = f'TransformerLayer_{i}.Attention_0'
+  mlp = f'TransformerLayer_{i}.Mlp_0'
+  return {
+      'attention': {
+          name: _layer(sd, f'{attention}.self_attention.{name}')
+          for name in ('query', 'key', 'value', 'out')
+      },
+      'norm1': _norm(sd, f'{attention}.attention_output_ln'),
+      'mlp': {
+          'fc1': _layer(sd, f'{mlp}.intermediate_output'),
+          'fc2': _layer(sd, f'{mlp}.layer_output')
+      },
+      'norm2': _norm(sd, f'{mlp}.layer_output_ln')
+  }
+
+
+def convert_params(sd: published.StateDict, arch: dict) -> dict:
+  """The vqlab MaskGIT param tree (unrolled blocks) of a MaskGIT transformer
+  checkpoint (`sd`: flat flax names as `maskgit_vqgan.read_msgpack` gives)."""
+  codes, classes = arch['codebook_size'], arch['num_classes']
+  words = sd.take('Embed_0.word_embeddings.embedding')
+  params = {
+      'embed_0': {
+          'embedding': np.concatenate([words[:codes], words[-1:]])
+      },
+      'pos_embedding': sd.take('Embed_0.position_embeddings.embedding'),
+      'embed_norm': _norm(sd, 'Embed_0.embeddings_ln'),
+      'transformer': {
+          f'block_{i}': _block(sd, i) for i in range(arch['num_layers'])
+      },
+      'tied_head_0': _layer(sd, 'MlmLayer_0.mlm_dense'),
+      'tied_head_norm_0': _norm(sd, 'MlmLayer_0.mlm_ln'),
+      'tied_head_bias_0': sd.take('MlmLayer_0.mlm_bias.bias')[:codes],
+  }
+  if classes:
+    null_class = np.zeros((1, words.shape[1]), words.dtype)
+    params['class_embed'] = {
+        'embedding': np.concatenate([words[codes:codes + classes], null_class])
+    }
+  return params
+
+
+def expected_params(config: ml_collections.ConfigDict) -> Any:
+  """ShapeDtypeStructs of the params a vqlab MaskGIT of `config` has."""
+  model = generators.build(config)
+  tokens = jax.ShapeDtypeStruct((1, *config.token_shape), jnp.int32)
+  labels = (jax.ShapeDtypeStruct(
+      (1,), jnp.int32) if config.num_classes else None)
+  return jax.eval_shape(
+      lambda t, c: model.init(jax.random.key(0), t, c)['params'], tokens,
+      labels)
+
+
+def convert_state_dict(tensors: dict[str, np.ndarray], source: str, *,
+                       codebook_size: int, image_size: int,
+                       scan_layers: bool = True,
+                       tokenizer_workdir: str = '') -> published.Converted:
+  """Flat flax names -> Converted (every tensor used, every param filled),
+  for a tokenizer of `codebook_size` codes at `image_size`."""
+  sd = published.StateDict(tensors, source)
+  arch = _architecture(sd, codebook_size)
+  config = model_config(arch, scan_layers)
+  params = convert_params(sd, arch)
+  sd.check_all_used()
+  expected = expected_params(config)
+  if scan_layers:
+    params['transformer'] = stack.stack_like(params['transformer'],
+                                             expected['transformer'])
+  published.check_params_match(params, expected, source)
+  return published.Converted(model_config=config, params=params,
+                             image_size=image_size, source=source,
+                             tokenizer_workdir=tokenizer_workdir)
+
+
+def convert_file(path: str, *, tokenizer: str,
+                 scan_layers: bool = True) -> published.Converted:
+  """A MaskGIT transformer checkpoint file and the run of its converted
+  tokenizer -> Converted.
+
+  Raises:
+    WeightsError: not a MaskGIT transformer, or not one for this tokenizer.
+    CheckpointError: `tokenizer` is not a readable tokenizer run.
+  """
+  if not tokenizer:
+    raise WeightsError('maskgit_transformer needs --tokenizer=<the run of '
+                       'the converted MaskGIT VQGAN>: the transformer '
+                       "generates that tokenizer's codes")
+  tokenizer_config = trained_tokenizer.read_run_config(tokenizer,
+                                                       key='--tokenizer')
+  source = (f'MaskGIT transformer {os.path.basename(path)} '
+            '(google-research/maskgit)')
+  return convert_state_dict(
+      maskgit_vqgan.read_msgpack(path), source,
+      codebook_size=int(tokenizer_config.model.quantizer.codebook_size),
+      image_size=int(tokenizer_config.data.image_size), scan_layers=scan_layers,
+      tokenizer_workdir=tokenizer)
+
+
+def run_config(converted: published.Converted) -> ml_collections.ConfigDict:
+  """The experiment config of a converted MaskGIT: the generator task with
+  its defaults, `converted.model_config`, the tokenizer run, tokens encoded
+  on the fly from the built-in photos at the tokenizer's resolution (override
+  `data` for ImageNet), and no label dropout (the release has no null
+  class)."""
+  config = experiment_config.base_config()
+  config.update(generator.default_config())
+  config.model = ml_collections.ConfigDict(converted.model_config.to_dict())
+  config.tokenizer.workdir = converted.tokenizer_workdir
+  config.tokens.source = 'on_the_fly'
+  config.data.image_size = converted.image_size
+  config.data.train_image_size = converted.image_size
+  config.loss.label_drop = 0.0
+  config.eval.inception_input = 'tf'  # ImageNet gFID as published (ADM's).
+  config.train.batch_size = 8
+  config.eval.batch_size = 8
+  config.sample.batch_size = 8
+  return experiment_config.validate(config, num_devices=1)
+
+
+def write_run(out_dir: str, converted: published.Converted) -> dict[str, Any]:
+  """Writes `converted` as a generator run at step 0 in `out_dir`: config.json,
+  config.py and an Orbax checkpoint whose model params (and EMA params) are
+  the converted ones, with a fresh optimizer state for fine-tuning. Checks
+  the model against the tokenizer run (its codes and token grid) first.
+
+  Returns:
+    {'out_dir', 'num_params', 'source', 'command'}.
+
+  Raises:
+    WeightsError: the params do not fit the model the config builds.
+    ConfigError: the model does not fit the tokenizer's codes or grid, or
+      `out_dir` holds the config.json of a different run.
+    FileExistsError: `out_dir` already holds checkpoints.
+  """
+  published.check_new_run_dir(out_dir)
+  config = run_config(converted)
+  run_record.check(config, out_dir, allow_change=False)
+  # The task without the frozen evaluation networks, which init does not use.
+  build_config = ml_collections.ConfigDict(config.to_dict())
+  build_config.eval.fid = build_config.eval.fvd = 'off'
+  task = generator.build(build_config)
+  rng = published.loop_init_rng(config)
+  expected = jax.eval_shape(task.init, rng, None).params['model']
+  published.check_params_match(converted.params, expected, converted.source)
+  state = published.init_with_params(task, rng, None, 'model', converted.params,
+                                     expected)
+  published.save_run(
+      out_dir, config, state,
+      _CONFIG_PY.format(source=converted.source, out_dir=out_dir))
+  return {
+      'out_dir':
+          out_dir,
+      'source':
+          converted.source,
+      'num_params':
+          published.count_params(converted.params),
+      'command': (f'python main.py --config={out_dir}/config.py '
+                  f'--workdir={out_dir} --mode=sample')
+  }
