@@ -92,10 +92,12 @@ def get_config():
   # gradients at 0.5 on every step (its ClipGradNorm clips from
   # start_iteration 0 on; end_iteration 5000 only adds steps before it) of
   # a loss T times vqlab's (its importance weight is 1/p(t), vqlab's
-  # 1/(T p(t))): 0.5 / T here.
+  # 1/(T p(t))): 0.5 / T here, and for the same reason AdamW's epsilon
+  # (PyTorch's 1e-8 there) 1e-8 / T.
   config.ema.decay = 0.99**(1 / 25)
-  # (Computed here: a run with another model.num_timesteps sets it too.)
+  # (Computed here: a run with another model.num_timesteps sets them too.)
   config.optimizer.grad_clip_norm = 0.5 / config.model.num_timesteps
+  config.optimizer.eps = 1e-8 / config.model.num_timesteps
   config.train.batch_size = 512
   config.train.microbatches = 1  # 64 examples per device on 8 GPUs.
   config.train.num_steps = 250_000  # 100 epochs of 1,281,167 images.

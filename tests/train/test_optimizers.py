@@ -34,6 +34,17 @@ def test_schedules():
     assert float(linear(step)) == pytest.approx(want, abs=1e-9)
 
 
+def test_adams_epsilon_is_the_configs():
+  # One step of Adam from zero moments: the update is lr g / (|g| + eps).
+  config = optimizers.default_config(1e-3, 0.9, 0.99)
+  config.eps = 0.5
+  tx = optimizers.build(config, num_steps=10)
+  g = {'w': jnp.array([0.5, -2.0])}
+  updates, _ = tx.update(g, tx.init(g), g)
+  np.testing.assert_allclose(updates['w'], [-1e-3 * 0.5, 1e-3 * 2.0 / 2.5],
+                             rtol=1e-6)
+
+
 def test_an_unknown_schedule_is_a_config_error():
   config = tiny.tokenizer_config()
   config.optimizer.discriminator.schedule = 'cosin'

@@ -159,6 +159,7 @@ _OPTIMIZER = {
     'learning_rate': '> 0',
     'b1': '[0, 1)',
     'b2': '[0, 1)',
+    'eps': '> 0',
     'weight_decay': '>= 0',
     'warmup_steps': '>= 0',
     'grad_clip_norm': '>= 0',  # 0: no clipping.

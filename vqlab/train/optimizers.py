@@ -19,6 +19,9 @@ def default_config(learning_rate: float, b1: float,
   config.learning_rate = learning_rate  # Peak learning rate.
   config.b1 = b1  # Adam beta1.
   config.b2 = b2  # Adam beta2.
+  # Adam epsilon (added to sqrt(v)); not scale-free: a loss c times another's
+  # takes c times its epsilon for the same updates.
+  config.eps = 1e-8
   config.weight_decay = 0.0  # Decoupled weight decay (AdamW).
   # Which params decay: 'all', or 'kernels' (dense and conv weights only;
   # no biases, norms, embeddings or codebooks: taming's GPT, TiTok).
@@ -75,7 +78,7 @@ def build(config: ml_collections.ConfigDict,
   parts.append(
       optax.adamw(
           learning_rate_schedule(config, num_steps), b1=config.b1, b2=config.b2,
-          weight_decay=config.weight_decay,
+          eps=config.eps, weight_decay=config.weight_decay,
           mask=_kernels if config.weight_decay_on == 'kernels' else None))
   return optax.chain(*parts)
 
