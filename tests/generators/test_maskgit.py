@@ -5,6 +5,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -468,3 +469,38 @@ def test_tied_heads_score_against_each_factors_input_embeddings():
                                h @ np.asarray(table[:size]).T + bias, atol=1e-5)
   untied = _init(_model(token_shape=(2, 2), tied_heads=False))
   assert 'head_0' in untied and 'tied_head_0' not in untied
+
+
+def test_label_dropout_draws_its_rate_and_drops_to_the_null_class():
+  labels = jnp.zeros(20000, jnp.int32)
+  drop = api.drop_mask(jax.random.key(0), 0.1, labels, True)
+  assert abs(float(drop.mean()) - 0.1) < 6 * np.sqrt(0.1 * 0.9 / len(labels))
+  for probability, cond, train in ((0.1, labels, False), (0.0, labels, True),
+                                   (0.1, None, True)):
+    assert api.drop_mask(jax.random.key(0), probability, cond, train) is None
+  # Every label dropped (label_drop 1) is the loss of the null class; kept
+  # (0), that of the labels, which differs.
+  tokens = jax.random.randint(jax.random.key(1), (4, 4, 4), 0, 16)
+  labels, rng = jnp.array([0, 1, 2, 1]), jax.random.key(2)
+  for name, extra in (('maskgit', dict(token_shape=(4, 4))),
+                      ('gpt', dict(length=16, condition='class'))):
+    config = generators.default_config(name)
+    config.update(vocab_size=16, num_classes=3, **extra)
+    model, api_ = generators.build(config), generators.get_api(name)
+    params = jax.jit(functools.partial(api_.init, model),
+                     compiler_options=FAST_COMPILE)(jax.random.key(0), tokens,
+                                                    labels)
+    null = jnp.full_like(labels, 3)
+
+    @functools.partial(jax.jit, static_argnums=1, compiler_options=FAST_COMPILE)
+    def loss_of(cond, label_drop, model=model, api_=api_, params=params):
+      settings = ml_collections.ConfigDict(
+          dict(label_drop=label_drop, label_smoothing=0.0,
+               mask_schedule='cosine', unmasked_weight=0.0))
+      return api_.loss(model, params, tokens, cond, rng, settings=settings,
+                       train=True)[0]
+
+    loss = lambda cond, label_drop, f=loss_of: float(f(cond, label_drop))
+
+    assert loss(labels, 1.0) == pytest.approx(loss(null, 0.0), rel=1e-6)
+    assert loss(labels, 0.0) != pytest.approx(loss(null, 0.0), rel=1e-3)

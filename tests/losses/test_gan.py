@@ -1,13 +1,18 @@
 """GAN losses and the adaptive weight against explicit computations."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tests import random_weight_files
 from tests import tiny
+from tests.compile_options import FAST_COMPILE
 from tests.losses import numpy_layers
 from vqlab.losses import discriminators
 from vqlab.losses import gan
+from vqlab.losses import perceptual
 from vqlab.train import experiment_config
 from vqlab.train.tasks import tokenizer
 
@@ -28,14 +33,23 @@ def test_hinge_and_non_saturating_values():
                              np.mean(softplus(-np.array(fake))), rtol=1e-6)
 
 
-def test_generator_gradient_and_adaptive_weight_equal_full_backprop():
+def test_generator_gradient_and_adaptive_weight_equal_full_backprop(tmp_path):
   """The task computes x_hat's cotangents once, lambda by the last layer's
   VJP and the generator's gradient by pulling the lambda-weighted sum back;
-  all equal full-network backprop of L_G = L_rec + L_q + lambda L_G_adv."""
-  config = experiment_config.validate(tiny.tokenizer_config(), num_devices=1)
+  all equal full-network backprop of L_G = L_pixel + L_q + lambda L_G_adv,
+  L_pixel = 0.25 mean((x_hat - x)^2) + 0.5 LPIPS(x, x_hat) written out here
+  (LPIPS with random VGG16 weights)."""
+  config = tiny.tokenizer_config()
+  config.weights_dir = str(random_weight_files.write(tmp_path, ('vgg16',)))
+  config.eval.lpips = 'off'
+  config.loss.update(reconstruction='l2', reconstruction_weight=0.25,
+                     perceptual_weight=0.5)
+  config = experiment_config.validate(config, num_devices=1)
   task = tokenizer.build(config)
   x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3), minval=-1, maxval=1)
-  state = jax.jit(task.init)(jax.random.key(1), {'image': x})
+  state = jax.jit(task.init, compiler_options=FAST_COMPILE)(jax.random.key(1), {
+      'image': x
+  })
   disc = state.params['discriminator']
   model, rng = task.model, jax.random.key(2)
   step = jnp.int32(config.loss.disc_start)  # The GAN terms are on.
@@ -51,9 +65,11 @@ def test_generator_gradient_and_adaptive_weight_equal_full_backprop():
          'quantizer': q_rng
      }, mutable=list(state.model_state))
     g_adv = gan.G_LOSSES[config.loss.gan_loss](task._disc_logits(disc, x_rec))
-    return task._reconstruction_loss(x, x_rec), g_adv, q_out.loss
+    pixel = 0.25 * jnp.mean((x_rec - x)**2) + 0.5 * jnp.mean(
+        perceptual.lpips_distance(task.frozen['lpips'], x, x_rec))
+    return pixel, g_adv, q_out.loss
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
   def both_ways(params):
     grads, _, _, metrics = task.loss_and_grads(params, state.model_state,
                                                {'image': x}, rng, step)

@@ -17,6 +17,7 @@ from tests import random_weight_files
 from tests.compile_options import FAST_COMPILE
 from tests.goldens import seeded_weights
 from vqlab.errors import WeightsError
+from vqlab.evals import fvd
 from vqlab.nn import i3d
 from vqlab.weights import i3d as i3d_weights
 
@@ -159,3 +160,17 @@ def test_short_clips_and_wrong_shapes_are_refused():
     jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)))
   with pytest.raises(ValueError, match=r'\[B, T, H, W, 3\]'):
     jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 9, 32, 32)))
+
+
+def test_fvd_features_are_of_the_first_frames_clipped(monkeypatch):
+
+  class Clips:  # An I3D whose logits are the clips it is given.
+
+    def apply(self, variables, clips):
+      del variables
+      return {'logits': clips}
+
+  monkeypatch.setattr(fvd.i3d, 'InceptionI3d', Clips)
+  videos = jnp.linspace(-3.0, 3.0, 2 * 5 * 3).reshape(2, 5, 1, 1, 3)
+  np.testing.assert_array_equal(fvd.features({}, videos, 3),
+                                np.clip(videos[:, :3], -1, 1))

@@ -123,11 +123,14 @@ def test_lpips_term_is_weighted_lpips_of_the_reconstruction(weights_dir):
             'params': state.params['generator'],
             **state.model_state
         }, x, train=False)
-    return 0.5 * jnp.mean(perceptual.lpips_distance(frozen['lpips'], x, x_rec))
+    return (0.5 *
+            jnp.mean(perceptual.lpips_distance(frozen['lpips'], x, x_rec)),
+            jnp.mean(jnp.abs(x_rec - x)))
 
-  want = direct(state, task.frozen)
+  want, l1 = direct(state, task.frozen)
   assert want > 0
   np.testing.assert_allclose(metrics['perceptual_loss'], want, rtol=1e-4)
+  np.testing.assert_allclose(metrics['rec_loss'], l1, rtol=1e-4)  # l1 x 1.
   np.testing.assert_allclose(
       metrics['loss'], metrics['rec_loss'] + metrics['perceptual_loss'] +
       metrics['quantizer_loss'] + metrics['adaptive_weight'] * metrics['g_adv'],
