@@ -983,7 +983,7 @@ def test_a_maskgit_checkpoint_of_the_other_head_kind_names_the_switch():
       tied, untied).endswith('resume it with model.tied_heads = True')
 
 
-def test_a_maskgit_checkpoint_of_the_other_block_style_names_the_switch():
+def test_a_generator_checkpoint_of_the_other_block_style_names_the_switch():
   norm = {'scale': np.zeros(8, np.float32)}
   pre_ln = {'params': {'transformer': {'final_norm': norm}}}
   bert = {'params': {'embed_norm': norm, 'transformer': {}}}
@@ -991,6 +991,14 @@ def test_a_maskgit_checkpoint_of_the_other_block_style_names_the_switch():
       "before 2026-12-06): resume it with model.block_style = 'pre_ln'")
   assert checkpoint_lib.state_mismatch(
       bert, pre_ln).endswith("resume it with model.block_style = 'bert'")
+  # GPT: taming's blocks have a head without bias.
+  kernel = np.zeros((4, 8), np.float32)
+  biased = {'params': {'head': {'kernel': kernel, 'bias': np.zeros(8)}}}
+  taming = {'params': {'head': {'kernel': kernel}}}
+  assert checkpoint_lib.state_mismatch(biased, taming).endswith(
+      "before 2026-12-06): resume it with model.block_style = 'pre_ln'")
+  assert checkpoint_lib.state_mismatch(
+      taming, biased).endswith("resume it with model.block_style = 'taming'")
 
 
 def test_an_old_class_vq_diffusion_checkpoint_says_it_cannot_resume():

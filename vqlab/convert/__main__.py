@@ -8,9 +8,9 @@ r"""Converts a published checkpoint into a vqlab run directory.
 A tokenizer's `out_dir` becomes a tokenizer run at step 0 (config.json,
 config.py, an Orbax checkpoint): evaluate it with `main.py --mode=eval`,
 fine-tune it with `--mode=train`, or name it as `tokenizer.workdir` of a
-generator config. A generator's (maskgit_transformer) becomes a generator
-run at step 0 over a converted tokenizer run (`--tokenizer`): sample it with
-`main.py --mode=sample`.
+generator config. A generator's (maskgit_transformer, taming_transformer)
+becomes a generator run at step 0 over a converted tokenizer run
+(`--tokenizer`): sample it with `main.py --mode=sample`.
 `python -m vqlab.convert <kind> --help` lists a kind's options.
 """
 
@@ -30,6 +30,9 @@ KINDS = {
     'maskgit_transformer': ('maskgit_transformer', 'MaskGIT class-'
                             'conditional transformer (flax checkpoint), over '
                             'a converted maskgit_vqgan run'),
+    'taming_transformer': ('taming_transformer', 'taming-transformers GPT '
+                           '(cin, ffhq, celebahq last.ckpt), over a '
+                           'converted taming_vqgan run'),
 }
 
 

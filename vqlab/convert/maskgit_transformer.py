@@ -41,10 +41,7 @@ from vqlab.convert import maskgit_vqgan
 from vqlab.convert import published
 from vqlab.errors import WeightsError
 from vqlab.nn import stack
-from vqlab.train import experiment_config
-from vqlab.train import run_record
 from vqlab.train import trained_tokenizer
-from vqlab.train.tasks import generator
 
 OPTIONS = {
     'tokenizer': (str, '', 'the run of the converted MaskGIT VQGAN whose '
@@ -55,21 +52,9 @@ OPTIONS = {
                     'block_<i>'),
 }
 
-_CONFIG_PY = '''"""Config of a converted checkpoint: {source}.
-
-Written by `python -m vqlab.convert`; the settings are in config.json next to
-this file. Sample (and measure gFID, IS) with
-  python main.py --config={out_dir}/config.py --workdir={out_dir} --mode=sample
-"""
-
-import os
-
-from vqlab.train import trained_tokenizer
-
-
-def get_config():
-  return trained_tokenizer.read_run_config(os.path.dirname(__file__))
-'''
+# The release's settings of a run: no null class was trained; gFID and IS
+# as MaskGIT measured them (ADM's reference batch, through TF's input).
+RUN_SETTINGS = {'loss.label_drop': 0.0, 'eval.inception_input': 'tf'}
 
 
 def _layer(sd: published.StateDict, prefix: str) -> dict[str, np.ndarray]:
@@ -230,64 +215,7 @@ def convert_file(path: str, *, tokenizer: str,
       tokenizer_workdir=tokenizer)
 
 
-def run_config(converted: published.Converted) -> ml_collections.ConfigDict:
-  """The experiment config of a converted MaskGIT: the generator task with
-  its defaults, `converted.model_config`, the tokenizer run, tokens encoded
-  on the fly from the built-in photos at the tokenizer's resolution (override
-  `data` for ImageNet), and no label dropout (the release has no null
-  class)."""
-  config = experiment_config.base_config()
-  config.update(generator.default_config())
-  config.model = ml_collections.ConfigDict(converted.model_config.to_dict())
-  config.tokenizer.workdir = converted.tokenizer_workdir
-  config.tokens.source = 'on_the_fly'
-  config.data.image_size = converted.image_size
-  config.data.train_image_size = converted.image_size
-  config.loss.label_drop = 0.0
-  config.eval.inception_input = 'tf'  # ImageNet gFID as published (ADM's).
-  config.train.batch_size = 8
-  config.eval.batch_size = 8
-  config.sample.batch_size = 8
-  return experiment_config.validate(config, num_devices=1)
-
-
 def write_run(out_dir: str, converted: published.Converted) -> dict[str, Any]:
-  """Writes `converted` as a generator run at step 0 in `out_dir`: config.json,
-  config.py and an Orbax checkpoint whose model params (and EMA params) are
-  the converted ones, with a fresh optimizer state for fine-tuning. Checks
-  the model against the tokenizer run (its codes and token grid) first.
-
-  Returns:
-    {'out_dir', 'num_params', 'source', 'command'}.
-
-  Raises:
-    WeightsError: the params do not fit the model the config builds.
-    ConfigError: the model does not fit the tokenizer's codes or grid, or
-      `out_dir` holds the config.json of a different run.
-    FileExistsError: `out_dir` already holds checkpoints.
-  """
-  published.check_new_run_dir(out_dir)
-  config = run_config(converted)
-  run_record.check(config, out_dir, allow_change=False)
-  # The task without the frozen evaluation networks, which init does not use.
-  build_config = ml_collections.ConfigDict(config.to_dict())
-  build_config.eval.fid = build_config.eval.fvd = 'off'
-  task = generator.build(build_config)
-  rng = published.loop_init_rng(config)
-  expected = jax.eval_shape(task.init, rng, None).params['model']
-  published.check_params_match(converted.params, expected, converted.source)
-  state = published.init_with_params(task, rng, None, 'model', converted.params,
-                                     expected)
-  published.save_run(
-      out_dir, config, state,
-      _CONFIG_PY.format(source=converted.source, out_dir=out_dir))
-  return {
-      'out_dir':
-          out_dir,
-      'source':
-          converted.source,
-      'num_params':
-          published.count_params(converted.params),
-      'command': (f'python main.py --config={out_dir}/config.py '
-                  f'--workdir={out_dir} --mode=sample')
-  }
+  """Writes `converted` as a generator run at step 0 in `out_dir`, with the
+  release's `RUN_SETTINGS` (published.write_generator_run)."""
+  return published.write_generator_run(out_dir, converted, RUN_SETTINGS)

@@ -24,6 +24,7 @@ from vqlab.train import checkpoint
 from vqlab.train import experiment
 from vqlab.train import experiment_config
 from vqlab.train import run_record
+from vqlab.train.tasks import generator
 from vqlab.train.tasks import tokenizer
 
 
@@ -333,3 +334,86 @@ def save_run(out_dir: str, config: ml_collections.ConfigDict, state: Any,
     checkpointer.close()
   fileio.write_atomically(os.path.join(out_dir, 'config.py'),
                           lambda f: f.write(config_py.encode()))
+
+
+_GENERATOR_CONFIG_PY = '''"""Config of a converted checkpoint: {source}.
+
+Written by `python -m vqlab.convert`; the settings are in config.json next to
+this file. Sample (and measure gFID, IS) with
+  python main.py --config={out_dir}/config.py --workdir={out_dir} --mode=sample
+"""
+
+import os
+
+from vqlab.train import trained_tokenizer
+
+
+def get_config():
+  return trained_tokenizer.read_run_config(os.path.dirname(__file__))
+'''
+
+
+def generator_run_config(
+    converted: Converted, settings: Mapping[str,
+                                            Any]) -> ml_collections.ConfigDict:
+  """The experiment config of a converted generator: the generator task with
+  its defaults, `converted.model_config`, its tokenizer run, tokens encoded
+  on the fly from the built-in photos at the tokenizer's resolution
+  (override `data` for ImageNet), and `settings` ({dotted key: value}, the
+  release's, e.g. its sampling)."""
+  config = experiment_config.base_config()
+  config.update(generator.default_config())
+  config.model = ml_collections.ConfigDict(converted.model_config.to_dict())
+  config.tokenizer.workdir = converted.tokenizer_workdir
+  config.tokens.source = 'on_the_fly'
+  config.data.image_size = converted.image_size
+  config.data.train_image_size = converted.image_size
+  config.train.batch_size = 8
+  config.eval.batch_size = 8
+  config.sample.batch_size = 8
+  config.update_from_flattened_dict(dict(settings))
+  return experiment_config.validate(config, num_devices=1)
+
+
+def write_generator_run(out_dir: str, converted: Converted,
+                        settings: Mapping[str, Any]) -> dict[str, Any]:
+  """Writes `converted` as a generator run at step 0 in `out_dir` (config:
+  `generator_run_config`): config.json, config.py and an Orbax checkpoint
+  whose model params (and EMA params) are the converted ones, with a fresh
+  optimizer state for fine-tuning. Checks the model against the tokenizer
+  run (its codes and token grid) first.
+
+  Returns:
+    {'out_dir', 'num_params', 'source', 'command'} (command: sampling).
+
+  Raises:
+    WeightsError: the params do not fit the model the config builds.
+    ConfigError: the model does not fit the tokenizer's codes or grid, or
+      `out_dir` holds the config.json of a different run.
+    CheckpointError: the tokenizer run is unreadable.
+    FileExistsError: `out_dir` already holds checkpoints.
+  """
+  check_new_run_dir(out_dir)
+  config = generator_run_config(converted, settings)
+  run_record.check(config, out_dir, allow_change=False)
+  # The task without the frozen evaluation networks, which init does not use.
+  build_config = ml_collections.ConfigDict(config.to_dict())
+  build_config.eval.fid = build_config.eval.fvd = 'off'
+  task = generator.build(build_config)
+  rng = loop_init_rng(config)
+  expected = jax.eval_shape(task.init, rng, None).params['model']
+  check_params_match(converted.params, expected, converted.source)
+  state = init_with_params(task, rng, None, 'model', converted.params, expected)
+  save_run(
+      out_dir, config, state,
+      _GENERATOR_CONFIG_PY.format(source=converted.source, out_dir=out_dir))
+  return {
+      'out_dir':
+          out_dir,
+      'source':
+          converted.source,
+      'num_params':
+          count_params(converted.params),
+      'command': (f'python main.py --config={out_dir}/config.py '
+                  f'--workdir={out_dir} --mode=sample')
+  }

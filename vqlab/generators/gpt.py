@@ -15,6 +15,12 @@ predicts tokens[:, i]. Sampling runs one position per step through the
 flax key/value cache (`use_cache=True`) or recomputes the whole prefix each
 step; `sample_sliding_window` samples grids larger than the training window.
 Both take classifier-free guidance for condition 'class' (`guidance_scale`).
+
+Blocks (`block_style`): 'pre_ln', vqlab's pre-LN blocks (LayerNorm epsilon
+1e-6, tanh GELU, ViT's MLP dropout, a head with a bias); 'taming', minGPT's
+as taming-transformers trains them (epsilon 1e-5, erf GELU, one dropout
+after the MLP, a head without bias), which the released taming
+transformers load into (vqlab.convert.taming_transformer).
 """
 
 from typing import Any
@@ -31,6 +37,7 @@ from vqlab.nn import transformer
 from vqlab.nn.transformer import Transformer
 
 CONDITIONS = ('none', 'class', 'tokens')
+BLOCK_STYLES = ('pre_ln', 'taming')
 
 
 class GPT(nn.Module):
@@ -49,6 +56,7 @@ class GPT(nn.Module):
     dtype: compute dtype of the embeddings and blocks; the head computes
       the logits in float32 from the blocks' output.
     scan_layers, remat_policy: how the blocks run (vqlab.nn.transformer).
+    block_style: 'pre_ln' or 'taming' (module docstring).
   """
   vocab_size: int
   length: int
@@ -65,6 +73,7 @@ class GPT(nn.Module):
   dtype: Any = jnp.float32
   scan_layers: bool = False
   remat_policy: str = 'none'
+  block_style: str = 'pre_ln'
 
   @property
   def prefix_length(self) -> int:
@@ -94,15 +103,17 @@ class GPT(nn.Module):
         'pos_embedding', init,
         (self.prefix_length + self.length - 1, self.width))
     self.embed_dropout = nn.Dropout(self.dropout_rate)
-    self.transformer = Transformer(self.num_layers, self.num_heads,
-                                   self.mlp_dim, self.dropout_rate, self.decode,
-                                   self.dtype, causal=True,
-                                   scan_layers=self.scan_layers,
-                                   remat_policy=self.remat_policy)
+    taming = self.block_style == 'taming'
+    self.transformer = Transformer(
+        self.num_layers, self.num_heads, self.mlp_dim, self.dropout_rate,
+        self.decode, self.dtype, layer_norm_epsilon=1e-5 if taming else 1e-6,
+        exact_gelu=taming, causal=True, mlp_hidden_dropout=not taming,
+        scan_layers=self.scan_layers, remat_policy=self.remat_policy)
     # Logits in float32 (as MaxText's logits_dot_in_fp32): a bfloat16 head
     # rounds them to 8 significant bits, ties that top-k/top-p then break
     # arbitrarily.
-    self.head = nn.Dense(self.vocab_size, dtype=jnp.float32, kernel_init=init)
+    self.head = nn.Dense(self.vocab_size, dtype=jnp.float32, kernel_init=init,
+                         use_bias=not taming)
 
   def embed_prefix(self, cond: Any, batch_size: int) -> jax.Array:
     """Condition embeddings [B, P, width] (no position embedding).
@@ -489,6 +500,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.num_classes = 10  # 'class': classes; id num_classes = null.
   config.cond_vocab_size = 64  # 'tokens': condition tokenizer codebook size.
   config.cond_length = 16  # 'tokens': condition tokens prepended.
+  # 'pre_ln': vqlab's blocks; 'taming': minGPT's as taming-transformers
+  # trains them (what its released transformers are).
+  config.block_style = 'pre_ln'
   transformer.add_stack_config(config)
   return config
 
@@ -507,6 +521,10 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
     raise ConfigError(
         f'{prefix}.num_heads', f'{config.num_heads} does not '
         f'divide width={config.width}')
+  if config.block_style not in BLOCK_STYLES:
+    raise ConfigError(
+        f'{prefix}.block_style',
+        f'{config.block_style!r} is not one of {", ".join(BLOCK_STYLES)}')
   return GPT(vocab_size=config.vocab_size, length=config.length,
              width=config.width, num_layers=config.num_layers,
              num_heads=config.num_heads, mlp_dim=config.mlp_dim,
@@ -514,6 +532,7 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
              num_classes=config.num_classes,
              cond_vocab_size=config.cond_vocab_size,
              cond_length=config.cond_length, dtype=jnp.dtype(dtype),
+             block_style=config.block_style,
              **transformer.stack_options(config, prefix))
 
 

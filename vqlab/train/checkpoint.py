@@ -194,8 +194,9 @@ def _relaid(tree: Any, abstract_state: Any) -> Any:
 def _head_layout_hint(saved: Iterable[str], expected: Iterable[str]) -> str:
   """A hint when a MaskGIT checkpoint's output heads are tied and the
   model's are not, or its blocks are of the other `block_style`, or the
-  other way (vqlab.generators.maskgit), or a class-conditional VQ-Diffusion
-  checkpoint predates its class norms."""
+  other way (vqlab.generators.maskgit), a GPT's are of the other
+  `block_style`, or a class-conditional VQ-Diffusion checkpoint predates its
+  class norms."""
   tied = lambda keys: any(re.search(r'/tied_head_\d+/', k) for k in keys)
   untied = lambda keys: any(re.search(r'/head_\d+/', k) for k in keys)
   if tied(saved) and untied(expected):
@@ -212,6 +213,14 @@ def _head_layout_hint(saved: Iterable[str], expected: Iterable[str]) -> str:
   if bert(saved) and pre_ln(expected):
     return ('. The checkpoint has post-LN BERT blocks: resume it with '
             "model.block_style = 'bert'")
+  head_bias = lambda keys: any(re.search(r'(^|/)head/bias$', k) for k in keys)
+  head = lambda keys: any(re.search(r'(^|/)head/kernel$', k) for k in keys)
+  if head_bias(saved) and head(expected) and not head_bias(expected):
+    return ('. The checkpoint is a GPT with a head bias (the GPT configs '
+            "before 2026-12-06): resume it with model.block_style = 'pre_ln'")
+  if head(saved) and not head_bias(saved) and head_bias(expected):
+    return ('. The checkpoint is a GPT of taming\'s blocks: resume it with '
+            "model.block_style = 'taming'")
   class_token = lambda keys: any('/class_embed/' in k and '/block' not in k
                                  for k in keys) and any('/cross_attention/' in k
                                                         for k in keys)
