@@ -40,7 +40,6 @@ from vqlab import generators
 from vqlab.convert import maskgit_vqgan
 from vqlab.convert import published
 from vqlab.errors import WeightsError
-from vqlab.nn import stack
 from vqlab.train import trained_tokenizer
 
 OPTIONS = {
@@ -101,18 +100,14 @@ def _architecture(sd: published.StateDict, codebook_size: int) -> dict:
 def model_config(arch: dict, scan_layers: bool) -> ml_collections.ConfigDict:
   """The vqlab MaskGIT config of a MaskGIT transformer with `arch`'s sizes."""
   config = generators.default_config('maskgit')
-  config.vocab_size = arch['codebook_size']
-  config.token_shape = arch['token_shape']
-  config.num_classes = arch['num_classes']
-  config.width = arch['width']
-  config.num_layers = arch['num_layers']
-  config.num_heads = arch['num_heads']
-  config.mlp_dim = arch['mlp_dim']
-  config.dropout_rate = 0.1  # The release's (maskgit_class_cond_config).
-  config.mlp_hidden_dropout = False
-  config.tied_heads = True
-  config.block_style = 'bert'
-  config.scan_layers = scan_layers
+  config.update(
+      vocab_size=arch['codebook_size'], **{
+          k: arch[k] for k in ('token_shape', 'num_classes', 'width',
+                              'num_layers', 'num_heads', 'mlp_dim')
+      })
+  # The release's dropout (maskgit_class_cond_config), BERT's placement.
+  config.update(dropout_rate=0.1, mlp_hidden_dropout=False, tied_heads=True,
+                block_style='bert', scan_layers=scan_layers)
   return config
 
 
@@ -181,14 +176,9 @@ def convert_state_dict(tensors: dict[str, np.ndarray], source: str, *,
   config = model_config(arch, scan_layers)
   params = convert_params(sd, arch)
   sd.check_all_used()
-  expected = expected_params(config)
-  if scan_layers:
-    params['transformer'] = stack.stack_like(params['transformer'],
-                                             expected['transformer'])
-  published.check_params_match(params, expected, source)
-  return published.Converted(model_config=config, params=params,
-                             image_size=image_size, source=source,
-                             tokenizer_workdir=tokenizer_workdir)
+  return published.converted_generator(config, params, expected_params(config),
+                                       source=source, image_size=image_size,
+                                       tokenizer_workdir=tokenizer_workdir)
 
 
 def convert_file(path: str, *, tokenizer: str,

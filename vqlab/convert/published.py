@@ -5,8 +5,8 @@ tensors through a `StateDict` (which records what was consumed), builds a
 vqlab `config.model` and param tree, and returns them as a `Converted`.
 `write_run` turns a tokenizer's into a run directory that `main.py
 --mode=eval`, `vqlab.train.trained_tokenizer.load` and generator configs
-accept (`init_with_params` and `save_run` serve generator runs too:
-vqlab.convert.maskgit_transformer).
+accept; `write_generator_run` a generator's into a run over a converted
+tokenizer run that `main.py --mode=sample` samples.
 """
 
 import dataclasses
@@ -20,6 +20,7 @@ import numpy as np
 
 from vqlab import fileio
 from vqlab.errors import WeightsError
+from vqlab.nn import stack
 from vqlab.train import checkpoint
 from vqlab.train import experiment
 from vqlab.train import experiment_config
@@ -204,8 +205,8 @@ class Converted:
 _CONFIG_PY = '''"""Config of a converted checkpoint: {source}.
 
 Written by `python -m vqlab.convert`; the settings are in config.json next to
-this file. Evaluate with
-  python main.py --config={out_dir}/config.py --workdir={out_dir} --mode=eval
+this file. {what} with
+  {command}
 """
 
 import os
@@ -276,18 +277,7 @@ def write_run(out_dir: str, converted: Converted) -> dict[str, Any]:
   check_params_match(converted.params, expected, converted.source)
   state = init_with_params(task, rng, batch, 'generator', converted.params,
                            expected)
-  config_py = _CONFIG_PY.format(source=converted.source, out_dir=out_dir)
-  save_run(out_dir, config, state, config_py)
-  return {
-      'out_dir':
-          out_dir,
-      'source':
-          converted.source,
-      'num_params':
-          count_params(converted.params),
-      'command': (f'python main.py --config={out_dir}/config.py '
-                  f'--workdir={out_dir} --mode=eval')
-  }
+  return save_run(out_dir, config, state, converted, 'eval')
 
 
 def loop_init_rng(config: ml_collections.ConfigDict) -> jax.Array:
@@ -320,9 +310,14 @@ def init_with_params(task: Any, rng: jax.Array, batch: Any, key: str,
 
 
 def save_run(out_dir: str, config: ml_collections.ConfigDict, state: Any,
-             config_py: str) -> None:
+             converted: Converted, mode: str) -> dict[str, Any]:
   """Writes a run at step 0: config.json (`config`), `state` as its Orbax
-  checkpoint and `config_py` as config.py."""
+  checkpoint and a config.py that reads config.json back.
+
+  Returns:
+    {'out_dir', 'source', 'num_params', 'command'}: the command is the
+    run's next step, main.py in `mode` ('eval' or 'sample').
+  """
   fileio.makedirs(out_dir)
   run_record.write(out_dir, config)
   checkpointer = checkpoint.Checkpointer(out_dir,
@@ -332,25 +327,38 @@ def save_run(out_dir: str, config: ml_collections.ConfigDict, state: Any,
     checkpointer.wait()
   finally:
     checkpointer.close()
+  command = (f'python main.py --config={out_dir}/config.py '
+             f'--workdir={out_dir} --mode={mode}')
+  what = {'eval': 'Evaluate', 'sample': 'Sample (and measure gFID, IS)'}[mode]
+  config_py = _CONFIG_PY.format(source=converted.source, what=what,
+                                command=command)
   fileio.write_atomically(os.path.join(out_dir, 'config.py'),
                           lambda f: f.write(config_py.encode()))
+  return {
+      'out_dir': out_dir,
+      'source': converted.source,
+      'num_params': count_params(converted.params),
+      'command': command
+  }
 
 
-_GENERATOR_CONFIG_PY = '''"""Config of a converted checkpoint: {source}.
+def converted_generator(config: ml_collections.ConfigDict, params: dict,
+                        expected: Any, *, source: str, image_size: int,
+                        tokenizer_workdir: str) -> Converted:
+  """A converted generator: `params` (its blocks unrolled under
+  'transformer') in the layout of `expected` (its model's param shapes:
+  stacked when `config.scan_layers`), checked against them.
 
-Written by `python -m vqlab.convert`; the settings are in config.json next to
-this file. Sample (and measure gFID, IS) with
-  python main.py --config={out_dir}/config.py --workdir={out_dir} --mode=sample
-"""
-
-import os
-
-from vqlab.train import trained_tokenizer
-
-
-def get_config():
-  return trained_tokenizer.read_run_config(os.path.dirname(__file__))
-'''
+  Raises:
+    WeightsError: the params do not fit the model.
+  """
+  if config.scan_layers:
+    params = dict(
+        params, transformer=stack.stack_like(params['transformer'],
+                                             expected['transformer']))
+  check_params_match(params, expected, source)
+  return Converted(model_config=config, params=params, image_size=image_size,
+                   source=source, tokenizer_workdir=tokenizer_workdir)
 
 
 def generator_run_config(
@@ -404,16 +412,4 @@ def write_generator_run(out_dir: str, converted: Converted,
   expected = jax.eval_shape(task.init, rng, None).params['model']
   check_params_match(converted.params, expected, converted.source)
   state = init_with_params(task, rng, None, 'model', converted.params, expected)
-  save_run(
-      out_dir, config, state,
-      _GENERATOR_CONFIG_PY.format(source=converted.source, out_dir=out_dir))
-  return {
-      'out_dir':
-          out_dir,
-      'source':
-          converted.source,
-      'num_params':
-          count_params(converted.params),
-      'command': (f'python main.py --config={out_dir}/config.py '
-                  f'--workdir={out_dir} --mode=sample')
-  }
+  return save_run(out_dir, config, state, converted, 'sample')

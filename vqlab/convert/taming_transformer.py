@@ -39,7 +39,6 @@ import numpy as np
 from vqlab import generators
 from vqlab.convert import published
 from vqlab.errors import WeightsError
-from vqlab.nn import stack
 from vqlab.train import trained_tokenizer
 from vqlab.weights import torch_files
 
@@ -127,18 +126,14 @@ def _architecture(sd: published.StateDict, codebook_size: int, num_classes: int,
 def model_config(arch: dict, scan_layers: bool) -> ml_collections.ConfigDict:
   """The vqlab GPT config of a taming transformer with `arch`'s sizes."""
   config = generators.default_config('gpt')
-  config.vocab_size = arch['vocab_size']
-  config.length = arch['length']
-  config.width = arch['width']
-  config.num_layers = arch['num_layers']
-  config.num_heads = arch['num_heads']
-  config.mlp_dim = arch['mlp_dim']
-  config.dropout_rate = 0.0
+  config.update({
+      k: arch[k] for k in ('vocab_size', 'length', 'width', 'num_layers',
+                          'num_heads', 'mlp_dim')
+  })
+  config.update(dropout_rate=0.0, block_style='taming', scan_layers=scan_layers)
   config.condition = 'class' if arch['num_classes'] else 'none'
   if arch['num_classes']:
     config.num_classes = arch['num_classes']
-  config.block_style = 'taming'
-  config.scan_layers = scan_layers
   return config
 
 
@@ -217,14 +212,9 @@ def convert_state_dict(tensors: dict[str, np.ndarray], source: str, *,
   config = model_config(arch, scan_layers)
   params = convert_params(sd, arch, sos_token)
   sd.check_all_used(ignore_prefixes=IGNORED_PREFIXES)
-  expected = expected_params(config)
-  if scan_layers:
-    params['transformer'] = stack.stack_like(params['transformer'],
-                                             expected['transformer'])
-  published.check_params_match(params, expected, source)
-  return published.Converted(model_config=config, params=params,
-                             image_size=image_size, source=source,
-                             tokenizer_workdir=tokenizer_workdir)
+  return published.converted_generator(config, params, expected_params(config),
+                                       source=source, image_size=image_size,
+                                       tokenizer_workdir=tokenizer_workdir)
 
 
 def project_settings(path: str) -> dict[str, Any]:
