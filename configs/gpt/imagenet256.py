@@ -6,9 +6,8 @@ Tokens: the taming VQGAN f=16 (configs/vqgan/taming_f16.py, 1024 codes,
 heads, width 1536 (680M; taming's published class-conditional ImageNet
 model is 48 layers, 24 heads, width 1536, 1.4B, on a 16384-code VQGAN: set
 model.num_layers = 48, model.num_heads = 24 and such a tokenizer for it;
-the released model itself converts: `python -m vqlab.convert
-taming_transformer 2021-04-03T19-39-50_cin_transformer/checkpoints/last.ckpt
-workdirs/taming_cin --tokenizer=<the converted vqgan_imagenet_f16_16384>`);
+the released model itself converts, over its own first stage: README,
+"Published checkpoints");
 minGPT's blocks (`model.block_style = 'taming'`);
 AdamW (0.9, 0.95), weight decay 0.01 on the dense weights, lr 4.5e-6 x
 batch; images as taming's loader makes them (shorter side to 256, random

@@ -17,6 +17,7 @@ from tests.compile_options import FAST_COMPILE
 from vqlab import generators
 from vqlab.convert import published
 from vqlab.convert import taming_transformer
+from vqlab.convert import taming_vqgan
 from vqlab.errors import WeightsError
 from vqlab.weights import torch_files
 
@@ -104,6 +105,21 @@ def test_what_no_tensor_holds_comes_from_the_project_yaml_or_is_asked(tmp_path):
   unconditional = _convert(num_classes=0, sos_token=5)
   np.testing.assert_array_equal(unconditional.params['start_embedding'],
                                 tensors['transformer.tok_emb.weight'][5])
+
+
+def test_its_first_stage_is_the_tokenizer_and_no_other_vqgan_is():
+  own = taming_vqgan.convert_file(TINY, image_size=32)
+  vqgan = taming_vqgan.convert_file(os.path.join(GOLDENS, 'taming_tiny.ckpt'),
+                                    image_size=32)
+  jax.tree.map(np.testing.assert_array_equal, own.params, vqgan.params)
+  tensors = torch_files.load_state_dict(TINY, lenient=True)
+  taming_transformer.check_first_stage(tensors, own.params, TINY, 'own')
+  other = jax.tree.map(lambda x: x, own.params)
+  other['quantizer']['codebook'] = other['quantizer']['codebook'][::-1]
+  with pytest.raises(
+      WeightsError, match="not on other's codebook: convert "
+      'that VQGAN from this file'):
+    taming_transformer.check_first_stage(tensors, other, TINY, 'other')
 
 
 def test_the_run_samples_as_the_release():

@@ -17,8 +17,9 @@ Files:
                          and 3 classes: the GPT (vocab 64, block size 256,
                          width 32, 2 layers, 4 heads) under 'transformer.'
                          with every parameter random (the attention masks
-                         are buffers it saves too), a first-stage tensor and
-                         an epoch counter the converter must pass over.
+                         are buffers it saves too), the tiny VQGAN of
+                         taming_tiny.ckpt as its first stage
+                         ('first_stage_model.') and an epoch counter.
   taming_transformer_goldens.npz labels [2], codes [2, 256] and the
                          reference's logits [2, 256, 64].
   taming_transformer_keys.json   names and shapes of the released
@@ -82,7 +83,15 @@ def main(reference_path: str):
   with torch.no_grad():
     logits, _ = tiny(torch.from_numpy(sequence))
   state = {f'transformer.{k}': v for k, v in tiny.state_dict().items()}
-  state['first_stage_model.quantize.embedding.weight'] = torch.zeros(CODES, 8)
+  # The first stage: the tiny taming VQGAN (its GAN loss left out, as
+  # Net2NetTransformer's first_stage_model has none).
+  vqgan = torch.load(os.path.join(GOLDEN_DIR, 'taming_tiny.ckpt'),
+                     map_location='cpu', weights_only=False)['state_dict']
+  state.update({
+      f'first_stage_model.{k}': v
+      for k, v in vqgan.items()
+      if not k.startswith('loss.')
+  })
   torch.save({
       'state_dict': state,
       'epoch': 7

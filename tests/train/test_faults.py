@@ -160,6 +160,23 @@ def test_run_length_is_fixed_where_the_learning_rate_decays_over_it(tmp_path):
   assert not run_record.check(longer, workdir, allow_change=False, trains=False)
 
 
+def test_a_record_made_before_block_styles_and_adam_eps_reads_as_it_ran():
+  """Generator runs recorded before model.block_style and optimizer.eps ran
+  vqlab's pre-LN blocks and Adam's 1e-8: a config of the papers' blocks or
+  another epsilon differs from them (a resume would switch them silently:
+  the optimizer state has the same shape)."""
+  config = tiny.generator_config('unused')
+  recorded = run_record.as_json_tree(config)
+  del recorded['model']['block_style'], recorded['optimizer']['eps']
+  assert not run_record.differences(recorded, config)
+  config.model.block_style = 'bert'
+  config.optimizer.eps = 1e-10
+  assert run_record.differences(recorded, config) == {
+      'model.block_style': ('pre_ln', 'bert'),
+      'optimizer.eps': (1e-8, 1e-10)
+  }
+
+
 def test_a_record_made_before_a_data_key_existed_is_read_as_it_ran(tmp_path):
   """Video runs recorded before data.eval_clip evaluated their videos'
   first clips: resumed under today's default (the middle clip) the record

@@ -21,8 +21,9 @@ class table is the class rows of tok_emb and the null class, which the
 release never trained (the row is zeros and the run's `loss.label_drop` 0,
 which keeps `sample.guidance_scale` at 0); an unconditional model's start
 embedding is tok_emb's start-token row. The first stage (`first_stage_model.`:
-the VQGAN) is converted on its own (`python -m vqlab.convert taming_vqgan`,
-from the VQGAN's checkpoint) and named by `--tokenizer`. Transformers with a
+the VQGAN) is converted on its own (`python -m vqlab.convert taming_vqgan`
+of this same file, or of the VQGAN's own checkpoint) and named by
+`--tokenizer`, whose codebook must be the first stage's. Transformers with a
 spatial condition stage (depth, segmentation: a second VQGAN) or a
 non-identity permuter are refused.
 """
@@ -72,7 +73,8 @@ RUN_SETTINGS = {
         'eval.inception_input': 'tf'
     },
     'none': {
-        'sample.top_k': 250
+        'sample.top_k': 250,
+        'eval.inception_input': 'tf'  # torch-fidelity's FID (PROTOCOLS.md).
     },
 }
 
@@ -217,6 +219,25 @@ def convert_state_dict(tensors: dict[str, np.ndarray], source: str, *,
                                        tokenizer_workdir=tokenizer_workdir)
 
 
+def check_first_stage(tensors: dict[str, Any], tokenizer_params: Any, path: str,
+                      tokenizer: str) -> None:
+  """WeightsError unless the tokenizer's codebook is the one of the
+  checkpoint's first stage (the VQGAN the transformer was trained on), when
+  the checkpoint holds it: another VQGAN of as many codes would decode the
+  transformer's tokens into other pictures, silently."""
+  key = 'first_stage_model.quantize.embedding.weight'
+  codebook = tokenizer_params.get('quantizer', {}).get('codebook')
+  if key not in tensors:
+    return
+  if codebook is None or np.shape(codebook) != np.shape(
+      tensors[key]) or not np.allclose(codebook, tensors[key], atol=1e-6):
+    raise WeightsError(
+        f'{path} was trained on the codes of its own first stage, not on '
+        f"{tokenizer}'s codebook: convert that VQGAN from this file "
+        f'(python -m vqlab.convert taming_vqgan {path} <out_dir>) and pass '
+        'it as --tokenizer')
+
+
 def project_settings(path: str) -> dict[str, Any]:
   """What the release's project yaml (`<run>/configs/*-project.yaml` for
   `<run>/checkpoints/last.ckpt`, or one beside the file) says that no tensor
@@ -275,11 +296,12 @@ def convert_file(path: str, *, tokenizer: str, num_heads: int = 0,
       )
   if 'sos_token' in found and not num_classes:
     sos_token = found['sos_token']
-  tokenizer_config = trained_tokenizer.read_run_config(tokenizer,
-                                                       key='--tokenizer')
+  tensors = torch_files.load_state_dict(path, lenient=True)
+  trained = trained_tokenizer.load(tokenizer, key='--tokenizer')
+  check_first_stage(tensors, trained.variables['params'], path, tokenizer)
+  tokenizer_config = trained.config
   return convert_state_dict(
-      torch_files.load_state_dict(path, lenient=True),
-      f'taming transformer {os.path.basename(os.path.abspath(path))}',
+      tensors, f'taming transformer {os.path.basename(os.path.abspath(path))}',
       codebook_size=int(tokenizer_config.model.quantizer.codebook_size),
       image_size=int(tokenizer_config.data.image_size), num_heads=num_heads,
       num_classes=num_classes, sos_token=sos_token, scan_layers=scan_layers,

@@ -25,10 +25,14 @@ single-head attention scaled by C^-1/2, nearest upsampling, argmin over
 ||z||^2 + ||e||^2 - 2 z.e, first index on ties). Widths, levels, res blocks,
 attention levels and the codebook are read from the shapes, so any VQModel
 with these parts converts. `loss.*` (LPIPS and the discriminator) is not part
-of the tokenizer and is ignored.
+of the tokenizer and is ignored. A transformer's `last.ckpt` (a
+Net2NetTransformer: cin, ffhq, celebahq) converts to its first stage, the
+VQGAN under `first_stage_model.`: the only release of the face models' VQGANs,
+and the exact codebook the transformer was trained on.
 """
 
 import os
+from typing import Any
 
 import jax
 import ml_collections
@@ -205,9 +209,21 @@ def convert_state_dict(tensors, *, image_size: int = 256,
                              image_size=image_size, source=description)
 
 
+def first_stage(tensors: dict[str, Any]) -> dict[str, Any]:
+  """The VQGAN of a taming transformer's checkpoint (its tensors under
+  `first_stage_model.`, the prefix dropped); other state dicts as they are."""
+  prefix = 'first_stage_model.'
+  if not any(k.startswith(prefix) for k in tensors):
+    return tensors
+  return {
+      k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)
+  }
+
+
 def convert_file(path: str, image_size: int = 256) -> published.Converted:
-  """A taming `last.ckpt` (or a bare VQModel state dict .pth) -> Converted."""
-  tensors = torch_files.load_state_dict(path, lenient=True)
+  """A taming `last.ckpt` of a VQGAN (or a bare VQModel state dict .pth), or
+  of a transformer, whose first stage it converts -> Converted."""
+  tensors = first_stage(torch_files.load_state_dict(path, lenient=True))
   return convert_state_dict(
       tensors, image_size=image_size,
       source=f'taming VQGAN {os.path.basename(os.path.abspath(path))}')

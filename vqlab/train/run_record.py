@@ -168,9 +168,7 @@ def differences(saved: dict[str, Any], config: ml_collections.ConfigDict,
   where its learning rate decays to it: another length moves the rate of
   every step left). Keys only one side has (added or removed by another
   vqlab version) are not differences."""
-  if 'data' in saved:  # Recorded before keys added since: as it ran.
-    saved = {**saved, 'data': data_lib.as_recorded(saved['data'])}
-  old, new = _flatten(saved), _flatten(as_json_tree(config))
+  old, new = _flatten(_as_recorded(saved)), _flatten(as_json_tree(config))
   fixed = ({'train.num_steps'}
            if trains and _decays_over_the_run(old) else set())
   unread = _unread_by_both(saved, config)
@@ -179,6 +177,43 @@ def differences(saved: dict[str, Any], config: ml_collections.ConfigDict,
       for k in sorted(old.keys() & new.keys())
       if old[k] != new[k] and (k in fixed or not _free(k)) and k not in unread
   }
+
+
+# Keys added after runs were recorded without them, with the value those
+# runs ran with: model keys by generator, and every optimizer section's.
+_ADDED_MODEL_KEYS = {
+    'maskgit': {
+        'block_style': 'pre_ln'
+    },
+    'gpt': {
+        'block_style': 'pre_ln'
+    }
+}
+_ADDED_OPTIMIZER_KEYS = {'eps': 1e-8}
+
+
+def _as_recorded(saved: dict[str, Any]) -> dict[str, Any]:
+  """A run's record with the keys added since it was written filled in as
+  that vqlab behaved, so that it is compared with a config as what it ran
+  (a resume that would switch them is then a difference)."""
+  saved = dict(saved)
+  if 'data' in saved:
+    saved['data'] = data_lib.as_recorded(saved['data'])
+  model = saved.get('model')
+  if isinstance(model, dict):
+    saved['model'] = {**_ADDED_MODEL_KEYS.get(model.get('name'), {}), **model}
+
+  def optimizer(section):
+    if not isinstance(section, dict):
+      return section
+    section = {k: optimizer(v) for k, v in section.items()}
+    if 'learning_rate' in section:
+      section = {**_ADDED_OPTIMIZER_KEYS, **section}
+    return section
+
+  if 'optimizer' in saved:
+    saved['optimizer'] = optimizer(saved['optimizer'])
+  return saved
 
 
 def _unread_by_both(saved: dict[str, Any],
