@@ -19,8 +19,9 @@ Both take classifier-free guidance for condition 'class' (`guidance_scale`).
 Blocks (`block_style`): 'pre_ln', vqlab's pre-LN blocks (LayerNorm epsilon
 1e-6, tanh GELU, ViT's MLP dropout, a head with a bias); 'taming', minGPT's
 as taming-transformers trains them (epsilon 1e-5, erf GELU, one dropout
-after the MLP, a head without bias), which the released taming
-transformers load into (vqlab.convert.taming_transformer).
+after the MLP, a head without bias, N(0, 0.02) kernels and positions from
+0), which the released taming transformers load into
+(vqlab.convert.taming_transformer).
 """
 
 from typing import Any
@@ -99,15 +100,17 @@ class GPT(nn.Module):
     else:
       self.cond_embed = nn.Embed(self.cond_vocab_size, self.width,
                                  embedding_init=init, dtype=self.dtype)
+    taming = self.block_style == 'taming'
+    # minGPT's inits: positions from 0, every Linear's weight N(0, 0.02).
     self.pos_embedding = self.param(
-        'pos_embedding', init,
+        'pos_embedding', nn.initializers.zeros if taming else init,
         (self.prefix_length + self.length - 1, self.width))
     self.embed_dropout = nn.Dropout(self.dropout_rate)
-    taming = self.block_style == 'taming'
     self.transformer = Transformer(
         self.num_layers, self.num_heads, self.mlp_dim, self.dropout_rate,
         self.decode, self.dtype, layer_norm_epsilon=1e-5 if taming else 1e-6,
         exact_gelu=taming, causal=True, mlp_hidden_dropout=not taming,
+        kernel_init=init if taming else transformer.DEFAULT_KERNEL_INIT,
         scan_layers=self.scan_layers, remat_policy=self.remat_policy)
     # Logits in float32 (as MaxText's logits_dot_in_fp32): a bfloat16 head
     # rounds them to 8 significant bits, ties that top-k/top-p then break

@@ -32,6 +32,9 @@ from vqlab.nn import remat
 from vqlab.nn import stack
 
 SCANNED_NAME = stack.LAYERS
+Initializer = Any  # jax.nn.initializers.Initializer: (key, shape, dtype).
+# flax's for Dense and attention kernels (LeCun normal).
+DEFAULT_KERNEL_INIT = nn.linear.default_kernel_init
 
 
 class MlpBlock(nn.Module):
@@ -39,22 +42,25 @@ class MlpBlock(nn.Module):
 
   `exact_gelu` uses the erf GELU (PyTorch's nn.GELU) instead of the tanh
   approximation; `hidden_dropout=False` leaves out the dropout on the hidden
-  units (BERT's MLP, MaskGIT's and MAGVIT's: their one dropout is after it).
+  units (BERT's MLP, MaskGIT's and MAGVIT's: their one dropout is after it);
+  `kernel_init` draws the Dense kernels (biases start at 0).
   """
   mlp_dim: int
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   exact_gelu: bool = False
   hidden_dropout: bool = True
+  kernel_init: Initializer = DEFAULT_KERNEL_INIT
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    dense = functools.partial(nn.Dense, dtype=self.dtype,
+                              kernel_init=self.kernel_init)
     h = remat.recomputed_gelu(
-        nn.Dense(self.mlp_dim, dtype=self.dtype, name='fc1')(x),
-        approximate=not self.exact_gelu)
+        dense(self.mlp_dim, name='fc1')(x), approximate=not self.exact_gelu)
     if self.hidden_dropout:
       h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
-    return nn.Dense(x.shape[-1], dtype=self.dtype, name='fc2')(h)
+    return dense(x.shape[-1], name='fc2')(h)
 
 
 class TransformerBlock(nn.Module):
@@ -77,6 +83,8 @@ class TransformerBlock(nn.Module):
     post_norm: LayerNorm after each residual sum instead of before each
       branch (BERT's post-LN block); `norm1` follows the attention's sum,
       `norm2` the MLP's.
+    kernel_init: draws the attention's and the MLP's kernels (biases start
+      at 0); flax's LeCun normal by default.
   """
   num_heads: int
   mlp_dim: int
@@ -88,6 +96,7 @@ class TransformerBlock(nn.Module):
   causal: bool = False
   mlp_hidden_dropout: bool = True
   post_norm: bool = False
+  kernel_init: Initializer = DEFAULT_KERNEL_INIT
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None,
@@ -104,12 +113,12 @@ class TransformerBlock(nn.Module):
         num_heads=self.num_heads, dtype=self.dtype,
         dropout_rate=self.dropout_rate, decode=self.decode,
         deterministic=not train, attention_fn=attention_fn,
-        name='attention')(h, h, mask=mask)
+        kernel_init=self.kernel_init, name='attention')(h, h, mask=mask)
     x = x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
     if self.post_norm:
       x = norm1(x)
     h = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, self.exact_gelu,
-                 self.mlp_hidden_dropout,
+                 self.mlp_hidden_dropout, self.kernel_init,
                  name='mlp')(x if self.post_norm else norm2(x), train=train)
     x = x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
     return norm2(x) if self.post_norm else x
@@ -121,8 +130,8 @@ class Transformer(nn.Module):
 
   Attributes:
     num_layers, num_heads, mlp_dim, dropout_rate, decode, dtype,
-    layer_norm_epsilon, exact_gelu, causal, mlp_hidden_dropout, post_norm:
-    as in TransformerBlock.
+    layer_norm_epsilon, exact_gelu, causal, mlp_hidden_dropout, post_norm,
+    kernel_init: as in TransformerBlock.
     scan_layers: one scanned `blocks` instead of `block_<i>` (module
       docstring).
     remat_policy: a key of vqlab.nn.remat.POLICIES.
@@ -138,6 +147,7 @@ class Transformer(nn.Module):
   causal: bool = False
   mlp_hidden_dropout: bool = True
   post_norm: bool = False
+  kernel_init: Initializer = DEFAULT_KERNEL_INIT
   scan_layers: bool = False
   remat_policy: str = 'none'
 
@@ -149,7 +159,7 @@ class Transformer(nn.Module):
                   dtype=self.dtype, layer_norm_epsilon=self.layer_norm_epsilon,
                   exact_gelu=self.exact_gelu, causal=self.causal,
                   mlp_hidden_dropout=self.mlp_hidden_dropout,
-                  post_norm=self.post_norm)
+                  post_norm=self.post_norm, kernel_init=self.kernel_init)
     x = apply_layers(TransformerBlock, fields, self.num_layers, x, mask, train,
                      scan=self.scan_layers, remat_policy=self.remat_policy)
     if self.post_norm:
