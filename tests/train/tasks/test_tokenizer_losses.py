@@ -369,6 +369,23 @@ def test_a_frozen_encoder_and_quantizer_encode_as_in_eval():
                       jax.tree.leaves(state.params['generator']['decoder'])))
 
 
+def test_a_frozen_quantizers_schedule_moves_on():
+  """freeze = ('quantizer',) with the encoder training: LFQ's entropy weight
+  anneals as configured (what the frozen quantizer does not keep is a
+  step's EMA statistics, not its schedule's counter)."""
+
+  def mutate(config):
+    config.freeze = ('quantizer',)
+    config.model.quantizer = quantizers.default_config('lfq')
+    config.model.quantizer.update(codebook_size=2**4, entropy_weight_final=0.0,
+                                  entropy_anneal_steps=4)
+
+  _, state, new_state, _ = _first_step(_task(mutate))
+  counter, = jax.tree.leaves(state.model_state['quantizer_state'])
+  moved, = jax.tree.leaves(new_state.model_state['quantizer_state'])
+  assert (int(counter), int(moved)) == (0, 1)
+
+
 @pytest.mark.parametrize('quantizer', ['ema', 'fsq'])
 def test_a_quantizer_without_params_can_be_frozen(quantizer):
   """An EMA codebook lives in model state, FSQ holds nothing: freezing

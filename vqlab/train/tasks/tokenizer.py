@@ -676,9 +676,12 @@ class TokenizerTask(base.Task):
     model_state, ema_metrics = quantizer_base.apply_pending(
         self.model, model_state)
     if 'quantizer' in self.config.freeze:
-      # E.g. EMA codebook statistics; the EMA step made is not kept (nor
-      # the restarts it counted).
-      model_state, ema_metrics = state.model_state, {}
+      # E.g. EMA codebook statistics: the EMA step made is not kept (nor
+      # the restarts it counted). The schedules' step counters move on: an
+      # encoder that trains still reads the annealed weights.
+      model_state = quantizer_base.hold_step_counters(state.model_state,
+                                                      model_state)
+      ema_metrics = {}
     metrics = {**quantizer_base.batch_code_metrics(metrics), **ema_metrics}
     state, norms = base.apply_gradients(
         state, grads, self.tx, self.config.ema.decay, active={
