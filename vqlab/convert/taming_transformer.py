@@ -53,8 +53,9 @@ OPTIONS = {
     'num_classes': (int, -1, 'classes of a class-conditional transformer '
                     '(cin: 1000), 0 for an unconditional one (ffhq, '
                     'celebahq); -1: read from the project yaml'),
-    'sos_token': (int, 0, 'the start token of an unconditional transformer '
-                  '(SOSProvider; the releases: 0)'),
+    'sos_token': (int, -1, 'the start token of an unconditional transformer '
+                  '(SOSProvider); -1: read from the project yaml, else 0 (the '
+                  "releases')"),
     'scan_layers': (bool, True, 'params of one scanned block stack (as '
                     'configs/gpt/imagenet256.py trains); false: block_<i>'),
 }
@@ -268,7 +269,7 @@ def _settings_of(text: str) -> dict[str, Any]:
 
 
 def convert_file(path: str, *, tokenizer: str, num_heads: int = 0,
-                 num_classes: int = -1, sos_token: int = 0,
+                 num_classes: int = -1, sos_token: int = -1,
                  scan_layers: bool = True) -> published.Converted:
   """A taming transformer `last.ckpt` and the run of its converted VQGAN ->
   Converted; the settings no tensor holds come from the options, else from
@@ -285,17 +286,18 @@ def convert_file(path: str, *, tokenizer: str, num_heads: int = 0,
                        "that tokenizer's codes")
   found = project_settings(path)
   num_heads = num_heads or found.get('num_heads', 0)
-  num_classes = num_classes if num_classes >= 0 else found.get(
-      'num_classes', -1)
-  for name, value in (('num_heads', num_heads), ('num_classes', num_classes)):
-    if value <= 0 and not (name == 'num_classes' and value == 0):
-      raise WeightsError(
-          f'{path}: no --{name} given and no configs/*-project.yaml of the '
-          f"release beside it to read it from: pass the release config's "
-          f'{"n_head" if name == "num_heads" else "n_classes (0: unconditional)"}'
-      )
-  if 'sos_token' in found and not num_classes:
-    sos_token = found['sos_token']
+  if num_classes < 0:
+    num_classes = found.get('num_classes', -1)
+  if sos_token < 0:
+    sos_token = found.get('sos_token', 0)
+  missing = ([('num_heads', 'n_head')] if num_heads <= 0 else []) + ([
+      ('num_classes', 'n_classes (0: unconditional)')
+  ] if num_classes < 0 else [])
+  if missing:
+    flag, key = missing[0]
+    raise WeightsError(
+        f'{path}: no --{flag} given and no configs/*-project.yaml of the '
+        f"release beside it to read it from: pass the release config's {key}")
   tensors = torch_files.load_state_dict(path, lenient=True)
   trained = trained_tokenizer.load(tokenizer, key='--tokenizer')
   check_first_stage(tensors, trained.variables['params'], path, tokenizer)

@@ -160,13 +160,15 @@ class MaskGIT(nn.Module):
     """int [B, N, F] -> float32 logits [B, N, F, max V] (for loss/decoding)."""
     batch = flat.shape[0]
     bert = self.block_style == 'bert'
-    # BERT's inits (MaskGIT's, MAGVIT's): truncated N(0, 0.02) in 2 stds.
-    init = nn.initializers.truncated_normal(0.02) if bert else None
-    embed_init = {'embedding_init': init} if bert else {}
-    kernel_init = {'kernel_init': init} if bert else {}
+    # BERT's inits (MaskGIT's, MAGVIT's): truncated N(0, 0.02) in 2 stds;
+    # else flax's, and N(0, 0.02) positions.
+    bert_init = nn.initializers.truncated_normal(0.02)
+    embed_init = bert_init if bert else nn.linear.default_embed_init
+    kernel_init = bert_init if bert else transformer.DEFAULT_KERNEL_INIT
+    pos_init = bert_init if bert else nn.initializers.normal(0.02)
     embeds = [
-        nn.Embed(size + 1, self.width, name=f'embed_{f}', **embed_init)
-        for f, size in enumerate(self.vocab_sizes)
+        nn.Embed(size + 1, self.width, embedding_init=embed_init,
+                 name=f'embed_{f}') for f, size in enumerate(self.vocab_sizes)
     ]
     x = sum(embed(flat[..., f]) for f, embed in enumerate(embeds))
     if labels is not None and not self.num_classes:
@@ -177,11 +179,11 @@ class MaskGIT(nn.Module):
         labels = jnp.full((batch,), self.num_classes, jnp.int32)
       labels = jnp.asarray(labels)
       api.check_class_ids(labels, batch, self.num_classes, 'MaskGIT')
-      cls = nn.Embed(self.num_classes + 1, self.width, name='class_embed',
-                     **embed_init)(labels.astype(jnp.int32))
+      cls = nn.Embed(self.num_classes + 1, self.width,
+                     embedding_init=embed_init,
+                     name='class_embed')(labels.astype(jnp.int32))
       x = jnp.concatenate([cls[:, None], x], axis=1)
-    pos = self.param('pos_embedding', init or nn.initializers.normal(0.02),
-                     (x.shape[1], self.width))
+    pos = self.param('pos_embedding', pos_init, (x.shape[1], self.width))
     epsilon = _BERT_LAYER_NORM_EPSILON if bert else 1e-6
     x = x + pos
     if bert:
@@ -193,15 +195,15 @@ class MaskGIT(nn.Module):
                     layer_norm_epsilon=epsilon,
                     mlp_hidden_dropout=self.mlp_hidden_dropout, post_norm=bert,
                     scan_layers=self.scan_layers,
-                    remat_policy=self.remat_policy, name='transformer',
-                    **kernel_init)(x, None, train=train)
+                    remat_policy=self.remat_policy, kernel_init=kernel_init,
+                    name='transformer')(x, None, train=train)
     x = x[:, 1:] if self.num_classes else x
     max_vocab = max(self.vocab_sizes)
     heads = []
     for f, size in enumerate(self.vocab_sizes):
       if self.tied_heads:
-        h = nn.Dense(self.width, dtype=self.dtype, name=f'tied_head_{f}',
-                     **kernel_init)(x)
+        h = nn.Dense(self.width, dtype=self.dtype, kernel_init=kernel_init,
+                     name=f'tied_head_{f}')(x)
         h = nn.LayerNorm(epsilon, dtype=self.dtype,
                          name=f'tied_head_norm_{f}')(nn.gelu(h))
         bias = self.param(f'tied_head_bias_{f}', nn.initializers.zeros, (size,))
