@@ -251,8 +251,12 @@ def project_settings(path: str) -> dict[str, Any]:
     names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
     for name in names:
       if name.endswith('-project.yaml'):
-        with open(os.path.join(folder, name)) as f:
-          return _settings_of(f.read())
+        yaml = os.path.join(folder, name)
+        try:
+          with open(yaml) as f:
+            return _settings_of(f.read())
+        except (OSError, UnicodeDecodeError) as e:
+          raise WeightsError(f'could not read {yaml}: {e}') from None
   return {}
 
 
