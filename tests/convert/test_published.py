@@ -5,8 +5,10 @@ import os
 import subprocess
 import sys
 
+from absl import flags
 import jax
 import jax.numpy as jnp
+from ml_collections import config_flags
 import numpy as np
 import pytest
 
@@ -159,6 +161,32 @@ def test_write_run_refuses_params_that_do_not_fit(tmp_path):
   bad = published.Converted(model_config, params, 16, 'bad file')
   with pytest.raises(WeightsError, match='bad file: .*not filled: to_pixels'):
     published.write_run(str(tmp_path / 'bad'), bad)
+
+
+def test_a_converted_runs_config_py_takes_overrides_of_tuple_keys(tmp_path):
+  # config.json stores tuples as lists, and config_flags overrides only
+  # tuples: fine-tuning a converted run from the command line needs them.
+  model_config = tiny.tokenizer_config().model
+  model = tokenizers.build(model_config)
+  params = jax.eval_shape(model.init, jax.random.key(0),
+                          jnp.zeros((1, 16, 16, 3)))['params']
+  params = jax.tree.map(lambda p: np.zeros(p.shape, p.dtype), params)
+  out = str(tmp_path / 'run')
+  published.write_run(out,
+                      published.Converted(model_config, params, 16, 'a test'))
+  argv = [
+      'main.py', f'--config={out}/config.py', "--config.freeze=('encoder',)",
+      "--config.data.eval_photos=('coffee',)"
+  ]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', flag_values=flag_values,
+                                  sys_argv=argv)
+  flag_values(argv)
+  config = flag_values.config
+  assert config.freeze == ('encoder',)
+  assert config.data.eval_photos == ('coffee',)
+  assert config.model.channel_multipliers == tuple(
+      model_config.channel_multipliers)
 
 
 def test_a_run_that_switched_its_stacking_layout_still_loads(tmp_path):

@@ -102,13 +102,24 @@ def read_run_config(
   path = os.path.join(workdir, 'config.json')
   try:
     with fileio.open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
+      return ml_collections.ConfigDict(_as_tuples(json.load(f)))
   except FileNotFoundError as e:
     raise CheckpointError(
         f'{path} does not exist: {key} must be the --workdir of a trained '
         'tokenizer run') from e
   except (OSError, ValueError) as e:
     raise CheckpointError(f'{path} is unreadable: {e}') from e
+
+
+def _as_tuples(value: Any) -> Any:
+  """config.json's lists as the tuples they were: JSON has no tuples, every
+  sequence in vqlab's configs is one, and config_flags overrides only tuple
+  fields on the command line (`--config.freeze=...` of a converted run)."""
+  if isinstance(value, dict):
+    return {key: _as_tuples(item) for key, item in value.items()}
+  if isinstance(value, list):
+    return tuple(_as_tuples(item) for item in value)
+  return value
 
 
 def _in_model_layout(model: nn.Module, params: dict[str, Any],
