@@ -267,7 +267,7 @@ def _warm_started_from_another_init(quantizer, tmp_path):
 
 @pytest.mark.parametrize('projection_dim', [0, 2])
 def test_warm_start_copies_an_ema_codebook_with_the_quantizer(
-    projection_dim, tmp_path):
+    projection_dim, tmp_path, capsys):
   # An EMA codebook and its statistics live in model_state's
   # 'quantizer_stats', not in params (with projection_dim 0 the quantizer has
   # no params at all).
@@ -287,10 +287,15 @@ def test_warm_start_copies_an_ema_codebook_with_the_quantizer(
   for name in names:
     jax.tree.map(np.testing.assert_array_equal, state.params['generator'][name],
                  generator[name])
-  # The decoder was not named: this model's own.
+  # The decoder was not named: this model's own, and the run says so.
   jax.tree.map(np.testing.assert_array_equal,
                state.params['generator']['decoder'],
                fresh.params['generator']['decoder'])
+  assert capsys.readouterr().out == (
+      'vqlab: warm_start copies encoder, quantizer from '
+      f'{tmp_path} (step 1); decoder, post_quant_conv, quant_conv, to_pixels '
+      'of that run start from a fresh init (name them in warm_start.params '
+      'to copy them too)\n')
 
 
 def test_warm_start_names_a_quantizer_that_holds_nothing(tmp_path):

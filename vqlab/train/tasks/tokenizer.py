@@ -98,7 +98,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.warm_start = ml_collections.ConfigDict()
   config.warm_start.workdir = ''  # The run to copy from; '': fresh init.
   config.warm_start.step = -1  # Its checkpoint; -1: the newest.
-  config.warm_start.params = ()  # e.g. ('encoder', 'quantizer', 'decoder').
+  # Top-level trees, e.g. TiTok's ('encoder', 'quantizer'); a VQGAN's are
+  # encoder, quant_conv, quantizer, post_quant_conv, decoder, to_pixels.
+  config.warm_start.params = ()
   # A VQGAN tokenizer run whose decoder and codebook fill
   # a model.decoder_output = 'proxy_pixels' TiTok's pixel_vqgan (stage 2).
   config.warm_start.pixel_vqgan = ''
@@ -174,7 +176,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
         'warm_start.params', f'empty, but warm_start.workdir is '
         f'{start.workdir!r}: name the param trees to copy from it, e.g. '
-        "('encoder', 'quantizer', 'decoder')")
+        "('encoder', 'quantizer')")
   for step_key, run_key in (('step', 'workdir'), ('pixel_vqgan_step',
                                                   'pixel_vqgan')):
     if start[step_key] != -1 and not start[run_key]:
@@ -362,9 +364,20 @@ class TokenizerTask(base.Task):
       tree, step = checkpoint_lib.restore_on_host(
           start.workdir, None if start.step < 0 else start.step,
           'warm_start.step')
+      where = f'{start.workdir} (step {step})'
       params, model_state = _warm_started(tree, params, model_state,
-                                          start.params,
-                                          f'{start.workdir} (step {step})')
+                                          start.params, where)
+      fresh = sorted(
+          set(params) & set((tree['ema_params'] or tree['params'])[GENERATOR])
+          - set(start.params))
+      if fresh:
+        # E.g. a VQGAN's quant_conv and to_pixels beside its encoder and
+        # decoder: a fine-tune named only those would start partly random.
+        print(
+            f'vqlab: warm_start copies {", ".join(start.params)} from '
+            f'{where}; {", ".join(fresh)} of that run start from a fresh '
+            'init (name them in warm_start.params to copy them too)',
+            flush=True)
     if start.pixel_vqgan:
       tree, step = checkpoint_lib.restore_on_host(
           start.pixel_vqgan,
