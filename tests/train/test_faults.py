@@ -772,10 +772,17 @@ def test_a_model_that_does_not_fit_stops_before_the_workdir_is_made(tmp_path):
   """Config errors found by the state's shapes (the task's init) or its
   shardings: no workdir, no vqlab.lock left behind."""
   fits = lambda c: c.model.update({'in_channels': 1})  # RGB data.
-  shards = lambda c: c.mesh.update({'rules': (('.*', 'shard'),)})
-  for mutate, message in ((fits, r'^model\.in_channels: 1, but the data has '
-                           r'3 channels'),
-                          (shards, r"^mesh\.rules: unknown action 'shard'")):
+  rules = lambda *r: lambda c: c.mesh.update({'rules': r})
+  cases = [
+      (fits, r'^model\.in_channels: 1, but the data has 3 channels'),
+      (rules(('.*', 'shard')), r"^mesh\.rules: unknown action 'shard'"),
+      (rules(('[enc', 'fsdp')),
+       r"^mesh\.rules: '\[enc' is not a regular expression: unterminated"),
+      (rules(('.*', 'fsdp', 'x')),
+       r"^mesh\.rules: \('\.\*', 'fsdp', 'x'\) is not a \(pattern, action\) "
+       'pair'),
+  ]
+  for mutate, message in cases:
     config = _config()
     mutate(config)
     workdir = str(tmp_path / 'new')

@@ -156,6 +156,7 @@ def validate(config: ml_collections.ConfigDict,
     except ValueError as e:
       raise ConfigError('data.image_batch_fraction',
                         str(e).split(': ', 1)[1]) from None
+  partitioning.compiled_rules(config.mesh.rules)
   for key, section in _optimizer_sections(config.get('optimizer')):
     optimizers.validate(section, key)
   require(

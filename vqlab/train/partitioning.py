@@ -96,10 +96,39 @@ def _fsdp_spec(shape: tuple[int, ...], size: int) -> jax.P:
   return jax.P()
 
 
+def compiled_rules(
+    rules: Sequence[tuple[str, str]]) -> list[tuple[re.Pattern, str]]:
+  """`mesh.rules` as (compiled pattern, action) pairs.
+
+  Raises:
+    ConfigError (naming mesh.rules): a rule that is not a (pattern, action)
+      pair, a pattern that is not a regular expression, an unknown action.
+  """
+  compiled = []
+  for rule in rules:
+    if (not isinstance(rule, (tuple, list)) or len(rule) != 2 or
+        not all(isinstance(part, str) for part in rule)):
+      raise ConfigError(
+          'mesh.rules', f'{rule!r} is not a (pattern, action) pair of '
+          "strings, e.g. ('.*', 'fsdp')")
+    pattern, action = rule
+    if action not in ('fsdp', 'replicate'):
+      raise ConfigError(
+          'mesh.rules', f'unknown action {action!r} in {rule!r} '
+          "(use 'fsdp' or 'replicate')")
+    try:
+      compiled.append((re.compile(pattern), action))
+    except re.error as e:
+      raise ConfigError('mesh.rules',
+                        f'{pattern!r} is not a regular expression: '
+                        f'{e}') from None
+  return compiled
+
+
 def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh,
                     rules: Sequence[tuple[str, str]]) -> Any:
   """NamedShardings for every leaf of `abstract_state` (shapes only)."""
-  compiled = [(re.compile(pattern), action) for pattern, action in rules]
+  compiled = compiled_rules(rules)
   fsdp_size = mesh.shape['fsdp']
 
   def leaf_sharding(path, leaf):
@@ -109,10 +138,6 @@ def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh,
       if pattern.fullmatch(name):
         if action == 'fsdp':
           spec = _fsdp_spec(tuple(leaf.shape), fsdp_size)
-        elif action != 'replicate':
-          raise ConfigError(
-              'mesh.rules', f'unknown action {action!r} '
-              "(use 'fsdp' or 'replicate')")
         break
     return jax.sharding.NamedSharding(mesh, spec)
 
