@@ -67,8 +67,23 @@ def uninterrupted(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('uninterrupted'))
   config = _config()
   config.train.eval_every = 2
-  with retrace.traced_once() as traced:
-    result = loop.train_and_evaluate(config, workdir, devices=_devices())
+  # steps_per_sec's clock: a step takes 1 s and an eval 100 s.
+  clock = [0.0]
+
+  def one_second(step, metrics):
+    del step, metrics
+    clock[0] += 1
+
+  def evaluate_in_100_seconds(self, state):
+    clock[0] += 100
+    return evaluate(self, state)
+
+  evaluate = experiment.Experiment.evaluate
+  with retrace.traced_once() as traced, pytest.MonkeyPatch.context() as patch:
+    patch.setattr(loop, '_clock', lambda: clock[0])
+    patch.setattr(experiment.Experiment, 'evaluate', evaluate_in_100_seconds)
+    result = loop.train_and_evaluate(config, workdir, devices=_devices(),
+                                     step_callback=one_second)
   assert traced == {('TokenizerTask.train_step', (('gan_terms', False),)),
                     ('TokenizerTask.train_step', ()),
                     ('TokenizerTask.eval_step', ())}
@@ -89,6 +104,16 @@ def test_run_writes_checkpoints_metrics_images_and_summaries(uninterrupted):
         if 'loss' in row
     }
   assert has_gan_metrics == {1: False, 2: True, 3: True, 4: True, 5: True}
+  # The train rate leaves out the evals at steps 2 and 4; the first step,
+  # which compiled, gives none.
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    rates = {
+        row['step']: (row.get('steps_per_sec'), row.get('examples_per_sec'))
+        for row in map(json.loads, f)
+        if 'loss' in row
+    }
+  batch = _config().train.batch_size
+  assert rates == {1: (None, None), **{s: (1.0, batch) for s in range(2, 6)}}
   with open(os.path.join(workdir, 'final_metrics.json')) as f:
     final = json.load(f)
   assert 0 < final['psnr'] < 60 and 0 < final['codebook_usage'] <= 1

@@ -27,6 +27,7 @@ from vqlab.train import progress as progress_lib
 from vqlab.train import writers as writers_lib
 
 StepCallback = Callable[[int, dict[str, Any]], None]
+_clock = time.perf_counter  # Of steps_per_sec (a test's fake clock).
 _T = TypeVar('_T')
 _U = TypeVar('_U')
 
@@ -199,7 +200,9 @@ def _train_experiment(exp: experiment.Experiment, workdir: str,
                        max(train_cfg.num_steps - start_step, 0)),
       exp.global_batch)
   last_saved = start_step
-  t_log, step_log = time.perf_counter(), start_step
+  # The train rate's clock: stopped while evals run; the first interval
+  # (which compiled the step) gives no rate.
+  t_log, step_log, eval_s = _clock(), start_step, 0.0
 
   def save(step, force=False) -> bool:
     saved = exp.checkpointer.save(step, state, force=force)
@@ -218,14 +221,15 @@ def _train_experiment(exp: experiment.Experiment, workdir: str,
         step_callback(step, metrics)
       if step % train_cfg.log_every == 0 or step == start_step + 1:
         metrics = jax.device_get(metrics)
-        now = time.perf_counter()
-        rate = (step - step_log) / max(now - t_log, 1e-9)
-        t_log, step_log = now, step
-        writer.write_scalars(
-            step, {
-                **metrics, 'steps_per_sec': rate,
-                'examples_per_sec': rate * train_cfg.batch_size
-            })
+        now = _clock()
+        if step_log > start_step:
+          rate = (step - step_log) / max(now - t_log - eval_s, 1e-9)
+          metrics = {
+              **metrics, 'steps_per_sec': rate,
+              'examples_per_sec': rate * train_cfg.batch_size
+          }
+        t_log, step_log, eval_s = now, step, 0.0
+        writer.write_scalars(step, metrics)
         progress.update(
             step, {k: metrics[k] for k in ('loss', 'rec_loss') if k in metrics})
       if (train_cfg.checkpoint_every and
@@ -238,7 +242,9 @@ def _train_experiment(exp: experiment.Experiment, workdir: str,
           step % train_cfg.eval_every == 0 and step != train_cfg.num_steps):
         # A SIGTERM skips the eval (a long FID eval could outlast the
         # notice); one that comes during the eval is seen right after it.
+        eval_start = _clock()
         _write_eval(writer, exp, step, *exp.evaluate(state))
+        eval_s += _clock() - eval_start
         stop = watcher.should_stop(step, every=train_cfg.preemption_check_every)
       if stop:
         # Preemption: save this exact step and leave; a restart resumes here.
