@@ -267,6 +267,11 @@ def test_masked_loss_counts_only_masked_positions():
   target = 0.9 * np.eye(model.vocab_size)[np.asarray(tokens)] + 0.1 / 64
   ce = -(target * log_p).sum(-1)
   np.testing.assert_allclose(loss, ce[np.asarray(mask)].mean(), rtol=1e-5)
+  # Its nll, without the smoothing, is what eval's loss measures.
+  nll = -log_p[np.eye(model.vocab_size, dtype=bool)[np.asarray(tokens)]]
+  np.testing.assert_allclose(metrics['nll'],
+                             nll.reshape(tokens.shape)[np.asarray(mask)].mean(),
+                             rtol=1e-5)
   assert float(metrics['mask_ratio']) == pytest.approx(3 / 12)
   # MAGVIT's 'mask+refine+recons': the unmasked positions too, weighted.
   weighted, metrics = jax.jit(

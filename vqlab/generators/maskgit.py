@@ -255,7 +255,8 @@ def masked_loss(model: MaskGIT, params, rng: jax.Array, tokens: jax.Array,
 
   Returns:
     (loss, metrics): loss = weighted mean over positions of the summed
-    factor cross-entropies (the code's NLL); metrics: loss, accuracy (all
+    factor cross-entropies (the code's NLL); metrics: loss, nll (loss
+    without the label smoothing, as eval measures it), accuracy (all
     factors right, masked positions), mask_ratio, loss_weight and
     accuracy_weight (the weights the loss and the accuracy are means
     over).
@@ -285,10 +286,17 @@ def masked_loss(model: MaskGIT, params, rng: jax.Array, tokens: jax.Array,
     if example_weights is not None:
       unmasked = unmasked * example_weights[:, None]
     weight = masked + unmasked_weight * unmasked
-  loss = (per_position * weight).sum() / jnp.maximum(weight.sum(), 1e-6)
+  weighted_mean = lambda x: (x * weight).sum() / jnp.maximum(weight.sum(), 1e-6)
+  loss = weighted_mean(per_position)
+  # The eval loss's measure (no smoothing): the smoothed loss sits above it
+  # by the smoothing's cross-entropy whatever the model learns.
+  nll = weighted_mean(
+      smoothed_cross_entropy(logits, flat, model.vocab_sizes, 0.0).sum(-1)
+  ) if label_smoothing else loss
   correct = jnp.all(jnp.argmax(logits, -1) == flat, axis=-1)
   metrics = {
       'loss': loss,
+      'nll': nll,
       'accuracy': (correct * masked).sum() / jnp.maximum(masked.sum(), 1.0),
       'mask_ratio': masked.mean(),
       'loss_weight': weight.sum(),
