@@ -291,8 +291,8 @@ def masked_loss(model: MaskGIT, params, rng: jax.Array, tokens: jax.Array,
   # The eval loss's measure (no smoothing): the smoothed loss sits above it
   # by the smoothing's cross-entropy whatever the model learns.
   nll = weighted_mean(
-      smoothed_cross_entropy(logits, flat, model.vocab_sizes, 0.0).sum(-1)
-  ) if label_smoothing else loss
+      smoothed_cross_entropy(logits, flat, model.vocab_sizes,
+                             0.0).sum(-1)) if label_smoothing else loss
   correct = jnp.all(jnp.argmax(logits, -1) == flat, axis=-1)
   metrics = {
       'loss': loss,
