@@ -24,6 +24,7 @@ from vqlab.train import checkpoint as checkpoint_lib
 from vqlab.train import experiment
 from vqlab.train import preemption
 from vqlab.train import progress as progress_lib
+from vqlab.train import run_record
 from vqlab.train import writers as writers_lib
 
 StepCallback = Callable[[int, dict[str, Any]], None]
@@ -329,8 +330,39 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   if restored is None:
     raise no_checkpoint
   state, step = restored
-  writer = writers_lib.MetricWriter(workdir, jsonl=False)
   metrics, images = exp.evaluate(state)
-  _write_eval(writer, exp, step, metrics, images)
-  writer.close()
+  if exp.config_changes:
+    _write_changed_eval(exp, step, metrics, images)
+  else:
+    writer = writers_lib.MetricWriter(workdir, jsonl=False)
+    _write_eval(writer, exp, step, metrics, images)
+    writer.close()
   return {'step': step, **metrics}
+
+
+def _write_changed_eval(exp: experiment.Experiment, step: int, metrics,
+                        images) -> None:
+  """An eval under a config that differs from the run's record (other data,
+  another image size) beside the run's own: eval_<step>_changed.json, with
+  the changes, and its picture; eval_<step>.json, the run's TensorBoard
+  curves and pictures stay the training's."""
+  if jax.process_index() != 0:
+    return
+  name = run_record.unused_name(exp.workdir, f'eval_{step}_changed')
+  record = {
+      'step': step,
+      **metrics, 'config_changes': {
+          key: list(values) for key, values in exp.config_changes.items()
+      }
+  }
+  with fileio.open(os.path.join(exp.workdir, name), 'w') as f:
+    json.dump(record, f, indent=2)
+  rows = exp.task.image_rows(images, exp.config.eval.num_images)
+  picture = os.path.join(exp.workdir, 'images', name[:-len('.json')] + '.png')
+  fileio.makedirs(os.path.dirname(picture))
+  writers_lib.save_png(picture, writers_lib.image_grid(rows))
+  print(
+      f'vqlab: eval at step {step} under the changed config '
+      f'({run_record.describe(exp.config_changes)}): ' +
+      ' '.join(f'{k}={v:.4g}' for k, v in metrics.items()) +
+      f'; written to {name}', flush=True)

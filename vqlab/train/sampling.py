@@ -232,8 +232,29 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
     result['fvd_frames'] = fvd_frames
   if is_chief:
     with fileio.open(os.path.join(workdir, f'samples_{step}.json'), 'w') as f:
-      json.dump(result, f, indent=2)
+      json.dump({
+          **result, 'settings': _settings(config, references)
+      }, f, indent=2)
   return result
+
+
+def _settings(config: ml_collections.ConfigDict,
+              references: dict[str, Any]) -> dict[str, Any]:
+  """What samples_<step>.json's numbers were made with: the sample section
+  (free to change between samplings: guidance, temperature, steps, seed),
+  the params (EMA or not), the tokenizer step and the FID / FVD references
+  (a file, or the statistics of the data's eval split)."""
+  settings = {
+      'sample': config.sample.to_dict(),
+      'params': 'ema' if config.ema.decay > 0 else 'trained',
+      'tokenizer': config.tokenizer.to_dict(),
+  }
+  for network, key in (('inception', 'fid_reference'), ('i3d',
+                                                        'fvd_reference')):
+    if network in references:
+      settings[f'eval.{key}'] = (config.eval[key] or json.loads(
+          reference_files.source(config, network)))
+  return settings
 
 
 def _save(out_dir: str, batch_index: int, images: np.ndarray,

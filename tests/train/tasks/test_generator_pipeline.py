@@ -335,6 +335,12 @@ def test_sample_mode_reports_gfid_and_inception_score_of_the_samples(
   result = sampling.sample(config, workdir, devices=_devices(),
                            allow_config_change=True)
   assert os.listdir(result['samples_dir']) == ['grid_0000.png']
+  # Its record says what the numbers were made with.
+  with open(os.path.join(workdir, 'samples_25.json')) as f:
+    settings = json.load(f)['settings']
+  assert settings['sample'] == json.loads(config.sample.to_json())
+  assert settings['eval.fid_reference'] == config.eval.fid_reference
+  assert settings['params'] == ('ema' if config.ema.decay else 'trained')
 
   # Directly: the same samples (same key) through Inception.
   exp = experiment.Experiment(config, workdir, _devices(),
@@ -361,11 +367,22 @@ def test_sample_mode_reports_gfid_and_inception_score_of_the_samples(
                                        jax.random.key(0), 4)
   assert exp.mesh.size == 2
   assert [s.data.shape[0] for s in tokens.addressable_shards] == [2, 2]
-  # --mode=eval reads no train token shards either.
+  # --mode=eval reads no train token shards either. Under a changed config
+  # its numbers go beside the training's eval of that step, not over it.
   config.eval.fid = 'off'
+  with open(os.path.join(workdir, 'eval_25.json')) as f:
+    trained = f.read()
   evaluated = loop.evaluate_checkpoint(config, workdir, devices=_devices(),
                                        allow_config_change=True)
   assert np.isfinite(evaluated['loss'])
+  with open(os.path.join(workdir, 'eval_25.json')) as f:
+    assert f.read() == trained
+  with open(os.path.join(workdir, 'eval_25_changed.json')) as f:
+    changed = json.load(f)
+  lr = config.optimizer.learning_rate
+  assert changed['config_changes'] == {'optimizer.learning_rate': [lr / 2, lr]}
+  assert changed['loss'] == evaluated['loss']
+  assert os.path.exists(os.path.join(workdir, 'images', 'eval_25_changed.png'))
 
 
 def test_gpt_trains_on_shards_and_samples_decode_to_images(
