@@ -76,7 +76,12 @@ class TrainedTokenizer:
     return indices.astype(jnp.int32)
 
   def decode(self, variables, indices: jax.Array) -> jax.Array:
-    """int indices [B, *token_shape(, F)] -> pixels [B, (T,) H, W, C] in [-1, 1]."""
+    """int indices [B, *token_shape(, F)] -> pixels [B, (T,) H, W, C] in [-1, 1].
+
+    Ids out of range are refused when `indices` are concrete; inside jax.jit
+    they cannot be seen and give NaN pixels (decode ids of your own making
+    once outside jit, which checks them).
+    """
     x = self.model.apply(variables, indices, method=self.model.decode_indices)
     return jnp.clip(x.astype(jnp.float32), -1.0, 1.0)
 
