@@ -262,7 +262,20 @@ def test_a_readable_checkpoint_of_another_model_is_never_called_corrupt(
   assert 'is readable but holds a different state' in message
   assert re.search(r'params/generator/\S+ is \(', message), message
   assert 'corrupt' not in message and 'remove' not in message.lower()
+  assert 'The params are the same' not in message
   assert _listing(run_copy) == before  # Nothing renamed or rewritten.
+  # The same model with gradient clipping switched: the optimizer's state
+  # differs, and the message says which settings shape it.
+  clipped = _config()
+  clipping = clipped.optimizer.generator
+  clipping.grad_clip_norm = 0.0 if clipping.grad_clip_norm else 1.0
+  with pytest.raises(
+      checkpoint_lib.StateMismatchError,
+      match=r'The params are the same: .* \(opt_state\), '
+      r'which optimizer\.\*\.grad_clip_norm'):
+    loop.train_and_evaluate(clipped, run_copy, devices=_devices(),
+                            allow_config_change=True)
+  assert _listing(run_copy) == before
 
 
 def test_an_optimizer_state_of_another_tree_shape_restores(

@@ -162,8 +162,34 @@ def state_mismatch(saved: Any, expected: Any, limit: int = 3) -> str | None:
   if not problems:
     return None
   more = len(problems) - limit
+  differing = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
   return ('; '.join(problems[:limit]) + (f'; {more} more' if more > 0 else '') +
-          _head_layout_hint(old.keys(), new.keys()))
+          _head_layout_hint(old.keys(), new.keys()) +
+          _training_state_hint(differing))
+
+
+# What shapes each part of the train state beside the params.
+_STATE_KEYS = {
+    'opt_state': 'optimizer.*.grad_clip_norm (on or off), the weight-decay '
+                 'settings and freeze',
+    'ema_params': 'ema.decay (on or off)',
+    'loss_state': 'loss.lecam_weight (on or off)',
+    'model_state': "the quantizer's settings",
+}
+
+
+def _training_state_hint(differing: set[str]) -> str:
+  """A hint when the params are the same and only the state that training
+  keeps beside them differs: the model is the same, a setting that shapes
+  that state changed (e.g. gradient clipping switched on)."""
+  parts = sorted({k.split('/')[0] for k in differing})
+  if not parts or 'params' in parts or not set(parts) <= set(_STATE_KEYS):
+    return ''
+  return ('. The params are the same: the state training keeps beside them '
+          f'differs ({", ".join(parts)}), which '
+          f'{"; ".join(_STATE_KEYS[p] for p in parts)} shape; keep those as '
+          'config.json records them to train on here, or start another '
+          '--workdir from these params (a tokenizer: warm_start)')
 
 
 def _on_one_device(metadata: Any) -> Any:
