@@ -151,6 +151,7 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
   directory = generator.tokens_dir(config, workdir)
   tok = trained_tokenizer.load(config.tokenizer.workdir,
                                _tokenizer_step(config, directory))
+  generator.check_shards_tokenizer(directory, tok)
   mesh = partitioning.make_mesh(config.mesh, devices)
   batch_sharding = partitioning.batch_sharding(mesh)
   replicated = partitioning.replicated(mesh)

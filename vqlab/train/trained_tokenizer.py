@@ -6,6 +6,8 @@ run's full config and `checkpoints/` its Orbax checkpoints.
 """
 
 import dataclasses
+import functools
+import hashlib
 import json
 import os
 from typing import Any
@@ -85,11 +87,22 @@ class TrainedTokenizer:
     x = self.model.apply(variables, indices, method=self.model.decode_indices)
     return jnp.clip(x.astype(jnp.float32), -1.0, 1.0)
 
+  @functools.cached_property
+  def checksum(self) -> str:
+    """A digest of the variables: tells the checkpoint a record was made with
+    from another one saved at the same step (the run trained again)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(self.variables)[0]:
+      digest.update(jax.tree_util.keystr(path).encode())
+      digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
+
   def metadata(self) -> dict[str, Any]:
     """What a generator run records about the tokenizer it was built on."""
     return {
         'workdir': fileio.absolute(self.workdir),
         'step': self.step,
+        'checksum': self.checksum,
         'name': self.config.model.name,
         'vocab_size': self.vocab_size,
         'factor_vocab_sizes': list(self.factor_vocab_sizes),

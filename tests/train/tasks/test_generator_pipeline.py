@@ -120,6 +120,29 @@ def test_a_checkpoint_of_another_model_is_refused_when_loaded(
     trained_tokenizer.load(tokenizer_dir, '1')  # Was: '<' not supported.
 
 
+def test_shards_of_a_tokenizer_trained_again_are_refused(
+    tokenizer_dir, shards, tmp_path):
+  """A tokenizer run trained anew in its workdir holds another checkpoint at
+  the step the shards were made from: a generator on them (training on,
+  sampling) and a tokenize that continues them stop, naming it."""
+  _, summary = shards
+  tok = trained_tokenizer.load(tokenizer_dir)
+  recorded = token_shards.read_metadata(summary['tokens_dir'])
+  assert recorded['tokenizer']['checksum'] == tok.checksum
+  config = tiny.generator_config(tokenizer_dir)
+  config.tokens.dir = str(tmp_path / 'tokens')
+  shutil.copytree(summary['tokens_dir'], config.tokens.dir)
+  generator.build(experiment_config.validate(config, 2))
+  recorded['tokenizer']['checksum'] = '0' * 32  # Made by another training.
+  token_shards.write_metadata(config.tokens.dir, recorded)
+  message = (r'^tokenizer\.workdir: step 1 of .* is not the checkpoint the '
+             r'token shards in .*tokens were made from \(its params differ')
+  with pytest.raises(ConfigError, match=message):
+    generator.build(experiment_config.validate(config, 2))
+  with pytest.raises(ConfigError, match=message):
+    pretokenize.tokenize(config, str(tmp_path / 'run'), devices=_devices())
+
+
 def test_tokenize_resumes_only_missing_shards_and_ignores_partial_files(
     tokenizer_dir, shards, tmp_path):
   _, summary = shards

@@ -303,6 +303,24 @@ def shards_tokenizer_step(config: ml_collections.ConfigDict,
   return old['tokenizer']['step']
 
 
+def check_shards_tokenizer(directory: str,
+                           tok: trained_tokenizer.TrainedTokenizer) -> None:
+  """ConfigError unless the token shards in `directory`, where this
+  tokenizer run's step made them, were made with these params: a run
+  trained again in the same workdir holds another checkpoint at that step,
+  and its codes mean other pictures. Shards of older vqlab record none."""
+  recorded = (token_shards.read_metadata(directory) or {}).get('tokenizer', {})
+  if (recorded.get('checksum') and recorded['step'] == tok.step and
+      fileio.absolute(recorded['workdir']) == fileio.absolute(tok.workdir) and
+      recorded['checksum'] != tok.checksum):
+    raise ConfigError(
+        'tokenizer.workdir', f'step {tok.step} of {tok.workdir} is not the '
+        f'checkpoint the token shards in {directory} were made from (its '
+        'params differ: was that run trained again?); its codes would decode '
+        'into other pictures. Use the tokenizer run they were made from, or '
+        'tokenize again into another tokens.dir for a new generator run')
+
+
 def made_from(config: ml_collections.ConfigDict,
               workdir: str) -> dict[str, int]:
   """{'tokenizer.step': the step of the token shards this run trains on}
@@ -884,6 +902,8 @@ def build(config: ml_collections.ConfigDict,
   tokenizer = trained_tokenizer.load(config.tokenizer.workdir,
                                      config.tokenizer.step,
                                      step_key='tokenizer.step')
+  if workdir or config.tokens.dir:
+    check_shards_tokenizer(tokens_dir(config, workdir), tokenizer)
   cond_tokenizer = condition_tokenizer(config)
   token_shape = check_model_fits(config.model, tokenizer,
                                  _input_shape(config, workdir, tokenizer),
