@@ -211,6 +211,20 @@ def test_eval_mode_restores_the_latest_checkpoint(uninterrupted, tmp_path):
     assert f.read() == rows  # The training's record; no second eval row.
   assert result['psnr'] == pytest.approx(uninterrupted[1]['psnr'], rel=1e-6)
   assert os.path.exists(os.path.join(workdir, f'eval_{STEPS}.json'))
+  # eval.step chooses another kept step; one not kept is named.
+  config = _config()
+  config.eval.step = 2
+  with open(os.path.join(workdir, 'eval_2.json')) as f:
+    trained = json.load(f)
+  assert loop.evaluate_checkpoint(config, workdir,
+                                  devices=_devices())['step'] == 2
+  with open(os.path.join(workdir, 'eval_2.json')) as f:
+    assert json.load(f)['psnr'] == pytest.approx(trained['psnr'], rel=1e-6)
+  config.eval.step = 3
+  with pytest.raises(
+      CheckpointError, match=r'^eval\.step: no checkpoint at step 3 in .*; '
+      r'steps there: \[2, 4, 5\]'):
+    loop.evaluate_checkpoint(config, workdir, devices=_devices())
   with pytest.raises(CheckpointError, match='no checkpoint'):
     loop.evaluate_checkpoint(tiny.tokenizer_config(), str(tmp_path / 'empty'),
                              devices=_devices())

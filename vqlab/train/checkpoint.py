@@ -387,8 +387,9 @@ class Checkpointer:
     return CheckpointError(f'could not write {which} to {self.directory} '
                            f'({_first_line(e)}); {intact}')
 
-  def restore(self, abstract_state: Any, *,
-              set_aside: bool = True) -> tuple[Any, int] | None:
+  def restore(self, abstract_state: Any, *, set_aside: bool = True,
+              step: int = -1,
+              step_key: str = 'eval.step') -> tuple[Any, int] | None:
     """Restores the newest readable checkpoint that fits `abstract_state`.
 
     Unreadable steps (partial or corrupt) newer than the restored one are
@@ -408,6 +409,9 @@ class Checkpointer:
     Args:
       abstract_state: pytree of jax.ShapeDtypeStruct with shardings, the
         target layout.
+      set_aside: rename unreadable steps aside (see above).
+      step: read this step only (-1: the newest readable), named by config
+        key `step_key` in the error when the run has no such step.
 
     Returns:
       (state, step), or None when there is no checkpoint at all.
@@ -419,7 +423,17 @@ class Checkpointer:
         ran out of memory or hit a transient I/O error; an unreadable step
         could not be renamed aside.
     """
-    steps = self._agreed_steps()
+
+    def chosen(steps: list[int]) -> list[int]:
+      if step < 0:
+        return steps
+      if step not in steps:
+        raise CheckpointError(
+            f'{step_key}: no checkpoint at step {step} in {self.directory}; '
+            f'steps there: {steps} (-1: the newest)')
+      return [step]
+
+    steps = chosen(self._agreed_steps())
     for _ in range(_READ_PASSES):
       restored, unreadable = self._newest_readable(abstract_state, steps)
       if restored is not None or not unreadable:
@@ -428,7 +442,7 @@ class Checkpointer:
       # a step that failed may have been removed while it was read, which
       # says nothing of its files. Only a listing that stayed the same
       # while every step failed is judged unreadable.
-      listed, steps = steps, self._agreed_steps(reload=True)
+      listed, steps = steps, chosen(self._agreed_steps(reload=True))
       if steps == listed:
         break
     else:

@@ -31,6 +31,7 @@ _EXPERIMENT = {
     'train.microbatches': _COUNT,
     'eval.batch_size': _COUNT,
     'eval.max_batches': '-1 or >= 1',  # -1: the whole split.
+    'eval.step': _STEP,
     'eval.num_images': _COUNT,
     'eval.fvd_frames': _COUNT,
     'mesh.data': '-1 or >= 1',  # -1: the remaining devices.

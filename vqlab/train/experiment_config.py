@@ -50,6 +50,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval = ev = ml_collections.ConfigDict()
   ev.batch_size = 16  # Global eval batch.
   ev.max_batches = -1  # Eval batches per eval; -1: the whole split.
+  # The checkpoint --mode=eval and --mode=sample read; -1: the newest.
+  ev.step = -1
   ev.num_images = 8  # Examples shown in the PNG/TensorBoard grid.
   # 'auto': computed when the network's weight file is present; 'on': a
   # missing file is an error; 'off': skipped.

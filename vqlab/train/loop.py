@@ -317,8 +317,9 @@ def _final_metrics(workdir: str, step: int) -> dict[str, Any] | None:
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
                         devices: list[jax.Device] | None = None,
                         allow_config_change: bool = False) -> dict[str, Any]:
-  """`--mode=eval`: restores the latest checkpoint and evaluates it (the
-  run's config.json is compared with `config`, never rewritten)."""
+  """`--mode=eval`: restores the latest checkpoint (or `eval.step`'s) and
+  evaluates it (the run's config.json is compared with `config`, never
+  rewritten)."""
   no_checkpoint = checkpoint_lib.no_checkpoint_error(workdir)
   if checkpoint_lib.newest_step(workdir) is None:
     raise no_checkpoint  # Before anything is made in a mistyped --workdir.
@@ -326,7 +327,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   exp = experiment.Experiment(config, workdir, devices,
                               allow_config_change=allow_config_change,
                               trains=config.task != 'generator')
-  restored = exp.checkpointer.restore(exp.abstract_state, set_aside=False)
+  restored = exp.checkpointer.restore(exp.abstract_state, set_aside=False,
+                                      step=exp.config.eval.step)
   if restored is None:
     raise no_checkpoint
   state, step = restored

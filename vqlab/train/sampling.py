@@ -103,9 +103,9 @@ def _reference(
 def sample(config: ml_collections.ConfigDict, workdir: str, *,
            devices: list[jax.Device] | None = None,
            allow_config_change: bool = False) -> dict[str, Any]:
-  """Samples from the latest checkpoint of the generator run in `workdir`
-  (with `allow_config_change`, also under a config that differs from the
-  run's record, e.g. a moved tokenizer.workdir).
+  """Samples from the latest checkpoint (or `eval.step`'s) of the generator
+  run in `workdir` (with `allow_config_change`, also under a config that
+  differs from the run's record, e.g. a moved tokenizer.workdir).
 
   Returns:
     {'step', 'num_samples', 'samples_dir', and 'inception_score',
@@ -124,7 +124,8 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
     raise ConfigError(
         'task', f'--mode=sample needs a generator config, got '
         f'task {config.task!r}')
-  restored = exp.checkpointer.restore(exp.abstract_state, set_aside=False)
+  restored = exp.checkpointer.restore(exp.abstract_state, set_aside=False,
+                                      step=config.eval.step)
   if restored is None:
     raise no_checkpoint
   state, step = restored
