@@ -29,7 +29,8 @@ class MetricWriter:
     run starts from (its checkpoint's, 0 when fresh). The numbers an earlier
     attempt logged after that step (work lost with it, e.g. to a kill -9)
     are dropped from metrics.jsonl (with a last row cut short) and hidden in
-    TensorBoard, so that each train step is logged once. None (eval,
+    TensorBoard (a purge event: RustBoard, its default loader, ignores it
+    until a tag is written again), so that each train step is logged once. None (eval,
     sampling): nothing is dropped. jsonl: False leaves metrics.jsonl alone
     (`--mode=eval`: a step evaluated again is no second row there, and a
     run training in the workdir meanwhile keeps the file to itself).
