@@ -151,12 +151,18 @@ def test_cli_writes_a_run_that_main_evaluates_and_generators_load(
                          devices=jax.local_devices()[:1])['num_samples'] == 2
 
 
-def test_write_run_refuses_params_that_do_not_fit(tmp_path):
+def _tiny_tokenizer_params():
+  """(model config, zero params) of tests/tiny.py's tokenizer."""
   model_config = tiny.tokenizer_config().model
   model = tokenizers.build(model_config)
   params = jax.eval_shape(model.init, jax.random.key(0),
                           jnp.zeros((1, 16, 16, 3)))['params']
-  params = jax.tree.map(lambda p: np.zeros(p.shape, p.dtype), params)
+  return model_config, jax.tree.map(lambda p: np.zeros(p.shape, p.dtype),
+                                    params)
+
+
+def test_write_run_refuses_params_that_do_not_fit(tmp_path):
+  model_config, params = _tiny_tokenizer_params()
   del params['to_pixels']
   bad = published.Converted(model_config, params, 16, 'bad file')
   with pytest.raises(WeightsError, match='bad file: .*not filled: to_pixels'):
@@ -166,11 +172,7 @@ def test_write_run_refuses_params_that_do_not_fit(tmp_path):
 def test_a_converted_runs_config_py_takes_overrides_of_tuple_keys(tmp_path):
   # config.json stores tuples as lists, and config_flags overrides only
   # tuples: fine-tuning a converted run from the command line needs them.
-  model_config = tiny.tokenizer_config().model
-  model = tokenizers.build(model_config)
-  params = jax.eval_shape(model.init, jax.random.key(0),
-                          jnp.zeros((1, 16, 16, 3)))['params']
-  params = jax.tree.map(lambda p: np.zeros(p.shape, p.dtype), params)
+  model_config, params = _tiny_tokenizer_params()
   out = str(tmp_path / 'run')
   published.write_run(out,
                       published.Converted(model_config, params, 16, 'a test'))
