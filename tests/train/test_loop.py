@@ -28,6 +28,7 @@ from tests import tiny
 from vqlab.errors import CheckpointError
 from vqlab.train import experiment
 from vqlab.train import loop
+from vqlab.train import optimizers
 
 STEPS = 5
 ROOT = paths.ROOT
@@ -114,6 +115,20 @@ def test_run_writes_checkpoints_metrics_images_and_summaries(uninterrupted):
     }
   batch = _config().train.batch_size
   assert rates == {1: (None, None), **{s: (1.0, batch) for s in range(2, 6)}}
+  # Each network's learning rate, as its update at that step used it (the
+  # discriminator's from disc_start = 1 on).
+  optimizer = _config().optimizer
+  generator = optimizers.learning_rate_schedule(optimizer.generator, STEPS)
+  discriminator = optimizers.learning_rate_schedule(optimizer.discriminator,
+                                                    STEPS - 1)
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    logged = [row for row in map(json.loads, f) if 'loss' in row]
+  for row in logged:
+    s = row['step']
+    assert row['learning_rate/generator'] == pytest.approx(generator(s - 1))
+    if s > 1:
+      assert row['learning_rate/discriminator'] == pytest.approx(
+          discriminator(s - 2))
   with open(os.path.join(workdir, 'final_metrics.json')) as f:
     final = json.load(f)
   assert 0 < final['psnr'] < 60 and 0 < final['codebook_usage'] <= 1

@@ -45,6 +45,29 @@ def test_adams_epsilon_is_the_configs():
                              rtol=1e-6)
 
 
+def test_the_logged_learning_rate_is_the_one_each_update_uses():
+  # A constant gradient: each Adam update is -lr * g / (|g| + eps), so the
+  # update reads back the rate it used, at every step of warmup and decay.
+  config = optimizers.default_config(1e-3, 0.9, 0.99)
+  config.update(schedule='cosine', warmup_steps=3, weight_decay=0.0,
+                weight_decay_on='kernels')  # A masked state inside.
+  tx = optimizers.build(config, num_steps=8)
+  params = {'kernel': jnp.ones(2)}
+  g = {'kernel': jnp.array([0.5, -2.0])}
+  opt_state = tx.init(params)
+  rates = []
+  for _ in range(8):
+    rate = optimizers.learning_rate(opt_state, config, 8)
+    updates, opt_state = tx.update(g, opt_state, params)
+    np.testing.assert_allclose(updates['kernel'],
+                               -rate * g['kernel'] / (abs(g['kernel']) + 1e-8),
+                               rtol=1e-5)
+    rates.append(float(rate))
+  schedule = optimizers.learning_rate_schedule(config, 8)
+  np.testing.assert_allclose(rates, [schedule(s) for s in range(8)], rtol=1e-6)
+  assert rates[0] == 0.0 and rates[3] == pytest.approx(1e-3)
+
+
 def test_an_unknown_schedule_is_a_config_error():
   config = tiny.tokenizer_config()
   config.optimizer.discriminator.schedule = 'cosin'

@@ -83,6 +83,23 @@ def build(config: ml_collections.ConfigDict,
   return optax.chain(*parts)
 
 
+def learning_rate(opt_state: Any, config: ml_collections.ConfigDict,
+                  num_steps: int) -> jax.Array:
+  """The learning rate the next update of `build(config, num_steps)` uses:
+  its schedule at the count its state keeps (which stays put while the
+  network is held, e.g. a discriminator before loss.disc_start)."""
+  is_schedule_state = lambda x: isinstance(x, optax.ScaleByScheduleState)
+  counts = [
+      s.count
+      for s in jax.tree.leaves(opt_state, is_leaf=is_schedule_state)
+      if is_schedule_state(s)
+  ]
+  if len(counts) != 1:
+    raise ValueError(f'expected one schedule state in the optimizer state, '
+                     f'found {len(counts)}')
+  return learning_rate_schedule(config, num_steps)(counts[0])
+
+
 def global_norm(tree: Any) -> jax.Array:
   """sqrt of the sum of squares of every leaf (float32 scalar)."""
   return optax.tree.norm(tree)

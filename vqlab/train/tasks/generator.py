@@ -666,6 +666,9 @@ class GeneratorTask(base.Task):
 
     grads, loss_state, metrics = base.accumulate_gradients(
         grads_fn, batch, rng, state.loss_state, self.config.train.microbatches)
+    metrics['learning_rate'] = optimizers.learning_rate(
+        state.opt_state['model'], self.config.optimizer,
+        self.config.train.num_steps)
     state, norms = base.apply_gradients(state, {'model': grads}, self.tx,
                                         self.config.ema.decay,
                                         ema_warmup=self.config.ema.warmup,

@@ -184,6 +184,9 @@ class ProxyCodeTask(base.Task):
     model_state, ema_metrics = quantizer_base.apply_pending(
         self.model, model_state)
     metrics = {**quantizer_base.batch_code_metrics(metrics), **ema_metrics}
+    metrics['learning_rate/generator'] = optimizers.learning_rate(
+        state.opt_state[GENERATOR], self.config.optimizer,
+        self.config.train.num_steps)
     state, norms = base.apply_gradients(state, {GENERATOR: grads}, self.tx,
                                         self.config.ema.decay,
                                         ema_warmup=self.config.ema.warmup,

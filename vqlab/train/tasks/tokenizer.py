@@ -292,12 +292,14 @@ class TokenizerTask(base.Task):
     # loss.disc_start: its schedule spans the steps left then, as TiTok's
     # does (over all steps, its cosine stopped short: 17% of its peak at the
     # end of the MAGVIT-v2 video config).
+    self._schedules = {  # (optimizer config, steps its schedule spans).
+        GENERATOR: (config.optimizer.generator, steps),
+        DISCRIMINATOR: (config.optimizer.discriminator,
+                        max(steps - config.loss.disc_start, 1))
+    }
     self.tx = {
-        GENERATOR:
-            optimizers.build(config.optimizer.generator, steps),
-        DISCRIMINATOR:
-            optimizers.build(config.optimizer.discriminator,
-                             max(steps - config.loss.disc_start, 1))
+        name: optimizers.build(*schedule)
+        for name, schedule in self._schedules.items()
     }
     if config.freeze:
       self.tx[GENERATOR] = _with_frozen(self.tx[GENERATOR], config.freeze)
@@ -368,8 +370,8 @@ class TokenizerTask(base.Task):
       params, model_state = _warm_started(tree, params, model_state,
                                           start.params, where)
       fresh = sorted(
-          set(params) & set((tree['ema_params'] or tree['params'])[GENERATOR])
-          - set(start.params))
+          set(params) & set((tree['ema_params'] or tree['params'])[GENERATOR]) -
+          set(start.params))
       if fresh:
         # E.g. a VQGAN's quant_conv and to_pixels beside its encoder and
         # decoder: a fine-tune named only those would start partly random.
@@ -696,6 +698,10 @@ class TokenizerTask(base.Task):
                                                       model_state)
       ema_metrics = {}
     metrics = {**quantizer_base.batch_code_metrics(metrics), **ema_metrics}
+    for name, schedule in self._schedules.items():
+      if name == GENERATOR or gan_terms:  # The rate this step's update uses.
+        metrics[f'learning_rate/{name}'] = optimizers.learning_rate(
+            state.opt_state[name], *schedule)
     state, norms = base.apply_gradients(
         state, grads, self.tx, self.config.ema.decay, active={
             DISCRIMINATOR:
