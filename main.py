@@ -256,9 +256,9 @@ def main(argv):
     os._exit(1)  # pylint: disable=protected-access
   except Exception as e:  # pylint: disable=broad-except
     import jax  # pylint: disable=g-import-not-at-top
-    kinds = ((ConfigError, 'config'), (DataError, 'data'), (CheckpointError,
-                                                            'checkpoint'),
-             (WeightsError, 'weights'), (WorkdirError, 'workdir'))
+    kinds = ((ConfigError, 'config'), (DataError, 'data'),
+             (CheckpointError, 'checkpoint'), (WeightsError, 'weights'),
+             (WorkdirError, 'workdir'), (OSError, 'file'))
     kind = next((name for cls, name in kinds if isinstance(e, cls)), None)
     if kind is None and jax.process_count() == 1:
       raise

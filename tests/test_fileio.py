@@ -15,16 +15,19 @@ from PIL import Image
 import pytest
 
 from tests import tiny
+from vqlab import cli
 from vqlab import fileio
 from vqlab import tokenizers
 from vqlab.convert import published
 from vqlab.data import token_shards
 from vqlab.errors import CheckpointError
+from vqlab.errors import WeightsError
 from vqlab.evals import fid
 from vqlab.train import checkpoint
 from vqlab.train import run_record
 from vqlab.train import trained_tokenizer
 from vqlab.train import writers
+from vqlab.weights import files
 
 
 @pytest.fixture
@@ -47,6 +50,42 @@ def test_urls_are_left_alone_and_local_paths_resolved(tmp_path, monkeypatch):
   assert sorted(os.listdir('run')) == ['a.txt', 'images']
   with pytest.raises(FileNotFoundError):
     fileio.open(f'{tmp_path}/missing.json')
+
+
+def test_urls_name_one_run_however_slashed():
+  assert fileio.absolute('gs://bucket/run/') == 'gs://bucket/run'
+  assert fileio.absolute('gs://bucket//run') == 'gs://bucket/run'
+
+
+def test_a_bucket_that_cannot_be_read_is_an_error_not_an_empty_run(monkeypatch):
+  """tf.io.gfile.isdir answers False for any error: a run in a bucket
+  without credentials looked like no run ('train it first'), and TF's
+  errors, not OSErrors, got past every handler as tracebacks."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  class Denied:
+
+    def exists(self, path):
+      raise tf.errors.PermissionDeniedError(
+          None, None, f'no storage.objects.get access to {path}')
+
+    def isdir(self, path):
+      del path
+      return False
+
+  monkeypatch.setattr(fileio, '_gfile', Denied)
+  with pytest.raises(PermissionError, match='no storage.objects.get access'):
+    fileio.isdir('gs://bucket/run/checkpoints')
+  with pytest.raises(PermissionError):
+    checkpoint.newest_step('gs://bucket/run')
+  assert cli.workdir_problem('gs://bucket/run').startswith(
+      'gs://bucket/run cannot be read: ')
+  # Weight files are read from local disk: a URL is refused, not mangled
+  # into the local path gs:/bucket/weights.
+  with pytest.raises(
+      WeightsError, match='^weights_dir must be a local folder, got the URL '
+      'gs://bucket/weights'):
+    files.weights_dir('gs://bucket/weights')
 
 
 def test_metric_writer_on_a_url(url):

@@ -283,9 +283,14 @@ def _last_line(error: BaseException) -> str:
 
 
 def workdir_problem(workdir: str) -> str | None:
-  """Why the local directory `workdir` cannot be created or written, or
-  None (URLs such as gs:// are not checked). Writes nothing."""
+  """Why the local directory `workdir` cannot be created or written, or a
+  URL (gs://) cannot be read (no credentials, no such bucket), or None.
+  Writes nothing."""
   if fileio.is_url(workdir):
+    try:
+      fileio.exists(workdir)
+    except OSError as e:
+      return f'{workdir} cannot be read: {e}'
     return None
   existing = os.path.abspath(workdir)
   while not os.path.exists(existing):

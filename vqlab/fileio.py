@@ -14,11 +14,13 @@ is installed, as it is with vqlab.
 """
 
 import builtins
+import contextlib
+import errno
 import glob as glob_lib
 import io
 import os
 import re
-from typing import Callable, IO
+from typing import Callable, IO, Iterator
 
 _URL = re.compile(r'^[a-zA-Z][a-zA-Z0-9+.-]*://')
 
@@ -39,40 +41,71 @@ def _gfile():
   return tf.io.gfile
 
 
+@contextlib.contextmanager
+def _os_errors(path: str) -> Iterator[None]:
+  """tf.errors of a URL operation as the OSErrors callers catch for local
+  paths: a bucket that is missing, or not readable with these credentials,
+  is then one line, not a traceback (a TF OpError is no OSError)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    yield
+  except tf.errors.NotFoundError as e:
+    raise FileNotFoundError(errno.ENOENT, e.message, path) from None
+  except tf.errors.PermissionDeniedError as e:
+    raise PermissionError(errno.EACCES, e.message, path) from None
+  except tf.errors.OpError as e:
+    raise OSError(f'{path}: {type(e).__name__}: {e.message}') from None
+
+
 def absolute(path: str | os.PathLike) -> str:
-  """os.path.abspath for local paths; URLs unchanged (abspath would turn
-  'gs://b/x' into '<cwd>/gs:/b/x')."""
+  """os.path.abspath for local paths; URLs without trailing or doubled
+  slashes after the scheme (abspath would turn 'gs://b/x' into
+  '<cwd>/gs:/b/x'), so that 'gs://b/x/' names the run 'gs://b/x' does."""
   path = os.fspath(path)
-  return path if is_url(path) else os.path.abspath(path)
+  if not is_url(path):
+    return os.path.abspath(path)
+  head, rest = path.split('://', 1)
+  return f'{head}://' + '/'.join(part for part in rest.split('/') if part)
 
 
 def open(path: str | os.PathLike, mode: str = 'r') -> IO:  # pylint: disable=redefined-builtin
   path = os.fspath(path)
   if is_url(path):
     gfile = _gfile()
-    if 'r' in mode and not gfile.exists(path):
-      # What callers catch for a local path (gfile raises its NotFoundError
-      # only at the first read).
-      raise FileNotFoundError(f'No such file: {path!r}')
-    return gfile.GFile(path, mode)
+    with _os_errors(path):
+      if 'r' in mode and not gfile.exists(path):
+        # What callers catch for a local path (gfile raises its NotFoundError
+        # only at the first read).
+        raise FileNotFoundError(f'No such file: {path!r}')
+      return gfile.GFile(path, mode)
   return builtins.open(path, mode)
 
 
 def exists(path: str | os.PathLike) -> bool:
   path = os.fspath(path)
-  return _gfile().exists(path) if is_url(path) else os.path.exists(path)
+  if is_url(path):
+    with _os_errors(path):
+      return _gfile().exists(path)
+  return os.path.exists(path)
 
 
 def isdir(path: str | os.PathLike) -> bool:
   path = os.fspath(path)
-  return _gfile().isdir(path) if is_url(path) else os.path.isdir(path)
+  if is_url(path):
+    # gfile.isdir answers False for any error (no credentials, a bucket
+    # not readable): exists raises those, and a run's checkpoints are not
+    # taken for none.
+    with _os_errors(path):
+      return _gfile().exists(path) and _gfile().isdir(path)
+  return os.path.isdir(path)
 
 
 def makedirs(path: str | os.PathLike) -> None:
   """Creates `path` and its parents; no error when it exists."""
   path = os.fspath(path)
   if is_url(path):
-    _gfile().makedirs(path)
+    with _os_errors(path):
+      _gfile().makedirs(path)
   else:
     os.makedirs(path, exist_ok=True)
 
@@ -81,7 +114,8 @@ def remove(path: str | os.PathLike) -> None:
   """Deletes the file `path`."""
   path = os.fspath(path)
   if is_url(path):
-    _gfile().remove(path)
+    with _os_errors(path):
+      _gfile().remove(path)
   else:
     os.remove(path)
 
@@ -91,7 +125,8 @@ def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
   on GCS a copy then a delete, so readers see the old or the new file)."""
   src, dst = os.fspath(src), os.fspath(dst)
   if is_url(src) or is_url(dst):
-    _gfile().rename(src, dst, overwrite=True)
+    with _os_errors(src):
+      _gfile().rename(src, dst, overwrite=True)
   else:
     os.replace(src, dst)
 
@@ -110,7 +145,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]],
   if is_url(path):
     buffer = io.BytesIO()
     write(buffer)
-    with _gfile().GFile(path, 'wb') as f:
+    with _os_errors(path), _gfile().GFile(path, 'wb') as f:
       f.write(buffer.getvalue())
     return
   tmp = path + tmp_suffix
@@ -127,12 +162,14 @@ def read_bytes(path: str | os.PathLike) -> bytes:
 def glob(pattern: str | os.PathLike) -> list[str]:
   pattern = os.fspath(pattern)
   if is_url(pattern):
-    return list(_gfile().glob(pattern))
+    with _os_errors(pattern):
+      return list(_gfile().glob(pattern))
   return glob_lib.glob(pattern)
 
 
 def listdir(path: str | os.PathLike) -> list[str]:
   path = os.fspath(path)
   if is_url(path):
-    return [name.rstrip('/') for name in _gfile().listdir(path)]
+    with _os_errors(path):
+      return [name.rstrip('/') for name in _gfile().listdir(path)]
   return os.listdir(path)

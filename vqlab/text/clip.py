@@ -42,6 +42,7 @@ import numpy as np
 from vqlab.errors import WeightsError
 from vqlab.nn import attention
 from vqlab.text.clip_bpe import ClipTokenizer
+from vqlab.weights import files
 from vqlab.weights import safetensors_files
 
 REQUIRED_FILES = ('config.json', 'model.safetensors', 'vocab.json',
@@ -270,7 +271,7 @@ def find_model_dir(path: str | os.PathLike) -> pathlib.Path:
     raise WeightsError(
         'the CLIP text encoder needs a directory with the HF files '
         f'({", ".join(REQUIRED_FILES)}); none was given')
-  directory = pathlib.Path(path).expanduser()
+  directory = files.local_dir(path, 'the CLIP text encoder directory')
   missing = [f for f in REQUIRED_FILES if not (directory / f).is_file()]
   if missing:
     raise WeightsError(

@@ -289,7 +289,7 @@ def find_model_dir(path: str | os.PathLike | None = None) -> pathlib.Path:
       install.
   """
   if path is not None:
-    directory = pathlib.Path(path).expanduser()
+    directory = files.local_dir(path, 'the all-MiniLM-L6-v2 directory')
     if _has_files(directory):
       return directory
     missing = [f for f in REQUIRED_FILES if not (directory / f).is_file()]

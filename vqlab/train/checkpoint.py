@@ -62,11 +62,14 @@ def _opening(directory: str):
     raise
   except Exception as e:  # pylint: disable=broad-except
     damaged = _damaged_step_metadata(directory)
-    where = (f'{damaged} is damaged'
-             if damaged else "a step's _CHECKPOINT_METADATA may be damaged")
+    # A URL is not searched (an unreadable bucket, a scheme Orbax does not
+    # take fail here too): no guess at damaged metadata there.
+    where = f': {damaged} is damaged' if damaged else ''
+    if not damaged and '://' not in directory:
+      where = ": a step's _CHECKPOINT_METADATA may be damaged"
     raise CheckpointError(
         f'cannot open the checkpoints in {directory} ({_first_line(e)}); '
-        f'nothing was changed: {where}') from e
+        f'nothing was changed{where}') from e
 
 
 def _damaged_step_metadata(directory: str) -> str | None:

@@ -10,6 +10,7 @@ import dataclasses
 import os
 import pathlib
 
+from vqlab import fileio
 from vqlab.errors import WeightsError
 
 _PACKAGED = pathlib.Path(__file__).parent / 'data'
@@ -55,14 +56,33 @@ KNOWN_FILES = {
 }
 
 
+def local_dir(path: str | os.PathLike, what: str) -> pathlib.Path:
+  """`path` (~ expanded) of the local folder `what` names.
+
+  Raises:
+    WeightsError: `path` is a URL (gs://): weight and text-encoder files are
+      read from local disk (as a path, pathlib would read 'gs:/b/x').
+  """
+  if fileio.is_url(path):
+    raise WeightsError(
+        f'{what} must be a local folder, got the URL {os.fspath(path)}: '
+        'copy its files to each machine (gcloud storage cp -r) and name '
+        'that folder')
+  return pathlib.Path(path).expanduser()
+
+
 def weights_dir(directory: str | os.PathLike | None = None) -> pathlib.Path:
   """The directory searched for weight files: `directory` if given (and not
-  empty), else $VQLAB_WEIGHTS_DIR, else ~/.cache/vqlab/weights."""
+  empty), else $VQLAB_WEIGHTS_DIR, else ~/.cache/vqlab/weights.
+
+  Raises:
+    WeightsError: the directory is a URL (`local_dir`).
+  """
   if directory:
-    return pathlib.Path(directory).expanduser()
+    return local_dir(directory, 'weights_dir')
   env = os.environ.get('VQLAB_WEIGHTS_DIR')
   if env:
-    return pathlib.Path(env).expanduser()
+    return local_dir(env, '$VQLAB_WEIGHTS_DIR')
   return pathlib.Path('~/.cache/vqlab/weights').expanduser()
 
 
