@@ -86,3 +86,14 @@ def test_one_program_reads_a_bounded_part_of_the_state():
   assert checksums.batches([300 * mib, 1, 2, 256 * mib, 1]) == [[0], [1, 2],
                                                                 [3], [4]]
   assert not checksums.batches([])
+
+
+def test_one_program_inside_and_outside_the_loops_mesh():
+  """The loop saves inside jax.set_mesh and its final save (and a restore)
+  outside: jit keys its cache on that context, and compiled again."""
+  mesh = jax.make_mesh((2,), ('data',), devices=jax.devices()[:2])
+  x = jax.device_put(jnp.arange(8.0), jax.NamedSharding(mesh, jax.P('data')))
+  with jax.set_mesh(mesh):
+    inside = checksums.of_leaves({'x': x})
+  assert checksums.of_leaves({'x': x}) == inside
+  assert checksums._checksums_on(mesh)._cache_size() == 1  # pylint: disable=protected-access

@@ -931,6 +931,10 @@ def test_kill_9_during_an_async_save_then_resume(finished, tmp_path):
   assert not [line for line in lines if re.match(r'I\d{4} ', line)
              ], ''.join(lines)
   assert os.listdir(cache)  # The compiled programs, for the next run.
+  # And a save cut short at a step the rerun never saves again (a SIGTERM's,
+  # killed in its grace period): removed, not left for ever.
+  os.makedirs(
+      os.path.join(workdir, 'checkpoints', '3.orbax-checkpoint-tmp', 'default'))
   result = loop.train_and_evaluate(_config(), workdir, devices=_devices())
   assert result['step'] == STEPS
   assert not [d for d in _checkpoints(workdir) if not d.isdigit()]

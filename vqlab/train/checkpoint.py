@@ -296,19 +296,24 @@ class Checkpointer:
   Saves are asynchronous (the train loop continues while arrays are written);
   `max_to_keep` old steps are kept. Orbax writes into a temporary directory
   and renames it when complete, so a save interrupted half-way (kill -9) is
-  never seen as a checkpoint.
+  never seen as a checkpoint; the run that owns the workdir removes such
+  leftovers when it opens it (`owns_run`).
   """
 
-  def __init__(self, workdir: str, *, max_to_keep: int):
+  def __init__(self, workdir: str, *, max_to_keep: int, owns_run: bool = False):
     # gs:// directories go to Orbax as they are (epath + TensorStore GCS).
     self.directory = os.path.join(fileio.absolute(workdir), 'checkpoints')
     keep = ocp.checkpoint_managers.AnyPreservationPolicy([
         ocp.checkpoint_managers.LatestN(max_to_keep),
         _PinnedSteps(fileio.absolute(workdir))
     ])
+    # Only a run that holds the workdir (its lock) removes the temporary
+    # directories of unfinished saves: an eval beside a training run would
+    # delete the save being written.
     options = ocp.CheckpointManagerOptions(preservation_policy=keep,
                                            enable_async_checkpointing=True,
-                                           create=True)
+                                           create=True,
+                                           cleanup_tmp_directories=owns_run)
     with _opening(self.directory):
       self._manager = ocp.CheckpointManager(
           self.directory, item_handlers=ocp.StandardCheckpointHandler(),

@@ -10,6 +10,7 @@ copy to the host, any sharding, the same value for every sharding).
 """
 
 from collections.abc import Callable
+import contextlib
 import functools
 from typing import Any
 
@@ -105,7 +106,13 @@ def of_leaves(leaves: dict[str, Any]) -> dict[str, int]:
     sizes = [np.size(leaves[p]) * max(4, _itemsize(leaves[p])) for p in paths]
     for group in batches(sizes):
       group = [paths[i] for i in group]
-      sums = _checksums_on(mesh)([leaves[path] for path in group])
+      # Under the arrays' own mesh whatever the caller's context: jit keys
+      # its cache on that context, and a save outside the loop's mesh
+      # compiled this program again.
+      context = (jax.set_mesh(mesh)
+                 if mesh is not None else contextlib.nullcontext())
+      with context:
+        sums = _checksums_on(mesh)([leaves[path] for path in group])
       out.update(zip(group, (int(s) for s in jax.device_get(sums))))
   return {path: out[path] for path in leaves}
 

@@ -183,7 +183,7 @@ class Experiment:
       workdir_lock.acquire(workdir, lock)
     fileio.makedirs(workdir)
     self.checkpointer = checkpoint_lib.Checkpointer(
-        workdir, max_to_keep=config.train.max_to_keep)
+        workdir, max_to_keep=config.train.max_to_keep, owns_run=lock == 'train')
 
     # ------------------------------------------------------ compiled steps ---
     # Frozen networks (LPIPS, VGG, Inception) are arguments, not jit
