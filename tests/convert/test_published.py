@@ -123,7 +123,9 @@ def test_cli_writes_a_run_that_main_evaluates_and_generators_load(
   printed = _run('main.py', f'--config={out}/config.py', f'--workdir={out}',
                  '--mode=eval', '--config.eval.max_batches=1')
   assert 'vqlab: step=0, psnr=' in printed
-  assert os.path.exists(os.path.join(out, 'eval_0.json'))
+  # One batch of the eval split: not the run's own eval of its step.
+  with open(os.path.join(out, 'eval_0_changed.json')) as f:
+    assert json.load(f)['config_changes'] == {'eval.max_batches': [-1, 1]}
 
   with pytest.raises(SystemExit, match='already holds checkpoints'):
     convert_main.main(

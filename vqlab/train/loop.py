@@ -333,8 +333,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
     raise no_checkpoint
   state, step = restored
   metrics, images = exp.evaluate(state)
-  if exp.config_changes:
-    _write_changed_eval(exp, step, metrics, images)
+  changes = {
+      **exp.config_changes,
+      **run_record.eval_differences(exp.workdir, exp.config)
+  }
+  if changes:
+    _write_changed_eval(exp, step, metrics, images, changes)
   else:
     writer = writers_lib.MetricWriter(workdir, jsonl=False)
     _write_eval(writer, exp, step, metrics, images)
@@ -342,19 +346,20 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   return {'step': step, **metrics}
 
 
-def _write_changed_eval(exp: experiment.Experiment, step: int, metrics,
-                        images) -> None:
-  """An eval under a config that differs from the run's record (other data,
-  another image size) beside the run's own: eval_<step>_changed.json, with
-  the changes, and its picture; eval_<step>.json, the run's TensorBoard
-  curves and pictures stay the training's."""
+def _write_changed_eval(exp: experiment.Experiment, step: int, metrics, images,
+                        changes: dict[str, tuple]) -> None:
+  """An eval under a config that differs from the run's record in
+  `changes` (other data, another image size, fewer eval batches) beside the
+  run's own: eval_<step>_changed.json, with the changes, and its picture;
+  eval_<step>.json, the run's TensorBoard curves and pictures stay the
+  training's."""
   if jax.process_index() != 0:
     return
   name = run_record.unused_name(exp.workdir, f'eval_{step}_changed')
   record = {
       'step': step,
       **metrics, 'config_changes': {
-          key: list(values) for key, values in exp.config_changes.items()
+          key: list(values) for key, values in changes.items()
       }
   }
   with fileio.open(os.path.join(exp.workdir, name), 'w') as f:
@@ -365,6 +370,6 @@ def _write_changed_eval(exp: experiment.Experiment, step: int, metrics,
   writers_lib.save_png(picture, writers_lib.image_grid(rows))
   print(
       f'vqlab: eval at step {step} under the changed config '
-      f'({run_record.describe(exp.config_changes)}): ' +
+      f'({run_record.describe(changes)}): ' +
       ' '.join(f'{k}={v:.4g}' for k, v in metrics.items()) +
       f'; written to {name}', flush=True)

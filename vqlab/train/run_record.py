@@ -179,6 +179,27 @@ def differences(saved: dict[str, Any], config: ml_collections.ConfigDict,
   }
 
 
+# Eval keys that change neither what eval measures nor on what.
+_EVAL_KEYS_OF_NO_NUMBERS = ('eval.step', 'eval.num_images', 'eval.batch_size')
+
+
+def eval_differences(workdir: str,
+                     config: ml_collections.ConfigDict) -> dict[str, tuple]:
+  """{eval key: (recorded value, new value)} of the eval settings (free to
+  change) that make an eval's numbers other than the run's own evals: the
+  number of batches, the networks, the references, Inception's input."""
+  saved = read(workdir)
+  if saved is None:
+    return {}
+  old, new = _flatten(saved), _flatten(as_json_tree(config))
+  return {
+      k: (old[k], new[k])
+      for k in sorted(old.keys() & new.keys())
+      if k.startswith('eval.') and k not in _EVAL_KEYS_OF_NO_NUMBERS and
+      old[k] != new[k]
+  }
+
+
 # Keys added after runs were recorded without them, with the value those
 # runs ran with: model keys by generator, and every optimizer section's.
 _ADDED_MODEL_KEYS = {

@@ -403,7 +403,12 @@ def test_sample_mode_reports_gfid_and_inception_score_of_the_samples(
   with open(os.path.join(workdir, 'eval_25_changed.json')) as f:
     changed = json.load(f)
   lr = config.optimizer.learning_rate
-  assert changed['config_changes'] == {'optimizer.learning_rate': [lr / 2, lr]}
+  assert changed['config_changes'] == {
+      'optimizer.learning_rate': [lr / 2, lr],
+      # Free to change, but the numbers measure otherwise.
+      'eval.fid_reference': ['', config.eval.fid_reference],
+      'eval.inception_input': ['pytorch_fid', 'tf'],
+  }
   assert changed['loss'] == evaluated['loss']
   assert os.path.exists(os.path.join(workdir, 'images', 'eval_25_changed.png'))
 
