@@ -85,8 +85,9 @@ saying so, with the last line it printed and whatever it had measured by
 then. The persistent compilation cache is off in the cases: compile times are
 real compiles.
 
-Rows merge into --json (default benchmarks/results/paper_scale_<cpu|gpu>.json;
---tiny: paper_scale_tiny_<cpu|gpu>.json), keyed by case (plus batch and
+Rows merge into --json (default
+benchmarks/results/paper_scale_<cpu|device kind>.json; --tiny:
+paper_scale_tiny_<cpu|device kind>.json), keyed by case (plus batch and
 overrides), with the command line, jax version, device and date; a table is
 printed. --tiny maps every case to a tiny config (configs/quickstart.py,
 configs/*/tiny*.py) for tests and development.
@@ -264,7 +265,8 @@ _SET = flags.DEFINE_multi_string(
     'config, as --config.KEY=VALUE would (repeatable).')
 _JSON = flags.DEFINE_string(
     'json', None, 'Merge the rows into this JSON file (default: '
-    "benchmarks/results/paper_scale_<cpu|gpu>.json; '' writes none).")
+    "benchmarks/results/paper_scale_<cpu|device kind>.json; '' writes "
+    'none).')
 _AT_STEP = flags.DEFINE_integer(
     'at_step', -1, 'Compile the program the loop runs on a state at this '
     "step (metrics.jsonl logs that step as N + 1; the task's "
