@@ -167,7 +167,8 @@ def test_steps_before_disc_start_leave_the_gan_terms_out_to_the_same_state():
                                                               outputs[False])
   # The program with the GAN terms computes them times 0 at step 0.
   assert set(with_metrics) - set(without_metrics) == {
-      'g_adv', 'd_adv', 'logits_real', 'logits_fake', 'lecam'
+      'g_adv', 'd_adv', 'logits_real', 'logits_fake', 'lecam',
+      'learning_rate/discriminator'
   }
   assert with_metrics['g_adv'] != 0
   (real, _), (fake, _) = _discriminator_on(task, state, batch['image'],
