@@ -52,20 +52,35 @@ def _prefetched(items: Iterable[_T], put: Callable[[_T], _U],
     yield queue.popleft()
 
 
-def _write_eval(writer, exp: experiment.Experiment, step: int, metrics,
-                images) -> None:
-  writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items()})
-  n = exp.config.eval.num_images
-  name = 'eval_samples' if 'samples' in images else 'eval_reconstructions'
-  writer.write_images(
-      step, {name: writers_lib.image_grid(exp.task.image_rows(images, n))})
-  if jax.process_index() == 0:
-    path = os.path.join(exp.workdir, f'eval_{step}.json')
-    with fileio.open(path, 'w') as f:
-      json.dump({'step': step, **metrics}, f, indent=2)
-    print(
-        f'vqlab: eval at step {step}: ' +
-        ' '.join(f'{k}={v:.4g}' for k, v in metrics.items()), flush=True)
+def _write_eval(writer, exp: experiment.Experiment, step: int, metrics, images,
+                changes: dict[str, tuple] | None = None) -> None:
+  """The eval of `step`: TensorBoard scalars and grid (`writer`), the grid's
+  PNG and eval_<step>.json. With `changes` (an eval under a config that
+  differs from the run's record: other data, fewer eval batches; `writer`
+  then None) the numbers go beside the run's own, into
+  eval_<step>_changed.json with the changes and images/ with its grid."""
+  grid = writers_lib.image_grid(
+      exp.task.image_rows(images, exp.config.eval.num_images))
+  if not changes:
+    writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items()})
+    kind = 'eval_samples' if 'samples' in images else 'eval_reconstructions'
+    writer.write_images(step, {kind: grid})
+  if jax.process_index() != 0:
+    return
+  record, name, under = {'step': step, **metrics}, f'eval_{step}.json', ''
+  if changes:
+    name = run_record.unused_name(exp.workdir, f'eval_{step}_changed')
+    record['config_changes'] = {k: list(v) for k, v in changes.items()}
+    under = f' under the changed config ({run_record.describe(changes)})'
+    picture = os.path.join(exp.workdir, 'images', name[:-len('.json')] + '.png')
+    fileio.makedirs(os.path.dirname(picture))
+    writers_lib.save_png(picture, grid)
+  with fileio.open(os.path.join(exp.workdir, name), 'w') as f:
+    json.dump(record, f, indent=2)
+  print(
+      f'vqlab: eval at step {step}{under}: ' +
+      ' '.join(f'{k}={v:.4g}' for k, v in metrics.items()) +
+      (f'; written to {name}' if changes else ''), flush=True)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -337,39 +352,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
       **exp.config_changes,
       **run_record.eval_differences(exp.workdir, exp.config)
   }
-  if changes:
-    _write_changed_eval(exp, step, metrics, images, changes)
-  else:
-    writer = writers_lib.MetricWriter(workdir, jsonl=False)
-    _write_eval(writer, exp, step, metrics, images)
+  writer = None if changes else writers_lib.MetricWriter(workdir, jsonl=False)
+  _write_eval(writer, exp, step, metrics, images, changes)
+  if writer is not None:
     writer.close()
   return {'step': step, **metrics}
-
-
-def _write_changed_eval(exp: experiment.Experiment, step: int, metrics, images,
-                        changes: dict[str, tuple]) -> None:
-  """An eval under a config that differs from the run's record in
-  `changes` (other data, another image size, fewer eval batches) beside the
-  run's own: eval_<step>_changed.json, with the changes, and its picture;
-  eval_<step>.json, the run's TensorBoard curves and pictures stay the
-  training's."""
-  if jax.process_index() != 0:
-    return
-  name = run_record.unused_name(exp.workdir, f'eval_{step}_changed')
-  record = {
-      'step': step,
-      **metrics, 'config_changes': {
-          key: list(values) for key, values in changes.items()
-      }
-  }
-  with fileio.open(os.path.join(exp.workdir, name), 'w') as f:
-    json.dump(record, f, indent=2)
-  rows = exp.task.image_rows(images, exp.config.eval.num_images)
-  picture = os.path.join(exp.workdir, 'images', name[:-len('.json')] + '.png')
-  fileio.makedirs(os.path.dirname(picture))
-  writers_lib.save_png(picture, writers_lib.image_grid(rows))
-  print(
-      f'vqlab: eval at step {step} under the changed config '
-      f'({run_record.describe(changes)}): ' +
-      ' '.join(f'{k}={v:.4g}' for k, v in metrics.items()) +
-      f'; written to {name}', flush=True)

@@ -30,8 +30,8 @@ class MetricWriter:
     attempt logged after that step (work lost with it, e.g. to a kill -9)
     are dropped from metrics.jsonl (with a last row cut short) and hidden in
     TensorBoard (a purge event: RustBoard, its default loader, ignores it
-    until a tag is written again), so that each train step is logged once. None (eval,
-    sampling): nothing is dropped. jsonl: False leaves metrics.jsonl alone
+    until a tag is written again), so that each train step is logged once.
+    None (eval, sampling): nothing is dropped. jsonl: False leaves metrics.jsonl alone
     (`--mode=eval`: a step evaluated again is no second row there, and a
     run training in the workdir meanwhile keeps the file to itself).
     evaluates_again: the run evaluates step `trains_from` again (a final
