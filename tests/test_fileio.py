@@ -178,8 +178,14 @@ def test_a_conversion_into_a_url(url, tmp_path, monkeypatch):
       jax.eval_shape(model.init, jax.random.key(0),
                      np.zeros((1, 16, 16, 3), np.float32))['params'])
   converted = published.Converted(model_config, params, 16, 'a test file')
-  published.write_run(url, converted)
-  assert 'a test file' in fileio.read_bytes(f'{url}/config.py').decode()
+  command = published.write_run(url, converted)['command']
+  config_py = fileio.read_bytes(f'{url}/config.py').decode()
+  assert 'a test file' in config_py and command in config_py
+  # config_flags loads a local --config only: the command copies it first.
+  local = os.path.basename(url) + '_config'
+  assert command == (f'mkdir -p {local} && gcloud storage cp {url}/config.py '
+                     f'{url}/config.json {local}/ && python main.py '
+                     f'--config={local}/config.py --workdir={url} --mode=eval')
   fileio.makedirs(f'{url}/checkpoints/0')  # Where real Orbax writes step 0.
   with pytest.raises(FileExistsError, match='already holds checkpoints'):
     published.write_run(url, converted)

@@ -327,8 +327,7 @@ def save_run(out_dir: str, config: ml_collections.ConfigDict, state: Any,
     checkpointer.wait()
   finally:
     checkpointer.close()
-  command = (f'python main.py --config={out_dir}/config.py '
-             f'--workdir={out_dir} --mode={mode}')
+  command = next_command(out_dir, mode)
   what = {'eval': 'Evaluate', 'sample': 'Sample (and measure gFID, IS)'}[mode]
   config_py = _CONFIG_PY.format(source=converted.source, what=what,
                                 command=command)
@@ -340,6 +339,22 @@ def save_run(out_dir: str, config: ml_collections.ConfigDict, state: Any,
       'num_params': count_params(converted.params),
       'command': command
   }
+
+
+def next_command(out_dir: str, mode: str) -> str:
+  """The shell command that runs main.py in `mode` on the run in `out_dir`.
+
+  config_flags loads --config from a local file only, so for a URL run the
+  command first copies config.py and config.json (which config.py reads from
+  beside itself) into a local folder named after the run.
+  """
+  if not fileio.is_url(out_dir):
+    return (f'python main.py --config={out_dir}/config.py '
+            f'--workdir={out_dir} --mode={mode}')
+  local = os.path.basename(out_dir.rstrip('/')) + '_config'
+  return (f'mkdir -p {local} && gcloud storage cp {out_dir}/config.py '
+          f'{out_dir}/config.json {local}/ && python main.py '
+          f'--config={local}/config.py --workdir={out_dir} --mode={mode}')
 
 
 def converted_generator(config: ml_collections.ConfigDict, params: dict,
