@@ -40,7 +40,9 @@ from vqlab.train import loop
 from vqlab.train import preemption
 from vqlab.train import pretokenize
 from vqlab.train import progress as progress_lib
+from vqlab.train import read_failures
 from vqlab.train import run_record
+from vqlab.train import state_mismatch
 from vqlab.train import workdir_lock
 from vqlab.train import writers as writers_lib
 from vqlab.train.tasks import generator
@@ -1003,13 +1005,13 @@ def test_a_state_mismatch_is_told_whichever_the_stacking_layout():
   # Scanned or unrolled blocks alone are no mismatch (restore converts);
   # a real difference is named in unrolled paths under either layout.
   unrolled, scanned = _state_in_layout(False), _state_in_layout(True)
-  assert checkpoint_lib.state_mismatch(unrolled, scanned) is None
-  assert checkpoint_lib.state_mismatch(scanned, unrolled) is None
+  assert state_mismatch.describe(unrolled, scanned) is None
+  assert state_mismatch.describe(scanned, unrolled) is None
   wider = jax.tree.map(lambda x: x, scanned)
   kernel = wider['params']['encoder']['ResBlock3D_0_to_2']['conv1']['kernel']
   wider['params']['encoder']['ResBlock3D_0_to_2']['conv1']['kernel'] = \
       np.zeros(kernel.shape[:-1] + (5,), np.float32)
-  told = checkpoint_lib.state_mismatch(unrolled, wider)
+  told = state_mismatch.describe(unrolled, wider)
   assert told.startswith('params/encoder/ResBlock3D_0/conv1/kernel is (3, 2) '
                          'float32 there, (3, 5) float32 here'), told
 
@@ -1018,9 +1020,9 @@ def test_a_maskgit_checkpoint_of_the_other_head_kind_names_the_switch():
   dense = {'kernel': np.zeros((4, 8), np.float32)}
   untied = {'params': {'head_0': dense}}
   tied = {'params': {'tied_head_0': dense, 'tied_head_bias_0': np.zeros(8)}}
-  assert checkpoint_lib.state_mismatch(untied, tied).endswith(
+  assert state_mismatch.describe(untied, tied).endswith(
       '(vqlab before 2026-12): resume it with model.tied_heads = False')
-  assert checkpoint_lib.state_mismatch(
+  assert state_mismatch.describe(
       tied, untied).endswith('resume it with model.tied_heads = True')
 
 
@@ -1028,17 +1030,17 @@ def test_a_generator_checkpoint_of_the_other_block_style_names_the_switch():
   norm = {'scale': np.zeros(8, np.float32)}
   pre_ln = {'params': {'transformer': {'final_norm': norm}}}
   bert = {'params': {'embed_norm': norm, 'transformer': {}}}
-  assert checkpoint_lib.state_mismatch(pre_ln, bert).endswith(
+  assert state_mismatch.describe(pre_ln, bert).endswith(
       "before 2026-12-06): resume it with model.block_style = 'pre_ln'")
-  assert checkpoint_lib.state_mismatch(
+  assert state_mismatch.describe(
       bert, pre_ln).endswith("resume it with model.block_style = 'bert'")
   # GPT: taming's blocks have a head without bias.
   kernel = np.zeros((4, 8), np.float32)
   biased = {'params': {'head': {'kernel': kernel, 'bias': np.zeros(8)}}}
   taming = {'params': {'head': {'kernel': kernel}}}
-  assert checkpoint_lib.state_mismatch(biased, taming).endswith(
+  assert state_mismatch.describe(biased, taming).endswith(
       "before 2026-12-06): resume it with model.block_style = 'pre_ln'")
-  assert checkpoint_lib.state_mismatch(
+  assert state_mismatch.describe(
       taming, biased).endswith("resume it with model.block_style = 'taming'")
 
 
@@ -1065,7 +1067,7 @@ def test_an_old_class_vq_diffusion_checkpoint_says_it_cannot_resume():
           }
       }
   }
-  assert checkpoint_lib.state_mismatch(
+  assert state_mismatch.describe(
       old, new).endswith('no config of this vqlab restores it, train it again')
 
 
@@ -1170,7 +1172,7 @@ def test_the_error_chain_skips_a_suppressed_context():
     except StopIteration:
       raise ValueError('Expecting value: line 1 column 9') from None
   except ValueError as e:
-    chain = checkpoint_lib._chain(e)  # pylint: disable=protected-access
+    chain = read_failures._chain(e)  # pylint: disable=protected-access
   assert [type(link) for link in chain] == [ValueError]
 
 
@@ -1256,7 +1258,7 @@ def test_files_deleted_while_a_step_is_listed_are_not_denied(
       checkpoint_lib.os, 'walk', lambda top:
       ((root, folders, [*files, 'deleted_meanwhile'])
        for root, folders, files in walk(top)))
-  assert checkpoint_lib._denied_path(str(step)) is None  # pylint: disable=protected-access
+  assert read_failures._denied_path(str(step)) is None  # pylint: disable=protected-access
 
 
 @pytest.mark.parametrize('deleted', ['all of it', 'its files'])
@@ -1343,7 +1345,7 @@ def test_processes_restore_a_step_only_where_every_one_reads_it(
   listing = lambda: sorted(os.listdir(tmp_path / 'checkpoints'))
   before = listing()
   # This process reads everything; process 1 reports `kinds[step]` (a
-  # checkpoint._UNREADABLE etc.) for the step being read.
+  # read_failures.UNREADABLE etc.) for the step being read.
   read = checkpoint_lib.Checkpointer._read  # pylint: disable=protected-access
   reading = []
 
@@ -1354,17 +1356,17 @@ def test_processes_restore_a_step_only_where_every_one_reads_it(
   monkeypatch.setattr(checkpoint_lib.Checkpointer, '_read',
                       staticmethod(read_noting_the_step))
   monkeypatch.setattr(
-      checkpoint_lib, '_gather_kinds',
+      read_failures, '_gather_kinds',
       lambda kind: np.array([kind, kinds.get(reading[-1], 0)]))
 
-  kinds = {4: checkpoint_lib._TRANSIENT_FAILURE}  # pylint: disable=protected-access
+  kinds = {4: read_failures.TRANSIENT}
   with pytest.raises(CheckpointError) as error:
     checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=5).restore(abstract)
   assert 'process 1 failed to read it for want of memory or ' in str(
       error.value)
   assert listing() == before
 
-  kinds = {4: checkpoint_lib._UNREADABLE}  # pylint: disable=protected-access
+  kinds = {4: read_failures.UNREADABLE}
   restored, step = checkpoint_lib.Checkpointer(str(tmp_path),
                                                max_to_keep=5).restore(abstract)
   assert step == 2

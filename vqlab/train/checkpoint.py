@@ -1,14 +1,13 @@
 """Orbax checkpoints: async periodic saves, resume, and restore problems told
 apart: an unreadable step (partial, corrupt) is set aside and the previous
-one used; a readable step that does not fit this config is never touched."""
+one used; a readable step that does not fit this config is never touched.
+read_failures judges a failed read; state_mismatch words a state that does
+not fit."""
 
-from collections.abc import Iterable
 import contextlib
 import dataclasses
-import json
 import os
-import re
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 from absl import logging
 from etils import epath
@@ -22,6 +21,8 @@ from vqlab.errors import CheckpointError
 from vqlab.nn import stack
 from vqlab.train import checksums
 from vqlab.train import pins
+from vqlab.train import read_failures
+from vqlab.train import state_mismatch
 
 SET_ASIDE_SUFFIX = '.corrupt'
 _ITEM = 'default'  # The one item of each step: <directory>/<step>/default.
@@ -61,138 +62,15 @@ def _opening(directory: str):
   except CheckpointError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    damaged = _damaged_step_metadata(directory)
+    damaged = read_failures.damaged_step_metadata(directory)
     # A URL is not searched (an unreadable bucket, a scheme Orbax does not
     # take fail here too): no guess at damaged metadata there.
     where = f': {damaged} is damaged' if damaged else ''
     if not damaged and '://' not in directory:
       where = ": a step's _CHECKPOINT_METADATA may be damaged"
-    raise CheckpointError(
-        f'cannot open the checkpoints in {directory} ({_first_line(e)}); '
-        f'nothing was changed{where}') from e
-
-
-def _damaged_step_metadata(directory: str) -> str | None:
-  """The first `<step>/_CHECKPOINT_METADATA` of a local `directory` that is
-  not a JSON object, or None."""
-  if '://' in directory:
-    return None
-  try:
-    names = sorted(os.listdir(directory))
-  except OSError:  # E.g. a folder this user may not read.
-    return None
-  for name in names:
-    path = os.path.join(directory, name, '_CHECKPOINT_METADATA')
-    if not name.isdigit() or not os.path.isfile(path):
-      continue
-    try:
-      with open(path) as f:
-        if not isinstance(json.load(f), dict):
-          return path
-    except (OSError, ValueError):
-      continue  # Orbax reads past these itself.
-  return None
-
-
-def _first_line(e: Exception) -> str:
-  text = str(e).strip()
-  return f'{type(e).__name__}: {text.splitlines()[0][:300] if text else ""}'
-
-
-def _path_name(entry) -> str:
-  for attr in ('key', 'name', 'idx'):
-    if hasattr(entry, attr):
-      return str(getattr(entry, attr))
-  return str(entry)
-
-
-def _is_leaf(x: Any) -> bool:
-  return hasattr(x, 'shape') and hasattr(x, 'dtype')
-
-
-def _leaves(tree: Any) -> dict[str, Any]:
-  """{'params/decoder/conv_in/kernel': leaf} of a state, abstract state or
-  Orbax metadata tree (attribute and dict paths alike), in tree order."""
-  leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=_is_leaf)
-  return {
-      '/'.join(_path_name(e) for e in path):
-          leaf for path, leaf in leaves if hasattr(leaf, 'shape')
-  }
-
-
-def _signature(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
-  """{'params/decoder/conv_in/kernel': (shape, dtype)} of a tree's leaves."""
-  return {
-      k: (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
-      for k, leaf in _leaves(tree).items()
-  }
-
-
-def _unrolled_signature(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
-  """_signature with every scanned stack of blocks unstacked
-  (vqlab.nn.stack): the same for both layouts of one state."""
-  signature = _signature(tree)
-  paths = stack.unstacked_paths({
-      k: shape for k, (shape, _) in signature.items()
-  })
-  return {
-      path: (signature[where][0][int(index is not None):], signature[where][1])
-      for path, (where, index) in paths.items()
-  }
-
-
-def state_mismatch(saved: Any, expected: Any, limit: int = 3) -> str | None:
-  """None when the two trees hold the same leaves (paths, shapes, dtypes) up
-  to how repeated blocks are stacked (scanned or unrolled); else a short
-  description of the first differences, in unrolled paths."""
-  old, new = _unrolled_signature(saved), _unrolled_signature(expected)
-  params_first = lambda keys: sorted(
-      keys, key=lambda k: (not k.startswith('params/'), k))
-  problems = [
-      f'{k} is {old[k][0]} {old[k][1]} there, {new[k][0]} '
-      f'{new[k][1]} here'
-      for k in params_first(old.keys() & new.keys())
-      if old[k] != new[k]
-  ]
-  problems += [
-      f'{k} only in the checkpoint' for k in params_first(old.keys() -
-                                                          new.keys())
-  ]
-  problems += [
-      f'{k} missing from the checkpoint' for k in params_first(new.keys() -
-                                                               old.keys())
-  ]
-  if not problems:
-    return None
-  more = len(problems) - limit
-  differing = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
-  return ('; '.join(problems[:limit]) + (f'; {more} more' if more > 0 else '') +
-          _head_layout_hint(old.keys(), new.keys()) +
-          _training_state_hint(differing))
-
-
-# What shapes each part of the train state beside the params.
-_STATE_KEYS = {
-    'opt_state': 'optimizer.*.grad_clip_norm (on or off), the weight-decay '
-                 'settings and freeze',
-    'ema_params': 'ema.decay (on or off)',
-    'loss_state': 'loss.lecam_weight (on or off)',
-    'model_state': "the quantizer's settings",
-}
-
-
-def _training_state_hint(differing: set[str]) -> str:
-  """A hint when the params are the same and only the state that training
-  keeps beside them differs: the model is the same, a setting that shapes
-  that state changed (e.g. gradient clipping switched on)."""
-  parts = sorted({k.split('/')[0] for k in differing})
-  if not parts or 'params' in parts or not set(parts) <= set(_STATE_KEYS):
-    return ''
-  return ('. The params are the same: the state training keeps beside them '
-          f'differs ({", ".join(parts)}), which '
-          f'{"; ".join(_STATE_KEYS[p] for p in parts)} shape; keep those as '
-          'config.json records them to train on here, or start another '
-          '--workdir from these params (a tokenizer: warm_start)')
+    raise CheckpointError(f'cannot open the checkpoints in {directory} '
+                          f'({read_failures.first_line(e)}); nothing was '
+                          f'changed{where}') from e
 
 
 def _on_one_device(metadata: Any) -> Any:
@@ -207,8 +85,8 @@ def _relaid(tree: Any, abstract_state: Any) -> Any:
   """A restored state tree whose repeated blocks are stacked the other way
   (vqlab.nn.stack) -> the state `abstract_state` describes, on its
   shardings."""
-  targets = _leaves(abstract_state)
-  relaid = stack.relayout_leaves(_leaves(tree), {
+  targets = state_mismatch.leaves(abstract_state)
+  relaid = stack.relayout_leaves(state_mismatch.leaves(tree), {
       k: tuple(t.shape) for k, t in targets.items()
   })
   arrays = [
@@ -216,51 +94,9 @@ def _relaid(tree: Any, abstract_state: Any) -> Any:
                                    lambda index, x=relaid[k]: x[index])
       for k, t in targets.items()
   ]
-  treedef = jax.tree_util.tree_structure(abstract_state, is_leaf=_is_leaf)
+  treedef = jax.tree_util.tree_structure(abstract_state,
+                                         is_leaf=state_mismatch.is_leaf)
   return jax.tree_util.tree_unflatten(treedef, arrays)
-
-
-def _head_layout_hint(saved: Iterable[str], expected: Iterable[str]) -> str:
-  """A hint when a MaskGIT checkpoint's output heads are tied and the
-  model's are not, or its blocks are of the other `block_style`, or the
-  other way (vqlab.generators.maskgit), a GPT's are of the other
-  `block_style`, or a class-conditional VQ-Diffusion checkpoint predates its
-  class norms."""
-  tied = lambda keys: any(re.search(r'/tied_head_\d+/', k) for k in keys)
-  untied = lambda keys: any(re.search(r'/head_\d+/', k) for k in keys)
-  if tied(saved) and untied(expected):
-    return '. The checkpoint has tied heads: resume it with model.tied_heads = True'
-  if untied(saved) and tied(expected):
-    return ('. The checkpoint has untied heads (vqlab before 2026-12): resume '
-            'it with model.tied_heads = False')
-  bert = lambda keys: any(re.search(r'/embed_norm/', k) for k in keys)
-  pre_ln = lambda keys: any(
-      re.search(r'/transformer/final_norm/', k) for k in keys)
-  if pre_ln(saved) and bert(expected):
-    return ('. The checkpoint has pre-LN blocks (the MaskGIT configs before '
-            "2026-12-06): resume it with model.block_style = 'pre_ln'")
-  if bert(saved) and pre_ln(expected):
-    return ('. The checkpoint has post-LN BERT blocks: resume it with '
-            "model.block_style = 'bert'")
-  head_bias = lambda keys: any(re.search(r'(^|/)head/bias$', k) for k in keys)
-  head = lambda keys: any(re.search(r'(^|/)head/kernel$', k) for k in keys)
-  if head_bias(saved) and head(expected) and not head_bias(expected):
-    return ('. The checkpoint is a GPT with a head bias (the GPT configs '
-            "before 2026-12-06): resume it with model.block_style = 'pre_ln'")
-  if head(saved) and not head_bias(saved) and head_bias(expected):
-    return ('. The checkpoint is a GPT of taming\'s blocks: resume it with '
-            "model.block_style = 'taming'")
-  class_token = lambda keys: any('/class_embed/' in k and '/block' not in k
-                                 for k in keys) and any('/cross_attention/' in k
-                                                        for k in keys)
-  class_norms = lambda keys: any('/block' in k and '/class_embed/' in k
-                                 for k in keys)
-  if class_token(saved) and class_norms(expected):
-    return ('. The checkpoint is a class-conditional VQ-Diffusion of vqlab '
-            'before 2026-12-06 (cross-attention to a class token; its blocks '
-            'now take the class through their norms, as the release): no '
-            'config of this vqlab restores it, train it again')
-  return ''
 
 
 def no_checkpoint_error(workdir: str) -> CheckpointError:
@@ -331,7 +167,7 @@ class Checkpointer:
       fileio.write_atomically(probe, lambda f: f.write(b'ok'))
       fileio.remove(probe)
     except Exception as e:  # pylint: disable=broad-except
-      problem = _first_line(e)
+      problem = read_failures.first_line(e)
     failed = [problem != '']
     if jax.process_count() > 1:
       failed = list(multihost_utils.process_allgather(
@@ -362,7 +198,9 @@ class Checkpointer:
       with _quiet_orbax():
         saved = self._manager.save(
             step, args=ocp.args.StandardSave(state), force=force,
-            custom_metadata={_CHECKSUMS: checksums.of_leaves(_leaves(state))})
+            custom_metadata={
+                _CHECKSUMS: checksums.of_leaves(state_mismatch.leaves(state))
+            })
     except Exception as e:  # pylint: disable=broad-except
       raise self._save_error(step, e, previous) from e
     if saved:
@@ -393,7 +231,7 @@ class Checkpointer:
     intact = (f'step {kept[-1]} is the newest intact one'
               if kept else 'there is no earlier checkpoint')
     return CheckpointError(f'could not write {which} to {self.directory} '
-                           f'({_first_line(e)}); {intact}')
+                           f'({read_failures.first_line(e)}); {intact}')
 
   def restore(self, abstract_state: Any, *, set_aside: bool = True,
               step: int = -1,
@@ -508,46 +346,51 @@ class Checkpointer:
       saved, failure = self._read(self.directory, step,
                                   self._manager.item_metadata)
       if failure is None:
-        mismatch = state_mismatch(saved, abstract_state)
+        mismatch = state_mismatch.describe(saved, abstract_state)
         if mismatch:
-          failure = _Failure(
-              _MISMATCH,
+          failure = read_failures.Failure(
+              read_failures.MISMATCH,
               f'checkpoint {path} is readable but holds a different state '
               f'than this config builds ({mismatch}); it restores under the '
               'config it was trained with (config.json): use that config, or '
               'another --workdir for a different model')
-      failure = _agreed(failure)
+      failure = read_failures.agreed(failure)
       if failure is None:
         # A state saved with its repeated blocks stacked the other way is
         # read as saved, on one device, then laid out as this config's.
-        relay = _signature(saved) != _signature(abstract_state)
+        relay = (state_mismatch.signature(saved)
+                 != state_mismatch.signature(abstract_state))
         target = _on_one_device(saved) if relay else abstract_state
         state, failure = self._read(
             self.directory, step, lambda s, t=target: self._restore_step(s, t))
-        failure = _agreed(failure)
-        if failure is not None and failure.kind == _OTHER_TREE and not relay:
+        failure = read_failures.agreed(failure)
+        other_tree = failure is not None and (failure.kind
+                                              == read_failures.OTHER_TREE)
+        if other_tree and not relay:
           relay = True
           state, failure = self._read(
               self.directory, step,
               lambda s: self._restore_step(s, _on_one_device(saved)))
-          failure = _agreed(failure)
-        if failure is not None and failure.kind == _OTHER_TREE:
-          failure = _Failure(
-              _MISMATCH, f'checkpoint {path} is readable but its state tree '
+          failure = read_failures.agreed(failure)
+        if failure is not None and failure.kind == read_failures.OTHER_TREE:
+          failure = read_failures.Failure(
+              read_failures.MISMATCH,
+              f'checkpoint {path} is readable but its state tree '
               f'differs from this config\'s ({failure.why}); it restores under '
               'the config it was trained with (config.json)')
         if failure is None:
-          failure = _agreed(_changed_on_disk(self._manager, step, state))
+          failure = read_failures.agreed(
+              _changed_on_disk(self._manager, step, state))
       if failure is None:
         return (state, step, relay), unreadable
-      if failure.kind == _TRANSIENT_FAILURE:
+      if failure.kind == read_failures.TRANSIENT:
         raise CheckpointError(
             f'could not restore checkpoint {path} ({failure.why}): memory, '
             'file permissions, a transient I/O error or a fault of this '
             'program, not a corrupt checkpoint. Nothing was changed; run '
             'again (with more memory if it ran out, as a user who may read '
             'its files if they are denied)')
-      if failure.kind == _MISMATCH:
+      if failure.kind == read_failures.MISMATCH:
         raise StateMismatchError(failure.why)
       unreadable.append((step, failure.why))
     return None, unreadable
@@ -570,7 +413,7 @@ class Checkpointer:
       if reload or listing:
         self._manager.reload()
       steps = self.all_steps()
-      if jax.process_count() == 1 or _same_on_every_process(steps):
+      if jax.process_count() == 1 or read_failures.same_on_every_process(steps):
         return steps
     raise CheckpointError(
         f'the processes see different checkpoints in {self.directory} '
@@ -582,8 +425,8 @@ class Checkpointer:
     """Reads step `step` as `target` describes, with no barrier at the end.
 
     Orbax's manager ends a restore with a barrier that only processes whose
-    read succeeded reach; a process that failed would then meet it in
-    `_agreed`'s allgather instead. The item handler has no barrier.
+    read succeeded reach; a process that failed would then meet it in the
+    allgather of read_failures.agreed instead. The item handler has none.
     """
     item = os.path.join(self.directory, str(step), _ITEM)
     if not fileio.isdir(item):  # Another Orbax layout: the manager's way.
@@ -596,11 +439,10 @@ class Checkpointer:
       handler.close()
 
   @staticmethod
-  def _read(directory: str, step: int,
-            read: Callable[[int], Any]) -> tuple[Any, '_Failure | None']:
-    """(read(step), None), or (None, why it failed) on this process; a step
-    of `directory` holding files this process may not read failed for want
-    of permissions, whatever Orbax said."""
+  def _read(
+      directory: str, step: int,
+      read: Callable[[int], Any]) -> tuple[Any, 'read_failures.Failure | None']:
+    """(read(step), None), or (None, why it failed) on this process."""
     with _quiet_orbax():
       try:
         value = read(step)
@@ -608,24 +450,7 @@ class Checkpointer:
           raise ValueError('no state metadata (a partial step)')
         return value, None
       except Exception as e:  # pylint: disable=broad-except
-        denied = _denied_path(os.path.join(directory, str(step)))
-        if denied:
-          return None, _Failure(_TRANSIENT_FAILURE,
-                                f'permission denied: cannot read {denied}')
-        misshapen = (_misshapen_metadata(os.path.join(directory, str(step)))
-                     if isinstance(e, AttributeError) else None)
-        if misshapen:
-          return None, _Failure(
-              _UNREADABLE, f'{misshapen} is not the metadata Orbax writes '
-              f'({_first_line(e)})')
-        if _not_the_files(e):
-          kind = _TRANSIENT_FAILURE
-        elif any(_TREE_DIFFERS in str(link) for link in _chain(e)):
-          kind = _OTHER_TREE
-        else:
-          kind = _UNREADABLE
-        # The innermost error says what went wrong (a 503, a truncated file).
-        return None, _Failure(kind, _first_line(_chain(e)[-1]))
+        return None, read_failures.judge(e, os.path.join(directory, str(step)))
 
   def _set_aside(self, unreadable: list[tuple[int, str]],
                  restored: int) -> None:
@@ -650,7 +475,8 @@ class Checkpointer:
       try:
         fileio.replace(src, dst)
       except Exception as e:  # pylint: disable=broad-except
-        stuck.append(f'{src} ({why}; renaming it failed: {_first_line(e)})')
+        stuck.append(
+            f'{src} ({why}; renaming it failed: {read_failures.first_line(e)})')
         continue
       print(
           f'vqlab: checkpoint {src} is unreadable ({why}); moved to '
@@ -673,161 +499,6 @@ class Checkpointer:
     self._manager.close()
 
 
-# Failures that say nothing about the checkpoint's files: status codes (as
-# XLA, TensorStore and gRPC spell them) and OS errors, matched exactly.
-_TRANSIENT = ('RESOURCE_EXHAUSTED', 'UNAVAILABLE', 'DEADLINE_EXCEEDED',
-              'PERMISSION_DENIED', 'Permission denied', 'Out of memory',
-              'out of memory', 'Connection reset', 'Too many open files')
-
-# Exceptions that are never a checkpoint's fault: memory, and this program's
-# own mistakes (a corrupt file never raises these).
-_NOT_THE_FILES = (MemoryError, PermissionError, AttributeError, NameError,
-                  ImportError, NotImplementedError)
-
-
-def _denied_path(step_directory: str) -> str | None:
-  """The first folder or file of a local step that this process may not
-  read (a run shared between users whose umask kept it private), else
-  None; None for gs:// and other remote steps."""
-  if '://' in step_directory or not os.path.isdir(step_directory):
-    return None
-  # os.access is False for a path that is gone too: a step another run
-  # deletes as it is read (Orbax deletes its files first) is not denied.
-  denied = lambda path, mode: (not os.access(path, mode) and os.path.lexists(
-      path))
-  if denied(step_directory, os.R_OK | os.X_OK):
-    return step_directory
-  for root, folders, files in os.walk(step_directory):
-    for name in folders:
-      if denied(os.path.join(root, name), os.R_OK | os.X_OK):
-        return os.path.join(root, name)
-    for name in files:
-      if denied(os.path.join(root, name), os.R_OK):
-        return os.path.join(root, name)
-  return None
-
-
-def _misshapen_metadata(step_directory: str) -> str | None:
-  """The first JSON metadata file of a local step whose structure is not
-  Orbax's (valid JSON of another kind: Orbax fails on it with an
-  AttributeError, the kind of error that is otherwise this program's own),
-  else None; None for gs:// and other remote steps."""
-  if '://' in step_directory:
-    return None
-  expected = {
-      '_CHECKPOINT_METADATA': {},
-      '_METADATA': {
-          'tree_metadata': dict
-      },
-      '_sharding': {},
-      'process_*': {
-          'array_metadatas': list
-      },
-  }
-  for root, _, files in os.walk(step_directory):
-    for name in sorted(files):
-      kind = 'process_*' if name.startswith('process_') else name
-      if kind not in expected:
-        continue
-      path = os.path.join(root, name)
-      try:
-        with open(path) as f:
-          value = json.load(f)
-      except (OSError, ValueError):
-        continue  # Orbax names these itself.
-      if not isinstance(value, dict) or any(
-          not isinstance(value.get(key, kind_of()), kind_of)
-          for key, kind_of in expected[kind].items()):
-        return path
-      entries = value.get('tree_metadata', {}).values()
-      entries = list(entries) + value.get('array_metadatas', [])
-      if not all(isinstance(entry, dict) for entry in entries):
-        return path
-  return None
-
-
-def _chain(e: BaseException) -> list[BaseException]:
-  """`e` and the errors it was raised from or while handling, outermost
-  first: Orbax re-raises any error of an array read (a 503, MemoryError) as
-  a bare Exception naming only the array."""
-  errors = []
-  while e is not None and e not in errors:
-    errors.append(e)
-    e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
-  return errors
-
-
-def _not_the_files(e: Exception) -> bool:
-  """Whether a failed read says nothing about the checkpoint's files."""
-  return any(
-      isinstance(link, _NOT_THE_FILES) or any(t in str(link)
-                                              for t in _TRANSIENT)
-      for link in _chain(e))
-
-
-# Why a step was not restored, mildest first: processes that disagree act on
-# the gravest (a transient error or a mismatch anywhere stops the restore).
-# _OTHER_TREE: the arrays fit, their tree does not (e.g. optax's
-# MaskedState(EmptyState) for weight decay on kernels only, EmptyState for
-# all): read again as saved.
-_OTHER_TREE, _UNREADABLE, _MISMATCH, _TRANSIENT_FAILURE = 1, 2, 3, 4
-# Orbax's message for a restore target whose tree differs from the saved one.
-_TREE_DIFFERS = 'tree structures do not match'
-
-
-class _Failure(NamedTuple):
-  kind: int
-  why: str
-
-
-def _same_on_every_process(steps: list[int]) -> bool:
-  """Whether every process listed `steps` (the same answer on each)."""
-  counts = np.asarray(multihost_utils.process_allgather(np.int32(len(steps))))
-  same = bool((counts == counts[0]).all())
-  if same and steps:  # Equal counts: every process makes this call too.
-    listed = multihost_utils.process_allgather(np.asarray(steps, np.int64))
-    same = bool((np.asarray(listed) == np.asarray(steps)).all())
-  return same
-
-
-def _gather_kinds(kind: int) -> np.ndarray:
-  """[num_processes] every process's failure kind (0: read it)."""
-  if jax.process_count() == 1:
-    return np.array([kind])
-  return np.asarray(multihost_utils.process_allgather(np.int32(kind)))
-
-
-def _agreed(failure: _Failure | None) -> _Failure | None:
-  """The gravest of every process's failure at one step (None: all read it).
-
-  A process that read the step is told which process did not and why in
-  brief; the full reason is in that process's log.
-  """
-  kinds = _gather_kinds(0 if failure is None else failure.kind)
-  if not np.isin(
-      kinds,
-      (0, _OTHER_TREE, _UNREADABLE, _MISMATCH, _TRANSIENT_FAILURE)).all():
-    raise CheckpointError(
-        'the processes fell out of step while restoring a checkpoint (an '
-        f'exchange of failure kinds got {kinds.tolist()}). Nothing was '
-        'changed; run again')
-  worst = int(kinds.max())
-  if worst == 0:
-    return None
-  if failure is not None and failure.kind == worst:
-    return failure
-  process = int(np.argmax(kinds))
-  what = {
-      _OTHER_TREE: 'found its arrays in another tree',
-      _UNREADABLE: 'could not read it',
-      _MISMATCH: 'found a state of another layout in it',
-      _TRANSIENT_FAILURE: 'failed to read it for want of memory or '
-                          'permissions, on a transient I/O error or by a '
-                          'fault of this program',
-  }[worst]
-  return _Failure(worst, f"process {process} {what}; see that process's log")
-
-
 def _saved_checksums(manager: ocp.CheckpointManager,
                      step: int) -> dict[str, int]:
   """{path: checksum} saved with `step`; {} for a step saved without them
@@ -841,17 +512,19 @@ def _saved_checksums(manager: ocp.CheckpointManager,
 
 
 def _changed_on_disk(manager: ocp.CheckpointManager, step: int,
-                     state: Any) -> _Failure | None:
-  """An _UNREADABLE failure if arrays of `state`, read from `step`, are not
-  the ones saved (their checksums differ: the files changed on disk). Every
+                     state: Any) -> read_failures.Failure | None:
+  """An UNREADABLE failure if arrays of `state`, read from `step`, are not the
+  ones saved (their checksums differ: the files changed on disk). Every
   process calls it (the checksums of arrays spanning processes are
   collectives)."""
-  changed = checksums.differing(_leaves(state), _saved_checksums(manager, step))
+  changed = checksums.differing(state_mismatch.leaves(state),
+                                _saved_checksums(manager, step))
   if not changed:
     return None
   more = f' and {len(changed) - 2} more' if len(changed) > 2 else ''
-  return _Failure(
-      _UNREADABLE, f'the data of {", ".join(changed[:2])}{more} differs from '
+  return read_failures.Failure(
+      read_failures.UNREADABLE,
+      f'the data of {", ".join(changed[:2])}{more} differs from '
       'the checksums saved with it: its files changed on disk after the save')
 
 
@@ -945,7 +618,7 @@ def restore_on_host(workdir: str, step: int | None = None,
   finally:
     manager.close()
   path = os.path.join(directory, str(read_step))
-  if failure.kind == _TRANSIENT_FAILURE:
+  if failure.kind == read_failures.TRANSIENT:
     raise CheckpointError(
         f'could not read checkpoint {path} ({failure.why}): memory, file '
         'permissions, a transient I/O error or a fault of this program, not '

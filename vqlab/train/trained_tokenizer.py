@@ -25,6 +25,7 @@ from vqlab.errors import ConfigError
 from vqlab.nn import stack
 from vqlab.quantizers import base as quantizer_base
 from vqlab.train import checkpoint as checkpoint_lib
+from vqlab.train import state_mismatch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +153,7 @@ def _in_model_layout(model: nn.Module, params: dict[str, Any],
   x = tokenizers.example_image(model)
   rngs = {name: jax.random.key(0) for name in ('params', 'quantizer')}
   like = jax.eval_shape(lambda x: model.init(rngs, x, train=False), x)['params']
-  mismatch = checkpoint_lib.state_mismatch({'params': params}, {'params': like})
+  mismatch = state_mismatch.describe({'params': params}, {'params': like})
   if mismatch:
     raise CheckpointError(
         f"{where}: the checkpoint's params are not those of the model its "
