@@ -239,6 +239,36 @@ def test_a_truncated_token_shard_is_named(tmp_path):
     token_shards.load_split(directory, 'train')
 
 
+def test_the_shards_of_two_processes_load_in_the_streams_order(tmp_path):
+  """Two processes (B = 4, b = 2), 2 batches per shard: process p's shard
+  i holds its rows of batches 2i and 2i + 1, so file order is not stream
+  order (the eval loss and eval.max_batches of shards then differed from
+  the same eval on the fly); each row's recorded position restores it."""
+  directory = str(tmp_path)
+  fileio.makedirs(os.path.join(directory, 'train'))
+  for process in range(2):
+    position = np.concatenate(
+        [step * 4 + process * 2 + np.arange(2) for step in range(2)])
+    token_shards.write_shard(
+        token_shards.shard_path(directory, 'train', 0, process), {
+            'tokens': position[:, None] * np.ones((1, 3), int),
+            'position': position
+        })
+  token_shards.write_metadata(
+      directory, {
+          **_ONE_SHARD_OF_4, 'splits': {
+              'train': {
+                  'complete': True,
+                  'num_files': 2,
+                  'num_examples': 8
+              }
+          }
+      })
+  arrays, _ = token_shards.load_split(directory, 'train')
+  assert set(arrays) == {'tokens'}
+  np.testing.assert_array_equal(arrays['tokens'][:, 0], np.arange(8))
+
+
 def test_a_token_file_this_user_may_not_read_is_not_called_corrupt(
     tmp_path, monkeypatch):
   """Permissions (or an I/O error) said nothing of the file, but the error

@@ -10,12 +10,15 @@ Layout of a tokens directory:
                                      condition images (spatial GPTs; same
                                      dtype), plus the data's other per-example
                                      arrays ('label' int32 [n], 'caption', ...)
+                                     and 'position' int64 [n], the rows'
+                                     places in the split's stream
 
-Shard i holds global batches [i k, (i + 1) k) of the split's stream (k =
-`batches_per_shard`). Files are written under a temporary name and renamed, so
-a shard file that exists is complete; a split is usable once metadata marks
-it complete. Readers load every shard of a split into memory (ImageNet at
-16x16 tokens: 0.7 GB as uint16).
+Shard i holds process p's rows of global batches [i k, (i + 1) k) of the
+split's stream (k = `batches_per_shard`); a split loads in stream order.
+Files are written under a temporary name and renamed, so a shard file that
+exists is complete; a split is usable once metadata marks it complete.
+Readers load every shard of a split into memory (ImageNet at 16x16 tokens:
+0.7 GB as uint16).
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ METADATA = 'metadata.json'
 TOKENS = 'tokens'
 COND_TOKENS = 'cond_tokens'
 CODE_ARRAYS = (TOKENS, COND_TOKENS)  # Stored as uint16 when the ids fit.
+# int64 [n]: each row's position in the split's global stream (step * B +
+# process * b + row), by which `load_split` orders the rows of several
+# processes' shards; shards of vqlab before 2026-12-06 have none.
+POSITION = 'position'
 
 SHARD_GLOB = 'shard-*.npz'  # The shard files of a split's directory.
 
@@ -122,8 +129,11 @@ def load_split(directory: str,
                      'run main.py --mode=tokenize again to finish them')
   paths = sorted(fileio.glob(os.path.join(directory, split, SHARD_GLOB)))
   if len(paths) != info['num_files']:
+    fix = ('run main.py --mode=tokenize again to write the missing ones'
+           if len(paths) < info['num_files'] else
+           'move out the files that are not of this split')
     raise ValueError(f'{directory}/{split}: {len(paths)} shard files, the '
-                     f'metadata lists {info["num_files"]}')
+                     f'metadata lists {info["num_files"]}: {fix}')
   parts: dict[str, list[np.ndarray]] = {}
   for path in paths:
     try:
@@ -137,6 +147,9 @@ def load_split(directory: str,
       raise ValueError(f'token shard {path} is corrupt ({e}); delete it and '
                        'run --mode=tokenize again') from e
   arrays = {k: np.concatenate(v) for k, v in parts.items()}
+  if POSITION in arrays:
+    order = np.argsort(arrays.pop(POSITION), kind='stable')
+    arrays = {k: v[order] for k, v in arrays.items()}
   for key in CODE_ARRAYS:
     if key in arrays:
       arrays[key] = arrays[key].astype(np.int32)

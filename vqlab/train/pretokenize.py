@@ -241,13 +241,15 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
         'complete': False
     }
     done = metadata['splits'].get(split)
-    if done and done.get('complete') and done['num_examples'] == num_examples:
+    # Shard files continue this split only if they were written for as many
+    # examples (an interrupted run, or a finished one that lost a shard);
+    # those of another num_train_examples are renamed `.stale` and the
+    # split is written again.
+    resumed = bool(done) and done['num_examples'] == num_examples
+    if resumed and done.get('complete') and _all_shards_exist(
+        directory, split, done['num_files']):
       summary[f'{split}_examples'] = num_examples
       continue
-    # Shard files continue this split only if they were written for as many
-    # examples (an interrupted run); those of another num_train_examples
-    # are renamed `.stale` and the split is written again.
-    resumed = bool(done) and done['num_examples'] == num_examples
     if not resumed and process == 0:
       for stale in fileio.glob(
           os.path.join(directory, split, token_shards.SHARD_GLOB)):
@@ -258,6 +260,9 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
     multihost_utils.sync_global_devices(f'vqlab_tokenize_{split}_start')
     progress = progress_lib.Progress(0, num_batches, batch_size,
                                      enabled=process == 0)
+    # One stream across consecutive shards to write: a tf.data source
+    # reaches a start step by reading every record before it.
+    batches, next_step = None, None
     with jax.set_mesh(mesh):
       for shard in range(num_shards):
         path = token_shards.shard_path(directory, split, shard, process)
@@ -268,11 +273,17 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
         start = shard * per_shard
         stop = min(start + per_shard, num_batches)
         parts: dict[str, list[np.ndarray]] = {}
-        batches = source.batches(start)
+        if next_step != start:
+          batches = source.batches(start)
+        next_step = stop
         for step in range(start, stop):
           local = next(batches)
           keep = (np.asarray(local['mask'], bool)
                   if split == 'eval' else step * b + np.arange(b) < quota)
+          # Where the rows stand in the split's global stream, by which a
+          # reader puts the shards of several processes back in order.
+          parts.setdefault(token_shards.POSITION, []).append(
+              (step * batch_size + process * b + np.arange(b))[keep])
           images = partitioning.global_batch({key: local[key]},
                                              batch_sharding)[key]
           tokens = multihost_utils.global_array_to_host_local_array(
@@ -301,6 +312,17 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
     summary[f'{split}_examples'] = num_examples
   summary['shards_written'] = written
   return summary
+
+
+def _all_shards_exist(directory: str, split: str, num_files: int) -> bool:
+  """Whether the `num_files` shard files of a split marked complete are all
+  there (one deleted as corrupt is written again), the same on every
+  process."""
+  listed = len(
+      fileio.glob(os.path.join(directory, split, token_shards.SHARD_GLOB)))
+  return bool(
+      np.all(multihost_utils.process_allgather(
+          np.asarray(listed == num_files))))
 
 
 def _host_shard_sizes(source) -> list[int] | None:

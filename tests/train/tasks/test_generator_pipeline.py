@@ -93,7 +93,14 @@ def test_tokenize_writes_the_tokenizers_indices_with_metadata(
   assert arrays['tokens'].dtype == np.int32
   np.testing.assert_array_equal(arrays['tokens'], expected)
   train, _ = token_shards.load_split(directory, 'train')
-  assert train['tokens'].shape == (40, 8, 8)
+  assert train['tokens'].shape == (40, 8, 8) and 'position' not in train
+  # Each row's place in the split's stream, by which load_split orders the
+  # shards of several processes.
+  np.testing.assert_array_equal(
+      np.concatenate([
+          np.load(path)['position']
+          for path in _split_files(directory, 'train')
+      ]), np.arange(40))
   assert 0 <= train['tokens'].min() and train['tokens'].max() < 32
   # The tokenizer run keeps the step the shards decode with (vqlab.train.pins).
   assert (os.path.abspath(workdir), 'tokenizer.step',
@@ -144,8 +151,21 @@ def test_shards_of_a_tokenizer_trained_again_are_refused(
 
 
 def test_tokenize_resumes_only_missing_shards_and_ignores_partial_files(
-    tokenizer_dir, shards, tmp_path):
+    tokenizer_dir, shards, tmp_path, monkeypatch):
   _, summary = shards
+  # The train streams tokenize opens: one per run of consecutive shards to
+  # write (a tf.data source reads every record before its start step).
+  streams = []
+  build = data_lib.build_for_run
+
+  def counted(*args, split, **kwargs):
+    source = build(*args, split=split, **kwargs)
+    if split == 'train':
+      batches = source.batches
+      source.batches = lambda start=0: streams.append(start) or batches(start)
+    return source
+
+  monkeypatch.setattr(pretokenize.data_lib, 'build_for_run', counted)
   directory = str(tmp_path / 'tokens')
   shutil.copytree(summary['tokens_dir'], directory)
   before = {p: open(p, 'rb').read() for p in _split_files(directory, 'train')}
@@ -170,9 +190,27 @@ def test_tokenize_resumes_only_missing_shards_and_ignores_partial_files(
   assert after == before  # Regenerated bit-identically.
   token_shards.load_split(directory, 'train')
 
-  # Fewer train examples: the old shards are set aside, the split rewritten.
+  # A shard of a finished split deleted (as a corrupt one is): loading says
+  # to tokenize again, which writes it (it used to skip the finished split).
+  os.remove(victim)
+  with pytest.raises(
+      ValueError, match='2 shard files, the metadata lists 3: '
+      'run main.py --mode=tokenize again'):
+    token_shards.load_split(directory, 'train')
+  streams.clear()
+  assert pretokenize.tokenize(config, str(tmp_path),
+                              devices=_devices())['shards_written'] == 1
+  assert streams == [2]  # Shard 1's batches 2 and 3 (2 per shard).
+  assert {
+      p: open(p, 'rb').read() for p in _split_files(directory, 'train')
+  } == before
+
+  # Fewer train examples: the old shards are set aside, the split rewritten
+  # from one stream.
   config.tokens.num_train_examples = 36
+  streams.clear()
   pretokenize.tokenize(config, str(tmp_path), devices=_devices())
+  assert streams == [0]
   arrays, _ = token_shards.load_split(directory, 'train')
   assert len(arrays['tokens']) == 36
   assert len(glob.glob(os.path.join(directory, 'train', '*.stale'))) == 3
