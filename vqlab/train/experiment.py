@@ -142,15 +142,17 @@ class Experiment:
     self.config = config = experiment_config.validate(config, len(devices))
     self.workdir = workdir
     _pin_newest_steps(config, workdir)
-    self.config_changes = run_record.check(
-        config, workdir, allow_config_change,
-        checkpointed=checkpoint_lib.newest_step(workdir) is not None,
-        trains=lock == 'train')
+    checkpointed = checkpoint_lib.newest_step(workdir) is not None
+    self.config_changes = run_record.check(config, workdir, allow_config_change,
+                                           checkpointed=checkpointed,
+                                           trains=lock == 'train')
     if jax.process_index() == 0:  # Other runs keep the steps this one reads.
       pins.pin_read_steps(config, workdir)
     # Data problems (a missing folder, an unreadable image) stop the run
     # before anything is written to the workdir.
     self.task: Task = tasks.get(config.task).build(config, workdir)
+    run_record.check_read_checkpoints(workdir, self.task.read_for_life(),
+                                      checkpointed)
     if lock == 'train':
       self.task.check_training()
     self.mesh = partitioning.make_mesh(config.mesh, devices)
@@ -223,9 +225,10 @@ class Experiment:
                                   batch_size=batch_size, observed=observed)
 
   def record_config(self, step: int) -> None:
-    """Writes config.json, once the restore has decided which run this is.
-    A run continued with a changed config keeps the old record as
-    config_until_step_<step>.json (never over an earlier one)."""
+    """Writes config.json and the checkpoints the run reads for life
+    (run_record.READ_CHECKPOINTS_FILE), once the restore has decided which
+    run this is. A run continued with a changed config keeps the old config
+    as config_until_step_<step>.json (never over an earlier one)."""
     if jax.process_index() != 0:
       return
     previous = None
@@ -237,6 +240,7 @@ class Experiment:
           f'{run_record.describe(self.config_changes)}); the previous one '
           f'is kept as {previous}', flush=True)
     run_record.write(self.workdir, self.config, keep_previous_as=previous)
+    run_record.record_read_checkpoints(self.workdir, self.task.read_for_life())
 
   def jitted_train_step(self, step: int | None = None):
     """The jitted train step (state, batch, frozen) -> (new state, metrics)

@@ -21,6 +21,7 @@ from vqlab import fileio
 from vqlab import generators
 from vqlab.errors import ConfigError
 from vqlab.generators import api as generator_api
+from vqlab.train import trained_tokenizer
 from vqlab.train import workdir_lock
 
 CONFIG_FILE = 'config.json'
@@ -47,6 +48,11 @@ NEWEST_STEP_KEYS = (('tokenizer.step', 'tokenizer.workdir'),
                     ('proxy.step', 'proxy.workdir'), ('warm_start.step',
                                                       'warm_start.workdir'),
                     ('warm_start.pixel_vqgan_step', 'warm_start.pixel_vqgan'))
+
+# {config key: {'workdir', 'step', 'checksum'}} of the checkpoints named by
+# NEWEST_STEP_KEYS that the run reads for its whole life (pins.READ_FOR_LIFE):
+# a run trained again in its workdir holds other params at the same step.
+READ_CHECKPOINTS_FILE = 'read_checkpoints.json'
 
 
 def pin_newest_steps(config: ml_collections.ConfigDict, workdir: str,
@@ -101,6 +107,46 @@ def pin_newest_steps(config: ml_collections.ConfigDict, workdir: str,
             flush=True)
 
 
+def check_read_checkpoints(workdir: str, loaded: dict[str, Any],
+                           checkpointed: bool) -> None:
+  """Checks that the checkpoints of other runs that the run in `workdir`
+  reads for its whole life (`loaded`, Task.read_for_life: {config key:
+  TrainedTokenizer}) hold the params it was trained with
+  (READ_CHECKPOINTS_FILE); writes nothing. A run without checkpoints
+  trained nothing with them, and one without a record (vqlab up to
+  2026-12-06) is not checked.
+
+  Raises:
+    ConfigError: naming the key of a run trained again since at that step.
+  """
+  if not checkpointed:
+    return
+  recorded = read(workdir, READ_CHECKPOINTS_FILE) or {}
+  for key, tok in loaded.items():
+    trained_tokenizer.check_same_params(
+        recorded.get(key), tok, key, f'the run in {workdir} was trained with',
+        'Use the tokenizer run it was trained with, or start a new run in '
+        'another --workdir')
+
+
+def record_read_checkpoints(workdir: str, loaded: dict[str, Any]) -> None:
+  """Writes READ_CHECKPOINTS_FILE of `loaded` ({config key:
+  TrainedTokenizer}, replacing the record of a run or step read before an
+  allowed config change); only the training run's process 0 writes it."""
+  if not loaded:
+    return
+  record = {
+      key: {
+          'workdir': fileio.absolute(tok.workdir),
+          'step': tok.step,
+          'checksum': tok.checksum
+      } for key, tok in loaded.items()
+  }
+  data = json.dumps(record, indent=2)
+  fileio.write_atomically(os.path.join(workdir, READ_CHECKPOINTS_FILE),
+                          lambda f: f.write(data.encode()))
+
+
 def in_training(run: str) -> str:
   """'' unless a process is training `run` now: then the warning that its
   later steps are not the one read, to end a line with."""
@@ -114,13 +160,14 @@ def as_json_tree(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(config.to_json_best_effort())
 
 
-def read(workdir: str) -> dict[str, Any] | None:
-  """The saved config of the run in `workdir`, or None when there is none.
+def read(workdir: str, name: str = CONFIG_FILE) -> dict[str, Any] | None:
+  """The saved config of the run in `workdir` (or its record `name`), or
+  None when there is none.
 
   Raises:
-    ConfigError: config.json exists but is not valid JSON.
+    ConfigError: the file exists but is not a JSON object.
   """
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = os.path.join(workdir, name)
   if not fileio.exists(path):
     return None
   try:
@@ -134,8 +181,8 @@ def read(workdir: str) -> dict[str, Any] | None:
   if not isinstance(saved, dict):
     raise ConfigError(
         '--workdir', f'{path} holds a JSON {type(saved).__name__}, not a '
-        'config; it is the record of how the run was trained: repair it or '
-        'use another --workdir')
+        f'{"config" if name == CONFIG_FILE else "record"}; it is the record of '
+        'how the run was trained: repair it or use another --workdir')
   return saved
 
 

@@ -111,6 +111,32 @@ class TrainedTokenizer:
     }
 
 
+def check_same_params(recorded: dict[str, Any] | None, tok: TrainedTokenizer,
+                      key: str, made_with: str, remedy: str) -> None:
+  """ConfigError naming config key `key` when `recorded` (`metadata()` of
+  the tokenizer something was made with: {'workdir', 'step', 'checksum'})
+  names `tok`'s run and step but other params: that run was trained again in
+  its workdir, and the same step's codes now mean other pictures. No record,
+  one without a checksum (older vqlab), or of another run or step passes.
+
+  Args:
+    recorded: the record, or None.
+    tok: the tokenizer loaded now.
+    key: the config key that named `tok`'s run.
+    made_with: what was made with the recorded checkpoint, completing 'not
+      the checkpoint ...', e.g. 'the token shards in D were made from'.
+    remedy: the sentence saying what to do instead.
+  """
+  if (recorded and recorded.get('checksum') and
+      recorded.get('step') == tok.step and
+      fileio.absolute(recorded['workdir']) == fileio.absolute(tok.workdir) and
+      recorded['checksum'] != tok.checksum):
+    raise ConfigError(
+        key, f'step {tok.step} of {tok.workdir} is not the checkpoint '
+        f'{made_with} (its params differ: was that run trained again?); its '
+        f'codes would mean other pictures. {remedy}')
+
+
 def read_run_config(
     workdir: str, key: str = 'tokenizer.workdir') -> ml_collections.ConfigDict:
   """The config.json of a training run (named by config key `key`).

@@ -5,6 +5,7 @@ Runs on 2 of the 8 test devices (sharded batches, cheap compiles).
 """
 
 import copy
+import functools
 import glob
 import json
 import os
@@ -37,6 +38,7 @@ from vqlab.train import experiment_config
 from vqlab.train import loop
 from vqlab.train import pins
 from vqlab.train import pretokenize
+from vqlab.train import run_record
 from vqlab.train import sampling
 from vqlab.train import trained_tokenizer
 from vqlab.train.tasks import generator
@@ -470,8 +472,11 @@ def test_gpt_trains_on_shards_and_samples_decode_to_images(
 
 
 def test_on_the_fly_tokens_give_the_same_eval_loss_as_shards(
-    tokenizer_dir, shards, tmp_path):
+    tokenizer_dir, shards, tmp_path, monkeypatch):
   workdir, summary = shards
+  # One load of the tokenizer run for the test (Orbax's restore is its time).
+  monkeypatch.setattr(trained_tokenizer, 'load',
+                      functools.cache(trained_tokenizer.load))
   config = tiny.generator_config(tokenizer_dir)
   config.tokens.source = 'on_the_fly'
   exp = experiment.Experiment(config, str(tmp_path), _devices())
@@ -501,6 +506,27 @@ def test_on_the_fly_tokens_give_the_same_eval_loss_as_shards(
   np.testing.assert_allclose(
       on_the_fly['loss'], (expected['sums']['loss'] + second['sums']['loss']) /
       (expected['sums']['weight'] + second['sums']['weight']), rtol=1e-5)
+  # The run records the tokenizer checkpoint it reads by its digest; once
+  # it saved a step, that tokenizer run trained again in its workdir (other
+  # params at the same step) stops it, naming the key. (The check comes
+  # before a restore: a step of the state's step alone, whose save compiles
+  # no checksums of the whole state.)
+  exp.record_config(0)
+  exp.checkpointer.save(1, {'step': state.step}, force=True)
+  exp.checkpointer.wait()
+  exp.checkpointer.close()
+  path = os.path.join(tmp_path, run_record.READ_CHECKPOINTS_FILE)
+  with open(path) as f:
+    recorded = json.load(f)
+  tokenizer = recorded['tokenizer.workdir']
+  assert tokenizer['checksum'] == exp.task.tokenizer.checksum
+  tokenizer['checksum'] = '0' * 32  # Trained with another.
+  with open(path, 'w') as f:
+    json.dump(recorded, f)
+  with pytest.raises(
+      ConfigError, match=r'^tokenizer\.workdir: step 1 of .* is not the '
+      r'checkpoint the run in .* was trained with \(its params differ'):
+    experiment.Experiment(config, str(tmp_path), _devices())
   # (Train steps on the fly: tests/train/tasks/test_titok_training.py and
   # tests/train/tasks/test_text_to_image.py.)
   del workdir
@@ -759,6 +785,8 @@ def test_condition_tokens_come_from_the_condition_tokenizer(
   # On the fly (train steps share cond_tokens_of): the same tokens.
   config.tokens.source = 'on_the_fly'
   fly = experiment.Experiment(config, str(tmp_path / 'fly'), _devices())
+  assert set(
+      fly.task.read_for_life()) == {'tokenizer.workdir', 'condition.tokenizer'}
   np.testing.assert_array_equal(fly.task.sample_conditions(0, 4),
                                 want[:4].reshape(4, 64))
 

@@ -5,6 +5,11 @@ from the stage-1 checkpoint with encoder and quantizer frozen. Runs on 2 of
 the 8 test devices.
 """
 
+import functools
+import json
+import os
+import shutil
+
 import jax
 import ml_collections
 import numpy as np
@@ -131,6 +136,42 @@ def test_stage1_proxy_ce_is_the_cross_entropy_of_the_proxy_vqgan_codes(
   # Float32 agrees to ~1e-7; a transposed grid is off by ~7e-3, the rows in
   # reverse order by ~2e-3.
   np.testing.assert_allclose(losses[0], want, rtol=1e-5)
+
+
+def test_stage1_stops_when_its_proxy_run_was_trained_again(
+    stage1, proxy_dir, tmp_path, monkeypatch):
+  """The loop records the proxy checkpoint a run trains with by its digest:
+  the proxy run trained again in its workdir holds other params at that
+  step, and the run or its eval stop, naming the key. An eval of a run
+  recorded without the digest (older vqlab) neither fails nor writes it."""
+  # One load of the proxy run for the test (Orbax's restore is its time).
+  monkeypatch.setattr(trained_tokenizer, 'load',
+                      functools.cache(trained_tokenizer.load))
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(stage1[0], workdir)
+  path = os.path.join(workdir, run_record.READ_CHECKPOINTS_FILE)
+  with open(path) as f:
+    recorded = json.load(f)
+  os.remove(path)
+  config = _stage1_config(proxy_dir, 16)
+  exp = experiment.Experiment(config, workdir, _devices())
+  exp.checkpointer.close()
+  assert not os.path.exists(path)
+  assert recorded == {
+      'proxy.workdir': {
+          'workdir': os.path.abspath(proxy_dir),
+          'step': 1,
+          'checksum': exp.task.proxy.checksum
+      }
+  }
+  recorded['proxy.workdir']['checksum'] = '0' * 32  # Trained with another.
+  with open(path, 'w') as f:
+    json.dump(recorded, f)
+  with pytest.raises(
+      ConfigError, match=r'^proxy\.workdir: step 1 of .* is not the '
+      r'checkpoint the run in .*run was trained with \(its params differ: was '
+      r'that run trained again\?\); .* start a new run in another --workdir$'):
+    experiment.Experiment(config, workdir, _devices())
 
 
 @pytest.mark.parametrize('key, value, message', [

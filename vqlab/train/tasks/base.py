@@ -97,6 +97,13 @@ class Task(abc.ABC):
     del step
     return {}
 
+  def read_for_life(self) -> dict[str, Any]:
+    """{config key of a run (a value of pins.READ_FOR_LIFE): the
+    TrainedTokenizer loaded from it} of the runs whose step this task reads
+    for the run's whole life; the Experiment checks that each still holds
+    the params the run was trained with. Default: {}."""
+    return {}
+
   def warm_start(self, state: TrainState) -> TrainState:
     """Called once on a freshly initialized state (never on a restored
     one): e.g. params copied from another run. Default: unchanged."""

@@ -306,19 +306,14 @@ def shards_tokenizer_step(config: ml_collections.ConfigDict,
 def check_shards_tokenizer(directory: str,
                            tok: trained_tokenizer.TrainedTokenizer) -> None:
   """ConfigError unless the token shards in `directory`, where this
-  tokenizer run's step made them, were made with these params: a run
-  trained again in the same workdir holds another checkpoint at that step,
-  and its codes mean other pictures. Shards of older vqlab record none."""
-  recorded = (token_shards.read_metadata(directory) or {}).get('tokenizer', {})
-  if (recorded.get('checksum') and recorded['step'] == tok.step and
-      fileio.absolute(recorded['workdir']) == fileio.absolute(tok.workdir) and
-      recorded['checksum'] != tok.checksum):
-    raise ConfigError(
-        'tokenizer.workdir', f'step {tok.step} of {tok.workdir} is not the '
-        f'checkpoint the token shards in {directory} were made from (its '
-        'params differ: was that run trained again?); its codes would decode '
-        'into other pictures. Use the tokenizer run they were made from, or '
-        'tokenize again into another tokens.dir for a new generator run')
+  tokenizer run's step made them, were made with its params
+  (`trained_tokenizer.check_same_params`; shards of older vqlab record
+  none)."""
+  trained_tokenizer.check_same_params(
+      (token_shards.read_metadata(directory) or {}).get('tokenizer'), tok,
+      'tokenizer.workdir', f'the token shards in {directory} were made from',
+      'Use the tokenizer run they were made from, or tokenize again into '
+      'another tokens.dir for a new generator run')
 
 
 def made_from(config: ml_collections.ConfigDict,
@@ -522,6 +517,14 @@ class GeneratorTask(base.Task):
     self._prompts = None
     self._caption_batches = None
     self._eval_cond_tokens = None
+
+  def read_for_life(self) -> dict[str, trained_tokenizer.TrainedTokenizer]:
+    """{'tokenizer.workdir': the tokenizer, and 'condition.tokenizer': the
+    condition tokenizer when it is another run}."""
+    loaded = {'tokenizer.workdir': self.tokenizer}
+    if self._cond_key == 'cond_tokenizer':
+      loaded['condition.tokenizer'] = self.cond_tokenizer
+    return loaded
 
   @property
   def spatial(self) -> bool:

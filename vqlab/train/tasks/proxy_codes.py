@@ -120,6 +120,10 @@ class ProxyCodeTask(base.Task):
         self.model.quantizer.codebook_size, fid_reference,
         inception_input=config.eval.inception_input)
 
+  def read_for_life(self) -> dict[str, trained_tokenizer.TrainedTokenizer]:
+    """{'proxy.workdir': the proxy VQGAN}."""
+    return {'proxy.workdir': self.proxy}
+
   def init(self, rng: jax.Array, batch) -> TrainState:
     images = batch['image']
     params_rng, q_rng = jax.random.split(rng)
