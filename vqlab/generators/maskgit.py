@@ -246,7 +246,8 @@ def masked_loss(model: MaskGIT, params, rng: jax.Array, tokens: jax.Array,
     tokens: int [B, *shape] ([B, *shape, F]) targets, no [MASK] ids.
     labels: int [B] or None.
     label_smoothing: eps; target (1 - eps) one-hot + eps / V_f uniform.
-    label_drop: probability of replacing a label by the null class.
+    label_drop: probability of replacing a label by the null class (with
+      `train` only, as GPT's and VQ-Diffusion's losses).
     schedule_method: gamma for `mask_schedule.random_mask`.
     mask: bool [B, N] (True = masked) to use instead of a random one.
     train: dropout on.
@@ -268,7 +269,7 @@ def masked_loss(model: MaskGIT, params, rng: jax.Array, tokens: jax.Array,
   if mask is None:
     mask = mask_schedule.random_mask(mask_rng, batch, model.num_tokens,
                                      schedule_method)
-  if labels is not None and model.num_classes and label_drop > 0:
+  if labels is not None and model.num_classes and label_drop > 0 and train:
     drop = jax.random.bernoulli(drop_rng, label_drop, (batch,))
     labels = jnp.where(drop, model.num_classes, labels)
   inputs = jnp.where(mask[..., None], model.mask_ids, flat)

@@ -234,22 +234,25 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
   if is_chief:
     with fileio.open(os.path.join(workdir, f'samples_{step}.json'), 'w') as f:
       json.dump({
-          **result, 'settings': _settings(config, references)
+          **result, 'settings': _settings(config, references, task)
       }, f, indent=2)
   return result
 
 
-def _settings(config: ml_collections.ConfigDict,
-              references: dict[str, Any]) -> dict[str, Any]:
+def _settings(config: ml_collections.ConfigDict, references: dict[str, Any],
+              task: Any) -> dict[str, Any]:
   """What samples_<step>.json's numbers were made with: the sample section
   (free to change between samplings: guidance, temperature, steps, seed),
-  the params (EMA or not), the tokenizer step and the FID / FVD references
-  (a file, or the statistics of the data's eval split)."""
+  the params (EMA or not), the tokenizer step, the classes the labels
+  cycled through (sample i has label i mod that, class models) and the FID /
+  FVD references (a file, or the statistics of the data's eval split)."""
   settings = {
       'sample': config.sample.to_dict(),
       'params': 'ema' if config.ema.decay > 0 else 'trained',
       'tokenizer': config.tokenizer.to_dict(),
   }
+  if task.sample_classes:
+    settings['sample_classes'] = task.sample_classes
   for network, key in (('inception', 'fid_reference'), ('i3d',
                                                         'fvd_reference')):
     if network in references:

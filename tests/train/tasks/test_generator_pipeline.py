@@ -404,6 +404,7 @@ def test_sample_mode_reports_gfid_and_inception_score_of_the_samples(
   assert settings['sample'] == json.loads(config.sample.to_json())
   assert settings['eval.fid_reference'] == config.eval.fid_reference
   assert settings['params'] == ('ema' if config.ema.decay else 'trained')
+  assert 'sample_classes' not in settings  # Unconditional.
 
   # Directly: the same samples (same key) through Inception.
   exp = experiment.Experiment(config, workdir, _devices(),
@@ -551,7 +552,7 @@ def test_a_model_that_does_not_fit_the_tokenizer_is_a_config_error(
 
 
 def test_data_with_more_classes_than_the_model_is_a_config_error(
-    tokenizer_dir, tmp_path):
+    tokenizer_dir, tmp_path, capsys):
   # Labels past the class table (NaN or the null class under jit).
   config = tiny.generator_config(tokenizer_dir)
   config.data = data_lib.default_config('shapes')
@@ -563,6 +564,14 @@ def test_data_with_more_classes_than_the_model_is_a_config_error(
   config.tokens.source = 'on_the_fly'
   with pytest.raises(ConfigError, match='model.num_classes = 6'):
     experiment.Experiment(config, str(tmp_path / 'fly'), _devices())
+  # Fewer data classes than the model's: samples (gFID, IS) cycle through
+  # the data's 6, not through 10 of which 4 never trained.
+  config.model.num_classes = 10
+  task = experiment.Experiment(config, str(tmp_path / 'more'), _devices()).task
+  assert 'model.num_classes = 10, but the data has 6 classes' in (
+      capsys.readouterr().out)
+  np.testing.assert_array_equal(task.sample_conditions(0, 12),
+                                np.tile(np.arange(6), 2))
 
 
 def test_missing_tokens_or_tokenizer_are_one_line_errors(

@@ -517,6 +517,8 @@ class GeneratorTask(base.Task):
     self._prompts = None
     self._caption_batches = None
     self._eval_cond_tokens = None
+    # The data's class count, once a data source is built (data_source).
+    self._data_classes = None
 
   def read_for_life(self) -> dict[str, trained_tokenizer.TrainedTokenizer]:
     """{'tokenizer.workdir': the tokenizer, and 'condition.tokenizer': the
@@ -544,6 +546,16 @@ class GeneratorTask(base.Task):
                               process_index=process_index,
                               process_count=process_count)
     check_data_classes(self.config.model, source, split)
+    data_classes = getattr(source, 'num_classes', None)
+    if (self.num_classes and data_classes and
+        data_classes < self.num_classes and self._data_classes is None and
+        jax.process_index() == 0):
+      print(
+          f'vqlab: model.num_classes = {self.num_classes}, but the data has '
+          f'{data_classes} classes: classes {data_classes} to '
+          f'{self.num_classes - 1} train on nothing here, and samples (their '
+          f'gFID and IS) cycle through the data\'s {data_classes}', flush=True)
+    self._data_classes = data_classes or self._data_classes
     if self.text is not None:
       source = text_conditions.CaptionsToIds(source, self.text)
     return source
@@ -729,7 +741,7 @@ class GeneratorTask(base.Task):
   # ---------------------------------------------------------- sampling ---
   def sample_conditions(self, start: int, batch_size: int):
     """Host conditions of samples start .. start + B - 1: class labels
-    (cycling), text arrays of the prompts (cycling), condition tokens int
+    (cycling through `sample_classes`), text arrays of the prompts (cycling), condition tokens int
     [B, cond_length] of the eval split's examples (cycling), or None."""
     index = np.arange(start, start + batch_size)
     if self.spatial:
@@ -740,7 +752,16 @@ class GeneratorTask(base.Task):
       return self.text.host_arrays([prompts[i % len(prompts)] for i in index])
     if not self.num_classes:
       return None
-    return (index % self.num_classes).astype(np.int32)
+    return (index % self.sample_classes).astype(np.int32)
+
+  @property
+  def sample_classes(self) -> int:
+    """How many classes sample labels cycle through: the data's when it has
+    fewer than the model (the rest never trained), else the model's (e.g. a
+    converted ImageNet model sampled beside unlabelled data); 0: none."""
+    if self.num_classes and self._data_classes:
+      return min(self.num_classes, self._data_classes)
+    return self.num_classes
 
   def prompts(self, count: int = 0) -> list[str]:
     """`sample.prompts`, or the eval split's captions in order: its first
