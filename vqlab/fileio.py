@@ -69,6 +69,7 @@ def absolute(path: str | os.PathLike) -> str:
 
 
 def open(path: str | os.PathLike, mode: str = 'r') -> IO:  # pylint: disable=redefined-builtin
+  """The builtin open for a local path, tf.io.gfile's GFile for a URL."""
   path = os.fspath(path)
   if is_url(path):
     gfile = _gfile()
@@ -82,6 +83,8 @@ def open(path: str | os.PathLike, mode: str = 'r') -> IO:  # pylint: disable=red
 
 
 def exists(path: str | os.PathLike) -> bool:
+  """Whether the file or folder exists (raises OSError if a URL cannot be
+  asked)."""
   path = os.fspath(path)
   if is_url(path):
     with _os_errors(path):
@@ -90,6 +93,7 @@ def exists(path: str | os.PathLike) -> bool:
 
 
 def isdir(path: str | os.PathLike) -> bool:
+  """Whether it is a folder (raises OSError if a URL cannot be asked)."""
   path = os.fspath(path)
   if is_url(path):
     # gfile.isdir answers False for any error (no credentials, a bucket
@@ -155,11 +159,13 @@ def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]],
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
+  """The whole file."""
   with open(path, 'rb') as f:
     return f.read()
 
 
 def glob(pattern: str | os.PathLike) -> list[str]:
+  """The paths that match `pattern`, in no set order."""
   pattern = os.fspath(pattern)
   if is_url(pattern):
     with _os_errors(pattern):
@@ -168,6 +174,7 @@ def glob(pattern: str | os.PathLike) -> list[str]:
 
 
 def listdir(path: str | os.PathLike) -> list[str]:
+  """The names in a folder (no trailing '/' on a URL's subfolders)."""
   path = os.fspath(path)
   if is_url(path):
     with _os_errors(path):

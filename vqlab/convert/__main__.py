@@ -62,6 +62,7 @@ def _parser(kind: str | None, module) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
+  """`python -m vqlab.convert KIND SOURCE OUT [flags]`; the exit status."""
   kind = argv[0] if argv and argv[0] in KINDS else None
   module = (importlib.import_module(f'vqlab.convert.{KINDS[kind][0]}')
             if kind else None)

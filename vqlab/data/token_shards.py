@@ -48,6 +48,7 @@ SHARD_GLOB = 'shard-*.npz'  # The shard files of a split's directory.
 
 
 def shard_path(directory: str, split: str, shard: int, process: int) -> str:
+  """<directory>/<split>/shard-<shard:05d>-<process:03d>.npz."""
   return os.path.join(directory, split, f'shard-{shard:05d}-{process:03d}.npz')
 
 
@@ -58,6 +59,7 @@ def write_atomically(path: str, write) -> None:
 
 
 def write_metadata(directory: str, metadata: dict[str, Any]) -> None:
+  """Writes metadata.json atomically."""
   data = json.dumps(metadata, indent=2).encode()
   write_atomically(os.path.join(directory, METADATA), lambda f: f.write(data))
 

@@ -296,6 +296,8 @@ def update_loss_history(loss_state, t: jax.Array, vlb: jax.Array):
 
 
 def init_loss_state(num_timesteps: int) -> dict[str, jax.Array]:
+  """Zero moving averages of L_t^2 and zero counts of the draws of each t,
+  [T + 1] each, from which importance sampling draws t."""
   return {
       'lt_sq': jnp.zeros((num_timesteps + 1,), jnp.float32),
       'lt_count': jnp.zeros((num_timesteps + 1,), jnp.int32)

@@ -18,6 +18,7 @@ BATCH_AXES = ('data', 'fsdp')
 
 
 def default_config() -> ml_collections.ConfigDict:
+  """The `mesh` section: axis sizes and parameter-sharding rules."""
   config = ml_collections.ConfigDict()
   config.data = -1  # Data-parallel axis size; -1 takes the remaining devices.
   config.fsdp = 1  # Parameter-sharding axis size (the batch is sharded on it too).
@@ -76,6 +77,7 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
 
 
 def replicated(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  """A full copy on every device of `mesh`."""
   return jax.sharding.NamedSharding(mesh, jax.P())
 
 

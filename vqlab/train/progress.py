@@ -6,6 +6,7 @@ from typing import Mapping
 
 
 def format_duration(seconds: float) -> str:
+  """'1h02m03s', or '2m03s' under an hour."""
   seconds = int(max(seconds, 0))
   hours, rest = divmod(seconds, 3600)
   minutes, seconds = divmod(rest, 60)

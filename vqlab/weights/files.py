@@ -18,6 +18,8 @@ _PACKAGED = pathlib.Path(__file__).parent / 'data'
 
 @dataclasses.dataclass(frozen=True)
 class WeightFile:
+  """A published weight file: its name, where it is published, what it is
+  for, and whether vqlab ships it."""
   filename: str
   url: str
   purpose: str

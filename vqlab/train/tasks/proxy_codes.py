@@ -57,6 +57,8 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
+  """ConfigError naming the key unless the model is a TiTok predicting proxy
+  codes and the image sizes fit its patches."""
   require = config_schema.require
   require(config.model.name == 'titok', 'model.name',
           f"the proxy-code task trains 'titok', got {config.model.name!r}")
