@@ -88,8 +88,25 @@ def test_a_bucket_that_cannot_be_read_is_an_error_not_an_empty_run(monkeypatch):
     files.weights_dir('gs://bucket/weights')
 
 
-def test_metric_writer_on_a_url(url):
+def test_metric_writer_on_a_url(url, monkeypatch):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  now = [0.0]
+  monkeypatch.setattr(writers.time, 'monotonic', lambda: now[0])
+  writer = writers.MetricWriter(f'{url}/rows')
+  # A URL file is uploaded whole at each flush: metrics.jsonl's rows go up
+  # every URL_FLUSH_SECONDS and at each checkpoint save (flush_rows), not
+  # with every row (O(rows^2) bytes over a run).
+  flushes = []
+  flush = writer._jsonl.flush  # pylint: disable=protected-access
+  writer._jsonl.flush = lambda: flushes.append(now[0]) or flush()  # pylint: disable=protected-access
+  for step in (7, 8):
+    writer.write_scalars(step, {'loss': 1.0})
+  now[0] = writers.URL_FLUSH_SECONDS
+  writer.write_scalars(9, {'loss': 1.0})
+  writer.write_scalars(10, {'loss': 1.0})
+  writer.flush_rows()
+  assert flushes == [writers.URL_FLUSH_SECONDS] * 2
+  writer.close()
   writer = writers.MetricWriter(url)
   writer.write_scalars(1, {'loss': 0.5})
   image = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)

@@ -222,8 +222,10 @@ def _train_experiment(exp: experiment.Experiment, workdir: str,
 
   def save(step, force=False) -> bool:
     saved = exp.checkpointer.save(step, state, force=force)
-    if saved and is_chief:
-      print(f'vqlab: saving the checkpoint of step {step}', flush=True)
+    if saved:
+      writer.flush_rows()
+      if is_chief:
+        print(f'vqlab: saving the checkpoint of step {step}', flush=True)
     return saved
 
   with jax.set_mesh(exp.mesh):

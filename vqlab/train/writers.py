@@ -4,11 +4,14 @@ Only process 0 writes; other processes get a writer that does nothing, so the
 loop never branches on the process index. The workdir may be a URL
 (`gs://bucket/run`): files then go through tf.io.gfile (vqlab.fileio), and so
 do tensorboardX's event files (its own gs:// writer needs
-google-cloud-storage and re-uploads its whole buffer on every flush).
+google-cloud-storage). A GCS file is uploaded whole at each flush, so a URL's
+metrics.jsonl and event files are flushed every 2 minutes, not every row
+(and metrics.jsonl at each checkpoint save and at the end).
 """
 
 import json
 import os
+import time
 from typing import Any, Mapping
 
 import jax
@@ -18,6 +21,11 @@ import tensorboardX
 from tensorboardX import record_writer
 
 from vqlab import fileio
+
+# Seconds between flushes of a URL's metrics.jsonl and event files (as
+# tensorboardX's default): each uploads the whole file again (tf.io.gfile on
+# GCS), so a flush per row uploads O(rows^2) bytes over a run.
+URL_FLUSH_SECONDS = 120
 
 
 class MetricWriter:
@@ -47,11 +55,15 @@ class MetricWriter:
         _drop_rows_after(path, trains_from, evaluates_again)
       if jsonl:
         self._jsonl = fileio.open(path, 'a')
+      self._flush_every = (URL_FLUSH_SECONDS if fileio.is_url(workdir) else 0)
+      self._flushed = time.monotonic()
       if fileio.is_url(workdir):
         _register_gfile_event_writer(fileio.scheme(workdir))
+      # A queue that outlasts a flush's upload: the loop never waits on one.
       self._tb = tensorboardX.SummaryWriter(
           os.path.join(workdir, 'tensorboard'),
-          purge_step=None if trains_from is None else trains_from + 1)
+          purge_step=None if trains_from is None else trains_from + 1,
+          max_queue=1000, flush_secs=URL_FLUSH_SECONDS)
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     """Writes float scalars at `step` to TensorBoard and metrics.jsonl."""
@@ -60,7 +72,8 @@ class MetricWriter:
     scalars = {k: float(v) for k, v in scalars.items()}
     if self._jsonl is not None:
       self._jsonl.write(json.dumps({'step': int(step), **scalars}) + '\n')
-      self._jsonl.flush()
+      if time.monotonic() - self._flushed >= self._flush_every:
+        self.flush_rows()
     for name, value in scalars.items():
       self._tb.add_scalar(name, value, global_step=step)
 
@@ -73,9 +86,12 @@ class MetricWriter:
                image)
       self._tb.add_image(name, image, global_step=step, dataformats='HWC')
 
-  def flush(self) -> None:
-    if self._enabled:
-      self._tb.flush()
+  def flush_rows(self) -> None:
+    """Writes out the metrics.jsonl rows written so far: the loop calls it
+    at each checkpoint save, so no row before a resumable step is lost."""
+    if self._enabled and self._jsonl is not None:
+      self._jsonl.flush()
+      self._flushed = time.monotonic()
 
   def close(self) -> None:
     """Writes out and closes the files (again: nothing)."""
