@@ -6,6 +6,8 @@ import itertools
 import os
 
 from absl import flags
+import jax
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 import numpy as np
 from PIL import Image
@@ -378,6 +380,36 @@ def test_a_palette_bmp_is_named_not_read_as_grey(tmp_path):
       'colours.*convert it to PNG'):
     image_folder.drop_unreadable(paths, None, 'images', channels=3, skip=False,
                                  report=False)
+
+
+def test_two_hosts_each_decode_half_the_files_and_drop_the_same(
+    tmp_path, monkeypatch):
+  """Process 0 of 2 decodes files 0 and 2 and takes process 1's verdict on
+  1 and 3 (each host decoded every file at every start)."""
+  good = np.zeros((8, 8, 3), np.uint8)
+  files = []
+  for i in range(4):
+    files.append(str(tmp_path / f'{i}.png'))
+    Image.fromarray(good).save(files[-1])
+  for bad in (files[2], files[3]):
+    with open(bad, 'wb') as f:
+      f.write(b'not an image')
+  decoded = []
+  unreadable = image_folder.unreadable
+  monkeypatch.setattr(image_folder, 'unreadable',
+                      lambda p, c: decoded.extend(p) or unreadable(p, c))
+  # Process 1's side of each exchange: its count of bad files, then their
+  # indices (file 3) padded to the longest list.
+  theirs = iter([np.int64(1), np.array([3])])
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(multihost_utils, 'process_allgather',
+                      lambda x: np.stack([x, next(theirs)]))
+  kept, labels = image_folder.drop_unreadable(files, np.arange(4), 'images',
+                                              channels=3, skip=True,
+                                              report=False, process_index=0,
+                                              process_count=2)
+  assert decoded == [files[0], files[2]]
+  assert kept == files[:2] and labels.tolist() == [0, 1]
 
 
 def _bilinear_no_antialias(image, height, width):
