@@ -107,9 +107,14 @@ def _run(*args):
 def test_cli_writes_a_run_that_main_evaluates_and_generators_load(
     tmp_path, capsys):
   out = str(tmp_path / 'maskgit')
-  printed = _run('-m', 'vqlab.convert', 'maskgit_vqgan',
-                 str(_GOLDENS / 'maskgit_tiny.msgpack'), out, '--num_groups=4',
-                 '--image_size=16')
+  # In this process (`python -m vqlab.convert` itself runs in
+  # tests/colab/test_notebooks.py); main.py below is a true command line.
+  assert convert_main.main([
+      'maskgit_vqgan',
+      str(_GOLDENS / 'maskgit_tiny.msgpack'), out, '--num_groups=4',
+      '--image_size=16'
+  ]) == 0
+  printed = capsys.readouterr().out
   assert f'--config={out}/config.py --workdir={out} --mode=eval' in printed
 
   # What a generator run loads: the converted weights give the reference
