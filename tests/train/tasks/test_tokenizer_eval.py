@@ -194,10 +194,16 @@ def test_auto_weights_are_wanted_only_where_every_process_has_them(
 
 
 @pytest.mark.usefixtures('small_inception_input')
-def test_gray_images_get_rfid_and_one_example_gets_none(weights_dir):
+def test_gray_images_get_rfid_and_one_example_gets_none(weights_dir,
+                                                        monkeypatch):
   """Inception sees a gray image as RGB with three equal channels (a
   1-channel dataset's eval used to fail at its first eval); one eval example
-  has no covariance, so no rFID, and the other metrics still come."""
+  has no covariance, so no rFID, and the other metrics still come.
+
+  The rFID is the Frechet distance of the real and reconstructed features'
+  statistics: its arguments are checked here, its value (two 2048 x 2048
+  eigendecompositions, most of this test's time) in tests/evals/test_fid.py
+  (singular statistics too) and test_eval_suite_equals_direct_computation."""
   frozen = frozen_lib.load(['inception'], weights_dir)
   evaluation = reconstruction_eval.ReconstructionEval(codebook_size=8)
   x = jax.random.uniform(jax.random.key(0), (3, 16, 16, 1), minval=-1, maxval=1)
@@ -214,12 +220,24 @@ def test_gray_images_get_rfid_and_one_example_gets_none(weights_dir):
   outputs, rgb_pool = outputs_and_rgb_pool(frozen)
   np.testing.assert_allclose(outputs['features']['real'], rgb_pool, rtol=1e-5,
                              atol=1e-6)
+  distances = []
+  monkeypatch.setattr(fid, 'frechet_distance',
+                      lambda *stats: distances.append(stats) or 1.5)
   for real_examples, has_rfid in ((3, True), (1, False)):
     acc = accumulator.EvalAccumulator()
     acc.add(dict(outputs, feature_mask=jnp.arange(3) < real_examples))
     metrics = evaluation.summarize(acc)
     assert ('rfid' in metrics) == has_rfid
+    assert metrics.get('rfid', 1.5) == 1.5
     assert metrics['psnr'] > 20
+  (mu1, sigma1, mu2, sigma2), = distances
+  for mu, sigma, features in ((mu1, sigma1, rgb_pool),
+                              (mu2, sigma2,
+                               outputs['features']['reconstructed'])):
+    features = np.asarray(features, np.float64)
+    np.testing.assert_allclose(mu, features.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sigma, np.cov(features, rowvar=False), rtol=1e-4,
+                               atol=1e-6)
 
 
 def test_reference_statistics_of_missing_data_are_a_data_error(
