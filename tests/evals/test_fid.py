@@ -108,6 +108,10 @@ def test_frechet_distance_matches_pytorch_fid(pair):
   got = fid.frechet_distance(*first, *second)
   assert isinstance(got, float)
   np.testing.assert_allclose(got, want, rtol=1e-6)
+  # Symmetric (an FID against reference statistics of the same images is
+  # the rFID: tests/train/tasks/test_tokenizer_eval.py).
+  np.testing.assert_allclose(fid.frechet_distance(*second, *first), got,
+                             rtol=1e-6)
   assert abs(fid.frechet_distance(*first, *first)) < 1e-6 * np.trace(first[1])
 
 
