@@ -106,6 +106,7 @@ def _run(*args):
 
 def test_cli_writes_a_run_that_main_evaluates_and_generators_load(
     tmp_path, capsys):
+  """Also: the converted run's config.py takes overrides of tuple keys."""
   out = str(tmp_path / 'maskgit')
   # In this process (`python -m vqlab.convert` itself runs in
   # tests/colab/test_notebooks.py); main.py below is a true command line.
@@ -124,6 +125,24 @@ def test_cli_writes_a_run_that_main_evaluates_and_generators_load(
   with np.load(_GOLDENS / 'maskgit_goldens.npz') as golden:
     tokens = compile_options.encode(loaded, golden['images'])
     np.testing.assert_array_equal(tokens, golden['tokens'])
+
+  # config.json stores tuples as lists, and config_flags overrides only
+  # tuples: fine-tuning a converted run from the command line needs them.
+  argv = [
+      'main.py', f'--config={out}/config.py', "--config.freeze=('encoder',)",
+      "--config.data.eval_photos=('coffee',)"
+  ]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', flag_values=flag_values,
+                                  sys_argv=argv)
+  flag_values(argv)
+  config = flag_values.config
+  assert config.freeze == ('encoder',)
+  assert config.data.eval_photos == ('coffee',)
+  with open(os.path.join(out, 'config.json')) as f:
+    multipliers = json.load(f)['model']['channel_multipliers']
+  assert isinstance(multipliers, list) and len(multipliers) > 1
+  assert config.model.channel_multipliers == tuple(multipliers)
 
   printed = _run('main.py', f'--config={out}/config.py', f'--workdir={out}',
                  '--mode=eval', '--config.eval.max_batches=1')
@@ -174,28 +193,6 @@ def test_write_run_refuses_params_that_do_not_fit(tmp_path):
   bad = published.Converted(model_config, params, 16, 'bad file')
   with pytest.raises(WeightsError, match='bad file: .*not filled: to_pixels'):
     published.write_run(str(tmp_path / 'bad'), bad)
-
-
-def test_a_converted_runs_config_py_takes_overrides_of_tuple_keys(tmp_path):
-  # config.json stores tuples as lists, and config_flags overrides only
-  # tuples: fine-tuning a converted run from the command line needs them.
-  model_config, params = _tiny_tokenizer_params()
-  out = str(tmp_path / 'run')
-  published.write_run(out,
-                      published.Converted(model_config, params, 16, 'a test'))
-  argv = [
-      'main.py', f'--config={out}/config.py', "--config.freeze=('encoder',)",
-      "--config.data.eval_photos=('coffee',)"
-  ]
-  flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', flag_values=flag_values,
-                                  sys_argv=argv)
-  flag_values(argv)
-  config = flag_values.config
-  assert config.freeze == ('encoder',)
-  assert config.data.eval_photos == ('coffee',)
-  assert config.model.channel_multipliers == tuple(
-      model_config.channel_multipliers)
 
 
 def test_a_run_that_switched_its_stacking_layout_still_loads(tmp_path):
