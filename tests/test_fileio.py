@@ -107,7 +107,21 @@ def test_metric_writer_on_a_url(url, monkeypatch):
   writer.write_scalars(10, {'loss': 1.0})
   writer.flush_rows()
   assert flushes == [writers.URL_FLUSH_SECONDS] * 2
+  # Its events go to a new file every URL_EVENTS_FILE_BYTES (each flush
+  # uploads the whole file): TensorBoard reads the files in name order.
+  monkeypatch.setattr(writers, 'URL_EVENTS_FILE_BYTES', 150)
+  grid = np.zeros((4, 6, 3), np.uint8)  # 72 bytes.
+  for step in (11, 12):
+    writer.write_images(step, {'grid': grid})
+  writer.write_scalars(13, {'loss': 1.0})
   writer.close()
+  files = sorted(fileio.glob(f'{url}/rows/tensorboard/events.out.*'))
+  steps = [(value.tag, event.step)
+           for path in files
+           for event in tf.compat.v1.train.summary_iterator(path)
+           for value in event.summary.value]
+  assert len(files) == 2 and steps[-3:] == [('grid', 11), ('grid', 12),
+                                            ('loss', 13)]
   writer = writers.MetricWriter(url)
   writer.write_scalars(1, {'loss': 0.5})
   image = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)

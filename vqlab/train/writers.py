@@ -6,7 +6,8 @@ loop never branches on the process index. The workdir may be a URL
 do tensorboardX's event files (its own gs:// writer needs
 google-cloud-storage). A GCS file is uploaded whole at each flush, so a URL's
 metrics.jsonl and event files are flushed every 2 minutes, not every row
-(and metrics.jsonl at each checkpoint save and at the end).
+(and metrics.jsonl at each checkpoint save and at the end), and its
+TensorBoard events go to a new file every 32 MB.
 """
 
 import json
@@ -26,6 +27,10 @@ from vqlab import fileio
 # tensorboardX's default): each uploads the whole file again (tf.io.gfile on
 # GCS), so a flush per row uploads O(rows^2) bytes over a run.
 URL_FLUSH_SECONDS = 120
+# A URL's TensorBoard events file is closed and a new one begun after about
+# this many bytes (image pixels, scalars): a run's eval grids in one file
+# were uploaded again at every flush, for days.
+URL_EVENTS_FILE_BYTES = 32 << 20
 
 
 class MetricWriter:
@@ -59,11 +64,9 @@ class MetricWriter:
       self._flushed = time.monotonic()
       if fileio.is_url(workdir):
         _register_gfile_event_writer(fileio.scheme(workdir))
-      # A queue that outlasts a flush's upload: the loop never waits on one.
-      self._tb = tensorboardX.SummaryWriter(
-          os.path.join(workdir, 'tensorboard'),
-          purge_step=None if trains_from is None else trains_from + 1,
-          max_queue=1000, flush_secs=URL_FLUSH_SECONDS)
+      self._events_bytes, self._events_files = 0, 0
+      self._tb = self._events_writer(
+          purge_step=None if trains_from is None else trains_from + 1)
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     """Writes float scalars at `step` to TensorBoard and metrics.jsonl."""
@@ -76,6 +79,7 @@ class MetricWriter:
         self.flush_rows()
     for name, value in scalars.items():
       self._tb.add_scalar(name, value, global_step=step)
+    self._count_events_bytes(64 * len(scalars))
 
   def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
     """Writes uint8 [H, W, C] images as PNG files and TensorBoard images."""
@@ -85,6 +89,26 @@ class MetricWriter:
       save_png(os.path.join(self.workdir, 'images', f'{name}_{step:08d}.png'),
                image)
       self._tb.add_image(name, image, global_step=step, dataformats='HWC')
+      self._count_events_bytes(np.asarray(image).nbytes)
+
+  def _events_writer(self, purge_step: int | None = None):
+    """A tensorboardX writer of a new events file; the later files of a
+    run (URL_EVENTS_FILE_BYTES) carry a part number, so two begun in one
+    second never share a name."""
+    suffix = f'.{self._events_files}' if self._events_files else ''
+    self._events_files += 1
+    # A queue that outlasts a flush's upload: the loop never waits on one.
+    return tensorboardX.SummaryWriter(os.path.join(self.workdir, 'tensorboard'),
+                                      purge_step=purge_step, max_queue=1000,
+                                      flush_secs=URL_FLUSH_SECONDS,
+                                      filename_suffix=suffix)
+
+  def _count_events_bytes(self, written: int) -> None:
+    """Begins a new events file once a URL's holds URL_EVENTS_FILE_BYTES."""
+    self._events_bytes += written
+    if self._flush_every and self._events_bytes >= URL_EVENTS_FILE_BYTES:
+      self._tb.close()
+      self._tb, self._events_bytes = self._events_writer(), 0
 
   def flush_rows(self) -> None:
     """Writes out the metrics.jsonl rows written so far: the loop calls it
