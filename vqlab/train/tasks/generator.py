@@ -741,8 +741,9 @@ class GeneratorTask(base.Task):
   # ---------------------------------------------------------- sampling ---
   def sample_conditions(self, start: int, batch_size: int):
     """Host conditions of samples start .. start + B - 1: class labels
-    (cycling through `sample_classes`), text arrays of the prompts (cycling), condition tokens int
-    [B, cond_length] of the eval split's examples (cycling), or None."""
+    (cycling through `sample_classes`), text arrays of the prompts
+    (cycling), condition tokens int [B, cond_length] of the eval split's
+    examples (cycling), or None."""
     index = np.arange(start, start + batch_size)
     if self.spatial:
       tokens = self.eval_cond_tokens()
