@@ -146,8 +146,6 @@ class Experiment:
     self.config_changes = run_record.check(config, workdir, allow_config_change,
                                            checkpointed=checkpointed,
                                            trains=lock == 'train')
-    if jax.process_index() == 0:  # Other runs keep the steps this one reads.
-      pins.pin_read_steps(config, workdir)
     # Data problems (a missing folder, an unreadable image) stop the run
     # before anything is written to the workdir.
     self.task: Task = tasks.get(config.task).build(config, workdir)
@@ -183,6 +181,12 @@ class Experiment:
     self.abstract_state = _with_shardings(abstract_state, self.state_shardings)
     if lock:
       workdir_lock.acquire(workdir, lock)
+    if lock == 'train' and jax.process_index() == 0:
+      # Other runs keep the steps this one reads. Only the run that owns the
+      # workdir pins: an eval or sample under a changed config (another
+      # tokenizer.step) replaced the training run's pin, and the tokenizer
+      # run then deleted the step the generator was trained with.
+      pins.pin_read_steps(config, workdir)
     fileio.makedirs(workdir)
     self.checkpointer = checkpoint_lib.Checkpointer(
         workdir, max_to_keep=config.train.max_to_keep, owns_run=lock == 'train')

@@ -680,6 +680,15 @@ def test_spatial_gpt_trains_on_shards_and_on_the_fly_alike_and_samples(
   assert np.isfinite(result['loss']) and 0 <= result['accuracy'] <= 1
   assert (os.path.abspath(workdir), 'tokenizer.step',
           1) in _pins_in(tokenizer_dir)
+  # A reading run never moves the training run's pin, even under a changed
+  # config naming another tokenizer step (here one the run lacks).
+  other = copy.deepcopy(config)
+  other.tokenizer.step = 7
+  with pytest.raises(CheckpointError, match='no checkpoint at step 7'):
+    loop.evaluate_checkpoint(other, workdir, devices=_devices(),
+                             allow_config_change=True)
+  assert (os.path.abspath(workdir), 'tokenizer.step',
+          1) in _pins_in(tokenizer_dir)
   grid, = glob.glob(os.path.join(workdir, 'images', 'eval_samples_*.png'))
   assert np.asarray(Image.open(grid)).shape == (38, 74, 3)
   # --mode=sample draws its conditions the same way (sample_conditions).
