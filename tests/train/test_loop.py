@@ -8,6 +8,7 @@ numerics on 1 vs 8 devices; tests/train/test_faults.py interrupts runs (SIGTERM,
 Ctrl-C, kill -9) and checks that resumed runs continue the same trajectory.
 """
 
+import fcntl
 import glob
 import json
 import os
@@ -29,6 +30,7 @@ from vqlab.errors import CheckpointError
 from vqlab.train import experiment
 from vqlab.train import loop
 from vqlab.train import optimizers
+from vqlab.train import workdir_lock
 
 STEPS = 5
 ROOT = paths.ROOT
@@ -148,6 +150,10 @@ def test_a_finished_run_run_again_returns_its_final_metrics(
     rows = f.read()
   result = loop.train_and_evaluate(_config(), workdir, devices=_devices())
   assert result == uninterrupted[1]
+  # The run returned: its lock is free (a notebook kernel that trained
+  # blocked every other run in the workdir until it exited).
+  with open(os.path.join(workdir, workdir_lock.LOCK_FILE)) as f:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
   out = capsys.readouterr().out.strip().splitlines()
   assert len(out) == 1 and 'the run finished at step 5' in out[0], out
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:

@@ -25,6 +25,7 @@ from vqlab.train import experiment
 from vqlab.train import preemption
 from vqlab.train import progress as progress_lib
 from vqlab.train import run_record
+from vqlab.train import workdir_lock
 from vqlab.train import writers as writers_lib
 
 StepCallback = Callable[[int, dict[str, Any]], None]
@@ -119,11 +120,12 @@ def _stopped(step: int, saved: bool) -> dict[str, Any]:
 def _train(config, workdir, devices, step_callback, allow_config_change,
            watcher: preemption.PreemptionWatcher) -> dict[str, Any]:
   """train_and_evaluate under its signal watcher."""
-  exp = experiment.Experiment(config, workdir, devices,
-                              allow_config_change=allow_config_change,
-                              lock='train')
-  with contextlib.ExitStack() as closing, _saves_landing(exp.checkpointer):
-    return _train_experiment(exp, workdir, step_callback, watcher, closing)
+  with workdir_lock.held(workdir):  # Released once the saves landed.
+    exp = experiment.Experiment(config, workdir, devices,
+                                allow_config_change=allow_config_change,
+                                lock='train')
+    with contextlib.ExitStack() as closing, _saves_landing(exp.checkpointer):
+      return _train_experiment(exp, workdir, step_callback, watcher, closing)
 
 
 def _closing_exit(close: Callable[[], None]):

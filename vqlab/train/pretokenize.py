@@ -131,6 +131,13 @@ def tokenize(config: ml_collections.ConfigDict, workdir: str, *,
   Returns:
     {'tokens_dir', 'train_examples', 'eval_examples', 'shards_written'}.
   """
+  with workdir_lock.held(workdir):
+    return _tokenize(config, workdir, devices)
+
+
+def _tokenize(config: ml_collections.ConfigDict, workdir: str,
+              devices: list[jax.Device] | None) -> dict[str, Any]:
+  """`tokenize` with its workdir's lock held."""
   devices = list(jax.devices() if devices is None else devices)
   config = experiment_config.validate(config, len(devices))
   if config.task != 'generator':

@@ -52,6 +52,7 @@ from vqlab.train import partitioning
 from vqlab.train import progress as progress_lib
 from vqlab.train import reference_files
 from vqlab.train import reference_stats
+from vqlab.train import workdir_lock
 from vqlab.train import writers as writers_lib
 
 
@@ -113,6 +114,14 @@ def sample(config: ml_collections.ConfigDict, workdir: str, *,
     frame of video samples: vqlab/evals/PROTOCOLS.md), 'fvd' or
     'prediction_fvd' and 'fvd_frames' when I3D is}.
   """
+  with workdir_lock.held(workdir):
+    return _sample(config, workdir, devices, allow_config_change)
+
+
+def _sample(config: ml_collections.ConfigDict, workdir: str,
+            devices: list[jax.Device] | None,
+            allow_config_change: bool) -> dict[str, Any]:
+  """`sample` with its workdir's lock held."""
   no_checkpoint = checkpoint_lib.no_checkpoint_error(workdir)
   if checkpoint_lib.newest_step(workdir) is None:
     raise no_checkpoint  # Before anything is made in a mistyped --workdir.

@@ -1,18 +1,23 @@
-"""One run per workdir: an advisory lock held for the life of the process.
+"""One run per workdir: an advisory lock held while a run uses it.
 
 Two runs writing one workdir crash mid-save and interleave their metrics, so
 the process that trains (or tokenizes, or samples) into a workdir takes an
-exclusive `fcntl.flock` on WORKDIR/vqlab.lock and keeps it until it exits.
-The kernel drops the lock when the process dies, even by kill -9, so a stale
-lock file never blocks a restart. The file says who holds it, for the error
-message of the run that is refused. Within one process the lock is
-re-entrant (a notebook that reruns its training cell is the same run).
+exclusive `fcntl.flock` on WORKDIR/vqlab.lock and keeps it until the run
+returns (`held`), or until it exits. The kernel drops the lock when the
+process dies, even by kill -9, so a stale lock file never blocks a restart.
+The file says who holds it, for the error message of the run that is
+refused. Within one process the lock is re-entrant (a notebook that reruns
+its training cell is the same run); it is released when the last of its
+holders returns, so a notebook kernel that finished training blocks no
+other run.
 
 Only process 0 locks, and only local paths: gs:// has no such locks. Its
 outcome goes to every process, so a refused multi-host run stops with one
 line on each host (not process 0 alone, the others waiting for it).
 """
 
+from collections.abc import Iterator
+import contextlib
 import datetime
 import fcntl
 import os
@@ -31,6 +36,7 @@ from vqlab.errors import WorkdirError
 LOCK_FILE = 'vqlab.lock'
 _TRIES = 5  # Attempts to lock, 50 ms apart.
 _held: dict[str, IO] = {}  # absolute workdir -> its open, locked file.
+_holders: dict[str, int] = {}  # absolute workdir -> `held` blocks in it.
 
 
 def acquire(workdir: str, mode: str) -> None:
@@ -74,6 +80,25 @@ def acquire(workdir: str, mode: str) -> None:
   if outcome == 2:
     raise WorkdirError(f'{workdir}: process 0 could not lock it (its log '
                        'says why)')
+
+
+@contextlib.contextmanager
+def held(workdir: str) -> Iterator[None]:
+  """A block that uses `workdir`: the lock this process took there
+  (`acquire`, before or inside the block) is released when the last open
+  `held` block of `workdir` leaves. A lock taken outside any (an Experiment
+  used on its own) lasts until the process exits."""
+  key = None if fileio.is_url(workdir) else os.path.abspath(workdir)
+  _holders[key] = _holders.get(key, 0) + 1
+  try:
+    yield
+  finally:
+    _holders[key] -= 1
+    if not _holders[key]:
+      del _holders[key]
+      locked = _held.pop(key, None)
+      if locked is not None:
+        locked.close()  # Drops the flock.
 
 
 def trainer(workdir: str) -> str | None:
