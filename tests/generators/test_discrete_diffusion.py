@@ -540,6 +540,26 @@ def test_importance_sampling_probabilities_are_the_official_codes():
   np.testing.assert_allclose(weight, 1.0)
 
 
+def test_loss_history_moves_each_drawn_t_once_by_its_last_example():
+  """The same t drawn by several examples moves by the last one's L_t^2, on
+  every backend (a scatter of one value per example keeps whichever
+  duplicate the backend writes last)."""
+  state = {
+      'lt_sq': jnp.asarray([0.0, 1.0, 2.0, 3.0, 4.0]),
+      'lt_count': jnp.asarray([0, 5, 0, 7, 1], jnp.int32)
+  }
+  t = jnp.asarray([3, 1, 3, 2, 3, 1])
+  vlb = jnp.asarray([10.0, 20.0, 30.0, 40.0, 50.0, 60.0])
+  new = jax.jit(vq_diffusion.update_loss_history)(state, t, vlb)
+  want = np.array(state['lt_sq'], np.float64)
+  count = np.array(state['lt_count'])
+  for i, ti in enumerate(np.asarray(t)):  # Later examples overwrite.
+    want[ti] = 0.9 * np.float64(state['lt_sq'][ti]) + 0.1 * float(vlb[i])**2
+    count[ti] += 1
+  np.testing.assert_allclose(new['lt_sq'], want, rtol=1e-6)
+  np.testing.assert_array_equal(new['lt_count'], count)
+
+
 def test_training_lowers_the_loss():
   model, params = _model(condition='class', num_classes=3)
   rng = np.random.default_rng(0)

@@ -288,11 +288,23 @@ def sample_times(rng: jax.Array, batch_size: int, num_timesteps: int,
 
 
 def update_loss_history(loss_state, t: jax.Array, vlb: jax.Array):
-  """EMA (0.9) of L_t^2 and counts per t, for importance sampling."""
+  """EMA (0.9) of L_t^2 and counts per t, for importance sampling.
+
+  loss_state {'lt_sq', 'lt_count'} [T + 1] each, t [B], vlb [B]. Each t
+  drawn moves once, by its last example's vlb, as the official scatter_
+  does on CPU: a scatter of one value per example keeps whichever of a t's
+  duplicates the backend writes last, which the GPU need not keep the same
+  from run to run.
+  """
   lt_sq, count = loss_state['lt_sq'], loss_state['lt_count']
-  # One update per distinct t (the last example's, as a scatter does).
-  new = 0.9 * lt_sq[t] + 0.1 * vlb**2
-  return {'lt_sq': lt_sq.at[t].set(new), 'lt_count': count.at[t].add(1)}
+  # The last example of each t (-1: not drawn); a max is order-free.
+  examples = jnp.arange(t.shape[0], dtype=jnp.int32)
+  last = jnp.full(lt_sq.shape, -1, jnp.int32).at[t].max(examples)
+  new = 0.9 * lt_sq + 0.1 * vlb[jnp.maximum(last, 0)]**2
+  return {
+      'lt_sq': jnp.where(last >= 0, new, lt_sq),
+      'lt_count': count.at[t].add(1)
+  }
 
 
 def init_loss_state(num_timesteps: int) -> dict[str, jax.Array]:
