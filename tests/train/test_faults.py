@@ -1267,11 +1267,13 @@ def test_an_eval_beside_a_run_that_deletes_the_step_it_reads_reads_the_next(
   """--mode=eval takes no lock: a trainer with train.max_to_keep = 1 may
   save step 6 and delete step 4 while the eval reads step 4 (Orbax deletes
   a step's files, then its directory). That step was removed, not
-  unreadable: the eval lists the steps again and reads step 6 (it used to
-  stop with 'no readable checkpoint ... start over')."""
+  unreadable: the eval lists the steps again and reads step 6. It used to
+  stop with 'no readable checkpoint ... start over' or, with an older step
+  (2, pinned by a generator) to fall back to, to evaluate step 2 and call
+  step 4 unreadable."""
   state = {'w': jnp.arange(6.0)}
   checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=5)
-  for step in (4, 6):
+  for step in (2, 4, 6):
     checkpointer.save(step, jax.tree.map(lambda x, s=step: x * s, state))
   checkpointer.wait()
   checkpoints = tmp_path / 'checkpoints'
@@ -1297,8 +1299,8 @@ def test_an_eval_beside_a_run_that_deletes_the_step_it_reads_reads_the_next(
                                                    abstract, set_aside=False)
   assert step == 6 and reads[0] == 4
   np.testing.assert_array_equal(restored['w'], np.arange(6.0) * 6)
-  assert sorted(os.listdir(checkpoints)) == (['6'] if deleted == 'all of it'
-                                             else ['4', '6'])
+  kept = ['2', '6'] if deleted == 'all of it' else ['2', '4', '6']
+  assert sorted(os.listdir(checkpoints)) == kept
   assert 'unreadable' not in capsys.readouterr().out
 
 

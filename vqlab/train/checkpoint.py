@@ -282,21 +282,24 @@ class Checkpointer:
     steps = chosen(self._agreed_steps())
     for _ in range(_READ_PASSES):
       restored, unreadable = self._newest_readable(abstract_state, steps)
-      if restored is not None or not unreadable:
+      if not unreadable:
         break
       # A run in progress deletes its old steps as it saves (max_to_keep):
       # a step that failed may have been removed while it was read, which
-      # says nothing of its files. Only a listing that stayed the same
-      # while every step failed is judged unreadable.
+      # says nothing of its files, and a newer step may have come (an eval
+      # fell back to an older step and called the newest unreadable). Only
+      # a listing that stayed the same while its steps failed is judged.
       listed, steps = steps, chosen(self._agreed_steps(reload=True))
       if steps == listed:
         break
     else:
-      raise CheckpointError(
-          f'the checkpoints in {self.directory} kept changing while they '
-          f'were read (steps {listed}, then {steps}): a run in progress '
-          'saves and deletes them faster than they can be read (raise its '
-          'train.max_to_keep). Nothing was changed; run again')
+      if restored is None:
+        raise CheckpointError(
+            f'the checkpoints in {self.directory} kept changing while they '
+            f'were read (steps {listed}, then {steps}): a run in progress '
+            'saves and deletes them faster than they can be read (raise its '
+            'train.max_to_keep). Nothing was changed; run again')
+      unreadable = [(s, why) for s, why in unreadable if s in steps]
     if restored is None:
       if not unreadable:
         return None
