@@ -5,6 +5,7 @@ natively, through epath and TensorStore's GCS driver) gets a local fake that
 records the directory it was given.
 """
 
+import glob
 import json
 import os
 import tracemalloc
@@ -14,6 +15,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
+from tensorboardX import event_file_writer
 
 from tests import tiny
 from vqlab import cli
@@ -223,9 +225,11 @@ def test_a_conversion_into_a_url(url, tmp_path, monkeypatch):
     published.write_run(url, converted)
 
 
-def test_a_resumed_writer_drops_rows_past_its_step_and_a_torn_row(tmp_path):
+def test_a_resumed_writer_drops_later_rows_and_no_writer_overwrites_events(
+    tmp_path, monkeypatch):
   """A run killed after step 4's row was half written, resumed from its
-  checkpoint at step 2: steps 3 and 4 are logged again, once."""
+  checkpoint at step 2: steps 3 and 4 are logged again, once. Events files
+  begun in one second keep apart."""
   path = tmp_path / 'metrics.jsonl'
   path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.9}\n'
                   '{"step": 3, "loss": 0.8}\n{"step": 4, "lo')
@@ -235,6 +239,19 @@ def test_a_resumed_writer_drops_rows_past_its_step_and_a_torn_row(tmp_path):
   rows = [json.loads(line) for line in path.read_text().splitlines()]
   assert [(r['step'], r['loss']) for r in rows] == [(1, 1.0), (2, 0.9),
                                                     (3, 0.7)]
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  # Two writers begun in one second (a trainer, and an eval beside it) keep
+  # both their events: tensorboardX names a file by the second and host.
+  monkeypatch.setattr(event_file_writer.time, 'time', lambda: 1.7e9)
+  for loss in (1.0, 2.0):
+    writer = writers.MetricWriter(str(tmp_path / 'same_second'), jsonl=False)
+    writer.write_scalars(1, {'loss': loss})
+    writer.close()
+  assert sorted(value.simple_value
+                for path in glob.glob(
+                    str(tmp_path / 'same_second/tensorboard/events.out.*'))
+                for event in tf.compat.v1.train.summary_iterator(path)
+                for value in event.summary.value) == [1.0, 2.0]
 
 
 # Token metadata of a train split of 4 examples in one shard.

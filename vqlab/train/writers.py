@@ -10,6 +10,7 @@ metrics.jsonl and event files are flushed every 2 minutes, not every row
 TensorBoard events go to a new file every 32 MB.
 """
 
+import itertools
 import json
 import os
 import time
@@ -31,6 +32,11 @@ URL_FLUSH_SECONDS = 120
 # this many bytes (image pixels, scalars): a run's eval grids in one file
 # were uploaded again at every flush, for days.
 URL_EVENTS_FILE_BYTES = 32 << 20
+# A number for each events file this process begins: tensorboardX names a
+# file by the second and the host alone and opens it anew, so a trainer and
+# an eval (or two writers of one process) begun in one second on one host
+# wrote one file, and one's events were lost.
+_EVENTS_FILES = itertools.count()
 
 
 class MetricWriter:
@@ -64,7 +70,7 @@ class MetricWriter:
       self._flushed = time.monotonic()
       if fileio.is_url(workdir):
         _register_gfile_event_writer(fileio.scheme(workdir))
-      self._events_bytes, self._events_files = 0, 0
+      self._events_bytes = 0
       self._tb = self._events_writer(
           purge_step=None if trains_from is None else trains_from + 1)
 
@@ -92,11 +98,10 @@ class MetricWriter:
       self._count_events_bytes(np.asarray(image).nbytes)
 
   def _events_writer(self, purge_step: int | None = None):
-    """A tensorboardX writer of a new events file; the later files of a
-    run (URL_EVENTS_FILE_BYTES) carry a part number, so two begun in one
-    second never share a name."""
-    suffix = f'.{self._events_files}' if self._events_files else ''
-    self._events_files += 1
+    """A tensorboardX writer of a new events file, named after its second,
+    host, process and number (_EVENTS_FILES): unlike any other's, and a
+    run's later files (URL_EVENTS_FILE_BYTES) sort after its earlier ones."""
+    suffix = f'.{os.getpid()}.{next(_EVENTS_FILES)}'
     # A queue that outlasts a flush's upload: the loop never waits on one.
     return tensorboardX.SummaryWriter(os.path.join(self.workdir, 'tensorboard'),
                                       purge_step=purge_step, max_queue=1000,
