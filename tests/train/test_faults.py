@@ -541,6 +541,31 @@ def test_reading_a_step_another_run_deletes_meanwhile_is_not_corruption(
     assert 'corrupt' not in str(e.value)
 
 
+def test_a_step_deleted_while_orbax_lists_it_is_named_as_such(
+    tmp_path, monkeypatch):
+  """Orbax reads each listed step's metadata: a step that a run in progress
+  deleted meanwhile failed there as 'metadata may be damaged', or, when the
+  steps were listed again after a failed read, as a bare FileNotFoundError."""
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=5)
+  checkpointer.save(2, {'w': jnp.arange(6.0)})
+  checkpointer.close()
+  gone = FileNotFoundError(2, 'No such file or directory',
+                           str(tmp_path / 'checkpoints' / '2'))
+
+  def deleted_meanwhile(*args, **kwargs):
+    raise gone
+
+  manager = checkpoint_lib.ocp.CheckpointManager
+  monkeypatch.setattr(manager, 'restore', deleted_meanwhile)
+  monkeypatch.setattr(manager, 'reload', deleted_meanwhile)
+  message = 'was deleted while the steps were listed .* run again$'
+  with pytest.raises(CheckpointError, match=message):
+    checkpoint_lib.restore_on_host(str(tmp_path))
+  monkeypatch.setattr(manager, '__init__', deleted_meanwhile)
+  with pytest.raises(CheckpointError, match=message):
+    checkpoint_lib.newest_step(str(tmp_path))
+
+
 def test_an_error_right_after_a_save_keeps_that_checkpoint(
     tmp_path, monkeypatch):
   """An eval that fails (a bad eval file, memory) right after the save of its

@@ -55,12 +55,19 @@ def _quiet_orbax():
 @contextlib.contextmanager
 def _opening(directory: str):
   """Orbax's manager lists the steps and reads their metadata as it is
-  made: its failure there (a metadata file of a step that is valid JSON of
-  another kind) is one line naming the directory."""
+  made and as it lists them again: its failure there (a metadata file of a
+  step that is valid JSON of another kind, a step that a run in progress
+  deleted meanwhile) is one line naming the directory."""
   try:
     yield
   except CheckpointError:
     raise
+  except FileNotFoundError as e:  # A step listed, then gone.
+    raise CheckpointError(
+        f'a step in {directory} was deleted while the steps were listed '
+        f'({read_failures.first_line(e)}): a run in progress deletes its old '
+        'steps as it saves (train.max_to_keep). Nothing was changed; run '
+        'again') from e
   except Exception as e:  # pylint: disable=broad-except
     damaged = read_failures.damaged_step_metadata(directory)
     # A URL is not searched (an unreadable bucket, a scheme Orbax does not
@@ -414,7 +421,8 @@ class Checkpointer:
     """
     for listing in range(_LISTINGS):
       if reload or listing:
-        self._manager.reload()
+        with _opening(self.directory):
+          self._manager.reload()
       steps = self.all_steps()
       if jax.process_count() == 1 or read_failures.same_on_every_process(steps):
         return steps
@@ -610,7 +618,8 @@ def restore_on_host(workdir: str, step: int | None = None,
                       _on_one_device(manager.item_metadata(s))))))
       if failure is None:
         return tree, read_step
-      manager.reload()
+      with _opening(directory):
+        manager.reload()
       if read_step in manager.all_steps():
         break
     else:
