@@ -311,13 +311,8 @@ def test_two_processes_match_one_process_on_two_devices(uninterrupted,
   assert not re.search(r'^vqlab: eval at step', first, re.M)
 
 
-def test_eval_images_leave_out_padding_examples():
-  images = {
-      'inputs': np.arange(4)[:, None] * np.ones((4, 3)),
-      'reconstructions': -np.arange(4)[:, None] * np.ones((4, 3)),
-      'step': np.int32(7)
-  }
-  real = experiment._real_examples(images, np.array([1, 1, 0, 0]))  # pylint: disable=protected-access
-  np.testing.assert_array_equal(real['inputs'][:, 0], [0, 1])
-  np.testing.assert_array_equal(real['reconstructions'][:, 0], [0, -1])
-  assert real['step'] == 7
+def test_eval_grid_shows_the_first_real_examples():
+  mask = np.array([1, 0, 1, 1, 0, 0, 1, 1])  # Two hosts' padded halves.
+  grid_examples = experiment._grid_examples  # pylint: disable=protected-access
+  np.testing.assert_array_equal(grid_examples(mask, 3), [0, 2, 3])
+  np.testing.assert_array_equal(grid_examples(mask, 1), [0, 2])  # Two clips.

@@ -203,13 +203,20 @@ class Experiment:
         name: parameter.default for name, parameter in inspect.signature(
             self.task.train_step).parameters.items()
     }
+    # Outputs (sums, masks, feature rows) go whole to every host's
+    # accumulator; images [B, ...] stay split over the batch's devices:
+    # `evaluate` brings only the grid's examples to the hosts.
     self.jit_eval_step = jax.jit(
         self.task.eval_step,
         in_shardings=(self.state_shardings, self.batch_sharding, replicated,
-                      replicated), out_shardings=replicated)
+                      replicated),
+        out_shardings=(replicated, self.batch_sharding))
 
-    # Any sharded array -> the whole array on every process.
-    self._gather = jax.jit(lambda x: x, out_shardings=replicated)
+    # Rows [R] of sharded arrays [B, ...] -> [R, ...] whole on every process
+    # (each device gathers its own rows; no whole [B, ...] on any device).
+    self._take_rows = jax.jit(
+        lambda tree, rows: jax.tree.map(lambda x: x[rows], tree),
+        out_shardings=replicated)
 
     if self.task.draws_samples:
       self.jit_sample_images = jax.jit(self.task.sample_images,
@@ -314,10 +321,9 @@ class Experiment:
         outputs, batch_images = self.eval_step(state, batch, i)
         acc.add(outputs)
         if images is None:
-          images = jax.device_get(batch_images)
-          if 'mask' in batch:  # A split smaller than a batch: no blank tiles.
-            images = _real_examples(images,
-                                    jax.device_get(self._gather(batch['mask'])))
+          rows = _grid_examples(jax.device_get(outputs['mask']),
+                                self.config.eval.num_images)
+          images = jax.device_get(self._take_rows(batch_images, rows))
     if not acc.num_batches:
       raise ValueError('eval: the eval split yielded no batches')
     if self.task.draws_samples:
@@ -332,11 +338,8 @@ class Experiment:
     return self.task.summarize_eval(acc), images
 
 
-def _real_examples(images: dict[str, np.ndarray],
-                   mask: np.ndarray) -> dict[str, np.ndarray]:
-  """The images of an eval batch without its padding examples (mask [B])."""
-  mask = np.asarray(mask, bool)
-  return {
-      k: v[mask] if np.ndim(v) and len(v) == len(mask) else v
-      for k, v in images.items()
-  }
+def _grid_examples(mask: np.ndarray, n: int) -> np.ndarray:
+  """Indices [<= max(n, 2)] of the examples an eval batch (mask [B]) shows in
+  the grid of `n` (`Task.image_rows`): its first real ones, so that a split
+  smaller than a batch shows no blank tiles."""
+  return np.flatnonzero(np.asarray(mask) > 0)[:max(n, 2)]

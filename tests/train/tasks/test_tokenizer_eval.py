@@ -134,7 +134,15 @@ def test_eval_suite_equals_direct_computation(weights_dir, tmp_path,
                              want['codebook_perplexity'], rtol=1e-12)
   assert want['rfid'] > 0
   np.testing.assert_allclose(metrics['rfid'], want['rfid'], rtol=1e-3)
-  assert images['inputs'].shape == images['reconstructions'].shape
+  # The eval step's images stay split over the 8 devices (an example each);
+  # only the grid's 4 examples of the first batch come to the host.
+  first = next(iter(exp.eval_data.batches()))
+  with jax.set_mesh(exp.mesh):  # Compiled by evaluate().
+    _, sharded = exp.eval_step(state, exp.global_batch(first))
+  for key in ('inputs', 'reconstructions'):
+    assert [s.data.shape[0] for s in sharded[key].addressable_shards] == [1] * 8
+    np.testing.assert_array_equal(images[key], np.asarray(sharded[key])[:4])
+  np.testing.assert_array_equal(images['inputs'], first['image'][:4])
 
   mu, sigma = fid.load_statistics(path)
   assert stats.num_examples == 12

@@ -64,7 +64,8 @@ class Task(abc.ABC):
       rng: jax.Array | None) -> tuple[dict[str, Any], dict[str, jax.Array]]:
     """One eval batch -> (outputs for `evals.accumulator.EvalAccumulator`:
     'sums' of per-example values over real examples, 'mask' [B] and
-    optionally 'features'; images to show, {name: [B, (T,) H, W, C]}).
+    optionally 'features'; images to show, {name: [B, (T,) H, W, C]}, which
+    stay split over the batch's devices: only the grid's reach the host).
     `rng`: this batch's key for a task whose eval loss draws (a generator's
     masks and timesteps; the loop folds the batch's index into a fixed key,
     so every evaluation of a run draws the same); None: key(0)."""
@@ -76,8 +77,9 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def image_rows(self, images: dict[str, np.ndarray],
                  n: int) -> list[np.ndarray]:
-    """Rows [<= n, H, W, C] of the eval picture from the eval images (or
-    {'samples': ...} when the task draws samples)."""
+    """Rows [<= n, H, W, C] of the eval picture from the eval images (the
+    first max(n, 2) real examples of the first eval batch) or, when the task
+    draws samples, {'samples': ...}."""
 
   # ----------------------------------------------------------- optional ---
   def data_source(self, split: str, global_batch_size: int, process_index: int,
