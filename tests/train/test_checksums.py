@@ -1,17 +1,22 @@
 """The checksums saved with checkpoints: the formula against a uint64 numpy
-reference, every single flipped bit caught, the same for every sharding."""
+reference (on the host and on the devices, every dtype and sharding), every
+single flipped bit caught, the same for every sharding."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from vqlab.train import checksums
 
 _GOLDEN = 2654435761
 
 
-def _reference(x: np.ndarray) -> int:
+def _reference(x) -> int:
   """sum_i w_i * (2i + 1) * golden mod 2^32 over the uint32 words."""
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  x = np.asarray(x)
   itemsize = x.dtype.itemsize
   words = x.reshape(-1).view({
       1: np.uint8,
@@ -24,17 +29,82 @@ def _reference(x: np.ndarray) -> int:
   return int((words * weights % 2**32).sum() % 2**32)
 
 
-def test_the_checksum_is_the_formula_for_every_dtype():
-  rng = np.random.default_rng(0)
-  arrays = {
-      'f32': rng.normal(size=(5, 7)).astype(np.float32),
-      'bf16': rng.normal(size=(3, 4, 5)).astype(jnp.bfloat16),
-      'i32': rng.integers(-2**31, 2**31, size=(9,), dtype=np.int32),
-      'u8': rng.integers(0, 256, size=(4, 4), dtype=np.uint8),
+def _arrays(rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """Arrays of every dtype a state holds, of shapes 8 devices can shard."""
+  return {
+      'f32': rng.normal(size=(8, 7)).astype(np.float32),
+      'bf16': rng.normal(size=(8, 4, 5)).astype(jnp.bfloat16),
+      'f16': rng.normal(size=(8,)).astype(np.float16),
+      'i32': rng.integers(-2**31, 2**31, size=(8, 3), dtype=np.int32),
+      'u32': rng.integers(0, 2**32, size=(2, 8), dtype=np.uint32),
+      'u16': rng.integers(0, 2**16, size=(8, 2), dtype=np.uint16),
+      'i8': rng.integers(-128, 128, size=(8, 5), dtype=np.int8),
+      'u8': rng.integers(0, 256, size=(4, 8), dtype=np.uint8),
+      'bool': rng.integers(0, 2, size=(8, 3)).astype(bool),
       'scalar': np.float32(3.5),
   }
-  got = checksums.of_leaves({k: jnp.asarray(v) for k, v in arrays.items()})
-  assert got == {k: _reference(np.asarray(v)) for k, v in arrays.items()}
+
+
+@pytest.mark.parametrize('on_host', [True, False])
+def test_the_checksum_is_the_formula_for_every_dtype_and_sharding(
+    monkeypatch, on_host):
+  """Small arrays whole on every device are summed on the host, the others
+  by a program on the devices (here every array: HOST_WORDS 0): both are
+  the formula, for numpy arrays, arrays on one device, replicated and
+  sharded ones, PRNG keys, and 64-bit dtypes under x64."""
+  if not on_host:
+    monkeypatch.setattr(checksums, 'HOST_WORDS', 0)
+  arrays = _arrays(np.random.default_rng(0))
+  mesh = jax.make_mesh((8,), ('a',))
+  rows = jax.sharding.NamedSharding(mesh, jax.P('a'))
+  columns = jax.sharding.NamedSharding(mesh, jax.P(None, 'a'))
+  whole = jax.sharding.NamedSharding(mesh, jax.P())
+  leaves = dict(arrays)
+  for k, v in arrays.items():
+    leaves[f'{k}/device'] = jnp.asarray(v)
+    leaves[f'{k}/replicated'] = jax.device_put(v, whole)
+    if np.ndim(v):
+      leaves[f'{k}/sharded'] = jax.device_put(
+          v, rows if v.shape[0] % 8 == 0 else columns)
+  keys = jax.random.split(jax.random.key(3), 8)
+  leaves['keys'] = keys
+  leaves['keys/replicated'] = jax.device_put(keys, whole)
+  leaves['keys/sharded'] = jax.device_put(keys, rows)
+  leaves['rbg_key'] = jax.random.key(4, impl='rbg')
+  expected = {k: _reference(v) for k, v in leaves.items()}
+  assert checksums.of_leaves(leaves) == expected
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(1)
+    wide = {
+        'f64': rng.normal(size=(8, 3)),
+        'i64': rng.integers(-2**63, 2**63, size=(8,), dtype=np.int64),
+        'u64': rng.integers(0, 2**64, size=(2, 8), dtype=np.uint64),
+    }
+    leaves = dict(wide)
+    for k, v in wide.items():
+      leaves[f'{k}/device'] = jnp.asarray(v)
+      leaves[f'{k}/replicated'] = jax.device_put(v, whole)
+    leaves['f64/sharded'] = jax.device_put(wide['f64'], rows)
+    assert checksums.of_leaves(leaves) == {
+        k: _reference(v) for k, v in leaves.items()
+    }
+
+
+def test_the_formula_at_the_host_bound_and_for_converted_numpy_arrays():
+  """Arrays of HOST_WORDS words (on the host) and one more (on the
+  devices); a float64 numpy array without x64 summed as the float32 array
+  jit makes of it (the value that checkpoints saved before the host path
+  hold)."""
+  rng = np.random.default_rng(2)
+  n = checksums.HOST_WORDS
+  leaves = {
+      'at_bound': jnp.asarray(rng.normal(size=(n // 4, 4)), jnp.float32),
+      'over_bound': jnp.asarray(rng.normal(size=(n + 1,)), jnp.float32),
+      'f64': rng.normal(size=(5, 3)),
+  }
+  assert checksums.of_leaves(leaves) == {
+      k: _reference(jnp.asarray(v)) for k, v in leaves.items()
+  }
 
 
 def test_every_single_flipped_bit_and_a_swap_change_it():
@@ -65,8 +135,8 @@ def test_the_checksum_is_the_same_for_every_sharding():
 
 def test_many_sharded_arrays_at_once():
   """A state of many FSDP-sharded arrays (each checksum a reduction across
-  devices): one program per mesh. A program per array, all in flight at
-  once, deadlocked XLA:CPU's 8 devices in their rendezvous."""
+  devices): a program per array, one after another. All in flight at once,
+  they deadlocked XLA:CPU's 8 devices in their rendezvous."""
   mesh = jax.make_mesh((8,), ('fsdp',))
   sharding = jax.sharding.NamedSharding(mesh, jax.P('fsdp'))
   values = {
@@ -77,15 +147,32 @@ def test_many_sharded_arrays_at_once():
   assert checksums.of_leaves(leaves) == checksums.of_leaves(values)
 
 
-def test_one_program_reads_a_bounded_part_of_the_state():
-  mib = 2**20
-  assert checksums.BATCH_BYTES == 256 * mib
-  assert checksums.batches([64 * mib] * 10) == [[0, 1, 2, 3], [4, 5, 6, 7],
-                                                [8, 9]]
-  # An array over the bound alone; small ones fill a group.
-  assert checksums.batches([300 * mib, 1, 2, 256 * mib, 1]) == [[0], [1, 2],
-                                                                [3], [4]]
-  assert not checksums.batches([])
+def test_one_program_per_kind_of_array_reused_by_every_state():
+  """No program for small arrays whole on every device; one per shape,
+  dtype and sharding of the others, reused by another state (of another
+  model) with an array like it."""
+  mesh = jax.make_mesh((8,), ('fsdp',))
+  sharding = jax.sharding.NamedSharding(mesh, jax.P('fsdp'))
+  jitted = checksums._checksum_on(mesh)  # pylint: disable=protected-access
+  jitted.clear_cache()
+  small = {
+      'b': jnp.ones(16),
+      'w': jax.device_put(jnp.ones((4, 4)), jax.NamedSharding(mesh, jax.P()))
+  }
+  checksums.of_leaves(small)
+  assert jitted._cache_size() == 0  # pylint: disable=protected-access
+  state = {
+      f'w{i}': jax.device_put(jnp.full((8, 4), i, jnp.float32), sharding)
+      for i in range(3)
+  }
+  checksums.of_leaves({**small, **state})
+  assert jitted._cache_size() == 1  # pylint: disable=protected-access
+  other = {
+      'w': jax.device_put(jnp.ones((8, 4)), sharding),
+      'v': jax.device_put(jnp.ones((16,), jnp.bfloat16), sharding)
+  }
+  checksums.of_leaves(other)
+  assert jitted._cache_size() == 2  # pylint: disable=protected-access
 
 
 def test_one_program_inside_and_outside_the_loops_mesh():
@@ -96,4 +183,4 @@ def test_one_program_inside_and_outside_the_loops_mesh():
   with jax.set_mesh(mesh):
     inside = checksums.of_leaves({'x': x})
   assert checksums.of_leaves({'x': x}) == inside
-  assert checksums._checksums_on(mesh)._cache_size() == 1  # pylint: disable=protected-access
+  assert checksums._checksum_on(mesh)._cache_size() == 1  # pylint: disable=protected-access

@@ -5,8 +5,9 @@ otherwise restore as a silently different model.
 The checksum of an array is sum_i w_i * (i * 2 + 1) * 2654435761 mod 2^32
 over its elements' bit patterns w_i (as unsigned 32-bit words), i the
 row-major index: every weight is odd, so any one flipped bit changes it, and
-moved elements change it too. It is computed where the array lives (no
-copy to the host, any sharding, the same value for every sharding).
+moved elements change it too. It is computed where the array lives (any
+sharding, the same value for every sharding), but for small arrays that
+every device holds whole: those on the host, from one device's copy.
 """
 
 from collections.abc import Callable
@@ -49,18 +50,16 @@ def _checksum(x: jax.Array) -> jax.Array:
   return jnp.sum(words * weights, dtype=jnp.uint32)
 
 
-def _checksums(leaves: list[Any]) -> list[jax.Array]:
-  return [_checksum(x) for x in leaves]
-
-
 @functools.cache
-def _checksums_on(
-    mesh: jax.sharding.Mesh | None) -> Callable[[list[Any]], list[jax.Array]]:
-  """_checksums jitted for arrays on `mesh` (None: other shardings), the
-  results whole on every device so that every process reads them."""
+def _checksum_on(
+    mesh: jax.sharding.Mesh | None) -> Callable[[jax.Array], jax.Array]:
+  """_checksum jitted for arrays on `mesh` (None: other shardings), the
+  result whole on every device so that every process reads it. One program
+  per shape, dtype and sharding, reused by every state (of any model) that
+  has an array like it."""
   if mesh is None:
-    return jax.jit(_checksums)
-  return jax.jit(_checksums,
+    return jax.jit(_checksum)
+  return jax.jit(_checksum,
                  out_shardings=jax.sharding.NamedSharding(mesh, jax.P()))
 
 
@@ -68,22 +67,60 @@ def _mesh_of(x: Any) -> jax.sharding.Mesh | None:
   return getattr(getattr(x, 'sharding', None), 'mesh', None)
 
 
-# Bytes of 32-bit words one checksum program reads at most (or one array's):
-# XLA:CPU keeps each array's weighted words whole before its sum.
-BATCH_BYTES = 256 * 2**20
+# Arrays of at most this many 32-bit words that every device holds whole
+# (replicated or on one device) are summed on the host, from one device's
+# copy: no program to compile for the many small arrays of a state (norms,
+# biases, the tiny models of tests). Larger ones, and sharded ones, are
+# summed where they live.
+HOST_WORDS = 2**18
+
+# The weights (i * 2 + 1) * golden mod 2^32 of the first HOST_WORDS indices.
+_HOST_WEIGHTS = (
+    (np.arange(HOST_WORDS, dtype=np.uint32) * np.uint32(2) + np.uint32(1)) *
+    np.uint32(_GOLDEN))
+_HOST_WEIGHTS.flags.writeable = False
+
+_UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint32}
 
 
-def batches(word_bytes: list[int]) -> list[list[int]]:
-  """Consecutive groups of the indices of arrays of `word_bytes` (bytes as
-  32-bit words), each over BATCH_BYTES only where one array is."""
-  groups, size = [[]], 0
-  for i, nbytes in enumerate(word_bytes):
-    if groups[-1] and size + nbytes > BATCH_BYTES:
-      groups.append([])
-      size = 0
-    groups[-1].append(i)
-    size += nbytes
-  return groups if groups[0] else []
+def _host_value(x: Any) -> np.ndarray | None:
+  """One whole copy of `x` on the host (PRNG keys: their key data) where
+  that is cheap and exact: `x` small, whole on every device (or a numpy
+  array of a dtype jax keeps); else None."""
+  if isinstance(x, jax.Array):
+    if not x.sharding.is_fully_replicated or _words_of(x) > HOST_WORDS:
+      return None
+    # One device's copy, read into a new host array (np.asarray of `x`
+    # itself would keep that copy with `x`).
+    x = x.addressable_shards[0].data
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x = jax.random.key_data(x)
+    return np.asarray(x)
+  x = np.asarray(x)
+  # Other dtypes (float64 without x64) go to the device as jit converts them.
+  if (x.dtype != jax.dtypes.canonicalize_dtype(x.dtype) or
+      _words_of(x) > HOST_WORDS):
+    return None
+  return x
+
+
+def _host_checksum(x: np.ndarray) -> int:
+  """_checksum of a host array: the same words and weights, in uint32
+  arithmetic (numpy wraps it mod 2^32 as XLA does)."""
+  if x.dtype == np.bool_:
+    words = x.reshape(-1).astype(np.uint32)
+  else:
+    words = np.ascontiguousarray(x).reshape(-1).view(
+        _UNSIGNED[x.dtype.itemsize]).astype(np.uint32, copy=False)
+  return int(np.sum(words * _HOST_WEIGHTS[:words.size], dtype=np.uint32))
+
+
+def _words_of(x: Any) -> int:
+  """How many 32-bit words `_words` makes of `x` (a guess for PRNG keys of
+  other implementations: enough here)."""
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    return np.size(x) * 2
+  return np.size(x) * (2 if x.dtype.itemsize == 8 else 1)
 
 
 def of_leaves(leaves: dict[str, Any]) -> dict[str, int]:
@@ -91,36 +128,32 @@ def of_leaves(leaves: dict[str, Any]) -> dict[str, int]:
   ones that span several processes: every process calls this alike) or
   numpy arrays.
 
-  The arrays of one mesh go through a program per `batches` group, one after
-  another, after the work that made them: a program per array, all in
-  flight at once (each with its cross-device sums of sharded arrays),
-  deadlocked XLA:CPU's devices, each waiting in another program's
-  rendezvous; one program for all arrays held a copy of the whole state.
+  Small arrays whole on every device are summed on the host (see
+  HOST_WORDS); every other array goes through a program of its own, one
+  after another, after the work that made them: programs all in flight at
+  once (each with its cross-device sums of sharded arrays) deadlocked
+  XLA:CPU's devices, each waiting in another program's rendezvous; one
+  program for all arrays held a copy of the whole state (and compiled
+  again for every state).
   """
   jax.block_until_ready(list(leaves.values()))
-  by_mesh: dict[Any, list[str]] = {}
-  for path, x in leaves.items():
-    by_mesh.setdefault(_mesh_of(x), []).append(path)
   out = {}
-  for mesh, paths in by_mesh.items():
-    sizes = [np.size(leaves[p]) * max(4, _itemsize(leaves[p])) for p in paths]
-    for group in batches(sizes):
-      group = [paths[i] for i in group]
-      # Under the arrays' own mesh whatever the caller's context: jit keys
-      # its cache on that context, and a save outside the loop's mesh
-      # compiled this program again.
-      context = (jax.set_mesh(mesh)
-                 if mesh is not None else contextlib.nullcontext())
-      with context:
-        sums = _checksums_on(mesh)([leaves[path] for path in group])
-      out.update(zip(group, (int(s) for s in jax.device_get(sums))))
-  return {path: out[path] for path in leaves}
-
-
-def _itemsize(x: Any) -> int:
-  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-    return 8  # Two 32-bit words per key, or more: a guess is enough here.
-  return x.dtype.itemsize
+  for path, x in leaves.items():
+    host = _host_value(x)
+    if host is not None:
+      out[path] = _host_checksum(host)
+      continue
+    mesh = _mesh_of(x)
+    # Under the array's own mesh whatever the caller's context: jit keys
+    # its cache on that context, and a save outside the loop's mesh
+    # compiled this program again.
+    context = (jax.set_mesh(mesh)
+               if mesh is not None else contextlib.nullcontext())
+    with context:
+      checksum = _checksum_on(mesh)(x)
+    # Waits for it before the next program starts.
+    out[path] = int(jax.device_get(checksum))
+  return out
 
 
 def differing(leaves: dict[str, Any], saved: dict[str, int]) -> list[str]:
