@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks.flops import count_flops
+from benchmarks.flops import jaxpr_flops
 from tests import random_weight_files
 from tests import tiny
 from tests.compile_options import FAST_COMPILE
@@ -202,9 +202,11 @@ def test_frozen_params_get_no_gradient_pass():
           tasks[()].frozen, state.loss_state)
   grads, flops = {}, {}
   for freeze, task in tasks.items():
-    grads[freeze] = jax.device_get(
-        jax.jit(task.loss_and_grads, compiler_options=FAST_COMPILE)(*args)[0])
-    flops[freeze] = count_flops(task.loss_and_grads, *args)
+    # One trace for the program and its FLOPs.
+    traced = jax.jit(task.loss_and_grads,
+                     compiler_options=FAST_COMPILE).trace(*args)
+    grads[freeze] = jax.device_get(traced.lower().compile()(*args)[0])
+    flops[freeze] = jaxpr_flops(traced.jaxpr.jaxpr)
   frozen, trained = grads[('encoder', 'quantizer')], grads[()]
   assert max(
       np.max(np.abs(g))
