@@ -91,19 +91,28 @@ def test_the_checksum_is_the_formula_for_every_dtype_and_sharding(
 
 
 def test_the_formula_at_the_host_bound_and_for_converted_numpy_arrays():
-  """Arrays of HOST_WORDS words (on the host) and one more (on the
-  devices); a float64 numpy array without x64 summed as the float32 array
+  """Arrays of HOST_WORDS words (on the host) and more (on the devices);
+  a float64 numpy array without x64 summed as the float32 array
   jit makes of it (the value that checkpoints saved before the host path
   hold)."""
   rng = np.random.default_rng(2)
   n = checksums.HOST_WORDS
   leaves = {
-      'at_bound': jnp.asarray(rng.normal(size=(n // 4, 4)), jnp.float32),
-      'over_bound': jnp.asarray(rng.normal(size=(n + 1,)), jnp.float32),
-      'f64': rng.normal(size=(5, 3)),
+      'at_bound':
+          jnp.asarray(rng.normal(size=(n // 4, 4)), jnp.float32),
+      'over_bound':
+          jnp.asarray(rng.normal(size=(n + 1,)), jnp.float32),
+      # Keys of 2 words and (rbg) of 4: counted by their key data.
+      'keys_at_bound':
+          jax.random.split(jax.random.key(5), n // 2),
+      'rbg_keys_over_bound':
+          jax.random.split(jax.random.key(6, impl='rbg'), n // 4 + 1),
+      'f64':
+          rng.normal(size=(5, 3)),
   }
   assert checksums.of_leaves(leaves) == {
-      k: _reference(jnp.asarray(v)) for k, v in leaves.items()
+      k: _reference(v if isinstance(v, jax.Array) else jnp.asarray(v))
+      for k, v in leaves.items()
   }
 
 

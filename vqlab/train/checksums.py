@@ -88,20 +88,25 @@ def _host_value(x: Any) -> np.ndarray | None:
   that is cheap and exact: `x` small, whole on every device (or a numpy
   array of a dtype jax keeps); else None."""
   if isinstance(x, jax.Array):
-    if not x.sharding.is_fully_replicated or _words_of(x) > HOST_WORDS:
+    if not x.sharding.is_fully_replicated:
       return None
     # One device's copy, read into a new host array (np.asarray of `x`
     # itself would keep that copy with `x`).
     x = x.addressable_shards[0].data
     if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
       x = jax.random.key_data(x)
-    return np.asarray(x)
+    return np.asarray(x) if _num_words(x) <= HOST_WORDS else None
   x = np.asarray(x)
   # Other dtypes (float64 without x64) go to the device as jit converts them.
   if (x.dtype != jax.dtypes.canonicalize_dtype(x.dtype) or
-      _words_of(x) > HOST_WORDS):
+      _num_words(x) > HOST_WORDS):
     return None
   return x
+
+
+def _num_words(x: Any) -> int:
+  """How many 32-bit words `_words` makes of `x` (not a PRNG key array)."""
+  return np.size(x) * (2 if x.dtype.itemsize == 8 else 1)
 
 
 def _host_checksum(x: np.ndarray) -> int:
@@ -113,14 +118,6 @@ def _host_checksum(x: np.ndarray) -> int:
     words = np.ascontiguousarray(x).reshape(-1).view(
         _UNSIGNED[x.dtype.itemsize]).astype(np.uint32, copy=False)
   return int(np.sum(words * _HOST_WEIGHTS[:words.size], dtype=np.uint32))
-
-
-def _words_of(x: Any) -> int:
-  """How many 32-bit words `_words` makes of `x` (a guess for PRNG keys of
-  other implementations: enough here)."""
-  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-    return np.size(x) * 2
-  return np.size(x) * (2 if x.dtype.itemsize == 8 else 1)
 
 
 def of_leaves(leaves: dict[str, Any]) -> dict[str, int]:
