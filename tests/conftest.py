@@ -6,11 +6,14 @@ import tempfile
 # Must happen before jax is imported anywhere.
 # Tests check numbers, not speed: XLA:CPU spends most of a small test
 # compiling, so every compile (subprocesses included) uses the cheap LLVM
-# settings (about 20% less CPU time for the suite).
+# settings (about 20% less CPU time for the suite) and XLA:CPU's older
+# fusion emitters (30-40% less compile time than its MLIR ones for the tiny
+# train steps: benchmarks/paper_scale.py --tiny --compile_only).
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8'
                            ' --xla_backend_optimization_level=0'
-                           ' --xla_llvm_disable_expensive_passes=true')
+                           ' --xla_llvm_disable_expensive_passes=true'
+                           ' --xla_cpu_use_fusion_emitters=false')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 # The partitionable threefry takes XLA:CPU ~5x longer to compile (a flax init

@@ -159,7 +159,8 @@ def executed(tmp_path_factory):
       # compiles. The notebooks share a compilation cache, as a user's
       # reruns in one runtime share jax's in-memory one.
       'XLA_FLAGS': ('--xla_backend_optimization_level=0'
-                    ' --xla_llvm_disable_expensive_passes=true'),
+                    ' --xla_llvm_disable_expensive_passes=true'
+                    ' --xla_cpu_use_fusion_emitters=false'),
       'JAX_COMPILATION_CACHE_DIR':
           str(home / 'jax_cache'),
       'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS':

@@ -139,10 +139,12 @@ def test_pooled_output_matches_reference(golden, loaded, states):
   out, pooled = states
   # Measured on CPU: 9.5e-7.
   np.testing.assert_allclose(pooled, golden['pooler_output'], rtol=0, atol=1e-5)
-  # Old configs (eos_token_id 2) pool at the largest id: the same here,
-  # since <|endoftext|> is the largest id of a CLIP vocab.
+  # Old configs (eos_token_id 2) pool at the largest id: the same rows here,
+  # since <|endoftext|> is the largest id of a CLIP vocab (up to the last
+  # bit: `pooled` comes from the compiled encoder, where XLA may fuse the
+  # final LayerNorm into the gather; other rows differ by O(1)).
   legacy = np.asarray(clip.pool(out, golden['ids'], 2))
-  np.testing.assert_array_equal(legacy, pooled)
+  np.testing.assert_allclose(legacy, pooled, rtol=0, atol=1e-6)
   assert module.config.eos_token_id != 2
 
 
