@@ -640,6 +640,11 @@ def test_a_locked_workdir_names_the_other_run(tmp_path):
     assert f'in use by another vqlab run (pid {holder.pid} on ' in message
     assert '--mode=train' in message and '\n' not in message
     assert sorted(os.listdir(workdir)) == [workdir_lock.LOCK_FILE]
+    # Sampling needs this run: no advice to use another --workdir.
+    with pytest.raises(
+        WorkdirError, match=r'; wait for it to finish '
+        r'\(--mode=eval reads a run in progress\)$'):
+      workdir_lock.acquire(workdir, 'sample')
     # A generator started from it is warned that its later steps are unused.
     assert workdir_lock.trainer(workdir).startswith(f'pid {holder.pid} on ')
     assert 'WARNING: that run is still training' in run_record.in_training(

@@ -76,7 +76,7 @@ def acquire(workdir: str, mode: str) -> None:
   if outcome == 1:
     raise WorkdirError(
         f'{workdir} is in use by another vqlab run (process 0 found its '
-        'lock); wait for it to finish or use another --workdir')
+        f'lock); {_advice(mode)}')
   if outcome == 2:
     raise WorkdirError(f'{workdir}: process 0 could not lock it (its log '
                        'says why)')
@@ -138,6 +138,13 @@ def _lock_exclusively(f: IO) -> None:
   fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
+def _advice(mode: str) -> str:
+  """What a run of `mode` refused by the lock can do."""
+  if mode == 'sample':  # It needs this run's checkpoints.
+    return 'wait for it to finish (--mode=eval reads a run in progress)'
+  return 'wait for it to finish or use another --workdir'
+
+
 def _lock(workdir: str, mode: str) -> str | None:
   """Takes the lock of absolute `workdir` -> None, or the refusal's line."""
   if workdir in _held:
@@ -155,7 +162,7 @@ def _lock(workdir: str, mode: str) -> str | None:
     holder = f.read().strip() or 'another process'
     f.close()
     return (f'{workdir} is in use by another vqlab run ({holder}); '
-            'wait for it to finish or use another --workdir')
+            f'{_advice(mode)}')
   except OSError as e:  # ENOLCK, EOPNOTSUPP: a filesystem without locks.
     f.close()
     print(
