@@ -166,11 +166,6 @@ def _tokenize(config: ml_collections.ConfigDict, workdir: str,
   encode = jax.jit(tok.encode, in_shardings=(replicated, batch_sharding),
                    out_shardings=batch_sharding)
   cond_tok = generator.condition_tokenizer(config)
-  if jax.process_index() == 0:  # The shards decode with these steps only.
-    pins.pin_or_warn(tok.workdir, tok.step, workdir, 'tokenizer.step')
-    if cond_tok is not None:
-      pins.pin_or_warn(cond_tok.workdir, cond_tok.step, workdir,
-                       'condition.tokenizer_step')
   condition = generator.condition_metadata(config, cond_tok)
   encode_cond = None
   if condition['image'] != 'none':
@@ -219,6 +214,14 @@ def _tokenize(config: ml_collections.ConfigDict, workdir: str,
   # Config, data and tokenizer errors above stop the run before the workdir
   # is made; from here on it is read and written under the lock.
   workdir_lock.acquire(workdir, 'tokenize')
+  # The shards decode with these steps only. Pinned under the lock: a
+  # tokenize refused by it (the generator training there) could move the
+  # training run's pin to another step.
+  if process == 0:
+    pins.pin_or_warn(tok.workdir, tok.step, workdir, 'tokenizer.step')
+    if cond_tok is not None:
+      pins.pin_or_warn(cond_tok.workdir, cond_tok.step, workdir,
+                       'condition.tokenizer_step')
   old = token_shards.read_metadata(directory)
   if old is not None:
     _check_resume(old, metadata, directory)

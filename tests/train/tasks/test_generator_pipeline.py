@@ -5,6 +5,7 @@ Runs on 2 of the 8 test devices (sharded batches, cheap compiles).
 """
 
 import copy
+import fcntl
 import functools
 import glob
 import json
@@ -30,6 +31,7 @@ from vqlab.data import token_shards
 from vqlab.errors import CheckpointError
 from vqlab.errors import ConfigError
 from vqlab.errors import DataError
+from vqlab.errors import WorkdirError
 from vqlab.evals import fid
 from vqlab.generators import maskgit
 from vqlab.train import checkpoint as checkpoint_lib
@@ -41,6 +43,7 @@ from vqlab.train import pretokenize
 from vqlab.train import run_record
 from vqlab.train import sampling
 from vqlab.train import trained_tokenizer
+from vqlab.train import workdir_lock
 from vqlab.train.tasks import generator
 from vqlab.train.tasks import spatial_conditions
 
@@ -107,6 +110,23 @@ def test_tokenize_writes_the_tokenizers_indices_with_metadata(
   # The tokenizer run keeps the step the shards decode with (vqlab.train.pins).
   assert (os.path.abspath(workdir), 'tokenizer.step',
           1) in _pins_in(tokenizer_dir)
+
+
+def test_a_tokenize_refused_by_the_workdir_lock_pins_nothing(
+    tokenizer_dir, tmp_path):
+  """A tokenize refused by the lock (the generator training in its workdir)
+  wrote its pins first: under another tokenizer.step, the training run's pin
+  moved and the tokenizer run could delete the generator's step."""
+  workdir = str(tmp_path / 'busy')
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, workdir_lock.LOCK_FILE), 'a') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)  # Another open file: another run's lock.
+    with pytest.raises(WorkdirError, match='in use by another vqlab run'):
+      pretokenize.tokenize(tiny.generator_config(tokenizer_dir), workdir,
+                           devices=_devices())
+  assert os.path.abspath(workdir) not in {
+      reader for reader, _, _ in _pins_in(tokenizer_dir)
+  }
 
 
 def test_a_checkpoint_of_another_model_is_refused_when_loaded(
