@@ -88,7 +88,10 @@ def held(workdir: str) -> Iterator[None]:
   (`acquire`, before or inside the block) is released when the last open
   `held` block of `workdir` leaves. A lock taken outside any (an Experiment
   used on its own) lasts until the process exits."""
-  key = None if fileio.is_url(workdir) else os.path.abspath(workdir)
+  if fileio.is_url(workdir):  # No lock there.
+    yield
+    return
+  key = os.path.abspath(workdir)
   _holders[key] = _holders.get(key, 0) + 1
   try:
     yield
