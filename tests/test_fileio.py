@@ -286,6 +286,12 @@ def test_a_truncated_token_shard_is_named(tmp_path):
     f.write(b'not a shard at all')
   with pytest.raises(ValueError, match=r'token shard .* is corrupt'):
     token_shards.load_split(directory, 'train')
+  # Metadata that is JSON but not an object: named, not an AttributeError.
+  with open(os.path.join(directory, token_shards.METADATA), 'w') as f:
+    f.write('[]')
+  with pytest.raises(ValueError,
+                     match=r'metadata.json holds a JSON list, not '):
+    token_shards.load_split(directory, 'train')
 
 
 def test_the_shards_of_two_processes_load_in_the_streams_order(tmp_path):

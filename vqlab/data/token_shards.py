@@ -80,6 +80,10 @@ def read_metadata(directory: str) -> dict[str, Any] | None:
     _raise_if_unreadable(path, e)
     raise ValueError(f'{path} is corrupt ({e}); delete the tokens directory '
                      'and run --mode=tokenize again') from e
+  if not isinstance(metadata, dict):
+    raise ValueError(f'{path} holds a JSON {type(metadata).__name__}, not '
+                     'the tokens\' metadata: delete the tokens directory and '
+                     'run --mode=tokenize again')
   if metadata.get('format') != FORMAT_VERSION:
     raise ValueError(f'{path}: token format {metadata.get("format")}, this '
                      f'vqlab reads format {FORMAT_VERSION}')

@@ -123,6 +123,12 @@ def check_read_checkpoints(workdir: str, loaded: dict[str, Any],
     return
   recorded = read(workdir, READ_CHECKPOINTS_FILE) or {}
   for key, tok in loaded.items():
+    if key in recorded and not trained_tokenizer.is_record(recorded[key]):
+      raise ConfigError(
+          '--workdir', f'{os.path.join(workdir, READ_CHECKPOINTS_FILE)}: '
+          f'{key!r} is {recorded[key]!r}, not a record of the checkpoint '
+          'the run was trained with ({"workdir", "step", "checksum"}): '
+          'repair it, or remove that entry to train on without this check')
     trained_tokenizer.check_same_params(
         recorded.get(key), tok, key, f'the run in {workdir} was trained with',
         'Use the tokenizer run it was trained with, or start a new run in '

@@ -111,6 +111,16 @@ class TrainedTokenizer:
     }
 
 
+def is_record(recorded: Any) -> bool:
+  """Whether `recorded` (read from a JSON file) has the form of
+  `TrainedTokenizer.metadata()`: {'workdir': str, 'step': int, 'checksum':
+  str or None (older vqlab)}."""
+  return (isinstance(recorded, dict) and
+          isinstance(recorded.get('workdir'), str) and
+          isinstance(recorded.get('step'), int) and
+          isinstance(recorded.get('checksum'), (str, type(None))))
+
+
 def check_same_params(recorded: dict[str, Any] | None, tok: TrainedTokenizer,
                       key: str, made_with: str, remedy: str) -> None:
   """ConfigError naming config key `key` when `recorded` (`metadata()` of

@@ -548,6 +548,14 @@ def test_on_the_fly_tokens_give_the_same_eval_loss_as_shards(
       ConfigError, match=r'^tokenizer\.workdir: step 1 of .* is not the '
       r'checkpoint the run in .* was trained with \(its params differ'):
     experiment.Experiment(config, str(tmp_path), _devices())
+  # A damaged record is named, not a deep AttributeError or KeyError.
+  for damaged in (5, {'workdir': tokenizer['workdir']}):
+    with open(path, 'w') as f:
+      json.dump({'tokenizer.workdir': damaged}, f)
+    with pytest.raises(
+        ConfigError, match=r"^--workdir: .*read_checkpoints\.json: "
+        r"'tokenizer\.workdir' is .*, not a record of the checkpoint"):
+      experiment.Experiment(config, str(tmp_path), _devices())
   # (Train steps on the fly: tests/train/tasks/test_titok_training.py and
   # tests/train/tasks/test_text_to_image.py.)
   del workdir
