@@ -911,6 +911,10 @@ def test_an_eval_a_sigterm_skipped_is_made_when_the_run_resumes(run_copy):
                                    step_callback=preempt_at_6)
   assert result == {'step': 6, 'preempted': True}
   assert not os.path.exists(os.path.join(run_copy, 'eval_6.json'))
+  # An eval of step 6 by --mode=eval meanwhile writes eval_6.json, but no
+  # row in the run's metrics.jsonl: the resumed run still makes its own.
+  loop.evaluate_checkpoint(config, run_copy, devices=_devices())
+  assert os.path.exists(os.path.join(run_copy, 'eval_6.json'))
   loop.train_and_evaluate(config, run_copy, devices=_devices())
   with open(os.path.join(run_copy, 'eval_6.json')) as f:
     assert json.load(f)['step'] == 6

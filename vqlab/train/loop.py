@@ -300,13 +300,16 @@ def _train_experiment(exp: experiment.Experiment, workdir: str,
 
 def _eval_missing(workdir: str, step: int, train_cfg) -> bool:
   """Whether a run resumed from `step`, an eval step before its last, lacks
-  that step's eval (eval_<step>.json): a stop there skips the eval and a
-  crash may cut it short. Process 0 looks; every process gets its answer."""
+  that step's eval (its row in metrics.jsonl, or eval_<step>.json): a stop
+  there skips the eval and a crash may cut it short. An eval_<step>.json of
+  `--mode=eval` is not the run's: metrics.jsonl lacks its row. Process 0
+  looks; every process gets its answer."""
   if not (0 < step < train_cfg.num_steps and train_cfg.eval_every and
           step % train_cfg.eval_every == 0):
     return False
-  missing = (jax.process_index() == 0 and
-             not fileio.exists(os.path.join(workdir, f'eval_{step}.json')))
+  missing = jax.process_index() == 0 and not (
+      writers_lib.has_eval_row(workdir, step) and
+      fileio.exists(os.path.join(workdir, f'eval_{step}.json')))
   if jax.process_count() > 1:
     missing = bool(multihost_utils.broadcast_one_to_all(np.int32(missing)))
   return missing

@@ -131,6 +131,27 @@ class MetricWriter:
       self._tb.close()
 
 
+def has_eval_row(workdir: str, step: int) -> bool:
+  """Whether the run's metrics.jsonl in `workdir` holds an eval row of
+  `step`: the training run's own eval of it (`--mode=eval` writes none)."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not fileio.exists(path):
+    return False
+  with fileio.open(path) as f:
+    return any(_parse_row(line) == (step, True) for line in f)
+
+
+def _parse_row(line: str) -> tuple[int, bool] | None:
+  """(step, whether it is an eval row) of a metrics.jsonl line, or None for
+  a line that is not a complete row of ours."""
+  try:
+    row = json.loads(line)
+    step = int(row['step'])
+  except (ValueError, KeyError, TypeError):
+    return None
+  return step, all(k.startswith('eval/') for k in row if k != 'step')
+
+
 def _drop_rows_after(path: str, step: int, evals_at_step: bool) -> None:
   """Rewrites the metrics.jsonl at `path` without its rows after `step`
   (with `evals_at_step`, without its eval rows at `step` too) and without a
@@ -139,12 +160,10 @@ def _drop_rows_after(path: str, step: int, evals_at_step: bool) -> None:
     lines = f.read().splitlines(keepends=True)
 
   def kept(line: str) -> bool:
-    try:
-      row = json.loads(line)
-      row_step = int(row['step'])
-    except (ValueError, KeyError, TypeError):
+    parsed = _parse_row(line)
+    if parsed is None:
       return True  # Not a row of ours: left as it is.
-    is_eval = all(k.startswith('eval/') for k in row if k != 'step')
+    row_step, is_eval = parsed
     return row_step < step or row_step == step and not (evals_at_step and
                                                         is_eval)
 
