@@ -217,6 +217,7 @@ def main(argv):
   from vqlab.errors import CheckpointError  # pylint: disable=g-import-not-at-top
   from vqlab.errors import ConfigError  # pylint: disable=g-import-not-at-top
   from vqlab.errors import DataError  # pylint: disable=g-import-not-at-top
+  from vqlab.errors import TrainingDivergedError  # pylint: disable=g-import-not-at-top
   from vqlab.errors import WeightsError  # pylint: disable=g-import-not-at-top
   from vqlab.errors import WorkdirError  # pylint: disable=g-import-not-at-top
   _use_compilation_cache()
@@ -256,9 +257,15 @@ def main(argv):
     os._exit(1)  # pylint: disable=protected-access
   except Exception as e:  # pylint: disable=broad-except
     import jax  # pylint: disable=g-import-not-at-top
-    kinds = ((ConfigError, 'config'), (DataError, 'data'),
-             (CheckpointError, 'checkpoint'), (WeightsError, 'weights'),
-             (WorkdirError, 'workdir'), (OSError, 'file'))
+    kinds = (
+        (ConfigError, 'config'),
+        (DataError, 'data'),
+        (CheckpointError, 'checkpoint'),
+        (WeightsError, 'weights'),
+        (WorkdirError, 'workdir'),
+        (TrainingDivergedError, 'training'),
+        (OSError, 'file'),
+    )
     kind = next((name for cls, name in kinds if isinstance(e, cls)), None)
     if kind is None and jax.process_count() == 1:
       raise

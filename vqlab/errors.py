@@ -30,3 +30,9 @@ class WeightsError(FileNotFoundError):
 class WorkdirError(RuntimeError):
   """The --workdir cannot be used: another run holds it, or it cannot be
   written; the message names the directory (and the other run)."""
+
+
+class TrainingDivergedError(RuntimeError):
+  """The training run's loss, gradients or state became NaN or Inf: it
+  stopped without saving them; the message names the step and what is not
+  finite, and says which checkpoint is kept."""

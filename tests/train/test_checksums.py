@@ -59,20 +59,39 @@ def test_the_checksum_is_the_formula_for_every_dtype_and_sharding(
   rows = jax.sharding.NamedSharding(mesh, jax.P('a'))
   columns = jax.sharding.NamedSharding(mesh, jax.P(None, 'a'))
   whole = jax.sharding.NamedSharding(mesh, jax.P())
-  leaves = dict(arrays)
-  for k, v in arrays.items():
-    leaves[f'{k}/device'] = jnp.asarray(v)
-    leaves[f'{k}/replicated'] = jax.device_put(v, whole)
-    if np.ndim(v):
-      leaves[f'{k}/sharded'] = jax.device_put(
-          v, rows if v.shape[0] % 8 == 0 else columns)
+
+  def placed(arrays):
+    """Each array on the host, on one device, replicated and sharded."""
+    leaves = dict(arrays)
+    for k, v in arrays.items():
+      leaves[f'{k}/device'] = jnp.asarray(v)
+      leaves[f'{k}/replicated'] = jax.device_put(v, whole)
+      if np.ndim(v):
+        leaves[f'{k}/sharded'] = jax.device_put(
+            v, rows if v.shape[0] % 8 == 0 else columns)
+    return leaves
+
+  leaves = placed(arrays)
   keys = jax.random.split(jax.random.key(3), 8)
   leaves['keys'] = keys
   leaves['keys/replicated'] = jax.device_put(keys, whole)
   leaves['keys/sharded'] = jax.device_put(keys, rows)
   leaves['rbg_key'] = jax.random.key(4, impl='rbg')
   expected = {k: _reference(v) for k, v in leaves.items()}
-  assert checksums.of_leaves(leaves) == expected
+  summary = checksums.summarize(leaves)
+  assert summary.checksums == expected and summary.nonfinite == []
+  # One NaN or Inf in a floating-point array is named wherever it lives;
+  # integers' extreme bit patterns are no NaN.
+  poisoned = {k: v.copy() for k, v in arrays.items() if np.ndim(v)}
+  poisoned['f32'][3, 2] = np.nan
+  poisoned['bf16'][5, 1, 4] = np.inf
+  poisoned['f16'][7] = -np.inf
+  poisoned['i32'][0, 0] = -1
+  summary = checksums.summarize(placed(poisoned))
+  assert sorted(summary.nonfinite) == sorted(
+      f'{k}{where}' for k in ('f32', 'bf16', 'f16')
+      for where in ('', '/device', '/replicated', '/sharded'))
+  assert summary.checksums['f32/sharded'] == _reference(poisoned['f32'])
   with jax.enable_x64(True):
     rng = np.random.default_rng(1)
     wide = {

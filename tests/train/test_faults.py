@@ -32,6 +32,7 @@ from vqlab import data as data_lib
 from vqlab.data import token_shards
 from vqlab.errors import CheckpointError
 from vqlab.errors import ConfigError
+from vqlab.errors import TrainingDivergedError
 from vqlab.errors import WorkdirError
 from vqlab.nn import stack
 from vqlab.train import checkpoint as checkpoint_lib
@@ -922,6 +923,54 @@ def test_an_eval_a_sigterm_skipped_is_made_when_the_run_resumes(run_copy):
     rows = [json.loads(line) for line in f]
   evals = [r['step'] for r in rows if any(k.startswith('eval/') for k in r)]
   assert evals == [STEPS, 6, 8]
+
+
+def _poison_batch(monkeypatch, index):
+  """One NaN pixel in the `index`-th global batch the loop makes (batch 1
+  is its first step's; the loop makes one batch ahead)."""
+  made = experiment.Experiment.global_batch
+  count = iter(range(1, 1000))
+
+  def poisoned(self, batch):
+    if next(count) == index:
+      batch = dict(batch, image=np.array(batch['image']))
+      batch['image'][0, 0, 0, 0] = np.nan
+    return made(self, batch)
+
+  monkeypatch.setattr(experiment.Experiment, 'global_batch', poisoned)
+
+
+def test_a_diverged_run_stops_without_saving_over_its_good_steps(
+    run_copy, monkeypatch):
+  """A NaN step saved on would be followed by NaN checkpoints, and
+  max_to_keep would delete the last good ones: the save refuses a state
+  that is not finite (step 7, never logged here), and the loop stops at the
+  first logged step whose metrics are not (step 7 of the rerun)."""
+  _poison_batch(monkeypatch, 2)  # Step 7's.
+  config = _config(num_steps=9, checkpoint_every=1, log_every=100,
+                   max_to_keep=3)
+  with pytest.raises(
+      TrainingDivergedError, match=r'^training diverged: the state of step 7 '
+      r'holds NaN or Inf values \(params/\S+, params/\S+, params/\S+ and '
+      r'\d+ more\)\. '
+      r'Nothing of it was saved; its newest checkpoint, step 6, is kept'):
+    loop.train_and_evaluate(config, run_copy, devices=_devices())
+  assert _checkpoints(run_copy) == ['4', '5', '6']
+  _poison_batch(monkeypatch, 1)  # Step 7's again, logged now.
+  config.train.log_every = 1
+  with pytest.raises(
+      TrainingDivergedError, match=r'^training diverged: the train metrics '
+      r'of step 7 are not finite \(.*loss=nan.*\)\. Nothing of it was '
+      r'saved; its newest checkpoint, step 6, is kept\. Lower the learning'):
+    loop.train_and_evaluate(config, run_copy, devices=_devices())
+  assert _checkpoints(run_copy) == ['4', '5', '6']
+
+  def strict(constant):
+    raise ValueError(f'{constant} is no JSON')
+
+  with open(os.path.join(run_copy, 'metrics.jsonl')) as f:
+    rows = [json.loads(line, parse_constant=strict) for line in f]
+  assert rows[-1]['step'] == 7 and rows[-1]['loss'] is None
 
 
 def test_progress_lines_come_at_a_fixed_rate_when_not_a_terminal(monkeypatch):

@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 
 from vqlab import fileio
 from vqlab.errors import CheckpointError
+from vqlab.errors import TrainingDivergedError
 from vqlab.nn import stack
 from vqlab.train import checksums
 from vqlab.train import pins
@@ -199,15 +200,21 @@ class Checkpointer:
     Raises:
       CheckpointError: this or the previous (async) save failed, e.g. the
         disk is full; the checkpoints already on disk are intact.
+      TrainingDivergedError: `state` holds a NaN or Inf: it is not saved
+        (with max_to_keep, it would have deleted the last good steps).
     """
     previous = self._pending
+    summary = checksums.summarize(state_mismatch.leaves(state))
+    if summary.nonfinite:
+      paths = summary.nonfinite
+      more = f' and {len(paths) - 3} more' if len(paths) > 3 else ''
+      raise self.diverged(f'the state of step {step} holds NaN or Inf values '
+                          f'({", ".join(paths[:3])}{more})')
     try:
       with _quiet_orbax():
         saved = self._manager.save(
             step, args=ocp.args.StandardSave(state), force=force,
-            custom_metadata={
-                _CHECKSUMS: checksums.of_leaves(state_mismatch.leaves(state))
-            })
+            custom_metadata={_CHECKSUMS: summary.checksums})
     except Exception as e:  # pylint: disable=broad-except
       raise self._save_error(step, e, previous) from e
     if saved:
@@ -225,6 +232,19 @@ class Checkpointer:
         self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
       raise self._save_error(self._pending, e) from e
+
+  def diverged(self, what: str) -> TrainingDivergedError:
+    """The error that stops a run whose training diverged (`what`: the
+    numbers that are not finite), naming the newest checkpoint it keeps
+    (once the save in flight landed)."""
+    self.wait()
+    kept = self.all_steps()
+    newest = (f'its newest checkpoint, step {kept[-1]}, is kept'
+              if kept else 'it has no checkpoint')
+    return TrainingDivergedError(
+        f'training diverged: {what}. Nothing of it was saved; {newest}. Lower '
+        'the learning rate (with --allow_config_change to go on from that '
+        'checkpoint) or check the data')
 
   def _save_error(self, step: int | None, e: Exception,
                   previous: int | None = None) -> CheckpointError:

@@ -7,13 +7,15 @@ over its elements' bit patterns w_i (as unsigned 32-bit words), i the
 row-major index: every weight is odd, so any one flipped bit changes it, and
 moved elements change it too. It is computed where the array lives (any
 sharding, the same value for every sharding), but for small arrays that
-every device holds whole: those on the host, from one device's copy.
+every device holds whole: those on the host, from one device's copy. The same
+pass says which floating-point arrays hold a NaN or Inf (`summarize`): a
+diverged state is never saved over the good ones.
 """
 
 from collections.abc import Callable
 import contextlib
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 from jax import lax
@@ -50,16 +52,23 @@ def _checksum(x: jax.Array) -> jax.Array:
   return jnp.sum(words * weights, dtype=jnp.uint32)
 
 
+def _checksum_and_finite(x: jax.Array) -> jax.Array:
+  """uint32 [2]: _checksum(x), and 1 unless `x` holds a NaN or Inf."""
+  finite = (jnp.all(jnp.isfinite(x))
+            if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True))
+  return jnp.stack([_checksum(x), finite.astype(jnp.uint32)])
+
+
 @functools.cache
 def _checksum_on(
     mesh: jax.sharding.Mesh | None) -> Callable[[jax.Array], jax.Array]:
-  """_checksum jitted for arrays on `mesh` (None: other shardings), the
-  result whole on every device so that every process reads it. One program
-  per shape, dtype and sharding, reused by every state (of any model) that
-  has an array like it."""
+  """_checksum_and_finite jitted for arrays on `mesh` (None: other
+  shardings), the result whole on every device so that every process reads
+  it. One program per shape, dtype and sharding, reused by every state (of
+  any model) that has an array like it."""
   if mesh is None:
-    return jax.jit(_checksum)
-  return jax.jit(_checksum,
+    return jax.jit(_checksum_and_finite)
+  return jax.jit(_checksum_and_finite,
                  out_shardings=jax.sharding.NamedSharding(mesh, jax.P()))
 
 
@@ -120,10 +129,21 @@ def _host_checksum(x: np.ndarray) -> int:
   return int(np.sum(words * _HOST_WEIGHTS[:words.size], dtype=np.uint32))
 
 
+class Summary(NamedTuple):
+  """What one pass over a state's arrays finds (`summarize`)."""
+  checksums: dict[str, int]  # {path: checksum}
+  nonfinite: list[str]  # The paths of arrays that hold a NaN or Inf.
+
+
 def of_leaves(leaves: dict[str, Any]) -> dict[str, int]:
-  """{path: checksum} of {path: array}; jax arrays of any sharding (also
-  ones that span several processes: every process calls this alike) or
-  numpy arrays.
+  """{path: checksum} of {path: array} (see `summarize`)."""
+  return summarize(leaves).checksums
+
+
+def summarize(leaves: dict[str, Any]) -> Summary:
+  """The checksums of {path: array} and the paths of its arrays that hold a
+  NaN or Inf; jax arrays of any sharding (also ones that span several
+  processes: every process calls this alike) or numpy arrays.
 
   Small arrays whole on every device are summed on the host (see
   HOST_WORDS); every other array goes through a program of its own, one
@@ -134,11 +154,14 @@ def of_leaves(leaves: dict[str, Any]) -> dict[str, int]:
   again for every state).
   """
   jax.block_until_ready(list(leaves.values()))
-  out = {}
+  out, nonfinite = {}, []
   for path, x in leaves.items():
     host = _host_value(x)
     if host is not None:
       out[path] = _host_checksum(host)
+      if (jnp.issubdtype(host.dtype, jnp.inexact) and
+          not np.isfinite(host).all()):
+        nonfinite.append(path)
       continue
     mesh = _mesh_of(x)
     # Under the array's own mesh whatever the caller's context: jit keys
@@ -147,10 +170,13 @@ def of_leaves(leaves: dict[str, Any]) -> dict[str, int]:
     context = (jax.set_mesh(mesh)
                if mesh is not None else contextlib.nullcontext())
     with context:
-      checksum = _checksum_on(mesh)(x)
+      summed = _checksum_on(mesh)(x)
     # Waits for it before the next program starts.
-    out[path] = int(jax.device_get(checksum))
-  return out
+    checksum, finite = jax.device_get(summed)
+    out[path] = int(checksum)
+    if not finite:
+      nonfinite.append(path)
+  return Summary(out, nonfinite)
 
 
 def differing(leaves: dict[str, Any], saved: dict[str, int]) -> list[str]:

@@ -77,7 +77,7 @@ def _write_eval(writer, exp: experiment.Experiment, step: int, metrics, images,
     fileio.makedirs(os.path.dirname(picture))
     writers_lib.save_png(picture, grid)
   with fileio.open(os.path.join(exp.workdir, name), 'w') as f:
-    json.dump(record, f, indent=2)
+    f.write(writers_lib.as_json(record, indent=2))
   print(
       f'vqlab: eval at step {step}{under}: ' +
       ' '.join(f'{k}={v:.4g}' for k, v in metrics.items()) +
@@ -250,6 +250,7 @@ def _train_experiment(exp: experiment.Experiment, workdir: str,
           }
         t_log, step_log, eval_s = now, step, 0.0
         writer.write_scalars(step, metrics)
+        _check_finite(exp, step, metrics)
         progress.update(
             step, {k: metrics[k] for k in ('loss', 'rec_loss') if k in metrics})
       if (train_cfg.checkpoint_every and
@@ -292,10 +293,26 @@ def _train_experiment(exp: experiment.Experiment, workdir: str,
   writer.close()
   result = {'step': final_step, 'preempted': False, **metrics}
   if is_chief:  # Never seen half written (the run would seem unfinished).
-    text = json.dumps(result, indent=2)
+    text = writers_lib.as_json(result, indent=2)
     fileio.write_atomically(os.path.join(workdir, 'final_metrics.json'),
                             lambda f: f.write(text.encode()))
   return result
+
+
+def _check_finite(exp: experiment.Experiment, step: int,
+                  metrics: dict[str, Any]) -> None:
+  """Stops a run whose train metrics of `step` (on the host) hold a NaN or
+  Inf: it diverged, and trained on would save nothing but NaN (the save
+  refuses a non-finite state: checkpoint.Checkpointer.save).
+
+  Raises:
+    TrainingDivergedError: naming the metrics and the checkpoint kept.
+  """
+  bad = {k: float(v) for k, v in metrics.items() if not np.isfinite(v)}
+  if bad:
+    shown = ', '.join(f'{k}={v}' for k, v in sorted(bad.items()))
+    raise exp.checkpointer.diverged(f'the train metrics of step {step} are '
+                                    f'not finite ({shown})')
 
 
 def _eval_missing(workdir: str, step: int, train_cfg) -> bool:

@@ -242,9 +242,11 @@ def _sample(config: ml_collections.ConfigDict, workdir: str,
     result['fvd_frames'] = fvd_frames
   if is_chief:
     with fileio.open(os.path.join(workdir, f'samples_{step}.json'), 'w') as f:
-      json.dump({
-          **result, 'settings': _settings(config, references, task)
-      }, f, indent=2)
+      f.write(
+          writers_lib.as_json(
+              {
+                  **result, 'settings': _settings(config, references, task)
+              }, indent=2))
   return result
 
 

@@ -80,7 +80,7 @@ class MetricWriter:
       return
     scalars = {k: float(v) for k, v in scalars.items()}
     if self._jsonl is not None:
-      self._jsonl.write(json.dumps({'step': int(step), **scalars}) + '\n')
+      self._jsonl.write(as_json({'step': int(step), **scalars}) + '\n')
       if time.monotonic() - self._flushed >= self._flush_every:
         self.flush_rows()
     for name, value in scalars.items():
@@ -129,6 +129,22 @@ class MetricWriter:
       if self._jsonl is not None:
         self._jsonl.close()
       self._tb.close()
+
+
+def as_json(record: Any, indent: int | None = None) -> str:
+  """`record` as strict JSON: a NaN or Inf float is written as null (bare
+  NaN, Python's default, is no JSON that other readers take)."""
+
+  def finite(value: Any) -> Any:
+    if isinstance(value, dict):
+      return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+      return [finite(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+      return None
+    return value
+
+  return json.dumps(finite(record), indent=indent, allow_nan=False)
 
 
 def has_eval_row(workdir: str, step: int) -> bool:
