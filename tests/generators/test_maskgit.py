@@ -168,6 +168,12 @@ def test_a_step_remasks_the_lowest_annealed_confidences():
     np.testing.assert_array_equal(
         np.asarray(new.tokens)[b][~want],
         np.asarray(sampled)[b][~want])
+  # A temperature of 0 as an array (traced here) is the argmax too, not a
+  # draw from logits / 0 (the first positive logit).
+  traced = jax.jit(lambda p, s, t: maskgit.decode_step(
+      model, p, s, num_steps=6, temperature=t, choice_temperature=1.0))(
+          params, state, jnp.float32(0))
+  np.testing.assert_array_equal(traced.tokens, new.tokens)
 
 
 def test_tokens_are_drawn_from_the_logits_over_the_temperature():

@@ -24,7 +24,10 @@ import numpy as np
 Batch = dict[str, np.ndarray]
 SPLITS = ('train', 'eval')
 # Seeds of the train order are (seed, PERMUTATION_STREAM, epoch): the tag keeps them apart from
-# the (seed, index) seeds that sources use for their examples.
+# the (seed, index) seeds that sources use for their examples, but for one: numpy pads a seed
+# with zeros, so epoch 0's order and example 0x5EED (24301) share one stream. Harmless (one
+# example's content and a permutation, made differently from the same bits); kept, as another
+# tag would change every run's data order.
 PERMUTATION_STREAM = 0x5EED
 
 

@@ -185,6 +185,49 @@ def guided_logits(cond: jax.Array, uncond: jax.Array, scale) -> jax.Array:
   return uncond + (1.0 + scale) * (cond - uncond)
 
 
+# The domain of each sampling setting of the Python API (the config's are
+# checked by vqlab/train/domains.py): (test, what it must be).
+_SAMPLING_DOMAINS = {
+    'temperature': (lambda v: v >= 0, '>= 0'),
+    'choice_temperature': (lambda v: v >= 0, '>= 0'),
+    'guidance_scale': (lambda v: v >= 0, '>= 0'),
+    'truncation': (lambda v: v > 0, '> 0 (1 keeps every code)'),
+}
+
+
+def check_sampling_settings(**settings: Any) -> None:
+  """ValueError naming a sampling setting (a keyword of _SAMPLING_DOMAINS:
+  temperature, choice_temperature, guidance_scale >= 0; truncation > 0)
+  whose concrete value is out of its domain: a negative temperature
+  would sample from the inverted distribution, a truncation of 0 from a
+  uniform one. Traced values cannot be checked."""
+  for name, value in settings.items():
+    if isinstance(value, jax.core.Tracer):
+      continue
+    within, domain = _SAMPLING_DOMAINS[name]
+    if not np.all(within(np.asarray(value, np.float64))):
+      raise ValueError(f'{name} must be {domain}, got {value!r}')
+
+
+def draw_or_argmax(
+    rng: jax.Array, logits: jax.Array, temperature,
+    transform: Callable[[jax.Array], jax.Array] = lambda x: x) -> jax.Array:
+  """int32 [...]: a draw from softmax(transform(logits / temperature)) over
+  the last axis of logits [..., V], or at temperature 0 its argmax. A
+  Python number decides when traced; an array (traced too) picks per call,
+  so a temperature of jnp.float32(0) is the argmax as 0 is (logits / 0
+  would draw the first positive logit)."""
+  if isinstance(temperature, (int, float)):
+    if temperature == 0:
+      return jnp.argmax(logits, -1).astype(jnp.int32)
+    return jax.random.categorical(rng, transform(logits / temperature))
+  temperature = jnp.asarray(temperature, jnp.float32)
+  zero = temperature == 0
+  drawn = jax.random.categorical(
+      rng, transform(logits / jnp.where(zero, 1.0, temperature)))
+  return jnp.where(zero, jnp.argmax(logits, -1), drawn).astype(jnp.int32)
+
+
 def check_token_grid(config: ml_collections.ConfigDict, tokenizer: Any,
                      token_shape: tuple[int, ...], where: str, *,
                      factors_key: str) -> None:

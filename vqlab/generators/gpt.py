@@ -260,10 +260,9 @@ def filter_logits(logits: jax.Array, top_k: int = 0,
 
 def _choose(rng, logits, temperature, top_k, top_p) -> jax.Array:
   """logits [B, V] -> int32 [B]; temperature 0 is argmax."""
-  if temperature == 0:
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  logits = filter_logits(logits / temperature, top_k, top_p)
-  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+  return api.draw_or_argmax(
+      rng, logits, temperature,
+      lambda tempered: filter_logits(tempered, top_k, top_p)).astype(jnp.int32)
 
 
 def _guidance(model: GPT, cond: Any, batch_size: int, guidance_scale):
@@ -359,6 +358,8 @@ def sample(model: GPT, params, rng: jax.Array, batch_size: int,
     and return_logits static (and guidance_scale, to skip the null rows
     at 0).
   """
+  api.check_sampling_settings(temperature=temperature,
+                              guidance_scale=guidance_scale)
   params = {'params': params.get('params', params)}
   n = model.length
   given = _given_tokens(model, prefix, batch_size)
@@ -461,6 +462,8 @@ def sample_sliding_window(model: GPT, params, rng: jax.Array, batch_size: int,
                      f'{big_h}, {big_w}) grid and the window hold '
                      f'cond_length={model.cond_length}; got '
                      f'{jnp.shape(cond)}')
+  api.check_sampling_settings(temperature=temperature,
+                              guidance_scale=guidance_scale)
   params = {'params': params.get('params', params)}
   model = model.clone(decode=False)
   crop = lambda g, si, sj: jax.lax.dynamic_slice(g, (0, si, sj),

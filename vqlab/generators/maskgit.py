@@ -427,10 +427,7 @@ def decode_step(model: MaskGIT, params, state: DecodeState,
     logits = api.guided_logits(both[:batch], both[batch:], scale)
   else:
     logits = apply(tokens, labels)  # [B, N, F, V]
-  if isinstance(temperature, (int, float)) and temperature == 0:
-    sampled = jnp.argmax(logits, -1)
-  else:
-    sampled = jax.random.categorical(sample_rng, logits / temperature)
+  sampled = api.draw_or_argmax(sample_rng, logits, temperature)
   sampled = jnp.where(unknown[..., None], sampled.astype(jnp.int32), tokens)
   log_p = jnp.take_along_axis(jax.nn.log_softmax(logits, -1),
                               sampled[..., None], -1)[..., 0].sum(-1)
@@ -464,7 +461,8 @@ def sample(model: MaskGIT, params, rng: jax.Array, batch_size: int,
     model, params: a MaskGIT and its parameters.
     rng: PRNG key. batch_size: B.
     labels: int [B] classes, or None (null class / unconditional).
-    num_steps: S. temperature: token sampling (0: argmax).
+    num_steps: S. temperature: token sampling (0, a Python number or an
+      array: argmax).
     choice_temperature: scale of the Gumbel noise on the confidence, annealed
       linearly to 0 at the last step.
     guidance_scale: CFG w (needs labels); a Python 0 skips the unconditional
@@ -482,6 +480,9 @@ def sample(model: MaskGIT, params, rng: jax.Array, batch_size: int,
   """
   if guidance_schedule not in ('constant', 'linear'):
     raise ValueError(f'unknown guidance_schedule {guidance_schedule!r}')
+  api.check_sampling_settings(temperature=temperature,
+                              choice_temperature=choice_temperature,
+                              guidance_scale=guidance_scale)
   step_fn = functools.partial(decode_step, model, params, labels=labels,
                               num_steps=num_steps, temperature=temperature,
                               choice_temperature=choice_temperature,

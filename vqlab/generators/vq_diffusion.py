@@ -375,7 +375,8 @@ def truncate(log_p: jax.Array, rate: float,
   """Keeps the most likely codes up to cumulative probability `rate` (at
   least one), renormalized unless `renormalize` is False (the release's
   purity sampler scores the kept codes' own probabilities); log_p [..., V]
-  (rate >= 1: unchanged)."""
+  (rate > 0; rate >= 1: unchanged)."""
+  api.check_sampling_settings(truncation=rate)
   if rate >= 1.0:
     return log_p
   order = jnp.argsort(-log_p, axis=-1, stable=True)
@@ -477,6 +478,9 @@ def sample(model: VQDiffusion, params, rng: jax.Array, batch_size: int,
   """
   if sampler not in SAMPLERS:
     raise ValueError(f'sampler must be one of {SAMPLERS}, got {sampler!r}')
+  api.check_sampling_settings(temperature=temperature,
+                              guidance_scale=guidance_scale,
+                              truncation=truncation)
   params = params.get('params', params)
   schedule = model.schedule()
   points = time_points(model.num_timesteps, num_steps)

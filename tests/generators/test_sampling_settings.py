@@ -1,0 +1,69 @@
+"""The sampling settings every generator shares: temperature 0 as an array,
+and the Python API's checks of the settings' domains."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vqlab import generators
+from vqlab.generators import api
+from vqlab.generators import gpt
+from vqlab.generators import maskgit
+from vqlab.generators import vq_diffusion
+
+
+def test_temperature_zero_is_the_argmax_as_a_number_or_an_array():
+  logits = jax.random.normal(jax.random.key(0), (64, 10)) + 0.5
+  argmax = np.argmax(logits, -1)
+  rng = jax.random.key(1)
+  draw = jax.jit(lambda t: api.draw_or_argmax(rng, logits, t))
+  np.testing.assert_array_equal(api.draw_or_argmax(rng, logits, 0), argmax)
+  np.testing.assert_array_equal(draw(jnp.float32(0)), argmax)
+  # Other temperatures draw as the Python number does.
+  np.testing.assert_array_equal(draw(jnp.float32(0.7)),
+                                api.draw_or_argmax(rng, logits, 0.7))
+  assert (np.asarray(draw(jnp.float32(0.7))) != argmax).any()
+  # GPT's choice with top-k / top-p, traced (was a TracerBoolConversionError).
+  choose = jax.jit(lambda t: gpt._choose(rng, logits, t, 3, 0.9))  # pylint: disable=protected-access
+  np.testing.assert_array_equal(choose(jnp.float32(0)), argmax)
+
+
+def _model(name, **overrides):
+  config = generators.default_config(name)
+  config.update(overrides)
+  return generators.build(config)
+
+
+@pytest.mark.parametrize('setting, value, message', [
+    ('temperature', -1.0, r'^temperature must be >= 0, got -1\.0$'),
+    ('guidance_scale', -3.0, r'^guidance_scale must be >= 0, got -3\.0$'),
+    ('choice_temperature', -5.0, '^choice_temperature must be >= 0'),
+    ('truncation', 0.0, r'^truncation must be > 0 \(1 keeps every code\)'),
+])
+def test_settings_out_of_their_domain_are_named(setting, value, message):
+  """The config's sample.* keys are checked by their domains; the Python API
+  sampled a negative temperature from the inverted distribution, and a
+  truncation of 0 from a uniform one."""
+  rng = jax.random.key(0)
+  samplers = {
+      'gpt':
+          lambda **kw: gpt.sample(_model('gpt'), {}, rng, 2, **kw),
+      'maskgit':
+          lambda **kw: maskgit.sample(_model('maskgit'), {}, rng, 2, **kw),
+      'vq_diffusion':
+          lambda **kw: vq_diffusion.sample(_model('vq_diffusion'), {}, rng, 2,
+                                           **kw),
+  }
+  takes = {
+      'temperature': ('gpt', 'maskgit', 'vq_diffusion'),
+      'guidance_scale': ('gpt', 'maskgit', 'vq_diffusion'),
+      'choice_temperature': ('maskgit',),
+      'truncation': ('vq_diffusion',),
+  }
+  for name in takes[setting]:
+    with pytest.raises(ValueError, match=message):
+      samplers[name](**{setting: value})
+  if setting == 'truncation':
+    with pytest.raises(ValueError, match=message):
+      vq_diffusion.truncate(jnp.zeros((2, 4)), value)
