@@ -1,5 +1,6 @@
-"""The same global batch gives the same loss and gradients on 1 device, on 8
-data-parallel devices and on a 4 x 2 data x fsdp mesh."""
+"""The same global batch gives the same loss and gradients (random draws
+included) on 1 device, on 8 data-parallel devices and on a 4 x 2 data x fsdp
+mesh."""
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +8,7 @@ import numpy as np
 
 from tests import tiny
 from vqlab import data as data_lib
+from vqlab import quantizers
 from vqlab.train import experiment
 from vqlab.train import experiment_config
 from vqlab.train import partitioning
@@ -30,9 +32,20 @@ def _loss_and_grads_on(devices, fsdp, task, state, batch, config):
   return jax.device_get(grads), jax.device_get(metrics)
 
 
+def _with_random_draws(config):
+  """The tiny tokenizer with Regularized VQ, whose stochastic mask and Gumbel
+  noise are drawn per element of the batch: every mesh must draw the same
+  ones (a key drawn alike on every shard would not)."""
+  quantizer = quantizers.default_config('regularized')
+  quantizer.update(codebook_size=32, embedding_dim=4)
+  config.model.quantizer = quantizer
+  return config
+
+
 def test_one_device_equals_eight_devices_equals_fsdp():
   assert jax.device_count() == 8
-  config = experiment_config.validate(tiny.tokenizer_config(), num_devices=8)
+  config = experiment_config.validate(
+      _with_random_draws(tiny.tokenizer_config()), num_devices=8)
   task = tokenizer.build(config)
   source = data_lib.build(config.data, split='train', global_batch_size=8)
   batch = {'image': next(source.batches(0))['image']}
