@@ -26,7 +26,7 @@ README's sample_fast.py -k 600 -t 1.0 -p 0.92): temperature 1.0, top-k 600, top-
 from vqlab import data
 from vqlab import generators
 from vqlab.train import experiment_config
-from vqlab.train.tasks import generator
+from vqlab.train.tasks import generator_config
 
 
 def model_config():
@@ -51,7 +51,7 @@ def model_config():
 
 def get_config():
   config = experiment_config.base_config()
-  config.update(generator.default_config())
+  config.update(generator_config.default_config())
   config.compute_dtype = 'bfloat16'
   config.tokenizer.workdir = 'workdirs/vqgan_taming_f16'
   config.data = data.default_config('tfds')

@@ -13,12 +13,12 @@ codes.
 
 from vqlab import generators
 from vqlab.train import experiment_config
-from vqlab.train.tasks import generator
+from vqlab.train.tasks import generator_config
 
 
 def get_config():
   config = experiment_config.base_config()
-  config.update(generator.default_config())
+  config.update(generator_config.default_config())
   config.model = generators.default_config('gpt')
 
   config.tokenizer.workdir = 'workdirs/quickstart'

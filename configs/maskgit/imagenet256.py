@@ -29,12 +29,12 @@ maskgit_imagenet256_checkpoint workdirs/maskgit_released
 
 from vqlab import data
 from vqlab.train import experiment_config
-from vqlab.train.tasks import generator
+from vqlab.train.tasks import generator_config
 
 
 def model_config():
   """The paper's transformer (also used by benchmarks/generators.py)."""
-  model = generator.default_config().model
+  model = generator_config.default_config().model
   model.vocab_size = 1024
   model.token_shape = (16, 16)
   model.num_classes = 1000
@@ -52,7 +52,7 @@ def model_config():
 
 def get_config():
   config = experiment_config.base_config()
-  config.update(generator.default_config())
+  config.update(generator_config.default_config())
   config.compute_dtype = 'bfloat16'
   config.tokenizer.workdir = 'workdirs/vqgan_maskgit_f16'
   config.data = data.default_config('tfds')

@@ -12,12 +12,12 @@ workdirs/quickstart), then:
 """
 
 from vqlab.train import experiment_config
-from vqlab.train.tasks import generator
+from vqlab.train.tasks import generator_config
 
 
 def get_config():
   config = experiment_config.base_config()
-  config.update(generator.default_config())
+  config.update(generator_config.default_config())
 
   config.tokenizer.workdir = 'workdirs/quickstart'
   config.data.image_size = 32

@@ -39,12 +39,12 @@ prediction) and reports the PSNR of the predicted frames.
 
 from vqlab import data
 from vqlab.train import experiment_config
-from vqlab.train.tasks import generator
+from vqlab.train.tasks import generator_config
 
 
 def model_config():
   """The video transformer over factorized LFQ tokens."""
-  model = generator.default_config().model
+  model = generator_config.default_config().model
   model.vocab_size = 2**18
   model.factor_vocab_sizes = (2**9, 2**9)
   model.tied_heads = True
@@ -63,7 +63,7 @@ def model_config():
 
 def get_config():
   config = experiment_config.base_config()
-  config.update(generator.default_config())
+  config.update(generator_config.default_config())
   config.compute_dtype = 'bfloat16'
   config.tokenizer.workdir = 'workdirs/magvit2_ucf101'
   config.data = data.default_config('tfds_video')

@@ -20,12 +20,12 @@ and the PSNR of the predicted frames is reported.
 from vqlab import data
 from vqlab.data import shapes
 from vqlab.train import experiment_config
-from vqlab.train.tasks import generator
+from vqlab.train.tasks import generator_config
 
 
 def get_config():
   config = experiment_config.base_config()
-  config.update(generator.default_config())
+  config.update(generator_config.default_config())
 
   config.tokenizer.workdir = 'workdirs/magvit2_tiny'
   config.data = data.default_config('moving_shapes')

@@ -47,7 +47,7 @@ norms, activations and attention weights are recomputed in the backward pass
 from vqlab import data
 from vqlab import generators
 from vqlab.train import experiment_config
-from vqlab.train.tasks import generator
+from vqlab.train.tasks import generator_config
 
 
 def model_config():
@@ -69,7 +69,7 @@ def model_config():
 
 def get_config():
   config = experiment_config.base_config()
-  config.update(generator.default_config())
+  config.update(generator_config.default_config())
   config.compute_dtype = 'bfloat16'
   config.model = model_config()
   config.tokenizer.workdir = 'workdirs/vqgan_taming_f16'

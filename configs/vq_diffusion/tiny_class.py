@@ -12,12 +12,12 @@ codes), T = 100. Run the README's main job first (workdirs/quickstart):
 from vqlab import data
 from vqlab import generators
 from vqlab.train import experiment_config
-from vqlab.train.tasks import generator
+from vqlab.train.tasks import generator_config
 
 
 def get_config():
   config = experiment_config.base_config()
-  config.update(generator.default_config())
+  config.update(generator_config.default_config())
   config.model = generators.default_config('vq_diffusion')
   config.tokenizer.workdir = 'workdirs/quickstart'
   config.data = data.default_config('shapes')

@@ -15,7 +15,7 @@ from vqlab import generators
 from vqlab.generators import discrete_diffusion as dd
 from vqlab.generators import vq_diffusion
 from vqlab.nn import stack
-from vqlab.train.tasks import generator
+from vqlab.train.tasks import generator_config
 
 K, T = 5, 12
 
@@ -697,7 +697,7 @@ def test_purity_sampler_unmasks_as_the_schedule_and_equals_its_steps():
                                 sampler='purity', truncation=0.6)
   np.testing.assert_array_equal(np.asarray(sampled).reshape(3, n), x)
   # The generator task's settings reach it.
-  settings = generator.default_config().sample
+  settings = generator_config.default_config().sample
   settings.update(diffusion_sampler='purity', diffusion_steps=4, truncation=0.6)
   through_api = generators.get_api('vq_diffusion').sample(
       model, params, rng, 3, None, settings=settings, loss_settings=None,

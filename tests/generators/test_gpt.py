@@ -229,7 +229,7 @@ def test_loss_is_the_weighted_next_token_cross_entropy():
   the float64 cross-entropy of the model's own logits [:, i] against token
   i, averaged over the tokens of the examples by their weights [1, 0, 1, 1];
   its gradient in the logits is w (softmax - onehot) / (N sum w)."""
-  from vqlab.train.tasks import generator  # pylint: disable=g-import-not-at-top
+  from vqlab.train.tasks import generator_config  # pylint: disable=g-import-not-at-top
   model = _model(condition='tokens')
   tokens = _tokens(batch=4)
   cond = jax.random.randint(jax.random.key(2), (4, 4), 0, 8)
@@ -240,7 +240,7 @@ def test_loss_is_the_weighted_next_token_cross_entropy():
   # A head 20x its init: logits far from uniform, so the targets matter.
   params['head'] = jax.tree.map(lambda a: a * 20, params['head'])
   weights = jnp.array([1.0, 0.0, 1.0, 1.0])
-  settings = generator.default_config().loss
+  settings = generator_config.default_config().loss
 
   @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
   def run(p):

@@ -46,7 +46,7 @@ from vqlab.train import run_record
 from vqlab.train import state_mismatch
 from vqlab.train import workdir_lock
 from vqlab.train import writers as writers_lib
-from vqlab.train.tasks import generator
+from vqlab.train.tasks import generator_checks
 
 STEPS = 5
 ROOT = paths.ROOT
@@ -201,7 +201,7 @@ def test_a_record_made_before_a_data_key_existed_is_read_as_it_ran(tmp_path):
   config.data.eval_clip = 'center'
   with pytest.raises(ConfigError,
                      match=r"data.eval_clip 'first' there, 'center' here"):
-    generator._check_shards_data(recorded['data'], config.data, 'tokens')  # pylint: disable=protected-access
+    generator_checks.check_shards_data(recorded['data'], config.data, 'tokens')
   # --mode=tokenize resumes such shards under the clips they were made of.
   metadata = {'data': recorded['data']}
   with pytest.raises(ConfigError,
@@ -408,10 +408,10 @@ def test_a_run_keeps_reading_the_tokenizer_step_it_started_from(
   # ...and a new generator run on them trains at their step, not at the
   # tokenizer's newest (9), which their check would refuse.
   new_run = str(tmp_path / 'new_run')
-  made = generator.made_from(fresh, new_run)
+  made = generator_checks.made_from(fresh, new_run)
   assert made == {} and fresh.tokens.source == 'shards'  # Not its shards.
   fresh.tokens.dir = str(tokens)
-  made = generator.made_from(fresh, new_run)
+  made = generator_checks.made_from(fresh, new_run)
   assert made == {'tokenizer.step': 7}
   run_record.pin_newest_steps(fresh, new_run, newest.get, made_from=made)
   assert fresh.tokenizer.step == 7

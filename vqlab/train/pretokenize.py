@@ -41,6 +41,7 @@ from vqlab.train import run_record
 from vqlab.train import trained_tokenizer
 from vqlab.train import workdir_lock
 from vqlab.train.tasks import generator
+from vqlab.train.tasks import generator_checks
 from vqlab.train.tasks import spatial_conditions
 
 IMAGE_KEYS = ('image', 'video', 'mask')
@@ -67,7 +68,7 @@ def _tokenizer_step(config, directory: str) -> int:
   step, process 0's on every process (the run may save a newer step while
   the processes look, and every shard must be of one step)."""
   step = config.tokenizer.step
-  made = generator.shards_tokenizer_step(config, directory)
+  made = generator_checks.shards_tokenizer_step(config, directory)
   if step < 0 and made is not None:
     step = made
     if jax.process_index() == 0:
@@ -155,10 +156,10 @@ def _tokenize(config: ml_collections.ConfigDict, workdir: str,
     raise ConfigError(
         'tokens.batch_size', f'{batch_size} is not divisible by '
         f'the {len(devices)} devices')
-  directory = generator.tokens_dir(config, workdir)
+  directory = generator_checks.tokens_dir(config, workdir)
   tok = trained_tokenizer.load(config.tokenizer.workdir,
                                _tokenizer_step(config, directory))
-  generator.check_shards_tokenizer(directory, tok)
+  generator_checks.check_shards_tokenizer(directory, tok)
   mesh = partitioning.make_mesh(config.mesh, devices)
   batch_sharding = partitioning.batch_sharding(mesh)
   replicated = partitioning.replicated(mesh)
@@ -166,7 +167,7 @@ def _tokenize(config: ml_collections.ConfigDict, workdir: str,
   encode = jax.jit(tok.encode, in_shardings=(replicated, batch_sharding),
                    out_shardings=batch_sharding)
   cond_tok = generator.condition_tokenizer(config)
-  condition = generator.condition_metadata(config, cond_tok)
+  condition = generator_checks.condition_metadata(config, cond_tok)
   encode_cond = None
   if condition['image'] != 'none':
     encoder = cond_tok or tok
@@ -192,9 +193,9 @@ def _tokenize(config: ml_collections.ConfigDict, workdir: str,
   first = next(iter(sources['eval'].batches()))
   key = [k for k in ('image', 'video') if k in first][0]
   input_shape = tuple(first[key].shape[1:])
-  generator.check_model_fits(config.model, tok, input_shape, cond_tok)
+  generator_checks.check_model_fits(config.model, tok, input_shape, cond_tok)
   for split, source in sources.items():
-    generator.check_data_classes(config.model, source, split)
+    generator_checks.check_data_classes(config.model, source, split)
   metadata = {
       'format': token_shards.FORMAT_VERSION,
       'tokenizer': tok.metadata(),

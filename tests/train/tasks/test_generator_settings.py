@@ -18,7 +18,7 @@ from vqlab import generators
 from vqlab.errors import ConfigError
 from vqlab.train import experiment_config
 from vqlab.train import run_record
-from vqlab.train.tasks import generator
+from vqlab.train.tasks import generator_config
 
 
 def _maskgit_class():
@@ -286,5 +286,5 @@ def test_settings_read_lists_every_key_loss_and_sample_read(make_config):
       lambda p, c: api.sample(model, p, rng, 2, c, settings=sample_settings,
                               loss_settings=loss_settings, token_shape=shape),
       params, cond)
-  assert log and log <= generator.settings_read(config), (
-      log - generator.settings_read(config))
+  assert log and log <= generator_config.settings_read(config), (
+      log - generator_config.settings_read(config))

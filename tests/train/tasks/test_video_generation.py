@@ -19,7 +19,7 @@ from vqlab.train import experiment
 from vqlab.train import experiment_config
 from vqlab.train import sampling
 from vqlab.train import trained_tokenizer
-from vqlab.train.tasks import generator
+from vqlab.train.tasks import generator_checks
 
 
 def _devices():
@@ -150,7 +150,7 @@ def test_gpt_and_vq_diffusion_refuse_factorized_codes_in_one_line(
   with pytest.raises(
       ConfigError, match=rf'^model.name: {name} models plain indices; .*'
       'gives factorized codes: use maskgit'):
-    generator.check_model_fits(model, tokenizer, (5, 16, 16, 3))
+    generator_checks.check_model_fits(model, tokenizer, (5, 16, 16, 3))
 
 
 def test_video_maskgit_trains_on_the_tokens_of_clips(video_generator, tmp_path):

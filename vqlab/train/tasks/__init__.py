@@ -11,6 +11,8 @@ from vqlab.losses import discriminators
 from vqlab.registry import Registry
 from vqlab.train.tasks import base
 from vqlab.train.tasks import generator
+from vqlab.train.tasks import generator_checks
+from vqlab.train.tasks import generator_config
 from vqlab.train.tasks import proxy_codes
 from vqlab.train.tasks import tokenizer
 
@@ -20,9 +22,10 @@ for _spec in (
                   validate=tokenizer.validate, model_registry=tokenizers,
                   build=tokenizer.build,
                   subcomponents={'discriminator': discriminators.REGISTRY}),
-    base.TaskSpec(name='generator', default_config=generator.default_config,
-                  validate=generator.validate, model_registry=generators,
-                  build=generator.build, made_from=generator.made_from),
+    base.TaskSpec(name='generator',
+                  default_config=generator_config.default_config,
+                  validate=generator_config.validate, model_registry=generators,
+                  build=generator.build, made_from=generator_checks.made_from),
     base.TaskSpec(name='titok_proxy', default_config=proxy_codes.default_config,
                   validate=proxy_codes.validate, model_registry=tokenizers,
                   build=proxy_codes.build),
