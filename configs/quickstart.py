@@ -19,13 +19,13 @@ import os
 
 from vqlab import data as data_lib
 from vqlab.train import experiment_config
-from vqlab.train.tasks import tokenizer
+from vqlab.train.tasks import tokenizer_config
 
 
 def get_config(arg: str = ''):
   """The quickstart config; `arg` 'folder=PATH' swaps in your images."""
   config = experiment_config.base_config()
-  config.update(tokenizer.default_config())
+  config.update(tokenizer_config.default_config())
   config.seed = 0
 
   config.data.image_size = 64  # Eval tiles: 64x64 -> 16x16 tokens.

@@ -47,10 +47,18 @@ def check_videos(x: jax.Array, channels: int, factor: int, temporal_factor: int,
                      f'frames (shape {tuple(x.shape)})')
   check_images(x[:, 0], channels, factor, who)
   if (frames - 1) % s:
-    below = 1 + s * ((frames - 1) // s)
-    valid = ' or '.join(str(n) for n in (below, below + s) if n >= 1)
-    raise ValueError(f'{who}: {valid} frames ok; got {frames}: frames must be '
-                     f'1 + {s}k (temporal downsampling factor {s})')
+    raise ValueError(f'{who}: {nearest_frame_counts(frames, s)} frames ok; got '
+                     f'{frames}: frames must be 1 + {s}k (temporal '
+                     f'downsampling factor {s})')
+
+
+def nearest_frame_counts(frames: int, temporal_factor: int) -> str:
+  """The clip lengths 1 + s k (s = temporal_factor) around `frames` that a
+  tokenizer downsampling time by s takes, e.g. '5 or 9' for 8 frames and
+  s = 4."""
+  s = temporal_factor
+  below = 1 + s * ((frames - 1) // s)
+  return ' or '.join(str(n) for n in (below, below + s) if n >= 1)
 
 
 def check_token_grid(indices: jax.Array, ndim: int | tuple[int, ...],

@@ -9,12 +9,12 @@ from vqlab import quantizers
 from vqlab import tokenizers
 from vqlab.losses import discriminators
 from vqlab.train import experiment_config
-from vqlab.train.tasks import tokenizer
+from vqlab.train.tasks import tokenizer_config
 
 
 def get_config():
   config = experiment_config.base_config()
-  config.update(tokenizer.default_config())
+  config.update(tokenizer_config.default_config())
 
   config.data = data.default_config('moving_shapes')
   config.data.image_size = 16

@@ -38,7 +38,7 @@ from vqlab import quantizers
 from vqlab import tokenizers
 from vqlab.losses import discriminators
 from vqlab.train import experiment_config
-from vqlab.train.tasks import tokenizer
+from vqlab.train.tasks import tokenizer_config
 
 
 def model_config():
@@ -63,7 +63,7 @@ def model_config():
 
 def get_config():
   config = experiment_config.base_config()
-  config.update(tokenizer.default_config())
+  config.update(tokenizer_config.default_config())
   config.compute_dtype = 'bfloat16'
 
   config.data = data.default_config('tfds_video')

@@ -9,12 +9,12 @@ Inception file when it is there.
 
 from vqlab import data
 from vqlab.train import experiment_config
-from vqlab.train.tasks import tokenizer
+from vqlab.train.tasks import tokenizer_config
 
 
 def get_config():
   config = experiment_config.base_config()
-  config.update(tokenizer.default_config())
+  config.update(tokenizer_config.default_config())
   config.compute_dtype = 'bfloat16'
 
   config.data = data.default_config('tfds')

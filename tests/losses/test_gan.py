@@ -185,7 +185,7 @@ def test_patchgan_output_side_and_too_small_images():
       logits = jax.eval_shape(disc.init_with_output, jax.random.key(0), x)[0]
       assert logits.shape[1:3] == (discriminators.patchgan_output_side(
           side, layers), discriminators.patchgan_output_side(side + 1, layers))
-    # Smaller: no logits (training refuses it: tokenizer.check_train_sizes).
+    # Smaller: no logits (training refuses it: tokenizer_config.check_train_sizes).
     smaller = discriminators.patchgan_min_side(layers) - 1
     x = jax.ShapeDtypeStruct((1, smaller, smaller, 3), jnp.float32)
     logits = jax.eval_shape(disc.init_with_output, jax.random.key(0), x)[0]

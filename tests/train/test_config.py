@@ -23,6 +23,7 @@ from vqlab.train import domains
 from vqlab.train import experiment_config
 from vqlab.train import tasks
 from vqlab.train.tasks import tokenizer as tokenizer_task
+from vqlab.train.tasks import tokenizer_config
 
 ROOT = paths.ROOT
 
@@ -148,7 +149,7 @@ def test_train_sizes_the_loss_networks_cannot_take(mutate, message):
   mutate(config)
   config = experiment_config.validate(config, num_devices=1)
   with pytest.raises(ConfigError, match=message):
-    tokenizer_task.check_train_sizes(config, tokenizers.build(config.model))
+    tokenizer_config.check_train_sizes(config, tokenizers.build(config.model))
 
 
 @pytest.mark.parametrize(

@@ -15,11 +15,13 @@ from vqlab.train.tasks import generator_checks
 from vqlab.train.tasks import generator_config
 from vqlab.train.tasks import proxy_codes
 from vqlab.train.tasks import tokenizer
+from vqlab.train.tasks import tokenizer_config
 
 REGISTRY = Registry('task', key_prefix='task', name_key='task')
 for _spec in (
-    base.TaskSpec(name='tokenizer', default_config=tokenizer.default_config,
-                  validate=tokenizer.validate, model_registry=tokenizers,
+    base.TaskSpec(name='tokenizer',
+                  default_config=tokenizer_config.default_config,
+                  validate=tokenizer_config.validate, model_registry=tokenizers,
                   build=tokenizer.build,
                   subcomponents={'discriminator': discriminators.REGISTRY}),
     base.TaskSpec(name='generator',

@@ -29,10 +29,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
-from vqlab import config_schema
-from vqlab import data as data_lib
 from vqlab import tokenizers
 from vqlab.errors import ConfigError
 from vqlab.losses import contrastive
@@ -40,238 +37,23 @@ from vqlab.losses import discriminators
 from vqlab.losses import gan
 from vqlab.losses import perceptual
 from vqlab.losses import vgg_features
-from vqlab.nn import stack
-from vqlab.nn import vgg
 from vqlab.quantizers import base as quantizer_base
-from vqlab.tokenizers import titok
-from vqlab.train import checkpoint as checkpoint_lib
 from vqlab.train import frozen as frozen_lib
 from vqlab.train import optimizers
 from vqlab.train import reference_files
 from vqlab.train.state import TrainState
 from vqlab.train.tasks import base
 from vqlab.train.tasks import reconstruction_eval
+from vqlab.train.tasks import tokenizer_config
+from vqlab.train.tasks import warm_start as warm_start_lib
 
 GENERATOR, DISCRIMINATOR = 'generator', 'discriminator'
 _frames = reconstruction_eval.frames
 
-
-def default_config() -> ml_collections.ConfigDict:
-  """The task's own sections; `model` is any registered tokenizer."""
-  config = ml_collections.ConfigDict()
-  config.model = tokenizers.default_config('vqgan')
-
-  config.loss = loss = ml_collections.ConfigDict()
-  loss.reconstruction = 'l1'  # 'l1' or 'l2' pixel loss.
-  loss.reconstruction_weight = 1.0  # Weight of the pixel loss.
-  loss.perceptual_weight = 0.0  # LPIPS weight (needs the VGG16 file).
-  loss.gan_loss = 'hinge'  # 'hinge' or 'non_saturating'.
-  loss.disc_weight = 0.8  # Scales the adaptive weight (taming: 0.8).
-  loss.disc_start = 0  # Step at which the GAN terms switch on.
-  loss.adaptive_weight = True  # Taming's gradient-norm ratio; else 1.
-  loss.adaptive_delta = 1e-6  # Paper: 1e-6; taming's code: 1e-4.
-  loss.adaptive_max = 1e4  # Upper clip of the adaptive weight.
-  loss.lecam_weight = 0.0  # LeCam regularization of D (MAGVIT: 0.001).
-  loss.lecam_decay = 0.999  # EMA decay of LeCam's D-output averages.
-  # 'per_logit' (LeCam's code) or 'mean_logit' (MAGVIT's, TiTok's): see
-  # vqlab.losses.gan.lecam_term.
-  loss.lecam_form = 'per_logit'
-  loss.r1_weight = 0.0  # R1 penalty weight (gamma / 2) on real images.
-  # Probabilistic contrastive loss (Regularized VQ; needs the `regularized`
-  # quantizer and the VGG19 file). Temperature and patch count as PatchNCE.
-  loss.pcl_weight = 0.0
-  loss.pcl_temperature = 0.07
-  loss.pcl_num_patches = 256  # Random positions per layer; 0: all.
-  loss.pcl_epsilon = 1e-6  # Added to w_i (0 where sample == argmax).
-
-  # 'patchgan' or 'stylegan' (keys: vqlab.losses.discriminators).
-  config.discriminator = discriminators.default_config('patchgan')
-
-  config.ema = ml_collections.ConfigDict()
-  config.ema.decay = 0.0  # EMA of generator params for eval; 0: off.
-  # True: decay min(decay, (1 + t) / (10 + t)) at step t (TiTok's release).
-  config.ema.warmup = False
-
-  # Fine-tuning (TiTok stage 2): top-level generator params (with their
-  # non-param state, e.g. an EMA codebook) copied from another run's
-  # checkpoint at the start, and params kept fixed.
-  config.warm_start = ml_collections.ConfigDict()
-  config.warm_start.workdir = ''  # The run to copy from; '': fresh init.
-  config.warm_start.step = -1  # Its checkpoint; -1: the newest.
-  # Top-level trees, e.g. TiTok's ('encoder', 'quantizer'); a VQGAN's are
-  # encoder, quant_conv, quantizer, post_quant_conv, decoder, to_pixels.
-  config.warm_start.params = ()
-  # A VQGAN tokenizer run whose decoder and codebook fill
-  # a model.decoder_output = 'proxy_pixels' TiTok's pixel_vqgan (stage 2).
-  config.warm_start.pixel_vqgan = ''
-  config.warm_start.pixel_vqgan_step = -1  # Its checkpoint; -1: the newest.
-  # e.g. ('encoder', 'quantizer'): no updates (a frozen quantizer's EMA stats
-  # too).
-  config.freeze = ()
-
-  config.optimizer = opt = ml_collections.ConfigDict()
-  opt.generator = optimizers.default_config(1e-4, 0.5, 0.9)
-  opt.discriminator = optimizers.default_config(1e-4, 0.5, 0.9)
-  return config
-
-
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Value checks beyond keys, types and domains; raises ConfigError naming
-  the key."""
-  loss = config.loss
-  config_schema.require(
-      loss.reconstruction in ('l1', 'l2'), 'loss.reconstruction',
-      f"must be 'l1' or 'l2', got "
-      f'{loss.reconstruction!r}')
-  config_schema.require(
-      loss.gan_loss in gan.G_LOSSES, 'loss.gan_loss',
-      f'unknown GAN loss {loss.gan_loss!r}; known: '
-      f'{", ".join(sorted(gan.G_LOSSES))}')
-  config_schema.require(
-      loss.lecam_form in gan.LECAM_FORMS, 'loss.lecam_form',
-      f'unknown LeCam form {loss.lecam_form!r}; known: '
-      f'{", ".join(gan.LECAM_FORMS)}')
-  if loss.pcl_weight > 0:
-    quantizer = config.model.get('quantizer', {}).get('name')
-    config_schema.require(
-        quantizer == 'regularized', 'loss.pcl_weight',
-        'the probabilistic contrastive loss needs the per-token weights of '
-        f"the 'regularized' quantizer, but model.quantizer.name is "
-        f'{quantizer!r}')
-    config_schema.require(
-        data_lib.kind(config.data.name) == 'image', 'loss.pcl_weight',
-        'the probabilistic contrastive loss is defined for images, but '
-        f'data.name {config.data.name!r} gives videos')
-  if (loss.r1_weight > 0 and config.discriminator.name == 'patchgan' and
-      config.discriminator.get('use_norm')):
-    # MaskGIT's and MAGVIT's R1 notes: no batch norm in the discriminator.
-    raise ConfigError(
-        'loss.r1_weight', f'{loss.r1_weight}, but the PatchGAN normalizes '
-        'by its batch statistics, which make each image\'s gradient penalty '
-        'depend on the whole batch: set discriminator.use_norm = False, or '
-        "discriminator.name = 'stylegan'")
-  if config.model.get('decoder_output') == 'proxy_codes':
-    raise ConfigError(
-        'model.decoder_output', "'proxy_codes' is TiTok's "
-        "stage 1: use task = 'titok_proxy' (configs/titok/)")
-  if (config.model.get('decoder_output') == 'proxy_pixels' and
-      config.loss.adaptive_weight):
-    raise ConfigError(
-        'loss.adaptive_weight', "True, but the adaptive GAN weight needs "
-        "TiTok's pixel head (model.decoder_output = 'pixels'); "
-        "'proxy_pixels' (the released checkpoints' layout) decodes through "
-        'the embedded VQGAN: fine-tune it with loss.adaptive_weight = False')
-  if (config.warm_start.pixel_vqgan and
-      config.model.get('decoder_output') != 'proxy_pixels'):
-    raise ConfigError(
-        'warm_start.pixel_vqgan', 'set, but only a TiTok with '
-        "model.decoder_output = 'proxy_pixels' has a pixel_vqgan")
-  start = config.warm_start
-  if start.params and not start.workdir:
-    raise ConfigError(
-        'warm_start.workdir', 'empty, but warm_start.params '
-        f'names {tuple(start.params)}')
-  if start.workdir and not start.params:
-    # It would start from a fresh init and say nothing.
-    raise ConfigError(
-        'warm_start.params', f'empty, but warm_start.workdir is '
-        f'{start.workdir!r}: name the param trees to copy from it, e.g. '
-        "('encoder', 'quantizer')")
-  for step_key, run_key in (('step', 'workdir'), ('pixel_vqgan_step',
-                                                  'pixel_vqgan')):
-    if start[step_key] != -1 and not start[run_key]:
-      raise ConfigError(
-          f'warm_start.{step_key}', f'{start[step_key]}, but '
-          f'warm_start.{run_key} is empty')
-  model = tokenizers.build_validated(config.model)
-  if loss.pcl_weight > 0 and isinstance(model, titok.TiTok):
-    # Its per-token weights are laid over the VGG feature grid.
-    raise ConfigError(
-        'loss.pcl_weight', f'{loss.pcl_weight}, but the probabilistic '
-        'contrastive loss needs a 2D grid of tokens and TiTok gives '
-        f'{model.num_latent_tokens} 1D tokens: set loss.pcl_weight = 0')
-  kind = data_lib.kind(config.data.name)
-  config_schema.require(
-      kind == 'image' or hasattr(model, 'temporal_factor'), 'data.name',
-      f'{config.data.name!r} gives {kind} batches, but model.name '
-      f'{config.model.name!r} tokenizes images only (videos: magvit2)')
-  factor = model.downsample_factor
-  for key in ('image_size', 'train_image_size'):
-    size = config.data.get(key, 0)
-    config_schema.require(
-        size % factor == 0, f'data.{key}',
-        f'{size} is not divisible by the model\'s downsampling factor {factor}')
-  _validate_data_fits_networks(config, model)
-
-
-def _validate_data_fits_networks(config: ml_collections.ConfigDict,
-                                 model: Any) -> None:
-  """Clip lengths that the tokenizer's temporal downsampling takes, and
-  sizes that the StyleGAN discriminator's blocks halve evenly."""
-  temporal = getattr(model, 'temporal_factor', 1)
-  video = config.data.get('video', config.data)
-  key = 'data.video.num_frames' if 'video' in config.data else 'data.num_frames'
-  frames = video.get('num_frames', 0)
-  if temporal > 1 and frames:
-    below = 1 + temporal * ((frames - 1) // temporal)
-    config_schema.require(
-        (frames - 1) % temporal == 0, key,
-        f'{frames}, but the model downsamples time by {temporal}: clips need '
-        f'1 + {temporal}k frames (e.g. {below} or {below + temporal})')
-  if config.discriminator.name == 'stylegan':
-    blocks = len(config.discriminator.channel_multipliers)
-    for key in ('image_size', 'train_image_size'):
-      size = config.data.get(key, 0)
-      config_schema.require(
-          size % 2**blocks == 0, f'data.{key}',
-          f'{size} is not divisible by 2^{blocks}: the StyleGAN discriminator '
-          f'halves it in each of its {blocks} blocks '
-          '(discriminator.channel_multipliers)')
-
-
-def check_train_sizes(config: ml_collections.ConfigDict, model: Any) -> None:
-  """ConfigError naming the data size when the train images are too small for
-  the networks the train step runs on them: PatchGAN's logit map would be
-  empty (the GAN silently off, its losses NaN), LPIPS NaN, the contrastive
-  loss's VGG grids not tile the token grid. Checked before training only:
-  evaluating or tokenizing with such a config (a small converted
-  checkpoint) runs none of them."""
-  train_key = ('data.train_image_size' if config.data.get(
-      'train_image_size', 0) else 'data.image_size')
-  train_size = config.data.get('train_image_size', 0) or config.data.get(
-      'image_size', 0)
-  if not train_size:
-    return
-  if config.discriminator.name == 'patchgan':
-    layers = config.discriminator.num_layers
-    config_schema.require(
-        discriminators.patchgan_output_side(train_size, layers) >= 1, train_key,
-        f'{train_size}: PatchGAN leaves no logits on it after its '
-        f'{layers} stride-2 convs (discriminator.num_layers): use fewer layers '
-        f'or images of {discriminators.patchgan_min_side(layers)} pixels or '
-        'more')
-  if config.loss.perceptual_weight > 0:
-    config_schema.require(
-        train_size >= perceptual.MIN_SIDE, train_key,
-        f'{train_size}: LPIPS (loss.perceptual_weight) needs images of '
-        f'{perceptual.MIN_SIDE} pixels or more (its last VGG layer is 16x '
-        'coarser)')
-  if config.loss.pcl_weight > 0:
-    _validate_contrastive_grids(train_size, model.downsample_factor, train_key)
-
-
-def _validate_contrastive_grids(size: int, factor: int, key: str) -> None:
-  """The contrastive loss lays each token's weight over VGG-19's feature
-  grids (relu1_2 .. relu5_3, after 0..4 2x2 pools, each floor-halving): one
-  coarser than the token grid must tile it."""
-  tokens, side = size // factor, size
-  for pools in range(len(vgg.DEFAULT_OUTPUTS)):
-    config_schema.require(
-        not 1 < side < tokens or tokens % side == 0, key,
-        f'{size}: VGG-19\'s {side}x{side} features after {pools} 2x2 pools '
-        f'do not tile the {tokens}x{tokens} token grid that the contrastive '
-        'loss (loss.pcl_weight) weights them by: use a size divisible by 16')
-    side //= 2
+# The task's config sections and their checks (`tasks.REGISTRY` registers
+# tokenizer_config's), under the task's name for vqlab.convert.published.
+default_config = tokenizer_config.default_config
+validate = tokenizer_config.validate
 
 
 class TokenizerTask(base.Task):
@@ -302,7 +84,8 @@ class TokenizerTask(base.Task):
         for name, schedule in self._schedules.items()
     }
     if config.freeze:
-      self.tx[GENERATOR] = _with_frozen(self.tx[GENERATOR], config.freeze)
+      self.tx[GENERATOR] = warm_start_lib.with_frozen(self.tx[GENERATOR],
+                                                      config.freeze)
     self.frozen = dict(frozen or {})
     self.evaluation = reconstruction_eval.ReconstructionEval(
         self.model.quantizer.codebook_size, fid_reference,
@@ -323,7 +106,7 @@ class TokenizerTask(base.Task):
         'params': gen_rng,
         'quantizer': q_rng
     }, images, train=False)
-    _check_freeze(self.config.freeze, variables)
+    warm_start_lib.check_freeze(self.config.freeze, variables)
     params = {
         GENERATOR:
             variables.pop('params'),
@@ -344,72 +127,9 @@ class TokenizerTask(base.Task):
         }, model_state=dict(variables), ema_params=ema, loss_state=loss_state)
 
   def warm_start(self, state: TrainState) -> TrainState:
-    """Copies `warm_start.params` from another run into a fresh state (their
-    params and their entries in the other collections of model_state, e.g.
-    an EMA codebook's 'quantizer_stats' and a quantizer's schedule counter
-    in 'quantizer_state': its temperature or entropy weight goes on from
-    where that run left it), and a
-    'proxy_pixels' TiTok's pixel_vqgan from the `warm_start.pixel_vqgan` run,
-    in this model's layout of repeated blocks (scanned or unrolled,
-    vqlab.nn.stack) whichever the other run used.
-
-    Raises:
-      ConfigError: a named param tree is missing or of another shape.
-      CheckpointError: the other run has no readable checkpoint.
-    """
-    start = self.config.warm_start
-    if not (start.params or start.pixel_vqgan):
-      return state
-    params = dict(state.params[GENERATOR])
-    model_state = state.model_state
-    if start.params:
-      tree, step = checkpoint_lib.restore_on_host(
-          start.workdir, None if start.step < 0 else start.step,
-          'warm_start.step')
-      where = f'{start.workdir} (step {step})'
-      params, model_state = _warm_started(tree, params, model_state,
-                                          start.params, where)
-      fresh = sorted(
-          set(params) & set((tree['ema_params'] or tree['params'])[GENERATOR]) -
-          set(start.params))
-      if fresh:
-        # E.g. a VQGAN's quant_conv and to_pixels beside its encoder and
-        # decoder: a fine-tune named only those would start partly random.
-        print(
-            f'vqlab: warm_start copies {", ".join(start.params)} from '
-            f'{where}; {", ".join(fresh)} of that run start from a fresh '
-            'init (name them in warm_start.params to copy them too)',
-            flush=True)
-    if start.pixel_vqgan:
-      tree, step = checkpoint_lib.restore_on_host(
-          start.pixel_vqgan,
-          None if start.pixel_vqgan_step < 0 else start.pixel_vqgan_step,
-          'warm_start.pixel_vqgan_step')
-      where = f'{start.pixel_vqgan} (step {step})'
-      target = params['pixel_vqgan']
-      params['pixel_vqgan'] = _copied((tree['ema_params'] or
-                                       tree['params'])[GENERATOR], target,
-                                      list(target), 'warm_start.pixel_vqgan',
-                                      where)
-      # E.g. an EMA codebook, kept with the statistics.
-      model_state = {
-          collection: ({
-              **values, 'pixel_vqgan':
-                  _copied((tree.get('model_state') or {}).get(collection, {}),
-                          values['pixel_vqgan'], list(values['pixel_vqgan']),
-                          'warm_start.pixel_vqgan', where, collection)
-          } if 'pixel_vqgan' in values else values
-                      ) for collection, values in model_state.items()
-      }
-    all_params = {**state.params, GENERATOR: params}
-    # The EMA starts from the warm-started params, in buffers of its own: the
-    # train step donates the state, and a buffer in two leaves would be
-    # donated twice.
-    ema = ({
-        GENERATOR: jax.tree.map(lambda x: x.copy(), params)
-    } if state.ema_params else state.ema_params)
-    return state.replace(params=all_params, ema_params=ema,
-                         model_state=model_state)
+    """The fresh `state` with the trees the `warm_start` section names copied
+    from other runs (the module warm_start's `warm_started`)."""
+    return warm_start_lib.warm_started(state, self.config.warm_start, GENERATOR)
 
   # -------------------------------------------------------------- losses ---
   def _reconstruction_loss(self, x: jax.Array, x_rec: jax.Array) -> jax.Array:
@@ -654,7 +374,9 @@ class TokenizerTask(base.Task):
 
   # ---------------------------------------------------------------- step ---
   def check_training(self) -> None:
-    check_train_sizes(self.config, self.model)
+    """ConfigError when the train images are too small for the networks
+    the train step runs (`tokenizer_config.check_train_sizes`)."""
+    tokenizer_config.check_train_sizes(self.config, self.model)
 
   def train_step_options(self, step: int) -> dict[str, bool]:
     """The GAN terms are left out of the steps before `loss.disc_start`."""
@@ -745,116 +467,9 @@ class TokenizerTask(base.Task):
 
   def image_rows(self, images: dict[str, np.ndarray],
                  n: int) -> list[np.ndarray]:
+    """Rows [<= n, H, W, C] of the eval picture: inputs above their
+    reconstructions (`reconstruction_eval.image_rows`)."""
     return reconstruction_eval.image_rows(images, n)
-
-
-def _warm_started(tree: dict[str, Any], params: dict[str, Any],
-                  model_state: dict[str, Any], names,
-                  where: str) -> tuple[dict[str, Any], dict[str, Any]]:
-  """(params, model_state) with the generator trees `names` copied from the
-  checkpoint `tree` of the run `where`: their params, and their entries in
-  every other collection (e.g. an EMA codebook with its statistics in
-  'quantizer_stats'), each in this model's layout (`_copied`).
-
-  Raises:
-    ConfigError (naming warm_start.params): a name in neither model, one
-      that is in a collection of one model but not of the other, or a tree of
-      other shapes.
-  """
-  key = 'warm_start.params'
-  source_params = (tree['ema_params'] or tree['params'])[GENERATOR]
-  source_state = tree.get('model_state') or {}
-  found = lambda name, trees: any(name in t for t in trees)
-  for name in names:
-    if not (found(name, (params, source_params)) or
-            found(name, (*model_state.values(), *source_state.values())) or
-            name in _ALWAYS_THERE):
-      raise ConfigError(
-          key, f'{name!r} is in neither model: {where} has params '
-          f'{sorted(source_params)}, this model {sorted(params)}')
-  params = {
-      **params,
-      **_copied(source_params, params, [
-          n for n in names if found(n, (params, source_params))
-      ], key, where)
-  }
-  model_state = dict(model_state)
-  for collection in sorted(set(model_state) | set(source_state)):
-    values = model_state.get(collection, {})
-    source = source_state.get(collection, {})
-    these = [n for n in names if found(n, (values, source))]
-    if these:
-      model_state[collection] = {
-          **values,
-          **_copied(source, values, these, key, where, collection)
-      }
-  return params, model_state
-
-
-def _copied(source: dict[str, Any], target: dict[str, Any], names, key: str,
-            where: str, collection: str = 'params') -> dict[str, Any]:
-  """{name: source[name]} for `names`, as arrays in the layout of repeated
-  blocks (scanned or unrolled) that `target[name]` has; `source` and
-  `target` are trees of `collection` (for the error).
-
-  Raises:
-    ConfigError (naming `key`): a name missing from either side, or a tree of
-      other shapes (another architecture).
-  """
-  copied = {}
-  for name in names:
-    if name not in source or name not in target:
-      raise ConfigError(
-          key, f'{name!r} is not in both models\' {collection}: {where} has '
-          f'{sorted(source)}, this model {sorted(target)}')
-    value = source[name]
-    if isinstance(value, dict):
-      try:
-        value = stack.match_layout(value, target[name])
-      except ValueError:  # Another architecture: told below.
-        pass
-    shapes = lambda t: jax.tree.map(np.shape, t)
-    if shapes(value) != shapes(target[name]):
-      raise ConfigError(
-          key, f'{name!r} has other shapes in {where} than in this model '
-          f'({collection})')
-    copied[name] = jax.tree.map(jnp.asarray, value)
-  return copied
-
-
-# Every tokenizer has a quantizer, which may hold no variables at all (FSQ,
-# plain LFQ) or only state (an EMA codebook): `freeze` and
-# `warm_start.params` may name it whatever it holds.
-_ALWAYS_THERE = ('quantizer',)
-
-
-def _check_freeze(freeze, variables: dict[str, Any]) -> None:
-  """Raises ConfigError (naming `freeze`) for a name that is neither a
-  top-level tree of the model's variables (params or state, e.g. an EMA
-  codebook's statistics) nor the quantizer."""
-  known = {name for collection in variables.values() for name in collection}
-  unknown = set(freeze) - known - set(_ALWAYS_THERE)
-  if unknown:
-    raise ConfigError(
-        'freeze', f'no params or state named {sorted(unknown)}; the model has '
-        f'{sorted(known | set(_ALWAYS_THERE))}')
-
-
-def _with_frozen(tx: optax.GradientTransformation,
-                 frozen: tuple[str, ...]) -> optax.GradientTransformation:
-  """`tx` for all top-level params but those named in `frozen`, which get
-  zero updates (no weight decay either)."""
-
-  def labels(params):
-    return {
-        k: jax.tree.map(lambda _, k=k: 'frozen' if k in frozen else 'train', v)
-        for k, v in params.items()
-    }
-
-  return optax.multi_transform({
-      'train': tx,
-      'frozen': optax.set_to_zero()
-  }, labels)
 
 
 def build(config: ml_collections.ConfigDict,
