@@ -47,6 +47,7 @@ class Registry:
       self._apis[name] = api
 
   def names(self) -> list[str]:
+    """The registered names, sorted."""
     return sorted(self._entries)
 
   def check_name(self, name: Any, key: str | None = None) -> None:

@@ -187,6 +187,8 @@ class CaptionSource(pipeline.TfDataSource):
   several_captions = False
 
   def batches(self, start_step: int = 0) -> Iterator[base.Batch]:
+    """The source's batches (`base.DataSource.batches`) with 'caption' a
+    unicode array [b]."""
     for batch in super().batches(start_step):
       batch['caption'] = to_unicode(batch['caption'])
       yield batch

@@ -100,9 +100,17 @@ def _raise_if_unreadable(path: str, e: Exception) -> None:
 
 
 def write_shard(path: str, arrays: dict[str, np.ndarray]) -> None:
-  """Writes one shard atomically; tokens and condition tokens are stored as
-  uint16 when every id of that array fits (each array on its own: a
-  condition tokenizer may have a larger vocabulary than the main one)."""
+  """Writes one shard atomically.
+
+  Args:
+    path: the shard file (`shard_path`).
+    arrays: the rows of the shard, each [n, ...]: 'tokens' int [n, *shape(,
+      F)], 'cond_tokens' int [n, cond_length] (spatial conditions),
+      'position' int64 [n], and the data's other keys (e.g. 'label' int32
+      [n]). Tokens and condition tokens are stored as uint16 when every id
+      of that array fits (each array on its own: a condition tokenizer may
+      have a larger vocabulary than the main one).
+  """
   arrays = dict(arrays)
   for key in CODE_ARRAYS:
     if key in arrays and _fits_uint16(arrays[key]):
@@ -211,4 +219,8 @@ class TokenSource:
     return len(self._source)
 
   def batches(self, start_step: int = 0):
+    """Yields this host's batches: 'tokens' int32 [b, *shape(, F)], the
+    shards' other arrays (e.g. 'label' int32 [b], 'cond_tokens' int32
+    [b, cond_length]) and on eval 'mask' bool [b]. Train is infinite from
+    global step `start_step`; eval one padded pass (`base.DataSource`)."""
     return self._source.batches(start_step)

@@ -54,6 +54,7 @@ class MlpBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    """x [..., D] -> [..., D]; `train` turns the hidden dropout on."""
     dense = functools.partial(nn.Dense, dtype=self.dtype,
                               kernel_init=self.kernel_init)
     h = remat.recomputed_gelu(

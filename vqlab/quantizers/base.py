@@ -356,7 +356,9 @@ def num_index_axes(quantizer) -> int:
 
 
 def full_code_indices(quantizer, indices: jax.Array) -> jax.Array:
-  """Indices as the quantizer returns them -> one id in [0, K) per token."""
+  """Indices as the quantizer returns them -> one id in [0, K) per token:
+  factorized codes int [..., F] (F factors) -> int [...]; plain ids [...]
+  are returned as they are."""
   if num_index_axes(quantizer):
     return quantizer.full_indices(indices)
   return indices

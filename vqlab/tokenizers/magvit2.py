@@ -269,10 +269,12 @@ class MAGVIT2(nn.Module):
 
   def forward_with_features(self, x: jax.Array, *, train: bool = False,
                             encode_train: bool | None = None):
-    """Like __call__, also returning the last layer's input features (same
-    rank as x): (x_rec, QuantizerOutput, features); `encode_train`: the
-    encoder and quantizer's train mode (None: `train`; False for frozen
-    ones, so the decoder trains on the tokens eval gives)."""
+    """x [B, T, H, W, C] or [B, H, W, C] -> (reconstruction like x,
+    QuantizerOutput, features [B, T, H, W, channels * mult[0]] or
+    [B, H, W, channels * mult[0]]): __call__'s outputs and the last layer's
+    input features; `encode_train`: the encoder and quantizer's train mode
+    (None: `train`; False for frozen ones, so the decoder trains on the
+    tokens eval gives)."""
     _, out = self.encode(x,
                          train=train if encode_train is None else encode_train)
     features = self.decoder_features(out.quantized, train=train)

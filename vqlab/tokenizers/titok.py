@@ -365,10 +365,12 @@ class TiTok(nn.Module):
 
   def forward_with_features(self, x: jax.Array, *, train: bool = False,
                             encode_train: bool | None = None):
-    """Like __call__, also returning the decoder features [B, H/f, W/f,
-    width] (the last layer's input): (output, QuantizerOutput, features);
-    `encode_train`: the encoder and quantizer's train mode (None: `train`;
-    False for frozen ones, so the decoder trains on the tokens eval gives)."""
+    """x [B, H, W, C] -> (output, QuantizerOutput, features [B, H/f, W/f,
+    width]): __call__'s outputs (output: the reconstruction [B, H, W, C] or
+    proxy logits [B, H/f, W/f, K_proxy]) and the decoder features, the last
+    layer's input; `encode_train`: the encoder and quantizer's train mode
+    (None: `train`; False for frozen ones, so the decoder trains on the
+    tokens eval gives)."""
     _, out = self.encode(x,
                          train=train if encode_train is None else encode_train)
     grid = (x.shape[1] // self.patch_size, x.shape[2] // self.patch_size)

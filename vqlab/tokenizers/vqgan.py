@@ -229,9 +229,11 @@ class VQGAN(nn.Module):
 
   def forward_with_features(self, x: jax.Array, *, train: bool = False,
                             encode_train: bool | None = None):
-    """Like __call__, also returning the last layer's input features;
-    `encode_train`: the encoder and quantizer's train mode (None: `train`;
-    False for frozen ones, so the decoder trains on the tokens eval gives)."""
+    """x [B, H, W, C] -> (reconstruction [B, H, W, C], QuantizerOutput,
+    features [B, H, W, channels * mult[0]]): __call__'s outputs and the
+    last layer's input features; `encode_train`: the encoder and quantizer's
+    train mode (None: `train`; False for frozen ones, so the decoder trains
+    on the tokens eval gives)."""
     _, out = self.encode(x,
                          train=train if encode_train is None else encode_train)
     features = self.decoder_features(out.quantized, train=train)

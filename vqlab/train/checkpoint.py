@@ -189,9 +189,11 @@ class Checkpointer:
           'its progress. Make it writable or use another --workdir')
 
   def all_steps(self) -> list[int]:
+    """The steps of the checkpoints in the directory, oldest first."""
     return sorted(self._manager.all_steps())
 
   def latest_step(self) -> int | None:
+    """The newest checkpoint's step; None when there is none."""
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, *, force: bool = False) -> bool:
@@ -527,6 +529,7 @@ class Checkpointer:
           'it')
 
   def close(self) -> None:
+    """Waits for the pending async save and releases the manager."""
     self._manager.close()
 
 

@@ -306,6 +306,9 @@ class Experiment:
     return state, 0
 
   def global_batch(self, local_batch):
+    """This host's batch {key: [B_local, ...]} as global arrays
+    {key: [B, ...]} sharded over the mesh's batch axis (text left out:
+    `partitioning.global_batch`)."""
     return partitioning.global_batch(local_batch, self.batch_sharding)
 
   def evaluate(self, state) -> tuple[dict[str, float], dict[str, np.ndarray]]:

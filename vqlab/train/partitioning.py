@@ -147,9 +147,10 @@ def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh,
 
 
 def device_arrays(local_batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """The arrays of a host batch that go to the devices: all but text (a
-  caption dataset's 'caption' strings, which only a text-conditional
-  generator reads, as token ids made on the host)."""
+  """The arrays of a host batch {key: [B_local, ...]} that go to the
+  devices, unchanged: all but text (a caption dataset's 'caption' strings
+  [B_local], which only a text-conditional generator reads, as token ids
+  made on the host)."""
   return {
       k: v
       for k, v in local_batch.items()
@@ -159,8 +160,9 @@ def device_arrays(local_batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def global_batch(local_batch: dict[str, np.ndarray],
                  sharding: jax.sharding.NamedSharding) -> dict[str, jax.Array]:
-  """Assembles per-host batches into global arrays sharded on the batch axis
-  (their `device_arrays`)."""
+  """Assembles per-host batches {key: [B_local, ...]} into global arrays
+  {key: [B, ...]} (B = B_local * process count) sharded on the batch axis
+  by `sharding` (their `device_arrays`)."""
   return {
       k: jax.make_array_from_process_local_data(sharding, v)
       for k, v in device_arrays(local_batch).items()

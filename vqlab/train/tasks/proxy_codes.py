@@ -127,6 +127,8 @@ class ProxyCodeTask(base.Task):
     return {'proxy.workdir': self.proxy}
 
   def init(self, rng: jax.Array, batch) -> TrainState:
+    """Fresh TrainState; only the shape of batch['image'] [B, H, W, C]
+    matters."""
     images = batch['image']
     params_rng, q_rng = jax.random.split(rng)
     variables = self.model.init({
@@ -227,10 +229,13 @@ class ProxyCodeTask(base.Task):
     return self.evaluation.outputs(x, x_rec, indices, batch['mask'], frozen)
 
   def summarize_eval(self, acc) -> dict[str, float]:
+    """Eval-set metrics from an `EvalAccumulator` of `eval_step` outputs."""
     return self.evaluation.summarize(acc)
 
   def image_rows(self, images: dict[str, np.ndarray],
                  n: int) -> list[np.ndarray]:
+    """Rows [<= n, H, W, C] of the eval picture: inputs above their
+    reconstructions (`reconstruction_eval.image_rows`)."""
     return reconstruction_eval.image_rows(images, n)
 
 

@@ -182,6 +182,10 @@ class CaptionsToIds:
     return len(self._source)
 
   def batches(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """The source's batches with 'caption' [b] replaced by the
+    conditioner's text arrays (`TextConditioner.host_arrays`, e.g.
+    'text_ids' int32 [b, L] and 'text_mask' bool [b, L]); ValueError when a
+    batch has no 'caption'."""
     for batch in self._source.batches(start_step):
       if CAPTION not in batch:
         raise ValueError('the model is text-conditional, but the data has no '
