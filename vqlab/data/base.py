@@ -245,6 +245,53 @@ class NumpyEvalSource:
       yield batch
 
 
+class Renderer(Protocol):
+  """A procedurally drawn dataset: example `i` is a pure function of `(seed, i)`.
+
+  `image_shape`, `video_shape` and `num_classes` mean what they mean on `DataSource`.
+  """
+
+  seed: int
+  image_shape: tuple[int, int, int]
+  video_shape: tuple[int, int, int, int] | None
+  num_classes: int | None
+
+  def batch(self, indices: np.ndarray) -> Batch:
+    """int [k] example indices -> a batch of k rows."""
+    ...
+
+
+def rendered_source(config: ml_collections.ConfigDict,
+                    make_renderer: Callable[[ml_collections.ConfigDict],
+                                            Renderer], *, split: str,
+                    global_batch_size: int, process_index: int,
+                    process_count: int) -> DataSource:
+  """Builds the train or eval source of a `Renderer` made by `make_renderer(config)`.
+
+  Train draws indices `[0, data.num_train_examples)` in `EpochPermutation` order (seeded by the
+  renderer's seed); eval is one pass over `[N_train, N_train + data.num_eval_examples)`. Batches
+  are `renderer.batch` of per-host rows: b = global_batch_size / process_count.
+  """
+  check_split(split)
+  b = host_batch_size(global_batch_size, process_index, process_count)
+  renderer = make_renderer(config)
+  num_train = positive_int(config, 'num_train_examples')
+  attrs = dict(image_shape=renderer.image_shape,
+               video_shape=renderer.video_shape,
+               num_classes=renderer.num_classes)
+  if split == 'train':
+    order = EpochPermutation(num_train, renderer.seed)
+    return NumpyTrainSource(
+        lambda step, rows: renderer.batch(order(step * global_batch_size + rows)
+                                         ), per_host_batch_size=b,
+        process_index=process_index, num_examples=num_train, **attrs)
+  return NumpyEvalSource(lambda indices: renderer.batch(num_train + indices),
+                         num_examples=positive_int(config, 'num_eval_examples'),
+                         global_batch_size=global_batch_size,
+                         per_host_batch_size=b, process_index=process_index,
+                         **attrs)
+
+
 def to_unit_range(images_uint8: np.ndarray) -> np.ndarray:
   """uint8 [..., C] in [0, 255] -> float32 in [-1, 1]."""
   return images_uint8.astype(np.float32) * np.float32(2 / 255) - np.float32(1)

@@ -137,6 +137,8 @@ class CaptionedShapeRenderer:
     self.shapes, self.colors, self.relations = shapes, colors, relations
     self.size_range, self.min_gap, self.background = size_range, min_gap, background
     self._ys, self._xs = shapes_lib.subpixel_grid(image_size)
+    self.image_shape = (image_size, image_size, 3)
+    self.video_shape, self.num_classes = None, None
 
   def scene(self, index: int) -> Scene:
     """The scene of example `index` (a function of (seed, index) alone)."""
@@ -212,20 +214,7 @@ def build(config: ml_collections.ConfigDict, *, split: str,
           global_batch_size: int, process_index: int,
           process_count: int) -> base.DataSource:
   """Builds the source: 'image' float32 [b, S, S, 3] in [-1, 1], 'caption' unicode [b]."""
-  base.check_split(split)
-  b = base.host_batch_size(global_batch_size, process_index, process_count)
-  renderer = _renderer(config)
-  num_train = base.positive_int(config, 'num_train_examples')
-  shape = (renderer.size, renderer.size, 3)
-  if split == 'train':
-    order = base.EpochPermutation(num_train, renderer.seed)
-    return base.NumpyTrainSource(
-        lambda step, rows: renderer.batch(order(step * global_batch_size + rows)
-                                         ), per_host_batch_size=b,
-        process_index=process_index, num_examples=num_train, image_shape=shape,
-        num_classes=None)
-  return base.NumpyEvalSource(
-      lambda indices: renderer.batch(num_train + indices),
-      num_examples=base.positive_int(config, 'num_eval_examples'),
-      global_batch_size=global_batch_size, per_host_batch_size=b,
-      process_index=process_index, image_shape=shape, num_classes=None)
+  return base.rendered_source(config, _renderer, split=split,
+                              global_batch_size=global_batch_size,
+                              process_index=process_index,
+                              process_count=process_count)

@@ -84,10 +84,8 @@ class MovingShapeRenderer:
     sub = (np.arange(2 * image_size, dtype=np.float32) +
            0.5) / 2  # 2x2 subsamples per pixel.
     self._ys, self._xs = np.meshgrid(sub, sub, indexing='ij')
-
-  @property
-  def video_shape(self) -> tuple[int, int, int, int]:
-    return (self.num_frames, self.size, self.size, self.channels)
+    self.video_shape = (num_frames, image_size, image_size, channels)
+    self.image_shape, self.num_classes = self.video_shape[1:], len(shapes)
 
   def example(self, index: int) -> tuple[np.ndarray, int]:
     """Example `index`: (float32 [T, S, S, C] in [-1, 1], label int)."""
@@ -155,21 +153,7 @@ def build(config: ml_collections.ConfigDict, *, split: str,
           global_batch_size: int, process_index: int,
           process_count: int) -> base.DataSource:
   """Builds the source: 'video' float32 [b, T, S, S, channels] in [-1, 1], 'label' int32 [b]."""
-  base.check_split(split)
-  b = base.host_batch_size(global_batch_size, process_index, process_count)
-  renderer = _renderer(config)
-  num_train = base.positive_int(config, 'num_train_examples')
-  attrs = dict(image_shape=renderer.video_shape[1:],
-               video_shape=renderer.video_shape,
-               num_classes=len(renderer.shapes))
-  if split == 'train':
-    order = base.EpochPermutation(num_train, renderer.seed)
-    return base.NumpyTrainSource(
-        lambda step, rows: renderer.batch(order(step * global_batch_size + rows)
-                                         ), per_host_batch_size=b,
-        process_index=process_index, num_examples=num_train, **attrs)
-  return base.NumpyEvalSource(
-      lambda indices: renderer.batch(num_train + indices),
-      num_examples=base.positive_int(config, 'num_eval_examples'),
-      global_batch_size=global_batch_size, per_host_batch_size=b,
-      process_index=process_index, **attrs)
+  return base.rendered_source(config, _renderer, split=split,
+                              global_batch_size=global_batch_size,
+                              process_index=process_index,
+                              process_count=process_count)

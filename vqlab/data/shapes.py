@@ -116,6 +116,8 @@ class ShapeRenderer:
     self.seed, self.size, self.channels = seed, image_size, channels
     self.shapes, self.size_range, self.min_contrast = shapes, size_range, min_contrast
     self._ys, self._xs = subpixel_grid(image_size)
+    self.image_shape = (image_size, image_size, channels)
+    self.video_shape, self.num_classes = None, len(shapes)
 
   def example(self, index: int) -> tuple[np.ndarray, int]:
     """Example `index`: (float32 [S, S, C] in [-1, 1], label int)."""
@@ -153,21 +155,7 @@ def build(config: ml_collections.ConfigDict, *, split: str,
           global_batch_size: int, process_index: int,
           process_count: int) -> base.DataSource:
   """Builds the source: 'image' float32 [b, S, S, channels] in [-1, 1], 'label' int32 [b]."""
-  base.check_split(split)
-  b = base.host_batch_size(global_batch_size, process_index, process_count)
-  renderer = _renderer(config)
-  num_train = base.positive_int(config, 'num_train_examples')
-  shape = (renderer.size, renderer.size, renderer.channels)
-  num_classes = len(renderer.shapes)
-  if split == 'train':
-    order = base.EpochPermutation(num_train, renderer.seed)
-    return base.NumpyTrainSource(
-        lambda step, rows: renderer.batch(order(step * global_batch_size + rows)
-                                         ), per_host_batch_size=b,
-        process_index=process_index, num_examples=num_train, image_shape=shape,
-        num_classes=num_classes)
-  return base.NumpyEvalSource(
-      lambda indices: renderer.batch(num_train + indices),
-      num_examples=base.positive_int(config, 'num_eval_examples'),
-      global_batch_size=global_batch_size, per_host_batch_size=b,
-      process_index=process_index, image_shape=shape, num_classes=num_classes)
+  return base.rendered_source(config, _renderer, split=split,
+                              global_batch_size=global_batch_size,
+                              process_index=process_index,
+                              process_count=process_count)
