@@ -135,5 +135,5 @@ def test_deep_models_convert():
   config.channel_multipliers = (1,) * 6
   config.num_temporal_downsamples = 0
   config.adaptive_norm = 'pooled'
-  params = open_magvit2.expected_params(config)
+  params = published.expected_tokenizer_params(config)
   assert 'decoder' in params

@@ -116,5 +116,5 @@ def test_deep_models_convert():
   config = tokenizers.default_config('vqgan')
   config.channels, config.num_groups = 8, 4
   config.channel_multipliers = (1,) * 7
-  params = taming_vqgan.expected_params(config)
+  params = published.expected_tokenizer_params(config)
   assert sum(k.startswith('Downsample2D') for k in params['encoder']) == 6

@@ -27,8 +27,6 @@ import os
 import re
 
 import flax.serialization
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -237,19 +235,11 @@ def convert_state_dict(tensors: dict[str, np.ndarray], source: str, *,
   config = model_config(arch, num_groups, shortcut_quirk)
   params = convert_params(sd, arch)
   sd.check_all_used()
-  published.check_params_match(params, expected_params(config, image_size),
+  published.check_params_match(params,
+                               published.expected_tokenizer_params(config),
                                source)
   return published.Converted(model_config=config, params=params,
                              image_size=image_size, source=source)
-
-
-def expected_params(config: ml_collections.ConfigDict, image_size: int):
-  """ShapeDtypeStructs of the params a vqlab model of `config` has."""
-  model = tokenizers.build(config)
-  x = jax.ShapeDtypeStruct((1, image_size, image_size, config.in_channels),
-                           jnp.float32)
-  return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x),
-                        x)['params']
 
 
 def convert_file(path: str, *, shortcut_quirk: bool = True,

@@ -31,7 +31,6 @@ generator config has [6, 12], the default here (LFQ's own default is
 
 import os
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -196,13 +195,6 @@ def _decoder(sd: published.StateDict, config) -> dict:
   return tree
 
 
-def expected_params(config: ml_collections.ConfigDict):
-  """ShapeDtypeStructs of the params of the model `config` builds."""
-  model = tokenizers.build(config)
-  return jax.eval_shape(model.init, jax.random.key(0),
-                        tokenizers.example_image(model))['params']
-
-
 def convert_state_dict(tensors, *, ema: bool = True, factor_bits: str = 'auto',
                        image_size: int = 256, scan_blocks: bool = False,
                        source: str = 'Open-MAGVIT2') -> published.Converted:
@@ -235,10 +227,11 @@ def convert_state_dict(tensors, *, ema: bool = True, factor_bits: str = 'auto',
   bits = int(config.quantizer.codebook_size).bit_length() - 1
   description = (f'{source} (f{factor}, 2^{bits} LFQ, '
                  f'{weights} weights)')
+  config.scan_blocks = bool(scan_blocks)
+  expected = published.expected_tokenizer_params(config)
   if scan_blocks:
-    config.scan_blocks = True
-    params = stack.stack_like(params, expected_params(config))
-  published.check_params_match(params, expected_params(config), description)
+    params = stack.stack_like(params, expected)
+  published.check_params_match(params, expected, description)
   return published.Converted(model_config=config, params=params,
                              image_size=image_size, source=description)
 

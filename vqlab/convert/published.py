@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from vqlab import fileio
+from vqlab import tokenizers
 from vqlab.errors import WeightsError
 from vqlab.nn import stack
 from vqlab.train import checkpoint
@@ -180,6 +181,14 @@ def check_params_match(params: Any, expected: Any, what: str) -> None:
   if problems:
     raise WeightsError(f'{what}: the converted params do not fit the model: ' +
                        '; '.join(problems))
+
+
+def expected_tokenizer_params(config: ml_collections.ConfigDict) -> Any:
+  """ShapeDtypeStructs of the params of the tokenizer `config` builds (traced
+  on `tokenizers.example_image`: the params do not depend on the image size)."""
+  model = tokenizers.build(config)
+  return jax.eval_shape(model.init, jax.random.key(0),
+                        tokenizers.example_image(model))['params']
 
 
 @dataclasses.dataclass

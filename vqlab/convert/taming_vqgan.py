@@ -34,7 +34,6 @@ and the exact codebook the transformer was trained on.
 import os
 from typing import Any
 
-import jax
 import ml_collections
 
 from vqlab import quantizers
@@ -174,13 +173,6 @@ def _decoder(sd: published.StateDict, config) -> dict:
   return tree
 
 
-def expected_params(config: ml_collections.ConfigDict):
-  """ShapeDtypeStructs of the params of the model `config` builds."""
-  model = tokenizers.build(config)
-  return jax.eval_shape(model.init, jax.random.key(0),
-                        tokenizers.example_image(model))['params']
-
-
 def convert_state_dict(tensors, *, image_size: int = 256,
                        source: str = 'taming VQGAN') -> published.Converted:
   """A flat taming VQModel state dict {key: array} -> Converted.
@@ -204,7 +196,9 @@ def convert_state_dict(tensors, *, image_size: int = 256,
   factor = 2**(len(config.channel_multipliers) - 1)
   description = (f'{source} (f{factor}, {config.quantizer.codebook_size} '
                  f'codes of dim {config.quantizer.embedding_dim})')
-  published.check_params_match(params, expected_params(config), description)
+  published.check_params_match(params,
+                               published.expected_tokenizer_params(config),
+                               description)
   return published.Converted(model_config=config, params=params,
                              image_size=image_size, source=description)
 

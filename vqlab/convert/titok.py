@@ -24,8 +24,6 @@ embedding are summed into vqlab's `class_token`.
 
 import os
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -271,16 +269,6 @@ def convert_params(sd: published.StateDict,
   return params
 
 
-def expected_params(config: ml_collections.ConfigDict):
-  """ShapeDtypeStructs of the params of a vqlab model of `config`."""
-  model = tokenizers.build(config)
-  x = jax.ShapeDtypeStruct(
-      (1, config.image_size, config.image_size, config.in_channels),
-      jnp.float32)
-  return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x),
-                        x)['params']
-
-
 def convert_state_dict(tensors: dict[str, np.ndarray], source: str, *,
                        num_heads: int = 0, num_groups: int = 32,
                        scan_layers: bool = False) -> published.Converted:
@@ -290,7 +278,9 @@ def convert_state_dict(tensors: dict[str, np.ndarray], source: str, *,
   params = convert_params(sd, config)
   # clustering_vq's usage statistics are a training buffer.
   sd.check_all_used(ignore_prefixes=('quantize.embed_prob',))
-  published.check_params_match(params, expected_params(config), source)
+  published.check_params_match(params,
+                               published.expected_tokenizer_params(config),
+                               source)
   return published.Converted(model_config=config, params=params,
                              image_size=config.image_size, source=source)
 
