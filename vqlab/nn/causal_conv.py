@@ -37,11 +37,6 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
   return total // 2, total - total // 2
 
 
-def causal_output_frames(frames: int, stride: int) -> int:
-  """Frames out of a causal conv with temporal stride `stride`: 1 + (T-1)//s."""
-  return (frames - 1) // stride + 1
-
-
 class CausalConv3D(nn.Module):
   """Causal in time, 'SAME' in space 3D convolution; see the module docstring.
 

@@ -98,8 +98,3 @@ def learning_rate(opt_state: Any, config: ml_collections.ConfigDict,
     raise ValueError(f'expected one schedule state in the optimizer state, '
                      f'found {len(counts)}')
   return learning_rate_schedule(config, num_steps)(counts[0])
-
-
-def global_norm(tree: Any) -> jax.Array:
-  """sqrt of the sum of squares of every leaf (float32 scalar)."""
-  return optax.tree.norm(tree)
