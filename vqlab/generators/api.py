@@ -37,6 +37,11 @@ class ConditionSpec:
   length: int = 0
   vocab_size: int = 0
 
+  def __post_init__(self):
+    if self.kind not in CONDITION_KINDS:
+      raise ValueError(f'ConditionSpec.kind: must be one of '
+                       f'{list(CONDITION_KINDS)}, got {self.kind!r}.')
+
 
 # {model key: the model.condition values that read it}.
 ConditionKeys = dict[str, tuple[str, ...]]
