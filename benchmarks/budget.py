@@ -1,17 +1,20 @@
 """Timing under a per-case budget, shared by the benchmarks that measure many
-cases of very different cost (generators.py, titok.py), and fitting a train
-step into a memory budget (paper_scale.py). No flags here, so any benchmark
-can import it.
+cases of very different cost (generators.py, titok.py), their progress
+lines and results files, and fitting a train step into a memory budget
+(paper_scale.py). No flags here, so any benchmark can import it.
 """
 
 import os
 import platform
 import re
+import resource
 import statistics
 import time
 from typing import Callable
 
 import jax
+
+from benchmarks import results_json
 
 
 def on_cpu() -> bool:
@@ -36,6 +39,32 @@ def device_info() -> dict:
       'host': platform.processor() or platform.machine(),
       'cpu_count': os.cpu_count()
   }
+
+
+def peak_host_rss_bytes() -> int:
+  """The most resident memory this process has held, in bytes (Linux)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def progress(name: str, kind: str, text: str) -> None:
+  """Prints one progress line of model `kind` at config `name`, at once."""
+  print(f'[{name} {kind}] {text}', flush=True)
+
+
+def load_results(path: str) -> dict:
+  """The results JSON at `path` ({} where there is none) with this run's
+  'device' and 'jax': the caller merges its rows in."""
+  results = results_json.load(path)
+  results.update({'device': device_info(), 'jax': jax.__version__})
+  return results
+
+
+def save_results(path: str, results: dict) -> None:
+  """Writes `results` to `path`, on CPU with the peak host RSS so far in
+  results['device']. Called after each model: a long run keeps what it has."""
+  if on_cpu():
+    results['device']['peak_host_rss_bytes'] = peak_host_rss_bytes()
+  results_json.write(path, results)
 
 
 def measure(call: Callable[[], None], steps: int, budget: float) -> dict:

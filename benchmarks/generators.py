@@ -48,10 +48,8 @@ Results merge, per config and model, into benchmarks/results/generators_<device>
 (<device>: 'cpu' or the accelerator kind; '_bfloat16' appended for bf16).
 """
 
-import json
 import os
 import re
-import resource
 import sys
 import time
 from typing import Any, Callable
@@ -297,18 +295,20 @@ def run_model(name: str, kind: str) -> dict:
       'num_layers': model.num_layers,
       'init_s': init_s,
   }
-  _progress(name, kind, f'{entry["params"] / 1e6:.1f}M params, init '
-            f'{init_s:.1f} s')
+  budget_lib.progress(
+      name, kind, f'{entry["params"] / 1e6:.1f}M params, init '
+      f'{init_s:.1f} s')
 
   # Probes: what the budget's predictions rest on.
   entry['forward'] = forward_probe(model, params, tokens, labels, budget / 4)
   forward_s = entry['forward']['call_s']
-  _progress(name, kind, f'forward {forward_s:.3g} s/call')
+  budget_lib.progress(name, kind, f'forward {forward_s:.3g} s/call')
   if kind == 'gpt':
     entry['decode_step'] = decode_step_probe(model, params, batch, labels,
                                              budget / 4)
-    _progress(name, kind,
-              f'cached decode step {entry["decode_step"]["call_s"]:.3g} s')
+    budget_lib.progress(
+        name, kind,
+        f'cached decode step {entry["decode_step"]["call_s"]:.3g} s')
 
   # Train. On CPU, a state that cannot fit in host memory is not tried:
   # params, AdamW's two moments, grads and updates (5 x the f32 params, + 1
@@ -329,7 +329,7 @@ def run_model(name: str, kind: str) -> dict:
     entry['train'] = train_case(config, model, params, batch,
                                 jax.random.fold_in(rng, 4), budget)
     entry['train']['predicted_call_s'] = predicted
-  _progress(name, kind, _describe('train', entry['train']))
+  budget_lib.progress(name, kind, _describe('train', entry['train']))
 
   # Sampling.
   s = config.sample
@@ -386,15 +386,11 @@ def run_model(name: str, kind: str) -> dict:
     else:
       entry[case] = sample_case(fn, params, sample_rng, labels, budget)
       entry[case]['predicted_call_s'] = predicted
-    _progress(name, kind, _describe(case, entry[case]))
+    budget_lib.progress(name, kind, _describe(case, entry[case]))
   return entry
 
 
 # -------------------------------------------------------------- output ---
-
-
-def _progress(name: str, kind: str, text: str) -> None:
-  print(f'[{name} {kind}] {text}', flush=True)
 
 
 def _describe(case: str, row: dict) -> str:
@@ -476,14 +472,7 @@ def print_table(results: dict, names: list[str]) -> None:
 def main(argv):
   del argv
   path = _default_json() if _JSON.value is None else _JSON.value
-  results = {}
-  if path and os.path.exists(path):
-    with open(path) as f:
-      results = json.load(f)
-  results.update({
-      'device': budget_lib.device_info(),
-      'jax': jax.__version__,
-  })
+  results = budget_lib.load_results(path)
   for name in _CONFIGS.value:
     if name not in CONFIGS:
       raise app.UsageError(f'unknown config {name!r}; known: {list(CONFIGS)}')
@@ -498,13 +487,8 @@ def main(argv):
       })
       _add_rates(entry[kind])
       results[name] = entry
-      if path:  # Written after each model: a long run keeps what it has.
-        if budget_lib.on_cpu():
-          results['device']['peak_host_rss_bytes'] = (
-              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, 'w') as f:
-          json.dump(results, f, indent=2)
+      if path:
+        budget_lib.save_results(path, results)
   print_table(results, _CONFIGS.value)
   if path:
     print(f'\nwrote {path}')

@@ -100,7 +100,6 @@ import importlib
 import json
 import os
 import re
-import resource
 import signal
 import subprocess
 import sys
@@ -121,6 +120,7 @@ import numpy as np
 
 from benchmarks import budget as budget_lib
 from benchmarks import flops as flops_lib
+from benchmarks import results_json
 from vqlab import data as data_lib
 from vqlab import tokenizers
 from vqlab.losses import perceptual
@@ -780,10 +780,7 @@ def run_case(name: str, row_path: str) -> None:
     else:
       sample_case(name, config, _TINY.value, batch, _COMPILE_ONLY.value, report)
     if budget_lib.on_cpu():
-      report({
-          'host_peak_rss_bytes':
-              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-      })
+      report({'host_peak_rss_bytes': budget_lib.peak_host_rss_bytes()})
     report({'status': 'ok'})
   except UnknownKeyError as e:
     report({'status': 'unknown_key', 'error': str(e)})
@@ -906,10 +903,7 @@ def write_json(path: str, rows: dict[str, dict], device: dict | None,
                run: dict[str, str]) -> None:
   """Merges `rows` into the JSON file at `path`, with `run` (the command
   line and date) at the top and in each row (rows of earlier runs stay)."""
-  results = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      results = json.load(f)
+  results = results_json.load(path)
   results.update(jax=jax.__version__, device=device, **run)
   results.setdefault('rows', {}).update({
       key: {
@@ -917,9 +911,7 @@ def write_json(path: str, rows: dict[str, dict], device: dict | None,
           **run
       } for key, row in rows.items()
   })
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, 'w') as f:
-    json.dump(results, f, indent=2)
+  results_json.write(path, results)
 
 
 def _si(value: float | None, unit: str = '') -> str:

@@ -7,11 +7,12 @@ Imports neither jax nor torch: each side imports what it needs lazily.
 """
 
 import argparse
-import json
 import os
 import platform
 import time
 from typing import Callable
+
+from benchmarks import results_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 Runner = Callable[[int, int, int], dict]
@@ -65,14 +66,9 @@ def main(description: str, run_vqlab: Runner, run_reference: Runner, *,
                 host=platform.processor() or platform.node(),
                 cpu_count=os.cpu_count(),
                 images_per_s=args.batch / result['call_s'])
-  rows = {}
-  if os.path.exists(args.output):
-    with open(args.output) as f:
-      rows = json.load(f)
+  rows = results_json.load(args.output)
   rows['reference' if args.reference else 'vqlab'] = result
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  with open(args.output, 'w') as f:
-    json.dump(rows, f, indent=2)
+  results_json.write(args.output, rows)
   print(f'{"row":<10} {"implementation":<26} {"batch":>5} {"size":>5} '
         f'{"s/call":>8} {"images/s":>9}')
   for key, row in rows.items():

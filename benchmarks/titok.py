@@ -47,10 +47,8 @@ model, into benchmarks/results/titok_<device>.json ('cpu' or the accelerator
 kind).
 """
 
-import json
 import math
 import os
-import resource
 import sys
 import time
 
@@ -165,10 +163,6 @@ def _prepare(config, batch: int):
   return config
 
 
-def _progress(name: str, kind: str, text: str) -> None:
-  print(f'[{name} {kind}] {text}', flush=True)
-
-
 # --------------------------------------------------------------- cases ---
 
 
@@ -274,7 +268,7 @@ def train_case(name: str, kind: str, case: str, config, flop_rate: float,
     }
   # 2 warm-up steps + the timed ones within the budget.
   steps = max(1, min(_STEPS.value, int(budget // max(predicted, 1e-9)) - 2))
-  _progress(
+  budget_lib.progress(
       name, kind, f'{case}: est. {predicted:.3g} s/step; compiling, '
       f'then 2 warm-up + {steps} timed steps')
   result = train_step_benchmark.run_benchmark(config, workdir, steps)
@@ -297,7 +291,7 @@ def run_model(name: str, kind: str) -> dict:
   }
   entry['encode_decode'] = ed = encode_decode(base, batch, budget)
   flop_rate = ed['flops_per_call'] / ed['call_s']
-  _progress(
+  budget_lib.progress(
       name, kind, f'{ed["params"] / 1e6:.3g}M params, '
       f'{ed["tokens_per_image"]} tokens/image; encode+decode '
       f'{ed["call_s"]:.3g} s/call = {ed["images_per_s"]:.3g} images/s '
@@ -313,11 +307,11 @@ def run_model(name: str, kind: str) -> dict:
     entry[case] = row
     if row.get('skipped'):
       est = row.get('estimated_step_s')
-      _progress(
+      budget_lib.progress(
           name, kind, f'{case}: skipped ({row["reason"]})' +
           (f', est. {est:.3g} s/step (NOT measured)' if est else ''))
     else:
-      _progress(
+      budget_lib.progress(
           name, kind, f'{case}: {row["step_s"]:.3g} s/step (mean of '
           f'{row["timed_steps"]}; est. {row["predicted_step_s"]:.3g}),'
           f' compile {row["compile_s"]:.3g} s')
@@ -373,14 +367,7 @@ def main(argv):
   if path is None:
     path = os.path.join(ROOT, 'benchmarks', 'results',
                         f'titok_{budget_lib.device_name()}.json')
-  results = {}
-  if path and os.path.exists(path):
-    with open(path) as f:
-      results = json.load(f)
-  results.update({
-      'device': budget_lib.device_info(),
-      'jax': jax.__version__,
-  })
+  results = budget_lib.load_results(path)
   for name in _CONFIGS.value:
     if name not in CONFIGS:
       raise app.UsageError(f'unknown size {name!r}; known: {list(CONFIGS)}')
@@ -395,13 +382,8 @@ def main(argv):
           'command': ' '.join(['python'] + sys.argv)
       })
       results[name] = entry
-      if path:  # Written after each model: a long run keeps what it has.
-        if budget_lib.on_cpu():
-          results['device']['peak_host_rss_bytes'] = (
-              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, 'w') as f:
-          json.dump(results, f, indent=2)
+      if path:
+        budget_lib.save_results(path, results)
   print_table(results, _CONFIGS.value)
   if path:
     print(f'\nwrote {path}')
