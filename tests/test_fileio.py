@@ -31,6 +31,8 @@ from vqlab.train import run_record
 from vqlab.train import trained_tokenizer
 from vqlab.train import writers
 from vqlab.weights import files
+from vqlab.weights import safetensors_files
+from vqlab.weights import torch_files
 
 
 @pytest.fixture
@@ -410,3 +412,28 @@ def test_token_shards_fid_statistics_and_gifs_on_a_url(url):
   writers.save_gif(f"{url}/clip.gif",
                    np.linspace(-1, 1, 3 * 16).reshape(3, 4, 4, 1))
   assert Image.open(fileio.open(f'{url}/clip.gif', 'rb')).n_frames == 3
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary_one(tmp_path):
+  path = tmp_path / 'a.bin'
+  path.write_bytes(b'old')
+
+  def write(file):
+    file.write(b'partial')
+    raise ValueError('found bad input mid-file')
+
+  with pytest.raises(ValueError, match='mid-file'):
+    fileio.write_atomically(path, write)
+  assert os.listdir(tmp_path) == ['a.bin'] and path.read_bytes() == b'old'
+
+
+def test_weight_files_saved_to_a_url_hold_the_local_bytes(url, tmp_path):
+  """The savers write through fileio.write_atomically (they opened a local
+  temporary file, a FileNotFoundError for a URL)."""
+  arrays = {'w': np.arange(6, dtype=np.float32).reshape(2, 3)}
+  for name, save in (('w.pth', torch_files.save_state_dict),
+                     ('w.safetensors', safetensors_files.save_safetensors)):
+    save(f'{url}/{name}', arrays)
+    save(tmp_path / name, arrays)
+    assert fileio.read_bytes(f'{url}/{name}') == (tmp_path / name).read_bytes()
+  assert sorted(fileio.listdir(url)) == ['w.pth', 'w.safetensors']

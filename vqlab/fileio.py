@@ -140,7 +140,8 @@ def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]],
                      tmp_suffix: str = '.tmp') -> None:
   """Calls write(binary file) so that readers never see a partial `path`.
 
-  Local: writes `path + tmp_suffix`, then renames it over `path`. URL: the
+  Local: writes `path + tmp_suffix`, then renames it over `path`; a write
+  that fails removes that temporary file and re-raises. URL: the
   bytes are built in memory and uploaded in one piece (a GCS object appears
   only once complete, and a rename there would be a copy); this also serves
   writers that seek or tell (zip files, PIL), which GCS/ram files may not.
@@ -153,9 +154,16 @@ def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]],
       f.write(buffer.getvalue())
     return
   tmp = path + tmp_suffix
-  with builtins.open(tmp, 'wb') as f:
-    write(f)
-  os.replace(tmp, path)
+  try:
+    with builtins.open(tmp, 'wb') as f:
+      write(f)
+    os.replace(tmp, path)
+  except BaseException:
+    # A failed write (bad input found mid-file, a full disk, Ctrl-C) leaves
+    # neither a partial `path` nor its temporary file behind.
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:

@@ -21,12 +21,13 @@ non-contiguous array (it copies `nbytes` from its data pointer).
 import json
 import os
 import struct
-from typing import Iterable
+from typing import BinaryIO, Iterable
 
 import ml_dtypes
 import numpy as np
 import safetensors
 
+from vqlab import fileio
 from vqlab.errors import WeightsError
 
 # safetensors dtype name -> little-endian numpy dtype.
@@ -156,10 +157,11 @@ def save_safetensors(path: str | os.PathLike, arrays: dict[str, np.ndarray],
                      metadata: dict[str, str] | None = None) -> None:
   """Writes arrays as a `.safetensors` file in the given order.
 
-  Written to a temporary name first, so a failure leaves no partial file.
+  Written to a temporary name first (a URL: uploaded in one piece), so a
+  failure leaves no partial file.
 
   Args:
-    path: the file to (over)write.
+    path: the file to (over)write, a local path or a URL (`gs://`).
     arrays: {name: array-like} with a dtype of `DTYPES` (jax arrays work).
     metadata: the `__metadata__` entry, {str: str}.
 
@@ -195,14 +197,11 @@ def save_safetensors(path: str | os.PathLike, arrays: dict[str, np.ndarray],
     offset += len(data)
   raw = json.dumps(header, separators=(',', ':')).encode('utf-8')
   raw += b' ' * (-len(raw) % 8)  # Align the data buffer, like the reference.
-  temporary = path + '.tmp'
-  try:
-    with open(temporary, 'wb') as file:
-      file.write(struct.pack('<Q', len(raw)))
-      file.write(raw)
-      for data in blobs:
-        file.write(data)
-    os.replace(temporary, path)
-  finally:
-    if os.path.exists(temporary):
-      os.remove(temporary)
+
+  def write(file: BinaryIO) -> None:
+    file.write(struct.pack('<Q', len(raw)))
+    file.write(raw)
+    for data in blobs:
+      file.write(data)
+
+  fileio.write_atomically(path, write)

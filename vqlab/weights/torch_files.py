@@ -38,6 +38,7 @@ import zipfile
 import ml_dtypes
 import numpy as np
 
+from vqlab import fileio
 from vqlab.errors import WeightsError
 
 _LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
@@ -594,10 +595,11 @@ def save_state_dict(path: str | os.PathLike, arrays: dict[str,
 
   `torch.load(path, weights_only=True)` gives an OrderedDict of CPU tensors
   with the same names, shapes, dtypes and values. The file is written to a
-  temporary name first, so a failed export leaves no partial file.
+  temporary name first (a URL: uploaded in one piece), so a failed export
+  leaves no partial file.
 
   Args:
-    path: the `.pth` file to (over)write.
+    path: the `.pth` file to (over)write, a local path or a URL (`gs://`).
     arrays: {name: array-like} with dtypes float16/32/64, bfloat16,
       complex64/128, int8/16/32/64, uint8 or bool (jax arrays work too).
 
@@ -624,13 +626,10 @@ def save_state_dict(path: str | os.PathLike, arrays: dict[str,
   records = [('data.pkl', _pickle_state_dict(items)), ('byteorder', b'little')]
   records += [(f'data/{i}', item[1].tobytes()) for i, item in enumerate(items)]
   records.append(('version', b'3\n'))
-  temporary = path + '.tmp'
-  try:
-    with open(temporary, 'wb') as file:
-      with zipfile.ZipFile(file, 'w', zipfile.ZIP_STORED) as archive:
-        for name, data in records:
-          _write_aligned(archive, file.tell, f'archive/{name}', data)
-    os.replace(temporary, path)
-  finally:
-    if os.path.exists(temporary):
-      os.remove(temporary)
+
+  def write(file: BinaryIO) -> None:
+    with zipfile.ZipFile(file, 'w', zipfile.ZIP_STORED) as archive:
+      for name, data in records:
+        _write_aligned(archive, file.tell, f'archive/{name}', data)
+
+  fileio.write_atomically(path, write)
