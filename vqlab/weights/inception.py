@@ -24,6 +24,7 @@ import numpy as np
 from vqlab.errors import WeightsError
 from vqlab.nn import inception
 from vqlab.weights import files
+from vqlab.weights import state_dicts
 from vqlab.weights import torch_files
 
 BN_EPS = 1e-3
@@ -47,14 +48,8 @@ def _take(state: Mapping[str, np.ndarray], key: str,
           shape: tuple[int, ...]) -> np.ndarray:
   """state[key] as float64, or WeightsError naming the key if it is missing
   or does not have `shape`."""
-  if key not in state:
-    raise WeightsError(f'FID Inception weights: state dict has no {key!r} '
-                       f'(expected shape {shape})')
-  value = np.asarray(state[key], np.float64)
-  if value.shape != shape:
-    raise WeightsError(f'FID Inception weights: {key!r} has shape '
-                       f'{value.shape}, expected {shape}')
-  return value
+  return state_dicts.take(state, key, shape, what='FID Inception weights',
+                          dtype=np.float64)
 
 
 def _set(tree: dict, path: tuple[str, ...], value: np.ndarray) -> None:

@@ -5,7 +5,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from vqlab.nn import vgg
-from vqlab.weights import vgg as vgg_weights
+from vqlab.weights import state_dicts
 
 
 def convert_lpips_heads(state: Mapping[str, np.ndarray]) -> dict:
@@ -21,7 +21,7 @@ def convert_lpips_heads(state: Mapping[str, np.ndarray]) -> dict:
   """
   params = {}
   for k, channels in enumerate(vgg.CHANNELS):
-    weight = vgg_weights.take(state, f'lin{k}.model.1.weight',
+    weight = state_dicts.take(state, f'lin{k}.model.1.weight',
                               (1, channels, 1, 1))
     params[f'lin{k}'] = {'kernel': weight.reshape(1, channels).T}
   return params

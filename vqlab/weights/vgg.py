@@ -10,19 +10,8 @@ import numpy as np
 from vqlab.errors import WeightsError
 from vqlab.nn import vgg
 from vqlab.weights import files
+from vqlab.weights import state_dicts
 from vqlab.weights import torch_files
-
-
-def take(state: Mapping[str, np.ndarray], key: str,
-         shape: tuple[int, ...]) -> np.ndarray:
-  """state[key] as float32, or WeightsError naming the key if it is missing
-  or does not have `shape`."""
-  if key not in state:
-    raise WeightsError(f'state dict has no {key!r} (expected shape {shape})')
-  value = np.asarray(state[key], np.float32)
-  if value.shape != shape:
-    raise WeightsError(f'{key!r} has shape {value.shape}, expected {shape}')
-  return value
 
 
 def convert_vgg(state: Mapping[str, np.ndarray], depth: int,
@@ -43,10 +32,11 @@ def convert_vgg(state: Mapping[str, np.ndarray], depth: int,
   for name, index in vgg.torchvision_indices(depth).items():
     out_channels = vgg.CHANNELS[int(name[4]) - 1]
     key = f'{prefix}{index}'
-    kernel = take(state, f'{key}.weight', (out_channels, in_channels, 3, 3))
+    kernel = state_dicts.take(state, f'{key}.weight',
+                              (out_channels, in_channels, 3, 3))
     params[name] = {
         'kernel': kernel.transpose(2, 3, 1, 0),
-        'bias': take(state, f'{key}.bias', (out_channels,)),
+        'bias': state_dicts.take(state, f'{key}.bias', (out_channels,)),
     }
     in_channels = out_channels
   return params
