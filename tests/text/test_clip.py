@@ -214,6 +214,14 @@ def test_missing_file_is_named(tmp_path, missing):
              if f != missing)
 
 
+def test_a_config_that_is_not_json_is_named(tmp_path):
+  for name in os.listdir(MODEL_DIR):
+    shutil.copy(os.path.join(MODEL_DIR, name), tmp_path / name)
+  (tmp_path / 'config.json').write_text('{"hidden_size')
+  with pytest.raises(WeightsError, match='config.json: unreadable JSON'):
+    clip.load_clip_text(tmp_path)
+
+
 def test_no_directory_given():
   with pytest.raises(WeightsError, match='needs a directory'):
     clip.load_clip_text('')

@@ -188,6 +188,7 @@ def test_a_text_condition_longer_than_minilm_reads_is_a_config_error(model_dir):
     ('vocab.txt', b'\xff\xfe[PAD]\n', 'vocab.txt'),
     ('tokenizer_config.json', b'{do_lower_case: true', 'tokenizer_config.json'),
     ('config.json', b'{"hidden_size": 384}', 'config.json'),
+    ('config.json', b'{"hidden_size', 'config.json: unreadable JSON'),
 ])
 def test_a_damaged_minilm_file_is_a_weights_error_naming_it(
     model_dir, tmp_path, damage):

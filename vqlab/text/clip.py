@@ -29,7 +29,6 @@ Usage:
 from collections.abc import Mapping, Sequence
 import dataclasses
 import functools
-import json
 import os
 import pathlib
 from typing import Any
@@ -262,13 +261,6 @@ def find_model_dir(path: str | os.PathLike) -> pathlib.Path:
   return directory
 
 
-def _read_json(path: pathlib.Path) -> dict:
-  try:
-    return json.loads(path.read_text(encoding='utf-8'))
-  except (OSError, ValueError) as e:
-    raise WeightsError(f'{path}: unreadable JSON ({e})') from None
-
-
 def load_clip_text(
     path: str | os.PathLike, *, dtype: Any = jnp.float32,
     precision: Any = None) -> tuple[ClipText, dict, ClipTokenizer]:
@@ -288,7 +280,7 @@ def load_clip_text(
       architecture.
   """
   directory = find_model_dir(path)
-  hf_config = _read_json(directory / 'config.json')
+  hf_config = files.read_json(directory / 'config.json')
   config = ClipTextConfig.from_hf(hf_config)
   state = safetensors_files.load_safetensors(directory / 'model.safetensors')
   if any(k.startswith('text_model.') for k in state):  # CLIPModel: skip

@@ -27,7 +27,6 @@ frozen).
 from collections.abc import Mapping, Sequence
 import dataclasses
 import functools
-import json
 import os
 import pathlib
 from typing import Any
@@ -289,15 +288,6 @@ def find_model_dir(path: str | os.PathLike | None = None) -> pathlib.Path:
       f'{files.weights_dir() / WEIGHTS_SUBDIR})')
 
 
-def _read_json(path: pathlib.Path) -> dict:
-  if not path.is_file():
-    return {}
-  try:
-    return json.loads(path.read_text(encoding='utf-8'))
-  except (OSError, ValueError) as e:
-    raise WeightsError(f'{path}: unreadable JSON ({e})') from None
-
-
 def load_minilm(
     path: str | os.PathLike | None = None, *, dtype: Any = jnp.float32,
     precision: Any = None) -> tuple[MiniLM, dict, WordPieceTokenizer]:
@@ -317,8 +307,9 @@ def load_minilm(
       matching the architecture.
   """
   directory = find_model_dir(path)
-  hf_config = _read_json(directory / 'config.json')
-  st_config = _read_json(directory / 'sentence_bert_config.json')
+  hf_config = files.read_json(directory / 'config.json', missing_ok=True)
+  st_config = files.read_json(directory / 'sentence_bert_config.json',
+                              missing_ok=True)
   max_seq_length = int(st_config.get('max_seq_length', 256))
   try:
     config = (MiniLMConfig.from_hf(hf_config, max_seq_length)
@@ -326,7 +317,8 @@ def load_minilm(
   except (KeyError, TypeError, ValueError) as e:
     raise WeightsError(f'{directory / "config.json"}: not a BERT config '
                        f'({type(e).__name__}: {e})') from None
-  pooling = _read_json(directory / '1_Pooling' / 'config.json')
+  pooling = files.read_json(directory / '1_Pooling' / 'config.json',
+                            missing_ok=True)
   if pooling and not pooling.get('pooling_mode_mean_tokens', False):
     raise WeightsError(f'{directory}: the pooling is not mean pooling')
   state = safetensors_files.load_safetensors(directory / 'model.safetensors')

@@ -7,6 +7,7 @@ the package (`vqlab/weights/data`).
 """
 
 import dataclasses
+import json
 import os
 import pathlib
 
@@ -71,6 +72,21 @@ def local_dir(path: str | os.PathLike, what: str) -> pathlib.Path:
         'copy its files to each machine (gcloud storage cp -r) and name '
         'that folder')
   return pathlib.Path(path).expanduser()
+
+
+def read_json(path: pathlib.Path, *, missing_ok: bool = False) -> dict:
+  """The JSON in a model folder's file `path` ({} if it is absent and
+  `missing_ok`).
+
+  Raises:
+    WeightsError: the file cannot be read or is not JSON (named).
+  """
+  if missing_ok and not path.is_file():
+    return {}
+  try:
+    return json.loads(path.read_text(encoding='utf-8'))
+  except (OSError, ValueError) as e:
+    raise WeightsError(f'{path}: unreadable JSON ({e})') from None
 
 
 def weights_dir(directory: str | os.PathLike | None = None) -> pathlib.Path:
