@@ -163,6 +163,16 @@ def test_text_encoder_interface(golden):
       atol=2e-5)
 
 
+def test_text_encoder_takes_loaded_parts(golden, loaded):
+  """Like minilm.TextEncoder, it takes (module, params, tokenizer) instead
+  of a directory (e.g. random params for a benchmark)."""
+  encoder = clip.ClipTextEncoder(loaded=loaded, pad_to=77)
+  assert encoder.params is loaded[1] and encoder.max_length == 77
+  ids, mask = encoder.tokenize([str(t) for t in golden['texts'][:2]])
+  np.testing.assert_array_equal(ids, golden['ids'][:2])
+  assert mask.shape == (2, 77)
+
+
 def test_converter_prefixes_and_errors(loaded):
   module, params, _ = loaded
   # transformers 5 saves a CLIPTextModel without the `text_model.` prefix;

