@@ -43,6 +43,8 @@ import unicodedata
 
 import numpy as np
 
+from vqlab.text.special_tokens import split_special
+
 BOS = '<|startoftext|>'
 EOS = '<|endoftext|>'
 END_OF_WORD = '</w>'
@@ -134,27 +136,6 @@ def _pre_tokenize(text: str) -> list[str]:
     words.append(text[i:j])
     i = j
   return words
-
-
-def _split_special(text: str) -> list[tuple[str, bool]]:
-  """Step 2: splits off the special tokens written in `text`."""
-  out = []
-  start = position = 0
-  while position < len(text):
-    if text[position] == '<':
-      match = next((t for t in (BOS, EOS) if text.startswith(t, position)),
-                   None)
-      if match:
-        if position > start:
-          out.append((text[start:position], False))
-        out.append((match, True))
-        position += len(match)
-        start = position
-        continue
-    position += 1
-  if start < len(text):
-    out.append((text[start:], False))
-  return out
 
 
 def _read_special(config: dict, name: str, default: str | None) -> str | None:
@@ -275,7 +256,7 @@ class ClipTokenizer:
     pieces = []
     if self.normalized_specials:
       text = clean_text(text, self.html_unescape)
-    for chunk, special in _split_special(text):
+    for chunk, special in split_special(text, (BOS, EOS)):  # Step 2.
       if special:
         pieces.append(chunk)
         continue

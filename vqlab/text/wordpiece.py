@@ -36,6 +36,8 @@ import unicodedata
 
 import numpy as np
 
+from vqlab.text.special_tokens import split_special
+
 SPECIAL_TOKENS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')
 
 
@@ -196,35 +198,13 @@ class WordPieceTokenizer:
   def tokenize(self, text: str) -> list[str]:
     """One text -> word pieces (no [CLS]/[SEP])."""
     pieces = []
-    for chunk, special in self._split_special(text):
+    for chunk, special in split_special(text, SPECIAL_TOKENS):
       if special:
         pieces.append(chunk)
         continue
       for word in self._basic_words(chunk):
         pieces.extend(self._wordpiece(word))
     return pieces
-
-  @staticmethod
-  def _split_special(text: str) -> list[tuple[str, bool]]:
-    """Splits off the special tokens written in `text` (leftmost match)."""
-    out = []
-    start = 0
-    position = 0
-    while position < len(text):
-      if text[position] == '[':
-        match = next(
-            (t for t in SPECIAL_TOKENS if text.startswith(t, position)), None)
-        if match:
-          if position > start:
-            out.append((text[start:position], False))
-          out.append((match, True))
-          position += len(match)
-          start = position
-          continue
-      position += 1
-    if start < len(text):
-      out.append((text[start:], False))
-    return out
 
   def convert_tokens_to_ids(self, tokens: Sequence[str]) -> list[int]:
     return [self.vocab.get(t, self.unk_id) for t in tokens]
