@@ -27,7 +27,9 @@ from vqlab.train import experiment
 from vqlab.train import experiment_config
 from vqlab.train import run_record
 from vqlab.train.tasks import generator
+from vqlab.train.tasks import generator_config
 from vqlab.train.tasks import tokenizer
+from vqlab.train.tasks import tokenizer_config
 
 
 class StateDict:
@@ -233,7 +235,7 @@ def run_config(converted: Converted) -> ml_collections.ConfigDict:
   its defaults, `converted.model_config`, and the built-in photos at the
   checkpoint's resolution as data (override `data` for another dataset)."""
   config = experiment_config.base_config()
-  config.update(tokenizer.default_config())
+  config.update(tokenizer_config.default_config())
   config.model = ml_collections.ConfigDict(converted.model_config.to_dict())
   config.data.image_size = converted.image_size
   config.data.train_image_size = converted.image_size
@@ -394,7 +396,7 @@ def generator_run_config(
   (override `data` for ImageNet), and `settings` ({dotted key: value}, the
   release's, e.g. its sampling)."""
   config = experiment_config.base_config()
-  config.update(generator.default_config())
+  config.update(generator_config.default_config())
   config.model = ml_collections.ConfigDict(converted.model_config.to_dict())
   config.tokenizer.workdir = converted.tokenizer_workdir
   config.tokens.source = 'on_the_fly'

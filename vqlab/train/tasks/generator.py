@@ -39,16 +39,10 @@ from vqlab.train import trained_tokenizer
 from vqlab.train.state import TrainState
 from vqlab.train.tasks import base
 from vqlab.train.tasks import generator_checks
-from vqlab.train.tasks import generator_config
 from vqlab.train.tasks import spatial_conditions
 from vqlab.train.tasks import text_conditions
 
 INPUT_KEYS = ('image', 'video')
-
-# The task's config sections and their checks (`tasks.REGISTRY` registers
-# generator_config's), under the task's name for vqlab.convert.published.
-default_config = generator_config.default_config
-validate = generator_config.validate
 
 
 def condition_tokenizer(

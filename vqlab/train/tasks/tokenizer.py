@@ -50,11 +50,6 @@ from vqlab.train.tasks import warm_start as warm_start_lib
 GENERATOR, DISCRIMINATOR = 'generator', 'discriminator'
 _frames = reconstruction_eval.frames
 
-# The task's config sections and their checks (`tasks.REGISTRY` registers
-# tokenizer_config's), under the task's name for vqlab.convert.published.
-default_config = tokenizer_config.default_config
-validate = tokenizer_config.validate
-
 
 class TokenizerTask(base.Task):
   """Pure functions for training any registered tokenizer with a GAN."""
