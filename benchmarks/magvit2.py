@@ -10,7 +10,6 @@ the built-in moving shapes at the same size); encode+decode is the jitted
 `model.apply` (encode, quantize, decode) on random clips with random params.
 """
 
-import json
 import os
 import sys
 import time
@@ -22,6 +21,7 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 
+from benchmarks import results_json
 from benchmarks import train_step as train_step_benchmark
 from configs.magvit2 import tiny_cpu
 from configs.magvit2 import ucf101_17x128
@@ -97,9 +97,7 @@ def main(argv):
         f'train step {ts["step_s"]:.3g} s (compile {ts["compile_s"]:.3g} s)'
         f', peak memory {ts["peak_memory_bytes"] / 2**30:.3g} GiB', flush=True)
   if _JSON.value:
-    os.makedirs(os.path.dirname(os.path.abspath(_JSON.value)), exist_ok=True)
-    with open(_JSON.value, 'w') as f:
-      json.dump(results, f, indent=2)
+    results_json.write(_JSON.value, results)
 
 
 if __name__ == '__main__':

@@ -12,9 +12,7 @@ that checkpoints (model.remat_policy, the always recomputed attention
 weights, LayerNorms and GELUs) redo in the backward pass.
 """
 
-import json
 import os
-import resource
 import sys
 import time
 
@@ -25,7 +23,9 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
+from benchmarks import budget
 from benchmarks import flops as flops_lib
+from benchmarks import results_json
 from vqlab import data
 from vqlab.train import experiment
 
@@ -74,7 +74,7 @@ def peak_memory_bytes() -> int:
   stats = jax.devices()[0].memory_stats() or {}
   if 'peak_bytes_in_use' in stats:
     return int(stats['peak_bytes_in_use'])
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  return budget.peak_host_rss_bytes()
 
 
 def run_benchmark(config, workdir: str, steps: int) -> dict:
@@ -182,8 +182,7 @@ def main(argv):
     shown = f'{value:.4g}' if isinstance(value, float) else str(value)
     print(f'{key:<{width}}  {shown}')
   if _JSON.value:
-    with open(_JSON.value, 'w') as f:
-      json.dump(result, f, indent=2)
+    results_json.write(_JSON.value, result)
   sys.stdout.flush()
 
 
