@@ -241,6 +241,25 @@ def test_a_resumed_writer_drops_later_rows_and_no_writer_overwrites_events(
   rows = [json.loads(line) for line in path.read_text().splitlines()]
   assert [(r['step'], r['loss']) for r in rows] == [(1, 1.0), (2, 0.9),
                                                     (3, 0.7)]
+  # Killed while writing the eval row of the step it resumes from (the eval
+  # after that step's save): the torn row goes, no row is glued onto it.
+  path.write_text('{"step": 2, "loss": 0.9}\n{"step": 2, "eval/ps')
+  writer = writers.MetricWriter(str(tmp_path), trains_from=2)
+  writer.write_scalars(3, {'loss': 0.7, 'lr': float('nan')})
+  writer.close()
+  rows = [json.loads(line) for line in path.read_text().splitlines()]
+  assert rows == [{
+      'step': 2,
+      'loss': 0.9
+  }, {
+      'step': 3,
+      'loss': 0.7,
+      'lr': None
+  }]
+  assert writers.as_json({
+      'a': np.float32('inf'),
+      'b': [float('nan'), 1.5]
+  }) == '{"a": null, "b": [null, 1.5]}'
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   # Two writers begun in one second (a trainer, and an eval beside it) keep
   # both their events: tensorboardX names a file by the second and host.

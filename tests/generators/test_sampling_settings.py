@@ -27,6 +27,15 @@ def test_temperature_zero_is_the_argmax_as_a_number_or_an_array():
   # GPT's choice with top-k / top-p, traced (was a TracerBoolConversionError).
   choose = jax.jit(lambda t: gpt._choose(rng, logits, t, 3, 0.9))  # pylint: disable=protected-access
   np.testing.assert_array_equal(choose(jnp.float32(0)), argmax)
+  # The nucleus is of the tempered distribution, as a number or an array:
+  # p = (.5, .3, .2) at temperature 0.5 is (.66, .24, .11), whose top-p 0.6
+  # is code 0 alone (untempered it would be codes 0 and 1).
+  three = jnp.log(jnp.tile(jnp.array([.5, .3, .2]), (256, 1)))
+  for temperature in (0.5, jnp.float32(0.5)):
+    assert not np.asarray(gpt._choose(rng, three, temperature, 0, 0.6)).any()  # pylint: disable=protected-access
+  # A traced setting is not checked (nor an error).
+  assert jax.jit(lambda t: api.check_sampling_settings(temperature=t) or t)(
+      1.0) == 1.0
 
 
 def _model(name, **overrides):

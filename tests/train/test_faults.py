@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -627,6 +628,9 @@ def test_a_run_that_cannot_save_stops_before_it_trains(run_copy, monkeypatch):
 
 def test_a_locked_workdir_names_the_other_run(tmp_path):
   workdir = str(tmp_path / 'busy')
+  os.makedirs(workdir)  # The line of a run long gone: replaced, not added to.
+  with open(os.path.join(workdir, workdir_lock.LOCK_FILE), 'w') as f:
+    f.write('pid 1 on vm, --mode=train, started 2026-01-01T00:00:00: x\n')
   holder = subprocess.Popen([
       sys.executable, '-c', 'import sys; from vqlab.train import workdir_lock; '
       f'workdir_lock.acquire({workdir!r}, "train"); print("locked", '
@@ -657,6 +661,53 @@ def test_a_locked_workdir_names_the_other_run(tmp_path):
   assert not run_record.in_training(workdir)
   workdir_lock.acquire(workdir, 'train')
   assert workdir_lock.trainer(workdir) is None  # This process's own.
+
+
+def _locked_by_another_description(workdir) -> bool:
+  """Whether a new open file (this process's too) is refused the lock."""
+  with open(os.path.join(workdir, workdir_lock.LOCK_FILE)) as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      return True
+    fcntl.flock(f, fcntl.LOCK_UN)
+  return False
+
+
+def test_the_last_held_block_releases_the_lock_and_a_rerun_takes_it_again(
+    tmp_path):
+  """A notebook's training cell run twice locks the workdir both times; a
+  block inside another (a sample inside a training run's block) neither
+  refuses its own process nor releases the lock early."""
+  workdir = str(tmp_path / 'run')
+  for _ in range(2):
+    with workdir_lock.held(workdir):
+      workdir_lock.acquire(workdir, 'train')
+      with workdir_lock.held(workdir):
+        workdir_lock.acquire(workdir, 'sample')
+      assert _locked_by_another_description(workdir)
+    assert not _locked_by_another_description(workdir)
+
+
+def test_only_a_training_holder_is_said_to_train(tmp_path):
+  """A generator is warned that its tokenizer run trains on only when the
+  lock's holder trains (not when it samples or tokenizes)."""
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  for mode, training in (('sample', False), ('train', True)):
+    (workdir / workdir_lock.LOCK_FILE).write_text(f'pid 9 on vm, --mode={mode}')
+    holder = subprocess.Popen([
+        sys.executable, '-c', 'import fcntl, sys; '
+        f'f = open({str(workdir / workdir_lock.LOCK_FILE)!r}); '
+        'fcntl.flock(f, fcntl.LOCK_EX); print("holding", flush=True); '
+        'sys.stdin.read()'
+    ], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+      assert holder.stdout.readline().strip() == 'holding'
+      assert (workdir_lock.trainer(str(workdir)) is not None) == training
+    finally:
+      holder.kill()
+      holder.wait()
 
 
 def test_a_look_at_the_lock_does_not_refuse_a_run(tmp_path):
@@ -971,6 +1022,20 @@ def test_a_diverged_run_stops_without_saving_over_its_good_steps(
   with open(os.path.join(run_copy, 'metrics.jsonl')) as f:
     rows = [json.loads(line, parse_constant=strict) for line in f]
   assert rows[-1]['step'] == 7 and rows[-1]['loss'] is None
+
+
+def test_an_infinite_metric_is_a_divergence_too(tmp_path):
+  """(An Inf loss trained on turns the state NaN a step later.)"""
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path / 'checkpoints'),
+                                             max_to_keep=1)
+  exp = types.SimpleNamespace(checkpointer=checkpointer)
+  loop._check_finite(exp, 3, {'loss': np.float32(0.5), 'grad_norm': 2.0})  # pylint: disable=protected-access
+  with pytest.raises(
+      TrainingDivergedError, match=r'^training diverged: the train metrics of '
+      r'step 3 are not finite \(loss=inf\)\. Nothing of it was saved; it has '
+      r'no checkpoint\.'):
+    loop._check_finite(exp, 3, {'loss': np.float32(np.inf), 'grad_norm': 2.0})  # pylint: disable=protected-access
+  checkpointer.close()
 
 
 def test_progress_lines_come_at_a_fixed_rate_when_not_a_terminal(monkeypatch):

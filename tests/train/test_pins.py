@@ -61,3 +61,46 @@ def test_a_pin_that_cannot_be_read_keeps_every_step_and_says_so(
   assert _steps(run) == [1, 2, 3]
   # Said once, not at every save.
   assert capsys.readouterr().out.count('WARNING: cannot read the pin') == 1
+
+
+def test_one_pin_per_reader_and_key_whatever_the_reader_path_and_tmp_files(
+    tmp_path, monkeypatch):
+  """A generator reading two steps of one run (tokenizer.step and
+  condition.tokenizer_step) keeps both; a reader named by a relative path
+  and by an absolute one is one reader; a pin write cut short (its .tmp)
+  is not read as a pin (an unreadable pin keeps every step)."""
+  run, reader = str(tmp_path / 'tokenizer'), str(tmp_path / 'generator')
+  pins.pin(run, 3, reader, 'tokenizer.step')
+  pins.pin(run, 7, reader, 'condition.tokenizer_step')
+  assert pins.pinned_steps(run) == ({3, 7}, '')
+  monkeypatch.chdir(tmp_path)
+  pins.pin(run, 5, 'generator', 'tokenizer.step')
+  assert pins.pinned_steps(run) == ({5, 7}, '')
+  with open(os.path.join(run, pins.DIRECTORY, 'cut.json.tmp'), 'w') as f:
+    f.write('{"step": ')
+  assert pins.pinned_steps(run) == ({5, 7}, '')
+
+
+def test_a_pin_is_readable_by_the_runs_owner_whatever_the_umask(tmp_path):
+  run = str(tmp_path / 'tokenizer')
+  umask = os.umask(0o077)
+  try:
+    pins.pin(run, 2, str(tmp_path / 'generator'), 'tokenizer.step')
+  finally:
+    os.umask(umask)
+  record, = glob.glob(os.path.join(run, pins.DIRECTORY, '*.json'))
+  assert os.stat(record).st_mode & 0o777 == 0o644
+
+
+def test_a_pin_that_cannot_be_written_is_a_warning(tmp_path, capsys):
+  """E.g. another user's run: the step may go, and the user is told."""
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('')
+  pins.pin_or_warn(str(tmp_path / 'run'), 2, str(tmp_path / 'g'),
+                   'tokenizer.step')
+  assert 'WARNING' not in capsys.readouterr().out
+  pins.pin_or_warn(str(blocker / 'run'), 2, str(tmp_path / 'g'),
+                   'tokenizer.step')
+  out = capsys.readouterr().out
+  assert out.startswith(f'vqlab: WARNING: could not record in {blocker}/run '
+                        'that ') and 'may delete the step' in out
