@@ -313,6 +313,11 @@ def test_a_truncated_token_shard_is_named(tmp_path):
   with pytest.raises(ValueError,
                      match=r'metadata.json holds a JSON list, not '):
     token_shards.load_split(directory, 'train')
+  with open(os.path.join(directory, token_shards.METADATA), 'w') as f:
+    json.dump({**_ONE_SHARD_OF_4, 'tokenizer': 5}, f)
+  with pytest.raises(
+      ValueError, match=r'metadata.json: its tokenizer is 5, not the record '):
+    token_shards.load_split(directory, 'train')
 
 
 def test_the_shards_of_two_processes_load_in_the_streams_order(tmp_path):

@@ -471,3 +471,18 @@ def test_training_refuses_sizes_that_evaluating_takes(tmp_path):
   with pytest.raises(ConfigError, match=r'^data\.image_size: 16: PatchGAN'):
     experiment.Experiment(config, str(tmp_path / 'train'), lock='train')
   assert not os.path.exists(tmp_path / 'train')  # Nothing written.
+
+
+def test_configs_written_before_the_task_split_still_build():
+  """A user's config copied from configs/ before 2026-12-07 calls
+  generator.default_config() / tokenizer.default_config()."""
+  from vqlab.train.tasks import generator  # pylint: disable=g-import-not-at-top
+  from vqlab.train.tasks import generator_config  # pylint: disable=g-import-not-at-top
+  from vqlab.train.tasks import tokenizer  # pylint: disable=g-import-not-at-top
+  from vqlab.train.tasks import tokenizer_config  # pylint: disable=g-import-not-at-top
+  assert (generator.default_config().to_dict() ==
+          generator_config.default_config().to_dict())
+  assert (tokenizer.default_config().to_dict() ==
+          tokenizer_config.default_config().to_dict())
+  assert generator.validate is generator_config.validate
+  assert tokenizer.validate is tokenizer_config.validate

@@ -1038,6 +1038,23 @@ def test_an_infinite_metric_is_a_divergence_too(tmp_path):
   checkpointer.close()
 
 
+def test_a_failed_checksum_pass_is_a_failed_save(tmp_path, monkeypatch):
+  """E.g. the device out of memory for the checksums' program: one line
+  naming the step, as any failed save."""
+
+  def out_of_memory(leaves):
+    raise RuntimeError('RESOURCE_EXHAUSTED: out of memory')
+
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path / 'checkpoints'),
+                                             max_to_keep=1)
+  monkeypatch.setattr(checkpoint_lib.checksums, 'summarize', out_of_memory)
+  with pytest.raises(
+      CheckpointError, match=r'^could not write the checkpoint of step 1 to '
+      r'.*RESOURCE_EXHAUSTED'):
+    checkpointer.save(1, {'w': jnp.zeros(2)})
+  checkpointer.close()
+
+
 def test_progress_lines_come_at_a_fixed_rate_when_not_a_terminal(monkeypatch):
   clock = iter(range(0, 1000, 7))  # A step every 7 s.
   monkeypatch.setattr(progress_lib.time, 'perf_counter', lambda: next(clock))

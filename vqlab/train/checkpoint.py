@@ -206,7 +206,10 @@ class Checkpointer:
         (with max_to_keep, it would have deleted the last good steps).
     """
     previous = self._pending
-    summary = checksums.summarize(state_mismatch.leaves(state))
+    try:
+      summary = checksums.summarize(state_mismatch.leaves(state))
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(step, e, previous) from e  # E.g. out of memory.
     if summary.nonfinite:
       paths = summary.nonfinite
       more = f' and {len(paths) - 3} more' if len(paths) > 3 else ''

@@ -97,10 +97,11 @@ def _pin_newest_steps(config: ml_collections.ConfigDict, workdir: str) -> None:
   """run_record.pin_newest_steps, with process 0's choice on every process
   (another run may save a newer step while the processes look)."""
   spec = tasks.get(config.task)
-  run_record.pin_newest_steps(
-      config, workdir, checkpoint_lib.newest_step,
-      announce=jax.process_index() == 0,
-      made_from=spec.made_from(config, workdir) if spec.made_from else None)
+  with data_lib.data_errors():  # E.g. damaged token shards' metadata.
+    made_from = spec.made_from(config, workdir) if spec.made_from else None
+  run_record.pin_newest_steps(config, workdir, checkpoint_lib.newest_step,
+                              announce=jax.process_index() == 0,
+                              made_from=made_from)
   if jax.process_count() == 1:
     return
   present = [

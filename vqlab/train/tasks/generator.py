@@ -39,10 +39,16 @@ from vqlab.train import trained_tokenizer
 from vqlab.train.state import TrainState
 from vqlab.train.tasks import base
 from vqlab.train.tasks import generator_checks
+from vqlab.train.tasks import generator_config
 from vqlab.train.tasks import spatial_conditions
 from vqlab.train.tasks import text_conditions
 
 INPUT_KEYS = ('image', 'video')
+
+# Configs written before these moved to generator_config (users' copies of
+# configs/, 2026-12-07) call generator.default_config(): kept for them.
+default_config = generator_config.default_config
+validate = generator_config.validate
 
 
 def condition_tokenizer(

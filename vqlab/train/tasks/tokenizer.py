@@ -48,6 +48,11 @@ from vqlab.train.tasks import tokenizer_config
 from vqlab.train.tasks import warm_start as warm_start_lib
 
 GENERATOR, DISCRIMINATOR = 'generator', 'discriminator'
+
+# Configs written before these moved to tokenizer_config (users' copies of
+# configs/, 2026-12-07) call tokenizer.default_config(): kept for them.
+default_config = tokenizer_config.default_config
+validate = tokenizer_config.validate
 _frames = reconstruction_eval.frames
 
 
