@@ -258,8 +258,9 @@ def test_a_resumed_writer_drops_later_rows_and_no_writer_overwrites_events(
   }]
   assert writers.as_json({
       'a': np.float32('inf'),
-      'b': [float('nan'), 1.5]
-  }) == '{"a": null, "b": [null, 1.5]}'
+      'b': [float('nan'), 1.5],
+      'c': np.float32(0.5)
+  }) == '{"a": null, "b": [null, 1.5], "c": 0.5}'
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   # Two writers begun in one second (a trainer, and an eval beside it) keep
   # both their events: tensorboardX names a file by the second and host.

@@ -87,10 +87,11 @@ def read_metadata(directory: str) -> dict[str, Any] | None:
   if metadata.get('format') != FORMAT_VERSION:
     raise ValueError(f'{path}: token format {metadata.get("format")}, this '
                      f'vqlab reads format {FORMAT_VERSION}')
-  tokenizer = metadata.get('tokenizer', {'workdir': '', 'step': 0})
-  if not (isinstance(tokenizer, dict) and
-          isinstance(tokenizer.get('workdir'), str) and
-          isinstance(tokenizer.get('step'), int)):
+  tokenizer = metadata.get('tokenizer')
+  names_a_step = (isinstance(tokenizer, dict) and
+                  isinstance(tokenizer.get('workdir'), str) and
+                  isinstance(tokenizer.get('step'), int))
+  if tokenizer is not None and not names_a_step:
     raise ValueError(f'{path}: its tokenizer is {tokenizer!r}, not the record '
                      'of a run and step; delete the tokens directory and run '
                      '--mode=tokenize again')

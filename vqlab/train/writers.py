@@ -133,15 +133,16 @@ class MetricWriter:
 
 def as_json(record: Any, indent: int | None = None) -> str:
   """`record` as strict JSON: a NaN or Inf float is written as null (bare
-  NaN, Python's default, is no JSON that other readers take)."""
+  NaN, Python's default, is no JSON that other readers take); numpy floats
+  as floats."""
 
   def finite(value: Any) -> Any:
     if isinstance(value, dict):
       return {k: finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
       return [finite(v) for v in value]
-    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
-      return None
+    if isinstance(value, (float, np.floating)):
+      return float(value) if np.isfinite(value) else None
     return value
 
   return json.dumps(finite(record), indent=indent, allow_nan=False)
