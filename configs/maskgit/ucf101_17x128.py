@@ -34,7 +34,9 @@ default; the papers' protocol uses training clips (vqlab/evals/PROTOCOLS.md,
 
 --config.sample.observed_frames=1 (one latent frame: the first pixel frame)
 or 2 (frames 0-4) predicts the rest of each eval clip instead (frame
-prediction) and reports the PSNR of the predicted frames.
+prediction) and reports the PSNR of the predicted frames; train with
+--config.loss.observed_frames=1 (or 2) to learn that task too (MAGVIT's frame
+prediction, on half the clips).
 """
 
 from vqlab import data

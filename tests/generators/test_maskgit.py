@@ -115,6 +115,59 @@ def test_random_mask_counts():
   assert len(set(counts)) > 3
 
 
+def test_random_mask_masks_the_maskable_only_by_their_count():
+  """Frame prediction's training mask: ceil(gamma(r) M) of the M maskable
+  positions (at least 1 where M > 0; float64 counts), none of the others,
+  every maskable position alike likely; all maskable: the plain mask."""
+  rng, batch, n = jax.random.key(4), 4400, 10
+  maskable = np.arange(n)[None] >= (np.arange(batch) % (n + 1))[:, None]
+  mask = np.asarray(
+      mask_schedule.random_mask(rng, batch, n, 'cosine', maskable=maskable))
+  assert not np.any(mask & ~maskable)
+  m = maskable.sum(-1)  # 10, 9, ..., 0.
+  ratio = np.float64(jax.random.uniform(jax.random.split(rng)[0], (batch,)))
+  want = np.clip(np.ceil(np.cos(np.pi / 2 * ratio) * m), np.minimum(1, m), m)
+  np.testing.assert_array_equal(mask.sum(-1), want)
+  frequency = mask[m == 7][:, 3:].mean(0)  # 400 examples, 7 maskable each.
+  assert frequency.max() - frequency.min() < 0.12, frequency
+  np.testing.assert_array_equal(
+      mask_schedule.random_mask(rng, 64, n, maskable=np.ones((64, n), bool)),
+      mask_schedule.random_mask(rng, 64, n))
+
+
+def test_frame_prediction_gives_a_rate_of_examples_their_first_frames():
+  known = np.asarray(
+      maskgit.frame_prediction_mask(jax.random.key(0), 4000, (3, 2, 2), 2,
+                                    0.25))
+  given = known.any(-1)
+  np.testing.assert_array_equal(known[given][0], [True] * 8 + [False] * 4)
+  assert np.all(known[given] == known[given][0])
+  assert given.mean() == pytest.approx(0.25, abs=0.02)
+
+
+def test_masked_loss_never_masks_the_known_positions():
+  """known_mask is the random mask drawn over the other positions: the same
+  loss as that mask given, and not the loss of a plain draw."""
+  model = _model(vocab_size=16, token_shape=(3, 2, 2))
+  params = _init(model)
+  tokens = jax.random.randint(jax.random.key(1), (8, 3, 2, 2), 0, 16)
+  known = maskgit.frame_prediction_mask(jax.random.key(2), 8, (3, 2, 2), 1, 0.5)
+  rng = jax.random.key(3)
+  loss = jax.jit(
+      functools.partial(maskgit.masked_loss, model, unmasked_weight=0.5),
+      compiler_options=FAST_COMPILE)
+  mask = mask_schedule.random_mask(
+      jax.random.split(rng, 3)[0], 8, 12, 'cosine', maskable=~known)
+  assert not np.any(np.asarray(mask & known))
+  with_known, metrics = loss(params, rng, tokens, known_mask=known)
+  np.testing.assert_allclose(with_known,
+                             loss(params, rng, tokens, mask=mask)[0], rtol=1e-6)
+  assert float(metrics['accuracy_weight']) == int(mask.sum())
+  assert float(with_known) != pytest.approx(float(loss(params, rng, tokens)[0]))
+  with pytest.raises(ValueError, match='a mask or known_mask, not both'):
+    maskgit.masked_loss(model, params, rng, tokens, mask=mask, known_mask=known)
+
+
 def test_decoding_keeps_revealed_tokens_and_follows_schedule():
   model = _model(token_shape=(16, 16))
   params = _init(model)

@@ -165,19 +165,24 @@ def test_run_length_is_fixed_where_the_learning_rate_decays_over_it(tmp_path):
 
 
 def test_a_record_made_before_block_styles_and_adam_eps_reads_as_it_ran():
-  """Generator runs recorded before model.block_style and optimizer.eps ran
-  vqlab's pre-LN blocks and Adam's 1e-8: a config of the papers' blocks or
-  another epsilon differs from them (a resume would switch them silently:
-  the optimizer state has the same shape)."""
+  """Generator runs recorded before model.block_style, optimizer.eps and
+  loss.observed_frames ran vqlab's pre-LN blocks, Adam's 1e-8 and no frame
+  prediction: a config of the papers' blocks, another epsilon or frame
+  prediction differs from them (a resume would switch them silently: the
+  state has the same shape)."""
   config = tiny.generator_config('unused')
   recorded = run_record.as_json_tree(config)
   del recorded['model']['block_style'], recorded['optimizer']['eps']
+  del recorded['loss']['observed_frames']
+  del recorded['loss']['observed_frames_rate']
   assert not run_record.differences(recorded, config)
   config.model.block_style = 'bert'
   config.optimizer.eps = 1e-10
+  config.loss.observed_frames = 1
   assert run_record.differences(recorded, config) == {
       'model.block_style': ('pre_ln', 'bert'),
-      'optimizer.eps': (1e-8, 1e-10)
+      'optimizer.eps': (1e-8, 1e-10),
+      'loss.observed_frames': (0, 1)
   }
 
 

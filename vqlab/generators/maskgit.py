@@ -235,7 +235,8 @@ def masked_loss(model: MaskGIT, params, rng: jax.Array, tokens: jax.Array,
                 label_drop: float = 0.1, schedule_method: str = 'cosine',
                 mask: jax.Array | None = None, train: bool = True,
                 example_weights: jax.Array | None = None,
-                unmasked_weight: float = 0.0):
+                unmasked_weight: float = 0.0,
+                known_mask: jax.Array | None = None):
   """Masked-token cross-entropy on the masked positions (MaskGIT), and on
   the others with weight `unmasked_weight` (1: MAGVIT's default
   'mask+refine+recons' loss, which also reconstructs the given tokens).
@@ -253,6 +254,10 @@ def masked_loss(model: MaskGIT, params, rng: jax.Array, tokens: jax.Array,
     train: dropout on.
     example_weights: float [B] weights of the examples (0 for eval padding).
     unmasked_weight: weight of the positions left unmasked.
+    known_mask: bool [B, N] or [N]: given positions (e.g. the observed
+      frames of frame prediction, `frame_prefix_mask`), never masked; the
+      random mask's schedule counts the others only, as decoding from them
+      does. None: none given.
 
   Returns:
     (loss, metrics): loss = weighted mean over positions of the summed
@@ -267,8 +272,11 @@ def masked_loss(model: MaskGIT, params, rng: jax.Array, tokens: jax.Array,
   batch = flat.shape[0]
   mask_rng, drop_rng, dropout_rng = jax.random.split(rng, 3)
   if mask is None:
+    maskable = None if known_mask is None else ~jnp.asarray(known_mask, bool)
     mask = mask_schedule.random_mask(mask_rng, batch, model.num_tokens,
-                                     schedule_method)
+                                     schedule_method, maskable=maskable)
+  elif known_mask is not None:
+    raise ValueError('MaskGIT: give a mask or known_mask, not both')
   if labels is not None and model.num_classes and label_drop > 0 and train:
     drop = jax.random.bernoulli(drop_rng, label_drop, (batch,))
     labels = jnp.where(drop, model.num_classes, labels)
@@ -581,17 +589,40 @@ def _init(model: MaskGIT, rng: jax.Array, tokens: jax.Array, cond):
 def _loss(model: MaskGIT, params, tokens: jax.Array, cond, rng: jax.Array, *,
           settings: ml_collections.ConfigDict, train: bool,
           example_weights: jax.Array | None = None, loss_state=None):
-  """`masked_loss` with label smoothing (train only) and label dropout."""
+  """`masked_loss` with label smoothing (train only), label dropout and
+  frame prediction (`frame_prediction_mask`)."""
   drop_rng, rng = jax.random.split(rng)
   drop = api.drop_mask(drop_rng, settings.label_drop, cond, train)
   if drop is not None:
     cond = jnp.where(drop, model.num_classes, cond)
+  known_mask = None
+  if len(model.token_shape) == 3 and settings.observed_frames:
+    task_rng, rng = jax.random.split(rng)
+    known_mask = frame_prediction_mask(task_rng, tokens.shape[0],
+                                       model.token_shape,
+                                       settings.observed_frames,
+                                       settings.observed_frames_rate)
   loss, metrics = masked_loss(
       model, params, rng, tokens, cond,
       label_smoothing=settings.label_smoothing if train else 0.0,
       label_drop=0.0, schedule_method=settings.mask_schedule, train=train,
-      example_weights=example_weights, unmasked_weight=settings.unmasked_weight)
+      example_weights=example_weights, unmasked_weight=settings.unmasked_weight,
+      known_mask=known_mask)
   return loss, metrics, loss_state
+
+
+def frame_prediction_mask(rng: jax.Array, batch_size: int,
+                          token_shape: Sequence[int], num_frames: int,
+                          rate: float) -> jax.Array:
+  """bool [B, N]: the known positions of MAGVIT's frame-prediction task.
+
+  Each example, with probability `rate`, is given its first num_frames
+  latent frames (`frame_prefix_mask`), which training then never masks;
+  the others are trained from scratch (all positions maskable).
+  """
+  prefix = jnp.asarray(frame_prefix_mask(token_shape, num_frames)).reshape(-1)
+  chosen = jax.random.bernoulli(rng, rate, (batch_size,))
+  return chosen[:, None] & prefix[None]
 
 
 def _sample(model: MaskGIT, params, rng: jax.Array, batch_size: int, cond, *,
@@ -613,13 +644,16 @@ def _sample(model: MaskGIT, params, rng: jax.Array, batch_size: int, cond, *,
 
 def _settings_read(config: ml_collections.ConfigDict) -> frozenset[str]:
   """Guidance and label dropout need classes; the guidance schedule, a
-  guidance scale; observed frames, video tokens."""
+  guidance scale; observed frames, video tokens; the rate of frame
+  prediction, observed frames in training."""
   keys = {
       'loss.label_smoothing', 'loss.mask_schedule', 'loss.unmasked_weight',
       'sample.temperature', 'sample.num_steps', 'sample.choice_temperature'
   }
   if len(config.model.token_shape) == 3:  # Video tokens: frame prediction.
-    keys.add('sample.observed_frames')
+    keys |= {'sample.observed_frames', 'loss.observed_frames'}
+    if config.loss.observed_frames:
+      keys.add('loss.observed_frames_rate')
   if config.model.num_classes:
     keys |= {'loss.label_drop', 'sample.guidance_scale'}
     if config.sample.guidance_scale:

@@ -64,6 +64,8 @@ _EXPERIMENT = {
     'loss.label_drop': '[0, 1]',
     'loss.aux_weight': '>= 0',
     'loss.unmasked_weight': '>= 0',
+    'loss.observed_frames': '>= 0',
+    'loss.observed_frames_rate': '[0, 1]',
     'text.max_length': _COUNT,
     'sample.num_samples': _COUNT,
     'sample.batch_size': _COUNT,

@@ -254,7 +254,8 @@ def eval_differences(workdir: str,
 
 
 # Keys added after runs were recorded without them, with the value those
-# runs ran with: model keys by generator, and every optimizer section's.
+# runs ran with: model keys by generator, loss keys by task, and every
+# optimizer section's.
 _ADDED_MODEL_KEYS = {
     'maskgit': {
         'block_style': 'pre_ln'
@@ -264,6 +265,12 @@ _ADDED_MODEL_KEYS = {
     }
 }
 _ADDED_OPTIMIZER_KEYS = {'eps': 1e-8}
+_ADDED_LOSS_KEYS = {
+    'generator': {
+        'observed_frames': 0,
+        'observed_frames_rate': 0.5
+    }
+}
 
 
 def _as_recorded(saved: dict[str, Any]) -> dict[str, Any]:
@@ -273,6 +280,9 @@ def _as_recorded(saved: dict[str, Any]) -> dict[str, Any]:
   saved = dict(saved)
   if 'data' in saved:
     saved['data'] = data_lib.as_recorded(saved['data'])
+  loss = saved.get('loss')
+  if isinstance(loss, dict):
+    saved['loss'] = {**_ADDED_LOSS_KEYS.get(saved.get('task'), {}), **loss}
   model = saved.get('model')
   if isinstance(model, dict):
     saved['model'] = {**_ADDED_MODEL_KEYS.get(model.get('name'), {}), **model}

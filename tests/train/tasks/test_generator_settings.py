@@ -49,6 +49,12 @@ def _vq_diffusion_purity():
   return config
 
 
+def _maskgit_frame_prediction():
+  config = maskgit_video.get_config()
+  config.loss.observed_frames = 1
+  return config
+
+
 def _gpt_sliding_window():
   config = gpt_tiny.get_config()
   config.sample.grid_shape = (12, 12)
@@ -82,6 +88,9 @@ IGNORED = [
     (maskgit_tiny.get_config, 'sample.diffusion_sampler', 'purity'),
     (maskgit_tiny.get_config, 'sample.observed_frames', 1),  # Images.
     (_gpt_sliding_window, 'sample.observed_frames', 1),
+    (maskgit_tiny.get_config, 'loss.observed_frames', 1),  # Images.
+    (maskgit_video.get_config, 'loss.observed_frames_rate', 1.0),  # k = 0.
+    (gpt_tiny.get_config, 'loss.observed_frames', 1),  # Autoregressive.
     # Model keys of another condition (an unconditional model trained on
     # labelled data, without a word).
     (gpt_tiny.get_config, 'model.num_classes', 1000),
@@ -187,6 +196,8 @@ READ = [
     (_vq_diffusion_purity, 'sample.purity_weight', 2.0),
     (maskgit_video.get_config, 'sample.observed_frames', 1),
     (gpt_tiny.get_config, 'sample.observed_frames', 1),  # Build: video?
+    (maskgit_video.get_config, 'loss.observed_frames', 1),
+    (_maskgit_frame_prediction, 'loss.observed_frames_rate', 1.0),
     (vq_diffusion_text.get_config, 'sample.prompts', ('a cat',)),
     (vq_diffusion_text.get_config, 'loss.label_drop', 0.2),
 ]
@@ -260,7 +271,8 @@ def _abstract_cond(config, spec, batch):
 # changes what they compute.
 @pytest.mark.parametrize('make_config', [
     _maskgit_class, _gpt_class, vq_diffusion_class.get_config,
-    vq_diffusion_text.get_config, _vq_diffusion_purity
+    vq_diffusion_text.get_config, _vq_diffusion_purity,
+    _maskgit_frame_prediction
 ])
 def test_settings_read_lists_every_key_loss_and_sample_read(make_config):
   """Traced abstractly (no compile): a key the generator's loss or sampler

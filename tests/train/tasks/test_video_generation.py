@@ -135,6 +135,17 @@ def test_frame_prediction_needs_fewer_observed_than_latent_frames(
     sampling.sample(config, workdir, devices=_devices())
 
 
+def test_training_frame_prediction_needs_fewer_observed_than_latent_frames(
+    video_generator, tmp_path):
+  config, _ = video_generator
+  config = config.copy_and_resolve_references()
+  config.loss.observed_frames = 3
+  with pytest.raises(
+      ConfigError, match=r'^loss.observed_frames: 3, but the tokens have '
+      r'shape \(3, 8, 8\)'):
+    experiment.Experiment(config, str(tmp_path), _devices())
+
+
 @pytest.mark.parametrize('name', ['gpt', 'vq_diffusion'])
 def test_gpt_and_vq_diffusion_refuse_factorized_codes_in_one_line(
     video_generator, name):
@@ -156,11 +167,13 @@ def test_gpt_and_vq_diffusion_refuse_factorized_codes_in_one_line(
 def test_video_maskgit_trains_on_the_tokens_of_clips(video_generator, tmp_path):
   """Two train steps on clips encoded on the fly, in 2 microbatches:
   factorized tokens in, every param of the tied-head MaskGIT moves, the loss
-  is finite."""
+  is finite. Frame prediction for every clip: 2 of 3 latent frames given,
+  so at most the last 64 of 192 tokens are masked."""
   config, _ = video_generator
   config = experiment_config.validate(config, 2)
   config.unlock()
   config.train.microbatches = 2
+  config.loss.observed_frames, config.loss.observed_frames_rate = 2, 1.0
   exp = experiment.Experiment(config, str(tmp_path), _devices())
   state, _ = exp.initial_state()
   start = jax.device_get(state.params)
@@ -170,6 +183,7 @@ def test_video_maskgit_trains_on_the_tokens_of_clips(video_generator, tmp_path):
       assert batch['video'].shape[1:] == (5, 16, 16, 3)
       state, metrics = exp.train_step(state, batch)
       assert np.isfinite(float(metrics['loss']))
+      assert 0 < float(metrics['mask_ratio']) <= 64 / 192
   changed = jax.tree.map(lambda a, b: bool(np.any(a != b)),
                          jax.device_get(state.params), start)
   assert all(jax.tree.leaves(changed))

@@ -533,6 +533,15 @@ def _check_sample_grid(grid_shape: tuple[int, ...],
         'sliding window (a 2D grid)')
 
 
+def _check_observed_frames(key: str, observed: int,
+                           token_shape: tuple[int, ...]) -> None:
+  if observed and not (len(token_shape) == 3 and observed < token_shape[0]):
+    raise ConfigError(
+        key, f'{observed}, but the tokens have shape {token_shape}: frame '
+        'prediction needs video tokens (T, H, W) and fewer observed latent '
+        'frames than T')
+
+
 def build(config: ml_collections.ConfigDict,
           workdir: str = '') -> GeneratorTask:
   """The task with what it reads from disk: the tokenizer run (checked
@@ -548,13 +557,8 @@ def build(config: ml_collections.ConfigDict,
       config.model, tokenizer, _input_shape(config, workdir, tokenizer),
       cond_tokenizer)
   _check_sample_grid(config.sample.grid_shape, token_shape)
-  observed = config.sample.observed_frames
-  if observed and not (len(token_shape) == 3 and observed < token_shape[0]):
-    raise ConfigError(
-        'sample.observed_frames',
-        f'{observed}, but the tokens have shape {token_shape}: frame '
-        'prediction needs video tokens (T, H, W) and fewer observed latent '
-        'frames than T')
+  for key in ('sample.observed_frames', 'loss.observed_frames'):
+    _check_observed_frames(key, config[key], token_shape)
   spec = generators.get_api(config.model.name).condition_spec(config.model)
   text = (text_conditions.TextConditioner(config)
           if spec.kind == 'text' else None)

@@ -70,6 +70,12 @@ def default_config() -> ml_collections.ConfigDict:
   # MaskGIT: weight of the unmasked positions' cross-entropy (0: MaskGIT's
   # masked-only loss; 1: MAGVIT's 'mask+refine+recons').
   loss.unmasked_weight = 0.0
+  # MaskGIT on video tokens (T, H, W): MAGVIT's frame-prediction task. A
+  # loss.observed_frames_rate fraction of the examples is given its first k
+  # latent frames (never masked; the mask schedule counts the other tokens)
+  # as sample.observed_frames = k gives them; 0: generation from scratch only.
+  loss.observed_frames = 0
+  loss.observed_frames_rate = 0.5
   # VQ-Diffusion: lambda of CE(x_0) (class: 1e-3 in the paper).
   loss.aux_weight = 5e-4
   loss.time_sampling = 'uniform'  # VQ-Diffusion: 'uniform' | 'importance'.
