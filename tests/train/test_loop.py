@@ -19,6 +19,7 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -316,3 +317,26 @@ def test_eval_grid_shows_the_first_real_examples():
   grid_examples = experiment._grid_examples  # pylint: disable=protected-access
   np.testing.assert_array_equal(grid_examples(mask, 3), [0, 2, 3])
   np.testing.assert_array_equal(grid_examples(mask, 1), [0, 2])  # Two clips.
+
+
+def test_a_resumed_eval_step_lacks_its_eval_without_its_row_or_its_file(
+    tmp_path):
+  """Both writes of an eval (its metrics.jsonl row, then eval_<step>.json)
+  must be there, else a crash between them is redone; steps that are not
+  eval steps before the last never lack one."""
+  train = ml_collections.ConfigDict({'num_steps': 8, 'eval_every': 3})
+  workdir = str(tmp_path)
+  assert loop._eval_missing(workdir, 6, train)
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
+    f.write(json.dumps({'step': 6, 'loss': 1.0}) + '\n')  # A train row.
+  assert loop._eval_missing(workdir, 6, train)
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
+    f.write(json.dumps({'step': 6, 'eval/loss': 1.0}) + '\n')
+  assert loop._eval_missing(workdir, 6, train)  # The row, not the file.
+  with open(os.path.join(workdir, 'eval_6.json'), 'w') as f:
+    f.write('{"step": 6}')
+  assert not loop._eval_missing(workdir, 6, train)
+  os.remove(os.path.join(workdir, 'metrics.jsonl'))
+  assert loop._eval_missing(workdir, 6, train)  # The file, not the row.
+  for step in (0, 4, 8, 9):
+    assert not loop._eval_missing(workdir, step, train)
