@@ -247,6 +247,60 @@ def test_photos_are_turned_as_their_exif_orientation_says(tmp_path):
     assert 0 < red[:, :4, 4:].all(axis=(1, 2)).sum() < 8
 
 
+def test_a_jpeg_with_more_pictures_is_turned_by_its_exif_too(tmp_path):
+  """Phones' JPEGs with a gain map open in PIL as MPO: their tag counts."""
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  path = str(tmp_path / 'phone.jpg')
+  Image.new('RGB', (16, 8)).save(path, 'MPO', exif=exif, save_all=True,
+                                 append_images=[Image.new('RGB', (4, 2))])
+  assert Image.open(path).format == 'MPO'
+  assert image_folder.exif_orientation(path) == 6
+
+
+def test_class_folders_are_searched_to_any_depth(tmp_path):
+  for i, name in enumerate([
+      'cats/c.png', 'cats/persian/p1.png', 'cats/persian/p2.png', 'dogs/d.png'
+  ]):
+    _write_image(str(tmp_path / 'train' / name), COLOURS[i], 'PNG')
+  config = data.default_config('image_folder')
+  config.update(path=str(tmp_path), eval_split='train', image_size=8)
+  files, labels, num_classes, _ = image_folder.split_files(config, 'train')
+  assert [os.path.relpath(f, tmp_path / 'train') for f in files] == [
+      'cats/c.png', 'cats/persian/p1.png', 'cats/persian/p2.png', 'dogs/d.png'
+  ]
+  assert labels.tolist() == [0, 0, 0, 1] and num_classes == 2
+
+
+def test_an_eval_folder_without_a_train_folder_is_refused(tmp_path):
+  """training/ and val/: not one flat pool that trains on the val images."""
+  _write_image(str(tmp_path / 'training' / 'a' / '0.png'), COLOURS[0], 'PNG')
+  _write_image(str(tmp_path / 'val' / 'a' / '1.png'), COLOURS[1], 'PNG')
+  config = data.default_config('image_folder')
+  config.update(path=str(tmp_path), image_size=8)
+  with pytest.raises(
+      FileNotFoundError, match=r"^data\.train_split: no folder '.*/train', "
+      r"but the eval split's '.*/val' is one: .*\['training', 'val'\]"):
+    data.build(config, split='train', global_batch_size=2)
+
+
+def test_a_file_name_that_is_not_utf8_is_named_as_unreadable(tmp_path):
+  for i, colour in enumerate(COLOURS[:4]):
+    _write_image(str(tmp_path / f'{i}.png'), colour, 'PNG')
+  name = os.path.join(os.fsencode(tmp_path), b'caf\xe9.png')
+  with open(name, 'wb') as f:
+    f.write((tmp_path / '0.png').read_bytes())
+  config = data.default_config('image_folder')
+  config.update(path=str(tmp_path), image_size=8, eval_fraction=0.2)
+  with pytest.raises(
+      DataError, match=r"/caf\\xe9\.png: its name is not UTF-8, and "
+      'TensorFlow reads UTF-8 paths only: rename it; 1 of the 4 '):
+    data.build(config, split='train', global_batch_size=2)
+  config.skip_unreadable = True
+  source = data.build(config, split='train', global_batch_size=3)
+  assert _colours(next(iter(source.batches()))['image']) == sorted(COLOURS[1:4])
+
+
 def test_multi_host_tokenization_draws_every_train_example_once(tmp_path):
   """--mode=tokenize with tokens.num_train_examples = the train set's size:
   each host reads its own shard of the files (3 + 3 here), so each keeps

@@ -3,11 +3,13 @@
 Split layout (that of `tfds.folder_dataset.ImageFolder`), used when
 `<path>/<train_split>/` is a folder:
 
-  <path>/<train_split>/<class_name>/<image files>
-  <path>/<eval_split>/<class_name>/<image files>
+  <path>/<train_split>/<class_name>/<image files, in sub-folders too>
+  <path>/<eval_split>/<class_name>/<image files, in sub-folders too>
 
 Labels are the indices of the class folder names, sorted, over the train and
-eval split folders together (so both splits agree).
+eval split folders together (so both splits agree). An `<eval_split>` folder
+without a `<train_split>` one is an error (its images would otherwise train,
+as the flat layout's).
 
 Flat layout, used otherwise: every image file under `<path>`, in sub-folders
 too, without labels. `round(eval_fraction * N)` of the N images (at least one)
@@ -18,7 +20,8 @@ evaluates on the train images instead (e.g. FID statistics of the training
 set); other split names are not folders there.
 
 Image files end in `IMAGE_EXTENSIONS` (any case); hidden files and folders
-(names starting with '.', such as macOS's `._photo.jpg`) are ignored.
+(names starting with '.', such as macOS's `._photo.jpg`) are ignored. A file
+name that is not UTF-8 (TensorFlow reads UTF-8 paths only) is unreadable.
 
 Unreadable files. Before anything trains, every file of the split is decoded
 once, in parallel, with TensorFlow's decoders (those of the pipeline; JPEGs
@@ -129,10 +132,9 @@ def list_images(split_dir: str,
     class_dir = os.path.join(split_dir, name)
     if not os.path.isdir(class_dir):
       continue
-    for filename in sorted(os.listdir(class_dir)):
-      if _is_image(filename):
-        paths.append(os.path.join(class_dir, filename))
-        labels.append(label)
+    found = _images_under(class_dir)
+    paths += found
+    labels += [label] * len(found)
   if not paths:
     raise FileNotFoundError(
         f'no images ({", ".join(IMAGE_EXTENSIONS)}) in the class folders of '
@@ -140,9 +142,9 @@ def list_images(split_dir: str,
   return paths, np.asarray(labels, np.int32)
 
 
-def list_tree(root: str) -> list[str]:
-  """Flat layout: every image file under `root`, sorted. Sub-folders are
-  searched, linked ones too, each real folder once."""
+def _images_under(root: str) -> list[str]:
+  """Every image file under `root`, sorted. Sub-folders are searched, linked
+  ones too, each real folder once."""
   paths, seen = [], set()
   for folder, dirs, files in os.walk(root, followlinks=True):
     real = os.path.realpath(folder)
@@ -152,11 +154,17 @@ def list_tree(root: str) -> list[str]:
     seen.add(real)
     dirs[:] = [d for d in dirs if _visible(d)]
     paths.extend(os.path.join(folder, f) for f in files if _is_image(f))
+  return sorted(paths)
+
+
+def list_tree(root: str) -> list[str]:
+  """Flat layout: every image file under `root` (`_images_under`)."""
+  paths = _images_under(root)
   if not paths:
     raise FileNotFoundError(
         f'data.path: no images ({", ".join(IMAGE_EXTENSIONS)}) in {root!r} '
         'or its sub-folders.')
-  return sorted(paths)
+  return paths
 
 
 def hold_out(paths: list[str], root: str,
@@ -176,7 +184,7 @@ def hold_out(paths: list[str], root: str,
 
   def digest(path: str) -> bytes:
     relative = os.path.relpath(path, root).replace(os.sep, '/')
-    return hashlib.md5(relative.encode('utf-8')).digest()
+    return hashlib.md5(relative.encode('utf-8', 'surrogateescape')).digest()
 
   held_out = set(sorted(paths, key=digest)[:num_eval])
   return ([p for p in paths if p not in held_out],
@@ -211,6 +219,22 @@ def _coloured_palette_bmp(head: bytes) -> bool:
   return bool(np.any(bgr != np.arange(count)[:, None]))
 
 
+def _utf8_name(path: str) -> bool:
+  """Whether `path` is UTF-8 (a name of other bytes is a str with lone
+  surrogates, which TensorFlow's string tensors refuse)."""
+  try:
+    path.encode('utf-8')
+  except UnicodeEncodeError:
+    return False
+  return True
+
+
+def _shown(path: str) -> str:
+  """`path` for messages: bytes that are not UTF-8 as \\x escapes."""
+  return path.encode('utf-8', 'surrogateescape').decode('utf-8',
+                                                        'backslashreplace')
+
+
 def _decoded_shape(path, channels: int):
   """Reads and decodes the image file `path` (a string tensor): int32 [3]."""
   encoded = tf.io.read_file(path)
@@ -228,13 +252,16 @@ def unreadable(paths: list[str], channels: int) -> list[int]:
   """Indices into `paths` [N] of the files TensorFlow cannot read or decode
   as images of `channels` channels (or decodes wrong: `.bmp` files of
   coloured palettes), in increasing order."""
-  if not paths:
-    return []
-  ds = tf.data.Dataset.from_tensor_slices(tf.constant(paths)).enumerate()
+  named = [i for i, path in enumerate(paths) if _utf8_name(path)]
+  readable = np.zeros(len(paths), bool)
+  if not named:
+    return np.flatnonzero(~readable).tolist()
+  names = tf.constant([paths[i] for i in named])
+  ds = tf.data.Dataset.from_tensor_slices(names).enumerate()
   ds = ds.map(lambda i, path: (i, _decoded_shape(path, channels)),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-  readable = np.zeros(len(paths), bool)
-  readable[[int(i) for i, _ in ds.ignore_errors().as_numpy_iterator()]] = True
+  decoded = [int(i) for i, _ in ds.ignore_errors().as_numpy_iterator()]
+  readable[np.asarray(named, np.int64)[decoded]] = True
   for i, path in enumerate(paths):
     if readable[i] and path.lower().endswith('.bmp'):
       readable[i] = not _coloured_palette_bmp(_head(path, _BMP_HEAD))
@@ -251,6 +278,9 @@ def describe_unreadable(path: str) -> str:
   From the file's first bytes: asking TensorFlow again would print its own
   log lines on the console.
   """
+  if not _utf8_name(path):
+    return ('its name is not UTF-8, and TensorFlow reads UTF-8 paths only: '
+            'rename it')
   try:
     head = _head(path, _BMP_HEAD)
   except OSError as e:
@@ -315,7 +345,7 @@ def drop_unreadable(
     return paths, labels
   first = paths[bad[0]]
   count = f'{len(bad)} of the {len(paths)} {where}'
-  first_problem = f'{first}: {describe_unreadable(first)}'
+  first_problem = f'{_shown(first)}: {describe_unreadable(first)}'
   if not skip:
     raise DataError(
         f'{first_problem}; {count} cannot be decoded: remove them, or set '
@@ -342,7 +372,7 @@ def exif_orientation(path: str) -> int:
     with warnings.catch_warnings():
       warnings.simplefilter('ignore', Image.DecompressionBombWarning)
       with Image.open(path) as image:
-        if image.format == 'JPEG':
+        if image.format in ('JPEG', 'MPO'):  # MPO: a JPEG and more images.
           return int(image.getexif().get(_ORIENTATION, 1))
         if image.format == 'PNG' and 'exif' in image.info:
           exif = Image.Exif()
@@ -386,6 +416,14 @@ def split_files(
     raise FileNotFoundError(f'data.path: {root!r} is not a folder.')
   splits = [str(base.get(config, k)) for k in ('train_split', 'eval_split')]
   if not os.path.isdir(os.path.join(root, splits[0])):  # Flat layout.
+    if splits[1] != splits[0] and os.path.isdir(os.path.join(root, splits[1])):
+      raise FileNotFoundError(
+          f'data.train_split: no folder {os.path.join(root, splits[0])!r}, '
+          f'but the eval split\'s {os.path.join(root, splits[1])!r} is one: '
+          'the split layout needs both (set data.train_split to the train '
+          f'images\' folder; sub-folders of {root!r}: {_subfolders(root)}); '
+          'to read every image under it as one pool instead (the flat '
+          'layout), set data.eval_split to a name that is no folder there.')
     fraction = float(base.get(config, 'eval_fraction'))
     train, held_out = hold_out(list_tree(root), root, fraction)
     # eval_split = train_split evaluates on the train images (the statistics
