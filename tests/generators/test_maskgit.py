@@ -138,7 +138,7 @@ def test_random_mask_masks_the_maskable_only_by_their_count():
 def test_frame_prediction_gives_a_rate_of_examples_their_first_frames():
   known = np.asarray(
       maskgit.frame_prediction_mask(jax.random.key(0), 4000, (3, 2, 2), 2,
-                                    0.25))
+                                    0.25)).reshape(4000, 12)
   given = known.any(-1)
   np.testing.assert_array_equal(known[given][0], [True] * 8 + [False] * 4)
   assert np.all(known[given] == known[given][0])
@@ -147,25 +147,57 @@ def test_frame_prediction_gives_a_rate_of_examples_their_first_frames():
 
 def test_masked_loss_never_masks_the_known_positions():
   """known_mask is the random mask drawn over the other positions: the same
-  loss as that mask given, and not the loss of a plain draw."""
+  loss as that mask given (a known_mask left out: a plain draw's mask); one
+  shared by the batch too; another shape is named. Through the API, frame
+  prediction at rate 0 draws as without it. One compile."""
   model = _model(vocab_size=16, token_shape=(3, 2, 2))
   params = _init(model)
-  tokens = jax.random.randint(jax.random.key(1), (8, 3, 2, 2), 0, 16)
-  known = maskgit.frame_prediction_mask(jax.random.key(2), 8, (3, 2, 2), 1, 0.5)
+  tokens = np.random.default_rng(1).integers(0, 16, (8, 3, 2, 2))
   rng = jax.random.key(3)
-  loss = jax.jit(
-      functools.partial(maskgit.masked_loss, model, unmasked_weight=0.5),
-      compiler_options=FAST_COMPILE)
-  mask = mask_schedule.random_mask(
-      jax.random.split(rng, 3)[0], 8, 12, 'cosine', maskable=~known)
-  assert not np.any(np.asarray(mask & known))
-  with_known, metrics = loss(params, rng, tokens, known_mask=known)
-  np.testing.assert_allclose(with_known,
-                             loss(params, rng, tokens, mask=mask)[0], rtol=1e-6)
-  assert float(metrics['accuracy_weight']) == int(mask.sum())
-  assert float(with_known) != pytest.approx(float(loss(params, rng, tokens)[0]))
+
+  def api_loss(params, frames, rate):
+    settings = ml_collections.ConfigDict(
+        dict(label_drop=0.0, label_smoothing=0.0, mask_schedule='cosine',
+             unmasked_weight=0.5, observed_frames=frames,
+             observed_frames_rate=rate))
+    return generators.get_api('maskgit').loss(model, params, tokens, None, rng,
+                                              settings=settings, train=True)[0]
+
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+  def draws_and_losses(params):
+    known = maskgit.frame_prediction_mask(jax.random.key(2), 8, (3, 2, 2), 1,
+                                          0.5)
+    mask = mask_schedule.random_mask(
+        jax.random.split(rng, 3)[0], 8, 12, 'cosine',
+        maskable=~known.reshape(8, 12))
+    loss = functools.partial(maskgit.masked_loss, model, params, rng, tokens,
+                             unmasked_weight=0.5)
+    with_known, metrics = loss(known_mask=known)
+    return known, mask, {
+        'known': with_known,
+        'masked': metrics['accuracy_weight'],
+        'mask': loss(mask=mask)[0],
+        'rate_0': api_loss(params, 1, 0.0),
+        'off': api_loss(params, 0, 0.5),
+    }
+
+  known, mask, got = jax.device_get(draws_and_losses(params))
+  assert known.any() and not np.any(mask & known.reshape(8, 12))
+  assert got['known'] == pytest.approx(got['mask'], rel=1e-6)
+  assert got['masked'] == mask.sum()
+  assert got['rate_0'] == got['off']
+  shared = np.zeros((3, 2, 2), bool)
+  shared[0] = True
+  np.testing.assert_array_equal(
+      maskgit.flat_known_mask(model, shared, 8),
+      maskgit.flat_known_mask(model, np.broadcast_to(shared, (8, 3, 2, 2)), 8))
   with pytest.raises(ValueError, match='a mask or known_mask, not both'):
     maskgit.masked_loss(model, params, rng, tokens, mask=mask, known_mask=known)
+  with pytest.raises(
+      ValueError, match=r'known_mask of shape \(8, 12\), '
+      r'expected \[B, 3, 2, 2\] or \[3, 2, 2\]'):
+    maskgit.masked_loss(model, params, rng, tokens,
+                        known_mask=known.reshape(8, 12))
 
 
 def test_decoding_keeps_revealed_tokens_and_follows_schedule():

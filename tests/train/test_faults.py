@@ -186,6 +186,27 @@ def test_a_record_made_before_block_styles_and_adam_eps_reads_as_it_ran():
   }
 
 
+def test_another_eval_batch_size_is_another_eval_where_eval_draws(tmp_path):
+  """MaskGIT's eval masks and VQ-Diffusion's timesteps are drawn per eval
+  batch: under another eval.batch_size --mode=eval writes its numbers beside
+  the run's own eval; a GPT's and a tokenizer's evals draw nothing."""
+  for name, config in (('maskgit', tiny.generator_config('unused')),
+                       ('vq_diffusion',
+                        tiny.generator_config('unused', 'vq_diffusion')),
+                       ('gpt', tiny.generator_config('unused',
+                                                     'gpt')), ('tokenizer',
+                                                               _config())):
+    workdir = str(tmp_path / name)
+    os.makedirs(workdir)
+    run_record.write(workdir, config)
+    config.eval.batch_size *= 2
+    changes = run_record.eval_differences(workdir, config)
+    draws = name in ('maskgit', 'vq_diffusion')
+    assert changes == ({
+        'eval.batch_size': (config.eval.batch_size // 2, config.eval.batch_size)
+    } if draws else {}), name
+
+
 def test_a_record_made_before_a_data_key_existed_is_read_as_it_ran(tmp_path):
   """Video runs recorded before data.eval_clip evaluated their videos'
   first clips: resumed under today's default (the middle clip) the record

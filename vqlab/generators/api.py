@@ -158,6 +158,9 @@ class GeneratorApi:
       it would be silently ignored.
     condition_keys: {model key: the model.condition values that read it}
       for the model keys only some conditions read (`check_condition_keys`).
+    eval_draws: whether the eval loss draws at random (MaskGIT's masks,
+      VQ-Diffusion's timesteps) with one key per eval batch, so that the
+      eval's numbers depend on eval.batch_size.
   """
   condition_spec: Callable[[ml_collections.ConfigDict], ConditionSpec]
   check_fits: Callable[..., None]
@@ -170,6 +173,7 @@ class GeneratorApi:
   settings_read: Callable[[ml_collections.ConfigDict],
                           frozenset[str]] = _reads_no_settings
   condition_keys: ConditionKeys = dataclasses.field(default_factory=dict)
+  eval_draws: bool = False
 
 
 def drop_mask(rng: jax.Array, probability: float, cond: Any,

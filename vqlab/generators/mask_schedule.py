@@ -84,8 +84,8 @@ def random_mask(rng: jax.Array, batch_size: int, num_tokens: int,
                 maskable: jax.Array | None = None) -> jax.Array:
   """The training mask: bool [B, N], True where a token is masked.
 
-  Per example r ~ U(0, 1) and exactly ceil(gamma(r) M) (at least 1)
-  positions, chosen uniformly at random among the M maskable ones, are
+  Per example r ~ U(0, 1) and exactly ceil(gamma(r) M) (at least 1 where
+  M > 0) positions, chosen uniformly at random among the M maskable ones, are
   masked: M = N, or the count of `maskable` (bool [B, N]; False at given
   tokens, e.g. the observed frames of frame prediction, which the schedule
   then leaves out as decoding does).

@@ -254,10 +254,10 @@ def masked_loss(model: MaskGIT, params, rng: jax.Array, tokens: jax.Array,
     train: dropout on.
     example_weights: float [B] weights of the examples (0 for eval padding).
     unmasked_weight: weight of the positions left unmasked.
-    known_mask: bool [B, N] or [N]: given positions (e.g. the observed
-      frames of frame prediction, `frame_prefix_mask`), never masked; the
-      random mask's schedule counts the others only, as decoding from them
-      does. None: none given.
+    known_mask: bool [B, *shape] or [*shape]: given positions (e.g. the
+      observed frames of frame prediction, `frame_prediction_mask`), never
+      masked; the random mask's schedule counts the others only, as decoding
+      from them does. None: none given.
 
   Returns:
     (loss, metrics): loss = weighted mean over positions of the summed
@@ -272,7 +272,8 @@ def masked_loss(model: MaskGIT, params, rng: jax.Array, tokens: jax.Array,
   batch = flat.shape[0]
   mask_rng, drop_rng, dropout_rng = jax.random.split(rng, 3)
   if mask is None:
-    maskable = None if known_mask is None else ~jnp.asarray(known_mask, bool)
+    maskable = (None if known_mask is None else
+                ~flat_known_mask(model, known_mask, batch))
     mask = mask_schedule.random_mask(mask_rng, batch, model.num_tokens,
                                      schedule_method, maskable=maskable)
   elif known_mask is not None:
@@ -365,6 +366,20 @@ def init_state(model: MaskGIT, rng: jax.Array, batch_size: int,
         num_unknown=jnp.full((batch_size,), model.num_tokens, jnp.int32))
   if known_tokens is None:
     raise ValueError('MaskGIT: known_mask needs known_tokens')
+  flat_mask = flat_known_mask(model, known_mask, batch_size)
+  known = model.flatten(jnp.asarray(known_tokens, jnp.int32))
+  model.check_tokens(jnp.where(flat_mask[..., None], known, 0),
+                     allow_mask=False)
+  tokens = jnp.where(flat_mask[..., None], known, masked)
+  return DecodeState(
+      rng=rng, step=jnp.zeros((), jnp.int32), tokens=tokens,
+      num_unknown=model.num_tokens - flat_mask.sum(-1).astype(jnp.int32))
+
+
+def flat_known_mask(model: MaskGIT, known_mask: jax.Array,
+                    batch_size: int) -> jax.Array:
+  """known_mask bool [B, *shape] (or [*shape], shared by the batch) of the
+  model's token grid -> bool [B, N]; a ValueError names another shape."""
   mask = jnp.asarray(known_mask, bool)
   if mask.ndim == len(model.token_shape):
     mask = mask[None]  # Shared by the batch.
@@ -374,15 +389,8 @@ def init_state(model: MaskGIT, rng: jax.Array, batch_size: int,
         f'MaskGIT: known_mask of shape {tuple(jnp.shape(known_mask))}'
         f', expected [B, {", ".join(map(str, shape))}] or '
         f'[{", ".join(map(str, shape))}] with B = {batch_size}')
-  flat_mask = jnp.broadcast_to(mask.reshape(mask.shape[0], model.num_tokens),
-                               (batch_size, model.num_tokens))
-  known = model.flatten(jnp.asarray(known_tokens, jnp.int32))
-  model.check_tokens(jnp.where(flat_mask[..., None], known, 0),
-                     allow_mask=False)
-  tokens = jnp.where(flat_mask[..., None], known, masked)
-  return DecodeState(
-      rng=rng, step=jnp.zeros((), jnp.int32), tokens=tokens,
-      num_unknown=model.num_tokens - flat_mask.sum(-1).astype(jnp.int32))
+  return jnp.broadcast_to(mask.reshape(mask.shape[0], model.num_tokens),
+                          (batch_size, model.num_tokens))
 
 
 def frame_prefix_mask(token_shape: Sequence[int],
@@ -596,7 +604,8 @@ def _loss(model: MaskGIT, params, tokens: jax.Array, cond, rng: jax.Array, *,
   if drop is not None:
     cond = jnp.where(drop, model.num_classes, cond)
   known_mask = None
-  if len(model.token_shape) == 3 and settings.observed_frames:
+  if (len(model.token_shape) == 3 and settings.observed_frames and
+      settings.observed_frames_rate):
     task_rng, rng = jax.random.split(rng)
     known_mask = frame_prediction_mask(task_rng, tokens.shape[0],
                                        model.token_shape,
@@ -614,15 +623,16 @@ def _loss(model: MaskGIT, params, tokens: jax.Array, cond, rng: jax.Array, *,
 def frame_prediction_mask(rng: jax.Array, batch_size: int,
                           token_shape: Sequence[int], num_frames: int,
                           rate: float) -> jax.Array:
-  """bool [B, N]: the known positions of MAGVIT's frame-prediction task.
+  """bool [B, *token_shape]: the given positions of MAGVIT's frame-prediction
+  task.
 
   Each example, with probability `rate`, is given its first num_frames
   latent frames (`frame_prefix_mask`), which training then never masks;
   the others are trained from scratch (all positions maskable).
   """
-  prefix = jnp.asarray(frame_prefix_mask(token_shape, num_frames)).reshape(-1)
+  prefix = jnp.asarray(frame_prefix_mask(token_shape, num_frames))
   chosen = jax.random.bernoulli(rng, rate, (batch_size,))
-  return chosen[:, None] & prefix[None]
+  return chosen.reshape((-1,) + (1,) * prefix.ndim) & prefix
 
 
 def _sample(model: MaskGIT, params, rng: jax.Array, batch_size: int, cond, *,
@@ -663,4 +673,4 @@ def _settings_read(config: ml_collections.ConfigDict) -> frozenset[str]:
 
 API = api.GeneratorApi(condition_spec=_condition_spec, check_fits=_check_fits,
                        init=_init, loss=_loss, sample=_sample,
-                       settings_read=_settings_read)
+                       settings_read=_settings_read, eval_draws=True)

@@ -663,4 +663,4 @@ API = api.GeneratorApi(condition_spec=_condition_spec, check_fits=_check_fits,
                        init_loss_state=_init_loss_state,
                        check_settings=_check_settings,
                        settings_read=_settings_read,
-                       condition_keys=CONDITION_KEYS)
+                       condition_keys=CONDITION_KEYS, eval_draws=True)

@@ -232,8 +232,19 @@ def differences(saved: dict[str, Any], config: ml_collections.ConfigDict,
   }
 
 
-# Eval keys that change neither what eval measures nor on what.
+# Eval keys that change neither what eval measures nor on what (but see
+# `_eval_keys_of_no_numbers`).
 _EVAL_KEYS_OF_NO_NUMBERS = ('eval.step', 'eval.num_images', 'eval.batch_size')
+
+
+def _eval_keys_of_no_numbers(config: ml_collections.ConfigDict) -> set[str]:
+  """`_EVAL_KEYS_OF_NO_NUMBERS`, less eval.batch_size for a generator whose
+  eval loss draws masks or timesteps per batch (`GeneratorApi.eval_draws`)."""
+  keys = set(_EVAL_KEYS_OF_NO_NUMBERS)
+  if (config.get('task') == 'generator' and
+      generators.get_api(config.model.name).eval_draws):
+    keys.discard('eval.batch_size')
+  return keys
 
 
 def eval_differences(workdir: str,
@@ -245,11 +256,11 @@ def eval_differences(workdir: str,
   if saved is None:
     return {}
   old, new = _flatten(saved), _flatten(as_json_tree(config))
+  free = _eval_keys_of_no_numbers(config)
   return {
       k: (old[k], new[k])
       for k in sorted(old.keys() & new.keys())
-      if k.startswith('eval.') and k not in _EVAL_KEYS_OF_NO_NUMBERS and
-      old[k] != new[k]
+      if k.startswith('eval.') and k not in free and old[k] != new[k]
   }
 
 
