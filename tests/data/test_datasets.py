@@ -19,6 +19,7 @@ from vqlab.data import photos
 from vqlab.data import pipeline
 from vqlab.data import shapes
 from vqlab.errors import ConfigError
+from vqlab.errors import DataError
 
 
 def take(source, n, start_step=0):
@@ -469,6 +470,92 @@ def test_tfds_errors(tiny_tfds, tmp_path):
       data.build(_with(tiny_tfds, label_key=''), split='train',
                  global_batch_size=4), 1)[0]
   check_batch(unlabeled, 4, (16, 16, 3), label=False, eval_=False)
+
+
+@pytest.fixture(scope='module')
+def pixels_tfds(tfds_module, tmp_path_factory):
+  """A prepared tfds dataset of one 8 x 10 RGB image stored as features of each kind: 'image'
+  (PNG), 'gray' (its red channel, PNG), 'gray_float' (Image, float32 red / 255), 'pixels' and
+  'gray_pixels' (uint8 Tensors), 'floats' (a float32 Tensor); 3 train and 2 validation examples."""
+  tfds = tfds_module
+
+  class VqlabPixels(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version('1.0.0')
+    __module__ = 'vqlab_pixels_test'  # See VqlabTinyImages.
+
+    def _info(self):
+      features = tfds.features
+      return tfds.core.DatasetInfo(
+          builder=self, features=features.FeaturesDict({
+              'image': features.Image(shape=(8, 10, 3)),
+              'gray': features.Image(shape=(8, 10, 1)),
+              'gray_float': features.Image(shape=(8, 10, 1), dtype=np.float32),
+              'pixels': features.Tensor(shape=(8, 10, 3), dtype=np.uint8),
+              'gray_pixels': features.Tensor(shape=(8, 10, 1), dtype=np.uint8),
+              'floats': features.Tensor(shape=(8, 10, 3), dtype=np.float32),
+          }))
+
+    def _split_generators(self, dl_manager):
+      return {
+          'train': self._generate_examples(0, 3),
+          'validation': self._generate_examples(100, 2)
+      }
+
+    def _generate_examples(self, start, n):
+      for i in range(start, start + n):
+        image = np.random.default_rng(i).integers(0, 256, (8, 10, 3),
+                                                  dtype=np.uint8)
+        gray = image[..., :1]
+        yield i, {
+            'image': image,
+            'gray': gray,
+            'gray_float': gray.astype(np.float32) / 255,
+            'pixels': image,
+            'gray_pixels': gray,
+            'floats': image.astype(np.float32),
+        }
+
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  VqlabPixels(data_dir=data_dir).download_and_prepare()
+  config = data.default_config('tfds')
+  config.update(tfds_name='vqlab_pixels', data_dir=data_dir, image_size=8,
+                label_key='')
+  return config
+
+
+def _pixels_batches(config, image_key, split, **overrides):
+  config = _with(config, image_key=image_key,
+                 train_augment='random_resized_crop', **overrides)
+  return take(data.build(config, split=split, global_batch_size=2), 1)
+
+
+def test_tfds_float_images_read_as_their_pngs(pixels_tfds):
+  # A float32 Image is the PNG of its floats' bytes: decoded as an image it was colour noise.
+  for split, channels in (('train', 3), ('eval', 3), ('eval', 1)):
+    for got, want in zip(
+        _pixels_batches(pixels_tfds, 'gray_float', split, channels=channels),
+        _pixels_batches(pixels_tfds, 'gray', split, channels=channels)):
+      np.testing.assert_allclose(got['image'], want['image'], atol=1e-6)
+
+
+def test_tfds_uint8_tensors_read_as_their_pngs(pixels_tfds):
+  # A uint8 Tensor is pixels: decoding it as an image failed at the first batch.
+  for split in ('train', 'eval'):
+    assert_batches_equal(_pixels_batches(pixels_tfds, 'pixels', split),
+                         _pixels_batches(pixels_tfds, 'image', split))
+
+
+def test_tfds_tensors_not_of_pixels_are_refused_at_build(pixels_tfds):
+  for image_key, channels, match in (
+      ('floats', 3, "feature 'floats' of vqlab_pixels is a Tensor of float32; "
+       'supported: '), ('gray_pixels', 3,
+                        "'gray_pixels' of vqlab_pixels is a uint8 Tensor of 1 "
+                        'channels, .* but data.channels=3'),
+      ('pixels', 1, 'uint8 Tensor of 3 channels, .* but data.channels=1')):
+    with pytest.raises(DataError, match=match):
+      data.build_for_run(
+          _with(pixels_tfds, image_key=image_key, channels=channels),
+          split='eval', global_batch_size=2)
 
 
 @pytest.fixture

@@ -1,10 +1,10 @@
 """Per-example tf.data image preprocessing shared by the `tfds` and `image_folder` datasets
 (`video_preprocess.py` reuses its decode / resize / crop helpers on clips).
 
-Every function maps one example `{'image': encoded bytes (JPEG/PNG/GIF/BMP), 'label'?: int}` to
-`{'image': float32 [S, S, C] in [-1, 1], 'label'?: int32}`. Randomness is stateless: train ops take
-a `[2]` int64 seed that the pipeline derives from the example's position in the host's stream, so
-augmentations replay exactly.
+Every function maps one example `{'image': encoded bytes (JPEG/PNG/GIF/BMP) or pixels already
+decoded ([h, w, C], uint8 or float in [0, 255]), 'label'?: int}` to `{'image': float32 [S, S, C] in
+[-1, 1], 'label'?: int32}`. Randomness is stateless: train ops take a `[2]` int64 seed that the
+pipeline derives from the example's position in the host's stream, so augmentations replay exactly.
 
 Train modes (`data.train_augment`):
   'resize_random_crop': resize the shorter side to S, take a random S x S crop (taming VQGAN).
@@ -121,8 +121,16 @@ class Augment:
 JPEG_DCT = 'INTEGER_ACCURATE'
 
 
+def _decoded(image) -> bool:
+  """Whether `image` holds pixels already decoded, not encoded bytes."""
+  return tf.convert_to_tensor(image).dtype != tf.string
+
+
 def decode_image(encoded, channels: int):
-  """Encoded bytes (JPEG/PNG/GIF/BMP) -> uint8 [h, w, channels]."""
+  """Encoded bytes (JPEG/PNG/GIF/BMP) -> uint8 [h, w, channels]; pixels already decoded
+  ([h, w, channels], uint8 or float in [0, 255]) are returned as they are."""
+  if _decoded(encoded):
+    return encoded
 
   def decode(c):
     return tf.cond(
@@ -172,7 +180,8 @@ def center_crop(image, size: int):
 
 
 def _inception_crop(encoded, seed, aug: Augment, turned=False):
-  """Decodes the random window only (JPEG) or decodes then slices (other formats).
+  """Decodes the random window only (JPEG) or decodes then slices (other formats; pixels
+  already decoded are sliced).
 
   `turned` (bool tensor): the stored pixels are shown turned by 90 degrees
   (EXIF orientations 5-8), so the window's aspect range is the inverse.
@@ -201,7 +210,10 @@ def _inception_crop(encoded, seed, aug: Augment, turned=False):
     begin, crop_size = window(tf.shape(image))
     return tf.slice(image, begin, crop_size)
 
-  image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+  if _decoded(encoded):
+    image = other()
+  else:
+    image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
   image.set_shape([None, None, aug.channels])
   return resize(image, aug.train_shape[:2], aug.resize_method)
 

@@ -5,6 +5,10 @@ Nothing is downloaded unless `data.download=True`: prepare the data beforehand w
 own even slice of the split (`tfds.even_splits`); see `pipeline.py` for order and resume, and
 `preprocess.py` for the image transforms. `build_source` is shared with `tfds_video`.
 
+The feature `data.image_key` is a `tfds.features.Image` of uint8 or uint16 (decoded to 8 bits),
+or of float32 in [0, 1], or a uint8 `tfds.features.Tensor` [h, w, C] of pixels with C =
+`data.channels`; Tensors of other dtypes or channels are refused at build.
+
 Captions (text-to-image): `data.caption_key` names a text feature, as a '/'-separated path into
 nested features (coco_captions: 'captions/text'). Batches then also carry 'caption', a numpy
 unicode array [b] (dtype '<U..'; eval padding rows hold ''). A feature holding several captions
@@ -92,13 +96,15 @@ def _split_size(builder: tfds.core.DatasetBuilder, split,
 
 
 def _records(builder, split, feature_key: str, label_key: str, key: str,
-             caption_key: str = '') -> tf.data.Dataset:
-  """{key: encoded bytes (videos: encoded frames [L]), 'label'?, 'caption'?: string [] or [n]}
-  of `split` in file order."""
+             caption_key: str = '', reader=(False, None)) -> tf.data.Dataset:
+  """{key: encoded bytes (videos: encoded frames [L]) or pixels ([L,] h, w, C), 'label'?,
+  'caption'?: string [] or [n]} of `split` in file order; `reader`: `_pixel_reader`'s."""
   name = builder.name
+  decode, convert = reader
   try:
-    ds = builder.as_dataset(split=split, shuffle_files=False,
-                            decoders={feature_key: tfds.decode.SkipDecoding()})
+    ds = builder.as_dataset(
+        split=split, shuffle_files=False,
+        decoders=None if decode else {feature_key: tfds.decode.SkipDecoding()})
   except AssertionError as e:  # tfds' way of saying the data is not prepared.
     data_dir = os.path.dirname(os.path.dirname(
         builder.data_dir))  # Drop name/version.
@@ -108,7 +114,9 @@ def _records(builder, split, feature_key: str, label_key: str, key: str,
         'tars), or set data.download=True.') from e
 
   def select(example):
-    out = {key: example[feature_key]}
+    out = {
+        key: convert(example[feature_key]) if convert else example[feature_key]
+    }
     if label_key:
       out['label'] = example[label_key]
     if caption_key:
@@ -119,6 +127,40 @@ def _records(builder, split, feature_key: str, label_key: str, key: str,
     return out
 
   return ds.map(select)
+
+
+def _pixel_reader(feature, where: str, channels: int):
+  """How `_records` reads the image or video `feature` (`where` names it in errors): (decode,
+  convert): tfds decodes it when `decode`, then `convert` (None: none) maps it to the
+  preprocessing's input, encoded bytes ([L] for videos) or pixels [(L,) h, w, channels] in
+  [0, 255]; ValueError for a feature neither kind.
+
+  Image and Video features of uint8 or uint16 (and others not Tensors) stay encoded: the
+  preprocessing decodes them (a video only its clip's frames). A float32 Image, stored as the
+  bytes of its floats, is decoded by tfds and its [0, 1] taken to [0, 255] (gray repeated to RGB
+  for channels=3); a uint8 Tensor is taken as pixels, so it must have `channels` channels.
+  """
+  image_feature = isinstance(feature, tfds.features.Image)
+  if image_feature and feature.tf_dtype == tf.float32:
+
+    def to_pixels(image):
+      """[h, w, 1] in [0, 1] -> [h, w, channels] in [0, 255]."""
+      image = image * 255
+      return tf.image.grayscale_to_rgb(image) if channels == 3 else image
+
+    return True, to_pixels
+  if not isinstance(feature, tfds.features.Tensor):
+    return False, None
+  dtype = feature.tf_dtype
+  if dtype != tf.uint8:
+    raise ValueError(
+        f'{where} is a Tensor of {dtype.name}; supported: Image features (uint8, uint16, '
+        'float32 in [0, 1]), Video (uint8, uint16), uint8 Tensors of pixels.')
+  if feature.shape[-1] != channels:
+    raise ValueError(
+        f'{where} is a uint8 Tensor of {feature.shape[-1]} channels, read as pixels as '
+        f'they are, but data.channels={channels}; they must be equal.')
+  return True, None
 
 
 def _check_caption_key(features, caption_key: str, name: str) -> int:
@@ -235,6 +277,9 @@ def build_source(config: ml_collections.ConfigDict, *, split: str,
         f'data.{key}_key: feature {feature_key!r} of {builder.name} is not '
         f'{"a video" if key == "video" else "an image"} (shape '
         f'{tuple(shape)}); features: {list(features)}.')
+  reader = _pixel_reader(
+      features[feature_key], f'data.{key}_key: feature {feature_key!r} of '
+      f'{builder.name}', example_shape[-1])
   if label_key and label_key not in features:
     raise ValueError(
         f'data.label_key: {builder.name} has no feature {label_key!r}; '
@@ -257,7 +302,7 @@ def build_source(config: ml_collections.ConfigDict, *, split: str,
 
   def records():
     return _records(builder, host_split, feature_key, label_key, key,
-                    caption_key)
+                    caption_key, reader)
 
   num_batches = None  # Train: endless.
   if split == 'train':
@@ -273,8 +318,8 @@ def build_source(config: ml_collections.ConfigDict, *, split: str,
     if None in sizes:  # No split metadata (e.g. under tfds.testing.mock_data): count.
       sizes = [
           pipeline.cardinality(
-              _records(builder, shard, feature_key, label_key, key))
-          for shard in shards
+              _records(builder, shard, feature_key, label_key, key,
+                       reader=reader)) for shard in shards
       ]
     num_examples = sum(sizes)
     if not num_examples:
