@@ -15,6 +15,7 @@ from tests.data.test_datasets import take
 from vqlab import data
 from vqlab.data import moving_shapes
 from vqlab.errors import ConfigError
+from vqlab.errors import DataError
 
 
 def check_video_batch(batch, b, shape, *, label, eval_):
@@ -422,3 +423,46 @@ def test_tfds_video_errors(tfds_module):
     unlabeled = take(data.build(default, split='eval', global_batch_size=2),
                      1)[0]  # ucf101.
     check_video_batch(unlabeled, 2, (2, 8, 8, 3), label=False, eval_=True)
+
+
+def test_tfds_video_uint8_tensor_is_read_as_frames_of_data_channels(
+    tfds_module, tmp_path):
+  tfds = tfds_module
+
+  class VqlabGrayClips(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version('1.0.0')
+    __module__ = 'vqlab_gray_clips_test'  # See test_datasets' VqlabTinyImages.
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self, features=tfds.features.FeaturesDict({
+              'video':
+                  tfds.features.Video(shape=(None, 8, 10, 1)),
+              'frames':
+                  tfds.features.Tensor(shape=(None, 8, 10, 1), dtype=np.uint8),
+          }))
+
+    def _split_generators(self, dl_manager):
+      return {'test': self._generate_examples()}
+
+    def _generate_examples(self):
+      for i in range(2):
+        video = np.random.default_rng(i).integers(0, 256, (2 + i, 8, 10, 1),
+                                                  dtype=np.uint8)
+        yield i, {'video': video, 'frames': video}
+
+  VqlabGrayClips(data_dir=str(tmp_path)).download_and_prepare()
+  config = mock_video_config(tfds_name='vqlab_gray_clips',
+                             data_dir=str(tmp_path), label_key='', channels=1)
+  assert_batches_equal(
+      take(
+          data.build(_with(config, video_key='frames'), split='eval',
+                     global_batch_size=2), 1),
+      take(data.build(config, split='eval', global_batch_size=2), 1))
+  # Taken as they are: 3 channels of gray frames failed at the first batch.
+  with pytest.raises(
+      DataError, match="^data.video_key: feature 'frames' of vqlab_gray_clips "
+      r'is a uint8 Tensor of 1 channels, .* but data.channels=3; they must be '
+      r'equal.$'):
+    data.build_for_run(_with(config, video_key='frames', channels=3),
+                       split='eval', global_batch_size=2)

@@ -1,6 +1,7 @@
 """`tfds_video`: any TensorFlow Datasets video dataset (ucf101, ...) as clips of `num_frames`.
 
-The feature `data.video_key` holds a video ([L, h, w, C] frames, e.g. `tfds.features.Video`);
+The feature `data.video_key` holds a video: a `tfds.features.Video` (uint8 or uint16), or a
+uint8 `tfds.features.Tensor` of frames [L, h, w, C] with C = `data.channels`;
 `data.label_key` the class. Nothing is downloaded unless `data.download=True`: prepare the data
 beforehand with `tfds build ucf101 --data_dir=DIR` (a config such as 'ucf101/ucf101_1_256' picks
 the resolution and split). Each host reads its own even slice of the split; order, resume and
