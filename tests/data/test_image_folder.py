@@ -150,6 +150,28 @@ def test_flat_folder_holds_out_a_fraction(tmp_path):
       COLOURS[int(os.path.basename(p)[0])] for p in readable)
 
 
+def test_a_splits_fingerprint_changes_with_its_files_only(split_folder):
+  """Relative paths, sizes and labels: token shards are made again, and not
+  trained on, when they change (no file is read: unreadable ones count)."""
+  root = split_folder.path
+  fingerprints = lambda: tuple(
+      data.fingerprint(split_folder, s) for s in data.base.SPLITS)
+  train, evaluation = fingerprints()
+  assert fingerprints() == (train, evaluation)
+  new_eval_image = os.path.join(root, 'val', 'a', '9.png')
+  _write_image(new_eval_image, COLOURS[0], 'PNG')
+  train_after, evaluation_after = fingerprints()
+  assert train_after == train and evaluation_after != evaluation
+  with open(new_eval_image, 'ab') as f:
+    f.write(b'\0')  # Its size changes.
+  assert fingerprints() == (train, fingerprints()[1])
+  assert fingerprints()[1] != evaluation_after
+  # A class folder sorted before 'b' moves the label of every train 'b' image.
+  _write_image(os.path.join(root, 'val', 'aa', '0.png'), COLOURS[0], 'PNG')
+  assert fingerprints()[0] != train
+  assert data.fingerprint(data.default_config('shapes'), 'eval') is None
+
+
 def test_train_files_are_read_after_the_shuffle(tmp_path):
   """The shuffle buffer holds paths: a batch reads its own files only (a
   buffer of read files would hold 10,000 photos before the first step)."""

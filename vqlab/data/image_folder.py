@@ -40,6 +40,10 @@ train shuffle buffer holds the file names of the whole host's slice, not
 dataset's shuffled records give; each file is read after the shuffle), and
 images are turned as their EXIF orientation tag says (read from each file's
 header with PIL when the source is built; `preprocess.exif_orient`).
+
+Each split has a fingerprint, a digest of its files' relative paths and
+sizes: token shards record it, and are made again (or refused for training)
+when the files change, as adding one image can change which are held out.
 """
 
 from __future__ import annotations
@@ -438,6 +442,28 @@ def split_files(
   return paths, labels, len(classes), f'images in {split_dir}'
 
 
+def files_fingerprint(paths: list[str], labels: np.ndarray | None,
+                      root: str) -> str:
+  """A digest of the files of a split: each one's path relative to `root`,
+  size and label (`labels` int32 [N] or None, one per path of `paths` [N]),
+  in order. Only os.stat: a file rewritten at the same size keeps it."""
+  digest = hashlib.sha256()
+  for i, path in enumerate(paths):
+    relative = os.path.relpath(path, root).replace(os.sep, '/')
+    label = '' if labels is None else int(labels[i])
+    # NUL cannot stand in a path: the records cannot run into each other.
+    digest.update(f'{relative}\0{os.stat(path).st_size}\0{label}\0'.encode())
+  return digest.hexdigest()
+
+
+def fingerprint(config: ml_collections.ConfigDict, split: str) -> str:
+  """`files_fingerprint` of the files of `split` as the folder holds them
+  now (before the decode check, which reads them): what the source built
+  from `config` records as its `fingerprint`."""
+  paths, labels, _, _ = split_files(config, split)
+  return files_fingerprint(paths, labels, str(base.get(config, 'path')))
+
+
 def build(config: ml_collections.ConfigDict, *, split: str,
           global_batch_size: int, process_index: int,
           process_count: int) -> base.DataSource:
@@ -445,7 +471,8 @@ def build(config: ml_collections.ConfigDict, *, split: str,
 
   Batches: 'image' float32 [b, T, T, channels] (train; T = train_image_size
   or image_size) or [b, S, S, channels] (eval) in [-1, 1], and 'label' int32
-  [b] in the split layout.
+  [b] in the split layout. Its `fingerprint` is `files_fingerprint` of the
+  split's files (token shards record it: `fingerprint`).
 
   Raises:
     DataError: a file of the split cannot be decoded (unless
@@ -459,6 +486,7 @@ def build(config: ml_collections.ConfigDict, *, split: str,
     raise ValueError(f'data.skip_unreadable: must be True or False, got '
                      f'{skip!r}.')
   paths, labels, num_classes, where = split_files(config, split)
+  files = files_fingerprint(paths, labels, str(base.get(config, 'path')))
   pipeline.hide_accelerators_from_tf()
   paths, labels = drop_unreadable(paths, labels, where, channels=aug.channels,
                                   skip=skip, report=process_index == 0,
@@ -506,4 +534,4 @@ def build(config: ml_collections.ConfigDict, *, split: str,
                                num_examples=num_examples, image_shape=shape,
                                num_classes=num_classes,
                                host_num_examples=len(host),
-                               num_batches=num_batches)
+                               num_batches=num_batches, fingerprint=files)

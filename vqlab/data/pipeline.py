@@ -153,6 +153,7 @@ class TfDataSource:
   this host reads (its train epochs are that shard alone), or None when not given; an eval
   source's len() is the number of (padded) batches every host yields, which may exceed
   ceil(num_examples / global batch) when the hosts' shards differ in size.
+  `fingerprint` is `base.DataSource`'s (optional) one, or None.
   """
 
   def __init__(self, make_dataset: Callable[[int], tf.data.Dataset], *,
@@ -160,8 +161,9 @@ class TfDataSource:
                image_shape: tuple[int, int, int], num_classes: int | None,
                video_shape: tuple[int, int, int, int] | None = None,
                host_num_examples: int | None = None,
-               num_batches: int | None = None):
+               num_batches: int | None = None, fingerprint: str | None = None):
     self._make_dataset = make_dataset
+    self.fingerprint = fingerprint
     self._num_batches = num_batches
     self.per_host_batch_size = per_host_batch_size
     self.num_examples = num_examples
