@@ -10,7 +10,8 @@ split's deterministic stream, so a rerun skips the shards on disk and
 regenerates only the missing ones, bit-identically. A shard appears under its
 final name only once complete; the split is marked complete in the metadata
 only after its last shard. Rerunning into a directory made with another
-tokenizer, data or condition config is refused.
+tokenizer, data or condition config is refused; a split whose files changed
+since (the source's `fingerprint`: image_folder's) is written again.
 
 Spatial GPTs (model.condition 'tokens'): each example's condition image
 (`condition.image`) is encoded into 'cond_tokens' by the same tokenizer, or
@@ -251,12 +252,12 @@ def _tokenize(config: ml_collections.ConfigDict, workdir: str,
         'num_files': num_shards * num_processes,
         'complete': False
     }
+    if getattr(source, 'fingerprint', None) is not None:
+      info['fingerprint'] = source.fingerprint
     done = metadata['splits'].get(split)
-    # Shard files continue this split only if they were written for as many
-    # examples (an interrupted run, or a finished one that lost a shard);
-    # those of another num_train_examples are renamed `.stale` and the
-    # split is written again.
-    resumed = bool(done) and done['num_examples'] == num_examples
+    # Shard files that do not continue this split are renamed `.stale` and
+    # the split is written again.
+    resumed = _continues(done, info, split, directory)
     if resumed and done.get('complete') and _all_shards_exist(
         directory, split, done['num_files']):
       summary[f'{split}_examples'] = num_examples
@@ -323,6 +324,31 @@ def _tokenize(config: ml_collections.ConfigDict, workdir: str,
     summary[f'{split}_examples'] = num_examples
   summary['shards_written'] = written
   return summary
+
+
+def _continues(done: dict[str, Any] | None, info: dict[str, Any], split: str,
+               directory: str) -> bool:
+  """Whether the shard files of `split` that the metadata `done` describes
+  (None: none) continue the split `info` describes: written for as many
+  examples (an interrupted run, or a finished one that lost a shard) of the
+  same files (`DataSource` fingerprint). Shards that record no fingerprint
+  where the source has one (an older vqlab) do not: adding one image to a
+  folder can change which images are held out for eval at the same count,
+  and shards made from the old files would be trained on the new eval
+  images (a rewrite costs a tokenize; a silent overlap spoils every eval)."""
+  if not done or done['num_examples'] != info['num_examples']:
+    return False
+  before, now = done.get('fingerprint'), info.get('fingerprint')
+  if before == now:
+    return True
+  if jax.process_index() == 0:
+    why = ('do not record which files they were made from (an older vqlab)'
+           if before is None else 'were made from other files: the data\'s '
+           'files were added, removed or changed since')
+    print(
+        f'vqlab: tokenizing the {split} split again: its tokens in '
+        f'{directory} {why}', flush=True)
+  return False
 
 
 def _all_shards_exist(directory: str, split: str, num_files: int) -> bool:

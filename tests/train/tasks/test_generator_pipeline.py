@@ -27,6 +27,7 @@ from tests import random_weight_files
 from tests import retrace
 from tests import tiny
 from vqlab import data as data_lib
+from vqlab.data import image_folder
 from vqlab.data import token_shards
 from vqlab.errors import CheckpointError
 from vqlab.errors import ConfigError
@@ -45,6 +46,7 @@ from vqlab.train import sampling
 from vqlab.train import trained_tokenizer
 from vqlab.train import workdir_lock
 from vqlab.train.tasks import generator
+from vqlab.train.tasks import generator_checks
 from vqlab.train.tasks import spatial_conditions
 
 ROOT = paths.ROOT
@@ -249,6 +251,76 @@ def test_tokenize_resumes_only_missing_shards_and_ignores_partial_files(
                      'run'):
     pretokenize.tokenize(config, tokenizer_dir, devices=_devices())
   assert not os.path.exists(os.path.join(tokenizer_dir, 'tokens'))
+
+
+def _folder_config(tokenizer_dir, folder):
+  """The tiny generator on a flat folder of 16x16 images, 8 train draws."""
+  config = tiny.generator_config(tokenizer_dir)
+  config.data = data_lib.default_config('image_folder')
+  config.data.update(path=folder, image_size=16)
+  config.tokens.num_train_examples = 8
+  return config
+
+
+def _add_image(folder, name, seed):
+  pixels = np.random.default_rng(seed).integers(0, 256, (16, 16, 3), np.uint8)
+  Image.fromarray(pixels).save(os.path.join(folder, name))
+
+
+def test_tokenize_again_rewrites_a_split_whose_files_changed(
+    tokenizer_dir, tmp_path, capsys):
+  """One image added to a flat folder swaps which are held out for eval at
+  the same eval count: the old eval tokens (of img028, now a train image)
+  were reused, training on an image it was evaluated on (and the old train
+  tokens, of as many draws)."""
+  folder = str(tmp_path / 'images')
+  os.makedirs(folder)
+  for i in range(40):
+    _add_image(folder, f'img{i:03d}.png', i)
+  config = _folder_config(tokenizer_dir, folder)
+  workdir = str(tmp_path / 'run')
+  pretokenize.tokenize(config, workdir, devices=_devices())
+  directory = os.path.join(workdir, 'tokens')
+  before = token_shards.read_metadata(directory)['splits']
+  old_tokens = token_shards.load_split(directory, 'eval')[0]['tokens']
+  _add_image(folder, 'new82.png', 82)  # Eval: img011, new82 (was img028).
+  capsys.readouterr()
+  summary = pretokenize.tokenize(config, workdir, devices=_devices())
+  assert summary['eval_examples'] == 2 and summary['shards_written'] == 2
+  printed = capsys.readouterr().out
+  for split in ('train', 'eval'):
+    assert (f'tokenizing the {split} split again: its tokens in {directory} '
+            'were made from other files') in printed
+    assert len(glob.glob(os.path.join(directory, split, '*.stale'))) == 1
+  after = token_shards.read_metadata(directory)['splits']
+  assert after['eval']['num_examples'] == before['eval']['num_examples'] == 2
+  assert after['eval']['fingerprint'] != before['eval']['fingerprint']
+  eval_files = image_folder.split_files(config.data, 'eval')[0]
+  names = [os.path.basename(p) for p in eval_files]
+  assert names == ['img011.png', 'new82.png']
+  # Row 0 is img011's tokens still, row 1 new82's where img028's were.
+  tokens = token_shards.load_split(directory, 'eval')[0]['tokens']
+  np.testing.assert_array_equal(tokens[0], old_tokens[0])
+  assert np.any(tokens[1] != old_tokens[1])
+
+  # Training on the shards checks the files there now (not when they are
+  # gone: shards made on another machine).
+  check = functools.partial(generator_checks.check_shards_files, directory,
+                            token_shards.read_metadata(directory), config.data)
+  check('eval')
+  _add_image(folder, 'new99.png', 99)
+  config.tokens.dir = directory
+  with pytest.raises(
+      ConfigError, match=r'^tokens\.dir: .* holds train tokens '
+      r'of other files .*run --mode=tokenize again'):
+    experiment.Experiment(config, str(tmp_path / 'generator'), _devices())
+  shutil.move(folder, folder + '_moved')
+  check('train')
+
+  # Shards of an older vqlab record no fingerprint: their split is made again.
+  old = {k: v for k, v in after['eval'].items() if k != 'fingerprint'}
+  assert not pretokenize._continues(old, after['eval'], 'eval', directory)  # pylint: disable=protected-access
+  assert 'do not record which files' in capsys.readouterr().out
 
 
 def test_tokenize_reads_process_0s_newest_tokenizer_step(
