@@ -151,11 +151,13 @@ def test_flat_folder_holds_out_a_fraction(tmp_path):
 
 
 def test_a_splits_fingerprint_changes_with_its_files_only(split_folder):
-  """Relative paths, sizes and labels: token shards are made again, and not
-  trained on, when they change (no file is read: unreadable ones count)."""
+  """Relative paths, sizes and labels: --mode=tokenize makes token shards
+  again when they change (no file is read: unreadable ones count)."""
   root = split_folder.path
   fingerprints = lambda: tuple(
-      data.fingerprint(split_folder, s) for s in data.base.SPLITS)
+      image_folder.files_fingerprint(
+          *image_folder.split_files(split_folder, s)[:2], root)
+      for s in data.base.SPLITS)
   train, evaluation = fingerprints()
   assert fingerprints() == (train, evaluation)
   new_eval_image = os.path.join(root, 'val', 'a', '9.png')
@@ -169,7 +171,9 @@ def test_a_splits_fingerprint_changes_with_its_files_only(split_folder):
   # A class folder sorted before 'b' moves the label of every train 'b' image.
   _write_image(os.path.join(root, 'val', 'aa', '0.png'), COLOURS[0], 'PNG')
   assert fingerprints()[0] != train
-  assert data.fingerprint(data.default_config('shapes'), 'eval') is None
+  shapes = data.build(data.default_config('shapes'), split='eval',
+                      global_batch_size=2)
+  assert getattr(shapes, 'fingerprint', None) is None
 
 
 def test_train_files_are_read_after_the_shuffle(tmp_path):

@@ -55,7 +55,7 @@ _COMPOSITE = ('joint',)
 
 __all__ = [
     'DataSource', 'names', 'default_config', 'reference_config', 'build',
-    'kind', 'check_kind', 'fingerprint'
+    'kind', 'check_kind'
 ]
 
 
@@ -174,17 +174,6 @@ def build(config: ml_collections.ConfigDict, *, split: str,
   base.host_batch_size(global_batch_size, process_index, process_count)
   return build_dataset(config, split=split, global_batch_size=global_batch_size,
                        process_index=process_index, process_count=process_count)
-
-
-def fingerprint(config: ml_collections.ConfigDict, split: str) -> str | None:
-  """A digest of the files `split` of the data of `config` reads, as they are now (the one its
-  source records as `fingerprint`), or None for a dataset without one (generated data, tfds).
-
-  Raises:
-    FileNotFoundError, ValueError: the data cannot be listed (e.g. data.path is not there).
-  """
-  make = getattr(_module(base.get(config, 'name')), 'fingerprint', None)
-  return None if make is None else make(config, split)
 
 
 @contextlib.contextmanager

@@ -45,7 +45,7 @@ class DataSource(Protocol):
     num_classes: number of label values when batches carry 'label', else None.
 
   A source of files may also have `fingerprint`: a string that changes when the split's files do
-  (`vqlab.data.fingerprint`), or None; read it with getattr, as most sources have none.
+  (image_folder's), or None; read it with getattr, as most sources have none.
   """
 
   per_host_batch_size: int

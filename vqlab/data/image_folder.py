@@ -41,9 +41,11 @@ dataset's shuffled records give; each file is read after the shuffle), and
 images are turned as their EXIF orientation tag says (read from each file's
 header with PIL when the source is built; `preprocess.exif_orient`).
 
-Each split has a fingerprint, a digest of its files' relative paths and
-sizes: token shards record it, and are made again (or refused for training)
-when the files change, as adding one image can change which are held out.
+Each split has a fingerprint, a digest of its files' relative paths, sizes
+and labels: token shards record it, and --mode=tokenize makes a split's
+shards again when its files changed (adding one image can change which are
+held out for eval at the same count). Shards already made stay a snapshot:
+training reads them as they are.
 """
 
 from __future__ import annotations
@@ -452,16 +454,9 @@ def files_fingerprint(paths: list[str], labels: np.ndarray | None,
     relative = os.path.relpath(path, root).replace(os.sep, '/')
     label = '' if labels is None else int(labels[i])
     # NUL cannot stand in a path: the records cannot run into each other.
-    digest.update(f'{relative}\0{os.stat(path).st_size}\0{label}\0'.encode())
+    record = f'{relative}\0{os.stat(path).st_size}\0{label}\0'
+    digest.update(record.encode('utf-8', 'surrogateescape'))
   return digest.hexdigest()
-
-
-def fingerprint(config: ml_collections.ConfigDict, split: str) -> str:
-  """`files_fingerprint` of the files of `split` as the folder holds them
-  now (before the decode check, which reads them): what the source built
-  from `config` records as its `fingerprint`."""
-  paths, labels, _, _ = split_files(config, split)
-  return files_fingerprint(paths, labels, str(base.get(config, 'path')))
 
 
 def build(config: ml_collections.ConfigDict, *, split: str,
@@ -472,7 +467,7 @@ def build(config: ml_collections.ConfigDict, *, split: str,
   Batches: 'image' float32 [b, T, T, channels] (train; T = train_image_size
   or image_size) or [b, S, S, channels] (eval) in [-1, 1], and 'label' int32
   [b] in the split layout. Its `fingerprint` is `files_fingerprint` of the
-  split's files (token shards record it: `fingerprint`).
+  split's files before the decode check (token shards record it).
 
   Raises:
     DataError: a file of the split cannot be decoded (unless

@@ -191,8 +191,6 @@ class GeneratorTask(base.Task):
           '(a tokenizer run that was moved makes its tokens again)')
     generator_checks.check_shards_data(source.metadata.get('data', {}),
                                        self.config.data, directory)
-    generator_checks.check_shards_files(directory, source.metadata,
-                                        self.config.data, split)
     recorded = source.metadata.get('condition', {'image': 'none'})
     wanted = self.condition_metadata()
     if recorded != wanted:

@@ -178,24 +178,3 @@ def check_shards_data(recorded: dict[str, Any], data: ml_collections.ConfigDict,
         'tokens.dir', f'{directory} holds tokens of other data ({changes}): '
         'use the data they were made from, or run --mode=tokenize again '
         'into another tokens.dir')
-
-
-def check_shards_files(directory: str, metadata: dict[str, Any],
-                       data: ml_collections.ConfigDict, split: str) -> None:
-  """ConfigError unless the files of `split` of `data` are those the token
-  shards in `directory` (their `metadata`) were made from, by the
-  fingerprint both record (`data_lib.fingerprint`: image_folder's). Not
-  checked where the shards or the data have none, or the data is not
-  there (shards made on another machine: they are what trains)."""
-  recorded = metadata['splits'].get(split, {}).get('fingerprint')
-  if recorded is None:
-    return
-  try:
-    now = data_lib.fingerprint(data, split)
-  except (OSError, ValueError):
-    return
-  if now is not None and now != recorded:
-    raise ConfigError(
-        'tokens.dir', f'{directory} holds {split} tokens of other files than '
-        'the data has now (files added, removed or changed since): run '
-        '--mode=tokenize again to tokenize the files there now')
