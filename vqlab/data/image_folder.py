@@ -448,13 +448,19 @@ def files_fingerprint(paths: list[str], labels: np.ndarray | None,
                       root: str) -> str:
   """A digest of the files of a split: each one's path relative to `root`,
   size and label (`labels` int32 [N] or None, one per path of `paths` [N]),
-  in order. Only os.stat: a file rewritten at the same size keeps it."""
+  in order. Only os.stat: a file rewritten at the same size keeps it; one
+  that cannot be stat'ed (a broken link) counts as size -1, and the decode
+  check names it."""
   digest = hashlib.sha256()
   for i, path in enumerate(paths):
     relative = os.path.relpath(path, root).replace(os.sep, '/')
     label = '' if labels is None else int(labels[i])
     # NUL cannot stand in a path: the records cannot run into each other.
-    record = f'{relative}\0{os.stat(path).st_size}\0{label}\0'
+    try:
+      size = os.stat(path).st_size
+    except OSError:
+      size = -1
+    record = f'{relative}\0{size}\0{label}\0'
     digest.update(record.encode('utf-8', 'surrogateescape'))
   return digest.hexdigest()
 

@@ -10,9 +10,9 @@ Each video is decoded once when the source is built and kept with its shorter si
 train, `image_size` on eval (never enlarged). Train: example (step, row) picks a train video
 uniformly, a start frame uniformly among those whose `num_frames` frames, every `frame_stride`-th,
 fit in it, a square window whose side is a uniform fraction in [crop_min_fraction, 1] of the kept
-frames' shorter side at a uniform integer position, the same in every frame, resized to
-`image_size`, and flips the clip horizontally with probability 1/2; all drawn from
-`np.random.default_rng((seed, step, row))`. Eval: each eval video cut into consecutive
+frames' shorter side (at least `image_size`) at a uniform integer position, the same in every
+frame, resized to `image_size`, and flips the clip horizontally with probability 1/2; all drawn
+from `np.random.default_rng((seed, step, row))`. Eval: each eval video cut into consecutive
 non-overlapping clips from its first frame (`eval_clips`; the frames left over are not used), the
 centred square of the shorter side resized to `image_size`.
 
