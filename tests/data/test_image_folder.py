@@ -561,3 +561,16 @@ def test_bicubic_resize_is_pils_within_a_grey_level(tmp_path):
   config.resize_method = 'lanczos'
   with pytest.raises(ValueError, match=r"data\.resize_method: must be one of "):
     data.build(config, split='eval', global_batch_size=1)
+
+
+def test_a_thin_strip_is_trimmed_to_16_to_1_before_the_resize():
+  """A 2 x 4000 strip at image_size 256 was enlarged whole (256 x 512000,
+  1.5 GB in float32) for one crop: now its centred 2 x 32 first. Images up
+  to 16:1 keep every pixel."""
+  assert preprocess.resize_shorter_side(np.zeros((2, 4000, 3), np.uint8),
+                                        256).shape == (256, 4096, 3)
+  assert preprocess.resize_shorter_side(np.zeros((5, 3, 100, 3), np.uint8),
+                                        8).shape == (5, 8, 128, 3)
+  wide = np.random.default_rng(0).integers(0, 256, (4, 64, 3), np.uint8)
+  np.testing.assert_array_equal(preprocess.resize_shorter_side(wide, 8),
+                                preprocess.resize(wide, (8, 128)))

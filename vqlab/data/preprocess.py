@@ -16,6 +16,11 @@ to S, centre crop S x S. With `train_image_size` T > 0 (datasets whose config ha
 images are T x T instead: 'resize_random_crop' cuts a T x T crop at the pixel scale of the S x S
 eval images (a fully convolutional model trains on smaller, cheaper crops), 'random_resized_crop'
 resizes its window to T x T.
+
+An image (or clip) longer than `MAX_ASPECT_RATIO` times its shorter side is first trimmed to that
+ratio around its centre, before 'resize_random_crop' and eval resize it: a 2 x 4000 strip would
+otherwise be enlarged whole (256 x 512000 at S = 256, gigabytes per image) for one S x S crop.
+Images up to that ratio are untouched.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from vqlab.data.lazy import tf
 from vqlab.data import base
 
 TRAIN_AUGMENTS = ('resize_random_crop', 'random_resized_crop')
+MAX_ASPECT_RATIO = 16
 RESIZE_METHODS = ('bilinear', 'bicubic', 'bilinear_no_antialias')
 
 
@@ -163,9 +169,21 @@ def resize(image, size, method: str = 'bilinear'):
   return tf.clip_by_value(out, 0.0, 255.0) if method == 'bicubic' else out
 
 
+def _trim_to_max_aspect_ratio(image):
+  """[..., h, w, C] -> its centred window of at most MAX_ASPECT_RATIO x its shorter side."""
+  shape = tf.shape(image)
+  h, w = shape[-3], shape[-2]
+  longest = tf.minimum(h, w) * MAX_ASPECT_RATIO
+  new_h, new_w = tf.minimum(h, longest), tf.minimum(w, longest)
+  top, left = (h - new_h) // 2, (w - new_w) // 2
+  return image[..., top:top + new_h, left:left + new_w, :]
+
+
 def resize_shorter_side(image, size: int, method: str = 'bilinear'):
   """uint8 [..., h, w, C] -> float32 [..., h', w', C] with min(h', w') = size (`resize`'s
-  `method`); a leading frame axis is resized frame by frame to the same size."""
+  `method`), after trimming the longer side to MAX_ASPECT_RATIO x the shorter one; a leading
+  frame axis is resized frame by frame to the same size."""
+  image = _trim_to_max_aspect_ratio(image)
   hw = tf.cast(tf.shape(image)[-3:-1], tf.float32)
   new_hw = tf.cast(tf.round(hw * (size / tf.reduce_min(hw))), tf.int32)
   new_hw = tf.maximum(new_hw, size)
