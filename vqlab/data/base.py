@@ -77,6 +77,35 @@ def get(config: ml_collections.ConfigDict, key: str) -> Any:
   return config[key]
 
 
+def bundled_names(config: ml_collections.ConfigDict, key: str, bundled,
+                  noun: str) -> tuple[str, ...]:
+  """The names at `data.<key>`: at least one, each one of `bundled` (a photo
+  or video of a built-in dataset: `noun`); ValueError naming the key."""
+  names = tuple(get(config, key))
+  if not names:
+    raise ValueError(f'data.{key}: needs at least one {noun}.')
+  unknown = [n for n in names if n not in bundled]
+  if unknown:
+    raise ValueError(
+        f'data.{key}: unknown {noun}s {unknown}; bundled: {sorted(bundled)}')
+  return names
+
+
+def held_out_names(config: ml_collections.ConfigDict, noun: str,
+                   bundled) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """(train, eval) names at `data.train_<noun>s` and `data.eval_<noun>s`
+  (`bundled_names`); ValueError where they share one: eval ones are held out
+  whole."""
+  train, held_out = (bundled_names(config, f'{split}_{noun}s', bundled, noun)
+                     for split in ('train', 'eval'))
+  shared = sorted(set(train) & set(held_out))
+  if shared:
+    raise ValueError(
+        f'data.eval_{noun}s: {shared} also in data.train_{noun}s; eval '
+        f'{noun}s must be held out whole.')
+  return train, held_out
+
+
 def positive_int(config: ml_collections.ConfigDict, key: str) -> int:
   """Returns `config[key]` as an int, raising ValueError unless it is a positive integer."""
   value = get(config, key)

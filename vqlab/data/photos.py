@@ -81,18 +81,6 @@ class _Pyramid:
                                             Image.BILINEAR, box=box))
 
 
-def _photo_list(config: ml_collections.ConfigDict, key: str) -> tuple[str, ...]:
-  names = tuple(base.get(config, key))
-  if not names:
-    raise ValueError(f'data.{key}: needs at least one photo.')
-  unknown = [n for n in names if n not in photo_files.PHOTOS]
-  if unknown:
-    raise ValueError(
-        f'data.{key}: unknown photos {unknown}; bundled: {sorted(photo_files.PHOTOS)}'
-    )
-  return names
-
-
 def _tile_grid(height: int, width: int,
                tiles_per_side: int) -> tuple[int, int, int, int, int]:
   """(tile side, rows, cols, top, left) of the centred eval grid of a `height x width` photo."""
@@ -132,7 +120,8 @@ def eval_photo_names(config: ml_collections.ConfigDict) -> list[str]:
   """Source photo of each eval example, in eval order: a list of num_examples names."""
   per_side = base.positive_int(config, 'eval_tiles_per_side')
   names = []
-  for n in _photo_list(config, 'eval_photos'):
+  for n in base.bundled_names(config, 'eval_photos', photo_files.PHOTOS,
+                              'photo'):
     h, w = photo_files.load_photo(n).shape[:2]
     _, rows, cols, _, _ = _tile_grid(h, w, per_side)
     names += [n] * (rows * cols)
@@ -147,13 +136,8 @@ def build(config: ml_collections.ConfigDict, *, split: str,
   b = base.host_batch_size(global_batch_size, process_index, process_count)
   size = base.positive_int(config, 'image_size')
   seed = int(base.get(config, 'seed'))
-  train_names = _photo_list(config, 'train_photos')
-  eval_names = _photo_list(config, 'eval_photos')
-  shared = sorted(set(train_names) & set(eval_names))
-  if shared:
-    raise ValueError(
-        f'data.eval_photos: {shared} also in data.train_photos; eval photos must be '
-        'held out whole.')
+  train_names, eval_names = base.held_out_names(config, 'photo',
+                                                photo_files.PHOTOS)
   shape = (size, size, 3)
 
   if split == 'train':

@@ -94,17 +94,6 @@ def load_video(name: str, shorter_side: int) -> np.ndarray:
   return np.stack(frames)
 
 
-def _video_list(config: ml_collections.ConfigDict, key: str) -> tuple[str, ...]:
-  names = tuple(base.get(config, key))
-  if not names:
-    raise ValueError(f'data.{key}: needs at least one video.')
-  unknown = [n for n in names if n not in VIDEOS]
-  if unknown:
-    raise ValueError(
-        f'data.{key}: unknown videos {unknown}; bundled: {sorted(VIDEOS)}.')
-  return names
-
-
 def _resize(frames: np.ndarray, top: int, left: int, side: int,
             size: int) -> np.ndarray:
   """The square window (top, left, side) of frames uint8 [T, h, w, 3] -> [T, size, size, 3]."""
@@ -142,13 +131,7 @@ def build(config: ml_collections.ConfigDict, *, split: str,
   size = base.positive_int(config, 'image_size')
   num_frames = base.positive_int(config, 'num_frames')
   stride = base.positive_int(config, 'frame_stride')
-  train_names = _video_list(config, 'train_videos')
-  eval_names = _video_list(config, 'eval_videos')
-  shared = sorted(set(train_names) & set(eval_names))
-  if shared:
-    raise ValueError(
-        f'data.eval_videos: {shared} also in data.train_videos; eval videos must be held out '
-        'whole.')
+  train_names, eval_names = base.held_out_names(config, 'video', VIDEOS)
   video_shape = (num_frames, size, size, 3)
   span = (num_frames - 1) * stride + 1  # Frames a clip covers.
 
