@@ -401,6 +401,18 @@ def test_vq_diffusion_steps_fit_the_chain():
       'of the chain')
 
 
+def test_a_generator_refuses_joint_data():
+  """Joint images and videos failed in --mode=tokenize with an IndexError
+  (after writing tokens/metadata.json) and on the fly with a wrong token
+  shape."""
+  config = experiment_config.base_config()
+  config.update(tasks.get('generator').default_config())
+  config.data = data_lib.default_config('joint')
+  assert _error(
+      config,
+      num_devices=1).startswith("data.name: 'joint' mixes images and videos")
+
+
 @pytest.mark.parametrize('section, quantizer, overrides, message', [
     ('quantizer', 'lfq', {
         'codebook_size': 1000

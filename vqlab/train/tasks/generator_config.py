@@ -142,6 +142,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f'must be one of {mask_schedule.METHODS}')
   require(sample.guidance_schedule in ('constant', 'linear'),
           'sample.guidance_schedule', "must be 'constant' or 'linear'")
+  require(
+      config.data.name != 'joint', 'data.name',
+      "'joint' mixes images and videos, and a generator models tokens of one "
+      "shape: set data to the tokenizer run's data.video (or data.image) "
+      'section')
   train_size = config.data.get('train_image_size', 0)
   require(
       train_size in (0, config.data.image_size), 'data.train_image_size',
