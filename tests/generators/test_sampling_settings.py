@@ -49,6 +49,8 @@ def _model(name, **overrides):
     ('guidance_scale', -3.0, r'^guidance_scale must be >= 0, got -3\.0$'),
     ('choice_temperature', -5.0, '^choice_temperature must be >= 0'),
     ('truncation', 0.0, r'^truncation must be > 0 \(1 keeps every code\)'),
+    ('purity_weight', -3.0, r'^purity_weight must be >= 0, got -3\.0$'),
+    ('purity_weight', float('nan'), '^purity_weight must be >= 0, got nan$'),
 ])
 def test_settings_out_of_their_domain_are_named(setting, value, message):
   """The config's sample.* keys are checked by their domains; the Python API
@@ -69,6 +71,7 @@ def test_settings_out_of_their_domain_are_named(setting, value, message):
       'guidance_scale': ('gpt', 'maskgit', 'vq_diffusion'),
       'choice_temperature': ('maskgit',),
       'truncation': ('vq_diffusion',),
+      'purity_weight': ('vq_diffusion',),
   }
   for name in takes[setting]:
     with pytest.raises(ValueError, match=message):
@@ -76,3 +79,18 @@ def test_settings_out_of_their_domain_are_named(setting, value, message):
   if setting == 'truncation':
     with pytest.raises(ValueError, match=message):
       vq_diffusion.truncate(jnp.zeros((2, 4)), value)
+
+
+@pytest.mark.parametrize('labels', [[0, 4], [0, -1]])
+def test_class_ids_are_checked_under_guidance_too(labels):
+  """With guidance the steps saw the labels joined with the null ones,
+  traced: 4 (past the null class 3) sampled all token 0 and -1 the null
+  class, without an error."""
+  rng, labels = jax.random.key(0), np.array(labels, np.int32)
+  message = r'class ids \(num_classes=3, null class 3\) must lie in \[0, 4\)'
+  model = _model('maskgit', num_classes=3)
+  with pytest.raises(ValueError, match='^MaskGIT: ' + message):
+    maskgit.sample(model, {}, rng, 2, labels, guidance_scale=1.0)
+  model = _model('vq_diffusion', condition='class', num_classes=3)
+  with pytest.raises(ValueError, match='^VQDiffusion: ' + message):
+    vq_diffusion.sample(model, {}, rng, 2, labels, guidance_scale=1.0)

@@ -201,15 +201,18 @@ _SAMPLING_DOMAINS = {
     'choice_temperature': (lambda v: v >= 0, '>= 0'),
     'guidance_scale': (lambda v: v >= 0, '>= 0'),
     'truncation': (lambda v: v > 0, '> 0 (1 keeps every code)'),
+    # Below 0 the purest positions would draw from a flattened or inverted
+    # distribution.
+    'purity_weight': (lambda v: v >= 0, '>= 0'),
 }
 
 
 def check_sampling_settings(**settings: Any) -> None:
   """ValueError naming a sampling setting (a keyword of _SAMPLING_DOMAINS:
-  temperature, choice_temperature, guidance_scale >= 0; truncation > 0)
-  whose concrete value is out of its domain: a negative temperature
-  would sample from the inverted distribution, a truncation of 0 from a
-  uniform one. Traced values cannot be checked."""
+  temperature, choice_temperature, guidance_scale, purity_weight >= 0;
+  truncation > 0) whose concrete value is out of its domain: a negative
+  temperature would sample from the inverted distribution, a truncation of
+  0 from a uniform one. Traced values cannot be checked."""
   for name, value in settings.items():
     if isinstance(value, jax.core.Tracer):
       continue

@@ -499,6 +499,10 @@ def sample(model: MaskGIT, params, rng: jax.Array, batch_size: int,
   api.check_sampling_settings(temperature=temperature,
                               choice_temperature=choice_temperature,
                               guidance_scale=guidance_scale)
+  if labels is not None and model.num_classes:
+    # Here, while concrete: under guidance the steps see them joined with
+    # the null labels, traced, and unchecked.
+    api.check_class_ids(labels, batch_size, model.num_classes, 'MaskGIT')
   step_fn = functools.partial(decode_step, model, params, labels=labels,
                               num_steps=num_steps, temperature=temperature,
                               choice_temperature=choice_temperature,

@@ -480,7 +480,12 @@ def sample(model: VQDiffusion, params, rng: jax.Array, batch_size: int,
     raise ValueError(f'sampler must be one of {SAMPLERS}, got {sampler!r}')
   api.check_sampling_settings(temperature=temperature,
                               guidance_scale=guidance_scale,
-                              truncation=truncation)
+                              truncation=truncation,
+                              purity_weight=purity_weight)
+  if model.condition == 'class' and cond is not None:
+    # Here, while concrete: under guidance the steps see them joined and
+    # traced, and unchecked.
+    api.check_class_ids(cond, batch_size, model.num_classes, 'VQDiffusion')
   params = params.get('params', params)
   schedule = model.schedule()
   points = time_points(model.num_timesteps, num_steps)
