@@ -16,6 +16,7 @@ import pytest
 
 from tests import paths
 from vqlab import data
+from vqlab.data import folder_files
 from vqlab.data import image_folder
 from vqlab.data import preprocess
 from vqlab.errors import DataError
@@ -134,11 +135,11 @@ def test_flat_folder_holds_out_a_fraction(tmp_path):
   evaluation = data.build(config, split='eval', global_batch_size=2)
   assert train.num_classes is None and 'label' not in next(train.batches())
   # round(0.3 * 8) = 2 of the 8 listed files held out, by name only.
-  listed = image_folder.list_tree(str(tmp_path))
+  listed = folder_files.list_tree(str(tmp_path), image_folder.IMAGES)
   assert len(listed) == 8 and not any('._' in p for p in listed)
-  held_out = image_folder.hold_out(listed, str(tmp_path), 0.3)[1]
+  held_out = folder_files.hold_out(listed, str(tmp_path), 0.3)[1]
   assert len(held_out) == 2
-  assert image_folder.hold_out(
+  assert folder_files.hold_out(
       [p.replace(str(tmp_path), '/elsewhere') for p in listed], '/elsewhere',
       0.3)[1] == [p.replace(str(tmp_path), '/elsewhere') for p in held_out]
   eval_images = np.concatenate(
@@ -155,7 +156,7 @@ def test_a_splits_fingerprint_changes_with_its_files_only(split_folder):
   again when they change (no file is read: unreadable ones count)."""
   root = split_folder.path
   fingerprints = lambda: tuple(
-      image_folder.files_fingerprint(
+      folder_files.files_fingerprint(
           *image_folder.split_files(split_folder, s)[:2], root)
       for s in data.base.SPLITS)
   train, evaluation = fingerprints()

@@ -51,8 +51,6 @@ training reads them as they are.
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
-import os
 import warnings
 
 import ml_collections
@@ -61,12 +59,16 @@ from PIL import Image
 from vqlab.data.lazy import tf
 
 from vqlab.data import base
+from vqlab.data import folder_files
 from vqlab.data import pipeline
 from vqlab.data import preprocess
-from vqlab.errors import DataError
 
 _ORIENTATION = 0x0112  # The EXIF tag.
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp')
+IMAGES = folder_files.FileKind(
+    'image_folder', 'image', IMAGE_EXTENSIONS,
+    '--config=configs/image_folder.py:/path/to/images or '
+    '--config.data.path=/path/to/images')
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -88,113 +90,6 @@ def default_config() -> ml_collections.ConfigDict:
       'skip_unreadable': False,
       **preprocess.augment_defaults(),
   })
-
-
-# ------------------------------------------------------------------------------
-# Listing files.
-# ------------------------------------------------------------------------------
-
-
-def _visible(name: str) -> bool:
-  return not name.startswith('.')
-
-
-def _is_image(name: str) -> bool:
-  return _visible(name) and name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def _subfolders(path: str) -> list[str]:
-  return sorted(d for d in os.listdir(path)
-                if _visible(d) and os.path.isdir(os.path.join(path, d)))
-
-
-def _split_dir(root: str, split_name: str, key: str) -> str:
-  path = os.path.join(root, split_name)
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f'data.{key}: no folder {path!r}; sub-folders of '
-                            f'{root!r}: {_subfolders(root)}.')
-  return path
-
-
-def _classes(root: str, split_names: list[str]) -> list[str]:
-  """Sorted class folder names found under the existing split folders."""
-  names = set()
-  for split_name in split_names:
-    path = os.path.join(root, split_name)
-    if os.path.isdir(path):
-      names.update(_subfolders(path))
-  return sorted(names)
-
-
-def list_images(split_dir: str,
-                classes: list[str]) -> tuple[list[str], np.ndarray]:
-  """Split layout: the image files under `split_dir/<class>/`, sorted.
-
-  Returns:
-    (paths [N], int32 labels [N]): labels index `classes`.
-  """
-  paths, labels = [], []
-  for label, name in enumerate(classes):
-    class_dir = os.path.join(split_dir, name)
-    if not os.path.isdir(class_dir):
-      continue
-    found = _images_under(class_dir)
-    paths += found
-    labels += [label] * len(found)
-  if not paths:
-    raise FileNotFoundError(
-        f'no images ({", ".join(IMAGE_EXTENSIONS)}) in the class folders of '
-        f'{split_dir!r}; expected {split_dir}/<class_name>/<image files>.')
-  return paths, np.asarray(labels, np.int32)
-
-
-def _images_under(root: str) -> list[str]:
-  """Every image file under `root`, sorted. Sub-folders are searched, linked
-  ones too, each real folder once."""
-  paths, seen = [], set()
-  for folder, dirs, files in os.walk(root, followlinks=True):
-    real = os.path.realpath(folder)
-    if real in seen:  # A link back to a folder already listed.
-      dirs[:] = []
-      continue
-    seen.add(real)
-    dirs[:] = [d for d in dirs if _visible(d)]
-    paths.extend(os.path.join(folder, f) for f in files if _is_image(f))
-  return sorted(paths)
-
-
-def list_tree(root: str) -> list[str]:
-  """Flat layout: every image file under `root` (`_images_under`)."""
-  paths = _images_under(root)
-  if not paths:
-    raise FileNotFoundError(
-        f'data.path: no images ({", ".join(IMAGE_EXTENSIONS)}) in {root!r} '
-        'or its sub-folders.')
-  return paths
-
-
-def hold_out(paths: list[str], root: str,
-             fraction: float) -> tuple[list[str], list[str]]:
-  """Flat layout: splits `paths` [N] into (train, eval) lists, both sorted.
-
-  Eval gets the `max(1, round(fraction * N))` paths whose path relative to
-  `root` has the smallest MD5: a function of the names alone.
-  """
-  if not 0 < fraction < 1:
-    raise ValueError(f'data.eval_fraction: must be in (0, 1), got {fraction}.')
-  num_eval = max(1, int(fraction * len(paths) + 0.5))
-  if num_eval >= len(paths):
-    raise FileNotFoundError(
-        f'data.path: {len(paths)} image(s) in {root!r}; need at least 2 '
-        '(one to train on, one held out for eval).')
-
-  def digest(path: str) -> bytes:
-    relative = os.path.relpath(path, root).replace(os.sep, '/')
-    return hashlib.md5(relative.encode('utf-8', 'surrogateescape')).digest()
-
-  held_out = set(sorted(paths, key=digest)[:num_eval])
-  return ([p for p in paths if p not in held_out],
-          [p for p in paths if p in held_out])
 
 
 # ------------------------------------------------------------------------------
@@ -233,12 +128,6 @@ def _utf8_name(path: str) -> bool:
   except UnicodeEncodeError:
     return False
   return True
-
-
-def _shown(path: str) -> str:
-  """`path` for messages: bytes that are not UTF-8 as \\x escapes."""
-  return path.encode('utf-8', 'surrogateescape').decode('utf-8',
-                                                        'backslashreplace')
 
 
 def _decoded_shape(path, channels: int):
@@ -344,26 +233,16 @@ def drop_unreadable(
     (paths [M], labels [M] or None) without the unreadable files.
 
   Raises:
-    DataError: naming the first unreadable file, unless `skip`.
+    DataError: naming the first unreadable file, unless `skip`
+      (`folder_files.leave_out`).
   """
   bad = unreadable_on_every_host(paths, channels, process_index, process_count)
-  if not bad:
-    return paths, labels
-  first = paths[bad[0]]
-  count = f'{len(bad)} of the {len(paths)} {where}'
-  first_problem = f'{_shown(first)}: {describe_unreadable(first)}'
-  if not skip:
-    raise DataError(
-        f'{first_problem}; {count} cannot be decoded: remove them, or set '
-        '--config.data.skip_unreadable=True to leave them out.')
-  if len(bad) == len(paths):
-    raise DataError(f'none of the {len(paths)} {where} can be decoded '
-                    f'(first: {first_problem}).')
-  if report:
-    print(f'vqlab: skipped {count} (unreadable; first: {first_problem})',
-          flush=True)
-  keep = np.setdiff1d(np.arange(len(paths)), bad)
-  return [paths[i] for i in keep], None if labels is None else labels[keep]
+  first_problem = ''
+  if bad:
+    first = paths[bad[0]]
+    first_problem = f'{folder_files.shown(first)}: {describe_unreadable(first)}'
+  return folder_files.leave_out(paths, labels, bad, first_problem, where,
+                                verb='decoded', skip=skip, report=report)
 
 
 def exif_orientation(path: str) -> int:
@@ -405,64 +284,9 @@ def exif_orientations(paths: list[str]) -> np.ndarray:
 def split_files(
     config: ml_collections.ConfigDict,
     split: str) -> tuple[list[str], np.ndarray | None, int | None, str]:
-  """The files of `split` before the decode check, in either layout.
-
-  Returns:
-    (paths [N], int32 labels [N] or None, number of classes or None, what
-    they are in words: 'images in <path>/<split folder>' or '<split> images
-    in <path>').
-  """
-  root = str(base.get(config, 'path'))
-  if not root:
-    raise ValueError(
-        "data.path: required for data.name='image_folder': the folder of "
-        'your images, e.g. --config=configs/image_folder.py:/path/to/images '
-        'or --config.data.path=/path/to/images.')
-  if not os.path.isdir(root):
-    raise FileNotFoundError(f'data.path: {root!r} is not a folder.')
-  splits = [str(base.get(config, k)) for k in ('train_split', 'eval_split')]
-  if not os.path.isdir(os.path.join(root, splits[0])):  # Flat layout.
-    if splits[1] != splits[0] and os.path.isdir(os.path.join(root, splits[1])):
-      raise FileNotFoundError(
-          f'data.train_split: no folder {os.path.join(root, splits[0])!r}, '
-          f'but the eval split\'s {os.path.join(root, splits[1])!r} is one: '
-          'the split layout needs both (set data.train_split to the train '
-          f'images\' folder; sub-folders of {root!r}: {_subfolders(root)}); '
-          'to read every image under it as one pool instead (the flat '
-          'layout), set data.eval_split to a name that is no folder there.')
-    fraction = float(base.get(config, 'eval_fraction'))
-    train, held_out = hold_out(list_tree(root), root, fraction)
-    # eval_split = train_split evaluates on the train images (the statistics
-    # of the training set, reference_stats.py).
-    on_train = split == 'train' or splits[1] == splits[0]
-    paths = train if on_train else held_out
-    return paths, None, None, f"{'train' if on_train else split} images in {root}"
-  split_key = 'train_split' if split == 'train' else 'eval_split'
-  split_dir = _split_dir(root, str(base.get(config, split_key)), split_key)
-  classes = _classes(root, splits)
-  paths, labels = list_images(split_dir, classes)
-  return paths, labels, len(classes), f'images in {split_dir}'
-
-
-def files_fingerprint(paths: list[str], labels: np.ndarray | None,
-                      root: str) -> str:
-  """A digest of the files of a split: each one's path relative to `root`,
-  size and label (`labels` int32 [N] or None, one per path of `paths` [N]),
-  in order. Only os.stat: a file rewritten at the same size keeps it; one
-  that cannot be stat'ed (a broken link) counts as size -1, and the decode
-  check names it."""
-  digest = hashlib.sha256()
-  for i, path in enumerate(paths):
-    relative = os.path.relpath(path, root).replace(os.sep, '/')
-    label = '' if labels is None else int(labels[i])
-    # NUL cannot stand in a path: the records cannot run into each other.
-    try:
-      size = os.stat(path).st_size
-    except OSError:
-      size = -1
-    record = f'{relative}\0{size}\0{label}\0'
-    digest.update(record.encode('utf-8', 'surrogateescape'))
-  return digest.hexdigest()
+  """`folder_files.split_files` of the images: (paths [N], int32 labels [N]
+  or None, number of classes or None, what they are in words)."""
+  return folder_files.split_files(config, split, IMAGES)
 
 
 def build(config: ml_collections.ConfigDict, *, split: str,
@@ -472,7 +296,8 @@ def build(config: ml_collections.ConfigDict, *, split: str,
 
   Batches: 'image' float32 [b, T, T, channels] (train; T = train_image_size
   or image_size) or [b, S, S, channels] (eval) in [-1, 1], and 'label' int32
-  [b] in the split layout. Its `fingerprint` is `files_fingerprint` of the
+  [b] in the split layout. Its `fingerprint` is
+  `folder_files.files_fingerprint` of the
   split's files before the decode check (token shards record it).
 
   Raises:
@@ -482,12 +307,10 @@ def build(config: ml_collections.ConfigDict, *, split: str,
   base.check_split(split)
   b = base.host_batch_size(global_batch_size, process_index, process_count)
   aug = preprocess.Augment.from_config(config)
-  skip = base.get(config, 'skip_unreadable')
-  if not isinstance(skip, bool):
-    raise ValueError(f'data.skip_unreadable: must be True or False, got '
-                     f'{skip!r}.')
+  skip = folder_files.skip_unreadable(config)
   paths, labels, num_classes, where = split_files(config, split)
-  files = files_fingerprint(paths, labels, str(base.get(config, 'path')))
+  files = folder_files.files_fingerprint(paths, labels,
+                                         str(base.get(config, 'path')))
   pipeline.hide_accelerators_from_tf()
   paths, labels = drop_unreadable(paths, labels, where, channels=aug.channels,
                                   skip=skip, report=process_index == 0,
