@@ -41,22 +41,33 @@ VIDEOS = {
 _EVAL_VIDEOS = ('carphone',)
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """Defaults of the `video_clips` dataset."""
-  return ml_collections.ConfigDict({
-      'name': 'video_clips',
+def clip_defaults() -> dict:
+  """The keys of the clips and of their train draws, of every dataset that cuts clips as this
+  one does (`video_folder` too)."""
+  return {
       'image_size': 64,  # Side of the square frames.
       'num_frames': 17,  # T: frames per clip.
       'frame_stride': 1,  # A clip takes every frame_stride-th frame.
       'seed': 0,  # Seeds every train clip (video, start, window, flip).
-      # Videos cut into train clips; names from VIDEOS.
-      'train_videos': tuple(v for v in VIDEOS if v not in _EVAL_VIDEOS),
-      # Whole videos held out for eval; must not overlap train_videos.
-      'eval_videos': _EVAL_VIDEOS,
       # Train window side / the frames' shorter side is drawn uniformly in [this, 1].
       'crop_min_fraction': 0.5,
       'random_flip':
           True,  # Flip train clips horizontally with probability 1/2.
+  }
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Defaults of the `video_clips` dataset."""
+  return ml_collections.ConfigDict({
+      'name':
+          'video_clips',
+      **clip_defaults(),
+      # Videos cut into train clips; names from VIDEOS.
+      'train_videos':
+          tuple(v for v in VIDEOS if v not in _EVAL_VIDEOS),
+      # Whole videos held out for eval; must not overlap train_videos.
+      'eval_videos':
+          _EVAL_VIDEOS,
   })
 
 
@@ -180,23 +191,44 @@ class TrainClip:
   flip: bool
 
 
-def draw_train_clip(rng: np.random.Generator,
-                    shapes: list[tuple[int, int, int]], *, span: int, size: int,
-                    crop_min_fraction: float, random_flip: bool) -> TrainClip:
-  """Draws a train clip from videos of `shapes` [(frames, height, width)], in this order: the
-  video uniformly, the start uniformly among those whose `span` frames fit, the window side as a
-  uniform fraction in [crop_min_fraction, 1] of the shorter side (at least `size`), its top and
-  left uniformly, and (if `random_flip`) a flip with probability 1/2."""
-  video = int(rng.integers(len(shapes)))
-  length, height, width = shapes[video]
-  start = int(rng.integers(length - span + 1))
-  lo = crop_min_fraction
-  side = max(size,
-             int(round((lo + (1 - lo) * rng.random()) * min(height, width))))
-  top = int(rng.integers(height - side + 1))
-  left = int(rng.integers(width - side + 1))
-  flip = random_flip and rng.random() < 0.5
-  return TrainClip(video, start, top, left, side, flip)
+@dataclasses.dataclass(frozen=True)
+class TrainDraws:
+  """How train clips are drawn (`clip_defaults`): data.seed, data.crop_min_fraction,
+  data.random_flip."""
+  seed: int
+  crop_min_fraction: float
+  random_flip: bool
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> TrainDraws:
+    lo = float(base.get(config, 'crop_min_fraction'))
+    if not 0 < lo <= 1:
+      raise ValueError(f'data.crop_min_fraction: must be in (0, 1], got {lo}.')
+    return cls(int(base.get(config, 'seed')), lo,
+               bool(base.get(config, 'random_flip')))
+
+  def shorter_side(self, size: int) -> int:
+    """The least shorter side of the frames that serves every window of a clip of `size`."""
+    return int(np.ceil(size / self.crop_min_fraction))
+
+  def clip(self, step: int, row: int, shapes: list[tuple[int, int, int]], *,
+           span: int, size: int) -> TrainClip:
+    """Train example (step, row): a clip of the videos of `shapes` [(frames, height, width)],
+    drawn from `np.random.default_rng((seed, step, row))` in this order: the video uniformly,
+    the start uniformly among those whose `span` frames fit, the window side as a uniform
+    fraction in [crop_min_fraction, 1] of the shorter side (at least `size`), its top and left
+    uniformly, and (if `random_flip`) a flip with probability 1/2."""
+    rng = np.random.default_rng((self.seed, step, row))
+    video = int(rng.integers(len(shapes)))
+    length, height, width = shapes[video]
+    start = int(rng.integers(length - span + 1))
+    lo = self.crop_min_fraction
+    side = max(size,
+               int(round((lo + (1 - lo) * rng.random()) * min(height, width))))
+    top = int(rng.integers(height - side + 1))
+    left = int(rng.integers(width - side + 1))
+    flip = self.random_flip and rng.random() < 0.5
+    return TrainClip(video, start, top, left, side, flip)
 
 
 def cut_train_clip(frames: np.ndarray, clip: TrainClip,
@@ -230,20 +262,14 @@ def build(config: ml_collections.ConfigDict, *, split: str,
     return loaded
 
   if split == 'train':
-    lo = float(base.get(config, 'crop_min_fraction'))
-    if not 0 < lo <= 1:
-      raise ValueError(f'data.crop_min_fraction: must be in (0, 1], got {lo}.')
-    flip = bool(base.get(config, 'random_flip'))
-    seed = int(base.get(config, 'seed'))
-    loaded = videos(train_names, int(np.ceil(size / lo)))
+    draws = TrainDraws.from_config(config)
+    loaded = videos(train_names, draws.shorter_side(size))
     shapes = [video.shape[:3] for video in loaded]
 
     def make_batch(step: int, rows: np.ndarray) -> base.Batch:
       clips = np.empty((len(rows),) + video_shape, np.uint8)
       for i, row in enumerate(rows):
-        rng = np.random.default_rng((seed, step, int(row)))
-        clip = draw_train_clip(rng, shapes, span=span, size=size,
-                               crop_min_fraction=lo, random_flip=flip)
+        clip = draws.clip(step, int(row), shapes, span=span, size=size)
         frames = loaded[clip.video][clip.start:clip.start + span:stride]
         clips[i] = cut_train_clip(frames, clip, size)
       return {'video': base.to_unit_range(clips)}
