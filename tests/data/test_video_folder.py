@@ -1,0 +1,207 @@
+"""The `video_folder` dataset on tiny generated videos: train clips are the
+frames the draws name (the seek is exact), eval clips are the consecutive
+clips of the held-out files, class labels, and files that give no clip."""
+
+import itertools
+import os
+
+import av
+import numpy as np
+import pytest
+
+from vqlab import data
+from vqlab.data import folder_files
+from vqlab.data import video_folder
+from vqlab.errors import DataError
+
+FRAMES, HEIGHT, WIDTH = 24, 40, 48
+# (file, codec, pixel format, options): keyframes every few frames and
+# B-frames, so that most clips start between keyframes; the .mkv has no frame
+# count in its metadata (its packets are counted).
+_X264 = ('libx264', 'yuv444p', dict(crf='0', g='5', bf='2'))
+VIDEOS = {
+    'train/cats/a.mp4': _X264,
+    'train/cats/b.mkv': ('ffv1', 'yuv444p', dict(g='7')),
+    'train/dogs/c.avi': ('mpeg4', 'yuv420p', dict(g='6', qmin='1', qmax='2')),
+    'val/dogs/d.mp4': _X264,
+    'val/cats/e.mov': ('png', 'rgb24', {}),
+}
+
+
+def _frame(file: int, index: int) -> np.ndarray:
+  """uint8 [HEIGHT, WIDTH, 3]: red 8 * index, green 40 * file, blue a ramp
+  (so windows and flips differ)."""
+  frame = np.empty((HEIGHT, WIDTH, 3), np.uint8)
+  frame[..., 0] = 8 * index
+  frame[..., 1] = 40 * file
+  frame[..., 2] = np.arange(WIDTH) * 5
+  return frame
+
+
+def _write(path: str, file: int, codec: str, pix_fmt: str, options: dict,
+           frames: int = FRAMES) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with av.open(path, 'w') as container:
+    stream = container.add_stream(codec, rate=25, options=options)
+    stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, pix_fmt
+    for i in range(frames):
+      frame = av.VideoFrame.from_ndarray(_frame(file, i), format='rgb24')
+      container.mux(stream.encode(frame))
+    container.mux(stream.encode())
+
+
+def _decoded(path: str) -> np.ndarray:
+  """Every frame of `path`, decoded in order: uint8 [L, h, w, 3]."""
+  with av.open(path) as container:
+    return np.stack(
+        [f.to_ndarray(format='rgb24') for f in container.decode(video=0)])
+
+
+def _as_uint8(videos: np.ndarray) -> np.ndarray:
+  return np.round((videos + 1) * 127.5).astype(np.uint8)
+
+
+def _files(videos: np.ndarray) -> set[int]:
+  """The files (numbers) the clips `videos` [n, T, H, W, 3] in [-1, 1] came
+  from, told by their green (40 * file; a lossy codec is off by a few)."""
+  green = _as_uint8(videos)[:, 0, 0, 0, 1]
+  return set(np.round(green / 40).astype(int).tolist())
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory):
+  root = tmp_path_factory.mktemp('videos')
+  for file, (name, (codec, pix_fmt, options)) in enumerate(VIDEOS.items()):
+    _write(str(root / name), file, codec, pix_fmt, options)
+  return root
+
+
+def _config(path, **overrides):
+  config = data.default_config('video_folder')
+  config.update(path=str(path), image_size=HEIGHT, num_frames=4, frame_stride=2,
+                crop_min_fraction=1.0, **overrides)
+  return config
+
+
+def test_train_clips_are_the_frames_their_draws_name(folder):
+  """Windows of the whole height (crop_min_fraction 1: nothing resized), so
+  a clip is frames start, start + 2, .. of the drawn file, cut and flipped
+  as drawn (video_clips' draws, in its order): equal to the fully decoded
+  frames, and red tells each frame's index."""
+  config = _config(folder)
+  source = data.build(config, split='train', global_batch_size=4)
+  assert source.video_shape == (4, HEIGHT, HEIGHT, 3)
+  assert source.num_classes == 2
+  files = sorted(str(folder / n) for n in VIDEOS if n.startswith('train'))
+  decoded = [_decoded(f) for f in files]
+  starts, flips = set(), set()
+  for step, batch in zip(range(3), source.batches(0)):
+    for row, clip in enumerate(_as_uint8(batch['video'])):
+      rng = np.random.default_rng((config.seed, step, row))
+      file = rng.integers(3)
+      start = rng.integers(FRAMES - 7 + 1)
+      assert max(HEIGHT, round(rng.random() * HEIGHT)) == HEIGHT
+      top, left = rng.integers(1), rng.integers(WIDTH - HEIGHT + 1)
+      flip = rng.random() < 0.5
+      want = decoded[file][start:start + 7:2, top:, left:left + HEIGHT]
+      np.testing.assert_array_equal(clip, want[:, :, ::-1] if flip else want)
+      np.testing.assert_allclose(clip[:, 20, 20, 0],
+                                 8 * np.arange(start, start + 7, 2), atol=3)
+      assert batch['label'][row] == int(file == 2)  # c.avi: the dog.
+      starts.add(int(start))
+      flips.add(bool(flip))
+  assert flips == {False, True} and len(starts) > 4
+  # Resume gives the same batch.
+  again = next(source.batches(2))
+  np.testing.assert_array_equal(again['video'], batch['video'])
+
+
+def test_eval_clips_are_consecutive_clips_of_the_held_out_files(folder):
+  """The split layout's val files, each cut into clips from frames 0, 8, 16
+  (4 frames every 2), the centred 40x40; labels from their class folders."""
+  evaluation = data.build(_config(folder), split='eval', global_batch_size=4)
+  assert evaluation.num_examples == 6
+  batches = list(evaluation.batches())
+  clips = _as_uint8(np.concatenate([b['video'][b['mask']] for b in batches]))
+  labels = np.concatenate([b['label'][b['mask']] for b in batches])
+  want = [
+      _decoded(str(folder / name))[start:start + 7:2, :, 4:44]
+      for name in ('val/cats/e.mov', 'val/dogs/d.mp4')
+      for start in (0, 8, 16)
+  ]
+  np.testing.assert_array_equal(clips, np.stack(want))
+  assert labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_flat_folder_holds_out_whole_files(folder):
+  """data.path = train/: one pool of 3 files, no labels, one held out."""
+  config = _config(folder / 'train', eval_fraction=0.3)
+  train = data.build(config, split='train', global_batch_size=4)
+  evaluation = data.build(config, split='eval', global_batch_size=4)
+  listed = folder_files.list_tree(str(folder / 'train'), video_folder.VIDEOS)
+  kept, held_out = folder_files.hold_out(listed, str(folder / 'train'), 0.3)
+  assert len(held_out) == 1 and train.num_classes is None
+  file_of = lambda path: [n for n in VIDEOS if path.endswith(n)]
+  number = lambda path: list(VIDEOS).index(file_of(path)[0])
+  batches = list(itertools.islice(train.batches(), 4))
+  assert 'label' not in batches[0]
+  assert _files(np.concatenate([b['video'] for b in batches
+                               ])) == {number(p) for p in kept}
+  assert _files(next(
+      evaluation.batches())['video'][:3]) == {number(held_out[0])}
+
+
+def _class_folder(root, count: int) -> str:
+  """root/train/x/<0..count-1>.mov and root/val/x/0.mov: root/train/x."""
+  _write(str(root / 'val' / 'x' / '0.mov'), 0, 'png', 'rgb24', {})
+  for i in range(count):
+    _write(str(root / 'train' / 'x' / f'{i}.mov'), i, 'png', 'rgb24', {})
+  return str(root / 'train' / 'x')
+
+
+def test_a_file_that_gives_no_clip_is_named(tmp_path):
+  folder = _class_folder(tmp_path, 3)
+  short = os.path.join(folder, 'short.mp4')
+  _write(short, 3, 'libx264', 'yuv444p', {}, frames=6)
+  config = _config(tmp_path)
+  with pytest.raises(DataError) as e:
+    data.build(config, split='train', global_batch_size=2)
+  assert '\n' not in str(e.value)
+  assert str(e.value).startswith(
+      f"data.num_frames: '{short}' has 6 frames, fewer than a clip of 4 "
+      f'frames every 2 spans (7); 1 of the 4 videos in {tmp_path}/train '
+      'cannot be read as clips: remove them, or set '
+      '--config.data.skip_unreadable=True')
+  config.update(image_size=HEIGHT + 1, crop_min_fraction=0.5)
+  with pytest.raises(
+      DataError, match=r"^data\.image_size: '.*/0\.mov' is "
+      r'48x40, smaller than 41; 4 of the 4 videos'):
+    data.build(config, split='train', global_batch_size=2)
+
+
+def test_skip_unreadable_leaves_out_a_corrupt_file(tmp_path, capsys):
+  bad = os.path.join(_class_folder(tmp_path, 3), '1.mov')
+  with open(bad, 'r+b') as f:
+    f.truncate(100)  # The header cut short.
+  config = _config(tmp_path)
+  with pytest.raises(DataError, match=f'^{bad}: cannot be read by PyAV '):
+    data.build(config, split='train', global_batch_size=2)
+  config.skip_unreadable = True
+  source = data.build(config, split='train', global_batch_size=6)
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 1 and lines[0].startswith(
+      f'vqlab: skipped 1 of the 3 videos in {tmp_path}/train (unreadable; '
+      f'first: {bad}: cannot be read by PyAV (')
+  assert _files(next(source.batches())['video']) == {0, 2}
+
+
+def test_fingerprint_follows_the_files(tmp_path):
+  for i in range(3):
+    _write(str(tmp_path / f'{i}.mov'), i, 'png', 'rgb24', {})
+  config = _config(tmp_path, eval_fraction=0.3)
+  fingerprint = lambda: data.build(config, split='train', global_batch_size=2
+                                  ).fingerprint
+  before = fingerprint()
+  assert fingerprint() == before
+  _write(str(tmp_path / '3.mov'), 3, 'png', 'rgb24', {})
+  assert fingerprint() != before
