@@ -147,6 +147,7 @@ def _decoded(av, path: str, wanted: list[int],
   it landed on) when that is past wanted[0], (None, None) when its frames have no times."""
   with av.open(path) as container:
     stream = container.streams.video[0]
+    stream.thread_count = 1  # Files are decoded by threads of their own.
     rate = stream.average_rate or stream.guessed_rate
     origin = stream.start_time or 0
     if seek_to > 0:
