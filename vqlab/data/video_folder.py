@@ -1,10 +1,10 @@
 """`video_folder`: clips of your own video files, decoded with PyAV as they are needed.
 
 The folder `data.path` is read in the layouts of `image_folder` (`folder_files`): split
-folders with class sub-folders (UCF-101's `<path>/<class>/...` is the flat layout, or
-`<path>/train/<class>/...` and `<path>/val/<class>/...` the split one, whose batches carry
-'label'), or one flat pool of files with `eval_fraction` of them held out whole for eval. Video
-files end in `VIDEO_EXTENSIONS` (any case).
+folders `<path>/train/<class>/...` and `<path>/val/<class>/...`, whose batches carry 'label'; or
+any other folder as one pool of files without labels (UCF-101's `<path>/<class>/<files>` too),
+`eval_fraction` of them held out whole for eval. Video files end in `VIDEO_EXTENSIONS` (any
+case).
 
 Files are not held in memory. When the source is built each file of the split is probed once:
 its frame count (the stream's metadata, else its packets counted), its frame size, and its first
@@ -52,24 +52,18 @@ VIDEOS = folder_files.FileKind('video_folder', 'video', VIDEO_EXTENSIONS,
 def default_config() -> ml_collections.ConfigDict:
   """Defaults of the `video_folder` dataset; `path` must be set."""
   return ml_collections.ConfigDict({
-      'name':
-          'video_folder',
-      **video_clips.clip_defaults(),
+      'name': 'video_folder',
       # Required: the folder of your videos (see the layouts above).
-      'path':
-          '',
-      'train_split':
-          'train',  # Split layout: sub-folder of the train videos.
-      'eval_split':
-          'val',  # Split layout: sub-folder of the eval videos.
+      'path': '',
+      'train_split': 'train',  # Split layout: sub-folder of the train videos.
+      'eval_split': 'val',  # Split layout: sub-folder of the eval videos.
       # Flat layout: fraction of the videos held out for eval (at least 1).
-      'eval_fraction':
-          0.05,
+      'eval_fraction': 0.05,
       # Leave out files that cannot be read, or are too short or small for a
       # clip (counted and reported once), instead of stopping with an error
       # naming the first.
-      'skip_unreadable':
-          False,
+      'skip_unreadable': False,
+      **video_clips.clip_defaults(),
   })
 
 
