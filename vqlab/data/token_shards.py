@@ -132,12 +132,15 @@ def _fits_uint16(ids: np.ndarray) -> bool:
 
 
 def load_split(
-    directory: str, split: str,
-    code_dtype: Any = np.int32) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    directory: str, split: str, code_dtype: Any = np.int32,
+    keys: tuple[str, ...] | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   """All examples of a complete split -> ({key: [N, ...]}, metadata).
 
   Tokens (and condition tokens) come back as `code_dtype`; None: as stored
-  (uint16 where the ids fit, half the memory).
+  (uint16 where the ids fit, half the memory). keys: the arrays to read,
+  those of them the shards hold (e.g. ('label',): not the tokens); None:
+  every array.
 
   Raises:
     ValueError: no tokens there, an unfinished split, or a corrupt shard.
@@ -158,6 +161,7 @@ def load_split(
            'move out the files that are not of this split')
     raise ValueError(f'{directory}/{split}: {len(paths)} shard files, the '
                      f'metadata lists {info["num_files"]}: {fix}')
+  wanted = None if keys is None else {*keys, POSITION}
   parts: dict[str, list[np.ndarray]] = {}
   for path in paths:
     try:
@@ -165,7 +169,8 @@ def load_split(
           io.BytesIO(fileio.read_bytes(path)) if fileio.is_url(path) else path
       ) as shard:
         for key in shard.files:
-          parts.setdefault(key, []).append(shard[key])
+          if wanted is None or key in wanted:
+            parts.setdefault(key, []).append(shard[key])
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
       _raise_if_unreadable(path, e)
       raise ValueError(f'token shard {path} is corrupt ({e}); delete it and '
@@ -180,9 +185,10 @@ def load_split(
       arrays[key] = arrays[key][order]
     if key in CODE_ARRAYS and code_dtype is not None:
       arrays[key] = arrays[key].astype(code_dtype)
-  if len(arrays[TOKENS]) != info['num_examples']:
-    raise ValueError(f'{directory}/{split}: {len(arrays[TOKENS])} examples in '
-                     f'the shards, the metadata lists {info["num_examples"]}')
+  count = len(next(iter(arrays.values()))) if arrays else None
+  if count not in (None, info['num_examples']):
+    raise ValueError(f'{directory}/{split}: {count} examples in the shards, '
+                     f'the metadata lists {info["num_examples"]}')
   return arrays, metadata
 
 

@@ -2,7 +2,8 @@
 
 Restores the newest checkpoint of a generator run, draws
 `sample.num_samples` samples (class-conditional models cycle through the
-classes), decodes them with the frozen tokenizer and writes
+classes, or with sample.labels 'train' take random training labels),
+decodes them with the frozen tokenizer and writes
 
   samples/step_<step>/grid_<i>.png   one PNG grid per sampling batch
   samples/step_<step>/sample_<n>.gif one GIF per video sample (and a frame
@@ -255,14 +256,15 @@ def _settings(config: ml_collections.ConfigDict, references: dict[str, Any],
   """What samples_<step>.json's numbers were made with: the sample section
   (free to change between samplings: guidance, temperature, steps, seed),
   the params (EMA or not), the tokenizer step, the classes the labels
-  cycled through (sample i has label i mod that, class models) and the FID /
-  FVD references (a file, or the statistics of the data's eval split)."""
+  cycled through (sample i has label i mod that; class models with
+  sample.labels 'cycle') and the FID / FVD references (a file, or the
+  statistics of the data's eval split)."""
   settings = {
       'sample': config.sample.to_dict(),
       'params': 'ema' if config.ema.decay > 0 else 'trained',
       'tokenizer': config.tokenizer.to_dict(),
   }
-  if task.sample_classes:
+  if task.sample_classes and config.sample.labels == 'cycle':
     settings['sample_classes'] = task.sample_classes
   for network, key in (('inception', 'fid_reference'), ('i3d',
                                                         'fvd_reference')):

@@ -654,6 +654,19 @@ def test_data_with_more_classes_than_the_model_is_a_config_error(
                                 np.tile(np.arange(6), 2))
 
 
+def test_sample_labels_train_of_unlabelled_shards_stop_the_build(
+    tokenizer_dir, shards, tmp_path):
+  """Before training or sampling (--mode=sample makes its references after
+  the task is built): the photos have no labels to draw from."""
+  config = tiny.generator_config(tokenizer_dir)
+  config.model.num_classes = 10
+  config.sample.labels = 'train'
+  config.tokens.dir = shards[1]['tokens_dir']
+  with pytest.raises(ConfigError,
+                     match=r"^sample\.labels: 'train', but .* no labels"):
+    generator.build(experiment_config.validate(config, 2), str(tmp_path))
+
+
 def test_missing_tokens_or_tokenizer_are_one_line_errors(
     tokenizer_dir, tmp_path):
   config = tiny.generator_config(tokenizer_dir)

@@ -82,6 +82,10 @@ IGNORED = [
     (vq_diffusion_class.get_config, 'sample.use_cache', False),
     (vq_diffusion_class.get_config, 'sample.prompts', ('a cat',)),
     (maskgit_tiny.get_config, 'sample.grid_shape', (10, 10)),
+    # Labels of training examples: for class models only.
+    (maskgit_tiny.get_config, 'sample.labels', 'train'),
+    (vq_diffusion_text.get_config, 'sample.labels', 'train'),
+    (gpt_superres.get_config, 'sample.labels', 'train'),
     (gpt_superres.get_config, 'sample.grid_shape', (10, 10)),
     (_gpt_sliding_window, 'sample.use_cache', False),
     (vq_diffusion_class.get_config, 'sample.purity_weight', 2.0),
@@ -200,6 +204,8 @@ READ = [
     (_maskgit_frame_prediction, 'loss.observed_frames_rate', 1.0),
     (vq_diffusion_text.get_config, 'sample.prompts', ('a cat',)),
     (vq_diffusion_text.get_config, 'loss.label_drop', 0.2),
+    (_gpt_class, 'sample.labels', 'train'),
+    (vq_diffusion_class.get_config, 'sample.labels', 'train'),
 ]
 
 

@@ -40,6 +40,7 @@ from vqlab.train.state import TrainState
 from vqlab.train.tasks import base
 from vqlab.train.tasks import generator_checks
 from vqlab.train.tasks import generator_config
+from vqlab.train.tasks import sample_labels
 from vqlab.train.tasks import spatial_conditions
 from vqlab.train.tasks import text_conditions
 
@@ -124,6 +125,7 @@ class GeneratorTask(base.Task):
     self._eval_cond_tokens = None
     # The data's class count, once a data source is built (data_source).
     self._data_classes = None
+    self._train_labels = None  # sample.labels 'train': the shards' labels.
 
   def read_for_life(self) -> dict[str, trained_tokenizer.TrainedTokenizer]:
     """{'tokenizer.workdir': the tokenizer, and 'condition.tokenizer': the
@@ -349,10 +351,11 @@ class GeneratorTask(base.Task):
 
   # ---------------------------------------------------------- sampling ---
   def sample_conditions(self, start: int, batch_size: int):
-    """Host conditions of samples start .. start + B - 1: class labels
-    (cycling through `sample_classes`), text arrays of the prompts
-    (cycling), condition tokens int [B, cond_length] of the eval split's
-    examples (cycling), or None."""
+    """Host conditions of samples start .. start + B - 1: class labels int
+    [B] (cycling through `sample_classes`, or with sample.labels 'train'
+    those of random training examples: `sample_labels`), text arrays of the
+    prompts (cycling), condition tokens int [B, cond_length] of the eval
+    split's examples (cycling), or None."""
     index = np.arange(start, start + batch_size)
     if self.spatial:
       tokens = self.eval_cond_tokens()
@@ -362,7 +365,18 @@ class GeneratorTask(base.Task):
       return self.text.host_arrays([prompts[i % len(prompts)] for i in index])
     if not self.num_classes:
       return None
+    if self.config.sample.labels == 'train':
+      return sample_labels.drawn(self.train_labels(), self.config.sample.seed,
+                                 index)
     return (index % self.sample_classes).astype(np.int32)
+
+  def train_labels(self) -> np.ndarray:
+    """int32 [N]: the labels of the token shards' train split (read once),
+    which sample.labels 'train' draws from."""
+    if self._train_labels is None:
+      with data_lib.data_errors():
+        self._train_labels = sample_labels.load_train(self.tokens_directory)
+    return self._train_labels
 
   @property
   def sample_classes(self) -> int:
@@ -568,8 +582,11 @@ def build(config: ml_collections.ConfigDict,
   if frozen_lib.fvd_usable(config) and frozen_lib.wanted(
       'i3d', config.eval.fvd, directory):
     networks.append('i3d')
-  return GeneratorTask(
+  task = GeneratorTask(
       config, tokenizer=tokenizer, token_shape=token_shape, text=text,
       frozen=frozen_lib.load(networks, directory),
       tokens_directory=generator_checks.tokens_dir(config, workdir),
       cond_tokenizer=cond_tokenizer)
+  if config.sample.labels == 'train' and task.num_classes:
+    task.train_labels()  # Shards without labels stop here, before any work.
+  return task

@@ -13,11 +13,13 @@ from vqlab import generators
 from vqlab.errors import ConfigError
 from vqlab.generators import mask_schedule
 from vqlab.train import optimizers
+from vqlab.train.tasks import sample_labels
 from vqlab.train.tasks import spatial_conditions
 
 TOKEN_SOURCES = ('shards', 'on_the_fly')
 # `sample` keys the task reads for every generator (text models also read
-# sample.prompts); the generator declares the rest (`settings_read`).
+# sample.prompts, class models sample.labels); the generator declares the
+# rest (`settings_read`).
 TASK_SAMPLE_KEYS = frozenset(
     {'sample.num_samples', 'sample.batch_size', 'sample.seed'})
 # Values that switch a setting off: a generator that ignores the key accepts
@@ -93,6 +95,11 @@ def default_config() -> ml_collections.ConfigDict:
   sample.num_samples = 64  # --mode=sample: samples (gFID: 50000).
   sample.batch_size = 16  # Global sampling batch.
   sample.seed = 0
+  # Class models: 'cycle' (sample i: class i mod the classes) | 'train' (the
+  # label of a random training example, seeded by sample.seed: the training
+  # set's class mix; needs token shards with labels). See sample_labels.
+  # Frame predictions take the labels of the clips they continue.
+  sample.labels = 'cycle'
   sample.temperature = 1.0  # Token sampling temperature (0: argmax).
   sample.num_steps = 8  # MaskGIT decoding steps.
   sample.choice_temperature = 4.5  # MaskGIT confidence noise.
@@ -142,6 +149,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f'must be one of {mask_schedule.METHODS}')
   require(sample.guidance_schedule in ('constant', 'linear'),
           'sample.guidance_schedule', "must be 'constant' or 'linear'")
+  require(sample.labels in sample_labels.CHOICES, 'sample.labels',
+          f'must be one of {sample_labels.CHOICES}, got {sample.labels!r}')
   require(
       config.data.name != 'joint', 'data.name',
       "'joint' mixes images and videos, and a generator models tokens of one "
@@ -160,6 +169,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   generators.get_api(config.model.name).check_settings(config)
   _validate_condition(config)
   _validate_unread_settings(config)
+  # After it: with a model that has no classes, that is what is wrong.
+  require(
+      sample.labels != 'train' or tokens.source == 'shards', 'sample.labels',
+      "'train' draws the labels of the token shards' train split, but "
+      "tokens.source is 'on_the_fly': use 'cycle', or tokenize "
+      "(--mode=tokenize) and set tokens.source = 'shards'")
   _validate_unread_sections(config)
   _validate_guidance(config)
 
@@ -168,8 +183,11 @@ def settings_read(config: ml_collections.ConfigDict) -> frozenset[str]:
   """The dotted `loss` / `sample` keys a run of `config` reads."""
   generator = generators.get_api(config.model.name)
   keys = TASK_SAMPLE_KEYS | generator.settings_read(config)
-  if generator.condition_spec(config.model).kind == 'text':
+  kind = generator.condition_spec(config.model).kind
+  if kind == 'text':
     keys |= {'sample.prompts'}
+  if kind == 'class':
+    keys |= {'sample.labels'}
   return keys
 
 
