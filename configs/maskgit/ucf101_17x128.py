@@ -21,12 +21,16 @@ ceil(gamma(r) N) tokens; MAGVIT draws one ratio per batch and masks
 floor(gamma(r) N) (at least 1). The tokens are made once (--mode=tokenize: one random clip, crop
 and flip per video, seen in all 2000 epochs); MAGVIT tokenizes each batch in
 the train step, so each epoch draws new clips, crops and flips:
---config.tokens.source=on_the_fly does that, at the cost of running the
-tokenizer's encoder in every step. Label dropout trains the null class for
+--config.tokens.source=on_the_fly --config.sample.labels=cycle does that, at
+the cost of running the tokenizer's encoder in every step (the sample labels
+below come from the token shards). Label dropout trains the null class for
 guidance, which MAGVIT's class-conditional models do not have (the
 papers' FVD is without guidance). FVD is against the eval split's clips by
 default; the papers' protocol uses training clips (vqlab/evals/PROTOCOLS.md,
-`--mode=fvd_stats`).
+`--mode=fvd_stats`). As the papers, each sample is conditioned on the label
+of a random training clip (`sample.labels = 'train'`: the samples follow
+UCF-101's unbalanced class mix, as the reference clips do); 'cycle' would
+take the 101 classes in turn.
 
   python main.py --config=configs/maskgit/ucf101_17x128.py --workdir=... --mode=tokenize
   python main.py --config=configs/maskgit/ucf101_17x128.py --workdir=...
@@ -105,4 +109,5 @@ def get_config():
   config.sample.num_steps = 12
   config.sample.batch_size = 64
   config.sample.num_samples = 10_000  # FVD on UCF-101: 10k samples.
+  config.sample.labels = 'train'  # The training clips' class mix (MAGVIT).
   return config
