@@ -305,6 +305,26 @@ def test_class_folders_are_searched_to_any_depth(tmp_path):
   assert labels.tolist() == [0, 0, 0, 1] and num_classes == 2
 
 
+def test_split_folders_without_class_folders_hold_unlabelled_files(tmp_path):
+  """train/*.png and val/*.png (Kinetics' layout): each split its own files,
+  no labels (it was an error: no class folders)."""
+  for i, name in enumerate(['train/0.png', 'train/1.png', 'val/2.png']):
+    _write_image(str(tmp_path / name), COLOURS[i], 'PNG')
+  config = data.default_config('image_folder')
+  config.update(path=str(tmp_path), image_size=8)
+  train = data.build(config, split='train', global_batch_size=2)
+  eval_source = data.build(config, split='eval', global_batch_size=2)
+  assert train.num_classes is None and eval_source.num_classes is None
+  batch = next(iter(eval_source.batches()))
+  assert 'label' not in batch and batch['mask'].tolist() == [True, False]
+  assert _colours(batch['image'][:1]) == [COLOURS[2]]
+  assert 'label' not in next(iter(train.batches()))
+  os.remove(tmp_path / 'val' / '2.png')
+  with pytest.raises(FileNotFoundError,
+                     match=r"^data\.eval_split: no images .* in '.*/val'"):
+    data.build(config, split='eval', global_batch_size=2)
+
+
 def test_an_eval_folder_without_a_train_folder_is_refused(tmp_path):
   """training/ and val/: not one flat pool that trains on the val images."""
   _write_image(str(tmp_path / 'training' / 'a' / '0.png'), COLOURS[0], 'PNG')

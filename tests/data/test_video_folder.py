@@ -131,6 +131,13 @@ def test_eval_clips_are_consecutive_clips_of_the_held_out_files(folder):
   ]
   np.testing.assert_array_equal(clips, np.stack(want))
   assert labels.tolist() == [0, 0, 0, 1, 1, 1]
+  # The first two of each file's.
+  evaluation = data.build(_config(folder, eval_clips_per_video=2), split='eval',
+                          global_batch_size=4)
+  first_two = np.concatenate(
+      [b['video'][b['mask']] for b in evaluation.batches()])
+  np.testing.assert_array_equal(_as_uint8(first_two),
+                                np.stack(want)[[0, 1, 3, 4]])
 
 
 def test_flat_folder_holds_out_whole_files(folder):

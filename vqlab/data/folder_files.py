@@ -8,7 +8,13 @@ Split layout, used when `<path>/<train_split>/` is a folder:
   <path>/<eval_split>/<class_name>/<files, in sub-folders too>
 
 Labels are the indices of the class folder names, sorted, over the train and
-eval split folders together (so both splits agree). An `<eval_split>` folder
+eval split folders together (so both splits agree). Split folders with no
+sub-folders at all hold their files without labels:
+
+  <path>/<train_split>/<files>
+  <path>/<eval_split>/<files>
+
+(e.g. Kinetics as its downloaders leave it). An `<eval_split>` folder
 without a `<train_split>` one is an error (its files would otherwise train,
 as the flat layout's).
 
@@ -203,8 +209,17 @@ def split_files(
   split_key = 'train_split' if split == 'train' else 'eval_split'
   split_dir = _split_dir(root, str(base.get(config, split_key)), split_key)
   classes = _classes(root, splits)
+  where = f'{kind.noun}s in {split_dir}'
+  if not classes:  # The split folders hold the files themselves.
+    paths = _files_under(split_dir, kind)
+    if not paths:
+      raise FileNotFoundError(
+          f'data.{split_key}: {kind.none_found()} in {split_dir!r}; expected '
+          f'{split_dir}/<{kind.noun} files>, or '
+          f'{split_dir}/<class_name>/<{kind.noun} files>.')
+    return paths, None, None, where
   paths, labels = list_classes(split_dir, classes, kind)
-  return paths, labels, len(classes), f'{kind.noun}s in {split_dir}'
+  return paths, labels, len(classes), where
 
 
 def files_fingerprint(paths: list[str], labels: np.ndarray | None,

@@ -7,9 +7,10 @@ Split layout (that of `tfds.folder_dataset.ImageFolder`), used when
   <path>/<eval_split>/<class_name>/<image files, in sub-folders too>
 
 Labels are the indices of the class folder names, sorted, over the train and
-eval split folders together (so both splits agree). An `<eval_split>` folder
-without a `<train_split>` one is an error (its images would otherwise train,
-as the flat layout's).
+eval split folders together (so both splits agree); split folders without
+any sub-folder hold their images themselves, without labels. An
+`<eval_split>` folder without a `<train_split>` one is an error (its images
+would otherwise train, as the flat layout's).
 
 Flat layout, used otherwise: every image file under `<path>`, in sub-folders
 too, without labels. `round(eval_fraction * N)` of the N images (at least one)

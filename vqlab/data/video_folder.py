@@ -1,10 +1,11 @@
 """`video_folder`: clips of your own video files, decoded with PyAV as they are needed.
 
 The folder `data.path` is read in the layouts of `image_folder` (`folder_files`): split
-folders `<path>/train/<class>/...` and `<path>/val/<class>/...`, whose batches carry 'label'; or
-any other folder as one pool of files without labels (UCF-101's `<path>/<class>/<files>` too),
-`eval_fraction` of them held out whole for eval. Video files end in `VIDEO_EXTENSIONS` (any
-case).
+folders `<path>/train/<class>/...` and `<path>/val/<class>/...`, whose batches carry 'label', or
+`<path>/train/<files>` and `<path>/val/<files>` (Kinetics as its downloaders leave it), without
+labels; or any other folder as one pool of files without labels (UCF-101's
+`<path>/<class>/<files>` too), `eval_fraction` of them held out whole for eval. Video files
+end in `VIDEO_EXTENSIONS` (any case).
 
 Files are not held in memory. When the source is built each file of the split is probed once:
 its frame count (the stream's metadata, else its packets counted), its frame size, and its first
@@ -17,8 +18,9 @@ Clips are those of `video_clips`, cut from the frames decoded for them only: tra
 (step, row) draws a file uniformly, a start, a square window and a flip from
 `np.random.default_rng((seed, step, row))` as `video_clips.TrainDraws.clip` does, over frames
 whose shorter side is reduced to `image_size / crop_min_fraction` (never enlarged); eval cuts
-every held-out file into consecutive clips from its first frame (`video_clips.eval_clip_starts`),
-the centred square of frames reduced to `image_size`. Frame i of a file is the frame shown at
+every held-out file into consecutive clips from its first frame (`video_clips.eval_clip_starts`;
+the first `eval_clips_per_video` of them, unless 0), the centred square of frames reduced to
+`image_size`. Frame i of a file is the frame shown at
 time i / frame rate from its start (for a constant-rate file, its i-th frame): a clip is decoded
 from the last keyframe before its first frame. The rows of a batch are decoded by threads; each
 row depends on (step, row) only.
@@ -63,6 +65,9 @@ def default_config() -> ml_collections.ConfigDict:
       # clip (counted and reported once), instead of stopping with an error
       # naming the first.
       'skip_unreadable': False,
+      # Eval clips of each held-out file, consecutive from its first frame;
+      # 0: every clip that fits.
+      'eval_clips_per_video': 0,
       **video_clips.clip_defaults(),
   })
 
@@ -270,11 +275,11 @@ def build(config: ml_collections.ConfigDict, *, split: str,
                                    process_index=process_index,
                                    num_examples=None, **attrs)
   else:
-    starts = [
-        (file, start)
-        for file, (length, _, _) in enumerate(shapes)
-        for start in video_clips.eval_clip_starts(length, num_frames, stride)
-    ]
+    per_video = int(base.get(config, 'eval_clips_per_video'))
+    starts = [(file, start)
+              for file, (length, _, _) in enumerate(shapes)
+              for start in video_clips.eval_clip_starts(
+                  length, num_frames, stride)[:per_video or None]]
 
     def eval_clip(index: int) -> np.ndarray:
       file, start = starts[index]

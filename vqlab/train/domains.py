@@ -189,6 +189,7 @@ _DATA = {
     'eval_fraction': '(0, 1)',
     'num_frames': _COUNT,
     'frame_stride': _COUNT,
+    'eval_clips_per_video': '>= 0',  # 0: every clip.
     'num_shapes': _COUNT,
     'min_speed': '>= 0',
     'max_speed': '>= 0',
