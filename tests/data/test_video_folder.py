@@ -212,3 +212,37 @@ def test_fingerprint_follows_the_files(tmp_path):
   assert fingerprint() == before
   _write(str(tmp_path / '3.mov'), 3, 'png', 'rgb24', {})
   assert fingerprint() != before
+
+
+def test_two_hosts_each_probe_half_the_files_and_leave_out_the_same(
+    tmp_path, monkeypatch):
+  """Process 0 of 2 probes files 0 and 2 and takes process 1's shapes of 1
+  and 3 (each host probed every file at every start); file 3, which process
+  1 could not read, is left out by both."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  folder = _class_folder(tmp_path, 4)
+  paths = [os.path.join(folder, f'{i}.mov') for i in range(4)]
+  probed = []
+  probe = video_folder.probe
+  monkeypatch.setattr(video_folder, 'probe',
+                      lambda path: probed.append(path) or probe(path))
+  # Process 1's table: file 1's (frames, height, width), file 3 unreadable.
+  theirs = np.array([[7, 3, 2], [-1, -1, -1]])
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(multihost_utils, 'process_allgather',
+                      lambda table: np.stack([table, theirs]))
+  kept, _, shapes = video_folder.probe_split(paths, None, 'videos',
+                                             num_frames=4, stride=2, size=2,
+                                             skip=True, report=False,
+                                             process_index=0, process_count=2)
+  # File 3 once more, by this host, for why it is left out.
+  assert probed == [paths[0], paths[2], paths[3]]
+  assert kept == paths[:3]
+  assert shapes == [(FRAMES, HEIGHT, WIDTH), (7, 3, 2), (FRAMES, HEIGHT, WIDTH)]
+  with pytest.raises(
+      DataError, match=f'^{paths[3]}: could not be read by PyAV on the host '
+      'that probed it; 1 of the 4 videos cannot be read as clips'):
+    video_folder.probe_split(paths, None, 'videos', num_frames=4, stride=2,
+                             size=2, skip=False, report=False, process_index=0,
+                             process_count=2)

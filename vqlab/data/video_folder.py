@@ -185,10 +185,14 @@ def _reason(error: Exception) -> str:
 
 def probe_split(
     paths: list[str], labels: np.ndarray | None, where: str, *, num_frames: int,
-    stride: int, size: int, skip: bool, report: bool
+    stride: int, size: int, skip: bool, report: bool, process_index: int = 0,
+    process_count: int = 1
 ) -> tuple[list[str], np.ndarray | None, list[tuple[int, int, int]]]:
   """Probes every file of `paths` [N] (`probe`, by threads) and leaves out those that give no
-  clip (`folder_files.leave_out`).
+  clip (`folder_files.leave_out`). Each of the run's processes probes every process_count-th
+  file and all exchange what they found (Kinetics-600's 390,000 files took each host minutes
+  at every start); hosts simulated in one process (process_count is not jax's) probe every
+  file.
 
   Returns:
     (paths [M], labels [M] or None, their (frames, height, width) [M]).
@@ -198,21 +202,58 @@ def probe_split(
   """
   av = video_clips.import_av('video_folder')
 
-  def problem(path: str) -> tuple[int, int, int] | str:
+  def probed(path: str) -> tuple[int, int, int] | str:
     try:
-      shape = probe(path)
+      return probe(path)
     except (av.FFmpegError, OSError, ValueError) as e:
       return f'{folder_files.shown(path)}: cannot be read by PyAV ({_reason(e)})'
-    return video_clips.clip_problem(repr(folder_files.shown(path)), shape,
-                                    num_frames, stride, size) or shape
 
-  probed = list(_threads().map(problem, paths))
-  bad = [i for i, p in enumerate(probed) if isinstance(p, str)]
-  shapes = dict(zip(paths, probed))
-  paths, labels = folder_files.leave_out(
-      paths, labels, bad, probed[bad[0]].rstrip('.') if bad else '', where,
-      verb='read as clips', skip=skip, report=report)
-  return paths, labels, [shapes[p] for p in paths]
+  shapes = _probed_on_every_host(paths, probed, process_index, process_count)
+  problems = [
+      'unreadable' if shape is None else video_clips.clip_problem(
+          repr(folder_files.shown(path)), shape, num_frames, stride, size)
+      for path, shape in zip(paths, shapes)
+  ]
+  bad = [i for i, problem in enumerate(problems) if problem is not None]
+  first = problems[bad[0]] if bad else ''
+  if bad and shapes[
+      bad[0]] is None:  # Why, from this host (another may have probed it).
+    first = probed(paths[bad[0]])
+    if not isinstance(first, str):
+      first = (
+          f'{folder_files.shown(paths[bad[0]])}: could not be read by PyAV on the host '
+          'that probed it')
+  kept = dict(zip(paths, shapes))
+  paths, labels = folder_files.leave_out(paths, labels, bad, first.rstrip('.'),
+                                         where, verb='read as clips', skip=skip,
+                                         report=report)
+  return paths, labels, [kept[p] for p in paths]
+
+
+def _probed_on_every_host(
+    paths: list[str], probed, process_index: int,
+    process_count: int) -> list[tuple[int, int, int] | None]:
+  """(frames, height, width) of every file of `paths`, or None where `probed(path)` gave a
+  string (unreadable); this process probes every process_count-th file and gathers the
+  others' from theirs."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  if process_count == 1 or process_count != jax.process_count():
+    return [
+        None if isinstance(r, str) else r
+        for r in _threads().map(probed, paths)
+    ]
+  mine = paths[process_index::process_count]
+  table = np.full((-(-len(paths) // process_count), 3), -1, np.int64)
+  for row, result in enumerate(_threads().map(probed, mine)):
+    if not isinstance(result, str):
+      table[row] = result
+  gathered = np.asarray(multihost_utils.process_allgather(table))
+  rows = [
+      gathered[i % process_count, i // process_count] for i in range(len(paths))
+  ]
+  return [None if row[0] < 0 else tuple(int(v) for v in row) for row in rows]
 
 
 def build(config: ml_collections.ConfigDict, *, split: str,
@@ -239,7 +280,9 @@ def build(config: ml_collections.ConfigDict, *, split: str,
   paths, labels, shapes = probe_split(paths, labels, where,
                                       num_frames=num_frames, stride=stride,
                                       size=size, skip=skip,
-                                      report=process_index == 0)
+                                      report=process_index == 0,
+                                      process_index=process_index,
+                                      process_count=process_count)
   video_shape = (num_frames, size, size, 3)
   span = (num_frames - 1) * stride + 1  # Frames a clip covers.
   attrs = dict(image_shape=video_shape[1:], num_classes=num_classes,
