@@ -20,7 +20,11 @@ token); 12 decoding steps. Choices where neither paper gives Kinetics-600's
 numbers: 74,000 steps of 256 clips, as the UCF-101 config, and 50,000
 samples for the FVD (the count the Kinetics-600 frame-prediction papers
 report), cycling through the first clips of the val videos
-(`data.eval_clips_per_video = 1`).
+(`data.eval_clips_per_video = 1`). --mode=tokenize encodes 390,000 train
+clips, drawn as training draws them (a random file, start, window and flip
+each), about one per training video; MAGVIT draws new clips every epoch
+(`--config.tokens.source=on_the_fly` does, at the cost of the tokenizer's
+encoder in every step).
 
   python main.py --config=configs/maskgit/k600_frame_prediction.py \\
       --config.data.path=/path/to/kinetics600 --workdir=... --mode=tokenize
@@ -40,6 +44,9 @@ def get_config():
   config = ucf101_17x128.get_config()
   config.tokenizer.workdir = 'workdirs/magvit2_k600'
   config.data = k600_17x128.data_config()
+  # video_folder draws train clips at random (files with replacement), so
+  # the tokens are a number of draws: about one per training video.
+  config.tokens.num_train_examples = k600_17x128.TRAIN_VIDEOS
   config.model.num_classes = 0
   config.loss.label_drop = 0.0
   config.loss.observed_frames = OBSERVED_LATENT_FRAMES
