@@ -490,9 +490,10 @@ class GeneratorTask(base.Task):
     eval split's clips in order, padding left out, cycling (a batch that
     spans the end of the split goes on with its first clips)."""
     clips, labels = [], []
+    # Built once: a folder dataset probes its files when built.
+    source = data_lib.build(self.config.data, split='eval',
+                            global_batch_size=self.config.eval.batch_size)
     while True:
-      source = data_lib.build(self.config.data, split='eval',
-                              global_batch_size=self.config.eval.batch_size)
       seen = 0
       for batch in source.batches():
         mask = np.asarray(batch['mask'], bool)
