@@ -14,7 +14,7 @@ setuptools.setup(
     install_requires=[
         'absl-py>=2.1',
         # Decodes the built-in real videos (`video_clips`).
-        'av>=12',
+        'av>=14',  # VideoFrame.rotation (phones' portrait videos).
         'chex>=0.1.90',
         'flax>=0.12',
         'jax>=0.10',

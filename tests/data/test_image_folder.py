@@ -323,6 +323,13 @@ def test_split_folders_without_class_folders_hold_unlabelled_files(tmp_path):
   with pytest.raises(FileNotFoundError,
                      match=r"^data\.eval_split: no images .* in '.*/val'"):
     data.build(config, split='eval', global_batch_size=2)
+  # Images beside class folders: named, not left out.
+  _write_image(str(tmp_path / 'train' / 'cats' / '3.png'), COLOURS[3], 'PNG')
+  with pytest.raises(
+      FileNotFoundError, match=r"^data\.train_split: 2 image\(s\) in "
+      r"'.*/train' itself \('0\.png', \.\.\.\) beside its class folders "
+      r"\['cats'\], which would be left out"):
+    data.build(config, split='train', global_batch_size=2)
 
 
 def test_an_eval_folder_without_a_train_folder_is_refused(tmp_path):

@@ -22,7 +22,9 @@ _X264 = ('libx264', 'yuv444p', dict(crf='0', g='5', bf='2'))
 VIDEOS = {
     'train/cats/a.mp4': _X264,
     'train/cats/b.mkv': ('ffv1', 'yuv444p', dict(g='7')),
-    'train/dogs/c.avi': ('mpeg4', 'yuv420p', dict(g='6', qmin='1', qmax='2')),
+    # B-frames in an AVI: its first frame's time is 1, not the stream's 0.
+    'train/dogs/c.avi': ('mpeg4', 'yuv420p',
+                         dict(g='6', bf='2', qmin='1', qmax='2')),
     'val/dogs/d.mp4': _X264,
     'val/cats/e.mov': ('png', 'rgb24', {}),
 }
@@ -39,11 +41,14 @@ def _frame(file: int, index: int) -> np.ndarray:
 
 
 def _write(path: str, file: int, codec: str, pix_fmt: str, options: dict,
-           frames: int = FRAMES) -> None:
+           frames: int = FRAMES, rotation: int = 0,
+           container_options: dict | None = None) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with av.open(path, 'w') as container:
+  with av.open(path, 'w', options=container_options or {}) as container:
     stream = container.add_stream(codec, rate=25, options=options)
     stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, pix_fmt
+    if rotation:
+      stream.set_display_rotation(rotation)
     for i in range(frames):
       frame = av.VideoFrame.from_ndarray(_frame(file, i), format='rgb24')
       container.mux(stream.encode(frame))
@@ -227,8 +232,9 @@ def test_two_hosts_each_probe_half_the_files_and_leave_out_the_same(
   probe = video_folder.probe
   monkeypatch.setattr(video_folder, 'probe',
                       lambda path: probed.append(path) or probe(path))
-  # Process 1's table: file 1's (frames, height, width), file 3 unreadable.
-  theirs = np.array([[7, 3, 2], [-1, -1, -1]])
+  # Process 1's table: file 1's (frames, height, width, origin, has one),
+  # file 3 unreadable.
+  theirs = np.array([[7, 3, 2, 5, 1], [-1] * 5])
   monkeypatch.setattr(jax, 'process_count', lambda: 2)
   monkeypatch.setattr(multihost_utils, 'process_allgather',
                       lambda table: np.stack([table, theirs]))
@@ -239,10 +245,49 @@ def test_two_hosts_each_probe_half_the_files_and_leave_out_the_same(
   # File 3 once more, by this host, for why it is left out.
   assert probed == [paths[0], paths[2], paths[3]]
   assert kept == paths[:3]
-  assert shapes == [(FRAMES, HEIGHT, WIDTH), (7, 3, 2), (FRAMES, HEIGHT, WIDTH)]
+  assert shapes == [(FRAMES, HEIGHT, WIDTH, 0), (7, 3, 2, 5),
+                    (FRAMES, HEIGHT, WIDTH, 0)]
   with pytest.raises(
       DataError, match=f'^{paths[3]}: could not be read by PyAV on the host '
       'that probed it; 1 of the 4 videos cannot be read as clips'):
     video_folder.probe_split(paths, None, 'videos', num_frames=4, stride=2,
                              size=2, skip=False, report=False, process_index=0,
                              process_count=2)
+
+
+def test_a_phone_video_is_turned_as_its_display_matrix_says(tmp_path):
+  """A portrait phone video: landscape frames whose display matrix turns
+  them a quarter clockwise (rotation -90, as ffmpeg's autorotate and
+  players do); they were read sideways."""
+  path = str(tmp_path / 'portrait.mp4')
+  _write(path, 1, *_X264, frames=8, rotation=-90)
+  found = video_folder.probe(path)
+  assert (found.frames, found.height, found.width) == (8, WIDTH, HEIGHT)
+  frames = video_folder.read_frames(path, np.arange(2, 5), 1000, found.origin)
+  np.testing.assert_array_equal(frames,
+                                np.rot90(_decoded(path)[2:5], -1, (1, 2)))
+
+
+def test_a_file_cut_short_counts_the_frames_it_has(tmp_path):
+  """An MP4 whose index (at its front) lists 24 frames, cut after 12 (a
+  download stopped early): the last clips repeated its last frame."""
+  whole = str(tmp_path / 'whole.mp4')
+  _write(whole, 1, *_X264, container_options={'movflags': 'faststart'})
+  with av.open(whole) as container:
+    assert container.streams.video[0].frames == FRAMES
+    packets = sorted(p.pos for p in container.demux(video=0) if p.size)
+  cut = str(tmp_path / 'cut.mp4')
+  with open(whole, 'rb') as f:
+    content = f.read()
+  with open(cut, 'wb') as f:
+    f.write(content[:packets[12]])  # Up to packet 12, in file order.
+  found = video_folder.probe(cut)
+  assert found.frames == len(_decoded(cut)) < FRAMES
+  last = np.arange(found.frames - 3, found.frames)
+  np.testing.assert_allclose(
+      video_folder.read_frames(cut, last, 1000, found.origin)[:, 20, 20, 0],
+      8 * last, atol=3)
+  with pytest.raises(DataError,
+                     match=f'^{cut}: ends before frame {FRAMES - 1}'):
+    video_folder.read_frames(cut, np.arange(FRAMES - 3, FRAMES), 1000,
+                             found.origin)

@@ -14,7 +14,8 @@ sub-folders at all hold their files without labels:
   <path>/<train_split>/<files>
   <path>/<eval_split>/<files>
 
-(e.g. Kinetics as its downloaders leave it). An `<eval_split>` folder
+(e.g. Kinetics as its downloaders leave it); files beside class folders are an
+error (they would be left out). An `<eval_split>` folder
 without a `<train_split>` one is an error (its files would otherwise train,
 as the flat layout's).
 
@@ -218,6 +219,14 @@ def split_files(
           f'{split_dir}/<{kind.noun} files>, or '
           f'{split_dir}/<class_name>/<{kind.noun} files>.')
     return paths, None, None, where
+  loose = sorted(
+      f for f in os.listdir(split_dir)
+      if kind.matches(f) and os.path.isfile(os.path.join(split_dir, f)))
+  if loose:
+    raise FileNotFoundError(
+        f'data.{split_key}: {len(loose)} {kind.noun}(s) in {split_dir!r} '
+        f'itself ({loose[0]!r}, ...) beside its class folders {classes}, '
+        'which would be left out: move them into a class folder.')
   paths, labels = list_classes(split_dir, classes, kind)
   return paths, labels, len(classes), where
 

@@ -105,9 +105,12 @@ def reduced_size(width: int, height: int, shorter_side: int) -> tuple[int, int]:
   return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def reduced_frame(frame, shorter_side: int) -> np.ndarray:
-  """uint8 [h, w, 3]: the decoded PyAV video frame `frame` in RGB, its shorter side reduced to
-  `shorter_side` (antialiased bilinear; `reduced_size`)."""
+def display_frame(frame, sample_aspect=None) -> np.ndarray:
+  """uint8 [h, w, 3]: the decoded PyAV video frame `frame` in RGB as players show it: its
+  pixels made square by `sample_aspect` (the stream's sample aspect ratio, a Fraction; None
+  or 1: square already; antialiased bilinear) and turned by its display matrix's rotation
+  (`frame.rotation`, counterclockwise degrees: phones store portrait video as landscape
+  frames with a rotation of -90)."""
   from av.video import reformatter  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   # The pixels of frame.to_image(), which sets up a converter for each frame (3 ms of every
@@ -115,7 +118,20 @@ def reduced_frame(frame, shorter_side: int) -> np.ndarray:
   if not hasattr(_THREAD, 'reformatter'):
     _THREAD.reformatter = reformatter.VideoReformatter()
   rgb = _THREAD.reformatter.reformat(frame, format='rgb24').to_ndarray()
-  image = Image.fromarray(rgb)
+  if sample_aspect and sample_aspect != 1:
+    height, width = rgb.shape[:2]
+    rgb = np.asarray(
+        Image.fromarray(rgb).resize(
+            (max(1, round(width * sample_aspect)), height), Image.BILINEAR))
+  turns = round(frame.rotation / 90) % 4
+  return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+
+
+def reduced_frame(frame, shorter_side: int, sample_aspect=None) -> np.ndarray:
+  """uint8 [h, w, 3]: `display_frame(frame, sample_aspect)`, its shorter side reduced to
+  `shorter_side` (antialiased bilinear; `reduced_size`)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  image = Image.fromarray(display_frame(frame, sample_aspect))
   size = reduced_size(*image.size, shorter_side)
   if size != image.size:
     image = image.resize(size, Image.BILINEAR)

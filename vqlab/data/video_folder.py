@@ -7,12 +7,15 @@ labels; or any other folder as one pool of files without labels (UCF-101's
 `<path>/<class>/<files>` too), `eval_fraction` of them held out whole for eval. Video files
 end in `VIDEO_EXTENSIONS` (any case).
 
-Files are not held in memory. When the source is built each file of the split is probed once:
-its frame count (the stream's metadata, else its packets counted), its frame size, and its first
-frame decoded. A file that cannot be read, has fewer frames than a clip spans
-(`(num_frames - 1) * frame_stride + 1`) or a shorter side under `image_size` is a `DataError`
-whose one line names it (and the key), or, with `skip_unreadable`, is left out and one line says
-how many were.
+Files are not held in memory. When the source is built each file of the split is probed once
+(`probe`): its first frame is decoded and its last frame's time read after a seek to its end,
+which gives its frame count in the units clips are cut in (a container's own count can be wrong:
+a file cut short, or cut from a longer one without re-encoding). Frames are read as players
+show them: turned by the display matrix (a phone's portrait video is stored as landscape
+frames) and with square pixels (`video_clips.display_frame`). A file that cannot be read, has
+fewer frames than a clip spans (`(num_frames - 1) * frame_stride + 1`) or a shorter side under
+`image_size` is a `DataError` whose one line names it (and the key), or, with
+`skip_unreadable`, is left out and one line says how many were.
 
 Clips are those of `video_clips`, cut from the frames decoded for them only: train example
 (step, row) draws a file uniformly, a start, a square window and a flip from
@@ -20,9 +23,9 @@ Clips are those of `video_clips`, cut from the frames decoded for them only: tra
 whose shorter side is reduced to `image_size / crop_min_fraction` (never enlarged); eval cuts
 every held-out file into consecutive clips from its first frame (`video_clips.eval_clip_starts`;
 the first `eval_clips_per_video` of them, unless 0), the centred square of frames reduced to
-`image_size`. Frame i of a file is the frame shown at
-time i / frame rate from its start (for a constant-rate file, its i-th frame): a clip is decoded
-from the last keyframe before its first frame. The rows of a batch are decoded by threads; each
+`image_size`. Frame i of a file is the frame shown at time i / frame rate after the first
+frame's (for a constant-rate file, its i-th frame): a clip is decoded from the last keyframe
+before its first frame. The rows of a batch are decoded by threads; each
 row depends on (step, row) only.
 
 Each split has a fingerprint (`folder_files.files_fingerprint`): --mode=tokenize makes its
@@ -37,6 +40,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import os
+from typing import Any, NamedTuple
 
 import ml_collections
 import numpy as np
@@ -78,9 +82,25 @@ def _threads() -> concurrent.futures.ThreadPoolExecutor:
   return concurrent.futures.ThreadPoolExecutor(min(16, os.cpu_count() or 1))
 
 
-def probe(path: str) -> tuple[int, int, int]:
-  """(frames, height, width) of the first video stream of `path`: frames from the stream's
-  metadata, else counted from its packets; the first frame is decoded.
+class Probe(NamedTuple):
+  """What `probe` finds in a video file.
+
+  Attributes:
+    frames: L; frame i is the one shown at time i / rate after the first frame's.
+    height, width: of the frames as players show them (`video_clips.display_frame`).
+    origin: the first frame's time (pts, in the stream's time base), or None when the frames
+      carry no times (they are counted from the start instead).
+  """
+  frames: int
+  height: int
+  width: int
+  origin: int | None
+
+
+def probe(path: str) -> Probe:
+  """Probes the first video stream of `path`: its first frame is decoded, and its last frame's
+  time read from the packets after a seek to its end (when that fails, as in a file cut short,
+  or without times, every frame is decoded).
 
   Raises:
     ValueError or av.FFmpegError: the file cannot be read.
@@ -90,35 +110,67 @@ def probe(path: str) -> tuple[int, int, int]:
     if not container.streams.video:
       raise ValueError('no video stream')
     stream = container.streams.video[0]
-    if not (stream.average_rate or stream.guessed_rate):
+    rate = stream.average_rate or stream.guessed_rate
+    if not rate:
       raise ValueError('no frame rate')
-    length = stream.frames
     first = next(container.decode(stream), None)
     if first is None:
       raise ValueError('no frame decodes')
-  if not length:  # No count in the metadata (e.g. .mkv, .webm).
+    height, width = video_clips.display_frame(
+        first, stream.sample_aspect_ratio).shape[:2]
+    origin, time_base = first.pts, stream.time_base
+    last = None if origin is None else _last_time(av, container, stream)
+  if last is None:  # Every frame decoded: a damaged file fails here, not in training.
     with av.open(path) as container:
-      length = sum(1 for packet in container.demux(video=0) if packet.size)
-  return length, first.height, first.width
+      count, last = 0, origin
+      for frame in container.decode(video=0):
+        count += 1
+        if origin is not None and frame.pts is not None:
+          last = max(last, frame.pts)
+    if origin is None:
+      return Probe(count, height, width, None)
+  return Probe(
+      _frame_index(last, origin, time_base, rate) + 1, height, width, origin)
 
 
-def read_frames(path: str, indices: np.ndarray,
-                shorter_side: int) -> np.ndarray:
-  """uint8 [k, h, w, 3]: the frames `indices` (int [k], increasing) of the video file `path`,
-  their shorter side reduced to `shorter_side` (`video_clips.reduced_frame`).
+def _last_time(av, container, stream) -> int | None:
+  """The largest packet time of `stream` after a seek to its end, or None (the seek or the
+  packets fail, or none is there: a file cut short, whose index names packets past the cut)."""
+  try:
+    container.seek(2**62, stream=stream, backward=True, any_frame=False)
+    times = [
+        packet.pts
+        for packet in container.demux(stream)
+        if packet.size and packet.pts is not None
+    ]
+  except (av.FFmpegError, OSError):
+    return None
+  return max(times, default=None)
 
-  Frame i is the one shown at time i / rate from the stream's start (past the last frame: the
-  last). Decoding starts at the last keyframe before the first one.
+
+def _frame_index(pts: int, origin: int, time_base, rate) -> int:
+  """The frame shown at time `pts` (`Probe`)."""
+  return round((pts - origin) * time_base * rate)
+
+
+def read_frames(path: str, indices: np.ndarray, shorter_side: int,
+                origin: int | None) -> np.ndarray:
+  """uint8 [k, h, w, 3]: the frames `indices` (int [k], increasing, below the probed
+  `Probe.frames`) of the video file `path` whose first frame's time is `origin`
+  (`Probe.origin`), as `video_clips.reduced_frame` gives them.
+
+  Frame i is the one shown at time i / rate after the first frame's. Decoding starts at the
+  last keyframe before the first one.
 
   Raises:
-    DataError: naming the file, when it cannot be decoded.
+    DataError: naming the file, when it cannot be decoded or ends before the frames.
   """
   av = video_clips.import_av('video_folder')
   wanted = [int(i) for i in indices]
-  target = wanted[0]
+  target = wanted[0] if origin is not None else 0
   try:
     for _ in range(_SEEKS):
-      frames, landed = _decoded(av, path, wanted, target)
+      frames, landed = _decoded(av, path, wanted, target, origin)
       if frames is not None or landed is None:
         break
       # The seek landed on a keyframe past the first frame (a demuxer that seeks by decode
@@ -127,40 +179,43 @@ def read_frames(path: str, indices: np.ndarray,
     else:
       frames = None
     if frames is None:
-      frames, _ = _decoded(av, path, wanted, 0)
+      frames, _ = _decoded(av, path, wanted, 0, origin)
   except (av.FFmpegError, OSError, ValueError) as e:
     raise DataError(f'{folder_files.shown(path)}: cannot be decoded '
                     f'({_reason(e)}).') from e
   if frames is None:
-    raise DataError(f'{folder_files.shown(path)}: no frame decodes.')
-  return np.stack([video_clips.reduced_frame(f, shorter_side) for f in frames])
+    raise DataError(
+        f'{folder_files.shown(path)}: ends before frame {wanted[-1]}, which its probe found '
+        '(was it changed since?).')
+  frames, sample_aspect = frames
+  return np.stack([
+      video_clips.reduced_frame(f, shorter_side, sample_aspect) for f in frames
+  ])
 
 
 _SEEKS = 3  # Seeks to try before decoding a file from its start.
 
 
-def _decoded(av, path: str, wanted: list[int],
-             seek_to: int) -> tuple[list | None, int | None]:
-  """(the PyAV frames shown at frames `wanted` of `path` (`read_frames`), None), decoding from
-  the last keyframe at or before frame `seek_to` (> 0; 0: from the start); or (None, the frame
-  it landed on) when that is past wanted[0], (None, None) when its frames have no times."""
+def _decoded(av, path: str, wanted: list[int], seek_to: int,
+             origin: int | None) -> tuple[tuple[list, Any] | None, int | None]:
+  """(the PyAV frames shown at frames `wanted` of `path` (`read_frames`) and the stream's
+  sample aspect ratio, None), decoding from the last keyframe at or before frame `seek_to`
+  (> 0; 0: from the start); or (None, the frame it landed on) when that is past wanted[0];
+  (None, None) when the file ends before wanted[-1]."""
   with av.open(path) as container:
     stream = container.streams.video[0]
     stream.thread_count = 1  # Files are decoded by threads of their own.
     rate = stream.average_rate or stream.guessed_rate
-    origin = stream.start_time or 0
     if seek_to > 0:
       # The time of frame seek_to in stream units.
       container.seek(origin + int(seek_to / rate / stream.time_base),
                      stream=stream, backward=True, any_frame=False)
     out, previous = [], None
     for n, frame in enumerate(container.decode(stream)):
-      if frame.pts is not None:
-        i = round((frame.pts - origin) * stream.time_base * rate)
-      elif seek_to > 0:
-        return None, None  # Frames without times are counted from the start.
+      if origin is None or frame.pts is None:
+        i = n  # Frames without times are counted from the start (seek_to is 0).
       else:
-        i = n
+        i = _frame_index(frame.pts, origin, stream.time_base, rate)
       if previous is None and i > wanted[0]:
         if seek_to > 0:
           return None, i
@@ -174,9 +229,9 @@ def _decoded(av, path: str, wanted: list[int],
         out.append(frame)
         if len(out) == len(wanted):
           break
-    if previous is None:
+    if len(out) < len(wanted):
       return None, None
-    return out + [previous] * (len(wanted) - len(out)), None
+    return (out, stream.sample_aspect_ratio), None
 
 
 def _reason(error: Exception) -> str:
@@ -186,8 +241,7 @@ def _reason(error: Exception) -> str:
 def probe_split(
     paths: list[str], labels: np.ndarray | None, where: str, *, num_frames: int,
     stride: int, size: int, skip: bool, report: bool, process_index: int = 0,
-    process_count: int = 1
-) -> tuple[list[str], np.ndarray | None, list[tuple[int, int, int]]]:
+    process_count: int = 1) -> tuple[list[str], np.ndarray | None, list[Probe]]:
   """Probes every file of `paths` [N] (`probe`, by threads) and leaves out those that give no
   clip (`folder_files.leave_out`). Each of the run's processes probes every process_count-th
   file and all exchange what they found (Kinetics-600's 390,000 files took each host minutes
@@ -195,47 +249,46 @@ def probe_split(
   file.
 
   Returns:
-    (paths [M], labels [M] or None, their (frames, height, width) [M]).
+    (paths [M], labels [M] or None, their probes [M]).
 
   Raises:
     DataError: naming the first file that gives no clip and the key, unless `skip`.
   """
   av = video_clips.import_av('video_folder')
 
-  def probed(path: str) -> tuple[int, int, int] | str:
+  def probed(path: str) -> Probe | str:
     try:
       return probe(path)
     except (av.FFmpegError, OSError, ValueError) as e:
       return f'{folder_files.shown(path)}: cannot be read by PyAV ({_reason(e)})'
 
-  shapes = _probed_on_every_host(paths, probed, process_index, process_count)
+  probes = _probed_on_every_host(paths, probed, process_index, process_count)
   problems = [
-      'unreadable' if shape is None else video_clips.clip_problem(
-          repr(folder_files.shown(path)), shape, num_frames, stride, size)
-      for path, shape in zip(paths, shapes)
+      'unreadable' if found is None else video_clips.clip_problem(
+          repr(folder_files.shown(path)), found[:3], num_frames, stride, size)
+      for path, found in zip(paths, probes)
   ]
   bad = [i for i, problem in enumerate(problems) if problem is not None]
   first = problems[bad[0]] if bad else ''
-  if bad and shapes[
+  if bad and probes[
       bad[0]] is None:  # Why, from this host (another may have probed it).
     first = probed(paths[bad[0]])
     if not isinstance(first, str):
       first = (
           f'{folder_files.shown(paths[bad[0]])}: could not be read by PyAV on the host '
           'that probed it')
-  kept = dict(zip(paths, shapes))
+  kept = dict(zip(paths, probes))
   paths, labels = folder_files.leave_out(paths, labels, bad, first.rstrip('.'),
                                          where, verb='read as clips', skip=skip,
                                          report=report)
   return paths, labels, [kept[p] for p in paths]
 
 
-def _probed_on_every_host(
-    paths: list[str], probed, process_index: int,
-    process_count: int) -> list[tuple[int, int, int] | None]:
-  """(frames, height, width) of every file of `paths`, or None where `probed(path)` gave a
-  string (unreadable); this process probes every process_count-th file and gathers the
-  others' from theirs."""
+def _probed_on_every_host(paths: list[str], probed, process_index: int,
+                          process_count: int) -> list[Probe | None]:
+  """The `Probe` of every file of `paths`, or None where `probed(path)` gave a string
+  (unreadable); this process probes every process_count-th file and gathers the others'
+  from theirs."""
   import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 
@@ -245,15 +298,20 @@ def _probed_on_every_host(
         for r in _threads().map(probed, paths)
     ]
   mine = paths[process_index::process_count]
-  table = np.full((-(-len(paths) // process_count), 3), -1, np.int64)
-  for row, result in enumerate(_threads().map(probed, mine)):
-    if not isinstance(result, str):
-      table[row] = result
+  # A row per file: frames (-1: unreadable), height, width, origin, whether it has one.
+  table = np.full((-(-len(paths) // process_count), 5), -1, np.int64)
+  for row, found in enumerate(_threads().map(probed, mine)):
+    if not isinstance(found, str):
+      table[row] = (*found[:3], found.origin or 0, found.origin is not None)
   gathered = np.asarray(multihost_utils.process_allgather(table))
   rows = [
       gathered[i % process_count, i // process_count] for i in range(len(paths))
   ]
-  return [None if row[0] < 0 else tuple(int(v) for v in row) for row in rows]
+  return [
+      None if row[0] < 0 else Probe(int(row[0]), int(row[1]), int(row[2]),
+                                    int(row[3]) if row[4] else None)
+      for row in rows
+  ]
 
 
 def build(config: ml_collections.ConfigDict, *, split: str,
@@ -299,15 +357,16 @@ def build(config: ml_collections.ConfigDict, *, split: str,
   if split == 'train':
     shorter_side = draws.shorter_side(size)
     reduced = [
-        (length,) + video_clips.reduced_size(width, height, shorter_side)[::-1]
-        for length, height, width in shapes
+        (found.frames,) +
+        video_clips.reduced_size(found.width, found.height, shorter_side)[::-1]
+        for found in shapes
     ]
 
     def train_clip(step: int, row: int) -> tuple[np.ndarray, int]:
       clip = draws.clip(step, row, reduced, span=span, size=size)
       frames = read_frames(paths[clip.video],
                            np.arange(clip.start, clip.start + span, stride),
-                           shorter_side)
+                           shorter_side, shapes[clip.video].origin)
       return video_clips.cut_train_clip(frames, clip, size), clip.video
 
     def make_batch(step: int, rows: np.ndarray) -> base.Batch:
@@ -320,14 +379,14 @@ def build(config: ml_collections.ConfigDict, *, split: str,
   else:
     per_video = int(base.get(config, 'eval_clips_per_video'))
     starts = [(file, start)
-              for file, (length, _, _) in enumerate(shapes)
+              for file, found in enumerate(shapes)
               for start in video_clips.eval_clip_starts(
-                  length, num_frames, stride)[:per_video or None]]
+                  found.frames, num_frames, stride)[:per_video or None]]
 
     def eval_clip(index: int) -> np.ndarray:
       file, start = starts[index]
       frames = read_frames(paths[file], np.arange(start, start + span, stride),
-                           size)
+                           size, shapes[file].origin)
       return video_clips.centre_clip(frames, size)
 
     def get_examples(indices: np.ndarray) -> base.Batch:
