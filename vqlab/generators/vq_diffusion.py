@@ -19,7 +19,21 @@ LayerNorm and a head over the K codes. Conditions (`condition`):
            an AdaLN on the timestep (the release's 'selfcross').
 The null condition of classifier-free guidance is learned (the null class's
 rows, or a learned context vector for text); training drops the condition per
-example with probability `cond_drop`. Departures from the release's blocks:
+example with probability `cond_drop`.
+
+Blocks (`block_style`): 'vqlab', vqlab's blocks above; 'release' (condition
+'class' only), the released ImageNet network (Condition2ImageTransformer,
+vqlab.nn.vq_diffusion_release): token embeddings plus row + column position
+tables of `position_grid` cells whose first N the N tokens take in raster
+order (the ImageNet model's 32 x 32 tables over 16 x 16 tokens: table rows
+0-7), blocks with per-block learned timestep and class AdaLN tables, the
+3x3-conv GELU2 MLP, normal(0.02) inits, LayerNorm epsilon 1e-5, and its
+output log_softmax clamped to [-70, 0] with a [MASK] entry of -70. Its null
+class (`null_class`) is the mean of each class table's rows (the release's
+1000-row tables; it checks only the batch's first label, vqlab each
+label) or a learned row (its 1001-row tables); the released checkpoints
+load into it (vqlab.convert.vq_diffusion). Departures of the 'vqlab' blocks
+from the release's:
 the timestep enters as one sinusoidal embedding and MLP shared by the blocks
 (the release: each AdaLN has its own table of T learned embeddings); the MLP
 of 'none' and 'text' blocks is after an AdaLN on the timestep (the release: a
@@ -73,11 +87,14 @@ from vqlab.errors import ConfigError
 from vqlab.generators import api
 from vqlab.generators import discrete_diffusion as dd
 from vqlab.nn import transformer
+from vqlab.nn import vq_diffusion_release as release
 from vqlab.nn.conditioned_transformer import ConditionedBlock
 from vqlab.nn.conditioned_transformer import timestep_embedding
 from vqlab.nn.transformer import Transformer
 
 CONDITIONS = ('none', 'class', 'text')
+BLOCK_STYLES = ('vqlab', 'release')
+NULL_CLASSES = ('mean', 'row')
 TEXT_ENCODERS = ('frozen', 'bytes')
 SAMPLERS = ('chain', 'purity')
 BYTE_VOCAB = 257  # UTF-8 bytes + padding id 256.
@@ -95,6 +112,11 @@ class VQDiffusion(nn.Module):
     dtype: compute dtype of the embeddings and blocks; the final norm, the
       head and the log-probabilities are float32.
     scan_layers, remat_policy: how the blocks run (vqlab.nn.transformer).
+    block_style: 'vqlab' or 'release' (module docstring).
+    position_grid: 'release': (rows, cols) of the position tables; ():
+      token_shape.
+    null_class: 'release': the null class's embedding in each class table,
+      'mean' of the class rows or a learned 'row'.
   """
   vocab_size: int
   token_shape: Sequence[int]
@@ -112,6 +134,9 @@ class VQDiffusion(nn.Module):
   dtype: Any = jnp.float32
   scan_layers: bool = False
   remat_policy: str = 'none'
+  block_style: str = 'vqlab'
+  position_grid: Sequence[int] = ()
+  null_class: str = 'mean'
 
   @property
   def num_tokens(self) -> int:
@@ -225,6 +250,9 @@ class VQDiffusion(nn.Module):
       raise ValueError("VQDiffusion: condition 'none' takes cond=None")
     batch = x_t.shape[0]
     flat = x_t.reshape(batch, -1).astype(jnp.int32)
+    if self.block_style == 'release':
+      return self._release_log_probs(flat, t, self._labels(cond, drop, batch),
+                                     train)
     x = nn.Embed(self.vocab_size + 1, self.width, name='token_embed')(flat)
     pos = self.param('pos_embedding', nn.initializers.normal(0.02),
                      (self.num_tokens, self.width))
@@ -251,6 +279,38 @@ class VQDiffusion(nn.Module):
     log_p = jax.nn.log_softmax(logits, axis=-1)
     return jnp.concatenate(
         [log_p, jnp.full(log_p.shape[:-1] + (1,), dd.LOG_ZERO)], axis=-1)
+
+  def _release_log_probs(self, flat: jax.Array, t: jax.Array, labels: jax.Array,
+                         train: bool) -> jax.Array:
+    """The release's network (vqlab.nn.vq_diffusion_release): flat int
+    [B, N] states, t int [B], labels int [B] -> float32 [B, N, K + 1]
+    log p(x_0 | x_t) clamped to [-70, 0], the [MASK] entry -70."""
+    init = nn.initializers.normal(0.02)
+    x = nn.Embed(self.vocab_size + 1, self.width, embedding_init=init,
+                 name='token_embed')(flat)
+    rows, cols = self.position_grid or self.token_shape
+    positions = release.grid_positions(
+        self.param('row_embedding', init, (rows, self.width)),
+        self.param('col_embedding', init, (cols, self.width)), self.num_tokens)
+    x = (x + positions).astype(self.dtype)
+    class_rows = self.num_classes + (self.null_class == 'row')
+    fields = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim,
+                  num_timesteps=self.num_timesteps, class_rows=class_rows,
+                  grid=tuple(self.token_shape), dropout_rate=self.dropout_rate,
+                  dtype=self.dtype)
+    x = transformer.apply_layers(release.ReleaseBlock, fields, self.num_layers,
+                                 x, t.astype(jnp.int32), labels, train,
+                                 scan=self.scan_layers,
+                                 remat_policy=self.remat_policy)
+    x = nn.LayerNorm(release.LAYER_NORM_EPSILON, dtype=jnp.float32,
+                     name='final_norm')(x)
+    logits = nn.Dense(self.vocab_size, dtype=jnp.float32, kernel_init=init,
+                      name='head')(x)
+    log_p = jnp.maximum(jax.nn.log_softmax(logits, axis=-1),
+                        release.LOG_PROB_FLOOR)
+    return jnp.concatenate(
+        [log_p,
+         jnp.full(log_p.shape[:-1] + (1,), release.LOG_PROB_FLOOR)], axis=-1)
 
   @nn.nowrap
   def sample(self, params, rng: jax.Array, batch_size: int, cond=None,
@@ -535,6 +595,16 @@ def default_config() -> ml_collections.ConfigDict:
   config.num_classes = 10  # 'class': classes (+1 null class).
   config.text_encoder = 'frozen'  # 'frozen' (MiniLM states) | 'bytes'.
   config.cond_dim = 384  # Width of the frozen text states.
+  # 'vqlab': vqlab's blocks (module docstring); 'release': the released
+  # ImageNet network (Condition2ImageTransformer), condition 'class' only.
+  config.block_style = 'vqlab'
+  # 'release': (rows, cols) of the row and column position tables, whose
+  # first N grid cells the N tokens take (the ImageNet model: (32, 32) over
+  # 16 x 16 tokens); (): token_shape.
+  config.position_grid = ()
+  # 'release': the null class is the 'mean' of each block's class rows
+  # (the release's class_number 1000) or a learned 'row' (class_number 1001).
+  config.null_class = 'mean'
   transformer.add_stack_config(config)
   return config
 
@@ -552,6 +622,7 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
     raise ConfigError(
         f'{prefix}.num_heads', f'{config.num_heads} does not '
         f'divide width {config.width}')
+  _check_block_style(config, prefix)
   values = (config.abar_1, config.abar_T, config.gbar_1, config.gbar_T)
   try:
     dd.make_schedule(config.vocab_size, config.num_timesteps, *values)
@@ -565,7 +636,48 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
                      condition=config.condition, num_classes=config.num_classes,
                      text_encoder=config.text_encoder, cond_dim=config.cond_dim,
                      schedule_values=values, dtype=jnp.dtype(dtype),
+                     block_style=config.block_style, position_grid=tuple(
+                         config.position_grid), null_class=config.null_class,
                      **transformer.stack_options(config, prefix))
+
+
+# Model keys only the 'release' blocks read.
+RELEASE_KEYS = ('position_grid', 'null_class')
+
+
+def _check_block_style(config: ml_collections.ConfigDict, prefix: str) -> None:
+  """ConfigError for an unknown block_style, 'release' blocks with a
+  condition other than 'class' or a grid they cannot take, or a 'release'
+  key set off its default for 'vqlab' blocks."""
+  style, key = config.block_style, f'{prefix}.block_style'
+  if style not in BLOCK_STYLES:
+    raise ConfigError(key, f'{style!r} is not one of {", ".join(BLOCK_STYLES)}')
+  if style == 'vqlab':
+    defaults = default_config()
+    for name in RELEASE_KEYS:
+      if config[name] != defaults[name]:
+        raise ConfigError(
+            f'{prefix}.{name}', f'{config[name]!r}, but only '
+            f"{prefix}.block_style 'release' reads it; leave it at "
+            f'{defaults[name]!r}')
+    return
+  if config.condition != 'class':
+    raise ConfigError(
+        key, f"'release' is the release's class-conditional network; "
+        f'condition {config.condition!r} needs block_style \'vqlab\'')
+  if len(config.token_shape) != 2:
+    raise ConfigError(
+        key, f"'release' convolves a 2D token grid; token_shape is "
+        f'{tuple(config.token_shape)}')
+  if config.null_class not in NULL_CLASSES:
+    raise ConfigError(
+        f'{prefix}.null_class',
+        f'{config.null_class!r} is not one of {", ".join(NULL_CLASSES)}')
+  grid = tuple(config.position_grid) or tuple(config.token_shape)
+  if len(grid) != 2 or grid[0] * grid[1] < int(np.prod(config.token_shape)):
+    raise ConfigError(
+        f'{prefix}.position_grid', f'{grid} must be (rows, cols) with at '
+        f'least the {int(np.prod(config.token_shape))} tokens of token_shape')
 
 
 # ------------------------------------------------------------ Generator API.

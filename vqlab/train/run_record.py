@@ -273,6 +273,11 @@ _ADDED_MODEL_KEYS = {
     },
     'gpt': {
         'block_style': 'pre_ln'
+    },
+    'vq_diffusion': {
+        'block_style': 'vqlab',
+        'position_grid': [],
+        'null_class': 'mean'
     }
 }
 _ADDED_OPTIMIZER_KEYS = {'eps': 1e-8}
