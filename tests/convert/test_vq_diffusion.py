@@ -13,7 +13,6 @@ import pytest
 from tests import paths
 from vqlab.convert import published
 from vqlab.convert import vq_diffusion
-from vqlab.errors import ConfigError
 from vqlab.errors import WeightsError
 from vqlab.generators import vq_diffusion as vq_diffusion_model
 from vqlab.weights import torch_files
@@ -92,9 +91,3 @@ def test_a_file_that_is_not_the_network_is_named(tmp_path):
   missing = tmp_path / 'missing.pth'
   with pytest.raises(WeightsError, match='missing.pth'):
     vq_diffusion.convert_file(str(missing))
-
-
-def test_no_run_is_written_without_the_release_tokenizer(tmp_path):
-  converted = vq_diffusion.convert_file(TINY, **SETTINGS)
-  with pytest.raises(ConfigError, match='tokenizer.workdir: .* 974'):
-    vq_diffusion.write_run(str(tmp_path / 'run'), converted)

@@ -33,10 +33,6 @@ KINDS = {
     'taming_transformer': ('taming_transformer', 'taming-transformers GPT '
                            '(cin, ffhq, celebahq last.ckpt), over a '
                            'converted taming_vqgan run'),
-    'vq_diffusion': ('vq_diffusion', "VQ-Diffusion's class-conditional "
-                     'ImageNet network (imagenet_pretrained.pth, '
-                     'imagenet_learnable.pth): checked and converted, but no '
-                     'run is written (no vqlab tokenizer has its 974 codes)'),
 }
 
 

@@ -28,9 +28,11 @@ converted; the schedule is vqlab's (the release's 'alpha1' defaults).
 
 Not converted: the tokenizer. The release's codes are 974 of the taming
 VQGAN f16-16384's, picked by help_folder/statistics/taming_vqvae_974.pt,
-and vqlab has no tokenizer that restricts a codebook to such a subset, so
-no generator run can be written (`write_run` says so): `convert_file` gives
-the model config and params, checked against the network.
+(encoded by the full codebook's nearest code, then mapped), and vqlab has
+no tokenizer that maps its codes so: there is no `python -m vqlab.convert`
+kind for it, and no run is written. `convert_file` gives the model config
+and params, checked against the network (to train from, or to compare
+with).
 """
 
 import os
@@ -43,7 +45,6 @@ import ml_collections
 
 from vqlab import generators
 from vqlab.convert import published
-from vqlab.errors import ConfigError
 from vqlab.errors import WeightsError
 from vqlab.nn import stack
 from vqlab.weights import torch_files
@@ -222,15 +223,3 @@ def convert_file(path: str, *, num_heads: int = 16, grid_size: int = 16,
       tensors, f'VQ-Diffusion {os.path.basename(os.path.abspath(path))}',
       num_heads=num_heads, grid_size=grid_size, num_classes=num_classes,
       scan_layers=scan_layers)
-
-
-def write_run(out_dir: str, converted: published.Converted) -> dict[str, Any]:
-  """Always a ConfigError: no vqlab tokenizer has the release's codes (the
-  module docstring); the converted params are `convert_file`'s."""
-  del out_dir
-  raise ConfigError(
-      'tokenizer.workdir',
-      f'{converted.source} converted, but no run is written: its codes are '
-      'the 974 of taming f16-16384 that help_folder/statistics/'
-      'taming_vqvae_974.pt picks, and vqlab has no tokenizer restricted to '
-      'them; use vqlab.convert.vq_diffusion.convert_file for the params')
