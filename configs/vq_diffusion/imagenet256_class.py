@@ -9,8 +9,12 @@ microsoft/VQ-Diffusion) is smaller than this denoiser: 24 blocks of width
 (its Condition2ImageTransformer, 'selfcondition' blocks): each block's MLP
 LayerNorm is adaptive on the class, through the block's own class embedding
 table, and no block cross-attends (vqlab's other departures from those
-blocks: vqlab/generators/vq_diffusion.py). 343M params (444M with the
-cross-attention to a class token that vqlab had before). Classifier-free
+blocks: vqlab/generators/vq_diffusion.py; `--config.model.block_style=release
+--config.model.position_grid='(32, 32)' --config.model.null_class=row` trains
+the release's own network instead, the one
+`vqlab.convert.vq_diffusion.convert_file` converts its weights into). 343M
+params (444M with the cross-attention to a class token that vqlab had
+before). Classifier-free
 guidance through label dropout (the null class has its row in every block's
 table, as the release's model with class_number 1001); sampling as the
 release samples its classifier-free ImageNet model (inference_VQ_Diffusion.py:
