@@ -11,6 +11,7 @@ import pytest
 
 from vqlab import data
 from vqlab.data import folder_files
+from vqlab.data import video_clips
 from vqlab.data import video_folder
 from vqlab.errors import DataError
 
@@ -291,3 +292,52 @@ def test_a_file_cut_short_counts_the_frames_it_has(tmp_path):
                      match=f'^{cut}: ends before frame {FRAMES - 1}'):
     video_folder.read_frames(cut, np.arange(FRAMES - 3, FRAMES), 1000,
                              found.origin)
+
+
+_O = 1 << 16  # 1.0 in a display matrix's 16.16 entries.
+
+
+@pytest.mark.parametrize(
+    'matrix, rotation, shown',
+    [
+        # (m[0], m[1], m[3], m[4]), frame.rotation, what ffmpeg shows.
+        ((-_O, 0, 0, _O), -180, lambda x: x[:, ::-1]),  # Mirrored.
+        ((_O, 0, 0, -_O), 0, lambda x: x[::-1]),  # Upside down.
+        ((-_O, 0, 0, -_O), -180, lambda x: x[::-1, ::-1]),  # Half a turn.
+        ((0, _O, -_O, 0), -90,
+         lambda x: np.rot90(x, -1)),  # A phone's portrait.
+        ((0, -_O, _O, 0), 90, lambda x: np.rot90(x, 1)),
+        ((0, _O, _O, 0), -90, lambda x: x.swapaxes(0, 1)),  # Transposed.
+        ((0, -_O, -_O, 0), 90, lambda x: x[::-1, ::-1].swapaxes(0, 1)),
+    ])
+def test_display_matrices_turn_and_mirror_as_ffmpeg_does(
+    matrix, rotation, shown):
+  """The flipped matrices were read as their rotation alone (a mirrored
+  video upside down, a flipped one not at all)."""
+  rgb = np.arange(2 * 3 * 1).reshape(2, 3, 1)
+  m0, m1, m3, m4 = matrix
+  full = np.array([m0, m1, 0, m3, m4, 0, 0, 0, 1 << 30], np.int32)
+  np.testing.assert_array_equal(video_clips.oriented(rgb, rotation, full),
+                                shown(rgb))
+
+
+def test_an_edit_list_that_ends_early_counts_the_frames_shown(tmp_path):
+  """An MP4 trimmed without re-encoding: its edit list shows 17 of its 24
+  frames, and the packets past it decode to nothing. The count of 24 from
+  those packets made clips near the end a DataError."""
+  path = str(tmp_path / 'trimmed.mp4')
+  _write(path, 1, *_X264)
+  with open(path, 'rb') as f:
+    content = bytearray(f.read())
+  elst = content.find(b'elst')  # Version 0, one entry: duration, time, rate.
+  duration = int.from_bytes(content[elst + 12:elst + 16], 'big')
+  content[elst + 12:elst + 16] = (duration * 17 // FRAMES).to_bytes(4, 'big')
+  with open(path, 'wb') as f:
+    f.write(content)
+  assert len(_decoded(path)) == 17
+  found = video_folder.probe(path)
+  assert found.frames == 17
+  last = np.arange(13, 17)
+  np.testing.assert_allclose(
+      video_folder.read_frames(path, last, 1000, found.origin)[:, 20, 20, 0],
+      8 * last, atol=3)

@@ -108,9 +108,8 @@ def reduced_size(width: int, height: int, shorter_side: int) -> tuple[int, int]:
 def display_frame(frame, sample_aspect=None) -> np.ndarray:
   """uint8 [h, w, 3]: the decoded PyAV video frame `frame` in RGB as players show it: its
   pixels made square by `sample_aspect` (the stream's sample aspect ratio, a Fraction; None
-  or 1: square already; antialiased bilinear) and turned by its display matrix's rotation
-  (`frame.rotation`, counterclockwise degrees: phones store portrait video as landscape
-  frames with a rotation of -90)."""
+  or 1: square already; antialiased bilinear) and turned (and mirrored) by its display matrix
+  as ffmpeg's autorotate does (`oriented`: phones store portrait video as landscape frames)."""
   from av.video import reformatter  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   # The pixels of frame.to_image(), which sets up a converter for each frame (3 ms of every
@@ -123,8 +122,30 @@ def display_frame(frame, sample_aspect=None) -> np.ndarray:
     rgb = np.asarray(
         Image.fromarray(rgb).resize(
             (max(1, round(width * sample_aspect)), height), Image.BILINEAR))
-  turns = round(frame.rotation / 90) % 4
-  return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+  matrix = next((bytes(data)
+                 for data in frame.side_data
+                 if data.type.name == 'DISPLAYMATRIX'), None)
+  if matrix is None:
+    return rgb
+  return np.ascontiguousarray(
+      oriented(rgb, frame.rotation, np.frombuffer(matrix, np.int32)))
+
+
+def oriented(rgb: np.ndarray, rotation: float,
+             matrix: np.ndarray) -> np.ndarray:
+  """rgb [h, w, C] as ffmpeg's autorotate shows it, from a display matrix int32 [9] whose
+  rotation (av_display_rotation_get: counterclockwise degrees) is `rotation`: a quarter turn
+  clockwise for -90 (a transpose when matrix[3] > 0), counterclockwise for 90 (an
+  anti-transpose when matrix[3] < 0), for 180 a horizontal flip where matrix[0] < 0 and a
+  vertical one where matrix[4] < 0, and for 0 a vertical flip where matrix[4] < 0."""
+  theta = -round(rotation) % 360  # ffmpeg's get_rotation.
+  if abs(theta - 90) < 1:
+    return rgb.swapaxes(0, 1) if matrix[3] > 0 else np.rot90(rgb, -1)
+  if abs(theta - 270) < 1:
+    return np.rot90(rgb, -1)[::-1] if matrix[3] < 0 else np.rot90(rgb, 1)
+  if abs(theta - 180) < 1:
+    return rgb[::-1 if matrix[4] < 0 else 1, ::-1 if matrix[0] < 0 else 1]
+  return rgb[::-1] if matrix[4] < 0 else rgb
 
 
 def reduced_frame(frame, shorter_side: int, sample_aspect=None) -> np.ndarray:

@@ -8,7 +8,7 @@ labels; or any other folder as one pool of files without labels (UCF-101's
 end in `VIDEO_EXTENSIONS` (any case).
 
 Files are not held in memory. When the source is built each file of the split is probed once
-(`probe`): its first frame is decoded and its last frame's time read after a seek to its end,
+(`probe`): its first frame is decoded, and its last group of pictures after a seek to its end,
 which gives its frame count in the units clips are cut in (a container's own count can be wrong:
 a file cut short, or cut from a longer one without re-encoding). Frames are read as players
 show them: turned by the display matrix (a phone's portrait video is stored as landscape
@@ -98,9 +98,9 @@ class Probe(NamedTuple):
 
 
 def probe(path: str) -> Probe:
-  """Probes the first video stream of `path`: its first frame is decoded, and its last frame's
-  time read from the packets after a seek to its end (when that fails, as in a file cut short,
-  or without times, every frame is decoded).
+  """Probes the first video stream of `path`: its first frame is decoded, and its last group of
+  pictures after a seek to its end, for the last frame's time (when that fails, as in a file
+  cut short, or without times, every frame is decoded).
 
   Raises:
     ValueError or av.FFmpegError: the file cannot be read.
@@ -134,14 +134,14 @@ def probe(path: str) -> Probe:
 
 
 def _last_time(av, container, stream) -> int | None:
-  """The largest packet time of `stream` after a seek to its end, or None (the seek or the
-  packets fail, or none is there: a file cut short, whose index names packets past the cut)."""
+  """The latest time of a frame decoded from `stream` after a seek to its end (its last
+  group of pictures), or None (the seek or the decoding fails, or no frame is there: a file
+  cut short, whose index names packets past the cut). Decoded frames, not packets: packets
+  past the end of an edit list, or B-frames whose reference was cut off, decode to nothing."""
   try:
     container.seek(2**62, stream=stream, backward=True, any_frame=False)
     times = [
-        packet.pts
-        for packet in container.demux(stream)
-        if packet.size and packet.pts is not None
+        frame.pts for frame in container.decode(stream) if frame.pts is not None
     ]
   except (av.FFmpegError, OSError):
     return None
