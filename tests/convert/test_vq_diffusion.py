@@ -45,6 +45,25 @@ def test_reference_log_probs(scan_layers):
                                rtol=1e-5)
 
 
+def test_a_checkpoint_with_an_ema_converts_its_ema_network():
+  """The release's solver saves 'ema': the EMA DiffusionTransformer's state
+  dict (network under 'ema.transformer.', its buffers under 'ema.'); the
+  buffers' prefix was taken for 'ema.transformer.', and every such file was
+  refused."""
+  tensors = _tiny_tensors()
+  with_ema = dict(tensors)
+  model = 'model.transformer.'
+  for key, value in tensors.items():
+    if key.startswith(model):
+      with_ema['ema.' + key[len(model):]] = value * (
+          2 if key.endswith('to_logits.1.bias') else 1)
+  assert any(k.startswith('ema.log_') for k in with_ema)
+  converted = vq_diffusion.convert_state_dict(with_ema, 'tiny', **SETTINGS)
+  head = converted.params['head']['bias']
+  np.testing.assert_array_equal(
+      head, 2 * tensors['model.transformer.transformer.to_logits.1.bias'])
+
+
 def test_full_size_key_list_converts_to_the_imagenet_network():
   with open(os.path.join(GOLDENS, 'vq_diffusion_keys.json')) as f:
     shapes = json.load(f)

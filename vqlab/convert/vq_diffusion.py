@@ -196,9 +196,10 @@ def convert_state_dict(tensors: dict[str,
   config = model_config(arch, scan_layers)
   params = convert_params(sd, prefix, arch)
   others = tuple(p for p in ('ema.', 'model.') if not prefix.startswith(p))
-  network_buffers = tuple(
-      prefix.replace('.transformer.transformer.', '.transformer.') + name
-      for name in ('log_', 'Lt_'))
+  # The DiffusionTransformer's buffers (log_at, Lt_history, ...), beside
+  # its network: 'model.transformer.' or the EMA's 'ema.'.
+  diffusion = prefix[:-len('transformer.')]
+  network_buffers = tuple(diffusion + name for name in ('log_', 'Lt_'))
   sd.check_all_used(ignore_prefixes=others + network_buffers +
                     ('model.content_codec.',))
   expected = expected_params(config)
