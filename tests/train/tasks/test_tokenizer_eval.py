@@ -1,6 +1,7 @@
 """The tokenizer eval suite end to end: PSNR, SSIM, LPIPS, codebook usage and
-rFID over several eval batches equal a direct computation on the same images;
-`--mode=fid_stats`'s reference statistics; clear errors for missing weights."""
+rFID's feature statistics over several eval batches equal a direct
+computation on the same images; `--mode=fid_stats`'s reference statistics;
+clear errors for missing weights."""
 
 import functools
 
@@ -9,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests import low_rank_fid
 from tests import random_weight_files
 from tests import tiny
 from tests.compile_options import FAST_COMPILE
@@ -85,9 +85,6 @@ def _direct_metrics(exp, state, num_batches):
       k: np.concatenate([np.asarray(v, np.float64) for v in vs])
       for k, vs in rows.items()
   }
-  # 12 examples: rank-11 covariances (no 2048 x 2048 eigensolve).
-  rfid = low_rank_fid.frechet_distance(*low_rank_fid.statistics(rows['real']),
-                                       *low_rank_fid.statistics(rows['rec']))
   counts = np.bincount(rows['codes'].astype(int),
                        minlength=model.quantizer.codebook_size)
   probs = counts[counts > 0] / counts.sum()
@@ -96,11 +93,11 @@ def _direct_metrics(exp, state, num_batches):
       'ssim': rows['ssim'].mean(),
       'lpips': rows['lpips'].mean(),
       'l1': rows['l1'].mean(),
-      'rfid': rfid,
       'codebook_usage': float((counts > 0).mean()),
       'codebook_perplexity': np.exp(-np.sum(probs * np.log(probs))),
       'num_examples': len(rows['psnr']),
-      'real': rows['real']
+      'real': rows['real'],
+      'rec': rows['rec']
   }
 
 
@@ -115,13 +112,13 @@ def test_eval_suite_equals_direct_computation(weights_dir, tmp_path,
   exp = experiment.Experiment(_config(weights_dir, fid_reference=path),
                               str(tmp_path / 'run'))
   state, _ = exp.initial_state()
-  # The eval's rFID is computed; FID against the reference is checked by its
-  # arguments below (one 2048 x 2048 distance fewer; the distance's symmetry:
-  # tests/evals/test_fid.py).
+  # rFID and FID against the reference are checked by their arguments below
+  # (the distance's value of singular statistics and its symmetry:
+  # tests/evals/test_fid.py): no 2048 x 2048 eigensolve.
   distances, frechet = [], fid.frechet_distance
   monkeypatch.setattr(
-      fid, 'frechet_distance', lambda *stats: distances.append(stats) or
-      (frechet(*stats) if len(distances) == 1 else 1.5))
+      fid, 'frechet_distance',
+      lambda *stats: distances.append(stats) or 1.5 + len(distances))
   metrics, images = exp.evaluate(state)
   monkeypatch.setattr(fid, 'frechet_distance', frechet)
   want = _direct_metrics(exp, state, num_batches=-1)
@@ -132,8 +129,6 @@ def test_eval_suite_equals_direct_computation(weights_dir, tmp_path,
   # In float64: float32 is off in the 7th digit.
   np.testing.assert_allclose(metrics['codebook_perplexity'],
                              want['codebook_perplexity'], rtol=1e-12)
-  assert want['rfid'] > 0
-  np.testing.assert_allclose(metrics['rfid'], want['rfid'], rtol=1e-3)
   # The eval step's images stay split over the 8 devices (an example each);
   # only the grid's 4 examples of the first batch come to the host.
   first = next(iter(exp.eval_data.batches()))
@@ -152,7 +147,11 @@ def test_eval_suite_equals_direct_computation(weights_dir, tmp_path,
   # The reference is the eval split's real images: FID against it is rFID,
   # the distance of the reconstructions' statistics to the reference's.
   (real_mu, real_sigma, rec_mu, rec_sigma), reference_args = distances
-  assert metrics['fid_reference'] == 1.5
+  assert metrics['rfid'] == 2.5 and metrics['fid_reference'] == 3.5
+  # rFID: the real and reconstructed features of all 12 examples.
+  np.testing.assert_allclose(rec_mu, want['rec'].mean(0), atol=1e-4)
+  np.testing.assert_allclose(rec_sigma, np.cov(want['rec'], rowvar=False),
+                             atol=1e-4)
   for got, want_arg in zip(reference_args, (rec_mu, rec_sigma, mu, sigma)):
     np.testing.assert_array_equal(got, want_arg)
   np.testing.assert_allclose(mu, real_mu, atol=1e-5)
@@ -224,7 +223,7 @@ def test_gray_images_get_rfid_and_one_example_gets_none(weights_dir,
   The rFID is the Frechet distance of the real and reconstructed features'
   statistics: its arguments are checked here, its value (two 2048 x 2048
   eigendecompositions, most of this test's time) in tests/evals/test_fid.py
-  (singular statistics too) and test_eval_suite_equals_direct_computation."""
+  (singular statistics too)."""
   frozen = frozen_lib.load(['inception'], weights_dir)
   evaluation = reconstruction_eval.ReconstructionEval(codebook_size=8)
   x = jax.random.uniform(jax.random.key(0), (3, 16, 16, 1), minval=-1, maxval=1)
