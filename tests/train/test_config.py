@@ -10,6 +10,7 @@ import sys
 import ml_collections
 import pytest
 
+from tests import compile_options
 from tests import paths
 from tests import tiny
 from vqlab import data as data_lib
@@ -202,7 +203,7 @@ def _main_error_line(workdir, *overrides: str) -> str:
   """Runs the quickstart with overrides on 8 CPU devices; it must fail
   cleanly. Returns the last stderr line."""
   env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS='--xla_force_host_platform_device_count=8')
+             XLA_FLAGS=compile_options.subprocess_xla_flags(8))
   proc = subprocess.run([
       sys.executable,
       os.path.join(ROOT, 'main.py'),

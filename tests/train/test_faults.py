@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from tests import compile_options
 from tests import paths
 from tests import tiny
 from vqlab import data as data_lib
@@ -358,7 +359,7 @@ def _two_processes(mode: str, workdir: str) -> list[str]:
     s.bind(('localhost', 0))
     port = str(s.getsockname()[1])
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=paths.ROOT,
-             XLA_FLAGS='--xla_force_host_platform_device_count=1')
+             XLA_FLAGS=compile_options.subprocess_xla_flags(1))
   script = os.path.join(paths.ROOT, 'tests', 'train', 'two_process_restore.py')
   processes = [
       subprocess.Popen([sys.executable, script,
@@ -776,8 +777,8 @@ def _two_main_processes(config, workdir, timeout: float, env=lambda i: {}):
           '--num_processes=2', f'--process_id={i}', '--cpu_collectives=gloo',
           '--compilation_cache_dir='
       ], env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
-                  XLA_FLAGS='--xla_force_host_platform_device_count=1',
-                  **env(i)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                  XLA_FLAGS=compile_options.subprocess_xla_flags(1), **env(i)),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                        text=True, cwd=ROOT) for i in range(2)
   ]
   try:
@@ -1107,10 +1108,8 @@ def test_kill_9_during_an_async_save_then_resume(finished, tmp_path):
       '--config=' + os.path.join(ROOT, 'tests', 'tiny_tokenizer_config.py'),
       f'--workdir={workdir}', f'--compilation_cache_dir={cache}'
   ]
-  env = dict(
-      os.environ, PYTHONPATH=ROOT,
-      XLA_FLAGS=os.environ['XLA_FLAGS'].replace('device_count=8',
-                                                'device_count=2'))
+  env = dict(os.environ, PYTHONPATH=ROOT,
+             XLA_FLAGS=compile_options.subprocess_xla_flags(2))
   run = subprocess.Popen(command, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
   lines = []
