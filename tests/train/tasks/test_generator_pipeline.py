@@ -54,6 +54,15 @@ def _devices():
   return jax.devices()[:2]
 
 
+@pytest.fixture
+def one_load_per_run(monkeypatch):
+  """Each tokenizer run (and step) the test's generator builds read is loaded
+  once (Orbax's restore is a load's time, about 1 s): for tests that do not
+  change a tokenizer run on disk."""
+  monkeypatch.setattr(trained_tokenizer, 'load',
+                      functools.cache(trained_tokenizer.load))
+
+
 @pytest.fixture(scope='module')
 def shards(tokenizer_dir, tmp_path_factory):
   """A generator workdir whose tokens/ was written by --mode=tokenize."""
@@ -172,6 +181,7 @@ def test_shards_of_a_tokenizer_trained_again_are_refused(
     pretokenize.tokenize(config, str(tmp_path / 'run'), devices=_devices())
 
 
+@pytest.mark.usefixtures('one_load_per_run')
 def test_tokenize_resumes_only_missing_shards_and_ignores_partial_files(
     tokenizer_dir, shards, tmp_path, monkeypatch):
   _, summary = shards
@@ -420,13 +430,9 @@ def test_maskgit_eval_loss_is_the_mean_over_every_masked_token(
     np.testing.assert_allclose(metrics[key], want[key], rtol=1e-5, err_msg=key)
 
 
-@pytest.mark.usefixtures('small_inception_input')
+@pytest.mark.usefixtures('small_inception_input', 'one_load_per_run')
 def test_sample_mode_reports_gfid_and_inception_score_of_the_samples(
     trained_maskgit, tmp_path, monkeypatch):
-  # One load of the tokenizer run for the test's 7 generator builds
-  # (Orbax's restore is their time).
-  monkeypatch.setattr(trained_tokenizer, 'load',
-                      functools.cache(trained_tokenizer.load))
   # Without its train token shards: sampling reads none.
   workdir = str(tmp_path / 'run')
   shutil.copytree(trained_maskgit[0], workdir)
@@ -538,6 +544,7 @@ def test_sample_mode_reports_gfid_and_inception_score_of_the_samples(
   assert os.path.exists(os.path.join(workdir, 'images', 'eval_25_changed.png'))
 
 
+@pytest.mark.usefixtures('one_load_per_run')
 def test_gpt_trains_on_shards_and_samples_decode_to_images(
     tokenizer_dir, shards, tmp_path):
   config = _train(tokenizer_dir, shards, str(tmp_path), 'gpt', 25)
@@ -556,12 +563,10 @@ def test_gpt_trains_on_shards_and_samples_decode_to_images(
     sampling.sample(config, str(tmp_path), devices=_devices())
 
 
+@pytest.mark.usefixtures('one_load_per_run')
 def test_on_the_fly_tokens_give_the_same_eval_loss_as_shards(
-    tokenizer_dir, shards, tmp_path, monkeypatch):
+    tokenizer_dir, shards, tmp_path):
   workdir, summary = shards
-  # One load of the tokenizer run for the test (Orbax's restore is its time).
-  monkeypatch.setattr(trained_tokenizer, 'load',
-                      functools.cache(trained_tokenizer.load))
   config = tiny.generator_config(tokenizer_dir)
   config.tokens.source = 'on_the_fly'
   exp = experiment.Experiment(config, str(tmp_path), _devices())
@@ -643,6 +648,7 @@ def test_a_model_that_does_not_fit_the_tokenizer_is_a_config_error(
     experiment.Experiment(config, str(tmp_path), _devices())
 
 
+@pytest.mark.usefixtures('one_load_per_run')
 def test_data_with_more_classes_than_the_model_is_a_config_error(
     tokenizer_dir, tmp_path, capsys):
   # Labels past the class table (NaN or the null class under jit).
@@ -764,6 +770,7 @@ def spatial_shards(tokenizer_dir, tmp_path_factory):
   return workdir, summary
 
 
+@pytest.mark.usefixtures('one_load_per_run')
 def test_spatial_gpt_trains_on_shards_and_on_the_fly_alike_and_samples(
     tokenizer_dir, spatial_shards, tmp_path):
   _, summary = spatial_shards
@@ -880,6 +887,7 @@ def cond_tokenizer_dir(tmp_path_factory):
                           _devices())
 
 
+@pytest.mark.usefixtures('one_load_per_run')
 def test_condition_tokens_come_from_the_condition_tokenizer(
     tokenizer_dir, cond_tokenizer_dir, spatial_shards, tmp_path):
   config = _spatial_config(tokenizer_dir)
