@@ -335,7 +335,7 @@ def build(config: ml_collections.ConfigDict, *, split: str,
       config, split, VIDEOS)
   fingerprint = folder_files.files_fingerprint(paths, labels,
                                                str(base.get(config, 'path')))
-  paths, labels, shapes = probe_split(paths, labels, where,
+  paths, labels, probes = probe_split(paths, labels, where,
                                       num_frames=num_frames, stride=stride,
                                       size=size, skip=skip,
                                       report=process_index == 0,
@@ -359,14 +359,14 @@ def build(config: ml_collections.ConfigDict, *, split: str,
     reduced = [
         (found.frames,) +
         video_clips.reduced_size(found.width, found.height, shorter_side)[::-1]
-        for found in shapes
+        for found in probes
     ]
 
     def train_clip(step: int, row: int) -> tuple[np.ndarray, int]:
       clip = draws.clip(step, row, reduced, span=span, size=size)
       frames = read_frames(paths[clip.video],
                            np.arange(clip.start, clip.start + span, stride),
-                           shorter_side, shapes[clip.video].origin)
+                           shorter_side, probes[clip.video].origin)
       return video_clips.cut_train_clip(frames, clip, size), clip.video
 
     def make_batch(step: int, rows: np.ndarray) -> base.Batch:
@@ -379,14 +379,14 @@ def build(config: ml_collections.ConfigDict, *, split: str,
   else:
     per_video = int(base.get(config, 'eval_clips_per_video'))
     starts = [(file, start)
-              for file, found in enumerate(shapes)
+              for file, found in enumerate(probes)
               for start in video_clips.eval_clip_starts(
                   found.frames, num_frames, stride)[:per_video or None]]
 
     def eval_clip(index: int) -> np.ndarray:
       file, start = starts[index]
       frames = read_frames(paths[file], np.arange(start, start + span, stride),
-                           size, shapes[file].origin)
+                           size, probes[file].origin)
       return video_clips.centre_clip(frames, size)
 
     def get_examples(indices: np.ndarray) -> base.Batch:
