@@ -1,9 +1,10 @@
-"""PSNR and SSIM against scikit-image."""
+"""PSNR and SSIM against scikit-image, MS-SSIM against TensorFlow."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from skimage import metrics as skmetrics
+import tensorflow as tf
 
 from vqlab.evals import image_metrics
 
@@ -95,8 +96,43 @@ def test_metrics_reject_integer_pixels():
   """uint8 images (a saved PNG) gave PSNR -37 dB and SSIM 3e-5, no error."""
   pixels = jnp.full((1, 16, 16, 3), 128, jnp.uint8)
   for metric in (image_metrics.psnr, image_metrics.mean_frame_psnr,
-                 image_metrics.ssim, image_metrics.mean_abs_error):
+                 image_metrics.ssim, image_metrics.ms_ssim,
+                 image_metrics.mean_abs_error):
     with pytest.raises(TypeError, match=r'x / 127\.5 - 1'):
       metric(pixels, pixels.astype(jnp.float32) / 127.5 - 1)
     with pytest.raises(TypeError, match='got uint8'):
       metric(pixels.astype(jnp.float32) / 127.5 - 1, pixels)
+
+
+@pytest.mark.parametrize('shape', [(2, 161, 175, 3), (1, 176, 170, 1)])
+def test_ms_ssim_matches_tensorflow(shape):
+  """Odd sides at every scale (161 -> 81 -> 41 -> 21 -> 11: each halving
+  repeats the last row); noisy, smooth and darker pairs (the last moves the
+  coarsest scale's luminance term), against TF in float64."""
+  x, y = _pair(4, shape)
+  smooth = np.cumsum(np.cumsum(x, 1), 2)
+  smooth = smooth / np.abs(smooth).max(axis=(1, 2, 3), keepdims=True)
+  near = np.clip(
+      smooth + 0.05 * np.random.default_rng(5).standard_normal(shape), -1, 1)
+  for a, b in ((x, y), (smooth, near), (smooth, 0.6 * smooth - 0.3)):
+    got = image_metrics.ms_ssim(jnp.asarray(a, jnp.float32),
+                                jnp.asarray(b, jnp.float32))
+    want = tf.image.ssim_multiscale((a + 1) / 2, (np.clip(b, -1, 1) + 1) / 2,
+                                    max_val=1.0).numpy()
+    np.testing.assert_allclose(got, want, atol=2e-5)
+  np.testing.assert_allclose(
+      image_metrics.ms_ssim(jnp.asarray(x), jnp.asarray(x)), 1.0, atol=1e-6)
+  # The reconstruction is clipped to [-1, 1], as for PSNR and SSIM.
+  np.testing.assert_array_equal(
+      image_metrics.ms_ssim(jnp.asarray(x), jnp.asarray(2 * x)),
+      image_metrics.ms_ssim(jnp.asarray(x), jnp.clip(jnp.asarray(2 * x), -1,
+                                                     1)))
+
+
+def test_ms_ssim_names_the_size_it_needs():
+  assert image_metrics.MS_SSIM_MIN_SIDE == 161
+  with pytest.raises(
+      ValueError, match=r'\(160, 200\) are smaller than the '
+      r'161x161 that its 5 scales need'):
+    image_metrics.ms_ssim(jnp.zeros((1, 160, 200, 3)),
+                          jnp.zeros((1, 160, 200, 3)))

@@ -66,28 +66,12 @@ def _filter_valid(x: jax.Array, taps: jax.Array) -> jax.Array:
   return x
 
 
-def ssim(x: jax.Array, y: jax.Array, *, sigma: float = 1.5, k1: float = 0.01,
-         k2: float = 0.03) -> jax.Array:
-  """SSIM (Wang et al., 2004) of [-1, 1] images [B, H, W, C] -> [B].
-
-  The standard Gaussian-window form, equal to scikit-image's
-  `structural_similarity(gaussian_weights=True, sigma=1.5,
-  use_sample_covariance=False, data_range=1, channel_axis=-1)` on the images
-  mapped to [0, 1]: an 11x11 window (radius round(3.5 sigma)), the SSIM map
-  averaged over the positions where the window fits inside the image and over
-  channels. `y` is clipped to [-1, 1] as saved images would be.
-  """
-  _check_same_shape('ssim', x, y)
-  if x.ndim != 4:
-    raise ValueError(f'ssim: need two [B, H, W, C] arrays of one shape, got '
-                     f'{x.shape} and {y.shape}')
-  radius = int(3.5 * sigma + 0.5)
-  if min(x.shape[1:3]) < 2 * radius + 1:
-    raise ValueError(f'ssim: images {x.shape[1:3]} are smaller than the '
-                     f'{2 * radius + 1}x{2 * radius + 1} window')
-  x = (x.astype(jnp.float32) + 1.0) / 2.0
-  y = (jnp.clip(y.astype(jnp.float32), -1.0, 1.0) + 1.0) / 2.0
-  taps = _gaussian_taps(sigma, radius)
+def _local_terms(x: jax.Array, y: jax.Array, *, sigma: float, k1: float,
+                 k2: float) -> tuple[jax.Array, jax.Array]:
+  """SSIM's luminance and contrast-structure maps of [0, 1] images [B, H, W,
+  C], each [B, H - 10, W - 10, C] (an 11x11 window at sigma 1.5, 'valid'
+  positions only)."""
+  taps = _gaussian_taps(sigma, int(3.5 * sigma + 0.5))
   blur = lambda v: _filter_valid(v, taps)
   # Moments of images shifted by x's mean per image and channel: in a flat
   # region E[v^2] - E[v]^2 of the unshifted float32 pixels is mostly rounding
@@ -102,6 +86,82 @@ def ssim(x: jax.Array, y: jax.Array, *, sigma: float = 1.5, k1: float = 0.01,
   window_sum = blur(jnp.ones_like(x[:1]))  # 1 up to float32 rounding.
   mu_x, mu_y = dx + window_sum * shift, dy + window_sum * shift
   c1, c2 = k1**2, k2**2
-  ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2) /
-              ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)))
-  return jnp.mean(ssim_map, axis=(1, 2, 3))
+  luminance = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
+  contrast_structure = (2 * cov + c2) / (var_x + var_y + c2)
+  return luminance, contrast_structure
+
+
+def _unit_range_pair(who: str, x: jax.Array, y: jax.Array, min_side: int,
+                     needs: str):
+  """Checks [B, H, W, C] pairs of at least `min_side` pixels a side (what
+  `needs` them, for the error); maps x and the clipped y from [-1, 1] to
+  [0, 1]."""
+  _check_same_shape(who, x, y)
+  if x.ndim != 4:
+    raise ValueError(f'{who}: need two [B, H, W, C] arrays of one shape, got '
+                     f'{x.shape} and {y.shape}')
+  if min(x.shape[1:3]) < min_side:
+    raise ValueError(f'{who}: images {x.shape[1:3]} are smaller than the '
+                     f'{min_side}x{min_side} {needs}')
+  return ((x.astype(jnp.float32) + 1.0) / 2.0,
+          (jnp.clip(y.astype(jnp.float32), -1.0, 1.0) + 1.0) / 2.0)
+
+
+def ssim(x: jax.Array, y: jax.Array, *, sigma: float = 1.5, k1: float = 0.01,
+         k2: float = 0.03) -> jax.Array:
+  """SSIM (Wang et al., 2004) of [-1, 1] images [B, H, W, C] -> [B].
+
+  The standard Gaussian-window form, equal to scikit-image's
+  `structural_similarity(gaussian_weights=True, sigma=1.5,
+  use_sample_covariance=False, data_range=1, channel_axis=-1)` on the images
+  mapped to [0, 1]: an 11x11 window (radius round(3.5 sigma)), the SSIM map
+  averaged over the positions where the window fits inside the image and over
+  channels. `y` is clipped to [-1, 1] as saved images would be.
+  """
+  side = 2 * int(3.5 * sigma + 0.5) + 1
+  x, y = _unit_range_pair('ssim', x, y, side, 'window')
+  luminance, contrast_structure = _local_terms(x, y, sigma=sigma, k1=k1, k2=k2)
+  return jnp.mean(luminance * contrast_structure, axis=(1, 2, 3))
+
+
+# MS-SSIM's scale weights (Wang, Simoncelli and Bovik, 2003), finest first.
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+# The coarsest of the 5 scales (sides halved 4 times, rounding up) must still
+# hold SSIM's 11x11 window.
+MS_SSIM_MIN_SIDE = (SSIM_WINDOW - 1) * 2**(len(MS_SSIM_WEIGHTS) - 1) + 1
+
+
+def _halve(x: jax.Array) -> jax.Array:
+  """2x2 mean pooling of [B, H, W, C]; an odd side first repeats its last
+  row or column -> [B, ceil(H / 2), ceil(W / 2), C]."""
+  pad = [(0, 0), (0, x.shape[1] % 2), (0, x.shape[2] % 2), (0, 0)]
+  x = jnp.pad(x, pad, mode='symmetric')
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+def ms_ssim(x: jax.Array, y: jax.Array) -> jax.Array:
+  """Multi-scale SSIM of [-1, 1] images [B, H, W, C] -> [B] (H, W >= 161).
+
+  TensorFlow's `tf.image.ssim_multiscale(max_val=1)` on the images mapped to
+  [0, 1], the form Google's papers report (MAGVIT-v2's compression table):
+  at each of 5 scales the contrast-structure term averaged over positions
+  (SSIM itself at the coarsest), each clipped at 0 and raised to its weight
+  in MS_SSIM_WEIGHTS, multiplied per channel, then averaged over channels.
+  Each scale halves the last by 2x2 means. `y` is clipped to [-1, 1].
+  """
+  x, y = _unit_range_pair('ms_ssim', x, y, MS_SSIM_MIN_SIDE,
+                          'that its 5 scales need')
+  per_scale = []
+  for scale in range(len(MS_SSIM_WEIGHTS)):
+    if scale:
+      x, y = _halve(x), _halve(y)
+    luminance, contrast_structure = _local_terms(x, y, sigma=1.5, k1=0.01,
+                                                 k2=0.03)
+    if scale < len(MS_SSIM_WEIGHTS) - 1:
+      per_scale.append(jnp.mean(contrast_structure, axis=(1, 2)))
+    else:
+      per_scale.append(jnp.mean(luminance * contrast_structure, axis=(1, 2)))
+  weights = jnp.asarray(MS_SSIM_WEIGHTS, jnp.float32)
+  per_channel = jnp.prod(jax.nn.relu(jnp.stack(per_scale, -1))**weights, -1)
+  return jnp.mean(per_channel, axis=-1)

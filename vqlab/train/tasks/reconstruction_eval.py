@@ -1,15 +1,16 @@
 """The tokenizer eval suite, shared by every task whose eval is a
 reconstruction (the tokenizer task, TiTok's proxy-code stage).
 
-Per batch: PSNR, L1, SSIM (frames of at least 11 pixels), LPIPS (when its
-network is loaded), codebook counts and Inception pool features (when
-Inception is loaded, for rFID) and I3D features of clips (when I3D is loaded,
-for rFVD). Per-frame metrics of videos are averaged over the frames of each
-example. Over the eval set: means over real examples, codebook usage and
-perplexity, rFID, rFVD and (with `eval.fid_reference`) FID against reference
-statistics.
+Per batch: PSNR, L1, SSIM (frames of at least 11 pixels), MS-SSIM (frames of
+at least 161 pixels), LPIPS (when its network is loaded), codebook counts and
+Inception pool features (when Inception is loaded, for rFID) and I3D features
+of clips (when I3D is loaded, for rFVD). Per-frame metrics of videos are
+averaged over the frames of each example. Over the eval set: means over real
+examples, codebook usage and perplexity, the token stream's bits per pixel,
+rFID, rFVD and (with `eval.fid_reference`) FID against reference statistics.
 """
 
+import math
 from typing import Any
 
 import jax
@@ -93,8 +94,9 @@ class ReconstructionEval:
       frozen: may hold 'lpips', 'inception' and 'i3d' params.
 
     Returns:
-      outputs: {'sums': {'psnr', 'l1', 'ssim' (images >= 11 pixels), 'lpips'
-        (when LPIPS is loaded, images >= 16 pixels), 'count'} scalars and
+      outputs: {'sums': {'psnr', 'l1', 'ssim' (images >= 11 pixels), 'ms_ssim'
+        (images >= 161 pixels), 'lpips' (when LPIPS is loaded, images >= 16
+        pixels), 'tokens_per_pixel', 'count'} scalars and
         'code_counts' [K]; 'mask': [B]; when Inception is loaded 'features': {'real',
         'reconstructed'} pool features [B * T, 2048] (frames of videos;
         T = 1 for images) and 'feature_mask' [B * T]; when I3D is loaded
@@ -113,12 +115,21 @@ class ReconstructionEval:
     # Frame metrics (SSIM, LPIPS, Inception) see videos as B * T frames.
     x_frames, rec_frames = frames(x), frames(x_rec)
     per_example = {
-        'psnr': image_metrics.mean_frame_psnr(x, x_rec),
-        'l1': image_metrics.mean_abs_error(x, x_rec)
+        'psnr':
+            image_metrics.mean_frame_psnr(x, x_rec),
+        'l1':
+            image_metrics.mean_abs_error(x, x_rec),
+        # Token positions per pixel of an example (frames x height x width).
+        'tokens_per_pixel':
+            jnp.full((batch_size,),
+                     math.prod(indices.shape[1:]) / math.prod(x.shape[1:-1]))
     }
     if min(x_frames.shape[1:3]) >= image_metrics.SSIM_WINDOW:
       per_example['ssim'] = _per_example(
           image_metrics.ssim(x_frames, rec_frames), batch_size)
+    if min(x_frames.shape[1:3]) >= image_metrics.MS_SSIM_MIN_SIDE:
+      per_example['ms_ssim'] = _per_example(
+          image_metrics.ms_ssim(x_frames, rec_frames), batch_size)
     if 'lpips' in frozen and min(x_frames.shape[1:3]) >= perceptual.MIN_SIDE:
       per_example['lpips'] = _per_example(
           perceptual.lpips_distance(frozen['lpips'], x_frames, rec_frames,
@@ -145,19 +156,31 @@ class ReconstructionEval:
     return outputs, {'inputs': x, 'reconstructions': x_rec}
 
   def summarize(self, acc) -> dict[str, float]:
-    """Eval-set metrics from an `EvalAccumulator` of `outputs`."""
+    """Eval-set metrics from an `EvalAccumulator` of `outputs`.
+
+    Besides the means of the per-example metrics and the codebook's usage and
+    perplexity: `bits_per_pixel`, the token stream stored as it is (log2 K
+    bits a token), and `entropy_bits_per_pixel`, as an ideal entropy coder of
+    the eval set's token frequencies would store it (the entropy of the code
+    histogram, log2 of the perplexity, bits a token): the bit rates of a
+    tokenizer used as a codec (MAGVIT-v2's compression table).
+    """
     sums = acc.sums
     count = max(float(sums['count']), 1.0)
     codebook = quantizer_base.usage_and_perplexity(
         np.asarray(sums['code_counts'], np.float64))
     metrics = {
         k: float(sums[k]) / count
-        for k in ('psnr', 'ssim', 'l1', 'lpips')
+        for k in ('psnr', 'ssim', 'ms_ssim', 'l1', 'lpips')
         if k in sums
     }
-    metrics.update(codebook_usage=float(codebook['usage']),
-                   codebook_perplexity=float(codebook['perplexity']),
-                   num_examples=count)
+    tokens_per_pixel = float(sums['tokens_per_pixel']) / count
+    metrics.update(
+        codebook_usage=float(codebook['usage']),
+        codebook_perplexity=float(codebook['perplexity']),
+        bits_per_pixel=tokens_per_pixel * math.log2(self.codebook_size),
+        entropy_bits_per_pixel=tokens_per_pixel *
+        math.log2(float(codebook['perplexity'])), num_examples=count)
     # A covariance needs two examples: an eval set of one has no rFID/rFVD.
     features = {k: v for k, v in acc.features.items() if v.num_examples >= 2}
     if 'i3d_real' in features:
