@@ -161,9 +161,6 @@ def test_train_sizes_the_loss_networks_cannot_take(mutate, message):
         (lambda c: c.data.update({'num_frames': 4}),
          r'^data\.num_frames: 4, but the model downsamples time by 2: clips '
          r'need 1 \+ 2k frames \(e\.g\. 3 or 5\)$'),
-        (lambda c: c.data.update({'image_size': 18}),
-         r'^data\.image_size: 18 is not divisible by 2\^2: the StyleGAN '
-         r'discriminator halves it in each of its 2 blocks'),
         # conv_in's width: channels, normalized by the first res block.
         (lambda c: c.model.update({
             'channels': 6,
@@ -181,6 +178,19 @@ def test_bad_video_tokenizer_configs_name_the_key(mutate, message):
   config = tiny_cpu.get_config()
   mutate(config)
   assert re.search(message, _error(config, 1)), _error(config, 1)
+
+
+def test_stylegan_discriminator_needs_train_sizes_it_halves_evenly():
+  """Checked before training only: an eval at another size than the
+  training's never runs the discriminator."""
+  from configs.magvit2 import tiny_cpu  # pylint: disable=g-import-not-at-top
+  config = tiny_cpu.get_config()
+  config.data.image_size = 18
+  config = experiment_config.validate(config, num_devices=1)
+  with pytest.raises(
+      ConfigError, match=r'^data\.image_size: 18 is not divisible by 2\^2: '
+      r'the StyleGAN discriminator halves it in each of its 2 blocks'):
+    tokenizer_config.check_train_sizes(config, tokenizers.build(config.model))
 
 
 def test_joint_batches_divide_into_the_devices_and_microbatches():

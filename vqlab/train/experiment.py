@@ -25,6 +25,7 @@ from vqlab.train import partitioning
 from vqlab.train import pins
 from vqlab.train import run_record
 from vqlab.train import tasks
+from vqlab.train import trained_size
 from vqlab.train import workdir_lock
 from vqlab.train.tasks.base import Task
 
@@ -171,6 +172,10 @@ class Experiment:
     else:  # An eval batch has the train batch's inputs, and its padding mask.
       example = next(iter(self.eval_data.batches(0)))
       example = {k: v for k, v in example.items() if k != 'mask'}
+    if lock != 'train' and not self.task.draws_samples:
+      # A tokenizer evaluated at another size: the training's state shapes.
+      example = trained_size.state_example(self.task.model, example,
+                                           self.config_changes)
     self.abstract_batch = _abstract_batch(example, config.train.batch_size,
                                           self.batch_sharding)
     with jax.set_mesh(self.mesh):

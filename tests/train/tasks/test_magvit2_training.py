@@ -136,6 +136,18 @@ def test_loop_trains_and_evaluates_videos(tmp_path):
   assert glob.glob(
       os.path.join(tmp_path, 'images', 'eval_reconstructions_*.png'))
 
+  # The run evaluated at 162-pixel frames, as codecs are compared: MS-SSIM
+  # needs 161. The state keeps the training's shapes (the discriminator's
+  # dense head was built for 16x16 frames; the eval never runs it).
+  config.data.image_size = 162
+  metrics = loop.evaluate_checkpoint(config, str(tmp_path),
+                                     devices=jax.devices()[:2],
+                                     allow_config_change=True)
+  assert 0 < metrics['ms_ssim'] <= 1 and metrics['num_examples'] == 8
+  # 3 x 81 x 81 tokens of 10 bits for 5 x 162 x 162 pixels.
+  np.testing.assert_allclose(metrics['bits_per_pixel'], 1.5, rtol=1e-6)
+  assert 0 < metrics['entropy_bits_per_pixel'] < 1.5
+
 
 def test_lpips_on_video_frames(tmp_path):
   # The perceptual term the train step adds (the train-step path itself is

@@ -167,8 +167,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def _validate_data_fits_networks(config: ml_collections.ConfigDict,
                                  model: Any) -> None:
-  """Clip lengths that the tokenizer's temporal downsampling takes, and
-  sizes that the StyleGAN discriminator's blocks halve evenly."""
+  """Clip lengths that the tokenizer's temporal downsampling takes."""
   temporal = getattr(model, 'temporal_factor', 1)
   video = config.data.get('video', config.data)
   key = 'data.video.num_frames' if 'video' in config.data else 'data.num_frames'
@@ -179,30 +178,29 @@ def _validate_data_fits_networks(config: ml_collections.ConfigDict,
         f'{frames}, but the model downsamples time by {temporal}: clips need '
         f'1 + {temporal}k frames (e.g. '
         f'{checks.nearest_frame_counts(frames, temporal)})')
-  if config.discriminator.name == 'stylegan':
-    blocks = len(config.discriminator.channel_multipliers)
-    for key in ('image_size', 'train_image_size'):
-      size = config.data.get(key, 0)
-      config_schema.require(
-          size % 2**blocks == 0, f'data.{key}',
-          f'{size} is not divisible by 2^{blocks}: the StyleGAN discriminator '
-          f'halves it in each of its {blocks} blocks '
-          '(discriminator.channel_multipliers)')
 
 
 def check_train_sizes(config: ml_collections.ConfigDict, model: Any) -> None:
   """ConfigError naming the data size when the train images are too small for
   the networks the train step runs on them: PatchGAN's logit map would be
   empty (the GAN silently off, its losses NaN), LPIPS NaN, the contrastive
-  loss's VGG grids not tile the token grid. Checked before training only:
-  evaluating or tokenizing with such a config (a small converted
-  checkpoint) runs none of them."""
+  loss's VGG grids not tile the token grid; or when the StyleGAN
+  discriminator's blocks do not halve them evenly. Checked before training
+  only: evaluating or tokenizing with such a config (a small converted
+  checkpoint, a run evaluated at another size) runs none of them."""
   train_key = ('data.train_image_size' if config.data.get(
       'train_image_size', 0) else 'data.image_size')
   train_size = config.data.get('train_image_size', 0) or config.data.get(
       'image_size', 0)
   if not train_size:
     return
+  if config.discriminator.name == 'stylegan':
+    blocks = len(config.discriminator.channel_multipliers)
+    config_schema.require(
+        train_size % 2**blocks == 0, train_key,
+        f'{train_size} is not divisible by 2^{blocks}: the StyleGAN '
+        f'discriminator halves it in each of its {blocks} blocks '
+        '(discriminator.channel_multipliers)')
   if config.discriminator.name == 'patchgan':
     layers = config.discriminator.num_layers
     config_schema.require(
