@@ -108,7 +108,8 @@ def test_metrics_reject_integer_pixels():
 def test_ms_ssim_matches_tensorflow(shape):
   """Odd sides at every scale (161 -> 81 -> 41 -> 21 -> 11: each halving
   repeats the last row); noisy, smooth and darker pairs (the last moves the
-  coarsest scale's luminance term), against TF in float64."""
+  coarsest scale's luminance term), against TF (which computes in float32:
+  textured images only, see the next test)."""
   x, y = _pair(4, shape)
   smooth = np.cumsum(np.cumsum(x, 1), 2)
   smooth = smooth / np.abs(smooth).max(axis=(1, 2, 3), keepdims=True)
@@ -127,6 +128,20 @@ def test_ms_ssim_matches_tensorflow(shape):
       image_metrics.ms_ssim(jnp.asarray(x), jnp.asarray(2 * x)),
       image_metrics.ms_ssim(jnp.asarray(x), jnp.clip(jnp.asarray(2 * x), -1,
                                                      1)))
+
+
+def test_ms_ssim_of_flat_images_is_exact():
+  """Constant images: every contrast-structure term is 1, so MS-SSIM is the
+  coarsest scale's luminance term to its weight. TF's float32 moments give
+  0.99783 for the first pair (2e-3 off), as its SSIM's would."""
+  a, b = 0.9, 0.8  # On the [-1, 1] scale.
+  x = jnp.full((2, 161, 170, 3), a)
+  y = jnp.full((2, 161, 170, 3), b).at[1].set(-0.5)
+  u, v = (a + 1) / 2, np.array([(b + 1) / 2, 0.25])
+  luminance = (2 * u * v + 1e-4) / (u**2 + v**2 + 1e-4)
+  np.testing.assert_allclose(image_metrics.ms_ssim(x, y),
+                             luminance**image_metrics.MS_SSIM_WEIGHTS[-1],
+                             atol=1e-6)
 
 
 def test_ms_ssim_names_the_size_it_needs():

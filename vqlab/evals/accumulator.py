@@ -3,7 +3,8 @@
 An eval step returns {'sums': tree of arrays summed over the batch's real
 examples, 'mask': [B], and optionally 'features': {name: [N, D]} feature rows
 with 'feature_mask' [N] (N = B, or B * T for the frames of videos) or, per
-name, 'feature_masks' {name: [N]}}. Sums
+name, 'feature_masks' {name: [N]}, and 'constants': {name: int scalar} that
+every batch gives alike (e.g. the pixels of an example)}. Sums
 add up across batches in float64 (float32 sums over 50k images lose digits);
 features go into streamed mean/covariance statistics (FID), so no feature
 matrix of the whole set is ever held in memory.
@@ -23,6 +24,7 @@ class EvalAccumulator:
   def __init__(self):
     self.sums: Any = None
     self.features: dict[str, fid.FeatureStatistics] = {}
+    self.constants: dict[str, int] = {}
     self.num_batches = 0
 
   def add(self, outputs: dict[str, Any]) -> None:
@@ -31,6 +33,11 @@ class EvalAccumulator:
     sums = jax.tree.map(lambda a: np.asarray(a, np.float64), outputs['sums'])
     self.sums = sums if self.sums is None else jax.tree.map(
         np.add, self.sums, sums)
+    for name, value in (outputs.get('constants') or {}).items():
+      value = int(value)
+      if self.constants.setdefault(name, value) != value:
+        raise ValueError(f'eval: {name} is {self.constants[name]} in one '
+                         f'batch and {value} in another')
     features = outputs.get('features') or {}
     if features:
       shared = outputs.get('feature_mask', outputs['mask'])

@@ -172,9 +172,9 @@ class Experiment:
     else:  # An eval batch has the train batch's inputs, and its padding mask.
       example = next(iter(self.eval_data.batches(0)))
       example = {k: v for k, v in example.items() if k != 'mask'}
-    if lock != 'train' and not self.task.draws_samples:
-      # A tokenizer evaluated at another size: the training's state shapes.
-      example = trained_size.state_example(self.task.model, example,
+    if not trains and not self.task.draws_samples:
+      # A tokenizer's eval: the state has the shapes of the training's frames.
+      example = trained_size.state_example(self.task.model, example, config,
                                            self.config_changes)
     self.abstract_batch = _abstract_batch(example, config.train.batch_size,
                                           self.batch_sharding)

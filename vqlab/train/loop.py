@@ -362,10 +362,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   no_checkpoint = checkpoint_lib.no_checkpoint_error(workdir)
   if checkpoint_lib.newest_step(workdir) is None:
     raise no_checkpoint  # Before anything is made in a mistyped --workdir.
-  # A generator's eval reads no train token shards (nor their memory).
+  # No train data: a generator's train token shards (and their memory), a
+  # video folder's train files probed, a batch of train clips read.
   exp = experiment.Experiment(config, workdir, devices,
                               allow_config_change=allow_config_change,
-                              trains=config.task != 'generator')
+                              trains=False)
   restored = exp.checkpointer.restore(exp.abstract_state, set_aside=False,
                                       step=exp.config.eval.step)
   if restored is None:

@@ -1,16 +1,19 @@
-"""Evaluating a tokenizer run at another image size than it was trained at.
+"""The shapes a tokenizer run's state was trained at, for evaluating it.
 
-`--mode=eval --allow_config_change --config.data.image_size=N` evaluates a
-convolutional tokenizer on larger (or smaller) frames: MS-SSIM needs at least
-161 pixels a side, and codecs are compared at the videos' own sizes. The
-state is built with the shapes of the training (a StyleGAN discriminator's
-dense head depends on the image size; no eval runs it), and a model whose own
-variables depend on the size (a ViT's position embeddings) is refused.
+An eval reads the eval split only, at `data.image_size`, which may differ
+from the frames the run trained on: its train crops (`data.train_image_size`),
+or another size asked for with `--allow_config_change
+--config.data.image_size=N` (MS-SSIM needs at least 161 pixels a side, and
+codecs are compared at the videos' own sizes). The state is built at the
+training's size (a StyleGAN discriminator's dense head depends on it; no
+eval runs it), and a model whose own variables depend on the size (a ViT's
+position embeddings) is refused at another.
 """
 
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 
 from vqlab.errors import ConfigError
@@ -28,10 +31,9 @@ def _at_size(example: dict[str, np.ndarray], side: int) -> dict[str, Any]:
   }
 
 
-def _variable_shapes(model: Any, example: dict[str, Any]) -> list[tuple]:
+def _variable_shapes(model: Any, images: np.ndarray) -> list[tuple]:
   """[(path, shape)] of the tokenizer `model`'s variables for one example of
-  the last of `example`'s images or videos (the video when both)."""
-  images = [example[k] for k in IMAGE_KEYS if k in example][-1]
+  `images` [B, (T,) H, W, C]."""
   key = jax.random.key(0)
   variables = jax.eval_shape(
       lambda x: model.init({
@@ -43,29 +45,44 @@ def _variable_shapes(model: Any, example: dict[str, Any]) -> list[tuple]:
           for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]]
 
 
+def trained_side(config: ml_collections.ConfigDict,
+                 config_changes: dict[str, tuple]) -> int:
+  """The side of the frames the run trained on: its recorded
+  data.train_image_size, else its data.image_size (0: none recorded)."""
+
+  def recorded(key: str) -> int:
+    if f'data.{key}' in config_changes:
+      return int(config_changes[f'data.{key}'][0] or 0)
+    return int(config.data.get(key, 0) or 0)
+
+  return recorded('train_image_size') or recorded('image_size')
+
+
 def state_example(model: Any, example: dict[str, np.ndarray],
+                  config: ml_collections.ConfigDict,
                   config_changes: dict[str, tuple]) -> dict[str, Any]:
   """The example {key: [B, ...]} whose shapes an eval's state is built from.
 
   Args:
     model: the task's tokenizer (a linen module taking images or videos).
-    example: an example batch of the data as configured now.
-    config_changes: the differences from the run's record that
+    example: an eval batch (without its mask), at data.image_size.
+    config: the config evaluated with.
+    config_changes: its differences from the run's record that
       `--allow_config_change` let through (run_record.check).
 
   Returns:
-    `example`, with its images and videos at the side the run was trained at
-    when data.image_size changed.
+    `example`, with its images and videos at the side the run trained at.
 
   Raises:
     ConfigError: naming data.image_size, when one of the model's variables
-      has another shape at the new size, or the model decodes one size
-      (`image_size`, TiTok) and it is another.
+      has another shape at the eval's size, or the model decodes one size
+      (`image_size`, TiTok) and the eval's is another.
   """
-  change = config_changes.get('data.image_size')
-  if change is None or not any(k in IMAGE_KEYS for k in example):
+  keys = [k for k in IMAGE_KEYS if k in example]
+  side = trained_side(config, config_changes)
+  if not keys or not side or example[keys[-1]].shape[-3:-1] == (side, side):
     return example
-  side, now = int(change[0]), change[1]
+  now = example[keys[-1]].shape[-2]
   decoded = getattr(model, 'image_size', None)  # TiTok decodes one grid.
   if decoded is not None and decoded != now:
     raise ConfigError(
@@ -73,11 +90,12 @@ def state_example(model: Any, example: dict[str, np.ndarray],
         f'model.image_size = {decoded} (a grid its position embeddings are '
         f'made for): it is evaluated at {decoded} only')
   trained = _at_size(example, side)
-  for (name, was), (_, shape) in zip(_variable_shapes(model, trained),
-                                     _variable_shapes(model, example)):
-    if was != shape:
-      raise ConfigError(
-          'data.image_size', f'the run was trained at {side}, and its '
-          f'model\'s {name} is {was} there but {shape} at {now}: this '
-          f'model is evaluated at {side} only')
+  for key in keys:
+    for (name, was), (_, shape) in zip(_variable_shapes(model, trained[key]),
+                                       _variable_shapes(model, example[key])):
+      if was != shape:
+        raise ConfigError(
+            'data.image_size', f'{now}, but the run trained on {side}x{side} '
+            f'frames, and its model\'s {name} is {was} there and {shape} '
+            f'at {now}: this model is evaluated at {side} only')
   return trained

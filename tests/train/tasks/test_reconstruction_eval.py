@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from vqlab.evals import accumulator
@@ -45,17 +46,16 @@ def test_video_ms_ssim_and_the_token_streams_bits_per_pixel():
   ]
   np.testing.assert_allclose(metrics['ms_ssim'], np.mean(per_clip), atol=2e-5)
   # 24 token positions for 3 x 161 x 170 pixels; 6 bits a token as stored,
-  # the entropy of the real rows' code histogram with an ideal coder. The
-  # ratio is summed per batch in float32 (1e-7).
+  # the entropy of the real rows' code histogram with an ideal coder.
   tokens_per_pixel = 24 / (3 * 161 * 170)
   np.testing.assert_allclose(metrics['bits_per_pixel'], tokens_per_pixel * 6,
-                             rtol=1e-6)
+                             rtol=1e-12)
   codes = np.concatenate([batches[b][2][row].ravel() for b, row in real])
   freqs = np.bincount(codes, minlength=codebook_size) / codes.size
   entropy = -np.sum(freqs[freqs > 0] * np.log2(freqs[freqs > 0]))
   assert entropy < 3
   np.testing.assert_allclose(metrics['entropy_bits_per_pixel'],
-                             tokens_per_pixel * entropy, rtol=1e-6)
+                             tokens_per_pixel * entropy, rtol=1e-12)
 
 
 def test_frames_under_161_pixels_have_no_ms_ssim():
@@ -66,4 +66,17 @@ def test_frames_under_161_pixels_have_no_ms_ssim():
   metrics = evaluation.summarize(acc)
   assert 'ms_ssim' not in metrics and 'ssim' in metrics
   np.testing.assert_allclose(metrics['bits_per_pixel'], 120 / (160 * 200) * 4,
-                             rtol=1e-6)
+                             rtol=1e-12)
+
+
+def test_batches_of_other_example_shapes_are_refused():
+  evaluation = reconstruction_eval.ReconstructionEval(16)
+  acc = accumulator.EvalAccumulator()
+  outputs = lambda side: evaluation.outputs(
+      *_batch(0, (2, side, side, 3), 16, (side // 4,) * 2), jnp.ones(
+          (2,)), {})[0]
+  acc.add(outputs(16))
+  with pytest.raises(
+      ValueError, match='eval: pixel_positions is 256 in one '
+      'batch and 576 in another'):
+    acc.add(outputs(24))

@@ -96,8 +96,10 @@ class ReconstructionEval:
     Returns:
       outputs: {'sums': {'psnr', 'l1', 'ssim' (images >= 11 pixels), 'ms_ssim'
         (images >= 161 pixels), 'lpips' (when LPIPS is loaded, images >= 16
-        pixels), 'tokens_per_pixel', 'count'} scalars and
-        'code_counts' [K]; 'mask': [B]; when Inception is loaded 'features': {'real',
+        pixels), 'count'} scalars and
+        'code_counts' [K]; 'mask': [B]; 'constants': {'token_positions',
+        'pixel_positions'} of an example; when Inception is loaded
+        'features': {'real',
         'reconstructed'} pool features [B * T, 2048] (frames of videos;
         T = 1 for images) and 'feature_mask' [B * T]; when I3D is loaded
         (videos) 'features': {'i3d_real', 'i3d_reconstructed'} [B, 400] with
@@ -115,14 +117,8 @@ class ReconstructionEval:
     # Frame metrics (SSIM, LPIPS, Inception) see videos as B * T frames.
     x_frames, rec_frames = frames(x), frames(x_rec)
     per_example = {
-        'psnr':
-            image_metrics.mean_frame_psnr(x, x_rec),
-        'l1':
-            image_metrics.mean_abs_error(x, x_rec),
-        # Token positions per pixel of an example (frames x height x width).
-        'tokens_per_pixel':
-            jnp.full((batch_size,),
-                     math.prod(indices.shape[1:]) / math.prod(x.shape[1:-1]))
+        'psnr': image_metrics.mean_frame_psnr(x, x_rec),
+        'l1': image_metrics.mean_abs_error(x, x_rec)
     }
     if min(x_frames.shape[1:3]) >= image_metrics.SSIM_WINDOW:
       per_example['ssim'] = _per_example(
@@ -137,7 +133,12 @@ class ReconstructionEval:
           batch_size)
     sums = {k: jnp.sum(v * mask) for k, v in per_example.items()}
     sums.update(count=jnp.sum(mask), code_counts=counts)
-    outputs = {'sums': sums, 'mask': mask}
+    # Token positions and pixels (frames x height x width) of an example.
+    constants = {
+        'token_positions': jnp.int32(math.prod(indices.shape[1:])),
+        'pixel_positions': jnp.int32(math.prod(x.shape[1:-1]))
+    }
+    outputs = {'sums': sums, 'mask': mask, 'constants': constants}
     if 'inception' in frozen:
       pool = lambda images: inception.InceptionV3(
           input_protocol=self.inception_input).apply(
@@ -174,7 +175,8 @@ class ReconstructionEval:
         for k in ('psnr', 'ssim', 'ms_ssim', 'l1', 'lpips')
         if k in sums
     }
-    tokens_per_pixel = float(sums['tokens_per_pixel']) / count
+    tokens_per_pixel = (acc.constants['token_positions'] /
+                        acc.constants['pixel_positions'])
     metrics.update(
         codebook_usage=float(codebook['usage']),
         codebook_perplexity=float(codebook['perplexity']),
