@@ -146,6 +146,50 @@ def test_eval_clips_are_consecutive_clips_of_the_held_out_files(folder):
                                 np.stack(want)[[0, 1, 3, 4]])
 
 
+def test_eval_frames_of_another_aspect_are_centred_windows(folder):
+  """eval_frame_size (h, w): the largest centred window of aspect w:h of the
+  48x40 frames as shown, resized once to w x h; (40, 40) is the default
+  eval's centred square."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  decoded = [
+      _decoded(str(folder / name))[:7:2]
+      for name in ('val/cats/e.mov', 'val/dogs/d.mp4')
+  ]
+  resized = lambda frames, w, h: np.stack([
+      np.asarray(Image.fromarray(f).resize((w, h), Image.BILINEAR))
+      for f in frames
+  ])
+  windows = {
+      (40, 48): [f for f in decoded],  # Whole frames, as they are.
+      (20, 24): [resized(f, 24, 20) for f in decoded],  # Whole, halved.
+      (16, 32): [resized(f[:, 8:32], 32, 16) for f in decoded],  # 48x24.
+      (30, 15): [resized(f[:, :, 14:34], 15, 30) for f in decoded],  # 20x40.
+  }
+  for (h, w), want in windows.items():
+    evaluation = data.build(
+        _config(folder, eval_frame_size=(h, w), eval_clips_per_video=1),
+        split='eval', global_batch_size=4)
+    assert evaluation.video_shape == (4, h, w, 3)
+    batch = next(iter(evaluation.batches()))
+    np.testing.assert_array_equal(_as_uint8(batch['video'][batch['mask']]),
+                                  np.stack(want), err_msg=f'{(h, w)}')
+  square = lambda **kw: next(
+      iter(
+          data.build(_config(folder, eval_clips_per_video=1, **kw), split=
+                     'eval', global_batch_size=4).batches()))['video']
+  np.testing.assert_array_equal(square(eval_frame_size=(40, 40)), square())
+  with pytest.raises(
+      DataError, match=r"data\.eval_frame_size: '.*e\.mov' "
+      r'is 48x40, smaller than 64x36'):
+    data.build(_config(folder, eval_frame_size=(36, 64)), split='eval',
+               global_batch_size=4)
+  with pytest.raises(
+      ValueError, match=r'data\.eval_frame_size: must be \(\) '
+      r'or \(height, width\) of positive integers'):
+    data.build(_config(folder, eval_frame_size=(36,)), split='eval',
+               global_batch_size=4)
+
+
 def test_flat_folder_holds_out_whole_files(folder):
   """data.path = train/: one pool of 3 files, no labels, one held out."""
   config = _config(folder / 'train', eval_fraction=0.3)

@@ -180,6 +180,27 @@ def test_bad_video_tokenizer_configs_name_the_key(mutate, message):
   assert re.search(message, _error(config, 1)), _error(config, 1)
 
 
+def test_eval_frame_size_of_video_folders():
+  """Divisible by the tokenizer's downsampling; a run recorded before the key
+  existed evaluated centred squares, as () does."""
+  from configs.magvit2 import tiny_cpu  # pylint: disable=g-import-not-at-top
+  from vqlab.train import run_record  # pylint: disable=g-import-not-at-top
+  config = tiny_cpu.get_config('video_folder')
+  config.data.path = '/videos'
+  config.data.eval_frame_size = (32, 47)
+  assert re.fullmatch(
+      r"data\.eval_frame_size: \(32, 47\) is not divisible by the model's "
+      r'downsampling factor 2', _error(config, 1))
+  config.data.eval_frame_size = ()
+  old = run_record.as_json_tree(config)
+  del old['data']['eval_frame_size']
+  assert not run_record.differences(old, config)
+  config.data.eval_frame_size = (32, 48)
+  assert run_record.differences(old, config) == {
+      'data.eval_frame_size': ([], [32, 48])
+  }
+
+
 def test_stylegan_discriminator_needs_train_sizes_it_halves_evenly():
   """Checked before training only: an eval at another size than the
   training's never runs the discriminator."""

@@ -110,7 +110,14 @@ def check_kind(name: str, expected: str) -> None:
 
 # Keys added to a dataset's config after runs were recorded without them,
 # with the value those runs behaved as: {dataset: {key: value}}.
-_ADDED_KEYS = {'tfds_video': {'eval_clip': 'first'}}
+_ADDED_KEYS = {
+    'tfds_video': {
+        'eval_clip': 'first'
+    },
+    'video_folder': {
+        'eval_frame_size': []  # As JSON records the tuple.
+    }
+}
 
 
 def as_recorded(data: Any) -> Any:

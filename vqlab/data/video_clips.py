@@ -213,6 +213,26 @@ def centre_clip(frames: np.ndarray, size: int) -> np.ndarray:
   return _resize(frames, (height - side) // 2, (width - side) // 2, side, size)
 
 
+def centre_window(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+  """uint8 [T, height, width, 3]: the largest centred window of aspect width:height in
+  `frames` [T, h, w, 3], resized to height x width (antialiased bilinear; the whole frame
+  when the aspects agree)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  h, w = frames.shape[1:3]
+  if w * height >= h * width:  # Wider than the window: its full height.
+    window_h, window_w = h, round(h * width / height)
+  else:
+    window_h, window_w = round(w * height / width), w
+  top, left = (h - window_h) // 2, (w - window_w) // 2
+  window = frames[:, top:top + window_h, left:left + window_w]
+  if (window_h, window_w) == (height, width):
+    return window
+  return np.stack([
+      np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR))
+      for f in window
+  ])
+
+
 def eval_clips(video: np.ndarray, num_frames: int, stride: int,
                size: int) -> np.ndarray:
   """uint8 [n, num_frames, size, size, 3]: the clips of `video` [L, h, w, 3] that start at

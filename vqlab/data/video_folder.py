@@ -23,7 +23,8 @@ Clips are those of `video_clips`, cut from the frames decoded for them only: tra
 whose shorter side is reduced to `image_size / crop_min_fraction` (never enlarged); eval cuts
 every held-out file into consecutive clips from its first frame (`video_clips.eval_clip_starts`;
 the first `eval_clips_per_video` of them, unless 0), the centred square of frames reduced to
-`image_size`. Frame i of a file is the frame shown at time i / frame rate after the first
+`image_size` (with `eval_frame_size` (h, w): the largest centred window of that aspect,
+resized to h x w). Frame i of a file is the frame shown at time i / frame rate after the first
 frame's (for a constant-rate file, its i-th frame): a clip is decoded from the last keyframe
 before its first frame. The rows of a batch are decoded by threads; each
 row depends on (step, row) only.
@@ -31,8 +32,9 @@ row depends on (step, row) only.
 Each split has a fingerprint (`folder_files.files_fingerprint`): --mode=tokenize makes its
 token shards again when its files change.
 
-Batches: 'video' float32 [b, num_frames, S, S, 3] in [-1, 1], 'label' int32 [b] in the split
-layout, and on eval 'mask' bool [b]. Needs the `av` package (a vqlab dependency).
+Batches: 'video' float32 [b, num_frames, S, S, 3] in [-1, 1] (eval: [b, num_frames, h, w, 3]
+with `eval_frame_size`), 'label' int32 [b] in the split layout, and on eval 'mask' bool [b].
+Needs the `av` package (a vqlab dependency).
 """
 
 from __future__ import annotations
@@ -72,6 +74,10 @@ def default_config() -> ml_collections.ConfigDict:
       # Eval clips of each held-out file, consecutive from its first frame;
       # 0: every clip that fits.
       'eval_clips_per_video': 0,
+      # (height, width) of the eval frames: the largest centred window of
+      # that aspect, resized to it (e.g. (360, 640): 16:9 videos whole, as
+      # codecs are compared); (): the centred square at image_size.
+      'eval_frame_size': (),
       **video_clips.clip_defaults(),
   })
 
@@ -241,12 +247,13 @@ def _reason(error: Exception) -> str:
 def probe_split(
     paths: list[str], labels: np.ndarray | None, where: str, *, num_frames: int,
     stride: int, size: int, skip: bool, report: bool, process_index: int = 0,
-    process_count: int = 1) -> tuple[list[str], np.ndarray | None, list[Probe]]:
+    process_count: int = 1, frame_size: tuple[int, int] | None = None
+) -> tuple[list[str], np.ndarray | None, list[Probe]]:
   """Probes every file of `paths` [N] (`probe`, by threads) and leaves out those that give no
-  clip (`folder_files.leave_out`). Each of the run's processes probes every process_count-th
-  file and all exchange what they found (Kinetics-600's 390,000 files took each host minutes
-  at every start); hosts simulated in one process (process_count is not jax's) probe every
-  file.
+  clip (`folder_files.leave_out`) of frames `frame_size` (h, w), else of side `size`. Each
+  of the run's processes probes every process_count-th file and all exchange what they found
+  (Kinetics-600's 390,000 files took each host minutes at every start); hosts simulated in one
+  process (process_count is not jax's) probe every file.
 
   Returns:
     (paths [M], labels [M] or None, their probes [M]).
@@ -264,8 +271,10 @@ def probe_split(
 
   probes = _probed_on_every_host(paths, probed, process_index, process_count)
   problems = [
-      'unreadable' if found is None else video_clips.clip_problem(
-          repr(folder_files.shown(path)), found[:3], num_frames, stride, size)
+      'unreadable' if found is None else
+      (video_clips.clip_problem(repr(folder_files.shown(path)), found[:3],
+                                num_frames, stride, size) or
+       _frame_size_problem(repr(folder_files.shown(path)), found, frame_size))
       for path, found in zip(paths, probes)
   ]
   bad = [i for i, problem in enumerate(problems) if problem is not None]
@@ -282,6 +291,32 @@ def probe_split(
                                          where, verb='read as clips', skip=skip,
                                          report=report)
   return paths, labels, [kept[p] for p in paths]
+
+
+def _frame_size_problem(name: str, found: Probe,
+                        frame_size: tuple[int, int] | None) -> str | None:
+  """Why the file `name` (in words) cannot give eval frames of `frame_size` (h, w) without
+  enlarging them; None when it can (or no frame size is asked for)."""
+  if frame_size is None or (found.height >= frame_size[0] and
+                            found.width >= frame_size[1]):
+    return None
+  return (
+      f'data.eval_frame_size: {name} is {found.width}x{found.height}, smaller than '
+      f'{frame_size[1]}x{frame_size[0]}.')
+
+
+def eval_frame_size(
+    config: ml_collections.ConfigDict) -> tuple[int, int] | None:
+  """`data.eval_frame_size` as (height, width), or None for ()."""
+  value = tuple(base.get(config, 'eval_frame_size'))
+  if not value:
+    return None
+  if len(value) != 2 or not all(
+      isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
+      for v in value):
+    raise ValueError('data.eval_frame_size: must be () or (height, width) of '
+                     f'positive integers, got {value!r}.')
+  return int(value[0]), int(value[1])
 
 
 def _probed_on_every_host(paths: list[str], probed, process_index: int,
@@ -317,9 +352,9 @@ def _probed_on_every_host(paths: list[str], probed, process_index: int,
 def build(config: ml_collections.ConfigDict, *, split: str,
           global_batch_size: int, process_index: int,
           process_count: int) -> base.DataSource:
-  """Builds the source: 'video' float32 [b, T, S, S, 3] in [-1, 1], 'label' int32 [b] in the
-  split layout. Its `fingerprint` is `folder_files.files_fingerprint` of the split's files
-  before the probe.
+  """Builds the source: 'video' float32 [b, T, S, S, 3] in [-1, 1] (eval: [b, T, h, w, 3]
+  with `eval_frame_size`), 'label' int32 [b] in the split layout. Its `fingerprint` is
+  `folder_files.files_fingerprint` of the split's files before the probe.
 
   Raises:
     DataError: a file of the split gives no clip (unless `skip_unreadable`).
@@ -331,17 +366,16 @@ def build(config: ml_collections.ConfigDict, *, split: str,
   stride = base.positive_int(config, 'frame_stride')
   skip = folder_files.skip_unreadable(config)
   draws = video_clips.TrainDraws.from_config(config)
+  frame_size = eval_frame_size(config) if split == 'eval' else None
   paths, labels, num_classes, where = folder_files.split_files(
       config, split, VIDEOS)
   fingerprint = folder_files.files_fingerprint(paths, labels,
                                                str(base.get(config, 'path')))
-  paths, labels, probes = probe_split(paths, labels, where,
-                                      num_frames=num_frames, stride=stride,
-                                      size=size, skip=skip,
-                                      report=process_index == 0,
-                                      process_index=process_index,
-                                      process_count=process_count)
-  video_shape = (num_frames, size, size, 3)
+  paths, labels, probes = probe_split(
+      paths, labels, where, num_frames=num_frames, stride=stride, size=size,
+      skip=skip, report=process_index == 0, process_index=process_index,
+      process_count=process_count, frame_size=frame_size)
+  video_shape = (num_frames,) + (frame_size or (size, size)) + (3,)
   span = (num_frames - 1) * stride + 1  # Frames a clip covers.
   attrs = dict(image_shape=video_shape[1:], num_classes=num_classes,
                video_shape=video_shape)
@@ -385,9 +419,15 @@ def build(config: ml_collections.ConfigDict, *, split: str,
 
     def eval_clip(index: int) -> np.ndarray:
       file, start = starts[index]
-      frames = read_frames(paths[file], np.arange(start, start + span, stride),
-                           size, probes[file].origin)
-      return video_clips.centre_clip(frames, size)
+      found = probes[file]
+      indices = np.arange(start, start + span, stride)
+      if frame_size is None:
+        frames = read_frames(paths[file], indices, size, found.origin)
+        return video_clips.centre_clip(frames, size)
+      # Frames as shown, resized once: their window to frame_size.
+      frames = read_frames(paths[file], indices, min(found.height, found.width),
+                           found.origin)
+      return video_clips.centre_window(frames, *frame_size)
 
     def get_examples(indices: np.ndarray) -> base.Batch:
       clips = list(_threads().map(eval_clip, (int(i) for i in indices)))

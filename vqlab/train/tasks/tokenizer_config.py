@@ -162,6 +162,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     config_schema.require(
         size % factor == 0, f'data.{key}',
         f'{size} is not divisible by the model\'s downsampling factor {factor}')
+  frame_size = tuple(config.data.get('eval_frame_size', ()))
+  config_schema.require(
+      all(isinstance(side, int) and side % factor == 0 for side in frame_size),
+      'data.eval_frame_size', f'{frame_size} is not divisible by the model\'s '
+      f'downsampling factor {factor}')
   _validate_data_fits_networks(config, model)
 
 
