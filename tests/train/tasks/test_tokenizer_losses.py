@@ -37,11 +37,18 @@ def _task(mutate):
   return tokenizer.build(experiment_config.validate(config, num_devices=8))
 
 
-def _batch_and_state(task):
-  """A batch of 2 random 16x16 images and the task's initial state."""
+# Images for the VGG losses: from 24x24 its 3x3 convolutions see 3x3 and 1x1
+# maps; from 16x16, 2x2 ones, which XLA:CPU runs about 100x slower per FLOP
+# (seconds per LPIPS of two images).
+VGG_IMAGE_SIZE = 24
+
+
+def _batch_and_state(task, size=16):
+  """A batch of 2 random `size` x `size` images and the task's initial
+  state."""
   batch = {
       'image':
-          jax.random.uniform(jax.random.key(0), (2, 16, 16, 3), minval=-1,
+          jax.random.uniform(jax.random.key(0), (2, size, size, 3), minval=-1,
                              maxval=1)
   }
   state = jax.jit(task.init, compiler_options=FAST_COMPILE)(jax.random.key(1),
@@ -49,10 +56,11 @@ def _batch_and_state(task):
   return batch, state
 
 
-def _first_step(task, loss_state=None):
+def _first_step(task, loss_state=None, size=16):
   """(x, state, new state, metrics) of a train step with key(2) from the
-  initial state, with `loss_state` in place of its own if given."""
-  batch, state = _batch_and_state(task)
+  initial state (of `size` x `size` images), with `loss_state` in place of
+  its own if given."""
+  batch, state = _batch_and_state(task, size)
   if loss_state is not None:
     state = state.replace(loss_state=loss_state)
   x = batch['image']
@@ -115,6 +123,7 @@ def test_lpips_term_and_steps_before_disc_start_leave_the_gan_terms_out(
 
   def mutate(config):
     config.weights_dir = weights_dir
+    config.data.image_size = VGG_IMAGE_SIZE
     config.loss.perceptual_weight = 0.5
     config.loss.disc_start = 1
     config.loss.lecam_weight = 0.1
@@ -124,7 +133,7 @@ def test_lpips_term_and_steps_before_disc_start_leave_the_gan_terms_out(
   assert set(task.frozen) == {'lpips'}
   assert task.train_step_options(0) == {'gan_terms': False}
   assert task.train_step_options(1) == {'gan_terms': True}
-  batch, state = _batch_and_state(task)
+  batch, state = _batch_and_state(task, VGG_IMAGE_SIZE)
   x = batch['image']
   outputs = {
       gan_terms:
@@ -234,6 +243,7 @@ def test_pcl_needs_regularized_quantizer_and_trains(weights_dir):
 
   def regularized(config):
     config.weights_dir = weights_dir
+    config.data.image_size = VGG_IMAGE_SIZE
     config.loss.pcl_weight = 0.5
     config.loss.pcl_num_patches = 8
     config.model.quantizer = quantizers.default_config('regularized')
@@ -242,7 +252,7 @@ def test_pcl_needs_regularized_quantizer_and_trains(weights_dir):
 
   task = _task(regularized)
   assert set(task.frozen) == {'vgg19'}
-  x, state, new_state, metrics = _first_step(task)
+  x, state, new_state, metrics = _first_step(task, size=VGG_IMAGE_SIZE)
 
   @jax.jit
   def direct(state, frozen):
