@@ -38,7 +38,10 @@ def weights_dir(tmp_path_factory):
 
 
 def _config(weights_dir, **eval_overrides):
-  config = tiny.tokenizer_config()
+  # 28x28 images: LPIPS's last VGG convolutions see 3x3 and 1x1 maps; from
+  # 16x16 images, 2x2 ones, which XLA:CPU runs about 100x slower per FLOP
+  # (seconds per eval batch).
+  config = tiny.tokenizer_config(image_size=28)
   config.weights_dir = weights_dir
   # 12 eval tiles of one held-out photo: two eval batches of 8, the second
   # padded, so accumulation across batches and the mask are both exercised.
