@@ -59,3 +59,18 @@ def small_inception_input(monkeypatch):
   sampling.inception_outputs.clear_cache()
   yield
   sampling.inception_outputs.clear_cache()
+
+
+@pytest.fixture(scope='module')
+def one_tokenizer_load_per_module():
+  """trained_tokenizer.load cached for a module's tests: each tokenizer run
+  (and step) is loaded once, not once per generator build, sampling and test
+  (Orbax's restore is a load's time, about 1 s). For modules whose tests
+  change no tokenizer run on disk."""
+  import functools  # pylint: disable=g-import-not-at-top
+
+  from vqlab.train import trained_tokenizer  # pylint: disable=g-import-not-at-top
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(trained_tokenizer, 'load',
+                  functools.cache(trained_tokenizer.load))
+    yield

@@ -34,6 +34,9 @@ from vqlab.train.tasks import tokenizer as tokenizer_task
 
 NUM_FRAMES = 9  # I3D's minimum: 9 -> 5 -> 3 -> 2 time steps.
 
+# No test here changes the tokenizer run on disk.
+pytestmark = pytest.mark.usefixtures('one_tokenizer_load_per_module')
+
 
 def _devices():
   return jax.devices()[:2]

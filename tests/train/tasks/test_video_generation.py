@@ -2,7 +2,6 @@
 writes GIFs, and frame prediction keeps the observed frames and reports the
 PSNR of the predicted ones."""
 
-import functools
 import glob
 import os
 
@@ -22,20 +21,12 @@ from vqlab.train import sampling
 from vqlab.train import trained_tokenizer
 from vqlab.train.tasks import generator_checks
 
+# No test here changes the tokenizer run on disk.
+pytestmark = pytest.mark.usefixtures('one_tokenizer_load_per_module')
+
 
 def _devices():
   return jax.devices()[:2]
-
-
-@pytest.fixture(scope='module', autouse=True)
-def one_load_per_run():
-  """Each tokenizer run (and step) is loaded once in this module, not once
-  per generator build, sampling and test (Orbax's restore is a load's time,
-  about 1 s): no test here changes the tokenizer run on disk."""
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(trained_tokenizer, 'load',
-                  functools.cache(trained_tokenizer.load))
-    yield
 
 
 @pytest.fixture(scope='module')
