@@ -15,6 +15,9 @@ from vqlab.errors import ConfigError
 from vqlab.train import experiment
 from vqlab.train import pretokenize
 
+# No test here changes the tokenizer run on disk.
+pytestmark = pytest.mark.usefixtures('one_tokenizer_load_per_module')
+
 
 def _devices():
   return jax.devices()[:2]
