@@ -153,6 +153,9 @@ def test_lpips_on_video_frames(tmp_path):
   # The perceptual term the train step adds (the train-step path itself is
   # tested on images in tests/train/tasks/test_tokenizer_losses.py): LPIPS of every frame.
   config = _tiny()
+  # 24x24 frames: VGG's last convolutions see 3x3 and 1x1 maps (from 16x16,
+  # 2x2 ones, which XLA:CPU runs about 100x slower per FLOP).
+  config.data.image_size = 24
   config.weights_dir = str(random_weight_files.write(tmp_path, ('vgg16',)))
   config.loss.perceptual_weight = 0.5
   config = experiment_config.validate(config, num_devices=8)
