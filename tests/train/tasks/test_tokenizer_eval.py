@@ -125,7 +125,7 @@ def test_eval_suite_equals_direct_computation(weights_dir, tmp_path,
       fid, 'frechet_distance',
       lambda *stats: distances.append(stats) or 1.5 + len(distances))
   # Each eval batch's images as the eval step left them (checked below; an
-  # eval step of LPIPS on 16x16 images is seconds of CPU, so none is rerun).
+  # eval step runs LPIPS and Inception, seconds of CPU: none is rerun).
   step_images, eval_step = [], exp.eval_step
 
   def recording_eval_step(*args):
