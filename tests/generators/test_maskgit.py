@@ -284,6 +284,77 @@ def test_tokens_are_drawn_from_the_logits_over_the_temperature():
     assert (draw(other) != want).mean() > 0.2
 
 
+def _titok_release_sampling(model, params, rng, labels, num_steps, w, c):
+  """TiTok's released sampler (1d-tokenizer ImageBert.generate: arccos
+  schedule, guidance w s/S, tokens and confidences both at the annealed
+  temperature c (1 - (s+1)/S), the confidence the guided logit), in numpy,
+  on the Gumbel noise that vqlab's steps draw from their keys."""
+  logits_of = functools.partial(model.apply, {'params': params},
+                                method=maskgit.MaskGIT.flat_logits)
+  state = maskgit.init_state(model, rng, len(labels))
+  ids, rng = np.asarray(state.tokens)[..., 0], state.rng
+  mask_id, n = int(model.mask_ids[0]), ids.shape[1]
+  for step in range(num_steps):
+    rng, sample_rng, gumbel_rng = jax.random.split(rng, 3)
+    cond = np.asarray(logits_of(ids[..., None], labels))[:, :, 0]
+    uncond = np.asarray(logits_of(ids[..., None], jnp.full_like(labels,
+                                                                3)))[:, :, 0]
+    logits = cond + (cond - uncond) * (w * step / num_steps)
+    ratio = (step + 1) / num_steps
+    temp = c * (1 - ratio)
+    noise = np.asarray(
+        jax.random.gumbel(sample_rng,
+                          logits.shape[:2] + (1,) + logits.shape[2:]))[:, :, 0]
+    is_mask = ids == mask_id
+    sampled = np.argmax(logits + temp * noise, -1)
+    picked = np.take_along_axis(logits, sampled[..., None], -1)[..., 0]
+    sampled = np.where(is_mask, sampled, ids)
+    picked = np.where(is_mask, picked, np.inf)
+    mask_len = np.floor(n * np.arccos(ratio) / (np.pi / 2))
+    mask_len = int(max(1, min(is_mask.sum(-1).min() - 1, mask_len)))
+    confidence = picked + temp * np.asarray(
+        jax.random.gumbel(gumbel_rng, picked.shape))
+    cut_off = np.sort(confidence, -1)[:, mask_len - 1:mask_len]
+    ids = (sampled if step == num_steps -
+           1 else np.where(confidence <= cut_off, mask_id, sampled))
+  return ids
+
+
+def test_titok_decoding_is_the_released_sampler():
+  """decoding='titok' with the arccos schedule and linear guidance gives the
+  tokens of TiTok's release (its temperature 9.5 and scale 4.5 of L-32);
+  'maskgit' (log p, tokens at temperature 1) other ones."""
+  model = _model(num_classes=3)
+  params = dict(_init(model))
+  params['pos_embedding'] = params['pos_embedding'] * 10
+  labels = jnp.array([0, 1, 2, 0, 1, 2, 0, 1])
+  run = lambda decoding: np.asarray(
+      jax.jit(
+          lambda p, rng: maskgit.
+          sample(model, p, rng, 8, labels, num_steps=8, choice_temperature=9.5,
+                 guidance_scale=4.5, guidance_schedule='linear', schedule_method
+                 ='arccos', decoding=decoding), compiler_options=FAST_COMPILE)
+      (params, jax.random.key(5)))
+  want = _titok_release_sampling(model, params, jax.random.key(5), labels, 8,
+                                 4.5, 9.5)
+  got = run('titok')
+  np.testing.assert_array_equal(got.reshape(8, -1), want)
+  # The config's sample section reaches it (configs/maskgit/titok.py).
+  from vqlab.train.tasks import generator_config  # pylint: disable=g-import-not-at-top
+  config = generator_config.default_config()
+  config.sample.update(decoding='titok', num_steps=8, choice_temperature=9.5,
+                       guidance_scale=4.5, guidance_schedule='linear')
+  config.loss.mask_schedule = 'arccos'
+  sample = jax.jit(
+      lambda p, rng: maskgit.API.sample(
+          model, p, rng, 8, labels, settings=config.sample, loss_settings=config
+          .loss, token_shape=model.token_shape), compiler_options=FAST_COMPILE)
+  np.testing.assert_array_equal(sample(params, jax.random.key(5)), got)
+  assert (run('maskgit').reshape(8, -1) != want).mean() > 0.3
+  with pytest.raises(ValueError, match="unknown decoding 'muse'"):
+    maskgit.sample(model, params, jax.random.key(5), 8, labels, decoding='muse')
+
+
 def test_greedy_decoding_is_deterministic():
   model = _model()
   params = _init(model)

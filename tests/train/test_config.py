@@ -180,6 +180,15 @@ def test_bad_video_tokenizer_configs_name_the_key(mutate, message):
   assert re.search(message, _error(config, 1)), _error(config, 1)
 
 
+def test_maskgit_decoding_is_named():
+  from configs.maskgit import tiny_cpu  # pylint: disable=g-import-not-at-top
+  config = tiny_cpu.get_config()
+  config.sample.decoding = 'muse'
+  assert re.fullmatch(
+      r"sample\.decoding: must be one of \('maskgit', 'titok'\), got 'muse'",
+      _error(config, 1))
+
+
 def test_eval_frame_size_of_video_folders():
   """Divisible by the tokenizer's downsampling; a run recorded before the key
   existed evaluated centred squares, as () does."""

@@ -407,11 +407,16 @@ def frame_prefix_mask(token_shape: Sequence[int],
   return mask
 
 
+# How a step draws tokens and scores them (`decode_step`).
+DECODINGS = ('maskgit', 'titok')
+
+
 def decode_step(model: MaskGIT, params, state: DecodeState,
                 labels: jax.Array | None = None, *, num_steps: int = 8,
                 temperature: float = 1.0, choice_temperature: float = 4.5,
                 guidance_scale=0.0, guidance_schedule: str = 'constant',
-                schedule_method: str = 'cosine') -> DecodeState:
+                schedule_method: str = 'cosine',
+                decoding: str = 'maskgit') -> DecodeState:
   """One MaskGIT step s = state.step of S = num_steps (DESIGN §4).
 
   Predicts every masked token, samples it (temperature 0: argmax), scores it
@@ -421,6 +426,11 @@ def decode_step(model: MaskGIT, params, state: DecodeState,
   (0 at the last step or with nothing unknown), N = state.num_unknown, the
   positions to generate.
   Revealed (and given) tokens never change.
+
+  decoding 'titok' is TiTok's released sampler instead: tokens are drawn at
+  the annealed temperature t = choice_temperature (1 - (s+1)/S) (the argmax
+  of logits + t Gumbel; `temperature` unused) and scored by their (guided)
+  logit, not log p, + t Gumbel.
   """
   rng, sample_rng, gumbel_rng = jax.random.split(state.rng, 3)
   tokens, step = state.tokens, state.step
@@ -443,12 +453,18 @@ def decode_step(model: MaskGIT, params, state: DecodeState,
     logits = api.guided_logits(both[:batch], both[batch:], scale)
   else:
     logits = apply(tokens, labels)  # [B, N, F, V]
-  sampled = api.draw_or_argmax(sample_rng, logits, temperature)
+  annealed = choice_temperature * (1.0 - ratio)
+  if decoding == 'titok':
+    sampled = jnp.argmax(
+        logits + annealed * jax.random.gumbel(sample_rng, logits.shape), -1)
+    scores = logits
+  else:
+    sampled = api.draw_or_argmax(sample_rng, logits, temperature)
+    scores = jax.nn.log_softmax(logits, -1)
   sampled = jnp.where(unknown[..., None], sampled.astype(jnp.int32), tokens)
-  log_p = jnp.take_along_axis(jax.nn.log_softmax(logits, -1),
-                              sampled[..., None], -1)[..., 0].sum(-1)
+  score = jnp.take_along_axis(scores, sampled[..., None], -1)[..., 0].sum(-1)
   gumbel = jax.random.gumbel(gumbel_rng, (batch, n))
-  confidence = log_p + choice_temperature * (1.0 - ratio) * gumbel
+  confidence = score + annealed * gumbel
   confidence = jnp.where(unknown, confidence, jnp.inf)
   num_unknown = unknown.sum(-1)
   table = mask_schedule.decode_mask_count_table(n, num_steps, schedule_method)
@@ -470,7 +486,7 @@ def sample(model: MaskGIT, params, rng: jax.Array, batch_size: int,
            guidance_scale=0.0, guidance_schedule: str = 'constant',
            schedule_method: str = 'cosine', return_history: bool = False,
            known_tokens: jax.Array | None = None,
-           known_mask: jax.Array | None = None):
+           known_mask: jax.Array | None = None, decoding: str = 'maskgit'):
   """Generates tokens [B, *shape] ([B, *shape, F]) in `num_steps` steps.
 
   Args:
@@ -490,12 +506,16 @@ def sample(model: MaskGIT, params, rng: jax.Array, batch_size: int,
     known_tokens, known_mask: tokens given, kept fixed and conditioned on
       (`init_state`); the schedule runs over the others. E.g. video
       prediction from observed frames: `frame_prefix_mask`.
+    decoding: 'maskgit', or 'titok' (TiTok's released sampler:
+      `decode_step`).
 
   Returns:
     tokens, or (tokens, history). Jit-able (static ints/strings/Python temps).
   """
   if guidance_schedule not in ('constant', 'linear'):
     raise ValueError(f'unknown guidance_schedule {guidance_schedule!r}')
+  if decoding not in DECODINGS:
+    raise ValueError(f'unknown decoding {decoding!r}; known: {DECODINGS}')
   api.check_sampling_settings(temperature=temperature,
                               choice_temperature=choice_temperature,
                               guidance_scale=guidance_scale)
@@ -503,12 +523,11 @@ def sample(model: MaskGIT, params, rng: jax.Array, batch_size: int,
     # Here, while concrete: under guidance the steps see them joined with
     # the null labels, traced, and unchecked.
     api.check_class_ids(labels, batch_size, model.num_classes, 'MaskGIT')
-  step_fn = functools.partial(decode_step, model, params, labels=labels,
-                              num_steps=num_steps, temperature=temperature,
-                              choice_temperature=choice_temperature,
-                              guidance_scale=guidance_scale,
-                              guidance_schedule=guidance_schedule,
-                              schedule_method=schedule_method)
+  step_fn = functools.partial(
+      decode_step, model, params, labels=labels, num_steps=num_steps,
+      temperature=temperature, choice_temperature=choice_temperature,
+      guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,
+      schedule_method=schedule_method, decoding=decoding)
   state = init_state(model, rng, batch_size, known_tokens, known_mask)
   if not return_history:
     state = jax.lax.fori_loop(0, num_steps, lambda _, s: step_fn(s), state)
@@ -653,7 +672,8 @@ def _sample(model: MaskGIT, params, rng: jax.Array, batch_size: int, cond, *,
                 guidance_scale=settings.guidance_scale,
                 guidance_schedule=settings.guidance_schedule,
                 schedule_method=loss_settings.mask_schedule,
-                known_tokens=known_tokens, known_mask=known_mask)
+                known_tokens=known_tokens, known_mask=known_mask,
+                decoding=settings.decoding)
 
 
 def _settings_read(config: ml_collections.ConfigDict) -> frozenset[str]:
@@ -662,8 +682,10 @@ def _settings_read(config: ml_collections.ConfigDict) -> frozenset[str]:
   prediction, observed frames in training."""
   keys = {
       'loss.label_smoothing', 'loss.mask_schedule', 'loss.unmasked_weight',
-      'sample.temperature', 'sample.num_steps', 'sample.choice_temperature'
+      'sample.num_steps', 'sample.choice_temperature', 'sample.decoding'
   }
+  if config.sample.decoding != 'titok':  # TiTok's draws anneal their own.
+    keys.add('sample.temperature')
   if len(config.model.token_shape) == 3:  # Video tokens: frame prediction.
     keys |= {'sample.observed_frames', 'loss.observed_frames'}
     if config.loss.observed_frames:

@@ -12,6 +12,7 @@ from vqlab import config_schema
 from vqlab import generators
 from vqlab.errors import ConfigError
 from vqlab.generators import mask_schedule
+from vqlab.generators import maskgit
 from vqlab.train import optimizers
 from vqlab.train.tasks import sample_labels
 from vqlab.train.tasks import spatial_conditions
@@ -103,6 +104,10 @@ def default_config() -> ml_collections.ConfigDict:
   sample.temperature = 1.0  # Token sampling temperature (0: argmax).
   sample.num_steps = 8  # MaskGIT decoding steps.
   sample.choice_temperature = 4.5  # MaskGIT confidence noise.
+  # MaskGIT: 'maskgit' (tokens at sample.temperature, confidence log p) or
+  # 'titok' (TiTok's release: tokens at the annealed choice temperature,
+  # confidence the logit).
+  sample.decoding = 'maskgit'
   # Classifier-free guidance w (0: off): l_u + (1 + w)(l_c - l_u). GPT: class
   # models only; runs 2B rows per step. Needs loss.label_drop > 0 (a trained
   # null condition).
@@ -149,6 +154,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f'must be one of {mask_schedule.METHODS}')
   require(sample.guidance_schedule in ('constant', 'linear'),
           'sample.guidance_schedule', "must be 'constant' or 'linear'")
+  require(sample.decoding in maskgit.DECODINGS, 'sample.decoding',
+          f'must be one of {maskgit.DECODINGS}, got {sample.decoding!r}')
   require(sample.labels in sample_labels.CHOICES, 'sample.labels',
           f'must be one of {sample_labels.CHOICES}, got {sample.labels!r}')
   require(

@@ -1,0 +1,76 @@
+"""Class-conditional MaskGIT on TiTok's 1D tokens, ImageNet 256x256 (Yu et
+al. 2024): TiTok-L-32 (`:l32`, gFID 2.77) or TiTok-B-64 (`:b64`, gFID 2.48),
+as TiTok's release trains and samples them (1d-tokenizer
+configs/training/generator/maskgit.yaml and configs/titok_{l32,b64}.yaml).
+
+Tokens: a TiTok run trained by configs/titok/{l32,b64}.py:2 (or the released
+tokenizer, converted: `python -m vqlab.convert titok
+tokenizer_titok_l32_imagenet workdirs/titok_l32_released` and
+--config.tokenizer.workdir=workdirs/titok_l32_released): K 1D tokens of 4096
+codes. Transformer: the release's ImageBert, a post-LN BERT
+(`model.block_style = 'bert'`) of 24 layers, width 768, 16 heads, MLP 3072,
+dropout 0.1, the class as a first token, an untied output layer with a bias
+(`model.tied_heads = False`). Loss: cross-entropy with label smoothing 0.1,
+the unmasked positions weighted 0.1, masks drawn by the arccos schedule,
+label dropout 0.1. AdamW (0.9, 0.96), lr 2e-4 after 10k warmup steps, cosine
+decay, weight decay 0.03, clip 1, batch 2048, 500k steps, EMA 0.999 with
+the release's warmup. Sampling: 8 steps, the arccos schedule, TiTok's
+sampler (`sample.decoding = 'titok'`: tokens and confidences at the annealed
+temperature 9.5 (L-32) / 11.0 (B-64), the confidence a logit), guidance 4.5
+/ 3.0 rising linearly from 0.
+
+Departures: the train images are random 256 crops of the shorter side
+resized to 256 (the release takes the centre crop; both flip); the cosine
+decays to 0, not 1e-5; GELU is tanh's (BERT's is erf's); HF BERT's
+token-type embedding, a constant added to every position, is absent; weight
+decay spares biases, norms and embeddings. TiTok-S-128's generator (U-ViT,
+64 steps, power-cosine guidance) is not written.
+
+  python main.py --config=configs/maskgit/titok.py:l32 --workdir=... --mode=tokenize
+  python main.py --config=configs/maskgit/titok.py:l32 --workdir=...
+  python main.py --config=configs/maskgit/titok.py:l32 --workdir=... --mode=sample \\
+      --config.sample.num_samples=50000 --config.eval.fid_reference=VIRTUAL_imagenet256_labeled.npz
+"""
+
+from configs.maskgit import imagenet256
+
+# name: (tokens K, sampling temperature, guidance scale), the release's.
+VARIANTS = {'l32': (32, 9.5, 4.5), 'b64': (64, 11.0, 3.0)}
+
+
+def get_config(variant: str = 'l32'):
+  if variant not in VARIANTS:
+    raise ValueError(f'configs/maskgit/titok.py: the argument is one of '
+                     f'{sorted(VARIANTS)}, got {variant!r}')
+  num_tokens, temperature, guidance = VARIANTS[variant]
+  config = imagenet256.get_config()
+  config.tokenizer.workdir = f'workdirs/titok_{variant}_stage2'
+  config.model.vocab_size = 4096
+  config.model.token_shape = (num_tokens,)
+  config.model.tied_heads = False
+  config.loss.label_smoothing = 0.1
+  config.loss.unmasked_weight = 0.1
+  config.loss.mask_schedule = 'arccos'
+  config.loss.label_drop = 0.1
+
+  config.optimizer.learning_rate = 2e-4
+  config.optimizer.b1, config.optimizer.b2 = 0.9, 0.96
+  config.optimizer.weight_decay = 0.03
+  config.optimizer.weight_decay_on = 'kernels'
+  config.optimizer.warmup_steps = 10_000
+  config.optimizer.schedule = 'cosine'
+  config.optimizer.grad_clip_norm = 1.0
+  config.ema.decay = 0.999
+  config.ema.warmup = True
+  config.train.batch_size = 2048
+  config.train.num_steps = 500_000
+  config.tokens.batch_size = 256
+  # The release evaluates through torch-fidelity's TF Inception.
+  config.eval.inception_input = 'tf'
+
+  config.sample.decoding = 'titok'
+  config.sample.num_steps = 8
+  config.sample.choice_temperature = temperature
+  config.sample.guidance_scale = guidance
+  config.sample.guidance_schedule = 'linear'
+  return config
