@@ -193,6 +193,7 @@ def test_eval_frame_size_of_video_folders():
   """Divisible by the tokenizer's downsampling; a run recorded before the key
   existed evaluated centred squares, as () does."""
   from configs.magvit2 import tiny_cpu  # pylint: disable=g-import-not-at-top
+  from configs.maskgit import ucf101_tiny_cpu as maskgit_video  # pylint: disable=g-import-not-at-top
   from vqlab.train import run_record  # pylint: disable=g-import-not-at-top
   config = tiny_cpu.get_config('video_folder')
   config.data.path = '/videos'
@@ -200,6 +201,13 @@ def test_eval_frame_size_of_video_folders():
   assert re.fullmatch(
       r"data\.eval_frame_size: \(32, 47\) is not divisible by the model's "
       r'downsampling factor 2', _error(config, 1))
+  generator = maskgit_video.get_config()
+  generator.data = config.data.copy_and_resolve_references()
+  generator.data.eval_frame_size = (32, 48)
+  assert re.fullmatch(
+      r'data\.eval_frame_size: \(32, 48\), but a generator models one token '
+      r'grid, made of its train and eval frames alike: set it to \(\)',
+      _error(generator, 1))
   config.data.eval_frame_size = ()
   old = run_record.as_json_tree(config)
   del old['data']['eval_frame_size']

@@ -163,6 +163,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
       "'joint' mixes images and videos, and a generator models tokens of one "
       "shape: set data to the tokenizer run's data.video (or data.image) "
       'section')
+  require(
+      not tuple(config.data.get('eval_frame_size', ())), 'data.eval_frame_size',
+      f'{tuple(config.data.eval_frame_size)}, but a generator models one '
+      'token grid, made of its train and eval frames alike: set it to ()')
   train_size = config.data.get('train_image_size', 0)
   require(
       train_size in (0, config.data.image_size), 'data.train_image_size',
