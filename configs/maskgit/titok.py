@@ -11,20 +11,24 @@ codes. Transformer: the release's ImageBert, a post-LN BERT
 (`model.block_style = 'bert'`) of 24 layers, width 768, 16 heads, MLP 3072,
 dropout 0.1, the class as a first token, an untied output layer with a bias
 (`model.tied_heads = False`). Loss: cross-entropy with label smoothing 0.1,
-the unmasked positions weighted 0.1, masks drawn by the arccos schedule,
-label dropout 0.1. AdamW (0.9, 0.96), lr 2e-4 after 10k warmup steps, cosine
+the unmasked positions weighted 0.1, masks drawn by the arccos schedule with
+round(gamma(r) N) tokens (`loss.mask_rounding = 'round'`; MaskGIT's ceil
+masks more), label dropout 0.1. AdamW (0.9, 0.96), lr 2e-4 after 10k warmup steps, cosine
 decay, weight decay 0.03, clip 1, batch 2048, 500k steps, EMA 0.999 with
 the release's warmup. Sampling: 8 steps, the arccos schedule, TiTok's
 sampler (`sample.decoding = 'titok'`: tokens and confidences at the annealed
 temperature 9.5 (L-32) / 11.0 (B-64), the confidence a logit), guidance 4.5
 / 3.0 rising linearly from 0.
 
-Departures: the train images are random 256 crops of the shorter side
-resized to 256 (the release takes the centre crop; both flip); the cosine
-decays to 0, not 1e-5; GELU is tanh's (BERT's is erf's); HF BERT's
-token-type embedding, a constant added to every position, is absent; weight
-decay spares biases, norms and embeddings. TiTok-S-128's generator (U-ViT,
-64 steps, power-cosine guidance) is not written.
+Departures: the tokens are made once (--mode=tokenize), one crop and flip
+per image for the whole training, where the release encodes every batch
+with a new flip (--config.tokens.source=on_the_fly does, at the cost of
+running the tokenizer's encoder in every step); the train crops are random
+256 crops of the shorter side resized to 256 (the release takes the
+centre); the cosine decays to 0, not 1e-5; GELU is tanh's (BERT's is
+erf's); HF BERT's token-type embedding, a constant added to every
+position, is absent. TiTok-S-128's generator (U-ViT, 64 steps,
+power-cosine guidance) is not written.
 
   python main.py --config=configs/maskgit/titok.py:l32 --workdir=... --mode=tokenize
   python main.py --config=configs/maskgit/titok.py:l32 --workdir=...
@@ -51,6 +55,7 @@ def get_config(variant: str = 'l32'):
   config.loss.label_smoothing = 0.1
   config.loss.unmasked_weight = 0.1
   config.loss.mask_schedule = 'arccos'
+  config.loss.mask_rounding = 'round'
   config.loss.label_drop = 0.1
 
   config.optimizer.learning_rate = 2e-4

@@ -115,6 +115,22 @@ def test_random_mask_counts():
   assert len(set(counts)) > 3
 
 
+def test_random_mask_counts_rounded_as_titoks_release():
+  """rounding='round': round(arccos(r) / (pi / 2) N) (half to even, as
+  torch.round), at least 1: TiTok's release; ceil masks more."""
+  rng = jax.random.key(3)
+  counts = lambda rounding: np.asarray(
+      mask_schedule.random_mask(rng, 256, 32, 'arccos', rounding=rounding).sum(
+          -1))
+  ratio = np.float64(jax.random.uniform(jax.random.split(rng)[0], (256,)))
+  gamma = np.arccos(ratio) / (np.pi / 2) * 32
+  np.testing.assert_array_equal(counts('round'),
+                                np.clip(np.round(gamma), 1, 32))
+  np.testing.assert_array_equal(counts('ceil'), np.clip(np.ceil(gamma), 1, 32))
+  with pytest.raises(ValueError, match="unknown rounding 'floor'"):
+    mask_schedule.random_mask(rng, 2, 32, rounding='floor')
+
+
 def test_random_mask_masks_the_maskable_only_by_their_count():
   """Frame prediction's training mask: ceil(gamma(r) M) of the M maskable
   positions (at least 1 where M > 0; float64 counts), none of the others,
@@ -158,7 +174,7 @@ def test_masked_loss_never_masks_the_known_positions():
   def api_loss(params, frames, rate):
     settings = ml_collections.ConfigDict(
         dict(label_drop=0.0, label_smoothing=0.0, mask_schedule='cosine',
-             unmasked_weight=0.5, observed_frames=frames,
+             mask_rounding='ceil', unmasked_weight=0.5, observed_frames=frames,
              observed_frames_rate=rate))
     return generators.get_api('maskgit').loss(model, params, tokens, None, rng,
                                               settings=settings, train=True)[0]
@@ -664,7 +680,8 @@ def test_label_dropout_draws_its_rate_and_drops_to_the_null_class():
     def loss_of(cond, label_drop, model=model, api_=api_, params=params):
       settings = ml_collections.ConfigDict(
           dict(label_drop=label_drop, label_smoothing=0.0,
-               mask_schedule='cosine', unmasked_weight=0.0))
+               mask_schedule='cosine', mask_rounding='ceil',
+               unmasked_weight=0.0))
       return api_.loss(model, params, tokens, cond, rng, settings=settings,
                        train=True)[0]
 
@@ -682,8 +699,9 @@ def test_label_dropout_draws_its_rate_and_drops_to_the_null_class():
 
 
 def test_the_papers_blocks_draw_the_papers_inits():
-  """MaskGIT's BERT: every kernel, embedding and position truncated N(0,
-  0.02) within 2 stds (std 0.88 x 0.02); taming's minGPT: kernels N(0,
+  """MaskGIT's BERT: every kernel (an untied head's too), embedding and
+  position truncated N(0, 0.02) within 2 stds (std 0.88 x 0.02); taming's
+  minGPT: kernels N(0,
   0.02), positions 0; vqlab's pre-LN blocks keep flax's LeCun normal."""
 
   def leaves(name, style, **extra):
@@ -707,6 +725,11 @@ def test_the_papers_blocks_draw_the_papers_inits():
   values = np.concatenate([v.ravel() for v in drawn])
   assert np.abs(values).max() <= 0.04
   np.testing.assert_allclose(values.std(), 0.02 * 0.8796, rtol=0.02)
+  # The untied output layer too (TiTok's ImageBert: its lm_head).
+  kernels, _ = leaves('maskgit', 'bert', token_shape=(4, 4), tied_heads=False)
+  head = kernels['head_0/kernel']
+  assert np.abs(head).max() <= 0.04
+  np.testing.assert_allclose(head.std(), 0.02 * 0.8796, rtol=0.05)
   kernels, flat = leaves('gpt', 'taming', length=16, condition='class')
   np.testing.assert_array_equal(flat['pos_embedding'], 0)
   block_kernels = np.concatenate(

@@ -208,6 +208,14 @@ def test_eval_frame_size_of_video_folders():
       r'data\.eval_frame_size: \(32, 48\), but a generator models one token '
       r'grid, made of its train and eval frames alike: set it to \(\)',
       _error(generator, 1))
+  joint = tiny_cpu.get_config()
+  joint.data = data_lib.default_config('joint')
+  joint.data.video = config.data.copy_and_resolve_references()
+  joint.data.video.eval_frame_size = (32, 48)
+  assert re.fullmatch(
+      r'data\.video\.eval_frame_size: \(32, 48\), but joint data evaluates '
+      r'its images and videos at data\.image_size: set it to \(\)',
+      _error(joint, 1))
   config.data.eval_frame_size = ()
   old = run_record.as_json_tree(config)
   del old['data']['eval_frame_size']

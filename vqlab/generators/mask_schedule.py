@@ -68,37 +68,47 @@ def decode_mask_count_table(num_tokens: int, num_steps: int,
       [decode_mask_counts(n, num_steps, method) for n in range(num_tokens + 1)])
 
 
+# How a training mask's count gamma(r) N becomes whole: MaskGIT's ceil, or
+# 'round' (half to even; TiTok's release).
+ROUNDINGS = ('ceil', 'round')
+
+
 def num_masked_for_training(ratio: jax.Array, num_tokens,
-                            method: str = 'cosine') -> jax.Array:
-  """ceil(gamma(ratio) N) clamped to [min(1, N), N]: int32 of ratio's shape.
+                            method: str = 'cosine',
+                            rounding: str = 'ceil') -> jax.Array:
+  """ceil (or round) of gamma(ratio) N, clamped to [min(1, N), N]: int32 of
+  ratio's shape.
 
   num_tokens: N, an int or an int array broadcastable with ratio (the
-  maskable tokens of each example).
+  maskable tokens of each example). rounding: one of ROUNDINGS.
   """
-  count = jnp.ceil(schedule(ratio, num_tokens, method)).astype(jnp.int32)
+  if rounding not in ROUNDINGS:
+    raise ValueError(f'unknown rounding {rounding!r}; known: {ROUNDINGS}')
+  whole = jnp.ceil if rounding == 'ceil' else jnp.round
+  count = whole(schedule(ratio, num_tokens, method)).astype(jnp.int32)
   return jnp.clip(count, jnp.minimum(1, num_tokens), num_tokens)
 
 
 def random_mask(rng: jax.Array, batch_size: int, num_tokens: int,
-                method: str = 'cosine',
-                maskable: jax.Array | None = None) -> jax.Array:
+                method: str = 'cosine', maskable: jax.Array | None = None,
+                rounding: str = 'ceil') -> jax.Array:
   """The training mask: bool [B, N], True where a token is masked.
 
-  Per example r ~ U(0, 1) and exactly ceil(gamma(r) M) (at least 1 where
-  M > 0) positions, chosen uniformly at random among the M maskable ones, are
-  masked: M = N, or the count of `maskable` (bool [B, N]; False at given
-  tokens, e.g. the observed frames of frame prediction, which the schedule
-  then leaves out as decoding does).
+  Per example r ~ U(0, 1) and exactly ceil(gamma(r) M) (`rounding` 'round':
+  round; at least 1 where M > 0) positions, chosen uniformly at random among
+  the M maskable ones, are masked: M = N, or the count of `maskable` (bool
+  [B, N]; False at given tokens, e.g. the observed frames of frame
+  prediction, which the schedule then leaves out as decoding does).
   """
   ratio_rng, order_rng = jax.random.split(rng)
   ratio = jax.random.uniform(ratio_rng, (batch_size,))
   noise = jax.random.uniform(order_rng, (batch_size, num_tokens))
   if maskable is None:
-    count = num_masked_for_training(ratio, num_tokens, method)
+    count = num_masked_for_training(ratio, num_tokens, method, rounding)
   else:
     maskable = jnp.broadcast_to(maskable, (batch_size, num_tokens))
     count = num_masked_for_training(ratio, maskable.sum(-1, dtype=jnp.int32),
-                                    method)
+                                    method, rounding)
     noise = jnp.where(maskable, noise, 2.0)  # Ranked after every maskable one.
   ranks = jnp.argsort(jnp.argsort(noise, axis=-1), axis=-1)
   return ranks < count[:, None]

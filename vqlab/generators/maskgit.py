@@ -212,8 +212,11 @@ class MaskGIT(nn.Module):
       else:
         # float32 logits (bfloat16 ones have 8 significant bits, ties in
         # the confidences), as the tied path's float32 attend.
-        logits = nn.Dense(size, dtype=jnp.float32,
-                          name=f'head_{f}')(x.astype(jnp.float32))
+        logits = nn.Dense(
+            size, dtype=jnp.float32,
+            kernel_init=(kernel_init
+                         if bert else nn.linear.default_kernel_init),
+            name=f'head_{f}')(x.astype(jnp.float32))
       heads.append(
           jnp.pad(logits.astype(jnp.float32),
                   ((0, 0), (0, 0), (0, max_vocab - size)),
@@ -236,7 +239,8 @@ def masked_loss(model: MaskGIT, params, rng: jax.Array, tokens: jax.Array,
                 mask: jax.Array | None = None, train: bool = True,
                 example_weights: jax.Array | None = None,
                 unmasked_weight: float = 0.0,
-                known_mask: jax.Array | None = None):
+                known_mask: jax.Array | None = None,
+                mask_rounding: str = 'ceil'):
   """Masked-token cross-entropy on the masked positions (MaskGIT), and on
   the others with weight `unmasked_weight` (1: MAGVIT's default
   'mask+refine+recons' loss, which also reconstructs the given tokens).
@@ -258,6 +262,8 @@ def masked_loss(model: MaskGIT, params, rng: jax.Array, tokens: jax.Array,
       observed frames of frame prediction, `frame_prediction_mask`), never
       masked; the random mask's schedule counts the others only, as decoding
       from them does. None: none given.
+    mask_rounding: how the random mask's count gamma(r) N is made whole
+      ('ceil', MaskGIT; 'round', TiTok's release).
 
   Returns:
     (loss, metrics): loss = weighted mean over positions of the summed
@@ -275,7 +281,8 @@ def masked_loss(model: MaskGIT, params, rng: jax.Array, tokens: jax.Array,
     maskable = (None if known_mask is None else
                 ~flat_known_mask(model, known_mask, batch))
     mask = mask_schedule.random_mask(mask_rng, batch, model.num_tokens,
-                                     schedule_method, maskable=maskable)
+                                     schedule_method, maskable=maskable,
+                                     rounding=mask_rounding)
   elif known_mask is not None:
     raise ValueError('MaskGIT: give a mask or known_mask, not both')
   if labels is not None and model.num_classes and label_drop > 0 and train:
@@ -639,7 +646,7 @@ def _loss(model: MaskGIT, params, tokens: jax.Array, cond, rng: jax.Array, *,
       label_smoothing=settings.label_smoothing if train else 0.0,
       label_drop=0.0, schedule_method=settings.mask_schedule, train=train,
       example_weights=example_weights, unmasked_weight=settings.unmasked_weight,
-      known_mask=known_mask)
+      known_mask=known_mask, mask_rounding=settings.mask_rounding)
   return loss, metrics, loss_state
 
 
@@ -682,7 +689,8 @@ def _settings_read(config: ml_collections.ConfigDict) -> frozenset[str]:
   prediction, observed frames in training."""
   keys = {
       'loss.label_smoothing', 'loss.mask_schedule', 'loss.unmasked_weight',
-      'sample.num_steps', 'sample.choice_temperature', 'sample.decoding'
+      'loss.mask_rounding', 'sample.num_steps', 'sample.choice_temperature',
+      'sample.decoding'
   }
   if config.sample.decoding != 'titok':  # TiTok's draws anneal their own.
     keys.add('sample.temperature')

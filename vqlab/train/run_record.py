@@ -284,7 +284,8 @@ _ADDED_OPTIMIZER_KEYS = {'eps': 1e-8}
 _ADDED_LOSS_KEYS = {
     'generator': {
         'observed_frames': 0,
-        'observed_frames_rate': 0.5
+        'observed_frames_rate': 0.5,
+        'mask_rounding': 'ceil'
     }
 }
 

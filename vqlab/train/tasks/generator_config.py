@@ -70,6 +70,9 @@ def default_config() -> ml_collections.ConfigDict:
   loss.label_smoothing = 0.1  # MaskGIT targets (paper: 0.1).
   loss.label_drop = 0.1  # P(label -> null class), for CFG.
   loss.mask_schedule = 'cosine'  # MaskGIT: 'cosine' | 'arccos' | 'linear'.
+  # MaskGIT: how a training mask's count gamma(r) N is made whole: 'ceil'
+  # (MaskGIT) | 'round' (TiTok's release).
+  loss.mask_rounding = 'ceil'
   # MaskGIT: weight of the unmasked positions' cross-entropy (0: MaskGIT's
   # masked-only loss; 1: MAGVIT's 'mask+refine+recons').
   loss.unmasked_weight = 0.0
@@ -154,6 +157,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f'must be one of {mask_schedule.METHODS}')
   require(sample.guidance_schedule in ('constant', 'linear'),
           'sample.guidance_schedule', "must be 'constant' or 'linear'")
+  require(
+      loss.mask_rounding in mask_schedule.ROUNDINGS, 'loss.mask_rounding',
+      f'must be one of {mask_schedule.ROUNDINGS}, got '
+      f'{loss.mask_rounding!r}')
   require(sample.decoding in maskgit.DECODINGS, 'sample.decoding',
           f'must be one of {maskgit.DECODINGS}, got {sample.decoding!r}')
   require(sample.labels in sample_labels.CHOICES, 'sample.labels',
@@ -163,10 +170,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
       "'joint' mixes images and videos, and a generator models tokens of one "
       "shape: set data to the tokenizer run's data.video (or data.image) "
       'section')
+  eval_frame_size = tuple(config.data.get('eval_frame_size', ()))
   require(
-      not tuple(config.data.get('eval_frame_size', ())), 'data.eval_frame_size',
-      f'{tuple(config.data.eval_frame_size)}, but a generator models one '
-      'token grid, made of its train and eval frames alike: set it to ()')
+      not eval_frame_size, 'data.eval_frame_size',
+      f'{eval_frame_size}, but a generator models one token grid, made of its '
+      'train and eval frames alike: set it to ()')
   train_size = config.data.get('train_image_size', 0)
   require(
       train_size in (0, config.data.image_size), 'data.train_image_size',
