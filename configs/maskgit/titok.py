@@ -13,9 +13,9 @@ dropout 0.1, the class as a first token, an untied output layer with a bias
 (`model.tied_heads = False`). Loss: cross-entropy with label smoothing 0.1,
 the unmasked positions weighted 0.1, masks drawn by the arccos schedule with
 round(gamma(r) N) tokens (`loss.mask_rounding = 'round'`; MaskGIT's ceil
-masks more), label dropout 0.1. AdamW (0.9, 0.96), lr 2e-4 after 10k warmup steps, cosine
-decay, weight decay 0.03, clip 1, batch 2048, 500k steps, EMA 0.999 with
-the release's warmup. Sampling: 8 steps, the arccos schedule, TiTok's
+masks more), label dropout 0.1. AdamW (0.9, 0.96), lr 2e-4 after 10k warmup
+steps, cosine decay, weight decay 0.03, clip 1, batch 2048, 500k steps, EMA
+0.999 with the release's warmup. Sampling: 8 steps, the arccos schedule, TiTok's
 sampler (`sample.decoding = 'titok'`: tokens and confidences at the annealed
 temperature 9.5 (L-32) / 11.0 (B-64), the confidence a logit), guidance 4.5
 / 3.0 rising linearly from 0.
@@ -52,11 +52,12 @@ def get_config(variant: str = 'l32'):
   config.model.vocab_size = 4096
   config.model.token_shape = (num_tokens,)
   config.model.tied_heads = False
-  config.loss.label_smoothing = 0.1
+  # The base's label smoothing and label dropout (0.1), token batches, TF
+  # Inception input (the release's torch-fidelity), EMA decay and 8 steps
+  # are the release's too.
   config.loss.unmasked_weight = 0.1
   config.loss.mask_schedule = 'arccos'
   config.loss.mask_rounding = 'round'
-  config.loss.label_drop = 0.1
 
   config.optimizer.learning_rate = 2e-4
   config.optimizer.b1, config.optimizer.b2 = 0.9, 0.96
@@ -65,16 +66,11 @@ def get_config(variant: str = 'l32'):
   config.optimizer.warmup_steps = 10_000
   config.optimizer.schedule = 'cosine'
   config.optimizer.grad_clip_norm = 1.0
-  config.ema.decay = 0.999
   config.ema.warmup = True
   config.train.batch_size = 2048
   config.train.num_steps = 500_000
-  config.tokens.batch_size = 256
-  # The release evaluates through torch-fidelity's TF Inception.
-  config.eval.inception_input = 'tf'
 
   config.sample.decoding = 'titok'
-  config.sample.num_steps = 8
   config.sample.choice_temperature = temperature
   config.sample.guidance_scale = guidance
   config.sample.guidance_schedule = 'linear'

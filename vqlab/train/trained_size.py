@@ -19,6 +19,10 @@ import numpy as np
 from vqlab.errors import ConfigError
 
 IMAGE_KEYS = ('image', 'video')
+# The keys that move an eval's frames away from the frames its run was
+# evaluated at in training (a run's own config needs no check: its training
+# evaluated the same way).
+SIZE_KEYS = ('data.image_size', 'data.train_image_size', 'data.eval_frame_size')
 
 
 def _at_size(example: dict[str, np.ndarray], side: int) -> dict[str, Any]:
@@ -74,14 +78,18 @@ def state_example(model: Any, example: dict[str, np.ndarray],
     `example`, with its images and videos at the side the run trained at.
 
   Raises:
-    ConfigError: naming data.image_size, when one of the model's variables
-      has another shape at the eval's size, or the model decodes one size
-      (`image_size`, TiTok) and the eval's is another.
+    ConfigError: naming data.image_size, when the size changed (SIZE_KEYS)
+      and one of the model's variables has another shape at the eval's
+      size, or the model decodes one size (`image_size`, TiTok) and the
+      eval's is another.
   """
   keys = [k for k in IMAGE_KEYS if k in example]
   side = trained_side(config, config_changes)
   if not keys or not side or example[keys[-1]].shape[-3:-1] == (side, side):
     return example
+  trained = _at_size(example, side)
+  if not any(key in config_changes for key in SIZE_KEYS):
+    return trained
   now = example[keys[-1]].shape[-2]
   decoded = getattr(model, 'image_size', None)  # TiTok decodes one grid.
   if decoded is not None and decoded != now:
@@ -89,7 +97,6 @@ def state_example(model: Any, example: dict[str, np.ndarray],
         'data.image_size', f'{now}, but the model decodes images of '
         f'model.image_size = {decoded} (a grid its position embeddings are '
         f'made for): it is evaluated at {decoded} only')
-  trained = _at_size(example, side)
   for key in keys:
     for (name, was), (_, shape) in zip(_variable_shapes(model, trained[key]),
                                        _variable_shapes(model, example[key])):

@@ -96,12 +96,11 @@ class ReconstructionEval:
     Returns:
       outputs: {'sums': {'psnr', 'l1', 'ssim' (images >= 11 pixels), 'ms_ssim'
         (images >= 161 pixels), 'lpips' (when LPIPS is loaded, images >= 16
-        pixels), 'count'} scalars and
-        'code_counts' [K]; 'mask': [B]; 'constants': {'token_positions',
-        'pixel_positions'} of an example; when Inception is loaded
-        'features': {'real',
-        'reconstructed'} pool features [B * T, 2048] (frames of videos;
-        T = 1 for images) and 'feature_mask' [B * T]; when I3D is loaded
+        pixels), 'count'} scalars and 'code_counts' [K]; 'mask': [B];
+        'constants': {'token_positions', 'pixel_positions'} of an example;
+        when Inception is loaded 'features': {'real', 'reconstructed'} pool
+        features [B * T, 2048] (frames of videos; T = 1 for images) and
+        'feature_mask' [B * T]; when I3D is loaded
         (videos) 'features': {'i3d_real', 'i3d_reconstructed'} [B, 400] with
         'feature_masks': {name: [B]}}.
       images: {'inputs', 'reconstructions'} [B, (T,) H, W, C] in [-1, 1].

@@ -162,13 +162,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     config_schema.require(
         size % factor == 0, f'data.{key}',
         f'{size} is not divisible by the model\'s downsampling factor {factor}')
-  for section in ('image', 'video'):
-    nested = config.data.get(section) or {}
+  for section in ('image', 'video'):  # Joint data's nested datasets.
+    nested_size = tuple((config.data.get(section) or
+                         {}).get('eval_frame_size', ()))
     config_schema.require(
-        not tuple(nested.get('eval_frame_size',
-                             ())), f'data.{section}.eval_frame_size',
-        f'{tuple(nested.get("eval_frame_size", ()))}, but joint data '
-        'evaluates its images and videos at data.image_size: set it to ()')
+        not nested_size, f'data.{section}.eval_frame_size',
+        f'{nested_size}, but joint data evaluates its images and videos at '
+        'data.image_size: set it to ()')
   frame_size = tuple(config.data.get('eval_frame_size', ()))
   config_schema.require(
       all(isinstance(side, int) and side % factor == 0 for side in frame_size),
