@@ -8,8 +8,8 @@ tokenizer, converted: `python -m vqlab.convert titok
 tokenizer_titok_l32_imagenet workdirs/titok_l32_released` and
 --config.tokenizer.workdir=workdirs/titok_l32_released): K 1D tokens of 4096
 codes. Transformer: the release's ImageBert, a post-LN BERT
-(`model.block_style = 'bert'`) of 24 layers, width 768, 16 heads, MLP 3072,
-dropout 0.1, the class as a first token, an untied output layer with a bias
+(`model.block_style = 'bert'`, erf GELU) of 24 layers, width 768, 16 heads,
+MLP 3072, dropout 0.1, the class as a first token, an untied output layer with a bias
 (`model.tied_heads = False`). Loss: cross-entropy with label smoothing 0.1,
 the unmasked positions weighted 0.1, masks drawn by the arccos schedule with
 round(gamma(r) N) tokens (`loss.mask_rounding = 'round'`; MaskGIT's ceil
@@ -25,9 +25,11 @@ per image for the whole training, where the release encodes every batch
 with a new flip (--config.tokens.source=on_the_fly does, at the cost of
 running the tokenizer's encoder in every step); the train crops are random
 256 crops of the shorter side resized to 256 (the release takes the
-centre); the cosine decays to 0, not 1e-5; GELU is tanh's (BERT's is
-erf's); HF BERT's token-type embedding, a constant added to every
-position, is absent. TiTok-S-128's generator (U-ViT, 64 steps,
+centre); the cosine decays to 0, not 1e-5; HF BERT's token-type
+embedding, a constant added to every position, is absent (the position
+embeddings can learn it; the converter adds the released one into them).
+The released generators convert into runs of this network: `python -m
+vqlab.convert titok_generator` (README). TiTok-S-128's generator (U-ViT, 64 steps,
 power-cosine guidance) is not written.
 
   python main.py --config=configs/maskgit/titok.py:l32 --workdir=... --mode=tokenize
@@ -37,21 +39,23 @@ power-cosine guidance) is not written.
 """
 
 from configs.maskgit import imagenet256
+from vqlab.convert import titok_generator
 
-# name: (tokens K, sampling temperature, guidance scale), the release's.
-VARIANTS = {'l32': (32, 9.5, 4.5), 'b64': (64, 11.0, 3.0)}
+# name: tokens K (the release's sampler: titok_generator.RELEASED_SAMPLING).
+VARIANTS = {'l32': 32, 'b64': 64}
 
 
 def get_config(variant: str = 'l32'):
   if variant not in VARIANTS:
     raise ValueError(f'configs/maskgit/titok.py: the argument is one of '
                      f'{sorted(VARIANTS)}, got {variant!r}')
-  num_tokens, temperature, guidance = VARIANTS[variant]
+  num_tokens = VARIANTS[variant]
   config = imagenet256.get_config()
   config.tokenizer.workdir = f'workdirs/titok_{variant}_stage2'
   config.model.vocab_size = 4096
   config.model.token_shape = (num_tokens,)
   config.model.tied_heads = False
+  config.model.exact_gelu = True
   # The base's label smoothing and label dropout (0.1), token batches, TF
   # Inception input (the release's torch-fidelity), EMA decay and 8 steps
   # are the release's too.
@@ -71,7 +75,6 @@ def get_config(variant: str = 'l32'):
   config.train.num_steps = 500_000
 
   config.sample.decoding = 'titok'
-  config.sample.choice_temperature = temperature
-  config.sample.guidance_scale = guidance
+  config.sample.update(titok_generator.RELEASED_SAMPLING[num_tokens])
   config.sample.guidance_schedule = 'linear'
   return config

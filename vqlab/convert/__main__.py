@@ -30,6 +30,9 @@ KINDS = {
     'maskgit_transformer': ('maskgit_transformer', 'MaskGIT class-'
                             'conditional transformer (flax checkpoint), over '
                             'a converted maskgit_vqgan run'),
+    'titok_generator': ('titok_generator', 'TiTok-L-32 / B-64 class-'
+                        'conditional MaskGIT (model.safetensors or '
+                        'generator_titok_*.bin), over a converted titok run'),
     'taming_transformer': ('taming_transformer', 'taming-transformers GPT '
                            '(cin, ffhq, celebahq last.ckpt), over a '
                            'converted taming_vqgan run'),

@@ -26,7 +26,9 @@ LayerNorm; 'bert', MaskGIT's and MAGVIT's transformer, a post-LN BERT: a
 LayerNorm on the summed token and position embeddings, post-LN blocks, no
 final LayerNorm, every LayerNorm's epsilon 1e-12, BERT's inits (truncated
 N(0, 0.02) kernels, embeddings and positions); the released MaskGIT
-checkpoints load into it (vqlab.convert.maskgit_transformer).
+checkpoints load into it (vqlab.convert.maskgit_transformer). `exact_gelu`
+puts the erf GELU in the blocks' MLPs (HF BERT's, TiTok's generator; the
+output head's stays tanh's, as MaskGIT's MLM layer).
 """
 
 import functools
@@ -67,6 +69,7 @@ class MaskGIT(nn.Module):
     tied_heads: output heads tied to the input embeddings (module
       docstring); False: one Dense per factor.
     block_style: 'pre_ln' or 'bert' (module docstring).
+    exact_gelu: the erf GELU in the blocks' MLPs, not the tanh one.
   """
   vocab_size: int
   token_shape: Sequence[int]
@@ -83,6 +86,7 @@ class MaskGIT(nn.Module):
   remat_policy: str = 'none'
   tied_heads: bool = True
   block_style: str = 'pre_ln'
+  exact_gelu: bool = False
 
   # -- Token layout helpers (no parameters; callable on an unbound module). --
 
@@ -192,7 +196,7 @@ class MaskGIT(nn.Module):
                    deterministic=not train)(x.astype(self.dtype))
     x = Transformer(self.num_layers, self.num_heads, self.mlp_dim,
                     self.dropout_rate, dtype=self.dtype,
-                    layer_norm_epsilon=epsilon,
+                    layer_norm_epsilon=epsilon, exact_gelu=self.exact_gelu,
                     mlp_hidden_dropout=self.mlp_hidden_dropout, post_norm=bert,
                     scan_layers=self.scan_layers,
                     remat_policy=self.remat_policy, kernel_init=kernel_init,
@@ -573,6 +577,9 @@ def default_config() -> ml_collections.ConfigDict:
   # 'pre_ln': vqlab's pre-LN blocks; 'bert': MaskGIT's and MAGVIT's post-LN
   # BERT (what the released MaskGIT checkpoints are).
   config.block_style = 'pre_ln'
+  # The erf GELU in the blocks' MLPs (HF BERT's: TiTok's generator); False:
+  # the tanh approximation (MaskGIT's, MAGVIT's).
+  config.exact_gelu = False
   transformer.add_stack_config(config)
   return config
 
@@ -600,7 +607,7 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
                  mlp_dim=config.mlp_dim, dropout_rate=config.dropout_rate,
                  mlp_hidden_dropout=config.mlp_hidden_dropout,
                  dtype=jnp.dtype(dtype), tied_heads=config.tied_heads,
-                 block_style=config.block_style,
+                 block_style=config.block_style, exact_gelu=config.exact_gelu,
                  **transformer.stack_options(config, prefix))
 
 

@@ -269,7 +269,8 @@ def eval_differences(workdir: str,
 # optimizer section's.
 _ADDED_MODEL_KEYS = {
     'maskgit': {
-        'block_style': 'pre_ln'
+        'block_style': 'pre_ln',
+        'exact_gelu': False
     },
     'gpt': {
         'block_style': 'pre_ln'
