@@ -94,3 +94,59 @@ def test_class_ids_are_checked_under_guidance_too(labels):
   model = _model('vq_diffusion', condition='class', num_classes=3)
   with pytest.raises(ValueError, match='^VQDiffusion: ' + message):
     vq_diffusion.sample(model, {}, rng, 2, labels, guidance_scale=1.0)
+
+
+def test_guidance_without_a_condition_is_named():
+  """guidance_scale != 0 with no labels sampled null against null: the
+  unguided samples, silently (GPT at twice the cost)."""
+  rng = jax.random.key(0)
+  message = r'guidance_scale=2\.0 needs a condition to guide towards'
+  samplers = {
+      'GPT':
+          lambda: gpt.sample(_model('gpt', condition='class', num_classes=3), {
+          }, rng, 2, guidance_scale=2.0),
+      'MaskGIT':
+          lambda: maskgit.sample(_model('maskgit', num_classes=3), {}, rng, 2,
+                                 guidance_scale=2.0),
+      'VQDiffusion':
+          lambda: vq_diffusion.sample(
+              _model('vq_diffusion', condition='class', num_classes=3), {}, rng,
+              2, guidance_scale=2.0),
+  }
+  for who, sample in samplers.items():
+    with pytest.raises(ValueError, match=f'^{who}: {message}'):
+      sample()
+  with pytest.raises(
+      ValueError, match='^MaskGIT: guidance_scale=2.0 needs a '
+      'conditional model, and this one takes no condition'):
+    maskgit.sample(_model('maskgit'), {}, rng, 2, guidance_scale=2.0)
+  # A dict condition of a class model is named at sampling too (it read
+  # "class ids must have shape [B] = (2,), got ()").
+  with pytest.raises(
+      ValueError, match='^VQDiffusion: a class condition is '
+      r"int \[B\] labels, got a dict with keys \['ids'\]"):
+    vq_diffusion.sample(
+        _model('vq_diffusion', condition='class', num_classes=3), {}, rng, 2,
+        {'ids': np.zeros((2, 3), np.int32)})
+
+
+def test_vq_diffusion_temperature_zero_is_the_most_likely_code():
+  """As GPT's and MaskGIT's 0: all of p(x_0 | x_t) on the argmax. It divided
+  by 1e-6, which split codes whose log-probs are within 1e-6 (here code 5's
+  bias is 1e-7 above code 2's, the head's kernel zero)."""
+  model = _model('vq_diffusion')
+  tokens = jnp.full((2, *model.token_shape), model.vocab_size, jnp.int32)
+  times = jnp.full((2,), model.num_timesteps, jnp.int32)
+  params = model.init(jax.random.key(0), tokens, times)['params']
+  head = params['head']
+  bias = np.full(head['bias'].shape, -1.0, np.float32)
+  bias[2], bias[5] = 1.0, 1.0 + 1e-7
+  params = dict(
+      params, head={
+          'kernel': jnp.zeros_like(head['kernel']),
+          'bias': jnp.asarray(bias)
+      })
+  log_p = vq_diffusion.predict_x0(model, params, tokens, model.num_timesteps,
+                                  None, temperature=0.0)
+  one_hot = np.broadcast_to(np.eye(model.vocab_size)[5], log_p[..., :-1].shape)
+  np.testing.assert_array_equal(np.exp(log_p[..., :-1]), one_hot)

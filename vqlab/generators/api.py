@@ -9,6 +9,7 @@ A condition `cond` is None, class labels int [B], condition tokens int
 {'states' [B, L, D] (frozen encoder) or 'ids' [B, L] (trainable), 'mask'}.
 """
 
+from collections.abc import Mapping
 import dataclasses
 from typing import Any, Callable
 
@@ -94,6 +95,9 @@ def check_class_ids(labels: Any, batch: int, num_classes: int,
                     who: str) -> None:
   """Raises ValueError unless `labels` is [batch] ids in [0, num_classes]
   (num_classes: the null class)."""
+  if isinstance(labels, Mapping):
+    raise ValueError(f'{who}: a class condition is int [B] labels, got a dict '
+                     f'with keys {sorted(labels)}')
   if jnp.shape(labels) != (batch,):
     raise ValueError(f'{who}: class ids must have shape [B] = ({batch},), '
                      f'got {jnp.shape(labels)}')
@@ -219,6 +223,27 @@ def check_sampling_settings(**settings: Any) -> None:
     within, domain = _SAMPLING_DOMAINS[name]
     if not np.all(within(np.asarray(value, np.float64))):
       raise ValueError(f'{name} must be {domain}, got {value!r}')
+
+
+def check_guidance_condition(guidance_scale: Any, cond: Any, who: str, *,
+                             conditional: bool) -> None:
+  """ValueError when a concrete guidance_scale != 0 comes without a
+  condition (cond None) or for a model that takes none (`conditional`
+  False): guidance moves the conditional prediction away from the
+  unconditional one, and without a condition both are the null one, so the
+  samples would be unguided, silently."""
+  if (isinstance(guidance_scale, jax.core.Tracer) or
+      not np.any(np.asarray(guidance_scale) != 0)):
+    return
+  if not conditional:
+    raise ValueError(f'{who}: guidance_scale={guidance_scale!r} needs a '
+                     'conditional model, and this one takes no condition: '
+                     'pass guidance_scale=0')
+  if cond is None:
+    raise ValueError(
+        f'{who}: guidance_scale={guidance_scale!r} needs a condition to '
+        'guide towards, and none was given (None): pass the class labels (or '
+        'text) or guidance_scale=0')
 
 
 def draw_or_argmax(

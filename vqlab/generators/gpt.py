@@ -360,6 +360,8 @@ def sample(model: GPT, params, rng: jax.Array, batch_size: int,
   """
   api.check_sampling_settings(temperature=temperature,
                               guidance_scale=guidance_scale)
+  if model.condition == 'class':  # _guidance names the others.
+    api.check_guidance_condition(guidance_scale, cond, 'GPT', conditional=True)
   params = {'params': params.get('params', params)}
   n = model.length
   given = _given_tokens(model, prefix, batch_size)
@@ -464,6 +466,8 @@ def sample_sliding_window(model: GPT, params, rng: jax.Array, batch_size: int,
                      f'{jnp.shape(cond)}')
   api.check_sampling_settings(temperature=temperature,
                               guidance_scale=guidance_scale)
+  if model.condition == 'class':  # _guidance names the others.
+    api.check_guidance_condition(guidance_scale, cond, 'GPT', conditional=True)
   params = {'params': params.get('params', params)}
   model = model.clone(decode=False)
   crop = lambda g, si, sj: jax.lax.dynamic_slice(g, (0, si, sj),

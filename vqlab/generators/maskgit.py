@@ -530,6 +530,8 @@ def sample(model: MaskGIT, params, rng: jax.Array, batch_size: int,
   api.check_sampling_settings(temperature=temperature,
                               choice_temperature=choice_temperature,
                               guidance_scale=guidance_scale)
+  api.check_guidance_condition(guidance_scale, labels, 'MaskGIT',
+                               conditional=bool(model.num_classes))
   if labels is not None and model.num_classes:
     # Here, while concrete: under guidance the steps see them joined with
     # the null labels, traced, and unchecked.

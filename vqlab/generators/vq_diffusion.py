@@ -167,11 +167,8 @@ class VQDiffusion(nn.Module):
     """Class ids int [B]; the null class num_classes for cond None and
     where drop."""
     if cond is not None:
-      if isinstance(cond, Mapping):
-        raise ValueError(f'VQDiffusion: a class condition is int [B] labels, '
-                         f'got a dict with keys {sorted(cond)}')
-      cond = jnp.asarray(cond)
       api.check_class_ids(cond, batch, self.num_classes, 'VQDiffusion')
+      cond = jnp.asarray(cond)
     labels = (jnp.full((batch,), self.num_classes, jnp.int32)
               if cond is None else cond.astype(jnp.int32))
     if drop is not None:
@@ -470,7 +467,11 @@ def predict_x0(model: VQDiffusion, params, x_t, t, cond,
     codes = uncond_p + (1.0 + guidance_scale) * (cond_p - uncond_p)
   else:
     codes = apply(x_t, times, cond)[..., :-1]
-  codes = jax.nn.log_softmax(codes / max(temperature, 1e-6), axis=-1)
+  if temperature == 0:  # All of p(x_0) on the most likely code, as GPT's 0.
+    top = jax.nn.one_hot(jnp.argmax(codes, -1), codes.shape[-1], dtype=bool)
+    codes = jnp.where(top, 0.0, dd.LOG_ZERO)
+  else:
+    codes = jax.nn.log_softmax(codes / temperature, axis=-1)
   codes = truncate(codes, truncation, renormalize)
   return jnp.concatenate(
       [codes, jnp.full(codes.shape[:-1] + (1,), dd.LOG_ZERO)], axis=-1)
@@ -532,9 +533,10 @@ def sample(model: VQDiffusion, params, rng: jax.Array, batch_size: int,
   time point; 'purity' reveals masked positions by purity (`purity_step`,
   weight purity_weight). Step i (from t_i to t_{i+1}) draws with
   fold_in(rng, i), so the fast chain with num_steps = T is the full chain.
-  guidance_scale is w, as MaskGIT's and GPT's (`predict_x0`: 0 is off).
-  Jit-able with num_steps, guidance_scale, temperature, truncation, sampler
-  and purity_weight static.
+  guidance_scale is w, as MaskGIT's and GPT's (`predict_x0`: 0 is off);
+  temperature 0 puts p(x_0 | x_t) on its most likely code. Jit-able with
+  num_steps, guidance_scale, temperature, truncation, sampler and
+  purity_weight static.
   """
   if sampler not in SAMPLERS:
     raise ValueError(f'sampler must be one of {SAMPLERS}, got {sampler!r}')
@@ -542,6 +544,8 @@ def sample(model: VQDiffusion, params, rng: jax.Array, batch_size: int,
                               guidance_scale=guidance_scale,
                               truncation=truncation,
                               purity_weight=purity_weight)
+  api.check_guidance_condition(guidance_scale, cond, 'VQDiffusion',
+                               conditional=model.condition != 'none')
   if model.condition == 'class' and cond is not None:
     # Here, while concrete: under guidance the steps see them joined and
     # traced, and unchecked.
