@@ -181,6 +181,10 @@ def _quiet_libraries() -> None:
   (progress, evals, saves) and problems. Runs before TensorFlow is imported.
   """
   from absl import logging  # pylint: disable=g-import-not-at-top
+  # TensorFlow's oneDNN kernels log at import, and on uint8 inputs without
+  # AVX-512, whatever TF_CPP_MIN_LOG_LEVEL says; vqlab runs only tf.data's
+  # input ops through TensorFlow (tests/conftest.py does the same).
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
     # The image checks decode truncated files on purpose; TF logs each one.
@@ -267,6 +271,9 @@ def main(argv):
         (OSError, 'file'),
     )
     kind = next((name for cls, name in kinds if isinstance(e, cls)), None)
+    memory = None if kind else cli.out_of_memory_line(e, _MODE.value)
+    if memory:
+      _stop(memory)
     if kind is None and jax.process_count() == 1:
       raise
     if kind is None:

@@ -16,6 +16,7 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_cpu_use_fusion_emitters=false')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # As main.py.
 # The partitionable threefry takes XLA:CPU ~5x longer to compile (a flax init
 # of a small model: 20 s instead of 4 s). Tests care about compile time, not
 # about which (equally valid) random bits are drawn. Set through the

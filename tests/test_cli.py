@@ -333,3 +333,25 @@ def test_a_run_stopped_to_save_exits_as_the_signal_says(tmp_path, light_config,
                         env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert proc.returncode == status, proc.stderr[-3000:]
   assert 'vqlab: step=3, preempted=True' in proc.stdout
+
+
+def test_out_of_memory_is_one_line_saying_what_frees_memory():
+  """An accelerator's (or XLA:CPU's) out-of-memory error was a traceback."""
+  error = RuntimeError('RESOURCE_EXHAUSTED: Out of memory allocating '
+                       '25836365968 bytes.\n  allocation details ...')
+  assert cli.out_of_memory_line(error, 'eval') == (
+      'memory error: RESOURCE_EXHAUSTED: Out of memory allocating 25836365968 '
+      'bytes. (lower eval.batch_size, or use a smaller data.image_size)')
+  try:
+    try:
+      raise error
+    except RuntimeError as e:
+      raise ValueError('while stepping') from e
+  except ValueError as wrapped:
+    assert 'raise train.microbatches' in cli.out_of_memory_line(
+        wrapped, 'train')
+  # A quota or a full disk is not device memory.
+  assert cli.out_of_memory_line(
+      RuntimeError('RESOURCE_EXHAUSTED: quota exceeded'), 'train') is None
+  assert cli.out_of_memory_line(OSError('No space left on device'),
+                                'sample') is None

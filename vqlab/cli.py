@@ -282,6 +282,31 @@ def _last_line(error: BaseException) -> str:
   return lines[-1].strip() if lines else type(error).__name__
 
 
+# What frees device memory, by mode (main.py's --mode).
+_LESS_MEMORY = {
+    'train': ('lower train.batch_size, raise train.microbatches (the same '
+              'global batch in less activation memory) or, where the model '
+              'has one, set model.remat_policy'),
+    'eval': 'lower eval.batch_size',
+    'tokenize': 'lower eval.batch_size (the batches tokenized)',
+    'sample': 'lower sample.batch_size',
+    'fid_stats': 'lower eval.batch_size',
+    'fvd_stats': 'lower eval.batch_size',
+}
+
+
+def out_of_memory_line(error: BaseException, mode: str) -> str | None:
+  """'memory error: ...' with what frees memory in `mode`, when `error` (or
+  one it came from) is an accelerator's or XLA's out-of-memory error
+  (RESOURCE_EXHAUSTED: Out of memory ...); else None."""
+  for e in _chain(error):
+    line = _first_line(e)
+    if 'RESOURCE_EXHAUSTED' in line and 'memory' in line.lower():
+      return (f'memory error: {line} ({_LESS_MEMORY[mode]}, or use a smaller '
+              'data.image_size)')
+  return None
+
+
 def workdir_problem(workdir: str) -> str | None:
   """Why the local directory `workdir` cannot be created or written, or a
   URL (gs://) cannot be read (no credentials, no such bucket), or None.

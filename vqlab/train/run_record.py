@@ -388,7 +388,8 @@ def check(config: ml_collections.ConfigDict, workdir: str, allow_change: bool,
     raise ConfigError(
         ', '.join(changed), f'differs from the run in {workdir} '
         f'({describe(changed)}; its config.json records how it was trained).'
-        f'{schedule} Pass --allow_config_change to ' +
+        f'{schedule} Pass --allow_config_change (in Python: '
+        'allow_config_change=True) to ' +
         ('continue that run with the new values, or use another --workdir'
          if trains else 'use the new values here (the run and its record '
          'stay as they are)'))
