@@ -250,9 +250,10 @@ class _SafeUnpickler(pickle.Unpickler):
       return _opaque_class(module, name)
     if stand_in is None:
       raise WeightsError(
-          f'{self._path}: refused to load `{module}.{name}`: a weight file '
-          'may only hold tensors and dicts, and loading this one with torch '
-          'could run arbitrary code')
+          f'{self._path}: holds a `{module}.{name}` object, not only tensors '
+          'and dicts: not the weight file this reads (is it the right '
+          'file?). Objects other than tensors are never unpickled: that '
+          'could run any code')
     return stand_in
 
   def persistent_load(self, pid: Any) -> _StorageRef:
