@@ -682,13 +682,20 @@ def test_purity_sampler_unmasks_as_the_schedule_and_equals_its_steps():
   np.testing.assert_array_equal(n - np.cumsum(reveals), masked_after)
 
   x = jnp.full((3, n), K, jnp.int32)
-  for i, (t, num) in enumerate(zip(points[:-1], reveals)):
+  schedule = model.schedule()
+  for i, (t, u, num) in enumerate(zip(points[:-1], points[1:], reveals)):
     # Truncated, each position scored by its top code's own probability
     # (the release's p_sample), not renormalized over the kept codes.
     log_p = vq_diffusion.predict_x0(model, params, x.reshape(3, 2, 3), int(t),
                                     None, truncation=0.6, renormalize=False)
-    new = vq_diffusion.purity_step(jax.random.fold_in(rng, i), log_p, x,
-                                   int(num), 1.0)
+    step_rng = jax.random.fold_in(rng, i)
+    if u == 0:
+      # The last step is the chain's, as the release's p_sample at t = 0:
+      # every position drawn from p(x_0 | x_t), revealed ones too.
+      x = dd.sample_states(
+          step_rng, dd.reverse_step_log_probs(log_p, x, schedule, int(t), 0))
+      break
+    new = vq_diffusion.purity_step(step_rng, log_p, x, int(num), 1.0)
     was = np.asarray(x) != K
     np.testing.assert_array_equal(np.asarray(new)[was], np.asarray(x)[was])
     assert np.all((np.asarray(new) != K).sum(1) == n - masked_after[i])
@@ -696,6 +703,11 @@ def test_purity_sampler_unmasks_as_the_schedule_and_equals_its_steps():
   sampled = vq_diffusion.sample(model, params, rng, 3, num_steps=4,
                                 sampler='purity', truncation=0.6)
   np.testing.assert_array_equal(np.asarray(sampled).reshape(3, n), x)
+  # One step is the chain's one step, purity_weight or not.
+  one_step = functools.partial(vq_diffusion.sample, model, params, rng, 3,
+                               num_steps=1, purity_weight=2.0)
+  np.testing.assert_array_equal(one_step(sampler='purity'),
+                                one_step(sampler='chain'))
   # The generator task's settings reach it.
   settings = generator_config.default_config().sample
   settings.update(diffusion_sampler='purity', diffusion_steps=4, truncation=0.6)
