@@ -156,11 +156,12 @@ def test_a_splits_fingerprint_changes_with_its_files_only(split_folder):
   again when they change (no file is read: unreadable ones count)."""
   root = split_folder.path
   fingerprints = lambda: tuple(
-      folder_files.files_fingerprint(
-          *image_folder.split_files(split_folder, s)[:2], root)
-      for s in data.base.SPLITS)
+      data.split_fingerprint(split_folder, s) for s in data.base.SPLITS)
   train, evaluation = fingerprints()
   assert fingerprints() == (train, evaluation)
+  # The built source's, without building it (sampling's statistics cache).
+  assert data.build(split_folder, split='eval',
+                    global_batch_size=2).fingerprint == evaluation
   new_eval_image = os.path.join(root, 'val', 'a', '9.png')
   _write_image(new_eval_image, COLOURS[0], 'PNG')
   train_after, evaluation_after = fingerprints()
@@ -181,6 +182,7 @@ def test_a_splits_fingerprint_changes_with_its_files_only(split_folder):
   shapes = data.build(data.default_config('shapes'), split='eval',
                       global_batch_size=2)
   assert getattr(shapes, 'fingerprint', None) is None
+  assert data.split_fingerprint(data.default_config('shapes'), 'eval') is None
 
 
 def test_train_files_are_read_after_the_shuffle(tmp_path):

@@ -260,8 +260,12 @@ def test_fingerprint_follows_the_files(tmp_path):
                                   ).fingerprint
   before = fingerprint()
   assert fingerprint() == before
+  # The same without building the source (no probe): sampling's statistics
+  # cache reads it.
+  assert data.split_fingerprint(config, 'train') == before
   _write(str(tmp_path / '3.mov'), 3, 'png', 'rgb24', {})
   assert fingerprint() != before
+  assert data.split_fingerprint(config, 'train') == fingerprint()
 
 
 def test_two_hosts_each_probe_half_the_files_and_leave_out_the_same(

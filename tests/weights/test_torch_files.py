@@ -67,7 +67,8 @@ def test_lenient_reads_a_lightning_checkpoint_without_running_its_code(
   path = _GOLDENS / 'lightning_sample.ckpt'
   _EVIL_MARKER.unlink(missing_ok=True)
   # Strict mode names the first foreign global it meets.
-  with pytest.raises(WeightsError, match='holds a `.*` object, not only tensors'):
+  with pytest.raises(WeightsError,
+                     match='holds a `.*` object, not only tensors'):
     load_state_dict(path)
   loaded = load_state_dict(path, lenient=True)
   _check_against_golden(loaded, expected, 'ckpt')

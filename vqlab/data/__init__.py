@@ -202,6 +202,19 @@ def data_errors() -> Iterator[None]:
     raise DataError(str(e)) from e
 
 
+def split_fingerprint(config: ml_collections.ConfigDict,
+                      split: str) -> str | None:
+  """The `fingerprint` the source of `split` would have (a digest of the
+  split's files, which changes when they do; folder datasets), without
+  building it (no decode checks or probes), or None for datasets without one.
+  Under `data_errors`."""
+  fingerprint = getattr(_module(base.get(config, 'name')), 'fingerprint', None)
+  if fingerprint is None:
+    return None
+  with data_errors():
+    return fingerprint(config, split)
+
+
 def build_for_run(config: ml_collections.ConfigDict, **kwargs) -> DataSource:
   """`build` under `data_errors`."""
   with data_errors():

@@ -290,6 +290,13 @@ def split_files(
   return folder_files.split_files(config, split, IMAGES)
 
 
+def fingerprint(config: ml_collections.ConfigDict, split: str) -> str:
+  """The `fingerprint` of `build`'s source of `split`, without building it."""
+  paths, labels, _, _ = split_files(config, split)
+  return folder_files.files_fingerprint(paths, labels,
+                                        str(base.get(config, 'path')))
+
+
 def build(config: ml_collections.ConfigDict, *, split: str,
           global_batch_size: int, process_index: int,
           process_count: int) -> base.DataSource:

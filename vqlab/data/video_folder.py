@@ -349,6 +349,14 @@ def _probed_on_every_host(paths: list[str], probed, process_index: int,
   ]
 
 
+def fingerprint(config: ml_collections.ConfigDict, split: str) -> str:
+  """The `fingerprint` of `build`'s source of `split`, without building it
+  (no probe)."""
+  paths, labels, _, _ = folder_files.split_files(config, split, VIDEOS)
+  return folder_files.files_fingerprint(paths, labels,
+                                        str(base.get(config, 'path')))
+
+
 def build(config: ml_collections.ConfigDict, *, split: str,
           global_batch_size: int, process_index: int,
           process_count: int) -> base.DataSource:

@@ -103,5 +103,8 @@ def compute_reference_statistics(
   progress.close()
   if jax.process_index() == 0:
     fileio.makedirs(os.path.dirname(fileio.absolute(output_path)))
-    stats.save(output_path, source=reference_files.source(config, network))
+    stats.save(
+        output_path,
+        source=reference_files.source(config, network,
+                                      getattr(source, 'fingerprint', None)))
   return stats

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vqlab import data as data_lib
 from vqlab import fileio
 from vqlab.errors import ConfigError
 from vqlab.evals import fid
@@ -89,10 +90,12 @@ def _reference(
   path = os.path.join(workdir,
                       'fvd_stats.npz' if network == 'i3d' else 'fid_stats.npz')
   if fileio.exists(path):
-    if fid.statistics_source(path) == reference_files.source(config, network):
+    files = data_lib.split_fingerprint(config.data, 'eval')
+    if fid.statistics_source(path) == reference_files.source(
+        config, network, files):
       return fid.load_statistics(path)
     logging.warning(
-        '%s is of other data settings (or from an older vqlab): '
+        '%s is of other data settings or files (or from an older vqlab): '
         'recomputing it', path)
   # Every process computes the same statistics; process 0 writes them, so the
   # others must not read the file back.
