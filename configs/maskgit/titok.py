@@ -76,5 +76,4 @@ def get_config(variant: str = 'l32'):
 
   config.sample.decoding = 'titok'
   config.sample.update(titok_generator.RELEASED_SAMPLING[num_tokens])
-  config.sample.guidance_schedule = 'linear'
   return config

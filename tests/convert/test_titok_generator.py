@@ -74,6 +74,11 @@ def test_reference_logits():
       'params': converted.params
   }, tokens, conditions)
   np.testing.assert_allclose(logits, reference, atol=5e-5, rtol=1e-5)
+  # A token count the release published no sampler for: TiTok's decoding,
+  # guidance left off (a 'linear' schedule of no guidance was refused).
+  run = published.generator_run_config(converted,
+                                       titok_generator.run_settings(converted))
+  assert run.sample.decoding == 'titok' and run.sample.guidance_scale == 0
 
 
 def test_checkpoints_of_another_tokenizer_or_kind_are_named():

@@ -57,11 +57,13 @@ OPTIONS = {
 RELEASED_SAMPLING = {
     32: {
         'choice_temperature': 9.5,
-        'guidance_scale': 4.5
+        'guidance_scale': 4.5,
+        'guidance_schedule': 'linear'
     },
     64: {
         'choice_temperature': 11.0,
-        'guidance_scale': 3.0
+        'guidance_scale': 3.0,
+        'guidance_schedule': 'linear'
     },
 }
 # The release's sampling and loss settings of every converted run (8 steps,
@@ -70,7 +72,6 @@ RELEASED_SAMPLING = {
 RUN_SETTINGS = {
     'sample.decoding': 'titok',
     'sample.num_steps': 8,
-    'sample.guidance_schedule': 'linear',
     'loss.mask_schedule': 'arccos',
     'loss.mask_rounding': 'round',
     'loss.label_smoothing': 0.1,
