@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 
+import flax
 import jax
 import ml_collections
 import numpy as np
@@ -298,10 +299,12 @@ def _warm_started_from_another_init(quantizer, tmp_path):
   init = jax.jit(task.init)  # One compile for both states.
   batch = {'image': np.zeros((8, 16, 16, 3), np.float32)}
   checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=1)
-  checkpointer.save(1, init(jax.random.key(0), batch), force=True)
+  saved = init(jax.random.key(0), batch)
+  checkpointer.save(1, saved, force=True)
   checkpointer.wait()
   checkpointer.close()
-  source, _ = checkpoint_lib.restore_on_host(str(tmp_path))
+  # The tree as restore_on_host reads it back (warm_start reads it so).
+  source = flax.serialization.to_state_dict(jax.device_get(saved))
   fresh = init(jax.random.key(1), batch)
   return source, fresh, task.warm_start(fresh)
 
