@@ -37,6 +37,7 @@ from vqlab.generators import maskgit
 from vqlab.train import checkpoint as checkpoint_lib
 from vqlab.train import experiment
 from vqlab.train import experiment_config
+from vqlab.train import frozen
 from vqlab.train import loop
 from vqlab.train import pins
 from vqlab.train import pretokenize
@@ -57,10 +58,15 @@ def _devices():
 @pytest.fixture
 def one_load_per_run(monkeypatch):
   """Each tokenizer run (and step) the test's generator builds read is loaded
-  once (Orbax's restore is a load's time, about 1 s): for tests that do not
-  change a tokenizer run on disk."""
+  once (Orbax's restore is a load's time, about 1 s), and so are the metric
+  networks' weights (Inception's conversion, about 1 s): for tests that do
+  not change a tokenizer run or a weight file on disk."""
   monkeypatch.setattr(trained_tokenizer, 'load',
                       functools.cache(trained_tokenizer.load))
+  load_networks = functools.cache(frozen.load)
+  monkeypatch.setattr(
+      frozen, 'load',
+      lambda networks, directory: load_networks(tuple(networks), directory))
 
 
 @pytest.fixture(scope='module')
