@@ -68,9 +68,7 @@ class TrainedTokenizer:
   def token_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
     """Shape of one example's tokens for one input of `input_shape`
     ([H, W, C] or [T, H, W, C]), factor axis excluded."""
-    x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
-    indices = jax.eval_shape(lambda v, x: self.encode(v, x), self.variables, x)
-    shape = indices.shape[1:]
+    shape = _indices_shape(self.model, tuple(input_shape), self.variables)
     return shape[:-1] if self.factor_vocab_sizes else shape
 
   def encode(self, variables, x: jax.Array) -> jax.Array:
@@ -177,6 +175,39 @@ def _as_tuples(value: Any) -> Any:
   return value
 
 
+# Traced shapes depend on the model (a hashable linen dataclass) alone, and
+# tracing a tokenizer takes a second of CPU: the stage-2 builds of one process
+# (train data, eval data, checks, shards) trace each model once.
+@functools.lru_cache(maxsize=16)
+def _param_shapes(model: nn.Module) -> dict[str, Any]:
+  """The ShapeDtypeStructs of `model`'s params (its init on an example)."""
+  x = tokenizers.example_image(model)
+  rngs = {name: jax.random.key(0) for name in ('params', 'quantizer')}
+  return jax.eval_shape(lambda x: model.init(rngs, x, train=False), x)['params']
+
+
+@functools.lru_cache(maxsize=64)
+def _indices_shape_of(model: nn.Module, input_shape: tuple[int, ...],
+                      treedef: Any, leaves: tuple[tuple[Any, Any],
+                                                  ...]) -> tuple[int, ...]:
+  variables = jax.tree.unflatten(
+      treedef, [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in leaves])
+  x = jax.ShapeDtypeStruct((1,) + input_shape, jnp.float32)
+  indices = jax.eval_shape(
+      lambda v, x: model.apply(v, x, method=model.encode)[0], variables, x)
+  return tuple(indices.shape[1:])
+
+
+def _indices_shape(model: nn.Module, input_shape: tuple[int, ...],
+                   variables: dict[str, Any]) -> tuple[int, ...]:
+  """The shape of one example's indices ([*token_shape(, F)]) that `model`
+  with `variables` encodes an input of `input_shape` [(T,) H, W, C] into."""
+  leaves, treedef = jax.tree.flatten(variables)
+  return _indices_shape_of(
+      model, input_shape, treedef,
+      tuple((tuple(np.shape(v)), np.result_type(v)) for v in leaves))
+
+
 def _in_model_layout(model: nn.Module, params: dict[str, Any],
                      where: str) -> dict:
   """`params` with their repeated blocks stacked as `model` stacks them
@@ -186,9 +217,7 @@ def _in_model_layout(model: nn.Module, params: dict[str, Any],
   Raises:
     CheckpointError (naming `where`): params of another model.
   """
-  x = tokenizers.example_image(model)
-  rngs = {name: jax.random.key(0) for name in ('params', 'quantizer')}
-  like = jax.eval_shape(lambda x: model.init(rngs, x, train=False), x)['params']
+  like = _param_shapes(model)
   mismatch = state_mismatch.describe({'params': params}, {'params': like})
   if mismatch:
     raise CheckpointError(
