@@ -353,7 +353,7 @@ def test_allowed_config_change_keeps_the_old_record(run_copy, capsys):
       assert json.load(f)['optimizer']['generator']['learning_rate'] == lr
 
 
-def _two_processes(mode: str, workdir: str) -> list[str]:
+def _two_processes(workdir: str) -> list[str]:
   """Runs tests/train/two_process_restore.py as processes 0 and 1."""
   with socket.socket() as s:
     s.bind(('localhost', 0))
@@ -363,9 +363,8 @@ def _two_processes(mode: str, workdir: str) -> list[str]:
   script = os.path.join(paths.ROOT, 'tests', 'train', 'two_process_restore.py')
   processes = [
       subprocess.Popen([sys.executable, script,
-                        str(i), port, workdir, mode], env=env,
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       text=True) for i in range(2)
+                        str(i), port, workdir], env=env, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True) for i in range(2)
   ]
   outputs = [p.communicate(timeout=180)[0] for p in processes]
   assert all(p.returncode == 0 for p in processes), outputs
@@ -375,10 +374,19 @@ def _two_processes(mode: str, workdir: str) -> list[str]:
 def test_two_processes_set_aside_a_step_that_one_of_them_cannot_read(tmp_path):
   """Real jax.distributed processes: process 1 alone fails to read step 4
   (Orbax's restore ends in a barrier only the other would reach); both agree,
-  set step 4 aside and restore step 2, each its own shard."""
-  workdir = str(tmp_path)
-  _two_processes('save', workdir)
-  outputs = _two_processes('restore', workdir)
+  set step 4 aside and restore step 2, each its own shard. (Steps 2 and 4
+  of w = arange(6) * step are saved here, over 2 devices: a pair of
+  processes more only to save them cost seconds of imports.)"""
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ('x',))
+  sharding = jax.sharding.NamedSharding(mesh, jax.P('x'))
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=5)
+  for step in (2, 4):
+    checkpointer.save(step, {
+        'w': jax.device_put(np.arange(6.0, dtype=np.float32) * step, sharding)
+    })
+  checkpointer.wait()
+  checkpointer.close()
+  outputs = _two_processes(str(tmp_path))
   assert 'restored 2 [0.0, 2.0, 4.0]' in outputs[0], outputs
   assert 'restored 2 [6.0, 8.0, 10.0]' in outputs[1], outputs
   assert 'process 1 could not read it' in outputs[0]

@@ -1,10 +1,10 @@
 """One of two processes of tests/train/test_faults.py's restore test.
 
-  python two_process_restore.py PROCESS PORT WORKDIR save|restore
+  python two_process_restore.py PROCESS PORT WORKDIR
 
-`save` writes steps 2 and 4 of a state sharded over both processes;
-`restore` restores with process 1 alone unable to read step 4 (as a corrupt
-shard only it reads) and prints 'restored <step> <values>'.
+Restores the test's checkpoints (steps 2 and 4 of w = arange(6) * step)
+sharded over both processes, with process 1 alone unable to read step 4 (as
+a corrupt shard only it reads), and prints 'restored <step> <values>'.
 """
 
 import sys
@@ -14,7 +14,7 @@ import jax
 jax.config.update('jax_cpu_collectives_implementation', 'gloo')
 
 
-def main(process: int, port: str, workdir: str, mode: str) -> None:
+def main(process: int, port: str, workdir: str) -> None:
   jax.distributed.initialize(f'localhost:{port}', 2, process)
   import numpy as np  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
@@ -23,13 +23,6 @@ def main(process: int, port: str, workdir: str, mode: str) -> None:
   mesh = jax.sharding.Mesh(np.array(jax.devices()), ('x',))
   sharding = jax.sharding.NamedSharding(mesh, jax.P('x'))
   checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=5)
-  if mode == 'save':
-    for step in (2, 4):
-      local = (np.arange(3.0) + 3 * process) * step
-      checkpointer.save(
-          step, {'w': jax.make_array_from_process_local_data(sharding, local)})
-    checkpointer.wait()
-    return
   if process == 1:
     read = ocp.StandardCheckpointHandler.restore
 
@@ -46,4 +39,4 @@ def main(process: int, port: str, workdir: str, mode: str) -> None:
 
 
 if __name__ == '__main__':
-  main(int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4])
+  main(int(sys.argv[1]), sys.argv[2], sys.argv[3])
