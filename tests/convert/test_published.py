@@ -1,5 +1,6 @@
 """The converters' shared pieces: StateDict, check_params_match, write_run."""
 
+import functools
 import json
 import os
 import subprocess
@@ -23,6 +24,7 @@ from vqlab.errors import WeightsError
 from vqlab.nn import stack
 from vqlab.train import checkpoint
 from vqlab.train import sampling
+from vqlab.train import state as train_state
 from vqlab.train import trained_tokenizer
 
 
@@ -105,7 +107,7 @@ def _run(*args):
 
 
 def test_cli_writes_a_run_that_main_evaluates_and_generators_load(
-    tmp_path, capsys):
+    tmp_path, capsys, monkeypatch):
   """Also: the converted run's config.py takes overrides of tuple keys."""
   out = str(tmp_path / 'maskgit')
   # In this process (`python -m vqlab.convert` itself runs in
@@ -119,8 +121,13 @@ def test_cli_writes_a_run_that_main_evaluates_and_generators_load(
   assert f'--config={out}/config.py --workdir={out} --mode=eval' in printed
 
   # What a generator run loads: the converted weights give the reference
-  # tokens of tests/goldens/make_maskgit_goldens.py.
-  loaded = trained_tokenizer.load(out)
+  # tokens of tests/goldens/make_maskgit_goldens.py. Loaded as a generator
+  # run's build loads it, and once for the test, the generator run's
+  # conversion and its sampling (a restore is about 2 s of CPU): no
+  # checkpoint of the run is written after its conversion.
+  monkeypatch.setattr(trained_tokenizer, 'load',
+                      functools.cache(trained_tokenizer.load))
+  loaded = trained_tokenizer.load(out, -1, step_key='tokenizer.step')
   assert loaded.step == 0
   with np.load(_GOLDENS / 'maskgit_goldens.npz') as golden:
     tokens = compile_options.encode(loaded, golden['images'])
@@ -175,6 +182,44 @@ def test_cli_writes_a_run_that_main_evaluates_and_generators_load(
   config.sample.num_samples = config.sample.batch_size = 2
   assert sampling.sample(config, run,
                          devices=jax.local_devices()[:1])['num_samples'] == 2
+
+
+def test_init_with_params_sets_one_network_and_its_ema():
+  """The state task.init draws, with `params` (in the expected dtypes) as
+  params[key] and, where the task keeps an EMA, ema_params[key]."""
+
+  class Task:
+
+    def __init__(self, keeps_ema):
+      self.keeps_ema = keeps_ema
+
+    def init(self, rng, batch):
+      del batch
+      a, b = jax.random.split(rng)
+      params = {
+          'g': {
+              'w': jax.random.normal(a, (3,))
+          },
+          'd': jax.random.normal(b, (2,))
+      }
+      return train_state.TrainState(
+          step=jnp.zeros((), jnp.int32), params=params,
+          opt_state={'d': params['d'] * 2}, model_state={},
+          ema_params={'g': params['g']} if self.keeps_ema else {})
+
+  rng = jax.random.key(0)
+  for keeps_ema in (True, False):
+    task = Task(keeps_ema)
+    expected = jax.eval_shape(task.init, rng, None).params['g']
+    state = published.init_with_params(task, rng, None, 'g',
+                                       {'w': np.arange(3.0)}, expected)
+    fresh = task.init(rng, None)
+    for tree in [state.params] + [state.ema_params] * keeps_ema:
+      assert tree['g']['w'].dtype == jnp.float32
+      np.testing.assert_array_equal(tree['g']['w'], [0, 1, 2])
+    assert bool(state.ema_params) == keeps_ema
+    np.testing.assert_array_equal(state.params['d'], fresh.params['d'])
+    np.testing.assert_array_equal(state.opt_state['d'], fresh.opt_state['d'])
 
 
 def _tiny_tokenizer_params():
