@@ -31,12 +31,13 @@ def _run(tmp_path, *args: str) -> tuple[dict, str]:
   return json.loads(path.read_text()), proc.stdout
 
 
-def _gpt_flops_by_hand(batch: int) -> float:
+def _gpt_flops_by_hand(batch: int, layers: int) -> float:
   """FLOPs of one GPT train step (forward + backward = 3 x forward) from
-  the config alone: 2 per multiply-add of the blocks' and the head's
-  weights per token (6 N T B), plus attention's two T x T products."""
+  the config alone (with `layers` blocks): 2 per multiply-add of the blocks'
+  and the head's weights per token (6 N T B), plus attention's two T x T
+  products."""
   model = gpt_tiny_cpu.get_config().model
-  d, layers, tokens = model.width, model.num_layers, model.length
+  d, tokens = model.width, model.length
   weights = layers * (4 * d * d + 2 * d * model.mlp_dim) + d * model.vocab_size
   attention = layers * 2 * 2 * tokens * tokens * d
   return 3 * batch * (2 * weights * tokens + attention)
@@ -48,14 +49,17 @@ def test_compile_only_rows_timeouts_and_unknown_keys(tmp_path, monkeypatch):
   results, stdout = _run(
       tmp_path, '--cases=gpt,maskgit_sample,vqgan_taming,titok_s128_stage1',
       '--case_timeouts=titok_s128_stage1=0.001', '--set=model.vocab_size=512',
-      '--set=model.remat_policy=full', '--memory_budget_gib=1e-6')
+      '--set=model.remat_policy=full', '--set=model.num_layers=2',
+      '--memory_budget_gib=1e-6')
   assert results['device']['platform'] == 'cpu'
   assert results['jax'] and results['date']
   assert '--compile_only' in results['command']
   assert results['command'].startswith('VQLAB_ATTENTION=xla python ')
   rows = results['rows']
+  # Two blocks, not the tiny configs' four: half the programs to compile,
+  # and still a count that must multiply by the blocks.
   suffix = (' memory_budget_gib=1e-06 model.vocab_size=512 '
-            'model.remat_policy=full')
+            'model.remat_policy=full model.num_layers=2')
   assert sorted(rows) == sorted(
       f'tiny/{name}{suffix}' for name in ('gpt', 'maskgit_sample',
                                           'vqgan_taming', 'titok_s128_stage1'))
@@ -90,7 +94,8 @@ def test_compile_only_rows_timeouts_and_unknown_keys(tmp_path, monkeypatch):
   assert first['peak_estimate_bytes'] > gpt['memory']['peak_estimate_bytes']
   # Exactly, in one piece or in microbatches; MFU's count leaves out what
   # remat recomputes (HFU's has it: the blocks' forward once more).
-  assert gpt['model_flops_per_step'] == _gpt_flops_by_hand(gpt['global_batch'])
+  assert gpt['model_flops_per_step'] == _gpt_flops_by_hand(
+      gpt['global_batch'], layers=2)
   assert gpt['flops_per_step'] > gpt['model_flops_per_step']
 
 
