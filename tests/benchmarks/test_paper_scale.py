@@ -1,7 +1,7 @@
 """benchmarks/paper_scale.py as a user runs it: tiny compile-only cases in
 their own processes, merged into one JSON.
 
-One run (about 40 s on 2 CPU cores) covers a generator train step and a
+One run (about 20 s of CPU) covers a generator train step and a
 sampling case that report (with remat), a case whose config lacks a --set key (an
 'unknown_key' row) and a case killed at its time limit (a 'timed_out' row),
 and checks the train step's model FLOPs against a count made by hand.
