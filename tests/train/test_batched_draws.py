@@ -103,14 +103,23 @@ def test_flax_init_is_the_same_with_fewer_draws():
   assert (plain_bits, batched_bits) == (12, 7)
 
 
-def test_the_loop_init_of_a_tokenizer_is_flax_init():
+def test_the_loop_init_of_a_tokenizer_is_flax_init(monkeypatch):
   config = tiny.tokenizer_config()
   task = tokenizer_task.TokenizerTask(config)
   batch = {'image': jax.ShapeDtypeStruct((8, 16, 16, 3), jnp.float32)}
   key = experiment.init_key(jax.random.key(0))
-  got = experiment.jitted_init(task, batch, None)(key)
   want = jax.jit(lambda k: task.init(k, {'image': jnp.zeros((8, 16, 16, 3))}))(
       key)
+  # The Experiment's shapes and its init of a fresh run trace the model once.
+  traces, init = [], task.init
+  monkeypatch.setattr(task, 'init',
+                      lambda *args: traces.append(1) or init(*args))
+  init_function = experiment.init_function(task, batch)
+  shapes = jax.eval_shape(init_function, key)
+  got = experiment.jitted_init(task, batch, None, init_function)(key)
+  assert len(traces) == 1
+  assert jax.tree.map(lambda x: (x.shape, x.dtype),
+                      shapes) == jax.tree.map(lambda x: (x.shape, x.dtype), got)
   _assert_same(got, want)
 
 

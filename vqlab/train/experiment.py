@@ -6,7 +6,7 @@ checkpointer, before anything is written to the workdir.
 """
 
 import inspect
-from typing import Any
+from typing import Any, Callable
 
 import jax
 from jax.experimental import multihost_utils
@@ -44,9 +44,9 @@ def init_key(key: jax.Array) -> jax.Array:
                                   impl='rbg')
 
 
-def jitted_init(task: Task, abstract_batch: dict[str, Any],
-                state_shardings: Any) -> Any:
-  """`task.init` compiled onto `state_shardings`: rng -> a fresh TrainState.
+def init_function(task: Task,
+                  abstract_batch: dict[str, Any]) -> Callable[[jax.Array], Any]:
+  """`task.init` as a function of the rng alone: rng -> a fresh TrainState.
 
   The batch it sees is zeros of `abstract_batch`'s shapes made inside the
   program: init reads only their shapes and XLA drops them, where zeros made
@@ -57,6 +57,14 @@ def jitted_init(task: Task, abstract_batch: dict[str, Any],
     zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in abstract_batch.items()}
     return task.init(rng, zeros)
 
+  return init
+
+
+def jitted_init(task: Task, abstract_batch: dict[str, Any],
+                state_shardings: Any, init: Callable | None = None) -> Any:
+  """`init_function(task, abstract_batch)` (or `init`, that function made
+  before: jax reuses its trace) compiled onto `state_shardings`."""
+  init = init or init_function(task, abstract_batch)
   # Same values; compiles one chain of random draws per distinct param shape
   # and initializer instead of one per param tensor.
   return jax.jit(batched_draws.batch_random_draws(init),
@@ -178,9 +186,11 @@ class Experiment:
                                            self.config_changes)
     self.abstract_batch = _abstract_batch(example, config.train.batch_size,
                                           self.batch_sharding)
+    # One function for the shapes here and the init of a fresh run: jax
+    # traces the model's init once for both.
+    self._init = init_function(self.task, self.abstract_batch)
     with jax.set_mesh(self.mesh):
-      abstract_state = jax.eval_shape(self.task.init, init_rng,
-                                      self.abstract_batch)
+      abstract_state = jax.eval_shape(self._init, init_rng)
     self.state_shardings = partitioning.state_shardings(abstract_state,
                                                         self.mesh,
                                                         config.mesh.rules)
@@ -304,7 +314,8 @@ class Experiment:
     restored = self.checkpointer.restore(self.abstract_state)
     if restored is not None:
       return restored
-    init = jitted_init(self.task, self.abstract_batch, self.state_shardings)
+    init = jitted_init(self.task, self.abstract_batch, self.state_shardings,
+                       self._init)
     with jax.set_mesh(self.mesh):
       state = init(self._init_rng)
     # E.g. params copied from another run.
