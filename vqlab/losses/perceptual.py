@@ -95,7 +95,7 @@ def load_lpips_params(directory: str | os.PathLike | None = None) -> dict:
     heads = lpips_weights.convert_lpips_heads(state)
   except WeightsError as e:
     raise files.not_that_file('lpips_vgg_heads', path, e) from None
-  heads = jax.tree.map(jnp.asarray, heads)
+  heads = jax.device_put(heads)
   return {'vgg': vgg_weights.load_vgg_params(16, directory), **heads}
 
 

@@ -290,7 +290,7 @@ def load_clip_text(
         for k, v in state.items()  # the vision tower.
         if k.startswith('text_model.')
     }
-  params = jax.tree.map(jnp.asarray, convert_clip_text(state, config))
+  params = jax.device_put(convert_clip_text(state, config))
   try:
     tokenizer = ClipTokenizer.from_dir(directory)
   except (OSError, ValueError) as e:

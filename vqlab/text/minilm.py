@@ -323,7 +323,7 @@ def load_minilm(
   if pooling and not pooling.get('pooling_mode_mean_tokens', False):
     raise WeightsError(f'{directory}: the pooling is not mean pooling')
   state = safetensors_files.load_safetensors(directory / 'model.safetensors')
-  params = jax.tree.map(jnp.asarray, convert_minilm(state, config))
+  params = jax.device_put(convert_minilm(state, config))
   try:
     tokenizer = WordPieceTokenizer.from_dir(directory)
   except (OSError, ValueError) as e:

@@ -215,4 +215,4 @@ def load_i3d_params(directory: str | os.PathLike | None = None) -> dict:
   match."""
   path = files.require('i3d_kinetics400', directory)
   state = torch_files.load_state_dict(path)
-  return jax.tree.map(jnp.asarray, convert_pytorch_i3d(state))
+  return jax.device_put(convert_pytorch_i3d(state))

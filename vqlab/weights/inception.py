@@ -103,4 +103,4 @@ def load_inception_params(directory: str | os.PathLike | None = None) -> dict:
   missing or does not match."""
   path = files.require('inception_fid', directory)
   state = torch_files.load_state_dict(path)
-  return jax.tree.map(jnp.asarray, convert_inception(state))
+  return jax.device_put(convert_inception(state))

@@ -4,7 +4,6 @@ from collections.abc import Mapping
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from vqlab.errors import WeightsError
@@ -52,4 +51,4 @@ def load_vgg_params(depth: int,
     params = convert_vgg(state, depth)
   except WeightsError as e:
     raise files.not_that_file(f'vgg{depth}', path, e) from None
-  return jax.tree.map(jnp.asarray, params)
+  return jax.device_put(params)
