@@ -186,26 +186,22 @@ def _param_shapes(model: nn.Module) -> dict[str, Any]:
   return jax.eval_shape(lambda x: model.init(rngs, x, train=False), x)['params']
 
 
-@functools.lru_cache(maxsize=64)
-def _indices_shape_of(model: nn.Module, input_shape: tuple[int, ...],
-                      treedef: Any, leaves: tuple[tuple[Any, Any],
-                                                  ...]) -> tuple[int, ...]:
-  variables = jax.tree.unflatten(
-      treedef, [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in leaves])
-  x = jax.ShapeDtypeStruct((1,) + input_shape, jnp.float32)
-  indices = jax.eval_shape(
-      lambda v, x: model.apply(v, x, method=model.encode)[0], variables, x)
-  return tuple(indices.shape[1:])
+# {(model, input shape): indices shape}: as _param_shapes, a property of the
+# model (its variables have the shapes it gives them).
+_INDICES_SHAPES: dict[tuple[nn.Module, tuple[int, ...]], tuple[int, ...]] = {}
 
 
 def _indices_shape(model: nn.Module, input_shape: tuple[int, ...],
                    variables: dict[str, Any]) -> tuple[int, ...]:
   """The shape of one example's indices ([*token_shape(, F)]) that `model`
   with `variables` encodes an input of `input_shape` [(T,) H, W, C] into."""
-  leaves, treedef = jax.tree.flatten(variables)
-  return _indices_shape_of(
-      model, input_shape, treedef,
-      tuple((tuple(np.shape(v)), np.result_type(v)) for v in leaves))
+  key = (model, input_shape)
+  if key not in _INDICES_SHAPES:
+    x = jax.ShapeDtypeStruct((1,) + input_shape, jnp.float32)
+    indices = jax.eval_shape(
+        lambda v, x: model.apply(v, x, method=model.encode)[0], variables, x)
+    _INDICES_SHAPES[key] = tuple(indices.shape[1:])
+  return _INDICES_SHAPES[key]
 
 
 def _in_model_layout(model: nn.Module, params: dict[str, Any],
