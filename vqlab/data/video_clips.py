@@ -122,9 +122,11 @@ def display_frame(frame, sample_aspect=None) -> np.ndarray:
     rgb = np.asarray(
         Image.fromarray(rgb).resize(
             (max(1, round(width * sample_aspect)), height), Image.BILINEAR))
-  matrix = next((bytes(data)
-                 for data in frame.side_data
-                 if data.type.name == 'DISPLAYMATRIX'), None)
+  # By position: PyAV 18.1.1 made side_data a mapping whose iteration gives the types.
+  side_data = frame.side_data
+  matrix = next((bytes(side_data[i])
+                 for i in range(len(side_data))
+                 if side_data[i].type.name == 'DISPLAYMATRIX'), None)
   if matrix is None:
     return rgb
   return np.ascontiguousarray(
