@@ -17,13 +17,16 @@ def check_float_pixels(x: jax.Array, who: str) -> None:
 def check_images(x: jax.Array, channels: int | tuple[int, ...], factor: int,
                  who: str) -> None:
   """Rejects anything but floating [B, H, W, C] with C in `channels` and
-  H, W % factor == 0."""
+  H, W > 0, H, W % factor == 0."""
   check_float_pixels(x, who)
   allowed = channels if isinstance(channels, tuple) else (channels,)
   if x.ndim != 4 or x.shape[-1] not in allowed:
     wanted = ' or '.join(map(str, allowed))
     raise ValueError(f'{who}: images must have shape [B, H, W, {wanted}], '
                      f'got {tuple(x.shape)}')
+  if not x.shape[1] or not x.shape[2]:
+    raise ValueError(f'{who}: images must not be empty, got shape '
+                     f'{tuple(x.shape)}')
   if x.shape[1] % factor or x.shape[2] % factor:
     raise ValueError(f'{who}: image height and width must be divisible by the '
                      f'downsampling factor {factor}, got {tuple(x.shape[1:3])}')
@@ -59,6 +62,17 @@ def nearest_frame_counts(frames: int, temporal_factor: int) -> str:
   s = temporal_factor
   below = 1 + s * ((frames - 1) // s)
   return ' or '.join(str(n) for n in (below, below + s) if n >= 1)
+
+
+def check_latents(quantized: jax.Array, ranks: tuple[int, ...], code_dim: int,
+                  who: str) -> None:
+  """Rejects quantized latents whose rank is not one of `ranks` or whose last
+  axis is not the quantizer's `code_dim` (e.g. [B, h, w, code_dim])."""
+  if quantized.ndim not in ranks or quantized.shape[-1] != code_dim:
+    ranks_text = ' or '.join(str(n) for n in ranks)
+    raise ValueError(f'{who}: quantized latents must have {ranks_text} dims '
+                     f'and {code_dim} channels (the code dim), got shape '
+                     f'{tuple(quantized.shape)}')
 
 
 def check_token_grid(indices: jax.Array, ndim: int | tuple[int, ...],

@@ -235,6 +235,11 @@ def test_rejects_bad_inputs(tiny):
     model.apply(variables, x[..., :1])
   with pytest.raises(ValueError, match='divisible by the downsampling factor'):
     model.apply(variables, x[:, :, :6, :6])
+  # A ZeroDivisionError deep in the decoder's adaptive norm.
+  with pytest.raises(ValueError, match='must not be empty'):
+    model.apply(variables, x[:, :, :0, :0])
+  with pytest.raises(ValueError, match=r'4 or 5 dims and \d+ channels'):
+    model.apply(variables, jnp.zeros((1, 2, 1, 1, 99)), method=model.decode)
   with pytest.raises(TypeError, match='floating point'):
     model.apply(variables, (x * 127).astype(jnp.uint8))
   with pytest.raises(ValueError, match='4 or 5 dims'):

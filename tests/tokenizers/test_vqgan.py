@@ -59,6 +59,15 @@ def test_rejects_bad_inputs():
     model.apply(variables, x[:, :14, :14])
   with pytest.raises(TypeError, match='floating point'):
     model.apply(variables, (x * 127).astype(jnp.uint8))
+  # It gave a NaN loss.
+  with pytest.raises(ValueError, match=r'must not be empty, got shape '
+                     r'\(2, 0, 0, 3\)'):
+    model.apply(variables, x[:, :0, :0])
+  # It failed in flax's param shape check of post_quant_conv.
+  with pytest.raises(
+      ValueError, match=r'4 dims and 4 channels .* got shape '
+      r'\(1, 4, 4, 5\)'):
+    model.apply(variables, jnp.zeros((1, 4, 4, 5)), method=model.decode)
   with pytest.raises(ValueError, match='out of range'):
     model.apply(variables, jnp.full((1, 4, 4), 16), method=model.decode_indices)
   with pytest.raises(ValueError, match='3 dims'):

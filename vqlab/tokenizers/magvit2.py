@@ -242,6 +242,7 @@ class MAGVIT2(nn.Module):
     layer, [B, 1 + s (t'-1), h f, w f, channels * mult[0]] or [B, h f, w f, .].
     """
     del train  # No dropout or batch statistics.
+    checks.check_latents(quantized, (4, 5), self.quantizer.code_dim, 'MAGVIT2')
     if quantized.ndim == 4:
       return self.decoder_features(quantized[:, None])[:, 0]
     return self.decoder(quantized.astype(self.dtype))

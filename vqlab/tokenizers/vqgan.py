@@ -205,6 +205,7 @@ class VQGAN(nn.Module):
   def decoder_features(self, quantized: jax.Array, *,
                        train: bool = False) -> jax.Array:
     """Quantized latents [B, h, w, d] -> input of the last layer."""
+    checks.check_latents(quantized, (4,), self.quantizer.code_dim, 'VQGAN')
     h = quantized.astype(self.dtype)
     if self.quant_convs:
       h = self.post_quant_conv(h)
