@@ -150,12 +150,21 @@ def small_joint(**overrides):
   return config
 
 
-def _decoded_frames(name):
-  """Every frame of a bundled video as PyAV decodes it: uint8 [L, h, w, 3]."""
+def _shown_frames(name):
+  """Every frame of a bundled video as players show it: uint8 [L, h, w, 3],
+  PyAV's decoded pixels stretched to the stream's sample aspect ratio
+  (antialiased bilinear)."""
   import av  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
   with av.open(video_clips.video_path(name)) as container:
-    return np.stack(
-        [f.to_ndarray(format='rgb24') for f in container.decode(video=0)])
+    aspect = container.streams.video[0].sample_aspect_ratio
+    frames = [f.to_ndarray(format='rgb24') for f in container.decode(video=0)]
+  height, width = frames[0].shape[:2]
+  shown = round(width * aspect)
+  return np.stack([
+      np.asarray(Image.fromarray(f).resize((shown, height), Image.BILINEAR))
+      for f in frames
+  ])
 
 
 def test_video_clips_are_windows_of_the_bundled_frames():
@@ -163,7 +172,10 @@ def test_video_clips_are_windows_of_the_bundled_frames():
   clip is the centred 144x144 of frames 0, 2, .. 8, then 10, 12, ..; a train
   clip (windows of the whole height) is frames s, s + 2, .. of one window at
   one offset, flipped or not, found by brute force."""
-  frames = _decoded_frames('carphone')  # [120, 144, 176, 3].
+  # [120, 144, 193, 3]: 176x144 pixels of aspect 128:117 (the eval clips were
+  # 9% narrower than shown).
+  frames = _shown_frames('carphone')
+  assert frames.shape == (120, 144, 193, 3)
   config = _with(data.default_config('video_clips'), image_size=144,
                  num_frames=5, frame_stride=2, train_videos=('carphone',),
                  eval_videos=('bikes',), crop_min_fraction=1.0)
@@ -171,7 +183,7 @@ def test_video_clips_are_windows_of_the_bundled_frames():
   assert source.video_shape == (5, 144, 144, 3) and source.num_classes is None
   check_video_batch(batches[0], 4, (5, 144, 144, 3), label=False, eval_=False)
   as_uint8 = lambda v: np.round((v + 1) * 127.5).astype(np.uint8)
-  # Row 72 of every window of every first frame: [112 starts, 33 lefts, 144, 3].
+  # Row 72 of every window of every first frame: [112 starts, 50 lefts, 144, 3].
   rows = np.lib.stride_tricks.sliding_window_view(frames[:112, 72], 144, axis=1)
   rows = np.moveaxis(rows, -1, -2)
   found = set()
@@ -195,7 +207,7 @@ def test_video_clips_are_windows_of_the_bundled_frames():
   clips = np.concatenate([as_uint8(b['video'][b['mask']]) for b in full])
   for k in (0, 11):
     np.testing.assert_array_equal(clips[k], frames[10 * k:10 * k + 9:2, :,
-                                                   16:160])
+                                                   24:168])
 
 
 def _window(frame, left, flip):
@@ -224,7 +236,7 @@ def test_video_clips_errors():
           'eval_videos': ('bikes',),
           'image_size': 160,
           'crop_min_fraction': 1.0
-      }, r"data\.image_size: 'carphone' is 176x144, smaller than 160"),
+      }, r"data\.image_size: 'carphone' is 193x144, smaller than 160"),
   ]:
     with pytest.raises(ValueError, match=message):
       data.build(_with(config, **overrides), split='train', global_batch_size=2)

@@ -2,7 +2,8 @@
 
 The videos (name: file, frames, size, rate): 'bikes' (bikes.mp4, 250, 640x272, 25 fps),
 'bigbuckbunny' (bigbuckbunny.mp4, 132, 1280x720, 25 fps) and 'carphone' (carphone_pristine.mp4,
-120, 176x144, 29.97 fps). Whole videos are held out for eval (`eval_videos`, default 'carphone'),
+120, 176x144 pixels of aspect 128:117 shown as 193x144, 29.97 fps): frames as players show them
+(`display_frame`). Whole videos are held out for eval (`eval_videos`, default 'carphone'),
 as the `photos` dataset holds out whole photos: no eval frame is ever cropped for training.
 
 Each video is decoded once when the source is built and kept with its shorter side reduced
@@ -163,12 +164,13 @@ def reduced_frame(frame, shorter_side: int, sample_aspect=None) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def load_video(name: str, shorter_side: int) -> np.ndarray:
-  """uint8 [L, h, w, 3]: every frame of the bundled video `name`, its shorter side reduced to
-  `shorter_side` (`reduced_frame`)."""
+  """uint8 [L, h, w, 3]: every frame of the bundled video `name` as shown (its pixels made
+  square), its shorter side reduced to `shorter_side` (`reduced_frame`)."""
   av = import_av('video_clips')
   with av.open(video_path(name)) as container:
+    sample_aspect = container.streams.video[0].sample_aspect_ratio
     return np.stack([
-        reduced_frame(frame, shorter_side)
+        reduced_frame(frame, shorter_side, sample_aspect)
         for frame in container.decode(video=0)
     ])
 
