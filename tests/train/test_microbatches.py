@@ -48,6 +48,13 @@ def test_accumulate_gradients_splits_in_order_and_threads_the_carry():
                              np.arange(12.0).reshape(6, 2).sum(0) / 3)
   np.testing.assert_allclose(carry, 12.0)  # ((0) * 10 + 1) * 10 + 2.
   np.testing.assert_allclose(metrics['first'], (0 + 2 + 4) / 3)
+  # Per-example outputs come back in the batch's order.
+  with_outputs = lambda m, r, c: (*grads_fn(m, r, c), {'x': m['x'][:, 0]})
+  *_, outputs = jax.jit(base.accumulate_gradients_and_outputs,
+                        static_argnums=(0, 4))(with_outputs, batch,
+                                               jax.random.key(0),
+                                               jnp.float32(0), 3)
+  np.testing.assert_array_equal(outputs['x'], batch['x'][:, 0])
 
 
 def test_codebook_metrics_of_a_step_in_microbatches_are_the_batchs():

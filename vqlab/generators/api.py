@@ -111,6 +111,11 @@ def _no_loss_state(model: Any) -> dict[str, jax.Array]:
   return {}
 
 
+def _keep_loss_state(loss_state: Any, loss_updates: Any) -> Any:
+  del loss_updates
+  return loss_state
+
+
 def _no_settings_checks(config: ml_collections.ConfigDict) -> None:
   del config
 
@@ -135,14 +140,16 @@ class GeneratorApi:
     init: (model, rng, tokens, cond) -> params; tokens int
       [B, *token_shape(, F)] and cond of the spec's kind, batch B.
     loss: (model, params, tokens, cond, rng, *, settings, train,
-      example_weights=None, loss_state=None) -> (loss, metrics, loss_state).
+      example_weights=None, loss_state=None) -> (loss, metrics, updates).
       settings: the task's `loss` section; with train, the condition is
       replaced by the null one per example with probability
       settings.label_drop (classifier-free guidance). example_weights:
       float [B] or None. metrics has at least 'loss' and 'accuracy'
       (scalars), and 'loss_weight' (the total weight those two average
       over, e.g. MaskGIT's masked tokens) when they are not means over the
-      examples: eval weighs each batch by it.
+      examples: eval weighs each batch by it. updates: what the train step
+      passes to update_loss_state, a pytree of per-example arrays [B, ...]
+      (or None); loss_state is the step's, the same for every microbatch.
     sample: (model, params, rng, batch_size, cond, *, settings,
       loss_settings, token_shape, known=None) -> int tokens [B, ...]
       (reshaped by the caller to [B, *grid(, F)], grid = settings.grid_shape
@@ -153,6 +160,9 @@ class GeneratorApi:
       generator whose settings_read lacks 'sample.observed_frames' never
       gets one).
     init_loss_state: (model) -> the loss state of a fresh run (default {}).
+    update_loss_state: (loss_state, updates) -> the loss state after the
+      step, once per step with the updates of the whole batch in its order
+      (microbatches' concatenated back; default: unchanged).
     check_settings: (task config) -> None; ConfigError naming the key when
       the task's `loss` / `sample` settings do not suit this generator.
     settings_read: (task config) -> the dotted keys of the task's `loss`
@@ -172,6 +182,7 @@ class GeneratorApi:
   loss: Callable[..., tuple[jax.Array, dict[str, jax.Array], Any]]
   sample: Callable[..., jax.Array]
   init_loss_state: Callable[[Any], Any] = _no_loss_state
+  update_loss_state: Callable[[Any, Any], Any] = _keep_loss_state
   check_settings: Callable[[ml_collections.ConfigDict],
                            None] = (_no_settings_checks)
   settings_read: Callable[[ml_collections.ConfigDict],

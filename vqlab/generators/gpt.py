@@ -624,7 +624,7 @@ def _loss(model: GPT, params, tokens: jax.Array, cond, rng: jax.Array, *,
                        rngs={'dropout': rng})
   loss = next_token_loss(logits, flat, example_weights)
   accuracy = next_token_accuracy(logits, flat, example_weights)
-  return loss, {'loss': loss, 'accuracy': accuracy}, loss_state
+  return loss, {'loss': loss, 'accuracy': accuracy}, None
 
 
 def _sample(model: GPT, params, rng: jax.Array, batch_size: int, cond, *,

@@ -656,7 +656,7 @@ def _loss(model: MaskGIT, params, tokens: jax.Array, cond, rng: jax.Array, *,
       label_drop=0.0, schedule_method=settings.mask_schedule, train=train,
       example_weights=example_weights, unmasked_weight=settings.unmasked_weight,
       known_mask=known_mask, mask_rounding=settings.mask_rounding)
-  return loss, metrics, loss_state
+  return loss, metrics, None
 
 
 def frame_prediction_mask(rng: jax.Array, batch_size: int,

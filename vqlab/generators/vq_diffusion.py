@@ -383,8 +383,10 @@ def diffusion_loss(model: VQDiffusion, params, rng: jax.Array,
                    aux_weight: float = 5e-4, cond_drop: float = 0.0,
                    time_sampling: str = 'uniform', loss_state=None,
                    train: bool = True, example_weights=None):
-  """VLB + lambda w(t) CE(x_0) on tokens [B, *shape]; returns (loss, metrics,
-  new loss_state). Metrics: loss, vlb, x0_ce, x0_accuracy."""
+  """VLB + lambda w(t) CE(x_0) on tokens [B, *shape], t drawn from
+  `loss_state` (`sample_times`); returns (loss, metrics, draws). Metrics:
+  loss, vlb, x0_ce, x0_accuracy; draws {'t': int [B], 'vlb': [B]}, from which
+  `update_loss_history` moves the history."""
   schedule = model.schedule()
   batch = tokens.shape[0]
   x0 = tokens.reshape(batch, -1).astype(jnp.int32)
@@ -413,10 +415,7 @@ def diffusion_loss(model: VQDiffusion, params, rng: jax.Array,
       'x0_ce': mean(terms.x0_ce),
       'x0_accuracy': mean(correct)
   }
-  new_state = loss_state
-  if loss_state is not None:
-    new_state = update_loss_history(loss_state, t, terms.vlb)
-  return metrics['loss'], metrics, new_state
+  return metrics['loss'], metrics, {'t': t, 'vlb': terms.vlb}
 
 
 # ---------------------------------------------------------------- Sampling.
@@ -758,15 +757,22 @@ def _init_loss_state(model: VQDiffusion) -> dict[str, jax.Array]:
 def _loss(model: VQDiffusion, params, tokens: jax.Array, cond, rng: jax.Array,
           *, settings: ml_collections.ConfigDict, train: bool,
           example_weights: jax.Array | None = None, loss_state=None):
-  """`diffusion_loss`; eval: no condition dropout, uniform times and the
-  loss history unchanged. metrics['accuracy'] is the x_0 accuracy."""
-  loss, metrics, new_state = diffusion_loss(
+  """`diffusion_loss`; eval: no condition dropout and uniform times.
+  metrics['accuracy'] is the x_0 accuracy."""
+  loss, metrics, draws = diffusion_loss(
       model, params, rng, tokens, cond, aux_weight=settings.aux_weight,
       cond_drop=settings.label_drop if train else 0.0,
       time_sampling=settings.time_sampling if train else 'uniform',
       loss_state=loss_state, train=train, example_weights=example_weights)
   metrics['accuracy'] = metrics['x0_accuracy']
-  return loss, metrics, new_state if train else loss_state
+  return loss, metrics, draws
+
+
+def _update_loss_state(loss_state: dict[str, jax.Array],
+                       draws: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """The loss history after a step whose batch drew `draws` (`diffusion_loss`),
+  moved once however many microbatches drew them."""
+  return update_loss_history(loss_state, draws['t'], draws['vlb'])
 
 
 def _sample(model: VQDiffusion, params, rng: jax.Array, batch_size: int, cond,
@@ -789,6 +795,7 @@ def _sample(model: VQDiffusion, params, rng: jax.Array, batch_size: int, cond,
 API = api.GeneratorApi(condition_spec=_condition_spec, check_fits=_check_fits,
                        init=_init, loss=_loss, sample=_sample,
                        init_loss_state=_init_loss_state,
+                       update_loss_state=_update_loss_state,
                        check_settings=_check_settings,
                        settings_read=_settings_read,
                        condition_keys=CONDITION_KEYS, eval_draws=True)

@@ -34,6 +34,7 @@ from vqlab.errors import DataError
 from vqlab.errors import WorkdirError
 from vqlab.evals import fid
 from vqlab.generators import maskgit
+from vqlab.generators import vq_diffusion
 from vqlab.train import checkpoint as checkpoint_lib
 from vqlab.train import experiment
 from vqlab.train import experiment_config
@@ -726,13 +727,23 @@ def test_missing_tokens_or_tokenizer_are_one_line_errors(
 
 
 def test_vq_diffusion_trains_on_shards_and_samples_decode_to_images(
-    tokenizer_dir, shards, tmp_path):
+    tokenizer_dir, shards, tmp_path, monkeypatch):
   workdir = str(tmp_path)
   shutil.copytree(shards[1]['tokens_dir'], os.path.join(workdir, 'tokens'))
   config = tiny.generator_config(tokenizer_dir, 'vq_diffusion', steps=3)
   config.loss.time_sampling = 'importance'
   config.sample.diffusion_steps = 4
+  # In 2 microbatches the loss history moves once per step, from the whole
+  # batch's draws (it moved once per microbatch, and the second drew its
+  # times from the first's history).
+  config.train.microbatches = 2
+  moves = []
+  update = vq_diffusion.update_loss_history
+  monkeypatch.setattr(
+      vq_diffusion, 'update_loss_history',
+      lambda state, t, vlb: moves.append(t.shape) or update(state, t, vlb))
   result = loop.train_and_evaluate(config, workdir, devices=_devices())
+  assert moves == [(config.train.batch_size,)]  # Traced once, whole batch.
   assert np.isfinite(result['loss']) and 0 <= result['accuracy'] <= 1
   grid, = glob.glob(os.path.join(workdir, 'images', 'eval_samples_*.png'))
   assert np.asarray(Image.open(grid)).shape == (38, 74, 3)

@@ -165,9 +165,11 @@ def accumulate_gradients(grads_fn: Callable[[Batch, jax.Array, Any],
   Gumbel's and Regularized VQ's prior KL cover B / k examples, the adaptive
   GAN weight is each microbatch's gradient-norm ratio and a PatchGAN's batch
   norm sees B / k examples (as in taming on several GPUs, where each
-  process computes both from its own batch). Statistics
+  process computes both from its own batch); MaskGIT's loss, a mean over
+  the masked tokens, is the mean of the microbatches' means. Statistics
   that move once per step must be made so by the caller (the tokenizer's EMA
-  codebook and LeCam EMAs are).
+  codebook and LeCam EMAs are; VQ-Diffusion's loss history moves once from
+  `accumulate_gradients_and_outputs`' per-example outputs).
 
   Args:
     grads_fn: (microbatch, rng, carry) -> (grads, new carry, metrics).
@@ -179,6 +181,24 @@ def accumulate_gradients(grads_fn: Callable[[Batch, jax.Array, Any],
   Returns:
     (grads, carry after the last microbatch, metrics).
   """
+  with_outputs = lambda *args: (*grads_fn(*args), None)
+  grads, carry, metrics, _ = accumulate_gradients_and_outputs(
+      with_outputs, batch, rng, carry, num_microbatches)
+  return grads, carry, metrics
+
+
+def accumulate_gradients_and_outputs(
+    grads_fn: Callable[[Batch, jax.Array, Any],
+                       tuple[Any, Any, Metrics,
+                             Any]], batch: Batch, rng: jax.Array, carry: Any,
+    num_microbatches: int) -> tuple[Any, Any, Metrics, Any]:
+  """`accumulate_gradients` whose grads_fn also returns per-example outputs
+  (a pytree of [b, ...] for its microbatch of b examples, or None): returned
+  for the whole batch, [B, ...] in the batch's order.
+
+  Returns:
+    (grads, carry after the last microbatch, metrics, outputs).
+  """
   if num_microbatches == 1:
     return grads_fn(batch, rng, carry)
   k = num_microbatches
@@ -187,26 +207,32 @@ def accumulate_gradients(grads_fn: Callable[[Batch, jax.Array, Any],
     x = jnp.reshape(x, (x.shape[0] // k, k) + x.shape[1:])
     return jnp.swapaxes(x, 0, 1)
 
+  def merge(
+      x):  # [k, B / k, ...] -> [B, ...]: row r of microbatch j is r k + j.
+    return jnp.reshape(jnp.swapaxes(x, 0, 1), (-1,) + x.shape[2:])
+
   micro = jax.tree.map(split, batch)
   first = jax.tree.map(lambda x: x[0], micro)
   # Under jit the shapes' trace is cached and the scan body reuses it: the
   # loss is traced once, not twice (seconds of a paper config's compile).
   grads_fn = jax.jit(grads_fn)
-  grads_shape, _, metrics_shape = jax.eval_shape(grads_fn, first, rng, carry)
+  grads_shape, _, metrics_shape, _ = jax.eval_shape(grads_fn, first, rng, carry)
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                        (grads_shape, metrics_shape))
 
   def body(acc, inputs):
     index, microbatch = inputs
     sums, carry = acc
-    grads, carry, metrics = grads_fn(microbatch, jax.random.fold_in(rng, index),
-                                     carry)
+    grads, carry, metrics, outputs = grads_fn(microbatch,
+                                              jax.random.fold_in(rng, index),
+                                              carry)
     sums = jax.tree.map(jnp.add, sums, (grads, metrics))
-    return (sums, carry), None
+    return (sums, carry), outputs
 
-  (sums, carry), _ = jax.lax.scan(body, (zeros, carry), (jnp.arange(k), micro))
+  (sums, carry), outputs = jax.lax.scan(body, (zeros, carry),
+                                        (jnp.arange(k), micro))
   grads, metrics = jax.tree.map(lambda s: s / k, sums)
-  return grads, carry, metrics
+  return grads, carry, metrics, jax.tree.map(merge, outputs)
 
 
 def ema_decay_at(step: jax.Array, decay: float,

@@ -269,25 +269,26 @@ class GeneratorTask(base.Task):
     """One optimizer step -> (new state, metrics)."""
     frozen = self.frozen if frozen is None else frozen
 
-    def grads_fn(microbatch, rng, loss_state):
+    def grads_fn(microbatch, rng, carry):
       tokens = self.tokens_of(microbatch, frozen)
       labels = self._condition(microbatch, frozen)
 
       def loss_fn(params):
-        loss, metrics, new_loss_state = self.api.loss(self.model, params,
-                                                      tokens, labels, rng,
-                                                      settings=self.config.loss,
-                                                      train=True,
-                                                      loss_state=loss_state)
-        return loss, (metrics, new_loss_state)
+        # Every microbatch draws from the step's loss state, as one batch.
+        loss, metrics, updates = self.api.loss(self.model, params, tokens,
+                                               labels, rng,
+                                               settings=self.config.loss,
+                                               train=True,
+                                               loss_state=state.loss_state)
+        return loss, (metrics, updates)
 
-      grads, (metrics,
-              loss_state) = jax.grad(loss_fn,
-                                     has_aux=True)(state.params['model'])
-      return grads, loss_state, metrics
+      grads, (metrics, updates) = jax.grad(loss_fn,
+                                           has_aux=True)(state.params['model'])
+      return grads, carry, metrics, updates
 
-    grads, loss_state, metrics = base.accumulate_gradients(
-        grads_fn, batch, rng, state.loss_state, self.config.train.microbatches)
+    grads, _, metrics, updates = base.accumulate_gradients_and_outputs(
+        grads_fn, batch, rng, None, self.config.train.microbatches)
+    loss_state = self.api.update_loss_state(state.loss_state, updates)
     metrics['learning_rate'] = optimizers.learning_rate(
         state.opt_state['model'], self.config.optimizer,
         self.config.train.num_steps)
