@@ -986,16 +986,28 @@ def test_sigterm_during_the_final_save_keeps_it_and_the_rerun_evaluates(
     assert json.load(f)['step'] == 6
 
 
-def test_an_eval_a_sigterm_skipped_is_made_when_the_run_resumes(run_copy):
-  config = _config(num_steps=8, eval_every=6, preemption_check_every=1)
+def test_an_eval_a_sigterm_skipped_is_made_when_the_run_resumes(
+    run_copy, monkeypatch):
+  """Also on several hosts, where step 6 is not a step of the preemption
+  check (every 4): the eval step checks (it ran the eval, then trained on to
+  step 8 before it saved)."""
+  config = _config(num_steps=8, eval_every=6, preemption_check_every=4)
 
   def preempt_at_6(step, metrics):
     del metrics
     if step == 6:
       os.kill(os.getpid(), signal.SIGTERM)
 
+  # The watcher as on two hosts, the other never signalled.
+  monkeypatch.setattr(preemption, 'jax',
+                      types.SimpleNamespace(process_count=lambda: 2))
+  monkeypatch.setattr(
+      preemption, 'multihost_utils',
+      types.SimpleNamespace(
+          process_allgather=lambda flag: np.stack([flag, np.array(False)])))
   result = loop.train_and_evaluate(config, run_copy, devices=_devices(),
                                    step_callback=preempt_at_6)
+  monkeypatch.undo()
   assert result == {'step': 6, 'preempted': True}
   assert not os.path.exists(os.path.join(run_copy, 'eval_6.json'))
   # An eval of step 6 by --mode=eval meanwhile writes eval_6.json, but no

@@ -258,15 +258,18 @@ def _train_experiment(exp: experiment.Experiment, workdir: str,
           step != train_cfg.num_steps):
         if save(step):
           last_saved = step
-      stop = watcher.should_stop(step, every=train_cfg.preemption_check_every)
-      if (not stop and train_cfg.eval_every and
-          step % train_cfg.eval_every == 0 and step != train_cfg.num_steps):
-        # A SIGTERM skips the eval (a long FID eval could outlast the
-        # notice); one that comes during the eval is seen right after it.
+      eval_due = (train_cfg.eval_every and step % train_cfg.eval_every == 0 and
+                  step != train_cfg.num_steps)
+      # A SIGTERM skips the eval (a long FID eval could outlast the notice);
+      # one that comes during the eval is seen right after it. So on several
+      # hosts an eval step is always a check step (all know it is one).
+      check_every = 1 if eval_due else train_cfg.preemption_check_every
+      stop = watcher.should_stop(step, every=check_every)
+      if not stop and eval_due:
         eval_start = _clock()
         _write_eval(writer, exp, step, *exp.evaluate(state))
         eval_s += _clock() - eval_start
-        stop = watcher.should_stop(step, every=train_cfg.preemption_check_every)
+        stop = watcher.should_stop(step, every=check_every)
       if stop:
         # Preemption: save this exact step and leave; a restart resumes here.
         if step != last_saved:
