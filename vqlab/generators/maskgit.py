@@ -44,6 +44,7 @@ import numpy as np
 from vqlab.errors import ConfigError
 from vqlab.generators import api
 from vqlab.generators import mask_schedule
+from vqlab.nn import norms
 from vqlab.nn import transformer
 from vqlab.nn.transformer import Transformer
 
@@ -191,7 +192,7 @@ class MaskGIT(nn.Module):
     epsilon = _BERT_LAYER_NORM_EPSILON if bert else 1e-6
     x = x + pos
     if bert:
-      x = nn.LayerNorm(epsilon, name='embed_norm')(x)
+      x = norms.LayerNorm(epsilon, name='embed_norm')(x)
     x = nn.Dropout(self.dropout_rate,
                    deterministic=not train)(x.astype(self.dtype))
     x = Transformer(self.num_layers, self.num_heads, self.mlp_dim,
@@ -208,8 +209,8 @@ class MaskGIT(nn.Module):
       if self.tied_heads:
         h = nn.Dense(self.width, dtype=self.dtype, kernel_init=kernel_init,
                      name=f'tied_head_{f}')(x)
-        h = nn.LayerNorm(epsilon, dtype=self.dtype,
-                         name=f'tied_head_norm_{f}')(nn.gelu(h))
+        h = norms.LayerNorm(epsilon, dtype=self.dtype,
+                            name=f'tied_head_norm_{f}')(nn.gelu(h))
         bias = self.param(f'tied_head_bias_{f}', nn.initializers.zeros, (size,))
         # Against the codes' embeddings, without the [MASK] row.
         logits = embeds[f].attend(h)[..., :size] + bias

@@ -91,6 +91,7 @@ from vqlab import config_schema
 from vqlab.errors import ConfigError
 from vqlab.generators import api
 from vqlab.generators import discrete_diffusion as dd
+from vqlab.nn import norms
 from vqlab.nn import transformer
 from vqlab.nn import vq_diffusion_release as release
 from vqlab.nn.conditioned_transformer import ConditionedBlock
@@ -274,7 +275,7 @@ class VQDiffusion(nn.Module):
                                  emb, context, context_mask, labels, train,
                                  scan=self.scan_layers,
                                  remat_policy=self.remat_policy)
-    x = nn.LayerNorm(dtype=jnp.float32, name='final_norm')(x)
+    x = norms.LayerNorm(dtype=jnp.float32, name='final_norm')(x)
     # float32 logits: bfloat16 ones have 8 significant bits (ties in
     # truncation and the purity sampler's maxima).
     logits = nn.Dense(self.vocab_size, dtype=jnp.float32, name='head')(x)
@@ -304,8 +305,8 @@ class VQDiffusion(nn.Module):
                                  x, t.astype(jnp.int32), labels, train,
                                  scan=self.scan_layers,
                                  remat_policy=self.remat_policy)
-    x = nn.LayerNorm(release.LAYER_NORM_EPSILON, dtype=jnp.float32,
-                     name='final_norm')(x)
+    x = norms.LayerNorm(release.LAYER_NORM_EPSILON, dtype=jnp.float32,
+                        name='final_norm')(x)
     logits = nn.Dense(self.vocab_size, dtype=jnp.float32, kernel_init=init,
                       name='head')(x)
     log_p = jnp.maximum(jax.nn.log_softmax(logits, axis=-1),

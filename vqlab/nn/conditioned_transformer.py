@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vqlab.nn import norms
 from vqlab.nn.attention import dot_product_attention
 from vqlab.nn.transformer import MlpBlock
 
@@ -53,7 +54,7 @@ class _Modulated(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, scale: jax.Array,
                shift: jax.Array) -> jax.Array:
-    h = nn.LayerNorm(use_scale=False, use_bias=False, dtype=jnp.float32)(x)
+    h = norms.LayerNorm(use_scale=False, use_bias=False, dtype=jnp.float32)(x)
     return (h * (1 + scale) + shift).astype(self.dtype)
 
 

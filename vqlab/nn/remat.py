@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 
 from vqlab.errors import ConfigError
+from vqlab.nn import norms
 
 POLICIES = {
     'none': None,
@@ -60,8 +61,8 @@ def rematerialized(block: type[nn.Module], policy: str, *,
 
 
 # Norms (same params) that keep only their input for the backward pass.
-RecomputedLayerNorm = nn.remat(nn.LayerNorm)
-RecomputedGroupNorm = nn.remat(nn.GroupNorm)
+RecomputedLayerNorm = nn.remat(norms.LayerNorm)
+RecomputedGroupNorm = nn.remat(norms.GroupNorm)
 
 
 def recomputed_gelu(x: jax.Array, approximate: bool = True) -> jax.Array:

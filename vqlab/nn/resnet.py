@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vqlab.nn import norms
 from vqlab.nn import remat
 from vqlab.nn.causal_conv import CausalConv3D
 
@@ -16,7 +17,7 @@ FRAME_AXES = (-3, -2, -1)
 
 
 def group_norm(num_groups: int, dtype: Any,
-               name: str | None = None) -> nn.GroupNorm:
+               name: str | None = None) -> norms.GroupNorm:
   """GroupNorm with taming's epsilon (1e-6); statistics in float32;
   recomputed in the backward pass (vqlab.nn.remat)."""
   return remat.RecomputedGroupNorm(num_groups=num_groups, epsilon=1e-6,
@@ -24,7 +25,7 @@ def group_norm(num_groups: int, dtype: Any,
 
 
 def frame_group_norm(num_groups: int, dtype: Any,
-                     name: str | None = None) -> nn.GroupNorm:
+                     name: str | None = None) -> norms.GroupNorm:
   """group_norm applied to each frame of [B, T, H, W, C] separately."""
   return remat.RecomputedGroupNorm(num_groups=num_groups, epsilon=1e-6,
                                    dtype=dtype, reduction_axes=FRAME_AXES,

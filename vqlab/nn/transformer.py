@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from vqlab.nn import attention
+from vqlab.nn import norms
 from vqlab.nn import remat
 from vqlab.nn import stack
 
@@ -165,8 +166,8 @@ class Transformer(nn.Module):
                      scan=self.scan_layers, remat_policy=self.remat_policy)
     if self.post_norm:
       return x
-    return nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
-                        name='final_norm')(x)
+    return norms.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
+                           name='final_norm')(x)
 
 
 def causal_mask(length: int) -> jax.Array:

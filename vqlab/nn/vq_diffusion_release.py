@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vqlab.nn import norms
 from vqlab.nn.attention import dot_product_attention
 
 LAYER_NORM_EPSILON = 1e-5  # torch's, the release's.
@@ -57,8 +58,8 @@ class TableAdaLayerNorm(nn.Module):
     modulation = nn.Dense(2 * width, kernel_init=_INIT, dtype=self.dtype,
                           name='modulation')(nn.silu(emb))
     scale, shift = jnp.split(modulation[:, None], 2, axis=-1)
-    h = nn.LayerNorm(LAYER_NORM_EPSILON, use_scale=False, use_bias=False,
-                     dtype=jnp.float32)(x)
+    h = norms.LayerNorm(LAYER_NORM_EPSILON, use_scale=False, use_bias=False,
+                        dtype=jnp.float32)(x)
     return (h * (1 + scale) + shift).astype(self.dtype)
 
 

@@ -40,6 +40,7 @@ import numpy as np
 
 from vqlab.errors import WeightsError
 from vqlab.nn import attention
+from vqlab.nn import norms
 from vqlab.text.clip_bpe import ClipTokenizer
 from vqlab.text.frozen_encoder import FrozenTextEncoder
 from vqlab.weights import files
@@ -114,7 +115,7 @@ class ClipLayer(nn.Module):
     c = self.config
     dense = functools.partial(nn.Dense, dtype=self.dtype,
                               precision=self.precision)
-    layer_norm = functools.partial(nn.LayerNorm, epsilon=c.layer_norm_eps,
+    layer_norm = functools.partial(norms.LayerNorm, epsilon=c.layer_norm_eps,
                                    dtype=self.dtype)
     batch, length, width = x.shape
     head_dim = width // c.num_heads
@@ -171,8 +172,8 @@ class ClipText(nn.Module):
     for i in range(c.num_layers):
       x = ClipLayer(c, self.dtype, self.precision, name=f'layer_{i}')(x,
                                                                       allowed)
-    return nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype,
-                        name='final_layer_norm')(x)
+    return norms.LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype,
+                           name='final_layer_norm')(x)
 
 
 def pool(states: jax.Array, ids: jax.Array, eos_token_id: int) -> jax.Array:

@@ -38,6 +38,7 @@ import numpy as np
 
 from vqlab.errors import WeightsError
 from vqlab.nn import attention
+from vqlab.nn import norms
 from vqlab.text.frozen_encoder import FrozenTextEncoder
 from vqlab.text.wordpiece import WordPieceTokenizer
 from vqlab.weights import files
@@ -97,7 +98,7 @@ class BertLayer(nn.Module):
     c = self.config
     dense = functools.partial(nn.Dense, dtype=self.dtype,
                               precision=self.precision)
-    layer_norm = functools.partial(nn.LayerNorm, epsilon=c.layer_norm_eps,
+    layer_norm = functools.partial(norms.LayerNorm, epsilon=c.layer_norm_eps,
                                    dtype=self.dtype)
     batch, length, width = x.shape
     head_dim = width // c.num_heads
@@ -148,8 +149,8 @@ class MiniLM(nn.Module):
         jnp.arange(length))[None]
     x = x + embed(c.type_vocab_size, name='token_type_embeddings')(jnp.zeros(
         (1, 1), jnp.int32))
-    x = nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype,
-                     name='embeddings_norm')(x)
+    x = norms.LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype,
+                        name='embeddings_norm')(x)
     mask = mask.astype(jnp.bool_)
     for i in range(c.num_layers):
       x = BertLayer(c, self.dtype, self.precision, name=f'layer_{i}')(x, mask)

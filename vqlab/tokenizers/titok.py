@@ -53,6 +53,7 @@ import ml_collections
 from vqlab import checks
 from vqlab import quantizers
 from vqlab.errors import ConfigError
+from vqlab.nn import norms
 from vqlab.nn import transformer
 from vqlab.nn import vit
 from vqlab.nn.transformer import Transformer
@@ -133,8 +134,8 @@ class TiTokEncoder(nn.Module):
     h = jnp.concatenate([patches, latents], axis=1)
     if self.class_token:
       h = _with_class_token(self, h)
-    h = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
-                     name='norm_pre')(h)
+    h = norms.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
+                        name='norm_pre')(h)
     h = _vit(self)(h, train=train)[:, -k:]
     if self.legacy_latent_layout:
       h = h.reshape(h.shape[0], width, k).transpose(0, 2, 1)
@@ -169,8 +170,8 @@ class TiTokDecoder(nn.Module):
     h = jnp.concatenate([mask, z], axis=1)
     if self.class_token:
       h = _with_class_token(self, h)
-    h = nn.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
-                     name='norm_pre')(h)
+    h = norms.LayerNorm(self.layer_norm_epsilon, dtype=self.dtype,
+                        name='norm_pre')(h)
     h = _vit(self)(h, train=train)
     start = int(self.class_token)
     return h[:, start:start + grid[0] * grid[1]].reshape(batch, *grid, width)
