@@ -176,9 +176,10 @@ def test_a_splits_fingerprint_changes_with_its_files_only(split_folder):
   split_folder.skip_unreadable = True
   assert data.build(split_folder, split='eval',
                     global_batch_size=2).num_examples == 3
-  # A class folder sorted before 'b' moves the label of every train 'b' image.
-  _write_image(os.path.join(root, 'val', 'aa', '0.png'), COLOURS[0], 'PNG')
-  assert fingerprints()[0] != train
+  # A class folder sorted before 'a' moves the label of every eval image.
+  evaluation = fingerprints()[1]
+  _write_image(os.path.join(root, 'train', '0', '0.png'), COLOURS[0], 'PNG')
+  assert fingerprints()[1] != evaluation
   shapes = data.build(data.default_config('shapes'), split='eval',
                       global_batch_size=2)
   assert getattr(shapes, 'fingerprint', None) is None
@@ -305,6 +306,25 @@ def test_class_folders_are_searched_to_any_depth(tmp_path):
       'cats/c.png', 'cats/persian/p1.png', 'cats/persian/p2.png', 'dogs/d.png'
   ]
   assert labels.tolist() == [0, 0, 0, 1] and num_classes == 2
+  # A class without train images is refused on both splits: its label would
+  # count in num_classes, never trained.
+  config.eval_split = 'val'
+  _write_image(str(tmp_path / 'val' / 'cats' / 'v.png'), COLOURS[0], 'PNG')
+  os.makedirs(tmp_path / 'train' / 'birds')
+  for split in ('train', 'eval'):
+    with pytest.raises(
+        FileNotFoundError, match=r"^data\.train_split: 1 class folder\(s\) of "
+        r"'.*/train' hold no images \(.*\): 'birds'; .*add image files to "
+        r'them, or remove them\.$'):
+      image_folder.split_files(config, split)
+  os.rmdir(tmp_path / 'train' / 'birds')
+  _write_image(str(tmp_path / 'val' / 'fish' / 'f.png'), COLOURS[0], 'PNG')
+  for split in ('train', 'eval'):
+    with pytest.raises(
+        FileNotFoundError, match=r"^data\.eval_split: 1 class folder\(s\) of "
+        r"'.*/val' are not in '.*/train': 'fish'; .*or remove them from "
+        r"'.*/val'\.$"):
+      image_folder.split_files(config, split)
 
 
 def test_split_folders_without_class_folders_hold_unlabelled_files(tmp_path):

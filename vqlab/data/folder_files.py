@@ -8,8 +8,10 @@ Split layout, used when `<path>/<train_split>/` is a folder:
   <path>/<eval_split>/<class_name>/<files, in sub-folders too>
 
 Labels are the indices of the class folder names, sorted, over the train and
-eval split folders together (so both splits agree). Split folders with no
-sub-folders at all hold their files without labels:
+eval split folders together (so both splits agree); each class needs files
+under `<train_split>/` (a class folder without any, or one only under
+`<eval_split>/`, is an error: its label would never be trained). Split
+folders with no sub-folders at all hold their files without labels:
 
   <path>/<train_split>/<files>
   <path>/<eval_split>/<files>
@@ -37,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+from typing import Iterator
 
 import ml_collections
 import numpy as np
@@ -122,10 +125,10 @@ def list_classes(split_dir: str, classes: list[str],
   return paths, np.asarray(labels, np.int32)
 
 
-def _files_under(root: str, kind: FileKind) -> list[str]:
-  """Every file of `kind` under `root`, sorted. Sub-folders are searched,
-  linked ones too, each real folder once."""
-  paths, seen = [], set()
+def _walk_files(root: str, kind: FileKind) -> Iterator[str]:
+  """Every file of `kind` under `root`, unsorted (nothing if `root` is no
+  folder). Sub-folders are searched, linked ones too, each real folder once."""
+  seen = set()
   for folder, dirs, files in os.walk(root, followlinks=True):
     real = os.path.realpath(folder)
     if real in seen:  # A link back to a folder already listed.
@@ -133,8 +136,42 @@ def _files_under(root: str, kind: FileKind) -> list[str]:
       continue
     seen.add(real)
     dirs[:] = [d for d in dirs if _visible(d)]
-    paths.extend(os.path.join(folder, f) for f in files if kind.matches(f))
-  return sorted(paths)
+    yield from (os.path.join(folder, f) for f in files if kind.matches(f))
+
+
+def _files_under(root: str, kind: FileKind) -> list[str]:
+  """Every file of `kind` under `root` (`_walk_files`), sorted."""
+  return sorted(_walk_files(root, kind))
+
+
+def _check_classes_train(root: str, splits: list[str], classes: list[str],
+                         kind: FileKind) -> None:
+  """Split layout: raises unless each of `classes` has a file of `kind` under
+  `<root>/<train split>/<class>/` (`splits`: the train and eval split names);
+  a class without one would count in num_classes, its label never trained."""
+  train_dir, eval_dir = (os.path.join(root, s) for s in splits)
+  # Stops at each class's first file: cheap on the eval split's build too.
+  untrained = [
+      c for c in classes
+      if next(_walk_files(os.path.join(train_dir, c), kind), None) is None
+  ]
+  empty = [c for c in untrained if os.path.isdir(os.path.join(train_dir, c))]
+  if empty:
+    raise FileNotFoundError(
+        f'data.train_split: {len(empty)} class folder(s) of {train_dir!r} '
+        f'hold {kind.none_found()}: {_first_names(empty)}; their labels would '
+        f'never be trained: add {kind.noun} files to them, or remove them.')
+  if untrained:
+    raise FileNotFoundError(
+        f'data.eval_split: {len(untrained)} class folder(s) of {eval_dir!r} '
+        f'are not in {train_dir!r}: {_first_names(untrained)}; their labels '
+        f'would never be trained: add them to {train_dir!r} with {kind.noun} '
+        f'files, or remove them from {eval_dir!r}.')
+
+
+def _first_names(names: list[str]) -> str:
+  """"'a', 'b'": the first 5 of `names`, then '...' if there are more."""
+  return ', '.join([repr(n) for n in names[:5]] + ['...'] * (len(names) > 5))
 
 
 def list_tree(root: str, kind: FileKind) -> list[str]:
@@ -227,6 +264,7 @@ def split_files(
         f'data.{split_key}: {len(loose)} {kind.noun}(s) in {split_dir!r} '
         f'itself ({loose[0]!r}, ...) beside its class folders {classes}, '
         'which would be left out: move them into a class folder.')
+  _check_classes_train(root, splits, classes, kind)
   paths, labels = list_classes(split_dir, classes, kind)
   return paths, labels, len(classes), where
 
