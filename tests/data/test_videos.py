@@ -537,11 +537,14 @@ def test_tfds_video_uint8_tensor_is_read_as_frames_of_data_channels(
           }))
 
     def _split_generators(self, dl_manager):
-      return {'test': self._generate_examples()}
+      return {
+          'test': self._generate_examples((2, 3)),
+          'train': self._generate_examples((0,))
+      }
 
-    def _generate_examples(self):
-      for i in range(2):
-        video = np.random.default_rng(i).integers(0, 256, (2 + i, 8, 10, 1),
+    def _generate_examples(self, lengths):
+      for i, length in enumerate(lengths):
+        video = np.random.default_rng(i).integers(0, 256, (length, 8, 10, 1),
                                                   dtype=np.uint8)
         yield i, {'video': video, 'frames': video}
 
@@ -560,3 +563,11 @@ def test_tfds_video_uint8_tensor_is_read_as_frames_of_data_channels(
       r'equal.$'):
     data.build_for_run(_with(config, video_key='frames', channels=3),
                        split='eval', global_batch_size=2)
+  # A video of no frames: one line naming its split (it was TF's
+  # `indices[0] = -1` from deep in the graph). Train clips cut them alike.
+  with pytest.raises(
+      DataError, match=r"^data\.video_key: a video of feature 'video' of "
+      r"vqlab_gray_clips in data\.eval_split='train' has no frames; "):
+    take(
+        data.build(_with(config, eval_split='train'), split='eval',
+                   global_batch_size=2), 1)

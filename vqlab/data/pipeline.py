@@ -17,6 +17,7 @@ number of hosts. With a fixed process_count, batches are a deterministic functio
 
 from __future__ import annotations
 
+import codecs
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -24,9 +25,11 @@ from vqlab.data.lazy import tf
 from vqlab.data.lazy import tfds
 
 from vqlab.data import base
+from vqlab.errors import DataError
 
 _SHUFFLE_STREAM = 0x5F1
 _AUGMENT_STREAM = 0xA06
+_BAD_RECORD = 'vqlab bad record: '
 
 
 def hide_accelerators_from_tf() -> None:
@@ -145,6 +148,41 @@ def eval_dataset(
   return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 
+def check_record(value, condition, problem: str):
+  """`value` (a tensor of a preprocessing fn) once `condition` (bool []) holds.
+
+  Where it does not, reading the batch of that record from
+  `TfDataSource.batches` raises a DataError whose message is `problem` (one
+  line naming the key and what to do), not TF's error from deep in the graph.
+  """
+  assertion = tf.debugging.Assert(condition, [_BAD_RECORD + problem])
+  with tf.control_dependencies([assertion]):
+    return tf.identity(value)
+
+
+def _bad_record_problem(message: str) -> str | None:
+  """The `problem` of the `check_record` whose tf error says `message`, or
+  None for other errors."""
+  start = message.find(_BAD_RECORD)
+  if start < 0:
+    return None
+  # TF shows the assertion's data C-escaped, in brackets, before the node.
+  shown = message[start + len(_BAD_RECORD):].split('\n')[0].removesuffix(']')
+  return codecs.escape_decode(shown.encode('utf-8'))[0].decode(
+      'utf-8', 'replace')
+
+
+def _named_bad_records(batches: Iterator[base.Batch]) -> Iterator[base.Batch]:
+  """`batches`, with a failed `check_record` raised as its DataError."""
+  try:
+    yield from batches
+  except tf.errors.InvalidArgumentError as e:
+    problem = _bad_record_problem(e.message)
+    if problem is None:
+      raise
+    raise DataError(problem) from e
+
+
 class TfDataSource:
   """A DataSource over `make_dataset(start_step) -> tf.data.Dataset` of numpy-convertible
   batches.
@@ -179,7 +217,8 @@ class TfDataSource:
 
   def batches(self, start_step: int = 0) -> Iterator[base.Batch]:
     """Yields numpy batches from global step (train) or eval batch (eval) `start_step` on."""
-    return iter(tfds.as_numpy(self._make_dataset(start_step)))
+    return _named_bad_records(
+        iter(tfds.as_numpy(self._make_dataset(start_step))))
 
 
 def host_eval_batches(num_examples: int, global_batch_size: int,

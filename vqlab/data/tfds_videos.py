@@ -9,7 +9,8 @@ sharding are those of the `tfds` image dataset (`tfds_images.build_source`, `pip
 `video_preprocess.py` cuts the clips: every `frame_stride`-th frame, a random start (train) or
 the middle (or first) clip of the video (eval, `data.eval_clip`), short videos padded by
 repeating their last frame, the shorter side resized to `image_size` and one S x S crop per clip
-(random + optional flip on train, central on eval).
+(random + optional flip on train, central on eval). A video of no frames is a DataError
+naming the key and split when its batch is read.
 
 Batches: 'video' float32 [b, num_frames, S, S, channels] in [-1, 1], 'label' int32 [b] (unless
 label_key=''), and on eval 'mask' bool [b].
@@ -66,9 +67,16 @@ def build(config: ml_collections.ConfigDict, *, split: str,
   base.check_split(split)
   base.host_batch_size(global_batch_size, process_index, process_count)
   aug = video_preprocess.VideoAugment.from_config(config)
+
+  def videos(split_key: str) -> str:
+    """The videos of a split, in words for errors."""
+    return (f"feature {base.get(config, 'video_key')!r} of "
+            f"{base.get(config, 'tfds_name')} in data.{split_key}="
+            f'{base.get(config, split_key)!r}')
+
   return tfds_images.build_source(
       config, split=split, global_batch_size=global_batch_size,
       process_index=process_index, process_count=process_count, key='video',
-      train_fn=video_preprocess.train_fn(aug),
-      eval_fn=video_preprocess.eval_fn(aug), shuffle_buffer=aug.shuffle_buffer,
-      example_shape=aug.video_shape)
+      train_fn=video_preprocess.train_fn(aug, videos('train_split')),
+      eval_fn=video_preprocess.eval_fn(aug, videos('eval_split')),
+      shuffle_buffer=aug.shuffle_buffer, example_shape=aug.video_shape)

@@ -25,6 +25,7 @@ import ml_collections
 from vqlab.data.lazy import tf
 
 from vqlab.data import base
+from vqlab.data import pipeline
 from vqlab.data import preprocess
 
 EVAL_CLIPS = ('center', 'first')
@@ -71,9 +72,15 @@ def frame_indices(length, start, aug: VideoAugment):
   return tf.minimum(indices, length - 1)
 
 
-def _frames(video, start, aug: VideoAugment):
-  """Selected frames of `video` (encoded [L] or uint8 [L, h, w, C]) -> uint8 [T, h, w, C]."""
-  frames = tf.gather(video, frame_indices(tf.shape(video)[0], start, aug))
+def _frames(video, start, aug: VideoAugment, videos: str):
+  """Selected frames of `video` (encoded [L] or uint8 [L, h, w, C]) -> uint8 [T, h, w, C].
+
+  A video of no frames (L = 0) is a DataError naming `videos` when its batch is read."""
+  length = tf.shape(video)[0]
+  length = pipeline.check_record(
+      length, length > 0, f'data.video_key: a video of {videos} has no frames; '
+      'leave it out of the split, or prepare the dataset again without it.')
+  frames = tf.gather(video, frame_indices(length, start, aug))
   if frames.dtype == tf.string:
     frames = tf.map_fn(
         lambda f: preprocess.decode_image(f, aug.channels), frames,
@@ -91,8 +98,10 @@ def _output(example, video, aug: VideoAugment):
   return out
 
 
-def train_fn(aug: VideoAugment) -> Callable[[Any, Any], Any]:
-  """Returns f(example, seed [2] int64) -> preprocessed train clip (random start, crop, flip)."""
+def train_fn(aug: VideoAugment,
+             videos: str = 'the dataset') -> Callable[[Any, Any], Any]:
+  """Returns f(example, seed [2] int64) -> preprocessed train clip (random start, crop, flip);
+  `videos` names the videos in errors."""
   span = (aug.num_frames - 1) * aug.frame_stride + 1
 
   def fn(example, seed):
@@ -102,7 +111,7 @@ def train_fn(aug: VideoAugment) -> Callable[[Any, Any], Any]:
     last_start = tf.maximum(tf.shape(video)[0] - span, 0)
     start = tf.random.stateless_uniform([], start_seed, 0, last_start + 1,
                                         dtype=tf.int32)
-    clip = preprocess.resize_shorter_side(_frames(video, start, aug),
+    clip = preprocess.resize_shorter_side(_frames(video, start, aug, videos),
                                           aug.image_size)
     # One crop for the whole clip: the frame axis is kept whole.
     clip = tf.image.stateless_random_crop(clip, aug.video_shape, seed=crop_seed)
@@ -114,9 +123,10 @@ def train_fn(aug: VideoAugment) -> Callable[[Any, Any], Any]:
   return fn
 
 
-def eval_fn(aug: VideoAugment) -> Callable[[Any], Any]:
+def eval_fn(aug: VideoAugment,
+            videos: str = 'the dataset') -> Callable[[Any], Any]:
   """Returns f(example) -> preprocessed eval clip (the middle or first clip, shorter side to S,
-  centre crop)."""
+  centre crop); `videos` names the videos in errors."""
 
   def fn(example):
     video = example['video']
@@ -124,7 +134,7 @@ def eval_fn(aug: VideoAugment) -> Callable[[Any], Any]:
     if aug.eval_clip == 'center':
       start = tf.maximum(
           (tf.shape(video)[0] - aug.num_frames * aug.frame_stride) // 2, 0)
-    clip = preprocess.resize_shorter_side(_frames(video, start, aug),
+    clip = preprocess.resize_shorter_side(_frames(video, start, aug, videos),
                                           aug.image_size)
     return _output(example, preprocess.center_crop(clip, aug.image_size), aug)
 
