@@ -1,5 +1,5 @@
 """Gradient accumulation (train.microbatches): the microbatch split, and one
-real GPT train step equal with 1 and 2 microbatches. Tokenizers (MAGVIT-v2,
+real GPT and one MaskGIT train step equal with 1 and 2 microbatches. Tokenizers (MAGVIT-v2,
 the carry of its model and loss state threaded through), the video MaskGIT
 and TiTok's stage 1 train in 2 microbatches in test_magvit2_training.py,
 test_video_generation.py and test_titok_training.py."""
@@ -14,6 +14,7 @@ import pytest
 from tests import tiny
 from vqlab import quantizers
 from vqlab.errors import ConfigError
+from vqlab.generators import maskgit
 from vqlab.quantizers import base as quantizer_base
 from vqlab.quantizers import lfq
 from vqlab.train import experiment
@@ -125,6 +126,26 @@ def test_a_gpt_step_is_the_same_in_two_microbatches(tokenizer_dir, tmp_path):
   config = tiny.generator_config(tokenizer_dir, 'gpt')
   config.tokens.source = 'on_the_fly'
   _assert_same_step(config, tmp_path, ('loss', 'accuracy', 'grad_norm'))
+
+
+def test_a_maskgit_step_is_the_same_in_two_microbatches(tokenizer_dir, tmp_path,
+                                                        monkeypatch):
+  """MaskGIT's loss is a mean over the batch's masked tokens, as many as the
+  masks draw per example: each microbatch weighs by its count (a mean of
+  the microbatches' means weighed them alike). The masks here follow the
+  tokens, the same however the batch is split."""
+  config = tiny.generator_config(tokenizer_dir, 'maskgit')
+  config.tokens.source = 'on_the_fly'
+  config.loss.label_drop = 0.0
+  masked_loss = maskgit.masked_loss
+
+  def masked_by_content(model, params, rng, tokens, labels, **kwargs):
+    codes = model.flatten(tokens)[..., 0]
+    mask = (codes % 3 == 0) | (jnp.arange(codes.shape[1]) == 0)
+    return masked_loss(model, params, rng, tokens, labels, mask=mask, **kwargs)
+
+  monkeypatch.setattr(maskgit, 'masked_loss', masked_by_content)
+  _assert_same_step(config, tmp_path, ('loss', 'nll', 'accuracy', 'grad_norm'))
 
 
 def test_microbatches_must_divide_the_batch_over_the_devices():

@@ -165,11 +165,12 @@ def accumulate_gradients(grads_fn: Callable[[Batch, jax.Array, Any],
   Gumbel's and Regularized VQ's prior KL cover B / k examples, the adaptive
   GAN weight is each microbatch's gradient-norm ratio and a PatchGAN's batch
   norm sees B / k examples (as in taming on several GPUs, where each
-  process computes both from its own batch); MaskGIT's loss, a mean over
-  the masked tokens, is the mean of the microbatches' means. Statistics
-  that move once per step must be made so by the caller (the tokenizer's EMA
-  codebook and LeCam EMAs are; VQ-Diffusion's loss history moves once from
-  `accumulate_gradients_and_outputs`' per-example outputs).
+  process computes both from its own batch). A loss that is a mean over a
+  drawn number of terms (MaskGIT's masked tokens) is made the batch's mean
+  by the caller (the generator task weighs each microbatch by its count).
+  Statistics that move once per step must be made so by the caller (the
+  tokenizer's EMA codebook and LeCam EMAs are; VQ-Diffusion's loss history
+  moves once from `accumulate_gradients_and_outputs`' per-example outputs).
 
   Args:
     grads_fn: (microbatch, rng, carry) -> (grads, new carry, metrics).

@@ -72,6 +72,39 @@ def _input_key(batch) -> str:
   return keys[0]
 
 
+# The metrics of a generator's loss that are means over its terms, and the
+# weights of those means (GeneratorApi.loss: 'accuracy' over
+# 'accuracy_weight' where the loss reports one).
+_MEAN_WEIGHTS = {
+    'loss': 'loss_weight',
+    'nll': 'loss_weight',
+    'accuracy': 'accuracy_weight'
+}
+
+
+def _weight_of(metrics: dict[str, jax.Array], key: str) -> jax.Array:
+  weight = _MEAN_WEIGHTS[key]
+  return metrics[weight if weight in metrics else 'loss_weight']
+
+
+def _weighted_sums(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """A loss's metrics (scalars) with its means over terms times their
+  weights: sums over the terms, which add across microbatches."""
+  return {
+      k: v * _weight_of(metrics, k) if k in _MEAN_WEIGHTS else v
+      for k, v in metrics.items()
+  }
+
+
+def _weighted_means(sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """`_weighted_sums`' metrics (as averaged over microbatches) back to means
+  over the terms of all microbatches."""
+  return {
+      k: v / _weight_of(sums, k) if k in _MEAN_WEIGHTS else v
+      for k, v in sums.items()
+  }
+
+
 class GeneratorTask(base.Task):
   """Pure functions for training a registered generator on tokens."""
 
@@ -266,8 +299,15 @@ class GeneratorTask(base.Task):
 
   # -------------------------------------------------------------- step ---
   def train_step(self, state: TrainState, batch, rng, frozen=None):
-    """One optimizer step -> (new state, metrics)."""
+    """One optimizer step -> (new state, metrics).
+
+    In microbatches, a loss that is a mean over a number of terms that the
+    draws decide (metrics['loss_weight']: MaskGIT's masked tokens) is summed
+    over each microbatch's terms and divided by the batch's: the mean over
+    the whole batch's terms, as in one piece.
+    """
     frozen = self.frozen if frozen is None else frozen
+    in_pieces = self.config.train.microbatches > 1
 
     def grads_fn(microbatch, rng, carry):
       tokens = self.tokens_of(microbatch, frozen)
@@ -280,6 +320,9 @@ class GeneratorTask(base.Task):
                                                settings=self.config.loss,
                                                train=True,
                                                loss_state=state.loss_state)
+        if in_pieces and 'loss_weight' in metrics:
+          metrics = _weighted_sums(metrics)
+          loss = loss * jax.lax.stop_gradient(metrics['loss_weight'])
         return loss, (metrics, updates)
 
       grads, (metrics, updates) = jax.grad(loss_fn,
@@ -288,6 +331,9 @@ class GeneratorTask(base.Task):
 
     grads, _, metrics, updates = base.accumulate_gradients_and_outputs(
         grads_fn, batch, rng, None, self.config.train.microbatches)
+    if in_pieces and 'loss_weight' in metrics:
+      grads = jax.tree.map(lambda g: g / metrics['loss_weight'], grads)
+      metrics = _weighted_means(metrics)
     loss_state = self.api.update_loss_state(state.loss_state, updates)
     metrics['learning_rate'] = optimizers.learning_rate(
         state.opt_state['model'], self.config.optimizer,
