@@ -66,12 +66,17 @@ def nearest_frame_counts(frames: int, temporal_factor: int) -> str:
 
 def check_latents(quantized: jax.Array, ranks: tuple[int, ...], code_dim: int,
                   who: str) -> None:
-  """Rejects quantized latents whose rank is not one of `ranks` or whose last
-  axis is not the quantizer's `code_dim` (e.g. [B, h, w, code_dim])."""
+  """Rejects quantized latents whose rank is not one of `ranks`, whose last
+  axis is not the quantizer's `code_dim` (e.g. [B, h, w, code_dim]) or that
+  are empty (a frame or spatial axis of 0)."""
   if quantized.ndim not in ranks or quantized.shape[-1] != code_dim:
     ranks_text = ' or '.join(str(n) for n in ranks)
     raise ValueError(f'{who}: quantized latents must have {ranks_text} dims '
                      f'and {code_dim} channels (the code dim), got shape '
+                     f'{tuple(quantized.shape)}')
+  if 0 in quantized.shape[1:-1]:
+    raise ValueError(f'{who}: quantized latents must not be empty (at least '
+                     f'1 frame and 1 x 1 positions), got shape '
                      f'{tuple(quantized.shape)}')
 
 

@@ -433,3 +433,12 @@ def test_known_tokens_must_be_a_row_major_prefix():
     gpt.API.sample(model, params, jax.random.key(0), 2, None,
                    settings=config.sample, loss_settings=config.loss,
                    token_shape=(LENGTH,), known=(tokens, mask))
+  # Another batch's tokens: the reshape gave row 1 row 0's later tokens.
+  mask[:] = False
+  mask[0] = True
+  with pytest.raises(
+      ValueError, match=rf'known tokens of shape \(1, {2 * LENGTH}\), '
+      rf'expected \[B, {LENGTH}\] with B = 2'):
+    gpt.API.sample(model, params, jax.random.key(0), 2, None,
+                   settings=config.sample, loss_settings=config.loss,
+                   token_shape=(LENGTH,), known=(tokens.reshape(1, -1), mask))

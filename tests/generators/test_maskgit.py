@@ -551,6 +551,13 @@ def test_out_of_range_tokens_raise():
       r'expected \[B, 4, 4\] or \[4, 4\] with B = 1'):
     maskgit.init_state(model, jax.random.key(0), 1, tokens,
                        jnp.ones((2, 4), bool))
+  # Another batch's tokens: a broadcasting error deep in jax (batch 1 was
+  # silently given to every row).
+  with pytest.raises(
+      ValueError, match=r'known_tokens of shape \(1, 4, 4\), '
+      r'expected \[B, 4, 4\(, F\)\] with B = 2'):
+    maskgit.init_state(model, jax.random.key(0), 2, tokens,
+                       jnp.ones((4, 4), bool))
   # A Python list of labels is an array of ids.
   np.testing.assert_array_equal(
       labelled.apply({'params': labelled_params}, tokens, [2]),

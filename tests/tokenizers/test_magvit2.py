@@ -242,6 +242,10 @@ def test_rejects_bad_inputs(tiny):
     model.apply(variables, x[:, :, :0, :0])
   with pytest.raises(ValueError, match=r'4 or 5 dims and \d+ channels'):
     model.apply(variables, jnp.zeros((1, 2, 1, 1, 99)), method=model.decode)
+  # 0 latent frames: a deep jnp.pad error in the causal conv.
+  with pytest.raises(ValueError, match='latents must not be empty'):
+    model.apply(variables, jnp.zeros((1, 0, 2, 2, model.quantizer.code_dim)),
+                method=model.decode)
   with pytest.raises(TypeError, match='floating point'):
     model.apply(variables, (x * 127).astype(jnp.uint8))
   with pytest.raises(ValueError, match='4 or 5 dims'):

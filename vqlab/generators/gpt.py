@@ -651,6 +651,10 @@ def _sample(model: GPT, params, rng: jax.Array, batch_size: int, cond, *,
     if not flat_mask[:length].all():
       raise ValueError('GPT: the known tokens must be a row-major prefix '
                        '(the first latent frames), got another mask')
+    if tuple(jnp.shape(tokens)) != (batch_size, *token_shape):
+      raise ValueError(
+          f'GPT: known tokens of shape {tuple(jnp.shape(tokens))}, expected '
+          f'[B, {", ".join(map(str, token_shape))}] with B = {batch_size}')
     prefix = jnp.reshape(tokens, (batch_size, -1))[:, :length]
   return sample(model, params, rng, batch_size, cond,
                 use_cache=settings.use_cache, prefix=prefix, **options)

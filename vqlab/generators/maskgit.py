@@ -379,6 +379,11 @@ def init_state(model: MaskGIT, rng: jax.Array, batch_size: int,
   if known_tokens is None:
     raise ValueError('MaskGIT: known_mask needs known_tokens')
   flat_mask = flat_known_mask(model, known_mask, batch_size)
+  if jnp.ndim(known_tokens) == 0 or jnp.shape(known_tokens)[0] != batch_size:
+    raise ValueError(
+        f'MaskGIT: known_tokens of shape {tuple(jnp.shape(known_tokens))}, '
+        f'expected [B, {", ".join(map(str, model.token_shape))}(, F)] with '
+        f'B = {batch_size}')
   known = model.flatten(jnp.asarray(known_tokens, jnp.int32))
   model.check_tokens(jnp.where(flat_mask[..., None], known, 0),
                      allow_mask=False)
