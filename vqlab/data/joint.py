@@ -6,6 +6,8 @@ The config nests two dataset configs: `image`, of any image dataset (default `sh
 the image source at global batch B_i and step `s` of the video source at global batch B_v, so the
 joint source is as deterministic and resume-exact as its two sources, and host `p` gets its rows
 of each (B_i and B_v must both be divisible by the number of hosts). Labels are dropped.
+The fraction sets how many rows of each kind a batch holds, not the balance of their losses:
+the tokenizer task sums the images' mean loss and the videos' mean loss (`loss_and_grads`).
 
 Train batches: {'image': float32 [b_i, S, S, C], 'video': float32 [b_v, T, S, S, C]} in [-1, 1]
 with b_i = B_i / P, b_v = B_v / P. Images and frames must have the same shape (S, S, C), and
@@ -41,7 +43,7 @@ def default_config() -> ml_collections.ConfigDict:
       'image_size':
           32,  # Side of images and frames; must equal image/video.image_size.
       'image_batch_fraction':
-          0.5,  # Fraction of each (train) global batch that are images.
+          0.5,  # Fraction of each train batch's rows that are images (not a loss weight).
       'image': shapes.default_config(
       ),  # Config of an image dataset (any, e.g. 'tfds').
       'video':
