@@ -134,6 +134,20 @@ def test_missing_wrong_and_unknown_tensors_are_named(golden):
   wrong['pixel_decoder.norm_out.bias'] = np.zeros(3, np.float32)
   with pytest.raises(WeightsError, match=r'decoder/norm_out/bias'):
     titok.convert_state_dict(wrong, 'tiny', **kwargs)
+  # Attention weights of another shape: numpy's reshape error before.
+  cut = dict(tensors)
+  key = 'encoder.transformer.0.attn.in_proj_weight'
+  cut[key] = tensors[key][:, :-1]
+  with pytest.raises(
+      WeightsError, match=r'^tiny: encoder\.transformer\.0\.'
+      r'attn\.in_proj_weight has shape'):
+    titok.convert_state_dict(cut, 'tiny', **kwargs)
+  key = 'decoder.transformer.1.attn.out_proj.weight'
+  cut = dict(tensors, **{key: tensors[key][:-1, :-1]})
+  with pytest.raises(
+      WeightsError, match=r'^tiny: decoder\.transformer\.1\.'
+      r'attn\.out_proj has a weight of shape'):
+    titok.convert_state_dict(cut, 'tiny', **kwargs)
   extra = dict(tensors, **{'encoder.extra.weight': np.zeros(2, np.float32)})
   with pytest.raises(WeightsError, match=r'encoder\.extra\.weight'):
     titok.convert_state_dict(extra, 'tiny', **kwargs)

@@ -94,6 +94,16 @@ def test_checkpoints_of_another_tokenizer_or_kind_are_named():
   with pytest.raises(WeightsError,
                      match=r'model\.encoder\.layer\.1\.output\.LayerNorm'):
     _convert(tensors)
+  # A layer of another width: numpy's reshape error, or np.stack's for
+  # the scanned layers, before.
+  tensors = titok.read_file(TINY)
+  key = next(k for k in tensors if k.endswith('layer.1.attention.self.query.'
+                                              'weight'))
+  tensors[key] = tensors[key][:-1]
+  with pytest.raises(
+      WeightsError, match=r'attention\.self\.query has a '
+      r'weight of shape \(31, 32\)'):
+    _convert(tensors)
   tensors = dict(titok.read_file(TINY), extra=np.zeros(3, np.float32))
   with pytest.raises(WeightsError, match='1 tensors were not converted'):
     _convert(tensors)

@@ -121,6 +121,37 @@ class StateDict:
                          'converter does not know')
 
 
+def split_heads(layer: dict[str, np.ndarray], heads: int, *, output: bool,
+                source: str, name: str) -> dict[str, np.ndarray]:
+  """An attention projection {'kernel' [D, D], 'bias' [D]} (`StateDict.linear`'s)
+  in flax MultiHeadDotProductAttention's per-head layout: query, key and value
+  kernel [D, heads, D / heads] and bias [heads, D / heads]; the output
+  projection (`output`) kernel [heads, D / heads, D], bias [D].
+
+  Raises:
+    WeightsError: naming `name` of `source`, when the kernel is not [D, D]
+      with D divisible by `heads` or the bias not [D].
+  """
+  kernel = layer['kernel']
+  width = kernel.shape[0]
+  bias_shape = tuple(np.shape(layer['bias'])) if 'bias' in layer else (width,)
+  if kernel.shape != (width, width) or width % heads or bias_shape != (width,):
+    raise WeightsError(
+        f'{source}: {name} has a weight of shape {kernel.T.shape} and a bias '
+        f'of shape {bias_shape}; an attention projection of {heads} heads '
+        f'needs [D, D] and [D] with D divisible by {heads}: is this the right '
+        'checkpoint, with its own number of heads?')
+  head_dim = width // heads
+  out = dict(layer)
+  if output:
+    out['kernel'] = kernel.reshape(heads, head_dim, width)
+  else:
+    out['kernel'] = kernel.reshape(width, heads, head_dim)
+    if 'bias' in layer:
+      out['bias'] = layer['bias'].reshape(heads, head_dim)
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class EncoderWidths:
   """The widths of an encoder laid out as taming's."""
@@ -385,9 +416,13 @@ def converted_generator(config: ml_collections.ConfigDict, params: dict,
     WeightsError: the params do not fit the model.
   """
   if config.scan_layers:
-    params = dict(
-        params, transformer=stack.stack_like(params['transformer'],
-                                             expected['transformer']))
+    try:
+      stacked = stack.stack_like(params['transformer'], expected['transformer'])
+    except ValueError as e:  # np.stack of layers whose tensors differ.
+      raise WeightsError(
+          f'{source}: the transformer layers do not all have the same tensor '
+          f'shapes ({e}); a checkpoint of one model has them alike') from e
+    params = dict(params, transformer=stacked)
   check_params_match(params, expected, source)
   return Converted(model_config=config, params=params, image_size=image_size,
                    source=source, tokenizer_workdir=tokenizer_workdir)

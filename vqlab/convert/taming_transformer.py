@@ -90,18 +90,9 @@ def _attention(sd: published.StateDict, prefix: str, heads: int) -> dict:
   out = {}
   for theirs, ours in (('query', 'query'), ('key', 'key'), ('value', 'value'),
                        ('proj', 'out')):
-    dense = _linear(sd, f'{prefix}.{theirs}')
-    width = dense['kernel'].shape[0]
-    if ours == 'out':
-      out[ours] = {
-          'kernel': dense['kernel'].reshape(heads, width // heads, width),
-          'bias': dense['bias']
-      }
-    else:
-      out[ours] = {
-          'kernel': dense['kernel'].reshape(width, heads, width // heads),
-          'bias': dense['bias'].reshape(heads, width // heads)
-      }
+    out[ours] = published.split_heads(_linear(sd, f'{prefix}.{theirs}'), heads,
+                                      output=ours == 'out', source=sd.source,
+                                      name=_PREFIX + f'{prefix}.{theirs}')
   return out
 
 

@@ -153,19 +153,23 @@ def model_config(sd: published.StateDict, num_heads: int = 0,
 def _attention(sd: published.StateDict, prefix: str, heads: int) -> dict:
   weight = sd.take(f'{prefix}.in_proj_weight')
   bias = sd.take(f'{prefix}.in_proj_bias')
-  width = weight.shape[1]
+  width = weight.shape[-1]
+  if weight.shape != (3 * width, width) or bias.shape != (3 * width,):
+    raise WeightsError(
+        f'{sd.source}: {prefix}.in_proj_weight has shape {weight.shape} and '
+        f'in_proj_bias {bias.shape}; an attention needs [3D, D] and [3D]')
   out = {}
   for i, name in enumerate(('query', 'key', 'value')):
-    w = weight[i * width:(i + 1) * width]
-    out[name] = {
-        'kernel': w.T.reshape(width, heads, width // heads),
-        'bias': bias[i * width:(i + 1) * width].reshape(heads, width // heads)
-    }
-  proj = sd.linear(f'{prefix}.out_proj')
-  out['out'] = {
-      'kernel': proj['kernel'].reshape(heads, width // heads, width),
-      'bias': proj['bias']
-  }
+    rows = slice(i * width, (i + 1) * width)
+    out[name] = published.split_heads(
+        {
+            'kernel': weight[rows].T,
+            'bias': bias[rows]
+        }, heads, output=False, source=sd.source,
+        name=f'{prefix}.in_proj_weight[{name}]')
+  out['out'] = published.split_heads(sd.linear(f'{prefix}.out_proj'), heads,
+                                     output=True, source=sd.source,
+                                     name=f'{prefix}.out_proj')
   return out
 
 

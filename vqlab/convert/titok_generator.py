@@ -123,19 +123,11 @@ def model_config(arch: dict, scan_layers: bool):
 def _attention(sd: published.StateDict, prefix: str, heads: int) -> dict:
   """BERT's query/key/value/output Linears -> vqlab's per-head kernels."""
   out = {}
-  for name in ('query', 'key', 'value'):
-    layer = sd.linear(f'{prefix}.self.{name}')
-    width = layer['kernel'].shape[0]
-    out[name] = {
-        'kernel': layer['kernel'].reshape(width, heads, width // heads),
-        'bias': layer['bias'].reshape(heads, width // heads)
-    }
-  proj = sd.linear(f'{prefix}.output.dense')
-  width = proj['kernel'].shape[1]
-  out['out'] = {
-      'kernel': proj['kernel'].reshape(heads, width // heads, width),
-      'bias': proj['bias']
-  }
+  for theirs, ours in (('self.query', 'query'), ('self.key', 'key'),
+                       ('self.value', 'value'), ('output.dense', 'out')):
+    out[ours] = published.split_heads(sd.linear(f'{prefix}.{theirs}'), heads,
+                                      output=ours == 'out', source=sd.source,
+                                      name=f'{prefix}.{theirs}')
   return out
 
 

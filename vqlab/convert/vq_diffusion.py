@@ -130,15 +130,9 @@ def _attention(sd: published.StateDict, prefix: str, heads: int) -> dict:
   out = {}
   for theirs, ours in (('query', 'query'), ('key', 'key'), ('value', 'value'),
                        ('proj', 'out')):
-    dense = sd.linear(f'{prefix}.{theirs}')
-    width = dense['kernel'].shape[0]
-    head_dim = width // heads
-    if ours == 'out':
-      dense['kernel'] = dense['kernel'].reshape(heads, head_dim, width)
-    else:
-      dense['kernel'] = dense['kernel'].reshape(width, heads, head_dim)
-      dense['bias'] = dense['bias'].reshape(heads, head_dim)
-    out[ours] = dense
+    out[ours] = published.split_heads(sd.linear(f'{prefix}.{theirs}'), heads,
+                                      output=ours == 'out', source=sd.source,
+                                      name=f'{prefix}.{theirs}')
   return out
 
 
