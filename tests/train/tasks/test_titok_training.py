@@ -36,6 +36,7 @@ from vqlab.train import run_record
 from vqlab.train import trained_tokenizer
 from vqlab.train.tasks import proxy_codes
 from vqlab.train.tasks import tokenizer
+from vqlab.train.tasks import warm_start
 
 
 def _devices():
@@ -269,6 +270,24 @@ def test_stage2_starts_from_stage1_and_keeps_encoder_and_quantizer_fixed(
                          start['pixel_vqgan']['decoder'])
   assert all(jax.tree.leaves(changed))  # Fine-tuned too.
   assert 'to_pixels' not in after  # No fresh linear pixel head.
+
+
+def test_stage2_decodes_with_the_proxy_vqgan_stage1_learned(
+    stage1, proxy_dir, tmp_path):
+  """The stage-1 head's probabilities are over its proxy VQGAN's codes:
+  another run, or another step of it, as warm_start.pixel_vqgan was taken
+  without a word (stage2 above is the run and step recorded)."""
+  stage1_dir = stage1[0]
+  record = run_record.read(stage1_dir,
+                           run_record.READ_CHECKPOINTS_FILE)['proxy.workdir']
+  step = record['step']
+  warm_start.check_stage1_codes(stage1_dir, proxy_dir, step)
+  for other, other_step in ((str(tmp_path), step), (proxy_dir, step + 1)):
+    with pytest.raises(
+        ConfigError, match=rf'^warm_start\.pixel_vqgan: step {other_step} of '
+        rf'{other}, but the stage-1 run .* learned the codes of step {step} '):
+      warm_start.check_stage1_codes(stage1_dir, other, other_step)
+  warm_start.check_stage1_codes(str(tmp_path), str(tmp_path), 7)  # No record.
 
 
 def test_maskgit_trains_on_titok_tokens_and_samples_decode_to_images(

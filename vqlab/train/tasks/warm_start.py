@@ -14,9 +14,12 @@ import ml_collections
 import numpy as np
 import optax
 
+from vqlab import fileio
 from vqlab.errors import ConfigError
 from vqlab.nn import stack
 from vqlab.train import checkpoint as checkpoint_lib
+from vqlab.train import run_record
+from vqlab.train import trained_tokenizer
 from vqlab.train.state import TrainState
 
 
@@ -60,6 +63,8 @@ def warm_started(state: TrainState, start: ml_collections.ConfigDict,
         start.pixel_vqgan,
         None if start.pixel_vqgan_step < 0 else start.pixel_vqgan_step,
         'warm_start.pixel_vqgan_step')
+    if start.params:
+      check_stage1_codes(start.workdir, start.pixel_vqgan, step)
     where = f'{start.pixel_vqgan} (step {step})'
     target = params['pixel_vqgan']
     params['pixel_vqgan'] = _copied((tree['ema_params'] or
@@ -85,6 +90,26 @@ def warm_started(state: TrainState, start: ml_collections.ConfigDict,
   } if state.ema_params else state.ema_params)
   return state.replace(params=all_params, ema_params=ema,
                        model_state=model_state)
+
+
+def check_stage1_codes(stage1_workdir: str, pixel_vqgan: str,
+                       step: int) -> None:
+  """ConfigError naming warm_start.pixel_vqgan unless step `step` of the run
+  `pixel_vqgan` is the proxy VQGAN whose codes the stage-1 run in
+  `stage1_workdir` learned (its read_checkpoints.json, when it has one): its
+  proxy-code head's probabilities are over that VQGAN's codebook, whose
+  decoder turns them into pixels."""
+  record = (run_record.read(stage1_workdir, run_record.READ_CHECKPOINTS_FILE) or
+            {}).get('proxy.workdir')
+  if not trained_tokenizer.is_record(record):
+    return
+  if (fileio.absolute(record['workdir']) != fileio.absolute(pixel_vqgan) or
+      record['step'] != step):
+    raise ConfigError(
+        'warm_start.pixel_vqgan', f'step {step} of {pixel_vqgan}, but the '
+        f'stage-1 run {stage1_workdir} learned the codes of step '
+        f'{record["step"]} of {record["workdir"]}: name that run and step '
+        '(warm_start.pixel_vqgan, warm_start.pixel_vqgan_step)')
 
 
 def _copied_trees(tree: dict[str, Any], params: dict[str, Any],
