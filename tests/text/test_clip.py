@@ -2,6 +2,7 @@
 (tests/goldens/make_clip_goldens.py): a tiny random CLIPTextModel with a
 tiny CLIP-format vocabulary, stored in tests/goldens/clip_tiny/."""
 
+import dataclasses
 import os
 import shutil
 
@@ -203,6 +204,9 @@ def test_converter_prefixes_and_errors(loaded):
   state[name] = np.zeros((64, 63))
   with pytest.raises(WeightsError, match=r'shape \(64, 63\)'):
     clip.convert_clip_text(state, config)
+  # A 1-layer config left the second layer out, without a word.
+  with pytest.raises(WeightsError, match='holds 2 layers .* its config 1'):
+    clip.convert_clip_text(state, dataclasses.replace(config, num_layers=1))
   with pytest.raises(WeightsError, match='hidden_act'):
     clip.ClipTextConfig.from_hf({'hidden_act': 'swish'})
 

@@ -213,6 +213,12 @@ def test_converter_errors(model_dir):
   state['encoder.layer.3.attention.self.key.weight'] = np.zeros((384, 383))
   with pytest.raises(WeightsError, match=r'shape \(384, 383\)'):
     minilm.convert_minilm(state)
+  # A deeper model's file loaded as its first layers, without a word.
+  state = dict(state, **{'encoder.layer.6.output.dense.bias': np.zeros(384)})
+  with pytest.raises(
+      WeightsError, match=r'holds 7 layers \(encoder\.layer\.'
+      r'<i>\.\*\), its config 6'):
+    minilm.convert_minilm(state)
 
 
 # ------------------------------------------------------- missing weights ---

@@ -209,6 +209,8 @@ def convert_clip_text(
   c = config
   d = c.hidden_size
   what = 'CLIP text weights'
+  state_dicts.check_layer_count(state, f'{prefix}encoder.layers.', c.num_layers,
+                                what=what)
   take = functools.partial(state_dicts.take, state, what=what)
   dense = functools.partial(state_dicts.linear, state, what=what)
   norm = functools.partial(state_dicts.layer_norm, state, size=d, what=what)

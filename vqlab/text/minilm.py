@@ -201,6 +201,8 @@ def convert_minilm(
   c = config
   d = c.hidden_size
   what = 'MiniLM weights'
+  state_dicts.check_layer_count(state, 'encoder.layer.', c.num_layers,
+                                what=what)
   take = functools.partial(state_dicts.take, state, what=what)
   dense = functools.partial(state_dicts.linear, state, what=what)
   norm = functools.partial(state_dicts.layer_norm, state, size=d, what=what)

@@ -3,6 +3,7 @@ each checked against the shape the model expects: a missing or misshapen one
 is a one-line WeightsError naming it, never a broadcast or a KeyError."""
 
 from collections.abc import Mapping
+import re
 
 import numpy as np
 
@@ -54,3 +55,18 @@ def layer_norm(state: Mapping[str, np.ndarray], name: str, size: int, *,
       'scale': take(state, f'{name}.weight', (size,), what=what),
       'bias': take(state, f'{name}.bias', (size,), what=what)
   }
+
+
+def check_layer_count(state: Mapping[str, np.ndarray], layer_prefix: str,
+                      num_layers: int, *, what: str = '') -> None:
+  """Raises WeightsError when `state` holds layers `{layer_prefix}{i}.` with
+  i >= num_layers (the config's count): a file of a deeper model (e.g. 12
+  layers beside a 6-layer config.json) would load as its first layers."""
+  pattern = re.compile(re.escape(layer_prefix) + r'(\d+)\.')
+  layers = {int(m[1]) for k in state if (m := pattern.match(k))}
+  if layers and max(layers) >= num_layers:
+    where = f'{what}: ' if what else ''
+    raise WeightsError(
+        f'{where}the state dict holds {max(layers) + 1} layers '
+        f'({layer_prefix}<i>.*), its config {num_layers}: are the weights and '
+        'config.json of the same model?')
