@@ -20,9 +20,11 @@ from vqlab import tokenizers
 from vqlab.convert import __main__ as convert_main
 from vqlab.convert import maskgit_transformer
 from vqlab.convert import published
+from vqlab.errors import ConfigError
 from vqlab.errors import WeightsError
 from vqlab.nn import stack
 from vqlab.train import checkpoint
+from vqlab.train import run_record
 from vqlab.train import sampling
 from vqlab.train import state as train_state
 from vqlab.train import trained_tokenizer
@@ -238,6 +240,17 @@ def test_write_run_refuses_params_that_do_not_fit(tmp_path):
   bad = published.Converted(model_config, params, 16, 'bad file')
   with pytest.raises(WeightsError, match='bad file: .*not filled: to_pixels'):
     published.write_run(str(tmp_path / 'bad'), bad)
+  # Another run's config.json: the train loop's remedy was named
+  # (--allow_config_change, which the converter does not take).
+  good = published.Converted(*_tiny_tokenizer_params(), 16, 'good file')
+  other = published.run_config(good)
+  other.seed += 1
+  os.makedirs(tmp_path / 'other')
+  run_record.write(str(tmp_path / 'other'), other)
+  with pytest.raises(
+      ConfigError, match=r'^out_dir: .* holds the config.json of another run '
+      r'\(seed differs\): convert into a new directory$'):
+    published.write_run(str(tmp_path / 'other'), good)
 
 
 def test_a_run_that_switched_its_stacking_layout_still_loads(tmp_path):

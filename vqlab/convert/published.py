@@ -20,6 +20,7 @@ import numpy as np
 
 from vqlab import fileio
 from vqlab import tokenizers
+from vqlab.errors import ConfigError
 from vqlab.errors import WeightsError
 from vqlab.nn import stack
 from vqlab.train import checkpoint
@@ -287,6 +288,19 @@ def check_new_run_dir(out_dir: str) -> None:
                           'a new directory')
 
 
+def check_same_run_config(config: ml_collections.ConfigDict,
+                          out_dir: str) -> None:
+  """ConfigError naming out_dir when it holds the config.json of another run
+  (the train loop's check, whose remedy, --allow_config_change, is not the
+  converter's: a conversion goes into a new directory)."""
+  try:
+    run_record.check(config, out_dir, allow_change=False)
+  except ConfigError as e:
+    raise ConfigError(
+        'out_dir', f'{out_dir} holds the config.json of another run '
+        f'({e.key} differs): convert into a new directory') from e
+
+
 def write_run(out_dir: str, converted: Converted) -> dict[str, Any]:
   """Writes `converted` as a tokenizer run at step 0 in `out_dir`.
 
@@ -308,7 +322,7 @@ def write_run(out_dir: str, converted: Converted) -> dict[str, Any]:
   """
   check_new_run_dir(out_dir)
   config = run_config(converted)
-  run_record.check(config, out_dir, allow_change=False)
+  check_same_run_config(config, out_dir)
   task = tokenizer.TokenizerTask(config)
   size = config.data.train_image_size
   batch = {
@@ -470,7 +484,7 @@ def write_generator_run(out_dir: str, converted: Converted,
   """
   check_new_run_dir(out_dir)
   config = generator_run_config(converted, settings)
-  run_record.check(config, out_dir, allow_change=False)
+  check_same_run_config(config, out_dir)
   # The task without the frozen evaluation networks, which init does not use.
   build_config = ml_collections.ConfigDict(config.to_dict())
   build_config.eval.fid = build_config.eval.fvd = 'off'
