@@ -6,6 +6,7 @@ rgb_imagenet checkpoint, tests/goldens/i3d_tf_keys.json, written into a real
 TF checkpoint)."""
 
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +20,9 @@ from tests.goldens import seeded_weights
 from vqlab.errors import WeightsError
 from vqlab.evals import fvd
 from vqlab.nn import i3d
+from vqlab.weights import files
 from vqlab.weights import i3d as i3d_weights
+from vqlab.weights import torch_files
 
 
 @pytest.fixture(scope='module')
@@ -127,6 +130,12 @@ def test_weight_file_loads(state, tmp_path):
   loaded = i3d_weights.load_i3d_params(tmp_path)
   jax.tree.map(np.testing.assert_array_equal, loaded,
                i3d_weights.convert_pytorch_i3d(state))
+  # Another file there: named (it was not), and what it should be.
+  path = tmp_path / files.KNOWN_FILES['i3d_kinetics400'].filename
+  torch_files.save_state_dict(path, {'fc.weight': np.zeros((2, 2), np.float32)})
+  with pytest.raises(WeightsError, match=rf'^{re.escape(str(path))}: .*\(is '
+                     r'it .*\?\)$'):
+    i3d_weights.load_i3d_params(tmp_path)
 
 
 def test_missing_weight_file_names_file_and_directory(tmp_path):

@@ -215,4 +215,8 @@ def load_i3d_params(directory: str | os.PathLike | None = None) -> dict:
   match."""
   path = files.require('i3d_kinetics400', directory)
   state = torch_files.load_state_dict(path)
-  return jax.device_put(convert_pytorch_i3d(state))
+  try:
+    params = convert_pytorch_i3d(state)
+  except WeightsError as e:
+    raise files.not_that_file('i3d_kinetics400', path, e) from None
+  return jax.device_put(params)

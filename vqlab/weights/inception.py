@@ -103,4 +103,8 @@ def load_inception_params(directory: str | os.PathLike | None = None) -> dict:
   missing or does not match."""
   path = files.require('inception_fid', directory)
   state = torch_files.load_state_dict(path)
-  return jax.device_put(convert_inception(state))
+  try:
+    params = convert_inception(state)
+  except WeightsError as e:
+    raise files.not_that_file('inception_fid', path, e) from None
+  return jax.device_put(params)
