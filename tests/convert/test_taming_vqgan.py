@@ -86,6 +86,13 @@ def test_missing_tensor_is_named(tiny_state):
   with pytest.raises(WeightsError,
                      match=r'decoder\.up\.0\.block\.1\.conv1\.bias'):
     taming_vqgan.convert_state_dict(state)
+  # The one tensor the mid attention was inferred from: "19 tensors were not
+  # converted" before.
+  state = dict(tiny_state)
+  del state['encoder.mid.attn_1.q.weight']
+  with pytest.raises(WeightsError,
+                     match=r"missing tensor 'encoder\.mid\.attn_1\.q\.weight'"):
+    taming_vqgan.convert_state_dict(state)
 
 
 def test_unknown_tensor_is_named(tiny_state):

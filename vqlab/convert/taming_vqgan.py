@@ -77,7 +77,10 @@ def infer_config(sd: published.StateDict) -> ml_collections.ConfigDict:
   config.channel_multipliers = widths.channel_multipliers
   config.num_res_blocks = widths.num_res_blocks
   config.attention_levels = tuple(attention)
-  config.mid_attention = 'encoder.mid.attn_1.q.weight' in sd
+  # From any of its tensors: one missing is then named as missing.
+  config.mid_attention = any(
+      k.startswith(('encoder.mid.attn_1.', 'decoder.mid.attn_1.'))
+      for k in sd.keys())
   config.z_channels = z_channels
   config.num_groups = NUM_GROUPS
   config.dropout_rate = 0.0
