@@ -208,8 +208,8 @@ def accumulate_gradients_and_outputs(
     x = jnp.reshape(x, (x.shape[0] // k, k) + x.shape[1:])
     return jnp.swapaxes(x, 0, 1)
 
-  def merge(
-      x):  # [k, B / k, ...] -> [B, ...]: row r of microbatch j is r k + j.
+  # [k, B / k, ...] -> [B, ...]: row r of microbatch j is example r k + j.
+  def merge(x):
     return jnp.reshape(jnp.swapaxes(x, 0, 1), (-1,) + x.shape[2:])
 
   micro = jax.tree.map(split, batch)
