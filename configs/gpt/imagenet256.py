@@ -3,11 +3,14 @@ al. 2021: 'cond_transformer' with a class token).
 
 Tokens: the taming VQGAN f=16 (configs/vqgan/taming_f16.py, 1024 codes,
 16x16) trained in workdirs/vqgan_taming_f16. Transformer: 24 layers, 16
-heads, width 1536 (680M; taming's published class-conditional ImageNet
-model is 48 layers, 24 heads, width 1536, 1.4B, on a 16384-code VQGAN: set
-model.num_layers = 48, model.num_heads = 24 and such a tokenizer for it;
-the released model itself converts, over its own first stage: README,
-"Published checkpoints");
+heads, width 1536 (685M): half the depth of taming's published
+class-conditional ImageNet model (48 layers, 24 heads, width 1536, 1.4B, on
+a 16384-code VQGAN: set model.num_layers = 48, model.num_heads = 24 and
+such a tokenizer for it; the released model itself converts, over its own
+first stage: README, "Published checkpoints"), the size benchmarks/
+paper_scale.py tracks. The paper's remark that 16x16 sequences are the
+longest a GPT2-medium trains on (307M: model.width = 1024, model.mlp_dim =
+4096) sizes neither;
 minGPT's blocks (`model.block_style = 'taming'`);
 AdamW (0.9, 0.95), weight decay 0.01 on the dense weights, lr 4.5e-6 x
 batch; images as taming's loader makes them (shorter side to 256, random

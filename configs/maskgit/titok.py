@@ -56,6 +56,9 @@ def get_config(variant: str = 'l32'):
   config.model.token_shape = (num_tokens,)
   config.model.tied_heads = False
   config.model.exact_gelu = True
+  # The release's ImageTransform (antialiased bicubic), as the tokenizer's
+  # configs/titok: tokens of the pixels it was trained on.
+  config.data.resize_method = 'bicubic'
   # The base's label smoothing and label dropout (0.1), token batches, TF
   # Inception input (the release's torch-fidelity), EMA decay and 8 steps
   # are the release's too.

@@ -50,7 +50,8 @@ def get_config():
   config.train.checkpoint_every = 1_000
   config.text.max_length = 77
   # The release's classifier-free COCO sampling (inference_VQ_Diffusion.py):
-  # no truncation, guidance s = 3.
+  # no truncation, guidance s = 3; but in the class config's 25 fast-sampler
+  # steps where the release walks all 100 (sample.diffusion_steps = 0 does).
   config.sample.truncation = 1.0
   config.sample.guidance_scale = 2.0  # s = 1 + w = 3.
   # No sample.prompts: samples take the val captions in order, as FID needs

@@ -1,6 +1,8 @@
 """The generator task's shared `loss` / `sample` sections against the model:
 a setting the chosen generator would ignore is a ConfigError naming it."""
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -306,3 +308,23 @@ def test_settings_read_lists_every_key_loss_and_sample_read(make_config):
       params, cond)
   assert log and log <= generator_config.settings_read(config), (
       log - generator_config.settings_read(config))
+
+
+@pytest.mark.parametrize('generator, tokenizer', [
+    ('gpt.imagenet256', 'vqgan.taming_f16'),
+    ('maskgit.titok:l32', 'titok.l32:2'),
+    ('maskgit.titok:b64', 'titok.b64:2'),
+])
+def test_paper_generators_tokenize_images_as_their_tokenizers_saw_them(
+    generator, tokenizer):
+  """Where the releases share one image transform, the generator's tokens
+  come from images resized as the tokenizer's training images were."""
+
+  def data_of(name):
+    module, _, argument = name.partition(':')
+    get_config = importlib.import_module(f'configs.{module}').get_config
+    return (get_config(argument) if argument else get_config()).data
+
+  made, seen = data_of(generator), data_of(tokenizer)
+  assert (made.resize_method, made.image_size) == (seen.resize_method,
+                                                   seen.image_size)
