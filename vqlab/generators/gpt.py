@@ -34,6 +34,7 @@ import numpy as np
 
 from vqlab.errors import ConfigError
 from vqlab.generators import api
+from vqlab.nn import linear
 from vqlab.nn import transformer
 from vqlab.nn.transformer import Transformer
 
@@ -90,16 +91,18 @@ class GPT(nn.Module):
       raise ValueError(f'condition must be one of {CONDITIONS}, '
                        f'got {self.condition!r}')
     init = nn.initializers.normal(0.02)
+    # The tables look up in float32 (then cast): a bfloat16 table would sum
+    # the gradient of a code's many occurrences in bfloat16.
     self.token_embed = nn.Embed(self.vocab_size, self.width,
-                                embedding_init=init, dtype=self.dtype)
+                                embedding_init=init)
     if self.condition == 'none':
       self.start_embedding = self.param('start_embedding', init, (self.width,))
     elif self.condition == 'class':
       self.class_embed = nn.Embed(self.num_classes + 1, self.width,
-                                  embedding_init=init, dtype=self.dtype)
+                                  embedding_init=init)
     else:
       self.cond_embed = nn.Embed(self.cond_vocab_size, self.width,
-                                 embedding_init=init, dtype=self.dtype)
+                                 embedding_init=init)
     taming = self.block_style == 'taming'
     # minGPT's inits: positions from 0, every Linear's weight N(0, 0.02).
     self.pos_embedding = self.param(
@@ -115,8 +118,8 @@ class GPT(nn.Module):
     # Logits in float32 (as MaxText's logits_dot_in_fp32): a bfloat16 head
     # rounds them to 8 significant bits, ties that top-k/top-p then break
     # arbitrarily.
-    self.head = nn.Dense(self.vocab_size, dtype=jnp.float32, kernel_init=init,
-                         use_bias=not taming)
+    self.head = linear.Dense(self.vocab_size, dtype=jnp.float32,
+                             kernel_init=init, use_bias=not taming)
 
   def embed_prefix(self, cond: Any, batch_size: int) -> jax.Array:
     """Condition embeddings [B, P, width] (no position embedding).
@@ -130,13 +133,13 @@ class GPT(nn.Module):
     if self.condition == 'none':
       if cond is not None:
         raise ValueError("condition 'none' takes cond=None")
-      return jnp.broadcast_to(self.start_embedding.astype(self.dtype),
-                              (batch_size, 1, self.width))
+      return linear.broadcast_param(self.start_embedding,
+                                    (batch_size, 1, self.width), self.dtype)
     if self.condition == 'class':
       if cond is None:
         cond = jnp.full((batch_size,), self.null_class, jnp.int32)
       api.check_class_ids(cond, batch_size, self.num_classes, 'GPT')
-      return self.class_embed(cond)[:, None]
+      return self.class_embed(cond)[:, None].astype(self.dtype)
     if cond is None:
       raise ValueError("condition 'tokens' needs cond [B, cond_length]")
     cond = jnp.reshape(cond, (jnp.shape(cond)[0],
@@ -148,13 +151,13 @@ class GPT(nn.Module):
     api.check_ids(
         cond, self.cond_vocab_size,
         f'condition token ids (cond_vocab_size={self.cond_vocab_size})')
-    return self.cond_embed(cond)
+    return self.cond_embed(cond).astype(self.dtype)
 
   def embed_tokens(self, tokens: jax.Array) -> jax.Array:
     """Image token ids [B, n] -> embeddings [B, n, width]."""
     api.check_ids(tokens, self.vocab_size,
                   f'token ids (vocab_size={self.vocab_size})')
-    return self.token_embed(tokens)
+    return self.token_embed(tokens).astype(self.dtype)
 
   def _logits(self, h: jax.Array, train: bool) -> jax.Array:
     """Causal transformer (cached when decoding) and head: float32 logits."""
@@ -181,8 +184,8 @@ class GPT(nn.Module):
     api.check_ids(tokens, self.vocab_size,
                   f'token ids (vocab_size={self.vocab_size})')
     prefix = self.embed_prefix(cond, jnp.shape(tokens)[0])
-    h = jnp.concatenate([prefix, self.token_embed(tokens[:, :-1])], axis=1)
-    h = h + self.pos_embedding[:h.shape[1]].astype(h.dtype)
+    h = jnp.concatenate([prefix, self.embed_tokens(tokens[:, :-1])], axis=1)
+    h = linear.add_bias(h, self.pos_embedding[:h.shape[1]])
     return self._logits(h, train)[:, self.prefix_length - 1:]
 
   def decode_step(self, x: jax.Array, position: jax.Array) -> jax.Array:

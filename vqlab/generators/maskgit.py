@@ -44,6 +44,7 @@ import numpy as np
 from vqlab.errors import ConfigError
 from vqlab.generators import api
 from vqlab.generators import mask_schedule
+from vqlab.nn import linear
 from vqlab.nn import norms
 from vqlab.nn import transformer
 from vqlab.nn.transformer import Transformer
@@ -207,8 +208,8 @@ class MaskGIT(nn.Module):
     heads = []
     for f, size in enumerate(self.vocab_sizes):
       if self.tied_heads:
-        h = nn.Dense(self.width, dtype=self.dtype, kernel_init=kernel_init,
-                     name=f'tied_head_{f}')(x)
+        h = linear.Dense(self.width, dtype=self.dtype, kernel_init=kernel_init,
+                         name=f'tied_head_{f}')(x)
         h = norms.LayerNorm(epsilon, dtype=self.dtype,
                             name=f'tied_head_norm_{f}')(nn.gelu(h))
         bias = self.param(f'tied_head_bias_{f}', nn.initializers.zeros, (size,))
@@ -217,7 +218,7 @@ class MaskGIT(nn.Module):
       else:
         # float32 logits (bfloat16 ones have 8 significant bits, ties in
         # the confidences), as the tied path's float32 attend.
-        logits = nn.Dense(
+        logits = linear.Dense(
             size, dtype=jnp.float32,
             kernel_init=(kernel_init
                          if bert else nn.linear.default_kernel_init),

@@ -91,6 +91,7 @@ from vqlab import config_schema
 from vqlab.errors import ConfigError
 from vqlab.generators import api
 from vqlab.generators import discrete_diffusion as dd
+from vqlab.nn import linear
 from vqlab.nn import norms
 from vqlab.nn import transformer
 from vqlab.nn import vq_diffusion_release as release
@@ -213,8 +214,8 @@ class VQDiffusion(nn.Module):
     self._check_text(cond, batch)
     mask = cond['mask'].astype(bool)
     if self.text_encoder == 'frozen':
-      states = nn.Dense(self.width, dtype=self.dtype,
-                        name='text_proj')(cond['states'].astype(self.dtype))
+      states = linear.Dense(self.width, dtype=self.dtype,
+                            name='text_proj')(cond['states'].astype(self.dtype))
     else:
       ids = cond['ids'].astype(jnp.int32)
       states = nn.Embed(BYTE_VOCAB, self.width, name='byte_embed')(ids)
@@ -225,7 +226,7 @@ class VQDiffusion(nn.Module):
                            name='text_encoder')(
                                (states + pos).astype(self.dtype), attn_mask)
     if drop is not None:
-      null_states = jnp.broadcast_to(null.astype(states.dtype), states.shape)
+      null_states = linear.broadcast_param(null, states.shape, states.dtype)
       states = jnp.where(drop[:, None, None], null_states, states)
       first = jnp.arange(mask.shape[1]) == 0
       mask = jnp.where(drop[:, None], first[None], mask)
@@ -261,9 +262,9 @@ class VQDiffusion(nn.Module):
                      (self.num_tokens, self.width))
     x = (x + pos).astype(self.dtype)
     emb = timestep_embedding(t, self.width)
-    emb = nn.Dense(self.width, dtype=self.dtype, name='time_mlp_0')(emb)
-    emb = nn.Dense(self.width, dtype=self.dtype,
-                   name='time_mlp_1')(nn.silu(emb))
+    emb = linear.Dense(self.width, dtype=self.dtype, name='time_mlp_0')(emb)
+    emb = linear.Dense(self.width, dtype=self.dtype,
+                       name='time_mlp_1')(nn.silu(emb))
     context, context_mask = self._context(cond, drop, batch)
     classes, labels = 0, None
     if self.condition == 'class':  # The blocks' class AdaLN (+ null row).
@@ -278,7 +279,7 @@ class VQDiffusion(nn.Module):
     x = norms.LayerNorm(dtype=jnp.float32, name='final_norm')(x)
     # float32 logits: bfloat16 ones have 8 significant bits (ties in
     # truncation and the purity sampler's maxima).
-    logits = nn.Dense(self.vocab_size, dtype=jnp.float32, name='head')(x)
+    logits = linear.Dense(self.vocab_size, dtype=jnp.float32, name='head')(x)
     log_p = jax.nn.log_softmax(logits, axis=-1)
     return jnp.concatenate(
         [log_p, jnp.full(log_p.shape[:-1] + (1,), dd.LOG_ZERO)], axis=-1)
@@ -307,8 +308,8 @@ class VQDiffusion(nn.Module):
                                  remat_policy=self.remat_policy)
     x = norms.LayerNorm(release.LAYER_NORM_EPSILON, dtype=jnp.float32,
                         name='final_norm')(x)
-    logits = nn.Dense(self.vocab_size, dtype=jnp.float32, kernel_init=init,
-                      name='head')(x)
+    logits = linear.Dense(self.vocab_size, dtype=jnp.float32, kernel_init=init,
+                          name='head')(x)
     log_p = jnp.maximum(jax.nn.log_softmax(logits, axis=-1),
                         release.LOG_PROB_FLOOR)
     return jnp.concatenate(

@@ -16,6 +16,7 @@ import ml_collections
 
 from vqlab import config_schema
 from vqlab.nn import blur
+from vqlab.nn import linear
 from vqlab.registry import Registry
 
 
@@ -73,7 +74,7 @@ class PatchGAN(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: [B, H, W, C] -> logits [B, H', W', 1] (float32)."""
     _check_images('PatchGAN', x)
-    conv = lambda f, s, h: nn.Conv(f, (4, 4), strides=(s, s), padding=(
+    conv = lambda f, s, h: linear.Conv(f, (4, 4), strides=(s, s), padding=(
         (1, 1),
         (1, 1)), dtype=self.dtype, kernel_init=nn.initializers.normal(0.02))(h)
     h = nn.leaky_relu(conv(self.base_features, 2, x.astype(self.dtype)), 0.2)
@@ -134,14 +135,14 @@ class BlurResBlock(nn.Module):
     window = (3,) * (x.ndim - 2)
     point = (1,) * (x.ndim - 2)
     h = nn.leaky_relu(
-        nn.Conv(x.shape[-1], window, dtype=self.dtype, kernel_init=_XAVIER,
-                name='conv1')(x), 0.2)
+        linear.Conv(x.shape[-1], window, dtype=self.dtype, kernel_init=_XAVIER,
+                    name='conv1')(x), 0.2)
     h = _blur_down(h)
     h = nn.leaky_relu(
-        nn.Conv(self.features, window, dtype=self.dtype, kernel_init=_XAVIER,
-                name='conv2')(h), 0.2)
-    skip = nn.Conv(self.features, point, use_bias=False, dtype=self.dtype,
-                   kernel_init=_XAVIER, name='skip')(_blur_down(x))
+        linear.Conv(self.features, window, dtype=self.dtype,
+                    kernel_init=_XAVIER, name='conv2')(h), 0.2)
+    skip = linear.Conv(self.features, point, use_bias=False, dtype=self.dtype,
+                       kernel_init=_XAVIER, name='skip')(_blur_down(x))
     return (h + skip) / math.sqrt(2.0)
 
 
@@ -173,14 +174,15 @@ class StyleGANDiscriminator(nn.Module):
                        f'is not divisible by 2^{len(self.channel_multipliers)}')
     window = (3,) * (x.ndim - 2)
     h = nn.leaky_relu(
-        nn.Conv(self.base_features, window, dtype=self.dtype,
-                kernel_init=_XAVIER, name='stem')(x.astype(self.dtype)), 0.2)
+        linear.Conv(self.base_features, window, dtype=self.dtype,
+                    kernel_init=_XAVIER, name='stem')(x.astype(self.dtype)),
+        0.2)
     for level, mult in enumerate(self.channel_multipliers):
       h = BlurResBlock(self.base_features * mult, dtype=self.dtype,
                        name=f'down_{level}')(h)
     h = nn.leaky_relu(
-        nn.Conv(h.shape[-1], window, dtype=self.dtype, kernel_init=_XAVIER,
-                name='head_conv')(h), 0.2)
+        linear.Conv(h.shape[-1], window, dtype=self.dtype, kernel_init=_XAVIER,
+                    name='head_conv')(h), 0.2)
     if h.ndim == 5:
       # Average over time, so one discriminator scores clips of any length
       # (and images as 1-frame videos, for joint image-video training).
@@ -188,10 +190,10 @@ class StyleGANDiscriminator(nn.Module):
     width = h.shape[-1]
     h = h.reshape((h.shape[0], -1))
     h = nn.leaky_relu(
-        nn.Dense(width, dtype=self.dtype, kernel_init=_XAVIER,
-                 name='head_dense')(h), 0.2)
-    return nn.Dense(1, dtype=self.dtype, kernel_init=_XAVIER,
-                    name='logit')(h).astype(jnp.float32)
+        linear.Dense(width, dtype=self.dtype, kernel_init=_XAVIER,
+                     name='head_dense')(h), 0.2)
+    return linear.Dense(1, dtype=self.dtype, kernel_init=_XAVIER,
+                        name='logit')(h).astype(jnp.float32)
 
 
 # ------------------------------------------------------------- registry ---

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vqlab.nn import linear
 from vqlab.nn import remat
 from vqlab.nn.resnet import FRAME_AXES
 
@@ -99,8 +100,8 @@ class AdaptiveGroupNorm(nn.Module):
     if self.pooled:
       return self._pooled(h, z_q, x.shape[1:4])
     project = lambda name: resize_latent(
-        nn.Dense(channels, kernel_init=nn.initializers.zeros, dtype=self.dtype,
-                 name=name)(z_q), x.shape[1:4])
+        linear.Dense(channels, kernel_init=nn.initializers.zeros, dtype=self.
+                     dtype, name=name)(z_q), x.shape[1:4])
     return h * (1 + project('scale')) + project('shift')
 
   def _pooled(self, h: jax.Array, z_q: jax.Array,
@@ -119,11 +120,12 @@ class AdaptiveGroupNorm(nn.Module):
     var = jnp.sum((z - mean)**2, axis=(2, 3), keepdims=True) / (positions - 1)
     std = jnp.sqrt(var + self.epsilon)
     channels = h.shape[-1]
-    scale = nn.Dense(channels, kernel_init=nn.initializers.zeros,
-                     bias_init=nn.initializers.ones, dtype=self.dtype,
-                     name='scale')(std.astype(self.dtype))
-    shift = nn.Dense(channels, kernel_init=nn.initializers.zeros,
-                     dtype=self.dtype, name='shift')(mean.astype(self.dtype))
+    scale = linear.Dense(channels, kernel_init=nn.initializers.zeros,
+                         bias_init=nn.initializers.ones, dtype=self.dtype,
+                         name='scale')(std.astype(self.dtype))
+    shift = linear.Dense(channels, kernel_init=nn.initializers.zeros,
+                         dtype=self.dtype,
+                         name='shift')(mean.astype(self.dtype))
     frames = latent_frame_index(size[0], z.shape[1])
     scale, shift = (jnp.take(v, frames, axis=1) for v in (scale, shift))
     return h * scale + shift

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vqlab.nn import linear
 from vqlab.nn.resnet import group_norm
 
 
@@ -42,12 +43,12 @@ class SpatialSelfAttention(nn.Module):
     """x: [B, H, W, C] -> [B, H, W, C]."""
     batch, height, width, channels = x.shape
     h = group_norm(self.num_groups, self.dtype, 'norm')(x)
-    q, k, v = (nn.Dense(channels, dtype=self.dtype,
-                        name=n)(h).reshape(batch, height * width, channels)
+    q, k, v = (linear.Dense(channels, dtype=self.dtype,
+                            name=n)(h).reshape(batch, height * width, channels)
                for n in ('query', 'key', 'value'))
     h = dot_product_attention(q[:, :, None], k[:, :, None], v[:, :, None])
     h = h.reshape(batch, height, width, channels)
-    return x + nn.Dense(channels, dtype=self.dtype, name='out')(h)
+    return x + linear.Dense(channels, dtype=self.dtype, name='out')(h)
 
 
 def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array,

@@ -29,6 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vqlab.nn import linear
+
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
   """TF 'SAME' (low, high) padding of one axis: output ceil(size / stride)."""
@@ -68,7 +70,7 @@ class CausalConv3D(nn.Module):
                         (k_t, k_h, k_w, x.shape[-1], self.features))
     bias = (self.param('bias', nn.initializers.zeros,
                        (self.features,)) if self.use_bias else None)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
     x = jnp.pad(x, ((0, 0), (k_t - 1, 0), (0, 0), (0, 0), (0, 0)), mode='edge')
     if self.spatial_padding == 'same':
       spatial = (same_padding(x.shape[2], k_h,
@@ -81,4 +83,4 @@ class CausalConv3D(nn.Module):
     y = jax.lax.conv_general_dilated(
         x, kernel, window_strides=(s_t, s_h, s_w), padding=((0, 0),) + spatial,
         dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'))
-    return y + bias if bias is not None else y
+    return linear.add_bias(y, bias) if bias is not None else y

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vqlab.nn import linear
 from vqlab.nn import norms
 from vqlab.nn.attention import dot_product_attention
 from vqlab.nn.transformer import MlpBlock
@@ -38,8 +39,9 @@ class AdaLayerNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, emb: jax.Array) -> jax.Array:
-    modulation = nn.Dense(2 * x.shape[-1], kernel_init=nn.initializers.zeros,
-                          dtype=self.dtype, name='modulation')(nn.silu(emb))
+    modulation = linear.Dense(2 * x.shape[-1],
+                              kernel_init=nn.initializers.zeros,
+                              dtype=self.dtype, name='modulation')(nn.silu(emb))
     scale, shift = jnp.split(modulation[:, None], 2, axis=-1)
     # Recomputed in the backward pass (vqlab.nn.remat): else the float32
     # normalized and modulated [B, N, D] arrays are stored.
@@ -81,7 +83,7 @@ class ConditionedBlock(nn.Module):
     [B, L, C] and context_mask bool [B, L] (cross-attention), labels int [B]
     (the MLP's AdaLN on the block's class embedding instead of emb)."""
     drop = lambda h: nn.Dropout(self.dropout_rate)(h, deterministic=not train)
-    attention = lambda name: nn.MultiHeadDotProductAttention(
+    attention = lambda name: linear.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.
         dropout_rate, deterministic=not train, attention_fn=
         dot_product_attention, name=name)

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vqlab.nn import linear
 from vqlab.nn import norms
 from vqlab.nn import remat
 from vqlab.nn.causal_conv import CausalConv3D
@@ -56,8 +57,8 @@ class ResBlock2D(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     """x: [B, H, W, C] -> [B, H, W, features]."""
-    conv = lambda k, name: nn.Conv(self.features, (k, k), dtype=self.dtype,
-                                   use_bias=self.use_bias, name=name)
+    conv = lambda k, name: linear.Conv(self.features, (k, k), dtype=self.dtype,
+                                       use_bias=self.use_bias, name=name)
     h = remat.recomputed_swish(
         group_norm(self.num_groups, self.dtype, 'norm1')(x))
     h = conv(3, 'conv1')(h)

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vqlab.nn import linear
 from vqlab.nn.causal_conv import CausalConv3D
 from vqlab.nn.depth_to_space import depth_to_space
 
@@ -20,8 +21,8 @@ class Downsample2D(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
-    return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), padding='VALID',
-                   dtype=self.dtype, name='conv')(x)
+    return linear.Conv(x.shape[-1], (3, 3), strides=(2, 2), padding='VALID',
+                       dtype=self.dtype, name='conv')(x)
 
 
 def avg_pool_2x(x: jax.Array) -> jax.Array:
@@ -41,7 +42,7 @@ class Upsample2D(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-    return nn.Conv(x.shape[-1], (3, 3), dtype=self.dtype, name='conv')(x)
+    return linear.Conv(x.shape[-1], (3, 3), dtype=self.dtype, name='conv')(x)
 
 
 class CausalDownsample3D(nn.Module):

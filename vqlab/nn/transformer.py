@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from vqlab.nn import attention
+from vqlab.nn import linear
 from vqlab.nn import norms
 from vqlab.nn import remat
 from vqlab.nn import stack
@@ -56,7 +57,7 @@ class MlpBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     """x [..., D] -> [..., D]; `train` turns the hidden dropout on."""
-    dense = functools.partial(nn.Dense, dtype=self.dtype,
+    dense = functools.partial(linear.Dense, dtype=self.dtype,
                               kernel_init=self.kernel_init)
     h = remat.recomputed_gelu(
         dense(self.mlp_dim, name='fc1')(x), approximate=not self.exact_gelu)
@@ -111,7 +112,7 @@ class TransformerBlock(nn.Module):
     attention_fn = functools.partial(attention.dot_product_attention,
                                      is_causal=self.causal and not self.decode)
     h = x if self.post_norm else norm1(x)
-    h = nn.MultiHeadDotProductAttention(
+    h = linear.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype,
         dropout_rate=self.dropout_rate, decode=self.decode,
         deterministic=not train, attention_fn=attention_fn,

@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vqlab.nn import linear
+
 POSITION_INIT = nn.initializers.normal(stddev=0.02)
 
 
@@ -28,8 +30,8 @@ class PatchEmbed(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     p = self.patch_size
-    h = nn.Conv(self.width, (p, p), strides=(p, p), padding='VALID',
-                dtype=self.dtype, name='proj')(x)
+    h = linear.Conv(self.width, (p, p), strides=(p, p), padding='VALID',
+                    dtype=self.dtype, name='proj')(x)
     return h.reshape(h.shape[0], -1, self.width)
 
 
@@ -83,7 +85,7 @@ class GridPositionEmbedding(nn.Module):
     embedding = self.param('embedding', POSITION_INIT,
                            (init_grid[0] * init_grid[1], x.shape[-1]))
     pos = resize_grid_embedding(embedding, init_grid, grid)
-    return x + pos.astype(x.dtype)[None]
+    return linear.add_bias(x, pos)
 
 
 class TokenPositionEmbedding(nn.Module):
@@ -99,4 +101,4 @@ class TokenPositionEmbedding(nn.Module):
                        f'{self.length}')
     embedding = self.param('embedding', POSITION_INIT,
                            (self.length, x.shape[-1]))
-    return x + embedding[:x.shape[1]].astype(x.dtype)[None]
+    return linear.add_bias(x, embedding[:x.shape[1]])

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vqlab.nn import linear
 from vqlab.nn import norms
 from vqlab.nn.attention import dot_product_attention
 
@@ -55,8 +56,8 @@ class TableAdaLayerNorm(nn.Module):
     table = self.param('embedding', _INIT, (self.num_rows, width))
     rows = jnp.take(table, jnp.minimum(ids, self.num_rows - 1), axis=0)
     emb = jnp.where((ids >= self.num_rows)[:, None], table.mean(0), rows)
-    modulation = nn.Dense(2 * width, kernel_init=_INIT, dtype=self.dtype,
-                          name='modulation')(nn.silu(emb))
+    modulation = linear.Dense(2 * width, kernel_init=_INIT, dtype=self.dtype,
+                              name='modulation')(nn.silu(emb))
     scale, shift = jnp.split(modulation[:, None], 2, axis=-1)
     h = norms.LayerNorm(LAYER_NORM_EPSILON, use_scale=False, use_bias=False,
                         dtype=jnp.float32)(x)
@@ -74,10 +75,10 @@ class ConvMlp(nn.Module):
     """x [B, N, D] (N = grid rows x cols, row-major) -> [B, N, D]."""
     batch, _, width = x.shape
     h = x.reshape(batch, *self.grid, width)
-    h = nn.Conv(self.mlp_dim, (3, 3), padding=1, dtype=self.dtype,
-                name='conv1')(h)
-    h = nn.Conv(width, (3, 3), padding=1, dtype=self.dtype,
-                name='conv2')(gelu2(h))
+    h = linear.Conv(self.mlp_dim, (3, 3), padding=1, dtype=self.dtype,
+                    name='conv1')(h)
+    h = linear.Conv(width, (3, 3), padding=1, dtype=self.dtype,
+                    name='conv2')(gelu2(h))
     return h.reshape(x.shape)
 
 
@@ -105,7 +106,7 @@ class ReleaseBlock(nn.Module):
     drop = lambda h: nn.Dropout(self.dropout_rate)(h, deterministic=not train)
     h = TableAdaLayerNorm(self.num_timesteps, self.dtype,
                           name='norm_time')(x, t - 1)
-    attention = nn.MultiHeadDotProductAttention(
+    attention = linear.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype,
         dropout_rate=self.dropout_rate, deterministic=not train,
         kernel_init=_INIT, attention_fn=dot_product_attention,

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from vqlab.nn import linear
 from vqlab.quantizers import base
 
 
@@ -86,7 +87,7 @@ class GumbelQuantizer(nn.Module):
     return self.embedding_dim
 
   def setup(self):
-    self.to_logits = nn.Dense(self.codebook_size, name='to_logits')
+    self.to_logits = linear.Dense(self.codebook_size, name='to_logits')
     self.codebook = self.param('codebook', nn.initializers.normal(1.0),
                                (self.codebook_size, self.embedding_dim))
     self.step = base.step_counter(self)

@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from vqlab.nn import linear
 from vqlab.quantizers import base
 
 
@@ -243,8 +244,8 @@ class VectorQuantizer(nn.Module):
     else:
       self.codebook = self.param('codebook', init, shape)
     if self.projection_dim:
-      self.project_in = nn.Dense(self.projection_dim)
-      self.project_out = nn.Dense(self.embedding_dim)
+      self.project_in = linear.Dense(self.projection_dim)
+      self.project_out = linear.Dense(self.embedding_dim)
 
   def _raw_codebook(self) -> jax.Array:
     return self._codebook.value if self.ema else self.codebook

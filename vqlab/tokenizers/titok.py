@@ -53,6 +53,7 @@ import ml_collections
 from vqlab import checks
 from vqlab import quantizers
 from vqlab.errors import ConfigError
+from vqlab.nn import linear
 from vqlab.nn import norms
 from vqlab.nn import transformer
 from vqlab.nn import vit
@@ -99,7 +100,7 @@ def _with_class_token(module: nn.Module, h: jax.Array) -> jax.Array:
   """[B, L, D] -> [B, 1 + L, D] with the learned `class_token` first (its
   position embedding is folded into it)."""
   token = module.param('class_token', vit.POSITION_INIT, (h.shape[-1],))
-  token = jnp.broadcast_to(token.astype(h.dtype), (h.shape[0], 1, h.shape[-1]))
+  token = linear.broadcast_param(token, (h.shape[0], 1, h.shape[-1]), h.dtype)
   return jnp.concatenate([token, h], axis=1)
 
 
@@ -128,8 +129,8 @@ class TiTokEncoder(nn.Module):
     patches = vit.GridPositionEmbedding(self.init_grid,
                                         name='grid_position')(patches, grid)
     latents = self.param('latent_tokens', vit.POSITION_INIT, (k, width))
-    latents = jnp.broadcast_to(latents.astype(self.dtype),
-                               (x.shape[0], k, width))
+    latents = linear.broadcast_param(latents, (x.shape[0], k, width),
+                                     self.dtype)
     latents = vit.TokenPositionEmbedding(k, name='latent_position')(latents)
     h = jnp.concatenate([patches, latents], axis=1)
     if self.class_token:
@@ -139,7 +140,7 @@ class TiTokEncoder(nn.Module):
     h = _vit(self)(h, train=train)[:, -k:]
     if self.legacy_latent_layout:
       h = h.reshape(h.shape[0], width, k).transpose(0, 2, 1)
-    return nn.Dense(self.out_dim, dtype=self.dtype, name='to_code')(h)
+    return linear.Dense(self.out_dim, dtype=self.dtype, name='to_code')(h)
 
 
 class TiTokDecoder(nn.Module):
@@ -159,12 +160,12 @@ class TiTokDecoder(nn.Module):
   def __call__(self, quantized: jax.Array, grid: tuple[int, int], *,
                train: bool) -> jax.Array:
     width, batch = self.size.width, quantized.shape[0]
-    z = nn.Dense(width, dtype=self.dtype, name='from_code')(quantized)
+    z = linear.Dense(width, dtype=self.dtype, name='from_code')(quantized)
     z = vit.TokenPositionEmbedding(self.num_latent_tokens,
                                    name='latent_position')(z)
     mask = self.param('mask_token', vit.POSITION_INIT, (width,))
-    mask = jnp.broadcast_to(mask.astype(self.dtype),
-                            (batch, grid[0] * grid[1], width))
+    mask = linear.broadcast_param(mask, (batch, grid[0] * grid[1], width),
+                                  self.dtype)
     mask = vit.GridPositionEmbedding(self.init_grid, name='grid_position')(mask,
                                                                            grid)
     h = jnp.concatenate([mask, z], axis=1)
@@ -256,16 +257,17 @@ class TiTok(nn.Module):
                                 **shared)
     self.decoder = TiTokDecoder(size=ViTSize(*self.decoder_size), **shared)
     if self.decoder_output == 'pixels':
-      self.to_pixels = nn.Dense(self.patch_size**2 * self.in_channels,
-                                dtype=self.dtype)
+      self.to_pixels = linear.Dense(self.patch_size**2 * self.in_channels,
+                                    dtype=self.dtype)
     else:
       # The proxy-code head computes in float32, as the generators' heads:
       # bfloat16 logits tie (1.6% of a tiny model's top codes) and pick
       # other argmax codes.
       if self.proxy_head_hidden:
-        self.proxy_hidden = nn.Dense(self.proxy_head_hidden, dtype=jnp.float32)
-      self.to_proxy_logits = nn.Dense(self.proxy_codebook_size,
-                                      dtype=jnp.float32)
+        self.proxy_hidden = linear.Dense(self.proxy_head_hidden,
+                                         dtype=jnp.float32)
+      self.to_proxy_logits = linear.Dense(self.proxy_codebook_size,
+                                          dtype=jnp.float32)
 
   def _grid(self, grid_size) -> tuple[int, int]:
     grid = self.grid_size if grid_size is None else _pair(grid_size)

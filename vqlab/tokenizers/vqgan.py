@@ -26,6 +26,7 @@ import ml_collections
 from vqlab import checks
 from vqlab import quantizers
 from vqlab.errors import ConfigError
+from vqlab.nn import linear
 from vqlab.nn import remat
 from vqlab.nn.attention import SpatialSelfAttention
 from vqlab.nn.resnet import group_norm
@@ -70,8 +71,8 @@ class Encoder(nn.Module):
     res = lambda c, h: ResBlock2D(c, self.num_groups, self.dropout_rate, self.
                                   dtype, self.res_conv_bias, self.shortcut_quirk
                                  )(h, train=train)
-    h = nn.Conv(self.channels, (3, 3), dtype=self.dtype,
-                use_bias=self.conv_in_bias, name='conv_in')(x)
+    h = linear.Conv(self.channels, (3, 3), dtype=self.dtype,
+                    use_bias=self.conv_in_bias, name='conv_in')(x)
     last = len(self.channel_multipliers) - 1
     for level, multiplier in enumerate(self.channel_multipliers):
       for _ in range(self.num_res_blocks):
@@ -87,8 +88,8 @@ class Encoder(nn.Module):
     h = remat.recomputed_swish(
         group_norm(self.num_groups, self.dtype, 'norm_out')(h))
     k = self.conv_out_kernel
-    return nn.Conv(self.z_channels, (k, k), dtype=self.dtype,
-                   name='conv_out')(h)
+    return linear.Conv(self.z_channels, (k, k), dtype=self.dtype,
+                       name='conv_out')(h)
 
 
 class Decoder(nn.Module):
@@ -115,7 +116,7 @@ class Decoder(nn.Module):
                                   dtype, self.res_conv_bias, self.shortcut_quirk
                                  )(h, train=train)
     width = self.channels * self.channel_multipliers[-1]
-    h = nn.Conv(width, (3, 3), dtype=self.dtype, name='conv_in')(z)
+    h = linear.Conv(width, (3, 3), dtype=self.dtype, name='conv_in')(z)
     attention = (SpatialSelfAttention(self.num_groups, self.dtype)
                  if self.mid_attention else None)
     h = _mid_block(res, h, self.mid_res_blocks, attention)
@@ -184,11 +185,12 @@ class VQGAN(nn.Module):
                            conv_in_bias=self.conv_in_bias,
                            conv_out_kernel=self.conv_out_kernel, **shared)
     if self.quant_convs:
-      self.quant_conv = nn.Conv(self.quantizer.code_dim, (1, 1),
-                                dtype=self.dtype)
-      self.post_quant_conv = nn.Conv(self.z_channels, (1, 1), dtype=self.dtype)
+      self.quant_conv = linear.Conv(self.quantizer.code_dim, (1, 1),
+                                    dtype=self.dtype)
+      self.post_quant_conv = linear.Conv(self.z_channels, (1, 1),
+                                         dtype=self.dtype)
     self.decoder = Decoder(extra_block=self.decoder_extra_block, **shared)
-    self.to_pixels = nn.Conv(self.in_channels, (3, 3), dtype=self.dtype)
+    self.to_pixels = linear.Conv(self.in_channels, (3, 3), dtype=self.dtype)
 
   def encode(self, x: jax.Array, *, train: bool = False):
     """x: [B, H, W, C] -> (indices [B, H/f, W/f], QuantizerOutput)."""
