@@ -538,6 +538,10 @@ def test_importance_sampling_probabilities_are_the_official_codes():
   _, weight = vq_diffusion.sample_times(jax.random.key(0), 8, steps, state,
                                         'importance')
   np.testing.assert_allclose(weight, 1.0)
+  with pytest.raises(ValueError, match="'uniform' or 'importance', got 'Imp"):
+    vq_diffusion.sample_times(jax.random.key(0), 8, steps, state, 'Importance')
+  with pytest.raises(ValueError, match="'importance' needs the loss_state"):
+    vq_diffusion.sample_times(jax.random.key(0), 8, steps, None, 'importance')
 
 
 def test_loss_history_moves_each_drawn_t_once_by_its_last_example():

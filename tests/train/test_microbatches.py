@@ -145,7 +145,8 @@ def test_a_maskgit_step_is_the_same_in_two_microbatches(tokenizer_dir, tmp_path,
     return masked_loss(model, params, rng, tokens, labels, mask=mask, **kwargs)
 
   monkeypatch.setattr(maskgit, 'masked_loss', masked_by_content)
-  _assert_same_step(config, tmp_path, ('loss', 'nll', 'accuracy', 'grad_norm'))
+  _assert_same_step(config, tmp_path, ('loss', 'nll', 'accuracy', 'grad_norm',
+                                       'loss_weight', 'accuracy_weight'))
 
 
 def test_microbatches_must_divide_the_batch_over_the_devices():

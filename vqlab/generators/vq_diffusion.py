@@ -338,6 +338,12 @@ def sample_times(rng: jax.Array, batch_size: int, num_timesteps: int,
   official L_t is an example's sum over its `num_tokens` tokens, this
   history's their mean: its floors are 1e-10 / n^2 and 1e-4 / n here.
   """
+  if method not in ('uniform', 'importance'):
+    raise ValueError(f"time sampling must be 'uniform' or 'importance', got "
+                     f'{method!r}')
+  if method == 'importance' and loss_state is None:
+    raise ValueError("time sampling 'importance' needs the loss_state "
+                     '(init_loss_state(num_timesteps))')
   uniform = jnp.full((num_timesteps,), 1.0 / num_timesteps)
   if method == 'importance':
     lt_sq, count = loss_state['lt_sq'][1:], loss_state['lt_count'][1:]

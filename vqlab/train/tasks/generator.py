@@ -96,13 +96,20 @@ def _weighted_sums(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
   }
 
 
-def _weighted_means(sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
+def _weighted_means(sums: dict[str, jax.Array],
+                    num_microbatches: int) -> dict[str, jax.Array]:
   """`_weighted_sums`' metrics (as averaged over microbatches) back to means
-  over the terms of all microbatches."""
-  return {
-      k: v / _weight_of(sums, k) if k in _MEAN_WEIGHTS else v
-      for k, v in sums.items()
-  }
+  over the terms of all microbatches, and their weights to the batch's."""
+  weights = set(_MEAN_WEIGHTS.values())
+
+  def batch_metric(key, value):
+    if key in _MEAN_WEIGHTS:
+      return value / _weight_of(sums, key)
+    if key in weights:  # Their mean over the microbatches.
+      return value * num_microbatches
+    return value
+
+  return {k: batch_metric(k, v) for k, v in sums.items()}
 
 
 class GeneratorTask(base.Task):
@@ -333,7 +340,7 @@ class GeneratorTask(base.Task):
         grads_fn, batch, rng, None, self.config.train.microbatches)
     if in_pieces and 'loss_weight' in metrics:
       grads = jax.tree.map(lambda g: g / metrics['loss_weight'], grads)
-      metrics = _weighted_means(metrics)
+      metrics = _weighted_means(metrics, self.config.train.microbatches)
     loss_state = self.api.update_loss_state(state.loss_state, updates)
     metrics['learning_rate'] = optimizers.learning_rate(
         state.opt_state['model'], self.config.optimizer,
