@@ -598,13 +598,14 @@ def test_on_the_fly_tokens_give_the_same_eval_loss_as_shards(
   # Each eval batch draws its own MaskGIT masks: the same tokens as batch 1
   # are masked differently, and evaluate() sums the batches' own draws.
   again, _ = exp.eval_step(state, images, 1)
-  assert again['sums']['weight'] != expected['sums']['weight']
+  assert again['sums']['loss_weight'] != expected['sums']['loss_weight']
   second, _ = exp.eval_step(state,
                             exp.global_batch(list(exp.eval_data.batches())[1]),
                             1)
   np.testing.assert_allclose(
       on_the_fly['loss'], (expected['sums']['loss'] + second['sums']['loss']) /
-      (expected['sums']['weight'] + second['sums']['weight']), rtol=1e-5)
+      (expected['sums']['loss_weight'] + second['sums']['loss_weight']),
+      rtol=1e-5)
   # The run records the tokenizer checkpoint it reads by its digest; once
   # it saved a step, that tokenizer run trained again in its workdir (other
   # params at the same step) stops it, naming the key. (The check comes

@@ -365,7 +365,8 @@ class GeneratorTask(base.Task):
     timesteps (VQ-Diffusion) are drawn from `rng` (None: key(0)).
 
     Returns:
-      ({'sums': {'loss', 'accuracy', 'weight', 'count'}, 'mask': [B]}, {}).
+      ({'sums': {'loss', 'accuracy', 'loss_weight', 'count'} (and
+      'accuracy_weight' where the loss reports one), 'mask': [B]}, {}).
     """
     frozen = self.frozen if frozen is None else frozen
     mask = batch['mask'].astype(jnp.float32)
@@ -377,30 +378,24 @@ class GeneratorTask(base.Task):
                                   example_weights=mask,
                                   loss_state=state.loss_state)
     count = jnp.sum(mask)
-    weight = metrics.get('loss_weight', count)
-    # MaskGIT's accuracy is over masked tokens, its loss maybe over all.
-    accuracy_weight = metrics.get('accuracy_weight', weight)
-    sums = {
-        'loss': metrics['loss'] * weight,
-        'accuracy': metrics['accuracy'] * accuracy_weight,
-        'weight': weight,
-        'accuracy_weight': accuracy_weight,
-        'count': count
-    }
-    return {'sums': sums, 'mask': mask}, {}
+    # Means over the real examples, unless the loss says over which terms.
+    means = {'loss_weight': count}
+    means.update((k, v)
+                 for k, v in metrics.items()
+                 if k in ('loss', 'accuracy', 'loss_weight', 'accuracy_weight'))
+    return {'sums': {**_weighted_sums(means), 'count': count}, 'mask': mask}, {}
 
   def summarize_eval(self, acc) -> dict[str, float]:
     """{'loss', 'accuracy', 'num_examples'} over the eval set from an
     `EvalAccumulator` of `eval_step` sums (means by their weights; 0.0 when
     a weight is 0)."""
-    weight = float(acc.sums['weight'])
-    mean = lambda key: float(acc.sums[key]) / weight if weight else 0.0
+    sums = {k: float(v) for k, v in acc.sums.items()}
+    mean = lambda key: (sums[key] / _weight_of(sums, key)
+                        if _weight_of(sums, key) else 0.0)
     return {
         'loss': mean('loss'),
-        'accuracy':
-            (float(acc.sums['accuracy']) / float(acc.sums['accuracy_weight'])
-             if float(acc.sums['accuracy_weight']) else 0.0),
-        'num_examples': float(acc.sums['count'])
+        'accuracy': mean('accuracy'),
+        'num_examples': sums['count']
     }
 
   # ---------------------------------------------------------- sampling ---
