@@ -89,6 +89,8 @@ def test_encode_pad_to_truncation_and_decode(loaded):
   ids, mask = tokenizer.encode('A  Photo of a CAT!', max_length=77)
   assert ids.shape[0] == 1 and mask.all()
   assert tokenizer.decode(ids[0]) == 'a photo of a cat !'
+  with pytest.raises(ValueError, match=r'pad_to must be >= 2 .* got 1'):
+    tokenizer.encode('a cat', pad_to=1)
 
 
 def test_bpe_rules():

@@ -36,6 +36,7 @@ import unicodedata
 
 import numpy as np
 
+from vqlab.text import padded_batch
 from vqlab.text.special_tokens import split_special
 
 SPECIAL_TOKENS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')
@@ -236,15 +237,5 @@ class WordPieceTokenizer:
         pad_to)); None: L is the longest row (a fixed width avoids
         recompiling a jitted encoder for each batch).
     """
-    if isinstance(texts, str):
-      texts = [texts]
-    limit = max_length if pad_to is None else min(max_length, pad_to)
-    rows = [self.encode_one(t, limit) for t in texts]
-    width = pad_to if pad_to is not None else max(
-        (len(r) for r in rows), default=2)
-    ids = np.full((len(rows), width), self.pad_id, np.int32)
-    mask = np.zeros((len(rows), width), np.bool_)
-    for i, row in enumerate(rows):
-      ids[i, :len(row)] = row
-      mask[i, :len(row)] = True
-    return ids, mask
+    return padded_batch.encode_padded(self.encode_one, texts, max_length,
+                                      pad_to, self.pad_id)
