@@ -156,6 +156,9 @@ def test_missing_wrong_and_unknown_tensors_are_named(golden):
       **{'decoder.conv_out.weight': np.zeros((3, 3, 3, 3), np.float32)})
   with pytest.raises(WeightsError, match='is_legacy'):
     titok.convert_state_dict(modern, 'tiny', **kwargs)
+  nested = {f'model.{k}': v for k, v in tensors.items()}
+  with pytest.raises(WeightsError, match=r"tensors start with \['model'\]"):
+    titok.convert_state_dict(nested, 'tiny', **kwargs)
   no_levels = {
       k: v for k, v in tensors.items() if not k.startswith('pixel_decoder.up.')
   }

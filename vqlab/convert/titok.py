@@ -104,6 +104,12 @@ def model_config(sd: published.StateDict, num_heads: int = 0,
                  num_groups: int = 32,
                  scan_layers: bool = False) -> ml_collections.ConfigDict:
   """The vqlab 'titok' config of the checkpoint in `sd`, from its shapes."""
+  if 'encoder.patch_embed.weight' not in sd:
+    tops = sorted({key.split('.')[0] for key in sd.keys()})
+    raise WeightsError(
+        f"{sd.source}: no TiTok encoder.patch_embed.weight; the file's "
+        f'tensors start with {tops[:8]}: a state dict nested in a training '
+        "checkpoint (e.g. under 'model.') must be saved on its own first")
   if 'decoder.conv_out.weight' in sd or 'decoder.ffn.2.weight' not in sd:
     raise WeightsError(f'{sd.source}: only the released (is_legacy) TiTok '
                        'decoder with a proxy-code head is supported')
