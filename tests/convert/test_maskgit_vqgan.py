@@ -121,3 +121,16 @@ def test_missing_wrong_and_unknown_tensors_are_named(tmp_path):
       flax.serialization.msgpack_serialize({'params': [np.zeros(2)]}))
   with pytest.raises(WeightsError, match="expected 'params' to be a dict"):
     maskgit_vqgan.read_msgpack(str(tmp_path / 'e'))
+
+
+def test_arrays_beside_the_params_are_named(tmp_path, caplog):
+  params = {'Conv_0': {'kernel': np.ones((2, 2), np.float32)}}
+  (tmp_path / 'ema').write_bytes(
+      flax.serialization.msgpack_serialize({
+          'params': params,
+          'ema_params': params,
+          'step': 3
+      }))
+  tensors = maskgit_vqgan.read_msgpack(str(tmp_path / 'ema'))
+  assert list(tensors) == ['Conv_0.kernel']
+  assert "['ema_params'] beside them (an EMA copy?) are not read" in caplog.text

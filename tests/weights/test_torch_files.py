@@ -91,6 +91,28 @@ def test_lenient_never_calls_pickled_globals(tmp_path, layout):
   assert not marker.exists()
 
 
+def test_lenient_names_the_tensors_beside_the_state_dict(tmp_path, caplog):
+  """{'state_dict': sd, 'ema': sd'}: the state dict is read, and the
+  other tensors are named in a warning (not dropped without a word)."""
+  weight = np.arange(6, dtype=np.float32).reshape(2, 3)
+  state_dict = torch_files._pickle_state_dict([('w', weight, 'FloatStorage')])  # pylint: disable=protected-access
+  body = state_dict[2:-1]  # Without the protocol header and STOP.
+  nested = (b'\x80\x02}' + pickle.MARK + pickle.dumps('state_dict')[2:-1] +
+            body + pickle.dumps('ema')[2:-1] + body + pickle.SETITEMS +
+            pickle.STOP)
+  path = tmp_path / 'with_ema.ckpt'
+  _zip(
+      path, {
+          'ckpt/data.pkl': nested,
+          'ckpt/data/0': weight.tobytes(),
+          'ckpt/version': b'3\n'
+      })
+  loaded = load_state_dict(path, lenient=True)
+  assert list(loaded) == ['w']
+  np.testing.assert_array_equal(loaded['w'], weight)
+  assert "the tensors under ['ema'] (an EMA copy?) are not read" in caplog.text
+
+
 def test_save_then_load_round_trips_every_dtype(tmp_path):
   rng = np.random.default_rng(0)
   arrays = {

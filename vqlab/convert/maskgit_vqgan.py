@@ -26,6 +26,7 @@ checkpoint was trained).
 import os
 import re
 
+from absl import logging
 import flax.serialization
 import ml_collections
 import numpy as np
@@ -70,10 +71,25 @@ def read_msgpack(path: str) -> dict[str, np.ndarray]:
   if not isinstance(tree, dict):
     raise WeightsError(f'{path}: expected a dict of parameters, got '
                        f'{type(tree).__name__}')
+  if 'params' in tree:
+    others = [
+        str(key)
+        for key, value in tree.items()
+        if key != 'params' and _flat_arrays(value)
+    ]
+    if others:
+      logging.warning(
+          "%s: converting its 'params'; %s beside them (an EMA copy?) are "
+          'not read.', path, others)
   tree = tree.get('params', tree)
   if not isinstance(tree, dict):
     raise WeightsError(f"{path}: expected 'params' to be a dict of "
                        f'parameters, got {type(tree).__name__}')
+  return _flat_arrays(tree)
+
+
+def _flat_arrays(tree) -> dict[str, np.ndarray]:
+  """The arrays in nested dicts as {'a.b.c': array}; {} for a non-dict."""
   flat = {}
 
   def visit(node, prefix):
@@ -84,7 +100,8 @@ def read_msgpack(path: str) -> dict[str, np.ndarray]:
       elif isinstance(value, np.ndarray):
         flat[name] = value
 
-  visit(tree, '')
+  if isinstance(tree, dict):
+    visit(tree, '')
   return flat
 
 

@@ -35,6 +35,7 @@ import struct
 from typing import Any, BinaryIO, Callable, NamedTuple
 import zipfile
 
+from absl import logging
 import ml_dtypes
 import numpy as np
 
@@ -373,10 +374,20 @@ def _unpickle(data: BinaryIO, path: str,
   return unpickler.load(), unpickler.roots
 
 
-def _state_dict_of(obj: Any, lenient: bool) -> Any:
-  """A training checkpoint's 'state_dict' entry in lenient mode, else obj."""
+def _state_dict_of(obj: Any, lenient: bool, path: str) -> Any:
+  """A training checkpoint's 'state_dict' entry in lenient mode (logging
+  the entries beside it that hold tensors too, e.g. an EMA copy), else obj."""
   if lenient and isinstance(obj, dict) and isinstance(obj.get('state_dict'),
                                                       dict):
+    others = [
+        str(key)
+        for key, value in obj.items()
+        if key != 'state_dict' and isinstance(value, dict) and _tensors(value)
+    ]
+    if others:
+      logging.warning(
+          "%s: converting its 'state_dict'; the tensors under %s (an EMA "
+          'copy?) are not read.', path, others)
     return obj['state_dict']
   return obj
 
@@ -412,7 +423,7 @@ def _read_zip(file: BinaryIO, path: str,
       if byteorder not in (b'little', b'big'):
         raise _FormatError(f'unknown byte order {byteorder!r}')
     obj, roots = _unpickle(io.BytesIO(archive.read(pickles[0])), path, lenient)
-    tensors = _tensors(_state_dict_of(obj, lenient))
+    tensors = _tensors(_state_dict_of(obj, lenient, path))
     storages = {}
     for key in {t.storage.key for t in tensors.values()}:
       name = f'{prefix}data/{key}'
@@ -439,7 +450,7 @@ def _read_legacy(file: BinaryIO, path: str,
   # (THPStorage_writeFileRaw).
   _unpickle(file, path)
   obj, roots = _unpickle(file, path, lenient)
-  tensors = _tensors(_state_dict_of(obj, lenient))
+  tensors = _tensors(_state_dict_of(obj, lenient, path))
   keys, _ = _unpickle(file, path)
   if not isinstance(keys, list) or not set(keys) <= set(roots):
     raise _FormatError('the storage key list names unknown storages')
