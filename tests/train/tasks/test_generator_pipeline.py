@@ -170,7 +170,9 @@ def test_shards_of_a_tokenizer_trained_again_are_refused(
     tokenizer_dir, shards, tmp_path):
   """A tokenizer run trained anew in its workdir holds another checkpoint at
   the step the shards were made from: a generator on them (training on,
-  sampling) and a tokenize that continues them stop, naming it."""
+  sampling) and a tokenize that continues them stop, naming it. The same
+  run moved elsewhere (its params, checked by their checksum) is the one
+  the shards were made with."""
   _, summary = shards
   tok = trained_tokenizer.load(tokenizer_dir)
   recorded = token_shards.read_metadata(summary['tokens_dir'])
@@ -179,12 +181,22 @@ def test_shards_of_a_tokenizer_trained_again_are_refused(
   config.tokens.dir = str(tmp_path / 'tokens')
   shutil.copytree(summary['tokens_dir'], config.tokens.dir)
   generator.build(experiment_config.validate(config, 2))
+  # The same run moved elsewhere: the same params, so its tokens.
+  moved = copy.deepcopy(config)
+  moved.tokenizer.workdir = str(tmp_path / 'moved')
+  shutil.copytree(tokenizer_dir, moved.tokenizer.workdir)
+  read_shards = lambda config: generator.build(
+      experiment_config.validate(config, 2)).data_source('eval', 4, 0, 1)
+  read_shards(moved)
   recorded['tokenizer']['checksum'] = '0' * 32  # Made by another training.
   token_shards.write_metadata(config.tokens.dir, recorded)
   message = (r'^tokenizer\.workdir: step 1 of .* is not the checkpoint the '
              r'token shards in .*tokens were made from \(its params differ')
   with pytest.raises(ConfigError, match=message):
     generator.build(experiment_config.validate(config, 2))
+  with pytest.raises(ConfigError,
+                     match=f'set tokenizer.workdir = {tokenizer_dir} to train'):
+    read_shards(moved)
   with pytest.raises(ConfigError, match=message):
     pretokenize.tokenize(config, str(tmp_path / 'run'), devices=_devices())
 
@@ -360,23 +372,6 @@ def _train(tokenizer_dir, shards, workdir, model, steps):
   grid, = glob.glob(os.path.join(workdir, 'images', 'eval_samples_*.png'))
   assert np.asarray(Image.open(grid)).shape == (38, 74, 3)
   return config
-
-
-def test_shards_of_a_moved_tokenizer_name_the_key_to_set(
-    tokenizer_dir, shards, tmp_path):
-  """The same tokenizer run at the same step, moved: the message names
-  tokenizer.workdir, not the step it already has (a moved run is not taken
-  for the one the tokens came from: the path is its identity)."""
-  moved = str(tmp_path / 'moved_tokenizer')
-  shutil.copytree(tokenizer_dir, moved)
-  config = tiny.generator_config(moved)
-  config.tokens.dir = shards[1]['tokens_dir']
-  with pytest.raises(ConfigError) as e:
-    experiment.Experiment(config, str(tmp_path / 'run'), _devices())
-  message = str(e.value)
-  assert f'set tokenizer.workdir = {tokenizer_dir} to train' in message
-  assert 'a tokenizer run that was moved makes its tokens again' in message
-  assert 'tokenizer.step =' not in message
 
 
 def test_shards_of_other_data_are_refused(tokenizer_dir, shards, tmp_path):

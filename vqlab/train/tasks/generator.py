@@ -216,10 +216,13 @@ class GeneratorTask(base.Task):
                                       seed=self.config.data.get('seed', 0))
     recorded = source.metadata['tokenizer']
     fix = []
-    if fileio.absolute(recorded['workdir']) != fileio.absolute(
+    # A run elsewhere is the same tokenizer only by its params' checksum
+    # (a moved run): another run of the same config and step would decode
+    # these tokens wrong, silently. Shards of older vqlab record none.
+    moved = (recorded.get('checksum') is not None and
+             recorded['checksum'] == self.tokenizer.checksum)
+    if not moved and fileio.absolute(recorded['workdir']) != fileio.absolute(
         self.tokenizer.workdir):
-      # A moved run is not taken for the same tokenizer: another one of the
-      # same config and step would decode these tokens wrong, silently.
       fix.append(f'tokenizer.workdir = {recorded["workdir"]}')
     if recorded['step'] != self.tokenizer.step:
       fix.append(f'tokenizer.step = {recorded["step"]}')
@@ -230,7 +233,8 @@ class GeneratorTask(base.Task):
           f'tokenizer.workdir/step name {self.tokenizer.workdir} at step '
           f'{self.tokenizer.step}: set {" and ".join(fix)} to train on these '
           'tokens, or run --mode=tokenize again into another tokens.dir '
-          '(a tokenizer run that was moved makes its tokens again)')
+          '(a tokenizer run that was moved is the same one: its params are '
+          'checked, not its path)')
     generator_checks.check_shards_data(source.metadata.get('data', {}),
                                        self.config.data, directory)
     recorded = source.metadata.get('condition', {'image': 'none'})
