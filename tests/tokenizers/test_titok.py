@@ -6,6 +6,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -19,6 +20,7 @@ from vqlab.nn import vit
 from vqlab.quantizers import base as quantizer_base
 from vqlab.quantizers import lfq
 from vqlab.train import experiment_config
+from vqlab.train import trained_tokenizer
 from vqlab.train.tasks import tokenizer
 
 K = 4  # Latent tokens of the tiny model.
@@ -305,3 +307,17 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
   x_rec, out = jax.eval_shape(model.apply, variables, image)
   assert x_rec.dtype == out.quantized.dtype == jnp.float32
+
+
+def test_a_trained_titok_encodes_only_pictures_of_its_training_size():
+  """Its 1D tokens do not record a picture's size, and decode gives the
+  training size: another size is refused, not silently resized back."""
+  config = ml_collections.ConfigDict(
+      {'model': tokenizers.default_config('titok')})
+  config.model.image_size = 48
+  tok = trained_tokenizer.TrainedTokenizer(model=None, variables={},
+                                           config=config, workdir='run', step=1)
+  with pytest.raises(
+      ValueError, match=r'^run: a TiTok tokenizer encodes pictures of its '
+      r'training size 48x48 .* got pictures of shape \(2, 32, 32, 3\)'):
+    tok.encode({}, jnp.zeros((2, 32, 32, 3)))

@@ -72,7 +72,19 @@ class TrainedTokenizer:
     return shape[:-1] if self.factor_vocab_sizes else shape
 
   def encode(self, variables, x: jax.Array) -> jax.Array:
-    """x [B, (T,) H, W, C] in [-1, 1] -> int32 indices [B, *token_shape(, F)]."""
+    """x [B, (T,) H, W, C] in [-1, 1] -> int32 indices [B, *token_shape(, F)].
+
+    A 1D tokenizer (TiTok) takes pictures of its training size only: its
+    tokens do not record a picture's size, and `decode` gives that size.
+    """
+    if self.config.model.name == 'titok':
+      height, width = np.broadcast_to(self.config.model.image_size, (2,))
+      if tuple(jnp.shape(x)[-3:-1]) != (height, width):
+        raise ValueError(
+            f'{self.workdir}: a TiTok tokenizer encodes pictures of its '
+            f'training size {height}x{width} (its 1D tokens do not record a '
+            f'size, and decode gives {height}x{width}), got pictures of '
+            f'shape {tuple(jnp.shape(x))}: resize them to {height}x{width}')
     indices, _ = self.model.apply(variables, x, method=self.model.encode)
     return indices.astype(jnp.int32)
 
@@ -80,8 +92,9 @@ class TrainedTokenizer:
     """int indices [B, *token_shape(, F)] -> pixels [B, (T,) H, W, C] in [-1, 1].
 
     Ids out of range are refused when `indices` are concrete; inside jax.jit
-    they cannot be seen and give NaN pixels (decode ids of your own making
-    once outside jit, which checks them).
+    they cannot be seen and give NaN pixels or wrap to another code (-1 to
+    the last; FSQ and LFQ ids modulo the codebook): decode ids of your own
+    making once outside jit, which checks them.
     """
     x = self.model.apply(variables, indices, method=self.model.decode_indices)
     return jnp.clip(x.astype(jnp.float32), -1.0, 1.0)
