@@ -88,6 +88,10 @@ def test_invalid_inputs_raise():
     class_model.apply(class_params, _tokens(), jnp.zeros((2, 1), jnp.int32))
   with pytest.raises(ValueError, match='num_classes=5'):
     class_model.apply(class_params, _tokens(), jnp.array([0, 6]))
+  # Labels as a Python list, as MaskGIT takes them.
+  np.testing.assert_array_equal(
+      class_model.apply(class_params, _tokens(), [1, 4]),
+      class_model.apply(class_params, _tokens(), jnp.array([1, 4])))
 
 
 @pytest.mark.parametrize('condition', ['none', 'class', 'tokens'])

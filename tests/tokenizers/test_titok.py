@@ -321,3 +321,8 @@ def test_a_trained_titok_encodes_only_pictures_of_its_training_size():
       ValueError, match=r'^run: a TiTok tokenizer encodes pictures of its '
       r'training size 48x48 .* got pictures of shape \(2, 32, 32, 3\)'):
     tok.encode({}, jnp.zeros((2, 32, 32, 3)))
+  # Concrete 0..255 pixels (any tokenizer's): refused, not encoded.
+  with pytest.raises(
+      ValueError, match=r'^run: pixels must be in \[-1, 1\], '
+      r'got values in \[0, 255\]'):
+    tok.encode({}, jnp.linspace(0, 255, 2 * 48 * 48 * 3).reshape(2, 48, 48, 3))

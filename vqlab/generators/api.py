@@ -98,9 +98,9 @@ def check_class_ids(labels: Any, batch: int, num_classes: int,
   if isinstance(labels, Mapping):
     raise ValueError(f'{who}: a class condition is int [B] labels, got a dict '
                      f'with keys {sorted(labels)}')
-  if jnp.shape(labels) != (batch,):
+  if np.shape(labels) != (batch,):
     raise ValueError(f'{who}: class ids must have shape [B] = ({batch},), '
-                     f'got {jnp.shape(labels)}')
+                     f'got {np.shape(labels)}')
   check_ids(
       labels, num_classes + 1, f'{who}: class ids (num_classes={num_classes}, '
       f'null class {num_classes})')

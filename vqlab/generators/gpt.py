@@ -139,7 +139,7 @@ class GPT(nn.Module):
       if cond is None:
         cond = jnp.full((batch_size,), self.null_class, jnp.int32)
       api.check_class_ids(cond, batch_size, self.num_classes, 'GPT')
-      return self.class_embed(cond)[:, None].astype(self.dtype)
+      return self.class_embed(jnp.asarray(cond))[:, None].astype(self.dtype)
     if cond is None:
       raise ValueError("condition 'tokens' needs cond [B, cond_length]")
     cond = jnp.reshape(cond, (jnp.shape(cond)[0],
