@@ -462,3 +462,21 @@ def test_weight_files_saved_to_a_url_hold_the_local_bytes(url, tmp_path):
     save(tmp_path / name, arrays)
     assert fileio.read_bytes(f'{url}/{name}') == (tmp_path / name).read_bytes()
   assert sorted(fileio.listdir(url)) == ['w.pth', 'w.safetensors']
+
+
+def test_a_grid_of_pixels_of_another_kind_is_named(tmp_path):
+  """[-1, 1] floats tile into uint8; uint8 rows (which would come out
+  white), rows of other shapes and float pictures are named, not drawn."""
+  images = np.linspace(-1, 1, 2 * 4 * 4 * 3).reshape(2, 4, 4, 3)
+  grid = writers.image_grid([images, -images], padding=1)
+  assert grid.shape == (11, 11, 3) and grid.dtype == np.uint8
+  assert grid[1, 1, 0] == 0 and grid[6, 1, 0] == 255  # -1 and 1.
+  writers.save_png(str(tmp_path / 'grid.png'), grid)
+  with pytest.raises(ValueError, match='got row 1 of uint8'):
+    writers.image_grid([images, (images > 0).astype(np.uint8)])
+  with pytest.raises(ValueError, match=r'got row 1 of float64 \(1, 4, 4, 3\)'):
+    writers.image_grid([images, images[:1]])
+  with pytest.raises(ValueError, match='non-empty list'):
+    writers.image_grid(images)
+  with pytest.raises(ValueError, match=r'uint8 \[H, W, 1 or 3\].* got float64'):
+    writers.save_png(str(tmp_path / 'float.png'), images[0])

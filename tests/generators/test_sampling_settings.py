@@ -81,6 +81,14 @@ def test_settings_out_of_their_domain_are_named(setting, value, message):
       vq_diffusion.truncate(jnp.zeros((2, 4)), value)
 
 
+@pytest.mark.parametrize('module', [gpt, maskgit, vq_diffusion])
+def test_a_batch_of_no_samples_is_named(module):
+  """It was a numpy reduction error deep inside (MaskGIT, GPT)."""
+  model = _model(module.__name__.split('.')[-1])
+  with pytest.raises(ValueError, match='^batch_size must be >= 1, got 0$'):
+    module.sample(model, {}, jax.random.key(0), 0)
+
+
 @pytest.mark.parametrize('labels', [[0, 4], [0, -1]])
 def test_class_ids_are_checked_under_guidance_too(labels):
   """With guidance the steps saw the labels joined with the null ones,

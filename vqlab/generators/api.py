@@ -219,13 +219,14 @@ _SAMPLING_DOMAINS = {
     # Below 0 the purest positions would draw from a flattened or inverted
     # distribution.
     'purity_weight': (lambda v: v >= 0, '>= 0'),
+    'batch_size': (lambda v: v >= 1, '>= 1'),
 }
 
 
 def check_sampling_settings(**settings: Any) -> None:
   """ValueError naming a sampling setting (a keyword of _SAMPLING_DOMAINS:
   temperature, choice_temperature, guidance_scale, purity_weight >= 0;
-  truncation > 0) whose concrete value is out of its domain: a negative
+  truncation > 0; batch_size >= 1) whose concrete value is out of its domain: a negative
   temperature would sample from the inverted distribution, a truncation of
   0 from a uniform one. Traced values cannot be checked."""
   for name, value in settings.items():

@@ -361,7 +361,7 @@ def sample(model: GPT, params, rng: jax.Array, batch_size: int,
     and return_logits static (and guidance_scale, to skip the null rows
     at 0).
   """
-  api.check_sampling_settings(temperature=temperature,
+  api.check_sampling_settings(batch_size=batch_size, temperature=temperature,
                               guidance_scale=guidance_scale)
   if model.condition == 'class':  # _guidance names the others.
     api.check_guidance_condition(guidance_scale, cond, 'GPT', conditional=True)
@@ -467,7 +467,7 @@ def sample_sliding_window(model: GPT, params, rng: jax.Array, batch_size: int,
                      f'{big_h}, {big_w}) grid and the window hold '
                      f'cond_length={model.cond_length}; got '
                      f'{jnp.shape(cond)}')
-  api.check_sampling_settings(temperature=temperature,
+  api.check_sampling_settings(batch_size=batch_size, temperature=temperature,
                               guidance_scale=guidance_scale)
   if model.condition == 'class':  # _guidance names the others.
     api.check_guidance_condition(guidance_scale, cond, 'GPT', conditional=True)

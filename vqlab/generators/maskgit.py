@@ -534,7 +534,7 @@ def sample(model: MaskGIT, params, rng: jax.Array, batch_size: int,
     raise ValueError(f'unknown guidance_schedule {guidance_schedule!r}')
   if decoding not in DECODINGS:
     raise ValueError(f'unknown decoding {decoding!r}; known: {DECODINGS}')
-  api.check_sampling_settings(temperature=temperature,
+  api.check_sampling_settings(batch_size=batch_size, temperature=temperature,
                               choice_temperature=choice_temperature,
                               guidance_scale=guidance_scale)
   api.check_guidance_condition(guidance_scale, labels, 'MaskGIT',

@@ -552,7 +552,7 @@ def sample(model: VQDiffusion, params, rng: jax.Array, batch_size: int,
   """
   if sampler not in SAMPLERS:
     raise ValueError(f'sampler must be one of {SAMPLERS}, got {sampler!r}')
-  api.check_sampling_settings(temperature=temperature,
+  api.check_sampling_settings(batch_size=batch_size, temperature=temperature,
                               guidance_scale=guidance_scale,
                               truncation=truncation,
                               purity_weight=purity_weight)

@@ -185,9 +185,10 @@ def read_run_config(
     with fileio.open(path) as f:
       return ml_collections.ConfigDict(_as_tuples(json.load(f)))
   except FileNotFoundError as e:
+    run = 'tokenizer run' if key.startswith('tokenizer') else 'run'
     raise CheckpointError(
         f'{path} does not exist: {key} must be the --workdir of a trained '
-        'tokenizer run') from e
+        f'{run}') from e
   except (OSError, ValueError) as e:
     raise CheckpointError(f'{path} is unreadable: {e}') from e
 
@@ -263,6 +264,9 @@ def load(workdir: str, step: int = -1, key: str = 'tokenizer.workdir',
   """
   if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
     raise TypeError(f'step must be an int (-1: the newest), got {step!r}')
+  if step < -1:
+    raise ValueError(f'step must be a saved step or -1 (the newest), got '
+                     f'{step} (steps do not count back from the newest)')
   if not workdir:
     raise ConfigError(
         key, 'empty: set it to the --workdir of a trained tokenizer run')

@@ -210,6 +210,11 @@ def _register_gfile_event_writer(url_scheme: str) -> None:
 def save_png(path: str, image: np.ndarray) -> None:
   """Saves uint8 [H, W, C] (C = 1 or 3) atomically."""
   image = np.asarray(image)
+  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] not in (1,
+                                                                           3):
+    raise ValueError(f'save_png: {path}: the picture must be uint8 [H, W, 1 '
+                     f'or 3] (writers.image_grid makes one of [-1, 1] '
+                     f'floats), got {image.dtype} {image.shape}')
   if image.shape[-1] == 1:
     image = image[..., 0]
   fileio.write_atomically(
@@ -227,6 +232,18 @@ def image_grid(rows: list[np.ndarray], padding: int = 2) -> np.ndarray:
   Returns:
     uint8 [len(rows) * (H + p) + p, N * (W + p) + p, C].
   """
+  if not isinstance(rows, (list, tuple)) or not rows:
+    raise ValueError('image_grid: rows must be a non-empty list of float '
+                     f'[N, H, W, C] arrays, got {type(rows).__name__} '
+                     f'{np.shape(rows)}')
+  for r, row in enumerate(rows):
+    row = np.asarray(row)
+    if (not np.issubdtype(row.dtype, np.floating) or row.ndim != 4 or
+        row.shape != np.shape(rows[0])):
+      raise ValueError(
+          f'image_grid: each row must be float [N, H, W, C] in [-1, 1] of '
+          f'the first row\'s shape {np.shape(rows[0])}, got row {r} of '
+          f'{row.dtype} {row.shape} (uint8 pixels: x / 127.5 - 1)')
   n, h, w, c = rows[0].shape
   grid = np.full(
       (len(rows) * (h + padding) + padding, n * (w + padding) + padding, c),

@@ -163,6 +163,8 @@ def test_a_checkpoint_of_another_model_is_refused_when_loaded(
     trained_tokenizer.load(other)
   with pytest.raises(TypeError, match="^step must be an int .*, got '1'"):
     trained_tokenizer.load(tokenizer_dir, '1')  # Was: '<' not supported.
+  with pytest.raises(ValueError, match='steps do not count back'):
+    trained_tokenizer.load(tokenizer_dir, -2)  # Was: the newest.
 
 
 @pytest.mark.usefixtures('one_load_per_run')
