@@ -36,6 +36,7 @@ from shell import MODES
 from shell import Parser
 from shell import quote
 from shell import remote_path
+from shell import start_command
 from shell import stop_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,14 +111,13 @@ def run_commands(args) -> list[tuple[list[str], str]]:
     if local:
       log = _log(args, i, True)
       line = (f'mkdir -p {quote(os.path.dirname(log))} && cd {quote(REPO)} && '
-              f'{program} > {quote(log)} 2>&1 &')
+              f'{program} >> {quote(log)} 2>&1 &')
       commands.append((None, line))
       continue
-    log = remote_path(_log(args, i, False))
-    remote = (f'mkdir -p {remote_path(home_path(args.log_dir))} && '
-              f'cd {remote_path(args.remote_dir)} && (nohup {program} > {log} '
-              f'2>&1 < /dev/null & echo $! > {log}.pid)')
-    argv = [args.ssh, host, remote]
+    argv = [
+        args.ssh, host,
+        start_command(program, _log(args, i, False), args.remote_dir)
+    ]
     commands.append((argv, format_command(argv)))
   return commands
 

@@ -1,6 +1,7 @@
 """Shell quoting and flag parsing shared by the launch scripts."""
 
 import argparse
+import posixpath
 import re
 import shlex
 
@@ -32,14 +33,37 @@ def home_path(path: str) -> str:
   return path if path.startswith(('/', '~')) else '~/' + path
 
 
+def _runs_main_py(pid: str) -> str:
+  """A shell test: the process of the pid in file `pid` (a remote_path) is
+  alive and runs main.py (not another that took a freed pid)."""
+  return f'grep -qs main.py /proc/$(cat {pid} 2>/dev/null)/cmdline'
+
+
+def start_command(program: str, log: str, remote_dir: str) -> str:
+  """The remote start of `program` in `remote_dir`, in the background: its
+  output appended to `log` (a home_path) after a dated line, its pid in
+  `log`.pid. Refused, saying so, while the run of that pid file goes on: a
+  second start would take its pid file (and fail on its chips), and `stop`
+  would no longer reach it. Appended: a run started again after a crash or a
+  stop keeps the log that says why."""
+  pid, log_file = remote_path(log + '.pid'), remote_path(log)
+  return (f'if {_runs_main_py(pid)}; then echo vqlab: a run is going, pid '
+          f'$(cat {pid}), log {log_file}: stop it first >&2; exit 1; fi; '
+          f'mkdir -p {remote_path(posixpath.dirname(log))} && '
+          f'cd {remote_path(remote_dir)} && echo "=== vqlab: started '
+          f'$(date -u) ===" >> {log_file} && (nohup {program} >> {log_file} '
+          f'2>&1 < /dev/null & echo $! > {pid})')
+
+
 def stop_command(pid_file: str) -> str:
   """The remote SIGTERM of the run whose pid is in `pid_file` (a home_path);
   fails, saying so, when there is no such file (no run was started with
-  that log), instead of reporting a stop that did not happen."""
+  that log), instead of reporting a stop that did not happen. A pid that no
+  longer runs main.py is not signalled."""
   pid = remote_path(pid_file)
   return (f'test -f {pid} || {{ echo vqlab: no run to stop, no pid file '
-          f'{pid} >&2; exit 1; }}; kill -TERM $(cat {pid}) || echo vqlab: '
-          'the run had already exited')
+          f'{pid} >&2; exit 1; }}; if {_runs_main_py(pid)}; then kill -TERM '
+          f'$(cat {pid}); else echo vqlab: the run had already exited; fi')
 
 
 def format_command(command: list[str]) -> str:

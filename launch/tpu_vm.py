@@ -33,6 +33,7 @@ from shell import MODES
 from shell import Parser
 from shell import quote
 from shell import remote_path
+from shell import start_command
 from shell import stop_command
 
 REMOTE_DIR = '~/vqlab'
@@ -110,13 +111,15 @@ def create_commands(args) -> list[list[str]]:
 def _is_not_replaceable(path: str) -> bool:
   """The home directory (as ~ or /home/USER), the root, a top-level
   directory, the login directory itself or a hidden folder of the home
-  directory (~/.ssh, ~/.local where uv lives): not for `rm -rf`."""
+  directory (~/.ssh, /home/USER/.local where uv lives): not for `rm -rf`."""
   path = posixpath.normpath(home_path(path))
   parts = path.split('/')
   return (path in ('~', '/', '.') or path.startswith('..') or
           path.count('/') < 2 and path.startswith('/') or
           len(parts) == 3 and parts[:2] == ['', 'home'] or
-          len(parts) == 2 and parts[0] == '~' and parts[1].startswith('.'))
+          len(parts) == 2 and parts[0] == '~' and parts[1].startswith('.') or
+          len(parts) == 4 and parts[:2] == ['', 'home'] and
+          parts[3].startswith('.'))
 
 
 def split_git_source(source: str) -> tuple[str, str]:
@@ -154,7 +157,8 @@ def setup_commands(args) -> list[list[str]]:
     commands.append(_scp(args, archive, 'vqlab.tar.gz'))
     fetch = (f'rm -rf {remote} && mkdir -p {remote} && '
              f'tar -xzf ~/vqlab.tar.gz -C {remote}')
-  packages = ' '.join(quote(p) for p in args.pip_extra)
+  # 'none' is no package, as --venv=none is no venv (PyPI may hold one).
+  packages = ' '.join(quote(p) for p in args.pip_extra if p != 'none')
   if args.venv == 'none':
     install = f'{args.pip} install -e {remote}'
   else:
@@ -203,12 +207,9 @@ def run_commands(args) -> list[list[str]]:
   program = ' '.join([remote_path(python)] + [quote(a) for a in rest])
   if env:
     program = 'env ' + ' '.join(env) + ' ' + program
-  log = home_path(args.log)
-  pid = remote_path(log + '.pid')
-  remote = (f'mkdir -p {remote_path(posixpath.dirname(log))} && '
-            f'cd {remote_path(args.remote_dir)} && (nohup {program} > '
-            f'{remote_path(log)} 2>&1 < /dev/null & echo $! > {pid})')
-  return [_ssh(args, remote)]
+  return [
+      _ssh(args, start_command(program, home_path(args.log), args.remote_dir))
+  ]
 
 
 def logs_commands(args) -> list[list[str]]:
@@ -312,7 +313,8 @@ def parser() -> argparse.ArgumentParser:
   setup.add_argument(
       '--pip_extra', nargs='*', default=['jax[tpu]'],
       help='Packages installed with vqlab (default: '
-      'jax[tpu]; pass none for CPU/GPU images).')
+      'jax[tpu]; --pip_extra with no value, or --pip_extra=none, for '
+      'CPU/GPU images).')
   setup.add_argument(
       '--data', default=None,
       help='Data to copy to every worker: a local file or '

@@ -6,6 +6,7 @@ here for remote hosts are built by the same function.
 """
 
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -45,8 +46,6 @@ def _ok(result):
 
 
 TPU = ('--name=vq', '--zone=us-central2-b')
-LAUNCH_LOG = ('(nohup {} > ~/vqlab_logs/run.log 2>&1 < /dev/null & '
-              'echo $! > ~/vqlab_logs/run.log.pid)')
 
 
 def test_tpu_create_variants():
@@ -100,8 +99,8 @@ def test_tpu_setup_from_a_checkout_and_from_git():
   assert _ok(
       _tpu('setup', *TPU, '--project=p',
            '--source=git+https://github.com/me/vqlab@v0.1',
-           '--remote_dir=/opt/vq', '--pip_extra', '--data=gs://bucket/data',
-           '--data_dest=~/my data', '--venv=none')
+           '--remote_dir=/opt/vq', '--pip_extra=none',
+           '--data=gs://bucket/data', '--data_dest=~/my data', '--venv=none')
   ) == [
       'gcloud compute tpus tpu-vm ssh vq --zone=us-central2-b --worker=all '
       "--project=p --command='rm -rf /opt/vq && git clone "
@@ -134,15 +133,17 @@ def test_tpu_run_logs_stop_delete():
   program = ('env TF_CPP_MIN_LOG_LEVEL=3 ~/vqlab-venv/bin/python main.py '
              '--config=configs/quickstart.py --workdir=gs://bucket/runs/vq '
              '--distributed --mode=train --config.train.num_steps=100 '
-             '"--config.data.name=it\'"\'"\'s"')
-  assert run == [
-      'gcloud compute tpus tpu-vm ssh vq --zone=us-central2-b --worker=all '
-      "--command='mkdir -p ~/vqlab_logs && cd ~/vqlab && " +
-      LAUNCH_LOG.format(program) + "'"
-  ]
+             '"--config.data.name=it\'s"')
   # The printed line is one shell word per argument, and the remote command
   # is valid sh that passes main.py its arguments unchanged.
-  remote = shlex.split(run[0])[-1].removeprefix('--command=')
+  *ssh, remote = shlex.split(run[0])
+  assert ssh == [
+      'gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'vq',
+      '--zone=us-central2-b', '--worker=all'
+  ]
+  assert remote == '--command=' + shell.start_command(
+      program, '~/vqlab_logs/run.log', '~/vqlab')
+  remote = remote.removeprefix('--command=')
   assert subprocess.run(['sh', '-n', '-c', remote], check=False).returncode == 0
   # main.py's own --allow_config_change passes through (fine-tuning).
   run = _ok(
@@ -162,8 +163,8 @@ def test_tpu_run_logs_stop_delete():
   run = _ok(
       _tpu('run', *TPU, '--config=c.py', '--workdir=gs://b/r',
            '--log=logs/a.log'))
-  assert "--command='mkdir -p ~/logs && cd ~/vqlab && (nohup " in run[0]
-  assert '> ~/logs/a.log 2>&1 < /dev/null & echo $! > ~/logs/a.log.pid)' in (
+  assert 'mkdir -p ~/logs && cd ~/vqlab && echo' in run[0]
+  assert '>> ~/logs/a.log 2>&1 < /dev/null & echo $! > ~/logs/a.log.pid)' in (
       run[0])
   assert _ok(_tpu('logs', *TPU,
                   '--log=logs/a.log'))[0].endswith("tail -n 50 ~/logs/a.log'")
@@ -191,13 +192,12 @@ def test_gpu_nodes_remote_and_local():
                            '--', '--config.train.batch_size=256')
   assert rc == 0, err
   assert lines == [
-      f'ssh {host} \'mkdir -p ~/vqlab_logs && cd ~/vqlab && (nohup env '
-      'NCCL_DEBUG=WARN python3 main.py --config=configs/quickstart.py '
-      '--workdir=gs://bucket/vq --coordinator_address=gpu-a:8476 '
-      f'--num_processes=2 --process_id={i} --mode=train '
-      f'--config.train.batch_size=256 > ~/vqlab_logs/process_{i}.log 2>&1 '
-      f'< /dev/null & echo $! > ~/vqlab_logs/process_{i}.log.pid)\''
-      for i, host in enumerate(['gpu-a', 'me@gpu-b'])
+      f"ssh {host} '" + shell.start_command(
+          'env NCCL_DEBUG=WARN python3 main.py --config=configs/quickstart.py '
+          '--workdir=gs://bucket/vq --coordinator_address=gpu-a:8476 '
+          f'--num_processes=2 --process_id={i} --mode=train '
+          '--config.train.batch_size=256', f'~/vqlab_logs/process_{i}.log',
+          '~/vqlab') + "'" for i, host in enumerate(['gpu-a', 'me@gpu-b'])
   ]
   rc, lines, err = _launch('gpu_nodes.py', 'run', '--hosts=localhost,localhost',
                            '--dry_run', '--python=python3',
@@ -210,7 +210,7 @@ def test_gpu_nodes_remote_and_local():
       '--config=configs/quickstart.py '
       '--workdir=/tmp/run --coordinator_address=localhost:1234 '
       f'--num_processes=2 --process_id={i} --cpu_collectives=gloo '
-      f'--mode=train > /tmp/logs/process_{i}.log 2>&1 &' for i in range(2)
+      f'--mode=train >> /tmp/logs/process_{i}.log 2>&1 &' for i in range(2)
   ]
   assert _ok(_launch('gpu_nodes.py', 'stop', '--hosts=a,b', '--dry_run')) == [
       f"ssh {h} '" + shell.stop_command(f'~/vqlab_logs/process_{i}.log.pid') +
@@ -243,7 +243,8 @@ def test_stop_signals_the_run_and_fails_without_one(tmp_path):
   assert result.returncode == 1
   assert result.stderr.strip() == (
       f'vqlab: no run to stop, no pid file {tmp_path}/logs/run.log.pid')
-  run = subprocess.Popen(['sleep', '60'])
+  run = subprocess.Popen(
+      [sys.executable, '-c', 'import time; time.sleep(60)', 'main.py'])
   (tmp_path / 'logs').mkdir()
   (tmp_path / 'logs' / 'run.log.pid').write_text(f'{run.pid}\n')
   result = subprocess.run(['sh', '-c', stop], env=env, capture_output=True,
@@ -253,6 +254,61 @@ def test_stop_signals_the_run_and_fails_without_one(tmp_path):
   assert _ok(
       _launch('gpu_nodes.py', 'logs', '--hosts=a', '--lines=3',
               '--dry_run')) == ["ssh a 'tail -n 3 ~/vqlab_logs/process_0.log'"]
+
+
+def test_a_second_start_is_refused_while_the_run_goes_on_and_logs_append(
+    tmp_path):
+  """The remote start, run by sh in a stand-in $HOME: while a run goes on,
+  another start is refused (it took the pid file, so `stop` lost the run,
+  and its log); after a stop, a new start appends to the log."""
+  env = dict(os.environ, HOME=str(tmp_path))
+  sh = lambda command: subprocess.run([
+      'sh', '-c', command
+  ], env=env, capture_output=True, text=True, check=False, timeout=30)
+  start = lambda word, seconds: sh(
+      shell.start_command(
+          f'{sys.executable} -c "import sys, time; print(sys.argv[2], '
+          f'flush=True); time.sleep(int(sys.argv[3]))" main.py {word} '
+          f'{seconds}', '~/logs/run.log', str(tmp_path)))
+  log = tmp_path / 'logs' / 'run.log'
+  pid_file = tmp_path / 'logs' / 'run.log.pid'
+
+  def wait_for_line(line):
+    for _ in range(200):
+      if line in log.read_text().splitlines():
+        return
+      time.sleep(0.05)
+
+  def wait_for_exit(pid):
+    for _ in range(200):
+      if not os.path.exists(f'/proc/{pid}'):
+        return
+      time.sleep(0.05)
+
+  assert start('first', 60).returncode == 0
+  first = int(pid_file.read_text())
+  try:
+    wait_for_line('first')
+    refused = start('second', 0)
+    assert refused.returncode == 1
+    assert re.match(
+        f'vqlab: a run is going, pid {first}, log .*run.log: stop '
+        'it first', refused.stderr), refused.stderr
+    assert int(pid_file.read_text()) == first
+    assert sh(shell.stop_command('~/logs/run.log.pid')).returncode == 0
+    wait_for_exit(first)
+  finally:
+    subprocess.run(['kill', '-9', str(first)], check=False, capture_output=True)
+  assert start('second', 0).returncode == 0
+  wait_for_line('second')
+  wait_for_exit(int(pid_file.read_text()))
+  lines = log.read_text().splitlines()
+  assert [line for line in lines if not line.startswith('=== vqlab: started')
+         ] == ['first', 'second'], lines
+  assert len(lines) == 4
+  # The second run is over: its pid is not signalled (it may be reused).
+  stopped = sh(shell.stop_command('~/logs/run.log.pid'))
+  assert stopped.stdout.strip() == 'vqlab: the run had already exited'
 
 
 def test_a_local_run_stops_when_any_process_fails(tmp_path, monkeypatch):
@@ -339,7 +395,7 @@ def test_a_local_run_waits_for_its_processes_after_ctrl_c(
        f'tpu_vm.py setup: error: --remote_dir={d}: setup deletes and '
        'recreates it; name a directory of its own (e.g. ~/vqlab)')
       for d in ('~', '~/', '~/vqlab/..', '.', '', '/', '/opt', '/home/alice',
-                '/home/alice/', '~/.ssh', '~/.local')],
+                '/home/alice/', '~/.ssh', '~/.local', '/home/alice/.ssh')],
     ('gpu_nodes.py', ['stop', '--hosts=localhost'],
      'gpu_nodes.py stop: error: local runs stop with Ctrl-C (they run in '
      'the foreground)'),
