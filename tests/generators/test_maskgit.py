@@ -248,11 +248,12 @@ def test_a_step_remasks_the_lowest_annealed_confidences():
   params['pos_embedding'] = params['pos_embedding'] * 10
   state = maskgit.init_state(model, jax.random.key(3), 8)
   state = state.replace(step=jnp.full((), 3, jnp.int32))
-  new = jax.jit(lambda p, s: maskgit.decode_step(
-      model, p, s, num_steps=6, temperature=0.0, choice_temperature=1.0))(
-          params, state)
-  logits = model.apply({'params': params}, state.tokens, None,
-                       method=maskgit.MaskGIT.flat_logits)
+  new, logits = jax.jit(
+      lambda p, s: (maskgit.decode_step(model, p, s, num_steps=6, temperature=
+                                        0.0, choice_temperature=1.0),
+                    model.apply({'params': p}, s.tokens, None, method=maskgit.
+                                MaskGIT.flat_logits)),
+      compiler_options=FAST_COMPILE)(params, state)
   sampled = jnp.argmax(logits, -1)
   log_p = jnp.take_along_axis(jax.nn.log_softmax(logits, -1),
                               sampled[..., None], -1)[..., 0].sum(-1)
@@ -271,9 +272,10 @@ def test_a_step_remasks_the_lowest_annealed_confidences():
         np.asarray(sampled)[b][~want])
   # A temperature of 0 as an array (traced here) is the argmax too, not a
   # draw from logits / 0 (the first positive logit).
-  traced = jax.jit(lambda p, s, t: maskgit.decode_step(
-      model, p, s, num_steps=6, temperature=t, choice_temperature=1.0))(
-          params, state, jnp.float32(0))
+  traced = jax.jit(
+      lambda p, s, t: maskgit.decode_step(model, p, s, num_steps=6, temperature=
+                                          t, choice_temperature=1.0),
+      compiler_options=FAST_COMPILE)(params, state, jnp.float32(0))
   np.testing.assert_array_equal(traced.tokens, new.tokens)
 
 
@@ -285,12 +287,12 @@ def test_tokens_are_drawn_from_the_logits_over_the_temperature():
   params = _init(model)
   state = maskgit.init_state(model, jax.random.key(3), 8)
   state = state.replace(step=jnp.full((), 5, jnp.int32))
-  new = jax.jit(
-      lambda p, s: maskgit.decode_step(model, p, s, num_steps=6, temperature=
-                                       0.5, choice_temperature=1.0),
+  new, logits = jax.jit(
+      lambda p, s: (maskgit.decode_step(model, p, s, num_steps=6, temperature=
+                                        0.5, choice_temperature=1.0),
+                    model.apply({'params': p}, s.tokens, None, method=maskgit.
+                                MaskGIT.flat_logits)),
       compiler_options=FAST_COMPILE)(params, state)
-  logits = model.apply({'params': params}, state.tokens, None,
-                       method=maskgit.MaskGIT.flat_logits)
   _, sample_rng, _ = jax.random.split(state.rng, 3)
   draw = lambda logits: np.asarray(jax.random.categorical(sample_rng, logits))
   want = draw(logits / 0.5)
@@ -305,8 +307,10 @@ def _titok_release_sampling(model, params, rng, labels, num_steps, w, c):
   schedule, guidance w s/S, tokens and confidences both at the annealed
   temperature c (1 - (s+1)/S), the confidence the guided logit), in numpy,
   on the Gumbel noise that vqlab's steps draw from their keys."""
-  logits_of = functools.partial(model.apply, {'params': params},
-                                method=maskgit.MaskGIT.flat_logits)
+  logits_of = functools.partial(
+      jax.jit(
+          functools.partial(model.apply, method=maskgit.MaskGIT.flat_logits),
+          compiler_options=FAST_COMPILE), {'params': params})
   state = maskgit.init_state(model, rng, len(labels))
   ids, rng = np.asarray(state.tokens)[..., 0], state.rng
   mask_id, n = int(model.mask_ids[0]), ids.shape[1]
@@ -409,13 +413,14 @@ def test_the_linear_guidance_schedule_is_w_s_over_s(step, w):
   labels = jnp.array([0, 1, 2, 0, 1, 2, 0, 1])
   state = maskgit.init_state(model, jax.random.key(3), 8)
   state = state.replace(step=jnp.full((), step, jnp.int32))
-  new = jax.jit(lambda p, s: maskgit.decode_step(
-      model, p, s, labels, num_steps=4, temperature=0.0, choice_temperature=0.0,
-      guidance_scale=w, guidance_schedule='linear'))(params, state)
-  logits = functools.partial(model.apply, {'params': params},
-                             method=maskgit.MaskGIT.flat_logits)
-  cond = logits(state.tokens, labels)
-  uncond = logits(state.tokens, jnp.full_like(labels, 3))
+  logits = functools.partial(model.apply, method=maskgit.MaskGIT.flat_logits)
+  new, cond, uncond = jax.jit(
+      lambda p, s: (maskgit.decode_step(
+          model, p, s, labels, num_steps=4, temperature=0.0, choice_temperature=
+          0.0, guidance_scale=w, guidance_schedule='linear'),
+                    logits({'params': p}, s.tokens, labels),
+                    logits({'params': p}, s.tokens, jnp.full_like(labels, 3))),
+      compiler_options=FAST_COMPILE)(params, state)
   greedy = lambda w: np.asarray(
       jnp.argmax(api.guided_logits(cond, uncond, w), -1))[..., 0]
   tokens = np.asarray(new.tokens)[..., 0]
@@ -503,7 +508,9 @@ def test_bfloat16_model_has_float32_logits_of_its_hidden_state():
     config.update(token_shape=(6,), vocab_size=16, width=16, num_layers=1,
                   num_heads=2, mlp_dim=32, tied_heads=tied)
     model = generators.build(config, dtype=jnp.bfloat16)
-    params = model.init(jax.random.key(0), tokens)['params']
+    params = jax.jit(model.init,
+                     compiler_options=FAST_COMPILE)(jax.random.key(0),
+                                                    tokens)['params']
     apply = lambda: model.apply({'params': params}, tokens)  # pylint: disable=cell-var-from-loop
     if tied:
       assert not head_probe.bfloat16_valued(apply())
@@ -648,7 +655,8 @@ def test_tied_heads_score_against_each_factors_input_embeddings():
                  width=8, num_heads=2, mlp_dim=16)
   params = _init(model)
   masked = jnp.broadcast_to(jnp.asarray(model.mask_ids), (2, 2, 2, 2))
-  logits_of = jax.jit(lambda p: model.apply({'params': p}, masked))
+  logits_of = jax.jit(lambda p: model.apply({'params': p}, masked),
+                      compiler_options=FAST_COMPILE)
   logits = np.asarray(logits_of(params))
   for f, size in enumerate((8, 16)):
     table = params[f'embed_{f}']['embedding']
