@@ -59,12 +59,15 @@ def _batch_and_state(task, size=16):
 def _first_step(task, loss_state=None, size=16):
   """(x, state, new state, metrics) of a train step with key(2) from the
   initial state (of `size` x `size` images), with `loss_state` in place of
-  its own if given."""
+  its own if given: the program the loop runs at step 0 (without the GAN
+  terms where loss.disc_start > 0)."""
   batch, state = _batch_and_state(task, size)
   if loss_state is not None:
     state = state.replace(loss_state=loss_state)
   x = batch['image']
-  step = jax.jit(task.train_step, compiler_options=FAST_COMPILE)
+  step = jax.jit(
+      functools.partial(task.train_step, **task.train_step_options(0)),
+      compiler_options=FAST_COMPILE)
   new_state, metrics = step(state, batch, jax.random.key(2), task.frozen)
   return x, state, new_state, jax.device_get(metrics)
 
@@ -254,7 +257,7 @@ def test_pcl_needs_regularized_quantizer_and_trains(weights_dir):
   assert set(task.frozen) == {'vgg19'}
   x, state, new_state, metrics = _first_step(task, size=VGG_IMAGE_SIZE)
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
   def direct(state, frozen):
     x_rec, q_out, rng = _train_forward(task, state, x, jax.random.key(2))
     features = lambda images: vgg_features.VGG19Features().apply(
@@ -323,15 +326,14 @@ def test_lecam_r1_stylegan_and_generator_ema():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
                new_state.ema_params['generator'], expected)
   batch = {'image': x, 'mask': jnp.ones((2,), bool)}
-  _, images = jax.jit(task.eval_step,
-                      compiler_options=FAST_COMPILE)(new_state, batch,
-                                                     task.frozen)
-  x_ema, _ = jax.jit(
-      lambda state: task.model.apply(
-          {
-              'params': state.ema_params['generator'],
-              **state.model_state
-          }, x, train=False), compiler_options=FAST_COMPILE)(new_state)
+  (_, images), (x_ema, _) = jax.jit(
+      lambda state, frozen: (task.eval_step(state, batch, frozen),
+                             task.model.apply(
+                                 {
+                                     'params': state.ema_params['generator'],
+                                     **state.model_state
+                                 }, x, train=False)),
+      compiler_options=FAST_COMPILE)(new_state, task.frozen)
   np.testing.assert_allclose(images['reconstructions'], jnp.clip(x_ema, -1, 1),
                              atol=1e-5)
 
@@ -342,6 +344,7 @@ def test_a_frozen_encoder_and_quantizer_encode_as_in_eval():
   drops out): the frozen ones encoded so, unlike the release."""
 
   def frozen_gumbel(config):
+    config.loss.disc_start = 1  # The step without the GAN terms.
     config.freeze = ('encoder', 'quantizer')
     config.ema.decay = 0.9
     config.model.quantizer = quantizers.default_config('gumbel')
@@ -363,8 +366,10 @@ def test_a_frozen_encoder_and_quantizer_encode_as_in_eval():
   state = state.replace(ema_params={'generator': ema})
   # One train step (its loss_and_grads, whose rec_loss it reports, reads the
   # params, not their EMA) checks both.
-  new_state, metrics = jax.jit(task.train_step)(state, batch, jax.random.key(3),
-                                                task.frozen)
+  new_state, metrics = jax.jit(
+      functools.partial(task.train_step, **task.train_step_options(0)),
+      compiler_options=FAST_COMPILE)(state, batch, jax.random.key(3),
+                                     task.frozen)
   np.testing.assert_allclose(metrics['rec_loss'],
                              task._reconstruction_loss(x, x_rec), rtol=1e-5)  # pylint: disable=protected-access
   for name in ('encoder', 'quantizer'):
@@ -384,6 +389,7 @@ def test_a_frozen_quantizers_schedule_moves_on():
   step's EMA statistics, not its schedule's counter)."""
 
   def mutate(config):
+    config.loss.disc_start = 1  # The step without the GAN terms.
     config.freeze = ('quantizer',)
     config.model.quantizer = quantizers.default_config('lfq')
     config.model.quantizer.update(codebook_size=2**4, entropy_weight_final=0.0,
@@ -402,6 +408,7 @@ def test_a_quantizer_without_params_can_be_frozen(quantizer):
   statistics and counts no restarts; a name that is nowhere is refused."""
 
   def frozen(config):
+    config.loss.disc_start = 1  # The step without the GAN terms.
     config.freeze = ('encoder', 'quantizer')
     if quantizer == 'ema':
       config.model.quantizer.update(ema=True, restart_threshold=0.99)
