@@ -35,6 +35,22 @@ def _init(model, batch=2):
   return init(jax.random.key(0), tokens, labels)['params']
 
 
+@pytest.fixture(scope='module')
+def default_model():
+  """The default MaskGIT (4x4 tokens of 64 codes, unconditional) and its
+  initial params, for the tests that only read them."""
+  model = _model()
+  return model, _init(model)
+
+
+@pytest.fixture(scope='module')
+def class_model():
+  """The default MaskGIT conditioned on 3 classes and its initial params,
+  for the tests that only read them."""
+  model = _model(num_classes=3)
+  return model, _init(model)
+
+
 def _jit_sample(model, batch, **kwargs):
   fn = functools.partial(maskgit.sample, model, batch_size=batch, **kwargs)
   return jax.jit(fn, compiler_options=FAST_COMPILE)
@@ -248,13 +264,13 @@ def test_decoding_keeps_revealed_tokens_and_follows_schedule():
   assert history[-1].min() >= 0 and history[-1].max() < model.vocab_size
 
 
-def test_a_step_remasks_the_lowest_annealed_confidences():
+def test_a_step_remasks_the_lowest_annealed_confidences(default_model):
   """Step s = 3 of S = 6 from all-[MASK]: confidence = log p(sampled) +
   c (1 - 4/6) Gumbel; the floor(gamma(4/6) N) lowest are masked again, the
   rest keep their sample. c = 1 and positions made distinct (positional
   embeddings x10) so that log p and the annealed noise both decide."""
-  model = _model()
-  params = dict(_init(model))
+  model, params = default_model
+  params = dict(params)
   params['pos_embedding'] = params['pos_embedding'] * 10
   state = maskgit.init_state(model, jax.random.key(3), 8)
   state = state.replace(step=jnp.full((), 3, jnp.int32))
@@ -289,12 +305,11 @@ def test_a_step_remasks_the_lowest_annealed_confidences():
   np.testing.assert_array_equal(traced.tokens, new.tokens)
 
 
-def test_tokens_are_drawn_from_the_logits_over_the_temperature():
+def test_tokens_are_drawn_from_the_logits_over_the_temperature(default_model):
   """At temperature 0.5 a step's tokens are categorical(its sampling key,
   logits / 0.5) (at 1, logits / T and logits * T agree); the last step
   (s = 5 of 6) re-masks none, so every position shows its draw."""
-  model = _model()
-  params = _init(model)
+  model, params = default_model
   state = maskgit.init_state(model, jax.random.key(3), 8)
   state = state.replace(step=jnp.full((), 5, jnp.int32))
   new, logits = jax.jit(
@@ -350,12 +365,12 @@ def _titok_release_sampling(model, params, rng, labels, num_steps, w, c):
   return ids
 
 
-def test_titok_decoding_is_the_released_sampler():
+def test_titok_decoding_is_the_released_sampler(class_model):
   """decoding='titok' with the arccos schedule and linear guidance gives the
   tokens of TiTok's release (its temperature 9.5 and scale 4.5 of L-32);
   'maskgit' (log p, tokens at temperature 1) other ones."""
-  model = _model(num_classes=3)
-  params = dict(_init(model))
+  model, params = class_model
+  params = dict(params)
   params['pos_embedding'] = params['pos_embedding'] * 10
   labels = jnp.array([0, 1, 2, 0, 1, 2, 0, 1])
   run = lambda decoding: np.asarray(
@@ -385,18 +400,16 @@ def test_titok_decoding_is_the_released_sampler():
     maskgit.sample(model, params, jax.random.key(5), 8, labels, decoding='muse')
 
 
-def test_greedy_decoding_is_deterministic():
-  model = _model()
-  params = _init(model)
+def test_greedy_decoding_is_deterministic(default_model):
+  model, params = default_model
   fn = _jit_sample(model, 2, num_steps=4, temperature=0.0,
                    choice_temperature=0.0)
   np.testing.assert_array_equal(fn(params, jax.random.key(1)),
                                 fn(params, jax.random.key(2)))
 
 
-def test_guidance_zero_equals_conditional_sampling():
-  model = _model(num_classes=3)
-  params = _init(model)
+def test_guidance_zero_equals_conditional_sampling(class_model):
+  model, params = class_model
   labels = jnp.array([0, 2])
   # A traced w runs the unconditional pass too (a Python 0 would skip it).
   fn = jax.jit(
@@ -412,13 +425,13 @@ def test_guidance_zero_equals_conditional_sampling():
 
 
 @pytest.mark.parametrize('step, w', [(0, 8.0), (3, 1.0)])
-def test_the_linear_guidance_schedule_is_w_s_over_s(step, w):
+def test_the_linear_guidance_schedule_is_w_s_over_s(step, w, class_model):
   """Step s of S = 4 guides with w s / S (TiTok's release): greedy tokens
   are the argmax of l_u + (1 + w s/S)(l_c - l_u) where they are revealed;
   w (s + 1)/S would pick others. Positional embeddings x10 make the
   positions' logits distinct."""
-  model = _model(num_classes=3)
-  params = dict(_init(model))
+  model, params = class_model
+  params = dict(params)
   params['pos_embedding'] = params['pos_embedding'] * 10
   labels = jnp.array([0, 1, 2, 0, 1, 2, 0, 1])
   state = maskgit.init_state(model, jax.random.key(3), 8)
@@ -532,9 +545,8 @@ def test_bfloat16_model_has_float32_logits_of_its_hidden_state():
                                rtol=1e-5, atol=1e-6)
 
 
-def test_out_of_range_tokens_raise():
-  model = _model()
-  params = _init(model)
+def test_out_of_range_tokens_raise(default_model, class_model):
+  model, params = default_model
   bad = jnp.zeros((1, 4, 4), jnp.int32).at[0, 0, 0].set(65)
   with pytest.raises(ValueError, match='vocab size is 64'):
     model.apply({'params': params}, bad)
@@ -545,8 +557,7 @@ def test_out_of_range_tokens_raise():
                                                                  0].set(64))
   with pytest.raises(ValueError, match='expected'):
     model.apply({'params': params}, jnp.zeros((1, 16), jnp.int32))
-  labelled = _model(num_classes=3)
-  labelled_params = _init(labelled)
+  labelled, labelled_params = class_model
   tokens = jnp.zeros((1, 4, 4), jnp.int32)
   for label in (-1, 4):  # 3 is the null class.
     with pytest.raises(ValueError, match=r'num_classes=3.*\[0, 4\)'):
