@@ -51,6 +51,20 @@ def class_model():
   return model, _init(model)
 
 
+def _step_and_logits(model, params, state, conditions=(None,), **kwargs):
+  """(decode_step's new state given labels conditions[0], the flat logits
+  [B, N, F, V] of state.tokens given each of `conditions`), from one
+  compiled program."""
+
+  def run(params, state):
+    logits_of = functools.partial(model.apply, {'params': params}, state.tokens,
+                                  method=maskgit.MaskGIT.flat_logits)
+    return (maskgit.decode_step(model, params, state, conditions[0], **kwargs),
+            [logits_of(labels) for labels in conditions])
+
+  return jax.jit(run, compiler_options=FAST_COMPILE)(params, state)
+
+
 def _jit_sample(model, batch, **kwargs):
   fn = functools.partial(maskgit.sample, model, batch_size=batch, **kwargs)
   return jax.jit(fn, compiler_options=FAST_COMPILE)
@@ -274,12 +288,8 @@ def test_a_step_remasks_the_lowest_annealed_confidences(default_model):
   params['pos_embedding'] = params['pos_embedding'] * 10
   state = maskgit.init_state(model, jax.random.key(3), 8)
   state = state.replace(step=jnp.full((), 3, jnp.int32))
-  new, logits = jax.jit(
-      lambda p, s: (maskgit.decode_step(model, p, s, num_steps=6, temperature=
-                                        0.0, choice_temperature=1.0),
-                    model.apply({'params': p}, s.tokens, None, method=maskgit.
-                                MaskGIT.flat_logits)),
-      compiler_options=FAST_COMPILE)(params, state)
+  new, (logits,) = _step_and_logits(model, params, state, num_steps=6,
+                                    temperature=0.0, choice_temperature=1.0)
   sampled = jnp.argmax(logits, -1)
   log_p = jnp.take_along_axis(jax.nn.log_softmax(logits, -1),
                               sampled[..., None], -1)[..., 0].sum(-1)
@@ -312,12 +322,8 @@ def test_tokens_are_drawn_from_the_logits_over_the_temperature(default_model):
   model, params = default_model
   state = maskgit.init_state(model, jax.random.key(3), 8)
   state = state.replace(step=jnp.full((), 5, jnp.int32))
-  new, logits = jax.jit(
-      lambda p, s: (maskgit.decode_step(model, p, s, num_steps=6, temperature=
-                                        0.5, choice_temperature=1.0),
-                    model.apply({'params': p}, s.tokens, None, method=maskgit.
-                                MaskGIT.flat_logits)),
-      compiler_options=FAST_COMPILE)(params, state)
+  new, (logits,) = _step_and_logits(model, params, state, num_steps=6,
+                                    temperature=0.5, choice_temperature=1.0)
   _, sample_rng, _ = jax.random.split(state.rng, 3)
   draw = lambda logits: np.asarray(jax.random.categorical(sample_rng, logits))
   want = draw(logits / 0.5)
@@ -436,14 +442,12 @@ def test_the_linear_guidance_schedule_is_w_s_over_s(step, w, class_model):
   labels = jnp.array([0, 1, 2, 0, 1, 2, 0, 1])
   state = maskgit.init_state(model, jax.random.key(3), 8)
   state = state.replace(step=jnp.full((), step, jnp.int32))
-  logits = functools.partial(model.apply, method=maskgit.MaskGIT.flat_logits)
-  new, cond, uncond = jax.jit(
-      lambda p, s: (maskgit.decode_step(
-          model, p, s, labels, num_steps=4, temperature=0.0, choice_temperature=
-          0.0, guidance_scale=w, guidance_schedule='linear'),
-                    logits({'params': p}, s.tokens, labels),
-                    logits({'params': p}, s.tokens, jnp.full_like(labels, 3))),
-      compiler_options=FAST_COMPILE)(params, state)
+  new, (cond,
+        uncond) = _step_and_logits(model, params, state,
+                                   (labels, jnp.full_like(labels, 3)),
+                                   num_steps=4, temperature=0.0,
+                                   choice_temperature=0.0, guidance_scale=w,
+                                   guidance_schedule='linear')
   greedy = lambda w: np.asarray(
       jnp.argmax(api.guided_logits(cond, uncond, w), -1))[..., 0]
   tokens = np.asarray(new.tokens)[..., 0]
