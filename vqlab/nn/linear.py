@@ -70,9 +70,11 @@ def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
   return y + broadcast_param(bias, y.shape, y.dtype)
 
 
-def _without_bias(module: nn.Module, base: type[nn.Module]) -> nn.Module:
-  """`base` (a flax layer) with `module`'s fields but no bias, sharing
-  `module`'s scope: its kernel is `module`'s param 'kernel'."""
+def _call_with_bias(module: nn.Module, base: type[nn.Module], inputs: jax.Array,
+                    features: tuple[int, ...]) -> jax.Array:
+  """`module`'s output: `base` (the flax layer it extends) with its fields
+  but no bias, sharing its scope (the kernel is `module`'s param 'kernel'),
+  plus `module`'s param 'bias' [*features] through `add_bias`."""
   fields = {
       field.name: getattr(module, field.name)
       for field in dataclasses.fields(base)
@@ -80,7 +82,11 @@ def _without_bias(module: nn.Module, base: type[nn.Module]) -> nn.Module:
   }
   layer = base(**{**fields, 'use_bias': False})
   nn.share_scope(module, layer)
-  return layer
+  y = layer(inputs)
+  # As flax: the bias drawn flat, then shaped.
+  init = lambda rng, shape, dtype: module.bias_init(rng, (math.prod(shape),),
+                                                    dtype).reshape(shape)
+  return add_bias(y, module.param('bias', init, features, module.param_dtype))
 
 
 class Dense(nn.Dense):
@@ -91,10 +97,7 @@ class Dense(nn.Dense):
     """[..., in] -> [..., features]."""
     if not self.use_bias:
       return super().__call__(inputs)
-    y = _without_bias(self, nn.Dense)(inputs)
-    bias = self.param('bias', self.bias_init, (self.features,),
-                      self.param_dtype)
-    return add_bias(y, bias)
+    return _call_with_bias(self, nn.Dense, inputs, (self.features,))
 
 
 class DenseGeneral(nn.DenseGeneral):
@@ -108,14 +111,9 @@ class DenseGeneral(nn.DenseGeneral):
       return super().__call__(inputs)
     if self.batch_dims:
       raise NotImplementedError('vqlab DenseGeneral: batch_dims')
-    y = _without_bias(self, nn.DenseGeneral)(inputs)
     features = ((self.features,)
                 if isinstance(self.features, int) else tuple(self.features))
-    # As flax: the bias drawn flat, then shaped.
-    init = lambda rng, shape, dtype: self.bias_init(rng, (math.prod(shape),),
-                                                    dtype).reshape(shape)
-    bias = self.param('bias', init, features, self.param_dtype)
-    return add_bias(y, bias)
+    return _call_with_bias(self, nn.DenseGeneral, inputs, features)
 
 
 class Conv(nn.Conv):
@@ -126,10 +124,7 @@ class Conv(nn.Conv):
     """[batch, *spatial, in] -> [batch, *spatial', features]."""
     if not self.use_bias:
       return super().__call__(inputs)
-    y = _without_bias(self, nn.Conv)(inputs)
-    bias = self.param('bias', self.bias_init, (self.features,),
-                      self.param_dtype)
-    return add_bias(y, bias)
+    return _call_with_bias(self, nn.Conv, inputs, (self.features,))
 
 
 @contextlib.contextmanager
