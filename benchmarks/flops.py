@@ -18,10 +18,12 @@ import numpy as np
 # cuDNN's flash attention (jax.nn.dot_product_attention on a GPU) is one
 # primitive each way, counted as XLA's path counts its matmuls: q k^T and
 # p v forward (4 B N T S H for q [B, T, N, H], k [B, S, N, H]), twice that
-# backward.
+# backward; and with recomputation, the backward's q k^T again (flash
+# attention keeps only the softmax statistics), as XLA's path recomputes it
+# under its checkpoint.
 _FLASH_ATTENTION = {
-    'dot_product_attention_fwd_wrapper': 1.0,
-    'dot_product_attention_bwd_wrapper': 2.0,
+    'dot_product_attention_fwd_wrapper': (1.0, 1.0),
+    'dot_product_attention_bwd_wrapper': (2.0, 2.5),
 }
 
 
@@ -72,7 +74,7 @@ def _conv_flops(eqn) -> float:
   return 2.0 * batch_and_features * in_features * taps
 
 
-def _eqn_flops(eqn) -> float:
+def _eqn_flops(eqn, recomputation: bool) -> float:
   name = eqn.primitive.name
   if name == 'dot_general':
     lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
@@ -86,7 +88,7 @@ def _eqn_flops(eqn) -> float:
     return _conv_flops(eqn)
   if name in _FLASH_ATTENTION:
     (b, t, n, h), (_, s, _, _) = (v.aval.shape for v in eqn.invars[:2])
-    return _FLASH_ATTENTION[name] * 4.0 * b * n * t * s * h
+    return _FLASH_ATTENTION[name][recomputation] * 4.0 * b * n * t * s * h
   return 0.0
 
 
@@ -96,14 +98,32 @@ _RECOMPUTED = 'rematted_computation'
 
 
 def jaxpr_flops(jaxpr, recomputation: bool = True) -> float:
-  """FLOPs of matmuls and convolutions in `jaxpr`, recursing into bodies;
-  without `recomputation`, leaving out the forward work that checkpoints
-  recompute in the backward pass (model FLOPs rather than hardware FLOPs)."""
+  """FLOPs of matmuls and convolutions in `jaxpr`, recursing into bodies
+  (a scan's times its length, a cond's costliest branch once); without
+  `recomputation`, leaving out the forward work that checkpoints recompute
+  in the backward pass (model FLOPs rather than hardware FLOPs).
+
+  Raises:
+    ValueError: a while loop (a fori_loop of traced bounds) with matmuls or
+      convolutions in it: how many times they run is not in the jaxpr.
+  """
   total = 0.0
   for eqn in jaxpr.eqns:
     if not recomputation and _RECOMPUTED in str(eqn.source_info.name_stack):
       continue  # Its sub-jaxprs' name stacks are relative: skipped too.
-    total += _eqn_flops(eqn)
+    total += _eqn_flops(eqn, recomputation)
+    if eqn.primitive.name == 'cond':
+      total += max(
+          jaxpr_flops(branch.jaxpr, recomputation)
+          for branch in eqn.params['branches'])
+      continue
+    if eqn.primitive.name == 'while' and any(
+        jaxpr_flops(sub, recomputation)
+        for value in eqn.params.values()
+        for sub in _sub_jaxprs(value)):
+      raise ValueError('flops: a while loop (or a fori_loop of traced '
+                       'bounds) runs matmuls or convolutions a number of '
+                       'times the jaxpr does not hold')
     repeat = eqn.params.get('length', 1) if eqn.primitive.name == 'scan' else 1
     for value in eqn.params.values():
       for sub in _sub_jaxprs(value):

@@ -950,13 +950,14 @@ def print_table(rows: dict[str, dict], compile_only: bool) -> None:
               if compile_only else row.get('peak_memory_bytes'))
     mfu = row.get('mfu')
     status = row['status']
+    if status == 'timed_out':
+      status += f' ({row["limit_s"]:g} s)'
+    if row['status'] != 'ok':
+      status += f': {row.get("error", "")}'
     if row.get('microbatches_tried'):  # Refitted to the memory budget.
       fits = 'fits' if row.get('fits_budget') else 'still over'
       status += (f' ({row["microbatches"]} microbatches: {fits} '
                  f'{_gib(row["memory_budget_bytes"])} GiB)')
-    if status != 'ok':
-      status += f' ({row["limit_s"]:g} s)' if status == 'timed_out' else ''
-      status += f': {row.get("error", "")}'
     print(
         f'{key:<{width}} {fmt(row.get("global_batch"), "d"):>5} '
         f'{fmt(row.get("compile_s"), ".1f"):>9} '

@@ -5,9 +5,11 @@ import types
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import pytest
 
 from benchmarks import train_step
 from benchmarks.flops import count_flops
+from vqlab.nn import attention
 from vqlab.nn import causal_conv
 
 
@@ -83,7 +85,25 @@ def test_flash_attention_counts_as_xla_attention(monkeypatch):
     fn = attend(implementation)
     assert count_flops(fn, q, k, k) == forward
     grad = jax.grad(fn, argnums=(0, 1, 2))
-    assert count_flops(grad, q, k, k) == 3 * forward
+    assert count_flops(grad, q, k, k, recomputation=False) == 3 * forward
+  # With recomputation, cuDNN's backward computes q k^T again, as vqlab's XLA
+  # path (under its checkpoint) does.
+  assert count_flops(jax.grad(attend('cudnn'), argnums=(0, 1, 2)), q, k,
+                     k) == 3.5 * forward
+  xla_path = lambda q, k, v: attention.dot_product_attention(q, k, v).astype(
+      jnp.float32).sum()
+  assert count_flops(jax.grad(xla_path, argnums=(0, 1, 2)), q, k,
+                     k) == 3.5 * forward
+
+
+def test_a_cond_counts_its_costliest_branch_and_a_while_loop_is_refused():
+  w = jnp.zeros((6, 6))
+  branches = lambda i, h: jax.lax.switch(
+      i, [lambda h: h, lambda h: h @ w, lambda h: h @ w @ w], h)
+  assert count_flops(branches, 1, jnp.zeros((4, 6))) == 2 * 2 * 4 * 6 * 6
+  loop = lambda n, h: jax.lax.fori_loop(0, n, lambda i, h: h @ w, h)
+  with pytest.raises(ValueError, match='while loop'):
+    count_flops(loop, 3, jnp.zeros((4, 6)))
 
 
 def test_peak_flops_tells_the_h100_variants_apart():

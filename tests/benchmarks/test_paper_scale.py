@@ -92,6 +92,10 @@ def test_compile_only_rows_timeouts_and_unknown_keys(tmp_path, monkeypatch):
   first, last = gpt['microbatches_tried'][0], gpt['microbatches_tried'][-1]
   assert first['microbatches'] == 1 and last['microbatches'] == per_device
   assert first['peak_estimate_bytes'] > gpt['memory']['peak_estimate_bytes']
+  line, = (line for line in stdout.splitlines()
+           if line.startswith(f'tiny/gpt{suffix}'))
+  assert line.endswith(f'  ok ({per_device} microbatches: still over 0.00 '
+                       'GiB)'), line
   # Exactly, in one piece or in microbatches; MFU's count leaves out what
   # remat recomputes (HFU's has it: the blocks' forward once more).
   assert gpt['model_flops_per_step'] == _gpt_flops_by_hand(
