@@ -26,7 +26,8 @@ def _run(tmp_path, *args: str) -> tuple[dict, str]:
       sys.executable, SCRIPT, '--tiny', '--compile_only', f'--json={path}',
       *args
   ], capture_output=True, text=True, timeout=600, cwd=paths.ROOT,
-                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+                        env=dict(os.environ, JAX_PLATFORMS='cpu',
+                                 TMPDIR=str(tmp_path)))  # Its logs.
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   return json.loads(path.read_text()), proc.stdout
 

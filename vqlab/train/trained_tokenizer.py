@@ -185,7 +185,7 @@ def read_run_config(
     with fileio.open(path) as f:
       return ml_collections.ConfigDict(_as_tuples(json.load(f)))
   except FileNotFoundError as e:
-    run = 'tokenizer run' if key.startswith('tokenizer') else 'run'
+    run = 'tokenizer run' if 'tokenizer' in key else 'run'
     raise CheckpointError(
         f'{path} does not exist: {key} must be the --workdir of a trained '
         f'{run}') from e
