@@ -91,6 +91,11 @@ def test_encode_pad_to_truncation_and_decode(loaded):
   assert tokenizer.decode(ids[0]) == 'a photo of a cat !'
   with pytest.raises(ValueError, match=r'pad_to must be >= 2 .* got 1'):
     tokenizer.encode('a cat', pad_to=1)
+  for texts in (b'a cat', None, ['a', 3]):
+    with pytest.raises(
+        ValueError, match='texts must be a string or a '
+        'sequence of strings'):
+      tokenizer.encode(texts)
 
 
 def test_bpe_rules():
@@ -271,6 +276,12 @@ def test_text_conditioner_uses_clip(golden, caplog):
   text = str(golden['texts'][0])
   arrays = conditioner.host_arrays(np.array([text]))
   assert not caplog.records
+  # UTF-8 bytes are the same caption (str() made "b'...'" of them).
+  np.testing.assert_array_equal(
+      conditioner.host_arrays(np.array([text.encode('utf-8')]))['text_ids'],
+      arrays['text_ids'])
+  with pytest.raises(ValueError, match='captions must be strings, got int'):
+    conditioner.host_arrays([3])
   conditioner.host_arrays(np.array([' '.join(['cat'] * 14), text]))  # Fits.
   assert not caplog.records
   conditioner.host_arrays(np.array([' '.join(['cat'] * 15)]))  # Cut: said.

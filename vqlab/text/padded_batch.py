@@ -22,6 +22,11 @@ def encode_padded(encode_one: Callable[[str, int],
   """
   if isinstance(texts, str):
     texts = [texts]
+  elif not isinstance(texts, bytes) and hasattr(texts, '__iter__'):
+    texts = list(texts)
+  if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+    raise ValueError(f'texts must be a string or a sequence of strings, got '
+                     f'{texts!r:.80}')
   if pad_to is not None and pad_to < 2:
     raise ValueError(f"pad_to must be >= 2 (a row's two end tokens), got "
                      f'{pad_to}')

@@ -31,6 +31,16 @@ from vqlab.generators import vq_diffusion
 CAPTION = 'caption'
 
 
+def _as_text(caption: Any) -> str:
+  """A caption as a str: UTF-8 bytes decoded (str() made "b'...'" of them)."""
+  if isinstance(caption, bytes):
+    return caption.decode('utf-8')
+  if not isinstance(caption, str):
+    raise ValueError(f'captions must be strings, got {type(caption).__name__} '
+                     f'{caption!r}')
+  return caption
+
+
 def encode_bytes(texts, max_length: int) -> tuple[np.ndarray, np.ndarray]:
   """UTF-8 bytes of each text, truncated / padded (id 256) to max_length.
 
@@ -121,8 +131,9 @@ class TextConditioner:
     return {'text_encoder': self.encoder.params} if self.encoder else {}
 
   def host_arrays(self, captions) -> dict[str, np.ndarray]:
-    """Strings [b] -> {'text_ids' int32 [b, L], 'text_mask' bool [b, L]}."""
-    captions = [str(c) for c in np.asarray(captions).reshape(-1)]
+    """Strings [b] (or UTF-8 bytes) -> {'text_ids' int32 [b, L],
+    'text_mask' bool [b, L]}."""
+    captions = [_as_text(c) for c in np.asarray(captions).reshape(-1)]
     if self.encoder is not None:
       tokenizer = self.encoder.tokenizer
       ids, mask = tokenizer.encode(captions, max_length=self.max_length,
