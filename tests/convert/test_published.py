@@ -3,6 +3,7 @@
 import functools
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -290,3 +291,26 @@ def test_a_run_that_switched_its_stacking_layout_still_loads(tmp_path):
   assert tokens.shape == (2, 4, 4, 2) and loaded.factor_vocab_sizes == (8, 8)
   np.testing.assert_array_equal(loaded.whole_codes(tokens),
                                 tokens[..., 0] + 8 * tokens[..., 1])
+
+
+def test_the_next_command_quotes_a_run_dir_with_spaces():
+  """It is printed and written into config.py: it split at the space."""
+  assert shlex.split(published.next_command('/tmp/my runs/vq', 'eval')) == [
+      'python', 'main.py', '--config=/tmp/my runs/vq/config.py',
+      '--workdir=/tmp/my runs/vq', '--mode=eval'
+  ]
+  words = shlex.split(published.next_command('gs://b/my runs/vq', 'eval'))
+  assert words[words.index('python'):] == [
+      'python', 'main.py', '--config=vq_config/config.py',
+      '--workdir=gs://b/my runs/vq', '--mode=eval'
+  ]
+
+
+def test_a_killed_conversions_temporary_save_is_no_checkpoint(tmp_path):
+  """What a conversion killed in its save leaves blocked its rerun."""
+  (tmp_path / 'checkpoints' / '0.orbax-checkpoint-tmp-1765150000' /
+   'default').mkdir(parents=True)
+  published.check_new_run_dir(str(tmp_path))
+  (tmp_path / 'checkpoints' / '0').mkdir()
+  with pytest.raises(FileExistsError, match='already holds checkpoints'):
+    published.check_new_run_dir(str(tmp_path))

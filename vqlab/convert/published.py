@@ -12,6 +12,7 @@ tokenizer run that `main.py --mode=sample` samples.
 import dataclasses
 import os
 import re
+import shlex
 from typing import Any, Iterable, Mapping
 
 import jax
@@ -281,9 +282,12 @@ def run_config(converted: Converted) -> ml_collections.ConfigDict:
 
 def check_new_run_dir(out_dir: str) -> None:
   """Raises FileExistsError when `out_dir` already holds checkpoints (which
-  a conversion must never overwrite or mix with); local or a URL."""
+  a conversion must never overwrite or mix with); local or a URL. The
+  temporary folder of a save that never finished (a killed conversion) is
+  none."""
   checkpoints = os.path.join(out_dir, 'checkpoints')
-  if fileio.isdir(checkpoints) and fileio.listdir(checkpoints):
+  if fileio.isdir(checkpoints) and any('.orbax-checkpoint-tmp' not in name
+                                       for name in fileio.listdir(checkpoints)):
     raise FileExistsError(f'{out_dir} already holds checkpoints; convert into '
                           'a new directory')
 
@@ -410,13 +414,16 @@ def next_command(out_dir: str, mode: str) -> str:
   command first copies config.py and config.json (which config.py reads from
   beside itself) into a local folder named after the run.
   """
+  q = shlex.quote
   if not fileio.is_url(out_dir):
-    return (f'python main.py --config={out_dir}/config.py '
-            f'--workdir={out_dir} --mode={mode}')
+    return (f'python main.py --config={q(out_dir + "/config.py")} '
+            f'--workdir={q(out_dir)} --mode={mode}')
   local = os.path.basename(out_dir.rstrip('/')) + '_config'
-  return (f'mkdir -p {local} && gcloud storage cp {out_dir}/config.py '
-          f'{out_dir}/config.json {local}/ && python main.py '
-          f'--config={local}/config.py --workdir={out_dir} --mode={mode}')
+  return (f'mkdir -p {q(local)} && gcloud storage cp '
+          f'{q(out_dir + "/config.py")} {q(out_dir + "/config.json")} '
+          f'{q(local + "/")} && python main.py '
+          f'--config={q(local + "/config.py")} --workdir={q(out_dir)} '
+          f'--mode={mode}')
 
 
 def converted_generator(config: ml_collections.ConfigDict, params: dict,

@@ -6,6 +6,7 @@ not fit."""
 
 import contextlib
 import dataclasses
+import json
 import os
 from typing import Any, Callable
 
@@ -29,6 +30,8 @@ SET_ASIDE_SUFFIX = '.corrupt'
 _ITEM = 'default'  # The one item of each step: <directory>/<step>/default.
 # The key of the arrays' checksums in a step's Orbax custom metadata.
 _CHECKSUMS = 'vqlab_checksums'
+# Orbax's file of a step's metadata (vqlab's checksums among it).
+_STEP_METADATA = '_CHECKPOINT_METADATA'
 # A restore beside a run in progress: how many listings of its steps it
 # reads through (the run may delete them meanwhile), and how many times the
 # processes list them before concluding that they see different ones.
@@ -537,17 +540,21 @@ class Checkpointer:
 
 
 def _saved_checksums(manager: ocp.CheckpointManager,
-                     step: int) -> dict[str, int]:
-  """{path: checksum} saved with `step`; {} for a step saved without them
-  (by an older vqlab) or whose metadata cannot be read (not judged here)."""
+                     step: int) -> dict[str, int] | None:
+  """{path: checksum} saved with `step`; {} for a step saved without them (by
+  an older vqlab); None when the step's metadata file is missing or
+  unreadable, so that its data cannot be checked."""
+  # The step's own metadata file only (read here: Orbax's reader logs and
+  # swallows a broken one): manager.metadata(step) also reads every array's
+  # metadata (half a second for a tiny model's 500 arrays).
   try:
-    # The step's own metadata file only: manager.metadata(step) also reads
-    # every array's metadata (half a second for a tiny model's 500 arrays).
-    custom = ocp.metadata.get_step_metadata(
-        manager.directory / str(step)).custom_metadata or {}
-  except Exception:  # pylint: disable=broad-except
-    return {}
-  saved = custom.get(_CHECKSUMS)
+    metadata = json.loads(
+        (manager.directory / str(step) / _STEP_METADATA).read_text())
+  except (OSError, ValueError):
+    return None
+  if not isinstance(metadata, dict):
+    return None
+  saved = (metadata.get('custom_metadata') or {}).get(_CHECKSUMS)
   return saved if isinstance(saved, dict) else {}
 
 
@@ -557,8 +564,13 @@ def _changed_on_disk(manager: ocp.CheckpointManager, step: int,
   ones saved (their checksums differ: the files changed on disk). Every
   process calls it (the checksums of arrays spanning processes are
   collectives)."""
-  changed = checksums.differing(state_mismatch.leaves(state),
-                                _saved_checksums(manager, step))
+  saved = _saved_checksums(manager, step)
+  if saved is None:
+    return read_failures.Failure(
+        read_failures.UNREADABLE,
+        f'its metadata file {_STEP_METADATA} is missing or unreadable, so '
+        'its data cannot be checked against the checksums saved with it')
+  changed = checksums.differing(state_mismatch.leaves(state), saved)
   if not changed:
     return None
   more = f' and {len(changed) - 2} more' if len(changed) > 2 else ''
@@ -656,6 +668,7 @@ def restore_on_host(workdir: str, step: int | None = None,
           f'the checkpoints in {directory} kept changing while they were '
           'read: a run in progress saves and deletes them faster than they '
           "can be read (raise that run's train.max_to_keep); run again")
+    others = sorted(set(manager.all_steps()) - {read_step}, reverse=True)
   finally:
     manager.close()
   path = os.path.join(directory, str(read_step))
@@ -665,8 +678,12 @@ def restore_on_host(workdir: str, step: int | None = None,
         'permissions, a transient I/O error or a fault of this program, not '
         'a corrupt checkpoint; run again (with more memory if it ran out, as '
         'a user who may read its files if they are denied)')
+  # It stays where it is (this reader does not own the run): name the way on.
+  way_on = (f'set {step_key or "the step"} to one of its other steps '
+            f'{others[:5]}, or ' if others else '')
   raise CheckpointError(
-      f'checkpoint {path} is missing or corrupt ({failure.why})')
+      f'checkpoint {path} is missing or corrupt ({failure.why}): '
+      f'{way_on}resume that run, which sets the step aside')
 
 
 def _listed_step(directory: str, steps: list[int], step: int | None,
