@@ -171,7 +171,11 @@ def _run_local(args, hosts: list[str]) -> int:
   os.makedirs(os.path.expanduser(args.log_dir), exist_ok=True)
   processes = []
   for i in range(len(hosts)):
-    log = open(_log(args, i, True), 'w')  # pylint: disable=consider-using-with
+    # Appended after a dated line, as on remote hosts (start_command).
+    log = open(_log(args, i, True), 'a')  # pylint: disable=consider-using-with
+    log.write(f'=== vqlab: started {time.strftime("%c", time.gmtime())} '
+              'UTC ===\n')
+    log.flush()
     processes.append(
         (subprocess.Popen(main_py_args(args, hosts, True, i), cwd=REPO, env=env,
                           stdout=log, stderr=subprocess.STDOUT), log))

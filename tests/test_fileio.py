@@ -12,6 +12,7 @@ import tracemalloc
 
 import jax
 import ml_collections
+import ml_dtypes
 import numpy as np
 from PIL import Image
 import pytest
@@ -472,6 +473,10 @@ def test_a_grid_of_pixels_of_another_kind_is_named(tmp_path):
   assert grid.shape == (11, 11, 3) and grid.dtype == np.uint8
   assert grid[1, 1, 0] == 0 and grid[6, 1, 0] == 255  # -1 and 1.
   writers.save_png(str(tmp_path / 'grid.png'), grid)
+  # A model's bfloat16 pictures: drawn too (to bfloat16's rounding).
+  rounded = writers.image_grid([images.astype(ml_dtypes.bfloat16), -images],
+                               padding=1)
+  assert np.abs(rounded.astype(int) - grid).max() == 1
   with pytest.raises(ValueError, match='got row 1 of uint8'):
     writers.image_grid([images, (images > 0).astype(np.uint8)])
   with pytest.raises(ValueError, match=r'got row 1 of float64 \(1, 4, 4, 3\)'):

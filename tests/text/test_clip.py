@@ -91,11 +91,16 @@ def test_encode_pad_to_truncation_and_decode(loaded):
   assert tokenizer.decode(ids[0]) == 'a photo of a cat !'
   with pytest.raises(ValueError, match=r'pad_to must be >= 2 .* got 1'):
     tokenizer.encode('a cat', pad_to=1)
-  for texts in (b'a cat', None, ['a', 3]):
+  for texts in (b'a cat', None, ['a', 3], {'a cat': 1}):
     with pytest.raises(
         ValueError, match='texts must be a string or a '
         'sequence of strings'):
       tokenizer.encode(texts)
+  np.testing.assert_array_equal(
+      tokenizer.encode(np.array('a cat'))[0],
+      tokenizer.encode('a cat')[0])
+  with pytest.raises(ValueError, match='pad_to must be an int or None'):
+    tokenizer.encode('a cat', pad_to=2.5)
 
 
 def test_bpe_rules():

@@ -326,3 +326,5 @@ def test_a_trained_titok_encodes_only_pictures_of_its_training_size():
       ValueError, match=r'^run: pixels must be in \[-1, 1\], '
       r'got values in \[0, 255\]'):
     tok.encode({}, jnp.linspace(0, 255, 2 * 48 * 48 * 3).reshape(2, 48, 48, 3))
+  with pytest.raises(ValueError, match='pixels must be finite, got NaN'):
+    tok.encode({}, jnp.full((2, 48, 48, 3), jnp.nan))

@@ -1587,6 +1587,25 @@ def test_processes_restore_a_step_only_where_every_one_reads_it(
   assert 'process 1 could not read it' in capsys.readouterr().out
 
 
+def test_a_metadata_file_denied_is_no_corrupt_step(tmp_path, monkeypatch):
+  """The checksums' file read denied (or a storage error) is the reader's
+  fault, not the step's: nothing is set aside."""
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=5)
+  for step in (2, 4):
+    checkpointer.save(step, {'w': jnp.arange(6.0) * step})
+  checkpointer.wait()
+  checkpointer.close()
+
+  def denied(manager, step):
+    raise PermissionError(f'[Errno 13] Permission denied: {step}')
+
+  monkeypatch.setattr(checkpoint_lib, '_saved_checksums', denied)
+  abstract = {'w': jax.ShapeDtypeStruct((6,), jnp.float32)}
+  with pytest.raises(CheckpointError, match='not a corrupt checkpoint'):
+    checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=5).restore(abstract)
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4']
+
+
 @pytest.mark.parametrize('metadata', ['kept', 'emptied', 'removed'])
 def test_a_bit_flipped_on_disk_sets_the_step_aside(tmp_path, capsys, metadata):
   """Orbax keeps no checksum on its data chunks: a flipped bit of a saved

@@ -20,13 +20,17 @@ def encode_padded(encode_one: Callable[[str, int],
       a jitted encoder for each batch).
     pad_id: the id after a row's end, where the mask is False.
   """
+  if isinstance(texts, np.ndarray):
+    texts = texts.tolist() if texts.ndim else [texts.item()]
   if isinstance(texts, str):
     texts = [texts]
-  elif not isinstance(texts, bytes) and hasattr(texts, '__iter__'):
-    texts = list(texts)
-  if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+  if (not isinstance(texts, (list, tuple)) or
+      not all(isinstance(t, str) for t in texts)):
     raise ValueError(f'texts must be a string or a sequence of strings, got '
                      f'{texts!r:.80}')
+  if pad_to is not None and (isinstance(pad_to, bool) or
+                             not isinstance(pad_to, (int, np.integer))):
+    raise ValueError(f'pad_to must be an int or None, got {pad_to!r}')
   if pad_to is not None and pad_to < 2:
     raise ValueError(f"pad_to must be >= 2 (a row's two end tokens), got "
                      f'{pad_to}')

@@ -543,14 +543,18 @@ def _saved_checksums(manager: ocp.CheckpointManager,
                      step: int) -> dict[str, int] | None:
   """{path: checksum} saved with `step`; {} for a step saved without them (by
   an older vqlab); None when the step's metadata file is missing or
-  unreadable, so that its data cannot be checked."""
+  unreadable, so that its data cannot be checked.
+
+  Raises:
+    What reading the file raises otherwise (permissions, a storage error).
+  """
   # The step's own metadata file only (read here: Orbax's reader logs and
   # swallows a broken one): manager.metadata(step) also reads every array's
   # metadata (half a second for a tiny model's 500 arrays).
   try:
     metadata = json.loads(
         (manager.directory / str(step) / _STEP_METADATA).read_text())
-  except (OSError, ValueError):
+  except (FileNotFoundError, ValueError):  # ValueError: not JSON.
     return None
   if not isinstance(metadata, dict):
     return None
@@ -564,7 +568,11 @@ def _changed_on_disk(manager: ocp.CheckpointManager, step: int,
   ones saved (their checksums differ: the files changed on disk). Every
   process calls it (the checksums of arrays spanning processes are
   collectives)."""
-  saved = _saved_checksums(manager, step)
+  try:
+    saved = _saved_checksums(manager, step)
+  except Exception as e:  # pylint: disable=broad-except
+    # Denied or a storage error: judged as a read's (not a corrupt step).
+    return read_failures.judge(e, os.fspath(manager.directory / str(step)))
   if saved is None:
     return read_failures.Failure(
         read_failures.UNREADABLE,

@@ -131,6 +131,8 @@ def _check_pixel_range(x: Any, who: str) -> None:
   if (isinstance(x, jax.core.Tracer) or not hasattr(x, 'dtype') or
       not jnp.issubdtype(x.dtype, jnp.floating) or not jnp.size(x)):
     return
+  if not bool(jnp.all(jnp.isfinite(x))):
+    raise ValueError(f'{who}: pixels must be finite, got NaN or Inf values')
   low, high = float(jnp.min(x)), float(jnp.max(x))
   if low < -2 or high > 2:
     raise ValueError(f'{who}: pixels must be in [-1, 1], got values in '

@@ -17,6 +17,7 @@ import time
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import tensorboardX
@@ -238,7 +239,7 @@ def image_grid(rows: list[np.ndarray], padding: int = 2) -> np.ndarray:
                      f'{np.shape(rows)}')
   for r, row in enumerate(rows):
     row = np.asarray(row)
-    if (not np.issubdtype(row.dtype, np.floating) or row.ndim != 4 or
+    if (not jnp.issubdtype(row.dtype, jnp.floating) or row.ndim != 4 or
         row.shape != np.shape(rows[0])):
       raise ValueError(
           f'image_grid: each row must be float [N, H, W, C] in [-1, 1] of '
