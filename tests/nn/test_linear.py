@@ -58,6 +58,12 @@ def test_layers_have_flax_params_and_forward_values(name, dtype):
   np.testing.assert_array_equal(y, theirs.apply(params, x))
 
 
+def test_dense_general_refuses_batch_dims():
+  x = jnp.ones((2, 3, 4))
+  with pytest.raises(ValueError, match=r'batch_dims=\(0,\) is not supported'):
+    linear.DenseGeneral(5, batch_dims=(0,)).init(jax.random.key(0), x)
+
+
 def _bias_gradient(layer, x, params):
   """d/d bias of sum(layer(x)): the count of positions per bias entry."""
   loss = lambda p: layer.apply(p, x).astype(jnp.float32).sum()

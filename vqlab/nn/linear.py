@@ -101,8 +101,9 @@ class Dense(nn.Dense):
 
 
 class DenseGeneral(nn.DenseGeneral):
-  """nn.DenseGeneral (without batch_dims) with its bias gradient summed in
-  float32."""
+  """nn.DenseGeneral with its bias gradient summed in float32. Its bias is
+  [*features]: batch_dims (a bias per batch index, which no vqlab network
+  uses) are refused."""
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
@@ -110,7 +111,10 @@ class DenseGeneral(nn.DenseGeneral):
     if not self.use_bias:
       return super().__call__(inputs)
     if self.batch_dims:
-      raise NotImplementedError('vqlab DenseGeneral: batch_dims')
+      raise ValueError(
+          f'vqlab.nn.linear.DenseGeneral: batch_dims={self.batch_dims} is '
+          'not supported (a bias per batch index); use flax.linen.'
+          'DenseGeneral')
     features = ((self.features,)
                 if isinstance(self.features, int) else tuple(self.features))
     return _call_with_bias(self, nn.DenseGeneral, inputs, features)
