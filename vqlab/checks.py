@@ -14,6 +14,21 @@ def check_float_pixels(x: jax.Array, who: str) -> None:
                     f'{x.dtype} (convert uint8 with x / 127.5 - 1)')
 
 
+def check_pixel_range(x: jax.Array, who: str) -> None:
+  """Refuses concrete float pixels that are not finite or lie far outside
+  [-1, 1] (a resize's overshoot stays well inside 2; 0..255 pixels do not).
+  Traced ones (inside jit) cannot be seen."""
+  if (isinstance(x, jax.core.Tracer) or not hasattr(x, 'dtype') or
+      not jnp.issubdtype(x.dtype, jnp.floating) or not jnp.size(x)):
+    return
+  if not bool(jnp.all(jnp.isfinite(x))):
+    raise ValueError(f'{who}: pixels must be finite, got NaN or Inf values')
+  low, high = float(jnp.min(x)), float(jnp.max(x))
+  if low < -2 or high > 2:
+    raise ValueError(f'{who}: pixels must be in [-1, 1], got values in '
+                     f'[{low:g}, {high:g}] (0..255 pixels: x / 127.5 - 1)')
+
+
 def check_images(x: jax.Array, channels: int | tuple[int, ...], factor: int,
                  who: str) -> None:
   """Rejects anything but floating [B, H, W, C] with C in `channels` and

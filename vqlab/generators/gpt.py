@@ -184,7 +184,9 @@ class GPT(nn.Module):
     api.check_ids(tokens, self.vocab_size,
                   f'token ids (vocab_size={self.vocab_size})')
     prefix = self.embed_prefix(cond, jnp.shape(tokens)[0])
-    h = jnp.concatenate([prefix, self.embed_tokens(tokens[:, :-1])], axis=1)
+    # Ids checked above (the last too, a target only): not again.
+    embedded = self.token_embed(tokens[:, :-1]).astype(self.dtype)
+    h = jnp.concatenate([prefix, embedded], axis=1)
     h = linear.add_bias(h, self.pos_embedding[:h.shape[1]])
     return self._logits(h, train)[:, self.prefix_length - 1:]
 

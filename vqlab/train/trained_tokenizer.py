@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vqlab import checks
 from vqlab import fileio
 from vqlab import tokenizers
 from vqlab.errors import CheckpointError
@@ -79,7 +80,7 @@ class TrainedTokenizer:
     Concrete pixels far outside [-1, 1] (0..255 floats) are refused; inside
     jax.jit they cannot be seen.
     """
-    _check_pixel_range(x, self.workdir)
+    checks.check_pixel_range(x, self.workdir)
     if self.config.model.name == 'titok':
       height, width = np.broadcast_to(self.config.model.image_size, (2,))
       if tuple(jnp.shape(x)[-3:-1]) != (height, width):
@@ -123,20 +124,6 @@ class TrainedTokenizer:
         'factor_vocab_sizes': list(self.factor_vocab_sizes),
         'model': json.loads(self.config.model.to_json_best_effort())
     }
-
-
-def _check_pixel_range(x: Any, who: str) -> None:
-  """Refuses concrete float pixels far outside [-1, 1] (a resize's
-  overshoot stays well inside 2; 0..255 pixels do not)."""
-  if (isinstance(x, jax.core.Tracer) or not hasattr(x, 'dtype') or
-      not jnp.issubdtype(x.dtype, jnp.floating) or not jnp.size(x)):
-    return
-  if not bool(jnp.all(jnp.isfinite(x))):
-    raise ValueError(f'{who}: pixels must be finite, got NaN or Inf values')
-  low, high = float(jnp.min(x)), float(jnp.max(x))
-  if low < -2 or high > 2:
-    raise ValueError(f'{who}: pixels must be in [-1, 1], got values in '
-                     f'[{low:g}, {high:g}] (0..255 pixels: x / 127.5 - 1)')
 
 
 def is_record(recorded: Any) -> bool:
