@@ -16,9 +16,10 @@ round(gamma(r) N) tokens (`loss.mask_rounding = 'round'`; MaskGIT's ceil
 masks more), label dropout 0.1. AdamW (0.9, 0.96), lr 2e-4 after 10k warmup
 steps, cosine decay, weight decay 0.03, clip 1, batch 2048, 500k steps, EMA
 0.999 with the release's warmup. Sampling: 8 steps, the arccos schedule, TiTok's
-sampler (`sample.decoding = 'titok'`: tokens and confidences at the annealed
-temperature 9.5 (L-32) / 11.0 (B-64), the confidence a logit), guidance 4.5
-/ 3.0 rising linearly from 0.
+sampler as its FID script runs it (`sample.decoding = 'titok'`: logits
+divided by the annealed softmax temperature 1.3 -> 0.5, tokens and
+confidences at the annealed Gumbel temperature 9.5 (L-32) / 11.0 (B-64), the
+confidence a logit), guidance 4.5 / 3.0 rising linearly from 0.
 
 Departures: the tokens are made once (--mode=tokenize), one crop and flip
 per image for the whole training, where the release encodes every batch

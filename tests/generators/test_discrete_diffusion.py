@@ -334,9 +334,11 @@ def test_guidance_scale_zero_is_conditional_sampling_and_truncation():
   it was s, so 0 sampled unconditionally."""
   model, params = _model(condition='class', num_classes=3)
   labels = jnp.array([0, 1, 2, 1])
-  sample = lambda w: vq_diffusion.sample(model, params, jax.random.key(1), 4,
-                                         labels, num_steps=4, guidance_scale=w)
-  np.testing.assert_array_equal(sample(0.0), sample(1e-12))
+  sample = lambda w, labels: vq_diffusion.sample(model, params, jax.random.key(
+      1), 4, labels, num_steps=4, guidance_scale=w)
+  # Guided, the labels are joined with the null ones: a Python list too.
+  np.testing.assert_array_equal(sample(0.0, labels),
+                                sample(1e-12, [0, 1, 2, 1]))
   # w = 2: log p_u + 3 (log p_c - log p_u) over the codes, renormalized.
   x_t = jnp.asarray(np.random.default_rng(2).integers(0, K + 1, (4, 2, 3)))
   times = jnp.full((4,), 5, jnp.int32)

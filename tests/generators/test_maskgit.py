@@ -334,10 +334,12 @@ def test_tokens_are_drawn_from_the_logits_over_the_temperature(default_model):
 
 
 def _titok_release_sampling(model, params, rng, labels, num_steps, w, c):
-  """TiTok's released sampler (1d-tokenizer ImageBert.generate: arccos
-  schedule, guidance w s/S, tokens and confidences both at the annealed
-  temperature c (1 - (s+1)/S), the confidence the guided logit), in numpy,
-  on the Gumbel noise that vqlab's steps draw from their keys."""
+  """TiTok's released sampler as its FID script runs it (1d-tokenizer
+  ImageBert.generate with softmax_temperature_annealing: arccos schedule,
+  guidance w s/S, logits divided by 0.5 + 0.8 (1 - (s+1)/S), tokens and
+  confidences both at the annealed temperature c (1 - (s+1)/S), the
+  confidence the divided logit), in numpy, on the Gumbel noise that vqlab's
+  steps draw from their keys."""
   logits_of = functools.partial(
       jax.jit(
           functools.partial(model.apply, method=maskgit.MaskGIT.flat_logits),
@@ -352,6 +354,7 @@ def _titok_release_sampling(model, params, rng, labels, num_steps, w, c):
                                                                 3)))[:, :, 0]
     logits = cond + (cond - uncond) * (w * step / num_steps)
     ratio = (step + 1) / num_steps
+    logits = logits / (0.5 + 0.8 * (1 - ratio))
     temp = c * (1 - ratio)
     noise = np.asarray(
         jax.random.gumbel(sample_rng,
@@ -426,6 +429,13 @@ def test_guidance_zero_equals_conditional_sampling(class_model):
       compiler_options=FAST_COMPILE)
   plain, guided = fn(params, jax.random.key(4), jnp.float32(0.0))
   np.testing.assert_array_equal(plain, guided)
+  # Labels as a Python list, guided (joined with the null labels).
+  guided_list = maskgit.sample(model, params, jax.random.key(4), 2, [0, 2],
+                               num_steps=3, guidance_scale=1.0)
+  np.testing.assert_array_equal(
+      guided_list,
+      maskgit.sample(model, params, jax.random.key(4), 2, labels, num_steps=3,
+                     guidance_scale=1.0))
   cond, uncond = jnp.array([2.0, 1.0]), jnp.array([1.0, 1.0])
   np.testing.assert_allclose(api.guided_logits(cond, uncond, 2.0), [4.0, 1.0])
 

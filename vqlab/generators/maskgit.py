@@ -445,10 +445,12 @@ def decode_step(model: MaskGIT, params, state: DecodeState,
   positions to generate.
   Revealed (and given) tokens never change.
 
-  decoding 'titok' is TiTok's released sampler instead: tokens are drawn at
-  the annealed temperature t = choice_temperature (1 - (s+1)/S) (the argmax
-  of logits + t Gumbel; `temperature` unused) and scored by their (guided)
-  logit, not log p, + t Gumbel.
+  decoding 'titok' is TiTok's released sampler instead, as its FID script
+  runs it (1d-tokenizer sample_imagenet_titok.py: softmax temperature
+  annealing on): the guided logits are divided by 0.5 + 0.8 (1 - (s+1)/S),
+  tokens are drawn at the annealed temperature t = choice_temperature
+  (1 - (s+1)/S) (the argmax of logits + t Gumbel; `temperature` unused) and
+  scored by their divided logit, not log p, + t Gumbel.
   """
   rng, sample_rng, gumbel_rng = jax.random.split(state.rng, 3)
   tokens, step = state.tokens, state.step
@@ -473,6 +475,7 @@ def decode_step(model: MaskGIT, params, state: DecodeState,
     logits = apply(tokens, labels)  # [B, N, F, V]
   annealed = choice_temperature * (1.0 - ratio)
   if decoding == 'titok':
+    logits = logits / (0.5 + 0.8 * (1.0 - ratio))
     sampled = jnp.argmax(
         logits + annealed * jax.random.gumbel(sample_rng, logits.shape), -1)
     scores = logits
@@ -543,6 +546,7 @@ def sample(model: MaskGIT, params, rng: jax.Array, batch_size: int,
     # Here, while concrete: under guidance the steps see them joined with
     # the null labels, traced, and unchecked.
     api.check_class_ids(labels, batch_size, model.num_classes, 'MaskGIT')
+    labels = jnp.asarray(labels)  # Python lists too (joined under guidance).
   step_fn = functools.partial(
       decode_step, model, params, labels=labels, num_steps=num_steps,
       temperature=temperature, choice_temperature=choice_temperature,

@@ -562,6 +562,7 @@ def sample(model: VQDiffusion, params, rng: jax.Array, batch_size: int,
     # Here, while concrete: under guidance the steps see them joined and
     # traced, and unchecked.
     api.check_class_ids(cond, batch_size, model.num_classes, 'VQDiffusion')
+    cond = jnp.asarray(cond)  # A list would be a tree of scalars below.
   params = params.get('params', params)
   schedule = model.schedule()
   points = time_points(model.num_timesteps, num_steps)

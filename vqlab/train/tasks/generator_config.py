@@ -108,8 +108,8 @@ def default_config() -> ml_collections.ConfigDict:
   sample.num_steps = 8  # MaskGIT decoding steps.
   sample.choice_temperature = 4.5  # MaskGIT confidence noise.
   # MaskGIT: 'maskgit' (tokens at sample.temperature, confidence log p) or
-  # 'titok' (TiTok's release: tokens at the annealed choice temperature,
-  # confidence the logit).
+  # 'titok' (TiTok's release: logits at an annealed softmax temperature,
+  # tokens at the annealed choice temperature, confidence the logit).
   sample.decoding = 'maskgit'
   # Classifier-free guidance w (0: off): l_u + (1 + w)(l_c - l_u). GPT: class
   # models only; runs 2B rows per step. Needs loss.label_drop > 0 (a trained
