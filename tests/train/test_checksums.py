@@ -147,8 +147,13 @@ def test_every_single_flipped_bit_and_a_swap_change_it():
   assert (np.asarray(sums) != base).all()
   swapped = x.copy()
   swapped[[0, 1]] = swapped[[1, 0]]
-  assert checksums.differing({'x': jnp.asarray(swapped)}, {'x': base}) == ['x']
-  assert checksums.differing({'x': jnp.asarray(x), 'new': x}, {'x': base}) == []
+  assert checksums.differing(checksums.of_leaves({'x': jnp.asarray(swapped)}),
+                             {'x': base}) == ['x']
+  assert checksums.differing(
+      checksums.of_leaves({
+          'x': jnp.asarray(x),
+          'new': x
+      }), {'x': base}) == []
 
 
 def test_the_checksum_is_the_same_for_every_sharding():

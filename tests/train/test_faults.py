@@ -366,15 +366,26 @@ def _two_processes(workdir: str) -> list[str]:
                         str(i), port, workdir], env=env, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True) for i in range(2)
   ]
-  outputs = [p.communicate(timeout=180)[0] for p in processes]
+  try:
+    outputs = [p.communicate(timeout=120)[0] for p in processes]
+  except subprocess.TimeoutExpired:
+    for p in processes:
+      p.kill()
+    outputs = [p.communicate()[0] for p in processes]
+    pytest.fail(f'the two processes hung: {outputs}')
   assert all(p.returncode == 0 for p in processes), outputs
   return outputs
 
 
 def test_two_processes_set_aside_a_step_that_one_of_them_cannot_read(tmp_path):
-  """Real jax.distributed processes: process 1 alone fails to read step 4
-  (Orbax's restore ends in a barrier only the other would reach); both agree,
-  set step 4 aside and restore step 2, each its own shard. (Steps 2 and 4
+  """Real jax.distributed processes: process 1 alone is denied step 4's
+  metadata file; both refuse in one line, nothing moved (it hung: process 1
+  skipped the checksums' collectives). Then process 1 alone fails to read
+  step 4 (Orbax's restore ends in a barrier only the other would reach);
+  both agree, set step 4 aside and restore step 2, each its own shard.
+  Both read step 2 as another run's and put it on their mesh (it was
+  committed to one device, which cannot go to another host's: a warm start
+  crashed on two hosts). (Steps 2 and 4
   of w = arange(6) * step are saved here, over 2 devices: a pair of
   processes more only to save them cost seconds of imports.)"""
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ('x',))
@@ -387,8 +398,13 @@ def test_two_processes_set_aside_a_step_that_one_of_them_cannot_read(tmp_path):
   checkpointer.wait()
   checkpointer.close()
   outputs = _two_processes(str(tmp_path))
+  for output in outputs:
+    assert 'refused could not restore checkpoint' in output, outputs
+  assert 'Permission denied (process 1 only)' in outputs[1]
   assert 'restored 2 [0.0, 2.0, 4.0]' in outputs[0], outputs
   assert 'restored 2 [6.0, 8.0, 10.0]' in outputs[1], outputs
+  assert 'copied 2 [0.0, 2.0, 4.0]' in outputs[0], outputs
+  assert 'copied 2 [6.0, 8.0, 10.0]' in outputs[1], outputs
   assert 'process 1 could not read it' in outputs[0]
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4.corrupt']
 

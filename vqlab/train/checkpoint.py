@@ -568,6 +568,9 @@ def _changed_on_disk(manager: ocp.CheckpointManager, step: int,
   ones saved (their checksums differ: the files changed on disk). Every
   process calls it (the checksums of arrays spanning processes are
   collectives)."""
+  # First, whatever this process reads of the metadata: a process returning
+  # early would leave the others waiting in the collectives.
+  actual = checksums.of_leaves(state_mismatch.leaves(state))
   try:
     saved = _saved_checksums(manager, step)
   except Exception as e:  # pylint: disable=broad-except
@@ -578,7 +581,7 @@ def _changed_on_disk(manager: ocp.CheckpointManager, step: int,
         read_failures.UNREADABLE,
         f'its metadata file {_STEP_METADATA} is missing or unreadable, so '
         'its data cannot be checked against the checksums saved with it')
-  changed = checksums.differing(state_mismatch.leaves(state), saved)
+  changed = checksums.differing(actual, saved)
   if not changed:
     return None
   more = f' and {len(changed) - 2} more' if len(changed) > 2 else ''
@@ -624,11 +627,14 @@ def newest_step(workdir: str) -> int | None:
 
 def restore_on_host(workdir: str, step: int | None = None,
                     step_key: str = '') -> tuple[Any, int]:
-  """Reads a checkpoint of another run as a tree of arrays on one device.
+  """Reads a checkpoint of another run as a tree of host (numpy) arrays.
 
   For loading a trained network into a different experiment (a tokenizer
   into a generator run), where the saving run's mesh and state layout are
-  unknown: the layout comes from the checkpoint's own metadata.
+  unknown: the layout comes from the checkpoint's own metadata. The arrays
+  are read onto this process's first device and returned on the host: every
+  process holds the same values, which it may put on a mesh spanning all of
+  them (an array committed to one device cannot go to another host's).
 
   Args:
     workdir: the other run's --workdir (holding `checkpoints/`).
@@ -666,7 +672,7 @@ def restore_on_host(workdir: str, step: int | None = None,
                   s, args=ocp.args.StandardRestore(
                       _on_one_device(manager.item_metadata(s))))))
       if failure is None:
-        return tree, read_step
+        return jax.tree.map(np.asarray, tree), read_step
       with _opening(directory):
         manager.reload()
       if read_step in manager.all_steps():

@@ -179,12 +179,10 @@ def summarize(leaves: dict[str, Any]) -> Summary:
   return Summary(out, nonfinite)
 
 
-def differing(leaves: dict[str, Any], saved: dict[str, int]) -> list[str]:
-  """The paths of `leaves` whose checksum is not the one in `saved` (paths
-  that `saved` lacks are not checked). Every leaf's checksum is computed
-  whatever `saved` holds, so that processes that read different `saved`
-  still run the same collectives."""
+def differing(actual: dict[str, int], saved: dict[str, int]) -> list[str]:
+  """The paths whose checksum in `actual` (`of_leaves`) is not the one in
+  `saved` (paths that `saved` lacks are not checked)."""
   return [
-      path for path, checksum in of_leaves(leaves).items()
+      path for path, checksum in actual.items()
       if path in saved and checksum != int(saved[path])
   ]

@@ -9,7 +9,6 @@ other run used.
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -182,7 +181,7 @@ def _copied(source: dict[str, Any], target: dict[str, Any], names, key: str,
       raise ConfigError(
           key, f'{name!r} has other shapes in {where} than in this model '
           f'({collection})')
-    copied[name] = jax.tree.map(jnp.asarray, value)
+    copied[name] = jax.tree.map(np.asarray, value)
   return copied
 
 
