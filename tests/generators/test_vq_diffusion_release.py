@@ -71,3 +71,22 @@ def test_the_null_class_is_the_mean_of_the_class_rows_or_its_own_row():
 def test_bad_release_settings_name_their_key(overrides, key):
   with pytest.raises(ConfigError, match=key):
     vq_diffusion.build(_config(**overrides))
+
+
+def test_a_mean_null_class_is_not_trained_by_dropped_labels():
+  """The 'mean' null is no param of its own: labels dropped to it would
+  train every class row, so it takes loss.label_drop = 0 ('row' learns a
+  null row)."""
+  from vqlab.train.tasks import generator_config  # pylint: disable=g-import-not-at-top
+  config = generator_config.default_config()
+  config.model = _config()
+  config.loss.label_drop = 0.1
+  with pytest.raises(ConfigError, match=r"model\.null_class: 'mean'"):
+    vq_diffusion.API.check_settings(config)
+  config.model.null_class = 'row'
+  vq_diffusion.API.check_settings(config)
+  config.model.update(null_class='mean', block_style='vqlab')
+  vq_diffusion.API.check_settings(config)
+  config.model.block_style = 'release'
+  config.loss.label_drop = 0.0
+  vq_diffusion.API.check_settings(config)

@@ -42,7 +42,10 @@ x sigmoid(1.702 x), in every config; its ImageNet model's MLP is 3x3
 convolutions); one learned table of positions (the release: row + column
 tables); padded text positions are masked in the cross-attention (the
 release's CrossAttention ignores its mask: CLIP's padding is attended to);
-the AdaLN projections start at zero (the release: normal(0.02)). Class
+the text models' null condition is one learned context vector, the only
+position the cross-attention sees (the release: a learned [77, 512]
+sequence in place of CLIP's output, all of it attended to); the AdaLN
+projections start at zero (the release: normal(0.02)). Class
 models saved by vqlab up to 2026-12-05, which cross-attended to a class
 token, do not restore into this network (the checkpoint error lists their
 cross_attention params): retrain them.
@@ -730,6 +733,14 @@ def _check_fits(config: ml_collections.ConfigDict, tokenizer: Any,
 
 
 def _check_settings(config: ml_collections.ConfigDict) -> None:
+  model = config.model
+  config_schema.require(
+      not (model.block_style == 'release' and model.null_class == 'mean' and
+           config.loss.label_drop > 0), 'model.null_class',
+      "'mean' (the mean of the class rows, which is not learned), but "
+      'loss.label_drop drops labels to it: the dropped examples would train '
+      "every class row. Set model.null_class = 'row' (a learned null row, as "
+      "the release's imagenet_learnable) or loss.label_drop = 0")
   config_schema.require(
       config.sample.diffusion_sampler in SAMPLERS, 'sample.diffusion_sampler',
       f'must be one of {SAMPLERS}, got {config.sample.diffusion_sampler!r}')

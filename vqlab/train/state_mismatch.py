@@ -93,7 +93,8 @@ _STATE_KEYS = {
     'opt_state': 'optimizer.*.grad_clip_norm (on or off), the weight-decay '
                  'settings and freeze',
     'ema_params': 'ema.decay (on or off)',
-    'loss_state': 'loss.lecam_weight (on or off)',
+    'loss_state': 'loss.lecam_weight (on or off; tokenizers) and '
+                  'model.num_timesteps (VQ-Diffusion: its loss history)',
     'model_state': "the quantizer's settings",
 }
 
