@@ -468,37 +468,60 @@ def test_the_linear_guidance_schedule_is_w_s_over_s(step, w, class_model):
   assert (tokens[revealed] != greedy(w * (step + 1) / 4)[revealed]).any()
 
 
-def test_masked_loss_counts_only_masked_positions():
-  model = _model(token_shape=(6,))
+@pytest.mark.parametrize('factors', [(), (4, 16)])
+def test_masked_loss_counts_only_masked_positions(factors):
+  """The loss against float64: per factor, the cross-entropy over its own
+  V_f ids with the smoothing spread over them, summed over factors, meaned
+  over the masked positions; accuracy counts a position right only where
+  every factor is."""
+  model = _model(token_shape=(6,), factor_vocab_sizes=factors)
   params = _init(model)
-  tokens = jax.random.randint(jax.random.key(5), (2, 6), 0, model.vocab_size)
+  sizes = factors or (model.vocab_size,)
+  tokens = jnp.stack([
+      jax.random.randint(jax.random.key(5 + f), (2, 6), 0, v)
+      for f, v in enumerate(sizes)
+  ], -1)
+  tokens = tokens if factors else tokens[..., 0]
   mask = jnp.array([[1, 0, 0, 1, 0, 0], [0, 0, 0, 0, 0, 1]], bool)
 
   @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
-  def run(params):
+  def run(params, tokens):
     loss, metrics = maskgit.masked_loss(model, params, jax.random.key(6),
                                         tokens, mask=mask, label_smoothing=0.1)
-    inputs = jnp.where(mask, model.vocab_size, tokens)
-    return loss, metrics, model.apply({'params': params}, inputs)
+    flat = model.flatten(tokens)
+    inputs = jnp.where(mask[..., None], model.mask_ids, flat)
+    return loss, metrics, model.apply({'params': params}, inputs,
+                                      method=maskgit.MaskGIT.flat_logits)
 
-  loss, metrics, logits = run(params)
-  logits = np.asarray(logits, np.float64)
-  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-  target = 0.9 * np.eye(model.vocab_size)[np.asarray(tokens)] + 0.1 / 64
-  ce = -(target * log_p).sum(-1)
-  np.testing.assert_allclose(loss, ce[np.asarray(mask)].mean(), rtol=1e-5)
+  # Masked targets the model gets right: every factor at (0, 0), the first
+  # alone at (0, 3) (the masked inputs, and so the logits, stay the same).
+  best = np.asarray(run(params, tokens)[2]).argmax(-1)  # [B, N, F]
+  targets = np.array(tokens).reshape(2, 6, len(sizes))
+  targets[0, 0] = best[0, 0]
+  targets[0, 3] = (best[0, 3] + np.arange(len(sizes)).clip(0, 1)) % sizes
+  tokens = jnp.asarray(targets.reshape(tokens.shape))
+  loss, metrics, logits = run(params, tokens)
+  logits = np.asarray(logits, np.float64)  # [B, N, F, Vmax]
+  ce, nll, right = 0.0, 0.0, True
+  for f, v in enumerate(sizes):
+    factor = logits[:, :, f, :v]
+    log_p = factor - np.log(np.exp(factor).sum(-1, keepdims=True))
+    one_hot = np.eye(v)[targets[..., f]]
+    ce = ce - ((0.9 * one_hot + 0.1 / v) * log_p).sum(-1)
+    nll = nll - (one_hot * log_p).sum(-1)
+    right = right & (factor.argmax(-1) == targets[..., f])
+  masked = np.asarray(mask)
+  np.testing.assert_allclose(loss, ce[masked].mean(), rtol=1e-5)
   # Its nll, without the smoothing, is what eval's loss measures.
-  nll = -log_p[np.eye(model.vocab_size, dtype=bool)[np.asarray(tokens)]]
-  np.testing.assert_allclose(metrics['nll'],
-                             nll.reshape(tokens.shape)[np.asarray(mask)].mean(),
-                             rtol=1e-5)
+  np.testing.assert_allclose(metrics['nll'], nll[masked].mean(), rtol=1e-5)
+  np.testing.assert_allclose(metrics['accuracy'], right[masked].mean())
   assert float(metrics['mask_ratio']) == pytest.approx(3 / 12)
   # MAGVIT's 'mask+refine+recons': the unmasked positions too, weighted.
   weighted, metrics = jax.jit(
       lambda p: maskgit.masked_loss(model, p, jax.random.key(
           6), tokens, mask=mask, label_smoothing=0.1, unmasked_weight=0.5),
       compiler_options=FAST_COMPILE)(params)
-  weights = np.where(np.asarray(mask), 1.0, 0.5)
+  weights = np.where(masked, 1.0, 0.5)
   np.testing.assert_allclose(weighted, (ce * weights).sum() / weights.sum(),
                              rtol=1e-5)
   assert float(metrics['mask_ratio']) == pytest.approx(3 / 12)

@@ -156,3 +156,33 @@ def test_gumbel_temperature_anneals_geometrically_with_train_steps():
                                                             jax.random.key(0))
   assert int(state[base.STATE]['step']) == 6
   np.testing.assert_allclose(out.metrics['temperature'], 0.125, rtol=1e-6)
+
+
+def test_the_module_relaxes_at_the_annealed_temperature(monkeypatch):
+  """At train step 2 of a 4-step annealing 2 -> 1/8, the gradient w.r.t. z
+  is the Gumbel-softmax's at tau = 0.5, on the noise it draws
+  (given here)."""
+  q = gumbel.GumbelQuantizer(codebook_size=5, embedding_dim=3, temperature=2.0,
+                             temperature_final=0.125,
+                             temperature_anneal_steps=4)
+  rng = np.random.default_rng(3)
+  z = rng.normal(size=(6, 3)).astype(np.float32)
+  cot = rng.normal(size=(6, 3)).astype(np.float32)
+  variables = _init(q, z)
+  variables = {**variables, base.STATE: {'step': jnp.array(2, jnp.int32)}}
+  noise = rng.gumbel(size=(6, 5)).astype(np.float32)
+  monkeypatch.setattr(base, 'gumbel_noise',
+                      lambda key, shape: jnp.asarray(noise).reshape(shape))
+  quantized = lambda z: q.apply(variables, z, train=True, rngs={
+      'quantizer': jax.random.key(4)
+  }, mutable=[base.STATE])[0].quantized
+  grad_z = jax.jit(lambda z, cot: jax.vjp(quantized, z)[1](cot)[0],
+                   compiler_options=FAST_COMPILE)
+  g_z = grad_z(jnp.asarray(z), jnp.asarray(cot))
+  params = jax.tree.map(np.float64, variables['params'])
+  kernel, codebook = params['to_logits']['kernel'], params['codebook']
+  logits = np.float64(z) @ kernel + params['to_logits']['bias']
+  tau = 2.0 * (0.125 / 2.0)**(2 / 4)
+  soft = reference.softmax((logits + np.float64(noise)) / tau)
+  g_logits = reference.softmax_vjp(soft, np.float64(cot) @ codebook.T) / tau
+  np.testing.assert_allclose(g_z, g_logits @ kernel.T, rtol=1e-4, atol=1e-6)

@@ -8,6 +8,7 @@ import numpy as np
 
 from tests.compile_options import FAST_COMPILE
 from tests.quantizers import reference
+from vqlab.quantizers import base
 from vqlab.quantizers import regularized
 
 
@@ -208,3 +209,28 @@ def test_regularized_mask_ratio_and_sampling_frequencies():
   np.testing.assert_allclose(out.extras['pcl_weights'][mask],
                              ((e[indices[mask]] - e[best])**2).sum(-1),
                              rtol=1e-5, atol=1e-7)
+
+
+def test_the_module_relaxes_at_its_gumbel_temperature(monkeypatch):
+  """The module's gradients are the Gumbel-softmax's at its
+  gumbel_temperature (every position sampled: mask_ratio 1), on the noise
+  it draws (given here)."""
+  q = regularized.RegularizedQuantizer(codebook_size=5, embedding_dim=3,
+                                       temperature=1.5, gumbel_temperature=0.6,
+                                       mask_ratio=1.0)
+  rng = np.random.default_rng(4)
+  z = rng.normal(size=(8, 3)).astype(np.float32)
+  cot = rng.normal(size=(8, 3)).astype(np.float32)
+  variables = q.init(jax.random.key(0), z)
+  noise = rng.gumbel(size=(8, 5)).astype(np.float32)
+  monkeypatch.setattr(base, 'gumbel_noise',
+                      lambda key, shape: jnp.asarray(noise).reshape(shape))
+  quantized = lambda z: q.apply(variables, z, train=True, rngs={
+      'quantizer': jax.random.key(5)
+  }).quantized
+  grad_z = jax.jit(lambda z, cot: jax.vjp(quantized, z)[1](cot)[0],
+                   compiler_options=FAST_COMPILE)
+  g_z = grad_z(jnp.asarray(z), jnp.asarray(cot))
+  ref = _np_regularized(z, variables['params']['codebook'], noise,
+                        np.ones(8, bool), 1.5, 0.6, cot)
+  np.testing.assert_allclose(g_z, ref['g_z'], rtol=1e-4, atol=1e-5)
