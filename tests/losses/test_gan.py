@@ -46,13 +46,17 @@ def test_generator_gradient_and_adaptive_weight_equal_full_backprop(
   VJP and the generator's gradient by pulling the lambda-weighted sum back;
   all equal full-network backprop of L_G = L_pixel + L_q + lambda L_G_adv,
   L_pixel = 0.25 mean((x_hat - x)^2) + 0.5 P(x, x_hat) written out here
-  (P: a stand-in for LPIPS, as the task calls it)."""
+  (P: a stand-in for LPIPS, as the task calls it). The discriminator's
+  gradient, from the same call, is that of L_D = hinge + 0.1 LeCam + 2 R1
+  written out here: each term reaches it through both its real and its
+  fake logits."""
   monkeypatch.setattr(perceptual, 'lpips_distance', _perceptual_stand_in)
   config = tiny.tokenizer_config()
   config.weights_dir = str(random_weight_files.write(tmp_path, ('vgg16',)))
   config.eval.lpips = 'off'
   config.loss.update(reconstruction='l2', reconstruction_weight=0.25,
-                     perceptual_weight=0.5)
+                     perceptual_weight=0.5, lecam_weight=0.1, r1_weight=2.0)
+  config.discriminator.use_norm = False  # R1 needs per-image logits.
   config = experiment_config.validate(config, num_devices=1)
   task = tokenizer.build(config)
   x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3), minval=-1, maxval=1)
@@ -64,7 +68,11 @@ def test_generator_gradient_and_adaptive_weight_equal_full_backprop(
   step = jnp.int32(config.loss.disc_start)  # The GAN terms are on.
   dropout_rng, q_rng, _ = jax.random.split(jax.random.fold_in(rng, 0), 3)
 
-  def terms(gen_params):
+  # EMAs of a discriminator that tells real (0.5) from fake (-0.5): both
+  # LeCam terms are active at the initial logits (near 0).
+  ema = {'real': jnp.float32(0.5), 'fake': jnp.float32(-0.5)}
+
+  def forward(gen_params):
     (x_rec, q_out,
      _), _ = model.apply({
          'params': gen_params,
@@ -73,30 +81,55 @@ def test_generator_gradient_and_adaptive_weight_equal_full_backprop(
          'dropout': dropout_rng,
          'quantizer': q_rng
      }, mutable=list(state.model_state))
+    return x_rec, q_out
+
+  def terms(gen_params):
+    x_rec, q_out = forward(gen_params)
     g_adv = gan.G_LOSSES[config.loss.gan_loss](task._disc_logits(disc, x_rec))
     pixel = 0.25 * jnp.mean(
         (x_rec - x)**2) + 0.5 * jnp.mean(_perceptual_stand_in(None, x, x_rec))
     return pixel, g_adv, q_out.loss
 
+  def d_loss(disc_params, x_rec):
+    d = lambda v: task.discriminator.apply({'params': disc_params}, v)
+    real, fake = d(x), d(x_rec)
+    hinge = 0.5 * (jnp.mean(jnp.maximum(1 - real, 0)) +
+                   jnp.mean(jnp.maximum(1 + fake, 0)))
+    # LeCam's code: every logit against the EMAs moved by this batch's means.
+    moved = lambda old, v: 0.999 * old + 0.001 * jax.lax.stop_gradient(
+        jnp.mean(v))
+    lecam = (jnp.mean(jnp.maximum(real - moved(ema['fake'], fake), 0)**2) +
+             jnp.mean(jnp.maximum(moved(ema['real'], real) - fake, 0)**2))
+    grad_x = jax.grad(lambda v: jnp.sum(d(v)))(x)
+    r1 = jnp.mean(jnp.sum(grad_x.reshape(len(x), -1)**2, axis=-1))
+    return hinge + 0.1 * lecam + 2.0 * r1
+
   @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
   def both_ways(params):
     grads, _, _, metrics = task.loss_and_grads(params, state.model_state,
-                                               {'image': x}, rng, step)
+                                               {'image': x}, rng, step,
+                                               loss_state={'lecam': ema})
     _, pullback = jax.vjp(terms, params['generator'])
     one_hot = lambda i: tuple(jnp.float32(i == j) for j in range(3))
     last = lambda i: pullback(one_hot(i))[0]['to_pixels']['kernel']
     weight = config.loss.disc_weight * jnp.linalg.norm(
         last(0)) / (jnp.linalg.norm(last(1)) + config.loss.adaptive_delta)
     full = pullback((jnp.float32(1), weight, jnp.float32(1)))[0]
-    return grads['generator'], metrics['adaptive_weight'], full, weight
+    d_grads = jax.grad(d_loss)(params['discriminator'],
+                               forward(params['generator'])[0])
+    return (grads['generator'], metrics['adaptive_weight'], full, weight,
+            grads['discriminator'], d_grads)
 
-  got, got_weight, want, want_weight = both_ways(state.params)
+  got, got_weight, want, want_weight, got_d, want_d = both_ways(state.params)
   assert 0.0 < float(want_weight) < 1e4
   np.testing.assert_allclose(got_weight, want_weight, rtol=1e-4)
   jax.tree.map(
       lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), got,
       want)
   assert np.abs(want['to_pixels']['kernel']).max() > 0
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+      got_d, want_d)
 
 
 def test_adaptive_weight_clips():
