@@ -622,3 +622,52 @@ def test_a_thin_strip_is_trimmed_to_16_to_1_before_the_resize():
   wide = np.random.default_rng(0).integers(0, 256, (4, 64, 3), np.uint8)
   np.testing.assert_array_equal(preprocess.resize_shorter_side(wide, 8),
                                 preprocess.resize(wide, (8, 128)))
+
+
+def _train_crops(image, seeds=3, **settings):
+  """float [seeds, T, T, C] train crops of uint8 pixels [h, w, C] by the
+  preprocessing `settings` (the others at their defaults), unflipped."""
+  aug = preprocess.Augment(**{
+      **preprocess.augment_defaults(), 'random_flip': False,
+      **settings
+  })
+  crop = preprocess.train_fn(aug)
+  return np.stack([
+      crop({'image': image}, np.array([seed, 0], np.int64))['image']
+      for seed in range(seeds)
+  ])
+
+
+def _windows(image, side):
+  """Every side x side window of `image` [h, w, C] -> [n, side, side, C]."""
+  windows = np.lib.stride_tricks.sliding_window_view(image, (side, side),
+                                                     axis=(0, 1))
+  return np.moveaxis(windows, 2, -1).reshape(-1, side, side, image.shape[-1])
+
+
+def _distance_to_nearest(crop, candidates):
+  """The largest |crop - c| of the c of `candidates` [n, T, T, C] nearest
+  to `crop` [T, T, C]."""
+  return float(np.abs(candidates - crop).max(axis=(1, 2, 3)).min())
+
+
+def test_train_crops_are_the_windows_their_settings_name():
+  """'random_resized_crop' resizes a window of crop_area_range of the image
+  (a square quarter here) to T x T; 'resize_random_crop' with
+  train_image_size T < image_size S cuts T x T windows of the image resized
+  to S, the pixel scale of the eval images (configs/quickstart.py's)."""
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (16, 16, 3), np.uint8)
+  quarters = preprocess.to_unit_range(
+      preprocess.resize(_windows(image, 8), (4, 4))).numpy()
+  for crop in _train_crops(image, image_size=4,
+                           train_augment='random_resized_crop',
+                           crop_area_range=(0.25, 0.25),
+                           crop_aspect_range=(1.0, 1.0)):
+    assert _distance_to_nearest(crop, quarters) < 1e-6
+  image = rng.integers(0, 256, (20, 24, 3), np.uint8)
+  eval_scale = preprocess.to_unit_range(
+      preprocess.resize_shorter_side(image, 16)).numpy()
+  for crop in _train_crops(image, image_size=16, train_image_size=8):
+    assert crop.shape == (8, 8, 3)
+    assert _distance_to_nearest(crop, _windows(eval_scale, 8)) < 1e-6
