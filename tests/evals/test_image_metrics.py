@@ -56,6 +56,8 @@ def test_ssim_of_flat_images_matches_scikit_image():
 
 
 def test_psnr_matches_scikit_image():
+  """Of pairs in [-1, 1]; a reconstruction beyond that range is clipped to
+  it first (`_pair`'s are already in it)."""
   x, y = _pair(1, (2, 16, 16, 3))
   got = image_metrics.psnr(jnp.asarray(x, jnp.float32),
                            jnp.asarray(y, jnp.float32))
@@ -64,6 +66,10 @@ def test_psnr_matches_scikit_image():
                                         data_range=1.0) for a, b in zip(x, y)
   ]
   np.testing.assert_allclose(got, want, rtol=1e-5)
+  beyond = jnp.asarray(2 * x, jnp.float32)
+  np.testing.assert_allclose(
+      image_metrics.psnr(jnp.asarray(x), beyond),
+      image_metrics.psnr(jnp.asarray(x), jnp.clip(beyond, -1, 1)), rtol=1e-6)
 
 
 def test_video_psnr_is_the_mean_over_frames():
