@@ -5,7 +5,7 @@ configs/training/generator/maskgit.yaml and configs/titok_{l32,b64}.yaml).
 
 Tokens: a TiTok run trained by configs/titok/{l32,b64}.py:2 (or the released
 tokenizer, converted: `python -m vqlab.convert titok
-tokenizer_titok_l32_imagenet workdirs/titok_l32_released` and
+tokenizer_titok_l32_imagenet/model.safetensors workdirs/titok_l32_released` and
 --config.tokenizer.workdir=workdirs/titok_l32_released): K 1D tokens of 4096
 codes. Transformer: the release's ImageBert, a post-LN BERT
 (`model.block_style = 'bert'`, erf GELU) of 24 layers, width 768, 16 heads,

@@ -8,9 +8,9 @@ r"""Converts a published checkpoint into a vqlab run directory.
 A tokenizer's `out_dir` becomes a tokenizer run at step 0 (config.json,
 config.py, an Orbax checkpoint): evaluate it with `main.py --mode=eval`,
 fine-tune it with `--mode=train`, or name it as `tokenizer.workdir` of a
-generator config. A generator's (maskgit_transformer, taming_transformer)
-becomes a generator run at step 0 over a converted tokenizer run
-(`--tokenizer`): sample it with `main.py --mode=sample`.
+generator config. A generator's (maskgit_transformer, taming_transformer,
+titok_generator) becomes a generator run at step 0 over a converted
+tokenizer run (`--tokenizer`): sample it with `main.py --mode=sample`.
 `python -m vqlab.convert <kind> --help` lists a kind's options.
 """
 
