@@ -209,6 +209,16 @@ def test_rejects_bad_inputs(variant):
         ('gumbel', {
             'temperature': 0.0
         }, r'^quantizer\.temperature: must be > 0, got 0\.0$'),
+        ('gumbel', {
+            'temperature_anneal_steps': 0,
+            'temperature_final': 0.5
+        }, r'^quantizer\.temperature_final: 0\.5 does nothing without '
+         r'temperature_anneal_steps > 0'),
+        ('regularized', {
+            'mask_ratio': 0.0,
+            'gumbel_temperature': 0.3
+        }, r'^quantizer\.gumbel_temperature: 0\.3 does nothing without '
+         r'mask_ratio > 0'),
     ])
 def test_impossible_values_are_named(name, overrides, message):
   with pytest.raises(ConfigError, match=message):  # One line from main.py.

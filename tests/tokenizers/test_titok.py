@@ -136,6 +136,13 @@ def test_proxy_pixels_through_a_vqgan_of_factorized_codes():
   pixel.num_res_blocks, pixel.attention_levels = 0, ()
   pixel.quantizer = quantizers.default_config('lfq')
   pixel.quantizer.update(codebook_size=32, factor_bits=(2, 3))
+  # The sizes disagreeing is named by the key every quantizer has.
+  config.proxy_codebook_size = 64
+  with pytest.raises(
+      ConfigError, match=r"^model\.proxy_codebook_size: 64, but the pixel "
+      r"decoder's lfq quantizer has 32 codes$"):
+    tokenizers.build(config, prefix='model')
+  config.proxy_codebook_size = 32
   model = tokenizers.build(config)
   x = _images((2, 16, 16, 3))
   variables = jax.jit(model.init,

@@ -80,6 +80,9 @@ class GumbelQuantizer(nn.Module):
       raise base.FieldError(
           who, 'temperature_anneal_steps', 'must be >= 0, '
           f'got {self.temperature_anneal_steps}')
+    if not self.temperature_anneal_steps:
+      base.check_unread(self, 'temperature_final',
+                        'temperature_anneal_steps > 0', who)
 
   @property
   def code_dim(self) -> int:

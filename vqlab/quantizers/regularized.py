@@ -121,6 +121,8 @@ class RegularizedQuantizer(nn.Module):
                  'gumbel_temperature'):
       base.check_positive(getattr(self, name), name, who)
     base.check_in_unit_interval(self.mask_ratio, 'mask_ratio', who)
+    if not self.mask_ratio:  # No position is sampled.
+      base.check_unread(self, 'gumbel_temperature', 'mask_ratio > 0', who)
 
   @property
   def code_dim(self) -> int:

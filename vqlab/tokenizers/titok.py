@@ -497,9 +497,9 @@ def build(config: ml_collections.ConfigDict, *, dtype: Any = jnp.float32,
     codes = getattr(pixel_vqgan.quantizer, 'codebook_size', None)
     if codes != config.proxy_codebook_size:
       raise ConfigError(
-          f'{prefix}.pixel_decoder.quantizer.codebook_size',
-          f'{codes}, but proxy_codebook_size is '
-          f'{config.proxy_codebook_size}')
+          f'{prefix}.proxy_codebook_size',
+          f'{config.proxy_codebook_size}, but the pixel decoder\'s '
+          f'{config.pixel_decoder.quantizer.name} quantizer has {codes} codes')
   return TiTok(
       quantizer=quantizer, in_channels=config.in_channels,
       image_size=config.image_size, patch_size=config.patch_size,
