@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import random_variables
 from tests.compile_options import FAST_COMPILE
 from vqlab import quantizers
 from vqlab import tokenizers
@@ -34,19 +35,6 @@ def _video(shape, seed=0):
   return jax.random.uniform(jax.random.key(seed), shape, minval=-1, maxval=1)
 
 
-def _random_variables(model, x, seed=1):
-  """Random variables shaped like model.init's (skips compiling init). Every
-  parameter is nonzero, so the zero-initialized adaptive-norm projections
-  take part; kernels are lecun-normal-like."""
-  shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-  rng = np.random.default_rng(seed)  # numpy: nothing to compile.
-  scale = lambda shape: (1 / np.sqrt(np.prod(shape[:-1]))
-                         if len(shape) > 1 else 0.2)
-  return jax.tree.map(
-      lambda p: jnp.asarray(
-          scale(p.shape) * rng.standard_normal(p.shape), p.dtype), shapes)
-
-
 def _jit(model, method=None):
   """model.apply(variables, x, method=method), compiled fast."""
   return jax.jit(lambda variables, x: model.apply(variables, x, method=method),
@@ -58,7 +46,7 @@ def tiny():
   """f = 4, s = 4 model on 8x8 frames with random variables, and one compiled
   function returning (encoder latents, forward_with_features)."""
   model = tokenizers.build(_config())
-  variables = _random_variables(model, _video((2, 9, 8, 8, 3)))
+  variables = random_variables.like_init(model, _video((2, 9, 8, 8, 3)))
 
   def run(m, x):
     video = x if x.ndim == 5 else x[:, None]
@@ -275,7 +263,7 @@ def test_scanned_res_blocks_compute_the_same_function():
   config.num_res_blocks = 2
   x = _video((1, 5, 8, 8, 3))
   unrolled = tokenizers.build(config)
-  variables = _random_variables(unrolled, x)
+  variables = random_variables.like_init(unrolled, x)
   config.scan_blocks, config.remat_policy = True, 'full'
   scanned = tokenizers.build(config)
   shapes = jax.eval_shape(scanned.init, jax.random.key(0), x)['params']
@@ -323,6 +311,6 @@ def test_other_quantizers(name, options):
   quantizer.update(options)
   model = tokenizers.build(_config(levels=2, temporal=1, quantizer=quantizer))
   x = _video((1, 5, 8, 8, 3))
-  x_rec, out = _jit(model)(_random_variables(model, x), x)
+  x_rec, out = _jit(model)(random_variables.like_init(model, x), x)
   assert x_rec.shape == x.shape and out.indices.shape == (1, 3, 4, 4)
   assert np.all(np.isfinite(x_rec)) and np.isfinite(out.loss)

@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import random_variables
+from tests.compile_options import FAST_COMPILE
 from vqlab import quantizers
 from vqlab import tokenizers
 from vqlab.errors import ConfigError
@@ -18,24 +20,29 @@ def _tiny():
   config.quantizer.codebook_size, config.quantizer.embedding_dim = 16, 4
   model = tokenizers.build(config)
   x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3), minval=-1, maxval=1)
-  return model, jax.jit(model.init)(jax.random.key(1), x), x
+  return model, random_variables.like_init(model, x), x
 
 
-def _jit(model, method=None):
-  """model.apply(variables, *args, method=method), compiled once."""
-  return jax.jit(
-      lambda variables, *args: model.apply(variables, *args, method=method))
+def _forward_encode_and_decode(model, variables, x):
+  """(model(x), model.encode(x), model.decode_indices of model(x)'s
+  indices), as one compiled program."""
+
+  def run(m, x):
+    x_rec, q_out = m(x)
+    return (x_rec, q_out), m.encode(x), m.decode_indices(q_out.indices)
+
+  return jax.jit(lambda variables, x: model.apply(variables, x, method=run),
+                 compiler_options=FAST_COMPILE)(variables, x)
 
 
 def test_shapes_and_decode_indices_matches_forward():
   model, variables, x = _tiny()
   assert model.downsample_factor == 4
-  x_rec, out = _jit(model)(variables, x)
+  forward, encoded, decoded = _forward_encode_and_decode(model, variables, x)
+  (x_rec, out), (indices, _) = forward, encoded
   assert x_rec.shape == x.shape and x_rec.dtype == jnp.float32
-  indices, _ = _jit(model, model.encode)(variables, x)
   assert indices.shape == (2, 4, 4) and indices.dtype == jnp.int32
   np.testing.assert_array_equal(indices, out.indices)
-  decoded = _jit(model, model.decode_indices)(variables, indices)
   np.testing.assert_allclose(decoded, x_rec, atol=1e-5)
 
 
@@ -124,12 +131,11 @@ def test_factorized_lfq_tokens_decode_like_the_forward_pass():
   config.quantizer.factor_bits = (1, 3)
   model = tokenizers.build(config)
   x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3), minval=-1, maxval=1)
-  variables = jax.jit(model.init)(jax.random.key(1), x)
-  x_rec, out = _jit(model)(variables, x)
+  variables = random_variables.like_init(model, x)
+  (x_rec, out), _, decoded = _forward_encode_and_decode(model, variables, x)
   assert out.indices.shape == (2, 4, 4, 2)
   assert int(out.indices[..., 0].max()) <= 1 and int(out.indices[...,
                                                                  1].max()) <= 7
-  decoded = _jit(model, model.decode_indices)(variables, out.indices)
   np.testing.assert_allclose(decoded, x_rec, atol=1e-5)
   with pytest.raises(ValueError, match='4 dims'):
     model.apply(variables, out.indices[..., 0], method=model.decode_indices)
