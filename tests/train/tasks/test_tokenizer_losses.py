@@ -45,7 +45,8 @@ VGG_IMAGE_SIZE = 24
 
 def _batch_and_state(task, size=16):
   """A batch of 2 random `size` x `size` images and the task's initial
-  state."""
+  state, on the host: the tests compare its trees in numpy (on device
+  arrays each leaf's shape compiled its own subtract)."""
   batch = {
       'image':
           jax.random.uniform(jax.random.key(0), (2, size, size, 3), minval=-1,
@@ -53,14 +54,15 @@ def _batch_and_state(task, size=16):
   }
   state = jax.jit(task.init, compiler_options=FAST_COMPILE)(jax.random.key(1),
                                                             batch)
-  return batch, state
+  return batch, jax.device_get(state)
 
 
 def _first_step(task, loss_state=None, size=16):
   """(x, state, new state, metrics) of a train step with key(2) from the
   initial state (of `size` x `size` images), with `loss_state` in place of
   its own if given: the program the loop runs at step 0 (without the GAN
-  terms where loss.disc_start > 0)."""
+  terms where loss.disc_start > 0). The states and metrics are on the
+  host."""
   batch, state = _batch_and_state(task, size)
   if loss_state is not None:
     state = state.replace(loss_state=loss_state)
@@ -69,7 +71,7 @@ def _first_step(task, loss_state=None, size=16):
       functools.partial(task.train_step, **task.train_step_options(0)),
       compiler_options=FAST_COMPILE)
   new_state, metrics = step(state, batch, jax.random.key(2), task.frozen)
-  return x, state, new_state, jax.device_get(metrics)
+  return x, state, *jax.device_get((new_state, metrics))
 
 
 def _train_forward(task, state, x, rng):
@@ -271,7 +273,7 @@ def test_pcl_needs_regularized_quantizer_and_trains(weights_dir):
   assert np.ptp(weights) > 0
   np.testing.assert_allclose(metrics['pcl_loss'], want, rtol=1e-5)
   # The contrastive term reaches the generator.
-  moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
+  moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
                        state.params['generator'], new_state.params['generator'])
   assert max(jax.tree.leaves(moved)) > 0
 
@@ -308,7 +310,7 @@ def test_lecam_r1_stylegan_and_generator_ema():
       np.mean(np.maximum(real - ema_fake, 0)**2) +
       np.mean(np.maximum(ema_real - fake, 0)**2), rtol=1e-5)
   # disc_start = 0: the discriminator trains from the first step.
-  moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
+  moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
                        state.params['discriminator'],
                        new_state.params['discriminator'])
   assert min(jax.tree.leaves(moved)) > 0
@@ -334,7 +336,7 @@ def test_lecam_r1_stylegan_and_generator_ema():
                                      **state.model_state
                                  }, x, train=False)),
       compiler_options=FAST_COMPILE)(new_state, task.frozen)
-  np.testing.assert_allclose(images['reconstructions'], jnp.clip(x_ema, -1, 1),
+  np.testing.assert_allclose(images['reconstructions'], np.clip(x_ema, -1, 1),
                              atol=1e-5)
 
 
