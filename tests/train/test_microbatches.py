@@ -198,11 +198,14 @@ def test_a_tokenizer_step_in_two_microbatches_moves_its_emas_once():
                                 decay=0.5, restart_threshold=1.2)
   config.loss.update(disc_start=0, lecam_weight=0.1)
   x = jax.random.uniform(jax.random.key(0), (8, 16, 16, 3), minval=-1, maxval=1)
-  steps = []
+  tasks = []
   for microbatches in (1, 2):
     config.train.microbatches = microbatches
-    task = tokenizer.build(experiment_config.validate(config, 1))
-    state = jax.jit(task.init)(jax.random.key(1), {'image': x})
+    tasks.append(tokenizer.build(experiment_config.validate(config, 1)))
+  # One initial state for both (the split changes the step, not the init).
+  state = jax.jit(tasks[0].init)(jax.random.key(1), {'image': x})
+  steps = []
+  for task in tasks:
     new_state, metrics = jax.jit(task.train_step)(state, {
         'image': x
     }, jax.random.key(2), task.frozen)
