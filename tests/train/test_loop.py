@@ -310,6 +310,10 @@ def test_two_processes_match_one_process_on_two_devices(uninterrupted,
   assert again.returncode == 0, again.stdout + first[-3000:]
   assert 'the run finished at step 5' in first
   assert not re.search(r'^vqlab: eval at step', first, re.M)
+  # Both return the final metrics (process 1 had only the step).
+  with open(os.path.join(f'{logs}_again', 'process_1.log')) as f:
+    assert re.search(r'^vqlab: step=5, preempted=False, .*psnr=', f.read(),
+                     re.M)
 
 
 def test_eval_grid_shows_the_first_real_examples():

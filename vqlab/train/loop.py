@@ -338,7 +338,8 @@ def _eval_missing(workdir: str, step: int, train_cfg) -> bool:
 def _final_metrics(workdir: str, step: int) -> dict[str, Any] | None:
   """The final metrics a finished run wrote at `step`, or None (none, of
   another step, or unreadable: the final eval runs again). Process 0 reads
-  them and every process gets its answer, so all of them go on together."""
+  them and every process gets them, so all of them go on together and
+  return what one process would."""
   path = os.path.join(workdir, 'final_metrics.json')
   result = None
   if jax.process_index() == 0:
@@ -350,9 +351,12 @@ def _final_metrics(workdir: str, step: int) -> dict[str, Any] | None:
     if not isinstance(result, dict) or result.get('step') != step:
       result = None
   if jax.process_count() > 1:
-    found = multihost_utils.broadcast_one_to_all(np.int32(result is not None))
-    if int(found) and result is None:  # Not process 0: what it read.
-      result = {'step': step, 'preempted': False}
+    # As JSON bytes: the others' own `text` is only the buffer's shape.
+    text = np.frombuffer(json.dumps(result).encode(), np.uint8)
+    size = int(multihost_utils.broadcast_one_to_all(np.int32(text.size)))
+    text = np.resize(text, size) if jax.process_index() else text
+    result = json.loads(
+        np.asarray(multihost_utils.broadcast_one_to_all(text)).tobytes())
   return result
 
 
