@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from tests import random_variables
 from tests.compile_options import FAST_COMPILE
 from tests.generators import head_probe
 from vqlab import generators
@@ -331,19 +332,25 @@ def test_skip_sampler_time_points_and_outputs():
 
 def test_guidance_scale_zero_is_conditional_sampling_and_truncation():
   """guidance_scale is w, as MaskGIT's and GPT's (VQ-Diffusion's s = 1 + w):
-  it was s, so 0 sampled unconditionally."""
-  model, params = _model(condition='class', num_classes=3)
+  it was s, so 0 sampled unconditionally. Random params throughout: the
+  init's zero AdaLN projections would leave the label unread, and every
+  guided output equal to the unguided one."""
+  model, _ = _model(condition='class', num_classes=3)
   labels = jnp.array([0, 1, 2, 1])
-  sample = lambda w, labels: vq_diffusion.sample(model, params, jax.random.key(
-      1), 4, labels, num_steps=4, guidance_scale=w)
+  x_t = jnp.asarray(np.random.default_rng(2).integers(0, K + 1, (4, 2, 3)))
+  times = jnp.full((4,), 5, jnp.int32)
+  params = random_variables.like_init(model, x_t, times, labels)['params']
+  log_p = lambda drop: model.apply({'params': params}, x_t, times, labels,
+                                   jnp.full((4,), drop))[..., :-1]
+  assert float(jnp.abs(log_p(True) - log_p(False)).max()) > 0.05
+  sample = lambda w, labels: np.asarray(
+      vq_diffusion.sample(model, params, jax.random.key(1), 4, labels, num_steps
+                          =4, guidance_scale=w))
   # Guided, the labels are joined with the null ones: a Python list too.
   np.testing.assert_array_equal(sample(0.0, labels),
                                 sample(1e-12, [0, 1, 2, 1]))
+  assert np.any(sample(0.0, labels) != sample(5.0, labels))
   # w = 2: log p_u + 3 (log p_c - log p_u) over the codes, renormalized.
-  x_t = jnp.asarray(np.random.default_rng(2).integers(0, K + 1, (4, 2, 3)))
-  times = jnp.full((4,), 5, jnp.int32)
-  log_p = lambda drop: model.apply({'params': params}, x_t, times, labels,
-                                   jnp.full((4,), drop))[..., :-1]
   want = jax.nn.log_softmax(log_p(True) + 3 * (log_p(False) - log_p(True)))
   got = vq_diffusion.predict_x0(model, params, x_t, 5, labels,
                                 guidance_scale=2.0)

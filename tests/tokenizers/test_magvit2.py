@@ -11,6 +11,7 @@ from tests.compile_options import FAST_COMPILE
 from vqlab import quantizers
 from vqlab import tokenizers
 from vqlab.errors import ConfigError
+from vqlab.nn import sampling
 from vqlab.nn import stack
 from vqlab.nn.adaptive_norm import AdaptiveGroupNorm
 from vqlab.nn.adaptive_norm import latent_frame_index
@@ -314,3 +315,18 @@ def test_other_quantizers(name, options):
   x_rec, out = _jit(model)(random_variables.like_init(model, x), x)
   assert x_rec.shape == x.shape and out.indices.shape == (1, 3, 4, 4)
   assert np.all(np.isfinite(x_rec)) and np.isfinite(out.loss)
+
+
+def test_causal_upsample_gives_latent_j_frames_s_j_minus_1_plus_1_to_s_j():
+  """Time x2 upsampling: latent 0 fills frame 0, latent j frames 2j - 1 and
+  2j (dropping the last frames instead stays causal but puts every latent a
+  frame late, which the whole model's perturbation test cannot see)."""
+  up = sampling.CausalUpsample3D(temporal=True, temporal_kernel=1)
+  z = jax.random.normal(jax.random.key(0), (1, 3, 2, 2, 4))
+  variables = up.init(jax.random.key(1), z)
+  apply = jax.jit(up.apply, compiler_options=FAST_COMPILE)
+  y = apply(variables, z)
+  assert y.shape == (1, 5, 4, 4, 4)
+  for j, frames in ((0, [0]), (1, [1, 2]), (2, [3, 4])):
+    moved = np.abs(apply(variables, z.at[:, j].add(1.0)) - y).max((0, 2, 3, 4))
+    np.testing.assert_array_equal(np.flatnonzero(moved > 0), frames)
