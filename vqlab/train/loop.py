@@ -351,10 +351,11 @@ def _final_metrics(workdir: str, step: int) -> dict[str, Any] | None:
     if not isinstance(result, dict) or result.get('step') != step:
       result = None
   if jax.process_count() > 1:
-    # As JSON bytes: the others' own `text` is only the buffer's shape.
+    # Process 0's dict as JSON bytes; the others send a buffer of its size.
     text = np.frombuffer(json.dumps(result).encode(), np.uint8)
     size = int(multihost_utils.broadcast_one_to_all(np.int32(text.size)))
-    text = np.resize(text, size) if jax.process_index() else text
+    if jax.process_index():
+      text = np.zeros((size,), np.uint8)
     result = json.loads(
         np.asarray(multihost_utils.broadcast_one_to_all(text)).tobytes())
   return result
